@@ -1,0 +1,175 @@
+"""Triton pooling of gradients into raw Diffusion-CAM maps (SPEC section 1).
+
+Three kernels, launched back to back on the same stream with no host sync:
+
+1. ``_grad_mean_kernel``: the memory-bound pass. Streams the gradients
+   ``G [B, T, N, D]`` (fp32/fp16/bf16) once, accumulating in float32, and
+   writes ``W[b, t, d] = mean_n relu(G)`` (plain mean when ``grad_relu`` is
+   off). Grid: (D blocks, B*T); each program walks N with coalesced
+   ``[BLOCK_N, BLOCK_D]`` tiles (D is the contiguous axis).
+2. ``_pool_product_kernel``: ``raw[b, t, n] = (1/D) sum_d max(A[b,n,d] * W[b,t,d], 0)``.
+   With ``grad_relu`` ``W >= 0`` so this is ``relu(A) @ W^T / D``, done with
+   ``tl.dot`` in IEEE fp32 (no TF32: the contract is float32 atol 1e-5).
+   Without it the max does not factor, and a 3-D broadcast tile is reduced
+   over D instead. Grid: (N blocks, T blocks, B): A is read once per T block.
+3. ``_minmax_normalise_kernel``: one program per map, min/max over the map,
+   ``r = (raw - min) / (max - min + 1e-8)`` if ``max > min`` else 0 and the
+   degenerate flag. Normalises in place.
+
+The launcher only allocates with ``torch.empty`` and launches through
+``torch.library.wrap_triton`` so it can be wrapped in ``torch.library.triton_op``
+and traced by ``torch.compile``.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+EPS_NORM = 1e-8
+
+
+@triton.jit
+def _grad_mean_kernel(
+    g_ptr, w_ptr,
+    T, N, D,
+    s_gb, s_gt, s_gn, s_gd,
+    GRAD_RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """w[bt, d] = (1/N) sum_n relu?(G[b, t, n, d]) for one D block of one (b, t)."""
+    pid_d = tl.program_id(0)
+    pid_bt = tl.program_id(1)
+    b = pid_bt // T
+    t = pid_bt % T
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = g_ptr + b.to(tl.int64) * s_gb + t.to(tl.int64) * s_gt
+    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask = (offs_n[:, None] < N) & mask_d[None, :]
+        ptrs = base + offs_n[:, None].to(tl.int64) * s_gn + offs_d[None, :] * s_gd
+        g = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        if GRAD_RELU:
+            g = tl.maximum(g, 0.0)
+        acc += g
+    w = tl.sum(acc, axis=0) / N
+    tl.store(w_ptr + pid_bt.to(tl.int64) * D + offs_d, w, mask=mask_d)
+
+
+@triton.jit
+def _pool_product_kernel(
+    a_ptr, w_ptr, raw_ptr,
+    T, N, D,
+    s_ab, s_an, s_ad,
+    GRAD_RELU: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """raw[b, t, n] = (1/D) sum_d max(A[b, n, d] * W[b, t, d], 0) for a
+    [BLOCK_T, BLOCK_N] tile of one image."""
+    pid_n = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_n = offs_n < N
+    mask_t = offs_t < T
+    a_base = a_ptr + b.to(tl.int64) * s_ab
+    w_rows = (b * T + offs_t).to(tl.int64) * D  # W is [B*T, D] contiguous float32
+    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        wt = tl.load(w_ptr + w_rows[:, None] + offs_d[None, :],
+                     mask=mask_t[:, None] & mask_d[None, :], other=0.0)  # [BT, BD]
+        a = tl.load(a_base + offs_n[:, None].to(tl.int64) * s_an + offs_d[None, :] * s_ad,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)  # [BN, BD]
+        if GRAD_RELU:
+            # W >= 0 so max(A*W, 0) = relu(A) * W. IEEE fp32 dot (fp32 operands:
+            # the interpreter's bf16 dot is wrong, and TF32 would break atol 1e-5).
+            acc = tl.dot(wt, tl.trans(tl.maximum(a, 0.0)), acc, input_precision="ieee")
+        else:
+            prod = wt[:, None, :] * a[None, :, :]  # [BT, BN, BD]
+            acc += tl.sum(tl.maximum(prod, 0.0), axis=2)
+    raw = acc / D
+    out = raw_ptr + (b * T + offs_t).to(tl.int64)[:, None] * N + offs_n[None, :]
+    tl.store(out, raw, mask=mask_t[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _minmax_normalise_kernel(
+    raw_ptr, deg_ptr,
+    N,
+    EPS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """In-place per-map min-max normalisation; constant maps become 0 and are
+    flagged degenerate."""
+    pid = tl.program_id(0)
+    base = raw_ptr + pid.to(tl.int64) * N
+    lo_v = tl.full((BLOCK,), float("inf"), tl.float32)
+    hi_v = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for n0 in range(0, N, BLOCK):
+        offs = n0 + tl.arange(0, BLOCK)
+        mask = offs < N
+        x = tl.load(base + offs, mask=mask, other=0.0)
+        lo_v = tl.minimum(lo_v, tl.where(mask, x, float("inf")))
+        hi_v = tl.maximum(hi_v, tl.where(mask, x, float("-inf")))
+    lo = tl.min(lo_v, axis=0)
+    hi = tl.max(hi_v, axis=0)
+    ok = hi > lo
+    denom = (hi - lo) + EPS
+    # every program reads back only what its own threads stored: no barrier needed
+    for n0 in range(0, N, BLOCK):
+        offs = n0 + tl.arange(0, BLOCK)
+        mask = offs < N
+        x = tl.load(base + offs, mask=mask, other=0.0)
+        r = tl.where(ok, (x - lo) / denom, 0.0)
+        tl.store(base + offs, r, mask=mask)
+    tl.store(deg_ptr + pid, ok == 0)
+
+
+def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True
+                          ) -> Tuple[Tensor, Tensor]:
+    """Gradient-weighted activation pooling, min-max normalised (Triton).
+
+    acts [B, N, D], grads [B, T, N, D] (fp32/fp16/bf16, any strides) ->
+    maps float32 [B, T, h, w], degenerate bool [B, T]."""
+    B, N, D = acts.shape
+    T = grads.shape[1]
+    dev = acts.device
+    weights = torch.empty((B, T, D), device=dev, dtype=torch.float32)
+    maps = torch.empty((B, T, h, w), device=dev, dtype=torch.float32)
+    degenerate = torch.empty((B, T), device=dev, dtype=torch.bool)
+
+    # 1. W = mean_n relu(G): [BLOCK_N, BLOCK_D] tiles, 4096 elements
+    block_d = min(128, max(16, triton.next_power_of_2(D)))
+    block_n = max(1, 4096 // block_d)
+    wrap_triton(_grad_mean_kernel)[(triton.cdiv(D, block_d), B * T)](
+        grads, weights, T, N, D,
+        grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
+        GRAD_RELU=grad_relu, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+
+    # 2. raw = relu(A) @ W^T / D (or the unfactored max without grad_relu)
+    if grad_relu:  # tl.dot needs every tile side >= 16
+        bt = min(64, max(16, triton.next_power_of_2(T)))
+        bn, bd = 64, 32
+    else:  # 3-D broadcast tile of ~8192 elements
+        bt = min(16, triton.next_power_of_2(T))
+        bn = 32
+        bd = max(1, 8192 // (bt * bn))
+    wrap_triton(_pool_product_kernel)[(triton.cdiv(N, bn), triton.cdiv(T, bt), B)](
+        acts, weights, maps, T, N, D,
+        acts.stride(0), acts.stride(1), acts.stride(2),
+        GRAD_RELU=grad_relu, BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=4)
+
+    # 3. per-map min-max normalisation and degenerate flag
+    block = min(4096, max(16, triton.next_power_of_2(N)))
+    wrap_triton(_minmax_normalise_kernel)[(B * T,)](
+        maps, degenerate, N, EPS=EPS_NORM, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    return maps, degenerate
