@@ -1,0 +1,351 @@
+"""Evaluation metrics of Diffusion-CAM (SPEC section 8), vectorised over maps.
+
+Every function takes a batch of maps ``[M, h, w]`` (values in ``[0, 1]``, e.g.
+the output of any CAM method) and works on all of them at once with torch; no
+Python loop runs over pixels or maps (only over groups of maps whose masks have
+different sizes, see :func:`object_metrics`).
+
+Per map, against a ground-truth label mask ``[H, W]`` (int, ``0`` background,
+``c > 0`` one object instance each):
+
+- the map is resized to ``H x W`` bilinearly with half-pixel centres and no
+  antialiasing (``interpolate(..., "bilinear", align_corners=False)``), giving
+  ``hm``, clamped to ``[0, 1]`` (a no-op for maps already in range; it keeps
+  ``u8`` a valid byte for sloppy inputs);
+- ``u8 = floor(hm * 255)``;
+- Otsu threshold ``t`` on the 256-bin histogram of ``u8``: the ``t`` that
+  maximises the between-class variance of the split ``u8 <= t`` / ``u8 > t``,
+  first maximum; a split with an empty class has variance 0, so a constant map
+  gets ``t = 0``. Mathematically equal variances (e.g. every ``t`` inside a gap
+  of the histogram, or symmetric histograms) are treated as ties, to a relative
+  ``1e-10``, so rounding never decides which of two exact ties wins;
+  prediction ``p = u8 > t``;
+- ``obj_iou``: ``max_c |p & (mask==c)| / |p | (mask==c)|`` over the labels
+  ``c > 0`` present in the mask;
+- ``contrast = mean(hm[mask>0]) / (mean(hm[mask==0]) + 1e-8)`` (a mean over an
+  empty set counts as 0);
+- ``concentration = sum(hm[mask>0]) / (sum(hm) + 1e-8)``;
+- ``f3 = 3 / (1/obj_iou + 1/min(contrast/20, 1) + 1/concentration)``, 0 if any
+  of the three terms is 0;
+- ``func_iou`` (function words, whose ground truth is "nothing"): the fraction
+  of pixels with ``hm < t/255`` (compared in float64).
+
+A mask with no positive pixel has no object: all its object metrics are NaN
+and the dataset summary leaves it out (and counts it in ``n_invalid``).
+
+Dataset level (:func:`summarize`): the means of obj-IoU, contrast and
+concentration, ``f3`` of those means (how the paper's table is computed) and
+``f3_per_map``, the mean of the per-map F3 values. Ratios are fractions here;
+tables multiply by 100 where they print percentages.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "CONTRAST_SCALE",
+    "resize_maps",
+    "to_u8",
+    "otsu_threshold",
+    "object_metrics",
+    "function_metrics",
+    "f3_score",
+    "summarize",
+    "MetricAccumulator",
+]
+
+EPS = 1e-8
+#: contrast is divided by this before entering F3 (and capped at 1)
+CONTRAST_SCALE = 20.0
+#: relative tolerance under which two between-class variances count as a tie
+OTSU_TIE_RTOL = 1e-10
+#: pixels processed per chunk (maps x H x W) to bound memory on large masks
+_CHUNK_PIXELS = 1 << 24
+
+ArrayLike = Union[Tensor, np.ndarray]
+
+
+def _as_maps(maps: ArrayLike) -> Tensor:
+    m = torch.as_tensor(maps)
+    if m.dim() == 2:
+        m = m[None]
+    if m.dim() != 3:
+        raise ValueError(f"maps must be [M, h, w] (or one [h, w] map), got shape {tuple(m.shape)}")
+    return m.float()
+
+
+def _as_mask(mask: ArrayLike) -> Tensor:
+    t = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    if t.dtype == torch.bool:
+        t = t.long()
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError("label masks must hold integers")
+    t = t.long()
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError("label masks must be >= 0 (0 is background)")
+    return t
+
+
+def resize_maps(maps: ArrayLike, size: Tuple[int, int]) -> Tensor:
+    """Bilinear resize ``[M, h, w] -> [M, H, W]`` (half-pixel centres, no
+    antialiasing), clamped to ``[0, 1]``. Same size: the maps themselves."""
+    m = _as_maps(maps)
+    H, W = int(size[0]), int(size[1])
+    if tuple(m.shape[1:]) != (H, W):
+        m = F.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False,
+                          antialias=False)[:, 0]
+    return m.clamp(0.0, 1.0)
+
+
+def to_u8(hm: Tensor) -> Tensor:
+    """``floor(hm * 255)`` as int64 in ``[0, 255]``."""
+    return torch.floor(hm * 255.0).long().clamp(0, 255)
+
+
+def _histogram(u8: Tensor) -> Tensor:
+    """256-bin histogram per map: ``[M, ...] -> int64 [M, 256]``."""
+    M = u8.shape[0]
+    flat = u8.reshape(M, -1)
+    idx = flat + 256 * torch.arange(M, device=u8.device)[:, None]
+    return torch.bincount(idx.reshape(-1), minlength=256 * M).reshape(M, 256)
+
+
+def _otsu_from_hist(hist: Tensor) -> Tensor:
+    """First maximum of the between-class variance, from ``[M, 256]`` counts.
+
+    Up to a positive per-map constant, the variance of the split at ``t`` is
+    ``(N*s0 - n0*S)^2 / (n0 * (N - n0))`` with ``n0``/``s0`` the count/sum of
+    the values ``<= t`` and ``N``/``S`` the totals; the bracket is exact in
+    int64, the rest in float64; an empty class gives 0."""
+    levels = torch.arange(256, device=hist.device, dtype=torch.long)
+    n0 = hist.cumsum(dim=1)
+    s0 = (hist * levels).cumsum(dim=1)
+    N = n0[:, -1:]
+    S = s0[:, -1:]
+    num = (N * s0 - n0 * S).double() ** 2
+    den = (n0 * (N - n0)).double()
+    var = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    best = var.max(dim=1, keepdim=True).values
+    ok = var >= best * (1.0 - OTSU_TIE_RTOL)
+    return ok.long().argmax(dim=1)  # first True: first (tied) maximum; 0 when all are 0
+
+
+def otsu_threshold(u8: ArrayLike) -> Tensor:
+    """Otsu threshold of each map of ``u8`` (ints in ``[0, 255]``, ``[M, ...]``)
+    -> int64 ``[M]``; the prediction is ``u8 > t``."""
+    u = torch.as_tensor(u8).long()
+    if u.dim() == 1:
+        u = u[None]
+    return _otsu_from_hist(_histogram(u.clamp(0, 255)))
+
+
+def f3_score(obj_iou, contrast, concentration):
+    """``3 / (1/obj_iou + 1/min(contrast/20, 1) + 1/concentration)``; 0 if any
+    term is 0. Works on floats and on tensors (element-wise; NaN stays NaN)."""
+    if isinstance(obj_iou, Tensor) or isinstance(contrast, Tensor) or isinstance(concentration, Tensor):
+        a = torch.as_tensor(obj_iou, dtype=torch.float64)
+        b = torch.clamp(torch.as_tensor(contrast, dtype=torch.float64) / CONTRAST_SCALE, max=1.0)
+        c = torch.as_tensor(concentration, dtype=torch.float64)
+        zero = (a == 0) | (b == 0) | (c == 0)
+        one = torch.ones_like(a)
+        safe = lambda x: torch.where(x == 0, one, x)  # noqa: E731
+        f = 3.0 / (1.0 / safe(a) + 1.0 / safe(b) + 1.0 / safe(c))
+        return torch.where(zero, torch.zeros_like(f), f)
+    a, b, c = float(obj_iou), min(float(contrast) / CONTRAST_SCALE, 1.0), float(concentration)
+    if any(math.isnan(x) for x in (a, b, c)):
+        return float("nan")
+    if a == 0 or b == 0 or c == 0:
+        return 0.0
+    return 3.0 / (1.0 / a + 1.0 / b + 1.0 / c)
+
+
+def _object_metrics_same_size(maps: Tensor, masks: Tensor) -> Dict[str, Tensor]:
+    M = maps.shape[0]
+    H, W = masks.shape[1:]
+    hm = resize_maps(maps, (H, W)).reshape(M, -1)
+    u8 = to_u8(hm)
+    t = _otsu_from_hist(_histogram(u8))
+    pred = u8 > t[:, None]
+    lab = masks.reshape(M, -1)
+    L = int(lab.max()) + 1 if lab.numel() else 1
+    # counts per (map, label, predicted) in one bincount
+    idx = (torch.arange(M)[:, None] * L + lab) * 2 + pred.long()
+    cnt = torch.bincount(idx.reshape(-1), minlength=M * L * 2).reshape(M, L, 2)
+    inter = cnt[:, 1:, 1].double()
+    area = cnt[:, 1:, :].sum(dim=2).double()
+    n_pred = pred.sum(dim=1, keepdim=True).double()
+    union = n_pred + area - inter
+    present = area > 0
+    iou = torch.where(present, inter / torch.where(union > 0, union, torch.ones_like(union)),
+                      torch.full_like(inter, -1.0))
+    obj_iou = iou.max(dim=1).values if L > 1 else torch.full((M,), -1.0, dtype=torch.float64)
+    fg = lab > 0
+    hmd = hm.double()
+    n_fg = fg.sum(dim=1).double()
+    n_bg = (~fg).sum(dim=1).double()
+    s_fg = torch.where(fg, hmd, torch.zeros_like(hmd)).sum(dim=1)
+    s_all = hmd.sum(dim=1)
+    s_bg = torch.where(fg, torch.zeros_like(hmd), hmd).sum(dim=1)
+    mean_fg = s_fg / n_fg.clamp(min=1)
+    mean_bg = torch.where(n_bg > 0, s_bg / n_bg.clamp(min=1), torch.zeros_like(s_bg))
+    contrast = mean_fg / (mean_bg + EPS)
+    concentration = s_fg / (s_all + EPS)
+    valid = n_fg > 0
+    nan = torch.full_like(contrast, float("nan"))
+    obj_iou = torch.where(valid, obj_iou, nan)
+    contrast = torch.where(valid, contrast, nan)
+    concentration = torch.where(valid, concentration, nan)
+    return {
+        "obj_iou": obj_iou,
+        "contrast": contrast,
+        "concentration": concentration,
+        "f3": f3_score(obj_iou, contrast, concentration),
+        "threshold": t,
+    }
+
+
+def _chunks(M: int, pixels: int) -> Iterable[slice]:
+    step = max(1, _CHUNK_PIXELS // max(pixels, 1))
+    for s in range(0, M, step):
+        yield slice(s, min(M, s + step))
+
+
+def object_metrics(maps: ArrayLike, masks: Union[ArrayLike, Sequence[ArrayLike]]) -> Dict[str, Tensor]:
+    """Per-map object metrics.
+
+    maps: ``[M, h, w]``; masks: a ``[M, H, W]`` int tensor/array, or a sequence
+    of ``M`` label masks of any sizes (grouped by size internally).
+    Returns float64 tensors ``[M]``: ``obj_iou``, ``contrast``,
+    ``concentration``, ``f3`` and the int64 Otsu ``threshold``."""
+    m = _as_maps(maps)
+    M = m.shape[0]
+    if isinstance(masks, (Tensor, np.ndarray)) and np.ndim(masks) == 3:
+        mask_list = None
+        mk = _as_mask(masks)
+        if mk.shape[0] != M:
+            raise ValueError(f"got {M} maps but {mk.shape[0]} masks")
+        groups = {tuple(mk.shape[1:]): list(range(M))}
+    else:
+        mask_list = [_as_mask(x) for x in masks]
+        if len(mask_list) != M:
+            raise ValueError(f"got {M} maps but {len(mask_list)} masks")
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, x in enumerate(mask_list):
+            if x.dim() != 2:
+                raise ValueError(f"mask {i} must be [H, W], got shape {tuple(x.shape)}")
+            groups.setdefault(tuple(x.shape), []).append(i)
+    out = {k: torch.empty(M, dtype=torch.float64) for k in ("obj_iou", "contrast", "concentration", "f3")}
+    out["threshold"] = torch.empty(M, dtype=torch.long)
+    for (H, W), idx in groups.items():
+        for sl in _chunks(len(idx), H * W):
+            sel = torch.tensor(idx[sl], dtype=torch.long)
+            if mask_list is None:
+                mk_sel = mk[sel]
+            else:
+                mk_sel = torch.stack([mask_list[i] for i in idx[sl]])
+            res = _object_metrics_same_size(m[sel], mk_sel)
+            for k, v in res.items():
+                out[k][sel] = v.to(out[k].dtype)
+    return out
+
+
+def function_metrics(maps: ArrayLike, size: Union[Tuple[int, int], Sequence[Tuple[int, int]]]
+                     ) -> Dict[str, Tensor]:
+    """Func-IoU of function-word maps: the fraction of the resized map below
+    its Otsu threshold (``hm < t/255``). size: one ``(H, W)`` for all maps or
+    one per map. Returns ``func_iou`` (float64 ``[M]``) and ``threshold``."""
+    m = _as_maps(maps)
+    M = m.shape[0]
+    if len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
+        sizes = [tuple(int(s) for s in size)] * M
+    else:
+        sizes = [tuple(int(v) for v in s) for s in size]
+        if len(sizes) != M:
+            raise ValueError(f"got {M} maps but {len(sizes)} sizes")
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, s in enumerate(sizes):
+        groups.setdefault(s, []).append(i)
+    func = torch.empty(M, dtype=torch.float64)
+    thr = torch.empty(M, dtype=torch.long)
+    for (H, W), idx in groups.items():
+        for sl in _chunks(len(idx), H * W):
+            sel = torch.tensor(idx[sl], dtype=torch.long)
+            hm = resize_maps(m[sel], (H, W)).reshape(len(sel), -1)
+            t = _otsu_from_hist(_histogram(to_u8(hm)))
+            below = hm.double() < (t.double() / 255.0)[:, None]
+            func[sel] = below.double().mean(dim=1)
+            thr[sel] = t
+    return {"func_iou": func, "threshold": thr}
+
+
+def _finite_mean(v: Sequence[float]) -> Tuple[float, int]:
+    a = np.asarray(list(v), dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return (float(a.mean()) if a.size else float("nan")), int(a.size)
+
+
+def summarize(obj: Optional[Dict[str, Sequence[float]]] = None,
+              func: Optional[Dict[str, Sequence[float]]] = None) -> Dict[str, float]:
+    """Dataset-level numbers from per-map results (dicts as returned by
+    :func:`object_metrics` / :func:`function_metrics`, or lists of floats).
+
+    Returns ``obj_iou``, ``contrast``, ``concentration`` (means over maps with
+    a valid mask), ``f3`` (F3 of those means, the paper's table),
+    ``f3_per_map`` (mean of per-map F3), ``func_iou`` (mean), ``n_obj``,
+    ``n_func`` and ``n_invalid`` (object maps left out: empty mask)."""
+    res: Dict[str, float] = {}
+    if obj is not None and len(obj.get("obj_iou", [])):
+        iou = np.asarray([float(x) for x in obj["obj_iou"]], dtype=np.float64)
+        valid = np.isfinite(iou)
+        pick = lambda k: np.asarray([float(x) for x in obj[k]], dtype=np.float64)[valid]  # noqa: E731
+        n = int(valid.sum())
+        res["n_obj"] = n
+        res["n_invalid"] = int((~valid).sum())
+        if n:
+            res["obj_iou"] = float(iou[valid].mean())
+            res["contrast"] = float(pick("contrast").mean())
+            res["concentration"] = float(pick("concentration").mean())
+            res["f3"] = float(f3_score(res["obj_iou"], res["contrast"], res["concentration"]))
+            res["f3_per_map"] = float(pick("f3").mean())
+        else:
+            for k in ("obj_iou", "contrast", "concentration", "f3", "f3_per_map"):
+                res[k] = float("nan")
+    else:
+        res.update(n_obj=0, n_invalid=0, obj_iou=float("nan"), contrast=float("nan"),
+                   concentration=float("nan"), f3=float("nan"), f3_per_map=float("nan"))
+    if func is not None and len(func.get("func_iou", [])):
+        res["func_iou"], res["n_func"] = _finite_mean(float(x) for x in func["func_iou"])
+    else:
+        res["func_iou"], res["n_func"] = float("nan"), 0
+    return res
+
+
+class MetricAccumulator:
+    """Collects per-map results over a data set; :meth:`summary` gives the
+    dataset-level numbers. Add object maps with their masks and function-word
+    maps with their image size; each ``add_*`` call is vectorised over its maps."""
+
+    def __init__(self):
+        self.obj: Dict[str, List[float]] = {k: [] for k in ("obj_iou", "contrast", "concentration", "f3")}
+        self.func: Dict[str, List[float]] = {"func_iou": []}
+
+    def add_object(self, maps: ArrayLike, masks) -> Dict[str, Tensor]:
+        r = object_metrics(maps, masks)
+        for k in self.obj:
+            self.obj[k].extend(r[k].tolist())
+        return r
+
+    def add_function(self, maps: ArrayLike, size) -> Dict[str, Tensor]:
+        r = function_metrics(maps, size)
+        self.func["func_iou"].extend(r["func_iou"].tolist())
+        return r
+
+    def summary(self) -> Dict[str, float]:
+        return summarize(self.obj, self.func)
