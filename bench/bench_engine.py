@@ -1,0 +1,45 @@
+"""pytest-benchmark suite of the engine (run: `pytest bench/bench_engine.py`).
+
+Each benchmark times one backend with pytest-benchmark and records, in
+`extra_info`, the ratio to the PyTorch reference (and for pooling, to the
+bandwidth of a plain copy) timed in this same process. Set DCAM_BENCH_QUICK=1
+for the small cases."""
+import os
+
+import pytest
+import torch
+
+import dcam
+from dcam.benchmark import cases, copy_bandwidth, time_call
+
+QUICK = os.environ.get("DCAM_BENCH_QUICK", "0") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SYNC = torch.cuda.synchronize if DEVICE == "cuda" else None
+CASES = {c.name: c for c in cases(DEVICE, quick=QUICK)}
+BACKENDS = [b for b in dcam.available_backends() if b != "torch" and not (b == "triton" and DEVICE != "cuda")]
+_ref_times = {}
+_copy_bw = {}
+
+
+def _reference_time(case):
+    if case.name not in _ref_times:
+        _ref_times[case.name] = time_call(case.make("torch"), min_time=0.3, max_reps=5, sync=SYNC)
+    return _ref_times[case.name]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_engine(benchmark, case_name, backend):
+    case = CASES[case_name]
+    fn = case.make(backend)
+    benchmark.group = case_name
+    benchmark.pedantic(fn, rounds=10 if "refine" in case_name else 5, warmup_rounds=1,
+                       setup=SYNC if SYNC else None)
+    t = benchmark.stats.stats.median
+    benchmark.extra_info["us_per_map"] = t / case.maps * 1e6
+    benchmark.extra_info["ratio_to_reference"] = _reference_time(case) / t
+    if case.bytes_read:
+        if "bw" not in _copy_bw:
+            _copy_bw["bw"] = copy_bandwidth(case.bytes_read, DEVICE, SYNC)
+        benchmark.extra_info["grad_gb_per_s"] = case.bytes_read / t / 1e9
+        benchmark.extra_info["ratio_to_copy_bandwidth"] = case.bytes_read / t / _copy_bw["bw"]
