@@ -1,0 +1,383 @@
+"""Triton refinement of Diffusion-CAM maps (SPEC sections 2-7) in ONE kernel.
+
+One program owns one map (grid ``B*T``) and runs, without returning to the
+host: kernel size (adaptive or fixed), AKD (rank Gaussian filter), DACG
+(percentile gate + 3x3 Gaussian), CBA (soft background attenuation), clip and
+min-max normalisation, SICD (reference or context mode), then writes the map
+and its statistics. Module switches and the SICD mode are constexpr, so a
+configuration compiles only the code it runs.
+
+How the per-map work is done:
+
+- The map lives in registers as a ``[BLOCK]`` vector (``BLOCK >= h*w``).
+  Whatever needs other pixels (AKD windows, the 3x3 blur, rank counting for
+  percentiles) reads a copy of the current map in global memory: the output
+  buffer of the map is the scratch space (it is L1/L2 resident), fenced by
+  ``tl.debug_barrier()`` between the writes and the cross-thread reads (and
+  between those reads and the next overwrite).
+- AKD: pixels are processed in chunks of ``BLOCK_P``; the ``k x k`` windows of
+  a chunk are a ``[BLOCK_P, BLOCK_K]`` tile read through ``reflect``. Ranks are
+  counted (``rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j}``) with a loop
+  over the K window positions (``BLOCK_IK`` at a time) instead of sorting,
+  then the Gaussian rank weights are evaluated directly (ties give the same
+  sum either way).
+- Percentiles of a set (DACG's ``P_alpha(nz(f))``, CBA's ``P_50(nz(e))`` and
+  ``P_60(e)``) are order statistics picked by rank: ranks over the whole map
+  are counted in ``[BLOCK_I, BLOCK]`` chunks, and the rank inside ``nz`` is the
+  rank in the map minus the number of values ``<= 0`` (all smaller than any
+  positive value). The interpolation position is computed in float64 exactly
+  like the reference.
+- Statistics that feed a discontinuous decision (the mean/std behind the
+  adaptive kernel size) use IEEE-rounded sqrt; elsewhere the GPU's fast
+  division/exp stay far inside the float32 ``atol=1e-5`` contract.
+
+No ``.item()``, no host sync: the launcher only allocates outputs and launches
+through ``torch.library.wrap_triton`` (traceable inside a
+``torch.library.triton_op``).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+EPS_NORM = 1e-8
+ZETA_MIN = 1e-6
+SICD_BASE = 0.05
+SICD_SPIKE = 0.02
+SICD_ALPHA_MAX = 0.5
+SICD_RANGE_GUARD = 0.9
+ADAPTIVE_K_MAX = 11
+
+# Elements of the working tiles (AKD window/rank tiles, rank-count chunks).
+# On a GPU they live in registers: 4096 fp32 over 8 warps is 16 per thread.
+# The CPU interpreter pays a large fixed cost per tensor op, so it gets much
+# bigger tiles (same code, fewer loop iterations); tests also run the GPU sizes.
+TILE_GPU = 4096
+TILE_INTERPRETER = 1 << 18
+
+
+def _interpreted() -> bool:
+    return type(_refine_kernel).__name__ == "InterpretedFunction"
+
+
+# --------------------------------------------------------------------------- helpers
+
+@triton.jit
+def _reflect(i, n):
+    """numpy 'reflect' index of a read at i on an axis of length n (one reflection)."""
+    i = tl.where(i < 0, -i, i)
+    i = tl.where(i >= n, 2 * n - 2 - i, i)
+    return tl.where(n == 1, 0, i)
+
+
+@triton.jit
+def _mean_std(x, mask, N):
+    """Mean and population std of the masked entries of a [BLOCK] vector."""
+    nf = N.to(tl.float32)
+    mean = tl.sum(tl.where(mask, x, 0.0), axis=0) / nf
+    d = tl.where(mask, x - mean, 0.0)
+    std = tl.sqrt_rn(tl.sum(d * d, axis=0) / nf)
+    return mean, std
+
+
+@triton.jit
+def _ranks(buf, x, offs, N, BLOCK: tl.constexpr, BLOCK_I: tl.constexpr):
+    """Rank of every entry of x (whose copy is buf[0:N]) among the N entries:
+    #{i: x_i < x_j} + #{i < j: x_i == x_j}, a permutation of 0..N-1."""
+    rank = tl.zeros((BLOCK,), dtype=tl.int32)
+    for i0 in range(0, N, BLOCK_I):
+        oi = i0 + tl.arange(0, BLOCK_I)
+        xi = tl.load(buf + oi, mask=oi < N, other=0.0)
+        before = (xi[:, None] < x[None, :]) | ((xi[:, None] == x[None, :]) & (oi[:, None] < offs[None, :]))
+        before = before & (oi[:, None] < N)
+        rank += tl.sum(before.to(tl.int32), axis=0)
+    return rank
+
+
+@triton.jit
+def _percentile(x, rank, valid, n, q):
+    """q-th percentile (numpy 'linear') of the n valid entries of x, given each
+    valid entry's rank among the valid ones; 0 when n == 0."""
+    nm1 = tl.maximum(n - 1, 0)
+    pos = q.to(tl.float64) / 100.0 * nm1.to(tl.float64)
+    lo = pos.to(tl.int32)  # pos >= 0: truncation is floor
+    frac = (pos - lo.to(tl.float64)).to(tl.float32)
+    hi = tl.minimum(lo + 1, nm1)
+    s_lo = tl.sum(tl.where(valid & (rank == lo), x, 0.0), axis=0)
+    s_hi = tl.sum(tl.where(valid & (rank == hi), x, 0.0), axis=0)
+    p = s_lo + tl.where(frac > 0, frac * (s_hi - s_lo), 0.0)
+    return tl.where(n > 0, p, 0.0)
+
+
+@triton.jit
+def _akd(src, dst, k, H, W, N, BLOCK_P: tl.constexpr, BLOCK_IK: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rank Gaussian filter of the map src[0:N] (h x w) with a k x k window
+    (k odd, runtime), written to dst[0:N].
+
+    Pixels go in chunks of BLOCK_P; their windows are a [BLOCK_P, BLOCK_K] tile
+    (raster order, dy outer). Ranks are counted against BLOCK_IK window
+    positions at a time ([BLOCK_P, BLOCK_IK, BLOCK_K] compares)."""
+    K = k * k
+    R = (k - 1) // 2
+    half = ((K - 1) // 2).to(tl.float32)
+    jj = tl.arange(0, BLOCK_K)
+    jmask = jj < K
+    dyj = jj // k - R
+    dxj = jj % k - R
+    for p0 in range(0, N, BLOCK_P):
+        pp = p0 + tl.arange(0, BLOCK_P)
+        pmask = pp < N
+        py = pp // W
+        px = pp % W
+        m2 = pmask[:, None] & jmask[None, :]
+        rows = _reflect(py[:, None] + dyj[None, :], H)
+        cols = _reflect(px[:, None] + dxj[None, :], W)
+        v = tl.load(src + rows * W + cols, mask=m2, other=0.0).to(tl.float32)  # [P, K] windows
+        # rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j}
+        rank = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.int32)
+        for i0 in range(0, K, BLOCK_IK):
+            ii = i0 + tl.arange(0, BLOCK_IK)
+            imask = ii < K
+            yi = _reflect(py[:, None] + (ii // k - R)[None, :], H)
+            xi = _reflect(px[:, None] + (ii % k - R)[None, :], W)
+            vi = tl.load(src + yi * W + xi, mask=pmask[:, None] & imask[None, :], other=0.0).to(tl.float32)
+            vi3 = vi[:, :, None]  # [P, IK, 1]
+            v3 = v[:, None, :]  # [P, 1, K]
+            before = (vi3 < v3) | ((vi3 == v3) & (ii[None, :, None] < jj[None, None, :]))
+            before = before & imask[None, :, None]
+            rank += tl.sum(before.to(tl.int32), axis=1)
+        kf = K.to(tl.float32)
+        mu = tl.sum(v, axis=1) / kf
+        dv = tl.where(m2, v - mu[:, None], 0.0)
+        sd = tl.sqrt_rn(tl.sum(dv * dv, axis=1) / kf)
+        sigma = sd / tl.where(mu > 0, mu, 1.0)
+        inv = 1.0 / (2.0 * sigma * sigma)  # inf when sigma underflows: only the centre rank survives
+        d = rank.to(tl.float32) - half
+        u = tl.where(d == 0, 1.0, tl.exp(-(d * d) * inv[:, None]))
+        u = tl.where(m2, u, 0.0)
+        val = tl.sum(u * v, axis=1) / tl.sum(u, axis=1)
+        val = tl.where(sd > 0, val, mu)
+        val = tl.where(mu > 0, val, 0.0)
+        tl.store(dst + pp, val, mask=pmask)
+
+
+@triton.jit
+def _blur3(src, offs, mask, H, W, sigma):
+    """Normalised 3x3 Gaussian (reflect padding) of the map src[0:N] at offs."""
+    den = 2.0 * sigma * sigma
+    e1 = tl.exp(-1.0 / den)
+    e2 = tl.exp(-2.0 / den)
+    gsum = 1.0 + 4.0 * e1 + 4.0 * e2
+    y = offs // W
+    x = offs % W
+    acc = tl.zeros(offs.shape, dtype=tl.float32)
+    for dy in tl.static_range(-1, 2):
+        for dx in tl.static_range(-1, 2):
+            if dy * dy + dx * dx == 0:
+                g = 1.0 / gsum
+            elif dy * dy + dx * dx == 1:
+                g = e1 / gsum
+            else:
+                g = e2 / gsum
+            nb = tl.load(src + _reflect(y + dy, H) * W + _reflect(x + dx, W), mask=mask, other=0.0)
+            acc += nb * g
+    return acc
+
+
+# --------------------------------------------------------------------------- the kernel
+
+# T, H, W are never specialised to constexpr 1 (a 1x1 map must stay a tensor-valued N)
+@triton.jit(do_not_specialize=["T", "H", "W"])
+def _refine_kernel(
+    raw_ptr, deg_ptr, steps_ptr, size_ptr, rho_ptr, ctx_ptr, cw_ptr,
+    out_ptr, ks_ptr, strat_ptr, dthr_ptr, cthr_ptr, alpha_ptr,
+    T, H, W,
+    dacg_std, dacg_mean_hi, dacg_mean_lo, dacg_q0, dacg_q1, dacg_q2, dacg_q3, dacg_sigma,
+    cba_w0, cba_w1, cba_w2, cba_w3, cba_floor,
+    AKD_KERNEL: tl.constexpr, AKD: tl.constexpr, DACG: tl.constexpr, CBA: tl.constexpr,
+    SICD: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_IK: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // T
+    N = H * W
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    base = pid.to(tl.int64) * N
+    src = raw_ptr + base
+    buf = out_ptr + base  # scratch copy of the current map, then the result
+
+    r = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
+    r_max = tl.max(tl.where(mask, r, float("-inf")), axis=0)
+
+    # ---- kernel size (section 2)
+    if AKD_KERNEL > 0:
+        k = tl.full((), AKD_KERNEL, tl.int32)
+    else:
+        _, std_r = _mean_std(r, mask, N)
+        f_step = tl.minimum(tl.load(steps_ptr + b).to(tl.float32) * 0.0625, 2.0)
+        f_std = tl.minimum(5.0 * std_r, 2.0)
+        f_size = tl.minimum(tl.load(size_ptr + b).to(tl.float32) * 0.001953125, 1.5)
+        k = tl.floor(3.0 * f_step * f_std * f_size).to(tl.int32)
+        k = tl.where(k % 2 == 0, k + 1, k)
+        k = tl.minimum(tl.maximum(k, 3), 11)
+    k = tl.minimum(k, 2 * tl.minimum(H, W) - 1)
+
+    # ---- AKD (section 2): f goes to buf
+    if AKD:
+        _akd(src, buf, k, H, W, N, BLOCK_P, BLOCK_IK, BLOCK_K)
+    else:
+        tl.store(buf + offs, r, mask=mask)
+    tl.debug_barrier()
+    x = tl.load(buf + offs, mask=mask, other=0.0)
+
+    # ---- DACG (section 3): reads the copy of f in buf
+    zeta = 0.0
+    strategy = -1
+    if DACG:
+        mu_f, sd_f = _mean_std(x, mask, N)
+        nz = mask & (x > 0)
+        n_nz = tl.sum(nz.to(tl.int32), axis=0)
+        n_le = tl.sum((mask & (x <= 0)).to(tl.int32), axis=0)
+        rank = _ranks(buf, x, offs, N, BLOCK, BLOCK_I)
+        strat = tl.where(sd_f > dacg_std, 0, tl.where(mu_f > dacg_mean_hi, 1, tl.where(mu_f < dacg_mean_lo, 2, 3)))
+        q = tl.where(strat == 0, dacg_q0, tl.where(strat == 1, dacg_q1, tl.where(strat == 2, dacg_q2, dacg_q3)))
+        z = tl.maximum(_percentile(x, rank - n_le, nz, n_nz, q), 1e-6)
+        blurred = _blur3(buf, offs, mask, H, W, dacg_sigma)
+        has_nz = n_nz > 0
+        x = tl.where(has_nz & (x <= z), blurred, x)
+        zeta = tl.where(has_nz, z, 0.0)
+        strategy = tl.where(has_nz, strat, -1)
+        tl.debug_barrier()  # every read of buf is done before it is overwritten
+
+    # ---- CBA (section 4)
+    tau_out = 0.0
+    if CBA:
+        tl.store(buf + offs, x, mask=mask)
+        tl.debug_barrier()
+        rank = _ranks(buf, x, offs, N, BLOCK, BLOCK_I)
+        tl.debug_barrier()
+        nz = mask & (x > 0)
+        n_nz = tl.sum(nz.to(tl.int32), axis=0)
+        n_le = tl.sum((mask & (x <= 0)).to(tl.int32), axis=0)
+        med_nz = _percentile(x, rank - n_le, nz, n_nz, tl.full((), 50.0, tl.float32))
+        p60 = _percentile(x, rank, mask, N, tl.full((), 60.0, tl.float32))
+        mean_nz = tl.sum(tl.where(nz, x, 0.0), axis=0) / tl.maximum(n_nz, 1).to(tl.float32)
+        mx = tl.max(tl.where(mask, x, float("-inf")), axis=0)
+        tau = cba_w0 * med_nz + cba_w1 * p60 + cba_w2 * mean_nz + cba_w3 * mx
+        scale = tl.maximum(x / tl.maximum(tau, 1e-8), cba_floor)
+        has_nz = n_nz > 0
+        x = tl.where(has_nz & (x < tau), x * scale, x)
+        tau_out = tl.where(has_nz, tau, 0.0)
+
+    # ---- clip to [0, max(r)] and min-max normalise (section 5)
+    c = tl.minimum(tl.maximum(x, 0.0), r_max)
+    lo = tl.min(tl.where(mask, c, float("inf")), axis=0)
+    hi = tl.max(tl.where(mask, c, float("-inf")), axis=0)
+    m = tl.where(hi > lo, (c - lo) / (hi - lo + 1e-8), c)
+
+    # ---- SICD (section 6)
+    alpha = 0.0
+    if SICD != 0:
+        if SICD == 1:
+            rho = tl.load(rho_ptr + b).to(tl.float32)
+            mean_m, std_m = _mean_std(m, mask, N)
+            spike = tl.where(m > mean_m + 2.0 * std_m, 1.0, 0.0)
+            interf = tl.where(mask, 0.05 * rho + 0.02 * spike, 0.0)
+            ii = tl.sum(interf * interf, axis=0)
+            apply = tl.max(interf, axis=0) != 0
+            a = tl.minimum(tl.sum(m * interf, axis=0) / tl.where(apply, ii, 1.0), 0.5)
+        else:
+            tt = tl.arange(0, BLOCK_T)
+            wrow = cw_ptr + pid.to(tl.int64) * T
+            wsum = tl.sum(tl.load(wrow + tt, mask=tt < T, other=0.0).to(tl.float32), axis=0)
+            interf = tl.zeros((BLOCK,), dtype=tl.float32)
+            for i in range(0, T):
+                wi = tl.load(wrow + i).to(tl.float32) / (wsum + 1e-8)
+                ri = tl.load(ctx_ptr + (b * T + i).to(tl.int64) * N + offs, mask=mask, other=0.0)
+                interf += wi * ri.to(tl.float32)
+            ii = tl.sum(interf * interf, axis=0)
+            apply = ii != 0
+            a = tl.minimum(tl.maximum(tl.sum(m * interf, axis=0) / tl.where(apply, ii, 1.0), 0.0), 1.0)
+        a = tl.where(apply, a, 0.0)
+        sub = tl.maximum(m - a * interf, 0.0)
+        rng_new = tl.max(tl.where(mask, sub, float("-inf")), axis=0) - tl.min(tl.where(mask, sub, float("inf")), axis=0)
+        rng_old = tl.max(tl.where(mask, m, float("-inf")), axis=0) - tl.min(tl.where(mask, m, float("inf")), axis=0)
+        keep = apply & (rng_new >= 0.9 * rng_old)
+        m = tl.where(keep, sub, m)
+        alpha = tl.where(keep, a, 0.0)
+
+    # ---- degenerate maps come out 0 with empty statistics (section 7)
+    deg = tl.load(deg_ptr + pid) != 0
+    m = tl.where(deg, 0.0, m)
+    tl.debug_barrier()  # the last cross-thread reads of buf are done
+    tl.store(buf + offs, m, mask=mask)
+    tl.store(ks_ptr + pid, k)
+    tl.store(strat_ptr + pid, tl.where(deg, -1, strategy))
+    tl.store(dthr_ptr + pid, tl.where(deg, 0.0, zeta))
+    tl.store(cthr_ptr + pid, tl.where(deg, 0.0, tau_out))
+    tl.store(alpha_ptr + pid, tl.where(deg, 0.0, alpha))
+
+
+# --------------------------------------------------------------------------- launcher
+
+def refine_triton(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,
+                  context_maps: Optional[Tensor], context_weights: Optional[Tensor],
+                  akd_kernel: int, akd: bool, dacg: bool, cba: bool, sicd: int,
+                  dacg_params: List[float], cba_params: List[float]
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The whole refinement of [B, T, h, w] raw maps (Triton, one program per map).
+
+    Same signature and results as `dcam.reference.refine_reference`: returns
+    (maps f32 [B,T,h,w], kernel_size i32 [B,T], dacg_strategy i32 [B,T],
+    dacg_threshold f32 [B,T], cba_threshold f32 [B,T], sicd_alpha f32 [B,T])."""
+    B, T, h, w = raw.shape
+    N = h * w
+    dev = raw.device
+    akd_kernel, sicd = int(akd_kernel), int(sicd)
+    if sicd not in (0, 1, 2):
+        raise ValueError(f"refine_triton: sicd must be 0 (off), 1 (reference) or 2 (context), got {sicd}")
+    if len(dacg_params) != 8 or len(cba_params) != 5:
+        raise ValueError("refine_triton: dacg_params needs 8 values and cba_params 5")
+    raw = raw.contiguous()
+    if sicd == 2:
+        if context_weights is None:
+            raise ValueError("refine_triton: sicd='context' needs context_weights [B, T, T]")
+        ctx = raw if context_maps is None else context_maps.contiguous()
+        cw = context_weights.contiguous()
+    else:  # unused by the compiled kernel
+        ctx, cw = raw, raw
+
+    maps = torch.empty((B, T, h, w), device=dev, dtype=torch.float32)
+    ksize = torch.empty((B, T), device=dev, dtype=torch.int32)
+    strategy = torch.empty((B, T), device=dev, dtype=torch.int32)
+    dacg_thr = torch.empty((B, T), device=dev, dtype=torch.float32)
+    cba_thr = torch.empty((B, T), device=dev, dtype=torch.float32)
+    alpha = torch.empty((B, T), device=dev, dtype=torch.float32)
+
+    # block sizes from the shapes: the largest window this config can use
+    kmax = min(akd_kernel if akd_kernel > 0 else ADAPTIVE_K_MAX, 2 * min(h, w) - 1)
+    tile = TILE_INTERPRETER if _interpreted() else TILE_GPU
+    block = max(16, triton.next_power_of_2(N))
+    block_k = max(16, triton.next_power_of_2(kmax * kmax)) if akd else 16
+    block_p = max(1, min(block, tile // block_k, 256))
+    block_ik = max(1, min(block_k, tile // (block_p * block_k)))
+    block_i = max(1, min(block, tile // block))
+    block_t = max(16, triton.next_power_of_2(T))
+
+    wrap_triton(_refine_kernel)[(B * T,)](
+        raw, degenerate, steps, image_size, repeat_ratio, ctx, cw,
+        maps, ksize, strategy, dacg_thr, cba_thr, alpha,
+        T, h, w,
+        *[float(p) for p in dacg_params], *[float(p) for p in cba_params],
+        AKD_KERNEL=akd_kernel, AKD=bool(akd), DACG=bool(dacg), CBA=bool(cba), SICD=sicd,
+        BLOCK=block, BLOCK_I=block_i, BLOCK_P=block_p, BLOCK_IK=block_ik, BLOCK_K=block_k,
+        BLOCK_T=block_t,
+        num_warps=8)
+    return maps, ksize, strategy, dacg_thr, cba_thr, alpha
