@@ -195,6 +195,8 @@ def _batched_grad(scores: Tensor, leaf: Tensor, rows: Tensor, chunk_size: int, s
     cotangents in chunks. Falls back to one backward per score if the vmapped
     backward is not supported by some op of the model."""
     T = scores.shape[0]
+    if not scores.requires_grad:  # the scores do not depend on the hooked block at all
+        return leaf.new_zeros((T, rows.numel(), select.numel(), leaf.shape[-1]))
     out = []
     for c0 in range(0, T, chunk_size):
         c1 = min(T, c0 + chunk_size)
@@ -284,7 +286,8 @@ def probe(adapter: ModelAdapter, prep: Prepared, positions: Sequence[int], token
                             s = own.sum(1) - logits[:, 1].sum(1)
                         W_logits[r0:r1] = own.detach()[:, tid].float()
                         if want_grads:
-                            g = torch.autograd.grad(s.sum(), leaf)[0]  # rows independent
+                            g = torch.autograd.grad(s.sum(), leaf)[0] if s.requires_grad \
+                                else torch.zeros_like(leaf)  # rows independent
                             grads.append(g[:, img].detach()[:, None])  # [R, 1, N, D]
                     else:
                         own = logits[0, :T]  # [T, V]

@@ -1,0 +1,315 @@
+"""Explainer, gradient probe and Explanation outputs, on a tiny random zoo model."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dcam.adapters import auto_adapter
+from dcam.adapters.probing import LastLayerError, build_probe_inputs, probe, published_gradients
+from dcam.config import CamConfig
+from dcam.data import generate_sample
+from dcam.explain import METHODS, Explainer, repeat_ratio
+from dcam.zoo import build_random
+from dcam.zoo.modeling import default_text_config, default_vision_config
+
+CAPTION = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 2 shared cores: OpenMP threads spinning against other processes make tiny ops 30x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_zoo(seed=0, layers=3):
+    vc = default_vision_config(image_size=32, patch_size=4, stem_channels=0)
+    vc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    tc = default_text_config()
+    tc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+              num_key_value_heads=2)
+    return build_random(seed, vision_config=vc, text_config=tc, stem_channels=0, default_probe_layer=1)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return tiny_zoo()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return generate_sample((0, 2, 3), image_size=48, n_objects=2)
+
+
+@pytest.fixture(scope="module")
+def prepared(zoo, sample):
+    model, proc = zoo
+    a = auto_adapter(model, proc)
+    prep = a.prepare(sample.image, None, a.encode_response(sample.caption))
+    return a, prep
+
+
+def _targets(prep, idx):
+    return [prep.response_start + i for i in idx], [prep.response_ids[i] for i in idx]
+
+
+# --------------------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("mode", ["full", "masked", "remask"])
+@pytest.mark.parametrize("score", ["logit", "contrastive"])
+def test_batched_cotangents_equal_one_at_a_time(prepared, mode, score):
+    a, prep = prepared
+    pos, ids = _targets(prep, [0, 1, 2, 4, 5])
+    r = probe(a, prep, pos, ids, 1, probe=mode, target_score=score, chunk_size=2)
+    ref = published_gradients(a, prep, pos, ids, 1, probe=mode, target_score=score)
+    got = r.per_target_grads()
+    assert got.shape == ref.shape == (5, 64, 32)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(got, ref, atol=1e-7, rtol=1e-5)
+
+
+def test_probe_freezes_parameters_and_restores_them(prepared):
+    a, prep = prepared
+    model = a.model
+    model.train()
+    pos, ids = _targets(prep, [1, 2])
+    seen = []
+    h = model.lm_head.register_forward_hook(lambda m, i, o: seen.append((m.weight.requires_grad, m.training)))
+    try:
+        probe(a, prep, pos, ids, 1)
+    finally:
+        h.remove()
+        model.eval()
+    assert seen == [(False, False)]
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_graph_starts_at_the_hooked_block(prepared):
+    """Blocks below the hooked one run without autograd; above it, with."""
+    a, prep = prepared
+    modes = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: modes.append(torch.is_grad_enabled())) for b in a.blocks()]
+    try:
+        pos, ids = _targets(prep, [1])
+        probe(a, prep, pos, ids, 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert modes == [False, False, True]
+
+
+def test_last_block_gradients_are_zero_and_refused(zoo, prepared, sample):
+    a, prep = prepared
+    pos, ids = _targets(prep, [1, 2])
+    last = len(a.blocks()) - 1
+    r = probe(a, prep, pos, ids, last, allow_last_layer=True)
+    assert torch.count_nonzero(r.grads) == 0
+    ref = published_gradients(a, prep, pos, ids, last)
+    assert torch.count_nonzero(ref) == 0
+    with pytest.raises(LastLayerError):
+        probe(a, prep, pos, ids, last)
+    with pytest.raises(LastLayerError, match="last block"):
+        Explainer(*zoo, layer=-1)
+    # an earlier block has non-zero gradients
+    assert probe(a, prep, pos, ids, last - 1).grads.abs().max() > 0
+
+
+# --------------------------------------------------------------------------- probe inputs
+
+def test_probe_inputs_are_what_they_claim(prepared):
+    a, prep = prepared
+    s, n = prep.response_start, prep.response_length
+    mask = a.mask_token_id
+    idx = [0, 2, 5]
+    pos, _ = _targets(prep, idx)
+    full = build_probe_inputs(a, prep, pos, "full")
+    assert torch.equal(full, prep.input_ids)
+    assert not (full[0, s:s + n] == mask).any()
+    masked = build_probe_inputs(a, prep, pos, "masked")
+    assert masked.shape == (1, prep.input_ids.shape[1])
+    assert (masked[0, s:s + n] == mask).all()
+    assert torch.equal(masked[0, :s], prep.input_ids[0, :s])
+    remask = build_probe_inputs(a, prep, pos, "remask")
+    assert remask.shape == (3, prep.input_ids.shape[1])
+    is_mask = remask == mask
+    assert is_mask.sum(1).tolist() == [1, 1, 1]
+    assert [int(torch.nonzero(row)[0]) for row in is_mask] == pos
+    keep = ~is_mask
+    assert torch.equal(remask[keep], prep.input_ids.expand(3, -1)[keep])
+    # and the probe really runs on those inputs
+    r = probe(a, prep, pos, [prep.response_ids[i] for i in idx], 1, probe="remask")
+    assert torch.equal(r.input_ids, remask)
+    assert r.acts.shape[0] == 3 and r.grads.shape[:2] == (3, 1)
+
+
+def test_span_located_from_image_token_id(zoo, sample):
+    """The image span is found from the image token id: a sequence shifted by
+    masked left padding gives the same activations, gradients and maps."""
+    from dcam import engine
+    from dcam.adapters.base import Prepared
+
+    model, proc = zoo
+    a = auto_adapter(model, proc)
+    base = a.prepare(sample.image, None, a.encode_response(sample.caption))
+    k = 5
+    pad = torch.full((1, k), model.config.pad_token_id, dtype=torch.long)
+    ids = torch.cat([pad, base.input_ids], 1)
+    keep = torch.cat([torch.zeros(1, k, dtype=torch.long), torch.ones_like(base.input_ids)], 1)
+    shifted = Prepared(input_ids=ids, model_inputs=dict(base.model_inputs, attention_mask=keep),
+                       response_start=base.response_start + k, response_length=base.response_length,
+                       image_positions=a.locate(ids, a.grid), grid=base.grid, image=base.image)
+    assert torch.equal(shifted.image_positions, base.image_positions + k)
+    idx = [1, 2, 5]
+    r0 = probe(a, base, *_targets(base, idx), 1)
+    r1 = probe(a, shifted, *_targets(shifted, idx), 1)
+    torch.testing.assert_close(r1.acts, r0.acts, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(r1.grads, r0.grads, atol=1e-7, rtol=1e-3)
+    m0 = engine.diffusion_cam(r0.acts, r0.grads, base.grid).maps
+    m1 = engine.diffusion_cam(r1.acts, r1.grads, shifted.grid).maps
+    torch.testing.assert_close(m1, m0, atol=1e-4, rtol=0)
+    # different prompt lengths: the span moves with the prompt
+    p2 = a.prepare(sample.image, "what is in this image", a.encode_response(sample.caption))
+    assert int(p2.image_positions[0]) == int(base.image_positions[0]) + 2
+    assert torch.equal(p2.input_ids[0, p2.image_positions], torch.full((64,), a.image_token_id))
+
+
+# --------------------------------------------------------------------------- explainer
+
+def test_explain_all_tokens(zoo, sample):
+    e = Explainer(*zoo).explain(sample.image, response=sample.caption)
+    words = sample.caption.split()
+    assert e.tokens == words
+    assert e.positions == list(range(len(words)))
+    assert e.maps.shape == (len(words), 8, 8) and e.maps.dtype == torch.float32
+    assert float(e.maps.min()) >= 0 and float(e.maps.max()) <= 1
+    assert set(e.stats) == {"kernel_size", "dacg_strategy", "dacg_threshold", "cba_threshold", "sicd_alpha",
+                            "degenerate"}
+    assert all(v.shape == (len(words),) for v in e.stats.values())
+    assert e.steps == zoo[0].config.response_length and e.steps_source == "default"
+    assert e.repeat_ratio == pytest.approx(repeat_ratio([1, 2, 3, 4, 1, 5, 6]))  # "a" repeats
+    assert e.probe == "full" and e.layer == 1 and e.target_score == "logit"
+
+
+def test_explain_generates_and_records_steps(zoo, sample):
+    model, proc = zoo
+    exp = Explainer(model, proc)
+    e = exp.explain(sample.image, steps=4)
+    assert e.steps == 4 and e.steps_source == "generation"
+    assert len(e.response_ids) == model.config.response_length
+    eos = model.config.eos_token_id
+    assert eos not in e.token_ids and model.config.pad_token_id not in e.token_ids
+    e2 = exp.explain(sample.image, steps=40)  # more steps than slots: only Lr steps do anything
+    assert e2.steps == model.config.response_length
+
+
+def test_targets_by_index_and_word(zoo, sample):
+    exp = Explainer(*zoo)
+    words = sample.caption.split()  # a <c1> <s1> and a <c2> <s2>
+    e = exp.explain(sample.image, response=sample.caption, targets=[2, 1])
+    assert e.positions == [1, 2] and e.tokens == [words[1], words[2]]
+    e = exp.explain(sample.image, response=sample.caption, targets=[words[6].upper(), "a"])
+    assert e.positions == [0, 4, 6]
+    full = exp.explain(sample.image, response=sample.caption)
+    torch.testing.assert_close(e.maps[2], full.maps[6])  # full probe: a token's map ignores the others
+    with pytest.raises(ValueError, match="'purple'"):
+        exp.explain(sample.image, response=sample.caption, targets=["a", "purple"])
+    with pytest.raises(ValueError, match="pad/eos"):
+        exp.explain(sample.image, response=sample.caption, targets=[len(words)])  # the first eos slot
+    with pytest.raises(ValueError, match="out of range"):
+        exp.explain(sample.image, response=sample.caption, targets=[99])
+
+
+def test_contrastive_differs_from_logit(zoo, sample):
+    exp = Explainer(*zoo)
+    e1 = exp.explain(sample.image, response=sample.caption, target_score="logit")
+    e2 = exp.explain(sample.image, response=sample.caption, target_score="contrastive")
+    assert e2.target_score == "contrastive"
+    assert e2.extra["distractor"] is not None
+    assert not torch.equal(e1.scores, e2.scores)
+    assert (e1.maps - e2.maps).abs().max() > 1e-3
+
+
+def test_probe_modes_and_unknown_probe(zoo, sample):
+    exp = Explainer(*zoo)
+    maps = {m: exp.explain(sample.image, response=sample.caption, probe=m).maps for m in ("full", "masked", "remask")}
+    assert all(v.shape == maps["full"].shape for v in maps.values())
+    assert (maps["full"] - maps["masked"]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="probe"):
+        exp.explain(sample.image, response=sample.caption, probe="half")
+
+
+def test_context_sicd_and_weights(zoo, sample, prepared):
+    a, prep = prepared
+    idx = list(range(7))
+    pos, ids = _targets(prep, idx)
+    r = probe(a, prep, pos, ids, 1)
+    W = r.context_weights
+    assert W.shape == (7, 7) and (W >= 0).all()
+    assert torch.count_nonzero(torch.diagonal(W)) == 0
+    assert W[0, 4] == 0 and W[4, 0] == 0  # both "a"
+    e = Explainer(*zoo, config=CamConfig(sicd="context")).explain(sample.image, response=sample.caption)
+    assert e.maps.shape == (7, 8, 8)
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "llava-cam", "tam"])
+def test_baseline_methods(zoo, sample, method):
+    assert method in METHODS
+    e = Explainer(*zoo, method=method).explain(sample.image, response=sample.caption)
+    assert e.method == method and e.maps.shape == (7, 8, 8)
+    assert float(e.maps.max()) <= 1 and float(e.maps.min()) >= 0
+    if method == "llava-cam":
+        assert e.target_score == "contrastive"
+
+
+def test_tam_uses_last_hidden_states(prepared):
+    a, prep = prepared
+    pos, ids = _targets(prep, [1, 2])
+    r = probe(a, prep, pos, ids, 1, want_grads=False, want_last_hidden=True)
+    assert r.grads is None
+    with torch.no_grad():
+        out = a.model(input_ids=prep.input_ids, output_hidden_states=True, **prep.model_inputs)
+    torch.testing.assert_close(r.last_hidden[0], out.hidden_states[-1][0, prep.image_positions])
+
+
+def test_unknown_method_and_bad_config(zoo):
+    with pytest.raises(ValueError, match="unknown method"):
+        Explainer(*zoo, method="saliency")
+    with pytest.raises(TypeError):
+        Explainer(*zoo, config={"sicd": "off"})
+
+
+# --------------------------------------------------------------------------- outputs
+
+def test_overlay_and_save(zoo, sample, tmp_path):
+    from safetensors.torch import load_file
+
+    e = Explainer(*zoo).explain(sample.image, response=sample.caption)
+    words = sample.caption.split()
+    ov = e.overlay(words[2], alpha=0.5)
+    assert isinstance(ov, Image.Image) and ov.size == sample.image.size and ov.mode == "RGB"
+    # alpha 0 is the image itself, alpha 1 the pure heatmap
+    assert np.array_equal(np.asarray(e.overlay(1, alpha=0.0)), np.asarray(sample.image))
+    assert not np.array_equal(np.asarray(e.overlay(1, alpha=1.0)), np.asarray(sample.image))
+    paths = e.save(str(tmp_path))
+    assert len(paths["overlays"]) == len(words)
+    for p in paths["overlays"]:
+        assert os.path.exists(p) and Image.open(p).size == (288, 288)  # 48 px scaled x6 to >= 256
+    assert os.path.basename(paths["overlays"][2]) == f"02_{words[2]}.png"
+    sheet = Image.open(paths["contact_sheet"])
+    from dcam.overlay import sheet_layout
+
+    assert sheet.size == sheet_layout(len(words) + 1, (288, 288), label_height=28)
+    t = load_file(paths["maps"])
+    torch.testing.assert_close(t["maps"], e.maps, atol=0, rtol=0)
+    assert t["token_ids"].tolist() == e.token_ids
+    torch.testing.assert_close(t["stats.sicd_alpha"], e.stats["sicd_alpha"], atol=0, rtol=0)
+    meta = json.load(open(paths["meta"]))
+    assert meta["tokens"] == words and meta["steps"] == e.steps and meta["grid"] == [8, 8]
+    assert set(meta["stats"]) == set(e.stats) and len(meta["stats"]["kernel_size"]) == len(words)
+    assert meta["method"] == "diffusion-cam" and meta["probe"] == "full"
