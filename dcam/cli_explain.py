@@ -1,0 +1,371 @@
+"""``dcam demo`` and ``dcam explain`` (and the grounding report).
+
+    dcam demo [--out DIR] [--seed N]
+        a grounded-shapes test image (dcam.data), captioned by the bundled
+        model, every word explained; overlays + contact sheet written to DIR.
+    dcam explain IMAGE [--prompt TEXT] [--response TEXT] [--model DIR] [--tokens WORDS]
+                       [--method NAME] [--probe MODE] [--layer N] [--out DIR]
+        the same for any image; the default model is the bundled one.
+    python -m dcam.cli_explain grounding [--n 50] [--probes full,masked,remask] [--layers 0,1,2]
+        the grounding benchmark (see :func:`grounding_report`).
+
+``add_subparsers(subparsers)`` registers ``demo`` and ``explain`` with the
+``dcam`` command (:mod:`dcam.cli`); each handler is ``run(args) -> int``. User
+errors (unreadable image, unknown word, a model without an image token, bad
+option values) raise :class:`CliError`; :func:`main` (and ``dcam.cli.main``)
+print them on one line on stderr and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+class CliError(Exception):
+    """A user-facing error: one line on stderr, exit code 2."""
+
+
+def _log(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"[dcam] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- model loading
+
+def load_model(model_dir: Optional[str] = None):
+    """(model, processor): the bundled zoo model, a zoo directory, or a
+    transformers checkpoint directory (DiffusionGemma / LLaVA-style). Raises
+    CliError when it cannot be loaded or has no image token."""
+    from . import zoo
+
+    if model_dir is None:
+        if not os.path.exists(os.path.join(zoo.WEIGHTS_DIR, "model.safetensors")):
+            raise CliError(f"the bundled weights are missing ({zoo.WEIGHTS_DIR}); train them with "
+                           "`python -m dcam.zoo.train` or pass --model DIR")
+        return zoo.load_default()
+    if not os.path.isdir(model_dir):
+        raise CliError(f"--model: {model_dir!r} is not a directory")
+    cfg_path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise CliError(f"--model: no config.json in {model_dir!r}")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--model: cannot read {cfg_path}: {exc}") from exc
+    if cfg.get("model_type") == zoo.ShapesDMLLMConfig.model_type:
+        return zoo.load_pretrained(model_dir)
+    text_cfg = cfg.get("text_config") or {}
+    if cfg.get("image_token_id", cfg.get("image_token_index", text_cfg.get("image_token_id"))) is None:
+        raise CliError(f"--model: the model in {model_dir!r} ({cfg.get('model_type', '?')}) has no image token; "
+                       "it cannot be explained")
+    import transformers
+
+    try:
+        if cfg.get("model_type") == "diffusion_gemma":
+            model = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(model_dir, local_files_only=True)
+        else:
+            model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True)
+        processor = transformers.AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"--model: cannot load {model_dir!r}: {str(exc).splitlines()[0]}") from exc
+    return model.eval(), processor
+
+
+def _parse_tokens(spec: Optional[str]):
+    if spec is None or spec.strip() in ("", "all"):
+        return "all"
+    items = [t for t in spec.replace(",", " ").split() if t]
+    return [int(t) if t.lstrip("-").isdigit() else t for t in items]
+
+
+def _explainer(model, processor, args):
+    from .config import CamConfig
+    from .explain import Explainer
+
+    try:
+        return Explainer(model, processor, layer=args.layer, config=CamConfig(), method=args.method,
+                         chunk_size=args.chunk_size)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _write(e, out_dir: str, quiet: bool) -> dict:
+    _log(f"writing {len(e)} overlays, the contact sheet and the maps to {out_dir}", quiet)
+    try:
+        return e.save(out_dir, alpha=0.5)
+    except OSError as exc:
+        raise CliError(f"--out: cannot write to {out_dir!r}: {exc}") from exc
+
+
+def _report(e, paths: dict, extra: Optional[Dict[str, str]] = None) -> None:
+    print(f"response: {e.response}")
+    for k, v in (extra or {}).items():
+        print(f"{k}: {v}")
+    print(f"explained {len(e)} tokens with {e.method} (probe {e.probe}, layer {e.layer}, {e.steps} steps): "
+          f"{' '.join(e.tokens)}")
+    print(f"contact sheet: {paths['contact_sheet']}")
+    print(f"overlays: {os.path.dirname(paths['contact_sheet'])}/NN_<word>.png ({len(paths['overlays'])} files)")
+    print(f"maps: {paths['maps']}")
+    print(f"meta: {paths['meta']}")
+
+
+# --------------------------------------------------------------------------- handlers
+
+def run_demo(args) -> int:
+    from .data import generate_sample, split_seed
+
+    if args.seed < 0:
+        raise CliError(f"--seed must be >= 0, got {args.seed}")
+    _log("loading the bundled model", args.quiet)
+    model, processor = load_model(getattr(args, "model", None))
+    exp = _explainer(model, processor, args)
+    size = int(getattr(model.config, "image_size", 64))
+    sample = generate_sample(split_seed("test", args.seed), image_size=size)
+    _log(f"captioning test image {args.seed} and explaining every word", args.quiet)
+    t0 = time.perf_counter()
+    try:
+        e = exp.explain(sample.image, steps=args.steps, probe=args.probe)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    _log(f"done in {time.perf_counter() - t0:.1f} s", args.quiet)
+    paths = _write(e, args.out, args.quiet)
+    _report(e, paths, {"reference caption": sample.caption})
+    return 0
+
+
+def run_explain(args) -> int:
+    from .adapters import load_image
+
+    try:
+        image = load_image(args.image)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    _log("loading the model", args.quiet)
+    model, processor = load_model(args.model)
+    exp = _explainer(model, processor, args)
+    targets = _parse_tokens(args.tokens)
+    t0 = time.perf_counter()
+    _log("generating the response and explaining it" if args.response is None else "explaining the response",
+         args.quiet)
+    try:
+        e = exp.explain(image, prompt=args.prompt, response=args.response, targets=targets, probe=args.probe,
+                        target_score=args.target_score, steps=args.steps)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    _log(f"done in {time.perf_counter() - t0:.1f} s", args.quiet)
+    paths = _write(e, args.out, args.quiet)
+    _report(e, paths)
+    return 0
+
+
+def run(args) -> int:
+    """Entry point of the subcommands registered here (``args.explain_command``)."""
+    handlers = {"demo": run_demo, "explain": run_explain, "grounding": run_grounding}
+    return int(handlers[args.explain_command](args) or 0)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from .explain import METHODS
+
+    p.add_argument("--method", default="diffusion-cam", choices=sorted(METHODS), help="map method")
+    p.add_argument("--probe", default=None, choices=["full", "masked", "remask"],
+                   help="probe mode (default: the model's default)")
+    p.add_argument("--layer", type=int, default=None, help="block to hook (default: the model's default)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps for generation")
+    p.add_argument("--chunk-size", type=int, default=16, help="targets per batched backward")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def add_subparsers(subparsers) -> None:
+    """Register ``demo`` and ``explain`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("demo", help="caption a generated shapes image and explain every word",
+                              description="Generate a grounded-shapes test image, let the bundled model caption "
+                                          "it, explain every word and write overlays and a contact sheet.")
+    p.add_argument("--out", default="dcam_demo", help="output directory (default: dcam_demo)")
+    p.add_argument("--seed", type=int, default=0, help="index of the test image (default 0)")
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    _common(p)
+    p.set_defaults(run=run, explain_command="demo")
+
+    p = subparsers.add_parser("explain", help="explain a model's words on an image",
+                              description="Explain every word (or --tokens) the model writes about IMAGE.")
+    p.add_argument("image", metavar="IMAGE", help="image file")
+    p.add_argument("--prompt", default=None, help="prompt text (default: the model's default prompt)")
+    p.add_argument("--response", default=None, help="explain this response instead of generating one")
+    p.add_argument("--model", default=None, metavar="DIR", help="model directory (default: the bundled model)")
+    p.add_argument("--tokens", default=None, metavar="WORDS",
+                   help="words (or response indices) to explain, comma/space separated (default: all)")
+    p.add_argument("--target-score", default=None, choices=["logit", "contrastive"])
+    p.add_argument("--out", default="dcam_explain", help="output directory (default: dcam_explain)")
+    _common(p)
+    p.set_defaults(run=run, explain_command="explain")
+
+
+def add_grounding_subparser(subparsers) -> None:
+    """Register ``grounding`` (the grounding report)."""
+    p = subparsers.add_parser("grounding", help="grounding rate of the maps on shapes test images",
+                              description=grounding_report.__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=50, help="images with >= 2 objects (default 50)")
+    p.add_argument("--probes", default="full,masked,remask")
+    p.add_argument("--layers", default=None, help="comma-separated blocks (default: every block but the last)")
+    p.add_argument("--method", default="diffusion-cam")
+    p.add_argument("--target-score", default="logit", choices=["logit", "contrastive"])
+    p.add_argument("--model", default=None, metavar="DIR")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run, explain_command="grounding")
+
+
+# --------------------------------------------------------------------------- grounding
+
+def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[int], mask: np.ndarray) -> List[bool]:
+    """For each object word ``words_idx[k]`` (a caption word index), whether its
+    map ``maps[k]`` (bilinearly upsampled to the mask) puts more mass on the
+    named object than on every other object."""
+    from .overlay import upsample_map
+
+    labels = [int(l) for l in np.unique(mask) if l > 0]
+    out = []
+    for k, i in enumerate(words_idx):
+        hm = upsample_map(maps[k], mask.shape)
+        mass = {l: float(hm[mask == l].sum()) for l in labels}
+        own = mass[int(word_labels[i])]
+        out.append(all(own > v for l, v in mass.items() if l != int(word_labels[i])))
+    return out
+
+
+def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, image_size: int = 64):
+    """The first ``n`` samples of ``split`` with at least ``min_objects`` objects."""
+    from .data import ShapesDataset
+
+    ds = ShapesDataset(split, size=100 * n + 100, image_size=image_size, cache=False)
+    out = []
+    for s in ds:
+        if len(s.objects) >= min_objects:
+            out.append(s)
+            if len(out) == n:
+                break
+    return out
+
+
+def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[str] = ("full", "masked", "remask"),
+                     layers: Optional[Sequence[int]] = None, method: str = "diffusion-cam",
+                     target_score: str = "logit", config=None, progress: bool = True) -> dict:
+    """Grounding rate of the maps on grounded-shapes test images.
+
+    On the first ``n`` test-split images with two or more objects, the reference
+    caption is explained (teacher-forced, so every word has a ground-truth
+    object); for every object word (colour or shape) the map is bilinearly
+    upsampled to the label mask and counts as grounded when its mass on the
+    named object exceeds its mass on every other object of the image. Returns
+    ``{"rates": {probe: {layer: rate}}, "chance": rate of a uniform map,
+    "n_images", "n_words"}``.
+    """
+    from .config import CamConfig
+    from .explain import Explainer
+
+    if model is None:
+        model, processor = load_model(None)
+    size = int(getattr(model.config, "image_size", 64))
+    samples = grounding_samples(n, image_size=size)
+    exp0 = Explainer(model, processor, method=method, config=config or CamConfig())
+    nblocks = len(exp0.adapter.blocks())
+    layers = list(range(nblocks - 1)) if layers is None else [exp0.adapter.resolve_layer(l) for l in layers]
+    rates: Dict[str, Dict[int, float]] = {}
+    chance_hits, n_words = 0, 0
+    for s in samples:
+        idx = [i for i, l in enumerate(s.word_labels) if l > 0]
+        n_words += len(idx)
+        uniform = np.ones((len(idx), 2, 2), np.float32)
+        # a uniform map's mass is the object's area: ties (equal areas) count as failures
+        chance_hits += sum(object_word_success(uniform, idx, s.word_labels, s.mask))
+    total = len(probes) * len(layers)
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total * len(samples), desc="grounding", file=sys.stderr, disable=not progress)
+    except ImportError:  # pragma: no cover
+        bar = None
+    for probe in probes:
+        rates[probe] = {}
+        for layer in layers:
+            exp = Explainer(model, processor, layer=layer, method=method, config=config or CamConfig())
+            hits = 0
+            for s in samples:
+                idx = [i for i, l in enumerate(s.word_labels) if l > 0]
+                e = exp.explain(s.image, response=s.caption, targets=idx, probe=probe, target_score=target_score)
+                hits += sum(object_word_success(e.maps, idx, s.word_labels, s.mask))
+                if bar is not None:
+                    bar.update(1)
+            rates[probe][layer] = hits / max(1, n_words)
+    if bar is not None:
+        bar.close()
+    return {"rates": rates, "chance": chance_hits / max(1, n_words), "n_images": len(samples), "n_words": n_words,
+            "method": method, "target_score": target_score, "default_layer": exp0.layer}
+
+
+def format_grounding(rep: dict) -> str:
+    layers = sorted({l for r in rep["rates"].values() for l in r})
+    lines = [f"grounding rate ({rep['method']}, {rep['target_score']} score) on {rep['n_images']} images, "
+             f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
+             "probe     " + "".join(f"  layer {l}" + ("*" if l == rep.get("default_layer") else " ") for l in layers)]
+    for probe, r in rep["rates"].items():
+        lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
+    return "\n".join(lines)
+
+
+def run_grounding(args) -> int:
+    if args.n < 1:
+        raise CliError(f"--n must be >= 1, got {args.n}")
+    probes = [p for p in args.probes.split(",") if p]
+    bad = [p for p in probes if p not in ("full", "masked", "remask")]
+    if bad:
+        raise CliError(f"--probes: unknown probe(s) {bad}")
+    layers = [int(l) for l in args.layers.split(",")] if args.layers else None
+    model, processor = load_model(args.model)
+    try:
+        rep = grounding_report(model, processor, n=args.n, probes=probes, layers=layers, method=args.method,
+                               target_score=args.target_score, progress=not args.quiet)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(format_grounding(rep))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rep, f, indent=2)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dcam.cli_explain")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_subparsers(sub)
+    add_grounding_subparser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Parse ``argv`` and run; user errors -> one line on stderr, exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (CliError, ValueError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"dcam {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
