@@ -1,0 +1,132 @@
+/*
+ * dcam.h - C API of the Diffusion-CAM CPU backend (libdcam / dcam._C).
+ *
+ * Plain C (C99 or later, or C++): no Python, no torch. Every function works on
+ * raw, C-contiguous (row-major) buffers owned by the caller and implements the
+ * Diffusion-CAM math contract (SPEC.md) exactly as the pure-PyTorch
+ * reference `dcam/reference.py` does (float32 results agree at atol 1e-5, the
+ * integer statistics are equal).
+ *
+ * Threading: the functions parallelise internally with OpenMP (pooling over
+ * (image, token, feature-block) slices, refinement over maps). The number of
+ * threads is OpenMP's (OMP_NUM_THREADS / omp_set_num_threads). The functions
+ * keep no global state and are safe to call concurrently from several threads
+ * on distinct output buffers.
+ *
+ * Return codes: every function that can fail returns DCAM_OK (0) on success
+ * and one of the positive DCAM_E* codes below on a bad argument, in which case
+ * no output has been written. dcam_error_string() describes a code.
+ */
+#ifndef DCAM_H
+#define DCAM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DCAM_VERSION_STRING "0.1.0"
+
+/* Element type of the pooling inputs. F16 is IEEE binary16, BF16 is bfloat16
+ * (the upper 16 bits of a float32); both are passed as 16-bit words. */
+typedef enum { DCAM_F32 = 0, DCAM_F16 = 1, DCAM_BF16 = 2 } dcam_dtype;
+
+/* Return codes. */
+#define DCAM_OK 0
+#define DCAM_EINVAL_NULL 1   /* a required pointer is NULL                     */
+#define DCAM_EINVAL_SHAPE 2  /* a size is negative/zero where it must be >= 1  */
+#define DCAM_EINVAL_DTYPE 3  /* unknown dcam_dtype                             */
+#define DCAM_EINVAL_CONFIG 4 /* bad refine config (kernel size, sicd mode)     */
+#define DCAM_ENOMEM 5        /* scratch allocation failed                      */
+
+/* SICD modes (dcam_refine_config.sicd). */
+#define DCAM_SICD_OFF 0
+#define DCAM_SICD_REFERENCE 1
+#define DCAM_SICD_CONTEXT 2
+
+/* Refinement configuration: the flattened CamConfig.op_args(). */
+typedef struct {
+    int akd_kernel;        /* 0 = adaptive kernel size; else the fixed odd size >= 1 (still capped
+                              at 2*min(h,w)-1)                                                   */
+    int akd;               /* nonzero: run AKD (rank Gaussian filter)                             */
+    int dacg;              /* nonzero: run DACG (confidence gating)                               */
+    int cba;               /* nonzero: run CBA (background attenuation)                           */
+    int sicd;              /* DCAM_SICD_OFF / _REFERENCE / _CONTEXT                               */
+    float dacg_params[8];  /* std_high, mean_high, mean_low, percentile high_var, high_mean,
+                              low_mean, default, blur sigma (defaults .22 .35 .25 90 75 80 85 .3) */
+    float cba_params[5];   /* weights of median(nz), P60(all), mean(nz), max; attenuation floor
+                              (defaults .15 .15 .2 .015 .5)                                        */
+} dcam_refine_config;
+
+/* Version of the library, e.g. "0.1.0". Never NULL. */
+const char* dcam_version(void);
+
+/* Static English description of a return code. Never NULL. */
+const char* dcam_error_string(int code);
+
+/* Fill *cfg with the defaults of the math contract (adaptive kernel, every module
+ * on, sicd = reference). Returns DCAM_EINVAL_NULL if cfg is NULL. */
+int dcam_refine_config_default(dcam_refine_config* cfg);
+
+/*
+ * Section 1 of the contract: gradient-weighted activation pooling, min-max
+ * normalised, for B images and T explained tokens each.
+ *
+ *   acts           [B, N, D] elements of `dtype` (hooked hidden states of the N image tokens).
+ *   grads          [B, T, N, D] elements of `dtype` (gradient of token t's score w.r.t. acts).
+ *   dtype          element type of acts and grads (DCAM_F32 / DCAM_F16 / DCAM_BF16).
+ *   B, T           batch size and tokens per image (>= 0; zero means nothing to do).
+ *   N, D           image tokens and hidden size (>= 1).
+ *   grad_relu      nonzero: keep only positive gradients before averaging (the default).
+ *   maps_out       [B, T, N] float32 output (the N = h*w grid in raster order), values in [0, 1];
+ *                  a constant raw map comes out all 0.
+ *   degenerate_out [B, T] output, 1 where the raw map was constant, else 0. May be NULL.
+ *
+ * One streaming pass over grads, float32 conversion on the fly, float64
+ * accumulation. Returns DCAM_OK or DCAM_EINVAL_*.
+ */
+int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
+                        int64_t N, int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out);
+
+/*
+ * Sections 2-7 of the contract: refine B*T raw maps of h x w and report the
+ * per-map statistics.
+ *
+ *   raw             [B, T, h, w] float32 raw maps (section 1 output, normally in [0, 1]).
+ *   degenerate      [B, T] flags (nonzero = the raw map was constant): such a map comes out all 0
+ *                   with strategy -1 and thresholds/alpha 0 (its kernel size is still reported).
+ *                   May be NULL (no map degenerate).
+ *   steps           [B] float32 number of denoising steps per image (adaptive kernel only; may be
+ *                   NULL when cfg->akd_kernel > 0).
+ *   image_size      [B] float32 input image height in pixels (same condition as steps).
+ *   repeat_ratio    [B] float32 repeat ratio of each response (SICD reference mode only; may be
+ *                   NULL otherwise).
+ *   context_maps    [B, T, h, w] float32 raw maps of the response's tokens for SICD context mode;
+ *                   NULL means `raw` itself.
+ *   context_weights [B, T, T] float32 non-negative weights W[b, t, i] (SICD context mode: required;
+ *                   otherwise ignored, may be NULL).
+ *   B, T, h, w      sizes (B, T >= 0; h, w >= 1).
+ *   cfg             configuration (see dcam_refine_config); required.
+ *   maps_out        [B, T, h, w] float32 refined maps. Must not overlap any input.
+ *   kernel_size     [B, T] int32 AKD kernel size used (or that would be used when AKD is off).
+ *   dacg_strategy   [B, T] int32 DACG strategy code: -1 none, 0 high_var, 1 high_mean, 2 low_mean,
+ *                   3 default.
+ *   dacg_threshold  [B, T] float32 DACG threshold zeta (0 when gating was skipped).
+ *   cba_threshold   [B, T] float32 CBA threshold tau (0 when skipped).
+ *   sicd_alpha      [B, T] float32 SICD scale actually applied (0 when none / undone).
+ *   Each statistics pointer may be NULL when that statistic is not wanted.
+ *
+ * Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
+ */
+int dcam_refine(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
+                const float* repeat_ratio, const float* context_maps, const float* context_weights,
+                int64_t B, int64_t T, int64_t h, int64_t w, const dcam_refine_config* cfg, float* maps_out,
+                int32_t* kernel_size, int32_t* dacg_strategy, float* dacg_threshold, float* cba_threshold,
+                float* sicd_alpha);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DCAM_H */

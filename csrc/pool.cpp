@@ -1,0 +1,328 @@
+// Section 1 of the contract: gradient-weighted activation pooling.
+//
+//   w[b,t,d]  = (1/N) sum_n G+[b,t,n,d]                 (one streaming pass over grads)
+//   raw[b,t,n] = (1/D) sum_d relu(A[b,n,d]) * w[b,t,d]   (grad_relu: one small GEMM)
+//             = (1/D) sum_d relu(A[b,n,d] * w[b,t,d])   (otherwise)
+//   maps = min-max normalised raw, 0 where degenerate.
+//
+// Accumulation is float64 (products of two float32 are exact in float64), every
+// value the reference rounds to float32 (w, raw, the normalised map) is rounded
+// at the same place here.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "common.hpp"
+#include "dcam.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // the 32-byte vector helpers are always inlined
+
+namespace {
+
+using namespace dcam;
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+
+DCAM_INLINE v4f load4(const float* p) {
+    v4f v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+DCAM_INLINE v4d to_d(v4f v) { return __builtin_convertvector(v, v4d); }
+DCAM_INLINE v4f vmax0(v4f v) {
+    const v4f z = {0.f, 0.f, 0.f, 0.f};
+    return v < z ? z : v;  // NaN propagates like torch.clamp(min=0)
+}
+DCAM_INLINE double hsum(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+template <int DT>
+DCAM_INLINE float load_elem(const void* base, int64_t i) {
+    if (DT == DCAM_F32) return static_cast<const float*>(base)[i];
+    const uint16_t u = static_cast<const uint16_t*>(base)[i];
+    return DT == DCAM_F16 ? f16_to_float(u) : bf16_to_float(u);
+}
+
+DCAM_INLINE float relu_if(float v, bool relu) { return relu ? (v < 0.f ? 0.f : v) : v; }
+
+// acc[j] += sum_{n<N} g(n, d0 + j) for j < len (g maybe relu'd), g rows `stride` elements apart.
+template <int DT, bool RELU>
+DCAM_INLINE void accumulate_rows_t(const void* g, int64_t stride, int64_t N, int64_t d0, int64_t len,
+                                   double* __restrict acc) {
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) {
+        const int64_t o0 = n * stride + d0, o1 = o0 + stride, o2 = o1 + stride, o3 = o2 + stride;
+        for (int64_t j = 0; j < len; ++j) {
+            const float v0 = relu_if(load_elem<DT>(g, o0 + j), RELU);
+            const float v1 = relu_if(load_elem<DT>(g, o1 + j), RELU);
+            const float v2 = relu_if(load_elem<DT>(g, o2 + j), RELU);
+            const float v3 = relu_if(load_elem<DT>(g, o3 + j), RELU);
+            acc[j] += (static_cast<double>(v0) + static_cast<double>(v1)) +
+                      (static_cast<double>(v2) + static_cast<double>(v3));
+        }
+    }
+    for (; n < N; ++n) {
+        const int64_t o = n * stride + d0;
+        for (int64_t j = 0; j < len; ++j) acc[j] += static_cast<double>(relu_if(load_elem<DT>(g, o + j), RELU));
+    }
+}
+
+DCAM_HOT void accumulate_rows(const void* g, int dtype, bool relu, int64_t stride, int64_t N, int64_t d0,
+                              int64_t len, double* acc) {
+    switch (dtype) {
+        case DCAM_F32:
+            relu ? accumulate_rows_t<DCAM_F32, true>(g, stride, N, d0, len, acc)
+                 : accumulate_rows_t<DCAM_F32, false>(g, stride, N, d0, len, acc);
+            break;
+        case DCAM_F16:
+            relu ? accumulate_rows_t<DCAM_F16, true>(g, stride, N, d0, len, acc)
+                 : accumulate_rows_t<DCAM_F16, false>(g, stride, N, d0, len, acc);
+            break;
+        default:
+            relu ? accumulate_rows_t<DCAM_BF16, true>(g, stride, N, d0, len, acc)
+                 : accumulate_rows_t<DCAM_BF16, false>(g, stride, N, d0, len, acc);
+            break;
+    }
+}
+
+DCAM_HOT void convert_to_float(const void* src, int dtype, int64_t n, float* dst) {
+    if (dtype == DCAM_F16) {
+        const uint16_t* s = static_cast<const uint16_t*>(src);
+        for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_float(s[i]);
+    } else {
+        const uint16_t* s = static_cast<const uint16_t*>(src);
+        for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(s[i]);
+    }
+}
+
+// One term of the pooled sum, float64.
+template <bool GRAD_RELU>
+DCAM_INLINE v4d term(v4f a, v4f w) {
+    if (GRAD_RELU) return to_d(vmax0(a)) * to_d(w);  // relu(a) * w, exact in float64 (w >= 0)
+    return to_d(vmax0(a * w));                       // relu(a * w): float32 product as the reference
+}
+template <bool GRAD_RELU>
+DCAM_INLINE double term1(float a, float w) {
+    if (GRAD_RELU) return static_cast<double>(relu_if(a, true)) * static_cast<double>(w);
+    return static_cast<double>(relu_if(a * w, true));
+}
+
+// acc[t][n - n0] += sum_{d in [d0, d1)} term(A[n, d], W[t, d]) for n in [n0, n1), t < T.
+// 4 x 2 register tiles, vectorised over d; scalar tails.
+template <bool GRAD_RELU>
+DCAM_INLINE void gemm_block_t(const float* __restrict A, const float* __restrict W, int64_t D, int64_t n0,
+                              int64_t n1, int64_t T, int64_t d0, int64_t d1, double* __restrict acc,
+                              int64_t ldacc) {
+    const int64_t dv = d0 + ((d1 - d0) & ~int64_t(3));
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const float* a0 = A + n * D;
+        const float* a1 = a0 + D;
+        const float* a2 = a1 + D;
+        const float* a3 = a2 + D;
+        int64_t t = 0;
+        for (; t + 2 <= T; t += 2) {
+            const float* w0 = W + t * D;
+            const float* w1 = w0 + D;
+            v4d c00 = {0, 0, 0, 0}, c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+            for (int64_t d = d0; d < dv; d += 4) {
+                const v4f x0 = load4(a0 + d), x1 = load4(a1 + d), x2 = load4(a2 + d), x3 = load4(a3 + d);
+                const v4f y0 = load4(w0 + d), y1 = load4(w1 + d);
+                c00 += term<GRAD_RELU>(x0, y0);
+                c01 += term<GRAD_RELU>(x0, y1);
+                c10 += term<GRAD_RELU>(x1, y0);
+                c11 += term<GRAD_RELU>(x1, y1);
+                c20 += term<GRAD_RELU>(x2, y0);
+                c21 += term<GRAD_RELU>(x2, y1);
+                c30 += term<GRAD_RELU>(x3, y0);
+                c31 += term<GRAD_RELU>(x3, y1);
+            }
+            double s[8] = {hsum(c00), hsum(c01), hsum(c10), hsum(c11), hsum(c20), hsum(c21), hsum(c30), hsum(c31)};
+            for (int64_t d = dv; d < d1; ++d) {
+                s[0] += term1<GRAD_RELU>(a0[d], w0[d]);
+                s[1] += term1<GRAD_RELU>(a0[d], w1[d]);
+                s[2] += term1<GRAD_RELU>(a1[d], w0[d]);
+                s[3] += term1<GRAD_RELU>(a1[d], w1[d]);
+                s[4] += term1<GRAD_RELU>(a2[d], w0[d]);
+                s[5] += term1<GRAD_RELU>(a2[d], w1[d]);
+                s[6] += term1<GRAD_RELU>(a3[d], w0[d]);
+                s[7] += term1<GRAD_RELU>(a3[d], w1[d]);
+            }
+            double* r0 = acc + t * ldacc + (n - n0);
+            double* r1 = r0 + ldacc;
+            r0[0] += s[0]; r1[0] += s[1];
+            r0[1] += s[2]; r1[1] += s[3];
+            r0[2] += s[4]; r1[2] += s[5];
+            r0[3] += s[6]; r1[3] += s[7];
+        }
+        for (; t < T; ++t) {
+            const float* w0 = W + t * D;
+            v4d c0 = {0, 0, 0, 0}, c1 = c0, c2 = c0, c3 = c0;
+            for (int64_t d = d0; d < dv; d += 4) {
+                const v4f y0 = load4(w0 + d);
+                c0 += term<GRAD_RELU>(load4(a0 + d), y0);
+                c1 += term<GRAD_RELU>(load4(a1 + d), y0);
+                c2 += term<GRAD_RELU>(load4(a2 + d), y0);
+                c3 += term<GRAD_RELU>(load4(a3 + d), y0);
+            }
+            double s[4] = {hsum(c0), hsum(c1), hsum(c2), hsum(c3)};
+            for (int64_t d = dv; d < d1; ++d) {
+                s[0] += term1<GRAD_RELU>(a0[d], w0[d]);
+                s[1] += term1<GRAD_RELU>(a1[d], w0[d]);
+                s[2] += term1<GRAD_RELU>(a2[d], w0[d]);
+                s[3] += term1<GRAD_RELU>(a3[d], w0[d]);
+            }
+            double* r0 = acc + t * ldacc + (n - n0);
+            for (int i = 0; i < 4; ++i) r0[i] += s[i];
+        }
+    }
+    for (; n < n1; ++n) {
+        const float* a0 = A + n * D;
+        for (int64_t t = 0; t < T; ++t) {
+            const float* w0 = W + t * D;
+            v4d c0 = {0, 0, 0, 0};
+            for (int64_t d = d0; d < dv; d += 4) c0 += term<GRAD_RELU>(load4(a0 + d), load4(w0 + d));
+            double s = hsum(c0);
+            for (int64_t d = dv; d < d1; ++d) s += term1<GRAD_RELU>(a0[d], w0[d]);
+            acc[t * ldacc + (n - n0)] += s;
+        }
+    }
+}
+
+DCAM_HOT void gemm_block(const float* A, const float* W, int64_t D, int64_t n0, int64_t n1, int64_t T, int64_t d0,
+                         int64_t d1, double* acc, int64_t ldacc, bool grad_relu) {
+    if (grad_relu)
+        gemm_block_t<true>(A, W, D, n0, n1, T, d0, d1, acc, ldacc);
+    else
+        gemm_block_t<false>(A, W, D, n0, n1, T, d0, d1, acc, ldacc);
+}
+
+int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+}  // namespace
+
+extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
+                                   int64_t N, int64_t D, int grad_relu, float* maps_out,
+                                   uint8_t* degenerate_out) {
+    if (dtype != DCAM_F32 && dtype != DCAM_F16 && dtype != DCAM_BF16) return DCAM_EINVAL_DTYPE;
+    if (B < 0 || T < 0 || N < 1 || D < 1) return DCAM_EINVAL_SHAPE;
+    if (B == 0 || T == 0) return DCAM_OK;
+    if (!acts || !grads || !maps_out) return DCAM_EINVAL_NULL;
+    const bool relu = grad_relu != 0;
+    const int dt = static_cast<int>(dtype);
+    const int64_t esize = dtype == DCAM_F32 ? 4 : 2;
+    const int nthreads = max_threads();
+
+    std::vector<float> weights;       // [B, T, D] float32, as the reference's g.mean(dim=2)
+    std::vector<float> acts_f;        // [B, N, D] float32 copy (only for 16-bit inputs)
+    std::vector<double> raw_acc;      // [B, T, N] float64 pooled sums
+    try {
+        weights.resize(static_cast<size_t>(B * T * D));
+        raw_acc.assign(static_cast<size_t>(B * T * N), 0.0);
+        if (dtype != DCAM_F32) acts_f.resize(static_cast<size_t>(B * N * D));
+    } catch (const std::bad_alloc&) {
+        return DCAM_ENOMEM;
+    }
+
+    // ---- pass 1: w[b,t,:] = mean_n G+ : one streaming read of grads.
+    // Work items are (b*T + t, feature chunk); whole rows when there are enough slices.
+    const int64_t BT = B * T;
+    int64_t dchunk = D;
+    if (BT < 4 * nthreads) {
+        const int64_t parts = (4 * nthreads + BT - 1) / BT;
+        dchunk = std::max<int64_t>(256, ((D + parts - 1) / parts + 63) & ~int64_t(63));
+        dchunk = std::min(dchunk, D);
+    }
+    const int64_t nchunks = (D + dchunk - 1) / dchunk;
+    const int64_t items = BT * nchunks;
+    const float invN = static_cast<float>(N);
+    const char* gbytes = static_cast<const char*>(grads);
+    bool oom = false;
+#pragma omp parallel
+    {
+        double* acc = static_cast<double*>(std::malloc(static_cast<size_t>(dchunk) * sizeof(double)));
+        if (!acc) {
+#pragma omp atomic write
+            oom = true;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; ++it) {
+            if (!acc) continue;
+            const int64_t bt = it / nchunks;
+            const int64_t d0 = (it % nchunks) * dchunk;
+            const int64_t len = std::min(dchunk, D - d0);
+            std::fill(acc, acc + len, 0.0);
+            accumulate_rows(gbytes + bt * N * D * esize, dt, relu, D, N, d0, len, acc);
+            float* wrow = weights.data() + bt * D + d0;
+            for (int64_t j = 0; j < len; ++j) wrow[j] = static_cast<float>(acc[j]) / invN;
+        }
+        std::free(acc);
+    }
+    if (oom) return DCAM_ENOMEM;
+
+    // ---- 16-bit activations -> float32 once
+    const float* A = static_cast<const float*>(acts);
+    if (dtype != DCAM_F32) {
+        const int64_t total = B * N * D;
+        const int64_t blk = 1 << 16;
+        const int64_t nblk = (total + blk - 1) / blk;
+        const char* abytes = static_cast<const char*>(acts);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < nblk; ++i) {
+            const int64_t s = i * blk, e = std::min(total, s + blk);
+            convert_to_float(abytes + s * 2, dt, e - s, acts_f.data() + s);
+        }
+        A = acts_f.data();
+    }
+
+    // ---- pass 2: raw[b,t,n] = (1/D) sum_d term(A[b,n,d], w[b,t,d]), blocked over (n, d)
+    const int64_t NB = 16;     // rows of A per work item
+    const int64_t DC = 512;    // feature chunk kept in L1 across the T tokens
+    const int64_t nblocks = (N + NB - 1) / NB;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t it = 0; it < B * nblocks; ++it) {
+        const int64_t b = it / nblocks;
+        const int64_t n0 = (it % nblocks) * NB, n1 = std::min(N, n0 + NB);
+        const float* Ab = A + b * N * D;
+        const float* Wb = weights.data() + b * T * D;
+        double* accb = raw_acc.data() + b * T * N + n0;  // row stride N
+        for (int64_t d0 = 0; d0 < D; d0 += DC)
+            gemm_block(Ab, Wb, D, n0, n1, T, d0, std::min(D, d0 + DC), accb, N, relu);
+    }
+
+    // ---- per-map min-max normalisation (float32 arithmetic as the reference)
+    const float fD = static_cast<float>(D);
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < BT; ++m) {
+        const double* acc = raw_acc.data() + m * N;
+        float* out = maps_out + m * N;
+        float lo = static_cast<float>(acc[0]) / fD, hi = lo;
+        for (int64_t n = 0; n < N; ++n) {
+            const float v = static_cast<float>(acc[n]) / fD;
+            out[n] = v;
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
+        }
+        const bool deg = !(hi > lo);
+        if (deg) {
+            std::fill(out, out + N, 0.f);
+        } else {
+            const float den = (hi - lo) + kEpsNorm;
+            for (int64_t n = 0; n < N; ++n) out[n] = (out[n] - lo) / den;
+        }
+        if (degenerate_out) degenerate_out[m] = deg ? 1 : 0;
+    }
+    return DCAM_OK;
+}

@@ -1,0 +1,140 @@
+// pybind11 module dcam._C: thin numpy wrappers around the C API in dcam.h.
+// No torch headers: the Python layer (dcam/backends/cpp.py) hands numpy views of
+// contiguous CPU tensors in and wraps the fresh numpy outputs with torch.from_numpy.
+// The GIL is released around the compute.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dcam.h"
+
+namespace py = pybind11;
+
+namespace {
+
+void check(int code, const char* what) {
+    if (code != DCAM_OK) throw std::invalid_argument(std::string(what) + ": " + dcam_error_string(code));
+}
+
+void require_contiguous(const py::array& a, const char* name) {
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+}
+
+// A float32 C-contiguous array with the given shape (checked, no copy).
+const float* f32(const py::array& a, const char* name, std::vector<py::ssize_t> shape) {
+    if (!a.dtype().is(py::dtype::of<float>())) throw std::invalid_argument(std::string(name) + " must be float32");
+    require_contiguous(a, name);
+    if (a.ndim() != static_cast<py::ssize_t>(shape.size()))
+        throw std::invalid_argument(std::string(name) + " has the wrong number of dimensions");
+    for (size_t i = 0; i < shape.size(); ++i)
+        if (a.shape(i) != shape[i]) throw std::invalid_argument(std::string(name) + " has the wrong shape");
+    return static_cast<const float*>(a.data());
+}
+
+dcam_dtype dtype_of(const py::array& a) {
+    const py::dtype dt = a.dtype();
+    if (dt.is(py::dtype::of<float>())) return DCAM_F32;
+    if (dt.kind() == 'f' && dt.itemsize() == 2) return DCAM_F16;
+    if ((dt.kind() == 'i' || dt.kind() == 'u') && dt.itemsize() == 2) return DCAM_BF16;  // bfloat16 bits
+    throw std::invalid_argument("pool_gradients: dtype must be float32, float16, or int16/uint16 (bfloat16 bits)");
+}
+
+py::tuple pool_gradients(const py::array& acts, const py::array& grads, bool grad_relu) {
+    if (acts.ndim() != 3 || grads.ndim() != 4) throw std::invalid_argument("acts must be [B,N,D], grads [B,T,N,D]");
+    require_contiguous(acts, "acts");
+    require_contiguous(grads, "grads");
+    const dcam_dtype dt = dtype_of(acts);
+    if (dtype_of(grads) != dt || acts.dtype().kind() != grads.dtype().kind())
+        throw std::invalid_argument("acts and grads must have the same dtype");
+    const int64_t B = acts.shape(0), N = acts.shape(1), D = acts.shape(2), T = grads.shape(1);
+    if (grads.shape(0) != B || grads.shape(2) != N || grads.shape(3) != D)
+        throw std::invalid_argument("grads shape does not match acts");
+    py::array_t<float> maps({B, T, N});
+    py::array_t<bool> deg({B, T});
+    const void* a = acts.data();
+    const void* g = grads.data();
+    float* mo = maps.mutable_data();
+    uint8_t* dg = reinterpret_cast<uint8_t*>(deg.mutable_data());
+    int rc;
+    {
+        py::gil_scoped_release nogil;
+        rc = dcam_pool_gradients(a, g, dt, B, T, N, D, grad_relu ? 1 : 0, mo, dg);
+    }
+    check(rc, "dcam_pool_gradients");
+    return py::make_tuple(maps, deg);
+}
+
+py::tuple refine(const py::array& raw, const py::array& degenerate, const py::array& steps,
+                 const py::array& image_size, const py::array& repeat_ratio, const py::object& context_maps,
+                 const py::object& context_weights, int akd_kernel, bool akd, bool dacg, bool cba, int sicd,
+                 const std::vector<double>& dacg_params, const std::vector<double>& cba_params) {
+    if (raw.ndim() != 4) throw std::invalid_argument("raw must be [B,T,h,w]");
+    const int64_t B = raw.shape(0), T = raw.shape(1), h = raw.shape(2), w = raw.shape(3);
+    const float* r = f32(raw, "raw", {B, T, h, w});
+    if (degenerate.itemsize() != 1 || degenerate.ndim() != 2 || degenerate.shape(0) != B || degenerate.shape(1) != T)
+        throw std::invalid_argument("degenerate must be a bool/uint8 [B,T] array");
+    require_contiguous(degenerate, "degenerate");
+    const uint8_t* dg = static_cast<const uint8_t*>(degenerate.data());
+    const float* st = f32(steps, "steps", {B});
+    const float* is = f32(image_size, "image_size", {B});
+    const float* rr = f32(repeat_ratio, "repeat_ratio", {B});
+    const float* cm = nullptr;
+    const float* cw = nullptr;
+    py::array cm_arr, cw_arr;  // keep alive
+    if (!context_maps.is_none()) {
+        cm_arr = py::reinterpret_borrow<py::array>(context_maps);
+        cm = f32(cm_arr, "context_maps", {B, T, h, w});
+    }
+    if (!context_weights.is_none()) {
+        cw_arr = py::reinterpret_borrow<py::array>(context_weights);
+        cw = f32(cw_arr, "context_weights", {B, T, T});
+    }
+    if (dacg_params.size() != 8 || cba_params.size() != 5)
+        throw std::invalid_argument("dacg_params must have 8 values and cba_params 5");
+    dcam_refine_config cfg;
+    cfg.akd_kernel = akd_kernel;
+    cfg.akd = akd;
+    cfg.dacg = dacg;
+    cfg.cba = cba;
+    cfg.sicd = sicd;
+    for (int i = 0; i < 8; ++i) cfg.dacg_params[i] = static_cast<float>(dacg_params[i]);
+    for (int i = 0; i < 5; ++i) cfg.cba_params[i] = static_cast<float>(cba_params[i]);
+    if (sicd == DCAM_SICD_CONTEXT && !cw) throw std::invalid_argument("sicd='context' needs context_weights");
+
+    py::array_t<float> maps({B, T, h, w});
+    py::array_t<int32_t> ks({B, T}), strat({B, T});
+    py::array_t<float> dthr({B, T}), cthr({B, T}), alpha({B, T});
+    float* mo = maps.mutable_data();
+    int32_t* kp = ks.mutable_data();
+    int32_t* sp = strat.mutable_data();
+    float* dp = dthr.mutable_data();
+    float* cp = cthr.mutable_data();
+    float* ap = alpha.mutable_data();
+    int rc;
+    {
+        py::gil_scoped_release nogil;
+        rc = dcam_refine(r, dg, st, is, rr, cm, cw, B, T, h, w, &cfg, mo, kp, sp, dp, cp, ap);
+    }
+    check(rc, "dcam_refine");
+    return py::make_tuple(maps, ks, strat, dthr, cthr, alpha);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "Diffusion-CAM C++ CPU backend (numpy in/out; see csrc/include/dcam.h)";
+    m.def("version", &dcam_version);
+    m.def("pool_gradients", &pool_gradients, py::arg("acts"), py::arg("grads"), py::arg("grad_relu"),
+          "acts [B,N,D], grads [B,T,N,D] (float32 / float16 / int16 holding bfloat16 bits) -> "
+          "(maps float32 [B,T,N], degenerate bool [B,T])");
+    m.def("refine", &refine, py::arg("raw"), py::arg("degenerate"), py::arg("steps"), py::arg("image_size"),
+          py::arg("repeat_ratio"), py::arg("context_maps"), py::arg("context_weights"), py::arg("akd_kernel"),
+          py::arg("akd"), py::arg("dacg"), py::arg("cba"), py::arg("sicd"), py::arg("dacg_params"),
+          py::arg("cba_params"),
+          "raw float32 [B,T,h,w] ... -> (maps, kernel_size i32, dacg_strategy i32, dacg_threshold, "
+          "cba_threshold, sicd_alpha) as numpy arrays");
+}
