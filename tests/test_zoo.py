@@ -1,0 +1,209 @@
+"""Tests of the toy dMLLM, its processor and the bundled weights (dcam.zoo)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dcam.data import ShapesDataset
+from dcam.zoo import WEIGHTS_DIR, ShapesDMLLM, ShapesProcessor, build_random, load_default, load_pretrained
+
+torch.set_num_threads(2)
+HAVE_WEIGHTS = os.path.exists(os.path.join(WEIGHTS_DIR, "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def rand():
+    return build_random(seed=0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [s.image for s in ShapesDataset("test", 4)]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    if not HAVE_WEIGHTS:
+        pytest.skip("no bundled weights (run python -m dcam.zoo.train)")
+    return load_default()
+
+
+def test_config_and_processor_agree(rand):
+    model, proc = rand
+    c = model.config
+    assert c.grid == (16, 16) and c.image_size == 64 and proc.grid == c.grid and proc.image_size == c.image_size
+    t = proc.tokenizer
+    assert (c.pad_token_id, c.eos_token_id, c.mask_token_id, c.bos_token_id) == \
+        (t.pad_token_id, t.eos_token_id, t.mask_token_id, t.bos_token_id)
+    assert c.image_token_id == t.convert_tokens_to_ids("<image>") == proc.image_token_id
+    assert len({c.pad_token_id, c.eos_token_id, c.mask_token_id, c.bos_token_id, c.image_token_id}) == 5
+    assert 0 <= model.default_probe_layer < len(model.language_model.layers) - 1
+    assert model.lm_head.out_features == c.text_config.vocab_size >= len(t.get_vocab())
+
+
+def test_processor_layout(rand, images):
+    model, proc = rand
+    enc = proc(images[0])
+    ids = enc["input_ids"]
+    s0, s1 = enc["image_span"]
+    L = ids.shape[1]
+    assert ids.shape[0] == 1 and enc["pixel_values"].shape == (1, 3, 64, 64)
+    assert ids[0, 0] == proc.bos_token_id
+    assert (ids[0, s0:s1] == proc.image_token_id).all() and s1 - s0 == 256
+    assert (ids[0, :s0] != proc.image_token_id).all()
+    assert enc["response_start"] == s1 and L == s1 + enc["response_length"]
+    assert (ids[0, s1:] == proc.mask_token_id).all()
+    assert proc.decode(ids[0, 1:s0]) == "describe the image"
+    # build with a caption: eos-filled response, decode round trip
+    enc2 = proc.build(images[0], None, "a red circle and a blue square")
+    r = enc2["input_ids"][0, enc2["response_start"]:]
+    assert proc.decode(r) == "a red circle and a blue square"
+    assert (r[7:] == proc.eos_token_id).all()
+    assert torch.equal(enc2["input_ids"][0, :s1], ids[0, :s1])
+    # another prompt moves the image span; batches of images
+    enc3 = proc(images, prompt="what is in the image")
+    assert enc3["input_ids"].shape[0] == 4 and enc3["image_span"][0] == s0 + 2
+    assert torch.allclose(enc3["pixel_values"][0], enc["pixel_values"][0])
+
+
+def test_processor_converts_and_rejects(rand, images):
+    _, proc = rand
+    ref = proc(images[0])["pixel_values"]
+    rgba = images[0].convert("RGBA")
+    assert torch.allclose(proc(rgba)["pixel_values"], ref)
+    assert torch.allclose(proc(np.asarray(images[0]))["pixel_values"], ref)
+    big = images[0].resize((96, 96), Image.NEAREST)
+    assert proc(big)["pixel_values"].shape == (1, 3, 64, 64)
+    grey = images[0].convert("L")
+    assert proc(grey)["pixel_values"].shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="image"):
+        proc("not an image")
+    with pytest.raises(ValueError, match="image"):
+        proc(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="prompt"):
+        proc(images[0], prompt="describe the zebra")
+    with pytest.raises(ValueError, match="response"):
+        proc.build(images[0], None, list(range(40)))
+
+
+def test_attention_is_bidirectional(rand, images):
+    model, proc = rand
+    enc = proc(images[0])
+    ids = enc["input_ids"]
+    ids2 = ids.clone()
+    ids2[0, -1] = proc.tokenizer.convert_tokens_to_ids("red")  # change the LAST token
+    with torch.no_grad():
+        a = model(input_ids=ids, pixel_values=enc["pixel_values"]).logits
+        b = model(input_ids=ids2, pixel_values=enc["pixel_values"]).logits
+    # every earlier position (prompt, image, response) sees the change
+    diff = (a[0, :-1] - b[0, :-1]).abs().amax(-1)
+    assert (diff > 0).all()
+
+
+def test_embed_scatters_image_features(rand, images):
+    model, proc = rand
+    for prompt in (None, "what is in this image"):
+        enc = proc(images[:2], prompt=prompt)
+        ids, pix = enc["input_ids"], enc["pixel_values"]
+        s0, s1 = enc["image_span"]
+        with torch.no_grad():
+            emb = model.embed(ids, pix)
+            feats = model.get_image_features(pix)
+            tok = model.language_model.embed_tokens(ids)
+        assert torch.equal(emb[:, s0:s1], feats)
+        assert torch.equal(emb[:, :s0], tok[:, :s0]) and torch.equal(emb[:, s1:], tok[:, s1:])
+        # forward from input_ids == forward from the embeddings
+        with torch.no_grad():
+            l1 = model(input_ids=ids, pixel_values=pix).logits
+            l2 = model(inputs_embeds=emb).logits
+        assert torch.allclose(l1, l2, atol=1e-6)
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.embed(ids, None)
+    short = ids.clone()
+    short[:, s0] = proc.tokenizer.convert_tokens_to_ids("red")  # one image token too few
+    with pytest.raises(ValueError, match="image tokens"):
+        model.embed(short, pix)
+
+
+def test_last_block_image_gradient_is_zero(rand, images):
+    model, proc = rand
+    enc = proc.build(images[0], None, "a red circle")
+    s0, s1 = enc["image_span"]
+    r = enc["response_start"] + 1  # the colour word's slot
+    outs = {}
+
+    def keep(i):
+        def hook(mod, args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            h.retain_grad()
+            outs[i] = h
+        return hook
+
+    layers = model.language_model.layers
+    handles = [layers[i].register_forward_hook(keep(i)) for i in (model.default_probe_layer, len(layers) - 1)]
+    try:
+        logits = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"]).logits
+        logits[0, r, enc["input_ids"][0, r]].backward()
+    finally:
+        for h in handles:
+            h.remove()
+    last = outs[len(layers) - 1].grad[0, s0:s1]
+    probe = outs[model.default_probe_layer].grad[0, s0:s1]
+    assert last.abs().max() == 0
+    assert probe.abs().max() > 0
+
+
+def test_save_load_roundtrip(rand, images, tmp_path):
+    model, proc = rand
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    m2, p2 = load_pretrained(str(tmp_path))
+    assert isinstance(m2, ShapesDMLLM) and isinstance(p2, ShapesProcessor) and not m2.training
+    enc, enc2 = proc(images), p2(images)
+    assert torch.equal(enc["input_ids"], enc2["input_ids"]) and torch.equal(enc["pixel_values"], enc2["pixel_values"])
+    with torch.no_grad():
+        a = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"]).logits
+        b = m2(input_ids=enc2["input_ids"], pixel_values=enc2["pixel_values"]).logits
+    assert torch.equal(a, b)
+    assert m2.config.grid == model.config.grid and m2.default_probe_layer == model.default_probe_layer
+
+
+def test_generation_deterministic_and_complete(rand, images):
+    model, proc = rand
+    enc = proc(images)
+    a = model.generate_diffusion(enc["input_ids"], enc["pixel_values"], steps=4, response_length=12)
+    b = model.generate_diffusion(enc["input_ids"], enc["pixel_values"], steps=4, response_length=12)
+    assert a.shape == (4, 12) and a.dtype == torch.long and torch.equal(a, b)
+    assert (a != proc.mask_token_id).all()
+    # steps that do not divide the length, and more steps than tokens
+    for steps in (5, 12, 20):
+        out, hist = model.generate_diffusion(enc["input_ids"], enc["pixel_values"], steps=steps, response_length=12,
+                                             return_history=True)
+        assert len(hist) == steps and (out != proc.mask_token_id).all()
+        n_masked = [int((h == proc.mask_token_id).sum()) for h in hist]
+        assert n_masked == sorted(n_masked, reverse=True) and n_masked[-1] == 0
+    assert model.transfer_schedule(12, 5) == [3, 3, 2, 2, 2]
+
+
+@pytest.mark.skipif(not HAVE_WEIGHTS, reason="no bundled weights")
+def test_bundled_weights_caption_test_images(bundled):
+    model, proc = bundled
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    samples = list(ShapesDataset("test", 10))
+    enc = proc([s.image for s in samples])
+    out = model.generate_diffusion(enc["input_ids"], enc["pixel_values"], steps=12,
+                                   response_length=enc["response_length"])
+    caps = proc.batch_decode(out)
+    correct = sum(c == s.caption for c, s in zip(caps, samples))
+    assert correct >= 8, list(zip(caps, [s.caption for s in samples]))
+
+
+@pytest.mark.skipif(not HAVE_WEIGHTS, reason="no bundled weights")
+def test_bundled_weights_files_small():
+    size = sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in os.listdir(WEIGHTS_DIR))
+    assert size < 20 * 2 ** 20
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
+              "training_report.json"):
+        assert os.path.exists(os.path.join(WEIGHTS_DIR, f)), f
