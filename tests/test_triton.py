@@ -2,46 +2,62 @@
 
 Maps must agree at float32 atol 1e-5; the integer statistics (kernel size,
 DACG strategy, degenerate) exactly, the float ones at atol 1e-5. Without a GPU
-the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set by
-conftest.py before anything imports them, and re-checked below), which is
-slow: shapes are small (B=2, T=2, 8x8..12x12 maps, one 27x20, D <= 64).
-On a CUDA machine the same comparisons run the compiled kernels.
+the kernels run in Triton's CPU interpreter, which is slow: shapes are small
+(B=2, T=2, 8x8..12x12 maps, one 27x20, D <= 64). On a CUDA machine the same
+comparisons run the compiled kernels.
+
+The interpreter is chosen when a function is *decorated* with `@triton.jit`,
+and that includes triton's own `tl.max`/`tl.sum`..., decorated when triton is
+first imported (`import dcam` imports it). So TRITON_INTERPRET=1 must be set
+before the first `import triton` of the process:
+
+- run alone (`pytest tests/test_triton.py`), this module sets it before its
+  own imports and everything runs in-process;
+- in a full run another module has imported triton earlier (in compiled
+  mode, useless on CPU tensors): the in-process tests skip and
+  `test_in_subprocess` runs this file in a fresh interpreter instead.
+
+The variable is set only around the imports and, by an autouse fixture,
+during this module's tests: other modules see the environment they were
+started with.
 """
 import os
+import sys
 
-import torch
-
-_CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-if not _CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"  # before dcam.kernels (and its @triton.jit) is imported
+_CHILD = "DCAM_TRITON_TEST_CHILD"
+_saved_env = os.environ.get("TRITON_INTERPRET")
+_fresh = "triton" not in sys.modules
+if _fresh and not os.environ.get("TRITON_INTERPRET"):
+    os.environ["TRITON_INTERPRET"] = "1"  # restored below, once dcam.kernels is imported
 
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import inspect  # noqa: E402
 import pathlib  # noqa: E402
-import sys  # noqa: E402
+import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from dcam import reference  # noqa: E402
 from dcam.config import CamConfig  # noqa: E402
 
-DEVICE = "cuda" if _CUDA else "cpu"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+_INTERPRETED = type(triton.language.standard.max).__name__ == "InterpretedFunction"
+_CUDA = torch.cuda.is_available() and not _INTERPRETED
+DEVICE = "cuda" if _CUDA else "cpu"
+IN_PROCESS = _CUDA or _INTERPRETED  # can the kernels run in this process?
 
 
-def _load_kernels():
-    """`dcam.kernels`, interpreted when there is no GPU.
+def _import_kernels():
+    """`dcam.kernels`.
 
     `pip install -e .` maps the top-level `kernels/` folder to `dcam.kernels`;
-    in a bare checkout that mapping does not exist yet, so the package is
-    loaded from the folder under its real name. If it was imported before
-    TRITON_INTERPRET was set (its kernels then are compiled-mode JITFunctions
-    that cannot run on CPU tensors), its modules are reloaded so that the
-    decorators run again in interpreter mode."""
+    in a bare checkout that mapping does not exist, so the package is then
+    loaded from the folder under its real name."""
     try:
         import dcam.kernels as kernels
     except ModuleNotFoundError as exc:
@@ -52,21 +68,47 @@ def _load_kernels():
         kernels = importlib.util.module_from_spec(spec)
         sys.modules["dcam.kernels"] = kernels
         spec.loader.exec_module(kernels)
-    if not _CUDA and type(kernels.refine._refine_kernel).__name__ != "InterpretedFunction":
-        importlib.reload(kernels.pool)
-        importlib.reload(kernels.refine)
-        importlib.reload(kernels)
     return kernels
 
 
-K = _load_kernels()
+K = _import_kernels() if IN_PROCESS else None
+if IN_PROCESS and not _CUDA and type(K.refine._refine_kernel).__name__ != "InterpretedFunction":
+    # dcam.kernels was imported in compiled mode after an interpreted triton: redo its decorators
+    os.environ["TRITON_INTERPRET"] = "1"
+    for mod in (K.pool, K.refine, K):
+        importlib.reload(mod)
+if _saved_env is None:
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ["TRITON_INTERPRET"] = _saved_env
 
 
 @pytest.fixture(autouse=True)
-def _quiet_numpy():
+def _interpreter(request, monkeypatch):
+    if request.node.originalname == "test_in_subprocess":
+        yield
+        return
+    if not IN_PROCESS:
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set: "
+                    "these comparisons run in test_in_subprocess")
+    if not _CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter reads it again at launch
     # the interpreter evaluates masked-off lanes too (0/0 there is discarded)
     with np.errstate(all="ignore"):
         yield
+
+
+@pytest.mark.skipif(IN_PROCESS or os.environ.get(_CHILD) == "1", reason="the kernels run in this process")
+def test_in_subprocess():
+    """Run this file in a fresh Python where TRITON_INTERPRET=1 precedes the
+    first import of triton."""
+    env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD: "1"})
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not test_in_subprocess",
+           str(pathlib.Path(__file__))]
+    proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=900)
+    tail = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], tail
 
 
 # ------------------------------------------------------------------ helpers
