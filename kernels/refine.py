@@ -291,7 +291,7 @@ def _refine_kernel(
             spike = tl.where(m > mean_m + 2.0 * std_m, 1.0, 0.0)
             interf = tl.where(mask, 0.05 * rho + 0.02 * spike, 0.0)
             ii = tl.sum(interf * interf, axis=0)
-            apply = tl.max(interf, axis=0) != 0
+            apply = tl.max(tl.where(mask, interf, float("-inf")), axis=0) != 0
             a = tl.minimum(tl.sum(m * interf, axis=0) / tl.where(apply, ii, 1.0), 0.5)
         else:
             tt = tl.arange(0, BLOCK_T)
@@ -346,6 +346,9 @@ def refine_triton(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Te
     if len(dacg_params) != 8 or len(cba_params) != 5:
         raise ValueError("refine_triton: dacg_params needs 8 values and cba_params 5")
     raw = raw.contiguous()
+    # [B] / [B, T] inputs are read at b / b*T+t: make any strides (e.g. expand) plain
+    degenerate, steps, image_size, repeat_ratio = (
+        x.contiguous() for x in (degenerate, steps, image_size, repeat_ratio))
     if sicd == 2:
         if context_weights is None:
             raise ValueError("refine_triton: sicd='context' needs context_weights [B, T, T]")

@@ -200,6 +200,9 @@ def test_pool_degenerate_maps():
 def test_refine_default_config():
     raw, deg = _raw()
     _check_refine(raw, deg)
+    # per-image scalars with stride 0 (expanded) and a strided raw batch
+    _check_refine(raw.transpose(2, 3), deg, steps=torch.tensor(40.0).expand(2), size=torch.tensor(800.0).expand(2),
+                  rho=torch.tensor(0.25).expand(2))
 
 
 def test_refine_adaptive_kernel_sizes():
