@@ -66,7 +66,7 @@ CONTRAST_SCALE = 20.0
 #: relative tolerance under which two between-class variances count as a tie
 OTSU_TIE_RTOL = 1e-10
 #: pixels processed per chunk (maps x H x W) to bound memory on large masks
-_CHUNK_PIXELS = 1 << 24
+_CHUNK_PIXELS = 1 << 20  # ~1M pixels: the working set stays in cache
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -106,7 +106,7 @@ def resize_maps(maps: ArrayLike, size: Tuple[int, int]) -> Tensor:
 
 def to_u8(hm: Tensor) -> Tensor:
     """``floor(hm * 255)`` as int64 in ``[0, 255]``."""
-    return torch.floor(hm * 255.0).long().clamp(0, 255)
+    return torch.floor(hm * 255.0).clamp_(0.0, 255.0).long()
 
 
 def _histogram(u8: Tensor) -> Tensor:
@@ -172,27 +172,28 @@ def _object_metrics_same_size(maps: Tensor, masks: Tensor) -> Dict[str, Tensor]:
     hm = resize_maps(maps, (H, W)).reshape(M, -1)
     u8 = to_u8(hm)
     t = _otsu_from_hist(_histogram(u8))
-    pred = u8 > t[:, None]
     lab = masks.reshape(M, -1)
     L = int(lab.max()) + 1 if lab.numel() else 1
-    # counts per (map, label, predicted) in one bincount
-    idx = (torch.arange(M)[:, None] * L + lab) * 2 + pred.long()
-    cnt = torch.bincount(idx.reshape(-1), minlength=M * L * 2).reshape(M, L, 2)
-    inter = cnt[:, 1:, 1].double()
-    area = cnt[:, 1:, :].sum(dim=2).double()
-    n_pred = pred.sum(dim=1, keepdim=True).double()
+    # one key per (map, label, predicted); counts and sums of hm per key in two bincounts
+    key = lab * 2
+    key += (u8 > t[:, None])
+    key += (torch.arange(M) * (2 * L))[:, None]
+    key = key.reshape(-1)
+    cnt = torch.bincount(key, minlength=M * L * 2).reshape(M, L, 2).double()
+    sums = torch.bincount(key, weights=hm.reshape(-1).double(), minlength=M * L * 2).reshape(M, L, 2)
+    inter = cnt[:, 1:, 1]
+    area = cnt[:, 1:, :].sum(dim=2)
+    n_pred = cnt[:, :, 1].sum(dim=1, keepdim=True)
     union = n_pred + area - inter
     present = area > 0
     iou = torch.where(present, inter / torch.where(union > 0, union, torch.ones_like(union)),
                       torch.full_like(inter, -1.0))
     obj_iou = iou.max(dim=1).values if L > 1 else torch.full((M,), -1.0, dtype=torch.float64)
-    fg = lab > 0
-    hmd = hm.double()
-    n_fg = fg.sum(dim=1).double()
-    n_bg = (~fg).sum(dim=1).double()
-    s_fg = torch.where(fg, hmd, torch.zeros_like(hmd)).sum(dim=1)
-    s_all = hmd.sum(dim=1)
-    s_bg = torch.where(fg, torch.zeros_like(hmd), hmd).sum(dim=1)
+    n_fg = area.sum(dim=1)
+    n_bg = cnt[:, 0, :].sum(dim=1)
+    s_fg = sums[:, 1:, :].sum(dim=(1, 2))
+    s_bg = sums[:, 0, :].sum(dim=1)
+    s_all = s_fg + s_bg
     mean_fg = s_fg / n_fg.clamp(min=1)
     mean_bg = torch.where(n_bg > 0, s_bg / n_bg.clamp(min=1), torch.zeros_like(s_bg))
     contrast = mean_fg / (mean_bg + EPS)
@@ -245,12 +246,12 @@ def object_metrics(maps: ArrayLike, masks: Union[ArrayLike, Sequence[ArrayLike]]
     out["threshold"] = torch.empty(M, dtype=torch.long)
     for (H, W), idx in groups.items():
         for sl in _chunks(len(idx), H * W):
-            sel = torch.tensor(idx[sl], dtype=torch.long)
-            if mask_list is None:
-                mk_sel = mk[sel]
+            if mask_list is None:  # one group: idx is range(M), slices are views
+                sel = sl
+                res = _object_metrics_same_size(m[sl], mk[sl])
             else:
-                mk_sel = torch.stack([mask_list[i] for i in idx[sl]])
-            res = _object_metrics_same_size(m[sel], mk_sel)
+                sel = torch.tensor(idx[sl], dtype=torch.long)
+                res = _object_metrics_same_size(m[sel], torch.stack([mask_list[i] for i in idx[sl]]))
             for k, v in res.items():
                 out[k][sel] = v.to(out[k].dtype)
     return out

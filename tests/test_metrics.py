@@ -246,3 +246,17 @@ def test_bad_inputs():
         M.object_metrics(torch.rand(1, 3, 3), -torch.ones(1, 3, 3, dtype=torch.long))
     with pytest.raises(ValueError):
         M.object_metrics(torch.rand(1, 3, 3), torch.full((1, 3, 3), 0.5))
+
+
+def test_chunking_does_not_change_results(monkeypatch):
+    rng = np.random.default_rng(5)
+    maps = dyadic_maps(rng, 9, 4, 4)
+    masks = np.stack([random_mask(rng, 8, 8, 2) for _ in range(9)])
+    full = M.object_metrics(maps, masks)
+    ffull = M.function_metrics(maps, (8, 8))
+    monkeypatch.setattr(M, "_CHUNK_PIXELS", 130)  # 2 maps of 8x8 per chunk
+    part = M.object_metrics(maps, masks)
+    fpart = M.function_metrics(maps, (8, 8))
+    for k in full:
+        assert torch.equal(full[k], part[k]) or torch.allclose(full[k], part[k], equal_nan=True)
+    assert torch.equal(ffull["func_iou"], fpart["func_iou"])
