@@ -563,6 +563,7 @@ def _ablate(scorer: _Scorer, rec: EvalRecord, src, raw: Tensor, cfgs: Dict[str, 
     """Refine the same raw maps with every ablation config (context SICD aside)."""
     from . import engine
 
+    raw = raw.reshape(-1, *raw.shape[-2:])
     T, h, w = raw.shape
     deg = src.stats.get("degenerate") if isinstance(src.stats, dict) else None
     deg = deg.bool().reshape(1, T) if deg is not None else None
