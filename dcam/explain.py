@@ -86,7 +86,8 @@ class CamMethod:
     probes: Optional[Tuple[str, ...]] = None
 
     def compute(self, x: MethodInputs) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Returns (maps float32 [T, h, w], stats: dict of [T] tensors)."""
+        """Returns (maps float32 [T, h, w], stats: dict of [T] tensors); a
+        method may also return a third item, the raw maps [T, h, w]."""
         raise NotImplementedError
 
     @staticmethod
@@ -128,7 +129,7 @@ class DiffusionCam(CamMethod):
                             repeat_ratio=x.repeat_ratio, context_weights=cw, degenerate=degenerate,
                             backend=x.backend)
         stats = {k: v[0] for k, v in out.stats().items()}
-        return out.maps[0].contiguous(), stats
+        return out.maps[0].contiguous(), stats, raw_maps[0]
 
 
 @register_method
@@ -200,6 +201,10 @@ class Explanation:
     tokens / token_ids / positions: the explained tokens, their ids and their
     indices in the response. maps: float32 ``[T, h, w]``. stats: per-map
     statistics (each a ``[T]`` tensor). scores: the target scores.
+    raw_maps: the pooled, min-max normalised maps before refinement
+    (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config gives
+    that config's maps). extra: ``distractor`` (contrastive position) and
+    ``context_weights`` ``[T, T]``.
     """
 
     tokens: List[str]
@@ -223,6 +228,7 @@ class Explanation:
     scores: Tensor
     config: CamConfig
     model_name: str = ""
+    raw_maps: Optional[Tensor] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -472,7 +478,9 @@ class Explainer:
         x = MethodInputs(result=res, grid=prep.grid, token_ids=torch.tensor(tok_ids, dtype=torch.long),
                          config=self.config, steps=int(S), image_size=prep.image_height, repeat_ratio=rho,
                          adapter=a, backend=self.backend)
-        maps, stats = self.method.compute(x)
+        out = self.method.compute(x)
+        maps, stats = out[0], out[1]
+        raw_maps = out[2].float().cpu() if len(out) > 2 and out[2] is not None else None
         tokens = a.token_strings(tok_ids)
         return Explanation(
             tokens=tokens, token_ids=tok_ids, positions=sel, maps=maps.float().cpu(),
@@ -480,8 +488,8 @@ class Explainer:
             response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids), prompt=prompt, steps=int(S),
             steps_source=steps_source, method=self.method_name, probe=probe, layer=self.layer,
             target_score=target_score, grid=tuple(prep.grid), repeat_ratio=rho, scores=res.scores.cpu(),
-            config=self.config, model_name=type(self.model).__name__,
-            extra={"distractor": res.distractor},
+            config=self.config, model_name=type(self.model).__name__, raw_maps=raw_maps,
+            extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )
 
     def _end(self, ids: Sequence[int]) -> int:

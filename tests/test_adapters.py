@@ -13,7 +13,6 @@ from dcam.adapters import (DiffusionGemmaAdapter, LlavaAdapter, ShapesAdapter, a
 from dcam.adapters.probing import LastLayerError, probe, published_gradients
 from dcam.explain import Explainer
 from dcam.zoo import ShapesDMLLM, ShapesDMLLMConfig, ShapesProcessor
-from dcam.zoo.modeling import default_text_config, default_vision_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -87,17 +86,15 @@ class NewlineDMLLM(ShapesDMLLM):
 
 
 def _tiny_cfg(**kw):
-    vc = default_vision_config(image_size=32, patch_size=4, stem_channels=0)
-    vc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    tc = default_text_config()
-    tc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2)
-    return ShapesDMLLMConfig(vision_config=vc, text_config=tc, stem_channels=0, default_probe_layer=1, **kw)
+    from test_explain import tiny_zoo_kwargs
+
+    return ShapesDMLLMConfig(**tiny_zoo_kwargs(), **kw)
 
 
 def test_lavida_newline_column_dropped_before_reshape():
     torch.manual_seed(0)
     model = NewlineDMLLM(_tiny_cfg()).eval()
-    proc = NewlineProcessor(image_size=32, patch_size=4, response_length=12)
+    proc = NewlineProcessor(image_size=32, patch_size=model.config.patch_size, response_length=12)
     img = _image(32, 32)
     a = auto_adapter(model, proc, newline_column=True)
     assert isinstance(a, ShapesAdapter) and a.newline_column
@@ -262,6 +259,6 @@ def test_auto_adapter_errors():
 def test_auto_adapter_picks_zoo():
     torch.manual_seed(0)
     model = ShapesDMLLM(_tiny_cfg()).eval()
-    a = auto_adapter(model, ShapesProcessor(image_size=32, patch_size=4, response_length=12))
+    a = auto_adapter(model, ShapesProcessor(image_size=32, patch_size=model.config.patch_size, response_length=12))
     assert type(a) is ShapesAdapter and a.default_layer() == 1 and a.mask_token_id == model.config.mask_token_id
     assert auto_adapter(a) is a

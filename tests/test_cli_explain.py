@@ -10,7 +10,6 @@ from PIL import Image
 from dcam import zoo
 from dcam.cli_explain import CliError, add_subparsers, main, run
 from dcam.data import generate_sample
-from dcam.zoo.modeling import default_text_config, default_vision_config
 
 HAVE_WEIGHTS = os.path.exists(os.path.join(zoo.WEIGHTS_DIR, "model.safetensors"))
 
@@ -25,11 +24,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    vc = default_vision_config(image_size=32, patch_size=4, stem_channels=0)
-    vc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    tc = default_text_config()
-    tc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2)
-    model, proc = zoo.build_random(0, vision_config=vc, text_config=tc, stem_channels=0, default_probe_layer=1)
+    from test_explain import tiny_zoo
+
+    model, proc = tiny_zoo()
     d = tmp_path_factory.mktemp("tinyzoo")
     model.save_pretrained(str(d))
     proc.save_pretrained(str(d))

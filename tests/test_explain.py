@@ -27,13 +27,25 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_zoo(seed=0, layers=3):
-    vc = default_vision_config(image_size=32, patch_size=4, stem_channels=0)
-    vc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+def tiny_zoo_kwargs(layers=3):
+    """Config kwargs of a tiny zoo model: 32 px images, an 8x8 token grid, 32-wide blocks."""
+    import inspect
+
     tc = default_text_config()
     tc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
               num_key_value_heads=2)
-    return build_random(seed, vision_config=vc, text_config=tc, stem_channels=0, default_probe_layer=1)
+    if "stem_strides" in inspect.signature(default_vision_config).parameters:  # conv stem -> SigLIP, patch 1
+        extra = dict(image_size=32, stem_channels=(8, 8), stem_strides=(2, 2))
+        vc = default_vision_config(32, extra["stem_channels"], extra["stem_strides"])
+    else:  # pragma: no cover - the first zoo layout (SigLIP patches of 4 px)
+        extra = dict(stem_channels=0)
+        vc = default_vision_config(image_size=32, patch_size=4, stem_channels=0)
+    vc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return dict(vision_config=vc, text_config=tc, default_probe_layer=1, **extra)
+
+
+def tiny_zoo(seed=0, layers=3):
+    return build_random(seed, **tiny_zoo_kwargs(layers))
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +206,12 @@ def test_explain_all_tokens(zoo, sample):
     assert e.steps == zoo[0].config.response_length and e.steps_source == "default"
     assert e.repeat_ratio == pytest.approx(repeat_ratio([1, 2, 3, 4, 1, 5, 6]))  # "a" repeats
     assert e.probe == "full" and e.layer == 1 and e.target_score == "logit"
+    # the raw maps refine to the maps with the recorded steps, image height and repeat ratio
+    from dcam import engine
+
+    ref = engine.refine(e.raw_maps[None], config=e.config, steps=e.steps, image_size=sample.image.height,
+                        repeat_ratio=e.repeat_ratio)
+    torch.testing.assert_close(ref.maps[0], e.maps, atol=1e-6, rtol=0)
 
 
 def test_explain_generates_and_records_steps(zoo, sample):
