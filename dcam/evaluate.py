@@ -68,7 +68,7 @@ from torch import Tensor
 
 from .config import CamConfig
 from .datasets import EvalDataset, EvalRecord, open_dataset
-from .metrics import MetricAccumulator, function_metrics, object_metrics, summarize
+from .metrics import MetricAccumulator, object_metrics, summarize
 
 __all__ = [
     "evaluate", "ALL_METHODS", "ablation_configs", "align_words", "perturbation_curves", "patch_orders",

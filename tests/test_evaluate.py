@@ -3,7 +3,6 @@ on a hand-checkable fake model, and the whole runner end to end on a tiny
 random-init toy model (skipped when the explainer or the toy model is missing)."""
 import json
 import os
-from typing import Any, Dict
 
 import numpy as np
 import pytest
