@@ -154,8 +154,14 @@ def test_probe_inputs_are_what_they_claim(prepared):
     assert [int(torch.nonzero(row)[0]) for row in is_mask] == pos
     keep = ~is_mask
     assert torch.equal(remask[keep], prep.input_ids.expand(3, -1)[keep])
-    # and the probe really runs on those inputs
-    r = probe(a, prep, pos, [prep.response_ids[i] for i in idx], 1, probe="remask")
+    # and the probe really runs on those inputs (the image is encoded once for the 3 rows)
+    calls = []
+    h = a.model.vision_tower.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        r = probe(a, prep, pos, [prep.response_ids[i] for i in idx], 1, probe="remask")
+    finally:
+        h.remove()
+    assert len(calls) == 1
     assert torch.equal(r.input_ids, remask)
     assert r.acts.shape[0] == 3 and r.grads.shape[:2] == (3, 1)
 

@@ -88,4 +88,16 @@ class ShapesAdapter(ModelAdapter):
         return out[0].tolist(), used
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        pix = model_inputs.get("pixel_values")
+        R = input_ids.shape[0]
+        if R > 1 and pix is not None and pix.shape[0] == R and pix.stride(0) == 0:
+            # the rows of one probe share the image (only response slots differ): run the vision
+            # tower once and give every row the same image-token embeddings
+            is_img = input_ids == self.image_token_id
+            if bool((is_img == is_img[:1]).all()):
+                rest = {k: v for k, v in model_inputs.items() if k != "pixel_values"}
+                img_emb = self.model.embed(input_ids[:1], pix[:1])
+                tok_emb = self.model.language_model.embed_tokens(input_ids)
+                emb = torch.where(is_img[..., None], img_emb.expand(R, -1, -1), tok_emb)
+                return self.model(inputs_embeds=emb, **rest).logits
         return self.model(input_ids=input_ids, **model_inputs).logits
