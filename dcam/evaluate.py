@@ -20,12 +20,13 @@ What it does, per record (image, caption, per-word ground truth, see
 2. **Ablation** (``ablation=True``): Diffusion-CAM with every module off
    (``baseline``: the normalised raw maps), one module on (``+AKD``,
    ``+DACG``, ``+CBA``, ``+SICD``), all on (``full``), and all on with
-   ``sicd="context"``. The raw maps come from one extra pass with every module
-   off (the refinement then returns the raw maps exactly), or from
-   ``e.raw_maps`` when the explainer provides them; every variant is
-   ``dcam.refine`` of those same raw maps with its config (the ``full`` row
-   equals the comparison's Diffusion-CAM row). The context variant needs the
-   context weights, which the explainer computes itself: one more pass.
+   ``sicd="context"``. Every variant is ``dcam.refine`` of the same raw maps
+   (``e.raw_maps`` of the comparison's Diffusion-CAM explanation, no extra
+   model pass; the context variant with ``e.extra["context_weights"]``), so
+   the ``full`` row equals the comparison's Diffusion-CAM row. With an
+   explainer that exposes neither, the raw maps come from one extra pass with
+   every module off (the refinement then returns them unchanged) and the
+   context variant from one more pass.
 3. **Probe/layer sweep** (``sweep_probes``/``sweep_layers``, or
    ``sweep=True`` for the adapter's probe modes and a few layers): Diffusion-CAM
    per (probe, layer) on the first ``sweep_n`` records.
@@ -463,8 +464,12 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
             raise ValueError(f"method {m!r} does not support probe {probe_used!r} (supported: {', '.join(allowed)}); "
                              f"pick another --probe or leave {m} out of the comparison")
     abl_cfgs = ablation_configs(cfg) if ablation else {}
-    raw_explainer = explainer_factory("diffusion-cam", abl_cfgs["baseline"], layer) if ablation else None
-    ctx_explainer = explainer_factory("diffusion-cam", abl_cfgs["full (SICD context)"], layer) if ablation else None
+    extra_explainers: Dict[str, Any] = {}  # created only when an explanation lacks raw maps / context weights
+
+    def _extra(name: str):
+        if name not in extra_explainers:
+            extra_explainers[name] = explainer_factory("diffusion-cam", abl_cfgs[name], layer)
+        return extra_explainers[name]
 
     scorer = _Scorer()
     skipped_explain: List[Tuple[str, str]] = []
@@ -496,17 +501,17 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
                          if i not in wmaps_by_method[methods[0]])
 
         if ablation:
-            e_dc = exps.get("diffusion-cam")
-            raw = getattr(e_dc, "raw_maps", None) if e_dc is not None else None
-            src = e_dc
+            kw = dict(response=rec.caption, targets="all", probe=probe_used, target_score=target_score)
+            src = exps.get("diffusion-cam")
+            raw = getattr(src, "raw_maps", None) if src is not None else None
             if raw is None:
-                src = raw_explainer.explain(rec.image, prompt, response=rec.caption, targets="all",
-                                            probe=probe_used, target_score=target_score)
-                raw = src.maps
-            _ablate(scorer, rec, src, raw, abl_cfgs, word_tokens)
-            e_ctx = ctx_explainer.explain(rec.image, prompt, response=rec.caption, targets="all",
-                                          probe=probe_used, target_score=target_score)
-            scorer.add("full (SICD context)", rec, _word_maps(e_ctx, word_tokens), "ablation")
+                # every module off: the refinement returns the raw maps unchanged (float32)
+                src = _extra("baseline").explain(rec.image, prompt, **kw)
+                raw = getattr(src, "raw_maps", None)
+                raw = src.maps if raw is None else raw
+            if not _ablate(scorer, rec, src, raw, abl_cfgs, word_tokens):
+                e_ctx = _extra("full (SICD context)").explain(rec.image, prompt, **kw)
+                scorer.add("full (SICD context)", rec, _word_maps(e_ctx, word_tokens), "ablation")
 
         if len(examples) < n_examples and rec.object_indices:
             examples.append({"record": rec, "maps": wmaps_by_method})
@@ -559,20 +564,29 @@ def _config_json(cfg: CamConfig) -> dict:
 
 
 def _ablate(scorer: _Scorer, rec: EvalRecord, src, raw: Tensor, cfgs: Dict[str, CamConfig],
-            word_tokens: List[List[int]]):
-    """Refine the same raw maps with every ablation config (context SICD aside)."""
+            word_tokens: List[List[int]]) -> bool:
+    """Refine the same raw maps with every ablation config. Returns whether
+    the context-SICD variant was done too (it needs the explanation's context
+    weights, ``src.extra["context_weights"]``)."""
     from . import engine
 
     raw = raw.reshape(-1, *raw.shape[-2:])
     T, h, w = raw.shape
     deg = src.stats.get("degenerate") if isinstance(src.stats, dict) else None
     deg = deg.bool().reshape(1, T) if deg is not None else None
+    cw = (getattr(src, "extra", None) or {}).get("context_weights")
+    done_ctx = False
     for name, c in cfgs.items():
+        kw = {}
         if c.sicd == "context":
-            continue
+            if cw is None or tuple(cw.shape) != (T, T):
+                continue
+            kw["context_weights"] = cw.float().reshape(1, T, T)
+            done_ctx = True
         out = engine.refine(raw.float().reshape(1, T, h, w), config=c, steps=src.steps,
-                            image_size=src.image.height, repeat_ratio=src.repeat_ratio, degenerate=deg)
+                            image_size=src.image.height, repeat_ratio=src.repeat_ratio, degenerate=deg, **kw)
         scorer.add(name, rec, _word_maps(src, word_tokens, out.maps[0]), "ablation")
+    return done_ctx
 
 
 def _sweep(ctx: _Ctx, cfg: CamConfig, records: List[EvalRecord], probes: Sequence[str],

@@ -155,8 +155,23 @@ def tiny():
 def test_evaluate_end_to_end(tiny, tmp_path):
     model, proc = tiny
     out = str(tmp_path / "ev")
-    rep = EV.evaluate(model, proc, "shapes", methods="all", n=2, ablation=True, faithfulness=True, out_dir=out,
+    passes = []
+
+    def factory(method, cfg, layer):
+        ex = Explainer(model, proc, layer=layer, config=cfg, method=method)
+        orig = ex.explain
+
+        def counted(*a, **k):
+            passes.append((method, cfg.sicd, k.get("probe")))
+            return orig(*a, **k)
+
+        ex.explain = counted
+        return ex
+
+    rep = EV.evaluate(factory, dataset="shapes", methods="all", n=2, ablation=True, faithfulness=True, out_dir=out,
                       sweep_probes=["full", "masked"], sweep_n=1, faith_n=1, faith_steps=2, n_examples=1)
+    # one pass per image per method; the ablation re-uses the Diffusion-CAM pass's raw maps; sweep: 2 passes
+    assert len(passes) == 2 * 4 + 2
     assert rep["records"] == 2 and rep["skipped"] == []
     layer = Explainer(model, proc).layer
     assert rep["layer"] == layer and rep["probe"] == "full" and rep["target_score"] == "logit"
@@ -193,6 +208,44 @@ def test_evaluate_end_to_end(tiny, tmp_path):
     got = [r for r in rows if r["table"] == "main" and r["variant"] == "diffusion-cam" and r["record"] == rec.record_id
            and r["word_index"] == i]
     assert got and got[0]["obj_iou"] == pytest.approx(want)
+    # the context-SICD row (refine with the explanation's context weights) matches a direct pass
+    ctx_cfg = EV.ablation_configs()["full (SICD context)"]
+    e = Explainer(model, proc, config=ctx_cfg).explain(rec.image, response=rec.caption, probe="full")
+    want = object_metrics(e.maps[wt[i]].mean(0)[None], rec.word_mask(i)[None])["obj_iou"][0].item()
+    got = [r for r in rows if r["variant"] == "full (SICD context)" and r["record"] == rec.record_id
+           and r["word_index"] == i]
+    assert got and got[0]["obj_iou"] == pytest.approx(want)
+
+
+@needs_explainer
+def test_ablation_without_raw_maps_falls_back_to_extra_passes(tiny):
+    model, proc = tiny
+    passes = []
+
+    def factory(method, cfg, layer, strip):
+        ex = Explainer(model, proc, layer=layer, config=cfg, method=method)
+        orig = ex.explain
+
+        def wrapped(*a, **k):
+            e = orig(*a, **k)
+            passes.append(cfg.sicd)
+            if strip:  # an explainer that exposes neither raw maps nor context weights
+                e.raw_maps = None
+                e.extra = {}
+            return e
+
+        ex.explain = wrapped
+        return ex
+
+    kw = dict(dataset="shapes", methods="diffusion-cam", n=1, ablation=True, n_examples=0)
+    a = EV.evaluate(lambda m, c, l: factory(m, c, l, False), **kw)
+    assert len(passes) == 1
+    passes.clear()
+    b = EV.evaluate(lambda m, c, l: factory(m, c, l, True), **kw)
+    assert passes == ["reference", "off", "context"]
+    for row in EV.ABLATION_ROWS:
+        for k in ("obj_iou", "contrast", "concentration", "func_iou"):
+            assert b["ablation"][row][k] == pytest.approx(a["ablation"][row][k], rel=1e-6, abs=1e-9), (row, k)
 
 
 @needs_explainer
