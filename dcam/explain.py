@@ -377,8 +377,11 @@ class Explainer:
 
     @property
     def default_probe(self) -> str:
-        return DEFAULT_DMLLM_PROBE if self.adapter.is_diffusion and DEFAULT_DMLLM_PROBE in self.adapter.probes \
-            else "full"
+        """:data:`DEFAULT_DMLLM_PROBE` for diffusion models that support it (and
+        methods that accept it), else ``"full"``."""
+        ok = self.adapter.is_diffusion and DEFAULT_DMLLM_PROBE in self.adapter.probes and \
+            (self.method.probes is None or DEFAULT_DMLLM_PROBE in self.method.probes)
+        return DEFAULT_DMLLM_PROBE if ok else "full"
 
     # ------------------------------------------------------------------ targets
     def select_targets(self, response_ids: Sequence[int], targets="all") -> List[int]:

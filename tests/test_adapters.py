@@ -157,6 +157,13 @@ def test_llava_adapter_explains(llava):
     torch.testing.assert_close(r.scores, logits[torch.tensor(pos) - 1, torch.tensor(ids)])
     ref = published_gradients(a, prep, pos, ids, 1)
     torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-7, rtol=1e-5)
+    # contrastive with every response token a target: the distractor is the last prompt token,
+    # whose logits are read at the row before it (not the row that scores the first target)
+    rc = probe(a, prep, pos, ids, 1, target_score="contrastive")
+    assert rc.distractor == prep.response_start - 1
+    s0 = logits[pos[0] - 1].sum() - logits[prep.response_start - 2].sum()
+    torch.testing.assert_close(rc.scores[0], s0)
+    assert rc.scores[0].abs() > 0
     e = Explainer(model, proc).explain(img, prompt="describe the image", response="a red circle")
     assert e.tokens == ["a", "red", "circle"] and e.maps.shape == (3, 4, 4) and e.probe == "full"
     with pytest.raises(ValueError, match="mask token|not supported"):

@@ -337,3 +337,15 @@ def test_overlay_and_save(zoo, sample, tmp_path):
     assert meta["tokens"] == words and meta["steps"] == e.steps and meta["grid"] == [8, 8]
     assert set(meta["stats"]) == set(e.stats) and len(meta["stats"]["kernel_size"]) == len(words)
     assert meta["method"] == "diffusion-cam" and meta["probe"] == "full"
+
+
+def test_contrastive_distractor_choice(prepared):
+    from dcam.adapters.probing import pick_distractor
+
+    a, prep = prepared
+    s = prep.response_start
+    assert pick_distractor(prep, [s, s + 1], a) == s + 2  # the first non-target response slot
+    # every slot a target: the last prompt token outside the image span ("image" of "describe the image")
+    d = pick_distractor(prep, list(range(s, s + prep.response_length)), a)
+    assert d == int(prep.image_positions[0]) - 1
+    assert a.token_strings([int(prep.input_ids[0, d])]) == ["image"]

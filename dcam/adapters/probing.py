@@ -29,9 +29,9 @@ Target scores: ``"logit"``: the token's own logit at its position.
 ``"contrastive"`` (the published variant): the sum of all logits at the
 target position minus the sum of all logits at a distractor position, chosen
 deterministically: the first response slot that is not a target (pad/eos slots
-included); when every response slot is a target, the last prompt position (the
-slot just before the response). For a causal model the logits are read one
-position earlier (the position that predicts the token).
+included); when every response slot is a target, the last prompt token that is
+not an image token. For a causal model the logits of a position are read one
+position earlier (the row that predicts its token).
 
 :func:`published_gradients` is the slow reference procedure (one full forward
 and backward, with parameter gradients, per token), used by the tests and the
@@ -186,7 +186,12 @@ def pick_distractor(prep: Prepared, positions: Sequence[int], adapter: ModelAdap
     if not adapter.has_prompt_logits:
         raise ValueError("target_score='contrastive' needs a response slot that is not a target on "
                          f"{adapter.name} (it has no logits at prompt positions); leave one token out of targets")
-    return s - 1 if adapter.is_diffusion else s  # causal: logits read at p-1, so p = s reads the prompt's last
+    ids = prep.input_ids[0]
+    img = int(adapter.image_token_id)
+    for p in range(s - 1, 0 if adapter.is_diffusion else 1, -1):  # the last prompt token that is not an image token
+        if int(ids[p]) != img:
+            return p
+    raise ValueError("target_score='contrastive': no prompt token outside the image span to use as distractor")
 
 
 def _batched_grad(scores: Tensor, leaf: Tensor, rows: Tensor, chunk_size: int, select: Tensor) -> Tensor:
