@@ -349,3 +349,21 @@ def test_contrastive_distractor_choice(prepared):
     d = pick_distractor(prep, list(range(s, s + prep.response_length)), a)
     assert d == int(prep.image_positions[0]) - 1
     assert a.token_strings([int(prep.input_ids[0, d])]) == ["image"]
+
+
+def test_fallback_when_vmapped_backward_fails(prepared, monkeypatch):
+    """An op without a batching rule: one backward per token, same gradients, a warning."""
+    a, prep = prepared
+    pos, ids = _targets(prep, [1, 2, 5])
+    ref = probe(a, prep, pos, ids, 1).grads
+    real = torch.autograd.grad
+
+    def no_vmap(*args, **kw):
+        if kw.get("is_grads_batched"):
+            raise RuntimeError("Batching rule not implemented for aten::something")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    with pytest.warns(RuntimeWarning, match="one backward per token"):
+        got = probe(a, prep, pos, ids, 1, chunk_size=2).grads
+    torch.testing.assert_close(got, ref, atol=1e-8, rtol=1e-6)
