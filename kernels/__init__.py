@@ -13,4 +13,10 @@ they can be registered with ``torch.library.triton_op``.
 from .pool import pool_gradients_triton
 from .refine import refine_triton
 
-__all__ = ["pool_gradients_triton", "refine_triton"]
+
+def is_available() -> bool:
+    """Probe for `dcam.backends`: importing this package (and triton) worked."""
+    return True
+
+
+__all__ = ["pool_gradients_triton", "refine_triton", "is_available"]
