@@ -76,4 +76,4 @@ class _CppBackend(_LazyBackend):
 
 
 cpp_backend = _CppBackend("dcam.backends.cpp", "is_available")
-triton_backend = _TritonBackend("dcam.kernels", "refine_triton")
+triton_backend = _TritonBackend("dcam.kernels", "is_available")
