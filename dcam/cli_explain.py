@@ -219,6 +219,8 @@ def add_grounding_subparser(subparsers) -> None:
     p.add_argument("--target-score", default="logit", choices=["logit", "contrastive"])
     p.add_argument("--model", default=None, metavar="DIR")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on a small shared machine; default: torch's)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run, explain_command="grounding")
 
@@ -329,6 +331,12 @@ def run_grounding(args) -> int:
     if bad:
         raise CliError(f"--probes: unknown probe(s) {bad}")
     layers = [int(l) for l in args.layers.split(",")] if args.layers else None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, processor = load_model(args.model)
     try:
         rep = grounding_report(model, processor, n=args.n, probes=probes, layers=layers, method=args.method,
