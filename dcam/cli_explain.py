@@ -267,10 +267,12 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     object); for every object word (colour or shape) the map is bilinearly
     upsampled to the label mask and counts as grounded when its mass on the
     named object exceeds its mass on every other object of the image. Returns
-    ``{"rates": {probe: {layer: rate}}, "chance": rate of a uniform map,
+    ``{"rates": {probe: {layer: rate}}, "rates_by_kind": {probe: {layer:
+    {"colour": rate, "shape": rate}}}, "chance": rate of a uniform map,
     "n_images", "n_words"}``.
     """
     from .config import CamConfig
+    from .data import COLOURS
     from .explain import Explainer
 
     if model is None:
@@ -282,9 +284,13 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     layers = list(range(nblocks - 1)) if layers is None else [exp0.adapter.resolve_layer(l) for l in layers]
     rates: Dict[str, Dict[int, float]] = {}
     chance_hits, n_words = 0, 0
+    n_kind = {"colour": 0, "shape": 0}
+    by_kind: Dict[str, Dict[int, Dict[str, float]]] = {}
     for s in samples:
         idx = [i for i, l in enumerate(s.word_labels) if l > 0]
         n_words += len(idx)
+        for i in idx:
+            n_kind["colour" if s.words[i] in COLOURS else "shape"] += 1
         uniform = np.ones((len(idx), 2, 2), np.float32)
         # a uniform map's mass is the object's area: ties (equal areas) count as failures
         chance_hits += sum(object_word_success(uniform, idx, s.word_labels, s.mask))
@@ -299,17 +305,21 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
         rates[probe] = {}
         for layer in layers:
             exp = Explainer(model, processor, layer=layer, method=method, config=config or CamConfig())
-            hits = 0
+            hits, kind_hits = 0, {"colour": 0, "shape": 0}
             for s in samples:
                 idx = [i for i, l in enumerate(s.word_labels) if l > 0]
                 e = exp.explain(s.image, response=s.caption, targets=idx, probe=probe, target_score=target_score)
-                hits += sum(object_word_success(e.maps, idx, s.word_labels, s.mask))
+                ok = object_word_success(e.maps, idx, s.word_labels, s.mask)
+                hits += sum(ok)
+                for i, good in zip(idx, ok):
+                    kind_hits["colour" if s.words[i] in COLOURS else "shape"] += int(good)
                 if bar is not None:
                     bar.update(1)
             rates[probe][layer] = hits / max(1, n_words)
+            by_kind.setdefault(probe, {})[layer] = {k: v / max(1, n_kind[k]) for k, v in kind_hits.items()}
     if bar is not None:
         bar.close()
-    return {"rates": rates, "chance": chance_hits / max(1, n_words), "n_images": len(samples), "n_words": n_words,
+    return {"rates": rates, "rates_by_kind": by_kind, "chance": chance_hits / max(1, n_words), "n_images": len(samples), "n_words": n_words,
             "method": method, "target_score": target_score, "default_layer": exp0.layer}
 
 
@@ -320,6 +330,9 @@ def format_grounding(rep: dict) -> str:
              "probe     " + "".join(f"  layer {l}" + ("*" if l == rep.get("default_layer") else " ") for l in layers)]
     for probe, r in rep["rates"].items():
         lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
+    lines.append("by word kind (colour / shape):")
+    for probe, r in rep.get("rates_by_kind", {}).items():
+        lines.append(f"{probe:<10}" + "".join(f"  {r[l]['colour']:.2f}/{r[l]['shape']:.2f}" for l in layers))
     return "\n".join(lines)
 
 

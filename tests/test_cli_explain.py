@@ -138,3 +138,15 @@ def test_dcam_main_maps_errors(tmp_path, capsys):
     except ImportError as exc:  # another subcommand module is not there yet
         pytest.skip(f"dcam.cli cannot build its parser yet: {exc}")
     assert rc == 2
+
+
+def test_grounding_report_runs(model_dir, tmp_path, capsys):
+    out = tmp_path / "g.json"
+    assert main(["grounding", "--model", model_dir, "--n", "2", "--layers", "0,1", "--probes", "full,remask",
+                 "--quiet", "--json", str(out)]) == 0
+    assert "grounding rate" in capsys.readouterr().out
+    rep = json.load(open(out))
+    assert rep["n_images"] == 2 and set(rep["rates"]) == {"full", "remask"}
+    assert all(0 <= v <= 1 for r in rep["rates"].values() for v in r.values())
+    assert 0 < rep["chance"] < 1
+    assert main(["grounding", "--model", model_dir, "--probes", "half"]) == 2
