@@ -5,19 +5,29 @@
 //
 // AKD (the hot part) uses ranks instead of sorting every window:
 //  * the map is reflect-padded to (h+2r) x (w+2r) cells; every cell gets a
-//    distinct global rank (ascending value, ties by source pixel then cell),
+//    distinct global rank (ascending value; ties by source pixel, then cell)
 //    from one radix argsort of the h*w pixels plus a counting pass;
 //  * the k x k window of a pixel is a set of k*k cells, held as a bitset over
 //    the global ranks; moving one pixel right toggles 2k bits;
-//  * the window's ascending order is the order of its set bits, so the j-th
-//    order statistic is found with popcounts, and only the ranks whose Gaussian
-//    weight is above e^-36 (relative to the centre weight 1) are read;
+//  * the window's ascending order is the order of its set bits. Only the
+//    ranks whose Gaussian weight exp(-d^2 / (2 sigma^2)) is above e^-36
+//    (relative to the centre weight 1) are read: the first of them is found
+//    from a word cursor that follows the window as it slides (plus a
+//    branch-free in-word select), the others by ctz;
 //  * weights u_d = q^(d^2), q = exp(-1/(2 sigma^2)), by the recurrence
 //    q^((d+1)^2) = q^(d^2) * q^(2d+1): one exp per pixel, the centre weight is
 //    exactly 1 (sigma -> 0 gives the median).
+//  * each row runs in three passes (window statistics for the whole row,
+//    bitset walk, weighted sums) so the unpredictable branches of the walk do
+//    not serialise the long arithmetic chains.
 // Window mean/std come from float64 column sums (no sliding subtraction, so an
 // all-zero window has mean exactly 0).
+//
+// Percentiles (DACG, CBA) are order statistics found by a bucket select: one
+// pass buckets the values monotonically (linear in the value), the bucket
+// holding the wanted rank is partially sorted.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <new>
 #include <vector>
@@ -28,27 +38,49 @@
 
 #include "common.hpp"
 #include "dcam.h"
+#include "sortnet.hpp"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vector helpers are always inlined
 
 namespace {
 
 using namespace dcam;
 
-constexpr double kAkdLogCut = 36.0;    // rank weights below exp(-36) ~ 2e-16 are dropped
-constexpr float kZetaMin = 1e-6f;      // DACG threshold floor
+constexpr double kAkdLogCut = 36.0;  // rank weights below exp(-36) ~ 2e-16 are dropped
+constexpr float kZetaMin = 1e-6f;    // DACG threshold floor
 constexpr float kSicdBase = 0.05f;
 constexpr float kSicdSpike = 0.02f;
 constexpr float kSicdAlphaMax = 0.5f;
 constexpr float kSicdGuard = 0.9f;
 constexpr int64_t kMaxBitsetWords = 512;  // larger padded maps use the per-window sort path
+constexpr int kSelBuckets = 256;
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef float v8f __attribute__((vector_size(32)));
+
+DCAM_INLINE v4f ld4(const float* p) {
+    v4f v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+DCAM_INLINE v8f ld8(const float* p) {
+    v8f v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+DCAM_INLINE v4d cvt(v4f v) { return __builtin_convertvector(v, v4d); }
+DCAM_INLINE double hsum(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 
 struct Scratch {
-    std::vector<float> bufA, bufB, sorted, interf, win;
+    std::vector<float> bufA, bufB, interf, vals, tmp, pad;
     std::vector<uint64_t> items, items2;
-    std::vector<int32_t> order, rank_of, start, prank;
+    std::vector<int32_t> order, rank_of, start, prank, Dx;
     std::vector<int32_t> ry, rx;
-    std::vector<float> P, sval;
+    std::vector<uint8_t> bkt, kind;
+    std::vector<float> P, sval, mux;
     std::vector<uint64_t> bits;
-    std::vector<double> colS, colQ;
+    std::vector<double> colS, colQ, rowS, rowQ, invx, qx, accI;
 };
 
 template <class V>
@@ -56,7 +88,64 @@ inline void ensure(V& v, size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
-// ------------------------------------------------------------------ radix sort
+// ------------------------------------------------------------------ reductions (float64)
+
+DCAM_INLINE double sum_f64(const float* x, int64_t n) {
+    v4d a0 = {0, 0, 0, 0}, a1 = a0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        a0 += cvt(ld4(x + i));
+        a1 += cvt(ld4(x + i + 4));
+    }
+    double s = hsum(a0 + a1);
+    for (; i < n; ++i) s += x[i];
+    return s;
+}
+
+// Population mean and std, float64 two-pass, rounded to float32.
+DCAM_INLINE void mean_std(const float* x, int64_t n, float& mean_f, float& std_f) {
+    const double mu = sum_f64(x, n) / static_cast<double>(n);
+    const v4d m4 = {mu, mu, mu, mu};
+    v4d a0 = {0, 0, 0, 0}, a1 = a0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const v4d d0 = cvt(ld4(x + i)) - m4, d1 = cvt(ld4(x + i + 4)) - m4;
+        a0 += d0 * d0;
+        a1 += d1 * d1;
+    }
+    double q = hsum(a0 + a1);
+    for (; i < n; ++i) {
+        const double d = x[i] - mu;
+        q += d * d;
+    }
+    mean_f = static_cast<float>(mu);
+    std_f = static_cast<float>(std::sqrt(q / static_cast<double>(n)));
+}
+
+DCAM_INLINE void min_max(const float* x, int64_t n, float& lo, float& hi) {
+    int64_t i = 0;
+    float l = x[0], h = x[0];
+    if (n >= 8) {
+        v8f vl = ld8(x), vh = vl;
+        for (i = 8; i + 8 <= n; i += 8) {
+            const v8f v = ld8(x + i);
+            vl = v < vl ? v : vl;
+            vh = v > vh ? v : vh;
+        }
+        for (int j = 0; j < 8; ++j) {
+            l = std::min(l, vl[j]);
+            h = std::max(h, vh[j]);
+        }
+    }
+    for (; i < n; ++i) {
+        l = std::min(l, x[i]);
+        h = std::max(h, x[i]);
+    }
+    lo = l;
+    hi = h;
+}
+
+// ------------------------------------------------------------------ radix argsort
 
 // Stable LSD radix sort of n items by their upper 32 bits (8-bit digits; a pass
 // whose digit is the same for every item is skipped). Result in `a`.
@@ -91,16 +180,6 @@ inline void radix_sort_hi32(uint64_t* a, uint64_t* tmp, int64_t n) {
     if (src != a) std::memcpy(a, src, static_cast<size_t>(n) * sizeof(uint64_t));
 }
 
-// Ascending copy of x[0..n).
-inline void sort_values(const float* x, int64_t n, float* out, Scratch& S) {
-    ensure(S.items, n);
-    ensure(S.items2, n);
-    uint64_t* it = S.items.data();
-    for (int64_t i = 0; i < n; ++i) it[i] = static_cast<uint64_t>(float_key(x[i])) << 32;
-    radix_sort_hi32(it, S.items2.data(), n);
-    for (int64_t i = 0; i < n; ++i) out[i] = key_float(static_cast<uint32_t>(it[i] >> 32));
-}
-
 // order[g] = index of the g-th smallest value (ties by index).
 inline void argsort_values(const float* x, int64_t n, int32_t* order, Scratch& S) {
     ensure(S.items, n);
@@ -111,37 +190,95 @@ inline void argsort_values(const float* x, int64_t n, int32_t* order, Scratch& S
     for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(static_cast<uint32_t>(it[i]));
 }
 
-// First index of a sorted array with value > 0 (start of nz()).
-inline int64_t first_positive(const float* s, int64_t n) {
-    return std::upper_bound(s, s + n, 0.0f) - s;
+// ------------------------------------------------------------------ order statistics (bucket select)
+
+struct Selector {
+    const float* x = nullptr;
+    int64_t n = 0, n_pos = 0;  // values, and how many are > 0
+    float vmin = 0, vmax = 0;
+    bool constant = true;
+    uint32_t hist[kSelBuckets];
+};
+
+// Buckets x[0..n) by floor((v - min) * scale), monotone in v.
+DCAM_INLINE void sel_build(Selector& s, const float* x, int64_t n, Scratch& S) {
+    s.x = x;
+    s.n = n;
+    min_max(x, n, s.vmin, s.vmax);
+    int64_t pos = 0;
+    for (int64_t i = 0; i < n; ++i) pos += x[i] > 0.0f;
+    s.n_pos = pos;
+    s.constant = !(s.vmax > s.vmin);
+    if (s.constant) return;
+    ensure(S.bkt, n);
+    uint8_t* bkt = S.bkt.data();
+    std::memset(s.hist, 0, sizeof(s.hist));
+    const double base = s.vmin;
+    const double scale = static_cast<double>(kSelBuckets) / (static_cast<double>(s.vmax) - base);
+    for (int64_t i = 0; i < n; ++i) {
+        double f = (static_cast<double>(x[i]) - base) * scale;
+        f = f < 0.0 ? 0.0 : f;  // also NaN -> 0
+        f = f > kSelBuckets - 1 ? kSelBuckets - 1 : f;
+        const int b = static_cast<int>(f);
+        bkt[i] = static_cast<uint8_t>(b);
+        ++s.hist[b];
+    }
 }
 
-// numpy 'linear' percentile of an ascending array (n >= 1), position in float64 as the reference.
-inline float percentile_sorted(const float* s, int64_t n, float q) {
-    const double pos = static_cast<double>(q) / 100.0 * static_cast<double>(n - 1);
+// The R-th smallest value (0-based), and optionally the (R+1)-th (R+1 < n).
+DCAM_INLINE float sel_get(const Selector& s, int64_t R, float* next, Scratch& S) {
+    if (s.constant) {
+        if (next) *next = s.vmin;
+        return s.vmin;
+    }
+    int b = 0;
+    int64_t cum = 0;
+    while (cum + static_cast<int64_t>(s.hist[b]) <= R) cum += s.hist[b++];
+    const uint8_t* bkt = S.bkt.data();
+    ensure(S.tmp, s.n);
+    float* tmp = S.tmp.data();
+    int64_t m = 0;
+    for (int64_t i = 0; i < s.n; ++i) {
+        tmp[m] = s.x[i];
+        m += bkt[i] == b;
+    }
+    const int64_t r = R - cum;
+    std::nth_element(tmp, tmp + r, tmp + m);
+    const float v = tmp[r];
+    if (next) {
+        if (r + 1 < m) {
+            *next = *std::min_element(tmp + r + 1, tmp + m);
+        } else {
+            int b2 = b + 1;
+            while (s.hist[b2] == 0) ++b2;
+            float mn = 0.0f;
+            bool first = true;
+            for (int64_t i = 0; i < s.n; ++i)
+                if (bkt[i] == b2) {
+                    mn = first ? s.x[i] : std::min(mn, s.x[i]);
+                    first = false;
+                }
+            *next = mn;
+        }
+    }
+    return v;
+}
+
+// numpy 'linear' percentile of the `cnt` values of rank offset .. offset+cnt-1 (cnt >= 1),
+// position in float64 as the reference.
+DCAM_INLINE float sel_percentile(const Selector& s, int64_t offset, int64_t cnt, float q, Scratch& S) {
+    const double pos = static_cast<double>(q) / 100.0 * static_cast<double>(cnt - 1);
     double fl = std::floor(pos);
     if (!(fl >= 0.0)) fl = 0.0;
-    if (fl > static_cast<double>(n - 1)) fl = static_cast<double>(n - 1);
+    if (fl > static_cast<double>(cnt - 1)) fl = static_cast<double>(cnt - 1);
     const int64_t lo = static_cast<int64_t>(fl);
     const float frac = static_cast<float>(pos - static_cast<double>(lo));
-    const int64_t hi = std::min(lo + 1, n - 1);
-    float p = s[lo];
-    if (frac > 0.0f) p = p + frac * (s[hi] - s[lo]);
-    return p;
-}
-
-// Population mean and std, float64 two-pass, rounded to float32.
-inline void mean_std(const float* x, int64_t n, float& mean_f, float& std_f) {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; ++i) s += x[i];
-    const double mu = s / static_cast<double>(n);
-    double q = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-        const double d = x[i] - mu;
-        q += d * d;
+    if (frac > 0.0f && lo + 1 <= cnt - 1) {
+        float hi;
+        const float v = sel_get(s, offset + lo, &hi, S);
+        return v + frac * (hi - v);
     }
-    mean_f = static_cast<float>(mu);
-    std_f = static_cast<float>(std::sqrt(q / static_cast<double>(n)));
+    return sel_get(s, offset + lo, nullptr, S);
 }
 
 // ------------------------------------------------------------------ section 2
@@ -175,7 +312,7 @@ int64_t kernel_size_for(const float* r, int64_t h, int64_t w, int akd_kernel, fl
     return std::min<int64_t>(k, 2 * std::min(h, w) - 1);
 }
 
-// Weighted central sum of the order statistics s[0..2D] (s[D] the median rank c):
+// Weighted central sum of the order statistics s[0..2D] (s[D] is rank c):
 // sum_d q^(d^2) (s[D-d] + s[D+d]) / sum_d ..., centre weight 1.
 DCAM_INLINE float rank_weighted(const float* s, int D, double inv) {
     double num = s[D], den = 1.0;
@@ -184,8 +321,8 @@ DCAM_INLINE float rank_weighted(const float* s, int D, double inv) {
         const double q2 = q * q;
         double p = 1.0, f = q;
         for (int d = 1; d <= D; ++d) {
-            p *= f;  // q^(d^2)
-            f *= q2; // q^(2d+1)
+            p *= f;   // q^(d^2)
+            f *= q2;  // q^(2d+1)
             num += p * (static_cast<double>(s[D - d]) + static_cast<double>(s[D + d]));
             den += 2.0 * p;
         }
@@ -193,10 +330,253 @@ DCAM_INLINE float rank_weighted(const float* s, int D, double inv) {
     return static_cast<float>(num / den);
 }
 
-// Number of ranks on each side of the centre whose weight exp(-d^2 inv) >= exp(-cut).
-DCAM_INLINE int central_halfwidth(double inv, int64_t c) {
-    if (inv * static_cast<double>(c) * static_cast<double>(c) <= kAkdLogCut) return static_cast<int>(c);
-    return static_cast<int>(std::sqrt(kAkdLogCut / inv));  // < c here
+// Classify a window from its float64 sum / sum of squares: returns 0 (output 0),
+// 1 (output mu: constant window) or 2 (rank-weighted; inv = 1/(2 sigma^2), D = half width).
+DCAM_INLINE int window_kind(double s, double q, double dK, int64_t c, double& mu, double& inv, int& D) {
+    mu = s / dK;
+    if (!(mu > 0.0)) return 0;
+    const double var = q / dK - mu * mu;
+    if (!(var > 0.0)) return 1;
+    const double r2 = var / (mu * mu);  // sigma^2
+    inv = 0.5 / r2;
+    const double dd = 2.0 * kAkdLogCut * r2;  // d^2 below which exp(-d^2 inv) >= e^-cut
+    const double cc = static_cast<double>(c) * static_cast<double>(c);
+    D = dd >= cc ? static_cast<int>(c) : static_cast<int>(std::sqrt(dd));
+    return 2;
+}
+
+struct SelectTable {
+    uint8_t pos[256][8];
+    constexpr SelectTable() : pos() {
+        for (int b = 0; b < 256; ++b) {
+            int r = 0;
+            for (int i = 0; i < 8; ++i)
+                if (b >> i & 1) pos[b][r++] = static_cast<uint8_t>(i);
+        }
+    }
+};
+constexpr SelectTable kSelect{};
+
+// Position of the r-th (0-based) set bit of x; requires r < popcount(x). Branch-free.
+DCAM_INLINE int select64(uint64_t x, int r) {
+    uint64_t s = x - ((x >> 1) & 0x5555555555555555ull);
+    s = (s & 0x3333333333333333ull) + ((s >> 2) & 0x3333333333333333ull);
+    s = (s + (s >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    const uint64_t pre = s * 0x0101010101010101ull;  // byte i: set bits in bytes 0..i
+    const uint64_t rr = static_cast<uint64_t>(r) * 0x0101010101010101ull;
+    const uint64_t le = ((rr | 0x8080808080808080ull) - pre) & 0x8080808080808080ull;  // bytes with pre <= r
+    const int byte = static_cast<int>((((le >> 7) * 0x0101010101010101ull)) >> 56);
+    const int shift = byte * 8;
+    const int before = static_cast<int>(((pre << 8) >> shift) & 0xFF);
+    return shift + kSelect.pos[(x >> shift) & 0xFF][r - before];
+}
+
+// Pass 1 of a row (both AKD paths): window sums from float64 column sums of the
+// reflect-padded map P (row stride `stride`, padded rows y .. y+k-1), then the
+// per-pixel classification (see window_kind). Arrays are indexed by x < w.
+DCAM_INLINE void row_window_stats(const float* P, int64_t stride, int64_t y, int64_t k, int64_t w, int64_t Wp,
+                                  int64_t c, Scratch& S) {
+    double* colS = S.colS.data();
+    double* colQ = S.colQ.data();
+    double* rowS = S.rowS.data();
+    double* rowQ = S.rowQ.data();
+    for (int64_t px = 0; px < Wp; ++px) {
+        colS[px] = 0.0;
+        colQ[px] = 0.0;
+    }
+    for (int64_t i = 0; i < k; ++i) {
+        const float* row = P + (y + i) * stride;
+        for (int64_t px = 0; px < Wp; ++px) {
+            const double v = row[px];
+            colS[px] += v;
+            colQ[px] += v * v;
+        }
+    }
+    for (int64_t x = 0; x < w; ++x) {
+        rowS[x] = 0.0;
+        rowQ[x] = 0.0;
+    }
+    for (int64_t j = 0; j < k; ++j)
+        for (int64_t x = 0; x < w; ++x) {
+            rowS[x] += colS[x + j];
+            rowQ[x] += colQ[x + j];
+        }
+    const double dK = static_cast<double>(k * k);
+    for (int64_t x = 0; x < w; ++x) {
+        double mu = 0.0, inv = 0.0;
+        int D = 0;
+        S.kind[x] = static_cast<uint8_t>(window_kind(rowS[x], rowQ[x], dK, c, mu, inv, D));
+        S.mux[x] = static_cast<float>(mu);
+        S.invx[x] = inv;
+        S.Dx[x] = D;
+    }
+}
+
+typedef int64_t v4l __attribute__((vector_size(32)));
+
+// exp(-x) for x >= 0, lane-wise in float64 (|relative error| < 1e-15); 0 for x > 700 or NaN.
+DCAM_INLINE v4d exp_neg(v4d x) {
+    const v4d big = {700.0, 700.0, 700.0, 700.0};
+    const v4l ok = x <= big;  // false for NaN too
+    const v4d zero = {0, 0, 0, 0};
+    x = ok ? x : zero;
+    const v4d log2e = {1.4426950408889634, 1.4426950408889634, 1.4426950408889634, 1.4426950408889634};
+    const v4d magic = {6755399441055744.0, 6755399441055744.0, 6755399441055744.0, 6755399441055744.0};  // 1.5*2^52
+    v4d t = x * log2e + magic;  // round-to-nearest integer in the low mantissa bits
+    v4l n;
+    std::memcpy(&n, &t, sizeof(n));
+    const v4d nd = t - magic;
+    const v4d ln2hi = {6.93147180369123816490e-01, 6.93147180369123816490e-01, 6.93147180369123816490e-01,
+                       6.93147180369123816490e-01};
+    const v4d ln2lo = {1.90821492927058770002e-10, 1.90821492927058770002e-10, 1.90821492927058770002e-10,
+                       1.90821492927058770002e-10};
+    const v4d r = (nd * ln2hi - x) + nd * ln2lo;  // -(x - n ln2), |r| <= 0.35
+    // e^r, Horner, degree 13
+    v4d pl = {1.0 / 6227020800.0, 1.0 / 6227020800.0, 1.0 / 6227020800.0, 1.0 / 6227020800.0};
+    const double c[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
+                          1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+    for (int i = 0; i < 13; ++i) {
+        const v4d ci = {c[i], c[i], c[i], c[i]};
+        pl = pl * r + ci;
+    }
+    // scale by 2^-n
+    const v4l lowmask = {0xFFFFFFFFll, 0xFFFFFFFFll, 0xFFFFFFFFll, 0xFFFFFFFFll};
+    n = n & lowmask;  // n in [0, 1011]
+    const v4l b1023 = {1023, 1023, 1023, 1023};
+    const v4l ebits = (b1023 - n) << 52;
+    v4d scale;
+    std::memcpy(&scale, &ebits, sizeof(scale));
+    const v4d res = pl * scale;
+    return ok ? res : zero;
+}
+
+// AKD with a sorting network per window, 8 neighbouring pixels at once (lane-wise
+// min/max on vectors of 8 floats). For k <= 9.
+template <int k>
+DCAM_INLINE void akd_network_t(const float* __restrict r, int64_t h, int64_t w, float* __restrict out, Scratch& S) {
+    constexpr int K = k * k, c = (K - 1) / 2, rr = (k - 1) / 2;
+    typedef sortnet::v8f v8;
+    const int64_t Wp = w + 2 * rr, Hp = h + 2 * rr, stride = Wp + 8;
+    const int64_t wv = (w + 7) & ~int64_t(7);  // row arrays padded to whole groups of 8
+    ensure(S.P, Hp * stride);
+    ensure(S.colS, stride);
+    ensure(S.colQ, stride);
+    ensure(S.rowS, wv);
+    ensure(S.rowQ, wv);
+    ensure(S.qx, wv);
+    ensure(S.mux, wv);
+    ensure(S.kind, wv);
+    float* P = S.P.data();
+    for (int64_t py = 0; py < Hp; ++py) {
+        const float* src = r + reflect(py - rr, h) * w;
+        float* dst = P + py * stride;
+        for (int64_t px = 0; px < rr; ++px) dst[px] = src[reflect(px - rr, w)];
+        std::memcpy(dst + rr, src, static_cast<size_t>(w) * sizeof(float));
+        for (int64_t px = rr + w; px < Wp; ++px) dst[px] = src[reflect(px - rr, w)];
+        for (int64_t px = Wp; px < stride; ++px) dst[px] = 0.0f;
+    }
+    double* colS = S.colS.data();
+    double* colQ = S.colQ.data();
+    double* rowS = S.rowS.data();
+    double* rowQ = S.rowQ.data();
+    double* qx = S.qx.data();
+    float* mux = S.mux.data();
+    uint8_t* kind = S.kind.data();
+    const double invK = 1.0 / static_cast<double>(K);
+    for (int64_t y = 0; y < h; ++y) {
+        // ---- window statistics of the row (float64 column sums, then across columns)
+        for (int64_t px = 0; px < stride; ++px) {
+            colS[px] = 0.0;
+            colQ[px] = 0.0;
+        }
+        for (int i = 0; i < k; ++i) {
+            const float* row = P + (y + i) * stride;
+            for (int64_t px = 0; px < stride; ++px) {
+                const double v = row[px];
+                colS[px] += v;
+                colQ[px] += v * v;
+            }
+        }
+        for (int64_t x = 0; x < wv; ++x) {
+            rowS[x] = 0.0;
+            rowQ[x] = 0.0;
+        }
+        for (int j = 0; j < k; ++j)
+            for (int64_t x = 0; x < wv; ++x) {
+                rowS[x] += colS[x + j];
+                rowQ[x] += colQ[x + j];
+            }
+        for (int64_t x = 0; x < wv; x += 4) {
+            v4d sv, qv;
+            std::memcpy(&sv, rowS + x, sizeof(sv));
+            std::memcpy(&qv, rowQ + x, sizeof(qv));
+            const v4d ik = {invK, invK, invK, invK};
+            const v4d mu = sv * ik;
+            const v4d var = qv * ik - mu * mu;
+            const v4d zero = {0, 0, 0, 0};
+            const v4l pos_mu = mu > zero, pos_var = var > zero;
+            const v4d half = {0.5, 0.5, 0.5, 0.5};
+            const v4d one = {1, 1, 1, 1};
+            const v4d inv = half * (mu * mu) / (pos_var ? var : one);
+            const v4d q = exp_neg(inv);
+            const v4d qsel = (pos_mu & pos_var) ? q : zero;
+            std::memcpy(qx + x, &qsel, sizeof(qsel));
+            for (int l = 0; l < 4; ++l) {
+                mux[x + l] = static_cast<float>(mu[l]);
+                kind[x + l] = static_cast<uint8_t>(pos_mu[l] ? (pos_var[l] ? 2 : 1) : 0);
+            }
+        }
+        // ---- sort the windows of 8 pixels, weighted sums of the order statistics
+        for (int64_t x0 = 0; x0 < w; x0 += 8) {
+            v8 a[K];
+            const float* base = P + y * stride + x0;
+            for (int dy = 0; dy < k; ++dy)
+                for (int dx = 0; dx < k; ++dx) std::memcpy(&a[dy * k + dx], base + dy * stride + dx, sizeof(v8));
+            if (K == 9) sortnet::sort9(a);
+            else if (K == 25) sortnet::sort25(a);
+            else if (K == 49) sortnet::sort49(a);
+            else sortnet::sort81(a);
+            const float* af = reinterpret_cast<const float*>(a);
+            float res[8];
+            for (int hlf = 0; hlf < 2; ++hlf) {
+                const int o = 4 * hlf;
+                v4d q;
+                std::memcpy(&q, qx + x0 + o, sizeof(q));
+                const v4d q2 = q * q;
+                const v4d cut = {2.3e-16, 2.3e-16, 2.3e-16, 2.3e-16};  // e^-36: later weights are dropped
+                v4d p = {1, 1, 1, 1}, f = q, den = p;
+                v4d num = cvt(ld4(af + c * 8 + o));
+                for (int d = 1; d <= c; ++d) {
+                    p *= f;
+                    f *= q2;
+                    const v4l live = p >= cut;
+                    if (!(live[0] | live[1] | live[2] | live[3])) break;
+                    const v4d lo = cvt(ld4(af + (c - d) * 8 + o));
+                    const v4d hi = cvt(ld4(af + (c + d) * 8 + o));
+                    const v4d pp = live ? p : v4d{0, 0, 0, 0};
+                    num += pp * (lo + hi);
+                    den += pp + pp;
+                }
+                const v4d rv = num / den;
+                for (int l = 0; l < 4; ++l) res[o + l] = static_cast<float>(rv[l]);
+            }
+            const int64_t nl = std::min<int64_t>(8, w - x0);
+            float* orow = out + y * w + x0;
+            for (int l = 0; l < nl; ++l) {
+                const int kd = kind[x0 + l];
+                orow[l] = kd == 0 ? 0.0f : (kd == 1 ? mux[x0 + l] : res[l]);
+            }
+        }
+    }
+}
+
+DCAM_HOT void akd_network(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S) {
+    switch (k) {
+        case 3: akd_network_t<3>(r, h, w, out, S); break;
+        case 5: akd_network_t<5>(r, h, w, out, S); break;
+        case 7: akd_network_t<7>(r, h, w, out, S); break;
+        default: akd_network_t<9>(r, h, w, out, S); break;
+    }
 }
 
 // AKD by global-rank bitsets (see the file comment). k >= 3, r = (k-1)/2 <= min(h,w)-1.
@@ -213,10 +593,16 @@ DCAM_HOT void akd_bitset(const float* __restrict r, int64_t h, int64_t w, int64_
     ensure(S.prank, Np);
     ensure(S.P, Np);
     ensure(S.sval, Np);
-    ensure(S.bits, words + 1);
+    ensure(S.bits, words + 2);
     ensure(S.colS, Wp);
     ensure(S.colQ, Wp);
-    ensure(S.win, K);
+    ensure(S.rowS, w);
+    ensure(S.rowQ, w);
+    ensure(S.invx, w);
+    ensure(S.mux, w);
+    ensure(S.Dx, w);
+    ensure(S.kind, w);
+    ensure(S.vals, w * K);
     int32_t* ry = S.ry.data();
     int32_t* rx = S.rx.data();
     for (int64_t i = 0; i < Hp; ++i) ry[i] = static_cast<int32_t>(reflect(i - rr, h));
@@ -250,97 +636,90 @@ DCAM_HOT void akd_bitset(const float* __restrict r, int64_t h, int64_t w, int64_
     }
 
     uint64_t* bits = S.bits.data();
-    double* colS = S.colS.data();
-    double* colQ = S.colQ.data();
-    float* sbuf = S.win.data();
-    const double dK = static_cast<double>(K);
+    const double* invx = S.invx.data();
+    const float* mux = S.mux.data();
+    const int32_t* Dx = S.Dx.data();
+    const uint8_t* kind = S.kind.data();
+    float* vals = S.vals.data();
     for (int64_t y = 0; y < h; ++y) {
-        // column sums of padded rows y .. y+2r
-        for (int64_t px = 0; px < Wp; ++px) {
-            double s = 0.0, q = 0.0;
-            for (int64_t i = 0; i < k; ++i) {
-                const double v = P[(y + i) * Wp + px];
-                s += v;
-                q += v * v;
-            }
-            colS[px] = s;
-            colQ[px] = q;
-        }
-        std::fill(bits, bits + words + 1, uint64_t(0));
+        // ---- pass 1: window sums and classification for the whole row
+        row_window_stats(P, Wp, y, k, w, Wp, c, S);
+
+        // ---- pass 2: slide the window bitset along the row, read the central ranks
+        std::fill(bits, bits + words + 2, uint64_t(0));
         for (int64_t i = 0; i < k; ++i) {
             const int32_t* row = prank + (y + i) * Wp;
             for (int64_t j = 0; j < k - 1; ++j) bits[row[j] >> 6] ^= uint64_t(1) << (row[j] & 63);
         }
+        int64_t cw = 0;      // word cursor
+        int64_t before = 0;  // set bits in words < cw
         for (int64_t x = 0; x < w; ++x) {
-            // window = padded cols x .. x+2r: add col x+2r, drop col x-1
             {
                 const int32_t* col_in = prank + y * Wp + x + 2 * rr;
                 for (int64_t i = 0; i < k; ++i) {
                     const int32_t p = col_in[i * Wp];
                     bits[p >> 6] ^= uint64_t(1) << (p & 63);
+                    before += (p >> 6) < cw;
                 }
                 if (x > 0) {
                     const int32_t* col_out = prank + y * Wp + x - 1;
                     for (int64_t i = 0; i < k; ++i) {
                         const int32_t p = col_out[i * Wp];
                         bits[p >> 6] ^= uint64_t(1) << (p & 63);
+                        before -= (p >> 6) < cw;
                     }
                 }
             }
-            double s = 0.0, q = 0.0;
-            for (int64_t j = 0; j < k; ++j) {
-                s += colS[x + j];
-                q += colQ[x + j];
+            if (kind[x] != 2) continue;
+            const int D = Dx[x];
+            const int64_t t = c - D;  // first rank to read
+            while (before > t) before -= __builtin_popcountll(bits[--cw]);
+            for (;;) {
+                const int64_t pc = __builtin_popcountll(bits[cw]);
+                if (before + pc > t) break;
+                before += pc;
+                ++cw;
             }
-            const double mu = s / dK;
-            float res;
-            if (!(mu > 0.0)) {
-                res = 0.0f;
-            } else {
-                const double var = q / dK - mu * mu;
-                if (!(var > 0.0)) {
-                    res = static_cast<float>(mu);
-                } else {
-                    const double inv = 0.5 * (mu * mu) / var;  // 1 / (2 sigma^2)
-                    const int D = central_halfwidth(inv, c);
-                    // locate order statistic c - D, then read 2D+1 consecutive ranks
-                    int64_t need = c - D;
-                    int64_t wi = 0;
-                    uint64_t word;
-                    for (;;) {
-                        word = bits[wi];
-                        const int64_t pc = __builtin_popcountll(word);
-                        if (need < pc) break;
-                        need -= pc;
-                        ++wi;
-                    }
-                    while (need-- > 0) word &= word - 1;
-                    const int cnt = 2 * D + 1;
-                    for (int j = 0; j < cnt; ++j) {
-                        while (word == 0) word = bits[++wi];
-                        sbuf[j] = sval[(wi << 6) + __builtin_ctzll(word)];
-                        word &= word - 1;
-                    }
-                    res = rank_weighted(sbuf, D, inv);
+            int64_t wi = cw;
+            uint64_t cur = bits[wi];
+            cur &= ~uint64_t(0) << select64(cur, static_cast<int>(t - before));
+            float* vb = vals + x * K;
+            const int cnt = 2 * D + 1;
+            for (int j = 0; j < cnt; ++j) {
+                vb[j] = sval[(wi << 6) + __builtin_ctzll(cur)];
+                cur &= cur - 1;
+                const bool z = cur == 0;
+                const uint64_t nxt = bits[wi + 1];
+                wi += z;
+                cur = z ? nxt : cur;
+                if (__builtin_expect(cur == 0, 0) && j + 1 < cnt) {
+                    do cur = bits[++wi];
+                    while (cur == 0);
                 }
             }
-            out[y * w + x] = res;
+        }
+
+        // ---- pass 3: weighted sums
+        float* orow = out + y * w;
+        for (int64_t x = 0; x < w; ++x) {
+            const int kd = kind[x];
+            orow[x] = kd == 0 ? 0.0f : (kd == 1 ? mux[x] : rank_weighted(vals + x * K, Dx[x], invx[x]));
         }
     }
 }
 
-// AKD by gathering and sorting each window (for padded maps too big for bitsets).
+// AKD by gathering and partially sorting each window (for padded maps too big for bitsets).
 DCAM_HOT void akd_sort(const float* __restrict r, int64_t h, int64_t w, int64_t k, float* __restrict out,
                        Scratch& S) {
     const int64_t rr = (k - 1) / 2, K = k * k, c = (K - 1) / 2;
     ensure(S.ry, h + 2 * rr);
     ensure(S.rx, w + 2 * rr);
-    ensure(S.win, K);
+    ensure(S.vals, K);
     int32_t* ry = S.ry.data();
     int32_t* rx = S.rx.data();
     for (int64_t i = 0; i < h + 2 * rr; ++i) ry[i] = static_cast<int32_t>(reflect(i - rr, h));
     for (int64_t i = 0; i < w + 2 * rr; ++i) rx[i] = static_cast<int32_t>(reflect(i - rr, w));
-    float* win = S.win.data();
+    float* win = S.vals.data();
     const double dK = static_cast<double>(K);
     for (int64_t y = 0; y < h; ++y) {
         for (int64_t x = 0; x < w; ++x) {
@@ -351,33 +730,39 @@ DCAM_HOT void akd_sort(const float* __restrict r, int64_t h, int64_t w, int64_t 
                 for (int64_t dx = 0; dx < k; ++dx) {
                     const float v = row[rx[x + dx]];
                     win[j++] = v;
-                    s += v;
-                    q += static_cast<double>(v) * v;
                 }
             }
-            const double mu = s / dK;
-            float res;
-            if (!(mu > 0.0)) {
-                res = 0.0f;
-            } else {
-                const double var = q / dK - mu * mu;
-                if (!(var > 0.0)) {
-                    res = static_cast<float>(mu);
-                } else {
-                    const double inv = 0.5 * (mu * mu) / var;
-                    const int D = central_halfwidth(inv, c);
-                    float* lo = win + (c - D);
-                    std::nth_element(win, lo, win + K);
-                    std::sort(lo + 1, win + K);  // only the first 2D+1 after lo matter, keep it simple
-                    res = rank_weighted(lo, D, inv);
+            // sums in the same order as the bitset path (column sums, then across columns)
+            for (int64_t dx = 0; dx < k; ++dx) {
+                double cs = 0.0, cq = 0.0;
+                for (int64_t dy = 0; dy < k; ++dy) {
+                    const double v = win[dy * k + dx];
+                    cs += v;
+                    cq += v * v;
                 }
+                s += cs;
+                q += cq;
+            }
+            double mu = 0.0, inv = 0.0;
+            int D = 0;
+            const int kd = window_kind(s, q, dK, c, mu, inv, D);
+            float res;
+            if (kd == 0) {
+                res = 0.0f;
+            } else if (kd == 1) {
+                res = static_cast<float>(mu);
+            } else {
+                float* lo = win + (c - D);
+                std::nth_element(win, lo, win + K);
+                std::partial_sort(lo + 1, lo + 1 + 2 * D, win + K);
+                res = rank_weighted(lo, D, inv);
             }
             out[y * w + x] = res;
         }
     }
 }
 
-void akd(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S) {
+DCAM_INLINE void akd(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S) {
     const int64_t N = h * w;
     if (k <= 1) {  // 1x1 window: mean = the value, std = 0
         for (int64_t i = 0; i < N; ++i) out[i] = r[i] > 0.0f ? r[i] : 0.0f;
@@ -385,7 +770,9 @@ void akd(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S
     }
     const int64_t rr = (k - 1) / 2;
     const int64_t words = ((h + 2 * rr) * (w + 2 * rr) + 63) / 64;
-    if (words <= kMaxBitsetWords)
+    if (k <= 9)
+        akd_network(r, h, w, k, out, S);
+    else if (words <= kMaxBitsetWords)
         akd_bitset(r, h, w, k, out, S);
     else
         akd_sort(r, h, w, k, out, S);
@@ -394,13 +781,12 @@ void akd(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S
 // ------------------------------------------------------------------ section 3
 
 // DACG of x into y (different buffers). Returns strategy (-1 none) and zeta.
-void dacg(const float* x, int64_t h, int64_t w, const float* prm, const float* g9, float* y, int32_t& strategy,
-          float& zeta_out, Scratch& S) {
+DCAM_INLINE void dacg(const float* x, int64_t h, int64_t w, const float* prm, const float* g9, float* y,
+                      int32_t& strategy, float& zeta_out, Scratch& S) {
     const int64_t N = h * w;
-    float* sorted = S.sorted.data();
-    sort_values(x, N, sorted, S);
-    const int64_t p0 = first_positive(sorted, N);
-    const int64_t n_nz = N - p0;
+    Selector sel;
+    sel_build(sel, x, N, S);
+    const int64_t n_nz = sel.n_pos;
     if (n_nz == 0) {
         std::memcpy(y, x, static_cast<size_t>(N) * sizeof(float));
         strategy = -1;
@@ -410,20 +796,38 @@ void dacg(const float* x, int64_t h, int64_t w, const float* prm, const float* g
     float mu, sd;
     mean_std(x, N, mu, sd);
     const int st = sd > prm[0] ? 0 : (mu > prm[1] ? 1 : (mu < prm[2] ? 2 : 3));
-    const float zeta = std::max(percentile_sorted(sorted + p0, n_nz, prm[3 + st]), kZetaMin);
+    const float zeta = std::max(sel_percentile(sel, N - n_nz, n_nz, prm[3 + st], S), kZetaMin);
+    // reflect-padded copy (1 cell each side), then a 3x3 blur where x <= zeta
+    const int64_t Wp = w + 2;
+    ensure(S.pad, (h + 2) * Wp);
+    float* pad = S.pad.data();
+    for (int64_t py = 0; py < h + 2; ++py) {
+        const float* src = x + reflect(py - 1, h) * w;
+        float* dst = pad + py * Wp;
+        dst[0] = src[reflect(-1, w)];
+        std::memcpy(dst + 1, src, static_cast<size_t>(w) * sizeof(float));
+        dst[w + 1] = src[reflect(w, w)];
+    }
+    const float g0 = g9[0], g1 = g9[1], g2 = g9[2], g3 = g9[3], g4 = g9[4], g5 = g9[5], g6 = g9[6], g7 = g9[7],
+                g8 = g9[8];
     for (int64_t yy = 0; yy < h; ++yy) {
-        const float* rows[3] = {x + reflect(yy - 1, h) * w, x + yy * w, x + reflect(yy + 1, h) * w};
+        const float* a = pad + yy * Wp;
+        const float* b = a + Wp;
+        const float* cc = b + Wp;
+        const float* xr = x + yy * w;
+        float* yr = y + yy * w;
         for (int64_t xx = 0; xx < w; ++xx) {
-            const float v = x[yy * w + xx];
-            if (v > zeta) {
-                y[yy * w + xx] = v;
-                continue;
-            }
-            const int64_t cols[3] = {reflect(xx - 1, w), xx, reflect(xx + 1, w)};
-            double acc = 0.0;
-            for (int i = 0; i < 3; ++i)
-                for (int j = 0; j < 3; ++j) acc += static_cast<double>(rows[i][cols[j]] * g9[i * 3 + j]);
-            y[yy * w + xx] = static_cast<float>(acc);
+            float acc = a[xx] * g0;
+            acc = acc + a[xx + 1] * g1;
+            acc = acc + a[xx + 2] * g2;
+            acc = acc + b[xx] * g3;
+            acc = acc + b[xx + 1] * g4;
+            acc = acc + b[xx + 2] * g5;
+            acc = acc + cc[xx] * g6;
+            acc = acc + cc[xx + 1] * g7;
+            acc = acc + cc[xx + 2] * g8;
+            const float v = xr[xx];
+            yr[xx] = v > zeta ? v : acc;
         }
     }
     strategy = st;
@@ -432,22 +836,27 @@ void dacg(const float* x, int64_t h, int64_t w, const float* prm, const float* g
 
 // ------------------------------------------------------------------ section 4
 
-void cba(float* e, int64_t N, const float* prm, float& tau_out, Scratch& S) {
-    float* sorted = S.sorted.data();
-    sort_values(e, N, sorted, S);
-    const int64_t p0 = first_positive(sorted, N);
-    const int64_t n_nz = N - p0;
+DCAM_INLINE void cba(float* e, int64_t N, const float* prm, float& tau_out, Scratch& S) {
+    Selector sel;
+    sel_build(sel, e, N, S);
+    const int64_t n_nz = sel.n_pos;
     if (n_nz == 0) {
         tau_out = 0.0f;
         return;
     }
-    const float med_nz = percentile_sorted(sorted + p0, n_nz, 50.0f);
-    const float p60 = percentile_sorted(sorted, N, 60.0f);
-    double snz = 0.0;
-    for (int64_t i = p0; i < N; ++i) snz += sorted[i];
+    const float med_nz = sel_percentile(sel, N - n_nz, n_nz, 50.0f, S);
+    const float p60 = sel_percentile(sel, 0, N, 60.0f, S);
+    v4d a0 = {0, 0, 0, 0};
+    const v4f z4 = {0.f, 0.f, 0.f, 0.f};
+    int64_t i0 = 0;
+    for (; i0 + 4 <= N; i0 += 4) {
+        const v4f v = ld4(e + i0);
+        a0 += cvt(v > z4 ? v : z4);
+    }
+    double snz = hsum(a0);
+    for (; i0 < N; ++i0) snz += e[i0] > 0.0f ? static_cast<double>(e[i0]) : 0.0;
     const float mean_nz = static_cast<float>(snz) / static_cast<float>(n_nz);
-    float mx = e[0];
-    for (int64_t i = 1; i < N; ++i) mx = std::max(mx, e[i]);
+    const float mx = sel.vmax;
     float tau = prm[0] * med_nz;
     tau = tau + prm[1] * p60;
     tau = tau + prm[2] * mean_nz;
@@ -456,30 +865,22 @@ void cba(float* e, int64_t N, const float* prm, float& tau_out, Scratch& S) {
     const float floor_ = prm[4];
     for (int64_t i = 0; i < N; ++i) {
         const float v = e[i];
-        if (v < tau) {
-            float sc = v / tcl;
-            sc = sc < floor_ ? floor_ : sc;
-            e[i] = v * sc;
-        }
+        float sc = v / tcl;
+        sc = sc < floor_ ? floor_ : sc;
+        e[i] = v < tau ? v * sc : v;
     }
     tau_out = tau;
 }
 
 // ------------------------------------------------------------------ section 5
 
-void clip_normalise(const float* x, int64_t N, float top, float* out) {
-    float lo = 0.0f, hi = 0.0f;
+DCAM_INLINE void clip_normalise(const float* x, int64_t N, float top, float* out) {
     for (int64_t i = 0; i < N; ++i) {
         float c = x[i] < 0.0f ? 0.0f : x[i];
-        c = top < c ? top : c;
-        out[i] = c;
-        if (i == 0) {
-            lo = hi = c;
-        } else {
-            lo = std::min(lo, c);
-            hi = std::max(hi, c);
-        }
+        out[i] = top < c ? top : c;
     }
+    float lo, hi;
+    min_max(out, N, lo, hi);
     if (hi > lo) {
         const float den = (hi - lo) + kEpsNorm;
         for (int64_t i = 0; i < N; ++i) out[i] = (out[i] - lo) / den;
@@ -489,33 +890,24 @@ void clip_normalise(const float* x, int64_t N, float top, float* out) {
 // ------------------------------------------------------------------ section 6
 
 // m' = max(m - alpha*I, 0) unless the range shrinks below 90% (then unchanged, alpha 0).
-// I given either as a vector or, when I == nullptr, by the two values (ia, ib) chosen by spike[i].
-float debias(float* m, int64_t N, const float* I, float alpha, bool apply) {
+DCAM_INLINE float debias(float* m, int64_t N, const float* I, float alpha, bool apply, Scratch& S) {
     if (!apply) return 0.0f;
-    float omin = m[0], omax = m[0], nmin = 0.f, nmax = 0.f;
+    float* sub = S.tmp.data();
     for (int64_t i = 0; i < N; ++i) {
-        float s = m[i] - alpha * I[i];
-        s = s < 0.0f ? 0.0f : s;
-        omin = std::min(omin, m[i]);
-        omax = std::max(omax, m[i]);
-        if (i == 0) {
-            nmin = nmax = s;
-        } else {
-            nmin = std::min(nmin, s);
-            nmax = std::max(nmax, s);
-        }
+        const float s = m[i] - alpha * I[i];
+        sub[i] = s < 0.0f ? 0.0f : s;
     }
+    float omin, omax, nmin, nmax;
+    min_max(m, N, omin, omax);
+    min_max(sub, N, nmin, nmax);
     const float rng_new = nmax - nmin;
     const float rng_old = omax - omin;
     if (rng_new < kSicdGuard * rng_old) return 0.0f;
-    for (int64_t i = 0; i < N; ++i) {
-        const float s = m[i] - alpha * I[i];
-        m[i] = s < 0.0f ? 0.0f : s;
-    }
+    std::memcpy(m, sub, static_cast<size_t>(N) * sizeof(float));
     return alpha;
 }
 
-float sicd_reference(float* m, int64_t N, float rho, Scratch& S) {
+DCAM_INLINE float sicd_reference(float* m, int64_t N, float rho, Scratch& S) {
     float mean_f, std_f;
     mean_std(m, N, mean_f, std_f);
     const float thr = mean_f + 2.0f * std_f;
@@ -523,29 +915,40 @@ float sicd_reference(float* m, int64_t N, float rho, Scratch& S) {
     const float b = a + kSicdSpike;
     const float a0 = a + 0.0f * kSicdSpike;
     float* I = S.interf.data();
-    double ii = 0.0, mi = 0.0;
-    float imax = 0.0f;
+    int64_t spikes = 0;
     for (int64_t i = 0; i < N; ++i) {
-        const float v = m[i] > thr ? b : a0;
-        I[i] = v;
-        imax = i == 0 ? v : std::max(imax, v);
-        ii += static_cast<double>(v * v);
-        mi += static_cast<double>(m[i] * v);
+        const bool sp = m[i] > thr;
+        I[i] = sp ? b : a0;
+        spikes += sp;
     }
+    const float imax = spikes == 0 ? a0 : (spikes == N ? b : std::max(a0, b));
     const bool apply = imax != 0.0f;
     float alpha = 0.0f;
     if (apply) {
+        v4d ai = {0, 0, 0, 0}, am = ai;
+        int64_t i = 0;
+        for (; i + 4 <= N; i += 4) {
+            const v4f iv = ld4(I + i);
+            ai += cvt(iv * iv);
+            am += cvt(ld4(m + i) * iv);
+        }
+        double ii = hsum(ai), mi = hsum(am);
+        for (; i < N; ++i) {
+            ii += static_cast<double>(I[i] * I[i]);
+            mi += static_cast<double>(m[i] * I[i]);
+        }
         alpha = static_cast<float>(mi) / static_cast<float>(ii);
         alpha = kSicdAlphaMax < alpha ? kSicdAlphaMax : alpha;
     }
-    return debias(m, N, I, alpha, apply);
+    return debias(m, N, I, alpha, apply, S);
 }
 
-float sicd_context(float* m, int64_t N, int64_t T, const float* wrow, const float* ctx /*[T, N]*/, Scratch& S) {
+DCAM_INLINE float sicd_context(float* m, int64_t N, int64_t T, const float* wrow, const float* ctx /*[T, N]*/,
+                               Scratch& S) {
     double ws = 0.0;
     for (int64_t i = 0; i < T; ++i) ws += wrow[i];
     const float den = static_cast<float>(ws) + kEpsNorm;
-    double* accI = S.colS.data();  // reuse as float64 accumulator of size N
+    double* accI = S.accI.data();
     std::fill(accI, accI + N, 0.0);
     for (int64_t i = 0; i < T; ++i) {
         const float wi = wrow[i] / den;
@@ -555,12 +958,18 @@ float sicd_context(float* m, int64_t N, int64_t T, const float* wrow, const floa
         for (int64_t n = 0; n < N; ++n) accI[n] += wd * static_cast<double>(cm[n]);
     }
     float* I = S.interf.data();
-    double ii = 0.0, mi = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-        const float v = static_cast<float>(accI[n]);
-        I[n] = v;
-        ii += static_cast<double>(v * v);
-        mi += static_cast<double>(m[n] * v);
+    for (int64_t n = 0; n < N; ++n) I[n] = static_cast<float>(accI[n]);
+    v4d ai = {0, 0, 0, 0}, am = ai;
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) {
+        const v4f iv = ld4(I + n);
+        ai += cvt(iv * iv);
+        am += cvt(ld4(m + n) * iv);
+    }
+    double ii = hsum(ai), mi = hsum(am);
+    for (; n < N; ++n) {
+        ii += static_cast<double>(I[n] * I[n]);
+        mi += static_cast<double>(m[n] * I[n]);
     }
     const float iif = static_cast<float>(ii);
     const bool apply = iif != 0.0f;
@@ -570,15 +979,15 @@ float sicd_context(float* m, int64_t N, int64_t T, const float* wrow, const floa
         alpha = alpha < 0.0f ? 0.0f : alpha;
         alpha = 1.0f < alpha ? 1.0f : alpha;
     }
-    return debias(m, N, I, alpha, apply);
+    return debias(m, N, I, alpha, apply, S);
 }
 
 // ------------------------------------------------------------------ one map
 
 struct MapArgs {
     const float* raw;
-    const float* ctx;      // [T, N] of this image (context mode)
-    const float* wrow;     // [T] (context mode)
+    const float* ctx;   // [T, N] of this image (context mode)
+    const float* wrow;  // [T] (context mode)
     bool degenerate;
     float steps, image_size, rho;
     int64_t h, w, T;
@@ -589,7 +998,8 @@ struct MapStats {
     float dacg_thr, cba_thr, alpha;
 };
 
-MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, const float* g9, float* out, Scratch& S) {
+DCAM_HOT MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, const float* g9, float* out,
+                             Scratch& S) {
     const int64_t h = a.h, w = a.w, N = h * w;
     MapStats st{0, -1, 0.0f, 0.0f, 0.0f};
     st.k = static_cast<int32_t>(kernel_size_for(a.raw, h, w, cfg.akd_kernel, a.steps, a.image_size));
@@ -599,9 +1009,9 @@ MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, const float
     }
     ensure(S.bufA, N);
     ensure(S.bufB, N);
-    ensure(S.sorted, N);
     ensure(S.interf, N);
-    ensure(S.colS, N);
+    ensure(S.tmp, N);
+    ensure(S.accI, N);
     const float* cur = a.raw;
     if (cfg.akd) {
         akd(a.raw, h, w, st.k, S.bufA.data(), S);
@@ -621,8 +1031,8 @@ MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, const float
         cba(mut, N, cfg.cba_params, st.cba_thr, S);
         cur = mut;
     }
-    float top = a.raw[0];
-    for (int64_t i = 1; i < N; ++i) top = std::max(top, a.raw[i]);
+    float rlo, top;
+    min_max(a.raw, N, rlo, top);
     clip_normalise(cur, N, top, out);
     if (cfg.sicd == DCAM_SICD_REFERENCE)
         st.alpha = sicd_reference(out, N, a.rho, S);
@@ -655,7 +1065,7 @@ extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const fl
     if (cfg->akd_kernel == 0 && (!steps || !image_size)) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_REFERENCE && !repeat_ratio) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_CONTEXT && !context_weights) return DCAM_EINVAL_NULL;
-    if (h * w > (int64_t(1) << 30)) return DCAM_EINVAL_SHAPE;
+    if (h * w >= (int64_t(1) << 31) / 16) return DCAM_EINVAL_SHAPE;  // int32 ranks of padded cells
 
     // normalised 3x3 Gaussian of DACG, float32 as the reference computes it
     float g9[9];
