@@ -33,6 +33,11 @@ Interface (stable; the explainer codes against these names)::
     processor.decode(ids) -> str           # stops at the first eos, skips pad/bos
     processor.tokenizer                    # PreTrainedTokenizerFast (word level)
 
+Architecture: conv stem (3x3 convs, strides 1,2,1,2,1: 64x64 pixels -> 16x16 map,
+receptive field 21 px) -> ``SiglipVisionModel`` (3 layers x 128, patch size 1
+on the stem map, so one image token per 4x4-pixel cell) -> 2-layer MLP projector ->
+``LlamaModel`` (4 layers x 128, bidirectional) -> ``lm_head``; about 1.2M parameters.
+
 Sequence layout: ``[BOS] prompt words <image> x (h*w) response x Lr``. Locate
 the image span with ``image_token_id`` (or ``enc["image_span"]``) and the
 response with ``enc["response_start"]``/``enc["response_length"]``.

@@ -10,35 +10,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaModel, PreTrainedConfig, PreTrainedModel, SiglipVisionConfig, \
     SiglipVisionModel
+from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
 from .processing import build_vocab
 
 
-def default_vision_config(image_size: int = 64, patch_size: int = 4, stem_channels: int = 24) -> dict:
-    return dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-                num_channels=stem_channels if stem_channels else 3, image_size=image_size,
-                patch_size=patch_size, vision_use_head=False, hidden_act="gelu_pytorch_tanh")
+STEM_CHANNELS = (16, 32, 32, 64, 64)
+STEM_STRIDES = (1, 2, 1, 2, 1)
+
+
+def default_vision_config(image_size: int = 64, stem_channels=STEM_CHANNELS, stem_strides=STEM_STRIDES) -> dict:
+    """SigLIP config for the stem's output map: one token per stem output pixel (patch_size 1)."""
+    down = int(np.prod(stem_strides)) if len(stem_strides) else 1
+    return dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                num_channels=stem_channels[-1] if len(stem_channels) else 3, image_size=image_size // down,
+                patch_size=1 if len(stem_channels) else 4, vision_use_head=False, hidden_act="gelu_pytorch_tanh")
 
 
 def default_text_config() -> dict:
     vocab = build_vocab()
-    return dict(vocab_size=len(vocab), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+    return dict(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                 pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[BOS]"], eos_token_id=vocab["[EOS]"],
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
                 use_cache=False)
 
 
+class ConvStem(nn.Module):
+    """3x3 convolutions + GELU; strides (1, 2, 1, 2, 1) take 64x64 pixels to a 16x16 feature map
+    (receptive field 21 px), which the SigLIP tower embeds with patch size 1."""
+
+    def __init__(self, channels, strides):
+        super().__init__()
+        layers, c_in = [], 3
+        for c, s in zip(channels, strides):
+            layers += [nn.Conv2d(c_in, c, 3, stride=s, padding=1), nn.GELU()]
+            c_in = c
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class ShapesDMLLMConfig(PreTrainedConfig):
     """Config of :class:`ShapesDMLLM`: a SigLIP vision config, a Llama text config and token ids.
 
-    ``grid`` (h, w) and ``image_size`` are derived from the vision config.
+    ``image_size`` is the input size in pixels; ``grid`` (h, w) is the vision tower's token grid
+    (the stem output size / SigLIP patch size) and ``patch_size`` the pixels per token.
     """
 
     model_type = "dcam_shapes_dmllm"
@@ -46,7 +72,9 @@ class ShapesDMLLMConfig(PreTrainedConfig):
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    stem_channels: int = 24
+    image_size: int = 64
+    stem_channels: tuple | list = STEM_CHANNELS
+    stem_strides: tuple | list = STEM_STRIDES
     projector_hidden_act: str = "gelu"
     image_token_id: int = 4
     mask_token_id: int = 3
@@ -59,25 +87,27 @@ class ShapesDMLLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        if len(self.stem_channels) != len(self.stem_strides):
+            raise ValueError("stem_channels and stem_strides must have the same length")
+        self.stem_channels = tuple(int(c) for c in self.stem_channels)
+        self.stem_strides = tuple(int(c) for c in self.stem_strides)
         if self.vision_config is None:
-            self.vision_config = default_vision_config(stem_channels=self.stem_channels)
+            self.vision_config = default_vision_config(self.image_size, self.stem_channels, self.stem_strides)
         if self.text_config is None:
             self.text_config = default_text_config()
         super().__post_init__(**kwargs)
 
     @property
-    def image_size(self) -> int:
-        s = self.vision_config.image_size
-        return int(s[0] if isinstance(s, (list, tuple)) else s)
-
-    @property
     def patch_size(self) -> int:
-        p = self.vision_config.patch_size
-        return int(p[0] if isinstance(p, (list, tuple)) else p)
+        """Pixels per image token (side)."""
+        return self.image_size // self.grid[0]
 
     @property
     def grid(self) -> Tuple[int, int]:
-        n = self.image_size // self.patch_size
+        vs, vp = self.vision_config.image_size, self.vision_config.patch_size
+        vs = vs[0] if isinstance(vs, (list, tuple)) else vs
+        vp = vp[0] if isinstance(vp, (list, tuple)) else vp
+        n = int(vs) // int(vp)
         return (n, n)
 
     @property
@@ -111,18 +141,21 @@ class ShapesDMLLM(PreTrainedModel):
 
     def __init__(self, config: ShapesDMLLMConfig):
         super().__init__(config)
-        c = config.stem_channels
-        if c:
-            self.vision_stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.GELU(),
-                                             nn.Conv2d(c, c, 3, padding=1), nn.GELU())
-        else:
-            self.vision_stem = nn.Identity()
+        self.vision_stem = ConvStem(config.stem_channels, config.stem_strides)
         self.vision_tower = SiglipVisionModel(config.vision_config)
         hv, ht = config.vision_config.hidden_size, config.text_config.hidden_size
         self.projector = nn.Sequential(nn.Linear(hv, ht), nn.GELU(), nn.Linear(ht, ht))
         self.language_model = LlamaModel(config.text_config)
         self.lm_head = nn.Linear(ht, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Conv2d) and isinstance(getattr(self, "vision_stem", None), ConvStem) and \
+                any(module is m for m in self.vision_stem.modules()):
+            hf_init.kaiming_normal_(module.weight, nonlinearity="relu")
+            hf_init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
 
     # --------------------------------------------------------------- helpers
     @property

@@ -171,6 +171,36 @@ def eval_vision(model, head, processor, pool_val, batch=100):
     return tuple(float(np.mean([a[k] for a in accs])) for k in range(3))
 
 
+def fit_head(model, processor, pool, n=2000, steps=300, seed=0):
+    """A fresh linear per-patch head fitted on frozen vision features (when stage 1 is skipped)."""
+    g = torch.Generator().manual_seed(seed + 3)
+    head = AuxHead(model.config.vision_config.hidden_size)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    idx = torch.randperm(pool["images"].shape[0], generator=g)[:n]
+    with torch.no_grad():
+        model.eval()
+        feats = torch.cat([model.vision_features(to_pixels(pool["images"][idx[i:i + 100]], processor))
+                           for i in range(0, n, 100)])
+    tg = pool["targets"][idx]
+    for _ in range(steps):
+        j = torch.randint(0, n, (64,), generator=g)
+        loss, _ = aux_loss(head, feats[j], tg[j])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return head
+
+
+@torch.no_grad()
+def init_projector_from_head(model, head):
+    """Warm start: the projector's first layer begins with the per-patch classifier's rows, so the
+    colour / shape / index evidence enters the LM as large, separate features from step 0."""
+    lin = model.projector[0]
+    k = head.lin.out_features
+    lin.weight[:k] = head.lin.weight
+    lin.bias[:k] = head.lin.bias
+
+
 # ----------------------------------------------------------------------------- stage 2
 def diffusion_loss(model, input_ids, pixel_values, response, start, mask_id, gen, eps=1e-3,
                    image_feats=None):
@@ -193,8 +223,10 @@ def diffusion_loss(model, input_ids, pixel_values, response, start, mask_id, gen
     return ce.sum() / (B * Lr), masked
 
 
-def train_lm(model, processor, pool, steps, batch, lr, seed, log_every=50, vision_lr=0.0):
+def train_lm(model, processor, pool, steps, batch, lr, seed, log_every=50, vision_lr=0.0, head=None):
     g = torch.Generator().manual_seed(seed + 2)
+    if head is not None:
+        init_projector_from_head(model, head)
     train_vision_too = vision_lr > 0
     for p_ in list(model.vision_stem.parameters()) + list(model.vision_tower.parameters()):
         p_.requires_grad_(train_vision_too)
@@ -232,7 +264,8 @@ def train_lm(model, processor, pool, steps, batch, lr, seed, log_every=50, visio
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p_ for grp in groups for p_ in grp["params"]], 1.0)
         opt.step()
-        run = float(loss) if run is None else 0.95 * run + 0.05 * float(loss)
+        lv = loss.item()
+        run = lv if run is None else 0.95 * run + 0.05 * lv
         if (step + 1) % log_every == 0 or step == steps - 1:
             curve.append(dict(step=step + 1, loss=round(run, 4), seconds=round(time.time() - t0, 1)))
             log(f"lm {step + 1}/{steps} loss {run:.4f} ({(time.time() - t0) / (step + 1):.2f}s/step)")
@@ -249,14 +282,18 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pool", type=int, default=30000, help="training scenes in the fixed pool")
-    ap.add_argument("--vision-steps", type=int, default=1200)
+    ap.add_argument("--vision-steps", type=int, default=700)
     ap.add_argument("--vision-batch", type=int, default=32)
     ap.add_argument("--vision-lr", type=float, default=2e-3)
-    ap.add_argument("--lm-steps", type=int, default=2000)
-    ap.add_argument("--lm-batch", type=int, default=32)
-    ap.add_argument("--lm-lr", type=float, default=1e-3)
+    ap.add_argument("--lm-steps", type=int, default=1400)
+    ap.add_argument("--lm-batch", type=int, default=16)
+    ap.add_argument("--lm-lr", type=float, default=2e-3)
     ap.add_argument("--lm-vision-lr", type=float, default=0.0, help="fine-tune the vision tower in stage 2 (0: frozen)")
-    ap.add_argument("--eval-n", type=int, default=500)
+    ap.add_argument("--no-warm-projector", dest="warm_projector", action="store_false",
+                    help="do not start the projector from the stage-1 per-patch classifier")
+    ap.add_argument("--eval-n", type=int, default=500, help="test scenes to caption at the end (0: skip)")
+    ap.add_argument("--val-n", type=int, default=200, help="val scenes to caption at the end (0: skip)")
+    ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--init", default=None, help="start from a saved model directory (skips nothing by itself)")
     ap.add_argument("--skip-vision", action="store_true", help="skip stage 1 (use with --init)")
     args = ap.parse_args(argv)
@@ -292,17 +329,21 @@ def main(argv=None):
     report = dict(args=vars(args), parameters=nparams, torch=torch.__version__, threads=args.threads,
                   machine=platform.processor() or platform.machine())
     t0 = time.time()
+    head = None
     if not args.skip_vision:
         head, vcurve = train_vision(model, processor, pool, args.vision_steps, args.vision_batch, args.vision_lr,
-                                    args.seed)
+                                    args.seed, log_every=args.log_every)
         vacc = eval_vision(model, head, processor, pool_val)
         log(f"vision val per-patch acc (object patches): colour {vacc[0]:.3f} shape {vacc[1]:.3f} index {vacc[2]:.3f}")
         report.update(vision_curve=vcurve, vision_val_acc=dict(colour=vacc[0], shape=vacc[1], index=vacc[2]))
+    elif args.warm_projector:
+        head = fit_head(model, processor, pool, seed=args.seed)
     t_vision = time.time() - t0
 
     t0 = time.time()
     lcurve = train_lm(model, processor, pool, args.lm_steps, args.lm_batch, args.lm_lr, args.seed,
-                      vision_lr=args.lm_vision_lr)
+                      vision_lr=args.lm_vision_lr, log_every=args.log_every,
+                      head=head if args.warm_projector else None)
     t_lm = time.time() - t0
     t_train = time.time() - t_start
 
@@ -316,8 +357,9 @@ def main(argv=None):
     if args.eval_n > 0:
         acc = caption_accuracy(model, processor, n=args.eval_n, split="test")
         log(f"test caption accuracy (n={args.eval_n}): {json.dumps(acc)}")
-        val = caption_accuracy(model, processor, n=200, split="val")
-        log(f"val caption accuracy (n=200): {json.dumps(val)}")
+    if args.val_n > 0:
+        val = caption_accuracy(model, processor, n=args.val_n, split="val")
+        log(f"val caption accuracy (n={args.val_n}): {json.dumps(val)}")
     t_eval = time.time() - t0
     report.update(lm_curve=lcurve, seconds=dict(data=round(t_data, 1), vision=round(t_vision, 1),
                                                  lm=round(t_lm, 1), training_total=round(t_train, 1),
