@@ -219,6 +219,8 @@ def add_grounding_subparser(subparsers) -> None:
     p.add_argument("--target-score", default="logit", choices=["logit", "contrastive"])
     p.add_argument("--model", default=None, metavar="DIR")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--variants", action="store_true",
+                   help="also score diagnostic maps from the same probe (raw pooled map, gradient norm, LayerCAM)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest on a small shared machine; default: torch's)")
     p.add_argument("--quiet", action="store_true")
@@ -259,7 +261,8 @@ def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, im
 
 def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[str] = ("full", "masked", "remask"),
                      layers: Optional[Sequence[int]] = None, method: str = "diffusion-cam",
-                     target_score: str = "logit", config=None, progress: bool = True) -> dict:
+                     target_score: str = "logit", config=None, progress: bool = True,
+                     variants: bool = False) -> dict:
     """Grounding rate of the maps on grounded-shapes test images.
 
     On the first ``n`` test-split images with two or more objects, the reference
@@ -270,6 +273,13 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     ``{"rates": {probe: {layer: rate}}, "rates_by_kind": {probe: {layer:
     {"colour": rate, "shape": rate}}}, "chance": rate of a uniform map,
     "n_images", "n_words"}``.
+
+    variants: also score, from the same probe, maps that are not the
+    method's (diagnostics, ``"variant_rates": {name: {probe: {layer: rate}}}``):
+    ``"raw"`` (the pooled map of SPEC section 1 before refinement),
+    ``"grad-norm"`` (``||G_t[n]||``, the per-token gradient norm) and
+    ``"layercam"`` (``mean_d relu(relu(G_t[n, d]) * A[n, d])``, element-wise
+    weighting instead of the per-channel mean over tokens).
     """
     from .config import CamConfig
     from .data import COLOURS
@@ -283,6 +293,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     nblocks = len(exp0.adapter.blocks())
     layers = list(range(nblocks - 1)) if layers is None else [exp0.adapter.resolve_layer(l) for l in layers]
     rates: Dict[str, Dict[int, float]] = {}
+    variant_rates: Dict[str, Dict[str, Dict[int, float]]] = {}
     chance_hits, n_words = 0, 0
     n_kind = {"colour": 0, "shape": 0}
     by_kind: Dict[str, Dict[int, Dict[str, float]]] = {}
@@ -306,21 +317,51 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
         for layer in layers:
             exp = Explainer(model, processor, layer=layer, method=method, config=config or CamConfig())
             hits, kind_hits = 0, {"colour": 0, "shape": 0}
+            v_hits: Dict[str, int] = {}
             for s in samples:
                 idx = [i for i, l in enumerate(s.word_labels) if l > 0]
                 e = exp.explain(s.image, response=s.caption, targets=idx, probe=probe, target_score=target_score)
                 ok = object_word_success(e.maps, idx, s.word_labels, s.mask)
                 hits += sum(ok)
+                if variants:
+                    for name, vm in _variant_maps(exp, e, s, idx, probe, target_score).items():
+                        v_hits[name] = v_hits.get(name, 0) + sum(object_word_success(vm, idx, s.word_labels, s.mask))
                 for i, good in zip(idx, ok):
                     kind_hits["colour" if s.words[i] in COLOURS else "shape"] += int(good)
                 if bar is not None:
                     bar.update(1)
             rates[probe][layer] = hits / max(1, n_words)
             by_kind.setdefault(probe, {})[layer] = {k: v / max(1, n_kind[k]) for k, v in kind_hits.items()}
+            for name, v in v_hits.items():
+                variant_rates.setdefault(name, {}).setdefault(probe, {})[layer] = v / max(1, n_words)
     if bar is not None:
         bar.close()
-    return {"rates": rates, "rates_by_kind": by_kind, "chance": chance_hits / max(1, n_words), "n_images": len(samples), "n_words": n_words,
-            "method": method, "target_score": target_score, "default_layer": exp0.layer}
+    out = {"rates": rates, "rates_by_kind": by_kind, "chance": chance_hits / max(1, n_words),
+           "n_images": len(samples), "n_words": n_words, "method": method, "target_score": target_score,
+           "default_layer": exp0.layer}
+    if variants:
+        out["variant_rates"] = variant_rates
+    return out
+
+
+def _variant_maps(exp, e, s, idx, probe, target_score) -> dict:
+    """Diagnostic maps of :func:`grounding_report` (``variants=True``)."""
+    import torch
+
+    from .adapters.probing import probe as run_probe
+
+    a = exp.adapter
+    prep = a.prepare(s.image, None, e.response_ids)
+    pos = [prep.response_start + i for i in idx]
+    r = run_probe(a, prep, pos, [prep.response_ids[i] for i in idx], exp.layer, probe=probe,
+                  target_score=target_score, chunk_size=exp.chunk_size)
+    A, G = r.per_target_acts().float(), r.per_target_grads().float()  # [T, N, D]
+    T, (h, w) = len(idx), prep.grid
+    out = {"grad-norm": G.norm(dim=2), "layercam": (G.clamp(min=0) * A).clamp(min=0).mean(2)}
+    out = {k: (v / (v.amax(1, keepdim=True) + 1e-12)).reshape(T, h, w) for k, v in out.items()}
+    if e.raw_maps is not None:
+        out["raw"] = e.raw_maps
+    return out
 
 
 def format_grounding(rep: dict) -> str:
@@ -333,6 +374,10 @@ def format_grounding(rep: dict) -> str:
     lines.append("by word kind (colour / shape):")
     for probe, r in rep.get("rates_by_kind", {}).items():
         lines.append(f"{probe:<10}" + "".join(f"  {r[l]['colour']:.2f}/{r[l]['shape']:.2f}" for l in layers))
+    for name, vr in rep.get("variant_rates", {}).items():
+        lines.append(f"diagnostic map {name!r} (same probe):")
+        for probe, r in vr.items():
+            lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
     return "\n".join(lines)
 
 
@@ -353,7 +398,7 @@ def run_grounding(args) -> int:
     model, processor = load_model(args.model)
     try:
         rep = grounding_report(model, processor, n=args.n, probes=probes, layers=layers, method=args.method,
-                               target_score=args.target_score, progress=not args.quiet)
+                               target_score=args.target_score, progress=not args.quiet, variants=args.variants)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     print(format_grounding(rep))

@@ -143,10 +143,11 @@ def test_dcam_main_maps_errors(tmp_path, capsys):
 def test_grounding_report_runs(model_dir, tmp_path, capsys):
     out = tmp_path / "g.json"
     assert main(["grounding", "--model", model_dir, "--n", "2", "--layers", "0,1", "--probes", "full,remask",
-                 "--quiet", "--json", str(out)]) == 0
+                 "--quiet", "--variants", "--json", str(out)]) == 0
     assert "grounding rate" in capsys.readouterr().out
     rep = json.load(open(out))
     assert rep["n_images"] == 2 and set(rep["rates"]) == {"full", "remask"}
     assert all(0 <= v <= 1 for r in rep["rates"].values() for v in r.values())
     assert 0 < rep["chance"] < 1
+    assert set(rep["variant_rates"]) == {"raw", "grad-norm", "layercam"}
     assert main(["grounding", "--model", model_dir, "--probes", "half"]) == 2
