@@ -28,6 +28,7 @@
 // holding the wanted rank is partially sorted.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <new>
 #include <vector>
@@ -38,7 +39,6 @@
 
 #include "common.hpp"
 #include "dcam.h"
-#include "sortnet.hpp"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vector helpers are always inlined
 
@@ -414,6 +414,13 @@ DCAM_INLINE void row_window_stats(const float* P, int64_t stride, int64_t y, int
 
 typedef int64_t v4l __attribute__((vector_size(32)));
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DCAM_NO_NETWORK)
+#define DCAM_HAVE_NETWORK 1
+#define DCAM_NETWORK_TARGET __attribute__((target("arch=x86-64-v3")))
+#else
+#define DCAM_HAVE_NETWORK 0
+#endif
+
 // exp(-x) for x >= 0, lane-wise in float64 (|relative error| < 1e-15); 0 for x > 700 or NaN.
 DCAM_INLINE v4d exp_neg(v4d x) {
     const v4d big = {700.0, 700.0, 700.0, 700.0};
@@ -449,6 +456,11 @@ DCAM_INLINE v4d exp_neg(v4d x) {
     const v4d res = pl * scale;
     return ok ? res : zero;
 }
+
+#if DCAM_HAVE_NETWORK
+}  // namespace
+#include "sortnet.hpp"
+namespace {
 
 // AKD with a sorting network per window, 8 neighbouring pixels at once (lane-wise
 // min/max on vectors of 8 floats). For k <= 9.
@@ -570,7 +582,9 @@ DCAM_INLINE void akd_network_t(const float* __restrict r, int64_t h, int64_t w, 
     }
 }
 
-DCAM_HOT void akd_network(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S) {
+// Only built for x86-64-v3 (AVX2): GCC lowers the 8-wide vector code of the
+// networks very slowly (and poorly) for SSE2, so other CPUs take the bitset path.
+DCAM_NETWORK_TARGET void akd_network(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S) {
     switch (k) {
         case 3: akd_network_t<3>(r, h, w, out, S); break;
         case 5: akd_network_t<5>(r, h, w, out, S); break;
@@ -578,6 +592,13 @@ DCAM_HOT void akd_network(const float* r, int64_t h, int64_t w, int64_t k, float
         default: akd_network_t<9>(r, h, w, out, S); break;
     }
 }
+
+bool network_supported() {
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c");
+    return ok;
+}
+#endif
 
 // AKD by global-rank bitsets (see the file comment). k >= 3, r = (k-1)/2 <= min(h,w)-1.
 DCAM_HOT void akd_bitset(const float* __restrict r, int64_t h, int64_t w, int64_t k, float* __restrict out,
@@ -762,20 +783,28 @@ DCAM_HOT void akd_sort(const float* __restrict r, int64_t h, int64_t w, int64_t 
     }
 }
 
+// Test hook: 0 = automatic, 1 = sorting networks (k <= 9, AVX2), 2 = rank bitsets, 3 = per-window sort.
+std::atomic<int> g_akd_path{0};
+
 DCAM_INLINE void akd(const float* r, int64_t h, int64_t w, int64_t k, float* out, Scratch& S) {
     const int64_t N = h * w;
     if (k <= 1) {  // 1x1 window: mean = the value, std = 0
         for (int64_t i = 0; i < N; ++i) out[i] = r[i] > 0.0f ? r[i] : 0.0f;
         return;
     }
+    const int path = g_akd_path.load(std::memory_order_relaxed);
+#if DCAM_HAVE_NETWORK
+    if (k <= 9 && network_supported() && (path == 0 || path == 1)) {
+        akd_network(r, h, w, k, out, S);
+        return;
+    }
+#endif
     const int64_t rr = (k - 1) / 2;
     const int64_t words = ((h + 2 * rr) * (w + 2 * rr) + 63) / 64;
-    if (k <= 9)
-        akd_network(r, h, w, k, out, S);
-    else if (words <= kMaxBitsetWords)
-        akd_bitset(r, h, w, k, out, S);
-    else
+    if (path == 3 || (path != 2 && words > kMaxBitsetWords))
         akd_sort(r, h, w, k, out, S);
+    else
+        akd_bitset(r, h, w, k, out, S);
 }
 
 // ------------------------------------------------------------------ section 3
@@ -1050,6 +1079,9 @@ int max_threads() {
 }
 
 }  // namespace
+
+// Internal test hook (not in dcam.h): force an AKD implementation, see g_akd_path.
+extern "C" void dcam_internal_set_akd_path(int path) { g_akd_path.store(path); }
 
 extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
                            const float* repeat_ratio, const float* context_maps, const float* context_weights,

@@ -14,6 +14,8 @@
 
 namespace py = pybind11;
 
+extern "C" void dcam_internal_set_akd_path(int path);  // test hook in refine.cpp
+
 namespace {
 
 void check(int code, const char* what) {
@@ -128,6 +130,8 @@ py::tuple refine(const py::array& raw, const py::array& degenerate, const py::ar
 PYBIND11_MODULE(_C, m) {
     m.doc() = "Diffusion-CAM C++ CPU backend (numpy in/out; see csrc/include/dcam.h)";
     m.def("version", &dcam_version);
+    m.def("_set_akd_path", &dcam_internal_set_akd_path, py::arg("path"),
+          "testing only: 0 automatic, 1 sorting networks, 2 rank bitsets, 3 per-window sort");
     m.def("pool_gradients", &pool_gradients, py::arg("acts"), py::arg("grads"), py::arg("grad_relu"),
           "acts [B,N,D], grads [B,T,N,D] (float32 / float16 / int16 holding bfloat16 bits) -> "
           "(maps float32 [B,T,N], degenerate bool [B,T])");

@@ -1,0 +1,200 @@
+"""The plain C API (csrc/include/dcam.h) used from a C99 program, without Python
+or torch: compile the C++ sources with g++, a small C99 program with gcc, link
+with g++ -fopenmp, run it on hand-made cases and check its printed output
+against values computed here independently (numpy, from the SPEC formulas)."""
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or not (shutil.which("gcc") and shutil.which("g++")),
+    reason="needs gcc and g++ (Linux)")
+
+PROGRAM = r"""
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+#include "dcam.h"
+
+static uint16_t to_bf16(float f) { uint32_t u; memcpy(&u, &f, 4); return (uint16_t)(u >> 16); }
+
+int main(void) {
+    /* ---- refine: one 3x3 map with AKD only (k = 3), one degenerate map */
+    float raw[18] = {0.1f, 0.5f, 0.2f, 0.9f, 0.4f, 0.3f, 0.0f, 0.7f, 1.0f,
+                     0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    uint8_t deg[2] = {0, 1};
+    float steps[1] = {64.0f}, size[1] = {512.0f}, rho[1] = {0.0f};
+    float out[18];
+    int32_t ks[2], strat[2];
+    float dthr[2], cthr[2], alpha[2];
+    dcam_refine_config cfg;
+    int rc = dcam_refine_config_default(&cfg);
+    cfg.akd_kernel = 3;
+    cfg.dacg = 0;
+    cfg.cba = 0;
+    cfg.sicd = DCAM_SICD_OFF;
+    rc |= dcam_refine(raw, deg, steps, size, rho, NULL, NULL, 1, 2, 3, 3, &cfg, out, ks, strat, dthr, cthr, alpha);
+    printf("rc %d\n", rc);
+    for (int i = 0; i < 18; ++i) printf("akd %d %.8f\n", i, out[i]);
+    for (int m = 0; m < 2; ++m)
+        printf("stat %d %d %d %.8f %.8f %.8f\n", m, ks[m], strat[m], dthr[m], cthr[m], alpha[m]);
+
+    /* ---- the default pipeline on the same map (statistics may be NULL) */
+    dcam_refine_config_default(&cfg);
+    rc = dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out, ks, strat, NULL, NULL, NULL);
+    printf("default %d %d %d", rc, ks[0], strat[0]);
+    for (int i = 0; i < 9; ++i) printf(" %.8f", out[i]);
+    printf("\n");
+
+    /* ---- pooling: N=3 tokens (1x3 grid), D=2, T=1; float32 and bfloat16 */
+    float A[6] = {1.0f, -1.0f, 2.0f, 3.0f, 0.0f, 2.0f};
+    float G[6] = {1.0f, -2.0f, 3.0f, 4.0f, 0.0f, 0.0f};
+    uint16_t Ab[6], Gb[6];
+    for (int i = 0; i < 6; ++i) { Ab[i] = to_bf16(A[i]); Gb[i] = to_bf16(G[i]); }
+    float maps[3];
+    uint8_t pdeg[1];
+    for (int relu = 1; relu >= 0; --relu) {
+        rc = dcam_pool_gradients(A, G, DCAM_F32, 1, 1, 3, 2, relu, maps, pdeg);
+        printf("pool f32 %d %d %d %.8f %.8f %.8f\n", relu, rc, pdeg[0], maps[0], maps[1], maps[2]);
+        rc = dcam_pool_gradients(Ab, Gb, DCAM_BF16, 1, 1, 3, 2, relu, maps, pdeg);
+        printf("pool bf16 %d %d %d %.8f %.8f %.8f\n", relu, rc, pdeg[0], maps[0], maps[1], maps[2]);
+    }
+
+    /* ---- documented errors */
+    printf("err null_cfg %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, NULL, out,
+                                             NULL, NULL, NULL, NULL, NULL));
+    cfg.akd_kernel = 4;
+    printf("err even_kernel %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                                NULL, NULL, NULL, NULL, NULL));
+    cfg.akd_kernel = 3;
+    cfg.sicd = DCAM_SICD_CONTEXT;
+    printf("err no_weights %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                               NULL, NULL, NULL, NULL, NULL));
+    printf("err dtype %d\n", dcam_pool_gradients(A, G, (dcam_dtype)7, 1, 1, 3, 2, 1, maps, pdeg));
+    printf("err shape %d\n", dcam_pool_gradients(A, G, DCAM_F32, 1, 1, 0, 2, 1, maps, pdeg));
+    printf("errstr %s\n", dcam_error_string(DCAM_EINVAL_CONFIG));
+    printf("version %s\n", dcam_version());
+    return 0;
+}
+"""
+
+
+def _run(cmd, cwd):
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def program_output(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dcam_c")
+    (tmp / "main.c").write_text(PROGRAM)
+    inc = os.path.join(CSRC, "include")
+    sources = sorted(f for f in os.listdir(CSRC) if f.endswith(".cpp"))
+    # -O1 and no AVX2 sorting networks keep the build to a few seconds (the networks are
+    # covered by tests/test_cpp.py); this test is about the C interface.
+    cxx = ["g++", "-std=c++17", "-O1", "-fopenmp", "-ffp-contract=off", "-Wno-psabi", "-DDCAM_NO_NETWORK",
+           f"-I{inc}", "-c"]
+    jobs = [cxx + [os.path.join(CSRC, f), "-o", str(tmp / (f[:-4] + ".o"))] for f in sources]
+    jobs.append(["gcc", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", f"-I{inc}", "-c",
+                 str(tmp / "main.c"), "-o", str(tmp / "main.o")])
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        list(ex.map(lambda c: _run(c, tmp), jobs))
+    objs = [str(tmp / (f[:-4] + ".o")) for f in sources] + [str(tmp / "main.o")]
+    _run(["g++", "-fopenmp", "-o", str(tmp / "prog")] + objs, tmp)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    res = subprocess.run([str(tmp / "prog")], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()
+
+
+def _lines(out, tag):
+    return [line.split()[1:] for line in out if line.split()[0] == tag]
+
+
+def reflect(i, n):
+    if n == 1:
+        return 0
+    i = -i if i < 0 else i
+    return 2 * n - 2 - i if i >= n else i
+
+
+def akd_expected(m, k):
+    """Rank Gaussian filter straight from SPEC section 2, in float64."""
+    h, w = m.shape
+    r = (k - 1) // 2
+    out = np.zeros_like(m)
+    for y in range(h):
+        for x in range(w):
+            win = np.array([m[reflect(y + dy, h), reflect(x + dx, w)]
+                            for dy in range(-r, r + 1) for dx in range(-r, r + 1)])
+            mu, sd = win.mean(), win.std()
+            if mu <= 0:
+                continue
+            if sd == 0:
+                out[y, x] = mu
+                continue
+            s = np.sort(win)
+            K = len(s)
+            u = np.exp(-((np.arange(K) - (K - 1) / 2) ** 2) / (2 * (sd / mu) ** 2))
+            out[y, x] = (u * s).sum() / u.sum()
+    return out
+
+
+def test_refine_akd_3x3_by_hand(program_output):
+    out = program_output
+    assert _lines(out, "rc") == [["0"]]
+    raw = np.array([[0.1, 0.5, 0.2], [0.9, 0.4, 0.3], [0.0, 0.7, 1.0]], dtype=np.float32).astype(np.float64)
+    f = akd_expected(raw, 3)
+    c = np.clip(f, 0.0, raw.max())  # section 5: clip to [0, max(r)], min-max normalise
+    expect = (c - c.min()) / (c.max() - c.min() + 1e-8)
+    got = np.array([float(v[1]) for v in _lines(out, "akd")])
+    np.testing.assert_allclose(got[:9], expect.reshape(-1), atol=1e-5)
+    # the degenerate map comes out 0
+    np.testing.assert_array_equal(got[9:], 0.0)
+    stats = _lines(out, "stat")
+    # map 0: k = 3 (fixed), DACG/CBA/SICD off -> -1 / 0 / 0 / 0
+    assert stats[0][1:3] == ["3", "-1"] and [float(v) for v in stats[0][3:]] == [0.0, 0.0, 0.0]
+    # map 1 (degenerate): kernel size still reported
+    assert stats[1][1:3] == ["3", "-1"] and [float(v) for v in stats[1][3:]] == [0.0, 0.0, 0.0]
+
+
+def test_refine_default_pipeline_runs(program_output):
+    line = _lines(program_output, "default")[0]
+    assert line[0] == "0"
+    # adaptive kernel: population std of the map is 0.330 -> f_std = 1.65, f_step = 2 (64 steps),
+    # f_size = 1 -> floor(9.91) = 9 -> capped at 2*3-1 = 5
+    assert line[1] == "5"
+    assert int(line[2]) in (-1, 0, 1, 2, 3)
+    vals = np.array([float(v) for v in line[3:]])
+    assert vals.shape == (9,) and np.all(np.isfinite(vals)) and vals.min() >= 0 and vals.max() <= 1 + 1e-6
+
+
+def test_pooling_by_hand(program_output):
+    rows = _lines(program_output, "pool")
+    got = {(r[0], r[1]): r[2:] for r in rows}
+    # grad_relu: relu(G) = [[1,0],[3,4],[0,0]] -> w = [4/3, 4/3]; raw = [2/3, 10/3, 4/3]
+    raw = np.array([2 / 3, 10 / 3, 4 / 3])
+    relu_expect = (raw - raw.min()) / (raw.max() - raw.min() + 1e-8)
+    # no relu: w = [4/3, 2/3]; raw = [2/3, 7/3, 2/3] -> [0, 1, 0]
+    plain_expect = np.array([0.0, 1.0, 0.0])
+    for dt in ("f32", "bf16"):
+        for relu, expect in (("1", relu_expect), ("0", plain_expect)):
+            rc, deg, *vals = got[(dt, relu)]
+            assert rc == "0" and deg == "0"
+            np.testing.assert_allclose([float(v) for v in vals], expect, atol=1e-6)
+
+
+def test_error_codes(program_output):
+    errs = {r[0]: r[1] for r in _lines(program_output, "err")}
+    assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2"}
+    assert _lines(program_output, "version") == [["0.1.0"]]
+    assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
