@@ -211,7 +211,9 @@ def test_explain_all_tokens(zoo, sample):
     assert all(v.shape == (len(words),) for v in e.stats.values())
     assert e.steps == zoo[0].config.response_length and e.steps_source == "default"
     assert e.repeat_ratio == pytest.approx(repeat_ratio([1, 2, 3, 4, 1, 5, 6]))  # "a" repeats
-    assert e.probe == "full" and e.layer == 1 and e.target_score == "logit"
+    from dcam.explain import DEFAULT_DMLLM_PROBE
+
+    assert e.probe == DEFAULT_DMLLM_PROBE and e.layer == 1 and e.target_score == "logit"
     # the raw maps refine to the maps with the recorded steps, image height and repeat ratio
     from dcam import engine
 
@@ -237,9 +239,9 @@ def test_targets_by_index_and_word(zoo, sample):
     words = sample.caption.split()  # a <c1> <s1> and a <c2> <s2>
     e = exp.explain(sample.image, response=sample.caption, targets=[2, 1])
     assert e.positions == [1, 2] and e.tokens == [words[1], words[2]]
-    e = exp.explain(sample.image, response=sample.caption, targets=[words[6].upper(), "a"])
+    e = exp.explain(sample.image, response=sample.caption, targets=[words[6].upper(), "a"], probe="full")
     assert e.positions == [0, 4, 6]
-    full = exp.explain(sample.image, response=sample.caption)
+    full = exp.explain(sample.image, response=sample.caption, probe="full")
     torch.testing.assert_close(e.maps[2], full.maps[6])  # full probe: a token's map ignores the others
     with pytest.raises(ValueError, match="'purple'"):
         exp.explain(sample.image, response=sample.caption, targets=["a", "purple"])
@@ -336,7 +338,7 @@ def test_overlay_and_save(zoo, sample, tmp_path):
     meta = json.load(open(paths["meta"]))
     assert meta["tokens"] == words and meta["steps"] == e.steps and meta["grid"] == [8, 8]
     assert set(meta["stats"]) == set(e.stats) and len(meta["stats"]["kernel_size"]) == len(words)
-    assert meta["method"] == "diffusion-cam" and meta["probe"] == "full"
+    assert meta["method"] == "diffusion-cam" and meta["probe"] == e.probe
 
 
 def test_contrastive_distractor_choice(prepared):
