@@ -69,7 +69,8 @@ DCAM_INLINE v8f ld8(const float* p) {
     std::memcpy(&v, p, sizeof(v));
     return v;
 }
-DCAM_INLINE v4d cvt(v4f v) { return __builtin_convertvector(v, v4d); }
+// element-wise (GCC turns __builtin_convertvector into two 128-bit converts here)
+DCAM_INLINE v4d cvt(v4f v) { return v4d{static_cast<double>(v[0]), static_cast<double>(v[1]), static_cast<double>(v[2]), static_cast<double>(v[3])}; }
 DCAM_INLINE double hsum(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 
 struct Scratch {
