@@ -439,11 +439,11 @@ DCAM_INLINE v4d exp_neg(v4d x) {
     const v4d ln2lo = {1.90821492927058770002e-10, 1.90821492927058770002e-10, 1.90821492927058770002e-10,
                        1.90821492927058770002e-10};
     const v4d r = (nd * ln2hi - x) + nd * ln2lo;  // -(x - n ln2), |r| <= 0.35
-    // e^r, Horner, degree 13
-    v4d pl = {1.0 / 6227020800.0, 1.0 / 6227020800.0, 1.0 / 6227020800.0, 1.0 / 6227020800.0};
-    const double c[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
-                          1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
-    for (int i = 0; i < 13; ++i) {
+    // e^r, Horner, degree 11 (|r| <= 0.347: truncation error < 1e-14 relative)
+    v4d pl = {1.0 / 39916800.0, 1.0 / 39916800.0, 1.0 / 39916800.0, 1.0 / 39916800.0};
+    const double c[11] = {1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
+                          1.0 / 120.0,     1.0 / 24.0,     1.0 / 6.0,     0.5,          1.0,          1.0};
+    for (int i = 0; i < 11; ++i) {
         const v4d ci = {c[i], c[i], c[i], c[i]};
         pl = pl * r + ci;
     }
@@ -463,41 +463,44 @@ DCAM_INLINE v4d exp_neg(v4d x) {
 #include "sortnet.hpp"
 namespace {
 
-// AKD with a sorting network per window, 8 neighbouring pixels at once (lane-wise
-// min/max on vectors of 8 floats). For k <= 9.
+// Networks of one window size (see csrc/sortnet.hpp).
+#define DCAM_NET(k_, K_)                                                                             \
+    template <>                                                                                      \
+    struct Net<k_> {                                                                                 \
+        static constexpr int slots = sortnet::kMergeSlots##k_;                                      \
+        static constexpr const int* order = sortnet::kMerge##k_;                                    \
+        DCAM_INLINE DCAM_NETWORK_TARGET static void full(sortnet::v8f* a) { sortnet::sort##K_(a); }  \
+        DCAM_INLINE DCAM_NETWORK_TARGET static void shared(sortnet::v8f* a) { sortnet::sortS##k_(a); } \
+        DCAM_INLINE DCAM_NETWORK_TARGET static void row(sortnet::v8f* a) { sortnet::sortR##k_(a); }  \
+        DCAM_INLINE DCAM_NETWORK_TARGET static void merge(sortnet::v8f* a) { sortnet::merge##k_(a); } \
+    };
 template <int k>
-DCAM_INLINE void akd_network_t(const float* __restrict r, int64_t h, int64_t w, float* __restrict out, Scratch& S) {
-    constexpr int K = k * k, c = (K - 1) / 2, rr = (k - 1) / 2;
-    typedef sortnet::v8f v8;
-    const int64_t Wp = w + 2 * rr, Hp = h + 2 * rr, stride = Wp + 8;
-    const int64_t wv = (w + 7) & ~int64_t(7);  // row arrays padded to whole groups of 8
-    ensure(S.P, Hp * stride);
-    ensure(S.colS, stride);
-    ensure(S.colQ, stride);
-    ensure(S.rowS, wv);
-    ensure(S.rowQ, wv);
-    ensure(S.qx, wv);
-    ensure(S.mux, wv);
-    ensure(S.kind, wv);
-    float* P = S.P.data();
-    for (int64_t py = 0; py < Hp; ++py) {
-        const float* src = r + reflect(py - rr, h) * w;
-        float* dst = P + py * stride;
-        for (int64_t px = 0; px < rr; ++px) dst[px] = src[reflect(px - rr, w)];
-        std::memcpy(dst + rr, src, static_cast<size_t>(w) * sizeof(float));
-        for (int64_t px = rr + w; px < Wp; ++px) dst[px] = src[reflect(px - rr, w)];
-        for (int64_t px = Wp; px < stride; ++px) dst[px] = 0.0f;
-    }
-    double* colS = S.colS.data();
-    double* colQ = S.colQ.data();
-    double* rowS = S.rowS.data();
-    double* rowQ = S.rowQ.data();
-    double* qx = S.qx.data();
-    float* mux = S.mux.data();
-    uint8_t* kind = S.kind.data();
-    const double invK = 1.0 / static_cast<double>(K);
-    for (int64_t y = 0; y < h; ++y) {
-        // ---- window statistics of the row (float64 column sums, then across columns)
+struct Net;
+DCAM_NET(3, 9)
+DCAM_NET(5, 25)
+DCAM_NET(7, 49)
+DCAM_NET(9, 81)
+DCAM_NET(11, 121)
+#undef DCAM_NET
+
+// Per-pixel window statistics of one output row (float64 column sums of the padded map,
+// then across columns): q = exp(-1/(2 sigma^2)) where the window is rank-weighted, the mean
+// (float) and the kind (0: output 0, 1: output the mean, 2: rank-weighted), for x < wv.
+template <int k>
+DCAM_INLINE DCAM_NETWORK_TARGET void network_row_stats(const float* P, int64_t stride, int64_t y, int64_t w,
+                                                       int64_t wv, bool slide, double* colS, double* colQ,
+                                                       double* rowS, double* rowQ, double* qx, float* mux,
+                                                       uint8_t* kind) {
+    constexpr int K = k * k;
+    if (slide) {  // colS/colQ hold the sums of padded rows y-1 .. y+k-2: move down one row
+        const float* old = P + (y - 1) * stride;
+        const float* nw = P + (y + k - 1) * stride;
+        for (int64_t px = 0; px < stride; ++px) {
+            const double o = old[px], n = nw[px];
+            colS[px] += n - o;
+            colQ[px] += n * n - o * o;
+        }
+    } else {
         for (int64_t px = 0; px < stride; ++px) {
             colS[px] = 0.0;
             colQ[px] = 0.0;
@@ -510,77 +513,154 @@ DCAM_INLINE void akd_network_t(const float* __restrict r, int64_t h, int64_t w, 
                 colQ[px] += v * v;
             }
         }
-        for (int64_t x = 0; x < wv; ++x) {
+    }
+    {  // window sums: first window in full, then slide right
+        double s = 0.0, q = 0.0;
+        for (int j = 0; j < k; ++j) {
+            s += colS[j];
+            q += colQ[j];
+        }
+        rowS[0] = s;
+        rowQ[0] = q;
+        for (int64_t x = 1; x < w; ++x) {
+            s += colS[x + k - 1] - colS[x - 1];
+            q += colQ[x + k - 1] - colQ[x - 1];
+            rowS[x] = s;
+            rowQ[x] = q;
+        }
+        for (int64_t x = w; x < wv; ++x) {
             rowS[x] = 0.0;
             rowQ[x] = 0.0;
         }
-        for (int j = 0; j < k; ++j)
-            for (int64_t x = 0; x < wv; ++x) {
-                rowS[x] += colS[x + j];
-                rowQ[x] += colQ[x + j];
-            }
-        for (int64_t x = 0; x < wv; x += 4) {
-            v4d sv, qv;
-            std::memcpy(&sv, rowS + x, sizeof(sv));
-            std::memcpy(&qv, rowQ + x, sizeof(qv));
-            const v4d ik = {invK, invK, invK, invK};
-            const v4d mu = sv * ik;
-            const v4d var = qv * ik - mu * mu;
-            const v4d zero = {0, 0, 0, 0};
-            const v4l pos_mu = mu > zero, pos_var = var > zero;
-            const v4d half = {0.5, 0.5, 0.5, 0.5};
-            const v4d one = {1, 1, 1, 1};
-            const v4d inv = half * (mu * mu) / (pos_var ? var : one);
-            const v4d q = exp_neg(inv);
-            const v4d qsel = (pos_mu & pos_var) ? q : zero;
-            std::memcpy(qx + x, &qsel, sizeof(qsel));
-            for (int l = 0; l < 4; ++l) {
-                mux[x + l] = static_cast<float>(mu[l]);
-                kind[x + l] = static_cast<uint8_t>(pos_mu[l] ? (pos_var[l] ? 2 : 1) : 0);
-            }
+    }
+    const double invK = 1.0 / static_cast<double>(K);
+    for (int64_t x = 0; x < wv; x += 4) {
+        v4d sv, qv;
+        std::memcpy(&sv, rowS + x, sizeof(sv));
+        std::memcpy(&qv, rowQ + x, sizeof(qv));
+        const v4d ik = {invK, invK, invK, invK};
+        const v4d mu = sv * ik;
+        const v4d var = qv * ik - mu * mu;
+        const v4d zero = {0, 0, 0, 0};
+        const v4l pos_mu = mu > zero, pos_var = var > zero;
+        const v4d half = {0.5, 0.5, 0.5, 0.5};
+        const v4d one = {1, 1, 1, 1};
+        const v4d inv = half * (mu * mu) / (pos_var ? var : one);
+        const v4d q = exp_neg(inv);
+        const v4d qsel = (pos_mu & pos_var) ? q : zero;
+        std::memcpy(qx + x, &qsel, sizeof(qsel));
+        for (int l = 0; l < 4; ++l) {
+            mux[x + l] = static_cast<float>(mu[l]);
+            kind[x + l] = static_cast<uint8_t>(pos_mu[l] ? (pos_var[l] ? 2 : 1) : 0);
         }
-        // ---- sort the windows of 8 pixels, weighted sums of the order statistics
+    }
+}
+
+// Rank-Gaussian weighted sums of 8 sorted windows (lane l = pixel x0 + l): the p-th smallest
+// value of lane l is af[order(p) * 8 + l], order = identity when ORDER is null.
+template <int k>
+DCAM_INLINE DCAM_NETWORK_TARGET void network_weights(const float* af, const int* order, const double* qx,
+                                                     const float* mux, const uint8_t* kind, int64_t nl,
+                                                     float* orow) {
+    constexpr int K = k * k, c = (K - 1) / 2;
+    auto at = [&](int p) { return af + (order ? order[p] : p) * 8; };
+    float res[8];
+    for (int hlf = 0; hlf < 2; ++hlf) {
+        const int o = 4 * hlf;
+        v4d q;
+        std::memcpy(&q, qx + o, sizeof(q));
+        const v4d q2 = q * q;
+        const v4d cut = {2.3e-16, 2.3e-16, 2.3e-16, 2.3e-16};  // e^-36: later weights are dropped
+        v4d p = {1, 1, 1, 1}, f = q, den = p;
+        v4d num = cvt(ld4(at(c) + o));
+        for (int d = 1; d <= c; ++d) {
+            p *= f;
+            f *= q2;
+            const v4l live = p >= cut;
+            if (!(live[0] | live[1] | live[2] | live[3])) break;
+            const v4d lo = cvt(ld4(at(c - d) + o));
+            const v4d hi = cvt(ld4(at(c + d) + o));
+            const v4d pp = live ? p : v4d{0, 0, 0, 0};
+            num += pp * (lo + hi);
+            den += pp + pp;
+        }
+        const v4d rv = num / den;
+        for (int l = 0; l < 4; ++l) res[o + l] = static_cast<float>(rv[l]);
+    }
+    for (int l = 0; l < nl; ++l) orow[l] = kind[l] == 0 ? 0.0f : (kind[l] == 1 ? mux[l] : res[l]);
+}
+
+// AKD with sorting networks, 8 horizontally neighbouring pixels at once (lane-wise min/max
+// on AVX vectors). Two vertically adjacent rows share k-1 rows of their windows: those
+// k(k-1) values are sorted once and merged with each window's own row.
+template <int k>
+DCAM_INLINE DCAM_NETWORK_TARGET void akd_network_t(const float* __restrict r, int64_t h, int64_t w,
+                                                   float* __restrict out, Scratch& S) {
+    constexpr int K = k * k, rr = (k - 1) / 2, m = k * (k - 1);
+    constexpr int slots = Net<k>::slots, half = slots / 2;
+    typedef sortnet::v8f v8;
+    const int64_t Wp = w + 2 * rr, Hp = h + 2 * rr, stride = Wp + 8;
+    const int64_t wv = (w + 7) & ~int64_t(7);  // row arrays padded to whole groups of 8
+    ensure(S.P, Hp * stride);
+    ensure(S.colS, stride);
+    ensure(S.colQ, stride);
+    ensure(S.rowS, wv);
+    ensure(S.rowQ, wv);
+    ensure(S.qx, 2 * wv);
+    ensure(S.mux, 2 * wv);
+    ensure(S.kind, 2 * wv);
+    float* P = S.P.data();
+    for (int64_t py = 0; py < Hp; ++py) {
+        const float* src = r + reflect(py - rr, h) * w;
+        float* dst = P + py * stride;
+        for (int64_t px = 0; px < rr; ++px) dst[px] = src[reflect(px - rr, w)];
+        std::memcpy(dst + rr, src, static_cast<size_t>(w) * sizeof(float));
+        for (int64_t px = rr + w; px < Wp; ++px) dst[px] = src[reflect(px - rr, w)];
+        for (int64_t px = Wp; px < stride; ++px) dst[px] = 0.0f;
+    }
+    double* qx = S.qx.data();
+    float* mux = S.mux.data();
+    uint8_t* kind = S.kind.data();
+    alignas(32) v8 a[slots];
+    alignas(32) v8 sh[m];
+    alignas(32) v8 extra[k];
+    for (int64_t y = 0; y < h; y += 2) {
+        const bool pair = y + 1 < h;
+        network_row_stats<k>(P, stride, y, w, wv, false, S.colS.data(), S.colQ.data(), S.rowS.data(),
+                             S.rowQ.data(), qx, mux, kind);
+        if (pair)
+            network_row_stats<k>(P, stride, y + 1, w, wv, true, S.colS.data(), S.colQ.data(), S.rowS.data(),
+                                 S.rowQ.data(), qx + wv, mux + wv, kind + wv);
         for (int64_t x0 = 0; x0 < w; x0 += 8) {
-            v8 a[K];
-            const float* base = P + y * stride + x0;
-            for (int dy = 0; dy < k; ++dy)
-                for (int dx = 0; dx < k; ++dx) std::memcpy(&a[dy * k + dx], base + dy * stride + dx, sizeof(v8));
-            if (K == 9) sortnet::sort9(a);
-            else if (K == 25) sortnet::sort25(a);
-            else if (K == 49) sortnet::sort49(a);
-            else sortnet::sort81(a);
-            const float* af = reinterpret_cast<const float*>(a);
-            float res[8];
-            for (int hlf = 0; hlf < 2; ++hlf) {
-                const int o = 4 * hlf;
-                v4d q;
-                std::memcpy(&q, qx + x0 + o, sizeof(q));
-                const v4d q2 = q * q;
-                const v4d cut = {2.3e-16, 2.3e-16, 2.3e-16, 2.3e-16};  // e^-36: later weights are dropped
-                v4d p = {1, 1, 1, 1}, f = q, den = p;
-                v4d num = cvt(ld4(af + c * 8 + o));
-                for (int d = 1; d <= c; ++d) {
-                    p *= f;
-                    f *= q2;
-                    const v4l live = p >= cut;
-                    if (!(live[0] | live[1] | live[2] | live[3])) break;
-                    const v4d lo = cvt(ld4(af + (c - d) * 8 + o));
-                    const v4d hi = cvt(ld4(af + (c + d) * 8 + o));
-                    const v4d pp = live ? p : v4d{0, 0, 0, 0};
-                    num += pp * (lo + hi);
-                    den += pp + pp;
-                }
-                const v4d rv = num / den;
-                for (int l = 0; l < 4; ++l) res[o + l] = static_cast<float>(rv[l]);
-            }
             const int64_t nl = std::min<int64_t>(8, w - x0);
-            float* orow = out + y * w + x0;
-            for (int l = 0; l < nl; ++l) {
-                const int kd = kind[x0 + l];
-                orow[l] = kd == 0 ? 0.0f : (kd == 1 ? mux[x0 + l] : res[l]);
+            const float* base = P + y * stride + x0;  // padded row y = first window row of output y
+            if (!pair) {
+                for (int dy = 0; dy < k; ++dy)
+                    for (int dx = 0; dx < k; ++dx) std::memcpy(&a[dy * k + dx], base + dy * stride + dx, sizeof(v8));
+                Net<k>::full(a);
+                network_weights<k>(reinterpret_cast<const float*>(a), nullptr, qx + x0, mux + x0, kind + x0, nl,
+                                   out + y * w + x0);
+                continue;
+            }
+            // padded rows y+1 .. y+k-1 are shared by the windows of outputs y and y+1
+            for (int dy = 1; dy < k; ++dy)
+                for (int dx = 0; dx < k; ++dx)
+                    std::memcpy(&sh[(dy - 1) * k + dx], base + dy * stride + dx, sizeof(v8));
+            Net<k>::shared(sh);
+            for (int which = 0; which < 2; ++which) {
+                const float* rowp = base + (which == 0 ? 0 : k) * stride;  // padded row y or y+k
+                for (int dx = 0; dx < k; ++dx) std::memcpy(&extra[dx], rowp + dx, sizeof(v8));
+                Net<k>::row(extra);
+                std::memcpy(a, sh, sizeof(sh));
+                std::memcpy(a + half, extra, sizeof(extra));
+                Net<k>::merge(a);
+                const int64_t off = which * wv;
+                network_weights<k>(reinterpret_cast<const float*>(a), Net<k>::order, qx + off + x0, mux + off + x0,
+                                   kind + off + x0, nl, out + (y + which) * w + x0);
             }
         }
     }
+    (void)K;
 }
 
 // Only built for x86-64-v3 (AVX2): GCC lowers the 8-wide vector code of the
@@ -590,7 +670,8 @@ DCAM_NETWORK_TARGET void akd_network(const float* r, int64_t h, int64_t w, int64
         case 3: akd_network_t<3>(r, h, w, out, S); break;
         case 5: akd_network_t<5>(r, h, w, out, S); break;
         case 7: akd_network_t<7>(r, h, w, out, S); break;
-        default: akd_network_t<9>(r, h, w, out, S); break;
+        case 9: akd_network_t<9>(r, h, w, out, S); break;
+        default: akd_network_t<11>(r, h, w, out, S); break;
     }
 }
 
@@ -795,7 +876,7 @@ DCAM_INLINE void akd(const float* r, int64_t h, int64_t w, int64_t k, float* out
     }
     const int path = g_akd_path.load(std::memory_order_relaxed);
 #if DCAM_HAVE_NETWORK
-    if (k <= 9 && network_supported() && (path == 0 || path == 1)) {
+    if (k <= 11 && network_supported() && (path == 0 || path == 1)) {
         akd_network(r, h, w, k, out, S);
         return;
     }

@@ -1,12 +1,25 @@
-"""Generate csrc/sortnet.hpp: Batcher odd-even merge sorting networks for the
-AKD window sizes K = k*k (k = 3, 5, 7, 9), applied lane-wise to vectors of 8
-floats (8 neighbouring pixels sorted at once).
+"""Generate csrc/sortnet.hpp: sorting networks for the AKD windows, applied
+lane-wise to AVX vectors of 8 floats (8 neighbouring pixels at once).
+x86-64-v3 (AVX2) only: every function carries that target.
 
-Batcher's network for the next power of two, with every comparator that
-touches a position >= K dropped (those positions would hold +inf, so such a
-comparator never swaps).  Run: python csrc/tools/gen_sortnet.py
+For each k in 3, 5, 7, 9, 11 (K = k*k):
+  sort{K}(a)        Batcher odd-even merge sort of a[0..K) (for a single row).
+  sortS{k}(a)       the same for the k*(k-1) values shared by the windows of two
+                    vertically adjacent pixels (all rows but one).
+  sortR{k}(a)       the same for k values (the row only one of the two windows has).
+  merge{k}(a)       merge a sorted run a[0..m) (m = k*(k-1)) with a sorted run
+                    a[P..P+k) (P = next power of two >= m) into the window's
+                    sorted order; the result's p-th smallest is a[kMerge{k}[p]].
+Batcher networks are padded to powers of two with +inf; comparators that can
+never swap are dropped and those that always swap become renamings, found by
+tracking the known order relations between positions through the network (a
+comparator (i, j) is dropped when a_i <= a_j is known). Run:
+    python csrc/tools/gen_sortnet.py
 """
 import os
+import random
+
+import numpy as np
 
 
 def _merge(lo, hi, r):
@@ -27,54 +40,137 @@ def _sort(lo, hi):
         yield from _merge(lo, hi, 1)
 
 
-def network(n):
+def _pow2(n):
     p = 1
     while p < n:
         p *= 2
-    return [(i, j) for i, j in _sort(0, p - 1) if j < n]
+    return p
 
 
-def _check(n, net, trials=2000):
-    import random
-    for _ in range(trials):
-        v = [random.randint(0, 5) for _ in range(n)]
+def sort_network(n):
+    """Comparators (i, j), i < j, of a network sorting n values."""
+    return [(i, j) for i, j in _sort(0, _pow2(n) - 1) if j < n]
+
+
+def merge_network(m, n):
+    """Merge sorted a[0..m) with sorted a[P..P+n) (P = pow2(m) >= n): returns the
+    list of comparators on physical positions and the physical position of each
+    output rank."""
+    P = _pow2(m)
+    assert n <= P
+    S = 2 * P
+    real = np.zeros(S, bool)
+    real[:m] = True
+    real[P:P + n] = True
+    # le[a, b]: the value in slot a is known <= the value in slot b
+    le = np.zeros((S, S), bool)
+    np.fill_diagonal(le, True)
+    le[:, ~real] = True  # pads are +inf
+    for s0, ln in ((0, m), (P, n)):
+        for a in range(s0, s0 + ln):
+            le[a, a:s0 + ln] = True
+    phys = list(range(S))  # slot -> physical position holding its value
+    out = []
+    for i, j in _merge(0, S - 1, 1):
+        if le[i, j]:
+            continue
+        if le[j, i]:  # always swaps: rename
+            phys[i], phys[j] = phys[j], phys[i]
+            le[[i, j], :] = le[[j, i], :]
+            le[:, [i, j]] = le[:, [j, i]]
+            real[[i, j]] = real[[j, i]]
+            continue
+        out.append((phys[i], phys[j]))
+        li, lj = le[:, i].copy(), le[:, j].copy()
+        gi, gj = le[i, :].copy(), le[j, :].copy()
+        le[:, i] = li & lj
+        le[i, :] = gi | gj
+        le[:, j] = li | lj
+        le[j, :] = gi & gj
+        le[i, j] = le[i, i] = le[j, j] = True
+        le = le | ((le.astype(np.uint16) @ le.astype(np.uint16)) > 0)
+    assert real[:m + n].all()
+    return out, phys[:m + n]
+
+
+def _apply(net, v):
+    for i, j in net:
+        if v[i] > v[j]:
+            v[i], v[j] = v[j], v[i]
+    return v
+
+
+def _check_sort(n, net, trials=3000):
+    rng = random.Random(n)
+    for t in range(trials):
+        v = [rng.randint(0, 3 if t % 2 else 1000) for _ in range(n)]
+        assert _apply(net, list(v)) == sorted(v)
+
+
+def _check_merge(m, n, net, order, trials=3000):
+    rng = random.Random(m * 31 + n)
+    P = _pow2(m)
+    for t in range(trials):
+        a = sorted(rng.randint(0, 3 if t % 2 else 1000) for _ in range(m))
+        b = sorted(rng.randint(0, 3 if t % 2 else 1000) for _ in range(n))
+        v = a + [None] * (P - m) + b + [None] * (P - n)
         for i, j in net:
             if v[i] > v[j]:
                 v[i], v[j] = v[j], v[i]
-        assert v == sorted(v)
+        assert [v[p] for p in order] == sorted(a + b)
+
+
+def _emit(out, name, net, comment):
+    out.append(f"// {comment}: {len(net)} compare-exchanges")
+    out.append(f"DCAM_SORTNET_FN void {name}(v8f* a) {{")
+    line = "   "
+    for i, j in net:
+        item = f" DCAM_CE({i}, {j})"
+        if len(line) + len(item) > 110:
+            out.append(line)
+            line = "   "
+        line += item
+    out.append(line)
+    out.append("}")
+    out.append("")
 
 
 def main():
     out = [
         "// Generated by csrc/tools/gen_sortnet.py -- do not edit.",
-        "// Batcher odd-even merge sorting networks, lane-wise on vectors of 8 floats.",
+        "// Sorting / merging networks for the AKD windows, lane-wise on AVX vectors of 8 floats.",
         "#pragma once",
+        "",
+        "#include <immintrin.h>",
         "",
         "namespace dcam {",
         "namespace sortnet {",
         "",
-        "typedef float v8f __attribute__((vector_size(32)));",
+        "typedef __m256 v8f;",
         "",
-        "#define DCAM_CE(i, j) { const v8f x_ = a[i], y_ = a[j]; a[i] = x_ < y_ ? x_ : y_; a[j] = x_ < y_ ? y_ : x_; }",
+        '#define DCAM_SORTNET_FN inline __attribute__((always_inline, target("arch=x86-64-v3")))',
+        "#define DCAM_CE(i, j) { const v8f x_ = a[i], y_ = a[j]; a[i] = _mm256_min_ps(x_, y_); "
+        "a[j] = _mm256_max_ps(x_, y_); }",
         "",
     ]
-    for k in (3, 5, 7, 9):
-        n = k * k
-        net = network(n)
-        _check(n, net)
-        out.append(f"// K = {n}: {len(net)} compare-exchanges")
-        out.append(f"inline __attribute__((always_inline)) void sort{n}(v8f* a) {{")
-        line = "   "
-        for i, j in net:
-            item = f" DCAM_CE({i}, {j})"
-            if len(line) + len(item) > 110:
-                out.append(line)
-                line = "   "
-            line += item
-        out.append(line)
-        out.append("}")
+    for k in (3, 5, 7, 9, 11):
+        K, m = k * k, k * (k - 1)
+        net = sort_network(K)
+        _check_sort(K, net)
+        _emit(out, f"sort{K}", net, f"sort K = {K}")
+        net = sort_network(m)
+        _check_sort(m, net)
+        _emit(out, f"sortS{k}", net, f"sort the {m} shared values")
+        net = sort_network(k)
+        _check_sort(k, net)
+        _emit(out, f"sortR{k}", net, f"sort {k} values")
+        net, order = merge_network(m, k)
+        _check_merge(m, k, net, order)
+        _emit(out, f"merge{k}", net, f"merge sorted a[0..{m}) with sorted a[{_pow2(m)}..{_pow2(m) + k})")
+        out.append(f"constexpr int kMergeSlots{k} = {2 * _pow2(m)};")
+        out.append(f"constexpr int kMerge{k}[{K}] = {{{', '.join(map(str, order))}}};")
         out.append("")
-    out += ["#undef DCAM_CE", "", "}  // namespace sortnet", "}  // namespace dcam", ""]
+    out += ["#undef DCAM_CE", "#undef DCAM_SORTNET_FN", "", "}  // namespace sortnet", "}  // namespace dcam", ""]
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sortnet.hpp")
     with open(path, "w") as f:
         f.write("\n".join(out))
