@@ -194,16 +194,16 @@ inline void argsort_values(const float* x, int64_t n, int32_t* order, Scratch& S
 // ------------------------------------------------------------------ order statistics (bucket select)
 
 struct Selector {
-    const float* x = nullptr;
     int64_t n = 0, n_pos = 0;  // values, and how many are > 0
     float vmin = 0, vmax = 0;
     bool constant = true;
-    uint32_t hist[kSelBuckets];
+    float* vals = nullptr;             // the values grouped by bucket (ascending buckets)
+    uint32_t off[kSelBuckets + 1];     // bucket b holds vals[off[b] .. off[b+1])
 };
 
-// Buckets x[0..n) by floor((v - min) * scale), monotone in v.
+// Buckets x[0..n) by floor((v - min) * scale) (float32 arithmetic: monotone in v) and
+// groups the values by bucket (one counting-sort scatter).
 DCAM_INLINE void sel_build(Selector& s, const float* x, int64_t n, Scratch& S) {
-    s.x = x;
     s.n = n;
     min_max(x, n, s.vmin, s.vmax);
     int64_t pos = 0;
@@ -212,54 +212,62 @@ DCAM_INLINE void sel_build(Selector& s, const float* x, int64_t n, Scratch& S) {
     s.constant = !(s.vmax > s.vmin);
     if (s.constant) return;
     ensure(S.bkt, n);
+    ensure(S.tmp, n);
     uint8_t* bkt = S.bkt.data();
-    std::memset(s.hist, 0, sizeof(s.hist));
-    const double base = s.vmin;
-    const double scale = static_cast<double>(kSelBuckets) / (static_cast<double>(s.vmax) - base);
+    const float base = s.vmin;
+    float scale = static_cast<float>(kSelBuckets) / (s.vmax - s.vmin);
+    if (!(scale < 3.0e38f)) scale = 3.0e38f;  // range below float precision: still monotone
+    const float top = static_cast<float>(kSelBuckets - 1);
     for (int64_t i = 0; i < n; ++i) {
-        double f = (static_cast<double>(x[i]) - base) * scale;
-        f = f < 0.0 ? 0.0 : f;  // also NaN -> 0
-        f = f > kSelBuckets - 1 ? kSelBuckets - 1 : f;
-        const int b = static_cast<int>(f);
-        bkt[i] = static_cast<uint8_t>(b);
-        ++s.hist[b];
+        float f = (x[i] - base) * scale;
+        f = f > 0.0f ? f : 0.0f;  // also NaN -> 0
+        f = f < top ? f : top;
+        bkt[i] = static_cast<uint8_t>(static_cast<int32_t>(f));
     }
+    uint32_t hist[kSelBuckets];
+    std::memset(hist, 0, sizeof(hist));
+    for (int64_t i = 0; i < n; ++i) ++hist[bkt[i]];
+    uint32_t acc = 0;
+    for (int b = 0; b < kSelBuckets; ++b) {
+        s.off[b] = acc;
+        acc += hist[b];
+    }
+    s.off[kSelBuckets] = acc;
+    uint32_t cur[kSelBuckets];
+    std::memcpy(cur, s.off, sizeof(cur));
+    s.vals = S.tmp.data();
+    for (int64_t i = 0; i < n; ++i) s.vals[cur[bkt[i]]++] = x[i];
 }
 
-// The R-th smallest value (0-based), and optionally the (R+1)-th (R+1 < n).
-DCAM_INLINE float sel_get(const Selector& s, int64_t R, float* next, Scratch& S) {
+// The R-th smallest value (0-based), and optionally the (R+1)-th (R+1 < n). Reorders the
+// values inside their buckets only.
+DCAM_INLINE float sel_get(Selector& s, int64_t R, float* next) {
     if (s.constant) {
         if (next) *next = s.vmin;
         return s.vmin;
     }
-    int b = 0;
-    int64_t cum = 0;
-    while (cum + static_cast<int64_t>(s.hist[b]) <= R) cum += s.hist[b++];
-    const uint8_t* bkt = S.bkt.data();
-    ensure(S.tmp, s.n);
-    float* tmp = S.tmp.data();
-    int64_t m = 0;
-    for (int64_t i = 0; i < s.n; ++i) {
-        tmp[m] = s.x[i];
-        m += bkt[i] == b;
+    // last bucket b with off[b] <= R
+    int lo = 0, hi = kSelBuckets;  // off[lo] <= R < off[hi]
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (static_cast<int64_t>(s.off[mid]) <= R)
+            lo = mid;
+        else
+            hi = mid;
     }
-    const int64_t r = R - cum;
-    std::nth_element(tmp, tmp + r, tmp + m);
-    const float v = tmp[r];
+    const int b = lo;
+    float* beg = s.vals + s.off[b];
+    float* end = s.vals + s.off[b + 1];
+    const int64_t r = R - s.off[b];
+    std::nth_element(beg, beg + r, end);
+    const float v = beg[r];
     if (next) {
-        if (r + 1 < m) {
-            *next = *std::min_element(tmp + r + 1, tmp + m);
+        if (beg + r + 1 < end) {
+            *next = *std::min_element(beg + r + 1, end);
         } else {
             int b2 = b + 1;
-            while (s.hist[b2] == 0) ++b2;
-            float mn = 0.0f;
-            bool first = true;
-            for (int64_t i = 0; i < s.n; ++i)
-                if (bkt[i] == b2) {
-                    mn = first ? s.x[i] : std::min(mn, s.x[i]);
-                    first = false;
-                }
-            *next = mn;
+            while (s.off[b2 + 1] == s.off[b2]) ++b2;
+            *next = *std::min_element(s.vals + s.off[b2], s.vals + s.off[b2 + 1]);
         }
     }
     return v;
@@ -267,7 +275,7 @@ DCAM_INLINE float sel_get(const Selector& s, int64_t R, float* next, Scratch& S)
 
 // numpy 'linear' percentile of the `cnt` values of rank offset .. offset+cnt-1 (cnt >= 1),
 // position in float64 as the reference.
-DCAM_INLINE float sel_percentile(const Selector& s, int64_t offset, int64_t cnt, float q, Scratch& S) {
+DCAM_INLINE float sel_percentile(Selector& s, int64_t offset, int64_t cnt, float q) {
     const double pos = static_cast<double>(q) / 100.0 * static_cast<double>(cnt - 1);
     double fl = std::floor(pos);
     if (!(fl >= 0.0)) fl = 0.0;
@@ -276,10 +284,10 @@ DCAM_INLINE float sel_percentile(const Selector& s, int64_t offset, int64_t cnt,
     const float frac = static_cast<float>(pos - static_cast<double>(lo));
     if (frac > 0.0f && lo + 1 <= cnt - 1) {
         float hi;
-        const float v = sel_get(s, offset + lo, &hi, S);
+        const float v = sel_get(s, offset + lo, &hi);
         return v + frac * (hi - v);
     }
-    return sel_get(s, offset + lo, nullptr, S);
+    return sel_get(s, offset + lo, nullptr);
 }
 
 // ------------------------------------------------------------------ section 2
@@ -907,39 +915,42 @@ DCAM_INLINE void dacg(const float* x, int64_t h, int64_t w, const float* prm, co
     float mu, sd;
     mean_std(x, N, mu, sd);
     const int st = sd > prm[0] ? 0 : (mu > prm[1] ? 1 : (mu < prm[2] ? 2 : 3));
-    const float zeta = std::max(sel_percentile(sel, N - n_nz, n_nz, prm[3 + st], S), kZetaMin);
-    // reflect-padded copy (1 cell each side), then a 3x3 blur where x <= zeta
-    const int64_t Wp = w + 2;
-    ensure(S.pad, (h + 2) * Wp);
+    const float zeta = std::max(sel_percentile(sel, N - n_nz, n_nz, prm[3 + st]), kZetaMin);
+    // reflect-padded copy (1 cell each side, 8 spare columns), then a 3x3 blur where x <= zeta
+    const int64_t Wp = w + 2, ps = w + 10;
+    ensure(S.pad, (h + 2) * ps);
     float* pad = S.pad.data();
     for (int64_t py = 0; py < h + 2; ++py) {
         const float* src = x + reflect(py - 1, h) * w;
-        float* dst = pad + py * Wp;
+        float* dst = pad + py * ps;
         dst[0] = src[reflect(-1, w)];
         std::memcpy(dst + 1, src, static_cast<size_t>(w) * sizeof(float));
         dst[w + 1] = src[reflect(w, w)];
+        for (int64_t px = Wp; px < ps; ++px) dst[px] = 0.0f;
     }
-    const float g0 = g9[0], g1 = g9[1], g2 = g9[2], g3 = g9[3], g4 = g9[4], g5 = g9[5], g6 = g9[6], g7 = g9[7],
-                g8 = g9[8];
+    float gg[9];
+    for (int i = 0; i < 9; ++i) gg[i] = g9[i];
+    const v8f z8 = {zeta, zeta, zeta, zeta, zeta, zeta, zeta, zeta};
     for (int64_t yy = 0; yy < h; ++yy) {
-        const float* a = pad + yy * Wp;
-        const float* b = a + Wp;
-        const float* cc = b + Wp;
+        const float* rows[3] = {pad + yy * ps, pad + (yy + 1) * ps, pad + (yy + 2) * ps};
         const float* xr = x + yy * w;
         float* yr = y + yy * w;
-        for (int64_t xx = 0; xx < w; ++xx) {
-            float acc = a[xx] * g0;
-            acc = acc + a[xx + 1] * g1;
-            acc = acc + a[xx + 2] * g2;
-            acc = acc + b[xx] * g3;
-            acc = acc + b[xx + 1] * g4;
-            acc = acc + b[xx + 2] * g5;
-            acc = acc + cc[xx] * g6;
-            acc = acc + cc[xx + 1] * g7;
-            acc = acc + cc[xx + 2] * g8;
-            const float v = xr[xx];
-            yr[xx] = v > zeta ? v : acc;
+        for (int64_t x0 = 0; x0 < w; x0 += 8) {
+            v8f acc = ld8(rows[0] + x0) * gg[0];
+            for (int i = 0; i < 3; ++i)
+                for (int j = 0; j < 3; ++j) {
+                    if (i == 0 && j == 0) continue;
+                    acc = acc + ld8(rows[i] + x0 + j) * gg[i * 3 + j];
+                }
+            const v8f v = ld8(rows[1] + x0 + 1);  // == x
+            const v8f r = v > z8 ? v : acc;
+            const int64_t nl = std::min<int64_t>(8, w - x0);
+            if (nl == 8)
+                std::memcpy(yr + x0, &r, sizeof(r));
+            else
+                for (int l = 0; l < nl; ++l) yr[x0 + l] = r[l];
         }
+        (void)xr;
     }
     strategy = st;
     zeta_out = zeta;
@@ -955,8 +966,8 @@ DCAM_INLINE void cba(float* e, int64_t N, const float* prm, float& tau_out, Scra
         tau_out = 0.0f;
         return;
     }
-    const float med_nz = sel_percentile(sel, N - n_nz, n_nz, 50.0f, S);
-    const float p60 = sel_percentile(sel, 0, N, 60.0f, S);
+    const float med_nz = sel_percentile(sel, N - n_nz, n_nz, 50.0f);
+    const float p60 = sel_percentile(sel, 0, N, 60.0f);
     v4d a0 = {0, 0, 0, 0};
     const v4f z4 = {0.f, 0.f, 0.f, 0.f};
     int64_t i0 = 0;
@@ -974,7 +985,20 @@ DCAM_INLINE void cba(float* e, int64_t N, const float* prm, float& tau_out, Scra
     tau = tau + prm[3] * mx;
     const float tcl = std::max(tau, kEpsNorm);
     const float floor_ = prm[4];
-    for (int64_t i = 0; i < N; ++i) {
+    int64_t i = 0;
+    {
+        const v8f t8 = {tau, tau, tau, tau, tau, tau, tau, tau};
+        const v8f c8 = {tcl, tcl, tcl, tcl, tcl, tcl, tcl, tcl};
+        const v8f f8 = {floor_, floor_, floor_, floor_, floor_, floor_, floor_, floor_};
+        for (; i + 8 <= N; i += 8) {
+            const v8f v = ld8(e + i);
+            v8f sc = v / c8;
+            sc = sc < f8 ? f8 : sc;
+            const v8f r = v < t8 ? v * sc : v;
+            std::memcpy(e + i, &r, sizeof(r));
+        }
+    }
+    for (; i < N; ++i) {
         const float v = e[i];
         float sc = v / tcl;
         sc = sc < floor_ ? floor_ : sc;
