@@ -47,13 +47,15 @@ from .adapters.probing import ProbeResult, probe as run_probe
 from .config import CamConfig
 from .overlay import contact_sheet, display_size, overlay as overlay_image
 
-#: Default probe mode for diffusion MLLMs: the mode that localised best on the
-#: grounding benchmark (``python -m dcam.grounding_report``; bundled-model
-#: candidate weights, 50 test images, 244 object words, default layer 2:
-#: Diffusion-CAM rates masked 0.561, full 0.549, remask 0.541, chance 0.41; the
-#: per-token gradients localise far better with masked/remask (gradient-norm
-#: maps 0.97 at layers 0-1) than with full (0.76)). One forward, like "full".
-DEFAULT_DMLLM_PROBE = "masked"
+#: Default probe mode for diffusion MLLMs: the mode whose Diffusion-CAM maps
+#: localised best on the grounding benchmark with the bundled weights
+#: (``python -m dcam.grounding_report --n 50 --variants``; 50 test images, 244
+#: object words, uniform-map chance 0.410). Diffusion-CAM rates, layers 0/1/2:
+#: full 0.430/0.467/0.443, masked 0.365/0.357/0.283, remask 0.357/0.365/0.295.
+#: All are near chance: the per-channel pooling of SPEC section 1 does not
+#: localise on this model, although the gradients themselves do (gradient-norm
+#: maps: remask 0.975, masked 0.955 at layer 0; full 0.668).
+DEFAULT_DMLLM_PROBE = "full"
 
 TokenRef = Union[int, str]
 
