@@ -54,7 +54,7 @@ setup(
     cmdclass=cmdclass,
     install_requires=[
         "torch>=2.6",
-        "triton>=3.6; platform_system=='Linux'",
+        "triton>=3.6,<3.8; platform_system=='Linux'",  # torch 2.13 pairs with triton 3.7
         "numpy",
         "transformers>=4.57",
         "safetensors",
