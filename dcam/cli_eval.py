@@ -24,9 +24,7 @@ import sys
 import warnings
 from typing import List, Optional
 
-
-class CliError(Exception):
-    """A user-facing error: one line on stderr, exit code 2."""
+from .cli import CliError, call_handler  # one CliError for every subcommand
 
 
 def _int_list(s: Optional[str], name: str) -> Optional[List[int]]:
@@ -131,16 +129,7 @@ def _execute(args) -> int:
 
 def run(args) -> int:
     """Handler of ``dcam eval``: 0 on success, 2 on a user error (one line on stderr)."""
-    try:
-        return _execute(args)
-    except Exception as exc:  # noqa: BLE001 - user errors become one line, others propagate
-        user = isinstance(exc, (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError)) or \
-            any(cls.__name__ == "CliError" for cls in type(exc).__mro__)
-        if not user:
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"dcam eval: error: {msg}", file=sys.stderr)
-        return 2
+    return call_handler("eval", _execute, args)
 
 
 def main(argv=None) -> int:

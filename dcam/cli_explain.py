@@ -26,9 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-
-class CliError(Exception):
-    """A user-facing error: one line on stderr, exit code 2."""
+from .cli import CliError, run_parser  # one CliError for every subcommand
 
 
 def _log(msg: str, quiet: bool = False) -> None:
@@ -346,8 +344,6 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
 
 def _variant_maps(exp, e, s, idx, probe, target_score) -> dict:
     """Diagnostic maps of :func:`grounding_report` (``variants=True``)."""
-    import torch
-
     from .adapters.probing import probe as run_probe
 
     a = exp.adapter
@@ -420,17 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Parse ``argv`` and run; user errors -> one line on stderr, exit code 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "run", None):
-        parser.print_help()
-        return 2
-    try:
-        return args.run(args)
-    except (CliError, ValueError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"dcam {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    return run_parser(build_parser(), argv)
 
 
 if __name__ == "__main__":

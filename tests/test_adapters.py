@@ -15,14 +15,6 @@ from dcam.explain import Explainer
 from dcam.zoo import ShapesDMLLM, ShapesDMLLMConfig, ShapesProcessor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _image(h=40, w=56, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))

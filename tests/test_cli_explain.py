@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 from PIL import Image
 
 from dcam import zoo
@@ -12,14 +11,6 @@ from dcam.cli_explain import CliError, add_subparsers, main, run
 from dcam.data import generate_sample
 
 HAVE_WEIGHTS = os.path.exists(os.path.join(zoo.WEIGHTS_DIR, "model.safetensors"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

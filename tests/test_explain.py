@@ -18,15 +18,6 @@ from dcam.zoo.modeling import default_text_config, default_vision_config
 CAPTION = None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: OpenMP threads spinning against other processes make tiny ops 30x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_zoo_kwargs(layers=3):
     """Config kwargs of a tiny zoo model: 32 px images, an 8x8 token grid, 32-wide blocks."""
     import inspect
