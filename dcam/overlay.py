@@ -11,7 +11,7 @@ align_corners=False)``), the resize the metrics use (SPEC section 8).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

@@ -14,7 +14,6 @@ import numpy as np
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaModel, PreTrainedConfig, PreTrainedModel, SiglipVisionConfig, \
     SiglipVisionModel
 from transformers import initialization as hf_init

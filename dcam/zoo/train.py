@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import COLOURS, SHAPES, ShapesDataset, split_seed, generate_sample
+from ..data import COLOURS, SHAPES, split_seed, generate_sample
 from . import WEIGHTS_DIR, ShapesDMLLM, ShapesDMLLMConfig, ShapesProcessor
 from .evaluate_captions import caption_accuracy
 
