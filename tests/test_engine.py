@@ -1,6 +1,5 @@
 """The public engine API: validation errors, backend choice, the registered
 ops (opcheck, torch.compile), and agreement of every available backend."""
-import os
 
 import pytest
 import torch
