@@ -207,3 +207,22 @@ def test_torch_compile_fullgraph():
     fn = torch.compile(lambda a, g: dcam.diffusion_cam(a, g, grid, steps=24, check_finite=False).maps,
                        fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(fn(a, g), ref.maps, atol=1e-5, rtol=0)
+
+
+def test_missing_cpp_extension_warns_once_and_uses_reference(monkeypatch):
+    from dcam import _ops
+    from dcam.backends import cpp_backend
+
+    monkeypatch.setattr(cpp_backend, "is_available", lambda: False)
+    monkeypatch.setattr(cpp_backend, "unavailable_reason", lambda: "ImportError: simulated")
+    monkeypatch.setattr(_ops, "_warned", False)
+    a, g, grid = _inputs(seed=5)
+    ref = dcam.diffusion_cam(a, g, grid, backend="torch")
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ CPU backend is not available .*simulated"):
+        got = dcam.diffusion_cam(a, g, grid)
+    torch.testing.assert_close(got.maps, ref.maps, atol=0, rtol=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dcam.diffusion_cam(a, g, grid)  # warned once only
+    assert "cpp" not in dcam.available_backends()
