@@ -10,8 +10,10 @@
 //  * the k x k window of a pixel is a set of k*k cells, held as a bitset over
 //    the global ranks; moving one pixel right toggles 2k bits;
 //  * the window's ascending order is the order of its set bits. Only the
-//    ranks whose Gaussian weight exp(-d^2 / (2 sigma^2)) is above e^-36
-//    (relative to the centre weight 1) are read: the first of them is found
+//    ranks whose Gaussian weight exp(-d^2 / (2 sigma^2)) is above e^-106
+//    (relative to the centre weight 1; below float32's smallest denormal, so a
+//    weight the float32 reference can represent is never dropped: this keeps
+//    tiny positive outputs positive, which matters for the nz() sets) are read: the first of them is found
 //    from a word cursor that follows the window as it slides (plus a
 //    branch-free in-word select), the others by ctz;
 //  * weights u_d = q^(d^2), q = exp(-1/(2 sigma^2)), by the recurrence
@@ -46,7 +48,9 @@ namespace {
 
 using namespace dcam;
 
-constexpr double kAkdLogCut = 36.0;  // rank weights below exp(-36) ~ 2e-16 are dropped
+// Rank weights below exp(-106) ~ 1e-46 (under float32's smallest denormal, 1.4e-45) are
+// dropped: the float32 reference's exp underflows to 0 there too.
+constexpr double kAkdLogCut = 106.0;
 constexpr float kZetaMin = 1e-6f;    // DACG threshold floor
 constexpr float kSicdBase = 0.05f;
 constexpr float kSicdSpike = 0.02f;
@@ -578,7 +582,8 @@ DCAM_INLINE DCAM_NETWORK_TARGET void network_weights(const float* af, const int*
         v4d q;
         std::memcpy(&q, qx + o, sizeof(q));
         const v4d q2 = q * q;
-        const v4d cut = {2.3e-16, 2.3e-16, 2.3e-16, 2.3e-16};  // e^-36: later weights are dropped
+        const v4d cut = {1.0e-46, 1.0e-46, 1.0e-46, 1.0e-46};  // ~e^-106, see kAkdLogCut
+        const v4d zero = {0, 0, 0, 0};
         v4d p = {1, 1, 1, 1}, f = q, den = p;
         v4d num = cvt(ld4(at(c) + o));
         for (int d = 1; d <= c; ++d) {
@@ -586,11 +591,12 @@ DCAM_INLINE DCAM_NETWORK_TARGET void network_weights(const float* af, const int*
             f *= q2;
             const v4l live = p >= cut;
             if (!(live[0] | live[1] | live[2] | live[3])) break;
+            p = live ? p : zero;  // a dead lane stays exactly 0 (no denormal arithmetic)
+            f = live ? f : zero;
             const v4d lo = cvt(ld4(at(c - d) + o));
             const v4d hi = cvt(ld4(at(c + d) + o));
-            const v4d pp = live ? p : v4d{0, 0, 0, 0};
-            num += pp * (lo + hi);
-            den += pp + pp;
+            num += p * (lo + hi);
+            den += p + p;
         }
         const v4d rv = num / den;
         for (int l = 0; l < 4; ++l) res[o + l] = static_cast<float>(rv[l]);
