@@ -216,14 +216,16 @@ class ModelAdapter:
                 response_length: Optional[int] = None) -> Prepared:
         raise NotImplementedError
 
+    # Token handling: defaults for adapters that keep a Hugging Face tokenizer
+    # in `self.tokenizer`; adapters with their own processor override them.
     def encode_response(self, text: str) -> List[int]:
-        raise NotImplementedError
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> List[str]:
-        raise NotImplementedError
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
 
     def decode(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def locate(self, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
         return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,

@@ -12,7 +12,7 @@ is the CLS feature and is left out of the grid.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -119,15 +119,6 @@ class LlavaAdapter(ModelAdapter):
         grid = self.grid
         return Prepared(input_ids=ids, model_inputs=model_inputs, response_start=Lp, response_length=len(resp),
                         image_positions=self.locate(ids[:, :Lp], grid), grid=grid, image=img, prompt=prompt)
-
-    def encode_response(self, text: str) -> List[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def token_strings(self, ids: Sequence[int]) -> List[str]:
-        return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ running
     def generate(self, prep: Prepared, steps=None, response_length=None):
