@@ -13,6 +13,13 @@
  * keep no global state and are safe to call concurrently from several threads
  * on distinct output buffers.
  *
+ * Accuracy: intermediate sums are float64 and every value the contract keeps in
+ * float32 is rounded once. The float32 reference rounds more often, so the two
+ * can differ beyond 1e-5 exactly where the contract is discontinuous or
+ * ill-conditioned: a pixel tied with the DACG threshold (AKD often returns a
+ * window's median exactly, so ties are common), a DACG mean/std sitting on a
+ * strategy threshold, and the final normalisation of a nearly constant map.
+ *
  * Return codes: every function that can fail returns DCAM_OK (0) on success
  * and one of the positive DCAM_E* codes below on a bad argument, in which case
  * no output has been written. dcam_error_string() describes a code.
