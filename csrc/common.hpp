@@ -4,6 +4,10 @@
 #include <cstdint>
 #include <cstring>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 // Hot kernels are compiled twice: for x86-64-v3 (AVX2, FMA-capable but we keep
 // -ffp-contract=off semantics, BMI1/2, POPCNT, F16C) and for the baseline, and
 // the loader picks one at run time (GCC/Clang function multi-versioning).
@@ -60,6 +64,15 @@ DCAM_INLINE uint32_t float_key(float f) {
 }
 DCAM_INLINE float key_float(uint32_t k) {
     return bits_to_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// OpenMP threads available to a parallel region (1 in a build without OpenMP).
+inline int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
 }
 
 }  // namespace dcam

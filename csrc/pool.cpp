@@ -368,14 +368,6 @@ DCAM_HOT void gemm_f64_block(const double* __restrict Ad, int64_t lda, int64_t n
     }
 }
 
-int max_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 }  // namespace
 
 extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,

@@ -1182,14 +1182,6 @@ DCAM_HOT MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, co
     return st;
 }
 
-int max_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 }  // namespace
 
 // Internal test hook (not in dcam.h): force an AKD implementation, see g_akd_path.
