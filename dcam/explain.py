@@ -138,34 +138,37 @@ class DiffusionCam(CamMethod):
         return out.maps[0].contiguous(), stats, raw_maps[0]
 
 
-@register_method
-class GradCam(CamMethod):
-    """Canonical Grad-CAM on the same probe (``dcam.baselines.grad_cam``)."""
+class _GradientBaseline(CamMethod):
+    """A baseline map computed by ``dcam.baselines.<baseline>(acts, grads, grid)``
+    from the same probe as Diffusion-CAM; no refinement statistics."""
 
-    name = "grad-cam"
+    baseline = ""
 
     def compute(self, x: MethodInputs):
         from . import baselines
 
         T = x.result.scores.shape[0]
-        maps = self._flat(baselines.grad_cam(x.result.acts, x.result.grads, x.grid), T)
+        fn = getattr(baselines, self.baseline)
+        maps = self._flat(fn(x.result.acts, x.result.grads, x.grid), T)
         return maps, self._zero_stats(maps)
 
 
 @register_method
-class LlavaCam(CamMethod):
+class GradCam(_GradientBaseline):
+    """Canonical Grad-CAM on the same probe (``dcam.baselines.grad_cam``)."""
+
+    name = "grad-cam"
+    baseline = "grad_cam"
+
+
+@register_method
+class LlavaCam(_GradientBaseline):
     """The published LLaVA-CAM extractor (``dcam.baselines.llava_cam``), fed by
     the contrastive target score unless another one is asked for."""
 
     name = "llava-cam"
+    baseline = "llava_cam"
     default_target_score = "contrastive"
-
-    def compute(self, x: MethodInputs):
-        from . import baselines
-
-        T = x.result.scores.shape[0]
-        maps = self._flat(baselines.llava_cam(x.result.acts, x.result.grads, x.grid), T)
-        return maps, self._zero_stats(maps)
 
 
 @register_method
