@@ -226,7 +226,7 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
 # ------------------------------------------------------------------ refinement
 
 def _validate_refine(raw_maps, degenerate, config, steps, image_size, repeat_ratio, context_maps,
-                     context_weights, check_finite):
+                     context_weights, check_finite, raw_from_pool: bool = False):
     if isinstance(raw_maps, RawMaps):
         if degenerate is None:
             degenerate = raw_maps.degenerate
@@ -238,7 +238,7 @@ def _validate_refine(raw_maps, degenerate, config, steps, image_size, repeat_rat
     if not isinstance(config, CamConfig):
         raise TypeError(f"config must be a dcam.CamConfig, got {type(config).__name__}")
     device = raw.device
-    if check_finite:
+    if check_finite and not raw_from_pool:  # maps pooled from checked inputs are finite by construction
         _check_finite("raw_maps", raw)
     raw = raw.float().contiguous()
     if degenerate is None:
@@ -334,5 +334,5 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     backend = _check_backend(backend, device)
     raw, degenerate = _run_pool(acts, grads, h, w, config.grad_relu, backend)
     v = _validate_refine(raw, degenerate, config, steps, image_size, repeat_ratio, None, context_weights,
-                         check_finite=check_finite)
+                         check_finite=check_finite, raw_from_pool=True)
     return _refine_validated(*v, backend)
