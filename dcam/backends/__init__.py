@@ -44,6 +44,10 @@ class _LazyBackend:
         self._load()
         return self._module is not None
 
+    def is_available(self) -> bool:
+        """The module imports and its probe says it is usable."""
+        return self.importable()
+
     def module(self):
         self._load()
         if self._module is None:
@@ -61,19 +65,10 @@ class _TritonBackend(_LazyBackend):
         """Whether the triton package is installed (without importing it)."""
         return importlib.util.find_spec("triton") is not None
 
-    def is_available(self) -> bool:
-        """Usable for CUDA tensors (always requires the kernels to import)."""
-        return self.importable()
-
     @staticmethod
     def interpreting() -> bool:
         return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-class _CppBackend(_LazyBackend):
-    def is_available(self) -> bool:
-        return self.importable()
-
-
-cpp_backend = _CppBackend("dcam.backends.cpp", "is_available")
+cpp_backend = _LazyBackend("dcam.backends.cpp", "is_available")
 triton_backend = _TritonBackend("dcam.kernels", "is_available")
