@@ -346,26 +346,25 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def _open_image(path: str) -> Image.Image:
+def _load_pil(path: str, kind: str, convert):
+    """Open and decode one image file; a missing or corrupt file is a RecordError
+    naming `kind` ("image"/"mask"). `convert` maps the loaded PIL image to the result."""
     if not os.path.exists(path):
-        raise RecordError(f"missing image file {path}")
+        raise RecordError(f"missing {kind} file {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return convert(im)
     except Exception as exc:  # PIL raises several types for corrupt files
-        raise RecordError(f"unreadable image {path}: {exc}") from exc
+        raise RecordError(f"unreadable {kind} {path}: {exc}") from exc
+
+
+def _open_image(path: str) -> Image.Image:
+    return _load_pil(path, "image", lambda im: im.convert("RGB"))
 
 
 def _open_mask(path: str) -> np.ndarray:
-    if not os.path.exists(path):
-        raise RecordError(f"missing mask file {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except Exception as exc:
-        raise RecordError(f"unreadable mask {path}: {exc}") from exc
+    arr = _load_pil(path, "mask", np.asarray)
     if arr.ndim == 3:  # RGB(A) saved masks: use the first channel
         arr = arr[..., 0]
     return arr.astype(np.int64)
