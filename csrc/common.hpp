@@ -66,6 +66,17 @@ DCAM_INLINE float key_float(uint32_t k) {
     return bits_to_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// Generic 4-wide vectors (GCC vector extensions; lowered to SSE2 or AVX per target).
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+
+// Unaligned load of 4 floats.
+DCAM_INLINE v4f load4(const float* p) {
+    v4f v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
 // OpenMP threads available to a parallel region (1 in a build without OpenMP).
 inline int max_threads() {
 #ifdef _OPENMP

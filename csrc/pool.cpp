@@ -27,14 +27,6 @@ namespace {
 
 using namespace dcam;
 
-typedef float v4f __attribute__((vector_size(16)));
-typedef double v4d __attribute__((vector_size(32)));
-
-DCAM_INLINE v4f load4(const float* p) {
-    v4f v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
 // element-wise (GCC turns __builtin_convertvector into two 128-bit converts here)
 DCAM_INLINE v4d to_d(v4f v) { return v4d{static_cast<double>(v[0]), static_cast<double>(v[1]), static_cast<double>(v[2]), static_cast<double>(v[3])}; }
 DCAM_INLINE v4f vmax0(v4f v) {

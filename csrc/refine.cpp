@@ -59,15 +59,7 @@ constexpr float kSicdGuard = 0.9f;
 constexpr int64_t kMaxBitsetWords = 512;  // larger padded maps use the per-window sort path
 constexpr int kSelBuckets = 256;
 
-typedef float v4f __attribute__((vector_size(16)));
-typedef double v4d __attribute__((vector_size(32)));
 typedef float v8f __attribute__((vector_size(32)));
-
-DCAM_INLINE v4f ld4(const float* p) {
-    v4f v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
 DCAM_INLINE v8f ld8(const float* p) {
     v8f v;
     std::memcpy(&v, p, sizeof(v));
@@ -99,8 +91,8 @@ DCAM_INLINE double sum_f64(const float* x, int64_t n) {
     v4d a0 = {0, 0, 0, 0}, a1 = a0;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        a0 += cvt(ld4(x + i));
-        a1 += cvt(ld4(x + i + 4));
+        a0 += cvt(load4(x + i));
+        a1 += cvt(load4(x + i + 4));
     }
     double s = hsum(a0 + a1);
     for (; i < n; ++i) s += x[i];
@@ -114,7 +106,7 @@ DCAM_INLINE void mean_std(const float* x, int64_t n, float& mean_f, float& std_f
     v4d a0 = {0, 0, 0, 0}, a1 = a0;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        const v4d d0 = cvt(ld4(x + i)) - m4, d1 = cvt(ld4(x + i + 4)) - m4;
+        const v4d d0 = cvt(load4(x + i)) - m4, d1 = cvt(load4(x + i + 4)) - m4;
         a0 += d0 * d0;
         a1 += d1 * d1;
     }
@@ -585,7 +577,7 @@ DCAM_INLINE DCAM_NETWORK_TARGET void network_weights(const float* af, const int*
         const v4d cut = {1.0e-46, 1.0e-46, 1.0e-46, 1.0e-46};  // ~e^-106, see kAkdLogCut
         const v4d zero = {0, 0, 0, 0};
         v4d p = {1, 1, 1, 1}, f = q, den = p;
-        v4d num = cvt(ld4(at(c) + o));
+        v4d num = cvt(load4(at(c) + o));
         for (int d = 1; d <= c; ++d) {
             p *= f;
             f *= q2;
@@ -593,8 +585,8 @@ DCAM_INLINE DCAM_NETWORK_TARGET void network_weights(const float* af, const int*
             if (!(live[0] | live[1] | live[2] | live[3])) break;
             p = live ? p : zero;  // a dead lane stays exactly 0 (no denormal arithmetic)
             f = live ? f : zero;
-            const v4d lo = cvt(ld4(at(c - d) + o));
-            const v4d hi = cvt(ld4(at(c + d) + o));
+            const v4d lo = cvt(load4(at(c - d) + o));
+            const v4d hi = cvt(load4(at(c + d) + o));
             num += p * (lo + hi);
             den += p + p;
         }
@@ -978,7 +970,7 @@ DCAM_INLINE void cba(float* e, int64_t N, const float* prm, float& tau_out, Scra
     const v4f z4 = {0.f, 0.f, 0.f, 0.f};
     int64_t i0 = 0;
     for (; i0 + 4 <= N; i0 += 4) {
-        const v4f v = ld4(e + i0);
+        const v4f v = load4(e + i0);
         a0 += cvt(v > z4 ? v : z4);
     }
     double snz = hsum(a0);
@@ -1069,9 +1061,9 @@ DCAM_INLINE float sicd_reference(float* m, int64_t N, float rho, Scratch& S) {
         v4d ai = {0, 0, 0, 0}, am = ai;
         int64_t i = 0;
         for (; i + 4 <= N; i += 4) {
-            const v4f iv = ld4(I + i);
+            const v4f iv = load4(I + i);
             ai += cvt(iv * iv);
-            am += cvt(ld4(m + i) * iv);
+            am += cvt(load4(m + i) * iv);
         }
         double ii = hsum(ai), mi = hsum(am);
         for (; i < N; ++i) {
@@ -1103,9 +1095,9 @@ DCAM_INLINE float sicd_context(float* m, int64_t N, int64_t T, const float* wrow
     v4d ai = {0, 0, 0, 0}, am = ai;
     int64_t n = 0;
     for (; n + 4 <= N; n += 4) {
-        const v4f iv = ld4(I + n);
+        const v4f iv = load4(I + n);
         ai += cvt(iv * iv);
-        am += cvt(ld4(m + n) * iv);
+        am += cvt(load4(m + n) * iv);
     }
     double ii = hsum(ai), mi = hsum(am);
     for (; n < N; ++n) {
