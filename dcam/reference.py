@@ -63,6 +63,27 @@ def population_std(x: Tensor, dim) -> Tensor:
     return ((x - mean) ** 2).mean(dim=dim).sqrt()
 
 
+# Rounding model shared by every backend: element-wise arithmetic is float32,
+# but every reduction over a map or a window (sums, means, standard deviations,
+# AKD's rank-weighted mean) is accumulated in float64 and rounded to float32
+# once. A float32 sum of a few hundred values carries several ulps of
+# order-dependent noise, and DACG's gate (`f > zeta`, zeta an order statistic of
+# f) and strategy thresholds turn that noise into different outputs; rounding
+# once makes the result independent of summation order, so backends agree.
+
+def sum64(x: Tensor, dim) -> Tensor:
+    """Sum in float64 (not rounded)."""
+    return x.double().sum(dim=dim)
+
+
+def mean_std32(flat: Tensor) -> Tuple[Tensor, Tensor]:
+    """Population mean and std of each row of [M, N], two-pass in float64, each rounded once to float32."""
+    x = flat.double()
+    mu = x.mean(dim=1)
+    sd = ((x - mu[:, None]) ** 2).mean(dim=1).sqrt()
+    return mu.float(), sd.float()
+
+
 def percentile(values: Tensor, valid: Tensor, q: Tensor) -> Tensor:
     """q-th percentile (numpy 'linear') of the valid entries of each row.
 
@@ -130,7 +151,7 @@ def adaptive_kernel_size(maps: Tensor, steps: Tensor, image_size: Tensor, akd_ke
         k = torch.full((M,), akd_kernel, dtype=torch.long, device=maps.device)
     else:
         f_step = torch.clamp(steps.float() / 16.0, max=2.0)
-        f_std = torch.clamp(5.0 * population_std(maps.reshape(M, -1), dim=1), max=2.0)
+        f_std = torch.clamp(5.0 * mean_std32(maps.reshape(M, -1))[1], max=2.0)
         f_size = torch.clamp(image_size.float() / 512.0, max=1.5)
         k = torch.floor(3.0 * f_step * f_std * f_size).long()
         k = torch.where(k % 2 == 0, k + 1, k).clamp(3, 11)
@@ -140,25 +161,27 @@ def adaptive_kernel_size(maps: Tensor, steps: Tensor, image_size: Tensor, akd_ke
 def rank_gaussian_filter(maps: Tensor, kernel_size: Tensor) -> Tensor:
     """AKD: each pixel becomes a rank-weighted mean of its k x k window, with
     Gaussian weights over sorted positions whose width is the window's
-    coefficient of variation. maps [M, h, w], kernel_size [M] (odd)."""
+    coefficient of variation. maps [M, h, w], kernel_size [M] (odd).
+
+    Evaluated in float64 and rounded once (see the rounding model above)."""
     out = torch.empty_like(maps)
     for k in torch.unique(kernel_size).tolist():  # one vectorised pass per distinct size
         sel = kernel_size == k
         m = maps[sel]
-        win = window_values(m, k)  # [m, N, K]
+        win = window_values(m.double(), k)  # [m, N, K]
         K = k * k
         mu = win.mean(dim=2)
         sd = population_std(win, dim=2)
         s = torch.sort(win, dim=2).values
         sigma = sd / torch.where(mu > 0, mu, torch.ones_like(mu))
         inv = 1.0 / (2.0 * sigma * sigma)  # inf when sigma underflows: only the centre rank survives
-        d = torch.arange(K, device=maps.device, dtype=torch.float32) - (K - 1) / 2.0
+        d = torch.arange(K, device=maps.device, dtype=torch.float64) - (K - 1) / 2.0
         expo = -(d * d)[None, None, :] * inv[:, :, None]
         u = torch.where(d[None, None, :] == 0, torch.ones_like(expo), torch.exp(expo))
         val = (u * s).sum(dim=2) / u.sum(dim=2)
         val = torch.where(sd > 0, val, mu)
         val = torch.where(mu > 0, val, torch.zeros_like(val))
-        out[sel] = val.reshape(m.shape)
+        out[sel] = val.float().reshape(m.shape)
     return out
 
 
@@ -179,8 +202,7 @@ def confidence_gate(maps: Tensor, dacg_params: List[float]) -> Tuple[Tensor, Ten
     std_hi, mean_hi, mean_lo, p0, p1, p2, p3, sigma = dacg_params
     M = maps.shape[0]
     flat = maps.reshape(M, -1)
-    mu = flat.mean(dim=1)
-    sd = population_std(flat, dim=1)
+    mu, sd = mean_std32(flat)
     nz = flat > 0
     has_nz = nz.any(dim=1)
     strategy = torch.where(sd > std_hi, 0, torch.where(mu > mean_hi, 1, torch.where(mu < mean_lo, 2, 3)))
@@ -207,7 +229,7 @@ def background_attenuation(maps: Tensor, cba_params: List[float]) -> Tuple[Tenso
     n_nz = nz.sum(dim=1).clamp(min=1)
     med_nz = percentile(flat, nz, torch.full((M,), 50.0, device=maps.device))
     p60 = percentile(flat, torch.ones_like(nz), torch.full((M,), 60.0, device=maps.device))
-    mean_nz = torch.where(nz, flat, torch.zeros_like(flat)).sum(dim=1) / n_nz
+    mean_nz = sum64(torch.where(nz, flat, torch.zeros_like(flat)), 1).float() / n_nz.float()
     mx = flat.max(dim=1).values
     tau = w0 * med_nz + w1 * p60 + w2 * mean_nz + w3 * mx
     scale = torch.clamp(flat / torch.clamp(tau, min=EPS_NORM)[:, None], min=floor)
@@ -245,11 +267,12 @@ def causal_debias_reference(m: Tensor, repeat_ratio: Tensor) -> Tuple[Tensor, Te
     spike on outlier pixels, scaled by least squares. m [M, h, w], repeat_ratio [M]."""
     M = m.shape[0]
     mf = m.reshape(M, -1)
-    spike = (mf > (mf.mean(dim=1) + 2.0 * population_std(mf, dim=1))[:, None]).float()
+    mu, sd = mean_std32(mf)
+    spike = (mf > (mu + 2.0 * sd)[:, None]).float()
     interference = SICD_BASE * repeat_ratio.float()[:, None] + SICD_SPIKE * spike
-    ii = (interference * interference).sum(dim=1)
+    ii = sum64(interference * interference, 1).float()
     apply = interference.max(dim=1).values != 0
-    alpha = torch.clamp((mf * interference).sum(dim=1) / torch.where(apply, ii, torch.ones_like(ii)),
+    alpha = torch.clamp(sum64(mf * interference, 1).float() / torch.where(apply, ii, torch.ones_like(ii)),
                         max=SICD_ALPHA_MAX)
     alpha = torch.where(apply, alpha, torch.zeros_like(alpha))
     return _debias(m, interference, alpha, apply)
@@ -261,12 +284,12 @@ def causal_debias_context(m: Tensor, context_maps: Tensor, context_weights: Tens
     context_weights [B, T, T] (non-negative)."""
     B, T = m.shape[:2]
     wts = context_weights.float()
-    wts = wts / (wts.sum(dim=2, keepdim=True) + EPS_NORM)
-    interference = torch.bmm(wts, context_maps.float().reshape(B, T, -1)).reshape(B * T, -1)
+    wts = wts / (sum64(wts, 2).float()[..., None] + EPS_NORM)
+    interference = torch.bmm(wts.double(), context_maps.float().double().reshape(B, T, -1)).float().reshape(B * T, -1)
     mf = m.reshape(B * T, -1)
-    ii = (interference * interference).sum(dim=1)
+    ii = sum64(interference * interference, 1).float()
     apply = ii != 0
-    alpha = ((mf * interference).sum(dim=1) / torch.where(apply, ii, torch.ones_like(ii))).clamp(0.0, 1.0)
+    alpha = (sum64(mf * interference, 1).float() / torch.where(apply, ii, torch.ones_like(ii))).clamp(0.0, 1.0)
     alpha = torch.where(apply, alpha, torch.zeros_like(alpha))
     out, alpha = _debias(m.reshape(B * T, *m.shape[2:]), interference, alpha, apply)
     return out, alpha

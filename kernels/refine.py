@@ -27,9 +27,12 @@ How the per-map work is done:
   rank in the map minus the number of values ``<= 0`` (all smaller than any
   positive value). The interpolation position is computed in float64 exactly
   like the reference.
-- Statistics that feed a discontinuous decision (the mean/std behind the
-  adaptive kernel size) use IEEE-rounded sqrt; elsewhere the GPU's fast
-  division/exp stay far inside the float32 ``atol=1e-5`` contract.
+- Rounding model of the reference: every reduction (means, standard
+  deviations, CBA's mean of the positives, SICD's least-squares sums, AKD's
+  window statistics and rank-weighted mean) is accumulated in float64 and
+  rounded to float32 once, so that DACG's gate and thresholds see the same
+  values as the other backends whatever the summation order. Element-wise
+  work stays float32.
 
 No ``.item()``, no host sync: the launcher only allocates outputs and launches
 through ``torch.library.wrap_triton`` (traceable inside a
@@ -77,12 +80,20 @@ def _reflect(i, n):
 
 @triton.jit
 def _mean_std(x, mask, N):
-    """Mean and population std of the masked entries of a [BLOCK] vector."""
-    nf = N.to(tl.float32)
-    mean = tl.sum(tl.where(mask, x, 0.0), axis=0) / nf
-    d = tl.where(mask, x - mean, 0.0)
-    std = tl.sqrt_rn(tl.sum(d * d, axis=0) / nf)
-    return mean, std
+    """Mean and population std of the masked entries of a [BLOCK] vector:
+    two-pass in float64, each rounded once to float32."""
+    nf = N.to(tl.float64)
+    x64 = tl.where(mask, x.to(tl.float64), 0.0)
+    mean = tl.sum(x64, axis=0) / nf
+    d = tl.where(mask, x64 - mean, 0.0)
+    std = tl.sqrt(tl.sum(d * d, axis=0) / nf)  # float64 sqrt is IEEE-rounded
+    return mean.to(tl.float32), std.to(tl.float32)
+
+
+@triton.jit
+def _sum64(x):
+    """Sum of a float32 [BLOCK] vector accumulated in float64, rounded once."""
+    return tl.sum(x.to(tl.float64), axis=0).to(tl.float32)
 
 
 @triton.jit
@@ -124,7 +135,7 @@ def _akd(src, dst, k, H, W, N, BLOCK_P: tl.constexpr, BLOCK_IK: tl.constexpr, BL
     positions at a time ([BLOCK_P, BLOCK_IK, BLOCK_K] compares)."""
     K = k * k
     R = (k - 1) // 2
-    half = ((K - 1) // 2).to(tl.float32)
+    half = ((K - 1) // 2).to(tl.float64)
     jj = tl.arange(0, BLOCK_K)
     jmask = jj < K
     dyj = jj // k - R
@@ -151,19 +162,21 @@ def _akd(src, dst, k, H, W, N, BLOCK_P: tl.constexpr, BLOCK_IK: tl.constexpr, BL
             before = (vi3 < v3) | ((vi3 == v3) & (ii[None, :, None] < jj[None, None, :]))
             before = before & imask[None, :, None]
             rank += tl.sum(before.to(tl.int32), axis=1)
-        kf = K.to(tl.float32)
-        mu = tl.sum(v, axis=1) / kf
-        dv = tl.where(m2, v - mu[:, None], 0.0)
-        sd = tl.sqrt_rn(tl.sum(dv * dv, axis=1) / kf)
+        # the window statistics and the weighted mean in float64, rounded once
+        kf = K.to(tl.float64)
+        v64 = tl.where(m2, v.to(tl.float64), 0.0)
+        mu = tl.sum(v64, axis=1) / kf
+        dv = tl.where(m2, v64 - mu[:, None], 0.0)
+        sd = tl.sqrt(tl.sum(dv * dv, axis=1) / kf)
         sigma = sd / tl.where(mu > 0, mu, 1.0)
         inv = 1.0 / (2.0 * sigma * sigma)  # inf when sigma underflows: only the centre rank survives
-        d = rank.to(tl.float32) - half
+        d = rank.to(tl.float64) - half
         u = tl.where(d == 0, 1.0, tl.exp(-(d * d) * inv[:, None]))
         u = tl.where(m2, u, 0.0)
-        val = tl.sum(u * v, axis=1) / tl.sum(u, axis=1)
+        val = tl.sum(u * v64, axis=1) / tl.sum(u, axis=1)
         val = tl.where(sd > 0, val, mu)
         val = tl.where(mu > 0, val, 0.0)
-        tl.store(dst + pp, val, mask=pmask)
+        tl.store(dst + pp, val.to(tl.float32), mask=pmask)
 
 
 @triton.jit
@@ -268,7 +281,8 @@ def _refine_kernel(
         n_le = tl.sum((mask & (x <= 0)).to(tl.int32), axis=0)
         med_nz = _percentile(x, rank - n_le, nz, n_nz, tl.full((), 50.0, tl.float32))
         p60 = _percentile(x, rank, mask, N, tl.full((), 60.0, tl.float32))
-        mean_nz = tl.sum(tl.where(nz, x, 0.0), axis=0) / tl.maximum(n_nz, 1).to(tl.float32)
+        mean_nz = tl.sum(tl.where(nz, x.to(tl.float64), 0.0), axis=0).to(tl.float32) / \
+            tl.maximum(n_nz, 1).to(tl.float32)
         mx = tl.max(tl.where(mask, x, float("-inf")), axis=0)
         tau = cba_w0 * med_nz + cba_w1 * p60 + cba_w2 * mean_nz + cba_w3 * mx
         scale = tl.maximum(x / tl.maximum(tau, 1e-8), cba_floor)
@@ -290,21 +304,22 @@ def _refine_kernel(
             mean_m, std_m = _mean_std(m, mask, N)
             spike = tl.where(m > mean_m + 2.0 * std_m, 1.0, 0.0)
             interf = tl.where(mask, 0.05 * rho + 0.02 * spike, 0.0)
-            ii = tl.sum(interf * interf, axis=0)
+            ii = _sum64(interf * interf)
             apply = tl.max(tl.where(mask, interf, float("-inf")), axis=0) != 0
-            a = tl.minimum(tl.sum(m * interf, axis=0) / tl.where(apply, ii, 1.0), 0.5)
+            a = tl.minimum(_sum64(tl.where(mask, m * interf, 0.0)) / tl.where(apply, ii, 1.0), 0.5)
         else:
             tt = tl.arange(0, BLOCK_T)
             wrow = cw_ptr + pid.to(tl.int64) * T
-            wsum = tl.sum(tl.load(wrow + tt, mask=tt < T, other=0.0).to(tl.float32), axis=0)
-            interf = tl.zeros((BLOCK,), dtype=tl.float32)
+            wsum = _sum64(tl.load(wrow + tt, mask=tt < T, other=0.0).to(tl.float32))
+            acc = tl.zeros((BLOCK,), dtype=tl.float64)
             for i in range(0, T):
                 wi = tl.load(wrow + i).to(tl.float32) / (wsum + 1e-8)
                 ri = tl.load(ctx_ptr + (b * T + i).to(tl.int64) * N + offs, mask=mask, other=0.0)
-                interf += wi * ri.to(tl.float32)
-            ii = tl.sum(interf * interf, axis=0)
+                acc += wi.to(tl.float64) * ri.to(tl.float32).to(tl.float64)
+            interf = acc.to(tl.float32)
+            ii = _sum64(interf * interf)
             apply = ii != 0
-            a = tl.minimum(tl.maximum(tl.sum(m * interf, axis=0) / tl.where(apply, ii, 1.0), 0.0), 1.0)
+            a = tl.minimum(tl.maximum(_sum64(tl.where(mask, m * interf, 0.0)) / tl.where(apply, ii, 1.0), 0.0), 1.0)
         a = tl.where(apply, a, 0.0)
         sub = tl.maximum(m - a * interf, 0.0)
         rng_new = tl.max(tl.where(mask, sub, float("-inf")), axis=0) - tl.min(tl.where(mask, sub, float("inf")), axis=0)
