@@ -9,6 +9,7 @@
 // value the reference rounds to float32 (w, raw, the normalised map) is rounded
 // at the same place here.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <new>
@@ -135,23 +136,29 @@ DCAM_INLINE v4f relu4(v4f v) {
 template <int DT, bool RELU>
 DCAM_INLINE void accumulate_rows_t(const void* g, int64_t stride, int64_t N, int64_t d0, int64_t len,
                                    double* __restrict acc) {
-    // Groups of 4 rows are summed in float32 (<= 2 roundings of a sum of 4 values, relative
-    // 1.2e-7), the group sums accumulated in float64: one float64 add per 4 elements read.
+    // Groups of 8 rows are summed in float32 as a balanced tree (at most 3 roundings on
+    // any path, relative error <= 3 * 2^-24 of the group's sum of magnitudes), and the
+    // group sums accumulated in float64: one float64 add per 8 elements read keeps the
+    // loop bound by memory rather than by float64 conversions.
     const int64_t lv = len & ~int64_t(7);
     int64_t n = 0;
-    for (; n + 4 <= N; n += 4) {
-        const int64_t o0 = n * stride + d0, o1 = o0 + stride, o2 = o1 + stride, o3 = o2 + stride;
+    for (; n + 8 <= N; n += 8) {
+        const int64_t o0 = n * stride + d0;
         for (int64_t j = 0; j < lv; j += 8) {
-            const v8f a = relu8<RELU>(load8_as_float<DT>(g, o0 + j)) + relu8<RELU>(load8_as_float<DT>(g, o1 + j));
-            const v8f b = relu8<RELU>(load8_as_float<DT>(g, o2 + j)) + relu8<RELU>(load8_as_float<DT>(g, o3 + j));
-            add8_f64(acc + j, a + b);
+            const int64_t o = o0 + j;
+            const v8f a = relu8<RELU>(load8_as_float<DT>(g, o)) + relu8<RELU>(load8_as_float<DT>(g, o + stride));
+            const v8f b = relu8<RELU>(load8_as_float<DT>(g, o + 2 * stride)) +
+                          relu8<RELU>(load8_as_float<DT>(g, o + 3 * stride));
+            const v8f c = relu8<RELU>(load8_as_float<DT>(g, o + 4 * stride)) +
+                          relu8<RELU>(load8_as_float<DT>(g, o + 5 * stride));
+            const v8f e = relu8<RELU>(load8_as_float<DT>(g, o + 6 * stride)) +
+                          relu8<RELU>(load8_as_float<DT>(g, o + 7 * stride));
+            add8_f64(acc + j, (a + b) + (c + e));
         }
         for (int64_t j = lv; j < len; ++j) {
-            const float v0 = relu_if(load_elem<DT>(g, o0 + j), RELU);
-            const float v1 = relu_if(load_elem<DT>(g, o1 + j), RELU);
-            const float v2 = relu_if(load_elem<DT>(g, o2 + j), RELU);
-            const float v3 = relu_if(load_elem<DT>(g, o3 + j), RELU);
-            acc[j] += static_cast<double>((v0 + v1) + (v2 + v3));
+            float v[8];
+            for (int r = 0; r < 8; ++r) v[r] = relu_if(load_elem<DT>(g, o0 + r * stride + j), RELU);
+            acc[j] += static_cast<double>(((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])));
         }
     }
     for (; n < N; ++n) {
@@ -161,8 +168,61 @@ DCAM_INLINE void accumulate_rows_t(const void* g, int64_t stride, int64_t N, int
     }
 }
 
+// bf16 fast path of accumulate_rows_t. A bf16 value is the top half of a float32, so
+// reading 16 columns as 8 uint32 lanes gives the even columns as `lane << 16` and the
+// odd ones as `lane & 0xffff0000`: no widening shuffles (the generic path's
+// zero-extension costs several shuffle-port uops per 8 values). Even and odd column
+// sums are kept in separate float64 halves of `perm` and interleaved into acc at the
+// end; the values summed and their order are those of the generic path, so the
+// result is bit-identical to it.
+template <bool RELU>
+DCAM_INLINE v8f bf16_pair_half(v8u32 u, bool odd) {
+    const v8u32 bits = odd ? (u & 0xffff0000u) : (u << 16);
+    v8f f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return relu8<RELU>(f);
+}
+
+template <bool RELU>
+DCAM_INLINE void accumulate_rows_bf16(const uint16_t* g, int64_t stride, int64_t N, int64_t d0, int64_t len,
+                                      double* __restrict acc, double* __restrict perm) {
+    const int64_t lv = len & ~int64_t(15), half = lv / 2;
+    std::fill(perm, perm + lv, 0.0);
+    auto row = [&](int64_t n, int64_t j) {
+        v8u32 u;
+        std::memcpy(&u, g + n * stride + d0 + j, sizeof(u));
+        return u;
+    };
+    int64_t n = 0;
+    for (; n + 8 <= N; n += 8) {
+        for (int64_t j = 0; j < lv; j += 16) {
+            const v8u32 u0 = row(n, j), u1 = row(n + 1, j), u2 = row(n + 2, j), u3 = row(n + 3, j);
+            const v8u32 u4 = row(n + 4, j), u5 = row(n + 5, j), u6 = row(n + 6, j), u7 = row(n + 7, j);
+            for (int odd = 0; odd < 2; ++odd) {
+                const v8f a = bf16_pair_half<RELU>(u0, odd) + bf16_pair_half<RELU>(u1, odd);
+                const v8f b = bf16_pair_half<RELU>(u2, odd) + bf16_pair_half<RELU>(u3, odd);
+                const v8f c = bf16_pair_half<RELU>(u4, odd) + bf16_pair_half<RELU>(u5, odd);
+                const v8f e = bf16_pair_half<RELU>(u6, odd) + bf16_pair_half<RELU>(u7, odd);
+                add8_f64(perm + odd * half + j / 2, (a + b) + (c + e));
+            }
+        }
+    }
+    for (; n < N; ++n)
+        for (int64_t j = 0; j < lv; j += 16) {
+            const v8u32 u = row(n, j);
+            add8_f64(perm + j / 2, bf16_pair_half<RELU>(u, false));
+            add8_f64(perm + half + j / 2, bf16_pair_half<RELU>(u, true));
+        }
+    for (int64_t i = 0; i < half; ++i) {
+        acc[2 * i] += perm[i];
+        acc[2 * i + 1] += perm[half + i];
+    }
+    if (lv < len) accumulate_rows_t<DCAM_BF16, RELU>(g, stride, N, d0 + lv, len - lv, acc + lv);
+}
+
+// acc[0..len) += column sums of rows [0, N) of g (relu'd when relu); scratch: len doubles.
 DCAM_HOT void accumulate_rows(const void* g, int dtype, bool relu, int64_t stride, int64_t N, int64_t d0,
-                              int64_t len, double* acc) {
+                              int64_t len, double* acc, double* scratch) {
     switch (dtype) {
         case DCAM_F32:
             relu ? accumulate_rows_t<DCAM_F32, true>(g, stride, N, d0, len, acc)
@@ -172,10 +232,12 @@ DCAM_HOT void accumulate_rows(const void* g, int dtype, bool relu, int64_t strid
             relu ? accumulate_rows_t<DCAM_F16, true>(g, stride, N, d0, len, acc)
                  : accumulate_rows_t<DCAM_F16, false>(g, stride, N, d0, len, acc);
             break;
-        default:
-            relu ? accumulate_rows_t<DCAM_BF16, true>(g, stride, N, d0, len, acc)
-                 : accumulate_rows_t<DCAM_BF16, false>(g, stride, N, d0, len, acc);
+        default: {
+            const uint16_t* gb = static_cast<const uint16_t*>(g);
+            relu ? accumulate_rows_bf16<true>(gb, stride, N, d0, len, acc, scratch)
+                 : accumulate_rows_bf16<false>(gb, stride, N, d0, len, acc, scratch);
             break;
+        }
     }
 }
 
@@ -298,69 +360,134 @@ DCAM_HOT void gemm_block(const float* A, const float* W, int64_t D, int64_t n0, 
         gemm_block_t<false>(A, W, D, n0, n1, T, d0, d1, acc, ldacc);
 }
 
+// dst[d] = relu(src[d]) as float64, d < n. Branch-free and vectorised: activations
+// change sign at random, and a branch per element costs more than the product itself.
+DCAM_HOT void relu_to_f64(const float* __restrict src, int64_t n, double* __restrict dst) {
+    int64_t d = 0;
+    for (; d + 4 <= n; d += 4) {
+        const v4d v = to_d(vmax0(load4(src + d)));
+        std::memcpy(dst + d, &v, sizeof(v));
+    }
+    for (; d < n; ++d) dst[d] = static_cast<double>(relu_if(src[d], true));
+}
+
+// Register tile of gemm_f64_block: acc[t + c][i + r] += sum_d Ad[i + r][d] * Wd[t + c][d]
+// for r < 4, c < C (C accumulator columns x 4 rows, vectorised over d).
+DCAM_INLINE v4d load4d(const double* p) {
+    v4d v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+template <int C>  // C in 1..3
+DCAM_INLINE void gemm_tile(const double* __restrict a, int64_t lda, const double* __restrict w, int64_t ldw,
+                           int64_t dlen, double* __restrict acc, int64_t ldacc) {
+    v4d c[4][C];
+    for (int r = 0; r < 4; ++r)
+        for (int k = 0; k < C; ++k) c[r][k] = v4d{0, 0, 0, 0};
+    for (int64_t d = 0; d < dlen; d += 4) {
+        const v4d y0 = load4d(w + d);
+        const v4d y1 = C > 1 ? load4d(w + ldw + d) : y0;
+        const v4d y2 = C > 2 ? load4d(w + 2 * ldw + d) : y0;
+        for (int r = 0; r < 4; ++r) {
+            const v4d x = load4d(a + r * lda + d);
+            c[r][0] += x * y0;
+            if (C > 1) c[r][1] += x * y1;
+            if (C > 2) c[r][2] += x * y2;
+        }
+    }
+    for (int k = 0; k < C; ++k)
+        for (int r = 0; r < 4; ++r) acc[k * ldacc + r] += hsum(c[r][k]);
+}
+
 // acc[t][i] += sum_{d < dlen} Ad[i][d] * Wd[t][d] for i < nrows (a multiple of 4), t < T.
 // Ad rows are `lda` apart, Wd rows `ldw`; dlen is a multiple of 4 (zero padded by the caller).
-DCAM_HOT void gemm_f64_block(const double* __restrict Ad, int64_t lda, int64_t nrows, const double* __restrict Wd,
-                             int64_t ldw, int64_t T, int64_t dlen, double* __restrict acc, int64_t ldacc) {
+// Products of two float32 values are exact in float64, so fusing `c + x*y` into one
+// FMA rounds exactly as the separate multiply and add do: contraction is allowed here
+// (and only here). 4 x 3 tiles: 12 accumulators + 3 weight vectors fit the 16 AVX2
+// registers, and each loaded value feeds 3 or 4 FMAs.
+__attribute__((optimize("fp-contract=fast"))) DCAM_HOT void gemm_f64_block(
+    const double* __restrict Ad, int64_t lda, int64_t nrows, const double* __restrict Wd, int64_t ldw, int64_t T,
+    int64_t dlen, double* __restrict acc, int64_t ldacc) {
+    // token groups outside, row groups inside (the group's weight rows stay in L1)
+    int64_t t = 0;
+    for (; t + 3 <= T; t += 3)
+        for (int64_t i = 0; i < nrows; i += 4)
+            gemm_tile<3>(Ad + i * lda, lda, Wd + t * ldw, ldw, dlen, acc + t * ldacc + i, ldacc);
     for (int64_t i = 0; i < nrows; i += 4) {
-        const double* a0 = Ad + i * lda;
-        const double* a1 = a0 + lda;
-        const double* a2 = a1 + lda;
-        const double* a3 = a2 + lda;
-        int64_t t = 0;
-        for (; t + 2 <= T; t += 2) {
-            const double* w0 = Wd + t * ldw;
-            const double* w1 = w0 + ldw;
-            v4d c00 = {0, 0, 0, 0}, c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-            for (int64_t d = 0; d < dlen; d += 4) {
-                v4d x0, x1, x2, x3, y0, y1;
-                std::memcpy(&x0, a0 + d, 32);
-                std::memcpy(&x1, a1 + d, 32);
-                std::memcpy(&x2, a2 + d, 32);
-                std::memcpy(&x3, a3 + d, 32);
-                std::memcpy(&y0, w0 + d, 32);
-                std::memcpy(&y1, w1 + d, 32);
-                c00 += x0 * y0;
-                c01 += x0 * y1;
-                c10 += x1 * y0;
-                c11 += x1 * y1;
-                c20 += x2 * y0;
-                c21 += x2 * y1;
-                c30 += x3 * y0;
-                c31 += x3 * y1;
+        if (T - t == 2) gemm_tile<2>(Ad + i * lda, lda, Wd + t * ldw, ldw, dlen, acc + t * ldacc + i, ldacc);
+        if (T - t == 1) gemm_tile<1>(Ad + i * lda, lda, Wd + t * ldw, ldw, dlen, acc + t * ldacc + i, ldacc);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(DCAM_NO_MULTIVERSION)
+#define DCAM_HAVE_AVX512_GEMM 1
+// The same block product with 512-bit vectors on AVX-512 CPUs (x86-64-v4): 8 doubles
+// per register and 32 registers, so a 4 x 4 tile (16 accumulators) keeps both FMA
+// ports busy. dlen must be a multiple of 8 (the caller pads to 8).
+typedef double v8d __attribute__((vector_size(64)));
+
+__attribute__((target("arch=x86-64-v4"), optimize("fp-contract=fast"))) void gemm_f64_block_avx512(
+    const double* __restrict Ad, int64_t lda, int64_t nrows, const double* __restrict Wd, int64_t ldw, int64_t T,
+    int64_t dlen, double* __restrict acc, int64_t ldacc) {
+    auto ld = [](const double* p) {
+        v8d v;
+        std::memcpy(&v, p, sizeof(v));
+        return v;
+    };
+    auto hsum8 = [](v8d v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); };
+    // token groups outside, row groups inside: the group's 4 weight rows stay in L1
+    // while every row of the A block passes them (W is read from L2 once per block)
+    for (int64_t t = 0; t < T; t += 4) {
+        for (int64_t i = 0; i < nrows; i += 4) {
+            const double* a = Ad + i * lda;
+            const int64_t C = std::min<int64_t>(4, T - t);
+            const double* w = Wd + t * ldw;
+            // rows of W past T read row 0 again (finite values); their sums are discarded
+            const double* w1 = C > 1 ? w + ldw : w;
+            const double* w2 = C > 2 ? w + 2 * ldw : w;
+            const double* w3 = C > 3 ? w + 3 * ldw : w;
+            v8d c[4][4] = {};
+            for (int64_t d = 0; d < dlen; d += 8) {
+                const v8d y0 = ld(w + d), y1 = ld(w1 + d), y2 = ld(w2 + d), y3 = ld(w3 + d);
+                for (int r = 0; r < 4; ++r) {
+                    const v8d x = ld(a + r * lda + d);
+                    c[r][0] += x * y0;
+                    c[r][1] += x * y1;
+                    c[r][2] += x * y2;
+                    c[r][3] += x * y3;
+                }
             }
-            double* r0 = acc + t * ldacc + i;
-            double* r1 = r0 + ldacc;
-            r0[0] += hsum(c00); r1[0] += hsum(c01);
-            r0[1] += hsum(c10); r1[1] += hsum(c11);
-            r0[2] += hsum(c20); r1[2] += hsum(c21);
-            r0[3] += hsum(c30); r1[3] += hsum(c31);
-        }
-        for (; t < T; ++t) {
-            const double* w0 = Wd + t * ldw;
-            v4d c0 = {0, 0, 0, 0}, c1 = c0, c2 = c0, c3 = c0;
-            for (int64_t d = 0; d < dlen; d += 4) {
-                v4d x0, x1, x2, x3, y0;
-                std::memcpy(&x0, a0 + d, 32);
-                std::memcpy(&x1, a1 + d, 32);
-                std::memcpy(&x2, a2 + d, 32);
-                std::memcpy(&x3, a3 + d, 32);
-                std::memcpy(&y0, w0 + d, 32);
-                c0 += x0 * y0;
-                c1 += x1 * y0;
-                c2 += x2 * y0;
-                c3 += x3 * y0;
-            }
-            double* r0 = acc + t * ldacc + i;
-            r0[0] += hsum(c0);
-            r0[1] += hsum(c1);
-            r0[2] += hsum(c2);
-            r0[3] += hsum(c3);
+            for (int64_t k = 0; k < C; ++k)
+                for (int r = 0; r < 4; ++r) acc[(t + k) * ldacc + i + r] += hsum8(c[r][k]);
         }
     }
 }
 
+bool avx512_supported() {
+    static const bool ok = __builtin_cpu_supports("x86-64-v4");
+    return ok;
+}
+#endif
+
+// Test hook (see dcam_internal_set_pool_gemm): 0 = automatic, 1 = force the 256-bit kernel.
+std::atomic<int> g_gemm_path{0};
+
+// gemm_f64_block on the widest vectors this CPU has (dlen a multiple of 8).
+void gemm_f64(const double* Ad, int64_t lda, int64_t nrows, const double* Wd, int64_t ldw, int64_t T, int64_t dlen,
+              double* acc, int64_t ldacc) {
+#ifdef DCAM_HAVE_AVX512_GEMM
+    if (g_gemm_path.load(std::memory_order_relaxed) == 0 && avx512_supported())
+        return gemm_f64_block_avx512(Ad, lda, nrows, Wd, ldw, T, dlen, acc, ldacc);
+#endif
+    gemm_f64_block(Ad, lda, nrows, Wd, ldw, T, dlen, acc, ldacc);
+}
+
 }  // namespace
+
+// Internal test hook (not in dcam.h): 1 forces the 256-bit product kernel on AVX-512 CPUs.
+extern "C" void dcam_internal_set_pool_gemm(int path) { g_gemm_path.store(path); }
 
 extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
                                    int64_t N, int64_t D, int grad_relu, float* maps_out,
@@ -401,7 +528,8 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
     bool oom = false;
 #pragma omp parallel
     {
-        double* acc = static_cast<double*>(std::malloc(static_cast<size_t>(dchunk) * sizeof(double)));
+        // acc (dchunk doubles) followed by the bf16 path's scratch (dchunk doubles)
+        double* acc = static_cast<double*>(std::malloc(static_cast<size_t>(2 * dchunk) * sizeof(double)));
         if (!acc) {
 #pragma omp atomic write
             oom = true;
@@ -413,7 +541,7 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
             const int64_t d0 = (it % nchunks) * dchunk;
             const int64_t len = std::min(dchunk, D - d0);
             std::fill(acc, acc + len, 0.0);
-            accumulate_rows(gbytes + bt * N * D * esize, dt, relu, D, N, d0, len, acc);
+            accumulate_rows(gbytes + bt * N * D * esize, dt, relu, D, N, d0, len, acc, acc + dchunk);
             float* wrow = weights.data() + bt * D + d0;
             for (int64_t j = 0; j < len; ++j) wrow[j] = static_cast<float>(acc[j]) / invN;
         }
@@ -442,7 +570,7 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
     if (relu) {
         // relu(A) @ W^T in float64: products of two float32 are exact, sums float64.
         // W and the current chunk of relu(A) are converted to float64 once (zero padded).
-        const int64_t Dp = (D + 3) & ~int64_t(3);
+        const int64_t Dp = (D + 7) & ~int64_t(7);  // padded to 8 for the 512-bit kernel
         const int64_t DC = 256;  // feature chunk of the A block (16 x 256 doubles = 32 KB)
         std::vector<double> wd;
         try {
@@ -470,22 +598,21 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
                 const float* Ab = A + b * N * D;
                 double* accb = raw_acc.data() + b * T * N + n0;  // row stride N
                 for (int64_t d0 = 0; d0 < D; d0 += DC) {
-                    const int64_t dl = std::min(DC, D - d0), dlp = (dl + 3) & ~int64_t(3);
+                    const int64_t dl = std::min(DC, D - d0), dlp = (dl + 7) & ~int64_t(7);
                     for (int64_t i = 0; i < rows; ++i) {
                         double* dst = ad + i * DC;
                         if (n0 + i < n1) {
-                            const float* src = Ab + (n0 + i) * D + d0;
-                            for (int64_t d = 0; d < dl; ++d) dst[d] = src[d] < 0.0f ? 0.0 : static_cast<double>(src[d]);
+                            relu_to_f64(Ab + (n0 + i) * D + d0, dl, dst);
                             for (int64_t d = dl; d < dlp; ++d) dst[d] = 0.0;
                         } else {
                             for (int64_t d = 0; d < dlp; ++d) dst[d] = 0.0;
                         }
                     }
                     if (n1 - n0 == rows) {
-                        gemm_f64_block(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, accb, N);
+                        gemm_f64(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, accb, N);
                     } else {  // partial last block: accumulate into a scratch tile, copy the valid rows
                         std::fill(tile, tile + T * rows, 0.0);
-                        gemm_f64_block(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, tile, rows);
+                        gemm_f64(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, tile, rows);
                         for (int64_t t = 0; t < T; ++t)
                             for (int64_t i = 0; i < n1 - n0; ++i) accb[t * N + i] += tile[t * rows + i];
                     }
