@@ -9,7 +9,6 @@
 // value the reference rounds to float32 (w, raw, the normalised map) is rounded
 // at the same place here.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <new>
@@ -420,74 +419,7 @@ __attribute__((optimize("fp-contract=fast"))) DCAM_HOT void gemm_f64_block(
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
-    !defined(DCAM_NO_MULTIVERSION)
-#define DCAM_HAVE_AVX512_GEMM 1
-// The same block product with 512-bit vectors on AVX-512 CPUs (x86-64-v4): 8 doubles
-// per register and 32 registers, so a 4 x 4 tile (16 accumulators) keeps both FMA
-// ports busy. dlen must be a multiple of 8 (the caller pads to 8).
-typedef double v8d __attribute__((vector_size(64)));
-
-__attribute__((target("arch=x86-64-v4"), optimize("fp-contract=fast"))) void gemm_f64_block_avx512(
-    const double* __restrict Ad, int64_t lda, int64_t nrows, const double* __restrict Wd, int64_t ldw, int64_t T,
-    int64_t dlen, double* __restrict acc, int64_t ldacc) {
-    auto ld = [](const double* p) {
-        v8d v;
-        std::memcpy(&v, p, sizeof(v));
-        return v;
-    };
-    auto hsum8 = [](v8d v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); };
-    // token groups outside, row groups inside: the group's 4 weight rows stay in L1
-    // while every row of the A block passes them (W is read from L2 once per block)
-    for (int64_t t = 0; t < T; t += 4) {
-        for (int64_t i = 0; i < nrows; i += 4) {
-            const double* a = Ad + i * lda;
-            const int64_t C = std::min<int64_t>(4, T - t);
-            const double* w = Wd + t * ldw;
-            // rows of W past T read row 0 again (finite values); their sums are discarded
-            const double* w1 = C > 1 ? w + ldw : w;
-            const double* w2 = C > 2 ? w + 2 * ldw : w;
-            const double* w3 = C > 3 ? w + 3 * ldw : w;
-            v8d c[4][4] = {};
-            for (int64_t d = 0; d < dlen; d += 8) {
-                const v8d y0 = ld(w + d), y1 = ld(w1 + d), y2 = ld(w2 + d), y3 = ld(w3 + d);
-                for (int r = 0; r < 4; ++r) {
-                    const v8d x = ld(a + r * lda + d);
-                    c[r][0] += x * y0;
-                    c[r][1] += x * y1;
-                    c[r][2] += x * y2;
-                    c[r][3] += x * y3;
-                }
-            }
-            for (int64_t k = 0; k < C; ++k)
-                for (int r = 0; r < 4; ++r) acc[(t + k) * ldacc + i + r] += hsum8(c[r][k]);
-        }
-    }
-}
-
-bool avx512_supported() {
-    static const bool ok = __builtin_cpu_supports("x86-64-v4");
-    return ok;
-}
-#endif
-
-// Test hook (see dcam_internal_set_pool_gemm): 0 = automatic, 1 = force the 256-bit kernel.
-std::atomic<int> g_gemm_path{0};
-
-// gemm_f64_block on the widest vectors this CPU has (dlen a multiple of 8).
-void gemm_f64(const double* Ad, int64_t lda, int64_t nrows, const double* Wd, int64_t ldw, int64_t T, int64_t dlen,
-              double* acc, int64_t ldacc) {
-#ifdef DCAM_HAVE_AVX512_GEMM
-    if (g_gemm_path.load(std::memory_order_relaxed) == 0 && avx512_supported())
-        return gemm_f64_block_avx512(Ad, lda, nrows, Wd, ldw, T, dlen, acc, ldacc);
-#endif
-    gemm_f64_block(Ad, lda, nrows, Wd, ldw, T, dlen, acc, ldacc);
-}
-
 }  // namespace
-
-// Internal test hook (not in dcam.h): 1 forces the 256-bit product kernel on AVX-512 CPUs.
-extern "C" void dcam_internal_set_pool_gemm(int path) { g_gemm_path.store(path); }
 
 extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
                                    int64_t N, int64_t D, int grad_relu, float* maps_out,
@@ -570,7 +502,7 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
     if (relu) {
         // relu(A) @ W^T in float64: products of two float32 are exact, sums float64.
         // W and the current chunk of relu(A) are converted to float64 once (zero padded).
-        const int64_t Dp = (D + 7) & ~int64_t(7);  // padded to 8 for the 512-bit kernel
+        const int64_t Dp = (D + 3) & ~int64_t(3);
         const int64_t DC = 256;  // feature chunk of the A block (16 x 256 doubles = 32 KB)
         std::vector<double> wd;
         try {
@@ -598,7 +530,7 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
                 const float* Ab = A + b * N * D;
                 double* accb = raw_acc.data() + b * T * N + n0;  // row stride N
                 for (int64_t d0 = 0; d0 < D; d0 += DC) {
-                    const int64_t dl = std::min(DC, D - d0), dlp = (dl + 7) & ~int64_t(7);
+                    const int64_t dl = std::min(DC, D - d0), dlp = (dl + 3) & ~int64_t(3);
                     for (int64_t i = 0; i < rows; ++i) {
                         double* dst = ad + i * DC;
                         if (n0 + i < n1) {
@@ -609,10 +541,10 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
                         }
                     }
                     if (n1 - n0 == rows) {
-                        gemm_f64(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, accb, N);
+                        gemm_f64_block(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, accb, N);
                     } else {  // partial last block: accumulate into a scratch tile, copy the valid rows
                         std::fill(tile, tile + T * rows, 0.0);
-                        gemm_f64(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, tile, rows);
+                        gemm_f64_block(ad, DC, rows, wd.data() + b * T * Dp + d0, Dp, T, dlp, tile, rows);
                         for (int64_t t = 0; t < T; ++t)
                             for (int64_t i = 0; i < n1 - n0; ++i) accb[t * N + i] += tile[t * rows + i];
                     }

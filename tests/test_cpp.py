@@ -397,19 +397,12 @@ def test_pooling_odd_sizes_and_tails():
     check_pool(acts, grads, 5, 7, False)
 
 
-@pytest.fixture(params=[0, 1], ids=["auto-gemm", "avx2-gemm"])
-def gemm_path(request):
-    C._C._set_pool_gemm(request.param)
-    yield request.param
-    C._C._set_pool_gemm(0)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,h,w,D", [(1, 1, 1, 1), (5, 3, 3, 15), (7, 1, 9, 33), (4, 4, 4, 47), (6, 3, 5, 72)])
-def test_pooling_tile_remainders(dtype, T, h, w, D, gemm_path):
+def test_pooling_tile_remainders(dtype, T, h, w, D):
     # remainders of every blocked loop: the bf16 path's 16-column pairs and 8-row
-    # groups, the 4-row x 4-token (512-bit) and 4 x 3 (256-bit) product tiles with the
-    # feature padding to 8, and the 16-row blocks of A
+    # groups, the 4-row x 3-token product tiles (and their 2- and 1-token ends), the
+    # feature padding to 4 and the 16-row blocks of A
     acts, grads = _pool_inputs(2, T, h, w, D, seed=35 + D)
     for relu in (True, False):
         check_pool(acts.to(dtype), grads.to(dtype), h, w, relu)

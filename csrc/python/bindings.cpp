@@ -15,7 +15,6 @@
 namespace py = pybind11;
 
 extern "C" void dcam_internal_set_akd_path(int path);  // test hook in refine.cpp
-extern "C" void dcam_internal_set_pool_gemm(int path);  // test hook in pool.cpp
 
 namespace {
 
@@ -133,8 +132,6 @@ PYBIND11_MODULE(_C, m) {
     m.def("version", &dcam_version);
     m.def("_set_akd_path", &dcam_internal_set_akd_path, py::arg("path"),
           "testing only: 0 automatic, 1 sorting networks, 2 rank bitsets, 3 per-window sort");
-    m.def("_set_pool_gemm", &dcam_internal_set_pool_gemm, py::arg("path"),
-          "testing only: 0 automatic, 1 the 256-bit pooling product even on AVX-512 CPUs");
     m.def("pool_gradients", &pool_gradients, py::arg("acts"), py::arg("grads"), py::arg("grad_relu"),
           "acts [B,N,D], grads [B,T,N,D] (float32 / float16 / int16 holding bfloat16 bits) -> "
           "(maps float32 [B,T,N], degenerate bool [B,T])");
