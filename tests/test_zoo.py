@@ -170,6 +170,26 @@ def test_save_load_roundtrip(rand, images, tmp_path):
     assert m2.config.grid == model.config.grid and m2.default_probe_layer == model.default_probe_layer
 
 
+def test_image_embedding_options(images, tmp_path):
+    base, proc = build_random(seed=1)
+    model, _ = build_random(seed=1, projector_relu=True, image_offset=50.0, image_offset_channels=3)
+    pix = proc(images)["pixel_values"]
+    with torch.no_grad():
+        plain = base.get_image_features(pix)
+        emb = model.get_image_features(pix)
+    # the same projector weights: relu of the plain features, plus 50 on the last 3 channels
+    expect = plain.clamp(min=0)
+    expect[..., -3:] += 50.0
+    torch.testing.assert_close(emb, expect)
+    assert (emb[..., :-3] >= 0).all() and (emb[..., -3:] >= 50.0).all()
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    m2, _ = load_pretrained(str(tmp_path))
+    assert m2.config.projector_relu and m2.config.image_offset == 50.0 and m2.config.image_offset_channels == 3
+    with torch.no_grad():
+        assert torch.equal(m2.get_image_features(pix), emb)
+
+
 def test_generation_deterministic_and_complete(rand, images):
     model, proc = rand
     enc = proc(images)

@@ -82,6 +82,13 @@ class ShapesDMLLMConfig(PreTrainedConfig):
     eos_token_id: int = 2
     response_length: int = 12
     default_probe_layer: int = 2
+    # Image-token embedding options (both off in the bundled weights; see
+    # `ShapesDMLLM.project` and README "Grounding"): a ReLU after the projector,
+    # and a constant added to the last `image_offset_channels` channels of every
+    # image-token embedding, a stand-in for the few massive channels of large LMs.
+    projector_relu: bool = False
+    image_offset: float = 0.0
+    image_offset_channels: int = 4
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
@@ -183,7 +190,27 @@ class ShapesDMLLM(PreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected image features [B, h*w, H] (row-major over the grid)."""
-        return self.projector(self.vision_features(pixel_values))
+        return self.project(self.vision_features(pixel_values))
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """Vision features [B, N, Hv] -> image-token embeddings [B, N, H].
+
+        With ``config.projector_relu`` the embeddings are non-negative; with
+        ``config.image_offset`` every image token carries the same large value
+        in its last ``image_offset_channels`` channels. Every LM block reads an
+        image token through RMSNorm, which is scale invariant, so the gradient of
+        any score w.r.t. a token's state is orthogonal to that state; a large
+        shared component takes up that orthogonality constraint, so the gradient
+        on the remaining (feature) channels follows what the LM reads there."""
+        out = self.projector(feats)
+        if self.config.projector_relu:
+            out = torch.relu(out)
+        k = int(self.config.image_offset_channels)
+        if self.config.image_offset and k > 0:
+            off = torch.zeros(out.shape[-1], dtype=out.dtype, device=out.device)
+            off[-k:] = float(self.config.image_offset)
+            out = out + off
+        return out
 
     def embed(self, input_ids: torch.LongTensor, pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Text embeddings with the projected image features scattered into the

@@ -214,7 +214,7 @@ def diffusion_loss(model, input_ids, pixel_values, response, start, mask_id, gen
     if image_feats is not None:
         emb = model.language_model.embed_tokens(ids)
         is_img = ids == model.config.image_token_id
-        emb = emb.masked_scatter(is_img.unsqueeze(-1), model.projector(image_feats).to(emb.dtype))
+        emb = emb.masked_scatter(is_img.unsqueeze(-1), model.project(image_feats).to(emb.dtype))
         logits = model(inputs_embeds=emb).logits[:, start:]
     else:
         logits = model(input_ids=ids, pixel_values=pixel_values).logits[:, start:]
@@ -291,6 +291,10 @@ def main(argv=None):
     ap.add_argument("--lm-vision-lr", type=float, default=0.0, help="fine-tune the vision tower in stage 2 (0: frozen)")
     ap.add_argument("--no-warm-projector", dest="warm_projector", action="store_false",
                     help="do not start the projector from the stage-1 per-patch classifier")
+    ap.add_argument("--projector-relu", action="store_true",
+                    help="non-negative image-token embeddings (config.projector_relu)")
+    ap.add_argument("--image-offset", type=float, default=None,
+                    help="constant on the last 4 channels of every image-token embedding (config.image_offset)")
     ap.add_argument("--eval-n", type=int, default=500, help="test scenes to caption at the end (0: skip)")
     ap.add_argument("--val-n", type=int, default=200, help="val scenes to caption at the end (0: skip)")
     ap.add_argument("--log-every", type=int, default=50)
@@ -316,6 +320,10 @@ def main(argv=None):
                                    eos_token_id=processor.eos_token_id, response_length=processor.response_length)
         config._attn_implementation = "sdpa"
         model = ShapesDMLLM(config)
+    if args.projector_relu:
+        model.config.projector_relu = True
+    if args.image_offset is not None:
+        model.config.image_offset = float(args.image_offset)
     nparams = sum(p.numel() for p in model.parameters())
     log(f"model: {nparams / 1e6:.3f}M parameters; grid {model.config.grid}; seq "
         f"{processor(np.zeros((64, 64, 3), np.uint8))['input_ids'].shape[1]}")
