@@ -32,7 +32,9 @@ How the per-map work is done:
   window statistics and rank-weighted mean) is accumulated in float64 and
   rounded to float32 once, so that DACG's gate and thresholds see the same
   values as the other backends whatever the summation order. Element-wise
-  work stays float32.
+  work stays float32. The float64 work is a few operations per window
+  element: cheap on data-centre GPUs (H100: half the float32 rate), but on
+  consumer GPUs (1/64 rate) AKD becomes float64-bound.
 
 No ``.item()``, no host sync: the launcher only allocates outputs and launches
 through ``torch.library.wrap_triton`` (traceable inside a
