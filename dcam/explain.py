@@ -51,11 +51,10 @@ from .overlay import contact_sheet, display_size, overlay as overlay_image
 #: localised best on the grounding benchmark with the bundled weights
 #: (``python -m dcam.grounding_report --n 50 --variants``; 50 test images, 244
 #: object words, uniform-map chance 0.410). Diffusion-CAM rates, layers 0/1/2:
-#: full 0.430/0.467/0.443, masked 0.365/0.357/0.283, remask 0.357/0.365/0.295.
-#: All are near chance: the per-channel pooling of SPEC section 1 does not
-#: localise on this model, although the gradients themselves do (gradient-norm
-#: maps: remask 0.975, masked 0.955 at layer 0; full 0.668).
-DEFAULT_DMLLM_PROBE = "full"
+#: full 0.668/0.570/0.553, masked 0.672/0.590/0.561, remask 0.672/0.570/0.549.
+#: masked and remask tie at layer 0; masked needs one forward for all targets
+#: (remask one per target), so it is the default.
+DEFAULT_DMLLM_PROBE = "masked"
 
 TokenRef = Union[int, str]
 

@@ -12,7 +12,7 @@ from PIL import Image
 from dcam import evaluate as EV
 
 try:  # the explainer and the toy model are other teammates' modules
-    from dcam.explain import Explainer  # noqa: F401
+    from dcam.explain import DEFAULT_DMLLM_PROBE, Explainer  # noqa: F401
     from dcam.zoo import build_random
     from dcam.zoo.modeling import default_text_config, default_vision_config
 
@@ -174,7 +174,8 @@ def test_evaluate_end_to_end(tiny, tmp_path):
     assert len(passes) == 2 * 4 + 2
     assert rep["records"] == 2 and rep["skipped"] == []
     layer = Explainer(model, proc).layer
-    assert rep["layer"] == layer and rep["probe"] == "full" and rep["target_score"] == "logit"
+    # the explainer's default probe for a diffusion model (every method shares it)
+    assert rep["layer"] == layer and rep["probe"] == DEFAULT_DMLLM_PROBE and rep["target_score"] == "logit"
     assert list(rep["main"]) == list(EV.ALL_METHODS)
     for m, s in rep["main"].items():
         assert s["n_obj"] > 0 and s["n_func"] > 0 and 0 <= s["obj_iou"] <= 1, m
@@ -191,7 +192,7 @@ def test_evaluate_end_to_end(tiny, tmp_path):
     for name in ("bars.png", "ablation_bars.png", "examples/example_00.png", "report.json", "per_map.jsonl"):
         assert os.path.exists(os.path.join(out, name)), name
     md = open(os.path.join(out, "main_table.md")).read()
-    assert "Diffusion-CAM" in md and "TAM" in md and "probe `full`" in md and f"layer {layer}" in md
+    assert "Diffusion-CAM" in md and "TAM" in md and f"probe `{DEFAULT_DMLLM_PROBE}`" in md and f"layer {layer}" in md
     with open(os.path.join(out, "report.json")) as f:
         assert json.load(f)["records"] == 2
 

@@ -190,6 +190,26 @@ def test_image_embedding_options(images, tmp_path):
         assert torch.equal(m2.get_image_features(pix), emb)
 
 
+def test_set_rms_norm_eps_keeps_the_scale_of_typical_states():
+    from dcam.zoo.train import set_rms_norm_eps
+
+    model, _ = build_random(seed=2)
+    norms = [m for m in model.language_model.modules() if hasattr(m, "variance_epsilon")]
+    h = torch.randn(3, 7, model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(0))
+    h = h / h.pow(2).mean(-1, keepdim=True).sqrt() * 4.0  # RMS exactly 4 per row
+    with torch.no_grad():
+        before = [m(h) for m in norms]
+        set_rms_norm_eps(model, 1e4, typical_rms=4.0)
+        after = [m(h) for m in norms]
+        # nearly linear afterwards: doubling the state nearly doubles the output (the
+        # deviation is 1 - sqrt((1e4 + 16) / (1e4 + 64)) = 0.24%; a scale-invariant norm: 50%)
+        doubled = [m(2 * h) / 2 for m in norms]
+    assert model.config.text_config.rms_norm_eps == 1e4 and all(m.variance_epsilon == 1e4 for m in norms)
+    for b, a, d in zip(before, after, doubled):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert ((d - a).abs().max() / a.abs().max()) < 3e-3
+
+
 def test_generation_deterministic_and_complete(rand, images):
     model, proc = rand
     enc = proc(images)

@@ -12,8 +12,8 @@ Interface (stable; the explainer codes against these names)::
     model.config.response_length # response slots the model was trained with: 12
     model.language_model         # transformers LlamaModel; decoder blocks: model.language_model.layers
     model.lm_head                # nn.Linear hidden -> vocab
-    model.default_probe_layer    # int, an earlier block (the middle one); image-token gradients
-                                 # of a word's logit at the LAST block are identically zero
+    model.default_probe_layer    # int, block 0 in the bundled weights (best grounding); image-token
+                                 # gradients of a word's logit at the LAST block are identically zero
     model.embed(input_ids, pixel_values) -> inputs_embeds [B, L, H]
         # token embeddings with the projected image features scattered into the
         # image_token_id positions (row-major over the grid, in order of appearance)
@@ -37,6 +37,9 @@ Architecture: conv stem (3x3 convs, strides 1,2,1,2,1: 64x64 pixels -> 16x16 map
 receptive field 21 px) -> ``SiglipVisionModel`` (3 layers x 128, patch size 1
 on the stem map, so one image token per 4x4-pixel cell) -> 2-layer MLP projector ->
 ``LlamaModel`` (4 layers x 128, bidirectional) -> ``lm_head``; about 1.2M parameters.
+The bundled weights use ``projector_relu=True`` (non-negative image embeddings)
+and RMSNorm epsilon 1e4 (nearly linear norms): stage 3 of the training script,
+see :func:`dcam.zoo.train.linearise` for why.
 
 Sequence layout: ``[BOS] prompt words <image> x (h*w) response x Lr``. Locate
 the image span with ``image_token_id`` (or ``enc["image_span"]``) and the
