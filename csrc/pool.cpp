@@ -370,14 +370,14 @@ DCAM_HOT void relu_to_f64(const float* __restrict src, int64_t n, double* __rest
     for (; d < n; ++d) dst[d] = static_cast<double>(relu_if(src[d], true));
 }
 
-// Register tile of gemm_f64_block: acc[t + c][i + r] += sum_d Ad[i + r][d] * Wd[t + c][d]
-// for r < 4, c < C (C accumulator columns x 4 rows, vectorised over d).
 DCAM_INLINE v4d load4d(const double* p) {
     v4d v;
     std::memcpy(&v, p, sizeof(v));
     return v;
 }
 
+// Register tile of gemm_f64_block: acc[t + c][i + r] += sum_d Ad[i + r][d] * Wd[t + c][d]
+// for r < 4, c < C (C accumulator columns x 4 rows, vectorised over d).
 template <int C>  // C in 1..3
 DCAM_INLINE void gemm_tile(const double* __restrict a, int64_t lda, const double* __restrict w, int64_t ldw,
                            int64_t dlen, double* __restrict acc, int64_t ldacc) {

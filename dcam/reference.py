@@ -285,7 +285,7 @@ def causal_debias_context(m: Tensor, context_maps: Tensor, context_weights: Tens
     B, T = m.shape[:2]
     wts = context_weights.float()
     wts = wts / (sum64(wts, 2).float()[..., None] + EPS_NORM)
-    interference = torch.bmm(wts.double(), context_maps.float().double().reshape(B, T, -1)).float().reshape(B * T, -1)
+    interference = torch.bmm(wts.double(), context_maps.double().reshape(B, T, -1)).float().reshape(B * T, -1)
     mf = m.reshape(B * T, -1)
     ii = sum64(interference * interference, 1).float()
     apply = ii != 0

@@ -82,10 +82,11 @@ class ShapesDMLLMConfig(PreTrainedConfig):
     eos_token_id: int = 2
     response_length: int = 12
     default_probe_layer: int = 2
-    # Image-token embedding options (both off in the bundled weights; see
-    # `ShapesDMLLM.project` and README "Grounding"): a ReLU after the projector,
-    # and a constant added to the last `image_offset_channels` channels of every
-    # image-token embedding, a stand-in for the few massive channels of large LMs.
+    # Image-token embedding options (see `ShapesDMLLM.project` and README
+    # "Grounding"): a ReLU after the projector (on in the bundled weights, set by
+    # stage 3 of the training), and a constant added to the last
+    # `image_offset_channels` channels of every image-token embedding, a stand-in
+    # for the few massive channels of large LMs (an experiment; off).
     projector_relu: bool = False
     image_offset: float = 0.0
     image_offset_channels: int = 4

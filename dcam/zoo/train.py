@@ -16,6 +16,11 @@ on masked positions weighted by 1 / p, normalised by B * response_length.
 The response is the caption followed by [EOS] up to response_length; the
 [EOS] fill is trained like any other token.
 
+Stage 3 (:func:`linearise`, ``--linearise-steps``): the LM's RMSNorm epsilon is
+raised to 1e4 so the norms become nearly linear, the projector output gets a
+ReLU, and stage 2's objective runs 800 more steps; this is what lets
+gradient-weighted pooling localise on this model (README "Grounding").
+
 The data are a fixed pool of generated training scenes (cached under /tmp).
 At the end the model, config, tokenizer and processor are saved to ``--out``
 with ``training_report.json`` (wall times, loss curves, test accuracy).
