@@ -44,36 +44,6 @@ DCAM_INLINE float load_elem(const void* base, int64_t i) {
 
 DCAM_INLINE float relu_if(float v, bool relu) { return relu ? (v < 0.f ? 0.f : v) : v; }
 
-typedef uint16_t v4u16 __attribute__((vector_size(8)));
-typedef uint32_t v4u32 __attribute__((vector_size(16)));
-typedef int32_t v4i32 __attribute__((vector_size(16)));
-
-// Four consecutive elements as float32 (exact conversions).
-template <int DT>
-DCAM_INLINE v4f load4_as_float(const void* base, int64_t i) {
-    if (DT == DCAM_F32) return load4(static_cast<const float*>(base) + i);
-    v4u16 hv;
-    std::memcpy(&hv, static_cast<const uint16_t*>(base) + i, sizeof(hv));
-    const v4u32 u = __builtin_convertvector(hv, v4u32);
-    v4f f;
-    if (DT == DCAM_BF16) {
-        const v4u32 b = u << 16;
-        std::memcpy(&f, &b, sizeof(f));
-        return f;
-    }
-    // IEEE half, as f16_to_float but lane-wise
-    const v4u32 m = u & 0x7fffu;
-    const v4u32 sign = (u & 0x8000u) << 16;
-    const v4u32 normal = (m << 13) + (112u << 23);
-    const v4f subf = __builtin_convertvector(__builtin_convertvector(m, v4i32), v4f) * 5.9604644775390625e-8f;
-    v4u32 sub;
-    std::memcpy(&sub, &subf, sizeof(sub));
-    const v4u32 special = (m << 13) | 0x7f800000u;
-    const v4u32 bits = (m >= 0x7c00u ? special : (m >= 0x0400u ? normal : sub)) | sign;
-    std::memcpy(&f, &bits, sizeof(f));
-    return f;
-}
-
 typedef float v8f __attribute__((vector_size(32)));
 typedef uint16_t v8u16 __attribute__((vector_size(16)));
 typedef uint32_t v8u32 __attribute__((vector_size(32)));
@@ -240,21 +210,21 @@ DCAM_HOT void accumulate_rows(const void* g, int dtype, bool relu, int64_t strid
     }
 }
 
-DCAM_HOT void convert_to_float(const void* src, int dtype, int64_t n, float* dst) {
-    const int64_t nv = n & ~int64_t(3);
-    if (dtype == DCAM_F16) {
-        for (int64_t i = 0; i < nv; i += 4) {
-            const v4f v = load4_as_float<DCAM_F16>(src, i);
-            std::memcpy(dst + i, &v, sizeof(v));
-        }
-        for (int64_t i = nv; i < n; ++i) dst[i] = load_elem<DCAM_F16>(src, i);
-    } else {
-        for (int64_t i = 0; i < nv; i += 4) {
-            const v4f v = load4_as_float<DCAM_BF16>(src, i);
-            std::memcpy(dst + i, &v, sizeof(v));
-        }
-        for (int64_t i = nv; i < n; ++i) dst[i] = load_elem<DCAM_BF16>(src, i);
+template <int DT>
+DCAM_INLINE void convert_to_float_t(const void* src, int64_t n, float* dst) {
+    const int64_t nv = n & ~int64_t(7);
+    for (int64_t i = 0; i < nv; i += 8) {
+        const v8f v = load8_as_float<DT>(src, i);
+        std::memcpy(dst + i, &v, sizeof(v));
     }
+    for (int64_t i = nv; i < n; ++i) dst[i] = load_elem<DT>(src, i);
+}
+
+DCAM_HOT void convert_to_float(const void* src, int dtype, int64_t n, float* dst) {
+    if (dtype == DCAM_F16)
+        convert_to_float_t<DCAM_F16>(src, n, dst);
+    else
+        convert_to_float_t<DCAM_BF16>(src, n, dst);
 }
 
 // One term of the pooled sum, float64.

@@ -1040,6 +1040,25 @@ DCAM_INLINE float debias(float* m, int64_t N, const float* I, float alpha, bool 
     return alpha;
 }
 
+// sum(I*I) and sum(m*I): float32 products summed in float64, each rounded once
+// (the least-squares scale of both SICD modes).
+DCAM_INLINE void least_squares_sums(const float* m, const float* I, int64_t N, float& ii_out, float& mi_out) {
+    v4d ai = {0, 0, 0, 0}, am = ai;
+    int64_t i = 0;
+    for (; i + 4 <= N; i += 4) {
+        const v4f iv = load4(I + i);
+        ai += cvt(iv * iv);
+        am += cvt(load4(m + i) * iv);
+    }
+    double ii = hsum(ai), mi = hsum(am);
+    for (; i < N; ++i) {
+        ii += static_cast<double>(I[i] * I[i]);
+        mi += static_cast<double>(m[i] * I[i]);
+    }
+    ii_out = static_cast<float>(ii);
+    mi_out = static_cast<float>(mi);
+}
+
 DCAM_INLINE float sicd_reference(float* m, int64_t N, float rho, Scratch& S) {
     float mean_f, std_f;
     mean_std(m, N, mean_f, std_f);
@@ -1058,19 +1077,9 @@ DCAM_INLINE float sicd_reference(float* m, int64_t N, float rho, Scratch& S) {
     const bool apply = imax != 0.0f;
     float alpha = 0.0f;
     if (apply) {
-        v4d ai = {0, 0, 0, 0}, am = ai;
-        int64_t i = 0;
-        for (; i + 4 <= N; i += 4) {
-            const v4f iv = load4(I + i);
-            ai += cvt(iv * iv);
-            am += cvt(load4(m + i) * iv);
-        }
-        double ii = hsum(ai), mi = hsum(am);
-        for (; i < N; ++i) {
-            ii += static_cast<double>(I[i] * I[i]);
-            mi += static_cast<double>(m[i] * I[i]);
-        }
-        alpha = static_cast<float>(mi) / static_cast<float>(ii);
+        float ii, mi;
+        least_squares_sums(m, I, N, ii, mi);
+        alpha = mi / ii;
         alpha = kSicdAlphaMax < alpha ? kSicdAlphaMax : alpha;
     }
     return debias(m, N, I, alpha, apply, S);
@@ -1092,23 +1101,12 @@ DCAM_INLINE float sicd_context(float* m, int64_t N, int64_t T, const float* wrow
     }
     float* I = S.interf.data();
     for (int64_t n = 0; n < N; ++n) I[n] = static_cast<float>(accI[n]);
-    v4d ai = {0, 0, 0, 0}, am = ai;
-    int64_t n = 0;
-    for (; n + 4 <= N; n += 4) {
-        const v4f iv = load4(I + n);
-        ai += cvt(iv * iv);
-        am += cvt(load4(m + n) * iv);
-    }
-    double ii = hsum(ai), mi = hsum(am);
-    for (; n < N; ++n) {
-        ii += static_cast<double>(I[n] * I[n]);
-        mi += static_cast<double>(m[n] * I[n]);
-    }
-    const float iif = static_cast<float>(ii);
+    float iif, mi;
+    least_squares_sums(m, I, N, iif, mi);
     const bool apply = iif != 0.0f;
     float alpha = 0.0f;
     if (apply) {
-        alpha = static_cast<float>(mi) / iif;
+        alpha = mi / iif;
         alpha = alpha < 0.0f ? 0.0f : alpha;
         alpha = 1.0f < alpha ? 1.0f : alpha;
     }
