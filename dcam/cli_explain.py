@@ -84,11 +84,10 @@ def _parse_tokens(spec: Optional[str]):
 
 
 def _explainer(model, processor, args):
-    from .config import CamConfig
     from .explain import Explainer
 
     try:
-        return Explainer(model, processor, layer=args.layer, config=CamConfig(), method=args.method,
+        return Explainer(model, processor, layer=args.layer, method=args.method,
                          chunk_size=args.chunk_size)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -279,7 +278,6 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     ``"layercam"`` (``mean_d relu(relu(G_t[n, d]) * A[n, d])``, element-wise
     weighting instead of the per-channel mean over tokens).
     """
-    from .config import CamConfig
     from .data import COLOURS
     from .explain import Explainer
 
@@ -287,7 +285,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
         model, processor = load_model(None)
     size = int(getattr(model.config, "image_size", 64))
     samples = grounding_samples(n, image_size=size)
-    exp0 = Explainer(model, processor, method=method, config=config or CamConfig())
+    exp0 = Explainer(model, processor, method=method, config=config)
     nblocks = len(exp0.adapter.blocks())
     layers = list(range(nblocks - 1)) if layers is None else [exp0.adapter.resolve_layer(l) for l in layers]
     rates: Dict[str, Dict[int, float]] = {}
@@ -313,7 +311,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     for probe in probes:
         rates[probe] = {}
         for layer in layers:
-            exp = Explainer(model, processor, layer=layer, method=method, config=config or CamConfig())
+            exp = Explainer(model, processor, layer=layer, method=method, config=config)
             hits, kind_hits = 0, {"colour": 0, "shape": 0}
             v_hits: Dict[str, int] = {}
             for s in samples:

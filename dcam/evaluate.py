@@ -80,7 +80,7 @@ ALL_METHODS = ("diffusion-cam", "grad-cam", "llava-cam", "tam")
 METHOD_LABELS = {"diffusion-cam": "Diffusion-CAM", "grad-cam": "Grad-CAM", "llava-cam": "LLaVA-CAM", "tam": "TAM"}
 ABLATION_ROWS = ("baseline", "+AKD", "+DACG", "+CBA", "+SICD", "full", "full (SICD context)")
 
-ExplainerFactory = Callable[[str, CamConfig, Optional[int]], Any]
+ExplainerFactory = Callable[[str, Optional[CamConfig], Optional[int]], Any]
 
 
 # --------------------------------------------------------------------------- configs
@@ -417,7 +417,9 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     methods: ``"all"``, a comma list or a list of method names.
     n: number of valid records to evaluate (None: all).
     layer / probe / target_score: shared by every method of the comparison.
-    config: the Diffusion-CAM config (default ``CamConfig()``).
+    config: the Diffusion-CAM config (None: the model's default,
+        :meth:`~dcam.adapters.ModelAdapter.default_config`; it is resolved once
+        and shared by every method, ablation row and sweep cell).
     Returns the report dict (also written to ``out_dir/report.json``).
     """
     t0 = time.time()
@@ -435,7 +437,6 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
             explainer_factory = model_or_factory
         else:
             raise ValueError("model_or_factory must be a model (with its processor) or an explainer factory")
-    cfg = config or CamConfig()
     methods = _resolve_methods(methods)
     if target_score not in ("logit", "contrastive"):
         raise ValueError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
@@ -452,8 +453,9 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     records_iter: Iterable[EvalRecord] = ds.records(n) if isinstance(ds, EvalDataset) else list(ds)[:n]
     ds_name = ds.name if isinstance(ds, EvalDataset) else "records"
 
-    explainers = {m: explainer_factory(m, cfg, layer) for m in methods}
-    first = explainers[methods[0]]
+    first = explainer_factory(methods[0], config, layer)
+    cfg = config if config is not None else getattr(first, "config", None) or CamConfig()
+    explainers = {m: first if m == methods[0] else explainer_factory(m, cfg, layer) for m in methods}
     adapter = first.adapter
     ctx = _Ctx(explainer_factory, prompt, probe, target_score, layer)
     # the shared probe mode (explicit, so every method gets the same one)

@@ -1,6 +1,6 @@
 """High-level API: explain every word a (diffusion) multimodal LLM wrote.
 
-    exp = dcam.Explainer(model, processor, layer=None, config=dcam.CamConfig(), method="diffusion-cam")
+    exp = dcam.Explainer(model, processor, layer=None, config=None, method="diffusion-cam")
     e = exp.explain(image, prompt=None, response=None, targets="all", probe=None, target_score=None)
     e.tokens, e.token_ids, e.maps          # maps: float32 [T, h, w], one per explained token
     e.stats                                # the engine's per-map statistics, each [T]
@@ -48,12 +48,13 @@ from .config import CamConfig
 from .overlay import contact_sheet, display_size, overlay as overlay_image
 
 #: Default probe mode for diffusion MLLMs: the mode whose Diffusion-CAM maps
-#: localised best on the grounding benchmark with the bundled weights
-#: (``python -m dcam.grounding_report --n 50 --variants``; 50 test images, 244
-#: object words, uniform-map chance 0.410). Diffusion-CAM rates, layers 0/1/2:
-#: full 0.668/0.570/0.553, masked 0.672/0.590/0.561, remask 0.672/0.570/0.549.
-#: masked and remask tie at layer 0; masked needs one forward for all targets
-#: (remask one per target), so it is the default.
+#: localised best on the grounding benchmark with the bundled weights and their
+#: recommended config (``python -m dcam.grounding_report --n 50 --variants``;
+#: 50 test images, 244 object words, uniform-map chance 0.410). Diffusion-CAM
+#: rates, layers 0/1/2: full 0.828/0.791/0.525, masked 0.828/0.799/0.545,
+#: remask 0.824/0.775/0.516. masked ties full at layer 0 and is what a masked
+#: diffusion model sees at its first denoising step (full scores logits the
+#: model never trained at visible positions); remask needs one forward per target.
 DEFAULT_DMLLM_PROBE = "masked"
 
 TokenRef = Union[int, str]
@@ -352,7 +353,10 @@ class Explainer:
     layer: the block to hook (None: the adapter's default; negative indices
         count from the end; the last block is refused, its image-token
         gradients are identically zero).
-    config: the refinement config (``method="diffusion-cam"``).
+    config: the pooling and refinement config (``method="diffusion-cam"``;
+        None: the adapter's :meth:`~dcam.adapters.ModelAdapter.default_config`,
+        ``CamConfig()`` except where the model recommends otherwise: the
+        bundled model's config sets ``grad_relu=False``).
     method: ``"diffusion-cam"`` (default), ``"grad-cam"``, ``"llava-cam"``, ``"tam"``.
     chunk_size: cotangents per batched backward (and rows per remask batch).
     backend: the engine backend.
@@ -373,7 +377,7 @@ class Explainer:
 
             raise LastLayerError(f"layer {layer} is the last block, whose image-token gradients are identically "
                                  "zero; choose an earlier block")
-        self.config = config if config is not None else CamConfig()
+        self.config = config if config is not None else self.adapter.default_config()
         if not isinstance(self.config, CamConfig):
             raise TypeError(f"config must be a dcam.CamConfig, got {type(self.config).__name__}")
         self.method_name = method

@@ -162,7 +162,7 @@ def test_evaluate_end_to_end(tiny, tmp_path):
         orig = ex.explain
 
         def counted(*a, **k):
-            passes.append((method, cfg.sicd, k.get("probe")))
+            passes.append((method, ex.config.sicd, k.get("probe")))
             return orig(*a, **k)
 
         ex.explain = counted
@@ -229,7 +229,7 @@ def test_ablation_without_raw_maps_falls_back_to_extra_passes(tiny):
 
         def wrapped(*a, **k):
             e = orig(*a, **k)
-            passes.append(cfg.sicd)
+            passes.append(ex.config.sicd)
             if strip:  # an explainer that exposes neither raw maps nor context weights
                 e.raw_maps = None
                 e.extra = {}

@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..config import CamConfig
+
 #: Probe modes, see :mod:`dcam.adapters.probing`.
 PROBES = ("full", "masked", "remask")
 
@@ -192,6 +194,11 @@ class ModelAdapter:
     def default_layer(self) -> int:
         """Index of the default block to probe (a non-negative index)."""
         return max(len(self.blocks()) - 2, 0)
+
+    def default_config(self) -> CamConfig:
+        """The :class:`~dcam.CamConfig` an explainer uses when none is passed:
+        ``CamConfig()`` unless the adapter knows a better setting for its model."""
+        return CamConfig()
 
     def final_norm(self) -> Optional[nn.Module]:
         """The module whose output is the last hidden state of the token

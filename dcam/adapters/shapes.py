@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..config import CamConfig
 from .base import ModelAdapter, Prepared, load_image
 
 
@@ -52,6 +53,15 @@ class ShapesAdapter(ModelAdapter):
 
     def default_layer(self) -> int:
         return int(self.model.default_probe_layer)
+
+    def default_config(self) -> CamConfig:
+        """``CamConfig()`` with the overrides the model's config recommends
+        (``cam_config``; the bundled weights: ``grad_relu=False``)."""
+        overrides = getattr(self.model.config, "cam_config", None) or {}
+        try:
+            return CamConfig(**overrides)
+        except TypeError as exc:
+            raise ValueError(f"the model config's cam_config {overrides!r} is not a valid CamConfig: {exc}") from exc
 
     def final_norm(self):
         return self.model.language_model.norm

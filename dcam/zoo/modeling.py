@@ -90,6 +90,10 @@ class ShapesDMLLMConfig(PreTrainedConfig):
     projector_relu: bool = False
     image_offset: float = 0.0
     image_offset_channels: int = 4
+    # CamConfig fields that differ from dcam.CamConfig()'s defaults in the maps this
+    # model's explainer makes when no config is passed (`ModelAdapter.default_config`);
+    # the bundled weights set {"grad_relu": False}, the setting that grounds best.
+    cam_config: dict | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 

@@ -307,6 +307,9 @@ def linearise(model, processor, pool, steps, batch, lr, seed, eps=1e4, log_every
     set_rms_norm_eps(model, eps)
     model.config.projector_relu = True
     model.config.default_probe_layer = 0
+    # signed channel weights (SPEC section 1 with grad_relu=False) ground better
+    # on this model than the positive part alone: README "Grounding"
+    model.config.cam_config = {"grad_relu": False}
     return train_lm(model, processor, pool, steps, batch, lr, seed, log_every=log_every)
 
 
