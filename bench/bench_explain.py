@@ -2,7 +2,8 @@
 probe vs the published procedure.
 
 * dcam (``Explainer.explain``, probe ``"full"``): parameters frozen, the model
-  run under ``no_grad`` up to the hooked block, one forward above it and the 16
+  run under ``no_grad`` up to the hooked block, one forward above it (the last
+  block only at the 16 scored rows, ``ShapesDMLLM.logits_at``) and the 16
   gradients from one batched-cotangent backward; then pooling + refinement.
 * published: for every token, one full forward and one full backward WITH
   parameter gradients (``dcam.adapters.probing.published_gradients``), then the

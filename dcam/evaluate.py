@@ -229,7 +229,7 @@ def token_probabilities(adapter, images: Sequence[Image.Image], response_ids: Se
         groups = [preps] if same else [[p] for p in preps]
         for g in groups:
             ids = _probe_ids(adapter, g[0], probe).expand(len(g), ids0.shape[1])
-            logits = adapter.logits_at(ids, _stack_inputs(g), pos)  # [B, P, V]
+            logits = adapter.logits_at_rows(ids, _stack_inputs(g), pos)  # [B, P, V]
             lp = torch.log_softmax(logits.float(), dim=-1)
             out.append(lp.gather(2, tok.to(lp.device)[None, :, None].expand(len(g), -1, 1))[..., 0].exp().cpu())
     return torch.cat(out, dim=0)

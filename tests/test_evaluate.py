@@ -89,6 +89,8 @@ class FakeAdapter:
         logit = torch.stack([q.log(), (1 - q).log()], dim=2)  # [B, 2 positions, 2 ids]
         return logit[:, [int(p) - 2 for p in positions]]
 
+    logits_at_rows = logits_at  # what perturbation_curves calls (it reads the logits only)
+
 
 def test_perturbation_curves_hand_case():
     img = Image.new("RGB", (8, 8), (255, 255, 255))

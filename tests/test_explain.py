@@ -94,10 +94,13 @@ def test_probe_freezes_parameters_and_restores_them(prepared):
 
 
 def test_graph_starts_at_the_hooked_block(prepared):
-    """Blocks below the hooked one run without autograd; above it, with."""
+    """Blocks below the hooked one run without autograd; above it, with (the
+    blocks' MLPs are hooked: the bundled model runs its last block at the
+    scored rows without calling the block module itself)."""
     a, prep = prepared
     modes = []
-    hooks = [b.register_forward_pre_hook(lambda m, args: modes.append(torch.is_grad_enabled())) for b in a.blocks()]
+    hooks = [b.mlp.register_forward_pre_hook(lambda m, args: modes.append(torch.is_grad_enabled()))
+             for b in a.blocks()]
     try:
         pos, ids = _targets(prep, [1])
         probe(a, prep, pos, ids, 1)

@@ -102,6 +102,44 @@ def test_attention_is_bidirectional(rand, images):
     assert (diff > 0).all()
 
 
+def test_logits_at_equals_forward_at_those_positions(rand, images):
+    # the last block run at the scored rows only: same logits as the full forward
+    model, proc = rand
+    enc = [proc(im) for im in images[:2]]
+    ids = torch.cat([e["input_ids"] for e in enc])
+    ids[1, -3:] = proc.tokenizer.convert_tokens_to_ids("red")
+    pix = torch.cat([e["pixel_values"] for e in enc])
+    L = ids.shape[1]
+    keep = torch.ones(2, L)
+    keep[1, :1] = 0  # a padded key in row 1
+    with torch.no_grad():
+        for mask in (None, keep):
+            full = model(input_ids=ids, pixel_values=pix, attention_mask=mask).logits
+            shared = torch.tensor([L - 1, L - 5, 3, 0])
+            got = model.logits_at(shared, input_ids=ids, pixel_values=pix, attention_mask=mask)
+            torch.testing.assert_close(got, full[:, shared], rtol=0, atol=1e-5)
+            per_row = torch.tensor([[L - 1, 7], [L - 2, L - 1]])
+            got = model.logits_at(per_row, input_ids=ids, pixel_values=pix, attention_mask=mask)
+            want = torch.stack([full[b, per_row[b]] for b in range(2)])
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    for bad, msg in ((torch.tensor([L]), "positions must lie"), (torch.tensor([-1]), "positions must lie"),
+                     (torch.zeros(3, 1, dtype=torch.long), "positions must be")):
+        with pytest.raises(ValueError, match=msg):
+            model.logits_at(bad, input_ids=ids, pixel_values=pix)
+
+
+def test_logits_at_gradient_equals_full_forward_gradient(rand, images):
+    # what explanations differentiate: the image embeddings' gradient is the same
+    model, proc = rand
+    enc = proc(images[0])
+    emb = model.embed(enc["input_ids"], enc["pixel_values"]).detach().requires_grad_(True)
+    pos = torch.tensor([emb.shape[1] - 2, emb.shape[1] - 1])
+    g_full = torch.autograd.grad(model(inputs_embeds=emb).logits[0, pos, 5].sum(), emb)[0]
+    g_rows = torch.autograd.grad(model.logits_at(pos, inputs_embeds=emb)[0, :, 5].sum(), emb)[0]
+    assert g_full.abs().max() > 0
+    torch.testing.assert_close(g_rows, g_full, rtol=0, atol=1e-6)
+
+
 def test_embed_scatters_image_features(rand, images):
     model, proc = rand
     for prompt in (None, "what is in this image"):

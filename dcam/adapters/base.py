@@ -269,6 +269,15 @@ class ModelAdapter:
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         raise NotImplementedError
 
+    def logits_at_rows(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor) -> Tensor:
+        """:meth:`logits_at` for a caller that reads nothing of the forward but
+        these logits and the hidden states of the blocks before the last (no
+        hook on the last block or the final norm). An adapter may then run the
+        last block at ``positions`` only (the bundled model's does: its
+        backward then skips the other rows); by default the same as
+        :meth:`logits_at`."""
+        return self.logits_at(input_ids, model_inputs, positions)
+
     # ------------------------------------------------------------------ misc
     def check_image_tokens(self):
         """Raise ValueError when the model has no image token."""

@@ -257,6 +257,8 @@ def probe(adapter: ModelAdapter, prep: Prepared, positions: Sequence[int], token
     norm = adapter.final_norm() if want_last_hidden else None
     model = adapter.model
 
+    # nothing reads the last block or the final norm: the adapter may run the last block at the scored rows only
+    rows_only = norm is None and layer < len(blocks) - 1
     acts, grads, scores, last_hidden = [], [], [], []
     W_logits = torch.zeros(T, T)  # [i, t] logit at i's position of t's id
     with frozen(model):
@@ -279,7 +281,8 @@ def probe(adapter: ModelAdapter, prep: Prepared, positions: Sequence[int], token
                 with torch.enable_grad():
                     torch.set_grad_enabled(False)  # no graph below the hooked block
                     try:
-                        logits = adapter.logits_at(batch_ids, inputs, want)  # [R, P, V]
+                        run = adapter.logits_at_rows if rows_only else adapter.logits_at
+                        logits = run(batch_ids, inputs, want)  # [R, P, V]
                     finally:
                         torch.set_grad_enabled(True)
                     leaf = tap.output()

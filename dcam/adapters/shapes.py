@@ -97,17 +97,27 @@ class ShapesAdapter(ModelAdapter):
         used = sum(1 for k in self.model.transfer_schedule(Lr, S) if k > 0)
         return out[0].tolist(), used
 
-    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+    def _embeddings(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
+        """Input embeddings and the remaining model inputs."""
         pix = model_inputs.get("pixel_values")
+        rest = {k: v for k, v in model_inputs.items() if k != "pixel_values"}
         R = input_ids.shape[0]
         if R > 1 and pix is not None and pix.shape[0] == R and pix.stride(0) == 0:
             # the rows of one probe share the image (only response slots differ): run the vision
             # tower once and give every row the same image-token embeddings
             is_img = input_ids == self.image_token_id
             if bool((is_img == is_img[:1]).all()):
-                rest = {k: v for k, v in model_inputs.items() if k != "pixel_values"}
                 img_emb = self.model.embed(input_ids[:1], pix[:1])
                 tok_emb = self.model.language_model.embed_tokens(input_ids)
-                emb = torch.where(is_img[..., None], img_emb.expand(R, -1, -1), tok_emb)
-                return self.model(inputs_embeds=emb, **rest).logits
-        return self.model(input_ids=input_ids, **model_inputs).logits
+                return torch.where(is_img[..., None], img_emb.expand(R, -1, -1), tok_emb), rest
+        return self.model.embed(input_ids, pix), rest
+
+    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        emb, rest = self._embeddings(input_ids, model_inputs)
+        return self.model(inputs_embeds=emb, **rest).logits
+
+    def logits_at_rows(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor) -> Tensor:
+        emb, rest = self._embeddings(input_ids, model_inputs)
+        # the last block at the scored rows only (ShapesDMLLM.logits_at): same logits, and the
+        # batched backward of an explanation skips that block's other L - P rows
+        return self.model.logits_at(positions, inputs_embeds=emb, **rest).float()

@@ -17,6 +17,7 @@ import torch.nn as nn
 from transformers import LlamaConfig, LlamaModel, PreTrainedConfig, PreTrainedModel, SiglipVisionConfig, \
     SiglipVisionModel
 from transformers import initialization as hf_init
+from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 from transformers.utils import ModelOutput
 
 from .processing import build_vocab
@@ -265,6 +266,63 @@ class ShapesDMLLM(PreTrainedModel):
                                   output_hidden_states=output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)
         return ShapesDMLLMOutput(logits=logits, hidden_states=out.hidden_states if output_hidden_states else None)
+
+    def logits_at(self, positions: torch.Tensor, input_ids: Optional[torch.LongTensor] = None,
+                  pixel_values: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                  attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The logits of :meth:`forward` at ``positions`` only (``[P]`` shared by
+        every row, or ``[B, P]``) -> ``[B, P, V]``.
+
+        Every block but the last runs on the whole sequence; the last one only
+        at the rows whose logits are wanted (queries at those rows, keys and
+        values from every row), since nothing after it mixes positions. Same
+        values as ``forward(...).logits`` at those positions, and when the
+        logits are differentiated (explanations) the last block's backward
+        costs P rows instead of L. The last block's forward hooks do not run
+        (it is not called as a module)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, pixel_values)
+        B, L, _ = inputs_embeds.shape
+        positions = torch.as_tensor(positions, dtype=torch.long, device=inputs_embeds.device)
+        if positions.dim() == 1:
+            positions = positions.expand(B, positions.shape[0])
+        if positions.dim() != 2 or positions.shape[0] != B:
+            raise ValueError(f"positions must be [P] or [{B}, P], got {tuple(positions.shape)}")
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= L):
+            raise ValueError(f"positions must lie in [0, {L}), got {positions.min().item()}..{positions.max().item()}")
+        lm = self.language_model
+        mask = self.bidirectional_mask(inputs_embeds, attention_mask)  # [B, 1, L, L]
+        position_ids = torch.arange(L, device=inputs_embeds.device)[None]
+        cos, sin = lm.rotary_emb(inputs_embeds, position_ids=position_ids)  # [1, L, head_dim]
+        h = inputs_embeds
+        layers = lm.layers[: lm.config.num_hidden_layers]
+        for layer in layers[:-1]:
+            h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=position_ids)
+        rows = torch.arange(B, device=h.device)[:, None]
+        h = self._last_block_at(layers[-1], h, positions, rows, mask[rows, 0, positions][:, None],
+                                cos[0, positions][:, None], sin[0, positions][:, None], cos[:, None], sin[:, None])
+        return self.lm_head(lm.norm(h))
+
+    @staticmethod
+    def _last_block_at(block, h, positions, rows, mask, cos_q, sin_q, cos_k, sin_k):
+        """A Llama decoder layer evaluated at ``h[rows, positions]`` only (queries
+        there, keys/values everywhere): the same ops as the layer's forward."""
+        attn = block.self_attn
+        B, L, _ = h.shape
+        P = positions.shape[1]
+        x = block.input_layernorm(h)
+        x_q = x[rows, positions]  # [B, P, D]
+        hd = attn.head_dim
+        q = attn.q_proj(x_q).view(B, P, -1, hd).transpose(1, 2)
+        k = attn.k_proj(x).view(B, L, -1, hd).transpose(1, 2)
+        v = attn.v_proj(x).view(B, L, -1, hd).transpose(1, 2)
+        q = q * cos_q + rotate_half(q) * sin_q
+        k = k * cos_k + rotate_half(k) * sin_k
+        k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
+        o = attn.o_proj(o.transpose(1, 2).reshape(B, P, -1))
+        h_q = h[rows, positions] + o
+        return h_q + block.mlp(block.post_attention_layernorm(h_q))
 
     # --------------------------------------------------------------- sampling
     @staticmethod
