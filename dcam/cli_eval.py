@@ -49,6 +49,8 @@ def _fill(s: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli_explain import CAM_HELP
+
     p.add_argument("--dataset", default="shapes", help="'shapes' (bundled) or a COCO / TAM data folder")
     p.add_argument("--split", default="test", help="split (shapes: train/val/test; COCO: picks instances_<split>*)")
     p.add_argument("--n", type=int, default=200, help="number of records to evaluate (default 200)")
@@ -73,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="perturbed images per forward (default 16)")
     p.add_argument("--image-size", type=int, default=64, help="shapes image size (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random faithfulness baseline")
+    p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=CAM_HELP)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -104,9 +107,10 @@ def _execute(args) -> int:
     _check(args)
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    from .cli_explain import load_model
+    from .cli_explain import cam_config, load_model
 
     model, processor = load_model(args.model)
+    config = cam_config(model, processor, args.cam)
     probes = [s.strip() for s in args.sweep_probes.split(",") if s.strip()] if args.sweep_probes else None
     with warnings.catch_warnings():
         if args.quiet:
@@ -118,7 +122,7 @@ def _execute(args) -> int:
                           sweep_layers=_int_list(args.sweep_layers, "--sweep-layers"), sweep_n=args.sweep_n,
                           faith_n=args.faith_n, faith_steps=args.faith_steps, faith_fill=_fill(args.faith_fill),
                           batch_size=args.batch_size, n_examples=args.examples, seed=args.seed,
-                          image_size=args.image_size, verbose=not args.quiet)
+                          image_size=args.image_size, verbose=not args.quiet, config=config)
     with open(os.path.join(args.out, "main_table.md")) as f:
         print(f.read())
     if report.get("skipped"):

@@ -83,11 +83,29 @@ def _parse_tokens(spec: Optional[str]):
     return [int(t) if t.lstrip("-").isdigit() else t for t in items]
 
 
+def cam_config(model, processor, settings: Optional[Sequence[str]]):
+    """The model's default CamConfig with ``--cam name=value`` settings applied
+    (None when there are none: the explainer then uses the model's default)."""
+    if not settings:
+        return None
+    from .adapters import auto_adapter
+
+    try:
+        return auto_adapter(model, processor).default_config().apply(settings)
+    except ValueError as exc:
+        raise CliError(f"--cam: {exc}") from exc
+
+
+CAM_HELP = ("set a CamConfig field, e.g. --cam grad_relu=true --cam sicd=context (repeatable; applied on top of "
+            "the model's default config)")
+
+
 def _explainer(model, processor, args):
     from .explain import Explainer
 
+    config = cam_config(model, processor, args.cam)
     try:
-        return Explainer(model, processor, layer=args.layer, method=args.method,
+        return Explainer(model, processor, layer=args.layer, method=args.method, config=config,
                          chunk_size=args.chunk_size)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -177,6 +195,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, default=None, help="block to hook (default: the model's default)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps for generation")
     p.add_argument("--chunk-size", type=int, default=16, help="targets per batched backward")
+    p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=CAM_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -216,6 +235,7 @@ def add_grounding_subparser(subparsers) -> None:
     p.add_argument("--target-score", default="logit", choices=["logit", "contrastive"])
     p.add_argument("--model", default=None, metavar="DIR")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=CAM_HELP)
     p.add_argument("--variants", action="store_true",
                    help="also score diagnostic maps from the same probe (raw pooled map, gradient norm, LayerCAM)")
     p.add_argument("--threads", type=int, default=None,
@@ -334,7 +354,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
         bar.close()
     out = {"rates": rates, "rates_by_kind": by_kind, "chance": chance_hits / max(1, n_words),
            "n_images": len(samples), "n_words": n_words, "method": method, "target_score": target_score,
-           "default_layer": exp0.layer}
+           "default_layer": exp0.layer, "config_changes": config_changes(exp0.config)}
     if variants:
         out["variant_rates"] = variant_rates
     return out
@@ -358,10 +378,22 @@ def _variant_maps(exp, e, s, idx, probe, target_score) -> dict:
     return out
 
 
+def config_changes(config) -> dict:
+    """The fields of ``config`` that differ from ``CamConfig()``'s."""
+    from dataclasses import asdict
+
+    from .config import CamConfig
+
+    base = asdict(CamConfig())
+    return {k: v for k, v in asdict(config).items() if v != base[k]}
+
+
 def format_grounding(rep: dict) -> str:
     layers = sorted({l for r in rep["rates"].values() for l in r})
+    changes = ", ".join(f"{k}={v}" for k, v in rep.get("config_changes", {}).items()) or "none"
     lines = [f"grounding rate ({rep['method']}, {rep['target_score']} score) on {rep['n_images']} images, "
              f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
+             f"config: CamConfig() with {changes}",
              "probe     " + "".join(f"  layer {l}" + ("*" if l == rep.get("default_layer") else " ") for l in layers)]
     for probe, r in rep["rates"].items():
         lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
@@ -392,7 +424,8 @@ def run_grounding(args) -> int:
     model, processor = load_model(args.model)
     try:
         rep = grounding_report(model, processor, n=args.n, probes=probes, layers=layers, method=args.method,
-                               target_score=args.target_score, progress=not args.quiet, variants=args.variants)
+                               target_score=args.target_score, progress=not args.quiet, variants=args.variants,
+                               config=cam_config(model, processor, args.cam))
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     print(format_grounding(rep))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Tuple, Union
+from typing import Sequence, Tuple, Union
 
 #: SICD mode names and the integer code the kernels receive.
 SICD_MODES = {"off": 0, "reference": 1, "context": 2}
@@ -94,6 +94,23 @@ class CamConfig:
         kw.update(changes)
         return CamConfig(**kw)
 
+    def apply(self, settings: Sequence[str]) -> "CamConfig":
+        """A copy with fields set from ``"name=value"`` strings (the CLI's
+        ``--cam``): booleans ``true/false`` (also ``1/0``, ``yes/no``), numbers,
+        ``akd_kernel=adaptive`` or an odd int, ``sicd=context``, and the
+        4-number fields as comma lists (``dacg_percentiles=90,75,80,85``)."""
+        types = {f.name: f.type for f in fields(self)}
+        changes = {}
+        for item in settings:
+            name, sep, text = str(item).partition("=")
+            name, text = name.strip(), text.strip()
+            if not sep or not name:
+                raise ValueError(f"CamConfig setting must look like name=value, got {item!r}")
+            if name not in types:
+                raise ValueError(f"CamConfig has no field {name!r} (fields: {', '.join(types)})")
+            changes[name] = _parse_field(name, text, getattr(self, name))
+        return self.replace(**changes)
+
     def op_args(self) -> dict:
         """The refine op's scalar arguments.
 
@@ -112,3 +129,24 @@ class CamConfig:
                          *[float(q) for q in self.dacg_percentiles], float(self.dacg_sigma)],
             cba_params=[*[float(q) for q in self.cba_weights], float(self.cba_floor)],
         )
+
+
+def _parse_field(name: str, text: str, current):
+    """``text`` as a value of the CamConfig field ``name`` (typed like ``current``)."""
+    try:
+        if isinstance(current, bool):
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError("not a boolean")
+        if name == "akd_kernel":
+            return text if text == "adaptive" else int(text)
+        if isinstance(current, tuple):
+            return tuple(float(v) for v in text.split(","))
+        if isinstance(current, float):
+            return float(text)
+        return text
+    except ValueError as exc:
+        raise ValueError(f"CamConfig.{name}: cannot read {text!r} ({exc})") from None

@@ -142,3 +142,20 @@ def test_grounding_report_runs(model_dir, tmp_path, capsys):
     assert 0 < rep["chance"] < 1
     assert set(rep["variant_rates"]) == {"raw", "grad-norm", "layercam"}
     assert main(["grounding", "--model", model_dir, "--probes", "half"]) == 2
+
+
+def test_cam_settings_reach_the_maps(model_dir, tmp_path, capsys):
+    # --cam sets CamConfig fields on top of the model's default; the grounding
+    # report names the fields that differ from CamConfig()
+    out = tmp_path / "g.json"
+    assert main(["grounding", "--model", model_dir, "--n", "1", "--layers", "0", "--probes", "masked", "--quiet",
+                 "--cam", "grad_relu=false", "--cam", "sicd=off", "--json", str(out)]) == 0
+    assert "config: CamConfig() with sicd=off, grad_relu=False" in capsys.readouterr().out
+    assert json.load(open(out))["config_changes"] == {"sicd": "off", "grad_relu": False}
+    d = tmp_path / "demo"
+    assert main(["demo", "--model", model_dir, "--out", str(d), "--quiet", "--cam", "akd=false"]) == 0
+    assert json.load(open(d / "meta.json"))["config"]["akd"] is False
+    capsys.readouterr()
+    assert main(["demo", "--model", model_dir, "--out", str(d), "--cam", "akd=perhaps"]) == 2
+    assert _err_line(capsys) == ["dcam demo: error: --cam: CamConfig.akd: cannot read 'perhaps' (not a boolean)"]
+

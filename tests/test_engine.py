@@ -120,6 +120,19 @@ def test_config_errors_name_the_field(field, value):
         dcam.CamConfig(**{field: value})
 
 
+def test_config_apply_parses_settings():
+    c = dcam.CamConfig().apply(["grad_relu=false", "akd_kernel=5", "dacg_percentiles=90,70,80,85", "sicd=context",
+                                "cba_floor=0.25", "akd = no"])
+    assert c == dcam.CamConfig(grad_relu=False, akd_kernel=5, dacg_percentiles=(90, 70, 80, 85), sicd="context",
+                               cba_floor=0.25, akd=False)
+    assert dcam.CamConfig(akd_kernel=7).apply(["akd_kernel=adaptive"]) == dcam.CamConfig()
+    for bad, msg in (("grad_relu", "name=value"), ("colour=red", "no field 'colour'"),
+                     ("grad_relu=maybe", "CamConfig.grad_relu"), ("akd_kernel=4", "akd_kernel"),
+                     ("dacg_std=abc", "CamConfig.dacg_std"), ("dacg_percentiles=90,75", "dacg_percentiles")):
+        with pytest.raises(ValueError, match=msg):
+            dcam.CamConfig().apply([bad])
+
+
 def test_config_replace_and_op_args():
     c = dcam.CamConfig().replace(akd_kernel=5, sicd="off")
     assert c.op_args()["akd_kernel"] == 5 and c.op_args()["sicd"] == 0

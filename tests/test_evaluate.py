@@ -298,7 +298,11 @@ def test_cli_eval_runs(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_explain, "load_model", lambda model_dir=None: tiny)
     out = str(tmp_path / "cli")
     rc = cli_eval.main(["--n", "1", "--methods", "diffusion-cam,grad-cam", "--out", out, "--examples", "0",
-                        "--quiet"])
+                        "--quiet", "--cam", "grad_relu=false"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "Grad-CAM" in text and os.path.exists(os.path.join(out, "main_table.md"))
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f)["config"]["grad_relu"] is False  # --cam reached the evaluation
+    assert cli_eval.main(["--n", "1", "--out", out, "--cam", "grad_relu"]) == 2
+    assert "--cam: CamConfig setting must look like name=value" in capsys.readouterr().err

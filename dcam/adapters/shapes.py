@@ -60,7 +60,7 @@ class ShapesAdapter(ModelAdapter):
         overrides = getattr(self.model.config, "cam_config", None) or {}
         try:
             return CamConfig(**overrides)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"the model config's cam_config {overrides!r} is not a valid CamConfig: {exc}") from exc
 
     def final_norm(self):
