@@ -82,10 +82,14 @@ def cases(device="cpu", quick: bool = False) -> List[Case]:
                                                                                   check_finite=False)),
                         T, grads.numel() * grads.element_size()))
     acts, grads = make_pool_inputs(T, N, D, torch.bfloat16, device)
-    out.append(Case(f"diffusion_cam T={T} N={N} D={D} bf16",
-                    lambda b, a=acts, g=grads: (lambda: engine.diffusion_cam(a, g, (24, 24), cfg, backend=b,
-                                                                             check_finite=False)),
-                    T, grads.numel() * grads.element_size()))
+    # the fused call as users make it by default (inputs checked for NaN/Inf), without the
+    # check, and with signed channel weights (grad_relu=False: no factorised product)
+    for suffix, c, check in (("", cfg, True), (", unchecked", cfg, False),
+                             (", grad_relu=False", cfg.replace(grad_relu=False), False)):
+        out.append(Case(f"diffusion_cam T={T} N={N} D={D} bf16{suffix}",
+                        lambda b, a=acts, g=grads, c=c, check=check: (
+                            lambda: engine.diffusion_cam(a, g, (24, 24), c, backend=b, check_finite=check)),
+                        T, grads.numel() * grads.element_size()))
     return out
 
 

@@ -120,6 +120,27 @@ def test_config_errors_name_the_field(field, value):
         dcam.CamConfig(**{field: value})
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_all_finite_matches_isfinite(dtype):
+    # the one-pass min/max check finds every NaN/Inf wherever it sits
+    from dcam.engine import all_finite
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, 16, 33, 1000, 4099):
+        x = torch.randn(n, generator=g).to(dtype)
+        assert all_finite(x)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for i in {0, n // 2, n - 1, int(torch.randint(n, (1,), generator=g))}:
+                y = x.clone()
+                y[i] = bad
+                assert not all_finite(y), (n, bad, i)
+                assert not all_finite(y.view(1, n)[:, :].t())  # non-contiguous view
+    edge = torch.tensor([-0.0, 0.0, torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).tiny / 2],
+                        dtype=dtype)
+    assert all_finite(edge) and bool(torch.isfinite(edge).all())
+    assert all_finite(torch.empty(0, dtype=dtype))
+
+
 def test_config_apply_parses_settings():
     c = dcam.CamConfig().apply(["grad_relu=false", "akd_kernel=5", "dacg_percentiles=90,70,80,85", "sicd=context",
                                 "cba_floor=0.25", "akd = no"])
