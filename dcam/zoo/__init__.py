@@ -14,6 +14,10 @@ Interface (stable; the explainer codes against these names)::
     model.lm_head                # nn.Linear hidden -> vocab
     model.default_probe_layer    # int, block 0 in the bundled weights (best grounding); image-token
                                  # gradients of a word's logit at the LAST block are identically zero
+    model.config.cam_config      # CamConfig overrides the explainer uses by default: {"grad_relu": False}
+                                 # in the bundled weights (best grounding; README "Grounding")
+    model.logits_at(positions, input_ids=..., pixel_values=...) -> [B, P, V]
+        # forward(...).logits at positions only; the last block runs at those rows only
     model.embed(input_ids, pixel_values) -> inputs_embeds [B, L, H]
         # token embeddings with the projected image features scattered into the
         # image_token_id positions (row-major over the grid, in order of appearance)
