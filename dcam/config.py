@@ -99,15 +99,15 @@ class CamConfig:
         ``--cam``): booleans ``true/false`` (also ``1/0``, ``yes/no``), numbers,
         ``akd_kernel=adaptive`` or an odd int, ``sicd=context``, and the
         4-number fields as comma lists (``dacg_percentiles=90,75,80,85``)."""
-        types = {f.name: f.type for f in fields(self)}
+        names = [f.name for f in fields(self)]
         changes = {}
         for item in settings:
             name, sep, text = str(item).partition("=")
             name, text = name.strip(), text.strip()
             if not sep or not name:
                 raise ValueError(f"CamConfig setting must look like name=value, got {item!r}")
-            if name not in types:
-                raise ValueError(f"CamConfig has no field {name!r} (fields: {', '.join(types)})")
+            if name not in names:
+                raise ValueError(f"CamConfig has no field {name!r} (fields: {', '.join(names)})")
             changes[name] = _parse_field(name, text, getattr(self, name))
         return self.replace(**changes)
 
