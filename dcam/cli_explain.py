@@ -230,6 +230,8 @@ def add_grounding_subparser(subparsers) -> None:
                               description=grounding_report.__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=50, help="images with >= 2 objects (default 50)")
     p.add_argument("--probes", default="full,masked,remask")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="grounded-shapes split the images come from (default test)")
     p.add_argument("--layers", default=None, help="comma-separated blocks (default: every block but the last)")
     p.add_argument("--method", default="diffusion-cam")
     p.add_argument("--target-score", default="logit", choices=["logit", "contrastive"])
@@ -279,10 +281,11 @@ def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, im
 def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[str] = ("full", "masked", "remask"),
                      layers: Optional[Sequence[int]] = None, method: str = "diffusion-cam",
                      target_score: str = "logit", config=None, progress: bool = True,
-                     variants: bool = False) -> dict:
+                     variants: bool = False, split: str = "test") -> dict:
     """Grounding rate of the maps on grounded-shapes test images.
 
-    On the first ``n`` test-split images with two or more objects, the reference
+    On the first ``n`` images of ``split`` (test by default; validation: "val")
+    with two or more objects, the reference
     caption is explained (teacher-forced, so every word has a ground-truth
     object); for every object word (colour or shape) the map is bilinearly
     upsampled to the label mask and counts as grounded when its mass on the
@@ -304,7 +307,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     if model is None:
         model, processor = load_model(None)
     size = int(getattr(model.config, "image_size", 64))
-    samples = grounding_samples(n, image_size=size)
+    samples = grounding_samples(n, split=split, image_size=size)
     exp0 = Explainer(model, processor, method=method, config=config)
     nblocks = len(exp0.adapter.blocks())
     layers = list(range(nblocks - 1)) if layers is None else [exp0.adapter.resolve_layer(l) for l in layers]
@@ -353,7 +356,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     if bar is not None:
         bar.close()
     out = {"rates": rates, "rates_by_kind": by_kind, "chance": chance_hits / max(1, n_words),
-           "n_images": len(samples), "n_words": n_words, "method": method, "target_score": target_score,
+           "n_images": len(samples), "n_words": n_words, "split": split, "method": method, "target_score": target_score,
            "default_layer": exp0.layer, "config_changes": config_changes(exp0.config)}
     if variants:
         out["variant_rates"] = variant_rates
@@ -391,7 +394,8 @@ def config_changes(config) -> dict:
 def format_grounding(rep: dict) -> str:
     layers = sorted({l for r in rep["rates"].values() for l in r})
     changes = ", ".join(f"{k}={v}" for k, v in rep.get("config_changes", {}).items()) or "none"
-    lines = [f"grounding rate ({rep['method']}, {rep['target_score']} score) on {rep['n_images']} images, "
+    lines = [f"grounding rate ({rep['method']}, {rep['target_score']} score) on {rep['n_images']} "
+             f"{rep.get('split', 'test')}-split images, "
              f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
              f"config: CamConfig() with {changes}",
              "probe     " + "".join(f"  layer {l}" + ("*" if l == rep.get("default_layer") else " ") for l in layers)]
@@ -425,7 +429,7 @@ def run_grounding(args) -> int:
     try:
         rep = grounding_report(model, processor, n=args.n, probes=probes, layers=layers, method=args.method,
                                target_score=args.target_score, progress=not args.quiet, variants=args.variants,
-                               config=cam_config(model, processor, args.cam))
+                               config=cam_config(model, processor, args.cam), split=args.split)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     print(format_grounding(rep))

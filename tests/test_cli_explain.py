@@ -149,9 +149,11 @@ def test_cam_settings_reach_the_maps(model_dir, tmp_path, capsys):
     # report names the fields that differ from CamConfig()
     out = tmp_path / "g.json"
     assert main(["grounding", "--model", model_dir, "--n", "1", "--layers", "0", "--probes", "masked", "--quiet",
-                 "--cam", "grad_relu=false", "--cam", "sicd=off", "--json", str(out)]) == 0
-    assert "config: CamConfig() with sicd=off, grad_relu=False" in capsys.readouterr().out
-    assert json.load(open(out))["config_changes"] == {"sicd": "off", "grad_relu": False}
+                 "--cam", "grad_relu=false", "--cam", "sicd=off", "--split", "val", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "config: CamConfig() with sicd=off, grad_relu=False" in text and "1 val-split images" in text
+    rep = json.load(open(out))
+    assert rep["config_changes"] == {"sicd": "off", "grad_relu": False} and rep["split"] == "val"
     d = tmp_path / "demo"
     assert main(["demo", "--model", model_dir, "--out", str(d), "--quiet", "--cam", "akd=false"]) == 0
     assert json.load(open(d / "meta.json"))["config"]["akd"] is False
