@@ -292,6 +292,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     named object exceeds its mass on every other object of the image. Returns
     ``{"rates": {probe: {layer: rate}}, "rates_by_kind": {probe: {layer:
     {"colour": rate, "shape": rate}}}, "chance": rate of a uniform map,
+    "class_detector": rate of :func:`class_detector_maps`,
     "n_images", "n_words"}``.
 
     variants: also score, from the same probe, maps that are not the
@@ -313,7 +314,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     layers = list(range(nblocks - 1)) if layers is None else [exp0.adapter.resolve_layer(l) for l in layers]
     rates: Dict[str, Dict[int, float]] = {}
     variant_rates: Dict[str, Dict[str, Dict[int, float]]] = {}
-    chance_hits, n_words = 0, 0
+    chance_hits, class_hits, n_words = 0, 0, 0
     n_kind = {"colour": 0, "shape": 0}
     by_kind: Dict[str, Dict[int, Dict[str, float]]] = {}
     for s in samples:
@@ -324,6 +325,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
         uniform = np.ones((len(idx), 2, 2), np.float32)
         # a uniform map's mass is the object's area: ties (equal areas) count as failures
         chance_hits += sum(object_word_success(uniform, idx, s.word_labels, s.mask))
+        class_hits += sum(object_word_success(class_detector_maps(s, idx), idx, s.word_labels, s.mask))
     total = len(probes) * len(layers)
     try:
         from tqdm import tqdm
@@ -356,10 +358,27 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     if bar is not None:
         bar.close()
     out = {"rates": rates, "rates_by_kind": by_kind, "chance": chance_hits / max(1, n_words),
+           "class_detector": class_hits / max(1, n_words),
            "n_images": len(samples), "n_words": n_words, "split": split, "method": method, "target_score": target_score,
            "default_layer": exp0.layer, "config_changes": config_changes(exp0.config)}
     if variants:
         out["variant_rates"] = variant_rates
+    return out
+
+
+def class_detector_maps(sample, words_idx: Sequence[int]) -> np.ndarray:
+    """For each object word, the map of a perfect class detector: 1 on every
+    object of the named colour (or shape), 0 elsewhere. What a map that
+    finds "what the word reads" but not which instance scores at best (same-class
+    objects tie on density and the larger one wins on mass)."""
+    from .data import COLOURS
+
+    out = np.zeros((len(words_idx),) + sample.mask.shape, np.float32)
+    for k, i in enumerate(words_idx):
+        key = "colour" if sample.words[i] in COLOURS else "shape"
+        for j, obj in enumerate(sample.objects):
+            if obj[key] == sample.words[i]:
+                out[k][sample.mask == j + 1] = 1.0
     return out
 
 
@@ -398,6 +417,8 @@ def format_grounding(rep: dict) -> str:
              f"{rep.get('split', 'test')}-split images, "
              f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
              f"config: CamConfig() with {changes}",
+             f"a perfect class detector (every object of the named colour/shape) scores "
+             f"{rep.get('class_detector', float('nan')):.3f}",
              "probe     " + "".join(f"  layer {l}" + ("*" if l == rep.get("default_layer") else " ") for l in layers)]
     for probe, r in rep["rates"].items():
         lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
