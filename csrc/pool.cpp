@@ -42,7 +42,6 @@ DCAM_INLINE float load_elem(const void* base, int64_t i) {
     return DT == DCAM_F16 ? f16_to_float(u) : bf16_to_float(u);
 }
 
-DCAM_INLINE float relu_if(float v, bool relu) { return relu ? (v < 0.f ? 0.f : v) : v; }
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef uint16_t v8u16 __attribute__((vector_size(16)));
@@ -77,10 +76,27 @@ DCAM_INLINE v8f load8_as_float(const void* base, int64_t i) {
     return f;
 }
 
-template <bool RELU>
+// How the gradient pass treats an element before summing it.
+//   kPlain:       as is (grad_relu off). NaN and +-Inf reach the sums.
+//   kRelu:        max(v, 0) with NaN kept, like torch.clamp(min=0): NaN and +Inf reach the
+//                 sums, -Inf becomes 0.
+//   kReluChecked: the same sums for finite input (a negative v becomes v * 0 = -0, which
+//                 adds like 0), but -Inf becomes NaN, so every non-finite element of the
+//                 gradients makes its column sum non-finite: the NaN/Inf check rides on
+//                 the pass instead of reading the gradients a second time.
+enum GradMode { kPlain = 0, kRelu = 1, kReluChecked = 2 };
+
+template <int MODE>
 DCAM_INLINE v8f relu8(v8f v) {
     const v8f z = {0, 0, 0, 0, 0, 0, 0, 0};
-    return RELU ? (v < z ? z : v) : v;
+    if (MODE == kPlain) return v;
+    return v < z ? (MODE == kRelu ? z : v * z) : v;
+}
+
+template <int MODE>
+DCAM_INLINE float relu1(float v) {
+    if (MODE == kPlain) return v;
+    return v < 0.f ? (MODE == kRelu ? 0.f : v * 0.f) : v;
 }
 
 // acc[0..8) += s, in float64
@@ -96,13 +112,9 @@ DCAM_INLINE void add8_f64(double* acc, v8f s) {
     std::memcpy(acc + 4, &a1, sizeof(a1));
 }
 
-template <bool RELU>
-DCAM_INLINE v4f relu4(v4f v) {
-    return RELU ? vmax0(v) : v;
-}
-
-// acc[j] += sum_{n<N} g(n, d0 + j) for j < len (g relu'd when RELU), rows `stride` elements apart.
-template <int DT, bool RELU>
+// acc[j] += sum_{n<N} g(n, d0 + j) for j < len (g passed through relu8<MODE>), rows `stride`
+// elements apart.
+template <int DT, int MODE>
 DCAM_INLINE void accumulate_rows_t(const void* g, int64_t stride, int64_t N, int64_t d0, int64_t len,
                                    double* __restrict acc) {
     // Groups of 8 rows are summed in float32 as a balanced tree (at most 3 roundings on
@@ -115,25 +127,25 @@ DCAM_INLINE void accumulate_rows_t(const void* g, int64_t stride, int64_t N, int
         const int64_t o0 = n * stride + d0;
         for (int64_t j = 0; j < lv; j += 8) {
             const int64_t o = o0 + j;
-            const v8f a = relu8<RELU>(load8_as_float<DT>(g, o)) + relu8<RELU>(load8_as_float<DT>(g, o + stride));
-            const v8f b = relu8<RELU>(load8_as_float<DT>(g, o + 2 * stride)) +
-                          relu8<RELU>(load8_as_float<DT>(g, o + 3 * stride));
-            const v8f c = relu8<RELU>(load8_as_float<DT>(g, o + 4 * stride)) +
-                          relu8<RELU>(load8_as_float<DT>(g, o + 5 * stride));
-            const v8f e = relu8<RELU>(load8_as_float<DT>(g, o + 6 * stride)) +
-                          relu8<RELU>(load8_as_float<DT>(g, o + 7 * stride));
+            const v8f a = relu8<MODE>(load8_as_float<DT>(g, o)) + relu8<MODE>(load8_as_float<DT>(g, o + stride));
+            const v8f b = relu8<MODE>(load8_as_float<DT>(g, o + 2 * stride)) +
+                          relu8<MODE>(load8_as_float<DT>(g, o + 3 * stride));
+            const v8f c = relu8<MODE>(load8_as_float<DT>(g, o + 4 * stride)) +
+                          relu8<MODE>(load8_as_float<DT>(g, o + 5 * stride));
+            const v8f e = relu8<MODE>(load8_as_float<DT>(g, o + 6 * stride)) +
+                          relu8<MODE>(load8_as_float<DT>(g, o + 7 * stride));
             add8_f64(acc + j, (a + b) + (c + e));
         }
         for (int64_t j = lv; j < len; ++j) {
             float v[8];
-            for (int r = 0; r < 8; ++r) v[r] = relu_if(load_elem<DT>(g, o0 + r * stride + j), RELU);
+            for (int r = 0; r < 8; ++r) v[r] = relu1<MODE>(load_elem<DT>(g, o0 + r * stride + j));
             acc[j] += static_cast<double>(((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])));
         }
     }
     for (; n < N; ++n) {
         const int64_t o = n * stride + d0;
-        for (int64_t j = 0; j < lv; j += 8) add8_f64(acc + j, relu8<RELU>(load8_as_float<DT>(g, o + j)));
-        for (int64_t j = lv; j < len; ++j) acc[j] += static_cast<double>(relu_if(load_elem<DT>(g, o + j), RELU));
+        for (int64_t j = 0; j < lv; j += 8) add8_f64(acc + j, relu8<MODE>(load8_as_float<DT>(g, o + j)));
+        for (int64_t j = lv; j < len; ++j) acc[j] += static_cast<double>(relu1<MODE>(load_elem<DT>(g, o + j)));
     }
 }
 
@@ -144,15 +156,15 @@ DCAM_INLINE void accumulate_rows_t(const void* g, int64_t stride, int64_t N, int
 // sums are kept in separate float64 halves of `perm` and interleaved into acc at the
 // end; the values summed and their order are those of the generic path, so the
 // result is bit-identical to it.
-template <bool RELU>
+template <int MODE>
 DCAM_INLINE v8f bf16_pair_half(v8u32 u, bool odd) {
     const v8u32 bits = odd ? (u & 0xffff0000u) : (u << 16);
     v8f f;
     std::memcpy(&f, &bits, sizeof(f));
-    return relu8<RELU>(f);
+    return relu8<MODE>(f);
 }
 
-template <bool RELU>
+template <int MODE>
 DCAM_INLINE void accumulate_rows_bf16(const uint16_t* g, int64_t stride, int64_t N, int64_t d0, int64_t len,
                                       double* __restrict acc, double* __restrict perm) {
     const int64_t lv = len & ~int64_t(15), half = lv / 2;
@@ -168,10 +180,10 @@ DCAM_INLINE void accumulate_rows_bf16(const uint16_t* g, int64_t stride, int64_t
             const v8u32 u0 = row(n, j), u1 = row(n + 1, j), u2 = row(n + 2, j), u3 = row(n + 3, j);
             const v8u32 u4 = row(n + 4, j), u5 = row(n + 5, j), u6 = row(n + 6, j), u7 = row(n + 7, j);
             for (int odd = 0; odd < 2; ++odd) {
-                const v8f a = bf16_pair_half<RELU>(u0, odd) + bf16_pair_half<RELU>(u1, odd);
-                const v8f b = bf16_pair_half<RELU>(u2, odd) + bf16_pair_half<RELU>(u3, odd);
-                const v8f c = bf16_pair_half<RELU>(u4, odd) + bf16_pair_half<RELU>(u5, odd);
-                const v8f e = bf16_pair_half<RELU>(u6, odd) + bf16_pair_half<RELU>(u7, odd);
+                const v8f a = bf16_pair_half<MODE>(u0, odd) + bf16_pair_half<MODE>(u1, odd);
+                const v8f b = bf16_pair_half<MODE>(u2, odd) + bf16_pair_half<MODE>(u3, odd);
+                const v8f c = bf16_pair_half<MODE>(u4, odd) + bf16_pair_half<MODE>(u5, odd);
+                const v8f e = bf16_pair_half<MODE>(u6, odd) + bf16_pair_half<MODE>(u7, odd);
                 add8_f64(perm + odd * half + j / 2, (a + b) + (c + e));
             }
         }
@@ -179,35 +191,37 @@ DCAM_INLINE void accumulate_rows_bf16(const uint16_t* g, int64_t stride, int64_t
     for (; n < N; ++n)
         for (int64_t j = 0; j < lv; j += 16) {
             const v8u32 u = row(n, j);
-            add8_f64(perm + j / 2, bf16_pair_half<RELU>(u, false));
-            add8_f64(perm + half + j / 2, bf16_pair_half<RELU>(u, true));
+            add8_f64(perm + j / 2, bf16_pair_half<MODE>(u, false));
+            add8_f64(perm + half + j / 2, bf16_pair_half<MODE>(u, true));
         }
     for (int64_t i = 0; i < half; ++i) {
         acc[2 * i] += perm[i];
         acc[2 * i + 1] += perm[half + i];
     }
-    if (lv < len) accumulate_rows_t<DCAM_BF16, RELU>(g, stride, N, d0 + lv, len - lv, acc + lv);
+    if (lv < len) accumulate_rows_t<DCAM_BF16, MODE>(g, stride, N, d0 + lv, len - lv, acc + lv);
 }
 
-// acc[0..len) += column sums of rows [0, N) of g (relu'd when relu); scratch: len doubles.
-DCAM_HOT void accumulate_rows(const void* g, int dtype, bool relu, int64_t stride, int64_t N, int64_t d0,
-                              int64_t len, double* acc, double* scratch) {
+template <int MODE>
+DCAM_INLINE void accumulate_rows_m(const void* g, int dtype, int64_t stride, int64_t N, int64_t d0, int64_t len,
+                                   double* acc, double* scratch) {
     switch (dtype) {
-        case DCAM_F32:
-            relu ? accumulate_rows_t<DCAM_F32, true>(g, stride, N, d0, len, acc)
-                 : accumulate_rows_t<DCAM_F32, false>(g, stride, N, d0, len, acc);
+        case DCAM_F32: accumulate_rows_t<DCAM_F32, MODE>(g, stride, N, d0, len, acc); break;
+        case DCAM_F16: accumulate_rows_t<DCAM_F16, MODE>(g, stride, N, d0, len, acc); break;
+        default:
+            accumulate_rows_bf16<MODE>(static_cast<const uint16_t*>(g), stride, N, d0, len, acc, scratch);
             break;
-        case DCAM_F16:
-            relu ? accumulate_rows_t<DCAM_F16, true>(g, stride, N, d0, len, acc)
-                 : accumulate_rows_t<DCAM_F16, false>(g, stride, N, d0, len, acc);
-            break;
-        default: {
-            const uint16_t* gb = static_cast<const uint16_t*>(g);
-            relu ? accumulate_rows_bf16<true>(gb, stride, N, d0, len, acc, scratch)
-                 : accumulate_rows_bf16<false>(gb, stride, N, d0, len, acc, scratch);
-            break;
-        }
     }
+}
+
+// acc[0..len) += column sums of rows [0, N) of g (see GradMode); scratch: len doubles.
+DCAM_HOT void accumulate_rows(const void* g, int dtype, int mode, int64_t stride, int64_t N, int64_t d0,
+                              int64_t len, double* acc, double* scratch) {
+    if (mode == kPlain)
+        accumulate_rows_m<kPlain>(g, dtype, stride, N, d0, len, acc, scratch);
+    else if (mode == kRelu)
+        accumulate_rows_m<kRelu>(g, dtype, stride, N, d0, len, acc, scratch);
+    else
+        accumulate_rows_m<kReluChecked>(g, dtype, stride, N, d0, len, acc, scratch);
 }
 
 template <int DT>
@@ -235,8 +249,8 @@ DCAM_INLINE v4d term(v4f a, v4f w) {
 }
 template <bool GRAD_RELU>
 DCAM_INLINE double term1(float a, float w) {
-    if (GRAD_RELU) return static_cast<double>(relu_if(a, true)) * static_cast<double>(w);
-    return static_cast<double>(relu_if(a * w, true));
+    if (GRAD_RELU) return static_cast<double>(relu1<kRelu>(a)) * static_cast<double>(w);
+    return static_cast<double>(relu1<kRelu>(a * w));
 }
 
 // acc[t][n - n0] += sum_{d in [d0, d1)} term(A[n, d], W[t, d]) for n in [n0, n1), t < T.
@@ -337,7 +351,7 @@ DCAM_HOT void relu_to_f64(const float* __restrict src, int64_t n, double* __rest
         const v4d v = to_d(vmax0(load4(src + d)));
         std::memcpy(dst + d, &v, sizeof(v));
     }
-    for (; d < n; ++d) dst[d] = static_cast<double>(relu_if(src[d], true));
+    for (; d < n; ++d) dst[d] = static_cast<double>(relu1<kRelu>(src[d]));
 }
 
 DCAM_INLINE v4d load4d(const double* p) {
@@ -391,14 +405,15 @@ __attribute__((optimize("fp-contract=fast"))) DCAM_HOT void gemm_f64_block(
 
 }  // namespace
 
-extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
-                                   int64_t N, int64_t D, int grad_relu, float* maps_out,
-                                   uint8_t* degenerate_out) {
+static int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N,
+                        int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
+                        int32_t* grads_nonfinite) {
     if (dtype != DCAM_F32 && dtype != DCAM_F16 && dtype != DCAM_BF16) return DCAM_EINVAL_DTYPE;
     if (B < 0 || T < 0 || N < 1 || D < 1) return DCAM_EINVAL_SHAPE;
     if (B == 0 || T == 0) return DCAM_OK;
     if (!acts || !grads || !maps_out) return DCAM_EINVAL_NULL;
     const bool relu = grad_relu != 0;
+    const int mode = !relu ? kPlain : (grads_nonfinite ? kReluChecked : kRelu);
     const int dt = static_cast<int>(dtype);
     const int64_t esize = dtype == DCAM_F32 ? 4 : 2;
     const int nthreads = max_threads();
@@ -443,13 +458,21 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
             const int64_t d0 = (it % nchunks) * dchunk;
             const int64_t len = std::min(dchunk, D - d0);
             std::fill(acc, acc + len, 0.0);
-            accumulate_rows(gbytes + bt * N * D * esize, dt, relu, D, N, d0, len, acc, acc + dchunk);
+            accumulate_rows(gbytes + bt * N * D * esize, dt, mode, D, N, d0, len, acc, acc + dchunk);
             float* wrow = weights.data() + bt * D + d0;
             for (int64_t j = 0; j < len; ++j) wrow[j] = static_cast<float>(acc[j]) / invN;
         }
         std::free(acc);
     }
     if (oom) return DCAM_ENOMEM;
+    if (grads_nonfinite) {
+        // every NaN/Inf of grads made its column's weight non-finite (see GradMode); a finite
+        // gradient can only do that by overflowing a float32 partial sum (|g| > ~4e37)
+        int32_t bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static)
+        for (int64_t i = 0; i < BT * D; ++i) bad |= std::isfinite(weights[i]) ? 0 : 1;
+        *grads_nonfinite = bad;
+    }
 
     // ---- 16-bit activations -> float32 once
     const float* A = static_cast<const float*>(acts);
@@ -561,4 +584,19 @@ extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dty
         if (degenerate_out) degenerate_out[m] = deg ? 1 : 0;
     }
     return DCAM_OK;
+}
+
+extern "C" int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
+                                   int64_t N, int64_t D, int grad_relu, float* maps_out,
+                                   uint8_t* degenerate_out) {
+    return pool_gradients_impl(acts, grads, dtype, B, T, N, D, grad_relu, maps_out, degenerate_out, nullptr);
+}
+
+extern "C" int dcam_pool_gradients_checked(const void* acts, const void* grads, dcam_dtype dtype, int64_t B,
+                                           int64_t T, int64_t N, int64_t D, int grad_relu, float* maps_out,
+                                           uint8_t* degenerate_out, int32_t* grads_nonfinite) {
+    if (!grads_nonfinite) return DCAM_EINVAL_NULL;
+    *grads_nonfinite = 0;
+    return pool_gradients_impl(acts, grads, dtype, B, T, N, D, grad_relu, maps_out, degenerate_out,
+                               grads_nonfinite);
 }

@@ -1,6 +1,6 @@
 """The two dcam operators, registered with `torch.library`.
 
-    dcam::pool_gradients(acts, grads, h, w, grad_relu) -> (maps, degenerate)
+    dcam::pool_gradients(acts, grads, h, w, grad_relu, check_grads) -> (maps, degenerate, grads_nonfinite)
     dcam::refine(raw, degenerate, steps, image_size, repeat_ratio, context_maps,
                  context_weights, akd_kernel, akd, dacg, cba, sicd,
                  dacg_params, cba_params)
@@ -19,6 +19,11 @@ pattern: one op, per-device kernels behind it):
 
 The host ops' fake (meta) kernels only allocate the outputs, so shape
 propagation never runs data-dependent code.
+
+``check_grads``: also report (``grads_nonfinite``, a 0-dim bool tensor on the
+inputs' device, no host sync) whether the gradients hold a NaN/Inf. The C++
+kernel finds out within its one pass over the gradients; the reference and
+the Triton path run one extra ``aminmax`` reduction. False when not asked.
 """
 from __future__ import annotations
 
@@ -34,10 +39,18 @@ from .backends import cpp_backend, triton_backend
 # ------------------------------------------------------------------ output allocation (fake kernels)
 
 
-def _pool_outputs(acts: Tensor, grads: Tensor, h: int, w: int) -> Tuple[Tensor, Tensor]:
+def _pool_outputs(acts: Tensor, grads: Tensor, h: int, w: int, *_) -> Tuple[Tensor, Tensor, Tensor]:
     B, T = grads.shape[0], grads.shape[1]
     return (acts.new_empty((B, T, h, w), dtype=torch.float32),
-            acts.new_empty((B, T), dtype=torch.bool))
+            acts.new_empty((B, T), dtype=torch.bool), acts.new_empty((), dtype=torch.bool))
+
+
+def with_grads_flag(maps_deg: Tuple[Tensor, Tensor], grads: Tensor, check_grads: bool
+                    ) -> Tuple[Tensor, Tensor, Tensor]:
+    """A pooling result without its own check, plus the gradients' NaN/Inf flag."""
+    flag = reference.nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool,
+                                                                           device=grads.device)
+    return maps_deg[0], maps_deg[1], flag
 
 
 def _refine_outputs(raw: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -53,8 +66,9 @@ def _refine_outputs(raw: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor
 # reference; CPU gets the C++ kernel.
 
 @torch.library.custom_op("dcam::pool_gradients_host", mutates_args=())
-def pool_gradients_host(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool) -> Tuple[Tensor, Tensor]:
-    return reference.pool_gradients_reference(acts, grads, h, w, grad_relu)
+def pool_gradients_host(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool
+                        ) -> Tuple[Tensor, Tensor, Tensor]:
+    return with_grads_flag(reference.pool_gradients_reference(acts, grads, h, w, grad_relu), grads, check_grads)
 
 
 @torch.library.custom_op("dcam::refine_host", mutates_args=())
@@ -67,7 +81,7 @@ def refine_host(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tens
                                       context_weights, akd_kernel, akd, dacg, cba, sicd, dacg_params, cba_params)
 
 
-pool_gradients_host.register_fake(lambda acts, grads, h, w, grad_relu: _pool_outputs(acts, grads, h, w))
+pool_gradients_host.register_fake(_pool_outputs)
 refine_host.register_fake(lambda raw, *rest: _refine_outputs(raw))
 
 _warned = False
@@ -83,11 +97,11 @@ def _warn_no_cpp() -> None:
 
 
 @pool_gradients_host.register_kernel("cpu")
-def _pool_cpu(acts, grads, h, w, grad_relu):
+def _pool_cpu(acts, grads, h, w, grad_relu, check_grads):
     if cpp_backend.is_available():
-        return cpp_backend.module().pool_gradients_cpp(acts, grads, h, w, grad_relu)
+        return cpp_backend.module().pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads)
     _warn_no_cpp()
-    return reference.pool_gradients_reference(acts, grads, h, w, grad_relu)
+    return with_grads_flag(reference.pool_gradients_reference(acts, grads, h, w, grad_relu), grads, check_grads)
 
 
 @refine_host.register_kernel("cpu")
@@ -102,10 +116,12 @@ def _refine_cpu(*args):
 # CUDA tensors run the Triton kernels (traced into by torch.compile through
 # triton_op + wrap_triton); every other device goes to the host op above.
 
-def _pool_body(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool) -> Tuple[Tensor, Tensor]:
+def _pool_body(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool
+               ) -> Tuple[Tensor, Tensor, Tensor]:
     if acts.device.type == "cuda" and triton_backend.is_available():
-        return triton_backend.module().pool_gradients_triton(acts, grads, h, w, grad_relu)
-    return pool_gradients_host(acts, grads, h, w, grad_relu)
+        return with_grads_flag(triton_backend.module().pool_gradients_triton(acts, grads, h, w, grad_relu), grads,
+                          check_grads)
+    return pool_gradients_host(acts, grads, h, w, grad_relu, check_grads)
 
 
 def _refine_body(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,
@@ -126,5 +142,5 @@ if triton_backend.installed():
 else:  # no Triton on this platform: the same ops, dispatching to the host ops
     pool_gradients_op = torch.library.custom_op("dcam::pool_gradients", _pool_body, mutates_args=())
     refine_op = torch.library.custom_op("dcam::refine", _refine_body, mutates_args=())
-    pool_gradients_op.register_fake(lambda acts, grads, h, w, grad_relu: _pool_outputs(acts, grads, h, w))
+    pool_gradients_op.register_fake(_pool_outputs)
     refine_op.register_fake(lambda raw, *rest: _refine_outputs(raw))

@@ -116,6 +116,16 @@ def minmax_normalise(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 # --------------------------------------------------------------------------- section 1
 
+def nonfinite_flag(x: Tensor) -> Tensor:
+    """0-dim bool tensor on ``x``'s device: whether ``x`` holds a NaN/Inf. One
+    reduction pass, no temporary as large as ``x`` and no host sync: min and
+    max propagate NaN, and an infinity is an extreme."""
+    if x.numel() == 0 or not x.is_floating_point():
+        return torch.zeros((), dtype=torch.bool, device=x.device)
+    lo, hi = torch.aminmax(x)
+    return ~(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def pool_gradients_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True
                              ) -> Tuple[Tensor, Tensor]:
     """Gradient-weighted activation pooling, min-max normalised.

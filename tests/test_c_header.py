@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs gcc and g++ (Linux)")
 
 PROGRAM = r"""
+#include <math.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <string.h>
@@ -68,6 +69,15 @@ int main(void) {
         printf("pool bf16 %d %d %d %.8f %.8f %.8f\n", relu, rc, pdeg[0], maps[0], maps[1], maps[2]);
     }
 
+    /* ---- the same pooling with the gradients checked in its pass: clean, then a -Inf */
+    int32_t nonfinite = -1;
+    rc = dcam_pool_gradients_checked(A, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, &nonfinite);
+    printf("checked clean %d %d %.8f %.8f %.8f\n", rc, nonfinite, maps[0], maps[1], maps[2]);
+    G[3] = -INFINITY;
+    rc = dcam_pool_gradients_checked(A, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, &nonfinite);
+    printf("checked neginf %d %d\n", rc, nonfinite);
+    G[3] = 4.0f;
+
     /* ---- documented errors */
     printf("err null_cfg %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, NULL, out,
                                              NULL, NULL, NULL, NULL, NULL));
@@ -80,6 +90,7 @@ int main(void) {
                                                NULL, NULL, NULL, NULL, NULL));
     printf("err dtype %d\n", dcam_pool_gradients(A, G, (dcam_dtype)7, 1, 1, 3, 2, 1, maps, pdeg));
     printf("err shape %d\n", dcam_pool_gradients(A, G, DCAM_F32, 1, 1, 0, 2, 1, maps, pdeg));
+    printf("err null_flag %d\n", dcam_pool_gradients_checked(A, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, NULL));
     printf("errstr %s\n", dcam_error_string(DCAM_EINVAL_CONFIG));
     printf("version %s\n", dcam_version());
     return 0;
@@ -193,8 +204,19 @@ def test_pooling_by_hand(program_output):
             np.testing.assert_allclose([float(v) for v in vals], expect, atol=1e-6)
 
 
+def test_pooling_checked_flags_nonfinite_gradients(program_output):
+    checked = {r[0]: r[1:] for r in _lines(program_output, "checked")}
+    rc, flag, *vals = checked["clean"]
+    assert rc == "0" and flag == "0"
+    raw = np.array([2 / 3, 10 / 3, 4 / 3])  # the grad_relu case of test_pooling_by_hand
+    np.testing.assert_allclose([float(v) for v in vals], (raw - raw.min()) / (raw.max() - raw.min() + 1e-8),
+                               atol=1e-6)
+    assert checked["neginf"] == ["0", "1"]  # -Inf under grad_relu: a plain relu would have hidden it
+
+
 def test_error_codes(program_output):
     errs = {r[0]: r[1] for r in _lines(program_output, "err")}
-    assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2"}
+    assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
+                    "null_flag": "1"}
     assert _lines(program_output, "version") == [["0.1.0"]]
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])

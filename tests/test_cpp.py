@@ -375,13 +375,16 @@ def _pool_inputs(B, T, h, w, D, seed):
 
 def check_pool(acts, grads, h, w, grad_relu):
     ref = R.pool_gradients_reference(acts, grads, h, w, grad_relu)
-    got = C.pool_gradients_cpp(acts, grads, h, w, grad_relu)
-    assert got[0].dtype == torch.float32 and got[1].dtype == torch.bool
-    assert got[0].shape == ref[0].shape and got[1].shape == ref[1].shape
-    assert torch.equal(got[1], ref[1])
-    err = (got[0] - ref[0]).abs().max().item()
+    maps, deg, bad = C.pool_gradients_cpp(acts, grads, h, w, grad_relu)
+    assert maps.dtype == torch.float32 and deg.dtype == torch.bool and not bad
+    assert maps.shape == ref[0].shape and deg.shape == ref[1].shape
+    assert torch.equal(deg, ref[1])
+    err = (maps - ref[0]).abs().max().item()
     assert err <= ATOL, err
-    return got
+    # the pass that also checks the gradients for NaN/Inf gives the same bits
+    maps_c, deg_c, bad_c = C.pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads=True)
+    assert torch.equal(maps_c, maps) and torch.equal(deg_c, deg) and not bad_c
+    return maps, deg
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -427,12 +430,34 @@ def test_pooling_degenerate():
 def test_pooling_worked_example():
     A = torch.tensor([[1.0, -1.0], [2.0, 3.0], [0.0, 2.0]])
     G = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [0.0, 0.0]]])
-    maps, deg = C.pool_gradients_cpp(A[None], G[None], 1, 3, True)
+    maps, deg, _ = C.pool_gradients_cpp(A[None], G[None], 1, 3, True)
     raw = torch.tensor([2 / 3, 10 / 3, 4 / 3])
     torch.testing.assert_close(maps.reshape(-1), (raw - raw.min()) / (raw.max() - raw.min() + 1e-8),
                                atol=1e-6, rtol=0)
-    maps, _ = C.pool_gradients_cpp(A[None], G[None], 1, 3, False)
+    maps, _, _ = C.pool_gradients_cpp(A[None], G[None], 1, 3, False)
     torch.testing.assert_close(maps.reshape(-1), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grad_relu", [True, False])
+def test_pooling_pass_finds_every_nonfinite_gradient(dtype, grad_relu):
+    # the checked pass flags a NaN/+Inf/-Inf wherever it sits: vector body, column
+    # tails, 8-row groups and their remainder rows (-Inf under grad_relu is the case
+    # a plain relu would hide)
+    gen = torch.Generator().manual_seed(36)
+    for T, h, w, D in ((2, 3, 3, 37), (1, 4, 5, 64), (3, 1, 1, 17)):
+        acts, grads = _pool_inputs(1, T, h, w, D, seed=37)
+        acts, grads = acts.to(dtype), grads.to(dtype)
+        N = h * w
+        assert not C.pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads=True)[2]
+        spots = {(0, 0, 0), (T - 1, N - 1, D - 1), (0, N - 1, 0), (T - 1, 0, D - 1)}
+        spots |= {tuple(int(torch.randint(k, (1,), generator=gen)) for k in (T, N, D)) for _ in range(6)}
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for t, n, d in spots:
+                g = grads.clone()
+                g[0, t, n, d] = bad
+                assert C.pool_gradients_cpp(acts, g, h, w, grad_relu, check_grads=True)[2], (bad, t, n, d)
+                assert not C.pool_gradients_cpp(acts, g, h, w, grad_relu)[2]  # unchecked: not looked at
 
 
 def test_pool_then_refine_end_to_end():

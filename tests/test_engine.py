@@ -120,6 +120,45 @@ def test_config_errors_name_the_field(field, value):
         dcam.CamConfig(**{field: value})
 
 
+@pytest.mark.parametrize("backend", dcam.available_backends() + ["auto"])
+@pytest.mark.parametrize("grad_relu", [True, False])
+def test_nonfinite_gradients_raise_on_every_backend(backend, grad_relu):
+    # the pooling pass checks the gradients itself (C++: within its one read of
+    # them); every backend and both entry points raise the same error, -Inf
+    # under grad_relu included (a plain relu would turn it into 0)
+    a, g, grid = _inputs(B=2, T=3, h=3, w=3, D=20, seed=6)
+    cfg = dcam.CamConfig(grad_relu=grad_relu)
+    for bad, where in ((float("nan"), (1, 2, 8, 19)), (float("-inf"), (0, 0, 0, 0)), (float("inf"), (1, 1, 4, 7))):
+        g2 = g.clone()
+        g2[where] = bad
+        g2[0, 1, 2, 3] = bad
+        with pytest.raises(ValueError, match="grads contains 2 NaN/Inf value"):
+            dcam.pool_gradients(a, g2, grid, grad_relu=grad_relu, backend=backend)
+        with pytest.raises(ValueError, match="grads contains 2 NaN/Inf value"):
+            dcam.diffusion_cam(a, g2, grid, cfg, backend=backend)
+        # unchecked: the caller vouched for the input, nothing is looked at
+        dcam.pool_gradients(a, g2, grid, grad_relu=grad_relu, backend=backend, check_finite=False)
+
+
+def _cpp_pass_flag(a, g, grid):
+    from dcam.backends import cpp_backend
+
+    if not cpp_backend.is_available():
+        return True
+    return bool(cpp_backend.module().pool_gradients_cpp(a, g, grid[0], grid[1], True, True)[2])
+
+
+def test_huge_finite_gradients_are_not_an_error():
+    # finite gradients so large that a float32 partial sum of the C++ pass
+    # overflows raise its flag; the exact recount clears them, as before
+    a, g, grid = _inputs(B=1, T=1, h=4, w=4, D=8, seed=7)
+    g = g.abs().clamp(0.5, 1.0) * 3e38
+    assert bool(torch.isfinite(g).all())
+    assert _cpp_pass_flag(a, g, grid)  # the pass did raise its flag
+    out = dcam.pool_gradients(a, g, grid, backend="auto")
+    assert out.maps.shape == (1, 1, 4, 4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_all_finite_matches_isfinite(dtype):
     # the one-pass min/max check finds every NaN/Inf wherever it sits
@@ -224,7 +263,8 @@ def test_available_backends_lists_torch_first():
 
 def test_opcheck_both_ops():
     a, g, grid = _inputs()
-    torch.library.opcheck(torch.ops.dcam.pool_gradients.default, (a, g, grid[0], grid[1], True))
+    for check in (False, True):
+        torch.library.opcheck(torch.ops.dcam.pool_gradients.default, (a, g, grid[0], grid[1], True, check))
     raw = dcam.pool_gradients(a, g, grid)
     o = dcam.CamConfig().op_args()
     args = (raw.maps, raw.degenerate, torch.tensor([16.0, 64.0]), torch.tensor([512.0, 512.0]),

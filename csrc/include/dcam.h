@@ -97,6 +97,23 @@ int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, i
                         int64_t N, int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out);
 
 /*
+ * dcam_pool_gradients, checking the gradients for NaN/Inf in the same pass.
+ *
+ *   grads_nonfinite  output (not NULL): 0 when every gradient is finite; 1 when some
+ *                    element is NaN or +-Inf (the maps are then meaningless), or when
+ *                    finite gradients so large (|g| > ~4e37) that a float32 partial sum
+ *                    overflowed; the caller may tell the two apart with a second look.
+ *
+ * Same results as dcam_pool_gradients for finite input, at about the cost of one
+ * extra multiply per negative gradient element (no second read of grads). The
+ * activations are not checked (they are T times smaller). Returns DCAM_OK or
+ * DCAM_EINVAL_*.
+ */
+int dcam_pool_gradients_checked(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
+                                int64_t N, int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
+                                int32_t* grads_nonfinite);
+
+/*
  * Sections 2-7 of the contract: refine B*T raw maps of h x w and report the
  * per-map statistics.
  *

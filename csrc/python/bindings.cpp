@@ -45,7 +45,7 @@ dcam_dtype dtype_of(const py::array& a) {
     throw std::invalid_argument("pool_gradients: dtype must be float32, float16, or int16/uint16 (bfloat16 bits)");
 }
 
-py::tuple pool_gradients(const py::array& acts, const py::array& grads, bool grad_relu) {
+py::tuple pool_gradients(const py::array& acts, const py::array& grads, bool grad_relu, bool check_grads) {
     if (acts.ndim() != 3 || grads.ndim() != 4) throw std::invalid_argument("acts must be [B,N,D], grads [B,T,N,D]");
     require_contiguous(acts, "acts");
     require_contiguous(grads, "grads");
@@ -62,12 +62,14 @@ py::tuple pool_gradients(const py::array& acts, const py::array& grads, bool gra
     float* mo = maps.mutable_data();
     uint8_t* dg = reinterpret_cast<uint8_t*>(deg.mutable_data());
     int rc;
+    int32_t nonfinite = 0;
     {
         py::gil_scoped_release nogil;
-        rc = dcam_pool_gradients(a, g, dt, B, T, N, D, grad_relu ? 1 : 0, mo, dg);
+        rc = check_grads ? dcam_pool_gradients_checked(a, g, dt, B, T, N, D, grad_relu ? 1 : 0, mo, dg, &nonfinite)
+                         : dcam_pool_gradients(a, g, dt, B, T, N, D, grad_relu ? 1 : 0, mo, dg);
     }
     check(rc, "dcam_pool_gradients");
-    return py::make_tuple(maps, deg);
+    return py::make_tuple(maps, deg, nonfinite != 0);
 }
 
 py::tuple refine(const py::array& raw, const py::array& degenerate, const py::array& steps,
@@ -133,8 +135,10 @@ PYBIND11_MODULE(_C, m) {
     m.def("_set_akd_path", &dcam_internal_set_akd_path, py::arg("path"),
           "testing only: 0 automatic, 1 sorting networks, 2 rank bitsets, 3 per-window sort");
     m.def("pool_gradients", &pool_gradients, py::arg("acts"), py::arg("grads"), py::arg("grad_relu"),
+          py::arg("check_grads") = false,
           "acts [B,N,D], grads [B,T,N,D] (float32 / float16 / int16 holding bfloat16 bits) -> "
-          "(maps float32 [B,T,N], degenerate bool [B,T])");
+          "(maps float32 [B,T,N], degenerate bool [B,T], grads_nonfinite bool: with check_grads, whether "
+          "the pass met NaN/Inf in grads, see dcam_pool_gradients_checked; else False)");
     m.def("refine", &refine, py::arg("raw"), py::arg("degenerate"), py::arg("steps"), py::arg("image_size"),
           py::arg("repeat_ratio"), py::arg("context_maps"), py::arg("context_weights"), py::arg("akd_kernel"),
           py::arg("akd"), py::arg("dacg"), py::arg("cba"), py::arg("sicd"), py::arg("dacg_params"),

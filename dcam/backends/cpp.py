@@ -3,7 +3,7 @@
 The two entry points have exactly the signatures of the PyTorch reference
 (`dcam.reference`) and the registered ops:
 
-    pool_gradients_cpp(acts, grads, h, w, grad_relu) -> (maps, degenerate)
+    pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads) -> (maps, degenerate, grads_nonfinite)
     refine_cpp(raw, degenerate, steps, image_size, repeat_ratio, context_maps,
                context_weights, akd_kernel, akd, dacg, cba, sicd,
                dacg_params, cba_params)
@@ -57,10 +57,13 @@ def _pool_input(t: Tensor):
     return t.float().numpy()  # other float dtypes (float64, ...): accumulate from float32 like the reference
 
 
-def pool_gradients_cpp(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True
-                       ) -> Tuple[Tensor, Tensor]:
+def pool_gradients_cpp(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,
+                       check_grads: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """acts [B, N, D], grads [B, T, N, D] (float32/float16/bfloat16) ->
-    maps float32 [B, T, h, w], degenerate bool [B, T]."""
+    maps float32 [B, T, h, w], degenerate bool [B, T], grads_nonfinite bool []
+    (with ``check_grads``: whether the pooling pass met a NaN/Inf in grads, or
+    a float32 partial sum overflowed, see ``dcam_pool_gradients_checked``;
+    else False)."""
     _require()
     if acts.dtype != grads.dtype:
         dt = torch.promote_types(acts.dtype, grads.dtype)
@@ -69,8 +72,8 @@ def pool_gradients_cpp(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: b
     T = grads.shape[1]
     if N != h * w:
         raise ValueError(f"pool_gradients_cpp: N={N} image tokens do not fill a {h}x{w} grid")
-    maps, deg = _C.pool_gradients(_pool_input(acts), _pool_input(grads), bool(grad_relu))
-    return torch.from_numpy(maps).reshape(B, T, h, w), torch.from_numpy(deg)
+    maps, deg, bad = _C.pool_gradients(_pool_input(acts), _pool_input(grads), bool(grad_relu), bool(check_grads))
+    return torch.from_numpy(maps).reshape(B, T, h, w), torch.from_numpy(deg), torch.tensor(bool(bad))
 
 
 def refine_cpp(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,
