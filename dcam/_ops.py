@@ -22,8 +22,8 @@ propagation never runs data-dependent code.
 
 ``check_grads``: also report (``grads_nonfinite``, a 0-dim bool tensor on the
 inputs' device, no host sync) whether the gradients hold a NaN/Inf. The C++
-kernel finds out within its one pass over the gradients; the reference and
-the Triton path run one extra ``aminmax`` reduction. False when not asked.
+and Triton kernels find out within their one pass over the gradients; the
+reference runs one extra ``aminmax`` reduction. False when not asked.
 """
 from __future__ import annotations
 
@@ -119,8 +119,7 @@ def _refine_cpu(*args):
 def _pool_body(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool
                ) -> Tuple[Tensor, Tensor, Tensor]:
     if acts.device.type == "cuda" and triton_backend.is_available():
-        return with_grads_flag(triton_backend.module().pool_gradients_triton(acts, grads, h, w, grad_relu), grads,
-                          check_grads)
+        return triton_backend.module().pool_gradients_triton(acts, grads, h, w, grad_relu, check_grads)
     return pool_gradients_host(acts, grads, h, w, grad_relu, check_grads)
 
 

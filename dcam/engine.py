@@ -210,8 +210,7 @@ def _run_pool(acts, grads, h, w, grad_relu, backend, check_grads):
                                     check_grads)
     if backend == "cpp":
         return cpp_backend.module().pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads)
-    return _ops.with_grads_flag(triton_backend.module().pool_gradients_triton(acts, grads, h, w, grad_relu), grads,
-                                check_grads)
+    return triton_backend.module().pool_gradients_triton(acts, grads, h, w, grad_relu, check_grads)
 
 
 def _raise_if_grads_nonfinite(grads: Tensor, flag: Tensor) -> None:

@@ -6,7 +6,10 @@ Three kernels, launched back to back on the same stream with no host sync:
    ``G [B, T, N, D]`` (fp32/fp16/bf16) once, accumulating in float32, and
    writes ``W[b, t, d] = mean_n relu(G)`` (plain mean when ``grad_relu`` is
    off). Grid: (D blocks, B*T); each program walks N with coalesced
-   ``[BLOCK_N, BLOCK_D]`` tiles (D is the contiguous axis).
+   ``[BLOCK_N, BLOCK_D]`` tiles (D is the contiguous axis). With
+   ``check_grads`` each program also records whether its tiles held a
+   NaN/Inf (explicit comparisons, before the relu), so the input check costs
+   no second read of the gradients.
 2. ``_pool_product_kernel``: ``raw[b, t, n] = (1/D) sum_d max(A[b,n,d] * W[b,t,d], 0)``.
    With ``grad_relu`` ``W >= 0`` so this is ``relu(A) @ W^T / D``, done with
    ``tl.dot`` in IEEE fp32 (no TF32: the contract is float32 atol 1e-5).
@@ -35,13 +38,14 @@ EPS_NORM = 1e-8
 
 @triton.jit
 def _grad_mean_kernel(
-    g_ptr, w_ptr,
+    g_ptr, w_ptr, bad_ptr,
     T, N, D,
     s_gb, s_gt, s_gn, s_gd,
-    GRAD_RELU: tl.constexpr,
+    GRAD_RELU: tl.constexpr, CHECK: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """w[bt, d] = (1/N) sum_n relu?(G[b, t, n, d]) for one D block of one (b, t)."""
+    """w[bt, d] = (1/N) sum_n relu?(G[b, t, n, d]) for one D block of one (b, t);
+    with CHECK, bad[bt, d block] = 1 if that block of G held a NaN/Inf, else 0."""
     pid_d = tl.program_id(0)
     pid_bt = tl.program_id(1)
     b = pid_bt // T
@@ -50,16 +54,22 @@ def _grad_mean_kernel(
     mask_d = offs_d < D
     base = g_ptr + b.to(tl.int64) * s_gb + t.to(tl.int64) * s_gt
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    bad = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.int32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask = (offs_n[:, None] < N) & mask_d[None, :]
         ptrs = base + offs_n[:, None].to(tl.int64) * s_gn + offs_d[None, :] * s_gd
         g = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        if CHECK:  # comparisons, not arithmetic: nothing for a compiler to fold away
+            bad = tl.maximum(bad, ((g != g) | (tl.abs(g) == float("inf"))).to(tl.int32))
         if GRAD_RELU:
             g = tl.maximum(g, 0.0)
         acc += g
     w = tl.sum(acc, axis=0) / N
     tl.store(w_ptr + pid_bt.to(tl.int64) * D + offs_d, w, mask=mask_d)
+    if CHECK:
+        flag = tl.max(tl.max(bad, axis=1), axis=0)
+        tl.store(bad_ptr + pid_bt.to(tl.int64) * tl.num_programs(0) + pid_d, flag)
 
 
 @triton.jit
@@ -134,12 +144,14 @@ def _minmax_normalise_kernel(
     tl.store(deg_ptr + pid, ok == 0)
 
 
-def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True
-                          ) -> Tuple[Tensor, Tensor]:
+def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,
+                          check_grads: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradient-weighted activation pooling, min-max normalised (Triton).
 
     acts [B, N, D], grads [B, T, N, D] (fp32/fp16/bf16, any strides) ->
-    maps float32 [B, T, h, w], degenerate bool [B, T]."""
+    maps float32 [B, T, h, w], degenerate bool [B, T], grads_nonfinite bool []
+    (with ``check_grads``: whether grads hold a NaN/Inf, found by the
+    gradient pass itself, on the device, no host sync; else False)."""
     B, N, D = acts.shape
     T = grads.shape[1]
     dev = acts.device
@@ -150,10 +162,12 @@ def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu
     # 1. W = mean_n relu(G): [BLOCK_N, BLOCK_D] tiles, 4096 elements
     block_d = min(128, max(16, triton.next_power_of_2(D)))
     block_n = max(1, 4096 // block_d)
-    wrap_triton(_grad_mean_kernel)[(triton.cdiv(D, block_d), B * T)](
-        grads, weights, T, N, D,
+    n_dblocks = triton.cdiv(D, block_d)
+    bad = torch.empty((B * T, n_dblocks) if check_grads else (1,), device=dev, dtype=torch.int32)
+    wrap_triton(_grad_mean_kernel)[(n_dblocks, B * T)](
+        grads, weights, bad, T, N, D,
         grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
-        GRAD_RELU=grad_relu, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+        GRAD_RELU=grad_relu, CHECK=check_grads, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
 
     # 2. raw = relu(A) @ W^T / D (or the unfactored max without grad_relu)
     if grad_relu:  # tl.dot needs every tile side >= 16
@@ -172,4 +186,6 @@ def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu
     block = min(4096, max(16, triton.next_power_of_2(N)))
     wrap_triton(_minmax_normalise_kernel)[(B * T,)](
         maps, degenerate, N, EPS=EPS_NORM, BLOCK=block, num_warps=4 if block <= 1024 else 8)
-    return maps, degenerate
+    # a device-side reduction of the per-program flags (no host sync)
+    nonfinite = bad.amax().bool() if check_grads else torch.zeros((), device=dev, dtype=torch.bool)
+    return maps, degenerate, nonfinite

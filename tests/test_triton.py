@@ -184,6 +184,22 @@ def test_pool_odd_shapes():
     _check_pool(acts_nc, grads_nc, 6, 4, True)
 
 
+@pytest.mark.parametrize("grad_relu", [True, False])
+def test_pool_checks_gradients_in_its_pass(grad_relu):
+    # several D blocks and N tiles: a NaN/Inf anywhere raises the flag; the
+    # checked pass returns the same maps as the unchecked one
+    acts, grads = _inputs(1, 2, 5, 8, 150, seed=9)
+    m0, d0, f0 = K.pool_gradients_triton(_to(acts), _to(grads), 5, 8, grad_relu)
+    m1, d1, f1 = K.pool_gradients_triton(_to(acts), _to(grads), 5, 8, grad_relu, True)
+    assert torch.equal(m0, m1) and torch.equal(d0, d1) and not bool(f0) and not bool(f1)
+    for bad, where in ((float("nan"), (0, 1, 39, 149)), (float("-inf"), (0, 0, 33, 130)),
+                       (float("inf"), (0, 1, 0, 0))):
+        g = grads.clone()
+        g[where] = bad
+        assert bool(K.pool_gradients_triton(_to(acts), _to(g), 5, 8, grad_relu, True)[2]), (bad, where)
+        assert not bool(K.pool_gradients_triton(_to(acts), _to(g), 5, 8, grad_relu)[2])
+
+
 def test_pool_degenerate_maps():
     acts, grads = _inputs(2, 2, 8, 8, 16, seed=6)
     acts[0] = 0.0  # image 0: raw maps are all zero
@@ -410,10 +426,14 @@ def refine_args(T, h, w, cfg, dtype=torch.float32):
             torch.rand(2, T, T), o["akd_kernel"], o["akd"], o["dacg"], o["cba"], o["sicd"], o["dacg_params"],
             o["cba_params"])
 
-allowed = {"aten.empty.memory_format", "triton_kernel_wrapper_mutation"}
+# allocations, the kernels, and (pooling) the device-side flag: zeros when unchecked,
+# the max of the per-program flags when checked; nothing that syncs
+allowed = {"aten.empty.memory_format", "triton_kernel_wrapper_mutation", "aten.zeros.default",
+           "aten.amax.default", "aten._to_copy.default"}
 a, g = torch.randn(2, 64, 32), torch.randn(2, 3, 64, 32, dtype=torch.bfloat16)
 calls = [(lambda a, g: K.pool_gradients_triton(a, g, 8, 8, True), (a, g)),
          (lambda a, g: K.pool_gradients_triton(a, g, 8, 8, False), (a, g)),
+         (lambda a, g: K.pool_gradients_triton(a, g, 8, 8, True, True), (a, g)),
          (lambda *x: K.refine_triton(*x), refine_args(3, 8, 8, CamConfig())),
          (lambda *x: K.refine_triton(*x), refine_args(3, 8, 8, CamConfig(sicd="context", akd_kernel=5)))]
 for fn, args in calls:
@@ -434,6 +454,7 @@ for mod in (K.pool, K.refine):
 a, g = torch.randn(2, 576, 64, dtype=torch.bfloat16), torch.randn(2, 4, 576, 64, dtype=torch.bfloat16)
 K.pool_gradients_triton(a, g, 24, 24, True)
 K.pool_gradients_triton(a.float(), g.half(), 24, 24, False)
+K.pool_gradients_triton(a, g, 24, 24, True, True)
 K.refine_triton(*refine_args(4, 24, 24, CamConfig()))
 K.refine_triton(*refine_args(4, 27, 20, CamConfig(sicd="context", akd_kernel=7, dacg=False), torch.float16))
 K.refine_triton(*refine_args(2, 1, 1, CamConfig(akd=False, sicd="off")))
@@ -469,7 +490,7 @@ def test_launchers_trace_and_build_for_sm90():
     assert proc.returncode == 0, out
     if proc.stdout.startswith("SKIP"):
         pytest.skip(proc.stdout.strip())
-    assert "traced 4" in proc.stdout and "compiled 9" in proc.stdout, out
+    assert "traced 5" in proc.stdout and "compiled 12" in proc.stdout, out
 
 
 # ------------------------------------------------------------------ launcher hygiene
