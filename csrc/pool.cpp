@@ -405,9 +405,9 @@ __attribute__((optimize("fp-contract=fast"))) DCAM_HOT void gemm_f64_block(
 
 }  // namespace
 
-static int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N,
-                        int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
-                        int32_t* grads_nonfinite) {
+static int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
+                               int64_t N, int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
+                               int32_t* grads_nonfinite) {
     if (dtype != DCAM_F32 && dtype != DCAM_F16 && dtype != DCAM_BF16) return DCAM_EINVAL_DTYPE;
     if (B < 0 || T < 0 || N < 1 || D < 1) return DCAM_EINVAL_SHAPE;
     if (B == 0 || T == 0) return DCAM_OK;

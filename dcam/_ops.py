@@ -45,14 +45,6 @@ def _pool_outputs(acts: Tensor, grads: Tensor, h: int, w: int, *_) -> Tuple[Tens
             acts.new_empty((B, T), dtype=torch.bool), acts.new_empty((), dtype=torch.bool))
 
 
-def with_grads_flag(maps_deg: Tuple[Tensor, Tensor], grads: Tensor, check_grads: bool
-                    ) -> Tuple[Tensor, Tensor, Tensor]:
-    """A pooling result without its own check, plus the gradients' NaN/Inf flag."""
-    flag = reference.nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool,
-                                                                           device=grads.device)
-    return maps_deg[0], maps_deg[1], flag
-
-
 def _refine_outputs(raw: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     B, T = raw.shape[0], raw.shape[1]
     stat = lambda dt: raw.new_empty((B, T), dtype=dt)  # noqa: E731
@@ -68,7 +60,7 @@ def _refine_outputs(raw: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor
 @torch.library.custom_op("dcam::pool_gradients_host", mutates_args=())
 def pool_gradients_host(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool
                         ) -> Tuple[Tensor, Tensor, Tensor]:
-    return with_grads_flag(reference.pool_gradients_reference(acts, grads, h, w, grad_relu), grads, check_grads)
+    return reference.pool_gradients_reference_checked(acts, grads, h, w, grad_relu, check_grads)
 
 
 @torch.library.custom_op("dcam::refine_host", mutates_args=())
@@ -101,7 +93,7 @@ def _pool_cpu(acts, grads, h, w, grad_relu, check_grads):
     if cpp_backend.is_available():
         return cpp_backend.module().pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads)
     _warn_no_cpp()
-    return with_grads_flag(reference.pool_gradients_reference(acts, grads, h, w, grad_relu), grads, check_grads)
+    return reference.pool_gradients_reference_checked(acts, grads, h, w, grad_relu, check_grads)
 
 
 @refine_host.register_kernel("cpu")

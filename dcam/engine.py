@@ -206,8 +206,7 @@ def _run_pool(acts, grads, h, w, grad_relu, backend, check_grads):
     if backend == "auto":
         return _ops.pool_gradients_op(acts, grads, h, w, grad_relu, check_grads)
     if backend == "torch":
-        return _ops.with_grads_flag(reference.pool_gradients_reference(acts, grads, h, w, grad_relu), grads,
-                                    check_grads)
+        return reference.pool_gradients_reference_checked(acts, grads, h, w, grad_relu, check_grads)
     if backend == "cpp":
         return cpp_backend.module().pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads)
     return triton_backend.module().pool_gradients_triton(acts, grads, h, w, grad_relu, check_grads)

@@ -154,6 +154,16 @@ def pool_gradients_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_r
 
 # --------------------------------------------------------------------------- section 2
 
+
+def pool_gradients_reference_checked(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool,
+                                     check_grads: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`pool_gradients_reference` plus the op's third output: the
+    gradients' NaN/Inf flag (:func:`nonfinite_flag`, one extra pass) when
+    ``check_grads``, else a False 0-dim tensor."""
+    maps, degenerate = pool_gradients_reference(acts, grads, h, w, grad_relu)
+    flag = nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool, device=grads.device)
+    return maps, degenerate, flag
+
 def adaptive_kernel_size(maps: Tensor, steps: Tensor, image_size: Tensor, akd_kernel: int) -> Tensor:
     """AKD kernel size per map (int64 [M]); maps [M, h, w], steps/image_size [M]."""
     M, h, w = maps.shape
