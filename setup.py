@@ -1,11 +1,13 @@
-"""Build script: installs the `dcam` package, maps the top-level `kernels/`
-folder to `dcam.kernels` (a top-level `kernels` module would clash with an
-unrelated PyPI package), and compiles the C++ CPU backend `dcam._C`."""
+"""Build script: installs the `dcam` package, copies the Triton kernels of the
+top-level `kernels/` folder into `dcam.kernels` (a top-level `kernels` package
+would clash with an unrelated PyPI package; see kernels/README.md), and
+compiles the C++ CPU backend `dcam._C`."""
 import glob
 import os
 import sys
 
 from setuptools import setup, find_packages
+from setuptools.command.build_py import build_py as _build_py
 
 try:
     from pybind11.setup_helpers import Pybind11Extension, build_ext
@@ -14,6 +16,15 @@ except ImportError:  # pragma: no cover - pyproject's build requirements provide
     build_ext = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version() -> str:
+    """The one version string, read from dcam/__init__.py."""
+    with open(os.path.join(HERE, "dcam", "__init__.py")) as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("no __version__ in dcam/__init__.py")
 
 ext_modules = []
 cmdclass = {}
@@ -37,17 +48,29 @@ if Pybind11Extension is not None:
     )
     cmdclass["build_ext"] = build_ext
 
-packages = find_packages(include=["dcam", "dcam.*"]) + ["dcam.kernels"]
+class build_py(_build_py):
+    """Also copy kernels/*.py into dcam/kernels/ of the built package (an
+    editable install reads them in place, see dcam/kernels/__init__.py)."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "dcam", "kernels")
+        os.makedirs(target, exist_ok=True)
+        for src in sorted(glob.glob(os.path.join(HERE, "kernels", "*.py"))):
+            self.copy_file(src, os.path.join(target, os.path.basename(src)))
+
+
+cmdclass["build_py"] = build_py
+packages = find_packages(include=["dcam", "dcam.*"])
 
 setup(
     name="dcam",
-    version="0.1.0",
+    version=_version(),
     description="Diffusion-CAM: where in the image a diffusion multimodal LLM looked for each word",
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"dcam.kernels": "kernels"},
     package_data={"dcam": ["zoo/weights/*", "zoo/weights/**/*"], "csrc": []},
     include_package_data=True,
     ext_modules=ext_modules,
@@ -62,7 +85,7 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
     entry_points={"console_scripts": ["dcam=dcam.cli:main"]},
     zip_safe=False,
 )

@@ -1,5 +1,6 @@
+"""``python -m bench``: the operators' timing table (same as ``dcam bench``)."""
 import sys
 
-from dcam.benchmark import main
+from dcam.cli import main
 
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(["bench"] + sys.argv[1:]))

@@ -6,7 +6,7 @@ probe vs the published procedure.
   block only at the 16 scored rows, ``ShapesDMLLM.logits_at``) and the 16
   gradients from one batched-cotangent backward; then pooling + refinement.
 * published: for every token, one full forward and one full backward WITH
-  parameter gradients (``dcam.adapters.probing.published_gradients``), then the
+  parameter gradients (``dcam.probe.published_gradients``), then the
   same pooling + refinement.
 
 Both give the same gradients (tests/test_explain.py checks it). The speed-up
@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dcam import engine, zoo  # noqa: E402
-from dcam.adapters.probing import probe, published_gradients  # noqa: E402
-from dcam.data import generate_sample  # noqa: E402
+from dcam import ops as engine, zoo  # noqa: E402
+from dcam.probe import probe, published_gradients  # noqa: E402
+from dcam.zoo.data import generate_sample  # noqa: E402
 from dcam.explain import Explainer, repeat_ratio  # noqa: E402
 
 RESPONSE = "a red circle and a blue square and a green triangle and a yellow circle and"  # 16 tokens

@@ -1,6 +1,6 @@
 """pytest-benchmark of the evaluation metrics (run: `pytest bench/bench_metrics.py`).
 
-`dcam.metrics.object_metrics` (vectorised over the batch in torch) is timed
+`dcam.eval.metrics.object_metrics` (vectorised over the batch in torch) is timed
 by pytest-benchmark; a per-map numpy implementation (one map at a time:
 numpy bilinear resize, bincount histogram, cumulative-sum Otsu, per-label
 IoU) is timed in the same process and `extra_info` records both medians and
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from dcam.benchmark import time_call
-from dcam.metrics import function_metrics, object_metrics
+from dcam.ops.bench import time_call
+from dcam.eval.metrics import function_metrics, object_metrics
 
 QUICK = os.environ.get("DCAM_BENCH_QUICK", "0") == "1"
 

@@ -1,33 +1,49 @@
-"""dcam: Diffusion-CAM explanations for diffusion multimodal LLMs.
+"""dcam: Diffusion-CAM, where in the image a diffusion multimodal LLM looked for each word.
 
-Engine (batched, three backends behind one API):
-    dcam.CamConfig, dcam.pool_gradients, dcam.refine, dcam.diffusion_cam,
-    dcam.RawMaps, dcam.Refined, dcam.available_backends
-Models (loaded on first use, they import transformers):
-    dcam.Explainer, dcam.Explanation     explain every word of a response
-    dcam.metrics, dcam.baselines, dcam.datasets, dcam.data, dcam.zoo
+The pipeline, one folder per stage:
+
+    dcam.probe      activations and gradients at a hooked block; model adapters
+    dcam.ops        the operators: pool_gradients, refine, diffusion_cam (+ CamConfig)
+    dcam.methods    one map method per file (diffusion-cam, grad-cam, llava-cam, tam)
+    dcam.explain    Explainer: explain every word of a response -> dcam.explanation.Explanation
+    dcam.render     overlays, contact sheets
+    dcam.eval       metrics, data sets, faithfulness, grounding, the evaluation runner
+    dcam.zoo        the bundled toy dMLLM and its data
+    dcam.cli        the `dcam` command
+
+Every name below is imported on first use, so ``import dcam`` (and ``dcam
+--help``) stays fast; the heavy parts (torch, transformers, PIL) load when used.
 """
 import importlib
 
-from .config import CamConfig, DACG_STRATEGIES, SICD_MODES
-from .engine import RawMaps, Refined, available_backends, diffusion_cam, pool_gradients, refine
-
 __version__ = "0.1.0"
 
-_LAZY_ATTRS = {"Explainer": "dcam.explain", "Explanation": "dcam.explain"}
-_LAZY_MODULES = ("metrics", "baselines", "datasets", "data", "zoo", "adapters", "overlay", "evaluate", "reference")
+_LAZY_ATTRS = {
+    "CamConfig": "dcam.ops", "DACG_STRATEGIES": "dcam.ops", "SICD_MODES": "dcam.ops",
+    "RawMaps": "dcam.ops", "Refined": "dcam.ops", "available_backends": "dcam.ops",
+    "diffusion_cam": "dcam.ops", "pool_gradients": "dcam.ops", "refine": "dcam.ops",
+    "InputError": "dcam.errors",
+    "Explainer": "dcam.explain", "Explanation": "dcam.explanation",
+    "evaluate": "dcam.eval",
+}
+_LAZY_MODULES = ("ops", "probe", "methods", "explain", "explanation", "render", "eval", "zoo", "cli", "models",
+                 "words", "errors", "kernels")
 
 
 def __getattr__(name):
-    # heavy parts (transformers, PIL, matplotlib) load only when used
     if name in _LAZY_ATTRS:
-        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+        value = getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+        globals()[name] = value
+        return value
     if name in _LAZY_MODULES:
         return importlib.import_module(f"dcam.{name}")
     raise AttributeError(f"module 'dcam' has no attribute {name!r}")
 
 
-__all__ = [
-    "CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
-    "diffusion_cam", "pool_gradients", "refine", "Explainer", "Explanation", "__version__",
-]
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_ATTRS) | set(_LAZY_MODULES))
+
+
+__all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
+           "diffusion_cam", "pool_gradients", "refine", "InputError", "Explainer", "Explanation", "evaluate",
+           "__version__"]

@@ -19,21 +19,14 @@ Three kernels, launched back to back on the same stream with no host sync:
    ``r = (raw - min) / (max - min + 1e-8)`` if ``max > min`` else 0 and the
    degenerate flag. Normalises in place.
 
-The launcher only allocates with ``torch.empty`` and launches through
-``torch.library.wrap_triton`` so it can be wrapped in ``torch.library.triton_op``
-and traced by ``torch.compile``.
+The launcher is :func:`dcam.ops.triton_launch.pool_gradients_triton`.
 """
-from __future__ import annotations
+if __package__ != "dcam.kernels":  # see kernels/README.md: the top-level name `kernels` is a PyPI package's
+    raise ImportError(f"{__name__}: dcam's Triton kernels are imported as dcam.kernels, not as a top-level "
+                      "'kernels' package")
 
-from typing import Tuple
-
-import torch
 import triton
 import triton.language as tl
-from torch import Tensor
-from torch.library import wrap_triton
-
-EPS_NORM = 1e-8
 
 
 @triton.jit
@@ -142,50 +135,3 @@ def _minmax_normalise_kernel(
         r = tl.where(ok, (x - lo) / denom, 0.0)
         tl.store(base + offs, r, mask=mask)
     tl.store(deg_ptr + pid, ok == 0)
-
-
-def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,
-                          check_grads: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gradient-weighted activation pooling, min-max normalised (Triton).
-
-    acts [B, N, D], grads [B, T, N, D] (fp32/fp16/bf16, any strides) ->
-    maps float32 [B, T, h, w], degenerate bool [B, T], grads_nonfinite bool []
-    (with ``check_grads``: whether grads hold a NaN/Inf, found by the
-    gradient pass itself, on the device, no host sync; else False)."""
-    B, N, D = acts.shape
-    T = grads.shape[1]
-    dev = acts.device
-    weights = torch.empty((B, T, D), device=dev, dtype=torch.float32)
-    maps = torch.empty((B, T, h, w), device=dev, dtype=torch.float32)
-    degenerate = torch.empty((B, T), device=dev, dtype=torch.bool)
-
-    # 1. W = mean_n relu(G): [BLOCK_N, BLOCK_D] tiles, 4096 elements
-    block_d = min(128, max(16, triton.next_power_of_2(D)))
-    block_n = max(1, 4096 // block_d)
-    n_dblocks = triton.cdiv(D, block_d)
-    bad = torch.empty((B * T, n_dblocks) if check_grads else (1,), device=dev, dtype=torch.int32)
-    wrap_triton(_grad_mean_kernel)[(n_dblocks, B * T)](
-        grads, weights, bad, T, N, D,
-        grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
-        GRAD_RELU=grad_relu, CHECK=check_grads, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
-
-    # 2. raw = relu(A) @ W^T / D (or the unfactored max without grad_relu)
-    if grad_relu:  # tl.dot needs every tile side >= 16
-        bt = min(64, max(16, triton.next_power_of_2(T)))
-        bn, bd = 64, 32
-    else:  # 3-D broadcast tile of ~8192 elements
-        bt = min(16, triton.next_power_of_2(T))
-        bn = 32
-        bd = max(1, 8192 // (bt * bn))
-    wrap_triton(_pool_product_kernel)[(triton.cdiv(N, bn), triton.cdiv(T, bt), B)](
-        acts, weights, maps, T, N, D,
-        acts.stride(0), acts.stride(1), acts.stride(2),
-        GRAD_RELU=grad_relu, BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=4)
-
-    # 3. per-map min-max normalisation and degenerate flag
-    block = min(4096, max(16, triton.next_power_of_2(N)))
-    wrap_triton(_minmax_normalise_kernel)[(B * T,)](
-        maps, degenerate, N, EPS=EPS_NORM, BLOCK=block, num_warps=4 if block <= 1024 else 8)
-    # a device-side reduction of the per-program flags (no host sync)
-    nonfinite = bad.amax().bool() if check_grads else torch.zeros((), device=dev, dtype=torch.bool)
-    return maps, degenerate, nonfinite

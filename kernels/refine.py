@@ -36,38 +36,18 @@ How the per-map work is done:
   element: cheap on data-centre GPUs (H100: half the float32 rate), but on
   consumer GPUs (1/64 rate) AKD becomes float64-bound.
 
-No ``.item()``, no host sync: the launcher only allocates outputs and launches
-through ``torch.library.wrap_triton`` (traceable inside a
-``torch.library.triton_op``).
+The numbers of the contract (normalisation epsilon, DACG floor, SICD
+constants, adaptive-kernel scales and bounds) are ``constexpr`` arguments: the
+launcher (:func:`dcam.ops.triton_launch.refine_triton`) passes the values of
+:mod:`dcam.ops.constants`, so they are defined once and still compile to
+literals. No ``.item()``, no host sync.
 """
-from __future__ import annotations
+if __package__ != "dcam.kernels":  # see kernels/README.md: the top-level name `kernels` is a PyPI package's
+    raise ImportError(f"{__name__}: dcam's Triton kernels are imported as dcam.kernels, not as a top-level "
+                      "'kernels' package")
 
-from typing import List, Optional, Tuple
-
-import torch
 import triton
 import triton.language as tl
-from torch import Tensor
-from torch.library import wrap_triton
-
-EPS_NORM = 1e-8
-ZETA_MIN = 1e-6
-SICD_BASE = 0.05
-SICD_SPIKE = 0.02
-SICD_ALPHA_MAX = 0.5
-SICD_RANGE_GUARD = 0.9
-ADAPTIVE_K_MAX = 11
-
-# Elements of the working tiles (AKD window/rank tiles, rank-count chunks).
-# On a GPU they live in registers: 4096 fp32 over 8 warps is 16 per thread.
-# The CPU interpreter pays a large fixed cost per tensor op, so it gets much
-# bigger tiles (same code, fewer loop iterations); tests also run the GPU sizes.
-TILE_GPU = 4096
-TILE_INTERPRETER = 1 << 18
-
-
-def _interpreted() -> bool:
-    return type(_refine_kernel).__name__ == "InterpretedFunction"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -216,6 +196,11 @@ def _refine_kernel(
     cba_w0, cba_w1, cba_w2, cba_w3, cba_floor,
     AKD_KERNEL: tl.constexpr, AKD: tl.constexpr, DACG: tl.constexpr, CBA: tl.constexpr,
     SICD: tl.constexpr,
+    EPS_NORM: tl.constexpr, ZETA_MIN: tl.constexpr, SICD_BASE: tl.constexpr, SICD_SPIKE: tl.constexpr,
+    SICD_SPIKE_STDS: tl.constexpr, SICD_ALPHA_MAX: tl.constexpr, SICD_RANGE_GUARD: tl.constexpr,
+    AKD_BASE: tl.constexpr, AKD_STEP_SCALE: tl.constexpr, AKD_STEP_CAP: tl.constexpr, AKD_STD_SCALE: tl.constexpr,
+    AKD_STD_CAP: tl.constexpr, AKD_SIZE_SCALE: tl.constexpr, AKD_SIZE_CAP: tl.constexpr,
+    AKD_K_MIN: tl.constexpr, AKD_K_MAX: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_IK: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
@@ -236,12 +221,13 @@ def _refine_kernel(
         k = tl.full((), AKD_KERNEL, tl.int32)
     else:
         _, std_r = _mean_std(r, mask, N)
-        f_step = tl.minimum(tl.load(steps_ptr + b).to(tl.float32) * 0.0625, 2.0)
-        f_std = tl.minimum(5.0 * std_r, 2.0)
-        f_size = tl.minimum(tl.load(size_ptr + b).to(tl.float32) * 0.001953125, 1.5)
-        k = tl.floor(3.0 * f_step * f_std * f_size).to(tl.int32)
+        # x / 16 and x / 512 are exact as x * (1/16), x * (1/512): powers of two
+        f_step = tl.minimum(tl.load(steps_ptr + b).to(tl.float32) * (1.0 / AKD_STEP_SCALE), AKD_STEP_CAP)
+        f_std = tl.minimum(AKD_STD_SCALE * std_r, AKD_STD_CAP)
+        f_size = tl.minimum(tl.load(size_ptr + b).to(tl.float32) * (1.0 / AKD_SIZE_SCALE), AKD_SIZE_CAP)
+        k = tl.floor(AKD_BASE * f_step * f_std * f_size).to(tl.int32)
         k = tl.where(k % 2 == 0, k + 1, k)
-        k = tl.minimum(tl.maximum(k, 3), 11)
+        k = tl.minimum(tl.maximum(k, AKD_K_MIN), AKD_K_MAX)
     k = tl.minimum(k, 2 * tl.minimum(H, W) - 1)
 
     # ---- AKD (section 2): f goes to buf
@@ -263,7 +249,7 @@ def _refine_kernel(
         rank = _ranks(buf, x, offs, N, BLOCK, BLOCK_I)
         strat = tl.where(sd_f > dacg_std, 0, tl.where(mu_f > dacg_mean_hi, 1, tl.where(mu_f < dacg_mean_lo, 2, 3)))
         q = tl.where(strat == 0, dacg_q0, tl.where(strat == 1, dacg_q1, tl.where(strat == 2, dacg_q2, dacg_q3)))
-        z = tl.maximum(_percentile(x, rank - n_le, nz, n_nz, q), 1e-6)
+        z = tl.maximum(_percentile(x, rank - n_le, nz, n_nz, q), ZETA_MIN)
         blurred = _blur3(buf, offs, mask, H, W, dacg_sigma)
         has_nz = n_nz > 0
         x = tl.where(has_nz & (x <= z), blurred, x)
@@ -287,7 +273,7 @@ def _refine_kernel(
             tl.maximum(n_nz, 1).to(tl.float32)
         mx = tl.max(tl.where(mask, x, float("-inf")), axis=0)
         tau = cba_w0 * med_nz + cba_w1 * p60 + cba_w2 * mean_nz + cba_w3 * mx
-        scale = tl.maximum(x / tl.maximum(tau, 1e-8), cba_floor)
+        scale = tl.maximum(x / tl.maximum(tau, EPS_NORM), cba_floor)
         has_nz = n_nz > 0
         x = tl.where(has_nz & (x < tau), x * scale, x)
         tau_out = tl.where(has_nz, tau, 0.0)
@@ -296,7 +282,7 @@ def _refine_kernel(
     c = tl.minimum(tl.maximum(x, 0.0), r_max)
     lo = tl.min(tl.where(mask, c, float("inf")), axis=0)
     hi = tl.max(tl.where(mask, c, float("-inf")), axis=0)
-    m = tl.where(hi > lo, (c - lo) / (hi - lo + 1e-8), c)
+    m = tl.where(hi > lo, (c - lo) / (hi - lo + EPS_NORM), c)
 
     # ---- SICD (section 6)
     alpha = 0.0
@@ -304,18 +290,18 @@ def _refine_kernel(
         if SICD == 1:
             rho = tl.load(rho_ptr + b).to(tl.float32)
             mean_m, std_m = _mean_std(m, mask, N)
-            spike = tl.where(m > mean_m + 2.0 * std_m, 1.0, 0.0)
-            interf = tl.where(mask, 0.05 * rho + 0.02 * spike, 0.0)
+            spike = tl.where(m > mean_m + SICD_SPIKE_STDS * std_m, 1.0, 0.0)
+            interf = tl.where(mask, SICD_BASE * rho + SICD_SPIKE * spike, 0.0)
             ii = _sum64(interf * interf)
             apply = tl.max(tl.where(mask, interf, float("-inf")), axis=0) != 0
-            a = tl.minimum(_sum64(tl.where(mask, m * interf, 0.0)) / tl.where(apply, ii, 1.0), 0.5)
+            a = tl.minimum(_sum64(tl.where(mask, m * interf, 0.0)) / tl.where(apply, ii, 1.0), SICD_ALPHA_MAX)
         else:
             tt = tl.arange(0, BLOCK_T)
             wrow = cw_ptr + pid.to(tl.int64) * T
             wsum = _sum64(tl.load(wrow + tt, mask=tt < T, other=0.0).to(tl.float32))
             acc = tl.zeros((BLOCK,), dtype=tl.float64)
             for i in range(0, T):
-                wi = tl.load(wrow + i).to(tl.float32) / (wsum + 1e-8)
+                wi = tl.load(wrow + i).to(tl.float32) / (wsum + EPS_NORM)
                 ri = tl.load(ctx_ptr + (b * T + i).to(tl.int64) * N + offs, mask=mask, other=0.0)
                 acc += wi.to(tl.float64) * ri.to(tl.float32).to(tl.float64)
             interf = acc.to(tl.float32)
@@ -326,7 +312,7 @@ def _refine_kernel(
         sub = tl.maximum(m - a * interf, 0.0)
         rng_new = tl.max(tl.where(mask, sub, float("-inf")), axis=0) - tl.min(tl.where(mask, sub, float("inf")), axis=0)
         rng_old = tl.max(tl.where(mask, m, float("-inf")), axis=0) - tl.min(tl.where(mask, m, float("inf")), axis=0)
-        keep = apply & (rng_new >= 0.9 * rng_old)
+        keep = apply & (rng_new >= SICD_RANGE_GUARD * rng_old)
         m = tl.where(keep, sub, m)
         alpha = tl.where(keep, a, 0.0)
 
@@ -340,64 +326,3 @@ def _refine_kernel(
     tl.store(dthr_ptr + pid, tl.where(deg, 0.0, zeta))
     tl.store(cthr_ptr + pid, tl.where(deg, 0.0, tau_out))
     tl.store(alpha_ptr + pid, tl.where(deg, 0.0, alpha))
-
-
-# --------------------------------------------------------------------------- launcher
-
-def refine_triton(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,
-                  context_maps: Optional[Tensor], context_weights: Optional[Tensor],
-                  akd_kernel: int, akd: bool, dacg: bool, cba: bool, sicd: int,
-                  dacg_params: List[float], cba_params: List[float]
-                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The whole refinement of [B, T, h, w] raw maps (Triton, one program per map).
-
-    Same signature and results as `dcam.reference.refine_reference`: returns
-    (maps f32 [B,T,h,w], kernel_size i32 [B,T], dacg_strategy i32 [B,T],
-    dacg_threshold f32 [B,T], cba_threshold f32 [B,T], sicd_alpha f32 [B,T])."""
-    B, T, h, w = raw.shape
-    N = h * w
-    dev = raw.device
-    akd_kernel, sicd = int(akd_kernel), int(sicd)
-    if sicd not in (0, 1, 2):
-        raise ValueError(f"refine_triton: sicd must be 0 (off), 1 (reference) or 2 (context), got {sicd}")
-    if len(dacg_params) != 8 or len(cba_params) != 5:
-        raise ValueError("refine_triton: dacg_params needs 8 values and cba_params 5")
-    raw = raw.contiguous()
-    # [B] / [B, T] inputs are read at b / b*T+t: make any strides (e.g. expand) plain
-    degenerate, steps, image_size, repeat_ratio = (
-        x.contiguous() for x in (degenerate, steps, image_size, repeat_ratio))
-    if sicd == 2:
-        if context_weights is None:
-            raise ValueError("refine_triton: sicd='context' needs context_weights [B, T, T]")
-        ctx = raw if context_maps is None else context_maps.contiguous()
-        cw = context_weights.contiguous()
-    else:  # unused by the compiled kernel
-        ctx, cw = raw, raw
-
-    maps = torch.empty((B, T, h, w), device=dev, dtype=torch.float32)
-    ksize = torch.empty((B, T), device=dev, dtype=torch.int32)
-    strategy = torch.empty((B, T), device=dev, dtype=torch.int32)
-    dacg_thr = torch.empty((B, T), device=dev, dtype=torch.float32)
-    cba_thr = torch.empty((B, T), device=dev, dtype=torch.float32)
-    alpha = torch.empty((B, T), device=dev, dtype=torch.float32)
-
-    # block sizes from the shapes: the largest window this config can use
-    kmax = min(akd_kernel if akd_kernel > 0 else ADAPTIVE_K_MAX, 2 * min(h, w) - 1)
-    tile = TILE_INTERPRETER if _interpreted() else TILE_GPU
-    block = max(16, triton.next_power_of_2(N))
-    block_k = max(16, triton.next_power_of_2(kmax * kmax)) if akd else 16
-    block_p = max(1, min(block, tile // block_k, 256))
-    block_ik = max(1, min(block_k, tile // (block_p * block_k)))
-    block_i = max(1, min(block, tile // block))
-    block_t = max(16, triton.next_power_of_2(T))
-
-    wrap_triton(_refine_kernel)[(B * T,)](
-        raw, degenerate, steps, image_size, repeat_ratio, ctx, cw,
-        maps, ksize, strategy, dacg_thr, cba_thr, alpha,
-        T, h, w,
-        *[float(p) for p in dacg_params], *[float(p) for p in cba_params],
-        AKD_KERNEL=akd_kernel, AKD=bool(akd), DACG=bool(dacg), CBA=bool(cba), SICD=sicd,
-        BLOCK=block, BLOCK_I=block_i, BLOCK_P=block_p, BLOCK_IK=block_ik, BLOCK_K=block_k,
-        BLOCK_T=block_t,
-        num_warps=8)
-    return maps, ksize, strategy, dacg_thr, cba_thr, alpha

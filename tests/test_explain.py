@@ -7,36 +7,20 @@ import pytest
 import torch
 from PIL import Image
 
-from dcam.adapters import auto_adapter
-from dcam.adapters.probing import LastLayerError, build_probe_inputs, probe, published_gradients
-from dcam.config import CamConfig
-from dcam.data import generate_sample
-from dcam.explain import METHODS, Explainer, repeat_ratio
-from dcam.zoo import build_random
-from dcam.zoo.modeling import default_text_config, default_vision_config
+from dcam.probe.adapters import auto_adapter
+from dcam.probe.gradients import LastLayerError, build_probe_inputs, probe, published_gradients
+from dcam.ops.config import CamConfig
+from dcam.zoo.data import generate_sample
+from dcam.errors import InputError
+from dcam.explain import Explainer, repeat_ratio
+from dcam.methods import METHODS
+from dcam.testing import tiny_toy
 
 CAPTION = None
 
 
-def tiny_zoo_kwargs(layers=3):
-    """Config kwargs of a tiny zoo model: 32 px images, an 8x8 token grid, 32-wide blocks."""
-    import inspect
-
-    tc = default_text_config()
-    tc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
-              num_key_value_heads=2)
-    if "stem_strides" in inspect.signature(default_vision_config).parameters:  # conv stem -> SigLIP, patch 1
-        extra = dict(image_size=32, stem_channels=(8, 8), stem_strides=(2, 2))
-        vc = default_vision_config(32, extra["stem_channels"], extra["stem_strides"])
-    else:  # pragma: no cover - the first zoo layout (SigLIP patches of 4 px)
-        extra = dict(stem_channels=0)
-        vc = default_vision_config(image_size=32, patch_size=4, stem_channels=0)
-    vc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    return dict(vision_config=vc, text_config=tc, default_probe_layer=1, **extra)
-
-
 def tiny_zoo(seed=0, layers=3):
-    return build_random(seed, **tiny_zoo_kwargs(layers))
+    return tiny_toy(seed, layers)
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +147,8 @@ def test_probe_inputs_are_what_they_claim(prepared):
 def test_span_located_from_image_token_id(zoo, sample):
     """The image span is found from the image token id: a sequence shifted by
     masked left padding gives the same activations, gradients and maps."""
-    from dcam import engine
-    from dcam.adapters.base import Prepared
+    from dcam import ops
+    from dcam.probe.adapters.base import Prepared
 
     model, proc = zoo
     a = auto_adapter(model, proc)
@@ -182,8 +166,8 @@ def test_span_located_from_image_token_id(zoo, sample):
     r1 = probe(a, shifted, *_targets(shifted, idx), 1)
     torch.testing.assert_close(r1.acts, r0.acts, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(r1.grads, r0.grads, atol=1e-7, rtol=1e-3)
-    m0 = engine.diffusion_cam(r0.acts, r0.grads, base.grid).maps
-    m1 = engine.diffusion_cam(r1.acts, r1.grads, shifted.grid).maps
+    m0 = ops.diffusion_cam(r0.acts, r0.grads, base.grid).maps
+    m1 = ops.diffusion_cam(r1.acts, r1.grads, shifted.grid).maps
     torch.testing.assert_close(m1, m0, atol=1e-4, rtol=0)
     # different prompt lengths: the span moves with the prompt
     p2 = a.prepare(sample.image, "what is in this image", a.encode_response(sample.caption))
@@ -197,7 +181,7 @@ def test_explain_all_tokens(zoo, sample):
     e = Explainer(*zoo).explain(sample.image, response=sample.caption)
     words = sample.caption.split()
     assert e.tokens == words
-    assert e.positions == list(range(len(words)))
+    assert e.word_numbers == e.response_indices == list(range(len(words)))
     assert e.maps.shape == (len(words), 8, 8) and e.maps.dtype == torch.float32
     assert float(e.maps.min()) >= 0 and float(e.maps.max()) <= 1
     assert set(e.stats) == {"kernel_size", "dacg_strategy", "dacg_threshold", "cba_threshold", "sicd_alpha",
@@ -208,12 +192,21 @@ def test_explain_all_tokens(zoo, sample):
     from dcam.explain import DEFAULT_DMLLM_PROBE
 
     assert e.probe == DEFAULT_DMLLM_PROBE and e.layer == 1 and e.target_score == "logit"
-    # the raw maps refine to the maps with the recorded steps, image height and repeat ratio
-    from dcam import engine
+    # the maps are the reference pooling and refinement of an independent probe, refined with the
+    # model's response length as steps, the image height and the caption's repeat ratio (1/7: "a")
+    from dcam.ops import reference as R
 
-    ref = engine.refine(e.raw_maps[None], config=e.config, steps=e.steps, image_size=sample.image.height,
-                        repeat_ratio=e.repeat_ratio)
-    torch.testing.assert_close(ref.maps[0], e.maps, atol=1e-6, rtol=0)
+    model, proc = zoo
+    a = auto_adapter(model, proc)
+    prep = a.prepare(sample.image, None, a.encode_response(sample.caption))
+    r = probe(a, prep, *_targets(prep, list(range(len(words)))), 1, probe=DEFAULT_DMLLM_PROBE)
+    raw, deg = R.pool_gradients_reference(r.acts, r.grads, 8, 8, e.config.grad_relu)
+    o = e.config.op_args()
+    scalar = lambda v: torch.tensor([float(v)])  # noqa: E731
+    want = R.refine_reference(raw, deg, scalar(model.config.response_length), scalar(sample.image.height),
+                              scalar(1 / 7), None, None, o["akd_kernel"], o["akd"], o["dacg"], o["cba"], o["sicd"],
+                              o["dacg_params"], o["cba_params"])[0]
+    torch.testing.assert_close(e.maps, want[0], atol=1e-5, rtol=0)
 
 
 def test_explain_generates_and_records_steps(zoo, sample):
@@ -226,23 +219,26 @@ def test_explain_generates_and_records_steps(zoo, sample):
     assert eos not in e.token_ids and model.config.pad_token_id not in e.token_ids
     e2 = exp.explain(sample.image, steps=40)  # more steps than slots: only Lr steps do anything
     assert e2.steps == model.config.response_length
+    assert any("40 requested" in n for n in e2.notes)  # the clamp is stated, not silent
 
 
 def test_targets_by_index_and_word(zoo, sample):
     exp = Explainer(*zoo)
     words = sample.caption.split()  # a <c1> <s1> and a <c2> <s2>
     e = exp.explain(sample.image, response=sample.caption, targets=[2, 1])
-    assert e.positions == [1, 2] and e.tokens == [words[1], words[2]]
+    assert e.word_numbers == [1, 2] and e.tokens == [words[1], words[2]]
     e = exp.explain(sample.image, response=sample.caption, targets=[words[6].upper(), "a"], probe="full")
-    assert e.positions == [0, 4, 6]
+    assert e.word_numbers == [0, 4, 6]
+    assert exp.explain(sample.image, response=sample.caption, targets=-1).word_numbers == [6]  # the last word
     full = exp.explain(sample.image, response=sample.caption, probe="full")
     torch.testing.assert_close(e.maps[2], full.maps[6])  # full probe: a token's map ignores the others
-    with pytest.raises(ValueError, match="'purple'"):
+    with pytest.raises(InputError, match="'purple'"):
         exp.explain(sample.image, response=sample.caption, targets=["a", "purple"])
-    with pytest.raises(ValueError, match="pad/eos"):
-        exp.explain(sample.image, response=sample.caption, targets=[len(words)])  # the first eos slot
-    with pytest.raises(ValueError, match="out of range"):
-        exp.explain(sample.image, response=sample.caption, targets=[99])
+    # word numbers count the 7 words, not the eos/pad slots after them
+    with pytest.raises(InputError, match="word number 7 is out of range for a response of 7 words"):
+        exp.explain(sample.image, response=sample.caption, targets=[len(words)])
+    with pytest.raises(InputError, match="targets"):
+        exp.explain(sample.image, response=sample.caption, targets=None)
 
 
 def test_contrastive_differs_from_logit(zoo, sample):
@@ -260,7 +256,7 @@ def test_probe_modes_and_unknown_probe(zoo, sample):
     maps = {m: exp.explain(sample.image, response=sample.caption, probe=m).maps for m in ("full", "masked", "remask")}
     assert all(v.shape == maps["full"].shape for v in maps.values())
     assert (maps["full"] - maps["masked"]).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="probe"):
+    with pytest.raises(InputError, match="probe"):
         exp.explain(sample.image, response=sample.caption, probe="half")
 
 
@@ -298,9 +294,9 @@ def test_tam_uses_last_hidden_states(prepared):
 
 
 def test_unknown_method_and_bad_config(zoo):
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(InputError, match="unknown method"):
         Explainer(*zoo, method="saliency")
-    with pytest.raises(TypeError):
+    with pytest.raises(InputError, match="config must be a dcam.CamConfig"):
         Explainer(*zoo, config={"sicd": "off"})
 
 
@@ -322,9 +318,10 @@ def test_overlay_and_save(zoo, sample, tmp_path):
         assert os.path.exists(p) and Image.open(p).size == (288, 288)  # 48 px scaled x6 to >= 256
     assert os.path.basename(paths["overlays"][2]) == f"02_{words[2]}.png"
     sheet = Image.open(paths["contact_sheet"])
-    from dcam.overlay import sheet_layout
+    from dcam.render import sheet_layout
 
-    assert sheet.size == sheet_layout(len(words) + 1, (288, 288), label_height=28)
+    grid = sheet_layout(len(words) + 1, (288, 288), label_height=28)
+    assert sheet.size[0] == grid[0] and sheet.size[1] > grid[1]  # plus the title and the colour bar
     t = load_file(paths["maps"])
     torch.testing.assert_close(t["maps"], e.maps, atol=0, rtol=0)
     assert t["token_ids"].tolist() == e.token_ids
@@ -336,7 +333,7 @@ def test_overlay_and_save(zoo, sample, tmp_path):
 
 
 def test_contrastive_distractor_choice(prepared):
-    from dcam.adapters.probing import pick_distractor
+    from dcam.probe.gradients import pick_distractor
 
     a, prep = prepared
     s = prep.response_start

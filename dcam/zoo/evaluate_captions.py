@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..data import ShapesDataset
+from .data import ShapesDataset
 
 
 def _parse(caption: str) -> List[tuple]:

@@ -22,7 +22,7 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ..data import COLOURS, FUNCTION_WORDS, MAX_CAPTION_WORDS, SHAPES
+from .data import COLOURS, FILLER_WORDS, MAX_CAPTION_WORDS, SHAPES
 
 PAD, BOS, EOS, MASK, IMAGE, UNK = "[PAD]", "[BOS]", "[EOS]", "[MASK]", "<image>", "[UNK]"
 SPECIAL_TOKENS = (PAD, BOS, EOS, MASK, IMAGE, UNK)
@@ -33,7 +33,7 @@ PROCESSOR_CONFIG = "processor_config.json"
 
 def build_vocab() -> Dict[str, int]:
     """Special tokens first (pad 0, bos 1, eos 2, mask 3, image 4, unk 5), then words."""
-    words = list(SPECIAL_TOKENS) + list(FUNCTION_WORDS) + list(COLOURS) + list(SHAPES)
+    words = list(SPECIAL_TOKENS) + list(FILLER_WORDS) + list(COLOURS) + list(SHAPES)
     words += [w for w in PROMPT_WORDS if w not in words]
     return {w: i for i, w in enumerate(words)}
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import COLOURS, SHAPES, split_seed, generate_sample
+from .data import COLOURS, SHAPES, generate_sample, split_seed
 from . import WEIGHTS_DIR, ShapesDMLLM, ShapesDMLLMConfig, ShapesProcessor
 from .evaluate_captions import caption_accuracy
 

@@ -1,0 +1,46 @@
+"""The ``dcam`` command: one module per subcommand, shared parts in :mod:`.common`.
+
+    dcam demo | explain | eval | grounding | bench | backends
+
+No CLI module is imported as a library: what they drive lives in the pipeline
+packages (``dcam.models``, ``dcam.explain``, ``dcam.eval``, ``dcam.ops.bench``).
+Building the parser imports nothing heavy, so ``dcam --help`` answers at once.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from . import common
+
+#: Subcommand modules, in help order.
+SUBCOMMANDS = ("demo", "explain", "eval", "grounding", "bench", "backends")
+
+
+def build_parser() -> common.Parser:
+    from .. import __version__
+
+    parser = common.Parser(prog="dcam", description="Diffusion-CAM: where in the image a diffusion multimodal LLM "
+                                                     "looked when it wrote each word.")
+    parser.add_argument("--version", action="version", version=f"dcam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=common.Parser)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"dcam.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Parse ``argv`` and run the subcommand; returns the exit code (see :mod:`.common`)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2), already printed
+        return int(exc.code or 0)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    return common.run_command(args.command, args.run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

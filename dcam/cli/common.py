@@ -1,0 +1,218 @@
+"""What every subcommand shares: the parser class, the error policy, the
+common options and progress lines.
+
+Error policy (README "Errors"): bad input is a :class:`dcam.InputError` (or an
+argparse error): one line on stderr naming the argument or option, exit code
+2, no traceback. Ctrl-C: one line, exit code 130, no partial output (outputs
+are written into a temporary folder and renamed into place at the end,
+:mod:`dcam.output`). Anything else is a bug in dcam: its traceback, exit 1.
+
+This module imports nothing heavy (no torch), so ``dcam --help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, List, Optional, Sequence
+
+from ..errors import InputError, one_line
+
+#: The map methods (checked again by dcam.methods when the model is built;
+#: listed here so that building the parser imports no torch).
+METHOD_NAMES = ("diffusion-cam", "grad-cam", "llava-cam", "tam")
+PROBE_NAMES = ("full", "masked", "remask")
+TARGET_SCORE_NAMES = ("logit", "contrastive")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``dcam explain: error: --steps: ...``, exit 2)
+    and every option's default shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        print(f"{self.prog}: error: {one_line(message)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each help text; descriptions kept as written (plain text)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text + " (default: %(default)s)"
+        return text
+
+
+def log(msg: str, quiet: bool = False) -> None:
+    """A progress line on stderr (silenced by --quiet)."""
+    if not quiet:
+        print(f"[dcam] {msg}", file=sys.stderr, flush=True)
+
+
+def option_error(option: str, exc: BaseException) -> InputError:
+    """An InputError whose message starts with the CLI option that caused it."""
+    text = one_line(str(exc))
+    for prefix in ("model: ", "device: ", "image: ", "targets: ", "steps ", "background: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    return InputError(f"{option}: {text}")
+
+
+def run_command(command: str, handler: Callable, args) -> int:
+    """Run a subcommand handler under the error policy; returns the exit code."""
+    try:
+        return int(handler(args) or 0)
+    except InputError as exc:
+        print(f"dcam {command}: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dcam {command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------ value types (argparse `type=`)
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {v}")
+    return v
+
+
+def int_list(text: str) -> List[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of ints, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one int")
+    return vals
+
+
+def name_list(choices: Sequence[str]) -> Callable[[str], List[str]]:
+    def parse(text: str) -> List[str]:
+        vals = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in vals if v not in choices]
+        if bad or not vals:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {bad or [text]} (choose from {', '.join(choices)})")
+        return vals
+    return parse
+
+
+# ------------------------------------------------------------------ shared options
+
+def cam_help() -> str:
+    from ..ops.config import FIELD_HELP
+
+    fields = "; ".join(f"{k}: {v}" for k, v in FIELD_HELP.items())
+    return ("set a CamConfig field on top of the model's default config, repeatable, e.g. --cam grad_relu=true "
+            f"--cam sicd=context. Fields: {fields}")
+
+
+def add_model_options(p: argparse.ArgumentParser, hidden: bool = False) -> None:
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help=argparse.SUPPRESS if hidden else
+                   "model folder (a transformers checkpoint or a saved zoo model); default: the bundled toy dMLLM")
+    p.add_argument("--device", default="cpu", help="torch device to run the model on (cpu, cuda, cuda:1, mps)")
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="diffusion-cam", choices=METHOD_NAMES, help="map method")
+    p.add_argument("--probe", default=None, choices=PROBE_NAMES,
+                   help="probe mode (default: masked for diffusion models, full otherwise)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="block to hook, negative from the end (default: the model's default block)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps for generation (default: the model's default)")
+    p.add_argument("--chunk-size", type=positive_int, default=16, help="targets per batched backward")
+    p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=cam_help())
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars on stderr")
+
+
+def apply_run_options(args) -> None:
+    """--threads and --quiet, applied before any model is loaded."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    if getattr(args, "quiet", False):
+        silence_progress()
+
+
+def silence_progress() -> None:
+    """Silence every progress bar, transformers' weight loader included."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def load_model_for(args):
+    """(model, processor) of ``--model`` on ``--device``; errors name the option."""
+    from ..models import check_device, load_model
+
+    try:
+        check_device(getattr(args, "device", None))
+    except InputError as exc:
+        raise option_error("--device", exc) from None
+    try:
+        return load_model(args.model, device=getattr(args, "device", None),
+                          trust_remote_code=getattr(args, "trust_remote_code", False))
+    except InputError as exc:
+        raise option_error("--model", exc) from None
+
+
+def cam_config_for(model, processor, settings: Optional[Sequence[str]]):
+    """The model's default CamConfig with ``--cam`` settings applied (None without settings)."""
+    if not settings:
+        return None
+    from ..probe import auto_adapter
+
+    try:
+        return auto_adapter(model, processor).default_config().apply(settings)
+    except InputError as exc:
+        raise option_error("--cam", exc) from None
+
+
+def explainer_for(model, processor, args):
+    """The Explainer of the shared method options; errors name the option."""
+    from ..explain import Explainer
+
+    config = cam_config_for(model, processor, getattr(args, "cam", None))
+    try:
+        return Explainer(model, processor, layer=args.layer, method=args.method, config=config,
+                         chunk_size=args.chunk_size)
+    except InputError as exc:
+        raise option_error("--layer" if "layer" in str(exc) else "--method", exc) from None

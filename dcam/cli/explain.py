@@ -1,0 +1,151 @@
+"""``dcam explain IMAGE [IMAGE | DIR ...]``: explain every word (or --tokens) the model writes about each image.
+
+One image: its files go straight into --out. Several images (or folders of
+images): each into its own subfolder of --out, one progress bar, a summary
+line; an image that fails is reported and skipped, and the command exits with
+code 2 at the end if any failed (after the others are done). --out is written
+whole or not at all (see dcam.output).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Dict, List, Tuple
+
+from ..errors import InputError, one_line
+from . import common
+
+#: File extensions taken from a folder given as input.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("explain", help="explain a model's words on one or more images",
+                       description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1])
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    p.add_argument("--prompt", default=None, help="prompt text (default: the model's default prompt)")
+    p.add_argument("--response", default=None,
+                   help="explain this response instead of generating one (case and trailing punctuation are "
+                        "normalised when the tokenizer does not know them)")
+    p.add_argument("--tokens", default=None, metavar="WORDS",
+                   help="words, or word numbers counted from 0 (negative from the end), to explain; comma/space "
+                        "separated (default: every word)")
+    p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
+                   help="score whose gradient is pooled: the word's own logit, or the published contrastive sum "
+                        "(default: logit; contrastive for llava-cam)")
+    p.add_argument("--out", default="dcam_explain", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder whole")
+    p.add_argument("--max-side", type=common.positive_int, default=1024,
+                   help="longest side of the saved overlays in pixels (the maps keep full precision)")
+    p.add_argument("--background", default="white",
+                   help="colour transparent pixels are composited on: white, black, #rrggbb or r,g,b")
+    common.add_model_options(p)
+    common.add_method_options(p)
+    common.add_run_options(p)
+    p.set_defaults(run=run, command="explain")
+
+
+def parse_targets(spec):
+    """``--tokens`` as the Explainer's ``targets``: "all", word numbers and words."""
+    if spec is None or spec.strip() in ("", "all"):
+        return "all"
+    items = [t for t in spec.replace(",", " ").split() if t]
+    return [int(t) if t.lstrip("-").isdigit() else t for t in items]
+
+
+def expand_inputs(paths: List[str]) -> List[str]:
+    """Files as given; folders replaced by their image files (sorted, not recursive)."""
+    out: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                           if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(p, f)))
+            if not found:
+                raise InputError(f"IMAGE: the folder {p!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def subfolder_names(paths: List[str]) -> List[str]:
+    """One distinct subfolder name per input (the file's stem, numbered on clashes)."""
+    names, seen = [], {}
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0] or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names
+
+
+def _explain_one(exp, path: str, args, background):
+    try:
+        return exp.explain(path, prompt=args.prompt, response=args.response, targets=parse_targets(args.tokens),
+                           probe=args.probe, target_score=args.target_score, steps=args.steps,
+                           background=background)
+    except InputError as exc:
+        msg = one_line(str(exc))
+        option = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
+                  "image": path}.get(msg.split(":")[0].split(" ")[0], None)
+        raise (common.option_error(option, exc) if option else exc) from None
+
+
+def report(e, folder: str) -> None:
+    print(f"response: {e.response}")
+    for note in e.notes:
+        print(f"note: {note}")
+    print(f"explained {len(e)} word{'s' if len(e) != 1 else ''} with {e.method} (probe {e.probe}, layer {e.layer}, "
+          f"{e.steps} steps): {' '.join(e.tokens)}")
+    print(f"written to {folder}: contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json")
+
+
+def run(args) -> int:
+    from ..images import parse_colour
+    from ..output import check_output_folder
+
+    target = check_output_folder(args.out, args.overwrite)
+    background = parse_colour(args.background)
+    inputs = expand_inputs(args.images)
+    if len(inputs) == 1 and not os.path.exists(inputs[0]):
+        raise InputError(f"IMAGE: no such file {inputs[0]!r}")
+    common.apply_run_options(args)
+    common.log("loading the model", args.quiet)
+    model, processor = common.load_model_for(args)
+    exp = common.explainer_for(model, processor, args)
+    t0 = time.perf_counter()
+    if len(inputs) == 1:
+        e = _explain_one(exp, inputs[0], args, background)
+        common.log(f"explained in {time.perf_counter() - t0:.1f} s; writing {target}", args.quiet)
+        e.save(target, max_side=args.max_side, overwrite=args.overwrite)
+        report(e, args.out)
+        return 0
+    return _run_many(exp, inputs, args, background, target)
+
+
+def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
+    from tqdm import tqdm
+
+    from ..output import AtomicFolder
+
+    failed: List[Tuple[str, str]] = []
+    done: Dict[str, int] = {}
+    with AtomicFolder(target, overwrite=args.overwrite) as tmp:
+        for path, name in tqdm(list(zip(inputs, subfolder_names(inputs))), desc="explain", unit="image",
+                               file=sys.stderr, disable=args.quiet):
+            try:
+                e = _explain_one(exp, path, args, background)
+            except InputError as exc:
+                failed.append((path, one_line(str(exc))))
+                continue
+            folder = os.path.join(tmp, name)
+            os.makedirs(folder)
+            e.write_files(folder, max_side=args.max_side)
+            done[name] = len(e)
+        for path, why in failed:
+            print(f"dcam explain: error: {path}: {why}", file=sys.stderr)
+        if not done:
+            raise InputError(f"none of the {len(inputs)} images could be explained; nothing was written")
+    print(f"explained {len(done)} of {len(inputs)} images ({sum(done.values())} words) into {args.out}"
+          + (f"; {len(failed)} failed" if failed else ""))
+    return 2 if failed else 0

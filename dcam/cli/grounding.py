@@ -1,0 +1,54 @@
+"""``dcam grounding``: the grounding rate of the maps on grounded-shapes images.
+
+For every object word (colour or shape) of the reference caption of the first
+--n images with two or more objects, the word's map counts as grounded when
+its mass on the named object exceeds its mass on every other object. Printed
+per probe mode and layer, next to a uniform map (chance) and a perfect class
+detector."""
+from __future__ import annotations
+
+import json
+
+from . import common
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("grounding", help="grounding rate of the maps on grounded-shapes images", description=__doc__)
+    p.add_argument("--n", type=common.positive_int, default=50, help="images with at least 2 objects")
+    p.add_argument("--probes", type=common.name_list(common.PROBE_NAMES), default=list(common.PROBE_NAMES),
+                   help="comma-separated probe modes")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="grounded-shapes split the images come from")
+    p.add_argument("--layers", type=common.int_list, default=None,
+                   help="comma-separated blocks (default: every block but the last)")
+    p.add_argument("--method", default="diffusion-cam", choices=common.METHOD_NAMES, help="map method")
+    p.add_argument("--target-score", default="logit", choices=common.TARGET_SCORE_NAMES,
+                   help="score whose gradient is pooled")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
+    p.add_argument("--variants", action="store_true",
+                   help="also score diagnostic maps from the same probe (raw pooled map, gradient norm, LayerCAM)")
+    common.add_model_options(p)
+    common.add_run_options(p)
+    p.set_defaults(run=run, command="grounding")
+
+
+def run(args) -> int:
+    from ..errors import InputError
+    from ..eval.grounding import format_grounding, grounding_report
+    from ..output import check_output_file, write_text_atomic
+
+    json_path = check_output_file(args.json, "--json")
+    common.apply_run_options(args)
+    model, processor = common.load_model_for(args)
+    config = common.cam_config_for(model, processor, args.cam)
+    try:
+        rep = grounding_report(model, processor, n=args.n, probes=args.probes, layers=args.layers,
+                               method=args.method, target_score=args.target_score, progress=not args.quiet,
+                               variants=args.variants, config=config, split=args.split)
+    except InputError as exc:
+        raise common.option_error("--layers", exc) if "layer" in str(exc) else exc from None
+    print(format_grounding(rep))
+    if json_path:
+        write_text_atomic(json_path, json.dumps(rep, indent=2))
+    return 0

@@ -1,0 +1,81 @@
+"""Evaluation data sets: one record type, one file per layout.
+
+- ``shapes`` (:mod:`.shapes`): the bundled grounded-shapes set;
+- COCO (:mod:`.coco`): images + instances JSON (+ captions JSON);
+- TAM / GranDf (:mod:`.tam`): ``anno.json`` with label masks and a word -> label map.
+
+:func:`open_dataset` takes ``"shapes"`` or a folder and detects the layout
+(``anno.json`` -> TAM; an ``instances*.json`` in the folder or its
+``annotations/`` -> COCO).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Optional, Tuple
+
+from ...errors import InputError
+from .base import EvalDataset, EvalRecord, RecordError
+from .coco import COCO_SYNONYMS, CocoEval, load_coco
+from .masks import decode_rle, polygons_to_mask, rle_string_to_counts
+from .shapes import ShapesEval, load_shapes
+from .tam import TamEval, load_tam
+
+def _coco_files(root: str, split: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    cands = []
+    for d in (os.path.join(root, "annotations"), root):
+        cands += sorted(glob.glob(os.path.join(d, "instances*.json")))
+    if not cands:
+        return None, None, None
+    pick = [c for c in cands if os.path.basename(c).startswith(f"instances_{split}")]
+    if not pick:
+        pick = [c for c in cands if os.path.basename(c).startswith("instances_val")] or cands
+    if len(pick) > 1 and len({os.path.basename(p) for p in pick}) > 1:
+        pick = sorted(pick)
+    inst = pick[0]
+    tag = os.path.basename(inst)[len("instances"):]  # e.g. "_val2017.json"
+    cap = os.path.join(os.path.dirname(inst), "captions" + tag)
+    cap = cap if os.path.exists(cap) else None
+    stem = tag.strip("_").rsplit(".", 1)[0]  # "val2017"
+    first = None
+    try:
+        with open(inst) as f:
+            imgs = json.load(f).get("images", [])
+        first = imgs[0].get("file_name") if imgs else None
+    except (OSError, ValueError):
+        pass
+    dirs = [os.path.join(root, "images", stem), os.path.join(root, stem), os.path.join(root, split),
+            os.path.join(root, "images"), root]
+    images_dir = next((d for d in dirs if first and os.path.exists(os.path.join(d, first))), None)
+    if images_dir is None:
+        images_dir = next((d for d in dirs if os.path.isdir(d)), root)
+    return images_dir, inst, cap
+
+
+def detect_layout(path: str, split: str = "test") -> str:
+    """``"tam"`` or ``"coco"`` for a data folder; ValueError otherwise."""
+    if not os.path.isdir(path):
+        raise InputError(f"data set folder {path} does not exist")
+    if os.path.exists(os.path.join(path, "anno.json")):
+        return "tam"
+    if _coco_files(path, split)[1] is not None:
+        return "coco"
+    raise InputError(f"{path} is neither a TAM layout (anno.json) nor a COCO layout "
+                     f"(instances*.json in the folder or its annotations/)")
+
+
+def open_dataset(spec: str, split: str = "test", size: int = 200, image_size: int = 64) -> EvalDataset:
+    """``"shapes"`` (``size`` scenes of the ``split``) or a folder (layout auto-detected)."""
+    if spec == "shapes":
+        return load_shapes(split=split, size=size, image_size=image_size)
+    kind = detect_layout(spec, split)
+    if kind == "tam":
+        return load_tam(spec)
+    images_dir, inst, cap = _coco_files(spec, split)
+    return load_coco(images_dir, inst, cap)
+
+
+__all__ = ["EvalRecord", "EvalDataset", "RecordError", "COCO_SYNONYMS", "load_shapes", "load_coco", "load_tam",
+           "open_dataset", "detect_layout", "decode_rle", "rle_string_to_counts", "polygons_to_mask",
+           "ShapesEval", "CocoEval", "TamEval"]

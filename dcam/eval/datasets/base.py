@@ -1,0 +1,204 @@
+"""The record type and the lazy data-set base shared by every layout.
+
+A record holds the image, the caption split into words, one label mask for
+the whole image (int ``H x W``, 0 background, one label per object instance)
+and, per word, the labels that word refers to: a word with labels is an
+*object word* (its ground truth is ``mask`` restricted to those labels,
+:meth:`EvalRecord.word_mask`), a word without labels that is in the function
+word list is a *function word* (ground truth "nothing", scored with Func-IoU),
+any other word is not scored.
+
+A data set is a list of candidate entries turned into records one at a time
+(images and masks are read lazily, so a 5000-image COCO split costs no memory
+up front). A bad entry is skipped, appended to ``dataset.skipped`` as
+``(record id, reason)`` and reported with ``warnings.warn``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ...errors import InputError
+from ...images import load_image
+from ...words import FUNCTION_WORDS, split_words
+
+class RecordError(InputError):
+    """An entry of a data set that cannot be evaluated (the message says why)."""
+
+
+@dataclass
+class EvalRecord:
+    """One evaluation example.
+
+    record_id: a stable id (COCO image id, anno entry id, shapes index).
+    image: the RGB image.
+    caption: the caption text; words: its words (lower case, punctuation stripped).
+    mask: int64 ``H x W`` label mask of the image (0 background).
+    word_labels: per word, the tuple of mask labels it refers to (empty: not an object word).
+    function: per word, whether it is a function word.
+    """
+
+    record_id: str
+    image: Image.Image
+    caption: str
+    words: List[str]
+    mask: np.ndarray
+    word_labels: List[Tuple[int, ...]]
+    function: List[bool]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """``(H, W)`` of the image and the mask."""
+        return int(self.mask.shape[0]), int(self.mask.shape[1])
+
+    @property
+    def object_indices(self) -> List[int]:
+        return [i for i, labs in enumerate(self.word_labels) if labs]
+
+    @property
+    def function_indices(self) -> List[int]:
+        return [i for i, (labs, f) in enumerate(zip(self.word_labels, self.function)) if f and not labs]
+
+    def word_mask(self, i: int) -> Optional[np.ndarray]:
+        """Ground truth of word ``i``: the mask with only its labels kept
+        (other pixels 0), or ``None`` for a word without labels."""
+        labs = self.word_labels[i]
+        if not labs:
+            return None
+        return np.where(np.isin(self.mask, np.asarray(labs)), self.mask, 0)
+
+
+class EvalDataset:
+    """Candidate entries of one data set, turned into records lazily.
+
+    ``len(ds)`` is the number of candidate entries; ``ds.load(i)`` builds entry
+    ``i`` or raises :class:`RecordError`; ``ds.records(n)`` yields up to ``n``
+    valid records in order, skipping (and reporting) bad ones. ``ds.skipped``
+    lists ``(record id, reason)`` of every entry skipped so far."""
+
+    kind = "base"
+
+    def __init__(self, name: str):
+        self.name = name
+        self.skipped: List[Tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def entry_id(self, i: int) -> str:
+        return str(i)
+
+    def load(self, i: int) -> EvalRecord:
+        raise NotImplementedError
+
+    def skip(self, record_id: str, reason: str) -> None:
+        self.skipped.append((str(record_id), str(reason)))
+        warnings.warn(f"{self.name}: skipped record {record_id}: {reason}", stacklevel=3)
+
+    def records(self, n: Optional[int] = None) -> Iterator[EvalRecord]:
+        count = 0
+        for i in range(len(self)):
+            if n is not None and count >= n:
+                return
+            try:
+                rec = self.load(i)
+            except RecordError as exc:
+                self.skip(self.entry_id(i), str(exc))
+                continue
+            count += 1
+            yield rec
+
+    def __iter__(self) -> Iterator[EvalRecord]:
+        return self.records()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, entries={len(self)})"
+
+
+
+def singulars(word: str) -> List[str]:
+    c = [word]
+    if word.endswith("ies") and len(word) > 4:
+        c.append(word[:-3] + "y")
+    if word.endswith("es") and len(word) > 3:
+        c.append(word[:-2])
+    if word.endswith("s") and len(word) > 2:
+        c.append(word[:-1])
+    return c
+
+
+class PhraseMatcher:
+    """Maps caption words to keys: phrases (tuples of words) -> key, longest
+    match first, the last word of a phrase may be a plural."""
+
+    def __init__(self, phrases: Dict[Tuple[str, ...], Any]):
+        self.phrases = phrases
+        self.max_len = max((len(p) for p in phrases), default=1)
+
+    def match(self, words: Sequence[str]) -> List[Optional[Any]]:
+        out: List[Optional[Any]] = [None] * len(words)
+        i = 0
+        while i < len(words):
+            hit = None
+            for L in range(min(self.max_len, len(words) - i), 0, -1):
+                head = tuple(words[i:i + L - 1])
+                for last in singulars(words[i + L - 1]):
+                    key = head + (last,)
+                    if key in self.phrases:
+                        hit = (L, self.phrases[key])
+                        break
+                if hit:
+                    break
+            if hit:
+                for j in range(i, i + hit[0]):
+                    out[j] = hit[1]
+                i += hit[0]
+            else:
+                i += 1
+        return out
+
+
+def phrase(s: str) -> Tuple[str, ...]:
+    return tuple(split_words(s))
+
+
+def _load_pil(path: str, kind: str, convert):
+    """Open and decode one image file; a missing or corrupt file is a RecordError
+    naming `kind` ("image"/"mask"). `convert` maps the loaded PIL image to the result."""
+    if not os.path.exists(path):
+        raise RecordError(f"missing {kind} file {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return convert(im)
+    except Exception as exc:  # PIL raises several types for corrupt files
+        raise RecordError(f"unreadable {kind} {path}: {exc}") from exc
+
+
+def open_image(path: str) -> Image.Image:
+    """The record's RGB image (:func:`dcam.images.load_image`); unreadable -> RecordError."""
+    try:
+        return load_image(path)
+    except InputError as exc:
+        raise RecordError(str(exc)) from None
+
+
+def open_mask(path: str) -> np.ndarray:
+    arr = _load_pil(path, "mask", np.asarray)
+    if arr.ndim == 3:  # RGB(A) saved masks: use the first channel
+        arr = arr[..., 0]
+    return arr.astype(np.int64)
+
+
+def make_record(record_id, image, caption, words, mask, labels_per_word, meta=None) -> EvalRecord:
+    labels = [tuple(sorted(set(int(v) for v in labs))) if labs else () for labs in labels_per_word]
+    func = [not labs and w in FUNCTION_WORDS for w, labs in zip(words, labels)]
+    return EvalRecord(str(record_id), image, caption, list(words), mask, labels, func, dict(meta or {}))
+
+

@@ -1,0 +1,177 @@
+"""COCO layout: an images folder and an instances JSON (``images``,
+``annotations`` with ``segmentation`` as polygons or RLE, ``categories``).
+
+Each instance gets its own label; instances are painted largest first so that
+smaller ones stay visible where they overlap. Polygons are rasterised with PIL
+``ImageDraw.polygon`` (fill and outline), which can differ from pycocotools by
+a pixel along edges; a polygon with fewer than 3 points is reported in the
+record's skipped annotations (never silently dropped). The caption is the
+first caption (lowest annotation id) of the image in a captions JSON when
+given, else one built from the category names (``"a dog and a person in the
+picture"``). Caption words are matched to the categories present in the
+image: the category name (multi-word names as phrases), simple plurals, and a
+few common synonyms (:data:`COCO_SYNONYMS`). A word naming a category absent
+from the image is not scored. The captions must be in the explained model's
+vocabulary (the bundled toy model knows only its shapes words).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ...errors import InputError
+from ...words import split_words
+from .base import EvalDataset, EvalRecord, PhraseMatcher, RecordError, make_record, open_image, phrase
+from .masks import decode_rle, polygons_to_mask
+
+#: Extra words (beyond name and plural) that name a COCO category.
+COCO_SYNONYMS: Dict[str, Tuple[str, ...]] = {
+    "person": ("people", "persons", "man", "men", "woman", "women", "boy", "boys", "girl", "girls", "child",
+               "children", "kid", "kids", "guy", "guys", "lady", "ladies", "player", "players", "skier",
+               "skiers", "surfer", "surfers", "skateboarder", "rider"),
+    "bicycle": ("bike", "bikes"),
+    "motorcycle": ("motorbike", "motorbikes"),
+    "airplane": ("plane", "planes", "aeroplane", "jet", "jets", "airliner"),
+    "boat": ("ship", "ships"),
+    "fire hydrant": ("hydrant",),
+    "cat": ("kitten", "kitty"),
+    "dog": ("puppy", "puppies"),
+    "sheep": ("lamb", "lambs"),
+    "cow": ("cattle",),
+    "handbag": ("purse",),
+    "suitcase": ("luggage",),
+    "sports ball": ("ball", "balls", "soccer ball", "tennis ball"),
+    "baseball bat": ("bat",),
+    "baseball glove": ("glove", "mitt"),
+    "tennis racket": ("racket", "racquet"),
+    "couch": ("sofa", "sofas"),
+    "potted plant": ("plant", "plants"),
+    "dining table": ("table", "tables"),
+    "tv": ("television", "tvs"),
+    "cell phone": ("phone", "phones", "cellphone", "cellphones"),
+    "refrigerator": ("fridge",),
+    "donut": ("doughnut", "doughnuts"),
+    "teddy bear": ("teddy",),
+    "hair drier": ("hairdryer", "hair dryer"),
+    "skis": ("ski",),
+}
+
+class CocoEval(EvalDataset):
+    kind = "coco"
+
+    def __init__(self, images_dir: str, instances_json: str, captions_json: Optional[str] = None,
+                 name: Optional[str] = None):
+        super().__init__(name or f"coco:{os.path.basename(instances_json)}")
+        self.images_dir = images_dir
+        try:
+            with open(instances_json) as f:
+                inst = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read instances JSON {instances_json}: {exc}") from exc
+        for key in ("images", "annotations", "categories"):
+            if key not in inst:
+                raise InputError(f"{instances_json} has no {key!r}; not a COCO instances file")
+        self.categories = {int(c["id"]): str(c["name"]) for c in inst["categories"]}
+        self.images = {int(im["id"]): im for im in inst["images"]}
+        self.anns: Dict[int, List[dict]] = {}
+        for a in inst["annotations"]:
+            self.anns.setdefault(int(a["image_id"]), []).append(a)
+        self.ids = sorted(i for i in self.images if i in self.anns)
+        self.captions: Dict[int, str] = {}
+        if captions_json:
+            try:
+                with open(captions_json) as f:
+                    caps = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read captions JSON {captions_json}: {exc}") from exc
+            best: Dict[int, Tuple[int, str]] = {}
+            for k, a in enumerate(caps.get("annotations", [])):
+                iid, aid = int(a["image_id"]), int(a.get("id", k))
+                if iid not in best or aid < best[iid][0]:
+                    best[iid] = (aid, str(a["caption"]).strip())
+            self.captions = {k: v[1] for k, v in best.items()}
+        phrases: Dict[Tuple[str, ...], str] = {}
+        names = set(self.categories.values())
+        for nm in names:
+            phrases[phrase(nm)] = nm
+            for syn in COCO_SYNONYMS.get(nm, ()):
+                phrases.setdefault(phrase(syn), nm)
+        self.matcher = PhraseMatcher(phrases)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def entry_id(self, i: int) -> str:
+        return str(self.ids[i])
+
+    @staticmethod
+    def built_caption(names: Sequence[str]) -> str:
+        """Caption built from category names when no captions JSON is given."""
+        parts = [f"a {n}" for n in names]
+        if len(parts) > 1:
+            body = " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 2 else " and ".join(parts)
+        else:
+            body = parts[0]
+        return f"{body} in the picture"
+
+    def load(self, i: int) -> EvalRecord:
+        iid = self.ids[i]
+        info = self.images[iid]
+        path = os.path.join(self.images_dir, str(info.get("file_name", "")))
+        image = open_image(path)
+        W, H = image.size
+        if "height" in info and "width" in info and (int(info["height"]), int(info["width"])) != (H, W):
+            raise RecordError(f"image {path} is {H}x{W} but the annotation says "
+                              f"{int(info['height'])}x{int(info['width'])}")
+        inst_masks = []
+        for a in self.anns[iid]:
+            seg = a.get("segmentation")
+            try:
+                if isinstance(seg, dict):
+                    m = decode_rle(seg)
+                elif isinstance(seg, list):
+                    m = polygons_to_mask(seg, H, W)
+                else:
+                    raise InputError(f"unsupported segmentation type {type(seg).__name__}")
+            except ValueError as exc:
+                raise RecordError(f"annotation {a.get('id')}: {exc}") from exc
+            if m.shape != (H, W):
+                raise RecordError(f"annotation {a.get('id')}: mask is {m.shape[0]}x{m.shape[1]}, image {H}x{W}")
+            cat = self.categories.get(int(a["category_id"]))
+            if cat is None:
+                raise RecordError(f"annotation {a.get('id')}: unknown category {a['category_id']}")
+            if m.any():
+                inst_masks.append((int(m.sum()), cat, m))
+        if not inst_masks:
+            raise RecordError("no non-empty instance mask")
+        # paint the largest first so small instances stay visible where they overlap
+        inst_masks.sort(key=lambda t: -t[0])
+        mask = np.zeros((H, W), dtype=np.int64)
+        for label, (_, _, m) in enumerate(inst_masks, start=1):
+            mask[m > 0] = label
+        present = set(np.unique(mask).tolist())
+        cat_labels: Dict[str, List[int]] = {}
+        for label, (_, cat, _) in enumerate(inst_masks, start=1):
+            if label in present:
+                cat_labels.setdefault(cat, []).append(label)
+        if iid in self.captions:
+            caption = self.captions[iid]
+        else:
+            order = []
+            for _, cat, _ in sorted(inst_masks, key=lambda t: t[1]):
+                if cat not in order:
+                    order.append(cat)
+            caption = self.built_caption(order)
+        words = split_words(caption)
+        hits = self.matcher.match(words)
+        labels = [cat_labels.get(h, ()) if h is not None else () for h in hits]
+        return make_record(iid, image, caption, words, mask, labels,
+                       meta={"file_name": info.get("file_name"), "categories": sorted(cat_labels)})
+
+
+def load_coco(images_dir: str, instances_json: str, captions_json: Optional[str] = None) -> CocoEval:
+    """COCO-style data set (see the module docstring)."""
+    return CocoEval(images_dir, instances_json, captions_json)

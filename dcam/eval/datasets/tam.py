@@ -1,0 +1,97 @@
+"""TAM / GranDf layout: a folder with ``anno.json``, a list (or
+``{"annotations": [...]}``) of entries::
+
+    {"id": "0001",                     # optional, default: the index
+     "image": "images/0001.jpg",       # relative to the folder
+     "caption": "a dog catches a frisbee",
+     "mask": "masks/0001.png",         # a label image (pixel value = label), or
+     "masks": ["m/0001_1.png", ...],   # binary masks, the i-th is label i+1
+     "categories": {"dog": 1, "frisbee": [2, 3]}}   # word or phrase -> label(s)
+
+(``"category_map"`` is accepted for ``"categories"``, ``"file_name"`` for
+``"image"``). Caption words match the keys as COCO words match names.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ...errors import InputError
+from ...words import split_words
+from .base import EvalDataset, EvalRecord, PhraseMatcher, RecordError, make_record, open_image, open_mask, phrase
+
+class TamEval(EvalDataset):
+    kind = "tam"
+
+    def __init__(self, root: str, anno: str = "anno.json"):
+        super().__init__(f"tam:{os.path.basename(os.path.abspath(root))}")
+        self.root = root
+        path = anno if os.path.isabs(anno) else os.path.join(root, anno)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from exc
+        if isinstance(data, dict):
+            data = data.get("annotations", data.get("data"))
+        if not isinstance(data, list):
+            raise InputError(f"{path} must hold a list of entries (or {{'annotations': [...]}})")
+        self.entries = data
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def entry_id(self, i: int) -> str:
+        e = self.entries[i]
+        return str(e.get("id", i)) if isinstance(e, dict) else str(i)
+
+    def _path(self, p) -> str:
+        p = str(p)
+        return p if os.path.isabs(p) else os.path.join(self.root, p)
+
+    def load(self, i: int) -> EvalRecord:
+        e = self.entries[i]
+        if not isinstance(e, dict):
+            raise RecordError("entry is not an object")
+        img_p = e.get("image", e.get("file_name"))
+        caption = e.get("caption")
+        cats = e.get("categories", e.get("category_map"))
+        if img_p is None or caption is None or not isinstance(cats, dict):
+            raise RecordError("entry needs 'image', 'caption' and a 'categories' map")
+        image = open_image(self._path(img_p))
+        W, H = image.size
+        if "mask" in e:
+            mask = open_mask(self._path(e["mask"]))
+            if mask.shape != (H, W):
+                raise RecordError(f"mask is {mask.shape[0]}x{mask.shape[1]}, image {H}x{W}")
+        elif "masks" in e:
+            mask = np.zeros((H, W), dtype=np.int64)
+            for j, mp in enumerate(e["masks"], start=1):
+                m = open_mask(self._path(mp))
+                if m.shape != (H, W):
+                    raise RecordError(f"mask {mp} is {m.shape[0]}x{m.shape[1]}, image {H}x{W}")
+                mask[m > 0] = j
+        else:
+            raise RecordError("entry has neither 'mask' nor 'masks'")
+        if mask.min() < 0:
+            raise RecordError("mask has negative labels")
+        present = set(np.unique(mask).tolist())
+        phrases: Dict[Tuple[str, ...], Tuple[int, ...]] = {}
+        for word, labs in cats.items():
+            labs = tuple(int(v) for v in (labs if isinstance(labs, (list, tuple)) else [labs]))
+            missing = [v for v in labs if v not in present or v == 0]
+            if missing:
+                raise RecordError(f"label(s) {missing} of {word!r} not in the mask")
+            phrases[phrase(str(word))] = labs
+        words = split_words(str(caption))
+        hits = PhraseMatcher(phrases).match(words)
+        labels = [h if h is not None else () for h in hits]
+        return make_record(self.entry_id(i), image, str(caption), words, mask, labels, meta={"image": img_p})
+
+
+def load_tam(root: str, anno: str = "anno.json") -> TamEval:
+    """TAM/GranDf-style data set in ``root`` (see the module docstring)."""
+    return TamEval(root, anno)

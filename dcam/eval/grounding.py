@@ -1,0 +1,200 @@
+"""The grounding benchmark: does a word's map put more mass on the object it
+names than on every other object of the image?
+
+On the first ``n`` grounded-shapes images of a split with two or more
+objects, the reference caption is explained (teacher-forced, so every word has
+a ground-truth object) for every probe mode and layer asked for, and the rate
+of object words whose map is grounded is reported, next to what a uniform map
+(chance) and a perfect class detector score. ``dcam grounding`` prints it.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[int], mask: np.ndarray) -> List[bool]:
+    """For each object word ``words_idx[k]`` (a caption word index), whether its
+    map ``maps[k]`` (bilinearly upsampled to the mask) puts more mass on the
+    named object than on every other object."""
+    from ..render.overlay import upsample_map
+
+    labels = [int(l) for l in np.unique(mask) if l > 0]
+    out = []
+    for k, i in enumerate(words_idx):
+        hm = upsample_map(maps[k], mask.shape)
+        mass = {l: float(hm[mask == l].sum()) for l in labels}
+        own = mass[int(word_labels[i])]
+        out.append(all(own > v for l, v in mass.items() if l != int(word_labels[i])))
+    return out
+
+
+def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, image_size: int = 64):
+    """The first ``n`` samples of ``split`` with at least ``min_objects`` objects."""
+    from ..zoo.data import ShapesDataset
+
+    ds = ShapesDataset(split, size=100 * n + 100, image_size=image_size, cache=False)
+    out = []
+    for s in ds:
+        if len(s.objects) >= min_objects:
+            out.append(s)
+            if len(out) == n:
+                break
+    return out
+
+
+def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[str] = ("full", "masked", "remask"),
+                     layers: Optional[Sequence[int]] = None, method: str = "diffusion-cam",
+                     target_score: str = "logit", config=None, progress: bool = True,
+                     variants: bool = False, split: str = "test") -> dict:
+    """Grounding rate of the maps on grounded-shapes test images.
+
+    On the first ``n`` images of ``split`` (test by default; validation: "val")
+    with two or more objects, the reference
+    caption is explained (teacher-forced, so every word has a ground-truth
+    object); for every object word (colour or shape) the map is bilinearly
+    upsampled to the label mask and counts as grounded when its mass on the
+    named object exceeds its mass on every other object of the image. Returns
+    ``{"rates": {probe: {layer: rate}}, "rates_by_kind": {probe: {layer:
+    {"colour": rate, "shape": rate}}}, "chance": rate of a uniform map,
+    "class_detector": rate of :func:`class_detector_maps`,
+    "n_images", "n_words"}``.
+
+    variants: also score, from the same probe, maps that are not the
+    method's (diagnostics, ``"variant_rates": {name: {probe: {layer: rate}}}``):
+    ``"raw"`` (the pooled map of SPEC section 1 before refinement),
+    ``"grad-norm"`` (``||G_t[n]||``, the per-token gradient norm) and
+    ``"layercam"`` (``mean_d relu(relu(G_t[n, d]) * A[n, d])``, element-wise
+    weighting instead of the per-channel mean over tokens).
+    """
+    from ..explain import Explainer
+
+    if model is None:
+        from ..models import load_model
+
+        model, processor = load_model(None)
+    samples = grounding_samples(n, split=split, image_size=int(getattr(model.config, "image_size", 64)))
+    exp0 = Explainer(model, processor, method=method, config=config)
+    layers = list(range(len(exp0.adapter.blocks()) - 1)) if layers is None else \
+        [exp0.adapter.resolve_layer(l) for l in layers]
+    out = dict(_baselines(samples), rates={}, rates_by_kind={}, split=split, method=method,
+               target_score=target_score, default_layer=exp0.layer, config_changes=exp0.config.changes())
+    variant_rates: Dict[str, Dict[str, Dict[int, float]]] = {}
+    from tqdm import tqdm
+
+    with tqdm(total=len(probes) * len(layers) * len(samples), desc="grounding", file=sys.stderr,
+              disable=not progress) as bar:
+        for probe in probes:
+            for layer in layers:
+                exp = Explainer(model, processor, layer=layer, method=method, config=config)
+                hits, kinds, v_hits = _score_setting(exp, samples, probe, target_score, variants, bar)
+                out["rates"].setdefault(probe, {})[layer] = hits / max(1, out["n_words"])
+                out["rates_by_kind"].setdefault(probe, {})[layer] = {
+                    k: v / max(1, out["n_kind"][k]) for k, v in kinds.items()}
+                for name, v in v_hits.items():
+                    variant_rates.setdefault(name, {}).setdefault(probe, {})[layer] = v / max(1, out["n_words"])
+    del out["n_kind"]
+    if variants:
+        out["variant_rates"] = variant_rates
+    return out
+
+
+def _word_kind(word: str) -> str:
+    from ..zoo.data import COLOURS
+
+    return "colour" if word in COLOURS else "shape"
+
+
+def _object_words(sample) -> List[int]:
+    return [i for i, l in enumerate(sample.word_labels) if l > 0]
+
+
+def _baselines(samples) -> dict:
+    """Word counts and the rates of a uniform map (chance) and of a perfect class detector."""
+    chance_hits, class_hits, n_words = 0, 0, 0
+    n_kind = {"colour": 0, "shape": 0}
+    for s in samples:
+        idx = _object_words(s)
+        n_words += len(idx)
+        for i in idx:
+            n_kind[_word_kind(s.words[i])] += 1
+        uniform = np.ones((len(idx), 2, 2), np.float32)
+        # a uniform map's mass is the object's area: ties (equal areas) count as failures
+        chance_hits += sum(object_word_success(uniform, idx, s.word_labels, s.mask))
+        class_hits += sum(object_word_success(class_detector_maps(s, idx), idx, s.word_labels, s.mask))
+    return {"chance": chance_hits / max(1, n_words), "class_detector": class_hits / max(1, n_words),
+            "n_images": len(samples), "n_words": n_words, "n_kind": n_kind}
+
+
+def _score_setting(exp, samples, probe: str, target_score: str, variants: bool, bar):
+    """(grounded words, grounded words per kind, grounded words per diagnostic map) of one probe and layer."""
+    hits, kinds, v_hits = 0, {"colour": 0, "shape": 0}, {}
+    for s in samples:
+        idx = _object_words(s)
+        e = exp.explain(s.image, response=s.caption, targets=idx, probe=probe, target_score=target_score)
+        ok = object_word_success(e.maps, idx, s.word_labels, s.mask)
+        hits += sum(ok)
+        if variants:
+            for name, vm in _variant_maps(exp, e, s, idx, probe, target_score).items():
+                v_hits[name] = v_hits.get(name, 0) + sum(object_word_success(vm, idx, s.word_labels, s.mask))
+        for i, good in zip(idx, ok):
+            kinds[_word_kind(s.words[i])] += int(good)
+        bar.update(1)
+    return hits, kinds, v_hits
+
+
+def class_detector_maps(sample, words_idx: Sequence[int]) -> np.ndarray:
+    """For each object word, the map of a perfect class detector: 1 on every
+    object of the named colour (or shape), 0 elsewhere. What a map that
+    finds "what the word reads" but not which instance scores at best (same-class
+    objects tie on density and the larger one wins on mass)."""
+    from ..zoo.data import COLOURS
+
+    out = np.zeros((len(words_idx),) + sample.mask.shape, np.float32)
+    for k, i in enumerate(words_idx):
+        key = "colour" if sample.words[i] in COLOURS else "shape"
+        for j, obj in enumerate(sample.objects):
+            if obj[key] == sample.words[i]:
+                out[k][sample.mask == j + 1] = 1.0
+    return out
+
+
+def _variant_maps(exp, e, s, idx, probe, target_score) -> dict:
+    """Diagnostic maps of :func:`grounding_report` (``variants=True``)."""
+    from ..probe import probe as run_probe
+
+    a = exp.adapter
+    prep = a.prepare(s.image, None, e.response_ids)
+    pos = [prep.response_start + i for i in idx]
+    r = run_probe(a, prep, pos, [prep.response_ids[i] for i in idx], exp.layer, probe=probe,
+                  target_score=target_score, chunk_size=exp.chunk_size)
+    A, G = r.per_target_acts().float(), r.per_target_grads().float()  # [T, N, D]
+    T, (h, w) = len(idx), prep.grid
+    out = {"grad-norm": G.norm(dim=2), "layercam": (G.clamp(min=0) * A).clamp(min=0).mean(2)}
+    out = {k: (v / (v.amax(1, keepdim=True) + 1e-12)).reshape(T, h, w) for k, v in out.items()}
+    if e.raw_maps is not None:
+        out["raw"] = e.raw_maps
+    return out
+
+
+def format_grounding(rep: dict) -> str:
+    layers = sorted({l for r in rep["rates"].values() for l in r})
+    changes = ", ".join(f"{k}={v}" for k, v in rep.get("config_changes", {}).items()) or "none"
+    lines = [f"grounding rate ({rep['method']}, {rep['target_score']} score) on {rep['n_images']} "
+             f"{rep.get('split', 'test')}-split images, "
+             f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
+             f"config: CamConfig() with {changes}",
+             f"a perfect class detector (every object of the named colour/shape) scores "
+             f"{rep.get('class_detector', float('nan')):.3f}",
+             "probe     " + "".join(f"  layer {l}" + ("*" if l == rep.get("default_layer") else " ") for l in layers)]
+    for probe, r in rep["rates"].items():
+        lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
+    lines.append("by word kind (colour / shape):")
+    for probe, r in rep.get("rates_by_kind", {}).items():
+        lines.append(f"{probe:<10}" + "".join(f"  {r[l]['colour']:.2f}/{r[l]['shape']:.2f}" for l in layers))
+    for name, vr in rep.get("variant_rates", {}).items():
+        lines.append(f"diagnostic map {name!r} (same probe):")
+        for probe, r in vr.items():
+            lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""Writing an evaluation report: Markdown + JSON tables, bar charts,
+example sheets, per-map rows."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+from torch import Tensor
+
+from .datasets import EvalRecord
+from .metrics import object_metrics
+
+METHOD_LABELS = {"diffusion-cam": "Diffusion-CAM", "grad-cam": "Grad-CAM", "llava-cam": "LLaVA-CAM", "tam": "TAM"}
+
+def log(msg: str, verbose: bool) -> None:
+    """A progress line of the evaluation on stderr."""
+    if verbose:
+        print(f"[dcam eval] {msg}", file=sys.stderr, flush=True)
+
+
+def json_ready(x):
+    """JSON-safe copy (NaN/inf -> None, tensors/arrays -> lists)."""
+    if isinstance(x, dict):
+        return {str(k): json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    if isinstance(x, (Tensor, np.ndarray)):
+        return json_ready(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _fmt(v, scale=1.0, digits=2, suffix=""):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v * scale:.{digits}f}{suffix}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+METRIC_HEADER = ["Obj-IoU (%) ↑", "Contrast (x) ↑", "Concentration (%) ↑", "F3 (%) ↑", "mean per-map F3 (%)",
+                 "Func-IoU (%) ↑", "object words", "function words"]
+
+
+def _metric_cells(s: Dict[str, float]) -> List[str]:
+    return [_fmt(s.get("obj_iou"), 100), _fmt(s.get("contrast"), 1, 2, "x"), _fmt(s.get("concentration"), 100),
+            _fmt(s.get("f3"), 100), _fmt(s.get("f3_per_map"), 100), _fmt(s.get("func_iou"), 100),
+            str(s.get("n_obj", 0)), str(s.get("n_func", 0))]
+
+
+def _label(m: str) -> str:
+    return METHOD_LABELS.get(m, m)
+
+
+def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per_map: Sequence[dict] = ()) -> dict:
+    """Write the tables (Markdown + JSON), charts, example sheets, per-map
+    rows and the report into ``out_dir``; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    files: Dict[str, Any] = {}
+    head = (f"Data set: {report['dataset']} ({report['records']} records, {len(report['skipped'])} skipped). "
+            f"Every method: layer {report['layer']}, probe `{report['probe']}`, target score "
+            f"`{report['target_score']}`.\n\n")
+
+    def write(name, text, obj):
+        p_md, p_js = os.path.join(out_dir, name + ".md"), os.path.join(out_dir, name + ".json")
+        with open(p_md, "w") as f:
+            f.write(text)
+        with open(p_js, "w") as f:
+            json.dump(json_ready(obj), f, indent=2)
+        files[name] = [p_md, p_js]
+
+    rows = [[_label(m)] + _metric_cells(s) for m, s in report["main"].items()]
+    write("main_table", "## Comparison\n\n" + head + markdown_table(["Method"] + METRIC_HEADER, rows),
+          {"header": head.strip(), "rows": report["main"]})
+    if "ablation" in report:
+        rows = [[k] + _metric_cells(s) for k, s in report["ablation"].items()]
+        write("ablation_table", "## Ablation (Diffusion-CAM)\n\n" + head
+              + "Every row refines the same raw maps; `baseline` has every module off, `+X` only X on, "
+              + "`full` all on (SICD reference), the last row all on with SICD context.\n\n"
+              + markdown_table(["Variant"] + METRIC_HEADER, rows), {"header": head.strip(), "rows": report["ablation"]})
+    if "sweep" in report:
+        rows = []
+        for r in report["sweep"]:
+            if "error" in r:
+                rows.append([str(r.get("probe")), str(r.get("layer"))] + ["n/a"] * 6 + [r["error"]])
+            else:
+                rows.append([r["probe"], str(r["layer"])] + _metric_cells(r)[:6] + [""])
+        write("sweep_table", "## Diffusion-CAM over probe modes and layers\n\n"
+              + f"Data set: {report['dataset']}, first {report['sweep'][0].get('records', 0) if report['sweep'] else 0} "
+              + f"records, target score `{report['target_score']}`.\n\n"
+              + markdown_table(["Probe", "Layer"] + METRIC_HEADER[:6] + ["note"], rows), {"rows": report["sweep"]})
+    if "faithfulness" in report:
+        fa = report["faithfulness"]
+        rows = [[_label(m), _fmt(v["deletion_auc"], 1, 4), _fmt(v["insertion_auc"], 1, 4),
+                 _fmt(v["insertion_minus_deletion"], 1, 4), str(v["words"])] for m, v in fa["methods"].items()]
+        fill = fa["fill"] if isinstance(fa["fill"], str) else f"rgb{tuple(fa['fill'])}"
+        write("faithfulness_table", "## Causal faithfulness (deletion / insertion)\n\n"
+              + f"First {fa['records']} records; grid cells blanked with fill `{fill}` "
+              + f"(`mean`: the image's mean colour), {fa['steps']} steps; probability of the word's token, "
+              + f"probe `{fa['probe']}`. Deletion AUC lower is better, insertion AUC higher is better.\n\n"
+              + markdown_table(["Method", "Deletion AUC ↓", "Insertion AUC ↑", "Ins − Del ↑", "words"], rows), fa)
+    files["bars"] = _bar_chart(report["main"], os.path.join(out_dir, "bars.png"), "Comparison")
+    if "ablation" in report:
+        files["ablation_bars"] = _bar_chart(report["ablation"], os.path.join(out_dir, "ablation_bars.png"),
+                                            "Ablation (Diffusion-CAM)")
+    files["examples"] = [_example_sheet(ex, os.path.join(out_dir, "examples", f"example_{k:02d}.png"))
+                         for k, ex in enumerate(examples)]
+    p = os.path.join(out_dir, "per_map.jsonl")
+    with open(p, "w") as f:
+        for r in per_map:
+            f.write(json.dumps(json_ready(r)) + "\n")
+    files["per_map"] = p
+    files["report"] = os.path.join(out_dir, "report.json")
+    with open(files["report"], "w") as f:
+        json.dump(json_ready({**report, "files": files}), f, indent=2)
+    return files
+
+
+def _bar_chart(rows: Dict[str, Dict[str, float]], path: str, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    panels = [("obj_iou", "Obj-IoU (%)", 100), ("contrast", "Contrast (x)", 1),
+              ("concentration", "Concentration (%)", 100), ("f3", "F3 (%)", 100)]
+    fig, axes = plt.subplots(1, 4, figsize=(3.2 * 4, 3.6))
+    colours = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
+    for ax, (k, lab, sc) in zip(axes, panels):
+        vals = [rows[n].get(k) for n in names]
+        vals = [v * sc if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else 0.0 for v in vals]
+        ax.bar(range(len(names)), vals, color=colours)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([_label(n) for n in names], rotation=40, ha="right", fontsize=8)
+        ax.set_title(lab, fontsize=10)
+        for x, v in enumerate(vals):
+            ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _example_sheet(ex: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..render.overlay import overlay
+
+    rec: EvalRecord = ex["record"]
+    methods = list(ex["maps"])
+    words = [i for i in rec.object_indices if all(i in ex["maps"][m] for m in methods)][:6]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    nr, nc = max(1, len(words)), 1 + len(methods)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.2 * nc, 2.3 * nr), squeeze=False)
+    for r in range(nr):
+        ax = axes[r][0]
+        ax.imshow(np.asarray(rec.image))
+        if words:
+            gt = rec.word_mask(words[r]) > 0
+            ax.contour(gt.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+            ax.set_ylabel(rec.words[words[r]], fontsize=10)
+        if r == 0:
+            ax.set_title("image + GT", fontsize=9)
+        for c, m in enumerate(methods, start=1):
+            ax = axes[r][c]
+            if words:
+                mp = ex["maps"][m][words[r]]
+                ax.imshow(np.asarray(overlay(rec.image, mp, alpha=0.5)))
+                res = object_metrics(mp[None], rec.word_mask(words[r])[None])
+                ax.set_xlabel(f"IoU {100 * res['obj_iou'][0].item():.0f}  F3 {100 * res['f3'][0].item():.0f}",
+                              fontsize=8)
+            if r == 0:
+                ax.set_title(_label(m), fontsize=9)
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{rec.record_id}: {rec.caption}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,359 @@
+"""Reproduce the paper's tables on any model and data set with one call.
+
+    from dcam.eval import evaluate
+    report = evaluate(model, processor, dataset="shapes", methods="all", n=200,
+                      ablation=True, faithfulness=True, out_dir="eval_out")
+
+Per record (image, caption, per-word ground truth, see :mod:`dcam.eval.datasets`):
+
+1. **Comparison.** Every method explains the caption (teacher-forced: the
+   caption is the response) with one explainer pass per image; every method
+   uses the same layer, probe mode and target score. Caption words are
+   aligned to response tokens (:func:`dcam.words.align_words`; a word split
+   into several tokens gets the mean of their maps). Object words are scored
+   with Obj-IoU, contrast, concentration and F3 against their object's mask,
+   function words with Func-IoU (:mod:`dcam.eval.metrics`).
+2. **Ablation** (``ablation=True``): Diffusion-CAM with every module off
+   (``baseline``), one module on (``+AKD``, ``+DACG``, ``+CBA``, ``+SICD``),
+   all on (``full``), and all on with ``sicd="context"``; every variant is
+   ``dcam.refine`` of the same raw maps (no extra model pass).
+3. **Probe/layer sweep** (``sweep=True`` or ``sweep_probes``/``sweep_layers``).
+4. **Causal faithfulness** (``faithfulness=True``): :mod:`dcam.eval.faithfulness`.
+
+Outputs in ``out_dir`` (:mod:`dcam.eval.report`): ``main_table.md/.json``,
+``ablation_table``, ``sweep_table``, ``faithfulness_table``, ``bars.png``,
+``examples/example_NN.png``, ``per_map.jsonl``, ``report.json``.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ..ops.config import CamConfig
+from ..words import align_words
+from .datasets import EvalDataset, EvalRecord, open_dataset
+from .faithfulness import faithfulness_report
+from .metrics import MetricAccumulator, summarize
+from .report import json_ready, log as _log, write_outputs
+
+ALL_METHODS = ("diffusion-cam", "grad-cam", "llava-cam", "tam")
+ABLATION_ROWS = ("baseline", "+AKD", "+DACG", "+CBA", "+SICD", "full", "full (SICD context)")
+
+ExplainerFactory = Callable[[str, Optional[CamConfig], Optional[int]], Any]
+
+
+def ablation_configs(config: Optional[CamConfig] = None) -> Dict[str, CamConfig]:
+    """The ablation variants of ``config`` (the paper's rows plus SICD context):
+    every module off, one on, all on, all on with context SICD."""
+    c = config or CamConfig()
+    sicd_on = c.sicd if c.sicd != "off" else "reference"
+    off = c.replace(akd=False, dacg=False, cba=False, sicd="off")
+    return {
+        "baseline": off,
+        "+AKD": off.replace(akd=True),
+        "+DACG": off.replace(dacg=True),
+        "+CBA": off.replace(cba=True),
+        "+SICD": off.replace(sicd="reference"),
+        "full": c.replace(akd=True, dacg=True, cba=True, sicd="reference" if sicd_on == "context" else sicd_on),
+        "full (SICD context)": c.replace(akd=True, dacg=True, cba=True, sicd="context"),
+    }
+
+
+def _word_maps(e, word_tokens: List[List[int]], maps: Optional[Tensor] = None) -> Dict[int, Tensor]:
+    """Map of every aligned word: mean of its explained tokens' maps."""
+    maps = e.maps if maps is None else maps
+    where = {int(p): k for k, p in enumerate(e.response_indices)}
+    out = {}
+    for i, toks in enumerate(word_tokens):
+        ks = [where[j] for j in toks if j in where]
+        if ks:
+            out[i] = maps[ks].float().mean(dim=0)
+    return out
+
+
+class _Scorer:
+    """Per-variant accumulators and per-map rows."""
+
+    def __init__(self):
+        self.acc: Dict[str, MetricAccumulator] = {}
+        self.rows: List[dict] = []
+
+    def add(self, key: str, rec: EvalRecord, wmaps: Dict[int, Tensor], table: str, keep_rows: bool = True):
+        acc = self.acc.setdefault(key, MetricAccumulator())
+        obj = [i for i in rec.object_indices if i in wmaps]
+        fun = [i for i in rec.function_indices if i in wmaps]
+        if obj:
+            r = acc.add_object(torch.stack([wmaps[i] for i in obj]), [rec.word_mask(i) for i in obj])
+            if keep_rows:
+                for k, i in enumerate(obj):
+                    self.rows.append({"table": table, "variant": key, "record": rec.record_id, "word_index": i,
+                                      "word": rec.words[i], "kind": "object",
+                                      **{m: r[m][k].item() for m in ("obj_iou", "contrast", "concentration", "f3",
+                                                                     "threshold")}})
+        if fun:
+            r = acc.add_function(torch.stack([wmaps[i] for i in fun]), rec.size)
+            if keep_rows:
+                for k, i in enumerate(fun):
+                    self.rows.append({"table": table, "variant": key, "record": rec.record_id, "word_index": i,
+                                      "word": rec.words[i], "kind": "function",
+                                      "func_iou": r["func_iou"][k].item(), "threshold": r["threshold"][k].item()})
+
+    def summary(self, key: str) -> Dict[str, float]:
+        return self.acc[key].summary() if key in self.acc else summarize()
+
+
+def _auto_layers(adapter) -> List[int]:
+    n = len(adapter.blocks())
+    usable = list(range(n - 1))  # the last block is refused (zero image-token gradients)
+    if len(usable) <= 4:
+        return usable
+    picks = {usable[0], n // 4, n // 2, (3 * n) // 4, int(adapter.default_layer()), n - 2}
+    return sorted(p for p in picks if 0 <= p < n - 1)
+
+
+def _resolve_methods(methods) -> List[str]:
+    from ..methods import METHODS
+
+    if methods is None or methods == "all":
+        ms = list(ALL_METHODS)
+    elif isinstance(methods, str):
+        ms = [m.strip() for m in methods.split(",") if m.strip()]
+    else:
+        ms = list(methods)
+    bad = [m for m in ms if m not in METHODS]
+    if bad or not ms:
+        raise InputError(f"unknown method(s) {bad}; available: {sorted(METHODS)}")
+    return list(dict.fromkeys(ms))
+
+
+@dataclass
+class _Ctx:
+    factory: ExplainerFactory
+    prompt: Optional[str]
+    probe: Optional[str]
+    target_score: str
+    layer: Optional[int]
+
+
+def _factory(model_or_factory, processor, explainer_factory) -> ExplainerFactory:
+    """``f(method, config, layer) -> Explainer`` from a model and processor, or the factory given."""
+    if explainer_factory is not None:
+        return explainer_factory
+    if model_or_factory is None:
+        raise InputError("pass a model and its processor, or an explainer factory")
+    if isinstance(model_or_factory, torch.nn.Module) or processor is not None:
+        from ..explain import Explainer
+
+        def factory(method, cfg, lay, _m=model_or_factory, _p=processor):
+            return Explainer(_m, _p, layer=lay, config=cfg, method=method)
+        return factory
+    if callable(model_or_factory):
+        return model_or_factory
+    raise InputError("model_or_factory must be a model (with its processor) or an explainer factory")
+
+
+def _open_records(dataset, split: str, n: Optional[int], image_size: int):
+    """(records iterator, the data set or list, its name)."""
+    ds = open_dataset(dataset, split=split, size=n or 200, image_size=image_size) if isinstance(dataset, str) \
+        else dataset
+    records: Iterable[EvalRecord] = ds.records(n) if isinstance(ds, EvalDataset) else list(ds)[:n]
+    return records, ds, (ds.name if isinstance(ds, EvalDataset) else "records")
+
+
+class _Comparison:
+    """Explains each record with every method and accumulates everything the
+    report needs: scores per method and ablation row, examples, the inputs of
+    the faithfulness curves and of the sweep."""
+
+    def __init__(self, factory: ExplainerFactory, methods: List[str], config: Optional[CamConfig],
+                 layer: Optional[int], probe: Optional[str], target_score: str, prompt: Optional[str],
+                 ablation: bool, limits: Dict[str, int]):
+        first = factory(methods[0], config, layer)
+        self.cfg = config if config is not None else getattr(first, "config", None) or CamConfig()
+        self.explainers = {m: first if m == methods[0] else factory(m, self.cfg, layer) for m in methods}
+        self.adapter, self.factory, self.methods, self.layer = first.adapter, factory, methods, layer
+        self.probe = probe or first.default_probe  # explicit, so every method gets the same one
+        for m, ex in self.explainers.items():
+            allowed = getattr(getattr(ex, "method", None), "probes", None)
+            if allowed is not None and self.probe not in allowed:
+                raise InputError(f"method {m!r} does not support probe {self.probe!r} (supported: "
+                                 f"{', '.join(allowed)}); pick another --probe or leave {m} out of the comparison")
+        self.target_score, self.prompt, self.limits = target_score, prompt, limits
+        self.abl_cfgs = ablation_configs(self.cfg) if ablation else {}
+        self.extra: Dict[str, Any] = {}  # explainers made only when an explanation lacks raw maps / context weights
+        self.scorer = _Scorer()
+        self.skipped: List[Tuple[str, str]] = []
+        self.examples: List[dict] = []
+        self.faith_inputs: List[dict] = []
+        self.sweep_records: List[EvalRecord] = []
+        self.done, self.unaligned, self.used = 0, 0, {}
+
+    def _extra(self, name: str):
+        if name not in self.extra:
+            self.extra[name] = self.factory("diffusion-cam", self.abl_cfgs[name], self.layer)
+        return self.extra[name]
+
+    def _explain_kw(self) -> dict:
+        return dict(response=None, targets="all", probe=self.probe, target_score=self.target_score)
+
+    def add(self, rec: EvalRecord, ds_name: str) -> None:
+        kw = dict(self._explain_kw(), response=rec.caption)
+        try:
+            exps = {m: self.explainers[m].explain(rec.image, self.prompt, **kw) for m in self.methods}
+        except InputError as exc:
+            self.skipped.append((rec.record_id, f"explain failed: {exc}"))
+            warnings.warn(f"{ds_name}: skipped record {rec.record_id}: explain failed: {exc}")
+            return
+        e0 = exps[self.methods[0]]
+        self.used = {"layer": e0.layer, "probe": e0.probe}
+        word_tokens = align_words(rec.words, e0.response_tokens)
+        wmaps = {m: _word_maps(e, word_tokens) for m, e in exps.items()}
+        for m in self.methods:
+            self.scorer.add(m, rec, wmaps[m], "main")
+        self.unaligned += sum(1 for i in rec.object_indices + rec.function_indices if i not in wmaps[self.methods[0]])
+        if self.abl_cfgs:
+            self._ablation(rec, exps.get("diffusion-cam"), word_tokens, kw)
+        if len(self.examples) < self.limits["examples"] and rec.object_indices:
+            self.examples.append({"record": rec, "maps": wmaps})
+        objs = [i for i in rec.object_indices if i in wmaps[self.methods[0]]]
+        if len(self.faith_inputs) < self.limits["faith"] and objs:
+            self.faith_inputs.append({"record": rec, "words": objs, "tokens": [word_tokens[i] for i in objs],
+                                      "maps": {m: torch.stack([wmaps[m][i] for i in objs]) for m in self.methods},
+                                      "response_ids": e0.response_ids, "grid": tuple(e0.grid)})
+        if len(self.sweep_records) < self.limits["sweep"]:
+            self.sweep_records.append(rec)
+        self.done += 1
+
+    def _ablation(self, rec: EvalRecord, src, word_tokens, kw: dict) -> None:
+        raw = getattr(src, "raw_maps", None) if src is not None else None
+        if raw is None:  # every module off: the refinement returns the raw maps unchanged (float32)
+            src = self._extra("baseline").explain(rec.image, self.prompt, **kw)
+            raw = src.maps if getattr(src, "raw_maps", None) is None else src.raw_maps
+        if not _ablate(self.scorer, rec, src, raw, self.abl_cfgs, word_tokens):
+            e_ctx = self._extra("full (SICD context)").explain(rec.image, self.prompt, **kw)
+            self.scorer.add("full (SICD context)", rec, _word_maps(e_ctx, word_tokens), "ablation")
+
+
+def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalDataset, Sequence[EvalRecord]] = "shapes",
+             methods="all", n: Optional[int] = 200, ablation: bool = False, faithfulness: bool = False,
+             out_dir: Optional[str] = None, *, explainer_factory: Optional[ExplainerFactory] = None,
+             layer: Optional[int] = None, probe: Optional[str] = None, target_score: str = "logit",
+             config: Optional[CamConfig] = None, split: str = "test", prompt: Optional[str] = None,
+             sweep: bool = False, sweep_probes: Optional[Sequence[str]] = None,
+             sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
+             faith_steps: int = 10, faith_fill: Union[str, Sequence[float]] = "mean", batch_size: int = 16,
+             n_examples: int = 4, seed: int = 0, image_size: int = 64, verbose: bool = False) -> dict:
+    """Evaluate CAM methods on a grounded data set; see the module docstring.
+
+    model_or_factory, processor: a model and its processor, or an explainer
+        factory ``f(method, config, layer) -> dcam.Explainer`` (also accepted as
+        ``explainer_factory=``).
+    dataset: ``"shapes"``, a data folder (COCO or TAM layout), an
+        :class:`~dcam.eval.datasets.EvalDataset` or a list of records.
+    methods: ``"all"``, a comma list or a list of method names.
+    n: number of valid records to evaluate (None: all).
+    layer / probe / target_score: shared by every method of the comparison.
+    config: the Diffusion-CAM config (None: the model's default,
+        :meth:`~dcam.probe.ModelAdapter.default_config`; it is resolved once
+        and shared by every method, ablation row and sweep cell).
+    Returns the report dict (also written to ``out_dir/report.json``).
+    """
+    t0 = time.time()
+    factory = _factory(model_or_factory, processor, explainer_factory)
+    methods = _resolve_methods(methods)
+    if target_score not in ("logit", "contrastive"):
+        raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
+    if n is not None and int(n) < 1:
+        raise InputError(f"n must be >= 1, got {n}")
+    if int(faith_steps) < 2:
+        raise InputError(f"faith_steps must be >= 2, got {faith_steps}")
+    records, ds, ds_name = _open_records(dataset, split, n, image_size)
+    cmp = _Comparison(factory, methods, config, layer, probe, target_score, prompt, ablation,
+                      {"examples": n_examples, "faith": faith_n if faithfulness else 0, "sweep": sweep_n})
+    for rec in records:
+        cmp.add(rec, ds_name)
+        if cmp.done and cmp.done % 10 == 0:
+            _log(f"{cmp.done} records ({time.time() - t0:.0f}s)", verbose)
+    skipped = list(getattr(ds, "skipped", [])) + cmp.skipped
+    if cmp.done == 0:
+        raise InputError(f"no record of {ds_name} could be evaluated" + (f" (skipped: {skipped[:3]})" if skipped else ""))
+    report: Dict[str, Any] = {
+        "dataset": ds_name, "records": cmp.done, "skipped": [{"record": r, "reason": why} for r, why in skipped],
+        "methods": methods, "layer": cmp.used.get("layer"), "probe": cmp.used.get("probe"),
+        "target_score": target_score, "config": cmp.cfg.as_dict(), "unaligned_words": cmp.unaligned,
+        "main": {m: cmp.scorer.summary(m) for m in methods},
+    }
+    if ablation:
+        report["ablation"] = {k: cmp.scorer.summary(k) for k in ABLATION_ROWS}
+    probes_l = sweep_probes if sweep_probes is not None or not sweep else list(cmp.adapter.probes)
+    layers_l = sweep_layers if sweep_layers is not None or not sweep else _auto_layers(cmp.adapter)
+    if probes_l or layers_l:
+        report["sweep"] = _sweep(_Ctx(factory, prompt, probe, target_score, layer), cmp.cfg, cmp.sweep_records,
+                                 probes_l or [cmp.probe], layers_l or [cmp.used.get("layer")], cmp.adapter, verbose)
+    if faithfulness:
+        report["faithfulness"] = faithfulness_report(cmp.adapter, cmp.faith_inputs, methods, prompt, faith_steps,
+                                                     faith_fill, batch_size, np.random.default_rng(seed), verbose)
+    report["seconds"] = time.time() - t0
+    if out_dir:
+        report["files"] = write_outputs(report, out_dir, examples=cmp.examples, per_map=cmp.scorer.rows)
+    return json_ready(report)
+
+
+def _ablate(scorer: _Scorer, rec: EvalRecord, src, raw: Tensor, cfgs: Dict[str, CamConfig],
+            word_tokens: List[List[int]]) -> bool:
+    """Refine the same raw maps with every ablation config. Returns whether
+    the context-SICD variant was done too (it needs the explanation's context
+    weights, ``src.extra["context_weights"]``)."""
+    from .. import ops
+
+    raw = raw.reshape(-1, *raw.shape[-2:])
+    T, h, w = raw.shape
+    deg = src.stats.get("degenerate") if isinstance(src.stats, dict) else None
+    deg = deg.bool().reshape(1, T) if deg is not None else None
+    cw = (getattr(src, "extra", None) or {}).get("context_weights")
+    done_ctx = False
+    for name, c in cfgs.items():
+        kw = {}
+        if c.sicd == "context":
+            if cw is None or tuple(cw.shape) != (T, T):
+                continue
+            kw["context_weights"] = cw.float().reshape(1, T, T)
+            done_ctx = True
+        out = ops.refine(raw.float().reshape(1, T, h, w), config=c, steps=src.steps,
+                            image_size=src.image.height, repeat_ratio=src.repeat_ratio, degenerate=deg, **kw)
+        scorer.add(name, rec, _word_maps(src, word_tokens, out.maps[0]), "ablation")
+    return done_ctx
+
+
+def _sweep(ctx: _Ctx, cfg: CamConfig, records: List[EvalRecord], probes: Sequence[str],
+           layers: Sequence[Optional[int]], adapter, verbose: bool) -> List[dict]:
+    rows = []
+    for lay in layers:
+        try:
+            ex = ctx.factory("diffusion-cam", cfg, lay)
+        except ValueError as exc:
+            rows.append({"probe": None, "layer": lay, "error": str(exc)})
+            continue
+        for pr in probes:
+            if pr not in adapter.probes:
+                rows.append({"probe": pr, "layer": ex.layer, "error": f"probe {pr!r} unsupported by the model"})
+                continue
+            sc = _Scorer()
+            for rec in records:
+                try:
+                    e = ex.explain(rec.image, ctx.prompt, response=rec.caption, targets="all", probe=pr,
+                                   target_score=ctx.target_score)
+                except ValueError:
+                    continue
+                sc.add("dc", rec, _word_maps(e, align_words(rec.words, e.response_tokens)), "sweep",
+                       keep_rows=False)
+            rows.append({"probe": pr, "layer": ex.layer, "records": len(records), **sc.summary("dc")})
+            _log(f"sweep probe={pr} layer={ex.layer} done", verbose)
+    return rows

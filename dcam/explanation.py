@@ -1,0 +1,185 @@
+"""The result of an explanation: one map per explained word, and its pictures.
+
+    e.tokens, e.token_ids, e.maps      # maps: float32 [T, h, w], one per explained token
+    e.stats                            # per-map statistics, each [T]
+    e.overlay("circle", alpha=0.5)     # PIL image: heatmap upsampled and blended onto the image
+    e.save("out/")                     # overlays, contact sheet, maps.safetensors, meta.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .errors import InputError
+from .ops.config import CamConfig
+from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size
+from .render.overlay import overlay as overlay_image
+from .render.sheet import contact_sheet
+from .words import clean_token
+
+TokenRef = Union[int, str]
+
+
+def safe_file_name(s: str) -> str:
+    """A token as a file-name part (letters, digits, _ and - only)."""
+    s = re.sub(r"[^A-Za-z0-9_-]+", "_", clean_token(s)).strip("_")
+    return s or "tok"
+
+
+@dataclass
+class Explanation:
+    """The maps of one response (see the module docstring).
+
+    tokens / token_ids: the explained tokens and their ids. word_numbers: each
+    token's number among the response's explainable words (eos/pad slots not
+    counted; what ``targets=`` and the file names use). response_indices: its
+    slot in the response. maps: float32 ``[T, h, w]``. stats: per-map
+    statistics (each a ``[T]`` tensor). scores: the target scores.
+    raw_maps: the pooled, min-max normalised maps before refinement
+    (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config gives
+    that config's maps). extra: ``distractor`` (contrastive position) and
+    ``context_weights`` ``[T, T]``.
+    """
+
+    tokens: List[str]
+    token_ids: List[int]
+    word_numbers: List[int]
+    response_indices: List[int]
+    maps: Tensor
+    stats: Dict[str, Tensor]
+    image: Image.Image
+    response: str
+    response_ids: List[int]
+    response_tokens: List[str]
+    prompt: Optional[str]
+    steps: int
+    steps_source: str
+    method: str
+    probe: str
+    layer: int
+    target_score: str
+    grid: Tuple[int, int]
+    repeat_ratio: float
+    scores: Tensor
+    config: CamConfig
+    model_name: str = ""
+    raw_maps: Optional[Tensor] = None
+    notes: List[str] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def index(self, i_or_word: TokenRef) -> int:
+        """Index into ``tokens`` of an int (negative allowed) or a word (its first occurrence)."""
+        if isinstance(i_or_word, (int, np.integer)) and not isinstance(i_or_word, bool):
+            i = int(i_or_word)
+            if not -len(self.tokens) <= i < len(self.tokens):
+                raise InputError(f"token index {i} out of range for {len(self.tokens)} explained tokens")
+            return i % len(self.tokens)
+        if isinstance(i_or_word, str):
+            want = clean_token(i_or_word)
+            for k, t in enumerate(self.tokens):
+                if clean_token(t) == want:
+                    return k
+            raise InputError(f"word {i_or_word!r} is not among the explained tokens {self.tokens}")
+        raise InputError(f"expected a token index or a word, got {type(i_or_word).__name__}")
+
+    def map(self, i_or_word: TokenRef) -> Tensor:
+        return self.maps[self.index(i_or_word)]
+
+    def overlay(self, i_or_word: TokenRef, alpha: float = 0.5, colormap: str = "jet",
+                size: Optional[Tuple[int, int]] = None) -> Image.Image:
+        """The heatmap of one token upsampled to the image and blended onto it
+        (size ``(W, H)``: render at that size; default the image's size)."""
+        return overlay_image(self.image, self.map(i_or_word), alpha=alpha, colormap=colormap, size=size)
+
+    def stats_lists(self) -> Dict[str, list]:
+        return {k: v.tolist() for k, v in self.stats.items()}
+
+    def meta(self) -> dict:
+        return dict(
+            tokens=self.tokens, token_ids=self.token_ids, word_numbers=self.word_numbers,
+            response_indices=self.response_indices, response=self.response,
+            response_ids=self.response_ids, response_tokens=self.response_tokens, prompt=self.prompt,
+            steps=self.steps, steps_source=self.steps_source, method=self.method, probe=self.probe,
+            layer=self.layer, target_score=self.target_score, grid=list(self.grid),
+            image_size=list(self.image.size), repeat_ratio=self.repeat_ratio,
+            scores=self.scores.tolist(), stats=self.stats_lists(), config=self.config.as_dict(),
+            model=self.model_name, notes=self.notes,
+        )
+
+    def save(self, out_dir: str, alpha: float = 0.5, colormap: str = "jet", max_side: int = DISPLAY_MAX_SIDE,
+             overwrite: bool = False) -> dict:
+        """Write the explanation into the folder ``out_dir``, whole or not at all
+        (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs
+        ``overwrite``, which replaces it whole):
+
+        - ``NN_word.png``: one overlay per word (NN: its word number);
+        - ``contact_sheet.png``: the image and every overlay, the response as
+          title, a colour bar; at most 4096 pixels a side;
+        - ``image.png``: the image as rendered under the overlays;
+        - ``maps.safetensors``: ``maps`` [T,h,w] float32 (full precision),
+          ``token_ids``, ``word_numbers``, ``response_indices``, ``scores``,
+          ``stats.<name>``;
+        - ``meta.json``: everything else (:meth:`meta`).
+
+        Overlays are rendered at :func:`dcam.render.display_size` of the image
+        (longest side at most ``max_side``), so a photo-sized image costs what
+        a small one does. Returns the written paths (in ``out_dir``)."""
+        from .output import AtomicFolder
+
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16:
+            raise InputError(f"max_side must be an int >= 16, got {max_side!r}")
+        target = os.path.abspath(out_dir)
+        with AtomicFolder(target, overwrite=overwrite) as tmp:
+            written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side)
+        return {k: ([os.path.join(target, os.path.basename(p)) for p in v] if isinstance(v, list)
+                    else os.path.join(target, os.path.basename(v))) for k, v in written.items()}
+
+    def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
+                    max_side: int = DISPLAY_MAX_SIDE) -> dict:
+        """The files of :meth:`save`, written straight into the existing ``folder``."""
+        from safetensors.torch import save_file
+
+        size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
+        base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
+        paths: Dict[str, Any] = {"overlays": []}
+        tiles, labels = [base], ["image"]
+        for k, tok in enumerate(self.tokens):
+            im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap)
+            p = os.path.join(folder, f"{self.word_numbers[k]:02d}_{safe_file_name(tok)}.png")
+            im.save(p)
+            paths["overlays"].append(p)
+            tiles.append(im)
+            labels.append(f"{self.word_numbers[k]}: {clean_token(tok)}")
+        sheet = contact_sheet(tiles, labels, title=f"{self.response}  ({self.method}, layer {self.layer})",
+                              colormap=colormap)
+        paths["contact_sheet"] = os.path.join(folder, "contact_sheet.png")
+        sheet.save(paths["contact_sheet"])
+        paths["image"] = os.path.join(folder, "image.png")
+        base.save(paths["image"])
+        tensors = {"maps": self.maps.float().contiguous(),
+                   "token_ids": torch.tensor(self.token_ids, dtype=torch.long),
+                   "word_numbers": torch.tensor(self.word_numbers, dtype=torch.long),
+                   "response_indices": torch.tensor(self.response_indices, dtype=torch.long),
+                   "scores": self.scores.float().contiguous()}
+        for k, v in self.stats.items():
+            tensors[f"stats.{k}"] = v.contiguous()
+        paths["maps"] = os.path.join(folder, "maps.safetensors")
+        save_file(tensors, paths["maps"])
+        paths["meta"] = os.path.join(folder, "meta.json")
+        with open(paths["meta"], "w") as f:
+            json.dump({**self.meta(), "rendered_size": list(size)}, f, indent=2)
+        return paths
+
+
+__all__ = ["Explanation", "safe_file_name", "TokenRef"]

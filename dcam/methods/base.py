@@ -1,0 +1,126 @@
+"""The shared base of the map methods: what a method receives and returns.
+
+A method turns one probe (:class:`dcam.probe.ProbeResult`: activations and
+target-score gradients at the hooked block, or last hidden states) into one
+map per explained token. Each method is a small subclass of :class:`CamMethod`
+in its own file (pytorch-grad-cam's layout), registered by name with
+:func:`register_method`; the explainer looks it up in :data:`METHODS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ..ops.config import CamConfig
+from ..ops.reference import EPS_NORM
+from ..probe.adapters.base import ModelAdapter
+from ..probe.gradients import ProbeResult
+
+
+@dataclass
+class MethodInputs:
+    """Everything a method may use for one response."""
+
+    result: ProbeResult
+    grid: Tuple[int, int]
+    token_ids: Tensor
+    config: CamConfig
+    steps: int
+    image_size: int
+    repeat_ratio: float
+    adapter: ModelAdapter
+    backend: str = "auto"
+
+
+@dataclass
+class MapResult:
+    """What every method returns: maps float32 ``[T, h, w]`` in [0, 1], per-map
+    statistics (each a ``[T]`` tensor; at least ``degenerate``) and, for
+    methods that refine pooled maps, the raw maps before refinement."""
+
+    maps: Tensor
+    stats: Dict[str, Tensor]
+    raw_maps: Optional[Tensor] = None
+    extra: Dict[str, Tensor] = field(default_factory=dict)
+
+
+class CamMethod:
+    """Base class of the map methods.
+
+    needs_gradients / needs_last_hidden: what the probe must return.
+    default_target_score: the target score used when the caller gives none.
+    probes: the probe modes the method accepts (None: any).
+    """
+
+    name = "base"
+    needs_gradients = True
+    needs_last_hidden = False
+    default_target_score = "logit"
+    probes: Optional[Tuple[str, ...]] = None
+
+    def compute_maps(self, inputs: MethodInputs) -> MapResult:
+        raise NotImplementedError
+
+    @staticmethod
+    def zero_map_stats(maps: Tensor) -> Dict[str, Tensor]:
+        """Statistics of a method without refinement: only which maps are all zero."""
+        return {"degenerate": ~(maps.flatten(1).amax(1) > 0)}
+
+
+METHODS: Dict[str, Type[CamMethod]] = {}
+
+
+def register_method(cls: Type[CamMethod]) -> Type[CamMethod]:
+    """Class decorator: make ``cls`` available as ``method=cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> CamMethod:
+    if name not in METHODS:
+        raise InputError(f"method: unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]()
+
+
+# ------------------------------------------------------------------ helpers shared by the baselines
+
+def check_grid(grid, n: int) -> Tuple[int, int]:
+    h, w = int(grid[0]), int(grid[1])
+    if h * w != n:
+        raise InputError(f"grid {h}x{w} does not match {n} image tokens")
+    return h, w
+
+
+def batched_pool_inputs(acts: Tensor, grads: Tensor, grid):
+    """(acts [B,N,D], grads [B,T,N,D], h, w) from batched or single-image inputs."""
+    if acts.dim() == 2:
+        acts = acts[None]
+    if grads.dim() == 3:
+        grads = grads[None]
+    if acts.dim() != 3 or grads.dim() != 4:
+        raise InputError(f"acts must be [B,N,D] and grads [B,T,N,D], got {tuple(acts.shape)} and "
+                         f"{tuple(grads.shape)}")
+    if grads.shape[0] != acts.shape[0] or grads.shape[2:] != acts.shape[1:]:
+        raise InputError(f"grads {tuple(grads.shape)} do not match acts {tuple(acts.shape)}")
+    h, w = check_grid(grid, acts.shape[1])
+    return acts, grads, h, w
+
+
+def minmax_or_zero(x: Tensor) -> Tensor:
+    """Per-row min-max of [M, N]; constant rows become 0 (as a degenerate
+    Diffusion-CAM map does)."""
+    lo = x.min(dim=1, keepdim=True).values
+    hi = x.max(dim=1, keepdim=True).values
+    const = ~(hi > lo)
+    y = (x - lo) / (hi - lo + EPS_NORM)
+    return torch.where(const, torch.zeros_like(y), y)
+
+
+def single_image_maps(maps: Tensor, T: int) -> Tensor:
+    """[1, T, h, w] (or [T, h, w]) -> contiguous float32 [T, h, w]."""
+    h, w = maps.shape[-2:]
+    return maps.reshape(T, h, w).float().contiguous()

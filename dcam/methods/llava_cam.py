@@ -1,0 +1,36 @@
+"""LLaVA-CAM, the published base extractor: the pooling of section 1
+(positive gradients averaged over tokens, ``relu(A * w)`` averaged over
+channels, min-max) fed by the contrastive target score, then a fixed
+threshold: values below :data:`LLAVA_CAM_THRESHOLD` become 0. No denoising,
+gating, attenuation or renormalisation."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..ops.reference import pool_gradients_reference
+from .base import CamMethod, MapResult, MethodInputs, batched_pool_inputs, register_method, single_image_maps
+
+#: LLaVA-CAM's fixed threshold on the normalised map
+LLAVA_CAM_THRESHOLD = 0.4
+
+
+def llava_cam(acts: Tensor, grads: Tensor, grid, threshold: float = LLAVA_CAM_THRESHOLD) -> Tensor:
+    """LLaVA-CAM maps ``[B, T, h, w]``: section 1 pooling, then values below
+    ``threshold`` set to 0. Feed it gradients of the contrastive score to
+    reproduce the published method."""
+    acts, grads, h, w = batched_pool_inputs(acts, grads, grid)
+    maps, degenerate = pool_gradients_reference(acts, grads, h, w, grad_relu=True)
+    maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
+    return torch.where(degenerate[:, :, None, None], torch.zeros_like(maps), maps)
+
+
+@register_method
+class LlavaCam(CamMethod):
+    name = "llava-cam"
+    default_target_score = "contrastive"
+
+    def compute_maps(self, inputs: MethodInputs) -> MapResult:
+        T = inputs.result.scores.shape[0]
+        maps = single_image_maps(llava_cam(inputs.result.acts, inputs.result.grads, inputs.grid), T)
+        return MapResult(maps, self.zero_map_stats(maps))

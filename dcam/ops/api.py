@@ -1,0 +1,161 @@
+"""The public operator API: `pool_gradients`, `refine`, `diffusion_cam`.
+
+Each function checks its arguments (:mod:`dcam.ops.validation`; every error
+is a :class:`dcam.InputError` naming the argument), turns scalars into
+per-image tensors and calls one implementation:
+
+    backend="auto"    the registered op (:mod:`dcam.ops.library`): the
+                      dispatcher runs the C++ kernel for CPU tensors, the
+                      Triton kernels for CUDA tensors and the PyTorch
+                      reference on any other device
+    backend="torch"   the PyTorch reference, any device
+    backend="cpp"     the C++ kernel; CPU tensors only
+    backend="triton"  the Triton kernels; CUDA tensors, or CPU tensors under
+                      TRITON_INTERPRET=1 (the interpreter, for testing)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional, Tuple, Union
+
+from torch import Tensor
+
+from .config import CamConfig
+from . import validation as V
+from .backends import check_backend
+from .library import implementation
+
+
+@dataclass(frozen=True)
+class RawMaps:
+    """Output of `pool_gradients`: min-max normalised raw maps [B,T,h,w]
+    (float32) and the flag of maps that were constant before normalising."""
+
+    maps: Tensor
+    degenerate: Tensor
+
+
+@dataclass(frozen=True)
+class Refined:
+    """Output of `refine` / `diffusion_cam`: final maps [B,T,h,w] (float32)
+    and per-map statistics, each [B,T]."""
+
+    maps: Tensor
+    kernel_size: Tensor
+    dacg_strategy: Tensor
+    dacg_threshold: Tensor
+    cba_threshold: Tensor
+    sicd_alpha: Tensor
+    degenerate: Tensor
+
+    def stats(self) -> dict:
+        """The statistics as a dict of tensors (no maps)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "maps"}
+
+
+def _raise_if_grads_nonfinite(grads: Tensor, flag: Tensor) -> None:
+    """After a checked pooling pass: the error of :func:`~dcam.ops.validation.check_finite`
+    when the pass met a NaN/Inf (counted exactly here, on the error path only).
+    A flag raised by finite gradients (a float32 partial sum of the C++ pass
+    overflowed on |g| > ~4e37) is no error: such input is finite."""
+    if bool(flag):
+        V.check_finite("grads", grads)
+
+
+def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu: bool = True,
+                   backend: str = "auto", check_finite: bool = True) -> RawMaps:
+    """Gradient-weighted pooling of image-token states into one map per token
+    (docs/ALGORITHM.md, section 1).
+
+    acts: [B,N,D] (or [N,D]) hooked hidden states of the image-token span.
+    grads: [B,T,N,D] (or [T,N,D]) gradient of each explained token's score
+        with respect to `acts`. float32/float16/bfloat16 (accumulated in float32).
+    grid: (h, w) with h*w == N (raster order).
+    check_finite: refuse NaN/Inf in the inputs (the gradients are checked
+        inside the pooling pass, no second read).
+    Returns RawMaps(maps float32 [B,T,h,w] min-max normalised, degenerate bool [B,T]).
+    """
+    V.check_bool("grad_relu", grad_relu)
+    acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
+    run = implementation("pool_gradients", check_backend(backend, device))
+    maps, degenerate, bad = run(acts, grads, h, w, grad_relu, check_finite)
+    if check_finite:
+        _raise_if_grads_nonfinite(grads, bad)
+    return RawMaps(maps, degenerate)
+
+
+def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, image_size, repeat_ratio,
+                    context_maps, context_weights, backend: str, check_values: bool) -> Refined:
+    B = raw.shape[0]
+    device = raw.device
+    steps_t = V.per_image("steps", steps, B, device, lo=0.0, hi=None, lo_open=True, check_values=check_values)
+    size_t = V.per_image("image_size", image_size, B, device, lo=0.0, hi=None, lo_open=True,
+                         check_values=check_values)
+    rho_t = V.per_image("repeat_ratio", repeat_ratio, B, device, lo=0.0, hi=1.0, lo_open=False,
+                        check_values=check_values)
+    context_maps, context_weights = V.check_context(config, raw, context_maps, context_weights, check_values)
+    V.check_same_device(raw_maps=raw, degenerate=degenerate, context_maps=context_maps,
+                        context_weights=context_weights)
+    run = implementation("refine", check_backend(backend, device))
+    o = config.op_args()
+    out = run(raw, degenerate, steps_t, size_t, rho_t, context_maps, context_weights, o["akd_kernel"], o["akd"],
+              o["dacg"], o["cba"], o["sicd"], o["dacg_params"], o["cba_params"])
+    return Refined(*out, degenerate)
+
+
+def refine(raw_maps: Union[Tensor, RawMaps], config: Optional[CamConfig] = None, steps=64, image_size=512,
+           repeat_ratio=0.0, context_maps: Optional[Tensor] = None, context_weights: Optional[Tensor] = None,
+           degenerate: Optional[Tensor] = None, backend: str = "auto", check_finite: bool = True) -> Refined:
+    """AKD, DACG, CBA, clip/normalise and SICD on a batch of raw maps
+    (docs/ALGORITHM.md, sections 2-7).
+
+    raw_maps: [B,T,h,w] in [0, 1] (or a RawMaps, whose degenerate flags are then used).
+    steps: denoising steps of the generation; image_size: height of the
+    input image in pixels; repeat_ratio: the response's repeat ratio in [0,1].
+    Each a scalar or a per-image [B] tensor.
+    context_weights: [B,T,T] non-negative, required by sicd="context";
+    context_maps default to the raw maps.
+    degenerate: bool [B,T]; default: maps that are constant.
+    check_finite: check the values of the tensors (finite, in range); costs a
+    host sync on the GPU.
+    """
+    if isinstance(raw_maps, RawMaps):
+        degenerate = raw_maps.degenerate if degenerate is None else degenerate
+        raw_maps = raw_maps.maps
+    raw = V.check_tensor("raw_maps", raw_maps, ranks=(4,))
+    config = V.check_config(config)
+    if check_finite:
+        V.check_raw_values(raw)
+    raw = raw.float().contiguous()
+    degenerate = V.check_degenerate(degenerate, raw)
+    return _refine_checked(raw, degenerate, config, steps, image_size, repeat_ratio, context_maps,
+                           context_weights, backend, check_finite)
+
+
+def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Optional[CamConfig] = None,
+                  steps=64, image_size=512, repeat_ratio=0.0, context_weights: Optional[Tensor] = None,
+                  backend: str = "auto", check_finite: bool = True) -> Refined:
+    """Pool and refine in one call; the same result as
+    ``refine(pool_gradients(acts, grads, grid, config.grad_relu), config, ...)``.
+    No host synchronisation happens between the two stages on the GPU path:
+    the gradients' NaN/Inf flag of the pooling pass is read once at the end
+    (with check_finite=False, nothing synchronises at all)."""
+    config = V.check_config(config)
+    acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
+    backend = check_backend(backend, device)
+    raw, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, config.grad_relu,
+                                                                     check_finite)
+    # maps pooled from checked inputs are finite and in [0, 1] by construction: no value check
+    out = _refine_checked(raw, degenerate, config, steps, image_size, repeat_ratio, None, context_weights,
+                          backend, check_values=check_finite)
+    if check_finite:
+        _raise_if_grads_nonfinite(grads, bad)
+    return out
+
+
+def all_finite(x: Tensor) -> bool:
+    """Whether ``x`` holds no NaN/Inf (one ``aminmax`` pass, no bool copy of ``x``)."""
+    return not bool(V.nonfinite_flag(x))
+
+
+__all__ = ["RawMaps", "Refined", "pool_gradients", "refine", "diffusion_cam", "all_finite"]

@@ -1,0 +1,151 @@
+"""The bench cases of the ops: one table of timings (``dcam bench``, ``python -m bench``).
+
+Every figure is measured in this process, so ratios (to the PyTorch
+reference, to the bandwidth of a plain copy) compare like with like. The
+cases are those of the issue: refine 1024 maps of 24x24 and 27x27; pooling
+B=1, T=64, N=576, D=4096 in float32 and bfloat16; the fused pipeline.
+`bench/` runs the same cases under pytest-benchmark.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .config import CamConfig
+from . import api as engine
+from . import reference
+from .backends import available_backends
+
+
+@dataclass
+class Case:
+    name: str
+    make: Callable[[str], Callable[[], object]]  # backend -> zero-arg callable
+    maps: int  # maps produced per call
+    bytes_read: int  # gradient bytes one call must read (0 if not meaningful)
+
+
+def time_call(fn: Callable[[], object], *, min_time: float = 0.5, max_reps: int = 50, warmup: int = 1,
+              sync: Optional[Callable[[], None]] = None) -> float:
+    """Median wall time of `fn` in seconds (after warm-up), at least `min_time` of
+    measurement or `max_reps` repetitions, whichever comes first."""
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 3):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_refine_inputs(n_maps: int, h: int, w: int, device="cpu", seed: int = 0):
+    """Realistic raw maps: smooth blobs plus noise, min-max normalised, as pooling produces them."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    cy, cx = torch.rand(n_maps, 1, 1, generator=g), torch.rand(n_maps, 1, 1, generator=g)
+    blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.05)
+    raw = blob + 0.3 * torch.rand(n_maps, h, w, generator=g)
+    raw = reference.minmax_normalise(raw)[0]
+    return raw.reshape(1, n_maps, h, w).to(device)
+
+
+def make_pool_inputs(T: int, N: int, D: int, dtype, device="cpu", seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randn(1, N, D, generator=g).to(dtype)
+    grads = torch.randn(1, T, N, D, generator=g).to(dtype)
+    return acts.to(device), grads.to(device)
+
+
+def cases(device="cpu", quick: bool = False) -> List[Case]:
+    cfg = CamConfig()
+    n_maps = 128 if quick else 1024
+    T, N, D = (16, 576, 1024) if quick else (64, 576, 4096)
+    out: List[Case] = []
+    for h in (24, 27):
+        raw = make_refine_inputs(n_maps, h, h, device)
+        out.append(Case(f"refine {n_maps}x{h}x{h}",
+                        lambda b, raw=raw: (lambda: engine.refine(raw, cfg, steps=64, image_size=512,
+                                                                  backend=b, check_finite=False)),
+                        n_maps, 0))
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        acts, grads = make_pool_inputs(T, N, D, dtype, device)
+        out.append(Case(f"pool T={T} N={N} D={D} {label}",
+                        lambda b, a=acts, g=grads: (lambda: engine.pool_gradients(a, g, (24, 24), backend=b,
+                                                                                  check_finite=False)),
+                        T, grads.numel() * grads.element_size()))
+    acts, grads = make_pool_inputs(T, N, D, torch.bfloat16, device)
+    # the fused call as users make it by default (inputs checked for NaN/Inf), without the
+    # check, and with signed channel weights (grad_relu=False: no factorised product)
+    for suffix, c, check in (("", cfg, True), (", unchecked", cfg, False),
+                             (", grad_relu=False", cfg.replace(grad_relu=False), False)):
+        out.append(Case(f"diffusion_cam T={T} N={N} D={D} bf16{suffix}",
+                        lambda b, a=acts, g=grads, c=c, check=check: (
+                            lambda: engine.diffusion_cam(a, g, (24, 24), c, backend=b, check_finite=check)),
+                        T, grads.numel() * grads.element_size()))
+    return out
+
+
+def copy_bandwidth(nbytes: int, device="cpu", sync=None) -> float:
+    """Bytes moved per second (read + write) by a plain tensor copy of `nbytes`."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_call(lambda: dst.copy_(src), sync=sync)
+    return 2 * src.numel() * 4 / t
+
+
+def run(backends: Optional[List[str]] = None, quick: bool = False, device: str = "cpu") -> Dict:
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    if backends is None:
+        backends = [b for b in available_backends()
+                    if not (b == "triton" and device != "cuda")]  # interpreter timings mean nothing
+    if "torch" not in backends:
+        backends = ["torch"] + list(backends)
+    all_cases = cases(device, quick)
+    copy_bytes = max(c.bytes_read for c in all_cases)
+    # the copy is re-measured right before every bandwidth case and each ratio uses the
+    # measurement next to it: on a shared machine the bandwidth drifts within one run
+    copies = []
+    rows = []
+    for case in all_cases:
+        ref_t = None
+        copy_bw = None
+        if case.bytes_read:
+            copy_bw = copy_bandwidth(copy_bytes, device, sync)
+            copies.append(copy_bw)
+        for b in backends:
+            t = time_call(case.make(b), sync=sync, min_time=0.3 if b == "torch" else 0.5,
+                          max_reps=5 if b == "torch" else 50)
+            if b == "torch":
+                ref_t = t
+            gbs = case.bytes_read / t / 1e9 if case.bytes_read else None
+            rows.append(dict(backend=b, case=case.name, seconds=t, us_per_map=t / case.maps * 1e6,
+                             maps_per_s=case.maps / t, gb_per_s=gbs,
+                             ratio_to_reference=(ref_t / t) if ref_t else None,
+                             copy_gb_per_s=copy_bw / 1e9 if copy_bw else None,
+                             ratio_to_bandwidth=(case.bytes_read / t / copy_bw) if copy_bw else None))
+    return dict(device=device, threads=torch.get_num_threads(), copy_gb_per_s=[c / 1e9 for c in copies], rows=rows)
+
+
+def format_table(result: Dict) -> str:
+    cp = result["copy_gb_per_s"]
+    cps = f"{min(cp):.2f}-{max(cp):.2f}" if cp else "-"
+    lines = [f"device: {result['device']}, torch threads: {result['threads']}, "
+             f"plain copy: {cps} GB/s (read+write, measured before each bandwidth case)", "",
+             "| backend | case | time | us/map | maps/s | GB/s (grads read) | x reference | copy GB/s | "
+             "of copy bandwidth |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    for r in result["rows"]:
+        lines.append(f"| {r['backend']} | {r['case']} | {r['seconds'] * 1e3:.2f} ms | {r['us_per_map']:.1f} | "
+                     f"{r['maps_per_s']:.0f} | {f(r['gb_per_s'], '.2f')} | {f(r['ratio_to_reference'], '.1f')} | "
+                     f"{f(r['copy_gb_per_s'], '.1f')} | {f(r['ratio_to_bandwidth'], '.0%')} |")
+    return "\n".join(lines)

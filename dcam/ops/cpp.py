@@ -1,0 +1,99 @@
+"""C++ CPU kernels of the ops: thin torch wrappers around the compiled
+extension ``dcam._C`` (C API: csrc/include/dcam.h).
+
+The two entry points have exactly the signatures of the reference kernels
+(:mod:`dcam.ops.library`):
+
+    pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads) -> (maps, degenerate, grads_nonfinite)
+    refine_cpp(raw, degenerate, steps, image_size, repeat_ratio, context_maps,
+               context_weights, akd_kernel, akd, dacg, cba, sicd,
+               dacg_params, cba_params)
+        -> (maps, kernel_size, dacg_strategy, dacg_threshold, cba_threshold, sicd_alpha)
+
+Inputs are CPU tensors already validated by the caller (:mod:`dcam.ops.api`); they are
+made contiguous (and cast where the kernel needs float32) here, handed to the
+extension as zero-copy numpy views, and the outputs come back as fresh tensors
+(`torch.from_numpy`, no copy). bfloat16 travels as its int16 bit pattern. The
+extension releases the GIL while it computes.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    from dcam import _C  # type: ignore[attr-defined]
+    _IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # extension not built
+    _C = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def is_available() -> bool:
+    """Whether the compiled extension `dcam._C` imported."""
+    return _C is not None
+
+
+def unavailable_reason() -> Optional[str]:
+    return _IMPORT_ERROR
+
+
+def _require() -> None:
+    if _C is None:
+        raise RuntimeError(f"dcam._C is not available ({_IMPORT_ERROR}); build it with `pip install -e .`")
+
+
+def _f32(t: Tensor):
+    return t.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+
+
+def _pool_input(t: Tensor):
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy()
+    if t.dtype in (torch.float32, torch.float16):
+        return t.numpy()
+    return t.float().numpy()  # other float dtypes (float64, ...): accumulate from float32 like the reference
+
+
+def pool_gradients_cpp(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,
+                       check_grads: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """acts [B, N, D], grads [B, T, N, D] (float32/float16/bfloat16) ->
+    maps float32 [B, T, h, w], degenerate bool [B, T], grads_nonfinite bool []
+    (with ``check_grads``: whether the pooling pass met a NaN/Inf in grads, or
+    a float32 partial sum overflowed, see ``dcam_pool_gradients_checked``;
+    else False)."""
+    _require()
+    if acts.dtype != grads.dtype:
+        dt = torch.promote_types(acts.dtype, grads.dtype)
+        acts, grads = acts.to(dt), grads.to(dt)
+    B, N, _ = acts.shape
+    T = grads.shape[1]
+    if N != h * w:
+        raise ValueError(f"pool_gradients_cpp: N={N} image tokens do not fill a {h}x{w} grid")
+    maps, deg, bad = _C.pool_gradients(_pool_input(acts), _pool_input(grads), bool(grad_relu), bool(check_grads))
+    return torch.from_numpy(maps).reshape(B, T, h, w), torch.from_numpy(deg), torch.tensor(bool(bad))
+
+
+def refine_cpp(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,
+               context_maps: Optional[Tensor], context_weights: Optional[Tensor],
+               akd_kernel: int, akd: bool, dacg: bool, cba: bool, sicd: int,
+               dacg_params: List[float], cba_params: List[float]):
+    """The whole refinement of [B, T, h, w] raw maps (see `dcam.reference.refine_reference`).
+    Returns (maps f32 [B,T,h,w], kernel_size i32 [B,T], dacg_strategy i32 [B,T],
+    dacg_threshold f32 [B,T], cba_threshold f32 [B,T], sicd_alpha f32 [B,T])."""
+    _require()
+    B, T = raw.shape[0], raw.shape[1]
+    if int(sicd) == 2 and context_weights is None:
+        raise ValueError("refine_cpp: sicd='context' needs context_weights")
+    deg = degenerate.detach().to(device="cpu", dtype=torch.bool).reshape(B, T).contiguous().numpy()
+    per_image = lambda x: _f32(x.reshape(B))  # noqa: E731
+    out = _C.refine(
+        _f32(raw), deg, per_image(steps), per_image(image_size), per_image(repeat_ratio),
+        None if context_maps is None else _f32(context_maps),
+        None if context_weights is None else _f32(context_weights),
+        int(akd_kernel), bool(akd), bool(dacg), bool(cba), int(sicd),
+        [float(v) for v in dacg_params], [float(v) for v in cba_params])
+    return tuple(torch.from_numpy(a) for a in out)

@@ -1,0 +1,158 @@
+"""The two operators, declared once with ``torch.library``, one kernel per device.
+
+    dcam::pool_gradients(acts, grads, h, w, grad_relu, check_grads)
+        -> (maps, degenerate, grads_nonfinite)
+    dcam::refine(raw, degenerate, steps, image_size, repeat_ratio, context_maps,
+                 context_weights, akd_kernel, akd, dacg, cba, sicd, dacg_params, cba_params)
+        -> (maps, kernel_size, dacg_strategy, dacg_threshold, cba_threshold, sicd_alpha)
+
+Layout of bitsandbytes' ``_ops.py`` + ``backends/<device>``: each op is a
+``torch.library.custom_op`` whose default body is the PyTorch reference (so
+every device without a kernel of its own, MPS or XPU, runs the reference), a
+fake kernel that only allocates (shape propagation for ``torch.compile`` never
+runs data-dependent code), and one kernel per device registered against it:
+
+* ``cpu``: the C++ backend (``dcam._C``); the reference, with one warning,
+  when the extension is not built;
+* ``cuda``: the Triton kernels (:mod:`dcam.ops.triton_launch`, imported on
+  the first CUDA call so that ``import dcam`` stays light); the reference when
+  triton is not installed.
+
+The dispatcher picks the kernel from the inputs' device: that is the whole of
+``backend="auto"``. ``backend="torch" | "cpp" | "triton"`` calls one
+implementation directly (:func:`implementation`), for tests and comparisons.
+
+The ops are opaque to ``torch.compile`` (a custom op is one node of the
+graph): the C++ kernel cannot be traced anyway, and one opaque op per
+operator keeps a single registration for every device.
+
+``check_grads``: also report (``grads_nonfinite``, a 0-dim bool tensor on the
+inputs' device, no host sync) whether the gradients hold a NaN/Inf. The C++
+and Triton kernels find out within their one pass over the gradients; the
+reference runs one extra ``aminmax`` pass.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .backends import cpp_backend, triton_backend
+from .validation import nonfinite_flag
+
+PoolOut = Tuple[Tensor, Tensor, Tensor]
+RefineOut = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+# ------------------------------------------------------------------ the reference kernels
+
+def pool_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool) -> PoolOut:
+    """The reference pooling with the op's third output (the NaN/Inf flag)."""
+    maps, degenerate = reference.pool_gradients_reference(acts, grads, h, w, grad_relu)
+    flag = nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool, device=grads.device)
+    return maps, degenerate, flag
+
+
+refine_reference = reference.refine_reference
+
+
+# ------------------------------------------------------------------ the ops (default body: the reference)
+
+@torch.library.custom_op("dcam::pool_gradients", mutates_args=())
+def pool_gradients_op(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool
+                      ) -> Tuple[Tensor, Tensor, Tensor]:
+    return pool_reference(acts, grads, h, w, grad_relu, check_grads)
+
+
+@torch.library.custom_op("dcam::refine", mutates_args=())
+def refine_op(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,
+              context_maps: Optional[Tensor], context_weights: Optional[Tensor],
+              akd_kernel: int, akd: bool, dacg: bool, cba: bool, sicd: int,
+              dacg_params: List[float], cba_params: List[float]
+              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return refine_reference(raw, degenerate, steps, image_size, repeat_ratio, context_maps, context_weights,
+                            akd_kernel, akd, dacg, cba, sicd, dacg_params, cba_params)
+
+
+@pool_gradients_op.register_fake
+def _pool_fake(acts, grads, h, w, grad_relu, check_grads):
+    B, T = grads.shape[0], grads.shape[1]
+    return (acts.new_empty((B, T, h, w), dtype=torch.float32), acts.new_empty((B, T), dtype=torch.bool),
+            acts.new_empty((), dtype=torch.bool))
+
+
+@refine_op.register_fake
+def _refine_fake(raw, *rest):
+    B, T = raw.shape[0], raw.shape[1]
+    stat = lambda dt: raw.new_empty((B, T), dtype=dt)  # noqa: E731
+    return (raw.new_empty(raw.shape, dtype=torch.float32), stat(torch.int32), stat(torch.int32),
+            stat(torch.float32), stat(torch.float32), stat(torch.float32))
+
+
+# ------------------------------------------------------------------ per-device kernels
+
+_warned: Dict[str, bool] = {}
+
+
+def _warn_once(key: str, text: str) -> None:
+    if not _warned.get(key):
+        _warned[key] = True
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+
+
+def _cpu_kernel(name: str) -> Callable:
+    """The C++ function ``name`` of :mod:`dcam.ops.cpp`, or the reference when
+    the extension is not built (warned once)."""
+    if cpp_backend.is_available():
+        return getattr(cpp_backend.module(), name)
+    _warn_once("cpp", f"dcam: the C++ CPU backend is not available ({cpp_backend.unavailable_reason()}); "
+                      "CPU tensors use the slower PyTorch reference. Reinstall with `pip install -e .` to build it.")
+    return {"pool_gradients_cpp": pool_reference, "refine_cpp": refine_reference}[name]
+
+
+def _cuda_kernel(name: str) -> Callable:
+    """The Triton launcher ``name`` of :mod:`dcam.ops.triton_launch`, or the
+    reference when triton is not installed (warned once)."""
+    if triton_backend.is_available():
+        return getattr(triton_backend.module(), name)
+    _warn_once("triton", f"dcam: the Triton backend is not available ({triton_backend.unavailable_reason()}); "
+                         "CUDA tensors use the PyTorch reference.")
+    return {"pool_gradients_triton": pool_reference, "refine_triton": refine_reference}[name]
+
+
+@pool_gradients_op.register_kernel("cpu")
+def _pool_cpu(acts, grads, h, w, grad_relu, check_grads):
+    return _cpu_kernel("pool_gradients_cpp")(acts, grads, h, w, grad_relu, check_grads)
+
+
+@refine_op.register_kernel("cpu")
+def _refine_cpu(*args):
+    return _cpu_kernel("refine_cpp")(*args)
+
+
+@pool_gradients_op.register_kernel("cuda")
+def _pool_cuda(acts, grads, h, w, grad_relu, check_grads):
+    return _cuda_kernel("pool_gradients_triton")(acts, grads, h, w, grad_relu, check_grads)
+
+
+@refine_op.register_kernel("cuda")
+def _refine_cuda(*args):
+    return _cuda_kernel("refine_triton")(*args)
+
+
+# ------------------------------------------------------------------ explicit backends
+
+def implementation(op: str, backend: str) -> Callable:
+    """The function that runs ``op`` (``"pool_gradients"`` or ``"refine"``) on
+    ``backend`` (already checked by :func:`dcam.ops.backends.check_backend`):
+    the registered op for ``"auto"`` (the dispatcher chooses by device), else
+    that backend's implementation called directly."""
+    if backend == "auto":
+        return pool_gradients_op if op == "pool_gradients" else refine_op
+    if backend == "torch":
+        return pool_reference if op == "pool_gradients" else refine_reference
+    module = cpp_backend.module() if backend == "cpp" else triton_backend.module()
+    return getattr(module, f"{op}_{backend}")

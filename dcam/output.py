@@ -1,0 +1,129 @@
+"""Output folders written whole or not at all.
+
+:func:`check_output_folder` runs before any model is loaded: the target must
+be creatable (its parent a folder we can write to) and, unless
+``overwrite``, not an existing non-empty folder (never a mix of two runs).
+
+:class:`AtomicFolder` collects a run's files in a temporary folder beside the
+target (same file system, so the final rename is atomic) and renames it into
+place only when everything was written. A failure or Ctrl-C removes the
+temporary folder and leaves the old target untouched (or no target at all).
+With ``overwrite`` the old folder is replaced whole (moved aside, the new one
+renamed in, the old one deleted).
+
+Every file gets the same permissions: ``0o666`` (``0o777`` for folders)
+minus the process umask, as a plain ``open()`` would give.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from .errors import InputError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output_folder(path: str, overwrite: bool = False, option: str = "--out") -> str:
+    """The absolute target folder, after checking it can be written (InputError naming ``option``)."""
+    if not path:
+        raise InputError(f"{option}: an empty path")
+    target = os.path.abspath(path)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise InputError(f"{option}: {path!r} exists and is not a folder")
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise InputError(f"{option}: {path!r} is not empty; choose a new folder or pass --overwrite "
+                         "(which replaces it whole)")
+    parent = os.path.dirname(target)
+    probe = parent
+    while not os.path.exists(probe):  # the nearest existing ancestor must be a writable folder
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InputError(f"{option}: cannot create {path!r}: {probe!r} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{option}: cannot create {path!r}: {probe!r} is not writable")
+    return target
+
+
+def check_output_file(path: Optional[str], option: str) -> Optional[str]:
+    """A file the run will write at the end (``--json``): its folder must exist and be writable."""
+    if path is None:
+        return None
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise InputError(f"{option}: {path!r} is a folder, not a file")
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise InputError(f"{option}: the folder {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option}: the folder {parent!r} is not writable")
+    return target
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write a whole text file: temporary name in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".dcam-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class AtomicFolder:
+    """``with AtomicFolder(target, overwrite) as tmp:`` write into ``tmp``; on
+    success ``target`` holds exactly those files; on any exception (Ctrl-C
+    included) nothing changes."""
+
+    def __init__(self, target: str, overwrite: bool = False):
+        self.target = os.path.abspath(target)
+        self.overwrite = overwrite
+        self.tmp: Optional[str] = None
+
+    def __enter__(self) -> str:
+        parent = os.path.dirname(self.target)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.partial-", dir=parent)
+        os.chmod(self.tmp, 0o777 & ~_umask())
+        return self.tmp
+
+    def _fix_permissions(self) -> None:
+        fmode, dmode = 0o666 & ~_umask(), 0o777 & ~_umask()
+        for root, dirs, files in os.walk(self.tmp):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), dmode)
+            for f in files:
+                os.chmod(os.path.join(root, f), fmode)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        self._fix_permissions()
+        old = None
+        if os.path.exists(self.target):
+            if os.path.isdir(self.target) and os.listdir(self.target) and not self.overwrite:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise InputError(f"--out: {self.target!r} was filled by someone else while this run wrote; "
+                                 "nothing was written")
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.old-", dir=os.path.dirname(self.target))
+            os.rmdir(old)
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+__all__ = ["AtomicFolder", "check_output_folder", "check_output_file", "write_text_atomic"]

@@ -1,0 +1,297 @@
+"""The adapter protocol: what the explainer needs to know about a model.
+
+An adapter wraps a (model, processor) pair and answers, for that model:
+
+* how to build the inputs of one (image, prompt, response) example
+  (:meth:`ModelAdapter.prepare`), as a :class:`Prepared` record that holds one
+  flat token sequence (prompt + response) and the model's other inputs;
+* where the image tokens are in that sequence (located from the model's image
+  token id and the grid, never from hard-coded offsets; see
+  :func:`locate_image_positions`, which also drops the per-row image-newline
+  column of LaViDa-style grids);
+* which decoder blocks can be hooked and which one is the default;
+* the mask token (``None`` for models without an absorbing mask state), the
+  pad/eos ids, the LM head, and how the model generates a response;
+* how to run the model on a batch of token sequences and return the logits at
+  chosen positions (:meth:`ModelAdapter.logits_at`).
+
+The explainer (:mod:`dcam.explain`) and the gradient probe
+(:mod:`dcam.adapters.probing`) only ever talk to this interface.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from ...errors import InputError
+from ...images import load_image  # noqa: F401  (re-exported for adapters)
+from ...ops.config import CamConfig
+
+#: Probe modes, see :mod:`dcam.adapters.probing`.
+PROBES = ("full", "masked", "remask")
+
+
+def _ids_set(v) -> set:
+    if v is None:
+        return set()
+    if isinstance(v, (list, tuple, set)):
+        return {int(x) for x in v if x is not None}
+    if isinstance(v, Tensor):
+        return {int(x) for x in v.flatten().tolist()}
+    return {int(v)}
+
+
+def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[int, int],
+                           newline_column: bool = False, newline_token_id: Optional[int] = None) -> Tensor:
+    """Positions (int64 ``[h*w]``, raster order) of the image tokens of one sequence.
+
+    The span is found from ``image_token_id`` alone. With ``newline_column``
+    (LaViDa / LLaVA-NeXT style grids that append an image-newline token after
+    every row), the span holds ``h * (w + 1)`` tokens, either all with the image
+    token id (the newline embedding is scattered into the last slot of each
+    row) or with ``newline_token_id`` on the newline slots; the span is viewed
+    as ``h x (w + 1)`` and its last column dropped before the reshape to
+    ``h x w``. Raises InputError when the count does not match the grid.
+    """
+    ids = input_ids.reshape(-1)
+    h, w = int(grid[0]), int(grid[1])
+    is_img = ids == int(image_token_id)
+    if newline_column and newline_token_id is not None:
+        is_img = is_img | (ids == int(newline_token_id))
+    pos = torch.nonzero(is_img, as_tuple=False).reshape(-1)
+    if pos.numel() == 0:
+        raise InputError(f"no image token (id {image_token_id}) in the input sequence")
+    if newline_column:
+        if pos.numel() != h * (w + 1):
+            raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid with a newline column "
+                             f"needs {h * (w + 1)}")
+        return pos.reshape(h, w + 1)[:, :w].reshape(-1).clone()
+    if pos.numel() != h * w:
+        raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid needs {h * w}")
+    return pos
+
+
+@dataclass
+class Prepared:
+    """One example laid out as a flat sequence ``prompt + response``.
+
+    input_ids: int64 ``[1, L]``; response slots hold the response ids (or the
+        mask id when no response is known yet).
+    model_inputs: the model's other inputs for a batch of one (e.g.
+        ``pixel_values``); :meth:`ModelAdapter.batch_inputs` repeats them.
+    response_start, response_length: the response slots ``[start, start+len)``.
+    image_positions: int64 ``[h*w]``, positions of the image tokens (raster order).
+    grid: ``(h, w)`` of the image-token grid.
+    image: the RGB image the inputs were built from.
+    prompt: the prompt text (``None``: the processor's default).
+    """
+
+    input_ids: Tensor
+    model_inputs: Dict[str, Any]
+    response_start: int
+    response_length: int
+    image_positions: Tensor
+    grid: Tuple[int, int]
+    image: Image.Image
+    prompt: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def response_ids(self) -> List[int]:
+        s = self.response_start
+        return self.input_ids[0, s:s + self.response_length].tolist()
+
+    @property
+    def image_height(self) -> int:
+        return int(self.image.height)
+
+
+class ModelAdapter:
+    """Base class of the adapters (see the module docstring).
+
+    Subclasses set the class attributes and implement the abstract methods.
+
+    is_diffusion: the model denoises a whole response in parallel, so the logit
+        at a response position predicts that position's token. For a causal
+        model (``False``) the logit that predicts the token at ``p`` is read at
+        ``p - 1``.
+    probes: the probe modes the model supports (``"masked"`` and
+        ``"remask"`` need a mask token).
+    has_prompt_logits: logits exist at prompt positions (used for the
+        contrastive distractor when every response slot is a target).
+    default_steps: the number of denoising steps used for generation when
+        none is given (and recorded when the response is supplied by the user).
+    """
+
+    name = "base"
+    is_diffusion = True
+    probes: Tuple[str, ...] = PROBES
+    has_prompt_logits = True
+    default_steps = 64
+
+    def __init__(self, model: nn.Module, processor: Any = None, newline_column: bool = False,
+                 newline_token_id: Optional[int] = None):
+        self.model = model
+        self.processor = processor
+        self.newline_column = bool(newline_column)
+        self.newline_token_id = newline_token_id
+
+    # ------------------------------------------------------------------ ids
+    @property
+    def image_token_id(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def mask_token_id(self) -> Optional[int]:
+        return None
+
+    @property
+    def eos_token_ids(self) -> set:
+        return set()
+
+    @property
+    def pad_token_ids(self) -> set:
+        return set()
+
+    def skip_ids(self) -> set:
+        """Ids that are never explained (pad, eos, mask)."""
+        s = set(self.eos_token_ids) | set(self.pad_token_ids)
+        if self.mask_token_id is not None:
+            s.add(int(self.mask_token_id))
+        return s
+
+    # ------------------------------------------------------------------ structure
+    def blocks(self) -> Sequence[nn.Module]:
+        """The hookable transformer blocks, in order."""
+        raise NotImplementedError
+
+    def default_layer(self) -> int:
+        """Index of the default block to probe (a non-negative index)."""
+        return max(len(self.blocks()) - 2, 0)
+
+    def default_config(self) -> CamConfig:
+        """The :class:`~dcam.CamConfig` an explainer uses when none is passed:
+        ``CamConfig()`` unless the adapter knows a better setting for its model."""
+        return CamConfig()
+
+    def final_norm(self) -> Optional[nn.Module]:
+        """The module whose output is the last hidden state of the token
+        sequence that holds the image tokens (for TAM)."""
+        return None
+
+    def lm_head_weight(self) -> Tensor:
+        """``[V, D]`` LM head rows."""
+        raise NotImplementedError
+
+    def resolve_layer(self, layer: Optional[int]) -> int:
+        n = len(self.blocks())
+        if layer is None:
+            return int(self.default_layer())
+        layer = int(layer)
+        if not -n <= layer < n:
+            raise InputError(f"layer {layer} out of range for a model with {n} blocks")
+        return layer % n
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, image, prompt: Optional[str] = None, response_ids: Optional[Sequence[int]] = None,
+                response_length: Optional[int] = None) -> Prepared:
+        raise NotImplementedError
+
+    # Token handling: defaults for adapters that keep a Hugging Face tokenizer
+    # in `self.tokenizer`; adapters with their own processor override them.
+    def encode_response(self, text: str) -> List[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_strings(self, ids: Sequence[int]) -> List[str]:
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def locate(self, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
+        return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,
+                                      self.newline_token_id)
+
+    def batch_inputs(self, prep: Prepared, batch: int) -> Dict[str, Any]:
+        """``prep.model_inputs`` for ``batch`` rows of the same example (views, no copy)."""
+        return {k: (v.expand(batch, *v.shape[1:]) if _per_row(v) and batch > 1 else v)
+                for k, v in prep.model_inputs.items()}
+
+    def stack_inputs(self, preps: Sequence[Prepared]) -> Dict[str, Any]:
+        """The model inputs of several examples (one row each) as one batch."""
+        return {k: (torch.cat([p.model_inputs[k] for p in preps], 0) if _per_row(v) else v)
+                for k, v in preps[0].model_inputs.items()}
+
+    # ------------------------------------------------------------------ running
+    def generate(self, prep: Prepared, steps: Optional[int] = None,
+                 response_length: Optional[int] = None) -> Tuple[List[int], int]:
+        """Generate a response; returns (response ids, number of denoising
+        steps actually used)."""
+        raise NotImplementedError
+
+    def logit_positions(self, positions: Tensor) -> Tensor:
+        """Where the logits that predict the tokens at ``positions`` are read."""
+        return positions if self.is_diffusion else positions - 1
+
+    def logits_at(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
+                  response_start: int) -> Tensor:
+        """Run the model on ``input_ids [B, L]`` and return the logits
+        (float32) at ``positions`` (``[P]`` shared by every row, or ``[B, P]``)
+        -> ``[B, P, V]``."""
+        logits = self.forward_logits(input_ids, model_inputs)
+        return gather_positions(logits, positions)
+
+    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def logits_at_rows(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
+                       response_start: int) -> Tensor:
+        """:meth:`logits_at` for a caller that reads nothing of the forward but
+        these logits and the hidden states of the blocks before the last (no
+        hook on the last block or the final norm). An adapter may then run the
+        last block at ``positions`` only (the bundled model's does: its
+        backward then skips the other rows); by default the same as
+        :meth:`logits_at`."""
+        return self.logits_at(input_ids, model_inputs, positions, response_start)
+
+    # ------------------------------------------------------------------ misc
+    def check_image_tokens(self):
+        """Raise InputError when the model has no image token."""
+        try:
+            tid = self.image_token_id
+        except (AttributeError, NotImplementedError):
+            tid = None
+        if tid is None:
+            raise InputError(f"{type(self.model).__name__} has no image token id; it cannot be explained")
+
+
+def gather_positions(logits: Tensor, positions: Tensor) -> Tensor:
+    """``logits [B, L, V]`` at ``positions`` (``[P]`` or ``[B, P]``) -> ``[B, P, V]`` float32."""
+    B = logits.shape[0]
+    positions = positions.to(logits.device)
+    if positions.dim() == 1:
+        out = logits[:, positions]
+    else:
+        out = torch.gather(logits, 1, positions[:, :, None].expand(B, positions.shape[1], logits.shape[2]))
+    return out.float()
+
+
+def _per_row(v) -> bool:
+    """A model input with one row per example (batched along dim 0)."""
+    return isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == 1
+
+
+def config_get(config, *names, default=None):
+    """The first attribute of ``config`` (or of its text sub-config) among ``names`` that is set."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is None:
+            continue
+        for n in names:
+            v = getattr(cfg, n, None)
+            if v is not None:
+                return v
+    return default

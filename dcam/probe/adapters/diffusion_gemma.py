@@ -1,0 +1,162 @@
+"""Adapter for transformers' DiffusionGemma (``DiffusionGemmaForBlockDiffusion``).
+
+DiffusionGemma is a multimodal block-diffusion model (transformers >= 5.23):
+an encoder (a Gemma-4 text stack with the Gemma-4 vision tower; causal, or
+bidirectional over image blocks with ``use_bidirectional_attention="vision"``)
+encodes the prompt, image included, into a KV cache; a decoder sharing its
+weights denoises a canvas of response tokens with bidirectional
+self-attention over ``cache + canvas``. So:
+
+* the image tokens live in the ENCODER: the hooked blocks are
+  ``model.model.encoder.language_model.layers``; a response logit reaches
+  block ``l``'s image-token output through the cached keys/values of the
+  encoder blocks ``l+1..`` (hence the last encoder block's gradients are zero:
+  the decoder never reads its output);
+* the response is the decoder canvas (``decoder_input_ids``); the logit at a
+  canvas slot predicts that slot (no shift);
+* the noise is UNIFORM (a canvas starts as random tokens, and there is no
+  mask token), so ``probe="masked"`` and ``"remask"`` have no meaning here;
+  the only probe is ``"full"``: prompt + the complete response as the canvas
+  (the published method, unmasked). There are no logits at prompt positions,
+  so the contrastive distractor must be a non-target canvas slot;
+* generation: ``model.generate`` (entropy-bounded sampler); the number of
+  denoising steps actually used is recovered from ``tokens_per_forward``.
+
+Inputs: ``[BOS] <boi> <image> x n <eoi> prompt`` with the processor's
+``image_processor`` (a ``Gemma4ImageProcessor``/``Gemma4ImageProcessorPil``:
+``pixel_values`` patches, ``image_position_ids``) and ``tokenizer``; the
+grid is read from the patch positions: ``(max_y + 1) / k x (max_x + 1) / k``
+for pooling kernel ``k`` (the pooled soft tokens are in raster order). Chat
+templates are not applied: pass an already formatted ``prompt`` if the
+checkpoint expects one.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import InputError
+from .base import ModelAdapter, Prepared, _ids_set, config_get, load_image
+
+DEFAULT_PROMPT = "Describe the image."
+
+
+class DiffusionGemmaAdapter(ModelAdapter):
+    name = "diffusion-gemma"
+    is_diffusion = True
+    probes = ("full",)
+    has_prompt_logits = False
+
+    def __init__(self, model: nn.Module, processor: Any, newline_column: bool = False,
+                 newline_token_id: Optional[int] = None, response_length: Optional[int] = None,
+                 default_prompt: str = DEFAULT_PROMPT):
+        super().__init__(model, processor, newline_column, newline_token_id)
+        self.response_length = int(response_length or getattr(model.config, "canvas_length", 256))
+        gc = getattr(model, "generation_config", None)
+        self.default_steps = int(getattr(gc, "max_denoising_steps", None) or 48)
+        self.default_prompt = default_prompt
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", None)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def eos_token_ids(self) -> set:
+        gc = getattr(self.model, "generation_config", None)
+        return _ids_set(getattr(gc, "eos_token_id", None)) | _ids_set(config_get(self.model.config, "eos_token_id"))
+
+    @property
+    def pad_token_ids(self) -> set:
+        c = self.model.config
+        return _ids_set(config_get(c, "pad_token_id")) | _ids_set(config_get(c, "bos_token_id")) | \
+            _ids_set(getattr(c, "boi_token_id", None)) | _ids_set(getattr(c, "eoi_token_id", None))
+
+    # ------------------------------------------------------------------ structure
+    def _encoder_lm(self):
+        return self.model.model.encoder.language_model
+
+    def blocks(self):
+        return self._encoder_lm().layers
+
+    def default_layer(self) -> int:
+        return len(self.blocks()) // 2
+
+    def final_norm(self):
+        return self._encoder_lm().norm
+
+    def lm_head_weight(self) -> Tensor:
+        return self.model.lm_head.weight
+
+    # ------------------------------------------------------------------ inputs
+    def _grid_from_positions(self, pos: Tensor, n: int) -> Tuple[int, int]:
+        k = int(self.model.config.vision_config.pooling_kernel_size)
+        valid = (pos != -1).all(-1)
+        p = pos[valid]
+        w = (int(p[:, 0].max()) + 1) // k
+        h = (int(p[:, 1].max()) + 1) // k
+        if h * w != n:
+            raise InputError(f"patch positions give a {h}x{w} grid but the image has {n} soft tokens")
+        return h, w
+
+    def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
+        if self.processor is None or not hasattr(self.processor, "image_processor") or self.tokenizer is None:
+            raise InputError("DiffusionGemma needs a processor with .image_processor and .tokenizer")
+        img = load_image(image)
+        out = self.processor.image_processor(images=[img], return_tensors="pt")
+        pix = out["pixel_values"][:1]
+        ppos = out["image_position_ids"][:1]
+        n = int(out["num_soft_tokens_per_image"][0]) if "num_soft_tokens_per_image" in out else None
+        if n is None:
+            k = int(self.model.config.vision_config.pooling_kernel_size)
+            n = int((ppos[0] != -1).all(-1).sum()) // (k * k)
+        grid = self._grid_from_positions(ppos[0], n)
+        c = self.model.config
+        text = prompt if prompt is not None else self.default_prompt
+        bos = config_get(c, "bos_token_id")
+        prefix = ([int(bos)] if bos is not None else []) + [int(c.boi_token_id)] + [self.image_token_id] * n + \
+            [int(c.eoi_token_id)]
+        p_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        ids = prefix + p_ids
+        Lp = len(ids)
+        resp = [] if response_ids is None else [int(v) for v in response_ids]
+        t = torch.tensor([ids + resp], dtype=torch.long)
+        return Prepared(input_ids=t, model_inputs={"pixel_values": pix, "image_position_ids": ppos},
+                        response_start=Lp, response_length=len(resp), image_positions=self.locate(t[:, :Lp], grid),
+                        grid=grid, image=img, prompt=prompt)
+
+    # ------------------------------------------------------------------ running
+    def generate(self, prep: Prepared, steps=None, response_length=None):
+        Lr = int(response_length or self.response_length)
+        S = int(steps or self.default_steps)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=prep.input_ids[:, :prep.response_start], **prep.model_inputs,
+                                      max_new_tokens=Lr, max_denoising_steps=S, return_dict_in_generate=True)
+        new = out.sequences[0, prep.response_start:prep.response_start + Lr].tolist()
+        pad = _ids_set(config_get(self.model.config, "pad_token_id"))
+        n_valid = sum(1 for t in out.sequences[0, prep.response_start:].tolist() if t not in pad)
+        tpf = float(out.tokens_per_forward[0])
+        used = int(round(n_valid / tpf)) if tpf > 0 else S
+        return new, max(1, min(used, S * max(1, -(-Lr // int(self.model.config.canvas_length)))))
+
+    def logits_at(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
+                  response_start: int) -> Tensor:
+        """The encoder reads ``input_ids[:, :response_start]`` (prompt and image),
+        the decoder the canvas after it."""
+        from .base import gather_positions
+
+        inputs = dict(model_inputs)
+        Lp = int(response_start)
+        positions = positions.to(input_ids.device)
+        if bool((positions < Lp).any()):
+            raise InputError("DiffusionGemma has no logits at prompt positions (only on the response canvas)")
+        logits = self.model(input_ids=input_ids[:, :Lp], decoder_input_ids=input_ids[:, Lp:], **inputs).logits
+        return gather_positions(logits, positions - Lp)
+
+    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:  # pragma: no cover
+        raise NotImplementedError("DiffusionGemma: use logits_at (the canvas is a separate input)")

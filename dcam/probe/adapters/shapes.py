@@ -1,0 +1,125 @@
+"""Adapter for the bundled toy dMLLM (:class:`dcam.zoo.ShapesDMLLM`)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import InputError
+from ...ops.config import CamConfig
+from .base import ModelAdapter, Prepared, load_image
+
+
+class ShapesAdapter(ModelAdapter):
+    """LLaDA-V-style masked-diffusion MLLM: ``[BOS] prompt <image>*(h*w) response``.
+
+    Blocks: ``model.language_model.layers``; default block:
+    ``model.default_probe_layer``. Generation: ``model.generate_diffusion``
+    (greedy masked diffusion, ``response_length / steps`` tokens committed per
+    step; the steps actually used are ``min(steps, response_length)``).
+    """
+
+    name = "shapes"
+    is_diffusion = True
+    has_prompt_logits = True
+
+    def __init__(self, model: nn.Module, processor: Any, newline_column: bool = False,
+                 newline_token_id: Optional[int] = None):
+        super().__init__(model, processor, newline_column, newline_token_id)
+        self.default_steps = int(getattr(model.config, "response_length", 12))
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def mask_token_id(self) -> Optional[int]:
+        return int(self.model.config.mask_token_id)
+
+    @property
+    def eos_token_ids(self) -> set:
+        return {int(self.model.config.eos_token_id)}
+
+    @property
+    def pad_token_ids(self) -> set:
+        return {int(self.model.config.pad_token_id), int(self.model.config.bos_token_id)}
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        return tuple(int(v) for v in self.model.config.grid)
+
+    def blocks(self):
+        return self.model.language_model.layers
+
+    def default_layer(self) -> int:
+        return int(self.model.default_probe_layer)
+
+    def default_config(self) -> CamConfig:
+        """``CamConfig()`` with the overrides the model's config recommends
+        (``cam_config``; the bundled weights: ``grad_relu=False``)."""
+        overrides = getattr(self.model.config, "cam_config", None) or {}
+        try:
+            return CamConfig(**overrides)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"the model config's cam_config {overrides!r} is not a valid CamConfig: {exc}") from exc
+
+    def final_norm(self):
+        return self.model.language_model.norm
+
+    def lm_head_weight(self) -> Tensor:
+        return self.model.lm_head.weight
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
+        img = load_image(image)
+        enc = self.processor.build(img, prompt, response_ids)
+        ids = enc["input_ids"]
+        return Prepared(input_ids=ids, model_inputs={"pixel_values": enc["pixel_values"]},
+                        response_start=int(enc["response_start"]), response_length=int(enc["response_length"]),
+                        image_positions=self.locate(ids, self.grid), grid=self.grid, image=img, prompt=prompt)
+
+    def encode_response(self, text: str) -> List[int]:
+        return list(self.processor.encode_response(text))
+
+    def token_strings(self, ids: Sequence[int]) -> List[str]:
+        return [self.processor.tokenizer.convert_ids_to_tokens(int(i)) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.processor.decode(list(ids))
+
+    # ------------------------------------------------------------------ running
+    def generate(self, prep: Prepared, steps=None, response_length=None):
+        Lr = int(response_length or prep.response_length)
+        S = int(steps or self.default_steps)
+        with torch.no_grad():
+            out = self.model.generate_diffusion(prep.input_ids, prep.model_inputs["pixel_values"], steps=S,
+                                                response_length=Lr)
+        used = sum(1 for k in self.model.transfer_schedule(Lr, S) if k > 0)
+        return out[0].tolist(), used
+
+    def _embeddings(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
+        """Input embeddings and the remaining model inputs."""
+        pix = model_inputs.get("pixel_values")
+        rest = {k: v for k, v in model_inputs.items() if k != "pixel_values"}
+        R = input_ids.shape[0]
+        if R > 1 and pix is not None and pix.shape[0] == R and pix.stride(0) == 0:
+            # the rows of one probe share the image (only response slots differ): run the vision
+            # tower once and give every row the same image-token embeddings
+            is_img = input_ids == self.image_token_id
+            if bool((is_img == is_img[:1]).all()):
+                img_emb = self.model.embed(input_ids[:1], pix[:1])
+                tok_emb = self.model.language_model.embed_tokens(input_ids)
+                return torch.where(is_img[..., None], img_emb.expand(R, -1, -1), tok_emb), rest
+        return self.model.embed(input_ids, pix), rest
+
+    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        emb, rest = self._embeddings(input_ids, model_inputs)
+        return self.model(inputs_embeds=emb, **rest).logits
+
+    def logits_at_rows(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
+                       response_start: int) -> Tensor:
+        emb, rest = self._embeddings(input_ids, model_inputs)
+        # the last block at the scored rows only (ShapesDMLLM.logits_at): same logits, and the
+        # batched backward of an explanation skips that block's other L - P rows
+        return self.model.logits_at(positions, inputs_embeds=emb, **rest).float()

@@ -1,0 +1,106 @@
+"""Heatmap colouring and blending (pytorch-grad-cam's ``show_cam_on_image`` style).
+
+    heat = colormap(upsampled map)                    # uint8 RGB
+    out  = (1 - alpha) * image + alpha * heat         # alpha: weight of the heatmap
+
+Maps are upsampled to the image bilinearly with half-pixel centres and no
+antialiasing (``torch.nn.functional.interpolate(..., "bilinear",
+align_corners=False)``), the resize the metrics use (SPEC section 8).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+#: Shortest side (pixels) small images are scaled up to by ``Explanation.save``.
+DISPLAY_MIN_SIDE = 256
+#: Longest side (pixels) of a saved overlay (``--max-side``).
+DISPLAY_MAX_SIDE = 1024
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().float().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
+    """``[h, w]`` map -> float32 ``[H, W]`` (size = (H, W)), bilinear, clipped to [0, 1]."""
+    m = torch.as_tensor(_to_numpy(cam), dtype=torch.float32)
+    if m.dim() != 2:
+        raise ValueError(f"a map must be 2-D [h, w], got shape {tuple(m.shape)}")
+    H, W = int(size[0]), int(size[1])
+    if tuple(m.shape) != (H, W):
+        m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+    return m.clamp(0.0, 1.0).numpy()
+
+
+def colorize(cam: ArrayLike, colormap: str = "jet") -> np.ndarray:
+    """``[H, W]`` values in [0, 1] -> uint8 ``[H, W, 3]`` RGB through a matplotlib colormap."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[colormap]
+    m = np.clip(_to_numpy(cam), 0.0, 1.0)
+    rgb = cmap(m)[..., :3]
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Blend a heatmap onto an image.
+
+    image: ``[H, W, 3]`` uint8, or float in [0, 1]. cam: ``[h, w]`` in [0, 1]
+    (upsampled to ``H x W`` if needed). alpha: weight of the heatmap in [0, 1].
+    Returns uint8 ``[H, W, 3]``.
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    img = img.astype(np.float32)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3], got shape {img.shape}")
+    if img.min() < 0 or img.max() > 1:
+        raise ValueError("a float image must be in [0, 1]")
+    heat = colorize(upsample_map(cam, img.shape[:2]), colormap).astype(np.float32) / 255.0
+    out = (1.0 - alpha) * img + alpha * heat
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet",
+            size: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """PIL overlay of ``cam`` on ``image``. size: ``(W, H)`` to render at
+    (the image is resized bicubically first); default: the image's size."""
+    img = image.convert("RGB")
+    if size is not None and tuple(size) != img.size:
+        img = img.resize((int(size[0]), int(size[1])), Image.BICUBIC)
+    return Image.fromarray(show_cam_on_image(np.asarray(img), cam, alpha, colormap))
+
+
+def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
+                 max_side: int = DISPLAY_MAX_SIDE) -> Tuple[int, int]:
+    """``(W, H)`` to render an image of ``image_size`` (W, H) at: a small image
+    is scaled up by a whole factor until its shortest side reaches
+    ``min_side`` (its pixels stay crisp), a large one down; in both cases the
+    longest side ends at most ``max_side``, the aspect ratio is kept and each
+    side is at least 1 pixel."""
+    W, H = int(image_size[0]), int(image_size[1])
+    cap = max_side / max(W, H)
+    if min(W, H) >= min_side:
+        scale = min(1.0, cap)
+    else:
+        scale = min(float(math.ceil(min_side / max(1, min(W, H)))), cap)
+        if scale >= 1.0:
+            scale = float(math.floor(scale))
+    return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
+
+
+__all__ = ["upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
+           "DISPLAY_MAX_SIDE"]

@@ -1,0 +1,110 @@
+"""Contact sheets: the image and every word's overlay on one picture, with a
+title (the response) and a colour bar (the heatmap's value scale).
+
+A sheet is tiled so that no side exceeds ``max_side`` pixels (4096 by
+default): with many words the tiles shrink instead of the sheet growing, so
+every sheet opens with Pillow's default image-size limits.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import InputError
+from .overlay import colorize
+
+#: Longest side of a contact sheet, pixels.
+SHEET_MAX_SIDE = 4096
+
+
+def font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # old Pillow: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def sheet_layout(n: int, tile: Tuple[int, int], cols: Optional[int] = None, pad: int = 4,
+                 label_height: int = 0) -> Tuple[int, int]:
+    """``(W, H)`` of the tile grid of ``n`` tiles of size ``tile`` (no title, no colour bar)."""
+    W, H = tile
+    cols = int(cols) if cols else int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    return cols * (W + pad) + pad, rows * (H + label_height + pad) + pad
+
+
+def fit_tile(n: int, tile: Tuple[int, int], max_side: int = SHEET_MAX_SIDE, pad: int = 4,
+             reserve: int = 0) -> Tuple[int, int]:
+    """The largest tile size (aspect kept, at most ``tile``) whose grid of ``n``
+    tiles, plus ``reserve`` pixels of title and colour bar, fits ``max_side``."""
+    W, H = tile
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    room_w = (max_side - pad) / cols - pad
+    room_h = (max_side - reserve - pad) / rows - pad
+    scale = min(1.0, room_w / W, room_h / (H * 1.1 + 1))  # the label adds about a tenth of the height
+    if scale <= 0:
+        raise InputError(f"a contact sheet of {n} tiles cannot fit {max_side} pixels")
+    return max(1, int(W * scale)), max(1, int(H * scale))
+
+
+def colour_bar(width: int, height: int, colormap: str = "jet") -> Image.Image:
+    """A horizontal colour bar: the colormap from 0 (left) to 1 (right), with ticks."""
+    bar_h = max(6, height // 2)
+    ramp = np.tile(np.linspace(0.0, 1.0, max(2, width - 20))[None, :], (bar_h, 1))
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    img.paste(Image.fromarray(colorize(ramp, colormap)), (10, 0))
+    draw = ImageDraw.Draw(img)
+    f = font(max(8, height - bar_h - 2))
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = 10 + int(round(v * (width - 21)))
+        draw.line([(x, bar_h), (x, bar_h + 2)], fill=(0, 0, 0))
+        label = f"{v:g}"
+        tw = draw.textlength(label, font=f) if hasattr(draw, "textlength") else 6 * len(label)
+        draw.text((min(max(0, x - tw / 2), width - tw), bar_h + 2), label, fill=(0, 0, 0), font=f)
+    return img
+
+
+def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] = None, cols: Optional[int] = None,
+                  pad: int = 4, title: Optional[str] = None, colormap: Optional[str] = None,
+                  max_side: int = SHEET_MAX_SIDE, background=(255, 255, 255)) -> Image.Image:
+    """Tiles (resized to the first tile's size, shrunk to fit ``max_side``) on
+    a grid, each with its label underneath; ``title`` wrapped on top and, with
+    ``colormap``, a colour bar at the bottom."""
+    if not tiles:
+        raise InputError("contact_sheet needs at least one tile")
+    n = len(tiles)
+    cols = int(cols) if cols else int(math.ceil(math.sqrt(n)))
+    W0, H0 = tiles[0].size
+    probe_w = min(max_side, cols * (W0 + pad) + pad)
+    title_lines: List[str] = textwrap.wrap(title, width=max(20, probe_w // 8)) if title else []
+    title_h = 18 * len(title_lines) + (6 if title_lines else 0)
+    bar_h = 26 if colormap else 0
+    W, H = fit_tile(n, (W0, H0), max_side, pad, reserve=title_h + bar_h)
+    lh = max(12, H // 10) if labels else 0
+    grid_w, grid_h = sheet_layout(n, (W, H), cols, pad, lh)
+    sheet = Image.new("RGB", (grid_w, title_h + grid_h + bar_h), background)
+    draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(title_lines):
+        draw.text((pad, 3 + 18 * i), line, fill=(0, 0, 0), font=font(14))
+    label_font = font(max(10, lh - 4)) if lh else None
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, cols)
+        x, y = pad + c * (W + pad), title_h + pad + r * (H + lh + pad)
+        t = tile.convert("RGB")
+        if t.size != (W, H):
+            t = t.resize((W, H), Image.BICUBIC)
+        sheet.paste(t, (x, y))
+        if labels is not None and lh:
+            draw.text((x + 2, y + H + 1), str(labels[k]), fill=(0, 0, 0), font=label_font)
+    if colormap:
+        bar = colour_bar(min(grid_w - 2 * pad, 512), bar_h - 4, colormap)
+        sheet.paste(bar, (pad, title_h + grid_h))
+    return sheet
+
+
+__all__ = ["contact_sheet", "sheet_layout", "fit_tile", "colour_bar", "SHEET_MAX_SIDE"]

@@ -1,0 +1,34 @@
+"""Tiny models for tests, written in the project: run dcam end to end with no
+weights and no network (users can use them to test their own pipelines too).
+
+- :func:`tiny_toy`: the bundled toy dMLLM's architecture, 32 px images, an
+  8x8 token grid, 32-wide blocks, random weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+
+def tiny_toy_kwargs(layers: int = 3, image_size: int = 32) -> Dict[str, Any]:
+    """Config kwargs of a tiny toy dMLLM (``dcam.zoo.build_random(seed, **kwargs)``):
+    ``image_size`` pixels (a multiple of 16) onto an 8x8 token grid."""
+    from ..zoo.modeling import default_text_config, default_vision_config
+
+    strides = (image_size // 16, 2)
+    tc = default_text_config()
+    tc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+              num_key_value_heads=2)
+    vc = default_vision_config(image_size, (8, 8), strides)
+    vc.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return dict(vision_config=vc, text_config=tc, default_probe_layer=1, image_size=image_size,
+                stem_channels=(8, 8), stem_strides=strides)
+
+
+def tiny_toy(seed: int = 0, layers: int = 3, image_size: int = 32) -> Tuple[Any, Any]:
+    """(model, processor) of a tiny random toy dMLLM (eval mode, CPU)."""
+    from ..zoo import build_random
+
+    return build_random(seed, **tiny_toy_kwargs(layers, image_size))
+
+
+__all__ = ["tiny_toy", "tiny_toy_kwargs"]

@@ -1,0 +1,141 @@
+"""The `dcam` command: outputs and exit codes (tiny random zoo model saved to disk)."""
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from dcam.cli import build_parser, main
+from dcam.testing import tiny_toy
+from dcam.zoo.data import generate_sample
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model, proc = tiny_toy()
+    d = tmp_path_factory.mktemp("tinyzoo")
+    model.save_pretrained(str(d))
+    proc.save_pretrained(str(d))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("img") / "shapes.png"
+    generate_sample((0, 2, 1), image_size=48, n_objects=2).image.save(p)
+    return str(p)
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return [l for l in err if l.startswith("dcam ")]
+
+
+def test_parser_knows_every_subcommand_and_its_options():
+    parser = build_parser()
+    args = parser.parse_args(["explain", "x.png", "--tokens", "red,circle", "--probe", "masked", "--layer", "1"])
+    assert args.command == "explain" and args.images == ["x.png"] and args.probe == "masked" and args.layer == 1
+    args = parser.parse_args(["demo", "--out", "d", "--seed", "3"])
+    assert args.command == "demo" and args.seed == 3 and args.out == "d"
+    for name in ("eval", "grounding", "bench", "backends"):
+        assert parser.parse_args([name]).command == name
+
+
+def test_explain_writes_outputs(model_dir, image_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["explain", image_path, "--model", model_dir, "--response", "a red circle and a blue square",
+               "--tokens", "red,square", "--out", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "response: a red circle and a blue square" in stdout and str(out) in stdout
+    meta = json.load(open(out / "meta.json"))
+    assert meta["tokens"] == ["red", "square"]
+    # file names keep each word's number in the response ("a red circle and a blue square")
+    assert sorted(os.listdir(out)) == ["01_red.png", "06_square.png", "contact_sheet.png", "image.png",
+                                       "maps.safetensors", "meta.json"]
+    assert Image.open(out / "01_red.png").size == (288, 288)
+
+
+def test_demo_with_given_model(model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", model_dir, "--out", str(out), "--seed", "2", "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    assert "response:" in stdout and "reference caption:" in stdout and "contact_sheet.png" in stdout
+    assert (out / "contact_sheet.png").exists() and (out / "meta.json").exists()
+
+
+def test_demo_bundled(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--seed", "0", "--quiet"]) == 0
+    meta = json.load(open(tmp_path / "meta.json"))
+    assert meta["tokens"] and meta["steps_source"] == "generation"
+
+
+def test_bad_image_exit_2(model_dir, tmp_path, capsys):
+    missing = tmp_path / "missing.png"
+    assert main(["explain", str(missing), "--model", model_dir]) == 2
+    lines = _err_line(capsys)
+    assert len(lines) == 1 and "no such file" in lines[0] and "missing.png" in lines[0]
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["explain", str(bad), "--model", model_dir, "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read" in _err_line(capsys)[0]
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_unknown_word_exit_2(model_dir, image_path, tmp_path, capsys):
+    rc = main(["explain", image_path, "--model", model_dir, "--response", "a red circle", "--tokens", "purple",
+               "--out", str(tmp_path / "o")])
+    assert rc == 2
+    lines = _err_line(capsys)
+    assert len(lines) == 1 and "'purple'" in lines[0]
+
+
+def test_model_without_image_token_exit_2(image_path, tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(str(d))
+    assert main(["explain", image_path, "--model", str(d)]) == 2
+    lines = _err_line(capsys)
+    assert len(lines) == 1 and "no image token" in lines[0]
+    assert main(["explain", image_path, "--model", str(tmp_path / "nowhere")]) == 2
+    line = _err_line(capsys)[0]
+    assert "--model" in line and "is not a folder" in line
+
+
+def test_bad_options_exit_2(model_dir, image_path, capsys):
+    assert main(["explain", image_path, "--model", model_dir, "--layer", "2"]) == 2  # the last block
+    assert "last block" in _err_line(capsys)[0]
+    assert main(["demo", "--model", model_dir, "--seed", "-1"]) == 2
+
+
+def test_grounding_report_runs(model_dir, tmp_path, capsys):
+    out = tmp_path / "g.json"
+    assert main(["grounding", "--model", model_dir, "--n", "2", "--layers", "0,1", "--probes", "full,remask",
+                 "--quiet", "--variants", "--json", str(out)]) == 0
+    assert "grounding rate" in capsys.readouterr().out
+    rep = json.load(open(out))
+    assert rep["n_images"] == 2 and set(rep["rates"]) == {"full", "remask"}
+    assert all(0 <= v <= 1 for r in rep["rates"].values() for v in r.values())
+    assert 0 < rep["chance"] < 1
+    assert set(rep["variant_rates"]) == {"raw", "grad-norm", "layercam"}
+    assert main(["grounding", "--model", model_dir, "--probes", "half"]) == 2
+
+
+def test_cam_settings_reach_the_maps(model_dir, tmp_path, capsys):
+    # --cam sets CamConfig fields on top of the model's default; the grounding
+    # report names the fields that differ from CamConfig()
+    out = tmp_path / "g.json"
+    assert main(["grounding", "--model", model_dir, "--n", "1", "--layers", "0", "--probes", "masked", "--quiet",
+                 "--cam", "grad_relu=false", "--cam", "sicd=off", "--split", "val", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "config: CamConfig() with sicd=off, grad_relu=False" in text and "1 val-split images" in text
+    rep = json.load(open(out))
+    assert rep["config_changes"] == {"sicd": "off", "grad_relu": False} and rep["split"] == "val"
+    d = tmp_path / "demo"
+    assert main(["demo", "--model", model_dir, "--out", str(d), "--quiet", "--cam", "akd=false"]) == 0
+    assert json.load(open(d / "meta.json"))["config"]["akd"] is False
+    capsys.readouterr()
+    assert main(["demo", "--model", model_dir, "--out", str(tmp_path / "d2"), "--cam", "akd=perhaps"]) == 2
+    assert _err_line(capsys) == ["dcam demo: error: --cam: CamConfig.akd: cannot read 'perhaps' (not a boolean)"]

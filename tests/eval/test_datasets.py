@@ -1,0 +1,275 @@
+"""dcam.datasets: COCO (polygon, RLE list, RLE string) and TAM fixtures built
+here, bad records reported and skipped, layout detection, the shapes set."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcam.eval import datasets as DS
+
+
+# ----------------------------------------------------------------- RLE
+
+
+def encode_counts(counts):
+    """Independent encoder of COCO's compressed RLE string (the inverse of the
+    documented format: deltas from the 3rd count on, 5-bit groups, 0x20
+    continuation, sign from bit 0x10 of the last group)."""
+    out = []
+    for i, c in enumerate(counts):
+        x = c - counts[i - 2] if i > 2 else c
+        while True:
+            g = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (g & 0x10) else (x != 0)
+            if more:
+                g |= 0x20
+            out.append(chr(g + 48))
+            if not more:
+                break
+    return "".join(out)
+
+
+def mask_to_counts(m):
+    flat = m.T.reshape(-1)  # column-major
+    counts, cur, run = [], 0, 0
+    for v in flat:
+        if v != cur:
+            counts.append(run)
+            cur, run = v, 0
+        run += 1
+    counts.append(run)
+    return counts
+
+
+def test_rle_string_hand_examples():
+    # small counts are single characters '0' + value
+    assert DS.rle_string_to_counts("054") == [0, 5, 4]
+    # 4th count stored as delta to the 2nd: 2 - 5 = -3 -> group 29 ('M'), sign bit set
+    assert DS.rle_string_to_counts("151M") == [1, 5, 1, 2]
+    m = DS.decode_rle({"size": [3, 3], "counts": "151M"})
+    assert m.tolist() == [[0, 1, 0], [1, 1, 1], [1, 1, 1]]
+    # uncompressed counts, column-major: 4x3 image, pixels 1..2 of column 0 set
+    m = DS.decode_rle({"size": [4, 3], "counts": [1, 2, 9]})
+    assert m.tolist() == [[0, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0]]
+
+
+def test_rle_string_round_trip():
+    rng = np.random.default_rng(0)
+    for shape in [(7, 5), (40, 33), (64, 80)]:
+        m = (rng.random(shape) < 0.3).astype(np.uint8)
+        m[5:, 2:] = 1  # long runs -> multi-group and negative deltas
+        counts = mask_to_counts(m)
+        s = encode_counts(counts)
+        assert DS.rle_string_to_counts(s) == counts
+        np.testing.assert_array_equal(DS.decode_rle({"size": list(shape), "counts": s}), m)
+        np.testing.assert_array_equal(DS.decode_rle({"size": list(shape), "counts": counts}), m)
+
+
+def test_rle_errors():
+    with pytest.raises(ValueError):
+        DS.decode_rle({"size": [3, 3], "counts": [1, 2]})  # wrong total
+    with pytest.raises(ValueError):
+        DS.rle_string_to_counts("1\x7f")
+    with pytest.raises(ValueError):
+        DS.rle_string_to_counts("P")  # continuation bit with nothing after
+
+
+def test_polygon_mask():
+    m = DS.polygons_to_mask([[2, 2, 5, 2, 5, 5, 2, 5]], 8, 10)
+    assert m.shape == (8, 10)
+    assert m.sum() == 16 and m[2:6, 2:6].all()
+    with pytest.raises(ValueError, match="needs >= 3"):  # < 3 points: the object would lose its ground truth
+        DS.polygons_to_mask([[1, 1, 2, 2]], 4, 4)
+
+
+# ----------------------------------------------------------------- COCO fixture
+
+def _img(path, w, h, color=(120, 130, 140)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (w, h), color).save(path)
+
+
+def make_coco(root, with_captions=True):
+    W, H = 10, 8
+    _img(os.path.join(root, "val2017", "a.png"), W, H)
+    _img(os.path.join(root, "val2017", "b.png"), W, H)
+    _img(os.path.join(root, "val2017", "c.png"), W + 1, H)  # size mismatch
+    _img(os.path.join(root, "val2017", "e.png"), W, H)
+    dog = np.zeros((H, W), np.uint8)
+    dog[0:3, 6:9] = 1
+    images = [
+        {"id": 1, "file_name": "a.png", "height": H, "width": W},
+        {"id": 2, "file_name": "b.png", "height": H, "width": W},
+        {"id": 3, "file_name": "c.png", "height": H, "width": W},
+        {"id": 4, "file_name": "missing.png", "height": H, "width": W},
+        {"id": 5, "file_name": "e.png", "height": H, "width": W},
+        {"id": 6, "file_name": "a.png", "height": H, "width": W},  # no annotation: not a candidate
+    ]
+    anns = [
+        {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [[2, 2, 5, 2, 5, 5, 2, 5]]},
+        {"id": 11, "image_id": 1, "category_id": 2, "iscrowd": 1,
+         "segmentation": {"size": [H, W], "counts": encode_counts(mask_to_counts(dog))}},
+        {"id": 12, "image_id": 2, "category_id": 3, "iscrowd": 1,
+         "segmentation": {"size": [H, W], "counts": mask_to_counts(dog)}},
+        {"id": 13, "image_id": 2, "category_id": 1, "iscrowd": 0, "segmentation": [[0, 4, 3, 4, 3, 7, 0, 7]]},
+        {"id": 14, "image_id": 3, "category_id": 1, "iscrowd": 0, "segmentation": [[0, 0, 2, 0, 2, 2]]},
+        {"id": 15, "image_id": 4, "category_id": 1, "iscrowd": 0, "segmentation": [[0, 0, 2, 0, 2, 2]]},
+        {"id": 16, "image_id": 5, "category_id": 2, "iscrowd": 1,
+         "segmentation": {"size": [H + 1, W], "counts": [(H + 1) * W]}},  # RLE of the wrong size
+    ]
+    cats = [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "teddy bear"}]
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    with open(os.path.join(root, "annotations", "instances_val2017.json"), "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    if with_captions:
+        caps = [{"id": 101, "image_id": 1, "caption": "Two men, and a puppy."},
+                {"id": 100, "image_id": 1, "caption": "A man with his dog on the grass."},
+                {"id": 102, "image_id": 2, "caption": "A woman holds teddy bears and a cat."}]
+        with open(os.path.join(root, "annotations", "captions_val2017.json"), "w") as f:
+            json.dump({"annotations": caps}, f)
+
+
+def test_coco_loader(tmp_path):
+    root = str(tmp_path / "coco")
+    make_coco(root)
+    assert DS.detect_layout(root) == "coco"
+    ds = DS.open_dataset(root, split="val")
+    assert ds.kind == "coco" and len(ds) == 5
+    with pytest.warns(UserWarning, match="skipped record"):
+        recs = list(ds.records())
+    assert [r.record_id for r in recs] == ["1", "2"]
+    reasons = dict(ds.skipped)
+    assert set(reasons) == {"3", "4", "5"}
+    assert "10x11" in reasons["3"] or "8x11" in reasons["3"]
+    assert "no such file" in reasons["4"] and "missing.png" in reasons["4"]
+    assert "RLE" in reasons["5"] or "mask is" in reasons["5"]
+
+    r1 = recs[0]
+    # lowest caption annotation id wins
+    assert r1.caption == "A man with his dog on the grass."
+    assert r1.words == ["a", "man", "with", "his", "dog", "on", "the", "grass"]
+    person, dog = r1.word_labels[1], r1.word_labels[4]
+    assert person and dog and person != dog
+    pm = r1.word_mask(1)
+    assert (pm > 0).sum() == 16 and (pm[2:6, 2:6] > 0).all()
+    dm = r1.word_mask(4)
+    assert (dm > 0).sum() == 9 and (dm[0:3, 6:9] > 0).all()
+    assert r1.word_mask(7) is None  # "grass": not a category, not scored
+    assert r1.function == [True, False, True, True, False, True, True, False]
+    assert r1.object_indices == [1, 4] and r1.function_indices == [0, 2, 3, 5, 6]
+
+    r2 = recs[1]
+    # multi-word category with a plural head; "cat" is not in this image -> not scored
+    assert r2.words[3:5] == ["teddy", "bears"]
+    assert r2.word_labels[3] == r2.word_labels[4] != ()
+    assert r2.word_labels[1] != ()  # woman -> person
+    assert r2.words[7] == "cat" and r2.word_labels[7] == ()
+
+
+def test_coco_built_caption(tmp_path):
+    root = str(tmp_path / "coco")
+    make_coco(root, with_captions=False)
+    ds = DS.open_dataset(root, split="val")
+    recs = list(ds.records(2))  # the first two entries are good: nothing skipped
+    assert ds.skipped == []
+    assert recs[0].caption == "a dog and a person in the picture"
+    assert recs[0].object_indices == [1, 4]
+    assert recs[1].caption == "a person and a teddy bear in the picture"
+    assert recs[1].object_indices == [1, 4, 5]
+
+
+# ----------------------------------------------------------------- TAM fixture
+
+def make_tam(root):
+    W, H = 12, 9
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "masks"), exist_ok=True)
+    _img(os.path.join(root, "images", "0.png"), W, H)
+    lab = np.zeros((H, W), np.uint8)
+    lab[1:4, 1:5] = 1
+    lab[5:8, 6:11] = 2
+    Image.fromarray(lab).save(os.path.join(root, "masks", "0.png"))
+    m1 = np.zeros((H, W), np.uint8)
+    m1[0:2, 0:2] = 255
+    m2 = np.zeros((H, W), np.uint8)
+    m2[6:9, 9:12] = 255
+    Image.fromarray(m1).save(os.path.join(root, "masks", "1a.png"))
+    Image.fromarray(m2).save(os.path.join(root, "masks", "1b.png"))
+    Image.fromarray(np.zeros((H + 1, W), np.uint8)).save(os.path.join(root, "masks", "big.png"))
+    with open(os.path.join(root, "images", "bad.png"), "wb") as f:
+        f.write(b"not a png at all")
+    anno = [
+        {"id": "good-label", "image": "images/0.png", "caption": "A dog chases two balls.",
+         "mask": "masks/0.png", "categories": {"dog": 1, "ball": 2}},
+        {"id": "good-list", "file_name": "images/0.png", "caption": "a hot dog near the cups",
+         "masks": ["masks/1a.png", "masks/1b.png"], "category_map": {"hot dog": 1, "cup": [2]}},
+        {"id": "no-mask-file", "image": "images/0.png", "caption": "a dog", "mask": "masks/nope.png",
+         "categories": {"dog": 1}},
+        {"id": "size", "image": "images/0.png", "caption": "a dog", "mask": "masks/big.png",
+         "categories": {"dog": 1}},
+        {"id": "label", "image": "images/0.png", "caption": "a dog", "mask": "masks/0.png",
+         "categories": {"dog": 3}},
+        {"id": "unreadable", "image": "images/bad.png", "caption": "a dog", "mask": "masks/0.png",
+         "categories": {"dog": 1}},
+        {"id": "no-image", "image": "images/none.png", "caption": "a dog", "mask": "masks/0.png",
+         "categories": {"dog": 1}},
+    ]
+    with open(os.path.join(root, "anno.json"), "w") as f:
+        json.dump(anno, f)
+
+
+def test_tam_loader(tmp_path):
+    root = str(tmp_path / "tam")
+    make_tam(root)
+    assert DS.detect_layout(root) == "tam"
+    ds = DS.open_dataset(root)
+    assert ds.kind == "tam" and len(ds) == 7
+    with pytest.warns(UserWarning, match="skipped record"):
+        recs = list(ds.records())
+    assert [r.record_id for r in recs] == ["good-label", "good-list"]
+    reasons = dict(ds.skipped)
+    assert list(reasons) == ["no-mask-file", "size", "label", "unreadable", "no-image"]
+    assert "missing mask" in reasons["no-mask-file"]
+    assert "10x12" in reasons["size"]
+    assert "not in the mask" in reasons["label"]
+    assert "cannot read" in reasons["unreadable"] and "bad.png" in reasons["unreadable"]
+    assert "no such file" in reasons["no-image"]
+
+    r = recs[0]
+    assert r.words == ["a", "dog", "chases", "two", "balls"]
+    assert r.word_labels == [(), (1,), (), (), (2,)]
+    assert r.function == [True, False, False, False, False]
+    assert (r.word_mask(1) > 0).sum() == 12 and (r.word_mask(4) == 2).sum() == 15
+    r = recs[1]
+    assert r.word_labels == [(), (1,), (1,), (), (), (2,)]
+    assert r.size == (9, 12) and (r.mask == 2).sum() == 9 and (r.mask == 1).sum() == 4
+
+
+def test_records_n_and_detection_errors(tmp_path):
+    root = str(tmp_path / "tam")
+    make_tam(root)
+    ds = DS.load_tam(root)
+    assert [r.record_id for r in ds.records(1)] == ["good-label"]
+    assert ds.skipped == []
+    with pytest.raises(ValueError):
+        DS.detect_layout(str(tmp_path / "nothing"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="neither"):
+        DS.open_dataset(str(tmp_path / "empty"))
+
+
+def test_shapes_records():
+    ds = DS.open_dataset("shapes", split="test", size=3, image_size=64)
+    recs = list(ds.records())
+    assert len(recs) == 3 and ds.skipped == []
+    for r in recs:
+        assert r.size == (64, 64) and r.image.size == (64, 64)
+        for i, w in enumerate(r.words):
+            if w in ("a", "and"):
+                assert r.function[i] and r.word_labels[i] == ()
+            else:
+                m = r.word_mask(i)
+                assert m is not None and (m > 0).any() and set(np.unique(m)) <= {0, r.word_labels[i][0]}

@@ -1,0 +1,260 @@
+"""dcam.eval (runner, faithfulness, report) and dcam.words: word alignment,
+deletion/insertion curves on a hand-checkable fake model, and the whole runner
+end to end on a tiny random-init toy model."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dcam.eval import faithfulness as FA
+from dcam.eval import runner as EV
+from dcam.errors import InputError
+from dcam.explain import DEFAULT_DMLLM_PROBE, Explainer  # noqa: F401
+from dcam.probe import ModelAdapter
+from dcam.testing import tiny_toy
+from dcam.words import align_words
+
+
+# ----------------------------------------------------------------- alignment
+
+def test_align_word_level():
+    words = ["a", "red", "circle"]
+    assert align_words(words, ["a", "red", "circle", "[EOS]", "[PAD]"]) == [[0], [1], [2]]
+
+
+def test_align_subwords_punctuation_and_unknown():
+    words = ["a", "traffic", "light", "near", "dogs"]
+    toks = ["\u2581a", "\u2581tra", "ffic", "\u2581light", ",", "[UNK]", "\u2581dogs", "</s>"]
+    # "[UNK]" has letters but matches no word boundary where it stands: skipped, and "near" stays unaligned
+    assert align_words(words, toks) == [[0], [1, 2], [3], [], [6]]
+    assert align_words(["hotdog"], ["hot", "dog"]) == [[0, 1]]
+    assert align_words(["a", "b"], ["ab"]) == [[0], [0]]
+
+
+def test_ablation_configs():
+    cfgs = EV.ablation_configs()
+    assert list(cfgs) == list(EV.ABLATION_ROWS)
+    b = cfgs["baseline"]
+    assert (b.akd, b.dacg, b.cba, b.sicd) == (False, False, False, "off")
+    assert (cfgs["+AKD"].akd, cfgs["+AKD"].dacg, cfgs["+AKD"].cba, cfgs["+AKD"].sicd) == (True, False, False, "off")
+    assert cfgs["+SICD"].sicd == "reference" and not cfgs["+SICD"].akd
+    f = cfgs["full"]
+    assert (f.akd, f.dacg, f.cba, f.sicd) == (True, True, True, "reference")
+    assert cfgs["full (SICD context)"].sicd == "context"
+
+
+# ----------------------------------------------------------------- faithfulness on a fake model
+
+class FakePrep:
+    def __init__(self, image, response_ids):
+        self.input_ids = torch.tensor([[7, 7, 9, 9]])
+        self.model_inputs = {"pixel_values": torch.from_numpy(np.asarray(image, dtype=np.float32))[None]}
+        self.response_start = 2
+        self.response_length = 2
+        self.response_ids = list(response_ids)
+
+
+class FakeAdapter(ModelAdapter):
+    """A model whose probabilities are worked out by hand: token 0's
+    probability is the mean brightness of the top-left quadrant, token 1's of
+    the bottom-right quadrant (as logits over a 2-word vocabulary)."""
+
+    name = "fake"
+    probes = ("full", "masked")
+    calls = 0
+
+    def __init__(self):
+        super().__init__(model=None, processor=None)
+
+    @property
+    def mask_token_id(self):
+        return 5
+
+    def prepare(self, image, prompt, response_ids):
+        return FakePrep(image, response_ids)
+
+    def logits_at(self, ids, inputs, positions, response_start):
+        FakeAdapter.calls += 1
+        assert bool((ids[:, 2:] == 5).all())  # masked probe
+        px = inputs["pixel_values"][..., 0] / 255.0  # [B, H, W]
+        H, W = px.shape[1:]
+        q = torch.stack([px[:, :H // 2, :W // 2].mean((1, 2)), px[:, H // 2:, W // 2:].mean((1, 2))], 1)
+        q = q.clamp(1e-6, 1 - 1e-6)
+        # vocabulary {0, 1}: p(id 0) = q -> logits (log q, log(1-q)); ask for positions in order
+        logit = torch.stack([q.log(), (1 - q).log()], dim=2)  # [B, 2 positions, 2 ids]
+        return logit[:, [int(p) - 2 for p in positions]]
+
+    logits_at_rows = logits_at  # what perturbation_curves calls (it reads the logits only)
+
+
+def test_perturbation_curves_hand_case():
+    img = Image.new("RGB", (8, 8), (255, 255, 255))
+    orders = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [0, 1, 2, 3]])
+    FakeAdapter.calls = 0
+    d, i = FA.perturbation_curves(FakeAdapter(), img, [0, 0], orders, [[0], [0], [1]], (2, 2), steps=4,
+                                  fill=(0, 0, 0), batch_size=3)
+    # row 0: top-left cell blanked first -> token 0 (top-left) probability drops at once
+    np.testing.assert_allclose(d[0], [1, 0, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(i[0], [0, 1, 1, 1, 1], atol=1e-5)
+    # row 1: top-left last
+    np.testing.assert_allclose(d[1], [1, 1, 1, 1, 0], atol=1e-5)
+    np.testing.assert_allclose(i[1], [0, 0, 0, 0, 1], atol=1e-5)
+    # row 2: token 1 looks at the bottom-right cell, blanked last in this order
+    np.testing.assert_allclose(d[2], [1, 1, 1, 1, 0], atol=1e-5)
+    np.testing.assert_allclose(FA.curve_auc(d), [0.125, 0.875, 0.875], atol=1e-5)
+    np.testing.assert_allclose(FA.curve_auc(i), [0.875, 0.125, 0.125], atol=1e-5)
+    # 2 shared images + 3 rows x 3 interior steps x 2 curves = 20 images in batches of 3
+    assert FakeAdapter.calls == 7
+
+
+def test_perturbation_mean_fill_and_orders():
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[:4, :4] = 200  # mean colour = 50
+    d, _ = FA.perturbation_curves(FakeAdapter(), Image.fromarray(img), [0, 0], torch.tensor([[0, 1, 2, 3]]),
+                                  [[0]], (2, 2), steps=2)
+    np.testing.assert_allclose(d[0], [200 / 255, 50 / 255, 50 / 255], atol=1e-4)
+    o = FA.patch_orders(torch.tensor([[[0.1, 0.9], [0.5, 0.9]]]))
+    assert o.tolist() == [[1, 3, 2, 0]]  # ties in raster order
+    assert FA.curve_auc(np.array([1.0, 1.0, 1.0])) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------- end to end on a tiny toy model
+
+def _tiny_model():
+    """A small random-init toy model: 64 px images, an 8x8 grid, 3 narrow blocks."""
+    return tiny_toy(0, layers=3, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is faster on one thread, and cores are shared
+    yield _tiny_model()
+    torch.set_num_threads(threads)
+
+
+def test_evaluate_end_to_end(tiny, tmp_path):
+    model, proc = tiny
+    out = str(tmp_path / "ev")
+    passes = []
+
+    def factory(method, cfg, layer):
+        ex = Explainer(model, proc, layer=layer, config=cfg, method=method)
+        orig = ex.explain
+
+        def counted(*a, **k):
+            passes.append((method, ex.config.sicd, k.get("probe")))
+            return orig(*a, **k)
+
+        ex.explain = counted
+        return ex
+
+    rep = EV.evaluate(factory, dataset="shapes", methods="all", n=2, ablation=True, faithfulness=True, out_dir=out,
+                      sweep_probes=["full", "masked"], sweep_n=1, faith_n=1, faith_steps=2, n_examples=1)
+    # one pass per image per method; the ablation re-uses the Diffusion-CAM pass's raw maps; sweep: 2 passes
+    assert len(passes) == 2 * 4 + 2
+    assert rep["records"] == 2 and rep["skipped"] == []
+    layer = Explainer(model, proc).layer
+    # the explainer's default probe for a diffusion model (every method shares it)
+    assert rep["layer"] == layer and rep["probe"] == DEFAULT_DMLLM_PROBE and rep["target_score"] == "logit"
+    assert list(rep["main"]) == list(EV.ALL_METHODS)
+    for m, s in rep["main"].items():
+        assert s["n_obj"] > 0 and s["n_func"] > 0 and 0 <= s["obj_iou"] <= 1, m
+    # every ablation variant refines the same raw maps: "full" is the comparison's Diffusion-CAM row
+    assert list(rep["ablation"]) == list(EV.ABLATION_ROWS)
+    for k in ("obj_iou", "contrast", "concentration", "f3", "func_iou"):
+        assert rep["ablation"]["full"][k] == pytest.approx(rep["main"]["diffusion-cam"][k], rel=1e-6, abs=1e-9)
+    assert [(r["probe"], r["layer"]) for r in rep["sweep"]] == [("full", layer), ("masked", layer)]
+    fa = rep["faithfulness"]
+    assert set(fa["methods"]) == set(EV.ALL_METHODS) | {"random"} and fa["probe"] == "masked"
+    assert len(fa["methods"]["random"]["deletion_curve"]) == 3
+    for name in ("main_table", "ablation_table", "sweep_table", "faithfulness_table"):
+        assert os.path.exists(os.path.join(out, name + ".md")) and os.path.exists(os.path.join(out, name + ".json"))
+    for name in ("bars.png", "ablation_bars.png", "examples/example_00.png", "report.json", "per_map.jsonl"):
+        assert os.path.exists(os.path.join(out, name)), name
+    md = open(os.path.join(out, "main_table.md")).read()
+    assert "Diffusion-CAM" in md and "TAM" in md and f"probe `{DEFAULT_DMLLM_PROBE}`" in md and f"layer {layer}" in md
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f)["records"] == 2
+
+    # the runner's per-map numbers are the metrics of the explainer's own maps
+    from dcam.eval.datasets import load_shapes
+    from dcam.eval.metrics import object_metrics
+
+    rec = next(load_shapes("test", 1).records())
+    e = Explainer(model, proc).explain(rec.image, response=rec.caption, probe="full", target_score="logit")
+    wt = align_words(rec.words, e.response_tokens)
+    i = rec.object_indices[0]
+    want = object_metrics(e.maps[wt[i]].mean(0)[None], rec.word_mask(i)[None])["obj_iou"][0].item()
+    rows = [json.loads(line) for line in open(os.path.join(out, "per_map.jsonl"))]
+    got = [r for r in rows if r["table"] == "main" and r["variant"] == "diffusion-cam" and r["record"] == rec.record_id
+           and r["word_index"] == i]
+    assert got and got[0]["obj_iou"] == pytest.approx(want)
+    # the context-SICD row (refine with the explanation's context weights) matches a direct pass
+    ctx_cfg = EV.ablation_configs()["full (SICD context)"]
+    e = Explainer(model, proc, config=ctx_cfg).explain(rec.image, response=rec.caption, probe="full")
+    want = object_metrics(e.maps[wt[i]].mean(0)[None], rec.word_mask(i)[None])["obj_iou"][0].item()
+    got = [r for r in rows if r["variant"] == "full (SICD context)" and r["record"] == rec.record_id
+           and r["word_index"] == i]
+    assert got and got[0]["obj_iou"] == pytest.approx(want)
+
+
+def test_ablation_without_raw_maps_falls_back_to_extra_passes(tiny):
+    model, proc = tiny
+    passes = []
+
+    def factory(method, cfg, layer, strip):
+        ex = Explainer(model, proc, layer=layer, config=cfg, method=method)
+        orig = ex.explain
+
+        def wrapped(*a, **k):
+            e = orig(*a, **k)
+            passes.append(ex.config.sicd)
+            if strip:  # an explainer that exposes neither raw maps nor context weights
+                e.raw_maps = None
+                e.extra = {}
+            return e
+
+        ex.explain = wrapped
+        return ex
+
+    kw = dict(dataset="shapes", methods="diffusion-cam", n=1, ablation=True, n_examples=0)
+    a = EV.evaluate(lambda m, c, l: factory(m, c, l, False), **kw)
+    assert len(passes) == 1
+    passes.clear()
+    b = EV.evaluate(lambda m, c, l: factory(m, c, l, True), **kw)
+    assert passes == ["reference", "off", "context"]
+    for row in EV.ABLATION_ROWS:
+        for k in ("obj_iou", "contrast", "concentration", "func_iou"):
+            assert b["ablation"][row][k] == pytest.approx(a["ablation"][row][k], rel=1e-6, abs=1e-9), (row, k)
+
+
+def test_evaluate_tam_folder_reports_bad_records(tiny, tmp_path):
+    model, proc = tiny
+    root = tmp_path / "tam"
+    (root / "m").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (120, 120, 120)).save(root / "img.png")
+    lab = np.zeros((40, 40), np.uint8)
+    lab[5:20, 5:20] = 1
+    Image.fromarray(lab).save(root / "m" / "0.png")
+    anno = [{"id": "ok", "image": "img.png", "caption": "a red circle", "mask": "m/0.png",
+             "categories": {"red": 1, "circle": 1}},
+            {"id": "gone", "image": "nope.png", "caption": "a red circle", "mask": "m/0.png",
+             "categories": {"circle": 1}}]
+    (root / "anno.json").write_text(json.dumps(anno))
+    with pytest.warns(UserWarning, match="gone"):
+        rep = EV.evaluate(model, proc, str(root), methods="diffusion-cam,tam", n=5, n_examples=0)
+    assert rep["records"] == 1 and rep["dataset"].startswith("tam:")
+    assert [s["record"] for s in rep["skipped"]] == ["gone"] and "no such file" in rep["skipped"][0]["reason"]
+    assert rep["main"]["tam"]["n_obj"] == 2 and rep["main"]["tam"]["n_func"] == 1
+
+
+def test_evaluate_rejects_bad_arguments(tiny):
+    model, proc = tiny
+    with pytest.raises(InputError, match="unknown method"):
+        EV.evaluate(model, proc, "shapes", methods="nope", n=1)
+    with pytest.raises(InputError, match="does not support probe"):
+        EV.evaluate(model, proc, "shapes", methods="tam", probe="remask", n=1)
