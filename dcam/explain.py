@@ -172,7 +172,8 @@ class Explainer:
         a = self.adapter
         notes: List[str] = []
         if response is None:
-            resp_ids, used = a.generate(image_prep, steps, response_length)
+            gen = a.generate(image_prep, steps, response_length)
+            resp_ids, used = gen.response_ids, gen.steps
             if steps is not None and used < steps:
                 notes.append(f"steps: {steps} requested, the sampler used {used} (it commits at least one "
                              f"token per step)")

@@ -76,6 +76,33 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
 
 
 @dataclass
+class ImageView:
+    """One view of the image in the token sequence (a base view, a stitched
+    high-resolution grid, ...): the positions of its tokens in raster order
+    over its ``grid`` and, for placing its map on the image, ``box`` = the part
+    of the image it covers as fractions ``(x0, y0, x1, y1)``."""
+
+    name: str
+    positions: Tensor
+    grid: Tuple[int, int]
+    box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass
+class Generation:
+    """What a sampler returns: the response ids, the number of denoising steps
+    it used (AKD's ``steps``) and, when recording was asked for (trajectories),
+    ``states`` (int64 ``[S, Lr]``: the response slots entering each step,
+    mask id where still masked) and ``decided_at`` (int64 ``[Lr]``: the step at
+    which each slot's final token was committed)."""
+
+    response_ids: List[int]
+    steps: int
+    states: Optional[Tensor] = None
+    decided_at: Optional[Tensor] = None
+
+
+@dataclass
 class Prepared:
     """One example laid out as a flat sequence ``prompt + response``.
 
@@ -99,6 +126,18 @@ class Prepared:
     image: Image.Image
     prompt: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    views: Dict[str, ImageView] = field(default_factory=dict)
+
+    def view(self, name: Optional[str] = None) -> ImageView:
+        """The view ``name`` (None: the default, :attr:`image_positions` over :attr:`grid`)."""
+        if name is None or (name == "default" and "default" not in self.views):
+            return ImageView("default", self.image_positions, tuple(self.grid))
+        if name not in self.views:
+            from ...errors import InputError
+
+            raise InputError(f"view: this model's image has no view {name!r} "
+                             f"(views: {', '.join(['default'] + sorted(self.views))})")
+        return self.views[name]
 
     @property
     def response_ids(self) -> List[int]:
@@ -227,10 +266,12 @@ class ModelAdapter:
                 for k, v in preps[0].model_inputs.items()}
 
     # ------------------------------------------------------------------ running
-    def generate(self, prep: Prepared, steps: Optional[int] = None,
-                 response_length: Optional[int] = None) -> Tuple[List[int], int]:
-        """Generate a response; returns (response ids, number of denoising
-        steps actually used)."""
+    #: Whether :meth:`generate` can record its states (``record=True``) for trajectories.
+    records_trajectory = False
+
+    def generate(self, prep: Prepared, steps: Optional[int] = None, response_length: Optional[int] = None,
+                 record: bool = False) -> Generation:
+        """Generate a response with the model's own sampler (see :class:`Generation`)."""
         raise NotImplementedError
 
     def logit_positions(self, positions: Tensor) -> Tensor:

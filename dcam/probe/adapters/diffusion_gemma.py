@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import ModelAdapter, Prepared, _ids_set, config_get, load_image
+from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image
 
 DEFAULT_PROMPT = "Describe the image."
 
@@ -131,7 +131,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
                         grid=grid, image=img, prompt=prompt)
 
     # ------------------------------------------------------------------ running
-    def generate(self, prep: Prepared, steps=None, response_length=None):
+    def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or self.response_length)
         S = int(steps or self.default_steps)
         with torch.no_grad():
@@ -142,7 +142,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         n_valid = sum(1 for t in out.sequences[0, prep.response_start:].tolist() if t not in pad)
         tpf = float(out.tokens_per_forward[0])
         used = int(round(n_valid / tpf)) if tpf > 0 else S
-        return new, max(1, min(used, S * max(1, -(-Lr // int(self.model.config.canvas_length)))))
+        return Generation(new, max(1, min(used, S * max(1, -(-Lr // int(self.model.config.canvas_length))))))
 
     def logits_at(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
                   response_start: int) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import ModelAdapter, Prepared, _ids_set, config_get, load_image
+from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image
 
 DEFAULT_PROMPT = "Describe the image."
 
@@ -122,14 +122,14 @@ class LlavaAdapter(ModelAdapter):
                         image_positions=self.locate(ids[:, :Lp], grid), grid=grid, image=img, prompt=prompt)
 
     # ------------------------------------------------------------------ running
-    def generate(self, prep: Prepared, steps=None, response_length=None):
+    def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or steps or self.response_length)
         with torch.no_grad():
             out = self.model.generate(input_ids=prep.input_ids, **prep.model_inputs, max_new_tokens=Lr,
                                       do_sample=False)
         seq = out.sequences if hasattr(out, "sequences") else out
         new = seq[0, prep.input_ids.shape[1]:].tolist()
-        return new, len(new)  # autoregressive: one token per step
+        return Generation(new, len(new))  # autoregressive: one token per step
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         return self.model(input_ids=input_ids, **model_inputs).logits

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ...errors import InputError
 from ...ops.config import CamConfig
-from .base import ModelAdapter, Prepared, load_image
+from .base import Generation, ModelAdapter, Prepared, load_image
 
 
 class ShapesAdapter(ModelAdapter):
@@ -89,14 +89,14 @@ class ShapesAdapter(ModelAdapter):
         return self.processor.decode(list(ids))
 
     # ------------------------------------------------------------------ running
-    def generate(self, prep: Prepared, steps=None, response_length=None):
+    def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or prep.response_length)
         S = int(steps or self.default_steps)
         with torch.no_grad():
             out = self.model.generate_diffusion(prep.input_ids, prep.model_inputs["pixel_values"], steps=S,
                                                 response_length=Lr)
         used = sum(1 for k in self.model.transfer_schedule(Lr, S) if k > 0)
-        return out[0].tolist(), used
+        return Generation(out[0].tolist(), used)
 
     def _embeddings(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
         """Input embeddings and the remaining model inputs."""
