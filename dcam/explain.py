@@ -242,5 +242,25 @@ class Explainer:
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )
 
+    def explain_batch(self, images: Sequence, prompts: Optional[Sequence[Optional[str]]] = None,
+                      responses: Optional[Sequence[Union[None, str, Sequence[int]]]] = None, targets="all",
+                      **kwargs) -> List[Explanation]:
+        """Explain several examples; returns one Explanation per image, equal to
+        ``explain()`` called on each. ``prompts``/``responses``: None or one
+        per image; ``targets``: shared, or a list with one entry per image;
+        other keyword arguments as for :meth:`explain`."""
+        n = len(images)
+        prompts = [None] * n if prompts is None else list(prompts)
+        responses = [None] * n if responses is None else list(responses)
+        per_image = isinstance(targets, (list, tuple)) and len(targets) == n and n > 0 and \
+            all(t is None or isinstance(t, (list, tuple, str)) for t in targets) and \
+            any(isinstance(t, (list, tuple)) for t in targets)
+        tgts = list(targets) if per_image else [targets] * n
+        for name, seq in (("prompts", prompts), ("responses", responses)):
+            if len(seq) != n:
+                raise InputError(f"{name} must have one entry per image ({n}), got {len(seq)}")
+        return [self.explain(img, prompt=p, response=r, targets=t, **kwargs)
+                for img, p, r, t in zip(images, prompts, responses, tgts)]
+
 
 __all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio"]
