@@ -2,22 +2,32 @@
 
     exp = dcam.Explainer(model, processor, layer=None, config=None, method="diffusion-cam")
     e = exp.explain(image, prompt=None, response=None, targets="all")
-    e.tokens, e.maps, e.stats, e.overlay("circle"), e.save("out/")   # dcam.explanation.Explanation
+    es = exp.explain_batch(images, prompts=None, responses=None)        # batched forwards
+    e.tokens, e.maps, e.stats, e.overlay("circle"), e.save("out/")       # dcam.explanation.Explanation
 
-Pipeline of :meth:`Explainer.explain`:
+Pipeline of :meth:`Explainer.explain_batch` (``explain`` is a batch of one):
 
-1. read the image (:mod:`dcam.images`) and build the inputs with the model's
-   adapter (:mod:`dcam.probe.adapters`); when ``response`` is None, generate
+1. read each image (:mod:`dcam.images`) and build the inputs with the model's
+   adapter (:mod:`dcam.probe.adapters`); when no response is given, generate
    it with the model's own sampler and record the number of denoising steps
    ``S`` it used (a given response records ``steps`` or the adapter's default);
-2. select the explained tokens (``targets``; pad/eos slots are never explained);
-3. probe the hooked block (:func:`dcam.probe.probe`): activations and the
-   gradients of every target score over the image-token span, from one
-   forward with batched cotangents;
+2. select the explained items (:mod:`dcam.targets`: words by default, a word
+   of several tokens being one item, or tokens, or phrases); pad/eos slots are
+   never explained;
+3. probe the hooked block (:func:`dcam.probe.probe_batch`): examples with the
+   same sequence layout share one forward; one backward per chunk of
+   cotangents serves every example of the batch; each chunk of gradients is
+   reduced to maps as soon as it exists (methods that can), so memory does
+   not grow with the number of words (``chunk_size``, or ``memory_budget``);
 4. turn them into maps with the chosen method (:mod:`dcam.methods`): the
    default ``"diffusion-cam"`` pools and refines with :mod:`dcam.ops`
    (``steps=S``, ``image_size`` = the image's height in pixels, the
    response's ``repeat_ratio``).
+
+Images with several views (anyres): ``view=None`` explains the adapter's
+default view (the stitched high-resolution grid where there is one);
+``view="base"``/``"highres"`` a named view; ``view="all"`` every view
+(``Explanation.view_maps``).
 
 Default probe: :data:`DEFAULT_DMLLM_PROBE` for diffusion models, ``"full"``
 for others (the only mode a model without a mask token has).
@@ -25,20 +35,21 @@ for others (the only mode a model without a mask token has).
 from __future__ import annotations
 
 import numbers
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from .errors import InputError
+from .example import Example, ExampleBuilder
 from .explanation import Explanation
-from .images import WHITE, load_image_with_notes
+from .images import WHITE
 from .methods import MethodInputs, get_method
 from .ops.backends import BACKENDS
 from .ops.config import CamConfig
-from .probe import ModelAdapter, auto_adapter, check_probe_request
-from .probe import probe as run_probe
-from .probe.gradients import TARGET_SCORES
-from .words import clean_token
+from .probe import ModelAdapter, Targets, auto_adapter, check_probe_request, layout_key, probe_batch
+from .probe.memory import chunk_for_budget, parse_size
+from .probe.modes import check_target_score
+from .targets import GRANULARITIES
 
 #: Default probe mode for diffusion MLLMs: the mode whose Diffusion-CAM maps
 #: localised best on the grounding benchmark with the bundled weights and their
@@ -62,7 +73,7 @@ def repeat_ratio(ids: Sequence[int]) -> float:
     return sum(1 for c in counts.values() if c > 1) / len(ids)
 
 
-def _positive_int(name: str, value, allow_none: bool = True) -> Optional[int]:
+def positive_int(name: str, value, allow_none: bool = True) -> Optional[int]:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
@@ -73,23 +84,25 @@ def _positive_int(name: str, value, allow_none: bool = True) -> Optional[int]:
 class Explainer:
     """Explains the words of a model's response with a map per word.
 
-    model, processor: a supported pair (see ``dcam families``); or pass
-        ``adapter=`` directly.
+    model, processor: a supported pair (``dcam families``); or pass ``adapter=``.
     layer: the block to hook (None: the adapter's default; negative indices
         count from the end; the last block is refused, its image-token
         gradients are identically zero).
     config: the pooling and refinement config (``method="diffusion-cam"``;
-        None: the adapter's :meth:`~dcam.probe.ModelAdapter.default_config`,
-        ``CamConfig()`` except where the model recommends otherwise: the
-        bundled model's config sets ``grad_relu=False``).
+        None: the adapter's :meth:`~dcam.probe.ModelAdapter.default_config`).
     method: ``"diffusion-cam"`` (default), ``"grad-cam"``, ``"llava-cam"``, ``"tam"``.
     chunk_size: cotangents per batched backward (and rows per remask batch).
+    memory_budget: bytes (or ``"8GB"``) the probe may use; chooses the chunk
+        size from the model and sequence sizes (overrides ``chunk_size``).
+    granularity: ``"words"`` (default: the pieces of a word are one item) or ``"tokens"``.
+    view: the image view to explain (None: the model's default; see the module docstring).
     backend: the operators' backend (``"auto"``: chosen by device).
     """
 
     def __init__(self, model=None, processor=None, layer: Optional[int] = None, config: Optional[CamConfig] = None,
                  method: str = "diffusion-cam", adapter: Optional[ModelAdapter] = None, chunk_size: int = 16,
-                 backend: str = "auto", **adapter_kwargs):
+                 backend: str = "auto", memory_budget=None, granularity: str = "words",
+                 view: Optional[str] = None, **adapter_kwargs):
         self.method = get_method(method)
         self.method_name = method
         self.adapter = adapter if adapter is not None else auto_adapter(model, processor, **adapter_kwargs)
@@ -100,7 +113,12 @@ class Explainer:
         self.config = config if config is not None else self.adapter.default_config()
         if not isinstance(self.config, CamConfig):
             raise InputError(f"config must be a dcam.CamConfig, got {type(self.config).__name__}")
-        self.chunk_size = _positive_int("chunk_size", chunk_size, allow_none=False)
+        self.chunk_size = positive_int("chunk_size", chunk_size, allow_none=False)
+        self.memory_budget = None if memory_budget is None else parse_size(memory_budget)
+        if granularity not in GRANULARITIES:
+            raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+        self.granularity = granularity
+        self.view = view
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend = backend
@@ -113,154 +131,124 @@ class Explainer:
             (self.method.probes is None or DEFAULT_DMLLM_PROBE in self.method.probes)
         return DEFAULT_DMLLM_PROBE if ok else "full"
 
-    # ------------------------------------------------------------------ targets
-    def explainable_indices(self, response_ids: Sequence[int]) -> List[int]:
-        """Response indices of the explainable tokens: every slot before the
-        first eos that is not a pad/eos/mask id. Word numbers (``targets=3``,
-        file names ``03_word.png``) count these, not the response slots."""
-        skip = self.adapter.skip_ids()
-        eos = self.adapter.eos_token_ids
-        out = []
-        for i, t in enumerate(response_ids):
-            if t in eos:
-                break
-            if t not in skip:
-                out.append(i)
-        return out
-
-    def select_targets(self, response_ids: Sequence[int], targets="all") -> List[int]:
-        """Positions in :meth:`explainable_indices` of the tokens to explain.
-
-        ``targets``: ``"all"``; an int or a list of ints (word numbers,
-        negative from the end); a word or a list of words (every explainable
-        token equal to the word, case-insensitive). Unknown words and numbers
-        out of range raise InputError naming ``targets``.
-        """
-        ids = list(response_ids)
-        explainable = self.explainable_indices(ids)
-        words = [clean_token(s) for s in self.adapter.token_strings([ids[i] for i in explainable])]
-        if not explainable:
-            raise InputError("the response has no word to explain (only eos/pad tokens)")
-        if isinstance(targets, str) and targets == "all":
-            return list(range(len(explainable)))
-        if targets is None:
-            raise InputError("targets must be 'all', word numbers or words, got None")
-        items = [targets] if isinstance(targets, (str, numbers.Integral)) else list(targets)
-        if not items:
-            raise InputError("targets is empty")
-        sel = []
-        for it in items:
-            if isinstance(it, numbers.Integral) and not isinstance(it, bool):
-                k = int(it)
-                if not -len(explainable) <= k < len(explainable):
-                    raise InputError(f"targets: word number {k} is out of range for a response of "
-                                     f"{len(explainable)} words ({' '.join(words)})")
-                sel.append(k % len(explainable))
-            elif isinstance(it, str):
-                want = clean_token(it).strip(".,;:!?\"'")
-                hits = [k for k, w in enumerate(words) if w == want]
-                if not hits:
-                    raise InputError(f"targets: word {it!r} is not in the response (words: {' '.join(words)})")
-                sel.extend(hits)
-            else:
-                raise InputError(f"targets must be 'all', word numbers or words, got {it!r}")
-        return sorted(set(sel))
-
-    # ------------------------------------------------------------------ main
-    def _response(self, image_prep, response, steps, response_length) -> Tuple[List[int], int, str, List[str]]:
-        """(response ids, steps for AKD, where the steps came from, notes)."""
-        a = self.adapter
-        notes: List[str] = []
-        if response is None:
-            gen = a.generate(image_prep, steps, response_length)
-            resp_ids, used = gen.response_ids, gen.steps
-            if steps is not None and used < steps:
-                notes.append(f"steps: {steps} requested, the sampler used {used} (it commits at least one "
-                             f"token per step)")
-            return resp_ids, int(used), "generation", notes
-        if isinstance(response, str):
-            resp_ids = a.encode_response(response)
-        else:
-            try:
-                resp_ids = [int(v) for v in response]
-            except (TypeError, ValueError):
-                raise InputError(f"response must be text or a list of token ids, got {type(response).__name__}")
-        S = steps if steps is not None else int(a.default_steps)
-        return resp_ids, S, ("given" if steps is not None else "default"), notes
-
+    # ------------------------------------------------------------------ explaining
     def explain(self, image, prompt: Optional[str] = None, response: Union[None, str, Sequence[int]] = None,
                 targets="all", probe: Optional[str] = None, target_score: Optional[str] = None,
                 steps: Optional[int] = None, response_length: Optional[int] = None,
-                background: Sequence[int] = WHITE) -> Explanation:
+                background: Sequence[int] = WHITE, view: Optional[str] = None,
+                granularity: Optional[str] = None) -> Explanation:
         """Explain the response to (image, prompt); see the module docstring.
 
         image: a path, a PIL image or an array (:mod:`dcam.images`);
             transparency is composited on ``background``.
         response: None (generate it), text, or a list of ids.
-        targets: ``"all"``, word numbers or words (:meth:`select_targets`).
+        targets: ``"all"``, word numbers, words or phrases (:mod:`dcam.targets`).
         probe: ``"full"``, ``"masked"`` or ``"remask"`` (None: :attr:`default_probe`).
         target_score: ``"logit"`` or ``"contrastive"`` (None: the method's default).
         steps: denoising steps for generation (None: the adapter's default);
             with a given response, the number recorded for AKD.
+        view, granularity: override the explainer's.
         """
-        a = self.adapter
-        probe = probe or self.default_probe
-        check_probe_request(a, self.layer, probe, self.method.needs_gradients, self.method.probes)
-        target_score = target_score or self.method.default_target_score
-        if target_score not in TARGET_SCORES:
-            raise InputError(f"target_score must be one of {', '.join(TARGET_SCORES)}, got {target_score!r}")
-        steps = _positive_int("steps", steps)
-        response_length = _positive_int("response_length", response_length)
-        if targets is None:
-            raise InputError("targets must be 'all', word numbers or words, got None")
-        img, notes = load_image_with_notes(image, background)
-
-        prep0 = a.prepare(img, prompt, None, response_length) if response is None else None
-        resp_ids, S, steps_source, more = self._response(prep0, response, steps, response_length)
-        notes += more
-        prep = a.prepare(img, prompt, resp_ids, response_length)
-        resp_ids = prep.response_ids
-        explainable = self.explainable_indices(resp_ids)
-        sel = self.select_targets(resp_ids, targets)  # word numbers
-        slots = [explainable[k] for k in sel]  # response indices
-        tok_ids = [resp_ids[i] for i in slots]
-        res = run_probe(a, prep, [prep.response_start + i for i in slots], tok_ids, self.layer, probe=probe,
-                        target_score=target_score, chunk_size=self.chunk_size,
-                        want_grads=self.method.needs_gradients, want_last_hidden=self.method.needs_last_hidden)
-        rho = repeat_ratio([resp_ids[i] for i in explainable])
-        out = self.method.compute_maps(MethodInputs(
-            result=res, grid=prep.grid, token_ids=torch.tensor(tok_ids, dtype=torch.long), config=self.config,
-            steps=int(S), image_size=prep.image_height, repeat_ratio=rho, adapter=a, backend=self.backend))
-        return Explanation(
-            tokens=a.token_strings(tok_ids), token_ids=tok_ids, word_numbers=sel, response_indices=slots,
-            maps=out.maps.float().cpu(), stats={k: v.cpu() for k, v in out.stats.items()}, image=prep.image,
-            response=a.decode(resp_ids), response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids),
-            prompt=prompt, steps=int(S), steps_source=steps_source, method=self.method_name, probe=probe,
-            layer=self.layer, target_score=target_score, grid=tuple(prep.grid), repeat_ratio=rho,
-            scores=res.scores.cpu(), config=self.config, model_name=type(self.model).__name__,
-            raw_maps=None if out.raw_maps is None else out.raw_maps.float().cpu(), notes=notes,
-            extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
-        )
+        return self.explain_batch([image], [prompt], [response], targets_per_image=[targets], probe=probe,
+                                  target_score=target_score, steps=steps, response_length=response_length,
+                                  background=background, view=view, granularity=granularity)[0]
 
     def explain_batch(self, images: Sequence, prompts: Optional[Sequence[Optional[str]]] = None,
-                      responses: Optional[Sequence[Union[None, str, Sequence[int]]]] = None, targets="all",
-                      **kwargs) -> List[Explanation]:
-        """Explain several examples; returns one Explanation per image, equal to
-        ``explain()`` called on each. ``prompts``/``responses``: None or one
-        per image; ``targets``: shared, or a list with one entry per image;
-        other keyword arguments as for :meth:`explain`."""
+                      responses: Optional[Sequence] = None, targets="all",
+                      targets_per_image: Optional[Sequence] = None, probe: Optional[str] = None, target_score: Optional[str] = None, steps: Optional[int] = None,
+                      response_length: Optional[int] = None, background: Sequence[int] = WHITE,
+                      view: Optional[str] = None, granularity: Optional[str] = None) -> List[Explanation]:
+        """Explain several examples with batched forwards and backwards; returns
+        one Explanation per image, equal to :meth:`explain` on each.
+
+        prompts / responses: None, or one per image. targets: shared by every
+        image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""
+        probe = probe or self.default_probe
+        check_probe_request(self.adapter, self.layer, probe, self.method.needs_gradients, self.method.probes)
+        target_score = check_target_score(target_score or self.method.default_target_score)
+        granularity = granularity or self.granularity
+        view = view if view is not None else self.view
         n = len(images)
         prompts = [None] * n if prompts is None else list(prompts)
         responses = [None] * n if responses is None else list(responses)
-        per_image = isinstance(targets, (list, tuple)) and len(targets) == n and n > 0 and \
-            all(t is None or isinstance(t, (list, tuple, str)) for t in targets) and \
-            any(isinstance(t, (list, tuple)) for t in targets)
-        tgts = list(targets) if per_image else [targets] * n
-        for name, seq in (("prompts", prompts), ("responses", responses)):
+        tgts = [targets] * n if targets_per_image is None else list(targets_per_image)
+        for name, seq in (("prompts", prompts), ("responses", responses), ("targets_per_image", tgts)):
             if len(seq) != n:
                 raise InputError(f"{name} must have one entry per image ({n}), got {len(seq)}")
-        return [self.explain(img, prompt=p, response=r, targets=t, **kwargs)
-                for img, p, r, t in zip(images, prompts, responses, tgts)]
+        build = ExampleBuilder(self, positive_int("steps", steps), positive_int("response_length", response_length),
+                               background, granularity, view)
+        examples = [build(img, p, r, t) for img, p, r, t in zip(images, prompts, responses, tgts)]
+        results: Dict[int, Explanation] = {}
+        groups: Dict[tuple, List[int]] = {}
+        for i, ex in enumerate(examples):
+            groups.setdefault(layout_key(ex.prep), []).append(i)
+        for idx in groups.values():
+            for i, e in zip(idx, self._explain_group([examples[i] for i in idx], probe, target_score)):
+                results[i] = e
+        return [results[i] for i in range(n)]
+
+    # ------------------------------------------------------------------ internals
+    def _chunk_size(self, ex: Example, rows: int) -> int:
+        if self.memory_budget is None:
+            return self.chunk_size
+        above = len(self.adapter.blocks()) - 1 - self.layer
+        return chunk_for_budget(self.model, ex.prep.input_ids.shape[1], above, ex.n_tokens, self.memory_budget,
+                                rows=rows)
+
+    def _explain_group(self, examples: List[Example], probe: str, target_score: str) -> List[Explanation]:
+        """Examples sharing one sequence layout: one probe, maps reduced as gradients arrive."""
+        m = self.method
+        partial: List[Dict[str, list]] = [{} for _ in examples]
+
+        def sink(b: int, items, acts, grads):
+            for view in examples[b].views:  # each view's slice of the span is its own map
+                sl = examples[b].view_slices[view.name]
+                maps, deg = m.reduce_gradients(acts[:, sl], grads[:, :, sl], self._inputs(examples[b], None, view))
+                partial[b].setdefault(view.name, []).append((items, maps, deg))
+
+        results = probe_batch(self.adapter, [ex.prep for ex in examples],
+                              [Targets.of(ex.positions, ex.token_ids, ex.groups) for ex in examples], self.layer,
+                              probe=probe, target_score=target_score,
+                              chunk_size=self._chunk_size(examples[0], len(examples) if probe != "remask" else 1),
+                              want_grads=m.needs_gradients, want_last_hidden=m.needs_last_hidden,
+                              grad_sink=sink if m.streams and m.needs_gradients else None)
+        return [self._explanation(ex, res, partial[b], probe, target_score)
+                for b, (ex, res) in enumerate(zip(examples, results))]
+
+    def _inputs(self, ex: Example, res, view) -> MethodInputs:
+        return MethodInputs(result=res, grid=tuple(view.grid), token_ids=torch.tensor(ex.item_ids),
+                            config=self.config, steps=int(ex.steps), image_size=ex.prep.image_height,
+                            repeat_ratio=repeat_ratio(ex.explainable_ids), adapter=self.adapter, backend=self.backend)
+
+    def _view_result(self, ex: Example, res, view, chunks):
+        m = self.method
+        inputs = self._inputs(ex, res.sliced(ex.view_slices[view.name]) if res is not None else None, view)
+        if chunks:  # streamed: the maps of every chunk of items, in item order
+            order = torch.cat([c[0] for c in chunks])
+            maps, deg = torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
+            inv = torch.empty_like(order)
+            inv[order] = torch.arange(order.numel())
+            return m.finish(maps[inv], deg[inv], inputs)
+        return m.compute_maps(inputs)
+
+    def _explanation(self, ex: Example, res, chunks: Dict[str, list], probe: str, target_score: str) -> Explanation:
+        outs = {v.name: self._view_result(ex, res, v, chunks.get(v.name)) for v in ex.views}
+        main = outs[ex.views[0].name]
+        a = self.adapter
+        return Explanation(
+            tokens=[it.text for it in ex.items], token_ids=[ex.prep.response_ids[it.slots[0]] for it in ex.items],
+            word_numbers=[it.number for it in ex.items], response_indices=[it.slots[0] for it in ex.items],
+            pieces=[list(it.slots) for it in ex.items], maps=main.maps.float().cpu(),
+            stats={k: v.cpu() for k, v in main.stats.items()}, image=ex.prep.image, response=a.decode(ex.response_ids),
+            response_ids=list(ex.response_ids), response_tokens=a.token_strings(ex.response_ids), prompt=ex.prompt,
+            steps=int(ex.steps), steps_source=ex.steps_source, method=self.method_name, probe=probe, layer=self.layer,
+            target_score=target_score, grid=tuple(ex.views[0].grid), repeat_ratio=repeat_ratio(ex.explainable_ids),
+            scores=res.scores.cpu(), config=self.config, model_name=type(self.model).__name__,
+            raw_maps=None if main.raw_maps is None else main.raw_maps.float().cpu(), notes=ex.notes,
+            granularity=ex.granularity, view=ex.views[0].name if ex.view_name else None,
+            view_maps={k: o.maps.float().cpu() for k, o in outs.items()} if len(outs) > 1 else {},
+            extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
+        )
 
 
-__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio"]
+__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio", "positive_int"]

@@ -38,10 +38,13 @@ def safe_file_name(s: str) -> str:
 class Explanation:
     """The maps of one response (see the module docstring).
 
-    tokens / token_ids: the explained tokens and their ids. word_numbers: each
-    token's number among the response's explainable words (eos/pad slots not
-    counted; what ``targets=`` and the file names use). response_indices: its
-    slot in the response. maps: float32 ``[T, h, w]``. stats: per-map
+    tokens: the explained items' texts (words by default; tokens with
+    ``granularity="tokens"``; phrases). token_ids / response_indices: the id
+    and response slot of each item's first token; pieces: the response slots
+    of all its tokens. word_numbers: each item's number among the response's
+    words (eos/pad slots not counted; what ``targets=`` and the file names
+    use). view / view_maps: the explained view of a multi-view image and, with
+    ``view="all"``, every view's maps. maps: float32 ``[T, h, w]``. stats: per-map
     statistics (each a ``[T]`` tensor). scores: the target scores.
     raw_maps: the pooled, min-max normalised maps before refinement
     (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config gives
@@ -53,6 +56,7 @@ class Explanation:
     token_ids: List[int]
     word_numbers: List[int]
     response_indices: List[int]
+    pieces: List[List[int]]
     maps: Tensor
     stats: Dict[str, Tensor]
     image: Image.Image
@@ -73,6 +77,9 @@ class Explanation:
     model_name: str = ""
     raw_maps: Optional[Tensor] = None
     notes: List[str] = field(default_factory=list)
+    granularity: str = "words"
+    view: Optional[str] = None
+    view_maps: Dict[str, Tensor] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -108,7 +115,8 @@ class Explanation:
     def meta(self) -> dict:
         return dict(
             tokens=self.tokens, token_ids=self.token_ids, word_numbers=self.word_numbers,
-            response_indices=self.response_indices, response=self.response,
+            response_indices=self.response_indices, pieces=self.pieces, granularity=self.granularity,
+            view=self.view, response=self.response,
             response_ids=self.response_ids, response_tokens=self.response_tokens, prompt=self.prompt,
             steps=self.steps, steps_source=self.steps_source, method=self.method, probe=self.probe,
             layer=self.layer, target_score=self.target_score, grid=list(self.grid),

@@ -85,3 +85,54 @@ def align_words(words: Sequence[str], tokens: Sequence[str]) -> List[List[int]]:
                         out[wchars[k]].append(j)
                 p = q + len(s)
     return out
+
+
+# ------------------------------------------------------------------ word pieces
+
+_MARKERS = ("\u2581", "\u0120", " ")  # sentencepiece, byte-level BPE, plain space: "a new word starts here"
+
+
+def is_punctuation(token: str) -> bool:
+    """A token with no letter or digit (markers removed)."""
+    return not normalise_word(token)
+
+
+def word_pieces(tokens: Sequence[str]) -> List[List[int]]:
+    """Group a response's token strings into words: indices of the tokens of each word.
+
+    A token starts a new word when it carries a word-start marker
+    (sentencepiece ``▁``, byte-level BPE ``Ġ``, a leading space), when it or
+    the token before it is punctuation, or, for WordPiece, unless it starts
+    with ``##``. A tokenizer without markers (word-level vocabularies) gives
+    one word per token."""
+    marker_style = any(t.startswith(_MARKERS) for t in tokens)
+    wordpiece_style = not marker_style and any(t.startswith("##") for t in tokens)
+    groups: List[List[int]] = []
+    for i, t in enumerate(tokens):
+        if not groups or is_punctuation(t) or is_punctuation(tokens[i - 1]):
+            starts = True
+        elif marker_style:
+            starts = t.startswith(_MARKERS)
+        elif wordpiece_style:
+            starts = not t.startswith("##")
+        else:  # word-level vocabulary
+            starts = True
+        if starts:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return groups
+
+
+def piece_text(tokens: Sequence[str]) -> str:
+    """The text of a word made of ``tokens`` (markers removed, lower case)."""
+    return "".join(clean_token(t) if k == 0 else clean_token(t).lstrip() for k, t in enumerate(tokens)).strip()
+
+
+def find_phrase(words: Sequence[str], phrase: str) -> List[int]:
+    """Start indices of every run of ``words`` (cleaned word texts) equal to ``phrase``'s words."""
+    want = [w for w in (normalise_word(p) for p in phrase.split()) if w]
+    have = [normalise_word(w) for w in words]
+    if not want:
+        return []
+    return [i for i in range(len(have) - len(want) + 1) if have[i:i + len(want)] == want]

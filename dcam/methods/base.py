@@ -54,6 +54,13 @@ class CamMethod:
     needs_gradients / needs_last_hidden: what the probe must return.
     default_target_score: the target score used when the caller gives none.
     probes: the probe modes the method accepts (None: any).
+
+    A gradient method that turns each item's gradient into a map on its own
+    implements :meth:`reduce_gradients` (one chunk of items -> their maps) and
+    :meth:`finish` (all items' maps -> the result); the explainer then streams
+    the probe's gradients through :meth:`reduce_gradients` chunk by chunk, so
+    the gradients of all items never exist at once. :meth:`compute_maps` (a
+    whole probe result at once) is the same computation in one chunk.
     """
 
     name = "base"
@@ -62,8 +69,25 @@ class CamMethod:
     default_target_score = "logit"
     probes: Optional[Tuple[str, ...]] = None
 
-    def compute_maps(self, inputs: MethodInputs) -> MapResult:
+    @property
+    def streams(self) -> bool:
+        """Whether this method reduces each item's gradients on its own (see above)."""
+        return type(self).reduce_gradients is not CamMethod.reduce_gradients
+
+    def reduce_gradients(self, acts: Tensor, grads: Tensor, inputs: MethodInputs) -> Tuple[Tensor, Tensor]:
+        """One chunk of items: ``acts [r, N, D]``, ``grads [r, k', N, D]`` (a
+        probe's layout) -> (maps float32 ``[k, h, w]``, degenerate bool ``[k]``)."""
         raise NotImplementedError
+
+    def finish(self, maps: Tensor, degenerate: Tensor, inputs: MethodInputs) -> MapResult:
+        """All items' maps from :meth:`reduce_gradients` -> the result (default: as they are)."""
+        return MapResult(maps, {"degenerate": degenerate})
+
+    def compute_maps(self, inputs: MethodInputs) -> MapResult:
+        if not self.streams:
+            raise NotImplementedError
+        maps, deg = self.reduce_gradients(inputs.result.acts, inputs.result.grads, inputs)
+        return self.finish(maps, deg, inputs)
 
     @staticmethod
     def zero_map_stats(maps: Tensor) -> Dict[str, Tensor]:
@@ -118,9 +142,3 @@ def minmax_or_zero(x: Tensor) -> Tensor:
     const = ~(hi > lo)
     y = (x - lo) / (hi - lo + EPS_NORM)
     return torch.where(const, torch.zeros_like(y), y)
-
-
-def single_image_maps(maps: Tensor, T: int) -> Tensor:
-    """[1, T, h, w] (or [T, h, w]) -> contiguous float32 [T, h, w]."""
-    h, w = maps.shape[-2:]
-    return maps.reshape(T, h, w).float().contiguous()

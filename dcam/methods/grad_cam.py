@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import (CamMethod, MapResult, MethodInputs, batched_pool_inputs, minmax_or_zero, register_method,
-                   single_image_maps)
+from .base import CamMethod, MethodInputs, batched_pool_inputs, minmax_or_zero, register_method
 
 
 def grad_cam(acts: Tensor, grads: Tensor, grid) -> Tensor:
@@ -27,7 +26,6 @@ def grad_cam(acts: Tensor, grads: Tensor, grid) -> Tensor:
 class GradCam(CamMethod):
     name = "grad-cam"
 
-    def compute_maps(self, inputs: MethodInputs) -> MapResult:
-        T = inputs.result.scores.shape[0]
-        maps = single_image_maps(grad_cam(inputs.result.acts, inputs.result.grads, inputs.grid), T)
-        return MapResult(maps, self.zero_map_stats(maps))
+    def reduce_gradients(self, acts, grads, inputs: MethodInputs):
+        maps = grad_cam(acts, grads, inputs.grid).reshape(-1, *inputs.grid).float()
+        return maps, self.zero_map_stats(maps)["degenerate"]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..ops.reference import pool_gradients_reference
-from .base import CamMethod, MapResult, MethodInputs, batched_pool_inputs, register_method, single_image_maps
+from .base import CamMethod, MethodInputs, batched_pool_inputs, register_method
 
 #: LLaVA-CAM's fixed threshold on the normalised map
 LLAVA_CAM_THRESHOLD = 0.4
@@ -30,7 +30,6 @@ class LlavaCam(CamMethod):
     name = "llava-cam"
     default_target_score = "contrastive"
 
-    def compute_maps(self, inputs: MethodInputs) -> MapResult:
-        T = inputs.result.scores.shape[0]
-        maps = single_image_maps(llava_cam(inputs.result.acts, inputs.result.grads, inputs.grid), T)
-        return MapResult(maps, self.zero_map_stats(maps))
+    def reduce_gradients(self, acts, grads, inputs: MethodInputs):
+        maps = llava_cam(acts, grads, inputs.grid).reshape(-1, *inputs.grid).float()
+        return maps, self.zero_map_stats(maps)["degenerate"]

@@ -1,0 +1,129 @@
+"""One example made ready for a probe: image read, response generated or
+encoded, inputs built, items selected, views resolved (used by
+:class:`dcam.explain.Explainer`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional
+
+import torch
+
+from .errors import InputError
+from .images import load_image_with_notes
+from .probe.adapters.base import ImageView, Prepared
+from .targets import Item, explainable_slots, response_items, select_items
+
+
+@dataclass
+class Example:
+    prep: Prepared  # image_positions: the probed span (every view's tokens, views concatenated)
+    prompt: Optional[str]
+    items: List[Item]
+    steps: int
+    steps_source: str
+    granularity: str
+    views: List[ImageView]
+    view_slices: Dict[str, slice]
+    view_name: Optional[str]
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def response_ids(self) -> List[int]:
+        return self.prep.response_ids
+
+    @property
+    def explainable_ids(self) -> List[int]:
+        return [self.response_ids[i] for i in self._explainable]
+
+    @property
+    def positions(self) -> List[int]:
+        """Absolute positions of every explained token, item after item."""
+        return [self.prep.response_start + s for it in self.items for s in it.slots]
+
+    @property
+    def token_ids(self) -> List[int]:
+        return [self.response_ids[s] for it in self.items for s in it.slots]
+
+    @property
+    def groups(self) -> List[List[int]]:
+        out, k = [], 0
+        for it in self.items:
+            out.append(list(range(k, k + len(it.slots))))
+            k += len(it.slots)
+        return out
+
+    @property
+    def item_ids(self) -> List[int]:
+        """The first token id of each item (TAM's class rows, context weights)."""
+        return [self.response_ids[it.slots[0]] for it in self.items]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(it.slots) for it in self.items)
+
+    _explainable: List[int] = field(default_factory=list)
+
+
+class ExampleBuilder:
+    """Builds :class:`Example` s with one explainer's adapter and the call's options."""
+
+    def __init__(self, explainer, steps: Optional[int], response_length: Optional[int], background,
+                 granularity: str, view: Optional[str]):
+        self.x, self.steps, self.response_length = explainer, steps, response_length
+        self.background, self.granularity, self.view = background, granularity, view
+
+    def _response(self, prep0: Optional[Prepared], response):
+        """(response ids, steps for AKD, where the steps came from, notes)."""
+        a, steps = self.x.adapter, self.steps
+        if response is None:
+            gen = a.generate(prep0, steps, self.response_length)
+            notes = []
+            if steps is not None and gen.steps < steps:
+                notes.append(f"steps: {steps} requested, the sampler used {gen.steps} (it commits at least one "
+                             f"token per step)")
+            return gen.response_ids, int(gen.steps), "generation", notes
+        if isinstance(response, str):
+            ids = a.encode_response(response)
+        else:
+            try:
+                ids = [int(v) for v in response]
+            except (TypeError, ValueError):
+                raise InputError(f"response must be text or a list of token ids, got {type(response).__name__}")
+        return ids, (steps if steps is not None else int(a.default_steps)), \
+            ("given" if steps is not None else "default"), []
+
+    def _views(self, prep: Prepared):
+        if self.view == "all":
+            views = list(prep.views.values()) or [prep.view(None)]
+        else:
+            views = [prep.view(self.view)]
+        offsets, k = {}, 0
+        for v in views:
+            offsets[v.name] = slice(k, k + int(v.positions.numel()))
+            k += int(v.positions.numel())
+        span = torch.cat([v.positions for v in views])
+        probed = prep if len(views) == 1 and torch.equal(span, prep.image_positions) else \
+            replace(prep, image_positions=span, grid=tuple(views[0].grid) if len(views) == 1 else (1, k))
+        return probed, views, offsets
+
+    def __call__(self, image, prompt: Optional[str], response, targets) -> Example:
+        if targets is None:
+            raise InputError("targets must be 'all', word numbers or words, got None")
+        a = self.x.adapter
+        img, notes = load_image_with_notes(image, self.background)
+        prep0 = a.prepare(img, prompt, None, self.response_length) if response is None else None
+        resp_ids, S, source, more = self._response(prep0, response)
+        prep = a.prepare(img, prompt, resp_ids, self.response_length)
+        ids = prep.response_ids
+        slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
+        if not slots:
+            raise InputError("the response has no word to explain (only eos/pad tokens)")
+        items = select_items(response_items(slots, a.token_strings([ids[i] for i in slots]), self.granularity),
+                             targets)
+        probed, views, offsets = self._views(prep)
+        return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
+                       granularity=self.granularity, views=views, view_slices=offsets, view_name=self.view,
+                       notes=notes + more, _explainable=slots)
+
+
+__all__ = ["Example", "ExampleBuilder"]

@@ -1,0 +1,98 @@
+"""Which parts of a response an explanation explains: words, word pieces
+(tokens) or phrases.
+
+The explainable tokens of a response are its slots before the first eos that
+are not pad/eos/mask ids. They are grouped into *items*, one map each:
+
+* ``granularity="words"`` (the default): the tokens of one word are one item
+  (:func:`dcam.words.word_pieces`); its score is the sum of its tokens' scores,
+  so one word is one gradient, one map. On a word-level vocabulary a word is
+  one token.
+* ``granularity="tokens"``: every token its own item.
+* phrases: a target string of several words (``"red circle"``) is one item
+  made of all their tokens.
+
+``targets``: ``"all"`` (every item), an int or a list of ints (item numbers
+counted from 0, negative from the end), a word or phrase or a list of them
+(case-insensitive, punctuation ignored; every occurrence). Item numbers never
+count eos/pad slots. Unknown words and numbers out of range are InputErrors
+naming ``targets``.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import List, Sequence
+
+from .errors import InputError
+from .words import find_phrase, piece_text, word_pieces
+
+GRANULARITIES = ("words", "tokens")
+
+
+@dataclass
+class Item:
+    """One explained item: its text, its number among the response's items of
+    that granularity (None for a phrase), and the response indices of its tokens."""
+
+    text: str
+    number: int
+    slots: List[int]
+
+
+def explainable_slots(response_ids: Sequence[int], skip_ids, eos_ids) -> List[int]:
+    """Response indices of the explainable tokens (before the first eos, no pad/eos/mask id)."""
+    out = []
+    for i, t in enumerate(response_ids):
+        if t in eos_ids:
+            break
+        if t not in skip_ids:
+            out.append(i)
+    return out
+
+
+def response_items(slots: List[int], token_strings: Sequence[str], granularity: str) -> List[Item]:
+    """The response's items (``token_strings`` of the explainable ``slots``)."""
+    if granularity not in GRANULARITIES:
+        raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    groups = word_pieces(token_strings) if granularity == "words" else [[k] for k in range(len(slots))]
+    return [Item(piece_text([token_strings[k] for k in g]), n, [slots[k] for k in g]) for n, g in enumerate(groups)]
+
+
+def select_items(items: List[Item], targets) -> List[Item]:
+    """The items ``targets`` asks for, in response order (see the module docstring)."""
+    if not items:
+        raise InputError("the response has no word to explain (only eos/pad tokens)")
+    words = [it.text for it in items]
+    if isinstance(targets, str) and targets == "all":
+        return list(items)
+    if targets is None:
+        raise InputError("targets must be 'all', word numbers or words, got None")
+    wanted = [targets] if isinstance(targets, (str, numbers.Integral)) else list(targets)
+    if not wanted:
+        raise InputError("targets is empty")
+    chosen = {}
+    for it in wanted:
+        if isinstance(it, numbers.Integral) and not isinstance(it, bool):
+            k = int(it)
+            if not -len(items) <= k < len(items):
+                raise InputError(f"targets: word number {k} is out of range for a response of {len(items)} "
+                                 f"words ({' '.join(words)})")
+            chosen[(k % len(items),)] = items[k % len(items)]
+        elif isinstance(it, str):
+            n_words = len([w for w in it.split() if w.strip(".,;:!?\"'")])
+            starts = find_phrase(words, it)
+            if not starts:
+                raise InputError(f"targets: {'phrase' if n_words > 1 else 'word'} {it!r} is not in the response "
+                                 f"(words: {' '.join(words)})")
+            for s in starts:
+                span = items[s:s + max(1, n_words)]
+                key = tuple(range(s, s + len(span)))
+                chosen[key] = span[0] if len(span) == 1 else Item(" ".join(x.text for x in span), span[0].number,
+                                                                  [slot for x in span for slot in x.slots])
+        else:
+            raise InputError(f"targets must be 'all', word numbers or words, got {it!r}")
+    return [chosen[k] for k in sorted(chosen)]
+
+
+__all__ = ["Item", "GRANULARITIES", "explainable_slots", "response_items", "select_items"]

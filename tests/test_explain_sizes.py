@@ -1,0 +1,175 @@
+"""Real sizes on a tiny model: words and phrases as one gradient each, gradients
+streamed chunk by chunk, batches of images, views of an image."""
+import dataclasses
+
+import pytest
+import torch
+
+from dcam.errors import InputError
+from dcam.explain import Explainer
+from dcam.ops import reference as R
+from dcam.probe import Targets, probe, probe_batch
+from dcam.probe.adapters import ShapesAdapter
+from dcam.probe.adapters.base import ImageView
+from dcam.testing import tiny_toy
+from dcam.words import find_phrase, piece_text, word_pieces
+from dcam.zoo.data import generate_sample
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return tiny_toy(seed=1)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [generate_sample((0, 2, 10 + i), image_size=32, n_objects=2) for i in range(3)]
+
+
+def _reference_maps(res, grid, config, steps, height, rho):
+    """Reference pooling + refinement of a full-probe result (acts [1,N,D], grads [1,T,N,D])."""
+    h, w = grid
+    raw, deg = R.pool_gradients_reference(res.acts, res.grads, h, w, config.grad_relu)
+    o = config.op_args()
+    t = lambda v: torch.tensor([float(v)])  # noqa: E731
+    return R.refine_reference(raw, deg, t(steps), t(height), t(rho), None, None, o["akd_kernel"], o["akd"], o["dacg"],
+                              o["cba"], o["sicd"], o["dacg_params"], o["cba_params"])[0][0]
+
+
+# ------------------------------------------------------------------ words
+
+def test_word_pieces_by_tokenizer_style():
+    assert word_pieces(["\u2581a", "\u2581tra", "ffic", "\u2581light", ",", "\u2581dogs"]) == [[0], [1, 2], [3], [4],
+                                                                                                  [5]]
+    assert word_pieces(["the", "play", "##ing", "field", "##s", "."]) == [[0], [1, 2], [3, 4], [5]]
+    assert word_pieces(["\u0120a", "\u0120red", "\u0120cir", "cle"]) == [[0], [1], [2, 3]]
+    assert word_pieces(["a", "red", "circle"]) == [[0], [1], [2]]  # word-level vocabulary
+    assert piece_text(["\u2581tra", "ffic"]) == "traffic" and piece_text(["play", "##ing"]) == "playing"
+    assert find_phrase(["a", "red", "circle", "and", "a", "red", "square"], "Red circle.") == [1]
+    assert find_phrase(["a", "red", "circle", "and", "a", "red", "square"], "red") == [1, 5]
+
+
+def test_phrase_gradient_is_the_sum_of_its_tokens_gradients(toy, samples):
+    """A phrase's score is the sum of its tokens' scores: its gradient is the
+    sum of the tokens' gradients (computed one token at a time here)."""
+    model, proc = toy
+    a = ShapesAdapter(model, proc)
+    s = samples[0]
+    prep = a.prepare(s.image, None, a.encode_response(s.caption))
+    pos = [prep.response_start + i for i in (1, 2, 5, 6)]
+    ids = [prep.response_ids[i] for i in (1, 2, 5, 6)]
+    for mode in ("full", "masked", "remask"):
+        single = probe(a, prep, pos, ids, 1, probe=mode).per_target_grads()
+        grouped = probe(a, prep, pos, ids, 1, probe=mode, groups=[[0, 1], [2, 3]])
+        assert grouped.scores.shape == (2,)
+        if mode != "remask":  # remask masks both tokens of the phrase in one row: a different input
+            torch.testing.assert_close(grouped.per_target_grads(), torch.stack([single[0] + single[1],
+                                                                              single[2] + single[3]]),
+                                       atol=1e-6, rtol=1e-5)
+
+
+def test_phrase_targets(toy, samples):
+    exp = Explainer(*toy)
+    s = samples[0]
+    words = s.caption.split()
+    phrase = f"{words[1]} {words[2]}"
+    e = exp.explain(s.image, response=s.caption, targets=[phrase.upper(), words[6]])
+    assert e.tokens == [phrase, words[6]] and e.pieces == [[1, 2], [6]] and e.word_numbers == [1, 6]
+    assert e.maps.shape == (2, 8, 8)
+    with pytest.raises(InputError, match="phrase 'red purple'"):
+        exp.explain(s.image, response=s.caption, targets=["red purple"])
+
+
+# ------------------------------------------------------------------ streaming and batches
+
+def test_streamed_maps_equal_the_reference_pipeline(toy, samples):
+    """chunk_size=1 streams every gradient into the pooling as it comes; the maps
+    equal the reference pooling and refinement of one unstreamed probe."""
+    model, proc = toy
+    s = samples[1]
+    e = Explainer(model, proc, chunk_size=1).explain(s.image, response=s.caption, probe="full")
+    a = ShapesAdapter(model, proc)
+    prep = a.prepare(s.image, None, a.encode_response(s.caption))
+    n = len(s.caption.split())
+    res = probe(a, prep, [prep.response_start + i for i in range(n)], prep.response_ids[:n], 1, probe="full")
+    ids = prep.response_ids[:n]
+    rho = sum(1 for t in set(ids) if ids.count(t) > 1) / n
+    want = _reference_maps(res, (8, 8), e.config, model.config.response_length, s.image.height, rho)
+    torch.testing.assert_close(e.maps, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("probe_mode", ["masked", "full", "remask"])
+def test_explain_batch_equals_one_at_a_time(toy, samples, probe_mode):
+    exp = Explainer(*toy, chunk_size=3)
+    images = [s.image for s in samples]
+    responses = [s.caption for s in samples]
+    prompts = [None, None, "what is in this image"]  # the third has another layout: its own forward
+    batch = exp.explain_batch(images, prompts, responses, probe=probe_mode)
+    for img, p, r, e in zip(images, prompts, responses, batch):
+        one = exp.explain(img, prompt=p, response=r, probe=probe_mode)
+        assert e.tokens == one.tokens and e.response == one.response
+        torch.testing.assert_close(e.maps, one.maps, atol=1e-5, rtol=0)
+        torch.testing.assert_close(e.scores, one.scores, atol=1e-5, rtol=1e-5)
+        for k in e.stats:
+            torch.testing.assert_close(e.stats[k], one.stats[k], atol=1e-5, rtol=0)
+
+
+def test_one_backward_serves_every_example(toy, samples):
+    """probe_batch's cotangent k is item k of every example: its gradients equal
+    each example probed alone."""
+    model, proc = toy
+    a = ShapesAdapter(model, proc)
+    preps = [a.prepare(s.image, None, a.encode_response(s.caption)) for s in samples[:2]]
+    tg = [Targets.of([p.response_start + i for i in range(3)], p.response_ids[:3]) for p in preps]
+    both = probe_batch(a, preps, tg, 1, probe="masked", chunk_size=2)
+    for p, t, r in zip(preps, tg, both):
+        alone = probe(a, p, t.positions, t.token_ids, 1, probe="masked")
+        torch.testing.assert_close(r.grads, alone.grads, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(r.context_weights, alone.context_weights, atol=1e-6, rtol=1e-5)
+
+
+def test_memory_budget_picks_a_chunk_and_refuses_too_little(toy, samples):
+    model, proc = toy
+    s = samples[0]
+    e = Explainer(model, proc, memory_budget="2GB").explain(s.image, response=s.caption)
+    ref = Explainer(model, proc).explain(s.image, response=s.caption)
+    torch.testing.assert_close(e.maps, ref.maps, atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="memory_budget"):
+        Explainer(model, proc, memory_budget="1KB").explain(s.image, response=s.caption)
+    with pytest.raises(InputError, match="memory_budget must be a size"):
+        Explainer(model, proc, memory_budget="lots")
+
+
+# ------------------------------------------------------------------ views
+
+class TwoViewAdapter(ShapesAdapter):
+    """The toy model with its 8x8 grid presented as two views (top and bottom halves)."""
+
+    def prepare(self, image, prompt=None, response_ids=None, response_length=None):
+        p = super().prepare(image, prompt, response_ids, response_length)
+        pos = p.image_positions
+        views = {"top": ImageView("top", pos[:32], (4, 8), (0, 0, 1, 0.5)),
+                 "bottom": ImageView("bottom", pos[32:], (4, 8), (0, 0.5, 1, 1))}
+        return dataclasses.replace(p, views=views)
+
+
+def test_views(toy, samples):
+    model, proc = toy
+    s = samples[0]
+    exp = Explainer(adapter=TwoViewAdapter(model, proc))
+    e_all = exp.explain(s.image, response=s.caption, probe="full", view="all")
+    assert set(e_all.view_maps) == {"top", "bottom"} and e_all.view_maps["top"].shape[1:] == (4, 8)
+    a = ShapesAdapter(model, proc)
+    prep = a.prepare(s.image, None, a.encode_response(s.caption))
+    n = len(s.caption.split())
+    res = probe(a, prep, [prep.response_start + i for i in range(n)], prep.response_ids[:n], 1, probe="full")
+    ids = prep.response_ids[:n]
+    rho = sum(1 for t in set(ids) if ids.count(t) > 1) / n
+    for name, sl in (("top", slice(0, 32)), ("bottom", slice(32, 64))):
+        one = exp.explain(s.image, response=s.caption, probe="full", view=name)
+        assert one.view == name and one.grid == (4, 8)
+        want = _reference_maps(res.sliced(sl), (4, 8), exp.config, model.config.response_length, s.image.height, rho)
+        torch.testing.assert_close(one.maps, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(e_all.view_maps[name], one.maps, atol=1e-6, rtol=0)
+    with pytest.raises(InputError, match="no view 'left'"):
+        exp.explain(s.image, response=s.caption, view="left")
