@@ -63,7 +63,7 @@ class RealSizeDMLLM(nn.Module):
         emb = self.model.embed_tokens(input_ids)
         span = torch.nonzero(input_ids[0] == IMAGE_ID)[:, 0]  # the same span in every row
         emb = emb.index_copy(1, span, image_embeds.to(emb.dtype).expand(B, -1, -1))
-        mask = torch.zeros(B, 1, L, L, dtype=emb.dtype)  # bidirectional, as LLaDA
+        mask = torch.zeros(B, 1, L, L, dtype=emb.dtype, device=emb.device)  # bidirectional, as LLaDA
         return self.model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
 
 
@@ -77,7 +77,9 @@ class RealSizeAdapter(ModelAdapter):
         super().__init__(model, None)
         self.image_tokens, self._grid = image_tokens, grid
         g = torch.Generator().manual_seed(1)
-        self.image_embeds = torch.randn(1, image_tokens, model.config.hidden_size, generator=g) * 0.02
+        p = next(model.parameters())
+        self.image_embeds = (torch.randn(1, image_tokens, model.config.hidden_size, generator=g) * 0.02).to(
+            device=p.device, dtype=p.dtype)
 
     image_token_id = IMAGE_ID
     mask_token_id = MASK_ID
@@ -102,10 +104,10 @@ class RealSizeAdapter(ModelAdapter):
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         resp = list(response_ids or [MASK_ID] * int(response_length or 16))
         ids = [BOS, 11, 12, 13] + [IMAGE_ID] * self.image_tokens + resp
-        t = torch.tensor([ids])
+        t = torch.tensor([ids], device=self.image_embeds.device)
         return Prepared(input_ids=t, model_inputs={"image_embeds": self.image_embeds}, response_start=4 +
                         self.image_tokens, response_length=len(resp), image_positions=torch.arange(4, 4 +
-                        self.image_tokens), grid=self._grid, image=image)
+                        self.image_tokens, device=t.device), grid=self._grid, image=image)
 
     def generate(self, prep, steps=None, response_length=None, record=False):
         raise NotImplementedError("the benchmark explains a given response")
@@ -118,12 +120,20 @@ class RealSizeAdapter(ModelAdapter):
         return dict(prep.model_inputs)
 
 
-def _peak_reset():
+def _peak_reset(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
 
-def _peak_bytes() -> int:
+def _peak_bytes(device: str) -> int:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident set (CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -138,11 +148,12 @@ def lower_bound_seconds_per_word(adapter, prep, positions, ids, layer, words: in
         try:
             with torch.enable_grad():
                 torch.set_grad_enabled(False)
-                logits = adapter.logits_at(prep.input_ids.clone().index_fill_(1, torch.tensor(positions), MASK_ID),
-                                           prep.model_inputs, torch.tensor(positions), prep.response_start)
+                pos = torch.tensor(positions, device=prep.input_ids.device)
+                masked = prep.input_ids.clone().index_fill_(1, pos, MASK_ID)  # the masked probe's input
+                logits = adapter.logits_at(masked, prep.model_inputs, pos, prep.response_start)
                 torch.set_grad_enabled(True)
                 leaf = tap.output()
-                scores = logits[0, torch.arange(len(ids)), torch.tensor(ids)]
+                scores = logits[0, torch.arange(len(ids), device=pos.device), torch.tensor(ids, device=pos.device)]
                 t0 = time.perf_counter()
                 for t in range(words):
                     torch.autograd.grad(scores[t], leaf, retain_graph=True)
@@ -155,22 +166,23 @@ def run(args) -> Dict:
     torch.manual_seed(0)
     h = args.image_tokens
     grid = (48, h // 48) if h % 48 == 0 else (1, h)
-    model = RealSizeDMLLM(args.hidden, args.blocks, args.hidden // 128).eval()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    model = RealSizeDMLLM(args.hidden, args.blocks, args.hidden // 128).eval().to(device=args.device, dtype=dtype)
     adapter = RealSizeAdapter(model, args.image_tokens, grid)
     model_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     rows = []
     from PIL import Image
 
-    image = Image.new("RGB", (grid[1] * 14, grid[0] * 14))
+    image = Image.new("RGB", (grid[1] * 14, grid[0] * 14))  # only its height reaches AKD
     Explainer(adapter=adapter, chunk_size=args.chunk).explain(image, response=[1000, 1007], probe="masked")  # warm-up
     for T in args.words:
         response = [1000 + (7 * k) % 5000 for k in range(T)]
         exp = Explainer(adapter=adapter, chunk_size=args.chunk)
-        _peak_reset()
+        _peak_reset(args.device)
         t0 = time.perf_counter()
         e = exp.explain(image, response=response, probe="masked")
         ours = (time.perf_counter() - t0) / T
-        peak = _peak_bytes() / 1e9
+        peak = _peak_bytes(args.device) / 1e9
         prep = adapter.prepare(image, None, response)
         pos = [prep.response_start + k for k in range(T)]
         lb = lower_bound_seconds_per_word(adapter, prep, pos, response, exp.layer, min(T, args.sample_words))
@@ -181,16 +193,21 @@ def run(args) -> Dict:
         rows.append(dict(T=T, words=len(e.tokens), dcam_s_per_word=ours, published_s_per_word=pub,
                          lower_bound_s_per_word=lb, speedup_vs_published=pub / ours, ratio_to_lower_bound=ours / lb,
                          peak_gb=peak))
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         print(json.dumps(rows[-1]), flush=True)
     return dict(hidden=args.hidden, blocks=args.blocks, image_tokens=args.image_tokens, vocab=VOCAB,
-                chunk=args.chunk, threads=torch.get_num_threads(), model_gb=model_gb, rows=rows)
+                chunk=args.chunk, threads=torch.get_num_threads(), model_gb=model_gb, device=args.device,
+                dtype=args.dtype, peak="GPU memory allocated" if args.device.startswith("cuda") else "RSS",
+                rows=rows)
 
 
 def table(res: Dict) -> str:
     lines = [f"hidden {res['hidden']}, {res['blocks']} blocks, vocabulary {res['vocab']}, {res['image_tokens']} image "
-             f"tokens, chunk {res['chunk']}, {res['threads']} threads; model {res['model_gb']:.2f} GB (float32)", "",
+             f"tokens, chunk {res['chunk']}, {res['device']} {res['dtype']}, {res['threads']} CPU threads; model "
+             f"{res['model_gb']:.2f} GB", "",
              "| T | dcam s/word | published s/word (scaled) | lower bound s/word (scaled) | x faster than published "
-             "| x lower bound | peak RSS GB |", "|---|---|---|---|---|---|---|"]
+             f"| x lower bound | peak {res['peak']} GB |", "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['T']} | {r['dcam_s_per_word']:.3f} | {r['published_s_per_word']:.3f} | "
                      f"{r['lower_bound_s_per_word']:.3f} | {r['speedup_vs_published']:.1f} | "
@@ -207,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--sample-words", type=int, default=2, help="words timed for the two linear baselines")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:

@@ -83,6 +83,18 @@ def cases(device="cpu", quick: bool = False) -> List[Case]:
                                                                                   check_finite=False)),
                         T, grads.numel() * grads.element_size()))
     acts, grads = make_pool_inputs(T, N, D, torch.bfloat16, device)
+    # the signed channel weights (grad_relu=False, the bundled model's default) and the explainer's
+    # streamed path: the same gradients pooled chunk by chunk as a probe hands them over
+    out.append(Case(f"pool T={T} N={N} D={D} bf16, grad_relu=False",
+                    lambda b, a=acts, g=grads: (lambda: engine.pool_gradients(a, g, (24, 24), grad_relu=False,
+                                                                              backend=b, check_finite=False)),
+                    T, grads.numel() * grads.element_size()))
+    chunk = max(1, T // 8)
+    out.append(Case(f"pool T={T} N={N} D={D} bf16, in chunks of {chunk}",
+                    lambda b, a=acts, g=grads: (lambda: [engine.pool_gradients(a, g[:, c:c + chunk], (24, 24),
+                                                                               backend=b, check_finite=False)
+                                                         for c in range(0, T, chunk)]),
+                    T, grads.numel() * grads.element_size()))
     # the fused call as users make it by default (inputs checked for NaN/Inf), without the
     # check, and with signed channel weights (grad_relu=False: no factorised product)
     for suffix, c, check in (("", cfg, True), (", unchecked", cfg, False),
