@@ -19,9 +19,23 @@ class InputError(ValueError):
 
 def one_line(text: str) -> str:
     """``text`` on one line: the lines of a multi-line cause joined with "; "
-    (nothing is cut)."""
-    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
-    return "; ".join(parts)
+    (just a space after a line that already ends in punctuation); nothing is cut."""
+    out = ""
+    for part in (p.strip() for p in str(text).splitlines()):
+        if part:
+            out = part if not out else out + (" " if out[-1] in ":;,." else "; ") + part
+    return out
 
 
-__all__ = ["InputError", "one_line"]
+def positive_int(name: str, value, allow_none: bool = True):
+    """``value`` as an int >= 1 (None passes when ``allow_none``), else an InputError naming ``name``."""
+    import numbers
+
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise InputError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+__all__ = ["InputError", "one_line", "positive_int"]

@@ -34,12 +34,11 @@ for others (the only mode a model without a mask token has).
 """
 from __future__ import annotations
 
-import numbers
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, positive_int
 from .example import Example, ExampleBuilder
 from .explanation import Explanation
 from .images import WHITE
@@ -49,7 +48,7 @@ from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, check_probe_request, layout_key, probe_batch
 from .probe.memory import chunk_for_budget, parse_size
 from .probe.modes import check_target_score
-from .targets import GRANULARITIES
+from .targets import GRANULARITIES, repeat_ratio
 
 #: Default probe mode for diffusion MLLMs: the mode whose Diffusion-CAM maps
 #: localised best on the grounding benchmark with the bundled weights and their
@@ -60,25 +59,6 @@ from .targets import GRANULARITIES
 #: diffusion model sees at its first denoising step (full scores logits the
 #: model never trained at visible positions); remask needs one forward per target.
 DEFAULT_DMLLM_PROBE = "masked"
-
-
-def repeat_ratio(ids: Sequence[int]) -> float:
-    """Distinct ids occurring more than once / number of tokens (0 for none)."""
-    ids = list(ids)
-    if not ids:
-        return 0.0
-    counts: Dict[int, int] = {}
-    for i in ids:
-        counts[i] = counts.get(i, 0) + 1
-    return sum(1 for c in counts.values() if c > 1) / len(ids)
-
-
-def positive_int(name: str, value, allow_none: bool = True) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise InputError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 class Explainer:
@@ -251,4 +231,4 @@ class Explainer:
         )
 
 
-__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio", "positive_int"]
+__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio"]

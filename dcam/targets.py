@@ -40,6 +40,17 @@ class Item:
     slots: List[int]
 
 
+def repeat_ratio(ids: Sequence[int]) -> float:
+    """Distinct ids occurring more than once / number of tokens (0 for none): SICD's rho."""
+    ids = list(ids)
+    if not ids:
+        return 0.0
+    counts: dict = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    return sum(1 for c in counts.values() if c > 1) / len(ids)
+
+
 def explainable_slots(response_ids: Sequence[int], skip_ids, eos_ids) -> List[int]:
     """Response indices of the explainable tokens (before the first eos, no pad/eos/mask id)."""
     out = []
@@ -95,4 +106,4 @@ def select_items(items: List[Item], targets) -> List[Item]:
     return [chosen[k] for k in sorted(chosen)]
 
 
-__all__ = ["Item", "GRANULARITIES", "explainable_slots", "response_items", "select_items"]
+__all__ = ["Item", "GRANULARITIES", "repeat_ratio", "explainable_slots", "response_items", "select_items"]

@@ -116,7 +116,7 @@ class Targets:
         return cls(positions, token_ids, groups)
 
 
-def _item_weights(W_tok: Tensor, t: Targets) -> Tensor:
+def item_context_weights(W_tok: Tensor, t: Targets) -> Tensor:
     """Items' context weights from the tokens' ``W_tok[i, t]`` (logit at token
     i's position of token t's id): see :class:`ProbeResult`."""
     ids = torch.tensor(t.token_ids)
@@ -235,7 +235,7 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
                     tok = _token_scores(logits[b], tid, contrastive, n)
                     s = _item_scores(tok, t.groups)
                     item_scores.append(torch.cat([s, s.new_zeros(K - s.shape[0])]))
-                    weights.append(_item_weights(logits[b, :n].detach()[:, tid].float().cpu(), t))
+                    weights.append(item_context_weights(logits[b, :n].detach()[:, tid].float().cpu(), t))
                 S = torch.stack(item_scores)  # [B, K]
                 if want_grads:
                     def on_chunk(k0, k1, g):
@@ -309,7 +309,7 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
             finally:
                 tap.remove()
     return ProbeResult(acts=torch.cat(acts, 0), grads=torch.cat(grads, 0) if grads else None,
-                       scores=torch.cat(scores, 0), context_weights=_item_weights(W_tok, t),
+                       scores=torch.cat(scores, 0), context_weights=item_context_weights(W_tok, t),
                        last_hidden=torch.cat(hidden, 0) if hidden else None, input_ids=ids, layer=layer,
                        probe="remask", distractor=distractor)
 

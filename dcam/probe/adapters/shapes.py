@@ -20,7 +20,7 @@ class ShapesAdapter(ModelAdapter):
     step; the steps actually used are ``min(steps, response_length)``).
     """
 
-    name = "shapes"
+    name = family = "shapes"
     is_diffusion = True
     has_prompt_logits = True
 
@@ -89,14 +89,30 @@ class ShapesAdapter(ModelAdapter):
         return self.processor.decode(list(ids))
 
     # ------------------------------------------------------------------ running
+    #: generate_diffusion exposes its steps (``return_history``): trajectories are supported
+    records_trajectory = True
+
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
+        """Greedy low-confidence-remasking generation. ``record``: also the
+        response slots entering each used step (``states [S, Lr]``, mask id
+        where still masked) and the step each slot was committed at
+        (``decided_at [Lr]``); the sampler never revisits a committed slot, so
+        that is the step of its final token."""
         Lr = int(response_length or prep.response_length)
         S = int(steps or self.default_steps)
         with torch.no_grad():
             out = self.model.generate_diffusion(prep.input_ids, prep.model_inputs["pixel_values"], steps=S,
-                                                response_length=Lr)
+                                                response_length=Lr, return_history=record)
         used = sum(1 for k in self.model.transfer_schedule(Lr, S) if k > 0)
-        return Generation(out[0].tolist(), used)
+        if not record:
+            return Generation(out[0].tolist(), used)
+        out, history = out
+        mask = int(self.mask_token_id)
+        # history[s] is the response after step s; the steps that commit nothing (k = 0) come last
+        after = torch.stack([h[0] for h in history[:used]]).long().cpu()  # [S, Lr]
+        states = torch.cat([torch.full((1, Lr), mask, dtype=torch.long), after[:-1]], 0)
+        decided_at = (after == mask).sum(0).long()  # a slot stays masked for exactly decided_at steps
+        return Generation(out[0].tolist(), used, states=states, decided_at=decided_at)
 
     def _embeddings(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
         """Input embeddings and the remaining model inputs."""

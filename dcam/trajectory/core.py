@@ -1,0 +1,322 @@
+"""Denoising trajectories: where the model looked at every step, and at the
+step it decided each word (docs/ALGORITHM.md, "Denoising trajectories").
+
+    traj = explain_trajectory(explainer, image)            # generates, recording the sampler's states
+    traj.maps            # float32 [S, T, h, w]: word t's map on the state entering step s
+    traj.decided_at      # int64 [T]: the step each word's final token was committed at
+    traj.decision_maps   # float32 [T, h, w]: maps[decided_at[t], t]
+    traj.final_maps      # float32 [T, h, w]: on the finished response, the word's slot masked again
+    traj.commit_order, traj.numbers, traj.save("out/")
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .. import ops
+from ..errors import InputError
+from ..images import WHITE, load_image_with_notes
+from ..ops.config import CamConfig
+from ..probe.gradients import Targets, item_context_weights
+from ..probe.modes import check_probe_request
+from ..words import clean_token
+from .numbers import per_word_numbers
+from .probing import trajectory_gradients
+
+#: The map method a trajectory's maps are made with.
+TRAJECTORY_METHOD = "diffusion-cam"
+
+
+@dataclass
+class Trajectory:
+    """Every explained word's map on every denoising state of one generation.
+
+    tokens / token_ids / word_numbers / response_indices / pieces: the
+        explained words (items, as in :class:`dcam.explanation.Explanation`;
+        pieces: the response slots of each word's tokens).
+    maps: float32 ``[S, T, h, w]``; final_maps: float32 ``[T, h, w]``.
+    decided_at: int64 ``[T]`` per word (the step its last piece was committed at);
+        slot_decided_at: int64 ``[Lr]`` per response slot.
+    states: int64 ``[S, Lr]``: the response slots entering each step (mask id where masked).
+    scores: ``[S, T]`` target scores (logit of the word's final token at its slot); final_scores ``[T]``.
+    remasked: bool ``[S, T]``: some slot of the word held a token in that state, so its map is the remask
+        probe's (the word's slots masked again).
+    stats: per-map statistics of the refinement, each ``[S, T]``.
+    numbers: per-word numbers (:func:`dcam.trajectory.numbers.per_word_numbers`).
+    state_tokens: the states as token strings (``[S][Lr]``).
+    cost: forwards / rows / backward passes / cotangents the maps took.
+    """
+
+    tokens: List[str]
+    token_ids: List[int]
+    word_numbers: List[int]
+    response_indices: List[int]
+    pieces: List[List[int]]
+    maps: Tensor
+    final_maps: Tensor
+    decided_at: Tensor
+    slot_decided_at: Tensor
+    states: Tensor
+    scores: Tensor
+    final_scores: Tensor
+    remasked: Tensor
+    stats: Dict[str, Tensor]
+    numbers: Dict[str, Tensor]
+    image: Image.Image
+    prompt: Optional[str]
+    response: str
+    response_ids: List[int]
+    response_tokens: List[str]
+    state_tokens: List[List[str]]
+    layer: int
+    config: CamConfig
+    grid: tuple
+    repeat_ratio: float
+    model_name: str = ""
+    notes: List[str] = field(default_factory=list)
+    cost: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        """S, the denoising steps the sampler used."""
+        return int(self.maps.shape[0])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def decision_maps(self) -> Tensor:
+        """float32 ``[T, h, w]``: each word's map at the step it was decided."""
+        return self.maps[self.decided_at.long(), torch.arange(len(self.tokens))]
+
+    @property
+    def first_step_maps(self) -> Tensor:
+        """float32 ``[T, h, w]``: the maps on the first state (every slot masked: the masked probe)."""
+        return self.maps[0]
+
+    @property
+    def commit_order(self) -> List[int]:
+        """Word numbers in the order the sampler committed them (ties in a step: by slot)."""
+        order = sorted(range(len(self.tokens)), key=lambda k: (int(self.decided_at[k]), self.response_indices[k]))
+        return [self.word_numbers[k] for k in order]
+
+    @property
+    def committed_per_step(self) -> List[List[int]]:
+        """For each step, the word numbers committed at it."""
+        out: List[List[int]] = [[] for _ in range(self.steps)]
+        for k in range(len(self.tokens)):
+            out[int(self.decided_at[k])].append(self.word_numbers[k])
+        return [sorted(x, key=lambda n: self.response_indices[self.word_numbers.index(n)]) for x in out]
+
+    def index(self, word) -> int:
+        """Index into ``tokens`` of a word number or a word (its first occurrence)."""
+        if isinstance(word, int) and not isinstance(word, bool):
+            if word not in self.word_numbers:
+                raise InputError(f"word number {word} is not among the traced words {self.word_numbers}")
+            return self.word_numbers.index(word)
+        want = clean_token(str(word))
+        for k, t in enumerate(self.tokens):
+            if clean_token(t) == want:
+                return k
+        raise InputError(f"word {word!r} is not among the traced words {[clean_token(t) for t in self.tokens]}")
+
+    def word_table(self) -> List[Dict[str, Any]]:
+        """Per word: its number, text, decision step and the numbers of :attr:`numbers`, JSON-ready."""
+        nb = self.numbers
+        out = []
+        for k, tok in enumerate(self.tokens):
+            out.append(dict(
+                word_number=self.word_numbers[k], word=clean_token(tok), response_index=self.response_indices[k],
+                decided_at=int(self.decided_at[k]), commit_rank=self.commit_order.index(self.word_numbers[k]),
+                mean_movement=_num(nb["mean_movement"][k]), mean_centroid_shift=_num(nb["mean_shift"][k]),
+                movement_iou=[_num(v) for v in nb["movement_iou"][k]],
+                centroid_shift=[_num(v) for v in nb["centroid_shift"][k]],
+                decision_final_iou=_num(nb["decision_final_iou"][k]), agrees_with_final=bool(nb["agrees"][k])))
+        return out
+
+    def meta(self) -> dict:
+        """The ``trajectory`` entry of ``meta.json``."""
+        return dict(
+            steps=self.steps, tokens=self.tokens, token_ids=self.token_ids, word_numbers=self.word_numbers,
+            response_indices=self.response_indices, pieces=self.pieces, decided_at=self.decided_at.tolist(),
+            slot_decided_at=self.slot_decided_at.tolist(), commit_order=self.commit_order,
+            committed_per_step=self.committed_per_step, states=self.state_tokens, words=self.word_table(),
+            method=TRAJECTORY_METHOD, layer=self.layer, target_score="logit", config=self.config.as_dict(),
+            repeat_ratio=self.repeat_ratio, cost=self.cost, notes=self.notes,
+            definition="maps[s, t]: Diffusion-CAM map of word t on the state entering step s (its slot masked "
+                       "again once committed); final_maps: on the finished response, each word's slot masked")
+
+    def tensors(self) -> Dict[str, Tensor]:
+        """The contents of ``trajectory.safetensors``."""
+        out = {"maps": self.maps.float().contiguous(), "decided_at": self.decided_at.long().contiguous(),
+               "states": self.states.long().contiguous(), "final_maps": self.final_maps.float().contiguous(),
+               "slot_decided_at": self.slot_decided_at.long().contiguous(),
+               "token_ids": torch.tensor(self.token_ids, dtype=torch.long),
+               "word_numbers": torch.tensor(self.word_numbers, dtype=torch.long),
+               "response_indices": torch.tensor(self.response_indices, dtype=torch.long),
+               "scores": self.scores.float().contiguous(), "final_scores": self.final_scores.float().contiguous(),
+               "remasked": self.remasked.to(torch.uint8).contiguous()}
+        for k in ("movement_iou", "centroid_shift", "decision_final_iou"):
+            out[f"numbers.{k}"] = self.numbers[k].double().contiguous()
+        for k, v in self.stats.items():
+            out[f"stats.{k}"] = v.contiguous()
+        return out
+
+    def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet") -> Dict[str, Any]:
+        """Write the trajectory into the existing ``folder`` (e.g. inside an
+        :class:`~dcam.output.AtomicFolder`, next to an explanation's files):
+        ``trajectory.safetensors``, ``trajectory/NN_word.gif`` (one frame per
+        step), ``trajectory_sheet.png`` (rows: steps, columns: words, decision
+        steps framed), and a ``trajectory`` entry added to ``meta.json``
+        (created when absent). Returns the written paths."""
+        from safetensors.torch import save_file
+
+        from .render import write_animations, write_sheet
+
+        paths: Dict[str, Any] = {"tensors": os.path.join(folder, "trajectory.safetensors")}
+        save_file(self.tensors(), paths["tensors"])
+        paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap)
+        paths["sheet"] = write_sheet(self, os.path.join(folder, "trajectory_sheet.png"), alpha, colormap)
+        paths["meta"] = os.path.join(folder, "meta.json")
+        meta: Dict[str, Any] = {}
+        if os.path.exists(paths["meta"]):
+            with open(paths["meta"]) as f:
+                meta = json.load(f)
+        else:
+            meta = dict(response=self.response, response_ids=self.response_ids, prompt=self.prompt,
+                        model=self.model_name, grid=list(self.grid), image_size=list(self.image.size))
+        meta["trajectory"] = self.meta()
+        with open(paths["meta"], "w") as f:
+            json.dump(meta, f, indent=2)
+        return paths
+
+    def save(self, out_dir: str, overwrite: bool = False, alpha: float = 0.5, colormap: str = "jet") -> dict:
+        """:meth:`write_files` into the folder ``out_dir``, whole or not at all
+        (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs ``overwrite``)."""
+        from ..output import AtomicFolder, check_output_folder
+
+        target = check_output_folder(out_dir, overwrite, option="out_dir")
+        with AtomicFolder(target, overwrite=overwrite) as tmp:
+            written = self.write_files(tmp, alpha=alpha, colormap=colormap)
+        return _relocate(written, tmp, target)
+
+
+def _relocate(paths, old: str, new: str):
+    if isinstance(paths, dict):
+        return {k: _relocate(v, old, new) for k, v in paths.items()}
+    if isinstance(paths, list):
+        return [_relocate(v, old, new) for v in paths]
+    return os.path.join(new, os.path.relpath(paths, old))
+
+
+def _num(v) -> Optional[float]:
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _rows_per_batch(explainer, prep, n_pairs: int) -> int:
+    """Rows per forward and row-gradients per backward: the explainer's
+    ``chunk_size``, or with a ``memory_budget`` half the cotangents that fit it
+    for one row (a batch holds its rows' graph and about as many row-gradients)."""
+    budget = getattr(explainer, "memory_budget", None)
+    if budget is None:
+        return explainer.chunk_size
+    from ..probe.memory import chunk_for_budget
+
+    above = len(explainer.adapter.blocks()) - 1 - explainer.layer
+    return max(1, chunk_for_budget(explainer.model, prep.input_ids.shape[1], above, n_pairs, budget) // 2)
+
+
+def check_trajectory_request(explainer) -> None:
+    """InputError (one line, why) unless ``explainer`` can trace trajectories."""
+    a = explainer.adapter
+    if not getattr(a, "records_trajectory", False):
+        raise InputError(f"trajectory: the {a.name} model's sampler does not expose its denoising steps "
+                         "(its adapter cannot record the states entering each step), so it has no trajectory")
+    if a.mask_token_id is None:
+        raise InputError(f"trajectory: the {a.name} model has no mask token; a trajectory masks each word's slot")
+    if explainer.method_name != TRAJECTORY_METHOD:
+        raise InputError(f"trajectory: maps are {TRAJECTORY_METHOD} maps; the explainer's method is "
+                         f"{explainer.method_name!r}")
+    check_probe_request(a, explainer.layer, "remask")
+
+
+def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Optional[int] = None,
+                       response_length: Optional[int] = None, targets="all", background: Sequence[int] = WHITE,
+                       chunk_size: Optional[int] = None, granularity: Optional[str] = None) -> Trajectory:
+    """Generate a response to (image, prompt) with the model's own sampler,
+    recording the state entering every step, and map every explained word on
+    every state (docs/ALGORITHM.md, "Denoising trajectories").
+
+    explainer: a :class:`dcam.Explainer` (its layer, config, backend, view;
+        method ``"diffusion-cam"``) over an adapter with ``records_trajectory``.
+    steps / response_length: for the sampler, as in :meth:`Explainer.explain`.
+    targets: the words to trace (``"all"``, word numbers, words; :mod:`dcam.targets`).
+    chunk_size: rows per forward and row-gradients per backward (None: the
+        explainer's ``chunk_size``, or what its ``memory_budget`` allows).
+    granularity: ``"words"`` / ``"tokens"`` (None: the explainer's).
+    """
+    from ..example import ExampleBuilder
+    from ..errors import positive_int
+    from ..targets import repeat_ratio
+
+    check_trajectory_request(explainer)
+    a = explainer.adapter
+    steps = positive_int("steps", steps)
+    response_length = positive_int("response_length", response_length)
+    chunk = None if chunk_size is None else positive_int("chunk_size", chunk_size, allow_none=False)
+    if targets is None:
+        raise InputError("targets must be 'all', word numbers or words, got None")
+    img, notes = load_image_with_notes(image, background)
+    gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
+    if gen.states is None or gen.decided_at is None:
+        raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
+                           "returned no states")
+    S = int(gen.steps)
+    if steps is not None and S < steps:
+        notes.append(f"steps: {steps} requested, the sampler used {S} (it commits at least one token per step)")
+    ex = ExampleBuilder(explainer, S, response_length, background, granularity or explainer.granularity,
+                        explainer.view)(img, prompt, gen.response_ids, targets)
+    if len(ex.views) != 1:
+        raise InputError("trajectory: one image view at a time (view='all' is not supported); pick a view")
+    prep, resp_ids = ex.prep, ex.response_ids
+    if tuple(gen.states.shape) != (S, prep.response_length) or gen.decided_at.shape[0] != prep.response_length:
+        raise RuntimeError(f"the {a.name} adapter recorded states {tuple(gen.states.shape)} and decided_at "
+                           f"{tuple(gen.decided_at.shape)} for {S} steps and {prep.response_length} slots")
+    items = [list(it.slots) for it in ex.items]
+    chunk = chunk or _rows_per_batch(explainer, prep, (S + 1) * len(items))
+    states = torch.cat([gen.states.long(), torch.tensor([resp_ids], dtype=torch.long)], 0)  # + the finished response
+    tg = trajectory_gradients(a, prep, states, items, explainer.layer, explainer.config.grad_relu, chunk,
+                              explainer.backend)
+    rho = repeat_ratio(ex.explainable_ids)
+    cw = None
+    if explainer.config.sicd == "context":
+        targets_ = Targets.of(ex.positions, ex.token_ids, ex.groups)
+        cw = torch.stack([item_context_weights(tg.token_logits[s], targets_) for s in range(S + 1)])
+    out = ops.refine(tg.raw, config=explainer.config, steps=S, image_size=prep.image_height, repeat_ratio=rho,
+                     context_weights=cw, degenerate=tg.degenerate, backend=explainer.backend, check_finite=False)
+    maps = out.maps.float().cpu()
+    slot_decided = gen.decided_at.long()
+    decided_at = torch.tensor([int(slot_decided[it].max()) for it in items], dtype=torch.long)  # last piece
+    notes = notes + [n for n in ex.notes if n not in notes]
+    return Trajectory(
+        tokens=[it.text for it in ex.items], token_ids=ex.item_ids, word_numbers=[it.number for it in ex.items],
+        response_indices=[it[0] for it in items], pieces=items, maps=maps[:S].contiguous(),
+        final_maps=maps[S].contiguous(), decided_at=decided_at, slot_decided_at=slot_decided,
+        states=gen.states.long(), scores=tg.scores[:S], final_scores=tg.scores[S], remasked=tg.remasked[:S],
+        stats={k: v[:S].cpu() for k, v in out.stats().items()},
+        numbers=per_word_numbers(maps[:S], decided_at, maps[S]), image=prep.image, prompt=prompt,
+        response=a.decode(resp_ids), response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids),
+        state_tokens=[a.token_strings(row) for row in gen.states.tolist()], layer=explainer.layer,
+        config=explainer.config, grid=tuple(prep.grid), repeat_ratio=rho, model_name=type(explainer.model).__name__,
+        notes=notes, cost=tg.cost)
+
+
+__all__ = ["Trajectory", "explain_trajectory", "check_trajectory_request", "TRAJECTORY_METHOD"]

@@ -1,0 +1,145 @@
+"""Pictures of a trajectory: one animation per word, a step x word sheet, a frame strip.
+
+* :func:`word_frames`: one frame per step: the word's overlay, under it the
+  word, the step number and a timeline of the ``S`` steps (current step
+  filled, decision step outlined); the decision-step frame has a red border
+  and reads "decided";
+* :func:`write_animations`: ``NN_word.gif`` per word (a frame per step);
+* :func:`sheet`: rows = steps, columns = words, the decision step of each
+  word framed in red (at most :data:`SHEET_MAX_SIDE` pixels a side);
+* :func:`strip`: one word's frames side by side (the README picture).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+from PIL import Image, ImageDraw
+
+from ..explanation import safe_file_name
+from ..render.overlay import DISPLAY_MIN_SIDE, display_size, overlay
+from ..render.sheet import SHEET_MAX_SIDE, font
+from ..words import clean_token
+
+#: Colour of the decision-step marker.
+DECIDED = (220, 20, 60)
+#: Height of the caption band under a frame, pixels.
+BAND = 34
+#: Milliseconds per frame of the animations.
+FRAME_MS = 600
+#: Border width of a decided frame / sheet cell, pixels.
+BORDER = 4
+
+
+def _base(traj, side: int = DISPLAY_MIN_SIDE) -> Image.Image:
+    size = display_size(traj.image.size, side, side * max(traj.image.size) // max(1, min(traj.image.size)))
+    img = traj.image.convert("RGB")
+    return img.resize(size, Image.BICUBIC if size[0] > img.width else Image.BOX)
+
+
+def _timeline(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], S: int, step: int, decided: int):
+    x0, y0, x1, y1 = box
+    cell = (x1 - x0) / S
+    for s in range(S):
+        a, b = int(x0 + s * cell), int(x0 + (s + 1) * cell) - 1
+        fill = (40, 40, 40) if s == step else (200, 200, 200)
+        draw.rectangle([a, y0, max(a, b), y1], fill=fill)
+        if s == decided:
+            draw.rectangle([a, y0, max(a, b), y1], outline=DECIDED, width=2)
+
+
+def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
+                side: int = DISPLAY_MIN_SIDE) -> List[Image.Image]:
+    """The ``S`` frames of word ``k`` (index into ``traj.tokens``), RGB; the
+    image's shortest side scaled to ``side`` pixels (whole factors for small images)."""
+    base = _base(traj, side)
+    W, H = base.size
+    S, d = traj.steps, int(traj.decided_at[k])
+    word = f"{traj.word_numbers[k]}: {clean_token(traj.tokens[k])}"
+    f = font(13)
+    frames = []
+    for s in range(S):
+        fr = Image.new("RGB", (W, H + BAND), (255, 255, 255))
+        fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap), (0, 0))
+        draw = ImageDraw.Draw(fr)
+        if s == d:
+            draw.rectangle([0, 0, W - 1, H - 1], outline=DECIDED, width=BORDER)
+        text = f"step {s}/{S - 1}" + ("  decided" if s == d else "")
+        if draw.textlength(f"{word}  {text}", font=f) <= W - 8:  # the word too, where it fits
+            text = f"{word}  {text}"
+        draw.text((4, H + 2), text, fill=DECIDED if s == d else (0, 0, 0), font=f)
+        _timeline(draw, (4, H + 20, W - 4, H + BAND - 4), S, s, d)
+        frames.append(fr)
+    return frames
+
+
+def write_animations(traj, folder: str, alpha: float = 0.5, colormap: str = "jet") -> List[str]:
+    """``folder/NN_word.gif`` for every word (NN: its word number), a frame per step, looping."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for k, tok in enumerate(traj.tokens):
+        frames = word_frames(traj, k, alpha, colormap)
+        p = os.path.join(folder, f"{traj.word_numbers[k]:02d}_{safe_file_name(tok)}.gif")
+        durations = [FRAME_MS * (2 if s == int(traj.decided_at[k]) else 1) for s in range(len(frames))]
+        # a fast octree palette per frame (Pillow's default median cut takes ~0.1 s a frame); each frame
+        # carries its own step number, so no two are equal and Pillow keeps every one
+        pal = [fr.quantize(colors=256, method=Image.Quantize.FASTOCTREE) for fr in frames]
+        pal[0].save(p, save_all=True, append_images=pal[1:], duration=durations, loop=0, disposal=1)
+        paths.append(p)
+    return paths
+
+
+def sheet_geometry(S: int, T: int, max_side: int = SHEET_MAX_SIDE, tile: int = 96) -> dict:
+    """Layout of the step x word sheet: tile side, margins and the ``(W, H)`` size."""
+    pad, left, top = 4, 56, 22
+    fit = min(tile, (max_side - left - pad) // T - pad, (max_side - top - pad) // S - pad)
+    if fit < 8:
+        fit = 8
+    return dict(tile=fit, pad=pad, left=left, top=top,
+                size=(left + T * (fit + pad) + pad, top + S * (fit + pad) + pad))
+
+
+def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET_MAX_SIDE) -> Image.Image:
+    """Rows: steps; columns: words; each word's decision step framed in red."""
+    S, T = traj.steps, len(traj.tokens)
+    g = sheet_geometry(S, T, max_side)
+    tile, pad, left, top = g["tile"], g["pad"], g["left"], g["top"]
+    iw, ih = traj.image.size
+    scale = tile / max(iw, ih)  # the image fits a tile x tile cell, aspect kept
+    base = _base(traj).resize((max(1, round(iw * scale)), max(1, round(ih * scale))), Image.BOX)
+    out = Image.new("RGB", g["size"], (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    f = font(11)
+    for k, tok in enumerate(traj.tokens):
+        x = left + pad + k * (tile + pad)
+        draw.text((x + 2, 4), f"{traj.word_numbers[k]}:{clean_token(tok)}"[: max(3, tile // 6)], fill=(0, 0, 0),
+                  font=f)
+    for s in range(S):
+        y = top + pad + s * (tile + pad)
+        draw.text((4, y + tile // 2 - 6), f"step {s}", fill=(0, 0, 0), font=f)
+        for k in range(T):
+            x = left + pad + k * (tile + pad)
+            out.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap), (x, y))
+            if s == int(traj.decided_at[k]):
+                draw.rectangle([x - 2, y - 2, x + base.width + 1, y + base.height + 1], outline=DECIDED,
+                               width=max(2, BORDER - 1))
+    return out
+
+
+def write_sheet(traj, path: str, alpha: float = 0.5, colormap: str = "jet") -> str:
+    sheet(traj, alpha, colormap).save(path)
+    return path
+
+
+def strip(traj, word, alpha: float = 0.5, colormap: str = "jet", gap: int = 4,
+          side: int = DISPLAY_MIN_SIDE) -> Image.Image:
+    """One word's frames (a word number or the word) side by side, left to right."""
+    frames = word_frames(traj, traj.index(word), alpha, colormap, side)
+    W, H = frames[0].size
+    out = Image.new("RGB", (len(frames) * (W + gap) - gap, H), (255, 255, 255))
+    for i, fr in enumerate(frames):
+        out.paste(fr, (i * (W + gap), 0))
+    return out
+
+
+__all__ = ["word_frames", "write_animations", "sheet", "sheet_geometry", "write_sheet", "strip"]

@@ -1,0 +1,136 @@
+"""What a trajectory writes and tells: the files open with the documented
+keys, shapes and frame counts; the per-word numbers are those worked by hand;
+models whose sampler hides its steps are refused with one line."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dcam import Explainer, InputError
+from dcam.trajectory import explain_trajectory
+from dcam.trajectory.numbers import per_word_numbers
+
+RED = np.array([220, 20, 60])
+
+
+def test_saved_files_open(traj, tmp_path):
+    out = tmp_path / "t"
+    traj.save(str(out))
+    S, T, Lr = 6, len(traj.tokens), 12
+    tensors = load_file(str(out / "trajectory.safetensors"))
+    assert tensors["maps"].shape == (S, T, 8, 8) and tensors["maps"].dtype == torch.float32
+    assert tensors["decided_at"].shape == (T,) and tensors["decided_at"].dtype == torch.int64
+    assert tensors["states"].shape == (S, Lr) and tensors["states"].dtype == torch.int64
+    assert tensors["final_maps"].shape == (T, 8, 8)
+    assert torch.equal(tensors["maps"], traj.maps) and torch.equal(tensors["states"], traj.states)
+    gifs = sorted(os.listdir(out / "trajectory"))
+    assert gifs == [f"{n:02d}_{traj.tokens[n]}.gif" for n in range(T)]
+    for k, name in enumerate(gifs):
+        with Image.open(out / "trajectory" / name) as im:
+            assert im.n_frames == S
+            d = int(traj.decided_at[k])
+            for s in range(S):  # the decision frame, and only it, has the red border
+                im.seek(s)
+                corner = np.asarray(im.convert("RGB"))[1, im.width // 2]
+                assert (np.abs(corner.astype(int) - RED).max() < 40) == (s == d), (k, s)
+    meta = json.loads((out / "meta.json").read_text())["trajectory"]
+    assert meta["steps"] == S and meta["decided_at"] == traj.decided_at.tolist()
+    assert meta["commit_order"] == traj.commit_order and len(meta["words"]) == T
+    assert meta["words"][0]["decided_at"] == int(traj.decided_at[0])
+    assert sorted(meta["commit_order"]) == list(range(T))
+
+
+def test_sheet_has_a_row_per_step_and_frames_decisions(traj, tmp_path):
+    """Documented layout: 56 px of step labels, 22 px of word labels, 96 px
+    tiles with 4 px gaps (tiles shrink to keep the sheet within 4096 px)."""
+    p = traj.write_files(str(tmp_path))["sheet"]
+    S, T, tile, pad = 6, len(traj.tokens), 96, 4
+    with Image.open(p) as im:
+        assert im.size == (56 + T * (tile + pad) + pad, 22 + S * (tile + pad) + pad)
+        px = np.asarray(im.convert("RGB")).astype(int)
+    for s in range(S):
+        for k in range(T):
+            x, y = 56 + pad + k * (tile + pad), 22 + pad + s * (tile + pad)
+            framed = np.abs(px[y - 2, x + tile // 2] - RED).max() < 40
+            assert framed == (s == int(traj.decided_at[k])), (s, k)
+
+
+def test_written_into_an_explanation_folder_the_meta_gains_the_trajectory(tiny_explainer, traj, image, tmp_path):
+    e = tiny_explainer.explain(image, response=traj.response_ids, steps=traj.steps)
+    e.write_files(str(tmp_path))
+    before = json.loads((tmp_path / "meta.json").read_text())
+    traj.write_files(str(tmp_path))
+    after = json.loads((tmp_path / "meta.json").read_text())
+    assert {k: v for k, v in after.items() if k != "trajectory"} == before
+    assert after["trajectory"]["commit_order"] == traj.commit_order
+
+
+def test_save_refuses_a_filled_folder(traj, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="not empty"):
+        traj.save(str(tmp_path))
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_word_numbers_worked_by_hand():
+    """One word, three steps: a blob at cell (0, 0), the same, then at (3, 3).
+    Otsu masks {(0,0)}, {(0,0)}, {(3,3)}: movement 0 then 1; centre of mass
+    shift 0 then sqrt(18) cells. Decided at step 0; final map = the step-0 map."""
+    maps = torch.zeros(3, 1, 4, 4)
+    maps[0, 0, 0, 0] = maps[1, 0, 0, 0] = maps[2, 0, 3, 3] = 1.0
+    nb = per_word_numbers(maps, torch.tensor([0]), maps[0])
+    assert nb["movement_iou"].tolist() == [[0.0, 1.0]]
+    torch.testing.assert_close(nb["centroid_shift"], torch.tensor([[0.0, 18 ** 0.5]], dtype=torch.float64))
+    assert nb["decision_final_iou"].tolist() == [1.0] and nb["agrees"].tolist() == [True]
+    nb = per_word_numbers(maps, torch.tensor([2]), maps[0])  # decided when the blob had moved away
+    assert nb["decision_final_iou"].tolist() == [0.0] and nb["agrees"].tolist() == [False]
+
+
+@pytest.fixture(scope="module")
+def causal_llava():
+    """A tiny causal LLaVA (autoregressive: no denoising steps to record)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+                              PreTrainedTokenizerFast)
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "describe", "the", "image", "a", "red", "circle"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+    ip = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1)
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=len(words), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2),
+        image_token_id=4, vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(cfg).eval(), proc
+
+
+def test_a_model_without_exposed_steps_is_refused_in_one_line(causal_llava, image):
+    exp = Explainer(*causal_llava)
+    with pytest.raises(InputError, match="does not expose its denoising steps") as err:
+        explain_trajectory(exp, image)
+    assert "\n" not in str(err.value)
+
+
+def test_other_methods_are_refused(tiny, image):
+    with pytest.raises(InputError, match="diffusion-cam maps; the explainer's method is 'grad-cam'"):
+        explain_trajectory(Explainer(*tiny, method="grad-cam"), image)
+
+
+@pytest.mark.parametrize("kw, match", [({"steps": 0}, "steps must be an int >= 1"),
+                                       ({"targets": "zebra"}, "targets: word 'zebra'"),
+                                       ({"chunk_size": -1}, "chunk_size must be an int >= 1")])
+def test_bad_arguments_name_the_argument(tiny_explainer, image, kw, match):
+    with pytest.raises(InputError, match=match):
+        explain_trajectory(tiny_explainer, image, **kw)
