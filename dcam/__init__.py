@@ -25,6 +25,7 @@ _LAZY_ATTRS = {
     "InputError": "dcam.errors",
     "Explainer": "dcam.explain", "Explanation": "dcam.explanation",
     "evaluate": "dcam.eval",
+    "load_run": "dcam.runs",
 }
 _LAZY_MODULES = ("ops", "probe", "methods", "explain", "explanation", "render", "eval", "zoo", "cli", "models",
                  "words", "errors", "kernels")
@@ -46,4 +47,4 @@ def __dir__():
 
 __all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
            "diffusion_cam", "pool_gradients", "refine", "InputError", "Explainer", "Explanation", "evaluate",
-           "__version__"]
+           "load_run", "__version__"]

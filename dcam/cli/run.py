@@ -1,0 +1,96 @@
+"""``dcam run MANIFEST --out DIR``: explain every record of a manifest into one folder.
+
+MANIFEST: a JSONL file (one record per line: id, image, optional prompt,
+response, targets, mask, labels, meta; docs/RUNS.md), a folder of images, or
+a COCO/TAM data folder (the `dcam eval` layouts). Writes safetensors shards,
+index.jsonl, errors.jsonl, run.json (and metrics.json/.md with masks) into
+--out. Rerunning the same command resumes: records already in the index are
+skipped. On many processes: torchrun --nproc_per_node=N -m dcam run ...
+(gloo on CPU; --device cuda gives each rank the GPU of its LOCAL_RANK).
+"""
+from __future__ import annotations
+
+import sys
+
+from ..errors import InputError, one_line
+from . import common
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="explain every record of a manifest (resumable, many processes with torchrun)",
+                       description=__doc__)
+    p.add_argument("manifest", metavar="MANIFEST", help="JSONL manifest, a folder of images, or a COCO/TAM folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (a rerun into it resumes)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty --out first (also when it holds a run of another model or config)")
+    p.add_argument("--prompt", default=None, help="prompt for records without one (default: the model's)")
+    p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
+                   help="score whose gradient is pooled (default: the method's)")
+    p.add_argument("--batch-size", type=common.positive_int, default=8, help="records per explain_batch call")
+    p.add_argument("--shard-size", type=common.positive_int, default=256,
+                   help="records per safetensors shard (a shard is also written after 120 s)")
+    p.add_argument("--overlays", action="store_true", help="also write DIR/overlays/<record>/NN_word.png")
+    p.add_argument("--split", default="test", help="split of a COCO data folder (picks instances_<split>*)")
+    common.add_model_options(p)
+    common.add_method_options(p)
+    common.add_run_options(p)
+    p.set_defaults(run=run, command="run")
+
+
+def _explainer(args, dist):
+    """The model on this rank's device and its Explainer."""
+    args.device = dist.device
+    model, processor = common.load_model_for(args)
+    return common.explainer_for(model, processor, args)
+
+
+def _run(args) -> int:
+    from ..runs import RunOptions, open_source, run_dataset
+    from ..runs.distributed import setup
+    from ..runs.folder import check_folder, model_identity
+
+    check_folder(args.out)
+    common.apply_run_options(args)
+    dist = setup(args.device)
+    try:
+        quiet = args.quiet or dist.rank != 0
+        source = dist.agree(lambda: open_source(args.manifest, split=args.split))
+        common.log(f"{len(source)} records in {args.manifest}; loading the model", quiet)
+        exp = dist.agree(lambda: _explainer(args, dist))
+        # the fingerprint is checked and written by rank 0 only
+        model = dist.agree(lambda: model_identity(args.model) if dist.rank == 0 else None)
+        opts = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, probe=args.probe,
+                          target_score=args.target_score, steps=args.steps, prompt=args.prompt,
+                          overlays=args.overlays, overwrite=args.overwrite, memory_budget=args.memory_budget,
+                          progress=not args.quiet, extra={"chunk_size": args.chunk_size})
+        info = run_dataset(exp, source, args.out, opts, dist, model=model,
+                           log=lambda msg: common.log(msg, quiet))
+    finally:
+        dist.close()
+    if info is not None:
+        c, t = info["counts"], info["throughput"]
+        print(f"{c['done']} of {c['records']} records explained into {args.out} ({c['words']} words); "
+              f"{c['errors']} failed (errors.jsonl); this session {info['session']['records']} records in "
+              f"{info['session']['seconds']:.1f} s on {t['processes']} process(es): {t['images_per_s']:.2f} images/s, "
+              f"{t['words_per_s']:.1f} words/s")
+    return 0
+
+
+def run(args) -> int:
+    import os
+
+    from ..runs.distributed import PeerFailed
+
+    rank = os.environ.get("RANK", "0")
+    try:
+        return _run(args)
+    except PeerFailed:
+        return 2  # rank 0 prints the error
+    except KeyboardInterrupt:
+        print(f"dcam run: interrupted; what was written into {args.out} is kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except InputError as exc:
+        if rank != "0":  # the same error is printed by rank 0
+            raise InputError(f"rank {rank}: {one_line(str(exc))}") from None
+        raise

@@ -1,0 +1,35 @@
+"""``dcam view DIR``: a static page to browse a run (``dcam run --out DIR``).
+
+Writes DIR/index.html and DIR/view/ (page data and images): open the page in
+any browser, no network needed. A list of records (thumbnail, response,
+errors); per record the image with the response's words as buttons: hover or
+click a word to see its heatmap over the image, with a colour bar and the
+map's statistics. Keys: j/k or the down/up arrows for the next/previous
+record, left/right for the previous/next word, PageDown/PageUp for pages.
+"""
+from __future__ import annotations
+
+from . import common
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("view", help="write DIR/index.html, a static page to browse a run", description=__doc__)
+    p.add_argument("folder", metavar="DIR", help="run folder (dcam run --out)")
+    p.add_argument("--per-page", type=common.positive_int, default=50, help="records per page")
+    p.add_argument("--limit", type=common.positive_int, default=None, help="show only the first N records")
+    p.add_argument("--max-side", type=common.positive_int, default=512,
+                   help="longest side of the images written for the page, in pixels")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run, command="view")
+
+
+def run(args) -> int:
+    from ..runs.viewer import write_run_page
+
+    if args.quiet:
+        common.silence_progress()
+    summary = write_run_page(args.folder, per_page=args.per_page, limit=args.limit, max_side=args.max_side,
+                             progress=not args.quiet)
+    print(f"wrote {summary['page']}: {summary['records']} records on {summary['pages']} page(s)"
+          + (f", {summary['errors']} failed records" if summary["errors"] else ""))
+    return 0

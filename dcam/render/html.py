@@ -1,0 +1,283 @@
+"""Static HTML pages of explanations: no network, no CDN, the viewer's
+script and style inline. Heatmaps are rendered in the browser from the maps
+(bilinear upsampling with half-pixel centres, clamped to [0, 1], coloured
+through the same 256-colour table as :func:`dcam.render.colorize` and blended
+with the image at the chosen opacity: what :func:`dcam.render.overlay` draws).
+
+    write_explanation_page(folder, explanation)   # folder/index.html, one image, all inline
+    explanation_html(explanation)                 # an HTML fragment (Explanation._repr_html_)
+    page_html(config) / fragment_html(config)     # the viewer over any page data (dcam view)
+
+Page data: a record is a dict (JSON)::
+
+    {"id", "response", "where", "image": URL or null, "size": [W, H],
+     "items": [{"text", "number"}], "grid": [h, w],
+     "steps": S,                  # 1, or the number of steps of a map trajectory
+     "step_labels": [...] | null, # one label per step (e.g. the denoising step)
+     "maps": base64 of uint8 [S, T, h, w] (round(255 * clamp(v, 0, 1)), row-major),
+     "stats": {name: [T]}, "metrics": {...} | null, "notes": [...], "error": null | reason}
+
+A trajectory (``S > 1``) gets a step slider. The viewer's config:
+``{"title", "summary", "lut": [768 ints], "total", "per_page", "pages",
+"records": [...] (inline, page 0) or "page_url": "view/page-%05d.js"}``; a
+page script calls ``DcamViewer.page(n, [records])``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import uuid
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+_CSS = """
+.dcv{font:14px system-ui,sans-serif;color:#222;display:flex;flex-direction:column;gap:8px}
+.dcv .top{display:flex;flex-wrap:wrap;gap:12px;align-items:baseline}.dcv .sum{color:#555;font-size:12px}
+.dcv .body{display:flex;gap:12px;align-items:flex-start}
+.dcv .list{width:260px;max-height:80vh;overflow:auto;border:1px solid #ddd;border-radius:4px}
+.dcv .row{display:flex;gap:6px;padding:4px;cursor:pointer;border-bottom:1px solid #eee;align-items:center}
+.dcv .row.cur{background:#e8f0ff}.dcv .row img,.dcv .row .ph{width:40px;height:40px;object-fit:cover;
+background:#ccc;flex:none}.dcv .row .t{font-size:12px;overflow:hidden;max-height:3.6em}
+.dcv .row.err .t{color:#b00}.dcv .pager{display:flex;gap:6px;align-items:center;padding:4px}
+.dcv .main{flex:1;min-width:0}.dcv .fig{position:relative;display:inline-block;background:#ccc}
+.dcv .fig img,.dcv .fig canvas.ov{display:block;width:100%;height:100%}
+.dcv .fig canvas.ov{position:absolute;left:0;top:0}
+.dcv .words{display:flex;flex-wrap:wrap;gap:4px;margin:6px 0}.dcv .words button{border:1px solid #999;
+border-radius:3px;background:#fff;padding:2px 6px;cursor:pointer}.dcv .words button.on{background:#2a5bd7;
+color:#fff;border-color:#2a5bd7}.dcv table{border-collapse:collapse;font-size:12px;margin-top:6px}
+.dcv td,.dcv th{border:1px solid #ddd;padding:2px 6px;text-align:left}.dcv .error{color:#b00}
+.dcv .bar{display:flex;align-items:center;gap:4px;font-size:11px;margin:4px 0}.dcv .ctl{font-size:12px;margin:4px 0}
+"""
+
+_JS = r"""
+(function(){
+if(window.DcamViewer)return;
+var pending={};
+function el(t,a,kids){var e=document.createElement(t);for(var k in a||{}){if(k==='text')e.textContent=a[k];
+ else if(k==='cls')e.className=a[k];else e.setAttribute(k,a[k]);}(kids||[]).forEach(function(c){e.appendChild(c);});
+ return e;}
+function fmt(v){if(v===null||v===undefined)return'n/a';if(typeof v==='number')
+ return Number.isInteger(v)?String(v):v.toPrecision(4);return String(v);}
+function decode(b64){var s=atob(b64),a=new Uint8Array(s.length);for(var i=0;i<s.length;i++)a[i]=s.charCodeAt(i);
+ return a;}
+function Viewer(root,cfg){
+ this.root=root;this.cfg=cfg;this.pages={};this.page=-1;this.rec=0;this.item=0;this.hover=-1;this.step=0;
+ this.alpha=0.5;this.build();
+ if(cfg.records){this.pages[0]=cfg.records;}
+ var h=/#r=(\d+)/.exec(location.hash||''),n=h&&!cfg.records?parseInt(h[1],10):0;
+ this.show(Math.min(n,Math.max(cfg.total-1,0)));}
+Viewer.prototype.build=function(){
+ var s=this,c=this.cfg,r=this.root;r.classList.add('dcv');r.innerHTML='';
+ var top=el('div',{cls:'top'},[el('b',{text:c.title||'dcam'}),el('span',{cls:'sum',text:c.summary||''})]);
+ this.list=el('div',{cls:'list'});this.main=el('div',{cls:'main'});
+ var side=el('div',{},[this.pager=el('div',{cls:'pager'}),this.list]);
+ r.appendChild(top);if(c.metrics_html){var m=el('div');m.innerHTML=c.metrics_html;r.appendChild(m);}
+ r.appendChild(el('div',{cls:'body'},(c.total>1||c.pages>1)?[side,this.main]:[this.main]));
+ r.tabIndex=0;r.addEventListener('keydown',function(e){s.key(e);});
+ if(!c.embedded)document.addEventListener('keydown',function(e){if(e.target===document.body)s.key(e);});};
+Viewer.prototype.key=function(e){var k=e.key,d=0;
+ if(k==='j'||k==='ArrowDown')d=1;else if(k==='k'||k==='ArrowUp')d=-1;
+ else if(k==='PageDown'||k==='n')d=this.cfg.per_page;else if(k==='PageUp'||k==='p')d=-this.cfg.per_page;
+ else if(k==='ArrowRight'||k==='ArrowLeft'){var r=this.record();if(r&&r.items.length){
+  this.select((this.item+(k==='ArrowRight'?1:r.items.length-1))%r.items.length);}e.preventDefault();return;}
+ else return;
+ e.preventDefault();this.show(Math.max(0,Math.min(this.cfg.total-1,this.rec+d)));};
+Viewer.prototype.record=function(){var p=this.pages[this.page];return p?p[this.rec%this.cfg.per_page]:null;};
+Viewer.prototype.show=function(n){var s=this,pg=Math.floor(n/this.cfg.per_page);this.rec=n;
+ if(this.pages[pg]){this.page=pg;this.item=0;this.step=-1;this.render();return;}
+ pending[pg]=function(recs){s.pages[pg]=recs;if(Math.floor(s.rec/s.cfg.per_page)===pg)s.show(s.rec);};
+ var sc=document.createElement('script');sc.src=this.cfg.page_url.replace('%05d',('0000'+pg).slice(-5));
+ sc.onerror=function(){s.main.textContent='cannot load '+sc.src;};document.head.appendChild(sc);
+ this.root.__dcv=this;Viewer.current=this;};
+Viewer.prototype.renderList=function(){
+ var s=this,c=this.cfg,p=this.pages[this.page]||[];this.list.innerHTML='';this.pager.innerHTML='';
+ var prev=el('button',{text:'\u2190',title:'previous page (PageUp)'}),next=el('button',{text:'\u2192',
+  title:'next page (PageDown)'});prev.disabled=this.page<=0;next.disabled=this.page>=c.pages-1;
+ prev.onclick=function(){s.show((s.page-1)*c.per_page);};next.onclick=function(){s.show((s.page+1)*c.per_page);};
+ this.pager.appendChild(prev);this.pager.appendChild(el('span',{cls:'pg',text:'page '+(this.page+1)+' / '+c.pages+
+  ' ('+c.total+' records)'}));this.pager.appendChild(next);
+ p.forEach(function(r,i){var n=s.page*c.per_page+i;
+  var row=el('div',{cls:'row'+(n===s.rec?' cur':'')+(r.error?' err':''),'data-n':n},[
+   r.image?el('img',{src:r.image,loading:'lazy',alt:''}):el('div',{cls:'ph'}),
+   el('div',{cls:'t',text:(r.id)+': '+(r.error?'error: '+r.error:r.response)})]);
+  row.onclick=function(){s.show(n);};s.list.appendChild(row);if(n===s.rec&&row.scrollIntoView)
+   row.scrollIntoView({block:'nearest'});});};
+Viewer.prototype.render=function(){
+ var s=this,r=this.record(),m=this.main;this.renderList();m.innerHTML='';if(!r)return;
+ this.root.setAttribute('data-record',r.id);
+ m.appendChild(el('h3',{text:r.id+(r.where?' ('+r.where+')':'')}));
+ if(r.error){m.appendChild(el('div',{cls:'error',text:'error: '+r.error}));return;}
+ m.appendChild(el('div',{cls:'resp',text:r.response}));
+ var words=el('div',{cls:'words'});this.buttons=r.items.map(function(it,k){
+  var b=el('button',{text:it.text,'data-k':k,title:'word '+it.number});
+  b.onclick=function(){s.select(k);};b.onmouseenter=function(){s.hover=k;s.draw();};
+  b.onmouseleave=function(){s.hover=-1;s.draw();};words.appendChild(b);return b;});m.appendChild(words);
+ var W=r.size[0],H=r.size[1],sc=Math.min(448/Math.max(W,H),Math.max(1,256/Math.min(W,H)));
+ this.dw=Math.max(1,Math.round(W*sc));this.dh=Math.max(1,Math.round(H*sc));
+ var fig=el('div',{cls:'fig'});fig.style.width=this.dw+'px';fig.style.height=this.dh+'px';
+ if(r.image)fig.appendChild(el('img',{src:r.image,alt:r.id}));
+ this.canvas=el('canvas',{cls:'ov',width:this.dw,height:this.dh});fig.appendChild(this.canvas);m.appendChild(fig);
+ m.appendChild(this.colourBar());
+ var op=el('input',{type:'range',min:0,max:100,value:Math.round(this.alpha*100),cls:'opacity'});
+ op.oninput=function(){s.alpha=op.value/100;s.draw();};
+ m.appendChild(el('div',{cls:'ctl'},[el('span',{text:'opacity '}),op]));
+ if(r.steps>1){if(this.step<0)this.step=r.steps-1;
+  var st=el('input',{type:'range',min:0,max:r.steps-1,value:this.step,cls:'step'}),lab=el('span',{cls:'steplab'});
+  var setl=function(){lab.textContent=' step '+(r.step_labels?r.step_labels[s.step]:s.step+1)+' of '+r.steps;};
+  st.oninput=function(){s.step=parseInt(st.value,10);setl();s.draw();};setl();
+  m.appendChild(el('div',{cls:'ctl'},[el('span',{text:'trajectory '}),st,lab]));}
+ this.stats=el('table',{cls:'stats'});m.appendChild(this.stats);
+ if(r.metrics)m.appendChild(this.metricsTable(r.metrics));
+ (r.notes||[]).forEach(function(t){m.appendChild(el('div',{cls:'sum',text:'note: '+t}));});
+ this.maps=r.maps?decode(r.maps):null;this.select(Math.min(this.item,r.items.length-1));};
+Viewer.prototype.colourBar=function(){var c=el('canvas',{width:200,height:10,cls:'cbar'}),x=c.getContext('2d');
+ var img=x.createImageData(200,10),L=this.cfg.lut;for(var i=0;i<200;i++){var q=Math.round(i/199*255);
+ for(var j=0;j<10;j++){var o=(j*200+i)*4;img.data[o]=L[3*q];img.data[o+1]=L[3*q+1];img.data[o+2]=L[3*q+2];
+ img.data[o+3]=255;}}x.putImageData(img,0,0);
+ return el('div',{cls:'bar'},[el('span',{text:'0'}),c,el('span',{text:'1'})]);};
+Viewer.prototype.metricsTable=function(mt){var t=el('table',{cls:'metrics'}),w=mt.words||[];
+ t.appendChild(el('tr',{},['word','kind','Obj-IoU','contrast','concentration','F3','Func-IoU'].map(function(h){
+  return el('th',{text:h});})));
+ var o=mt.object||{},f=mt.function||{};(o.words||[]).forEach(function(i,k){t.appendChild(el('tr',{},[w[i],
+  'object',o.obj_iou[k],o.contrast[k],o.concentration[k],o.f3[k],''].map(function(v){
+  return el('td',{text:fmt(v)});})));});
+ (f.words||[]).forEach(function(i,k){t.appendChild(el('tr',{},[w[i],'function','','','','',f.func_iou[k]].map(
+  function(v){return el('td',{text:v===''?'':fmt(v)});})));});return t;};
+Viewer.prototype.select=function(k){var r=this.record();if(!r||k<0)return;this.item=k;
+ this.buttons.forEach(function(b,i){b.classList.toggle('on',i===k);});this.root.setAttribute('data-word',k);
+ var st=this.stats;st.innerHTML='';st.appendChild(el('tr',{},[el('th',{text:'map statistic'}),
+  el('th',{text:'"'+r.items[k].text+'"'})]));
+ Object.keys(r.stats||{}).forEach(function(n){st.appendChild(el('tr',{},[el('td',{text:n}),
+  el('td',{text:fmt(r.stats[n][k])})]));});this.draw();};
+Viewer.prototype.draw=function(){var r=this.record();if(!r||!this.canvas||!this.maps)return;
+ var k=this.hover>=0?this.hover:this.item,T=r.items.length,h=r.grid[0],w=r.grid[1],W=this.dw,H=this.dh;
+ var base=((Math.max(this.step,0)*T)+k)*h*w,m=this.maps,L=this.cfg.lut,a=Math.round(this.alpha*255);
+ var x=this.canvas.getContext('2d'),img=x.createImageData(W,H),d=img.data;
+ var xs=new Array(W),ys=new Array(H);
+ function axis(n,N,out){for(var i=0;i<N;i++){var s=Math.max((i+0.5)*n/N-0.5,0),i0=Math.min(Math.floor(s),n-1);
+  out[i]=[i0,Math.min(i0+1,n-1),s-i0];}}
+ axis(w,W,xs);axis(h,H,ys);
+ for(var yi=0;yi<H;yi++){var y=ys[yi],r0=base+y[0]*w,r1=base+y[1]*w;for(var xi=0;xi<W;xi++){var c=xs[xi];
+  var v=((m[r0+c[0]]*(1-c[2])+m[r0+c[1]]*c[2])*(1-y[2])+(m[r1+c[0]]*(1-c[2])+m[r1+c[1]]*c[2])*y[2])/255;
+  var q=Math.round(Math.min(Math.max(v,0),1)*255),o=(yi*W+xi)*4;
+  d[o]=L[3*q];d[o+1]=L[3*q+1];d[o+2]=L[3*q+2];d[o+3]=a;}}
+ x.putImageData(img,0,0);this.root.setAttribute('data-drawn',k+':'+this.step);};
+window.DcamViewer={create:function(root,cfg){return new Viewer(root,cfg);},
+ page:function(n,recs){if(pending[n]){var f=pending[n];delete pending[n];f(recs);}}};
+})();
+"""
+
+
+def colormap_lut(colormap: str = "jet") -> List[int]:
+    """256 RGB colours (flat list of 768 ints) of :func:`dcam.render.colorize`."""
+    from .overlay import colorize
+
+    return colorize(np.linspace(0.0, 1.0, 256)[None, :], colormap)[0].reshape(-1).tolist()
+
+
+def encode_maps(maps) -> str:
+    """Base64 of ``round(255 * clamp(maps, 0, 1))`` as uint8, row-major (``[T,h,w]`` or ``[S,T,h,w]``)."""
+    a = np.asarray(maps.detach().cpu().float().numpy() if hasattr(maps, "detach") else maps, dtype=np.float32)
+    q = np.rint(np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return base64.b64encode(np.ascontiguousarray(q).tobytes()).decode()
+
+
+def image_data_url(image, max_side: int = 512) -> str:
+    """A PIL image as a PNG ``data:`` URL (shrunk to ``max_side``)."""
+    im = image.convert("RGB")
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def record_data(rid: str, response: str, items: List[Dict[str, Any]], maps, image: Optional[str],
+                size, grid, stats: Optional[Dict[str, list]] = None, metrics: Optional[dict] = None,
+                notes: Optional[List[str]] = None, where: str = "", step_labels: Optional[list] = None) -> dict:
+    """One record of the page data (see the module docstring); ``maps``: ``[T,h,w]`` or ``[S,T,h,w]``."""
+    shape = tuple(maps.shape)
+    steps = shape[0] if len(shape) == 4 else 1
+    return {"id": str(rid), "response": response, "where": where, "image": image, "size": [int(v) for v in size],
+            "items": items, "grid": [int(v) for v in grid], "steps": int(steps), "step_labels": step_labels,
+            "maps": encode_maps(maps), "stats": stats or {}, "metrics": metrics, "notes": list(notes or []),
+            "error": None}
+
+
+def error_data(rid: str, reason: str, where: str = "") -> dict:
+    return {"id": str(rid), "where": where, "error": str(reason), "items": [], "response": "", "image": None}
+
+
+def explanation_record(e, max_side: int = 512) -> dict:
+    """The page record of an :class:`dcam.Explanation` (image inline; maps ``[T,h,w]``, or ``[S,T,h,w]``
+    for an explanation-like object that carries a map trajectory as its maps)."""
+    from ..words import clean_token
+
+    items = [{"text": clean_token(t) or t, "number": int(n)} for t, n in zip(e.tokens, e.word_numbers)]
+    return record_data("explanation", e.response, items, e.maps, image_data_url(e.image, max_side), e.image.size,
+                       e.maps.shape[-2:], stats=e.stats_lists(), notes=e.notes)
+
+
+def viewer_config(records: List[dict], title: str = "dcam", summary: str = "", per_page: int = 50,
+                  pages: Optional[int] = None, total: Optional[int] = None, page_url: Optional[str] = None,
+                  metrics_html: str = "") -> dict:
+    cfg = {"title": title, "summary": summary, "lut": colormap_lut(), "per_page": int(per_page),
+           "total": int(len(records) if total is None else total), "metrics_html": metrics_html}
+    cfg["pages"] = int(pages if pages is not None else max(1, -(-cfg["total"] // cfg["per_page"])))
+    if page_url is None:
+        cfg["records"] = records
+    else:
+        cfg["page_url"] = page_url
+    return cfg
+
+
+def script_json(obj) -> str:
+    """JSON safe inside a <script> element ("<" only occurs inside JSON strings, where \\u003c means it)."""
+    return json.dumps(obj, allow_nan=False).replace("<", "\\u003c")
+
+
+def fragment_html(cfg: dict) -> str:
+    """The viewer as an HTML fragment (a div and its script; several may share a page)."""
+    node = f"dcv-{uuid.uuid4().hex[:12]}"
+    cfg = dict(cfg, embedded=True)
+    return (f"<style>{_CSS}</style><div id=\"{node}\"></div><script>{_JS}\n"
+            f"DcamViewer.create(document.getElementById('{node}'), {script_json(cfg)});</script>")
+
+
+def page_html(cfg: dict) -> str:
+    """A whole HTML document of the viewer (works from file://, offline)."""
+    title = html.escape(str(cfg.get("title", "dcam")))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'self' 'unsafe-inline' data: blob:\">"
+            f"<title>{title}</title><style>body{{margin:12px}}{_CSS}</style></head><body><div id=\"dcv\"></div>"
+            f"<script>{_JS}\nDcamViewer.create(document.getElementById('dcv'), {script_json(cfg)});</script>"
+            "</body></html>\n")
+
+
+def explanation_html(explanation) -> str:
+    """An HTML fragment showing one explanation (for ``Explanation._repr_html_``)."""
+    return fragment_html(viewer_config([explanation_record(explanation)], title=explanation.response,
+                                       summary=_summary(explanation)))
+
+
+def write_explanation_page(folder: str, explanation, filename: str = "index.html") -> str:
+    """Write ``folder/filename``: the page of one explanation, everything inline; returns its path."""
+    cfg = viewer_config([explanation_record(explanation)], title=explanation.response,
+                        summary=_summary(explanation))
+    path = os.path.join(folder, filename)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page_html(cfg))
+    return path
+
+
+def _summary(e) -> str:
+    return f"{e.method}, layer {e.layer}, probe {e.probe}, {e.steps} steps, model {e.model_name}"
+
+
+__all__ = ["write_explanation_page", "explanation_html", "page_html", "fragment_html", "viewer_config",
+           "script_json", "record_data", "error_data", "explanation_record", "encode_maps", "colormap_lut",
+           "image_data_url"]

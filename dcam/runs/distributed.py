@@ -1,0 +1,152 @@
+"""torch.distributed for runs: one process per rank, started by ``torchrun``.
+
+Without torchrun (no ``WORLD_SIZE`` in the environment, or 1) a run is one
+process and nothing here talks to anyone. Under torchrun every rank joins
+the process group: ``nccl`` when the run is on CUDA (``--device cuda``; each
+rank takes the GPU of its ``LOCAL_RANK``), ``gloo`` on CPU.
+
+The process group's timeout is long (:data:`TIMEOUT`) because the end-of-run
+barrier waits for the slowest rank, whose share can take hours longer on an
+uneven data set; a rank that dies does not hang the others, torchrun's agent
+stops the whole group when one worker fails.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, TypeVar
+
+from ..errors import InputError, one_line
+
+T = TypeVar("T")
+
+#: How long a collective may wait for the other ranks.
+TIMEOUT = datetime.timedelta(hours=24)
+
+
+class PeerFailed(Exception):
+    """Another rank hit an input error that rank 0 reports; this rank exits quietly (code 2)."""
+
+
+@dataclass
+class Dist:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    backend: Optional[str] = None
+
+    @property
+    def active(self) -> bool:
+        return self.backend is not None
+
+    def _tensor(self, values: Sequence[float]):
+        import torch
+
+        return torch.tensor(list(values), dtype=torch.float64,
+                            device=self.device if self.backend == "nccl" else "cpu")
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as td
+
+            if self.backend == "nccl":
+                td.barrier(device_ids=[self.local_rank])
+            else:
+                td.barrier()
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on every rank; if it raised InputError on any rank, rank 0
+        raises it (naming the rank when not every rank failed) and the others
+        raise :class:`PeerFailed`, so the message is printed once."""
+        if not self.active:
+            return fn()
+        import torch.distributed as td
+
+        try:
+            value, msg = fn(), None
+        except InputError as exc:
+            value, msg = None, one_line(str(exc))
+        msgs: List[Optional[str]] = [None] * self.world
+        td.all_gather_object(msgs, msg)
+        failed = [(r, m) for r, m in enumerate(msgs) if m is not None]
+        if failed:
+            if self.rank != 0:
+                raise PeerFailed()
+            r, m = failed[0]
+            raise InputError(m if len(failed) == self.world or r == 0 else f"rank {r}: {m}")
+        return value
+
+    def on_rank0(self, fn: Callable[[], T]) -> Optional[T]:
+        """``fn()`` on rank 0 only, then a barrier; an InputError there stops every rank."""
+        return self.agree(lambda: fn() if self.rank == 0 else None)
+
+    def sum(self, values: Sequence[float]) -> List[float]:
+        if not self.active:
+            return [float(v) for v in values]
+        import torch.distributed as td
+
+        t = self._tensor(values)
+        td.all_reduce(t, op=td.ReduceOp.SUM)
+        return t.cpu().tolist()
+
+    def max(self, values: Sequence[float]) -> List[float]:
+        if not self.active:
+            return [float(v) for v in values]
+        import torch.distributed as td
+
+        t = self._tensor(values)
+        td.all_reduce(t, op=td.ReduceOp.MAX)
+        return t.cpu().tolist()
+
+    def close(self) -> None:
+        if self.active:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+            self.backend = None
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise InputError(f"{name}={os.environ.get(name)!r} in the environment is not an int") from None
+
+
+def setup(device: Optional[str]) -> Dist:
+    """Join torchrun's process group (if launched by torchrun with more than
+    one process) and pick this rank's device. ``device``: ``--device``;
+    with several ranks ``cuda`` means one GPU per rank (``cuda:LOCAL_RANK``)."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    device = device or "cpu"
+    if world <= 1:
+        return Dist(device=device)
+    import torch
+    import torch.distributed as td
+
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        if ":" in device:
+            raise InputError(f"--device: under torchrun give --device cuda (each rank takes the GPU of its "
+                             f"LOCAL_RANK), not {device!r}")
+        if not torch.cuda.is_available() or local >= torch.cuda.device_count():
+            raise InputError(f"--device: rank {rank} needs GPU {local} (LOCAL_RANK) but this machine has "
+                             f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+        backend = "nccl"
+    elif kind == "cpu":
+        backend = "gloo"
+    else:
+        raise InputError(f"--device: runs on several processes support cpu and cuda, not {device!r}")
+    td.init_process_group(backend=backend, timeout=TIMEOUT,
+                          **({"device_id": torch.device(device)} if backend == "nccl" else {}))
+    return Dist(rank=td.get_rank(), world=td.get_world_size(), local_rank=local, device=device, backend=backend)
+
+
+__all__ = ["Dist", "setup", "PeerFailed", "TIMEOUT"]

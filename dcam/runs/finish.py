@@ -1,0 +1,115 @@
+"""The end of a run, on rank 0 after every rank is done: index parts merged
+into ``index.jsonl``, errors into ``errors.jsonl``, the per-record metrics of
+every rank (and of earlier sessions) reduced into ``metrics.json`` and
+``metrics.md``, and the final ``run.json``."""
+from __future__ import annotations
+
+import os
+import time
+from array import array
+from typing import Any, Dict
+
+from .folder import read_run_json
+from .store import ERRORS, INDEX, RUN_JSON, iter_index, merge_errors, merge_index, write_bytes_atomic, \
+    write_json_atomic
+
+OBJECT_KEYS = ("obj_iou", "contrast", "concentration", "f3")
+NAN = float("nan")
+
+
+class MetricTotals:
+    """Per-map metric values of every record (compact float arrays: a million
+    records of ten words each is 40 million floats, 320 MB, not Python lists)."""
+
+    def __init__(self):
+        self.obj = {k: array("d") for k in OBJECT_KEYS}
+        self.func = {"func_iou": array("d")}
+        self.records = 0
+        self.unaligned = 0
+
+    def add(self, m: Dict[str, Any]) -> None:
+        self.records += 1
+        self.unaligned += int(m.get("unaligned", 0))
+        o = m.get("object", {})
+        for k in OBJECT_KEYS:
+            self.obj[k].extend(NAN if v is None else float(v) for v in o.get(k, ()))
+        self.func["func_iou"].extend(NAN if v is None else float(v) for v in m.get("function", {}).get("func_iou", ()))
+
+    def summary(self) -> Dict[str, float]:
+        from ..eval.metrics import summarize
+
+        return summarize(self.obj, self.func)
+
+
+def collect(root: str):
+    """(ids done, words, metric totals) over the merged index, in one pass."""
+    done = set()
+    words = 0
+    totals = MetricTotals()
+    for obj in iter_index(root):
+        done.add(obj["id"])
+        words += len(obj.get("tokens", ()))
+        if "metrics" in obj:
+            totals.add(obj["metrics"])
+    return done, words, totals
+
+
+def metrics_table(summary: Dict[str, float], method: str) -> str:
+    """The metrics as a Markdown table (the ``dcam eval`` columns)."""
+    from ..eval.report import METHOD_LABELS, METRIC_HEADER, markdown_table
+
+    def pct(v, scale=100.0, suffix=""):
+        return "n/a" if v is None or v != v else f"{v * scale:.2f}{suffix}"
+
+    cells = [pct(summary.get("obj_iou")), pct(summary.get("contrast"), 1.0, "x"), pct(summary.get("concentration")),
+             pct(summary.get("f3")), pct(summary.get("f3_per_map")), pct(summary.get("func_iou")),
+             str(summary.get("n_obj", 0)), str(summary.get("n_func", 0))]
+    return markdown_table(["method"] + METRIC_HEADER, [[METHOD_LABELS.get(method, method)] + cells])
+
+
+def write_metrics(root: str, totals: MetricTotals, method: str) -> Dict[str, Any]:
+    from ..eval.report import json_ready
+
+    summary = totals.summary()
+    report = {"method": method, "records": totals.records, "unaligned_words": totals.unaligned,
+              "summary": json_ready(summary)}
+    write_json_atomic(os.path.join(root, "metrics.json"), report)
+    text = (f"# Metrics of the run ({totals.records} records with masks)\n\n" + metrics_table(summary, method)
+            + f"\nWords not aligned to a response token: {totals.unaligned}.\n")
+    write_bytes_atomic(os.path.join(root, "metrics.md"), text.encode())
+    return report
+
+
+def finish(root: str, source, session: Dict[str, Any], identity: Dict[str, Any], header: Dict[str, Any]) -> dict:
+    """Merge, reduce and write ``run.json`` (status ``complete`` when every record of the source is done or failed)."""
+    merge_index(root)
+    done, words, totals = collect(root)
+    n_errors = merge_errors(root, done)
+    metrics = write_metrics(root, totals, identity["method"]) if totals.records else None
+    secs = max(float(session["seconds"]), 1e-9)
+    in_source = sum(1 for rid in source.ids if rid in done)
+    old = read_run_json(root) or {}
+    info = dict(old, **header)
+    info.update(
+        status="complete" if in_source + n_errors >= len(source) else "incomplete",
+        model=identity["model"], model_class=identity["model_class"], method=identity["method"],
+        probe=identity["probe"], layer=identity["layer"], target_score=identity["target_score"],
+        steps=identity["steps"], config=identity["config"],
+        counts={"records": len(source), "done": in_source, "errors": n_errors, "words": words,
+                "index_records": len(done)},
+        session=session,
+        throughput={"images_per_s": session["records"] / secs, "words_per_s": session["words"] / secs,
+                    "processes": session["processes"], "records": session["records"],
+                    "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        files={"index": INDEX, "errors": ERRORS, "shards": "shards/",
+               "metrics": "metrics.json" if metrics else None},
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if metrics:
+        info["metrics"] = metrics["summary"]
+    if not session["records"] and "throughput" in old:  # a resume with nothing left keeps the last measure
+        info["throughput"] = old["throughput"]
+    write_json_atomic(os.path.join(root, RUN_JSON), info)
+    return info
+
+
+__all__ = ["finish", "collect", "MetricTotals", "metrics_table", "write_metrics"]

@@ -1,0 +1,185 @@
+"""Starting a run in its folder: what identifies a run (model, method,
+config: the fingerprint in ``run.json``), the lock that keeps two runs out of
+one folder, and the checks that make a rerun a resume, never a mix.
+
+- a new or empty folder: a new run;
+- a folder whose ``run.json`` has the same fingerprint: a resume (records in
+  the index are skipped; debris of a killed process is deleted);
+- a folder with another fingerprint, or non-empty without ``run.json``:
+  refused unless ``overwrite`` (which empties it first).
+
+Performance settings (batch size, shard size, memory budget, device, number
+of processes) are not in the fingerprint: a resume may change them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from typing import Any, Dict, Optional
+
+from ..errors import InputError, one_line
+from .store import LOCK, RUN_JSON, remove_debris, scan_index, write_json_atomic
+
+#: Format tag of run.json.
+RUN_FORMAT = "dcam-run/1"
+#: Weight files up to this size are hashed whole; larger ones by size and their first and last MiB.
+FULL_HASH_BYTES = 64 << 20
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(f.read(1 << 20))
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def model_identity(model_dir: Optional[str]) -> Dict[str, Any]:
+    """What identifies the model's files (not where they are): the config's
+    and weights' digests. ``None``: the bundled toy dMLLM."""
+    from .. import zoo
+
+    folder = zoo.WEIGHTS_DIR if model_dir is None else model_dir
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if os.path.isfile(p) and (name == "config.json" or name.endswith(_WEIGHT_SUFFIXES)):
+            files[name] = {"bytes": os.path.getsize(p), "sha256": _file_digest(p)}
+    return {"name": "bundled" if model_dir is None else os.path.basename(os.path.abspath(model_dir)),
+            "files": files}
+
+
+def run_identity(explainer, model: Dict[str, Any], probe: Optional[str], target_score: Optional[str],
+                 steps: Optional[int]) -> Dict[str, Any]:
+    """Everything that decides a record's maps."""
+    dtype = next((str(p.dtype) for p in explainer.model.parameters()), None)
+    return {"model": model, "model_class": type(explainer.model).__name__, "dtype": dtype,
+            "method": explainer.method_name,
+            "layer": explainer.layer, "probe": probe or explainer.default_probe,
+            "target_score": target_score or explainer.method.default_target_score, "steps": steps,
+            "config": explainer.config.as_dict(), "granularity": getattr(explainer, "granularity", None),
+            "view": getattr(explainer, "view", None)}
+
+
+def fingerprint(identity: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def versions() -> Dict[str, str]:
+    from importlib import metadata
+
+    from .. import __version__
+
+    out = {"dcam": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "safetensors", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``DIR/.lock`` held by rank 0 for the whole run
+    (released by the kernel when the process dies, so a killed run never
+    leaves a stale lock)."""
+
+    def __init__(self, root: str):
+        import fcntl
+
+        self.fd = os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise InputError(f"--out: another dcam run is writing into {root!r} (its lock is held); wait for it "
+                             "or choose another folder") from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def check_folder(path: str) -> str:
+    """The absolute run folder; it must be a folder (or creatable) we can write to."""
+    if not path:
+        raise InputError("--out: an empty path")
+    root = os.path.abspath(path)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise InputError(f"--out: {path!r} exists and is not a folder")
+    probe = root
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"--out: cannot write into {probe!r}")
+    return root
+
+
+def read_run_json(root: str) -> Optional[dict]:
+    p = os.path.join(root, RUN_JSON)
+    if not os.path.exists(p):
+        return None
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--out: cannot read {p} ({one_line(exc)}); pass --overwrite to start over") from None
+
+
+def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any]) -> FolderLock:
+    """Rank 0, before any rank writes: lock the folder, refuse a different
+    run, empty it for ``overwrite``, delete a killed process's debris and
+    write ``run.json`` (status ``running``). Returns the held lock."""
+    os.makedirs(root, exist_ok=True)
+    lock = FolderLock(root)
+    try:
+        entries = [n for n in os.listdir(root) if n != LOCK]
+        old = None
+        if entries and overwrite:
+            # run.json first: a kill while emptying leaves "not a run" (refused), never a run missing shards
+            for n in sorted(entries, key=lambda n: n != RUN_JSON):
+                p = os.path.join(root, n)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        elif entries:
+            old = read_run_json(root)
+            if old is None:
+                raise InputError(f"--out: {root!r} is not empty and holds no dcam run (no {RUN_JSON}); choose a new "
+                                 "folder or pass --overwrite (which empties it)")
+            if old.get("fingerprint") != fingerprint(identity):
+                diff = _differences(old.get("identity", {}), identity) or ["fingerprint"]
+                raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
+                                 f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")
+        _, shards, _ = scan_index(root)
+        remove_debris(root, shards)
+        write_json_atomic(os.path.join(root, RUN_JSON), dict(
+            old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),
+            identity=identity, started=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+__all__ = ["model_identity", "run_identity", "fingerprint", "versions", "prepare", "check_folder",
+           "read_run_json", "FolderLock", "RUN_FORMAT"]

@@ -1,0 +1,68 @@
+"""The progress bar of a run, on rank 0: records done of the total over every
+rank, and words per second. The other ranks' progress is read from the index
+parts they append to (the run folder is shared by every rank), so no rank
+waits on another to report."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Dict
+
+from .store import INDEX_PARTS, parts
+
+
+class RunProgress:
+    def __init__(self, root: str, total: int, initial: int, enabled: bool = True, old_parts=None):
+        """old_parts: the index parts of earlier sessions (listed before any rank of this one wrote)."""
+        self.root = root
+        self.initial = initial
+        self.enabled = enabled
+        self.offsets: Dict[str, int] = {}
+        self.old = set(parts(root, INDEX_PARTS) if old_parts is None else old_parts)
+        self.words = 0
+        self.records = 0
+        self.started = time.perf_counter()
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="dcam run", unit="rec", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def _read_new(self) -> None:
+        for p in parts(self.root, INDEX_PARTS):
+            if p in self.old:
+                continue
+            start = self.offsets.get(p, 0)
+            try:
+                with open(p, "rb") as f:
+                    f.seek(start)
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n") + 1  # complete lines only
+            for line in data[:end].splitlines():
+                if line.strip():
+                    self.records += 1
+                    self.words += len(json.loads(line).get("tokens", ()))
+            self.offsets[p] = start + end
+
+    def update(self, buffered_records: int = 0, buffered_words: int = 0) -> None:
+        """Refresh; ``buffered_*``: this process's records explained but not yet in a shard."""
+        if self.bar is None:
+            return
+        self._read_new()
+        rate = (self.words + buffered_words) / max(time.perf_counter() - self.started, 1e-9)
+        self.bar.n = self.initial + self.records + buffered_records
+        self.bar.set_postfix_str(f"{rate:.1f} words/s", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.close()
+            self.bar = None
+
+
+__all__ = ["RunProgress"]

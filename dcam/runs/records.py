@@ -1,0 +1,118 @@
+"""One record's files and its metrics: reading the image and the label mask,
+resolving which mask labels each word of the response names, and the paper's
+per-map metrics (:mod:`dcam.eval.metrics`) of the record's words.
+
+A word's map is the mean of the maps of the explained items that cover its
+tokens (:func:`dcam.words.align_words`), as in ``dcam eval``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError, one_line
+from ..words import align_words, split_words
+
+
+def read_image(path: str):
+    """(RGB image, conversion notes); a missing or unreadable file is InputError ("image: ...")."""
+    from ..images import load_image_with_notes
+
+    return load_image_with_notes(path)
+
+
+def read_mask(path: str, image_size: Tuple[int, int]) -> np.ndarray:
+    """The int64 label mask at ``path``; it must have the image's size ``(W, H)``."""
+    from ..eval.datasets.base import open_mask
+
+    try:
+        mask = open_mask(path)
+    except InputError as exc:
+        raise InputError(f"mask: {one_line(exc)}") from None
+    W, H = image_size
+    if mask.shape != (H, W):
+        raise InputError(f"mask: {path} is {mask.shape[0]}x{mask.shape[1]} but the image is {H}x{W}")
+    return mask
+
+
+def item_slots(e) -> List[List[int]]:
+    """Response slots of each explained item (a word of several tokens has several)."""
+    pieces = getattr(e, "pieces", None)
+    if pieces:
+        return [list(p) for p in pieces]
+    return [[int(i)] for i in e.response_indices]
+
+
+def word_maps(e, words: Sequence[str]) -> Dict[int, "object"]:
+    """Map of every word the explanation covers: the mean of its items' maps."""
+    where: Dict[int, int] = {}
+    for k, slots in enumerate(item_slots(e)):
+        for s in slots:
+            where.setdefault(s, k)
+    out = {}
+    for i, toks in enumerate(align_words(list(words), e.response_tokens)):
+        ks = sorted({where[j] for j in toks if j in where})
+        if ks:
+            out[i] = e.maps[ks].float().mean(dim=0)
+    return out
+
+
+def ground_truth(rec, e):
+    """The record's words with their labels as a :class:`dcam.eval.datasets.EvalRecord`
+    (None without a mask). A label word that is not in the response, or a
+    label that is not in the mask, is InputError."""
+    if rec.mask is None:
+        return None
+    from ..eval.datasets.base import PhraseMatcher, make_record, phrase
+
+    text = rec.response if isinstance(rec.response, str) else e.response
+    words = list(rec.words) if rec.words is not None else split_words(text)
+    if rec.word_labels is not None:
+        labels = list(rec.word_labels)
+        if len(labels) != len(words):
+            raise InputError(f"labels: {len(labels)} entries for the {len(words)} words of the response")
+    else:
+        hits = PhraseMatcher({phrase(k): k for k in rec.label_map}).match(words)
+        for k in rec.label_map:
+            if k not in hits:
+                raise InputError(f"labels: word {k!r} is not in the response ({' '.join(words)})")
+        labels = [rec.label_map[h] if h is not None else () for h in hits]
+    present = set(np.unique(rec.mask).tolist())
+    for w, labs in zip(words, labels):
+        missing = [v for v in labs if v not in present]
+        if missing:
+            raise InputError(f"labels: label {missing[0]} of the word {w!r} is not in the mask")
+    truth = make_record(rec.id, e.image, text, words, rec.mask, labels)
+    if rec.function is not None:
+        truth.function = list(rec.function)
+    return truth
+
+
+def _floats(t) -> List[Optional[float]]:
+    return [None if not math.isfinite(v) else v for v in (float(x) for x in t.tolist())]
+
+
+def record_metrics(e, truth) -> dict:
+    """Per-map metrics of the record's object and function words (JSON-ready)."""
+    import torch
+
+    from ..eval.metrics import function_metrics, object_metrics
+
+    wmaps = word_maps(e, truth.words)
+    obj = [i for i in truth.object_indices if i in wmaps]
+    fun = [i for i in truth.function_indices if i in wmaps]
+    out: dict = {"object": {"words": obj}, "function": {"words": fun},
+                 "unaligned": sum(1 for i in truth.object_indices + truth.function_indices if i not in wmaps)}
+    if obj:
+        r = object_metrics(torch.stack([wmaps[i] for i in obj]), [truth.word_mask(i) for i in obj])
+        out["object"].update({k: _floats(r[k]) for k in ("obj_iou", "contrast", "concentration", "f3")})
+    if fun:
+        r = function_metrics(torch.stack([wmaps[i] for i in fun]), truth.size)
+        out["function"]["func_iou"] = _floats(r["func_iou"])
+    out["words"] = list(truth.words)
+    return out
+
+
+__all__ = ["read_image", "read_mask", "ground_truth", "record_metrics", "word_maps", "item_slots"]

@@ -1,0 +1,195 @@
+"""``run_dataset``: explain every record of a source into a run folder, on one
+process or on every rank of a torchrun job, resumable.
+
+Each rank takes a deterministic share: the records in blocks of
+``batch_size`` consecutive records (source order), block ``k`` to rank
+``k mod world``; a block is one ``explain_batch`` call (minus the records
+already in the index, and those whose files are bad). So a run on N ranks
+explains every record in the same batch as a run on one process does.
+
+A record that cannot be explained (its image or mask unreadable, a target
+or label word not in the response: any :class:`dcam.InputError`) goes to
+``errors.jsonl`` and the run goes on; a batch that fails is explained again
+record by record so only the bad records are lost. Anything else is a bug
+and stops the run (what was committed stays; a rerun resumes).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..errors import InputError, one_line
+from .distributed import Dist
+from .folder import prepare, run_identity, versions
+from .finish import finish
+from .progress import RunProgress
+from .records import ground_truth, item_slots, record_metrics
+from .sources import RunSource
+from .store import INDEX_PARTS, part_name, parts, scan_index
+from .writer import RecordWriter, write_overlays
+
+
+@dataclass
+class RunOptions:
+    """How to run (see ``dcam run --help``). probe/target_score/steps: passed to
+    ``explain_batch`` (None: the explainer's defaults); prompt: for records
+    without one; memory_budget: bytes (recorded; applied by the explainer)."""
+
+    batch_size: int = 8
+    shard_size: int = 256
+    shard_seconds: float = 120.0
+    probe: Optional[str] = None
+    target_score: Optional[str] = None
+    steps: Optional[int] = None
+    prompt: Optional[str] = None
+    overlays: bool = False
+    overwrite: bool = False
+    memory_budget: Optional[int] = None
+    progress: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def share(source: RunSource, done, batch_size: int, rank: int, world: int) -> List[List[int]]:
+    """This rank's batches: source indices, blocks of ``batch_size``, block k to rank k mod world."""
+    out = []
+    for start in range(rank * batch_size, len(source), world * batch_size):
+        block = [i for i in range(start, min(start + batch_size, len(source))) if source.ids[i] not in done]
+        if block:
+            out.append(block)
+    return out
+
+
+def _json_safe(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def index_entry(rec, e, metrics: Optional[dict]) -> dict:
+    """The index line of one explained record (shard and key are added when its shard is written)."""
+    entry = {
+        "id": rec.id, "n": rec.n, "where": rec.where, "image": rec.image_path, "image_size": list(e.image.size),
+        "prompt": e.prompt, "response": e.response, "response_tokens": list(e.response_tokens),
+        "response_ids": [int(v) for v in e.response_ids], "tokens": list(e.tokens),
+        "token_ids": [int(v) for v in e.token_ids], "word_numbers": [int(v) for v in e.word_numbers],
+        "response_indices": [int(v) for v in e.response_indices], "pieces": item_slots(e), "steps": int(e.steps),
+        "steps_source": e.steps_source, "grid": list(e.grid), "stats": e.stats_lists(),
+        "scores": e.scores.float().tolist(), "notes": list(rec.notes) + list(e.notes)}
+    if metrics is not None:
+        entry["metrics"] = metrics
+    if rec.meta is not None:
+        entry["meta"] = rec.meta
+    return _json_safe(entry)
+
+
+def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, Optional[str]]]:
+    """(record, explanation or None, error or None) for each record: one
+    ``explain_batch`` call, record by record if it refuses the batch."""
+    kw = dict(probe=opts.probe, target_score=opts.target_score, steps=opts.steps)
+    targets = [r.targets for r in recs]
+    if any(t != "all" for t in targets):
+        kw["targets_per_image"] = targets
+    try:
+        es = explainer.explain_batch([r.image for r in recs], [r.prompt or opts.prompt for r in recs],
+                                     [r.response for r in recs], **kw)
+        return [(r, e, None) for r, e in zip(recs, es)]
+    except InputError as exc:
+        if len(recs) == 1:
+            return [(recs[0], None, one_line(str(exc)))]
+    return [out for r in recs for out in explain_records(explainer, [r], opts)]
+
+
+class _Session:
+    """Counts of this process's work in this session."""
+
+    def __init__(self):
+        self.records = self.words = self.errors = 0
+        self.started = time.perf_counter()
+
+
+def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist, done, old_parts) -> _Session:
+    s = _Session()
+    writer = RecordWriter(root, part_name(dist.rank), opts.shard_size, opts.shard_seconds)
+    batches = share(source, done, opts.batch_size, dist.rank, dist.world)
+    bar = RunProgress(root, len(source), len(done), enabled=opts.progress and dist.rank == 0, old_parts=old_parts)
+    try:
+        for block in batches:
+            recs = []
+            for i in block:
+                try:
+                    recs.append(source.load(i))
+                    recs[-1].n = i
+                except InputError as exc:
+                    writer.error(source.ids[i], source.where(i), one_line(str(exc)))
+                    s.errors += 1
+            for rec, e, err in explain_records(explainer, recs, opts) if recs else []:
+                if e is not None:
+                    try:
+                        truth = ground_truth(rec, e)
+                        metrics = record_metrics(e, truth) if truth is not None else None
+                    except InputError as exc:
+                        e, err = None, one_line(str(exc))
+                if e is None:
+                    writer.error(rec.id, rec.where, err)
+                    s.errors += 1
+                    continue
+                entry = index_entry(rec, e, metrics)
+                if opts.overlays:
+                    entry["overlays"] = write_overlays(root, e, rec.id)
+                writer.add(entry, e.maps)
+                s.records += 1
+                s.words += len(e.tokens)
+            bar.update(len(writer.buffer), sum(len(en["tokens"]) for en, _ in writer.buffer))
+        writer.close()
+    finally:
+        writer.close()
+        bar.close()
+    s.seconds = time.perf_counter() - s.started
+    return s
+
+
+def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOptions] = None, dist: Optional[Dist] = None,
+                model: Optional[Dict[str, Any]] = None, log=None) -> Optional[dict]:
+    """Explain ``source`` into the run folder ``out`` (see the package docstring).
+
+    explainer: a :class:`dcam.Explainer`; model: :func:`.folder.model_identity`
+    of its files (part of the fingerprint); dist: this rank (default: one
+    process). Returns the final ``run.json`` on rank 0, None elsewhere."""
+    opts = opts or RunOptions()
+    dist = dist or Dist()
+    log = log or (lambda msg: None)
+    root = os.path.abspath(out)
+    identity = run_identity(explainer, model or {"name": type(explainer.model).__name__}, opts.probe,
+                            opts.target_score, opts.steps)
+    header = {"source": source.describe(), "versions": versions(),
+              "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size,
+                          "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
+                          "backend": dist.backend, **opts.extra}}
+    lock = dist.on_rank0(lambda: prepare(root, identity, opts.overwrite, header))
+    try:
+        done, _, _ = scan_index(root)
+        old_parts = parts(root, INDEX_PARTS)
+        dist.barrier()  # every rank has read the index before any rank writes to it
+        log(f"{len(done)} of {len(source)} records already done; {dist.world} process(es)")
+        s = _work(explainer, source, root, opts, dist, done, old_parts)
+        records, words, errors = dist.sum([s.records, s.words, s.errors])
+        seconds, = dist.max([s.seconds])
+        dist.barrier()
+        if dist.rank != 0:
+            return None
+        session = {"records": int(records), "words": int(words), "errors": int(errors), "seconds": seconds,
+                   "processes": dist.world}
+        return finish(root, source, session, identity, header)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+__all__ = ["RunOptions", "run_dataset", "share", "explain_records", "index_entry"]

@@ -1,0 +1,239 @@
+"""The files of a run folder and how they are written so that a process
+killed at any moment (SIGKILL, pre-emption) leaves nothing half-written that
+a reader would take for data.
+
+    DIR/run.json                     model, method, config, versions, counts, throughput, fingerprint
+    DIR/shards/<part>-NNNNN.safetensors   maps of many records: tensor <key> [T,h,w] per record (key in
+                                     the index), <key>.trajectory [S,T,h,w] where a run stores map trajectories
+    DIR/index.jsonl                  one line per explained record (merged from the parts at the end)
+    DIR/index/<part>.jsonl           index lines written by one process of one session (until merged)
+    DIR/errors.jsonl, DIR/errors/<part>.jsonl   records that failed: id, reason
+    DIR/metrics.json, DIR/metrics.md with masks: the paper's metrics over every record
+    DIR/overlays/<record>/NN_word.png     with --overlays
+
+Write order: a shard is written under a temporary name, fsync'ed and renamed
+into place (then its folder fsync'ed) before the index lines that point to
+it are appended; each append is one ``write`` of whole lines followed by
+fsync. A reader ignores a last line without its newline (a write cut short);
+a record is done when its index line is complete, so a record whose shard
+was written but whose line was not is simply explained again (the orphan
+shard is deleted at the next start). ``<part>`` names one process of one
+session (``<time>-r<rank>-p<pid>``), so two processes never write one file
+and a restarted process never appends to a file a killed one left.
+
+Merging (:func:`merge_index`, at the end of a run): ``index.jsonl`` is
+rewritten whole (temporary name, fsync, rename) with the lines of every part
+not yet in it, in source order, then the parts are deleted. Every line names its part,
+so a part already merged (a kill between the rename and the deletion) is
+recognised and never counted twice.
+"""
+from __future__ import annotations
+
+import glob
+import heapq
+import json
+import os
+import time
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+from ..errors import InputError, one_line
+
+INDEX = "index.jsonl"
+INDEX_PARTS = "index"
+ERRORS = "errors.jsonl"
+ERROR_PARTS = "errors"
+SHARDS = "shards"
+RUN_JSON = "run.json"
+LOCK = ".lock"
+
+
+def part_name(rank: int) -> str:
+    """A name no other process of any session uses; sorts by start time."""
+    return f"{time.time_ns():016x}-r{rank:05d}-p{os.getpid()}"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """``path`` holds ``data`` whole or is untouched: temporary name, fsync, rename, fsync of the folder."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_json_atomic(path: str, obj) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+
+
+def json_line(obj) -> bytes:
+    return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
+class LineWriter:
+    """Appends whole JSON lines to one file (created on the first write), fsync'ed per call."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def write(self, objs: List[dict]) -> None:
+        if not objs:
+            return
+        if self.fd is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            fsync_dir(os.path.dirname(self.path))
+        view = memoryview(b"".join(json_line(o) for o in objs))
+        while view:
+            view = view[os.write(self.fd, view):]
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def read_lines(path: str) -> Iterator[Tuple[int, dict]]:
+    """(line number, object) of every complete line; a last line without its
+    newline (a write cut short by a kill) is not data. A complete line that is
+    not JSON is InputError naming the file and line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                return
+            if not raw.strip():
+                continue
+            try:
+                yield n, json.loads(raw)
+            except ValueError as exc:
+                raise InputError(f"run: {path} line {n} is corrupt ({one_line(exc)})") from None
+
+
+def parts(root: str, folder: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(root, folder, "*.jsonl")))
+
+
+def iter_index(root: str) -> Iterator[dict]:
+    """Every index line of the run, lazily: ``index.jsonl`` first, then the
+    parts it does not already hold."""
+    merged: Set[str] = set()
+    main = os.path.join(root, INDEX)
+    if os.path.exists(main):
+        for _, obj in read_lines(main):
+            merged.add(obj.get("part", ""))
+            yield obj
+    for p in parts(root, INDEX_PARTS):
+        if os.path.basename(p)[:-len(".jsonl")] in merged:
+            continue
+        for _, obj in read_lines(p):
+            yield obj
+
+
+def scan_index(root: str) -> Tuple[Set[str], Set[str], int]:
+    """(ids done, shard files referenced, words) over the whole index."""
+    done: Set[str] = set()
+    shards: Set[str] = set()
+    words = 0
+    for obj in iter_index(root):
+        rid = obj["id"]
+        if rid in done:
+            raise InputError(f"run: record {rid!r} is twice in the index of {root}")
+        done.add(rid)
+        shards.add(obj["shard"])
+        words += len(obj.get("tokens", ()))
+    return done, shards, words
+
+
+def _unmerged(root: str, merged: Set[str]) -> Iterator[dict]:
+    """Lines of the parts ``index.jsonl`` does not hold yet, in source order
+    (each part is in source order: a process explains its records in order)."""
+    streams = [(obj for _, obj in read_lines(p)) for p in parts(root, INDEX_PARTS)
+               if os.path.basename(p)[:-len(".jsonl")] not in merged]
+    return heapq.merge(*streams, key=lambda o: o.get("n", -1))
+
+
+def merge_index(root: str) -> None:
+    """Fold the index parts into ``index.jsonl`` (see the module docstring);
+    the lines end up in source order (``n``) when the source did not change
+    between sessions."""
+    pending = parts(root, INDEX_PARTS)
+    if not pending:
+        return
+    main = os.path.join(root, INDEX)
+    merged: Set[str] = set()
+    if os.path.exists(main):
+        merged = {obj.get("part", "") for _, obj in read_lines(main)}
+    old = (obj for _, obj in read_lines(main)) if os.path.exists(main) else iter(())
+    tmp = f"{main}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as out:
+        for obj in heapq.merge(old, _unmerged(root, merged), key=lambda o: o.get("n", -1)):
+            out.write(json_line(obj))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, main)
+    fsync_dir(root)
+    for p in pending:
+        os.unlink(p)
+
+
+def read_errors(root: str, done: Optional[Set[str]] = None) -> Dict[str, dict]:
+    """The latest error of every record not done (``errors.jsonl``, then the parts in time order)."""
+    out: Dict[str, dict] = {}
+    files = ([os.path.join(root, ERRORS)] if os.path.exists(os.path.join(root, ERRORS)) else []) + \
+        parts(root, ERROR_PARTS)
+    for p in files:
+        for _, obj in read_lines(p):
+            out.pop(obj["id"], None)  # re-insert: the latest attempt comes last
+            out[obj["id"]] = obj
+    if done:
+        out = {k: v for k, v in out.items() if k not in done}
+    return out
+
+
+def merge_errors(root: str, done: Set[str]) -> int:
+    """Rewrite ``errors.jsonl`` with the latest error of every record not done; returns their number."""
+    errs = read_errors(root, done)
+    write_bytes_atomic(os.path.join(root, ERRORS), b"".join(json_line(e) for e in errs.values()))
+    for p in parts(root, ERROR_PARTS):
+        os.unlink(p)
+    return len(errs)
+
+
+def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
+    """Delete temporary files and shards no index line points to (left by a
+    killed process); returns what was deleted. Only call with no writer running."""
+    gone = []
+    for p in glob.glob(os.path.join(root, SHARDS, "*")):
+        rel = os.path.relpath(p, root)
+        if ".tmp-" in os.path.basename(p) or rel not in shards_in_use:
+            os.unlink(p)
+            gone.append(rel)
+    for p in glob.glob(os.path.join(root, "*.tmp-*")) + glob.glob(os.path.join(root, "overlays", ".partial-*")):
+        if os.path.isdir(p):
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.unlink(p)
+        gone.append(os.path.relpath(p, root))
+    return gone
+
+
+__all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
+           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_lines", "iter_index", "scan_index",
+           "merge_index", "read_errors", "merge_errors", "remove_debris", "fsync_dir"]

@@ -1,0 +1,168 @@
+"""The page of a run (``dcam view DIR``): ``DIR/index.html`` and ``DIR/view/``.
+
+``view/page-NNNNN.js`` holds the page data (:mod:`dcam.render.html`) of
+``per_page`` records each, loaded by the page when that page is shown (a
+script element, which works from ``file://`` without a server), so a run of
+a million records opens as fast as one of ten; ``view/img/NNNNNN.(png|jpg)``
+are the records' images shrunk to ``max_side`` (read from the paths in the
+index; a record whose image is gone shows its maps on grey). The explained
+records come first, in index order, then the failed ones with their reason.
+``view/`` is replaced whole and ``index.html`` atomically, so a page is
+never a mix of two versions.
+"""
+from __future__ import annotations
+
+import glob
+import html
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from ..errors import InputError
+from .reader import load_run
+from .store import write_bytes_atomic
+
+VIEW = "view"
+
+
+def _save_image(path: Optional[str], out_dir: str, n: int, max_side: int) -> Optional[str]:
+    """The record's image written for the page; its URL relative to the run folder (None if unreadable)."""
+    from ..images import load_image
+
+    if not path:
+        return None
+    try:
+        im = load_image(path)
+    except InputError:
+        return None
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side))
+    big = max(im.size) > 256
+    name = f"{n:06d}.{'jpg' if big else 'png'}"
+    im.save(os.path.join(out_dir, "img", name), **({"quality": 88} if big else {}))
+    return f"{VIEW}/img/{name}"
+
+
+def _items(entry: dict):
+    from ..words import clean_token
+
+    return [{"text": clean_token(t) or t, "number": int(n)} for t, n in zip(entry["tokens"], entry["word_numbers"])]
+
+
+def _summary(info: dict, n: int, errors: int) -> str:
+    parts = [f"{n} records", f"{errors} failed"]
+    if info:
+        parts.append(f"{info.get('method', '?')} on {info.get('model_class', '?')} "
+                     f"(layer {info.get('layer')}, probe {info.get('probe')})")
+        t = info.get("throughput")
+        if t:
+            parts.append(f"{t['images_per_s']:.2f} images/s, {t['words_per_s']:.1f} words/s "
+                         f"on {t.get('processes', 1)} process(es)")
+    return "; ".join(parts)
+
+
+def _metrics_html(metrics: Optional[dict]) -> str:
+    if not metrics:
+        return ""
+    s = metrics.get("summary", {})
+    cols = [("Obj-IoU", "obj_iou", 100), ("Contrast", "contrast", 1), ("Concentration", "concentration", 100),
+            ("F3", "f3", 100), ("Func-IoU", "func_iou", 100), ("object words", "n_obj", None),
+            ("function words", "n_func", None)]
+    cells = []
+    for _, k, scale in cols:
+        v = s.get(k)
+        cells.append("n/a" if v is None else (str(v) if scale is None else f"{v * scale:.2f}"))
+    head = "".join(f"<th>{html.escape(c[0])}</th>" for c in cols)
+    row = "".join(f"<td>{c}</td>" for c in cells)
+    return f"<table class=\"runmetrics\"><tr>{head}</tr><tr>{row}</tr></table>"
+
+
+class _PageWriter:
+    def __init__(self, folder: str, per_page: int):
+        self.folder, self.per_page = folder, per_page
+        self.buf, self.pages, self.total = [], 0, 0
+
+    def add(self, rec: dict) -> None:
+        self.buf.append(rec)
+        self.total += 1
+        if len(self.buf) == self.per_page:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        from ..render.html import script_json
+
+        data = script_json(self.buf)
+        with open(os.path.join(self.folder, f"page-{self.pages:05d}.js"), "w", encoding="utf-8") as f:
+            f.write(f"DcamViewer.page({self.pages}, {data});\n")
+        self.pages += 1
+        self.buf = []
+
+
+def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None, max_side: int = 512,
+                   progress: bool = False) -> dict:
+    """Write the run's page (see the module docstring); returns what was written."""
+    from ..render.html import error_data, page_html, record_data, viewer_config
+
+    run = load_run(folder)
+    root = run.root
+    for left in glob.glob(os.path.join(root, f".{VIEW}.partial-*")) + glob.glob(os.path.join(root, f"{VIEW}.old-*")):
+        shutil.rmtree(left, ignore_errors=True)  # what a killed `dcam view` left
+    tmp = tempfile.mkdtemp(prefix=f".{VIEW}.partial-", dir=root)
+    try:
+        os.makedirs(os.path.join(tmp, "img"))
+        pages = _PageWriter(tmp, per_page)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="dcam view", unit="rec")
+        done = set()
+        for r in run:
+            done.add(r.id)
+            if limit is not None and pages.total >= limit:
+                continue
+            e = r.entry
+            traj = r.trajectory
+            pages.add(record_data(
+                r.id, e["response"], _items(e), traj if traj is not None else r.maps,
+                _save_image(e.get("image"), tmp, pages.total, max_side), e.get("image_size") or [1, 1],
+                e.get("grid") or list(r.maps.shape[-2:]), stats=e.get("stats"), metrics=e.get("metrics"),
+                notes=e.get("notes"), where=e.get("where", ""), step_labels=e.get("trajectory_steps")))
+            if bar is not None:
+                bar.update()
+        from .store import read_errors
+
+        errors = read_errors(root, done)
+        for err in errors.values():
+            if limit is None or pages.total < limit:
+                pages.add(error_data(err["id"], err["reason"], err.get("where", "")))
+        pages.flush()
+        if bar is not None:
+            bar.close()
+        _replace(os.path.join(root, VIEW), tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    cfg = viewer_config([], title=f"dcam run: {os.path.basename(root)}", summary=_summary(run.info, len(done),
+                        len(errors)), per_page=per_page, pages=max(1, pages.pages), total=pages.total,
+                        page_url=f"{VIEW}/page-%05d.js", metrics_html=_metrics_html(run.metrics))
+    page = os.path.join(root, "index.html")
+    write_bytes_atomic(page, page_html(cfg).encode("utf-8"))
+    return {"page": page, "records": pages.total, "pages": pages.pages, "errors": len(errors)}
+
+
+def _replace(target: str, new: str) -> None:
+    """Put the folder ``new`` at ``target``, replacing an old one whole."""
+    old = None
+    if os.path.exists(target):
+        old = f"{target}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(new, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["write_run_page"]

@@ -1,0 +1,233 @@
+"""`dcam run` on one process: what lands in the folder, checked against the
+explainer called directly and metrics computed here; resuming, refusing a
+changed config, crash debris; `dcam.load_run` reads lazily."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dcam
+from dcam.cli import main
+from dcam.errors import InputError
+
+from dcam.words import FUNCTION_WORDS
+
+GOOD = ["s0", "s1", "s2", "s3", "gen4", "s5", "dict6", "s7"]
+BAD = {"missing-image": "no such file", "corrupt-image": "cannot read", "bad-mask": "mask:",
+       "bad-target": "not in the response", "bad-label-word": "not in the response"}
+RUN_ARGS = ["--threads", "1", "--batch-size", "2", "--shard-size", "2", "--quiet"]
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def explainer(bundled):
+    return dcam.Explainer(*bundled)
+
+
+def test_folder_holds_every_good_record_once_and_every_bad_one_in_errors(reference_run, run_manifest):
+    index = _lines(os.path.join(reference_run, "index.jsonl"))
+    assert [e["id"] for e in index] == [i for i in run_manifest["order"] if i in GOOD]  # source order
+    errors = {e["id"]: e for e in _lines(os.path.join(reference_run, "errors.jsonl"))}
+    assert set(errors) == set(BAD)
+    for rid, piece in BAD.items():
+        assert piece in errors[rid]["reason"], errors[rid]
+        assert errors[rid]["where"] == f"line {run_manifest['order'].index(rid) + 1}"
+    assert not os.listdir(os.path.join(reference_run, "index"))  # parts merged
+    assert not os.listdir(os.path.join(reference_run, "errors"))
+    info = json.load(open(os.path.join(reference_run, "run.json")))
+    words = sum(len(e["tokens"]) for e in index)
+    assert info["status"] == "complete" and info["counts"] == {"records": 13, "done": 8, "errors": 5,
+                                                               "words": words, "index_records": 8}
+    assert info["session"]["records"] == 8 and info["session"]["words"] == words and info["session"]["errors"] == 5
+    t = info["throughput"]
+    assert t["images_per_s"] == pytest.approx(8 / info["session"]["seconds"])
+    assert t["words_per_s"] == pytest.approx(words / info["session"]["seconds"]) and t["processes"] == 1
+    assert info["method"] == "diffusion-cam" and info["model"]["name"] == "bundled"
+    assert set(info["versions"]) >= {"dcam", "torch", "python"} and len(info["fingerprint"]) == 64
+    assert info["options"]["batch_size"] == 2 and info["options"]["world_size"] == 1
+
+
+def test_maps_are_the_explainers_maps_under_the_right_id(reference_run, run_manifest, explainer):
+    run = dcam.load_run(reference_run)
+    folder = run_manifest["folder"]
+    seen = 0
+    for r in run:
+        e = run_manifest["good"][r.id]
+        direct = explainer.explain(os.path.join(folder, e["image"]), prompt=e.get("prompt"),
+                                   response=e.get("response"), targets=e.get("targets", "all"))
+        assert r.tokens == direct.tokens and r.response == direct.response and r.steps == direct.steps
+        assert r.maps.dtype == torch.float32 and r.maps.shape == direct.maps.shape
+        # batched forwards (the run) and one-image forwards (here) round differently, by ~1e-5
+        torch.testing.assert_close(r.maps, direct.maps, rtol=0, atol=1e-4)
+        assert set(r.stats) == set(direct.stats)
+        for k, v in direct.stats.items():
+            torch.testing.assert_close(r.stats[k].float(), v.float(), rtol=0, atol=1e-4)
+        seen += 1
+    assert seen == 8
+    assert [r.tokens for r in run.records(["s3"])][0] == run_manifest["good"]["s3"]["targets"]
+
+
+def _truth(entry, manifest_entry, mask):
+    """(object word maps' labels, function word indices) of a record, worked out here."""
+    words = entry["response"].split()
+    labels = manifest_entry["labels"]
+    if isinstance(labels, dict):
+        labels = [labels.get(w, 0) for w in words]
+    obj = [(i, labels[i]) for i in range(len(words)) if labels[i]]
+    fun = [i for i in range(len(words)) if not labels[i] and words[i] in FUNCTION_WORDS]
+    return words, obj, fun
+
+
+def test_metrics_match_an_independent_computation(reference_run, run_manifest):
+    from dcam.eval.metrics import function_metrics, object_metrics
+
+    vals = {"obj_iou": [], "contrast": [], "concentration": [], "f3": [], "func_iou": []}
+    for r in dcam.load_run(reference_run):
+        m = run_manifest["good"][r.id]
+        if "mask" not in m:
+            assert r.metrics is None
+            continue
+        mask = np.asarray(Image.open(os.path.join(run_manifest["folder"], m["mask"]))).astype(np.int64)
+        words, obj, fun = _truth(r.entry, m, mask)
+        maps = {n: r.maps[k] for k, n in enumerate(r.entry["word_numbers"])}  # word-level tokens: item = word
+        obj = [(i, l) for i, l in obj if i in maps]
+        fun = [i for i in fun if i in maps]
+        o = object_metrics(torch.stack([maps[i] for i, _ in obj]), [np.where(mask == l, mask, 0) for _, l in obj])
+        assert r.metrics["object"]["words"] == [i for i, _ in obj]
+        for k in ("obj_iou", "contrast", "concentration", "f3"):
+            np.testing.assert_allclose(r.metrics["object"][k], o[k].numpy(), rtol=1e-6)
+            vals[k] += o[k].tolist()
+        if fun:
+            f = function_metrics(torch.stack([maps[i] for i in fun]), mask.shape)
+            np.testing.assert_allclose(r.metrics["function"]["func_iou"], f["func_iou"].numpy(), rtol=1e-6)
+            vals["func_iou"] += f["func_iou"].tolist()
+    report = json.load(open(os.path.join(reference_run, "metrics.json")))
+    s = report["summary"]
+    iou, con, conc = (float(np.mean(vals[k])) for k in ("obj_iou", "contrast", "concentration"))
+    assert s["obj_iou"] == pytest.approx(iou) and s["contrast"] == pytest.approx(con)
+    assert s["concentration"] == pytest.approx(conc)
+    assert s["f3"] == pytest.approx(3 / (1 / iou + 1 / min(con / 20, 1) + 1 / conc))
+    assert s["f3_per_map"] == pytest.approx(float(np.mean(vals["f3"])))
+    assert s["func_iou"] == pytest.approx(float(np.mean(vals["func_iou"])))
+    assert s["n_obj"] == len(vals["obj_iou"]) and report["records"] == 7
+    table = open(os.path.join(reference_run, "metrics.md")).read()
+    assert f"| Diffusion-CAM | {100 * iou:.2f} | {con:.2f}x | {100 * conc:.2f} |" in table
+
+
+def test_rerun_resumes_with_nothing_to_do(reference_run, run_manifest, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    before = sorted(os.listdir(os.path.join(out, "shards")))
+    index = open(os.path.join(out, "index.jsonl")).read()
+    capsys.readouterr()
+    assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 0
+    assert "this session 0 records" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(out, "shards"))) == before
+    assert open(os.path.join(out, "index.jsonl")).read() == index
+    info = json.load(open(os.path.join(out, "run.json")))
+    old = json.load(open(os.path.join(reference_run, "run.json")))
+    assert info["counts"] == old["counts"] and info["session"]["records"] == 0
+    assert info["throughput"] == old["throughput"]  # the last measure is kept
+
+
+def test_changed_config_is_refused_unless_overwrite(reference_run, run_manifest, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    capsys.readouterr()
+    assert main(["run", run_manifest["path"], "--out", out, "--cam", "akd=false", *RUN_ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dcam run: error: --out:") and "config.akd" in err[0]
+    assert main(["run", run_manifest["path"], "--out", out, "--method", "grad-cam", *RUN_ARGS]) == 2
+    assert "method" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["run", run_manifest["path"], "--out", str(other), *RUN_ARGS]) == 2
+    assert "holds no dcam run" in capsys.readouterr().err and (other / "notes.txt").exists()
+
+
+def test_overwrite_starts_over_and_overlays_are_the_explanations_overlays(run_manifest, tmp_path, explainer):
+    folder = run_manifest["folder"]
+    small = tmp_path / "small.jsonl"
+    entries = [run_manifest["good"]["s2"], run_manifest["good"]["s3"]]
+    small.write_text("".join(json.dumps(dict(e, image=os.path.join(folder, e["image"]),
+                                             mask=os.path.join(folder, e["mask"]))) + "\n" for e in entries))
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    open(os.path.join(out, "old.txt"), "w").write("x")
+    assert main(["run", str(small), "--out", out, "--overwrite", "--overlays", "--cam", "akd=false",
+                 "--memory-budget", "2GB", *RUN_ARGS]) == 0
+    assert not os.path.exists(os.path.join(out, "old.txt"))
+    info = json.load(open(os.path.join(out, "run.json")))
+    assert info["options"]["memory_budget"] == 2 * 10 ** 9 and info["config"]["akd"] is False
+    from dcam.render.overlay import overlay
+
+    exp = dcam.Explainer(explainer.model, explainer.processor, config=explainer.config.replace(akd=False))
+    for r in dcam.load_run(out):
+        m = run_manifest["good"][r.id]
+        e = exp.explain(os.path.join(folder, m["image"]), response=m["response"], targets=m.get("targets", "all"))
+        torch.testing.assert_close(r.maps, e.maps, rtol=0, atol=1e-4)
+        files = sorted(os.listdir(os.path.join(out, r.entry["overlays"])))
+        assert len(files) == len(e.tokens)
+        for k, name in enumerate(files):
+            assert name.startswith(f"{e.word_numbers[k]:02d}_")
+            got = np.asarray(Image.open(os.path.join(out, r.entry["overlays"], name)))
+            want = overlay(Image.open(os.path.join(folder, m["image"])), r.maps[k])  # the stored map's overlay
+            assert np.array_equal(got, np.asarray(want))
+
+
+def test_debris_of_a_killed_process_is_cleaned_and_the_rest_redone(reference_run, run_manifest, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    lines = open(os.path.join(out, "index.jsonl")).read().splitlines(keepends=True)
+    kept = lines[:3]
+    # as a kill leaves it: the index cut mid-line, shards of lost lines, a temporary shard, an error part
+    with open(os.path.join(out, "index.jsonl"), "w") as f:
+        f.write("".join(kept) + lines[3][:40])
+    open(os.path.join(out, "shards", "x.safetensors.tmp-123"), "wb").write(b"partial")
+    os.makedirs(os.path.join(out, "errors"), exist_ok=True)
+    open(os.path.join(out, "errors", "0-r00000-p1.jsonl"), "w").write(
+        json.dumps({"id": "s7", "where": "line 1", "reason": "stale", "part": "p"}) + "\n")
+    run = dcam.load_run(out)
+    assert [r.id for r in run] == [json.loads(l)["id"] for l in kept]  # the cut line is not data
+    assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 0
+    ids = [r.id for r in dcam.load_run(out)]
+    assert sorted(ids) == sorted(GOOD) and len(ids) == len(set(ids))
+    referenced = {json.loads(l)["shard"] for l in open(os.path.join(out, "index.jsonl"))}
+    assert {os.path.join("shards", n) for n in os.listdir(os.path.join(out, "shards"))} == referenced
+    ref = {r.id: r.maps for r in dcam.load_run(reference_run)}
+    for r in dcam.load_run(out):  # redone records sit in other batches than before: ~1e-5 rounding
+        torch.testing.assert_close(r.maps, ref[r.id], rtol=0, atol=1e-4)
+    errors = _lines(os.path.join(out, "errors.jsonl"))
+    assert sorted(e["id"] for e in errors) == sorted(BAD)  # the stale error of a done record is gone
+
+
+def test_load_run_is_lazy(reference_run, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    index = open(os.path.join(out, "index.jsonl")).read().splitlines(keepends=True)
+    first = json.loads(index[0])
+    with open(os.path.join(out, "index.jsonl"), "a") as f:
+        f.write("{corrupt\n")
+    for e in index:  # delete every shard but the first record's
+        shard = json.loads(e)["shard"]
+        if shard != first["shard"] and os.path.exists(os.path.join(out, shard)):
+            os.unlink(os.path.join(out, shard))
+    it = iter(dcam.load_run(out))
+    r = next(it)  # read before the corrupt line is reached, maps from its own shard only
+    assert r.id == first["id"] and r.maps.shape[0] == len(first["tokens"])
+    with pytest.raises(InputError, match="cannot read the shard"):
+        for r in it:
+            r.maps
+    with pytest.raises(InputError, match=r"index.jsonl line 9 is corrupt"):
+        list(dcam.load_run(out))
+    with pytest.raises(InputError, match="holds no dcam run"):
+        dcam.load_run(str(tmp_path))

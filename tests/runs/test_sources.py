@@ -1,0 +1,123 @@
+"""What a run reads: manifest lines (every mistake refused with one line naming
+it), folders of images, TAM data folders; the CLI's one-line errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcam.cli import main
+from dcam.errors import InputError
+from dcam.runs.sources import FolderSource, ManifestSource, open_source, parse_targets
+
+
+def _manifest(tmp_path, lines):
+    p = tmp_path / "m.jsonl"
+    p.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    return str(p)
+
+
+def _png(path, size=(16, 16), value=100, mode="RGB"):
+    Image.fromarray(np.full((size[1], size[0], 3) if mode == "RGB" else (size[1], size[0]), value, np.uint8),
+                    mode).save(path)
+
+
+def test_manifest_records_resolve_paths_targets_and_labels(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    _png(tmp_path / "imgs" / "a.png")
+    _png(tmp_path / "imgs" / "m.png", mode="L", value=1)
+    absolute = tmp_path / "b.png"
+    _png(absolute, size=(8, 4))
+    p = _manifest(tmp_path, [
+        {"id": 7, "image": "imgs/a.png", "response": "a red circle", "targets": "red, circle",
+         "mask": "imgs/m.png", "labels": [0, 1, [1]], "meta": {"k": 1}},
+        "",
+        {"id": "b", "image": str(absolute), "prompt": "describe", "targets": ["red", 2]},
+    ])
+    src = ManifestSource(p)
+    assert src.ids == ["7", "b"] and len(src) == 2 and src.where(1) == "line 3"
+    a = src.load(0)
+    assert a.id == "7" and a.image_path == str(tmp_path / "imgs" / "a.png") and a.image.size == (16, 16)
+    assert a.targets == ["red", "circle"] and a.word_labels == [(), (1,), (1,)] and a.meta == {"k": 1}
+    assert a.mask.shape == (16, 16) and a.mask.dtype == np.int64 and int(a.mask.max()) == 1
+    b = src.load(1)
+    assert b.image_path == str(absolute) and b.prompt == "describe" and b.targets == ["red", 2] and b.mask is None
+    assert parse_targets(None) == "all" and parse_targets("all") == "all" and parse_targets("0 -1") == [0, -1]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "line 2: not JSON"),
+    ("[1, 2]", "line 2: expected a JSON object, got a JSON list"),
+    ({"id": "x", "image": "a.png", "respone": "typo"}, "line 2: unknown key 'respone'"),
+    ({"image": "a.png"}, "line 2: no 'id'"),
+    ({"id": "", "image": "a.png"}, "line 2: 'id' must be a non-empty text or an int"),
+    ({"id": "x"}, "line 2: no 'image'"),
+    ({"id": "first", "image": "a.png"}, "line 2: id 'first' is already on line 1"),
+    ({"id": "x", "image": "a.png", "response": "a red circle", "mask": "m.png", "labels": [0, 1]},
+     "line 2: 'labels' has 2 entries but the response has 3 words"),
+    ({"id": "x", "image": "a.png", "labels": {"red": 1}}, "line 2: 'mask' and 'labels' go together"),
+    ({"id": "x", "image": "a.png", "mask": "m.png", "labels": [0, 1]}, "line 2: 'labels' as a list"),
+    ({"id": "x", "image": "a.png", "mask": "m.png", "labels": {"red": -1}}, "labels['red'] must be a label"),
+    ({"id": "x", "image": "a.png", "targets": []}, "line 2: 'targets' must be"),
+    ({"id": "x", "image": "a.png", "response": 3}, "line 2: 'response' must be text"),
+])
+def test_bad_manifest_lines_are_refused_naming_the_line(tmp_path, line, message):
+    p = _manifest(tmp_path, [{"id": "first", "image": "a.png"}, line])
+    with pytest.raises(InputError) as info:
+        ManifestSource(p)
+    text = str(info.value)
+    assert text.startswith(f"MANIFEST: {p} ") and message in text and "\n" not in text
+
+
+def test_empty_manifest_and_missing_paths(tmp_path):
+    with pytest.raises(InputError, match="holds no record"):
+        ManifestSource(_manifest(tmp_path, ["", "  "]))
+    with pytest.raises(InputError, match="MANIFEST: no such file or folder"):
+        open_source(str(tmp_path / "nothing.jsonl"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no image file"):
+        open_source(str(tmp_path / "empty"))
+
+
+def test_folder_of_images(tmp_path):
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (_png(tmp_path / name) if name != "notes.txt" else (tmp_path / name).write_text("x"))
+    src = open_source(str(tmp_path))
+    assert isinstance(src, FolderSource) and src.ids == ["a.jpg", "b.png"]
+    r = src.load(1)
+    assert r.response is None and r.targets == "all" and r.image_path == str(tmp_path / "b.png")
+
+
+def test_tam_data_folder(tmp_path):
+    _png(tmp_path / "img.png", size=(8, 8))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 1
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    (tmp_path / "anno.json").write_text(json.dumps([{"id": "e1", "image": "img.png", "caption": "a red circle",
+                                                      "mask": "mask.png", "categories": {"circle": 1}}]))
+    src = open_source(str(tmp_path))
+    assert src.kind == "tam" and src.ids == ["e1"]
+    r = src.load(0)
+    assert r.response == "a red circle" and r.words == ["a", "red", "circle"]
+    assert r.word_labels == [(), (), (1,)] and r.image_path == str(tmp_path / "img.png")
+    assert r.mask.sum() == 9
+
+
+def test_cli_refuses_a_bad_manifest_with_one_line(tmp_path, capsys):
+    p = _manifest(tmp_path, [{"id": "a", "image": "x.png"}, {"id": "a", "image": "y.png"}])
+    rc = main(["run", p, "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"dcam run: error: MANIFEST: {p} line 2: id 'a' is already on line 1"]
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_cli_memory_budget_is_a_size(tmp_path, capsys):
+    from dcam.cli import build_parser
+
+    args = build_parser().parse_args(["run", "m.jsonl", "--out", "o", "--memory-budget", "8GB"])
+    assert args.memory_budget == 8 * 1000 ** 3
+    assert build_parser().parse_args(["run", "m", "--out", "o", "--memory-budget", "512MiB"]).memory_budget == 512 << 20
+    rc = main(["run", "m.jsonl", "--out", "o", "--memory-budget", "8XB"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--memory-budget" in err[0] and "8XB" in err[0]

@@ -1,0 +1,172 @@
+"""`dcam view` and the explanation page in a real headless Chromium: the page
+loads from file:// with no request leaving the machine and no console error;
+clicking / hovering a word changes the overlay, whose pixels are the map
+upsampled and coloured as computed here; keys move between records and
+pages; a run holding map trajectories gets a step slider."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dcam
+from dcam.cli import main
+
+
+#: Colour difference allowed: premultiplied-alpha rounding in the canvas, and a neighbouring
+#: colour-table entry where a value falls exactly between two.
+TOL = 6
+
+
+def _canvas(browser):
+    """The overlay canvas's RGBA pixels (as the page drew them)."""
+    data = browser.js("(function(){var c=document.querySelector('canvas.ov');"
+                      "return [c.width,c.height,Array.from(c.getContext('2d').getImageData(0,0,c.width,c.height)"
+                      ".data)];})()")
+    return np.asarray(data[2], np.uint8).reshape(data[1], data[0], 4)
+
+
+def _expected_heat(map_hw, size_hw):
+    """The heatmap colours worked out here: quantised to bytes as the page stores it, upsampled
+    bilinearly with half-pixel centres, coloured with matplotlib's jet."""
+    import matplotlib
+
+    q = np.rint(np.clip(map_hw.numpy(), 0, 1) * 255) / 255
+    up = F.interpolate(torch.tensor(q, dtype=torch.float64)[None, None], size=size_hw, mode="bilinear",
+                       align_corners=False)[0, 0].clamp(0, 1).numpy()
+    lut = np.rint(matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255)
+    return lut[np.rint(up * 255).astype(int)]
+
+
+def _attr(browser, name):
+    return browser.js(f"document.querySelector('.dcv').getAttribute('{name}')")
+
+
+@pytest.fixture(scope="module")
+def viewed_run(reference_run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("view") / "run")
+    shutil.copytree(reference_run, out)
+    assert main(["view", out, "--per-page", "5", "--quiet"]) == 0
+    return out
+
+
+def test_view_writes_the_page_and_its_pages(viewed_run):
+    names = sorted(os.listdir(os.path.join(viewed_run, "view")))
+    assert names == ["img", "page-00000.js", "page-00001.js", "page-00002.js"]  # 8 records + 5 errors, 5 a page
+    assert len(os.listdir(os.path.join(viewed_run, "view", "img"))) == 8
+    text = open(os.path.join(viewed_run, "index.html")).read()
+    assert "http://" not in text and "https://" not in text and "<script src" not in text
+
+
+def test_run_page_in_chromium(browser, viewed_run):
+    browser.open("file://" + os.path.join(viewed_run, "index.html"))
+    assert browser.problems() == []
+    run = list(dcam.load_run(viewed_run))
+    assert _attr(browser, "data-record") == run[0].id
+    assert browser.js("document.querySelectorAll('.list .row').length") == 5
+    assert browser.js("document.querySelectorAll('.words button').length") == len(run[0].tokens)
+    assert browser.js("document.querySelector('.words').textContent") == "".join(
+        t for t in run[0].tokens)
+    # word 0 is shown first; its colours are the map's
+    shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
+    px0 = _canvas(browser)
+    want = _expected_heat(run[0].maps[0], (shape[1], shape[0]))
+    # off by a little at most: the canvas keeps premultiplied alpha (a rounding at opacity 0.5)
+    assert np.abs(px0[..., :3].astype(int) - want).max() <= TOL
+    assert (px0[..., 3] == 128).all()  # opacity 0.5
+    shot0 = browser.screenshot()
+    # click word 2: the overlay changes to that word's map
+    browser.click(".words button[data-k='2']")
+    assert _attr(browser, "data-word") == "2" and _attr(browser, "data-drawn") == "2:-1"
+    px2 = _canvas(browser)
+    assert np.abs(px2[..., :3].astype(int) - _expected_heat(run[0].maps[2], (shape[1], shape[0]))).max() <= TOL
+    assert not np.array_equal(px0, px2)
+    assert np.abs(browser.screenshot().astype(int) - shot0.astype(int)).sum() > 0
+    stats = browser.js("Array.from(document.querySelectorAll('table.stats td')).map(function(t){return t.textContent})")
+    assert stats[stats.index("kernel_size") + 1] == str(int(run[0].entry["stats"]["kernel_size"][2]))
+    # hover word 1: shown while the mouse is on it
+    browser.click(".words button[data-k='1']", kind="hover")
+    assert _attr(browser, "data-drawn") == "1:-1"
+    browser.click(".fig", kind="hover")
+    assert _attr(browser, "data-drawn") == "2:-1"
+    # keys: next record, next page, and the failed records at the end
+    browser.key("j", "KeyJ", 74)
+    assert _attr(browser, "data-record") == run[1].id
+    browser.key("PageDown", "PageDown", 34)
+    assert _attr(browser, "data-record") == run[6].id
+    assert browser.js("document.querySelector('.pg').textContent").startswith("page 2 / 3")
+    browser.key("PageDown", "PageDown", 34)
+    assert "error: " in browser.js("document.querySelector('.main').textContent")
+    assert browser.problems() == []
+
+
+def _trajectory_run(folder, image_path):
+    """A run folder written here by hand: one record whose maps have a step axis [S, T, h, w]."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    traj = torch.rand(4, 2, 8, 8, generator=g)
+    os.makedirs(os.path.join(folder, "shards"))
+    save_file({"r000000": traj[-1].clone(), "r000000.trajectory": traj},
+              os.path.join(folder, "shards", "a.safetensors"))
+    entry = {"id": "traj</script><b>", "n": 0, "where": "line 1", "image": image_path, "image_size": [64, 64],
+             "prompt": None, "response": "a circle <img src=x onerror=alert(1)>", "tokens": ["a", "circle"], "word_numbers": [0, 1],
+             "grid": [8, 8], "stats": {"kernel_size": [3, 5]}, "steps": 4, "trajectory_steps": [1, 2, 3, 4],
+             "shard": "shards/a.safetensors", "key": "r000000", "part": "x", "maps_shape": [2, 8, 8],
+             "trajectory_shape": [4, 2, 8, 8]}
+    with open(os.path.join(folder, "index.jsonl"), "w") as f:
+        f.write(json.dumps(entry) + "\n")
+    return traj
+
+
+def test_trajectory_gets_a_step_slider(browser, tmp_path, run_manifest):
+    folder = str(tmp_path / "traj")
+    traj = _trajectory_run(folder, os.path.join(run_manifest["folder"], "img", "s0.png"))
+    r = next(iter(dcam.load_run(folder)))
+    assert torch.equal(r.trajectory, traj) and torch.equal(r.maps, traj[-1])
+    assert main(["view", folder, "--quiet"]) == 0
+    browser.open("file://" + os.path.join(folder, "index.html"))
+    assert browser.problems() == []  # the id and response are text, not markup
+    assert _attr(browser, "data-record") == "traj</script><b>"
+    assert browser.js("document.querySelector('.resp').textContent") == "a circle <img src=x onerror=alert(1)>"
+    assert browser.js("document.querySelectorAll('.main img').length") == 1  # only the record's image
+    assert browser.js("document.querySelector('input.step').max") == "3"
+    shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
+    size = (shape[1], shape[0])
+    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[3, 0], size)).max() <= TOL
+    browser.js("(function(){var s=document.querySelector('input.step');s.value=1;"
+               "s.dispatchEvent(new Event('input'));})()")
+    assert _attr(browser, "data-drawn") == "0:1"
+    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[1, 0], size)).max() <= TOL
+    assert "step 2 of 4" in browser.js("document.querySelector('.steplab').textContent")
+    browser.click(".words button[data-k='1']")
+    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[1, 1], size)).max() <= TOL
+    assert browser.problems() == []
+
+
+def test_explanation_page_and_fragment(browser, bundled, run_manifest, tmp_path):
+    from dcam.render.html import explanation_html, write_explanation_page
+
+    e = dcam.Explainer(*bundled).explain(os.path.join(run_manifest["folder"], "img", "s1.png"),
+                                         response=run_manifest["good"]["s1"]["response"])
+    path = write_explanation_page(str(tmp_path), e)
+    assert path == str(tmp_path / "index.html")
+    browser.open("file://" + path)
+    assert browser.problems() == []
+    assert browser.js("document.querySelectorAll('.words button').length") == len(e.tokens)
+    assert browser.js("document.querySelector('.list')") is None  # one record: no list
+    browser.click(".words button[data-k='5']")
+    shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
+    got = _canvas(browser)[..., :3].astype(int)
+    assert np.abs(got - _expected_heat(e.maps[5], (shape[1], shape[0]))).max() <= TOL
+    # two fragments on one page (a notebook with two outputs) work side by side
+    frag = explanation_html(e)
+    assert frag.count("<script>") == 1 and "DcamViewer.create" in frag
+    (tmp_path / "two.html").write_text(f"<!DOCTYPE html><html><body>{frag}{explanation_html(e)}</body></html>")
+    browser.open("file://" + str(tmp_path / "two.html"))
+    assert browser.problems() == []
+    assert browser.js("document.querySelectorAll('.dcv').length") == 2
+    assert browser.js("document.querySelectorAll('canvas.ov').length") == 2
