@@ -1,5 +1,8 @@
-"""Loading the model to explain: the bundled toy dMLLM, a saved zoo model, or a
-transformers checkpoint folder.
+"""Loading the model to explain: the bundled toy dMLLM, a saved zoo model, a
+transformers checkpoint folder, a checkpoint of one of the dMLLM families
+(LLaDA-V and LaViDa through the authors' ``llava`` package, MMaDA and
+Lumina-DiMOO through theirs, Dream-VL with ``trust_remote_code``; recipes in
+docs/FAMILIES.md), or a stand-in folder saved by :mod:`dcam.testing.standins`.
 
 :func:`load_model` returns ``(model, processor)`` in eval mode. Whatever about
 the folder is wrong (not a folder, no or broken ``config.json``, a config
@@ -29,7 +32,21 @@ def _load_errors() -> Tuple[type, ...]:
         extra.append(SafetensorError)
     except ImportError:  # pragma: no cover - safetensors is a dependency
         pass
+    try:  # a config field the (strict dataclass) config class refuses, e.g. hidden_size 7 with 2 heads
+        from huggingface_hub.errors import StrictDataclassError
+
+        extra.append(StrictDataclassError)
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        pass
     return _LOAD_ERRORS + tuple(extra)
+
+
+#: What loading a user's folder may raise besides :func:`_load_errors`: a
+#: config value of the wrong type (TypeError) or weights that do not fit the
+#: config (RuntimeError, "size mismatch"). Caught for a folder the user names,
+#: never for the bundled weights (there they would be a bug in dcam).
+_USER_FOLDER_ERRORS: Tuple[type, ...] = (TypeError, RuntimeError)
+PROCESSOR_CONFIG_NAME = "processor_config.json"
 
 
 def check_device(device: Optional[str]):
@@ -66,7 +83,9 @@ def read_config(model_dir: str) -> dict:
     except (OSError, ValueError) as exc:
         raise InputError(f"model: cannot read {path} ({one_line(exc)})") from None
     if not isinstance(cfg, dict):
-        raise InputError(f"model: {path} holds a JSON {type(cfg).__name__}, not an object")
+        kind = {type(None): "null", list: "list", str: "string", int: "number", float: "number",
+                bool: "boolean"}.get(type(cfg), type(cfg).__name__)
+        raise InputError(f"model: {path} holds a JSON {kind}, not an object")
     return cfg
 
 
@@ -77,13 +96,95 @@ def _zoo(model_dir: Optional[str]):
     if not os.path.exists(os.path.join(directory, "model.safetensors")):
         what = "the bundled weights are missing" if model_dir is None else f"no model.safetensors in {directory!r}"
         raise InputError(f"model: {what}; train them with `python -m dcam.zoo.train` or pass another model")
+    for name in ("tokenizer.json", PROCESSOR_CONFIG_NAME):
+        if not os.path.exists(os.path.join(directory, name)):
+            raise InputError(f"model: no {name} in {directory!r} (a zoo model folder holds config.json, "
+                             f"model.safetensors, tokenizer.json, tokenizer_config.json, {PROCESSOR_CONFIG_NAME})")
+    errors = _load_errors() + (() if model_dir is None else _USER_FOLDER_ERRORS)
     try:
-        return zoo.load_pretrained(directory)
-    except _load_errors() as exc:
-        raise InputError(f"model: cannot load {directory!r} ({type(exc).__name__}: {one_line(exc)})") from None
+        model, processor = zoo.load_pretrained(directory)
+    except errors as exc:
+        detail = _zoo_shape_mismatches(directory) if isinstance(exc, RuntimeError) else ""
+        raise InputError(f"model: cannot load {directory!r} ("
+                         + (detail or f"{type(exc).__name__}: {one_line(exc)}") + ")") from None
+    _check_zoo_model(model, processor, directory)
+    return model, processor
 
 
-def _transformers(model_dir: str, cfg: dict, trust_remote_code: bool):
+def _zoo_shape_mismatches(directory: str) -> str:
+    """Which tensors of model.safetensors have another shape than config.json
+    describes ("" if none found): what transformers' "size mismatch" error
+    only points to in a multi-line log report."""
+    import torch
+    from safetensors import safe_open
+
+    from .zoo import ShapesDMLLM, ShapesDMLLMConfig
+
+    with torch.device("meta"):  # shapes only, no memory
+        want = {k: list(v.shape) for k, v in ShapesDMLLM(ShapesDMLLMConfig.from_pretrained(directory))
+                .state_dict().items()}
+    with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
+        got = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    bad = [f"{k} is {got[k]} in model.safetensors but {want[k]} by config.json"
+           for k in sorted(want) if k in got and got[k] != want[k]]
+    return "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+
+
+def _check_zoo_model(model, processor, directory: str) -> None:
+    """A loaded zoo model whose config.json and processor_config.json agree and
+    that dcam can explain; else an InputError naming the field (instead of a
+    confusing failure later, deep in the explainer)."""
+    cfg = model.config
+    where = os.path.join(directory, "config.json")
+    n = len(model.language_model.layers)
+    if n < 2:
+        n = getattr(cfg.text_config, "num_hidden_layers", n)
+        raise InputError(f"model: {where}: text_config.num_hidden_layers is {n}; dcam needs at least 2 blocks "
+                         "(the last block's image-token gradients are zero)")
+    layer = cfg.default_probe_layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n or layer % n == n - 1:
+        raise InputError(f"model: {where}: default_probe_layer {layer!r} is not a block before the last "
+                         f"(0..{n - 2} for {n} blocks)")
+    vocab = int(cfg.text_config.vocab_size)
+    tok = processor.tokenizer
+    for name, want in (("image_token_id", processor.image_token_id), ("mask_token_id", tok.mask_token_id),
+                       ("eos_token_id", tok.eos_token_id), ("pad_token_id", tok.pad_token_id),
+                       ("bos_token_id", tok.bos_token_id)):
+        got = getattr(cfg, name, None)
+        if isinstance(got, bool) or not isinstance(got, int) or not 0 <= got < vocab or got != want:
+            raise InputError(f"model: {where}: {name} {got!r} is not the tokenizer's id {want} "
+                             f"(vocabulary of {vocab})")
+    strides = 1
+    for v in cfg.stem_strides:
+        strides *= int(v)
+    vs = cfg.vision_config.image_size
+    vs = int(vs[0] if isinstance(vs, (list, tuple)) else vs)
+    size = cfg.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % strides or size // strides != vs:
+        raise InputError(f"model: {where}: image_size {size!r} does not fit the vision tower (stem strides "
+                         f"{list(cfg.stem_strides)} onto a {vs}x{vs} map: image_size {vs * strides})")
+    if processor.image_size != size or tuple(processor.grid) != tuple(cfg.grid):
+        raise InputError(f"model: {where}: image_size {size} and grid {tuple(cfg.grid)} do not match "
+                         f"{PROCESSOR_CONFIG_NAME}'s {processor.image_size} and {tuple(processor.grid)}")
+    length = cfg.response_length
+    if isinstance(length, bool) or not isinstance(length, int) or length != processor.response_length:
+        raise InputError(f"model: {where}: response_length {length!r} does not match "
+                         f"{PROCESSOR_CONFIG_NAME}'s {processor.response_length}")
+    overrides = getattr(cfg, "cam_config", None)
+    if overrides is not None:
+        from .ops.config import CamConfig
+
+        why = None if isinstance(overrides, dict) else f"a JSON {type(overrides).__name__}, not an object"
+        if why is None:
+            try:
+                CamConfig(**overrides)
+            except (InputError, TypeError) as exc:
+                why = one_line(exc)
+        if why:
+            raise InputError(f"model: {where}: cam_config {overrides!r} is not a valid CamConfig ({why})")
+
+
+def _transformers(model_dir: str, cfg: dict, trust_remote_code: bool, dtype=None):
     import transformers
 
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
@@ -93,27 +194,46 @@ def _transformers(model_dir: str, cfg: dict, trust_remote_code: bool):
     kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     try:
         if cfg.get("model_type") == "diffusion_gemma":
-            model = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(model_dir, **kw)
+            model = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(model_dir, dtype=dtype, **kw)
         else:
-            model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, **kw)
-    except _load_errors() as exc:
+            model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, **kw)
+    except _load_errors() + _USER_FOLDER_ERRORS as exc:
         raise InputError(f"model: cannot load the weights in {model_dir!r} ({type(exc).__name__}: "
                          f"{one_line(exc)})") from None
     try:
         processor = transformers.AutoProcessor.from_pretrained(model_dir, **kw)
-    except _load_errors() as exc:
+    except _load_errors() + _USER_FOLDER_ERRORS as exc:
         raise InputError(f"model: cannot load the processor/tokenizer in {model_dir!r} ({type(exc).__name__}: "
                          f"{one_line(exc)})") from None
     return model, processor
 
 
-def load_model(model_dir: Optional[str] = None, device: Optional[str] = None,
-               trust_remote_code: bool = False) -> Tuple[Any, Any]:
-    """(model, processor), eval mode, on ``device`` (default CPU).
+#: ``--dtype`` names.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def parse_dtype(dtype):
+    """``dtype`` (a name of :data:`DTYPES`, a torch dtype or None) as a torch dtype or None."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) not in DTYPES:
+        raise InputError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, str(dtype))
+
+
+def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, trust_remote_code: bool = False,
+               dtype=None) -> Tuple[Any, Any]:
+    """(model, processor), eval mode, on ``device`` (default CPU), in ``dtype``
+    (default: as saved; ``"bfloat16"`` for a 7-8B dMLLM on one GPU).
 
     model_dir: None for the bundled toy dMLLM; a folder saved by the zoo
-    (``model_type`` ``shapes_dmllm``); or a transformers checkpoint folder."""
+    (``model_type`` ``shapes_dmllm``); a dMLLM family's checkpoint; a
+    transformers checkpoint folder; a stand-in folder (``dcam_standin`` in its
+    config.json)."""
     dev = check_device(device)
+    dt = parse_dtype(dtype)
     if model_dir is None:
         model, processor = _zoo(None)
     else:
@@ -122,9 +242,133 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None,
 
         if cfg.get("model_type") == ShapesDMLLMConfig.model_type:
             model, processor = _zoo(model_dir)
+        elif "dcam_standin" in cfg:
+            from .testing.standins import load_standin
+
+            model, processor = load_standin(model_dir)
         else:
-            model, processor = _transformers(model_dir, cfg, trust_remote_code)
-    return model.to(dev).eval(), processor
+            loader = _FAMILY_LOADERS.get(_family_of(cfg), _transformers)
+            model, processor = loader(model_dir, cfg, trust_remote_code, dt)
+    model = model.to(dev) if dt is None else model.to(dev, dt)
+    return model.eval(), processor
 
 
-__all__ = ["load_model", "read_config", "check_device"]
+# ---------------------------------------------------------------- dMLLM families
+
+def _family_of(cfg: dict) -> Optional[str]:
+    mt = cfg.get("model_type")
+    archs = cfg.get("architectures") or []
+    if mt in ("llava_llada", "llava_dream"):
+        return "llava"
+    if mt == "mmada" or "MMadaModelLM" in archs:
+        return "mmada"
+    if "LLaDAForMultiModalGeneration" in archs:
+        return "lumina-dimoo"
+    if mt == "dream-vl":
+        return "dream-vl"
+    return None
+
+
+def _need(module: str, what: str, model_dir: str, how: str):
+    """``import module`` or an InputError saying what the folder is and what is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise InputError(f"model: {model_dir!r} is {what}; loading it needs {how} (import {module!r} failed: "
+                         f"{one_line(exc)})") from None
+
+
+def _load_llava(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
+    """LLaDA-V / LaViDa with the authors' ``llava`` package (``load_pretrained_model``)."""
+    import inspect
+
+    import torch
+
+    name = cfg["model_type"]
+    builder = _need("llava.model.builder", f"a {name} checkpoint (LLaDA-V or LaViDa)", model_dir,
+                    "the authors' llava package on the path (LLaDA-V: its train/ folder; LaViDa: pip install -e .)")
+    # the builders take the dtype by name, and default to flash attention (LLaDA-V's demo passes sdpa)
+    kw = dict(device_map="cpu", torch_dtype=str(dtype or torch.bfloat16).replace("torch.", ""),
+              attn_implementation="sdpa")
+    if "vision_kwargs" in inspect.signature(builder.load_pretrained_model).parameters:  # LaViDa's builder
+        kw["vision_kwargs"] = dict(mm_vision_tower=cfg.get("mm_vision_tower", "google/siglip-so400m-patch14-384"),
+                                   mm_resampler_type=None, mm_projector_type="mlp2x_gelu",
+                                   mm_hidden_size=int(cfg.get("mm_hidden_size", 1152)), use_mm_proj=True)
+    try:
+        tokenizer, model, image_processor, _ = builder.load_pretrained_model(model_dir, None, name, **kw)
+    except _load_errors() + _USER_FOLDER_ERRORS as exc:
+        raise InputError(f"model: the llava package cannot load {model_dir!r} ({type(exc).__name__}: "
+                         f"{one_line(exc)})") from None
+    from types import SimpleNamespace
+
+    return model, SimpleNamespace(tokenizer=tokenizer, image_processor=image_processor)
+
+
+def _vq_folder(model_dir: str, sub: str, what: str) -> str:
+    path = os.path.join(model_dir, sub)
+    if not os.path.isdir(path):
+        raise InputError(f"model: {model_dir!r} is a {what} checkpoint but has no {sub}/ folder with its VQ "
+                         f"tokenizer (copy or link the tokenizer's weights there)")
+    return path
+
+
+def _load_mmada(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
+    """MMaDA with the authors' ``models`` package; the MAGVIT-v2 tokenizer in ``<dir>/magvitv2``."""
+    from transformers import AutoTokenizer
+
+    from .probe.adapters import MMaDAProcessor
+
+    models = _need("models", "an MMaDA checkpoint", model_dir, "the MMaDA repository on the path (its models/)")
+    vq_dir = _vq_folder(model_dir, "magvitv2", "MMaDA")
+    try:
+        model = models.MMadaModelLM.from_pretrained(model_dir, trust_remote_code=True, torch_dtype=dtype)
+        vq = models.MAGVITv2.from_pretrained(vq_dir).eval()
+        tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    except _load_errors() + _USER_FOLDER_ERRORS as exc:
+        raise InputError(f"model: cannot load MMaDA from {model_dir!r} ({type(exc).__name__}: {one_line(exc)})") \
+            from None
+    return model, MMaDAProcessor(tok, vq, resolution=512)
+
+
+def _load_dimoo(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
+    """Lumina-DiMOO with the authors' ``model`` package; the diffusers VQ model in ``<dir>/vqvae``."""
+    from transformers import AutoTokenizer
+
+    from .probe.adapters import DiMOOProcessor
+
+    pkg = _need("model", "a Lumina-DiMOO checkpoint", model_dir, "the Lumina-DiMOO repository on the path")
+    diffusers = _need("diffusers", "a Lumina-DiMOO checkpoint", model_dir, "the diffusers package")
+    vq_dir = _vq_folder(model_dir, "vqvae", "Lumina-DiMOO")
+    try:
+        model = pkg.LLaDAForMultiModalGeneration.from_pretrained(model_dir, torch_dtype=dtype)
+        vq = diffusers.VQModel.from_pretrained(vq_dir).eval()
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    except _load_errors() + _USER_FOLDER_ERRORS as exc:
+        raise InputError(f"model: cannot load Lumina-DiMOO from {model_dir!r} ({type(exc).__name__}: "
+                         f"{one_line(exc)})") from None
+    return model, DiMOOProcessor(tok, vq)
+
+
+def _load_remote(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
+    """Dream-VL: ``AutoModel`` / ``AutoProcessor`` with the modeling code shipped in the folder."""
+    import transformers
+
+    if not trust_remote_code:
+        raise InputError(f"model: {model_dir!r} is a {cfg.get('model_type')} checkpoint whose modeling code ships "
+                         "with it; pass --trust-remote-code (trust_remote_code=True) to run that code")
+    kw = dict(local_files_only=True, trust_remote_code=True)
+    try:
+        model = transformers.AutoModel.from_pretrained(model_dir, dtype=dtype, **kw)
+        processor = transformers.AutoProcessor.from_pretrained(model_dir, **kw)
+    except _load_errors() + _USER_FOLDER_ERRORS as exc:
+        raise InputError(f"model: cannot load {model_dir!r} ({type(exc).__name__}: {one_line(exc)})") from None
+    return model, processor
+
+
+_FAMILY_LOADERS = {"llava": _load_llava, "mmada": _load_mmada, "lumina-dimoo": _load_dimoo,
+                   "dream-vl": _load_remote}
+
+
+__all__ = ["load_model", "read_config", "check_device", "parse_dtype", "DTYPES"]

@@ -14,7 +14,7 @@ import sys
 from . import common
 
 #: Subcommand modules, in help order.
-SUBCOMMANDS = ("demo", "explain", "eval", "grounding", "bench", "backends")
+SUBCOMMANDS = ("demo", "explain", "eval", "grounding", "bench", "backends", "run", "view", "families")
 
 
 def build_parser() -> common.Parser:

@@ -3,6 +3,14 @@ weights and no network (users can use them to test their own pipelines too).
 
 - :func:`tiny_toy`: the bundled toy dMLLM's architecture, 32 px images, an
   8x8 token grid, 32-wide blocks, random weights.
+- stand-ins of every dMLLM family with the published module paths, forward
+  and sampler signatures, image placeholder / VQ mechanism and mask / shift
+  conventions: :func:`tiny_lavida`, :func:`tiny_lavida_dream`,
+  :func:`tiny_llada_v` (:mod:`.llava_dmllm`), :func:`tiny_mmada`,
+  :func:`tiny_dimoo` (:mod:`.vq_dmllm`), :func:`tiny_dream_vl`
+  (:mod:`.dream_vl`); transformers' VLM classes with tiny configs
+  (:mod:`.hf_tiny`); :func:`save_standin` / :func:`load_standin` write and
+  read them as model folders the CLI loads (:mod:`.standins`).
 """
 from __future__ import annotations
 
@@ -31,4 +39,20 @@ def tiny_toy(seed: int = 0, layers: int = 3, image_size: int = 32) -> Tuple[Any,
     return build_random(seed, **tiny_toy_kwargs(layers, image_size))
 
 
-__all__ = ["tiny_toy", "tiny_toy_kwargs"]
+
+
+#: Lazily imported (they import transformers' model classes): name -> module.
+_LAZY = {"tiny_lavida": "llava_dmllm", "tiny_lavida_dream": "llava_dmllm", "tiny_llada_v": "llava_dmllm",
+         "tiny_mmada": "vq_dmllm", "tiny_dimoo": "vq_dmllm", "tiny_dream_vl": "dream_vl",
+         "save_standin": "standins", "load_standin": "standins", "STANDINS": "standins"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["tiny_toy", "tiny_toy_kwargs", *_LAZY]

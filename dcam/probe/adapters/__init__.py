@@ -1,81 +1,79 @@
-"""Model adapters: how the explainer talks to a given model.
+"""Model adapters: how the explainer talks to a given model (protocol in :mod:`.base`).
 
-``auto_adapter(model, processor)`` picks the adapter for a model:
+``auto_adapter(model, processor, family=None, **kwargs)`` picks the adapter:
+first the adapters registered with :func:`register_adapter` (bring your own
+dMLLM), then the family table :data:`FAMILIES` (:mod:`.families`, also shown
+by ``dcam families``): the bundled toy, LaViDa (LLaDA and Dream backbones),
+LLaDA-V, MMaDA, Lumina-DiMOO, Dream-VL, DiffusionGemma and transformers' VLMs
+(LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2/2.5/3-VL, Idefics3/SmolVLM, Gemma
+3/4). ``family="name"`` forces a row of the table. A model nothing matches
+raises InputError saying what was found.
 
-* :class:`ShapesAdapter` for the bundled toy dMLLM (``dcam.zoo.ShapesDMLLM``);
-* :class:`DiffusionGemmaAdapter` for transformers' ``DiffusionGemmaForBlockDiffusion``
-  (encoder-decoder block diffusion: the image is in the encoder's prompt, the
-  response in the decoder canvas; probe ``"full"`` only, see its docstring);
-* :class:`LlavaAdapter` for ``LlavaForConditionalGeneration`` and
-  look-alikes (``.model.language_model.layers``, ``.lm_head``,
-  ``config.image_token_id``): a causal VLM, probe ``"full"`` only.
-
-A model without an image token id raises InputError. Adapters take
-``newline_column=True`` (and optionally ``newline_token_id``) for
-LaViDa-style grids that append an image-newline token to every row.
+Adapters take ``newline_column=True`` (and optionally ``newline_token_id``)
+for grids that append an image-newline token to every row.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from ...errors import InputError
-from .base import PROBES, ModelAdapter, Prepared, config_get, load_image, locate_image_positions
+from .base import PROBES, Generation, ImageView, ModelAdapter, Prepared, config_get, load_image, \
+    locate_image_positions, relative_depth_layer
 from .diffusion_gemma import DiffusionGemmaAdapter
-from .llava import LlavaAdapter
+from .dream_vl import DreamVLAdapter
+from .families import BY_NAME, FAMILIES, Family, detect_family, family_rows, markdown_table
+from .hf_vlm import Gemma3Adapter, Gemma4Adapter, Idefics3Adapter, QwenVLAdapter
+from .llava import HFVisionLanguageAdapter, LlavaAdapter, LlavaNextAdapter
+from .llava_dmllm import LlavaDMLLMAdapter
 from .shapes import ShapesAdapter
+from .vq import DiMOOAdapter, DiMOOProcessor, MMaDAAdapter, MMaDAProcessor
 
-#: (predicate(model), adapter class), tried in order by :func:`auto_adapter`.
+#: (predicate(model), adapter class) registered by users, tried before the family table.
 ADAPTERS: List[Tuple[Callable, type]] = []
 
 
 def register_adapter(predicate: Callable, cls: type, first: bool = True) -> None:
-    """Make ``auto_adapter`` use ``cls`` for models where ``predicate(model)`` is true."""
+    """Make ``auto_adapter`` use ``cls`` for models where ``predicate(model)``
+    is true (before the built-in families; ``first``: before the adapters
+    registered earlier)."""
     if first:
         ADAPTERS.insert(0, (predicate, cls))
     else:
         ADAPTERS.append((predicate, cls))
 
 
-def _is_shapes(model) -> bool:
-    try:
-        from ...zoo import ShapesDMLLM
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, ShapesDMLLM)
+def _found(model) -> str:
+    cfg = getattr(model, "config", None)
+    return f"{type(model).__name__} (config.model_type {getattr(cfg, 'model_type', None)!r})"
 
 
-def _is_diffusion_gemma(model) -> bool:
-    return type(model).__name__ == "DiffusionGemmaForBlockDiffusion" or \
-        getattr(getattr(model, "config", None), "model_type", None) == "diffusion_gemma"
-
-
-def _is_llava_like(model) -> bool:
-    inner = getattr(model, "model", None)
-    return hasattr(model, "lm_head") and hasattr(getattr(inner, "language_model", None), "layers")
-
-
-register_adapter(_is_llava_like, LlavaAdapter, first=False)
-register_adapter(_is_diffusion_gemma, DiffusionGemmaAdapter, first=True)
-register_adapter(_is_shapes, ShapesAdapter, first=True)
-
-
-def auto_adapter(model, processor=None, **kwargs) -> ModelAdapter:
-    """The adapter for ``model`` (see the module docstring). Raises InputError
-    for a model without an image token or of an unsupported kind."""
+def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) -> ModelAdapter:
+    """The adapter for ``model`` (see the module docstring)."""
     if isinstance(model, ModelAdapter):
         return model
     if model is None:
         raise InputError("no model given")
-    cfg = getattr(model, "config", None)
-    if config_get(cfg, "image_token_id", "image_token_index") is None:
-        raise InputError(f"{type(model).__name__} has no image token id (config.image_token_id); "
-                         "it is not a multimodal model this explainer can probe")
+    if family is not None:
+        fam = BY_NAME.get(str(family))
+        if fam is None:
+            raise InputError(f"family: unknown family {family!r} (known: {', '.join(BY_NAME)})")
+        return fam.adapter_class()(model, processor, **kwargs)
     for pred, cls in ADAPTERS:
         if pred(model):
             return cls(model, processor, **kwargs)
-    raise InputError(f"no adapter for {type(model).__name__}; write a dcam.probe.ModelAdapter subclass "
-                     "and register it with dcam.probe.register_adapter")
+    fam = detect_family(model)
+    if fam is not None:
+        return fam.adapter_class()(model, processor, **kwargs)
+    if config_get(getattr(model, "config", None), "image_token_id", "image_token_index") is None:
+        raise InputError(f"{_found(model)} has no image token id (config.image_token_id) and matches no dMLLM "
+                         "family; it is not a multimodal model this explainer can probe (see `dcam families`)")
+    raise InputError(f"no adapter for {_found(model)}; pass family=... (see `dcam families`) or write a "
+                     "dcam.probe.ModelAdapter subclass and register it with dcam.probe.register_adapter")
 
 
-__all__ = ["ModelAdapter", "Prepared", "PROBES", "auto_adapter", "register_adapter", "ShapesAdapter",
-           "LlavaAdapter", "DiffusionGemmaAdapter", "locate_image_positions", "load_image", "ADAPTERS"]
+__all__ = ["ModelAdapter", "Prepared", "ImageView", "Generation", "PROBES", "auto_adapter", "register_adapter",
+           "ADAPTERS", "FAMILIES", "Family", "BY_NAME", "detect_family", "family_rows", "markdown_table",
+           "ShapesAdapter", "LlavaAdapter", "LlavaNextAdapter", "HFVisionLanguageAdapter", "QwenVLAdapter",
+           "Idefics3Adapter", "Gemma3Adapter", "Gemma4Adapter", "DiffusionGemmaAdapter", "DreamVLAdapter",
+           "LlavaDMLLMAdapter", "MMaDAAdapter", "DiMOOAdapter", "MMaDAProcessor", "DiMOOProcessor",
+           "locate_image_positions", "load_image", "relative_depth_layer"]

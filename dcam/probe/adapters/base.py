@@ -16,7 +16,7 @@ An adapter wraps a (model, processor) pair and answers, for that model:
   chosen positions (:meth:`ModelAdapter.logits_at`).
 
 The explainer (:mod:`dcam.explain`) and the gradient probe
-(:mod:`dcam.adapters.probing`) only ever talk to this interface.
+(:mod:`dcam.probe.gradients`) only ever talk to this interface.
 """
 from __future__ import annotations
 
@@ -31,8 +31,21 @@ from ...errors import InputError
 from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
 
-#: Probe modes, see :mod:`dcam.adapters.probing`.
+#: Probe modes, see :mod:`dcam.probe.gradients`.
 PROBES = ("full", "masked", "remask")
+
+#: The paper's hooked block, as a fraction of the depth: the Diffusion-CAM
+#: release hooks LaViDa's ``model.model.transformer.blocks[10]`` of 32.
+PAPER_RELATIVE_DEPTH = 10 / 32
+
+
+def relative_depth_layer(n_blocks: int, fraction: float = PAPER_RELATIVE_DEPTH) -> int:
+    """The block at ``fraction`` of the depth (rounded), never the last one
+    (its image-token gradients are identically zero): 32 blocks -> 10, 28 -> 9,
+    4 -> 1, 3 -> 1, 2 -> 0."""
+    if n_blocks < 1:
+        raise InputError("the model has no transformer block to hook")
+    return max(0, min(n_blocks - 2, int(round(n_blocks * fraction))))
 
 
 def _ids_set(v) -> set:
@@ -164,10 +177,18 @@ class ModelAdapter:
         contrastive distractor when every response slot is a target).
     default_steps: the number of denoising steps used for generation when
         none is given (and recorded when the response is supplied by the user).
+    logit_shift: how many positions before a token the logits that predict it
+        are read: 0 for a masked-diffusion model whose logit at ``p`` predicts
+        ``p``; 1 for a causal model and for diffusion models initialised from
+        an autoregressive one that kept its shift (Dream, Dream-VL, LaViDa-Dream).
+        None: 0 when ``is_diffusion`` else 1.
+    family: the name of the model family in :data:`dcam.probe.adapters.FAMILIES`.
     """
 
     name = "base"
+    family = ""
     is_diffusion = True
+    logit_shift: Optional[int] = None
     probes: Tuple[str, ...] = PROBES
     has_prompt_logits = True
     default_steps = 64
@@ -275,8 +296,10 @@ class ModelAdapter:
         raise NotImplementedError
 
     def logit_positions(self, positions: Tensor) -> Tensor:
-        """Where the logits that predict the tokens at ``positions`` are read."""
-        return positions if self.is_diffusion else positions - 1
+        """Where the logits that predict the tokens at ``positions`` are read
+        (``positions - logit_shift``)."""
+        shift = self.logit_shift if self.logit_shift is not None else (0 if self.is_diffusion else 1)
+        return positions - int(shift)
 
     def logits_at(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
                   response_start: int) -> Tensor:

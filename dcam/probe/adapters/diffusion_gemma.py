@@ -38,13 +38,14 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image
+from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
+from .hf_vlm import grid_from_patch_positions
 
 DEFAULT_PROMPT = "Describe the image."
 
 
 class DiffusionGemmaAdapter(ModelAdapter):
-    name = "diffusion-gemma"
+    name = family = "diffusion-gemma"
     is_diffusion = True
     probes = ("full",)
     has_prompt_logits = False
@@ -85,7 +86,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         return self._encoder_lm().layers
 
     def default_layer(self) -> int:
-        return len(self.blocks()) // 2
+        return relative_depth_layer(len(self.blocks()))
 
     def final_norm(self):
         return self._encoder_lm().norm
@@ -95,14 +96,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ inputs
     def _grid_from_positions(self, pos: Tensor, n: int) -> Tuple[int, int]:
-        k = int(self.model.config.vision_config.pooling_kernel_size)
-        valid = (pos != -1).all(-1)
-        p = pos[valid]
-        w = (int(p[:, 0].max()) + 1) // k
-        h = (int(p[:, 1].max()) + 1) // k
-        if h * w != n:
-            raise InputError(f"patch positions give a {h}x{w} grid but the image has {n} soft tokens")
-        return h, w
+        return grid_from_patch_positions(pos, int(self.model.config.vision_config.pooling_kernel_size), n)
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         if self.processor is None or not hasattr(self.processor, "image_processor") or self.tokenizer is None:

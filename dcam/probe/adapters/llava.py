@@ -1,14 +1,24 @@
-"""Generic LLaVA-style adapter (transformers ``LlavaForConditionalGeneration``
-and models with the same layout), so other VLMs can be probed.
+"""Adapters for transformers' autoregressive VLMs, and the LLaVA family.
 
-Layout: the processor expands the image placeholder of the prompt into
-``h*w`` image tokens (``config.image_token_id``); the response follows the
-prompt. The model is causal, so the logit that scores the token at position
-``p`` is read at ``p - 1``; there is no mask token, so the only probe is
-``"full"`` (the published method). ``generate`` is autoregressive: one token
-per forward, so the recorded number of "steps" is the number of generated
-tokens. With ``vision_feature_select_strategy="full"`` the first image token
-is the CLS feature and is left out of the grid.
+:class:`HFVisionLanguageAdapter` is what every transformers VLM shares: the
+processor expands the image placeholder of the prompt into the image tokens
+(``config.image_token_id``); the response is appended to the prompt; the model
+is causal, so the logit that scores the token at ``p`` is read at ``p - 1``;
+there is no mask token, so the only probe is ``"full"`` (the published
+method); ``generate`` is autoregressive, one token per step (the recorded
+number of "steps" is the number of generated tokens). Blocks:
+``model.model.language_model.layers``; default block at the paper's relative
+depth. Per-token processor outputs (``token_type_ids``, ``mm_token_type_ids``)
+are extended over the response.
+
+* :class:`LlavaAdapter` (``LlavaForConditionalGeneration`` and look-alikes):
+  one fixed grid ``image_size / patch_size`` per side; with
+  ``vision_feature_select_strategy="full"`` the first image token is the CLS
+  feature and is left out of the grid.
+* :class:`LlavaNextAdapter` (LLaVA-NeXT and LLaVA-OneVision): anyres; the
+  views ``"base"`` and ``"highres"`` located from the processor's
+  ``image_sizes`` and the config's pinpoints (:mod:`.anyres`); default
+  ``"highres"``.
 """
 from __future__ import annotations
 
@@ -18,18 +28,24 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image
+from .anyres import anyres_layout, anyres_views, max_tiles_of
+from .base import Generation, ImageView, ModelAdapter, Prepared, _ids_set, config_get, load_image, \
+    locate_image_positions, relative_depth_layer
 
 DEFAULT_PROMPT = "Describe the image."
+#: Processor outputs with one entry per token: extended over the response (value 0).
+PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")
 
 
-class LlavaAdapter(ModelAdapter):
-    name = "llava"
+class HFVisionLanguageAdapter(ModelAdapter):
+    """Base of the transformers-VLM adapters (see the module docstring)."""
+
+    name = "hf-vlm"
     is_diffusion = False
     probes = ("full",)
     has_prompt_logits = True
 
-    def __init__(self, model: nn.Module, processor: Any, newline_column: bool = False,
+    def __init__(self, model: nn.Module, processor: Any = None, newline_column: bool = False,
                  newline_token_id: Optional[int] = None, response_length: int = 16,
                  default_prompt: str = DEFAULT_PROMPT, grid: Optional[Tuple[int, int]] = None):
         super().__init__(model, processor, newline_column, newline_token_id)
@@ -58,8 +74,87 @@ class LlavaAdapter(ModelAdapter):
 
     @property
     def pad_token_ids(self) -> set:
-        s = _ids_set(config_get(self.model.config, "pad_token_id")) | _ids_set(getattr(self.tokenizer, "pad_token_id", None))
-        return s | _ids_set(getattr(self.tokenizer, "bos_token_id", None)) | {self.image_token_id}
+        tok = self.tokenizer
+        s = _ids_set(config_get(self.model.config, "pad_token_id")) | _ids_set(getattr(tok, "pad_token_id", None))
+        return s | _ids_set(getattr(tok, "bos_token_id", None)) | {self.image_token_id}
+
+    # ------------------------------------------------------------------ structure
+    def _lm(self):
+        return self.model.model.language_model
+
+    def blocks(self):
+        return self._lm().layers
+
+    def default_layer(self) -> int:
+        return relative_depth_layer(len(self.blocks()))
+
+    def final_norm(self):
+        return getattr(self._lm(), "norm", None)
+
+    def lm_head_weight(self) -> Tensor:
+        return self.model.lm_head.weight
+
+    # ------------------------------------------------------------------ inputs
+    def image_marker(self) -> str:
+        return getattr(self.processor, "image_token", "<image>")
+
+    def prompt_text(self, prompt: Optional[str]) -> str:
+        text = prompt if prompt is not None else self.default_prompt
+        marker = self.image_marker()
+        return text if marker in text else f"{marker}\n{text}"
+
+    def encode(self, img, text: str) -> Dict[str, Any]:
+        """The processor's outputs for one (image, prompt)."""
+        return dict(self.processor(images=img, text=text, return_tensors="pt"))
+
+    def locate_views(self, prompt_ids: Tensor, enc: Dict[str, Any], img) \
+            -> Tuple[Tensor, Tuple[int, int], Dict[str, ImageView]]:
+        """(positions of the default view, its grid, every view by name)."""
+        raise NotImplementedError
+
+    def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
+        img = load_image(image)
+        enc = self.encode(img, self.prompt_text(prompt))
+        ids = torch.as_tensor(enc.pop("input_ids"))[:1].long()
+        enc.pop("attention_mask", None)
+        Lp = ids.shape[1]
+        resp = [] if response_ids is None else [int(v) for v in response_ids]
+        if resp:
+            ids = torch.cat([ids, torch.tensor([resp], dtype=torch.long)], 1)
+        pos, grid, views = self.locate_views(ids[:, :Lp], enc, img)
+        model_inputs = {}
+        for k, v in enc.items():
+            v = torch.as_tensor(v)
+            if k in PER_TOKEN_INPUTS:
+                v = torch.cat([v[:1], v.new_zeros(1, len(resp))], 1)
+            model_inputs[k] = v
+        return Prepared(input_ids=ids, model_inputs=model_inputs, response_start=Lp, response_length=len(resp),
+                        image_positions=pos, grid=grid, image=img, prompt=prompt, views=views)
+
+    # ------------------------------------------------------------------ running
+    def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
+        Lr = int(response_length or steps or self.response_length)
+        L = prep.response_start
+        inputs = {k: (v[:, :L] if k in PER_TOKEN_INPUTS else v) for k, v in prep.model_inputs.items()}
+        # a placeholder id in the response would make the model's next forward count one image token too many
+        banned = sorted(_ids_set(config_get(self.model.config, "image_token_id", "image_token_index")) |
+                        _ids_set(config_get(self.model.config, "video_token_id", "video_token_index")))
+        with torch.no_grad():
+            out = self.model.generate(input_ids=prep.input_ids[:, :L], **inputs, max_new_tokens=Lr, do_sample=False,
+                                      suppress_tokens=banned or None)
+        seq = out.sequences if hasattr(out, "sequences") else out
+        new = seq[0, L:].tolist()
+        return Generation(new, len(new))  # autoregressive: one token per step
+
+    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        return self.model(input_ids=input_ids, **model_inputs).logits
+
+
+class LlavaAdapter(HFVisionLanguageAdapter):
+    """LLaVA (one fixed grid; see the module docstring)."""
+
+    name = "llava"
+    family = "llava"
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -71,25 +166,7 @@ class LlavaAdapter(ModelAdapter):
         p = p if isinstance(p, (list, tuple)) else (p, p)
         return (int(s[0]) // int(p[0]), int(s[1]) // int(p[1]))
 
-    # ------------------------------------------------------------------ structure
-    def _lm(self):
-        return self.model.model.language_model
-
-    def blocks(self):
-        return self._lm().layers
-
-    def default_layer(self) -> int:
-        return len(self.blocks()) // 2
-
-    def final_norm(self):
-        return getattr(self._lm(), "norm", None)
-
-    def lm_head_weight(self) -> Tensor:
-        return self.model.lm_head.weight
-
     def locate(self, input_ids: Tensor, grid):
-        from .base import locate_image_positions
-
         strategy = config_get(self.model.config, "vision_feature_select_strategy", default="default")
         if strategy == "full" and not self.newline_column:
             pos = torch.nonzero(input_ids.reshape(-1) == self.image_token_id).reshape(-1)
@@ -100,36 +177,36 @@ class LlavaAdapter(ModelAdapter):
         return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,
                                       self.newline_token_id)
 
-    # ------------------------------------------------------------------ inputs
-    def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
-        img = load_image(image)
-        text = prompt if prompt is not None else self.default_prompt
-        image_token = getattr(self.processor, "image_token", "<image>")
-        if image_token not in text:
-            text = f"{image_token}\n{text}"
-        enc = self.processor(images=img, text=text, return_tensors="pt")
-        ids = enc["input_ids"][:1].long()
-        Lp = ids.shape[1]
-        resp = [] if response_ids is None else [int(v) for v in response_ids]
-        if resp:
-            ids = torch.cat([ids, torch.tensor([resp], dtype=torch.long)], 1)
-        model_inputs = {"pixel_values": enc["pixel_values"][:1]}
-        for k in ("image_sizes",):
-            if k in enc:
-                model_inputs[k] = enc[k][:1]
+    def locate_views(self, prompt_ids, enc, img):
         grid = self.grid
-        return Prepared(input_ids=ids, model_inputs=model_inputs, response_start=Lp, response_length=len(resp),
-                        image_positions=self.locate(ids[:, :Lp], grid), grid=grid, image=img, prompt=prompt)
+        return self.locate(prompt_ids, grid), grid, {}
 
-    # ------------------------------------------------------------------ running
-    def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
-        Lr = int(response_length or steps or self.response_length)
-        with torch.no_grad():
-            out = self.model.generate(input_ids=prep.input_ids, **prep.model_inputs, max_new_tokens=Lr,
-                                      do_sample=False)
-        seq = out.sequences if hasattr(out, "sequences") else out
-        new = seq[0, prep.input_ids.shape[1]:].tolist()
-        return Generation(new, len(new))  # autoregressive: one token per step
 
-    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
-        return self.model(input_ids=input_ids, **model_inputs).logits
+class LlavaNextAdapter(HFVisionLanguageAdapter):
+    """LLaVA-NeXT / LLaVA-OneVision: anyres views (see the module docstring)."""
+
+    name = "llava-next"
+
+    @property
+    def family(self) -> str:
+        return "llava-onevision" if self.model.config.model_type == "llava_onevision" else "llava-next"
+
+    def layout(self, image_hw: Tuple[int, int]):
+        cfg = self.model.config
+        vc = cfg.vision_config
+        tile, unit = int(vc.image_size), int(vc.image_size) // int(vc.patch_size)
+        aspect = getattr(cfg, "vision_aspect_ratio", None) if cfg.model_type == "llava_onevision" else None
+        newline = getattr(self.model.model, "image_newline", None) is not None
+        return anyres_layout(image_hw, cfg.image_grid_pinpoints, tile, unit, wh_pinpoints=False, rounding="hf",
+                             max_tiles=max_tiles_of(aspect), newline=newline)
+
+    def locate_views(self, prompt_ids, enc, img):
+        sizes = enc.get("image_sizes")
+        if sizes is None:
+            raise InputError("the processor gave no image_sizes; an anyres model needs them to place its views")
+        hw = tuple(int(v) for v in torch.as_tensor(sizes).reshape(-1, 2)[0].tolist())
+        span = torch.nonzero(prompt_ids.reshape(-1) == self.image_token_id).reshape(-1)
+        return anyres_views(span, self.layout(hw))
+
+
+__all__ = ["HFVisionLanguageAdapter", "LlavaAdapter", "LlavaNextAdapter", "PER_TOKEN_INPUTS"]

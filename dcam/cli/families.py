@@ -1,0 +1,46 @@
+"""``dcam families``: the model families dcam explains: how each is detected,
+its hooked blocks and default block, its probes, how its image lies in the
+token sequence, its mask id and sampler (the table of docs/FAMILIES.md).
+``--load`` adds how a real checkpoint of each family is loaded; ``--markdown``
+prints the table as Markdown."""
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+COLUMNS = ("family", "detection", "default_layer", "probes", "image_grid", "mask_id")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("families", help="list the supported model families", description=__doc__)
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/FAMILIES.md)")
+    p.add_argument("--load", action="store_true", help="also how a real checkpoint of each family is loaded")
+    p.set_defaults(run=run, command="families")
+
+
+def _text_table(rows, columns) -> str:
+    width = max(60, shutil.get_terminal_size((120, 20)).columns)
+    lines = []
+    for r in rows:
+        head = f"{r['family']}: {r['models']}"
+        lines.append(head)
+        for c in columns[1:]:
+            lines.extend(textwrap.wrap(r[c], width=width, initial_indent=f"    {c.replace('_', ' ')}: ",
+                                       subsequent_indent="        "))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from ..probe.adapters.families import FAMILIES, family_rows, markdown_table
+
+    if args.markdown:
+        print(markdown_table())
+        return 0
+    rows = family_rows()
+    cols = COLUMNS + ("blocks", "sampler")
+    if args.load:
+        for r, f in zip(rows, FAMILIES):
+            r["loading"] = f.load
+        cols = cols + ("loading",)
+    print(_text_table(rows, cols))
+    return 0

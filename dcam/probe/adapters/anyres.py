@@ -1,0 +1,200 @@
+"""Where every view of an "anyres" image lies in the token sequence.
+
+LLaVA-NeXT, LLaVA-OneVision (transformers) and the ``llava``-package dMLLMs
+(LLaDA-V, LaViDa) show the model a *base view* (the whole image squashed to one
+tile) and a *high-resolution grid*: the image resized into the best-fitting
+"grid pinpoint" resolution, cut into tiles, the tiles' features stitched into
+one feature map, the padding cropped away again ("unpad", so the map has the
+image's aspect), optionally shrunk (``anyres_max_N``), and an image-newline
+token appended to every row. In the sequence: the base view's ``u*u`` tokens
+(raster order), then the grid's ``h*(w+1)`` tokens row by row.
+
+Everything here is computed from what the processor gives the model (the
+image size, the pinpoints, the tile size, the tokens per tile side) and then
+checked against the number of image tokens actually in the sequence: a
+mismatch is an error naming both counts, never a silent reshape.
+
+Conventions differ by implementation, so both are parameters:
+
+* ``wh_pinpoints``: the ``llava`` package reads pinpoints as ``(width,
+  height)``, transformers as ``(height, width)``;
+* ``rounding``: the unpadded side is ``int(side * scale)`` in the ``llava``
+  package and ``int(round(side * scale, 7))`` in transformers.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ...errors import InputError
+from .base import ImageView
+
+
+def parse_pinpoints(pinpoints, tile: int) -> List[Tuple[int, int]]:
+    """The candidate resolutions as pairs: a list of pairs, its string form,
+    or LLaVA-OneVision's range form ``"(1x1),...,(6x6)"`` (tile multiples)."""
+    if isinstance(pinpoints, str) and "x" in pinpoints:
+        found = re.findall(r"\((\d+)x(\d+)\)", pinpoints)
+        if not found:
+            raise InputError(f"image_grid_pinpoints: cannot read {pinpoints!r}")
+        (a0, b0), (a1, b1) = (tuple(map(int, found[0])), tuple(map(int, found[-1])))
+        return [(i * tile, j * tile) for i in range(a0, a1 + 1) for j in range(b0, b1 + 1)]
+    if isinstance(pinpoints, str):
+        pinpoints = ast.literal_eval(pinpoints)
+    out = [(int(p[0]), int(p[1])) for p in pinpoints or []]
+    if not out:
+        raise InputError("image_grid_pinpoints: no candidate resolution")
+    return out
+
+
+def select_best_resolution(size: Tuple[int, int], candidates: Sequence[Tuple[int, int]]) -> Tuple[int, int]:
+    """The candidate that keeps the most of the image's pixels once the image
+    is scaled into it (aspect kept), ties broken by the least padding. ``size``
+    and the candidates use the same axis order (both (w, h) or both (h, w))."""
+    a, b = size
+    best, best_eff, best_waste = None, -1, float("inf")
+    for ca, cb in candidates:
+        scale = min(ca / a, cb / b)
+        eff = min(int(a * scale) * int(b * scale), a * b)
+        waste = ca * cb - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (ca, cb), eff, waste
+    return best
+
+
+def unpadded_shape(height: int, width: int, image_hw: Tuple[int, int], rounding: str = "hf") -> Tuple[int, int]:
+    """The ``height x width`` feature map of a padded image cropped back to the
+    image's aspect (rows or columns removed symmetrically, as the models do)."""
+    ih, iw = image_hw
+    if iw / ih > width / height:  # padding was added above and below
+        scaled = ih * (width / iw)
+        new = int(round(scaled, 7)) if rounding == "hf" else int(scaled)
+        pad = (height - new) // 2
+        return height - 2 * pad, width
+    scaled = iw * (height / ih)
+    new = int(round(scaled, 7)) if rounding == "hf" else int(scaled)
+    pad = (width - new) // 2
+    return height, width - 2 * pad
+
+
+def anyres_max_shape(height: int, width: int, max_tiles: Optional[int], unit: int) -> Tuple[int, int]:
+    """``anyres_max_N``: a map larger than ``N`` tiles (by more than 10% per
+    side) is shrunk (bilinear) by ``ratio = sqrt(h*w / (N*unit^2))``."""
+    if not max_tiles:
+        return height, width
+    ratio = math.sqrt(height * width / (max_tiles * unit ** 2))
+    if ratio > 1.1:
+        return int(height // ratio), int(width // ratio)
+    return height, width
+
+
+def max_tiles_of(aspect_ratio: Optional[str]) -> Optional[int]:
+    """``N`` of ``"anyres_max_N"`` (None for plain ``"anyres"``)."""
+    m = re.match(r"anyres_max_(\d+)", aspect_ratio or "")
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class AnyresLayout:
+    """Token layout of one anyres image: ``base`` (u, u) first (unless
+    ``has_base`` is False), then the high-resolution ``grid`` (h, w) with a
+    newline token after every row when ``newline``. ``tiles``: (rows, cols) of
+    tiles the grid was stitched from."""
+
+    unit: int
+    tiles: Tuple[int, int]
+    grid: Tuple[int, int]
+    newline: bool = True
+    has_base: bool = True
+
+    @property
+    def base_tokens(self) -> int:
+        return self.unit * self.unit if self.has_base else 0
+
+    @property
+    def total(self) -> int:
+        h, w = self.grid
+        return self.base_tokens + h * (w + int(self.newline))
+
+
+def anyres_layout(image_hw: Tuple[int, int], pinpoints, tile: int, unit: int, wh_pinpoints: bool,
+                  rounding: str, max_tiles: Optional[int] = None, newline: bool = True,
+                  has_base: bool = True) -> AnyresLayout:
+    """The layout of an image of ``image_hw`` pixels: ``tile`` pixels per tile
+    side, ``unit`` tokens per tile side (after any pooling)."""
+    ih, iw = int(image_hw[0]), int(image_hw[1])
+    cands = parse_pinpoints(pinpoints, tile)
+    if wh_pinpoints:  # (width, height) pairs, image size (w, h)
+        bw, bh = select_best_resolution((iw, ih), cands)
+    else:
+        bh, bw = select_best_resolution((ih, iw), cands)
+    rows, cols = bh // tile, bw // tile
+    h, w = unpadded_shape(rows * unit, cols * unit, (ih, iw), rounding)
+    h, w = anyres_max_shape(h, w, max_tiles, unit)
+    return AnyresLayout(unit=unit, tiles=(rows, cols), grid=(h, w), newline=newline, has_base=has_base)
+
+
+def anyres_views(span: Tensor, layout: AnyresLayout, what: str = "image") -> Tuple[Tensor, Tuple[int, int], dict]:
+    """Split the image span (positions of its tokens, in sequence order) into
+    views: returns ``(positions, grid)`` of the default view (the stitched
+    high-resolution grid, newline column dropped) and every view by name,
+    the default first (``"highres"``, ``"base"``)."""
+    span = span.reshape(-1)
+    if span.numel() != layout.total:
+        h, w = layout.grid
+        parts = (f"{layout.unit}x{layout.unit} base + " if layout.has_base else "") + \
+            f"{h}x{w} grid" + (" + a newline per row" if layout.newline else "")
+        raise InputError(f"{what} span has {span.numel()} tokens but the processor's layout ({parts}, tiles "
+                         f"{layout.tiles[0]}x{layout.tiles[1]}) needs {layout.total}; the model's anyres settings "
+                         "(pinpoints, tile size, pooling) are not the ones dcam read from its config")
+    nb = layout.base_tokens
+    h, w = layout.grid
+    grid_pos = span[nb:].reshape(h, w + int(layout.newline))[:, :w].reshape(-1).clone()
+    views = {"highres": ImageView("highres", grid_pos, (h, w))}  # the default view first
+    if layout.has_base:
+        u = layout.unit
+        views["base"] = ImageView("base", span[:nb].clone(), (u, u))
+    return grid_pos, (h, w), views
+
+
+# ---------------------------------------------------------------- pixels (llava-package models)
+
+def resize_and_pad(image, target_wh: Tuple[int, int]):
+    """The image scaled into ``target_wh`` with its aspect kept, centred on black."""
+    from PIL import Image
+
+    tw, th = target_wh
+    w, h = image.size
+    if tw / w < th / h:
+        nw, nh = tw, min(math.ceil(h * tw / w), th)
+    else:
+        nw, nh = min(math.ceil(w * th / h), tw), th
+    canvas = Image.new("RGB", (tw, th), (0, 0, 0))
+    canvas.paste(image.resize((nw, nh)), ((tw - nw) // 2, (th - nh) // 2))
+    return canvas
+
+
+def anyres_tiles(image, pinpoints, tile: int) -> list:
+    """The images the ``llava`` package feeds an anyres model: the whole image
+    squashed to one tile, then the tiles (row-major) of the image resized and
+    padded into the best pinpoint (pinpoints as (width, height))."""
+    bw, bh = select_best_resolution(image.size, parse_pinpoints(pinpoints, tile))
+    padded = resize_and_pad(image, (bw, bh))
+    tiles = [padded.crop((c, r, c + tile, r + tile)) for r in range(0, bh, tile) for c in range(0, bw, tile)]
+    return [image.resize((tile, tile))] + tiles
+
+
+def stack_pixels(images: list, image_processor) -> Tensor:
+    """``[n, 3, S, S]`` pixel values of the tiles with the vision tower's own preprocessing."""
+    out = image_processor(images=images, return_tensors="pt")["pixel_values"]
+    return torch.as_tensor(out)
+
+
+__all__ = ["AnyresLayout", "anyres_layout", "anyres_views", "anyres_tiles", "stack_pixels", "parse_pinpoints",
+           "select_best_resolution", "unpadded_shape", "anyres_max_shape", "max_tiles_of", "resize_and_pad"]

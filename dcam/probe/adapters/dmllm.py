@@ -1,0 +1,153 @@
+"""What the dMLLM adapters share (LLaDA-V, LaViDa, MMaDA, Lumina-DiMOO,
+Dream-VL): module paths of the two backbone layouts, the switch-off of
+training-time activation checkpointing, prompt formatting, token handling,
+and the special ids.
+
+Backbone layouts (from the public code):
+
+* OLMo-style LLaDA (LaViDa-LLaDA, MMaDA, Lumina-DiMOO): blocks
+  ``<llada>.transformer.blocks``, final norm ``transformer.ln_f``, LM head
+  ``transformer.ff_out`` (``transformer.wte`` when weights are tied);
+* LLaMA / Qwen2 names (LLaDA-V, LaViDa-Dream, Dream-VL): blocks
+  ``model.model.layers``, norm ``model.model.norm``, head ``model.lm_head``.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import InputError
+from .base import ModelAdapter, _ids_set, config_get, relative_depth_layer
+
+#: LLaDA's ids (tokenizer of GSAI-ML/LLaDA-8B-Instruct): mask, <|endoftext|>, <|eot_id|>.
+LLADA_MASK_ID, LLADA_EOS_IDS = 126336, (126081, 126348)
+#: Dream's mask id (Dream-org/Dream-v0-7B, Dream-VL).
+DREAM_MASK_ID = 151666
+DEFAULT_PROMPT = "Describe the image."
+
+
+def olmo_transformer(model: nn.Module) -> Optional[nn.Module]:
+    """``transformer`` ModuleDict of an OLMo-style LLaDA under ``model`` (or None)."""
+    for inner in (getattr(model, "model", None), model):
+        tr = getattr(inner, "transformer", None)
+        if tr is not None and hasattr(tr, "blocks"):
+            return tr
+    return None
+
+
+def llama_stack(model: nn.Module) -> Optional[nn.Module]:
+    """``model.model`` when it has ``layers`` (LLaMA / Qwen2 names), else None."""
+    inner = getattr(model, "model", None)
+    return inner if inner is not None and hasattr(inner, "layers") else None
+
+
+def no_activation_checkpointing(model: nn.Module) -> None:
+    """Turn training-time activation checkpointing off (LaViDa turns
+    ``"whole_layer"`` on in ``__init__``): a checkpointed block re-runs in the
+    backward, hooks included, and the gradients would not reach the probe."""
+    for m in (getattr(model, "model", None), model):
+        if m is not None and hasattr(m, "set_activation_checkpointing") and \
+                getattr(m, "activation_checkpointing_strategy", None) is not None:
+            m.set_activation_checkpointing(None)
+    if hasattr(model, "gradient_checkpointing_disable") and \
+            any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+        model.gradient_checkpointing_disable()
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as the user turn of the tokenizer's chat template with the
+    assistant turn opened; the text itself when the tokenizer has no template."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+class DMLLMAdapter(ModelAdapter):
+    """Base of the dMLLM adapters: a tokenizer in ``self.tokenizer``, the
+    family's mask id and eos ids, the default layer at the paper's relative
+    depth, generation settings (``response_length``, ``block_length``,
+    ``default_steps``)."""
+
+    is_diffusion = True
+    has_prompt_logits = True
+    default_mask_id = LLADA_MASK_ID
+    default_eos_ids: Tuple[int, ...] = LLADA_EOS_IDS
+
+    def __init__(self, model: nn.Module, processor: Any = None, newline_column: bool = False,
+                 newline_token_id: Optional[int] = None, response_length: int = 64,
+                 block_length: Optional[int] = None, steps: Optional[int] = None,
+                 default_prompt: str = DEFAULT_PROMPT):
+        super().__init__(model, processor, newline_column, newline_token_id)
+        self.response_length = int(response_length)
+        self.block_length = int(block_length) if block_length else None
+        # the Diffusion-CAM release decodes 64 tokens in 32 steps (step_ratio 0.5)
+        self.default_steps = int(steps) if steps else max(1, self.response_length // 2)
+        self.default_prompt = default_prompt
+        no_activation_checkpointing(model)
+
+    # ------------------------------------------------------------------ ids
+    @property
+    def tokenizer(self):
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is None and isinstance(self.processor, (tuple, list)):
+            tok = self.processor[0]
+        if tok is None:
+            tok = self.processor if hasattr(self.processor, "convert_ids_to_tokens") else None
+        if tok is None:
+            raise InputError(f"the {self.name} adapter needs a processor with a tokenizer, got "
+                             f"{type(self.processor).__name__}")
+        return tok
+
+    @property
+    def mask_token_id(self) -> Optional[int]:
+        v = config_get(self.model.config, "mask_token_id")
+        return int(v) if v is not None else self.default_mask_id
+
+    @property
+    def eos_token_ids(self) -> set:
+        tok = self.tokenizer
+        return set(self.default_eos_ids) | _ids_set(getattr(tok, "eos_token_id", None)) | \
+            _ids_set(config_get(self.model.config, "eos_token_id"))
+
+    @property
+    def pad_token_ids(self) -> set:
+        return _ids_set(getattr(self.tokenizer, "pad_token_id", None)) - {self.mask_token_id}
+
+    def default_layer(self) -> int:
+        return relative_depth_layer(len(self.blocks()))
+
+    def text_ids(self, text: str) -> List[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def response_slots(self, response_ids: Optional[Sequence[int]], response_length: Optional[int]) -> List[int]:
+        """The response ids, or ``response_length`` mask ids to generate into."""
+        if response_ids is not None:
+            return [int(v) for v in response_ids]
+        return [int(self.mask_token_id)] * int(response_length or self.response_length)
+
+    def steps_and_blocks(self, steps: Optional[int], length: int) -> Tuple[int, int]:
+        """(steps, block length) for a generation of ``length`` slots."""
+        S = int(steps or self.default_steps)
+        block = self.block_length or length
+        if length % block:
+            block = length
+        n_blocks = length // block
+        return max(S - S % n_blocks, n_blocks), block
+
+
+def changed_steps(history: Sequence[Tensor]) -> int:
+    """Steps of a recorded sampler history that changed the canvas (a step
+    that commits nothing does not denoise)."""
+    n, prev = 0, None
+    for h in history:
+        if prev is None or not torch.equal(h, prev):
+            n += 1
+        prev = h
+    return n
+
+
+__all__ = ["DMLLMAdapter", "olmo_transformer", "llama_stack", "no_activation_checkpointing", "chat_prompt",
+           "changed_steps", "LLADA_MASK_ID", "LLADA_EOS_IDS", "DREAM_MASK_ID", "DEFAULT_PROMPT"]

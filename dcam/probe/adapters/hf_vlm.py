@@ -1,0 +1,166 @@
+"""transformers VLMs with dynamic image layouts (see :mod:`.llava` for the shared base).
+
+* :class:`QwenVLAdapter`, Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the image is
+  resized to a multiple of ``patch * merge`` pixels per side and its patches
+  merged ``merge x merge``; the grid is the *merged* grid ``(h / merge, w /
+  merge)`` of the processor's ``image_grid_thw`` (tokens in raster order).
+  ``pixel_values`` holds every patch of every image (not one row per
+  example), so batches repeat it.
+* :class:`Idefics3Adapter`, Idefics3 / SmolVLM: the image is split into
+  ``rows x cols`` tiles plus a global view; each tile's ``s x s`` tokens
+  (pixel-shuffled, raster order) follow a ``<row_r_col_c>`` token. The tile
+  counts are read from those tokens; views ``"highres"`` (the tiles stitched,
+  default) and ``"base"`` (the global image). Blocks:
+  ``model.model.text_model.layers``.
+* :class:`Gemma3Adapter`: one square grid of ``mm_tokens_per_image`` tokens.
+* :class:`Gemma4Adapter`: a variable grid read from the image processor's
+  patch positions (as DiffusionGemma's encoder); the sequence ``[BOS] <boi>
+  <image> x n <eoi> prompt`` is built here from ``processor.image_processor``
+  and ``processor.tokenizer``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import Tensor
+
+from ...errors import InputError
+from .base import ImageView, Prepared, config_get
+from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
+
+
+def image_span(prompt_ids: Tensor, image_token_id: int) -> Tensor:
+    pos = torch.nonzero(prompt_ids.reshape(-1) == int(image_token_id)).reshape(-1)
+    if pos.numel() == 0:
+        raise InputError(f"no image token (id {image_token_id}) in the input sequence")
+    return pos
+
+
+def grid_from_patch_positions(pos: Tensor, pool: int, n: int) -> Tuple[int, int]:
+    """``(h, w)`` of a pooled soft-token grid from the ``[P, 2]`` (x, y) patch
+    positions of Gemma-4-style image processors (``-1`` rows are padding)."""
+    valid = (pos != -1).all(-1)
+    p = pos[valid]
+    w = (int(p[:, 0].max()) + 1) // pool
+    h = (int(p[:, 1].max()) + 1) // pool
+    if h * w != n:
+        raise InputError(f"patch positions give a {h}x{w} grid but the image has {n} soft tokens")
+    return h, w
+
+
+class QwenVLAdapter(HFVisionLanguageAdapter):
+    name = "qwen-vl"
+    family = "qwen-vl"
+
+    def image_marker(self) -> str:
+        tok = getattr(self.processor, "image_token", "<|image_pad|>")
+        return f"<|vision_start|>{tok}<|vision_end|>"
+
+    def prompt_text(self, prompt):
+        text = prompt if prompt is not None else self.default_prompt
+        tok = getattr(self.processor, "image_token", "<|image_pad|>")
+        return text if tok in text else f"{self.image_marker()}{text}"
+
+    def locate_views(self, prompt_ids, enc, img):
+        thw = torch.as_tensor(enc["image_grid_thw"]).reshape(-1, 3)[0].tolist()
+        merge = int(config_get(self.model.config.vision_config, "spatial_merge_size", default=2))
+        t, h, w = int(thw[0]), int(thw[1]) // merge, int(thw[2]) // merge
+        pos = image_span(prompt_ids, self.image_token_id)
+        if pos.numel() != t * h * w or t != 1:
+            raise InputError(f"image span has {pos.numel()} tokens; image_grid_thw {thw} merged {merge}x{merge} "
+                             f"gives {t}x{h}x{w}")
+        return pos, (h, w), {}
+
+    def batch_inputs(self, prep: Prepared, batch: int) -> Dict[str, Any]:
+        return self.stack_inputs([prep] * batch)
+
+    def stack_inputs(self, preps) -> Dict[str, Any]:
+        out = {}
+        for k in preps[0].model_inputs:
+            out[k] = torch.cat([p.model_inputs[k] for p in preps], 0)  # patches and grids of every image
+        return out
+
+
+class Idefics3Adapter(HFVisionLanguageAdapter):
+    name = "idefics3"
+    family = "idefics3"
+
+    def _lm(self):
+        return self.model.model.text_model
+
+    def locate_views(self, prompt_ids, enc, img):
+        ids = prompt_ids.reshape(-1)
+        pos = image_span(prompt_ids, self.image_token_id)
+        tiles = []
+        for t in self.tokenizer.convert_ids_to_tokens(ids.tolist()):
+            m = re.fullmatch(r"<row_(\d+)_col_(\d+)>", t or "")
+            if m:
+                tiles.append((int(m.group(1)), int(m.group(2))))
+        rows, cols = (max(r for r, _ in tiles), max(c for _, c in tiles)) if tiles else (0, 0)
+        n_views = rows * cols + 1
+        per = pos.numel() // n_views
+        s = int(math.isqrt(per))
+        if per * n_views != pos.numel() or s * s != per or len(tiles) != rows * cols:
+            raise InputError(f"image span has {pos.numel()} tokens; {rows}x{cols} tiles plus a global view of "
+                             "square tiles cannot hold them")
+        base = ImageView("base", pos[rows * cols * per:].clone(), (s, s))
+        if not tiles:
+            return base.positions, (s, s), {"base": base}
+        # tile (r, c) holds s*s tokens in raster order; stitch them into one (rows*s) x (cols*s) grid
+        t = pos[:rows * cols * per].reshape(rows, cols, s, s).permute(0, 2, 1, 3).reshape(-1).clone()
+        hi = ImageView("highres", t, (rows * s, cols * s))
+        return t, hi.grid, {"highres": hi, "base": base}  # the default view first
+
+
+class Gemma3Adapter(HFVisionLanguageAdapter):
+    name = "gemma3"
+    family = "gemma3"
+
+    def image_marker(self) -> str:
+        return getattr(self.processor, "boi_token", "<start_of_image>")
+
+    def locate_views(self, prompt_ids, enc, img):
+        n = int(config_get(self.model.config, "mm_tokens_per_image"))
+        s = int(math.isqrt(n))
+        pos = image_span(prompt_ids, self.image_token_id)
+        if pos.numel() != n or s * s != n:
+            raise InputError(f"image span has {pos.numel()} tokens; Gemma 3 places {n} per image")
+        return pos, (s, s), {}
+
+
+class Gemma4Adapter(HFVisionLanguageAdapter):
+    name = "gemma4"
+    family = "gemma4"
+
+    def prompt_text(self, prompt):
+        return prompt if prompt is not None else self.default_prompt
+
+    def encode(self, img, text: str) -> Dict[str, Any]:
+        ip = getattr(self.processor, "image_processor", None)
+        if ip is None or getattr(self.processor, "tokenizer", None) is None:
+            raise InputError("Gemma 4 needs a processor with .image_processor and .tokenizer")
+        out = ip(images=[img], return_tensors="pt")
+        pool = int(self.model.config.vision_config.pooling_kernel_size)
+        ppos = out["image_position_ids"][:1]
+        n = int(out["num_soft_tokens_per_image"][0]) if "num_soft_tokens_per_image" in out else \
+            int((ppos[0] != -1).all(-1).sum()) // (pool * pool)
+        c = self.model.config
+        bos = config_get(c, "bos_token_id")
+        ids = ([int(bos)] if bos is not None else []) + [int(c.boi_token_id)] + [self.image_token_id] * n + \
+            [int(c.eoi_token_id)] + list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return {"input_ids": torch.tensor([ids]), "pixel_values": out["pixel_values"][:1],
+                "image_position_ids": ppos}
+
+    def locate_views(self, prompt_ids, enc, img):
+        h, w = grid_from_patch_positions(enc["image_position_ids"][0],
+                                         int(self.model.config.vision_config.pooling_kernel_size),
+                                         int(image_span(prompt_ids, self.image_token_id).numel()))
+        pos = image_span(prompt_ids, self.image_token_id)
+        return pos, (h, w), {}
+
+
+__all__ = ["QwenVLAdapter", "Idefics3Adapter", "Gemma3Adapter", "Gemma4Adapter", "grid_from_patch_positions",
+           "image_span", "PER_TOKEN_INPUTS"]

@@ -1,0 +1,235 @@
+"""Adapter for the dMLLMs of the authors' ``llava`` packages: LLaDA-V
+(``llava_llada``, ``model.model.layers``), LaViDa with a LLaDA backbone
+(``llava_llada``, ``model.model.transformer.blocks``) and with a Dream
+backbone (``llava_dream``, ``model.model.layers``, logits shifted by one).
+
+The image span is produced *inside* the model: the prompt holds one
+placeholder id (-200) that ``model.prepare_inputs_labels_for_multimodal``
+replaces by the image features. So :meth:`LlavaDMLLMAdapter.prepare` lays the
+sequence out expanded (one slot per image feature, each holding -200), with
+the positions of every view computed from the processor's outputs (the image
+size, the model config's pinpoints, tile size and pooling; see
+:mod:`.anyres`) and checked against the length the model's own expansion
+produces. Each forward collapses the slots back to one placeholder per row,
+lets the model build the embeddings, and runs the backbone on them the way
+the published samplers do (``model.get_model()(None, input_embeddings=...)``
+for LaViDa-LLaDA, ``model.forward_dream`` for LaViDa-Dream,
+``model.lm_head(model.model(inputs_embeds=...)[0])`` for LLaDA-V).
+
+Views: ``"base"`` (the whole image squashed to one tile) and ``"highres"``
+(the stitched tiles, cropped to the image's aspect, newline column dropped);
+the default map is ``"highres"``, what the Diffusion-CAM release pools.
+
+Processor: ``(tokenizer, image_processor)`` as returned by the ``llava``
+package's ``load_pretrained_model`` (or any object with ``.tokenizer`` and
+``.image_processor``); the tiles are cut here (the ``llava`` package's
+``process_images`` rule) and each preprocessed by ``image_processor``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ...errors import InputError
+from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, stack_pixels
+from .base import Generation, ImageView, Prepared, config_get, load_image
+from .dmllm import DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer
+from .sampling import steps_used
+
+IMAGE_TOKEN_INDEX = -200
+IMAGE_MARKER = "<image>"
+
+
+def backbone_of(model) -> Optional[str]:
+    """``"llada_v"``, ``"lavida_llada"``, ``"lavida_dream"`` or None, from the
+    config's model type and the module layout."""
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    if mt == "llava_dream":
+        return "lavida_dream"
+    if mt == "llava_llada":
+        return "lavida_llada" if olmo_transformer(model) is not None else "llada_v"
+    return None
+
+
+class LlavaDMLLMAdapter(DMLLMAdapter):
+    """See the module docstring. ``family`` is set per backbone."""
+
+    name = "llava-dmllm"
+
+    def __init__(self, model, processor: Any = None, **kwargs):
+        super().__init__(model, processor, **kwargs)
+        self.backbone = backbone_of(model)
+        if self.backbone is None:
+            raise InputError(f"{type(model).__name__} is not an LLaDA-V / LaViDa model (config.model_type "
+                             f"{getattr(model.config, 'model_type', None)!r})")
+        self.family = {"llada_v": "llada-v", "lavida_llada": "lavida", "lavida_dream": "lavida-dream"}[self.backbone]
+        if self.backbone == "lavida_dream":
+            self.logit_shift = 1  # Dream keeps the autoregressive shift
+            self.default_mask_id = DREAM_MASK_ID
+            self.default_eos_ids = (151643, 151645)
+
+    @property
+    def image_processor(self):
+        ip = getattr(self.processor, "image_processor", None)
+        if ip is None and isinstance(self.processor, (tuple, list)) and len(self.processor) > 1:
+            ip = self.processor[1]
+        if ip is None:
+            raise InputError(f"the {self.family} adapter needs (tokenizer, image_processor)")
+        return ip
+
+    @property
+    def image_token_id(self) -> int:
+        return IMAGE_TOKEN_INDEX
+
+    # ------------------------------------------------------------------ structure
+    def blocks(self):
+        tr = olmo_transformer(self.model)
+        return tr.blocks if tr is not None else llama_stack(self.model).layers
+
+    def final_norm(self):
+        tr = olmo_transformer(self.model)
+        return tr.ln_f if tr is not None else llama_stack(self.model).norm
+
+    def lm_head_weight(self) -> Tensor:
+        tr = olmo_transformer(self.model)
+        if tr is not None:
+            return (tr["ff_out"] if "ff_out" in tr else tr.wte).weight
+        return self.model.lm_head.weight
+
+    # ------------------------------------------------------------------ layout
+    def _tower(self):
+        tower = self.model.get_vision_tower()
+        return int(tower.image_size), int(tower.num_patches_per_side)
+
+    def layout(self, image_wh: Tuple[int, int]):
+        """The anyres layout of an image of ``image_wh`` (None: one tile, no grid)."""
+        cfg = self.model.config
+        tile, side = self._tower()
+        stride = config_get(cfg, "mm_pooler_ratio")
+        if stride:  # LaViDa pools every tile's map
+            mode = config_get(cfg, "mm_spatial_pool_mode", default="bilinear")
+            side = math.ceil(side / stride) if mode == "bilinear" else side // stride
+        aspect = config_get(cfg, "image_aspect_ratio", default="square") or "square"
+        if not aspect.startswith("anyres"):
+            return None, side
+        merge = config_get(cfg, "mm_patch_merge_type", default="spatial_unpad")
+        return anyres_layout((image_wh[1], image_wh[0]), config_get(cfg, "image_grid_pinpoints"), tile, side,
+                             wh_pinpoints=True, rounding="llava", max_tiles=max_tiles_of(aspect),
+                             newline="unpad" in merge, has_base="nobase" not in merge), side
+
+    def _pixels(self, img) -> Tensor:
+        cfg = self.model.config
+        tile, _ = self._tower()
+        aspect = config_get(cfg, "image_aspect_ratio", default="square") or "square"
+        images = anyres_tiles(img, config_get(cfg, "image_grid_pinpoints"), tile) if aspect.startswith("anyres") \
+            else [img.resize((tile, tile))]
+        dtype = next(self.model.parameters()).dtype
+        return stack_pixels(images, self.image_processor).to(dtype)
+
+    def _views(self, span: Tensor, image_wh) -> Tuple[Tensor, Tuple[int, int], Dict[str, ImageView]]:
+        layout, side = self.layout(image_wh)
+        if layout is not None:
+            return anyres_views(span, layout)
+        if span.numel() not in (side * side, side * side + 1):  # one tile (+ one trailing newline with unpad)
+            raise InputError(f"image span has {span.numel()} tokens; one {side}x{side} tile needs {side * side}")
+        pos = span[:side * side].clone()
+        return pos, (side, side), {"base": ImageView("base", pos, (side, side))}
+
+    # ------------------------------------------------------------------ inputs
+    def prompt_ids(self, prompt: Optional[str]) -> list:
+        text = prompt if prompt is not None else self.default_prompt
+        if IMAGE_MARKER not in text:
+            text = chat_prompt(self.tokenizer, f"{IMAGE_MARKER}\n{text}")
+        chunks = text.split(IMAGE_MARKER)
+        if len(chunks) != 2:
+            raise InputError(f"prompt: exactly one {IMAGE_MARKER} marker is supported, got {len(chunks) - 1}")
+        return self.text_ids(chunks[0]) + [IMAGE_TOKEN_INDEX] + self.text_ids(chunks[1])
+
+    def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
+        img = load_image(image)
+        compact = self.prompt_ids(prompt)
+        pix = self._pixels(img)
+        model_inputs = {"images": pix, "image_sizes": (int(img.size[0]), int(img.size[1]))}
+        with torch.no_grad():
+            emb = self._embed(torch.tensor([compact], device=self.device), model_inputs)
+        n_img = emb.shape[1] - (len(compact) - 1)
+        s0 = compact.index(IMAGE_TOKEN_INDEX)
+        prompt_ids = compact[:s0] + [IMAGE_TOKEN_INDEX] * n_img + compact[s0 + 1:]
+        resp = self.response_slots(response_ids, response_length)
+        ids = torch.tensor([prompt_ids + resp], dtype=torch.long)
+        pos, grid, views = self._views(torch.arange(s0, s0 + n_img), img.size)
+        return Prepared(input_ids=ids, model_inputs=model_inputs, response_start=len(prompt_ids),
+                        response_length=len(resp), image_positions=pos, grid=grid, image=img, prompt=prompt,
+                        views=views)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def batch_inputs(self, prep: Prepared, batch: int) -> Dict[str, Any]:
+        return dict(prep.model_inputs)  # one image per row: repeated in _embed
+
+    def stack_inputs(self, preps) -> Dict[str, Any]:
+        return {"images": [p.model_inputs["images"] for p in preps],
+                "image_sizes": [p.model_inputs["image_sizes"] for p in preps]}
+
+    # ------------------------------------------------------------------ running
+    def _embed(self, compact: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        """The model's own expansion of ``compact`` (one -200 per row)."""
+        R = compact.shape[0]
+        images, sizes = model_inputs["images"], model_inputs["image_sizes"]
+        if isinstance(images, Tensor):
+            images, sizes = [images] * R, [sizes] * R
+        dev = self.device
+        out = self.model.prepare_inputs_labels_for_multimodal(compact.to(dev), None, None, None, None,
+                                                              [im.to(dev) for im in images], ["image"] * R,
+                                                              image_sizes=[tuple(s) for s in sizes])
+        return out[4]
+
+    def _collapse(self, input_ids: Tensor) -> Tensor:
+        """Each row's run of image slots back to one placeholder."""
+        is_img = (input_ids == IMAGE_TOKEN_INDEX).nonzero()
+        if is_img.numel() == 0:
+            raise InputError("no image placeholder in the sequence")
+        s0, s1 = int(is_img[:, 1].min()), int(is_img[:, 1].max()) + 1
+        return torch.cat([input_ids[:, :s0 + 1], input_ids[:, s1:]], 1)
+
+    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        emb = self._embed(self._collapse(input_ids), model_inputs)
+        if emb.shape[1] != input_ids.shape[1]:
+            raise RuntimeError(f"the model expanded the image to {emb.shape[1]} positions, the prepared sequence "
+                               f"has {input_ids.shape[1]}")
+        if self.backbone == "lavida_llada":
+            return self.model.get_model()(None, input_embeddings=emb).logits
+        if self.backbone == "lavida_dream":
+            return self.model.forward_dream(None, None, None, inputs_embeds=emb).logits
+        # LLaDA-V's sampler: the top-level forward fails on embeddings alone (conversation_ids unset)
+        return self.model.lm_head(self.model.model(inputs_embeds=emb)[0])
+
+    def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
+        Lr = int(response_length or prep.response_length or self.response_length)
+        S, block = self.steps_and_blocks(steps, Lr)
+        compact = self._collapse(prep.input_ids[:, :prep.response_start]).to(self.device)
+        images = [prep.model_inputs["images"].to(self.device)]
+        sizes = [prep.model_inputs["image_sizes"]]
+        with torch.no_grad():
+            if self.backbone == "llada_v":
+                out = self.model.generate(compact, images=images, image_sizes=sizes, steps=S, gen_length=Lr,
+                                          block_length=block, tokenizer=self.tokenizer)
+                return Generation(out[0, -Lr:].tolist(), steps_used(Lr, S, block))
+            if self.backbone == "lavida_llada":
+                n_blocks = Lr // block
+                ratio = (S // n_blocks + 0.5) / block  # LaViDa's steps per block: int(block * step_ratio)
+                x, history = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr,
+                                                 block_length=block, step_ratio=ratio, prefix_lm=True, verbose=True,
+                                                 tokenizer=self.tokenizer)
+                return Generation(x[0, -Lr:].tolist(), changed_steps(history))
+            out = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr, steps=S,
+                                      output_history=True)
+            return Generation(out.sequences[0, -Lr:].tolist(), changed_steps(out.history or []))
+
+
+__all__ = ["LlavaDMLLMAdapter", "backbone_of", "IMAGE_TOKEN_INDEX"]

@@ -1,0 +1,76 @@
+"""Anyres geometry: hand-worked cases, and the layout against the token counts
+that transformers' processors (LLaVA-NeXT, LLaVA-OneVision) and the
+``llava``-package stand-ins (LLaDA-V, LaViDa) produce over many image sizes."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dcam.probe import auto_adapter
+from dcam.probe.adapters.anyres import (anyres_layout, anyres_max_shape, anyres_views, parse_pinpoints,
+                                        select_best_resolution, unpadded_shape)
+
+SIZES = [(40, 72), (72, 40), (96, 96), (33, 97), (97, 33), (50, 51), (120, 30), (30, 120), (64, 32), (17, 200),
+         (200, 17), (61, 89)]
+
+
+def test_best_resolution_hand_worked():
+    # 72 x 40 (w x h) into (64, 64): scale 0.889 -> 64 x 35 = 2240 px kept; (96, 96) keeps all 2880
+    assert select_best_resolution((72, 40), [(64, 64), (96, 96), (32, 96)]) == (96, 96)
+    # equal pixels kept -> the least padding
+    assert select_best_resolution((32, 32), [(64, 64), (32, 64), (64, 32)]) == (32, 64)
+
+
+def test_unpad_hand_worked():
+    # 12 x 12 map of a 40 x 72 (h x w) image: rows kept int(40 * 12 / 72) = 6, 3 off each side
+    assert unpadded_shape(12, 12, (40, 72), "hf") == (6, 12) == unpadded_shape(12, 12, (40, 72), "llava")
+    # a 2 x 3 map of a square image: width 49 * (2 / 49) = 1.9999999999999998 in floating point;
+    # transformers rounds to 2 (pad (3 - 2) // 2 = 0, 3 columns), the llava package truncates to 1
+    # (pad 1 each side, 1 column)
+    assert unpadded_shape(2, 3, (49, 49), "hf") == (2, 3) and unpadded_shape(2, 3, (49, 49), "llava") == (2, 1)
+    # an image wider than the map: 24 / 7 > 12 / 4, rows 7 * 12 / 24 = 3.5 -> 3, pad 0 -> all 4 kept
+    assert unpadded_shape(4, 12, (7, 24), "llava") == (4, 12)
+    assert anyres_max_shape(12, 12, 9, 4) == (12, 12) and anyres_max_shape(12, 12, 1, 4) == (4, 4)
+    assert anyres_max_shape(12, 12, None, 4) == (12, 12)
+
+
+def test_pinpoint_forms():
+    assert parse_pinpoints("(1x1),...,(2x3)", 10) == [(10, 10), (10, 20), (10, 30), (20, 10), (20, 20), (20, 30)]
+    assert parse_pinpoints("[(384, 768), (768, 384)]", 384) == [(384, 768), (768, 384)]
+    assert parse_pinpoints([[1, 2]], 7) == [(1, 2)]
+
+
+def test_a_count_that_does_not_fit_names_both_counts():
+    lay = anyres_layout((40, 72), [[96, 96]], 32, 4, wh_pinpoints=False, rounding="hf")
+    assert lay.total == 16 + 6 * 13
+    with pytest.raises(ValueError, match=r"image span has 50 tokens .* needs 94"):
+        anyres_views(torch.arange(50), lay)
+    pos, grid, views = anyres_views(torch.arange(100, 100 + lay.total), lay)
+    assert grid == (6, 12) and views["base"].positions.tolist() == list(range(100, 116))
+    assert pos[:13].tolist() == list(range(116, 128)) + [129]  # row 0, then row 1 after the newline slot
+
+
+@pytest.mark.parametrize("name", ["llava-next", "llava-onevision"])
+def test_layout_equals_the_processors_token_count(name, models):
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    rng = np.random.default_rng(0)
+    for h, w in SIZES:
+        img = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        enc = proc(images=img, text="<image> describe", return_tensors="pt")
+        n = int((enc["input_ids"] == a.image_token_id).sum())
+        assert a.layout((h, w)).total == n, (h, w)
+
+
+@pytest.mark.parametrize("name", ["llada-v", "lavida"])
+def test_layout_equals_the_models_own_expansion(name, models):
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    rng = np.random.default_rng(1)
+    for h, w in SIZES:
+        img = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        prep = a.prepare(img, None, [5])
+        n = int((prep.input_ids == -200).sum())
+        layout, _ = a.layout(img.size)
+        hh, ww = layout.grid
+        assert n == layout.total == layout.unit ** 2 + hh * (ww + 1), (h, w)

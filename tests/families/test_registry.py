@@ -1,0 +1,83 @@
+"""The family table: detection of every family, docs/FAMILIES.md current,
+``dcam families``, and loading errors that say what was found and what is
+missing."""
+import pathlib
+
+import pytest
+
+from dcam.cli import main
+from dcam.models import load_model
+from dcam.probe.adapters import FAMILIES, detect_family, markdown_table
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+#: stand-in name -> the family its model must be detected as
+DETECTED = {"lavida": "lavida", "lavida-dream": "lavida-dream", "llada-v": "llada-v", "mmada": "mmada",
+            "lumina-dimoo": "lumina-dimoo", "dream-vl": "dream-vl", "diffusion-gemma": "diffusion-gemma",
+            "llava": "llava", "llava-next": "llava-next", "llava-onevision": "llava-onevision",
+            "qwen-vl": "qwen-vl", "qwen2.5-vl": "qwen-vl", "qwen3-vl": "qwen-vl", "idefics3": "idefics3",
+            "smolvlm": "idefics3", "gemma3": "gemma3", "gemma4": "gemma4"}
+
+
+def test_every_stand_in_is_detected_as_its_family(models):
+    from dcam.testing.standins import STANDINS
+
+    assert set(STANDINS) == set(DETECTED)
+    for name, fam in DETECTED.items():
+        assert detect_family(models(name)[0]).name == fam, name
+    # every family of the table but the bundled toy has a stand-in
+    assert {f.name for f in FAMILIES} - {"shapes"} == set(DETECTED.values())
+
+
+def test_docs_table_is_the_generated_one():
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    assert markdown_table() in doc
+
+
+def test_families_command_lists_every_family(capsys):
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    for f in FAMILIES:
+        assert f"{f.name}: {f.models}" in out and f.rule in out
+    assert main(["families", "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == markdown_table()
+    assert main(["families", "--load"]) == 0
+    assert "load_pretrained_model" in capsys.readouterr().out
+
+
+def _folder(tmp_path, **config):
+    import json
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    return str(d)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "llava_llada"}, r"is a llava_llada checkpoint \(LLaDA-V or LaViDa\); loading it needs the "
+                                    r"authors' llava package"),
+    ({"model_type": "llava_dream"}, r"llava_dream checkpoint .* needs the authors' llava package"),
+    ({"model_type": "mmada"}, r"is an MMaDA checkpoint; loading it needs the MMaDA repository"),
+    ({"model_type": "llada", "architectures": ["LLaDAForMultiModalGeneration"]},
+     r"is a Lumina-DiMOO checkpoint; loading it needs the Lumina-DiMOO repository"),
+    ({"model_type": "dream-vl"}, r"dream-vl checkpoint whose modeling code ships with it; pass --trust-remote-code"),
+])
+def test_unloadable_family_folders_say_what_is_missing(tmp_path, config, message):
+    with pytest.raises(ValueError, match=message):
+        load_model(_folder(tmp_path, **config))
+
+
+def test_dtype_is_checked():
+    with pytest.raises(ValueError, match="dtype: 'int8' is not one of float32, bfloat16, float16"):
+        load_model(None, dtype="int8")
+
+
+def test_cli_names_the_option(tmp_path, capsys):
+    img = tmp_path / "i.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(img)
+    assert main(["explain", str(img), "--model", _folder(tmp_path, model_type="dream-vl"), "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dcam explain: error: --model: ") and "--trust-remote-code" in err[0]

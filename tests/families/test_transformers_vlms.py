@@ -1,0 +1,108 @@
+"""transformers' autoregressive VLMs (their own classes, tiny configs):
+LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL / Qwen2.5-VL / Qwen3-VL, Idefics3,
+SmolVLM, Gemma 3, Gemma 4. For each: detection, the grid hand-worked for a
+40 x 72 image, gradients against the published procedure, the causal score
+(logit read one position earlier), an explanation and a generation."""
+import pytest
+import torch
+
+from dcam.explain import Explainer
+from dcam.probe import auto_adapter
+from dcam.probe.gradients import probe, published_gradients
+
+RESPONSE = "a red circle and a blue square"
+#: name -> (family, adapter class, blocks path, grid of the 40 x 72 image, views)
+VLMS = {
+    # (96, 96) fits 40 x 72 best (3 x 3 tiles of 4 x 4 tokens = 12 x 12); unpad keeps
+    # int(round(40 * 12 / 72, 7)) = 6 rows, 3 off top and bottom -> 6 x 12; base 4 x 4
+    "llava-next": ("llava-next", "LlavaNextAdapter", lambda m: m.model.language_model.layers, (6, 12),
+                   {"base": (4, 4), "highres": (6, 12)}),
+    # OneVision: same tiles; anyres_max_9: sqrt(6 * 12 / (9 * 16)) = 0.71 <= 1.1, no shrink
+    "llava-onevision": ("llava-onevision", "LlavaNextAdapter", lambda m: m.model.language_model.layers, (6, 12),
+                        {"base": (4, 4), "highres": (6, 12)}),
+    # 4-pixel patches merged 2x2: 40 x 72 is kept (multiples of 8): 10 x 18 patches, 5 x 9 tokens
+    "qwen-vl": ("qwen-vl", "QwenVLAdapter", lambda m: m.model.language_model.layers, (5, 9), {}),
+    "qwen2.5-vl": ("qwen-vl", "QwenVLAdapter", lambda m: m.model.language_model.layers, (5, 9), {}),
+    "qwen3-vl": ("qwen-vl", "QwenVLAdapter", lambda m: m.model.language_model.layers, (5, 9), {}),
+    # longest edge to 64 (36 x 64), 32-pixel tiles: 2 x 2 tiles of 2 x 2 tokens (8-pixel patches,
+    # pixel shuffle 2) -> 4 x 4 stitched; the global image 2 x 2
+    "idefics3": ("idefics3", "Idefics3Adapter", lambda m: m.model.text_model.layers, (4, 4),
+                 {"base": (2, 2), "highres": (4, 4)}),
+    "smolvlm": ("idefics3", "Idefics3Adapter", lambda m: m.model.text_model.layers, (4, 4),
+                {"base": (2, 2), "highres": (4, 4)}),
+    "gemma3": ("gemma3", "Gemma3Adapter", lambda m: m.model.language_model.layers, (4, 4), {}),
+    # at most 70 soft tokens of 8 x 8 pixels, aspect kept: 6 x 11 = 66
+    "gemma4": ("gemma4", "Gemma4Adapter", lambda m: m.model.language_model.layers, (6, 11), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(VLMS))
+def test_detected_and_located(name, models, landscape):
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    fam, cls, blocks, grid, views = VLMS[name]
+    assert a.family == fam and type(a).__name__ == cls and a.blocks() is blocks(model)
+    assert a.probes == ("full",) and a.mask_token_id is None and a.default_layer() == 1
+    prep = a.prepare(landscape, None, a.encode_response(RESPONSE))
+    assert prep.grid == grid and prep.image_positions.numel() == grid[0] * grid[1]
+    assert {k: v.grid for k, v in prep.views.items()} == views
+    assert (prep.input_ids[0, prep.image_positions] == a.image_token_id).all()
+
+
+@pytest.mark.parametrize("name", list(VLMS))
+def test_gradients_scores_explanation_generation(name, models, landscape):
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    prep = a.prepare(landscape, None, a.encode_response(RESPONSE))
+    pos, ids = [prep.response_start + i for i in (1, 2)], prep.response_ids[1:3]
+    r = probe(a, prep, pos, ids, 1)
+    ref = published_gradients(a, prep, pos, ids, 1)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-7, rtol=1e-5)
+    with torch.no_grad():
+        logits = model(input_ids=prep.input_ids, **prep.model_inputs).logits[0].float()
+    torch.testing.assert_close(r.scores, torch.stack([logits[p - 1, t] for p, t in zip(pos, ids)]))
+    e = Explainer(model, proc).explain(landscape, response=RESPONSE)
+    assert e.tokens == RESPONSE.split() and e.maps.shape == (7, *VLMS[name][3]) and e.probe == "full"
+    g = Explainer(model, proc).explain(landscape, response_length=5)
+    assert g.steps == 5 and len(g.response_ids) == 5  # autoregressive: one token per step
+
+
+@pytest.mark.parametrize("name", ["llava-next", "llava-onevision"])
+def test_anyres_views_match_where_the_model_puts_its_newlines(name, models, landscape):
+    """The model's own packing writes ``image_newline`` after every row of the
+    high-resolution grid; the located views must leave exactly those slots out."""
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    prep = a.prepare(landscape, None, a.encode_response(RESPONSE))
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        seen["emb"] = kwargs["inputs_embeds"][0].detach()
+
+    hook = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=prep.input_ids, **prep.model_inputs)
+    finally:
+        hook.remove()
+    emb = seen["emb"]
+    span = torch.nonzero(prep.input_ids[0] == a.image_token_id).reshape(-1)
+    is_newline = (emb[span] == model.model.image_newline).all(-1)
+    located = set(prep.views["base"].positions.tolist()) | set(prep.image_positions.tolist())
+    assert set(span[is_newline].tolist()) == set(span.tolist()) - located
+    assert int(is_newline.sum()) == prep.grid[0]  # one newline per row
+    assert prep.views["base"].positions.tolist() == span[:16].tolist()  # the base view comes first
+
+
+def test_onevision_shrinks_large_maps():
+    """anyres_max_1 on a 96 x 96 image: 3 x 3 tiles, a 12 x 12 map, ratio
+    sqrt(144 / 16) = 3 > 1.1 -> shrunk to 12 // 3 = 4 per side."""
+    from PIL import Image
+
+    from dcam.testing.hf_tiny import tiny_llava_onevision
+
+    model, proc = tiny_llava_onevision(aspect="anyres_max_1")
+    a = auto_adapter(model, proc)
+    prep = a.prepare(Image.new("RGB", (96, 96), (90, 120, 30)), None, a.encode_response("a red circle"))
+    assert prep.grid == (4, 4) and prep.views["base"].grid == (4, 4)
