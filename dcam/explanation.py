@@ -145,10 +145,10 @@ class Explanation:
         a small one does. Returns the written paths (in ``out_dir``)."""
         from .output import AtomicFolder
 
-        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16:
-            raise InputError(f"max_side must be an int >= 16, got {max_side!r}")
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or not 16 <= max_side <= 8192:
+            raise InputError(f"max_side must be an int in [16, 8192], got {max_side!r}")
         target = os.path.abspath(out_dir)
-        with AtomicFolder(target, overwrite=overwrite) as tmp:
+        with AtomicFolder(target, overwrite=overwrite, option="out_dir") as tmp:
             written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side)
         return {k: ([os.path.join(target, os.path.basename(p)) for p in v] if isinstance(v, list)
                     else os.path.join(target, os.path.basename(v))) for k, v in written.items()}

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from typing import Optional
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 
 def _umask() -> int:
@@ -84,18 +84,28 @@ def write_text_atomic(path: str, text: str) -> None:
 class AtomicFolder:
     """``with AtomicFolder(target, overwrite) as tmp:`` write into ``tmp``; on
     success ``target`` holds exactly those files; on any exception (Ctrl-C
-    included) nothing changes."""
+    included) nothing changes. A write that fails with an OSError (disk full,
+    no permission, file too large) comes out as an InputError naming
+    ``option`` (the CLI's ``--out``, the API's ``out_dir``)."""
 
-    def __init__(self, target: str, overwrite: bool = False):
+    def __init__(self, target: str, overwrite: bool = False, option: str = "out_dir"):
         self.target = os.path.abspath(target)
         self.overwrite = overwrite
+        self.option = option
         self.tmp: Optional[str] = None
+
+    def _failed(self, exc: BaseException) -> InputError:
+        return InputError(f"{self.option}: writing {self.target!r} failed ({type(exc).__name__}: {one_line(exc)}); "
+                          "nothing was written")
 
     def __enter__(self) -> str:
         parent = os.path.dirname(self.target)
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.partial-", dir=parent)
-        os.chmod(self.tmp, 0o777 & ~_umask())
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.partial-", dir=parent)
+            os.chmod(self.tmp, 0o777 & ~_umask())
+        except OSError as exc:
+            raise self._failed(exc) from None
         return self.tmp
 
     def _fix_permissions(self) -> None:
@@ -109,21 +119,38 @@ class AtomicFolder:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if issubclass(exc_type, OSError):
+                raise self._failed(exc) from None
             return False
-        self._fix_permissions()
+        try:
+            self._fix_permissions()
+            self._swap_in()
+        except BaseException as err:  # Ctrl-C or a failed rename: the temporary folder goes, the target stays
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(err, OSError):
+                raise self._failed(err) from None
+            raise
+        return False
+
+    def _swap_in(self) -> None:
+        """Rename the temporary folder into place (the old target moved aside
+        first and deleted last, put back if the rename is interrupted)."""
         old = None
         if os.path.exists(self.target):
             if os.path.isdir(self.target) and os.listdir(self.target) and not self.overwrite:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                raise InputError(f"--out: {self.target!r} was filled by someone else while this run wrote; "
-                                 "nothing was written")
+                raise InputError(f"{self.option}: {self.target!r} was filled by someone else while this run "
+                                 "wrote; nothing was written")
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.old-", dir=os.path.dirname(self.target))
             os.rmdir(old)
             os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
+        try:
+            os.replace(self.tmp, self.target)
+        except BaseException:
+            if old is not None and not os.path.exists(self.target):
+                os.replace(old, self.target)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 __all__ = ["AtomicFolder", "check_output_folder", "check_output_file", "write_text_atomic"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -38,12 +39,25 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def plain_text(text: str) -> str:
+    """A docstring as plain text for --help: reST roles (:func:`x`) and inline
+    literals (``x``) lose their markup."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each help text; descriptions kept as written (plain text)."""
+    """Defaults shown after each help text; descriptions kept as written, as
+    plain text (module docstrings double as descriptions)."""
+
+    def _format_text(self, text):
+        return super()._format_text(plain_text(text))
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+        # identity, not ==: a default of 0 is shown (0 == False)
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "%(default)" in text or "(default:" in text:
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text + " (default: %(default)s)"
@@ -59,7 +73,8 @@ def log(msg: str, quiet: bool = False) -> None:
 def option_error(option: str, exc: BaseException) -> InputError:
     """An InputError whose message starts with the CLI option that caused it."""
     text = one_line(str(exc))
-    for prefix in ("model: ", "device: ", "image: ", "targets: ", "steps ", "background: "):
+    for prefix in ("model: ", "family: ", "dtype: ", "device: ", "image: ", "targets: ", "steps ", "background: ",
+                   "response: ", "prompt: ", "layer: ", "probe: "):
         if text.startswith(prefix):
             text = text[len(prefix):]
             break
@@ -100,6 +115,29 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+def int_in(lowest: int, highest: int) -> Callable[[str], int]:
+    """argparse type: an int in [``lowest``, ``highest``]."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not lowest <= v <= highest:
+            raise argparse.ArgumentTypeError(f"expected an int in [{lowest}, {highest}], got {text!r}")
+        return v
+    return parse
+
+
+def colour(text: str):
+    """argparse type: a colour (:func:`dcam.images.parse_colour`) as an RGB triple."""
+    from ..images import parse_colour
+
+    try:
+        return parse_colour(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+
 def int_list(text: str) -> List[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
@@ -127,7 +165,7 @@ def cam_help() -> str:
 
     fields = "; ".join(f"{k}: {v}" for k, v in FIELD_HELP.items())
     return ("set a CamConfig field on top of the model's default config, repeatable, e.g. --cam grad_relu=true "
-            f"--cam sicd=context. Fields: {fields}")
+            f"--cam sicd=context (default: the model's recommended config). Fields and ranges: {fields}")
 
 
 def add_model_options(p: argparse.ArgumentParser, hidden: bool = False) -> None:
@@ -135,6 +173,16 @@ def add_model_options(p: argparse.ArgumentParser, hidden: bool = False) -> None:
                    help=argparse.SUPPRESS if hidden else
                    "model folder (a transformers checkpoint or a saved zoo model); default: the bundled toy dMLLM")
     p.add_argument("--device", default="cpu", help="torch device to run the model on (cpu, cuda, cuda:1, mps)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help=argparse.SUPPRESS if hidden else "load the model in this dtype (default: as saved)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help=argparse.SUPPRESS if hidden else
+                   "run modeling code shipped with the checkpoint (Dream-VL and other remote-code models)")
+
+
+def add_family_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", default=None, metavar="NAME",
+                   help="treat the model as this family (see `dcam families`); default: detected from its config")
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -146,7 +194,26 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
                    help="denoising steps for generation (default: the model's default)")
     p.add_argument("--chunk-size", type=positive_int, default=16, help="targets per batched backward")
+    p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
+                   help="memory the probe may use, e.g. 8GB: chooses the backward chunk size (overrides "
+                        "--chunk-size) (default: no budget, --chunk-size decides)")
+    p.add_argument("--granularity", default="words", choices=("words", "tokens"),
+                   help="explain whole words (the pieces of a word are one map) or every token")
+    p.add_argument("--view", default=None,
+                   help="image view of a multi-view (anyres) model: base, highres or all (default: the model's, "
+                        "the stitched high-resolution grid where there is one)")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=cam_help())
+
+
+def memory_size(text: str) -> int:
+    """``--memory-budget``: bytes from "8GB", "512MiB", "1.5 gb" (:func:`dcam.probe.memory.parse_size`)."""
+    from ..probe.memory import parse_size
+
+    try:
+        return parse_size(text, "--memory-budget")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(one_line(str(exc)).replace("--memory-budget must be ", "expected ")) \
+            from None
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -188,20 +255,45 @@ def load_model_for(args):
     except InputError as exc:
         raise option_error("--device", exc) from None
     try:
-        return load_model(args.model, device=getattr(args, "device", None),
-                          trust_remote_code=getattr(args, "trust_remote_code", False))
+        with loader_warnings_off():
+            return load_model(args.model, device=getattr(args, "device", None),
+                              trust_remote_code=getattr(args, "trust_remote_code", False),
+                              dtype=getattr(args, "dtype", None))
     except InputError as exc:
         raise option_error("--model", exc) from None
 
 
-def cam_config_for(model, processor, settings: Optional[Sequence[str]]):
+class loader_warnings_off:
+    """transformers' log records (a multi-line "LOAD REPORT" table for a broken
+    checkpoint) silenced while a model loads: what is wrong comes back as the
+    one-line InputError; the "Loading weights" bar stays (--quiet removes it)."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self.level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self.level)
+        return False
+
+
+def cam_config_for(model, processor, settings: Optional[Sequence[str]], family: Optional[str] = None):
     """The model's default CamConfig with ``--cam`` settings applied (None without settings)."""
     if not settings:
         return None
     from ..probe import auto_adapter
 
     try:
-        return auto_adapter(model, processor).default_config().apply(settings)
+        adapter = auto_adapter(model, processor, family=family)
+    except InputError as exc:
+        raise option_error("--family" if family else "--model", exc) from None
+    try:
+        return adapter.default_config().apply(settings)
     except InputError as exc:
         raise option_error("--cam", exc) from None
 
@@ -210,9 +302,27 @@ def explainer_for(model, processor, args):
     """The Explainer of the shared method options; errors name the option."""
     from ..explain import Explainer
 
-    config = cam_config_for(model, processor, getattr(args, "cam", None))
+    family = getattr(args, "family", None)
+    config = cam_config_for(model, processor, getattr(args, "cam", None), family)
     try:
         return Explainer(model, processor, layer=args.layer, method=args.method, config=config,
-                         chunk_size=args.chunk_size)
+                         chunk_size=args.chunk_size, memory_budget=getattr(args, "memory_budget", None),
+                         granularity=getattr(args, "granularity", "words"), view=getattr(args, "view", None),
+                         **({"family": family} if family else {}))
     except InputError as exc:
-        raise option_error("--layer" if "layer" in str(exc) else "--method", exc) from None
+        text = str(exc)
+        option = ("--family" if family and text.startswith("family") else
+                  "--layer" if "layer" in text and args.layer is not None else
+                  "--method" if "method" in text else "--chunk-size" if "chunk_size" in text else "--model")
+        raise option_error(option, exc) from None
+
+
+def save_explanation(e, target: str, args, max_side: Optional[int] = None) -> None:
+    """Write an Explanation's files into --out, whole or not at all (errors name --out)."""
+    from ..output import AtomicFolder
+
+    with AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
+        if max_side is None:
+            e.write_files(tmp)
+        else:
+            e.write_files(tmp, max_side=max_side)

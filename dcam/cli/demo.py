@@ -35,7 +35,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     e = exp.explain(sample.image, steps=args.steps, probe=args.probe)
     common.log(f"done in {time.perf_counter() - t0:.1f} s; writing {target}", args.quiet)
-    e.save(target, overwrite=args.overwrite)
+    common.save_explanation(e, target, args)
     print(f"reference caption: {sample.caption}")
     report(e, args.out)
     return 0

@@ -39,15 +39,17 @@ def add_parser(sub) -> None:
     p.add_argument("--faithfulness", action="store_true", help="also deletion/insertion curves")
     p.add_argument("--probe", default=None, choices=common.PROBE_NAMES,
                    help="probe mode shared by every method (default: the model's)")
-    p.add_argument("--layer", type=int, default=None, help="block shared by every gradient method")
+    p.add_argument("--layer", type=int, default=None,
+                   help="block shared by every gradient method (default: the model's default block)")
     p.add_argument("--target-score", default="logit", choices=common.TARGET_SCORE_NAMES,
                    help="target score shared by every gradient method")
     p.add_argument("--out", default="eval_out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder whole")
     p.add_argument("--sweep", action="store_true", help="Diffusion-CAM table over the model's probe modes and layers")
     p.add_argument("--sweep-probes", type=common.name_list(common.PROBE_NAMES), default=None,
-                   help="comma list of probe modes for the sweep table")
-    p.add_argument("--sweep-layers", type=common.int_list, default=None, help="comma list of layers for the sweep")
+                   help="comma list of probe modes for the sweep table (default: every mode the model has)")
+    p.add_argument("--sweep-layers", type=common.int_list, default=None,
+                   help="comma list of layers for the sweep (default: up to 6 blocks spread over all but the last)")
     p.add_argument("--sweep-n", type=common.positive_int, default=50, help="records used by the sweep")
     p.add_argument("--faith-n", type=common.positive_int, default=50, help="records used by the faithfulness curves")
     p.add_argument("--faith-steps", type=common.positive_int, default=10,
@@ -76,7 +78,7 @@ def run(args) -> int:
     common.apply_run_options(args)
     model, processor = common.load_model_for(args)
     config = common.cam_config_for(model, processor, args.cam)
-    with warnings.catch_warnings(), AtomicFolder(target, overwrite=args.overwrite) as tmp:
+    with warnings.catch_warnings(), AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
         if args.quiet:
             warnings.simplefilter("ignore")
         report = evaluate(model, processor, dataset=args.dataset, methods=args.methods, n=args.n,

@@ -1,10 +1,15 @@
-"""``dcam explain IMAGE [IMAGE | DIR ...]``: explain every word (or --tokens) the model writes about each image.
+"""dcam explain IMAGE [IMAGE | DIR ...]: explain every word (or --tokens) the model writes about each image.
 
 One image: its files go straight into --out. Several images (or folders of
 images): each into its own subfolder of --out, one progress bar, a summary
 line; an image that fails is reported and skipped, and the command exits with
 code 2 at the end if any failed (after the others are done). --out is written
-whole or not at all (see dcam.output).
+whole or not at all: a failure or Ctrl-C leaves the old folder untouched.
+
+Accepted images: any file Pillow reads (PNG, JPEG, WebP, TIFF, BMP, GIF, ...);
+EXIF orientation is applied, transparency composited on --background, 16-bit
+and float images scaled by their range, animated images give their first
+frame (each conversion is stated in meta.json's notes).
 """
 from __future__ import annotations
 
@@ -16,18 +21,22 @@ from typing import Dict, List, Tuple
 from ..errors import InputError, one_line
 from . import common
 
+#: Largest --max-side: an 8192 x 8192 overlay (67 M pixels) stays under
+#: Pillow's default decompression-bomb limit (89 M pixels).
+MAX_SIDE_LIMIT = 8192
+
 #: File extensions taken from a folder given as input.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="explain a model's words on one or more images",
-                       description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1])
+                       description=__doc__)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     p.add_argument("--prompt", default=None, help="prompt text (default: the model's default prompt)")
     p.add_argument("--response", default=None,
-                   help="explain this response instead of generating one (case and trailing punctuation are "
-                        "normalised when the tokenizer does not know them)")
+                   help="explain this response (case and trailing punctuation are normalised when the tokenizer "
+                        "does not know them) (default: the model writes one)")
     p.add_argument("--tokens", default=None, metavar="WORDS",
                    help="words, or word numbers counted from 0 (negative from the end), to explain; comma/space "
                         "separated (default: every word)")
@@ -36,11 +45,13 @@ def add_parser(sub) -> None:
                         "(default: logit; contrastive for llava-cam)")
     p.add_argument("--out", default="dcam_explain", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder whole")
-    p.add_argument("--max-side", type=common.positive_int, default=1024,
-                   help="longest side of the saved overlays in pixels (the maps keep full precision)")
-    p.add_argument("--background", default="white",
+    p.add_argument("--max-side", type=common.int_in(16, MAX_SIDE_LIMIT), default=1024,
+                   help="longest side of the saved overlays in pixels, 16 to 8192 (every PNG then opens with "
+                        "Pillow's default size limit; the maps keep full precision)")
+    p.add_argument("--background", type=common.colour, default="white",
                    help="colour transparent pixels are composited on: white, black, #rrggbb or r,g,b")
     common.add_model_options(p)
+    common.add_family_option(p)
     common.add_method_options(p)
     common.add_run_options(p)
     p.set_defaults(run=run, command="explain")
@@ -79,6 +90,13 @@ def subfolder_names(paths: List[str]) -> List[str]:
     return names
 
 
+def _check_inputs_outside(inputs: List[str], target: str) -> None:
+    """--overwrite replaces --out whole: refuse an --out that holds an input image."""
+    for p in inputs:
+        if os.path.commonpath([os.path.abspath(p), target]) == target:
+            raise InputError(f"--out: {target!r} holds the input image {p!r}; choose another output folder")
+
+
 def _explain_one(exp, path: str, args, background):
     try:
         return exp.explain(path, prompt=args.prompt, response=args.response, targets=parse_targets(args.tokens),
@@ -87,7 +105,7 @@ def _explain_one(exp, path: str, args, background):
     except InputError as exc:
         msg = one_line(str(exc))
         option = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
-                  "image": path}.get(msg.split(":")[0].split(" ")[0], None)
+                  "prompt": "--prompt", "image": "IMAGE"}.get(msg.split(":")[0].split(" ")[0], None)
         raise (common.option_error(option, exc) if option else exc) from None
 
 
@@ -101,14 +119,14 @@ def report(e, folder: str) -> None:
 
 
 def run(args) -> int:
-    from ..images import parse_colour
     from ..output import check_output_folder
 
     target = check_output_folder(args.out, args.overwrite)
-    background = parse_colour(args.background)
+    background = args.background
     inputs = expand_inputs(args.images)
     if len(inputs) == 1 and not os.path.exists(inputs[0]):
         raise InputError(f"IMAGE: no such file {inputs[0]!r}")
+    _check_inputs_outside(inputs, target)
     common.apply_run_options(args)
     common.log("loading the model", args.quiet)
     model, processor = common.load_model_for(args)
@@ -117,7 +135,7 @@ def run(args) -> int:
     if len(inputs) == 1:
         e = _explain_one(exp, inputs[0], args, background)
         common.log(f"explained in {time.perf_counter() - t0:.1f} s; writing {target}", args.quiet)
-        e.save(target, max_side=args.max_side, overwrite=args.overwrite)
+        common.save_explanation(e, target, args, args.max_side)
         report(e, args.out)
         return 0
     return _run_many(exp, inputs, args, background, target)
@@ -130,13 +148,14 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
 
     failed: List[Tuple[str, str]] = []
     done: Dict[str, int] = {}
-    with AtomicFolder(target, overwrite=args.overwrite) as tmp:
+    with AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
         for path, name in tqdm(list(zip(inputs, subfolder_names(inputs))), desc="explain", unit="image",
                                file=sys.stderr, disable=args.quiet):
             try:
                 e = _explain_one(exp, path, args, background)
             except InputError as exc:
-                failed.append((path, one_line(str(exc))))
+                why = one_line(str(exc))
+                failed.append((path, why[len("IMAGE: "):] if why.startswith("IMAGE: ") else why))
                 continue
             folder = os.path.join(tmp, name)
             os.makedirs(folder)

@@ -15,7 +15,7 @@ from . import common
 def add_parser(sub) -> None:
     p = sub.add_parser("grounding", help="grounding rate of the maps on grounded-shapes images", description=__doc__)
     p.add_argument("--n", type=common.positive_int, default=50, help="images with at least 2 objects")
-    p.add_argument("--probes", type=common.name_list(common.PROBE_NAMES), default=list(common.PROBE_NAMES),
+    p.add_argument("--probes", type=common.name_list(common.PROBE_NAMES), default=",".join(common.PROBE_NAMES),
                    help="comma-separated probe modes")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="grounded-shapes split the images come from")
@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="diffusion-cam", choices=common.METHOD_NAMES, help="map method")
     p.add_argument("--target-score", default="logit", choices=common.TARGET_SCORE_NAMES,
                    help="score whose gradient is pooled")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the results as JSON to FILE (default: no JSON file)")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
     p.add_argument("--variants", action="store_true",
                    help="also score diagnostic maps from the same probe (raw pooled map, gradient norm, LayerCAM)")

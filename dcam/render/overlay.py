@@ -10,12 +10,15 @@ align_corners=False)``), the resize the metrics use (SPEC section 8).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from ..errors import InputError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -35,7 +38,7 @@ def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
     """``[h, w]`` map -> float32 ``[H, W]`` (size = (H, W)), bilinear, clipped to [0, 1]."""
     m = torch.as_tensor(_to_numpy(cam), dtype=torch.float32)
     if m.dim() != 2:
-        raise ValueError(f"a map must be 2-D [h, w], got shape {tuple(m.shape)}")
+        raise InputError(f"cam: a map must be 2-D [h, w], got shape {tuple(m.shape)}")
     H, W = int(size[0]), int(size[1])
     if tuple(m.shape) != (H, W):
         m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
@@ -59,16 +62,16 @@ def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colo
     (upsampled to ``H x W`` if needed). alpha: weight of the heatmap in [0, 1].
     Returns uint8 ``[H, W, 3]``.
     """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}")
     img = np.asarray(image)
     if img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.0
     img = img.astype(np.float32)
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image must be [H, W, 3], got shape {img.shape}")
+        raise InputError(f"image must be [H, W, 3], got shape {img.shape}")
     if img.min() < 0 or img.max() > 1:
-        raise ValueError("a float image must be in [0, 1]")
+        raise InputError("image: a float image must be in [0, 1]")
     heat = colorize(upsample_map(cam, img.shape[:2]), colormap).astype(np.float32) / 255.0
     out = (1.0 - alpha) * img + alpha * heat
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

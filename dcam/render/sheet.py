@@ -19,6 +19,9 @@ from .overlay import colorize
 
 #: Longest side of a contact sheet, pixels.
 SHEET_MAX_SIDE = 4096
+#: Narrowest contact sheet, pixels: room for the title and the colour bar
+#: when the tiles are thin (a 2 x 200 image).
+SHEET_MIN_WIDTH = 320
 
 
 def font(size: int):
@@ -38,18 +41,29 @@ def sheet_layout(n: int, tile: Tuple[int, int], cols: Optional[int] = None, pad:
 
 
 def fit_tile(n: int, tile: Tuple[int, int], max_side: int = SHEET_MAX_SIDE, pad: int = 4,
-             reserve: int = 0) -> Tuple[int, int]:
+             reserve: int = 0, label_height: int = 0) -> Tuple[int, int]:
     """The largest tile size (aspect kept, at most ``tile``) whose grid of ``n``
-    tiles, plus ``reserve`` pixels of title and colour bar, fits ``max_side``."""
+    tiles, each with ``label_height`` pixels of label under it, plus
+    ``reserve`` pixels of title and colour bar, fits ``max_side``."""
     W, H = tile
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     room_w = (max_side - pad) / cols - pad
-    room_h = (max_side - reserve - pad) / rows - pad
-    scale = min(1.0, room_w / W, room_h / (H * 1.1 + 1))  # the label adds about a tenth of the height
+    room_h = (max_side - reserve - pad) / rows - pad - label_height
+    scale = min(1.0, room_w / W, room_h / H)
     if scale <= 0:
         raise InputError(f"a contact sheet of {n} tiles cannot fit {max_side} pixels")
     return max(1, int(W * scale)), max(1, int(H * scale))
+
+
+def _label_height(tile_height: int) -> int:
+    """Pixels of label under a tile: a tenth of the tile, 12 to 28."""
+    return min(28, max(12, tile_height // 10))
+
+
+def _text_width(text: str, f) -> int:
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return int(math.ceil(draw.textlength(text, font=f))) if hasattr(draw, "textlength") else 6 * len(text)
 
 
 def colour_bar(width: int, height: int, colormap: str = "jet") -> Image.Image:
@@ -73,36 +87,41 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
                   pad: int = 4, title: Optional[str] = None, colormap: Optional[str] = None,
                   max_side: int = SHEET_MAX_SIDE, background=(255, 255, 255)) -> Image.Image:
     """Tiles (resized to the first tile's size, shrunk to fit ``max_side``) on
-    a grid, each with its label underneath; ``title`` wrapped on top and, with
-    ``colormap``, a colour bar at the bottom."""
+    a grid, each with its label underneath (a cell is widened to its label
+    when the tiles are thin); ``title`` wrapped on top and, with ``colormap``,
+    a colour bar at the bottom. At least :data:`SHEET_MIN_WIDTH` wide."""
     if not tiles:
         raise InputError("contact_sheet needs at least one tile")
     n = len(tiles)
     cols = int(cols) if cols else int(math.ceil(math.sqrt(n)))
     W0, H0 = tiles[0].size
-    probe_w = min(max_side, cols * (W0 + pad) + pad)
+    probe_w = min(max_side, max(SHEET_MIN_WIDTH, cols * (W0 + pad) + pad))
     title_lines: List[str] = textwrap.wrap(title, width=max(20, probe_w // 8)) if title else []
     title_h = 18 * len(title_lines) + (6 if title_lines else 0)
     bar_h = 26 if colormap else 0
-    W, H = fit_tile(n, (W0, H0), max_side, pad, reserve=title_h + bar_h)
-    lh = max(12, H // 10) if labels else 0
-    grid_w, grid_h = sheet_layout(n, (W, H), cols, pad, lh)
-    sheet = Image.new("RGB", (grid_w, title_h + grid_h + bar_h), background)
+    W, H = fit_tile(n, (W0, H0), max_side, pad, reserve=title_h + bar_h,
+                    label_height=_label_height(H0) if labels else 0)
+    lh = _label_height(H) if labels else 0
+    label_font = font(max(10, lh - 4)) if lh else None
+    label_w = max(_text_width(str(t), label_font) for t in labels) + 4 if lh else 0
+    cell_w = max(W, min(label_w, (max_side - pad) // cols - pad))
+    grid_w, grid_h = sheet_layout(n, (cell_w, H), cols, pad, lh)
+    sheet_w = max(grid_w, min(SHEET_MIN_WIDTH, max_side))
+    sheet = Image.new("RGB", (sheet_w, title_h + grid_h + bar_h), background)
     draw = ImageDraw.Draw(sheet)
     for i, line in enumerate(title_lines):
         draw.text((pad, 3 + 18 * i), line, fill=(0, 0, 0), font=font(14))
-    label_font = font(max(10, lh - 4)) if lh else None
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
-        x, y = pad + c * (W + pad), title_h + pad + r * (H + lh + pad)
+        x, y = pad + c * (cell_w + pad), title_h + pad + r * (H + lh + pad)
         t = tile.convert("RGB")
         if t.size != (W, H):
             t = t.resize((W, H), Image.BICUBIC)
-        sheet.paste(t, (x, y))
+        sheet.paste(t, (x + (cell_w - W) // 2, y))
         if labels is not None and lh:
             draw.text((x + 2, y + H + 1), str(labels[k]), fill=(0, 0, 0), font=label_font)
     if colormap:
-        bar = colour_bar(min(grid_w - 2 * pad, 512), bar_h - 4, colormap)
+        bar = colour_bar(min(sheet_w - 2 * pad, 512), bar_h - 4, colormap)
         sheet.paste(bar, (pad, title_h + grid_h))
     return sheet
 

@@ -22,6 +22,7 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from ..errors import InputError
 from .data import COLOURS, FILLER_WORDS, MAX_CAPTION_WORDS, SHAPES
 
 PAD, BOS, EOS, MASK, IMAGE, UNK = "[PAD]", "[BOS]", "[EOS]", "[MASK]", "<image>", "[UNK]"
@@ -29,6 +30,29 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, MASK, IMAGE, UNK)
 PROMPT_WORDS = ("describe", "the", "image", "what", "is", "in", "this", "name", "objects", "shapes")
 DEFAULT_PROMPT = "describe the image"
 PROCESSOR_CONFIG = "processor_config.json"
+#: Punctuation a user types at the end of a word ("square.", "red,") that the
+#: word-level tokenizer cannot see; stripped before the vocabulary lookup.
+TRAILING_PUNCTUATION = ".,;:!?"
+
+
+def normalise_words(text: str, vocab) -> tuple:
+    """``(words, unknown)``: the whitespace words of ``text`` as the tokenizer
+    knows them. A word not in ``vocab`` is tried lower-cased and without
+    trailing punctuation (``"A"`` -> ``"a"``, ``"square."`` -> ``"square"``);
+    a word of punctuation only is dropped; what is still unknown is listed in
+    ``unknown`` (as the user typed it, each once)."""
+    words, unknown = [], []
+    for raw in text.split():
+        for cand in (raw, raw.lower(), raw.rstrip(TRAILING_PUNCTUATION), raw.lower().rstrip(TRAILING_PUNCTUATION)):
+            if cand in vocab:
+                words.append(cand)
+                break
+        else:
+            if raw.rstrip(TRAILING_PUNCTUATION) == "":
+                continue
+            if raw not in unknown:
+                unknown.append(raw)
+    return words, unknown
 
 
 def build_vocab() -> Dict[str, int]:
@@ -114,33 +138,54 @@ class ShapesProcessor:
         std = torch.tensor(self.image_std).view(3, 1, 1)
         return (x - mean) / std
 
+    def _known_words(self) -> str:
+        """The vocabulary's plain words (no specials), for error messages."""
+        words = [w for w in self.tokenizer.get_vocab() if w not in SPECIAL_TOKENS]
+        return " ".join(sorted(words)) if len(words) <= 80 else f"{len(words)} words"
+
+    def _encode_words(self, text: str, what: str) -> List[int]:
+        """Ids of the words of ``text`` (:func:`normalise_words`); unknown words
+        are an InputError naming them."""
+        words, unknown = normalise_words(text, self.tokenizer.get_vocab())
+        if unknown:
+            raise InputError(f"{what}: {len(unknown)} word{'s' if len(unknown) > 1 else ''} not in the model's "
+                             f"vocabulary: {', '.join(repr(w) for w in unknown)} (known words: "
+                             f"{self._known_words()})")
+        if not words:
+            raise InputError(f"{what}: {text!r} holds no word")
+        ids = self.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+        if self.unk_token_id in ids:  # a tokenizer that splits words further: name the whole text
+            raise InputError(f"{what}: {text!r} holds text outside the model's vocabulary")
+        return list(ids)
+
     def prompt_ids(self, prompt: Optional[str]) -> List[int]:
-        """Token ids of the prompt words (no specials); unknown words raise ValueError."""
+        """Token ids of the prompt words (no specials); case and trailing
+        punctuation normalised, unknown words an InputError naming them."""
         if prompt is None:
             prompt = self.default_prompt
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"prompt must be a non-empty string or None, got {prompt!r}")
-        ids = self.tokenizer(prompt.lower(), add_special_tokens=False)["input_ids"]
-        if self.unk_token_id in ids:
-            vocab = self.tokenizer.get_vocab()
-            bad = [w for w in prompt.lower().split() if w not in vocab]
-            raise ValueError(f"prompt has words outside the vocabulary: {bad}")
-        return list(ids)
+            raise InputError(f"prompt: must be a non-empty string or None, got {prompt!r}")
+        return self._encode_words(prompt, "prompt")
 
     def encode_response(self, response: Union[str, Sequence[int], torch.Tensor]) -> List[int]:
-        """A response (caption text or ids) as exactly ``response_length`` ids (eos-filled)."""
+        """A response (text or ids) as exactly ``response_length`` ids (eos-filled).
+
+        Text: case and trailing punctuation are normalised where the
+        tokenizer cannot see them (``"A red square."`` -> ``a red square``);
+        words outside the vocabulary, and a response longer than the model's
+        ``response_length`` slots, are an InputError in the caller's terms."""
         if isinstance(response, str):
-            ids = self.tokenizer(response.lower(), add_special_tokens=False)["input_ids"]
-            if self.unk_token_id in ids:
-                raise ValueError(f"response has words outside the vocabulary: {response!r}")
+            ids = self._encode_words(response, "response")
+            unit = "words"
         elif isinstance(response, torch.Tensor):
             if response.dim() != 1:
-                raise ValueError(f"response_ids must be 1-D, got shape {tuple(response.shape)}")
-            ids = [int(v) for v in response.tolist()]
+                raise InputError(f"response: token ids must be 1-D, got shape {tuple(response.shape)}")
+            ids, unit = [int(v) for v in response.tolist()], "tokens"
         else:
-            ids = [int(v) for v in response]
+            ids, unit = [int(v) for v in response], "tokens"
         if len(ids) > self.response_length:
-            raise ValueError(f"response_ids has {len(ids)} tokens, more than response_length={self.response_length}")
+            raise InputError(f"response: {len(ids)} {unit}, more than the {self.response_length} this model "
+                             "writes (its response length)")
         return ids + [self.eos_token_id] * (self.response_length - len(ids))
 
     # ------------------------------------------------------------------ encode
@@ -170,7 +215,7 @@ class ShapesProcessor:
                 isinstance(response_ids, (list, tuple)) and response_ids and isinstance(response_ids[0], (list, tuple))):
             rows = [self.encode_response(r) for r in response_ids]
             if len(rows) != B:
-                raise ValueError(f"response_ids has {len(rows)} rows for {B} images")
+                raise InputError(f"response: {len(rows)} responses for {B} images")
         else:
             rows = [self.encode_response(response_ids)] * B
         ids = torch.tensor([prefix + [self.image_token_id] * self.num_image_tokens + r for r in rows],

@@ -6,24 +6,16 @@ import pytest
 from PIL import Image
 
 from dcam.cli import build_parser, main
-from dcam.testing import tiny_toy
-from dcam.zoo.data import generate_sample
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    model, proc = tiny_toy()
-    d = tmp_path_factory.mktemp("tinyzoo")
-    model.save_pretrained(str(d))
-    proc.save_pretrained(str(d))
-    return str(d)
+@pytest.fixture
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory):
-    p = tmp_path_factory.mktemp("img") / "shapes.png"
-    generate_sample((0, 2, 1), image_size=48, n_objects=2).image.save(p)
-    return str(p)
+@pytest.fixture
+def image_path(shapes_png):
+    return shapes_png
 
 
 def _err_line(capsys):

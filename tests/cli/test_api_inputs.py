@@ -1,0 +1,137 @@
+"""The Python API side of the new-user trial: values checked (not clamped) and
+refused with one InputError line naming the argument."""
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from dcam import CamConfig, Explainer, refine
+from dcam.errors import InputError
+
+RESPONSE = "a red circle and a blue square"
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    from dcam.testing import tiny_toy
+
+    return Explainer(*tiny_toy())
+
+
+@pytest.fixture(scope="module")
+def image():
+    return Image.new("RGB", (32, 32), (200, 30, 30))
+
+
+def _one_line(exc_info):
+    msg = str(exc_info.value)
+    assert "\n" not in msg and isinstance(exc_info.value, ValueError)  # InputError is a ValueError
+    return msg
+
+
+@pytest.mark.parametrize("steps", [2.5, True, 0, -3, "4"])
+def test_steps_must_be_a_positive_int(explainer, image, steps):
+    with pytest.raises(InputError) as info:
+        explainer.explain(image, response=RESPONSE, steps=steps)
+    assert _one_line(info) == f"steps must be an int >= 1, got {steps!r}"
+
+
+@pytest.mark.parametrize("length", [0, 2.0, False])
+def test_response_length_must_be_a_positive_int(explainer, image, length):
+    with pytest.raises(InputError) as info:
+        explainer.explain(image, response_length=length)
+    assert _one_line(info) == f"response_length must be an int >= 1, got {length!r}"
+
+
+def test_targets_none_and_word_numbers(explainer, image):
+    with pytest.raises(InputError) as info:
+        explainer.explain(image, response=RESPONSE, targets=None)
+    assert _one_line(info) == "targets must be 'all', word numbers or words, got None"
+    e = explainer.explain(image, response=RESPONSE, targets=[-1, "red"])
+    # word numbers count the response's words (7 here), not its 12 slots with eos padding
+    assert e.word_numbers == [1, 6] and [t for t in e.tokens] == ["red", "square"]
+    with pytest.raises(InputError) as info:
+        explainer.explain(image, response=RESPONSE, targets=7)
+    assert _one_line(info) == f"targets: word number 7 is out of range for a response of 7 words ({RESPONSE})"
+
+
+def test_response_encoding_messages(explainer, image):
+    proc = explainer.processor
+    assert proc.encode_response("A Red circle,  and a blue SQUARE.")[:7] == proc.encode_response(RESPONSE)[:7]
+    with pytest.raises(InputError) as info:
+        proc.encode_response(list(range(6, 20)))
+    assert _one_line(info) == "response: 14 tokens, more than the 12 this model writes (its response length)"
+    with pytest.raises(InputError) as info:
+        explainer.explain(image, response="a purple hexagon")
+    assert _one_line(info).startswith("response: 2 words not in the model's vocabulary: 'purple', 'hexagon'")
+
+
+def test_cam_config_ranges():
+    cases = [(dict(cba_floor=7), "CamConfig.cba_floor must be a finite number in [0, 1], got 7"),
+             (dict(cba_weights=(0.15, -0.1, 0.2, 0.015)), "CamConfig.cba_weights must be 4 finite numbers >= 0"),
+             (dict(dacg_mean_high=0.2, dacg_mean_low=0.5), "CamConfig.dacg_mean_low (0.5) must not exceed "
+                                                            "dacg_mean_high (0.2)")]
+    for kwargs, msg in cases:
+        with pytest.raises(InputError) as info:
+            CamConfig(**kwargs)
+        assert _one_line(info).startswith(msg)
+
+
+def test_refine_refuses_raw_maps_outside_unit_range():
+    raw = torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    lo, hi = float((raw - 5).min()), float((raw - 5).max())
+    with pytest.raises(InputError) as info:
+        refine(raw - 5)
+    assert _one_line(info) == (f"raw_maps must lie in [0, 1] (min-max normalised pooled maps), got values in "
+                               f"[{lo:g}, {hi:g}]")
+
+
+def test_coco_polygon_with_two_points_is_reported(tmp_path):
+    from dcam.eval.datasets import load_coco
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in (1, 2):
+        Image.new("RGB", (40, 30), (10, 10, 10)).save(images / f"{i}.png")
+    square = [5, 5, 20, 5, 20, 20, 5, 20]
+    inst = {"images": [{"id": 1, "file_name": "1.png", "height": 30, "width": 40},
+                       {"id": 2, "file_name": "2.png", "height": 30, "width": 40}],
+            "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "segmentation": [square]},
+                            {"id": 20, "image_id": 2, "category_id": 1, "segmentation": [square]},
+                            {"id": 21, "image_id": 2, "category_id": 2, "segmentation": [[1, 1, 9, 9]]}],
+            "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}]}
+    path = tmp_path / "instances_test.json"
+    path.write_text(json.dumps(inst))
+    ds = load_coco(str(images), str(path))
+    with pytest.warns(UserWarning, match="skipped record 2"):
+        recs = list(ds.records(5))
+    assert [r.image.size for r in recs] == [(40, 30)]
+    assert len(ds.skipped) == 1 and ds.skipped[0][0] == "2"
+    assert "annotation 21" in ds.skipped[0][1] and "polygon with 4 coordinates (needs >= 3 x,y points)" in \
+        ds.skipped[0][1]
+
+
+def test_save_max_side_checked(explainer, image, tmp_path):
+    e = explainer.explain(image, response=RESPONSE, targets="red")
+    with pytest.raises(InputError) as info:
+        e.save(str(tmp_path / "o"), max_side=4)
+    assert _one_line(info) == "max_side must be an int in [16, 8192], got 4"
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_overlay_arguments_checked():
+    import numpy as np
+
+    from dcam.render.overlay import show_cam_on_image
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    for alpha in (1.5, float("nan"), "0.3", True):
+        with pytest.raises(InputError) as info:
+            show_cam_on_image(img, np.zeros((2, 2)), alpha=alpha)
+        assert _one_line(info) == f"alpha must be a number in [0, 1], got {alpha!r}"
+    with pytest.raises(InputError, match=r"^cam: a map must be 2-D \[h, w\], got shape \(1, 2, 2\)$"):
+        show_cam_on_image(img, np.zeros((1, 2, 2)))
+    with pytest.raises(InputError, match="^image: a float image must be in"):
+        show_cam_on_image(np.full((4, 4, 3), 2.0), np.zeros((2, 2)))

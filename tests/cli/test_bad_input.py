@@ -1,0 +1,225 @@
+"""Every bad input of the new-user trial (shared/notes/trial-b6c8ce3.md) is one
+line on stderr naming the argument or option, exit code 2, no traceback, and
+nothing written; a bug (any other exception) keeps its traceback."""
+import os
+
+import pytest
+import torch
+
+from dcam.cli.common import run_command
+from dcam.errors import InputError, one_line
+
+RESPONSE = "a red circle and a blue square"  # 7 words
+
+
+def _fails(cli, error_line, tmp_path, *argv, command="explain"):
+    """Run ``dcam <argv>`` with a fresh --out; assert exit 2, one error line and no output folder."""
+    out = tmp_path / "out"
+    extra = ["--out", out] if command in ("explain", "demo", "eval") else []
+    rc, _, err = cli(command, *argv, *extra)
+    assert rc == 2, err
+    line = error_line(err, command)
+    assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
+    return line
+
+
+# ------------------------------------------------------------------ broken model folders
+
+def test_config_json_not_an_object(cli, error_line, broken_model, shapes_png, tmp_path):
+    for text, kind in (("[]", "list"), ("null", "null"), ('"x"', "string")):
+        d = broken_model(f"cfg_{kind}", lambda f: open(os.path.join(f, "config.json"), "w").write(text))
+        line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d)
+        assert line == (f"dcam explain: error: --model: {os.path.join(d, 'config.json')} holds a JSON {kind}, "
+                        "not an object")
+
+
+def test_truncated_and_missing_weights(cli, error_line, broken_model, shapes_png, tmp_path):
+    def truncate(f):
+        path = os.path.join(f, "model.safetensors")
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    d = broken_model("trunc", truncate)
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d)
+    assert line.startswith(f"dcam explain: error: --model: cannot load {d!r} (SafetensorError: ")
+    assert "deserializing header" in line
+    d = broken_model("noweights", lambda f: os.remove(os.path.join(f, "model.safetensors")))
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d)
+    assert line.startswith(f"dcam explain: error: --model: no model.safetensors in {d!r}")
+
+
+def test_invalid_config_field_whole_message(cli, error_line, broken_model, edit_config, shapes_png, tmp_path):
+    # huggingface_hub's strict config validation raises a two-line message: both lines kept, joined
+    d = broken_model("hs7", lambda f: edit_config(f, "text_config", "hidden_size", 7))
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d)
+    assert line == (f"dcam explain: error: --model: cannot load {d!r} (StrictDataclassClassValidationError: "
+                    "Class validation error for validator 'validate_architecture': ValueError: The hidden size (7) "
+                    "is not a multiple of the number of attention heads (2).)")
+    d = broken_model("hs_str", lambda f: edit_config(f, "text_config", "hidden_size", "abc"))
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d)
+    assert "--model" in line and "Field 'hidden_size' expected int, got str (value: 'abc')" in line
+
+
+def test_tokenizer_that_cannot_load(cli, error_line, broken_model, shapes_png, tmp_path):
+    d = broken_model("notok", lambda f: os.remove(os.path.join(f, "tokenizer.json")))
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d)
+    assert line == (f"dcam explain: error: --model: no tokenizer.json in {d!r} (a zoo model folder holds "
+                    "config.json, model.safetensors, tokenizer.json, tokenizer_config.json, processor_config.json)")
+    d = broken_model("badtok", lambda f: open(os.path.join(f, "tokenizer.json"), "w").write('{"model": 5}'))
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d)
+    assert line.startswith(f"dcam explain: error: --model: cannot load {d!r} (")
+
+
+@pytest.mark.parametrize("section,key,value,expect", [
+    ("text_config", "num_hidden_layers", 0, "text_config.num_hidden_layers is 0; dcam needs at least 2 blocks"),
+    (None, "default_probe_layer", None, "default_probe_layer None is not a block before the last (0..1 for 3 "
+                                        "blocks)"),
+    (None, "default_probe_layer", 99, "default_probe_layer 99 is not a block before the last"),
+    (None, "default_probe_layer", 2, "default_probe_layer 2 is not a block before the last"),
+    (None, "image_size", 33, "image_size 33 does not fit the vision tower (stem strides [2, 2] onto a 8x8 map: "
+                             "image_size 32)"),
+    (None, "image_size", -1, "image_size -1 does not fit the vision tower"),
+    (None, "response_length", 0, "response_length 0 does not match processor_config.json's 12"),
+    (None, "image_token_id", 9999, "image_token_id 9999 is not the tokenizer's id 4"),
+    (None, "image_token_id", None, "image_token_id None is not the tokenizer's id 4"),
+    (None, "cam_config", {"cba_floor": 7}, "cam_config {'cba_floor': 7} is not a valid CamConfig (CamConfig."
+                                           "cba_floor must be a finite number in [0, 1], got 7)"),
+    (None, "cam_config", [1], "cam_config [1] is not a valid CamConfig (a JSON list, not an object)"),
+    ("text_config", "vocab_size", 3, "language_model.embed_tokens.weight is [25, 32] in model.safetensors but "
+                                     "[3, 32] by config.json"),
+    (None, "text_config", [], "`text_config` must be a `dict`"),
+])
+def test_broken_config_fields_name_the_field(cli, error_line, broken_model, edit_config, shapes_png, tmp_path,
+                                             section, key, value, expect):
+    d = broken_model("m", lambda f: edit_config(f, section, key, value))
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", d, "--quiet")
+    assert line.startswith("dcam explain: error: --model: ") and expect in line
+    # what the trial saw for broken configs: internal names, placeholders
+    for bad in ("layer None is the last block", "pixel_values must be", "(?)", "For details look at the above report"):
+        assert bad not in line
+
+
+# ------------------------------------------------------------------ devices
+
+def _absent_cuda() -> str:
+    return "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+
+
+def test_device_not_here_explain_and_bench(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    dev = _absent_cuda()
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--device", dev)
+    assert line.startswith(f"dcam explain: error: --device: {dev!r} ")
+    assert "not available here" in line or "does not exist" in line
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--device", "bogus")
+    assert line.startswith("dcam explain: error: --device: 'bogus' is not a device name (")
+    line = _fails(cli, error_line, tmp_path, "--device", dev, "--quick", command="bench")
+    assert line.startswith(f"dcam bench: error: --device: {dev!r} ")
+    line = _fails(cli, error_line, tmp_path, "--device", "bogus", "--quick", command="bench")
+    assert line.startswith("dcam bench: error: --device: 'bogus' is not a device name (")
+
+
+# ------------------------------------------------------------------ options and their messages
+
+def test_argparse_errors_name_the_option(cli, error_line, tmp_path):
+    line = _fails(cli, error_line, tmp_path, "--threads", "0", command="eval")
+    assert line == "dcam eval: error: argument --threads: expected an int >= 1, got 0"
+    line = _fails(cli, error_line, tmp_path, "--probe", "bogus", command="eval")
+    assert line.startswith("dcam eval: error: argument --probe: invalid choice: 'bogus'")
+    line = _fails(cli, error_line, tmp_path, "--layers", "x", command="grounding")
+    assert line == "dcam grounding: error: argument --layers: expected a comma-separated list of ints, got 'x'"
+    for bad in ("3", "9000", "big"):
+        line = _fails(cli, error_line, tmp_path, "x.png", "--max-side", bad)
+        assert line == f"dcam explain: error: argument --max-side: expected an int in [16, 8192], got {bad!r}"
+    line = _fails(cli, error_line, tmp_path, "x.png", "--background", "purple")
+    assert line.startswith("dcam explain: error: argument --background: expected white, black, #rrggbb")
+    line = _fails(cli, error_line, tmp_path, "x.png", "--steps", "0")
+    assert line == "dcam explain: error: argument --steps: expected an int >= 1, got 0"
+
+
+def test_tokens_count_words_of_the_response(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    out = tmp_path / "last"
+    rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                          "--tokens", "-1", "--out", out, "--quiet")
+    assert rc == 0, err
+    assert "explained 1 word with" in stdout and stdout.rstrip().splitlines()[-2].endswith(": square")
+    assert sorted(p for p in os.listdir(out) if p[:2].isdigit()) == ["06_square.png"]
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                  "--tokens", "99")
+    assert line == ("dcam explain: error: --tokens: word number 99 is out of range for a response of 7 words "
+                    f"({RESPONSE})")
+
+
+def test_tokens_red_file_name_and_summary(cli, tiny_model_dir, shapes_png, tmp_path):
+    out = tmp_path / "red"
+    rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                          "--tokens", "red", "--out", out, "--quiet")
+    assert rc == 0, err
+    assert "01_red.png" in os.listdir(out) and "explained 1 word with" in stdout
+
+
+def test_response_messages_in_the_users_terms(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    run = ("explain", shapes_png, "--model", tiny_model_dir)
+    line = _fails(cli, error_line, tmp_path, *run[1:], "--response", f"{RESPONSE} and a red circle and a")
+    assert line == ("dcam explain: error: --response: 13 words, more than the 12 this model writes "
+                    "(its response length)")
+    assert "response_ids" not in line and "response_length=" not in line
+    line = _fails(cli, error_line, tmp_path, *run[1:], "--response", "a red zebra and a Giraffe.")
+    assert line.startswith("dcam explain: error: --response: 2 words not in the model's vocabulary: 'zebra', "
+                           "'Giraffe.' (known words: a and blue circle")
+    line = _fails(cli, error_line, tmp_path, *run[1:], "--prompt", "describe the zebra")
+    assert line.startswith("dcam explain: error: --prompt: 1 word not in the model's vocabulary: 'zebra'")
+    # case and trailing punctuation the word-level tokenizer cannot see are normalised
+    out = tmp_path / "norm"
+    rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", "A red square.",
+                          "--prompt", "What is in this image?", "--tokens", "square", "--out", out, "--quiet")
+    assert rc == 0, err
+    assert "response: a red square\n" in stdout and "02_square.png" in os.listdir(out)
+
+
+def test_layer_and_cam_options_named(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--layer", "7")
+    assert line == "dcam explain: error: --layer: layer 7 out of range for a model with 3 blocks"
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--cam", "cba_floor=7")
+    assert line == "dcam explain: error: --cam: CamConfig.cba_floor must be a finite number in [0, 1], got 7.0"
+
+
+def test_steps_beyond_the_sampler_are_stated(cli, tiny_model_dir, shapes_png, tmp_path):
+    import json
+
+    out = tmp_path / "steps"
+    rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--steps", "1000", "--tokens", "0",
+                          "--out", out, "--quiet")
+    assert rc == 0, err
+    note = "steps: 1000 requested, the sampler used 12 (it commits at least one token per step)"
+    assert f"note: {note}" in stdout
+    meta = json.load(open(out / "meta.json"))
+    assert meta["steps"] == 12 and note in meta["notes"]
+
+
+# ------------------------------------------------------------------ the error policy itself
+
+def test_run_command_policy(capsys):
+    def bad_input(args):
+        raise InputError("model: first line\n  second line\n")
+
+    assert run_command("explain", bad_input, None) == 2
+    assert capsys.readouterr().err == "dcam explain: error: model: first line; second line\n"
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert run_command("eval", interrupted, None) == 130
+    assert capsys.readouterr().err == "dcam eval: interrupted; nothing was written\n"
+
+    def bug(args):
+        raise ValueError("a bug inside dcam")  # not an InputError: not the user's fault, keeps its traceback
+
+    with pytest.raises(ValueError, match="a bug inside dcam"):
+        run_command("explain", bug, None)
+    assert capsys.readouterr().err == ""
+
+
+def test_one_line_keeps_every_line():
+    assert one_line("a:\n  b\n\nc\n") == "a: b; c"
+    assert one_line("first.\nsecond") == "first. second"
+    assert one_line("") == ""

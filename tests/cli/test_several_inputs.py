@@ -1,0 +1,104 @@
+"""`dcam explain a.png b.jpg dir/`: each image into its own subfolder of --out,
+one progress bar, a summary line; a bad image is reported and skipped, exit 2
+at the end; every kind of image file (transparency, EXIF rotation, 16-bit,
+float, animated) explained with its conversion stated in meta.json."""
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+WHOLE = ["00_", "contact_sheet.png", "image.png", "maps.safetensors", "meta.json"]
+
+
+def _whole(folder):
+    """The files of one explained image with --tokens 0, all readable."""
+    names = sorted(os.listdir(folder))
+    assert len(names) == 5 and names[0].startswith("00_") and names[1:] == WHOLE[1:], names
+    for n in names:
+        if n.endswith(".png"):
+            Image.open(os.path.join(folder, n)).load()
+    return json.load(open(os.path.join(folder, "meta.json")))
+
+
+def _make_inputs(folder, shapes_png):
+    os.makedirs(folder)
+    Image.open(shapes_png).save(os.path.join(folder, "a.png"))
+    Image.open(shapes_png).convert("RGB").save(os.path.join(folder, "b.jpg"))
+    Image.new("RGBA", (20, 20), (255, 0, 0, 0)).save(os.path.join(folder, "clear.png"))  # fully transparent
+    arr = np.zeros((120, 160, 3), np.uint8)
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(os.path.join(folder, "phone.png"), exif=exif)
+    Image.fromarray((np.arange(400, dtype=np.uint16).reshape(20, 20) * 100 + 5000)).save(
+        os.path.join(folder, "gray16.png"))
+    Image.fromarray(np.linspace(-1, 3, 400, dtype=np.float32).reshape(20, 20)).save(os.path.join(folder, "f.tif"))
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(os.path.join(folder, "anim.gif"), save_all=True, append_images=frames[1:])
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "PNG", compress_level=0)
+    with open(os.path.join(folder, "cut.png"), "wb") as f:  # a truncated PNG among good files
+        f.write(buf.getvalue()[:2000])
+    with open(os.path.join(folder, "notes.txt"), "w") as f:  # not an image extension: not an input
+        f.write("ignored")
+
+
+def test_several_inputs_one_bad(cli, tiny_model_dir, shapes_png, tmp_path):
+    folder = str(tmp_path / "imgs")
+    _make_inputs(folder, shapes_png)
+    missing = str(tmp_path / "missing.png")
+    out = tmp_path / "out"
+    rc, stdout, err = cli("explain", folder, shapes_png, missing, "--model", tiny_model_dir, "--tokens", "0",
+                          "--background", "#102030", "--out", out)
+    assert rc == 2
+    assert stdout.strip().splitlines()[-1] == f"explained 8 of 10 images (8 words) into {out}; 2 failed"
+    text = "\n".join(err)
+    assert "Traceback" not in text and text.count("explain: 100%") >= 1 and "10/10" in text
+    errors = [line for line in err if line.startswith("dcam explain: error:")]
+    cut = os.path.join(folder, "cut.png")
+    assert len(errors) == 2
+    assert errors[0].startswith(f"dcam explain: error: {cut}: cannot read {cut!r} (")
+    assert errors[1] == f"dcam explain: error: {missing}: no such file {missing!r}"
+    assert sorted(os.listdir(out)) == ["a", "anim", "b", "clear", "f", "gray16", "phone", "shapes"]
+    metas = {name: _whole(out / name) for name in os.listdir(out)}
+    assert metas["clear"]["notes"] == ["transparency composited on rgb(16, 32, 48)"]
+    clear = np.asarray(Image.open(out / "clear" / "image.png"))
+    assert clear.shape == (260, 260, 3) and np.unique(clear.reshape(-1, 3), axis=0).tolist() == [[16, 32, 48]]
+    assert metas["phone"]["image_size"] == [120, 160] and metas["phone"]["notes"] == ["EXIF orientation 6 applied"]
+    assert metas["gray16"]["notes"] == ["I;16-mode image scaled by its range [5000, 44900] to 0..255"]
+    gray = np.asarray(Image.open(out / "gray16" / "image.png"))
+    assert gray.min() < 10 and gray.max() > 245  # not all white
+    assert metas["f"]["notes"] == ["F-mode image scaled by its range [-1, 3] to 0..255"]
+    assert metas["anim"]["notes"] == ["animated image: its first frame of 2 is explained"]
+    assert metas["a"]["notes"] == [] and metas["shapes"]["image_size"] == [48, 48]
+
+
+def test_all_inputs_bad_writes_nothing(cli, error_line, tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    rc, stdout, err = cli("explain", bad, tmp_path / "missing.jpg", "--model", tiny_model_dir, "--out", out,
+                          "--quiet")
+    assert rc == 2 and stdout == ""
+    assert err[-1] == "dcam explain: error: none of the 2 images could be explained; nothing was written"
+    assert len(err) == 3 and not out.exists()
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+def test_folder_without_images_and_out_holding_inputs(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    rc, _, err = cli("explain", empty, "--model", tiny_model_dir, "--out", tmp_path / "o")
+    assert rc == 2 and error_line(err).startswith(f"dcam explain: error: IMAGE: the folder {str(empty)!r} holds no "
+                                                  "image file (.png, .jpg")
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    Image.open(shapes_png).save(holder / "x.png")
+    rc, _, err = cli("explain", holder / "x.png", "--model", tiny_model_dir, "--out", holder, "--overwrite")
+    assert rc == 2
+    assert error_line(err) == (f"dcam explain: error: --out: {str(holder)!r} holds the input image "
+                               f"{str(holder / 'x.png')!r}; choose another output folder")
+    assert os.listdir(holder) == ["x.png"]

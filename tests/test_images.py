@@ -1,0 +1,155 @@
+"""dcam.images: any image a user hands over becomes the RGB picture the model
+sees, each conversion stated in the notes; what cannot be read is an
+InputError naming the image. Expected pixels are computed here with numpy."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcam.errors import InputError
+from dcam.images import load_image, load_image_with_notes, parse_colour
+
+
+def _rgb(im):
+    return np.asarray(im.convert("RGB"), dtype=np.int64)
+
+
+def test_rgba_composited_on_the_background():
+    rgba = np.zeros((4, 5, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red everywhere
+    rgba[0, :, 3] = 0  # row 0 fully transparent
+    rgba[1, :, 3] = 128  # row 1 half
+    rgba[2:, :, 3] = 255  # rest opaque
+    for background in ((255, 255, 255), (16, 32, 48)):
+        im, notes = load_image_with_notes(Image.fromarray(rgba, "RGBA"), background)
+        a = rgba[..., 3:4] / 255.0
+        want = np.rint(a * rgba[..., :3] + (1 - a) * np.array(background)).astype(np.int64)
+        assert im.mode == "RGB" and np.abs(_rgb(im) - want).max() <= 1
+        assert notes == [f"transparency composited on rgb{background}"]
+    # LA and a palette image with a transparent index
+    la = Image.fromarray(np.stack([np.full((2, 2), 10, np.uint8), np.zeros((2, 2), np.uint8)], -1), "LA")
+    assert _rgb(load_image(la)).tolist() == [[[255, 255, 255]] * 2] * 2
+    p = Image.new("P", (2, 1))
+    p.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    p.putpixel((0, 0), 0)
+    p.putpixel((1, 0), 1)
+    p.info["transparency"] = 0
+    assert _rgb(load_image(p, (0, 0, 255))).tolist() == [[[0, 0, 255], [200, 10, 10]]]
+
+
+def test_opaque_rgba_has_no_note():
+    im, notes = load_image_with_notes(Image.new("RGBA", (3, 3), (1, 2, 3, 255)))
+    assert notes == [] and _rgb(im)[0, 0].tolist() == [1, 2, 3]
+
+
+def test_exif_orientation_applied(tmp_path):
+    arr = np.zeros((120, 160, 3), dtype=np.uint8)  # stored 160 wide, 120 high
+    arr[:10, :10] = (255, 0, 0)  # a red block in the stored top-left corner
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "phone.png"
+    im.save(path, exif=exif)
+    out, notes = load_image_with_notes(str(path))
+    assert out.size == (120, 160)  # (W, H): upright
+    want = np.rot90(arr, k=-1)  # clockwise: the red block moves to the top-right
+    assert np.array_equal(np.asarray(out), want)
+    assert notes == ["EXIF orientation 6 applied"]
+
+
+def test_16_bit_grayscale_scaled_by_its_range(tmp_path):
+    vals = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 200 + 1000)  # 1000 .. 3200
+    path = tmp_path / "g16.png"
+    Image.fromarray(vals).save(path)
+    out, notes = load_image_with_notes(str(path))
+    want = np.rint((vals - 1000) * (255.0 / 2200)).astype(np.int64)
+    got = _rgb(out)
+    assert np.array_equal(got[..., 0], want) and np.array_equal(got[..., 1], want)
+    assert got.min() == 0 and got.max() == 255  # neither all white nor all black
+    assert notes == ["I;16-mode image scaled by its range [1000, 3200] to 0..255"]
+
+
+def test_float_tiff_scaled(tmp_path):
+    wide = np.linspace(-3, 7, 12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "f.tif"
+    Image.fromarray(wide).save(path)
+    out, notes = load_image_with_notes(str(path))
+    want = np.rint((wide.astype(np.float64) + 3) * (255.0 / 10)).astype(np.int64)
+    assert np.array_equal(_rgb(out)[..., 2], want)
+    assert notes == ["F-mode image scaled by its range [-3, 7] to 0..255"]
+    unit = np.linspace(0.2, 0.4, 12, dtype=np.float32).reshape(3, 4)  # a float image in [0, 1]: times 255
+    Image.fromarray(unit).save(path)
+    out, notes = load_image_with_notes(str(path))
+    assert np.array_equal(_rgb(out)[..., 0], np.rint(unit.astype(np.float64) * 255).astype(np.int64))
+    assert notes == ["F-mode image in [0, 1] scaled by 255"]
+
+
+def test_constant_and_nan_float_images():
+    out, notes = load_image_with_notes(np.full((2, 2), 5.0, np.float32))
+    assert _rgb(out).tolist() == [[[128] * 3] * 2] * 2 and "constant" in notes[0]
+    bad = np.zeros((2, 2), np.float32)
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="^image: the float32 image holds NaN or infinite values$"):
+        load_image(bad)
+
+
+def test_palette_cmyk_and_one_bit_converted():
+    p = Image.new("P", (2, 1))
+    p.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    p.putpixel((1, 0), 1)
+    assert _rgb(load_image(p)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+    cmyk = Image.new("CMYK", (1, 1), (0, 255, 255, 0))  # full magenta + yellow: red
+    out, notes = load_image_with_notes(cmyk)
+    assert _rgb(out).tolist() == [[[255, 0, 0]]] and notes == ["CMYK image converted to RGB"]
+    one = Image.new("1", (2, 1))
+    one.putpixel((1, 0), 1)
+    assert _rgb(load_image(one)).tolist() == [[[0, 0, 0], [255, 255, 255]]]
+
+
+def test_animated_gif_first_frame(tmp_path):
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    out, notes = load_image_with_notes(str(path))
+    assert _rgb(out)[0, 0].tolist() == [255, 0, 0]
+    assert notes == ["animated image: its first frame of 3 is explained"]
+
+
+def test_arrays():
+    u16 = np.array([[0, 65535]], dtype=np.uint16)
+    assert _rgb(load_image(u16))[0, :, 0].tolist() == [0, 255]
+    assert _rgb(load_image(np.array([[True, False]])))[0, :, 0].tolist() == [255, 0]
+    assert _rgb(load_image(np.full((2, 2, 1), 7, np.uint8)))[0, 0].tolist() == [7, 7, 7]
+    for bad in (np.zeros((2, 2, 2), np.uint8), np.zeros((0, 3), np.uint8), np.zeros((2, 2, 3, 1), np.uint8)):
+        with pytest.raises(InputError, match="^image: an array must be H x W"):
+            load_image(bad)
+    with pytest.raises(InputError, match="^image: unsupported array dtype"):
+        load_image(np.array([["a"]]))
+
+
+def test_unreadable_inputs_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="^image: no such file"):
+        load_image(str(tmp_path / "missing.png"))
+    with pytest.raises(InputError, match="is a folder, not an image file"):
+        load_image(str(tmp_path))
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match=r"^image: cannot read .*junk\.png' \(UnidentifiedImageError: "):
+        load_image(str(junk))
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "PNG", compress_level=0)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(InputError, match=r"^image: cannot read .*cut\.png' \("):
+        load_image(str(cut))
+    with pytest.raises(InputError, match="^image: unsupported type int"):
+        load_image(3)
+
+
+def test_parse_colour():
+    assert parse_colour("white") == (255, 255, 255) and parse_colour("#102030") == (16, 32, 48)
+    assert parse_colour(" 1,2,3 ") == (1, 2, 3)
+    for bad in ("purple", "#12345", "1,2", "1,2,256", "#gggggg"):
+        with pytest.raises(InputError, match="^background: expected white, black, #rrggbb or r,g,b"):
+            parse_colour(bad)

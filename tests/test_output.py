@@ -1,0 +1,128 @@
+"""dcam.output: output folders checked up front and written whole or not at all."""
+import os
+import stat
+
+import pytest
+
+from dcam.errors import InputError
+from dcam.output import AtomicFolder, check_output_file, check_output_folder, write_text_atomic
+
+
+def _tree(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, folder)] = open(p).read()
+    return out
+
+
+def _write(folder, files):
+    for name, text in files.items():
+        os.makedirs(os.path.dirname(os.path.join(folder, name)) or folder, exist_ok=True)
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+
+
+def _leftovers(parent):
+    return sorted(p for p in os.listdir(parent) if p.startswith("."))
+
+
+def test_success_gives_exactly_the_new_files(tmp_path):
+    target = tmp_path / "out"
+    with AtomicFolder(str(target)) as tmp:
+        assert os.path.dirname(tmp) == str(tmp_path)  # beside the target: the rename is atomic
+        assert not target.exists()  # nothing visible while writing
+        _write(tmp, {"a.txt": "1", "sub/b.txt": "2"})
+    assert _tree(target) == {"a.txt": "1", os.path.join("sub", "b.txt"): "2"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_whole(tmp_path):
+    target = tmp_path / "out"
+    _write(str(target), {"old1.txt": "x", "old2.txt": "y"})
+    with AtomicFolder(str(target), overwrite=True) as tmp:
+        _write(tmp, {"new.txt": "z"})
+    assert _tree(target) == {"new.txt": "z"} and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_failure_or_ctrl_c_leaves_the_old_folder(tmp_path, error):
+    target = tmp_path / "out"
+    _write(str(target), {"old.txt": "keep"})
+    with pytest.raises(type(error)):
+        with AtomicFolder(str(target), overwrite=True) as tmp:
+            _write(tmp, {"half.txt": "partial"})
+            raise error
+    assert _tree(target) == {"old.txt": "keep"} and _leftovers(tmp_path) == []
+    with pytest.raises(type(error)):
+        with AtomicFolder(str(tmp_path / "fresh")) as tmp:
+            _write(tmp, {"half.txt": "partial"})
+            raise error
+    assert not (tmp_path / "fresh").exists() and _leftovers(tmp_path) == []
+
+
+def test_os_error_while_writing_names_the_option(tmp_path):
+    with pytest.raises(InputError) as info:
+        with AtomicFolder(str(tmp_path / "out"), option="--out") as tmp:
+            open(os.path.join(tmp, "no_such_dir", "f.txt"), "w")
+    msg = str(info.value)
+    assert msg.startswith(f"--out: writing {str(tmp_path / 'out')!r} failed (FileNotFoundError: ")
+    assert msg.endswith("; nothing was written")
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_never_a_mix_with_a_folder_filled_meanwhile(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(InputError, match="was filled by someone else while this run wrote; nothing was written"):
+        with AtomicFolder(str(target), option="--out") as tmp:
+            _write(tmp, {"mine.txt": "1"})
+            _write(str(target), {"theirs.txt": "2"})
+    assert _tree(target) == {"theirs.txt": "2"} and _leftovers(tmp_path) == []
+
+
+def test_permissions_follow_the_umask(tmp_path):
+    for mask, fmode, dmode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700)):
+        old = os.umask(mask)
+        try:
+            target = tmp_path / f"out{mask:o}"
+            with AtomicFolder(str(target)) as tmp:
+                _write(tmp, {"a.txt": "1", "sub/b.txt": "2"})
+                os.chmod(os.path.join(tmp, "a.txt"), 0o600)  # as safetensors writes its files
+        finally:
+            os.umask(old)
+        modes = {p: stat.S_IMODE(os.stat(target / p).st_mode) for p in ("a.txt", "sub/b.txt", "sub", ".")}
+        assert modes == {"a.txt": fmode, "sub/b.txt": fmode, "sub": dmode, ".": dmode}
+
+
+def test_check_output_folder(tmp_path):
+    assert check_output_folder(str(tmp_path / "new" / "deeper")) == str(tmp_path / "new" / "deeper")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert check_output_folder(str(empty)) == str(empty)
+    _write(str(tmp_path / "full"), {"x": "1"})
+    with pytest.raises(InputError, match="^--out: .*full' is not empty; choose a new folder or pass --overwrite"):
+        check_output_folder(str(tmp_path / "full"))
+    assert check_output_folder(str(tmp_path / "full"), overwrite=True) == str(tmp_path / "full")
+    with pytest.raises(InputError, match="^--out: .* exists and is not a folder$"):
+        check_output_folder(str(tmp_path / "full" / "x"))
+    with pytest.raises(InputError, match="^--out: cannot create .*: .*x' is not a folder$"):
+        check_output_folder(str(tmp_path / "full" / "x" / "sub"))
+    with pytest.raises(InputError, match="^--dir: an empty path$"):
+        check_output_folder("", option="--dir")
+
+
+def test_check_output_file_and_atomic_text(tmp_path):
+    assert check_output_file(None, "--json") is None
+    with pytest.raises(InputError, match="^--json: .* is a folder, not a file$"):
+        check_output_file(str(tmp_path), "--json")
+    with pytest.raises(InputError, match="^--json: the folder .*nowhere' does not exist$"):
+        check_output_file(str(tmp_path / "nowhere" / "r.json"), "--json")
+    path = check_output_file(str(tmp_path / "r.json"), "--json")
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(path, "{}")
+    finally:
+        os.umask(old)
+    assert open(path).read() == "{}" and stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["r.json"]
