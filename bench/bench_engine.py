@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dcam
-from dcam.benchmark import cases, copy_bandwidth, time_call
+from dcam.ops.bench import cases, copy_bandwidth, time_call
 
 QUICK = os.environ.get("DCAM_BENCH_QUICK", "0") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -162,23 +162,21 @@ def _akd(src, dst, k, H, W, N, BLOCK_P: tl.constexpr, BLOCK_IK: tl.constexpr, BL
 
 
 @triton.jit
-def _blur3(src, offs, mask, H, W, sigma):
-    """Normalised 3x3 Gaussian (reflect padding) of the map src[0:N] at offs."""
-    den = 2.0 * sigma * sigma
-    e1 = tl.exp(-1.0 / den)
-    e2 = tl.exp(-2.0 / den)
-    gsum = 1.0 + 4.0 * e1 + 4.0 * e2
+def _blur3(src, offs, mask, H, W, w_centre, w_edge, w_corner):
+    """Normalised 3x3 Gaussian (reflect padding) of the map src[0:N] at offs: a
+    float32 sum in raster order with the weights the launcher computed on the
+    host (:func:`dcam.ops.reference.gaussian_weights3_values`, the reference's)."""
     y = offs // W
     x = offs % W
     acc = tl.zeros(offs.shape, dtype=tl.float32)
     for dy in tl.static_range(-1, 2):
         for dx in tl.static_range(-1, 2):
             if dy * dy + dx * dx == 0:
-                g = 1.0 / gsum
+                g = w_centre
             elif dy * dy + dx * dx == 1:
-                g = e1 / gsum
+                g = w_edge
             else:
-                g = e2 / gsum
+                g = w_corner
             nb = tl.load(src + _reflect(y + dy, H) * W + _reflect(x + dx, W), mask=mask, other=0.0)
             acc += nb * g
     return acc
@@ -192,7 +190,7 @@ def _refine_kernel(
     raw_ptr, deg_ptr, steps_ptr, size_ptr, rho_ptr, ctx_ptr, cw_ptr,
     out_ptr, ks_ptr, strat_ptr, dthr_ptr, cthr_ptr, alpha_ptr,
     T, H, W,
-    dacg_std, dacg_mean_hi, dacg_mean_lo, dacg_q0, dacg_q1, dacg_q2, dacg_q3, dacg_sigma,
+    dacg_std, dacg_mean_hi, dacg_mean_lo, dacg_q0, dacg_q1, dacg_q2, dacg_q3, dacg_w0, dacg_w1, dacg_w2,
     cba_w0, cba_w1, cba_w2, cba_w3, cba_floor,
     AKD_KERNEL: tl.constexpr, AKD: tl.constexpr, DACG: tl.constexpr, CBA: tl.constexpr,
     SICD: tl.constexpr,
@@ -250,7 +248,7 @@ def _refine_kernel(
         strat = tl.where(sd_f > dacg_std, 0, tl.where(mu_f > dacg_mean_hi, 1, tl.where(mu_f < dacg_mean_lo, 2, 3)))
         q = tl.where(strat == 0, dacg_q0, tl.where(strat == 1, dacg_q1, tl.where(strat == 2, dacg_q2, dacg_q3)))
         z = tl.maximum(_percentile(x, rank - n_le, nz, n_nz, q), ZETA_MIN)
-        blurred = _blur3(buf, offs, mask, H, W, dacg_sigma)
+        blurred = _blur3(buf, offs, mask, H, W, dacg_w0, dacg_w1, dacg_w2)
         has_nz = n_nz > 0
         x = tl.where(has_nz & (x <= z), blurred, x)
         zeta = tl.where(has_nz, z, 0.0)

@@ -18,8 +18,10 @@ The individual stages (`rank_gaussian_filter`, `confidence_gate`,
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -185,13 +187,42 @@ def rank_gaussian_filter(maps: Tensor, kernel_size: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- section 3
 
+def gaussian_weights3_values(sigma: float) -> List[float]:
+    """The 9 normalised weights of DACG's 3x3 Gaussian (raster order, dy outer),
+    float32 values as Python floats, rounded step by step: ``den =
+    float32(2 sigma^2)``, each ``exp(float32(-(dy^2+dx^2) / den))`` rounded once
+    to float32 (evaluated in float64: correctly rounded, unlike torch's
+    vectorised float32 exp or some libm expf, whose last bit varies), divided by
+    their float32 sum taken in raster order. One definition for every backend
+    (the Triton launcher passes these numbers to its kernel): a one-ulp
+    difference here is magnified by the final normalisation of a nearly
+    constant map far beyond atol 1e-5. Plain numpy scalars, so a launcher
+    traced with fake tensors can call it."""
+    f32 = np.float32
+    s = f32(sigma)
+    den = f32(2.0 * float(s) * float(s))
+    e = [f32(math.exp(float(f32(-float(dy * dy + dx * dx)) / den))) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    tot = e[0]
+    for v in e[1:]:
+        tot = f32(tot + v)
+    return [float(f32(v / tot)) for v in e]
+
+
+def gaussian_weights3(sigma: float) -> Tensor:
+    """:func:`gaussian_weights3_values` as a float32 tensor [9]."""
+    return torch.tensor(gaussian_weights3_values(sigma), dtype=torch.float32)
+
+
 def gaussian_blur3(maps: Tensor, sigma: float) -> Tensor:
-    """Normalised 3x3 Gaussian of every pixel, neighbours read through reflect."""
+    """Normalised 3x3 Gaussian of every pixel, neighbours read through reflect:
+    a float32 sum of the 9 weighted neighbours in raster order (dy outer, dx
+    inner), as the C++ and Triton kernels add them."""
     win = window_values(maps, 3)  # [M, N, 9] dy outer, dx inner
-    d = torch.tensor([-1.0, 0.0, 1.0], device=maps.device)
-    g = torch.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2.0 * sigma * sigma)).reshape(9)
-    g = g / g.sum()
-    return (win * g).sum(dim=2).reshape(maps.shape)
+    g = gaussian_weights3(sigma).to(maps.device)
+    acc = win[..., 0] * g[0]
+    for j in range(1, 9):
+        acc = acc + win[..., j] * g[j]
+    return acc.reshape(maps.shape)
 
 
 def confidence_gate(maps: Tensor, dacg_params: List[float]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -270,9 +301,11 @@ def causal_debias_reference(m: Tensor, repeat_ratio: Tensor) -> Tuple[Tensor, Te
     interference = SICD_BASE * repeat_ratio.float()[:, None] + SICD_SPIKE * spike
     ii = sum64(interference * interference, 1).float()
     apply = interference.max(dim=1).values != 0
-    alpha = torch.clamp(sum64(mf * interference, 1).float() / torch.where(apply, ii, torch.ones_like(ii)),
-                        max=SICD_ALPHA_MAX)
-    alpha = torch.where(apply, alpha, torch.zeros_like(alpha))
+    num = sum64(mf * interference, 1).float()  # >= 0: m and I are non-negative
+    alpha = torch.clamp(num / torch.where(apply, ii, torch.ones_like(ii)), max=SICD_ALPHA_MAX)
+    # num == 0 (an all-zero map) means alpha = 0, also where I*I underflowed to ii = 0 (a tiny
+    # repeat ratio: rho = 1e-30 gives I = 5e-32), which would otherwise make it 0/0 = NaN
+    alpha = torch.where(apply & (num > 0), alpha, torch.zeros_like(alpha))
     return _debias(m, interference, alpha, apply)
 
 

@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..kernels import pool as pool_kernels
 from ..kernels import refine as refine_kernels
 from . import constants as C
+from .reference import gaussian_weights3_values
 
 #: The contract's numbers, passed to the refine kernel as ``constexpr`` (compiled to literals).
 CONTRACT_CONSTANTS = {name: getattr(C, name) for name in (
@@ -141,11 +142,15 @@ def refine_triton(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Te
     block_i = max(1, min(block, tile // block))
     block_t = max(16, triton.next_power_of_2(T))
 
+    # DACG's blur weights (centre, edge, corner) from the reference's one definition, not
+    # re-derived from sigma in the kernel: a one-ulp difference there is magnified by the
+    # final normalisation of a nearly constant map
+    g9 = gaussian_weights3_values(float(dacg_params[7]))
     wrap_triton(refine_kernels._refine_kernel)[(B * T,)](
         raw, degenerate, steps, image_size, repeat_ratio, ctx, cw,
         maps, ksize, strategy, dacg_thr, cba_thr, alpha,
         T, h, w,
-        *[float(p) for p in dacg_params], *[float(p) for p in cba_params],
+        *[float(p) for p in dacg_params[:7]], g9[4], g9[1], g9[0], *[float(p) for p in cba_params],
         AKD_KERNEL=akd_kernel, AKD=bool(akd), DACG=bool(dacg), CBA=bool(cba), SICD=sicd,
         **CONTRACT_CONSTANTS,
         BLOCK=block, BLOCK_I=block_i, BLOCK_P=block_p, BLOCK_IK=block_ik, BLOCK_K=block_k,

@@ -1,302 +1,529 @@
-"""The public engine API: validation errors, backend choice, the registered
-ops (opcheck, torch.compile), and agreement of every available backend."""
+"""The public operator API (dcam.pool_gradients, dcam.refine,
+dcam.diffusion_cam): argument errors (dcam.InputError naming the argument),
+NaN/Inf checks on every backend, CamConfig, backend choice and dispatch, and
+the registered ops (opcheck, torch.compile).
 
+Agreement of the backends with the reference is in test_scenarios.py and
+test_fuzz.py; hand-worked values in test_contract.py and test_reference.py."""
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
 import dcam
-from dcam import reference as R
+from dcam.errors import InputError
+from dcam.ops import api, cpp, library
+
+AVAILABLE = dcam.available_backends()
+NON_REFERENCE = [b for b in AVAILABLE if b != "torch"]
 
 
-def _inputs(B=2, T=3, h=5, w=4, D=8, dtype=torch.float32, seed=0):
+def _inputs(B=2, T=3, h=5, w=4, D=8, dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     acts = torch.randn(B, h * w, D, generator=g).to(dtype)
     grads = torch.randn(B, T, h * w, D, generator=g).to(dtype)
-    return acts, grads, (h, w)
+    return acts.to(device), grads.to(device), (h, w)
+
+
+def _backends_for(device):
+    """Backends that run tensors of `device` here."""
+    if device == "cpu":
+        return [b for b in AVAILABLE if b != "triton" or not torch.cuda.is_available()] + ["auto"]
+    return ["torch", "auto"] + (["triton"] if "triton" in AVAILABLE else [])
+
+
+@pytest.fixture
+def quiet():
+    """Triton's interpreter evaluates masked-off lanes too (numpy warnings there mean nothing)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def raises_input_error(name, match=None):
+    """pytest.raises(InputError) that also checks the message names the argument."""
+    class _Ctx:
+        def __enter__(self):
+            self._cm = pytest.raises(InputError, match=match)
+            self.info = self._cm.__enter__()
+            return self.info
+
+        def __exit__(self, *exc):
+            suppressed = self._cm.__exit__(*exc)
+            if suppressed:
+                assert name in str(self.info.value), f"the message does not name {name!r}: {self.info.value}"
+            return suppressed
+    return _Ctx()
 
 
 # ------------------------------------------------------------------ errors name the argument
 
-@pytest.mark.parametrize("mutate,exc,match", [
-    (lambda a, g: (a.long(), g), TypeError, "acts"),
-    (lambda a, g: (a, g.int()), TypeError, "grads"),
-    (lambda a, g: (a[0, 0], g), ValueError, "acts must have 2 or 3"),
-    (lambda a, g: (a, g[0, 0]), ValueError, "grads must have 3 or 4"),
-    (lambda a, g: (a, g[0]), ValueError, r"grads must be \[B,T,N,D\]"),
-    (lambda a, g: (a[:1], g), ValueError, "batch size"),
-    (lambda a, g: (a, g[:, :, :-1]), ValueError, "image tokens"),
-    (lambda a, g: (a, g[..., :-1]), ValueError, "hidden size"),
-    (lambda a, g: (a.half(), g), TypeError, "share one dtype"),
-    (lambda a, g: (a[:, :0], g[:, :, :0]), ValueError, "empty"),
-    (lambda a, g: (a.index_fill(2, torch.tensor([1]), float("nan")), g), ValueError, "acts contains"),
-    (lambda a, g: (a, g.index_fill(3, torch.tensor([0]), float("inf"))), ValueError, "grads contains"),
-    (lambda a, g: ("not a tensor", g), TypeError, "acts must be a torch.Tensor"),
+def test_input_error_is_a_value_error():
+    assert issubclass(InputError, ValueError) and dcam.InputError is InputError
+
+
+@pytest.mark.parametrize("mutate,name,match", [
+    (lambda a, g: (a.long(), g), "acts", "floating-point"),
+    (lambda a, g: (a, g.int()), "grads", "floating-point"),
+    (lambda a, g: (a[0, 0], g), "acts", "acts must have 2 or 3"),
+    (lambda a, g: (a, g[0, 0]), "grads", "grads must have 3 or 4"),
+    (lambda a, g: (a, g[0]), "grads", r"grads must be \[B,T,N,D\]"),
+    (lambda a, g: (a[0], g), "grads", r"grads must be \[T,N,D\] when acts is \[N,D\]"),
+    (lambda a, g: (a[:1], g), "acts", "batch size"),
+    (lambda a, g: (a, g[:, :, :-1]), "acts", "image tokens"),
+    (lambda a, g: (a, g[..., :-1]), "grads", "hidden size"),
+    (lambda a, g: (a.half(), g), "grads", "share one dtype"),
+    (lambda a, g: (a[:, :0], g[:, :, :0]), "acts", "empty"),
+    (lambda a, g: (a.index_fill(2, torch.tensor([1]), float("nan")), g), "acts", "acts contains 40 NaN/Inf"),
+    (lambda a, g: (a, g.index_fill(3, torch.tensor([0]), float("inf"))), "grads", "grads contains 120 NaN/Inf"),
+    (lambda a, g: ("not a tensor", g), "acts", "acts must be a torch.Tensor"),
 ])
-def test_pool_errors(mutate, exc, match):
+def test_pool_errors(mutate, name, match):
     a, g, grid = _inputs()
     a, g = mutate(a, g)
-    with pytest.raises(exc, match=match):
+    with raises_input_error(name, match):
         dcam.pool_gradients(a, g, grid)
 
 
-def test_grid_must_match_span():
+@pytest.mark.parametrize("grid,match", [
+    ((4, 4), "grid 4x4 = 16 tokens does not match .* 20 tokens"),
+    (20, "grid must be a pair"),
+    ((5, 4.0), "grid must be a pair"),
+    ((True, 20), "grid must be a pair"),
+    ((0, 20), "grid must be positive"),
+])
+def test_grid_errors(grid, match):
     a, g, _ = _inputs(h=5, w=4)
-    with pytest.raises(ValueError, match="grid 4x4 = 16 tokens does not match .* 20 tokens"):
-        dcam.pool_gradients(a, g, (4, 4))
-    with pytest.raises(TypeError, match="grid"):
-        dcam.pool_gradients(a, g, 20)
+    with raises_input_error("grid", match):
+        dcam.pool_gradients(a, g, grid)
 
 
-def test_check_finite_can_be_skipped():
+def test_grad_relu_must_be_a_bool():
+    a, g, grid = _inputs()
+    with raises_input_error("grad_relu"):
+        dcam.pool_gradients(a, g, grid, grad_relu=1)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_check_finite_false_skips_the_check(backend, monkeypatch, quiet):
+    from dcam.ops import validation
+
+    def not_called(name, x):
+        raise AssertionError(f"check_finite=False still checked {name}")
+    monkeypatch.setattr(validation, "check_finite", not_called)
     a, g, grid = _inputs()
     a[0, 0, 0] = float("nan")
-    dcam.pool_gradients(a, g, grid, backend="torch", check_finite=False)  # no error raised
+    g[1, 2, 3, 4] = float("inf")
+    out = dcam.pool_gradients(a, g, grid, backend=backend, check_finite=False)  # no error: nothing is looked at
+    assert out.maps.shape == (2, 3, 5, 4)
+    out = dcam.diffusion_cam(a, g, grid, backend=backend, check_finite=False)
+    assert out.maps.shape == (2, 3, 5, 4)
+    raw = torch.rand(1, 1, 3, 3) + 1.0  # outside [0, 1]: not looked at either
+    dcam.refine(raw, backend=backend, check_finite=False)
+    with pytest.raises(AssertionError, match="still checked"):  # the spy works: a checked call reaches it
+        dcam.pool_gradients(a, g, grid, backend=backend)
 
 
 def test_unknown_backend_and_cpp_on_wrong_device():
     a, g, grid = _inputs()
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with raises_input_error("backend", "backend must be one of"):
         dcam.pool_gradients(a, g, grid, backend="cuda")
     meta = (a.to("meta"), g.to("meta"))
-    with pytest.raises(ValueError, match="backend='cpp' needs CPU tensors"):
+    with raises_input_error("backend", "backend='cpp' needs CPU tensors"):
         dcam.pool_gradients(*meta, grid, backend="cpp", check_finite=False)
 
 
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     a, g, grid = _inputs()
-    with pytest.raises((ValueError, RuntimeError), match="triton"):
+    with pytest.raises((InputError, RuntimeError), match="backend='triton'"):
         dcam.pool_gradients(a, g, grid, backend="triton")
 
 
 def test_devices_must_match():
     a, g, grid = _inputs()
-    with pytest.raises(ValueError, match="one device"):
+    with raises_input_error("device", "one device"):
         dcam.pool_gradients(a, g.to("meta"), grid, check_finite=False)
 
 
-@pytest.mark.parametrize("kw,exc,match", [
-    (dict(repeat_ratio=1.5), ValueError, "repeat_ratio must lie in"),
-    (dict(repeat_ratio=-0.1), ValueError, "repeat_ratio"),
-    (dict(repeat_ratio=torch.tensor([0.1, 2.0])), ValueError, "repeat_ratio"),
-    (dict(steps=0), ValueError, "steps"),
-    (dict(image_size=-3), ValueError, "image_size"),
-    (dict(steps=torch.tensor([1.0, 2.0, 3.0])), ValueError, r"steps must be a scalar or have shape \[2\]"),
-    (dict(steps=float("nan")), ValueError, "steps"),
-    (dict(degenerate=torch.zeros(2, 3)), TypeError, "degenerate"),
-    (dict(degenerate=torch.zeros(3, 2, dtype=torch.bool)), ValueError, "degenerate"),
-    (dict(config=dcam.CamConfig(sicd="context")), ValueError, "context_weights"),
-    (dict(config=dcam.CamConfig(sicd="context"), context_weights=-torch.ones(2, 3, 3)), ValueError,
+@pytest.mark.parametrize("kw,name,match", [
+    (dict(repeat_ratio=1.5), "repeat_ratio", r"repeat_ratio must lie in \[0, 1\]"),
+    (dict(repeat_ratio=-0.1), "repeat_ratio", "must lie in"),
+    (dict(repeat_ratio=torch.tensor([0.1, 2.0])), "repeat_ratio", "must lie in"),
+    (dict(repeat_ratio=True), "repeat_ratio", "got a bool"),
+    (dict(repeat_ratio="high"), "repeat_ratio", "number or a"),
+    (dict(steps=0), "steps", r"steps must lie in \(0, inf\)"),
+    (dict(image_size=-3), "image_size", "must lie in"),
+    (dict(steps=torch.tensor([1.0, 2.0, 3.0])), "steps", r"steps must be a scalar or have shape \[2\]"),
+    (dict(steps=float("nan")), "steps", "must lie in"),
+    (dict(steps=torch.tensor([1.0, float("inf")])), "steps", "NaN/Inf"),
+    (dict(image_size=torch.tensor([1 + 1j, 2j])), "image_size", "real-valued"),
+    (dict(degenerate=torch.zeros(2, 3)), "degenerate", "bool tensor"),
+    (dict(degenerate=torch.zeros(3, 2, dtype=torch.bool)), "degenerate", "degenerate must have shape"),
+    (dict(config=dcam.CamConfig(sicd="context")), "context_weights", "needs context_weights"),
+    (dict(config=dcam.CamConfig(sicd="context"), context_weights=-torch.ones(2, 3, 3)), "context_weights",
      "non-negative"),
-    (dict(config=dcam.CamConfig(sicd="context"), context_weights=torch.ones(2, 3, 2)), ValueError,
+    (dict(config=dcam.CamConfig(sicd="context"), context_weights=torch.ones(2, 3, 2)), "context_weights",
      "context_weights must have shape"),
-    (dict(context_weights=torch.ones(2, 3, 3)), ValueError, "only used with"),
-    (dict(config="fast"), TypeError, "config"),
+    (dict(config=dcam.CamConfig(sicd="context"), context_weights=torch.ones(2, 3, 3),
+          context_maps=torch.rand(2, 3, 4, 5)), "context_maps", "context_maps must have the shape"),
+    (dict(config=dcam.CamConfig(sicd="context"), context_weights=torch.full((2, 3, 3), float("nan"))),
+     "context_weights", "NaN/Inf"),
+    (dict(context_weights=torch.ones(2, 3, 3)), "context_weights", "only used with"),
+    (dict(config="fast"), "config", "config must be a dcam.CamConfig"),
+    (dict(backend="gpu"), "backend", "backend must be one of"),
 ])
-def test_refine_errors(kw, exc, match):
+def test_refine_errors(kw, name, match):
     raw = torch.rand(2, 3, 5, 4)
-    with pytest.raises(exc, match=match):
+    with raises_input_error(name, match):
         dcam.refine(raw, **kw)
 
 
 def test_refine_rejects_bad_maps():
-    with pytest.raises(ValueError, match="raw_maps must have 4"):
+    with raises_input_error("raw_maps", "raw_maps must have 4"):
         dcam.refine(torch.rand(3, 5, 4))
     bad = torch.rand(1, 1, 3, 3)
     bad[0, 0, 1, 1] = float("inf")
-    with pytest.raises(ValueError, match="raw_maps contains"):
+    with raises_input_error("raw_maps", "raw_maps contains 1 NaN/Inf"):
         dcam.refine(bad)
-    with pytest.raises(TypeError, match="raw_maps"):
+    with raises_input_error("raw_maps", "floating-point"):
         dcam.refine(torch.ones(1, 1, 3, 3, dtype=torch.int64))
+    with raises_input_error("raw_maps", "torch.Tensor"):
+        dcam.refine([[[[0.5]]]])
 
+
+@pytest.mark.parametrize("low,high", [(-0.1, 0.5), (0.0, 1.5), (-1e-7, 1.0), (0.0, 1.0000001), (2.0, 3.0)])
+def test_refine_refuses_raw_maps_outside_unit_range(low, high):
+    raw = torch.full((1, 2, 3, 3), 0.5)
+    raw[0, 0, 0, 0] = low
+    raw[0, 1, 2, 2] = high
+    with raises_input_error("raw_maps", r"raw_maps must lie in \[0, 1\]"):
+        dcam.refine(raw)
+    dcam.refine(raw, check_finite=False)  # the caller vouched for the input: not looked at
+
+
+def test_refine_accepts_the_unit_range_edges():
+    raw = torch.rand(1, 2, 3, 3)
+    raw[0, 0, 0, 0], raw[0, 0, 1, 1] = 0.0, 1.0
+    assert dcam.refine(raw, backend="torch").maps.shape == (1, 2, 3, 3)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_refine_output_in_unit_range_with_a_tiny_repeat_ratio(backend, quiet):
+    # a non-degenerate map that AKD turns into zeros, and rho = 1e-30: I = 5e-32, I*I underflows
+    # to 0; the least-squares scale of the zero map is 0, not 0/0 = NaN
+    raw = torch.zeros(1, 2, 5, 5)
+    raw[0, :, 2, 2] = 1e-45
+    raw[0, 1, 0, 0] = 1.0
+    out = dcam.refine(raw, repeat_ratio=1e-30, backend=backend)
+    assert torch.isfinite(out.maps).all() and (out.maps >= 0).all() and (out.maps <= 1).all()
+    assert out.sicd_alpha[0, 0] == 0 and not out.degenerate.any()
+
+
+# ------------------------------------------------------------------ CamConfig
 
 @pytest.mark.parametrize("field,value", [
-    ("akd_kernel", 4), ("akd_kernel", 0), ("akd_kernel", "big"), ("akd", 1), ("sicd", "on"),
-    ("dacg_percentiles", (90, 75)), ("dacg_percentiles", (90, 75, 80, 150)), ("dacg_sigma", 0.0),
-    ("cba_weights", (0.1, float("nan"), 0.1, 0.1)), ("cba_floor", -1.0), ("grad_relu", "yes"),
+    ("akd_kernel", 4), ("akd_kernel", 0), ("akd_kernel", -3), ("akd_kernel", "big"), ("akd_kernel", True),
+    ("akd_kernel", 3.0), ("akd", 1), ("dacg", "yes"), ("cba", None), ("grad_relu", "yes"), ("sicd", "on"),
+    ("dacg_percentiles", (90, 75)), ("dacg_percentiles", (90, 75, 80, 150)), ("dacg_percentiles", (90, 75, 80, -1)),
+    ("dacg_percentiles", 90), ("dacg_sigma", 0.0), ("dacg_sigma", -0.3), ("dacg_sigma", float("inf")),
+    ("dacg_std", 1.5), ("dacg_std", -0.01), ("dacg_std", float("nan")), ("dacg_mean_high", 1.01),
+    ("dacg_mean_high", -0.1), ("dacg_mean_low", -0.2), ("dacg_mean_low", "0.2"),
+    ("cba_weights", (0.1, float("nan"), 0.1, 0.1)), ("cba_weights", (0.1, -0.1, 0.1, 0.1)),
+    ("cba_weights", (0.1, 0.1, 0.1)), ("cba_weights", 0.15), ("cba_floor", -1.0), ("cba_floor", 1.5),
+    ("cba_floor", float("nan")),
 ])
 def test_config_errors_name_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+    with raises_input_error(f"CamConfig.{field}"):
         dcam.CamConfig(**{field: value})
 
 
-@pytest.mark.parametrize("backend", dcam.available_backends() + ["auto"])
+def test_config_mean_low_must_not_exceed_mean_high():
+    with raises_input_error("dacg_mean_low", "must not exceed dacg_mean_high"):
+        dcam.CamConfig(dacg_mean_low=0.4, dacg_mean_high=0.3)
+    dcam.CamConfig(dacg_mean_low=0.3, dacg_mean_high=0.3)  # equal is allowed
+
+
+@pytest.mark.parametrize("field,value", [("dacg_std", 0.0), ("dacg_std", 1.0), ("dacg_mean_high", 1.0),
+                                         ("dacg_mean_low", 0.0), ("cba_floor", 0.0), ("cba_floor", 1.0),
+                                         ("cba_weights", (0.0, 0.0, 0.0, 0.0)), ("dacg_percentiles", (0, 100, 0, 100)),
+                                         ("akd_kernel", 1), ("akd_kernel", 13)])
+def test_config_range_edges_are_accepted(field, value):
+    assert getattr(dcam.CamConfig(**{field: value}), field) == (tuple(float(v) for v in value)
+                                                                if isinstance(value, tuple) else value)
+
+
+def test_config_defaults_are_the_contracts():
+    c = dcam.CamConfig()
+    assert (c.akd_kernel, c.akd, c.dacg, c.cba, c.sicd, c.grad_relu) == ("adaptive", True, True, True, "reference",
+                                                                          True)
+    assert (c.dacg_std, c.dacg_mean_high, c.dacg_mean_low, c.dacg_sigma) == (0.22, 0.35, 0.25, 0.3)
+    assert c.dacg_percentiles == (90.0, 75.0, 80.0, 85.0)  # high_var, high_mean, low_mean, default
+    assert c.cba_weights == (0.15, 0.15, 0.2, 0.015) and c.cba_floor == 0.5
+
+
+def test_config_apply_parses_settings():
+    c = dcam.CamConfig().apply(["grad_relu=false", "akd_kernel=5", "dacg_percentiles=90,70,80,85", "sicd=context",
+                                "cba_floor=0.25", "akd = no", "dacg=0", "cba=yes", "cba_weights=0.1,0.2,0.3,0.4"])
+    assert c == dcam.CamConfig(grad_relu=False, akd_kernel=5, dacg_percentiles=(90, 70, 80, 85), sicd="context",
+                               cba_floor=0.25, akd=False, dacg=False, cba_weights=(0.1, 0.2, 0.3, 0.4))
+    assert dcam.CamConfig(akd_kernel=7).apply(["akd_kernel=adaptive"]) == dcam.CamConfig()
+    assert dcam.CamConfig().apply([]) == dcam.CamConfig()
+    for bad, name, msg in (("grad_relu", "grad_relu", "name=value"), ("=3", "=3", "name=value"),
+                           ("colour=red", "colour", "no field 'colour'"),
+                           ("grad_relu=maybe", "CamConfig.grad_relu", "cannot read"),
+                           ("akd_kernel=4", "CamConfig.akd_kernel", "odd int"),
+                           ("akd_kernel=big", "CamConfig.akd_kernel", "cannot read"),
+                           ("dacg_std=abc", "CamConfig.dacg_std", "cannot read"),
+                           ("dacg_std=2", "CamConfig.dacg_std", r"\[0, 1\]"),
+                           ("dacg_percentiles=90,75", "CamConfig.dacg_percentiles", "4 numbers"),
+                           ("cba_weights=1,2,x,4", "CamConfig.cba_weights", "cannot read"),
+                           ("sicd=sometimes", "CamConfig.sicd", "one of")):
+        with raises_input_error(name, msg):
+            dcam.CamConfig().apply([bad])
+
+
+def test_config_replace_as_dict_changes_and_op_args():
+    base = dcam.CamConfig()
+    c = base.replace(akd_kernel=5, sicd="off", cba_weights=[0.1, 0.1, 0.1, 0.1])
+    assert base == dcam.CamConfig()  # frozen: replace makes a copy
+    assert c.cba_weights == (0.1, 0.1, 0.1, 0.1) and hash(c) == hash(base.replace(**c.changes()))
+    assert c.changes() == {"akd_kernel": 5, "sicd": "off", "cba_weights": [0.1, 0.1, 0.1, 0.1]}
+    assert base.changes() == {}
+    d = c.as_dict()
+    assert d["dacg_percentiles"] == [90.0, 75.0, 80.0, 85.0] and d["akd_kernel"] == 5 and d["grad_relu"] is True
+    assert set(d) == {"akd_kernel", "akd", "dacg", "cba", "sicd", "grad_relu", "dacg_std", "dacg_mean_high",
+                      "dacg_mean_low", "dacg_percentiles", "dacg_sigma", "cba_weights", "cba_floor"}
+    assert dcam.CamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}) == c
+    o = c.op_args()
+    assert o["akd_kernel"] == 5 and o["sicd"] == 0 and o["cba_params"] == [0.1, 0.1, 0.1, 0.1, 0.5]
+    o = base.op_args()
+    assert o["akd_kernel"] == 0 and o["sicd"] == 1 and (o["akd"], o["dacg"], o["cba"]) == (True, True, True)
+    assert o["dacg_params"] == [0.22, 0.35, 0.25, 90.0, 75.0, 80.0, 85.0, 0.3]
+    assert o["cba_params"] == [0.15, 0.15, 0.2, 0.015, 0.5]
+    assert dcam.CamConfig(sicd="context").op_args()["sicd"] == 2
+    with raises_input_error("colour", "no field"):
+        base.replace(colour="red")
+    with raises_input_error("CamConfig.cba_floor"):
+        base.replace(cba_floor=2.0)
+
+
+# ------------------------------------------------------------------ NaN/Inf on every backend
+
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
 @pytest.mark.parametrize("grad_relu", [True, False])
-def test_nonfinite_gradients_raise_on_every_backend(backend, grad_relu):
-    # the pooling pass checks the gradients itself (C++: within its one read of
-    # them); every backend and both entry points raise the same error, -Inf
-    # under grad_relu included (a plain relu would turn it into 0)
+def test_nonfinite_gradients_raise_on_every_backend(backend, grad_relu, quiet):
+    # the pooling pass checks the gradients itself (C++ and Triton: within their one read of
+    # them); every backend and both entry points raise the same error, -Inf under grad_relu
+    # included (a plain relu would turn it into 0)
     a, g, grid = _inputs(B=2, T=3, h=3, w=3, D=20, seed=6)
     cfg = dcam.CamConfig(grad_relu=grad_relu)
     for bad, where in ((float("nan"), (1, 2, 8, 19)), (float("-inf"), (0, 0, 0, 0)), (float("inf"), (1, 1, 4, 7))):
         g2 = g.clone()
         g2[where] = bad
         g2[0, 1, 2, 3] = bad
-        with pytest.raises(ValueError, match="grads contains 2 NaN/Inf value"):
+        with raises_input_error("grads", "grads contains 2 NaN/Inf value"):
             dcam.pool_gradients(a, g2, grid, grad_relu=grad_relu, backend=backend)
-        with pytest.raises(ValueError, match="grads contains 2 NaN/Inf value"):
+        with raises_input_error("grads", "grads contains 2 NaN/Inf value"):
             dcam.diffusion_cam(a, g2, grid, cfg, backend=backend)
+        a2 = a.clone()
+        a2[1, 4, 5] = bad
+        with raises_input_error("acts", "acts contains 1 NaN/Inf value"):
+            dcam.diffusion_cam(a2, g, grid, cfg, backend=backend)
         # unchecked: the caller vouched for the input, nothing is looked at
         dcam.pool_gradients(a, g2, grid, grad_relu=grad_relu, backend=backend, check_finite=False)
 
 
-def _cpp_pass_flag(a, g, grid):
-    from dcam.backends import cpp_backend
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_nonfinite_refine_inputs_raise_on_every_backend(backend, quiet):
+    raw = torch.rand(1, 2, 4, 4)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        r = raw.clone()
+        r[0, 1, 2, 2] = bad
+        with raises_input_error("raw_maps", "raw_maps contains 1 NaN/Inf"):
+            dcam.refine(r, backend=backend)
+        with raises_input_error("repeat_ratio"):
+            dcam.refine(raw, repeat_ratio=torch.tensor([bad]), backend=backend)
 
-    if not cpp_backend.is_available():
-        return True
-    return bool(cpp_backend.module().pool_gradients_cpp(a, g, grid[0], grid[1], True, True)[2])
 
-
-def test_huge_finite_gradients_are_not_an_error():
-    # finite gradients so large that a float32 partial sum of the C++ pass
-    # overflows raise its flag; the exact recount clears them, as before
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_huge_finite_gradients_are_not_an_error(backend, quiet):
+    # finite gradients so large that a float32 partial sum of the C++ pass overflows
+    # raise its flag (test_cpp.py checks that it does); the exact recount clears them
     a, g, grid = _inputs(B=1, T=1, h=4, w=4, D=8, seed=7)
     g = g.abs().clamp(0.5, 1.0) * 3e38
     assert bool(torch.isfinite(g).all())
-    assert _cpp_pass_flag(a, g, grid)  # the pass did raise its flag
-    out = dcam.pool_gradients(a, g, grid, backend="auto")
+    out = dcam.pool_gradients(a, g, grid, backend=backend)
     assert out.maps.shape == (1, 1, 4, 4)
+    dcam.diffusion_cam(a, g, grid, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_all_finite_matches_isfinite(dtype):
     # the one-pass min/max check finds every NaN/Inf wherever it sits
-    from dcam.engine import all_finite
-
     g = torch.Generator().manual_seed(0)
     for n in (1, 7, 16, 33, 1000, 4099):
         x = torch.randn(n, generator=g).to(dtype)
-        assert all_finite(x)
+        assert api.all_finite(x)
         for bad in (float("nan"), float("inf"), float("-inf")):
             for i in {0, n // 2, n - 1, int(torch.randint(n, (1,), generator=g))}:
                 y = x.clone()
                 y[i] = bad
-                assert not all_finite(y), (n, bad, i)
-                assert not all_finite(y.view(1, n)[:, :].t())  # non-contiguous view
+                assert not api.all_finite(y), (n, bad, i)
+                assert not api.all_finite(y.view(1, n)[:, :].t())  # non-contiguous view
     edge = torch.tensor([-0.0, 0.0, torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).tiny / 2],
                         dtype=dtype)
-    assert all_finite(edge) and bool(torch.isfinite(edge).all())
-    assert all_finite(torch.empty(0, dtype=dtype))
+    assert api.all_finite(edge) and bool(torch.isfinite(edge).all())
+    assert api.all_finite(torch.empty(0, dtype=dtype))
+    assert api.all_finite(torch.tensor([1, 2, 3]))  # integers are always finite
 
 
-def test_config_apply_parses_settings():
-    c = dcam.CamConfig().apply(["grad_relu=false", "akd_kernel=5", "dacg_percentiles=90,70,80,85", "sicd=context",
-                                "cba_floor=0.25", "akd = no"])
-    assert c == dcam.CamConfig(grad_relu=False, akd_kernel=5, dacg_percentiles=(90, 70, 80, 85), sicd="context",
-                               cba_floor=0.25, akd=False)
-    assert dcam.CamConfig(akd_kernel=7).apply(["akd_kernel=adaptive"]) == dcam.CamConfig()
-    for bad, msg in (("grad_relu", "name=value"), ("colour=red", "no field 'colour'"),
-                     ("grad_relu=maybe", "CamConfig.grad_relu"), ("akd_kernel=4", "akd_kernel"),
-                     ("dacg_std=abc", "CamConfig.dacg_std"), ("dacg_percentiles=90,75", "dacg_percentiles")):
-        with pytest.raises(ValueError, match=msg):
-            dcam.CamConfig().apply([bad])
+# ------------------------------------------------------------------ results of the API
 
-
-def test_config_replace_and_op_args():
-    c = dcam.CamConfig().replace(akd_kernel=5, sicd="off")
-    assert c.op_args()["akd_kernel"] == 5 and c.op_args()["sicd"] == 0
-    assert dcam.CamConfig().op_args()["akd_kernel"] == 0
-    with pytest.raises(ValueError, match="no field"):
-        dcam.CamConfig().replace(colour="red")
-
-
-# ------------------------------------------------------------------ results
-
-def test_unbatched_inputs_and_low_precision():
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_unbatched_inputs_and_low_precision(backend, quiet):
     a, g, grid = _inputs(B=1)
-    ref = dcam.pool_gradients(a, g, grid, backend="torch")
-    un = dcam.pool_gradients(a[0], g[0], grid, backend="torch")
-    assert torch.equal(ref.maps, un.maps)
-    for dt in (torch.float16, torch.bfloat16):
-        lo = dcam.pool_gradients(a.to(dt), g.to(dt), grid, backend="torch")
-        assert lo.maps.dtype == torch.float32
-        exp = R.pool_gradients_reference(a.to(dt).float(), g.to(dt).float(), *grid)[0]
-        torch.testing.assert_close(lo.maps, exp, atol=1e-5, rtol=0)
+    batched = dcam.pool_gradients(a, g, grid, backend=backend)
+    unbatched = dcam.pool_gradients(a[0], g[0], grid, backend=backend)
+    assert torch.equal(batched.maps, unbatched.maps) and torch.equal(batched.degenerate, unbatched.degenerate)
+    for dt in (torch.float16, torch.bfloat16, torch.float64):
+        low = dcam.pool_gradients(a.to(dt), g.to(dt), grid, backend=backend)
+        assert low.maps.dtype == torch.float32 and low.degenerate.dtype == torch.bool
+        # accumulated in float32: the same maps as float32 inputs holding the same values
+        same = dcam.pool_gradients(a.to(dt).float(), g.to(dt).float(), grid, backend=backend)
+        torch.testing.assert_close(low.maps, same.maps, atol=1e-5, rtol=0)
 
 
-def test_fused_equals_two_calls_and_rawmaps_carry_degenerate():
-    a, g, grid = _inputs()
-    g[1, 2] = 0  # a token with no gradient: degenerate
-    cfg = dcam.CamConfig()
-    raw = dcam.pool_gradients(a, g, grid)
-    assert raw.degenerate.tolist() == [[False] * 3, [False, False, True]]
-    two = dcam.refine(raw, cfg, steps=torch.tensor([16.0, 64.0]), image_size=384, repeat_ratio=0.25)
-    one = dcam.diffusion_cam(a, g, grid, cfg, steps=torch.tensor([16.0, 64.0]), image_size=384,
-                             repeat_ratio=0.25)
-    for k in ("maps", "kernel_size", "dacg_strategy", "dacg_threshold", "cba_threshold", "sicd_alpha",
-              "degenerate"):
-        assert torch.equal(getattr(one, k), getattr(two, k)), k
-    assert (one.maps[1, 2] == 0).all() and one.dacg_strategy[1, 2] == -1
-    assert set(one.stats()) == {"kernel_size", "dacg_strategy", "dacg_threshold", "cba_threshold",
-                                "sicd_alpha", "degenerate"}
+def test_fused_equals_two_calls_and_rawmaps_carry_degenerate(device, quiet):
+    for backend in _backends_for(device):
+        a, g, grid = _inputs(device=device)
+        g[1, 2] = 0  # a token with no gradient: degenerate
+        cfg = dcam.CamConfig()
+        raw = dcam.pool_gradients(a, g, grid, backend=backend)
+        assert raw.degenerate.tolist() == [[False] * 3, [False, False, True]]
+        steps = torch.tensor([16.0, 64.0], device=device)
+        two = dcam.refine(raw, cfg, steps=steps, image_size=384, repeat_ratio=0.25, backend=backend)
+        one = dcam.diffusion_cam(a, g, grid, cfg, steps=steps, image_size=384, repeat_ratio=0.25, backend=backend)
+        for k in ("maps", "kernel_size", "dacg_strategy", "dacg_threshold", "cba_threshold", "sicd_alpha",
+                  "degenerate"):
+            assert torch.equal(getattr(one, k), getattr(two, k)), (backend, k)
+        assert (one.maps[1, 2] == 0).all() and one.dacg_strategy[1, 2] == -1
+        assert set(one.stats()) == {"kernel_size", "dacg_strategy", "dacg_threshold", "cba_threshold",
+                                    "sicd_alpha", "degenerate"}
+        assert one.maps.device.type == device and one.kernel_size.dtype == torch.int32
 
 
-@pytest.mark.parametrize("backend", dcam.available_backends())
-def test_every_backend_matches_reference(backend):
+def test_degenerate_default_and_override():
+    raw = torch.rand(1, 3, 4, 4)
+    raw[0, 1] = 0.4  # constant: degenerate by default
+    out = dcam.refine(raw, backend="torch")
+    assert out.degenerate.tolist() == [[False, True, False]] and (out.maps[0, 1] == 0).all()
+    out = dcam.refine(raw, degenerate=torch.tensor([[True, False, False]]), backend="torch")
+    assert out.degenerate.tolist() == [[True, False, False]] and (out.maps[0, 0] == 0).all()
+
+
+@pytest.mark.skipif(not NON_REFERENCE, reason="only the reference backend is available: nothing to compare it with")
+@pytest.mark.parametrize("backend", NON_REFERENCE + ["auto"])
+def test_public_api_per_image_arguments_match_the_reference(backend, quiet):
+    """Per-image tensors, context mode and the RawMaps hand-over through the public
+    functions (the op-level comparisons are in test_scenarios.py)."""
     a, g, grid = _inputs(B=2, T=3, h=9, w=7, D=16, seed=4)
-    cfg = dcam.CamConfig()
     kw = dict(steps=torch.tensor([12.0, 40.0]), image_size=torch.tensor([300.0, 700.0]),
               repeat_ratio=torch.tensor([0.0, 0.5]))
-    ref = dcam.diffusion_cam(a, g, grid, cfg, backend="torch", **kw)
-    got = dcam.diffusion_cam(a, g, grid, cfg, backend=backend, **kw)
-    torch.testing.assert_close(got.maps, ref.maps, atol=1e-5, rtol=0)
-    for k in ("kernel_size", "dacg_strategy", "degenerate"):
-        assert torch.equal(getattr(got, k), getattr(ref, k)), k
-    for k in ("dacg_threshold", "cba_threshold", "sicd_alpha"):
-        torch.testing.assert_close(getattr(got, k), getattr(ref, k), atol=1e-5, rtol=0)
-
-
-def test_auto_on_cpu_matches_reference():
-    a, g, grid = _inputs(seed=9)
-    ref = dcam.diffusion_cam(a, g, grid, backend="torch")
-    got = dcam.diffusion_cam(a, g, grid)
-    torch.testing.assert_close(got.maps, ref.maps, atol=1e-5, rtol=0)
+    W = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(1)) * (1 - torch.eye(3))
+    for cfg, extra in ((dcam.CamConfig(), {}), (dcam.CamConfig(sicd="context", grad_relu=False),
+                                                 dict(context_weights=W))):
+        ref = dcam.diffusion_cam(a, g, grid, cfg, backend="torch", **kw, **extra)
+        got = dcam.diffusion_cam(a, g, grid, cfg, backend=backend, **kw, **extra)
+        torch.testing.assert_close(got.maps, ref.maps, atol=1e-5, rtol=0)
+        for k in ("kernel_size", "dacg_strategy", "degenerate"):
+            assert torch.equal(getattr(got, k), getattr(ref, k)), k
+        for k in ("dacg_threshold", "cba_threshold", "sicd_alpha"):
+            torch.testing.assert_close(getattr(got, k), getattr(ref, k), atol=1e-5, rtol=0)
 
 
 def test_available_backends_lists_torch_first():
     names = dcam.available_backends()
-    assert names[0] == "torch" and set(names) <= {"torch", "cpp", "triton"}
+    assert names[0] == "torch" and set(names) <= {"torch", "cpp", "triton"} and len(set(names)) == len(names)
+
+
+# ------------------------------------------------------------------ dispatch
+
+def _spy(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+@pytest.mark.skipif("cpp" not in AVAILABLE, reason="the C++ extension dcam._C is not built")
+def test_auto_on_cpu_runs_the_cpp_kernels(monkeypatch):
+    pool_calls = _spy(monkeypatch, cpp, "pool_gradients_cpp")
+    refine_calls = _spy(monkeypatch, cpp, "refine_cpp")
+    a, g, grid = _inputs(seed=9)
+    dcam.pool_gradients(a, g, grid)  # backend="auto"
+    assert len(pool_calls) == 1 and len(refine_calls) == 0
+    dcam.refine(torch.rand(1, 2, 4, 4))
+    assert len(pool_calls) == 1 and len(refine_calls) == 1
+    dcam.diffusion_cam(a, g, grid, backend="auto")
+    assert len(pool_calls) == 2 and len(refine_calls) == 2
+    dcam.diffusion_cam(a, g, grid, backend="cpp")
+    assert len(pool_calls) == 3 and len(refine_calls) == 3
+
+
+def test_torch_backend_never_calls_the_cpp_kernels(monkeypatch):
+    def forbidden(*args, **kw):
+        raise AssertionError("backend='torch' called a C++ kernel")
+    monkeypatch.setattr(cpp, "pool_gradients_cpp", forbidden)
+    monkeypatch.setattr(cpp, "refine_cpp", forbidden)
+    pool_calls = _spy(monkeypatch, library, "pool_reference")
+    refine_calls = _spy(monkeypatch, library, "refine_reference")
+    a, g, grid = _inputs(seed=9)
+    dcam.pool_gradients(a, g, grid, backend="torch")
+    dcam.refine(torch.rand(1, 2, 4, 4), backend="torch")
+    out = dcam.diffusion_cam(a, g, grid, backend="torch")
+    assert out.maps.shape == (2, 3, 5, 4)
+    assert len(pool_calls) == 2 and len(refine_calls) == 2  # the reference ran instead
 
 
 # ------------------------------------------------------------------ the registered ops
 
-def test_opcheck_both_ops():
-    a, g, grid = _inputs()
-    for check in (False, True):
-        torch.library.opcheck(torch.ops.dcam.pool_gradients.default, (a, g, grid[0], grid[1], True, check))
-    raw = dcam.pool_gradients(a, g, grid)
+# `device` is parametrised by conftest.py: cpu, and cuda when there is one
+
+def test_opcheck_both_ops(device, quiet):
+    a, g, grid = _inputs(device=device)
+    for relu in (True, False):
+        for check in (False, True):
+            torch.library.opcheck(torch.ops.dcam.pool_gradients.default, (a, g, grid[0], grid[1], relu, check))
+    raw = dcam.pool_gradients(a, g, grid, backend="torch")
     o = dcam.CamConfig().op_args()
-    args = (raw.maps, raw.degenerate, torch.tensor([16.0, 64.0]), torch.tensor([512.0, 512.0]),
-            torch.tensor([0.0, 0.1]), None, None, o["akd_kernel"], True, True, True, 1, o["dacg_params"],
-            o["cba_params"])
+    t = lambda *v: torch.tensor(v, device=device)  # noqa: E731
+    args = (raw.maps, raw.degenerate, t(16.0, 64.0), t(512.0, 512.0), t(0.0, 0.1), None, None, o["akd_kernel"],
+            True, True, True, 1, o["dacg_params"], o["cba_params"])
     torch.library.opcheck(torch.ops.dcam.refine.default, args)
-    ctx_args = args[:5] + (raw.maps, torch.rand(2, 3, 3)) + args[7:11] + (2,) + args[12:]
+    ctx_args = args[:5] + (raw.maps, torch.rand(2, 3, 3).to(device)) + args[7:11] + (2,) + args[12:]
     torch.library.opcheck(torch.ops.dcam.refine.default, ctx_args)
+    off_args = args[:7] + (5, False, False, False, 0) + args[12:]
+    torch.library.opcheck(torch.ops.dcam.refine.default, off_args)
 
 
-def test_torch_compile_fullgraph():
-    a, g, grid = _inputs()
+def test_torch_compile_fullgraph(device, quiet):
+    a, g, grid = _inputs(device=device)
     ref = dcam.diffusion_cam(a, g, grid, steps=24, backend="torch")
     fn = torch.compile(lambda a, g: dcam.diffusion_cam(a, g, grid, steps=24, check_finite=False).maps,
                        fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(fn(a, g), ref.maps, atol=1e-5, rtol=0)
-
-
-def test_missing_cpp_extension_warns_once_and_uses_reference(monkeypatch):
-    from dcam import _ops
-    from dcam.backends import cpp_backend
-
-    monkeypatch.setattr(cpp_backend, "is_available", lambda: False)
-    monkeypatch.setattr(cpp_backend, "unavailable_reason", lambda: "ImportError: simulated")
-    monkeypatch.setattr(_ops, "_warned", False)
-    a, g, grid = _inputs(seed=5)
-    ref = dcam.diffusion_cam(a, g, grid, backend="torch")
-    with pytest.warns(RuntimeWarning, match="C\\+\\+ CPU backend is not available .*simulated"):
-        got = dcam.diffusion_cam(a, g, grid)
-    torch.testing.assert_close(got.maps, ref.maps, atol=0, rtol=0)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        dcam.diffusion_cam(a, g, grid)  # warned once only
-    assert "cpp" not in dcam.available_backends()
+    # the ops one by one
+    pool = torch.compile(lambda a, g: dcam.pool_gradients(a, g, grid, check_finite=False).maps, fullgraph=True,
+                         backend="aot_eager")
+    raw = pool(a, g)
+    torch.testing.assert_close(raw, dcam.pool_gradients(a, g, grid, backend="torch").maps, atol=1e-5, rtol=0)
+    cfg = dcam.CamConfig(akd_kernel=5, sicd="off")
+    refine = torch.compile(lambda r: dcam.refine(r, cfg, check_finite=False).maps, fullgraph=True,
+                           backend="aot_eager")
+    torch.testing.assert_close(refine(raw), dcam.refine(raw, cfg, backend="torch").maps, atol=1e-5, rtol=0)

@@ -1,13 +1,15 @@
-"""Worked examples of the math, one per stage, with expected values derived by
-hand in this file (never by the code under test)."""
+"""Worked examples of the math, one per stage of the PyTorch reference
+(dcam.ops.reference), with expected values derived by hand in this file
+(never by the code under test). The same examples through the public API on
+every backend are in test_contract.py."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from dcam import reference as R
-from dcam.config import CamConfig
+from dcam.ops import reference as R
+from dcam.ops.config import CamConfig
 
 DACG = CamConfig().op_args()["dacg_params"]
 CBA = CamConfig().op_args()["cba_params"]
@@ -118,21 +120,45 @@ def test_dacg_worked_example():
     assert abs(out[0, 1, 1].item() - 0.5) < 1e-6
 
 
-@pytest.mark.parametrize("values,strategy", [
-    ([0.5, 0.52, 0.48, 0.5], 1),    # mean > 0.35, low spread: high_mean (75)
-    ([0.1, 0.12, 0.08, 0.1], 2),    # mean < 0.25: low_mean (80)
-    ([0.3, 0.32, 0.28, 0.3], 3),    # in between: default (85)
-    ([0.0, 0.0, 0.0, 0.0], -1),     # nothing positive: no change
+@pytest.mark.parametrize("values,strategy,q", [
+    ([0.5, 0.52, 0.48, 0.5], 1, 75),    # mean > 0.35, low spread: high_mean, 75th percentile
+    ([0.1, 0.12, 0.08, 0.1], 2, 80),    # mean < 0.25: low_mean, 80th
+    ([0.3, 0.32, 0.28, 0.3], 3, 85),    # in between: default, 85th
+    ([0.0, 0.0, 0.0, 0.0], -1, None),   # nothing positive: no change
 ])
-def test_dacg_strategy_branches(values, strategy):
+def test_dacg_strategy_branches(values, strategy, q):
     f = torch.tensor(values).reshape(1, 2, 2)
     out, thr, strat = R.confidence_gate(f, DACG)
     assert strat.item() == strategy
     if strategy == -1:
         assert thr.item() == 0 and torch.equal(out, f)
     else:
-        q = DACG[3 + strategy]
-        assert thr.item() == pytest.approx(max(np.percentile(values, q), 1e-6), abs=1e-6)
+        # numpy's percentile of the (float32) values: the q's are typed in above, not read from the config
+        want = np.percentile(f.reshape(-1).double().numpy(), q)
+        assert thr.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_dacg_percentiles_differ_per_strategy():
+    # the four strategies' percentiles of the same 0.01..1.00 ramp are four different values:
+    # P90 = 0.901, P75 = 0.7525, P80 = 0.802, P85 = 0.8515 (pos = q/100 * 99)
+    ramp = torch.arange(1, 101, dtype=torch.float32) / 100
+    for strategy, want in ((0, 0.901), (1, 0.7525), (2, 0.802), (3, 0.8515)):
+        params = list(DACG)
+        # force the strategy through the thresholds, keep the config's percentiles
+        params[:3] = [(-1.0, 2.0, 2.0, 2.0)[strategy], (2.0, -1.0, 2.0, 2.0)[strategy],
+                      (-1.0, -1.0, 2.0, -1.0)[strategy]]
+        _, thr, strat = R.confidence_gate(ramp.reshape(1, 10, 10), params)
+        assert strat.item() == strategy
+        assert thr.item() == pytest.approx(want, rel=1e-6), strategy
+
+
+def test_blur_weights_worked_example():
+    # sigma 0.3: e1 = exp(-1/0.18), e2 = exp(-2/0.18), normalised by 1 + 4 e1 + 4 e2
+    e1, e2 = math.exp(-1 / 0.18), math.exp(-2 / 0.18)
+    norm = 1 + 4 * e1 + 4 * e2
+    want = [e2, e1, e2, e1, 1.0, e1, e2, e1, e2]
+    np.testing.assert_allclose(R.gaussian_weights3(0.3).double().numpy(), np.array(want) / norm, rtol=1e-6)
+    assert R.gaussian_weights3(0.3).dtype == torch.float32
 
 
 def test_cba_worked_example():

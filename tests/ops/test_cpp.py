@@ -1,0 +1,124 @@
+"""What only the C++ backend (dcam._C through dcam.ops.cpp) has: its AKD test
+hook, the per-window sort path it picks by itself for large maps, the NaN/Inf
+flag of its gradient pass at every position of its blocked loops, the flag
+raised by huge finite gradients, and the fallback (with one warning) when the
+extension is not built. Its agreement with the reference on every scenario
+and every AKD implementation is in test_scenarios.py and test_fuzz.py."""
+import warnings
+
+import pytest
+import torch
+
+import dcam
+from dcam.ops import cpp as C
+from dcam.ops import library, reference
+
+NEEDS_CPP = pytest.mark.skipif(not C.is_available(), reason=f"dcam._C is not built ({C.unavailable_reason()})")
+
+
+@NEEDS_CPP
+def test_extension_version_is_the_packages():
+    assert C._C.version() == dcam.__version__
+
+
+@NEEDS_CPP
+def test_akd_path_hook_rejects_unknown_paths():
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match="path must be 0"):
+            C._C._set_akd_path(bad)
+    C._C._set_akd_path(0)
+
+
+def _refine_args(raw, **over):
+    cfg = dcam.CamConfig(**over).op_args()
+    B, T = raw.shape[:2]
+    return (raw, torch.zeros(B, T, dtype=torch.bool), torch.full((B,), 64.0), torch.full((B,), 512.0),
+            torch.full((B,), 0.1), None, None, cfg["akd_kernel"], cfg["akd"], cfg["dacg"], cfg["cba"], cfg["sicd"],
+            cfg["dacg_params"], cfg["cba_params"])
+
+
+@NEEDS_CPP
+def test_large_map_takes_the_sort_path_and_matches_the_reference():
+    # the automatic AKD choice for k = 13 (above the sorting networks' k <= 11) on a map whose
+    # padded grid (188 x 202 cells, 594 64-bit words) is too large for the rank bitsets (512
+    # words): the per-window sort, which test_scenarios.py otherwise only reaches by force
+    g = torch.Generator().manual_seed(19)
+    yy, xx = torch.meshgrid(torch.arange(176.0), torch.arange(190.0), indexing="ij")
+    raw = torch.exp(-((yy - 80) ** 2 + (xx - 100) ** 2) / 2000.0) + 0.15 * torch.rand(176, 190, generator=g)
+    raw = ((raw - raw.min()) / (raw.max() - raw.min())).reshape(1, 1, 176, 190)
+    args = _refine_args(raw, akd_kernel=13, dacg=False, cba=False, sicd="off")  # k = 13: no sorting network
+    ref = reference.refine_reference(*args)
+    got = C.refine_cpp(*args)
+    assert got[1].item() == 13
+    assert (got[0] - ref[0]).abs().max().item() <= 1e-5
+
+
+@NEEDS_CPP
+def test_refine_cpp_needs_context_weights_in_context_mode():
+    with pytest.raises(ValueError, match="context_weights"):
+        C.refine_cpp(*_refine_args(torch.rand(1, 2, 8, 8), sicd="context"))
+
+
+def _pool_inputs(B, T, h, w, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, h * w, D, generator=g), torch.randn(B, T, h * w, D, generator=g) + 0.3
+
+
+@NEEDS_CPP
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grad_relu", [True, False])
+def test_pooling_pass_finds_every_nonfinite_gradient(dtype, grad_relu):
+    # the checked pass flags a NaN/+Inf/-Inf wherever it sits: vector body, column tails,
+    # 8-row groups and their remainder rows (-Inf under grad_relu is the case a plain relu
+    # would hide); the unchecked pass does not look
+    gen = torch.Generator().manual_seed(36)
+    for T, h, w, D in ((2, 3, 3, 37), (1, 4, 5, 64), (3, 1, 1, 17)):
+        acts, grads = _pool_inputs(1, T, h, w, D, seed=37)
+        acts, grads = acts.to(dtype), grads.to(dtype)
+        N = h * w
+        assert not C.pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads=True)[2]
+        spots = {(0, 0, 0), (T - 1, N - 1, D - 1), (0, N - 1, 0), (T - 1, 0, D - 1)}
+        spots |= {tuple(int(torch.randint(k, (1,), generator=gen)) for k in (T, N, D)) for _ in range(6)}
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for t, n, d in spots:
+                g = grads.clone()
+                g[0, t, n, d] = bad
+                assert C.pool_gradients_cpp(acts, g, h, w, grad_relu, check_grads=True)[2], (bad, t, n, d)
+                assert not C.pool_gradients_cpp(acts, g, h, w, grad_relu)[2]
+
+
+@NEEDS_CPP
+def test_huge_finite_gradients_raise_the_pass_flag_but_no_error():
+    # finite gradients so large that a float32 partial sum of the pass overflows raise its
+    # flag; the API's exact recount finds no NaN/Inf and raises nothing
+    acts, grads = _pool_inputs(1, 1, 4, 4, 8, seed=7)
+    grads = grads.abs().clamp(0.5, 1.0) * 3e38
+    assert bool(torch.isfinite(grads).all())
+    assert bool(C.pool_gradients_cpp(acts, grads, 4, 4, True, True)[2])
+    out = dcam.pool_gradients(acts, grads, (4, 4), backend="cpp")
+    assert out.maps.shape == (1, 1, 4, 4)
+
+
+def test_missing_cpp_extension_warns_once_and_uses_the_reference(monkeypatch):
+    from dcam.ops.backends import cpp_backend
+
+    monkeypatch.setattr(cpp_backend, "is_available", lambda: False)
+    monkeypatch.setattr(cpp_backend, "unavailable_reason", lambda: "ImportError: simulated")
+    monkeypatch.setattr(library, "_warned", {})
+
+    def forbidden(*args, **kw):
+        raise AssertionError("the C++ kernel ran although the extension is 'missing'")
+    monkeypatch.setattr(C, "pool_gradients_cpp", forbidden)
+    monkeypatch.setattr(C, "refine_cpp", forbidden)
+    g = torch.Generator().manual_seed(5)
+    a, gr = torch.randn(2, 20, 8, generator=g), torch.randn(2, 3, 20, 8, generator=g)
+    ref = dcam.diffusion_cam(a, gr, (5, 4), backend="torch")
+    with pytest.warns(RuntimeWarning, match=r"C\+\+ CPU backend is not available .*simulated"):
+        got = dcam.diffusion_cam(a, gr, (5, 4))
+    torch.testing.assert_close(got.maps, ref.maps, atol=0, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dcam.diffusion_cam(a, gr, (5, 4))  # warned once only
+    assert "cpp" not in dcam.available_backends()
+    with pytest.raises(RuntimeError, match="backend='cpp' is not available"):
+        dcam.pool_gradients(a, gr, (5, 4), backend="cpp")
