@@ -116,7 +116,7 @@ class Explainer:
                 targets="all", probe: Optional[str] = None, target_score: Optional[str] = None,
                 steps: Optional[int] = None, response_length: Optional[int] = None,
                 background: Sequence[int] = WHITE, view: Optional[str] = None,
-                granularity: Optional[str] = None) -> Explanation:
+                granularity: Optional[str] = None, trajectory: bool = False) -> Explanation:
         """Explain the response to (image, prompt); see the module docstring.
 
         image: a path, a PIL image or an array (:mod:`dcam.images`);
@@ -128,7 +128,13 @@ class Explainer:
         steps: denoising steps for generation (None: the adapter's default);
             with a given response, the number recorded for AKD.
         view, granularity: override the explainer's.
+        trajectory: also map every word on every denoising state of the
+            model's own generation (:mod:`dcam.trajectory`; the response is
+            generated, so ``response`` must be None): ``e.trajectory``.
         """
+        if trajectory:
+            return self._explain_with_trajectory(image, prompt, response, targets, probe, target_score, steps,
+                                                 response_length, background, granularity)
         return self.explain_batch([image], [prompt], [response], targets_per_image=[targets], probe=probe,
                                   target_score=target_score, steps=steps, response_length=response_length,
                                   background=background, view=view, granularity=granularity)[0]
@@ -168,6 +174,23 @@ class Explainer:
         return [results[i] for i in range(n)]
 
     # ------------------------------------------------------------------ internals
+    def _explain_with_trajectory(self, image, prompt, response, targets, probe, target_score, steps,
+                                 response_length, background, granularity) -> Explanation:
+        """The trajectory of the model's own generation, and the explanation of the finished response."""
+        from .trajectory import check_trajectory_request, explain_trajectory
+
+        if response is not None:
+            raise InputError("trajectory: a trajectory follows the model's own generation; leave response unset")
+        check_trajectory_request(self)
+        traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
+                                  targets=targets, background=background, granularity=granularity)
+        e = self.explain(image, prompt=prompt, response=traj.response_ids, targets=targets, probe=probe,
+                         target_score=target_score, steps=traj.steps, response_length=response_length,
+                         background=background, granularity=granularity)
+        e.steps_source, e.trajectory = "generation", traj
+        e.notes = list(dict.fromkeys(traj.notes + e.notes))
+        return e
+
     def _chunk_size(self, ex: Example, rows: int) -> int:
         if self.memory_budget is None:
             return self.chunk_size
@@ -225,7 +248,7 @@ class Explainer:
             target_score=target_score, grid=tuple(ex.views[0].grid), repeat_ratio=repeat_ratio(ex.explainable_ids),
             scores=res.scores.cpu(), config=self.config, model_name=type(self.model).__name__,
             raw_maps=None if main.raw_maps is None else main.raw_maps.float().cpu(), notes=ex.notes,
-            granularity=ex.granularity, view=ex.views[0].name if ex.view_name else None,
+            granularity=ex.granularity, view=ex.views[0].name if ex.view_name else None, box=tuple(ex.views[0].box),
             view_maps={k: o.maps.float().cpu() for k, o in outs.items()} if len(outs) > 1 else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )

@@ -44,7 +44,10 @@ class Explanation:
     of all its tokens. word_numbers: each item's number among the response's
     words (eos/pad slots not counted; what ``targets=`` and the file names
     use). view / view_maps: the explained view of a multi-view image and, with
-    ``view="all"``, every view's maps. maps: float32 ``[T, h, w]``. stats: per-map
+    ``view="all"``, every view's maps. box: the part of the image the maps
+    cover, as fractions ``(x0, y0, x1, y1)`` (a model that sees a crop:
+    overlays and metrics place the maps there). trajectory: the
+    :class:`dcam.trajectory.Trajectory` when explained with ``trajectory=True``. maps: float32 ``[T, h, w]``. stats: per-map
     statistics (each a ``[T]`` tensor). scores: the target scores.
     raw_maps: the pooled, min-max normalised maps before refinement
     (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config gives
@@ -80,6 +83,8 @@ class Explanation:
     granularity: str = "words"
     view: Optional[str] = None
     view_maps: Dict[str, Tensor] = field(default_factory=dict)
+    box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    trajectory: Optional[Any] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -107,7 +112,7 @@ class Explanation:
                 size: Optional[Tuple[int, int]] = None) -> Image.Image:
         """The heatmap of one token upsampled to the image and blended onto it
         (size ``(W, H)``: render at that size; default the image's size)."""
-        return overlay_image(self.image, self.map(i_or_word), alpha=alpha, colormap=colormap, size=size)
+        return overlay_image(self.image, self.map(i_or_word), alpha=alpha, colormap=colormap, size=size, box=self.box)
 
     def stats_lists(self) -> Dict[str, list]:
         return {k: v.tolist() for k, v in self.stats.items()}
@@ -122,7 +127,7 @@ class Explanation:
             layer=self.layer, target_score=self.target_score, grid=list(self.grid),
             image_size=list(self.image.size), repeat_ratio=self.repeat_ratio,
             scores=self.scores.tolist(), stats=self.stats_lists(), config=self.config.as_dict(),
-            model=self.model_name, notes=self.notes,
+            model=self.model_name, notes=self.notes, box=list(self.box),
         )
 
     def save(self, out_dir: str, alpha: float = 0.5, colormap: str = "jet", max_side: int = DISPLAY_MAX_SIDE,
@@ -163,7 +168,7 @@ class Explanation:
         paths: Dict[str, Any] = {"overlays": []}
         tiles, labels = [base], ["image"]
         for k, tok in enumerate(self.tokens):
-            im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap)
+            im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap, box=self.box)
             p = os.path.join(folder, f"{self.word_numbers[k]:02d}_{safe_file_name(tok)}.png")
             im.save(p)
             paths["overlays"].append(p)
@@ -187,7 +192,18 @@ class Explanation:
         paths["meta"] = os.path.join(folder, "meta.json")
         with open(paths["meta"], "w") as f:
             json.dump({**self.meta(), "rendered_size": list(size)}, f, indent=2)
+        if self.trajectory is not None:  # trajectory.safetensors, the GIFs, the sheet; adds to meta.json
+            paths["trajectory"] = self.trajectory.write_files(folder, alpha=alpha, colormap=colormap)
+        from .render.html import write_explanation_page
+
+        paths["page"] = write_explanation_page(folder, self)
         return paths
+
+    def _repr_html_(self) -> str:
+        """The explanation's page in a Jupyter cell (words as buttons, heatmaps drawn in the browser)."""
+        from .render.html import explanation_html
+
+        return explanation_html(self)
 
 
 __all__ = ["Explanation", "safe_file_name", "TokenRef"]

@@ -50,6 +50,11 @@ def add_parser(sub) -> None:
                         "Pillow's default size limit; the maps keep full precision)")
     p.add_argument("--background", type=common.colour, default="white",
                    help="colour transparent pixels are composited on: white, black, #rrggbb or r,g,b")
+    p.add_argument("--trajectory", action="store_true",
+                   help="also map every word on every denoising step of the model's own generation "
+                        "(trajectory.safetensors, trajectory/NN_word.gif, trajectory_sheet.png)")
+    p.add_argument("--batch-size", type=common.positive_int, default=8,
+                   help="images explained together (one forward and backward) when several are given")
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_method_options(p)
@@ -97,16 +102,43 @@ def _check_inputs_outside(inputs: List[str], target: str) -> None:
             raise InputError(f"--out: {target!r} holds the input image {p!r}; choose another output folder")
 
 
+def _option_error(exc: InputError) -> InputError:
+    """The error re-prefixed with the option it is about, where the message names one."""
+    msg = one_line(str(exc))
+    option = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
+              "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory"}.get(
+        msg.split(":")[0].split(" ")[0], None)
+    return common.option_error(option, exc) if option else exc
+
+
 def _explain_one(exp, path: str, args, background):
     try:
         return exp.explain(path, prompt=args.prompt, response=args.response, targets=parse_targets(args.tokens),
                            probe=args.probe, target_score=args.target_score, steps=args.steps,
-                           background=background)
+                           background=background, trajectory=args.trajectory)
     except InputError as exc:
-        msg = one_line(str(exc))
-        option = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
-                  "prompt": "--prompt", "image": "IMAGE"}.get(msg.split(":")[0].split(" ")[0], None)
-        raise (common.option_error(option, exc) if option else exc) from None
+        raise _option_error(exc) from None
+
+
+def _explain_some(exp, paths: List[str], args, background) -> List[Tuple[str, object, str]]:
+    """(path, explanation or None, error or "") per image: one explain_batch
+    (batched forwards), image by image when the batch refuses something."""
+    if len(paths) > 1 and not args.trajectory:
+        try:
+            es = exp.explain_batch(paths, responses=[args.response] * len(paths),
+                                   targets=parse_targets(args.tokens), probe=args.probe,
+                                   target_score=args.target_score, steps=args.steps, background=background)
+            return [(p, e, "") for p, e in zip(paths, es)]
+        except InputError:
+            pass  # find out which image it was, one at a time
+    out = []
+    for p in paths:
+        try:
+            out.append((p, _explain_one(exp, p, args, background), ""))
+        except InputError as exc:
+            why = one_line(str(exc))
+            out.append((p, None, why[len("IMAGE: "):] if why.startswith("IMAGE: ") else why))
+    return out
 
 
 def report(e, folder: str) -> None:
@@ -115,7 +147,8 @@ def report(e, folder: str) -> None:
         print(f"note: {note}")
     print(f"explained {len(e)} word{'s' if len(e) != 1 else ''} with {e.method} (probe {e.probe}, layer {e.layer}, "
           f"{e.steps} steps): {' '.join(e.tokens)}")
-    print(f"written to {folder}: contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json")
+    extra = ", trajectory.safetensors, trajectory/NN_<word>.gif, trajectory_sheet.png" if e.trajectory else ""
+    print(f"written to {folder}: contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json, index.html{extra}")
 
 
 def run(args) -> int:
@@ -149,18 +182,18 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
     failed: List[Tuple[str, str]] = []
     done: Dict[str, int] = {}
     with AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
-        for path, name in tqdm(list(zip(inputs, subfolder_names(inputs))), desc="explain", unit="image",
-                               file=sys.stderr, disable=args.quiet):
-            try:
-                e = _explain_one(exp, path, args, background)
-            except InputError as exc:
-                why = one_line(str(exc))
-                failed.append((path, why[len("IMAGE: "):] if why.startswith("IMAGE: ") else why))
-                continue
-            folder = os.path.join(tmp, name)
-            os.makedirs(folder)
-            e.write_files(folder, max_side=args.max_side)
-            done[name] = len(e)
+        names = dict(zip(inputs, subfolder_names(inputs)))
+        with tqdm(total=len(inputs), desc="explain", unit="image", file=sys.stderr, disable=args.quiet) as bar:
+            for b0 in range(0, len(inputs), args.batch_size):
+                for path, e, why in _explain_some(exp, inputs[b0:b0 + args.batch_size], args, background):
+                    bar.update(1)
+                    if e is None:
+                        failed.append((path, why))
+                        continue
+                    folder = os.path.join(tmp, names[path])
+                    os.makedirs(folder)
+                    e.write_files(folder, max_side=args.max_side)
+                    done[names[path]] = len(e)
         for path, why in failed:
             print(f"dcam explain: error: {path}: {why}", file=sys.stderr)
         if not done:

@@ -38,6 +38,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..ops.config import CamConfig
 from ..words import align_words
+from .alignment import word_maps
 from .datasets import EvalDataset, EvalRecord, open_dataset
 from .faithfulness import faithfulness_report
 from .metrics import MetricAccumulator, summarize
@@ -64,18 +65,6 @@ def ablation_configs(config: Optional[CamConfig] = None) -> Dict[str, CamConfig]
         "full": c.replace(akd=True, dacg=True, cba=True, sicd="reference" if sicd_on == "context" else sicd_on),
         "full (SICD context)": c.replace(akd=True, dacg=True, cba=True, sicd="context"),
     }
-
-
-def _word_maps(e, word_tokens: List[List[int]], maps: Optional[Tensor] = None) -> Dict[int, Tensor]:
-    """Map of every aligned word: mean of its explained tokens' maps."""
-    maps = e.maps if maps is None else maps
-    where = {int(p): k for k, p in enumerate(e.response_indices)}
-    out = {}
-    for i, toks in enumerate(word_tokens):
-        ks = [where[j] for j in toks if j in where]
-        if ks:
-            out[i] = maps[ks].float().mean(dim=0)
-    return out
 
 
 class _Scorer:
@@ -214,7 +203,7 @@ class _Comparison:
         e0 = exps[self.methods[0]]
         self.used = {"layer": e0.layer, "probe": e0.probe}
         word_tokens = align_words(rec.words, e0.response_tokens)
-        wmaps = {m: _word_maps(e, word_tokens) for m, e in exps.items()}
+        wmaps = {m: word_maps(e, rec.words) for m, e in exps.items()}
         for m in self.methods:
             self.scorer.add(m, rec, wmaps[m], "main")
         self.unaligned += sum(1 for i in rec.object_indices + rec.function_indices if i not in wmaps[self.methods[0]])
@@ -238,7 +227,7 @@ class _Comparison:
             raw = src.maps if getattr(src, "raw_maps", None) is None else src.raw_maps
         if not _ablate(self.scorer, rec, src, raw, self.abl_cfgs, word_tokens):
             e_ctx = self._extra("full (SICD context)").explain(rec.image, self.prompt, **kw)
-            self.scorer.add("full (SICD context)", rec, _word_maps(e_ctx, word_tokens), "ablation")
+            self.scorer.add("full (SICD context)", rec, word_maps(e_ctx, rec.words), "ablation")
 
 
 def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalDataset, Sequence[EvalRecord]] = "shapes",
@@ -328,7 +317,7 @@ def _ablate(scorer: _Scorer, rec: EvalRecord, src, raw: Tensor, cfgs: Dict[str, 
             done_ctx = True
         out = ops.refine(raw.float().reshape(1, T, h, w), config=c, steps=src.steps,
                             image_size=src.image.height, repeat_ratio=src.repeat_ratio, degenerate=deg, **kw)
-        scorer.add(name, rec, _word_maps(src, word_tokens, out.maps[0]), "ablation")
+        scorer.add(name, rec, word_maps(src, rec.words, out.maps[0]), "ablation")
     return done_ctx
 
 
@@ -352,7 +341,7 @@ def _sweep(ctx: _Ctx, cfg: CamConfig, records: List[EvalRecord], probes: Sequenc
                                    target_score=ctx.target_score)
                 except ValueError:
                     continue
-                sc.add("dc", rec, _word_maps(e, align_words(rec.words, e.response_tokens)), "sweep",
+                sc.add("dc", rec, word_maps(e, rec.words), "sweep",
                        keep_rows=False)
             rows.append({"probe": pr, "layer": ex.layer, "records": len(records), **sc.summary("dc")})
             _log(f"sweep probe={pr} layer={ex.layer} done", verbose)

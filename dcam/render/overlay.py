@@ -77,13 +77,38 @@ def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colo
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
+FULL_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
+def box_pixels(box, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` in pixels of a fractional box on an image of ``size`` (H, W)."""
+    H, W = int(size[0]), int(size[1])
+    x0, y0 = int(round(box[0] * W)), int(round(box[1] * H))
+    x1, y1 = max(x0 + 1, int(round(box[2] * W))), max(y0 + 1, int(round(box[3] * H)))
+    return x0, y0, min(x1, W), min(y1, H)
+
+
+def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX) -> np.ndarray:
+    """``[h, w]`` map -> float32 ``[H, W]`` over the whole image (size = (H, W)):
+    upsampled into ``box`` (the part of the image the model saw, fractions
+    ``(x0, y0, x1, y1)``), zero outside it."""
+    if tuple(box) == FULL_BOX:
+        return upsample_map(cam, size)
+    x0, y0, x1, y1 = box_pixels(box, size)
+    out = np.zeros((int(size[0]), int(size[1])), dtype=np.float32)
+    out[y0:y1, x0:x1] = upsample_map(cam, (y1 - y0, x1 - x0))
+    return out
+
+
 def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet",
-            size: Optional[Tuple[int, int]] = None) -> Image.Image:
+            size: Optional[Tuple[int, int]] = None, box=FULL_BOX) -> Image.Image:
     """PIL overlay of ``cam`` on ``image``. size: ``(W, H)`` to render at
-    (the image is resized bicubically first); default: the image's size."""
+    (the image is resized bicubically first); default: the image's size.
+    box: the part of the image the map covers (fractions; default all of it)."""
     img = image.convert("RGB")
     if size is not None and tuple(size) != img.size:
         img = img.resize((int(size[0]), int(size[1])), Image.BICUBIC)
+    cam = map_on_image(cam, (img.height, img.width), box) if tuple(box) != FULL_BOX else cam
     return Image.fromarray(show_cam_on_image(np.asarray(img), cam, alpha, colormap))
 
 
@@ -105,5 +130,5 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
-__all__ = ["upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
+__all__ = ["map_on_image", "box_pixels", "FULL_BOX", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
            "DISPLAY_MAX_SIDE"]

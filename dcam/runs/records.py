@@ -8,12 +8,13 @@ tokens (:func:`dcam.words.align_words`), as in ``dcam eval``.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError, one_line
-from ..words import align_words, split_words
+from ..eval.alignment import word_maps
+from ..words import split_words
 
 
 def read_image(path: str):
@@ -35,28 +36,6 @@ def read_mask(path: str, image_size: Tuple[int, int]) -> np.ndarray:
     if mask.shape != (H, W):
         raise InputError(f"mask: {path} is {mask.shape[0]}x{mask.shape[1]} but the image is {H}x{W}")
     return mask
-
-
-def item_slots(e) -> List[List[int]]:
-    """Response slots of each explained item (a word of several tokens has several)."""
-    pieces = getattr(e, "pieces", None)
-    if pieces:
-        return [list(p) for p in pieces]
-    return [[int(i)] for i in e.response_indices]
-
-
-def word_maps(e, words: Sequence[str]) -> Dict[int, "object"]:
-    """Map of every word the explanation covers: the mean of its items' maps."""
-    where: Dict[int, int] = {}
-    for k, slots in enumerate(item_slots(e)):
-        for s in slots:
-            where.setdefault(s, k)
-    out = {}
-    for i, toks in enumerate(align_words(list(words), e.response_tokens)):
-        ks = sorted({where[j] for j in toks if j in where})
-        if ks:
-            out[i] = e.maps[ks].float().mean(dim=0)
-    return out
 
 
 def ground_truth(rec, e):
@@ -115,4 +94,4 @@ def record_metrics(e, truth) -> dict:
     return out
 
 
-__all__ = ["read_image", "read_mask", "ground_truth", "record_metrics", "word_maps", "item_slots"]
+__all__ = ["read_image", "read_mask", "ground_truth", "record_metrics"]

@@ -26,7 +26,8 @@ from .distributed import Dist
 from .folder import prepare, run_identity, versions
 from .finish import finish
 from .progress import RunProgress
-from .records import ground_truth, item_slots, record_metrics
+from ..eval.alignment import item_slots
+from .records import ground_truth, record_metrics
 from .sources import RunSource
 from .store import INDEX_PARTS, part_name, parts, scan_index
 from .writer import RecordWriter, write_overlays

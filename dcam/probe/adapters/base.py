@@ -144,6 +144,9 @@ class Prepared:
     def view(self, name: Optional[str] = None) -> ImageView:
         """The view ``name`` (None: the default, :attr:`image_positions` over :attr:`grid`)."""
         if name is None or (name == "default" and "default" not in self.views):
+            for v in self.views.values():  # the named view the default is (it knows its box)
+                if tuple(v.grid) == tuple(self.grid) and torch.equal(v.positions, self.image_positions):
+                    return v
             return ImageView("default", self.image_positions, tuple(self.grid))
         if name not in self.views:
             from ...errors import InputError

@@ -99,7 +99,9 @@ class ShapesAdapter(ModelAdapter):
         (``decided_at [Lr]``); the sampler never revisits a committed slot, so
         that is the step of its final token."""
         Lr = int(response_length or prep.response_length)
-        S = int(steps or self.default_steps)
+        # steps beyond the response length commit nothing (the schedule is one token per step for
+        # the first Lr steps): run only those, so --steps 100000 costs what --steps Lr does
+        S = min(int(steps or self.default_steps), Lr)
         with torch.no_grad():
             out = self.model.generate_diffusion(prep.input_ids, prep.model_inputs["pixel_values"], steps=S,
                                                 response_length=Lr, return_history=record)

@@ -1,0 +1,56 @@
+"""From an explanation's items to the maps of a caption's words.
+
+An explanation has one map per item (a word, a word piece or a phrase); a
+data set scores the words of its caption. :func:`word_maps` aligns the two
+(:func:`dcam.words.align_words` on the response's tokens) and gives every
+caption word the mean of the maps of the items that cover its tokens. Maps
+of a model that saw a crop of the image (``explanation.box``) are placed on
+the whole image first, so a word's map is scored where the model looked.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..render.overlay import FULL_BOX, map_on_image
+from ..words import align_words
+
+
+def item_slots(e) -> List[List[int]]:
+    """Response slots of each explained item (a word of several tokens has several)."""
+    pieces = getattr(e, "pieces", None)
+    if pieces:
+        return [list(p) for p in pieces]
+    return [[int(i)] for i in e.response_indices]
+
+
+def on_image(e, maps: Tensor) -> Tensor:
+    """``maps [T, h, w]`` as the explanation's image sees them: unchanged when they
+    cover the whole image, else placed in ``e.box`` of a map the image's size."""
+    box = tuple(getattr(e, "box", FULL_BOX))
+    if box == FULL_BOX:
+        return maps
+    W, H = e.image.size
+    return torch.stack([torch.from_numpy(map_on_image(m, (H, W), box)) for m in maps])
+
+
+def word_maps(e, words: Sequence[str], maps: Optional[Tensor] = None) -> Dict[int, Tensor]:
+    """Map of every word of ``words`` the explanation covers (index -> ``[h, w]``):
+    the mean of the maps of its items. ``maps``: other maps of the same items
+    (e.g. an ablation's refinement of ``e.raw_maps``)."""
+    maps = on_image(e, (e.maps if maps is None else maps).float())
+    where: Dict[int, int] = {}
+    for k, slots in enumerate(item_slots(e)):
+        for s in slots:
+            where.setdefault(s, k)
+    out = {}
+    for i, toks in enumerate(align_words(list(words), e.response_tokens)):
+        ks = sorted({where[j] for j in toks if j in where})
+        if ks:
+            out[i] = maps[ks].mean(dim=0)
+    return out
+
+
+__all__ = ["word_maps", "item_slots", "on_image"]
