@@ -182,18 +182,19 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
     failed: List[Tuple[str, str]] = []
     done: Dict[str, int] = {}
     with AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
-        names = dict(zip(inputs, subfolder_names(inputs)))
+        names = subfolder_names(inputs)  # one per input, even when a file is given twice
         with tqdm(total=len(inputs), desc="explain", unit="image", file=sys.stderr, disable=args.quiet) as bar:
             for b0 in range(0, len(inputs), args.batch_size):
-                for path, e, why in _explain_some(exp, inputs[b0:b0 + args.batch_size], args, background):
+                batch = _explain_some(exp, inputs[b0:b0 + args.batch_size], args, background)
+                for name, (path, e, why) in zip(names[b0:b0 + args.batch_size], batch):
                     bar.update(1)
                     if e is None:
                         failed.append((path, why))
                         continue
-                    folder = os.path.join(tmp, names[path])
+                    folder = os.path.join(tmp, name)
                     os.makedirs(folder)
                     e.write_files(folder, max_side=args.max_side)
-                    done[names[path]] = len(e)
+                    done[name] = len(e)
         for path, why in failed:
             print(f"dcam explain: error: {path}: {why}", file=sys.stderr)
         if not done:

@@ -44,7 +44,7 @@ def test_explain_writes_outputs(model_dir, image_path, tmp_path, capsys):
     assert meta["tokens"] == ["red", "square"]
     # file names keep each word's number in the response ("a red circle and a blue square")
     assert sorted(os.listdir(out)) == ["01_red.png", "06_square.png", "contact_sheet.png", "image.png",
-                                       "maps.safetensors", "meta.json"]
+                                       "index.html", "maps.safetensors", "meta.json"]
     assert Image.open(out / "01_red.png").size == (288, 288)
 
 

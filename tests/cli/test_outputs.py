@@ -85,8 +85,8 @@ def test_reused_out_is_refused_and_overwrite_replaces_it_whole(cli, error_line, 
     assert _snapshot(out) == first
     rc, _, err = cli(*base, "--tokens", "blue", "--overwrite")
     assert rc == 0, err
-    assert sorted(os.listdir(out)) == ["05_blue.png", "contact_sheet.png", "image.png", "maps.safetensors",
-                                       "meta.json"]
+    assert sorted(os.listdir(out)) == ["05_blue.png", "contact_sheet.png", "image.png", "index.html",
+                                       "maps.safetensors", "meta.json"]
     assert json.load(open(out / "meta.json"))["tokens"] == ["blue"]
     assert not _leftovers(tmp_path)
 

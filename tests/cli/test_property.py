@@ -57,7 +57,7 @@ def _check(cli, model, path):
     if rc == 0:
         assert err == []
         names = sorted(os.listdir(out))
-        assert len(names) == 5 and names[0].startswith("00_")
+        assert len(names) == 6 and names[0].startswith("00_") and "index.html" in names
         for n in names:
             if n.endswith(".png"):
                 Image.open(os.path.join(out, n)).load()

@@ -9,13 +9,13 @@ import os
 import numpy as np
 from PIL import Image
 
-WHOLE = ["00_", "contact_sheet.png", "image.png", "maps.safetensors", "meta.json"]
+WHOLE = ["00_", "contact_sheet.png", "image.png", "index.html", "maps.safetensors", "meta.json"]
 
 
 def _whole(folder):
     """The files of one explained image with --tokens 0, all readable."""
     names = sorted(os.listdir(folder))
-    assert len(names) == 5 and names[0].startswith("00_") and names[1:] == WHOLE[1:], names
+    assert len(names) == 6 and names[0].startswith("00_") and names[1:] == WHOLE[1:], names
     for n in names:
         if n.endswith(".png"):
             Image.open(os.path.join(folder, n)).load()
