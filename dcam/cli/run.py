@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--shard-size", type=common.positive_int, default=256,
                    help="records per safetensors shard (a shard is also written after 120 s)")
     p.add_argument("--overlays", action="store_true", help="also write DIR/overlays/<record>/NN_word.png")
+    p.add_argument("--trajectory", action="store_true",
+                   help="also store every word's map on every denoising step of the model's own generation "
+                        "(records without a response; dcam view shows a step slider)")
     p.add_argument("--split", default="test", help="split of a COCO data folder (picks instances_<split>*)")
     common.add_model_options(p)
     common.add_method_options(p)
@@ -62,6 +65,7 @@ def _run(args) -> int:
         opts = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, probe=args.probe,
                           target_score=args.target_score, steps=args.steps, prompt=args.prompt,
                           overlays=args.overlays, overwrite=args.overwrite, memory_budget=args.memory_budget,
+                          trajectory=args.trajectory,
                           progress=not args.quiet, extra={"chunk_size": args.chunk_size})
         info = run_dataset(exp, source, args.out, opts, dist, model=model,
                            log=lambda msg: common.log(msg, quiet))

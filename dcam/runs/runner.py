@@ -49,6 +49,7 @@ class RunOptions:
     overlays: bool = False
     overwrite: bool = False
     memory_budget: Optional[int] = None
+    trajectory: bool = False
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +95,19 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
     """(record, explanation or None, error or None) for each record: one
     ``explain_batch`` call, record by record if it refuses the batch."""
     kw = dict(probe=opts.probe, target_score=opts.target_score, steps=opts.steps)
+    if opts.trajectory:  # each record's own generation, traced step by step: one record at a time
+        out = []
+        for r in recs:
+            if r.response is not None:
+                out.append((r, None, "trajectory: the record gives a response; a trajectory follows the "
+                                     "model's own generation"))
+                continue
+            try:
+                out.append((r, explainer.explain(r.image, r.prompt or opts.prompt, targets=r.targets,
+                                                 trajectory=True, **kw), None))
+            except InputError as exc:
+                out.append((r, None, one_line(str(exc))))
+        return out
     targets = [r.targets for r in recs]
     if any(t != "all" for t in targets):
         kw["targets_per_image"] = targets
@@ -144,7 +158,10 @@ def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist,
                 entry = index_entry(rec, e, metrics)
                 if opts.overlays:
                     entry["overlays"] = write_overlays(root, e, rec.id)
-                writer.add(entry, e.maps)
+                traj = getattr(e, "trajectory", None)
+                if traj is not None:
+                    entry["decided_at"] = [int(v) for v in traj.decided_at]
+                writer.add(entry, e.maps, trajectory=None if traj is None else traj.maps)
                 s.records += 1
                 s.words += len(e.tokens)
             bar.update(len(writer.buffer), sum(len(en["tokens"]) for en, _ in writer.buffer))
@@ -169,6 +186,8 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     root = os.path.abspath(out)
     identity = run_identity(explainer, model or {"name": type(explainer.model).__name__}, opts.probe,
                             opts.target_score, opts.steps)
+    if opts.trajectory:
+        identity["trajectory"] = True
     header = {"source": source.describe(), "versions": versions(),
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size,
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
