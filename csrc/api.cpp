@@ -17,14 +17,17 @@ extern "C" const char* dcam_error_string(int code) {
 
 extern "C" int dcam_refine_config_default(dcam_refine_config* cfg) {
     if (!cfg) return DCAM_EINVAL_NULL;
-    static const float dacg[8] = {0.22f, 0.35f, 0.25f, 90.0f, 75.0f, 80.0f, 85.0f, 0.3f};
-    static const float cba[5] = {0.15f, 0.15f, 0.2f, 0.015f, 0.5f};
+    static const double percentiles[4] = DCAM_DACG_PERCENTILES;
+    static const double cba_weights[4] = DCAM_CBA_WEIGHTS;
+    const double dacg[8] = {DCAM_DACG_STD,  DCAM_DACG_MEAN_HIGH, DCAM_DACG_MEAN_LOW, percentiles[0],
+                            percentiles[1], percentiles[2],      percentiles[3],     DCAM_DACG_SIGMA};
+    const double cba[5] = {cba_weights[0], cba_weights[1], cba_weights[2], cba_weights[3], DCAM_CBA_FLOOR};
     cfg->akd_kernel = 0;
     cfg->akd = 1;
     cfg->dacg = 1;
     cfg->cba = 1;
     cfg->sicd = DCAM_SICD_REFERENCE;
-    for (int i = 0; i < 8; ++i) cfg->dacg_params[i] = dacg[i];
-    for (int i = 0; i < 5; ++i) cfg->cba_params[i] = cba[i];
+    for (int i = 0; i < 8; ++i) cfg->dacg_params[i] = static_cast<float>(dacg[i]);
+    for (int i = 0; i < 5; ++i) cfg->cba_params[i] = static_cast<float>(cba[i]);
     return DCAM_OK;
 }

@@ -3,10 +3,13 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "dcam.h"
 
 // Hot kernels are compiled twice: for x86-64-v3 (AVX2, FMA-capable but we keep
 // -ffp-contract=off semantics, BMI1/2, POPCNT, F16C) and for the baseline, and
@@ -20,9 +23,28 @@
 
 #define DCAM_INLINE inline __attribute__((always_inline))
 
+// Kernels written for AVX2 (intrinsics or 8-wide vectors GCC lowers poorly for SSE2) are
+// compiled for x86-64-v3 only and chosen at run time with cpu_is_x86_64_v3(); the others
+// take portable code. -DDCAM_NO_V3 builds only the portable code (to test it on AVX2 CPUs).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DCAM_NO_V3)
+#define DCAM_HAVE_V3 1
+#define DCAM_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
+#else
+#define DCAM_HAVE_V3 0
+#endif
+
+// C++ functions shared between the library's sources that must not be exported from
+// a shared library built from them (test hooks, internal entry points).
+#if defined(__GNUC__)
+#define DCAM_INTERNAL __attribute__((visibility("hidden")))
+#else
+#define DCAM_INTERNAL
+#endif
+
 namespace dcam {
 
-constexpr float kEpsNorm = 1e-8f;  // min-max normalisation guard (float32(1e-8), as torch casts it)
+// min-max normalisation guard, float32(1e-8) as torch casts it
+constexpr float kEpsNorm = static_cast<float>(DCAM_EPS_NORM);
 
 DCAM_INLINE float bits_to_float(uint32_t u) {
     float f;
@@ -62,20 +84,25 @@ DCAM_INLINE uint32_t float_key(float f) {
     uint32_t u = float_to_bits(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
-DCAM_INLINE float key_float(uint32_t k) {
-    return bits_to_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+
+DCAM_INLINE int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Grow a scratch vector to at least n elements (never shrinks; may throw bad_alloc).
+template <class V>
+inline void ensure(V& v, size_t n) {
+    if (v.size() < n) v.resize(n);
 }
 
-// Generic 4-wide vectors (GCC vector extensions; lowered to SSE2 or AVX per target).
-typedef float v4f __attribute__((vector_size(16)));
-typedef double v4d __attribute__((vector_size(32)));
-
-// Unaligned load of 4 floats.
-DCAM_INLINE v4f load4(const float* p) {
-    v4f v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
+#if DCAM_HAVE_V3
+// Whether this CPU runs x86-64-v3 code (AVX2, FMA, BMI1/2, F16C; every CPU with these
+// also has the rest of the level: LZCNT, MOVBE).
+inline bool cpu_is_x86_64_v3() {
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+                           __builtin_cpu_supports("f16c");
+    return ok;
 }
+#endif
 
 // OpenMP threads available to a parallel region (1 in a build without OpenMP).
 inline int max_threads() {

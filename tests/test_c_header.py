@@ -1,8 +1,11 @@
 """The plain C API (csrc/include/dcam.h) used from a C99 program, without Python
 or torch: compile the C++ sources with g++, a small C99 program with gcc, link
 with g++ -fopenmp, run it on hand-made cases and check its printed output
-against values computed here independently (numpy, from the SPEC formulas)."""
+against values computed here independently (numpy, from the SPEC formulas).
+Also: the header's DCAM_* contract constants are exactly those of
+dcam/ops/constants.py, with equal values."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,10 +51,16 @@ int main(void) {
     for (int m = 0; m < 2; ++m)
         printf("stat %d %d %d %.8f %.8f %.8f\n", m, ks[m], strat[m], dthr[m], cthr[m], alpha[m]);
 
-    /* ---- the default pipeline on the same map (statistics may be NULL) */
+    /* ---- the default pipeline on the same map (statistics may be NULL), then with every
+       statistic and a repeat ratio that makes SICD act */
     dcam_refine_config_default(&cfg);
     rc = dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out, ks, strat, NULL, NULL, NULL);
     printf("default %d %d %d", rc, ks[0], strat[0]);
+    for (int i = 0; i < 9; ++i) printf(" %.8f", out[i]);
+    printf("\n");
+    float rho2[1] = {0.25f};
+    rc = dcam_refine(raw, NULL, steps, size, rho2, NULL, NULL, 1, 1, 3, 3, &cfg, out, ks, strat, dthr, cthr, alpha);
+    printf("default_stats %d %d %d %.8f %.8f %.8f", rc, ks[0], strat[0], dthr[0], cthr[0], alpha[0]);
     for (int i = 0; i < 9; ++i) printf(" %.8f", out[i]);
     printf("\n");
 
@@ -104,27 +113,33 @@ def _run(cmd, cwd):
     return res.stdout
 
 
+INCLUDE = os.path.join(CSRC, "include")
+C99 = ["gcc", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}"]
+
+
+def _run_program(exe):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()
+
+
 @pytest.fixture(scope="module")
 def program_output(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dcam_c")
     (tmp / "main.c").write_text(PROGRAM)
-    inc = os.path.join(CSRC, "include")
     sources = sorted(f for f in os.listdir(CSRC) if f.endswith(".cpp"))
     # -O1 and no AVX2 sorting networks keep the build to a few seconds (the networks are
     # covered by tests/test_cpp.py); this test is about the C interface.
     cxx = ["g++", "-std=c++17", "-O1", "-fopenmp", "-ffp-contract=off", "-Wno-psabi", "-DDCAM_NO_NETWORK",
-           f"-I{inc}", "-c"]
+           f"-I{INCLUDE}", "-c"]
     jobs = [cxx + [os.path.join(CSRC, f), "-o", str(tmp / (f[:-4] + ".o"))] for f in sources]
-    jobs.append(["gcc", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", f"-I{inc}", "-c",
-                 str(tmp / "main.c"), "-o", str(tmp / "main.o")])
+    jobs.append(C99 + ["-c", str(tmp / "main.c"), "-o", str(tmp / "main.o")])
     with ThreadPoolExecutor(max_workers=4) as ex:
         list(ex.map(lambda c: _run(c, tmp), jobs))
     objs = [str(tmp / (f[:-4] + ".o")) for f in sources] + [str(tmp / "main.o")]
     _run(["g++", "-fopenmp", "-o", str(tmp / "prog")] + objs, tmp)
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    res = subprocess.run([str(tmp / "prog")], capture_output=True, text=True, env=env, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.splitlines()
+    return _run_program(tmp / "prog")
 
 
 def _lines(out, tag):
@@ -178,15 +193,60 @@ def test_refine_akd_3x3_by_hand(program_output):
     assert stats[1][1:3] == ["3", "-1"] and [float(v) for v in stats[1][3:]] == [0.0, 0.0, 0.0]
 
 
-def test_refine_default_pipeline_runs(program_output):
-    line = _lines(program_output, "default")[0]
-    assert line[0] == "0"
+def blur3_expected(m, sigma):
+    """Normalised 3x3 Gaussian of every pixel, neighbours through reflect (SPEC section 3)."""
+    d = np.array([-1.0, 0.0, 1.0])
+    g = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma * sigma))
+    g /= g.sum()
+    h, w = m.shape
+    return np.array([[sum(g[dy + 1, dx + 1] * m[reflect(y + dy, h), reflect(x + dx, w)]
+                          for dy in (-1, 0, 1) for dx in (-1, 0, 1)) for x in range(w)] for y in range(h)])
+
+
+def pipeline_expected(raw, k, rho):
+    """Sections 2-6 of SPEC with the default configuration, in float64: (map, strategy,
+    DACG threshold, CBA threshold, SICD alpha)."""
+    f = akd_expected(raw, k)
+    # DACG
+    nz = f[f > 0]
+    mu, sd = f.mean(), f.std()
+    strategy = 0 if sd > 0.22 else 1 if mu > 0.35 else 2 if mu < 0.25 else 3
+    zeta = max(np.percentile(nz, (90, 75, 80, 85)[strategy]), 1e-6)
+    e = np.where(f > zeta, f, blur3_expected(f, 0.3))
+    # CBA
+    nz = e[e > 0]
+    tau = 0.15 * np.percentile(nz, 50) + 0.15 * np.percentile(e, 60) + 0.2 * nz.mean() + 0.015 * e.max()
+    c = np.where(e < tau, e * np.maximum(e / max(tau, 1e-8), 0.5), e)
+    # clip + normalise
+    c = np.clip(c, 0.0, raw.max())
+    m = (c - c.min()) / (c.max() - c.min() + 1e-8)
+    # SICD (reference mode)
+    interference = 0.05 * rho + 0.02 * (m > m.mean() + 2 * m.std())
+    alpha = 0.0
+    if interference.max() > 0:
+        a = min((m * interference).sum() / (interference * interference).sum(), 0.5)
+        m2 = np.maximum(m - a * interference, 0.0)
+        if not (m2.max() - m2.min() < 0.9 * (m.max() - m.min())):
+            m, alpha = m2, a
+    return m, strategy, zeta, tau, alpha
+
+
+def test_refine_default_pipeline_by_hand(program_output):
+    raw = np.array([[0.1, 0.5, 0.2], [0.9, 0.4, 0.3], [0.0, 0.7, 1.0]], dtype=np.float32).astype(np.float64)
     # adaptive kernel: population std of the map is 0.330 -> f_std = 1.65, f_step = 2 (64 steps),
     # f_size = 1 -> floor(9.91) = 9 -> capped at 2*3-1 = 5
-    assert line[1] == "5"
-    assert int(line[2]) in (-1, 0, 1, 2, 3)
-    vals = np.array([float(v) for v in line[3:]])
-    assert vals.shape == (9,) and np.all(np.isfinite(vals)) and vals.min() >= 0 and vals.max() <= 1 + 1e-6
+    for tag, rho in (("default", 0.0), ("default_stats", 0.25)):
+        line = _lines(program_output, tag)[0]
+        assert line[:2] == ["0", "5"], tag
+        m, strategy, zeta, tau, alpha = pipeline_expected(raw, 5, rho)
+        assert int(line[2]) == strategy, tag
+        vals = np.array([float(v) for v in line[3:]])
+        if tag == "default_stats":
+            np.testing.assert_allclose(vals[:3], [zeta, tau, alpha], atol=1e-5)
+            vals = vals[3:]
+        np.testing.assert_allclose(vals, m.reshape(-1), atol=1e-5, err_msg=tag)
+    # the repeat ratio must make SICD act here, or the second case tests nothing new
+    assert pipeline_expected(raw, 5, 0.25)[4] > 0
 
 
 def test_pooling_by_hand(program_output):
@@ -218,5 +278,52 @@ def test_error_codes(program_output):
     errs = {r[0]: r[1] for r in _lines(program_output, "err")}
     assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
                     "null_flag": "1"}
-    assert _lines(program_output, "version") == [["0.1.0"]]
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
+
+
+def test_version_is_the_package_version(program_output):
+    import dcam
+
+    assert _lines(program_output, "version") == [[dcam.__version__]]
+
+
+# ------------------------------------------------------------------ contract constants
+
+# DCAM_* macros of dcam.h that are not numbers of the math contract
+API_MACROS = {"DCAM_H", "DCAM_VERSION_STRING", "DCAM_OK", "DCAM_EINVAL_NULL", "DCAM_EINVAL_SHAPE",
+              "DCAM_EINVAL_DTYPE", "DCAM_EINVAL_CONFIG", "DCAM_ENOMEM", "DCAM_SICD_OFF", "DCAM_SICD_REFERENCE",
+              "DCAM_SICD_CONTEXT"}
+
+
+def _contract_constants():
+    from dcam.ops import constants
+
+    return {name: getattr(constants, name) for name in dir(constants) if name.isupper()}
+
+
+def test_header_defines_exactly_the_contract_constants():
+    with open(os.path.join(INCLUDE, "dcam.h")) as f:
+        macros = set(re.findall(r"^#define (DCAM_\w+)", f.read(), flags=re.M))
+    assert macros - API_MACROS == {"DCAM_" + name for name in _contract_constants()}
+
+
+def test_header_constants_equal_python_constants(tmp_path):
+    consts = _contract_constants()
+    body = []
+    for name, value in sorted(consts.items()):
+        if isinstance(value, tuple):
+            body.append(f"    {{ static const double v[] = DCAM_{name}; size_t i;\n"
+                        f"      for (i = 0; i < sizeof v / sizeof v[0]; ++i) printf(\"{name} %.17g\\n\", v[i]); }}")
+        else:
+            body.append(f"    printf(\"{name} %.17g\\n\", (double)(DCAM_{name}));")
+    src = "#include <stdio.h>\n#include \"dcam.h\"\n\nint main(void) {\n" + "\n".join(body) + "\n    return 0;\n}\n"
+    (tmp_path / "consts.c").write_text(src)
+    _run(C99 + [str(tmp_path / "consts.c"), "-o", str(tmp_path / "consts")], tmp_path)
+    printed = {}
+    for line in _run_program(tmp_path / "consts"):
+        name, value = line.split()
+        printed.setdefault(name, []).append(float(value))
+    assert set(printed) == set(consts)
+    for name, value in consts.items():
+        expect = [float(v) for v in value] if isinstance(value, tuple) else [float(value)]
+        assert printed[name] == expect, name  # exact: the C literal's double is the Python float

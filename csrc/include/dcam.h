@@ -4,21 +4,22 @@
  * Plain C (C99 or later, or C++): no Python, no torch. Every function works on
  * raw, C-contiguous (row-major) buffers owned by the caller and implements the
  * Diffusion-CAM math contract (SPEC.md) exactly as the pure-PyTorch
- * reference `dcam/reference.py` does (float32 results agree at atol 1e-5, the
+ * reference `dcam/ops/reference.py` does (float32 results agree at atol 1e-5, the
  * integer statistics are equal).
  *
- * Threading: the functions parallelise internally with OpenMP (pooling over
- * (image, token, feature-block) slices, refinement over maps). The number of
+ * Threading: the functions parallelise internally with OpenMP (pooling streams
+ * (image, token) slices of the gradients and overlaps the product with the
+ * activations with that stream; refinement runs over maps). The number of
  * threads is OpenMP's (OMP_NUM_THREADS / omp_set_num_threads). The functions
  * keep no global state and are safe to call concurrently from several threads
  * on distinct output buffers.
  *
- * Accuracy: intermediate sums are float64 and every value the contract keeps in
- * float32 is rounded once. The float32 reference rounds more often, so the two
- * can differ beyond 1e-5 exactly where the contract is discontinuous or
- * ill-conditioned: a pixel tied with the DACG threshold (AKD often returns a
- * window's median exactly, so ties are common), a DACG mean/std sitting on a
- * strategy threshold, and the final normalisation of a nearly constant map.
+ * Accuracy: the rounding model of the contract (SPEC.md, dcam/ops/reference.py):
+ * element-wise arithmetic is float32, every reduction over a map or a window
+ * (sums, means, standard deviations, AKD's rank-weighted mean, the pooled sums) is
+ * accumulated in float64 and rounded to float32 once. The PyTorch reference and the
+ * Triton kernels follow the same model, so all backends agree at atol 1e-5 (maps)
+ * with equal integer statistics.
  *
  * Return codes: every function that can fail returns DCAM_OK (0) on success
  * and one of the positive DCAM_E* codes below on a bad argument, in which case
@@ -34,6 +35,37 @@ extern "C" {
 #endif
 
 #define DCAM_VERSION_STRING "0.1.0"
+
+/* The numbers of the math contract (SPEC.md), the same values as the Python
+ * module dcam/ops/constants.py (DCAM_<NAME> there is <NAME>; a test compares them).
+ * The library rounds each to float32 where the contract computes in float32. */
+#define DCAM_EPS_NORM 1e-8 /* denominator guard of every min-max normalisation */
+/* AKD adaptive kernel size: k = clamp(floor(BASE * f_step * f_std * f_size) | 1, K_MIN, K_MAX) */
+#define DCAM_AKD_BASE 3.0
+#define DCAM_AKD_STEP_SCALE 16.0 /* f_step = min(steps / 16, 2)        */
+#define DCAM_AKD_STEP_CAP 2.0
+#define DCAM_AKD_STD_SCALE 5.0 /* f_std = min(5 * std(map), 2)        */
+#define DCAM_AKD_STD_CAP 2.0
+#define DCAM_AKD_SIZE_SCALE 512.0 /* f_size = min(image height / 512, 1.5) */
+#define DCAM_AKD_SIZE_CAP 1.5
+#define DCAM_AKD_K_MIN 3
+#define DCAM_AKD_K_MAX 11
+/* DACG defaults (dcam_refine_config.dacg_params) and the gate threshold floor */
+#define DCAM_DACG_STD 0.22
+#define DCAM_DACG_MEAN_HIGH 0.35
+#define DCAM_DACG_MEAN_LOW 0.25
+#define DCAM_DACG_PERCENTILES {90.0, 75.0, 80.0, 85.0} /* high_var, high_mean, low_mean, default */
+#define DCAM_DACG_SIGMA 0.3
+#define DCAM_ZETA_MIN 1e-6
+/* CBA defaults (dcam_refine_config.cba_params) */
+#define DCAM_CBA_WEIGHTS {0.15, 0.15, 0.2, 0.015} /* median of positives, P60 of all, mean of positives, max */
+#define DCAM_CBA_FLOOR 0.5
+/* SICD */
+#define DCAM_SICD_BASE 0.05        /* interference per unit of repeat ratio                      */
+#define DCAM_SICD_SPIKE 0.02       /* interference added on outlier pixels                       */
+#define DCAM_SICD_SPIKE_STDS 2.0   /* outliers: above mean + 2 std                               */
+#define DCAM_SICD_ALPHA_MAX 0.5    /* cap of the reference-mode scale                            */
+#define DCAM_SICD_RANGE_GUARD 0.9  /* the step is undone if it shrinks the range below this part */
 
 /* Element type of the pooling inputs. F16 is IEEE binary16, BF16 is bfloat16
  * (the upper 16 bits of a float32); both are passed as 16-bit words. */
@@ -104,9 +136,9 @@ int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, i
  *                    finite gradients so large (|g| > ~4e37) that a float32 partial sum
  *                    overflowed; the caller may tell the two apart with a second look.
  *
- * Same results as dcam_pool_gradients for finite input, at about the cost of one
- * extra multiply per negative gradient element (no second read of grads). The
- * activations are not checked (they are T times smaller). Returns DCAM_OK or
+ * Same results as dcam_pool_gradients for finite input, at the cost of a little
+ * arithmetic in the same pass (no second read of grads). The activations are not
+ * checked (they are T times smaller). Returns DCAM_OK or
  * DCAM_EINVAL_*.
  */
 int dcam_pool_gradients_checked(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,

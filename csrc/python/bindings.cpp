@@ -10,11 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "../akd.hpp"  // internal: the AKD test hook (dcam::set_akd_path)
 #include "dcam.h"
 
 namespace py = pybind11;
-
-extern "C" void dcam_internal_set_akd_path(int path);  // test hook in refine.cpp
 
 namespace {
 
@@ -127,12 +126,18 @@ py::tuple refine(const py::array& raw, const py::array& degenerate, const py::ar
     return py::make_tuple(maps, ks, strat, dthr, cthr, alpha);
 }
 
+void set_akd_path(int path) {
+    if (path < static_cast<int>(dcam::AkdPath::kAuto) || path > static_cast<int>(dcam::AkdPath::kSort))
+        throw std::invalid_argument("_set_akd_path: path must be 0 (auto), 1 (networks), 2 (bitsets) or 3 (sort)");
+    dcam::set_akd_path(static_cast<dcam::AkdPath>(path));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "Diffusion-CAM C++ CPU backend (numpy in/out; see csrc/include/dcam.h)";
     m.def("version", &dcam_version);
-    m.def("_set_akd_path", &dcam_internal_set_akd_path, py::arg("path"),
+    m.def("_set_akd_path", &set_akd_path, py::arg("path"),
           "testing only: 0 automatic, 1 sorting networks, 2 rank bitsets, 3 per-window sort");
     m.def("pool_gradients", &pool_gradients, py::arg("acts"), py::arg("grads"), py::arg("grad_relu"),
           py::arg("check_grads") = false,

@@ -1,0 +1,109 @@
+// Section 1 of the contract (gradient-weighted activation pooling): declarations shared
+// by pool.cpp (the driver: planning, scheduling, normalisation), pool_grads.cpp (the
+// streaming pass over the gradients) and pool_product.cpp (the product with the
+// activations). Internal: not part of the C API.
+#pragma once
+
+#include <cstdint>
+
+#include "common.hpp"
+#include "simd.hpp"
+
+namespace dcam {
+
+// How the gradient pass treats an element before summing it.
+//   kPlain:       as is (grad_relu off). NaN and +-Inf reach the sums.
+//   kRelu:        max(v, 0) with NaN kept, like torch.clamp(min=0): NaN and +Inf reach the
+//                 sums, -Inf becomes 0.
+//   kReluChecked: the same sums for finite input, but every non-finite element of the
+//                 gradients makes a weight of its slice non-finite, so the NaN/Inf check
+//                 rides on the pass instead of reading the gradients a second time: NaN and
+//                 +Inf reach the sums; -Inf becomes NaN (portable code: a negative v becomes
+//                 v * 0, which is -0 for finite v) or is caught by a running minimum (AVX2
+//                 code, see pool_grads.cpp).
+enum class GradMode { kPlain = 0, kRelu = 1, kReluChecked = 2 };
+
+// Element i of a buffer of dtype DT as float32 (exact conversion).
+template <int DT>
+DCAM_INLINE float load_elem(const void* base, int64_t i) {
+    if (DT == DCAM_F32) return static_cast<const float*>(base)[i];
+    const uint16_t u = static_cast<const uint16_t*>(base)[i];
+    return DT == DCAM_F16 ? f16_to_float(u) : bf16_to_float(u);
+}
+
+// Eight consecutive elements as float32 (exact conversions).
+template <int DT>
+DCAM_INLINE v8f load8_as_float(const void* base, int64_t i) {
+    v8f f;
+    if (DT == DCAM_F32) {
+        std::memcpy(&f, static_cast<const float*>(base) + i, sizeof(f));
+        return f;
+    }
+    v8u16 hv;
+    std::memcpy(&hv, static_cast<const uint16_t*>(base) + i, sizeof(hv));
+    const v8u32 u = __builtin_convertvector(hv, v8u32);
+    if (DT == DCAM_BF16) {
+        const v8u32 b = u << 16;
+        std::memcpy(&f, &b, sizeof(f));
+        return f;
+    }
+    const v8u32 m = u & 0x7fffu;  // as f16_to_float, lane-wise
+    const v8u32 sign = (u & 0x8000u) << 16;
+    const v8u32 normal = (m << 13) + (112u << 23);
+    const v8f subf = __builtin_convertvector(__builtin_convertvector(m, v8i32), v8f) * 5.9604644775390625e-8f;
+    v8u32 sub;
+    std::memcpy(&sub, &subf, sizeof(sub));
+    const v8u32 special = (m << 13) | 0x7f800000u;
+    const v8u32 bits = (m >= 0x7c00u ? special : (m >= 0x0400u ? normal : sub)) | sign;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+// acc[j] += sum_{n < N} mode(g[n * stride + d0 + j]) for j < len, float64 sums of float32
+// partial sums (see pool_grads.cpp). scratch: len doubles.
+void grad_column_sums(const void* g, dcam_dtype dtype, GradMode mode, int64_t stride, int64_t N, int64_t d0,
+                      int64_t len, double* acc, double* scratch);
+
+// ---- the product raw[t, n] = sum_d max(A[n, d] * w[t, d], 0) (pool_product.cpp)
+//
+// Exact rewrite used for both signs of w: max(a * w, 0) = a * max(w, 0) when a > 0 and
+// a * min(w, 0) when a < 0 (0 when a == 0). So every nonzero activation contributes
+// a * W+[t, d] or a * W-[t, d], picked by the sign of a alone (not of w), and each
+// activation takes part in one multiply per token: with grad_relu (w >= 0, W- = 0) only
+// the positive activations do. Products of two float32 are exact in float64 and the sums
+// are float64, so the result does not depend on the summation order.
+
+// Tokens [t0, t0 + cnt) of one image: their weights transposed to float64 rows, one per
+// feature d: W+[d] (cnt tokens padded with 0 to `width`, a multiple of 4), then with signed
+// weights W-[d]; rows `row` doubles apart.
+struct WeightTable {
+    const double* pos = nullptr;  // W+: pos[d * row + i] = max(w[t0 + i, d], 0)
+    const double* neg = nullptr;  // W-: neg[d * row + i] = min(w, 0); null with grad_relu (W+ = w)
+    int64_t width = 0, row = 0, cnt = 0;
+};
+
+// Padded token count of a table of cnt tokens, and the doubles its storage needs.
+int64_t weight_table_width(int64_t cnt);
+int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w);
+
+// Fill `storage` (weight_table_size doubles) from w [cnt][D] float32; returns the view.
+WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool signed_w, double* storage);
+
+// Per-thread scratch of product_rows.
+struct ProductScratch {
+    double* acc = nullptr;    // rows x table width accumulators: doubles(rows, width)
+    float* vals = nullptr;    // compacted activations of one chunk of up to 8 rows: 8 * (kProductChunk + 8)
+    int32_t* offs = nullptr;  // and their offsets into the table: 8 * (kProductChunk + 8)
+    static int64_t doubles(int64_t rows, int64_t width);
+};
+
+// Rows [n0, n1) of image b's pooled sums for the table's tokens:
+// raw[(t0 + i) * ldraw + n] = sum_d max(A[n, d] * w[t0 + i, d], 0), i < cnt.
+// A: [N][D] activations of `dtype`; raw: the image's [T][N] float64 sums (written, not added).
+void product_rows(const void* A, dcam_dtype dtype, int64_t D, int64_t n0, int64_t n1, const WeightTable& tbl,
+                  double* raw, int64_t ldraw, ProductScratch& scratch);
+
+// Elements of one compaction chunk (activations of one row handled at once).
+constexpr int64_t kProductChunk = 64;
+
+}  // namespace dcam
