@@ -19,8 +19,11 @@ Measured for every T in --words, in this process:
   ``torch.autograd.grad`` VJPs through the blocks above it, one per word,
   timed on a few words and scaled.
 
-Peak memory is the process's peak resident set (VmHWM, reset before each
-measurement through /proc/self/clear_refs), shown next to the model's size.
+Peak memory is the process's peak resident set during the explanation
+(VmHWM, reset right before it through /proc/self/clear_refs; on a GPU the
+peak memory allocated), shown next to the model's size. Each T runs in a
+fresh process, so memory one measurement freed but the allocator kept does
+not count in the next.
 
     python bench/bench_real_size.py                    # hidden 2048, 3 blocks, 2880 image tokens, T = 16, 64
     python bench/bench_real_size.py --hidden 4096 --blocks 2
@@ -215,6 +218,26 @@ def table(res: Dict) -> str:
     return "\n".join(lines)
 
 
+def isolated(args) -> Dict:
+    """:func:`run` of every T in a fresh process; the rows gathered into one result."""
+    import subprocess
+    import sys
+    import tempfile
+
+    res = None
+    for T in args.words:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            cmd = [sys.executable, __file__, "--in-process", "--words", str(T), "--json", f.name, "--hidden",
+                   str(args.hidden), "--blocks", str(args.blocks), "--image-tokens", str(args.image_tokens),
+                   "--chunk", str(args.chunk), "--sample-words", str(args.sample_words), "--device", args.device,
+                   "--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            one = json.load(open(f.name))
+        res = one if res is None else dict(res, rows=res["rows"] + one["rows"])
+        print(json.dumps(one["rows"][-1]), flush=True)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=int, default=2048)
@@ -227,10 +250,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--in-process", action="store_true", help="every T in this process (default: one process each)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run(args)
+    res = run(args) if args.in_process or len(args.words) == 1 else isolated(args)
     print(table(res))
     if args.json:
         with open(args.json, "w") as f:
