@@ -26,6 +26,16 @@ def samples():
     return [generate_sample((0, 2, 10 + i), image_size=32, n_objects=2) for i in range(3)]
 
 
+def _full_probe(model, proc, s):
+    """An independent full-probe result of every word of ``s``'s caption and its repeat ratio."""
+    a = ShapesAdapter(model, proc)
+    prep = a.prepare(s.image, None, a.encode_response(s.caption))
+    n = len(s.caption.split())
+    res = probe(a, prep, [prep.response_start + i for i in range(n)], prep.response_ids[:n], 1, probe="full")
+    ids = prep.response_ids[:n]
+    return res, sum(1 for t in set(ids) if ids.count(t) > 1) / n
+
+
 def _reference_maps(res, grid, config, steps, height, rho):
     """Reference pooling + refinement of a full-probe result (acts [1,N,D], grads [1,T,N,D])."""
     h, w = grid
@@ -88,12 +98,7 @@ def test_streamed_maps_equal_the_reference_pipeline(toy, samples):
     model, proc = toy
     s = samples[1]
     e = Explainer(model, proc, chunk_size=1).explain(s.image, response=s.caption, probe="full")
-    a = ShapesAdapter(model, proc)
-    prep = a.prepare(s.image, None, a.encode_response(s.caption))
-    n = len(s.caption.split())
-    res = probe(a, prep, [prep.response_start + i for i in range(n)], prep.response_ids[:n], 1, probe="full")
-    ids = prep.response_ids[:n]
-    rho = sum(1 for t in set(ids) if ids.count(t) > 1) / n
+    res, rho = _full_probe(model, proc, s)
     want = _reference_maps(res, (8, 8), e.config, model.config.response_length, s.image.height, rho)
     torch.testing.assert_close(e.maps, want, atol=1e-5, rtol=0)
 
@@ -159,12 +164,7 @@ def test_views(toy, samples):
     exp = Explainer(adapter=TwoViewAdapter(model, proc))
     e_all = exp.explain(s.image, response=s.caption, probe="full", view="all")
     assert set(e_all.view_maps) == {"top", "bottom"} and e_all.view_maps["top"].shape[1:] == (4, 8)
-    a = ShapesAdapter(model, proc)
-    prep = a.prepare(s.image, None, a.encode_response(s.caption))
-    n = len(s.caption.split())
-    res = probe(a, prep, [prep.response_start + i for i in range(n)], prep.response_ids[:n], 1, probe="full")
-    ids = prep.response_ids[:n]
-    rho = sum(1 for t in set(ids) if ids.count(t) > 1) / n
+    res, rho = _full_probe(model, proc, s)
     for name, sl in (("top", slice(0, 32)), ("bottom", slice(32, 64))):
         one = exp.explain(s.image, response=s.caption, probe="full", view=name)
         assert one.view == name and one.grid == (4, 8)

@@ -93,27 +93,9 @@ def test_word_numbers_worked_by_hand():
 @pytest.fixture(scope="module")
 def causal_llava():
     """A tiny causal LLaVA (autoregressive: no denoising steps to record)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
-                              PreTrainedTokenizerFast)
+    from dcam.testing.hf_tiny import tiny_llava
 
-    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "describe", "the", "image", "a", "red", "circle"]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                  eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
-    ip = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1)
-    cfg = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=dict(model_type="llama", vocab_size=len(words), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2),
-        image_token_id=4, vision_feature_layer=-1, vision_feature_select_strategy="default")
-    torch.manual_seed(0)
-    return LlavaForConditionalGeneration(cfg).eval(), proc
+    return tiny_llava()
 
 
 def test_a_model_without_exposed_steps_is_refused_in_one_line(causal_llava, image):
