@@ -149,5 +149,28 @@ def changed_steps(history: Sequence[Tensor]) -> int:
     return n
 
 
+def recorded_states(responses: Sequence[Tensor], mask_id: int) -> Tuple[Tensor, Tensor]:
+    """A trajectory from a sampler's history: ``responses`` holds the response
+    slots after every step (1-D, or ``[1, Lr]``). Returns ``(states [S, Lr],
+    decided_at [Lr])`` over the S steps that changed something: the slots
+    entering each step (all masks entering the first) and the step each
+    slot's token was committed at. These samplers never revisit a committed
+    slot; a history that does is a bug, not an input."""
+    after = []
+    for r in responses:
+        r = r.reshape(-1).long().cpu()
+        if not after or not torch.equal(r, after[-1]):
+            after.append(r)
+    if not after:
+        raise RuntimeError("the sampler recorded no step")
+    start = torch.full_like(after[0], int(mask_id))
+    states = torch.stack([start] + after[:-1])
+    for prev, nxt in zip(states[1:], after[1:]):
+        if bool(((prev != mask_id) & (nxt != prev)).any()):
+            raise RuntimeError("the sampler changed a committed slot: its history is not a trajectory")
+    # a slot committed during step d is masked in the states entering steps 0..d
+    return states, (states == mask_id).sum(0).long() - 1
+
+
 __all__ = ["DMLLMAdapter", "olmo_transformer", "llama_stack", "no_activation_checkpointing", "chat_prompt",
-           "changed_steps", "LLADA_MASK_ID", "LLADA_EOS_IDS", "DREAM_MASK_ID", "DEFAULT_PROMPT"]
+           "changed_steps", "recorded_states", "LLADA_MASK_ID", "LLADA_EOS_IDS", "DREAM_MASK_ID", "DEFAULT_PROMPT"]

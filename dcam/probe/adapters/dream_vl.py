@@ -23,11 +23,14 @@ import torch
 from torch import Tensor
 
 from .base import PROBES, Generation, Prepared, _ids_set, config_get
-from .dmllm import DREAM_MASK_ID, changed_steps, chat_prompt, no_activation_checkpointing
+from .dmllm import DREAM_MASK_ID, changed_steps, chat_prompt, no_activation_checkpointing, recorded_states
 from .hf_vlm import QwenVLAdapter
 
 
 class DreamVLAdapter(QwenVLAdapter):
+    #: diffusion_generate(output_history=True) returns the canvas after every step
+    records_trajectory = True
+
     name = family = "dream-vl"
     is_diffusion = True
     logit_shift = 1
@@ -76,7 +79,11 @@ class DreamVLAdapter(QwenVLAdapter):
             out = self.model.diffusion_generate(prep.input_ids[:, :L], max_new_tokens=Lr, steps=S, alg=self.alg,
                                                 output_history=True, return_dict_in_generate=True,
                                                 **prep.model_inputs)
-        return Generation(out.sequences[0, L:L + Lr].tolist(), changed_steps(out.history or []))
+        history = list(out.history or [])
+        if not record:
+            return Generation(out.sequences[0, L:L + Lr].tolist(), changed_steps(history))
+        states, decided_at = recorded_states([h.reshape(-1)[L:L + Lr] for h in history], self.mask_token_id)
+        return Generation(out.sequences[0, L:L + Lr].tolist(), int(states.shape[0]), states, decided_at)
 
 
 __all__ = ["DreamVLAdapter"]

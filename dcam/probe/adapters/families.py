@@ -157,10 +157,20 @@ def detect_family(model) -> Optional[Family]:
     return None
 
 
+#: Which families' samplers expose their steps (``dcam explain --trajectory``; the adapter's records_trajectory).
+TRAJECTORIES = {
+    "shapes": "yes", "lavida": "yes (verbose history)", "lavida-dream": "yes (output_history)",
+    "lumina-dimoo": "yes (dcam's sampler)", "dream-vl": "yes (output_history)",
+    "llada-v": "no: its generate returns the answer only", "mmada": "no: mmu_generate returns the answer only",
+    "diffusion-gemma": "no: no mask token (uniform noise)",
+}
+
+
 def family_rows() -> List[Dict[str, str]]:
     """The table as rows of text (``dcam families``, docs/FAMILIES.md)."""
     return [dict(family=f.name, models=f.models, detection=f.rule, blocks=f.blocks, default_layer=f.default_layer,
-                 probes=f.probes, image_grid=f.grid, mask_id=f.mask, sampler=f.sampler) for f in FAMILIES]
+                 probes=f.probes, image_grid=f.grid, mask_id=f.mask, sampler=f.sampler,
+                 trajectory=TRAJECTORIES.get(f.name, "no: autoregressive")) for f in FAMILIES]
 
 
 def markdown_table() -> str:

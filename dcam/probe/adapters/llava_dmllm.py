@@ -36,7 +36,8 @@ from torch import Tensor
 from ...errors import InputError
 from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, stack_pixels
 from .base import Generation, ImageView, Prepared, config_get, load_image
-from .dmllm import DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer
+from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
+                    recorded_states)
 from .sampling import steps_used
 
 IMAGE_TOKEN_INDEX = -200
@@ -66,6 +67,8 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
             raise InputError(f"{type(model).__name__} is not an LLaDA-V / LaViDa model (config.model_type "
                              f"{getattr(model.config, 'model_type', None)!r})")
         self.family = {"llada_v": "llada-v", "lavida_llada": "lavida", "lavida_dream": "lavida-dream"}[self.backbone]
+        # LaViDa's samplers return their history (verbose / output_history); LLaDA-V's returns the answer only
+        self.records_trajectory = self.backbone != "llada_v"
         if self.backbone == "lavida_dream":
             self.logit_shift = 1  # Dream keeps the autoregressive shift
             self.default_mask_id = DREAM_MASK_ID
@@ -226,10 +229,15 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
                 x, history = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr,
                                                  block_length=block, step_ratio=ratio, prefix_lm=True, verbose=True,
                                                  tokenizer=self.tokenizer)
-                return Generation(x[0, -Lr:].tolist(), changed_steps(history))
-            out = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr, steps=S,
-                                      output_history=True)
-            return Generation(out.sequences[0, -Lr:].tolist(), changed_steps(out.history or []))
+                ids = x[0, -Lr:]
+            else:
+                out = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr, steps=S,
+                                          output_history=True)
+                ids, history = out.sequences[0, -Lr:], list(out.history or [])
+        if not record:
+            return Generation(ids.tolist(), changed_steps(history))
+        states, decided_at = recorded_states([h.reshape(-1)[-Lr:] for h in history], self.mask_token_id)
+        return Generation(ids.tolist(), int(states.shape[0]), states, decided_at)
 
 
 __all__ = ["LlavaDMLLMAdapter", "backbone_of", "IMAGE_TOKEN_INDEX"]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from .base import Generation, ImageView, Prepared, load_image
-from .dmllm import DMLLMAdapter, olmo_transformer
+from .dmllm import DMLLMAdapter, olmo_transformer, recorded_states
 from .sampling import low_confidence_remasking, steps_used
 
 
@@ -163,6 +163,8 @@ class MMaDAAdapter(_VQAdapter):
 
 class DiMOOAdapter(_VQAdapter):
     name = family = "lumina-dimoo"
+    #: dcam runs Lumina-DiMOO's sampler itself (the published one is a script), so it records every step
+    records_trajectory = True
     default_prompt_template = "<system>You are a multimodal model that can process both text and images. Answer " \
         "the following question based on the provided images. Analyze each image and combine relevant details to " \
         "answer.</system><user>{}</user>"
@@ -218,9 +220,13 @@ class DiMOOAdapter(_VQAdapter):
         x = torch.cat([prep.input_ids[:, :s], torch.full((1, Lr), self.mask_token_id),
                        torch.tensor([[self.processor.answer_end_id]])], 1)
         dev = next(self.model.parameters()).device
+        history: List[Tensor] = []
         x = low_confidence_remasking(lambda ids: self.model(ids, infer=True).logits, x.to(dev), s, Lr, S,
-                                     self.mask_token_id, block)
-        return Generation(x[0, s:s + Lr].tolist(), steps_used(Lr, S, block))
+                                     self.mask_token_id, block, history=history)
+        if not record:
+            return Generation(x[0, s:s + Lr].tolist(), steps_used(Lr, S, block))
+        states, decided_at = recorded_states([h[0, s:s + Lr] for h in history], self.mask_token_id)
+        return Generation(x[0, s:s + Lr].tolist(), int(states.shape[0]), states, decided_at)
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         dev = next(self.model.parameters()).device

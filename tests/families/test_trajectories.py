@@ -1,0 +1,54 @@
+"""Trajectories on every family whose sampler exposes its steps (LaViDa with
+both backbones, Dream-VL, Lumina-DiMOO), and a one-line refusal from the
+others (LLaDA-V and MMaDA return only the answer; DiffusionGemma has no mask)."""
+import pytest
+import torch
+
+from dcam.errors import InputError
+from dcam.explain import Explainer
+from dcam.trajectory import explain_trajectory
+
+TRACED = ["lavida", "lavida-dream", "dream-vl", "lumina-dimoo"]
+
+
+@pytest.mark.parametrize("family", TRACED)
+def test_trajectory_of_each_family(models, landscape, family):
+    model, proc = models(family)
+    exp = Explainer(model, proc)
+    assert exp.adapter.records_trajectory
+    traj = explain_trajectory(exp, landscape, steps=4, response_length=8)
+    S, Lr = traj.states.shape
+    mask = exp.adapter.mask_token_id
+    assert S == traj.steps >= 1 and Lr == 8
+    assert bool((traj.states[0] == mask).all())  # every slot masked entering the first step
+    for s in range(1, S):  # a committed slot keeps its token; every step commits something
+        before, now = traj.states[s - 1], traj.states[s]
+        assert bool((now[before != mask] == before[before != mask]).all()) and not torch.equal(before, now)
+    # a slot committed during step d is masked in the states entering steps 0..d, and held after
+    for slot, d in enumerate(traj.slot_decided_at.tolist()):
+        column = (traj.states[:, slot] == mask).tolist()
+        assert column == [True] * (d + 1) + [False] * (S - d - 1)
+    assert traj.maps.shape[:2] == (S, len(traj.tokens)) and bool(torch.isfinite(traj.maps).all())
+    # the first state is the masked probe of the finished response, computed by the explainer
+    first = exp.explain(landscape, response=traj.response_ids, steps=traj.steps, probe="masked",
+                        response_length=8)
+    assert first.tokens == traj.tokens
+    torch.testing.assert_close(traj.maps[0], first.maps, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llada-v", "mmada", "diffusion-gemma"])
+def test_families_without_recorded_steps_are_refused(models, landscape, family):
+    exp = Explainer(*models(family))
+    with pytest.raises(InputError, match="trajectory") as err:
+        explain_trajectory(exp, landscape, steps=4, response_length=8)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["lavida", "lavida-dream", "dream-vl", "lumina-dimoo", "llada-v", "mmada",
+                                    "diffusion-gemma", "llava-next", "qwen-vl"])
+def test_the_family_table_says_what_the_adapters_do(models, family):
+    from dcam.probe.adapters.families import TRAJECTORIES
+
+    exp = Explainer(*models(family))
+    says_yes = TRAJECTORIES.get(exp.adapter.family, "no").startswith("yes")
+    assert says_yes == bool(exp.adapter.records_trajectory and exp.adapter.mask_token_id is not None)
