@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Dict
 
@@ -42,7 +41,7 @@ from transformers import LlamaConfig, LlamaModel
 
 from dcam.explain import Explainer
 from dcam.probe import ModelAdapter, Prepared, published_gradients
-from dcam.probe.adapters.base import Generation, gather_positions
+from dcam.probe.adapters.base import gather_positions
 from dcam.probe.hooks import Tap, frozen
 
 VOCAB, MASK_ID, IMAGE_ID, BOS, EOS = 126464, 126336, 126400, 1, 2
