@@ -95,24 +95,21 @@ def run_command(command: str, handler: Callable, args) -> int:
 
 # ------------------------------------------------------------------ value types (argparse `type=`)
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v}")
-    return v
+def _int_at_least(lo: int):
+    """An argparse `type=` for ints >= lo (the message says the bound)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an int >= {lo}, got {v}")
+        return v
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {v}")
-    return v
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
 
 
 def int_in(lowest: int, highest: int) -> Callable[[str], int]:
