@@ -41,7 +41,6 @@ from transformers import LlamaConfig, LlamaModel
 
 from dcam.explain import Explainer
 from dcam.probe import ModelAdapter, Prepared, published_gradients
-from dcam.probe.adapters.base import gather_positions
 from dcam.probe.hooks import Tap, frozen
 
 VOCAB, MASK_ID, IMAGE_ID, BOS, EOS = 126464, 126336, 126400, 1, 2
@@ -66,7 +65,7 @@ class RealSizeDMLLM(nn.Module):
         span = torch.nonzero(input_ids[0] == IMAGE_ID)[:, 0]  # the same span in every row
         emb = emb.index_copy(1, span, image_embeds.to(emb.dtype).expand(B, -1, -1))
         mask = torch.zeros(B, 1, L, L, dtype=emb.dtype, device=emb.device)  # bidirectional, as LLaDA
-        return self.model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        return self.model(inputs_embeds=emb, attention_mask=mask, use_cache=False).last_hidden_state
 
 
 class RealSizeAdapter(ModelAdapter):
@@ -114,9 +113,10 @@ class RealSizeAdapter(ModelAdapter):
     def generate(self, prep, steps=None, response_length=None, record=False):
         raise NotImplementedError("the benchmark explains a given response")
 
-    def logits_at(self, input_ids, model_inputs, positions, response_start):
-        h = self.model.hidden(input_ids, model_inputs["image_embeds"])
-        return self.model.lm_head(gather_positions(h, positions)).float()  # the head only where asked
+    def forward_logits(self, input_ids, model_inputs):
+        # the library's logits_at runs the head at the scored rows only, and its logits_at_rows the
+        # last block too (dcam.probe.rows), as for the LLaMA-layered families
+        return self.model.lm_head(self.model.hidden(input_ids, model_inputs["image_embeds"]))
 
     def batch_inputs(self, prep, batch):
         return dict(prep.model_inputs)

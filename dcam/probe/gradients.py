@@ -222,6 +222,7 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
     inputs = adapter.stack_inputs(list(preps)) if B > 1 else adapter.batch_inputs(preps[0], 1)
     K = max(len(t.groups) for t in targets)
     grads = [[] for _ in range(B)]
+    rows_only = rows_only and adapter.check_rows_only(ids, inputs, want, preps[0].response_start)
     with frozen(adapter.model):
         tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
         try:
@@ -284,6 +285,9 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
             sub = [Targets([t.positions[k] for k in t.groups[r]], [t.token_ids[k] for k in t.groups[r]],
                            [list(range(len(t.groups[r])))]) for r in rows]
             want = torch.stack([_wanted(adapter, s, distractor, width) for s in sub])
+            rows_only = rows_only and adapter.check_rows_only(ids[rows[0]:rows[-1] + 1],
+                                                              adapter.batch_inputs(prep, len(rows)), want,
+                                                              prep.response_start)
             tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
             try:
                 with torch.enable_grad():

@@ -74,3 +74,40 @@ class Tap:
         if len(self.norm_outputs) != 1:
             raise RuntimeError("the final norm did not run exactly once")
         return self.norm_outputs[0]
+
+
+def gather_rows(x: Tensor, positions: Tensor) -> Tensor:
+    """``x [B, L, ...]`` at ``positions`` (``[P]`` shared by every row, or ``[B, P]``) -> ``[B, P, ...]``."""
+    positions = positions.to(x.device)
+    if positions.dim() == 1:
+        return x[:, positions]
+    idx = positions.reshape(*positions.shape, *([1] * (x.dim() - 2))).expand(*positions.shape, *x.shape[2:])
+    return torch.gather(x, 1, idx)
+
+
+class HeadAtRows:
+    """A forward pre-hook on the LM head that passes on only the final hidden
+    states at ``positions``, so the model returns logits ``[B, P, V]``.
+
+    Why: a dMLLM's head maps every position to the whole vocabulary. With an
+    anyres image (about 3,000 positions) and LLaDA's 126,464 tokens that is
+    1.5 GB of float32 logits per sequence and 1.5 TFLOP at hidden size 2048,
+    and every batched backward would carry a dense ``[L, V]`` cotangent per
+    word through the head; the scores read P rows. The hook only acts on a
+    ``[B, length, D]`` input (the sequence it was set up for) and counts how
+    often it did, so the caller can tell whether the model's head really ran
+    through this module once."""
+
+    def __init__(self, head: nn.Module, positions: Tensor, length: int):
+        self.positions, self.length, self.calls = positions, int(length), 0
+        self.handle = head.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        x = args[0] if args else None
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[1] != self.length:
+            return None
+        self.calls += 1
+        return (gather_rows(x, self.positions),) + tuple(args[1:])
+
+    def remove(self):
+        self.handle.remove()

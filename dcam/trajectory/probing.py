@@ -74,13 +74,16 @@ def _forward_rows(adapter: ModelAdapter, prep: Prepared, ids: Tensor, positions:
                   ) -> Tuple[Tensor, Tensor]:
     """(logits ``[R, P, V]`` at ``positions [R, P]``, the hooked block's output ``[R, L, D]`` as a grad
     leaf). The model runs under no_grad up to the hooked block (the tap switches autograd on there)."""
+    inputs, want = adapter.batch_inputs(prep, ids.shape[0]), adapter.logit_positions(positions)
+    # the last block at the scored rows only, unless it is the hooked one
+    rows_only = layer < len(adapter.blocks()) - 1 and adapter.check_rows_only(ids, inputs, want, prep.response_start)
+    run = adapter.logits_at_rows if rows_only else adapter.logits_at
     tap = Tap(adapter.blocks()[layer], None, make_leaf=True)
     try:
         prev = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
         try:
-            logits = adapter.logits_at_rows(ids, adapter.batch_inputs(prep, ids.shape[0]),
-                                            adapter.logit_positions(positions), prep.response_start)
+            logits = run(ids, inputs, want, prep.response_start)
         finally:
             torch.set_grad_enabled(prev)
         return logits, tap.output()

@@ -20,6 +20,7 @@ The explainer (:mod:`dcam.explain`) and the gradient probe
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 from ...errors import InputError
 from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
+from ..hooks import HeadAtRows, gather_rows
+from ..rows import LastBlockAtRows, supports_rows
 
 #: Probe modes, see :mod:`dcam.probe.gradients`.
 PROBES = ("full", "masked", "remask")
@@ -308,9 +311,44 @@ class ModelAdapter:
                   response_start: int) -> Tensor:
         """Run the model on ``input_ids [B, L]`` and return the logits
         (float32) at ``positions`` (``[P]`` shared by every row, or ``[B, P]``)
-        -> ``[B, P, V]``."""
-        logits = self.forward_logits(input_ids, model_inputs)
-        return gather_positions(logits, positions)
+        -> ``[B, P, V]``. The LM head runs at those rows only (:meth:`logits_with_head_at`)."""
+        return self.logits_with_head_at(lambda: self.forward_logits(input_ids, model_inputs), positions,
+                                        input_ids.shape[1])
+
+    def output_head(self) -> Optional[nn.Module]:
+        """The module that maps the final hidden states to logits: by default the
+        ``nn.Linear`` whose weight is :meth:`lm_head_weight`; None if there is none
+        (the model multiplies by the embedding matrix itself, say)."""
+        if not hasattr(self, "_output_head"):
+            try:
+                w = self.lm_head_weight()
+            except NotImplementedError:
+                w = None
+            self._output_head = next((m for m in self.model.modules() if isinstance(m, nn.Linear) and m.weight is w),
+                                     None) if w is not None else None
+        return self._output_head
+
+    def logits_with_head_at(self, run, positions: Tensor, length: int) -> Tensor:
+        """``run()`` (a forward over sequences of ``length`` positions returning the
+        logits) with the LM head applied at ``positions`` only (see
+        :class:`dcam.probe.hooks.HeadAtRows` for why) -> float32 ``[B, P, V]``.
+        Where the head is not one module call on the whole sequence, the full
+        logits are computed and gathered."""
+        head = self.output_head()
+        if head is None:
+            return gather_positions(run(), positions)
+        hook = HeadAtRows(head, positions, length)
+        try:
+            logits = run()
+        finally:
+            hook.remove()
+        if hook.calls == 0:
+            return gather_positions(logits, positions)
+        P = positions.shape[-1]
+        if hook.calls != 1 or logits.shape[1] != P:
+            raise RuntimeError(f"the LM head ran {hook.calls} times and the model returned logits of shape "
+                               f"{tuple(logits.shape)}; expected one call and {P} positions")
+        return logits.float()
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         raise NotImplementedError
@@ -319,11 +357,41 @@ class ModelAdapter:
                        response_start: int) -> Tensor:
         """:meth:`logits_at` for a caller that reads nothing of the forward but
         these logits and the hidden states of the blocks before the last (no
-        hook on the last block or the final norm). An adapter may then run the
-        last block at ``positions`` only (the bundled model's does: its
-        backward then skips the other rows); by default the same as
-        :meth:`logits_at`."""
-        return self.logits_at(input_ids, model_inputs, positions, response_start)
+        hook on the last block or the final norm). The last block may then run
+        at ``positions`` only, so that every word's backward skips its other
+        rows: by default (:mod:`dcam.probe.rows`) where :meth:`check_rows_only`
+        found that this model gives the same logits that way; an adapter may
+        override this with its model's own (the bundled model's does)."""
+        if getattr(self, "_rows_only_ok", None) is not True:
+            return self.logits_at(input_ids, model_inputs, positions, response_start)
+        with LastBlockAtRows(self.blocks()[-1], positions, input_ids.shape[1]):
+            return self.logits_at(input_ids, model_inputs, positions, response_start)
+
+    def check_rows_only(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
+                        response_start: int) -> bool:
+        """Once per adapter, before the first :meth:`logits_at_rows` of a probe:
+        whether the last block can run at the scored rows only (its layout is
+        one :func:`dcam.probe.rows.supports_rows` knows, and on these inputs the
+        logits equal :meth:`logits_at`'s within rounding). Adapters with their
+        own :meth:`logits_at_rows` are taken at their word."""
+        if type(self).logits_at_rows is not ModelAdapter.logits_at_rows:
+            return True
+        if getattr(self, "_rows_only_ok", None) is None:
+            ok = False
+            block = self.blocks()[-1]
+            if supports_rows(block):
+                with torch.no_grad():
+                    full = self.logits_at(input_ids, model_inputs, positions, response_start)
+                    with LastBlockAtRows(block, positions, input_ids.shape[1]) as at_rows:
+                        rows = self.logits_at(input_ids, model_inputs, positions, response_start)
+                tol = (1e-4 if full.dtype == torch.float32 and block_dtype(block) == torch.float32 else 3e-2)
+                scale = max(1.0, float(full.abs().max()))
+                ok = at_rows.ran == 1 and bool(((rows - full).abs().max() <= tol * scale).item())
+                if at_rows.ran == 1 and not ok:
+                    warnings.warn(f"{type(block).__name__} at the scored rows only does not reproduce the full "
+                                  "block's logits on this model; the last block runs at every row", RuntimeWarning)
+            self._rows_only_ok = ok
+        return self._rows_only_ok
 
     # ------------------------------------------------------------------ misc
     def check_image_tokens(self):
@@ -336,15 +404,14 @@ class ModelAdapter:
             raise InputError(f"{type(self.model).__name__} has no image token id; it cannot be explained")
 
 
+def block_dtype(block: nn.Module) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter (float32 if none)."""
+    return next((p.dtype for p in block.parameters() if p.is_floating_point()), torch.float32)
+
+
 def gather_positions(logits: Tensor, positions: Tensor) -> Tensor:
     """``logits [B, L, V]`` at ``positions`` (``[P]`` or ``[B, P]``) -> ``[B, P, V]`` float32."""
-    B = logits.shape[0]
-    positions = positions.to(logits.device)
-    if positions.dim() == 1:
-        out = logits[:, positions]
-    else:
-        out = torch.gather(logits, 1, positions[:, :, None].expand(B, positions.shape[1], logits.shape[2]))
-    return out.float()
+    return gather_rows(logits, positions).float()
 
 
 def _per_row(v) -> bool:

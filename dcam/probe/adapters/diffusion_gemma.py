@@ -142,15 +142,14 @@ class DiffusionGemmaAdapter(ModelAdapter):
                   response_start: int) -> Tensor:
         """The encoder reads ``input_ids[:, :response_start]`` (prompt and image),
         the decoder the canvas after it."""
-        from .base import gather_positions
-
         inputs = dict(model_inputs)
         Lp = int(response_start)
         positions = positions.to(input_ids.device)
         if bool((positions < Lp).any()):
             raise InputError("DiffusionGemma has no logits at prompt positions (only on the response canvas)")
-        logits = self.model(input_ids=input_ids[:, :Lp], decoder_input_ids=input_ids[:, Lp:], **inputs).logits
-        return gather_positions(logits, positions - Lp)
+        return self.logits_with_head_at(
+            lambda: self.model(input_ids=input_ids[:, :Lp], decoder_input_ids=input_ids[:, Lp:], **inputs).logits,
+            positions - Lp, input_ids.shape[1] - Lp)
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:  # pragma: no cover
         raise NotImplementedError("DiffusionGemma: use logits_at (the canvas is a separate input)")

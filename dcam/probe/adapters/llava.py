@@ -147,7 +147,8 @@ class HFVisionLanguageAdapter(ModelAdapter):
         return Generation(new, len(new))  # autoregressive: one token per step
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
-        return self.model(input_ids=input_ids, **model_inputs).logits
+        # no KV cache: a probe never decodes further, and with a cache the last block cannot run at rows only
+        return self.model(input_ids=input_ids, use_cache=False, **model_inputs).logits
 
 
 class LlavaAdapter(HFVisionLanguageAdapter):

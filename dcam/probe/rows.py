@@ -1,0 +1,124 @@
+"""The last decoder block at the scored rows only.
+
+Why: every word's backward crosses the blocks above the hooked one at every
+position of the sequence (about 3,000 with an anyres image). In the last
+block only the scored rows reach the logits, so its queries, attention
+output, residual and MLP are needed at those rows alone; its keys and values
+still come from every position. Running it that way cuts that block's
+backward (and forward) to the key/value projections at every row plus the
+rest at P rows. The gradients at the hooked block are the same: the other
+rows of the last block's output are read by nothing but the LM head, which
+:class:`dcam.probe.hooks.HeadAtRows` restricts to the scored rows too.
+
+Supported: transformers-style pre-norm decoder layers (LLaMA, Qwen2, Qwen3,
+Mistral and copies of them: ``input_layernorm``, ``self_attn`` with
+``q_proj/k_proj/v_proj/o_proj`` and optional ``q_norm/k_norm``,
+``post_attention_layernorm``, ``mlp``) with rotary embeddings passed in as
+``position_embeddings``. :meth:`dcam.probe.ModelAdapter.check_rows_only`
+compares the result with the full forward once per model before it is used,
+so a layer that only looks alike falls back to the full block.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+_LAYER_PARTS = {"input_layernorm", "self_attn", "post_attention_layernorm", "mlp"}
+_ATTN_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "rotary_emb"}
+
+
+def supports_rows(layer: nn.Module) -> bool:
+    """Whether ``layer`` has the layout this module knows how to run at rows."""
+    parts = {n for n, _ in layer.named_children()}
+    attn = getattr(layer, "self_attn", None)
+    if parts != _LAYER_PARTS or attn is None:
+        return False
+    if not {"q_proj", "k_proj", "v_proj", "o_proj"} <= {n for n, _ in attn.named_children()} or \
+            not {n for n, _ in attn.named_children()} <= _ATTN_PARTS:
+        return False
+    module = sys.modules.get(type(attn).__module__)
+    return all(hasattr(attn, a) for a in ("head_dim", "scaling", "config")) and \
+        hasattr(module, "apply_rotary_pos_emb") and hasattr(module, "ALL_ATTENTION_FUNCTIONS")
+
+
+def _mask_rows(attention_mask: Optional[Tensor], attn: nn.Module, rows: Tensor, L: int, dtype):
+    """The rows' part ``[., 1, P, L]`` of the block's attention mask, or None (no mask). Without a
+    mask a causal layer sees keys up to its own row: an additive mask says so explicitly (the
+    attention's own causal flag would align a P x L mask at the top left)."""
+    if attention_mask is None:
+        if not getattr(attn, "is_causal", True):
+            return None
+        keys = torch.arange(L, device=rows.device)
+        hidden = keys[None, None, None, :] > rows[None, None, :, None]
+        return torch.zeros(hidden.shape, dtype=dtype, device=rows.device).masked_fill(hidden, torch.finfo(dtype).min)
+    return attention_mask[:, :, rows.to(attention_mask.device), :]
+
+
+def layer_at_rows(layer: nn.Module, rows: Tensor, hidden_states: Tensor, attention_mask=None,
+                  position_embeddings=None) -> Tensor:
+    """``layer(hidden_states)`` at ``rows`` (1-D, unique) -> ``[B, P, D]``; keys and values from every row."""
+    attn = layer.self_attn
+    module = sys.modules[type(attn).__module__]
+    B, L, _ = hidden_states.shape
+    rows = rows.to(hidden_states.device)
+    x = layer.input_layernorm(hidden_states)
+    xr = x[:, rows]
+    P, hd = xr.shape[1], attn.head_dim
+    q = attn.q_proj(xr).view(B, P, -1, hd)
+    k = attn.k_proj(x).view(B, L, -1, hd)
+    v = attn.v_proj(x).view(B, L, -1, hd).transpose(1, 2)
+    if getattr(attn, "q_norm", None) is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    cos, sin = position_embeddings
+    cos, sin = cos.expand(B, *cos.shape[1:]), sin.expand(B, *sin.shape[1:])
+    q, _ = module.apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])
+    _, k = module.apply_rotary_pos_emb(k, k, cos, sin)
+    impl = attn.config._attn_implementation
+    run = module.eager_attention_forward if impl in (None, "eager") else module.ALL_ATTENTION_FUNCTIONS[impl]
+    mask = _mask_rows(attention_mask, attn, rows, L, q.dtype)
+    out, _ = run(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling, is_causal=False)
+    h = hidden_states[:, rows] + attn.o_proj(out.reshape(B, P, -1).contiguous())
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+class LastBlockAtRows:
+    """While active, ``block`` computes its output at ``rows`` only (the other
+    rows are zeros, read by nothing that is scored) when it is called on a
+    sequence of ``length`` positions without a cache; other calls run the block
+    as it is. ``ran`` counts the calls it served."""
+
+    def __init__(self, block: nn.Module, positions: Tensor, length: int):
+        self.block, self.length, self.ran = block, int(length), 0
+        self.rows = torch.unique(positions.reshape(-1))  # sorted, no repeats: each row's gradient counted once
+        self.original = block.forward
+
+    def _forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None or \
+            kwargs.get("use_cache")
+        usable = isinstance(hidden, Tensor) and hidden.dim() == 3 and hidden.shape[1] == self.length and \
+            not cached and kwargs.get("position_embeddings") is not None and \
+            (mask is None or (isinstance(mask, Tensor) and mask.dim() == 4))
+        if not usable:
+            return self.original(*args, **kwargs)
+        self.ran += 1
+        rows = self.rows.to(hidden.device)
+        h = layer_at_rows(self.block, rows, hidden, mask, kwargs["position_embeddings"])
+        return hidden.new_zeros(hidden.shape).index_copy(1, rows, h)
+
+    def __enter__(self):
+        self.block.forward = self._forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.block.forward  # the class's forward again
+        return False
+
+
+__all__ = ["supports_rows", "layer_at_rows", "LastBlockAtRows"]
