@@ -100,22 +100,13 @@ def _detour_adapter(twice):
     return A(_Detour(twice), None)
 
 
-def test_a_head_that_never_runs_as_a_module_gives_the_gathered_full_logits():
+@pytest.mark.parametrize("twice", [False, True], ids=["weight used directly", "head run on halves"])
+def test_a_head_not_run_once_on_the_whole_sequence_gives_the_gathered_full_logits(twice):
+    """The hook acts only on a call with the whole sequence; otherwise the full logits are gathered."""
     torch.manual_seed(0)
-    a = _detour_adapter(twice=False)
+    a = _detour_adapter(twice)
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
-    pos = torch.tensor([4, 1])
-    with torch.no_grad():
-        want = a.model.embed(ids)[0, pos] @ a.model.lm_head.weight.t()
-        torch.testing.assert_close(a.logits_at(ids, {}, pos, 0)[0], want)
-
-
-def test_a_head_run_on_parts_of_the_sequence_is_left_alone():
-    """The hook acts only on the whole sequence; halves pass through untouched."""
-    torch.manual_seed(0)
-    a = _detour_adapter(twice=True)
-    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
-    pos = torch.tensor([5, 0])
+    pos = torch.tensor([5, 0, 2])
     with torch.no_grad():
         want = a.model.embed(ids)[0, pos] @ a.model.lm_head.weight.t()
         torch.testing.assert_close(a.logits_at(ids, {}, pos, 0)[0], want)
