@@ -33,6 +33,8 @@ _ATTN_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "rota
 
 def supports_rows(layer: nn.Module) -> bool:
     """Whether ``layer`` has the layout this module knows how to run at rows."""
+    if hasattr(layer, "_hf_hook") or "forward" in vars(layer):
+        return False  # its forward is wrapped already (accelerate's offloading, say): leave it alone
     parts = {n for n, _ in layer.named_children()}
     attn = getattr(layer, "self_attn", None)
     if parts != _LAYER_PARTS or attn is None:

@@ -148,3 +148,32 @@ def test_unsupported_layouts_are_not_attempted():
     model, proc = STANDINS["lavida"](seed=0)  # OLMo-style LLaDA blocks
     a = auto_adapter(model, proc)
     assert not supports_rows(a.blocks()[-1])
+
+
+def test_a_rows_path_that_fails_is_reported_and_the_block_runs_whole(monkeypatch):
+    import dcam.probe.rows as rows_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(rows_module, "layer_at_rows", broken)
+    model, proc = STANDINS["llada-v"](seed=0)
+    a = auto_adapter(model, proc)
+    prep = a.prepare(_image(), None, a.encode_response(RESPONSE))
+    s = prep.response_start
+    pos, ids = [s + 2], [prep.response_ids[2]]
+    with pytest.warns(RuntimeWarning, match=r"LlamaDecoderLayer at the scored rows only failed on this model "
+                                            r"\(RuntimeError: no such kernel\); the last block runs at every row"):
+        r = probe(a, prep, pos, ids, 0, probe="masked")
+    torch.testing.assert_close(r.per_target_grads(), published_gradients(a, prep, pos, ids, 0, probe="masked"),
+                               atol=1e-7, rtol=1e-5)
+
+
+def test_a_block_whose_forward_is_wrapped_already_is_left_alone():
+    layer, _ = _layer(True)
+    assert supports_rows(layer)
+    layer._hf_hook = object()  # accelerate's offloading hook
+    assert not supports_rows(layer)
+    del layer._hf_hook
+    layer.forward = layer.forward  # an instance-level wrapper
+    assert not supports_rows(layer)
