@@ -176,10 +176,12 @@ def run(args) -> Dict:
     from PIL import Image
 
     image = Image.new("RGB", (grid[1] * 14, grid[0] * 14))  # only its height reaches AKD
-    Explainer(adapter=adapter, chunk_size=args.chunk).explain(image, response=[1000, 1007], probe="masked")  # warm-up
+    layer = args.layer if args.layer is not None else adapter.default_layer()
+    Explainer(adapter=adapter, layer=layer, chunk_size=args.chunk).explain(image, response=[1000, 1007],
+                                                                          probe="masked")  # warm-up
     for T in args.words:
         response = [1000 + (7 * k) % 5000 for k in range(T)]
-        exp = Explainer(adapter=adapter, chunk_size=args.chunk)
+        exp = Explainer(adapter=adapter, layer=layer, chunk_size=args.chunk)
         _peak_reset(args.device)
         t0 = time.perf_counter()
         e = exp.explain(image, response=response, probe="masked")
@@ -198,14 +200,14 @@ def run(args) -> Dict:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         print(json.dumps(rows[-1]), flush=True)
-    return dict(hidden=args.hidden, blocks=args.blocks, image_tokens=args.image_tokens, vocab=VOCAB,
+    return dict(hidden=args.hidden, blocks=args.blocks, layer=layer, image_tokens=args.image_tokens, vocab=VOCAB,
                 chunk=args.chunk, threads=torch.get_num_threads(), model_gb=model_gb, device=args.device,
                 dtype=args.dtype, peak="GPU memory allocated" if args.device.startswith("cuda") else "RSS",
                 rows=rows)
 
 
 def table(res: Dict) -> str:
-    lines = [f"hidden {res['hidden']}, {res['blocks']} blocks, vocabulary {res['vocab']}, {res['image_tokens']} image "
+    lines = [f"hidden {res['hidden']}, {res['blocks']} blocks (block {res['layer']} hooked), vocabulary {res['vocab']}, {res['image_tokens']} image "
              f"tokens, chunk {res['chunk']}, {res['device']} {res['dtype']}, {res['threads']} CPU threads; model "
              f"{res['model_gb']:.2f} GB", "",
              "| T | dcam s/word | published s/word (scaled) | lower bound s/word (scaled) | x faster than published "
@@ -229,7 +231,8 @@ def isolated(args) -> Dict:
             cmd = [sys.executable, __file__, "--in-process", "--words", str(T), "--json", f.name, "--hidden",
                    str(args.hidden), "--blocks", str(args.blocks), "--image-tokens", str(args.image_tokens),
                    "--chunk", str(args.chunk), "--sample-words", str(args.sample_words), "--device", args.device,
-                   "--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else [])
+                   "--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else []) + \
+                  (["--layer", str(args.layer)] if args.layer is not None else [])
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             one = json.load(open(f.name))
         res = one if res is None else dict(res, rows=res["rows"] + one["rows"])
@@ -244,6 +247,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-tokens", type=int, default=2880)
     ap.add_argument("--words", type=lambda s: [int(v) for v in s.split(",")], default=[16, 64])
     ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--layer", type=int, default=None, help="hooked block (default: the one before the last)")
     ap.add_argument("--sample-words", type=int, default=2, help="words timed for the two linear baselines")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
