@@ -279,6 +279,18 @@ class loader_warnings_off:
         return False
 
 
+def check_family(model, processor, family: Optional[str]) -> None:
+    """Refuse a --family that is unknown or does not fit the model (errors name --family)."""
+    if family is None:
+        return
+    from ..probe import auto_adapter
+
+    try:
+        auto_adapter(model, processor, family=family)
+    except InputError as exc:
+        raise option_error("--family", exc) from None
+
+
 def cam_config_for(model, processor, settings: Optional[Sequence[str]], family: Optional[str] = None):
     """The model's default CamConfig with ``--cam`` settings applied (None without settings)."""
     if not settings:

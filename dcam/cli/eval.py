@@ -61,6 +61,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=common.non_negative_int, default=0, help="seed of the random faithfulness baseline")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
     common.add_model_options(p)
+    common.add_family_option(p)
     common.add_run_options(p)
     p.set_defaults(run=run, command="eval")
 
@@ -77,7 +78,8 @@ def run(args) -> int:
     fill = _fill(args.faith_fill)
     common.apply_run_options(args)
     model, processor = common.load_model_for(args)
-    config = common.cam_config_for(model, processor, args.cam)
+    common.check_family(model, processor, args.family)
+    config = common.cam_config_for(model, processor, args.cam, args.family)
     with warnings.catch_warnings(), AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
         if args.quiet:
             warnings.simplefilter("ignore")
@@ -87,7 +89,8 @@ def run(args) -> int:
                           sweep_probes=args.sweep_probes, sweep_layers=args.sweep_layers, sweep_n=args.sweep_n,
                           faith_n=args.faith_n, faith_steps=args.faith_steps, faith_fill=fill,
                           batch_size=args.batch_size, n_examples=args.examples, seed=args.seed,
-                          image_size=args.image_size, verbose=not args.quiet, config=config)
+                          image_size=args.image_size, verbose=not args.quiet, config=config,
+                          family=args.family)
         with open(os.path.join(tmp, "main_table.md")) as f:
             table = f.read()
     print(table)

@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
                         "(records without a response; dcam view shows a step slider)")
     p.add_argument("--split", default="test", help="split of a COCO data folder (picks instances_<split>*)")
     common.add_model_options(p)
+    common.add_family_option(p)
     common.add_method_options(p)
     common.add_run_options(p)
     p.set_defaults(run=run, command="run")

@@ -131,8 +131,9 @@ class _Ctx:
     layer: Optional[int]
 
 
-def _factory(model_or_factory, processor, explainer_factory) -> ExplainerFactory:
-    """``f(method, config, layer) -> Explainer`` from a model and processor, or the factory given."""
+def _factory(model_or_factory, processor, explainer_factory, family: Optional[str] = None) -> ExplainerFactory:
+    """``f(method, config, layer) -> Explainer`` from a model and processor (as ``family`` when given), or the
+    factory given."""
     if explainer_factory is not None:
         return explainer_factory
     if model_or_factory is None:
@@ -141,7 +142,7 @@ def _factory(model_or_factory, processor, explainer_factory) -> ExplainerFactory
         from ..explain import Explainer
 
         def factory(method, cfg, lay, _m=model_or_factory, _p=processor):
-            return Explainer(_m, _p, layer=lay, config=cfg, method=method)
+            return Explainer(_m, _p, layer=lay, config=cfg, method=method, **({"family": family} if family else {}))
         return factory
     if callable(model_or_factory):
         return model_or_factory
@@ -238,7 +239,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
              sweep: bool = False, sweep_probes: Optional[Sequence[str]] = None,
              sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
              faith_steps: int = 10, faith_fill: Union[str, Sequence[float]] = "mean", batch_size: int = 16,
-             n_examples: int = 4, seed: int = 0, image_size: int = 64, verbose: bool = False) -> dict:
+             n_examples: int = 4, seed: int = 0, image_size: int = 64, verbose: bool = False,
+             family: Optional[str] = None) -> dict:
     """Evaluate CAM methods on a grounded data set; see the module docstring.
 
     model_or_factory, processor: a model and its processor, or an explainer
@@ -249,13 +251,14 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     methods: ``"all"``, a comma list or a list of method names.
     n: number of valid records to evaluate (None: all).
     layer / probe / target_score: shared by every method of the comparison.
+    family: the adapter family to treat the model as (``dcam families``; None: detected).
     config: the Diffusion-CAM config (None: the model's default,
         :meth:`~dcam.probe.ModelAdapter.default_config`; it is resolved once
         and shared by every method, ablation row and sweep cell).
     Returns the report dict (also written to ``out_dir/report.json``).
     """
     t0 = time.time()
-    factory = _factory(model_or_factory, processor, explainer_factory)
+    factory = _factory(model_or_factory, processor, explainer_factory, family)
     methods = _resolve_methods(methods)
     if target_score not in ("logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")

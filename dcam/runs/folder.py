@@ -69,7 +69,7 @@ def run_identity(explainer, model: Dict[str, Any], probe: Optional[str], target_
             "layer": explainer.layer, "probe": probe or explainer.default_probe,
             "target_score": target_score or explainer.method.default_target_score, "steps": steps,
             "config": explainer.config.as_dict(), "granularity": getattr(explainer, "granularity", None),
-            "view": getattr(explainer, "view", None)}
+            "view": getattr(explainer, "view", None), "family": getattr(explainer.adapter, "family", None)}
 
 
 def fingerprint(identity: Dict[str, Any]) -> str:

@@ -52,3 +52,22 @@ def test_dcam_explain_with_family_and_dtype(name, family, grid, folders, coco_di
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tokens"] == ["a", "dog", "and", "a", "person"] and meta["grid"] == grid
     assert "explained 5 words" in capsys.readouterr().out
+
+
+def test_eval_and_run_take_family(folders, coco_dir, tmp_path, capsys):
+    """--family reaches the explainer of `dcam eval` and `dcam run` (run.json records it); a wrong one
+    is one line naming --family, exit 2, nothing written."""
+    common = ["--model", folders["lavida"], "--quiet"]
+    rc = main(["eval", "--dataset", str(coco_dir), "--split", "val", "--n", "1", "--methods", "diffusion-cam",
+               "--examples", "0", "--out", str(tmp_path / "eval"), "--family", "lavida", *common])
+    assert rc == 0
+    rc = main(["run", str(coco_dir / "images"), "--out", str(tmp_path / "run"), "--family", "lavida", *common])
+    assert rc == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["identity"]["family"] == "lavida"
+    capsys.readouterr()
+    for cmd in (["eval", "--dataset", str(coco_dir), "--split", "val", "--out", str(tmp_path / "e2")],
+                ["run", str(coco_dir / "images"), "--out", str(tmp_path / "r2")]):
+        assert main([*cmd, "--family", "nope", *common]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"dcam {cmd[0]}: error: --family: unknown family 'nope'") and "\n" not in err
+    assert not (tmp_path / "e2").exists() and not (tmp_path / "r2").exists()
