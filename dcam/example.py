@@ -57,6 +57,14 @@ class Example:
         """The first token id of each item (TAM's class rows, context weights)."""
         return [self.response_ids[it.slots[0]] for it in self.items]
 
+    def word_fields(self) -> Dict[str, list]:
+        """The explained items as the result objects hold them (Explanation, Trajectory): their
+        texts, first token ids, word numbers, first response slots and all their slots."""
+        return dict(tokens=[it.text for it in self.items], token_ids=self.item_ids,
+                    word_numbers=[it.number for it in self.items],
+                    response_indices=[it.slots[0] for it in self.items],
+                    pieces=[list(it.slots) for it in self.items])
+
     @property
     def n_tokens(self) -> int:
         return sum(len(it.slots) for it in self.items)

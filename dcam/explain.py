@@ -239,9 +239,7 @@ class Explainer:
         main = outs[ex.views[0].name]
         a = self.adapter
         return Explanation(
-            tokens=[it.text for it in ex.items], token_ids=[ex.prep.response_ids[it.slots[0]] for it in ex.items],
-            word_numbers=[it.number for it in ex.items], response_indices=[it.slots[0] for it in ex.items],
-            pieces=[list(it.slots) for it in ex.items], maps=main.maps.float().cpu(),
+            **ex.word_fields(), maps=main.maps.float().cpu(),
             stats={k: v.cpu() for k, v in main.stats.items()}, image=ex.prep.image, response=a.decode(ex.response_ids),
             response_ids=list(ex.response_ids), response_tokens=a.token_strings(ex.response_ids), prompt=ex.prompt,
             steps=int(ex.steps), steps_source=ex.steps_source, method=self.method_name, probe=probe, layer=self.layer,

@@ -307,8 +307,7 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
     decided_at = torch.tensor([int(slot_decided[it].max()) for it in items], dtype=torch.long)  # last piece
     notes = notes + [n for n in ex.notes if n not in notes]
     return Trajectory(
-        tokens=[it.text for it in ex.items], token_ids=ex.item_ids, word_numbers=[it.number for it in ex.items],
-        response_indices=[it[0] for it in items], pieces=items, maps=maps[:S].contiguous(),
+        **ex.word_fields(), maps=maps[:S].contiguous(),
         final_maps=maps[S].contiguous(), decided_at=decided_at, slot_decided_at=slot_decided,
         states=gen.states.long(), scores=tg.scores[:S], final_scores=tg.scores[S], remasked=tg.remasked[:S],
         stats={k: v[:S].cpu() for k, v in out.stats().items()},
