@@ -170,12 +170,21 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select: Tensor, 
         del g
 
 
-def _forward(adapter: ModelAdapter, tap: Tap, ids: Tensor, inputs, want: Tensor, response_start: int,
-             rows_only: bool) -> Tensor:
-    """Logits [R, P, V] of one batch of rows; autograd is on only above the hooked block."""
+def logits_runner(adapter: ModelAdapter, layer: int, norm, ids: Tensor, inputs, want: Tensor, response_start: int):
+    """The adapter's ``logits_at_rows`` when the probe reads nothing of the last block's other rows (the
+    hooked block is below it, the final norm is not recorded) and ``check_rows_only`` allows it on
+    these inputs; else ``logits_at``. Call it before the tap is set: the check runs forwards of its own."""
+    if norm is None and layer < len(adapter.blocks()) - 1 and \
+            adapter.check_rows_only(ids, inputs, want, response_start):
+        return adapter.logits_at_rows
+    return adapter.logits_at
+
+
+def _forward(run, ids: Tensor, inputs, want: Tensor, response_start: int) -> Tensor:
+    """Logits [R, P, V] of one batch of rows from ``run`` (:func:`logits_runner`); autograd is on only
+    above the hooked block."""
     torch.set_grad_enabled(False)  # no graph below the hooked block (the tap switches it on)
     try:
-        run = adapter.logits_at_rows if rows_only else adapter.logits_at
         return run(ids, inputs, want, response_start)
     finally:
         torch.set_grad_enabled(True)
@@ -218,16 +227,15 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
     ids = torch.cat([build_probe_inputs(adapter, p, t.positions, probe) for p, t in zip(preps, targets)], 0)
     want = torch.stack([_wanted(adapter, t, d, width) for t, d in zip(targets, distractors)])
     norm = adapter.final_norm() if want_last_hidden else None
-    rows_only = norm is None and layer < len(adapter.blocks()) - 1  # nothing reads the last block's other rows
     inputs = adapter.stack_inputs(list(preps)) if B > 1 else adapter.batch_inputs(preps[0], 1)
     K = max(len(t.groups) for t in targets)
     grads = [[] for _ in range(B)]
-    rows_only = rows_only and adapter.check_rows_only(ids, inputs, want, preps[0].response_start)
+    run = logits_runner(adapter, layer, norm, ids, inputs, want, preps[0].response_start)
     with frozen(adapter.model):
         tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
         try:
             with torch.enable_grad():
-                logits = _forward(adapter, tap, ids, inputs, want, preps[0].response_start, rows_only)
+                logits = _forward(run, ids, inputs, want, preps[0].response_start)
                 leaf = tap.output()
                 item_scores, weights = [], []
                 for b, t in enumerate(targets):
@@ -275,7 +283,6 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
     ids = build_probe_inputs(adapter, prep, t.positions, "remask", t.groups)
     img, G = prep.image_positions, len(t.groups)
     norm = adapter.final_norm() if want_last_hidden else None
-    rows_only = norm is None and layer < len(adapter.blocks()) - 1
     width = max(len(g) for g in t.groups) + int(contrastive)
     acts, grads, scores, hidden = [], [], [], []
     W_tok = torch.zeros(len(t.positions), len(t.positions))
@@ -285,14 +292,12 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
             sub = [Targets([t.positions[k] for k in t.groups[r]], [t.token_ids[k] for k in t.groups[r]],
                            [list(range(len(t.groups[r])))]) for r in rows]
             want = torch.stack([_wanted(adapter, s, distractor, width) for s in sub])
-            rows_only = rows_only and adapter.check_rows_only(ids[rows[0]:rows[-1] + 1],
-                                                              adapter.batch_inputs(prep, len(rows)), want,
-                                                              prep.response_start)
+            ids_r, inputs = ids[rows[0]:rows[-1] + 1], adapter.batch_inputs(prep, len(rows))
+            run = logits_runner(adapter, layer, norm, ids_r, inputs, want, prep.response_start)
             tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
             try:
                 with torch.enable_grad():
-                    logits = _forward(adapter, tap, ids[rows[0]:rows[-1] + 1], adapter.batch_inputs(prep, len(rows)),
-                                      want, prep.response_start, rows_only)
+                    logits = _forward(run, ids_r, inputs, want, prep.response_start)
                     leaf = tap.output()
                     s = torch.stack([_token_scores(logits[j], torch.tensor(sb.token_ids), contrastive,
                                                    len(sb.positions)).sum() for j, sb in enumerate(sub)])

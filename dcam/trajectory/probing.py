@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .. import ops
 from ..probe.adapters.base import ModelAdapter, Prepared
-from ..probe.gradients import batched_grad
+from ..probe.gradients import batched_grad, logits_runner
 from ..probe.hooks import Tap, frozen
 
 
@@ -75,9 +75,7 @@ def _forward_rows(adapter: ModelAdapter, prep: Prepared, ids: Tensor, positions:
     """(logits ``[R, P, V]`` at ``positions [R, P]``, the hooked block's output ``[R, L, D]`` as a grad
     leaf). The model runs under no_grad up to the hooked block (the tap switches autograd on there)."""
     inputs, want = adapter.batch_inputs(prep, ids.shape[0]), adapter.logit_positions(positions)
-    # the last block at the scored rows only, unless it is the hooked one
-    rows_only = layer < len(adapter.blocks()) - 1 and adapter.check_rows_only(ids, inputs, want, prep.response_start)
-    run = adapter.logits_at_rows if rows_only else adapter.logits_at
+    run = logits_runner(adapter, layer, None, ids, inputs, want, prep.response_start)
     tap = Tap(adapter.blocks()[layer], None, make_leaf=True)
     try:
         prev = torch.is_grad_enabled()
