@@ -85,21 +85,19 @@ class Dist:
         return self.agree(lambda: fn() if self.rank == 0 else None)
 
     def sum(self, values: Sequence[float]) -> List[float]:
-        if not self.active:
-            return [float(v) for v in values]
-        import torch.distributed as td
-
-        t = self._tensor(values)
-        td.all_reduce(t, op=td.ReduceOp.SUM)
-        return t.cpu().tolist()
+        return self._all_reduce(values, "SUM")
 
     def max(self, values: Sequence[float]) -> List[float]:
+        return self._all_reduce(values, "MAX")
+
+    def _all_reduce(self, values: Sequence[float], op: str) -> List[float]:
+        """``values`` reduced element-wise over the ranks with ``torch.distributed.ReduceOp.<op>``."""
         if not self.active:
             return [float(v) for v in values]
         import torch.distributed as td
 
         t = self._tensor(values)
-        td.all_reduce(t, op=td.ReduceOp.MAX)
+        td.all_reduce(t, op=getattr(td.ReduceOp, op))
         return t.cpu().tolist()
 
     def close(self) -> None:
