@@ -279,6 +279,9 @@ def open_source(spec: str, split: str = "test") -> RunSource:
     if not os.path.exists(spec):
         raise InputError(f"MANIFEST: no such file or folder {spec!r}")
     if os.path.isfile(spec):
+        if spec.lower().endswith(IMAGE_EXTENSIONS):  # the commonest slip: an image where the manifest goes
+            raise InputError(f"MANIFEST: {spec!r} is an image; give a JSONL manifest or a folder of images "
+                             "(`dcam explain` takes single images)")
         return ManifestSource(spec)
     from ..eval.datasets import detect_layout
 

@@ -112,6 +112,18 @@ def test_cli_refuses_a_bad_manifest_with_one_line(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_cli_refuses_an_image_in_place_of_the_manifest(tmp_path, capsys):
+    from PIL import Image
+
+    img = str(tmp_path / "one.png")
+    Image.new("RGB", (8, 8)).save(img)
+    rc = main(["run", img, "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"dcam run: error: MANIFEST: {img!r} is an image; give a JSONL manifest or a folder "
+                               "of images (`dcam explain` takes single images)"]
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_cli_memory_budget_is_a_size(tmp_path, capsys):
     from dcam.cli import build_parser
 
