@@ -4,21 +4,23 @@
 //   raw[b,t,n] = (1/D) sum_d max(A[b,n,d] * w[b,t,d], 0)   (product: pool_product.cpp)
 //   maps       = min-max normalised raw, 0 where degenerate.
 //
-// Accumulation is float64: the gradient pass adds float32 sums of groups of 8 rows (at
-// most 3 roundings each, see pool_grads.cpp) in float64, and the product's terms (a
-// float32 times a float32, exact in float64) are summed in float64. Every value the
-// reference rounds to float32 (w, raw, the normalised map) is rounded at the same place
-// here.
+// Accumulation: the gradient pass adds float32 sums of groups of 8 rows (at most 3
+// roundings each, see pool_grads.cpp) in float64; the product sums runs of features in
+// float32 and the runs in float64 (every term is >= 0, so nothing cancels; see pool.hpp).
+// Both stay within a few 1e-7 of the exact sums, relative, below the reference's own
+// float32 error. Every value the reference rounds to float32 (w, raw, the normalised map)
+// is rounded at the same place here.
 //
 // Scheduling. Reading the gradients is the only memory-bound part; the product is
-// compute. They overlap: the tokens of an image are grouped into weight tables of up to
-// 32 tokens, and as soon as the gradient pass has finished every token of a table, the
-// product of that table becomes work. Threads take stream items (one (image, token) slice
-// of grads, or a feature chunk of it when there are few slices) in order, and product
-// tasks (a table and a block of rows) when one is ready, but while stream items are left
-// at most half of the threads (at least one) compute products, so the gradients keep
-// streaming. The pass over the gradients stays one pure streaming reduction, and the
-// NaN/Inf check rides on it (GradMode::kReluChecked).
+// compute. The tokens of an image are grouped into weight tables of up to 64 tokens, and
+// as soon as the gradient pass has finished every token of a table, the product of that
+// table becomes work. Threads take stream items (one (image, token) slice of grads, or a
+// feature chunk of it when there are few slices) in order, and product tasks (a table and
+// a block of rows) when one is ready, but while stream items are left at most half of the
+// threads (at least one) compute products, so the gradients keep streaming. (On two cores
+// one core streams at only ~60% of what two do, so the overlap saves little there; the
+// product's own cost is what counts.) The pass over the gradients stays one pure streaming
+// reduction, and the NaN/Inf check rides on it (GradMode::kReluChecked).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -54,20 +56,22 @@ std::unique_ptr<T[]> uninitialised(int64_t n) {
 // The weight tables are read as 32-byte vectors: cache-line aligned storage, carved out of
 // a plain allocation (glibc serves repeated plain allocations of this size from its heap
 // without page faults; aligned ones it maps afresh every call).
-struct AlignedDoubles {
-    std::unique_ptr<double[]> block;
-    double* data = nullptr;
-    double* get() const { return data; }
+template <class T>
+struct Aligned {
+    std::unique_ptr<T[]> block;
+    T* data = nullptr;
+    T* get() const { return data; }
 };
-AlignedDoubles aligned_doubles(int64_t n) {
-    AlignedDoubles a;
-    a.block = uninitialised<double>(n + 8);
+template <class T>
+Aligned<T> aligned(int64_t n) {
+    Aligned<T> a;
+    a.block = uninitialised<T>(n + 64 / sizeof(T));
     const uintptr_t u = reinterpret_cast<uintptr_t>(a.block.get());
-    a.data = a.block.get() + ((64 - u % 64) % 64) / sizeof(double);
+    a.data = a.block.get() + ((64 - u % 64) % 64) / sizeof(T);
     return a;
 }
 
-constexpr int64_t kTableTokens = 32;  // tokens per weight table (the product's register block)
+constexpr int64_t kTableTokens = 64;  // tokens per weight table (the product's register block)
 constexpr int64_t kProductRows = 32;  // rows of A per product task
 
 struct Problem {
@@ -83,7 +87,7 @@ struct Problem {
 struct Plan {
     int64_t dchunk = 0, nchunks = 0;    // stream item = (b*T + t, feature chunk of dchunk)
     int64_t tokens = 0, tables = 0;     // tokens per weight table, tables per image
-    int64_t table_size = 0;             // doubles per table
+    int64_t table_size = 0;             // floats per table
     int64_t row_tasks = 0;              // product tasks per table (blocks of kProductRows rows)
     int64_t stream_items = 0, product_tasks = 0;
 };
@@ -99,7 +103,7 @@ Plan make_plan(const Problem& p, int nthreads) {
     pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
     pl.tokens = std::min(p.T, kTableTokens);
     pl.tables = (p.T + pl.tokens - 1) / pl.tokens;
-    pl.table_size = weight_table_size(p.D, pl.tokens, p.signed_w);
+    pl.table_size = weight_table_size(p.D, pl.tokens, p.signed_w, TableLayout::kByFeature);  // the larger
     pl.row_tasks = (p.N + kProductRows - 1) / kProductRows;
     pl.stream_items = BT * pl.nchunks;
     pl.product_tasks = p.B * pl.tables * pl.row_tasks;
@@ -111,7 +115,7 @@ struct Run {
     const Problem& p;
     const Plan& pl;
     std::unique_ptr<float[]> weights;                // [B*T*D] float32, as the reference's g.mean(dim=2)
-    AlignedDoubles table_storage;                    // [B*tables][table_size]
+    Aligned<float> table_storage;                     // [B*tables][table_size]
     std::unique_ptr<double[]> raw;                   // [B*T*N] float64 pooled sums
     std::unique_ptr<WeightTable[]> table;            // [B*tables], valid once ready
     std::unique_ptr<std::atomic<int64_t>[]> left;    // [B*tables]: stream items not finished
@@ -126,7 +130,7 @@ struct Run {
     void allocate() {
         const int64_t ntab = p.B * pl.tables;
         weights = uninitialised<float>(p.B * p.T * p.D);
-        table_storage = aligned_doubles(ntab * pl.table_size);
+        table_storage = aligned<float>(ntab * pl.table_size);
         raw = uninitialised<double>(p.B * p.T * p.N);
         table = uninitialised<WeightTable>(ntab);
         left.reset(new std::atomic<int64_t>[static_cast<size_t>(ntab)]);
@@ -176,6 +180,7 @@ void stream_item(Run& run, Worker& wk, int64_t it) {
     if (run.left[tix].fetch_sub(1, std::memory_order_acq_rel) == 1) {
         const int64_t t0 = (tix % pl.tables) * pl.tokens, cnt = std::min(pl.tokens, p.T - t0);
         run.table[tix] = build_weight_table(run.weights.get() + (b * p.T + t0) * p.D, p.D, cnt, p.signed_w,
+                                            weight_table_layout(cnt), p.dtype,
                                             run.table_storage.get() + tix * pl.table_size);
         run.ready[tix].store(true, std::memory_order_release);
     }
@@ -226,20 +231,11 @@ void work(Run& run) {
     }
 }
 
-// Whether some channel weight is NaN/Inf: every NaN/Inf of grads made a weight of its slice
-// non-finite (see GradMode); a finite gradient can only do that by overflowing a float32
-// partial sum (|g| > ~4e37).
-int32_t weights_nonfinite(const float* w, int64_t n) {
-    int32_t bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static)
-    for (int64_t i = 0; i < n; ++i) bad |= std::isfinite(w[i]) ? 0 : 1;
-    return bad;
-}
-
-// maps = raw / D, min-max normalised per map (float32 arithmetic as the reference).
+// maps = raw / D, min-max normalised per map (float32 arithmetic as the reference). Work
+// shared by the threads of the enclosing parallel region.
 void normalise_maps(const double* raw, int64_t BT, int64_t N, int64_t D, float* maps_out, uint8_t* degenerate_out) {
     const float fD = static_cast<float>(D);
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
     for (int64_t m = 0; m < BT; ++m) {
         const double* acc = raw + m * N;
         float* out = maps_out + m * N;
@@ -277,11 +273,29 @@ int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, i
     Run run(p, pl);
     if (!allocated([&] { run.allocate(); })) return DCAM_ENOMEM;
     run.product_cap = std::max(1, nthreads / 2);
+    // One parallel region for the whole call: with a passive OpenMP wait policy every region
+    // wakes the sleeping threads again (~50 us), which a caller pooling chunk by chunk pays
+    // per chunk.
+    int32_t bad = 0;
 #pragma omp parallel num_threads(nthreads)
-    work(run);
+    {
+        work(run);
+#pragma omp barrier
+        if (!run.oom.load()) {  // the same answer in every thread after the barrier
+            if (grads_nonfinite) {
+                // Whether some channel weight is NaN/Inf: every NaN/Inf of grads made a weight of
+                // its slice non-finite (see GradMode); a finite gradient can only do that by
+                // overflowing a float32 partial sum (|g| > ~4e37).
+                const float* w = run.weights.get();
+                const int64_t n = B * T * D;
+#pragma omp for reduction(| : bad) schedule(static)
+                for (int64_t i = 0; i < n; ++i) bad |= std::isfinite(w[i]) ? 0 : 1;
+            }
+            normalise_maps(run.raw.get(), B * T, N, D, maps_out, degenerate_out);
+        }
+    }
     if (run.oom.load()) return DCAM_ENOMEM;
-    if (grads_nonfinite) *grads_nonfinite = weights_nonfinite(run.weights.get(), B * T * D);
-    normalise_maps(run.raw.get(), B * T, N, D, maps_out, degenerate_out);
+    if (grads_nonfinite) *grads_nonfinite = bad;
     return DCAM_OK;
 }
 

@@ -59,6 +59,12 @@ DCAM_INLINE v8f load8_as_float(const void* base, int64_t i) {
     return f;
 }
 
+// acc[0..8) += s, in float64
+DCAM_INLINE void add8_f64(double* acc, v8f s) {
+    store(acc, load4d(acc) + to_f64(lo4(s)));
+    store(acc + 4, load4d(acc + 4) + to_f64(hi4(s)));
+}
+
 // acc[j] += sum_{n < N} mode(g[n * stride + d0 + j]) for j < len, float64 sums of float32
 // partial sums (see pool_grads.cpp). scratch: len doubles.
 void grad_column_sums(const void* g, dcam_dtype dtype, GradMode mode, int64_t stride, int64_t N, int64_t d0,
@@ -70,24 +76,40 @@ void grad_column_sums(const void* g, dcam_dtype dtype, GradMode mode, int64_t st
 // a * min(w, 0) when a < 0 (0 when a == 0). So every nonzero activation contributes
 // a * W+[t, d] or a * W-[t, d], picked by the sign of a alone (not of w), and each
 // activation takes part in one multiply per token: with grad_relu (w >= 0, W- = 0) only
-// the positive activations do. Products of two float32 are exact in float64 and the sums
-// are float64, so the result does not depend on the summation order.
+// the positive activations do.
+//
+// Rounding: every term is >= 0, so no sum cancels. Runs of at most kProductChunk (by
+// feature) or kDotRun (by token) features are summed in float32, and the run sums in
+// float64: each raw value is within about (run length + 4) * 2^-24 of the exact sum,
+// relative (in practice ~1e-7, the size of the reference's own float32 error).
 
-// Tokens [t0, t0 + cnt) of one image: their weights transposed to float64 rows, one per
-// feature d: W+[d] (cnt tokens padded with 0 to `width`, a multiple of 4), then with signed
-// weights W-[d]; rows `row` doubles apart.
+// How a table lays out the weights of its tokens:
+//   kByFeature: one row per feature d, the tokens side by side (W+[d] padded with 0 to
+//               `width` tokens, then with signed weights W-[d]; rows `row` floats apart),
+//               read by the compacting kernel (any table size);
+//   kByToken:   one row of D features per token (W+ rows, then with signed weights W-
+//               rows; rows `row` = D floats apart; for bfloat16 activations every 16
+//               features are stored evens first, the order the kernel converts them in),
+//               read by the dot-product kernel of small tables on AVX2 CPUs.
+enum class TableLayout { kByFeature = 0, kByToken = 1 };
+
 struct WeightTable {
-    const double* pos = nullptr;  // W+: pos[d * row + i] = max(w[t0 + i, d], 0)
-    const double* neg = nullptr;  // W-: neg[d * row + i] = min(w, 0); null with grad_relu (W+ = w)
+    const float* pos = nullptr;  // W+ = max(w, 0)
+    const float* neg = nullptr;  // W- = min(w, 0); null with grad_relu (W+ = w)
     int64_t width = 0, row = 0, cnt = 0;
+    TableLayout layout = TableLayout::kByFeature;
 };
 
-// Padded token count of a table of cnt tokens, and the doubles its storage needs.
-int64_t weight_table_width(int64_t cnt);
-int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w);
+// The layout the product uses for a table of cnt tokens (on this CPU).
+TableLayout weight_table_layout(int64_t cnt);
 
-// Fill `storage` (weight_table_size doubles) from w [cnt][D] float32; returns the view.
-WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool signed_w, double* storage);
+// Padded token count of a by-feature table of cnt tokens, and the floats a table needs.
+int64_t weight_table_width(int64_t cnt);
+int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w, TableLayout layout);
+
+// Fill `storage` (weight_table_size floats) from w [cnt][D] float32; returns the view.
+WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool signed_w, TableLayout layout,
+                               dcam_dtype act_dtype, float* storage);
 
 // Per-thread scratch of product_rows.
 struct ProductScratch {
@@ -103,7 +125,9 @@ struct ProductScratch {
 void product_rows(const void* A, dcam_dtype dtype, int64_t D, int64_t n0, int64_t n1, const WeightTable& tbl,
                   double* raw, int64_t ldraw, ProductScratch& scratch);
 
-// Elements of one compaction chunk (activations of one row handled at once).
+// Elements of one compaction chunk (activations of one row handled at once), and features
+// of one float32 run of the dot-product kernel.
 constexpr int64_t kProductChunk = 64;
+constexpr int64_t kDotRun = 256;
 
 }  // namespace dcam

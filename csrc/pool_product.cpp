@@ -1,17 +1,27 @@
 // The product of pooling with the activations (see pool.hpp):
 //   raw[t, n] = sum_d max(A[n, d] * w[t, d], 0)
 //            = sum_{d: A > 0} A[n, d] * W+[t, d] + sum_{d: A < 0} A[n, d] * W-[t, d].
-// A task handles a block of rows for one weight table. Rows are read in chunks of
-// kProductChunk activations, converted to float32 and compacted to those that take part
+// A task handles a block of rows for one weight table, with one of two kernels:
+//
+// Compacting kernel (by-feature tables; any CPU, any table size). Rows are read in chunks
+// of kProductChunk activations, converted to float32 and compacted to those that take part
 // (positive ones with grad_relu, nonzero ones otherwise; NaN always, so that it
 // propagates as in the reference), each with the offset of its table row (W+ or W- by
 // its sign). Then every compacted activation a adds a * table_row to the row's token
-// accumulators: 4 tokens per AVX2 vector, up to 32 tokens in registers. The table slice
+// accumulators: 8 tokens per AVX2 vector, up to 64 tokens in registers. The table slice
 // of one chunk (kProductChunk feature rows) stays in L1 across the rows of the block.
+// Compaction costs about a cycle per activation and table, and each multiply needs its
+// own broadcast and offset: cheap beside 64 tokens' multiplies, dear beside 8.
 //
-// Products of two float32 values are exact in float64, so the AVX2 kernel's FMA
-// (`c + a*w` rounded once) rounds exactly as the portable kernel's separate multiply and
-// add do; the sums are float64.
+// Dot-product kernel (by-token tables of at most kDotTokens tokens, AVX2 CPUs). A block
+// of rows times a group of tokens, 8 features per vector: each activation vector is
+// loaded once for the group's tokens and each weight vector once for the block's rows,
+// and with signed weights W+ or W- is picked lane-wise by the activation's sign
+// (blendv on its sign bit). It multiplies the zero activations too, which the
+// compacting kernel skips, but needs no compaction: for few tokens it is ~2x faster.
+//
+// Both sum runs of features in float32 (FMA on AVX2, separate multiply and add in the
+// portable code) and the runs in float64; see pool.hpp for the rounding bound.
 #include <algorithm>
 
 #include "pool.hpp"
@@ -23,7 +33,8 @@
 namespace dcam {
 namespace {
 
-constexpr int64_t kTokensPerPass = 32;  // tokens held in registers (8 x 4 doubles)
+constexpr int64_t kTokensPerPass = 64;  // compacting kernel: tokens held in registers (8 x 8 floats)
+constexpr int64_t kDotTokens = 16;      // largest table the dot-product kernel takes (measured crossover: 16-32)
 
 // The activations are read chunk by chunk across the rows of a task, a pattern the hardware
 // prefetchers follow poorly while another thread streams the gradients: fetch the row's
@@ -53,17 +64,17 @@ DCAM_INLINE int64_t compact_chunk(const void* A, int64_t base, int64_t len, int6
     return m;
 }
 
-// acc[0 .. 4V) += sum_e vals[e] * tbl[offs[e] .. + 4V).
+// acc[0 .. 8V) += float64(sum_e vals[e] * tbl[offs[e] .. + 8V)), the run summed in float32.
 template <int V>
-DCAM_INLINE void add_entries(const float* vals, const int32_t* offs, int64_t m, const double* tbl, double* acc) {
-    v4d c[V];
-    for (int i = 0; i < V; ++i) c[i] = load4d(acc + 4 * i);
+DCAM_INLINE void add_entries(const float* vals, const int32_t* offs, int64_t m, const float* tbl, double* acc) {
+    v8f c[V];
+    for (int i = 0; i < V; ++i) c[i] = splat8(0.0f);
     for (int64_t e = 0; e < m; ++e) {
-        const v4d a = splat4d(static_cast<double>(vals[e]));
-        const double* p = tbl + offs[e];
-        for (int i = 0; i < V; ++i) c[i] += a * load4d(p + 4 * i);
+        const v8f a = splat8(vals[e]);
+        const float* p = tbl + offs[e];
+        for (int i = 0; i < V; ++i) c[i] += a * load8(p + 8 * i);
     }
-    for (int i = 0; i < V; ++i) store(acc + 4 * i, c[i]);
+    for (int i = 0; i < V; ++i) add8_f64(acc + 8 * i, c[i]);
 }
 
 #define DCAM_DISPATCH_V(v, call)    \
@@ -88,7 +99,7 @@ void rows_portable(const void* A, int64_t D, int64_t n0, int64_t rows, const Wei
             const int64_t m =
                 compact_chunk<DT, SIGNED>(A, (n0 + r) * D + d0, len, d0, tbl.row, neg_off, s.vals, s.offs);
             for (int64_t t0 = 0; t0 < tw; t0 += kTokensPerPass) {
-                const int v = static_cast<int>(std::min(kTokensPerPass, tw - t0) / 4);
+                const int v = static_cast<int>(std::min(kTokensPerPass, tw - t0) / 8);
 #define DCAM_CALL(V) add_entries<V>(s.vals, s.offs, m, tbl.pos + t0, s.acc + r * tw + t0)
                 DCAM_DISPATCH_V(v, DCAM_CALL)
 #undef DCAM_CALL
@@ -143,24 +154,28 @@ DCAM_INLINE DCAM_TARGET_V3 int64_t compact_chunk_v3(const void* A, int64_t base,
     return m;
 }
 
-// acc_j[0 .. 4V) += sum_e vals_j[e] * tbl[offs_j[e] .. + 4V) for R rows j in lockstep (their
-// lists padded with zero entries to the same length m): R * V independent accumulators keep
-// both FMA pipes busy even for few tokens.
+// acc_j[0 .. 8V) += float64(sum_e vals_j[e] * tbl[offs_j[e] .. + 8V)) for R rows j in lockstep
+// (their lists padded with zero entries to the same length m), each run summed in float32
+// with FMA: R * V independent accumulators keep both FMA pipes busy even for few tokens.
 template <int V, int R>
 DCAM_INLINE DCAM_TARGET_V3 void add_entries_v3(const float* vals, const int32_t* offs, int64_t ld, int64_t m,
-                                               const double* tbl, double* acc, int64_t ldacc) {
-    __m256d c[R][V];
+                                               const float* tbl, double* acc, int64_t ldacc) {
+    __m256 c[R][V];
     for (int j = 0; j < R; ++j)
-        for (int i = 0; i < V; ++i) c[j][i] = _mm256_loadu_pd(acc + j * ldacc + 4 * i);
+        for (int i = 0; i < V; ++i) c[j][i] = _mm256_setzero_ps();
     for (int64_t e = 0; e < m; ++e) {
         for (int j = 0; j < R; ++j) {
-            const __m256d a = _mm256_set1_pd(static_cast<double>(vals[j * ld + e]));
-            const double* p = tbl + offs[j * ld + e];
-            for (int i = 0; i < V; ++i) c[j][i] = _mm256_fmadd_pd(a, _mm256_loadu_pd(p + 4 * i), c[j][i]);
+            const __m256 a = _mm256_broadcast_ss(vals + j * ld + e);
+            const float* p = tbl + offs[j * ld + e];
+            for (int i = 0; i < V; ++i) c[j][i] = _mm256_fmadd_ps(a, _mm256_loadu_ps(p + 8 * i), c[j][i]);
         }
     }
     for (int j = 0; j < R; ++j)
-        for (int i = 0; i < V; ++i) _mm256_storeu_pd(acc + j * ldacc + 4 * i, c[j][i]);
+        for (int i = 0; i < V; ++i) {
+            double* q = acc + j * ldacc + 8 * i;
+            _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), _mm256_cvtps_pd(_mm256_castps256_ps128(c[j][i]))));
+            _mm256_storeu_pd(q + 4, _mm256_add_pd(_mm256_loadu_pd(q + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(c[j][i], 1))));
+        }
 }
 
 // Rows processed in lockstep for V accumulator vectors per row: at least 8 accumulators
@@ -212,12 +227,111 @@ DCAM_TARGET_V3 void rows_v3(const void* A, int64_t D, int64_t n0, int64_t rows, 
     for (int64_t d0 = 0; d0 < D; d0 += kProductChunk) {
         const int64_t len = std::min(kProductChunk, D - d0);
         for (int64_t t0 = 0; t0 < tw; t0 += kTokensPerPass) {
-            const int v = static_cast<int>(std::min(kTokensPerPass, tw - t0) / 4);
+            const int v = static_cast<int>(std::min(kTokensPerPass, tw - t0) / 8);
 #define DCAM_CALL(V) chunk_v3<DT, SIGNED, V>(A, D, n0, rows, d0, len, tbl, t0, s)
             DCAM_DISPATCH_V(v, DCAM_CALL)
 #undef DCAM_CALL
         }
     }
+}
+// ------------------------------------------------------------------ AVX2 dot-product kernel
+
+// Half h of the 16 elements of a row at element o as float32: bfloat16 evens (h = 0) and
+// odds (h = 1), the order of the by-token table; other dtypes the first and last 8.
+template <int DT>
+DCAM_INLINE DCAM_TARGET_V3 __m256 act_half_v3(const void* A, int64_t o, int h) {
+    if (DT == DCAM_BF16) {
+        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(A) + o));
+        return _mm256_castsi256_ps(h ? _mm256_and_si256(u, _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u)))
+                                     : _mm256_slli_epi32(u, 16));
+    }
+    const v8f x = load8_as_float<DT>(A, o + 8 * h);
+    __m256 f;
+    std::memcpy(&f, &x, sizeof(f));
+    return f;
+}
+
+// Fixed-order sum of the 8 lanes.
+DCAM_INLINE DCAM_TARGET_V3 float hsum8_v3(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// acc[r * ldacc + t] += the float32 sum over the features [d0, d0 + len) of
+// max(A[row0 + r, d] * w[t, d], 0), for R rows and TT tokens (w rows ldw floats apart;
+// len a multiple of 16, at most kDotRun). R * TT accumulators of 8 lanes.
+template <int DT, bool SIGNED, int R, int TT>
+DCAM_INLINE DCAM_TARGET_V3 void dot_block_v3(const void* A, int64_t D, int64_t row0, const float* wp,
+                                             const float* wn, int64_t ldw, int64_t d0, int64_t len, double* acc,
+                                             int64_t ldacc) {
+    __m256 c[R][TT];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < TT; ++t) c[r][t] = _mm256_setzero_ps();
+    for (int64_t d = d0; d < d0 + len; d += 16)
+        for (int h = 0; h < 2; ++h) {
+            __m256 a[R];
+            for (int r = 0; r < R; ++r) {
+                a[r] = act_half_v3<DT>(A, (row0 + r) * D + d, h);
+                if (!SIGNED) a[r] = _mm256_max_ps(_mm256_setzero_ps(), a[r]);  // max(0, NaN) is NaN
+            }
+            for (int t = 0; t < TT; ++t) {
+                const __m256 p = _mm256_loadu_ps(wp + t * ldw + d + 8 * h);
+                if (SIGNED) {  // W- where the activation's sign bit is set, W+ elsewhere
+                    const __m256 q = _mm256_loadu_ps(wn + t * ldw + d + 8 * h);
+                    for (int r = 0; r < R; ++r) c[r][t] = _mm256_fmadd_ps(a[r], _mm256_blendv_ps(p, q, a[r]), c[r][t]);
+                } else {
+                    for (int r = 0; r < R; ++r) c[r][t] = _mm256_fmadd_ps(a[r], p, c[r][t]);
+                }
+            }
+        }
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < TT; ++t) acc[r * ldacc + t] += static_cast<double>(hsum8_v3(c[r][t]));
+}
+
+// Every row of a task for TT tokens: blocks of R rows (12 accumulators with signed weights,
+// whose blend needs a register less per token; 8 without), the rest one row at a time.
+template <int DT, bool SIGNED, int TT>
+DCAM_INLINE DCAM_TARGET_V3 void dot_rows_v3(const void* A, int64_t D, int64_t n0, int64_t rows, const float* wp,
+                                            const float* wn, int64_t ldw, int64_t d0, int64_t len, double* acc,
+                                            int64_t ldacc) {
+    constexpr int R = SIGNED ? 3 : 4;
+    int64_t r = 0;
+    for (; r + R <= rows; r += R)
+        dot_block_v3<DT, SIGNED, R, TT>(A, D, n0 + r, wp, wn, ldw, d0, len, acc + r * ldacc, ldacc);
+    for (; r < rows; ++r) dot_block_v3<DT, SIGNED, 1, TT>(A, D, n0 + r, wp, wn, ldw, d0, len, acc + r * ldacc, ldacc);
+}
+
+template <int DT, bool SIGNED>
+DCAM_TARGET_V3 void rows_dot_v3(const void* A, int64_t D, int64_t n0, int64_t rows, const WeightTable& tbl,
+                                ProductScratch& s) {
+    constexpr int kTT = SIGNED ? 4 : 2;  // tokens per block (measured: 3x4 and 4x2 blocks fastest)
+    const int64_t lv = D & ~int64_t(15), tw = tbl.width;
+    for (int64_t d0 = 0; d0 < lv; d0 += kDotRun) {  // the rows' run stays in L1 across the tokens
+        const int64_t len = std::min(kDotRun, lv - d0);
+        for (int64_t t0 = 0; t0 < tbl.cnt; t0 += kTT) {
+            const float* wp = tbl.pos + t0 * tbl.row;
+            const float* wn = SIGNED ? tbl.neg + t0 * tbl.row : nullptr;
+            double* acc = s.acc + t0;
+#define DCAM_DOT(K) dot_rows_v3<DT, SIGNED, K>(A, D, n0, rows, wp, wn, tbl.row, d0, len, acc, tw)
+            switch (std::min<int64_t>(kTT, tbl.cnt - t0)) {
+                case 1: DCAM_DOT(1); break;
+                case 2: DCAM_DOT(2); break;
+                case 3: DCAM_DOT(3); break;
+                default: DCAM_DOT(kTT); break;
+            }
+#undef DCAM_DOT
+        }
+    }
+    // the features past the vector body, in the table's natural order (float64 products, exact)
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = lv; d < D; ++d) {
+            const float a0 = load_elem<DT>(A, (n0 + r) * D + d);
+            const float a = SIGNED || !(a0 < 0.f) ? a0 : 0.f;
+            const float* w = SIGNED && a < 0.f ? tbl.neg : tbl.pos;
+            for (int64_t i = 0; i < tbl.cnt; ++i)
+                s.acc[r * tw + i] += static_cast<double>(a) * static_cast<double>(w[i * tbl.row + d]);
+        }
 }
 #endif  // DCAM_HAVE_V3
 
@@ -239,13 +353,48 @@ void rows_dtype(const void* A, int64_t D, int64_t n0, int64_t rows, const Weight
 
 }  // namespace
 
-int64_t weight_table_width(int64_t cnt) { return round_up(cnt, 4); }
-
-int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w) {
-    return (signed_w ? 2 : 1) * D * weight_table_width(cnt);
+TableLayout weight_table_layout(int64_t cnt) {
+#if DCAM_HAVE_V3
+    if (cnt <= kDotTokens && cpu_is_x86_64_v3()) return TableLayout::kByToken;
+#endif
+    (void)cnt;
+    return TableLayout::kByFeature;
 }
 
-WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool signed_w, double* storage) {
+int64_t weight_table_width(int64_t cnt) { return round_up(cnt, 8); }
+
+int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w, TableLayout layout) {
+    return (signed_w ? 2 : 1) * D * (layout == TableLayout::kByToken ? cnt : weight_table_width(cnt));
+}
+
+namespace {
+
+WeightTable build_by_token(const float* w, int64_t D, int64_t cnt, bool signed_w, bool evens_first,
+                           float* storage) {
+    WeightTable t;
+    t.layout = TableLayout::kByToken;
+    t.width = cnt;
+    t.row = D;
+    t.cnt = cnt;
+    t.pos = storage;
+    t.neg = signed_w ? storage + cnt * D : nullptr;
+    const int64_t lv = D & ~int64_t(15);
+    for (int64_t i = 0; i < cnt; ++i) {
+        const float* src = w + i * D;
+        float* pos = storage + i * D;
+        float* neg = signed_w ? storage + (cnt + i) * D : nullptr;
+        for (int64_t d = 0; d < D; ++d) {
+            // bfloat16: feature d0 + 2k at d0 + k, d0 + 2k + 1 at d0 + 8 + k (the vector body)
+            const int64_t k = d & 15, at = evens_first && d < lv ? (d - k) + (k & 1) * 8 + k / 2 : d;
+            const float v = src[d];
+            pos[at] = signed_w ? (v < 0.f ? 0.f : v) : v;
+            if (neg) neg[at] = v < 0.f ? v : 0.f;
+        }
+    }
+    return t;
+}
+
+WeightTable build_by_feature(const float* w, int64_t D, int64_t cnt, bool signed_w, float* storage) {
     WeightTable t;
     t.width = weight_table_width(cnt);
     t.row = (signed_w ? 2 : 1) * t.width;
@@ -254,32 +403,41 @@ WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool sign
     t.neg = signed_w ? storage + t.width : nullptr;
     // Blocks of 16 features (one cache line of each token's row of w): the rows are D floats
     // apart, often a multiple of 4 KiB, so reading them column by column would keep evicting
-    // each other from the same L1 set. The block is stored feature-major, 32 tokens a row.
+    // each other from the same L1 set. The block is stored feature-major, 64 tokens a row.
     constexpr int64_t kB = 16;
     alignas(32) float block[kB * kTokensPerPass];
     for (int64_t d0 = 0; d0 < D; d0 += kB) {
         const int64_t nb = std::min(kB, D - d0);
         for (int64_t t0 = 0; t0 < t.width; t0 += kTokensPerPass) {
-            const int64_t nt = std::min(kTokensPerPass, t.width - t0);  // a multiple of 4
+            const int64_t nt = std::min(kTokensPerPass, t.width - t0);  // a multiple of 8
             for (int64_t i = 0; i < nt; ++i)
                 for (int64_t j = 0; j < kB; ++j)
                     block[j * kTokensPerPass + i] = t0 + i < cnt && j < nb ? w[(t0 + i) * D + d0 + j] : 0.0f;
             for (int64_t j = 0; j < nb; ++j) {
-                double* row = storage + (d0 + j) * t.row + t0;
+                float* row = storage + (d0 + j) * t.row + t0;
                 for (int64_t i = 0; i < nt; i += 4) {  // vector selects: the signs are random
                     const v4f v = load4(block + j * kTokensPerPass + i);
                     const v4f zero = {0.f, 0.f, 0.f, 0.f};
                     if (!signed_w) {
-                        store(row + i, to_f64(v));
+                        store(row + i, v);
                         continue;
                     }
-                    store(row + i, to_f64(v < zero ? zero : v));
-                    store(row + t.width + i, to_f64(v < zero ? v : zero));
+                    store(row + i, v < zero ? zero : v);
+                    store(row + t.width + i, v < zero ? v : zero);
                 }
             }
         }
     }
     return t;
+}
+
+}  // namespace
+
+WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool signed_w, TableLayout layout,
+                               dcam_dtype act_dtype, float* storage) {
+    if (layout == TableLayout::kByToken)
+        return build_by_token(w, D, cnt, signed_w, act_dtype == DCAM_BF16, storage);
+    return build_by_feature(w, D, cnt, signed_w, storage);
 }
 
 int64_t ProductScratch::doubles(int64_t rows, int64_t width) { return rows * width; }
@@ -288,6 +446,19 @@ void product_rows(const void* A, dcam_dtype dtype, int64_t D, int64_t n0, int64_
                   double* raw, int64_t ldraw, ProductScratch& s) {
     const int64_t tw = tbl.width, rows = n1 - n0;
     std::fill(s.acc, s.acc + rows * tw, 0.0);
+#if DCAM_HAVE_V3
+    if (tbl.layout == TableLayout::kByToken) {  // only built on AVX2 CPUs (weight_table_layout)
+        const bool sw = tbl.neg != nullptr;
+        switch (dtype) {
+            case DCAM_F32: sw ? rows_dot_v3<DCAM_F32, true>(A, D, n0, rows, tbl, s)
+                              : rows_dot_v3<DCAM_F32, false>(A, D, n0, rows, tbl, s); break;
+            case DCAM_F16: sw ? rows_dot_v3<DCAM_F16, true>(A, D, n0, rows, tbl, s)
+                              : rows_dot_v3<DCAM_F16, false>(A, D, n0, rows, tbl, s); break;
+            default: sw ? rows_dot_v3<DCAM_BF16, true>(A, D, n0, rows, tbl, s)
+                        : rows_dot_v3<DCAM_BF16, false>(A, D, n0, rows, tbl, s); break;
+        }
+    } else
+#endif
     switch (dtype) {
         case DCAM_F32: rows_dtype<DCAM_F32>(A, D, n0, rows, tbl, s); break;
         case DCAM_F16: rows_dtype<DCAM_F16>(A, D, n0, rows, tbl, s); break;
