@@ -94,10 +94,11 @@ void grad_column_sums(const void* g, dcam_dtype dtype, GradMode mode, int64_t st
 enum class TableLayout { kByFeature = 0, kByToken = 1 };
 
 struct WeightTable {
-    const float* pos = nullptr;  // W+ = max(w, 0)
-    const float* neg = nullptr;  // W- = min(w, 0); null with grad_relu (W+ = w)
+    float* pos = nullptr;  // W+ = max(w, 0)
+    float* neg = nullptr;  // W- = min(w, 0); null with grad_relu (W+ = w)
     int64_t width = 0, row = 0, cnt = 0;
     TableLayout layout = TableLayout::kByFeature;
+    bool evens_first = false;  // by-token tables for bfloat16 activations
 };
 
 // The layout the product uses for a table of cnt tokens (on this CPU).
@@ -107,9 +108,15 @@ TableLayout weight_table_layout(int64_t cnt);
 int64_t weight_table_width(int64_t cnt);
 int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w, TableLayout layout);
 
-// Fill `storage` (weight_table_size floats) from w [cnt][D] float32; returns the view.
-WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool signed_w, TableLayout layout,
-                               dcam_dtype act_dtype, float* storage);
+// The table of cnt tokens in `storage` (weight_table_size floats), for activations of
+// act_dtype. Its padding (by-feature tables of cnt < width tokens) is zeroed here; every
+// token's weights are then written by fill_weight_table, feature range by feature range,
+// as the gradient pass finishes them (so no thread builds a whole table while others wait).
+WeightTable make_weight_table(int64_t D, int64_t cnt, bool signed_w, TableLayout layout, dcam_dtype act_dtype,
+                              float* storage);
+
+// Token i's weights for features [d0, d0 + len): w[0 .. len) float32.
+void fill_weight_table(const WeightTable& tbl, int64_t D, int64_t i, int64_t d0, int64_t len, const float* w);
 
 // Per-thread scratch of product_rows.
 struct ProductScratch {

@@ -367,77 +367,53 @@ int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w, TableLayout lay
     return (signed_w ? 2 : 1) * D * (layout == TableLayout::kByToken ? cnt : weight_table_width(cnt));
 }
 
-namespace {
-
-WeightTable build_by_token(const float* w, int64_t D, int64_t cnt, bool signed_w, bool evens_first,
-                           float* storage) {
+WeightTable make_weight_table(int64_t D, int64_t cnt, bool signed_w, TableLayout layout, dcam_dtype act_dtype,
+                              float* storage) {
     WeightTable t;
-    t.layout = TableLayout::kByToken;
-    t.width = cnt;
-    t.row = D;
+    t.layout = layout;
     t.cnt = cnt;
     t.pos = storage;
-    t.neg = signed_w ? storage + cnt * D : nullptr;
-    const int64_t lv = D & ~int64_t(15);
-    for (int64_t i = 0; i < cnt; ++i) {
-        const float* src = w + i * D;
-        float* pos = storage + i * D;
-        float* neg = signed_w ? storage + (cnt + i) * D : nullptr;
-        for (int64_t d = 0; d < D; ++d) {
-            // bfloat16: feature d0 + 2k at d0 + k, d0 + 2k + 1 at d0 + 8 + k (the vector body)
-            const int64_t k = d & 15, at = evens_first && d < lv ? (d - k) + (k & 1) * 8 + k / 2 : d;
-            const float v = src[d];
-            pos[at] = signed_w ? (v < 0.f ? 0.f : v) : v;
-            if (neg) neg[at] = v < 0.f ? v : 0.f;
-        }
+    if (layout == TableLayout::kByToken) {
+        t.width = cnt;
+        t.row = D;
+        t.neg = signed_w ? storage + cnt * D : nullptr;
+        t.evens_first = act_dtype == DCAM_BF16;
+        return t;
     }
-    return t;
-}
-
-WeightTable build_by_feature(const float* w, int64_t D, int64_t cnt, bool signed_w, float* storage) {
-    WeightTable t;
     t.width = weight_table_width(cnt);
     t.row = (signed_w ? 2 : 1) * t.width;
-    t.cnt = cnt;
-    t.pos = storage;
     t.neg = signed_w ? storage + t.width : nullptr;
-    // Blocks of 16 features (one cache line of each token's row of w): the rows are D floats
-    // apart, often a multiple of 4 KiB, so reading them column by column would keep evicting
-    // each other from the same L1 set. The block is stored feature-major, 64 tokens a row.
-    constexpr int64_t kB = 16;
-    alignas(32) float block[kB * kTokensPerPass];
-    for (int64_t d0 = 0; d0 < D; d0 += kB) {
-        const int64_t nb = std::min(kB, D - d0);
-        for (int64_t t0 = 0; t0 < t.width; t0 += kTokensPerPass) {
-            const int64_t nt = std::min(kTokensPerPass, t.width - t0);  // a multiple of 8
-            for (int64_t i = 0; i < nt; ++i)
-                for (int64_t j = 0; j < kB; ++j)
-                    block[j * kTokensPerPass + i] = t0 + i < cnt && j < nb ? w[(t0 + i) * D + d0 + j] : 0.0f;
-            for (int64_t j = 0; j < nb; ++j) {
-                float* row = storage + (d0 + j) * t.row + t0;
-                for (int64_t i = 0; i < nt; i += 4) {  // vector selects: the signs are random
-                    const v4f v = load4(block + j * kTokensPerPass + i);
-                    const v4f zero = {0.f, 0.f, 0.f, 0.f};
-                    if (!signed_w) {
-                        store(row + i, v);
-                        continue;
-                    }
-                    store(row + i, v < zero ? zero : v);
-                    store(row + t.width + i, v < zero ? v : zero);
-                }
-            }
-        }
+    for (int64_t d = 0; d < D && cnt < t.width; ++d) {  // the padding tokens weigh 0
+        std::fill(t.pos + d * t.row + cnt, t.pos + d * t.row + t.width, 0.0f);
+        if (t.neg) std::fill(t.neg + d * t.row + cnt, t.neg + d * t.row + t.width, 0.0f);
     }
     return t;
 }
 
-}  // namespace
-
-WeightTable build_weight_table(const float* w, int64_t D, int64_t cnt, bool signed_w, TableLayout layout,
-                               dcam_dtype act_dtype, float* storage) {
-    if (layout == TableLayout::kByToken)
-        return build_by_token(w, D, cnt, signed_w, act_dtype == DCAM_BF16, storage);
-    return build_by_feature(w, D, cnt, signed_w, storage);
+void fill_weight_table(const WeightTable& t, int64_t D, int64_t i, int64_t d0, int64_t len, const float* w) {
+    const bool signed_w = t.neg != nullptr;
+    if (t.layout == TableLayout::kByToken) {
+        // bfloat16: in the vector body, feature 16q + 2k is stored at 16q + k and 16q + 2k + 1
+        // at 16q + 8 + k (the even/odd halves the kernel converts a 16-element load into)
+        const int64_t lv = D & ~int64_t(15);
+        float* pos = t.pos + i * t.row;
+        float* neg = signed_w ? t.neg + i * t.row : nullptr;
+        for (int64_t j = 0; j < len; ++j) {
+            const int64_t d = d0 + j, k = d & 15;
+            const int64_t at = t.evens_first && d < lv ? (d - k) + (k & 1) * 8 + k / 2 : d;
+            const float v = w[j];
+            pos[at] = signed_w && v < 0.f ? 0.f : v;
+            if (neg) neg[at] = v < 0.f ? v : 0.f;
+        }
+        return;
+    }
+    // by feature: token i's column, one float per feature row
+    float* pos = t.pos + d0 * t.row + i;
+    for (int64_t j = 0; j < len; ++j) {
+        const float v = w[j];
+        pos[j * t.row] = signed_w && v < 0.f ? 0.f : v;
+        if (signed_w) pos[j * t.row + t.width] = v < 0.f ? v : 0.f;
+    }
 }
 
 int64_t ProductScratch::doubles(int64_t rows, int64_t width) { return rows * width; }
