@@ -12,7 +12,9 @@
  * activations with that stream; refinement runs over maps). The number of
  * threads is OpenMP's (OMP_NUM_THREADS / omp_set_num_threads). The functions
  * keep no global state and are safe to call concurrently from several threads
- * on distinct output buffers.
+ * on distinct output buffers. Pooling keeps one scratch block per calling thread
+ * between calls (the size of its largest call up to 256 MiB; larger ones are
+ * released at once), freed when that thread exits.
  *
  * Accuracy: the rounding model of the contract (SPEC.md, dcam/ops/reference.py):
  * element-wise arithmetic is float32, every reduction over a map or a window

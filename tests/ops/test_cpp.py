@@ -155,3 +155,23 @@ def test_both_product_kernels_and_their_tails_match_float64(dtype, grad_relu):
         lo, hi = raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True)
         want = (raw - lo) / (hi - lo + 1e-8)
         np.testing.assert_allclose(maps, want, atol=2e-6, rtol=0, err_msg=f"T={T} N={N} D={D}")
+
+
+@NEEDS_CPP
+def test_pooling_from_several_threads_at_once_equals_one_at_a_time():
+    # each calling thread keeps its own scratch block between calls (grown by a larger call);
+    # calls from several threads at once, of changing sizes, give the maps of sequential calls
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(43)
+    jobs = []
+    for i, (T, h, w, D) in enumerate([(3, 4, 5, 40), (20, 6, 6, 70), (1, 2, 2, 8), (70, 5, 5, 33)] * 3):
+        A = torch.randn(1, h * w, D, generator=gen).to(torch.bfloat16 if i % 2 else torch.float32)
+        G = torch.randn(1, T, h * w, D, generator=gen).to(A.dtype)
+        jobs.append((A, G, h, w, i % 3 != 0))
+    alone = [C.pool_gradients_cpp(*job)[0] for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        for _ in range(3):
+            together = list(ex.map(lambda job: C.pool_gradients_cpp(*job)[0], jobs))
+            for a, b in zip(alone, together):
+                torch.testing.assert_close(b, a, atol=0, rtol=0)
