@@ -112,41 +112,27 @@ struct Problem {
 // chunks, which stream much slower (two threads, bf16, T=64 N=576 D=4096: whole slices
 // 35 GB/s, halves 31, quarters 23, eighths 19: each row is read in shorter pieces).
 struct Plan {
-    int64_t split_from = 0;             // slices bt >= split_from are cut into chunks
-    int64_t dchunk = 0, nchunks = 0;    // their feature chunks (dchunk features, nchunks of them)
+    int64_t dchunk = 0, nchunks = 0;    // stream item = (slice b*T + t, feature chunk of dchunk)
     int64_t tokens = 0, tables = 0;     // tokens per weight table, tables per image
     int64_t table_size = 0;             // floats per table
     int64_t row_tasks = 0;              // product tasks per table (blocks of kProductRows rows)
     int64_t stream_items = 0, product_tasks = 0;
-
-    int64_t items_of_slice(int64_t bt) const { return bt < split_from ? 1 : nchunks; }
-    // Stream item `it` as (slice, first feature, features).
-    void item(int64_t it, int64_t D, int64_t& bt, int64_t& d0, int64_t& len) const {
-        if (it < split_from) {
-            bt = it;
-            d0 = 0;
-            len = D;
-            return;
-        }
-        bt = split_from + (it - split_from) / nchunks;
-        d0 = (it - split_from) % nchunks * dchunk;
-        len = std::min(dchunk, D - d0);
-    }
 };
 
 Plan make_plan(const Problem& p, int nthreads) {
     Plan pl;
     const int64_t BT = p.B * p.T;
-    const int64_t split = BT < 4 * nthreads ? BT : 0;
-    const int64_t parts = split ? (4 * nthreads + split - 1) / split : 1;
-    pl.split_from = BT - split;
-    pl.dchunk = std::min(p.D, std::max<int64_t>(256, round_up((p.D + parts - 1) / parts, 64)));
+    pl.dchunk = p.D;
+    if (BT < 4 * nthreads) {  // few slices: split the features so every thread streams
+        const int64_t parts = (4 * nthreads + BT - 1) / BT;
+        pl.dchunk = std::min(p.D, std::max<int64_t>(256, round_up((p.D + parts - 1) / parts, 64)));
+    }
     pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
     pl.tokens = std::min(p.T, p.signed_w ? kTableTokensSigned : kTableTokens);
     pl.tables = (p.T + pl.tokens - 1) / pl.tokens;
     pl.table_size = weight_table_size(p.D, pl.tokens, p.signed_w, TableLayout::kByFeature);  // the larger
     pl.row_tasks = (p.N + kProductRows - 1) / kProductRows;
-    pl.stream_items = pl.split_from + split * pl.nchunks;
+    pl.stream_items = BT * pl.nchunks;
     pl.product_tasks = p.B * pl.tables * pl.row_tasks;
     return pl;
 }
@@ -182,11 +168,8 @@ struct Run {
         ready.reset(new std::atomic<bool>[static_cast<size_t>(ntab)]);
         for (int64_t i = 0; i < ntab; ++i) {
             const int64_t t0 = (i % pl.tables) * pl.tokens;
-            const int64_t bt0 = (i / pl.tables) * p.T + t0;
-            int64_t items = 0;
-            for (int64_t bt = bt0; bt < bt0 + std::min(pl.tokens, p.T - t0); ++bt) items += pl.items_of_slice(bt);
-            left[i].store(items, std::memory_order_relaxed);
             const int64_t cnt = std::min(pl.tokens, p.T - t0);
+            left[i].store(cnt * pl.nchunks, std::memory_order_relaxed);
             table[i] = make_weight_table(p.D, cnt, p.signed_w, weight_table_layout(cnt), p.dtype,
                                          table_storage + i * pl.table_size);
             ready[i].store(false, std::memory_order_relaxed);
@@ -218,8 +201,7 @@ struct Worker {
 void stream_item(Run& run, Worker& wk, int64_t it) {
     const Problem& p = run.p;
     const Plan& pl = run.pl;
-    int64_t bt, d0, len;
-    pl.item(it, p.D, bt, d0, len);
+    const int64_t bt = it / pl.nchunks, d0 = (it % pl.nchunks) * pl.dchunk, len = std::min(pl.dchunk, p.D - d0);
     const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
     double* acc = wk.stream_acc.get();
     std::fill(acc, acc + len, 0.0);
