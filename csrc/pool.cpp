@@ -18,7 +18,7 @@
 // feature chunk of it when there are few slices) in order, and product tasks (a table and
 // a block of rows) when one is ready, but while stream items are left at most half of the
 // threads (at least one) compute products, so the gradients keep streaming. (On two cores
-// one core streams at only ~60% of what two do, so the overlap saves little there; the
+// one core streams at only ~70% of what two do, so the overlap saves little there; the
 // product's own cost is what counts.) The pass over the gradients stays one pure streaming
 // reduction, and the NaN/Inf check rides on it (GradMode::kReluChecked).
 #include <algorithm>
@@ -179,14 +179,14 @@ struct Run {
 
 // Per-thread scratch.
 struct Worker {
-    std::unique_ptr<double[]> stream_acc;  // 2 * D: column sums + the bf16 path's scratch
+    std::unique_ptr<double[]> stream_acc;  // 2 * dchunk: column sums + the bf16 path's scratch
     std::unique_ptr<double[]> product_acc;
     std::unique_ptr<float[]> product_vals;
     std::unique_ptr<int32_t[]> product_offs;
     ProductScratch product;
 
-    void allocate(const Plan& pl, int64_t D) {
-        stream_acc = uninitialised<double>(2 * D);
+    void allocate(const Plan& pl) {
+        stream_acc = uninitialised<double>(2 * pl.dchunk);
         product_acc = uninitialised<double>(ProductScratch::doubles(kProductRows, weight_table_width(pl.tokens)));
         product_vals = uninitialised<float>(8 * (kProductChunk + 8));
         product_offs = uninitialised<int32_t>(8 * (kProductChunk + 8));
@@ -206,7 +206,7 @@ void stream_item(Run& run, Worker& wk, int64_t it) {
     double* acc = wk.stream_acc.get();
     std::fill(acc, acc + len, 0.0);
     grad_column_sums(static_cast<const char*>(p.grads) + bt * p.N * p.D * esize, p.dtype, p.mode, p.D, p.N, d0,
-                     len, acc, acc + p.D);
+                     len, acc, acc + pl.dchunk);
     const float n_rows = static_cast<float>(p.N);  // the mean divides the float32 sum by N, as torch does
     float* w = run.weights + bt * p.D + d0;
     for (int64_t j = 0; j < len; ++j) w[j] = static_cast<float>(acc[j]) / n_rows;
@@ -238,7 +238,7 @@ void product_task(Run& run, Worker& wk, int64_t g) {
 
 void work(Run& run) {
     Worker wk;
-    if (!allocated([&] { wk.allocate(run.pl, run.p.D); })) run.oom.store(true, std::memory_order_relaxed);
+    if (!allocated([&] { wk.allocate(run.pl); })) run.oom.store(true, std::memory_order_relaxed);
     const int64_t n_stream = run.pl.stream_items;
     while (!run.oom.load(std::memory_order_relaxed)) {
         const bool streaming = run.next_stream.load(std::memory_order_relaxed) < n_stream;

@@ -9,6 +9,10 @@
 #include "common.hpp"
 #include "simd.hpp"
 
+#if DCAM_HAVE_V3
+#include <immintrin.h>
+#endif
+
 namespace dcam {
 
 // How the gradient pass treats an element before summing it.
@@ -64,6 +68,14 @@ DCAM_INLINE void add8_f64(double* acc, v8f s) {
     store(acc, load4d(acc) + to_f64(lo4(s)));
     store(acc + 4, load4d(acc + 4) + to_f64(hi4(s)));
 }
+
+#if DCAM_HAVE_V3
+// add8_f64 in AVX2 intrinsics, for the kernels written in them
+DCAM_INLINE DCAM_TARGET_V3 void add8_f64_v3(double* acc, __m256 s) {
+    _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), _mm256_cvtps_pd(_mm256_castps256_ps128(s))));
+    _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
+}
+#endif
 
 // acc[j] += sum_{n < N} mode(g[n * stride + d0 + j]) for j < len, float64 sums of float32
 // partial sums (see pool_grads.cpp). scratch: len doubles.

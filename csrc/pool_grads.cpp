@@ -187,11 +187,6 @@ DCAM_INLINE DCAM_TARGET_V3 void load16_v3(const void* g, int64_t o, __m256& a, _
     std::memcpy(&b, &y, sizeof(b));
 }
 
-DCAM_INLINE DCAM_TARGET_V3 void add8_f64_v3(double* acc, __m256 s) {
-    _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), _mm256_cvtps_pd(_mm256_castps256_ps128(s))));
-    _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
-}
-
 // Columns [d0, d0 + lv) (lv a multiple of 16) of all N rows: into acc directly, or for bf16
 // into sums[0 .. lv/2) (even columns) and sums[lv/2 .. lv) (odd), interleaved by the caller.
 template <int DT, GradMode MODE>

@@ -171,11 +171,7 @@ DCAM_INLINE DCAM_TARGET_V3 void add_entries_v3(const float* vals, const int32_t*
         }
     }
     for (int j = 0; j < R; ++j)
-        for (int i = 0; i < V; ++i) {
-            double* q = acc + j * ldacc + 8 * i;
-            _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), _mm256_cvtps_pd(_mm256_castps256_ps128(c[j][i]))));
-            _mm256_storeu_pd(q + 4, _mm256_add_pd(_mm256_loadu_pd(q + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(c[j][i], 1))));
-        }
+        for (int i = 0; i < V; ++i) add8_f64_v3(acc + j * ldacc + 8 * i, c[j][i]);
 }
 
 // Rows processed in lockstep for V accumulator vectors per row: at least 8 accumulators
@@ -338,6 +334,8 @@ DCAM_TARGET_V3 void rows_dot_v3(const void* A, int64_t D, int64_t n0, int64_t ro
 template <int DT, bool SIGNED>
 void rows_any(const void* A, int64_t D, int64_t n0, int64_t rows, const WeightTable& tbl, ProductScratch& s) {
 #if DCAM_HAVE_V3
+    // by-token tables are only made on AVX2 CPUs (weight_table_layout)
+    if (tbl.layout == TableLayout::kByToken) return rows_dot_v3<DT, SIGNED>(A, D, n0, rows, tbl, s);
     if (cpu_is_x86_64_v3()) return rows_v3<DT, SIGNED>(A, D, n0, rows, tbl, s);
 #endif
     rows_portable<DT, SIGNED>(A, D, n0, rows, tbl, s);
@@ -422,19 +420,6 @@ void product_rows(const void* A, dcam_dtype dtype, int64_t D, int64_t n0, int64_
                   double* raw, int64_t ldraw, ProductScratch& s) {
     const int64_t tw = tbl.width, rows = n1 - n0;
     std::fill(s.acc, s.acc + rows * tw, 0.0);
-#if DCAM_HAVE_V3
-    if (tbl.layout == TableLayout::kByToken) {  // only built on AVX2 CPUs (weight_table_layout)
-        const bool sw = tbl.neg != nullptr;
-        switch (dtype) {
-            case DCAM_F32: sw ? rows_dot_v3<DCAM_F32, true>(A, D, n0, rows, tbl, s)
-                              : rows_dot_v3<DCAM_F32, false>(A, D, n0, rows, tbl, s); break;
-            case DCAM_F16: sw ? rows_dot_v3<DCAM_F16, true>(A, D, n0, rows, tbl, s)
-                              : rows_dot_v3<DCAM_F16, false>(A, D, n0, rows, tbl, s); break;
-            default: sw ? rows_dot_v3<DCAM_BF16, true>(A, D, n0, rows, tbl, s)
-                        : rows_dot_v3<DCAM_BF16, false>(A, D, n0, rows, tbl, s); break;
-        }
-    } else
-#endif
     switch (dtype) {
         case DCAM_F32: rows_dtype<DCAM_F32>(A, D, n0, rows, tbl, s); break;
         case DCAM_F16: rows_dtype<DCAM_F16>(A, D, n0, rows, tbl, s); break;
