@@ -4,6 +4,14 @@
 //   raw[b,t,n] = (1/D) sum_d max(A[b,n,d] * w[b,t,d], 0)   (product: pool_product.cpp)
 //   maps       = min-max normalised raw, 0 where degenerate.
 //
+// Three entry points share one driver: the whole section (dcam_pool_gradients), its first
+// line alone (dcam_channel_weights) and the rest from given weights (dcam_weighted_maps).
+// The split serves a caller that gets the gradients in chunks of tokens (the explainer,
+// whose memory must not grow with the response): it reduces each chunk to its weights as
+// it arrives and runs one product for all tokens at the end, so the product gets the
+// large weight tables of one call instead of a small one per chunk, and the activations
+// are read once instead of once per chunk.
+//
 // Accumulation: the gradient pass adds float32 sums of groups of 8 rows (at most 3
 // roundings each, see pool_grads.cpp) in float64; the product sums runs of features in
 // float32 and the runs in float64 (every term is >= 0, so nothing cancels; see pool.hpp).
@@ -99,12 +107,16 @@ constexpr int64_t kTableTokens = 64, kTableTokensSigned = 32;
 constexpr int64_t kProductRows = 32;  // rows of A per product task
 
 struct Problem {
-    const void* acts;
-    const void* grads;
-    dcam_dtype dtype;
+    const void* acts;           // null: weights only (no product)
+    const void* grads;          // null: the weights are given (weights_in)
+    const float* weights_in;    // [B*T*D] given weights (when grads is null)
+    float* weights_out;         // [B*T*D] the caller's buffer for the weights (weights only)
+    dcam_dtype dtype;           // of the inputs given (acts and grads share one)
     int64_t B, T, N, D;
-    bool signed_w;  // grad_relu off: the channel weights may be negative
+    bool signed_w;  // the channel weights may be negative (grad_relu off, or given weights that are)
     GradMode mode;
+    bool streams() const { return grads != nullptr; }
+    bool products() const { return acts != nullptr; }
 };
 
 // How the work is cut. Stream items are whole (image, token) slices of grads; only when
@@ -123,17 +135,19 @@ Plan make_plan(const Problem& p, int nthreads) {
     Plan pl;
     const int64_t BT = p.B * p.T;
     pl.dchunk = p.D;
-    if (BT < 4 * nthreads) {  // few slices: split the features so every thread streams
+    if (p.streams() && BT < 4 * nthreads) {  // few slices: split the features so every thread streams
         const int64_t parts = (4 * nthreads + BT - 1) / BT;
         pl.dchunk = std::min(p.D, std::max<int64_t>(256, round_up((p.D + parts - 1) / parts, 64)));
     }
     pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
-    pl.tokens = std::min(p.T, p.signed_w ? kTableTokensSigned : kTableTokens);
-    pl.tables = (p.T + pl.tokens - 1) / pl.tokens;
-    pl.table_size = weight_table_size(p.D, pl.tokens, p.signed_w, TableLayout::kByFeature);  // the larger
-    pl.row_tasks = (p.N + kProductRows - 1) / kProductRows;
-    pl.stream_items = BT * pl.nchunks;
-    pl.product_tasks = p.B * pl.tables * pl.row_tasks;
+    pl.stream_items = BT * pl.nchunks;  // without grads, an item copies one token's given weights into its table
+    if (p.products()) {
+        pl.tokens = std::min(p.T, p.signed_w ? kTableTokensSigned : kTableTokens);
+        pl.tables = (p.T + pl.tokens - 1) / pl.tokens;
+        pl.table_size = weight_table_size(p.D, pl.tokens, p.signed_w, TableLayout::kByFeature);  // the larger
+        pl.row_tasks = (p.N + kProductRows - 1) / kProductRows;
+        pl.product_tasks = p.B * pl.tables * pl.row_tasks;
+    }
     return pl;
 }
 
@@ -142,7 +156,9 @@ struct Run {
     const Problem& p;
     const Plan& pl;
     std::unique_ptr<char[]> oneoff;                  // the scratch block when too large to keep
-    float* weights = nullptr;                        // [B*T*D] float32, as the reference's g.mean(dim=2)
+    float* weights = nullptr;                        // [B*T*D] float32, as the reference's g.mean(dim=2),
+                                                     // written by the stream (scratch or weights_out)
+    const float* weights_read = nullptr;             // the weights the tables are filled from
     float* table_storage = nullptr;                  // [B*tables][table_size], 64-byte aligned
     double* raw = nullptr;                           // [B*T*N] float64 pooled sums
     std::unique_ptr<WeightTable[]> table;            // [B*tables], filled by the stream items, read once ready
@@ -157,10 +173,13 @@ struct Run {
 
     void allocate() {
         const int64_t ntab = p.B * pl.tables;
-        const size_t wbytes = round64(sizeof(float) * p.B * p.T * p.D);
+        // the weights need scratch only when both computed and consumed here
+        const size_t wbytes = p.streams() && p.products() ? round64(sizeof(float) * p.B * p.T * p.D) : 0;
         const size_t tbytes = round64(sizeof(float) * ntab * pl.table_size);
-        char* block = call_scratch(wbytes + tbytes + sizeof(double) * p.B * p.T * p.N, oneoff);
-        weights = reinterpret_cast<float*>(block);
+        const size_t rbytes = p.products() ? sizeof(double) * p.B * p.T * p.N : 0;
+        char* block = call_scratch(wbytes + tbytes + rbytes, oneoff);
+        weights = !p.streams() ? nullptr : p.products() ? reinterpret_cast<float*>(block) : p.weights_out;
+        weights_read = p.streams() ? weights : p.weights_in;
         table_storage = reinterpret_cast<float*>(block + wbytes);
         raw = reinterpret_cast<double*>(block + wbytes + tbytes);
         table = uninitialised<WeightTable>(ntab);
@@ -186,7 +205,7 @@ struct Worker {
     ProductScratch product;
 
     void allocate(const Plan& pl) {
-        stream_acc = uninitialised<double>(2 * pl.dchunk);
+        stream_acc = uninitialised<double>(2 * pl.dchunk);  // (unused without grads: a few KB)
         product_acc = uninitialised<double>(ProductScratch::doubles(kProductRows, weight_table_width(pl.tokens)));
         product_vals = uninitialised<float>(8 * (kProductChunk + 8));
         product_offs = uninitialised<int32_t>(8 * (kProductChunk + 8));
@@ -196,20 +215,25 @@ struct Worker {
     }
 };
 
-// Stream item `it`: w[bt, d0 .. d0+len) = float32(sum_n G+) / N, written into its table.
-// The thread that finishes the last item of a table publishes it.
+// Stream item `it`: w[bt, d0 .. d0+len) = float32(sum_n G+) / N (without grads: the given
+// weights), written into its table. The thread that finishes the last item of a table
+// publishes it.
 void stream_item(Run& run, Worker& wk, int64_t it) {
     const Problem& p = run.p;
     const Plan& pl = run.pl;
     const int64_t bt = it / pl.nchunks, d0 = (it % pl.nchunks) * pl.dchunk, len = std::min(pl.dchunk, p.D - d0);
-    const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
-    double* acc = wk.stream_acc.get();
-    std::fill(acc, acc + len, 0.0);
-    grad_column_sums(static_cast<const char*>(p.grads) + bt * p.N * p.D * esize, p.dtype, p.mode, p.D, p.N, d0,
-                     len, acc, acc + pl.dchunk);
-    const float n_rows = static_cast<float>(p.N);  // the mean divides the float32 sum by N, as torch does
-    float* w = run.weights + bt * p.D + d0;
-    for (int64_t j = 0; j < len; ++j) w[j] = static_cast<float>(acc[j]) / n_rows;
+    if (p.streams()) {
+        const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
+        double* acc = wk.stream_acc.get();
+        std::fill(acc, acc + len, 0.0);
+        grad_column_sums(static_cast<const char*>(p.grads) + bt * p.N * p.D * esize, p.dtype, p.mode, p.D, p.N,
+                         d0, len, acc, acc + pl.dchunk);
+        const float n_rows = static_cast<float>(p.N);  // the mean divides the float32 sum by N, as torch does
+        float* w = run.weights + bt * p.D + d0;
+        for (int64_t j = 0; j < len; ++j) w[j] = static_cast<float>(acc[j]) / n_rows;
+    }
+    if (!p.products()) return;
+    const float* w = run.weights_read + bt * p.D + d0;
     const int64_t b = bt / p.T, t = bt % p.T, tix = b * pl.tables + t / pl.tokens;
     fill_weight_table(run.table[tix], p.D, t % pl.tokens, d0, len, w);
     // the last item of a table publishes it (acq_rel: every item's writes are seen by then)
@@ -287,17 +311,19 @@ void normalise_maps(const double* raw, int64_t BT, int64_t N, int64_t D, float* 
     }
 }
 
-int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N,
-                        int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
-                        int32_t* grads_nonfinite) {
-    if (dtype != DCAM_F32 && dtype != DCAM_F16 && dtype != DCAM_BF16) return DCAM_EINVAL_DTYPE;
+bool valid_dtype(dcam_dtype dtype) { return dtype == DCAM_F32 || dtype == DCAM_F16 || dtype == DCAM_BF16; }
+
+// The argument checks every entry point shares (their inputs: DCAM_EINVAL_* or DCAM_OK).
+int check_sizes(dcam_dtype dtype, int64_t B, int64_t T, int64_t N, int64_t D) {
+    if (!valid_dtype(dtype)) return DCAM_EINVAL_DTYPE;
     if (B < 0 || T < 0 || N < 1 || D < 1) return DCAM_EINVAL_SHAPE;
     if (D > (int64_t(1) << 24)) return DCAM_EINVAL_SHAPE;  // int32 offsets into the weight tables
-    if (B == 0 || T == 0) return DCAM_OK;
-    if (!acts || !grads || !maps_out) return DCAM_EINVAL_NULL;
-    const bool relu = grad_relu != 0;
-    const Problem p{acts, grads, dtype, B, T, N, D, !relu,
-                    !relu ? GradMode::kPlain : (grads_nonfinite ? GradMode::kReluChecked : GradMode::kRelu)};
+    return DCAM_OK;
+}
+
+// One call of any entry point: the stream (when grads are given), the product and the
+// normalisation (when acts are), the NaN/Inf check of the weights (when grads_nonfinite).
+int run_pooling(const Problem& p, float* maps_out, uint8_t* degenerate_out, int32_t* grads_nonfinite) {
     const int nthreads = max_threads();
     const Plan pl = make_plan(p, nthreads);
     Run run(p, pl);
@@ -317,16 +343,31 @@ int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, i
                 // its slice non-finite (see GradMode); a finite gradient can only do that by
                 // overflowing a float32 partial sum (|g| > ~4e37).
                 const float* w = run.weights;
-                const int64_t n = B * T * D;
+                const int64_t n = p.B * p.T * p.D;
 #pragma omp for reduction(| : bad) schedule(static)
                 for (int64_t i = 0; i < n; ++i) bad |= std::isfinite(w[i]) ? 0 : 1;
             }
-            normalise_maps(run.raw, B * T, N, D, maps_out, degenerate_out);
+            if (p.products()) normalise_maps(run.raw, p.B * p.T, p.N, p.D, maps_out, degenerate_out);
         }
     }
     if (run.oom.load()) return DCAM_ENOMEM;
     if (grads_nonfinite) *grads_nonfinite = bad;
     return DCAM_OK;
+}
+
+GradMode grad_mode(int grad_relu, const int32_t* grads_nonfinite) {
+    return grad_relu == 0 ? GradMode::kPlain : grads_nonfinite ? GradMode::kReluChecked : GradMode::kRelu;
+}
+
+int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N,
+                        int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
+                        int32_t* grads_nonfinite) {
+    if (const int rc = check_sizes(dtype, B, T, N, D)) return rc;
+    if (B == 0 || T == 0) return DCAM_OK;
+    if (!acts || !grads || !maps_out) return DCAM_EINVAL_NULL;
+    const Problem p{acts, grads, nullptr, nullptr, dtype, B, T, N, D, grad_relu == 0,
+                    grad_mode(grad_relu, grads_nonfinite)};
+    return run_pooling(p, maps_out, degenerate_out, grads_nonfinite);
 }
 
 }  // namespace
@@ -344,4 +385,30 @@ extern "C" int dcam_pool_gradients_checked(const void* acts, const void* grads, 
     *grads_nonfinite = 0;
     return pool_gradients_impl(acts, grads, dtype, B, T, N, D, grad_relu, maps_out, degenerate_out,
                                grads_nonfinite);
+}
+
+extern "C" int dcam_channel_weights(const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N,
+                                    int64_t D, int grad_relu, float* weights_out, int32_t* grads_nonfinite) {
+    if (const int rc = check_sizes(dtype, B, T, N, D)) return rc;
+    if (grads_nonfinite) *grads_nonfinite = 0;
+    if (B == 0 || T == 0) return DCAM_OK;
+    if (!grads || !weights_out) return DCAM_EINVAL_NULL;
+    const Problem p{nullptr, grads, nullptr, weights_out, dtype, B, T, N, D, grad_relu == 0,
+                    grad_mode(grad_relu, grads_nonfinite)};
+    return run_pooling(p, nullptr, nullptr, grads_nonfinite);
+}
+
+extern "C" int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights, int64_t B, int64_t T,
+                                  int64_t N, int64_t D, float* maps_out, uint8_t* degenerate_out) {
+    if (const int rc = check_sizes(dtype, B, T, N, D)) return rc;
+    if (B == 0 || T == 0) return DCAM_OK;
+    if (!acts || !weights || !maps_out) return DCAM_EINVAL_NULL;
+    // Weights of either sign are allowed; tables of non-negative weights hold one copy and
+    // skip the negative activations (the faster product), so look once (B*T*D floats,
+    // T times fewer than the gradients they came from).
+    const int64_t n = B * T * D;
+    bool signed_w = false;
+    for (int64_t i = 0; i < n && !signed_w; ++i) signed_w = weights[i] < 0.f;
+    const Problem p{acts, nullptr, weights, nullptr, dtype, B, T, N, D, signed_w, GradMode::kPlain};
+    return run_pooling(p, maps_out, degenerate_out, nullptr);
 }

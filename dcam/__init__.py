@@ -3,7 +3,8 @@
 The pipeline, one folder per stage:
 
     dcam.probe      activations and gradients at a hooked block; model adapters
-    dcam.ops        the operators: pool_gradients, refine, diffusion_cam (+ CamConfig)
+    dcam.ops        the operators: pool_gradients (= weighted_maps of channel_weights),
+                    refine, diffusion_cam (+ CamConfig)
     dcam.methods    one map method per file (diffusion-cam, grad-cam, llava-cam, tam)
     dcam.explain    Explainer: explain every word of a response -> dcam.explanation.Explanation
     dcam.render     overlays, contact sheets
@@ -21,8 +22,8 @@ __version__ = "0.1.0"
 _LAZY_ATTRS = {
     "CamConfig": "dcam.ops", "DACG_STRATEGIES": "dcam.ops", "SICD_MODES": "dcam.ops",
     "RawMaps": "dcam.ops", "Refined": "dcam.ops", "available_backends": "dcam.ops",
-    "diffusion_cam": "dcam.ops", "pool_gradients": "dcam.ops", "refine": "dcam.ops",
-    "InputError": "dcam.errors",
+    "diffusion_cam": "dcam.ops", "pool_gradients": "dcam.ops", "channel_weights": "dcam.ops",
+    "weighted_maps": "dcam.ops", "refine": "dcam.ops", "InputError": "dcam.errors",
     "Explainer": "dcam.explain", "Explanation": "dcam.explanation",
     "evaluate": "dcam.eval",
     "load_run": "dcam.runs",
@@ -46,5 +47,5 @@ def __dir__():
 
 
 __all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
-           "diffusion_cam", "pool_gradients", "refine", "InputError", "Explainer", "Explanation", "evaluate",
+           "diffusion_cam", "pool_gradients", "channel_weights", "weighted_maps", "refine", "InputError", "Explainer", "Explanation", "evaluate",
            "load_run", "__version__"]

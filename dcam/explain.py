@@ -206,8 +206,8 @@ class Explainer:
         def sink(b: int, items, acts, grads):
             for view in examples[b].views:  # each view's slice of the span is its own map
                 sl = examples[b].view_slices[view.name]
-                maps, deg = m.reduce_gradients(acts[:, sl], grads[:, :, sl], self._inputs(examples[b], None, view))
-                partial[b].setdefault(view.name, []).append((items, maps, deg))
+                reduced = m.reduce_gradients(acts[:, sl], grads[:, :, sl], self._inputs(examples[b], None, view))
+                partial[b].setdefault(view.name, []).append((items, reduced))
 
         results = probe_batch(self.adapter, [ex.prep for ex in examples],
                               [Targets.of(ex.positions, ex.token_ids, ex.groups) for ex in examples], self.layer,
@@ -226,12 +226,12 @@ class Explainer:
     def _view_result(self, ex: Example, res, view, chunks):
         m = self.method
         inputs = self._inputs(ex, res.sliced(ex.view_slices[view.name]) if res is not None else None, view)
-        if chunks:  # streamed: the maps of every chunk of items, in item order
+        if chunks:  # streamed: what every chunk of items reduced to, in item order
             order = torch.cat([c[0] for c in chunks])
-            maps, deg = torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
             inv = torch.empty_like(order)
             inv[order] = torch.arange(order.numel())
-            return m.finish(maps[inv], deg[inv], inputs)
+            parts = zip(*(c[1] for c in chunks))
+            return m.finish(tuple(torch.cat(p)[inv] for p in parts), inputs)
         return m.compute_maps(inputs)
 
     def _explanation(self, ex: Example, res, chunks: Dict[str, list], probe: str, target_score: str) -> Explanation:

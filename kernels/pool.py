@@ -11,10 +11,11 @@ Three kernels, launched back to back on the same stream with no host sync:
    NaN/Inf (explicit comparisons, before the relu), so the input check costs
    no second read of the gradients.
 2. ``_pool_product_kernel``: ``raw[b, t, n] = (1/D) sum_d max(A[b,n,d] * W[b,t,d], 0)``.
-   With ``grad_relu`` ``W >= 0`` so this is ``relu(A) @ W^T / D``, done with
-   ``tl.dot`` in IEEE fp32 (no TF32: the contract is float32 atol 1e-5).
-   Without it the max does not factor, and a 3-D broadcast tile is reduced
-   over D instead. Grid: (N blocks, T blocks, B): A is read once per T block.
+   ``max(a * w, 0) = relu(a) relu(w) + min(a, 0) min(w, 0)`` exactly, so this
+   is ``(relu(A) @ W+^T + min(A, 0) @ W-^T) / D``: two ``tl.dot`` in IEEE fp32
+   (no TF32: the contract is float32 atol 1e-5), every term >= 0. With
+   ``NONNEG`` (weights of relu'd gradients, ``W- = 0``) the first alone.
+   Grid: (N blocks, T blocks, B): A is read once per T block.
 3. ``_minmax_normalise_kernel``: one program per map, min/max over the map,
    ``r = (raw - min) / (max - min + 1e-8)`` if ``max > min`` else 0 and the
    degenerate flag. Normalises in place.
@@ -70,7 +71,7 @@ def _pool_product_kernel(
     a_ptr, w_ptr, raw_ptr,
     T, N, D,
     s_ab, s_an, s_ad,
-    GRAD_RELU: tl.constexpr,
+    NONNEG: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """raw[b, t, n] = (1/D) sum_d max(A[b, n, d] * W[b, t, d], 0) for a
@@ -92,13 +93,13 @@ def _pool_product_kernel(
                      mask=mask_t[:, None] & mask_d[None, :], other=0.0)  # [BT, BD]
         a = tl.load(a_base + offs_n[:, None].to(tl.int64) * s_an + offs_d[None, :] * s_ad,
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)  # [BN, BD]
-        if GRAD_RELU:
-            # W >= 0 so max(A*W, 0) = relu(A) * W. IEEE fp32 dot (fp32 operands:
-            # the interpreter's bf16 dot is wrong, and TF32 would break atol 1e-5).
+        # IEEE fp32 dots (fp32 operands: the interpreter's bf16 dot is wrong, and
+        # TF32 would break atol 1e-5)
+        if NONNEG:  # W >= 0: max(A*W, 0) = relu(A) * W
             acc = tl.dot(wt, tl.trans(tl.maximum(a, 0.0)), acc, input_precision="ieee")
         else:
-            prod = wt[:, None, :] * a[None, :, :]  # [BT, BN, BD]
-            acc += tl.sum(tl.maximum(prod, 0.0), axis=2)
+            acc = tl.dot(tl.maximum(wt, 0.0), tl.trans(tl.maximum(a, 0.0)), acc, input_precision="ieee")
+            acc = tl.dot(tl.minimum(wt, 0.0), tl.trans(tl.minimum(a, 0.0)), acc, input_precision="ieee")
     raw = acc / D
     out = raw_ptr + (b * T + offs_t).to(tl.int64)[:, None] * N + offs_n[None, :]
     tl.store(out, raw, mask=mask_t[:, None] & mask_n[None, :])

@@ -87,6 +87,27 @@ int main(void) {
     printf("checked neginf %d %d\n", rc, nonfinite);
     G[3] = 4.0f;
 
+    /* ---- the pooling in two halves: the channel weights, then maps from weights of either sign */
+    float W[2];
+    for (int relu = 1; relu >= 0; --relu) {
+        nonfinite = -1;
+        rc = dcam_channel_weights(Gb, DCAM_BF16, 1, 1, 3, 2, relu, W, &nonfinite);
+        printf("halves weights %d %d %d %.8f %.8f\n", relu, rc, nonfinite, W[0], W[1]);
+        rc = dcam_weighted_maps(Ab, DCAM_BF16, W, 1, 1, 3, 2, maps, pdeg);
+        printf("halves maps %d %d %d %.8f %.8f %.8f\n", relu, rc, pdeg[0], maps[0], maps[1], maps[2]);
+    }
+    float Wn[4] = {1.0f, -2.0f, 0.0f, 0.0f}; /* token 0 signed, token 1 all zero (degenerate) */
+    uint8_t pdeg2[2];
+    float maps2[6];
+    rc = dcam_weighted_maps(A, DCAM_F32, Wn, 1, 2, 3, 2, maps2, pdeg2);
+    printf("halves signed %d %d %d", rc, pdeg2[0], pdeg2[1]);
+    for (int i = 0; i < 6; ++i) printf(" %.8f", maps2[i]);
+    printf("\n");
+    G[3] = NAN;
+    rc = dcam_channel_weights(G, DCAM_F32, 1, 1, 3, 2, 1, W, &nonfinite);
+    printf("halves nan %d %d\n", rc, nonfinite);
+    G[3] = 4.0f;
+
     /* ---- documented errors */
     printf("err null_cfg %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, NULL, out,
                                              NULL, NULL, NULL, NULL, NULL));
@@ -100,6 +121,8 @@ int main(void) {
     printf("err dtype %d\n", dcam_pool_gradients(A, G, (dcam_dtype)7, 1, 1, 3, 2, 1, maps, pdeg));
     printf("err shape %d\n", dcam_pool_gradients(A, G, DCAM_F32, 1, 1, 0, 2, 1, maps, pdeg));
     printf("err null_flag %d\n", dcam_pool_gradients_checked(A, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, NULL));
+    printf("err null_weights %d\n", dcam_weighted_maps(A, DCAM_F32, NULL, 1, 1, 3, 2, maps, pdeg));
+    printf("err weights_dtype %d\n", dcam_channel_weights(G, (dcam_dtype)9, 1, 1, 3, 2, 1, W, NULL));
     printf("errstr %s\n", dcam_error_string(DCAM_EINVAL_CONFIG));
     printf("version %s\n", dcam_version());
     return 0;
@@ -274,10 +297,33 @@ def test_pooling_checked_flags_nonfinite_gradients(program_output):
     assert checked["neginf"] == ["0", "1"]  # -Inf under grad_relu: a plain relu would have hidden it
 
 
+def test_pooling_halves_by_hand(program_output):
+    rows = _lines(program_output, "halves")
+    weights = {r[1]: r[2:] for r in rows if r[0] == "weights"}
+    maps = {r[1]: r[2:] for r in rows if r[0] == "maps"}
+    # the example of test_pooling_by_hand: w = [4/3, 4/3] with grad_relu, [4/3, 2/3] without
+    # (bf16 holds every value of A and G exactly)
+    raw = np.array([2 / 3, 10 / 3, 4 / 3])
+    for relu, w, expect in (("1", [4 / 3, 4 / 3], (raw - raw.min()) / (raw.max() - raw.min() + 1e-8)),
+                            ("0", [4 / 3, 2 / 3], [0.0, 1.0, 0.0])):
+        rc, flag, *vals = weights[relu]
+        assert rc == "0" and flag == "0"
+        np.testing.assert_allclose([float(v) for v in vals], w, atol=1e-7)
+        rc, deg, *vals = maps[relu]
+        assert rc == "0" and deg == "0"
+        np.testing.assert_allclose([float(v) for v in vals], expect, atol=1e-6)
+    # weights [1, -2] on A = [[1,-1],[2,3],[0,2]]: raw = [(1 + 2)/2, (2 + 0)/2, 0] -> [1, 2/3, 0];
+    # all-zero weights: a constant map, degenerate and all 0
+    (signed,) = [r[1:] for r in rows if r[0] == "signed"]
+    assert signed[:3] == ["0", "0", "1"]
+    np.testing.assert_allclose([float(v) for v in signed[3:]], [1.0, 2 / 3, 0.0, 0.0, 0.0, 0.0], atol=1e-6)
+    assert [r[1:] for r in rows if r[0] == "nan"] == [["0", "1"]]
+
+
 def test_error_codes(program_output):
     errs = {r[0]: r[1] for r in _lines(program_output, "err")}
     assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
-                    "null_flag": "1"}
+                    "null_flag": "1", "null_weights": "1", "weights_dtype": "3"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
 
 

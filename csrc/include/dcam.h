@@ -151,6 +151,34 @@ int dcam_pool_gradients_checked(const void* acts, const void* grads, dcam_dtype 
                                 int32_t* grads_nonfinite);
 
 /*
+ * Section 1 in two halves, for gradients that arrive in chunks of tokens:
+ * dcam_channel_weights reduces each chunk to its channel weights (the pass over
+ * the gradients), dcam_weighted_maps turns the weights of all tokens into maps
+ * at the end (the product with the activations and the normalisation). The two
+ * give the maps of dcam_pool_gradients on the same input, and one product over
+ * all tokens costs less than one per chunk.
+ *
+ * dcam_channel_weights:
+ *   grads           [B, T, N, D] elements of `dtype`; B, T >= 0; N, D >= 1.
+ *   grad_relu       as in dcam_pool_gradients.
+ *   weights_out     [B, T, D] float32 output: w[b,t,d] = (1/N) sum_n G+[b,t,n,d], rounded
+ *                   to float32 exactly where dcam_pool_gradients rounds its weights.
+ *   grads_nonfinite output or NULL: when not NULL, set as dcam_pool_gradients_checked sets it.
+ *
+ * dcam_weighted_maps:
+ *   acts            [B, N, D] elements of `dtype`.
+ *   weights         [B, T, D] float32 channel weights, finite, of either sign:
+ *                   raw[b,t,n] = (1/D) sum_d max(acts[b,n,d] * weights[b,t,d], 0).
+ *   maps_out, degenerate_out   as in dcam_pool_gradients (degenerate_out may be NULL).
+ *
+ * Both return DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
+ */
+int dcam_channel_weights(const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N, int64_t D,
+                         int grad_relu, float* weights_out, int32_t* grads_nonfinite);
+int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights, int64_t B, int64_t T, int64_t N,
+                       int64_t D, float* maps_out, uint8_t* degenerate_out);
+
+/*
  * Sections 2-7 of the contract: refine B*T raw maps of h x w and report the
  * per-map statistics.
  *

@@ -41,7 +41,7 @@ dcam_dtype dtype_of(const py::array& a) {
     if (dt.is(py::dtype::of<float>())) return DCAM_F32;
     if (dt.kind() == 'f' && dt.itemsize() == 2) return DCAM_F16;
     if ((dt.kind() == 'i' || dt.kind() == 'u') && dt.itemsize() == 2) return DCAM_BF16;  // bfloat16 bits
-    throw std::invalid_argument("pool_gradients: dtype must be float32, float16, or int16/uint16 (bfloat16 bits)");
+    throw std::invalid_argument("dtype must be float32, float16, or int16/uint16 (bfloat16 bits)");
 }
 
 py::tuple pool_gradients(const py::array& acts, const py::array& grads, bool grad_relu, bool check_grads) {
@@ -69,6 +69,44 @@ py::tuple pool_gradients(const py::array& acts, const py::array& grads, bool gra
     }
     check(rc, "dcam_pool_gradients");
     return py::make_tuple(maps, deg, nonfinite != 0);
+}
+
+py::tuple channel_weights(const py::array& grads, bool grad_relu, bool check_grads) {
+    if (grads.ndim() != 4) throw std::invalid_argument("grads must be [B,T,N,D]");
+    require_contiguous(grads, "grads");
+    const dcam_dtype dt = dtype_of(grads);
+    const int64_t B = grads.shape(0), T = grads.shape(1), N = grads.shape(2), D = grads.shape(3);
+    py::array_t<float> weights({B, T, D});
+    const void* g = grads.data();
+    float* wo = weights.mutable_data();
+    int rc;
+    int32_t nonfinite = 0;
+    {
+        py::gil_scoped_release nogil;
+        rc = dcam_channel_weights(g, dt, B, T, N, D, grad_relu ? 1 : 0, wo, check_grads ? &nonfinite : nullptr);
+    }
+    check(rc, "dcam_channel_weights");
+    return py::make_tuple(weights, nonfinite != 0);
+}
+
+py::tuple weighted_maps(const py::array& acts, const py::array& weights) {
+    if (acts.ndim() != 3 || weights.ndim() != 3) throw std::invalid_argument("acts must be [B,N,D], weights [B,T,D]");
+    require_contiguous(acts, "acts");
+    const dcam_dtype dt = dtype_of(acts);
+    const int64_t B = acts.shape(0), N = acts.shape(1), D = acts.shape(2), T = weights.shape(1);
+    const float* w = f32(weights, "weights", {B, T, D});
+    py::array_t<float> maps({B, T, N});
+    py::array_t<bool> deg({B, T});
+    const void* a = acts.data();
+    float* mo = maps.mutable_data();
+    uint8_t* dg = reinterpret_cast<uint8_t*>(deg.mutable_data());
+    int rc;
+    {
+        py::gil_scoped_release nogil;
+        rc = dcam_weighted_maps(a, dt, w, B, T, N, D, mo, dg);
+    }
+    check(rc, "dcam_weighted_maps");
+    return py::make_tuple(maps, deg);
 }
 
 py::tuple refine(const py::array& raw, const py::array& degenerate, const py::array& steps,
@@ -144,6 +182,12 @@ PYBIND11_MODULE(_C, m) {
           "acts [B,N,D], grads [B,T,N,D] (float32 / float16 / int16 holding bfloat16 bits) -> "
           "(maps float32 [B,T,N], degenerate bool [B,T], grads_nonfinite bool: with check_grads, whether "
           "the pass met NaN/Inf in grads, see dcam_pool_gradients_checked; else False)");
+    m.def("channel_weights", &channel_weights, py::arg("grads"), py::arg("grad_relu"), py::arg("check_grads") = false,
+          "grads [B,T,N,D] (float32 / float16 / int16 holding bfloat16 bits) -> (weights float32 [B,T,D], "
+          "grads_nonfinite bool as in pool_gradients)");
+    m.def("weighted_maps", &weighted_maps, py::arg("acts"), py::arg("weights"),
+          "acts [B,N,D] (as in pool_gradients), weights float32 [B,T,D] -> (maps float32 [B,T,N], "
+          "degenerate bool [B,T])");
     m.def("refine", &refine, py::arg("raw"), py::arg("degenerate"), py::arg("steps"), py::arg("image_size"),
           py::arg("repeat_ratio"), py::arg("context_maps"), py::arg("context_weights"), py::arg("akd_kernel"),
           py::arg("akd"), py::arg("dacg"), py::arg("cba"), py::arg("sicd"), py::arg("dacg_params"),

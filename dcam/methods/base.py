@@ -55,12 +55,14 @@ class CamMethod:
     default_target_score: the target score used when the caller gives none.
     probes: the probe modes the method accepts (None: any).
 
-    A gradient method that turns each item's gradient into a map on its own
-    implements :meth:`reduce_gradients` (one chunk of items -> their maps) and
-    :meth:`finish` (all items' maps -> the result); the explainer then streams
-    the probe's gradients through :meth:`reduce_gradients` chunk by chunk, so
-    the gradients of all items never exist at once. :meth:`compute_maps` (a
-    whole probe result at once) is the same computation in one chunk.
+    A gradient method that reduces each item's gradients on its own
+    implements :meth:`reduce_gradients` (one chunk of items -> per-item
+    tensors, item first: their maps, or anything smaller from which
+    :meth:`finish` makes them) and :meth:`finish` (all items' reductions, in
+    item order -> the result); the explainer then streams the probe's
+    gradients through :meth:`reduce_gradients` chunk by chunk, so the
+    gradients of all items never exist at once. :meth:`compute_maps` (a whole
+    probe result at once) is the same computation in one chunk.
     """
 
     name = "base"
@@ -74,20 +76,22 @@ class CamMethod:
         """Whether this method reduces each item's gradients on its own (see above)."""
         return type(self).reduce_gradients is not CamMethod.reduce_gradients
 
-    def reduce_gradients(self, acts: Tensor, grads: Tensor, inputs: MethodInputs) -> Tuple[Tensor, Tensor]:
+    def reduce_gradients(self, acts: Tensor, grads: Tensor, inputs: MethodInputs) -> Tuple[Tensor, ...]:
         """One chunk of items: ``acts [r, N, D]``, ``grads [r, k', N, D]`` (a
-        probe's layout) -> (maps float32 ``[k, h, w]``, degenerate bool ``[k]``)."""
+        probe's layout, ``r * k'`` items) -> per-item tensors, each ``[k, ...]``
+        (default :meth:`finish`: maps float32 ``[k, h, w]``, degenerate bool ``[k]``)."""
         raise NotImplementedError
 
-    def finish(self, maps: Tensor, degenerate: Tensor, inputs: MethodInputs) -> MapResult:
-        """All items' maps from :meth:`reduce_gradients` -> the result (default: as they are)."""
+    def finish(self, reduced: Tuple[Tensor, ...], inputs: MethodInputs) -> MapResult:
+        """All items' :meth:`reduce_gradients` outputs, concatenated in item
+        order -> the result (default: the maps and degenerate flags as they are)."""
+        maps, degenerate = reduced
         return MapResult(maps, {"degenerate": degenerate})
 
     def compute_maps(self, inputs: MethodInputs) -> MapResult:
         if not self.streams:
             raise NotImplementedError
-        maps, deg = self.reduce_gradients(inputs.result.acts, inputs.result.grads, inputs)
-        return self.finish(maps, deg, inputs)
+        return self.finish(self.reduce_gradients(inputs.result.acts, inputs.result.grads, inputs), inputs)
 
     @staticmethod
     def zero_map_stats(maps: Tensor) -> Dict[str, Tensor]:

@@ -12,23 +12,30 @@ from .base import CamMethod, MapResult, MethodInputs, register_method
 
 @register_method
 class DiffusionCam(CamMethod):
-    """Pool each item's gradients into a raw map (as soon as they exist),
-    then refine all raw maps with the explanation's steps, image height and
-    repeat ratio (and, for ``sicd="context"``, the probe's context weights)."""
+    """Reduce each item's gradients to its channel weights (as soon as they
+    exist), then pool the activations with the weights of all items at once
+    (one product for the whole response, not one per chunk of gradients) and
+    refine the raw maps with the explanation's steps, image height and repeat
+    ratio (and, for ``sicd="context"``, the probe's context weights)."""
 
     name = "diffusion-cam"
 
-    def reduce_gradients(self, acts: Tensor, grads: Tensor, inputs: MethodInputs) -> Tuple[Tensor, Tensor]:
-        h, w = inputs.grid
-        raw = ops.pool_gradients(acts, grads, inputs.grid, grad_relu=inputs.config.grad_relu, backend=inputs.backend)
-        return raw.maps.reshape(-1, h, w), raw.degenerate.reshape(-1)
+    def reduce_gradients(self, acts: Tensor, grads: Tensor, inputs: MethodInputs) -> Tuple[Tensor]:
+        w = ops.channel_weights(grads, grad_relu=inputs.config.grad_relu, backend=inputs.backend)
+        return (w.reshape(-1, w.shape[-1]),)
 
-    def finish(self, maps: Tensor, degenerate: Tensor, inputs: MethodInputs) -> MapResult:
-        T, h, w = maps.shape
+    def finish(self, reduced: Tuple[Tensor], inputs: MethodInputs) -> MapResult:
+        (weights,) = reduced  # [T, D]
+        acts = inputs.result.acts  # [1, N, D], or one row per item ([T, N, D]) from the remask probe
+        h, w = inputs.grid
+        T = weights.shape[0]
+        raw = ops.weighted_maps(acts, weights.reshape(acts.shape[0], -1, weights.shape[-1]), inputs.grid,
+                                backend=inputs.backend)
+        maps, degenerate = raw.maps.reshape(1, T, h, w), raw.degenerate.reshape(1, T)
         cw = inputs.result.context_weights[None].float() if inputs.config.sicd == "context" else None
-        out = ops.refine(maps.reshape(1, T, h, w), config=inputs.config, steps=inputs.steps,
+        out = ops.refine(maps, config=inputs.config, steps=inputs.steps,
                          image_size=inputs.image_size, repeat_ratio=inputs.repeat_ratio, context_weights=cw,
-                         degenerate=degenerate.reshape(1, T), backend=inputs.backend,
+                         degenerate=degenerate, backend=inputs.backend,
                          check_finite=False)  # pooled maps are finite and in [0, 1]
         stats = {k: v[0] for k, v in out.stats().items()}
-        return MapResult(out.maps[0].contiguous(), stats, maps)
+        return MapResult(out.maps[0].contiguous(), stats, maps[0])

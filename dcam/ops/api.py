@@ -1,4 +1,5 @@
-"""The public operator API: `pool_gradients`, `refine`, `diffusion_cam`.
+"""The public operator API: `pool_gradients` (and its two halves
+`channel_weights` and `weighted_maps`), `refine`, `diffusion_cam`.
 
 Each function checks its arguments (:mod:`dcam.ops.validation`; every error
 is a :class:`dcam.InputError` naming the argument), turns scalars into
@@ -84,6 +85,41 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
     return RawMaps(maps, degenerate)
 
 
+def channel_weights(grads: Tensor, grad_relu: bool = True, backend: str = "auto",
+                    check_finite: bool = True) -> Tensor:
+    """The first half of `pool_gradients`: each token's channel weights, the
+    mean over the image tokens of its (positive, with ``grad_relu``) gradients.
+
+    grads: [B,T,N,D] (or [T,N,D]) float32/float16/bfloat16, read once.
+    check_finite: refuse NaN/Inf in grads (found by the same pass).
+    Returns float32 [B,T,D] (or [T,D]). With the activations,
+    ``weighted_maps(acts, channel_weights(grads, r), grid)`` gives the maps of
+    ``pool_gradients(acts, grads, grid, r)``; the explainer reduces each chunk
+    of gradients this way as it arrives and makes all maps at the end.
+    """
+    V.check_bool("grad_relu", grad_relu)
+    grads, batched = V.validate_grads(grads)
+    run = implementation("channel_weights", check_backend(backend, grads.device))
+    weights, bad = run(grads, grad_relu, check_finite)
+    if check_finite:
+        _raise_if_grads_nonfinite(grads, bad)
+    return weights if batched else weights[0]
+
+
+def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend: str = "auto",
+                  check_finite: bool = True) -> RawMaps:
+    """The second half of `pool_gradients`: raw maps from channel weights,
+    ``raw[b,t,n] = mean_d max(acts[b,n,d] * weights[b,t,d], 0)``, min-max
+    normalised (docs/ALGORITHM.md, section 1).
+
+    acts: [B,N,D] (or [N,D]); weights: [B,T,D] (or [T,D]), of either sign
+    (from `channel_weights`, or a user's own). check_finite: refuse NaN/Inf
+    in acts or weights. Returns RawMaps as `pool_gradients` does."""
+    acts, weights, h, w, device, batched = V.validate_weighted(acts, weights, grid, check_finite)
+    maps, degenerate = implementation("weighted_maps", check_backend(backend, device))(acts, weights, h, w)
+    return RawMaps(maps, degenerate) if batched else RawMaps(maps[0], degenerate[0])
+
+
 def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, image_size, repeat_ratio,
                     context_maps, context_weights, backend: str, check_values: bool) -> Refined:
     B = raw.shape[0]
@@ -158,4 +194,5 @@ def all_finite(x: Tensor) -> bool:
     return not bool(V.nonfinite_flag(x))
 
 
-__all__ = ["RawMaps", "Refined", "pool_gradients", "refine", "diffusion_cam", "all_finite"]
+__all__ = ["RawMaps", "Refined", "pool_gradients", "channel_weights", "weighted_maps", "refine", "diffusion_cam",
+           "all_finite"]

@@ -89,8 +89,20 @@ def cases(device="cpu", quick: bool = False) -> List[Case]:
                     lambda b, a=acts, g=grads: (lambda: engine.pool_gradients(a, g, (24, 24), grad_relu=False,
                                                                               backend=b, check_finite=False)),
                     T, grads.numel() * grads.element_size()))
+    # the explainer's streamed path: each chunk of gradients reduced to its channel weights as a
+    # probe hands it over, one product with the activations for all tokens at the end; beside
+    # it, one whole pooling per chunk (the streamed path before the pooling was split in two)
     chunk = max(1, T // 8)
-    out.append(Case(f"pool T={T} N={N} D={D} bf16, in chunks of {chunk}",
+
+    def streamed(b, a=acts, g=grads):
+        def run():
+            w = torch.cat([engine.channel_weights(g[:, c:c + chunk], backend=b, check_finite=False)
+                           for c in range(0, T, chunk)], 1)
+            return engine.weighted_maps(a, w, (24, 24), backend=b, check_finite=False)
+        return run
+    out.append(Case(f"pool T={T} N={N} D={D} bf16, streamed in chunks of {chunk}", streamed,
+                    T, grads.numel() * grads.element_size()))
+    out.append(Case(f"pool T={T} N={N} D={D} bf16, pool_gradients per chunk of {chunk}",
                     lambda b, a=acts, g=grads: (lambda: [engine.pool_gradients(a, g[:, c:c + chunk], (24, 24),
                                                                                backend=b, check_finite=False)
                                                          for c in range(0, T, chunk)]),

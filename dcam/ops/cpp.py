@@ -1,10 +1,12 @@
 """C++ CPU kernels of the ops: thin torch wrappers around the compiled
 extension ``dcam._C`` (C API: csrc/include/dcam.h).
 
-The two entry points have exactly the signatures of the reference kernels
+The entry points have exactly the signatures of the reference kernels
 (:mod:`dcam.ops.library`):
 
     pool_gradients_cpp(acts, grads, h, w, grad_relu, check_grads) -> (maps, degenerate, grads_nonfinite)
+    channel_weights_cpp(grads, grad_relu, check_grads) -> (weights, grads_nonfinite)
+    weighted_maps_cpp(acts, weights, h, w) -> (maps, degenerate)
     refine_cpp(raw, degenerate, steps, image_size, repeat_ratio, context_maps,
                context_weights, akd_kernel, akd, dacg, cba, sicd,
                dacg_params, cba_params)
@@ -75,6 +77,26 @@ def pool_gradients_cpp(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: b
         raise ValueError(f"pool_gradients_cpp: N={N} image tokens do not fill a {h}x{w} grid")
     maps, deg, bad = _C.pool_gradients(_pool_input(acts), _pool_input(grads), bool(grad_relu), bool(check_grads))
     return torch.from_numpy(maps).reshape(B, T, h, w), torch.from_numpy(deg), torch.tensor(bool(bad))
+
+
+def channel_weights_cpp(grads: Tensor, grad_relu: bool = True, check_grads: bool = False) -> Tuple[Tensor, Tensor]:
+    """grads [B, T, N, D] (float32/float16/bfloat16) -> channel weights float32
+    [B, T, D], grads_nonfinite bool [] (as in :func:`pool_gradients_cpp`)."""
+    _require()
+    weights, bad = _C.channel_weights(_pool_input(grads), bool(grad_relu), bool(check_grads))
+    return torch.from_numpy(weights), torch.tensor(bool(bad))
+
+
+def weighted_maps_cpp(acts: Tensor, weights: Tensor, h: int, w: int) -> Tuple[Tensor, Tensor]:
+    """acts [B, N, D] (float32/float16/bfloat16), weights [B, T, D] (any sign) ->
+    maps float32 [B, T, h, w], degenerate bool [B, T]."""
+    _require()
+    B, N, _ = acts.shape
+    T = weights.shape[1]
+    if N != h * w:
+        raise ValueError(f"weighted_maps_cpp: N={N} image tokens do not fill a {h}x{w} grid")
+    maps, deg = _C.weighted_maps(_pool_input(acts), _f32(weights))
+    return torch.from_numpy(maps).reshape(B, T, h, w), torch.from_numpy(deg)
 
 
 def refine_cpp(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,

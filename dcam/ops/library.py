@@ -1,7 +1,9 @@
-"""The two operators, declared once with ``torch.library``, one kernel per device.
+"""The operators, declared once with ``torch.library``, one kernel per device.
 
     dcam::pool_gradients(acts, grads, h, w, grad_relu, check_grads)
         -> (maps, degenerate, grads_nonfinite)
+    dcam::channel_weights(grads, grad_relu, check_grads) -> (weights, grads_nonfinite)
+    dcam::weighted_maps(acts, weights, h, w) -> (maps, degenerate)
     dcam::refine(raw, degenerate, steps, image_size, repeat_ratio, context_maps,
                  context_weights, akd_kernel, akd, dacg, cba, sicd, dacg_params, cba_params)
         -> (maps, kernel_size, dacg_strategy, dacg_threshold, cba_threshold, sicd_alpha)
@@ -25,6 +27,11 @@ implementation directly (:func:`implementation`), for tests and comparisons.
 The ops are opaque to ``torch.compile`` (a custom op is one node of the
 graph): the C++ kernel cannot be traced anyway, and one opaque op per
 operator keeps a single registration for every device.
+
+``channel_weights`` and ``weighted_maps`` are ``pool_gradients`` in two
+halves, for gradients that arrive in chunks of tokens (the explainer): each
+chunk is reduced to its channel weights as it arrives, and one product of the
+activations with the weights of all tokens makes the maps at the end.
 
 ``check_grads``: also report (``grads_nonfinite``, a 0-dim bool tensor on the
 inputs' device, no host sync) whether the gradients hold a NaN/Inf. The C++
@@ -56,6 +63,13 @@ def pool_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool,
     return maps, degenerate, flag
 
 
+def channel_weights_reference(grads: Tensor, grad_relu: bool, check_grads: bool) -> Tuple[Tensor, Tensor]:
+    """The reference channel weights with the op's second output (the NaN/Inf flag)."""
+    flag = nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool, device=grads.device)
+    return reference.channel_weights_reference(grads, grad_relu), flag
+
+
+weighted_maps_reference = reference.weighted_maps_reference
 refine_reference = reference.refine_reference
 
 
@@ -65,6 +79,16 @@ refine_reference = reference.refine_reference
 def pool_gradients_op(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool
                       ) -> Tuple[Tensor, Tensor, Tensor]:
     return pool_reference(acts, grads, h, w, grad_relu, check_grads)
+
+
+@torch.library.custom_op("dcam::channel_weights", mutates_args=())
+def channel_weights_op(grads: Tensor, grad_relu: bool, check_grads: bool) -> Tuple[Tensor, Tensor]:
+    return channel_weights_reference(grads, grad_relu, check_grads)
+
+
+@torch.library.custom_op("dcam::weighted_maps", mutates_args=())
+def weighted_maps_op(acts: Tensor, weights: Tensor, h: int, w: int) -> Tuple[Tensor, Tensor]:
+    return weighted_maps_reference(acts, weights, h, w)
 
 
 @torch.library.custom_op("dcam::refine", mutates_args=())
@@ -82,6 +106,18 @@ def _pool_fake(acts, grads, h, w, grad_relu, check_grads):
     B, T = grads.shape[0], grads.shape[1]
     return (acts.new_empty((B, T, h, w), dtype=torch.float32), acts.new_empty((B, T), dtype=torch.bool),
             acts.new_empty((), dtype=torch.bool))
+
+
+@channel_weights_op.register_fake
+def _channel_weights_fake(grads, grad_relu, check_grads):
+    B, T, _, D = grads.shape
+    return grads.new_empty((B, T, D), dtype=torch.float32), grads.new_empty((), dtype=torch.bool)
+
+
+@weighted_maps_op.register_fake
+def _weighted_maps_fake(acts, weights, h, w):
+    B, T = weights.shape[0], weights.shape[1]
+    return acts.new_empty((B, T, h, w), dtype=torch.float32), acts.new_empty((B, T), dtype=torch.bool)
 
 
 @refine_op.register_fake
@@ -103,56 +139,50 @@ def _warn_once(key: str, text: str) -> None:
         warnings.warn(text, RuntimeWarning, stacklevel=3)
 
 
-def _cpu_kernel(name: str) -> Callable:
-    """The C++ function ``name`` of :mod:`dcam.ops.cpp`, or the reference when
+#: Each op by name: (the registered op, its reference kernel).
+OPS: Dict[str, Tuple[Callable, Callable]] = {
+    "pool_gradients": (pool_gradients_op, pool_reference),
+    "channel_weights": (channel_weights_op, channel_weights_reference),
+    "weighted_maps": (weighted_maps_op, weighted_maps_reference),
+    "refine": (refine_op, refine_reference),
+}
+
+
+def _cpu_kernel(op: str) -> Callable:
+    """The C++ function of ``op`` (:mod:`dcam.ops.cpp`), or the reference when
     the extension is not built (warned once)."""
     if cpp_backend.is_available():
-        return getattr(cpp_backend.module(), name)
+        return getattr(cpp_backend.module(), f"{op}_cpp")
     _warn_once("cpp", f"dcam: the C++ CPU backend is not available ({cpp_backend.unavailable_reason()}); "
                       "CPU tensors use the slower PyTorch reference. Reinstall with `pip install -e .` to build it.")
-    return {"pool_gradients_cpp": pool_reference, "refine_cpp": refine_reference}[name]
+    return OPS[op][1]
 
 
-def _cuda_kernel(name: str) -> Callable:
-    """The Triton launcher ``name`` of :mod:`dcam.ops.triton_launch`, or the
+def _cuda_kernel(op: str) -> Callable:
+    """The Triton launcher of ``op`` (:mod:`dcam.ops.triton_launch`), or the
     reference when triton is not installed (warned once)."""
     if triton_backend.is_available():
-        return getattr(triton_backend.module(), name)
+        return getattr(triton_backend.module(), f"{op}_triton")
     _warn_once("triton", f"dcam: the Triton backend is not available ({triton_backend.unavailable_reason()}); "
                          "CUDA tensors use the PyTorch reference.")
-    return {"pool_gradients_triton": pool_reference, "refine_triton": refine_reference}[name]
+    return OPS[op][1]
 
 
-@pool_gradients_op.register_kernel("cpu")
-def _pool_cpu(acts, grads, h, w, grad_relu, check_grads):
-    return _cpu_kernel("pool_gradients_cpp")(acts, grads, h, w, grad_relu, check_grads)
-
-
-@refine_op.register_kernel("cpu")
-def _refine_cpu(*args):
-    return _cpu_kernel("refine_cpp")(*args)
-
-
-@pool_gradients_op.register_kernel("cuda")
-def _pool_cuda(acts, grads, h, w, grad_relu, check_grads):
-    return _cuda_kernel("pool_gradients_triton")(acts, grads, h, w, grad_relu, check_grads)
-
-
-@refine_op.register_kernel("cuda")
-def _refine_cuda(*args):
-    return _cuda_kernel("refine_triton")(*args)
+for _name, (_op, _) in OPS.items():  # one kernel per device, each the backend's function of the same name
+    _op.register_kernel("cpu")(lambda *args, _n=_name: _cpu_kernel(_n)(*args))
+    _op.register_kernel("cuda")(lambda *args, _n=_name: _cuda_kernel(_n)(*args))
 
 
 # ------------------------------------------------------------------ explicit backends
 
 def implementation(op: str, backend: str) -> Callable:
-    """The function that runs ``op`` (``"pool_gradients"`` or ``"refine"``) on
-    ``backend`` (already checked by :func:`dcam.ops.backends.check_backend`):
-    the registered op for ``"auto"`` (the dispatcher chooses by device), else
-    that backend's implementation called directly."""
+    """The function that runs ``op`` (a key of :data:`OPS`) on ``backend``
+    (already checked by :func:`dcam.ops.backends.check_backend`): the
+    registered op for ``"auto"`` (the dispatcher chooses by device), else that
+    backend's implementation called directly."""
     if backend == "auto":
-        return pool_gradients_op if op == "pool_gradients" else refine_op
+        return OPS[op][0]
     if backend == "torch":
-        return pool_reference if op == "pool_gradients" else refine_reference
+        return OPS[op][1]
     module = cpp_backend.module() if backend == "cpp" else triton_backend.module()
     return getattr(module, f"{op}_{backend}")

@@ -2,10 +2,12 @@
 
 Every function here is vectorised over a batch of maps (no Python loop over
 pixels) and is written for readability first; the C++ and Triton backends are
-tested against it. The two entry points have exactly the signatures of the
+tested against it. The entry points have exactly the signatures of the
 registered ops (see :mod:`dcam.ops.library`):
 
     pool_gradients_reference(acts, grads, h, w, grad_relu) -> (maps, degenerate)
+    channel_weights_reference(grads, grad_relu) -> weights
+    weighted_maps_reference(acts, weights, h, w) -> (maps, degenerate)
     refine_reference(raw, degenerate, steps, image_size, repeat_ratio,
                      context_maps, context_weights, akd_kernel, akd, dacg, cba,
                      sicd, dacg_params, cba_params)
@@ -116,6 +118,45 @@ def minmax_normalise(x: Tensor) -> Tuple[Tensor, Tensor]:
 # --------------------------------------------------------------------------- section 1 (docs/ALGORITHM.md)
 
 
+def channel_weights_reference(grads: Tensor, grad_relu: bool = True) -> Tensor:
+    """The first line of section 1: grads [B, T, N, D] (any float dtype) ->
+    channel weights float32 [B, T, D], the mean over the image tokens of the
+    (with ``grad_relu``, positive parts of the) gradients."""
+    g = grads.float()
+    if grad_relu:
+        g = g.clamp(min=0)
+    return g.mean(dim=2)
+
+
+def normalised_raw_maps(raw: Tensor, B: int, T: int, h: int, w: int) -> Tuple[Tensor, Tensor]:
+    """Raw pooled maps [B, T, N] -> (min-max normalised maps [B, T, h, w], degenerate [B, T]);
+    a constant map comes out all 0 and is flagged."""
+    raw = raw.reshape(B * T, -1)
+    lo = raw.min(dim=1, keepdim=True).values
+    hi = raw.max(dim=1, keepdim=True).values
+    degenerate = ~(hi > lo)[:, 0]
+    maps = torch.where(degenerate[:, None], torch.zeros_like(raw), (raw - lo) / (hi - lo + EPS_NORM))
+    return maps.reshape(B, T, h, w), degenerate.reshape(B, T)
+
+
+def weighted_maps_reference(acts: Tensor, weights: Tensor, h: int, w: int) -> Tuple[Tensor, Tensor]:
+    """The rest of section 1 from given channel weights of either sign:
+    acts [B, N, D] (any float dtype), weights [B, T, D] -> maps float32
+    [B, T, h, w] (min-max normalised), degenerate bool [B, T].
+
+    ``max(a * w, 0) = relu(a) * relu(w) + min(a, 0) * min(w, 0)`` exactly, so
+    the pooled sum is two matrix products, every term of both >= 0 (for
+    weights >= 0 the second is exactly zero and this is the product of
+    :func:`pool_gradients_reference` with ``grad_relu``)."""
+    B, N, D = acts.shape
+    T = weights.shape[1]
+    a = acts.float()
+    wt = weights.float()
+    raw = torch.bmm(wt.clamp(min=0), a.clamp(min=0).transpose(1, 2))
+    raw = raw + torch.bmm(wt.clamp(max=0), a.clamp(max=0).transpose(1, 2))
+    return normalised_raw_maps(raw / D, B, T, h, w)
+
+
 def pool_gradients_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True
                              ) -> Tuple[Tensor, Tensor]:
     """Gradient-weighted activation pooling, min-max normalised.
@@ -125,21 +166,13 @@ def pool_gradients_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_r
     B, N, D = acts.shape
     T = grads.shape[1]
     a = acts.float()
-    g = grads.float()
-    if grad_relu:
-        g = g.clamp(min=0)
-    weights = g.mean(dim=2)  # [B, T, D]
+    weights = channel_weights_reference(grads, grad_relu)  # [B, T, D]
     if grad_relu:
         # weights >= 0, so relu(a * w) = relu(a) * w: one matrix product
         raw = torch.bmm(weights, a.clamp(min=0).transpose(1, 2)) / D  # [B, T, N]
     else:
         raw = (a[:, None, :, :] * weights[:, :, None, :]).clamp(min=0).mean(dim=3)
-    raw = raw.reshape(B * T, N)
-    lo = raw.min(dim=1, keepdim=True).values
-    hi = raw.max(dim=1, keepdim=True).values
-    degenerate = ~(hi > lo)[:, 0]
-    maps = torch.where(degenerate[:, None], torch.zeros_like(raw), (raw - lo) / (hi - lo + EPS_NORM))
-    return maps.reshape(B, T, h, w), degenerate.reshape(B, T)
+    return normalised_raw_maps(raw, B, T, h, w)
 
 
 # --------------------------------------------------------------------------- section 2

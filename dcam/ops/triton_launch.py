@@ -43,22 +43,13 @@ def is_available() -> bool:
     return True
 
 
-def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,
-                          check_grads: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gradient-weighted activation pooling, min-max normalised (Triton).
-
-    acts [B, N, D], grads [B, T, N, D] (fp32/fp16/bf16, any strides) ->
-    maps float32 [B, T, h, w], degenerate bool [B, T], grads_nonfinite bool []
-    (with ``check_grads``: whether grads hold a NaN/Inf, found by the
-    gradient pass itself, on the device, no host sync; else False)."""
-    B, N, D = acts.shape
-    T = grads.shape[1]
-    dev = acts.device
+def _grad_mean(grads: Tensor, grad_relu: bool, check_grads: bool) -> Tuple[Tensor, Tensor]:
+    """W = mean_n relu?(G) float32 [B, T, D] and the NaN/Inf flag (0-dim bool,
+    on the device; False without ``check_grads``): [BLOCK_N, BLOCK_D] tiles of
+    4096 elements."""
+    B, T, N, D = grads.shape
+    dev = grads.device
     weights = torch.empty((B, T, D), device=dev, dtype=torch.float32)
-    maps = torch.empty((B, T, h, w), device=dev, dtype=torch.float32)
-    degenerate = torch.empty((B, T), device=dev, dtype=torch.bool)
-
-    # 1. W = mean_n relu(G): [BLOCK_N, BLOCK_D] tiles, 4096 elements
     block_d = min(128, max(16, triton.next_power_of_2(D)))
     block_n = max(1, 4096 // block_d)
     n_dblocks = triton.cdiv(D, block_d)
@@ -67,27 +58,56 @@ def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu
         grads, weights, bad, T, N, D,
         grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
         GRAD_RELU=grad_relu, CHECK=check_grads, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+    # a device-side reduction of the per-program flags (no host sync)
+    nonfinite = bad.amax().bool() if check_grads else torch.zeros((), device=dev, dtype=torch.bool)
+    return weights, nonfinite
 
-    # 2. raw = relu(A) @ W^T / D (or the unfactored max without grad_relu)
-    if grad_relu:  # tl.dot needs every tile side >= 16
-        bt = min(64, max(16, triton.next_power_of_2(T)))
-        bn, bd = 64, 32
-    else:  # 3-D broadcast tile of ~8192 elements
-        bt = min(16, triton.next_power_of_2(T))
-        bn = 32
-        bd = max(1, 8192 // (bt * bn))
+
+def _maps_from_weights(acts: Tensor, weights: Tensor, h: int, w: int, nonneg: bool) -> Tuple[Tensor, Tensor]:
+    """raw = mean_d max(A * W, 0), min-max normalised per map: (maps float32
+    [B, T, h, w], degenerate bool [B, T]). ``nonneg``: the weights are known
+    to be >= 0 (relu'd gradients), so one matrix product suffices."""
+    B, N, D = acts.shape
+    T = weights.shape[1]
+    dev = acts.device
+    maps = torch.empty((B, T, h, w), device=dev, dtype=torch.float32)
+    degenerate = torch.empty((B, T), device=dev, dtype=torch.bool)
+    bt = min(64, max(16, triton.next_power_of_2(T)))  # tl.dot needs every tile side >= 16
+    bn, bd = 64, 32
     wrap_triton(pool_kernels._pool_product_kernel)[(triton.cdiv(N, bn), triton.cdiv(T, bt), B)](
         acts, weights, maps, T, N, D,
         acts.stride(0), acts.stride(1), acts.stride(2),
-        GRAD_RELU=grad_relu, BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=4)
-
-    # 3. per-map min-max normalisation and degenerate flag
+        NONNEG=nonneg, BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=4)
     block = min(4096, max(16, triton.next_power_of_2(N)))
     wrap_triton(pool_kernels._minmax_normalise_kernel)[(B * T,)](
         maps, degenerate, N, EPS=C.EPS_NORM, BLOCK=block, num_warps=4 if block <= 1024 else 8)
-    # a device-side reduction of the per-program flags (no host sync)
-    nonfinite = bad.amax().bool() if check_grads else torch.zeros((), device=dev, dtype=torch.bool)
+    return maps, degenerate
+
+
+def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,
+                          check_grads: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradient-weighted activation pooling, min-max normalised (Triton).
+
+    acts [B, N, D], grads [B, T, N, D] (fp32/fp16/bf16, any strides) ->
+    maps float32 [B, T, h, w], degenerate bool [B, T], grads_nonfinite bool []
+    (with ``check_grads``: whether grads hold a NaN/Inf, found by the
+    gradient pass itself, on the device, no host sync; else False)."""
+    weights, nonfinite = _grad_mean(grads, grad_relu, check_grads)
+    maps, degenerate = _maps_from_weights(acts, weights, h, w, nonneg=grad_relu)
     return maps, degenerate, nonfinite
+
+
+def channel_weights_triton(grads: Tensor, grad_relu: bool = True, check_grads: bool = False
+                           ) -> Tuple[Tensor, Tensor]:
+    """The first half of the pooling: (weights float32 [B, T, D], grads_nonfinite bool [])."""
+    return _grad_mean(grads, grad_relu, check_grads)
+
+
+def weighted_maps_triton(acts: Tensor, weights: Tensor, h: int, w: int) -> Tuple[Tensor, Tensor]:
+    """The second half: (maps float32 [B, T, h, w], degenerate bool [B, T]) from
+    weights of either sign (the two-product form: their signs are not known
+    here without a host sync)."""
+    return _maps_from_weights(acts, weights.float().contiguous(), h, w, nonneg=False)
 
 
 def refine_triton(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tensor, repeat_ratio: Tensor,

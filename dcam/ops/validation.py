@@ -154,6 +154,35 @@ def validate_pool(acts, grads, grid, check_values: bool):
     return compute_dtype(acts).contiguous(), compute_dtype(grads).contiguous(), h, w, device
 
 
+def validate_grads(grads):
+    """(grads [B,T,N,D] contiguous, batched?) for the channel weights alone."""
+    grads = check_tensor("grads", grads, ranks=(3, 4))
+    batched = grads.dim() == 4
+    return compute_dtype(grads if batched else grads.unsqueeze(0)).contiguous(), batched
+
+
+def validate_weighted(acts, weights, grid, check_values: bool):
+    """(acts [B,N,D], weights float32 [B,T,D], h, w, device, batched?), contiguous."""
+    acts = check_tensor("acts", acts, ranks=(2, 3))
+    weights = check_tensor("weights", weights, ranks=(2, 3))
+    if weights.dim() != acts.dim():
+        want = "[B,T,D] when acts is [B,N,D]" if acts.dim() == 3 else "[T,D] when acts is [N,D]"
+        raise InputError(f"weights must be {want}, got shape {tuple(weights.shape)}")
+    batched = acts.dim() == 3
+    if not batched:
+        acts, weights = acts.unsqueeze(0), weights.unsqueeze(0)
+    if weights.shape[0] != acts.shape[0]:
+        raise InputError(f"weights has batch size {weights.shape[0]} but acts has {acts.shape[0]}")
+    if weights.shape[2] != acts.shape[2]:
+        raise InputError(f"weights has hidden size {weights.shape[2]} but acts has {acts.shape[2]}")
+    device = check_same_device(acts=acts, weights=weights)
+    h, w = check_grid(grid, acts.shape[1])
+    if check_values:
+        check_finite("acts", acts)
+        check_finite("weights", weights)
+    return compute_dtype(acts).contiguous(), weights.float().contiguous(), h, w, device, batched
+
+
 def check_raw_values(raw: Tensor) -> None:
     """Raw maps are min-max normalised pooled maps: finite, in [0, 1]. The
     refinement's clip (section 5) and thresholds assume that range, so a map

@@ -47,6 +47,8 @@ a, g = torch.randn(2, 64, 32), torch.randn(2, 3, 64, 32, dtype=torch.bfloat16)
 calls = [(lambda a, g: TL.pool_gradients_triton(a, g, 8, 8, True), (a, g)),
          (lambda a, g: TL.pool_gradients_triton(a, g, 8, 8, False), (a, g)),
          (lambda a, g: TL.pool_gradients_triton(a, g, 8, 8, True, True), (a, g)),
+         (lambda g: TL.channel_weights_triton(g, False, True), (g,)),
+         (lambda a, w: TL.weighted_maps_triton(a, w, 8, 8), (a, torch.randn(2, 3, 32))),
          (lambda *x: TL.refine_triton(*x), refine_args(3, 8, 8, CamConfig())),
          (lambda *x: TL.refine_triton(*x), refine_args(3, 8, 8, CamConfig(sicd="context", akd_kernel=5)))]
 for fn, args in calls:
@@ -67,10 +69,11 @@ a, g = torch.randn(2, 576, 64, dtype=torch.bfloat16), torch.randn(2, 4, 576, 64,
 TL.pool_gradients_triton(a, g, 24, 24, True)
 TL.pool_gradients_triton(a.float(), g.half(), 24, 24, False)
 TL.pool_gradients_triton(a, g, 24, 24, True, True)
+TL.weighted_maps_triton(a, torch.randn(2, 4, 64), 24, 24)  # signed product on bf16 activations
 TL.refine_triton(*refine_args(4, 24, 24, CamConfig()))
 TL.refine_triton(*refine_args(4, 27, 20, CamConfig(sicd="context", akd_kernel=7, dacg=False), torch.float16))
 TL.refine_triton(*refine_args(2, 1, 1, CamConfig(akd=False, sicd="off")))
-assert len(launches) == 12, len(launches)
+assert len(launches) == 14, len(launches)
 target = GPUTarget("cuda", 90, 32)
 for fn, args, kw in launches:
     kw = dict(kw); num_warps = kw.pop("num_warps")

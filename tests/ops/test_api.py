@@ -86,6 +86,37 @@ def test_pool_errors(mutate, name, match):
         dcam.pool_gradients(a, g, grid)
 
 
+@pytest.mark.parametrize("mutate,name,match", [
+    (lambda a, w: (a, w.int()), "weights", "floating-point"),
+    (lambda a, w: (a, w[0, 0]), "weights", "weights must have 2 or 3"),
+    (lambda a, w: (a, w[0]), "weights", r"weights must be \[B,T,D\] when acts is \[B,N,D\]"),
+    (lambda a, w: (a[0], w), "weights", r"weights must be \[T,D\] when acts is \[N,D\]"),
+    (lambda a, w: (a, w[:1]), "weights", "weights has batch size 1 but acts has 2"),
+    (lambda a, w: (a, w[..., :-1]), "weights", "weights has hidden size 7 but acts has 8"),
+    (lambda a, w: (a, w[:, :0]), "weights", "empty"),
+    (lambda a, w: (a, w.index_fill(2, torch.tensor([1]), float("nan"))), "weights", "weights contains 6 NaN/Inf"),
+    (lambda a, w: (a.index_fill(2, torch.tensor([1]), float("inf")), w), "acts", "acts contains 40 NaN/Inf"),
+    (lambda a, w: (a, [[1.0]]), "weights", "weights must be a torch.Tensor"),
+])
+def test_weighted_maps_errors(mutate, name, match):
+    a, g, grid = _inputs()
+    a, w = mutate(a, g.mean(dim=2))
+    with raises_input_error(name, match):
+        dcam.weighted_maps(a, w, grid)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda g: g.int(), "floating-point"), (lambda g: g[0, 0], "grads must have 3 or 4"),
+    (lambda g: g[:, :0], "empty"), (lambda g: "grads", "grads must be a torch.Tensor"),
+])
+def test_channel_weights_errors(bad, match):
+    _, g, _ = _inputs()
+    with raises_input_error("grads", match):
+        dcam.channel_weights(bad(g))
+    with raises_input_error("grad_relu"):
+        dcam.channel_weights(g, grad_relu="yes")
+
+
 @pytest.mark.parametrize("grid,match", [
     ((4, 4), "grid 4x4 = 16 tokens does not match .* 20 tokens"),
     (20, "grid must be a pair"),
@@ -97,6 +128,8 @@ def test_grid_errors(grid, match):
     a, g, _ = _inputs(h=5, w=4)
     with raises_input_error("grid", match):
         dcam.pool_gradients(a, g, grid)
+    with raises_input_error("grid", match):
+        dcam.weighted_maps(a, g.mean(dim=2), grid)
 
 
 def test_grad_relu_must_be_a_bool():
@@ -327,6 +360,8 @@ def test_nonfinite_gradients_raise_on_every_backend(backend, grad_relu, quiet):
             dcam.pool_gradients(a, g2, grid, grad_relu=grad_relu, backend=backend)
         with raises_input_error("grads", "grads contains 2 NaN/Inf value"):
             dcam.diffusion_cam(a, g2, grid, cfg, backend=backend)
+        with raises_input_error("grads", "grads contains 2 NaN/Inf value"):
+            dcam.channel_weights(g2, grad_relu=grad_relu, backend=backend)
         a2 = a.clone()
         a2[1, 4, 5] = bad
         with raises_input_error("acts", "acts contains 1 NaN/Inf value"):
@@ -474,32 +509,52 @@ def test_auto_on_cpu_runs_the_cpp_kernels(monkeypatch):
     assert len(pool_calls) == 2 and len(refine_calls) == 2
     dcam.diffusion_cam(a, g, grid, backend="cpp")
     assert len(pool_calls) == 3 and len(refine_calls) == 3
+    weight_calls = _spy(monkeypatch, cpp, "channel_weights_cpp")
+    product_calls = _spy(monkeypatch, cpp, "weighted_maps_cpp")
+    dcam.weighted_maps(a, dcam.channel_weights(g), grid)
+    assert len(weight_calls) == 1 and len(product_calls) == 1 and len(pool_calls) == 3
+
+
+def _spy_reference(monkeypatch, op):
+    calls = []
+    registered, real = library.OPS[op]
+
+    def spy(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+    monkeypatch.setitem(library.OPS, op, (registered, spy))
+    return calls
 
 
 def test_torch_backend_never_calls_the_cpp_kernels(monkeypatch):
     def forbidden(*args, **kw):
         raise AssertionError("backend='torch' called a C++ kernel")
-    monkeypatch.setattr(cpp, "pool_gradients_cpp", forbidden)
-    monkeypatch.setattr(cpp, "refine_cpp", forbidden)
-    pool_calls = _spy(monkeypatch, library, "pool_reference")
-    refine_calls = _spy(monkeypatch, library, "refine_reference")
+    for op in library.OPS:
+        monkeypatch.setattr(cpp, f"{op}_cpp", forbidden)
+    calls = {op: _spy_reference(monkeypatch, op) for op in library.OPS}
     a, g, grid = _inputs(seed=9)
     dcam.pool_gradients(a, g, grid, backend="torch")
     dcam.refine(torch.rand(1, 2, 4, 4), backend="torch")
     out = dcam.diffusion_cam(a, g, grid, backend="torch")
     assert out.maps.shape == (2, 3, 5, 4)
-    assert len(pool_calls) == 2 and len(refine_calls) == 2  # the reference ran instead
+    dcam.weighted_maps(a, dcam.channel_weights(g, backend="torch"), grid, backend="torch")
+    # the reference ran instead
+    assert {op: len(c) for op, c in calls.items()} == {"pool_gradients": 2, "refine": 2, "channel_weights": 1,
+                                                       "weighted_maps": 1}
 
 
 # ------------------------------------------------------------------ the registered ops
 
 # `device` is parametrised by conftest.py: cpu, and cuda when there is one
 
-def test_opcheck_both_ops(device, quiet):
+def test_opcheck_every_op(device, quiet):
     a, g, grid = _inputs(device=device)
     for relu in (True, False):
         for check in (False, True):
             torch.library.opcheck(torch.ops.dcam.pool_gradients.default, (a, g, grid[0], grid[1], relu, check))
+            torch.library.opcheck(torch.ops.dcam.channel_weights.default, (g, relu, check))
+        w = g.float().mean(dim=2)
+        torch.library.opcheck(torch.ops.dcam.weighted_maps.default, (a, w.abs() if relu else w, grid[0], grid[1]))
     raw = dcam.pool_gradients(a, g, grid, backend="torch")
     o = dcam.CamConfig().op_args()
     t = lambda *v: torch.tensor(v, device=device)  # noqa: E731

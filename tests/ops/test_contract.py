@@ -312,6 +312,42 @@ def test_pooling_random_matches_numpy(any_backend):
             assert out.degenerate[b].cpu().tolist() == deg.tolist()
 
 
+def test_pooling_halves_worked_example(any_backend):
+    backend, device = any_backend
+    # the example above in two halves: channel weights [4/3, 4/3] (grad_relu) and [4/3, 2/3]
+    A = torch.tensor([[1.0, -1.0], [2.0, 3.0], [0.0, 2.0]], device=device)
+    G = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [0.0, 0.0]]], device=device)
+    w = dcam.channel_weights(G, backend=backend)
+    np.testing.assert_allclose(w.cpu().numpy(), [[4 / 3, 4 / 3]], atol=1e-7)
+    np.testing.assert_allclose(dcam.channel_weights(G, grad_relu=False, backend=backend).cpu().numpy(),
+                               [[4 / 3, 2 / 3]], atol=1e-7)
+    # weights [1, -2]: raw = [(1 + 2)/2, (2 + 0)/2, (0 + 0)/2] = [1.5, 1, 0]
+    out = dcam.weighted_maps(A, torch.tensor([[1.0, -2.0]], device=device), (1, 3), backend=backend)
+    np.testing.assert_allclose(out.maps.cpu().reshape(-1).numpy(), [1.0, 2 / 3, 0.0], atol=1e-6)
+    # weights [-1, -1]: raw = [(0 + 1)/2, 0, 0] -> [1, 0, 0]; weights [0, 0]: constant, degenerate
+    out = dcam.weighted_maps(A, torch.tensor([[-1.0, -1.0], [0.0, 0.0]], device=device), (1, 3), backend=backend)
+    np.testing.assert_allclose(out.maps.cpu().reshape(2, -1).numpy(), [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
+    assert out.degenerate.cpu().tolist() == [False, True]
+
+
+def test_pooling_halves_random_match_numpy(any_backend):
+    # 70 tokens (past one 64-token C++ weight table), features past the vector bodies
+    backend, device = any_backend
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(2, 20, 37, generator=g)
+    G = torch.randn(2, 70, 20, 37, generator=g) + 0.2
+    for relu in (True, False):
+        w = dcam.channel_weights(G.to(device), grad_relu=relu, backend=backend)
+        G64 = G.double().numpy()
+        want_w = (np.maximum(G64, 0) if relu else G64).mean(axis=2)
+        np.testing.assert_allclose(w.cpu().numpy(), want_w, atol=2e-7, rtol=1e-6)
+        out = dcam.weighted_maps(A.to(device), w, (4, 5), backend=backend)
+        for b in range(2):
+            maps, deg = np_pool(A[b].numpy(), G[b].numpy(), relu)
+            np.testing.assert_allclose(out.maps[b].cpu().reshape(70, -1).numpy(), maps, atol=1e-5)
+            assert out.degenerate[b].cpu().tolist() == deg.tolist()
+
+
 # ------------------------------------------------------------------ section 2: AKD kernel size
 
 # Two-valued 12x12 maps with population std `std`; k0 = floor(3 * min(S/16, 2) * min(5 std, 2) * min(H/512, 1.5)),

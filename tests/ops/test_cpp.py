@@ -86,6 +86,8 @@ def test_pooling_pass_finds_every_nonfinite_gradient(dtype, grad_relu):
                 g[0, t, n, d] = bad
                 assert C.pool_gradients_cpp(acts, g, h, w, grad_relu, check_grads=True)[2], (bad, t, n, d)
                 assert not C.pool_gradients_cpp(acts, g, h, w, grad_relu)[2]
+                assert C.channel_weights_cpp(g, grad_relu, check_grads=True)[1], (bad, t, n, d)
+                assert not C.channel_weights_cpp(g, grad_relu)[1]
 
 
 @NEEDS_CPP
@@ -155,6 +157,49 @@ def test_both_product_kernels_and_their_tails_match_float64(dtype, grad_relu):
         lo, hi = raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True)
         want = (raw - lo) / (hi - lo + 1e-8)
         np.testing.assert_allclose(maps, want, atol=2e-6, rtol=0, err_msg=f"T={T} N={N} D={D}")
+
+
+@NEEDS_CPP
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("signs", ["mixed", "nonneg", "nonpos"])
+def test_product_from_given_weights_matches_float64(dtype, signs):
+    # dcam_weighted_maps takes weights of any sign and picks the table kind from them:
+    # non-negative weights the one-sided tables, any negative weight the two-sided ones;
+    # both kernels (by table size) and their tails, as above, against the formula itself
+    gen = torch.Generator().manual_seed(44)
+    for T, (h, w), D in ((1, (5, 7), 16), (5, (7, 5), 271), (17, (5, 7), 15), (40, (9, 8), 530),
+                         (65, (3, 3), 64)):
+        N = h * w
+        A = torch.randn(1, N, D, generator=gen)
+        A[torch.rand(1, N, D, generator=gen) < 0.2] = 0.0
+        W = torch.randn(1, T, D, generator=gen)
+        W = {"mixed": W, "nonneg": W.abs(), "nonpos": -W.abs()}[signs]
+        A = A.to(dtype)
+        maps, deg = C.weighted_maps_cpp(A, W, h, w)
+        a64, w64 = A[0].double().numpy(), W[0].double().numpy()
+        raw = np.maximum(a64[None, :, :] * w64[:, None, :], 0).mean(axis=2)
+        lo, hi = raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True)
+        want = np.where(hi > lo, (raw - lo) / (hi - lo + 1e-8), 0.0)
+        np.testing.assert_allclose(maps.reshape(T, N).numpy(), want, atol=2e-6, rtol=0, err_msg=f"T={T} D={D}")
+        assert deg[0].tolist() == (~(hi > lo))[:, 0].tolist()
+
+
+@NEEDS_CPP
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grad_relu", [True, False])
+def test_weights_in_chunks_then_one_product_equal_one_call_exactly(dtype, grad_relu):
+    # the explainer's streamed path: the weights of each chunk of tokens as it arrives, one
+    # product for all tokens at the end; the same sums in the same order as one call
+    gen = torch.Generator().manual_seed(45)
+    T, h, w, D = 70, 6, 7, 100
+    A = torch.randn(2, h * w, D, generator=gen).to(dtype)
+    G = torch.randn(2, T, h * w, D, generator=gen).to(dtype)
+    one_call = C.pool_gradients_cpp(A, G, h, w, grad_relu)
+    for chunk in (1, 8, 16, 70):
+        W = torch.cat([C.channel_weights_cpp(G[:, c:c + chunk], grad_relu)[0] for c in range(0, T, chunk)], 1)
+        maps, deg = C.weighted_maps_cpp(A, W, h, w)
+        torch.testing.assert_close(maps, one_call[0], atol=0, rtol=0, msg=f"chunk {chunk}")
+        assert torch.equal(deg, one_call[1])
 
 
 @NEEDS_CPP
