@@ -1,22 +1,24 @@
-"""Where the C++ pooling's time goes: the pass over the gradients alone vs the whole op.
+"""Where the C++ pooling's time goes: the pass over the gradients, the product, the whole op.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_pool_parts.py [--reps-time 1.0]
 
 Same case as ``dcam bench`` (B=1, T=64, N=576, D=4096). For fp32 and bf16
-gradients it times, in this process:
+gradients it times, in this process, on the C++ backend:
 
-- ``whole``: ``dcam.pool_gradients(..., backend="cpp")`` with random activations
-  (grad_relu True, and False = signed channel weights);
-- ``gradient pass``: the same call with all-zero activations: the C++ product
-  compacts the nonzero activations first, so with none it does no multiply and
-  what is left is the pass over the gradients (plus a scan of the activations);
-- ``copy``: ``copy_`` of a tensor of the gradients' size (bytes read + written per s),
-  timed in pairs with each call (``dcam.ops.bench.time_beside_copy``).
+- ``whole``: ``dcam.pool_gradients`` (grad_relu True, and False = signed
+  channel weights);
+- ``channel_weights``: its first half alone, the pass over the gradients;
+- ``weighted_maps``: its second half alone, the product with the activations
+  (weights of relu'd gradients, or signed ones) and the normalisation; its
+  "of copy" is the gradients' bytes over its time, for scale only (it reads
+  no gradient);
+- ``streamed in chunks of k``: the explainer's path, ``channel_weights`` per
+  chunk of k words and one ``weighted_maps`` for all 64;
+- ``copy``: ``copy_`` of a tensor of the gradients' size (bytes read + written
+  per s), timed in pairs with each call (``dcam.ops.bench.time_beside_copy``).
 
-Each row gives the gradients' bytes read per second and, as the median over
-the pairs, that rate as a share of the copy's. The difference between
-``whole`` and ``gradient pass`` is what the product with the activations costs
-beyond the stream.
+Each row gives the gradients' bytes per second and, as the median over the
+pairs, that rate as a share of the copy's.
 """
 from __future__ import annotations
 
@@ -42,16 +44,25 @@ def main(argv=None) -> None:
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         acts, grads = make_pool_inputs(T, N, D, dtype)
         nbytes = grads.numel() * grads.element_size()
-        zero = torch.zeros_like(acts)
-        for case, a, relu in (("whole, grad_relu", acts, True), ("whole, signed weights", acts, False),
-                              ("gradient pass (grad_relu)", zero, True), ("gradient pass (signed)", zero, False)):
-            t, copy_bw, ratio = time_beside_copy(
-                lambda a=a, relu=relu: dcam.pool_gradients(a, grads, GRID, grad_relu=relu, backend="cpp",
-                                                           check_finite=False),
-                nbytes, nbytes, min_time=args.reps_time)
+        cases = []
+        for relu, kind in ((True, "grad_relu"), (False, "signed weights")):
+            w = dcam.channel_weights(grads, grad_relu=relu, backend="cpp")
+            cases += [(f"whole, {kind}", lambda relu=relu: dcam.pool_gradients(
+                          acts, grads, GRID, grad_relu=relu, backend="cpp", check_finite=False)),
+                      (f"channel_weights, {kind}", lambda relu=relu: dcam.channel_weights(
+                          grads, grad_relu=relu, backend="cpp", check_finite=False)),
+                      (f"weighted_maps, {kind}", lambda w=w: dcam.weighted_maps(
+                          acts, w, GRID, backend="cpp", check_finite=False))]
+            for k in (8, 16):
+                def streamed(relu=relu, k=k):
+                    w = torch.cat([dcam.channel_weights(grads[:, c:c + k], grad_relu=relu, backend="cpp",
+                                                        check_finite=False) for c in range(0, T, k)], 1)
+                    return dcam.weighted_maps(acts, w, GRID, backend="cpp", check_finite=False)
+                cases.append((f"streamed in chunks of {k}, {kind}", streamed))
+        for case, fn in cases:
+            t, copy_bw, ratio = time_beside_copy(fn, nbytes, nbytes, min_time=args.reps_time)
             print(f"| {label} | {case} | {t * 1e3:.2f} ms | {nbytes / t / 1e9:.1f} | {copy_bw / 1e9:.1f} | "
                   f"{ratio:.0%} |", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -99,12 +99,14 @@ char* call_scratch(size_t bytes, std::unique_ptr<char[]>& oneoff) {
 constexpr size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
 // Tokens per weight table: up to 64 (the compacting kernel's register block: fewer
-// compactions per multiply), but 32 with signed weights, where the product is twice as
-// long and a first table whose products overlap the rest of the gradient pass pays off
-// (A/B in one process, T=64 N=576 D=4096 bf16: grad_relu 10.95 vs 11.27 ms for 64 vs 32;
-// signed 12.0 vs 12.3 ms for 32 vs 64).
+// compactions per multiply), but 32 with signed weights from a gradient pass, where the
+// product is twice as long and a first table whose products overlap the rest of the pass
+// pays off (A/B in one process, T=64 N=576 D=4096 bf16: grad_relu 10.95 vs 11.27 ms for 64
+// vs 32; signed 12.0 vs 12.3 ms for 32 vs 64). Given weights have no pass to overlap:
+// 64 (signed, dcam_weighted_maps alone: 3.28 vs 3.62 ms for 64 vs 32).
 constexpr int64_t kTableTokens = 64, kTableTokensSigned = 32;
 constexpr int64_t kProductRows = 32;  // rows of A per product task
+constexpr int64_t kFillFeatures = 256;  // features per table-filling item (given weights)
 
 struct Problem {
     const void* acts;           // null: weights only (no product)
@@ -139,15 +141,20 @@ Plan make_plan(const Problem& p, int nthreads) {
         const int64_t parts = (4 * nthreads + BT - 1) / BT;
         pl.dchunk = std::min(p.D, std::max<int64_t>(256, round_up((p.D + parts - 1) / parts, 64)));
     }
-    pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
-    pl.stream_items = BT * pl.nchunks;  // without grads, an item copies one token's given weights into its table
     if (p.products()) {
-        pl.tokens = std::min(p.T, p.signed_w ? kTableTokensSigned : kTableTokens);
+        pl.tokens = std::min(p.T, p.signed_w && p.streams() ? kTableTokensSigned : kTableTokens);
         pl.tables = (p.T + pl.tokens - 1) / pl.tokens;
         pl.table_size = weight_table_size(p.D, pl.tokens, p.signed_w, TableLayout::kByFeature);  // the larger
         pl.row_tasks = (p.N + kProductRows - 1) / kProductRows;
         pl.product_tasks = p.B * pl.tables * pl.row_tasks;
     }
+    if (!p.streams()) pl.dchunk = std::min(p.D, kFillFeatures);
+    pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
+    // A stream item is one feature chunk of one (image, token) slice of grads; without grads,
+    // one feature chunk of one table, whose tokens' given weights it copies in: a thread then
+    // owns every cache line it writes (per token, threads would share each line of a
+    // by-feature table, 16 tokens to a line).
+    pl.stream_items = (p.streams() ? BT : p.B * pl.tables) * pl.nchunks;
     return pl;
 }
 
@@ -158,7 +165,6 @@ struct Run {
     std::unique_ptr<char[]> oneoff;                  // the scratch block when too large to keep
     float* weights = nullptr;                        // [B*T*D] float32, as the reference's g.mean(dim=2),
                                                      // written by the stream (scratch or weights_out)
-    const float* weights_read = nullptr;             // the weights the tables are filled from
     float* table_storage = nullptr;                  // [B*tables][table_size], 64-byte aligned
     double* raw = nullptr;                           // [B*T*N] float64 pooled sums
     std::unique_ptr<WeightTable[]> table;            // [B*tables], filled by the stream items, read once ready
@@ -179,7 +185,6 @@ struct Run {
         const size_t rbytes = p.products() ? sizeof(double) * p.B * p.T * p.N : 0;
         char* block = call_scratch(wbytes + tbytes + rbytes, oneoff);
         weights = !p.streams() ? nullptr : p.products() ? reinterpret_cast<float*>(block) : p.weights_out;
-        weights_read = p.streams() ? weights : p.weights_in;
         table_storage = reinterpret_cast<float*>(block + wbytes);
         raw = reinterpret_cast<double*>(block + wbytes + tbytes);
         table = uninitialised<WeightTable>(ntab);
@@ -188,7 +193,7 @@ struct Run {
         for (int64_t i = 0; i < ntab; ++i) {
             const int64_t t0 = (i % pl.tables) * pl.tokens;
             const int64_t cnt = std::min(pl.tokens, p.T - t0);
-            left[i].store(cnt * pl.nchunks, std::memory_order_relaxed);
+            left[i].store((p.streams() ? cnt : 1) * pl.nchunks, std::memory_order_relaxed);
             table[i] = make_weight_table(p.D, cnt, p.signed_w, weight_table_layout(cnt), p.dtype,
                                          table_storage + i * pl.table_size);
             ready[i].store(false, std::memory_order_relaxed);
@@ -205,7 +210,7 @@ struct Worker {
     ProductScratch product;
 
     void allocate(const Plan& pl) {
-        stream_acc = uninitialised<double>(2 * pl.dchunk);  // (unused without grads: a few KB)
+        stream_acc = uninitialised<double>(2 * pl.dchunk);
         product_acc = uninitialised<double>(ProductScratch::doubles(kProductRows, weight_table_width(pl.tokens)));
         product_vals = uninitialised<float>(8 * (kProductChunk + 8));
         product_offs = uninitialised<int32_t>(8 * (kProductChunk + 8));
@@ -215,29 +220,38 @@ struct Worker {
     }
 };
 
-// Stream item `it`: w[bt, d0 .. d0+len) = float32(sum_n G+) / N (without grads: the given
-// weights), written into its table. The thread that finishes the last item of a table
-// publishes it.
+// Publishes table tix once its last item is done (acq_rel: every item's writes are seen by then).
+void item_done(Run& run, int64_t tix) {
+    if (run.left[tix].fetch_sub(1, std::memory_order_acq_rel) == 1) run.ready[tix].store(true, std::memory_order_release);
+}
+
+// Stream item `it`: w[bt, d0 .. d0+len) = float32(sum_n G+) / N, written into its table.
+// Without grads: the given weights of every token of one table, features [d0, d0+len).
 void stream_item(Run& run, Worker& wk, int64_t it) {
     const Problem& p = run.p;
     const Plan& pl = run.pl;
-    const int64_t bt = it / pl.nchunks, d0 = (it % pl.nchunks) * pl.dchunk, len = std::min(pl.dchunk, p.D - d0);
-    if (p.streams()) {
-        const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
-        double* acc = wk.stream_acc.get();
-        std::fill(acc, acc + len, 0.0);
-        grad_column_sums(static_cast<const char*>(p.grads) + bt * p.N * p.D * esize, p.dtype, p.mode, p.D, p.N,
-                         d0, len, acc, acc + pl.dchunk);
-        const float n_rows = static_cast<float>(p.N);  // the mean divides the float32 sum by N, as torch does
-        float* w = run.weights + bt * p.D + d0;
-        for (int64_t j = 0; j < len; ++j) w[j] = static_cast<float>(acc[j]) / n_rows;
+    const int64_t d0 = (it % pl.nchunks) * pl.dchunk, len = std::min(pl.dchunk, p.D - d0);
+    if (!p.streams()) {
+        const int64_t tix = it / pl.nchunks, b = tix / pl.tables, t0 = (tix % pl.tables) * pl.tokens;
+        const WeightTable& tbl = run.table[tix];
+        for (int64_t i = 0; i < tbl.cnt; ++i)
+            fill_weight_table(tbl, p.D, i, d0, len, p.weights_in + (b * p.T + t0 + i) * p.D + d0);
+        item_done(run, tix);
+        return;
     }
+    const int64_t bt = it / pl.nchunks;
+    const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
+    double* acc = wk.stream_acc.get();
+    std::fill(acc, acc + len, 0.0);
+    grad_column_sums(static_cast<const char*>(p.grads) + bt * p.N * p.D * esize, p.dtype, p.mode, p.D, p.N, d0,
+                     len, acc, acc + pl.dchunk);
+    const float n_rows = static_cast<float>(p.N);  // the mean divides the float32 sum by N, as torch does
+    float* w = run.weights + bt * p.D + d0;
+    for (int64_t j = 0; j < len; ++j) w[j] = static_cast<float>(acc[j]) / n_rows;
     if (!p.products()) return;
-    const float* w = run.weights_read + bt * p.D + d0;
     const int64_t b = bt / p.T, t = bt % p.T, tix = b * pl.tables + t / pl.tokens;
     fill_weight_table(run.table[tix], p.D, t % pl.tokens, d0, len, w);
-    // the last item of a table publishes it (acq_rel: every item's writes are seen by then)
-    if (run.left[tix].fetch_sub(1, std::memory_order_acq_rel) == 1) run.ready[tix].store(true, std::memory_order_release);
+    item_done(run, tix);
 }
 
 // Claims the next product task if its table is ready; -1 if none is.
