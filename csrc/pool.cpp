@@ -377,8 +377,10 @@ int pool_gradients_impl(const void* acts, const void* grads, dcam_dtype dtype, i
                         int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
                         int32_t* grads_nonfinite) {
     if (const int rc = check_sizes(dtype, B, T, N, D)) return rc;
-    if (B == 0 || T == 0) return DCAM_OK;
-    if (!acts || !grads || !maps_out) return DCAM_EINVAL_NULL;
+    const bool empty = B == 0 || T == 0;
+    if (!empty && (!acts || !grads || !maps_out)) return DCAM_EINVAL_NULL;
+    if (grads_nonfinite) *grads_nonfinite = 0;  // (outputs are written only once the arguments passed)
+    if (empty) return DCAM_OK;
     const Problem p{acts, grads, nullptr, nullptr, dtype, B, T, N, D, grad_relu == 0,
                     grad_mode(grad_relu, grads_nonfinite)};
     return run_pooling(p, maps_out, degenerate_out, grads_nonfinite);
@@ -396,7 +398,6 @@ extern "C" int dcam_pool_gradients_checked(const void* acts, const void* grads, 
                                            int64_t T, int64_t N, int64_t D, int grad_relu, float* maps_out,
                                            uint8_t* degenerate_out, int32_t* grads_nonfinite) {
     if (!grads_nonfinite) return DCAM_EINVAL_NULL;
-    *grads_nonfinite = 0;
     return pool_gradients_impl(acts, grads, dtype, B, T, N, D, grad_relu, maps_out, degenerate_out,
                                grads_nonfinite);
 }
@@ -404,9 +405,10 @@ extern "C" int dcam_pool_gradients_checked(const void* acts, const void* grads, 
 extern "C" int dcam_channel_weights(const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N,
                                     int64_t D, int grad_relu, float* weights_out, int32_t* grads_nonfinite) {
     if (const int rc = check_sizes(dtype, B, T, N, D)) return rc;
+    const bool empty = B == 0 || T == 0;
+    if (!empty && (!grads || !weights_out)) return DCAM_EINVAL_NULL;
     if (grads_nonfinite) *grads_nonfinite = 0;
-    if (B == 0 || T == 0) return DCAM_OK;
-    if (!grads || !weights_out) return DCAM_EINVAL_NULL;
+    if (empty) return DCAM_OK;
     const Problem p{nullptr, grads, nullptr, weights_out, dtype, B, T, N, D, grad_relu == 0,
                     grad_mode(grad_relu, grads_nonfinite)};
     return run_pooling(p, nullptr, nullptr, grads_nonfinite);

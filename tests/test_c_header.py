@@ -122,6 +122,12 @@ int main(void) {
     printf("err shape %d\n", dcam_pool_gradients(A, G, DCAM_F32, 1, 1, 0, 2, 1, maps, pdeg));
     printf("err null_flag %d\n", dcam_pool_gradients_checked(A, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, NULL));
     printf("err null_weights %d\n", dcam_weighted_maps(A, DCAM_F32, NULL, 1, 1, 3, 2, maps, pdeg));
+    /* a refused call writes nothing, the NaN/Inf flag included */
+    nonfinite = -7;
+    rc = dcam_channel_weights(NULL, DCAM_F32, 1, 1, 3, 2, 1, W, &nonfinite);
+    printf("untouched weights %d %d\n", rc, nonfinite);
+    rc = dcam_pool_gradients_checked(NULL, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, &nonfinite);
+    printf("untouched checked %d %d\n", rc, nonfinite);
     printf("err weights_dtype %d\n", dcam_channel_weights(G, (dcam_dtype)9, 1, 1, 3, 2, 1, W, NULL));
     printf("errstr %s\n", dcam_error_string(DCAM_EINVAL_CONFIG));
     printf("version %s\n", dcam_version());
@@ -325,6 +331,7 @@ def test_error_codes(program_output):
     assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
                     "null_flag": "1", "null_weights": "1", "weights_dtype": "3"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
+    assert _lines(program_output, "untouched") == [["weights", "1", "-7"], ["checked", "1", "-7"]]
 
 
 def test_version_is_the_package_version(program_output):
