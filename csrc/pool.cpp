@@ -421,10 +421,11 @@ extern "C" int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const floa
     if (!acts || !weights || !maps_out) return DCAM_EINVAL_NULL;
     // Weights of either sign are allowed; tables of non-negative weights hold one copy and
     // skip the negative activations (the faster product), so look once (B*T*D floats,
-    // T times fewer than the gradients they came from).
+    // T times fewer than the gradients they came from). A NaN counts as signed: the
+    // two-sided tables keep it in the product of positive activations at least.
     const int64_t n = B * T * D;
     bool signed_w = false;
-    for (int64_t i = 0; i < n && !signed_w; ++i) signed_w = weights[i] < 0.f;
+    for (int64_t i = 0; i < n && !signed_w; ++i) signed_w = !(weights[i] >= 0.f);
     const Problem p{acts, nullptr, weights, nullptr, dtype, B, T, N, D, signed_w, GradMode::kPlain};
     return run_pooling(p, maps_out, degenerate_out, nullptr);
 }

@@ -17,8 +17,9 @@ Pipeline of :meth:`Explainer.explain_batch` (``explain`` is a batch of one):
 3. probe the hooked block (:func:`dcam.probe.probe_batch`): examples with the
    same sequence layout share one forward; one backward per chunk of
    cotangents serves every example of the batch; each chunk of gradients is
-   reduced to maps as soon as it exists (methods that can), so memory does
-   not grow with the number of words (``chunk_size``, or ``memory_budget``);
+   reduced as soon as it exists (methods that can; Diffusion-CAM to its words'
+   channel weights, the maps then made in one product), so memory does not
+   grow with the number of words (``chunk_size``, or ``memory_budget``);
 4. turn them into maps with the chosen method (:mod:`dcam.methods`): the
    default ``"diffusion-cam"`` pools and refines with :mod:`dcam.ops`
    (``steps=S``, ``image_size`` = the image's height in pixels, the

@@ -20,7 +20,9 @@ Three kernels, launched back to back on the same stream with no host sync:
    ``r = (raw - min) / (max - min + 1e-8)`` if ``max > min`` else 0 and the
    degenerate flag. Normalises in place.
 
-The launcher is :func:`dcam.ops.triton_launch.pool_gradients_triton`.
+The launchers are in :mod:`dcam.ops.triton_launch`: ``pool_gradients_triton``
+(all three), ``channel_weights_triton`` (kernel 1) and ``weighted_maps_triton``
+(kernels 2 and 3, weights of either sign).
 """
 if __package__ != "dcam.kernels":  # see kernels/README.md: the top-level name `kernels` is a PyPI package's
     raise ImportError(f"{__name__}: dcam's Triton kernels are imported as dcam.kernels, not as a top-level "

@@ -128,7 +128,7 @@ int dcam_refine_config_default(dcam_refine_config* cfg);
  *   degenerate_out [B, T] output, 1 where the raw map was constant, else 0. May be NULL.
  *
  * One streaming pass over grads, float32 conversion on the fly, float32 partial
- * sums accumulated in float64. Returns DCAM_OK or DCAM_EINVAL_*.
+ * sums accumulated in float64. Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
  */
 int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
                         int64_t N, int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out);
@@ -144,7 +144,7 @@ int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, i
  * Same results as dcam_pool_gradients for finite input, at the cost of a little
  * arithmetic in the same pass (no second read of grads). The activations are not
  * checked (they are T times smaller). Returns DCAM_OK or
- * DCAM_EINVAL_*.
+ * DCAM_EINVAL_* / DCAM_ENOMEM.
  */
 int dcam_pool_gradients_checked(const void* acts, const void* grads, dcam_dtype dtype, int64_t B, int64_t T,
                                 int64_t N, int64_t D, int grad_relu, float* maps_out, uint8_t* degenerate_out,
@@ -155,8 +155,10 @@ int dcam_pool_gradients_checked(const void* acts, const void* grads, dcam_dtype 
  * dcam_channel_weights reduces each chunk to its channel weights (the pass over
  * the gradients), dcam_weighted_maps turns the weights of all tokens into maps
  * at the end (the product with the activations and the normalisation). The two
- * give the maps of dcam_pool_gradients on the same input, and one product over
- * all tokens costs less than one per chunk.
+ * give the maps of dcam_pool_gradients on the same input (to the last bit with
+ * grad_relu; with signed weights the product may cut the tokens into other
+ * tables, within ~1e-6), and one product over all tokens costs less than one
+ * per chunk.
  *
  * dcam_channel_weights:
  *   grads           [B, T, N, D] elements of `dtype`; B, T >= 0; N, D >= 1.

@@ -77,6 +77,7 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
     Returns RawMaps(maps float32 [B,T,h,w] min-max normalised, degenerate bool [B,T]).
     """
     V.check_bool("grad_relu", grad_relu)
+    V.check_bool("check_finite", check_finite)
     acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
     run = implementation("pool_gradients", check_backend(backend, device))
     maps, degenerate, bad = run(acts, grads, h, w, grad_relu, check_finite)
@@ -92,18 +93,20 @@ def channel_weights(grads: Tensor, grad_relu: bool = True, backend: str = "auto"
 
     grads: [B,T,N,D] (or [T,N,D]) float32/float16/bfloat16, read once.
     check_finite: refuse NaN/Inf in grads (found by the same pass).
-    Returns float32 [B,T,D] (or [T,D]). With the activations,
+    Returns float32 [B,T,D] ([1,T,D] for [T,N,D], as `pool_gradients`
+    batches one image). With the activations,
     ``weighted_maps(acts, channel_weights(grads, r), grid)`` gives the maps of
     ``pool_gradients(acts, grads, grid, r)``; the explainer reduces each chunk
     of gradients this way as it arrives and makes all maps at the end.
     """
     V.check_bool("grad_relu", grad_relu)
-    grads, batched = V.validate_grads(grads)
+    V.check_bool("check_finite", check_finite)
+    grads = V.validate_grads(grads)
     run = implementation("channel_weights", check_backend(backend, grads.device))
     weights, bad = run(grads, grad_relu, check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
-    return weights if batched else weights[0]
+    return weights
 
 
 def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend: str = "auto",
@@ -112,12 +115,14 @@ def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend:
     ``raw[b,t,n] = mean_d max(acts[b,n,d] * weights[b,t,d], 0)``, min-max
     normalised (docs/ALGORITHM.md, section 1).
 
-    acts: [B,N,D] (or [N,D]); weights: [B,T,D] (or [T,D]), of either sign
-    (from `channel_weights`, or a user's own). check_finite: refuse NaN/Inf
-    in acts or weights. Returns RawMaps as `pool_gradients` does."""
-    acts, weights, h, w, device, batched = V.validate_weighted(acts, weights, grid, check_finite)
+    acts: [B,N,D]; weights: [B,T,D], of either sign (from `channel_weights`,
+    or a user's own); [N,D] and [T,D] are a batch of one. check_finite:
+    refuse NaN/Inf in acts or weights. Returns RawMaps as `pool_gradients`
+    does (maps [B,T,h,w], ready for `refine`)."""
+    V.check_bool("check_finite", check_finite)
+    acts, weights, h, w, device = V.validate_weighted(acts, weights, grid, check_finite)
     maps, degenerate = implementation("weighted_maps", check_backend(backend, device))(acts, weights, h, w)
-    return RawMaps(maps, degenerate) if batched else RawMaps(maps[0], degenerate[0])
+    return RawMaps(maps, degenerate)
 
 
 def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, image_size, repeat_ratio,
@@ -155,6 +160,7 @@ def refine(raw_maps: Union[Tensor, RawMaps], config: Optional[CamConfig] = None,
     check_finite: check the values of the tensors (finite, in range); costs a
     host sync on the GPU.
     """
+    V.check_bool("check_finite", check_finite)
     if isinstance(raw_maps, RawMaps):
         degenerate = raw_maps.degenerate if degenerate is None else degenerate
         raw_maps = raw_maps.maps
@@ -177,6 +183,7 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     the gradients' NaN/Inf flag of the pooling pass is read once at the end
     (with check_finite=False, nothing synchronises at all)."""
     config = V.check_config(config)
+    V.check_bool("check_finite", check_finite)
     acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
     backend = check_backend(backend, device)
     raw, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, config.grad_relu,

@@ -154,23 +154,19 @@ def validate_pool(acts, grads, grid, check_values: bool):
     return compute_dtype(acts).contiguous(), compute_dtype(grads).contiguous(), h, w, device
 
 
-def validate_grads(grads):
-    """(grads [B,T,N,D] contiguous, batched?) for the channel weights alone."""
+def validate_grads(grads) -> Tensor:
+    """grads [B,T,N,D] ([T,N,D]: a batch of one), contiguous, for the channel weights alone."""
     grads = check_tensor("grads", grads, ranks=(3, 4))
-    batched = grads.dim() == 4
-    return compute_dtype(grads if batched else grads.unsqueeze(0)).contiguous(), batched
+    return compute_dtype(grads if grads.dim() == 4 else grads.unsqueeze(0)).contiguous()
 
 
 def validate_weighted(acts, weights, grid, check_values: bool):
-    """(acts [B,N,D], weights float32 [B,T,D], h, w, device, batched?), contiguous."""
+    """(acts [B,N,D], weights float32 [B,T,D], h, w, device), contiguous; [N,D] and
+    [T,D] are a batch of one (so [N,D] acts take the [1,T,D] weights of `channel_weights`)."""
     acts = check_tensor("acts", acts, ranks=(2, 3))
     weights = check_tensor("weights", weights, ranks=(2, 3))
-    if weights.dim() != acts.dim():
-        want = "[B,T,D] when acts is [B,N,D]" if acts.dim() == 3 else "[T,D] when acts is [N,D]"
-        raise InputError(f"weights must be {want}, got shape {tuple(weights.shape)}")
-    batched = acts.dim() == 3
-    if not batched:
-        acts, weights = acts.unsqueeze(0), weights.unsqueeze(0)
+    acts = acts if acts.dim() == 3 else acts.unsqueeze(0)
+    weights = weights if weights.dim() == 3 else weights.unsqueeze(0)
     if weights.shape[0] != acts.shape[0]:
         raise InputError(f"weights has batch size {weights.shape[0]} but acts has {acts.shape[0]}")
     if weights.shape[2] != acts.shape[2]:
@@ -180,7 +176,7 @@ def validate_weighted(acts, weights, grid, check_values: bool):
     if check_values:
         check_finite("acts", acts)
         check_finite("weights", weights)
-    return compute_dtype(acts).contiguous(), weights.float().contiguous(), h, w, device, batched
+    return compute_dtype(acts).contiguous(), weights.float().contiguous(), h, w, device
 
 
 def check_raw_values(raw: Tensor) -> None:

@@ -89,8 +89,8 @@ def test_pool_errors(mutate, name, match):
 @pytest.mark.parametrize("mutate,name,match", [
     (lambda a, w: (a, w.int()), "weights", "floating-point"),
     (lambda a, w: (a, w[0, 0]), "weights", "weights must have 2 or 3"),
-    (lambda a, w: (a, w[0]), "weights", r"weights must be \[B,T,D\] when acts is \[B,N,D\]"),
-    (lambda a, w: (a[0], w), "weights", r"weights must be \[T,D\] when acts is \[N,D\]"),
+    (lambda a, w: (a, w[0]), "weights", "weights has batch size 1 but acts has 2"),  # [T,D]: a batch of one
+    (lambda a, w: (a[0], w), "weights", "weights has batch size 2 but acts has 1"),
     (lambda a, w: (a, w[:1]), "weights", "weights has batch size 1 but acts has 2"),
     (lambda a, w: (a, w[..., :-1]), "weights", "weights has hidden size 7 but acts has 8"),
     (lambda a, w: (a, w[:, :0]), "weights", "empty"),
@@ -136,6 +136,34 @@ def test_grad_relu_must_be_a_bool():
     a, g, grid = _inputs()
     with raises_input_error("grad_relu"):
         dcam.pool_gradients(a, g, grid, grad_relu=1)
+
+
+@pytest.mark.parametrize("value", ["no", None, 0])
+def test_check_finite_must_be_a_bool(value):
+    a, g, grid = _inputs()
+    calls = (lambda: dcam.pool_gradients(a, g, grid, check_finite=value),
+             lambda: dcam.channel_weights(g, check_finite=value),
+             lambda: dcam.weighted_maps(a, g.mean(dim=2), grid, check_finite=value),
+             lambda: dcam.diffusion_cam(a, g, grid, check_finite=value),
+             lambda: dcam.refine(torch.rand(1, 2, 4, 4), check_finite=value))
+    for call in calls:
+        with raises_input_error("check_finite", "check_finite must be a bool"):
+            call()
+
+
+def test_one_image_halves_batch_like_pool_gradients():
+    # [T,N,D] gradients give [1,T,D] weights, which [N,D] activations take (a batch of one);
+    # the maps are [1,T,h,w] as pool_gradients gives them, ready for refine
+    a, g, grid = _inputs(B=1)
+    w = dcam.channel_weights(g[0])
+    assert w.shape == (1, 3, 8)
+    torch.testing.assert_close(w, g.float().clamp(min=0).mean(dim=2), atol=1e-6, rtol=0)
+    raw = dcam.weighted_maps(a[0], w, grid)
+    whole = dcam.pool_gradients(a[0], g[0], grid)
+    assert raw.maps.shape == whole.maps.shape == (1, 3, 5, 4)
+    torch.testing.assert_close(raw.maps, whole.maps, atol=0, rtol=0)
+    assert dcam.weighted_maps(a[0], w[0], grid).maps.shape == (1, 3, 5, 4)
+    dcam.refine(raw, steps=64, image_size=512)
 
 
 @pytest.mark.parametrize("backend", AVAILABLE + ["auto"])

@@ -318,16 +318,16 @@ def test_pooling_halves_worked_example(any_backend):
     A = torch.tensor([[1.0, -1.0], [2.0, 3.0], [0.0, 2.0]], device=device)
     G = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [0.0, 0.0]]], device=device)
     w = dcam.channel_weights(G, backend=backend)
-    np.testing.assert_allclose(w.cpu().numpy(), [[4 / 3, 4 / 3]], atol=1e-7)
+    np.testing.assert_allclose(w.cpu().numpy(), [[[4 / 3, 4 / 3]]], atol=1e-7)
     np.testing.assert_allclose(dcam.channel_weights(G, grad_relu=False, backend=backend).cpu().numpy(),
-                               [[4 / 3, 2 / 3]], atol=1e-7)
+                               [[[4 / 3, 2 / 3]]], atol=1e-7)
     # weights [1, -2]: raw = [(1 + 2)/2, (2 + 0)/2, (0 + 0)/2] = [1.5, 1, 0]
     out = dcam.weighted_maps(A, torch.tensor([[1.0, -2.0]], device=device), (1, 3), backend=backend)
     np.testing.assert_allclose(out.maps.cpu().reshape(-1).numpy(), [1.0, 2 / 3, 0.0], atol=1e-6)
     # weights [-1, -1]: raw = [(0 + 1)/2, 0, 0] -> [1, 0, 0]; weights [0, 0]: constant, degenerate
     out = dcam.weighted_maps(A, torch.tensor([[-1.0, -1.0], [0.0, 0.0]], device=device), (1, 3), backend=backend)
     np.testing.assert_allclose(out.maps.cpu().reshape(2, -1).numpy(), [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
-    assert out.degenerate.cpu().tolist() == [False, True]
+    assert out.degenerate.cpu().tolist() == [[False, True]]
 
 
 def test_pooling_halves_random_match_numpy(any_backend):
