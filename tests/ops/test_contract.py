@@ -299,17 +299,30 @@ def test_pooling_eps_norm(any_backend):
     np.testing.assert_allclose(out.maps.cpu().reshape(-1).numpy(), [0.0, 0.5, 0.0, 0.25], atol=1e-6)
 
 
-def test_pooling_random_matches_numpy(any_backend):
+def assert_maps_match_numpy(out, A, G, relu):
+    """Pooled maps (RawMaps [B,T,h,w]) of A [B,N,D], G [B,T,N,D] against np_pool, image by image."""
+    for b in range(A.shape[0]):
+        maps, deg = np_pool(A[b].numpy(), G[b].numpy(), relu)
+        np.testing.assert_allclose(out.maps[b].cpu().reshape(G.shape[1], -1).numpy(), maps, atol=1e-5)
+        assert out.degenerate[b].cpu().tolist() == deg.tolist()
+
+
+@pytest.mark.parametrize("T,N,D,grid,seed", [(3, 35, 19, (5, 7), 3),
+                                         (70, 20, 37, (4, 5), 4)])  # 70: past one 64-token C++ table
+def test_pooling_random_matches_numpy(any_backend, T, N, D, grid, seed):
+    # the whole pooling, and its two halves (the channel weights checked on their own too)
     backend, device = any_backend
-    g = torch.Generator().manual_seed(3)
-    A = torch.randn(2, 35, 19, generator=g)
-    G = torch.randn(2, 3, 35, 19, generator=g) + 0.2
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(2, N, D, generator=g)
+    G = torch.randn(2, T, N, D, generator=g) + 0.2
     for relu in (True, False):
-        out = dcam.pool_gradients(A.to(device), G.to(device), (5, 7), grad_relu=relu, backend=backend)
-        for b in range(2):
-            maps, deg = np_pool(A[b].numpy(), G[b].numpy(), relu)
-            np.testing.assert_allclose(out.maps[b].cpu().reshape(3, -1).numpy(), maps, atol=1e-5)
-            assert out.degenerate[b].cpu().tolist() == deg.tolist()
+        out = dcam.pool_gradients(A.to(device), G.to(device), grid, grad_relu=relu, backend=backend)
+        assert_maps_match_numpy(out, A, G, relu)
+        w = dcam.channel_weights(G.to(device), grad_relu=relu, backend=backend)
+        G64 = G.double().numpy()
+        want_w = (np.maximum(G64, 0) if relu else G64).mean(axis=2)
+        np.testing.assert_allclose(w.cpu().numpy(), want_w, atol=2e-7, rtol=1e-6)
+        assert_maps_match_numpy(dcam.weighted_maps(A.to(device), w, grid, backend=backend), A, G, relu)
 
 
 def test_pooling_halves_worked_example(any_backend):
@@ -328,24 +341,6 @@ def test_pooling_halves_worked_example(any_backend):
     out = dcam.weighted_maps(A, torch.tensor([[-1.0, -1.0], [0.0, 0.0]], device=device), (1, 3), backend=backend)
     np.testing.assert_allclose(out.maps.cpu().reshape(2, -1).numpy(), [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
     assert out.degenerate.cpu().tolist() == [[False, True]]
-
-
-def test_pooling_halves_random_match_numpy(any_backend):
-    # 70 tokens (past one 64-token C++ weight table), features past the vector bodies
-    backend, device = any_backend
-    g = torch.Generator().manual_seed(4)
-    A = torch.randn(2, 20, 37, generator=g)
-    G = torch.randn(2, 70, 20, 37, generator=g) + 0.2
-    for relu in (True, False):
-        w = dcam.channel_weights(G.to(device), grad_relu=relu, backend=backend)
-        G64 = G.double().numpy()
-        want_w = (np.maximum(G64, 0) if relu else G64).mean(axis=2)
-        np.testing.assert_allclose(w.cpu().numpy(), want_w, atol=2e-7, rtol=1e-6)
-        out = dcam.weighted_maps(A.to(device), w, (4, 5), backend=backend)
-        for b in range(2):
-            maps, deg = np_pool(A[b].numpy(), G[b].numpy(), relu)
-            np.testing.assert_allclose(out.maps[b].cpu().reshape(70, -1).numpy(), maps, atol=1e-5)
-            assert out.degenerate[b].cpu().tolist() == deg.tolist()
 
 
 # ------------------------------------------------------------------ section 2: AKD kernel size
