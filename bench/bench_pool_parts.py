@@ -13,7 +13,9 @@ gradients it times, in this process, on the C++ backend:
   "of copy" is the gradients' bytes over its time, for scale only (it reads
   no gradient);
 - ``streamed in chunks of k``: the explainer's path, ``channel_weights`` per
-  chunk of k words and one ``weighted_maps`` for all 64;
+  chunk of k words (also timed alone) and one ``weighted_maps`` for all 64;
+- ``pool_gradients per chunk of k``: the explainer's path before the split, a
+  whole pooling per chunk;
 - ``copy``: ``copy_`` of a tensor of the gradients' size (bytes read + written
   per s), timed in pairs with each call (``dcam.ops.bench.time_beside_copy``).
 
@@ -54,11 +56,17 @@ def main(argv=None) -> None:
                       (f"weighted_maps, {kind}", lambda w=w: dcam.weighted_maps(
                           acts, w, GRID, backend="cpp", check_finite=False))]
             for k in (8, 16):
-                def streamed(relu=relu, k=k):
-                    w = torch.cat([dcam.channel_weights(grads[:, c:c + k], grad_relu=relu, backend="cpp",
-                                                        check_finite=False) for c in range(0, T, k)], 1)
-                    return dcam.weighted_maps(acts, w, GRID, backend="cpp", check_finite=False)
-                cases.append((f"streamed in chunks of {k}, {kind}", streamed))
+                def weights_in_chunks(relu=relu, k=k):
+                    return torch.cat([dcam.channel_weights(grads[:, c:c + k], grad_relu=relu, backend="cpp",
+                                                           check_finite=False) for c in range(0, T, k)], 1)
+
+                def per_chunk(relu=relu, k=k):
+                    return [dcam.pool_gradients(acts, grads[:, c:c + k], GRID, grad_relu=relu, backend="cpp",
+                                                check_finite=False) for c in range(0, T, k)]
+                cases += [(f"channel_weights in chunks of {k}, {kind}", weights_in_chunks),
+                          (f"streamed in chunks of {k}, {kind}", lambda f=weights_in_chunks: dcam.weighted_maps(
+                              acts, f(), GRID, backend="cpp", check_finite=False)),
+                          (f"pool_gradients per chunk of {k} (the explainer before), {kind}", per_chunk)]
         for case, fn in cases:
             t, copy_bw, ratio = time_beside_copy(fn, nbytes, nbytes, min_time=args.reps_time)
             print(f"| {label} | {case} | {t * 1e3:.2f} ms | {nbytes / t / 1e9:.1f} | {copy_bw / 1e9:.1f} | "
