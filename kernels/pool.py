@@ -14,7 +14,8 @@ Three kernels, launched back to back on the same stream with no host sync:
    ``max(a * w, 0) = relu(a) relu(w) + min(a, 0) min(w, 0)`` exactly, so this
    is ``(relu(A) @ W+^T + min(A, 0) @ W-^T) / D``: two ``tl.dot`` in IEEE fp32
    (no TF32: the contract is float32 atol 1e-5), every term >= 0. With
-   ``NONNEG`` (weights of relu'd gradients, ``W- = 0``) the first alone.
+   ``NONNEG`` (weights of relu'd gradients, ``W- = 0``) the first alone; else
+   the second runs for the tiles that hold a negative weight.
    Grid: (N blocks, T blocks, B): A is read once per T block.
 3. ``_minmax_normalise_kernel``: one program per map, min/max over the map,
    ``r = (raw - min) / (max - min + 1e-8)`` if ``max > min`` else 0 and the
@@ -101,7 +102,10 @@ def _pool_product_kernel(
             acc = tl.dot(wt, tl.trans(tl.maximum(a, 0.0)), acc, input_precision="ieee")
         else:
             acc = tl.dot(tl.maximum(wt, 0.0), tl.trans(tl.maximum(a, 0.0)), acc, input_precision="ieee")
-            acc = tl.dot(tl.minimum(wt, 0.0), tl.trans(tl.minimum(a, 0.0)), acc, input_precision="ieee")
+            # the negative side only where this tile has a negative weight (given weights of
+            # unknown sign: non-negative ones then cost one dot, as with NONNEG)
+            if tl.min(tl.min(wt, axis=1), axis=0) < 0.0:
+                acc = tl.dot(tl.minimum(wt, 0.0), tl.trans(tl.minimum(a, 0.0)), acc, input_precision="ieee")
     raw = acc / D
     out = raw_ptr + (b * T + offs_t).to(tl.int64)[:, None] * N + offs_n[None, :]
     tl.store(out, raw, mask=mask_t[:, None] & mask_n[None, :])

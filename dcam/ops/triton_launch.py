@@ -106,7 +106,8 @@ def channel_weights_triton(grads: Tensor, grad_relu: bool = True, check_grads: b
 def weighted_maps_triton(acts: Tensor, weights: Tensor, h: int, w: int) -> Tuple[Tensor, Tensor]:
     """The second half: (maps float32 [B, T, h, w], degenerate bool [B, T]) from
     weights of either sign (the two-product form: their signs are not known
-    here without a host sync)."""
+    here without a host sync; the kernel skips the negative side of the tiles
+    that hold no negative weight)."""
     return _maps_from_weights(acts, weights.float().contiguous(), h, w, nonneg=False)
 
 

@@ -58,6 +58,28 @@ def test_pool_pass_flags_nonfinite_gradients(TL, grad_relu):
         assert not bool(TL.pool_gradients_triton(acts, g, 5, 8, grad_relu)[2])  # unchecked: not looked at
 
 
+def test_weighted_maps_negative_side_per_tile(TL):
+    # the product runs the negative side only for the (token, feature) tiles that hold a
+    # negative weight (64 tokens x 32 features): here one tile does, the others must skip
+    # it without changing a value; checked against the formula in float64
+    g = torch.Generator().manual_seed(12)
+    N, D, T = 20, 96, 70  # 3 feature tiles, 2 token tiles
+    A = torch.randn(1, N, D, generator=g)
+    W = torch.rand(1, T, D, generator=g)
+    W[0, 5, 40] = -2.0  # token tile 0, feature tile 1
+    maps, deg = TL.weighted_maps_triton(A.to(DEVICE), W.to(DEVICE), 4, 5)
+    a64, w64 = A[0].double().numpy(), W[0].double().numpy()
+    raw = np.maximum(a64[None] * w64[:, None], 0).mean(axis=2)
+    lo, hi = raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(maps.cpu().reshape(T, N).numpy(), (raw - lo) / (hi - lo + 1e-8), atol=2e-6)
+    assert not deg.any()
+    # the negative weight matters: without its negative side token 5's map would differ
+    W2 = W.clone()
+    W2[0, 5, 40] = 0.0
+    assert not torch.allclose(maps[0, 5], TL.weighted_maps_triton(A.to(DEVICE), W2.to(DEVICE), 4, 5)[0][0, 5],
+                              atol=1e-3)
+
+
 def _refine_args(B=1, T=2, h=4, w=4, **over):
     cfg = dcam.CamConfig(**over).op_args()
     raw = torch.rand(B, T, h, w, generator=torch.Generator().manual_seed(20)).to(DEVICE)
