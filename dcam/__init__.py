@@ -47,5 +47,5 @@ def __dir__():
 
 
 __all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
-           "diffusion_cam", "pool_gradients", "channel_weights", "weighted_maps", "refine", "InputError", "Explainer", "Explanation", "evaluate",
-           "load_run", "__version__"]
+           "diffusion_cam", "pool_gradients", "channel_weights", "weighted_maps", "refine", "InputError",
+           "Explainer", "Explanation", "evaluate", "load_run", "__version__"]

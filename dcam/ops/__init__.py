@@ -26,8 +26,8 @@ import importlib
 # Imported on first use: dcam.ops.constants and dcam.ops.config stay light
 # (no torch), which keeps `dcam --help` fast.
 _LAZY = {"RawMaps": "api", "Refined": "api", "all_finite": "api", "diffusion_cam": "api", "pool_gradients": "api",
-         "channel_weights": "api", "weighted_maps": "api", "refine": "api", "BACKENDS": "backends", "available_backends": "backends", "CamConfig": "config",
-         "DACG_STRATEGIES": "config", "SICD_MODES": "config"}
+         "channel_weights": "api", "weighted_maps": "api", "refine": "api", "BACKENDS": "backends",
+         "available_backends": "backends", "CamConfig": "config", "DACG_STRATEGIES": "config", "SICD_MODES": "config"}
 
 
 def __getattr__(name):

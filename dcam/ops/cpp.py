@@ -60,6 +60,12 @@ def _pool_input(t: Tensor):
     return t.float().numpy()  # other float dtypes (float64, ...): accumulate from float32 like the reference
 
 
+def _check_grid(fn: str, N: int, h: int, w: int) -> None:
+    """A bug guard, not input validation (the API checked the grid): the maps fill h x w."""
+    if N != h * w:
+        raise ValueError(f"{fn}: N={N} image tokens do not fill a {h}x{w} grid")
+
+
 def pool_gradients_cpp(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,
                        check_grads: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """acts [B, N, D], grads [B, T, N, D] (float32/float16/bfloat16) ->
@@ -73,8 +79,7 @@ def pool_gradients_cpp(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: b
         acts, grads = acts.to(dt), grads.to(dt)
     B, N, _ = acts.shape
     T = grads.shape[1]
-    if N != h * w:
-        raise ValueError(f"pool_gradients_cpp: N={N} image tokens do not fill a {h}x{w} grid")
+    _check_grid("pool_gradients_cpp", N, h, w)
     maps, deg, bad = _C.pool_gradients(_pool_input(acts), _pool_input(grads), bool(grad_relu), bool(check_grads))
     return torch.from_numpy(maps).reshape(B, T, h, w), torch.from_numpy(deg), torch.tensor(bool(bad))
 
@@ -93,8 +98,7 @@ def weighted_maps_cpp(acts: Tensor, weights: Tensor, h: int, w: int) -> Tuple[Te
     _require()
     B, N, _ = acts.shape
     T = weights.shape[1]
-    if N != h * w:
-        raise ValueError(f"weighted_maps_cpp: N={N} image tokens do not fill a {h}x{w} grid")
+    _check_grid("weighted_maps_cpp", N, h, w)
     maps, deg = _C.weighted_maps(_pool_input(acts), _f32(weights))
     return torch.from_numpy(maps).reshape(B, T, h, w), torch.from_numpy(deg)
 

@@ -56,17 +56,20 @@ RefineOut = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 # ------------------------------------------------------------------ the reference kernels
 
+def _grads_flag(grads: Tensor, check_grads: bool) -> Tensor:
+    """The ops' ``grads_nonfinite`` output for the reference: one extra pass, or False unchecked."""
+    return nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool, device=grads.device)
+
+
 def pool_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool, check_grads: bool) -> PoolOut:
     """The reference pooling with the op's third output (the NaN/Inf flag)."""
     maps, degenerate = reference.pool_gradients_reference(acts, grads, h, w, grad_relu)
-    flag = nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool, device=grads.device)
-    return maps, degenerate, flag
+    return maps, degenerate, _grads_flag(grads, check_grads)
 
 
 def channel_weights_reference(grads: Tensor, grad_relu: bool, check_grads: bool) -> Tuple[Tensor, Tensor]:
     """The reference channel weights with the op's second output (the NaN/Inf flag)."""
-    flag = nonfinite_flag(grads) if check_grads else torch.zeros((), dtype=torch.bool, device=grads.device)
-    return reference.channel_weights_reference(grads, grad_relu), flag
+    return reference.channel_weights_reference(grads, grad_relu), _grads_flag(grads, check_grads)
 
 
 weighted_maps_reference = reference.weighted_maps_reference

@@ -297,6 +297,8 @@ def test_pooling_eps_norm(any_backend):
     G = torch.ones(1, 1, 4, 1)
     out = dcam.pool_gradients(A.to(device), G.to(device), (2, 2), backend=backend)
     np.testing.assert_allclose(out.maps.cpu().reshape(-1).numpy(), [0.0, 0.5, 0.0, 0.25], atol=1e-6)
+    out = dcam.weighted_maps(A.to(device), torch.ones(1, 1, 1, device=device), (2, 2), backend=backend)
+    np.testing.assert_allclose(out.maps.cpu().reshape(-1).numpy(), [0.0, 0.5, 0.0, 0.25], atol=1e-6)
 
 
 def assert_maps_match_numpy(out, A, G, relu):

@@ -127,11 +127,22 @@ def test_missing_cpp_extension_warns_once_and_uses_the_reference(monkeypatch):
         dcam.pool_gradients(a, gr, (5, 4), backend="cpp")
 
 
+def _np_raw_weighted(A, w):
+    """float64 oracle of the raw pooled sums from channel weights: A [N, D], w [T, D] -> [T, N]."""
+    A, w = A.astype(np.float64), w.astype(np.float64)
+    return np.maximum(A[None, :, :] * w[:, None, :], 0).mean(axis=2)
+
+
 def _np_raw(A, G, grad_relu):
     """float64 oracle of the raw pooled sums: A [N, D], G [T, N, D] -> [T, N]."""
-    A, G = A.astype(np.float64), G.astype(np.float64)
-    w = (np.maximum(G, 0) if grad_relu else G).mean(axis=1)
-    return np.maximum(A[None, :, :] * w[:, None, :], 0).mean(axis=2)
+    G = G.astype(np.float64)
+    return _np_raw_weighted(A, (np.maximum(G, 0) if grad_relu else G).mean(axis=1))
+
+
+def _np_normalised(raw):
+    """Min-max normalised oracle maps [T, N] (a constant map all 0) and the degenerate flags [T]."""
+    lo, hi = raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True)
+    return np.where(hi > lo, (raw - lo) / (hi - lo + 1e-8), 0.0), ~(hi > lo)[:, 0]
 
 
 @NEEDS_CPP
@@ -153,9 +164,7 @@ def test_both_product_kernels_and_their_tails_match_float64(dtype, grad_relu):
         G = torch.randn(1, T, N, D, generator=gen) + 0.1
         A, G = A.to(dtype), G.to(dtype)
         maps = C.pool_gradients_cpp(A, G, h, w, grad_relu)[0].reshape(T, N).numpy()
-        raw = _np_raw(A[0].float().numpy(), G[0].float().numpy(), grad_relu)
-        lo, hi = raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True)
-        want = (raw - lo) / (hi - lo + 1e-8)
+        want, _ = _np_normalised(_np_raw(A[0].float().numpy(), G[0].float().numpy(), grad_relu))
         np.testing.assert_allclose(maps, want, atol=2e-6, rtol=0, err_msg=f"T={T} N={N} D={D}")
 
 
@@ -176,12 +185,9 @@ def test_product_from_given_weights_matches_float64(dtype, signs):
         W = {"mixed": W, "nonneg": W.abs(), "nonpos": -W.abs()}[signs]
         A = A.to(dtype)
         maps, deg = C.weighted_maps_cpp(A, W, h, w)
-        a64, w64 = A[0].double().numpy(), W[0].double().numpy()
-        raw = np.maximum(a64[None, :, :] * w64[:, None, :], 0).mean(axis=2)
-        lo, hi = raw.min(axis=1, keepdims=True), raw.max(axis=1, keepdims=True)
-        want = np.where(hi > lo, (raw - lo) / (hi - lo + 1e-8), 0.0)
+        want, want_deg = _np_normalised(_np_raw_weighted(A[0].float().numpy(), W[0].numpy()))
         np.testing.assert_allclose(maps.reshape(T, N).numpy(), want, atol=2e-6, rtol=0, err_msg=f"T={T} D={D}")
-        assert deg[0].tolist() == (~(hi > lo))[:, 0].tolist()
+        assert deg[0].tolist() == want_deg.tolist()
 
 
 @NEEDS_CPP
