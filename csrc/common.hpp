@@ -113,4 +113,21 @@ inline int max_threads() {
 #endif
 }
 
+// This thread's number in its parallel region and the region's size (0 and 1 outside one).
+inline int thread_num() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+inline int team_size() {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 }  // namespace dcam

@@ -31,6 +31,7 @@
 // reduction, and the NaN/Inf check rides on it (GradMode::kReluChecked).
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <new>
@@ -44,8 +45,9 @@ namespace {
 
 using namespace dcam;
 
-// Runs f (which allocates) and returns false if it ran out of memory. Inside a parallel
-// region an exception must not escape, so every allocation of this file goes through here.
+// Runs f (which allocates) and returns false if it ran out of memory. Every allocation of
+// a call happens here, before its parallel region, so a call that runs out of memory
+// returns DCAM_ENOMEM with no output written.
 template <class F>
 bool allocated(F&& f) {
     try {
@@ -158,49 +160,6 @@ Plan make_plan(const Problem& p, int nthreads) {
     return pl;
 }
 
-// The buffers and progress of one call, shared by its threads.
-struct Run {
-    const Problem& p;
-    const Plan& pl;
-    std::unique_ptr<char[]> oneoff;                  // the scratch block when too large to keep
-    float* weights = nullptr;                        // [B*T*D] float32, as the reference's g.mean(dim=2),
-                                                     // written by the stream (scratch or weights_out)
-    float* table_storage = nullptr;                  // [B*tables][table_size], 64-byte aligned
-    double* raw = nullptr;                           // [B*T*N] float64 pooled sums
-    std::unique_ptr<WeightTable[]> table;            // [B*tables], filled by the stream items, read once ready
-    std::unique_ptr<std::atomic<int64_t>[]> left;    // [B*tables]: stream items not finished
-    std::unique_ptr<std::atomic<bool>[]> ready;      // [B*tables]: table built
-    std::atomic<int64_t> next_stream{0}, next_product{0};
-    std::atomic<int> product_workers{0};
-    std::atomic<bool> oom{false};
-    int product_cap = 1;                             // product workers allowed while streaming
-
-    Run(const Problem& p_, const Plan& pl_) : p(p_), pl(pl_) {}
-
-    void allocate() {
-        const int64_t ntab = p.B * pl.tables;
-        // the weights need scratch only when both computed and consumed here
-        const size_t wbytes = p.streams() && p.products() ? round64(sizeof(float) * p.B * p.T * p.D) : 0;
-        const size_t tbytes = round64(sizeof(float) * ntab * pl.table_size);
-        const size_t rbytes = p.products() ? sizeof(double) * p.B * p.T * p.N : 0;
-        char* block = call_scratch(wbytes + tbytes + rbytes, oneoff);
-        weights = !p.streams() ? nullptr : p.products() ? reinterpret_cast<float*>(block) : p.weights_out;
-        table_storage = reinterpret_cast<float*>(block + wbytes);
-        raw = reinterpret_cast<double*>(block + wbytes + tbytes);
-        table = uninitialised<WeightTable>(ntab);
-        left.reset(new std::atomic<int64_t>[static_cast<size_t>(ntab)]);
-        ready.reset(new std::atomic<bool>[static_cast<size_t>(ntab)]);
-        for (int64_t i = 0; i < ntab; ++i) {
-            const int64_t t0 = (i % pl.tables) * pl.tokens;
-            const int64_t cnt = std::min(pl.tokens, p.T - t0);
-            left[i].store((p.streams() ? cnt : 1) * pl.nchunks, std::memory_order_relaxed);
-            table[i] = make_weight_table(p.D, cnt, p.signed_w, weight_table_layout(cnt), p.dtype,
-                                         table_storage + i * pl.table_size);
-            ready[i].store(false, std::memory_order_relaxed);
-        }
-    }
-};
-
 // Per-thread scratch.
 struct Worker {
     std::unique_ptr<double[]> stream_acc;  // 2 * dchunk: column sums + the bf16 path's scratch
@@ -217,6 +176,64 @@ struct Worker {
         product.acc = product_acc.get();
         product.vals = product_vals.get();
         product.offs = product_offs.get();
+    }
+};
+
+// The buffers and progress of one call, shared by its threads.
+struct Run {
+    const Problem& p;
+    const Plan& pl;
+    std::unique_ptr<char[]> oneoff;                  // the scratch block when too large to keep
+    float* weights = nullptr;                        // [B*T*D] float32, as the reference's g.mean(dim=2),
+                                                     // written by the stream (scratch or weights_out)
+    float* table_storage = nullptr;                  // [B*tables][table_size], 64-byte aligned
+    double* raw = nullptr;                           // [B*T*N] float64 pooled sums
+    std::unique_ptr<WeightTable[]> table;            // [B*tables], filled by the stream items, read once ready
+    std::unique_ptr<std::atomic<int64_t>[]> left;    // [B*tables]: stream items not finished
+    std::unique_ptr<std::atomic<bool>[]> ready;      // [B*tables]: table built
+    std::unique_ptr<std::atomic<int64_t>[]> rows_left;  // [B*tables]: product tasks not finished
+    std::unique_ptr<std::atomic<bool>[]> summed;     // [B*tables]: every product task done
+    std::unique_ptr<Worker[]> workers;               // [threads]: each thread's scratch
+    float* maps_out;                                 // [B*T*N] (products only)
+    uint8_t* degenerate_out;                         // [B*T] or null
+    bool check_weights;                              // look for NaN/Inf among the weights
+    std::atomic<int64_t> next_stream{0}, next_product{0}, next_map{0};
+    std::atomic<int> product_workers{0}, finished{0};
+    std::atomic<bool> nonfinite{false};
+    int product_cap = 1;                             // product workers allowed while streaming
+
+    Run(const Problem& p_, const Plan& pl_, float* maps, uint8_t* degenerate, bool check)
+        : p(p_), pl(pl_), maps_out(maps), degenerate_out(degenerate), check_weights(check) {}
+
+    // Everything a call allocates, before its parallel region (which then cannot run out
+    // of memory half-way through writing the outputs).
+    void allocate(int nthreads) {
+        workers.reset(new Worker[static_cast<size_t>(nthreads)]);
+        for (int i = 0; i < nthreads; ++i) workers[i].allocate(pl);
+        const int64_t ntab = p.B * pl.tables;
+        // the weights need scratch only when both computed and consumed here
+        const size_t wbytes = p.streams() && p.products() ? round64(sizeof(float) * p.B * p.T * p.D) : 0;
+        const size_t tbytes = round64(sizeof(float) * ntab * pl.table_size);
+        const size_t rbytes = p.products() ? sizeof(double) * p.B * p.T * p.N : 0;
+        char* block = call_scratch(wbytes + tbytes + rbytes, oneoff);
+        weights = !p.streams() ? nullptr : p.products() ? reinterpret_cast<float*>(block) : p.weights_out;
+        table_storage = reinterpret_cast<float*>(block + wbytes);
+        raw = reinterpret_cast<double*>(block + wbytes + tbytes);
+        table = uninitialised<WeightTable>(ntab);
+        left.reset(new std::atomic<int64_t>[static_cast<size_t>(ntab)]);
+        ready.reset(new std::atomic<bool>[static_cast<size_t>(ntab)]);
+        rows_left.reset(new std::atomic<int64_t>[static_cast<size_t>(ntab)]);
+        summed.reset(new std::atomic<bool>[static_cast<size_t>(ntab)]);
+        for (int64_t i = 0; i < ntab; ++i) {
+            const int64_t t0 = (i % pl.tables) * pl.tokens;
+            const int64_t cnt = std::min(pl.tokens, p.T - t0);
+            left[i].store((p.streams() ? cnt : 1) * pl.nchunks, std::memory_order_relaxed);
+            table[i] = make_weight_table(p.D, cnt, p.signed_w, weight_table_layout(cnt), p.dtype,
+                                         table_storage + i * pl.table_size);
+            ready[i].store(false, std::memory_order_relaxed);
+            rows_left[i].store(pl.row_tasks, std::memory_order_relaxed);
+            summed[i].store(false, std::memory_order_relaxed);
+        }
     }
 };
 
@@ -248,6 +265,13 @@ void stream_item(Run& run, Worker& wk, int64_t it) {
     const float n_rows = static_cast<float>(p.N);  // the mean divides the float32 sum by N, as torch does
     float* w = run.weights + bt * p.D + d0;
     for (int64_t j = 0; j < len; ++j) w[j] = static_cast<float>(acc[j]) / n_rows;
+    if (run.check_weights) {
+        // Every NaN/Inf of grads made a weight of its slice non-finite (see GradMode); a
+        // finite gradient can only do that by overflowing a float32 partial sum (|g| > ~4e37).
+        bool bad = false;
+        for (int64_t j = 0; j < len; ++j) bad |= !std::isfinite(w[j]);
+        if (bad) run.nonfinite.store(true, std::memory_order_relaxed);
+    }
     if (!p.products()) return;
     const int64_t b = bt / p.T, t = bt % p.T, tix = b * pl.tables + t / pl.tokens;
     fill_weight_table(run.table[tix], p.D, t % pl.tokens, d0, len, w);
@@ -263,7 +287,8 @@ int64_t claim_product(Run& run) {
     return -1;
 }
 
-// Product task g: raw of one table's tokens for one block of rows.
+// Product task g: raw of one table's tokens for one block of rows; the last task of a
+// table makes its maps ready to normalise.
 void product_task(Run& run, Worker& wk, int64_t g) {
     const Problem& p = run.p;
     const Plan& pl = run.pl;
@@ -272,13 +297,53 @@ void product_task(Run& run, Worker& wk, int64_t g) {
     const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
     product_rows(static_cast<const char*>(p.acts) + b * p.N * p.D * esize, p.dtype, p.D, n0, n1, run.table[tix],
                  run.raw + (b * p.T + t0) * p.N, p.N, wk.product);
+    if (run.rows_left[tix].fetch_sub(1, std::memory_order_acq_rel) == 1)
+        run.summed[tix].store(true, std::memory_order_release);
 }
 
-void work(Run& run) {
-    Worker wk;
-    if (!allocated([&] { wk.allocate(run.pl); })) run.oom.store(true, std::memory_order_relaxed);
+// Claims the next map (b * T + t) to normalise if its table's sums are complete; -1 if not.
+int64_t claim_map(Run& run) {
+    const Problem& p = run.p;
+    const int64_t n_maps = p.products() ? p.B * p.T : 0;
+    int64_t m = run.next_map.load(std::memory_order_relaxed);
+    while (m < n_maps &&
+           run.summed[(m / p.T) * run.pl.tables + (m % p.T) / run.pl.tokens].load(std::memory_order_acquire)) {
+        if (run.next_map.compare_exchange_weak(m, m + 1, std::memory_order_acq_rel)) return m;
+    }
+    return -1;
+}
+
+// Map m = raw / D, min-max normalised (float32 arithmetic as the reference).
+void normalise_map(Run& run, int64_t m) {
+    const int64_t N = run.p.N;
+    const float fD = static_cast<float>(run.p.D);
+    const double* acc = run.raw + m * N;
+    float* out = run.maps_out + m * N;
+    float lo = static_cast<float>(acc[0]) / fD, hi = lo;
+    for (int64_t n = 0; n < N; ++n) {
+        const float v = static_cast<float>(acc[n]) / fD;
+        out[n] = v;
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+    }
+    const bool deg = !(hi > lo);
+    if (deg) {
+        std::fill(out, out + N, 0.f);
+    } else {
+        const float den = (hi - lo) + kEpsNorm;
+        for (int64_t n = 0; n < N; ++n) out[n] = (out[n] - lo) / den;
+    }
+    if (run.degenerate_out) run.degenerate_out[m] = deg ? 1 : 0;
+}
+
+// A thread's share of a call: every piece of work is claimed from shared counters, and
+// nothing waits at a barrier between the stages (stream, product, normalisation): with a
+// passive OpenMP wait policy each barrier a thread sleeps in costs a wake-up (tens of us on
+// this box), which a caller pooling chunk by chunk pays per chunk.
+void work(Run& run, Worker& wk) {
     const int64_t n_stream = run.pl.stream_items;
-    while (!run.oom.load(std::memory_order_relaxed)) {
+    const int64_t n_maps = run.p.products() ? run.p.B * run.p.T : 0;
+    for (;;) {
         const bool streaming = run.next_stream.load(std::memory_order_relaxed) < n_stream;
         if (!streaming || run.product_workers.load(std::memory_order_relaxed) < run.product_cap) {
             const int64_t g = claim_product(run);
@@ -294,34 +359,37 @@ void work(Run& run) {
             if (it < n_stream) stream_item(run, wk, it);
             continue;
         }
-        if (run.next_product.load(std::memory_order_relaxed) >= run.pl.product_tasks) break;
-        std::this_thread::yield();  // a table is still being streamed by another thread
+        const int64_t m = claim_map(run);
+        if (m >= 0) {
+            normalise_map(run, m);
+            continue;
+        }
+        if (run.next_map.load(std::memory_order_relaxed) >= n_maps) break;
+        std::this_thread::yield();  // a table is still being streamed or multiplied by another thread
     }
 }
 
-// maps = raw / D, min-max normalised per map (float32 arithmetic as the reference). Work
-// shared by the threads of the enclosing parallel region.
-void normalise_maps(const double* raw, int64_t BT, int64_t N, int64_t D, float* maps_out, uint8_t* degenerate_out) {
-    const float fD = static_cast<float>(D);
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < BT; ++m) {
-        const double* acc = raw + m * N;
-        float* out = maps_out + m * N;
-        float lo = static_cast<float>(acc[0]) / fD, hi = lo;
-        for (int64_t n = 0; n < N; ++n) {
-            const float v = static_cast<float>(acc[n]) / fD;
-            out[n] = v;
-            lo = std::min(lo, v);
-            hi = std::max(hi, v);
-        }
-        const bool deg = !(hi > lo);
-        if (deg) {
-            std::fill(out, out + N, 0.f);
-        } else {
-            const float den = (hi - lo) + kEpsNorm;
-            for (int64_t n = 0; n < N; ++n) out[n] = (out[n] - lo) / den;
-        }
-        if (degenerate_out) degenerate_out[m] = deg ? 1 : 0;
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// Called by every thread when its work is done. The calling thread (0) then spins until
+// the others are done too, for at most kSpinLimit, so that it arrives last at the region's
+// closing barrier and returns at once: sleeping in that barrier (a passive wait policy)
+// costs a wake-up of tens of us per call. The bound keeps a descheduled thread from
+// costing more than that.
+constexpr auto kSpinLimit = std::chrono::microseconds(1000);
+
+void arrive(Run& run) {
+    run.finished.fetch_add(1, std::memory_order_acq_rel);
+    if (thread_num() != 0) return;
+    const int team = team_size();
+    const auto deadline = std::chrono::steady_clock::now() + kSpinLimit;
+    for (int i = 1; run.finished.load(std::memory_order_acquire) < team; ++i) {
+        cpu_relax();
+        if (i % 256 == 0 && std::chrono::steady_clock::now() > deadline) break;
     }
 }
 
@@ -340,32 +408,16 @@ int check_sizes(dcam_dtype dtype, int64_t B, int64_t T, int64_t N, int64_t D) {
 int run_pooling(const Problem& p, float* maps_out, uint8_t* degenerate_out, int32_t* grads_nonfinite) {
     const int nthreads = max_threads();
     const Plan pl = make_plan(p, nthreads);
-    Run run(p, pl);
-    if (!allocated([&] { run.allocate(); })) return DCAM_ENOMEM;
+    Run run(p, pl, maps_out, degenerate_out, grads_nonfinite != nullptr);
+    if (!allocated([&] { run.allocate(nthreads); })) return DCAM_ENOMEM;
     run.product_cap = std::max(1, nthreads / 2);
-    // One parallel region for the whole call: with a passive OpenMP wait policy every region
-    // wakes the sleeping threads again (~50 us), which a caller pooling chunk by chunk pays
-    // per chunk.
-    int32_t bad = 0;
+    // One parallel region for the whole call, and no barrier inside it (see work()).
 #pragma omp parallel num_threads(nthreads)
     {
-        work(run);
-#pragma omp barrier
-        if (!run.oom.load()) {  // the same answer in every thread after the barrier
-            if (grads_nonfinite) {
-                // Whether some channel weight is NaN/Inf: every NaN/Inf of grads made a weight of
-                // its slice non-finite (see GradMode); a finite gradient can only do that by
-                // overflowing a float32 partial sum (|g| > ~4e37).
-                const float* w = run.weights;
-                const int64_t n = p.B * p.T * p.D;
-#pragma omp for reduction(| : bad) schedule(static)
-                for (int64_t i = 0; i < n; ++i) bad |= std::isfinite(w[i]) ? 0 : 1;
-            }
-            if (p.products()) normalise_maps(run.raw, p.B * p.T, p.N, p.D, maps_out, degenerate_out);
-        }
+        work(run, run.workers[thread_num()]);
+        arrive(run);
     }
-    if (run.oom.load()) return DCAM_ENOMEM;
-    if (grads_nonfinite) *grads_nonfinite = bad;
+    if (grads_nonfinite) *grads_nonfinite = run.nonfinite.load() ? 1 : 0;
     return DCAM_OK;
 }
 
