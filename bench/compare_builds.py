@@ -4,7 +4,7 @@
     OMP_WAIT_POLICY=PASSIVE python bench/compare_builds.py 73a39bb WORKTREE --processes 3
 
 Each build is a git revision of ``csrc/`` (``WORKTREE``: the files as they are
-now), compiled with the flags of setup.py into a shared library of the plain
+now), compiled with setup.py's flags into a shared library of the plain
 C API (``csrc/include/dcam.h``) and loaded with ctypes. Every round calls each
 case once on every build in turn, so the builds share the machine's state:
 on this box the memory bandwidth drifts by tens of percent between processes
@@ -38,7 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-fPIC"]  # as setup.py
+# setup.py's own flags; the defaults Python and pybind11 add to the extension's build
+# (-fwrapv, -g, hidden visibility) are left out: with them the pooling timed the same here
+# (in one process beside a build without them, two processes: within 4% case by case, either way)
+FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-fPIC"]
 T, N, D, CHUNK = 64, 576, 4096, 8
 DTYPE_CODE = {"fp32": 0, "bf16": 2}  # dcam_dtype
 
