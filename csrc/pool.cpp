@@ -133,6 +133,7 @@ struct Plan {
     int64_t table_size = 0;             // floats per table
     int64_t row_tasks = 0;              // product tasks per table (blocks of kProductRows rows)
     int64_t stream_items = 0, product_tasks = 0;
+    int64_t maps = 0;                   // maps to normalise (B*T when there is a product)
 };
 
 Plan make_plan(const Problem& p, int nthreads) {
@@ -149,6 +150,7 @@ Plan make_plan(const Problem& p, int nthreads) {
         pl.table_size = weight_table_size(p.D, pl.tokens, p.signed_w, TableLayout::kByFeature);  // the larger
         pl.row_tasks = (p.N + kProductRows - 1) / kProductRows;
         pl.product_tasks = p.B * pl.tables * pl.row_tasks;
+        pl.maps = BT;
     }
     if (!p.streams()) pl.dchunk = std::min(p.D, kFillFeatures);
     pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
@@ -237,6 +239,11 @@ struct Run {
     }
 };
 
+// The weight table of slice bt = b * T + t (products only).
+int64_t table_of(const Run& run, int64_t bt) {
+    return (bt / run.p.T) * run.pl.tables + (bt % run.p.T) / run.pl.tokens;
+}
+
 // Publishes table tix once its last item is done (acq_rel: every item's writes are seen by then).
 void item_done(Run& run, int64_t tix) {
     if (run.left[tix].fetch_sub(1, std::memory_order_acq_rel) == 1) run.ready[tix].store(true, std::memory_order_release);
@@ -273,18 +280,27 @@ void stream_item(Run& run, Worker& wk, int64_t it) {
         if (bad) run.nonfinite.store(true, std::memory_order_relaxed);
     }
     if (!p.products()) return;
-    const int64_t b = bt / p.T, t = bt % p.T, tix = b * pl.tables + t / pl.tokens;
-    fill_weight_table(run.table[tix], p.D, t % pl.tokens, d0, len, w);
+    const int64_t tix = table_of(run, bt);
+    fill_weight_table(run.table[tix], p.D, bt % p.T % pl.tokens, d0, len, w);
     item_done(run, tix);
 }
 
-// Claims the next product task if its table is ready; -1 if none is.
-int64_t claim_product(Run& run) {
-    int64_t g = run.next_product.load(std::memory_order_relaxed);
-    while (g < run.pl.product_tasks && run.ready[g / run.pl.row_tasks].load(std::memory_order_acquire)) {
-        if (run.next_product.compare_exchange_weak(g, g + 1, std::memory_order_acq_rel)) return g;
+// Claims the next of n pieces of work, taken in order from `next`, if its input is done
+// (done(i) for piece i; acquire: its writes are seen); -1 if it is not, or none is left.
+template <class Done>
+int64_t claim_in_order(std::atomic<int64_t>& next, int64_t n, Done&& done) {
+    int64_t i = next.load(std::memory_order_relaxed);
+    while (i < n && done(i)) {
+        if (next.compare_exchange_weak(i, i + 1, std::memory_order_acq_rel)) return i;
     }
     return -1;
+}
+
+// The next product task, once its table is built.
+int64_t claim_product(Run& run) {
+    return claim_in_order(run.next_product, run.pl.product_tasks, [&](int64_t g) {
+        return run.ready[g / run.pl.row_tasks].load(std::memory_order_acquire);
+    });
 }
 
 // Product task g: raw of one table's tokens for one block of rows; the last task of a
@@ -301,16 +317,11 @@ void product_task(Run& run, Worker& wk, int64_t g) {
         run.summed[tix].store(true, std::memory_order_release);
 }
 
-// Claims the next map (b * T + t) to normalise if its table's sums are complete; -1 if not.
+// The next map (b * T + t) to normalise, once its table's sums are complete.
 int64_t claim_map(Run& run) {
-    const Problem& p = run.p;
-    const int64_t n_maps = p.products() ? p.B * p.T : 0;
-    int64_t m = run.next_map.load(std::memory_order_relaxed);
-    while (m < n_maps &&
-           run.summed[(m / p.T) * run.pl.tables + (m % p.T) / run.pl.tokens].load(std::memory_order_acquire)) {
-        if (run.next_map.compare_exchange_weak(m, m + 1, std::memory_order_acq_rel)) return m;
-    }
-    return -1;
+    return claim_in_order(run.next_map, run.pl.maps, [&](int64_t m) {
+        return run.summed[table_of(run, m)].load(std::memory_order_acquire);
+    });
 }
 
 // Map m = raw / D, min-max normalised (float32 arithmetic as the reference).
@@ -342,7 +353,6 @@ void normalise_map(Run& run, int64_t m) {
 // this box), which a caller pooling chunk by chunk pays per chunk.
 void work(Run& run, Worker& wk) {
     const int64_t n_stream = run.pl.stream_items;
-    const int64_t n_maps = run.p.products() ? run.p.B * run.p.T : 0;
     for (;;) {
         const bool streaming = run.next_stream.load(std::memory_order_relaxed) < n_stream;
         if (!streaming || run.product_workers.load(std::memory_order_relaxed) < run.product_cap) {
@@ -364,7 +374,7 @@ void work(Run& run, Worker& wk) {
             normalise_map(run, m);
             continue;
         }
-        if (run.next_map.load(std::memory_order_relaxed) >= n_maps) break;
+        if (run.next_map.load(std::memory_order_relaxed) >= run.pl.maps) break;
         std::this_thread::yield();  // a table is still being streamed or multiplied by another thread
     }
 }
