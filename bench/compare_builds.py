@@ -66,7 +66,9 @@ def build(rev: str, workdir: str, index: int) -> str:
 
     def compile_one(path: str) -> str:
         obj = path[:-4] + ".o"
-        subprocess.run(["g++", *FLAGS, *inc, "-c", path, "-o", obj], check=True, capture_output=True)
+        done = subprocess.run(["g++", *FLAGS, *inc, "-c", path, "-o", obj], capture_output=True, text=True)
+        if done.returncode:  # a build that does not compile: show the compiler's message
+            raise RuntimeError(f"{rev}: g++ failed on {os.path.basename(path)}:\n{done.stderr}")
         return obj
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -181,6 +183,10 @@ def main(argv=None) -> None:
         return
     if len(args.revs) < 2:
         ap.error("revs: give at least two revisions to compare")
+    for rev in args.revs:
+        verify = ["git", "-C", ROOT, "rev-parse", "--verify", "--quiet", rev + "^{commit}"]
+        if rev != "WORKTREE" and subprocess.run(verify, capture_output=True).returncode != 0:
+            ap.error(f"revs: {rev!r} is not a commit of this repository (nor WORKTREE)")
     with tempfile.TemporaryDirectory(prefix="dcam-builds-") as workdir:
         libs = []
         for i, rev in enumerate(args.revs):
