@@ -595,6 +595,22 @@ def test_opcheck_every_op(device, quiet):
     torch.library.opcheck(torch.ops.dcam.refine.default, off_args)
 
 
+def test_ops_are_not_differentiable(device):
+    # maps are not differentiable: an op's outputs never require grad, so a backward through
+    # them fails at once instead of quietly leaving the inputs without gradients
+    a, g, grid = _inputs(device=device)
+    a, g = a.clone().requires_grad_(), g.clone().requires_grad_()
+    w = torch.rand(a.shape[0], g.shape[1], a.shape[2], device=device, requires_grad=True)
+    outs = (list(torch.ops.dcam.pool_gradients.default(a, g, grid[0], grid[1], True, True))
+            + list(torch.ops.dcam.channel_weights.default(g, True, True))
+            + list(torch.ops.dcam.weighted_maps.default(a, w, grid[0], grid[1]))
+            + [dcam.diffusion_cam(a, g, grid).maps])
+    assert [o.requires_grad for o in outs] == [False] * len(outs)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        outs[0].sum().backward()
+    assert a.grad is None and g.grad is None
+
+
 def test_torch_compile_fullgraph(device, quiet):
     a, g, grid = _inputs(device=device)
     ref = dcam.diffusion_cam(a, g, grid, steps=24, backend="torch")
