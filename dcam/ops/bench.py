@@ -27,6 +27,9 @@ class Case:
     make: Callable[[str], Callable[[], object]]  # backend -> zero-arg callable
     maps: int  # maps produced per call
     bytes_read: int  # gradient bytes one call must read (0 if not meaningful)
+    # backend -> the one call this case stands in for (the chunked paths: one whole pooling of
+    # the same tensors), timed alternately with it: the "x one call" column
+    one_call: Optional[Callable[[str], Callable[[], object]]] = None
 
 
 def time_call(fn: Callable[[], object], *, min_time: float = 0.5, max_reps: int = 50, warmup: int = 1,
@@ -100,13 +103,15 @@ def cases(device="cpu", quick: bool = False) -> List[Case]:
                            for c in range(0, T, chunk)], 1)
             return engine.weighted_maps(a, w, (24, 24), backend=b, check_finite=False)
         return run
+    def one_call(b, a=acts, g=grads):
+        return lambda: engine.pool_gradients(a, g, (24, 24), backend=b, check_finite=False)
     out.append(Case(f"pool T={T} N={N} D={D} bf16, streamed in chunks of {chunk}", streamed,
-                    T, grads.numel() * grads.element_size()))
+                    T, grads.numel() * grads.element_size(), one_call))
     out.append(Case(f"pool T={T} N={N} D={D} bf16, pool_gradients per chunk of {chunk}",
                     lambda b, a=acts, g=grads: (lambda: [engine.pool_gradients(a, g[:, c:c + chunk], (24, 24),
                                                                                backend=b, check_finite=False)
                                                          for c in range(0, T, chunk)]),
-                    T, grads.numel() * grads.element_size()))
+                    T, grads.numel() * grads.element_size(), one_call))
     # the fused call as users make it by default (inputs checked for NaN/Inf), without the
     # check, and with signed channel weights (grad_relu=False: no factorised product)
     for suffix, c, check in (("", cfg, True), (", unchecked", cfg, False),
@@ -156,6 +161,29 @@ def time_beside_copy(fn: Callable[[], object], bytes_read: int, copy_bytes: int,
     return statistics.median(times), statistics.median(bws), statistics.median(ratios)
 
 
+def time_against(fn: Callable[[], object], base: Callable[[], object], sync=None, *, min_time: float = 1.0,
+                 max_pairs: int = 40) -> float:
+    """Median over pairs of (time of fn) / (time of base), the two called alternately:
+    how much slower `fn` is than `base` with both in the same memory conditions (the
+    copy's bandwidth here moves by tens of percent between seconds, so two medians timed
+    apart compare badly)."""
+    sync = sync or (lambda: None)
+    fn()
+    base()
+    sync()
+    ratios = []
+    start = time.perf_counter()
+    while len(ratios) < max_pairs and (time.perf_counter() - start < min_time or len(ratios) < 5):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        t1 = time.perf_counter()
+        base()
+        sync()
+        ratios.append((t1 - t0) / (time.perf_counter() - t1))
+    return statistics.median(ratios)
+
+
 def run(backends: Optional[List[str]] = None, quick: bool = False, device: str = "cpu") -> Dict:
     sync = torch.cuda.synchronize if device == "cuda" else None
     if backends is None:
@@ -185,12 +213,13 @@ def run(backends: Optional[List[str]] = None, quick: bool = False, device: str =
                     ratio = case.bytes_read / t / copy_bw
             if b == "torch":
                 ref_t = t
+            vs_one = time_against(case.make(b), case.one_call(b), sync) if case.one_call and b != "torch" else None
             gbs = case.bytes_read / t / 1e9 if case.bytes_read else None
             rows.append(dict(backend=b, case=case.name, seconds=t, us_per_map=t / case.maps * 1e6,
                              maps_per_s=case.maps / t, gb_per_s=gbs,
                              ratio_to_reference=(ref_t / t) if ref_t else None,
                              copy_gb_per_s=copy_bw / 1e9 if copy_bw else None,
-                             ratio_to_bandwidth=ratio))
+                             ratio_to_bandwidth=ratio, ratio_to_one_call=vs_one))
     return dict(device=device, threads=torch.get_num_threads(), copy_gb_per_s=[c / 1e9 for c in copies], rows=rows)
 
 
@@ -199,13 +228,15 @@ def format_table(result: Dict) -> str:
     cps = f"{min(cp):.2f}-{max(cp):.2f}" if cp else "-"
     lines = [f"device: {result['device']}, torch threads: {result['threads']}, "
              f"plain copy: {cps} GB/s (read+write; the compiled backends' bandwidth cases are timed in "
-             f"pairs with a copy, medians over the pairs)", "",
+             f"pairs with a copy, medians over the pairs; x one call: a chunked path's time over one whole "
+             f"pooling of the same tensors, called alternately, median over the pairs)", "",
              "| backend | case | time | us/map | maps/s | GB/s (grads read) | x reference | copy GB/s | "
-             "of copy bandwidth |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "of copy bandwidth | x one call |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     for r in result["rows"]:
         lines.append(f"| {r['backend']} | {r['case']} | {r['seconds'] * 1e3:.2f} ms | {r['us_per_map']:.1f} | "
                      f"{r['maps_per_s']:.0f} | {f(r['gb_per_s'], '.2f')} | {f(r['ratio_to_reference'], '.1f')} | "
-                     f"{f(r['copy_gb_per_s'], '.1f')} | {f(r['ratio_to_bandwidth'], '.0%')} |")
+                     f"{f(r['copy_gb_per_s'], '.1f')} | {f(r['ratio_to_bandwidth'], '.0%')} | "
+                     f"{f(r.get('ratio_to_one_call'), '.3f')} |")
     return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""The bench's timing helpers, on a clock the test drives (no timed asserts): what they
+time, in which order, and how they reduce the pairs."""
+import itertools
+
+import pytest
+
+from dcam.ops import bench
+
+
+class FakeClock:
+    """perf_counter for bench.time: advanced only by the calls under test."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls = []
+
+    def __call__(self):
+        return self.now
+
+    def work(self, name, seconds):
+        def fn():
+            self.calls.append(name)
+            self.now += next(seconds) if hasattr(seconds, "__next__") else seconds
+        return fn
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", c)
+    return c
+
+
+def test_time_against_is_the_median_of_per_pair_ratios(clock):
+    # fn takes 4, 4, 4, 40, ... while base takes 1, 2, 1, 2, ...: the pair ratios are
+    # 4, 2, 4, 20, ...; their median is 4, whereas the ratio of the two medians would be
+    # 4 / 1.5 = 2.67 (medians of times taken in different pairs)
+    fn_times = itertools.chain([0.0], itertools.cycle([4.0, 4.0, 4.0, 40.0]))  # first call: the warm-up
+    base_times = itertools.chain([0.0], itertools.cycle([1.0, 2.0, 1.0, 2.0]))
+    ratio = bench.time_against(clock.work("fn", fn_times), clock.work("base", base_times), min_time=1e9,
+                               max_pairs=8)
+    assert ratio == 4.0
+    # a warm-up of each, then strict alternation, fn first, until max_pairs pairs
+    assert clock.calls == ["fn", "base"] + ["fn", "base"] * 8
+
+
+def test_time_against_times_at_least_five_pairs(clock):
+    bench.time_against(clock.work("fn", 10.0), clock.work("base", 10.0), min_time=1.0, max_pairs=40)
+    assert clock.calls.count("fn") == 1 + 5  # min_time passed after the first pair, but 5 pairs at least
+
+
+def test_table_has_the_one_call_column():
+    row = dict(backend="cpp", case="pool, streamed", seconds=0.01, us_per_map=156.0, maps_per_s=6400.0,
+               gb_per_s=30.0, ratio_to_reference=36.0, copy_gb_per_s=52.0, ratio_to_bandwidth=0.58,
+               ratio_to_one_call=1.0625)
+    other = dict(row, case="refine", gb_per_s=None, copy_gb_per_s=None, ratio_to_bandwidth=None,
+                 ratio_to_one_call=None)
+    lines = bench.format_table(dict(device="cpu", threads=2, copy_gb_per_s=[52.0], rows=[row, other])).splitlines()
+    assert lines[2].endswith("| of copy bandwidth | x one call |")
+    assert lines[4] == "| cpp | pool, streamed | 10.00 ms | 156.0 | 6400 | 30.00 | 36.0 | 52.0 | 58% | 1.062 |"
+    assert lines[5].endswith("| - | - | - |")
