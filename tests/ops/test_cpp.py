@@ -191,6 +191,24 @@ def test_product_from_given_weights_matches_float64(dtype, signs):
 
 
 @NEEDS_CPP
+@pytest.mark.parametrize("at", [0, 2047, 2048, 3 * 3000 - 1])
+def test_one_negative_weight_anywhere_makes_the_product_signed(at):
+    # weighted_maps looks for a negative weight in blocks of 2048 (the last one short): one
+    # anywhere, first or last of a block or of the whole [T, D], must select the two-sided
+    # tables, or that token's negative activations would be skipped (a wrong map)
+    gen = torch.Generator().manual_seed(at)
+    T, h, w, D = 3, 4, 5, 3000
+    A = torch.randn(1, h * w, D, generator=gen)
+    W = torch.rand(1, T, D, generator=gen)
+    W.view(-1)[at] = -4.0
+    maps, _ = C.weighted_maps_cpp(A, W, h, w)
+    want, _ = _np_normalised(_np_raw_weighted(A[0].numpy(), W[0].numpy()))
+    np.testing.assert_allclose(maps.reshape(T, h * w).numpy(), want, atol=2e-6, rtol=0)
+    skipped, _ = _np_normalised(_np_raw_weighted(A[0].numpy(), np.maximum(W[0].numpy(), 0)))
+    assert np.abs(want - skipped).max() > 1e-3  # the negative weight matters to the map
+
+
+@NEEDS_CPP
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("grad_relu", [True, False])
 def test_weights_in_chunks_then_one_product_equal_one_call_exactly(dtype, grad_relu):
