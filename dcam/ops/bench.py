@@ -166,21 +166,29 @@ def time_against(fn: Callable[[], object], base: Callable[[], object], sync=None
     """Median over pairs of (time of fn) / (time of base), the two called alternately:
     how much slower `fn` is than `base` with both in the same memory conditions (the
     copy's bandwidth here moves by tens of percent between seconds, so two medians timed
-    apart compare badly)."""
+    apart compare badly). The pairs alternate their order (fn first, then base first), so
+    that neither call always follows the other's traffic through the caches."""
     sync = sync or (lambda: None)
+
+    def timed(f):
+        t0 = time.perf_counter()
+        f()
+        sync()
+        return time.perf_counter() - t0
+
     fn()
     base()
     sync()
     ratios = []
     start = time.perf_counter()
     while len(ratios) < max_pairs and (time.perf_counter() - start < min_time or len(ratios) < 5):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        t1 = time.perf_counter()
-        base()
-        sync()
-        ratios.append((t1 - t0) / (time.perf_counter() - t1))
+        if len(ratios) % 2 == 0:
+            t_fn = timed(fn)
+            t_base = timed(base)
+        else:
+            t_base = timed(base)
+            t_fn = timed(fn)
+        ratios.append(t_fn / t_base)
     return statistics.median(ratios)
 
 
