@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dcam
-from dcam.ops.bench import cases, time_beside_copy, time_call
+from dcam.ops.bench import cases, time_against, time_beside_copy, time_call
 
 QUICK = os.environ.get("DCAM_BENCH_QUICK", "0") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -44,3 +44,7 @@ def test_engine(benchmark, case_name, backend):
         benchmark.extra_info["grad_gb_per_s"] = case.bytes_read / t_pair / 1e9
         benchmark.extra_info["copy_gb_per_s"] = copy_bw / 1e9
         benchmark.extra_info["ratio_to_copy_bandwidth"] = ratio
+    if case.one_call:
+        # a chunked path against one whole call on the same tensors, alternating (dcam bench's
+        # "x one call")
+        benchmark.extra_info["ratio_to_one_call"] = time_against(fn, case.one_call(backend), SYNC)
