@@ -42,7 +42,7 @@ reference runs one extra ``aminmax`` pass.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch import Tensor
@@ -81,10 +81,11 @@ refine_reference = reference.refine_reference
 
 # Declared with ``torch.library.Library`` rather than ``torch.library.custom_op``: the
 # dispatcher then calls each device's kernel directly. custom_op wraps every call in
-# Python layers of its own (its autograd kernel, argument handling): ~12 us of overhead
-# per call with warm caches against ~4 us here, and 40-60 us right after a pooling pass
-# has streamed the gradients through the caches, which the explainer's chunked path pays
-# once per chunk. The maps are not differentiable: autograd falls through each op, so its
+# Python layers of its own (its autograd kernel, argument handling): ~12 us per call
+# with warm caches against ~4 us here; right after a chunk's pass has streamed 37 MB
+# through the caches, the op's path cost ~110 us a call over the bare extension, ~40 us
+# now. The explainer's chunked path pays that once per chunk
+# (bench/bench_op_overhead.py). The maps are not differentiable: autograd falls through each op, so its
 # outputs never require grad, and a backward through them fails ("does not require grad")
 # instead of autograd's fallback for ops without a formula quietly giving no gradient.
 _LIB = torch.library.Library("dcam", "DEF")
