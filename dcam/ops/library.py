@@ -83,7 +83,7 @@ refine_reference = reference.refine_reference
 # dispatcher then calls each device's kernel directly. custom_op wraps every call in
 # Python layers of its own (its autograd kernel, argument handling): ~12 us per call
 # with warm caches against ~4 us here; right after a chunk's pass has streamed 37 MB
-# through the caches, the op's path cost ~110 us a call over the bare extension, ~40 us
+# through the caches, the op's path cost ~110 us a call over the bare extension, 25-40 us
 # now. The explainer's chunked path pays that once per chunk
 # (bench/bench_op_overhead.py). The maps are not differentiable: autograd falls through each op, so its
 # outputs never require grad, and a backward through them fails ("does not require grad")
