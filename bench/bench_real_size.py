@@ -240,7 +240,8 @@ def isolated(args) -> Dict:
     return res
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (also what bench/gpu_check.py builds its run from, so the two agree)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--blocks", type=int, default=3)
@@ -254,7 +255,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--in-process", action="store_true", help="every T in this process (default: one process each)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args) if args.in_process or len(args.words) == 1 else isolated(args)

@@ -59,3 +59,29 @@ def test_table_has_the_one_call_column():
     assert lines[2].endswith("| of copy bandwidth | x one call |")
     assert lines[4] == "| cpp | pool, streamed | 10.00 ms | 156.0 | 6400 | 30.00 | 36.0 | 52.0 | 58% | 1.062 |"
     assert lines[5].endswith("| - | - | - |")
+
+
+def test_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
+    # bench/gpu_check.py runs only where a GPU is lent, which this project rarely sees: its
+    # smoke mode runs the same three steps at toy sizes on this machine, so a broken step
+    # (it once built the real-size bench's arguments by hand and lacked one) shows here
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_check.py"), "--smoke", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["smoke"] is True and report["tests"]["returncode"] == 0
+    assert "passed" in report["tests"]["summary"] and "failed" not in report["tests"]["summary"]
+    rows = report["engine"]["rows"]
+    compiled = "triton" if report["engine"]["device"] == "cuda" else "cpp"
+    assert {r["backend"] for r in rows} == {"torch", compiled}
+    assert len(rows) == 2 * len({r["case"] for r in rows}) and all(r["seconds"] > 0 for r in rows)
+    assert [r["T"] for r in report["real_size"]["rows"]] == [2, 4]
+    assert all(r["words"] == r["T"] and r["dcam_s_per_word"] > 0 for r in report["real_size"]["rows"])
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "smoke run at toy sizes" in md and "## Operators" in md and "## Real-size explanation" in md
