@@ -103,6 +103,7 @@ def cases(device="cpu", quick: bool = False) -> List[Case]:
                            for c in range(0, T, chunk)], 1)
             return engine.weighted_maps(a, w, (24, 24), backend=b, check_finite=False)
         return run
+
     def one_call(b, a=acts, g=grads):
         return lambda: engine.pool_gradients(a, g, (24, 24), backend=b, check_finite=False)
     out.append(Case(f"pool T={T} N={N} D={D} bf16, streamed in chunks of {chunk}", streamed,
