@@ -84,37 +84,35 @@ refine_reference = reference.refine_reference
 # Python layers of its own (its autograd kernel, argument handling): ~12 us per call
 # with warm caches against ~4 us here; right after a chunk's pass has streamed 37 MB
 # through the caches, the op's path cost ~110 us a call over the bare extension, 25-40 us
-# now. The explainer's chunked path pays that once per chunk
-# (bench/bench_op_overhead.py). The maps are not differentiable: autograd falls through each op, so its
-# outputs never require grad, and a backward through them fails ("does not require grad")
-# instead of autograd's fallback for ops without a formula quietly giving no gradient.
+# now. The explainer's chunked path pays that once per chunk (bench/bench_op_overhead.py).
+# The maps are not differentiable: autograd falls through each op, so its outputs never
+# require grad, and a backward through them fails ("does not require grad") instead of
+# autograd's fallback for ops without a formula quietly giving no gradient.
 _LIB = torch.library.Library("dcam", "DEF")
 
-SCHEMAS: Dict[str, str] = {
-    "pool_gradients": "pool_gradients(Tensor acts, Tensor grads, SymInt h, SymInt w, bool grad_relu, "
-                      "bool check_grads) -> (Tensor, Tensor, Tensor)",
-    "channel_weights": "channel_weights(Tensor grads, bool grad_relu, bool check_grads) -> (Tensor, Tensor)",
-    "weighted_maps": "weighted_maps(Tensor acts, Tensor weights, SymInt h, SymInt w) -> (Tensor, Tensor)",
-    "refine": "refine(Tensor raw, Tensor degenerate, Tensor steps, Tensor image_size, Tensor repeat_ratio, "
-              "Tensor? context_maps, Tensor? context_weights, SymInt akd_kernel, bool akd, bool dacg, bool cba, "
-              "SymInt sicd, float[] dacg_params, float[] cba_params) "
-              "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-}
-_REFERENCES: Dict[str, Callable] = {
-    "pool_gradients": pool_reference,
-    "channel_weights": channel_weights_reference,
-    "weighted_maps": weighted_maps_reference,
-    "refine": refine_reference,
-}
-for _name, _schema in SCHEMAS.items():
-    _LIB.define(_schema)
-    # the default body, for every device without a kernel of its own
-    _LIB.impl(_name, _REFERENCES[_name], "CompositeExplicitAutograd")
-    _LIB.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+# Each op's schema and its reference kernel, the default body for every device without a
+# kernel of its own.
+_DEFINITIONS: Tuple[Tuple[str, Callable], ...] = (
+    ("pool_gradients(Tensor acts, Tensor grads, SymInt h, SymInt w, bool grad_relu, bool check_grads) "
+     "-> (Tensor, Tensor, Tensor)", pool_reference),
+    ("channel_weights(Tensor grads, bool grad_relu, bool check_grads) -> (Tensor, Tensor)",
+     channel_weights_reference),
+    ("weighted_maps(Tensor acts, Tensor weights, SymInt h, SymInt w) -> (Tensor, Tensor)",
+     weighted_maps_reference),
+    ("refine(Tensor raw, Tensor degenerate, Tensor steps, Tensor image_size, Tensor repeat_ratio, "
+     "Tensor? context_maps, Tensor? context_weights, SymInt akd_kernel, bool akd, bool dacg, bool cba, "
+     "SymInt sicd, float[] dacg_params, float[] cba_params) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+     refine_reference),
+)
 
 #: Each op by name: (the registered op, its reference kernel).
-OPS: Dict[str, Tuple[Callable, Callable]] = {name: (getattr(torch.ops.dcam, name).default, ref)
-                                             for name, ref in _REFERENCES.items()}
+OPS: Dict[str, Tuple[Callable, Callable]] = {}
+for _schema, _reference in _DEFINITIONS:
+    _name = _schema.split("(")[0]
+    _LIB.define(_schema)
+    _LIB.impl(_name, _reference, "CompositeExplicitAutograd")
+    _LIB.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+    OPS[_name] = (getattr(torch.ops.dcam, _name).default, _reference)
 
 
 @torch.library.register_fake("dcam::pool_gradients", lib=_LIB)
