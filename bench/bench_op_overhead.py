@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import dcam
-from dcam.ops.bench import make_pool_inputs
+from dcam.ops.bench import make_pool_inputs, streamed_pooling
 
 T, N, D, GRID, CHUNK = 64, 576, 4096, (24, 24), 8
 
@@ -44,12 +44,9 @@ def layers(acts, grads):
 
     out = {"extension": (lambda: _C.pool_gradients(a_np, g_np, True, False), ext_streamed)}
     for backend in ("cpp", "auto"):
-        def streamed(b=backend):
-            w = torch.cat([dcam.channel_weights(grads[:, c:c + CHUNK], backend=b, check_finite=False)
-                           for c in range(0, T, CHUNK)], 1)
-            return dcam.weighted_maps(acts, w, GRID, backend=b, check_finite=False)
         out[f'backend="{backend}"'] = (
-            lambda b=backend: dcam.pool_gradients(acts, grads, GRID, backend=b, check_finite=False), streamed)
+            lambda b=backend: dcam.pool_gradients(acts, grads, GRID, backend=b, check_finite=False),
+            streamed_pooling(acts, grads, GRID, CHUNK, backend))
     return out
 
 

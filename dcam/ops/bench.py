@@ -68,6 +68,16 @@ def make_pool_inputs(T: int, N: int, D: int, dtype, device="cpu", seed: int = 0)
     return acts.to(device), grads.to(device)
 
 
+def streamed_pooling(acts, grads, grid, chunk: int, backend: str) -> Callable[[], object]:
+    """The explainer's streamed pooling as a zero-argument callable: each chunk of `chunk`
+    words' gradients reduced to channel weights, then one product for all words."""
+    def run():
+        w = torch.cat([engine.channel_weights(grads[:, c:c + chunk], backend=backend, check_finite=False)
+                       for c in range(0, grads.shape[1], chunk)], 1)
+        return engine.weighted_maps(acts, w, grid, backend=backend, check_finite=False)
+    return run
+
+
 def cases(device="cpu", quick: bool = False) -> List[Case]:
     cfg = CamConfig()
     n_maps = 128 if quick else 1024
@@ -97,16 +107,10 @@ def cases(device="cpu", quick: bool = False) -> List[Case]:
     # it, one whole pooling per chunk (the streamed path before the pooling was split in two)
     chunk = max(1, T // 8)
 
-    def streamed(b, a=acts, g=grads):
-        def run():
-            w = torch.cat([engine.channel_weights(g[:, c:c + chunk], backend=b, check_finite=False)
-                           for c in range(0, T, chunk)], 1)
-            return engine.weighted_maps(a, w, (24, 24), backend=b, check_finite=False)
-        return run
-
     def one_call(b, a=acts, g=grads):
         return lambda: engine.pool_gradients(a, g, (24, 24), backend=b, check_finite=False)
-    out.append(Case(f"pool T={T} N={N} D={D} bf16, streamed in chunks of {chunk}", streamed,
+    out.append(Case(f"pool T={T} N={N} D={D} bf16, streamed in chunks of {chunk}",
+                    lambda b, a=acts, g=grads: streamed_pooling(a, g, (24, 24), chunk, b),
                     T, grads.numel() * grads.element_size(), one_call))
     out.append(Case(f"pool T={T} N={N} D={D} bf16, pool_gradients per chunk of {chunk}",
                     lambda b, a=acts, g=grads: (lambda: [engine.pool_gradients(a, g[:, c:c + chunk], (24, 24),
