@@ -87,12 +87,12 @@ def main(argv=None) -> int:
     report["tests"] = run_tests(args.smoke)
     report["engine"] = run_engine_bench(device, args.smoke)
     report["real_size"] = run_real_size(device, args.smoke)
-    dtype = "bf16" if device == "cuda" else "float32"
     md = "\n\n".join([f"# GPU check on {report['device']} (torch {report['torch']})"
                       + (": smoke run at toy sizes, the figures mean nothing" if args.smoke else ""),
                       f"tests on {device}: {report['tests']['summary']} ({report['tests']['seconds']:.0f} s)",
                       "## Operators\n\n" + report["engine"]["table"],
-                      f"## Real-size explanation ({dtype})\n\n" + report["real_size"]["table"]])
+                      f"## Real-size explanation ({report['real_size']['result']['dtype']})\n\n"
+                      + report["real_size"]["table"]])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
         json.dump({k: (v if k not in ("engine", "real_size") else v["result"]) for k, v in report.items()}, f,
