@@ -1,6 +1,11 @@
 """The bench's timing helpers, on a clock the test drives (no timed asserts): what they
-time, in which order, and how they reduce the pairs."""
+time, in which order, and how they reduce the pairs; and bench/gpu_check.py run end to
+end in its smoke mode."""
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -65,11 +70,6 @@ def test_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
     # bench/gpu_check.py runs only where a GPU is lent, which this project rarely sees: its
     # smoke mode runs the same three steps at toy sizes on this machine, so a broken step
     # (it once built the real-size bench's arguments by hand and lacked one) shows here
-    import json
-    import os
-    import subprocess
-    import sys
-
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_check.py"), "--smoke", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=600)
