@@ -115,6 +115,29 @@ def _env_int(name: str, default: int) -> int:
         raise InputError(f"{name}={os.environ.get(name)!r} in the environment is not an int") from None
 
 
+#: torch modules whose functions take ``group.WORLD`` as a default argument,
+#: evaluated when the module is first imported.
+GROUP_CAPTURING_MODULES = ("torch.distributed.nn", "torch.distributed.optim",
+                           "torch.distributed.fsdp.sharded_grad_scaler")
+
+
+def _import_group_capturing_modules() -> None:
+    """Import :data:`GROUP_CAPTURING_MODULES` before the process group exists.
+
+    Imported after it (transformers pulls ``torch.distributed.nn`` in through
+    FSDP when the model loads), their default arguments hold the default
+    group for good: ``destroy_process_group`` then frees nothing and gloo's
+    worker threads outlive ``main``. Under load about one run in ten then lost
+    a rank at exit to SIGABRT ("terminate called without an active
+    exception"), raised on a thread with no Python frame while the interpreter
+    shut down, after the rank's work was written. Imported before, the
+    defaults hold ``None``."""
+    import importlib
+
+    for name in GROUP_CAPTURING_MODULES:
+        importlib.import_module(name)
+
+
 def setup(device: Optional[str]) -> Dist:
     """Join torchrun's process group (if launched by torchrun with more than
     one process) and pick this rank's device. ``device``: ``--device``;
@@ -142,6 +165,7 @@ def setup(device: Optional[str]) -> Dist:
         backend = "gloo"
     else:
         raise InputError(f"--device: runs on several processes support cpu and cuda, not {device!r}")
+    _import_group_capturing_modules()
     td.init_process_group(backend=backend, timeout=TIMEOUT,
                           **({"device_id": torch.device(device)} if backend == "nccl" else {}))
     return Dist(rank=td.get_rank(), world=td.get_world_size(), local_rank=local, device=device, backend=backend)

@@ -114,3 +114,37 @@ def test_sigkill_mid_way_then_rerun_gives_every_record_exactly_once(run_manifest
     assert info["status"] == "complete" and info["counts"]["done"] == len(GOOD) and info["counts"]["errors"] == 5
     assert sorted(e["id"] for e in _lines(os.path.join(out, "errors.jsonl"))) == sorted(
         e["id"] for e in _lines(os.path.join(reference_run, "errors.jsonl")))
+
+
+RANK_SCRIPT = """
+import json, os, sys
+from dcam.runs.distributed import setup
+dist = setup(None)
+late = "transformers" not in sys.modules  # the model stack is imported after the group exists, as in `dcam run`
+from dcam.models import load_model
+load_model()
+dist.sum([1.0]); dist.barrier()
+dist.close()
+threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+with open(os.path.join(sys.argv[1], "rank%s.json" % os.environ["RANK"]), "w") as f:
+    json.dump({"rank": int(os.environ["RANK"]), "late": late, "threads": threads}, f)
+"""
+
+
+def test_closing_frees_the_process_group_even_when_the_model_loads_after_joining(tmp_path):
+    """A module imported after init_process_group that captures the default group
+    (torch.distributed.nn, via transformers) kept it alive past destroy_process_group:
+    gloo's threads outlived main and one rank in ~10 died with SIGABRT at exit."""
+    if not os.path.isdir("/proc/self/task"):
+        import pytest
+        pytest.skip("thread names are read from /proc")
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+    for r in reports:
+        assert r["late"], "transformers was imported before the group: the test would prove nothing"
+        assert not [t for t in r["threads"] if "gloo" in t], r
