@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -136,43 +136,12 @@ def copy_bandwidth(nbytes: int, device="cpu", sync=None) -> float:
     return 2 * src.numel() * 4 / t
 
 
-def time_beside_copy(fn: Callable[[], object], bytes_read: int, copy_bytes: int, device="cpu", sync=None, *,
-                     min_time: float = 1.0, max_pairs: int = 40):
-    """Times `fn` and a plain copy of `copy_bytes` alternately, pair after pair, and
-    returns (median time of fn, median copy bandwidth, median over the pairs of fn's
-    read bandwidth / the copy's bandwidth). On a shared machine the memory bandwidth
-    drifts by tens of percent within seconds (measured here: plain copies of 30 to 58
-    GB/s minutes apart); a copy timed right next to each call keeps the ratio honest."""
-    sync = sync or (lambda: None)
-    src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    fn()
-    dst.copy_(src)
-    sync()
-    times, bws, ratios = [], [], []
-    start = time.perf_counter()
-    while len(times) < max_pairs and (time.perf_counter() - start < min_time or len(times) < 5):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        sync()
-        t1 = time.perf_counter()
-        fn()
-        sync()
-        t2 = time.perf_counter()
-        bw = 2 * src.numel() * 4 / (t1 - t0)
-        times.append(t2 - t1)
-        bws.append(bw)
-        ratios.append(bytes_read / (t2 - t1) / bw)
-    return statistics.median(times), statistics.median(bws), statistics.median(ratios)
-
-
-def time_against(fn: Callable[[], object], base: Callable[[], object], sync=None, *, min_time: float = 1.0,
-                 max_pairs: int = 40) -> float:
-    """Median over pairs of (time of fn) / (time of base), the two called alternately:
-    how much slower `fn` is than `base` with both in the same memory conditions (the
-    copy's bandwidth here moves by tens of percent between seconds, so two medians timed
-    apart compare badly). The pairs alternate their order (fn first, then base first), so
-    that neither call always follows the other's traffic through the caches."""
+def timed_pairs(fn: Callable[[], object], other: Callable[[], object], sync=None, *, min_time: float = 1.0,
+                max_pairs: int = 40, alternate: bool = False) -> List[Tuple[float, float]]:
+    """(time of fn, time of other) for pairs of calls made back to back, after one warm-up
+    call of each: pairs until `min_time` has passed (5 at least), `max_pairs` at most.
+    Each pair calls `other` first, or, with `alternate`, every second pair calls `fn`
+    first, so that neither always follows the other's traffic through the caches."""
     sync = sync or (lambda: None)
 
     def timed(f):
@@ -182,19 +151,46 @@ def time_against(fn: Callable[[], object], base: Callable[[], object], sync=None
         return time.perf_counter() - t0
 
     fn()
-    base()
+    other()
     sync()
-    ratios = []
+    pairs = []
     start = time.perf_counter()
-    while len(ratios) < max_pairs and (time.perf_counter() - start < min_time or len(ratios) < 5):
-        if len(ratios) % 2 == 0:
+    while len(pairs) < max_pairs and (time.perf_counter() - start < min_time or len(pairs) < 5):
+        if alternate and len(pairs) % 2 == 0:
             t_fn = timed(fn)
-            t_base = timed(base)
+            t_other = timed(other)
         else:
-            t_base = timed(base)
+            t_other = timed(other)
             t_fn = timed(fn)
-        ratios.append(t_fn / t_base)
-    return statistics.median(ratios)
+        pairs.append((t_fn, t_other))
+    return pairs
+
+
+def time_beside_copy(fn: Callable[[], object], bytes_read: int, copy_bytes: int, device="cpu", sync=None, *,
+                     min_time: float = 1.0, max_pairs: int = 40):
+    """Times `fn` and a plain copy of `copy_bytes` alternately, pair after pair (copy, then
+    call), and returns (median time of fn, median copy bandwidth, median over the pairs of
+    fn's read bandwidth / the copy's bandwidth). On a shared machine the memory bandwidth
+    drifts by tens of percent within seconds (measured here: plain copies of 30 to 58
+    GB/s minutes apart); a copy timed right next to each call keeps the ratio honest."""
+    src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    pairs = timed_pairs(fn, lambda: dst.copy_(src), sync, min_time=min_time, max_pairs=max_pairs)
+    copied = 2 * src.numel() * 4
+    times = [t for t, _ in pairs]
+    bws = [copied / t_copy for _, t_copy in pairs]
+    ratios = [bytes_read / t / bw for t, bw in zip(times, bws)]
+    return statistics.median(times), statistics.median(bws), statistics.median(ratios)
+
+
+def time_against(fn: Callable[[], object], base: Callable[[], object], sync=None, *, min_time: float = 1.0,
+                 max_pairs: int = 40) -> float:
+    """Median over pairs of (time of fn) / (time of base), the two called alternately
+    (:func:`timed_pairs`, fn first in every second pair): how much slower `fn` is than
+    `base` with both in the same memory conditions (the copy's bandwidth here moves by
+    tens of percent between seconds, so two medians timed apart compare badly)."""
+    pairs = timed_pairs(fn, base, sync, min_time=min_time, max_pairs=max_pairs, alternate=True)
+    return statistics.median(t_fn / t_base for t_fn, t_base in pairs)
 
 
 def run(backends: Optional[List[str]] = None, quick: bool = False, device: str = "cpu") -> Dict:

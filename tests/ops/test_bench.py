@@ -4,6 +4,7 @@ end in its smoke mode."""
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -52,6 +53,23 @@ def test_time_against_is_the_median_of_per_pair_ratios(clock):
 def test_time_against_times_at_least_five_pairs(clock):
     bench.time_against(clock.work("fn", 10.0), clock.work("base", 10.0), min_time=1.0, max_pairs=40)
     assert clock.calls.count("fn") == 1 + 5  # min_time passed after the first pair, but 5 pairs at least
+
+
+def test_time_beside_copy_pairs_each_call_with_the_copy_before_it(clock, monkeypatch):
+    # the copy moves 2 x 400 bytes (read + write) in 1, 2, 1, 2, ... s; fn reads 100 bytes in
+    # 1, 1, 1, 1, ... s: per-pair ratios (100 / 1) / (800 / t_copy) = t_copy / 8
+    copy_times = itertools.chain([0.0], itertools.cycle([1.0, 2.0]))
+    copies = clock.work("copy", copy_times)
+
+    class Dst:
+        def copy_(self, src):
+            copies()
+
+    monkeypatch.setattr(bench.torch, "empty_like", lambda src: Dst())
+    t, bw, ratio = bench.time_beside_copy(clock.work("fn", itertools.chain([0.0], itertools.repeat(1.0))), 100,
+                                          400, min_time=1e9, max_pairs=6)
+    assert clock.calls == ["fn", "copy"] + ["copy", "fn"] * 6
+    assert t == 1.0 and bw == statistics.median([800.0, 400.0] * 3) and ratio == statistics.median([1 / 8, 2 / 8] * 3)
 
 
 def test_table_has_the_one_call_column():
