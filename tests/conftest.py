@@ -16,7 +16,42 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def _interpreted_dot_rounds_each_element_alike():
+    """Make the interpreter's float32 ``tl.dot`` give every output element the
+    value its own row and column give, wherever it sits in the tile.
+
+    The interpreter's dot is ``numpy.matmul``, and so whatever the CPU's BLAS
+    does. OpenBLAS's Haswell sgemm (the kernel it picks on AVX2 CPUs without
+    AVX-512, e.g. AMD Zen 3) rounds equal columns differently: in a [16, 32] @
+    [32, 64] product whose 64 columns are equal, 48 columns differ from the
+    first by an ulp (measured; 0 with its Sandybridge kernel and on AVX-512
+    CPUs). A compiled IEEE fp32 ``tl.dot`` accumulates each element in one
+    fixed order, so equal tokens give equal raw values, and the contract's
+    degenerate test (``max(raw) > min(raw)``) depends on exactly that: one ulp
+    turns a constant map into one spread over [0, 0.75]. Here the float32 dot
+    is summed in float64 and rounded once, which is position-independent and
+    at least as accurate as the compiled dot; other dtypes keep numpy's dot."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    inner = builder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        acc = d.data
+        if acc.dtype != np.float32 or a.data.dtype != np.float32 or b.data.dtype != np.float32:
+            return inner(self, a, b, d, input_precision, max_num_imprecise_acc)
+        prod = np.matmul(a.data.astype(np.float64), b.data.astype(np.float64)).astype(np.float32)
+        return interpreter.TensorHandle(prod + acc, d.dtype.scalar)
+
+    builder.create_dot = create_dot
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreted_dot_rounds_each_element_alike()
 
 #: The device the Triton kernels run on in this process.
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
