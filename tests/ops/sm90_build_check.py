@@ -70,9 +70,13 @@ TL.pool_gradients_triton(a, g, 24, 24, True)
 TL.pool_gradients_triton(a.float(), g.half(), 24, 24, False)
 TL.pool_gradients_triton(a, g, 24, 24, True, True)
 TL.weighted_maps_triton(a, torch.randn(2, 4, 64), 24, 24)  # signed product on bf16 activations
-TL.refine_triton(*refine_args(4, 24, 24, CamConfig()))
-TL.refine_triton(*refine_args(4, 27, 20, CamConfig(sicd="context", akd_kernel=7, dacg=False), torch.float16))
-TL.refine_triton(*refine_args(2, 1, 1, CamConfig(akd=False, sicd="off")))
+# the tensors are on the CPU here, but what is compiled must be what runs on a GPU: the
+# GPU's tile sizes (CPU tensors would get the interpreter's, 64x larger, which no GPU runs
+# and which take LLVM minutes instead of seconds to compile)
+TL.refine_triton(*refine_args(4, 24, 24, CamConfig()), tile=TL.TILE_GPU)
+TL.refine_triton(*refine_args(4, 27, 20, CamConfig(sicd="context", akd_kernel=7, dacg=False), torch.float16),
+                 tile=TL.TILE_GPU)
+TL.refine_triton(*refine_args(2, 1, 1, CamConfig(akd=False, sicd="off")), tile=TL.TILE_GPU)
 assert len(launches) == 14, len(launches)
 target = GPUTarget("cuda", 90, 32)
 for fn, args, kw in launches:

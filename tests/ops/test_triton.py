@@ -121,9 +121,9 @@ def test_launchers_trace_and_build_for_sm90(sm90_build_check):
     """tests/ops/sm90_build_check.py in a fresh Python without the interpreter: the
     launchers trace (make_fx, fake tensors) into nothing but allocations and kernel
     launches, and every launch they make compiles for an H100 (sm_90) down to a
-    cubin. No GPU is needed. A cold Triton cache makes this take minutes (the full
-    refine kernel is large), so conftest.py starts it in the background when the
-    session starts and this test collects its result."""
+    cubin. No GPU is needed. With a cold Triton cache the compiles take ~20 s here,
+    so conftest.py starts it in the background when the session starts and this
+    test collects its result."""
     returncode, out = sm90_build_check()
     assert returncode == 0, out
     if out.startswith("SKIP"):
