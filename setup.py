@@ -85,7 +85,7 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis"]},
     entry_points={"console_scripts": ["dcam=dcam.cli:main"]},
     zip_safe=False,
 )

@@ -1,8 +1,9 @@
 """The GPU check in one command (at most ~5 minutes on one GPU):
 
-1. the operator tests on CUDA: ``pytest tests/ops`` with the compiled Triton
-   kernels (tests/conftest.py selects the interpreter only where no GPU
-   exists) against the PyTorch reference;
+1. the operator tests on CUDA: ``pytest -n W tests/ops`` with the compiled
+   Triton kernels (tests/conftest.py selects the interpreter only where no GPU
+   exists) against the PyTorch reference, in W pytest-xdist workers (half the
+   cores, at most 8) so that Triton's compiles run side by side;
 2. the operator bench on the device: Triton vs the reference, pooling
    bandwidth against the device's own copy bandwidth, refine maps/s
    (``dcam.ops.bench``);
@@ -35,8 +36,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_TIMEOUT_S = 240
 
 
+def test_workers() -> int:
+    """pytest-xdist workers for the test step (0: one process, xdist is not installed).
+
+    On a GPU, most of the step is Triton compiling: tests/ops needs ~230 kernel
+    specialisations (80 of the refine kernel; counted by recording every launch of an
+    interpreter run of tests/ops), which took 177 s of compiling for sm_90 on one core
+    of this project's CPU machine. One process would spend most of TEST_TIMEOUT_S on
+    that; workers compile side by side (the GPU machines lent have 16 cores)."""
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 def run_tests(smoke: bool) -> dict:
     which = ["tests/ops/test_api.py", "-k", "opcheck"] if smoke else ["tests/ops"]
+    workers = test_workers()
+    if workers:
+        which = ["-n", str(workers)] + which
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + which, cwd=ROOT,
@@ -46,7 +65,8 @@ def run_tests(smoke: bool) -> dict:
         return {"returncode": None, "summary": f"timed out after {TEST_TIMEOUT_S} s",
                 "seconds": time.perf_counter() - t0}
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
-    return {"returncode": proc.returncode, "summary": tail, "seconds": time.perf_counter() - t0}
+    return {"returncode": proc.returncode, "summary": tail, "seconds": time.perf_counter() - t0,
+            "workers": workers}
 
 
 def run_engine_bench(device: str, smoke: bool) -> dict:
@@ -89,7 +109,8 @@ def main(argv=None) -> int:
     report["real_size"] = run_real_size(device, args.smoke)
     md = "\n\n".join([f"# GPU check on {report['device']} (torch {report['torch']})"
                       + (": smoke run at toy sizes, the figures mean nothing" if args.smoke else ""),
-                      f"tests on {device}: {report['tests']['summary']} ({report['tests']['seconds']:.0f} s)",
+                      f"tests on {device}: {report['tests']['summary']} ({report['tests']['seconds']:.0f} s, "
+                      f"{report['tests'].get('workers') or 'no'} xdist workers)",
                       "## Operators\n\n" + report["engine"]["table"],
                       f"## Real-size explanation ({report['real_size']['result']['dtype']})\n\n"
                       + report["real_size"]["table"]])
