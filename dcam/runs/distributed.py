@@ -13,7 +13,10 @@ stops the whole group when one worker fails.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
+import types
+import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, TypeVar
 
@@ -104,8 +107,39 @@ class Dist:
         if self.active:
             import torch.distributed as td
 
+            holders = default_argument_holders(td.group.WORLD)
             td.destroy_process_group()
             self.backend = None
+            if holders:
+                # not an error of the run (its records are written), but the rank may still die
+                # at exit, and nothing else would say why
+                warnings.warn(
+                    f"dcam: after the run the process group is still held by the default arguments of "
+                    f"{', '.join(holders)}, defined after the group was joined; its threads outlive this "
+                    f"run and can abort the process at exit. Import their modules before joining "
+                    f"(docs/RUNS.md)", RuntimeWarning, stacklevel=2)
+
+
+def default_argument_holders(obj) -> List[str]:
+    """Qualified names of the functions whose default arguments hold ``obj``.
+
+    A function defined with ``group=dist.group.WORLD`` after the process group
+    exists keeps the group alive for as long as the function lives (see
+    :func:`_import_group_capturing_modules`). One scan of every function the
+    garbage collector tracks, run once, when a run closes. (Not
+    ``gc.get_referrers``: a defaults tuple or dict holding only objects the
+    collector does not track, as a pybind11 ProcessGroup is, may be untracked
+    itself and would not be found.)"""
+    if obj is None:
+        return []
+    names = set()
+    for fn in gc.get_objects():
+        if type(fn) is not types.FunctionType:
+            continue
+        held = fn.__defaults__ or ()
+        if any(v is obj for v in held) or any(v is obj for v in (fn.__kwdefaults__ or {}).values()):
+            names.add(f"{fn.__module__}.{fn.__qualname__}")
+    return sorted(names)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -171,4 +205,4 @@ def setup(device: Optional[str]) -> Dist:
     return Dist(rank=td.get_rank(), world=td.get_world_size(), local_rank=local, device=device, backend=backend)
 
 
-__all__ = ["Dist", "setup", "PeerFailed", "TIMEOUT"]
+__all__ = ["Dist", "setup", "PeerFailed", "TIMEOUT", "default_argument_holders"]

@@ -2,6 +2,7 @@
 
 Same records, same maps (bit for bit) as the one-process run; killed with
 SIGKILL mid-way and rerun: every record exactly once, no corrupt shard."""
+import gc
 import json
 import os
 import signal
@@ -117,34 +118,75 @@ def test_sigkill_mid_way_then_rerun_gives_every_record_exactly_once(run_manifest
 
 
 RANK_SCRIPT = """
-import json, os, sys
+import json, os, sys, warnings
 from dcam.runs.distributed import setup
 dist = setup(None)
 late = "transformers" not in sys.modules  # the model stack is imported after the group exists, as in `dcam run`
 from dcam.models import load_model
 load_model()
+if sys.argv[2] == "capture":  # a user's function defined after joining, holding the group as a default
+    import torch.distributed as td
+    def gather_scores(t, group=td.group.WORLD):
+        return t
 dist.sum([1.0]); dist.barrier()
-dist.close()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    dist.close()
 threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
 with open(os.path.join(sys.argv[1], "rank%s.json" % os.environ["RANK"]), "w") as f:
-    json.dump({"rank": int(os.environ["RANK"]), "late": late, "threads": threads}, f)
+    json.dump({"rank": int(os.environ["RANK"]), "late": late, "threads": threads,
+               "warnings": [str(w.message) for w in caught]}, f)
 """
 
 
-def test_closing_frees_the_process_group_even_when_the_model_loads_after_joining(tmp_path):
-    """A module imported after init_process_group that captures the default group
-    (torch.distributed.nn, via transformers) kept it alive past destroy_process_group:
-    gloo's threads outlived main and one rank in ~10 died with SIGABRT at exit."""
+def _run_ranks(tmp_path, mode):
     if not os.path.isdir("/proc/self/task"):
         import pytest
         pytest.skip("thread names are read from /proc")
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path), mode],
+                          env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
-    for r in reports:
+    return [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+
+
+def test_closing_frees_the_process_group_even_when_the_model_loads_after_joining(tmp_path):
+    """A module imported after init_process_group that captures the default group
+    (torch.distributed.nn, via transformers) kept it alive past destroy_process_group:
+    gloo's threads outlived main and one rank in ~10 died with SIGABRT at exit."""
+    for r in _run_ranks(tmp_path, "plain"):
         assert r["late"], "transformers was imported before the group: the test would prove nothing"
         assert not [t for t in r["threads"] if "gloo" in t], r
+        assert r["warnings"] == [], r
+
+
+def test_closing_names_a_function_that_still_holds_the_process_group(tmp_path):
+    """What dcam cannot prevent (a user's own function defined after joining, with
+    the group as a default argument) it names when the run closes: the group and
+    its gloo threads then outlive the run, which may abort the rank at exit."""
+    for r in _run_ranks(tmp_path, "capture"):
+        assert [t for t in r["threads"] if "gloo" in t], "the group was freed: the test would prove nothing"
+        assert len(r["warnings"]) == 1 and "__main__.gather_scores" in r["warnings"][0], r
+
+
+def test_default_argument_holders_finds_positional_and_keyword_only_defaults():
+    from dcam.runs.distributed import default_argument_holders
+
+    held, other = object(), object()
+
+    def positional(x, g=held):
+        return g
+
+    def keyword_only(*, g=held):
+        return g
+
+    def unrelated(x, g=other):
+        return g
+
+    gc.collect()  # untracks containers of untracked objects (object(), like pybind11's ProcessGroup)
+    prefix = f"{__name__}.test_default_argument_holders_finds_positional_and_keyword_only_defaults.<locals>."
+    assert default_argument_holders(held) == [prefix + "keyword_only", prefix + "positional"]
+    assert default_argument_holders(other) == [prefix + "unrelated"]
+    assert default_argument_holders(None) == []
