@@ -26,6 +26,7 @@ the speed of different results means little.
 from __future__ import annotations
 
 import argparse
+import ast
 import ctypes
 import os
 import shutil
@@ -38,10 +39,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# setup.py's own flags; the defaults Python and pybind11 add to the extension's build
-# (-fwrapv, -g, hidden visibility) are left out: with them the pooling timed the same here
-# (in one process beside a build without them, two processes: within 4% case by case, either way)
-FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-fPIC"]
+# beside each revision's own setup.py flags (setup_flags): what Pybind11Extension(cxx_std=17)
+# adds for a shared library. The other defaults Python and pybind11 add (-fwrapv, -g, hidden
+# visibility) are left out: with them the pooling timed the same here (in one process beside a
+# build without them, two processes: within 4% case by case, either way)
+EXTRA_FLAGS = ["-std=c++17", "-fPIC"]
 T, N, D, CHUNK = 64, 576, 4096, 8
 DTYPE_CODE = {"fp32": 0, "bf16": 2}  # dcam_dtype
 
@@ -55,6 +57,23 @@ def export_csrc(rev: str, dest: str) -> None:
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
 
 
+def setup_flags(rev: str) -> List[str]:
+    """The compile flags setup.py of `rev` (or of the working tree) gives the extension on
+    Linux: its first ``compile_args = [...]``, read from the file, not copied here, so that
+    each revision is built as its own setup.py builds it."""
+    if rev == "WORKTREE":
+        with open(os.path.join(ROOT, "setup.py")) as f:
+            text = f.read()
+    else:
+        text = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:setup.py"], check=True, capture_output=True,
+                              text=True).stdout
+    for node in ast.walk(ast.parse(text)):
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["compile_args"]
+                and isinstance(node.value, ast.List)):
+            return [ast.literal_eval(e) for e in node.value.elts]
+    raise RuntimeError(f"{rev}: no `compile_args = [...]` in setup.py")
+
+
 def build(rev: str, workdir: str, index: int) -> str:
     """Compiles csrc/ of `rev` into a shared library; returns its path."""
     dest = os.path.join(workdir, f"{index}-" + "".join(c if c.isalnum() else "-" for c in rev))
@@ -63,10 +82,11 @@ def build(rev: str, workdir: str, index: int) -> str:
     src = os.path.join(dest, "csrc")
     sources = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".cpp"))
     inc = ["-I" + os.path.join(src, "include"), "-I" + src]
+    flags = setup_flags(rev) + EXTRA_FLAGS
 
     def compile_one(path: str) -> str:
         obj = path[:-4] + ".o"
-        done = subprocess.run(["g++", *FLAGS, *inc, "-c", path, "-o", obj], capture_output=True, text=True)
+        done = subprocess.run(["g++", *flags, *inc, "-c", path, "-o", obj], capture_output=True, text=True)
         if done.returncode:  # a build that does not compile: show the compiler's message
             raise RuntimeError(f"{rev}: g++ failed on {os.path.basename(path)}:\n{done.stderr}")
         return obj
