@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,20 +52,28 @@ def test_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-def run_tests(smoke: bool) -> dict:
+def run_tests(smoke: bool, timeout_s: float = TEST_TIMEOUT_S) -> dict:
     which = ["tests/ops/test_api.py", "-k", "opcheck"] if smoke else ["tests/ops"]
     workers = test_workers()
     if workers:
         which = ["-n", str(workers)] + which
     t0 = time.perf_counter()
+    # a session of its own, so that a timeout stops pytest's xdist workers too: with pytest
+    # killed alone (subprocess.run's timeout), a worker went on running (seen here for ~3 s
+    # while it collected; on a GPU one in the middle of a Triton compile would go on beside the
+    # benches below)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + which, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + which, cwd=ROOT,
-                              capture_output=True, text=True, timeout=TEST_TIMEOUT_S)
+        out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
         # the report must still be written: the two benches below are measured either way
-        return {"returncode": None, "summary": f"timed out after {TEST_TIMEOUT_S} s",
-                "seconds": time.perf_counter() - t0}
-    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
+        done = sum(line.count(".") for line in out.splitlines() if line and set(line) <= set(".sxXEF [%]0123456789"))
+        return {"returncode": None, "summary": f"timed out after {timeout_s:g} s ({done} tests had passed)",
+                "seconds": time.perf_counter() - t0, "workers": workers}
+    tail = out.strip().splitlines()[-1] if out.strip() else err[-500:]
     return {"returncode": proc.returncode, "summary": tail, "seconds": time.perf_counter() - t0,
             "workers": workers}
 
@@ -93,7 +102,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=".", help="folder for gpu_check.json and gpu_check.md")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on this machine's device, to test this script")
+    ap.add_argument("--test-timeout", type=float, default=TEST_TIMEOUT_S, metavar="S",
+                    help=f"seconds the test step may take (default {TEST_TIMEOUT_S})")
     args = ap.parse_args(argv)
+    if not args.test_timeout > 0:
+        ap.error(f"--test-timeout must be > 0 seconds, got {args.test_timeout:g}")
     import torch
 
     if torch.cuda.is_available():
@@ -104,7 +117,7 @@ def main(argv=None) -> int:
         print("gpu_check: no CUDA device here; nothing measured", file=sys.stderr)
         return 2
     report = {"device": name, "torch": torch.__version__, "smoke": args.smoke}
-    report["tests"] = run_tests(args.smoke)
+    report["tests"] = run_tests(args.smoke, args.test_timeout)
     report["engine"] = run_engine_bench(device, args.smoke)
     report["real_size"] = run_real_size(device, args.smoke)
     md = "\n\n".join([f"# GPU check on {report['device']} (torch {report['torch']})"

@@ -1,12 +1,14 @@
 """The bench's timing helpers, on a clock the test drives (no timed asserts): what they
 time, in which order, and how they reduce the pairs; and bench/gpu_check.py run end to
 end in its smoke mode."""
+import importlib.util
 import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -104,3 +106,37 @@ def test_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
     assert all(r["words"] == r["T"] and r["dcam_s_per_word"] > 0 for r in report["real_size"]["rows"])
     md = (tmp_path / "gpu_check.md").read_text()
     assert "smoke run at toy sizes" in md and "## Operators" in md and "## Real-size explanation" in md
+
+
+def _load_gpu_check():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(root, "bench", "gpu_check.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_test_step_timing_out_leaves_no_test_process_behind(monkeypatch):
+    # killed alone, pytest left its xdist worker running for seconds (on a GPU, beside the
+    # benches that follow); every process started for the step carries this mark
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("processes are found through /proc")
+    mark = f"gpu-check-{uuid.uuid4().hex}"
+    monkeypatch.setenv("DCAM_TEST_MARK", mark)
+    report = _load_gpu_check().run_tests(smoke=False, timeout_s=6)
+    assert report["returncode"] is None and report["summary"].startswith("timed out after 6 s"), report
+
+    def marked(pid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return f"DCAM_TEST_MARK={mark}".encode() in f.read()
+        except OSError:  # gone, or not ours
+            return False
+    assert [p for p in os.listdir("/proc") if p.isdigit() and marked(p)] == []
+
+
+def test_gpu_check_rejects_a_test_timeout_that_is_not_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _load_gpu_check().main(["--smoke", "--test-timeout", "0"])
+    assert exc.value.code == 2
+    assert "--test-timeout must be > 0 seconds, got 0" in capsys.readouterr().err
