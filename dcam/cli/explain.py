@@ -106,7 +106,7 @@ def _option_error(exc: InputError) -> InputError:
     """The error re-prefixed with the option it is about, where the message names one."""
     msg = one_line(str(exc))
     option = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
-              "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory"}.get(
+              "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view"}.get(
         msg.split(":")[0].split(" ")[0], None)
     return common.option_error(option, exc) if option else exc
 
