@@ -62,6 +62,21 @@ from .targets import GRANULARITIES, repeat_ratio
 DEFAULT_DMLLM_PROBE = "masked"
 
 
+def check_view(adapter: ModelAdapter, view: Optional[str]) -> Optional[str]:
+    """``view`` if this adapter's images can have it: None, ``"default"``, ``"all"``
+    or one of ``adapter.image_views`` (any name where the adapter does not declare
+    them; the image then decides)."""
+    if view is None:
+        return None
+    if not isinstance(view, str):
+        raise InputError(f"view must be a view name, got {type(view).__name__}")
+    known = adapter.image_views
+    if known is not None and view not in ("default", "all") + tuple(known):
+        raise InputError(f"view: this model's images have no view {view!r} "
+                         f"(views: {', '.join(('default',) + tuple(known) + ('all',))})")
+    return view
+
+
 class Explainer:
     """Explains the words of a model's response with a map per word.
 
@@ -99,7 +114,7 @@ class Explainer:
         if granularity not in GRANULARITIES:
             raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         self.granularity = granularity
-        self.view = view
+        self.view = check_view(self.adapter, view)
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend = backend
@@ -154,7 +169,7 @@ class Explainer:
         check_probe_request(self.adapter, self.layer, probe, self.method.needs_gradients, self.method.probes)
         target_score = check_target_score(target_score or self.method.default_target_score)
         granularity = granularity or self.granularity
-        view = view if view is not None else self.view
+        view = check_view(self.adapter, view) if view is not None else self.view
         n = len(images)
         prompts = [None] * n if prompts is None else list(prompts)
         responses = [None] * n if responses is None else list(responses)

@@ -110,6 +110,17 @@ def test_last_block_gradients_are_zero_and_refused(zoo, prepared, sample):
     assert probe(a, prep, pos, ids, last - 1).grads.abs().max() > 0
 
 
+def test_views_the_model_lacks_are_refused_before_any_work(zoo, sample):
+    # the toy's images have only the default view; a per-call view is checked like the explainer's
+    exp = Explainer(*zoo)
+    with pytest.raises(InputError, match=r"^view: this model's images have no view 'base' \(views: default, all\)$"):
+        exp.explain(sample.image, response=sample.caption, view="base")
+    with pytest.raises(InputError, match=r"^view must be a view name, got int$"):
+        Explainer(*zoo, view=3)
+    named = exp.explain(sample.image, response=sample.caption, targets=[0], view="default")
+    assert torch.equal(named.maps, exp.explain(sample.image, response=sample.caption, targets=[0]).maps)
+
+
 # --------------------------------------------------------------------------- probe inputs
 
 def test_probe_inputs_are_what_they_claim(prepared):

@@ -322,7 +322,8 @@ def explainer_for(model, processor, args):
         text = str(exc)
         option = ("--family" if family and text.startswith("family") else
                   "--layer" if "layer" in text and args.layer is not None else
-                  "--method" if "method" in text else "--chunk-size" if "chunk_size" in text else "--model")
+                  "--method" if "method" in text else "--chunk-size" if "chunk_size" in text else
+                  "--view" if text.startswith("view") else "--model")
         raise option_error(option, exc) from None
 
 

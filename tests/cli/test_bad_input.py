@@ -182,7 +182,7 @@ def test_layer_and_cam_options_named(cli, error_line, tiny_model_dir, shapes_png
     line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--cam", "cba_floor=7")
     assert line == "dcam explain: error: --cam: CamConfig.cba_floor must be a finite number in [0, 1], got 7.0"
     line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--view", "tiles")
-    assert line == "dcam explain: error: --view: this model's image has no view 'tiles' (views: default)"
+    assert line == "dcam explain: error: --view: this model's images have no view 'tiles' (views: default, all)"
 
 
 def test_steps_beyond_the_sampler_are_stated(cli, tiny_model_dir, shapes_png, tmp_path):

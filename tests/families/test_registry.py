@@ -81,3 +81,32 @@ def test_cli_names_the_option(tmp_path, capsys):
                  str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dcam explain: error: --model: ") and "--trust-remote-code" in err[0]
+
+
+#: the views each stand-in's images have, by hand from each family's layout (anyres: the
+#: stitched grid and the base view; VQ models: the cropped square as "image")
+VIEWS = {"lavida": {"highres", "base"}, "lavida-dream": {"highres", "base"}, "llada-v": {"highres", "base"},
+         "mmada": {"image"}, "lumina-dimoo": {"image"}, "dream-vl": set(), "diffusion-gemma": set(),
+         "llava": set(), "llava-next": {"highres", "base"}, "llava-onevision": {"highres", "base"},
+         "qwen-vl": set(), "qwen2.5-vl": set(), "qwen3-vl": set(), "idefics3": {"highres", "base"},
+         "smolvlm": {"highres", "base"}, "gemma3": set(), "gemma4": set()}
+
+
+@pytest.mark.parametrize("name", sorted(DETECTED))
+def test_declared_image_views_are_the_views_images_get(name, models, landscape, wide):
+    """An Explainer refuses, when it is made, a view= outside the adapter's
+    image_views: so every view an image can get must be declared there."""
+    from dcam import Explainer
+    from dcam.errors import InputError
+    from dcam.probe import auto_adapter
+
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    got = set()
+    for img in (landscape, wide):
+        got |= set(a.prepare(img, None).views)
+    assert got == VIEWS[name] and set(a.image_views) == VIEWS[name]
+    for view in ("default", "all", *a.image_views):
+        assert Explainer(adapter=a, view=view).view == view
+    with pytest.raises(InputError, match=r"^view: this model's images have no view 'tiles' \(views: default, "):
+        Explainer(adapter=a, view="tiles")

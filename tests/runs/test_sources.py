@@ -124,6 +124,20 @@ def test_cli_refuses_an_image_in_place_of_the_manifest(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_cli_refuses_a_view_the_model_lacks_before_any_record(tmp_path, capsys):
+    # the toy model's images have one view: before, every record failed into errors.jsonl
+    # and the run exited 0
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "one.png")
+    p = _manifest(tmp_path, [{"id": "a", "image": "one.png"}])
+    rc = main(["run", p, "--out", str(tmp_path / "out"), "--view", "base", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["dcam run: error: --view: this model's images have no view 'base' "
+                               "(views: default, all)"]
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_cli_memory_budget_is_a_size(tmp_path, capsys):
     from dcam.cli import build_parser
 

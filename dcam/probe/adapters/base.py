@@ -189,6 +189,10 @@ class ModelAdapter:
         an autoregressive one that kept its shift (Dream, Dream-VL, LaViDa-Dream).
         None: 0 when ``is_diffusion`` else 1.
     family: the name of the model family in :data:`dcam.probe.adapters.FAMILIES`.
+    image_views: the names of the views (:attr:`Prepared.views`) this adapter's
+        images can have; ``()``: none beyond the default view; None: not known
+        before an image is prepared. The Explainer refuses any other ``view=``
+        when it is made, instead of on every image.
     """
 
     name = "base"
@@ -198,6 +202,7 @@ class ModelAdapter:
     probes: Tuple[str, ...] = PROBES
     has_prompt_logits = True
     default_steps = 64
+    image_views: Optional[Tuple[str, ...]] = None
 
     def __init__(self, model: nn.Module, processor: Any = None, newline_column: bool = False,
                  newline_token_id: Optional[int] = None):

@@ -45,6 +45,7 @@ DEFAULT_PROMPT = "Describe the image."
 
 
 class DiffusionGemmaAdapter(ModelAdapter):
+    image_views = ()
     name = family = "diffusion-gemma"
     is_diffusion = True
     probes = ("full",)

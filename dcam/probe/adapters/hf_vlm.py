@@ -52,6 +52,7 @@ def grid_from_patch_positions(pos: Tensor, pool: int, n: int) -> Tuple[int, int]
 
 
 class QwenVLAdapter(HFVisionLanguageAdapter):
+    image_views = ()
     name = "qwen-vl"
     family = "qwen-vl"
 
@@ -85,6 +86,7 @@ class QwenVLAdapter(HFVisionLanguageAdapter):
 
 
 class Idefics3Adapter(HFVisionLanguageAdapter):
+    image_views = ("highres", "base")
     name = "idefics3"
     family = "idefics3"
 
@@ -116,6 +118,7 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
 
 
 class Gemma3Adapter(HFVisionLanguageAdapter):
+    image_views = ()
     name = "gemma3"
     family = "gemma3"
 
@@ -132,6 +135,7 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
 
 
 class Gemma4Adapter(HFVisionLanguageAdapter):
+    image_views = ()
     name = "gemma4"
     family = "gemma4"
 

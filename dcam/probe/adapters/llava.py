@@ -154,6 +154,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
 class LlavaAdapter(HFVisionLanguageAdapter):
     """LLaVA (one fixed grid; see the module docstring)."""
 
+    image_views = ()
     name = "llava"
     family = "llava"
 
@@ -186,6 +187,7 @@ class LlavaAdapter(HFVisionLanguageAdapter):
 class LlavaNextAdapter(HFVisionLanguageAdapter):
     """LLaVA-NeXT / LLaVA-OneVision: anyres views (see the module docstring)."""
 
+    image_views = ("highres", "base")
     name = "llava-next"
 
     @property

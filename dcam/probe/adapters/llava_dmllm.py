@@ -58,6 +58,7 @@ def backbone_of(model) -> Optional[str]:
 class LlavaDMLLMAdapter(DMLLMAdapter):
     """See the module docstring. ``family`` is set per backbone."""
 
+    image_views = ("highres", "base")
     name = "llava-dmllm"
 
     def __init__(self, model, processor: Any = None, **kwargs):

@@ -20,6 +20,7 @@ class ShapesAdapter(ModelAdapter):
     step; the steps actually used are ``min(steps, response_length)``).
     """
 
+    image_views = ()
     name = family = "shapes"
     is_diffusion = True
     has_prompt_logits = True

@@ -105,6 +105,8 @@ def _pixels(img: Image.Image, lo: float) -> Tensor:
 class _VQAdapter(DMLLMAdapter):
     """Shared structure: OLMo-style LLaDA blocks, image ids in the sequence."""
 
+    image_views = ("image",)
+
     def blocks(self):
         return olmo_transformer(self.model).blocks
 
