@@ -110,3 +110,33 @@ def test_declared_image_views_are_the_views_images_get(name, models, landscape, 
         assert Explainer(adapter=a, view=view).view == view
     with pytest.raises(InputError, match=r"^view: this model's images have no view 'tiles' \(views: default, "):
         Explainer(adapter=a, view="tiles")
+
+
+def test_a_family_forced_on_a_model_it_does_not_fit_is_refused_naming_family(models):
+    """family= forces an adapter where detection fails; forced on a model of another
+    family, or on one without the family's blocks, it used to end in an AttributeError
+    inside the probe."""
+    import torch.nn as nn
+    from transformers import PretrainedConfig
+
+    from dcam.errors import InputError
+    from dcam.probe import auto_adapter
+
+    model, proc = models("llava")
+    with pytest.raises(InputError, match=r"^family: LlavaForConditionalGeneration \(config.model_type 'llava'\) is a "
+                                         r"llava model, not mmada \(leave family out to detect it\)$"):
+        auto_adapter(model, proc, family="mmada")
+    # families that share the adapter may be forced on each other (LLaVA-NeXT / OneVision)
+    nxt, nproc = models("llava-next")
+    assert auto_adapter(nxt, nproc, family="llava-onevision").blocks() is nxt.model.language_model.layers
+
+    class Custom(nn.Module):  # detected as no family: family= is how such a model is explained
+        def __init__(self):
+            super().__init__()
+            self.config = PretrainedConfig(image_token_id=5)
+            self.config.model_type = "custom-vlm"
+            self.proj = nn.Linear(2, 2)
+
+    with pytest.raises(InputError, match=r"^family: Custom \(config.model_type 'custom-vlm'\) lacks the transformer "
+                                         r"blocks of the llava family \(model.model.language_model.layers\)$"):
+        auto_adapter(Custom(), proc, family="llava")

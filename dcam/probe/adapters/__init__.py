@@ -47,6 +47,24 @@ def _found(model) -> str:
     return f"{type(model).__name__} (config.model_type {getattr(cfg, 'model_type', None)!r})"
 
 
+def _forced_adapter(fam: Family, model, processor, **kwargs) -> ModelAdapter:
+    """``fam``'s adapter for a model the user says is of that family. A family forced on a
+    model of another family, or on one without the family's transformer blocks, is the
+    user's input, refused naming the family (it used to end in an AttributeError deep in
+    the probe)."""
+    detected = detect_family(model)
+    if detected is not None and detected.adapter_class() is not fam.adapter_class():
+        raise InputError(f"family: {_found(model)} is a {detected.name} model, not {fam.name} "
+                         f"(leave family out to detect it)")
+    adapter = fam.adapter_class()(model, processor, **kwargs)
+    try:
+        adapter.blocks()
+    except AttributeError:
+        raise InputError(f"family: {_found(model)} lacks the transformer blocks of the {fam.name} family "
+                         f"({fam.blocks})") from None
+    return adapter
+
+
 def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) -> ModelAdapter:
     """The adapter for ``model`` (see the module docstring)."""
     if isinstance(model, ModelAdapter):
@@ -57,7 +75,7 @@ def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) 
         fam = BY_NAME.get(str(family))
         if fam is None:
             raise InputError(f"family: unknown family {family!r} (known: {', '.join(BY_NAME)})")
-        return fam.adapter_class()(model, processor, **kwargs)
+        return _forced_adapter(fam, model, processor, **kwargs)
     for pred, cls in ADAPTERS:
         if pred(model):
             return cls(model, processor, **kwargs)
