@@ -170,3 +170,11 @@ def test_explanation_page_and_fragment(browser, bundled, run_manifest, tmp_path)
     assert browser.problems() == []
     assert browser.js("document.querySelectorAll('.dcv').length") == 2
     assert browser.js("document.querySelectorAll('canvas.ov').length") == 2
+
+
+def test_a_folder_without_a_run_is_refused_naming_dir(tmp_path, capsys):
+    rc = main(["view", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"dcam view: error: DIR: {str(tmp_path)!r} holds no dcam run (no index.jsonl, index/ "
+                               "or run.json)"]
+    assert os.listdir(tmp_path) == []
