@@ -79,7 +79,13 @@ def select_items(items: List[Item], targets) -> List[Item]:
         return list(items)
     if targets is None:
         raise InputError("targets must be 'all', word numbers or words, got None")
-    wanted = [targets] if isinstance(targets, (str, numbers.Integral)) else list(targets)
+    if isinstance(targets, (str, numbers.Integral)):
+        wanted = [targets]
+    else:
+        try:
+            wanted = list(targets)
+        except TypeError:  # a float, ...: not truncated to a word number
+            raise InputError(f"targets must be 'all', word numbers or words, got {targets!r}") from None
     if not wanted:
         raise InputError("targets is empty")
     chosen = {}

@@ -57,6 +57,24 @@ def test_targets_none_and_word_numbers(explainer, image):
     assert _one_line(info) == f"targets: word number 7 is out of range for a response of 7 words ({RESPONSE})"
 
 
+@pytest.mark.parametrize("targets", [5.5, 2.0])
+def test_targets_that_are_not_words_or_numbers(explainer, image, targets):
+    # a float was a TypeError traceback ("'float' object is not iterable")
+    with pytest.raises(InputError) as info:
+        explainer.explain(image, response=RESPONSE, targets=targets)
+    assert _one_line(info) == f"targets must be 'all', word numbers or words, got {targets!r}"
+
+
+@pytest.mark.parametrize("layer", [1.5, 1.0, True, "1"])
+def test_layer_must_be_an_int(layer):
+    # 1.5 was accepted and truncated to block 1
+    from dcam.testing import tiny_toy
+
+    with pytest.raises(InputError) as info:
+        Explainer(*tiny_toy(), layer=layer)
+    assert _one_line(info) == f"layer must be an int, got {layer!r}"
+
+
 def test_response_encoding_messages(explainer, image):
     proc = explainer.processor
     assert proc.encode_response("A Red circle,  and a blue SQUARE.")[:7] == proc.encode_response(RESPONSE)[:7]

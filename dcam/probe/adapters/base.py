@@ -20,6 +20,7 @@ The explainer (:mod:`dcam.explain`) and the gradient probe
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -262,6 +263,8 @@ class ModelAdapter:
         n = len(self.blocks())
         if layer is None:
             return int(self.default_layer())
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):  # 1.5 is not truncated to 1
+            raise InputError(f"layer must be an int, got {layer!r}")
         layer = int(layer)
         if not -n <= layer < n:
             raise InputError(f"layer {layer} out of range for a model with {n} blocks")
