@@ -163,6 +163,9 @@ class Explanation:
         """The files of :meth:`save`, written straight into the existing ``folder``."""
         from safetensors.torch import save_file
 
+        if not os.path.isdir(folder):  # checked before any file is written
+            raise InputError(f"folder: {folder!r} is not an existing folder (Explanation.save makes one)")
+
         size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
         base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
         paths: Dict[str, Any] = {"overlays": []}

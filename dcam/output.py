@@ -38,8 +38,8 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     if os.path.exists(target) and not os.path.isdir(target):
         raise InputError(f"{option}: {path!r} exists and is not a folder")
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
-        raise InputError(f"{option}: {path!r} is not empty; choose a new folder or pass --overwrite "
-                         "(which replaces it whole)")
+        how = "pass --overwrite" if option.startswith("--") else "pass overwrite=True"
+        raise InputError(f"{option}: {path!r} is not empty; choose a new folder or {how} (which replaces it whole)")
     parent = os.path.dirname(target)
     probe = parent
     while not os.path.exists(probe):  # the nearest existing ancestor must be a writable folder
@@ -99,6 +99,10 @@ class AtomicFolder:
                           "nothing was written")
 
     def __enter__(self) -> str:
+        # before anything is written: a file in the target's place is never replaced (the API's
+        # Explanation.save once moved an existing image aside for its folder), nor a non-empty
+        # folder without overwrite
+        check_output_folder(self.target, self.overwrite, self.option)
         parent = os.path.dirname(self.target)
         try:
             os.makedirs(parent, exist_ok=True)
@@ -137,7 +141,10 @@ class AtomicFolder:
         first and deleted last, put back if the rename is interrupted)."""
         old = None
         if os.path.exists(self.target):
-            if os.path.isdir(self.target) and os.listdir(self.target) and not self.overwrite:
+            if not os.path.isdir(self.target):
+                raise InputError(f"{self.option}: {self.target!r} was made a file by someone else while this run "
+                                 "wrote; nothing was written")
+            if os.listdir(self.target) and not self.overwrite:
                 raise InputError(f"{self.option}: {self.target!r} was filled by someone else while this run "
                                  "wrote; nothing was written")
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.old-", dir=os.path.dirname(self.target))

@@ -93,3 +93,17 @@ def test_eval_scores_crop_maps_on_the_whole_image(toy, sample):
         want = np.zeros((H, W), np.float32)
         want[:, 8:24] = upsample_map(e.maps[i], (H, 16))  # x0 = 0.25 * 32, x1 = 0.75 * 32
         np.testing.assert_allclose(m.numpy(), want, atol=1e-6)
+
+
+def test_saving_over_an_image_file_keeps_the_image(toy, sample, tmp_path):
+    # save() onto an existing file used to move the file aside and put its folder there;
+    # write_files() into a file failed half-way with NotADirectoryError
+    e = Explainer(*toy).explain(sample.image, response="a red circle", targets=[0])
+    photo = tmp_path / "photo.png"
+    sample.image.save(photo)
+    before = photo.read_bytes()
+    with pytest.raises(InputError, match=r"^out_dir: '.*photo.png' exists and is not a folder$"):
+        e.save(str(photo))
+    with pytest.raises(InputError, match=r"^folder: '.*photo.png' is not an existing folder"):
+        e.write_files(str(photo))
+    assert photo.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["photo.png"]

@@ -81,6 +81,34 @@ def test_never_a_mix_with_a_folder_filled_meanwhile(tmp_path):
     assert _tree(target) == {"theirs.txt": "2"} and _leftovers(tmp_path) == []
 
 
+def test_a_file_or_a_full_folder_in_the_targets_place_is_refused_before_writing(tmp_path):
+    # Explanation.save onto an existing image used to move the image aside (a hidden
+    # .NAME.old-* file) and put its folder there; a full folder was refused only after
+    # writing, as "filled by someone else while this run wrote"
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"not to be lost")
+    with pytest.raises(InputError, match=r"^out_dir: '.*photo.png' exists and is not a folder$"):
+        with AtomicFolder(str(image)) as tmp:
+            raise AssertionError("entered")
+    assert image.read_bytes() == b"not to be lost"
+    full = tmp_path / "full"
+    _write(str(full), {"old.txt": "keep"})
+    with pytest.raises(InputError, match=r"^out_dir: '.*full' is not empty; choose a new folder or pass "
+                                         r"overwrite=True \(which replaces it whole\)$"):
+        with AtomicFolder(str(full)) as tmp:
+            raise AssertionError("entered")
+    assert _tree(full) == {"old.txt": "keep"} and _leftovers(tmp_path) == []
+
+
+def test_a_file_made_in_the_targets_place_meanwhile_is_kept(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(InputError, match="was made a file by someone else while this run wrote; nothing was written"):
+        with AtomicFolder(str(target), option="--out") as tmp:
+            _write(tmp, {"mine.txt": "1"})
+            target.write_text("theirs")
+    assert target.read_text() == "theirs" and _leftovers(tmp_path) == []
+
+
 def test_permissions_follow_the_umask(tmp_path):
     for mask, fmode, dmode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700)):
         old = os.umask(mask)
