@@ -62,15 +62,31 @@ from .targets import GRANULARITIES, repeat_ratio
 DEFAULT_DMLLM_PROBE = "masked"
 
 
+#: The adapter methods whose results carry the views of an image.
+VIEW_MAKERS = ("prepare", "locate_views", "_views")
+
+
+def declared_image_views(adapter: ModelAdapter) -> Optional[tuple]:
+    """``adapter.image_views``, unless a subclass below the class that declares them
+    makes images its own way (overrides :data:`VIEW_MAKERS`): a user's adapter built
+    on a bundled one may add views the bundled declaration does not know (None)."""
+    for cls in type(adapter).__mro__:
+        if "image_views" in vars(cls):
+            return None if cls.image_views is None else tuple(cls.image_views)
+        if any(name in vars(cls) for name in VIEW_MAKERS):
+            return None
+    return None
+
+
 def check_view(adapter: ModelAdapter, view: Optional[str]) -> Optional[str]:
     """``view`` if this adapter's images can have it: None, ``"default"``, ``"all"``
-    or one of ``adapter.image_views`` (any name where the adapter does not declare
-    them; the image then decides)."""
+    or one of its :func:`declared_image_views` (any name where they are not known;
+    the image then decides)."""
     if view is None:
         return None
     if not isinstance(view, str):
         raise InputError(f"view must be a view name, got {type(view).__name__}")
-    known = adapter.image_views
+    known = declared_image_views(adapter)
     if known is not None and view not in ("default", "all") + tuple(known):
         raise InputError(f"view: this model's images have no view {view!r} "
                          f"(views: {', '.join(('default',) + tuple(known) + ('all',))})")

@@ -121,6 +121,26 @@ def test_views_the_model_lacks_are_refused_before_any_work(zoo, sample):
     assert torch.equal(named.maps, exp.explain(sample.image, response=sample.caption, targets=[0]).maps)
 
 
+def test_declared_views_of_a_subclass_that_makes_its_own_images_are_unknown(zoo):
+    from dcam.explain import declared_image_views
+    from dcam.probe.adapters import ShapesAdapter
+
+    class Renamed(ShapesAdapter):  # images made as the toy's: its declaration holds
+        name = "renamed"
+
+    class OwnViews(ShapesAdapter):  # images made its own way: views not known before one is made
+        def prepare(self, *args, **kwargs):
+            return super().prepare(*args, **kwargs)
+
+    class OwnViewsDeclared(OwnViews):
+        image_views = ("top", "bottom")
+
+    assert declared_image_views(Renamed(*zoo)) == ()
+    assert declared_image_views(OwnViews(*zoo)) is None
+    assert Explainer(adapter=OwnViews(*zoo), view="top").view == "top"  # the image decides
+    assert declared_image_views(OwnViewsDeclared(*zoo)) == ("top", "bottom")
+
+
 # --------------------------------------------------------------------------- probe inputs
 
 def test_probe_inputs_are_what_they_claim(prepared):

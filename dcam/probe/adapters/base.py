@@ -193,7 +193,10 @@ class ModelAdapter:
     image_views: the names of the views (:attr:`Prepared.views`) this adapter's
         images can have; ``()``: none beyond the default view; None: not known
         before an image is prepared. The Explainer refuses any other ``view=``
-        when it is made, instead of on every image.
+        when it is made, instead of on every image. A subclass that makes its
+        images its own way (overrides ``prepare``, ``locate_views`` or
+        ``_views``) without declaring its own is not checked
+        (:func:`dcam.explain.declared_image_views`).
     """
 
     name = "base"

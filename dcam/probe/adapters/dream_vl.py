@@ -31,6 +31,7 @@ class DreamVLAdapter(QwenVLAdapter):
     #: diffusion_generate(output_history=True) returns the canvas after every step
     records_trajectory = True
 
+    image_views = ()
     name = family = "dream-vl"
     is_diffusion = True
     logit_shift = 1

@@ -105,8 +105,6 @@ def _pixels(img: Image.Image, lo: float) -> Tensor:
 class _VQAdapter(DMLLMAdapter):
     """Shared structure: OLMo-style LLaDA blocks, image ids in the sequence."""
 
-    image_views = ("image",)
-
     def blocks(self):
         return olmo_transformer(self.model).blocks
 
@@ -134,6 +132,7 @@ class _VQAdapter(DMLLMAdapter):
 
 class MMaDAAdapter(_VQAdapter):
     name = family = "mmada"
+    image_views = ("image",)
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         p = self.processor
@@ -165,6 +164,7 @@ class MMaDAAdapter(_VQAdapter):
 
 class DiMOOAdapter(_VQAdapter):
     name = family = "lumina-dimoo"
+    image_views = ("image",)
     #: dcam runs Lumina-DiMOO's sampler itself (the published one is a script), so it records every step
     records_trajectory = True
     default_prompt_template = "<system>You are a multimodal model that can process both text and images. Answer " \
