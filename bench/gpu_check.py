@@ -37,14 +37,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_TIMEOUT_S = 240
 
 
-def test_workers() -> int:
+def xdist_workers() -> int:
     """pytest-xdist workers for the test step (0: one process, xdist is not installed).
 
     On a GPU, most of the step is Triton compiling: tests/ops needs ~230 kernel
     specialisations (80 of the refine kernel; counted by recording every launch of an
     interpreter run of tests/ops), which took 177 s of compiling for sm_90 on one core
-    of this project's CPU machine. One process would spend most of TEST_TIMEOUT_S on
-    that; workers compile side by side (the GPU machines lent have 16 cores)."""
+    of this project's CPU machine, and more in truth (variants that differ only in the
+    divisibility of their integer arguments hit the cache there). One process would
+    spend most of TEST_TIMEOUT_S on that; workers compile side by side (the GPU
+    machines lent have 16 cores)."""
     try:
         import xdist  # noqa: F401
     except ImportError:
@@ -54,7 +56,7 @@ def test_workers() -> int:
 
 def run_tests(smoke: bool, timeout_s: float = TEST_TIMEOUT_S) -> dict:
     which = ["tests/ops/test_api.py", "-k", "opcheck"] if smoke else ["tests/ops"]
-    workers = test_workers()
+    workers = xdist_workers()
     if workers:
         which = ["-n", str(workers)] + which
     t0 = time.perf_counter()
