@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from . import common
 
 
@@ -67,8 +67,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..eval import evaluate
-    from ..output import AtomicFolder, check_output_folder
+    from ..output import check_output_folder
 
     target = check_output_folder(args.out, args.overwrite)
     if args.faith_steps < 2:
@@ -80,6 +79,34 @@ def run(args) -> int:
     model, processor = common.load_model_for(args)
     common.check_family(model, processor, args.family)
     config = common.cam_config_for(model, processor, args.cam, args.family)
+    try:
+        report, table = _evaluate(args, model, processor, config, fill, target)
+    except InputError as exc:
+        raise _option_error(exc) from None
+    print(table)
+    if report.get("skipped"):
+        print(f"{len(report['skipped'])} record(s) skipped; reasons in {os.path.join(args.out, 'report.json')}")
+    print(f"tables, charts and examples written to {args.out}")
+    return 0
+
+
+#: evaluate()'s arguments as dcam eval's options (its errors name the argument first)
+EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size"}
+
+
+def _option_error(exc: InputError) -> InputError:
+    msg = one_line(str(exc))
+    for name, option in EVAL_OPTIONS.items():
+        for sep in (": ", " "):
+            if msg.startswith(name + sep):
+                return InputError(f"{option}: {msg[len(name) + len(sep):]}")
+    return exc
+
+
+def _evaluate(args, model, processor, config, fill, target):
+    from ..eval import evaluate
+    from ..output import AtomicFolder
+
     with warnings.catch_warnings(), AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
         if args.quiet:
             warnings.simplefilter("ignore")
@@ -93,8 +120,4 @@ def run(args) -> int:
                           family=args.family)
         with open(os.path.join(tmp, "main_table.md")) as f:
             table = f.read()
-    print(table)
-    if report.get("skipped"):
-        print(f"{len(report['skipped'])} record(s) skipped; reasons in {os.path.join(args.out, 'report.json')}")
-    print(f"tables, charts and examples written to {args.out}")
-    return 0
+    return report, table

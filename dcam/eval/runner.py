@@ -117,8 +117,11 @@ def _resolve_methods(methods) -> List[str]:
     else:
         ms = list(methods)
     bad = [m for m in ms if m not in METHODS]
-    if bad or not ms:
-        raise InputError(f"unknown method(s) {bad}; available: {sorted(METHODS)}")
+    if not ms:
+        raise InputError(f"methods: none given; available: {', '.join(sorted(METHODS))}")
+    if bad:
+        raise InputError(f"methods: unknown method(s) {', '.join(map(repr, bad))}; available: "
+                         f"{', '.join(sorted(METHODS))}")
     return list(dict.fromkeys(ms))
 
 

@@ -38,6 +38,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
+
 #: Colour names and their nominal RGB values.
 COLOURS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 45, 40),
@@ -114,7 +116,7 @@ def _shape_mask(shape: str, cx: float, cy: float, size: float, xx: np.ndarray, y
         half_base = 0.575 * size
         t = (yy - top) / (bottom - top)  # 0 at apex, 1 at base
         return (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= t * half_base)
-    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    raise InputError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
 def _background(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -152,9 +154,9 @@ def generate_sample(seed: Union[int, Sequence[int]], image_size: int = 64,
     # long: one seeded rejection-sampling recipe; its random draws must stay in this exact order (the
     # bundled weights were trained on these scenes), which splitting it up would make easy to break
     if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 32:
-        raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+        raise InputError(f"image_size must be an int >= 32, got {image_size!r}")
     if n_objects is not None and (not isinstance(n_objects, (int, np.integer)) or not 1 <= n_objects <= MAX_OBJECTS):
-        raise ValueError(f"n_objects must be None or an int in 1..{MAX_OBJECTS}, got {n_objects!r}")
+        raise InputError(f"n_objects must be None or an int in 1..{MAX_OBJECTS}, got {n_objects!r}")
     seed_t = tuple(int(s) for s in np.atleast_1d(np.asarray(seed, dtype=np.int64)))
     rng = np.random.default_rng(list(seed_t))
     n = int(image_size)
@@ -244,9 +246,9 @@ def _full_bbox(m: np.ndarray) -> Tuple[int, int, int, int]:
 def split_seed(split: str, index: int, base_seed: int = 0) -> Tuple[int, int, int]:
     """The seed tuple of sample ``index`` of ``split``."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        raise InputError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
+        raise InputError(f"index must be >= 0, got {index}")
     return (int(base_seed), SPLITS[split], int(index))
 
 
@@ -261,9 +263,9 @@ class ShapesDataset:
     def __init__(self, split: str = "train", size: int = 1000, image_size: int = 64,
                  base_seed: int = 0, cache: bool = True):
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+            raise InputError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if not isinstance(size, (int, np.integer)) or size < 0:
-            raise ValueError(f"size must be an int >= 0, got {size!r}")
+            raise InputError(f"size must be an int >= 0, got {size!r}")
         self.split = split
         self.size = int(size)
         self.image_size = int(image_size)

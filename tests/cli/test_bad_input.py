@@ -136,6 +136,23 @@ def test_argparse_errors_name_the_option(cli, error_line, tmp_path):
     assert line == "dcam explain: error: argument --steps: expected an int >= 1, got 0"
 
 
+def test_eval_errors_name_the_option(cli, error_line, tiny_model_dir, tmp_path):
+    # these ended in a ValueError traceback (--split, --image-size) or named no option
+    (tmp_path / "tam").mkdir()
+    (tmp_path / "tam" / "anno.json").write_text("{}")
+    model = ["--model", tiny_model_dir, "--n", "2"]
+    cases = [(["--split", "nope"], "--split: must be one of ['test', 'train', 'val'], got 'nope'"),
+             (["--image-size", "7"], "--image-size: must be an int >= 32, got 7"),
+             (["--methods", "nope,tam"], "--methods: unknown method(s) 'nope'; available: diffusion-cam, grad-cam, "
+                                         "llava-cam, tam"),
+             (["--methods", ","], "--methods: none given; available: diffusion-cam, grad-cam, llava-cam, tam"),
+             (["--dataset", str(tmp_path / "tam")],
+              f"--dataset: {tmp_path / 'tam' / 'anno.json'} must hold a list of entries (or {{'annotations': [...]}})")]
+    for argv, message in cases:
+        line = _fails(cli, error_line, tmp_path, *model, *argv, command="eval")
+        assert line == f"dcam eval: error: {message}"
+
+
 def test_tokens_count_words_of_the_response(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
     out = tmp_path / "last"
     rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Optional, Tuple
 
-from ...errors import InputError
+from ...errors import InputError, one_line
 from .base import EvalDataset, EvalRecord, RecordError
 from .coco import COCO_SYNONYMS, CocoEval, load_coco
 from .masks import decode_rle, polygons_to_mask, rle_string_to_counts
@@ -69,11 +69,14 @@ def open_dataset(spec: str, split: str = "test", size: int = 200, image_size: in
     """``"shapes"`` (``size`` scenes of the ``split``) or a folder (layout auto-detected)."""
     if spec == "shapes":
         return load_shapes(split=split, size=size, image_size=image_size)
-    kind = detect_layout(spec, split)
-    if kind == "tam":
-        return load_tam(spec)
-    images_dir, inst, cap = _coco_files(spec, split)
-    return load_coco(images_dir, inst, cap)
+    try:
+        kind = detect_layout(spec, split)
+        if kind == "tam":
+            return load_tam(spec)
+        images_dir, inst, cap = _coco_files(spec, split)
+        return load_coco(images_dir, inst, cap)
+    except InputError as exc:  # the folder's files are what is wrong: name the argument that gave them
+        raise InputError(f"dataset: {one_line(str(exc))}") from None
 
 
 __all__ = ["EvalRecord", "EvalDataset", "RecordError", "COCO_SYNONYMS", "load_shapes", "load_coco", "load_tam",
