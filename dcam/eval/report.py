@@ -95,7 +95,8 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
             if "error" in r:
                 rows.append([str(r.get("probe")), str(r.get("layer"))] + ["n/a"] * 6 + [r["error"]])
             else:
-                rows.append([r["probe"], str(r["layer"])] + _metric_cells(r)[:6] + [""])
+                note = f"{len(r['skipped'])} record(s) skipped (report.json)" if r.get("skipped") else ""
+                rows.append([r["probe"], str(r["layer"])] + _metric_cells(r)[:6] + [note])
         write("sweep_table", "## Diffusion-CAM over probe modes and layers\n\n"
               + f"Data set: {report['dataset']}, first {report['sweep'][0].get('records', 0) if report['sweep'] else 0} "
               + f"records, target score `{report['target_score']}`.\n\n"

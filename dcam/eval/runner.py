@@ -333,7 +333,7 @@ def _sweep(ctx: _Ctx, cfg: CamConfig, records: List[EvalRecord], probes: Sequenc
     for lay in layers:
         try:
             ex = ctx.factory("diffusion-cam", cfg, lay)
-        except ValueError as exc:
+        except InputError as exc:  # a layer the model refuses: its row says why
             rows.append({"probe": None, "layer": lay, "error": str(exc)})
             continue
         for pr in probes:
@@ -341,14 +341,20 @@ def _sweep(ctx: _Ctx, cfg: CamConfig, records: List[EvalRecord], probes: Sequenc
                 rows.append({"probe": pr, "layer": ex.layer, "error": f"probe {pr!r} unsupported by the model"})
                 continue
             sc = _Scorer()
+            scored, skipped = 0, []
             for rec in records:
                 try:
                     e = ex.explain(rec.image, ctx.prompt, response=rec.caption, targets="all", probe=pr,
                                    target_score=ctx.target_score)
-                except ValueError:
+                except InputError as exc:  # counted and said, as in the comparison (a bug still raises)
+                    skipped.append(f"{rec.record_id}: {exc}")
                     continue
                 sc.add("dc", rec, word_maps(e, rec.words), "sweep",
                        keep_rows=False)
-            rows.append({"probe": pr, "layer": ex.layer, "records": len(records), **sc.summary("dc")})
+                scored += 1
+            row = {"probe": pr, "layer": ex.layer, "records": scored, **sc.summary("dc")}
+            if skipped:
+                row["skipped"] = skipped
+            rows.append(row)
             _log(f"sweep probe={pr} layer={ex.layer} done", verbose)
     return rows

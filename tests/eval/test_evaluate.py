@@ -136,6 +136,36 @@ def tiny():
     torch.set_num_threads(threads)
 
 
+def test_sweep_counts_the_records_it_scored_and_says_which_it_skipped(tiny, tmp_path):
+    # a record the sweep could not explain was dropped in silence, and its row still said
+    # records: sweep_n
+    model, proc = tiny
+    calls = []
+
+    def factory(method, cfg, layer):
+        ex = Explainer(model, proc, layer=layer, config=cfg, method=method)
+        orig = ex.explain
+
+        def second_masked_sweep_call_refused(*a, **k):
+            if k.get("probe") == "masked" and k.get("targets") == "all":
+                calls.append(1)
+                if len(calls) == 2:
+                    raise InputError("response: refused for this test")
+            return orig(*a, **k)
+
+        ex.explain = second_masked_sweep_call_refused
+        return ex
+
+    rep = EV.evaluate(factory, dataset="shapes", methods="diffusion-cam", n=2, probe="full",
+                      out_dir=str(tmp_path / "ev"), sweep_probes=["full", "masked"], sweep_n=2, n_examples=0)
+    full, masked = rep["sweep"]
+    assert full["records"] == 2 and "skipped" not in full
+    assert masked["records"] == 1 and len(masked["skipped"]) == 1
+    assert masked["skipped"][0].endswith(": response: refused for this test")
+    table = open(tmp_path / "ev" / "sweep_table.md").read()
+    assert "1 record(s) skipped (report.json)" in table
+
+
 def test_evaluate_end_to_end(tiny, tmp_path):
     model, proc = tiny
     out = str(tmp_path / "ev")
