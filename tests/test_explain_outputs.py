@@ -63,7 +63,8 @@ def test_cli_trajectory_files_and_refusal(toy, sample, tmp_path, capsys):
     assert main(["explain", str(img), "--model", str(mdir), "--trajectory", "--method", "grad-cam", "--out",
                  str(tmp_path / "o2"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--trajectory" in err[0] and not (tmp_path / "o2").exists()
+    assert err == ["dcam explain: error: --trajectory: maps are diffusion-cam maps; the explainer's method is "
+                   "'grad-cam'"] and not (tmp_path / "o2").exists()
 
 
 def test_page_and_notebook_view(toy, sample, tmp_path):

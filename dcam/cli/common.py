@@ -74,7 +74,7 @@ def option_error(option: str, exc: BaseException) -> InputError:
     """An InputError whose message starts with the CLI option that caused it."""
     text = one_line(str(exc))
     for prefix in ("model: ", "family: ", "dtype: ", "device: ", "image: ", "targets: ", "steps ", "background: ",
-                   "response: ", "prompt: ", "layer: ", "probe: ", "view: "):
+                   "response: ", "prompt: ", "layer: ", "probe: ", "view: ", "trajectory: "):
         if text.startswith(prefix):
             text = text[len(prefix):]
             break
