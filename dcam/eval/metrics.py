@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = [
     "CONTRAST_SCALE",
     "resize_maps",
@@ -76,7 +78,7 @@ def _as_maps(maps: ArrayLike) -> Tensor:
     if m.dim() == 2:
         m = m[None]
     if m.dim() != 3:
-        raise ValueError(f"maps must be [M, h, w] (or one [h, w] map), got shape {tuple(m.shape)}")
+        raise InputError(f"maps must be [M, h, w] (or one [h, w] map), got shape {tuple(m.shape)}")
     return m.float()
 
 
@@ -86,10 +88,10 @@ def _as_mask(mask: ArrayLike) -> Tensor:
         t = t.long()
     if t.is_floating_point():
         if not torch.equal(t, t.round()):
-            raise ValueError("label masks must hold integers")
+            raise InputError("label masks must hold integers")
     t = t.long()
     if t.numel() and int(t.min()) < 0:
-        raise ValueError("label masks must be >= 0 (0 is background)")
+        raise InputError("label masks must be >= 0 (0 is background)")
     return t
 
 
@@ -231,16 +233,16 @@ def object_metrics(maps: ArrayLike, masks: Union[ArrayLike, Sequence[ArrayLike]]
         mask_list = None
         mk = _as_mask(masks)
         if mk.shape[0] != M:
-            raise ValueError(f"got {M} maps but {mk.shape[0]} masks")
+            raise InputError(f"got {M} maps but {mk.shape[0]} masks")
         groups = {tuple(mk.shape[1:]): list(range(M))}
     else:
         mask_list = [_as_mask(x) for x in masks]
         if len(mask_list) != M:
-            raise ValueError(f"got {M} maps but {len(mask_list)} masks")
+            raise InputError(f"got {M} maps but {len(mask_list)} masks")
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, x in enumerate(mask_list):
             if x.dim() != 2:
-                raise ValueError(f"mask {i} must be [H, W], got shape {tuple(x.shape)}")
+                raise InputError(f"mask {i} must be [H, W], got shape {tuple(x.shape)}")
             groups.setdefault(tuple(x.shape), []).append(i)
     out = {k: torch.empty(M, dtype=torch.float64) for k in ("obj_iou", "contrast", "concentration", "f3")}
     out["threshold"] = torch.empty(M, dtype=torch.long)
@@ -269,7 +271,7 @@ def function_metrics(maps: ArrayLike, size: Union[Tuple[int, int], Sequence[Tupl
     else:
         sizes = [tuple(int(v) for v in s) for s in size]
         if len(sizes) != M:
-            raise ValueError(f"got {M} maps but {len(sizes)} sizes")
+            raise InputError(f"got {M} maps but {len(sizes)} sizes")
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, s in enumerate(sizes):
         groups.setdefault(s, []).append(i)

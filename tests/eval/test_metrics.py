@@ -240,11 +240,14 @@ def test_accumulator():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError):
+    # the one input-error type of the library (an InputError is a ValueError)
+    from dcam.errors import InputError
+
+    with pytest.raises(InputError, match=r"^got 2 maps but 3 masks$"):
         M.object_metrics(torch.rand(2, 3, 3), torch.zeros(3, 3, 3, dtype=torch.long))
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match=r"^label masks must be >= 0 \(0 is background\)$"):
         M.object_metrics(torch.rand(1, 3, 3), -torch.ones(1, 3, 3, dtype=torch.long))
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match=r"^label masks must hold integers$"):
         M.object_metrics(torch.rand(1, 3, 3), torch.full((1, 3, 3), 0.5))
 
 
