@@ -149,6 +149,9 @@ def test_ctrl_c_while_writing_in_process(cli, tiny_model_dir, shapes_png, tmp_pa
 CTRL_C_HOOK = """
 import os, signal
 from PIL import Image
+# Ctrl-C as in a terminal: a child of a shell's background job (a CI script run with &) starts
+# with SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 _save, _n = Image.Image.save, []
 def _save_then_sigint(self, *a, **k):
     _save(self, *a, **k)
