@@ -49,7 +49,14 @@ def colorize(cam: ArrayLike, colormap: str = "jet") -> np.ndarray:
     """``[H, W]`` values in [0, 1] -> uint8 ``[H, W, 3]`` RGB through a matplotlib colormap."""
     import matplotlib
 
-    cmap = matplotlib.colormaps[colormap]
+    if isinstance(colormap, matplotlib.colors.Colormap):
+        cmap = colormap
+    else:
+        try:
+            cmap = matplotlib.colormaps[colormap]
+        except (KeyError, TypeError):  # matplotlib's KeyError lists near names over several lines
+            raise InputError(f"colormap: {colormap!r} is not a matplotlib colormap name (e.g. jet, viridis, "
+                             "inferno, turbo) or Colormap") from None
     m = np.clip(_to_numpy(cam), 0.0, 1.0)
     rgb = cmap(m)[..., :3]
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)

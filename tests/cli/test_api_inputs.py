@@ -153,3 +153,14 @@ def test_overlay_arguments_checked():
         show_cam_on_image(img, np.zeros((1, 2, 2)))
     with pytest.raises(InputError, match="^image: a float image must be in"):
         show_cam_on_image(np.full((4, 4, 3), 2.0), np.zeros((2, 2)))
+    # a name matplotlib does not know was its multi-line KeyError
+    for bad in ("nope", 3):
+        with pytest.raises(InputError) as info:
+            show_cam_on_image(img, np.zeros((2, 2)), colormap=bad)
+        assert _one_line(info) == (f"colormap: {bad!r} is not a matplotlib colormap name (e.g. jet, viridis, "
+                                   "inferno, turbo) or Colormap")
+    import matplotlib
+
+    # a Colormap object is taken as it is: its colours, not jet's
+    got = show_cam_on_image(img, np.ones((2, 2)), alpha=1.0, colormap=matplotlib.colormaps["gray"])
+    assert (got == 255).all()
