@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, positive_int
 from ..ops.config import CamConfig
 from ..words import align_words
 from .alignment import word_maps
@@ -265,10 +265,14 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     methods = _resolve_methods(methods)
     if target_score not in ("logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
-    if n is not None and int(n) < 1:
-        raise InputError(f"n must be >= 1, got {n}")
-    if int(faith_steps) < 2:
+    n = positive_int("n", n)
+    for name, value in (("sweep_n", sweep_n), ("faith_n", faith_n), ("batch_size", batch_size)):
+        positive_int(name, value, allow_none=False)
+    if positive_int("faith_steps", faith_steps, allow_none=False) < 2:
         raise InputError(f"faith_steps must be >= 2, got {faith_steps}")
+    if not (isinstance(dataset, (str, EvalDataset)) or isinstance(dataset, (list, tuple))):
+        raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
+                         f"got {type(dataset).__name__}")
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
     cmp = _Comparison(factory, methods, config, layer, probe, target_score, prompt, ablation,
                       {"examples": n_examples, "faith": faith_n if faithfulness else 0, "sweep": sweep_n})

@@ -166,6 +166,19 @@ def test_sweep_counts_the_records_it_scored_and_says_which_it_skipped(tiny, tmp_
     assert "1 record(s) skipped (report.json)" in table
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"dataset": 5}, "dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, got int"),
+    ({"n": 1.5}, "n must be an int >= 1, got 1.5"),  # was "size must be ...", an argument evaluate() lacks
+    ({"batch_size": 0, "faithfulness": True}, "batch_size must be an int >= 1, got 0"),  # was range()'s ValueError
+    ({"sweep_n": True}, "sweep_n must be an int >= 1, got True"),
+])
+def test_evaluate_refuses_bad_arguments_by_name(tiny, kwargs, message):
+    model, proc = tiny
+    with pytest.raises(InputError) as info:
+        EV.evaluate(model, proc, **{"n": 1, **kwargs})
+    assert str(info.value) == message
+
+
 def test_evaluate_end_to_end(tiny, tmp_path):
     model, proc = tiny
     out = str(tmp_path / "ev")
