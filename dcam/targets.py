@@ -77,14 +77,12 @@ def select_items(items: List[Item], targets) -> List[Item]:
     words = [it.text for it in items]
     if isinstance(targets, str) and targets == "all":
         return list(items)
-    if targets is None:
-        raise InputError("targets must be 'all', word numbers or words, got None")
     if isinstance(targets, (str, numbers.Integral)):
         wanted = [targets]
     else:
         try:
             wanted = list(targets)
-        except TypeError:  # a float, ...: not truncated to a word number
+        except TypeError:  # None, a float, ...: not truncated to a word number
             raise InputError(f"targets must be 'all', word numbers or words, got {targets!r}") from None
     if not wanted:
         raise InputError("targets is empty")

@@ -15,7 +15,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import InputError, one_line
 
@@ -74,11 +74,19 @@ def option_error(option: str, exc: BaseException) -> InputError:
     """An InputError whose message starts with the CLI option that caused it."""
     text = one_line(str(exc))
     for prefix in ("model: ", "family: ", "dtype: ", "device: ", "image: ", "targets: ", "steps ", "background: ",
-                   "response: ", "prompt: ", "layer: ", "probe: ", "view: ", "trajectory: "):
+                   "response: ", "prompt: ", "layer: ", "probe: ", "view: ", "trajectory: ", "dataset: ",
+                   "methods: ", "split ", "image_size ", "run: "):
         if text.startswith(prefix):
             text = text[len(prefix):]
             break
     return InputError(f"{option}: {text}")
+
+
+def argument_error(exc: InputError, options: Dict[str, str]) -> InputError:
+    """``exc`` re-prefixed with the CLI option of the API argument its message starts
+    with (``options``: argument name -> option), or ``exc`` itself when it names none."""
+    option = options.get(one_line(str(exc)).split(":")[0].split(" ")[0])
+    return option_error(option, exc) if option else exc
 
 
 def run_command(command: str, handler: Callable, args) -> int:

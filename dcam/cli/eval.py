@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from ..errors import InputError, one_line
+from ..errors import InputError
 from . import common
 
 
@@ -82,7 +82,7 @@ def run(args) -> int:
     try:
         report, table = _evaluate(args, model, processor, config, fill, target)
     except InputError as exc:
-        raise _option_error(exc) from None
+        raise common.argument_error(exc, EVAL_OPTIONS) from None
     print(table)
     if report.get("skipped"):
         print(f"{len(report['skipped'])} record(s) skipped; reasons in {os.path.join(args.out, 'report.json')}")
@@ -90,17 +90,8 @@ def run(args) -> int:
     return 0
 
 
-#: evaluate()'s arguments as dcam eval's options (its errors name the argument first)
+#: evaluate()'s arguments as dcam eval's options (:func:`common.argument_error`)
 EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size"}
-
-
-def _option_error(exc: InputError) -> InputError:
-    msg = one_line(str(exc))
-    for name, option in EVAL_OPTIONS.items():
-        for sep in (": ", " "):
-            if msg.startswith(name + sep):
-                return InputError(f"{option}: {msg[len(name) + len(sep):]}")
-    return exc
 
 
 def _evaluate(args, model, processor, config, fill, target):

@@ -102,13 +102,9 @@ def _check_inputs_outside(inputs: List[str], target: str) -> None:
             raise InputError(f"--out: {target!r} holds the input image {p!r}; choose another output folder")
 
 
-def _option_error(exc: InputError) -> InputError:
-    """The error re-prefixed with the option it is about, where the message names one."""
-    msg = one_line(str(exc))
-    option = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
-              "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view"}.get(
-        msg.split(":")[0].split(" ")[0], None)
-    return common.option_error(option, exc) if option else exc
+#: explain()'s arguments as dcam explain's options (:func:`common.argument_error`)
+EXPLAIN_OPTIONS = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
+                   "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view"}
 
 
 def _explain_one(exp, path: str, args, background):
@@ -117,7 +113,7 @@ def _explain_one(exp, path: str, args, background):
                            probe=args.probe, target_score=args.target_score, steps=args.steps,
                            background=background, trajectory=args.trajectory)
     except InputError as exc:
-        raise _option_error(exc) from None
+        raise common.argument_error(exc, EXPLAIN_OPTIONS) from None
 
 
 def _explain_some(exp, paths: List[str], args, background) -> List[Tuple[str, object, str]]:

@@ -9,7 +9,7 @@ record, left/right for the previous/next word, PageDown/PageUp for pages.
 """
 from __future__ import annotations
 
-from ..errors import InputError, one_line
+from ..errors import InputError
 from . import common
 
 
@@ -33,8 +33,7 @@ def run(args) -> int:
         summary = write_run_page(args.folder, per_page=args.per_page, limit=args.limit, max_side=args.max_side,
                                  progress=not args.quiet)
     except InputError as exc:  # the run reader's errors are about the folder given as DIR
-        text = one_line(str(exc))
-        raise InputError("DIR: " + text[len("run: "):] if text.startswith("run: ") else text) from None
+        raise common.argument_error(exc, {"run": "DIR"}) from None
     print(f"wrote {summary['page']}: {summary['records']} records on {summary['pages']} page(s)"
           + (f", {summary['errors']} failed records" if summary["errors"] else ""))
     return 0

@@ -270,7 +270,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         positive_int(name, value, allow_none=False)
     if positive_int("faith_steps", faith_steps, allow_none=False) < 2:
         raise InputError(f"faith_steps must be >= 2, got {faith_steps}")
-    if not (isinstance(dataset, (str, EvalDataset)) or isinstance(dataset, (list, tuple))):
+    if not isinstance(dataset, (str, EvalDataset, list, tuple)):
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
@@ -345,7 +345,7 @@ def _sweep(ctx: _Ctx, cfg: CamConfig, records: List[EvalRecord], probes: Sequenc
                 rows.append({"probe": pr, "layer": ex.layer, "error": f"probe {pr!r} unsupported by the model"})
                 continue
             sc = _Scorer()
-            scored, skipped = 0, []
+            skipped = []
             for rec in records:
                 try:
                     e = ex.explain(rec.image, ctx.prompt, response=rec.caption, targets="all", probe=pr,
@@ -355,8 +355,7 @@ def _sweep(ctx: _Ctx, cfg: CamConfig, records: List[EvalRecord], probes: Sequenc
                     continue
                 sc.add("dc", rec, word_maps(e, rec.words), "sweep",
                        keep_rows=False)
-                scored += 1
-            row = {"probe": pr, "layer": ex.layer, "records": scored, **sc.summary("dc")}
+            row = {"probe": pr, "layer": ex.layer, "records": len(records) - len(skipped), **sc.summary("dc")}
             if skipped:
                 row["skipped"] = skipped
             rows.append(row)
