@@ -28,8 +28,9 @@ def _interpreted_dot_rounds_each_element_alike():
     does. OpenBLAS's Haswell sgemm (the kernel it picks on AVX2 CPUs without
     AVX-512, e.g. AMD Zen 3) rounds equal columns differently: in a [16, 32] @
     [32, 64] product whose 64 columns are equal, 48 columns differ from the
-    first by an ulp (measured; 0 with its Sandybridge kernel and on AVX-512
-    CPUs). A compiled IEEE fp32 ``tl.dot`` accumulates each element in one
+    first by an ulp (measured; 0 with its Sandybridge kernel; on the AVX-512
+    CPUs of earlier sessions these tests passed, OpenBLAS picking another
+    kernel there). A compiled IEEE fp32 ``tl.dot`` accumulates each element in one
     fixed order, so equal tokens give equal raw values, and the contract's
     degenerate test (``max(raw) > min(raw)``) depends on exactly that: one ulp
     turns a constant map into one spread over [0, 0.75]. Here the float32 dot
