@@ -17,10 +17,15 @@ counted from 0, negative from the end), a word or phrase or a list of them
 (case-insensitive, punctuation ignored; every occurrence). Item numbers never
 count eos/pad slots. Unknown words and numbers out of range are InputErrors
 naming ``targets``.
+
+Targets written as one text (``dcam explain --tokens``, a run manifest's
+``"targets"`` string) are read by :func:`parse_target_text`: commas separate
+the targets, so ``"red circle"`` is one phrase and ``"red, circle"`` two words.
 """
 from __future__ import annotations
 
 import numbers
+import re
 from dataclasses import dataclass
 from typing import List, Sequence
 
@@ -110,4 +115,29 @@ def select_items(items: List[Item], targets) -> List[Item]:
     return [chosen[k] for k in sorted(chosen)]
 
 
-__all__ = ["Item", "GRANULARITIES", "repeat_ratio", "explainable_slots", "response_items", "select_items"]
+def parse_target_text(text: str):
+    """``targets`` written as one text -> ``"all"`` or a list for :func:`select_items`.
+
+    ``"all"`` alone is every item. Otherwise commas separate the targets; each is
+    a word, a phrase (words separated by spaces: ``"red circle"`` is one map),
+    or word numbers (``"0"``, ``"-1"``; ``"0 -1"`` is two numbers, as there is
+    no phrase of numbers to mean). Empty pieces between commas are skipped.
+    A text with no target at all is a ValueError, for the caller to name its
+    own argument: an empty ``--tokens ""`` asks for nothing, not for all."""
+    parts = [" ".join(p.split()) for p in text.split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise ValueError(f"{text!r} names no word, phrase or word number (\"all\" explains every word)")
+    if parts == ["all"]:
+        return "all"
+    out: list = []
+    for p in parts:
+        words = p.split(" ")
+        if all(re.fullmatch(r"-?[0-9]+", w) for w in words):
+            out.extend(int(w) for w in words)
+        else:
+            out.append(p)
+    return out
+
+
+__all__ = ["parse_target_text", "Item", "GRANULARITIES", "repeat_ratio", "explainable_slots", "response_items", "select_items"]

@@ -11,6 +11,7 @@ from dcam.ops import reference as R
 from dcam.probe import Targets, probe, probe_batch
 from dcam.probe.adapters import ShapesAdapter
 from dcam.probe.adapters.base import ImageView
+from dcam.targets import parse_target_text
 from dcam.testing import tiny_toy
 from dcam.words import find_phrase, piece_text, word_pieces
 from dcam.zoo.data import generate_sample
@@ -57,6 +58,18 @@ def test_word_pieces_by_tokenizer_style():
     assert piece_text(["\u2581tra", "ffic"]) == "traffic" and piece_text(["play", "##ing"]) == "playing"
     assert find_phrase(["a", "red", "circle", "and", "a", "red", "square"], "Red circle.") == [1]
     assert find_phrase(["a", "red", "circle", "and", "a", "red", "square"], "red") == [1, 5]
+
+
+def test_targets_written_as_text():
+    # --tokens and a manifest's "targets" string: commas separate targets, spaces join a phrase
+    cases = {"all": "all", " all ": "all", "red circle": ["red circle"], "red, circle": ["red", "circle"],
+             " red   circle ,2,": ["red circle", 2], "0 -1": [0, -1], "-3": [-3], "a-1, 4x": ["a-1", "4x"],
+             "--5": ["--5"], "all, red": ["all", "red"], "\u00b2": ["\u00b2"]}
+    for text, want in cases.items():
+        assert parse_target_text(text) == want, text
+    for text in ("", " ", ",", " , ,"):
+        with pytest.raises(ValueError, match="names no word, phrase or word number"):
+            parse_target_text(text)
 
 
 def test_phrase_gradient_is_the_sum_of_its_tokens_gradients(toy, samples):

@@ -19,6 +19,7 @@ import time
 from typing import Dict, List, Tuple
 
 from ..errors import InputError, one_line
+from ..targets import parse_target_text
 from . import common
 
 #: Largest --max-side: an 8192 x 8192 overlay (67 M pixels) stays under
@@ -38,8 +39,8 @@ def add_parser(sub) -> None:
                    help="explain this response (case and trailing punctuation are normalised when the tokenizer "
                         "does not know them) (default: the model writes one)")
     p.add_argument("--tokens", default=None, metavar="WORDS",
-                   help="words, or word numbers counted from 0 (negative from the end), to explain; comma/space "
-                        "separated (default: every word)")
+                   help="words, phrases (\"red circle\": one map) or word numbers counted from 0 (negative from "
+                        "the end) to explain, separated by commas: --tokens \"red circle, 0\" (default: every word)")
     p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
                    help="score whose gradient is pooled: the word's own logit, or the published contrastive sum "
                         "(default: logit; contrastive for llava-cam)")
@@ -63,11 +64,14 @@ def add_parser(sub) -> None:
 
 
 def parse_targets(spec):
-    """``--tokens`` as the Explainer's ``targets``: "all", word numbers and words."""
-    if spec is None or spec.strip() in ("", "all"):
+    """``--tokens`` as the Explainer's ``targets`` (:func:`dcam.targets.parse_target_text`:
+    "all", or comma-separated words, phrases and word numbers); not given: every word."""
+    if spec is None:
         return "all"
-    items = [t for t in spec.replace(",", " ").split() if t]
-    return [int(t) if t.lstrip("-").isdigit() else t for t in items]
+    try:
+        return parse_target_text(spec)
+    except ValueError as exc:
+        raise InputError(f"--tokens: {exc}") from None
 
 
 def expand_inputs(paths: List[str]) -> List[str]:
@@ -109,7 +113,7 @@ EXPLAIN_OPTIONS = {"targets": "--tokens", "steps": "--steps", "response": "--res
 
 def _explain_one(exp, path: str, args, background):
     try:
-        return exp.explain(path, prompt=args.prompt, response=args.response, targets=parse_targets(args.tokens),
+        return exp.explain(path, prompt=args.prompt, response=args.response, targets=args.targets,
                            probe=args.probe, target_score=args.target_score, steps=args.steps,
                            background=background, trajectory=args.trajectory)
     except InputError as exc:
@@ -122,7 +126,7 @@ def _explain_some(exp, paths: List[str], args, background) -> List[Tuple[str, ob
     if len(paths) > 1 and not args.trajectory:
         try:
             es = exp.explain_batch(paths, responses=[args.response] * len(paths),
-                                   targets=parse_targets(args.tokens), probe=args.probe,
+                                   targets=args.targets, probe=args.probe,
                                    target_score=args.target_score, steps=args.steps, background=background)
             return [(p, e, "") for p, e in zip(paths, es)]
         except InputError:
@@ -151,6 +155,7 @@ def run(args) -> int:
     from ..output import check_output_folder
 
     target = check_output_folder(args.out, args.overwrite)
+    args.targets = parse_targets(args.tokens)  # refused here, before any image or model is read
     background = args.background
     inputs = expand_inputs(args.images)
     if len(inputs) == 1 and not os.path.exists(inputs[0]):

@@ -10,8 +10,8 @@ Manifest: one JSON object per line (blank lines are skipped)::
 
 Keys: ``id`` (unique, text or int), ``image`` (path; relative paths are
 relative to the manifest's folder), ``prompt``, ``response`` (text or token
-ids), ``targets`` (``"all"``, words/word numbers as a list, or one string of
-them separated by commas/spaces), ``mask`` (label image: pixel value = object
+ids), ``targets`` (``"all"``, words/phrases/word numbers as a list, or one
+string of them separated by commas: ``"red circle, 2"``), ``mask`` (label image: pixel value = object
 label, 0 background, the image's size), ``labels`` (which mask labels each
 word names: a list with one entry per word of ``response``, an int or a list
 of ints, 0 or ``[]`` for none; or an object ``{"word or phrase": label(s)}``,
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError, one_line
+from ..targets import parse_target_text
 from ..words import split_words
 
 #: Keys a manifest line may hold.
@@ -69,14 +70,13 @@ class SourceRecord:
 
 
 def parse_targets(spec) -> Any:
-    """``"all"``, a list of words / ints, or one string of them (commas/spaces) -> ``"all"`` or a list."""
+    """``"all"``, a list of words / phrases / ints, or one string of them
+    (:func:`dcam.targets.parse_target_text`: commas separate, ``"red circle"``
+    is a phrase) -> ``"all"`` or a list. The entry was checked (no empty text)."""
     if spec is None:
         return "all"
     if isinstance(spec, str):
-        items = [t for t in spec.replace(",", " ").split() if t]
-        if not items or items == ["all"]:
-            return "all"
-        return [int(t) if t.lstrip("-").isdigit() else t for t in items]
+        return parse_target_text(spec)
     return list(spec)
 
 
@@ -111,6 +111,11 @@ def _check_entry(obj) -> Tuple[str, dict]:
             isinstance(tg, list) and tg and all(isinstance(v, (str, numbers.Integral)) and not isinstance(v, bool)
                                                 for v in tg)):
         raise ValueError("'targets' must be \"all\", a non-empty list of words / word numbers, or one string of them")
+    if isinstance(tg, str):
+        try:
+            parse_target_text(tg)
+        except ValueError as exc:
+            raise ValueError(f"'targets': {exc}") from None
     labels = obj.get("labels")
     if (labels is None) != (obj.get("mask") is None):
         raise ValueError("'mask' and 'labels' go together (metrics need both)")

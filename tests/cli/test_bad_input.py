@@ -1,6 +1,7 @@
 """Every bad input of the new-user trial (shared/notes/trial-b6c8ce3.md) is one
 line on stderr naming the argument or option, exit code 2, no traceback, and
 nothing written; a bug (any other exception) keeps its traceback."""
+import json
 import os
 
 import pytest
@@ -164,6 +165,25 @@ def test_tokens_count_words_of_the_response(cli, error_line, tiny_model_dir, sha
                   "--tokens", "99")
     assert line == ("dcam explain: error: --tokens: word number 99 is out of range for a response of 7 words "
                     f"({RESPONSE})")
+
+
+def test_tokens_separate_targets_by_commas_and_a_spaced_text_is_one_phrase(cli, error_line, tiny_model_dir,
+                                                                           shapes_png, tmp_path):
+    # the issue's `--tokens "red circle"`: one map for the phrase; before, spaces separated words too (2 maps)
+    out = tmp_path / "phrase"
+    rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                          "--tokens", "red circle, square", "--out", out, "--quiet")
+    assert rc == 0, err
+    assert "explained 2 words with" in stdout and stdout.rstrip().splitlines()[-2].endswith(": red circle square")
+    with open(out / "meta.json") as f:
+        meta = json.load(f)
+    assert meta["tokens"] == ["red circle", "square"] and meta["pieces"] == [[1, 2], [6]]
+    # an empty --tokens asked for nothing: refused, not read as "every word"
+    for spec in ("", " ", ",", " , "):
+        line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                      "--tokens", spec)
+        assert line == (f"dcam explain: error: --tokens: {spec!r} names no word, phrase or word number "
+                        '("all" explains every word)')
 
 
 def test_tokens_red_file_name_and_summary(cli, tiny_model_dir, shapes_png, tmp_path):

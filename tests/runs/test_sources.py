@@ -44,6 +44,7 @@ def test_manifest_records_resolve_paths_targets_and_labels(tmp_path):
     b = src.load(1)
     assert b.image_path == str(absolute) and b.prompt == "describe" and b.targets == ["red", 2] and b.mask is None
     assert parse_targets(None) == "all" and parse_targets("all") == "all" and parse_targets("0 -1") == [0, -1]
+    assert parse_targets("red circle, 2") == ["red circle", 2]  # commas separate; a spaced text is a phrase
 
 
 @pytest.mark.parametrize("line, message", [
@@ -60,6 +61,8 @@ def test_manifest_records_resolve_paths_targets_and_labels(tmp_path):
     ({"id": "x", "image": "a.png", "mask": "m.png", "labels": [0, 1]}, "line 2: 'labels' as a list"),
     ({"id": "x", "image": "a.png", "mask": "m.png", "labels": {"red": -1}}, "labels['red'] must be a label"),
     ({"id": "x", "image": "a.png", "targets": []}, "line 2: 'targets' must be"),
+    ({"id": "x", "image": "a.png", "targets": " , "},
+     "line 2: 'targets': ' , ' names no word, phrase or word number"),  # was read as "all"
     ({"id": "x", "image": "a.png", "response": 3}, "line 2: 'response' must be text"),
 ])
 def test_bad_manifest_lines_are_refused_naming_the_line(tmp_path, line, message):
