@@ -186,10 +186,13 @@ class Explainer:
         target_score = check_target_score(target_score or self.method.default_target_score)
         granularity = granularity or self.granularity
         view = check_view(self.adapter, view) if view is not None else self.view
+        images = _entries("images", images)
         n = len(images)
-        prompts = [None] * n if prompts is None else list(prompts)
-        responses = [None] * n if responses is None else list(responses)
-        tgts = [targets] * n if targets_per_image is None else list(targets_per_image)
+        if targets_per_image is not None and not (isinstance(targets, str) and targets == "all"):
+            raise InputError("targets: give targets (shared by every image) or targets_per_image, not both")
+        prompts = [None] * n if prompts is None else _entries("prompts", prompts)
+        responses = [None] * n if responses is None else _entries("responses", responses)
+        tgts = [targets] * n if targets_per_image is None else _entries("targets_per_image", targets_per_image)
         for name, seq in (("prompts", prompts), ("responses", responses), ("targets_per_image", tgts)):
             if len(seq) != n:
                 raise InputError(f"{name} must have one entry per image ({n}), got {len(seq)}")
@@ -282,6 +285,15 @@ class Explainer:
             view_maps={k: o.maps.float().cpu() for k, o in outs.items()} if len(outs) > 1 else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )
+
+
+def _entries(name: str, seq) -> list:
+    """One of explain_batch's per-image arguments as a list: a list or a tuple. A text
+    would be read one character per image, and a lone image or array as its rows."""
+    if not isinstance(seq, (list, tuple)):
+        raise InputError(f"{name} must be a list with one entry per image, got {type(seq).__name__}"
+                         + ("; explain() takes one image" if name == "images" else ""))
+    return list(seq)
 
 
 __all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio"]

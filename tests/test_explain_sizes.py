@@ -132,6 +132,30 @@ def test_explain_batch_equals_one_at_a_time(toy, samples, probe_mode):
             torch.testing.assert_close(e.stats[k], one.stats[k], atol=1e-5, rtol=0)
 
 
+def test_explain_batch_refuses_what_is_not_a_list_per_image(toy, samples):
+    # a text was read one character per image ("aa" -> responses 'a', 'a'); a lone image hit len()
+    exp = Explainer(*toy)
+    images = [s.image for s in samples[:2]]
+    cases = [(dict(images=samples[0].image), "images must be a list with one entry per image, got Image; "
+                                            "explain() takes one image"),
+             (dict(images="x.png"), "images must be a list with one entry per image, got str; explain() takes "
+                                    "one image"),
+             (dict(images=iter(images)), "images must be a list with one entry per image, got list_iterator; "
+                                         "explain() takes one image"),
+             (dict(images=images, responses="aa"), "responses must be a list with one entry per image, got str"),
+             (dict(images=images, prompts="ab"), "prompts must be a list with one entry per image, got str"),
+             (dict(images=images, targets_per_image="red"),
+              "targets_per_image must be a list with one entry per image, got str"),
+             (dict(images=images, targets=["red"], targets_per_image=[["red"], ["blue"]]),
+              "targets: give targets (shared by every image) or targets_per_image, not both")]
+    for kwargs, message in cases:
+        with pytest.raises(InputError) as info:
+            exp.explain_batch(**kwargs)
+        assert str(info.value) == message
+    assert exp.explain_batch(tuple(images[:1]), responses=(samples[0].caption,))[0].tokens == \
+        exp.explain(images[0], response=samples[0].caption).tokens
+
+
 def test_one_backward_serves_every_example(toy, samples):
     """probe_batch's cotangent k is item k of every example: its gradients equal
     each example probed alone."""
