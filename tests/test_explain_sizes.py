@@ -11,6 +11,7 @@ from dcam.ops import reference as R
 from dcam.probe import Targets, probe, probe_batch
 from dcam.probe.adapters import ShapesAdapter
 from dcam.probe.adapters.base import ImageView
+from dcam.probe.memory import parse_size
 from dcam.targets import parse_target_text
 from dcam.testing import tiny_toy
 from dcam.words import find_phrase, piece_text, word_pieces
@@ -180,6 +181,25 @@ def test_memory_budget_picks_a_chunk_and_refuses_too_little(toy, samples):
         Explainer(model, proc, memory_budget="1KB").explain(s.image, response=s.caption)
     with pytest.raises(InputError, match="memory_budget must be a size"):
         Explainer(model, proc, memory_budget="lots")
+
+
+def test_memory_budget_sizes_are_read_exactly_or_refused():
+    # hand-worked byte counts; before, a float went through int() (1.5 -> 1), inf and 2**1100
+    # overflowed (OverflowError), "1e30GB" was "not a size" while a longer "99...9TB" passed
+    good = {8: 8, 1.0: 1, "8GB": 8 * 10 ** 9, "1.5 gb": 1_500_000_000, "512MiB": 512 * 2 ** 20, "1e3GB": 10 ** 12,
+            " 2 kib ": 2048, "0.5KB": 500, "9223372036854775808": 2 ** 63}
+    for value, want in good.items():
+        assert parse_size(value) == want, value
+    refused = {1.5: "must be a whole number of bytes", float("inf"): "must be a whole number of bytes",
+               float("nan"): "must be a whole number of bytes", 2 ** 1100: "must be at most 2**63 bytes",
+               "1e30GB": "must be at most 2**63 bytes", "1" + "0" * 400 + "GB": "must be at most 2**63 bytes",
+               "1e999999999GB": "must be at most 2**63 bytes", 2 ** 63 + 1: "must be at most 2**63 bytes",
+               "0": "must be a positive size", "0.0001B": "must be a positive size", True: "must be a size",
+               "-3GB": "must be a size like 8GB", "8 parsecs": "must be a size like 8GB"}
+    for value, message in refused.items():
+        with pytest.raises(InputError) as info:
+            parse_size(value)
+        assert str(info.value).startswith(f"memory_budget {message}") and str(info.value).endswith(f"{value!r}")
 
 
 # ------------------------------------------------------------------ views

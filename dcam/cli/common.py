@@ -85,8 +85,13 @@ def option_error(option: str, exc: BaseException) -> InputError:
 def argument_error(exc: InputError, options: Dict[str, str]) -> InputError:
     """``exc`` re-prefixed with the CLI option of the API argument its message starts
     with (``options``: argument name -> option), or ``exc`` itself when it names none."""
-    option = options.get(one_line(str(exc)).split(":")[0].split(" ")[0])
-    return option_error(option, exc) if option else exc
+    text = one_line(str(exc))
+    name = text.split(":")[0].split(" ")[0]
+    option = options.get(name)
+    if not option:
+        return exc
+    rest = text[len(name):]  # "name: why" or "name must be ...": the option takes the argument's place
+    return InputError(f"{option}: {rest[2:] if rest.startswith(': ') else rest.lstrip()}")
 
 
 def run_command(command: str, handler: Callable, args) -> int:

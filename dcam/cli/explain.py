@@ -108,7 +108,8 @@ def _check_inputs_outside(inputs: List[str], target: str) -> None:
 
 #: explain()'s arguments as dcam explain's options (:func:`common.argument_error`)
 EXPLAIN_OPTIONS = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
-                   "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view"}
+                   "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view",
+                   "memory_budget": "--memory-budget"}
 
 
 def _explain_one(exp, path: str, args, background):

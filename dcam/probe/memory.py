@@ -11,6 +11,9 @@ against the budget.
 """
 from __future__ import annotations
 
+import decimal
+import math
+import numbers
 import re
 from typing import Optional, Union
 
@@ -22,20 +25,36 @@ _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 100
           "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
 
 
+#: the largest budget read (2**63 bytes, 9.2 EB): past every machine's memory, and what
+#: a signed 64-bit byte count holds
+MAX_SIZE = 2 ** 63
+
+
 def parse_size(value: Union[int, float, str], name: str = "memory_budget") -> int:
-    """Bytes from an int or a string like ``"8GB"``, ``"512MiB"``, ``"1.5 gb"``."""
+    """Bytes from an int, a float holding a whole number, or a string like ``"8GB"``,
+    ``"512MiB"``, ``"1.5 gb"``, ``"1e3GB"`` (exact: a string's value is rounded down
+    to whole bytes, never converted through a float, so a budget of any size
+    is read as written)."""
     if isinstance(value, bool):
         raise InputError(f"{name} must be a size like 8GB, got {value!r}")
-    if isinstance(value, (int, float)):
-        size = float(value)
+    if isinstance(value, numbers.Integral):
+        size = int(value)
+    elif isinstance(value, numbers.Real):
+        if not math.isfinite(value) or value != int(value):
+            raise InputError(f"{name} must be a whole number of bytes or a size like 8GB, got {value!r}")
+        size = int(value)
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
         if not m or m.group(2).lower() not in _UNITS:
             raise InputError(f"{name} must be a size like 8GB or 512MiB, got {value!r}")
-        size = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if not size >= 1:
+        number, unit = decimal.Decimal(m.group(1)), _UNITS[m.group(2).lower()]
+        # compared before multiplying: "1e999999999GB" is a valid Decimal that no product can hold
+        size = MAX_SIZE + 1 if number > decimal.Decimal(MAX_SIZE) / unit else int(number * unit)
+    if size < 1:
         raise InputError(f"{name} must be a positive size, got {value!r}")
-    return int(size)
+    if size > MAX_SIZE:
+        raise InputError(f"{name} must be at most 2**63 bytes, got {value!r}")
+    return size
 
 
 def _text_config(model):
@@ -75,7 +94,8 @@ def chunk_for_budget(model, seq_len: int, blocks_above: int, n_items: int, budge
     graph = per  # the forward graph above the hook holds about what one cotangent's gradients do
     room = budget_bytes - model_bytes(model) - graph
     if room < per:
-        raise InputError(f"memory_budget: {budget} is too small for this model and sequence (the model takes "
+        raise InputError(f"memory_budget: {budget_bytes / 1e9:.3g} GB ({budget_bytes} bytes) is too small for this "
+                         f"model and sequence (the model takes "
                          f"{model_bytes(model) / 1e9:.2f} GB and one item about {per / 1e9:.2f} GB)")
     return int(max(1, min(n_items, room // per)))
 

@@ -186,6 +186,15 @@ def test_tokens_separate_targets_by_commas_and_a_spaced_text_is_one_phrase(cli, 
                         '("all" explains every word)')
 
 
+def test_memory_budget_errors_name_the_option(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    # too small named the API's memory_budget; a 400-digit size ended in an OverflowError traceback
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--memory-budget", "1KB")
+    assert line.startswith("dcam explain: error: --memory-budget: 1e-06 GB (1000 bytes) is too small for this model")
+    huge = "1" + "0" * 400 + "GB"
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--memory-budget", huge)
+    assert line == f"dcam explain: error: argument --memory-budget: expected at most 2**63 bytes, got {huge!r}"
+
+
 def test_tokens_red_file_name_and_summary(cli, tiny_model_dir, shapes_png, tmp_path):
     out = tmp_path / "red"
     rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
