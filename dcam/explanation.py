@@ -128,6 +128,7 @@ class Explanation:
             image_size=list(self.image.size), repeat_ratio=self.repeat_ratio,
             scores=self.scores.tolist(), stats=self.stats_lists(), config=self.config.as_dict(),
             model=self.model_name, notes=self.notes, box=list(self.box),
+            views={view: list(vmaps.shape[1:]) for view, vmaps in self.view_maps.items()},
         )
 
     def save(self, out_dir: str, alpha: float = 0.5, colormap: str = "jet", max_side: int = DISPLAY_MAX_SIDE,
@@ -142,7 +143,8 @@ class Explanation:
         - ``image.png``: the image as rendered under the overlays;
         - ``maps.safetensors``: ``maps`` [T,h,w] float32 (full precision),
           ``token_ids``, ``word_numbers``, ``response_indices``, ``scores``,
-          ``stats.<name>``;
+          ``stats.<name>``, and with ``view="all"`` ``view_maps.<view>``
+          [T,h',w'] (every view's maps, each on its own grid);
         - ``meta.json``: everything else (:meth:`meta`).
 
         Overlays are rendered at :func:`dcam.render.display_size` of the image
@@ -190,6 +192,8 @@ class Explanation:
                    "scores": self.scores.float().contiguous()}
         for k, v in self.stats.items():
             tensors[f"stats.{k}"] = v.contiguous()
+        for view, vmaps in self.view_maps.items():  # view="all": each view's maps on its own grid
+            tensors[f"view_maps.{view}"] = vmaps.float().clone()  # one is the maps' own storage
         paths["maps"] = os.path.join(folder, "maps.safetensors")
         save_file(tensors, paths["maps"])
         paths["meta"] = os.path.join(folder, "meta.json")

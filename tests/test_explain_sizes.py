@@ -1,6 +1,7 @@
 """Real sizes on a tiny model: words and phrases as one gradient each, gradients
 streamed chunk by chunk, batches of images, views of an image."""
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -230,3 +231,40 @@ def test_views(toy, samples):
         torch.testing.assert_close(e_all.view_maps[name], one.maps, atol=1e-6, rtol=0)
     with pytest.raises(InputError, match="no view 'left'"):
         exp.explain(s.image, response=s.caption, view="left")
+
+
+def test_every_view_is_written_with_view_all(toy, samples, tmp_path):
+    # Explanation.save and dcam run wrote only the default view's maps: view="all" computed the
+    # others and dropped them
+    from safetensors.torch import load_file
+
+    from dcam.runs.reader import load_run
+    from dcam.runs.runner import run_dataset
+    from dcam.runs.sources import ManifestSource
+
+    model, proc = toy
+    exp = Explainer(adapter=TwoViewAdapter(model, proc), view="all")
+    s = samples[0]
+    e = exp.explain(s.image, response=s.caption, probe="full")
+    e.save(str(tmp_path / "one"))
+    saved = load_file(str(tmp_path / "one" / "maps.safetensors"))
+    with open(tmp_path / "one" / "meta.json") as f:
+        meta = json.load(f)
+    assert meta["view"] == "top" and meta["views"] == {"top": [4, 8], "bottom": [4, 8]}
+    for name in ("top", "bottom"):
+        torch.testing.assert_close(saved[f"view_maps.{name}"], e.view_maps[name], atol=0, rtol=0)
+    torch.testing.assert_close(saved["maps"], e.view_maps["top"], atol=0, rtol=0)
+
+    lines = []
+    for i, smp in enumerate(samples[:2]):
+        smp.image.save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"id": i, "image": f"{i}.png", "response": smp.caption}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    run_dataset(exp, ManifestSource(str(tmp_path / "m.jsonl")), str(tmp_path / "run"))
+    records = list(load_run(str(tmp_path / "run")))
+    assert len(records) == 2
+    for r in records:
+        alone = exp.explain(str(tmp_path / f"{r.id}.png"), response=r.response)
+        assert r.view == "top" and set(r.view_maps) == {"top", "bottom"}
+        for name in ("top", "bottom"):
+            torch.testing.assert_close(r.view_maps[name], alone.view_maps[name], atol=1e-5, rtol=0)

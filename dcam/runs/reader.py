@@ -87,6 +87,18 @@ class RunRecord:
             return None
         return self._shards.tensor(self.entry["shard"], self.entry["key"] + ".trajectory")
 
+    @property
+    def view(self):
+        """The explained view of a multi-view image (None for a single-view model)."""
+        return self.entry.get("view")
+
+    @property
+    def view_maps(self) -> Dict[str, "object"]:
+        """Every view's maps (view name -> float32 ``[T, h, w]``) when the run explained
+        ``view="all"``, else ``{}``; read from the shard on each use."""
+        return {view: self._shards.tensor(self.entry["shard"], f"{self.entry['key']}.view.{view}")
+                for view in self.entry.get("view_shapes", {})}
+
     def __repr__(self) -> str:
         return f"RunRecord(id={self.id!r}, tokens={self.tokens!r})"
 

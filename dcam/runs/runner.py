@@ -84,6 +84,8 @@ def index_entry(rec, e, metrics: Optional[dict]) -> dict:
         "response_indices": [int(v) for v in e.response_indices], "pieces": item_slots(e), "steps": int(e.steps),
         "steps_source": e.steps_source, "grid": list(e.grid), "stats": e.stats_lists(),
         "scores": e.scores.float().tolist(), "notes": list(rec.notes) + list(e.notes)}
+    if e.view is not None:
+        entry["view"] = e.view
     if metrics is not None:
         entry["metrics"] = metrics
     if rec.meta is not None:
@@ -161,7 +163,7 @@ def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist,
                 traj = getattr(e, "trajectory", None)
                 if traj is not None:
                     entry["decided_at"] = [int(v) for v in traj.decided_at]
-                writer.add(entry, e.maps, trajectory=None if traj is None else traj.maps)
+                writer.add(entry, e.maps, trajectory=None if traj is None else traj.maps, view_maps=e.view_maps)
                 s.records += 1
                 s.words += len(e.tokens)
             bar.update(len(writer.buffer), sum(len(en["tokens"]) for en, _ in writer.buffer))

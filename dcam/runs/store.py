@@ -4,7 +4,8 @@ a reader would take for data.
 
     DIR/run.json                     model, method, config, versions, counts, throughput, fingerprint
     DIR/shards/<part>-NNNNN.safetensors   maps of many records: tensor <key> [T,h,w] per record (key in
-                                     the index), <key>.trajectory [S,T,h,w] where a run stores map trajectories
+                                     the index), <key>.trajectory [S,T,h,w] where a run stores map trajectories,
+                                     <key>.view.<name> [T,h,w] per view with --view all
     DIR/index.jsonl                  one line per explained record (merged from the parts at the end)
     DIR/index/<part>.jsonl           index lines written by one process of one session (until merged)
     DIR/errors.jsonl, DIR/errors/<part>.jsonl   records that failed: id, reason

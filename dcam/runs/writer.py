@@ -40,12 +40,13 @@ class RecordWriter:
         self.shards = 0
         self.committed = 0
 
-    def add(self, entry: dict, maps, trajectory=None) -> None:
+    def add(self, entry: dict, maps, trajectory=None, view_maps=None) -> None:
         """Queue one record: its index ``entry``, its ``maps`` ``[T,h,w]`` and,
-        if any, its map trajectory ``[S,T,h,w]``."""
+        if any, its map trajectory ``[S,T,h,w]`` and every view's maps
+        (``view="all"``: view name -> ``[T,h',w']``)."""
         if not self.buffer:
             self.first_at = time.monotonic()
-        self.buffer.append((dict(entry, part=self.part), (maps, trajectory)))
+        self.buffer.append((dict(entry, part=self.part), (maps, trajectory, dict(view_maps or {}))))
         if len(self.buffer) >= self.shard_size or time.monotonic() - self.first_at >= self.shard_seconds:
             self.commit()
 
@@ -61,13 +62,18 @@ class RecordWriter:
         name = os.path.join(SHARDS, f"{self.part}-{self.shards:05d}.safetensors")
         tensors: Dict[str, object] = {}
         entries = []
-        for k, (entry, (maps, traj)) in enumerate(self.buffer):
+        for k, (entry, (maps, traj, views)) in enumerate(self.buffer):
             key = f"r{k:06d}"
             tensors[key] = maps.detach().float().cpu().contiguous()
             entry = dict(entry, shard=name, key=key, maps_shape=list(maps.shape))
             if traj is not None:
                 tensors[f"{key}.trajectory"] = traj.detach().float().cpu().contiguous()
                 entry["trajectory_shape"] = list(traj.shape)
+            for view, vmaps in views.items():
+                # clone: the default view's maps are the record's maps (safetensors refuses shared storage)
+                tensors[f"{key}.view.{view}"] = vmaps.detach().float().cpu().clone()
+            if views:
+                entry["view_shapes"] = {view: list(vmaps.shape) for view, vmaps in views.items()}
             entries.append(entry)
         os.makedirs(os.path.join(self.root, SHARDS), exist_ok=True)
         write_bytes_atomic(os.path.join(self.root, name), save(tensors, metadata={"format": SHARD_FORMAT}))
