@@ -29,7 +29,7 @@ _LAZY_ATTRS = {
     "load_run": "dcam.runs",
 }
 _LAZY_MODULES = ("ops", "probe", "methods", "explain", "explanation", "render", "eval", "zoo", "cli", "models",
-                 "words", "errors", "kernels")
+                 "words", "errors", "kernels", "runs", "trajectory", "testing", "targets", "images", "output")
 
 
 def __getattr__(name):

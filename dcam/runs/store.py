@@ -10,7 +10,7 @@ a reader would take for data.
     DIR/index/<part>.jsonl           index lines written by one process of one session (until merged)
     DIR/errors.jsonl, DIR/errors/<part>.jsonl   records that failed: id, reason
     DIR/metrics.json, DIR/metrics.md with masks: the paper's metrics over every record
-    DIR/overlays/<record>/NN_word.png     with --overlays
+    DIR/overlays/<record>-<hash>/NN_word.png     with --overlays
 
 Write order: a shard is written under a temporary name, fsync'ed and renamed
 into place (then its folder fsync'ed) before the index lines that point to

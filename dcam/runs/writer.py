@@ -90,7 +90,7 @@ class RecordWriter:
 
 
 def write_overlays(root: str, e, rid: str) -> str:
-    """``DIR/overlays/<record>/NN_word.png``: one overlay per explained word,
+    """``DIR/overlays/<record>-<hash>/NN_word.png``: one overlay per explained word,
     the folder renamed into place whole (a redone record replaces it)."""
     from ..explanation import safe_file_name
 
