@@ -101,10 +101,30 @@ class ExampleBuilder:
             ("given" if steps is not None else "default"), []
 
     def _views(self, prep: Prepared):
+        """(the prepared example over the explained views' tokens, the views, their
+        slices of the probed span, the view name the explanation reports, notes)."""
         if self.view == "all":
             views = list(prep.views.values()) or [prep.view(None)]
         else:
             views = [prep.view(self.view)]
+        view_name, notes = self.view, []
+        empty = [v for v in views if v.positions.numel() == 0]
+        if empty:
+            # an image so elongated that cropping the padding off the high-resolution grid leaves
+            # no row (or column): the model sees its base view alone (transformers counts no tile token)
+            v = empty[0]
+            w, h = prep.image.size
+            why = f"the {v.name} view of this {w}x{h} image has no tokens (its grid is {v.grid[0]}x{v.grid[1]})"
+            rest = [u for u in (prep.views.values() if self.view in (None, "all") else ()) if u.positions.numel()]
+            if not rest:
+                named = sorted(n for n, u in prep.views.items() if u.positions.numel())
+                raise InputError(f"view: {why}" + (f"; views with tokens: {', '.join(named)}" if named else ""))
+            if self.view is None:
+                views, view_name = rest[:1], rest[0].name
+                notes.append(f"{why}: the maps are the {view_name} view's")
+            else:
+                views = [u for u in views if u.positions.numel()]
+                notes.append(f"{why}: view='all' gives the others")
         offsets, k = {}, 0
         for v in views:
             offsets[v.name] = slice(k, k + int(v.positions.numel()))
@@ -112,7 +132,7 @@ class ExampleBuilder:
         span = torch.cat([v.positions for v in views])
         probed = prep if len(views) == 1 and torch.equal(span, prep.image_positions) else \
             replace(prep, image_positions=span, grid=tuple(views[0].grid) if len(views) == 1 else (1, k))
-        return probed, views, offsets
+        return probed, views, offsets, view_name, notes
 
     def __call__(self, image, prompt: Optional[str], response, targets) -> Example:
         if targets is None:
@@ -128,10 +148,10 @@ class ExampleBuilder:
             raise InputError("the response has no word to explain (only eos/pad tokens)")
         items = select_items(response_items(slots, a.token_strings([ids[i] for i in slots]), self.granularity),
                              targets)
-        probed, views, offsets = self._views(prep)
+        probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
-                       granularity=self.granularity, views=views, view_slices=offsets, view_name=self.view,
-                       notes=notes + more, _explainable=slots)
+                       granularity=self.granularity, views=views, view_slices=offsets, view_name=view_name,
+                       notes=notes + more + view_notes, _explainable=slots)
 
 
 __all__ = ["Example", "ExampleBuilder"]

@@ -95,6 +95,36 @@ def test_anyres_views_match_where_the_model_puts_its_newlines(name, models, land
     assert prep.views["base"].positions.tolist() == span[:16].tolist()  # the base view comes first
 
 
+@pytest.mark.parametrize("name", ["llava-next", "llava-onevision"])
+def test_an_image_too_elongated_for_a_highres_grid_is_explained_on_its_base_view(name, models):
+    """300 x 20 pixels: the padded high-resolution grid is 12 tokens wide, and cropped
+    to the image's aspect it keeps int(20 * 12 / 300) = int(0.8) = 0 rows, so the model
+    sees the 4 x 4 base view alone (transformers' processor writes 16 image tokens).
+    Before, the default view failed ("grads is empty") and took view="all" with it."""
+    from PIL import Image
+
+    from dcam.errors import InputError
+
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    img = Image.new("RGB", (300, 20), (200, 40, 40))
+    prep = a.prepare(img, None, a.encode_response(RESPONSE))
+    assert int((prep.input_ids[0] == a.image_token_id).sum()) == 16  # the processor's own count
+    exp = Explainer(model, proc)
+    e = exp.explain(img, response=RESPONSE)
+    base = exp.explain(img, response=RESPONSE, view="base")
+    assert e.view == "base" and e.grid == (4, 4)
+    assert e.notes[-1] == ("the highres view of this 300x20 image has no tokens (its grid is 0x12): "
+                           "the maps are the base view's")
+    torch.testing.assert_close(e.maps, base.maps, atol=0, rtol=0)
+    every = exp.explain(img, response=RESPONSE, view="all")
+    torch.testing.assert_close(every.maps, base.maps, atol=0, rtol=0)
+    with pytest.raises(InputError) as info:
+        exp.explain(img, response=RESPONSE, view="highres")
+    assert str(info.value) == ("view: the highres view of this 300x20 image has no tokens (its grid is 0x12); "
+                               "views with tokens: base")
+
+
 def test_onevision_shrinks_large_maps():
     """anyres_max_1 on a 96 x 96 image: 3 x 3 tiles, a 12 x 12 map, ratio
     sqrt(144 / 16) = 3 > 1.1 -> shrunk to 12 // 3 = 4 per side."""
