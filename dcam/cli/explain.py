@@ -13,6 +13,7 @@ frame (each conversion is stated in meta.json's notes).
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -183,6 +184,7 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
 
     failed: List[Tuple[str, str]] = []
     done: Dict[str, int] = {}
+    listing: List[dict] = []  # images.json: which input each subfolder holds (a.png and b/a.png -> a, a_2)
     with AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
         names = subfolder_names(inputs)  # one per input, even when a file is given twice
         with tqdm(total=len(inputs), desc="explain", unit="image", file=sys.stderr, disable=args.quiet) as bar:
@@ -192,7 +194,9 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
                     bar.update(1)
                     if e is None:
                         failed.append((path, why))
+                        listing.append({"image": path, "error": why})
                         continue
+                    listing.append({"image": path, "folder": name, "words": len(e)})
                     folder = os.path.join(tmp, name)
                     os.makedirs(folder)
                     e.write_files(folder, max_side=args.max_side)
@@ -201,6 +205,8 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
             print(f"dcam explain: error: {path}: {why}", file=sys.stderr)
         if not done:
             raise InputError(f"none of the {len(inputs)} images could be explained; nothing was written")
+        with open(os.path.join(tmp, "images.json"), "w") as f:
+            json.dump(listing, f, indent=1)
     print(f"explained {len(done)} of {len(inputs)} images ({sum(done.values())} words) into {args.out}"
           + (f"; {len(failed)} failed" if failed else ""))
     return 2 if failed else 0

@@ -61,8 +61,15 @@ def test_several_inputs_one_bad(cli, tiny_model_dir, shapes_png, tmp_path):
     assert len(errors) == 2
     assert errors[0].startswith(f"dcam explain: error: {cut}: cannot read {cut!r} (")
     assert errors[1] == f"dcam explain: error: {missing}: no such file {missing!r}"
-    assert sorted(os.listdir(out)) == ["a", "anim", "b", "clear", "f", "gray16", "phone", "shapes"]
-    metas = {name: _whole(out / name) for name in os.listdir(out)}
+    assert sorted(os.listdir(out)) == ["a", "anim", "b", "clear", "f", "gray16", "images.json", "phone", "shapes"]
+    with open(out / "images.json") as f:
+        listing = json.load(f)
+    in_folder = sorted(n for n in os.listdir(folder) if n != "notes.txt")
+    assert [d["image"] for d in listing] == [os.path.join(folder, n) for n in in_folder] + [shapes_png, missing]
+    assert [d.get("folder") for d in listing] == [None if n == "cut.png" else os.path.splitext(n)[0]
+                                                  for n in in_folder] + ["shapes", None]
+    assert [f"dcam explain: error: {d['image']}: {d['error']}" for d in listing if "error" in d] == errors
+    metas = {name: _whole(out / name) for name in os.listdir(out) if name != "images.json"}
     assert metas["clear"]["notes"] == ["transparency composited on rgb(16, 32, 48)"]
     clear = np.asarray(Image.open(out / "clear" / "image.png"))
     assert clear.shape == (260, 260, 3) and np.unique(clear.reshape(-1, 3), axis=0).tolist() == [[16, 32, 48]]
