@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #ifdef _OPENMP
@@ -22,6 +23,16 @@
 #endif
 
 #define DCAM_INLINE inline __attribute__((always_inline))
+
+// Whether an array of the product of `sizes` elements, `elem` bytes each, can be addressed:
+// the byte count fits a signed 64-bit offset (checked multiplications; a wrapped product
+// reached the kernels as a small or negative size: SIGFPE, a hang, a segfault).
+inline bool array_fits(int64_t elem, std::initializer_list<int64_t> sizes) {
+    int64_t bytes = elem;
+    for (const int64_t s : sizes)
+        if (__builtin_mul_overflow(bytes, s, &bytes)) return false;
+    return true;
+}
 
 // Kernels written for AVX2 (intrinsics or 8-wide vectors GCC lowers poorly for SSE2) are
 // compiled for x86-64-v3 only and chosen at run time with cpu_is_x86_64_v3(); the others

@@ -425,6 +425,11 @@ int check_sizes(dcam_dtype dtype, int64_t B, int64_t T, int64_t N, int64_t D) {
     if (!valid_dtype(dtype)) return DCAM_EINVAL_DTYPE;
     if (B < 0 || T < 0 || N < 1 || D < 1) return DCAM_EINVAL_SHAPE;
     if (D > (int64_t(1) << 24)) return DCAM_EINVAL_SHAPE;  // int32 offsets into the weight tables
+    // every array a call touches (grads, acts, maps, weights) is addressable, with room for the
+    // kernels' float32 scratch of the same shapes
+    if (!array_fits(sizeof(float), {B, T, N, D}) || !array_fits(sizeof(float), {B, N, D}) ||
+        !array_fits(sizeof(float), {B, T, N}) || !array_fits(sizeof(float), {B, T, D}))
+        return DCAM_EINVAL_SHAPE;
     return DCAM_OK;
 }
 

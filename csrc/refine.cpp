@@ -343,6 +343,10 @@ int check_refine_args(const float* raw, const float* steps, const float* image_s
                       const dcam_refine_config* cfg, const float* maps_out) {
     if (!cfg) return DCAM_EINVAL_NULL;
     if (B < 0 || T < 0 || h < 1 || w < 1) return DCAM_EINVAL_SHAPE;
+    // checked products: h * w (and B * T * h * w) wrapped past int64 for huge sides
+    if (!array_fits(sizeof(float), {h, w}) || !array_fits(sizeof(float), {B, T, h, w}) ||
+        !array_fits(sizeof(float), {B, T, T}))
+        return DCAM_EINVAL_SHAPE;
     if (cfg->akd_kernel < 0 || (cfg->akd_kernel > 0 && cfg->akd_kernel % 2 == 0)) return DCAM_EINVAL_CONFIG;
     if (cfg->sicd < DCAM_SICD_OFF || cfg->sicd > DCAM_SICD_CONTEXT) return DCAM_EINVAL_CONFIG;
     if (B == 0 || T == 0) return DCAM_OK;

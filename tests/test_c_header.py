@@ -129,6 +129,15 @@ int main(void) {
     rc = dcam_pool_gradients_checked(NULL, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, &nonfinite);
     printf("untouched checked %d %d\n", rc, nonfinite);
     printf("err weights_dtype %d\n", dcam_channel_weights(G, (dcam_dtype)9, 1, 1, 3, 2, 1, W, NULL));
+    /* sizes whose products pass 2^63 bytes: refused (they wrapped into SIGFPE, a hang, a segfault) */
+    const int64_t big = (int64_t)1 << 40, k16 = (int64_t)1 << 16;
+    printf("err pool_overflow %d\n", dcam_pool_gradients(A, G, DCAM_F32, big, big, 1 << 20, 1 << 20, 1, maps, pdeg));
+    printf("err tokens_overflow %d\n", dcam_pool_gradients(A, G, DCAM_F32, 1, 1, (int64_t)1 << 62, 4, 1, maps,
+                                                            pdeg));
+    printf("err weights_overflow %d\n", dcam_channel_weights(G, DCAM_F32, k16, k16, k16, k16, 1, W, NULL));
+    printf("err maps_overflow %d\n", dcam_weighted_maps(A, DCAM_F32, W, k16, k16, k16, k16, maps, pdeg));
+    printf("err refine_overflow %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, big, big, &cfg,
+                                                    out, NULL, NULL, NULL, NULL, NULL));
     printf("errstr %s\n", dcam_error_string(DCAM_EINVAL_CONFIG));
     printf("version %s\n", dcam_version());
     return 0;
@@ -329,7 +338,8 @@ def test_pooling_halves_by_hand(program_output):
 def test_error_codes(program_output):
     errs = {r[0]: r[1] for r in _lines(program_output, "err")}
     assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
-                    "null_flag": "1", "null_weights": "1", "weights_dtype": "3"}
+                    "null_flag": "1", "null_weights": "1", "weights_dtype": "3", "pool_overflow": "2",
+                    "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
     assert _lines(program_output, "untouched") == [["weights", "1", "-7"], ["checked", "1", "-7"]]
 

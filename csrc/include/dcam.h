@@ -79,7 +79,9 @@ typedef enum { DCAM_F32 = 0, DCAM_F16 = 1, DCAM_BF16 = 2 } dcam_dtype;
 /* Return codes. */
 #define DCAM_OK 0
 #define DCAM_EINVAL_NULL 1   /* a required pointer is NULL                     */
-#define DCAM_EINVAL_SHAPE 2  /* a size is negative/zero where it must be >= 1  */
+#define DCAM_EINVAL_SHAPE 2  /* a size is negative/zero where it must be >= 1,
+                              * or too large (D > 2^24; an array of the sizes
+                              * given would pass 2^63 bytes)                  */
 #define DCAM_EINVAL_DTYPE 3  /* unknown dcam_dtype                             */
 #define DCAM_EINVAL_CONFIG 4 /* bad refine config (kernel size, sicd mode)     */
 #define DCAM_ENOMEM 5        /* scratch allocation failed                      */
