@@ -86,6 +86,9 @@ def check_grid(grid, n: int) -> Tuple[int, int]:
     return h, w
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _range_text(lo: float, hi: Optional[float], lo_open: bool) -> str:
     return f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}]'}"
 
@@ -102,6 +105,8 @@ def per_image(name: str, value, B: int, device, *, lo: float, hi: Optional[float
         below = v <= lo if lo_open else v < lo
         if not (v == v and abs(v) != float("inf")) or below or (hi is not None and v > hi):
             raise InputError(f"{name} must lie in {rng}, got {value!r}")
+        if abs(v) > FLOAT32_MAX:  # the kernels take float32: torch.full raised an overflow RuntimeError
+            raise InputError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32), got {value!r}")
         return torch.full((B,), v, dtype=torch.float32, device=device)
     if not isinstance(value, Tensor):
         try:
@@ -114,6 +119,9 @@ def per_image(name: str, value, B: int, device, *, lo: float, hi: Optional[float
         value = value.expand(B)
     if value.dim() != 1 or value.shape[0] != B:
         raise InputError(f"{name} must be a scalar or have shape [{B}] (one per image), got {tuple(value.shape)}")
+    if check_values and value.dtype == torch.float64 and bool((value.abs() > FLOAT32_MAX).any()):
+        # finite here, Inf once float32 (the message used to count them as NaN/Inf)
+        raise InputError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32), got {value.tolist()}")
     t = value.to(device=device, dtype=torch.float32).contiguous()
     if check_values:
         check_finite(name, t)

@@ -219,6 +219,10 @@ def test_devices_must_match():
     (dict(steps=torch.tensor([1.0, 2.0, 3.0])), "steps", r"steps must be a scalar or have shape \[2\]"),
     (dict(steps=float("nan")), "steps", "must lie in"),
     (dict(steps=torch.tensor([1.0, float("inf")])), "steps", "NaN/Inf"),
+    # finite but past float32: a RuntimeError from torch.full, or counted as NaN/Inf
+    (dict(steps=1e300), "steps", r"steps must be at most 3.403e\+38 \(float32\), got 1e\+300"),
+    (dict(image_size=torch.tensor([1e300, 1.0], dtype=torch.float64)), "image_size",
+     r"image_size must be at most 3.403e\+38 \(float32\), got \[1e\+300, 1.0\]"),
     (dict(image_size=torch.tensor([1 + 1j, 2j])), "image_size", "real-valued"),
     (dict(degenerate=torch.zeros(2, 3)), "degenerate", "bool tensor"),
     (dict(degenerate=torch.zeros(3, 2, dtype=torch.bool)), "degenerate", "degenerate must have shape"),
