@@ -101,7 +101,7 @@ def channel_weights(grads: Tensor, grad_relu: bool = True, backend: str = "auto"
     """
     V.check_bool("grad_relu", grad_relu)
     V.check_bool("check_finite", check_finite)
-    grads = V.validate_grads(grads)
+    grads = V.validate_grads(grads, check_finite)
     run = implementation("channel_weights", check_backend(backend, grads.device))
     weights, bad = run(grads, grad_relu, check_finite)
     if check_finite:

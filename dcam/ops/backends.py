@@ -94,6 +94,10 @@ def check_backend(backend: str, device: torch.device) -> str:
     (a backend asked for by name that is not built here is a RuntimeError)."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device.type == "meta" and backend != "auto":
+        # no kernel runs on values that do not exist; the registered ops' fake kernels give the shapes
+        raise InputError(f"backend={backend!r} cannot run meta tensors (shapes without values); backend='auto' "
+                         "gives the outputs' shapes")
     if backend == "cpp":
         if device.type != "cpu":
             raise InputError(f"backend='cpp' needs CPU tensors, got tensors on {device}")

@@ -41,6 +41,7 @@ reference runs one extra ``aminmax`` pass.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, Dict, Tuple
 
@@ -180,6 +181,16 @@ for _name in OPS:  # one kernel per device, each the backend's function of the s
 
 # ------------------------------------------------------------------ explicit backends
 
+def _no_grad(fn: Callable) -> Callable:
+    """The reference called as the ops are: outputs that never require grad (autograd
+    falls through the registered ops; called directly, the reference's outputs did)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return run
+
+
 def implementation(op: str, backend: str) -> Callable:
     """The function that runs ``op`` (a key of :data:`OPS`) on ``backend``
     (already checked by :func:`dcam.ops.backends.check_backend`): the
@@ -188,6 +199,6 @@ def implementation(op: str, backend: str) -> Callable:
     if backend == "auto":
         return OPS[op][0]
     if backend == "torch":
-        return OPS[op][1]
+        return _no_grad(OPS[op][1])
     module = cpp_backend.module() if backend == "cpp" else triton_backend.module()
     return getattr(module, f"{op}_{backend}")

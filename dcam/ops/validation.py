@@ -32,9 +32,18 @@ def nonfinite_flag(x: Tensor) -> Tensor:
 
 
 def check_finite(name: str, x: Tensor) -> None:
+    refuse_meta_check(name, x)
     if bool(nonfinite_flag(x)):
         bad = (~torch.isfinite(x)).sum().item()
         raise InputError(f"{name} contains {bad} NaN/Inf value(s); pass check_finite=False to skip this check")
+
+
+def refuse_meta_check(name: str, x: Tensor) -> None:
+    """A meta tensor has a shape and no values: a value check cannot run on it (it
+    raised torch's ``item()`` RuntimeError); the caller asks for no check instead."""
+    if x.device.type == "meta":
+        raise InputError(f"{name} is a meta tensor (a shape without values): nothing to check for NaN/Inf; "
+                         "pass check_finite=False")
 
 
 def check_tensor(name: str, x, *, ranks: Sequence[int], float_only: bool = True) -> Tensor:
@@ -46,7 +55,8 @@ def check_tensor(name: str, x, *, ranks: Sequence[int], float_only: bool = True)
     if x.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
     if float_only and x.dtype not in FLOAT_DTYPES:
-        raise InputError(f"{name} must be a floating-point tensor (float32/float16/bfloat16), got {x.dtype}")
+        raise InputError(f"{name} must be a floating-point tensor (float32/float16/bfloat16, or float64 computed "
+                         f"in float32), got {x.dtype}")
     return x
 
 
@@ -115,6 +125,8 @@ def per_image(name: str, value, B: int, device, *, lo: float, hi: Optional[float
             raise InputError(f"{name} must be a number or a [B] tensor, got {type(value).__name__}") from exc
     if value.is_complex() or value.dtype == torch.bool:
         raise InputError(f"{name} must be real-valued, got {value.dtype}")
+    if value.device.type == "meta" and torch.device(device).type != "meta":
+        raise InputError(f"{name} is a meta tensor (a shape without values) but the maps are on {device}")
     if value.dim() == 0:
         value = value.expand(B)
     if value.dim() != 1 or value.shape[0] != B:
@@ -159,12 +171,16 @@ def validate_pool(acts, grads, grid, check_values: bool):
     h, w = check_grid(grid, N)
     if check_values:
         check_finite("acts", acts)  # the gradients are checked by the pooling kernel itself (check_grads)
+        refuse_meta_check("grads", grads)
     return compute_dtype(acts).contiguous(), compute_dtype(grads).contiguous(), h, w, device
 
 
-def validate_grads(grads) -> Tensor:
-    """grads [B,T,N,D] ([T,N,D]: a batch of one), contiguous, for the channel weights alone."""
+def validate_grads(grads, check_values: bool) -> Tensor:
+    """grads [B,T,N,D] ([T,N,D]: a batch of one), contiguous, for the channel weights alone
+    (their values are checked by the pass itself)."""
     grads = check_tensor("grads", grads, ranks=(3, 4))
+    if check_values:
+        refuse_meta_check("grads", grads)
     return compute_dtype(grads if grads.dim() == 4 else grads.unsqueeze(0)).contiguous()
 
 
@@ -192,7 +208,7 @@ def check_raw_values(raw: Tensor) -> None:
     refinement's clip (section 5) and thresholds assume that range, so a map
     outside it is refused rather than silently clipped."""
     check_finite("raw_maps", raw)
-    lo, hi = torch.aminmax(raw)
+    lo, hi = torch.aminmax(raw.detach())  # (float() of a tensor that requires grad warns)
     if float(lo) < 0.0 or float(hi) > 1.0:
         raise InputError(f"raw_maps must lie in [0, 1] (min-max normalised pooled maps), got values in "
                          f"[{float(lo):g}, {float(hi):g}]")

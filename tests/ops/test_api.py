@@ -5,6 +5,7 @@ the registered ops (opcheck, torch.compile).
 
 Agreement of the backends with the reference is in test_scenarios.py and
 test_fuzz.py; hand-worked values in test_contract.py and test_reference.py."""
+import re
 import warnings
 
 import numpy as np
@@ -191,8 +192,40 @@ def test_unknown_backend_and_cpp_on_wrong_device():
     with raises_input_error("backend", "backend must be one of"):
         dcam.pool_gradients(a, g, grid, backend="cuda")
     meta = (a.to("meta"), g.to("meta"))
-    with raises_input_error("backend", "backend='cpp' needs CPU tensors"):
+    with raises_input_error("backend", "backend='cpp' cannot run meta tensors"):
         dcam.pool_gradients(*meta, grid, backend="cpp", check_finite=False)
+
+
+def test_meta_tensors_give_shapes_through_the_ops_and_clear_errors_elsewhere():
+    # a meta tensor has a shape and no values: the value checks and the named backends
+    # raised torch's RuntimeError (item() on meta) or NotImplementedError (aten::_unique2)
+    a, g, grid = _inputs()
+    am, gm = a.to("meta"), g.to("meta")
+    assert dcam.pool_gradients(am, gm, grid, check_finite=False).maps.shape == (2, 3, *grid)
+    assert dcam.diffusion_cam(am, gm, grid, check_finite=False).maps.device.type == "meta"
+    check = re.escape("is a meta tensor (a shape without values): nothing to check for NaN/Inf; "
+                      "pass check_finite=False")
+    with raises_input_error("acts", f"acts {check}"):
+        dcam.pool_gradients(am, gm, grid)
+    with raises_input_error("grads", f"grads {check}"):
+        dcam.channel_weights(gm)
+    with raises_input_error("raw_maps", f"raw_maps {check}"):
+        dcam.refine(torch.rand(2, 3, *grid).to("meta"))
+    with raises_input_error("backend", "backend='torch' cannot run meta tensors"):
+        dcam.refine(torch.rand(2, 3, *grid).to("meta"), backend="torch", check_finite=False)
+    with raises_input_error("steps", re.escape("steps is a meta tensor (a shape without values) but the maps "
+                                               "are on cpu")):
+        dcam.refine(torch.rand(2, 3, *grid), steps=torch.empty(2, device="meta"))
+
+
+def test_reference_backend_outputs_do_not_require_grad():
+    # backend="torch" called the reference directly, under autograd: its maps required grad
+    a, g, grid = _inputs()
+    a, g = a.clone().requires_grad_(), g.clone().requires_grad_()
+    raw = torch.rand(2, 3, *grid, requires_grad=True)
+    outs = [dcam.pool_gradients(a, g, grid, backend="torch").maps, dcam.channel_weights(g, backend="torch"),
+            dcam.diffusion_cam(a, g, grid, backend="torch").maps, dcam.refine(raw, backend="torch").maps]
+    assert [o.requires_grad for o in outs] == [False] * 4
 
 
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
