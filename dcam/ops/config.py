@@ -8,8 +8,12 @@ objects.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, Sequence, Tuple, Union
+
+import numpy as np
 
 from . import constants as C
 from ..errors import InputError
@@ -26,23 +30,34 @@ def _is_bool(v) -> bool:
 
 
 def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite real number that float32 holds (numpy scalars included: np.float32 was
+    refused while np.float64, a float subclass, passed; 1e300 reached the kernels as Inf)."""
+    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+            and abs(float(v)) <= FLOAT32_MAX)
 
 
 def _as_tuple(v):
+    """A sequence's items; None for what is not a sequence of values (a dict gave its keys)."""
+    if isinstance(v, (str, bytes, Mapping, AbstractSet)):
+        return None
     try:
         return tuple(v)
     except TypeError:
         return None
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The smallest blur sigma: the Gaussian's exponent divides by 2*sigma^2, which must stay a
+#: normal float32 (at 1e-45 it is 0, and the centre weight 0/0 made every gated map NaN)
+DACG_SIGMA_MIN = 1e-18
+
 #: Allowed range of each scalar field: the thresholds compare against maps in
 #: [0, 1], the floor scales values down to at most themselves.
 FIELD_RANGES: Dict[str, Tuple[float, float]] = {
     "dacg_std": (0.0, 1.0), "dacg_mean_high": (0.0, 1.0), "dacg_mean_low": (0.0, 1.0),
-    "dacg_sigma": (0.0, math.inf), "cba_floor": (0.0, 1.0)}
+    "dacg_sigma": (DACG_SIGMA_MIN, math.inf), "cba_floor": (0.0, 1.0)}
 RANGE_TEXT = {"dacg_std": "[0, 1]", "dacg_mean_high": "[0, 1]", "dacg_mean_low": "[0, 1]",
-              "dacg_sigma": "(0, inf)", "cba_floor": "[0, 1]"}
+              "dacg_sigma": f"[{DACG_SIGMA_MIN:g}, 3.4e38]", "cba_floor": "[0, 1]"}
 
 #: One line per field for help texts (``--cam``): the type and the range.
 FIELD_HELP = {
@@ -52,7 +67,7 @@ FIELD_HELP = {
     "dacg_std": "number in [0, 1]", "dacg_mean_high": "number in [0, 1]",
     "dacg_mean_low": "number in [0, 1], <= dacg_mean_high",
     "dacg_percentiles": "4 numbers in [0, 100] (high_var,high_mean,low_mean,default)",
-    "dacg_sigma": "number > 0", "cba_weights": "4 numbers >= 0", "cba_floor": "number in [0, 1]",
+    "dacg_sigma": f"number >= {DACG_SIGMA_MIN:g}", "cba_weights": "4 numbers >= 0", "cba_floor": "number in [0, 1]",
 }
 
 
@@ -91,8 +106,10 @@ class CamConfig:
         if isinstance(k, str):
             if k != "adaptive":
                 raise InputError(f"CamConfig.akd_kernel must be 'adaptive' or an odd int >= 1, got {k!r}")
-        elif isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+        elif isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or k < 1 or k % 2 == 0:
             raise InputError(f"CamConfig.akd_kernel must be 'adaptive' or an odd int >= 1, got {k!r}")
+        else:
+            object.__setattr__(self, "akd_kernel", int(k))
         for name in ("akd", "dacg", "cba", "grad_relu"):
             if not _is_bool(getattr(self, name)):
                 raise InputError(f"CamConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -100,8 +117,9 @@ class CamConfig:
             raise InputError(f"CamConfig.sicd must be one of {sorted(SICD_MODES)}, got {self.sicd!r}")
         for name, (lo, hi) in FIELD_RANGES.items():
             v = getattr(self, name)
-            if not _is_real(v) or v < lo or v > hi or (name == "dacg_sigma" and v == 0):
+            if not _is_real(v) or v < lo or v > hi:
                 raise InputError(f"CamConfig.{name} must be a finite number in {RANGE_TEXT[name]}, got {v!r}")
+            object.__setattr__(self, name, float(v))  # plain floats: configs hash, compare and save as JSON
         if self.dacg_mean_low > self.dacg_mean_high:
             raise InputError(f"CamConfig.dacg_mean_low ({self.dacg_mean_low!r}) must not exceed dacg_mean_high "
                              f"({self.dacg_mean_high!r}): the low-mean test comes after the high-mean one")
@@ -111,7 +129,8 @@ class CamConfig:
                 f"CamConfig.dacg_percentiles must be 4 numbers in [0, 100], got {self.dacg_percentiles!r}")
         w = _as_tuple(self.cba_weights)
         if w is None or len(w) != 4 or not all(_is_real(q) and q >= 0 for q in w):
-            raise InputError(f"CamConfig.cba_weights must be 4 finite numbers >= 0, got {self.cba_weights!r}")
+            raise InputError(f"CamConfig.cba_weights must be 4 finite numbers in [0, 3.4e38] (float32), got "
+                             f"{self.cba_weights!r}")
         # normalise sequences to float tuples so configs hash and compare by value
         object.__setattr__(self, "dacg_percentiles", tuple(float(q) for q in p))
         object.__setattr__(self, "cba_weights", tuple(float(q) for q in w))

@@ -331,6 +331,10 @@ def test_refine_output_in_unit_range_with_a_tiny_repeat_ratio(backend, quiet):
     ("cba_weights", (0.1, float("nan"), 0.1, 0.1)), ("cba_weights", (0.1, -0.1, 0.1, 0.1)),
     ("cba_weights", (0.1, 0.1, 0.1)), ("cba_weights", 0.15), ("cba_floor", -1.0), ("cba_floor", 1.5),
     ("cba_floor", float("nan")),
+    # values that passed and broke the maps: a sigma whose 2*sigma^2 is 0 in float32 (NaN maps), weights
+    # past float32 (Inf * 0), a dict (its keys taken as the percentiles), a numpy bool
+    ("dacg_sigma", 1e-45), ("dacg_sigma", 1e-19), ("cba_weights", (1e300, 0.0, 0.0, 0.0)),
+    ("dacg_percentiles", {1: 1, 2: 2, 3: 3, 4: 4}), ("dacg_percentiles", "9075"), ("dacg_std", np.bool_(True)),
 ])
 def test_config_errors_name_the_field(field, value):
     with raises_input_error(f"CamConfig.{field}"):
@@ -346,10 +350,20 @@ def test_config_mean_low_must_not_exceed_mean_high():
 @pytest.mark.parametrize("field,value", [("dacg_std", 0.0), ("dacg_std", 1.0), ("dacg_mean_high", 1.0),
                                          ("dacg_mean_low", 0.0), ("cba_floor", 0.0), ("cba_floor", 1.0),
                                          ("cba_weights", (0.0, 0.0, 0.0, 0.0)), ("dacg_percentiles", (0, 100, 0, 100)),
-                                         ("akd_kernel", 1), ("akd_kernel", 13)])
+                                         ("akd_kernel", 1), ("akd_kernel", 13), ("dacg_sigma", 1e-18),
+                                         ("cba_weights", (3.4e38, 0.0, 0.0, 0.0))])
 def test_config_range_edges_are_accepted(field, value):
     assert getattr(dcam.CamConfig(**{field: value}), field) == (tuple(float(v) for v in value)
                                                                 if isinstance(value, tuple) else value)
+
+
+def test_config_takes_numpy_numbers_as_plain_python_ones():
+    # np.float32 and np.int64 were refused (np.float64, a float subclass, passed)
+    c = dcam.CamConfig(dacg_std=np.float32(0.25), akd_kernel=np.int64(5), dacg_percentiles=np.array([90, 75, 80, 85]),
+                       cba_floor=np.float64(0.5))
+    assert (type(c.dacg_std), type(c.akd_kernel), type(c.cba_floor)) == (float, int, float)
+    assert (c.dacg_std, c.akd_kernel, c.dacg_percentiles) == (float(np.float32(0.25)), 5, (90.0, 75.0, 80.0, 85.0))
+    assert c == dcam.CamConfig(dacg_std=0.25, akd_kernel=5, dacg_percentiles=(90, 75, 80, 85), cba_floor=0.5)
 
 
 def test_config_defaults_are_the_contracts():
