@@ -21,6 +21,7 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor
 
+from ..errors import InputError
 from .config import CamConfig
 from . import validation as V
 from .backends import check_backend
@@ -63,6 +64,15 @@ def _raise_if_grads_nonfinite(grads: Tensor, flag: Tensor) -> None:
         V.check_finite("grads", grads)
 
 
+def _raise_if_pooling_overflowed(flag: Tensor) -> None:
+    """After a checked pooling of finite inputs: NaN maps mean a float32 product or sum
+    past 3.4e38 (|acts * weights| ~ 1e20 * 1e20). The backends then disagreed (NaN maps
+    from the reference's refinement, zeros from the C++ one); now every one refuses."""
+    if bool(flag):
+        raise InputError("acts: finite, but pooled with grads it overflows float32 (a product or sum past "
+                         "3.4e38 made the maps NaN); scale acts or grads down")
+
+
 def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu: bool = True,
                    backend: str = "auto", check_finite: bool = True) -> RawMaps:
     """Gradient-weighted pooling of image-token states into one map per token
@@ -83,6 +93,7 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
     maps, degenerate, bad = run(acts, grads, h, w, grad_relu, check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
+        _raise_if_pooling_overflowed(V.nonfinite_flag(maps))
     return RawMaps(maps, degenerate)
 
 
@@ -122,6 +133,8 @@ def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend:
     V.check_bool("check_finite", check_finite)
     acts, weights, h, w, device = V.validate_weighted(acts, weights, grid, check_finite)
     maps, degenerate = implementation("weighted_maps", check_backend(backend, device))(acts, weights, h, w)
+    if check_finite:
+        _raise_if_pooling_overflowed(V.nonfinite_flag(maps))
     return RawMaps(maps, degenerate)
 
 
@@ -188,11 +201,14 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     backend = check_backend(backend, device)
     raw, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, config.grad_relu,
                                                                      check_finite)
-    # maps pooled from checked inputs are finite and in [0, 1] by construction: no value check
+    # maps pooled from checked inputs are in [0, 1] unless float32 overflowed: that flag is made here
+    # on the device and read with the gradients' at the end (no host sync between the stages)
+    overflowed = V.nonfinite_flag(raw) if check_finite else None
     out = _refine_checked(raw, degenerate, config, steps, image_size, repeat_ratio, None, context_weights,
                           backend, check_values=check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
+        _raise_if_pooling_overflowed(overflowed)
     return out
 
 

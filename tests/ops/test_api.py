@@ -473,6 +473,24 @@ def test_huge_finite_gradients_are_not_an_error(backend, quiet):
     dcam.diffusion_cam(a, g, grid, backend=backend)
 
 
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_pooling_that_overflows_float32_is_refused_on_every_backend(backend, quiet):
+    # |acts| ~ |grads| ~ 1e20: finite inputs whose products (~1e40) pass float32's 3.4e38. The maps
+    # were NaN from pool_gradients with no error, and diffusion_cam gave NaN maps on the reference
+    # and zeros on the C++ and Triton backends
+    a, g, grid = _inputs(B=1, T=2, h=3, w=3, D=5, seed=1)
+    a, g = a * 1e20, g * 1e20
+    message = re.escape("acts: finite, but pooled with grads it overflows float32")
+    with raises_input_error("acts", message):
+        dcam.pool_gradients(a, g, grid, backend=backend)
+    with raises_input_error("acts", message):
+        dcam.diffusion_cam(a, g, grid, backend=backend)
+    with raises_input_error("acts", message):
+        dcam.weighted_maps(a, dcam.channel_weights(g, backend=backend), grid, backend=backend)
+    # the same tensors scaled into range pool without complaint
+    assert bool(torch.isfinite(dcam.pool_gradients(a * 1e-20, g * 1e-20, grid, backend=backend).maps).all())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_all_finite_matches_isfinite(dtype):
     # the one-pass min/max check finds every NaN/Inf wherever it sits
