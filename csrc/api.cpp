@@ -9,7 +9,9 @@ extern "C" const char* dcam_error_string(int code) {
         case DCAM_EINVAL_NULL: return "a required pointer argument is NULL";
         case DCAM_EINVAL_SHAPE: return "invalid size argument";
         case DCAM_EINVAL_DTYPE: return "unknown dtype";
-        case DCAM_EINVAL_CONFIG: return "invalid refine configuration (akd_kernel must be 0 or odd >= 1, sicd 0..2)";
+        case DCAM_EINVAL_CONFIG:
+            return "invalid refine configuration (akd_kernel must be 0 or odd >= 1, sicd 0..2, dacg_params and "
+                   "cba_params in their ranges)";
         case DCAM_ENOMEM: return "out of memory";
         default: return "unknown error code";
     }

@@ -338,6 +338,23 @@ DCAM_HOT MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, co
     return st;
 }
 
+// The ranges CamConfig enforces in Python, for C callers (a NaN or zero sigma made every
+// gated map NaN; percentiles past 100 read outside the sorted values). NaN fails every test.
+bool in_range(float v, float lo, float hi) { return v >= lo && v <= hi; }
+
+bool valid_params(const dcam_refine_config& c) {
+    const float* d = c.dacg_params;
+    const float* b = c.cba_params;
+    const float fmax = 3.4028234663852886e38f;
+    if (!in_range(d[0], 0.f, 1.f) || !in_range(d[1], 0.f, 1.f) || !in_range(d[2], 0.f, d[1])) return false;
+    for (int i = 3; i < 7; ++i)
+        if (!in_range(d[i], 0.f, 100.f)) return false;
+    if (!in_range(d[7], 1e-18f, fmax)) return false;  // 2*sigma^2 stays a normal float32
+    for (int i = 0; i < 4; ++i)
+        if (!in_range(b[i], 0.f, fmax)) return false;
+    return in_range(b[4], 0.f, 1.f);
+}
+
 int check_refine_args(const float* raw, const float* steps, const float* image_size, const float* repeat_ratio,
                       const float* context_weights, int64_t B, int64_t T, int64_t h, int64_t w,
                       const dcam_refine_config* cfg, const float* maps_out) {
@@ -349,6 +366,7 @@ int check_refine_args(const float* raw, const float* steps, const float* image_s
         return DCAM_EINVAL_SHAPE;
     if (cfg->akd_kernel < 0 || (cfg->akd_kernel > 0 && cfg->akd_kernel % 2 == 0)) return DCAM_EINVAL_CONFIG;
     if (cfg->sicd < DCAM_SICD_OFF || cfg->sicd > DCAM_SICD_CONTEXT) return DCAM_EINVAL_CONFIG;
+    if (!valid_params(*cfg)) return DCAM_EINVAL_CONFIG;
     if (B == 0 || T == 0) return DCAM_OK;
     if (!raw || !maps_out) return DCAM_EINVAL_NULL;
     if (cfg->akd_kernel == 0 && (!steps || !image_size)) return DCAM_EINVAL_NULL;

@@ -115,6 +115,22 @@ int main(void) {
     printf("err even_kernel %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                                 NULL, NULL, NULL, NULL, NULL));
     cfg.akd_kernel = 3;
+    /* parameters outside CamConfig's ranges (they returned DCAM_OK and NaN maps) */
+    cfg.dacg_params[7] = NAN;
+    printf("err nan_sigma %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                              NULL, NULL, NULL, NULL, NULL));
+    cfg.dacg_params[7] = 0.0f;
+    printf("err zero_sigma %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                               NULL, NULL, NULL, NULL, NULL));
+    cfg.dacg_params[7] = 0.3f;
+    cfg.dacg_params[3] = 150.0f;
+    printf("err percentile %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                               NULL, NULL, NULL, NULL, NULL));
+    cfg.dacg_params[3] = 90.0f;
+    cfg.cba_params[4] = -0.5f;
+    printf("err floor %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                          NULL, NULL, NULL, NULL, NULL));
+    cfg.cba_params[4] = 0.5f;
     cfg.sicd = DCAM_SICD_CONTEXT;
     printf("err no_weights %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                                NULL, NULL, NULL, NULL, NULL));
@@ -339,7 +355,8 @@ def test_error_codes(program_output):
     errs = {r[0]: r[1] for r in _lines(program_output, "err")}
     assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
                     "null_flag": "1", "null_weights": "1", "weights_dtype": "3", "pool_overflow": "2",
-                    "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2"}
+                    "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2",
+                    "nan_sigma": "4", "zero_sigma": "4", "percentile": "4", "floor": "4"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
     assert _lines(program_output, "untouched") == [["weights", "1", "-7"], ["checked", "1", "-7"]]
 

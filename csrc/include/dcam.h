@@ -83,7 +83,8 @@ typedef enum { DCAM_F32 = 0, DCAM_F16 = 1, DCAM_BF16 = 2 } dcam_dtype;
                               * or too large (D > 2^24; an array of the sizes
                               * given would pass 2^63 bytes)                  */
 #define DCAM_EINVAL_DTYPE 3  /* unknown dcam_dtype                             */
-#define DCAM_EINVAL_CONFIG 4 /* bad refine config (kernel size, sicd mode)     */
+#define DCAM_EINVAL_CONFIG 4 /* bad refine config (kernel size, sicd mode, a
+                              * parameter outside its range or NaN)           */
 #define DCAM_ENOMEM 5        /* scratch allocation failed                      */
 
 /* SICD modes (dcam_refine_config.sicd). */
@@ -100,9 +101,12 @@ typedef struct {
     int cba;               /* nonzero: run CBA (background attenuation)                           */
     int sicd;              /* DCAM_SICD_OFF / _REFERENCE / _CONTEXT                               */
     float dacg_params[8];  /* std_high, mean_high, mean_low, percentile high_var, high_mean,
-                              low_mean, default, blur sigma (defaults .22 .35 .25 90 75 80 85 .3) */
+                              low_mean, default, blur sigma (defaults .22 .35 .25 90 75 80 85 .3);
+                              std and means in [0, 1] with mean_low <= mean_high, percentiles in
+                              [0, 100], sigma in [1e-18, FLT_MAX]                                 */
     float cba_params[5];   /* weights of median(nz), P60(all), mean(nz), max; attenuation floor
-                              (defaults .15 .15 .2 .015 .5)                                        */
+                              (defaults .15 .15 .2 .015 .5); weights in [0, FLT_MAX], floor in
+                              [0, 1]                                                               */
 } dcam_refine_config;
 
 /* Version of the library, e.g. "0.1.0". Never NULL. */
