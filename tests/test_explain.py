@@ -391,3 +391,19 @@ def test_fallback_when_vmapped_backward_fails(prepared, monkeypatch):
     with pytest.warns(RuntimeWarning, match="one backward per token"):
         got = probe(a, prep, pos, ids, 1, chunk_size=2).grads
     torch.testing.assert_close(got, ref, atol=1e-8, rtol=1e-6)
+
+
+def test_toy_response_length_other_than_its_slots_is_refused(zoo, sample):
+    # the toy processor lays out a fixed number of response slots: response_length=5 generated into
+    # the last 5 of them (after 7 [MASK]s) and explained the ids at the first 5, a context the model
+    # never saw; with trajectory=True it ended in a RuntimeError
+    model, proc = zoo
+    exp = Explainer(model, proc)
+    n = proc.response_length
+    for kw in (dict(response_length=5), dict(response_length=5, trajectory=True), dict(response_length=n + 1)):
+        with pytest.raises(InputError) as info:
+            exp.explain(sample.image, **kw)
+        assert str(info.value) == (f"response_length: this model writes exactly {n} response slots (its "
+                                   f"processor's response_length; shorter responses end in eos), "
+                                   f"got {kw['response_length']}")
+    assert len(exp.explain(sample.image, response_length=n).response_ids) == n
