@@ -127,9 +127,13 @@ def test_a_family_forced_on_a_model_it_does_not_fit_is_refused_naming_family(mod
     with pytest.raises(InputError, match=r"^family: LlavaForConditionalGeneration \(config.model_type 'llava'\) is a "
                                          r"llava model, not mmada \(leave family out to detect it\)$"):
         auto_adapter(model, proc, family="mmada")
-    # families that share the adapter may be forced on each other (LLaVA-NeXT / OneVision)
-    nxt, nproc = models("llava-next")
-    assert auto_adapter(nxt, nproc, family="llava-onevision").blocks() is nxt.model.language_model.layers
+    # a sibling row of the same adapter is refused too: forcing it changed nothing (the adapter
+    # reads the layout from the config) and said nothing
+    for name, forced in (("llava-next", "llava-onevision"), ("lavida", "llada-v")):
+        model, proc = models(name)
+        with pytest.raises(InputError, match=rf"^family: .* is a {name} model, not {forced} \(leave family out"):
+            auto_adapter(model, proc, family=forced)
+        assert auto_adapter(model, proc, family=name).family == name
 
     class Custom(nn.Module):  # detected as no family: family= is how such a model is explained
         def __init__(self):

@@ -53,7 +53,9 @@ def _forced_adapter(fam: Family, model, processor, **kwargs) -> ModelAdapter:
     user's input, refused naming the family (it used to end in an AttributeError deep in
     the probe)."""
     detected = detect_family(model)
-    if detected is not None and detected.adapter_class() is not fam.adapter_class():
+    # a sibling row of the same adapter is refused too: the adapter reads the layout from the
+    # model's config, so forcing llada-v on a LaViDa model changed nothing and said nothing
+    if detected is not None and detected.name != fam.name:
         raise InputError(f"family: {_found(model)} is a {detected.name} model, not {fam.name} "
                          f"(leave family out to detect it)")
     adapter = fam.adapter_class()(model, processor, **kwargs)
