@@ -164,9 +164,11 @@ class Explainer:
             model's own generation (:mod:`dcam.trajectory`; the response is
             generated, so ``response`` must be None): ``e.trajectory``.
         """
+        if not isinstance(trajectory, bool):  # trajectory="no" is truthy: it ran a trajectory
+            raise InputError(f"trajectory must be True or False, got {trajectory!r}")
         if trajectory:
             return self._explain_with_trajectory(image, prompt, response, targets, probe, target_score, steps,
-                                                 response_length, background, granularity)
+                                                 response_length, background, granularity, view)
         return self.explain_batch([image], [prompt], [response], targets_per_image=[targets], probe=probe,
                                   target_score=target_score, steps=steps, response_length=response_length,
                                   background=background, view=view, granularity=granularity)[0]
@@ -210,18 +212,20 @@ class Explainer:
 
     # ------------------------------------------------------------------ internals
     def _explain_with_trajectory(self, image, prompt, response, targets, probe, target_score, steps,
-                                 response_length, background, granularity) -> Explanation:
+                                 response_length, background, granularity, view) -> Explanation:
         """The trajectory of the model's own generation, and the explanation of the finished response."""
         from .trajectory import check_trajectory_request, explain_trajectory
 
         if response is not None:
             raise InputError("trajectory: a trajectory follows the model's own generation; leave response unset")
         check_trajectory_request(self)
+        # checked before the generation runs (view= was dropped here, an unknown one included)
+        view = check_view(self.adapter, view) if view is not None else self.view
         traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
-                                  targets=targets, background=background, granularity=granularity)
+                                  targets=targets, background=background, granularity=granularity, view=view)
         e = self.explain(image, prompt=prompt, response=traj.response_ids, targets=targets, probe=probe,
                          target_score=target_score, steps=traj.steps, response_length=response_length,
-                         background=background, granularity=granularity)
+                         background=background, granularity=granularity, view=view)
         e.steps_source, e.trajectory = "generation", traj
         e.notes = list(dict.fromkeys(traj.notes + e.notes))
         return e

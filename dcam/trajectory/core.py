@@ -250,7 +250,8 @@ def check_trajectory_request(explainer) -> None:
 
 def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Optional[int] = None,
                        response_length: Optional[int] = None, targets="all", background: Sequence[int] = WHITE,
-                       chunk_size: Optional[int] = None, granularity: Optional[str] = None) -> Trajectory:
+                       chunk_size: Optional[int] = None, granularity: Optional[str] = None,
+                       view: Optional[str] = None) -> Trajectory:
     """Generate a response to (image, prompt) with the model's own sampler,
     recording the state entering every step, and map every explained word on
     every state (docs/ALGORITHM.md, "Denoising trajectories").
@@ -262,6 +263,7 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
     chunk_size: rows per forward and row-gradients per backward (None: the
         explainer's ``chunk_size``, or what its ``memory_budget`` allows).
     granularity: ``"words"`` / ``"tokens"`` (None: the explainer's).
+    view: the image view to map (None: the explainer's).
     """
     from ..example import ExampleBuilder
     from ..errors import positive_int
@@ -274,6 +276,10 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
     chunk = None if chunk_size is None else positive_int("chunk_size", chunk_size, allow_none=False)
     if targets is None:
         raise InputError("targets must be 'all', word numbers or words, got None")
+    view = explainer.view if view is None else view
+    if view == "all":  # refused before the generation runs, not after it
+        raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
+                         "pick a view")
     img, notes = load_image_with_notes(image, background)
     gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
     if gen.states is None or gen.decided_at is None:
@@ -283,9 +289,7 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
     if steps is not None and S < steps:
         notes.append(f"steps: {steps} requested, the sampler used {S} (it commits at least one token per step)")
     ex = ExampleBuilder(explainer, S, response_length, background, granularity or explainer.granularity,
-                        explainer.view)(img, prompt, gen.response_ids, targets)
-    if len(ex.views) != 1:
-        raise InputError("trajectory: one image view at a time (view='all' is not supported); pick a view")
+                        view)(img, prompt, gen.response_ids, targets)
     prep, resp_ids = ex.prep, ex.response_ids
     if tuple(gen.states.shape) != (S, prep.response_length) or gen.decided_at.shape[0] != prep.response_length:
         raise RuntimeError(f"the {a.name} adapter recorded states {tuple(gen.states.shape)} and decided_at "

@@ -52,3 +52,22 @@ def test_the_family_table_says_what_the_adapters_do(models, family):
     exp = Explainer(*models(family))
     says_yes = TRAJECTORIES.get(exp.adapter.family, "no").startswith("yes")
     assert says_yes == bool(exp.adapter.records_trajectory and exp.adapter.mask_token_id is not None)
+
+
+def test_trajectory_follows_the_view_asked_for(models, landscape, monkeypatch):
+    # explain(trajectory=True, view=...) dropped view (an unknown one included); view="all" was
+    # refused only once the whole generation had run
+    model, proc = models("lavida-dream")
+    exp = Explainer(model, proc)
+    e = exp.explain(landscape, trajectory=True, steps=2, response_length=4, view="base")
+    base = exp.explain(landscape, response=e.response_ids, steps=e.steps, response_length=4, view="base")
+    assert e.view == "base" and e.maps.shape == base.maps.shape == (len(e.tokens), 2, 2)
+    assert e.trajectory.maps.shape[2:] == (2, 2)
+    torch.testing.assert_close(e.maps, base.maps, atol=0, rtol=0)
+    monkeypatch.setattr(exp.adapter, "generate", lambda *a, **k: pytest.fail("generated before refusing"))
+    with pytest.raises(InputError, match=r"^view: this model's images have no view 'nonsense'"):
+        exp.explain(landscape, trajectory=True, view="nonsense")
+    with pytest.raises(InputError, match=r"^view: a trajectory maps one image view at a time"):
+        exp.explain(landscape, trajectory=True, view="all")
+    with pytest.raises(InputError, match=r"^trajectory must be True or False, got 'no'$"):
+        exp.explain(landscape, trajectory="no")
