@@ -97,6 +97,7 @@ class ExampleBuilder:
                 ids = [int(v) for v in response]
             except (TypeError, ValueError):
                 raise InputError(f"response must be text or a list of token ids, got {type(response).__name__}")
+            _check_ids_in_vocabulary(a, ids)
         return ids, (steps if steps is not None else int(a.default_steps)), \
             ("given" if steps is not None else "default"), []
 
@@ -152,6 +153,19 @@ class ExampleBuilder:
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
                        granularity=self.granularity, views=views, view_slices=offsets, view_name=view_name,
                        notes=notes + more + view_notes, _explainable=slots)
+
+
+def _check_ids_in_vocabulary(adapter, ids: List[int]) -> None:
+    """Given token ids must be rows of the LM head (an unknown id ended in a tokenizer's
+    AttributeError or OverflowError, or an embedding IndexError)."""
+    try:
+        vocab = int(adapter.lm_head_weight().shape[0])
+    except NotImplementedError:  # an adapter of the user's without an LM head accessor: ids unchecked
+        vocab = None
+    for i in ids:
+        if i < 0 or (vocab is not None and i >= vocab):
+            raise InputError(f"response: token id {i} is not in the model's vocabulary"
+                             + (f" (ids 0..{vocab - 1})" if vocab is not None else " (ids are >= 0)"))
 
 
 __all__ = ["Example", "ExampleBuilder"]

@@ -407,3 +407,14 @@ def test_toy_response_length_other_than_its_slots_is_refused(zoo, sample):
                                    f"processor's response_length; shorter responses end in eos), "
                                    f"got {kw['response_length']}")
     assert len(exp.explain(sample.image, response_length=n).response_ids) == n
+
+
+def test_response_ids_outside_the_vocabulary_are_refused(zoo, sample):
+    # an unknown id ended in the tokenizer's AttributeError (None.startswith) or OverflowError (-1)
+    model, proc = zoo
+    exp = Explainer(model, proc)
+    V = model.lm_head.weight.shape[0]
+    for bad in (V, 999999, -1):
+        with pytest.raises(InputError) as info:
+            exp.explain(sample.image, response=[6, bad])
+        assert str(info.value) == f"response: token id {bad} is not in the model's vocabulary (ids 0..{V - 1})"
