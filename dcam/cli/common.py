@@ -86,12 +86,14 @@ def argument_error(exc: InputError, options: Dict[str, str]) -> InputError:
     """``exc`` re-prefixed with the CLI option of the API argument its message starts
     with (``options``: argument name -> option), or ``exc`` itself when it names none."""
     text = one_line(str(exc))
-    name = text.split(":")[0].split(" ")[0]
+    name = re.match(r"[A-Za-z_]*", text).group(0)
     option = options.get(name)
     if not option:
         return exc
-    rest = text[len(name):]  # "name: why" or "name must be ...": the option takes the argument's place
-    return InputError(f"{option}: {rest[2:] if rest.startswith(': ') else rest.lstrip()}")
+    # "name: why", "name must be ..." or "name='x' is not ...": the option takes the argument's place
+    rest = text[len(name):]
+    rest = rest[2:] if rest.startswith(": ") else rest[1:] if rest.startswith("=") else rest.lstrip()
+    return InputError(f"{option}: {rest}")
 
 
 def run_command(command: str, handler: Callable, args) -> int:

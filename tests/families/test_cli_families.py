@@ -71,3 +71,12 @@ def test_eval_and_run_take_family(folders, coco_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"dcam {cmd[0]}: error: --family: unknown family 'nope'") and "\n" not in err
     assert not (tmp_path / "e2").exists() and not (tmp_path / "r2").exists()
+
+
+def test_a_probe_the_model_cannot_run_names_the_option(folders, coco_dir, tmp_path, capsys):
+    # the message began "probe='masked' ...", which the option mapping did not recognise
+    rc = main(["explain", str(coco_dir / "images" / "0.png"), "--model", folders["qwen3-vl"], "--probe", "masked",
+               "--response", "a dog", "--out", str(tmp_path / "x"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and not (tmp_path / "x").exists()
+    assert err.startswith("dcam explain: error: --probe: 'masked' ")
