@@ -136,3 +136,28 @@ def test_onevision_shrinks_large_maps():
     a = auto_adapter(model, proc)
     prep = a.prepare(Image.new("RGB", (96, 96), (90, 120, 30)), None, a.encode_response("a red circle"))
     assert prep.grid == (4, 4) and prep.views["base"].grid == (4, 4)
+
+
+@pytest.mark.parametrize("name", ["gemma4", "diffusion-gemma"])
+def test_gemma4_image_past_the_position_table_is_refused_naming_the_image(name, models):
+    """1000 x 50 pixels: the image processor keeps the aspect, so patch x positions reach 73,
+    past the tiny config's table of 64 per axis; transformers' own vision tower raises an
+    IndexError there (checked below), which reached the user as a traceback."""
+    from PIL import Image
+
+    from dcam.errors import InputError
+
+    model, proc = models(name)
+    img = Image.new("RGB", (1000, 50), (90, 120, 30))
+    out = proc.image_processor(images=[img], return_tensors="pt")
+    table = model.config.vision_config.position_embedding_size
+    assert int(out["image_position_ids"].max()) == 73 >= table == 64
+    with pytest.raises(IndexError):
+        with torch.no_grad():
+            tower = next(m for n, m in model.named_modules() if n.endswith("vision_tower"))
+            tower(pixel_values=out["pixel_values"], pixel_position_ids=out["image_position_ids"])
+    with pytest.raises(InputError) as info:
+        Explainer(model, proc).explain(img, response=[13, 1, 26, 13] if name == "diffusion-gemma" else RESPONSE)
+    assert str(info.value) == ("image: at 1000x50 pixels the vision tower's patches reach position 73, past its "
+                               "table of 64 per axis (vision_config.position_embedding_size); crop or pad the image "
+                               "closer to square")

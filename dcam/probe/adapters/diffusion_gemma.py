@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ...errors import InputError
 from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
-from .hf_vlm import grid_from_patch_positions
+from .hf_vlm import check_patch_positions, grid_from_patch_positions
 
 DEFAULT_PROMPT = "Describe the image."
 
@@ -106,6 +106,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         out = self.processor.image_processor(images=[img], return_tensors="pt")
         pix = out["pixel_values"][:1]
         ppos = out["image_position_ids"][:1]
+        check_patch_positions(ppos, self.model.config.vision_config, img)
         n = int(out["num_soft_tokens_per_image"][0]) if "num_soft_tokens_per_image" in out else None
         if n is None:
             k = int(self.model.config.vision_config.pooling_kernel_size)

@@ -39,6 +39,22 @@ def image_span(prompt_ids: Tensor, image_token_id: int) -> Tensor:
     return pos
 
 
+def check_patch_positions(ppos: Tensor, vision_config, image) -> None:
+    """Gemma 4's vision tower looks each patch's (x, y) up in a table of
+    ``position_embedding_size`` rows per axis; the image processor keeps the aspect, so
+    a very elongated image (1000 x 50 on a tiny config) gets patch positions past the
+    table, which the model met with an IndexError deep in its embedding."""
+    size = config_get(vision_config, "position_embedding_size")
+    if size is None:
+        return
+    top = int(ppos.max())
+    if top >= int(size):
+        w, h = image.size
+        raise InputError(f"image: at {w}x{h} pixels the vision tower's patches reach position {top}, past its "
+                         f"table of {int(size)} per axis (vision_config.position_embedding_size); crop or pad "
+                         "the image closer to square")
+
+
 def grid_from_patch_positions(pos: Tensor, pool: int, n: int) -> Tuple[int, int]:
     """``(h, w)`` of a pooled soft-token grid from the ``[P, 2]`` (x, y) patch
     positions of Gemma-4-style image processors (``-1`` rows are padding)."""
@@ -149,6 +165,7 @@ class Gemma4Adapter(HFVisionLanguageAdapter):
         out = ip(images=[img], return_tensors="pt")
         pool = int(self.model.config.vision_config.pooling_kernel_size)
         ppos = out["image_position_ids"][:1]
+        check_patch_positions(ppos, self.model.config.vision_config, img)
         n = int(out["num_soft_tokens_per_image"][0]) if "num_soft_tokens_per_image" in out else \
             int((ppos[0] != -1).all(-1).sum()) // (pool * pool)
         c = self.model.config
