@@ -146,6 +146,8 @@ class ExampleBuilder:
         ids = prep.response_ids
         slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
         if not slots:
+            if response is not None:  # the user's: named as such (a generated one is the model's doing)
+                raise InputError(f"response: {response!r} has no word to explain (only eos/pad tokens)")
             raise InputError("the response has no word to explain (only eos/pad tokens)")
         items = select_items(response_items(slots, a.token_strings([ids[i] for i in slots]), self.granularity),
                              targets)

@@ -237,11 +237,13 @@ def _rows_per_batch(explainer, prep, n_pairs: int) -> int:
 def check_trajectory_request(explainer) -> None:
     """InputError (one line, why) unless ``explainer`` can trace trajectories."""
     a = explainer.adapter
-    if not getattr(a, "records_trajectory", False):
-        raise InputError(f"trajectory: the {a.name} model's sampler does not expose its denoising steps "
-                         "(its adapter cannot record the states entering each step), so it has no trajectory")
+    name = getattr(a, "family", None) or a.name  # the family `dcam families` lists, not the adapter's name
+    # the mask first: it is the reason the family table gives for a model that lacks both
     if a.mask_token_id is None:
-        raise InputError(f"trajectory: the {a.name} model has no mask token; a trajectory masks each word's slot")
+        raise InputError(f"trajectory: the {name} model has no mask token; a trajectory masks each word's slot")
+    if not getattr(a, "records_trajectory", False):
+        raise InputError(f"trajectory: the {name} model's sampler does not expose its denoising steps "
+                         "(its adapter cannot record the states entering each step), so it has no trajectory")
     if explainer.method_name != TRAJECTORY_METHOD:
         raise InputError(f"trajectory: maps are {TRAJECTORY_METHOD} maps; the explainer's method is "
                          f"{explainer.method_name!r}")

@@ -200,3 +200,13 @@ def test_relative_depth_rule():
 
     # round(n * 10/32), never the last block
     assert [relative_depth_layer(n) for n in (32, 28, 4, 3, 2)] == [10, 9, 1, 1, 0]
+
+
+def test_an_empty_given_response_names_response(models, landscape):
+    # it said "the response has no word to explain" without naming the argument
+    from dcam.errors import InputError
+
+    exp = Explainer(*models("lavida"))
+    with pytest.raises(InputError) as info:
+        exp.explain(landscape, response="")
+    assert str(info.value) == "response: '' has no word to explain (only eos/pad tokens)"

@@ -38,10 +38,16 @@ def test_trajectory_of_each_family(models, landscape, family):
 
 @pytest.mark.parametrize("family", ["llada-v", "mmada", "diffusion-gemma"])
 def test_families_without_recorded_steps_are_refused(models, landscape, family):
+    from dcam.probe.adapters.families import TRAJECTORIES
+
     exp = Explainer(*models(family))
     with pytest.raises(InputError, match="trajectory") as err:
         explain_trajectory(exp, landscape, steps=4, response_length=8)
-    assert "\n" not in str(err.value)
+    text = str(err.value)
+    # the refusal names the family `dcam families` lists (LLaDA-V's said "llava-dmllm", its adapter)
+    # and gives the table's reason (DiffusionGemma's said "sampler", the table "no mask token")
+    assert "\n" not in text and text.startswith(f"trajectory: the {family} model")
+    assert ("mask token" in text) == ("mask" in TRAJECTORIES[family])
 
 
 @pytest.mark.parametrize("family", ["lavida", "lavida-dream", "dream-vl", "lumina-dimoo", "llada-v", "mmada",
