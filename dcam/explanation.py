@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,10 +29,28 @@ from .words import clean_token
 TokenRef = Union[int, str]
 
 
-def safe_file_name(s: str) -> str:
-    """A token as a file-name part (letters, digits, _ and - only)."""
-    s = re.sub(r"[^A-Za-z0-9_-]+", "_", clean_token(s)).strip("_")
+def safe_file_name(s: str, max_len: int = 64) -> str:
+    """A token as a file-name part (letters, digits, _ and - only; at most ``max_len``
+    characters, so a long word, a URL say, cannot pass the file system's 255-byte limit)."""
+    s = re.sub(r"[^A-Za-z0-9_-]+", "_", clean_token(s)).strip("_")[:max_len].rstrip("_")
     return s or "tok"
+
+
+def _check_max_side(max_side) -> int:
+    if isinstance(max_side, (bool, np.bool_)) or not isinstance(max_side, numbers.Integral) \
+            or not 16 <= max_side <= 8192:
+        raise InputError(f"max_side must be an int in [16, 8192], got {max_side!r}")
+    return int(max_side)
+
+
+def _moved(paths, old: str, new: str):
+    """``paths`` (a path, or lists and dicts of them, as write_files returns them) with the
+    folder ``old`` replaced by ``new`` (a trajectory's entry is a dict of its own files)."""
+    if isinstance(paths, dict):
+        return {k: _moved(v, old, new) for k, v in paths.items()}
+    if isinstance(paths, list):
+        return [_moved(v, old, new) for v in paths]
+    return os.path.join(new, os.path.relpath(paths, old))
 
 
 @dataclass
@@ -152,19 +171,17 @@ class Explanation:
         a small one does. Returns the written paths (in ``out_dir``)."""
         from .output import AtomicFolder
 
-        if isinstance(max_side, bool) or not isinstance(max_side, int) or not 16 <= max_side <= 8192:
-            raise InputError(f"max_side must be an int in [16, 8192], got {max_side!r}")
-        target = os.path.abspath(out_dir)
-        with AtomicFolder(target, overwrite=overwrite, option="out_dir") as tmp:
+        max_side = _check_max_side(max_side)
+        with AtomicFolder(out_dir, overwrite=overwrite, option="out_dir") as tmp:
             written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side)
-        return {k: ([os.path.join(target, os.path.basename(p)) for p in v] if isinstance(v, list)
-                    else os.path.join(target, os.path.basename(v))) for k, v in written.items()}
+        return _moved(written, tmp, os.path.abspath(out_dir))
 
     def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
                     max_side: int = DISPLAY_MAX_SIDE) -> dict:
         """The files of :meth:`save`, written straight into the existing ``folder``."""
         from safetensors.torch import save_file
 
+        max_side = _check_max_side(max_side)  # (0 wrote 1x1 overlays)
         if not os.path.isdir(folder):  # checked before any file is written
             raise InputError(f"folder: {folder!r} is not an existing folder (Explanation.save makes one)")
 

@@ -40,6 +40,10 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         how = "pass --overwrite" if option.startswith("--") else "pass overwrite=True"
         raise InputError(f"{option}: {path!r} is not empty; choose a new folder or {how} (which replaces it whole)")
+    cwd = os.path.abspath(os.getcwd())
+    if overwrite and os.path.commonpath([cwd, target]) == target:
+        raise InputError(f"{option}: {path!r} holds the current folder ({cwd!r}); replacing it whole would delete "
+                         "the folder you are working in; choose another folder")
     parent = os.path.dirname(target)
     probe = parent
     while not os.path.exists(probe):  # the nearest existing ancestor must be a writable folder
@@ -89,6 +93,8 @@ class AtomicFolder:
     ``option`` (the CLI's ``--out``, the API's ``out_dir``)."""
 
     def __init__(self, target: str, overwrite: bool = False, option: str = "out_dir"):
+        if not target:  # abspath("") is the current folder, which overwrite=True replaced whole
+            raise InputError(f"{option}: an empty path")
         self.target = os.path.abspath(target)
         self.overwrite = overwrite
         self.option = option

@@ -108,3 +108,50 @@ def test_saving_over_an_image_file_keeps_the_image(toy, sample, tmp_path):
     with pytest.raises(InputError, match=r"^folder: '.*photo.png' is not an existing folder"):
         e.write_files(str(photo))
     assert photo.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["photo.png"]
+
+
+def test_save_refuses_the_current_folder_and_returns_a_traced_explanations_paths(toy, sample, tmp_path,
+                                                                                 monkeypatch):
+    # save("", overwrite=True) replaced the current folder whole (abspath("") is the cwd), and save()
+    # of a traced explanation raised a TypeError after writing (its trajectory entry is a dict)
+    exp = Explainer(*toy)
+    e = exp.explain(sample.image, steps=4, trajectory=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    with pytest.raises(InputError, match=r"^out_dir: an empty path$"):
+        e.save("", overwrite=True)
+    for target in (".", str(tmp_path)):
+        with pytest.raises(InputError, match=r"holds the current folder .*; replacing it whole would delete"):
+            e.save(target, overwrite=True)
+    assert os.listdir(work) == ["keep.txt"]
+    paths = e.save(str(tmp_path / "out"))
+    flat = [paths["meta"], paths["page"], *paths["overlays"], *[p for v in paths["trajectory"].values()
+                                                              for p in (v if isinstance(v, list) else [v])]]
+    assert all(os.path.isfile(p) and p.startswith(str(tmp_path / "out") + os.sep) for p in flat)
+
+
+def test_render_sizes_long_words_and_long_responses(toy, sample, tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    e = Explainer(*toy).explain(sample.image, response=sample.caption, targets=[1])
+    # overlay(size=) was unchecked: PIL's ValueError on 0, 10.7 truncated, a 3-tuple taken, 1e5 out of memory
+    for size in ((0, 10), (-5, 10), (10.7, 20), (1, 2, 3), 100, (8193, 10), (True, 4)):
+        with pytest.raises(InputError, match=r"^size must be \(W, H\), two ints in \[1, 8192\], got "):
+            e.overlay(0, size=size)
+    assert e.overlay(0, size=(np.int64(40), 30)).size == (40, 30)
+    # write_files took max_side=0 (1x1 overlays); save refused a numpy int
+    for bad in (0, -5, 2.5, 8193):
+        with pytest.raises(InputError, match=r"^max_side must be an int in \[16, 8192\]"):
+            e.write_files(str(tmp_path), max_side=bad)
+    assert not os.listdir(tmp_path)
+    e.save(str(tmp_path / "np"), max_side=np.int64(64))
+    # a 250-letter word made every file name too long; a 27,000-character response left no room for tiles
+    long = dataclasses.replace(e, tokens=["y" * 250], response="word " * 5400)
+    paths = long.save(str(tmp_path / "long"))
+    assert os.path.basename(paths["overlays"][0]) == f"{e.word_numbers[0]:02d}_{'y' * 64}.png"
+    sheet = Image.open(paths["contact_sheet"])
+    assert max(sheet.size) <= 4096  # saved, title cut to MAX_TITLE_LINES lines

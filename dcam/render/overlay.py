@@ -107,14 +107,33 @@ def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX) -> np.ndar
     return out
 
 
+#: the largest side an overlay is rendered at (as dcam explain's --max-side): every PNG then
+#: opens with Pillow's default size limit, and (100000, 100000) cannot exhaust the memory
+RENDER_MAX_SIDE = 8192
+
+
+def check_render_size(size) -> Optional[Tuple[int, int]]:
+    """``size`` as ``(W, H)`` ints in [1, RENDER_MAX_SIDE], or None (PIL raised on 0 or a
+    negative side, 10.7 was truncated, a 3-tuple passed, a huge one ran out of memory)."""
+    if size is None:
+        return None
+    ok = isinstance(size, (tuple, list)) and len(size) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and 1 <= v <= RENDER_MAX_SIDE
+        for v in size)
+    if not ok:
+        raise InputError(f"size must be (W, H), two ints in [1, {RENDER_MAX_SIDE}], got {size!r}")
+    return int(size[0]), int(size[1])
+
+
 def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet",
             size: Optional[Tuple[int, int]] = None, box=FULL_BOX) -> Image.Image:
     """PIL overlay of ``cam`` on ``image``. size: ``(W, H)`` to render at
     (the image is resized bicubically first); default: the image's size.
     box: the part of the image the map covers (fractions; default all of it)."""
     img = image.convert("RGB")
-    if size is not None and tuple(size) != img.size:
-        img = img.resize((int(size[0]), int(size[1])), Image.BICUBIC)
+    size = check_render_size(size)
+    if size is not None and size != img.size:
+        img = img.resize(size, Image.BICUBIC)
     cam = map_on_image(cam, (img.height, img.width), box) if tuple(box) != FULL_BOX else cam
     return Image.fromarray(show_cam_on_image(np.asarray(img), cam, alpha, colormap))
 

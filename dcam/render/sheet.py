@@ -19,6 +19,10 @@ from .overlay import colorize
 
 #: Longest side of a contact sheet, pixels.
 SHEET_MAX_SIDE = 4096
+#: Title lines at most (18 px each): a 27,000-character response wrapped to ~900 lines and
+#: left no room for a tile ("cannot fit 4096 pixels")
+MAX_TITLE_LINES = 8
+
 #: Narrowest contact sheet, pixels: room for the title and the colour bar
 #: when the tiles are thin (a 2 x 200 image).
 SHEET_MIN_WIDTH = 320
@@ -97,6 +101,8 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
     W0, H0 = tiles[0].size
     probe_w = min(max_side, max(SHEET_MIN_WIDTH, cols * (W0 + pad) + pad))
     title_lines: List[str] = textwrap.wrap(title, width=max(20, probe_w // 8)) if title else []
+    if len(title_lines) > MAX_TITLE_LINES:  # a long response left no room for the tiles: the title is cut
+        title_lines = title_lines[:MAX_TITLE_LINES - 1] + [title_lines[MAX_TITLE_LINES - 1][:-1] + "…"]
     title_h = 18 * len(title_lines) + (6 if title_lines else 0)
     bar_h = 26 if colormap else 0
     W, H = fit_tile(n, (W0, H0), max_side, pad, reserve=title_h + bar_h,
