@@ -220,7 +220,7 @@ class Explanation:
             paths["trajectory"] = self.trajectory.write_files(folder, alpha=alpha, colormap=colormap)
         from .render.html import write_explanation_page
 
-        paths["page"] = write_explanation_page(folder, self)
+        paths["page"] = write_explanation_page(folder, self, colormap=colormap, alpha=alpha)
         return paths
 
     def _repr_html_(self) -> str:

@@ -13,8 +13,6 @@ from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, Sequence, Tuple, Union
 
-import numpy as np
-
 from . import constants as C
 from ..errors import InputError
 
@@ -32,8 +30,8 @@ def _is_bool(v) -> bool:
 def _is_real(v) -> bool:
     """A finite real number that float32 holds (numpy scalars included: np.float32 was
     refused while np.float64, a float subclass, passed; 1e300 reached the kernels as Inf)."""
-    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
-            and abs(float(v)) <= FLOAT32_MAX)
+    return (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+            and abs(float(v)) <= FLOAT32_MAX)  # (numpy registers its floats and ints as numbers.Real; np.bool_ not)
 
 
 def _as_tuple(v):
@@ -46,7 +44,7 @@ def _as_tuple(v):
         return None
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32 (no numpy import here: `dcam --help` stays light)
 #: The smallest blur sigma: the Gaussian's exponent divides by 2*sigma^2, which must stay a
 #: normal float32 (at 1e-45 it is 0, and the centre weight 0/0 made every gated map NaN)
 DACG_SIGMA_MIN = 1e-18
@@ -106,7 +104,7 @@ class CamConfig:
         if isinstance(k, str):
             if k != "adaptive":
                 raise InputError(f"CamConfig.akd_kernel must be 'adaptive' or an odd int >= 1, got {k!r}")
-        elif isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or k < 1 or k % 2 == 0:
+        elif isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 or k % 2 == 0:
             raise InputError(f"CamConfig.akd_kernel must be 'adaptive' or an odd int >= 1, got {k!r}")
         else:
             object.__setattr__(self, "akd_kernel", int(k))

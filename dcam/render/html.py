@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .overlay import FULL_BOX
+
 _CSS = """
 .dcv{font:14px system-ui,sans-serif;color:#222;display:flex;flex-direction:column;gap:8px}
 .dcv .top{display:flex;flex-wrap:wrap;gap:12px;align-items:baseline}.dcv .sum{color:#555;font-size:12px}
@@ -66,7 +68,7 @@ function decode(b64){var s=atob(b64),a=new Uint8Array(s.length);for(var i=0;i<s.
  return a;}
 function Viewer(root,cfg){
  this.root=root;this.cfg=cfg;this.pages={};this.page=-1;this.rec=0;this.item=0;this.hover=-1;this.step=0;
- this.alpha=0.5;this.build();
+ this.alpha=cfg.alpha===undefined?0.5:cfg.alpha;this.build();
  if(cfg.records){this.pages[0]=cfg.records;}
  var h=/#r=(\d+)/.exec(location.hash||''),n=h&&!cfg.records?parseInt(h[1],10):0;
  this.show(Math.min(n,Math.max(cfg.total-1,0)));}
@@ -157,12 +159,16 @@ Viewer.prototype.draw=function(){var r=this.record();if(!r||!this.canvas||!this.
  var k=this.hover>=0?this.hover:this.item,T=r.items.length,h=r.grid[0],w=r.grid[1],W=this.dw,H=this.dh;
  var base=((Math.max(this.step,0)*T)+k)*h*w,m=this.maps,L=this.cfg.lut,a=Math.round(this.alpha*255);
  var x=this.canvas.getContext('2d'),img=x.createImageData(W,H),d=img.data;
- var xs=new Array(W),ys=new Array(H);
+ // the map covers r.box of the image (a model that sees a crop), zero outside: dcam.render.map_on_image
+ var b=r.box||[0,0,1,1],X0=Math.round(b[0]*W),Y0=Math.round(b[1]*H);
+ var X1=Math.min(Math.max(X0+1,Math.round(b[2]*W)),W),Y1=Math.min(Math.max(Y0+1,Math.round(b[3]*H)),H);
+ var xs=new Array(X1-X0),ys=new Array(Y1-Y0);
  function axis(n,N,out){for(var i=0;i<N;i++){var s=Math.max((i+0.5)*n/N-0.5,0),i0=Math.min(Math.floor(s),n-1);
   out[i]=[i0,Math.min(i0+1,n-1),s-i0];}}
- axis(w,W,xs);axis(h,H,ys);
- for(var yi=0;yi<H;yi++){var y=ys[yi],r0=base+y[0]*w,r1=base+y[1]*w;for(var xi=0;xi<W;xi++){var c=xs[xi];
-  var v=((m[r0+c[0]]*(1-c[2])+m[r0+c[1]]*c[2])*(1-y[2])+(m[r1+c[0]]*(1-c[2])+m[r1+c[1]]*c[2])*y[2])/255;
+ axis(w,X1-X0,xs);axis(h,Y1-Y0,ys);
+ for(var yi=0;yi<H;yi++){var y=ys[yi-Y0];for(var xi=0;xi<W;xi++){var c=xs[xi-X0],v=0;
+  if(y&&c){var r0=base+y[0]*w,r1=base+y[1]*w;
+  v=((m[r0+c[0]]*(1-c[2])+m[r0+c[1]]*c[2])*(1-y[2])+(m[r1+c[0]]*(1-c[2])+m[r1+c[1]]*c[2])*y[2])/255;}
   var q=Math.round(Math.min(Math.max(v,0),1)*255),o=(yi*W+xi)*4;
   d[o]=L[3*q];d[o+1]=L[3*q+1];d[o+2]=L[3*q+2];d[o+3]=a;}}
  x.putImageData(img,0,0);this.root.setAttribute('data-drawn',k+':'+this.step);};
@@ -218,14 +224,19 @@ def explanation_record(e, max_side: int = 512) -> dict:
     from ..words import clean_token
 
     items = [{"text": clean_token(t) or t, "number": int(n)} for t, n in zip(e.tokens, e.word_numbers)]
-    return record_data("explanation", e.response, items, e.maps, image_data_url(e.image, max_side), e.image.size,
-                       e.maps.shape[-2:], stats=e.stats_lists(), notes=e.notes)
+    rec = record_data("explanation", e.response, items, e.maps, image_data_url(e.image, max_side), e.image.size,
+                      e.maps.shape[-2:], stats=e.stats_lists(), notes=e.notes)
+    box = tuple(float(v) for v in getattr(e, "box", FULL_BOX))
+    if box != FULL_BOX:  # the page places the maps where the PNGs do
+        rec["box"] = list(box)
+    return rec
 
 
 def viewer_config(records: List[dict], title: str = "dcam", summary: str = "", per_page: int = 50,
                   pages: Optional[int] = None, total: Optional[int] = None, page_url: Optional[str] = None,
-                  metrics_html: str = "") -> dict:
-    cfg = {"title": title, "summary": summary, "lut": colormap_lut(), "per_page": int(per_page),
+                  metrics_html: str = "", colormap="jet", alpha: float = 0.5) -> dict:
+    cfg = {"title": title, "summary": summary, "lut": colormap_lut(colormap), "alpha": float(alpha),
+           "per_page": int(per_page),
            "total": int(len(records) if total is None else total), "metrics_html": metrics_html}
     cfg["pages"] = int(pages if pages is not None else max(1, -(-cfg["total"] // cfg["per_page"])))
     if page_url is None:
@@ -264,10 +275,12 @@ def explanation_html(explanation) -> str:
                                        summary=_summary(explanation)))
 
 
-def write_explanation_page(folder: str, explanation, filename: str = "index.html") -> str:
-    """Write ``folder/filename``: the page of one explanation, everything inline; returns its path."""
+def write_explanation_page(folder: str, explanation, filename: str = "index.html", colormap="jet",
+                           alpha: float = 0.5) -> str:
+    """Write ``folder/filename``: the page of one explanation, everything inline, drawn with
+    ``colormap`` at opacity ``alpha`` (the saved overlays'); returns its path."""
     cfg = viewer_config([explanation_record(explanation)], title=explanation.response,
-                        summary=_summary(explanation))
+                        summary=_summary(explanation), colormap=colormap, alpha=alpha)
     path = os.path.join(folder, filename)
     with open(path, "w", encoding="utf-8") as f:
         f.write(page_html(cfg))

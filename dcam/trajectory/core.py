@@ -14,7 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -82,6 +82,7 @@ class Trajectory:
     model_name: str = ""
     notes: List[str] = field(default_factory=list)
     cost: Dict[str, int] = field(default_factory=dict)
+    box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the part of the image the maps cover
 
     @property
     def steps(self) -> int:
@@ -238,12 +239,15 @@ def check_trajectory_request(explainer) -> None:
     """InputError (one line, why) unless ``explainer`` can trace trajectories."""
     a = explainer.adapter
     name = getattr(a, "family", None) or a.name  # the family `dcam families` lists, not the adapter's name
-    # the mask first: it is the reason the family table gives for a model that lacks both
-    if a.mask_token_id is None:
-        raise InputError(f"trajectory: the {name} model has no mask token; a trajectory masks each word's slot")
+    no_mask = f"trajectory: the {name} model has no mask token; a trajectory masks each word's slot"
+    # a diffusion model without a mask (DiffusionGemma's uniform noise): the reason the family table gives
+    if a.is_diffusion and a.mask_token_id is None:
+        raise InputError(no_mask)
     if not getattr(a, "records_trajectory", False):
         raise InputError(f"trajectory: the {name} model's sampler does not expose its denoising steps "
                          "(its adapter cannot record the states entering each step), so it has no trajectory")
+    if a.mask_token_id is None:
+        raise InputError(no_mask)
     if explainer.method_name != TRAJECTORY_METHOD:
         raise InputError(f"trajectory: maps are {TRAJECTORY_METHOD} maps; the explainer's method is "
                          f"{explainer.method_name!r}")
@@ -321,7 +325,7 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
         response=a.decode(resp_ids), response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids),
         state_tokens=[a.token_strings(row) for row in gen.states.tolist()], layer=explainer.layer,
         config=explainer.config, grid=tuple(prep.grid), repeat_ratio=rho, model_name=type(explainer.model).__name__,
-        notes=notes, cost=tg.cost)
+        notes=notes, cost=tg.cost, box=tuple(ex.views[0].box))
 
 
 __all__ = ["Trajectory", "explain_trajectory", "check_trajectory_request", "TRAJECTORY_METHOD"]

@@ -60,7 +60,7 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     frames = []
     for s in range(S):
         fr = Image.new("RGB", (W, H + BAND), (255, 255, 255))
-        fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap), (0, 0))
+        fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (0, 0))
         draw = ImageDraw.Draw(fr)
         if s == d:
             draw.rectangle([0, 0, W - 1, H - 1], outline=DECIDED, width=BORDER)
@@ -119,7 +119,7 @@ def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET
         draw.text((4, y + tile // 2 - 6), f"step {s}", fill=(0, 0, 0), font=f)
         for k in range(T):
             x = left + pad + k * (tile + pad)
-            out.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap), (x, y))
+            out.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (x, y))
             if s == int(traj.decided_at[k]):
                 draw.rectangle([x - 2, y - 2, x + base.width + 1, y + base.height + 1], outline=DECIDED,
                                width=max(2, BORDER - 1))

@@ -88,7 +88,7 @@ def test_response_encoding_messages(explainer, image):
 
 def test_cam_config_ranges():
     cases = [(dict(cba_floor=7), "CamConfig.cba_floor must be a finite number in [0, 1], got 7"),
-             (dict(cba_weights=(0.15, -0.1, 0.2, 0.015)), "CamConfig.cba_weights must be 4 finite numbers >= 0"),
+             (dict(cba_weights=(0.15, -0.1, 0.2, 0.015)), "CamConfig.cba_weights must be 4 finite numbers in [0, 3.4e38] (float32)"),
              (dict(dacg_mean_high=0.2, dacg_mean_low=0.5), "CamConfig.dacg_mean_low (0.5) must not exceed "
                                                             "dacg_mean_high (0.2)")]
     for kwargs, msg in cases:

@@ -172,6 +172,32 @@ def test_explanation_page_and_fragment(browser, bundled, run_manifest, tmp_path)
     assert browser.js("document.querySelectorAll('canvas.ov').length") == 2
 
 
+def test_explanation_page_draws_the_saved_colormap_opacity_and_box(browser, bundled, run_manifest, tmp_path):
+    # the page drew jet at opacity 0.5 over the whole image whatever save() was given, while the PNGs
+    # used the colormap, alpha and the box of a model that sees a crop
+    import dataclasses
+
+    import matplotlib
+
+    e = dcam.Explainer(*bundled).explain(os.path.join(run_manifest["folder"], "img", "s1.png"),
+                                         response=run_manifest["good"]["s1"]["response"])
+    e = dataclasses.replace(e, box=(0.25, 0.0, 0.75, 1.0))
+    paths = e.save(str(tmp_path / "x"), colormap="viridis", alpha=0.9)
+    browser.open("file://" + paths["page"])
+    assert browser.problems() == []
+    browser.click(".words button[data-k='2']")
+    rgba = _canvas(browser).astype(int)
+    H, W = rgba.shape[:2]
+    x0, x1 = round(0.25 * W), round(0.75 * W)
+    q = np.rint(np.clip(e.maps[2].numpy(), 0, 1) * 255) / 255
+    up = np.zeros((H, W))
+    up[:, x0:x1] = F.interpolate(torch.tensor(q, dtype=torch.float64)[None, None], size=(H, x1 - x0),
+                                 mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    lut = np.rint(matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255)
+    assert np.abs(rgba[..., :3] - lut[np.rint(up * 255).astype(int)]).max() <= TOL
+    assert np.abs(rgba[..., 3] - round(0.9 * 255)).max() <= 1
+
+
 def test_a_folder_without_a_run_is_refused_naming_dir(tmp_path, capsys):
     rc = main(["view", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
