@@ -41,6 +41,8 @@ def curve_auc(values: np.ndarray) -> np.ndarray:
     """Trapezoid area under curves sampled at equally spaced fractions of
     ``[0, 1]``: ``values [..., K+1]`` -> ``[...]``."""
     v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 0 or v.shape[-1] == 0:  # (an empty curve raised an IndexError)
+        raise InputError(f"values must hold at least one point per curve, got shape {v.shape}")
     K = v.shape[-1] - 1
     if K < 1:
         return v[..., 0]

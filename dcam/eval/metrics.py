@@ -79,7 +79,10 @@ def _as_maps(maps: ArrayLike) -> Tensor:
         m = m[None]
     if m.dim() != 3:
         raise InputError(f"maps must be [M, h, w] (or one [h, w] map), got shape {tuple(m.shape)}")
-    return m.float()
+    m = m.float()
+    if m.numel() and not bool(torch.isfinite(m).all()):  # (NaN reached bincount's RuntimeError)
+        raise InputError(f"maps contains {int((~torch.isfinite(m)).sum())} NaN/Inf value(s)")
+    return m
 
 
 def _as_mask(mask: ArrayLike) -> Tensor:
@@ -227,8 +230,11 @@ def object_metrics(maps: ArrayLike, masks: Union[ArrayLike, Sequence[ArrayLike]]
     of ``M`` label masks of any sizes (grouped by size internally).
     Returns float64 tensors ``[M]``: ``obj_iou``, ``contrast``,
     ``concentration``, ``f3`` and the int64 Otsu ``threshold``."""
+    one_map = np.ndim(maps) == 2
     m = _as_maps(maps)
     M = m.shape[0]
+    if one_map and isinstance(masks, (Tensor, np.ndarray)) and np.ndim(masks) == 2:
+        masks = [masks]  # one [h, w] map and its one [H, W] mask (the mask's rows were read as masks)
     if isinstance(masks, (Tensor, np.ndarray)) and np.ndim(masks) == 3:
         mask_list = None
         mk = _as_mask(masks)
@@ -266,12 +272,23 @@ def function_metrics(maps: ArrayLike, size: Union[Tuple[int, int], Sequence[Tupl
     one per map. Returns ``func_iou`` (float64 ``[M]``) and ``threshold``."""
     m = _as_maps(maps)
     M = m.shape[0]
-    if len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
-        sizes = [tuple(int(s) for s in size)] * M
-    else:
-        sizes = [tuple(int(v) for v in s) for s in size]
+
+    def pair(s) -> Tuple[int, int]:
+        ok = isinstance(s, (tuple, list)) and len(s) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in s)
+        if not ok:  # (0, 0) and (-1, 8) reached torch's RuntimeError, (8.0, 8.0) a TypeError
+            raise InputError(f"size must be (H, W) ints >= 1 (or one per map), got {size!r}")
+        return int(s[0]), int(s[1])
+
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, (int, float, np.number))
+                                                                  for s in size):
+        sizes = [pair(size)] * M
+    elif isinstance(size, (tuple, list)):
+        sizes = [pair(s) for s in size]
         if len(sizes) != M:
             raise InputError(f"got {M} maps but {len(sizes)} sizes")
+    else:
+        raise InputError(f"size must be (H, W) ints >= 1 (or one per map), got {size!r}")
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, s in enumerate(sizes):
         groups.setdefault(s, []).append(i)

@@ -263,3 +263,28 @@ def test_chunking_does_not_change_results(monkeypatch):
     for k in full:
         assert torch.equal(full[k], part[k]) or torch.allclose(full[k], part[k], equal_nan=True)
     assert torch.equal(ffull["func_iou"], fpart["func_iou"])
+
+
+def test_metric_inputs_that_used_to_end_in_tracebacks_are_input_errors():
+    from dcam.errors import InputError
+    from dcam.eval.faithfulness import curve_auc
+
+    mask = torch.zeros(8, 8, dtype=torch.long)
+    mask[2:5, 2:5] = 1
+    cases = [(lambda: M.object_metrics(torch.full((1, 4, 4), float("nan")), [mask]),
+              "maps contains 16 NaN/Inf value(s)"),  # bincount's RuntimeError
+             (lambda: M.function_metrics(torch.rand(1, 4, 4), (0, 0)), "size must be (H, W) ints >= 1"),
+             (lambda: M.function_metrics(torch.rand(1, 4, 4), (-1, 8)), "size must be (H, W) ints >= 1"),
+             (lambda: M.function_metrics(torch.rand(1, 4, 4), (8.0, 8.0)), "size must be (H, W) ints >= 1"),
+             (lambda: curve_auc(np.array([])), "values must hold at least one point per curve")]
+    for call, message in cases:
+        with pytest.raises(InputError) as info:
+            call()
+        assert str(info.value).startswith(message)
+    # one [h, w] map with its one [H, W] mask: the mask's 8 rows were read as 8 masks
+    one = torch.zeros(4, 4)
+    one[1:3, 1:3] = 1.0
+    both = M.object_metrics(one[None], [mask])
+    single = M.object_metrics(one, mask)
+    for k in both:
+        torch.testing.assert_close(single[k], both[k], atol=0, rtol=0)
