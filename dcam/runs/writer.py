@@ -59,10 +59,15 @@ class RecordWriter:
             return 0
         from safetensors.torch import save
 
+        # the buffer and the shard name are taken first: a Ctrl-C after the index lines were written
+        # made close() commit the same records again (each twice in the index: the run then refused
+        # to resume); now an interrupted commit's records are at worst explained again on resume
+        buffer, self.buffer = self.buffer, []
         name = os.path.join(SHARDS, f"{self.part}-{self.shards:05d}.safetensors")
+        self.shards += 1
         tensors: Dict[str, object] = {}
         entries = []
-        for k, (entry, (maps, traj, views)) in enumerate(self.buffer):
+        for k, (entry, (maps, traj, views)) in enumerate(buffer):
             key = f"r{k:06d}"
             tensors[key] = maps.detach().float().cpu().contiguous()
             entry = dict(entry, shard=name, key=key, maps_shape=list(maps.shape))
@@ -78,9 +83,7 @@ class RecordWriter:
         os.makedirs(os.path.join(self.root, SHARDS), exist_ok=True)
         write_bytes_atomic(os.path.join(self.root, name), save(tensors, metadata={"format": SHARD_FORMAT}))
         self.index.write(entries)
-        self.shards += 1
         self.committed += len(entries)
-        self.buffer = []
         return len(entries)
 
     def close(self) -> None:

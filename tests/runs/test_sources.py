@@ -150,3 +150,32 @@ def test_cli_memory_budget_is_a_size(tmp_path, capsys):
     rc = main(["run", "m.jsonl", "--out", "o", "--memory-budget", "8XB"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--memory-budget" in err[0] and "8XB" in err[0]
+
+
+def test_a_ctrl_c_after_the_index_lines_does_not_commit_them_twice(tmp_path, monkeypatch):
+    # KeyboardInterrupt right after a commit's index write: close() (in the runner's finally)
+    # committed the same records again, each then twice in the index (the run refused to resume)
+    import json
+
+    import torch
+
+    from dcam.runs.writer import RecordWriter
+
+    w = RecordWriter(str(tmp_path), "part0", shard_size=10)
+    for i in range(3):
+        w.add({"id": f"r{i}"}, torch.full((1, 2, 2), float(i)))
+    real = w.index.write
+
+    def write_then_interrupt(objs):
+        real(objs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(w.index, "write", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        w.commit()
+    monkeypatch.setattr(w.index, "write", real)
+    w.add({"id": "r3"}, torch.zeros(1, 2, 2))
+    w.close()
+    lines = [json.loads(x) for x in (tmp_path / "index" / "part0.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["r0", "r1", "r2", "r3"]
+    assert len({x["shard"] for x in lines}) == 2  # the second commit took a new shard name
