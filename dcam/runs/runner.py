@@ -190,6 +190,12 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
                             opts.target_score, opts.steps)
     if opts.trajectory:
         identity["trajectory"] = True
+    # the prompt of records without one changes their responses and maps, and a second manifest
+    # mixed its records into the first one's index: both decide what the folder holds
+    if opts.prompt is not None:
+        identity["prompt"] = opts.prompt
+    described = source.describe()
+    identity["source"] = {"kind": described.get("kind"), "path": described.get("path")}
     header = {"source": source.describe(), "versions": versions(),
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size,
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,

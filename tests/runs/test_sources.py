@@ -179,3 +179,30 @@ def test_a_ctrl_c_after_the_index_lines_does_not_commit_them_twice(tmp_path, mon
     lines = [json.loads(x) for x in (tmp_path / "index" / "part0.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == ["r0", "r1", "r2", "r3"]
     assert len({x["shard"] for x in lines}) == 2  # the second commit took a new shard name
+
+
+def test_another_manifest_or_prompt_is_another_run(tmp_path):
+    # a second manifest's records were mixed into the first one's index (metrics over both), and a
+    # resume with another --prompt mixed two prompts' responses
+    import json
+
+    from dcam.explain import Explainer
+    from dcam.runs.runner import RunOptions, run_dataset
+    from dcam.testing import tiny_toy
+    from dcam.zoo.data import generate_sample
+
+    exp = Explainer(*tiny_toy(seed=3))
+    paths = []
+    for name in ("a", "b"):
+        s = generate_sample((0, 1, len(name)), image_size=32, n_objects=1)
+        s.image.save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": name, "image": f"{name}.png",
+                                                            "response": s.caption}) + "\n")
+        paths.append(str(tmp_path / f"{name}.jsonl"))
+    out = str(tmp_path / "run")
+    run_dataset(exp, ManifestSource(paths[0]), out)
+    with pytest.raises(InputError, match=r"differs in: source\.path"):
+        run_dataset(exp, ManifestSource(paths[1]), out)
+    with pytest.raises(InputError, match=r"differs in: prompt"):
+        run_dataset(exp, ManifestSource(paths[0]), out, RunOptions(prompt="name the objects"))
+    run_dataset(exp, ManifestSource(paths[0]), out)  # the same source and options resume
