@@ -273,3 +273,32 @@ def test_shapes_records():
             else:
                 m = r.word_mask(i)
                 assert m is not None and (m > 0).any() and set(np.unique(m)) <= {0, r.word_labels[i][0]}
+
+
+def test_tam_entries_with_bad_labels_or_mask_paths_are_skipped_records(tmp_path):
+    # "dog" as a label raised a ValueError that stopped the whole run (None a TypeError, 1.9 became
+    # label 1); "mask": null looked for a file "None"; "masks": "x.png" was read one character at a
+    # time; a float mask's 1.7 was read as label 1
+    root = str(tmp_path / "tam")
+    make_tam(root)
+    H, W = 9, 12
+    Image.fromarray(np.full((H, W), 1.7, np.float32)).save(os.path.join(root, "masks", "float.tif"))
+    base = {"image": "images/0.png", "caption": "a dog", "mask": "masks/0.png"}
+    anno = [dict(base, id="str-label", categories={"dog": "dog"}), dict(base, id="none-label", categories={"dog": None}),
+            dict(base, id="float-label", categories={"dog": 1.9}), dict(base, id="bool-label", categories={"dog": True}),
+            dict(base, id="null-mask", mask=None, categories={"dog": 1}),
+            {"id": "text-masks", "image": "images/0.png", "caption": "a dog", "masks": "masks/0.png",
+             "categories": {"dog": 1}},
+            dict(base, id="float-mask", mask="masks/float.tif", categories={"dog": 1}),
+            dict(base, id="fine", categories={"dog": 1})]
+    with open(os.path.join(root, "anno.json"), "w") as f:
+        json.dump(anno, f)
+    ds = DS.load_tam(root)
+    with pytest.warns(UserWarning, match="skipped record"):
+        assert [r.record_id for r in ds.records()] == ["fine"]
+    reasons = dict(ds.skipped)
+    for rid, label in (("str-label", "'dog'"), ("none-label", "None"), ("float-label", "1.9"), ("bool-label", "True")):
+        assert reasons[rid] == f"categories['dog'] must be a label (int >= 0) or a list of them, got {label}"
+    assert reasons["null-mask"] == "'mask' must be a path, got None"
+    assert reasons["text-masks"] == "'masks' must be a list of paths, got 'masks/0.png'"
+    assert reasons["float-mask"].endswith("float.tif holds a label that is not a whole number (1.7)")

@@ -193,6 +193,9 @@ def open_mask(path: str) -> np.ndarray:
     arr = _load_pil(path, "mask", np.asarray)
     if arr.ndim == 3:  # RGB(A) saved masks: use the first channel
         arr = arr[..., 0]
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):  # 1.7 was read as label 1
+        bad = arr[arr != np.round(arr)].reshape(-1)[0]
+        raise RecordError(f"mask {path} holds a label that is not a whole number ({float(bad):g})")
     return arr.astype(np.int64)
 
 

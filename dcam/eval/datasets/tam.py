@@ -64,10 +64,15 @@ class TamEval(EvalDataset):
         image = open_image(self._path(img_p))
         W, H = image.size
         if "mask" in e:
+            if not isinstance(e["mask"], str) or not e["mask"]:  # (None became the path "None")
+                raise RecordError(f"'mask' must be a path, got {e['mask']!r}")
             mask = open_mask(self._path(e["mask"]))
             if mask.shape != (H, W):
                 raise RecordError(f"mask is {mask.shape[0]}x{mask.shape[1]}, image {H}x{W}")
         elif "masks" in e:
+            if not isinstance(e["masks"], list) or not all(isinstance(mp, str) and mp for mp in e["masks"]):
+                # (a text was read one character per mask)
+                raise RecordError(f"'masks' must be a list of paths, got {e['masks']!r}")
             mask = np.zeros((H, W), dtype=np.int64)
             for j, mp in enumerate(e["masks"], start=1):
                 m = open_mask(self._path(mp))
@@ -81,7 +86,11 @@ class TamEval(EvalDataset):
         present = set(np.unique(mask).tolist())
         phrases: Dict[Tuple[str, ...], Tuple[int, ...]] = {}
         for word, labs in cats.items():
-            labs = tuple(int(v) for v in (labs if isinstance(labs, (list, tuple)) else [labs]))
+            vals = labs if isinstance(labs, (list, tuple)) else [labs]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vals):
+                # ("dog" raised a ValueError that stopped the whole run, None a TypeError, 1.9 became 1)
+                raise RecordError(f"categories[{word!r}] must be a label (int >= 0) or a list of them, got {labs!r}")
+            labs = tuple(int(v) for v in vals)
             missing = [v for v in labs if v not in present or v == 0]
             if missing:
                 raise RecordError(f"label(s) {missing} of {word!r} not in the mask")
