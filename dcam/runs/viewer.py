@@ -22,6 +22,7 @@ from typing import Optional
 from ..errors import InputError
 from .reader import load_run
 from .store import write_bytes_atomic
+from .writer import _umask
 
 VIEW = "view"
 
@@ -110,7 +111,12 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
     root = run.root
     for left in glob.glob(os.path.join(root, f".{VIEW}.partial-*")) + glob.glob(os.path.join(root, f"{VIEW}.old-*")):
         shutil.rmtree(left, ignore_errors=True)  # what a killed `dcam view` left
-    tmp = tempfile.mkdtemp(prefix=f".{VIEW}.partial-", dir=root)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{VIEW}.partial-", dir=root)
+    except OSError as exc:  # a read-only or immutable run folder: mkdtemp's PermissionError was a traceback
+        raise InputError(f"DIR: cannot write the page into {folder!r} ({exc.strerror}); the page is written "
+                         "into the run's folder") from None
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: others could not open a shared run's page
     try:
         os.makedirs(os.path.join(tmp, "img"))
         pages = _PageWriter(tmp, per_page)

@@ -61,6 +61,27 @@ def test_view_writes_the_page_and_its_pages(viewed_run):
     assert "http://" not in text and "https://" not in text and "<script src" not in text
 
 
+def test_view_folder_mode_and_an_unwritable_run(viewed_run, tmp_path, monkeypatch, capsys):
+    # view/ came out 0700 (mkdtemp), unlike the rest of the run; a run folder that refused the page's
+    # temporary folder (read-only, immutable) ended in mkdtemp's PermissionError traceback. Tests run
+    # as root here, which no permission bit stops, so the refusal is injected where the OS raises it
+    import tempfile
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(os.path.join(viewed_run, "view")).st_mode & 0o777 == 0o777 & ~umask
+    ro = str(tmp_path / "ro")
+    shutil.copytree(viewed_run, ro)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert main(["view", ro, "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"dcam view: error: DIR: cannot write the page into {ro!r} "
+                                               "(Permission denied); the page is written into the run's folder")
+
+
 def test_run_page_in_chromium(browser, viewed_run):
     browser.open("file://" + os.path.join(viewed_run, "index.html"))
     assert browser.problems() == []
