@@ -54,6 +54,9 @@ def _run(args) -> int:
     from ..runs.folder import check_folder, model_identity
 
     check_folder(args.out)
+    if args.trajectory and getattr(args, "view", None) == "all":  # (every record failed into errors.jsonl)
+        raise InputError("--view: a trajectory maps one image view at a time (view='all' is not supported); "
+                         "pick a view")
     common.apply_run_options(args)
     dist = setup(args.device)
     try:

@@ -139,8 +139,11 @@ class Run:
             yield RunRecord(entry, self._shards)
 
     def records(self, ids: Optional[Iterable[str]] = None) -> Iterator[RunRecord]:
-        """The records (only those in ``ids`` when given), lazily, in index order."""
-        want = None if ids is None else set(ids)
+        """The records (only those in ``ids`` when given: a list of ids; ints are read as the
+        texts they are stored as), lazily, in index order."""
+        if isinstance(ids, (str, bytes)):  # a text was read as its characters: nothing matched
+            raise InputError(f"ids must be a list of record ids, got the text {ids!r} (give [{ids!r}])")
+        want = None if ids is None else {str(i) for i in ids}
         for r in self:
             if want is None or r.id in want:
                 yield r

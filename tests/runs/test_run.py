@@ -73,6 +73,9 @@ def test_maps_are_the_explainers_maps_under_the_right_id(reference_run, run_mani
         seen += 1
     assert seen == 8
     assert [r.tokens for r in run.records(["s3"])][0] == run_manifest["good"]["s3"]["targets"]
+    # a text was taken as its characters (nothing matched, silently)
+    with pytest.raises(InputError, match=r"^ids must be a list of record ids, got the text 's3' \(give \['s3'\]\)$"):
+        list(run.records("s3"))
 
 
 def _truth(entry, manifest_entry, mask):
