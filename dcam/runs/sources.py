@@ -69,6 +69,16 @@ class SourceRecord:
     n: int = -1  # position in the source
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON (write null or a number)")
+
+
+def _strict_json(raw):
+    """A manifest line as JSON proper: Python's reader takes NaN/Infinity, which then turned
+    into null in the index (meta) without a word."""
+    return json.loads(raw, parse_constant=_refuse_constant)
+
+
 def parse_targets(spec) -> Any:
     """``"all"``, a list of words / phrases / ints, or one string of them
     (:func:`dcam.targets.parse_target_text`: commas separate, ``"red circle"``
@@ -181,7 +191,7 @@ class ManifestSource(RunSource):
                 if not raw.strip():
                     continue
                 try:
-                    rid, _ = _check_entry(json.loads(raw))
+                    rid, _ = _check_entry(_strict_json(raw))
                 except (ValueError, UnicodeDecodeError) as exc:
                     why = f"not JSON ({one_line(exc)})" if isinstance(exc, json.JSONDecodeError) else one_line(exc)
                     raise InputError(f"MANIFEST: {path} line {n}: {why}") from None
@@ -203,7 +213,7 @@ class ManifestSource(RunSource):
     def entry(self, i: int) -> dict:
         with open(self.path, "rb") as f:
             f.seek(self.offsets[i])
-            return json.loads(f.readline())
+            return _strict_json(f.readline())
 
     def load(self, i: int) -> SourceRecord:
         from .records import read_image, read_mask
@@ -231,8 +241,10 @@ class FolderSource(RunSource):
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
+        # a broken link (or any non-folder entry) with an image name is a record, whose read then fails
+        # into errors.jsonl; it was skipped without a word
         self.ids = sorted(f for f in os.listdir(self.path)
-                          if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(self.path, f)))
+                          if f.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(os.path.join(self.path, f)))
         if not self.ids:
             raise InputError(f"MANIFEST: the folder {path!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
 

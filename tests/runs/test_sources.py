@@ -212,3 +212,22 @@ def test_another_manifest_or_prompt_is_another_run(tmp_path):
     with pytest.raises(InputError, match=r"differs in: prompt"):
         run_dataset(exp, ManifestSource(paths[0]), out, RunOptions(prompt="name the objects"))
     run_dataset(exp, ManifestSource(paths[0]), out)  # the same source and options resume
+
+
+def test_manifest_nan_and_folder_broken_links(tmp_path):
+    # NaN/Infinity (not JSON) were taken and became null in the index; a broken link with an image
+    # name was skipped without a word
+    p = _manifest(tmp_path, [{"id": "first", "image": "a.png"}])
+    with open(p, "a") as f:
+        f.write('{"id": "x", "image": "a.png", "meta": NaN}\n')
+    with pytest.raises(InputError) as info:
+        ManifestSource(p)
+    assert str(info.value).endswith("line 2: NaN is not JSON (write null or a number)")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _png(folder / "a.png")
+    os.symlink(str(tmp_path / "gone.png"), folder / "b.png")
+    src = FolderSource(str(folder))
+    assert src.ids == ["a.png", "b.png"]
+    with pytest.raises(InputError, match="b.png"):
+        src.load(1)
