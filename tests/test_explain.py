@@ -418,3 +418,10 @@ def test_response_ids_outside_the_vocabulary_are_refused(zoo, sample):
         with pytest.raises(InputError) as info:
             exp.explain(sample.image, response=[6, bad])
         assert str(info.value) == f"response: token id {bad} is not in the model's vocabulary (ids 0..{V - 1})"
+
+
+def test_a_single_view_model_reports_no_view_even_with_view_all(zoo, sample):
+    # view="all" on a model without named views reported view "default" (run index lines too),
+    # where the docs say None for a single-view model
+    e = Explainer(*zoo, view="all").explain(sample.image, response=sample.caption)
+    assert e.view is None and e.view_maps == {}
