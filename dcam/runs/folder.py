@@ -147,6 +147,19 @@ def read_run_json(root: str) -> Optional[dict]:
         raise InputError(f"--out: cannot read {p} ({one_line(exc)}); pass --overwrite to start over") from None
 
 
+#: identity keys a run folder written before dcam fingerprinted them does not have: the source
+#: and --prompt (session 13). Such a folder still resumes (and its run.json is then rewritten
+#: with them); what it was started with cannot be checked.
+LATER_KEYS = ("source", "prompt")
+
+
+def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, Any]:
+    """``identity`` as a folder of the stored identity's vintage fingerprinted it."""
+    if "source" in stored:
+        return identity
+    return {k: v for k, v in identity.items() if k not in LATER_KEYS}
+
+
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any]) -> FolderLock:
     """Rank 0, before any rank writes: lock the folder, refuse a different
     run, empty it for ``overwrite``, delete a killed process's debris and
@@ -166,7 +179,7 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
             if old is None:
                 raise InputError(f"--out: {root!r} is not empty and holds no dcam run (no {RUN_JSON}); choose a new "
                                  "folder or pass --overwrite (which empties it)")
-            if old.get("fingerprint") != fingerprint(identity):
+            if old.get("fingerprint") != fingerprint(_as_stored(identity, old.get("identity", {}))):
                 diff = _differences(old.get("identity", {}), identity) or ["fingerprint"]
                 raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
                                  f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")

@@ -231,3 +231,27 @@ def test_manifest_nan_and_folder_broken_links(tmp_path):
     assert src.ids == ["a.png", "b.png"]
     with pytest.raises(InputError, match="b.png"):
         src.load(1)
+
+
+def test_a_run_folder_from_before_the_source_was_fingerprinted_still_resumes(tmp_path):
+    # the source and --prompt joined the fingerprint in session 13: a folder written before has
+    # neither in its identity, and resumes (its run.json then records them)
+    import json
+
+    from dcam.explain import Explainer
+    from dcam.runs.folder import LATER_KEYS, fingerprint
+    from dcam.runs.runner import run_dataset
+    from dcam.testing import tiny_toy
+    from dcam.zoo.data import generate_sample
+
+    exp = Explainer(*tiny_toy(seed=3))
+    s = generate_sample((0, 1, 2), image_size=32, n_objects=1)
+    s.image.save(tmp_path / "a.png")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "image": "a.png", "response": s.caption}) + "\n")
+    out = tmp_path / "run"
+    run_dataset(exp, ManifestSource(str(tmp_path / "m.jsonl")), str(out))
+    info = json.loads((out / "run.json").read_text())
+    old = {k: v for k, v in info["identity"].items() if k not in LATER_KEYS}
+    (out / "run.json").write_text(json.dumps(dict(info, identity=old, fingerprint=fingerprint(old))))
+    run_dataset(exp, ManifestSource(str(tmp_path / "m.jsonl")), str(out))
+    assert json.loads((out / "run.json").read_text())["identity"]["source"]["kind"] == "manifest"
