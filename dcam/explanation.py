@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .ops.config import CamConfig
-from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size
+from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, display_size
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
 from .words import clean_token
@@ -38,8 +38,8 @@ def safe_file_name(s: str, max_len: int = 64) -> str:
 
 def _check_max_side(max_side) -> int:
     if isinstance(max_side, (bool, np.bool_)) or not isinstance(max_side, numbers.Integral) \
-            or not 16 <= max_side <= 8192:
-        raise InputError(f"max_side must be an int in [16, 8192], got {max_side!r}")
+            or not 16 <= max_side <= RENDER_MAX_SIDE:
+        raise InputError(f"max_side must be an int in [16, {RENDER_MAX_SIDE}], got {max_side!r}")
     return int(max_side)
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .config import CamConfig
+from .config import FLOAT32_MAX, CamConfig
 from ..errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -94,9 +94,6 @@ def check_grid(grid, n: int) -> Tuple[int, int]:
     if h * w != n:
         raise InputError(f"grid {h}x{w} = {h * w} tokens does not match the image-token span of {n} tokens")
     return h, w
-
-
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _range_text(lo: float, hi: Optional[float], lo_open: bool) -> str:
