@@ -73,6 +73,23 @@ def _raise_if_pooling_overflowed(flag: Tensor) -> None:
                          "3.4e38 made the maps NaN); scale acts or grads down")
 
 
+_WEIGHTS_OVERFLOW = ("grads: finite, but summed over the image tokens they overflow float32 (the channel "
+                     "weights came out infinite); scale grads down")
+
+
+def _raise_if_weights_overflowed(grads: Tensor, degenerate: Tensor, grad_relu: bool, backend: str) -> None:
+    """After a checked pooling of finite gradients: channel weights whose float32 sum
+    overflowed (|grads| near 3.4e38 / N) make the map NaN before normalising, and a NaN map
+    comes out as an all-zero degenerate one, indistinguishable from a word with no gradient.
+    Only the degenerate maps (rare) have their weights recomputed, by the same backend."""
+    if not bool(degenerate.any()):
+        return
+    b, t = degenerate.nonzero(as_tuple=True)
+    weights, _ = implementation("channel_weights", backend)(grads[b, t][None], grad_relu, False)
+    if bool(V.nonfinite_flag(weights)):
+        raise InputError(_WEIGHTS_OVERFLOW)
+
+
 def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu: bool = True,
                    backend: str = "auto", check_finite: bool = True) -> RawMaps:
     """Gradient-weighted pooling of image-token states into one map per token
@@ -89,11 +106,12 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
     V.check_bool("grad_relu", grad_relu)
     V.check_bool("check_finite", check_finite)
     acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
-    run = implementation("pool_gradients", check_backend(backend, device))
-    maps, degenerate, bad = run(acts, grads, h, w, grad_relu, check_finite)
+    backend = check_backend(backend, device)
+    maps, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, grad_relu, check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
         _raise_if_pooling_overflowed(V.nonfinite_flag(maps))
+        _raise_if_weights_overflowed(grads, degenerate, grad_relu, backend)
     return RawMaps(maps, degenerate)
 
 
@@ -117,6 +135,8 @@ def channel_weights(grads: Tensor, grad_relu: bool = True, backend: str = "auto"
     weights, bad = run(grads, grad_relu, check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
+        if bool(V.nonfinite_flag(weights)):
+            raise InputError(_WEIGHTS_OVERFLOW)
     return weights
 
 
@@ -209,6 +229,7 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
         _raise_if_pooling_overflowed(overflowed)
+        _raise_if_weights_overflowed(grads, degenerate, config.grad_relu, backend)
     return out
 
 

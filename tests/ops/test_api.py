@@ -462,15 +462,44 @@ def test_nonfinite_refine_inputs_raise_on_every_backend(backend, quiet):
 
 
 @pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
-def test_huge_finite_gradients_are_not_an_error(backend, quiet):
-    # finite gradients so large that a float32 partial sum of the C++ pass overflows
-    # raise its flag (test_cpp.py checks that it does); the exact recount clears them
-    a, g, grid = _inputs(B=1, T=1, h=4, w=4, D=8, seed=7)
+def test_huge_finite_gradients_are_refused_never_zeroed(backend, quiet):
+    # finite gradients in [1.5e38, 3e38]: their mean over N=16 tokens is a float32 number but
+    # their float32 sums are not (the C++ pass's group sums of 8 overflow too), so the channel
+    # weights come out infinite. Their maps came out as all-zero "degenerate" maps with no
+    # error, indistinguishable from a word without gradient; now every backend refuses
+    a, g, grid = _inputs(B=1, T=2, h=4, w=4, D=8, seed=7)
     g = g.abs().clamp(0.5, 1.0) * 3e38
     assert bool(torch.isfinite(g).all())
+    message = re.escape("grads: finite, but summed over the image tokens they overflow float32")
+    with raises_input_error("grads", message):
+        dcam.pool_gradients(a, g, grid, backend=backend)
+    with raises_input_error("grads", message):
+        dcam.diffusion_cam(a, g, grid, backend=backend)
+    with raises_input_error("grads", message):
+        dcam.channel_weights(g, backend=backend)
+    # unchecked (check_finite=False looks at no value): the degenerate maps of before
+    assert bool(dcam.pool_gradients(a, g, grid, backend=backend, check_finite=False).degenerate.all())
+    # 100x smaller, every float32 sum fits: maps equal to an independent float64 pooling (SPEC section 1)
+    g = g / 100
+    w64 = g.double().clamp(min=0).mean(dim=2)
+    raw = (a.double()[:, None] * w64[:, :, None]).clamp(min=0).mean(dim=3)
+    lo, hi = raw.amin(-1, keepdim=True), raw.amax(-1, keepdim=True)
+    expected = ((raw - lo) / (hi - lo)).reshape(1, 2, 4, 4).float()
+    torch.testing.assert_close(dcam.pool_gradients(a, g, grid, backend=backend).maps, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dcam.channel_weights(g, backend=backend), w64.float(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_degenerate_maps_of_small_gradients_are_no_error(backend, quiet):
+    # the overflow check above looks again at degenerate maps only; zero gradients (a word
+    # the image does not move) stay a plain degenerate map
+    a, g, grid = _inputs(B=2, T=3, h=3, w=3, D=5, seed=2)
+    g[0, 1] = 0
+    g[1, 2] = 0
     out = dcam.pool_gradients(a, g, grid, backend=backend)
-    assert out.maps.shape == (1, 1, 4, 4)
-    dcam.diffusion_cam(a, g, grid, backend=backend)
+    assert out.degenerate.tolist() == [[False, True, False], [False, False, True]]
+    assert float(out.maps[0, 1].abs().sum()) == 0.0 and float(out.maps[1, 2].abs().sum()) == 0.0
+    assert dcam.diffusion_cam(a, g, grid, backend=backend).degenerate.tolist() == out.degenerate.tolist()
 
 
 @pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
