@@ -76,11 +76,13 @@ def _run(args) -> int:
     finally:
         dist.close()
     if info is not None:
-        c, t = info["counts"], info["throughput"]
+        c, t, s = info["counts"], info["throughput"], info["session"]
+        # a resume with nothing left keeps the last session's throughput in run.json; it is not this one's
+        this = (f"this session {s['records']} records in {s['seconds']:.1f} s on {s['processes']} process(es): "
+                f"{t['images_per_s']:.2f} images/s, {t['words_per_s']:.1f} words/s" if s["records"]
+                else "nothing was left to explain")
         print(f"{c['done']} of {c['records']} records explained into {args.out} ({c['words']} words); "
-              f"{c['errors']} failed (errors.jsonl); this session {info['session']['records']} records in "
-              f"{info['session']['seconds']:.1f} s on {t['processes']} process(es): {t['images_per_s']:.2f} images/s, "
-              f"{t['words_per_s']:.1f} words/s")
+              f"{c['errors']} failed (errors.jsonl); {this}")
     return 0
 
 
