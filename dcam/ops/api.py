@@ -64,30 +64,47 @@ def _raise_if_grads_nonfinite(grads: Tensor, flag: Tensor) -> None:
         V.check_finite("grads", grads)
 
 
+_WEIGHTS_OVERFLOW = ("grads: finite, but summed over the image tokens they overflow float32 (the channel "
+                     "weights came out infinite); scale grads down")
+_POOLING_OVERFLOW = ("acts: finite, but pooled with grads it overflows float32 (a product or sum past 3.4e38 "
+                     "made the maps NaN or infinite); scale acts or grads down")
+
+
 def _raise_if_pooling_overflowed(flag: Tensor) -> None:
     """After a checked pooling of finite inputs: NaN maps mean a float32 product or sum
     past 3.4e38 (|acts * weights| ~ 1e20 * 1e20). The backends then disagreed (NaN maps
     from the reference's refinement, zeros from the C++ one); now every one refuses."""
     if bool(flag):
-        raise InputError("acts: finite, but pooled with grads it overflows float32 (a product or sum past "
-                         "3.4e38 made the maps NaN); scale acts or grads down")
+        raise InputError(_POOLING_OVERFLOW)
 
 
-_WEIGHTS_OVERFLOW = ("grads: finite, but summed over the image tokens they overflow float32 (the channel "
-                     "weights came out infinite); scale grads down")
-
-
-def _raise_if_weights_overflowed(grads: Tensor, degenerate: Tensor, grad_relu: bool, backend: str) -> None:
-    """After a checked pooling of finite gradients: channel weights whose float32 sum
-    overflowed (|grads| near 3.4e38 / N) make the map NaN before normalising, and a NaN map
-    comes out as an all-zero degenerate one, indistinguishable from a word with no gradient.
-    Only the degenerate maps (rare) have their weights recomputed, by the same backend."""
+def _raise_if_degenerate_by_overflow(acts: Tensor, degenerate: Tensor, weights_of) -> None:
+    """After a checked pooling of finite inputs: a map whose every pixel overflowed float32
+    is constant (+Inf), and one pooled with an infinite channel weight (float32 sums of
+    gradients near 3.4e38 / N) is NaN; normalising turns either into an all-zero
+    "degenerate" map, the same answer as a word without gradient. Only the degenerate maps
+    (rare) are looked at again: ``weights_of(b, t)`` gives their channel weights [K, D],
+    and their unnormalised maps are the reference's two products, one image at a time."""
     if not bool(degenerate.any()):
         return
-    b, t = degenerate.nonzero(as_tuple=True)
-    weights, _ = implementation("channel_weights", backend)(grads[b, t][None], grad_relu, False)
-    if bool(V.nonfinite_flag(weights)):
-        raise InputError(_WEIGHTS_OVERFLOW)
+    b_idx, t_idx = degenerate.nonzero(as_tuple=True)
+    weights = weights_of(b_idx, t_idx)
+    for b in b_idx.unique().tolist():
+        a, w = acts[b].float(), weights[b_idx == b].float()  # [N, D], [k, D]
+        raw = a.clamp(min=0) @ w.clamp(min=0).T + a.clamp(max=0) @ w.clamp(max=0).T  # [N, k], D times the maps
+        if bool(V.nonfinite_flag(raw)):
+            raise InputError(_POOLING_OVERFLOW)
+
+
+def _recomputed_weights(grads: Tensor, grad_relu: bool, backend: str):
+    """``weights_of`` for `_raise_if_degenerate_by_overflow` from the gradients: the same
+    backend's channel weights of the chosen slices, refused when infinite."""
+    def weights_of(b_idx: Tensor, t_idx: Tensor) -> Tensor:
+        weights, _ = implementation("channel_weights", backend)(grads[b_idx, t_idx][None], grad_relu, False)
+        if bool(V.nonfinite_flag(weights)):
+            raise InputError(_WEIGHTS_OVERFLOW)
+        return weights[0]
+    return weights_of
 
 
 def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu: bool = True,
@@ -111,7 +128,7 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
         _raise_if_pooling_overflowed(V.nonfinite_flag(maps))
-        _raise_if_weights_overflowed(grads, degenerate, grad_relu, backend)
+        _raise_if_degenerate_by_overflow(acts, degenerate, _recomputed_weights(grads, grad_relu, backend))
     return RawMaps(maps, degenerate)
 
 
@@ -155,6 +172,7 @@ def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend:
     maps, degenerate = implementation("weighted_maps", check_backend(backend, device))(acts, weights, h, w)
     if check_finite:
         _raise_if_pooling_overflowed(V.nonfinite_flag(maps))
+        _raise_if_degenerate_by_overflow(acts, degenerate, lambda b, t: weights[b, t])
     return RawMaps(maps, degenerate)
 
 
@@ -229,7 +247,7 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
         _raise_if_pooling_overflowed(overflowed)
-        _raise_if_weights_overflowed(grads, degenerate, config.grad_relu, backend)
+        _raise_if_degenerate_by_overflow(acts, degenerate, _recomputed_weights(grads, config.grad_relu, backend))
     return out
 
 

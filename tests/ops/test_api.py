@@ -520,6 +520,27 @@ def test_pooling_that_overflows_float32_is_refused_on_every_backend(backend, qui
     assert bool(torch.isfinite(dcam.pool_gradients(a * 1e-20, g * 1e-20, grid, backend=backend).maps).all())
 
 
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_pooling_that_overflows_at_every_pixel_is_refused(backend, quiet):
+    # every pixel's pooled value ~1e40 is +Inf in float32: the map is then constant and came out
+    # as an all-zero degenerate map with no error (only NaN maps were caught). In exact
+    # arithmetic the pixels differ: raw_n = (k * 1e40 + 2e40) / 3 for k = 1..4
+    a = torch.full((1, 4, 3), 1e20)
+    a[0, :, 0] = torch.tensor([1e20, 2e20, 3e20, 4e20])
+    g = torch.full((1, 1, 4, 3), 1e20)
+    message = re.escape("acts: finite, but pooled with grads it overflows float32")
+    with raises_input_error("acts", message):
+        dcam.pool_gradients(a, g, (2, 2), backend=backend)
+    with raises_input_error("acts", message):
+        dcam.diffusion_cam(a, g, (2, 2), backend=backend)
+    with raises_input_error("acts", message):
+        dcam.weighted_maps(a, g[:, :, 0], (2, 2), backend=backend)
+    # scaled into range: the exact maps [0, 1/3, 2/3, 1]
+    expected = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]).reshape(1, 1, 2, 2)
+    torch.testing.assert_close(dcam.pool_gradients(a * 1e-20, g * 1e-20, (2, 2), backend=backend).maps, expected,
+                               atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_all_finite_matches_isfinite(dtype):
     # the one-pass min/max check finds every NaN/Inf wherever it sits
