@@ -204,7 +204,7 @@ class Explainer:
         results: Dict[int, Explanation] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, ex in enumerate(examples):
-            groups.setdefault(layout_key(ex.prep), []).append(i)
+            groups.setdefault(layout_key(ex.prep, self.adapter), []).append(i)
         for idx in groups.values():
             for i, e in zip(idx, self._explain_group([examples[i] for i in idx], probe, target_score)):
                 results[i] = e

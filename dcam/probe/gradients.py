@@ -218,7 +218,7 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
     if probe == "remask":
         return [_probe_remask(adapter, p, t, layer, target_score, chunk_size, want_grads, want_last_hidden,
                               allow_last_layer, b, grad_sink) for b, (p, t) in enumerate(zip(preps, targets))]
-    if len({layout_key(p) for p in preps}) != 1:
+    if len({layout_key(p, adapter) for p in preps}) != 1:
         raise InputError("probe_batch: the examples do not share one sequence layout; group them by layout_key")
     B, img = len(preps), preps[0].image_positions
     contrastive = target_score == "contrastive"
@@ -268,10 +268,12 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
                         layer=layer, probe=probe, distractor=distractors[b]) for b, t in enumerate(targets)]
 
 
-def layout_key(prep: Prepared) -> Tuple:
-    """Examples with equal keys can share one batched forward."""
-    return (tuple(prep.input_ids.shape), int(prep.response_start), int(prep.response_length),
-            tuple(prep.image_positions.tolist()), tuple(prep.grid))
+def layout_key(prep: Prepared, adapter: Optional[ModelAdapter] = None) -> Tuple:
+    """Examples with equal keys can share one batched forward: the same sequence layout
+    and, given the adapter, inputs its ``stack_inputs`` can batch (:meth:`ModelAdapter.stack_key`)."""
+    key = (tuple(prep.input_ids.shape), int(prep.response_start), int(prep.response_length),
+           tuple(prep.image_positions.tolist()), tuple(prep.grid))
+    return key if adapter is None else key + (adapter.stack_key(prep),)
 
 
 def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score: str, chunk_size: int,

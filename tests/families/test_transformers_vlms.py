@@ -161,3 +161,30 @@ def test_gemma4_image_past_the_position_table_is_refused_naming_the_image(name, 
     assert str(info.value) == ("image: at 1000x50 pixels the vision tower's patches reach position 73, past its "
                                "table of 64 per axis (vision_config.position_embedding_size); crop or pad the image "
                                "closer to square")
+
+
+def test_batch_of_images_with_one_token_layout_but_different_tiles(models):
+    """A 7 x 4 image (1 x 2 tiles) and a 67 x 31 one (1 x 3 tiles) both unpad to a 4 x 8
+    grid, so their token layouts are equal, but their pixel_values are [1, 3, ...] and
+    [1, 4, ...] (base view + tiles). explain_batch grouped them by layout alone and failed
+    in torch.cat ("Sizes of tensors must match"); each is now batched with its own kind,
+    and the maps equal one explain() per image."""
+    import numpy as np
+    from PIL import Image
+
+    from dcam.probe import layout_key
+
+    model, proc = models("llava-next")
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((4, 7), (31, 67))]
+    a = auto_adapter(model, proc)
+    preps = [a.prepare(img, None, a.encode_response("red")) for img in imgs]
+    assert layout_key(preps[0]) == layout_key(preps[1])  # the same sequence layout ...
+    assert [tuple(p.model_inputs["pixel_values"].shape[:2]) for p in preps] == [(1, 3), (1, 4)]  # ... not tiles
+    assert layout_key(preps[0], a) != layout_key(preps[1], a)
+    exp = Explainer(model, proc)
+    batch = exp.explain_batch(imgs, responses=["red", "red"])
+    for img, e in zip(imgs, batch):
+        one = exp.explain(img, response="red")
+        assert e.grid == one.grid == (4, 8)
+        torch.testing.assert_close(e.maps, one.maps, atol=1e-6, rtol=0)

@@ -298,6 +298,13 @@ class ModelAdapter:
         return {k: (v.expand(batch, *v.shape[1:]) if _per_row(v) and batch > 1 else v)
                 for k, v in prep.model_inputs.items()}
 
+    def stack_key(self, prep: Prepared) -> Tuple:
+        """What examples must share, beside their sequence layout, for :meth:`stack_inputs`
+        to batch them: the shapes past the batch dimension of the per-row inputs it
+        concatenates. (LLaVA-NeXT's pixel_values are [1, tiles, 3, H, W]: two images with
+        the same token layout can still have different numbers of tiles.)"""
+        return tuple((k, tuple(v.shape[1:])) for k, v in sorted(prep.model_inputs.items()) if _per_row(v))
+
     def stack_inputs(self, preps: Sequence[Prepared]) -> Dict[str, Any]:
         """The model inputs of several examples (one row each) as one batch."""
         return {k: (torch.cat([p.model_inputs[k] for p in preps], 0) if _per_row(v) else v)

@@ -94,6 +94,9 @@ class QwenVLAdapter(HFVisionLanguageAdapter):
     def batch_inputs(self, prep: Prepared, batch: int) -> Dict[str, Any]:
         return self.stack_inputs([prep] * batch)
 
+    def stack_key(self, prep: Prepared) -> Tuple:
+        return ()  # patches of any number and grids concatenate along dim 0
+
     def stack_inputs(self, preps) -> Dict[str, Any]:
         out = {}
         for k in preps[0].model_inputs:

@@ -176,6 +176,9 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
     def batch_inputs(self, prep: Prepared, batch: int) -> Dict[str, Any]:
         return dict(prep.model_inputs)  # one image per row: repeated in _embed
 
+    def stack_key(self, prep: Prepared) -> Tuple:
+        return ()  # images travel as lists, any number of tiles each
+
     def stack_inputs(self, preps) -> Dict[str, Any]:
         return {"images": [p.model_inputs["images"] for p in preps],
                 "image_sizes": [p.model_inputs["image_sizes"] for p in preps]}
