@@ -188,3 +188,19 @@ def test_batch_of_images_with_one_token_layout_but_different_tiles(models):
         one = exp.explain(img, response="red")
         assert e.grid == one.grid == (4, 8)
         torch.testing.assert_close(e.maps, one.maps, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llava-next", "qwen-vl", "gemma3"])
+def test_a_prompt_with_two_image_markers_is_refused_naming_the_prompt(name, models, landscape):
+    """One image per prompt. Two markers reached the processor, whose ValueError
+    ("Found total 2 <image> tokens and 1 images") was no InputError (the CLI printed a
+    traceback and exited 1)."""
+    from dcam.errors import InputError
+
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    marker = {"llava-next": "<image>", "qwen-vl": "<|vision_start|><|image_pad|><|vision_end|>",
+              "gemma3": "<start_of_image>"}[name]
+    with pytest.raises(InputError, match=r"^prompt: exactly one image marker \(.*\) is supported, got 2$"):
+        a.prepare(landscape, f"{marker} {marker} describe", a.encode_response("red"))
+    a.prepare(landscape, f"{marker} describe", a.encode_response("red"))  # one is the usual prompt

@@ -112,9 +112,21 @@ class HFVisionLanguageAdapter(ModelAdapter):
         """(positions of the default view, its grid, every view by name)."""
         raise NotImplementedError
 
+    def check_one_image_marker(self, text: str) -> None:
+        """One image per prompt: a prompt that names more (its own image tokens or the
+        marker dcam adds) is refused here, naming the prompt, before the processor's own
+        ValueError ("Found total 2 <image> tokens and 1 images")."""
+        marks = {m for m in (getattr(self.processor, "image_token", None), self.image_marker()) if m}
+        n = max(text.count(m) for m in marks) if marks else 1
+        if n > 1:
+            raise InputError(f"prompt: exactly one image marker ({' or '.join(sorted(marks))}) is supported, "
+                             f"got {n}")
+
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         img = load_image(image)
-        enc = self.encode(img, self.prompt_text(prompt))
+        text = self.prompt_text(prompt)
+        self.check_one_image_marker(text)
+        enc = self.encode(img, text)
         ids = torch.as_tensor(enc.pop("input_ids"))[:1].long()
         enc.pop("attention_mask", None)
         Lp = ids.shape[1]
