@@ -7,7 +7,8 @@ id ``-200`` that :meth:`prepare_inputs_labels_for_multimodal` replaces by the
 image features (base view, then the high-resolution tiles stitched, cropped
 back to the image's aspect, shrunk for ``anyres_max_N``, a learned
 ``image_newline`` after every row); LaViDa pools every tile 2x2 first
-(``mm_pooler_ratio``); ``images`` is a list of ``[1 + tiles, 3, S, S]``
+(``get_2dPool``'s default stride, whatever ``mm_pooler_ratio`` says; not with
+``NOT_ALWASY_DO_2DPOOL`` set); ``images`` is a list of ``[1 + tiles, 3, S, S]``
 tensors and ``image_sizes`` a list of ``(width, height)``; the mask id and the
 sampler signatures of each family; LaViDa turns activation checkpointing on
 for its blocks. The vision tower is transformers' SigLIP (tiny).
@@ -15,6 +16,7 @@ for its blocks. The vision tower is transformers' SigLIP (tiny).
 from __future__ import annotations
 
 import math
+import os
 from typing import List, Optional
 
 import torch
@@ -108,10 +110,10 @@ class LlavaMixin:
         return self.model.parts.mm_projector(self.get_vision_tower()(images))
 
     def _pool(self, feat: Tensor) -> Tensor:
-        """LaViDa's ``get_2dPool``: every tile's map pooled by ``mm_pooler_ratio``."""
+        """LaViDa's ``get_2dPool`` at its default stride, 2: every tile's map pooled."""
         n = self.get_vision_tower().num_patches_per_side
         x = feat.view(feat.shape[0], n, n, -1).permute(0, 3, 1, 2)
-        s = int(self.config.mm_pooler_ratio)
+        s = 2
         if self.config.mm_spatial_pool_mode == "bilinear":
             x = nn.functional.interpolate(x, size=[math.ceil(n / s)] * 2, mode="bilinear")
         else:
@@ -148,7 +150,9 @@ class LlavaMixin:
         if isinstance(images, Tensor) and images.dim() == 4:
             images = [images]
         feats = [self.encode_images(im.to(self.dtype)) for im in images]
-        if self.config.mm_pooler_ratio:
+        # LaViDa pools images unless NOT_ALWASY_DO_2DPOOL is set (read when its module loads;
+        # here at each call); LLaDA-V pools only videos
+        if self.config.backbone != "llada_v" and not os.environ.get("NOT_ALWASY_DO_2DPOOL"):
             feats = [self._pool(f) for f in feats]
         packed = [self._pack(f, image_sizes[i]) for i, f in enumerate(feats)]
         rows, k = [], 0
@@ -393,16 +397,17 @@ def tiny_llada_v(seed: int = 0, layers: int = 4, **config):
 def tiny_lavida(seed: int = 0, layers: int = 4, **config):
     """(model, processor) of a tiny LaViDa-LLaDA (``anyres``, tiles pooled 2x2, checkpointing on as published)."""
     torch.manual_seed(seed)
-    cfg = LlavaDMLLMConfig(backbone="lavida_llada", num_hidden_layers=layers, image_aspect_ratio="anyres",
-                           mm_pooler_ratio=2, **config)
+    config.setdefault("mm_pooler_ratio", 2)  # the published config's value (its pooling ignores it)
+    cfg = LlavaDMLLMConfig(backbone="lavida_llada", num_hidden_layers=layers, image_aspect_ratio="anyres", **config)
     return LlavaLladaForMaskedDiffusion(cfg).eval(), _processor(cfg, dream=False)
 
 
 def tiny_lavida_dream(seed: int = 0, layers: int = 4, **config):
     """(model, processor) of a tiny LaViDa-Dream (Dream's vocabulary, mask and shift)."""
     torch.manual_seed(seed)
+    config.setdefault("mm_pooler_ratio", 2)
     cfg = LlavaDMLLMConfig(backbone="lavida_dream", num_hidden_layers=layers, image_aspect_ratio="anyres",
-                           mm_pooler_ratio=2, vocab_size=152064, mask_token_id=DREAM_MASK_ID, **config)
+                           vocab_size=152064, mask_token_id=DREAM_MASK_ID, **config)
     return LlavaDreamForMaskedDiffusion(cfg).eval(), _processor(cfg, dream=True)
 
 

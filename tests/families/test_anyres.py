@@ -74,3 +74,24 @@ def test_layout_equals_the_models_own_expansion(name, models):
         layout, _ = a.layout(img.size)
         hh, ww = layout.grid
         assert n == layout.total == layout.unit ** 2 + hh * (ww + 1), (h, w)
+
+
+@pytest.mark.parametrize("ratio", [2, None, 4])
+def test_lavida_pools_at_get_2dpools_stride_whatever_the_config_says(ratio, monkeypatch):
+    """LaViDa's encoder pools every tile with ``get_2dPool(feat)``, whose stride is its
+    default argument, 2; ``config.mm_pooler_ratio`` is never read there. dcam read the
+    stride from that key, so a config without it (or with 4) had every image refused
+    ("image span has N tokens ..."). Hand-worked: 28-pixel tiles of 4 x 4 patches pool
+    bilinearly to ceil(4 / 2) = 2, a 2 x 2 base view; with NOT_ALWASY_DO_2DPOOL set (the
+    published switch) nothing is pooled: 4 x 4."""
+    from dcam.testing.llava_dmllm import tiny_lavida
+
+    model, proc = tiny_lavida(seed=0, layers=1, mm_pooler_ratio=ratio)
+    a = auto_adapter(model, proc)
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, size=(40, 72, 3), dtype=np.uint8))
+    monkeypatch.delenv("NOT_ALWASY_DO_2DPOOL", raising=False)
+    prep = a.prepare(img, None, [5])  # checked against the model's own expansion
+    assert prep.views["base"].grid == (2, 2)
+    monkeypatch.setenv("NOT_ALWASY_DO_2DPOOL", "1")
+    prep = a.prepare(img, None, [5])
+    assert prep.views["base"].grid == (4, 4)

@@ -28,6 +28,7 @@ package's ``load_pretrained_model`` (or any object with ``.tokenizer`` and
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -108,11 +109,20 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         tower = self.model.get_vision_tower()
         return int(tower.image_size), int(tower.num_patches_per_side)
 
+    def pool_stride(self) -> Optional[int]:
+        """LaViDa pools every tile's feature map with its ``get_2dPool`` at that function's
+        default stride, 2 (not ``config.mm_pooler_ratio``, which it never reads there),
+        unless the environment sets ``NOT_ALWASY_DO_2DPOOL`` (as its grounding and
+        LLaDA-V-style scripts do); LLaDA-V pools only videos. None: no pooling."""
+        if self.backbone == "llada_v" or os.environ.get("NOT_ALWASY_DO_2DPOOL"):
+            return None
+        return 2
+
     def layout(self, image_wh: Tuple[int, int]):
         """The anyres layout of an image of ``image_wh`` (None: one tile, no grid)."""
         cfg = self.model.config
         tile, side = self._tower()
-        stride = config_get(cfg, "mm_pooler_ratio")
+        stride = self.pool_stride()
         if stride:  # LaViDa pools every tile's map
             mode = config_get(cfg, "mm_spatial_pool_mode", default="bilinear")
             side = math.ceil(side / stride) if mode == "bilinear" else side // stride
