@@ -43,6 +43,16 @@ def _llava_tokenizer(extra=()):
     return tok, sp
 
 
+def _text_ids(sp, eos: str = "</s>", bos: str = "<s>") -> dict:
+    """The text config's special ids from the stand-in vocabulary: left out, transformers'
+    defaults (bos 1, eos 2) are ids of ordinary words here ("the" is 2), which every
+    response would then end at."""
+    ids = dict(pad_token_id=sp["<pad>"], eos_token_id=sp[eos])
+    if bos in sp:
+        ids["bos_token_id"] = sp[bos]
+    return ids
+
+
 def _vision(model_type: str) -> dict:
     return dict(model_type=model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, image_size=32, patch_size=8)
@@ -56,7 +66,7 @@ def tiny_llava(seed: int = 0) -> Tuple:
     proc = T.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
                             num_additional_image_tokens=1)
     cfg = T.LlavaConfig(vision_config=_vision("clip_vision_model"),
-                        text_config=dict(TEXT, model_type="llama", vocab_size=max(sp.values()) + 1),
+                        text_config=dict(TEXT, model_type="llama", vocab_size=max(sp.values()) + 1, **_text_ids(sp)),
                         image_token_id=sp["<image>"], vision_feature_layer=-1,
                         vision_feature_select_strategy="default")
     torch.manual_seed(seed)
@@ -72,7 +82,7 @@ def tiny_llava_next(seed: int = 0) -> Tuple:
     proc = T.LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=8,
                                 vision_feature_select_strategy="default", num_additional_image_tokens=1)
     cfg = T.LlavaNextConfig(vision_config=_vision("clip_vision_model"),
-                            text_config=dict(TEXT, model_type="llama", vocab_size=max(sp.values()) + 1),
+                            text_config=dict(TEXT, model_type="llama", vocab_size=max(sp.values()) + 1, **_text_ids(sp)),
                             image_token_id=sp["<image>"], image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
                             vision_feature_select_strategy="default")
     torch.manual_seed(seed)
@@ -88,7 +98,7 @@ def tiny_llava_onevision(seed: int = 0, aspect: str = "anyres_max_9") -> Tuple:
                                                 num_image_tokens=16, vision_feature_select_strategy="full",
                                                 vision_aspect_ratio=aspect)
     cfg = T.LlavaOnevisionConfig(vision_config=_vision("siglip_vision_model"),
-                                 text_config=dict(TEXT, model_type="qwen2", vocab_size=max(sp.values()) + 1),
+                                 text_config=dict(TEXT, model_type="qwen2", vocab_size=max(sp.values()) + 1, **_text_ids(sp)),
                                  image_token_id=sp["<image>"], video_token_id=sp["<video>"],
                                  image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
                                  vision_feature_select_strategy="full", vision_aspect_ratio=aspect)
@@ -143,7 +153,7 @@ def tiny_idefics3(kind: str = "idefics3", seed: int = 0) -> Tuple:
     proc = T.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4)
     C, M = (T.Idefics3Config, T.Idefics3ForConditionalGeneration) if kind == "idefics3" else \
         (T.SmolVLMConfig, T.SmolVLMForConditionalGeneration)
-    cfg = C(text_config=dict(TEXT, model_type="llama", vocab_size=max(sp.values()) + 1),
+    cfg = C(text_config=dict(TEXT, model_type="llama", vocab_size=max(sp.values()) + 1, **_text_ids(sp)),
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                image_size=32, patch_size=8), scale_factor=2, image_token_id=sp["<image>"])
     torch.manual_seed(seed)
@@ -166,7 +176,7 @@ def tiny_gemma3(seed: int = 0) -> Tuple:
                              tokenizer=tok, image_seq_length=16)
     cfg = T.Gemma3Config(text_config=dict(vocab_size=max(sp.values()) + 1, hidden_size=32, intermediate_size=64,
                                           num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-                                          head_dim=16, sliding_window=64),
+                                          head_dim=16, sliding_window=64, **_text_ids(sp, "<eos>", "<bos>")),
                          vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                             num_attention_heads=2, image_size=32, patch_size=4),
                          mm_tokens_per_image=16, image_token_index=sp["<image_soft_token>"],

@@ -204,3 +204,18 @@ def test_a_prompt_with_two_image_markers_is_refused_naming_the_prompt(name, mode
     with pytest.raises(InputError, match=r"^prompt: exactly one image marker \(.*\) is supported, got 2$"):
         a.prepare(landscape, f"{marker} {marker} describe", a.encode_response("red"))
     a.prepare(landscape, f"{marker} describe", a.encode_response("red"))  # one is the usual prompt
+
+
+@pytest.mark.parametrize("name", list(VLMS))
+def test_no_word_of_the_stand_in_vocabulary_is_an_end_of_sequence_id(name, models, landscape):
+    """The stand-ins' text configs left bos/eos/pad at transformers' defaults (1, 2), which
+    are ordinary words of their vocabulary: "the" (id 2) was an eos id, so "a dog on the
+    table" was explained as a, dog, on, with no warning."""
+    from dcam.testing.vocab import WORDS
+
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    words = set(a.tokenizer.convert_tokens_to_ids(list(WORDS)))
+    assert not words & set(a.skip_ids())
+    e = Explainer(model, proc).explain(landscape, response="a dog on the table")
+    assert e.tokens == ["a", "dog", "on", "the", "table"]
