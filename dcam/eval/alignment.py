@@ -36,11 +36,13 @@ def on_image(e, maps: Tensor) -> Tensor:
     return torch.stack([torch.from_numpy(map_on_image(m, (H, W), box)) for m in maps])
 
 
-def word_maps(e, words: Sequence[str], maps: Optional[Tensor] = None) -> Dict[int, Tensor]:
+def word_maps(e, words: Sequence[str], maps: Optional[Tensor] = None, placed: bool = True) -> Dict[int, Tensor]:
     """Map of every word of ``words`` the explanation covers (index -> ``[h, w]``):
     the mean of the maps of its items. ``maps``: other maps of the same items
-    (e.g. an ablation's refinement of ``e.raw_maps``)."""
-    maps = on_image(e, (e.maps if maps is None else maps).float())
+    (e.g. an ablation's refinement of ``e.raw_maps``). ``placed``: as the image sees
+    them (:func:`on_image`); False: on the token grid, as the model produced them."""
+    maps = (e.maps if maps is None else maps).float()
+    maps = on_image(e, maps) if placed else maps
     where: Dict[int, int] = {}
     for k, slots in enumerate(item_slots(e)):
         for s in slots:

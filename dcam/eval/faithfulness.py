@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..probe.gradients import build_probe_inputs
+from ..render.overlay import FULL_BOX, box_pixels
 from .report import log as _log
 
 def patch_orders(maps: Tensor) -> Tensor:
@@ -30,11 +31,18 @@ def patch_orders(maps: Tensor) -> Tensor:
     return torch.sort(-flat, dim=1, stable=True).indices
 
 
-def _cell_index(H: int, W: int, grid: Tuple[int, int]) -> np.ndarray:
+def _cell_index(H: int, W: int, grid: Tuple[int, int], box=FULL_BOX) -> np.ndarray:
+    """The grid cell of every pixel of an ``H x W`` image whose part ``box`` (fractions
+    ``(x0, y0, x1, y1)``) the model saw as the ``grid``; -1 outside it (pixels the model
+    never sees, left as they are)."""
     h, w = grid
-    ys = np.minimum((np.arange(H) * h) // H, h - 1)
-    xs = np.minimum((np.arange(W) * w) // W, w - 1)
-    return ys[:, None] * w + xs[None, :]
+    x0, y0, x1, y1 = box_pixels(box, (H, W))
+    ys = np.arange(H) - y0
+    xs = np.arange(W) - x0
+    cy = np.minimum((ys * h) // max(y1 - y0, 1), h - 1)
+    cx = np.minimum((xs * w) // max(x1 - x0, 1), w - 1)
+    inside = ((ys >= 0) & (ys < y1 - y0))[:, None] & ((xs >= 0) & (xs < x1 - x0))[None, :]
+    return np.where(inside, cy[:, None] * w + cx[None, :], -1)
 
 
 def curve_auc(values: np.ndarray) -> np.ndarray:
@@ -84,14 +92,16 @@ def token_probabilities(adapter, images: Sequence[Image.Image], response_ids: Se
 def perturbation_curves(adapter, image: Image.Image, response_ids: Sequence[int], orders: Tensor,
                         row_tokens: Sequence[Sequence[int]], grid: Tuple[int, int], prompt: Optional[str] = None,
                         steps: int = 10, fill: Union[str, Sequence[float]] = "mean", probe: Optional[str] = None,
-                        batch_size: int = 16) -> Tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 16, box=FULL_BOX) -> Tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion curves ``[R, steps+1]`` for ``R`` cell orders.
 
     orders: int64 ``[R, h*w]`` (most important first); row_tokens[r]: the
     response indices whose mean probability row ``r`` tracks. At step ``k``
     the first ``round(k/steps * h*w)`` cells are blanked (deletion) or the only
     ones kept (insertion). The intact and the blank image are shared by all
-    rows; everything else is scored in batches."""
+    rows; everything else is scored in batches. ``box``: the part of the image the model
+    sees as ``grid`` (a crop; the explanation's ``box``): the cells are laid over it and
+    the pixels outside it are never changed ("blank" blanks only the box)."""
     img = np.asarray(image.convert("RGB"), dtype=np.float32)
     H, W = img.shape[:2]
     if isinstance(fill, str):
@@ -100,8 +110,8 @@ def perturbation_curves(adapter, image: Image.Image, response_ids: Sequence[int]
         colour = img.reshape(-1, 3).mean(axis=0)
     else:
         colour = np.asarray(fill, dtype=np.float32).reshape(3)
-    blank = np.broadcast_to(colour, img.shape)
-    cell = _cell_index(H, W, grid)
+    cell = _cell_index(H, W, grid, box)
+    blank = np.where((cell >= 0)[..., None], np.broadcast_to(colour, img.shape), img)
     N = grid[0] * grid[1]
     R = orders.shape[0]
     counts = [int(round(k / steps * N)) for k in range(steps + 1)]
@@ -110,7 +120,7 @@ def perturbation_curves(adapter, image: Image.Image, response_ids: Sequence[int]
     ords = orders.cpu().numpy()
     for r in range(R):
         for k in range(1, steps):
-            top = np.zeros(N, dtype=bool)
+            top = np.zeros(N + 1, dtype=bool)  # the last entry: cell -1, outside the box, never on
             top[ords[r, :counts[k]]] = True
             m = top[cell][..., None]
             images.append(Image.fromarray(np.rint(np.where(m, blank, img)).astype(np.uint8)))  # deletion
@@ -149,7 +159,7 @@ def faithfulness_report(adapter, items: List[dict], methods: List[str], prompt, 
         allo = torch.cat(orders, dim=0)
         row_tokens = [tk for _ in names for tk in it["tokens"]]
         d, i = perturbation_curves(adapter, rec.image, it["response_ids"], allo, row_tokens, it["grid"], prompt,
-                                   steps, fill, probe, batch_size)
+                                   steps, fill, probe, batch_size, box=it.get("box", FULL_BOX))
         for k, m in enumerate(names):
             dels[m].append(d[k * W_:(k + 1) * W_])
             inss[m].append(i[k * W_:(k + 1) * W_])

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..errors import InputError, positive_int
 from ..ops.config import CamConfig
+from ..render.overlay import FULL_BOX
 from ..words import align_words
 from .alignment import word_maps
 from .datasets import EvalDataset, EvalRecord, open_dataset
@@ -217,9 +218,12 @@ class _Comparison:
             self.examples.append({"record": rec, "maps": wmaps})
         objs = [i for i in rec.object_indices if i in wmaps[self.methods[0]]]
         if len(self.faith_inputs) < self.limits["faith"] and objs:
+            # the cells are ranked on the token grid the model saw (its crop of the image, e0.box)
+            grid_maps = {m: word_maps(e, rec.words, placed=False) for m, e in exps.items()}
             self.faith_inputs.append({"record": rec, "words": objs, "tokens": [word_tokens[i] for i in objs],
-                                      "maps": {m: torch.stack([wmaps[m][i] for i in objs]) for m in self.methods},
-                                      "response_ids": e0.response_ids, "grid": tuple(e0.grid)})
+                                      "maps": {m: torch.stack([grid_maps[m][i] for i in objs]) for m in self.methods},
+                                      "response_ids": e0.response_ids, "grid": tuple(e0.grid),
+                                      "box": tuple(getattr(e0, "box", FULL_BOX))})
         if len(self.sweep_records) < self.limits["sweep"]:
             self.sweep_records.append(rec)
         self.done += 1

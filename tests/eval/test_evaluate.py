@@ -110,6 +110,23 @@ def test_perturbation_curves_hand_case():
     assert FakeAdapter.calls == 7
 
 
+def test_perturbation_curves_on_the_crop_the_model_saw():
+    """A model that sees only the right half of the image (box (0.5, 0, 1, 1)): its 2 x 2
+    grid lies over that half, and the left half is never changed. The curves ran on the maps
+    pasted onto the whole image, and failed ("Expected size 8192 but got size 64").
+    Hand-worked on a white 8 x 8 image blanked black: token 1 reads the bottom-right quadrant,
+    which cells 2 (columns 4-5) and 3 (6-7) cover; token 0 reads the top-left one, outside."""
+    img = Image.new("RGB", (8, 8), (255, 255, 255))
+    orders = torch.tensor([[2, 3, 0, 1], [2, 3, 0, 1]])
+    d, i = FA.perturbation_curves(FakeAdapter(), img, [0, 0], orders, [[1], [0]], (2, 2), steps=4,
+                                  fill=(0, 0, 0), box=(0.5, 0.0, 1.0, 1.0))
+    np.testing.assert_allclose(d[0], [1, 0.5, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(i[0], [0, 0.5, 1, 1, 1], atol=1e-5)
+    np.testing.assert_allclose(d[1], [1, 1, 1, 1, 1], atol=1e-5)  # outside the box: never blanked
+    np.testing.assert_allclose(i[1], [1, 1, 1, 1, 1], atol=1e-5)
+    assert FA._cell_index(2, 8, (1, 2), (0.25, 0.0, 0.75, 1.0)).tolist() == [[-1, -1, 0, 0, 1, 1, -1, -1]] * 2
+
+
 def test_perturbation_mean_fill_and_orders():
     img = np.zeros((8, 8, 3), np.uint8)
     img[:4, :4] = 200  # mean colour = 50
@@ -301,3 +318,28 @@ def test_evaluate_rejects_bad_arguments(tiny):
         EV.evaluate(model, proc, "shapes", methods="nope", n=1)
     with pytest.raises(InputError, match="does not support probe"):
         EV.evaluate(model, proc, "shapes", methods="tam", probe="remask", n=1)
+
+
+def test_faithfulness_on_a_model_that_sees_a_crop():
+    """MMaDA sees the centre square of a 128 x 64 image: dcam eval --faithfulness failed on it
+    (the curves got the maps pasted onto the whole image). Now every object word gets curves."""
+    from PIL import ImageDraw
+
+    from dcam.eval.datasets.base import make_record
+    from dcam.testing.vq_dmllm import tiny_mmada
+
+    model, proc = tiny_mmada()
+    img = Image.new("RGB", (128, 64), (200, 200, 200))
+    d = ImageDraw.Draw(img)
+    d.ellipse((40, 10, 70, 40), fill=(220, 45, 40))
+    d.rectangle((72, 20, 100, 50), fill=(45, 85, 230))
+    mask = np.zeros((64, 128), np.int64)
+    mask[10:41, 40:71] = 1
+    mask[20:51, 72:101] = 2
+    words = "a red circle and a blue square".split()
+    rec = make_record("r0", img, " ".join(words), words, mask, [(), (1,), (1,), (), (), (2,), (2,)])
+    rep = EV.evaluate(model, proc, dataset=[rec], methods="grad-cam", n=1, faithfulness=True, faith_n=1,
+                      faith_steps=2)
+    fa = rep["faithfulness"]["methods"]
+    assert fa["grad-cam"]["words"] == fa["random"]["words"] == 4  # red, circle, blue, square
+    assert len(fa["grad-cam"]["deletion_curve"]) == 3
