@@ -169,6 +169,32 @@ def test_coco_loader(tmp_path):
     assert r2.words[7] == "cat" and r2.word_labels[7] == ()
 
 
+def test_coco_annotation_without_pixels_skips_the_record_with_its_reason(tmp_path):
+    """An empty polygon list or an all-zero RLE (both occur in real COCO files) gave an empty
+    instance mask that was dropped without a word: the record loaded, and a caption word
+    naming that object was scored as absent from the image."""
+    root = str(tmp_path / "coco")
+    make_coco(root)
+    path = os.path.join(root, "annotations", "instances_val2017.json")
+    data = json.load(open(path))
+    data["images"] += [{"id": 7, "file_name": "a.png", "height": 8, "width": 10},
+                       {"id": 8, "file_name": "a.png", "height": 8, "width": 10}]
+    good = [[2, 2, 5, 2, 5, 5, 2, 5]]
+    data["annotations"] += [
+        {"id": 20, "image_id": 7, "category_id": 1, "iscrowd": 0, "segmentation": good},
+        {"id": 21, "image_id": 7, "category_id": 2, "iscrowd": 0, "segmentation": []},
+        {"id": 22, "image_id": 8, "category_id": 1, "iscrowd": 0, "segmentation": good},
+        {"id": 23, "image_id": 8, "category_id": 2, "iscrowd": 1, "segmentation": {"size": [8, 10], "counts": [80]}}]
+    json.dump(data, open(path, "w"))
+    ds = DS.open_dataset(root, split="val")
+    with pytest.warns(UserWarning, match="skipped record"):
+        ids = [r.record_id for r in ds.records()]
+    assert ids == ["1", "2"]
+    reasons = dict(ds.skipped)
+    assert reasons["7"] == "annotation 21: its segmentation covers no pixel"
+    assert reasons["8"] == "annotation 23: its segmentation covers no pixel"
+
+
 def test_coco_built_caption(tmp_path):
     root = str(tmp_path / "coco")
     make_coco(root, with_captions=False)

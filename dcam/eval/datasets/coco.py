@@ -4,8 +4,10 @@
 Each instance gets its own label; instances are painted largest first so that
 smaller ones stay visible where they overlap. Polygons are rasterised with PIL
 ``ImageDraw.polygon`` (fill and outline), which can differ from pycocotools by
-a pixel along edges; a polygon with fewer than 3 points is reported in the
-record's skipped annotations (never silently dropped). The caption is the
+a pixel along edges. A record with an annotation that cannot be painted (a
+polygon with fewer than 3 points, an empty segmentation or an all-zero RLE, a
+bad RLE size, an unknown category) is skipped and reported with the reason,
+never scored without that object. The caption is the
 first caption (lowest annotation id) of the image in a captions JSON when
 given, else one built from the category names (``"a dog and a person in the
 picture"``). Caption words are matched to the categories present in the
@@ -143,10 +145,11 @@ class CocoEval(EvalDataset):
             cat = self.categories.get(int(a["category_id"]))
             if cat is None:
                 raise RecordError(f"annotation {a.get('id')}: unknown category {a['category_id']}")
-            if m.any():
-                inst_masks.append((int(m.sum()), cat, m))
+            if not m.any():  # a word naming it would be scored as absent from the image
+                raise RecordError(f"annotation {a.get('id')}: its segmentation covers no pixel")
+            inst_masks.append((int(m.sum()), cat, m))
         if not inst_masks:
-            raise RecordError("no non-empty instance mask")
+            raise RecordError("no instance annotation")
         # paint the largest first so small instances stay visible where they overlap
         inst_masks.sort(key=lambda t: -t[0])
         mask = np.zeros((H, W), dtype=np.int64)
