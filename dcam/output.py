@@ -30,6 +30,17 @@ def _umask() -> int:
     return mask
 
 
+def refuse_inputs_inside(target: str, inputs, option: str = "--out") -> None:
+    """An output folder replaced whole must not hold what the job reads: ``inputs`` are
+    ``(what, path)`` pairs ("the input image", "the model", "the manifest", ...), refused
+    (InputError naming ``option``) when ``path`` is ``target`` or lies inside it."""
+    target = os.path.abspath(target)
+    for what, p in inputs:
+        if p and os.path.exists(p) and os.path.commonpath([os.path.abspath(p), target]) == target:
+            raise InputError(f"{option}: {target!r} holds {what} {p!r}, which replacing it would delete; "
+                             "choose another output folder")
+
+
 def check_output_folder(path: str, overwrite: bool = False, option: str = "--out") -> str:
     """The absolute target folder, after checking it can be written (InputError naming ``option``)."""
     if not path:

@@ -100,13 +100,6 @@ def subfolder_names(paths: List[str]) -> List[str]:
     return names
 
 
-def _check_inputs_outside(inputs: List[str], target: str) -> None:
-    """--overwrite replaces --out whole: refuse an --out that holds an input image."""
-    for p in inputs:
-        if os.path.commonpath([os.path.abspath(p), target]) == target:
-            raise InputError(f"--out: {target!r} holds the input image {p!r}; choose another output folder")
-
-
 #: explain()'s arguments as dcam explain's options (:func:`common.argument_error`)
 EXPLAIN_OPTIONS = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
                    "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view",
@@ -154,7 +147,7 @@ def report(e, folder: str) -> None:
 
 
 def run(args) -> int:
-    from ..output import check_output_folder
+    from ..output import check_output_folder, refuse_inputs_inside
 
     target = check_output_folder(args.out, args.overwrite)
     args.targets = parse_targets(args.tokens)  # refused here, before any image or model is read
@@ -162,7 +155,8 @@ def run(args) -> int:
     inputs = expand_inputs(args.images)
     if len(inputs) == 1 and not os.path.exists(inputs[0]):
         raise InputError(f"IMAGE: no such file {inputs[0]!r}")
-    _check_inputs_outside(inputs, target)
+    # --overwrite replaces --out whole: never over an input image or the model's own files
+    refuse_inputs_inside(target, [("the input image", p) for p in inputs] + [("the model", args.model)])
     common.apply_run_options(args)
     common.log("loading the model", args.quiet)
     model, processor = common.load_model_for(args)

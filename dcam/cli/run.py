@@ -69,7 +69,7 @@ def _run(args) -> int:
         opts = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, probe=args.probe,
                           target_score=args.target_score, steps=args.steps, prompt=args.prompt,
                           overlays=args.overlays, overwrite=args.overwrite, memory_budget=args.memory_budget,
-                          trajectory=args.trajectory,
+                          trajectory=args.trajectory, protect=(("the model", args.model),),
                           progress=not args.quiet, extra={"chunk_size": args.chunk_size})
         info = run_dataset(exp, source, args.out, opts, dist, model=model,
                            log=lambda msg: common.log(msg, quiet))

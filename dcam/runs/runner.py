@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError, one_line
+from ..output import refuse_inputs_inside
 from .distributed import Dist
 from .folder import prepare, run_identity, versions
 from .finish import finish
@@ -52,6 +53,8 @@ class RunOptions:
     trajectory: bool = False
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: further (what, path) pairs --overwrite must not delete (the CLI adds the model's folder)
+    protect: Tuple[Tuple[str, str], ...] = ()
 
 
 def share(source: RunSource, done, batch_size: int, rank: int, world: int) -> List[List[int]]:
@@ -200,7 +203,11 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size,
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
                           "backend": dist.backend, **opts.extra}}
-    lock = dist.on_rank0(lambda: prepare(root, identity, opts.overwrite, header))
+    def start():
+        if opts.overwrite:  # emptying the folder must not delete what the run reads
+            refuse_inputs_inside(root, source.input_paths() + list(opts.protect))
+        return prepare(root, identity, opts.overwrite, header)
+    lock = dist.on_rank0(start)
     try:
         done, _, _ = scan_index(root)
         old_parts = parts(root, INDEX_PARTS)

@@ -168,6 +168,11 @@ class RunSource:
     def describe(self) -> dict:
         return {"kind": self.kind, "path": self.path, "records": len(self)}
 
+    def input_paths(self) -> List[Tuple[str, str]]:
+        """``(what, path)`` of the files the records are read from, for the check that a
+        run folder replaced whole (``--overwrite``) holds none of them."""
+        return [(f"the source ({self.kind})", self.path)]
+
 
 class ManifestSource(RunSource):
     """A JSONL manifest: every line checked when opened, ids and byte offsets
@@ -209,6 +214,16 @@ class ManifestSource(RunSource):
 
     def _path(self, p: Optional[str]) -> Optional[str]:
         return None if p is None else (p if os.path.isabs(p) else os.path.join(self.root, p))
+
+    def input_paths(self) -> List[Tuple[str, str]]:
+        out = [("the manifest", self.path)]
+        with open(self.path, "rb") as f:
+            for i in range(len(self.ids)):
+                f.seek(self.offsets[i])
+                e = _strict_json(f.readline())
+                out += [(f"an image of record {self.ids[i]!r}", self._path(e["image"])),
+                        (f"a mask of record {self.ids[i]!r}", self._path(e.get("mask")))]
+        return out
 
     def entry(self, i: int) -> dict:
         with open(self.path, "rb") as f:

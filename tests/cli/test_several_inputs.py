@@ -107,5 +107,6 @@ def test_folder_without_images_and_out_holding_inputs(cli, error_line, tiny_mode
     rc, _, err = cli("explain", holder / "x.png", "--model", tiny_model_dir, "--out", holder, "--overwrite")
     assert rc == 2
     assert error_line(err) == (f"dcam explain: error: --out: {str(holder)!r} holds the input image "
-                               f"{str(holder / 'x.png')!r}; choose another output folder")
+                               f"{str(holder / 'x.png')!r}, which replacing it would delete; choose another "
+                               "output folder")
     assert os.listdir(holder) == ["x.png"]

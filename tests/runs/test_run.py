@@ -160,6 +160,39 @@ def test_changed_config_is_refused_unless_overwrite(reference_run, run_manifest,
     assert "holds no dcam run" in capsys.readouterr().err and (other / "notes.txt").exists()
 
 
+def test_overwrite_never_deletes_what_the_run_reads(run_manifest, tmp_path, capsys):
+    """--overwrite empties --out: an --out holding the manifest, one of its images, a folder
+    source or the model's files deleted them (then a traceback, or every record 'no such
+    file'). Each is refused in one line, exit 2, every file left in place."""
+    data = tmp_path / "data"
+    shutil.copytree(run_manifest["folder"], data)
+    manifest = data / os.path.basename(run_manifest["path"])
+    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    capsys.readouterr()
+    outside = tmp_path / "outside.jsonl"  # a manifest elsewhere, whose images --out holds
+    outside.write_text(json.dumps({"id": "a", "image": str(data / "img" / "s2.png")}) + "\n")
+    folder_source = data / "img"
+    for src, out, what in ((manifest, data, "the manifest"), (outside, data, "an image of record 'a'"),
+                           (folder_source, data, "the source (folder)")):
+        assert main(["run", str(src), "--out", str(out), "--overwrite", *RUN_ARGS]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"dcam run: error: --out: {str(out)!r} holds {what} "), err
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
+    # the model's folder, for dcam run and dcam explain alike
+    from dcam.zoo import WEIGHTS_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(WEIGHTS_DIR, model)
+    files = sorted(os.listdir(model))
+    image = str(data / "img" / "s2.png")
+    assert main(["run", str(manifest), "--model", str(model), "--out", str(model), "--overwrite", *RUN_ARGS]) == 2
+    assert f"holds the model {str(model)!r}" in capsys.readouterr().err
+    assert main(["explain", image, "--model", str(model), "--out", str(model), "--overwrite", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out: {str(model)!r} holds the model {str(model)!r}" in err[0]
+    assert sorted(os.listdir(model)) == files
+
+
 def test_overwrite_starts_over_and_overlays_are_the_explanations_overlays(run_manifest, tmp_path, explainer):
     folder = run_manifest["folder"]
     small = tmp_path / "small.jsonl"
