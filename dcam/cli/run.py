@@ -80,6 +80,7 @@ def _run(args) -> int:
         # a resume with nothing left keeps the last session's throughput in run.json; it is not this one's
         this = (f"this session {s['records']} records in {s['seconds']:.1f} s on {s['processes']} process(es): "
                 f"{t['images_per_s']:.2f} images/s, {t['words_per_s']:.1f} words/s" if s["records"]
+                else f"this session explained none ({s['errors']} failed)" if s["errors"]
                 else "nothing was left to explain")
         print(f"{c['done']} of {c['records']} records explained into {args.out} ({c['words']} words); "
               f"{c['errors']} failed (errors.jsonl); {this}")

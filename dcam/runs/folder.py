@@ -154,10 +154,14 @@ LATER_KEYS = ("source", "prompt")
 
 
 def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, Any]:
-    """``identity`` as a folder of the stored identity's vintage fingerprinted it."""
-    if "source" in stored:
-        return identity
-    return {k: v for k, v in identity.items() if k not in LATER_KEYS}
+    """``identity`` as a folder of the stored identity's vintage fingerprinted it (a COCO
+    source's split files joined the fingerprint in session 14)."""
+    if "source" not in stored:
+        return {k: v for k, v in identity.items() if k not in LATER_KEYS}
+    src = identity.get("source")
+    if isinstance(src, dict) and "files" in src and "files" not in (stored.get("source") or {}):
+        return dict(identity, source={k: v for k, v in src.items() if k != "files"})
+    return identity
 
 
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any]) -> FolderLock:

@@ -198,7 +198,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     if opts.prompt is not None:
         identity["prompt"] = opts.prompt
     described = source.describe()
-    identity["source"] = {"kind": described.get("kind"), "path": described.get("path")}
+    identity["source"] = {k: described[k] for k in ("kind", "path", "files") if k in described}
     header = {"source": source.describe(), "versions": versions(),
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size,
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,

@@ -285,18 +285,31 @@ class DatasetSource(RunSource):
         self.path = os.path.abspath(path)
         self.ds = open_dataset(path, split=split)
         self.kind = self.ds.kind
+        # which files the split chose (COCO: instances_val2017.json or _train2017.json of one
+        # folder, with the same image ids): part of what a run folder holds
+        self.files: Dict[str, Optional[str]] = {}
+        if self.kind == "coco":
+            from ..eval.datasets import _coco_files
+
+            images_dir, inst, cap = _coco_files(path, split)
+            self.files = {k: None if v is None else os.path.relpath(os.path.abspath(v), self.path)
+                          for k, v in (("images", images_dir), ("instances", inst), ("captions", cap))}
         self.ids = [self.ds.entry_id(i) for i in range(len(self.ds))]
         if len(set(self.ids)) != len(self.ids):
             raise InputError(f"MANIFEST: the data set in {path!r} has repeated record ids")
         if not self.ids:
             raise InputError(f"MANIFEST: the data set in {path!r} holds no record")
 
+    def describe(self) -> dict:
+        return dict(super().describe(), **({"files": self.files} if self.files else {}))
+
     def _image_path(self, meta: dict) -> Optional[str]:
+        # absolute, as a manifest's: the index is read (dcam view) from any folder
         if "file_name" in meta and getattr(self.ds, "images_dir", None):
-            return os.path.join(self.ds.images_dir, str(meta["file_name"]))
+            return os.path.abspath(os.path.join(self.ds.images_dir, str(meta["file_name"])))
         if "image" in meta and hasattr(self.ds, "root"):
             p = str(meta["image"])
-            return p if os.path.isabs(p) else os.path.join(self.ds.root, p)
+            return p if os.path.isabs(p) else os.path.abspath(os.path.join(self.ds.root, p))
         return None
 
     def load(self, i: int) -> SourceRecord:

@@ -107,6 +107,45 @@ def test_tam_data_folder(tmp_path):
     assert r.mask.sum() == 9
 
 
+def _coco_two_splits(root):
+    """val2017 and train2017 annotations of one COCO folder: the same image ids (1, 2)."""
+    for split, colour in (("val2017", 200), ("train2017", 30)):
+        os.makedirs(root / split, exist_ok=True)
+        os.makedirs(root / "annotations", exist_ok=True)
+        images, anns = [], []
+        for k in (1, 2):
+            _png(root / split / f"{split[0]}{k}.png", size=(32, 32), value=colour)
+            images.append({"id": k, "file_name": f"{split[0]}{k}.png", "height": 32, "width": 32})
+            anns.append({"id": 10 + k, "image_id": k, "category_id": 1, "iscrowd": 0,
+                         "segmentation": [[2, 2, 20, 2, 20, 20, 2, 20]]})
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "square"}]}))
+        (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(
+            {"annotations": [{"id": 100 + k, "image_id": k, "caption": "a red square"} for k in (1, 2)]}))
+
+
+def test_coco_run_records_absolute_images_and_refuses_another_split(tmp_path, capsys, monkeypatch):
+    """A COCO run resumed with --split train2017 into a val2017 run was accepted: the ids are
+    the image ids of either split, so every record counted as done and run.json said complete
+    over the other split's maps. And its index held image paths relative to the folder the
+    run started in, so dcam view from elsewhere lost every image."""
+    root = tmp_path / "coco"
+    _coco_two_splits(root)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--quiet", "--threads", "1"]
+    assert main(["run", "coco", "--split", "val2017", *args]) == 0
+    index = [json.loads(line) for line in open(out / "index.jsonl")]
+    assert [e["image"] for e in index] == [str(root / "val2017" / "v1.png"), str(root / "val2017" / "v2.png")]
+    capsys.readouterr()
+    assert main(["run", "coco", "--split", "train2017", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs in: source.files.captions, source.files.images, source.files.instances" in err[0]
+    assert main(["run", "coco", "--split", "val2017", *args]) == 0  # the same split resumes
+    info = json.load(open(out / "run.json"))
+    assert info["source"]["files"]["instances"] == os.path.join("annotations", "instances_val2017.json")
+
+
 def test_cli_refuses_a_bad_manifest_with_one_line(tmp_path, capsys):
     p = _manifest(tmp_path, [{"id": "a", "image": "x.png"}, {"id": "a", "image": "y.png"}])
     rc = main(["run", p, "--out", str(tmp_path / "out"), "--quiet"])
