@@ -121,6 +121,13 @@ class Explainer:
         self.adapter.check_image_tokens()
         self.model = self.adapter.model
         self.processor = self.adapter.processor
+        # what the method would never use is refused, not recorded in the explanation as if used
+        if config is not None and not self.method.uses_config:
+            raise InputError(f"config: the {method} method refines nothing (only diffusion-cam applies a "
+                             "CamConfig); leave config out")
+        if layer is not None and not self.method.needs_gradients:
+            raise InputError(f"layer: the {method} method hooks no layer (it reads the model's final states); "
+                             "leave layer out")
         self.layer = check_probe_request(self.adapter, layer, want_grads=self.method.needs_gradients)
         self.config = config if config is not None else self.adapter.default_config()
         if not isinstance(self.config, CamConfig):

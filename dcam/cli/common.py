@@ -75,7 +75,7 @@ def option_error(option: str, exc: BaseException) -> InputError:
     text = one_line(str(exc))
     for prefix in ("model: ", "family: ", "dtype: ", "device: ", "image: ", "targets: ", "steps ", "background: ",
                    "response: ", "prompt: ", "layer: ", "probe: ", "view: ", "trajectory: ", "dataset: ",
-                   "methods: ", "split ", "image_size ", "run: "):
+                   "methods: ", "split ", "image_size ", "run: ", "config: "):
         if text.startswith(prefix):
             text = text[len(prefix):]
             break
@@ -329,17 +329,22 @@ def explainer_for(model, processor, args):
     family = getattr(args, "family", None)
     config = cam_config_for(model, processor, getattr(args, "cam", None), family)
     try:
-        return Explainer(model, processor, layer=args.layer, method=args.method, config=config,
+        exp = Explainer(model, processor, layer=args.layer, method=args.method, config=config,
                          chunk_size=args.chunk_size, memory_budget=getattr(args, "memory_budget", None),
                          granularity=getattr(args, "granularity", "words"), view=getattr(args, "view", None),
                          **({"family": family} if family else {}))
     except InputError as exc:
         text = str(exc)
         option = ("--family" if family and text.startswith("family") else
+                  "--cam" if text.startswith("config:") else
                   "--layer" if "layer" in text and args.layer is not None else
                   "--method" if "method" in text else "--chunk-size" if "chunk_size" in text else
                   "--view" if text.startswith("view") else "--model")
         raise option_error(option, exc) from None
+    if getattr(args, "target_score", None) is not None and not exp.method.needs_gradients:
+        raise InputError(f"--target-score: the {args.method} method differentiates no score; leave "
+                         "--target-score out")
+    return exp
 
 
 def save_explanation(e, target: str, args, max_side: Optional[int] = None) -> None:

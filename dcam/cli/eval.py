@@ -91,7 +91,8 @@ def run(args) -> int:
 
 
 #: evaluate()'s arguments as dcam eval's options (:func:`common.argument_error`)
-EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size"}
+EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size",
+                "sweep_layers": "--sweep-layers", "config": "--cam"}
 
 
 def _evaluate(args, model, processor, config, fill, target):

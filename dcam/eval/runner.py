@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, positive_int
+from ..errors import InputError, one_line, positive_int
+from ..methods import get_method
 from ..ops.config import CamConfig
 from ..render.overlay import FULL_BOX
 from ..words import align_words
@@ -146,7 +147,11 @@ def _factory(model_or_factory, processor, explainer_factory, family: Optional[st
         from ..explain import Explainer
 
         def factory(method, cfg, lay, _m=model_or_factory, _p=processor):
-            return Explainer(_m, _p, layer=lay, config=cfg, method=method, **({"family": family} if family else {}))
+            # one config and layer for the whole comparison: each method takes what it uses
+            # (the explainer refuses a config or layer its method would only record)
+            m = get_method(method)
+            return Explainer(_m, _p, layer=lay if m.needs_gradients else None, config=cfg if m.uses_config else None,
+                             method=method, **({"family": family} if family else {}))
         return factory
     if callable(model_or_factory):
         return model_or_factory
@@ -278,8 +283,17 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
+    if config is not None and not (ablation or sweep or sweep_probes or sweep_layers) and \
+            not any(get_method(m).uses_config for m in methods):
+        raise InputError(f"config: none of the methods ({', '.join(methods)}) applies a CamConfig (only "
+                         "diffusion-cam, its ablation and its sweep do); leave config out")
     cmp = _Comparison(factory, methods, config, layer, probe, target_score, prompt, ablation,
                       {"examples": n_examples, "faith": faith_n if faithfulness else 0, "sweep": sweep_n})
+    for lay in sweep_layers or ():  # the layers asked for are checked before any record is explained
+        try:
+            factory("diffusion-cam", cmp.cfg, lay)
+        except InputError as exc:
+            raise InputError(f"sweep_layers: {one_line(str(exc))}") from None
     for rec in records:
         cmp.add(rec, ds_name)
         if cmp.done and cmp.done % 10 == 0:

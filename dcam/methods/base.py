@@ -51,7 +51,9 @@ class MapResult:
 class CamMethod:
     """Base class of the map methods.
 
-    needs_gradients / needs_last_hidden: what the probe must return.
+    needs_gradients / needs_last_hidden: what the probe must return (a method
+    without gradients hooks no layer and has no target score).
+    uses_config: whether a CamConfig shapes its maps.
     default_target_score: the target score used when the caller gives none.
     probes: the probe modes the method accepts (None: any).
 
@@ -68,6 +70,9 @@ class CamMethod:
     name = "base"
     needs_gradients = True
     needs_last_hidden = False
+    #: whether the maps are refined with a CamConfig (a config given to another method would
+    #: be recorded but never applied, so the explainer refuses it)
+    uses_config = False
     default_target_score = "logit"
     probes: Optional[Tuple[str, ...]] = None
 

@@ -19,6 +19,7 @@ class DiffusionCam(CamMethod):
     ratio (and, for ``sicd="context"``, the probe's context weights)."""
 
     name = "diffusion-cam"
+    uses_config = True
 
     def reduce_gradients(self, acts: Tensor, grads: Tensor, inputs: MethodInputs) -> Tuple[Tensor]:
         w = ops.channel_weights(grads, grad_relu=inputs.config.grad_relu, backend=inputs.backend)

@@ -110,25 +110,30 @@ class Run:
         self.root = os.path.abspath(root)
         has = [os.path.exists(os.path.join(self.root, p)) for p in (INDEX, INDEX_PARTS, RUN_JSON, ERRORS,
                                                                    ERROR_PARTS)]
+        if not os.path.exists(self.root):
+            raise InputError(f"run: no such folder {root!r}")
         if not os.path.isdir(self.root) or not any(has):
             raise InputError(f"run: {root!r} holds no dcam run (no {INDEX}, {INDEX_PARTS}/ or {RUN_JSON})")
         self._shards = _Shards(self.root)
 
+    def _json(self, name: str):
+        """The folder's ``name`` (None when absent); an unreadable one is an InputError naming it."""
+        p = os.path.join(self.root, name)
+        if not os.path.exists(p):
+            return None
+        try:
+            with open(p) as f:
+                return json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"run: cannot read {p} ({one_line(str(exc))})") from None
+
     @property
     def info(self) -> dict:
-        p = os.path.join(self.root, RUN_JSON)
-        if not os.path.exists(p):
-            return {}
-        with open(p) as f:
-            return json.load(f)
+        return self._json(RUN_JSON) or {}
 
     @property
     def metrics(self) -> Optional[dict]:
-        p = os.path.join(self.root, "metrics.json")
-        if not os.path.exists(p):
-            return None
-        with open(p) as f:
-            return json.load(f)
+        return self._json("metrics.json")
 
     def entries(self) -> Iterator[dict]:
         """The index lines, lazily."""

@@ -109,6 +109,7 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
 
     run = load_run(folder)
     root = run.root
+    info, metrics = run.info, run.metrics  # read (and refused if unreadable) before anything is written
     for left in glob.glob(os.path.join(root, f".{VIEW}.partial-*")) + glob.glob(os.path.join(root, f"{VIEW}.old-*")):
         shutil.rmtree(left, ignore_errors=True)  # what a killed `dcam view` left
     try:
@@ -152,9 +153,9 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    cfg = viewer_config([], title=f"dcam run: {os.path.basename(root)}", summary=_summary(run.info, len(done),
+    cfg = viewer_config([], title=f"dcam run: {os.path.basename(root)}", summary=_summary(info, len(done),
                         len(errors)), per_page=per_page, pages=max(1, pages.pages), total=pages.total,
-                        page_url=f"{VIEW}/page-%05d.js", metrics_html=_metrics_html(run.metrics))
+                        page_url=f"{VIEW}/page-%05d.js", metrics_html=_metrics_html(metrics))
     page = os.path.join(root, "index.html")
     write_bytes_atomic(page, page_html(cfg).encode("utf-8"))
     return {"page": page, "records": pages.total, "pages": pages.pages, "errors": len(errors)}

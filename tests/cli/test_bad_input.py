@@ -231,6 +231,27 @@ def test_layer_and_cam_options_named(cli, error_line, tiny_model_dir, shapes_png
     assert line == "dcam explain: error: --view: this model's images have no view 'tiles' (views: default, all)"
 
 
+def test_options_the_method_would_not_use_are_refused(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    """Grad-CAM refines nothing and TAM differentiates nothing at no layer: --cam, --layer and
+    --target-score were accepted, ignored, and written into meta.json as if used."""
+    m = ["--model", tiny_model_dir]
+    line = _fails(cli, error_line, tmp_path, shapes_png, *m, "--method", "grad-cam", "--cam", "akd=false")
+    assert line == ("dcam explain: error: --cam: the grad-cam method refines nothing (only diffusion-cam applies a "
+                    "CamConfig); leave config out")
+    line = _fails(cli, error_line, tmp_path, shapes_png, *m, "--method", "tam", "--layer", "1")
+    assert line == ("dcam explain: error: --layer: the tam method hooks no layer (it reads the model's final "
+                    "states); leave layer out")
+    line = _fails(cli, error_line, tmp_path, shapes_png, *m, "--method", "tam", "--target-score", "contrastive")
+    assert line == "dcam explain: error: --target-score: the tam method differentiates no score; leave --target-score out"
+    line = _fails(cli, error_line, tmp_path, *m, "--n", "1", "--methods", "tam", "--cam", "akd=false", command="eval")
+    assert line == ("dcam eval: error: --cam: none of the methods (tam) applies a CamConfig (only diffusion-cam, its "
+                    "ablation and its sweep do); leave config out")
+    # a sweep layer the model does not have was a row of n/a in a finished report
+    line = _fails(cli, error_line, tmp_path, *m, "--n", "1", "--methods", "grad-cam", "--sweep-layers", "99",
+                  command="eval")
+    assert line == "dcam eval: error: --sweep-layers: layer 99 out of range for a model with 3 blocks"
+
+
 def test_steps_beyond_the_sampler_are_stated(cli, tiny_model_dir, shapes_png, tmp_path):
     import json
 

@@ -225,3 +225,23 @@ def test_a_folder_without_a_run_is_refused_naming_dir(tmp_path, capsys):
     assert rc == 2 and err == [f"dcam view: error: DIR: {str(tmp_path)!r} holds no dcam run (no index.jsonl, index/ "
                                "or run.json)"]
     assert os.listdir(tmp_path) == []
+
+
+def test_an_unreadable_run_json_is_refused_before_anything_is_written(reference_run, tmp_path, capsys):
+    """A corrupt run.json was a JSONDecodeError traceback after view/img was written, and the
+    folder kept a page folder without its index.html; a missing folder was 'holds no run'."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    for name in ("view", "index.html"):
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() else (p.unlink() if p.exists() else None)
+    (out / "run.json").write_text("{not json")
+    before = sorted(os.listdir(out))
+    rc = main(["view", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"dcam view: error: DIR: cannot read {out / 'run.json'} (Expecting property name")
+    assert sorted(os.listdir(out)) == before
+    rc = main(["view", str(tmp_path / "nowhere"), "--quiet"])
+    assert rc == 2 and capsys.readouterr().err.strip() == \
+        f"dcam view: error: DIR: no such folder {str(tmp_path / 'nowhere')!r}"
