@@ -147,15 +147,19 @@ def _factory(model_or_factory, processor, explainer_factory, family: Optional[st
         from ..explain import Explainer
 
         def factory(method, cfg, lay, _m=model_or_factory, _p=processor):
-            # one config and layer for the whole comparison: each method takes what it uses
-            # (the explainer refuses a config or layer its method would only record)
-            m = get_method(method)
-            return Explainer(_m, _p, layer=lay if m.needs_gradients else None, config=cfg if m.uses_config else None,
-                             method=method, **({"family": family} if family else {}))
+            return Explainer(_m, _p, layer=lay, config=cfg, method=method, **({"family": family} if family else {}))
         return factory
     if callable(model_or_factory):
         return model_or_factory
     raise InputError("model_or_factory must be a model (with its processor) or an explainer factory")
+
+
+def _made(factory: ExplainerFactory, method: str, cfg: Optional[CamConfig], layer: Optional[int]):
+    """``factory``'s explainer of ``method`` with the comparison's config and layer where the
+    method uses them, None where it does not (an explainer refuses a config or a layer its
+    method would only record)."""
+    m = get_method(method)
+    return factory(method, cfg if m.uses_config else None, layer if m.needs_gradients else None)
 
 
 def _open_records(dataset, split: str, n: Optional[int], image_size: int):
@@ -174,9 +178,9 @@ class _Comparison:
     def __init__(self, factory: ExplainerFactory, methods: List[str], config: Optional[CamConfig],
                  layer: Optional[int], probe: Optional[str], target_score: str, prompt: Optional[str],
                  ablation: bool, limits: Dict[str, int]):
-        first = factory(methods[0], config, layer)
+        first = _made(factory, methods[0], config, layer)
         self.cfg = config if config is not None else getattr(first, "config", None) or CamConfig()
-        self.explainers = {m: first if m == methods[0] else factory(m, self.cfg, layer) for m in methods}
+        self.explainers = {m: first if m == methods[0] else _made(factory, m, self.cfg, layer) for m in methods}
         self.adapter, self.factory, self.methods, self.layer = first.adapter, factory, methods, layer
         self.probe = probe or first.default_probe  # explicit, so every method gets the same one
         for m, ex in self.explainers.items():
@@ -257,7 +261,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
 
     model_or_factory, processor: a model and its processor, or an explainer
         factory ``f(method, config, layer) -> dcam.Explainer`` (also accepted as
-        ``explainer_factory=``).
+        ``explainer_factory=``; config and layer are None for a method that applies
+        no CamConfig or hooks no layer).
     dataset: ``"shapes"``, a data folder (COCO or TAM layout), an
         :class:`~dcam.eval.datasets.EvalDataset` or a list of records.
     methods: ``"all"``, a comma list or a list of method names.
