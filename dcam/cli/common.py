@@ -111,7 +111,8 @@ def run_command(command: str, handler: Callable, args) -> int:
 # ------------------------------------------------------------------ value types (argparse `type=`)
 
 def _int_at_least(lo: int):
-    """An argparse `type=` for ints >= lo (the message says the bound)."""
+    """An argparse `type=` for ints >= lo (the message says the bound), at most sys.maxsize:
+    a larger one was an OverflowError traceback where it became a C integer (len(), seeds)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -119,6 +120,8 @@ def _int_at_least(lo: int):
             raise argparse.ArgumentTypeError(f"expected an int >= {lo}, got {text!r}") from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"expected an int >= {lo}, got {v}")
+        if v > sys.maxsize:
+            raise argparse.ArgumentTypeError(f"expected an int in [{lo}, {sys.maxsize}], got {v}")
         return v
     return parse
 
@@ -228,9 +231,13 @@ def memory_size(text: str) -> int:
             from None
 
 
+#: --threads beyond this: 100000 made torch fail to start its threads and then crash (SIGSEGV)
+MAX_THREADS = 1024
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
+                   help=f"torch CPU threads, at most {MAX_THREADS} (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars on stderr")
 
 

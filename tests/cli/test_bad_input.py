@@ -3,6 +3,7 @@ line on stderr naming the argument or option, exit code 2, no traceback, and
 nothing written; a bug (any other exception) keeps its traceback."""
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -123,7 +124,7 @@ def test_device_not_here_explain_and_bench(cli, error_line, tiny_model_dir, shap
 
 def test_argparse_errors_name_the_option(cli, error_line, tmp_path):
     line = _fails(cli, error_line, tmp_path, "--threads", "0", command="eval")
-    assert line == "dcam eval: error: argument --threads: expected an int >= 1, got 0"
+    assert line == "dcam eval: error: argument --threads: expected an int in [1, 1024], got '0'"
     line = _fails(cli, error_line, tmp_path, "--probe", "bogus", command="eval")
     assert line.startswith("dcam eval: error: argument --probe: invalid choice: 'bogus'")
     line = _fails(cli, error_line, tmp_path, "--layers", "x", command="grounding")
@@ -135,6 +136,19 @@ def test_argparse_errors_name_the_option(cli, error_line, tmp_path):
     assert line.startswith("dcam explain: error: argument --background: expected white, black, #rrggbb")
     line = _fails(cli, error_line, tmp_path, "x.png", "--steps", "0")
     assert line == "dcam explain: error: argument --steps: expected an int >= 1, got 0"
+
+
+def test_huge_numbers_are_refused_by_argparse(cli, error_line, tmp_path):
+    """Past sys.maxsize an int became an OverflowError traceback (--seed, eval --n), and
+    --threads 100000 crashed torch (SIGSEGV)."""
+    big = "99999999999999999999"
+    line = _fails(cli, error_line, tmp_path, "--seed", big, command="demo")
+    assert line == f"dcam demo: error: argument --seed: expected an int in [0, {sys.maxsize}], got {big}"
+    line = _fails(cli, error_line, tmp_path, "--n", big, command="eval")
+    assert line == f"dcam eval: error: argument --n: expected an int in [1, {sys.maxsize}], got {big}"
+    for bad in (big, "100000", "0"):
+        line = _fails(cli, error_line, tmp_path, "--threads", bad, command="demo")
+        assert line == f"dcam demo: error: argument --threads: expected an int in [1, 1024], got {bad!r}"
 
 
 def test_eval_errors_name_the_option(cli, error_line, tiny_model_dir, tmp_path):
