@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import InputError, one_line
 from ..output import refuse_inputs_inside
 from .distributed import Dist
-from .folder import prepare, run_identity, versions
+from .folder import prepare, read_run_json, run_identity, versions
 from .finish import finish
 from .progress import RunProgress
 from ..eval.alignment import item_slots
@@ -178,6 +178,18 @@ def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist,
     return s
 
 
+def _check_same_overlays(root: str, overlays: bool) -> None:
+    """A resume writes overlays for its own records only: --overlays added (or dropped) on a
+    folder with records done would leave some with overlays and some without, silently."""
+    old = read_run_json(root) if os.path.isdir(root) else None
+    before = ((old or {}).get("options") or {}).get("overlays")  # None: a folder from before it was recorded
+    if before is None or bool(before) == bool(overlays) or not scan_index(root)[0]:
+        return
+    raise InputError(f"--overlays: the run in {root!r} was started {'with' if before else 'without'} overlays and "
+                     f"its records done have {'them' if before else 'none'}; resume it "
+                     f"{'with' if before else 'without'} --overlays (dcam view shows every map), or pass --overwrite")
+
+
 def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOptions] = None, dist: Optional[Dist] = None,
                 model: Optional[Dict[str, Any]] = None, log=None) -> Optional[dict]:
     """Explain ``source`` into the run folder ``out`` (see the package docstring).
@@ -200,12 +212,14 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     described = source.describe()
     identity["source"] = {k: described[k] for k in ("kind", "path", "files") if k in described}
     header = {"source": source.describe(), "versions": versions(),
-              "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size,
+              "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size, "overlays": bool(opts.overlays),
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
                           "backend": dist.backend, **opts.extra}}
     def start():
         if opts.overwrite:  # emptying the folder must not delete what the run reads
             refuse_inputs_inside(root, source.input_paths() + list(opts.protect))
+        else:
+            _check_same_overlays(root, opts.overlays)
         return prepare(root, identity, opts.overwrite, header)
     lock = dist.on_rank0(start)
     try:

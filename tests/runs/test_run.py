@@ -161,6 +161,20 @@ def test_changed_config_is_refused_unless_overwrite(reference_run, run_manifest,
     assert "holds no dcam run" in capsys.readouterr().err and (other / "notes.txt").exists()
 
 
+def test_resume_with_overlays_added_is_refused(reference_run, run_manifest, tmp_path, capsys):
+    """--overlays is not part of what the maps are, but a resume that adds it wrote overlays for
+    its own records only (here: none left), silently; now it says so and writes nothing."""
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    capsys.readouterr()
+    assert main(["run", run_manifest["path"], "--out", out, "--overlays", *RUN_ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dcam run: error: --overlays: the run in {out!r} was started without overlays and its records "
+                   "done have none; resume it without --overlays (dcam view shows every map), or pass --overwrite"]
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+
+
 def test_overwrite_never_deletes_what_the_run_reads(run_manifest, tmp_path, capsys):
     """--overwrite empties --out: an --out holding the manifest, one of its images, a folder
     source or the model's files deleted them (then a traceback, or every record 'no such
