@@ -128,6 +128,14 @@ def _int_at_least(lo: int):
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
+int_at_least = _int_at_least
+
+
+def non_empty_name(text: str) -> str:
+    """argparse type: a name, not an empty string (``--family ""`` was taken as 'detect')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a name, got {text!r}")
+    return text
 
 
 def int_in(lowest: int, highest: int) -> Callable[[str], int]:
@@ -196,7 +204,7 @@ def add_model_options(p: argparse.ArgumentParser, hidden: bool = False) -> None:
 
 
 def add_family_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", default=None, metavar="NAME",
+    p.add_argument("--family", default=None, metavar="NAME", type=non_empty_name,
                    help="treat the model as this family (see `dcam families`); default: detected from its config")
 
 

@@ -50,11 +50,13 @@ def add_parser(sub) -> None:
                    help="comma list of probe modes for the sweep table (default: every mode the model has)")
     p.add_argument("--sweep-layers", type=common.int_list, default=None,
                    help="comma list of layers for the sweep (default: up to 6 blocks spread over all but the last)")
-    p.add_argument("--sweep-n", type=common.positive_int, default=50, help="records used by the sweep")
-    p.add_argument("--faith-n", type=common.positive_int, default=50, help="records used by the faithfulness curves")
-    p.add_argument("--faith-steps", type=common.positive_int, default=10,
-                   help="points per deletion/insertion curve minus one (>= 2)")
-    p.add_argument("--faith-fill", default="mean", help="'mean' (the image's mean colour) or R,G,B for blanked cells")
+    p.add_argument("--sweep-n", type=common.positive_int, default=None, help="records used by the sweep (default: 50)")
+    p.add_argument("--faith-n", type=common.positive_int, default=None,
+                   help="records used by the faithfulness curves (default: 50)")
+    p.add_argument("--faith-steps", type=common.int_at_least(2), default=None,
+                   help="points per deletion/insertion curve minus one, >= 2 (default: 10)")
+    p.add_argument("--faith-fill", default=None,
+                   help="'mean' (the image's mean colour) or R,G,B for blanked cells (default: mean)")
     p.add_argument("--examples", type=common.non_negative_int, default=4, help="example sheets to write")
     p.add_argument("--batch-size", type=common.positive_int, default=16, help="perturbed images per forward")
     p.add_argument("--image-size", type=common.positive_int, default=64, help="shapes image size in pixels")
@@ -70,8 +72,18 @@ def run(args) -> int:
     from ..output import check_output_folder
 
     target = check_output_folder(args.out, args.overwrite)
-    if args.faith_steps < 2:
-        raise InputError(f"--faith-steps must be >= 2, got {args.faith_steps}")
+    # options of a table that was not asked for would be ignored without a word
+    for option, value, table, wanted in (
+            ("--faith-n", args.faith_n, "--faithfulness", args.faithfulness),
+            ("--faith-steps", args.faith_steps, "--faithfulness", args.faithfulness),
+            ("--faith-fill", args.faith_fill, "--faithfulness", args.faithfulness),
+            ("--sweep-n", args.sweep_n, "--sweep", args.sweep or args.sweep_probes or args.sweep_layers)):
+        if value is not None and not wanted:
+            raise InputError(f"{option}: it sets the {table} table, which was not asked for (add {table})")
+    args.faith_n = 50 if args.faith_n is None else args.faith_n
+    args.faith_steps = 10 if args.faith_steps is None else args.faith_steps
+    args.faith_fill = "mean" if args.faith_fill is None else args.faith_fill
+    args.sweep_n = 50 if args.sweep_n is None else args.sweep_n
     if args.dataset != "shapes" and not os.path.isdir(args.dataset):
         raise InputError(f"--dataset: {args.dataset!r} is neither 'shapes' nor a folder")
     fill = _fill(args.faith_fill)

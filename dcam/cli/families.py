@@ -31,9 +31,12 @@ def _text_table(rows, columns) -> str:
 
 
 def run(args) -> int:
+    from ..errors import InputError
     from ..probe.adapters.families import FAMILIES, family_rows, markdown_table
 
     if args.markdown:
+        if args.load:  # it was ignored: the Markdown table is docs/FAMILIES.md's, without that column
+            raise InputError("--load: the --markdown table has no loading column; use one or the other")
         print(markdown_table())
         return 0
     rows = family_rows()

@@ -151,6 +151,26 @@ def test_huge_numbers_are_refused_by_argparse(cli, error_line, tmp_path):
         assert line == f"dcam demo: error: argument --threads: expected an int in [1, 1024], got {bad!r}"
 
 
+def test_empty_and_unused_options_are_refused(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    """Each of these was accepted and ignored: an empty --family (taken as 'detect'), an empty
+    --backends (every backend ran), --load with --markdown, and faithfulness or sweep settings
+    without their table."""
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--family", "")
+    assert line == "dcam explain: error: argument --family: expected a name, got ''"
+    line = _fails(cli, error_line, tmp_path, "--backends", "", "--quick", command="bench")
+    assert line.startswith("dcam bench: error: --backends: none given (available: torch")
+    line = _fails(cli, error_line, tmp_path, "--load", "--markdown", command="families")
+    assert line == "dcam families: error: --load: the --markdown table has no loading column; use one or the other"
+    m = ["--model", tiny_model_dir, "--n", "1"]
+    for option, value, table in (("--faith-fill", "1,2,3", "--faithfulness"), ("--faith-n", "3", "--faithfulness"),
+                                 ("--faith-steps", "4", "--faithfulness"), ("--sweep-n", "3", "--sweep")):
+        line = _fails(cli, error_line, tmp_path, *m, option, value, command="eval")
+        assert line == (f"dcam eval: error: {option}: it sets the {table} table, which was not asked for "
+                        f"(add {table})")
+    line = _fails(cli, error_line, tmp_path, *m, "--faithfulness", "--faith-steps", "1", command="eval")
+    assert line == "dcam eval: error: argument --faith-steps: expected an int >= 2, got 1"
+
+
 def test_eval_errors_name_the_option(cli, error_line, tiny_model_dir, tmp_path):
     # these ended in a ValueError traceback (--split, --image-size) or named no option
     (tmp_path / "tam").mkdir()
