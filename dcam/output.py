@@ -70,6 +70,8 @@ def check_output_file(path: Optional[str], option: str) -> Optional[str]:
     """A file the run will write at the end (``--json``): its folder must exist and be writable."""
     if path is None:
         return None
+    if not path:  # abspath("") is the current folder: "'' is a folder"
+        raise InputError(f"{option}: an empty path")
     target = os.path.abspath(path)
     if os.path.isdir(target):
         raise InputError(f"{option}: {path!r} is a folder, not a file")

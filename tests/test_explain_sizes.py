@@ -195,7 +195,8 @@ def test_memory_budget_sizes_are_read_exactly_or_refused():
                float("nan"): "must be a whole number of bytes", 2 ** 1100: "must be at most 2**63 bytes",
                "1e30GB": "must be at most 2**63 bytes", "1" + "0" * 400 + "GB": "must be at most 2**63 bytes",
                "1e999999999GB": "must be at most 2**63 bytes", 2 ** 63 + 1: "must be at most 2**63 bytes",
-               "0": "must be a positive size", "0.0001B": "must be a positive size", True: "must be a size",
+               "0": "must be a positive size", "0.0001B": "must be a whole number of bytes", True: "must be a size",
+               "1.5": "must be a whole number of bytes", "1.5B": "must be a whole number of bytes",
                "-3GB": "must be a size like 8GB", "8 parsecs": "must be a size like 8GB"}
     for value, message in refused.items():
         with pytest.raises(InputError) as info:

@@ -144,6 +144,8 @@ def test_check_output_file_and_atomic_text(tmp_path):
     assert check_output_file(None, "--json") is None
     with pytest.raises(InputError, match="^--json: .* is a folder, not a file$"):
         check_output_file(str(tmp_path), "--json")
+    with pytest.raises(InputError, match="^--json: an empty path$"):  # was "'' is a folder, not a file"
+        check_output_file("", "--json")
     with pytest.raises(InputError, match="^--json: the folder .*nowhere' does not exist$"):
         check_output_file(str(tmp_path / "nowhere" / "r.json"), "--json")
     path = check_output_file(str(tmp_path / "r.json"), "--json")

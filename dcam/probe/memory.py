@@ -34,7 +34,7 @@ def parse_size(value: Union[int, float, str], name: str = "memory_budget") -> in
     """Bytes from an int, a float holding a whole number, or a string like ``"8GB"``,
     ``"512MiB"``, ``"1.5 gb"``, ``"1e3GB"`` (exact: a string's value is rounded down
     to whole bytes, never converted through a float, so a budget of any size
-    is read as written)."""
+    is read as written; a byte count must be whole)."""
     if isinstance(value, bool):
         raise InputError(f"{name} must be a size like 8GB, got {value!r}")
     if isinstance(value, numbers.Integral):
@@ -48,6 +48,8 @@ def parse_size(value: Union[int, float, str], name: str = "memory_budget") -> in
         if not m or m.group(2).lower() not in _UNITS:
             raise InputError(f"{name} must be a size like 8GB or 512MiB, got {value!r}")
         number, unit = decimal.Decimal(m.group(1)), _UNITS[m.group(2).lower()]
+        if unit == 1 and number != number.to_integral_value():  # "1.5" bytes: no rounding what is a byte count
+            raise InputError(f"{name} must be a whole number of bytes or a size like 8GB, got {value!r}")
         # compared before multiplying: "1e999999999GB" is a valid Decimal that no product can hold
         size = MAX_SIZE + 1 if number > decimal.Decimal(MAX_SIZE) / unit else int(number * unit)
     if size < 1:
