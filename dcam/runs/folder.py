@@ -21,8 +21,8 @@ import shutil
 import time
 from typing import Any, Dict, Optional
 
-from ..errors import InputError, one_line
-from .store import LOCK, RUN_JSON, remove_debris, scan_index, write_json_atomic
+from ..errors import InputError
+from .store import LOCK, RUN_JSON, read_json, remove_debris, scan_index, write_json_atomic
 
 #: Format tag of run.json.
 RUN_FORMAT = "dcam-run/1"
@@ -137,14 +137,7 @@ def check_folder(path: str) -> str:
 
 
 def read_run_json(root: str) -> Optional[dict]:
-    p = os.path.join(root, RUN_JSON)
-    if not os.path.exists(p):
-        return None
-    try:
-        with open(p) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--out: cannot read {p} ({one_line(exc)}); pass --overwrite to start over") from None
+    return read_json(os.path.join(root, RUN_JSON), "--out", "; pass --overwrite to start over")
 
 
 #: identity keys a run folder written before dcam fingerprinted them does not have: the source

@@ -16,13 +16,12 @@ parts are read after ``index.jsonl``.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from typing import Dict, Iterable, Iterator, Optional
 
 from ..errors import InputError, one_line
-from .store import ERROR_PARTS, ERRORS, INDEX, INDEX_PARTS, RUN_JSON, iter_index, read_errors
+from .store import ERROR_PARTS, ERRORS, INDEX, INDEX_PARTS, RUN_JSON, iter_index, read_errors, read_json
 
 
 class _Shards:
@@ -118,14 +117,7 @@ class Run:
 
     def _json(self, name: str):
         """The folder's ``name`` (None when absent); an unreadable one is an InputError naming it."""
-        p = os.path.join(self.root, name)
-        if not os.path.exists(p):
-            return None
-        try:
-            with open(p) as f:
-                return json.load(f)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"run: cannot read {p} ({one_line(str(exc))})") from None
+        return read_json(os.path.join(self.root, name), "run")
 
     @property
     def info(self) -> dict:

@@ -80,6 +80,18 @@ def write_json_atomic(path: str, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
+def read_json(path: str, prefix: str, hint: str = "") -> Optional[dict]:
+    """The JSON file at ``path`` (None when absent); unreadable: an InputError
+    ``"<prefix>: cannot read <path> (<why>)<hint>"``."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{prefix}: cannot read {path} ({one_line(str(exc))}){hint}") from None
+
+
 def json_line(obj) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
 

@@ -461,6 +461,18 @@ def test_nonfinite_refine_inputs_raise_on_every_backend(backend, quiet):
             dcam.refine(raw, repeat_ratio=torch.tensor([bad]), backend=backend)
 
 
+def _refused_by_every_pooling(a, g, grid, backend, name, message):
+    """pool_gradients, diffusion_cam and its two halves (channel_weights, then weighted_maps,
+    or channel_weights itself when the gradients are refused) refuse (a, g) naming ``name``."""
+    message = re.escape(message)
+    with raises_input_error(name, message):
+        dcam.pool_gradients(a, g, grid, backend=backend)
+    with raises_input_error(name, message):
+        dcam.diffusion_cam(a, g, grid, backend=backend)
+    with raises_input_error(name, message):
+        dcam.weighted_maps(a, dcam.channel_weights(g, backend=backend), grid, backend=backend)
+
+
 @pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
 def test_huge_finite_gradients_are_refused_never_zeroed(backend, quiet):
     # finite gradients in [1.5e38, 3e38]: their mean over N=16 tokens is a float32 number but
@@ -470,13 +482,8 @@ def test_huge_finite_gradients_are_refused_never_zeroed(backend, quiet):
     a, g, grid = _inputs(B=1, T=2, h=4, w=4, D=8, seed=7)
     g = g.abs().clamp(0.5, 1.0) * 3e38
     assert bool(torch.isfinite(g).all())
-    message = re.escape("grads: finite, but summed over the image tokens they overflow float32")
-    with raises_input_error("grads", message):
-        dcam.pool_gradients(a, g, grid, backend=backend)
-    with raises_input_error("grads", message):
-        dcam.diffusion_cam(a, g, grid, backend=backend)
-    with raises_input_error("grads", message):
-        dcam.channel_weights(g, backend=backend)
+    _refused_by_every_pooling(a, g, grid, backend, "grads",
+                              "grads: finite, but summed over the image tokens they overflow float32")
     # unchecked (check_finite=False looks at no value): the degenerate maps of before
     assert bool(dcam.pool_gradients(a, g, grid, backend=backend, check_finite=False).degenerate.all())
     # 100x smaller, every float32 sum fits: maps equal to an independent float64 pooling (SPEC section 1)
@@ -509,13 +516,7 @@ def test_pooling_that_overflows_float32_is_refused_on_every_backend(backend, qui
     # and zeros on the C++ and Triton backends
     a, g, grid = _inputs(B=1, T=2, h=3, w=3, D=5, seed=1)
     a, g = a * 1e20, g * 1e20
-    message = re.escape("acts: finite, but pooled with grads it overflows float32")
-    with raises_input_error("acts", message):
-        dcam.pool_gradients(a, g, grid, backend=backend)
-    with raises_input_error("acts", message):
-        dcam.diffusion_cam(a, g, grid, backend=backend)
-    with raises_input_error("acts", message):
-        dcam.weighted_maps(a, dcam.channel_weights(g, backend=backend), grid, backend=backend)
+    _refused_by_every_pooling(a, g, grid, backend, "acts", "acts: finite, but pooled with grads it overflows float32")
     # the same tensors scaled into range pool without complaint
     assert bool(torch.isfinite(dcam.pool_gradients(a * 1e-20, g * 1e-20, grid, backend=backend).maps).all())
 
@@ -528,13 +529,7 @@ def test_pooling_that_overflows_at_every_pixel_is_refused(backend, quiet):
     a = torch.full((1, 4, 3), 1e20)
     a[0, :, 0] = torch.tensor([1e20, 2e20, 3e20, 4e20])
     g = torch.full((1, 1, 4, 3), 1e20)
-    message = re.escape("acts: finite, but pooled with grads it overflows float32")
-    with raises_input_error("acts", message):
-        dcam.pool_gradients(a, g, (2, 2), backend=backend)
-    with raises_input_error("acts", message):
-        dcam.diffusion_cam(a, g, (2, 2), backend=backend)
-    with raises_input_error("acts", message):
-        dcam.weighted_maps(a, g[:, :, 0], (2, 2), backend=backend)
+    _refused_by_every_pooling(a, g, (2, 2), backend, "acts", "acts: finite, but pooled with grads it overflows float32")
     # scaled into range: the exact maps [0, 1/3, 2/3, 1]
     expected = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]).reshape(1, 1, 2, 2)
     torch.testing.assert_close(dcam.pool_gradients(a * 1e-20, g * 1e-20, (2, 2), backend=backend).maps, expected,
