@@ -47,6 +47,7 @@ from .methods import MethodInputs, get_method
 from .ops.backends import BACKENDS
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, check_probe_request, layout_key, probe_batch
+from .probe.hooks import exclusive
 from .probe.memory import chunk_for_budget, parse_size
 from .probe.modes import check_target_score
 from .targets import GRANULARITIES, repeat_ratio
@@ -180,6 +181,7 @@ class Explainer:
                                   target_score=target_score, steps=steps, response_length=response_length,
                                   background=background, view=view, granularity=granularity)[0]
 
+    @exclusive
     def explain_batch(self, images: Sequence, prompts: Optional[Sequence[Optional[str]]] = None,
                       responses: Optional[Sequence] = None, targets="all",
                       targets_per_image: Optional[Sequence] = None, probe: Optional[str] = None, target_score: Optional[str] = None, steps: Optional[int] = None,
@@ -218,6 +220,7 @@ class Explainer:
         return [results[i] for i in range(n)]
 
     # ------------------------------------------------------------------ internals
+    @exclusive
     def _explain_with_trajectory(self, image, prompt, response, targets, probe, target_score, steps,
                                  response_length, background, granularity, view) -> Explanation:
         """The trajectory of the model's own generation, and the explanation of the finished response."""

@@ -53,7 +53,7 @@ def _moved(paths, old: str, new: str):
     return os.path.join(new, os.path.relpath(paths, old))
 
 
-@dataclass
+@dataclass(eq=False, repr=False)  # tensor fields: == of two copies raised "Boolean value of Tensor ... ambiguous"
 class Explanation:
     """The maps of one response (see the module docstring).
 
@@ -108,6 +108,12 @@ class Explanation:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def __repr__(self) -> str:
+        # the generated repr printed every tensor, the config and the image (~24 KB)
+        return (f"Explanation(method={self.method!r}, tokens={self.tokens!r}, maps={list(self.maps.shape)}, "
+                f"grid={tuple(self.grid)}, layer={self.layer}, probe={self.probe!r}, "
+                f"image={self.image.size[0]}x{self.image.size[1]})")
 
     def index(self, i_or_word: TokenRef) -> int:
         """Index into ``tokens`` of an int (negative allowed) or a word (its first occurrence)."""

@@ -5,14 +5,19 @@ Accepted: a path (any format Pillow reads: PNG, JPEG, WebP, TIFF, BMP, GIF,
 4``; uint8, uint16 or float). Conversions, each stated in the returned notes
 (and so in ``meta.json``) rather than done silently:
 
-* EXIF orientation is applied (a phone photo stored sideways comes out upright);
-* transparency (RGBA, LA, palette with a transparent colour) is composited on
-  ``background`` (white by default), never dropped to black;
+* EXIF orientation is applied (a phone photo stored sideways comes out upright),
+  to a file and to a PIL image alike;
+* transparency (RGBA, LA, a palette, grey or RGB image with a transparent
+  colour) is composited on ``background`` (white by default), never dropped
+  to black; an RGBA array's alpha is read as alpha (0..1 for floats, the
+  dtype's range for integers), not scaled with the colours;
 * 16-bit, 32-bit integer and float images are scaled by their actual range
   (minimum -> 0, maximum -> 255), so a 16-bit PNG is not all white and a float
   TIFF not all black; a float array already in [0, 1] is scaled by 255;
 * palette, CMYK, YCbCr, LAB, HSV and 1-bit images are converted to RGB;
-* an animated image (GIF, APNG, WebP) gives its first frame.
+* an animated image (GIF, APNG, WebP) gives its first frame;
+* a 16-bit RGB or RGBA PNG reaches dcam at 8 bits per channel (Pillow keeps
+  each channel's high byte when it decodes one): said in a note.
 
 Whatever cannot be read (missing file, a folder, not an image, truncated,
 NaN in a float image) is a :class:`dcam.InputError` naming the image.
@@ -49,6 +54,21 @@ def parse_colour(text: str) -> Tuple[int, int, int]:
     raise InputError(f"background: expected white, black, #rrggbb or r,g,b in 0..255, got {text!r}")
 
 
+def check_background(background) -> Tuple[int, int, int]:
+    """``background`` as an RGB triple: a colour name or text as :func:`parse_colour`
+    reads it, or three ints in 0..255 (300 was clamped silently, "black" was a TypeError)."""
+    if isinstance(background, str):
+        return parse_colour(background)
+    try:
+        vals = tuple(background)
+    except TypeError:
+        vals = ()
+    if len(vals) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                                 and 0 <= v <= 255 for v in vals):
+        raise InputError(f"background: expected a colour name, #rrggbb or three ints in 0..255, got {background!r}")
+    return tuple(int(v) for v in vals)  # type: ignore[return-value]
+
+
 def _scale_to_u8(arr: np.ndarray, what: str, notes: List[str]) -> np.ndarray:
     """A wide-range array scaled by its actual range to uint8."""
     a = arr.astype(np.float64)
@@ -78,8 +98,10 @@ def to_rgb(im: Image.Image, background: Sequence[int] = WHITE, notes: List[str] 
     notes = [] if notes is None else notes
     if im.mode in _WIDE_MODES:
         return Image.fromarray(_scale_to_u8(np.asarray(im), f"{im.mode}-mode", notes)).convert("RGB")
-    if im.mode == "P" and ("transparency" in im.info):
+    if im.mode in ("P", "L", "RGB", "1") and ("transparency" in im.info):  # a transparent colour (tRNS)
         return _composite(im, background, notes)
+    if im.mode == "La":  # premultiplied grey+alpha: Pillow converts it only to LA
+        im = im.convert("LA")
     if im.mode in _ALPHA_MODES:
         return _composite(im, background, notes)
     if im.mode != "RGB":
@@ -87,6 +109,20 @@ def to_rgb(im: Image.Image, background: Sequence[int] = WHITE, notes: List[str] 
             notes.append(f"{im.mode} image converted to RGB")
         return im.convert("RGB")
     return im
+
+
+def _alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
+    """An RGBA array's alpha channel as 0..255: floats in [0, 1], integers over their dtype's range."""
+    if alpha.dtype.kind == "f":
+        a = alpha.astype(np.float64)
+        if not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise InputError("image: the alpha channel of a float RGBA array must lie in [0, 1]")
+        return np.rint(a * 255.0).astype(np.uint8)
+    info = np.iinfo(alpha.dtype)
+    a = alpha.astype(np.float64)
+    if a.min() < 0:
+        raise InputError("image: the alpha channel of an integer RGBA array must not be negative")
+    return np.rint(a * (255.0 / info.max)).astype(np.uint8)
 
 
 def from_array(arr: np.ndarray, background: Sequence[int] = WHITE, notes: List[str] = None) -> Image.Image:
@@ -98,7 +134,11 @@ def from_array(arr: np.ndarray, background: Sequence[int] = WHITE, notes: List[s
     elif arr.dtype != np.uint8:
         if arr.dtype.kind not in "fiu":
             raise InputError(f"image: unsupported array dtype {arr.dtype}")
-        arr = _scale_to_u8(arr, f"{arr.dtype}", notes)
+        if arr.ndim == 3 and arr.shape[2] == 4:  # the colours scaled by their range, the alpha read as alpha
+            arr = np.concatenate([_scale_to_u8(arr[..., :3], f"{arr.dtype}", notes),
+                                  _alpha_to_u8(arr[..., 3])[..., None]], axis=2)
+        else:
+            arr = _scale_to_u8(arr, f"{arr.dtype}", notes)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
@@ -110,7 +150,10 @@ def _open(path) -> Image.Image:
     file fails here), EXIF orientation applied."""
     name = os.fspath(path)
     if isinstance(name, bytes):
-        name = name.decode(errors="replace")
+        if len(name) > 4096 or b"\0" in name:  # file content, not a path: it was echoed whole as "no such file"
+            raise InputError(f"image: {len(name)} bytes are not a path; pass a path, a PIL image or an array "
+                             "(file content: PIL.Image.open(io.BytesIO(data)))")
+        name = os.fsdecode(name)
     if os.path.isdir(name):
         raise InputError(f"image: {name!r} is a folder, not an image file")
     if not os.path.exists(name):
@@ -119,9 +162,10 @@ def _open(path) -> Image.Image:
         im = Image.open(name)
         frames = int(getattr(im, "n_frames", 1) or 1)
         im.seek(0)
-        im.load()
-        orientation = im.getexif().get(0x0112, 1)
-        im = ImageOps.exif_transpose(im) or im
+        # read before decoding: Pillow's TIFF decoder drops the orientation tag, and a PNG's raw
+        # mode (16 bits per channel) is gone once its tiles are decoded
+        sixteen = _sixteen_bit_rgb_png(im)
+        im, orientation = _upright(im)
         im.load()
     except InputError:
         raise
@@ -131,16 +175,40 @@ def _open(path) -> Image.Image:
         raise InputError(f"image: cannot read {name!r} ({type(exc).__name__}: {one_line(exc)})") from None
     im.info["dcam_frames"] = frames
     im.info["dcam_orientation"] = orientation
+    im.info["dcam_16bit_rgb"] = sixteen
     return im
+
+
+def _sixteen_bit_rgb_png(im: Image.Image) -> bool:
+    """Whether ``im`` is a 16-bit RGB(A) PNG, which Pillow decodes to 8 bits per channel."""
+    tile = getattr(im, "tile", None) or []
+    raw = tile[0][3] if tile and len(tile[0]) > 3 else None
+    raw = raw[0] if isinstance(raw, tuple) else raw
+    return im.format == "PNG" and im.mode in ("RGB", "RGBA") and isinstance(raw, str) and ";16" in raw
+
+
+def _upright(im: Image.Image) -> Tuple[Image.Image, int]:
+    """``im`` turned as its EXIF orientation says, as a new image without the tag (so it is
+    never turned twice; the caller's image is left as it is), and that orientation (1: none,
+    or a value outside 2..8, which is left alone and not reported as applied). Called before
+    the image is decoded: Pillow's TIFF decoder drops the tag."""
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation not in range(2, 9):
+        return im, 1
+    return ImageOps.exif_transpose(im), int(orientation)
 
 
 def load_image_with_notes(image, background: Sequence[int] = WHITE) -> Tuple[Image.Image, List[str]]:
     """(RGB PIL image, notes on the conversions made) from a path, a PIL image or an array."""
     notes: List[str] = []
+    background = check_background(background)
     if isinstance(image, Image.Image):
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
             notes.append(f"animated image: its first frame of {image.n_frames} is explained")
+        image, orientation = _upright(image)
+        if orientation != 1:
+            notes.append(f"EXIF orientation {orientation} applied")
         return to_rgb(image, background, notes), notes
     if isinstance(image, np.ndarray):
         return from_array(image, background, notes), notes
@@ -152,6 +220,8 @@ def load_image_with_notes(image, background: Sequence[int] = WHITE) -> Tuple[Ima
         orientation = im.info.get("dcam_orientation", 1)
         if orientation not in (None, 1):
             notes.append(f"EXIF orientation {orientation} applied")
+        if im.info.get("dcam_16bit_rgb"):
+            notes.append("16-bit RGB PNG: decoded at 8 bits per channel (each channel's high byte)")
         return to_rgb(im, background, notes), notes
     raise InputError(f"image: unsupported type {type(image).__name__}; pass a path, a PIL image or an array")
 
@@ -161,4 +231,4 @@ def load_image(image, background: Sequence[int] = WHITE) -> Image.Image:
     return load_image_with_notes(image, background)[0]
 
 
-__all__ = ["load_image", "load_image_with_notes", "to_rgb", "from_array", "parse_colour", "WHITE"]
+__all__ = ["load_image", "load_image_with_notes", "to_rgb", "from_array", "parse_colour", "check_background", "WHITE"]

@@ -425,3 +425,52 @@ def test_a_single_view_model_reports_no_view_even_with_view_all(zoo, sample):
     # where the docs say None for a single-view model
     e = Explainer(*zoo, view="all").explain(sample.image, response=sample.caption)
     assert e.view is None and e.view_maps == {}
+
+
+def test_inference_mode_around_explain_gives_the_same_maps(zoo, sample):
+    """Under torch.inference_mode() no score could carry a gradient: every map came out
+    all zero and 'degenerate', with no error. inference_mode is now off inside explain."""
+    exp = Explainer(*zoo)
+    want = exp.explain(sample.image, response=sample.caption)
+    with torch.inference_mode():
+        got = exp.explain(sample.image, response=sample.caption)
+    torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=0)
+    assert not bool(got.stats["degenerate"].any())
+
+
+def test_one_explainer_from_two_threads(zoo, sample):
+    """Two calls at once shared the model's hooks ("the hooked block ran 2 times") and its
+    frozen flags: afterwards the user's model was in eval mode with no parameter requiring
+    grad. Calls on one model now take turns; each gets its own maps."""
+    import threading
+
+    model, proc = tiny_zoo(seed=3)
+    model.train()
+    exp = Explainer(model, proc)
+    want = exp.explain(sample.image, response=sample.caption).maps
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(exp.explain(sample.image, response=sample.caption).maps)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 6
+    for maps in results:
+        torch.testing.assert_close(maps, want, rtol=0, atol=0)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_explanations_compare_by_identity_and_repr_briefly(zoo, sample):
+    import copy
+
+    e = Explainer(*zoo).explain(sample.image, response=sample.caption)
+    assert e == e and e != copy.deepcopy(e)  # compared tensor by tensor it raised "ambiguous"
+    r = repr(e)
+    assert r.startswith("Explanation(method='diffusion-cam', tokens=") and len(r) < 400

@@ -153,3 +153,92 @@ def test_parse_colour():
     for bad in ("purple", "#12345", "1,2", "1,2,256", "#gggggg"):
         with pytest.raises(InputError, match="^background: expected white, black, #rrggbb or r,g,b"):
             parse_colour(bad)
+
+
+def test_a_transparent_colour_of_a_grey_or_rgb_png_is_composited():
+    """tRNS on a grey or RGB PNG (one colour transparent) stayed that colour, black here,
+    with no note; only palette images were composited."""
+    for mode, key in (("L", 0), ("RGB", (0, 0, 0))):
+        im = Image.new(mode, (3, 2), key)
+        im.putpixel((2, 1), 200 if mode == "L" else (200, 10, 10))
+        buf = io.BytesIO()
+        im.save(buf, "PNG", transparency=key)
+        out, notes = load_image_with_notes(Image.open(buf), (16, 32, 48))
+        want = np.tile(np.array([16, 32, 48]), (2, 3, 1))
+        want[1, 2] = [200, 200, 200] if mode == "L" else [200, 10, 10]
+        assert (_rgb(out) == want).all() and notes == ["transparency composited on rgb(16, 32, 48)"]
+
+
+def test_exif_orientation_of_a_pil_image_is_applied_once():
+    """A PIL image kept its sideways pixels (by path it was turned): the maps and overlays
+    of one photo depended on how it was passed. Orientation 6: turned 90 degrees clockwise."""
+    a = np.zeros((2, 3, 3), np.uint8)
+    a[0, 0] = [255, 0, 0]  # top left
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "PNG", exif=exif)
+    out, notes = load_image_with_notes(Image.open(buf))
+    assert out.size == (2, 3) and notes == ["EXIF orientation 6 applied"]
+    assert tuple(_rgb(out)[0, 1]) == (255, 0, 0)  # the top-left pixel is now top right
+    again, notes = load_image_with_notes(out)  # the turned image carries no orientation: never turned twice
+    assert again.size == (2, 3) and notes == []
+    for bad in (0, 9):  # not an orientation: nothing turned, nothing said
+        exif[0x0112] = bad
+        buf = io.BytesIO()
+        im.save(buf, "PNG", exif=exif)
+        out, notes = load_image_with_notes(Image.open(buf))
+        assert out.size == (3, 2) and notes == []
+
+
+def test_background_is_checked():
+    """(300, 0, 0) was clamped to red silently and 'black' was a TypeError."""
+    rgba = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert tuple(_rgb(load_image(rgba, "black"))[0, 0]) == (0, 0, 0)
+    assert tuple(_rgb(load_image(rgba, np.array([1, 2, 3])))[0, 0]) == (1, 2, 3)
+    for bad in ((300, 0, 0), (0, 0, 0, 0), None, (1.5, 2, 3), "purple"):
+        with pytest.raises(InputError, match="^background: expected"):
+            load_image(rgba, bad)
+
+
+def test_rgba_array_alpha_is_alpha_and_la_mode_converts():
+    """A float RGBA array's alpha was range-scaled with its colours (red 2.0 with alpha 1
+    came out pink); mode 'La' was a ValueError."""
+    a = np.zeros((2, 2, 4), np.float32)
+    a[..., 0], a[..., 3] = 2.0, 1.0
+    out, notes = load_image_with_notes(a)
+    assert (_rgb(out) == [255, 0, 0]).all()
+    a16 = np.zeros((2, 2, 4), np.uint16)
+    a16[..., 0], a16[..., 3] = 20000, 65535
+    assert (_rgb(load_image(a16)) == [255, 0, 0]).all()
+    a[..., 3] = 2.0
+    with pytest.raises(InputError, match="alpha channel of a float RGBA array must lie in"):
+        load_image(a)
+    la = Image.new("La", (2, 2))
+    assert load_image(la).mode == "RGB"
+
+
+def test_bytes_are_a_path_or_refused_without_echoing_them():
+    with pytest.raises(InputError, match=r"^image: 5000 bytes are not a path"):
+        load_image(b"\x89PNG" + b"x" * 4996)
+
+
+def test_a_16_bit_rgb_png_says_it_was_read_at_8_bits(tmp_path):
+    """Pillow decodes a 16-bit RGB PNG to 8 bits per channel (the high byte) before dcam sees
+    it; a 16-bit grey one is range-scaled. The RGB case gave 12-bit data as 15 with no note.
+    The PNG is written chunk by chunk (Pillow cannot write 16-bit RGB)."""
+    import struct
+    import zlib
+
+    arr = np.full((2, 2, 3), 4095, np.uint16)
+    raw = b"".join(b"\x00" + arr[r].astype(">u2").tobytes() for r in range(2))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xffffffff)
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    out, notes = load_image_with_notes(str(path))
+    assert notes == ["16-bit RGB PNG: decoded at 8 bits per channel (each channel's high byte)"]
+    assert (_rgb(out) == 4095 >> 8).all()

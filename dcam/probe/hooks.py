@@ -2,27 +2,67 @@
 norm's output recorded, parameters frozen for the duration of a probe."""
 from __future__ import annotations
 
+import functools
+import threading
+import weakref
 from contextlib import contextmanager
 from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> "threading.RLock":
+    """The lock that keeps one explanation at a time on ``model``. Two at once shared its
+    hooks (each thread's hook saw the other's forward) and its frozen flags (the second
+    call saved the first one's frozen state and restored that: the user's model was left
+    in eval mode with no parameter requiring grad). Re-entrant: a probe inside an
+    explanation takes it again."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def explaining(model: nn.Module):
+    """What every explanation runs under: ``model``'s lock, and inference mode off even
+    inside the caller's ``torch.inference_mode()`` (there no score could carry a gradient,
+    and every map came out zero without a word; the probes turn autograd on themselves,
+    so ``torch.no_grad()`` around a call was already fine)."""
+    with model_lock(model), torch.inference_mode(False):
+        yield
+
+
+def exclusive(method):
+    """Decorator: a method of an object with ``.model`` run under :func:`explaining`."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with explaining(self.model):
+            return method(self, *args, **kwargs)
+    return run
+
 
 @contextmanager
 def frozen(model: nn.Module):
-    """Parameters with ``requires_grad=False`` (restored on exit), eval mode."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    training = model.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield model
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-        model.train(training)
+    """Parameters with ``requires_grad=False`` (restored on exit), eval mode, under
+    :func:`explaining`."""
+    with explaining(model):
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        training = model.training
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        try:
+            yield model
+        finally:
+            for p, f in flags:
+                p.requires_grad_(f)
+            model.train(training)
 
 
 class Tap:

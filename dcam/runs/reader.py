@@ -31,6 +31,12 @@ class _Shards:
         self.root, self.keep = root, keep
         self.open: "OrderedDict[str, object]" = OrderedDict()
 
+    def __getstate__(self):  # open shard handles do not pickle (a record sent to a worker process)
+        return {"root": self.root, "keep": self.keep}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"], state["keep"])
+
     def tensor(self, shard: str, key: str):
         from safetensors import safe_open
 
@@ -52,6 +58,13 @@ class RunRecord:
     """One explained record of a run: the index line's fields, the maps on demand."""
 
     __slots__ = ("entry", "_shards", "_data")
+
+    def __getstate__(self):
+        return {"entry": self.entry, "_shards": self._shards, "_data": self._data}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
 
     def __init__(self, entry: dict, shards: _Shards):
         self.entry = entry

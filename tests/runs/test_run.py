@@ -285,3 +285,17 @@ def test_load_run_is_lazy(reference_run, tmp_path):
         list(dcam.load_run(out))
     with pytest.raises(InputError, match="holds no dcam run"):
         dcam.load_run(str(tmp_path))
+
+
+def test_run_records_pickle_for_worker_processes(reference_run):
+    """A RunRecord held an open shard handle, so it could not be sent to a multiprocessing
+    worker ("cannot pickle 'builtins.safe_open' object"); it pickles without the handle."""
+    import pickle
+
+    records = list(dcam.load_run(reference_run))
+    first = records[0]
+    first.maps  # opens its shard
+    for r in (first, records[-1]):
+        back = pickle.loads(pickle.dumps(r))
+        assert back.id == r.id
+        torch.testing.assert_close(back.maps, r.maps, rtol=0, atol=0)
