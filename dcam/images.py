@@ -33,6 +33,10 @@ from PIL import Image, ImageOps
 from .errors import InputError, one_line
 
 WHITE = (255, 255, 255)
+#: the file names a folder of images is read for (`dcam explain DIR`, `dcam run DIR`): the
+#: formats Pillow decodes, by their usual extensions (.jfif, .pbm, .ico, .tga were skipped)
+IMAGE_EXTENSIONS = (".png", ".apng", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+                    ".pgm", ".pbm", ".pnm", ".ico", ".tga")
 _ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
 _WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -231,4 +235,5 @@ def load_image(image, background: Sequence[int] = WHITE) -> Image.Image:
     return load_image_with_notes(image, background)[0]
 
 
-__all__ = ["load_image", "load_image_with_notes", "to_rgb", "from_array", "parse_colour", "check_background", "WHITE"]
+__all__ = ["load_image", "load_image_with_notes", "to_rgb", "from_array", "parse_colour", "check_background", "WHITE",
+           "IMAGE_EXTENSIONS"]

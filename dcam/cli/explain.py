@@ -20,6 +20,7 @@ import time
 from typing import Dict, List, Tuple
 
 from ..errors import InputError, one_line
+from ..images import IMAGE_EXTENSIONS
 from ..targets import parse_target_text
 from . import common
 
@@ -28,7 +29,6 @@ from . import common
 MAX_SIDE_LIMIT = 8192
 
 #: File extensions taken from a folder given as input.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 def add_parser(sub) -> None:

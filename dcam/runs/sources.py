@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError, one_line
+from ..images import IMAGE_EXTENSIONS
 from ..targets import parse_target_text
 from ..words import split_words
 
 #: Keys a manifest line may hold.
 MANIFEST_KEYS = ("id", "image", "prompt", "response", "targets", "mask", "labels", "meta")
 #: File extensions taken from a folder of images.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 @dataclass

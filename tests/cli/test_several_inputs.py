@@ -94,13 +94,29 @@ def test_all_inputs_bad_writes_nothing(cli, error_line, tiny_model_dir, tmp_path
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 
+def test_a_folder_takes_every_extension_pillow_reads(cli, tiny_model_dir, shapes_png, tmp_path):
+    """.jfif, .pbm, .tga files in a folder were skipped without a word (not in images.json)."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    im = Image.open(shapes_png).convert("RGB")
+    im.save(folder / "a.jfif", "JPEG")
+    im.convert("1").save(folder / "b.pbm")
+    im.save(folder / "c.tga")
+    rc, _, err = cli("explain", folder, "--model", tiny_model_dir, "--out", tmp_path / "o", "--quiet")
+    assert rc == 0, err
+    listing = json.load(open(tmp_path / "o" / "images.json"))
+    assert sorted(os.path.basename(x["image"]) for x in listing) == ["a.jfif", "b.pbm", "c.tga"]
+
+
 def test_folder_without_images_and_out_holding_inputs(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("x")
     rc, _, err = cli("explain", empty, "--model", tiny_model_dir, "--out", tmp_path / "o")
     assert rc == 2 and error_line(err).startswith(f"dcam explain: error: IMAGE: the folder {str(empty)!r} holds no "
-                                                  "image file (.png, .jpg")
+                                                  "image file (.png, .apng, .jpg")
     holder = tmp_path / "holder"
     holder.mkdir()
     Image.open(shapes_png).save(holder / "x.png")
