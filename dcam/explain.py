@@ -50,7 +50,7 @@ from .probe import ModelAdapter, Targets, auto_adapter, check_probe_request, lay
 from .probe.hooks import exclusive
 from .probe.memory import chunk_for_budget, parse_size
 from .probe.modes import check_target_score
-from .targets import GRANULARITIES, repeat_ratio
+from .targets import check_granularity, repeat_ratio
 
 #: Default probe mode for diffusion MLLMs: the mode whose Diffusion-CAM maps
 #: localised best on the grounding benchmark with the bundled weights and their
@@ -135,9 +135,7 @@ class Explainer:
             raise InputError(f"config must be a dcam.CamConfig, got {type(self.config).__name__}")
         self.chunk_size = positive_int("chunk_size", chunk_size, allow_none=False)
         self.memory_budget = None if memory_budget is None else parse_size(memory_budget)
-        if granularity not in GRANULARITIES:
-            raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-        self.granularity = granularity
+        self.granularity = check_granularity(granularity)
         self.view = check_view(self.adapter, view)
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -229,8 +227,14 @@ class Explainer:
         if response is not None:
             raise InputError("trajectory: a trajectory follows the model's own generation; leave response unset")
         check_trajectory_request(self)
-        # checked before the generation runs (view= was dropped here, an unknown one included)
+        # checked before the generation runs, not after it (view= was dropped here, an unknown
+        # one included; a bad probe or target score was found only after the whole trajectory)
         view = check_view(self.adapter, view) if view is not None else self.view
+        check_probe_request(self.adapter, self.layer, probe or self.default_probe, self.method.needs_gradients,
+                            self.method.probes)
+        check_target_score(target_score or self.method.default_target_score)
+        if granularity is not None:
+            check_granularity(granularity)
         traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
                                   targets=targets, background=background, granularity=granularity, view=view)
         e = self.explain(image, prompt=prompt, response=traj.response_ids, targets=targets, probe=probe,

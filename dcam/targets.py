@@ -67,10 +67,16 @@ def explainable_slots(response_ids: Sequence[int], skip_ids, eos_ids) -> List[in
     return out
 
 
-def response_items(slots: List[int], token_strings: Sequence[str], granularity: str) -> List[Item]:
-    """The response's items (``token_strings`` of the explainable ``slots``)."""
+def check_granularity(granularity) -> str:
+    """``granularity`` when it is one of :data:`GRANULARITIES`, else an InputError naming it."""
     if granularity not in GRANULARITIES:
         raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    return granularity
+
+
+def response_items(slots: List[int], token_strings: Sequence[str], granularity: str) -> List[Item]:
+    """The response's items (``token_strings`` of the explainable ``slots``)."""
+    check_granularity(granularity)
     groups = word_pieces(token_strings) if granularity == "words" else [[k] for k in range(len(slots))]
     return [Item(piece_text([token_strings[k] for k in g]), n, [slots[k] for k in g]) for n, g in enumerate(groups)]
 
@@ -140,4 +146,4 @@ def parse_target_text(text: str):
     return out
 
 
-__all__ = ["parse_target_text", "Item", "GRANULARITIES", "repeat_ratio", "explainable_slots", "response_items", "select_items"]
+__all__ = ["parse_target_text", "Item", "GRANULARITIES", "check_granularity", "repeat_ratio", "explainable_slots", "response_items", "select_items"]

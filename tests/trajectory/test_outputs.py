@@ -116,3 +116,21 @@ def test_other_methods_are_refused(tiny, image):
 def test_bad_arguments_name_the_argument(tiny_explainer, image, kw, match):
     with pytest.raises(InputError, match=match):
         explain_trajectory(tiny_explainer, image, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [({"probe": "nope"}, "probe must be one of"),
+                                       ({"target_score": "nope"}, "target_score must be one of"),
+                                       ({"granularity": "chars"}, "granularity must be one of")])
+def test_explain_with_a_trajectory_checks_its_options_before_generating(tiny_explainer, image, kw, match):
+    """A bad probe or target score was found only after the whole trajectory was computed
+    (a bad granularity after the generation): the sampler ran for nothing."""
+    calls = []
+    adapter = tiny_explainer.adapter
+    generate = adapter.generate
+    adapter.generate = lambda *a, **k: (calls.append(1), generate(*a, **k))[1]
+    try:
+        with pytest.raises(InputError, match=match):
+            tiny_explainer.explain(image, trajectory=True, **kw)
+    finally:
+        del adapter.generate  # the class's method again
+    assert calls == []
