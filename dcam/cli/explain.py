@@ -20,7 +20,6 @@ import time
 from typing import Dict, List, Tuple
 
 from ..errors import InputError, one_line
-from ..images import IMAGE_EXTENSIONS
 from ..targets import parse_target_text
 from . import common
 
@@ -77,6 +76,8 @@ def parse_targets(spec):
 
 def expand_inputs(paths: List[str]) -> List[str]:
     """Files as given; folders replaced by their image files (sorted, not recursive)."""
+    from ..images import IMAGE_EXTENSIONS  # here: `dcam --help` imports neither numpy nor PIL
+
     out: List[str] = []
     for p in paths:
         if os.path.isdir(p):
