@@ -190,9 +190,7 @@ class Explainer:
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""
-        probe = probe or self.default_probe
-        check_probe_request(self.adapter, self.layer, probe, self.method.needs_gradients, self.method.probes)
-        target_score = check_target_score(target_score or self.method.default_target_score)
+        probe, target_score = self._checked_request(probe, target_score)
         granularity = granularity or self.granularity
         view = check_view(self.adapter, view) if view is not None else self.view
         images = _entries("images", images)
@@ -230,9 +228,7 @@ class Explainer:
         # checked before the generation runs, not after it (view= was dropped here, an unknown
         # one included; a bad probe or target score was found only after the whole trajectory)
         view = check_view(self.adapter, view) if view is not None else self.view
-        check_probe_request(self.adapter, self.layer, probe or self.default_probe, self.method.needs_gradients,
-                            self.method.probes)
-        check_target_score(target_score or self.method.default_target_score)
+        self._checked_request(probe, target_score)
         if granularity is not None:
             check_granularity(granularity)
         traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
@@ -243,6 +239,13 @@ class Explainer:
         e.steps_source, e.trajectory = "generation", traj
         e.notes = list(dict.fromkeys(traj.notes + e.notes))
         return e
+
+    def _checked_request(self, probe: Optional[str], target_score: Optional[str]):
+        """(probe, target score) with the defaults filled in, refused when the model or
+        the method does not take them."""
+        probe = probe or self.default_probe
+        check_probe_request(self.adapter, self.layer, probe, self.method.needs_gradients, self.method.probes)
+        return probe, check_target_score(target_score or self.method.default_target_score)
 
     def _chunk_size(self, ex: Example, rows: int) -> int:
         if self.memory_budget is None:

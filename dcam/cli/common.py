@@ -110,7 +110,7 @@ def run_command(command: str, handler: Callable, args) -> int:
 
 # ------------------------------------------------------------------ value types (argparse `type=`)
 
-def _int_at_least(lo: int):
+def int_at_least(lo: int):
     """An argparse `type=` for ints >= lo (the message says the bound), at most sys.maxsize:
     a larger one was an OverflowError traceback where it became a C integer (len(), seeds)."""
     def parse(text: str) -> int:
@@ -126,9 +126,8 @@ def _int_at_least(lo: int):
     return parse
 
 
-positive_int = _int_at_least(1)
-non_negative_int = _int_at_least(0)
-int_at_least = _int_at_least
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def non_empty_name(text: str) -> str:

@@ -27,6 +27,10 @@ def _fill(text: str):
     return tuple(vals)
 
 
+#: the sweep and faithfulness tables' settings when not given
+TABLE_DEFAULTS = {"sweep_n": 50, "faith_n": 50, "faith_steps": 10, "faith_fill": "mean"}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="reproduce the comparison / ablation tables on a grounded data set",
                        description=__doc__)
@@ -50,13 +54,16 @@ def add_parser(sub) -> None:
                    help="comma list of probe modes for the sweep table (default: every mode the model has)")
     p.add_argument("--sweep-layers", type=common.int_list, default=None,
                    help="comma list of layers for the sweep (default: up to 6 blocks spread over all but the last)")
-    p.add_argument("--sweep-n", type=common.positive_int, default=None, help="records used by the sweep (default: 50)")
+    # default None: given without its table they are refused (run), else TABLE_DEFAULTS fills them
+    d = TABLE_DEFAULTS
+    p.add_argument("--sweep-n", type=common.positive_int, default=None,
+                   help=f"records used by the sweep (default: {d['sweep_n']})")
     p.add_argument("--faith-n", type=common.positive_int, default=None,
-                   help="records used by the faithfulness curves (default: 50)")
+                   help=f"records used by the faithfulness curves (default: {d['faith_n']})")
     p.add_argument("--faith-steps", type=common.int_at_least(2), default=None,
-                   help="points per deletion/insertion curve minus one, >= 2 (default: 10)")
+                   help=f"points per deletion/insertion curve minus one, >= 2 (default: {d['faith_steps']})")
     p.add_argument("--faith-fill", default=None,
-                   help="'mean' (the image's mean colour) or R,G,B for blanked cells (default: mean)")
+                   help=f"'mean' (the image's mean colour) or R,G,B for blanked cells (default: {d['faith_fill']})")
     p.add_argument("--examples", type=common.non_negative_int, default=4, help="example sheets to write")
     p.add_argument("--batch-size", type=common.positive_int, default=16, help="perturbed images per forward")
     p.add_argument("--image-size", type=common.positive_int, default=64, help="shapes image size in pixels")
@@ -80,10 +87,9 @@ def run(args) -> int:
             ("--sweep-n", args.sweep_n, "--sweep", args.sweep or args.sweep_probes or args.sweep_layers)):
         if value is not None and not wanted:
             raise InputError(f"{option}: it sets the {table} table, which was not asked for (add {table})")
-    args.faith_n = 50 if args.faith_n is None else args.faith_n
-    args.faith_steps = 10 if args.faith_steps is None else args.faith_steps
-    args.faith_fill = "mean" if args.faith_fill is None else args.faith_fill
-    args.sweep_n = 50 if args.sweep_n is None else args.sweep_n
+    for name, default in TABLE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.dataset != "shapes" and not os.path.isdir(args.dataset):
         raise InputError(f"--dataset: {args.dataset!r} is neither 'shapes' nor a folder")
     fill = _fill(args.faith_fill)

@@ -96,13 +96,19 @@ def _raise_if_degenerate_by_overflow(acts: Tensor, degenerate: Tensor, weights_o
             raise InputError(_POOLING_OVERFLOW)
 
 
+def _raise_if_weights_overflowed(weights: Tensor) -> None:
+    """After a checked pass over finite gradients: infinite channel weights mean a float32
+    sum past 3.4e38 (gradients near 3.4e38 / N)."""
+    if bool(V.nonfinite_flag(weights)):
+        raise InputError(_WEIGHTS_OVERFLOW)
+
+
 def _recomputed_weights(grads: Tensor, grad_relu: bool, backend: str):
     """``weights_of`` for `_raise_if_degenerate_by_overflow` from the gradients: the same
     backend's channel weights of the chosen slices, refused when infinite."""
     def weights_of(b_idx: Tensor, t_idx: Tensor) -> Tensor:
         weights, _ = implementation("channel_weights", backend)(grads[b_idx, t_idx][None], grad_relu, False)
-        if bool(V.nonfinite_flag(weights)):
-            raise InputError(_WEIGHTS_OVERFLOW)
+        _raise_if_weights_overflowed(weights)
         return weights[0]
     return weights_of
 
@@ -152,8 +158,7 @@ def channel_weights(grads: Tensor, grad_relu: bool = True, backend: str = "auto"
     weights, bad = run(grads, grad_relu, check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
-        if bool(V.nonfinite_flag(weights)):
-            raise InputError(_WEIGHTS_OVERFLOW)
+        _raise_if_weights_overflowed(weights)
     return weights
 
 

@@ -211,7 +211,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         identity["prompt"] = opts.prompt
     described = source.describe()
     identity["source"] = {k: described[k] for k in ("kind", "path", "files") if k in described}
-    header = {"source": source.describe(), "versions": versions(),
+    header = {"source": described, "versions": versions(),
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size, "overlays": bool(opts.overlays),
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
                           "backend": dist.backend, **opts.extra}}

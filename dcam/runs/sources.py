@@ -38,7 +38,6 @@ from ..words import split_words
 
 #: Keys a manifest line may hold.
 MANIFEST_KEYS = ("id", "image", "prompt", "response", "targets", "mask", "labels", "meta")
-#: File extensions taken from a folder of images.
 
 
 @dataclass
@@ -215,20 +214,23 @@ class ManifestSource(RunSource):
     def _path(self, p: Optional[str]) -> Optional[str]:
         return None if p is None else (p if os.path.isabs(p) else os.path.join(self.root, p))
 
+    def _entry_in(self, f, i: int) -> dict:
+        """Record ``i``'s line, parsed, from the open manifest ``f``."""
+        f.seek(self.offsets[i])
+        return _strict_json(f.readline())
+
     def input_paths(self) -> List[Tuple[str, str]]:
         out = [("the manifest", self.path)]
         with open(self.path, "rb") as f:
             for i in range(len(self.ids)):
-                f.seek(self.offsets[i])
-                e = _strict_json(f.readline())
+                e = self._entry_in(f, i)
                 out += [(f"an image of record {self.ids[i]!r}", self._path(e["image"])),
                         (f"a mask of record {self.ids[i]!r}", self._path(e.get("mask")))]
         return out
 
     def entry(self, i: int) -> dict:
         with open(self.path, "rb") as f:
-            f.seek(self.offsets[i])
-            return _strict_json(f.readline())
+            return self._entry_in(f, i)
 
     def load(self, i: int) -> SourceRecord:
         from .records import read_image, read_mask
