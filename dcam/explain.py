@@ -205,7 +205,8 @@ class Explainer:
                 raise InputError(f"{name} must have one entry per image ({n}), got {len(seq)}")
         build = ExampleBuilder(self, positive_int("steps", steps), positive_int("response_length", response_length),
                                background, granularity, view)
-        examples = [build(img, p, r, t) for img, p, r, t in zip(images, prompts, responses, tgts)]
+        examples = [_built(build, i, n, img, p, r, t)
+                    for i, (img, p, r, t) in enumerate(zip(images, prompts, responses, tgts))]
         results: Dict[int, Explanation] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, ex in enumerate(examples):
@@ -308,6 +309,17 @@ class Explainer:
             view_maps={k: o.maps.float().cpu() for k, o in outs.items()} if len(outs) > 1 else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )
+
+
+def _built(build, i: int, n: int, image, prompt, response, targets):
+    """Example i of n; in a batch of several, an input error says which example
+    it is about ("image: ... holds NaN" alone left the caller guessing which of 32)."""
+    try:
+        return build(image, prompt, response, targets)
+    except InputError as exc:
+        if n == 1:
+            raise
+        raise InputError(f"example {i} of the batch (images[{i}]): {exc}") from None
 
 
 def _entries(name: str, seq) -> list:

@@ -3,6 +3,7 @@ streamed chunk by chunk, batches of images, views of an image."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,6 +157,24 @@ def test_explain_batch_refuses_what_is_not_a_list_per_image(toy, samples):
         assert str(info.value) == message
     assert exp.explain_batch(tuple(images[:1]), responses=(samples[0].caption,))[0].tokens == \
         exp.explain(images[0], response=samples[0].caption).tokens
+
+
+def test_explain_batch_says_which_example_is_wrong(toy, samples):
+    # "image: the float32 image holds NaN" alone left the caller guessing which of the images
+    exp = Explainer(*toy)
+    good = np.asarray(samples[0].image, dtype=np.float32) / 255.0
+    bad = good.copy()
+    bad[3, 3, 0] = np.nan
+    with pytest.raises(InputError) as info:
+        exp.explain_batch([good, bad], responses=[samples[0].caption] * 2)
+    assert str(info.value) == ("example 1 of the batch (images[1]): image: the float32 image holds NaN or "
+                               "infinite values")
+    with pytest.raises(InputError) as info:
+        exp.explain_batch([good, good], responses=[samples[0].caption] * 2, targets_per_image=[["red"], ["zebra"]])
+    assert str(info.value).startswith("example 1 of the batch (images[1]): ")
+    with pytest.raises(InputError) as info:  # one image: the message as explain() gives it
+        exp.explain_batch([bad], responses=[samples[0].caption])
+    assert str(info.value) == "image: the float32 image holds NaN or infinite values"
 
 
 def test_one_backward_serves_every_example(toy, samples):
