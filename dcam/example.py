@@ -12,6 +12,7 @@ from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
 from .targets import Item, explainable_slots, response_items, select_items
+from .words import token_spans
 
 
 @dataclass
@@ -149,8 +150,9 @@ class ExampleBuilder:
             if response is not None:  # the user's: named as such (a generated one is the model's doing)
                 raise InputError(f"response: {response!r} has no word to explain (only eos/pad tokens)")
             raise InputError("the response has no word to explain (only eos/pad tokens)")
-        items = select_items(response_items(slots, a.token_strings([ids[i] for i in slots]), self.granularity),
-                             targets)
+        kept = [ids[i] for i in slots]
+        spans = token_spans(a.decode_tokens, kept)
+        items = select_items(response_items(slots, a.token_strings(kept), self.granularity, *spans), targets)
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
                        granularity=self.granularity, views=views, view_slices=offsets, view_name=view_name,

@@ -27,10 +27,10 @@ from __future__ import annotations
 import numbers
 import re
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from .errors import InputError
-from .words import find_phrase, piece_text, word_pieces
+from .words import find_phrase, phrase_key, token_text, word_pieces
 
 GRANULARITIES = ("words", "tokens")
 
@@ -74,11 +74,15 @@ def check_granularity(granularity) -> str:
     return granularity
 
 
-def response_items(slots: List[int], token_strings: Sequence[str], granularity: str) -> List[Item]:
-    """The response's items (``token_strings`` of the explainable ``slots``)."""
+def response_items(slots: List[int], token_strings: Sequence[str], granularity: str, text: str,
+                   spans: Sequence[Tuple[int, int]], alone: Sequence[str]) -> List[Item]:
+    """The response's items from the explainable ``slots``: their ``token_strings`` and
+    :func:`dcam.words.token_spans` of their ids (decoded ``text``, ``spans``, ``alone``)."""
     check_granularity(granularity)
-    groups = word_pieces(token_strings) if granularity == "words" else [[k] for k in range(len(slots))]
-    return [Item(piece_text([token_strings[k] for k in g]), n, [slots[k] for k in g]) for n, g in enumerate(groups)]
+    if granularity == "tokens":
+        return [Item(token_text(text, spans[k], token_strings[k]), k, [slots[k]]) for k in range(len(slots))]
+    groups = word_pieces(text, spans, alone, token_strings)
+    return [Item(word, n, [slots[k] for k in toks]) for n, (toks, word) in enumerate(groups)]
 
 
 def select_items(items: List[Item], targets) -> List[Item]:
@@ -106,16 +110,14 @@ def select_items(items: List[Item], targets) -> List[Item]:
                                  f"words ({' '.join(words)})")
             chosen[(k % len(items),)] = items[k % len(items)]
         elif isinstance(it, str):
-            n_words = len([w for w in it.split() if w.strip(".,;:!?\"'")])
-            starts = find_phrase(words, it)
-            if not starts:
-                raise InputError(f"targets: {'phrase' if n_words > 1 else 'word'} {it!r} is not in the response "
-                                 f"(words: {' '.join(words)})")
-            for s in starts:
-                span = items[s:s + max(1, n_words)]
-                key = tuple(range(s, s + len(span)))
-                chosen[key] = span[0] if len(span) == 1 else Item(" ".join(x.text for x in span), span[0].number,
-                                                                  [slot for x in span for slot in x.slots])
+            runs = find_phrase(words, it)
+            if not runs:
+                kind = "phrase" if len([w for w in it.split() if phrase_key(w)]) > 1 else "word"
+                raise InputError(f"targets: {kind} {it!r} is not in the response (words: {' '.join(words)})")
+            for start, stop in runs:
+                span = items[start:stop]
+                chosen[tuple(range(start, stop))] = span[0] if len(span) == 1 else Item(
+                    " ".join(x.text for x in span), span[0].number, [slot for x in span for slot in x.slots])
         else:
             raise InputError(f"targets must be 'all', word numbers or words, got {it!r}")
     return [chosen[k] for k in sorted(chosen)]

@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import re
-from typing import List, Sequence
+import unicodedata
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 _PUNCT = re.compile(r"^[^\w]+|[^\w]+$")
 
@@ -88,51 +89,191 @@ def align_words(words: Sequence[str], tokens: Sequence[str]) -> List[List[int]]:
 
 
 # ------------------------------------------------------------------ word pieces
+#
+# Words are read off the response's decoded text, not off the token strings: a token
+# string is the tokenizer's internal spelling ("Ġcaf" "Ã©" for "café" in byte-level BPE,
+# "<0x0A>" for a newline in a byte-fallback vocabulary, no space marker at all on the
+# first word), and only the tokenizer's own decoder knows which characters a token adds.
 
-_MARKERS = ("\u2581", "\u0120", " ")  # sentencepiece, byte-level BPE, plain space: "a new word starts here"
+def token_spans(decode: Callable[[Sequence[int]], str],
+                ids: Sequence[int]) -> Tuple[str, List[Tuple[int, int]], List[str]]:
+    """(text, spans, alone): ``decode(ids)``; per token, the characters ``[start, end)``
+    of that text it completes; and each token decoded alone.
 
-
-def is_punctuation(token: str) -> bool:
-    """A token with no letter or digit (markers removed)."""
-    return not normalise_word(token)
-
-
-def word_pieces(tokens: Sequence[str]) -> List[List[int]]:
-    """Group a response's token strings into words: indices of the tokens of each word.
-
-    A token starts a new word when it carries a word-start marker
-    (sentencepiece ``▁``, byte-level BPE ``Ġ``, a leading space), when it or
-    the token before it is punctuation, or, for WordPiece, unless it starts
-    with ``##``. A tokenizer without markers (word-level vocabularies) gives
-    one word per token."""
-    marker_style = any(t.startswith(_MARKERS) for t in tokens)
-    wordpiece_style = not marker_style and any(t.startswith("##") for t in tokens)
-    groups: List[List[int]] = []
-    for i, t in enumerate(tokens):
-        if not groups or is_punctuation(t) or is_punctuation(tokens[i - 1]):
-            starts = True
-        elif marker_style:
-            starts = t.startswith(_MARKERS)
-        elif wordpiece_style:
-            starts = not t.startswith("##")
-        else:  # word-level vocabulary
-            starts = True
-        if starts:
-            groups.append([i])
-        else:
-            groups[-1].append(i)
-    return groups
+    Token i's end is how far the decoded prefix ``ids[:i+1]`` agrees with the whole
+    text, so a token holding part of a character's bytes (alone it decodes to
+    U+FFFD) completes nothing and the token that finishes the character gets it,
+    and the decoder's own clean-ups (a leading space dropped, a space before
+    punctuation removed) are respected. ``alone`` tells such a token from a lone
+    space marker (sentencepiece's "▁" at the start completes nothing either) and
+    from an id the tokenizer has no text for."""
+    ids = [int(i) for i in ids]
+    text = decode(ids)
+    spans: List[Tuple[int, int]] = []
+    done = 0
+    for i in range(len(ids)):
+        prefix = text if i + 1 == len(ids) else decode(ids[:i + 1])
+        k = 0
+        limit = min(len(prefix), len(text))
+        while k < limit and prefix[k] == text[k]:
+            k += 1
+        k = max(k, done)
+        spans.append((done, k))
+        done = k
+    return text, spans, [decode([i]) for i in ids]
 
 
-def piece_text(tokens: Sequence[str]) -> str:
-    """The text of a word made of ``tokens`` (markers removed, lower case)."""
-    return "".join(clean_token(t) if k == 0 else clean_token(t).lstrip() for k, t in enumerate(tokens)).strip()
+def _is_word_char(ch: str) -> bool:
+    """A letter or digit of any script (a combining accent counts with its letter)."""
+    return ch.isalnum() or unicodedata.category(ch).startswith("M")
 
 
-def find_phrase(words: Sequence[str], phrase: str) -> List[int]:
-    """Start indices of every run of ``words`` (cleaned word texts) equal to ``phrase``'s words."""
-    want = [w for w in (normalise_word(p) for p in phrase.split()) if w]
-    have = [normalise_word(w) for w in words]
+_UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF), (0x3400, 0x4DBF),
+             (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF))
+
+
+def _unspaced(ch: str) -> bool:
+    """A character of a script written without spaces between words (Chinese, Japanese
+    kana, Thai, Lao, Myanmar, Khmer): there a word is what the tokenizer made one token."""
+    o = ord(ch)
+    return any(lo <= o <= hi for lo, hi in _UNSPACED)
+
+
+def _segments(text: str) -> List[Optional[Tuple[int, bool]]]:
+    """Per character of ``text``: (segment number, is a word) or None for whitespace.
+
+    Each whitespace-separated run is its word (from its first to its last letter or
+    digit, so "blue-green", "it's", "3.5" are one word), with the punctuation before
+    and after it as segments of their own ("circle." is the word and the dot); a run
+    with no letter or digit is one punctuation segment. Characters of unspaced
+    scripts are a segment each (merged again by the tokens that span them)."""
+    seg: List[Optional[Tuple[int, bool]]] = [None] * len(text)
+    n = 0
+    for m in re.finditer(r"\S+", text):
+        a, b = m.span()
+        letters = [i for i in range(a, b) if _is_word_char(text[i])]
+        if not letters:
+            for i in range(a, b):
+                seg[i] = (n, False)
+            n += 1
+            continue
+        first, last = letters[0], letters[-1] + 1
+        for lo, hi, word in ((a, first, False), (first, last, True), (last, b, False)):
+            if lo == hi:
+                continue
+            fresh = True
+            for i in range(lo, hi):
+                ch = text[i]
+                # punctuation right after an unspaced character ("日本、東京") is punctuation, not glue
+                mark = word and not _is_word_char(ch) and i > lo and _unspaced(text[i - 1])
+                alone = word and (_unspaced(ch) or mark)
+                if fresh or alone:
+                    n += 1
+                seg[i] = (n, word and not mark)
+                fresh = alone
+            n += 1
+    return seg
+
+
+def word_pieces(text: str, spans: Sequence[Tuple[int, int]], alone: Sequence[str],
+                tokens: Sequence[str]) -> List[Tuple[List[int], str]]:
+    """Group tokens into the words a person reads: (token indices, word text) per word,
+    in response order, from :func:`token_spans`'s ``text``, ``spans`` and ``alone``
+    and the token strings ``tokens``.
+
+    A token belongs to the word whose characters it completes (the first word, if it
+    reaches into punctuation too; every word it spans becomes one); a token that
+    completes no character yet (part of a character's bytes) goes with the token that
+    does; a token of whitespace only belongs to no word; a token the decoder gives
+    no text for (an id outside the tokenizer's vocabulary) is a word of its own,
+    named by its token string. Punctuation around a word is an item of its own, as
+    its tokens carry their own scores. Texts are lower case."""
+    seg = _segments(text)
+    own: Dict[int, str] = {}  # token -> its text, for tokens that are a word of their own
+    parent: Dict[int, int] = {}
+
+    def root(x: int) -> int:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    owner: List[Optional[int]] = []
+    extent: Dict[int, List[int]] = {}  # segment -> [first char, last char + 1]
+    for i, c in enumerate(seg):
+        if c is not None:
+            e = extent.setdefault(c[0], [i, i + 1])
+            e[1] = i + 1
+    pending: List[int] = []
+    assigned: Dict[int, int] = {}  # token -> segment
+    for t, (a, b) in enumerate(spans):
+        mine = []
+        for i in range(a, b):
+            if seg[i] is not None and seg[i] not in mine:
+                mine.append(seg[i])
+        if a == b:
+            if "\ufffd" in alone[t]:
+                pending.append(t)  # part of a character's bytes
+            elif alone[t].strip() or (not alone[t] and clean_token(tokens[t])):
+                own[t] = alone[t].strip().lower() or clean_token(tokens[t])
+            continue
+        if not mine:  # whitespace only
+            continue
+        words = [s for s, w in mine if w] or [s for s, _ in mine]
+        for s in words[1:]:
+            parent[root(s)] = root(words[0])
+        for u in pending + [t]:
+            assigned[u] = words[0]
+        pending = []
+    if pending and assigned:  # trailing bytes that never completed a character: the last word's
+        last = assigned[max(assigned)]
+        for u in pending:
+            assigned[u] = last
+    groups: Dict[int, List[int]] = {}
+    for t in sorted(assigned):
+        groups.setdefault(root(assigned[t]), []).append(t)
+    out = [([t], word) for t, word in own.items()]
+    for r, toks in groups.items():
+        # the item's text: its words whole, and of punctuation what its own tokens complete
+        # ("[UNK]." is the word "unk" and the item "." of the dot's token, not "].")
+        chars = [i for t in toks for i in range(*spans[t]) if seg[i] is not None and not seg[i][1]]
+        for s, (lo, hi) in extent.items():
+            if root(s) == r and seg[lo][1]:
+                chars += [lo, hi - 1]
+        out.append((toks, text[min(chars):max(chars) + 1].lower()))
+    return sorted(out, key=lambda g: g[0][0])
+
+
+def token_text(text: str, span: Tuple[int, int], token: str) -> str:
+    """One token's own text (lower case, stripped): what it completes of the decoded
+    text, else its cleaned token string, else the token string itself."""
+    return text[span[0]:span[1]].strip().lower() or clean_token(token) or token
+
+
+def phrase_key(s: str) -> str:
+    """Letters and digits of any script, lower case: how words and targets are compared."""
+    return "".join(ch for ch in s.lower() if _is_word_char(ch))
+
+
+def find_phrase(words: Sequence[str], phrase: str) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of every run of ``words`` (item texts) whose letters and digits,
+    joined, spell ``phrase``'s: the run starts and ends on a word, punctuation items
+    inside it are kept ("blue-green" finds "blue - green" of a tokenizer that spaces
+    punctuation, "red circle" finds "red, circle"), case and punctuation are ignored."""
+    want = phrase_key(phrase)
+    keys = [phrase_key(w) for w in words]
     if not want:
         return []
-    return [i for i in range(len(have) - len(want) + 1) if have[i:i + len(want)] == want]
+    out = []
+    for s in range(len(keys)):
+        if not keys[s] or not want.startswith(keys[s]):
+            continue
+        got, e = keys[s], s
+        while len(got) < len(want) and e + 1 < len(keys):
+            e += 1
+            if keys[e]:
+                got += keys[e]
+                if not want.startswith(got):
+                    break
+        if got == want:
+            out.append((s, e + 1))
+    return out

@@ -16,7 +16,6 @@ from dcam.probe.adapters.base import ImageView
 from dcam.probe.memory import parse_size
 from dcam.targets import parse_target_text
 from dcam.testing import tiny_toy
-from dcam.words import find_phrase, piece_text, word_pieces
 from dcam.zoo.data import generate_sample
 
 
@@ -51,17 +50,6 @@ def _reference_maps(res, grid, config, steps, height, rho):
 
 
 # ------------------------------------------------------------------ words
-
-def test_word_pieces_by_tokenizer_style():
-    assert word_pieces(["\u2581a", "\u2581tra", "ffic", "\u2581light", ",", "\u2581dogs"]) == [[0], [1, 2], [3], [4],
-                                                                                                  [5]]
-    assert word_pieces(["the", "play", "##ing", "field", "##s", "."]) == [[0], [1, 2], [3, 4], [5]]
-    assert word_pieces(["\u0120a", "\u0120red", "\u0120cir", "cle"]) == [[0], [1], [2, 3]]
-    assert word_pieces(["a", "red", "circle"]) == [[0], [1], [2]]  # word-level vocabulary
-    assert piece_text(["\u2581tra", "ffic"]) == "traffic" and piece_text(["play", "##ing"]) == "playing"
-    assert find_phrase(["a", "red", "circle", "and", "a", "red", "square"], "Red circle.") == [1]
-    assert find_phrase(["a", "red", "circle", "and", "a", "red", "square"], "red") == [1, 5]
-
 
 def test_targets_written_as_text():
     # --tokens and a manifest's "targets" string: commas separate targets, spaces join a phrase
@@ -207,7 +195,8 @@ def test_memory_budget_sizes_are_read_exactly_or_refused():
     # hand-worked byte counts; before, a float went through int() (1.5 -> 1), inf and 2**1100
     # overflowed (OverflowError), "1e30GB" was "not a size" while a longer "99...9TB" passed
     good = {8: 8, 1.0: 1, "8GB": 8 * 10 ** 9, "1.5 gb": 1_500_000_000, "512MiB": 512 * 2 ** 20, "1e3GB": 10 ** 12,
-            " 2 kib ": 2048, "0.5KB": 500, "9223372036854775808": 2 ** 63}
+            " 2 kib ": 2048, "0.5KB": 500, "9223372036854775808": 2 ** 63,
+            "0.99999999999999999999999999999kb": 999}  # rounded down exactly (28-digit Decimal made it 1000)
     for value, want in good.items():
         assert parse_size(value) == want, value
     refused = {1.5: "must be a whole number of bytes", float("inf"): "must be a whole number of bytes",
@@ -216,11 +205,33 @@ def test_memory_budget_sizes_are_read_exactly_or_refused():
                "1e999999999GB": "must be at most 2**63 bytes", 2 ** 63 + 1: "must be at most 2**63 bytes",
                "0": "must be a positive size", "0.0001B": "must be a whole number of bytes", True: "must be a size",
                "1.5": "must be a whole number of bytes", "1.5B": "must be a whole number of bytes",
-               "-3GB": "must be a size like 8GB", "8 parsecs": "must be a size like 8GB"}
+               "-3GB": "must be a size like 8GB", "8 parsecs": "must be a size like 8GB",
+               # exponents past Decimal's own range ended in decimal.InvalidOperation tracebacks
+               "1e99999999999999999999GB": "must be at most 2**63 bytes",
+               "1E-99999999999999999999GB": "must be a positive size"}
     for value, message in refused.items():
         with pytest.raises(InputError) as info:
             parse_size(value)
         assert str(info.value).startswith(f"memory_budget {message}") and str(info.value).endswith(f"{value!r}")
+
+
+def test_memory_budget_counts_the_logits_gradient_of_every_scored_row():
+    # one cotangent also carries a dense rows x vocabulary gradient through the LM head: left out,
+    # a 1 GB budget peaked at 1.5 GB with LLaDA's vocabulary and 128 words
+    from types import SimpleNamespace
+
+    from dcam.probe.memory import chunk_for_budget
+
+    model = torch.nn.Linear(10, 10)  # 110 float32 parameters: 440 bytes
+    model.config = SimpleNamespace(hidden_size=8, intermediate_size=16, num_attention_heads=2, vocab_size=1000)
+    blocks = 10 * (8 * 8 + 3 * 16) * 4 + 2 * 10 * 10 * 4  # L=10, one block: 5,280 bytes per cotangent
+    head = 2 * 5 * 1000 * 4  # 5 scored rows of 1,000 logits, twice, float32
+    budget = 440 + blocks + 3 * (blocks + head) + 100
+    assert chunk_for_budget(model, 10, 0, 99, budget, scored_rows=5) == 3
+    assert chunk_for_budget(model, 10, 0, 2, budget, scored_rows=5) == 2  # at most the items
+    with pytest.raises(InputError) as info:
+        chunk_for_budget(model, 10, 0, 99, 440 + blocks + blocks + head - 1, scored_rows=5)
+    assert f"it needs at least {(440 + 2 * blocks + head) / 1e9:.3g} GB" in str(info.value)
 
 
 # ------------------------------------------------------------------ views

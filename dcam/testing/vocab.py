@@ -13,11 +13,15 @@ WORDS = ("describe the image . a an and of with in on is are there red green blu
 
 
 def word_tokenizer(specials: Dict[str, int], words: Sequence[str] = WORDS, unk: str = "<unk>",
-                   named: Optional[Dict[str, str]] = None, extra_special: Optional[Dict[str, str]] = None):
+                   named: Optional[Dict[str, str]] = None, extra_special: Optional[Dict[str, str]] = None,
+                   decoder=None):
     """A ``PreTrainedTokenizerFast`` over whitespace-separated ``words`` (ids
     1..n, ``unk`` = 0) plus ``specials`` at their given ids. ``named``: the
     tokenizer roles (``eos_token``, ``pad_token``, ...) by special token;
-    ``extra_special``: named extra special tokens (``image_token``, ...)."""
+    ``extra_special``: named extra special tokens (``image_token``, ...);
+    ``decoder``: a ``tokenizers`` decoder (default: words joined by spaces), so
+    that ``words`` can be another tokenizer's pieces ("Ġcaf", "Ã©", "<0x0A>")
+    decoded as that tokenizer does."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,7 +35,7 @@ def word_tokenizer(specials: Dict[str, int], words: Sequence[str] = WORDS, unk: 
         vocab[tok] = int(i)
     model = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    model.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    model.decoder = decoder if decoder is not None else decoders.WordPiece(prefix="##")  # words, single spaces
     kw = dict(named or {})
     extra = dict(extra_special or {})
     roles = set(kw.values()) | set(extra.values())

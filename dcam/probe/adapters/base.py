@@ -289,6 +289,14 @@ class ModelAdapter:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        """The text of explainable tokens, special ones included: every token explained
+        is one a reader sees. Words are read off this text (:func:`dcam.words.token_spans`).
+        An adapter with its own :meth:`decode` (and no Hugging Face tokenizer) gets that."""
+        if type(self).decode is not ModelAdapter.decode:
+            return self.decode(ids)
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
     def locate(self, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
         return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,
                                       self.newline_token_id)

@@ -99,6 +99,9 @@ class ShapesAdapter(ModelAdapter):
     def decode(self, ids: Sequence[int]) -> str:
         return self.processor.decode(list(ids))
 
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        return " ".join(self.token_strings(ids))  # a word-level vocabulary: its words, spaced
+
     # ------------------------------------------------------------------ running
     #: generate_diffusion exposes its steps (``return_history``): trajectories are supported
     records_trajectory = True

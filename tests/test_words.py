@@ -1,0 +1,120 @@
+"""Words as a reader sees them, from the tokenizers' own decoders.
+
+Each case is a token sequence as a published tokenizer style spells it, decoded
+by the real ``tokenizers`` decoder of that style; the expected words and their
+tokens are worked out by hand from the text."""
+import numpy as np
+import pytest
+from tokenizers import decoders
+
+from dcam.errors import InputError
+from dcam.targets import Item, select_items
+from dcam.testing.vocab import word_tokenizer
+from dcam.words import find_phrase, token_spans, word_pieces
+
+BYTE_LEVEL = decoders.ByteLevel()  # GPT-2, Qwen2 (Dream), LLaMA-3
+BYTE_FALLBACK = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                   decoders.Strip(" ", 1, 0)])  # LLaMA-2 / sentencepiece with byte fallback
+METASPACE = decoders.Metaspace()  # sentencepiece unigram
+WORDPIECE = decoders.WordPiece()  # BERT
+
+# (decoder, tokens, words, token indices of each word)
+CASES = [
+    # byte-level BPE: a word with no space marker (the first, or the only one) is still one word
+    (BYTE_LEVEL, ["circle", "s"], ["circles"], [[0, 1]]),
+    (BYTE_LEVEL, ["caf", "\u00c3", "\u00a9", "\u0120rouge"], ["café", "rouge"], [[0, 1, 2], [3]]),
+    # 日 is three bytes: the first token holds two of them and completes nothing alone
+    (BYTE_LEVEL, ["\u00e6\u0139", "\u00a5\u00e6\u013e\u00ac", "\u0120caf", "\u00c3\u00a9"], ["日本", "café"],
+     [[0, 1], [2, 3]]),
+    (BYTE_LEVEL, ["red", "\u010a", "circle"], ["red", "circle"], [[0], [2]]),  # a newline parts two words
+    (BYTE_LEVEL, ["there", "\u0120are", "\u0120", "4", "2", "\u0120shapes"], ["there", "are", "42", "shapes"],
+     [[0], [1], [3, 4], [5]]),  # the lone space token belongs to no word
+    (BYTE_LEVEL, ["a", "\u0120blue", "-", "green", "\u0120square", "."], ["a", "blue-green", "square", "."],
+     [[0], [1, 2, 3], [4], [5]]),
+    (BYTE_LEVEL, ["circle", "\u00f0\u0141", "\u013b\u0124", "\u0120Red"], ["circle", "🙂", "red"],
+     [[0], [1, 2], [3]]),
+    # sentencepiece with byte fallback
+    (BYTE_FALLBACK, ["\u2581red", "<0x0A>", "circle"], ["red", "circle"], [[0], [2]]),
+    (BYTE_FALLBACK, ["\u2581caf", "<0xC3>", "<0xA9>", "\u2581rouge"], ["café", "rouge"], [[0, 1, 2], [3]]),
+    (BYTE_FALLBACK, ["\u2581it", "'", "s", "\u2581red"], ["it's", "red"], [[0, 1, 2], [3]]),
+    (BYTE_FALLBACK, ["\u2581", "4", "2", "\u2581", "3", ".", "5"], ["42", "3.5"], [[1, 2], [4, 5, 6]]),
+    (METASPACE, ["\u2581a", "\u2581tra", "ffic", "\u2581light", ",", "\u2581dogs"],
+     ["a", "traffic", "light", ",", "dogs"], [[0], [1, 2], [3], [4], [5]]),
+    (METASPACE, ["\u2581\u65e5", "\u672c", "\u8a9e", "\u2581red"], ["日", "本", "語", "red"],
+     [[0], [1], [2], [3]]),  # an unspaced script: a word per token
+    (WORDPIECE, ["the", "play", "##ing", "field", "##s", "."], ["the", "playing", "fields", "."],
+     [[0], [1, 2], [3, 4], [5]]),
+    (WORDPIECE, ["red", "circle"], ["red", "circle"], [[0], [1]]),
+]
+
+
+def _tokenizer(decoder, tokens):
+    return word_tokenizer({"<eos>": 1000}, words=list(dict.fromkeys(tokens)), named={"eos_token": "<eos>"},
+                          decoder=decoder)
+
+
+@pytest.mark.parametrize("decoder,tokens,words,pieces", CASES)
+def test_words_follow_the_decoded_text(decoder, tokens, words, pieces):
+    tok = _tokenizer(decoder, tokens)
+    ids = tok.convert_tokens_to_ids(tokens)
+    got = word_pieces(*token_spans(lambda x: tok.decode(x), ids), tokens)
+    assert [w for _, w in got] == words
+    assert [g for g, _ in got] == pieces
+
+
+def test_token_spans_give_each_token_the_characters_it_completes():
+    tok = _tokenizer(BYTE_LEVEL, ["caf", "\u00c3", "\u00a9", "\u0120rouge", "\u0120"])
+    text, spans, blank = token_spans(tok.decode, tok.convert_tokens_to_ids(["caf", "\u00c3", "\u00a9", "\u0120rouge",
+                                                                          "\u0120"]))
+    assert text == "café rouge "
+    # "Ã" is the first byte of é: nothing complete yet; "©" completes é
+    assert spans == [(0, 3), (3, 3), (3, 4), (4, 10), (10, 11)]
+    assert blank == ["caf", "\ufffd", "\ufffd", " rouge", " "]
+
+
+def test_an_id_without_text_is_a_word_of_its_own():
+    # a random model's id past the tokenizer's vocabulary decodes to nothing: named by its token string
+    tok = _tokenizer(BYTE_LEVEL, ["red", "\u0120circle"])
+    ids = tok.convert_tokens_to_ids(["red"]) + [5000] + tok.convert_tokens_to_ids(["\u0120circle"])
+    strings = [str(t) for t in tok.convert_ids_to_tokens(ids)]
+    assert word_pieces(*token_spans(tok.decode, ids), strings) == [([0], "red"), ([1], "none"), ([2], "circle")]
+
+
+def test_find_phrase_matches_letters_across_punctuation_and_scripts():
+    words = ["a", "red", "circle", "and", "a", "red", "square"]
+    assert find_phrase(words, "Red circle.") == [(1, 3)]
+    assert find_phrase(words, "red") == [(1, 2), (5, 6)]
+    assert find_phrase(["red", "circle", "square"], "red & circle") == [(0, 2)]  # the phrase's own words only
+    assert find_phrase(["a", "blue", "-", "green", "square"], "blue-green") == [(1, 4)]  # a spacing decoder
+    assert find_phrase(["it", "'", "s", "red"], "it's") == [(0, 3)]
+    assert find_phrase(["日本", "café"], "日本") == [(0, 1)] and find_phrase(["日本", "café"], "CAFÉ") == [(1, 2)]
+    assert find_phrase(["red", "circle"], "circ") == [] and find_phrase(["red"], "&") == []
+
+
+def test_a_phrase_covers_exactly_its_words():
+    items = [Item(w, n, [n]) for n, w in enumerate(["red", "circle", "square"])]
+    got = select_items(items, ["red & circle"])
+    assert [(i.text, i.slots) for i in got] == [("red circle", [0, 1])]
+    with pytest.raises(InputError, match="word 'круг' is not in the response"):
+        select_items(items, "круг")
+
+
+def test_explainer_words_with_a_byte_level_tokenizer():
+    """Through the whole explainer: LLaDA-V's ids with a byte-level vocabulary."""
+    import dcam
+    from dcam.testing.llada import LLADA_EOS_ID, LLADA_MASK_ID
+    from dcam.testing.llava_dmllm import tiny_llada_v
+
+    model, proc = tiny_llada_v(0, layers=2)
+    pieces = ["caf", "\u00c3", "\u00a9", "\u0120rouge", "\u0120", "circle", "s", "describe", "the", "image", "."]
+    proc.tokenizer = word_tokenizer({"<|endoftext|>": LLADA_EOS_ID, "<|mdm_mask|>": LLADA_MASK_ID}, words=pieces,
+                                    named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"},
+                                    decoder=BYTE_LEVEL)
+    ids = proc.tokenizer.convert_tokens_to_ids(["caf", "\u00c3", "\u00a9", "\u0120rouge", "\u0120"])
+    exp = dcam.Explainer(model, proc)
+    image = np.full((28, 28, 3), 200, dtype=np.uint8)
+    e = exp.explain(image, prompt="describe the image", response=ids)
+    assert e.tokens == ["café", "rouge"] and e.pieces == [[0, 1, 2], [3]]
+    assert exp.explain(image, prompt="describe the image", response=ids, targets="CAFÉ").pieces == [[0, 1, 2]]
+    one = proc.tokenizer.convert_tokens_to_ids(["circle", "s"])
+    assert exp.explain(image, prompt="describe the image", response=one).tokens == ["circles"]
