@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError, one_line
+from ..probe.memory import BudgetError
 from . import common
 
 
@@ -102,6 +103,9 @@ def run(args) -> int:
               file=sys.stderr)
         return 130
     except InputError as exc:
+        if isinstance(exc, BudgetError):  # found on the first batch: what was written resumes
+            exc = InputError(f"{one_line(str(common.argument_error(exc, {'memory_budget': '--memory-budget'})))}; "
+                             f"rerun with a larger one to resume {args.out}")
         if rank != "0":  # the same error is printed by rank 0
             raise InputError(f"rank {rank}: {one_line(str(exc))}") from None
-        raise
+        raise exc from None

@@ -3,11 +3,16 @@
 The probe's peak memory is the model, the graph of the blocks above the hook
 (kept for every chunk) and one chunk of gradients: a vmapped backward holds,
 for each cotangent of the chunk, the gradient of every intermediate of those
-blocks at every position. :func:`chunk_for_budget` estimates both from the
-sizes involved (sequence length ``L``, hidden size ``D``, MLP width ``I``,
-attention heads, blocks above the hook, the model's dtype) and returns the
-largest chunk that fits; ``bench/bench_real_size.py`` measures the real peak
-against the budget.
+blocks at every position, and the gradient of the logits of the scored rows
+(``P`` rows by the vocabulary ``V``: dense, though each word's score reads
+one logit of it, as autograd hands the LM head a whole gradient). That last
+term grows with the number of words explained, so the peak is not quite flat
+in ``T``: ``2 x P x V`` values per cotangent (at LLaDA's vocabulary of
+126,464 and 64 words, 65 MB in float32 per cotangent of a chunk).
+:func:`chunk_for_budget` estimates all of these from the sizes involved
+(sequence length ``L``, hidden size ``D``, MLP width ``I``, attention heads,
+blocks above the hook, scored rows, vocabulary, the model's dtype) and
+returns the largest chunk that fits.
 """
 from __future__ import annotations
 
@@ -47,11 +52,22 @@ def parse_size(value: Union[int, float, str], name: str = "memory_budget") -> in
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
         if not m or m.group(2).lower() not in _UNITS:
             raise InputError(f"{name} must be a size like 8GB or 512MiB, got {value!r}")
-        number, unit = decimal.Decimal(m.group(1)), _UNITS[m.group(2).lower()]
+        unit = _UNITS[m.group(2).lower()]
+        try:
+            number = decimal.Decimal(m.group(1))
+        except decimal.InvalidOperation:  # an exponent past Decimal's range: far past or below any size
+            number = decimal.Decimal("1e40") if "-" not in m.group(1) else decimal.Decimal("1e-40")
         if unit == 1 and number != number.to_integral_value():  # "1.5" bytes: no rounding what is a byte count
             raise InputError(f"{name} must be a whole number of bytes or a size like 8GB, got {value!r}")
-        # compared before multiplying: "1e999999999GB" is a valid Decimal that no product can hold
-        size = MAX_SIZE + 1 if number > decimal.Decimal(MAX_SIZE) / unit else int(number * unit)
+        exact = decimal.Context(prec=60, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[])
+        # compared before multiplying: "1e999999999GB" is a valid Decimal that no product can hold; an
+        # exponent past Decimal's own range ("1e99999999999999999999GB") is past any budget too
+        if number.adjusted() > 30:
+            size = MAX_SIZE + 1
+        elif number.adjusted() < -30:
+            size = 0
+        else:  # 60 digits hold every value below 2**63 bytes exactly, so the floor is exact
+            size = int(exact.multiply(number, decimal.Decimal(unit)).to_integral_value(rounding=decimal.ROUND_FLOOR))
     if size < 1:
         raise InputError(f"{name} must be a positive size, got {value!r}")
     if size > MAX_SIZE:
@@ -86,20 +102,38 @@ def per_cotangent_bytes(model, seq_len: int, blocks_above: int, dtype: Optional[
     return max(1, (blocks_above + 1) * per_block)
 
 
+class BudgetError(InputError):
+    """The memory budget is too small for the model and sequence: a run option, not a
+    record's fault (``dcam run`` stops on it rather than failing every record)."""
+
+
+def head_cotangent_bytes(model, scored_rows: int) -> int:
+    """Bytes of the logits' gradient one cotangent carries through the LM head: two
+    dense ``scored_rows x V`` tensors (the gather's gradient and the head's input to
+    its matrix product) in the model's dtype."""
+    V = int(getattr(_text_config(model), "vocab_size", 0) or 0)
+    elem = torch.finfo(next(model.parameters()).dtype).bits // 8
+    return 2 * int(scored_rows) * V * elem
+
+
 def chunk_for_budget(model, seq_len: int, blocks_above: int, n_items: int, budget: Union[int, str],
-                     rows: int = 1) -> int:
+                     rows: int = 1, scored_rows: int = 0) -> int:
     """The largest number of cotangents per backward that fits ``budget``
     (bytes, or a size string) next to the model and one forward graph of
-    ``rows`` sequences; at least 1, at most ``n_items``."""
+    ``rows`` sequences with ``scored_rows`` logit rows each; at least 1, at most
+    ``n_items``."""
     budget_bytes = parse_size(budget)
-    per = per_cotangent_bytes(model, seq_len, blocks_above) * max(1, rows)
-    graph = per  # the forward graph above the hook holds about what one cotangent's gradients do
-    room = budget_bytes - model_bytes(model) - graph
-    if room < per:
-        raise InputError(f"memory_budget: {budget_bytes / 1e9:.3g} GB ({budget_bytes} bytes) is too small for this "
-                         f"model and sequence (the model takes "
-                         f"{model_bytes(model) / 1e9:.2f} GB and one item about {per / 1e9:.2f} GB)")
-    return int(max(1, min(n_items, room // per)))
+    rows = max(1, rows)
+    blocks = per_cotangent_bytes(model, seq_len, blocks_above) * rows
+    per = blocks + head_cotangent_bytes(model, scored_rows) * rows
+    graph = blocks  # the forward graph above the hook holds about what one cotangent's gradients do
+    need = model_bytes(model) + graph + per
+    if budget_bytes < need:
+        raise BudgetError(f"memory_budget: {budget_bytes / 1e9:.3g} GB ({budget_bytes} bytes) is too small for this "
+                         f"model and sequence: it needs at least {need / 1e9:.3g} GB (the model "
+                         f"{model_bytes(model) / 1e9:.3g} GB, the forward graph about {graph / 1e9:.3g} GB and one "
+                         f"item about {per / 1e9:.3g} GB)")
+    return int(max(1, min(n_items, (budget_bytes - model_bytes(model) - graph) // per)))
 
 
-__all__ = ["parse_size", "chunk_for_budget", "per_cotangent_bytes", "model_bytes"]
+__all__ = ["BudgetError", "parse_size", "chunk_for_budget", "per_cotangent_bytes", "head_cotangent_bytes", "model_bytes"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError, one_line
+from ..probe.memory import BudgetError
 from ..output import refuse_inputs_inside
 from .distributed import Dist
 from .folder import prepare, read_run_json, run_identity, versions
@@ -110,6 +111,8 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
             try:
                 out.append((r, explainer.explain(r.image, r.prompt or opts.prompt, targets=r.targets,
                                                  trajectory=True, **kw), None))
+            except BudgetError:
+                raise  # the run's --memory-budget, not this record: it would fail every record alike
             except InputError as exc:
                 out.append((r, None, one_line(str(exc))))
         return out
@@ -120,6 +123,8 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
         es = explainer.explain_batch([r.image for r in recs], [r.prompt or opts.prompt for r in recs],
                                      [r.response for r in recs], **kw)
         return [(r, e, None) for r, e in zip(recs, es)]
+    except BudgetError:
+        raise
     except InputError as exc:
         if len(recs) == 1:
             return [(recs[0], None, one_line(str(exc)))]

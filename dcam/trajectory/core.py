@@ -222,7 +222,7 @@ def _num(v) -> Optional[float]:
     return None if math.isnan(v) else v
 
 
-def _rows_per_batch(explainer, prep, n_pairs: int) -> int:
+def _rows_per_batch(explainer, prep, n_pairs: int, scored_rows: int = 0) -> int:
     """Rows per forward and row-gradients per backward: the explainer's
     ``chunk_size``, or with a ``memory_budget`` half the cotangents that fit it
     for one row (a batch holds its rows' graph and about as many row-gradients)."""
@@ -232,7 +232,8 @@ def _rows_per_batch(explainer, prep, n_pairs: int) -> int:
     from ..probe.memory import chunk_for_budget
 
     above = len(explainer.adapter.blocks()) - 1 - explainer.layer
-    return max(1, chunk_for_budget(explainer.model, prep.input_ids.shape[1], above, n_pairs, budget) // 2)
+    return max(1, chunk_for_budget(explainer.model, prep.input_ids.shape[1], above, n_pairs, budget,
+                                   scored_rows=scored_rows) // 2)
 
 
 def check_trajectory_request(explainer) -> None:
@@ -301,7 +302,7 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
         raise RuntimeError(f"the {a.name} adapter recorded states {tuple(gen.states.shape)} and decided_at "
                            f"{tuple(gen.decided_at.shape)} for {S} steps and {prep.response_length} slots")
     items = [list(it.slots) for it in ex.items]
-    chunk = chunk or _rows_per_batch(explainer, prep, (S + 1) * len(items))
+    chunk = chunk or _rows_per_batch(explainer, prep, (S + 1) * len(items), sum(len(it) for it in items) + 1)
     states = torch.cat([gen.states.long(), torch.tensor([resp_ids], dtype=torch.long)], 0)  # + the finished response
     tg = trajectory_gradients(a, prep, states, items, explainer.layer, explainer.config.grad_relu, chunk,
                               explainer.backend)

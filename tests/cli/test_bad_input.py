@@ -229,6 +229,23 @@ def test_memory_budget_errors_name_the_option(cli, error_line, tiny_model_dir, s
     assert line == f"dcam explain: error: argument --memory-budget: expected at most 2**63 bytes, got {huge!r}"
 
 
+def test_run_stops_on_a_memory_budget_too_small_for_the_model(cli, tiny_model_dir, shapes_png, tmp_path):
+    # every record failed into errors.jsonl with exit 0: the budget is the run's, not a record's
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"r{i}", "image": str(shapes_png), "response": RESPONSE}) + "\n"
+                                for i in range(2)))
+    out = tmp_path / "run"
+    rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", out, "--memory-budget", "1KB", "--quiet")
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("dcam run: error: --memory-budget: 1e-06 GB (1000 bytes) is too small for this model")
+    assert err[0].endswith(f"; rerun with a larger one to resume {out}")
+    assert not (out / "errors.jsonl").exists() or not (out / "errors.jsonl").read_text().strip()
+    rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", out, "--memory-budget", "8GB", "--quiet")
+    assert rc == 0, err
+    with open(out / "run.json") as f:
+        assert json.load(f)["counts"]["done"] == 2
+
+
 def test_tokens_red_file_name_and_summary(cli, tiny_model_dir, shapes_png, tmp_path):
     out = tmp_path / "red"
     rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
