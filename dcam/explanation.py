@@ -12,7 +12,7 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,10 +30,28 @@ TokenRef = Union[int, str]
 
 
 def safe_file_name(s: str, max_len: int = 64) -> str:
-    """A token as a file-name part (letters, digits, _ and - only; at most ``max_len``
-    characters, so a long word, a URL say, cannot pass the file system's 255-byte limit)."""
-    s = re.sub(r"[^A-Za-z0-9_-]+", "_", clean_token(s)).strip("_")[:max_len].rstrip("_")
+    """A token as a file-name part (letters and digits of any script, _ and - only; at
+    most ``max_len`` characters, 4 bytes each at most in UTF-8, so a long word, a URL
+    say, cannot pass the file system's 255-byte limit)."""
+    s = re.sub(r"[^\w-]+", "_", clean_token(s)).strip("_")[:max_len].rstrip("_")
     return s or "tok"
+
+
+def word_file_names(word_numbers: Sequence[int], tokens: Sequence[str], ext: str) -> List[str]:
+    """``NN_word.ext`` per explained item, distinct: two items can share a word number and
+    a name (a phrase and its first word, "red" and "red 日" as safe names): the later
+    ones get ``-2``, ``-3``, ... rather than overwrite the first one's file."""
+    names: List[str] = []
+    taken = set()
+    for n, tok in zip(word_numbers, tokens):
+        stem = f"{n:02d}_{safe_file_name(tok)}"
+        name, k = f"{stem}.{ext}", 1
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}.{ext}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _check_max_side(max_side) -> int:
@@ -195,9 +213,10 @@ class Explanation:
         base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
         paths: Dict[str, Any] = {"overlays": []}
         tiles, labels = [base], ["image"]
+        names = word_file_names(self.word_numbers, self.tokens, "png")
         for k, tok in enumerate(self.tokens):
             im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap, box=self.box)
-            p = os.path.join(folder, f"{self.word_numbers[k]:02d}_{safe_file_name(tok)}.png")
+            p = os.path.join(folder, names[k])
             im.save(p)
             paths["overlays"].append(p)
             tiles.append(im)
@@ -236,4 +255,4 @@ class Explanation:
         return explanation_html(self)
 
 
-__all__ = ["Explanation", "safe_file_name", "TokenRef"]
+__all__ = ["Explanation", "safe_file_name", "word_file_names", "TokenRef"]

@@ -155,3 +155,23 @@ def test_render_sizes_long_words_and_long_responses(toy, sample, tmp_path):
     assert os.path.basename(paths["overlays"][0]) == f"{e.word_numbers[0]:02d}_{'y' * 64}.png"
     sheet = Image.open(paths["contact_sheet"])
     assert max(sheet.size) <= 4096  # saved, title cut to MAX_TITLE_LINES lines
+
+
+def test_items_sharing_a_word_number_keep_their_own_files(toy, sample, tmp_path):
+    import dataclasses
+
+    from dcam.explanation import word_file_names
+
+    # a phrase and its first word share a word number; "red" and "red 日" shared a safe name too: one
+    # overlay silently replaced the other and paths["overlays"] listed the same file twice
+    assert word_file_names([0, 0, 1, 0], ["red", "red 日", "circle", "red!"], "png") == \
+        ["00_red.png", "00_red_日.png", "01_circle.png", "00_red-2.png"]
+    assert word_file_names([2, 2], ["日本", "日本"], "gif") == ["02_日本.gif", "02_日本-2.gif"]
+    words = sample.caption.split()
+    e = Explainer(*toy).explain(sample.image, response=sample.caption, targets=[words[1], f"{words[1]} {words[2]}"])
+    assert e.word_numbers == [1, 1]
+    twin = dataclasses.replace(e, tokens=[e.tokens[0], e.tokens[0] + " !"])
+    paths = twin.save(str(tmp_path / "out"))
+    assert [os.path.basename(p) for p in paths["overlays"]] == [f"01_{words[1]}.png", f"01_{words[1]}-2.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("01_*.png")) == sorted(
+        os.path.basename(p) for p in paths["overlays"])

@@ -95,14 +95,14 @@ class RecordWriter:
 def write_overlays(root: str, e, rid: str) -> str:
     """``DIR/overlays/<record>-<hash>/NN_word.png``: one overlay per explained word,
     the folder renamed into place whole (a redone record replaces it)."""
-    from ..explanation import safe_file_name
+    from ..explanation import word_file_names
 
     parent = os.path.join(root, "overlays")
     os.makedirs(parent, exist_ok=True)
     final = os.path.join(parent, record_folder_name(rid))
     tmp = tempfile.mkdtemp(prefix=".partial-", dir=parent)
-    for k, tok in enumerate(e.tokens):
-        e.overlay(k).save(os.path.join(tmp, f"{e.word_numbers[k]:02d}_{safe_file_name(tok)}.png"))
+    for k, name in enumerate(word_file_names(e.word_numbers, e.tokens, "png")):
+        e.overlay(k).save(os.path.join(tmp, name))
     os.chmod(tmp, 0o777 & ~_umask())
     if os.path.exists(final):
         shutil.rmtree(final)

@@ -16,7 +16,7 @@ from typing import List, Tuple
 
 from PIL import Image, ImageDraw
 
-from ..explanation import safe_file_name
+from ..explanation import word_file_names
 from ..render.overlay import DISPLAY_MIN_SIDE, display_size, overlay
 from ..render.sheet import SHEET_MAX_SIDE, font
 from ..words import clean_token
@@ -77,9 +77,10 @@ def write_animations(traj, folder: str, alpha: float = 0.5, colormap: str = "jet
     """``folder/NN_word.gif`` for every word (NN: its word number), a frame per step, looping."""
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for k, tok in enumerate(traj.tokens):
+    names = word_file_names(traj.word_numbers, traj.tokens, "gif")
+    for k in range(len(traj.tokens)):
         frames = word_frames(traj, k, alpha, colormap)
-        p = os.path.join(folder, f"{traj.word_numbers[k]:02d}_{safe_file_name(tok)}.gif")
+        p = os.path.join(folder, names[k])
         durations = [FRAME_MS * (2 if s == int(traj.decided_at[k]) else 1) for s in range(len(frames))]
         # a fast octree palette per frame (Pillow's default median cut takes ~0.1 s a frame); each frame
         # carries its own step number, so no two are equal and Pillow keeps every one
