@@ -248,12 +248,14 @@ class Explainer:
         check_probe_request(self.adapter, self.layer, probe, self.method.needs_gradients, self.method.probes)
         return probe, check_target_score(target_score or self.method.default_target_score)
 
-    def _chunk_size(self, ex: Example, rows: int) -> int:
+    def _chunk_size(self, examples: List[Example], rows: int) -> int:
         if self.memory_budget is None:
             return self.chunk_size
         above = len(self.adapter.blocks()) - 1 - self.layer
-        return chunk_for_budget(self.model, ex.prep.input_ids.shape[1], above, ex.n_tokens, self.memory_budget,
-                                rows=rows)
+        # the batch's largest example: a one-word first response capped every other one's chunk at 1
+        return chunk_for_budget(self.model, examples[0].prep.input_ids.shape[1], above,
+                                max(len(ex.items) for ex in examples), self.memory_budget, rows=rows,
+                                scored_rows=max(ex.n_tokens for ex in examples) + 1)
 
     def _explain_group(self, examples: List[Example], probe: str, target_score: str) -> List[Explanation]:
         """Examples sharing one sequence layout: one probe, maps reduced as gradients arrive."""
@@ -269,7 +271,7 @@ class Explainer:
         results = probe_batch(self.adapter, [ex.prep for ex in examples],
                               [Targets.of(ex.positions, ex.token_ids, ex.groups) for ex in examples], self.layer,
                               probe=probe, target_score=target_score,
-                              chunk_size=self._chunk_size(examples[0], len(examples) if probe != "remask" else 1),
+                              chunk_size=self._chunk_size(examples, len(examples) if probe != "remask" else 1),
                               want_grads=m.needs_gradients, want_last_hidden=m.needs_last_hidden,
                               grad_sink=sink if m.streams and m.needs_gradients else None)
         return [self._explanation(ex, res, partial[b], probe, target_score)
@@ -278,7 +280,8 @@ class Explainer:
     def _inputs(self, ex: Example, res, view) -> MethodInputs:
         return MethodInputs(result=res, grid=tuple(view.grid), token_ids=torch.tensor(ex.item_ids),
                             config=self.config, steps=int(ex.steps), image_size=ex.prep.image_height,
-                            repeat_ratio=repeat_ratio(ex.explainable_ids), adapter=self.adapter, backend=self.backend)
+                            repeat_ratio=repeat_ratio(ex.explainable_ids), adapter=self.adapter, backend=self.backend,
+                            item_token_ids=[[ex.response_ids[s] for s in it.slots] for it in ex.items])
 
     def _view_result(self, ex: Example, res, view, chunks):
         m = self.method

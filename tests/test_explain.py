@@ -314,6 +314,59 @@ def test_baseline_methods(zoo, sample, method):
         assert e.target_score == "contrastive"
 
 
+def test_tam_of_a_phrase_is_the_class_of_all_its_tokens(zoo, sample, prepared):
+    # TAM took the first token's LM-head row alone: "red circle" was explained as "red"
+    from dcam.ops.reference import rank_gaussian_filter
+
+    a, prep = prepared
+    words = sample.caption.split()
+    e = Explainer(*zoo, method="tam").explain(sample.image, response=sample.caption,
+                                              targets=[f"{words[1]} {words[2]}"], probe="full")
+    with torch.no_grad():
+        out = a.model(input_ids=prep.input_ids, output_hidden_states=True, **prep.model_inputs)
+    H = out.hidden_states[-1][0, prep.image_positions].float()
+    W = a.lm_head_weight().detach().float()
+    act = torch.relu(H @ (W[prep.response_ids[1]] + W[prep.response_ids[2]]))  # one item: nothing to subtract
+    h, w = e.maps.shape[1:]
+    f = rank_gaussian_filter(act.reshape(1, h, w), torch.tensor([3]))[0]
+    torch.testing.assert_close(e.maps[0], (f - f.min()) / (f.max() - f.min() + 1e-8), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "llava-cam", "tam"])
+def test_baselines_refuse_a_model_state_that_is_not_finite(zoo, sample, method):
+    # the baselines' min-max turned a NaN row into an all-zero map, scored as a real one
+    model, _ = zoo
+    a = auto_adapter(*zoo)
+
+    def overflow(module, args, output):
+        t = (output[0] if isinstance(output, tuple) else output).clone()
+        t[0, 5, 3] = float("inf")
+        return (t,) + tuple(output[1:]) if isinstance(output, tuple) else t
+
+    hook = a.blocks()[0].register_forward_hook(overflow)
+    try:
+        with pytest.raises(InputError, match=r"(acts|grads|image_hidden) contains \d+ NaN/Inf value"):
+            Explainer(*zoo, method=method).explain(sample.image, response=sample.caption, probe="full")
+    finally:
+        hook.remove()
+    from dcam import methods as BL
+
+    acts, grads = torch.randn(1, 4, 3), torch.randn(1, 2, 4, 3)
+    acts[0, 1, 2] = float("nan")
+    for f in (BL.grad_cam, BL.llava_cam):
+        with pytest.raises(InputError, match=r"^acts contains 1 NaN/Inf value\(s\)$"):
+            f(acts, grads, (2, 2))
+    with pytest.raises(InputError, match="their product overflows float32"):
+        BL.grad_cam(torch.full((1, 4, 3), 1e30), torch.full((1, 2, 4, 3), 1e30), (2, 2))
+    lw = torch.ones(2, 2)
+    lw[0, 1] = float("nan")
+    with pytest.raises(InputError, match=r"^logit_weights contains 1 NaN/Inf value\(s\)$"):
+        BL.tam(torch.randn(4, 3), torch.randn(2, 3), [1, 2], lw, (2, 2))
+    for k in (0, 2, -1, 2.5, True):
+        with pytest.raises(InputError, match=r"^kernel_size must be an odd int >= 1"):
+            BL.tam(torch.randn(4, 3), torch.randn(2, 3), [1, 2], torch.ones(2, 2), (2, 2), kernel_size=k)
+
+
 def test_tam_uses_last_hidden_states(prepared):
     a, prep = prepared
     pos, ids = _targets(prep, [1, 2])

@@ -9,7 +9,7 @@ in its own file (pytorch-grad-cam's layout), registered by name with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -27,13 +27,18 @@ class MethodInputs:
 
     result: ProbeResult
     grid: Tuple[int, int]
-    token_ids: Tensor
+    token_ids: Tensor  # the first token id of each item
     config: CamConfig
     steps: int
     image_size: int
     repeat_ratio: float
     adapter: ModelAdapter
     backend: str = "auto"
+    item_token_ids: Optional[List[List[int]]] = None  # every token id of each item (None: token_ids alone)
+
+    def __post_init__(self):
+        if self.item_token_ids is None:
+            self.item_token_ids = [[int(i)] for i in self.token_ids.tolist()]
 
 
 @dataclass
@@ -140,7 +145,17 @@ def batched_pool_inputs(acts: Tensor, grads: Tensor, grid):
     if grads.shape[0] != acts.shape[0] or grads.shape[2:] != acts.shape[1:]:
         raise InputError(f"grads {tuple(grads.shape)} do not match acts {tuple(acts.shape)}")
     h, w = check_grid(grid, acts.shape[1])
+    refuse_nonfinite(acts=acts, grads=grads)
     return acts, grads, h, w
+
+
+def refuse_nonfinite(**tensors: Tensor) -> None:
+    """An InputError naming the first tensor holding NaN/Inf. The baselines' min-max
+    turned a NaN row into an all-zero "degenerate" map, scored as a real one."""
+    for name, x in tensors.items():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise InputError(f"{name} contains {int(bad.sum())} NaN/Inf value(s)")
 
 
 def minmax_or_zero(x: Tensor) -> Tensor:

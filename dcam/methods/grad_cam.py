@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import CamMethod, MethodInputs, batched_pool_inputs, minmax_or_zero, register_method
 
 
@@ -19,6 +20,8 @@ def grad_cam(acts: Tensor, grads: Tensor, grid) -> Tensor:
     B, T, N, D = grads.shape
     weights = grads.float().mean(dim=2)  # [B, T, D]
     cam = torch.bmm(weights, acts.float().transpose(1, 2)).clamp(min=0)  # [B, T, N]
+    if not bool(torch.isfinite(cam).all()):  # finite inputs whose product passes float32's range
+        raise InputError("acts, grads: their product overflows float32 (finite values too large to pool)")
     return minmax_or_zero(cam.reshape(B * T, N)).reshape(B, T, h, w)
 
 
