@@ -206,17 +206,17 @@ void akd(const float* r, int64_t h, int64_t w, int64_t k, float* out, AkdScratch
     pad_reflect(r, h, w, radius, S.padded);
 #if DCAM_HAVE_NETWORK
     if (k <= DCAM_AKD_K_MAX && cpu_is_x86_64_v3() && (forced == AkdPath::kAuto || forced == AkdPath::kNetwork)) {
-        window_stats(S.padded, h, w, false, S.stats);
+        may_throw(window_stats)(S.padded, h, w, false, S.stats);
         akd_network(h, w, S.padded, S.stats, out);
         return;
     }
 #endif
-    window_stats(S.padded, h, w, true, S.stats);
+    may_throw(window_stats)(S.padded, h, w, true, S.stats);
     const int64_t words = (S.padded.rows * S.padded.cols + 63) / 64;
     if (forced == AkdPath::kSort || (forced != AkdPath::kBitset && words > kMaxBitsetWords))
-        akd_sort(h, w, S.padded, S.stats, out, S.window);
+        may_throw(akd_sort)(h, w, S.padded, S.stats, out, S.window);
     else
-        akd_bitset(r, h, w, S.padded, S.stats, out, S.bitset);
+        may_throw(akd_bitset)(r, h, w, S.padded, S.stats, out, S.bitset);
 }
 
 }  // namespace dcam

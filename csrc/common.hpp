@@ -24,6 +24,20 @@
 
 #define DCAM_INLINE inline __attribute__((always_inline))
 
+namespace dcam {
+// `f`, to be called from code built for the default target when f is DCAM_HOT and may
+// throw (std::bad_alloc from a scratch buffer). GCC 12 takes a direct call from such
+// code into a target_clones function (through its ifunc) to throw nothing, so the
+// caller's catch was dropped and an allocation failure ended in std::terminate
+// instead of DCAM_ENOMEM. A call through a pointer it cannot see into keeps the
+// unwinding (calls between DCAM_HOT functions go clone to clone and unwind already).
+template <class F>
+__attribute__((noinline)) F* may_throw(F* f) {
+    F* volatile p = f;
+    return p;
+}
+}  // namespace dcam
+
 // Whether an array of the product of `sizes` elements, `elem` bytes each, can be addressed:
 // the byte count fits a signed 64-bit offset (checked multiplications; a wrapped product
 // reached the kernels as a small or negative size: SIGFPE, a hang, a segfault).

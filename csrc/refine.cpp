@@ -410,7 +410,7 @@ extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const fl
             a.w = w;
             a.T = T;
             try {
-                const MapStats st = refine_one(a, *cfg, g9, maps_out + m * N, S);
+                const MapStats st = may_throw(refine_one)(a, *cfg, g9, maps_out + m * N, S);
                 if (kernel_size) kernel_size[m] = st.k;
                 if (dacg_strategy) dacg_strategy[m] = st.strategy;
                 if (dacg_threshold) dacg_threshold[m] = st.dacg_thr;

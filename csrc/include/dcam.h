@@ -1,5 +1,11 @@
 /*
- * dcam.h - C API of the Diffusion-CAM CPU backend (libdcam / dcam._C).
+ * dcam.h - C API of the Diffusion-CAM CPU backend.
+ *
+ * Build the library from a checkout or the source distribution (the Python
+ * extension dcam._C wraps the same code but exports only its Python entry):
+ *     g++ -O3 -fopenmp -ffp-contract=off -std=c++17 -fPIC -shared
+ *         -Icsrc/include csrc/[a-z]*.cpp -o libdcam.so
+ * (one command) and link a C program with  gcc prog.c -Icsrc/include -L. -ldcam.
  *
  * Plain C (C99 or later, or C++): no Python, no torch. Every function works on
  * raw, C-contiguous (row-major) buffers owned by the caller and implements the

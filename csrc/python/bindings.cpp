@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <new>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -17,7 +19,19 @@ namespace py = pybind11;
 
 namespace {
 
+// An allocation failure of the kernels: pybind11 raises MemoryError with what() (not a
+// ValueError: running out of memory is no argument's fault).
+class OutOfMemory : public std::bad_alloc {
+   public:
+    explicit OutOfMemory(std::string msg) : msg_(std::move(msg)) {}
+    const char* what() const noexcept override { return msg_.c_str(); }
+
+   private:
+    std::string msg_;
+};
+
 void check(int code, const char* what) {
+    if (code == DCAM_ENOMEM) throw OutOfMemory(std::string(what) + ": " + dcam_error_string(code));
     if (code != DCAM_OK) throw std::invalid_argument(std::string(what) + ": " + dcam_error_string(code));
 }
 

@@ -248,3 +248,43 @@ def test_pooling_from_several_threads_at_once_equals_one_at_a_time():
             together = list(ex.map(lambda job: C.pool_gradients_cpp(*job)[0], jobs))
             for a, b in zip(alone, together):
                 torch.testing.assert_close(b, a, atol=0, rtol=0)
+
+
+def test_a_backend_that_will_not_load_says_why(monkeypatch):
+    # "dcam.ops.cpp.is_available() is false" hid the extension's own ImportError ("file too short")
+    from dcam.ops.backends import LazyBackend
+
+    monkeypatch.setattr(C, "is_available", lambda: False)
+    monkeypatch.setattr(C, "unavailable_reason", lambda: "ImportError: _C.so: file too short")
+    assert LazyBackend("dcam.ops.cpp", "is_available").unavailable_reason() == "ImportError: _C.so: file too short"
+
+
+OUT_OF_MEMORY = r"""
+import resource, torch, dcam
+raw = torch.rand(1, 1, 3072, 3072)
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+cap = vm + (200 << 20)  # the input is in; AKD's scratch for a 3072 x 3072 map is not
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+try:
+    dcam.refine(raw, dcam.CamConfig(akd_kernel=3), backend="cpp", check_finite=False)
+    print("no error")
+except MemoryError as exc:
+    print("MemoryError", exc)
+small = torch.rand(1, 2, 6, 6)
+print(float((dcam.refine(small, backend="cpp").maps - dcam.refine(small, backend="torch").maps).abs().max()))
+"""
+
+
+@NEEDS_CPP
+def test_out_of_memory_in_refine_is_a_memory_error_and_the_process_goes_on():
+    # bad_alloc crossed the multi-versioned kernels uncaught: std::terminate (a segfault from Python);
+    # and DCAM_ENOMEM came back as a ValueError, as if an argument were wrong
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0] == "MemoryError dcam_refine: out of memory" and float(lines[1]) == 0.0
