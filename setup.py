@@ -44,9 +44,15 @@ if Pybind11Extension is not None:
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             cxx_std=17,
+            # no C++ compiler: dcam installs without its C++ backend (CPU tensors then run the
+            # PyTorch reference, with one warning naming why) instead of not installing at all
+            optional=True,
         )
     )
     cmdclass["build_ext"] = build_ext
+else:
+    sys.stderr.write("dcam setup: pybind11 is not installed, so the C++ CPU backend dcam._C is not built; "
+                     "CPU tensors will run the PyTorch reference (pip install pybind11, then reinstall)\n")
 
 class build_py(_build_py):
     """Also copy kernels/*.py into dcam/kernels/ of the built package (an
@@ -71,15 +77,17 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
-    package_data={"dcam": ["zoo/weights/*", "zoo/weights/**/*"], "csrc": []},
+    package_data={"dcam": ["zoo/weights/*", "zoo/weights/**/*"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
-        "torch>=2.6",
-        "triton>=3.6,<3.8; platform_system=='Linux'",  # torch 2.13 pairs with triton 3.7
+        # tested with torch 2.13 (triton 3.7) and transformers 5.24; torch before 2.10 pins a triton
+        # below 3.6, and the zoo model uses transformers 5's PreTrainedConfig
+        "torch>=2.10",
+        "triton>=3.6,<3.8; platform_system=='Linux'",
         "numpy",
-        "transformers>=4.57",
+        "transformers>=5.0",
         "safetensors",
         "pillow",
         "matplotlib",

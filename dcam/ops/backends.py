@@ -43,7 +43,10 @@ class LazyBackend:
             self._reason = f"{type(exc).__name__}: {exc}"
             return
         if not getattr(mod, self._probe)():
-            self._reason = f"{self._module_name}.{self._probe}() is false"
+            # the module's own reason (dcam._C's ImportError: "file too short", a missing
+            # symbol) tells a user what to fix; "is_available() is false" did not
+            why = getattr(mod, "unavailable_reason", lambda: None)()
+            self._reason = why or f"{self._module_name}.{self._probe}() is false"
             return
         self._module = mod
 

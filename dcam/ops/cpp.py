@@ -44,7 +44,7 @@ def unavailable_reason() -> Optional[str]:
 
 def _require() -> None:
     if _C is None:
-        raise RuntimeError(f"dcam._C is not available ({_IMPORT_ERROR}); build it with `pip install -e .`")
+        raise RuntimeError(f"dcam._C is not available ({_IMPORT_ERROR}); reinstall dcam with a C++17 compiler on the path to build it")
 
 
 def _f32(t: Tensor):

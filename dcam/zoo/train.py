@@ -1,6 +1,6 @@
 """Train the bundled toy dMLLM from scratch on this CPU.
 
-    python -m dcam.zoo.train [--out dcam/zoo/weights] [--seed 0] ...
+    python -m dcam.zoo.train --out dcam/zoo/weights [--seed 0] ...   # in a checkout: the committed weights
 
 Stage 1 (vision pretraining): conv stem + SigLIP vision tower + an auxiliary
 linear head trained on dense per-patch targets read from the label masks:
@@ -316,7 +316,9 @@ def linearise(model, processor, pool, steps, batch, lr, seed, eps=1e4, log_every
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=WEIGHTS_DIR)
+    # no default into the package: from an installed dcam that replaced the bundled model (the one
+    # dcam demo, eval and grounding load) with whatever this run trained
+    ap.add_argument("--out", required=True, help=f"folder for the trained model (the bundled one: {WEIGHTS_DIR})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pool", type=int, default=30000, help="training scenes in the fixed pool")

@@ -26,7 +26,7 @@ def images():
 @pytest.fixture(scope="module")
 def bundled():
     if not HAVE_WEIGHTS:
-        pytest.skip("no bundled weights (run python -m dcam.zoo.train)")
+        pytest.skip("no bundled weights (run python -m dcam.zoo.train --out dcam/zoo/weights)")
     return load_default()
 
 
