@@ -91,13 +91,25 @@ def expand_inputs(paths: List[str]) -> List[str]:
     return out
 
 
+#: names in --out beside the subfolders
+LISTING = "images.json"
+
+
 def subfolder_names(paths: List[str]) -> List[str]:
-    """One distinct subfolder name per input (the file's stem, numbered on clashes)."""
-    names, seen = [], {}
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0] or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    """One distinct subfolder name per input (the file's stem, numbered on clashes).
+    A numbered name is never another input's stem ("a.png a.jpg a_2.png" gave two
+    "a_2"), and no name is the listing's (an input "images.json.png")."""
+    stems = [os.path.splitext(os.path.basename(p))[0] or "image" for p in paths]
+    taken = {LISTING}
+    names = []
+    for i, stem in enumerate(stems):
+        name, k = stem, 1
+        # the first of a stem keeps it; a later one, or one a listing or a numbered name took, counts on
+        while name in taken or (k > 1 and name in stems):
+            k += 1
+            name = f"{stem}_{k}"
+        taken.add(name)
+        names.append(name)
     return names
 
 
@@ -200,7 +212,7 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
             print(f"dcam explain: error: {path}: {why}", file=sys.stderr)
         if not done:
             raise InputError(f"none of the {len(inputs)} images could be explained; nothing was written")
-        with open(os.path.join(tmp, "images.json"), "w") as f:
+        with open(os.path.join(tmp, LISTING), "w") as f:
             json.dump(listing, f, indent=1)
     print(f"explained {len(done)} of {len(inputs)} images ({sum(done.values())} words) into {args.out}"
           + (f"; {len(failed)} failed" if failed else ""))

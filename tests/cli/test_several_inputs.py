@@ -126,3 +126,25 @@ def test_folder_without_images_and_out_holding_inputs(cli, error_line, tiny_mode
                                f"{str(holder / 'x.png')!r}, which replacing it would delete; choose another "
                                "output folder")
     assert os.listdir(holder) == ["x.png"]
+
+
+def test_subfolder_names_never_collide(cli, tiny_model_dir, shapes_png, tmp_path):
+    # "a.png a.jpg a_2.png" numbered the second a as a_2, the third's own stem: the whole run was
+    # explained, then thrown away with a FileExistsError blamed on --out; "images.json.png" hit the listing
+    from dcam.cli.explain import subfolder_names
+
+    assert subfolder_names(["in/a.png", "in/a.jpg", "in/a_2.png"]) == ["a", "a_3", "a_2"]
+    assert subfolder_names(["a_2.png", "a.png", "a.jpg"]) == ["a_2", "a", "a_3"]
+    assert subfolder_names(["x/a.png", "y/a.png", "images.json.png"]) == ["a", "a_2", "images.json_2"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    im = Image.open(shapes_png).convert("RGB")
+    for name in ("a.png", "a.jpg", "a_2.png", "images.json.png"):
+        im.save(folder / name)
+    out = tmp_path / "out"
+    rc, _, err = cli("explain", *(folder / n for n in ("a.png", "a.jpg", "a_2.png", "images.json.png")),
+                     "--model", tiny_model_dir, "--tokens", "0", "--out", out, "--quiet")
+    assert rc == 0, err
+    assert sorted(os.listdir(out)) == ["a", "a_2", "a_3", "images.json", "images.json_2"]
+    listing = {x["folder"]: os.path.basename(x["image"]) for x in json.load(open(out / "images.json"))}
+    assert listing == {"a": "a.png", "a_3": "a.jpg", "a_2": "a_2.png", "images.json_2": "images.json.png"}
