@@ -90,6 +90,9 @@ def index_entry(rec, e, metrics: Optional[dict]) -> dict:
         "scores": e.scores.float().tolist(), "notes": list(rec.notes) + list(e.notes)}
     if e.view is not None:
         entry["view"] = e.view
+    box = [float(v) for v in getattr(e, "box", (0.0, 0.0, 1.0, 1.0))]
+    if box != [0.0, 0.0, 1.0, 1.0]:  # a model that saw a crop: where on the image its maps lie
+        entry["box"] = box
     if metrics is not None:
         entry["metrics"] = metrics
     if rec.meta is not None:

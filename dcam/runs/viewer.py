@@ -133,11 +133,14 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
                 continue
             e = r.entry
             traj = r.trajectory
-            pages.add(record_data(
+            rec = record_data(
                 r.id, e["response"], _items(e), traj if traj is not None else r.maps,
                 _save_image(e.get("image"), tmp, pages.total, max_side), e.get("image_size") or [1, 1],
                 e.get("grid") or list(r.maps.shape[-2:]), stats=e.get("stats"), metrics=e.get("metrics"),
-                notes=e.get("notes"), where=e.get("where", ""), step_labels=e.get("trajectory_steps")))
+                notes=e.get("notes"), where=e.get("where", ""), step_labels=e.get("trajectory_steps"))
+            if e.get("box"):  # the page lays the maps over the crop the model saw, as the overlays do
+                rec["box"] = e["box"]
+            pages.add(rec)
             if bar is not None:
                 bar.update()
         from .store import read_errors

@@ -168,6 +168,40 @@ def test_trajectory_gets_a_step_slider(browser, tmp_path, run_manifest):
     assert browser.problems() == []
 
 
+def test_run_page_lays_a_crop_models_maps_over_its_crop(browser, bundled, run_manifest, tmp_path):
+    # the index never stored the box of a model that sees a crop (MMaDA, Lumina-DiMOO): dcam view
+    # stretched its maps over the whole image, while its overlays put them on the crop
+    import dataclasses
+
+    from dcam.runs.runner import index_entry
+
+    image = os.path.join(run_manifest["folder"], "img", "s1.png")
+    e = dcam.Explainer(*bundled).explain(image, response=run_manifest["good"]["s1"]["response"])
+    rec = type("Rec", (), dict(id="s1", n=0, where="line 1", image_path=image, notes=[], meta=None))()
+    assert "box" not in index_entry(rec, e, None)
+    e = dataclasses.replace(e, box=(0.25, 0.0, 0.75, 1.0))
+    assert index_entry(rec, e, None)["box"] == [0.25, 0.0, 0.75, 1.0]
+    folder = str(tmp_path / "crop")
+    _trajectory_run(folder, image)  # a run folder by hand, its record given a box
+    with open(os.path.join(folder, "index.jsonl")) as f:
+        entry = json.loads(f.readline())
+    entry["box"] = [0.25, 0.0, 0.75, 1.0]
+    with open(os.path.join(folder, "index.jsonl"), "w") as f:
+        f.write(json.dumps(entry) + "\n")
+    r = next(iter(dcam.load_run(folder)))
+    assert r.box == (0.25, 0.0, 0.75, 1.0)
+    assert main(["view", folder, "--quiet"]) == 0
+    browser.open("file://" + os.path.join(folder, "index.html"))
+    assert browser.problems() == []
+    rgba = _canvas(browser).astype(int)
+    H, W = rgba.shape[:2]
+    x0, x1 = round(0.25 * W), round(0.75 * W)
+    inner = _expected_heat(r.trajectory[-1, 0], (H, x1 - x0))
+    assert np.abs(rgba[:, x0:x1, :3] - inner).max() <= TOL
+    zero = _expected_heat(torch.zeros(8, 8), (H, W))  # outside the crop: the map's zero colour
+    assert np.abs(rgba[:, :x0, :3] - zero[:, :x0]).max() <= TOL and np.abs(rgba[:, x1:, :3] - zero[:, x1:]).max() <= TOL
+
+
 def test_explanation_page_and_fragment(browser, bundled, run_manifest, tmp_path):
     from dcam.render.html import explanation_html, write_explanation_page
 
