@@ -242,7 +242,8 @@ class Explanation:
         with open(paths["meta"], "w") as f:
             json.dump({**self.meta(), "rendered_size": list(size)}, f, indent=2)
         if self.trajectory is not None:  # trajectory.safetensors, the GIFs, the sheet; adds to meta.json
-            paths["trajectory"] = self.trajectory.write_files(folder, alpha=alpha, colormap=colormap)
+            paths["trajectory"] = self.trajectory.write_files(folder, alpha=alpha, colormap=colormap,
+                                                              max_side=max_side)
         from .render.html import write_explanation_page
 
         paths["page"] = write_explanation_page(folder, self, colormap=colormap, alpha=alpha)

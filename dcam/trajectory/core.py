@@ -27,6 +27,7 @@ from ..ops.config import CamConfig
 from ..probe.gradients import Targets, item_context_weights
 from ..probe.modes import check_probe_request
 from ..words import clean_token
+from ..render.overlay import DISPLAY_MAX_SIDE
 from .numbers import per_word_numbers
 from .probing import trajectory_gradients
 
@@ -170,20 +171,26 @@ class Trajectory:
             out[f"stats.{k}"] = v.contiguous()
         return out
 
-    def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet") -> Dict[str, Any]:
+    def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
+                    max_side: int = DISPLAY_MAX_SIDE) -> Dict[str, Any]:
         """Write the trajectory into the existing ``folder`` (e.g. inside an
         :class:`~dcam.output.AtomicFolder`, next to an explanation's files):
         ``trajectory.safetensors``, ``trajectory/NN_word.gif`` (one frame per
-        step), ``trajectory_sheet.png`` (rows: steps, columns: words, decision
-        steps framed), and a ``trajectory`` entry added to ``meta.json``
-        (created when absent). Returns the written paths."""
+        step, the image at most ``max_side`` pixels long as the overlays),
+        ``trajectory_sheet.png`` (rows: steps, columns: words, decision steps
+        framed), and a ``trajectory`` entry added to ``meta.json`` (created when
+        absent). Returns the written paths."""
         from safetensors.torch import save_file
 
+        from ..explanation import _check_max_side
         from .render import write_animations, write_sheet
 
+        max_side = _check_max_side(max_side)
+        if not os.path.isdir(folder):  # safetensors' own error was a SafetensorError naming no argument
+            raise InputError(f"folder: {folder!r} is not an existing folder (Explanation.save makes one)")
         paths: Dict[str, Any] = {"tensors": os.path.join(folder, "trajectory.safetensors")}
         save_file(self.tensors(), paths["tensors"])
-        paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap)
+        paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)
         paths["sheet"] = write_sheet(self, os.path.join(folder, "trajectory_sheet.png"), alpha, colormap)
         paths["meta"] = os.path.join(folder, "meta.json")
         meta: Dict[str, Any] = {}

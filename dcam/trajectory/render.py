@@ -17,7 +17,7 @@ from typing import List, Tuple
 from PIL import Image, ImageDraw
 
 from ..explanation import word_file_names
-from ..render.overlay import DISPLAY_MIN_SIDE, display_size, overlay
+from ..render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size, overlay
 from ..render.sheet import SHEET_MAX_SIDE, font
 from ..words import clean_token
 
@@ -31,8 +31,10 @@ FRAME_MS = 600
 BORDER = 4
 
 
-def _base(traj, side: int = DISPLAY_MIN_SIDE) -> Image.Image:
-    size = display_size(traj.image.size, side, side * max(traj.image.size) // max(1, min(traj.image.size)))
+def _base(traj, side: int = DISPLAY_MIN_SIDE, max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
+    # the overlays' rule (display_size): a wide image's longest side ends at max_side; the cap was
+    # min-side x aspect, which scaled a 4000 x 100 image up to 8000 pixels wide
+    size = display_size(traj.image.size, side, max_side)
     img = traj.image.convert("RGB")
     return img.resize(size, Image.BICUBIC if size[0] > img.width else Image.BOX)
 
@@ -49,10 +51,12 @@ def _timeline(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], S: int,
 
 
 def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
-                side: int = DISPLAY_MIN_SIDE) -> List[Image.Image]:
-    """The ``S`` frames of word ``k`` (index into ``traj.tokens``), RGB; the
-    image's shortest side scaled to ``side`` pixels (whole factors for small images)."""
-    base = _base(traj, side)
+                side: int = DISPLAY_MIN_SIDE, max_side: int = DISPLAY_MAX_SIDE) -> List[Image.Image]:
+    """The ``S`` frames of word ``k`` (index into ``traj.tokens``), RGB; the image
+    sized as the overlays are (:func:`dcam.render.overlay.display_size`: a small
+    image's shortest side up to ``side`` by whole factors, the longest side at
+    most ``max_side``)."""
+    base = _base(traj, side, max_side)
     W, H = base.size
     S, d = traj.steps, int(traj.decided_at[k])
     word = f"{traj.word_numbers[k]}: {clean_token(traj.tokens[k])}"
@@ -73,13 +77,14 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     return frames
 
 
-def write_animations(traj, folder: str, alpha: float = 0.5, colormap: str = "jet") -> List[str]:
+def write_animations(traj, folder: str, alpha: float = 0.5, colormap: str = "jet",
+                     max_side: int = DISPLAY_MAX_SIDE) -> List[str]:
     """``folder/NN_word.gif`` for every word (NN: its word number), a frame per step, looping."""
     os.makedirs(folder, exist_ok=True)
     paths = []
     names = word_file_names(traj.word_numbers, traj.tokens, "gif")
     for k in range(len(traj.tokens)):
-        frames = word_frames(traj, k, alpha, colormap)
+        frames = word_frames(traj, k, alpha, colormap, max_side=max_side)
         p = os.path.join(folder, names[k])
         durations = [FRAME_MS * (2 if s == int(traj.decided_at[k]) else 1) for s in range(len(frames))]
         # a fast octree palette per frame (Pillow's default median cut takes ~0.1 s a frame); each frame
@@ -91,11 +96,14 @@ def write_animations(traj, folder: str, alpha: float = 0.5, colormap: str = "jet
 
 
 def sheet_geometry(S: int, T: int, max_side: int = SHEET_MAX_SIDE, tile: int = 96) -> dict:
-    """Layout of the step x word sheet: tile side, margins and the ``(W, H)`` size."""
+    """Layout of the step x word sheet: tile side, margins and the ``(W, H)`` size,
+    at most ``max_side`` a side up to about 2,000 steps or words (tiles shrink to
+    one pixel with one-pixel gaps; a floor of 8 made 400 words 4,860 wide)."""
     pad, left, top = 4, 56, 22
     fit = min(tile, (max_side - left - pad) // T - pad, (max_side - top - pad) // S - pad)
     if fit < 8:
-        fit = 8
+        pad = 1
+        fit = max(1, min(tile, (max_side - left - pad) // T - pad, (max_side - top - pad) // S - pad))
     return dict(tile=fit, pad=pad, left=left, top=top,
                 size=(left + T * (fit + pad) + pad, top + S * (fit + pad) + pad))
 

@@ -76,6 +76,27 @@ def test_save_refuses_a_filled_folder(traj, tmp_path):
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
+def test_frames_and_sheet_keep_to_their_size_limits(traj, tmp_path):
+    # a 4000 x 100 image's GIF frames were 8000 pixels wide (2x up) whatever --max-side said, and the
+    # sheet of 400 words was 4,860 wide against its 4,096 limit
+    import dataclasses
+
+    from dcam.trajectory.render import sheet_geometry, word_frames
+
+    wide = dataclasses.replace(traj, image=Image.new("RGB", (4000, 100), (10, 20, 30)))
+    assert word_frames(wide, 0)[0].size[0] == 1024  # the overlays' default longest side
+    fr = word_frames(wide, 0, max_side=300)[0]
+    assert fr.size[0] == 300 and fr.size[1] == round(100 * 300 / 4000) + 34  # + the caption band
+    for S, T in ((64, 400), (512, 64), (2000, 20), (3, 5)):
+        assert max(sheet_geometry(S, T)["size"]) <= 4096, (S, T)
+    assert sheet_geometry(3, 5)["tile"] == 96
+    with pytest.raises(InputError, match="^folder: .* is not an existing folder"):
+        traj.write_files(str(tmp_path / "missing"))
+    with pytest.raises(InputError, match=r"^max_side must be an int in \[16, "):
+        traj.write_files(str(tmp_path), max_side=0)
+    assert os.listdir(tmp_path) == []
+
+
 def test_word_numbers_worked_by_hand():
     """One word, three steps: a blob at cell (0, 0), the same, then at (3, 3).
     Otsu masks {(0,0)}, {(0,0)}, {(3,3)}: movement 0 then 1; centre of mass
