@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import List, Optional
 
 from .errors import InputError, one_line
 
@@ -123,13 +123,28 @@ class AtomicFolder:
         # folder without overwrite
         check_output_folder(self.target, self.overwrite, self.option)
         parent = os.path.dirname(self.target)
+        # the folders made for the target's parent, outermost first: removed again when the write
+        # fails (a refused save left a/b/ behind of a/b/out)
+        self.made: List[str] = []
+        p = parent
+        while not os.path.exists(p) and os.path.dirname(p) != p:
+            self.made.insert(0, p)
+            p = os.path.dirname(p)
         try:
             os.makedirs(parent, exist_ok=True)
             self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.partial-", dir=parent)
             os.chmod(self.tmp, 0o777 & ~_umask())
         except OSError as exc:
+            self._remove_made()
             raise self._failed(exc) from None
         return self.tmp
+
+    def _remove_made(self) -> None:
+        for d in reversed(self.made):
+            try:
+                os.rmdir(d)  # only while empty: never what someone else put there meanwhile
+            except OSError:
+                break
 
     def _fix_permissions(self) -> None:
         fmode, dmode = 0o666 & ~_umask(), 0o777 & ~_umask()
@@ -142,6 +157,7 @@ class AtomicFolder:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_made()
             if issubclass(exc_type, OSError):
                 raise self._failed(exc) from None
             return False
@@ -150,6 +166,7 @@ class AtomicFolder:
             self._swap_in()
         except BaseException as err:  # Ctrl-C or a failed rename: the temporary folder goes, the target stays
             shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_made()
             if isinstance(err, OSError):
                 raise self._failed(err) from None
             raise
@@ -176,7 +193,12 @@ class AtomicFolder:
                 os.replace(old, self.target)
             raise
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            # a symlinked target was moved aside as the link itself: rmtree refuses links (and its
+            # ignore_errors hid that, leaving a hidden .x.old-* link behind)
+            if os.path.islink(old):
+                os.unlink(old)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["AtomicFolder", "check_output_folder", "check_output_file", "write_text_atomic"]

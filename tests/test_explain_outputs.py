@@ -175,3 +175,17 @@ def test_items_sharing_a_word_number_keep_their_own_files(toy, sample, tmp_path)
     assert [os.path.basename(p) for p in paths["overlays"]] == [f"01_{words[1]}.png", f"01_{words[1]}-2.png"]
     assert sorted(p.name for p in (tmp_path / "out").glob("01_*.png")) == sorted(
         os.path.basename(p) for p in paths["overlays"])
+
+
+def test_page_writer_checks_its_arguments(toy, sample, tmp_path):
+    # alpha=5 drew an opaque page, alpha="x" was float()'s ValueError, a missing folder open()'s error
+    from dcam.render.html import write_explanation_page
+
+    e = Explainer(*toy).explain(sample.image, response=sample.caption, targets=[0])
+    for alpha in (5, -0.1, "x", True):
+        with pytest.raises(InputError, match=r"^alpha must be a number in \[0, 1\]"):
+            write_explanation_page(str(tmp_path), e, alpha=alpha)
+    with pytest.raises(InputError, match="^folder: .* is not an existing folder"):
+        write_explanation_page(str(tmp_path / "missing"), e)
+    assert os.listdir(tmp_path) == []
+    assert os.path.basename(write_explanation_page(str(tmp_path), e, alpha=0.25)) == "index.html"

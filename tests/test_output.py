@@ -46,6 +46,33 @@ def test_overwrite_replaces_whole(tmp_path):
     assert _tree(target) == {"new.txt": "z"} and _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt(), InputError("alpha must be ...")])
+def test_a_failed_write_leaves_no_parent_folder_it_made(tmp_path, error):
+    # a refused save into a/b/out left a/ and a/b/ behind
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep").write_text("x")
+    with pytest.raises(type(error)):
+        with AtomicFolder(str(tmp_path / "a" / "b" / "c" / "out")):
+            raise error
+    assert sorted(os.listdir(tmp_path / "a")) == ["keep"]
+    with pytest.raises(type(error)):
+        with AtomicFolder(str(tmp_path / "x" / "y" / "out")):
+            raise error
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_overwrite_of_a_symlinked_folder_leaves_nothing_hidden(tmp_path):
+    # the link was moved aside and rmtree(ignore_errors=True) could not remove a link: a hidden
+    # .link.old-* stayed; the folder it pointed to keeps its files
+    real = tmp_path / "real"
+    _write(str(real), {"old.txt": "x"})
+    (tmp_path / "link").symlink_to(real)
+    with AtomicFolder(str(tmp_path / "link"), overwrite=True) as tmp:
+        _write(tmp, {"new.txt": "z"})
+    assert not os.path.islink(tmp_path / "link") and _tree(tmp_path / "link") == {"new.txt": "z"}
+    assert _leftovers(tmp_path) == [] and _tree(real) == {"old.txt": "x"}
+
+
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_failure_or_ctrl_c_leaves_the_old_folder(tmp_path, error):
     target = tmp_path / "out"

@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .overlay import FULL_BOX
+from ..errors import InputError
+from .overlay import FULL_BOX, check_alpha
 
 _CSS = """
 .dcv{font:14px system-ui,sans-serif;color:#222;display:flex;flex-direction:column;gap:8px}
@@ -235,7 +236,7 @@ def explanation_record(e, max_side: int = 512) -> dict:
 def viewer_config(records: List[dict], title: str = "dcam", summary: str = "", per_page: int = 50,
                   pages: Optional[int] = None, total: Optional[int] = None, page_url: Optional[str] = None,
                   metrics_html: str = "", colormap="jet", alpha: float = 0.5) -> dict:
-    cfg = {"title": title, "summary": summary, "lut": colormap_lut(colormap), "alpha": float(alpha),
+    cfg = {"title": title, "summary": summary, "lut": colormap_lut(colormap), "alpha": check_alpha(alpha),
            "per_page": int(per_page),
            "total": int(len(records) if total is None else total), "metrics_html": metrics_html}
     cfg["pages"] = int(pages if pages is not None else max(1, -(-cfg["total"] // cfg["per_page"])))
@@ -281,6 +282,8 @@ def write_explanation_page(folder: str, explanation, filename: str = "index.html
     ``colormap`` at opacity ``alpha`` (the saved overlays'); returns its path."""
     cfg = viewer_config([explanation_record(explanation)], title=explanation.response,
                         summary=_summary(explanation), colormap=colormap, alpha=alpha)
+    if not os.path.isdir(folder):  # checked before writing: open()'s FileNotFoundError named no argument
+        raise InputError(f"folder: {folder!r} is not an existing folder")
     path = os.path.join(folder, filename)
     with open(path, "w", encoding="utf-8") as f:
         f.write(page_html(cfg))

@@ -62,6 +62,13 @@ def colorize(cam: ArrayLike, colormap: str = "jet") -> np.ndarray:
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
+def check_alpha(alpha) -> float:
+    """``alpha`` (a heatmap's opacity) as a float in [0, 1], else an InputError naming it."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
 def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Blend a heatmap onto an image.
 
@@ -69,8 +76,7 @@ def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colo
     (upsampled to ``H x W`` if needed). alpha: weight of the heatmap in [0, 1].
     Returns uint8 ``[H, W, 3]``.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
-        raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    check_alpha(alpha)
     img = np.asarray(image)
     if img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.0
@@ -156,5 +162,5 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
-__all__ = ["map_on_image", "box_pixels", "FULL_BOX", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
+__all__ = ["check_alpha", "map_on_image", "box_pixels", "FULL_BOX", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
            "DISPLAY_MAX_SIDE"]
