@@ -110,6 +110,7 @@ def run(args) -> int:
 
 #: evaluate()'s arguments as dcam eval's options (:func:`common.argument_error`)
 EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size",
+                "layer": "--layer",
                 "sweep_layers": "--sweep-layers", "config": "--cam"}
 
 

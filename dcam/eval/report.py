@@ -68,9 +68,10 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
     rows and the report into ``out_dir``; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     files: Dict[str, Any] = {}
+    hooks = (f"layer {report['layer']}, probe `{report['probe']}`, target score `{report['target_score']}`"
+             if report.get("layer") is not None else f"probe `{report['probe']}` (no method hooks a layer)")
     head = (f"Data set: {report['dataset']} ({report['records']} records, {len(report['skipped'])} skipped). "
-            f"Every method: layer {report['layer']}, probe `{report['probe']}`, target score "
-            f"`{report['target_score']}`.\n\n")
+            f"Every method: {hooks}.\n\n")
 
     def write(name, text, obj):
         p_md, p_js = os.path.join(out_dir, name + ".md"), os.path.join(out_dir, name + ".json")

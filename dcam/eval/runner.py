@@ -215,7 +215,11 @@ class _Comparison:
             warnings.warn(f"{ds_name}: skipped record {rec.record_id}: explain failed: {exc}")
             return
         e0 = exps[self.methods[0]]
-        self.used = {"layer": e0.layer, "probe": e0.probe}
+        # the hooked layer of the methods that hook one (tam, listed first, reported layer 0 for a
+        # grad-cam run at --layer 1); None when no method does
+        hooked = [exps[m] for m in self.methods if get_method(m).needs_gradients]
+        self.used = {"layer": hooked[0].layer if hooked else None, "probe": e0.probe,
+                     "target_score": self.target_score if hooked else None}
         word_tokens = align_words(rec.words, e0.response_tokens)
         wmaps = {m: word_maps(e, rec.words) for m, e in exps.items()}
         for m in self.methods:
@@ -288,6 +292,11 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
+    only_tam = not (ablation or sweep or sweep_probes or sweep_layers) and \
+        not any(get_method(m).needs_gradients for m in methods)
+    if layer is not None and only_tam:
+        raise InputError(f"layer: none of the methods ({', '.join(methods)}) hooks a layer (tam reads the model's "
+                         "final states); leave layer out")
     if config is not None and not (ablation or sweep or sweep_probes or sweep_layers) and \
             not any(get_method(m).uses_config for m in methods):
         raise InputError(f"config: none of the methods ({', '.join(methods)}) applies a CamConfig (only "
@@ -309,7 +318,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     report: Dict[str, Any] = {
         "dataset": ds_name, "records": cmp.done, "skipped": [{"record": r, "reason": why} for r, why in skipped],
         "methods": methods, "layer": cmp.used.get("layer"), "probe": cmp.used.get("probe"),
-        "target_score": target_score, "config": cmp.cfg.as_dict(), "unaligned_words": cmp.unaligned,
+        "target_score": cmp.used.get("target_score", target_score), "config": cmp.cfg.as_dict(), "unaligned_words": cmp.unaligned,
         "main": {m: cmp.scorer.summary(m) for m in methods},
     }
     if ablation:

@@ -297,6 +297,10 @@ def test_options_the_method_would_not_use_are_refused(cli, error_line, tiny_mode
     line = _fails(cli, error_line, tmp_path, *m, "--n", "1", "--methods", "tam", "--cam", "akd=false", command="eval")
     assert line == ("dcam eval: error: --cam: none of the methods (tam) applies a CamConfig (only diffusion-cam, its "
                     "ablation and its sweep do); leave config out")
+    # --layer with tam alone was accepted and the report said "layer 0" of a method that hooks none
+    line = _fails(cli, error_line, tmp_path, *m, "--n", "1", "--methods", "tam", "--layer", "1", command="eval")
+    assert line == ("dcam eval: error: --layer: none of the methods (tam) hooks a layer (tam reads the model's final "
+                    "states); leave layer out")
     # a sweep layer the model does not have was a row of n/a in a finished report
     line = _fails(cli, error_line, tmp_path, *m, "--n", "1", "--methods", "grad-cam", "--sweep-layers", "99",
                   command="eval")

@@ -343,3 +343,14 @@ def test_faithfulness_on_a_model_that_sees_a_crop():
     fa = rep["faithfulness"]["methods"]
     assert fa["grad-cam"]["words"] == fa["random"]["words"] == 4  # red, circle, blue, square
     assert len(fa["grad-cam"]["deletion_curve"]) == 3
+
+
+def test_report_names_the_layer_the_gradient_methods_hooked(tiny):
+    # tam listed first gave the report its layer (0, the default) while grad-cam ran at --layer 1
+    model, proc = tiny
+    rep = EV.evaluate(model, proc, "shapes", methods="tam,grad-cam", layer=1, n=1, n_examples=0)
+    assert rep["layer"] == 1 and rep["target_score"] == "logit"
+    rep = EV.evaluate(model, proc, "shapes", methods="tam", n=1, n_examples=0)
+    assert rep["layer"] is None and rep["target_score"] is None
+    with pytest.raises(InputError, match=r"^layer: none of the methods \(tam\) hooks a layer"):
+        EV.evaluate(model, proc, "shapes", methods="tam", layer=1, n=1)
