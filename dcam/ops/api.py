@@ -24,7 +24,28 @@ from torch import Tensor
 from ..errors import InputError
 from .config import CamConfig
 from . import validation as V
-from .backends import check_backend
+from .backends import check_backend as _check_backend, cpp_backend
+
+#: sizes the C++ kernels index with 32-bit offsets (csrc: dcam_pool_* refuse D > 2**24, dcam_refine
+#: h * w >= 2**27); the PyTorch reference and Triton have no such limit
+CPP_MAX_HIDDEN = 2 ** 24
+CPP_MAX_CELLS = 2 ** 27 - 1
+
+
+def check_backend(backend: str, device, hidden: Optional[int] = None, cells: Optional[int] = None,
+                  hidden_of: str = "acts") -> str:
+    """``backend`` checked for ``device`` (:func:`dcam.ops.backends.check_backend`), and, where
+    the C++ kernels will run, the sizes they take: past them an InputError naming the argument
+    (the extension's "invalid size argument" was a ValueError naming none)."""
+    backend = _check_backend(backend, device)
+    cpp_runs = backend == "cpp" or (backend == "auto" and device.type == "cpu" and cpp_backend.is_available())
+    if cpp_runs and hidden is not None and hidden > CPP_MAX_HIDDEN:
+        raise InputError(f"{hidden_of}: hidden size {hidden} is past the C++ backend's 2**24; backend='torch' "
+                         "takes it")
+    if cpp_runs and cells is not None and cells > CPP_MAX_CELLS:
+        raise InputError(f"raw_maps: {cells} cells per map is past the C++ backend's 2**27 - 1; "
+                         "backend='torch' takes it")
+    return backend
 from .library import implementation
 
 
@@ -129,7 +150,7 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
     V.check_bool("grad_relu", grad_relu)
     V.check_bool("check_finite", check_finite)
     acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
-    backend = check_backend(backend, device)
+    backend = check_backend(backend, device, hidden=acts.shape[2])
     maps, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, grad_relu, check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
@@ -154,7 +175,8 @@ def channel_weights(grads: Tensor, grad_relu: bool = True, backend: str = "auto"
     V.check_bool("grad_relu", grad_relu)
     V.check_bool("check_finite", check_finite)
     grads = V.validate_grads(grads, check_finite)
-    run = implementation("channel_weights", check_backend(backend, grads.device))
+    run = implementation("channel_weights", check_backend(backend, grads.device, hidden=grads.shape[3],
+                                                                 hidden_of="grads"))
     weights, bad = run(grads, grad_relu, check_finite)
     if check_finite:
         _raise_if_grads_nonfinite(grads, bad)
@@ -174,7 +196,8 @@ def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend:
     does (maps [B,T,h,w], ready for `refine`)."""
     V.check_bool("check_finite", check_finite)
     acts, weights, h, w, device = V.validate_weighted(acts, weights, grid, check_finite)
-    maps, degenerate = implementation("weighted_maps", check_backend(backend, device))(acts, weights, h, w)
+    maps, degenerate = implementation("weighted_maps", check_backend(backend, device, hidden=acts.shape[2]))(
+        acts, weights, h, w)
     if check_finite:
         _raise_if_pooling_overflowed(V.nonfinite_flag(maps))
         _raise_if_degenerate_by_overflow(acts, degenerate, lambda b, t: weights[b, t])
@@ -193,7 +216,7 @@ def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, i
     context_maps, context_weights = V.check_context(config, raw, context_maps, context_weights, check_values)
     V.check_same_device(raw_maps=raw, degenerate=degenerate, context_maps=context_maps,
                         context_weights=context_weights)
-    run = implementation("refine", check_backend(backend, device))
+    run = implementation("refine", check_backend(backend, device, cells=raw.shape[2] * raw.shape[3]))
     o = config.op_args()
     out = run(raw, degenerate, steps_t, size_t, rho_t, context_maps, context_weights, o["akd_kernel"], o["akd"],
               o["dacg"], o["cba"], o["sicd"], o["dacg_params"], o["cba_params"])
@@ -241,7 +264,7 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     config = V.check_config(config)
     V.check_bool("check_finite", check_finite)
     acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
-    backend = check_backend(backend, device)
+    backend = check_backend(backend, device, hidden=acts.shape[2], cells=h * w)
     raw, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, config.grad_relu,
                                                                      check_finite)
     # maps pooled from checked inputs are in [0, 1] unless float32 overflowed: that flag is made here

@@ -36,6 +36,17 @@ def check_finite(name: str, x: Tensor) -> None:
     if bool(nonfinite_flag(x)):
         bad = (~torch.isfinite(x)).sum().item()
         raise InputError(f"{name} contains {bad} NaN/Inf value(s); pass check_finite=False to skip this check")
+    check_float32_range(name, x)
+
+
+def check_float32_range(name: str, x: Tensor) -> None:
+    """float64 values past float32's range: dcam computes in float32, where they are Inf
+    (1e300 gradients were "NaN/Inf values", 1e39 weights blamed on the activations)."""
+    if x.dtype == torch.float64 and x.numel():
+        big = float(x.detach().abs().max())
+        if big > torch.finfo(torch.float32).max:
+            raise InputError(f"{name}: values up to {big:.3g} are past float32's range (dcam computes in float32); "
+                             "scale them down")
 
 
 def refuse_meta_check(name: str, x: Tensor) -> None:
@@ -169,6 +180,7 @@ def validate_pool(acts, grads, grid, check_values: bool):
     if check_values:
         check_finite("acts", acts)  # the gradients are checked by the pooling kernel itself (check_grads)
         refuse_meta_check("grads", grads)
+        check_float32_range("grads", grads)  # (in float32 the kernel would call them Inf)
     return compute_dtype(acts).contiguous(), compute_dtype(grads).contiguous(), h, w, device
 
 
@@ -178,6 +190,7 @@ def validate_grads(grads, check_values: bool) -> Tensor:
     grads = check_tensor("grads", grads, ranks=(3, 4))
     if check_values:
         refuse_meta_check("grads", grads)
+        check_float32_range("grads", grads)
     return compute_dtype(grads if grads.dim() == 4 else grads.unsqueeze(0)).contiguous()
 
 
@@ -236,8 +249,12 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
         if tuple(context_maps.shape) != (B, T, h, w):
             raise InputError(f"context_maps must have the shape of raw_maps {(B, T, h, w)}, "
                              f"got {tuple(context_maps.shape)}")
-        if check_values:
+        if check_values:  # maps as raw_maps are (min-max normalised): 3e38 ones overflowed SICD into NaN maps
             check_finite("context_maps", context_maps)
+            lo, hi = torch.aminmax(context_maps.detach())
+            if float(lo) < 0.0 or float(hi) > 1.0:
+                raise InputError(f"context_maps must lie in [0, 1] as raw_maps do, got values in "
+                                 f"[{float(lo):g}, {float(hi):g}]")
         context_maps = context_maps.float().contiguous()
     if context_weights is None:
         raise InputError("config.sicd='context' needs context_weights [B,T,T]")
@@ -248,4 +265,6 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
         check_finite("context_weights", context_weights)
         if bool((context_weights < 0).any()):
             raise InputError("context_weights must be non-negative")
+        if not bool(torch.isfinite(context_weights.float().sum(-1)).all()):  # normalised by their row sums
+            raise InputError("context_weights: a row sums past float32's range; scale them down")
     return (raw if context_maps is None else context_maps), context_weights.float().contiguous()

@@ -740,3 +740,40 @@ def test_torch_compile_fullgraph(device, quiet):
     refine = torch.compile(lambda r: dcam.refine(r, cfg, check_finite=False).maps, fullgraph=True,
                            backend="aot_eager")
     torch.testing.assert_close(refine(raw), dcam.refine(raw, cfg, backend="torch").maps, atol=1e-5, rtol=0)
+
+
+def test_values_and_sizes_past_what_the_kernels_take_name_their_argument():
+    # float64 past float32's range was called "NaN/Inf values" (grads) or blamed on acts (weights);
+    # context maps of 3e38 and context weights whose row sums overflow gave NaN maps; the C++ size
+    # limits were the extension's ValueError naming no argument
+    g = torch.Generator().manual_seed(0)
+    a, gr = torch.rand(1, 6, 4, generator=g), torch.rand(1, 2, 6, 4, generator=g)
+    cases = [
+        (lambda b: dcam.pool_gradients(a.double(), gr.double() * 1e300, (2, 3), backend=b), "grads: values up to"),
+        (lambda b: dcam.pool_gradients(a.double() * 1e300, gr.double(), (2, 3), backend=b), "acts: values up to"),
+        (lambda b: dcam.channel_weights(gr.double() * 1e300, backend=b), "grads: values up to"),
+        (lambda b: dcam.weighted_maps(a, torch.full((1, 2, 4), 1e39, dtype=torch.float64), (2, 3), backend=b),
+         "weights: values up to 1e+39 are past float32's range"),
+    ]
+    raw = torch.rand(1, 2, 3, 3, generator=g)
+    ctx_cfg = dcam.CamConfig(sicd="context")
+    cases += [
+        (lambda b: dcam.refine(raw, ctx_cfg, context_weights=torch.ones(1, 2, 2), context_maps=raw * 3e38,
+                               backend=b), "context_maps must lie in [0, 1]"),
+        (lambda b: dcam.refine(raw, ctx_cfg, context_weights=torch.full((1, 2, 2), 3e38), backend=b),
+         "context_weights: a row sums past float32's range"),
+    ]
+    for backend in ("torch",) + (("cpp",) if cpp.is_available() else ()):
+        for call, message in cases:
+            with pytest.raises(InputError) as info:
+                call(backend)
+            assert str(info.value).startswith(message), (backend, str(info.value))
+    cpu = torch.device("cpu")
+    if cpp.is_available():
+        for backend in ("auto", "cpp"):
+            with pytest.raises(InputError, match=r"^acts: hidden size 16777217 is past the C\+\+ backend's 2\*\*24"):
+                api.check_backend(backend, cpu, hidden=2 ** 24 + 1)
+            with pytest.raises(InputError, match=r"^raw_maps: 134217728 cells per map is past the C\+\+ backend"):
+                api.check_backend(backend, cpu, cells=2 ** 27)
+            assert api.check_backend(backend, cpu, hidden=2 ** 24, cells=2 ** 27 - 1) == backend
+    assert api.check_backend("torch", cpu, hidden=2 ** 30, cells=2 ** 30) == "torch"
