@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError, one_line
-from ..probe.memory import BudgetError
 from . import common
 
 
@@ -103,6 +102,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 130
     except InputError as exc:
+        from ..probe.memory import BudgetError  # (here: dcam --help imports no torch)
+
         if isinstance(exc, BudgetError):  # found on the first batch: what was written resumes
             exc = InputError(f"{one_line(str(common.argument_error(exc, {'memory_budget': '--memory-budget'})))}; "
                              f"rerun with a larger one to resume {args.out}")

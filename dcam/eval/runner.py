@@ -251,6 +251,19 @@ class _Comparison:
             self.scorer.add("full (SICD context)", rec, word_maps(e_ctx, rec.words), "ablation")
 
 
+def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool) -> None:
+    """A config or a layer that no method of the comparison (nor an ablation or sweep, which run
+    diffusion-cam) would use is refused rather than reported as used."""
+    if diffusion_cam_extras:
+        return
+    if layer is not None and not any(get_method(m).needs_gradients for m in methods):
+        raise InputError(f"layer: none of the methods ({', '.join(methods)}) hooks a layer (tam reads the model's "
+                         "final states); leave layer out")
+    if config is not None and not any(get_method(m).uses_config for m in methods):
+        raise InputError(f"config: none of the methods ({', '.join(methods)}) applies a CamConfig (only "
+                         "diffusion-cam, its ablation and its sweep do); leave config out")
+
+
 def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalDataset, Sequence[EvalRecord]] = "shapes",
              methods="all", n: Optional[int] = 200, ablation: bool = False, faithfulness: bool = False,
              out_dir: Optional[str] = None, *, explainer_factory: Optional[ExplainerFactory] = None,
@@ -292,15 +305,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
-    only_tam = not (ablation or sweep or sweep_probes or sweep_layers) and \
-        not any(get_method(m).needs_gradients for m in methods)
-    if layer is not None and only_tam:
-        raise InputError(f"layer: none of the methods ({', '.join(methods)}) hooks a layer (tam reads the model's "
-                         "final states); leave layer out")
-    if config is not None and not (ablation or sweep or sweep_probes or sweep_layers) and \
-            not any(get_method(m).uses_config for m in methods):
-        raise InputError(f"config: none of the methods ({', '.join(methods)}) applies a CamConfig (only "
-                         "diffusion-cam, its ablation and its sweep do); leave config out")
+    _refuse_unused(methods, config, layer, bool(ablation or sweep or sweep_probes or sweep_layers))
     cmp = _Comparison(factory, methods, config, layer, probe, target_score, prompt, ablation,
                       {"examples": n_examples, "faith": faith_n if faithfulness else 0, "sweep": sweep_n})
     for lay in sweep_layers or ():  # the layers asked for are checked before any record is explained
