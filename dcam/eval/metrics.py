@@ -145,10 +145,15 @@ def _otsu_from_hist(hist: Tensor) -> Tensor:
 def otsu_threshold(u8: ArrayLike) -> Tensor:
     """Otsu threshold of each map of ``u8`` (ints in ``[0, 255]``, ``[M, ...]``)
     -> int64 ``[M]``; the prediction is ``u8 > t``."""
-    u = torch.as_tensor(u8).long()
+    t = torch.as_tensor(u8)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputError(f"u8 must hold ints in [0, 255] (a map quantised to bytes), got dtype {t.dtype}")
+    u = t.long()
+    if u.numel() and (int(u.min()) < 0 or int(u.max()) > 255):  # was clamped silently
+        raise InputError(f"u8 must hold ints in [0, 255], got values in [{int(u.min())}, {int(u.max())}]")
     if u.dim() == 1:
         u = u[None]
-    return _otsu_from_hist(_histogram(u.clamp(0, 255)))
+    return _otsu_from_hist(_histogram(u))
 
 
 def f3_score(obj_iou, contrast, concentration):
@@ -177,8 +182,11 @@ def _object_metrics_same_size(maps: Tensor, masks: Tensor) -> Dict[str, Tensor]:
     hm = resize_maps(maps, (H, W)).reshape(M, -1)
     u8 = to_u8(hm)
     t = _otsu_from_hist(_histogram(u8))
-    lab = masks.reshape(M, -1)
-    L = int(lab.max()) + 1 if lab.numel() else 1
+    # labels renumbered 0..L-1 in order (0, the background, stays 0): counts per label were
+    # sized by the largest label, so an RGB-encoded instance id (16,777,215) asked for 5 GB
+    values, dense = torch.unique(torch.cat([masks.new_zeros(1), masks.reshape(-1)]), return_inverse=True)
+    lab = dense[1:].reshape(M, -1)
+    L = int(values.numel())
     # one key per (map, label, predicted); counts and sums of hm per key in two bincounts
     key = lab * 2
     key += (u8 > t[:, None])

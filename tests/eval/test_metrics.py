@@ -124,6 +124,28 @@ def test_otsu_hand_examples():
     assert M.otsu_threshold(torch.tensor([[7, 7, 7], [0, 0, 0]])).tolist() == [0, 0]
 
 
+def test_otsu_refuses_what_is_not_a_byte_map():
+    # 300 and 1000 were clamped to 255 and floats truncated, silently
+    from dcam.errors import InputError
+
+    with pytest.raises(InputError, match=r"^u8 must hold ints in \[0, 255\], got values in \[0, 1000\]"):
+        M.otsu_threshold(np.array([[0, 0, 300, 300, 1000]]))
+    with pytest.raises(InputError, match="got dtype torch.float64"):
+        M.otsu_threshold(np.array([[0.2, 0.7, 0.9, 0.1]]))
+
+
+def test_object_metrics_depend_on_which_pixels_share_a_label_not_on_its_number():
+    # counts were sized by the largest label: 16,777,215 (an RGB instance id) asked for 5 GB
+    rng = np.random.default_rng(3)
+    maps = rng.random((5, 4, 4)).astype(np.float32)
+    small = np.zeros((5, 4, 4), np.int64)
+    small[:, 1:3, 1:3], small[:, 0, :2] = 1, 2
+    big = np.where(small == 1, 16777215, np.where(small == 2, 70000, 0))
+    a, b = M.object_metrics(maps, small), M.object_metrics(maps, big)
+    for k in ("obj_iou", "contrast", "concentration"):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True)
+
+
 def test_otsu_matches_loop():
     rng = np.random.default_rng(1)
     u = rng.integers(0, 256, size=(6, 40))
