@@ -140,6 +140,7 @@ class HeadAtRows:
 
     def __init__(self, head: nn.Module, positions: Tensor, length: int):
         self.positions, self.length, self.calls = positions, int(length), 0
+        self.rows: Optional[Tensor] = None  # the head's input at the positions ([B, P, D]), as passed on
         self.handle = head.register_forward_pre_hook(self._hook)
 
     def _hook(self, module, args):
@@ -147,7 +148,8 @@ class HeadAtRows:
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[1] != self.length:
             return None
         self.calls += 1
-        return (gather_rows(x, self.positions),) + tuple(args[1:])
+        self.rows = gather_rows(x, self.positions)
+        return (self.rows,) + tuple(args[1:])
 
     def remove(self):
         self.handle.remove()

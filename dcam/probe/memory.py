@@ -3,12 +3,12 @@
 The probe's peak memory is the model, the graph of the blocks above the hook
 (kept for every chunk) and one chunk of gradients: a vmapped backward holds,
 for each cotangent of the chunk, the gradient of every intermediate of those
-blocks at every position, and the gradient of the logits of the scored rows
-(``P`` rows by the vocabulary ``V``: dense, though each word's score reads
-one logit of it, as autograd hands the LM head a whole gradient). That last
-term grows with the number of words explained, so the peak is not quite flat
-in ``T``: ``2 x P x V`` values per cotangent (at LLaDA's vocabulary of
-126,464 and 64 words, 65 MB in float32 per cotangent of a chunk).
+blocks at every position, and, where the LM head is more than a linear map
+(:func:`dcam.probe.gradients.head_scores` differentiates a linear head's
+scores through its input), the dense gradient of the logits of the scored
+rows: ``2 x P x V`` values per cotangent (at LLaDA's vocabulary of 126,464
+and 64 words, 65 MB in float32), counted here in every case, as which head a
+model has shows only in its forward.
 :func:`chunk_for_budget` estimates all of these from the sizes involved
 (sequence length ``L``, hidden size ``D``, MLP width ``I``, attention heads,
 blocks above the hook, scored rows, vocabulary, the model's dtype) and

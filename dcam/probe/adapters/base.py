@@ -361,6 +361,7 @@ class ModelAdapter:
         Where the head is not one module call on the whole sequence, the full
         logits are computed and gathered."""
         head = self.output_head()
+        self.scored_rows = None
         if head is None:
             return gather_positions(run(), positions)
         hook = HeadAtRows(head, positions, length)
@@ -374,6 +375,9 @@ class ModelAdapter:
         if hook.calls != 1 or logits.shape[1] != P:
             raise RuntimeError(f"the LM head ran {hook.calls} times and the model returned logits of shape "
                                f"{tuple(logits.shape)}; expected one call and {P} positions")
+        # the head's input at the scored rows and the head: the probe scores words from them when
+        # they reproduce these logits (dcam.probe.gradients.head_scores)
+        self.scored_rows = (hook.rows, head)
         return logits.float()
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:

@@ -1,0 +1,71 @@
+"""Word scores differentiated through the LM head's input (dcam.probe.gradients.head_scores).
+
+A word's score reads one logit, but through the logits autograd hands the head a
+dense rows x vocabulary gradient per cotangent: memory grew with the response.
+Through the head's input the gradients must be those of the published procedure
+(one forward and backward per word, scored off the logits: an independent path),
+for the logit and the contrastive score, and a head that is more than a linear
+map (soft-capped logits) must keep the logits' own gradient."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dcam.probe.gradients as G
+from dcam.probe import auto_adapter
+from dcam.probe.gradients import probe, published_gradients
+from dcam.testing.standins import STANDINS
+
+RESPONSE = "a red circle and a blue square"
+
+
+def _image():
+    return Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
+
+
+def _setup(name):
+    model, proc = STANDINS[name](seed=0)
+    a = auto_adapter(model, proc)
+    prep = a.prepare(_image(), None, a.encode_response(RESPONSE))
+    s = prep.response_start
+    pos = [s + 3, s + 1, s + 2]
+    return a, prep, pos, [prep.response_ids[k - s] for k in pos]
+
+
+@pytest.mark.parametrize("name", ["llada-v", "lavida-dream", "mmada"])
+@pytest.mark.parametrize("score", ["logit", "contrastive"])
+def test_gradients_through_the_head_input_are_the_published_ones(name, score, monkeypatch):
+    a, prep, pos, ids = _setup(name)
+    used = []
+    real = G.head_scores
+
+    def spy(*args):
+        out = real(*args)
+        used.append(out is not args[-1])  # the surrogate replaced the logits' scores
+        return out
+    monkeypatch.setattr(G, "head_scores", spy)
+    mode = "masked" if "masked" in a.probes else "full"
+    r = probe(a, prep, pos, ids, 1, probe=mode, target_score=score, chunk_size=2)
+    assert used and all(used)
+    ref = published_gradients(a, prep, pos, ids, 1, probe=mode, target_score=score)
+    assert ref.abs().max() > 0
+    # float32 rounding of two summation orders (the old path through the logits was 7.5e-6 off the
+    # published gradients of the contrastive score, whose largest value is 1.7)
+    torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
+
+
+def test_a_head_that_soft_caps_keeps_the_logits_gradient(monkeypatch):
+    a, prep, pos, ids = _setup("llada-v")
+    head = a.output_head()
+    cap = 0.05  # tanh soft-capping after the linear head, as Gemma 2 does (30 there; small here to bite)
+    hook = head.register_forward_hook(lambda m, i, o: cap * torch.tanh(o / cap))
+    used = []
+    real = G.head_scores
+    monkeypatch.setattr(G, "head_scores", lambda *args: used.append(real(*args) is not args[-1]) or real(*args))
+    try:
+        r = probe(a, prep, pos, ids, 1, probe="masked", chunk_size=2)
+        ref = published_gradients(a, prep, pos, ids, 1, probe="masked")
+    finally:
+        hook.remove()
+    assert used == [False]  # the products of the head's input do not give these logits: not used
+    torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-6, rtol=1e-4)
