@@ -4,7 +4,10 @@
 * :func:`normalise_word`: letters and digits only, for matching across tokenizers;
 * :func:`split_words`: a caption's words, punctuation stripped;
 * :func:`align_words`: which response tokens make up each word;
-* :data:`FUNCTION_WORDS`: closed-class English words (ground truth "nothing" in the evaluation).
+* :data:`FUNCTION_WORDS`: closed-class English words (ground truth "nothing" in the evaluation);
+* :func:`token_spans`, :func:`word_pieces`: a response's words read off the
+  tokenizer's own decoding (the explained items, :mod:`dcam.targets`);
+* :func:`find_phrase`, :func:`phrase_key`: targets matched to those words.
 """
 from __future__ import annotations
 

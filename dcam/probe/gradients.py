@@ -148,14 +148,17 @@ def head_scores(adapter: ModelAdapter, b: int, token_ids: Tensor, contrastive: b
     at a vocabulary of 126,464: 65 MB per cotangent in float32, so memory grew with the
     response). For a linear head the score is ``h . W[id] (+ b[id])`` (the contrastive
     one ``(h_i - h_distractor) . sum_v W[v]``), whose gradient reaches ``h`` as rows x
-    hidden size. Used only where the head's input at the scored rows was recorded and
-    those products give back the logits' scores (a head that soft-caps or scales its
-    logits does not: there the logits' own gradient is kept); the values stay ``tok``'s."""
+    hidden size. Used only where the adapter recorded the head's input at the scored rows
+    (:meth:`~dcam.probe.adapters.base.ModelAdapter.logits_with_head_at`: the model returned
+    the head's output unchanged, so no soft-capping or scaling follows it) and those
+    products give back the logits' scores; elsewhere the logits' own gradient is kept.
+    The values stay ``tok``'s."""
     rows = getattr(adapter, "scored_rows", None)
     if rows is None or not tok.requires_grad:
         return tok
     h, head = rows
-    if not isinstance(head, nn.Linear) or h.dim() != 3 or not h.requires_grad:
+    if not isinstance(head, nn.Linear) or h.dim() != 3 or not h.requires_grad or b >= h.shape[0] or \
+            h.shape[1] <= n - 1 + int(contrastive):
         return tok
     W, bias, hb = head.weight, head.bias, h[b]
     if contrastive:
@@ -269,6 +272,7 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
         tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
         try:
             with torch.enable_grad():
+                adapter.scored_rows = None  # set by this forward where the head's input is recorded
                 logits = _forward(run, ids, inputs, want, preps[0].response_start)
                 leaf = tap.output()
                 item_scores, weights = [], []

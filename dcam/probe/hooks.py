@@ -141,7 +141,9 @@ class HeadAtRows:
     def __init__(self, head: nn.Module, positions: Tensor, length: int):
         self.positions, self.length, self.calls = positions, int(length), 0
         self.rows: Optional[Tensor] = None  # the head's input at the positions ([B, P, D]), as passed on
+        self.out: Optional[Tensor] = None  # and its output there
         self.handle = head.register_forward_pre_hook(self._hook)
+        self.out_handle = head.register_forward_hook(self._out)
 
     def _hook(self, module, args):
         x = args[0] if args else None
@@ -151,5 +153,10 @@ class HeadAtRows:
         self.rows = gather_rows(x, self.positions)
         return (self.rows,) + tuple(args[1:])
 
+    def _out(self, module, args, output):
+        if self.rows is not None and args and args[0] is self.rows:
+            self.out = output
+
     def remove(self):
         self.handle.remove()
+        self.out_handle.remove()

@@ -375,9 +375,11 @@ class ModelAdapter:
         if hook.calls != 1 or logits.shape[1] != P:
             raise RuntimeError(f"the LM head ran {hook.calls} times and the model returned logits of shape "
                                f"{tuple(logits.shape)}; expected one call and {P} positions")
-        # the head's input at the scored rows and the head: the probe scores words from them when
-        # they reproduce these logits (dcam.probe.gradients.head_scores)
-        self.scored_rows = (hook.rows, head)
+        # the head's input at the scored rows and the head, when the model returns the head's output
+        # as it is (no soft-capping or scaling after it): the probe differentiates the words' scores
+        # through them (dcam.probe.gradients.head_scores)
+        if isinstance(hook.out, Tensor) and hook.out.shape == logits.shape and torch.equal(hook.out, logits):
+            self.scored_rows = (hook.rows, head)
         return logits.float()
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
