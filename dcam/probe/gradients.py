@@ -153,25 +153,41 @@ def head_scores(adapter: ModelAdapter, b: int, token_ids: Tensor, contrastive: b
     the head's output unchanged, so no soft-capping or scaling follows it) and those
     products give back the logits' scores; elsewhere the logits' own gradient is kept.
     The values stay ``tok``'s."""
+    def through_input(h, W, bias):
+        if b >= h.shape[0] or h.shape[1] < n + int(contrastive):
+            return None
+        hb = h[b]
+        if contrastive:
+            return (hb[:n] - hb[n]) @ W.sum(0)
+        idx = token_ids[:n].to(W.device)
+        return (hb[:n] * W[idx]).sum(-1) + (bias[idx] if bias is not None else 0)
+    return _scores_through_head_input(adapter, tok, through_input)
+
+
+def head_logit_scores(adapter: ModelAdapter, token_ids: Tensor, tok: Tensor) -> Tensor:
+    """:func:`head_scores` for the logit scores ``tok [R, P]`` (row r, scored position p) of the
+    ids ``token_ids [R, P]``, every row of the forward at once (the trajectories' batches)."""
+    def through_input(h, W, bias):
+        if tuple(h.shape[:2]) != tuple(tok.shape):
+            return None
+        idx = token_ids.to(W.device)
+        return (h * W[idx]).sum(-1) + (bias[idx] if bias is not None else 0)
+    return _scores_through_head_input(adapter, tok, through_input)
+
+
+def _scores_through_head_input(adapter: ModelAdapter, tok: Tensor, through_input: Callable) -> Tensor:
     rows = getattr(adapter, "scored_rows", None)
     if rows is None or not tok.requires_grad:
         return tok
     h, head = rows
-    if not isinstance(head, nn.Linear) or h.dim() != 3 or not h.requires_grad or b >= h.shape[0] or \
-            h.shape[1] <= n - 1 + int(contrastive):
+    if not isinstance(head, nn.Linear) or h.dim() != 3 or not h.requires_grad:
         return tok
-    W, bias, hb = head.weight, head.bias, h[b]
-    if contrastive:
-        sur = (hb[:n] - hb[n]) @ W.sum(0)
-    else:
-        idx = token_ids[:n].to(W.device)
-        sur = (hb[:n] * W[idx]).sum(-1)
-        if bias is not None:
-            sur = sur + bias[idx]
-    sur = sur.float()
-    ref = tok.detach()
-    tol = 1e-4 if W.dtype == torch.float32 else 3e-2
-    if not bool(((sur.detach() - ref).abs() <= tol * max(1.0, float(ref.abs().max()))).all()):
+    sur = through_input(h, head.weight, head.bias)
+    if sur is None:
+        return tok
+    sur, ref = sur.float(), tok.detach()
+    tol = 1e-4 if head.weight.dtype == torch.float32 else 3e-2
+    if sur.shape != ref.shape or not bool(((sur.detach() - ref).abs() <= tol * max(1.0, float(ref.abs().max()))).all()):
         return tok
     return sur + (ref - sur.detach())
 

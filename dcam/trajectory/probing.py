@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .. import ops
 from ..probe.adapters.base import ModelAdapter, Prepared
-from ..probe.gradients import batched_grad, logits_runner
+from ..probe.gradients import batched_grad, head_logit_scores, logits_runner
 from ..probe.hooks import Tap, frozen
 
 
@@ -77,6 +77,7 @@ def _forward_rows(adapter: ModelAdapter, prep: Prepared, ids: Tensor, positions:
     inputs, want = adapter.batch_inputs(prep, ids.shape[0]), adapter.logit_positions(positions)
     run = logits_runner(adapter, layer, None, ids, inputs, want, prep.response_start)
     tap = Tap(adapter.blocks()[layer], None, make_leaf=True)
+    adapter.scored_rows = None  # set by this forward where the head's input is recorded
     try:
         prev = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
@@ -171,6 +172,7 @@ def trajectory_gradients(adapter: ModelAdapter, prep: Prepared, states: Tensor, 
         logits, leaf = _forward_rows(adapter, prep, ids, start + lay.tok_slot[col], layer)
         dev = logits.device
         tok = logits.gather(2, lay.tok_id[col][..., None].to(dev))[..., 0]  # [R, P]
+        tok = head_logit_scores(adapter, lay.tok_id[col], tok)  # gradients through the head's input
         item_scores = torch.einsum("rp,rkp->rk", tok, member.to(dev, tok.dtype))  # padding: no column, score 0
         read = logits.detach()[..., lay.tok_id.to(dev)].float().cpu()  # [R, P, n]
         cost["forwards"] += 1

@@ -69,3 +69,23 @@ def test_a_head_that_soft_caps_keeps_the_logits_gradient(monkeypatch):
         hook.remove()
     assert used == [False]  # the products of the head's input do not give these logits: not used
     torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-6, rtol=1e-4)
+
+
+def test_trajectory_maps_through_the_head_input_equal_those_through_the_logits(monkeypatch):
+    # the trajectories' batched backward over (state, item) pairs takes the same route
+    import dcam.trajectory.probing as P
+    from dcam.explain import Explainer
+    from dcam.trajectory import explain_trajectory
+
+    model, proc = STANDINS["lavida-dream"](seed=0)
+    exp = Explainer(model, proc)
+    used = []
+    real = P.head_logit_scores
+    monkeypatch.setattr(P, "head_logit_scores", lambda a, ids, tok: used.append(real(a, ids, tok) is not tok)
+                        or real(a, ids, tok))
+    new = explain_trajectory(exp, _image(), steps=3, response_length=6)
+    assert used and all(used)
+    monkeypatch.setattr(P, "head_logit_scores", lambda a, ids, tok: tok)
+    old = explain_trajectory(exp, _image(), steps=3, response_length=6)
+    assert new.response_ids == old.response_ids
+    torch.testing.assert_close(new.maps, old.maps, atol=1e-5, rtol=0)
