@@ -151,7 +151,11 @@ class ExampleBuilder:
                 raise InputError(f"response: {response!r} has no word to explain (only eos/pad tokens)")
             raise InputError("the response has no word to explain (only eos/pad tokens)")
         kept = [ids[i] for i in slots]
-        spans = token_spans(a.decode_tokens, kept)
+        special = a.special_token_ids()
+        # a special token stands alone; after a slot that is not explained (masked, padded) text resumes
+        breaks = [True if ids[i] in special else ("gap" if k and i != slots[k - 1] + 1 else False)
+                  for k, i in enumerate(slots)]
+        spans = token_spans(a.decode_tokens, kept, breaks)
         items = select_items(response_items(slots, a.token_strings(kept), self.granularity, *spans), targets)
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,

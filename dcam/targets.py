@@ -80,7 +80,8 @@ def response_items(slots: List[int], token_strings: Sequence[str], granularity: 
     :func:`dcam.words.token_spans` of their ids (decoded ``text``, ``spans``, ``alone``)."""
     check_granularity(granularity)
     if granularity == "tokens":
-        return [Item(token_text(text, spans[k], token_strings[k]), k, [slots[k]]) for k in range(len(slots))]
+        return [Item(token_text(text, spans[k], alone[k], token_strings[k]), k, [slots[k]])
+                for k in range(len(slots))]
     groups = word_pieces(text, spans, alone, token_strings)
     return [Item(word, n, [slots[k] for k in toks]) for n, (toks, word) in enumerate(groups)]
 

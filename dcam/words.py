@@ -98,10 +98,10 @@ def align_words(words: Sequence[str], tokens: Sequence[str]) -> List[List[int]]:
 # "<0x0A>" for a newline in a byte-fallback vocabulary, no space marker at all on the
 # first word), and only the tokenizer's own decoder knows which characters a token adds.
 
-def token_spans(decode: Callable[[Sequence[int]], str],
-                ids: Sequence[int]) -> Tuple[str, List[Tuple[int, int]], List[str]]:
-    """(text, spans, alone): ``decode(ids)``; per token, the characters ``[start, end)``
-    of that text it completes; and each token decoded alone.
+def token_spans(decode: Callable[[Sequence[int]], str], ids: Sequence[int],
+                breaks: Optional[Sequence[bool]] = None) -> Tuple[str, List[Tuple[int, int]], List[str]]:
+    """(text, spans, alone): the decoded text of ``ids``; per token, the characters
+    ``[start, end)`` of that text it completes; and each token decoded alone.
 
     Token i's end is how far the decoded prefix ``ids[:i+1]`` agrees with the whole
     text, so a token holding part of a character's bytes (alone it decodes to
@@ -109,20 +109,40 @@ def token_spans(decode: Callable[[Sequence[int]], str],
     and the decoder's own clean-ups (a leading space dropped, a space before
     punctuation removed) are respected. ``alone`` tells such a token from a lone
     space marker (sentencepiece's "▁" at the start completes nothing either) and
-    from an id the tokenizer has no text for."""
+    from an id the tokenizer has no text for.
+
+    ``breaks[i]``: token i stands apart from its neighbours (a special token, which
+    then completes nothing and is a word of its own) or ``"gap"``: text resumes
+    after a slot that is not explained (a masked or padded one). The runs between
+    breaks are decoded on their own and joined with spaces, so "red<|eot|>blue"
+    or "red [MASK] blue" never read as one word."""
     ids = [int(i) for i in ids]
-    text = decode(ids)
-    spans: List[Tuple[int, int]] = []
-    done = 0
-    for i in range(len(ids)):
-        prefix = text if i + 1 == len(ids) else decode(ids[:i + 1])
-        k = 0
-        limit = min(len(prefix), len(text))
-        while k < limit and prefix[k] == text[k]:
-            k += 1
-        k = max(k, done)
-        spans.append((done, k))
-        done = k
+    breaks = list(breaks) if breaks is not None else [False] * len(ids)
+    text, spans = "", [(0, 0)] * len(ids)
+    i = 0
+    while i < len(ids):
+        if breaks[i] is True:  # a special token: no text of its own in the words' text
+            spans[i] = (len(text), len(text))
+            i += 1
+            continue
+        j = i + 1
+        while j < len(ids) and not breaks[j]:
+            j += 1
+        if text:
+            text += " "
+        base = len(text)
+        run = decode(ids[i:j])
+        done = 0
+        for t in range(i, j):
+            prefix = run if t + 1 == j else decode(ids[i:t + 1])
+            k, limit = 0, min(len(prefix), len(run))
+            while k < limit and prefix[k] == run[k]:
+                k += 1
+            k = max(k, done)
+            spans[t] = (base + done, base + k)
+            done = k
+        text += run
+        i = j
     return text, spans, [decode([i]) for i in ids]
 
 
@@ -167,6 +187,9 @@ def _segments(text: str) -> List[Optional[Tuple[int, bool]]]:
             fresh = True
             for i in range(lo, hi):
                 ch = text[i]
+                if word and unicodedata.category(ch).startswith("M") and i > lo:
+                    seg[i] = seg[i - 1]  # a combining mark stays with its letter (Thai ดี, か + U+3099)
+                    continue
                 # punctuation right after an unspaced character ("日本、東京") is punctuation, not glue
                 mark = word and not _is_word_char(ch) and i > lo and _unspaced(text[i - 1])
                 alone = word and (_unspaced(ch) or mark)
@@ -246,15 +269,25 @@ def word_pieces(text: str, spans: Sequence[Tuple[int, int]], alone: Sequence[str
     return sorted(out, key=lambda g: g[0][0])
 
 
-def token_text(text: str, span: Tuple[int, int], token: str) -> str:
+def token_text(text: str, span: Tuple[int, int], alone: str, token: str) -> str:
     """One token's own text (lower case, stripped): what it completes of the decoded
-    text, else its cleaned token string, else the token string itself."""
-    return text[span[0]:span[1]].strip().lower() or clean_token(token) or token
+    text; else, as it decodes alone: "�" for part of a character's bytes, "␣" for
+    whitespace; else (no text at all: a special token, an id past the vocabulary)
+    its token string."""
+    own = text[span[0]:span[1]].strip().lower()
+    if own:
+        return own
+    if "\ufffd" in alone:
+        return "\ufffd"
+    if alone and not alone.strip():
+        return "\u2423"
+    return alone.strip().lower() or clean_token(token) or token
 
 
 def phrase_key(s: str) -> str:
-    """Letters and digits of any script, lower case: how words and targets are compared."""
-    return "".join(ch for ch in s.lower() if _is_word_char(ch))
+    """Letters and digits of any script, in one Unicode form (NFC: "é" and "e" + U+0301
+    alike) and case-folded ("STRASSE" is "straße"): how words and targets are compared."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", s).casefold() if _is_word_char(ch))
 
 
 def find_phrase(words: Sequence[str], phrase: str) -> List[Tuple[int, int]]:

@@ -118,3 +118,62 @@ def test_explainer_words_with_a_byte_level_tokenizer():
     assert exp.explain(image, prompt="describe the image", response=ids, targets="CAFÉ").pieces == [[0, 1, 2]]
     one = proc.tokenizer.convert_tokens_to_ids(["circle", "s"])
     assert exp.explain(image, prompt="describe the image", response=one).tokens == ["circles"]
+
+
+def test_targets_match_across_unicode_forms_and_case_folding():
+    # "café" typed as one character did not find "cafe" + U+0301 in the response; "STRASSE" missed "straße"
+    items = [Item(w, n, [n]) for n, w in enumerate(["cafe\u0301", "rouge", "straße"])]
+    assert [i.text for i in select_items(items, "café")] == ["cafe\u0301"]
+    assert [i.text for i in select_items(items, "STRASSE")] == ["straße"]
+    assert find_phrase(["café"], "cafe\u0301") == [(0, 1)]
+
+
+def test_combining_marks_stay_with_their_letter_in_unspaced_scripts():
+    # Thai ดี and か + U+3099 were split into a letter and a lone mark, each its own "word"
+    tok = _tokenizer(METASPACE, ["\u2581\u0e14", "\u0e35", "\u2581\u304b", "\u3099"])
+    ids = tok.convert_tokens_to_ids(["\u2581\u0e14", "\u0e35", "\u2581\u304b", "\u3099"])
+    got = word_pieces(*token_spans(tok.decode, ids), ["\u2581\u0e14", "\u0e35", "\u2581\u304b", "\u3099"])
+    assert got == [([0, 1], "\u0e14\u0e35"), ([2, 3], "\u304b\u3099")]
+
+
+def test_special_tokens_and_unexplained_slots_part_words():
+    # "red<|eot_id|>blue" was one word of three tokens; so was red [MASK] blue (the mask not explained)
+    pieces = ["red", "<|eot_id|>", "blue"]
+    tok = _tokenizer(BYTE_LEVEL, pieces)
+    ids = tok.convert_tokens_to_ids(pieces)
+    got = word_pieces(*token_spans(lambda x: tok.decode(x), ids, [False, True, False]), pieces)
+    assert got == [([0], "red"), ([1], "<|eot_id|>"), ([2], "blue")]
+    got = word_pieces(*token_spans(lambda x: tok.decode(x), [ids[0], ids[2]], [False, "gap"]), ["red", "blue"])
+    assert got == [([0], "red"), ([1], "blue")]
+
+
+def test_token_labels_come_from_the_decoded_text():
+    # tokens granularity labelled a newline token "ċ" and a partial byte "ã": letters not in the response
+    from dcam.targets import response_items
+
+    pieces = ["red", "\u010a", "caf", "\u00c3", "\u00a9", "\u0120"]
+    tok = _tokenizer(BYTE_LEVEL, pieces)
+    ids = tok.convert_tokens_to_ids(pieces)
+    items = response_items(list(range(6)), pieces, "tokens", *token_spans(tok.decode, ids))
+    assert [i.text for i in items] == ["red", "\u2423", "caf", "\ufffd", "é", "\u2423"]
+
+
+def test_explainer_parts_words_at_special_tokens_and_masked_slots():
+    import dcam
+    from dcam.testing.llada import LLADA_EOS_ID, LLADA_EOT_ID, LLADA_MASK_ID
+    from dcam.testing.llava_dmllm import tiny_llada_v
+
+    model, proc = tiny_llada_v(0, layers=2)
+    header = 126340  # a special token that ends nothing (LLaMA-3's <|start_header_id|> kind)
+    proc.tokenizer = word_tokenizer({"<|endoftext|>": LLADA_EOS_ID, "<|mdm_mask|>": LLADA_MASK_ID,
+                                     "<|eot_id|>": LLADA_EOT_ID, "<|start_header_id|>": header},
+                                    words=["red", "blue", "describe", "the", "image"],
+                                    named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"},
+                                    decoder=BYTE_LEVEL)
+    red, blue = proc.tokenizer.convert_tokens_to_ids(["red", "blue"])
+    exp = dcam.Explainer(model, proc)
+    image = np.full((28, 28, 3), 200, dtype=np.uint8)
+    e = exp.explain(image, prompt="describe the image", response=[red, header, blue])
+    assert e.tokens == ["red", "<|start_header_id|>", "blue"] and e.pieces == [[0], [1], [2]]
+    e = exp.explain(image, prompt="describe the image", response=[red, LLADA_MASK_ID, blue])
+    assert e.tokens == ["red", "blue"] and e.pieces == [[0], [2]]

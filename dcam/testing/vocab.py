@@ -40,8 +40,14 @@ def word_tokenizer(specials: Dict[str, int], words: Sequence[str] = WORDS, unk: 
     extra = dict(extra_special or {})
     roles = set(kw.values()) | set(extra.values())
     others = [t for t in specials if t not in roles]
-    return PreTrainedTokenizerFast(tokenizer_object=model, unk_token=unk, additional_special_tokens=others,
-                                   extra_special_tokens=extra or None, **kw)
+    tok = PreTrainedTokenizerFast(tokenizer_object=model, unk_token=unk, additional_special_tokens=others,
+                                  extra_special_tokens=extra or None, **kw)
+    # transformers 5 keeps additional_special_tokens as names only: marked special here, at their ids, as
+    # the published tokenizers mark <|eot_id|>, <image> and the like
+    from tokenizers import AddedToken
+
+    tok.add_tokens([AddedToken(t, special=True) for t in others], special_tokens=True)
+    return tok
 
 
 __all__ = ["word_tokenizer", "WORDS"]

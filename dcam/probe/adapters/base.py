@@ -289,6 +289,17 @@ class ModelAdapter:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def special_token_ids(self) -> set:
+        """Ids of the tokenizer's special tokens (``<|eot_id|>``, ...): each is a word of its own,
+        never glued to the text around it. None without a Hugging Face tokenizer."""
+        try:
+            tok = self.tokenizer
+        except (AttributeError, InputError):
+            return set()
+        ids = {int(i) for i in getattr(tok, "all_special_ids", []) or []}
+        added = getattr(tok, "added_tokens_decoder", None) or {}  # extra special tokens are listed here only
+        return ids | {int(i) for i, t in added.items() if getattr(t, "special", False)}
+
     def decode_tokens(self, ids: Sequence[int]) -> str:
         """The text of explainable tokens, special ones included: every token explained
         is one a reader sees. Words are read off this text (:func:`dcam.words.token_spans`).
@@ -364,6 +375,10 @@ class ModelAdapter:
         self.scored_rows = None
         if head is None:
             return gather_positions(run(), positions)
+        # a plain nn.Linear with no hook of anyone's computes exactly h W^T + b: a subclass or a hook
+        # may soft-cap or scale inside the call, where comparing the output with the logits cannot see it
+        plain = type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks and \
+            not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks
         hook = HeadAtRows(head, positions, length)
         try:
             logits = run()
@@ -378,7 +393,7 @@ class ModelAdapter:
         # the head's input at the scored rows and the head, when the model returns the head's output
         # as it is (no soft-capping or scaling after it): the probe differentiates the words' scores
         # through them (dcam.probe.gradients.head_scores)
-        if isinstance(hook.out, Tensor) and hook.out.shape == logits.shape and torch.equal(hook.out, logits):
+        if plain and isinstance(hook.out, Tensor) and hook.out.shape == logits.shape and torch.equal(hook.out, logits):
             self.scored_rows = (hook.rows, head)
         return logits.float()
 
