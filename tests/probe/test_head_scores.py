@@ -54,21 +54,28 @@ def test_gradients_through_the_head_input_are_the_published_ones(name, score, mo
     torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
 
 
-def test_a_head_that_soft_caps_keeps_the_logits_gradient(monkeypatch):
-    a, prep, pos, ids = _setup("llada-v")
+@pytest.mark.parametrize("name,dtype", [("llada-v", torch.float32), ("qwen2.5-vl", torch.bfloat16)])
+def test_a_head_that_soft_caps_keeps_the_logits_gradient(monkeypatch, name, dtype):
+    # in bfloat16 a soft-cap inside the head's call passed the value check: gradients 3-11% off
+    a, prep, pos, ids = _setup(name)
+    a.model.to(dtype)
     head = a.output_head()
-    cap = 0.05  # tanh soft-capping after the linear head, as Gemma 2 does (30 there; small here to bite)
+    cap = 0.05 if dtype == torch.float32 else 30.0  # tanh soft-capping, as Gemma 2 does (30)
+    if dtype == torch.bfloat16:
+        with torch.no_grad():
+            head.weight.mul_(30)  # logits of a few units: within the old check's bf16 tolerance of the cap
     hook = head.register_forward_hook(lambda m, i, o: cap * torch.tanh(o / cap))
     used = []
     real = G.head_scores
     monkeypatch.setattr(G, "head_scores", lambda *args: used.append(real(*args) is not args[-1]) or real(*args))
     try:
-        r = probe(a, prep, pos, ids, 1, probe="masked", chunk_size=2)
-        ref = published_gradients(a, prep, pos, ids, 1, probe="masked")
+        mode = "masked" if "masked" in a.probes else "full"
+        r = probe(a, prep, pos, ids, 1, probe=mode, chunk_size=2)
+        ref = published_gradients(a, prep, pos, ids, 1, probe=mode)
     finally:
         hook.remove()
-    assert used == [False]  # the products of the head's input do not give these logits: not used
-    torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-6, rtol=1e-4)
+    assert used == [False]  # a head with a hook of anyone's: not used
+    torch.testing.assert_close(r.per_target_grads().float(), ref.float(), atol=1e-6, rtol=1e-4)
 
 
 def test_trajectory_maps_through_the_head_input_equal_those_through_the_logits(monkeypatch):
