@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .ops.config import CamConfig
+from .output import check_existing_folder
 from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, display_size
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
@@ -52,6 +53,10 @@ def word_file_names(word_numbers: Sequence[int], tokens: Sequence[str], ext: str
         taken.add(name)
         names.append(name)
     return names
+
+
+#: how a writer into an existing folder says where one comes from
+SAVE_MAKES_ONE = " (Explanation.save makes one)"
 
 
 def _check_max_side(max_side) -> int:
@@ -206,8 +211,7 @@ class Explanation:
         from safetensors.torch import save_file
 
         max_side = _check_max_side(max_side)  # (0 wrote 1x1 overlays)
-        if not os.path.isdir(folder):  # checked before any file is written
-            raise InputError(f"folder: {folder!r} is not an existing folder (Explanation.save makes one)")
+        check_existing_folder(folder, SAVE_MAKES_ONE)
 
         size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
         base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)

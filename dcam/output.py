@@ -66,6 +66,15 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     return target
 
 
+def check_existing_folder(folder: str, hint: str = "") -> str:
+    """``folder`` when it is an existing folder, else an InputError naming ``folder``: the
+    writers into a given folder check it before their first file (a missing one was
+    open()'s or safetensors' own error, naming no argument)."""
+    if not os.path.isdir(folder):
+        raise InputError(f"folder: {folder!r} is not an existing folder{hint}")
+    return folder
+
+
 def check_output_file(path: Optional[str], option: str) -> Optional[str]:
     """A file the run will write at the end (``--json``): its folder must exist and be writable."""
     if path is None:
@@ -201,4 +210,4 @@ class AtomicFolder:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["AtomicFolder", "check_output_folder", "check_output_file", "write_text_atomic"]
+__all__ = ["AtomicFolder", "check_existing_folder", "check_output_folder", "check_output_file", "write_text_atomic"]

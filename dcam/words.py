@@ -223,7 +223,6 @@ def word_pieces(text: str, spans: Sequence[Tuple[int, int]], alone: Sequence[str
             x = parent[x]
         return x
 
-    owner: List[Optional[int]] = []
     extent: Dict[int, List[int]] = {}  # segment -> [first char, last char + 1]
     for i, c in enumerate(seg):
         if c is not None:
@@ -240,7 +239,7 @@ def word_pieces(text: str, spans: Sequence[Tuple[int, int]], alone: Sequence[str
             if "\ufffd" in alone[t]:
                 pending.append(t)  # part of a character's bytes
             elif alone[t].strip() or (not alone[t] and clean_token(tokens[t])):
-                own[t] = alone[t].strip().lower() or clean_token(tokens[t])
+                own[t] = token_text(text, (a, b), alone[t], tokens[t])
             continue
         if not mine:  # whitespace only
             continue

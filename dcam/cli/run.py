@@ -105,7 +105,7 @@ def run(args) -> int:
         from ..probe.memory import BudgetError  # (here: dcam --help imports no torch)
 
         if isinstance(exc, BudgetError):  # found on the first batch: what was written resumes
-            exc = InputError(f"{one_line(str(common.argument_error(exc, {'memory_budget': '--memory-budget'})))}; "
+            exc = InputError(f"{common.argument_error(exc, {'memory_budget': '--memory-budget'})}; "
                              f"rerun with a larger one to resume {args.out}")
         if rank != "0":  # the same error is printed by rank 0
             raise InputError(f"rank {rank}: {one_line(str(exc))}") from None

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InputError
 from .adapters.base import ModelAdapter, Prepared
@@ -179,8 +179,8 @@ def _scores_through_head_input(adapter: ModelAdapter, tok: Tensor, through_input
     rows = getattr(adapter, "scored_rows", None)
     if rows is None or not tok.requires_grad:
         return tok
-    h, head = rows
-    if not isinstance(head, nn.Linear) or h.dim() != 3 or not h.requires_grad:
+    h, head = rows  # a plain nn.Linear (ModelAdapter.logits_with_head_at records no other)
+    if h.dim() != 3 or not h.requires_grad:
         return tok
     sur = through_input(h, head.weight, head.bias)
     if sur is None:

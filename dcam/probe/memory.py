@@ -127,13 +127,14 @@ def chunk_for_budget(model, seq_len: int, blocks_above: int, n_items: int, budge
     blocks = per_cotangent_bytes(model, seq_len, blocks_above) * rows
     per = blocks + head_cotangent_bytes(model, scored_rows) * rows
     graph = blocks  # the forward graph above the hook holds about what one cotangent's gradients do
-    need = model_bytes(model) + graph + per
+    weights = model_bytes(model)
+    need = weights + graph + per
     if budget_bytes < need:
         raise BudgetError(f"memory_budget: {budget_bytes / 1e9:.3g} GB ({budget_bytes} bytes) is too small for this "
-                         f"model and sequence: it needs at least {need / 1e9:.3g} GB (the model "
-                         f"{model_bytes(model) / 1e9:.3g} GB, the forward graph about {graph / 1e9:.3g} GB and one "
-                         f"item about {per / 1e9:.3g} GB)")
-    return int(max(1, min(n_items, (budget_bytes - model_bytes(model) - graph) // per)))
+                          f"model and sequence: it needs at least {need / 1e9:.3g} GB (the model "
+                          f"{weights / 1e9:.3g} GB, the forward graph about {graph / 1e9:.3g} GB and one "
+                          f"item about {per / 1e9:.3g} GB)")
+    return int(max(1, min(n_items, (budget_bytes - weights - graph) // per)))
 
 
 __all__ = ["BudgetError", "parse_size", "chunk_for_budget", "per_cotangent_bytes", "head_cotangent_bytes", "model_bytes"]

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..output import check_existing_folder
 from .overlay import FULL_BOX, check_alpha
 
 _CSS = """
@@ -282,8 +282,7 @@ def write_explanation_page(folder: str, explanation, filename: str = "index.html
     ``colormap`` at opacity ``alpha`` (the saved overlays'); returns its path."""
     cfg = viewer_config([explanation_record(explanation)], title=explanation.response,
                         summary=_summary(explanation), colormap=colormap, alpha=alpha)
-    if not os.path.isdir(folder):  # checked before writing: open()'s FileNotFoundError named no argument
-        raise InputError(f"folder: {folder!r} is not an existing folder")
+    check_existing_folder(folder)
     path = os.path.join(folder, filename)
     with open(path, "w", encoding="utf-8") as f:
         f.write(page_html(cfg))

@@ -76,8 +76,12 @@ class RunRecord:
     response = property(lambda self: self.entry["response"])
     steps = property(lambda self: self.entry.get("steps"))
     metrics = property(lambda self: self.entry.get("metrics"))
-    #: (x0, y0, x1, y1), fractions of the image the maps cover (a model that saw a crop), else the whole
-    box = property(lambda self: tuple(self.entry.get("box") or (0.0, 0.0, 1.0, 1.0)))
+    @property
+    def box(self):
+        """(x0, y0, x1, y1), fractions of the image the maps cover (a model that saw a crop), else the whole."""
+        from ..render.overlay import FULL_BOX  # (here: reading a run's index needs no image code)
+
+        return tuple(self.entry.get("box") or FULL_BOX)
 
     @property
     def stats(self) -> Dict[str, "object"]:

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError, one_line
 from ..probe.memory import BudgetError
+from ..render.overlay import FULL_BOX
 from ..output import refuse_inputs_inside
 from .distributed import Dist
 from .folder import prepare, read_run_json, run_identity, versions
@@ -90,9 +91,9 @@ def index_entry(rec, e, metrics: Optional[dict]) -> dict:
         "scores": e.scores.float().tolist(), "notes": list(rec.notes) + list(e.notes)}
     if e.view is not None:
         entry["view"] = e.view
-    box = [float(v) for v in getattr(e, "box", (0.0, 0.0, 1.0, 1.0))]
-    if box != [0.0, 0.0, 1.0, 1.0]:  # a model that saw a crop: where on the image its maps lie
-        entry["box"] = box
+    box = tuple(float(v) for v in getattr(e, "box", FULL_BOX))
+    if box != FULL_BOX:  # a model that saw a crop: where on the image its maps lie
+        entry["box"] = list(box)
     if metrics is not None:
         entry["metrics"] = metrics
     if rec.meta is not None:

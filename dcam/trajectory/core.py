@@ -182,12 +182,12 @@ class Trajectory:
         absent). Returns the written paths."""
         from safetensors.torch import save_file
 
-        from ..explanation import _check_max_side
+        from ..explanation import SAVE_MAKES_ONE, _check_max_side
+        from ..output import check_existing_folder
         from .render import write_animations, write_sheet
 
         max_side = _check_max_side(max_side)
-        if not os.path.isdir(folder):  # safetensors' own error was a SafetensorError naming no argument
-            raise InputError(f"folder: {folder!r} is not an existing folder (Explanation.save makes one)")
+        check_existing_folder(folder, SAVE_MAKES_ONE)
         paths: Dict[str, Any] = {"tensors": os.path.join(folder, "trajectory.safetensors")}
         save_file(self.tensors(), paths["tensors"])
         paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)
