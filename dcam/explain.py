@@ -48,7 +48,7 @@ from .ops.backends import BACKENDS
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, check_probe_request, layout_key, probe_batch
 from .probe.hooks import exclusive
-from .probe.memory import chunk_for_budget, parse_size
+from .probe.memory import check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
 from .targets import check_granularity, repeat_ratio
 
@@ -135,6 +135,9 @@ class Explainer:
             raise InputError(f"config must be a dcam.CamConfig, got {type(self.config).__name__}")
         self.chunk_size = positive_int("chunk_size", chunk_size, allow_none=False)
         self.memory_budget = None if memory_budget is None else parse_size(memory_budget)
+        if self.memory_budget is not None:
+            # known before any input: refused here, before a run or an output folder is started
+            check_budget_holds_model(self.model, self.memory_budget)
         self.granularity = check_granularity(granularity)
         self.view = check_view(self.adapter, view)
         if backend not in BACKENDS:

@@ -107,6 +107,27 @@ def write_text_atomic(path: str, text: str) -> None:
         raise
 
 
+def missing_folders(path: str) -> List[str]:
+    """The folders of ``path`` (itself included) that do not exist yet, outermost first:
+    what a write that makes them must remove again when it fails."""
+    made: List[str] = []
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        made.insert(0, p)
+        p = os.path.dirname(p)
+    return made
+
+
+def remove_empty_folders(made: List[str]) -> None:
+    """Remove the folders of :func:`missing_folders`, innermost first, each only while it is
+    empty: never what someone else put there meanwhile."""
+    for d in reversed(made):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+
+
 class AtomicFolder:
     """``with AtomicFolder(target, overwrite) as tmp:`` write into ``tmp``; on
     success ``target`` holds exactly those files; on any exception (Ctrl-C
@@ -134,11 +155,7 @@ class AtomicFolder:
         parent = os.path.dirname(self.target)
         # the folders made for the target's parent, outermost first: removed again when the write
         # fails (a refused save left a/b/ behind of a/b/out)
-        self.made: List[str] = []
-        p = parent
-        while not os.path.exists(p) and os.path.dirname(p) != p:
-            self.made.insert(0, p)
-            p = os.path.dirname(p)
+        self.made = missing_folders(parent)
         try:
             os.makedirs(parent, exist_ok=True)
             self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.partial-", dir=parent)
@@ -149,11 +166,7 @@ class AtomicFolder:
         return self.tmp
 
     def _remove_made(self) -> None:
-        for d in reversed(self.made):
-            try:
-                os.rmdir(d)  # only while empty: never what someone else put there meanwhile
-            except OSError:
-                break
+        remove_empty_folders(self.made)
 
     def _fix_permissions(self) -> None:
         fmode, dmode = 0o666 & ~_umask(), 0o777 & ~_umask()

@@ -185,8 +185,14 @@ def test_memory_budget_picks_a_chunk_and_refuses_too_little(toy, samples):
     e = Explainer(model, proc, memory_budget="2GB").explain(s.image, response=s.caption)
     ref = Explainer(model, proc).explain(s.image, response=s.caption)
     torch.testing.assert_close(e.maps, ref.maps, atol=1e-5, rtol=0)
-    with pytest.raises(InputError, match="memory_budget"):
-        Explainer(model, proc, memory_budget="1KB").explain(s.image, response=s.caption)
+    # below the parameters' own bytes: refused when the explainer is made, before any input or output
+    weights = sum(p.numel() for p in model.parameters()) * 4  # float32
+    with pytest.raises(InputError, match=f"too small for this model: its parameters alone take {weights / 1e9:.3g} GB"):
+        Explainer(model, proc, memory_budget=weights - 1)
+    # room for the parameters, not the sequence: refused at the first input
+    ok = Explainer(model, proc, memory_budget=weights + 1)
+    with pytest.raises(InputError, match="memory_budget: .* too small for this model and sequence"):
+        ok.explain(s.image, response=s.caption)
     with pytest.raises(InputError, match="memory_budget must be a size"):
         Explainer(model, proc, memory_budget="lots")
 

@@ -349,6 +349,8 @@ def explainer_for(model, processor, args):
                          **({"family": family} if family else {}))
     except InputError as exc:
         text = str(exc)
+        if text.startswith("memory_budget"):  # keeps its type: dcam run tells a BudgetError apart
+            raise type(exc)(str(argument_error(exc, {"memory_budget": "--memory-budget"}))) from None
         option = ("--family" if family and text.startswith("family") else
                   "--cam" if text.startswith("config:") else
                   "--layer" if "layer" in text and args.layer is not None else

@@ -116,6 +116,16 @@ def head_cotangent_bytes(model, scored_rows: int) -> int:
     return 2 * int(scored_rows) * V * elem
 
 
+def check_budget_holds_model(model, budget: Union[int, str]) -> None:
+    """Refuse a budget that cannot hold the model's own parameters: what the
+    sequence adds is known only once an input is prepared."""
+    budget_bytes = parse_size(budget)
+    weights = model_bytes(model)
+    if budget_bytes < weights:
+        raise BudgetError(f"memory_budget: {budget_bytes / 1e9:.3g} GB ({budget_bytes} bytes) is too small for this "
+                          f"model: its parameters alone take {weights / 1e9:.3g} GB")
+
+
 def chunk_for_budget(model, seq_len: int, blocks_above: int, n_items: int, budget: Union[int, str],
                      rows: int = 1, scored_rows: int = 0) -> int:
     """The largest number of cotangents per backward that fits ``budget``
@@ -137,4 +147,4 @@ def chunk_for_budget(model, seq_len: int, blocks_above: int, n_items: int, budge
     return int(max(1, min(n_items, (budget_bytes - weights - graph) // per)))
 
 
-__all__ = ["BudgetError", "parse_size", "chunk_for_budget", "per_cotangent_bytes", "head_cotangent_bytes", "model_bytes"]
+__all__ = ["BudgetError", "check_budget_holds_model", "parse_size", "chunk_for_budget", "per_cotangent_bytes", "head_cotangent_bytes", "model_bytes"]

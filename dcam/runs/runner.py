@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import InputError, one_line
 from ..probe.memory import BudgetError
 from ..render.overlay import FULL_BOX
-from ..output import refuse_inputs_inside
+from ..output import missing_folders, refuse_inputs_inside, remove_empty_folders
 from .distributed import Dist
 from .folder import prepare, read_run_json, run_identity, versions
 from .finish import finish
@@ -230,13 +231,23 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         else:
             _check_same_overlays(root, opts.overlays)
         return prepare(root, identity, opts.overwrite, header)
+    made = missing_folders(root)
     lock = dist.on_rank0(start)
     try:
         done, _, _ = scan_index(root)
         old_parts = parts(root, INDEX_PARTS)
         dist.barrier()  # every rank has read the index before any rank writes to it
         log(f"{len(done)} of {len(source)} records already done; {dist.world} process(es)")
-        s = _work(explainer, source, root, opts, dist, done, old_parts)
+        try:
+            s = _work(explainer, source, root, opts, dist, done, old_parts)
+        except BudgetError:
+            # refused on the first batch of a folder this run made: nothing to resume, so nothing is left
+            # (one process only: other ranks may still be writing their parts)
+            if made and dist.world == 1 and not scan_index(root)[0]:
+                lock.release()
+                shutil.rmtree(root)
+                remove_empty_folders(made[:-1])
+            raise
         records, words, errors = dist.sum([s.records, s.words, s.errors])
         seconds, = dist.max([s.seconds])
         dist.barrier()
