@@ -48,12 +48,11 @@ def split_words(caption: str) -> List[str]:
 
 
 
-_ALNUM = re.compile(r"[^0-9a-z]+")
-
-
 def normalise_word(s: str) -> str:
-    """Letters and digits of a word or token, lower case (markers removed)."""
-    return _ALNUM.sub("", clean_token(s))
+    """Letters and digits of any script of a word or token (markers removed), compared
+    as :func:`phrase_key` compares them (a caption's "猫" or "Straße" was reduced to
+    nothing or "strae" when only ASCII letters were kept)."""
+    return phrase_key(clean_token(s))
 
 
 def align_words(words: Sequence[str], tokens: Sequence[str]) -> List[List[int]]:

@@ -1,9 +1,11 @@
 """From an explanation's items to the maps of a caption's words.
 
 An explanation has one map per item (a word, a word piece or a phrase); a
-data set scores the words of its caption. :func:`word_maps` aligns the two
-(:func:`dcam.words.align_words` on the response's tokens) and gives every
-caption word the mean of the maps of the items that cover its tokens. Maps
+data set scores the words of its caption. :func:`word_items` aligns the two
+(:func:`dcam.words.align_words` on the items' texts, which are read off the
+tokenizer's decoding: a token string is the tokenizer's internal spelling,
+"çĮ«" for "猫" in byte-level BPE) and :func:`word_maps` gives every caption
+word the mean of the maps of the items that cover it. Maps
 of a model that saw a crop of the image (``explanation.box``) are placed on
 the whole image first, so a word's map is scored where the model looked.
 """
@@ -36,6 +38,17 @@ def on_image(e, maps: Tensor) -> Tensor:
     return torch.stack([torch.from_numpy(map_on_image(m, (H, W), box)) for m in maps])
 
 
+def word_items(e, words: Sequence[str]) -> List[List[int]]:
+    """Indices of the explained items that cover each word of ``words``."""
+    return align_words(list(words), list(e.tokens))
+
+
+def word_slots(e, words: Sequence[str]) -> List[List[int]]:
+    """Response slots of each word of ``words`` (those of the items covering it)."""
+    slots = item_slots(e)
+    return [sorted({s for k in ks for s in slots[k]}) for ks in word_items(e, words)]
+
+
 def word_maps(e, words: Sequence[str], maps: Optional[Tensor] = None, placed: bool = True) -> Dict[int, Tensor]:
     """Map of every word of ``words`` the explanation covers (index -> ``[h, w]``):
     the mean of the maps of its items. ``maps``: other maps of the same items
@@ -43,16 +56,7 @@ def word_maps(e, words: Sequence[str], maps: Optional[Tensor] = None, placed: bo
     them (:func:`on_image`); False: on the token grid, as the model produced them."""
     maps = (e.maps if maps is None else maps).float()
     maps = on_image(e, maps) if placed else maps
-    where: Dict[int, int] = {}
-    for k, slots in enumerate(item_slots(e)):
-        for s in slots:
-            where.setdefault(s, k)
-    out = {}
-    for i, toks in enumerate(align_words(list(words), e.response_tokens)):
-        ks = sorted({where[j] for j in toks if j in where})
-        if ks:
-            out[i] = maps[ks].mean(dim=0)
-    return out
+    return {i: maps[ks].mean(dim=0) for i, ks in enumerate(word_items(e, words)) if ks}
 
 
-__all__ = ["word_maps", "item_slots", "on_image"]
+__all__ = ["word_maps", "word_items", "word_slots", "item_slots", "on_image"]

@@ -9,8 +9,9 @@ Per record (image, caption, per-word ground truth, see :mod:`dcam.eval.datasets`
 1. **Comparison.** Every method explains the caption (teacher-forced: the
    caption is the response) with one explainer pass per image; every method
    uses the same layer, probe mode and target score. Caption words are
-   aligned to response tokens (:func:`dcam.words.align_words`; a word split
-   into several tokens gets the mean of their maps). Object words are scored
+   aligned to the explained words (:func:`dcam.eval.alignment.word_maps`, on
+   the decoded text; a caption word several items cover gets the mean of
+   their maps). Object words are scored
    with Obj-IoU, contrast, concentration and F3 against their object's mask,
    function words with Func-IoU (:mod:`dcam.eval.metrics`).
 2. **Ablation** (``ablation=True``): Diffusion-CAM with every module off
@@ -39,8 +40,7 @@ from ..errors import InputError, one_line, positive_int
 from ..methods import get_method
 from ..ops.config import CamConfig
 from ..render.overlay import FULL_BOX
-from ..words import align_words
-from .alignment import word_maps
+from .alignment import word_maps, word_slots
 from .datasets import EvalDataset, EvalRecord, open_dataset
 from .faithfulness import faithfulness_report
 from .metrics import MetricAccumulator, summarize
@@ -220,7 +220,7 @@ class _Comparison:
         hooked = [exps[m] for m in self.methods if get_method(m).needs_gradients]
         self.used = {"layer": hooked[0].layer if hooked else None, "probe": e0.probe,
                      "target_score": self.target_score if hooked else None}
-        word_tokens = align_words(rec.words, e0.response_tokens)
+        word_tokens = word_slots(e0, rec.words)
         wmaps = {m: word_maps(e, rec.words) for m, e in exps.items()}
         for m in self.methods:
             self.scorer.add(m, rec, wmaps[m], "main")

@@ -2,8 +2,8 @@
 resolving which mask labels each word of the response names, and the paper's
 per-map metrics (:mod:`dcam.eval.metrics`) of the record's words.
 
-A word's map is the mean of the maps of the explained items that cover its
-tokens (:func:`dcam.words.align_words`), as in ``dcam eval``.
+A word's map is the mean of the maps of the explained items that cover it
+(:func:`dcam.eval.alignment.word_maps`), as in ``dcam eval``.
 """
 from __future__ import annotations
 
