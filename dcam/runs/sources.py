@@ -260,7 +260,11 @@ class FolderSource(RunSource):
         self.path = os.path.abspath(path)
         # a broken link (or any non-folder entry) with an image name is a record, whose read then fails
         # into errors.jsonl; it was skipped without a word
-        self.ids = sorted(f for f in os.listdir(self.path)
+        try:
+            names = os.listdir(self.path)
+        except OSError as exc:  # an unreadable folder
+            raise InputError(f"MANIFEST: cannot list the folder {path!r}: {exc.strerror or exc}") from None
+        self.ids = sorted(f for f in names
                           if f.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(os.path.join(self.path, f)))
         if not self.ids:
             raise InputError(f"MANIFEST: the folder {path!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
@@ -330,6 +334,8 @@ def open_source(spec: str, split: str = "test") -> RunSource:
             raise InputError(f"MANIFEST: {spec!r} is an image; give a JSONL manifest or a folder of images "
                              "(`dcam explain` takes single images)")
         return ManifestSource(spec)
+    if not os.path.isdir(spec):  # a device or a pipe (/dev/null) was listed as a folder: NotADirectoryError
+        raise InputError(f"MANIFEST: {spec!r} is neither a file nor a folder")
     from ..eval.datasets import detect_layout
 
     try:

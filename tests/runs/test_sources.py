@@ -81,6 +81,11 @@ def test_empty_manifest_and_missing_paths(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no image file"):
         open_source(str(tmp_path / "empty"))
+    # a device or a pipe was listed as a folder (NotADirectoryError traceback)
+    os.mkfifo(tmp_path / "pipe")
+    for spec in ("/dev/null", str(tmp_path / "pipe")):
+        with pytest.raises(InputError, match=f"^MANIFEST: '{spec}' is neither a file nor a folder$"):
+            open_source(spec)
 
 
 def test_folder_of_images(tmp_path):
