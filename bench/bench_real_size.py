@@ -267,6 +267,12 @@ def main(argv=None) -> int:
     for name in ("blocks", "image_tokens", "chunk", "sample_words"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    # the last block's image-token gradients are identically zero: a hook needs a block above it
+    if args.blocks < 2:
+        ap.error(f"--blocks must be >= 2 (the hooked block needs one above it), got {args.blocks}")
+    if args.layer is not None and not -args.blocks <= args.layer < args.blocks - 1 or args.layer == -1:
+        ap.error(f"--layer must name a block below the last of the {args.blocks} blocks (0..{args.blocks - 2}), "
+                 f"got {args.layer}")
     if any(t < 1 for t in args.words):
         ap.error(f"--words must be counts >= 1, got {args.words}")
     if args.threads:

@@ -3,6 +3,7 @@ encoded, inputs built, items selected, views resolved (used by
 :class:`dcam.explain.Explainer`)."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
@@ -73,6 +74,30 @@ class Example:
     _explainable: List[int] = field(default_factory=list)
 
 
+def _token_ids(response) -> List[int]:
+    """A response given as token ids: whole numbers only. ``int()`` read 5.9 as id 5, True as
+    id 1 and the bytes b"abc" as ids 97, 98, 99."""
+    if isinstance(response, (bytes, bytearray, memoryview)):
+        raise InputError(f"response must be text or a list of token ids, got {type(response).__name__} "
+                         "(decode it to text first)")
+    if isinstance(response, torch.Tensor) and response.dim() != 1:
+        raise InputError(f"response: token ids must be one row, got a tensor of shape {tuple(response.shape)}")
+    try:
+        items = list(response)
+    except TypeError:
+        raise InputError(f"response must be text or a list of token ids, got {type(response).__name__}") from None
+    ids = []
+    for k, v in enumerate(items):
+        try:
+            # (numpy's bool refuses operator.index itself)
+            if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+                raise TypeError
+            ids.append(operator.index(v))
+        except TypeError:
+            raise InputError(f"response: token ids must be whole numbers, got {v!r} at position {k}") from None
+    return ids
+
+
 class ExampleBuilder:
     """Builds :class:`Example` s with one explainer's adapter and the call's options."""
 
@@ -94,10 +119,7 @@ class ExampleBuilder:
         if isinstance(response, str):
             ids = a.encode_response(response)
         else:
-            try:
-                ids = [int(v) for v in response]
-            except (TypeError, ValueError):
-                raise InputError(f"response must be text or a list of token ids, got {type(response).__name__}")
+            ids = _token_ids(response)
             _check_ids_in_vocabulary(a, ids)
         return ids, (steps if steps is not None else int(a.default_steps)), \
             ("given" if steps is not None else "default"), []

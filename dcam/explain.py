@@ -18,8 +18,10 @@ Pipeline of :meth:`Explainer.explain_batch` (``explain`` is a batch of one):
    same sequence layout share one forward; one backward per chunk of
    cotangents serves every example of the batch; each chunk of gradients is
    reduced as soon as it exists (methods that can; Diffusion-CAM to its words'
-   channel weights, the maps then made in one product), so memory does not
-   grow with the number of words (``chunk_size``, or ``memory_budget``);
+   channel weights, the maps then made in one product), so the gradients
+   held do not grow with the number of words (``chunk_size``, or
+   ``memory_budget``), nor do the logits (scores are taken through the LM
+   head's input, and the forward's logits are let go before the backwards);
 4. turn them into maps with the chosen method (:mod:`dcam.methods`): the
    default ``"diffusion-cam"`` pools and refines with :mod:`dcam.ops`
    (``steps=S``, ``image_size`` = the image's height in pixels, the
@@ -48,7 +50,7 @@ from .ops.backends import BACKENDS
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, check_probe_request, layout_key, probe_batch
 from .probe.hooks import exclusive
-from .probe.memory import check_budget_holds_model, chunk_for_budget, parse_size
+from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
 from .targets import check_granularity, repeat_ratio
 
@@ -215,7 +217,7 @@ class Explainer:
         for i, ex in enumerate(examples):
             groups.setdefault(layout_key(ex.prep, self.adapter), []).append(i)
         for idx in groups.values():
-            for i, e in zip(idx, self._explain_group([examples[i] for i in idx], probe, target_score)):
+            for i, e in zip(idx, self._explain_layout([examples[i] for i in idx], idx, n, probe, target_score)):
                 results[i] = e
         return [results[i] for i in range(n)]
 
@@ -252,7 +254,9 @@ class Explainer:
         return probe, check_target_score(target_score or self.method.default_target_score)
 
     def _chunk_size(self, examples: List[Example], rows: int) -> int:
-        if self.memory_budget is None:
+        if self.memory_budget is None or not self.method.needs_gradients:
+            # (a method without gradients holds the model and one forward: the budget's check of the
+            # model when the explainer was made is all there is to it)
             return self.chunk_size
         above = len(self.adapter.blocks()) - 1 - self.layer
         # the batch's largest example: a one-word first response capped every other one's chunk at 1
@@ -260,7 +264,38 @@ class Explainer:
                                 max(len(ex.items) for ex in examples), self.memory_budget, rows=rows,
                                 scored_rows=max(ex.n_tokens for ex in examples) + 1)
 
-    def _explain_group(self, examples: List[Example], probe: str, target_score: str) -> List[Explanation]:
+    def _explain_layout(self, examples: List[Example], index: List[int], n: int, probe: str,
+                        target_score: str) -> List[Explanation]:
+        """Examples sharing one sequence layout (``index``: their places in a batch of ``n``),
+        in as few probes as the memory budget lets one forward hold."""
+        rows = len(examples) if probe != "remask" else 1
+        try:
+            chunk = self._chunk_size(examples, rows)
+        except BudgetError:
+            if len(examples) == 1:
+                raise
+            # each example fits alone (or says it does not): a batch too wide for the budget is halved,
+            # not refused as if its sequence did not fit
+            h = len(examples) // 2
+            return (self._explain_layout(examples[:h], index[:h], n, probe, target_score)
+                    + self._explain_layout(examples[h:], index[h:], n, probe, target_score))
+        try:
+            return self._explain_group(examples, probe, target_score, chunk)
+        except BudgetError:
+            raise
+        except InputError as exc:
+            if n == 1:
+                raise
+            if len(examples) == 1:
+                raise InputError(f"example {index[0]} of the batch (images[{index[0]}]): {exc}") from None
+        # refused inside the batched probe (a target score one example cannot take): which example
+        # it is about shows alone
+        for b, ex in enumerate(examples):
+            self._explain_layout([ex], [index[b]], n, probe, target_score)
+        raise AssertionError("a batch refused what each of its examples took alone")
+
+    def _explain_group(self, examples: List[Example], probe: str, target_score: str,
+                       chunk: int) -> List[Explanation]:
         """Examples sharing one sequence layout: one probe, maps reduced as gradients arrive."""
         m = self.method
         partial: List[Dict[str, list]] = [{} for _ in examples]
@@ -274,7 +309,7 @@ class Explainer:
         results = probe_batch(self.adapter, [ex.prep for ex in examples],
                               [Targets.of(ex.positions, ex.token_ids, ex.groups) for ex in examples], self.layer,
                               probe=probe, target_score=target_score,
-                              chunk_size=self._chunk_size(examples, len(examples) if probe != "remask" else 1),
+                              chunk_size=chunk,
                               want_grads=m.needs_gradients, want_last_hidden=m.needs_last_hidden,
                               grad_sink=sink if m.streams and m.needs_gradients else None)
         return [self._explanation(ex, res, partial[b], probe, target_score)

@@ -473,6 +473,30 @@ def test_response_ids_outside_the_vocabulary_are_refused(zoo, sample):
         assert str(info.value) == f"response: token id {bad} is not in the model's vocabulary (ids 0..{V - 1})"
 
 
+def test_response_ids_must_be_whole_numbers(zoo, sample):
+    # int() read 6.9 as id 6, True as id 1 and the bytes b"\x06\n" as ids 6 and 10, all explained
+    import numpy as np
+
+    exp = Explainer(*zoo)
+    refused = {"response: token ids must be whole numbers, got 6.9 at position 0": [6.9, 7],
+               "response: token ids must be whole numbers, got True at position 1": [6, True],
+               "response: token ids must be whole numbers, got np.float32(6.5) at position 0":
+                   np.array([6.5, 7], np.float32),
+               "response: token ids must be whole numbers, got tensor(True) at position 0": torch.tensor([True]),
+               "response must be text or a list of token ids, got bytes (decode it to text first)": b"\x06\n",
+               "response: token ids must be one row, got a tensor of shape (1, 2)": torch.tensor([[6, 7]]),
+               "response must be text or a list of token ids, got int": 6}
+    for message, response in refused.items():
+        with pytest.raises(InputError) as info:
+            exp.explain(sample.image, response=response)
+        assert str(info.value) == message
+    ids = [6, 7, 8]  # integers of any kind are ids
+    want = exp.explain(sample.image, response=ids).response_ids
+    for given in (np.array(ids), torch.tensor(ids), [np.int64(6), torch.tensor(7), 8]):
+        assert exp.explain(sample.image, response=given).response_ids == want
+    assert want[:3] == ids
+
+
 def test_a_single_view_model_reports_no_view_even_with_view_all(zoo, sample):
     # view="all" on a model without named views reported view "default" (run index lines too),
     # where the docs say None for a single-view model

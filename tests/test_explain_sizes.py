@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from dcam.errors import InputError
@@ -195,6 +196,55 @@ def test_memory_budget_picks_a_chunk_and_refuses_too_little(toy, samples):
         ok.explain(s.image, response=s.caption)
     with pytest.raises(InputError, match="memory_budget must be a size"):
         Explainer(model, proc, memory_budget="lots")
+    # TAM takes no gradient: its budget was refused by the gradients' estimate
+    tam = Explainer(model, proc, method="tam", memory_budget=weights + 1).explain(s.image, response=s.caption)
+    torch.testing.assert_close(tam.maps, Explainer(model, proc, method="tam").explain(s.image, response=s.caption).maps)
+
+
+def test_a_batch_too_wide_for_the_budget_is_split_not_refused(toy, samples):
+    # a budget every example fits alone refused the 3-row forward as "too small for this model and
+    # sequence"; it now takes the batch in parts that fit
+    from dcam.probe.memory import BudgetError, chunk_for_budget
+
+    model, proc = toy
+    exp = Explainer(model, proc)
+    caption = samples[0].caption
+    alone = [exp.explain(s.image, response=caption) for s in samples]
+    a = exp.adapter
+    prep = a.prepare(samples[0].image, None, a.encode_response(caption))
+    L, above, words = prep.input_ids.shape[1], len(a.blocks()) - 1 - exp.layer, len(alone[0])
+
+    def fits(budget, rows):
+        try:
+            return chunk_for_budget(model, L, above, words, budget, rows=rows, scored_rows=len(prep.response_ids) + 1)
+        except BudgetError:
+            return 0
+
+    budget = next(b for b in range(200_000, 50_000_000, 1000) if fits(b, 1))  # the least one example takes
+    with pytest.raises(BudgetError):  # the budget does not hold the three rows at once
+        chunk_for_budget(model, L, above, words, budget, rows=3, scored_rows=len(prep.response_ids) + 1)
+    got = Explainer(model, proc, memory_budget=budget).explain_batch([s.image for s in samples],
+                                                                     responses=[caption] * 3)
+    for e, want in zip(got, alone):
+        torch.testing.assert_close(e.maps, want.maps, atol=1e-5, rtol=0)
+        assert e.tokens == want.tokens
+
+
+def test_a_refusal_inside_the_batched_probe_names_the_example():
+    # the contrastive score needs a distractor outside the targets: example 1 explains every word, so
+    # it has none; the batched probe's refusal did not say which of the images it was about
+    from dcam.testing.standins import STANDINS
+
+    model, proc = STANDINS["diffusion-gemma"](seed=0)
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 72, 3), dtype=np.uint8))
+    exp = Explainer(model, proc)
+    r = "a red circle and a blue square"
+    exp.explain(im, response=r, targets=[0], target_score="contrastive")  # example 0 alone is fine
+    with pytest.raises(InputError) as alone:
+        exp.explain(im, response=r, target_score="contrastive")
+    with pytest.raises(InputError) as info:
+        exp.explain_batch([im, im], responses=[r, r], targets_per_image=[[0], "all"], target_score="contrastive")
+    assert str(info.value) == f"example 1 of the batch (images[1]): {alone.value}"
 
 
 def test_memory_budget_sizes_are_read_exactly_or_refused():

@@ -119,11 +119,16 @@ EXPLAIN_OPTIONS = {"targets": "--tokens", "steps": "--steps", "response": "--res
                    "memory_budget": "--memory-budget", "target_score": "--target-score"}
 
 
+def _request(args, background) -> dict:
+    """What one image's explanation is asked for, batched or not (the batch once left --prompt out)."""
+    return dict(targets=args.targets, probe=args.probe, target_score=args.target_score, steps=args.steps,
+                background=background)
+
+
 def _explain_one(exp, path: str, args, background):
     try:
-        return exp.explain(path, prompt=args.prompt, response=args.response, targets=args.targets,
-                           probe=args.probe, target_score=args.target_score, steps=args.steps,
-                           background=background, trajectory=args.trajectory)
+        return exp.explain(path, prompt=args.prompt, response=args.response, trajectory=args.trajectory,
+                           **_request(args, background))
     except InputError as exc:
         raise common.argument_error(exc, EXPLAIN_OPTIONS) from None
 
@@ -133,9 +138,8 @@ def _explain_some(exp, paths: List[str], args, background) -> List[Tuple[str, ob
     (batched forwards), image by image when the batch refuses something."""
     if len(paths) > 1 and not args.trajectory:
         try:
-            es = exp.explain_batch(paths, responses=[args.response] * len(paths),
-                                   targets=args.targets, probe=args.probe,
-                                   target_score=args.target_score, steps=args.steps, background=background)
+            es = exp.explain_batch(paths, prompts=[args.prompt] * len(paths), responses=[args.response] * len(paths),
+                                   **_request(args, background))
             return [(p, e, "") for p, e in zip(paths, es)]
         except InputError:
             pass  # find out which image it was, one at a time

@@ -300,6 +300,9 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
                     item_scores.append(torch.cat([s, s.new_zeros(K - s.shape[0])]))
                     weights.append(item_context_weights(logits[b, :n].detach()[:, tid].float().cpu(), t))
                 S = torch.stack(item_scores)  # [B, K]
+                # the logits (rows x vocabulary per example, 32 MB at 64 words with LLaDA's vocabulary) are
+                # not held through the backwards: scores taken through the head's input do not need them
+                del logits, tok, s
                 if want_grads:
                     def on_chunk(k0, k1, g):
                         for b, t in enumerate(targets):

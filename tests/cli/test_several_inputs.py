@@ -148,3 +148,23 @@ def test_subfolder_names_never_collide(cli, tiny_model_dir, shapes_png, tmp_path
     assert sorted(os.listdir(out)) == ["a", "a_2", "a_3", "images.json", "images.json_2"]
     listing = {x["folder"]: os.path.basename(x["image"]) for x in json.load(open(out / "images.json"))}
     assert listing == {"a": "a.png", "a_3": "a.jpg", "a_2": "a_2.png", "images.json_2": "images.json.png"}
+
+
+def test_several_images_use_the_prompt_as_one_does(cli, tiny_model_dir, shapes_png, tmp_path):
+    # the batched call left --prompt out: the images were explained on the default prompt (exit 0),
+    # unless another image failed and sent them one at a time
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.open(shapes_png).convert("RGB").save(folder / name)
+    prompt = "what is in this image"
+    rc, _, err = cli("explain", folder / "a.png", folder / "b.png", "--model", tiny_model_dir, "--prompt", prompt,
+                     "--tokens", "0", "--out", tmp_path / "two", "--quiet")
+    assert rc == 0, err
+    rc, _, err = cli("explain", folder / "a.png", "--model", tiny_model_dir, "--prompt", prompt,
+                     "--tokens", "0", "--out", tmp_path / "one", "--quiet")
+    assert rc == 0, err
+    one = _whole(tmp_path / "one")
+    for name in ("a", "b"):
+        meta = _whole(tmp_path / "two" / name)
+        assert meta["prompt"] == prompt and meta["response"] == one["response"]

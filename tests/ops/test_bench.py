@@ -108,12 +108,30 @@ def test_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
     assert "smoke run at toy sizes" in md and "## Operators" in md and "## Real-size explanation" in md
 
 
-def _load_gpu_check():
+def _load_bench(name):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(root, "bench", "gpu_check.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "bench", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_gpu_check():
+    return _load_bench("gpu_check")
+
+
+def test_real_size_bench_refuses_a_hook_without_a_block_above(capsys):
+    # --blocks 1 or --layer at the last block built the model, then ended in a LastLayerError traceback
+    main = _load_bench("bench_real_size").main
+    small = ["--hidden", "128", "--image-tokens", "48", "--words", "2"]
+    for extra, message in ((["--blocks", "1"], "--blocks must be >= 2 (the hooked block needs one above it), got 1"),
+                           (["--blocks", "2", "--layer", "1"], "--layer must name a block below the last of the 2 "
+                                                               "blocks (0..0), got 1"),
+                           (["--layer", "-1"], "--layer must name a block below the last of the 3 blocks (0..1), "
+                                               "got -1")):
+        with pytest.raises(SystemExit) as exc:
+            main(small + extra)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_gpu_check_test_step_timing_out_leaves_no_test_process_behind(monkeypatch):
