@@ -181,6 +181,13 @@ def setup(device: Optional[str]) -> Dist:
     device = device or "cpu"
     if world <= 1:
         return Dist(device=device)
+    # torchrun sets these; set by hand without them, the process group's ValueError was a traceback
+    if not 0 <= rank < world:
+        raise InputError(f"RANK={rank} in the environment is not below WORLD_SIZE={world} (launch with torchrun)")
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise InputError(f"WORLD_SIZE={world} in the environment but {' and '.join(missing)} not set: launch "
+                         "several processes with torchrun (or unset WORLD_SIZE)")
     import torch
     import torch.distributed as td
 

@@ -84,7 +84,7 @@ def finish(root: str, source, session: Dict[str, Any], identity: Dict[str, Any],
     """Merge, reduce and write ``run.json`` (status ``complete`` when every record of the source is done or failed)."""
     merge_index(root)
     done, words, totals = collect(root)
-    n_errors = merge_errors(root, done)
+    n_errors = merge_errors(root, done, set(source.ids))
     metrics = write_metrics(root, totals, identity["method"]) if totals.records else None
     secs = max(float(session["seconds"]), 1e-9)
     in_source = sum(1 for rid in source.ids if rid in done)

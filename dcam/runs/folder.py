@@ -162,6 +162,7 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     run, empty it for ``overwrite``, delete a killed process's debris and
     write ``run.json`` (status ``running``). Returns the held lock."""
     os.makedirs(root, exist_ok=True)
+    new_lock = not os.path.lexists(os.path.join(root, LOCK))
     lock = FolderLock(root)
     try:
         entries = [n for n in os.listdir(root) if n != LOCK]
@@ -185,8 +186,10 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
         write_json_atomic(os.path.join(root, RUN_JSON), dict(
             old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),
             identity=identity, started=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
-    except BaseException:
+    except BaseException as exc:
         lock.release()
+        if new_lock and isinstance(exc, InputError):  # a refused folder is left as it was found
+            os.unlink(os.path.join(root, LOCK))
         raise
     return lock
 

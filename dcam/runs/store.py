@@ -218,9 +218,13 @@ def read_errors(root: str, done: Optional[Set[str]] = None) -> Dict[str, dict]:
     return out
 
 
-def merge_errors(root: str, done: Set[str]) -> int:
-    """Rewrite ``errors.jsonl`` with the latest error of every record not done; returns their number."""
+def merge_errors(root: str, done: Set[str], ids: Optional[Set[str]] = None) -> int:
+    """Rewrite ``errors.jsonl`` with the latest error of every record not done (of ``ids``, the
+    source's records, when given: one taken out of an edited manifest has not failed); returns
+    their number."""
     errs = read_errors(root, done)
+    if ids is not None:
+        errs = {k: v for k, v in errs.items() if k in ids}
     write_bytes_atomic(os.path.join(root, ERRORS), b"".join(json_line(e) for e in errs.values()))
     for p in parts(root, ERROR_PARTS):
         os.unlink(p)

@@ -190,3 +190,28 @@ def test_default_argument_holders_finds_positional_and_keyword_only_defaults():
     assert default_argument_holders(held) == [prefix + "keyword_only", prefix + "positional"]
     assert default_argument_holders(other) == [prefix + "unrelated"]
     assert default_argument_holders(None) == []
+
+
+def test_a_world_size_set_by_hand_without_torchrun_is_refused(monkeypatch):
+    # WORLD_SIZE=2 without MASTER_ADDR/MASTER_PORT ended in the process group's ValueError traceback
+    from dcam.errors import InputError
+    from dcam.runs.distributed import setup
+
+    for k in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    try:
+        setup("cpu")
+    except InputError as exc:
+        assert str(exc) == ("WORLD_SIZE=2 in the environment but MASTER_ADDR and MASTER_PORT not set: launch several "
+                            "processes with torchrun (or unset WORLD_SIZE)")
+    else:
+        raise AssertionError("not refused")
+    monkeypatch.setenv("RANK", "5")
+    try:
+        setup("cpu")
+    except InputError as exc:
+        assert str(exc) == "RANK=5 in the environment is not below WORLD_SIZE=2 (launch with torchrun)"
+    else:
+        raise AssertionError("not refused")

@@ -159,6 +159,7 @@ def test_changed_config_is_refused_unless_overwrite(reference_run, run_manifest,
     (other / "notes.txt").write_text("mine")
     assert main(["run", run_manifest["path"], "--out", str(other), *RUN_ARGS]) == 2
     assert "holds no dcam run" in capsys.readouterr().err and (other / "notes.txt").exists()
+    assert os.listdir(other) == ["notes.txt"]  # left as found: the run's .lock was left behind in it
 
 
 def test_resume_with_overlays_added_is_refused(reference_run, run_manifest, tmp_path, capsys):
@@ -299,3 +300,22 @@ def test_run_records_pickle_for_worker_processes(reference_run):
         back = pickle.loads(pickle.dumps(r))
         assert back.id == r.id
         torch.testing.assert_close(back.maps, r.maps, rtol=0, atol=0)
+
+
+def test_records_taken_out_of_the_manifest_are_not_counted_as_failed(run_manifest, tmp_path, capsys):
+    # a resume of an edited manifest said "2 of 2 records explained; 1 failed" for an error of a
+    # record no longer in it, and errors.jsonl kept it (with its stale line number)
+    folder = run_manifest["folder"]
+    good = {"id": "s0", "image": os.path.join(folder, "img", "s0.png"), "response": run_manifest["good"]["s0"]["response"]}
+    bad = {"id": "gone", "image": os.path.join(folder, "img", "nowhere.png")}
+    manifest, out = tmp_path / "m.jsonl", str(tmp_path / "run")
+    manifest.write_text(json.dumps(bad) + "\n" + json.dumps(good) + "\n")
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    assert [e["id"] for e in _lines(os.path.join(out, "errors.jsonl"))] == ["gone"]
+    manifest.write_text(json.dumps(good) + "\n")  # the bad line taken out
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    assert "1 of 1 records explained" in capsys.readouterr().out
+    info = json.load(open(os.path.join(out, "run.json")))
+    assert info["status"] == "complete" and info["counts"]["errors"] == 0 and info["counts"]["done"] == 1
+    assert _lines(os.path.join(out, "errors.jsonl")) == []
