@@ -344,10 +344,13 @@ class Explainer:
             target_score=target_score, grid=tuple(ex.views[0].grid), repeat_ratio=repeat_ratio(ex.explainable_ids),
             scores=res.scores.cpu(), config=self.config, model_name=type(self.model).__name__,
             raw_maps=None if main.raw_maps is None else main.raw_maps.float().cpu(), notes=ex.notes,
-            # a model without named views has its one "default" view: no view to report (as documented)
-            granularity=ex.granularity, view=ex.views[0].name if ex.view_name and ex.views[0].name != "default"
-            else None, box=tuple(ex.views[0].box),
-            view_maps={k: o.maps.float().cpu() for k, o in outs.items()} if len(outs) > 1 else {},
+            # a model without named views has its one "default" view: no view to report (as documented); a
+            # multi-view image names the view explained, its default one included (reported None before)
+            granularity=ex.granularity, view=ex.views[0].name if ex.views[0].name != "default" else None,
+            box=tuple(ex.views[0].box),
+            # view="all" gives every view with tokens, also where only one has any (was {} then)
+            view_maps={k: o.maps.float().cpu() for k, o in outs.items()}
+            if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )
 

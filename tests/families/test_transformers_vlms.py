@@ -119,6 +119,13 @@ def test_an_image_too_elongated_for_a_highres_grid_is_explained_on_its_base_view
     torch.testing.assert_close(e.maps, base.maps, atol=0, rtol=0)
     every = exp.explain(img, response=RESPONSE, view="all")
     torch.testing.assert_close(every.maps, base.maps, atol=0, rtol=0)
+    # view="all" lists every view with tokens, also when only one has any (view_maps was {} here)
+    assert list(every.view_maps) == ["base"] and every.view == "base"
+    torch.testing.assert_close(every.view_maps["base"], base.maps, atol=0, rtol=0)
+    # an image with both views names the default one it explained (it was None)
+    wide = Image.new("RGB", (72, 40), (200, 40, 40))
+    d, h = exp.explain(wide, response=RESPONSE), exp.explain(wide, response=RESPONSE, view="highres")
+    assert d.view == h.view == "highres" and d.grid == h.grid
     with pytest.raises(InputError) as info:
         exp.explain(img, response=RESPONSE, view="highres")
     assert str(info.value) == ("view: the highres view of this 300x20 image has no tokens (its grid is 0x12); "
