@@ -162,7 +162,7 @@ Viewer.prototype.draw=function(){var r=this.record();if(!r||!this.canvas||!this.
  var x=this.canvas.getContext('2d'),img=x.createImageData(W,H),d=img.data;
  // the map covers r.box of the image (a model that sees a crop), zero outside: dcam.render.map_on_image
  var b=r.box||[0,0,1,1],X0=Math.round(b[0]*W),Y0=Math.round(b[1]*H);
- var X1=Math.min(Math.max(X0+1,Math.round(b[2]*W)),W),Y1=Math.min(Math.max(Y0+1,Math.round(b[3]*H)),H);
+ var X1=Math.max(X0+1,Math.round(b[2]*W)),Y1=Math.max(Y0+1,Math.round(b[3]*H));  // past the edges: a padded square
  var xs=new Array(X1-X0),ys=new Array(Y1-Y0);
  function axis(n,N,out){for(var i=0;i<N;i++){var s=Math.max((i+0.5)*n/N-0.5,0),i0=Math.min(Math.floor(s),n-1);
   out[i]=[i0,Math.min(i0+1,n-1),s-i0];}}

@@ -94,11 +94,13 @@ FULL_BOX = (0.0, 0.0, 1.0, 1.0)
 
 
 def box_pixels(box, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
-    """``(x0, y0, x1, y1)`` in pixels of a fractional box on an image of ``size`` (H, W)."""
+    """``(x0, y0, x1, y1)`` in pixels of a fractional box on an image of ``size`` (H, W),
+    at least one pixel wide; not clipped: a box past the image's edges (a map of the
+    image padded to a square) keeps its full size, and what lies on the image is
+    where it meets ``[0, W) x [0, H)``."""
     H, W = int(size[0]), int(size[1])
     x0, y0 = int(round(box[0] * W)), int(round(box[1] * H))
-    x1, y1 = max(x0 + 1, int(round(box[2] * W))), max(y0 + 1, int(round(box[3] * H)))
-    return x0, y0, min(x1, W), min(y1, H)
+    return x0, y0, max(x0 + 1, int(round(box[2] * W))), max(y0 + 1, int(round(box[3] * H)))
 
 
 def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX) -> np.ndarray:
@@ -108,8 +110,12 @@ def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX) -> np.ndar
     if tuple(box) == FULL_BOX:
         return upsample_map(cam, size)
     x0, y0, x1, y1 = box_pixels(box, size)
-    out = np.zeros((int(size[0]), int(size[1])), dtype=np.float32)
-    out[y0:y1, x0:x1] = upsample_map(cam, (y1 - y0, x1 - x0))
+    H, W = int(size[0]), int(size[1])
+    out = np.zeros((H, W), dtype=np.float32)
+    up = upsample_map(cam, (y1 - y0, x1 - x0))  # the whole box, then the part on the image
+    iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+    if iy1 > iy0 and ix1 > ix0:
+        out[iy0:iy1, ix0:ix1] = up[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
     return out
 
 

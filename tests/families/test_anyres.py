@@ -95,3 +95,36 @@ def test_lavida_pools_at_get_2dpools_stride_whatever_the_config_says(ratio, monk
     monkeypatch.setenv("NOT_ALWASY_DO_2DPOOL", "1")
     prep = a.prepare(img, None, [5])
     assert prep.views["base"].grid == (4, 4)
+
+
+def test_pad_aspect_pads_to_a_square_and_places_the_map_past_the_edges():
+    """image_aspect_ratio="pad" (LLaVA's release): the image centred on a square of its
+    longer side in the processor's mean colour. A 72 x 40 image sits at rows 16..56 of a
+    72 x 72 square, so the map's box on the image is y from -16/40 = -0.4 to 1.4. Before,
+    the image was stretched over the square and its map laid over the whole image."""
+    from dcam import Explainer
+    from dcam.render.overlay import map_on_image, upsample_map
+    from dcam.testing.llava_dmllm import tiny_llada_v
+
+    model, proc = tiny_llada_v(seed=0, layers=2, image_aspect_ratio="pad")
+    a = auto_adapter(model, proc)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 72, 3), dtype=np.uint8))
+    ip = proc.image_processor
+    square = Image.new("RGB", (72, 72), tuple(int(v * 255) for v in ip.image_mean))
+    square.paste(img, (0, 16))
+    want = ip(images=[square], return_tensors="pt")["pixel_values"]
+    prep = a.prepare(img, None, [5])
+    torch.testing.assert_close(prep.model_inputs["images"].float(), torch.as_tensor(want).float(), atol=0, rtol=0)
+    e = Explainer(model, proc).explain(img, response="the cat")
+    assert e.box == pytest.approx((0.0, -0.4, 1.0, 1.4))
+    tall = a.prepare(img.transpose(Image.Transpose.TRANSPOSE), None, [5])  # 40 x 72: columns -0.4..1.4
+    assert tall.view(None).box == pytest.approx((-0.4, 0.0, 1.4, 1.0))
+    # on the image: the square's map, rows 16..56
+    cam = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(map_on_image(cam, (40, 72), e.box), upsample_map(cam, (72, 72))[16:56])
+    # faithfulness perturbs the grid cell each pixel falls in: row r of the image is row r + 16 of the square
+    from dcam.eval.faithfulness import _cell_index
+
+    cells = _cell_index(40, 72, (4, 4), e.box)
+    want_cells = ((np.arange(40) + 16) * 4 // 72)[:, None] * 4 + (np.arange(72) * 4 // 72)[None, :]
+    np.testing.assert_array_equal(cells, want_cells)

@@ -97,7 +97,8 @@ class ImageView:
     """One view of the image in the token sequence (a base view, a stitched
     high-resolution grid, ...): the positions of its tokens in raster order
     over its ``grid`` and, for placing its map on the image, ``box`` = the part
-    of the image it covers as fractions ``(x0, y0, x1, y1)``."""
+    of the image it covers as fractions ``(x0, y0, x1, y1)`` (inside ``[0, 1]``
+    for a crop; past it where the model saw the image padded to a square)."""
 
     name: str
     positions: Tensor

@@ -32,6 +32,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ...errors import InputError
@@ -55,6 +56,30 @@ def backbone_of(model) -> Optional[str]:
         return "lavida_llada" if olmo_transformer(model) is not None else "llada_v"
     return None
 
+
+
+def expand_to_square(img: Image.Image, colour) -> Image.Image:
+    """``img`` centred on a square of its longer side filled with ``colour`` (LLaVA's
+    ``image_aspect_ratio="pad"``; the offset is rounded down, as the release does)."""
+    w, h = img.size
+    if w == h:
+        return img
+    out = Image.new(img.mode, (max(w, h), max(w, h)), colour)
+    out.paste(img, (0, (w - h) // 2) if w > h else ((h - w) // 2, 0))
+    return out
+
+
+def padded_square_box(image_wh) -> Tuple[float, float, float, float]:
+    """Where the map of :func:`expand_to_square`'s square lies on the image, as fractions
+    of the image ``(x0, y0, x1, y1)``: past its edges on the padded sides."""
+    w, h = int(image_wh[0]), int(image_wh[1])
+    if w > h:
+        y0 = -((w - h) // 2) / h
+        return 0.0, y0, 1.0, y0 + w / h
+    if h > w:
+        x0 = -((h - w) // 2) / w
+        return x0, 0.0, x0 + h / w, 1.0
+    return 0.0, 0.0, 1.0, 1.0
 
 class LlavaDMLLMAdapter(DMLLMAdapter):
     """See the module docstring. ``family`` is set per backbone."""
@@ -138,8 +163,13 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         cfg = self.model.config
         tile, _ = self._tower()
         aspect = config_get(cfg, "image_aspect_ratio", default="square") or "square"
-        images = anyres_tiles(img, config_get(cfg, "image_grid_pinpoints"), tile) if aspect.startswith("anyres") \
-            else [img.resize((tile, tile))]
+        if aspect.startswith("anyres"):
+            images = anyres_tiles(img, config_get(cfg, "image_grid_pinpoints"), tile)
+        elif aspect == "pad":  # the release pads to a square in the processor's mean colour, which resizes it
+            mean = tuple(int(v * 255) for v in getattr(self.image_processor, "image_mean", (0.5, 0.5, 0.5)))
+            images = [expand_to_square(img, mean)]
+        else:
+            images = [img.resize((tile, tile))]
         dtype = next(self.model.parameters()).dtype
         return stack_pixels(images, self.image_processor).to(dtype)
 
@@ -150,7 +180,9 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         if span.numel() not in (side * side, side * side + 1):  # one tile (+ one trailing newline with unpad)
             raise InputError(f"image span has {span.numel()} tokens; one {side}x{side} tile needs {side * side}")
         pos = span[:side * side].clone()
-        return pos, (side, side), {"base": ImageView("base", pos, (side, side))}
+        aspect = config_get(self.model.config, "image_aspect_ratio", default="square") or "square"
+        box = padded_square_box(image_wh) if aspect == "pad" else (0.0, 0.0, 1.0, 1.0)
+        return pos, (side, side), {"base": ImageView("base", pos, (side, side), box)}
 
     # ------------------------------------------------------------------ inputs
     def prompt_ids(self, prompt: Optional[str]) -> list:
