@@ -45,6 +45,9 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     """The absolute target folder, after checking it can be written (InputError naming ``option``)."""
     if not path:
         raise InputError(f"{option}: an empty path")
+    # (overwrite="no" is truthy: it replaced the folder whole)
+    if not isinstance(overwrite, bool):
+        raise InputError(f"overwrite must be True or False, got {overwrite!r}")
     target = os.path.abspath(path)
     if os.path.exists(target) and not os.path.isdir(target):
         raise InputError(f"{option}: {path!r} exists and is not a folder")

@@ -45,18 +45,22 @@ def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
     return m.clamp(0.0, 1.0).numpy()
 
 
-def colorize(cam: ArrayLike, colormap: str = "jet") -> np.ndarray:
-    """``[H, W]`` values in [0, 1] -> uint8 ``[H, W, 3]`` RGB through a matplotlib colormap."""
+def check_colormap(colormap):
+    """The matplotlib Colormap ``colormap`` names (or is), else an InputError naming it."""
     import matplotlib
 
     if isinstance(colormap, matplotlib.colors.Colormap):
-        cmap = colormap
-    else:
-        try:
-            cmap = matplotlib.colormaps[colormap]
-        except (KeyError, TypeError):  # matplotlib's KeyError lists near names over several lines
-            raise InputError(f"colormap: {colormap!r} is not a matplotlib colormap name (e.g. jet, viridis, "
-                             "inferno, turbo) or Colormap") from None
+        return colormap
+    try:
+        return matplotlib.colormaps[colormap]
+    except (KeyError, TypeError):  # matplotlib's KeyError lists near names over several lines
+        raise InputError(f"colormap: {colormap!r} is not a matplotlib colormap name (e.g. jet, viridis, "
+                         "inferno, turbo) or Colormap") from None
+
+
+def colorize(cam: ArrayLike, colormap: str = "jet") -> np.ndarray:
+    """``[H, W]`` values in [0, 1] -> uint8 ``[H, W, 3]`` RGB through a matplotlib colormap."""
+    cmap = check_colormap(colormap)
     m = np.clip(_to_numpy(cam), 0.0, 1.0)
     rgb = cmap(m)[..., :3]
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
@@ -168,5 +172,5 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
-__all__ = ["check_alpha", "map_on_image", "box_pixels", "FULL_BOX", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
+__all__ = ["check_alpha", "check_colormap", "map_on_image", "box_pixels", "FULL_BOX", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
            "DISPLAY_MAX_SIDE"]

@@ -26,6 +26,7 @@ from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
 from ..probe.gradients import Targets, item_context_weights
 from ..probe.modes import check_probe_request
+from ..targets import check_granularity
 from ..words import clean_token
 from ..render.overlay import DISPLAY_MAX_SIDE
 from .numbers import per_word_numbers
@@ -184,20 +185,31 @@ class Trajectory:
 
         from ..explanation import SAVE_MAKES_ONE, _check_max_side
         from ..output import check_existing_folder
+        from ..render.overlay import check_alpha, check_colormap
         from .render import write_animations, write_sheet
 
+        # every argument and the meta.json it adds to are checked before the first file is written
         max_side = _check_max_side(max_side)
+        check_alpha(alpha)
+        check_colormap(colormap)
         check_existing_folder(folder, SAVE_MAKES_ONE)
-        paths: Dict[str, Any] = {"tensors": os.path.join(folder, "trajectory.safetensors")}
+        paths: Dict[str, Any] = {"meta": os.path.join(folder, "meta.json")}
+        meta: Optional[Dict[str, Any]] = None
+        if os.path.exists(paths["meta"]):
+            try:
+                with open(paths["meta"]) as f:
+                    meta = json.load(f)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise InputError(f"folder: cannot read {paths['meta']!r} to add the trajectory to it "
+                                 f"({type(exc).__name__}: {exc})") from None
+            if not isinstance(meta, dict):
+                raise InputError(f"folder: {paths['meta']!r} holds a JSON {type(meta).__name__}, not an "
+                                 "explanation's meta.json object")
+        paths["tensors"] = os.path.join(folder, "trajectory.safetensors")
         save_file(self.tensors(), paths["tensors"])
         paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)
         paths["sheet"] = write_sheet(self, os.path.join(folder, "trajectory_sheet.png"), alpha, colormap)
-        paths["meta"] = os.path.join(folder, "meta.json")
-        meta: Dict[str, Any] = {}
-        if os.path.exists(paths["meta"]):
-            with open(paths["meta"]) as f:
-                meta = json.load(f)
-        else:
+        if meta is None:
             meta = dict(response=self.response, response_ids=self.response_ids, prompt=self.prompt,
                         model=self.model_name, grid=list(self.grid), image_size=list(self.image.size))
         meta["trajectory"] = self.meta()
@@ -290,10 +302,14 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
     chunk = None if chunk_size is None else positive_int("chunk_size", chunk_size, allow_none=False)
     if targets is None:
         raise InputError("targets must be 'all', word numbers or words, got None")
-    view = explainer.view if view is None else view
-    if view == "all":  # refused before the generation runs, not after it
+    from ..explain import check_view  # (explain imports this module)
+
+    # refused before the generation runs, not after it
+    view = explainer.view if view is None else check_view(a, view)
+    if view == "all":
         raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
                          "pick a view")
+    granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
     gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
     if gen.states is None or gen.decided_at is None:
@@ -302,8 +318,8 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
     S = int(gen.steps)
     if steps is not None and S < steps:
         notes.append(f"steps: {steps} requested, the sampler used {S} (it commits at least one token per step)")
-    ex = ExampleBuilder(explainer, S, response_length, background, granularity or explainer.granularity,
-                        view)(img, prompt, gen.response_ids, targets)
+    ex = ExampleBuilder(explainer, S, response_length, background, granularity, view)(img, prompt,
+                                                                                    gen.response_ids, targets)
     prep, resp_ids = ex.prep, ex.response_ids
     if tuple(gen.states.shape) != (S, prep.response_length) or gen.decided_at.shape[0] != prep.response_length:
         raise RuntimeError(f"the {a.name} adapter recorded states {tuple(gen.states.shape)} and decided_at "

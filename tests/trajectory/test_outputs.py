@@ -76,6 +76,35 @@ def test_save_refuses_a_filled_folder(traj, tmp_path):
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
+def test_save_refuses_an_overwrite_that_is_not_a_bool(traj, tmp_path):
+    # overwrite="no" is truthy: the folder was replaced whole
+    out = tmp_path / "t"
+    traj.save(str(out))
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(InputError, match=r"^overwrite must be True or False, got 'no'$"):
+        traj.save(str(out), overwrite="no")
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("kw, match", [({"colormap": "nope"}, "colormap: 'nope' is not a matplotlib colormap"),
+                                       ({"alpha": 2.0}, "alpha must be a number in"),
+                                       ({"alpha": float("nan")}, "alpha must be a number in")])
+def test_write_files_refuses_before_writing_anything(traj, tmp_path, kw, match):
+    # trajectory.safetensors and trajectory/ were written before the refusal
+    with pytest.raises(InputError, match=match):
+        traj.write_files(str(tmp_path), **kw)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("text, match", [("[]", "holds a JSON list, not an explanation's meta.json object"),
+                                         ("{not json", "cannot read .* \\(JSONDecodeError: ")])
+def test_write_files_refuses_a_meta_json_it_cannot_add_to(traj, tmp_path, text, match):
+    (tmp_path / "meta.json").write_text(text)
+    with pytest.raises(InputError, match=f"^folder: .*{match}"):
+        traj.write_files(str(tmp_path))
+    assert os.listdir(tmp_path) == ["meta.json"] and (tmp_path / "meta.json").read_text() == text
+
+
 def test_frames_and_sheet_keep_to_their_size_limits(traj, tmp_path):
     # a 4000 x 100 image's GIF frames were 8000 pixels wide (2x up) whatever --max-side said, and the
     # sheet of 400 words was 4,860 wide against its 4,096 limit
@@ -154,4 +183,18 @@ def test_explain_with_a_trajectory_checks_its_options_before_generating(tiny_exp
             tiny_explainer.explain(image, trajectory=True, **kw)
     finally:
         del adapter.generate  # the class's method again
+    assert calls == []
+
+
+@pytest.mark.parametrize("kw, match", [({"view": "bogus"}, "view: this model's images have no view 'bogus'"),
+                                       ({"granularity": "chars"}, "granularity must be one of")])
+def test_explain_trajectory_checks_view_and_granularity_before_generating(kw, match, image):
+    # explain_trajectory itself (not through explain(trajectory=True)) ran the whole generation first
+    from dcam.testing.llava_dmllm import tiny_lavida
+
+    exp = Explainer(*tiny_lavida(seed=0, layers=2))  # a diffusion model with named views
+    calls = []
+    exp.adapter.generate = lambda *a, **k: calls.append(1)
+    with pytest.raises(InputError, match=match):
+        explain_trajectory(exp, image, **kw)
     assert calls == []
