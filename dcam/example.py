@@ -112,9 +112,9 @@ class ExampleBuilder:
         if response is None:
             gen = a.generate(prep0, steps, self.response_length)
             notes = []
-            if steps is not None and gen.steps < steps:
-                notes.append(f"steps: {steps} requested, the sampler used {gen.steps} (it commits at least one "
-                             f"token per step)")
+            note = a.steps_note(steps, len(gen.response_ids), int(gen.steps)) if steps is not None else None
+            if note:  # fewer (or more) steps than asked, and why
+                notes.append(note)
             return gen.response_ids, int(gen.steps), "generation", notes
         if isinstance(response, str):
             ids = a.encode_response(response)

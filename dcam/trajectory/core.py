@@ -316,8 +316,9 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")
     S = int(gen.steps)
-    if steps is not None and S < steps:
-        notes.append(f"steps: {steps} requested, the sampler used {S} (it commits at least one token per step)")
+    note = a.steps_note(steps, len(gen.response_ids), S) if steps is not None else None
+    if note:
+        notes.append(note)
     ex = ExampleBuilder(explainer, S, response_length, background, granularity, view)(img, prompt,
                                                                                     gen.response_ids, targets)
     prep, resp_ids = ex.prep, ex.response_ids

@@ -77,3 +77,17 @@ def test_trajectory_follows_the_view_asked_for(models, landscape, monkeypatch):
         exp.explain(landscape, trajectory=True, view="all")
     with pytest.raises(InputError, match=r"^trajectory must be True or False, got 'no'$"):
         exp.explain(landscape, trajectory="no")
+
+
+def test_steps_the_block_sampler_changed_are_noted_with_the_reason(models, landscape):
+    # block_length=2 over 8 slots: 4 blocks, each taking the same number of steps (at least one), so
+    # steps=1 became 4 with no note and steps=6 became 4 "as a step commits at least one token"
+    model, proc = models("lumina-dimoo")
+    exp = Explainer(model, proc, block_length=2)
+    for asked in (1, 6):
+        want = (f"steps: {asked} requested, the sampler used 4 (4 blocks of 2 slots take the same number of "
+                "steps each, at least one: 4 in all)")
+        tr = explain_trajectory(exp, landscape, steps=asked, response_length=8)
+        assert tr.steps == 4 and want in tr.notes
+        e = exp.explain(landscape, steps=asked, response_length=8)
+        assert e.steps == 4 and want in e.notes

@@ -339,6 +339,14 @@ class ModelAdapter:
         """Generate a response with the model's own sampler (see :class:`Generation`)."""
         raise NotImplementedError
 
+    def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
+        """The note an explanation carries when a generation of ``length`` slots asked for
+        ``steps`` denoising steps used ``used`` (None when it used them)."""
+        if used == steps:
+            return None
+        why = " (it commits at least one token per step)" if used < steps else ""
+        return f"steps: {steps} requested, the sampler used {used}{why}"
+
     def logit_positions(self, positions: Tensor) -> Tensor:
         """Where the logits that predict the tokens at ``positions`` are read
         (``positions - logit_shift``)."""

@@ -137,6 +137,24 @@ class DMLLMAdapter(ModelAdapter):
         n_blocks = length // block
         return max(S - S % n_blocks, n_blocks), block
 
+    def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
+        """Why a generation of ``length`` slots asked for ``steps`` used ``used`` (None when it
+        used them): each of the sampler's blocks takes the same number of steps, and a step
+        commits at least one token."""
+        if used == steps:
+            return None
+        S, block = self.steps_and_blocks(steps, length)
+        why = []
+        if self.block_length and block != self.block_length:
+            why.append(f"the block length {self.block_length} does not divide the {length} response slots, so "
+                       "they are one block")
+        if S != steps:
+            n = length // block
+            why.append(f"{n} blocks of {block} slots take the same number of steps each, at least one: {S} in all")
+        if used < S:
+            why.append("it commits at least one token per step")
+        return f"steps: {steps} requested, the sampler used {used} ({'; '.join(why)})"
+
 
 def changed_steps(history: Sequence[Tensor]) -> int:
     """Steps of a recorded sampler history that changed the canvas (a step
