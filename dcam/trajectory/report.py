@@ -34,6 +34,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError, one_line
+
 KINDS = ("first step", "decision step", "final")
 
 
@@ -226,13 +228,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.n < 0 or (args.n == 0 and not args.picture):
         p.error("--n must be >= 1 (0 only with --picture)")
+    for name in ("threads", "picture_sample"):
+        low = 1 if name == "threads" else 0
+        if getattr(args, name) < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    try:
+        return _report(args)
+    except InputError as exc:  # one line, as dcam's commands (--layer 99, a --picture-word not in the response)
+        option = "--picture-word" if str(exc).startswith("word") else "--layer" if "layer" in str(exc) else None
+        text = one_line(str(exc))
+        print(f"{p.prog}: error: {option + ': ' if option and not text.startswith('--') else ''}{text}",
+              file=sys.stderr)
+        return 2
+
+
+def _report(args) -> int:
+    from ..output import check_existing_folder, check_output_file, write_text_atomic
+
+    # the outputs are checked before minutes of measuring, not after
+    check_output_file(args.json, "--json")
+    if args.picture:
+        try:
+            check_existing_folder(args.picture)
+        except InputError:
+            raise InputError(f"--picture: {args.picture!r} is not an existing folder") from None
     torch.set_num_threads(args.threads)
     rep = measure(args.n, layer=args.layer) if args.n else None
     if rep is not None:
         print(format_report(rep))
     if args.json and rep is not None:
-        with open(args.json, "w") as f:
-            json.dump(rep, f, indent=2)
+        write_text_atomic(args.json, json.dumps(rep, indent=2))
     if args.picture:
         print(f"picture: {write_picture(args.picture, sample=args.picture_sample, word=args.picture_word)}")
     return 0
