@@ -226,3 +226,30 @@ def test_no_word_of_the_stand_in_vocabulary_is_an_end_of_sequence_id(name, model
     assert not words & set(a.skip_ids())
     e = Explainer(model, proc).explain(landscape, response="a dog on the table")
     assert e.tokens == ["a", "dog", "on", "the", "table"]
+
+
+def test_llava_maps_lie_in_the_centre_crop_its_processor_keeps(models):
+    """LLaVA-1.5's CLIP processor resizes the shortest edge to 32 and keeps the centre
+    32 x 32: a 72 x 40 image becomes 57 x 32 (int(32 * 72 / 40)), cropped at x = 12
+    ((57 - 32) // 2), so the model sees x from 12/57 to 44/57 of the image. The box was
+    the whole image, and every map of a non-square image was stretched over it."""
+    import numpy as np
+    from PIL import Image
+
+    model, proc = models("llava")
+    a = auto_adapter(model, proc)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 72, 3), dtype=np.uint8)
+    prep = a.prepare(Image.fromarray(pixels), None, a.encode_response(RESPONSE))
+    assert prep.view(None).box == pytest.approx((12 / 57, 0.0, 44 / 57, 1.0))
+    # what lies outside the box does not reach the model; what lies inside does
+    outside, inside = pixels.copy(), pixels.copy()
+    outside[:, :10], outside[:, 62:] = 0, 255
+    inside[:, 30:40] = 0
+    for changed, same in ((outside, True), (inside, False)):
+        p = a.prepare(Image.fromarray(changed), None, a.encode_response(RESPONSE))
+        assert torch.equal(p.model_inputs["pixel_values"], prep.model_inputs["pixel_values"]) == same
+    e = Explainer(model, proc).explain(Image.fromarray(pixels), response=RESPONSE)
+    assert e.box == pytest.approx((12 / 57, 0.0, 44 / 57, 1.0)) and e.view is None and e.view_maps == {}
+    square = a.prepare(Image.fromarray(pixels[:, :40]), None, a.encode_response(RESPONSE))
+    assert square.view(None).box == (0.0, 0.0, 1.0, 1.0)

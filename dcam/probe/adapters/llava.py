@@ -193,7 +193,44 @@ class LlavaAdapter(HFVisionLanguageAdapter):
 
     def locate_views(self, prompt_ids, enc, img):
         grid = self.grid
-        return self.locate(prompt_ids, grid), grid, {}
+        pos = self.locate(prompt_ids, grid)
+        box = center_crop_box(getattr(self.processor, "image_processor", None), img.size)
+        # the one view, named "default" (no view to report), knows where on the image the model looked
+        return pos, grid, ({} if box == (0.0, 0.0, 1.0, 1.0) else {"default": ImageView("default", pos, grid, box)})
+
+
+def _size_get(size, key):
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def center_crop_box(image_processor, image_wh) -> Tuple[float, float, float, float]:
+    """The part of an image of ``image_wh`` a CLIP-style processor keeps, as fractions
+    ``(x0, y0, x1, y1)``: the shortest edge resized (``size["shortest_edge"]``, the long
+    one rounded down as transformers does), then a centre crop of ``crop_size`` (its
+    offset rounded down). LLaVA-1.5 sees the middle square of a wide image, not all of it."""
+    if image_processor is None or not getattr(image_processor, "do_center_crop", False):
+        return 0.0, 0.0, 1.0, 1.0
+    crop = getattr(image_processor, "crop_size", None)
+    ch, cw = _size_get(crop, "height"), _size_get(crop, "width")
+    if not ch or not cw:
+        return 0.0, 0.0, 1.0, 1.0
+    w, h = int(image_wh[0]), int(image_wh[1])
+    size = getattr(image_processor, "size", None)
+    short = _size_get(size, "shortest_edge") if getattr(image_processor, "do_resize", False) else None
+    sh, sw = _size_get(size, "height"), _size_get(size, "width")
+    if short:
+        if w <= h:
+            nw, nh = int(short), int(int(short) * h / w)
+        else:
+            nh, nw = int(short), int(int(short) * w / h)
+    elif getattr(image_processor, "do_resize", False) and sh and sw:
+        nh, nw = int(sh), int(sw)
+    else:
+        nh, nw = h, w
+    top, left = (nh - int(ch)) // 2, (nw - int(cw)) // 2
+    return left / nw, top / nh, (left + int(cw)) / nw, (top + int(ch)) / nh
 
 
 class LlavaNextAdapter(HFVisionLanguageAdapter):
