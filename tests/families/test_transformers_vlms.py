@@ -253,3 +253,24 @@ def test_llava_maps_lie_in_the_centre_crop_its_processor_keeps(models):
     assert e.box == pytest.approx((12 / 57, 0.0, 44 / 57, 1.0)) and e.view is None and e.view_maps == {}
     square = a.prepare(Image.fromarray(pixels[:, :40]), None, a.encode_response(RESPONSE))
     assert square.view(None).box == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_what_the_processor_or_the_model_would_refuse_is_refused_in_one_line(models, landscape):
+    # each was a ValueError traceback from transformers (exit 1 in the CLI, losing a batch's other images)
+    from PIL import Image
+
+    from dcam.errors import InputError
+
+    exp = Explainer(*models("qwen-vl"))
+    for kw, line in (({"image": Image.new("RGB", (600, 2))},
+                      "image: the processor refused the 600x2 image (absolute aspect ratio must be smaller than 200, "
+                      "got 300.0)"),
+                     ({"response": "a <|image_pad|> red"},
+                      f"response: holds the image placeholder token '<|image_pad|>' (id "
+                      f"{exp.model.config.image_token_id}), which the model fills with image features"),
+                     ({"prompt": "<|video_pad|> describe"},
+                      "prompt: holds the video marker '<|video_pad|>'; dcam explains one image, not videos")):
+        args = dict({"image": landscape, "response": "a red"}, **kw)
+        with pytest.raises(InputError) as info:
+            exp.explain(args.pop("image"), **args)
+        assert str(info.value) == line

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...errors import InputError
+from ...errors import InputError, one_line
 from .anyres import anyres_layout, anyres_views, max_tiles_of
 from .base import Generation, ImageView, ModelAdapter, Prepared, _ids_set, config_get, load_image, \
     locate_image_positions, relative_depth_layer
@@ -121,16 +121,34 @@ class HFVisionLanguageAdapter(ModelAdapter):
         if n > 1:
             raise InputError(f"prompt: exactly one image marker ({' or '.join(sorted(marks))}) is supported, "
                              f"got {n}")
+        video = getattr(self.processor, "video_token", None)
+        if video and video in text:  # (the processor's "Found 1 <video> tokens but no videos were passed")
+            raise InputError(f"prompt: holds the video marker {video!r}; dcam explains one image, not videos")
+
+    def placeholder_ids(self) -> set:
+        """Ids the processor expands into an image's (or a video's) features: never part of a response."""
+        return (_ids_set(config_get(self.model.config, "image_token_id", "image_token_index")) |
+                _ids_set(config_get(self.model.config, "video_token_id", "video_token_index")))
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         img = load_image(image)
         text = self.prompt_text(prompt)
         self.check_one_image_marker(text)
-        enc = self.encode(img, text)
+        resp = [] if response_ids is None else [int(v) for v in response_ids]
+        held = sorted(set(resp) & self.placeholder_ids())
+        if held:  # the model would count one image token too many ("features and image tokens do not match")
+            raise InputError(f"response: holds the image placeholder token {self.token_strings(held[:1])[0]!r} "
+                             f"(id {held[0]}), which the model fills with image features")
+        try:
+            enc = self.encode(img, text)
+        except InputError:
+            raise
+        except ValueError as exc:  # e.g. Qwen's "absolute aspect ratio must be smaller than 200"
+            w, h = img.size
+            raise InputError(f"image: the processor refused the {w}x{h} image ({one_line(str(exc))})") from None
         ids = torch.as_tensor(enc.pop("input_ids"))[:1].long()
         enc.pop("attention_mask", None)
         Lp = ids.shape[1]
-        resp = [] if response_ids is None else [int(v) for v in response_ids]
         if resp:
             ids = torch.cat([ids, torch.tensor([resp], dtype=torch.long)], 1)
         pos, grid, views = self.locate_views(ids[:, :Lp], enc, img)
@@ -149,8 +167,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         L = prep.response_start
         inputs = {k: (v[:, :L] if k in PER_TOKEN_INPUTS else v) for k, v in prep.model_inputs.items()}
         # a placeholder id in the response would make the model's next forward count one image token too many
-        banned = sorted(_ids_set(config_get(self.model.config, "image_token_id", "image_token_index")) |
-                        _ids_set(config_get(self.model.config, "video_token_id", "video_token_index")))
+        banned = sorted(self.placeholder_ids())
         with torch.no_grad():
             out = self.model.generate(input_ids=prep.input_ids[:, :L], **inputs, max_new_tokens=Lr, do_sample=False,
                                       suppress_tokens=banned or None)
