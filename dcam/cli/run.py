@@ -102,13 +102,6 @@ def run(args) -> int:
               file=sys.stderr)
         return 130
     except InputError as exc:
-        from ..probe.memory import BudgetError  # (here: dcam --help imports no torch)
-
-        if isinstance(exc, BudgetError):
-            # a folder this run made is removed again (nothing to resume); what an earlier session wrote resumes
-            then = (f"rerun with a larger one to resume {args.out}" if os.path.exists(args.out)
-                    else "nothing was written")
-            exc = InputError(f"{common.argument_error(exc, {'memory_budget': '--memory-budget'})}; {then}")
         if rank != "0":  # the same error is printed by rank 0
             raise InputError(f"rank {rank}: {one_line(str(exc))}") from None
         raise exc from None

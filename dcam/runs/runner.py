@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError, one_line
-from ..probe.memory import BudgetError
 from ..render.overlay import FULL_BOX
-from ..output import missing_folders, refuse_inputs_inside, remove_empty_folders
+from ..output import refuse_inputs_inside
 from .distributed import Dist
 from .folder import prepare, read_run_json, run_identity, versions
 from .finish import finish
@@ -116,8 +114,6 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
             try:
                 out.append((r, explainer.explain(r.image, r.prompt or opts.prompt, targets=r.targets,
                                                  trajectory=True, **kw), None))
-            except BudgetError:
-                raise  # the run's --memory-budget, not this record: it would fail every record alike
             except InputError as exc:
                 out.append((r, None, one_line(str(exc))))
         return out
@@ -128,9 +124,9 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
         es = explainer.explain_batch([r.image for r in recs], [r.prompt or opts.prompt for r in recs],
                                      [r.response for r in recs], **kw)
         return [(r, e, None) for r, e in zip(recs, es)]
-    except BudgetError:
-        raise
     except InputError as exc:
+        # (a record whose sequence does not fit --memory-budget is one record's failure: records differ in
+        # prompt, response and image size; a budget short of the model itself stops the run at its start)
         if len(recs) == 1:
             return [(recs[0], None, one_line(str(exc)))]
     return [out for r in recs for out in explain_records(explainer, [r], opts)]
@@ -231,23 +227,13 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         else:
             _check_same_overlays(root, opts.overlays)
         return prepare(root, identity, opts.overwrite, header)
-    made = missing_folders(root)
     lock = dist.on_rank0(start)
     try:
         done, _, _ = scan_index(root)
         old_parts = parts(root, INDEX_PARTS)
         dist.barrier()  # every rank has read the index before any rank writes to it
         log(f"{len(done)} of {len(source)} records already done; {dist.world} process(es)")
-        try:
-            s = _work(explainer, source, root, opts, dist, done, old_parts)
-        except BudgetError:
-            # refused on the first batch of a folder this run made: nothing to resume, so nothing is left
-            # (one process only: other ranks may still be writing their parts)
-            if made and dist.world == 1 and not scan_index(root)[0]:
-                lock.release()
-                shutil.rmtree(root)
-                remove_empty_folders(made[:-1])
-            raise
+        s = _work(explainer, source, root, opts, dist, done, old_parts)
         records, words, errors = dist.sum([s.records, s.words, s.errors])
         seconds, = dist.max([s.seconds])
         dist.barrier()
