@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
 from ..probe.gradients import Targets, item_context_weights
+from ..probe.hooks import explaining
 from ..probe.modes import check_probe_request
 from ..targets import check_granularity
 from ..words import clean_token
@@ -205,6 +206,12 @@ class Trajectory:
             if not isinstance(meta, dict):
                 raise InputError(f"folder: {paths['meta']!r} holds a JSON {type(meta).__name__}, not an "
                                  "explanation's meta.json object")
+        for name, folder_wanted in (("trajectory.safetensors", False), ("trajectory", True),
+                                    ("trajectory_sheet.png", False)):
+            p = os.path.join(folder, name)
+            if os.path.lexists(p) and os.path.isdir(p) != folder_wanted:  # (FileExistsError half-way through)
+                raise InputError(f"folder: {p!r} is {'a folder' if os.path.isdir(p) else 'a file'}, where the "
+                                 f"trajectory writes its {'frames folder' if folder_wanted else 'file'}")
         paths["tensors"] = os.path.join(folder, "trajectory.safetensors")
         save_file(self.tensors(), paths["tensors"])
         paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)
@@ -291,11 +298,21 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
     granularity: ``"words"`` / ``"tokens"`` (None: the explainer's).
     view: the image view to map (None: the explainer's).
     """
+    check_trajectory_request(explainer)
+    # the generation's forwards too run under the model's lock: another thread's explanation on the same
+    # model saw them pass its hooks ("the hooked block ran 2 times in one forward")
+    with explaining(explainer.model):
+        return _traced(explainer, image, prompt, steps, response_length, targets, background, chunk_size,
+                       granularity, view)
+
+
+def _traced(explainer, image, prompt, steps, response_length, targets, background, chunk_size, granularity,
+            view) -> Trajectory:
+    """:func:`explain_trajectory` under the model's lock."""
     from ..example import ExampleBuilder
     from ..errors import positive_int
     from ..targets import repeat_ratio
 
-    check_trajectory_request(explainer)
     a = explainer.adapter
     steps = positive_int("steps", steps)
     response_length = positive_int("response_length", response_length)

@@ -96,6 +96,16 @@ def test_write_files_refuses_before_writing_anything(traj, tmp_path, kw, match):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("name, make", [("trajectory", "file"), ("trajectory_sheet.png", "folder"),
+                                        ("trajectory.safetensors", "folder")])
+def test_write_files_refuses_a_taken_name_before_writing(traj, tmp_path, name, make):
+    # a file named "trajectory" was a FileExistsError once trajectory.safetensors was written
+    (tmp_path / name).mkdir() if make == "folder" else (tmp_path / name).write_text("mine")
+    with pytest.raises(InputError, match=f"^folder: '.*{name}' is a {make}, where the trajectory writes"):
+        traj.write_files(str(tmp_path))
+    assert os.listdir(tmp_path) == [name]
+
+
 @pytest.mark.parametrize("text, match", [("[]", "holds a JSON list, not an explanation's meta.json object"),
                                          ("{not json", "cannot read .* \\(JSONDecodeError: ")])
 def test_write_files_refuses_a_meta_json_it_cannot_add_to(traj, tmp_path, text, match):
@@ -198,3 +208,32 @@ def test_explain_trajectory_checks_view_and_granularity_before_generating(kw, ma
     with pytest.raises(InputError, match=match):
         explain_trajectory(exp, image, **kw)
     assert calls == []
+
+
+def test_explain_trajectory_generates_under_the_model_lock(tiny_explainer, image):
+    # called directly (not through explain(trajectory=True)), its generation ran unlocked: an explanation in
+    # another thread on the same model saw the sampler's forwards pass its hooks
+    import threading
+
+    from dcam.probe.hooks import model_lock
+
+    adapter, seen = tiny_explainer.adapter, []
+    generate = adapter.generate
+
+    def watched(*a, **k):
+        def other():  # another thread cannot take the lock while the sampler runs
+            got = model_lock(adapter.model).acquire(blocking=False)
+            seen.append(got)
+            if got:
+                model_lock(adapter.model).release()
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        return generate(*a, **k)
+
+    adapter.generate = watched
+    try:
+        explain_trajectory(tiny_explainer, image, steps=2)
+    finally:
+        del adapter.generate
+    assert seen == [False]
