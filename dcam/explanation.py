@@ -25,7 +25,7 @@ from .output import check_existing_folder
 from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, display_size
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
-from .words import clean_token
+from .words import clean_token, find_item
 
 TokenRef = Union[int, str]
 
@@ -146,10 +146,9 @@ class Explanation:
                 raise InputError(f"token index {i} out of range for {len(self.tokens)} explained tokens")
             return i % len(self.tokens)
         if isinstance(i_or_word, str):
-            want = clean_token(i_or_word)
-            for k, t in enumerate(self.tokens):
-                if clean_token(t) == want:
-                    return k
+            k = find_item(self.tokens, i_or_word)
+            if k is not None:
+                return k
             raise InputError(f"word {i_or_word!r} is not among the explained tokens {self.tokens}")
         raise InputError(f"expected a token index or a word, got {type(i_or_word).__name__}")
 

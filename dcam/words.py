@@ -288,6 +288,22 @@ def phrase_key(s: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFC", s).casefold() if _is_word_char(ch))
 
 
+def find_item(texts: Sequence[str], query: str) -> Optional[int]:
+    """Index of the first of ``texts`` (explained items) that ``query`` names: spelled
+    alike (:func:`clean_token`), else alike in letters and digits as targets are matched
+    (:func:`phrase_key`: "RED  circle" and "Red,Circle" name "red circle"); None if none."""
+    want = clean_token(query)
+    for k, t in enumerate(texts):
+        if clean_token(t) == want:
+            return k
+    key = phrase_key(query)
+    if key:
+        for k, t in enumerate(texts):
+            if phrase_key(t) == key:
+                return k
+    return None
+
+
 def find_phrase(words: Sequence[str], phrase: str) -> List[Tuple[int, int]]:
     """``(start, stop)`` of every run of ``words`` (item texts) whose letters and digits,
     joined, spell ``phrase``'s: the run starts and ends on a word, punctuation items

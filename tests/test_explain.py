@@ -551,3 +551,14 @@ def test_explanations_compare_by_identity_and_repr_briefly(zoo, sample):
     assert e == e and e != copy.deepcopy(e)  # compared tensor by tensor it raised "ambiguous"
     r = repr(e)
     assert r.startswith("Explanation(method='diffusion-cam', tokens=") and len(r) < 400
+
+
+def test_words_are_looked_up_as_targets_are_matched(zoo, sample):
+    # a target accepted by explain() ("RED  circle", "Red,Square") could not be looked up by the same text
+    e = Explainer(*zoo).explain(sample.image, response="a red circle and a blue square",
+                                targets=["RED  circle", "Blue,Square"])
+    assert e.tokens == ["red circle", "blue square"]
+    assert e.index("RED  circle") == 0 and e.index("Blue,Square") == 1
+    torch.testing.assert_close(e.map("red, circle"), e.maps[0])
+    with pytest.raises(InputError, match="word 'red' is not among the explained tokens"):
+        e.index("red")  # a part of a phrase names no item

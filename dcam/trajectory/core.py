@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -28,7 +29,7 @@ from ..probe.gradients import Targets, item_context_weights
 from ..probe.hooks import explaining
 from ..probe.modes import check_probe_request
 from ..targets import check_granularity
-from ..words import clean_token
+from ..words import clean_token, find_item
 from ..render.overlay import DISPLAY_MAX_SIDE
 from .numbers import per_word_numbers
 from .probing import trajectory_gradients
@@ -37,7 +38,7 @@ from .probing import trajectory_gradients
 TRAJECTORY_METHOD = "diffusion-cam"
 
 
-@dataclass
+@dataclass(eq=False, repr=False)  # as Explanation: == of tensor fields raised, the repr printed every tensor
 class Trajectory:
     """Every explained word's map on every denoising state of one generation.
 
@@ -119,16 +120,19 @@ class Trajectory:
             out[int(self.decided_at[k])].append(self.word_numbers[k])
         return [sorted(x, key=lambda n: self.response_indices[self.word_numbers.index(n)]) for x in out]
 
+    def __repr__(self) -> str:
+        return (f"Trajectory(tokens={self.tokens!r}, maps={list(self.maps.shape)}, steps={self.steps}, "
+                f"grid={tuple(self.grid)}, image={self.image.size[0]}x{self.image.size[1]})")
+
     def index(self, word) -> int:
         """Index into ``tokens`` of a word number or a word (its first occurrence)."""
-        if isinstance(word, int) and not isinstance(word, bool):
-            if word not in self.word_numbers:
+        if isinstance(word, (int, np.integer)) and not isinstance(word, bool):
+            if int(word) not in self.word_numbers:
                 raise InputError(f"word number {word} is not among the traced words {self.word_numbers}")
-            return self.word_numbers.index(word)
-        want = clean_token(str(word))
-        for k, t in enumerate(self.tokens):
-            if clean_token(t) == want:
-                return k
+            return self.word_numbers.index(int(word))
+        k = find_item(self.tokens, str(word))
+        if k is not None:
+            return k
         raise InputError(f"word {word!r} is not among the traced words {[clean_token(t) for t in self.tokens]}")
 
     def word_table(self) -> List[Dict[str, Any]]:

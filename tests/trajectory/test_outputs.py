@@ -237,3 +237,15 @@ def test_explain_trajectory_generates_under_the_model_lock(tiny_explainer, image
     finally:
         del adapter.generate
     assert seen == [False]
+
+
+def test_trajectory_lookups_repr_and_equality(traj):
+    # index() took a numpy integer for a word, == of two copies raised (tensor fields), repr printed every tensor
+    import copy
+
+    k = traj.word_numbers[1]
+    assert traj.index(np.int64(k)) == traj.index(k) == 1
+    assert (traj == copy.deepcopy(traj)) is False and traj == traj
+    assert len(repr(traj)) < 300 and repr(traj).startswith("Trajectory(tokens=")
+    word = traj.tokens[1]
+    assert traj.index(word.upper() + "!") == traj.index(word)  # as targets match: case and punctuation aside
