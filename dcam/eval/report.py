@@ -131,15 +131,14 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
 
 def _bar_chart(rows: Dict[str, Dict[str, float]], path: str, title: str) -> str:
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # (pyplot's backend is the caller's: matplotlib.use switched it)
 
     names = list(rows)
     panels = [("obj_iou", "Obj-IoU (%)", 100), ("contrast", "Contrast (x)", 1),
               ("concentration", "Concentration (%)", 100), ("f3", "F3 (%)", 100)]
-    fig, axes = plt.subplots(1, 4, figsize=(3.2 * 4, 3.6))
-    colours = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
+    fig = Figure(figsize=(3.2 * 4, 3.6))
+    axes = fig.subplots(1, 4)
+    colours = matplotlib.colormaps["tab10"](np.arange(len(names)) % 10)
     for ax, (k, lab, sc) in zip(axes, panels):
         vals = [rows[n].get(k) for n in names]
         vals = [v * sc if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else 0.0 for v in vals]
@@ -152,15 +151,12 @@ def _bar_chart(rows: Dict[str, Dict[str, float]], path: str, title: str) -> str:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def _example_sheet(ex: dict, path: str) -> str:
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # (pyplot's backend is the caller's: matplotlib.use switched it)
 
     from ..render.overlay import overlay
 
@@ -169,7 +165,8 @@ def _example_sheet(ex: dict, path: str) -> str:
     words = [i for i in rec.object_indices if all(i in ex["maps"][m] for m in methods)][:6]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     nr, nc = max(1, len(words)), 1 + len(methods)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.2 * nc, 2.3 * nr), squeeze=False)
+    fig = Figure(figsize=(2.2 * nc, 2.3 * nr))
+    axes = fig.subplots(nr, nc, squeeze=False)
     for r in range(nr):
         ax = axes[r][0]
         ax.imshow(np.asarray(rec.image))
@@ -196,5 +193,4 @@ def _example_sheet(ex: dict, path: str) -> str:
     fig.suptitle(f"{rec.record_id}: {rec.caption}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

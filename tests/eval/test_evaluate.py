@@ -212,8 +212,17 @@ def test_evaluate_end_to_end(tiny, tmp_path):
         ex.explain = counted
         return ex
 
-    rep = EV.evaluate(factory, dataset="shapes", methods="all", n=2, ablation=True, faithfulness=True, out_dir=out,
-                      sweep_probes=["full", "masked"], sweep_n=1, faith_n=1, faith_steps=2, n_examples=1)
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # the caller's backend: writing the charts switched it to Agg
+    try:
+        rep = EV.evaluate(factory, dataset="shapes", methods="all", n=2, ablation=True, faithfulness=True,
+                          out_dir=out, sweep_probes=["full", "masked"], sweep_n=1, faith_n=1, faith_steps=2,
+                          n_examples=1)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
     # one pass per image per method; the ablation re-uses the Diffusion-CAM pass's raw maps; sweep: 2 passes
     assert len(passes) == 2 * 4 + 2
     assert rep["records"] == 2 and rep["skipped"] == []
