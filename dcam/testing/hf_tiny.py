@@ -182,7 +182,13 @@ def tiny_gemma3(seed: int = 0) -> Tuple:
                          mm_tokens_per_image=16, image_token_index=sp["<image_soft_token>"],
                          boi_token_index=sp["<start_of_image>"], eoi_token_index=sp["<end_of_image>"])
     torch.manual_seed(seed)
-    return T.Gemma3ForConditionalGeneration(cfg).eval(), proc
+    model = T.Gemma3ForConditionalGeneration(cfg).eval()
+    # transformers initialises the projector's matrix to zeros: every image then gives the same features, and
+    # no test could tell a misplaced span or grid from a right one
+    with torch.no_grad():
+        w = model.model.multi_modal_projector.mm_input_projection_weight
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)) * w.shape[0] ** -0.5)
+    return model, proc
 
 
 def _gemma4_parts():
