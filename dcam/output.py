@@ -95,18 +95,23 @@ def check_output_file(path: Optional[str], option: str) -> Optional[str]:
     return target
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write a whole text file: temporary name in the same folder, then rename."""
+def write_text_atomic(path: str, text: str, option: Optional[str] = None) -> None:
+    """Write a whole text file: temporary name in the same folder, then rename. ``option``:
+    the CLI option of ``path``, named by the InputError a failed write raises (a folder
+    that passes every check and still refuses files, as /proc does)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".dcam-", dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".dcam-", dir=folder)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if option is not None and isinstance(exc, OSError):
+            raise InputError(f"{option}: cannot write {path!r} ({exc.strerror or exc})") from None
         raise
 
 

@@ -106,6 +106,11 @@ def run_command(command: str, handler: Callable, args) -> int:
     except KeyboardInterrupt:
         print(f"dcam {command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `dcam families | head`: the reader closed the pipe; stop quietly (Python would print the error again
+        # when it flushes stdout at exit, so stdout is pointed at /dev/null), with the code of a SIGPIPE death
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 # ------------------------------------------------------------------ value types (argparse `type=`)

@@ -51,5 +51,5 @@ def run(args) -> int:
         raise common.option_error("--layers", exc) if "layer" in str(exc) else exc from None
     print(format_grounding(rep))
     if json_path:
-        write_text_atomic(json_path, json.dumps(rep, indent=2))
+        write_text_atomic(json_path, json.dumps(rep, indent=2), "--json")
     return 0

@@ -161,7 +161,10 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     """Rank 0, before any rank writes: lock the folder, refuse a different
     run, empty it for ``overwrite``, delete a killed process's debris and
     write ``run.json`` (status ``running``). Returns the held lock."""
-    os.makedirs(root, exist_ok=True)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:  # a parent that passes every check and still refuses folders (/proc)
+        raise InputError(f"--out: cannot create {root!r} ({exc.strerror or exc})") from None
     new_lock = not os.path.lexists(os.path.join(root, LOCK))
     lock = FolderLock(root)
     try:

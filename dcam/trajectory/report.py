@@ -257,7 +257,7 @@ def _report(args) -> int:
     if rep is not None:
         print(format_report(rep))
     if args.json and rep is not None:
-        write_text_atomic(args.json, json.dumps(rep, indent=2))
+        write_text_atomic(args.json, json.dumps(rep, indent=2), "--json")
     if args.picture:
         print(f"picture: {write_picture(args.picture, sample=args.picture_sample, word=args.picture_word)}")
     return 0

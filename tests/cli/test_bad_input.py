@@ -2,6 +2,7 @@
 line on stderr naming the argument or option, exit code 2, no traceback, and
 nothing written; a bug (any other exception) keeps its traceback."""
 import json
+import shutil
 import os
 import sys
 
@@ -356,3 +357,30 @@ def test_one_line_keeps_every_line():
     assert one_line("a:\n  b\n\nc\n") == "a: b; c"
     assert one_line("first.\nsecond") == "first. second"
     assert one_line("") == ""
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `dcam families | head -1`: a BrokenPipeError traceback, exit 1
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "dcam", "families"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == ""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder that refuses new files")
+def test_outputs_that_fail_only_when_written_name_their_option(cli, tiny_model_dir, shapes_png, tmp_path):
+    # /proc passes the up-front checks (a writable folder for root) and refuses the write: dcam run's --out was
+    # a FileNotFoundError traceback after the model loaded, dcam grounding --json one after the whole measurement
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(shapes_png, folder / "a.png")
+    rc, _, err = cli("run", folder, "--model", tiny_model_dir, "--out", "/proc/dcam-test-run", "--quiet")
+    assert rc == 2 and err == ["dcam run: error: --out: cannot create '/proc/dcam-test-run' (No such file or "
+                               "directory)"], err
+    rc, _, err = cli("grounding", "--model", tiny_model_dir, "--n", "1", "--probes", "masked", "--layers", "0",
+                     "--json", "/proc/dcam-test.json", "--quiet")
+    assert rc == 2 and err[-1] == "dcam grounding: error: --json: cannot write '/proc/dcam-test.json' (No such " \
+                                  "file or directory)", err
