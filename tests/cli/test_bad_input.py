@@ -384,3 +384,17 @@ def test_outputs_that_fail_only_when_written_name_their_option(cli, tiny_model_d
                      "--json", "/proc/dcam-test.json", "--quiet")
     assert rc == 2 and err[-1] == "dcam grounding: error: --json: cannot write '/proc/dcam-test.json' (No such " \
                                   "file or directory)", err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="says why triton is unavailable without a GPU")
+def test_backends_says_why_triton_is_unavailable():
+    # its help promises "why the others are not"; an installed triton without a GPU was not mentioned at all
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, "-m", "dcam", "backends"], capture_output=True, text=True, env=env).stdout
+    assert "triton: unavailable: installed, but it needs a CUDA device (or TRITON_INTERPRET=1" in out
+    assert "triton" not in out.splitlines()[0]
