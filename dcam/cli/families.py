@@ -40,7 +40,7 @@ def run(args) -> int:
         print(markdown_table())
         return 0
     rows = family_rows()
-    cols = COLUMNS + ("blocks", "sampler")
+    cols = COLUMNS + ("blocks", "sampler", "trajectory")  # (the trajectory column was --markdown's only)
     if args.load:
         for r, f in zip(rows, FAMILIES):
             r["loading"] = f.load

@@ -38,6 +38,8 @@ def test_families_command_lists_every_family(capsys):
     out = capsys.readouterr().out
     for f in FAMILIES:
         assert f"{f.name}: {f.models}" in out and f.rule in out
+    # which families trace trajectories: the docs send users here for it (only --markdown showed it)
+    assert out.count("    trajectory: ") == len(FAMILIES)
     assert main(["families", "--markdown"]) == 0
     assert capsys.readouterr().out.strip() == markdown_table()
     assert main(["families", "--load"]) == 0
