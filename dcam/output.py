@@ -66,6 +66,11 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
         raise InputError(f"{option}: cannot create {path!r}: {probe!r} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{option}: cannot create {path!r}: {probe!r} is not writable")
+    try:  # a folder that passes the checks and still refuses new entries (/proc), found before the work, not after
+        os.rmdir(tempfile.mkdtemp(prefix=".dcam-check-", dir=probe))
+    except OSError as exc:
+        raise InputError(f"{option}: cannot create {path!r}: {probe!r} refuses new folders "
+                         f"({exc.strerror or exc})") from None
     return target
 
 

@@ -380,6 +380,10 @@ def test_outputs_that_fail_only_when_written_name_their_option(cli, tiny_model_d
     rc, _, err = cli("run", folder, "--model", tiny_model_dir, "--out", "/proc/dcam-test-run", "--quiet")
     assert rc == 2 and err == ["dcam run: error: --out: cannot create '/proc/dcam-test-run' (No such file or "
                                "directory)"], err
+    # dcam explain checks --out before it loads the model
+    rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--out", "/proc/dcam-test-explain")
+    assert rc == 2 and err == ["dcam explain: error: --out: cannot create '/proc/dcam-test-explain': '/proc' refuses "
+                               "new folders (No such file or directory)"], err
     rc, _, err = cli("grounding", "--model", tiny_model_dir, "--n", "1", "--probes", "masked", "--layers", "0",
                      "--json", "/proc/dcam-test.json", "--quiet")
     assert rc == 2 and err[-1] == "dcam grounding: error: --json: cannot write '/proc/dcam-test.json' (No such " \
