@@ -274,3 +274,17 @@ def test_what_the_processor_or_the_model_would_refuse_is_refused_in_one_line(mod
         with pytest.raises(InputError) as info:
             exp.explain(args.pop("image"), **args)
         assert str(info.value) == line
+
+
+def test_a_processor_of_another_family_is_refused_naming_the_processor(models):
+    # a LlavaProcessor beside a Qwen2-VL model ended in "KeyError: 'image_grid_thw'", a Gemma3Processor beside an
+    # Idefics3 model in "ValueError: not enough values to unpack"
+    from dcam.errors import InputError
+
+    for model_name, proc_name, line in (
+            ("qwen-vl", "llava", "a LlavaProcessor does not go with this qwen2_vl model"),
+            ("idefics3", "gemma3", "a Gemma3Processor does not go with this idefics3 model"),
+            ("llava", "llava-next", "a LlavaNextProcessor does not go with this llava model")):
+        with pytest.raises(InputError) as info:
+            auto_adapter(models(model_name)[0], models(proc_name)[1])
+        assert str(info.value) == f"processor: {line}; pass the processor of the model's own checkpoint"

@@ -71,6 +71,7 @@ class QwenVLAdapter(HFVisionLanguageAdapter):
     image_views = ()
     name = "qwen-vl"
     family = "qwen-vl"
+    processor_classes = ("Qwen",)
 
     def image_marker(self) -> str:
         tok = getattr(self.processor, "image_token", "<|image_pad|>")
@@ -108,6 +109,7 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
     image_views = ("highres", "base")
     name = "idefics3"
     family = "idefics3"
+    processor_classes = ("Idefics3", "SmolVLM")
 
     def _lm(self):
         return self.model.model.text_model
@@ -140,6 +142,7 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
     image_views = ()
     name = "gemma3"
     family = "gemma3"
+    processor_classes = ("Gemma3",)
 
     def image_marker(self) -> str:
         return getattr(self.processor, "boi_token", "<start_of_image>")
@@ -157,6 +160,7 @@ class Gemma4Adapter(HFVisionLanguageAdapter):
     image_views = ()
     name = "gemma4"
     family = "gemma4"
+    processor_classes = ("Gemma4",)
 
     def prompt_text(self, prompt):
         return prompt if prompt is not None else self.default_prompt

@@ -49,10 +49,28 @@ class HFVisionLanguageAdapter(ModelAdapter):
                  newline_token_id: Optional[int] = None, response_length: int = 16,
                  default_prompt: str = DEFAULT_PROMPT, grid: Optional[Tuple[int, int]] = None):
         super().__init__(model, processor, newline_column, newline_token_id)
+        self.check_processor_family()
         self.response_length = int(response_length)
         self.default_steps = self.response_length
         self.default_prompt = default_prompt
         self._grid = tuple(grid) if grid is not None else None
+
+    #: names (prefixes) of the transformers processor classes that go with this family's models
+    processor_classes: Tuple[str, ...] = ()
+
+    def check_processor_family(self) -> None:
+        """Refuse a transformers processor of another family (a LlavaProcessor beside a Qwen2-VL model
+        ended in "KeyError: 'image_grid_thw'"); a processor transformers does not know is the caller's."""
+        name = type(self.processor).__name__
+        try:
+            from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+        except ImportError:  # (where transformers moves it, nothing is checked)
+            return
+        if self.processor_classes and name in set(PROCESSOR_MAPPING_NAMES.values()) \
+                and not name.startswith(self.processor_classes):
+            kind = getattr(self.model.config, "model_type", type(self.model).__name__)
+            raise InputError(f"processor: a {name} does not go with this {kind} model; pass the processor of the "
+                             "model's own checkpoint")
 
     # ------------------------------------------------------------------ ids
     @property
@@ -186,6 +204,7 @@ class LlavaAdapter(HFVisionLanguageAdapter):
     image_views = ()
     name = "llava"
     family = "llava"
+    processor_classes = ("LlavaProcessor",)
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -255,6 +274,7 @@ class LlavaNextAdapter(HFVisionLanguageAdapter):
 
     image_views = ("highres", "base")
     name = "llava-next"
+    processor_classes = ("LlavaNext", "LlavaOnevision")
 
     @property
     def family(self) -> str:
