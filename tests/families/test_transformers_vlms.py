@@ -288,3 +288,17 @@ def test_a_processor_of_another_family_is_refused_naming_the_processor(models):
         with pytest.raises(InputError) as info:
             auto_adapter(models(model_name)[0], models(proc_name)[1])
         assert str(info.value) == f"processor: {line}; pass the processor of the model's own checkpoint"
+
+
+def test_diffusion_gemma_refuses_the_tokens_it_places_itself(models, landscape):
+    # "<bos> <start_of_image> describe" gave <bos> <boi> [image] <eoi> <bos> <boi> describe, without a word
+    from dcam.errors import InputError
+
+    a = auto_adapter(*models("diffusion-gemma"))
+    for prompt, tok in (("<bos> describe", "<bos>"), ("<start_of_image> describe", "<start_of_image>"),
+                        ("<image_soft_token> describe", "<image_soft_token>")):
+        with pytest.raises(InputError) as info:
+            a.prepare(landscape, prompt, a.encode_response("red"))
+        assert str(info.value) == (f"prompt: holds {tok!r}, which dcam places itself ([BOS] <boi> image <eoi> come "
+                                   "before the prompt); give the text without it")
+    a.prepare(landscape, "describe", a.encode_response("red"))

@@ -118,9 +118,18 @@ class DiffusionGemmaAdapter(ModelAdapter):
         prefix = ([int(bos)] if bos is not None else []) + [int(c.boi_token_id)] + [self.image_token_id] * n + \
             [int(c.eoi_token_id)]
         p_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        # dcam writes "[BOS] <boi> image <eoi>" before the prompt: a prompt (or response) holding those tokens put
+        # a second BOS and <boi> in the sequence, or one image token too many, without a word
+        placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
+        resp = [] if response_ids is None else [int(v) for v in response_ids]
+        for name, seq in (("prompt", p_ids), ("response", resp)):
+            held = [v for v in seq if v in placed]
+            if held:
+                tok = self.tokenizer.convert_ids_to_tokens([held[0]])[0]
+                raise InputError(f"{name}: holds {tok!r}, which dcam places itself ([BOS] <boi> image <eoi> come "
+                                 "before the prompt); give the text without it")
         ids = prefix + p_ids
         Lp = len(ids)
-        resp = [] if response_ids is None else [int(v) for v in response_ids]
         t = torch.tensor([ids + resp], dtype=torch.long)
         return Prepared(input_ids=t, model_inputs={"pixel_values": pix, "image_position_ids": ppos},
                         response_start=Lp, response_length=len(resp), image_positions=self.locate(t[:, :Lp], grid),
