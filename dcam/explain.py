@@ -271,7 +271,9 @@ class Explainer:
         rows = len(examples) if probe != "remask" else 1
         try:
             chunk = self._chunk_size(examples, rows)
-        except BudgetError:
+        except BudgetError as exc:
+            if len(examples) == 1 and n > 1:  # this example's sequence does not fit: which one it is
+                raise BudgetError(f"example {index[0]} of the batch (images[{index[0]}]): {exc}") from None
             if len(examples) == 1:
                 raise
             # each example fits alone (or says it does not): a batch too wide for the budget is halved,

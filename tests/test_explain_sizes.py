@@ -228,6 +228,10 @@ def test_a_batch_too_wide_for_the_budget_is_split_not_refused(toy, samples):
     for e, want in zip(got, alone):
         torch.testing.assert_close(e.maps, want.maps, atol=1e-5, rtol=0)
         assert e.tokens == want.tokens
+    # an example whose own sequence does not fit is named (a longer prompt: a longer sequence)
+    with pytest.raises(BudgetError, match=r"^example 1 of the batch \(images\[1\]\): memory_budget: "):
+        Explainer(model, proc, memory_budget=budget).explain_batch(
+            [s.image for s in samples[:2]], prompts=[None, "describe the image " * 30], responses=[caption] * 2)
 
 
 def test_a_refusal_inside_the_batched_probe_names_the_example():
