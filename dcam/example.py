@@ -178,11 +178,25 @@ class ExampleBuilder:
         breaks = [True if ids[i] in special else ("gap" if k and i != slots[k - 1] + 1 else False)
                   for k, i in enumerate(slots)]
         spans = token_spans(a.decode_tokens, kept, breaks)
-        items = select_items(response_items(slots, a.token_strings(kept), self.granularity, *spans), targets)
+        items = select_items(response_items(slots, a.token_strings(kept), self.granularity, *spans), targets,
+                             text_of=_text_of(slots, *spans[:2]))
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
                        granularity=self.granularity, views=views, view_slices=offsets, view_name=view_name,
                        notes=notes + more + view_notes, _explainable=slots)
+
+
+def _text_of(slots: List[int], text: str, spans):
+    """``text_of(slots)`` for :func:`select_items`: the decoded text the slots' tokens complete,
+    from the first one's start to the last one's end, its whitespace runs made single spaces."""
+    where = {slot: k for k, slot in enumerate(slots)}
+
+    def text_of(chosen: List[int]) -> str:
+        cover = [spans[where[s]] for s in chosen if s in where and spans[where[s]][1] > spans[where[s]][0]]
+        if not cover:
+            return ""
+        return " ".join(text[min(a for a, _ in cover):max(b for _, b in cover)].split())
+    return text_of
 
 
 def _check_ids_in_vocabulary(adapter, ids: List[int]) -> None:

@@ -86,8 +86,11 @@ def response_items(slots: List[int], token_strings: Sequence[str], granularity: 
     return [Item(word, n, [slots[k] for k in toks]) for n, (toks, word) in enumerate(groups)]
 
 
-def select_items(items: List[Item], targets) -> List[Item]:
-    """The items ``targets`` asks for, in response order (see the module docstring)."""
+def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
+    """The items ``targets`` asks for, in response order (see the module docstring).
+    ``text_of(slots)``: the response's text over those slots, a phrase's name (else its
+    items' texts joined with spaces: "red circ le" of the pieces "circ" "le", "日本 の 猫"
+    of a phrase written without spaces)."""
     if not items:
         raise InputError("the response has no word to explain (only eos/pad tokens)")
     words = [it.text for it in items]
@@ -117,8 +120,9 @@ def select_items(items: List[Item], targets) -> List[Item]:
                 raise InputError(f"targets: {kind} {it!r} is not in the response (words: {' '.join(words)})")
             for start, stop in runs:
                 span = items[start:stop]
-                chosen[tuple(range(start, stop))] = span[0] if len(span) == 1 else Item(
-                    " ".join(x.text for x in span), span[0].number, [slot for x in span for slot in x.slots])
+                slots = [slot for x in span for slot in x.slots]
+                name = (text_of(slots) if text_of is not None else "") or " ".join(x.text for x in span)
+                chosen[tuple(range(start, stop))] = span[0] if len(span) == 1 else Item(name, span[0].number, slots)
         else:
             raise InputError(f"targets must be 'all', word numbers or words, got {it!r}")
     return [chosen[k] for k in sorted(chosen)]

@@ -177,3 +177,21 @@ def test_explainer_parts_words_at_special_tokens_and_masked_slots():
     assert e.tokens == ["red", "<|start_header_id|>", "blue"] and e.pieces == [[0], [1], [2]]
     e = exp.explain(image, prompt="describe the image", response=[red, LLADA_MASK_ID, blue])
     assert e.tokens == ["red", "blue"] and e.pieces == [[0], [2]]
+
+
+def test_a_phrase_is_named_by_the_response_text_it_covers():
+    # under granularity="tokens" a phrase over "red" "circ" "le" was named "red circ le" (also its file name and
+    # label, and e.index("red circle") failed); a phrase of an unspaced script got spaces inserted
+    from dcam.targets import Item, select_items
+
+    def text_of(text, spans):
+        return lambda slots: " ".join(text[min(spans[s][0] for s in slots):max(spans[s][1] for s in slots)].split())
+
+    items = [Item("a", 0, [0]), Item("red", 1, [1]), Item("circ", 2, [2]), Item("le", 3, [3])]
+    spans = [(0, 1), (1, 5), (5, 10), (10, 12)]  # " red", " circ", "le" of "a red circle"
+    got = select_items(items, ["red circle"], text_of("a red circle", spans))
+    assert [(it.text, it.slots) for it in got] == [("red circle", [1, 2, 3])]
+    assert select_items(items, ["red circle"])[0].text == "red circ le"  # without the text: the pieces joined
+    cjk = [Item("日本", 0, [0]), Item("の", 1, [1]), Item("猫", 2, [2])]
+    got = select_items(cjk, ["日本の猫"], text_of("日本の猫", [(0, 2), (2, 3), (3, 4)]))
+    assert got[0].text == "日本の猫"
