@@ -290,11 +290,12 @@ def test_a_processor_of_another_family_is_refused_naming_the_processor(models):
         assert str(info.value) == f"processor: {line}; pass the processor of the model's own checkpoint"
 
 
-def test_diffusion_gemma_refuses_the_tokens_it_places_itself(models, landscape):
+@pytest.mark.parametrize("name", ["diffusion-gemma", "gemma4"])
+def test_gemma_adapters_refuse_the_tokens_they_place_themselves(name, models, landscape):
     # "<bos> <start_of_image> describe" gave <bos> <boi> [image] <eoi> <bos> <boi> describe, without a word
     from dcam.errors import InputError
 
-    a = auto_adapter(*models("diffusion-gemma"))
+    a = auto_adapter(*models(name))
     for prompt, tok in (("<bos> describe", "<bos>"), ("<start_of_image> describe", "<start_of_image>"),
                         ("<image_soft_token> describe", "<image_soft_token>")):
         with pytest.raises(InputError) as info:

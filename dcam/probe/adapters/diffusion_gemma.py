@@ -38,8 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
-from .hf_vlm import check_patch_positions, grid_from_patch_positions
+from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer, \
+    refuse_tokens_placed_here
+from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, grid_from_patch_positions
 
 DEFAULT_PROMPT = "Describe the image."
 
@@ -122,12 +123,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         # a second BOS and <boi> in the sequence, or one image token too many, without a word
         placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
         resp = [] if response_ids is None else [int(v) for v in response_ids]
-        for name, seq in (("prompt", p_ids), ("response", resp)):
-            held = [v for v in seq if v in placed]
-            if held:
-                tok = self.tokenizer.convert_ids_to_tokens([held[0]])[0]
-                raise InputError(f"{name}: holds {tok!r}, which dcam places itself ([BOS] <boi> image <eoi> come "
-                                 "before the prompt); give the text without it")
+        refuse_tokens_placed_here(self.tokenizer, placed, GEMMA_LAYOUT, prompt=p_ids, response=resp)
         ids = prefix + p_ids
         Lp = len(ids)
         t = torch.tensor([ids + resp], dtype=torch.long)

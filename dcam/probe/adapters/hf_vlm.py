@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ...errors import InputError
-from .base import ImageView, Prepared, config_get
+from .base import ImageView, Prepared, config_get, refuse_tokens_placed_here
 from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
 
 
@@ -156,6 +156,10 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
         return pos, (s, s), {}
 
 
+#: where a Gemma 4 vision model's image goes (Gemma 4, DiffusionGemma): dcam writes these tokens, never the prompt
+GEMMA_LAYOUT = "[BOS] <boi> image <eoi> come before the prompt"
+
+
 class Gemma4Adapter(HFVisionLanguageAdapter):
     image_views = ()
     name = "gemma4"
@@ -177,8 +181,11 @@ class Gemma4Adapter(HFVisionLanguageAdapter):
             int((ppos[0] != -1).all(-1).sum()) // (pool * pool)
         c = self.model.config
         bos = config_get(c, "bos_token_id")
+        p_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
+        refuse_tokens_placed_here(self.tokenizer, placed, GEMMA_LAYOUT, prompt=p_ids)
         ids = ([int(bos)] if bos is not None else []) + [int(c.boi_token_id)] + [self.image_token_id] * n + \
-            [int(c.eoi_token_id)] + list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            [int(c.eoi_token_id)] + p_ids
         return {"input_ids": torch.tensor([ids]), "pixel_values": out["pixel_values"][:1],
                 "image_position_ids": ppos}
 
