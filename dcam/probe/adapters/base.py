@@ -92,18 +92,6 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
     return pos
 
 
-def refuse_tokens_placed_here(tokenizer, placed, layout: str, **seqs) -> None:
-    """Refuse a prompt or response (``seqs``: name -> ids) holding one of the ids an adapter
-    writes itself around the image (``placed``; ``layout`` says where they go): a formatted
-    prompt put a second BOS and image start in the sequence without a word."""
-    for name, seq in seqs.items():
-        held = [int(v) for v in seq if int(v) in placed]
-        if held:
-            tok = tokenizer.convert_ids_to_tokens([held[0]])[0]
-            raise InputError(f"{name}: holds {tok!r}, which dcam places itself ({layout}); give the text "
-                             "without it")
-
-
 @dataclass
 class ImageView:
     """One view of the image in the token sequence (a base view, a stitched

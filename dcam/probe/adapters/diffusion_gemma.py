@@ -38,9 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer, \
-    refuse_tokens_placed_here
-from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, grid_from_patch_positions
+from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
+from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, grid_from_patch_positions, refuse_tokens_placed_here
 
 DEFAULT_PROMPT = "Describe the image."
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ...errors import InputError
-from .base import ImageView, Prepared, config_get, refuse_tokens_placed_here
+from .base import ImageView, Prepared, config_get
 from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
 
 
@@ -154,6 +154,18 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
         if pos.numel() != n or s * s != n:
             raise InputError(f"image span has {pos.numel()} tokens; Gemma 3 places {n} per image")
         return pos, (s, s), {}
+
+
+def refuse_tokens_placed_here(tokenizer, placed, layout: str, **seqs) -> None:
+    """Refuse a prompt or response (``seqs``: name -> ids) holding one of the ids an adapter
+    writes itself around the image (``placed``; ``layout`` says where they go): a formatted
+    prompt put a second BOS and image start in the sequence without a word."""
+    for name, seq in seqs.items():
+        held = [int(v) for v in seq if int(v) in placed]
+        if held:
+            tok = tokenizer.convert_ids_to_tokens([held[0]])[0]
+            raise InputError(f"{name}: holds {tok!r}, which dcam places itself ({layout}); give the text "
+                             "without it")
 
 
 #: where a Gemma 4 vision model's image goes (Gemma 4, DiffusionGemma): dcam writes these tokens, never the prompt
