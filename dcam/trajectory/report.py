@@ -228,10 +228,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.n < 0 or (args.n == 0 and not args.picture):
         p.error("--n must be >= 1 (0 only with --picture)")
-    for name in ("threads", "picture_sample"):
-        low = 1 if name == "threads" else 0
-        if getattr(args, name) < low:
-            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.picture_sample < 0:
+        p.error(f"--picture-sample must be >= 0, got {args.picture_sample}")
     try:
         return _report(args)
     except InputError as exc:  # one line, as dcam's commands (--layer 99, a --picture-word not in the response)

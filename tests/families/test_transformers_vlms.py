@@ -266,8 +266,8 @@ def test_what_the_processor_or_the_model_would_refuse_is_refused_in_one_line(mod
                       "image: the processor refused the 600x2 image (absolute aspect ratio must be smaller than 200, "
                       "got 300.0)"),
                      ({"response": "a <|image_pad|> red"},
-                      f"response: holds the image placeholder token '<|image_pad|>' (id "
-                      f"{exp.model.config.image_token_id}), which the model fills with image features"),
+                      f"response: holds '<|image_pad|>' (id {exp.model.config.image_token_id}), which is the image "
+                      "placeholder the model fills with image features"),
                      ({"prompt": "<|video_pad|> describe"},
                       "prompt: holds the video marker '<|video_pad|>'; dcam explains one image, not videos")):
         args = dict({"image": landscape, "response": "a red"}, **kw)
@@ -300,6 +300,7 @@ def test_gemma_adapters_refuse_the_tokens_they_place_themselves(name, models, la
                         ("<image_soft_token> describe", "<image_soft_token>")):
         with pytest.raises(InputError) as info:
             a.prepare(landscape, prompt, a.encode_response("red"))
-        assert str(info.value) == (f"prompt: holds {tok!r}, which dcam places itself ([BOS] <boi> image <eoi> come "
-                                   "before the prompt); give the text without it")
+        tid = a.tokenizer.convert_tokens_to_ids(tok)
+        assert str(info.value) == (f"prompt: holds {tok!r} (id {tid}), which dcam places itself ([BOS] <boi> image "
+                                   "<eoi> come before the prompt); give the text without it")
     a.prepare(landscape, "describe", a.encode_response("red"))

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from .base import ImageView, Prepared, config_get
-from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
+from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter, refuse_ids
 
 
 def image_span(prompt_ids: Tensor, image_token_id: int) -> Tensor:
@@ -156,16 +156,9 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
         return pos, (s, s), {}
 
 
-def refuse_tokens_placed_here(tokenizer, placed, layout: str, **seqs) -> None:
-    """Refuse a prompt or response (``seqs``: name -> ids) holding one of the ids an adapter
-    writes itself around the image (``placed``; ``layout`` says where they go): a formatted
-    prompt put a second BOS and image start in the sequence without a word."""
-    for name, seq in seqs.items():
-        held = [int(v) for v in seq if int(v) in placed]
-        if held:
-            tok = tokenizer.convert_ids_to_tokens([held[0]])[0]
-            raise InputError(f"{name}: holds {tok!r}, which dcam places itself ({layout}); give the text "
-                             "without it")
+def placed_by_dcam(layout: str) -> str:
+    """The reason ``refuse_ids`` gives for the tokens an adapter writes itself (``layout``: where)."""
+    return f"dcam places itself ({layout}); give the text without it"
 
 
 #: where a Gemma 4 vision model's image goes (Gemma 4, DiffusionGemma): dcam writes these tokens, never the prompt
@@ -195,7 +188,7 @@ class Gemma4Adapter(HFVisionLanguageAdapter):
         bos = config_get(c, "bos_token_id")
         p_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
-        refuse_tokens_placed_here(self.tokenizer, placed, GEMMA_LAYOUT, prompt=p_ids)
+        refuse_ids(self.tokenizer, placed, placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids)
         ids = ([int(bos)] if bos is not None else []) + [int(c.boi_token_id)] + [self.image_token_id] * n + \
             [int(c.eoi_token_id)] + p_ids
         return {"input_ids": torch.tensor([ids]), "pixel_values": out["pixel_values"][:1],

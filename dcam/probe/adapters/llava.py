@@ -37,6 +37,16 @@ DEFAULT_PROMPT = "Describe the image."
 PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")
 
 
+def refuse_ids(tokenizer, ids, why: str, **seqs) -> None:
+    """Refuse a prompt or response (``seqs``: name -> ids) holding one of ``ids``, tokens the
+    adapter or the model puts in the sequence itself (``why`` says which job they do)."""
+    for name, seq in seqs.items():
+        held = [int(v) for v in seq if int(v) in ids]
+        if held:
+            tok = tokenizer.convert_ids_to_tokens([held[0]])[0]
+            raise InputError(f"{name}: holds {tok!r} (id {held[0]}), which {why}")
+
+
 class HFVisionLanguageAdapter(ModelAdapter):
     """Base of the transformers-VLM adapters (see the module docstring)."""
 
@@ -153,10 +163,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
         text = self.prompt_text(prompt)
         self.check_one_image_marker(text)
         resp = [] if response_ids is None else [int(v) for v in response_ids]
-        held = sorted(set(resp) & self.placeholder_ids())
-        if held:  # the model would count one image token too many ("features and image tokens do not match")
-            raise InputError(f"response: holds the image placeholder token {self.token_strings(held[:1])[0]!r} "
-                             f"(id {held[0]}), which the model fills with image features")
+        # the model would count one image token too many ("features and image tokens do not match")
+        refuse_ids(self.tokenizer, self.placeholder_ids(), "is the image placeholder the model fills with image "
+                   "features", response=resp)
         try:
             enc = self.encode(img, text)
         except InputError:
