@@ -28,6 +28,9 @@ class Example:
     view_slices: Dict[str, slice]
     view_name: Optional[str]
     notes: List[str] = field(default_factory=list)
+    #: the text of the explained tokens (up to the first eos; special tokens and ids past the
+    #: tokenizer shown, as each has a map): ``Explanation.response``
+    response_text: str = ""
 
     @property
     def response_ids(self) -> List[int]:
@@ -175,15 +178,17 @@ class ExampleBuilder:
         kept = [ids[i] for i in slots]
         special = a.special_token_ids()
         # a special token stands alone; after a slot that is not explained (masked, padded) text resumes
-        breaks = [True if ids[i] in special else ("gap" if k and i != slots[k - 1] + 1 else False)
-                  for k, i in enumerate(slots)]
+        strings = a.token_strings(kept)
+        # an id the tokenizer does not know (named "<id N>") has no text either: a word of its own
+        breaks = [True if ids[i] in special or strings[k] == f"<id {ids[i]}>" else
+                  ("gap" if k and i != slots[k - 1] + 1 else False) for k, i in enumerate(slots)]
         spans = token_spans(a.decode_tokens, kept, breaks)
-        items = select_items(response_items(slots, a.token_strings(kept), self.granularity, *spans), targets,
+        items = select_items(response_items(slots, strings, self.granularity, *spans), targets,
                              text_of=_text_of(slots, *spans[:2]))
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
                        granularity=self.granularity, views=views, view_slices=offsets, view_name=view_name,
-                       notes=notes + more + view_notes, _explainable=slots)
+                       notes=notes + more + view_notes, response_text=a.decode_tokens(kept), _explainable=slots)
 
 
 def _text_of(slots: List[int], text: str, spans):

@@ -340,7 +340,7 @@ class Explainer:
         a = self.adapter
         return Explanation(
             **ex.word_fields(), maps=main.maps.float().cpu(),
-            stats={k: v.cpu() for k, v in main.stats.items()}, image=ex.prep.image, response=a.decode(ex.response_ids),
+            stats={k: v.cpu() for k, v in main.stats.items()}, image=ex.prep.image, response=ex.response_text,
             response_ids=list(ex.response_ids), response_tokens=a.token_strings(ex.response_ids), prompt=ex.prompt,
             steps=int(ex.steps), steps_source=ex.steps_source, method=self.method_name, probe=probe, layer=self.layer,
             target_score=target_score, grid=tuple(ex.views[0].grid), repeat_ratio=repeat_ratio(ex.explainable_ids),

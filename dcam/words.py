@@ -97,6 +97,23 @@ def align_words(words: Sequence[str], tokens: Sequence[str]) -> List[List[int]]:
 # "<0x0A>" for a newline in a byte-fallback vocabulary, no space marker at all on the
 # first word), and only the tokenizer's own decoder knows which characters a token adds.
 
+def decode_shown(tokenizer, ids: Sequence[int]) -> str:
+    """``ids`` decoded with their special tokens, and an id the tokenizer does not know (a row
+    a padded LM head adds, which it decodes to nothing) shown as ``<id N>``: the text of
+    every token a reader is shown a map for."""
+    ids = [int(i) for i in ids]
+    known = [t is not None for t in tokenizer.convert_ids_to_tokens(ids)]
+    parts, start = [], 0
+    for k in range(len(ids) + 1):
+        if k == len(ids) or not known[k]:
+            if k > start:
+                parts.append(tokenizer.decode(ids[start:k], skip_special_tokens=False))
+            if k < len(ids):
+                parts.append(f"<id {ids[k]}>")
+            start = k + 1
+    return " ".join(parts)
+
+
 def token_spans(decode: Callable[[Sequence[int]], str], ids: Sequence[int],
                 breaks: Optional[Sequence[bool]] = None) -> Tuple[str, List[Tuple[int, int]], List[str]]:
     """(text, spans, alone): the decoded text of ``ids``; per token, the characters

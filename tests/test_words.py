@@ -175,8 +175,18 @@ def test_explainer_parts_words_at_special_tokens_and_masked_slots():
     image = np.full((28, 28, 3), 200, dtype=np.uint8)
     e = exp.explain(image, prompt="describe the image", response=[red, header, blue])
     assert e.tokens == ["red", "<|start_header_id|>", "blue"] and e.pieces == [[0], [1], [2]]
+    # the response text shows every token with a map (it was decoded without special tokens)
+    assert e.response == proc.tokenizer.decode([red, header, blue], skip_special_tokens=False)
+    assert "<|start_header_id|>" in e.response
     e = exp.explain(image, prompt="describe the image", response=[red, LLADA_MASK_ID, blue])
     assert e.tokens == ["red", "blue"] and e.pieces == [[0], [2]]
+    # a row of the padded LM head past the tokenizer: a word named by its id, shown in the response; the
+    # text ends at the first eos (it went on after it)
+    past = int(model.get_output_embeddings().weight.shape[0]) - 1
+    assert proc.tokenizer.convert_ids_to_tokens(past) is None
+    e = exp.explain(image, prompt="describe the image", response=[red, past, blue, LLADA_EOS_ID, red])
+    assert e.tokens == ["red", f"<id {past}>", "blue"] and e.pieces == [[0], [1], [2]]
+    assert e.response == f"{proc.tokenizer.decode([red])} <id {past}> {proc.tokenizer.decode([blue])}"
 
 
 def test_a_phrase_is_named_by_the_response_text_it_covers():

@@ -368,7 +368,7 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
         states=gen.states.long(), scores=tg.scores[:S], final_scores=tg.scores[S], remasked=tg.remasked[:S],
         stats={k: v[:S].cpu() for k, v in out.stats().items()},
         numbers=per_word_numbers(maps[:S], decided_at, maps[S]), image=prep.image, prompt=prompt,
-        response=a.decode(resp_ids), response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids),
+        response=ex.response_text, response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids),
         state_tokens=[a.token_strings(row) for row in gen.states.tolist()], layer=explainer.layer,
         config=explainer.config, grid=tuple(prep.grid), repeat_ratio=rho, model_name=type(explainer.model).__name__,
         notes=notes, cost=tg.cost, box=tuple(ex.views[0].box))

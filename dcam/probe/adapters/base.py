@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ...errors import InputError
 from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
+from ...words import decode_shown
 from ..hooks import HeadAtRows, gather_rows
 from ..rows import LastBlockAtRows, supports_rows
 
@@ -285,7 +286,8 @@ class ModelAdapter:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> List[str]:
-        return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
+        ids = [int(i) for i in ids]  # an id past the tokenizer (a padded LM head's row) is named by its number
+        return [f"<id {i}>" if t is None else str(t) for i, t in zip(ids, self.tokenizer.convert_ids_to_tokens(ids))]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -307,7 +309,7 @@ class ModelAdapter:
         An adapter with its own :meth:`decode` (and no Hugging Face tokenizer) gets that."""
         if type(self).decode is not ModelAdapter.decode:
             return self.decode(ids)
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        return decode_shown(self.tokenizer, ids)
 
     def locate(self, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
         return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,
