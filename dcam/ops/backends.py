@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import threading
 from typing import List, Optional
 
 import torch
@@ -32,23 +33,31 @@ class LazyBackend:
         self._module = None
         self._reason: Optional[str] = None
         self._loaded = False
+        # first calls from several threads at once: one imports, the others wait for its
+        # outcome (they saw "loaded" with no module yet and fell back or failed)
+        self._lock = threading.Lock()
 
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
+        with self._lock:
+            if self._loaded:
+                return
+            self._module, self._reason = self._import()  # (a bug's exception propagates, every time)
+            self._loaded = True
+
+    def _import(self):
+        """(the module, None) when it is usable, else (None, the reason)."""
         try:
             mod = importlib.import_module(self._module_name)
         except ImportError as exc:
-            self._reason = f"{type(exc).__name__}: {exc}"
-            return
+            return None, f"{type(exc).__name__}: {exc}"
         if not getattr(mod, self._probe)():
             # the module's own reason (dcam._C's ImportError: "file too short", a missing
             # symbol) tells a user what to fix; "is_available() is false" did not
             why = getattr(mod, "unavailable_reason", lambda: None)()
-            self._reason = why or f"{self._module_name}.{self._probe}() is false"
-            return
-        self._module = mod
+            return None, why or f"{self._module_name}.{self._probe}() is false"
+        return mod, None
 
     def is_available(self) -> bool:
         self._load()

@@ -777,3 +777,30 @@ def test_values_and_sizes_past_what_the_kernels_take_name_their_argument():
                 api.check_backend(backend, cpu, cells=2 ** 27)
             assert api.check_backend(backend, cpu, hidden=2 ** 24, cells=2 ** 27 - 1) == backend
     assert api.check_backend("torch", cpu, hidden=2 ** 30, cells=2 ** 30) == "torch"
+
+
+def test_a_backend_loaded_by_several_threads_at_once_is_loaded_for_all(tmp_path, monkeypatch):
+    # the first thread marked the backend loaded before its import finished: the others saw no module, so
+    # backend="cpp" raised "not available: None" and backend="auto" quietly ran the reference
+    import sys
+    import threading
+
+    from dcam.ops.backends import LazyBackend
+
+    (tmp_path / "slow_backend_for_test.py").write_text(
+        "import time\ntime.sleep(0.5)\ndef is_available():\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_backend_for_test", raising=False)
+    backend = LazyBackend("slow_backend_for_test", "is_available")
+    start, got = threading.Barrier(4), []
+
+    def first_call():
+        start.wait()
+        got.append((backend.is_available(), backend.unavailable_reason()))
+    threads = [threading.Thread(target=first_call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [(True, None)] * 4
+    assert backend.module() is sys.modules["slow_backend_for_test"]
