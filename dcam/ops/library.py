@@ -88,7 +88,10 @@ refine_reference = reference.refine_reference
 # now. The explainer's chunked path pays that once per chunk (bench/bench_op_overhead.py).
 # The maps are not differentiable: autograd falls through each op, so its outputs never
 # require grad, and a backward through them fails ("does not require grad") instead of
-# autograd's fallback for ops without a formula quietly giving no gradient.
+# autograd's fallback for ops without a formula quietly giving no gradient. Under torch.func's
+# transforms (grad, vjp, jacrev, jacfwd) a fallthrough op is a constant and its derivative
+# zero: the public functions refuse such inputs (validation.check_tensor); the ops themselves,
+# called directly, cannot tell.
 _LIB = torch.library.Library("dcam", "DEF")
 
 # Each op's schema and its reference kernel, the default body for every device without a

@@ -68,6 +68,11 @@ def check_tensor(name: str, x, *, ranks: Sequence[int], float_only: bool = True)
     if float_only and x.dtype not in FLOAT_DTYPES:
         raise InputError(f"{name} must be a floating-point tensor (float32/float16/bfloat16, or float64 computed "
                          f"in float32), got {x.dtype}")
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_gradtrackingtensor(x):
+        # autograd falls through the ops (see dcam.ops.library): torch.func's grad, vjp, jacrev and
+        # jacfwd would quietly see constants and give all-zero derivatives (dynamo traces no such check)
+        raise InputError(f"{name}: dcam's maps are not differentiable; torch.func.grad/vjp/jacrev/jacfwd through "
+                         "them would give zeros")
     return x
 
 

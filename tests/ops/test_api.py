@@ -804,3 +804,20 @@ def test_a_backend_loaded_by_several_threads_at_once_is_loaded_for_all(tmp_path,
         t.join()
     assert got == [(True, None)] * 4
     assert backend.module() is sys.modules["slow_backend_for_test"]
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jacfwd"])
+def test_torch_func_derivatives_through_the_maps_are_refused(transform):
+    # autograd falls through the ops, so torch.func saw them as constants: grad and jacrev returned all-zero
+    # derivatives without a word (plain autograd fails at once: "does not require grad")
+    g = torch.Generator().manual_seed(3)
+    acts, grads = torch.randn(1, 6, 4, generator=g), torch.randn(1, 2, 6, 4, generator=g)
+    raw = dcam.pool_gradients(acts, grads, (2, 3)).maps
+    calls = {"pool_gradients acts": lambda a: dcam.pool_gradients(a, grads, (2, 3)).maps.sum(),
+             "diffusion_cam acts": lambda a: dcam.diffusion_cam(a, grads, (2, 3)).maps.sum(),
+             "refine raw_maps": lambda r: dcam.refine(r).maps.sum()}
+    for what, f in calls.items():
+        x = raw if what.startswith("refine") else acts
+        with pytest.raises(InputError) as info:
+            getattr(torch.func, transform)(f)(x)
+        assert str(info.value).startswith(what.split()[1] + ": dcam's maps are not differentiable")
