@@ -13,6 +13,9 @@ extern "C" const char* dcam_error_string(int code) {
             return "invalid refine configuration (akd_kernel must be 0 or odd >= 1, sicd 0..2, dacg_params and "
                    "cba_params in their ranges)";
         case DCAM_ENOMEM: return "out of memory";
+        case DCAM_EINVAL_VALUE:
+            return "invalid value (steps and image_size must be finite and > 0, repeat_ratio in [0, 1], "
+                   "context_weights finite and >= 0 with finite row sums)";
         default: return "unknown error code";
     }
 }

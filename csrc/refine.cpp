@@ -355,6 +355,31 @@ bool valid_params(const dcam_refine_config& c) {
     return in_range(b[4], 0.f, 1.f);
 }
 
+// The per-image values and context weights the Python layer checks, for C callers (a NaN
+// repeat ratio made every map NaN; a NaN or negative step count silently gave kernel 3):
+// only those the configuration reads. NaN fails every test.
+bool valid_values(const float* steps, const float* image_size, const float* repeat_ratio,
+                  const float* context_weights, int64_t B, int64_t T, const dcam_refine_config& c) {
+    const float fmax = 3.4028234663852886e38f;
+    for (int64_t b = 0; b < B; ++b) {
+        if (c.akd_kernel == 0 && !(in_range(steps[b], 0.f, fmax) && steps[b] > 0.f &&
+                                   in_range(image_size[b], 0.f, fmax) && image_size[b] > 0.f))
+            return false;
+        if (c.sicd == DCAM_SICD_REFERENCE && !in_range(repeat_ratio[b], 0.f, 1.f)) return false;
+    }
+    if (c.sicd != DCAM_SICD_CONTEXT) return true;
+    for (int64_t r = 0; r < B * T; ++r) {  // each row is normalised by its sum: that sum must be finite
+        float sum = 0.f;
+        for (int64_t i = 0; i < T; ++i) {
+            const float v = context_weights[r * T + i];
+            if (!in_range(v, 0.f, fmax)) return false;
+            sum += v;
+        }
+        if (!(sum <= fmax)) return false;
+    }
+    return true;
+}
+
 int check_refine_args(const float* raw, const float* steps, const float* image_size, const float* repeat_ratio,
                       const float* context_weights, int64_t B, int64_t T, int64_t h, int64_t w,
                       const dcam_refine_config* cfg, const float* maps_out) {
@@ -373,6 +398,7 @@ int check_refine_args(const float* raw, const float* steps, const float* image_s
     if (cfg->sicd == DCAM_SICD_REFERENCE && !repeat_ratio) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_CONTEXT && !context_weights) return DCAM_EINVAL_NULL;
     if (h * w >= (int64_t(1) << 31) / 16) return DCAM_EINVAL_SHAPE;  // int32 ranks of padded cells
+    if (!valid_values(steps, image_size, repeat_ratio, context_weights, B, T, *cfg)) return DCAM_EINVAL_VALUE;
     return DCAM_OK;
 }
 

@@ -134,6 +134,32 @@ int main(void) {
     cfg.sicd = DCAM_SICD_CONTEXT;
     printf("err no_weights %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                                NULL, NULL, NULL, NULL, NULL));
+    {   /* values refine reads, refused (NaN maps, or a kernel silently made 3); unread ones are not checked */
+        const dcam_refine_config keep = cfg;
+        float bad[1] = {NAN}, neg[1] = {-16.0f}, zero[1] = {0.0f}, big_rho[1] = {1.5f};
+        cfg.sicd = DCAM_SICD_CONTEXT;
+        printf("err nan_context_weight %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, bad, 1, 1, 3, 3, &cfg,
+                                                          out, NULL, NULL, NULL, NULL, NULL));
+        printf("err negative_context_weight %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, neg, 1, 1, 3, 3,
+                                                               &cfg, out, NULL, NULL, NULL, NULL, NULL));
+        cfg.sicd = DCAM_SICD_REFERENCE;
+        printf("err nan_rho %d\n", dcam_refine(raw, NULL, steps, size, bad, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                               NULL, NULL, NULL, NULL, NULL));
+        printf("err rho_past_1 %d\n", dcam_refine(raw, NULL, steps, size, big_rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                                  NULL, NULL, NULL, NULL, NULL));
+        cfg.sicd = DCAM_SICD_OFF;
+        cfg.akd_kernel = 0;
+        printf("err nan_steps %d\n", dcam_refine(raw, NULL, bad, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                                 NULL, NULL, NULL, NULL, NULL));
+        printf("err negative_steps %d\n", dcam_refine(raw, NULL, neg, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                                      NULL, NULL, NULL, NULL, NULL));
+        printf("err zero_size %d\n", dcam_refine(raw, NULL, steps, zero, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                                 NULL, NULL, NULL, NULL, NULL));
+        cfg.akd_kernel = 3;  /* steps and image_size unread: not checked */
+        printf("err unread_steps %d\n", dcam_refine(raw, NULL, bad, bad, bad, NULL, NULL, 1, 1, 3, 3, &cfg, out,
+                                                    NULL, NULL, NULL, NULL, NULL));
+        cfg = keep;
+    }
     printf("err dtype %d\n", dcam_pool_gradients(A, G, (dcam_dtype)7, 1, 1, 3, 2, 1, maps, pdeg));
     printf("err shape %d\n", dcam_pool_gradients(A, G, DCAM_F32, 1, 1, 0, 2, 1, maps, pdeg));
     printf("err null_flag %d\n", dcam_pool_gradients_checked(A, G, DCAM_F32, 1, 1, 3, 2, 1, maps, pdeg, NULL));
@@ -405,7 +431,9 @@ def test_error_codes(program_output):
     assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
                     "null_flag": "1", "null_weights": "1", "weights_dtype": "3", "pool_overflow": "2",
                     "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2",
-                    "nan_sigma": "4", "zero_sigma": "4", "percentile": "4", "floor": "4"}
+                    "nan_sigma": "4", "zero_sigma": "4", "percentile": "4", "floor": "4",
+                    "nan_context_weight": "6", "negative_context_weight": "6", "nan_rho": "6", "rho_past_1": "6",
+                    "nan_steps": "6", "negative_steps": "6", "zero_size": "6", "unread_steps": "0"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
     assert _lines(program_output, "untouched") == [["weights", "1", "-7"], ["checked", "1", "-7"]]
 
@@ -420,8 +448,8 @@ def test_version_is_the_package_version(program_output):
 
 # DCAM_* macros of dcam.h that are not numbers of the math contract
 API_MACROS = {"DCAM_H", "DCAM_VERSION_STRING", "DCAM_OK", "DCAM_EINVAL_NULL", "DCAM_EINVAL_SHAPE",
-              "DCAM_EINVAL_DTYPE", "DCAM_EINVAL_CONFIG", "DCAM_ENOMEM", "DCAM_SICD_OFF", "DCAM_SICD_REFERENCE",
-              "DCAM_SICD_CONTEXT"}
+              "DCAM_EINVAL_DTYPE", "DCAM_EINVAL_CONFIG", "DCAM_ENOMEM", "DCAM_EINVAL_VALUE", "DCAM_SICD_OFF",
+              "DCAM_SICD_REFERENCE", "DCAM_SICD_CONTEXT"}
 
 
 def _contract_constants():

@@ -5,7 +5,9 @@
  * extension dcam._C wraps the same code but exports only its Python entry):
  *     g++ -O3 -fopenmp -ffp-contract=off -std=c++17 -fPIC -shared
  *         -Icsrc/include csrc/[a-z]*.cpp -o libdcam.so
- * (one command) and link a C program with  gcc prog.c -Icsrc/include -L. -ldcam.
+ * (one command) and link a C program with
+ *     gcc prog.c -Icsrc/include -L. -ldcam -Wl,-rpath,"$PWD"
+ * (the rpath, or LD_LIBRARY_PATH, lets the program find libdcam.so when it runs).
  *
  * Plain C (C99 or later, or C++): no Python, no torch. Every function works on
  * raw, C-contiguous (row-major) buffers owned by the caller and implements the
@@ -86,12 +88,16 @@ typedef enum { DCAM_F32 = 0, DCAM_F16 = 1, DCAM_BF16 = 2 } dcam_dtype;
 #define DCAM_OK 0
 #define DCAM_EINVAL_NULL 1   /* a required pointer is NULL                     */
 #define DCAM_EINVAL_SHAPE 2  /* a size is negative/zero where it must be >= 1,
-                              * or too large (D > 2^24; an array of the sizes
+                              * or too large (D > 2^24; dcam_refine's maps of
+                              * h * w >= 2^27 cells; an array of the sizes
                               * given would pass 2^63 bytes)                  */
 #define DCAM_EINVAL_DTYPE 3  /* unknown dcam_dtype                             */
 #define DCAM_EINVAL_CONFIG 4 /* bad refine config (kernel size, sicd mode, a
                               * parameter outside its range or NaN)           */
 #define DCAM_ENOMEM 5        /* scratch allocation failed                      */
+#define DCAM_EINVAL_VALUE 6  /* dcam_refine: a steps, image_size, repeat_ratio
+                              * or context_weights value it reads outside its
+                              * range, or NaN (see dcam_refine)                */
 
 /* SICD modes (dcam_refine_config.sicd). */
 #define DCAM_SICD_OFF 0
@@ -150,8 +156,11 @@ int dcam_pool_gradients(const void* acts, const void* grads, dcam_dtype dtype, i
  *
  *   grads_nonfinite  output (not NULL): 0 when every gradient is finite; 1 when some
  *                    element is NaN or +-Inf (the maps are then meaningless), or when
- *                    finite gradients so large (|g| > ~4e37) that a float32 partial sum
- *                    overflowed; the caller may tell the two apart with a second look.
+ *                    finite gradients are so large that a sum over the N rows passes
+ *                    float32's range (about 3.4e38: for |g| near 3.4e38 / N, 6e35 at
+ *                    N = 576), which the weights, sums rounded to float32 before the
+ *                    division by N, cannot hold; the caller may tell the two apart with a
+ *                    second look.
  *
  * Same results as dcam_pool_gradients for finite input, at the cost of a little
  * arithmetic in the same pass (no second read of grads). The activations are not
@@ -200,15 +209,16 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
  *   degenerate      [B, T] flags (nonzero = the raw map was constant): such a map comes out all 0
  *                   with strategy -1 and thresholds/alpha 0 (its kernel size is still reported).
  *                   May be NULL (no map degenerate).
- *   steps           [B] float32 number of denoising steps per image (adaptive kernel only; may be
- *                   NULL when cfg->akd_kernel > 0).
- *   image_size      [B] float32 input image height in pixels (same condition as steps).
- *   repeat_ratio    [B] float32 repeat ratio of each response (SICD reference mode only; may be
- *                   NULL otherwise).
+ *   steps           [B] float32 number of denoising steps per image, finite and > 0 (adaptive
+ *                   kernel only; may be NULL when cfg->akd_kernel > 0).
+ *   image_size      [B] float32 input image height in pixels, finite and > 0 (same condition
+ *                   as steps).
+ *   repeat_ratio    [B] float32 repeat ratio of each response, in [0, 1] (SICD reference mode
+ *                   only; may be NULL otherwise).
  *   context_maps    [B, T, h, w] float32 raw maps of the response's tokens for SICD context mode;
  *                   NULL means `raw` itself.
- *   context_weights [B, T, T] float32 non-negative weights W[b, t, i] (SICD context mode: required;
- *                   otherwise ignored, may be NULL).
+ *   context_weights [B, T, T] float32 non-negative finite weights W[b, t, i] whose rows sum to a
+ *                   finite float32 (SICD context mode: required; otherwise ignored, may be NULL).
  *   B, T, h, w      sizes (B, T >= 0; h, w >= 1).
  *   cfg             configuration (see dcam_refine_config); required.
  *   maps_out        [B, T, h, w] float32 refined maps. Must not overlap any input.
@@ -220,7 +230,8 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
  *   sicd_alpha      [B, T] float32 SICD scale actually applied (0 when none / undone).
  *   Each statistics pointer may be NULL when that statistic is not wanted.
  *
- * Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
+ * A value these rules refuse (NaN included) gives DCAM_EINVAL_VALUE; only the values the
+ * configuration reads are checked. Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
  */
 int dcam_refine(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
                 const float* repeat_ratio, const float* context_maps, const float* context_weights,

@@ -79,8 +79,9 @@ class Refined:
 def _raise_if_grads_nonfinite(grads: Tensor, flag: Tensor) -> None:
     """After a checked pooling pass: the error of :func:`~dcam.ops.validation.check_finite`
     when the pass met a NaN/Inf (counted exactly here, on the error path only).
-    A flag raised by finite gradients (a float32 partial sum of the C++ pass
-    overflowed on |g| > ~4e37) is no error: such input is finite."""
+    A flag raised by finite gradients (their sum over the N image tokens passed
+    float32's range, |g| near 3.4e38 / N) is no error here: such input is finite
+    (:data:`_WEIGHTS_OVERFLOW` says what happened)."""
     if bool(flag):
         V.check_finite("grads", grads)
 
