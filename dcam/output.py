@@ -83,8 +83,10 @@ def check_existing_folder(folder: str, hint: str = "") -> str:
     return folder
 
 
-def check_output_file(path: Optional[str], option: str) -> Optional[str]:
-    """A file the run will write at the end (``--json``): its folder must exist and be writable."""
+def check_output_file(path: Optional[str], option: str, inputs=()) -> Optional[str]:
+    """A file the run will write at the end (``--json``): its folder must exist and be writable,
+    and it must not be, or lie in, what the job reads (``inputs``: ``(what, path)`` pairs, as
+    :func:`refuse_inputs_inside` takes; ``--json model/config.json`` replaced the model's config)."""
     if path is None:
         return None
     if not path:  # abspath("") is the current folder: "'' is a folder"
@@ -92,6 +94,11 @@ def check_output_file(path: Optional[str], option: str) -> Optional[str]:
     target = os.path.abspath(path)
     if os.path.isdir(target):
         raise InputError(f"{option}: {path!r} is a folder, not a file")
+    for what, p in inputs:
+        where = os.path.abspath(p) if p and os.path.exists(p) else None
+        if where and (target == where or (os.path.isdir(where) and os.path.commonpath([target, where]) == where)):
+            raise InputError(f"{option}: {path!r} lies in {what} {p!r}, which dcam does not write into; choose "
+                             "another file")
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise InputError(f"{option}: the folder {parent!r} does not exist")

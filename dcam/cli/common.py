@@ -277,6 +277,13 @@ def silence_progress() -> None:
         pass
 
 
+def model_location(args) -> str:
+    """The folder ``--model`` reads (the bundled toy dMLLM's without it): outputs never go over it."""
+    from ..zoo import WEIGHTS_DIR
+
+    return getattr(args, "model", None) or WEIGHTS_DIR
+
+
 def load_model_for(args):
     """(model, processor) of ``--model`` on ``--device``; errors name the option."""
     from ..models import check_device, load_model

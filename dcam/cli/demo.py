@@ -21,11 +21,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..output import check_output_folder
+    from ..output import check_output_folder, refuse_inputs_inside
     from ..zoo.data import generate_sample, split_seed
     from .explain import report
 
     target = check_output_folder(args.out, args.overwrite)
+    refuse_inputs_inside(target, [("the model", common.model_location(args))])
     common.apply_run_options(args)
     common.log("loading the bundled model", args.quiet)
     model, processor = common.load_model_for(args)

@@ -76,9 +76,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..output import check_output_folder
+    from ..output import check_output_folder, refuse_inputs_inside
 
     target = check_output_folder(args.out, args.overwrite)
+    # --overwrite replaces --out whole: never over the data set or the model it reads
+    refuse_inputs_inside(target, [("the data set", None if args.dataset == "shapes" else args.dataset),
+                                  ("the model", common.model_location(args))])
     # options of a table that was not asked for would be ignored without a word
     for option, value, table, wanted in (
             ("--faith-n", args.faith_n, "--faithfulness", args.faithfulness),

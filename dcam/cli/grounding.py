@@ -39,7 +39,7 @@ def run(args) -> int:
     from ..eval.grounding import format_grounding, grounding_report
     from ..output import check_output_file, write_text_atomic
 
-    json_path = check_output_file(args.json, "--json")
+    json_path = check_output_file(args.json, "--json", [("the model", common.model_location(args))])
     common.apply_run_options(args)
     model, processor = common.load_model_for(args)
     config = common.cam_config_for(model, processor, args.cam)

@@ -65,7 +65,8 @@ def _label(m: str) -> str:
 
 def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per_map: Sequence[dict] = ()) -> dict:
     """Write the tables (Markdown + JSON), charts, example sheets, per-map
-    rows and the report into ``out_dir``; returns the paths."""
+    rows and the report into ``out_dir``; returns their paths (report.json lists them
+    relative to its own folder)."""
     os.makedirs(out_dir, exist_ok=True)
     files: Dict[str, Any] = {}
     hooks = (f"layer {report['layer']}, probe `{report['probe']}`, target score `{report['target_score']}`"
@@ -124,8 +125,11 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
             f.write(json.dumps(json_ready(r)) + "\n")
     files["per_map"] = p
     files["report"] = os.path.join(out_dir, "report.json")
+
+    def relative(v):  # the folder may be written under a temporary name and moved (dcam eval), or moved later
+        return [relative(x) for x in v] if isinstance(v, list) else os.path.relpath(v, out_dir)
     with open(files["report"], "w") as f:
-        json.dump(json_ready({**report, "files": files}), f, indent=2)
+        json.dump(json_ready({**report, "files": {k: relative(v) for k, v in files.items()}}), f, indent=2)
     return files
 
 

@@ -246,7 +246,9 @@ def _report(args) -> int:
     from ..output import check_existing_folder, check_output_file, write_text_atomic
 
     # the outputs are checked before minutes of measuring, not after
-    check_output_file(args.json, "--json")
+    from ..zoo import WEIGHTS_DIR
+
+    check_output_file(args.json, "--json", [("the model", WEIGHTS_DIR)])
     if args.picture:
         try:
             check_existing_folder(args.picture)

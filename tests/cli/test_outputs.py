@@ -5,6 +5,7 @@ permissions, PNGs of sane size that open with Pillow's default limits, and
 import json
 import os
 import resource
+import shutil
 import signal
 import stat
 import warnings
@@ -279,3 +280,38 @@ def test_tiny_and_extreme_aspect_images(cli, tiny_model_dir, tmp_path, size, ove
     sheet = sizes.pop("contact_sheet.png")
     assert set(sizes.values()) == {overlay}
     assert max(sheet) <= 4096 and min(sheet) >= 64
+
+
+def test_outputs_never_go_over_the_data_set_or_the_model_read(cli, error_line, tiny_model_dir, tmp_path, monkeypatch):
+    # dcam eval --overwrite replaced --out whole when it was the data set or the model folder (both deleted, exit
+    # 0), and dcam grounding --json model/config.json replaced the model's config; dcam explain refused both
+    import dcam.zoo
+
+    model, data = tmp_path / "model", tmp_path / "data"
+    shutil.copytree(tiny_model_dir, model)
+    data.mkdir()
+    (data / "anno.json").write_text("[]")
+    listing = {d: sorted(os.listdir(d)) for d in (model, data)}
+    config = (model / "config.json").read_text()
+    for args, line in (
+            (("eval", "--dataset", data, "--model", model, "--out", data, "--overwrite"),
+             f"dcam eval: error: --out: {str(data)!r} holds the data set {str(data)!r}, which replacing it would "
+             "delete; choose another output folder"),
+            (("eval", "--dataset", data, "--model", model, "--out", tmp_path, "--overwrite"),
+             f"dcam eval: error: --out: {str(tmp_path)!r} holds the data set {str(data)!r}, which replacing it "
+             "would delete; choose another output folder"),
+            (("eval", "--model", model, "--out", model, "--overwrite"),
+             f"dcam eval: error: --out: {str(model)!r} holds the model {str(model)!r}, which replacing it would "
+             "delete; choose another output folder"),
+            (("grounding", "--model", model, "--json", model / "config.json"),
+             f"dcam grounding: error: --json: {str(model / 'config.json')!r} lies in the model {str(model)!r}, "
+             "which dcam does not write into; choose another file")):
+        rc, _, err = cli(*args)
+        assert (rc, error_line(err, args[0])) == (2, line)
+    assert {d: sorted(os.listdir(d)) for d in (model, data)} == listing
+    assert (model / "config.json").read_text() == config
+    # the bundled model, read when --model is not given (a copy stands in for it here)
+    monkeypatch.setattr(dcam.zoo, "WEIGHTS_DIR", str(model))
+    rc, _, err = cli("demo", "--out", model, "--overwrite")
+    assert rc == 2 and error_line(err, "demo").startswith(f"dcam demo: error: --out: {str(model)!r} holds the model ")
+    assert sorted(os.listdir(model)) == listing[model]

@@ -247,7 +247,13 @@ def test_evaluate_end_to_end(tiny, tmp_path):
     md = open(os.path.join(out, "main_table.md")).read()
     assert "Diffusion-CAM" in md and "TAM" in md and f"probe `{DEFAULT_DMLLM_PROBE}`" in md and f"layer {layer}" in md
     with open(os.path.join(out, "report.json")) as f:
-        assert json.load(f)["records"] == 2
+        written = json.load(f)
+    assert written["records"] == 2
+    # its files, relative to its folder (dcam eval writes the folder under a temporary name and renames it:
+    # absolute paths pointed into that temporary folder, gone)
+    assert written["files"]["main_table"] == ["main_table.md", "main_table.json"]
+    assert written["files"]["examples"][0] == os.path.join("examples", "example_00.png")
+    assert written["files"]["report"] == "report.json" and written["files"]["per_map"] == "per_map.jsonl"
 
     # the runner's per-map numbers are the metrics of the explainer's own maps
     from dcam.eval.datasets import load_shapes
