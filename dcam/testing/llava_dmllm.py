@@ -19,6 +19,7 @@ import math
 import os
 from typing import List, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
@@ -352,13 +353,19 @@ class LlavaDreamForMaskedDiffusion(_Base):
 
     @torch.no_grad()
     def generate(self, inputs=None, images=None, image_sizes=None, modalities=("image",), max_new_tokens=512,
-                 steps=512, alg="entropy", output_history=False, eps=1e-3, **kwargs):
-        """Dream's sampler (greedy): ``steps`` steps on linearly spaced times,
+                 steps=512, temperature=0.2, top_p=0.95, alg="entropy", output_history=False, eps=1e-3, **kwargs):
+        """Dream's sampler: ``steps`` steps on linearly spaced times,
         ``int(masked * (1 - s/t))`` slots committed per step (all at the last),
         by confidence (``alg``: ``"maskgit_plus"`` top probability,
         ``"entropy"`` negative entropy). Returns ``.sequences`` (the canvas)
-        and ``.history``."""
+        and ``.history``. The release's defaults sample (temperature 0.2, top-p
+        0.95); this stand-in decodes greedily only, so a caller that leaves them
+        (and would get random responses from the release) is refused."""
         from types import SimpleNamespace
+
+        if temperature:
+            raise ValueError(f"stand-in: sampling at temperature {temperature} is not reproduced (the release "
+                             "samples); pass temperature=0 for the greedy decoding")
 
         prompt = self._prompt_embeds(inputs, images, image_sizes)
         Lp, mask_id = prompt.shape[1], int(self.config.mask_token_id)
@@ -369,10 +376,34 @@ class LlavaDreamForMaskedDiffusion(_Base):
         return SimpleNamespace(sequences=x[:, Lp:], history=history if output_history else None)
 
 
+class ReleaseSigLipImageProcessor:
+    """The image processor the LaViDa and LLaDA-V releases' ``load_pretrained_model`` hands
+    out (their ``llava`` package's ``SigLipImageProcessor``), by its published behaviour:
+    only ``preprocess(images, return_tensors)`` (the object cannot be called), each image
+    resized to ``size`` (bicubic), scaled to [0, 1], then normalised by mean and std 0.5,
+    channels first."""
+
+    def __init__(self, side: int):
+        self.image_mean = self.image_std = (0.5, 0.5, 0.5)
+        self.size = (side, side)
+        self.crop_size = {"height": side, "width": side}
+
+    def preprocess(self, images, return_tensors=None):
+        from PIL import Image
+        from transformers.image_processing_utils import BatchFeature
+
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        out = []
+        for im in images:
+            im = (im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))).convert("RGB")
+            x = np.asarray(im.resize(self.size[::-1], Image.BICUBIC), dtype=np.float32) / 255.0
+            mean, std = np.asarray(self.image_mean, np.float32), np.asarray(self.image_std, np.float32)
+            out.append(((x - mean) / std).transpose(2, 0, 1))
+        return BatchFeature(data={"pixel_values": out}, tensor_type=return_tensors)
+
+
 def _processor(config: LlavaDMLLMConfig, dream: bool):
     from types import SimpleNamespace
-
-    from transformers import SiglipImageProcessorPil
 
     from .llada import LLADA_EOS_ID, LLADA_EOT_ID, LLADA_MASK_ID
     from .vocab import word_tokenizer
@@ -383,7 +414,7 @@ def _processor(config: LlavaDMLLMConfig, dream: bool):
     else:
         sp = {"<|endoftext|>": LLADA_EOS_ID, "<|eot_id|>": LLADA_EOT_ID, "<|mdm_mask|>": LLADA_MASK_ID}
         tok = word_tokenizer(sp, named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"})
-    ip = SiglipImageProcessorPil(size={"height": config.vision_size, "width": config.vision_size})
+    ip = ReleaseSigLipImageProcessor(config.vision_size)
     return SimpleNamespace(tokenizer=tok, image_processor=ip)
 
 

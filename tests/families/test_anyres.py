@@ -112,7 +112,7 @@ def test_pad_aspect_pads_to_a_square_and_places_the_map_past_the_edges():
     ip = proc.image_processor
     square = Image.new("RGB", (72, 72), tuple(int(v * 255) for v in ip.image_mean))
     square.paste(img, (0, 16))
-    want = ip(images=[square], return_tensors="pt")["pixel_values"]
+    want = ip.preprocess([square], return_tensors="pt")["pixel_values"]
     prep = a.prepare(img, None, [5])
     torch.testing.assert_close(prep.model_inputs["images"].float(), torch.as_tensor(want).float(), atol=0, rtol=0)
     e = Explainer(model, proc).explain(img, response="the cat")

@@ -132,6 +132,30 @@ def test_llava_package_views_hold_the_models_own_features(name, models, wide):
     assert (emb[newline] == model.model.parts.image_newline).all()
 
 
+@pytest.mark.parametrize("name", ["llada-v", "lavida"])
+def test_llava_package_image_processor_is_used_as_released(name, models, wide):
+    # the releases' load_pretrained_model hands out their llava package's SigLipImageProcessor, which has
+    # preprocess() and cannot be called: every real LaViDa and LLaDA-V run ended in "object is not callable"
+    from types import SimpleNamespace
+
+    from transformers import SiglipImageProcessorPil
+
+    from dcam.probe.adapters.anyres import stack_pixels
+
+    model, proc = models(name)
+    released = proc.image_processor
+    assert not callable(released) and hasattr(released, "preprocess")
+    # its pixels are transformers' SigLIP preprocessing of the same tiles (an independent implementation)
+    side = released.size[0]
+    ours = SiglipImageProcessorPil(size={"height": side, "width": side})
+    tiles = [wide.resize((side, side)), wide.crop((0, 0, side, side))]
+    torch.testing.assert_close(stack_pixels(tiles, released), stack_pixels(tiles, ours), atol=1e-6, rtol=0)
+    # and a user's transformers processor (callable) explains alike
+    a = Explainer(model, proc).explain(wide, response=RESPONSE)
+    b = Explainer(model, SimpleNamespace(tokenizer=proc.tokenizer, image_processor=ours)).explain(wide, response=RESPONSE)
+    torch.testing.assert_close(a.maps, b.maps)
+
+
 def test_mmada_span_is_the_vq_codes_in_raster_order(models, landscape):
     model, proc = models("mmada")
     a = auto_adapter(model, proc)
@@ -210,3 +234,40 @@ def test_an_empty_given_response_names_response(models, landscape):
     with pytest.raises(InputError) as info:
         exp.explain(landscape, response="")
     assert str(info.value) == "response: '' has no word to explain (only eos/pad tokens)"
+
+
+LLAMA3_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
+                   "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>"
+                   "\n\n{% endif %}")
+
+
+@pytest.mark.parametrize("name", ["llada-v", "lavida"])
+def test_llava_package_prompts_are_the_releases_conversation(name, landscape):
+    # the releases prompt with a system turn (LaViDa's "llada"/"dream" templates, LLaDA-V's "llava_llada"); dcam
+    # put the user turn alone, so the model read other text and the image sat elsewhere
+    from dcam.errors import InputError
+    from dcam.testing.standins import STANDINS
+
+    model, proc = STANDINS[name](seed=0, layers=1)
+    proc.tokenizer.chat_template = LLAMA3_TEMPLATE
+    a = auto_adapter(model, proc)
+    system = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
+              "the user provides, and assist the user with a variety of tasks using natural language.")
+    assert a.prompt_text("Describe the image.") == (
+        f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|><|start_header_id|>user<|end_header_id|>"
+        "\n\n<image>\nDescribe the image.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert a.prompt_text("<image> as I format it") == "<image> as I format it"
+    # a prompt of the marker alone: the released models embed no image for a one-token prompt (AttributeError)
+    with pytest.raises(InputError) as info:
+        a.prepare(landscape, "<image>", a.encode_response("red"))
+    assert str(info.value).startswith("prompt: '<image>' holds nothing but the image marker")
+    # past tokenizer_model_max_length the release cuts the sequence silently (a RuntimeError here)
+    n = a.prepare(landscape, "describe", a.encode_response("red")).input_ids.shape[1]
+    model.config.tokenizer_model_max_length = n
+    a.prepare(landscape, "describe", a.encode_response("red"))
+    with pytest.raises(InputError) as info:
+        a.prepare(landscape, "describe", a.encode_response("red red"))
+    assert str(info.value) == (f"response: prompt and image take {n - 1} positions and the response 2, past the "
+                               f"model's tokenizer_model_max_length {n}")
+    with pytest.raises(InputError, match=r"^response_length: .* past the model's tokenizer_model_max_length"):
+        a.prepare(landscape, "describe", None, 64)

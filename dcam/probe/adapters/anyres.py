@@ -191,8 +191,11 @@ def anyres_tiles(image, pinpoints, tile: int) -> list:
 
 
 def stack_pixels(images: list, image_processor) -> Tensor:
-    """``[n, 3, S, S]`` pixel values of the tiles with the vision tower's own preprocessing."""
-    out = image_processor(images=images, return_tensors="pt")["pixel_values"]
+    """``[n, 3, S, S]`` pixel values of the tiles with the vision tower's own preprocessing:
+    its ``preprocess(images, return_tensors)``, which the released ``llava`` packages'
+    ``SigLipImageProcessor`` has (it cannot be called) as transformers' processors do."""
+    run = getattr(image_processor, "preprocess", None) or image_processor
+    out = run(images, return_tensors="pt")["pixel_values"]
     return torch.as_tensor(out)
 
 

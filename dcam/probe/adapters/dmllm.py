@@ -56,12 +56,13 @@ def no_activation_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_disable()
 
 
-def chat_prompt(tokenizer, text: str) -> str:
-    """``text`` as the user turn of the tokenizer's chat template with the
-    assistant turn opened; the text itself when the tokenizer has no template."""
+def chat_prompt(tokenizer, text: str, system: Optional[str] = None) -> str:
+    """``text`` as the user turn of the tokenizer's chat template (after a ``system``
+    turn, when given) with the assistant turn opened; the text itself when the
+    tokenizer has no template."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     return text
 
 

@@ -45,6 +45,11 @@ from .sampling import steps_used
 IMAGE_TOKEN_INDEX = -200
 IMAGE_MARKER = "<image>"
 
+#: the system turn of the conversation templates the releases prompt with (LaViDa's ``llada``
+#: and ``dream``, LLaDA-V's ``llava_llada``): the model's conditioning, so the maps', too
+RELEASE_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
+                  "that the user provides, and assist the user with a variety of tasks using natural language.")
+
 
 def backbone_of(model) -> Optional[str]:
     """``"llada_v"``, ``"lavida_llada"``, ``"lavida_dream"`` or None, from the
@@ -185,14 +190,23 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         return pos, (side, side), {"base": ImageView("base", pos, (side, side), box)}
 
     # ------------------------------------------------------------------ inputs
-    def prompt_ids(self, prompt: Optional[str]) -> list:
+    def prompt_text(self, prompt: Optional[str]) -> str:
+        """The prompt as the model reads it: a prompt without ``<image>`` goes after the
+        image in the release's conversation (system turn, user turn, assistant opened)."""
         text = prompt if prompt is not None else self.default_prompt
         if IMAGE_MARKER not in text:
-            text = chat_prompt(self.tokenizer, f"{IMAGE_MARKER}\n{text}")
-        chunks = text.split(IMAGE_MARKER)
+            text = chat_prompt(self.tokenizer, f"{IMAGE_MARKER}\n{text}", system=RELEASE_SYSTEM)
+        return text
+
+    def prompt_ids(self, prompt: Optional[str]) -> list:
+        chunks = self.prompt_text(prompt).split(IMAGE_MARKER)
         if len(chunks) != 2:
             raise InputError(f"prompt: exactly one {IMAGE_MARKER} marker is supported, got {len(chunks) - 1}")
-        return self.text_ids(chunks[0]) + [IMAGE_TOKEN_INDEX] + self.text_ids(chunks[1])
+        ids = self.text_ids(chunks[0]) + [IMAGE_TOKEN_INDEX] + self.text_ids(chunks[1])
+        if len(ids) == 1:  # the released models embed no image for a one-token prompt (inputs_embeds None)
+            raise InputError(f"prompt: {prompt!r} holds nothing but the image marker; add text around it, or leave "
+                             f"{IMAGE_MARKER} out to get the release's conversation template")
+        return ids
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         img = load_image(image)
@@ -205,6 +219,11 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         s0 = compact.index(IMAGE_TOKEN_INDEX)
         prompt_ids = compact[:s0] + [IMAGE_TOKEN_INDEX] * n_img + compact[s0 + 1:]
         resp = self.response_slots(response_ids, response_length)
+        limit = config_get(self.model.config, "tokenizer_model_max_length", default=None)
+        if limit and len(prompt_ids) + len(resp) > int(limit):  # the release cuts the sequence there silently
+            name = "response" if response_ids is not None else "response_length"
+            raise InputError(f"{name}: prompt and image take {len(prompt_ids)} positions and the response "
+                             f"{len(resp)}, past the model's tokenizer_model_max_length {int(limit)}")
         ids = torch.tensor([prompt_ids + resp], dtype=torch.long)
         pos, grid, views = self._views(torch.arange(s0, s0 + n_img), img.size)
         return Prepared(input_ids=ids, model_inputs=model_inputs, response_start=len(prompt_ids),
@@ -277,8 +296,9 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
                                                  tokenizer=self.tokenizer)
                 ids = x[0, -Lr:]
             else:
+                # greedy, as LaViDa's own evaluation decodes: the release's defaults sample (temperature 0.2)
                 out = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr, steps=S,
-                                          output_history=True)
+                                          temperature=0.0, top_p=None, output_history=True)
                 ids, history = out.sequences[0, -Lr:], list(out.history or [])
         if not record:
             return Generation(ids.tolist(), changed_steps(history))
