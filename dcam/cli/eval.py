@@ -16,15 +16,14 @@ from . import common
 
 
 def _fill(text: str):
+    from ..eval.faithfulness import check_fill
+
     if text == "mean":
         return "mean"
     try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 3 or not all(0 <= v <= 255 for v in vals):
-        raise InputError(f"--faith-fill must be 'mean' or R,G,B in 0..255, got {text!r}")
-    return tuple(vals)
+        return check_fill([float(v) for v in text.split(",")])
+    except (InputError, ValueError):
+        raise InputError(f"--faith-fill must be 'mean' or R,G,B in 0..255, got {text!r}") from None
 
 
 #: the sweep and faithfulness tables' settings when not given

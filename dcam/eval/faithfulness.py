@@ -89,6 +89,22 @@ def token_probabilities(adapter, images: Sequence[Image.Image], response_ids: Se
     return torch.cat(out, dim=0)
 
 
+def check_fill(fill, name: str = "fill"):
+    """``"mean"`` or an (r, g, b) tuple of numbers in [0, 255]; else an InputError naming
+    ``name`` (a colour of (300, -5, 0) wrapped round to (44, 251, 0) in the uint8 image)."""
+    if isinstance(fill, str):
+        if fill != "mean":
+            raise InputError(f"{name} must be 'mean' or an (r, g, b) colour, got {fill!r}")
+        return fill
+    try:
+        vals = tuple(float(v) for v in fill)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be 'mean' or an (r, g, b) colour, got {fill!r}") from None
+    if len(vals) != 3 or not all(0 <= v <= 255 for v in vals) or any(isinstance(v, bool) for v in fill):
+        raise InputError(f"{name} must be 'mean' or an (r, g, b) colour of numbers in 0..255, got {fill!r}")
+    return vals
+
+
 def perturbation_curves(adapter, image: Image.Image, response_ids: Sequence[int], orders: Tensor,
                         row_tokens: Sequence[Sequence[int]], grid: Tuple[int, int], prompt: Optional[str] = None,
                         steps: int = 10, fill: Union[str, Sequence[float]] = "mean", probe: Optional[str] = None,
@@ -104,12 +120,8 @@ def perturbation_curves(adapter, image: Image.Image, response_ids: Sequence[int]
     the pixels outside it are never changed ("blank" blanks only the box)."""
     img = np.asarray(image.convert("RGB"), dtype=np.float32)
     H, W = img.shape[:2]
-    if isinstance(fill, str):
-        if fill != "mean":
-            raise InputError(f"fill must be 'mean' or an (r, g, b) colour, got {fill!r}")
-        colour = img.reshape(-1, 3).mean(axis=0)
-    else:
-        colour = np.asarray(fill, dtype=np.float32).reshape(3)
+    fill = check_fill(fill)
+    colour = img.reshape(-1, 3).mean(axis=0) if fill == "mean" else np.asarray(fill, dtype=np.float32)
     cell = _cell_index(H, W, grid, box)
     blank = np.where((cell >= 0)[..., None], np.broadcast_to(colour, img.shape), img)
     N = grid[0] * grid[1]

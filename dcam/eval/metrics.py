@@ -100,12 +100,15 @@ def _as_mask(mask: ArrayLike) -> Tensor:
 
 def resize_maps(maps: ArrayLike, size: Tuple[int, int]) -> Tensor:
     """Bilinear resize ``[M, h, w] -> [M, H, W]`` (half-pixel centres, no
-    antialiasing), clamped to ``[0, 1]``. Same size: the maps themselves."""
+    antialiasing), clamped to ``[0, 1]``. Same size: the maps themselves.
+    Interpolated in float64, rounded to float32 once: in float32 a constant map
+    came out a few ulp below its value in places, which ``floor(hm * 255)`` split
+    into two levels for Otsu (t = 50 on a map of 0.2, not 0)."""
     m = _as_maps(maps)
     H, W = int(size[0]), int(size[1])
     if tuple(m.shape[1:]) != (H, W):
-        m = F.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False,
-                          antialias=False)[:, 0]
+        m = F.interpolate(m[:, None].double(), size=(H, W), mode="bilinear", align_corners=False,
+                          antialias=False)[:, 0].float()
     return m.clamp(0.0, 1.0)
 
 

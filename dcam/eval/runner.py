@@ -27,6 +27,7 @@ Outputs in ``out_dir`` (:mod:`dcam.eval.report`): ``main_table.md/.json``,
 """
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from ..ops.config import CamConfig
 from ..render.overlay import FULL_BOX
 from .alignment import word_maps, word_slots
 from .datasets import EvalDataset, EvalRecord, open_dataset
-from .faithfulness import faithfulness_report
+from .faithfulness import check_fill, faithfulness_report
 from .metrics import MetricAccumulator, summarize
 from .report import json_ready, log as _log, write_outputs
 
@@ -301,6 +302,9 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         positive_int(name, value, allow_none=False)
     if positive_int("faith_steps", faith_steps, allow_none=False) < 2:
         raise InputError(f"faith_steps must be >= 2, got {faith_steps}")
+    faith_fill = check_fill(faith_fill, "faith_fill")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy refused it at the end
+        raise InputError(f"seed must be an int >= 0, got {seed!r}")
     if not isinstance(dataset, (str, EvalDataset, list, tuple)):
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")

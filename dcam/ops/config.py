@@ -69,6 +69,10 @@ FIELD_HELP = {
 }
 
 
+#: the largest fixed AKD kernel size: the C API's and the Triton kernels' int32
+AKD_KERNEL_MAX = 2 ** 31 - 1
+
+
 @dataclass(frozen=True)
 class CamConfig:
     """Configuration of the refinement pipeline (and of pooling's `grad_relu`).
@@ -106,6 +110,8 @@ class CamConfig:
                 raise InputError(f"CamConfig.akd_kernel must be 'adaptive' or an odd int >= 1, got {k!r}")
         elif isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 or k % 2 == 0:
             raise InputError(f"CamConfig.akd_kernel must be 'adaptive' or an odd int >= 1, got {k!r}")
+        elif k > AKD_KERNEL_MAX:  # the kernels take an int32 (a map caps it at 2 * min(h, w) - 1 anyway)
+            raise InputError(f"CamConfig.akd_kernel must be at most {AKD_KERNEL_MAX} (2**31 - 1), got {k!r}")
         else:
             object.__setattr__(self, "akd_kernel", int(k))
         for name in ("akd", "dacg", "cba", "grad_relu"):

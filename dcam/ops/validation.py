@@ -226,7 +226,7 @@ def check_raw_values(raw: Tensor) -> None:
     lo, hi = torch.aminmax(raw.detach())  # (float() of a tensor that requires grad warns)
     if float(lo) < 0.0 or float(hi) > 1.0:
         raise InputError(f"raw_maps must lie in [0, 1] (min-max normalised pooled maps), got values in "
-                         f"[{float(lo):g}, {float(hi):g}]")
+                         f"[{float(lo)!r}, {float(hi)!r}]")
 
 
 def check_degenerate(degenerate, raw: Tensor) -> Tensor:
@@ -259,7 +259,7 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
             lo, hi = torch.aminmax(context_maps.detach())
             if float(lo) < 0.0 or float(hi) > 1.0:
                 raise InputError(f"context_maps must lie in [0, 1] as raw_maps do, got values in "
-                                 f"[{float(lo):g}, {float(hi):g}]")
+                                 f"[{float(lo)!r}, {float(hi)!r}]")
         context_maps = context_maps.float().contiguous()
     if context_weights is None:
         raise InputError("config.sicd='context' needs context_weights [B,T,T]")

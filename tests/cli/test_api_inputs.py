@@ -90,7 +90,10 @@ def test_cam_config_ranges():
     cases = [(dict(cba_floor=7), "CamConfig.cba_floor must be a finite number in [0, 1], got 7"),
              (dict(cba_weights=(0.15, -0.1, 0.2, 0.015)), "CamConfig.cba_weights must be 4 finite numbers in [0, 3.4e38] (float32)"),
              (dict(dacg_mean_high=0.2, dacg_mean_low=0.5), "CamConfig.dacg_mean_low (0.5) must not exceed "
-                                                            "dacg_mean_high (0.2)")]
+                                                            "dacg_mean_high (0.2)"),
+             # the kernels take an int32: 2**31 + 1 was accepted, then every backend failed with a traceback
+             (dict(akd_kernel=2 ** 31 + 1), "CamConfig.akd_kernel must be at most 2147483647 (2**31 - 1), got "
+                                            "2147483649")]
     for kwargs, msg in cases:
         with pytest.raises(InputError) as info:
             CamConfig(**kwargs)
@@ -103,7 +106,13 @@ def test_refine_refuses_raw_maps_outside_unit_range():
     with pytest.raises(InputError) as info:
         refine(raw - 5)
     assert _one_line(info) == (f"raw_maps must lie in [0, 1] (min-max normalised pooled maps), got values in "
-                               f"[{lo:g}, {hi:g}]")
+                               f"[{lo!r}, {hi!r}]")
+    # just past 1: the values are shown in full (":g" showed them as [1, 1])
+    with pytest.raises(InputError) as info:
+        refine(torch.full((1, 1, 5, 6), 1.0000001))
+    assert _one_line(info).endswith("got values in [1.0000001192092896, 1.0000001192092896]")
+    # the largest fixed kernel every backend takes is capped by the map, as a smaller one is
+    assert refine(raw, CamConfig(akd_kernel=2 ** 31 - 1)).kernel_size.unique().tolist() == [15]
 
 
 def test_coco_polygon_with_two_points_is_reported(tmp_path):

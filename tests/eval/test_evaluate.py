@@ -188,6 +188,14 @@ def test_sweep_counts_the_records_it_scored_and_says_which_it_skipped(tiny, tmp_
     ({"n": 1.5}, "n must be an int >= 1, got 1.5"),  # was "size must be ...", an argument evaluate() lacks
     ({"batch_size": 0, "faithfulness": True}, "batch_size must be an int >= 1, got 0"),  # was range()'s ValueError
     ({"sweep_n": True}, "sweep_n must be an int >= 1, got True"),
+    # checked before any record: (300, -5, 0) wrapped round to (44, 251, 0) in the image, (1, 2) and seed -1 ended in
+    # numpy's errors after the comparison had run
+    ({"faith_fill": (300, -5, 0), "faithfulness": True},
+     "faith_fill must be 'mean' or an (r, g, b) colour of numbers in 0..255, got (300, -5, 0)"),
+    ({"faith_fill": (1, 2), "faithfulness": True},
+     "faith_fill must be 'mean' or an (r, g, b) colour of numbers in 0..255, got (1, 2)"),
+    ({"faith_fill": "grey", "faithfulness": True}, "faith_fill must be 'mean' or an (r, g, b) colour, got 'grey'"),
+    ({"seed": -1, "faithfulness": True}, "seed must be an int >= 0, got -1"),
 ])
 def test_evaluate_refuses_bad_arguments_by_name(tiny, kwargs, message):
     model, proc = tiny

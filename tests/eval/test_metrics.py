@@ -104,6 +104,20 @@ def test_resize_matches_definition():
             np.testing.assert_allclose(got[i], np_bilinear(maps[i].astype(np.float64), H, W), atol=2e-6)
 
 
+def test_a_constant_map_stays_constant_when_resized_and_gets_otsu_zero():
+    # resized in float32 a 16x16 map of 0.2 came out an ulp below 0.2 in places: floor(hm*255) gave 50 and 51 and
+    # Otsu split on that noise (t = 50, IoU 0.4678); hand-worked: u8 = floor(float32(0.2) * 255) = 51 everywhere,
+    # t = 0, every pixel predicted, the top half's IoU = 2048 / 4096 = 0.5
+    for value, (h, w), (H, W) in ((0.2, (16, 16), (64, 64)), (1.0, (4, 4), (20, 31)), (1 / 3, (5, 7), (33, 17)),
+                                  (0.6, (3, 3), (50, 41))):
+        hm = M.resize_maps(torch.full((1, h, w), value), (H, W))
+        assert bool((hm == torch.tensor(value, dtype=torch.float32)).all()), value
+    mask = np.zeros((64, 64), dtype=np.int64)
+    mask[:32] = 1
+    r = M.object_metrics(torch.full((1, 16, 16), 0.2), [mask])
+    assert int(r["threshold"][0]) == 0 and float(r["obj_iou"][0]) == 0.5
+
+
 def test_resize_is_identity_at_same_size_and_clamps():
     x = torch.tensor([[[0.0, 0.5], [1.0, 1.2]]])
     out = M.resize_maps(x, (2, 2))
