@@ -208,6 +208,32 @@ def test_dream_vl_grid_is_the_merged_patch_grid(models, landscape):
     assert cols.tolist() == list(range(9)) * 5
 
 
+def test_dream_vl_processor_without_image_token_is_held_to_one_image(models, landscape):
+    # Dream-VL's released processor has no `image_token` and expands every <|image_pad|> with the next image's
+    # grid: two of them in a prompt ended in the processor's IndexError
+    from dcam.errors import InputError
+
+    class DreamVLProcessor:  # the stand-in's processor, seen as the release's: no image_token
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            if name == "image_token":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self._inner(*args, **kwargs)
+
+    model, proc = models("dream-vl")
+    a = auto_adapter(model, DreamVLProcessor(proc))
+    assert not hasattr(a.processor, "image_token")
+    with pytest.raises(InputError) as info:
+        a.prepare(landscape, "<|image_pad|> and <|image_pad|> describe", a.encode_response(RESPONSE))
+    assert str(info.value).startswith("prompt: exactly one image marker (<|image_pad|> or ")
+    assert a.prepare(landscape, None, a.encode_response(RESPONSE)).grid == (5, 9)
+
+
 def test_lavida_checkpointing_is_switched_off(models):
     """The published LaViDa model turns activation checkpointing on; a checkpointed
     block would run again in the backward. The adapter turns it off."""

@@ -58,7 +58,7 @@ class DreamVLAdapter(QwenVLAdapter):
 
     def prompt_text(self, prompt):
         text = prompt if prompt is not None else self.default_prompt
-        tok = getattr(self.processor, "image_token", "<|image_pad|>")
+        tok = self.image_token_text()
         if tok in text:
             return text
         return chat_prompt(self.tokenizer, f"{self.image_marker()}{text}")

@@ -73,13 +73,14 @@ class QwenVLAdapter(HFVisionLanguageAdapter):
     family = "qwen-vl"
     processor_classes = ("Qwen",)
 
+    default_image_token = "<|image_pad|>"
+
     def image_marker(self) -> str:
-        tok = getattr(self.processor, "image_token", "<|image_pad|>")
-        return f"<|vision_start|>{tok}<|vision_end|>"
+        return f"<|vision_start|>{self.image_token_text()}<|vision_end|>"
 
     def prompt_text(self, prompt):
         text = prompt if prompt is not None else self.default_prompt
-        tok = getattr(self.processor, "image_token", "<|image_pad|>")
+        tok = self.image_token_text()
         return text if tok in text else f"{self.image_marker()}{text}"
 
     def locate_views(self, prompt_ids, enc, img):

@@ -123,8 +123,15 @@ class HFVisionLanguageAdapter(ModelAdapter):
         return self.model.lm_head.weight
 
     # ------------------------------------------------------------------ inputs
+    #: the token the processor expands into the image's features, when it does not name it
+    #: (Dream-VL's released processor has no ``image_token``)
+    default_image_token = "<image>"
+
+    def image_token_text(self) -> str:
+        return getattr(self.processor, "image_token", None) or self.default_image_token
+
     def image_marker(self) -> str:
-        return getattr(self.processor, "image_token", "<image>")
+        return self.image_token_text()
 
     def prompt_text(self, prompt: Optional[str]) -> str:
         text = prompt if prompt is not None else self.default_prompt
@@ -144,7 +151,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         """One image per prompt: a prompt that names more (its own image tokens or the
         marker dcam adds) is refused here, naming the prompt, before the processor's own
         ValueError ("Found total 2 <image> tokens and 1 images")."""
-        marks = {m for m in (getattr(self.processor, "image_token", None), self.image_marker()) if m}
+        marks = {self.image_token_text(), self.image_marker()}
         n = max(text.count(m) for m in marks) if marks else 1
         if n > 1:
             raise InputError(f"prompt: exactly one image marker ({' or '.join(sorted(marks))}) is supported, "
