@@ -88,6 +88,18 @@ def test_explains_end_to_end_and_records_the_samplers_steps(name, models, landsc
     assert g.steps == 4 and g.steps_source == "generation" and len(g.response_ids) == 8
 
 
+@pytest.mark.parametrize("name,blocks", [("mmada", 4), ("lumina-dimoo", 4), ("lavida", 1), ("llada-v", 1)])
+def test_generation_is_cut_into_the_releases_blocks(name, blocks, models):
+    # MMaDA's inference_mmu.py decodes max_seq_length slots in blocks of max_seq_length // 4 (Lumina-DiMOO's: 1024
+    # in blocks of 256); dcam decoded them as one block, so other words came out than the release's
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    assert a.steps_and_blocks(None, 64) == (32, 64 // blocks)
+    assert a.steps_and_blocks(8, 64) == (8, 64 // blocks)
+    assert a.steps_and_blocks(None, 6)[1] == 6  # 6 slots do not part in 4: one block, as a given block_length does
+    assert auto_adapter(model, proc, block_length=8).steps_and_blocks(None, 64) == (32, 8)
+
+
 # --------------------------------------------------------------------------- image spans
 
 def _embeddings(a, prep):

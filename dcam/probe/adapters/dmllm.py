@@ -129,10 +129,16 @@ class DMLLMAdapter(ModelAdapter):
             return [int(v) for v in response_ids]
         return [int(self.mask_token_id)] * int(response_length or self.response_length)
 
+    #: without a ``block_length``, the response is decoded in this many blocks as the family's
+    #: release does (MMaDA's ``inference_mmu.py``: ``max_seq_length // 4``; Lumina-DiMOO's: 1024
+    #: slots in blocks of 256); None: one block
+    blocks_per_response: Optional[int] = None
+
     def steps_and_blocks(self, steps: Optional[int], length: int) -> Tuple[int, int]:
         """(steps, block length) for a generation of ``length`` slots."""
         S = int(steps or self.default_steps)
-        block = self.block_length or length
+        n = self.blocks_per_response
+        block = self.block_length or (length // n if n and length % n == 0 else length)
         if length % block:
             block = length
         n_blocks = length // block

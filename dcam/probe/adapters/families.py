@@ -94,13 +94,13 @@ FAMILIES: List[Family] = [
            lambda m: _model_type(m) == "mmada" or type(m).__name__ == "MMadaModelLM", "vq:MMaDAAdapter",
            "model.model.transformer.blocks", RELATIVE, ALL_PROBES,
            "MAGVIT-v2 codes, square (32x32 at 512 px), between <|soi|> <|eoi|>", LLADA_MASK,
-           "model.mmu_generate(steps, block_length): semi-AR low-confidence, no cache",
+           "model.mmu_generate(steps, block_length): semi-AR low-confidence (4 blocks, as released), no cache",
            "models.MMadaModelLM.from_pretrained(path, trust_remote_code=True) + models.MAGVITv2"
            ".from_pretrained('showlab/magvitv2'); processor dcam.probe.adapters.MMaDAProcessor"),
     Family("lumina-dimoo", "Lumina-DiMOO (Alpha-VLLM/Lumina-DiMOO)", "class LLaDAForMultiModalGeneration",
            _class_is("LLaDAForMultiModalGeneration"), "vq:DiMOOAdapter", "model.model.transformer.blocks",
            RELATIVE, ALL_PROBES, "VQ codes (16 px each), a newline token after every row", LLADA_MASK,
-           "dcam's low-confidence remasking (the published one is a script function)",
+           "dcam's low-confidence remasking in 4 blocks (the published one is a script function)",
            "model.LLaDAForMultiModalGeneration.from_pretrained(path) + diffusers.VQModel(subfolder='vqvae'); "
            "processor dcam.probe.adapters.DiMOOProcessor"),
     Family("dream-vl", "Dream-VL (Dream-org/Dream-VL-7B)", "model_type dream-vl", _type_is("dream-vl"),

@@ -133,6 +133,7 @@ class _VQAdapter(DMLLMAdapter):
 class MMaDAAdapter(_VQAdapter):
     name = family = "mmada"
     image_views = ("image",)
+    blocks_per_response = 4  # inference_mmu.py: block_length = max_seq_length // 4
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         p = self.processor
@@ -165,6 +166,7 @@ class MMaDAAdapter(_VQAdapter):
 class DiMOOAdapter(_VQAdapter):
     name = family = "lumina-dimoo"
     image_views = ("image",)
+    blocks_per_response = 4  # inference_mmu.py: gen_length 1024 in blocks of 256
     #: dcam runs Lumina-DiMOO's sampler itself (the published one is a script), so it records every step
     records_trajectory = True
     default_prompt_template = "<system>You are a multimodal model that can process both text and images. Answer " \
