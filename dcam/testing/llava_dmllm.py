@@ -321,7 +321,7 @@ class LlavaLladaForMaskedDiffusion(_Base):
             def logits(ids):
                 return self.model(None, input_embeddings=embed(ids)).logits
         low_confidence_remasking(logits, x, start, max_new_tokens, per_block * n_blocks, mask_id, block_length,
-                                 history=history)
+                                 history=history, schedule=schedule)
         return (x, history) if verbose else x
 
 

@@ -91,3 +91,27 @@ def test_steps_the_block_sampler_changed_are_noted_with_the_reason(models, lands
         assert tr.steps == 4 and want in tr.notes
         e = exp.explain(landscape, steps=asked, response_length=8)
         assert e.steps == 4 and want in e.notes
+
+
+def test_shift_schedule_hand_worked():
+    # LaViDa's schedule='shift' (shift 3): decided fraction 3t / (1 + 2t) over min(steps, masked) equal steps,
+    # truncated, at least one per step, read backwards. 8 slots in 4 steps: t = 1/4, 1/2, 3/4, 1 give
+    # 0.5, 0.75, 0.9, 1 -> 4, 6, 7, 8 slots -> 4, 2, 1, 1 -> [1, 1, 2, 4]. 4 in 4: 2, 3, 3.6, 4 -> 2, 1, 0, 1,
+    # at least one: 2, 1, 1, 1 (one too many, taken from the first above one) -> [1, 1, 1, 1]. 10 in 3, in float32
+    # as the release computes: 3t/(1+2t) at t = float32(1/3) is 0.59999997, so 5 (not 6), 8.57, 10 -> 5, 3, 2 ->
+    # [2, 3, 5]. 2 in 5: two steps (1.5, 2 -> 1, 1), then three that commit nothing.
+    from dcam.probe.adapters.sampling import transfer_schedule
+
+    assert transfer_schedule(8, 4, "shift") == [1, 1, 2, 4]
+    assert transfer_schedule(4, 4, "shift") == [1, 1, 1, 1]
+    assert transfer_schedule(10, 3, "shift") == [2, 3, 5]
+    assert transfer_schedule(2, 5, "shift") == [1, 1, 0, 0, 0]
+    assert transfer_schedule(8, 4) == [2, 2, 2, 2]
+
+
+def test_lavida_decodes_on_the_shift_schedule(models, landscape):
+    # LaViDa's predict.py and the Diffusion-CAM release decode with schedule='shift'; dcam asked for the linear one,
+    # so other words came out than the release's. 8 slots in 4 steps commit 1, 1, 2, 4 (hand-worked above)
+    model, proc = models("lavida")
+    tr = explain_trajectory(Explainer(model, proc), landscape, steps=4, response_length=8)
+    assert torch.bincount(tr.slot_decided_at, minlength=4).tolist() == [1, 1, 2, 4]

@@ -76,7 +76,7 @@ FAMILIES: List[Family] = [
            lambda m: _model_type(m) == "llava_llada" and olmo_transformer(m) is not None,
            "llava_dmllm:LlavaDMLLMAdapter", "model.model.transformer.blocks", RELATIVE, ALL_PROBES,
            "anyres: base + tiles (2x2 pooled), unpad, newline", LLADA_MASK,
-           "model.generate(prefix_lm=True, verbose=True): prompt cached, low-confidence blocks",
+           "model.generate(prefix_lm=True, verbose=True, schedule='shift'): prompt cached, low-confidence blocks",
            "llava.model.builder.load_pretrained_model(path, None, 'llava_llada', vision_kwargs=...) from the LaViDa "
            "repo"),
     Family("lavida-dream", "LaViDa, Dream backbone (jacklishufan/lavida-dream-v1.0-instruct)",

@@ -291,9 +291,10 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
             if self.backbone == "lavida_llada":
                 n_blocks = Lr // block
                 ratio = (S // n_blocks + 0.5) / block  # LaViDa's steps per block: int(block * step_ratio)
+                # on the "shift" schedule, as LaViDa's predict.py and the Diffusion-CAM release decode
                 x, history = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr,
                                                  block_length=block, step_ratio=ratio, prefix_lm=True, verbose=True,
-                                                 tokenizer=self.tokenizer)
+                                                 tokenizer=self.tokenizer, schedule="shift")
                 ids = x[0, -Lr:]
             else:
                 # greedy, as LaViDa's own evaluation decodes: the release's defaults sample (temperature 0.2)

@@ -11,7 +11,7 @@ n_blocks`` steps; at every step the model predicts every slot, and the masked
 slots of the current block with the most confident greedy prediction are
 committed, ``transfer_schedule(masked, steps)[i]`` of them at step ``i`` (the
 linear schedule: ``masked // steps`` each, one more in the first ``masked %
-steps`` steps). A step that commits nothing (more steps than slots) is not
+steps`` steps; LaViDa decodes on its ``"shift"`` schedule). A step that commits nothing (more steps than slots) is not
 counted in :func:`steps_used`.
 
 :func:`dream_remasking`: Dream's greedy sampler (Dream-VL, LaViDa-Dream):
@@ -30,10 +30,40 @@ from torch import Tensor
 from ...errors import InputError
 
 
-def transfer_schedule(masked: int, steps: int) -> List[int]:
-    """Tokens committed at each of ``steps`` steps for ``masked`` masked slots."""
-    base, extra = divmod(int(masked), int(steps))
-    return [base + (1 if i < extra else 0) for i in range(int(steps))]
+#: the schedules :func:`transfer_schedule` knows: None (linear) and LaViDa's "shift"
+SCHEDULES = (None, "shift")
+
+
+def transfer_schedule(masked: int, steps: int, schedule: Optional[str] = None, shift: float = 3.0) -> List[int]:
+    """Tokens committed at each of ``steps`` steps for ``masked`` masked slots.
+
+    ``schedule=None``: linear, ``masked // steps`` each, one more in the first ``masked % steps``.
+    ``"shift"`` (LaViDa's ``schedule='shift'``, which its ``predict.py`` and the Diffusion-CAM
+    release decode with): the fraction of slots decided by time ``t`` follows
+    ``shift * t / (1 + (shift - 1) * t)`` over ``min(steps, masked)`` equal steps, truncated to
+    whole slots, at least one per step (the surplus taken back one slot at a time from the
+    first steps holding more than one), then read backwards: few slots at first, most at the
+    end. Steps past ``masked`` commit nothing."""
+    masked, steps = int(masked), int(steps)
+    if schedule is None:
+        base, extra = divmod(masked, steps)
+        return [base + (1 if i < extra else 0) for i in range(steps)]
+    if schedule != "shift":
+        raise ValueError(f"unknown schedule {schedule!r}")
+    n = min(steps, masked)
+    if n == 0:
+        return [0] * steps
+    t = torch.linspace(0, 1, n + 1)  # float32, as the release's
+    done = (shift * t / (1 + (shift - 1) * t) * masked).to(torch.int64).tolist()
+    counts = [max(b - a, 1) for a, b in zip(done, done[1:])]
+    surplus, j = sum(counts) - masked, 0
+    while surplus > 0:
+        j %= n
+        if counts[j] > 1:
+            counts[j] -= 1
+            surplus -= 1
+        j += 1
+    return counts[::-1] + [0] * (steps - n)
 
 
 def block_plan(length: int, steps: int, block_length: Optional[int]) -> Tuple[int, int]:
@@ -47,27 +77,28 @@ def block_plan(length: int, steps: int, block_length: Optional[int]) -> Tuple[in
     return n_blocks, steps // n_blocks
 
 
-def steps_used(length: int, steps: int, block_length: Optional[int] = None) -> int:
+def steps_used(length: int, steps: int, block_length: Optional[int] = None, schedule: Optional[str] = None) -> int:
     """Denoising steps that commit at least one token (AKD's ``steps``)."""
     n_blocks, per_block = block_plan(length, steps, block_length)
     per = (block_length or length)
-    return n_blocks * sum(1 for k in transfer_schedule(per, per_block) if k > 0)
+    return n_blocks * sum(1 for k in transfer_schedule(per, per_block, schedule) if k > 0)
 
 
 @torch.no_grad()
 def low_confidence_remasking(logits_fn: Callable[[Tensor], Tensor], x: Tensor, start: int, length: int,
                              steps: int, mask_id: int, block_length: Optional[int] = None,
-                             history: Optional[list] = None) -> Tensor:
+                             history: Optional[list] = None, schedule: Optional[str] = None) -> Tensor:
     """Fill the masked canvas ``x[:, start:start+length]`` (``x`` int64 ``[1, L]``,
     modified in place and returned). ``logits_fn(x)`` returns ``[1, L, V]``
     logits aligned with ``x`` (the logit at ``p`` predicts ``p``).
-    ``history``: a list that receives ``x`` after every step."""
+    ``history``: a list that receives ``x`` after every step; ``schedule``: of
+    :func:`transfer_schedule`."""
     n_blocks, per_block = block_plan(length, steps, block_length)
     blen = length // n_blocks
     for b in range(n_blocks):
         lo, hi = start + b * blen, start + (b + 1) * blen
-        schedule = transfer_schedule(int((x[0, lo:hi] == mask_id).sum()), per_block)
-        for k in schedule:
+        counts = transfer_schedule(int((x[0, lo:hi] == mask_id).sum()), per_block, schedule)
+        for k in counts:
             if k == 0:
                 continue
             logits = logits_fn(x)[0].float()
