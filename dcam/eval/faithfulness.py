@@ -48,7 +48,10 @@ def _cell_index(H: int, W: int, grid: Tuple[int, int], box=FULL_BOX) -> np.ndarr
 def curve_auc(values: np.ndarray) -> np.ndarray:
     """Trapezoid area under curves sampled at equally spaced fractions of
     ``[0, 1]``: ``values [..., K+1]`` -> ``[...]``."""
-    v = np.asarray(values, dtype=np.float64)
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"values must be numbers, got {values!r:.60}") from None
     if v.ndim == 0 or v.shape[-1] == 0:  # (an empty curve raised an IndexError)
         raise InputError(f"values must hold at least one point per curve, got shape {v.shape}")
     K = v.shape[-1] - 1

@@ -74,19 +74,36 @@ ArrayLike = Union[Tensor, np.ndarray]
 
 
 def _as_maps(maps: ArrayLike) -> Tensor:
-    m = torch.as_tensor(maps)
+    """Maps as float32 ``[M, h, w]``, checked: real numbers in [0, 1] (dcam's maps are; a map
+    of 5s was clamped to 1 and one of negatives scored 0 without a word), sides >= 1."""
+    try:
+        m = torch.as_tensor(maps)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"maps must be numbers, got {type(maps).__name__}") from None
     if m.dim() == 2:
         m = m[None]
     if m.dim() != 3:
         raise InputError(f"maps must be [M, h, w] (or one [h, w] map), got shape {tuple(m.shape)}")
+    if m.is_complex():  # (its imaginary part was dropped with only a torch warning)
+        raise InputError(f"maps must hold real numbers, got dtype {m.dtype}")
+    if m.shape[0] and (m.shape[1] == 0 or m.shape[2] == 0):
+        raise InputError(f"maps must have sides >= 1, got shape {tuple(m.shape)}")
     m = m.float()
     if m.numel() and not bool(torch.isfinite(m).all()):  # (NaN reached bincount's RuntimeError)
         raise InputError(f"maps contains {int((~torch.isfinite(m)).sum())} NaN/Inf value(s)")
+    if m.numel() and (float(m.min()) < 0.0 or float(m.max()) > 1.0):
+        raise InputError(f"maps must lie in [0, 1] (dcam's maps do), got values in [{float(m.min())!r}, "
+                         f"{float(m.max())!r}]")
     return m
 
 
 def _as_mask(mask: ArrayLike) -> Tensor:
-    t = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    try:
+        t = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"label masks must hold integers, got {type(mask).__name__} {mask!r:.40}") from None
+    if t.numel() == 0 and t.dim() >= 2:
+        raise InputError(f"label masks must have sides >= 1, got shape {tuple(t.shape)}")
     if t.dtype == torch.bool:
         t = t.long()
     if t.is_floating_point():
@@ -151,6 +168,8 @@ def otsu_threshold(u8: ArrayLike) -> Tensor:
     t = torch.as_tensor(u8)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise InputError(f"u8 must hold ints in [0, 255] (a map quantised to bytes), got dtype {t.dtype}")
+    if t.dim() == 0:  # (an IndexError)
+        raise InputError("u8 must be [M, ...] maps (or one map of [n] values), got a single number")
     u = t.long()
     if u.numel() and (int(u.min()) < 0 or int(u.max()) > 255):  # was clamped silently
         raise InputError(f"u8 must hold ints in [0, 255], got values in [{int(u.min())}, {int(u.max())}]")
@@ -171,9 +190,15 @@ def f3_score(obj_iou, contrast, concentration):
         safe = lambda x: torch.where(x == 0, one, x)  # noqa: E731
         f = 3.0 / (1.0 / safe(a) + 1.0 / safe(b) + 1.0 / safe(c))
         return torch.where(zero, torch.zeros_like(f), f)
-    a, b, c = float(obj_iou), min(float(contrast) / CONTRAST_SCALE, 1.0), float(concentration)
+    try:
+        a, b, c = float(obj_iou), min(float(contrast) / CONTRAST_SCALE, 1.0), float(concentration)
+    except (TypeError, ValueError):
+        raise InputError(f"f3_score takes numbers, got {obj_iou!r}, {contrast!r}, {concentration!r}") from None
     if any(math.isnan(x) for x in (a, b, c)):
         return float("nan")
+    if min(a, b, c) < 0:  # (-0.5 gave 3.0)
+        raise InputError(f"f3_score: obj_iou, contrast and concentration are >= 0, got {obj_iou!r}, {contrast!r}, "
+                         f"{concentration!r}")
     if a == 0 or b == 0 or c == 0:
         return 0.0
     return 3.0 / (1.0 / a + 1.0 / b + 1.0 / c)
@@ -332,6 +357,12 @@ def summarize(obj: Optional[Dict[str, Sequence[float]]] = None,
     ``f3_per_map`` (mean of per-map F3), ``func_iou`` (mean), ``n_obj``,
     ``n_func`` and ``n_invalid`` (object maps left out: empty mask)."""
     res: Dict[str, float] = {}
+    for name, given, keys in (("obj", obj, ("obj_iou", "contrast", "concentration", "f3")),
+                              ("func", func, ("func_iou",))):
+        missing = [k for k in keys if given is not None and k not in given]
+        if missing:  # (a KeyError)
+            raise InputError(f"{name} must hold {', '.join(keys)} (as object_metrics / function_metrics return); "
+                             f"missing {', '.join(missing)}")
     if obj is not None and len(obj.get("obj_iou", [])):
         iou = np.asarray([float(x) for x in obj["obj_iou"]], dtype=np.float64)
         valid = np.isfinite(iou)

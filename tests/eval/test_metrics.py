@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from dcam.errors import InputError
 from dcam.eval import metrics as M
 
 
@@ -118,10 +119,39 @@ def test_a_constant_map_stays_constant_when_resized_and_gets_otsu_zero():
     assert int(r["threshold"][0]) == 0 and float(r["obj_iou"][0]) == 0.5
 
 
-def test_resize_is_identity_at_same_size_and_clamps():
-    x = torch.tensor([[[0.0, 0.5], [1.0, 1.2]]])
-    out = M.resize_maps(x, (2, 2))
-    assert out.tolist() == [[[0.0, 0.5], [1.0, 1.0]]]
+def test_resize_is_identity_at_same_size_and_maps_outside_0_1_are_refused():
+    x = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])
+    assert M.resize_maps(x, (2, 2)).tolist() == x.tolist()
+    # values past [0, 1] were clamped (a map of 5s scored as a map of 1s; negatives as 0s) without a word
+    for bad, shown in ((torch.tensor([[[0.0, 0.5], [1.0, 1.25]]]), "[0.0, 1.25]"),
+                       (torch.tensor([[[-0.5, 0.5], [1.0, 0.25]]]), "[-0.5, 1.0]")):
+        with pytest.raises(InputError) as info:
+            M.object_metrics(bad, [np.ones((4, 4), dtype=np.int64)])
+        assert str(info.value) == f"maps must lie in [0, 1] (dcam's maps do), got values in {shown}"
+
+
+def test_metric_functions_refuse_bad_input_by_name():
+    # each ended in a torch/numpy error (or, for f3_score, a number) instead of one line naming the argument
+    cases = [(lambda: M.object_metrics(torch.ones(1, 4, 4, dtype=torch.complex64), [np.ones((4, 4), int)]),
+              "maps must hold real numbers, got dtype torch.complex64"),
+             (lambda: M.object_metrics(torch.rand(1, 4, 4), [np.zeros((0, 0), int)]),
+              "label masks must have sides >= 1, got shape (0, 0)"),
+             (lambda: M.object_metrics(torch.rand(1, 0, 4), [np.ones((4, 4), int)]),
+              "maps must have sides >= 1, got shape (1, 0, 4)"),
+             (lambda: M.otsu_threshold(np.array(5)), "u8 must be [M, ...] maps (or one map of [n] values), got a "
+                                                      "single number"),
+             (lambda: M.f3_score(-0.5, 20, 0.5), "f3_score: obj_iou, contrast and concentration are >= 0, got "
+                                                 "-0.5, 20, 0.5"),
+             (lambda: M.summarize({"obj_iou": [0.5]}), "obj must hold obj_iou, contrast, concentration, f3 (as "
+                                                       "object_metrics / function_metrics return); missing contrast, "
+                                                       "concentration, f3")]
+    for call, message in cases:
+        with pytest.raises(InputError) as info:
+            call()
+        assert str(info.value) == message
+    from dcam.eval.faithfulness import curve_auc
+    with pytest.raises(InputError, match=r"^values must be numbers, got \['a', 'b'\]"):
+        curve_auc(["a", "b"])
 
 
 def test_otsu_hand_examples():
