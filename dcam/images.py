@@ -101,7 +101,12 @@ def to_rgb(im: Image.Image, background: Sequence[int] = WHITE, notes: List[str] 
     """``im`` (any mode) as an RGB image, see the module docstring."""
     notes = [] if notes is None else notes
     if im.mode in _WIDE_MODES:
-        return Image.fromarray(_scale_to_u8(np.asarray(im), f"{im.mode}-mode", notes)).convert("RGB")
+        raw = np.asarray(im)
+        rgb = Image.fromarray(_scale_to_u8(raw, f"{im.mode}-mode", notes)).convert("RGB")
+        if isinstance(im.info.get("transparency"), (int, float)):  # a 16-bit grey PNG's transparent value (tRNS)
+            alpha = np.where(raw == im.info["transparency"], 0, 255).astype(np.uint8)
+            rgb = _composite(Image.merge("RGBA", (*rgb.split(), Image.fromarray(alpha))), background, notes)
+        return rgb
     if im.mode in ("P", "L", "RGB", "1") and ("transparency" in im.info):  # a transparent colour (tRNS)
         return _composite(im, background, notes)
     if im.mode == "La":  # premultiplied grey+alpha: Pillow converts it only to LA
@@ -202,18 +207,39 @@ def _upright(im: Image.Image) -> Tuple[Image.Image, int]:
     return ImageOps.exif_transpose(im), int(orientation)
 
 
+def _from_pil(image: Image.Image, background, notes: List[str]) -> Image.Image:
+    """The RGB image of a caller's PIL image, decoded here (a truncated or closed one is an
+    InputError naming the image, as a path's is), the caller's frame position left as found."""
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    frame = image.tell() if frames > 1 else 0
+    try:
+        try:
+            if frames > 1:
+                image.seek(0)
+            up, orientation = _upright(image)
+            up.load()
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"image: the PIL image is too large to decode safely ({one_line(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for a damaged file
+            why = f"{type(exc).__name__}: {one_line(exc)}" if str(exc) else f"{type(exc).__name__}; is it closed?"
+            raise InputError(f"image: cannot read the PIL image ({why})") from None
+        if frames > 1:
+            notes.append(f"animated image: its first frame of {frames} is explained")
+        if orientation != 1:
+            notes.append(f"EXIF orientation {orientation} applied")
+        rgb = to_rgb(up, background, notes)
+        return rgb.copy() if rgb is image else rgb  # (the caller's object would move with its frame)
+    finally:
+        if frames > 1 and frame:
+            image.seek(frame)
+
+
 def load_image_with_notes(image, background: Sequence[int] = WHITE) -> Tuple[Image.Image, List[str]]:
     """(RGB PIL image, notes on the conversions made) from a path, a PIL image or an array."""
     notes: List[str] = []
     background = check_background(background)
     if isinstance(image, Image.Image):
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)
-            notes.append(f"animated image: its first frame of {image.n_frames} is explained")
-        image, orientation = _upright(image)
-        if orientation != 1:
-            notes.append(f"EXIF orientation {orientation} applied")
-        return to_rgb(image, background, notes), notes
+        return _from_pil(image, background, notes), notes
     if isinstance(image, np.ndarray):
         return from_array(image, background, notes), notes
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):

@@ -242,3 +242,40 @@ def test_a_16_bit_rgb_png_says_it_was_read_at_8_bits(tmp_path):
     out, notes = load_image_with_notes(str(path))
     assert notes == ["16-bit RGB PNG: decoded at 8 bits per channel (each channel's high byte)"]
     assert (_rgb(out) == 4095 >> 8).all()
+
+
+def test_a_16_bit_grey_png_with_a_transparent_value_is_composited(tmp_path):
+    # the transparent value (tRNS) of a 16-bit grey PNG was dropped: its pixels came out black without a word
+    vals = np.full((2, 8), 40000, dtype=np.uint16)
+    vals[:, :4] = 0  # transparent
+    path = tmp_path / "g16trns.png"
+    Image.fromarray(vals).save(path, transparency=0)
+    assert Image.open(path).info.get("transparency") == 0
+    out, notes = load_image_with_notes(str(path), background=(10, 20, 30))
+    got = _rgb(out)
+    assert got[0, :4].tolist() == [[10, 20, 30]] * 4 and got[0, 4:].tolist() == [[255, 255, 255]] * 4
+    assert notes == ["I;16-mode image scaled by its range [0, 40000] to 0..255",
+                     "transparency composited on rgb(10, 20, 30)"]
+
+
+def test_a_pil_image_is_decoded_here_and_left_as_found(tmp_path):
+    # a truncated file opened by the caller raised Pillow's OSError (a path gave one line naming the image), a closed
+    # image an AssertionError; an animated image was left at frame 0
+    good = tmp_path / "ok.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    data = good.read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[:-30])
+    with pytest.raises(InputError) as info:
+        load_image(Image.open(tmp_path / "trunc.png"))
+    assert str(info.value) == "image: cannot read the PIL image (OSError: image file is truncated)"
+    with Image.open(good) as im:
+        pass
+    with pytest.raises(InputError, match=r"^image: cannot read the PIL image \("):
+        load_image(im)
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    anim = Image.open(tmp_path / "anim.gif")
+    anim.seek(2)
+    out, notes = load_image_with_notes(anim)
+    assert _rgb(out)[0, 0].tolist() == [255, 0, 0] and notes == ["animated image: its first frame of 3 is explained"]
+    assert anim.tell() == 2 and _rgb(out)[0, 0].tolist() == [255, 0, 0]
