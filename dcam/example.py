@@ -13,7 +13,7 @@ from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
 from .targets import Item, explainable_slots, response_items, select_items
-from .words import token_spans
+from .words import PLACEHOLDER, refuse_ids, token_spans
 
 
 @dataclass
@@ -119,11 +119,21 @@ class ExampleBuilder:
             if note:  # fewer (or more) steps than asked, and why
                 notes.append(note)
             return gen.response_ids, int(gen.steps), "generation", notes
+        placeholder = {int(a.image_token_id)} if getattr(a, "image_token_id", None) is not None else set()
         if isinstance(response, str):
             ids = a.encode_response(response)
         else:
             ids = _token_ids(response)
             _check_ids_in_vocabulary(a, ids)
+        refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
+        if isinstance(response, str):
+            # an end, padding or mask token written in the text: the words after an end were dropped and the
+            # others left out, without a word (as ids, masked and padded slots are a response's gaps, on purpose;
+            # the ends an adapter's encoding appends are fine)
+            skip = a.skip_ids()
+            last = max((k for k, i in enumerate(ids) if i not in skip), default=-1)
+            refuse_ids(a.token_strings, skip, "ends a response or marks an empty slot; give the text without it "
+                       "(or token ids)", response=ids[:last])
         return ids, (steps if steps is not None else int(a.default_steps)), \
             ("given" if steps is not None else "default"), []
 

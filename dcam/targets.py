@@ -98,6 +98,9 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
         return list(items)
     if isinstance(targets, (str, numbers.Integral)):
         wanted = [targets]
+    elif isinstance(targets, (bytes, bytearray, memoryview)):  # (read as word numbers: b"red" as 114, 101, 100)
+        raise InputError(f"targets must be 'all', word numbers or words, got {type(targets).__name__}; decode the "
+                         "bytes to text")
     else:
         try:
             wanted = list(targets)

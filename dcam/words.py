@@ -15,6 +15,8 @@ import re
 import unicodedata
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .errors import InputError
+
 _PUNCT = re.compile(r"^[^\w]+|[^\w]+$")
 
 
@@ -96,6 +98,20 @@ def align_words(words: Sequence[str], tokens: Sequence[str]) -> List[List[int]]:
 # string is the tokenizer's internal spelling ("Ġcaf" "Ã©" for "café" in byte-level BPE,
 # "<0x0A>" for a newline in a byte-fallback vocabulary, no space marker at all on the
 # first word), and only the tokenizer's own decoder knows which characters a token adds.
+
+#: ``refuse_ids``'s reason for an image placeholder token
+PLACEHOLDER = "is the image placeholder the model fills with image features"
+
+
+def refuse_ids(token_strings: Callable[[Sequence[int]], List[str]], ids, why: str, **seqs) -> None:
+    """Refuse a prompt or response (``seqs``: name -> ids) holding one of ``ids``, tokens the
+    adapter or the model puts in the sequence itself, or that end it (``why`` says which
+    job they do); ``token_strings``: the adapter's, to name the token."""
+    for name, seq in seqs.items():
+        held = [int(v) for v in seq if int(v) in ids]
+        if held:
+            raise InputError(f"{name}: holds {token_strings([held[0]])[0]!r} (id {held[0]}), which {why}")
+
 
 def decode_shown(tokenizer, ids: Sequence[int]) -> str:
     """``ids`` decoded with their special tokens, and an id the tokenizer does not know (a row

@@ -187,6 +187,17 @@ def test_explainer_parts_words_at_special_tokens_and_masked_slots():
     e = exp.explain(image, prompt="describe the image", response=[red, past, blue, LLADA_EOS_ID, red])
     assert e.tokens == ["red", f"<id {past}>", "blue"] and e.pieces == [[0], [1], [2]]
     assert e.response == f"{proc.tokenizer.decode([red])} <id {past}> {proc.tokenizer.decode([blue])}"
+    # an end or mask token written in a text response cut or dropped words without a word; at its end it is fine
+    from dcam.errors import InputError
+
+    for text, tok, tid in (("red <|endoftext|> blue", "<|endoftext|>", LLADA_EOS_ID),
+                           ("red <|mdm_mask|> blue", "<|mdm_mask|>", LLADA_MASK_ID)):
+        with pytest.raises(InputError) as info:
+            exp.explain(image, prompt="describe the image", response=text)
+        assert str(info.value) == (f"response: holds {tok!r} (id {tid}), which ends a response or marks an empty "
+                                   "slot; give the text without it (or token ids)")
+    ended = exp.explain(image, prompt="describe the image", response="red blue <|endoftext|>")
+    assert ended.tokens == exp.explain(image, prompt="describe the image", response="red blue").tokens
 
 
 def test_a_phrase_is_named_by_the_response_text_it_covers():

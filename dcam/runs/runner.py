@@ -100,6 +100,12 @@ def index_entry(rec, e, metrics: Optional[dict]) -> dict:
     return _json_safe(entry)
 
 
+def _prompt(rec, opts: RunOptions):
+    """The record's prompt, else the run's: an empty one is the record's (and refused as the
+    API refuses it), not a missing one (``""`` quietly became the default prompt)."""
+    return opts.prompt if rec.prompt is None else rec.prompt
+
+
 def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, Optional[str]]]:
     """(record, explanation or None, error or None) for each record: one
     ``explain_batch`` call, record by record if it refuses the batch."""
@@ -112,8 +118,8 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
                                      "model's own generation"))
                 continue
             try:
-                out.append((r, explainer.explain(r.image, r.prompt or opts.prompt, targets=r.targets,
-                                                 trajectory=True, **kw), None))
+                out.append((r, explainer.explain(r.image, _prompt(r, opts), targets=r.targets, trajectory=True, **kw),
+                            None))
             except InputError as exc:
                 out.append((r, None, one_line(str(exc))))
         return out
@@ -121,7 +127,7 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
     if any(t != "all" for t in targets):
         kw["targets_per_image"] = targets
     try:
-        es = explainer.explain_batch([r.image for r in recs], [r.prompt or opts.prompt for r in recs],
+        es = explainer.explain_batch([r.image for r in recs], [_prompt(r, opts) for r in recs],
                                      [r.response for r in recs], **kw)
         return [(r, e, None) for r, e in zip(recs, es)]
     except InputError as exc:

@@ -173,3 +173,26 @@ def test_overlay_arguments_checked():
     # a Colormap object is taken as it is: its colours, not jet's
     got = show_cam_on_image(img, np.ones((2, 2)), alpha=1.0, colormap=matplotlib.colormaps["gray"])
     assert (got == 255).all()
+
+
+def test_special_tokens_written_in_the_text_and_the_placeholder_are_refused(explainer, image):
+    # "<image>" in a prompt or response made the image span 257 long ("image span has 257 tokens", and the CLI
+    # blamed IMAGE); "[EOS]" cut the words after it ("a red [EOS] circle" explained "a red"), without a word
+    tok = explainer.processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<image>")
+    special = "a special token (the image, ends, padding and masks are placed by the processor); give the text without it"
+    for kwargs, line in (({"response": "a red <image> circle"}, f"response: holds '<image>', {special}"),
+                         ({"prompt": "describe <image>", "response": "a red circle"}, f"prompt: holds '<image>', {special}"),
+                         ({"response": "a red [EOS] circle"}, f"response: holds '[EOS]', {special}"),
+                         ({"response": [6, 8, image_id, 12]},
+                          f"response: holds '<image>' (id {image_id}), which is the image placeholder the model fills "
+                          "with image features")):
+        with pytest.raises(InputError) as info:
+            explainer.explain(image, **kwargs)
+        assert _one_line(info) == line
+    # bytes as targets were read as word numbers (b"red": 114, 101, 100)
+    for bad in (b"red", bytearray(b"\x01"), memoryview(b"\x01")):
+        with pytest.raises(InputError) as info:
+            explainer.explain(image, response="a red circle", targets=bad)
+        assert _one_line(info) == (f"targets must be 'all', word numbers or words, got {type(bad).__name__}; decode "
+                                   "the bytes to text")

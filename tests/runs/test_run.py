@@ -319,3 +319,17 @@ def test_records_taken_out_of_the_manifest_are_not_counted_as_failed(run_manifes
     info = json.load(open(os.path.join(out, "run.json")))
     assert info["status"] == "complete" and info["counts"]["errors"] == 0 and info["counts"]["done"] == 1
     assert _lines(os.path.join(out, "errors.jsonl")) == []
+
+
+def test_an_empty_prompt_in_a_manifest_is_refused_as_the_api_refuses_it(run_manifest, tmp_path, capsys):
+    # "prompt": "" was replaced by --prompt (or the model's default) without a word, while "   " was an error record
+    folder = os.path.dirname(run_manifest["path"])
+    image = os.path.join(folder, "img", "s2.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": rid, "image": image, "prompt": p}) + "\n"
+                                for rid, p in (("empty", ""), ("spaces", "   "), ("given", None))))
+    out = str(tmp_path / "run")
+    assert main(["run", str(manifest), "--out", out, "--prompt", "describe the image", *RUN_ARGS]) == 0
+    errors = {e["id"]: e["reason"] for e in _lines(os.path.join(out, "errors.jsonl"))}
+    assert set(errors) == {"empty", "spaces"} and all(r.startswith("prompt: ") for r in errors.values()), errors
+    assert [e["id"] for e in _lines(os.path.join(out, "index.jsonl"))] == ["given"]

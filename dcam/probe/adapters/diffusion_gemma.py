@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
+from ...words import refuse_ids
 from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
 from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, grid_from_patch_positions, placed_by_dcam
-from .llava import refuse_ids
 
 DEFAULT_PROMPT = "Describe the image."
 
@@ -123,7 +123,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         # a second BOS and <boi> in the sequence, or one image token too many, without a word
         placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
         resp = [] if response_ids is None else [int(v) for v in response_ids]
-        refuse_ids(self.tokenizer, placed, placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids, response=resp)
+        refuse_ids(self.token_strings, placed, placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids, response=resp)
         ids = prefix + p_ids
         Lp = len(ids)
         t = torch.tensor([ids + resp], dtype=torch.long)

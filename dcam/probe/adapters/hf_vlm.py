@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from ...errors import InputError
+from ...words import refuse_ids
 from .base import ImageView, Prepared, config_get
-from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter, refuse_ids
+from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
 
 
 def image_span(prompt_ids: Tensor, image_token_id: int) -> Tensor:
@@ -189,7 +190,7 @@ class Gemma4Adapter(HFVisionLanguageAdapter):
         bos = config_get(c, "bos_token_id")
         p_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
-        refuse_ids(self.tokenizer, placed, placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids)
+        refuse_ids(self.token_strings, placed, placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids)
         ids = ([int(bos)] if bos is not None else []) + [int(c.boi_token_id)] + [self.image_token_id] * n + \
             [int(c.eoi_token_id)] + p_ids
         return {"input_ids": torch.tensor([ids]), "pixel_values": out["pixel_values"][:1],

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError, one_line
+from ...words import PLACEHOLDER, refuse_ids
 from .anyres import anyres_layout, anyres_views, max_tiles_of
 from .base import Generation, ImageView, ModelAdapter, Prepared, _ids_set, config_get, load_image, \
     locate_image_positions, relative_depth_layer
@@ -35,16 +36,6 @@ from .base import Generation, ImageView, ModelAdapter, Prepared, _ids_set, confi
 DEFAULT_PROMPT = "Describe the image."
 #: Processor outputs with one entry per token: extended over the response (value 0).
 PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")
-
-
-def refuse_ids(tokenizer, ids, why: str, **seqs) -> None:
-    """Refuse a prompt or response (``seqs``: name -> ids) holding one of ``ids``, tokens the
-    adapter or the model puts in the sequence itself (``why`` says which job they do)."""
-    for name, seq in seqs.items():
-        held = [int(v) for v in seq if int(v) in ids]
-        if held:
-            tok = tokenizer.convert_ids_to_tokens([held[0]])[0]
-            raise InputError(f"{name}: holds {tok!r} (id {held[0]}), which {why}")
 
 
 class HFVisionLanguageAdapter(ModelAdapter):
@@ -171,8 +162,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         self.check_one_image_marker(text)
         resp = [] if response_ids is None else [int(v) for v in response_ids]
         # the model would count one image token too many ("features and image tokens do not match")
-        refuse_ids(self.tokenizer, self.placeholder_ids(), "is the image placeholder the model fills with image "
-                   "features", response=resp)
+        refuse_ids(self.token_strings, self.placeholder_ids(), PLACEHOLDER, response=resp)
         try:
             enc = self.encode(img, text)
         except InputError:
