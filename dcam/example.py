@@ -12,6 +12,7 @@ import torch
 from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
+from .probe.hooks import generating
 from .targets import Item, explainable_slots, response_items, select_items
 from .words import PLACEHOLDER, refuse_ids, token_spans
 
@@ -113,7 +114,8 @@ class ExampleBuilder:
         """(response ids, steps for AKD, where the steps came from, notes)."""
         a, steps = self.x.adapter, self.steps
         if response is None:
-            gen = a.generate(prep0, steps, self.response_length)
+            with generating(a.model):
+                gen = a.generate(prep0, steps, self.response_length)
             notes = []
             note = a.steps_note(steps, len(gen.response_ids), int(gen.steps)) if steps is not None else None
             if note:  # fewer (or more) steps than asked, and why

@@ -48,21 +48,44 @@ def exclusive(method):
 
 
 @contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode, every module's own flag restored on exit: ``model.train(flag)``
+    gave every submodule the top one's, so a model fine-tuned with a frozen (eval) encoder came
+    back with its encoder in train mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in modes:
+            m.training = flag
+
+
+@contextmanager
 def frozen(model: nn.Module):
     """Parameters with ``requires_grad=False`` (restored on exit), eval mode, under
     :func:`explaining`."""
-    with explaining(model):
+    with explaining(model), eval_mode(model):
         flags = [(p, p.requires_grad) for p in model.parameters()]
-        training = model.training
         for p, _ in flags:
             p.requires_grad_(False)
-        model.eval()
         try:
             yield model
         finally:
             for p, f in flags:
                 p.requires_grad_(f)
-            model.train(training)
+
+
+@contextmanager
+def generating(model: nn.Module):
+    """What a generation runs under: :func:`explaining`, eval mode (the response comes from the
+    model as it is probed: in train mode its dropout made a new, garbled response each call),
+    and the global RNG forked (a sampler that draws, as DiffusionGemma's does, leaves the
+    caller's later sampling as it was, and the same call gives the same response)."""
+    dev = next(iter(model.parameters()), torch.empty(0)).device
+    with explaining(model), eval_mode(model), \
+            torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        yield model
 
 
 class Tap:
@@ -71,6 +94,10 @@ class Tap:
     recorded."""
 
     def __init__(self, block: nn.Module, norm: Optional[nn.Module], make_leaf: bool, retain: bool = False):
+        # the hooks act on this thread's forwards only: another thread serving the model meanwhile
+        # had its outputs made grad leaves and its grad mode switched on (and each of its forwards
+        # counted as one more run of the hooked block)
+        self.thread = threading.get_ident()
         self.block_outputs: List[Tensor] = []
         self.norm_outputs: List[Tensor] = []
         self.make_leaf = make_leaf
@@ -80,6 +107,8 @@ class Tap:
             self.handles.append(norm.register_forward_hook(self._norm_hook))
 
     def _block_hook(self, module, args, output):
+        if threading.get_ident() != self.thread:
+            return None
         h = output[0] if isinstance(output, (tuple, list)) else output
         if self.make_leaf:
             new = h.detach().requires_grad_(True)
@@ -98,6 +127,8 @@ class Tap:
         return new
 
     def _norm_hook(self, module, args, output):
+        if threading.get_ident() != self.thread:
+            return None
         h = output[0] if isinstance(output, (tuple, list)) else output
         self.norm_outputs.append(h.detach())
 
@@ -140,6 +171,7 @@ class HeadAtRows:
 
     def __init__(self, head: nn.Module, positions: Tensor, length: int):
         self.positions, self.length, self.calls = positions, int(length), 0
+        self.thread = threading.get_ident()  # (as Tap: another thread's forwards pass untouched)
         self.rows: Optional[Tensor] = None  # the head's input at the positions ([B, P, D]), as passed on
         self.out: Optional[Tensor] = None  # and its output there
         self.handle = head.register_forward_pre_hook(self._hook)
@@ -147,7 +179,8 @@ class HeadAtRows:
 
     def _hook(self, module, args):
         x = args[0] if args else None
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[1] != self.length:
+        if threading.get_ident() != self.thread or not isinstance(x, Tensor) or x.dim() != 3 or \
+                x.shape[1] != self.length:
             return None
         self.calls += 1
         self.rows = gather_rows(x, self.positions)

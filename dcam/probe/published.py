@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from .adapters.base import ModelAdapter, Prepared
-from .hooks import Tap
+from .hooks import Tap, eval_mode
 from .modes import build_probe_inputs, pick_distractor
 
 
@@ -28,33 +28,31 @@ def published_gradients(adapter: ModelAdapter, prep: Prepared, positions: Sequen
     distractor = pick_distractor(prep, positions, adapter) if target_score == "contrastive" else None
     model = adapter.model
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    training = model.training
-    model.eval()
     out = []
-    try:
-        for p, _ in flags:
-            p.requires_grad_(True)
-        for g, members in enumerate(groups):
-            row = g if probe == "remask" else 0
-            pos = [int(positions[k]) for k in members] + ([distractor] if distractor is not None else [])
-            want = adapter.logit_positions(torch.tensor(pos))
-            tap = Tap(blocks[layer], None, make_leaf=False, retain=True)
-            try:
-                model.zero_grad(set_to_none=True)
-                with torch.enable_grad():
-                    logits = adapter.logits_at(ids[row:row + 1], adapter.batch_inputs(prep, 1), want,
-                                              prep.response_start)[0]
-                    if distractor is None:
-                        s = sum(logits[j, int(token_ids[k])] for j, k in enumerate(members))
-                    else:
-                        s = sum(logits[j].sum() - logits[-1].sum() for j in range(len(members)))
-                    s.backward()
-                out.append(tap.output().grad[0, img].detach().clone())
-            finally:
-                tap.remove()
-        model.zero_grad(set_to_none=True)
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-        model.train(training)
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(True)
+            for g, members in enumerate(groups):
+                row = g if probe == "remask" else 0
+                pos = [int(positions[k]) for k in members] + ([distractor] if distractor is not None else [])
+                want = adapter.logit_positions(torch.tensor(pos))
+                tap = Tap(blocks[layer], None, make_leaf=False, retain=True)
+                try:
+                    model.zero_grad(set_to_none=True)
+                    with torch.enable_grad():
+                        logits = adapter.logits_at(ids[row:row + 1], adapter.batch_inputs(prep, 1), want,
+                                                  prep.response_start)[0]
+                        if distractor is None:
+                            s = sum(logits[j, int(token_ids[k])] for j, k in enumerate(members))
+                        else:
+                            s = sum(logits[j].sum() - logits[-1].sum() for j in range(len(members)))
+                        s.backward()
+                    out.append(tap.output().grad[0, img].detach().clone())
+                finally:
+                    tap.remove()
+            model.zero_grad(set_to_none=True)
+        finally:
+            for p, f in flags:
+                p.requires_grad_(f)
     return torch.stack(out)

@@ -21,6 +21,7 @@ so a layer that only looks alike falls back to the full block.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Optional
 
 import torch
@@ -96,6 +97,7 @@ class LastBlockAtRows:
 
     def __init__(self, block: nn.Module, positions: Tensor, length: int):
         self.block, self.length, self.ran = block, int(length), 0
+        self.thread = threading.get_ident()  # another thread's calls run the block as it is
         self.rows = torch.unique(positions.reshape(-1))  # sorted, no repeats: each row's gradient counted once
         self.original = block.forward
 
@@ -104,7 +106,7 @@ class LastBlockAtRows:
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None or \
             kwargs.get("use_cache")
-        usable = isinstance(hidden, Tensor) and hidden.dim() == 3 and hidden.shape[1] == self.length and \
+        usable = threading.get_ident() == self.thread and isinstance(hidden, Tensor) and hidden.dim() == 3 and hidden.shape[1] == self.length and \
             not cached and kwargs.get("position_embeddings") is not None and \
             (mask is None or (isinstance(mask, Tensor) and mask.dim() == 4))
         if not usable:

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
 from ..probe.gradients import Targets, item_context_weights
-from ..probe.hooks import explaining
+from ..probe.hooks import explaining, generating
 from ..probe.modes import check_probe_request
 from ..targets import check_granularity
 from ..words import clean_token, find_item
@@ -332,7 +332,8 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
                          "pick a view")
     granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
-    gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
+    with generating(a.model):
+        gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")

@@ -135,9 +135,17 @@ class DiffusionGemmaAdapter(ModelAdapter):
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or self.response_length)
         S = int(steps or self.default_steps)
-        with torch.no_grad():
+        # the tokens dcam places around the image are never drawn into a response (prepare refuses them)
+        c = self.model.config
+        placed = sorted(int(v) for v in (config_get(c, "bos_token_id"), c.boi_token_id, c.eoi_token_id,
+                                         self.image_token_id) if v is not None)
+        from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
+
+        suppress = LogitsProcessorList([SuppressTokensLogitsProcessor(placed, device=prep.input_ids.device)])
+        with torch.no_grad():  # (its generate takes no suppress_tokens: a logits processor does it)
             out = self.model.generate(input_ids=prep.input_ids[:, :prep.response_start], **prep.model_inputs,
-                                      max_new_tokens=Lr, max_denoising_steps=S, return_dict_in_generate=True)
+                                      max_new_tokens=Lr, max_denoising_steps=S, return_dict_in_generate=True,
+                                      logits_processor=suppress)
         new = out.sequences[0, prep.response_start:prep.response_start + Lr].tolist()
         pad = _ids_set(config_get(self.model.config, "pad_token_id"))
         n_valid = sum(1 for t in out.sequences[0, prep.response_start:].tolist() if t not in pad)

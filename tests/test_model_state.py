@@ -1,0 +1,113 @@
+"""What an explanation leaves on the user's model and process: each module's own
+train/eval flag, the global RNG, other threads' forwards, and the response it
+generates (from the model as it is probed, eval mode)."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dcam
+from dcam.probe.hooks import HeadAtRows, Tap
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from dcam.testing import tiny_toy
+
+    return tiny_toy(seed=0)
+
+
+def _image():
+    return (np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")
+
+
+def test_each_module_keeps_its_own_train_flag(toy):
+    # the probe restored model.train(flag), which gave every submodule the top module's: a model fine-tuned with
+    # a frozen (eval) vision tower came back with the tower in train mode
+    model, proc = toy
+    model.train()
+    model.vision_tower.eval()
+    want = {name: m.training for name, m in model.named_modules()}
+    try:
+        dcam.Explainer(model, proc).explain(_image())
+        assert {name: m.training for name, m in model.named_modules()} == want
+        assert model.training and not model.vision_tower.training
+    finally:
+        model.eval()
+
+
+def test_a_response_is_generated_as_the_model_is_probed(toy):
+    # generation ran in the caller's train mode: with dropout, each call wrote a new (garbled) response, drew from
+    # the global RNG, and the response was then explained with dropout off
+    model, proc = toy
+    exp = dcam.Explainer(model, proc)
+    layers = model.language_model.layers
+    before = [layer.self_attn.attention_dropout for layer in layers]
+    for layer in layers:
+        layer.self_attn.attention_dropout = 0.5
+    try:
+        want = exp.explain(_image()).response  # eval mode
+        model.train()
+        for _ in range(2):
+            rng = torch.random.get_rng_state().clone()
+            assert exp.explain(_image()).response == want
+            assert torch.equal(torch.random.get_rng_state(), rng)
+    finally:
+        model.eval()
+        for layer, p in zip(layers, before):
+            layer.self_attn.attention_dropout = p
+
+
+def test_hooks_leave_other_threads_forwards_alone():
+    # a thread serving the model during an explanation had its block outputs made grad leaves and grad mode
+    # switched on for good, and each of its forwards counted as one more run of the hooked block
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 6))
+    tap = Tap(net[0], net[1], make_leaf=True)
+    head = HeadAtRows(net[2], torch.tensor([0]), length=3)
+    seen = {}
+
+    def serve():
+        with torch.no_grad():
+            out = net(torch.randn(1, 3, 4))
+        seen.update(requires_grad=out.requires_grad, grad_enabled=torch.is_grad_enabled(), shape=tuple(out.shape))
+    try:
+        t = threading.Thread(target=serve)
+        t.start()
+        t.join()
+        assert seen == {"requires_grad": False, "grad_enabled": True, "shape": (1, 3, 6)}
+        assert tap.block_outputs == [] and tap.norm_outputs == [] and head.calls == 0
+        out = net(torch.randn(1, 3, 4))  # this thread's forward is the probe's
+        assert len(tap.block_outputs) == 1 and head.calls == 1 and tuple(out.shape) == (1, 1, 6)
+    finally:
+        tap.remove()
+        head.remove()
+
+
+def test_diffusion_gemma_never_writes_the_tokens_it_refuses_and_leaves_the_rng():
+    # its sampler drew the <boi>/<eoi>/image tokens dcam places itself (7 seeds of 150: "response: holds
+    # '<end_of_image>' ... give the text without it", for a response the user never gave) and advanced the global RNG
+    from dcam.probe.adapters.base import config_get
+    from dcam.testing.standins import STANDINS
+
+    model, proc = STANDINS["diffusion-gemma"](seed=0)
+    exp = dcam.Explainer(model, proc)
+    a = exp.adapter
+    c = model.config
+    placed = {int(v) for v in (config_get(c, "bos_token_id"), c.boi_token_id, c.eoi_token_id, a.image_token_id)
+              if v is not None}
+    prep = a.prepare(_image(), None, None)
+    for seed in range(30):
+        torch.manual_seed(seed)
+        with torch.random.fork_rng():
+            ids = a.generate(prep, 4, 8).response_ids
+        assert not placed & set(ids), (seed, ids)
+    torch.manual_seed(3)
+    rng = torch.random.get_rng_state().clone()
+    try:
+        first = exp.explain(_image(), response_length=8, steps=4).response
+        assert exp.explain(_image(), response_length=8, steps=4).response == first  # the same state, the same draw
+    except dcam.InputError as exc:  # a random stand-in may write only ends: nothing to explain, and that is said
+        assert "no word to explain" in str(exc)
+    assert torch.equal(torch.random.get_rng_state(), rng)
