@@ -173,7 +173,8 @@ def run(args) -> int:
     if len(inputs) == 1 and not os.path.exists(inputs[0]):
         raise InputError(f"IMAGE: no such file {inputs[0]!r}")
     # --overwrite replaces --out whole: never over an input image or the model's own files
-    refuse_inputs_inside(target, [("the input image", p) for p in inputs] + [("the model", common.model_location(args))])
+    refuse_inputs_inside(target, [("the input image", p) for p in inputs] +
+                         [("the model", common.model_location(args))])
     common.apply_run_options(args)
     common.log("loading the model", args.quiet)
     model, processor = common.load_model_for(args)

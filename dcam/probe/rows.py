@@ -106,8 +106,8 @@ class LastBlockAtRows:
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None or \
             kwargs.get("use_cache")
-        usable = threading.get_ident() == self.thread and isinstance(hidden, Tensor) and hidden.dim() == 3 and hidden.shape[1] == self.length and \
-            not cached and kwargs.get("position_embeddings") is not None and \
+        usable = threading.get_ident() == self.thread and isinstance(hidden, Tensor) and hidden.dim() == 3 and \
+            hidden.shape[1] == self.length and not cached and kwargs.get("position_embeddings") is not None and \
             (mask is None or (isinstance(mask, Tensor) and mask.dim() == 4))
         if not usable:
             return self.original(*args, **kwargs)

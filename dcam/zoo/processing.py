@@ -156,7 +156,8 @@ class ShapesProcessor:
         ids = self.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
         if self.unk_token_id in ids:  # a tokenizer that splits words further: name the whole text
             raise InputError(f"{what}: {text!r} holds text outside the model's vocabulary")
-        special = [i for i in ids if i in set(self.tokenizer.all_special_ids)]
+        specials = set(self.tokenizer.all_special_ids)
+        special = [i for i in ids if i in specials]
         if special:  # "<image>" made the image span 257 long; "[EOS]" cut the words after it
             tok = self.tokenizer.convert_ids_to_tokens(special[0])
             raise InputError(f"{what}: holds {tok!r}, a special token (the image, ends, padding and masks are "

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from ...errors import InputError
 from ...words import refuse_ids
 from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
-from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, grid_from_patch_positions, placed_by_dcam
+from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, gemma_placed_ids, grid_from_patch_positions, \
+    placed_by_dcam
 
 DEFAULT_PROMPT = "Describe the image."
 
@@ -121,9 +122,9 @@ class DiffusionGemmaAdapter(ModelAdapter):
         p_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
         # dcam writes "[BOS] <boi> image <eoi>" before the prompt: a prompt (or response) holding those tokens put
         # a second BOS and <boi> in the sequence, or one image token too many, without a word
-        placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
         resp = [] if response_ids is None else [int(v) for v in response_ids]
-        refuse_ids(self.token_strings, placed, placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids, response=resp)
+        refuse_ids(self.token_strings, gemma_placed_ids(c, self.image_token_id), placed_by_dcam(GEMMA_LAYOUT),
+                   prompt=p_ids, response=resp)
         ids = prefix + p_ids
         Lp = len(ids)
         t = torch.tensor([ids + resp], dtype=torch.long)
@@ -136,11 +137,9 @@ class DiffusionGemmaAdapter(ModelAdapter):
         Lr = int(response_length or self.response_length)
         S = int(steps or self.default_steps)
         # the tokens dcam places around the image are never drawn into a response (prepare refuses them)
-        c = self.model.config
-        placed = sorted(int(v) for v in (config_get(c, "bos_token_id"), c.boi_token_id, c.eoi_token_id,
-                                         self.image_token_id) if v is not None)
         from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
 
+        placed = sorted(gemma_placed_ids(self.model.config, self.image_token_id))
         suppress = LogitsProcessorList([SuppressTokensLogitsProcessor(placed, device=prep.input_ids.device)])
         with torch.no_grad():  # (its generate takes no suppress_tokens: a logits processor does it)
             out = self.model.generate(input_ids=prep.input_ids[:, :prep.response_start], **prep.model_inputs,

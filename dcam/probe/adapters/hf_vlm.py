@@ -167,6 +167,12 @@ def placed_by_dcam(layout: str) -> str:
 GEMMA_LAYOUT = "[BOS] <boi> image <eoi> come before the prompt"
 
 
+def gemma_placed_ids(config, image_token_id: int) -> set:
+    """The ids of :data:`GEMMA_LAYOUT` in a Gemma 4 vision model's ``config``: never in a prompt or response."""
+    return {int(v) for v in (config_get(config, "bos_token_id"), config.boi_token_id, config.eoi_token_id,
+                             image_token_id) if v is not None}
+
+
 class Gemma4Adapter(HFVisionLanguageAdapter):
     image_views = ()
     name = "gemma4"
@@ -189,8 +195,8 @@ class Gemma4Adapter(HFVisionLanguageAdapter):
         c = self.model.config
         bos = config_get(c, "bos_token_id")
         p_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        placed = {int(v) for v in (bos, c.boi_token_id, c.eoi_token_id, self.image_token_id) if v is not None}
-        refuse_ids(self.token_strings, placed, placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids)
+        refuse_ids(self.token_strings, gemma_placed_ids(c, self.image_token_id), placed_by_dcam(GEMMA_LAYOUT),
+                   prompt=p_ids)
         ids = ([int(bos)] if bos is not None else []) + [int(c.boi_token_id)] + [self.image_token_id] * n + \
             [int(c.eoi_token_id)] + p_ids
         return {"input_ids": torch.tensor([ids]), "pixel_values": out["pixel_values"][:1],

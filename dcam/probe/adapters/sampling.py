@@ -30,10 +30,6 @@ from torch import Tensor
 from ...errors import InputError
 
 
-#: the schedules :func:`transfer_schedule` knows: None (linear) and LaViDa's "shift"
-SCHEDULES = (None, "shift")
-
-
 def transfer_schedule(masked: int, steps: int, schedule: Optional[str] = None, shift: float = 3.0) -> List[int]:
     """Tokens committed at each of ``steps`` steps for ``masked`` masked slots.
 
@@ -77,11 +73,11 @@ def block_plan(length: int, steps: int, block_length: Optional[int]) -> Tuple[in
     return n_blocks, steps // n_blocks
 
 
-def steps_used(length: int, steps: int, block_length: Optional[int] = None, schedule: Optional[str] = None) -> int:
+def steps_used(length: int, steps: int, block_length: Optional[int] = None) -> int:
     """Denoising steps that commit at least one token (AKD's ``steps``)."""
     n_blocks, per_block = block_plan(length, steps, block_length)
     per = (block_length or length)
-    return n_blocks * sum(1 for k in transfer_schedule(per, per_block, schedule) if k > 0)
+    return n_blocks * sum(1 for k in transfer_schedule(per, per_block) if k > 0)
 
 
 @torch.no_grad()
