@@ -148,11 +148,11 @@ def _bar_chart(rows: Dict[str, Dict[str, float]], path: str, title: str) -> str:
         vals = [v * sc if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else 0.0 for v in vals]
         ax.bar(range(len(names)), vals, color=colours)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([_label(n) for n in names], rotation=40, ha="right", fontsize=8)
+        ax.set_xticklabels([_label(n) for n in names], rotation=40, ha="right", fontsize=8, parse_math=False)
         ax.set_title(lab, fontsize=10)
         for x, v in enumerate(vals):
             ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -177,7 +177,7 @@ def _example_sheet(ex: dict, path: str) -> str:
         if words:
             gt = rec.word_mask(words[r]) > 0
             ax.contour(gt.astype(float), levels=[0.5], colors="white", linewidths=0.8)
-            ax.set_ylabel(rec.words[words[r]], fontsize=10)
+            ax.set_ylabel(rec.words[words[r]], fontsize=10, parse_math=False)
         if r == 0:
             ax.set_title("image + GT", fontsize=9)
         for c, m in enumerate(methods, start=1):
@@ -189,12 +189,14 @@ def _example_sheet(ex: dict, path: str) -> str:
                 ax.set_xlabel(f"IoU {100 * res['obj_iou'][0].item():.0f}  F3 {100 * res['f3'][0].item():.0f}",
                               fontsize=8)
             if r == 0:
-                ax.set_title(_label(m), fontsize=9)
+                ax.set_title(_label(m), fontsize=9, parse_math=False)
     for row in axes:
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"{rec.record_id}: {rec.caption}", fontsize=9)
+    # captions, words and ids are data, drawn as written: matplotlib reads "$...$" as maths
+    # (a caption "worth $x_$" raised its parse error and lost the whole evaluation)
+    fig.suptitle(f"{rec.record_id}: {rec.caption}", fontsize=9, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
