@@ -115,7 +115,7 @@ def write_text_atomic(path: str, text: str, option: Optional[str] = None) -> Non
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".dcam-", dir=folder)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # not the locale's: pages hold the user's text
             f.write(text)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

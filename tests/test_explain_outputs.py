@@ -187,5 +187,11 @@ def test_page_writer_checks_its_arguments(toy, sample, tmp_path):
             write_explanation_page(str(tmp_path), e, alpha=alpha)
     with pytest.raises(InputError, match="^folder: .* is not an existing folder"):
         write_explanation_page(str(tmp_path / "missing"), e)
+    # filename is a name inside folder: "sub/x.html" was open()'s FileNotFoundError
+    (tmp_path / "taken.html").mkdir()
+    for name in ("sub/x.html", "", "..", "taken.html", 3):
+        with pytest.raises(InputError, match="^filename: "):
+            write_explanation_page(str(tmp_path), e, filename=name)
+    (tmp_path / "taken.html").rmdir()
     assert os.listdir(tmp_path) == []
     assert os.path.basename(write_explanation_page(str(tmp_path), e, alpha=0.25)) == "index.html"

@@ -13,7 +13,7 @@ Page data: a record is a dict (JSON)::
     {"id", "response", "where", "image": URL or null, "size": [W, H],
      "items": [{"text", "number"}], "grid": [h, w],
      "steps": S,                  # 1, or the number of steps of a map trajectory
-     "step_labels": [...] | null, # one label per step (e.g. the denoising step)
+     "step_labels": [...] | null, # one label per step; default "step s/S-1" (0-based, as the GIFs)
      "maps": base64 of uint8 [S, T, h, w] (round(255 * clamp(v, 0, 1)), row-major),
      "stats": {name: [T]}, "metrics": {...} | null, "notes": [...], "error": null | reason}
 
@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..output import check_existing_folder
+from ..errors import InputError
+from ..output import check_existing_folder, write_text_atomic
 from .overlay import FULL_BOX, check_alpha
 
 _CSS = """
@@ -54,6 +55,7 @@ border-radius:3px;background:#fff;padding:2px 6px;cursor:pointer}.dcv .words but
 color:#fff;border-color:#2a5bd7}.dcv table{border-collapse:collapse;font-size:12px;margin-top:6px}
 .dcv td,.dcv th{border:1px solid #ddd;padding:2px 6px;text-align:left}.dcv .error{color:#b00}
 .dcv .bar{display:flex;align-items:center;gap:4px;font-size:11px;margin:4px 0}.dcv .ctl{font-size:12px;margin:4px 0}
+.dcv .top,.dcv .resp,.dcv h3,.dcv .words button,.dcv td{overflow-wrap:anywhere}.dcv .words button{max-width:100%}
 """
 
 _JS = r"""
@@ -109,8 +111,9 @@ Viewer.prototype.renderList=function(){
    el('div',{cls:'t',text:(r.id)+': '+(r.error?'error: '+r.error:r.response)})]);
   row.onclick=function(){s.show(n);};s.list.appendChild(row);if(n===s.rec&&row.scrollIntoView)
    row.scrollIntoView({block:'nearest'});});};
+// render rebuilds the word buttons; the old ones never get a mouseleave, so the hover is reset with them
 Viewer.prototype.render=function(){
- var s=this,r=this.record(),m=this.main;this.renderList();m.innerHTML='';if(!r)return;
+ var s=this,r=this.record(),m=this.main;this.renderList();m.innerHTML='';this.hover=-1;if(!r)return;
  this.root.setAttribute('data-record',r.id);
  m.appendChild(el('h3',{text:r.id+(r.where?' ('+r.where+')':'')}));
  if(r.error){m.appendChild(el('div',{cls:'error',text:'error: '+r.error}));return;}
@@ -130,7 +133,7 @@ Viewer.prototype.render=function(){
  m.appendChild(el('div',{cls:'ctl'},[el('span',{text:'opacity '}),op]));
  if(r.steps>1){if(this.step<0)this.step=r.steps-1;
   var st=el('input',{type:'range',min:0,max:r.steps-1,value:this.step,cls:'step'}),lab=el('span',{cls:'steplab'});
-  var setl=function(){lab.textContent=' step '+(r.step_labels?r.step_labels[s.step]:s.step+1)+' of '+r.steps;};
+  var setl=function(){lab.textContent=' '+(r.step_labels?r.step_labels[s.step]:'step '+s.step+'/'+(r.steps-1));};
   st.oninput=function(){s.step=parseInt(st.value,10);setl();s.draw();};setl();
   m.appendChild(el('div',{cls:'ctl'},[el('span',{text:'trajectory '}),st,lab]));}
  this.stats=el('table',{cls:'stats'});m.appendChild(this.stats);
@@ -283,9 +286,14 @@ def write_explanation_page(folder: str, explanation, filename: str = "index.html
     cfg = viewer_config([explanation_record(explanation)], title=explanation.response,
                         summary=_summary(explanation), colormap=colormap, alpha=alpha)
     check_existing_folder(folder)
+    # a file name inside folder: "sub/x.html" was open()'s FileNotFoundError, naming no argument
+    if not isinstance(filename, str) or filename in ("", ".", "..") or os.path.basename(filename) != filename \
+            or (os.altsep and os.altsep in filename):
+        raise InputError(f"filename: {filename!r} is not a file name (the page is written into folder)")
     path = os.path.join(folder, filename)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page_html(cfg))
+    if os.path.isdir(path):
+        raise InputError(f"filename: {path!r} is a folder, not a file")
+    write_text_atomic(path, page_html(cfg), option="filename")
     return path
 
 

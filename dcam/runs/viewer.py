@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from typing import Optional
 
+import torch
+
 from ..errors import InputError
 from .reader import load_run
 from .store import write_bytes_atomic
@@ -67,8 +69,10 @@ def _metrics_html(metrics: Optional[dict]) -> str:
     if not metrics:
         return ""
     s = metrics.get("summary", {})
-    cols = [("Obj-IoU", "obj_iou", 100), ("Contrast", "contrast", 1), ("Concentration", "concentration", 100),
-            ("F3", "f3", 100), ("Func-IoU", "func_iou", 100), ("object words", "n_obj", None),
+    # labelled as metrics.md labels them (the per-record tables below show fractions)
+    cols = [("Obj-IoU (%)", "obj_iou", 100), ("Contrast (x)", "contrast", 1),
+            ("Concentration (%)", "concentration", 100), ("F3 (%)", "f3", 100), ("Func-IoU (%)", "func_iou", 100),
+            ("object words", "n_obj", None),
             ("function words", "n_func", None)]
     cells = []
     for _, k, scale in cols:
@@ -132,12 +136,12 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
             if limit is not None and pages.total >= limit:
                 continue
             e = r.entry
-            traj = r.trajectory
+            maps, labels = _frames(r)
             rec = record_data(
-                r.id, e["response"], _items(e), traj if traj is not None else r.maps,
+                r.id, e["response"], _items(e), maps,
                 _save_image(e.get("image"), tmp, pages.total, max_side), e.get("image_size") or [1, 1],
                 e.get("grid") or list(r.maps.shape[-2:]), stats=e.get("stats"), metrics=e.get("metrics"),
-                notes=e.get("notes"), where=e.get("where", ""), step_labels=e.get("trajectory_steps"))
+                notes=e.get("notes"), where=e.get("where", ""), step_labels=labels)
             if e.get("box"):  # the page lays the maps over the crop the model saw, as the overlays do
                 rec["box"] = e["box"]
             pages.add(rec)
@@ -162,6 +166,18 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
     page = os.path.join(root, "index.html")
     write_bytes_atomic(page, page_html(cfg).encode("utf-8"))
     return {"page": page, "records": pages.total, "pages": pages.pages, "errors": len(errors)}
+
+
+def _frames(r):
+    """(maps, step labels) of a record's page: its explanation's maps, or, where the run stored
+    a map trajectory, the trajectory's steps followed by the explanation (shown first, as the
+    statistics and metrics beside it are the explanation's; the trajectory's last step is the
+    response as it stood then, not the explanation of the whole response)."""
+    traj = r.trajectory
+    if traj is None:
+        return r.maps, None
+    S = traj.shape[0]
+    return torch.cat([traj, r.maps[None].to(traj.dtype)]), [f"step {s}/{S - 1}" for s in range(S)] + ["explanation"]
 
 
 def _replace(target: str, new: str) -> None:

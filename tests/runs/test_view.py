@@ -88,6 +88,11 @@ def test_run_page_in_chromium(browser, viewed_run):
     run = list(dcam.load_run(viewed_run))
     assert _attr(browser, "data-record") == run[0].id
     assert browser.js("document.querySelectorAll('.list .row').length") == 5
+    # the run's mean metrics, in percent as metrics.md has them, with the unit in the heading
+    summary = json.load(open(os.path.join(viewed_run, "metrics.json")))["summary"]
+    cells = browser.js("Array.from(document.querySelectorAll('table.runmetrics th, table.runmetrics td'))"
+                       ".map(function(c){return c.textContent})")
+    assert cells[0] == "Obj-IoU (%)" and cells[len(cells) // 2] == f"{100 * summary['obj_iou']:.2f}"
     assert browser.js("document.querySelectorAll('.words button').length") == len(run[0].tokens)
     assert browser.js("document.querySelector('.words').textContent") == "".join(
         t for t in run[0].tokens)
@@ -113,9 +118,17 @@ def test_run_page_in_chromium(browser, viewed_run):
     assert _attr(browser, "data-drawn") == "1:-1"
     browser.click(".fig", kind="hover")
     assert _attr(browser, "data-drawn") == "2:-1"
-    # keys: next record, next page, and the failed records at the end
+    # keys: next record, next page, and the failed records at the end. Pressed while a word is
+    # hovered (the mouse itself is on the picture: no new button comes under it), the next record
+    # shows its own first word: its removed button's hover was kept, and that index drawn there
+    browser.js("document.querySelector(\".words button[data-k='1']\").dispatchEvent(new MouseEvent('mouseenter'))")
+    assert _attr(browser, "data-drawn") == "1:-1"
     browser.key("j", "KeyJ", 74)
     assert _attr(browser, "data-record") == run[1].id
+    assert _attr(browser, "data-drawn") == "0:-1"
+    shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
+    px = _canvas(browser)[..., :3].astype(int)
+    assert np.abs(px - _expected_heat(run[1].maps[0], (shape[1], shape[0]))).max() <= TOL
     browser.key("PageDown", "PageDown", 34)
     assert _attr(browser, "data-record") == run[6].id
     assert browser.js("document.querySelector('.pg').textContent").startswith("page 2 / 3")
@@ -125,44 +138,53 @@ def test_run_page_in_chromium(browser, viewed_run):
 
 
 def _trajectory_run(folder, image_path):
-    """A run folder written here by hand: one record whose maps have a step axis [S, T, h, w]."""
+    """A run folder written here by hand: one record with its explanation's maps [T, h, w] and a
+    map trajectory [S, T, h, w] (whose last step differs from them, as in real runs)."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)
     traj = torch.rand(4, 2, 8, 8, generator=g)
+    maps = torch.rand(2, 8, 8, generator=g)
     os.makedirs(os.path.join(folder, "shards"))
-    save_file({"r000000": traj[-1].clone(), "r000000.trajectory": traj},
+    save_file({"r000000": maps, "r000000.trajectory": traj},
               os.path.join(folder, "shards", "a.safetensors"))
     entry = {"id": "traj</script><b>", "n": 0, "where": "line 1", "image": image_path, "image_size": [64, 64],
              "prompt": None, "response": "a circle <img src=x onerror=alert(1)>", "tokens": ["a", "circle"], "word_numbers": [0, 1],
-             "grid": [8, 8], "stats": {"kernel_size": [3, 5]}, "steps": 4, "trajectory_steps": [1, 2, 3, 4],
+             "grid": [8, 8], "stats": {"kernel_size": [3, 5]}, "steps": 4,
              "shard": "shards/a.safetensors", "key": "r000000", "part": "x", "maps_shape": [2, 8, 8],
              "trajectory_shape": [4, 2, 8, 8]}
     with open(os.path.join(folder, "index.jsonl"), "w") as f:
         f.write(json.dumps(entry) + "\n")
-    return traj
+    return traj, maps
 
 
 def test_trajectory_gets_a_step_slider(browser, tmp_path, run_manifest):
     folder = str(tmp_path / "traj")
-    traj = _trajectory_run(folder, os.path.join(run_manifest["folder"], "img", "s0.png"))
+    traj, maps = _trajectory_run(folder, os.path.join(run_manifest["folder"], "img", "s0.png"))
     r = next(iter(dcam.load_run(folder)))
-    assert torch.equal(r.trajectory, traj) and torch.equal(r.maps, traj[-1])
+    assert torch.equal(r.trajectory, traj) and torch.equal(r.maps, maps)
     assert main(["view", folder, "--quiet"]) == 0
     browser.open("file://" + os.path.join(folder, "index.html"))
     assert browser.problems() == []  # the id and response are text, not markup
     assert _attr(browser, "data-record") == "traj</script><b>"
     assert browser.js("document.querySelector('.resp').textContent") == "a circle <img src=x onerror=alert(1)>"
     assert browser.js("document.querySelectorAll('.main img').length") == 1  # only the record's image
-    assert browser.js("document.querySelector('input.step').max") == "3"
+    # the steps 0-3, then the explanation, shown first: the statistics beside it are its own (the page
+    # showed only the trajectory, the explanation's statistics beside the last step's different map)
+    assert browser.js("document.querySelector('input.step').max") == "4"
+    assert browser.js("document.querySelector('.steplab').textContent") == " explanation"
     shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
     size = (shape[1], shape[0])
+    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(maps[0], size)).max() <= TOL
+    browser.js("(function(){var s=document.querySelector('input.step');s.value=3;"
+               "s.dispatchEvent(new Event('input'));})()")
     assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[3, 0], size)).max() <= TOL
     browser.js("(function(){var s=document.querySelector('input.step');s.value=1;"
                "s.dispatchEvent(new Event('input'));})()")
     assert _attr(browser, "data-drawn") == "0:1"
     assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[1, 0], size)).max() <= TOL
-    assert "step 2 of 4" in browser.js("document.querySelector('.steplab').textContent")
+    # numbered from 0, as the GIFs, the trajectory sheet and decided_at number them
+    assert browser.js("document.querySelector('.steplab').textContent") == " step 1/3"
     browser.click(".words button[data-k='1']")
     assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[1, 1], size)).max() <= TOL
     assert browser.problems() == []
@@ -196,7 +218,7 @@ def test_run_page_lays_a_crop_models_maps_over_its_crop(browser, bundled, run_ma
     rgba = _canvas(browser).astype(int)
     H, W = rgba.shape[:2]
     x0, x1 = round(0.25 * W), round(0.75 * W)
-    inner = _expected_heat(r.trajectory[-1, 0], (H, x1 - x0))
+    inner = _expected_heat(r.maps[0], (H, x1 - x0))
     assert np.abs(rgba[:, x0:x1, :3] - inner).max() <= TOL
     zero = _expected_heat(torch.zeros(8, 8), (H, W))  # outside the crop: the map's zero colour
     assert np.abs(rgba[:, :x0, :3] - zero[:, :x0]).max() <= TOL and np.abs(rgba[:, x1:, :3] - zero[:, x1:]).max() <= TOL
@@ -279,3 +301,19 @@ def test_an_unreadable_run_json_is_refused_before_anything_is_written(reference_
     rc = main(["view", str(tmp_path / "nowhere"), "--quiet"])
     assert rc == 2 and capsys.readouterr().err.strip() == \
         f"dcam view: error: DIR: no such folder {str(tmp_path / 'nowhere')!r}"
+
+
+def test_a_very_long_word_wraps_inside_the_page(browser, tmp_path):
+    # a 300-character word ran the title, the response and its button past the window: the page
+    # scrolled sideways
+    from dcam.render.html import page_html, record_data, viewer_config
+
+    word = "x" * 300
+    rec = record_data(word, f"a {word}", [{"text": "a", "number": 0}, {"text": word, "number": 1}],
+                      torch.zeros(2, 4, 4), None, [64, 64], [4, 4])
+    (tmp_path / "long.html").write_text(page_html(viewer_config([rec], title=word)))
+    browser.open("file://" + str(tmp_path / "long.html"))
+    assert browser.problems() == []
+    widths = browser.js("[document.documentElement.scrollWidth, document.documentElement.clientWidth, "
+                        "document.querySelector(\".words button[data-k='1']\").getBoundingClientRect().right]")
+    assert widths[0] <= widths[1] and widths[2] <= widths[1]
