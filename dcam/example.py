@@ -13,7 +13,7 @@ from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
 from .probe.hooks import generating
-from .targets import Item, explainable_slots, response_items, select_items
+from .targets import Item, explainable_slots, items_asked, response_items, select_items
 from .words import PLACEHOLDER, refuse_ids, token_spans
 
 
@@ -195,11 +195,12 @@ class ExampleBuilder:
         breaks = [True if ids[i] in special or strings[k] == f"<id {ids[i]}>" else
                   ("gap" if k and i != slots[k - 1] + 1 else False) for k, i in enumerate(slots)]
         spans = token_spans(a.decode_tokens, kept, breaks)
-        items = select_items(response_items(slots, strings, self.granularity, *spans), targets,
+        granularity, targets = items_asked(targets, self.granularity)
+        items = select_items(response_items(slots, strings, granularity, *spans), targets,
                              text_of=_text_of(slots, *spans[:2]))
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
-                       granularity=self.granularity, views=views, view_slices=offsets, view_name=view_name,
+                       granularity=granularity, views=views, view_slices=offsets, view_name=view_name,
                        notes=notes + more + view_notes, response_text=a.decode_tokens(kept), _explainable=slots)
 
 

@@ -165,7 +165,8 @@ class Explainer:
         image: a path, a PIL image or an array (:mod:`dcam.images`);
             transparency is composited on ``background``.
         response: None (generate it), text, or a list of ids.
-        targets: ``"all"``, word numbers, words or phrases (:mod:`dcam.targets`).
+        targets: ``"all"``, ``"words"`` or ``"tokens"`` (every word or every token), word numbers,
+            words or phrases (:mod:`dcam.targets`).
         probe: ``"full"``, ``"masked"`` or ``"remask"`` (None: :attr:`default_probe`).
         target_score: ``"logit"`` or ``"contrastive"`` (None: the method's default).
         steps: denoising steps for generation (None: the adapter's default);

@@ -12,7 +12,9 @@ are not pad/eos/mask ids. They are grouped into *items*, one map each:
 * phrases: a target string of several words (``"red circle"``) is one item
   made of all their tokens.
 
-``targets``: ``"all"`` (every item), an int or a list of ints (item numbers
+``targets``: ``"all"`` (every item), ``"words"`` / ``"tokens"`` (every item of
+that granularity, whatever ``granularity`` says; the literal word "words" is
+``["words"]``), an int or a list of ints (item numbers
 counted from 0, negative from the end), a word or phrase or a list of them
 (case-insensitive, punctuation ignored; every occurrence). Item numbers never
 count eos/pad slots. Unknown words and numbers out of range are InputErrors
@@ -72,6 +74,14 @@ def check_granularity(granularity) -> str:
     if granularity not in GRANULARITIES:
         raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     return granularity
+
+
+def items_asked(targets, granularity: str) -> Tuple[str, object]:
+    """(granularity, targets) of a request: ``targets="words"`` or ``"tokens"`` asks for
+    every item of that granularity (the issue's spelling of ``granularity=``, with ``"all"``)."""
+    if isinstance(targets, str) and targets in GRANULARITIES:
+        return targets, "all"
+    return granularity, targets
 
 
 def response_items(slots: List[int], token_strings: Sequence[str], granularity: str, text: str,

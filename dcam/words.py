@@ -341,11 +341,13 @@ def find_phrase(words: Sequence[str], phrase: str) -> List[Tuple[int, int]]:
     """``(start, stop)`` of every run of ``words`` (item texts) whose letters and digits,
     joined, spell ``phrase``'s: the run starts and ends on a word, punctuation items
     inside it are kept ("blue-green" finds "blue - green" of a tokenizer that spaces
-    punctuation, "red circle" finds "red, circle"), case and punctuation are ignored."""
+    punctuation, "red circle" finds "red, circle"), case and punctuation are ignored. A
+    phrase of punctuation alone finds the items spelled as it is ("," finds each ",")."""
     want = phrase_key(phrase)
     keys = [phrase_key(w) for w in words]
-    if not want:
-        return []
+    if not want:  # punctuation alone (",", "!"): the items spelled so (they have maps of their own)
+        mark = clean_token(phrase)
+        return [(k, k + 1) for k, w in enumerate(words) if mark and clean_token(w) == mark]
     out = []
     for s in range(len(keys)):
         if not keys[s] or not want.startswith(keys[s]):

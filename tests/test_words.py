@@ -4,6 +4,7 @@ Each case is a token sequence as a published tokenizer style spells it, decoded
 by the real ``tokenizers`` decoder of that style; the expected words and their
 tokens are worked out by hand from the text."""
 import numpy as np
+import torch
 import pytest
 from tokenizers import decoders
 
@@ -91,6 +92,17 @@ def test_find_phrase_matches_letters_across_punctuation_and_scripts():
     assert find_phrase(["red", "circle"], "circ") == [] and find_phrase(["red"], "&") == []
 
 
+def test_punctuation_with_a_map_of_its_own_is_found_by_its_text():
+    # "," was refused as "not in the response" while the response's items listed it
+    words = ["a", "circle", ",", "red", "circles", "!", "red", ","]
+    assert find_phrase(words, ",") == [(2, 3), (7, 8)] and find_phrase(words, " ! ") == [(5, 6)]
+    assert find_phrase(words, "?") == [] and find_phrase(words, "") == [] and find_phrase(words, "  ") == []
+    items = [Item(w, n, [n]) for n, w in enumerate(words)]
+    assert [it.number for it in select_items(items, ["!", ","])] == [2, 5, 7]
+    with pytest.raises(InputError, match="targets: word '\\?' is not in the response"):
+        select_items(items, "?")
+
+
 def test_a_phrase_covers_exactly_its_words():
     items = [Item(w, n, [n]) for n, w in enumerate(["red", "circle", "square"])]
     got = select_items(items, ["red & circle"])
@@ -116,6 +128,12 @@ def test_explainer_words_with_a_byte_level_tokenizer():
     e = exp.explain(image, prompt="describe the image", response=ids)
     assert e.tokens == ["café", "rouge"] and e.pieces == [[0, 1, 2], [3]]
     assert exp.explain(image, prompt="describe the image", response=ids, targets="CAFÉ").pieces == [[0, 1, 2]]
+    # targets="tokens" / "words": every piece / every word, whatever granularity says (they were read as
+    # the words "tokens" and "words", not in the response)
+    pieces_e = exp.explain(image, prompt="describe the image", response=ids, targets="tokens")
+    assert pieces_e.pieces == [[0], [1], [2], [3], [4]] and pieces_e.granularity == "tokens"  # the space too
+    words_e = exp.explain(image, prompt="describe the image", response=ids, targets="words", granularity="tokens")
+    assert words_e.pieces == [[0, 1, 2], [3]] and torch.equal(words_e.maps, e.maps)
     one = proc.tokenizer.convert_tokens_to_ids(["circle", "s"])
     assert exp.explain(image, prompt="describe the image", response=one).tokens == ["circles"]
 
