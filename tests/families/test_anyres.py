@@ -50,6 +50,37 @@ def test_a_count_that_does_not_fit_names_both_counts():
     assert pos[:13].tolist() == list(range(116, 128)) + [129]  # row 0, then row 1 after the newline slot
 
 
+@pytest.mark.parametrize("pinpoints", [[[96, 96]], [[64, 128], [128, 64], [96, 96]]])
+def test_the_highres_box_is_where_transformers_puts_the_kept_rows(pinpoints):
+    # the stitched map was laid over the whole image; the unpad keeps whole feature rows, so its
+    # edges miss the image's by up to a row (past it where padding rows stay, short where image
+    # rows go). Worked out here with transformers' own resize, padding and unpad.
+    from transformers.image_processing_utils import get_patch_output_size
+    from transformers.image_processing_utils import select_best_resolution as hf_best
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    tile, unit = 32, 4
+    for h, w in SIZES:
+        bh, bw = hf_best((h, w), pinpoints)
+        nh, nw = get_patch_output_size(np.zeros((h, w, 3)), (bh, bw), "channels_last")
+        top, left = (bh - nh) // 2, (bw - nw) // 2
+        H, W = bh // tile * unit, bw // tile * unit
+        index = torch.stack(torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")).double()
+        kept = unpad_image(index, (h, w))
+        r0, r1, c0, c1 = kept[0, 0, 0], kept[0, -1, 0] + 1, kept[1, 0, 0], kept[1, 0, -1] + 1
+        px = tile / unit  # canvas pixels per feature row or column
+        want = ((c0 * px - left) / nw, (r0 * px - top) / nh, (c1 * px - left) / nw, (r1 * px - top) / nh)
+        lay = anyres_layout((h, w), pinpoints, tile, unit, wh_pinpoints=False, rounding="hf")
+        assert lay.grid == tuple(kept.shape[1:])
+        assert lay.box == pytest.approx([float(v) for v in want], abs=1e-12), (h, w)
+        pos, grid, views = anyres_views(torch.arange(lay.total), lay)
+        assert views["highres"].box == lay.box and views["base"].box == (0.0, 0.0, 1.0, 1.0)
+    # hand-worked: 40 x 72 into 96 x 96 is 54 x 96 from row 21; of the 12 feature rows (8 canvas
+    # rows each) the unpad keeps 3..8, canvas rows 24..72: image rows 3..51 of 54
+    lay = anyres_layout((40, 72), [[96, 96]], tile, unit, wh_pinpoints=False, rounding="hf")
+    assert lay.box == pytest.approx((0.0, 3 / 54, 1.0, 51 / 54))
+
+
 @pytest.mark.parametrize("name", ["llava-next", "llava-onevision"])
 def test_layout_equals_the_processors_token_count(name, models):
     model, proc = models(name)

@@ -68,19 +68,51 @@ def select_best_resolution(size: Tuple[int, int], candidates: Sequence[Tuple[int
     return best
 
 
-def unpadded_shape(height: int, width: int, image_hw: Tuple[int, int], rounding: str = "hf") -> Tuple[int, int]:
-    """The ``height x width`` feature map of a padded image cropped back to the
-    image's aspect (rows or columns removed symmetrically, as the models do)."""
+def unpad_crop(height: int, width: int, image_hw: Tuple[int, int], rounding: str = "hf") -> Tuple[int, int]:
+    """(rows, columns) the models crop from each side of the ``height x width`` feature
+    map of a padded image to give it back the image's aspect."""
     ih, iw = image_hw
     if iw / ih > width / height:  # padding was added above and below
         scaled = ih * (width / iw)
         new = int(round(scaled, 7)) if rounding == "hf" else int(scaled)
-        pad = (height - new) // 2
-        return height - 2 * pad, width
+        return (height - new) // 2, 0
     scaled = iw * (height / ih)
     new = int(round(scaled, 7)) if rounding == "hf" else int(scaled)
-    pad = (width - new) // 2
-    return height, width - 2 * pad
+    return 0, (width - new) // 2
+
+
+def unpadded_shape(height: int, width: int, image_hw: Tuple[int, int], rounding: str = "hf") -> Tuple[int, int]:
+    """The ``height x width`` feature map of a padded image cropped back to the
+    image's aspect (rows or columns removed symmetrically, as the models do)."""
+    rows, cols = unpad_crop(height, width, image_hw, rounding)
+    return height - 2 * rows, width - 2 * cols
+
+
+def placed_in_canvas(image_hw: Tuple[int, int], canvas_hw: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """(height, width, top, left) of the image scaled into the canvas with its aspect kept
+    and centred (both the ``llava`` package and transformers round the scaled side up and
+    put the odd pixel of padding after the image)."""
+    ih, iw = image_hw
+    ch, cw = canvas_hw
+    if cw / iw < ch / ih:
+        nh, nw = min(math.ceil(ih * cw / iw), ch), cw
+    else:
+        nh, nw = ch, min(math.ceil(iw * ch / ih), cw)
+    return nh, nw, (ch - nh) // 2, (cw - nw) // 2
+
+
+def highres_box(image_hw: Tuple[int, int], canvas_hw: Tuple[int, int], feature_hw: Tuple[int, int],
+                crop: Tuple[int, int]) -> Tuple[float, float, float, float]:
+    """The part of the image the unpadded high-resolution map covers, as fractions
+    ``(x0, y0, x1, y1)`` of it. The unpad crops whole feature rows, so the map's edges
+    miss the image's edges by up to a row: past the image where padding rows are kept,
+    short of it where image rows are cropped (a 40x72 image on a 6x12 map: 5.6% short
+    at the top and at the bottom)."""
+    nh, nw, top, left = placed_in_canvas(image_hw, canvas_hw)
+    (ch, cw), (fh, fw), (rows, cols) = canvas_hw, feature_hw, crop
+    y0, y1 = rows * ch / fh, (fh - rows) * ch / fh  # the kept rows in canvas pixels
+    x0, x1 = cols * cw / fw, (fw - cols) * cw / fw
+    return ((x0 - left) / nw, (y0 - top) / nh, (x1 - left) / nw, (y1 - top) / nh)
 
 
 def anyres_max_shape(height: int, width: int, max_tiles: Optional[int], unit: int) -> Tuple[int, int]:
@@ -112,6 +144,7 @@ class AnyresLayout:
     grid: Tuple[int, int]
     newline: bool = True
     has_base: bool = True
+    box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the grid's part of the image
 
     @property
     def base_tokens(self) -> int:
@@ -135,9 +168,11 @@ def anyres_layout(image_hw: Tuple[int, int], pinpoints, tile: int, unit: int, wh
     else:
         bh, bw = select_best_resolution((ih, iw), cands)
     rows, cols = bh // tile, bw // tile
-    h, w = unpadded_shape(rows * unit, cols * unit, (ih, iw), rounding)
-    h, w = anyres_max_shape(h, w, max_tiles, unit)
-    return AnyresLayout(unit=unit, tiles=(rows, cols), grid=(h, w), newline=newline, has_base=has_base)
+    crop = unpad_crop(rows * unit, cols * unit, (ih, iw), rounding)
+    h, w = rows * unit - 2 * crop[0], cols * unit - 2 * crop[1]
+    box = highres_box((ih, iw), (bh, bw), (rows * unit, cols * unit), crop)
+    h, w = anyres_max_shape(h, w, max_tiles, unit)  # a resize of the whole map: the same part of the image
+    return AnyresLayout(unit=unit, tiles=(rows, cols), grid=(h, w), newline=newline, has_base=has_base, box=box)
 
 
 def anyres_views(span: Tensor, layout: AnyresLayout, what: str = "image") -> Tuple[Tensor, Tuple[int, int], dict]:
@@ -156,7 +191,7 @@ def anyres_views(span: Tensor, layout: AnyresLayout, what: str = "image") -> Tup
     nb = layout.base_tokens
     h, w = layout.grid
     grid_pos = span[nb:].reshape(h, w + int(layout.newline))[:, :w].reshape(-1).clone()
-    views = {"highres": ImageView("highres", grid_pos, (h, w))}  # the default view first
+    views = {"highres": ImageView("highres", grid_pos, (h, w), layout.box)}  # the default view first
     if layout.has_base:
         u = layout.unit
         views["base"] = ImageView("base", span[:nb].clone(), (u, u))
@@ -171,12 +206,9 @@ def resize_and_pad(image, target_wh: Tuple[int, int]):
 
     tw, th = target_wh
     w, h = image.size
-    if tw / w < th / h:
-        nw, nh = tw, min(math.ceil(h * tw / w), th)
-    else:
-        nw, nh = min(math.ceil(w * th / h), tw), th
+    nh, nw, top, left = placed_in_canvas((h, w), (th, tw))
     canvas = Image.new("RGB", (tw, th), (0, 0, 0))
-    canvas.paste(image.resize((nw, nh)), ((tw - nw) // 2, (th - nh) // 2))
+    canvas.paste(image.resize((nw, nh)), (left, top))
     return canvas
 
 
