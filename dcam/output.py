@@ -36,9 +36,26 @@ def refuse_inputs_inside(target: str, inputs, option: str = "--out") -> None:
     (InputError naming ``option``) when ``path`` is ``target`` or lies inside it."""
     target = os.path.abspath(target)
     for what, p in inputs:
-        if p and os.path.exists(p) and os.path.commonpath([os.path.abspath(p), target]) == target:
+        if p and os.path.exists(p) and _inside(p, target):
             raise InputError(f"{option}: {target!r} holds {what} {p!r}, which replacing it would delete; "
                              "choose another output folder")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it, as written or with symbolic links resolved
+    (``--out link`` to the images' folder emptied it: the absolute paths did not share a prefix)."""
+    def within(p, f):
+        return os.path.commonpath([p, f]) == f
+    return within(os.path.abspath(path), os.path.abspath(folder)) or \
+        within(os.path.realpath(path), os.path.realpath(folder))
+
+
+def refuse_current_folder(target: str, option: str = "--out") -> None:
+    """A folder replaced whole must not hold the current folder (``--out . --overwrite``)."""
+    cwd = os.getcwd()
+    if _inside(cwd, target):
+        raise InputError(f"{option}: {target!r} holds the current folder ({os.path.abspath(cwd)!r}); replacing it "
+                         "whole would delete the folder you are working in; choose another folder")
 
 
 def check_output_folder(path: str, overwrite: bool = False, option: str = "--out") -> str:
@@ -54,10 +71,8 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         how = "pass --overwrite" if option.startswith("--") else "pass overwrite=True"
         raise InputError(f"{option}: {path!r} is not empty; choose a new folder or {how} (which replaces it whole)")
-    cwd = os.path.abspath(os.getcwd())
-    if overwrite and os.path.commonpath([cwd, target]) == target:
-        raise InputError(f"{option}: {path!r} holds the current folder ({cwd!r}); replacing it whole would delete "
-                         "the folder you are working in; choose another folder")
+    if overwrite:
+        refuse_current_folder(target, option)
     parent = os.path.dirname(target)
     probe = parent
     while not os.path.exists(probe):  # the nearest existing ancestor must be a writable folder

@@ -52,8 +52,10 @@ def _run(args) -> int:
     from ..runs import RunOptions, open_source, run_dataset
     from ..runs.distributed import setup
     from ..runs.folder import check_folder, model_identity
+    from ..runs.runner import check_run_prompt
 
     check_folder(args.out)
+    check_run_prompt(args.prompt, "--prompt")
     if args.trajectory and getattr(args, "view", None) == "all":  # (every record failed into errors.jsonl)
         raise InputError("--view: a trajectory maps one image view at a time (view='all' is not supported); "
                          "pick a view")
@@ -69,7 +71,7 @@ def _run(args) -> int:
         opts = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, probe=args.probe,
                           target_score=args.target_score, steps=args.steps, prompt=args.prompt,
                           overlays=args.overlays, overwrite=args.overwrite, memory_budget=args.memory_budget,
-                          trajectory=args.trajectory, protect=(("the model", args.model),),
+                          trajectory=args.trajectory, protect=(("the model", common.model_location(args)),),
                           progress=not args.quiet, extra={"chunk_size": args.chunk_size})
         info = run_dataset(exp, source, args.out, opts, dist, model=model,
                            log=lambda msg: common.log(msg, quiet))

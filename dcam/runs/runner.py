@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError, one_line
 from ..render.overlay import FULL_BOX
-from ..output import refuse_inputs_inside
+from ..output import refuse_current_folder, refuse_inputs_inside
 from .distributed import Dist
 from .folder import prepare, read_run_json, run_identity, versions
 from .finish import finish
@@ -98,6 +98,13 @@ def index_entry(rec, e, metrics: Optional[dict]) -> dict:
     if rec.meta is not None:
         entry["meta"] = rec.meta
     return _json_safe(entry)
+
+
+def check_run_prompt(prompt, name: str = "prompt") -> None:
+    """The run's prompt (for records without one) is refused before anything is written: an
+    empty one sent every record to errors.jsonl and was fingerprinted into the folder."""
+    if prompt is not None and not (isinstance(prompt, str) and prompt.strip()):
+        raise InputError(f"{name}: must be a non-empty text or None, got {prompt!r}")
 
 
 def _prompt(rec, opts: RunOptions):
@@ -210,6 +217,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     of its files (part of the fingerprint); dist: this rank (default: one
     process). Returns the final ``run.json`` on rank 0, None elsewhere."""
     opts = opts or RunOptions()
+    check_run_prompt(opts.prompt)
     dist = dist or Dist()
     log = log or (lambda msg: None)
     root = os.path.abspath(out)
@@ -228,8 +236,9 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
                           "backend": dist.backend, **opts.extra}}
     def start():
-        if opts.overwrite:  # emptying the folder must not delete what the run reads
+        if opts.overwrite:  # emptying the folder must not delete what the run reads, or where the user is
             refuse_inputs_inside(root, source.input_paths() + list(opts.protect))
+            refuse_current_folder(root)
         else:
             _check_same_overlays(root, opts.overlays)
         return prepare(root, identity, opts.overwrite, header)

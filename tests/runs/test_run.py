@@ -209,6 +209,45 @@ def test_overwrite_never_deletes_what_the_run_reads(run_manifest, tmp_path, caps
     assert sorted(os.listdir(model)) == files
 
 
+def test_overwrite_never_deletes_through_a_link_the_working_folder_or_the_bundled_model(
+        run_manifest, tmp_path, capsys, monkeypatch):
+    """--out through a symbolic link to the images' folder, --out . (or ..) and --out over the
+    bundled model's folder (no --model) each emptied what they hold, exit 0."""
+    import dcam.zoo
+
+    data = tmp_path / "data"
+    shutil.copytree(run_manifest["folder"], data)
+    manifest = tmp_path / "one.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "image": str(data / "img" / "s2.png")}) + "\n")
+    (tmp_path / "link").symlink_to(data)
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "thesis.tex").write_text("years of work")
+    weights = tmp_path / "weights"  # the bundled model's folder, a copy (a failure must not delete the real one)
+    shutil.copytree(dcam.zoo.WEIGHTS_DIR, weights)
+    monkeypatch.setattr(dcam.zoo, "WEIGHTS_DIR", str(weights))
+    before = {d: sorted(str(p.relative_to(d)) for p in d.rglob("*")) for d in (data, work, weights)}
+    capsys.readouterr()
+    for cwd, out, said in ((tmp_path, "link", f"holds an image of record 'a' {str(data / 'img' / 's2.png')!r}"),
+                           (work, ".", "holds the current folder"), (work / "sub", "..", "holds the current folder"),
+                           (tmp_path, str(weights), f"holds the model {str(weights)!r}")):
+        monkeypatch.chdir(cwd)
+        assert main(["run", str(manifest), "--out", out, "--overwrite", *RUN_ARGS]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("dcam run: error: --out: ") and said in err[0], err
+    assert {d: sorted(str(p.relative_to(d)) for p in d.rglob("*")) for d in (data, work, weights)} == before
+
+
+def test_an_empty_prompt_is_refused_before_anything_is_written(run_manifest, tmp_path, capsys):
+    # --prompt "" sent every record to errors.jsonl (exit 0) and fingerprinted the folder with it
+    for prompt in ("", "   "):
+        out = tmp_path / "out"
+        assert main(["run", run_manifest["path"], "--out", str(out), "--prompt", prompt, *RUN_ARGS]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"dcam run: error: --prompt: must be a non-empty text or None, got {prompt!r}"]
+        assert not out.exists()
+
+
 def test_overwrite_starts_over_and_overlays_are_the_explanations_overlays(run_manifest, tmp_path, explainer):
     folder = run_manifest["folder"]
     small = tmp_path / "small.jsonl"
