@@ -77,6 +77,34 @@ def test_two_ranks_give_the_one_process_results(run_manifest, reference_run, tmp
     _check_shards(out)
 
 
+def _process_tree(pid):
+    """``pid`` and every process below it (from /proc's children lists)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+    return out
+
+
+def _running(pid):
+    """Whether ``pid`` is alive (a zombie waiting for its parent counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_mid_way_then_rerun_gives_every_record_exactly_once(run_manifest, reference_run, tmp_path):
     out = str(tmp_path / "run")
     cmd = _command(run_manifest["path"], out)
@@ -93,8 +121,18 @@ def test_sigkill_mid_way_then_rerun_gives_every_record_exactly_once(run_manifest
                     break
             time.sleep(0.01)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once
+        # torchrun and both ranks at once: torchrun starts each rank in a session of its own, so
+        # killpg of torchrun's group left the ranks running (they finished the run, and the
+        # "rerun" found nothing left): every process of the tree, found before any dies
+        family = _process_tree(proc.pid)
+        for pid in family:
+            os.kill(pid, signal.SIGKILL)
         proc.wait()
+    assert len(family) >= 3, family  # torchrun and its two ranks
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_running(pid) for pid in family):
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in family)
     assert proc.returncode == -signal.SIGKILL and 0 < committed < len(GOOD), "the kill did not land mid-way"
     assert json.load(open(os.path.join(out, "run.json")))["status"] == "running"
     partial = {r.id for r in dcam.load_run(out)}
