@@ -372,3 +372,28 @@ def test_an_empty_prompt_in_a_manifest_is_refused_as_the_api_refuses_it(run_mani
     errors = {e["id"]: e["reason"] for e in _lines(os.path.join(out, "errors.jsonl"))}
     assert set(errors) == {"empty", "spaces"} and all(r.startswith("prompt: ") for r in errors.values()), errors
     assert [e["id"] for e in _lines(os.path.join(out, "index.jsonl"))] == ["given"]
+
+
+def test_a_manifest_cut_down_counts_only_its_own_records(run_manifest, tmp_path, capsys):
+    # rerun after records were removed from the manifest: "1 of 1 records explained (35 words)" and
+    # metrics.json counted the words and metrics of every record ever done
+    folder = run_manifest["folder"]
+
+    def line(rid):
+        e = dict(run_manifest["good"][rid])
+        return json.dumps(dict(e, image=os.path.join(folder, e["image"]), mask=os.path.join(folder, e["mask"])))
+
+    manifest, out = tmp_path / "m.jsonl", str(tmp_path / "run")
+    manifest.write_text(line("s0") + "\n" + line("s1") + "\n")
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    both = {r.id: r for r in dcam.load_run(out)}
+    assert json.load(open(os.path.join(out, "metrics.json")))["records"] == 2
+    manifest.write_text(line("s1") + "\n")
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    info = json.load(open(os.path.join(out, "run.json")))
+    assert info["counts"] == {"records": 1, "done": 1, "errors": 0, "words": len(both["s1"].tokens),
+                              "index_records": 2}
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["records"] == 1
+    obj = both["s1"].entry["metrics"]["object"]
+    assert metrics["summary"]["obj_iou"] == pytest.approx(sum(obj["obj_iou"]) / len(obj["obj_iou"]))
