@@ -192,7 +192,10 @@ class Explainer:
                       response_length: Optional[int] = None, background: Sequence[int] = WHITE,
                       view: Optional[str] = None, granularity: Optional[str] = None) -> List[Explanation]:
         """Explain several examples with batched forwards and backwards; returns
-        one Explanation per image, equal to :meth:`explain` on each.
+        one Explanation per image, equal to :meth:`explain` on each. Examples of one
+        layout (the same sequence length, image positions and grid: same-sized images,
+        prompts and responses of one length) share each forward and backward; examples
+        of different layouts run as separate batches (no padding to a common length).
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""
