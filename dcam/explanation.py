@@ -30,12 +30,15 @@ from .words import clean_token, find_item
 TokenRef = Union[int, str]
 
 
-def safe_file_name(s: str, max_len: int = 64) -> str:
+def safe_file_name(s: str, max_len: int = 64, max_bytes: int = 160) -> str:
     """A token as a file-name part (letters and digits of any script, _ and - only; at
-    most ``max_len`` characters, 4 bytes each at most in UTF-8, so a long word, a URL
-    say, cannot pass the file system's 255-byte limit)."""
-    s = re.sub(r"[^\w-]+", "_", clean_token(s)).strip("_")[:max_len].rstrip("_")
-    return s or "tok"
+    most ``max_len`` characters and ``max_bytes`` bytes in UTF-8, so a long word, a URL
+    say, with a word number before it and ``-k.png`` after, stays under the file
+    system's 255-byte limit: 64 letters of 4 bytes each did not)."""
+    s = re.sub(r"[^\w-]+", "_", clean_token(s)).strip("_")[:max_len]
+    while len(s.encode("utf-8")) > max_bytes:
+        s = s[:-1]
+    return s.rstrip("_") or "tok"
 
 
 def word_file_names(word_numbers: Sequence[int], tokens: Sequence[str], ext: str) -> List[str]:
@@ -209,14 +212,26 @@ class Explanation:
         """The files of :meth:`save`, written straight into the existing ``folder``."""
         from safetensors.torch import save_file
 
+        from .render.overlay import check_alpha, check_colormap
+
         max_side = _check_max_side(max_side)  # (0 wrote 1x1 overlays)
+        check_alpha(alpha)
+        check_colormap(colormap)
         check_existing_folder(folder, SAVE_MAKES_ONE)
+        # every name is checked before the first file is written: a folder in the way of meta.json
+        # was a bare IsADirectoryError, of index.html an error naming "filename", files already written
+        names = word_file_names(self.word_numbers, self.tokens, "png")
+        for name in names + ["contact_sheet.png", "image.png", "maps.safetensors", "meta.json", "index.html"]:
+            if os.path.isdir(os.path.join(folder, name)):
+                raise InputError(f"folder: {os.path.join(folder, name)!r} is a folder, where the explanation "
+                                 f"writes its file {name}")
+        if self.trajectory is not None:
+            self.trajectory.check_names(folder)
 
         size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
         base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
         paths: Dict[str, Any] = {"overlays": []}
         tiles, labels = [base], ["image"]
-        names = word_file_names(self.word_numbers, self.tokens, "png")
         for k, tok in enumerate(self.tokens):
             im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap, box=self.box)
             p = os.path.join(folder, names[k])

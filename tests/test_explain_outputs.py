@@ -195,3 +195,29 @@ def test_page_writer_checks_its_arguments(toy, sample, tmp_path):
     (tmp_path / "taken.html").rmdir()
     assert os.listdir(tmp_path) == []
     assert os.path.basename(write_explanation_page(str(tmp_path), e, alpha=0.25)) == "index.html"
+
+
+def test_long_words_of_four_byte_letters_get_file_names_the_file_system_takes(tmp_path):
+    # 64 letters of 4 bytes were 256 bytes before "NN_" and ".png": "File name too long", nothing saved
+    from dcam.explanation import safe_file_name, word_file_names
+
+    word = "\U0001D518" * 64
+    name = safe_file_name(word)
+    assert name == "\U0001D518" * 40 and len(name.encode("utf-8")) == 160
+    assert safe_file_name("a" * 100) == "a" * 64 and safe_file_name("é" * 100) == "é" * 64  # 128 bytes
+    for fname in word_file_names([1234, 1234], [word, word], "png"):
+        (tmp_path / fname).write_bytes(b"")  # the file system takes it
+    assert sorted(os.listdir(tmp_path)) == [f"1234_{name}-2.png", f"1234_{name}.png"]
+
+
+@pytest.mark.parametrize("name", ["meta.json", "index.html", "maps.safetensors"])
+def test_write_files_refuses_a_folder_in_the_way_before_writing(toy, sample, tmp_path, name):
+    # a folder named meta.json was a bare IsADirectoryError after 14 files; index.html an error naming
+    # "filename" (not an argument of write_files) after 28
+    e = Explainer(*toy).explain(sample.image, response=sample.caption, targets=[0, 1])
+    (tmp_path / name).mkdir()
+    with pytest.raises(InputError, match=f"^folder: '.*{name}' is a folder, where the explanation writes"):
+        e.write_files(str(tmp_path))
+    with pytest.raises(InputError, match="^alpha must be a number in"):
+        e.write_files(str(tmp_path), alpha=3)
+    assert os.listdir(tmp_path) == [name]

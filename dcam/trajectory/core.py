@@ -109,8 +109,11 @@ class Trajectory:
     @property
     def commit_order(self) -> List[int]:
         """Word numbers in the order the sampler committed them (ties in a step: by slot)."""
-        order = sorted(range(len(self.tokens)), key=lambda k: (int(self.decided_at[k]), self.response_indices[k]))
-        return [self.word_numbers[k] for k in order]
+        return [self.word_numbers[k] for k in self._commit_sequence()]
+
+    def _commit_sequence(self) -> List[int]:
+        """Item indices in commit order (ties in a step: by slot, then by item)."""
+        return sorted(range(len(self.tokens)), key=lambda k: (int(self.decided_at[k]), self.response_indices[k], k))
 
     @property
     def committed_per_step(self) -> List[List[int]]:
@@ -138,11 +141,16 @@ class Trajectory:
     def word_table(self) -> List[Dict[str, Any]]:
         """Per word: its number, text, decision step and the numbers of :attr:`numbers`, JSON-ready."""
         nb = self.numbers
+        # each item's place in the commit order, by item (a phrase shares its first word's number:
+        # ranked by number, both got the first one's rank)
+        ranks = [0] * len(self.tokens)
+        for rank, k in enumerate(self._commit_sequence()):
+            ranks[k] = rank
         out = []
         for k, tok in enumerate(self.tokens):
             out.append(dict(
                 word_number=self.word_numbers[k], word=clean_token(tok), response_index=self.response_indices[k],
-                decided_at=int(self.decided_at[k]), commit_rank=self.commit_order.index(self.word_numbers[k]),
+                decided_at=int(self.decided_at[k]), commit_rank=ranks[k],
                 mean_movement=_num(nb["mean_movement"][k]), mean_centroid_shift=_num(nb["mean_shift"][k]),
                 movement_iou=[_num(v) for v in nb["movement_iou"][k]],
                 centroid_shift=[_num(v) for v in nb["centroid_shift"][k]],
@@ -157,7 +165,7 @@ class Trajectory:
             slot_decided_at=self.slot_decided_at.tolist(), commit_order=self.commit_order,
             committed_per_step=self.committed_per_step, states=self.state_tokens, words=self.word_table(),
             method=TRAJECTORY_METHOD, layer=self.layer, target_score="logit", config=self.config.as_dict(),
-            repeat_ratio=self.repeat_ratio, cost=self.cost, notes=self.notes,
+            repeat_ratio=self.repeat_ratio, cost=self.cost, notes=self.notes, box=list(self.box),
             definition="maps[s, t]: Diffusion-CAM map of word t on the state entering step s (its slot masked "
                        "again once committed); final_maps: on the finished response, each word's slot masked")
 
@@ -176,6 +184,16 @@ class Trajectory:
         for k, v in self.stats.items():
             out[f"stats.{k}"] = v.contiguous()
         return out
+
+    def check_names(self, folder: str) -> None:
+        """Nothing in ``folder`` is in the way of the trajectory's files (a folder where a file
+        goes, or the reverse): refused before the first file (FileExistsError half-way through)."""
+        for name, folder_wanted in (("trajectory.safetensors", False), ("trajectory", True),
+                                    ("trajectory_sheet.png", False), ("meta.json", False)):
+            p = os.path.join(folder, name)
+            if os.path.lexists(p) and os.path.isdir(p) != folder_wanted:
+                raise InputError(f"folder: {p!r} is {'a folder' if os.path.isdir(p) else 'a file'}, where the "
+                                 f"trajectory writes its {'frames folder' if folder_wanted else 'file'}")
 
     def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
                     max_side: int = DISPLAY_MAX_SIDE) -> Dict[str, Any]:
@@ -210,32 +228,31 @@ class Trajectory:
             if not isinstance(meta, dict):
                 raise InputError(f"folder: {paths['meta']!r} holds a JSON {type(meta).__name__}, not an "
                                  "explanation's meta.json object")
-        for name, folder_wanted in (("trajectory.safetensors", False), ("trajectory", True),
-                                    ("trajectory_sheet.png", False)):
-            p = os.path.join(folder, name)
-            if os.path.lexists(p) and os.path.isdir(p) != folder_wanted:  # (FileExistsError half-way through)
-                raise InputError(f"folder: {p!r} is {'a folder' if os.path.isdir(p) else 'a file'}, where the "
-                                 f"trajectory writes its {'frames folder' if folder_wanted else 'file'}")
+        self.check_names(folder)
         paths["tensors"] = os.path.join(folder, "trajectory.safetensors")
         save_file(self.tensors(), paths["tensors"])
         paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)
         paths["sheet"] = write_sheet(self, os.path.join(folder, "trajectory_sheet.png"), alpha, colormap)
         if meta is None:
             meta = dict(response=self.response, response_ids=self.response_ids, prompt=self.prompt,
-                        model=self.model_name, grid=list(self.grid), image_size=list(self.image.size))
+                        model=self.model_name, grid=list(self.grid), image_size=list(self.image.size),
+                        box=list(self.box))  # where the maps lie on the image, as an explanation's meta says
         meta["trajectory"] = self.meta()
         with open(paths["meta"], "w") as f:
             json.dump(meta, f, indent=2)
         return paths
 
-    def save(self, out_dir: str, overwrite: bool = False, alpha: float = 0.5, colormap: str = "jet") -> dict:
+    def save(self, out_dir: str, overwrite: bool = False, alpha: float = 0.5, colormap: str = "jet",
+             max_side: int = DISPLAY_MAX_SIDE) -> dict:
         """:meth:`write_files` into the folder ``out_dir``, whole or not at all
         (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs ``overwrite``)."""
+        from ..explanation import _check_max_side
         from ..output import AtomicFolder, check_output_folder
 
+        max_side = _check_max_side(max_side)  # refused before the folder is touched
         target = check_output_folder(out_dir, overwrite, option="out_dir")
         with AtomicFolder(target, overwrite=overwrite) as tmp:
-            written = self.write_files(tmp, alpha=alpha, colormap=colormap)
+            written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side)
         return _relocate(written, tmp, target)
 
 

@@ -249,3 +249,32 @@ def test_trajectory_lookups_repr_and_equality(traj):
     assert len(repr(traj)) < 300 and repr(traj).startswith("Trajectory(tokens=")
     word = traj.tokens[1]
     assert traj.index(word.upper() + "!") == traj.index(word)  # as targets match: case and punctuation aside
+
+
+def test_saved_meta_places_the_maps_and_save_takes_max_side(traj, tmp_path):
+    # a trajectory saved alone left out its box (a view that covers part of the image, or more: its maps
+    # could not be placed), and save() had no max_side (the GIFs were always 1024 pixels long)
+    import dataclasses
+
+    wide = dataclasses.replace(traj, image=Image.new("RGB", (400, 100), (10, 20, 30)), box=(0.25, -0.1, 0.75, 1.1))
+    wide.save(str(tmp_path / "t"), max_side=128)
+    meta = json.loads((tmp_path / "t" / "meta.json").read_text())
+    assert meta["box"] == [0.25, -0.1, 0.75, 1.1] and meta["trajectory"]["box"] == [0.25, -0.1, 0.75, 1.1]
+    with Image.open(tmp_path / "t" / "trajectory" / os.listdir(tmp_path / "t" / "trajectory")[0]) as im:
+        assert im.size == (128, 32 + 34)  # 400 x 100 at most 128 long, plus the caption band
+    with pytest.raises(InputError, match=r"^max_side must be an int in \[16, "):
+        wide.save(str(tmp_path / "u"), max_side=0)
+    assert not (tmp_path / "u").exists()
+
+
+def test_commit_ranks_order_the_items_when_a_phrase_shares_its_first_words_number(bundled_explainer, shapes_image):
+    # a phrase and its first word share a word number: ranked by number, both got the first one's rank
+    words = bundled_explainer.explain(shapes_image, steps=6).tokens
+    phrase = f"{words[1]} {words[2]}"
+    t = explain_trajectory(bundled_explainer, shapes_image, steps=6, targets=[phrase, words[1], words[2]])
+    assert t.word_numbers[:2] == [1, 1]
+    table = t.word_table()
+    ranks = [w["commit_rank"] for w in table]
+    assert sorted(ranks) == list(range(len(t.tokens)))  # a true order: every rank once
+    order = sorted(range(len(t.tokens)), key=lambda k: (int(t.decided_at[k]), t.response_indices[k], k))
+    assert [order.index(k) for k in range(len(t.tokens))] == ranks
