@@ -15,15 +15,15 @@ from . import common
 def add_parser(sub) -> None:
     p = sub.add_parser("grounding", help="grounding rate of the maps on grounded-shapes images", description=__doc__)
     p.add_argument("--n", type=common.positive_int, default=50, help="images with at least 2 objects")
-    p.add_argument("--probes", type=common.name_list(common.PROBE_NAMES), default=",".join(common.PROBE_NAMES),
-                   help="comma-separated probe modes")
+    p.add_argument("--probes", type=common.name_list(common.PROBE_NAMES), default=None,
+                   help="comma-separated probe modes (default: every mode the method takes)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="grounded-shapes split the images come from")
     p.add_argument("--layers", type=common.int_list, default=None,
-                   help="comma-separated blocks (default: every block but the last)")
+                   help="comma-separated blocks (default: every block but the last; tam hooks none)")
     p.add_argument("--method", default="diffusion-cam", choices=common.METHOD_NAMES, help="map method")
-    p.add_argument("--target-score", default="logit", choices=common.TARGET_SCORE_NAMES,
-                   help="score whose gradient is pooled")
+    p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
+                   help="score whose gradient is pooled (default: the method's, logit; tam has none)")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="also write the results as JSON to FILE (default: no JSON file)")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
@@ -47,8 +47,10 @@ def run(args) -> int:
         rep = grounding_report(model, processor, n=args.n, probes=args.probes, layers=args.layers,
                                method=args.method, target_score=args.target_score, progress=not args.quiet,
                                variants=args.variants, config=config, split=args.split)
-    except InputError as exc:
-        raise common.option_error("--layers", exc) if "layer" in str(exc) else exc from None
+    except InputError as exc:  # named by its option, as explain and eval name theirs ("config: ..." was printed)
+        raise common.argument_error(exc, {"layer": "--layers", "layers": "--layers", "config": "--cam",
+                                          "target_score": "--target-score", "probe": "--probes",
+                                          "method": "--method"}) from None
     print(format_grounding(rep))
     if json_path:
         write_text_atomic(json_path, json.dumps(rep, indent=2), "--json")

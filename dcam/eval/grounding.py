@@ -44,9 +44,9 @@ def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, im
     return out
 
 
-def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[str] = ("full", "masked", "remask"),
+def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[Sequence[str]] = None,
                      layers: Optional[Sequence[int]] = None, method: str = "diffusion-cam",
-                     target_score: str = "logit", config=None, progress: bool = True,
+                     target_score: Optional[str] = None, config=None, progress: bool = True,
                      variants: bool = False, split: str = "test") -> dict:
     """Grounding rate of the maps on grounded-shapes test images.
 
@@ -68,16 +68,33 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Sequence[s
     ``"layercam"`` (``mean_d relu(relu(G_t[n, d]) * A[n, d])``, element-wise
     weighting instead of the per-channel mean over tokens).
     """
+    from ..errors import InputError
     from ..explain import Explainer
+    from ..methods import get_method
 
+    m = get_method(method)
+    if not m.needs_gradients:  # (TAM: "--layers: hooks no layer" though no layer was given)
+        if layers is not None:
+            raise InputError(f"layers: the {method} method hooks no layer (it reads the model's final states); "
+                             "leave layers out")
+        if target_score is not None:
+            raise InputError(f"target_score: the {method} method differentiates no score; leave target_score out")
+    if probes is None:  # every probe mode the method takes
+        probes = [p for p in ("full", "masked", "remask") if m.probes is None or p in m.probes]
     if model is None:
         from ..models import load_model
 
         model, processor = load_model(None)
     samples = grounding_samples(n, split=split, image_size=int(getattr(model.config, "image_size", 64)))
     exp0 = Explainer(model, processor, method=method, config=config)
-    layers = list(range(len(exp0.adapter.blocks()) - 1)) if layers is None else \
-        [exp0.adapter.resolve_layer(l) for l in layers]
+    if not m.needs_gradients:
+        layers = [None]  # one setting: the method reads the final states
+    elif layers is None:
+        layers = list(range(len(exp0.adapter.blocks()) - 1))
+    else:
+        layers = [exp0.adapter.resolve_layer(l) for l in layers]
+    if m.needs_gradients:
+        target_score = target_score or m.default_target_score
     out = dict(_baselines(samples), rates={}, rates_by_kind={}, split=split, method=method,
                target_score=target_score, default_layer=exp0.layer, config_changes=exp0.config.changes())
     variant_rates: Dict[str, Dict[str, Dict[int, float]]] = {}
@@ -179,15 +196,17 @@ def _variant_maps(exp, e, s, idx, probe, target_score) -> dict:
 
 
 def format_grounding(rep: dict) -> str:
-    layers = sorted({l for r in rep["rates"].values() for l in r})
+    layers = sorted({l for r in rep["rates"].values() for l in r}, key=lambda l: -1 if l is None else l)
     changes = ", ".join(f"{k}={v}" for k, v in rep.get("config_changes", {}).items()) or "none"
-    lines = [f"grounding rate ({rep['method']}, {rep['target_score']} score) on {rep['n_images']} "
+    how = f"{rep['method']}, {rep['target_score']} score" if rep.get("target_score") else rep["method"]
+    lines = [f"grounding rate ({how}) on {rep['n_images']} "
              f"{rep.get('split', 'test')}-split images, "
              f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
              f"config: CamConfig() with {changes}",
              f"a perfect class detector (every object of the named colour/shape) scores "
              f"{rep.get('class_detector', float('nan')):.3f}",
-             "probe     " + "".join(f"  layer {l}" + ("*" if l == rep.get("default_layer") else " ") for l in layers)]
+             "probe     " + "".join((f"  layer {l}" if l is not None else " no layer") +
+                                   ("*" if l is not None and l == rep.get("default_layer") else " ") for l in layers)]
     for probe, r in rep["rates"].items():
         lines.append(f"{probe:<10}" + "".join(f"  {r[l]:7.3f} " for l in layers))
     lines.append("by word kind (colour / shape):")

@@ -115,6 +115,36 @@ def test_grounding_report_runs(model_dir, tmp_path, capsys):
     assert main(["grounding", "--model", model_dir, "--probes", "half"]) == 2
 
 
+def test_grounding_of_a_method_without_gradients(model_dir, tmp_path, capsys):
+    # --method tam could never run: every block was given as a layer, and tam hooks none
+    import dcam
+    from dcam.eval.grounding import grounding_samples, object_word_success
+    from dcam.models import load_model
+
+    out = tmp_path / "g.json"
+    assert main(["grounding", "--model", model_dir, "--n", "2", "--method", "tam", "--quiet", "--json", str(out)]) == 0
+    assert "grounding rate (tam) on 2 " in capsys.readouterr().out
+    rep = json.load(open(out))
+    model, processor = load_model(model_dir)
+    exp = dcam.Explainer(model, processor, method="tam")
+    hits = words = 0
+    for s in grounding_samples(2, image_size=int(model.config.image_size)):
+        idx = [i for i, lab in enumerate(s.word_labels) if lab > 0]
+        e = exp.explain(s.image, response=s.caption, targets=idx, probe="full")
+        hits += sum(object_word_success(e.maps, idx, s.word_labels, s.mask))
+        words += len(idx)
+    assert rep["n_words"] == words and rep["rates"]["full"] == {"null": hits / words}
+    assert rep["target_score"] is None
+    for args, line in ((["--method", "tam", "--layers", "0"], "dcam grounding: error: --layers: the tam method hooks "
+                        "no layer (it reads the model's final states); leave layers out"),
+                       (["--method", "tam", "--target-score", "logit"], "dcam grounding: error: --target-score: the "
+                        "tam method differentiates no score; leave target_score out"),
+                       (["--method", "grad-cam", "--cam", "akd=false"], "dcam grounding: error: --cam: the grad-cam "
+                        "method refines nothing (only diffusion-cam applies a CamConfig); leave config out")):
+        assert main(["grounding", "--model", model_dir, "--n", "1", "--quiet", *args]) == 2
+        assert _err_line(capsys) == [line]
+
+
 def test_cam_settings_reach_the_maps(model_dir, tmp_path, capsys):
     # --cam sets CamConfig fields on top of the model's default; the grounding
     # report names the fields that differ from CamConfig()
