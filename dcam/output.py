@@ -98,10 +98,11 @@ def check_existing_folder(folder: str, hint: str = "") -> str:
     return folder
 
 
-def check_output_file(path: Optional[str], option: str, inputs=()) -> Optional[str]:
+def check_output_file(path: Optional[str], option: str, inputs=(), overwrite: bool = False) -> Optional[str]:
     """A file the run will write at the end (``--json``): its folder must exist and be writable,
-    and it must not be, or lie in, what the job reads (``inputs``: ``(what, path)`` pairs, as
-    :func:`refuse_inputs_inside` takes; ``--json model/config.json`` replaced the model's config)."""
+    it must not be, or lie in, what the job reads (``inputs``: ``(what, path)`` pairs, as
+    :func:`refuse_inputs_inside` takes; ``--json model/config.json`` replaced the model's config),
+    and an existing file is replaced only with ``overwrite`` (``--json photo.png`` replaced the photo)."""
     if path is None:
         return None
     if not path:  # abspath("") is the current folder: "'' is a folder"
@@ -114,6 +115,8 @@ def check_output_file(path: Optional[str], option: str, inputs=()) -> Optional[s
         if where and (target == where or (os.path.isdir(where) and os.path.commonpath([target, where]) == where)):
             raise InputError(f"{option}: {path!r} lies in {what} {p!r}, which dcam does not write into; choose "
                              "another file")
+    if os.path.lexists(target) and not overwrite:
+        raise InputError(f"{option}: {path!r} exists; choose a new file or pass --overwrite (which replaces it)")
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise InputError(f"{option}: the folder {parent!r} does not exist")

@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
                    help="score whose gradient is pooled (default: the method's, logit; tam has none)")
     p.add_argument("--json", default=None, metavar="FILE",
-                   help="also write the results as JSON to FILE (default: no JSON file)")
+                   help="also write the results as JSON to FILE (default: no JSON file; an existing FILE is "
+                        "refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json FILE")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
     p.add_argument("--variants", action="store_true",
                    help="also score diagnostic maps from the same probe (raw pooled map, gradient norm, LayerCAM)")
@@ -39,7 +41,7 @@ def run(args) -> int:
     from ..eval.grounding import format_grounding, grounding_report
     from ..output import check_output_file, write_text_atomic
 
-    json_path = check_output_file(args.json, "--json", [("the model", common.model_location(args))])
+    json_path = check_output_file(args.json, "--json", [("the model", common.model_location(args))], args.overwrite)
     common.apply_run_options(args)
     model, processor = common.load_model_for(args)
     config = common.cam_config_for(model, processor, args.cam)

@@ -219,7 +219,8 @@ def write_picture(folder: str, model=None, processor=None, sample: int = 0, word
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dcam.trajectory.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=50, help="grounding images (default 50; 0: only the picture)")
-    p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--json", help="also write the numbers to this file (an existing one: --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--picture", help="write trajectory_<word>.png (one word's frames) into this folder")
     p.add_argument("--picture-sample", type=int, default=0, help="the grounding image of the picture (default 0)")
     p.add_argument("--picture-word", help="its word (default: the object word whose map moves most)")
@@ -248,7 +249,7 @@ def _report(args) -> int:
     # the outputs are checked before minutes of measuring, not after
     from ..zoo import WEIGHTS_DIR
 
-    check_output_file(args.json, "--json", [("the model", WEIGHTS_DIR)])
+    check_output_file(args.json, "--json", [("the model", WEIGHTS_DIR)], args.overwrite)
     if args.picture:
         try:
             check_existing_folder(args.picture)

@@ -113,6 +113,17 @@ def test_grounding_report_runs(model_dir, tmp_path, capsys):
     assert 0 < rep["chance"] < 1
     assert set(rep["variant_rates"]) == {"raw", "grad-norm", "layercam"}
     assert main(["grounding", "--model", model_dir, "--probes", "half"]) == 2
+    # the JSON file now exists: replaced only with --overwrite (any file was replaced without a word)
+    capsys.readouterr()
+    out.write_text("mine")
+    assert main(["grounding", "--model", model_dir, "--n", "1", "--layers", "0", "--probes", "masked", "--quiet",
+                 "--json", str(out)]) == 2
+    assert _err_line(capsys) == [f"dcam grounding: error: --json: {str(out)!r} exists; choose a new file or pass "
+                                 "--overwrite (which replaces it)"]
+    assert out.read_text() == "mine"
+    assert main(["grounding", "--model", model_dir, "--n", "1", "--layers", "0", "--probes", "masked", "--quiet",
+                 "--json", str(out), "--overwrite"]) == 0
+    assert json.load(open(out))["n_images"] == 1
 
 
 def test_grounding_of_a_method_without_gradients(model_dir, tmp_path, capsys):

@@ -51,3 +51,9 @@ def test_the_report_refuses_its_bad_options_in_one_line_before_measuring(tmp_pat
             main(argv)
         assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == prog + line
     assert list(tmp_path.iterdir()) == []
+    # an existing --json file is replaced only with --overwrite (the file was replaced without a word)
+    (tmp_path / "mine.png").write_bytes(b"\x89PNG keep")
+    assert main(["--n", "1", "--json", str(tmp_path / "mine.png")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == prog + (
+        f"--json: {str(tmp_path / 'mine.png')!r} exists; choose a new file or pass --overwrite (which replaces it)")
+    assert (tmp_path / "mine.png").read_bytes() == b"\x89PNG keep"
