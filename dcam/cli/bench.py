@@ -28,7 +28,8 @@ def run(args) -> int:
         dev = check_device(device)
     except InputError as exc:
         raise common.option_error("--device", exc) from None
-    backends = [b for b in args.backends.split(",") if b.strip()] if args.backends is not None else None
+    # "cpp, torch" as every other comma list of the CLI reads it (" torch" was not available here)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends is not None else None
     if backends == []:  # --backends "" ran every backend
         raise InputError(f"--backends: none given (available: {', '.join(available_backends())})")
     if backends:

@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="reproduce the comparison / ablation tables on a grounded data set",
                        description=__doc__)
     p.add_argument("--dataset", default="shapes", help="'shapes' (bundled) or a COCO / TAM data folder")
-    p.add_argument("--split", default="test", help="split (shapes: train/val/test; COCO: picks instances_<split>*)")
+    p.add_argument("--split", default=None,
+                   help="split (shapes: train/val/test; COCO: picks instances_<split>*; default: test)")
     p.add_argument("--n", type=common.positive_int, default=200, help="records to evaluate")
     p.add_argument("--methods", default="all",
                    help=f"'all' or a comma list of {', '.join(common.METHOD_NAMES)}")
@@ -44,8 +45,8 @@ def add_parser(sub) -> None:
                    help="probe mode shared by every method (default: the model's)")
     p.add_argument("--layer", type=int, default=None,
                    help="block shared by every gradient method (default: the model's default block)")
-    p.add_argument("--target-score", default="logit", choices=common.TARGET_SCORE_NAMES,
-                   help="target score shared by every gradient method")
+    p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
+                   help="target score shared by every gradient method (default: logit; tam has none)")
     p.add_argument("--out", default="eval_out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder whole")
     p.add_argument("--sweep", action="store_true", help="Diffusion-CAM table over the model's probe modes and layers")
@@ -65,7 +66,8 @@ def add_parser(sub) -> None:
                    help=f"'mean' (the image's mean colour) or R,G,B for blanked cells (default: {d['faith_fill']})")
     p.add_argument("--examples", type=common.non_negative_int, default=4, help="example sheets to write")
     p.add_argument("--batch-size", type=common.positive_int, default=16, help="perturbed images per forward")
-    p.add_argument("--image-size", type=common.positive_int, default=64, help="shapes image size in pixels")
+    p.add_argument("--image-size", type=common.positive_int, default=None,
+                   help="shapes image size in pixels (default: 64)")
     p.add_argument("--seed", type=common.non_negative_int, default=0, help="seed of the random faithfulness baseline")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
     common.add_model_options(p)
@@ -89,11 +91,16 @@ def run(args) -> int:
             ("--sweep-n", args.sweep_n, "--sweep", args.sweep or args.sweep_probes or args.sweep_layers)):
         if value is not None and not wanted:
             raise InputError(f"{option}: it sets the {table} table, which was not asked for (add {table})")
+    for option, value in (("--faith-n", args.faith_n), ("--sweep-n", args.sweep_n)):
+        if value is not None and args.n is not None and value > args.n:  # (cut to --n without a word)
+            raise InputError(f"{option}: {value} records asked for, but --n evaluates {args.n} (the table uses "
+                             "records of the evaluation); lower it or raise --n")
     for name, default in TABLE_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.dataset != "shapes" and not os.path.isdir(args.dataset):
         raise InputError(f"--dataset: {args.dataset!r} is neither 'shapes' nor a folder")
+    _refuse_what_the_data_set_ignores(args)
     fill = _fill(args.faith_fill)
     common.apply_run_options(args)
     model, processor = common.load_model_for(args)
@@ -110,9 +117,28 @@ def run(args) -> int:
     return 0
 
 
+def _refuse_what_the_data_set_ignores(args) -> None:
+    """--image-size sizes only the generated shapes, --split picks nothing in a TAM folder: given
+    for another data set they were taken and ignored. Then their defaults are filled in."""
+    if args.image_size is not None and args.dataset != "shapes":
+        raise InputError("--image-size: only the generated shapes data set has a size to choose (a data folder's "
+                         "images keep theirs); leave --image-size out")
+    if args.split is not None and args.dataset != "shapes":
+        from ..eval.datasets import detect_layout
+
+        try:
+            tam = detect_layout(args.dataset, args.split) == "tam"
+        except InputError:  # not a data folder: evaluate() names what is wrong with it
+            tam = False
+        if tam:
+            raise InputError("--split: a TAM data folder has no splits (only shapes and COCO do); leave --split out")
+    args.image_size = 64 if args.image_size is None else args.image_size
+    args.split = "test" if args.split is None else args.split
+
+
 #: evaluate()'s arguments as dcam eval's options (:func:`common.argument_error`)
 EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size",
-                "layer": "--layer",
+                "layer": "--layer", "target_score": "--target-score",
                 "sweep_layers": "--sweep-layers", "config": "--cam"}
 
 

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory", action="store_true",
                    help="also store every word's map on every denoising step of the model's own generation "
                         "(records without a response; dcam view shows a step slider)")
-    p.add_argument("--split", default="test", help="split of a COCO data folder (picks instances_<split>*)")
+    p.add_argument("--split", default=None,
+                   help="split of a COCO data folder (picks instances_<split>*; default: test)")
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_method_options(p)
@@ -63,7 +64,10 @@ def _run(args) -> int:
     dist = setup(args.device)
     try:
         quiet = args.quiet or dist.rank != 0
-        source = dist.agree(lambda: open_source(args.manifest, split=args.split))
+        source = dist.agree(lambda: open_source(args.manifest, split=args.split or "test"))
+        if args.split is not None and source.kind != "coco":  # (taken and ignored)
+            raise InputError(f"--split: a {source.kind} source has no splits (only a COCO data folder has them); "
+                             "leave --split out")
         common.log(f"{len(source)} records in {args.manifest}; loading the model", quiet)
         exp = dist.agree(lambda: _explainer(args, dist))
         # the fingerprint is checked and written by rank 0 only

@@ -252,14 +252,17 @@ class _Comparison:
             self.scorer.add("full (SICD context)", rec, word_maps(e_ctx, rec.words), "ablation")
 
 
-def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool) -> None:
-    """A config or a layer that no method of the comparison (nor an ablation or sweep, which run
-    diffusion-cam) would use is refused rather than reported as used."""
+def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool, target_score=None) -> None:
+    """A config, a layer or a target score that no method of the comparison (nor an ablation or
+    sweep, which run diffusion-cam) would use is refused rather than reported as used."""
     if diffusion_cam_extras:
         return
     if layer is not None and not any(get_method(m).needs_gradients for m in methods):
         raise InputError(f"layer: none of the methods ({', '.join(methods)}) hooks a layer (tam reads the model's "
                          "final states); leave layer out")
+    if target_score is not None and not any(get_method(m).needs_gradients for m in methods):
+        raise InputError(f"target_score: none of the methods ({', '.join(methods)}) differentiates a score (tam "
+                         "reads the model's final states); leave target_score out")
     if config is not None and not any(get_method(m).uses_config for m in methods):
         raise InputError(f"config: none of the methods ({', '.join(methods)}) applies a CamConfig (only "
                          "diffusion-cam, its ablation and its sweep do); leave config out")
@@ -268,7 +271,7 @@ def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool
 def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalDataset, Sequence[EvalRecord]] = "shapes",
              methods="all", n: Optional[int] = 200, ablation: bool = False, faithfulness: bool = False,
              out_dir: Optional[str] = None, *, explainer_factory: Optional[ExplainerFactory] = None,
-             layer: Optional[int] = None, probe: Optional[str] = None, target_score: str = "logit",
+             layer: Optional[int] = None, probe: Optional[str] = None, target_score: Optional[str] = None,
              config: Optional[CamConfig] = None, split: str = "test", prompt: Optional[str] = None,
              sweep: bool = False, sweep_probes: Optional[Sequence[str]] = None,
              sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
@@ -285,7 +288,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         :class:`~dcam.eval.datasets.EvalDataset` or a list of records.
     methods: ``"all"``, a comma list or a list of method names.
     n: number of valid records to evaluate (None: all).
-    layer / probe / target_score: shared by every method of the comparison.
+    layer / probe / target_score: shared by every method of the comparison (target_score None:
+        "logit" for the gradient methods; a layer or score no method uses is refused).
     family: the adapter family to treat the model as (``dcam families``; None: detected).
     config: the Diffusion-CAM config (None: the model's default,
         :meth:`~dcam.probe.ModelAdapter.default_config`; it is resolved once
@@ -295,8 +299,9 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     t0 = time.time()
     factory = _factory(model_or_factory, processor, explainer_factory, family)
     methods = _resolve_methods(methods)
-    if target_score not in ("logit", "contrastive"):
+    if target_score not in (None, "logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
+    given_score, target_score = target_score, target_score or "logit"
     n = positive_int("n", n)
     for name, value in (("sweep_n", sweep_n), ("faith_n", faith_n), ("batch_size", batch_size)):
         positive_int(name, value, allow_none=False)
@@ -309,7 +314,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
-    _refuse_unused(methods, config, layer, bool(ablation or sweep or sweep_probes or sweep_layers))
+    _refuse_unused(methods, config, layer, bool(ablation or sweep or sweep_probes or sweep_layers), given_score)
     cmp = _Comparison(factory, methods, config, layer, probe, target_score, prompt, ablation,
                       {"examples": n_examples, "faith": faith_n if faithfulness else 0, "sweep": sweep_n})
     for lay in sweep_layers or ():  # the layers asked for are checked before any record is explained

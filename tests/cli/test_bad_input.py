@@ -160,6 +160,9 @@ def test_empty_and_unused_options_are_refused(cli, error_line, tiny_model_dir, s
     assert line == "dcam explain: error: argument --family: expected a name, got ''"
     line = _fails(cli, error_line, tmp_path, "--backends", "", "--quick", command="bench")
     assert line.startswith("dcam bench: error: --backends: none given (available: torch")
+    # spaces after the commas, as every comma list of the CLI takes them (" torch" was "not available")
+    line = _fails(cli, error_line, tmp_path, "--backends", "torch, nope", "--quick", command="bench")
+    assert line.startswith("dcam bench: error: --backends: not available here: nope (available: torch")
     line = _fails(cli, error_line, tmp_path, "--load", "--markdown", command="families")
     assert line == "dcam families: error: --load: the --markdown table has no loading column; use one or the other"
     m = ["--model", tiny_model_dir, "--n", "1"]
@@ -182,6 +185,16 @@ def test_eval_errors_name_the_option(cli, error_line, tiny_model_dir, tmp_path):
              (["--methods", "nope,tam"], "--methods: unknown method(s) 'nope'; available: diffusion-cam, grad-cam, "
                                          "llava-cam, tam"),
              (["--methods", ","], "--methods: none given; available: diffusion-cam, grad-cam, llava-cam, tam"),
+             # a score tam never differentiates, and more curve records than --n evaluates, were taken
+             (["--methods", "tam", "--target-score", "contrastive"], "--target-score: none of the methods (tam) "
+              "differentiates a score (tam reads the model's final states); leave target_score out"),
+             (["--faithfulness", "--faith-n", "5"], "--faith-n: 5 records asked for, but --n evaluates 2 (the table "
+              "uses records of the evaluation); lower it or raise --n"),
+             # options a TAM folder has no use for were taken and ignored
+             (["--dataset", str(tmp_path / "tam"), "--split", "val"], "--split: a TAM data folder has no splits (only "
+              "shapes and COCO do); leave --split out"),
+             (["--dataset", str(tmp_path / "tam"), "--image-size", "64"], "--image-size: only the generated shapes "
+              "data set has a size to choose (a data folder's images keep theirs); leave --image-size out"),
              (["--dataset", str(tmp_path / "tam")],
               f"--dataset: {tmp_path / 'tam' / 'anno.json'} must hold a list of entries (or {{'annotations': [...]}})")]
     for argv, message in cases:

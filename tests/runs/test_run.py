@@ -238,6 +238,17 @@ def test_overwrite_never_deletes_through_a_link_the_working_folder_or_the_bundle
     assert {d: sorted(str(p.relative_to(d)) for p in d.rglob("*")) for d in (data, work, weights)} == before
 
 
+def test_a_split_is_refused_for_a_source_without_splits(run_manifest, tmp_path, capsys):
+    # --split nonsense with a manifest or a folder of images was taken and ignored (exit 0)
+    for src, kind in ((run_manifest["path"], "manifest"), (os.path.join(run_manifest["folder"], "img"), "folder")):
+        out = tmp_path / kind
+        assert main(["run", src, "--out", str(out), "--split", "nonsense", *RUN_ARGS]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"dcam run: error: --split: a {kind} source has no splits (only a COCO data folder has them); "
+                       "leave --split out"]
+        assert not out.exists()
+
+
 def test_an_empty_prompt_is_refused_before_anything_is_written(run_manifest, tmp_path, capsys):
     # --prompt "" sent every record to errors.jsonl (exit 0) and fingerprinted the folder with it
     for prompt in ("", "   "):
