@@ -168,15 +168,22 @@ class Explanation:
         return {k: v.tolist() for k, v in self.stats.items()}
 
     def meta(self) -> dict:
+        from .methods.base import METHODS
+
+        # what the method never used is recorded as none (tam's meta.json carried the full Diffusion-CAM
+        # config and a "logit" target score it never differentiated; grad-cam the config)
+        method = METHODS.get(self.method)
+        config = self.config.as_dict() if method is None or method.uses_config else None
+        target_score = self.target_score if method is None or method.needs_gradients else None
         return dict(
             tokens=self.tokens, token_ids=self.token_ids, word_numbers=self.word_numbers,
             response_indices=self.response_indices, pieces=self.pieces, granularity=self.granularity,
             view=self.view, response=self.response,
             response_ids=self.response_ids, response_tokens=self.response_tokens, prompt=self.prompt,
             steps=self.steps, steps_source=self.steps_source, method=self.method, probe=self.probe,
-            layer=self.layer, target_score=self.target_score, grid=list(self.grid),
+            layer=self.layer, target_score=target_score, grid=list(self.grid),
             image_size=list(self.image.size), repeat_ratio=self.repeat_ratio,
-            scores=self.scores.tolist(), stats=self.stats_lists(), config=self.config.as_dict(),
+            scores=self.scores.tolist(), stats=self.stats_lists(), config=config,
             model=self.model_name, notes=self.notes, box=list(self.box),
             views={view: list(vmaps.shape[1:]) for view, vmaps in self.view_maps.items()},
         )

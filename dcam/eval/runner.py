@@ -329,10 +329,13 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     skipped = list(getattr(ds, "skipped", [])) + cmp.skipped
     if cmp.done == 0:
         raise InputError(f"no record of {ds_name} could be evaluated" + (f" (skipped: {skipped[:3]})" if skipped else ""))
+    # the config of a comparison where nothing applies one (grad-cam, tam) is none, not the default's
+    config_used = any(get_method(m).uses_config for m in methods) or bool(ablation or sweep or sweep_probes
+                                                                            or sweep_layers)
     report: Dict[str, Any] = {
         "dataset": ds_name, "records": cmp.done, "skipped": [{"record": r, "reason": why} for r, why in skipped],
         "methods": methods, "layer": cmp.used.get("layer"), "probe": cmp.used.get("probe"),
-        "target_score": cmp.used.get("target_score", target_score), "config": cmp.cfg.as_dict(), "unaligned_words": cmp.unaligned,
+        "target_score": cmp.used.get("target_score", target_score), "config": cmp.cfg.as_dict() if config_used else None, "unaligned_words": cmp.unaligned,
         "main": {m: cmp.scorer.summary(m) for m in methods},
     }
     if ablation:

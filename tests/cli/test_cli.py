@@ -169,6 +169,11 @@ def test_cam_settings_reach_the_maps(model_dir, tmp_path, capsys):
     d = tmp_path / "demo"
     assert main(["demo", "--model", model_dir, "--out", str(d), "--quiet", "--cam", "akd=false"]) == 0
     assert json.load(open(d / "meta.json"))["config"]["akd"] is False
+    # a method that applies no config, or differentiates no score, records none (tam recorded both)
+    for method, target_score in (("tam", None), ("grad-cam", "logit")):
+        assert main(["demo", "--model", model_dir, "--out", str(tmp_path / method), "--quiet", "--method", method]) == 0
+        meta = json.load(open(tmp_path / method / "meta.json"))
+        assert meta["config"] is None and meta["target_score"] == target_score and meta["method"] == method
     capsys.readouterr()
     assert main(["demo", "--model", model_dir, "--out", str(tmp_path / "d2"), "--cam", "akd=perhaps"]) == 2
     assert _err_line(capsys) == ["dcam demo: error: --cam: CamConfig.akd: cannot read 'perhaps' (not a boolean)"]

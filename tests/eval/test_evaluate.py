@@ -375,5 +375,10 @@ def test_report_names_the_layer_the_gradient_methods_hooked(tiny):
     assert rep["layer"] == 1 and rep["target_score"] == "logit"
     rep = EV.evaluate(model, proc, "shapes", methods="tam", n=1, n_examples=0)
     assert rep["layer"] is None and rep["target_score"] is None
+    # and no config: nothing of the comparison applied one (the default config was reported as used)
+    assert rep["config"] is None
+    assert EV.evaluate(model, proc, "shapes", methods="grad-cam", n=1, n_examples=0)["config"] is None
+    with pytest.raises(InputError, match=r"^target_score: none of the methods \(tam\) differentiates a score"):
+        EV.evaluate(model, proc, "shapes", methods="tam", target_score="logit", n=1)
     with pytest.raises(InputError, match=r"^layer: none of the methods \(tam\) hooks a layer"):
         EV.evaluate(model, proc, "shapes", methods="tam", layer=1, n=1)
