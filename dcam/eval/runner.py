@@ -268,6 +268,18 @@ def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool
                          "diffusion-cam, its ablation and its sweep do); leave config out")
 
 
+def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed) -> Optional[int]:
+    """evaluate()'s counts checked (InputErrors naming them); returns ``n``."""
+    n = positive_int("n", n)
+    for name, value in (("sweep_n", sweep_n), ("faith_n", faith_n), ("batch_size", batch_size)):
+        positive_int(name, value, allow_none=False)
+    if positive_int("faith_steps", faith_steps, allow_none=False) < 2:
+        raise InputError(f"faith_steps must be >= 2, got {faith_steps}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy refused it at the end
+        raise InputError(f"seed must be an int >= 0, got {seed!r}")
+    return n
+
+
 def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalDataset, Sequence[EvalRecord]] = "shapes",
              methods="all", n: Optional[int] = 200, ablation: bool = False, faithfulness: bool = False,
              out_dir: Optional[str] = None, *, explainer_factory: Optional[ExplainerFactory] = None,
@@ -302,14 +314,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     if target_score not in (None, "logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
     given_score, target_score = target_score, target_score or "logit"
-    n = positive_int("n", n)
-    for name, value in (("sweep_n", sweep_n), ("faith_n", faith_n), ("batch_size", batch_size)):
-        positive_int(name, value, allow_none=False)
-    if positive_int("faith_steps", faith_steps, allow_none=False) < 2:
-        raise InputError(f"faith_steps must be >= 2, got {faith_steps}")
+    n = _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed)
     faith_fill = check_fill(faith_fill, "faith_fill")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy refused it at the end
-        raise InputError(f"seed must be an int >= 0, got {seed!r}")
     if not isinstance(dataset, (str, EvalDataset, list, tuple)):
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")

@@ -75,26 +75,38 @@ def measure(folder: str, n: int, procs: Sequence[int], threads: int, extra: Sequ
     return rows
 
 
-def main(argv=None) -> int:
-    from ..cli.common import int_list, positive_int
+def _count(text: str) -> int:
+    """An argparse type: an int >= 1 (-5 was a traceback after the folders were made)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return v
 
+
+def _counts(text: str) -> List[int]:
+    """An argparse type: a comma list of ints >= 1."""
+    return [_count(v) for v in text.split(",") if v.strip()] or [_count("")]
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dcam.runs.benchmark", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("manifest", help="write the manifest")
     m.add_argument("folder")
-    m.add_argument("--n", type=positive_int, default=200)  # (-5 was a traceback after its folders were made)
+    m.add_argument("--n", type=_count, default=200)
     m.add_argument("--generate", action="store_true", help="no given response: the model writes it")
     r = sub.add_parser("measure", help="write the manifest (if missing) and measure dcam run on it")
     r.add_argument("folder")
-    r.add_argument("--n", type=positive_int, default=200)
-    r.add_argument("--procs", type=int_list, default="1,2", help="comma list of process counts")
-    r.add_argument("--threads", type=positive_int, default=1, help="torch threads per process")
+    r.add_argument("--n", type=_count, default=200)
+    r.add_argument("--procs", type=_counts, default="1,2", help="comma list of process counts")
+    r.add_argument("--threads", type=_count, default=1, help="torch threads per process")
     args, extra = ap.parse_known_args(argv)
     if args.cmd == "manifest":
         print(write_manifest(args.folder, args.n, generate=args.generate))
         return 0
-    if any(p < 1 for p in args.procs):
-        ap.error(f"--procs: process counts must be >= 1, got {args.procs}")
     rows = measure(args.folder, args.n, args.procs, args.threads, extra)
     print("| processes | records | words | seconds | images/s | words/s |\n|---|---|---|---|---|---|")
     for r in rows:

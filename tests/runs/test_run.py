@@ -408,3 +408,16 @@ def test_a_manifest_cut_down_counts_only_its_own_records(run_manifest, tmp_path,
     assert metrics["records"] == 1
     obj = both["s1"].entry["metrics"]["object"]
     assert metrics["summary"]["obj_iou"] == pytest.approx(sum(obj["obj_iou"]) / len(obj["obj_iou"]))
+
+
+def test_the_run_benchmark_refuses_bad_counts_before_making_folders(tmp_path, capsys):
+    # --n -5 was an InputError traceback after images/ and masks/ were made
+    from dcam.runs.benchmark import main as bench_main
+
+    for argv, said in ((["manifest", str(tmp_path / "bm"), "--n", "-5"], "argument --n: expected an int >= 1, got '-5'"),
+                       (["measure", str(tmp_path / "bm"), "--procs", "1,0"],
+                        "argument --procs: expected an int >= 1, got '0'")):
+        with pytest.raises(SystemExit) as exc:
+            bench_main(argv)
+        assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith(said)
+    assert not (tmp_path / "bm").exists()
