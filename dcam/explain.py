@@ -37,6 +37,7 @@ for others (the only mode a model without a mask token has).
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -312,14 +313,17 @@ class Explainer:
                 reduced = m.reduce_gradients(acts[:, sl], grads[:, :, sl], self._inputs(examples[b], None, view))
                 partial[b].setdefault(view.name, []).append((items, reduced))
 
-        results = probe_batch(self.adapter, [ex.prep for ex in examples],
-                              [Targets.of(ex.positions, ex.token_ids, ex.groups) for ex in examples], self.layer,
-                              probe=probe, target_score=target_score,
-                              chunk_size=chunk,
-                              want_grads=m.needs_gradients, want_last_hidden=m.needs_last_hidden,
-                              grad_sink=sink if m.streams and m.needs_gradients else None)
-        return [self._explanation(ex, res, partial[b], probe, target_score)
-                for b, (ex, res) in enumerate(zip(examples, results))]
+        try:
+            results = probe_batch(self.adapter, [ex.prep for ex in examples],
+                                  [Targets.of(ex.positions, ex.token_ids, ex.groups) for ex in examples], self.layer,
+                                  probe=probe, target_score=target_score,
+                                  chunk_size=chunk,
+                                  want_grads=m.needs_gradients, want_last_hidden=m.needs_last_hidden,
+                                  grad_sink=sink if m.streams and m.needs_gradients else None)
+            return [self._explanation(ex, res, partial[b], probe, target_score)
+                    for b, (ex, res) in enumerate(zip(examples, results))]
+        except InputError as exc:
+            raise _as_model_overflow(self.model, exc) from None
 
     def _inputs(self, ex: Example, res, view) -> MethodInputs:
         return MethodInputs(result=res, grid=tuple(view.grid), token_ids=torch.tensor(ex.item_ids),
@@ -359,6 +363,23 @@ class Explainer:
             if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )
+
+
+_NONFINITE = re.compile(r"^(\w+) contains (\d+) NaN/Inf value")
+
+
+def _as_model_overflow(model, exc: InputError) -> InputError:
+    """An operator's or method's "grads contains N NaN/Inf value(s); pass check_finite=False"
+    is, inside an explanation, about the model: its states, gradients or scores came out
+    NaN/Inf (a model run in float16 overflows). Other errors pass unchanged."""
+    m = _NONFINITE.match(str(exc))
+    if m is None:
+        return exc
+    dtype = next(iter(model.parameters())).dtype
+    hint = "; float16 overflows where this model's values grow: load it in bfloat16 or float32 (--dtype)" \
+        if dtype == torch.float16 else ""
+    return InputError(f"model: its {m.group(1)} came out NaN/Inf ({m.group(2)} value(s), run in "
+                      f"{str(dtype).replace('torch.', '')}){hint}")
 
 
 def _built(build, i: int, n: int, image, prompt, response, targets):

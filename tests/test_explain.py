@@ -562,3 +562,23 @@ def test_words_are_looked_up_as_targets_are_matched(zoo, sample):
     torch.testing.assert_close(e.map("red, circle"), e.maps[0])
     with pytest.raises(InputError, match="word 'red' is not among the explained tokens"):
         e.index("red")  # a part of a phrase names no item
+
+
+def test_a_model_that_overflows_in_float16_is_named_with_the_cure():
+    # the refusal named the operators' tensor ("grads contains 98304 NaN/Inf value(s); pass
+    # check_finite=False", an argument no explainer takes), and tam's "image_hidden"
+    import numpy as np
+
+    from dcam import Explainer
+    from dcam.errors import InputError
+    from dcam.models import load_model
+
+    model, proc = load_model(None)
+    model = model.half()
+    with torch.no_grad():
+        model.language_model.layers[0].mlp.down_proj.weight.mul_(3e4)  # fine in float32, past 65504 in float16
+    image = np.full((64, 64, 3), 128, np.uint8)
+    for method, what in (("diffusion-cam", "scores"), ("grad-cam", "scores"), ("tam", "image_hidden")):
+        with pytest.raises(InputError, match=rf"^model: its {what} came out NaN/Inf \(\d+ value\(s\), run in "
+                                             r"float16\); float16 overflows .*: load it in bfloat16 or float32"):
+            Explainer(model, proc, method=method).explain(image, response="a red circle")

@@ -116,7 +116,7 @@ def subfolder_names(paths: List[str]) -> List[str]:
 #: explain()'s arguments as dcam explain's options (:func:`common.argument_error`)
 EXPLAIN_OPTIONS = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
                    "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view",
-                   "memory_budget": "--memory-budget", "target_score": "--target-score"}
+                   "memory_budget": "--memory-budget", "target_score": "--target-score", "model": "--model"}
 
 
 def _request(args, background) -> dict:

@@ -203,6 +203,9 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select: Tensor, 
     ``g [k1-k0, B, N, D]``. Falls back to one backward per item when some op
     of the model has no batching rule."""
     B, K = scores.shape
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):  # the forward overflowed (float16): said before the backward spreads it (InputError)
+        raise InputError(f"scores contains {int(bad.sum())} NaN/Inf value(s)")
     if not scores.requires_grad:  # the scores do not depend on the hooked block at all
         for k0 in range(0, K, chunk_size):
             k1 = min(K, k0 + chunk_size)
