@@ -36,6 +36,29 @@ def test_trajectory_of_each_family(models, landscape, family):
     torch.testing.assert_close(traj.maps[0], first.maps, atol=1e-5, rtol=0)
 
 
+def test_steps_that_commit_nothing_are_no_steps_the_first_one_included():
+    # worked by hand: a sampler history whose first step commits nothing kept that step as a state of
+    # its own (S = 3, the first two states alike, decided_at one step late), while later such steps went
+    from dcam.probe.adapters.dmllm import changed_steps, recorded_states
+
+    M = 99
+    history = [torch.tensor([M, M]), torch.tensor([M, M]), torch.tensor([M, 7]), torch.tensor([M, 7]),
+               torch.tensor([5, 7])]
+    states, decided_at = recorded_states(history, M)
+    assert states.tolist() == [[M, M], [M, 7]] and decided_at.tolist() == [1, 0]
+    assert changed_steps(history, M) == 2
+    assert changed_steps([torch.tensor([M, M])], M) == 1  # nothing committed at all: one step, not zero
+
+
+@pytest.mark.parametrize("family", ["lavida-dream", "dream-vl"])
+def test_a_sampler_that_commits_nothing_at_first_records_only_its_real_steps(models, landscape, family):
+    # 4 steps for 1 slot: the Dream samplers commit it at the last step and nothing before
+    exp = Explainer(*models(family))
+    traj = explain_trajectory(exp, landscape, steps=4, response_length=1)
+    assert traj.states.shape == (1, 1) and traj.slot_decided_at.tolist() == [0]
+    assert exp.explain(landscape, steps=4, response_length=1).steps == traj.steps == 1
+
+
 @pytest.mark.parametrize("family", ["llada-v", "mmada", "diffusion-gemma"])
 def test_families_without_recorded_steps_are_refused(models, landscape, family):
     from dcam.probe.adapters.families import TRAJECTORIES

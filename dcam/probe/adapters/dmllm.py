@@ -163,15 +163,19 @@ class DMLLMAdapter(ModelAdapter):
         return f"steps: {steps} requested, the sampler used {used} ({'; '.join(why)})"
 
 
-def changed_steps(history: Sequence[Tensor]) -> int:
-    """Steps of a recorded sampler history that changed the canvas (a step
-    that commits nothing does not denoise)."""
+def changed_steps(responses: Sequence[Tensor], mask_id: int) -> int:
+    """Steps of a recorded sampler history (the response slots after every step) that
+    changed them (a step that commits nothing does not denoise), counted from the
+    all-mask start: a first step that committed nothing was counted as one."""
     n, prev = 0, None
-    for h in history:
-        if prev is None or not torch.equal(h, prev):
+    for r in responses:
+        r = r.reshape(-1)
+        if prev is None:
+            prev = torch.full_like(r, int(mask_id))
+        if not torch.equal(r, prev):
             n += 1
-        prev = h
-    return n
+        prev = r
+    return max(n, 1)
 
 
 def recorded_states(responses: Sequence[Tensor], mask_id: int) -> Tuple[Tensor, Tensor]:
@@ -181,11 +185,14 @@ def recorded_states(responses: Sequence[Tensor], mask_id: int) -> Tuple[Tensor, 
     entering each step (all masks entering the first) and the step each
     slot's token was committed at. These samplers never revisit a committed
     slot; a history that does is a bug, not an input."""
-    after = []
+    after, prev = [], None
     for r in responses:
         r = r.reshape(-1).long().cpu()
-        if not after or not torch.equal(r, after[-1]):
+        if prev is None:  # from the all-mask start: a first step that committed nothing is no step
+            prev = torch.full_like(r, int(mask_id))
+        if not torch.equal(r, prev):
             after.append(r)
+        prev = r
     if not after:
         raise RuntimeError("the sampler recorded no step")
     start = torch.full_like(after[0], int(mask_id))

@@ -81,9 +81,10 @@ class DreamVLAdapter(QwenVLAdapter):
                                                 output_history=True, return_dict_in_generate=True,
                                                 **prep.model_inputs)
         history = list(out.history or [])
+        responses = [h.reshape(-1)[L:L + Lr] for h in history]
         if not record:
-            return Generation(out.sequences[0, L:L + Lr].tolist(), changed_steps(history))
-        states, decided_at = recorded_states([h.reshape(-1)[L:L + Lr] for h in history], self.mask_token_id)
+            return Generation(out.sequences[0, L:L + Lr].tolist(), changed_steps(responses, self.mask_token_id))
+        states, decided_at = recorded_states(responses, self.mask_token_id)
         return Generation(out.sequences[0, L:L + Lr].tolist(), int(states.shape[0]), states, decided_at)
 
 

@@ -301,9 +301,10 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
                 out = self.model.generate(compact, images=images, image_sizes=sizes, max_new_tokens=Lr, steps=S,
                                           temperature=0.0, top_p=None, output_history=True)
                 ids, history = out.sequences[0, -Lr:], list(out.history or [])
+        responses = [h.reshape(-1)[-Lr:] for h in history]
         if not record:
-            return Generation(ids.tolist(), changed_steps(history))
-        states, decided_at = recorded_states([h.reshape(-1)[-Lr:] for h in history], self.mask_token_id)
+            return Generation(ids.tolist(), changed_steps(responses, self.mask_token_id))
+        states, decided_at = recorded_states(responses, self.mask_token_id)
         return Generation(ids.tolist(), int(states.shape[0]), states, decided_at)
 
 
