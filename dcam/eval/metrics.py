@@ -109,6 +109,9 @@ def _as_mask(mask: ArrayLike) -> Tensor:
     if t.is_floating_point():
         if not torch.equal(t, t.round()):
             raise InputError("label masks must hold integers")
+    if t.numel() and (t.is_floating_point() or t.dtype == torch.uint64) and float(t.double().max()) >= 2.0 ** 63:
+        # (the cast to int64 wrapped them round: "must be >= 0" of a positive label)
+        raise InputError(f"label masks: label {float(t.double().max()):.6g} is past int64's range")
     t = t.long()
     if t.numel() and int(t.min()) < 0:
         raise InputError("label masks must be >= 0 (0 is background)")

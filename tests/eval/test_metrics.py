@@ -315,6 +315,11 @@ def test_bad_inputs():
         M.object_metrics(torch.rand(1, 3, 3), -torch.ones(1, 3, 3, dtype=torch.long))
     with pytest.raises(InputError, match=r"^label masks must hold integers$"):
         M.object_metrics(torch.rand(1, 3, 3), torch.full((1, 3, 3), 0.5))
+    # labels past int64 wrapped round in the cast and were refused as negative
+    for big in (np.full((1, 3, 3), 2 ** 63 + 5, dtype=np.uint64), np.full((1, 3, 3), 1e19)):
+        with pytest.raises(InputError, match=r"^label masks: label 9\.22337e\+18 is past int64's range$|"
+                                             r"^label masks: label 1e\+19 is past int64's range$"):
+            M.object_metrics(torch.rand(1, 3, 3), big)
 
 
 def test_chunking_does_not_change_results(monkeypatch):
