@@ -17,6 +17,16 @@ class InputError(ValueError):
     caught ValueError keeps working."""
 
 
+class NonFiniteError(InputError):
+    """NaN/Inf values where dcam needs finite ones: ``name`` and ``count`` say which tensor
+    and how many, so a caller that knows where the tensor came from (the explainer: the
+    model's own states, gradients or scores) can say so without reading the message."""
+
+    def __init__(self, name: str, count: int, hint: str = ""):
+        super().__init__(f"{name} contains {count} NaN/Inf value(s){hint}")
+        self.name, self.count = name, int(count)
+
+
 def one_line(text: str) -> str:
     """``text`` on one line: the lines of a multi-line cause joined with "; "
     (just a space after a line that already ends in punctuation); nothing is cut."""
@@ -38,4 +48,4 @@ def positive_int(name: str, value, allow_none: bool = True):
     return int(value)
 
 
-__all__ = ["InputError", "one_line", "positive_int"]
+__all__ = ["InputError", "NonFiniteError", "one_line", "positive_int"]

@@ -37,12 +37,11 @@ for others (the only mode a model without a mask token has).
 """
 from __future__ import annotations
 
-import re
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .errors import InputError, positive_int
+from .errors import InputError, NonFiniteError, positive_int
 from .example import Example, ExampleBuilder
 from .explanation import Explanation
 from .images import WHITE
@@ -322,8 +321,8 @@ class Explainer:
                                   grad_sink=sink if m.streams and m.needs_gradients else None)
             return [self._explanation(ex, res, partial[b], probe, target_score)
                     for b, (ex, res) in enumerate(zip(examples, results))]
-        except InputError as exc:
-            raise _as_model_overflow(self.model, exc) from None
+        except NonFiniteError as exc:  # inside an explanation, the tensor is the model's
+            raise _model_overflow(self.model, exc) from None
 
     def _inputs(self, ex: Example, res, view) -> MethodInputs:
         return MethodInputs(result=res, grid=tuple(view.grid), token_ids=torch.tensor(ex.item_ids),
@@ -365,20 +364,14 @@ class Explainer:
         )
 
 
-_NONFINITE = re.compile(r"^(\w+) contains (\d+) NaN/Inf value")
-
-
-def _as_model_overflow(model, exc: InputError) -> InputError:
+def _model_overflow(model, exc: NonFiniteError) -> InputError:
     """An operator's or method's "grads contains N NaN/Inf value(s); pass check_finite=False"
     is, inside an explanation, about the model: its states, gradients or scores came out
-    NaN/Inf (a model run in float16 overflows). Other errors pass unchanged."""
-    m = _NONFINITE.match(str(exc))
-    if m is None:
-        return exc
+    NaN/Inf (a model run in float16 overflows)."""
     dtype = next(iter(model.parameters())).dtype
     hint = "; float16 overflows where this model's values grow: load it in bfloat16 or float32 (--dtype)" \
         if dtype == torch.float16 else ""
-    return InputError(f"model: its {m.group(1)} came out NaN/Inf ({m.group(2)} value(s), run in "
+    return InputError(f"model: its {exc.name} came out NaN/Inf ({exc.count} value(s), run in "
                       f"{str(dtype).replace('torch.', '')}){hint}")
 
 

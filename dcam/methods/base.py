@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple, Type
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from ..ops.config import CamConfig
 from ..ops.reference import EPS_NORM
 from ..probe.adapters.base import ModelAdapter
@@ -155,7 +155,7 @@ def refuse_nonfinite(**tensors: Tensor) -> None:
     for name, x in tensors.items():
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
-            raise InputError(f"{name} contains {int(bad.sum())} NaN/Inf value(s)")
+            raise NonFiniteError(name, int(bad.sum()))
 
 
 def minmax_or_zero(x: Tensor) -> Tensor:

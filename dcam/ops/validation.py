@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .config import FLOAT32_MAX, CamConfig
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -35,7 +35,7 @@ def check_finite(name: str, x: Tensor) -> None:
     refuse_meta_check(name, x)
     if bool(nonfinite_flag(x)):
         bad = (~torch.isfinite(x)).sum().item()
-        raise InputError(f"{name} contains {bad} NaN/Inf value(s); pass check_finite=False to skip this check")
+        raise NonFiniteError(name, bad, "; pass check_finite=False to skip this check")
     check_float32_range(name, x)
 
 

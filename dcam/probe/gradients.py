@@ -36,7 +36,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
 from .hooks import Tap, frozen
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
@@ -205,7 +205,7 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select: Tensor, 
     B, K = scores.shape
     bad = ~torch.isfinite(scores.detach())
     if bool(bad.any()):  # the forward overflowed (float16): said before the backward spreads it (InputError)
-        raise InputError(f"scores contains {int(bad.sum())} NaN/Inf value(s)")
+        raise NonFiniteError("scores", int(bad.sum()))
     if not scores.requires_grad:  # the scores do not depend on the hooked block at all
         for k0 in range(0, K, chunk_size):
             k1 = min(K, k0 + chunk_size)
