@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .ops.config import CamConfig
-from .output import check_existing_folder
+from .output import check_existing_folder, refuse_names_in_the_way
 from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, display_size
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
@@ -228,10 +228,8 @@ class Explanation:
         # every name is checked before the first file is written: a folder in the way of meta.json
         # was a bare IsADirectoryError, of index.html an error naming "filename", files already written
         names = word_file_names(self.word_numbers, self.tokens, "png")
-        for name in names + ["contact_sheet.png", "image.png", "maps.safetensors", "meta.json", "index.html"]:
-            if os.path.isdir(os.path.join(folder, name)):
-                raise InputError(f"folder: {os.path.join(folder, name)!r} is a folder, where the explanation "
-                                 f"writes its file {name}")
+        refuse_names_in_the_way(folder, "the explanation", files=names + [
+            "contact_sheet.png", "image.png", "maps.safetensors", "meta.json", "index.html"])
         if self.trajectory is not None:
             self.trajectory.check_names(folder)
 

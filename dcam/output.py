@@ -98,6 +98,17 @@ def check_existing_folder(folder: str, hint: str = "") -> str:
     return folder
 
 
+def refuse_names_in_the_way(folder: str, writer: str, files=(), folders=()) -> None:
+    """Before ``writer`` writes ``files`` and ``folders`` into ``folder``: nothing there is in
+    their way (a folder where a file goes, or a file where a folder goes), else an InputError
+    naming ``folder`` (it was IsADirectoryError or FileExistsError half-way through)."""
+    for name, folder_wanted in [(f, False) for f in files] + [(d, True) for d in folders]:
+        p = os.path.join(folder, name)
+        if os.path.lexists(p) and os.path.isdir(p) != folder_wanted:
+            raise InputError(f"folder: {p!r} is {'a folder' if os.path.isdir(p) else 'a file'}, where {writer} "
+                             f"writes its {'folder' if folder_wanted else 'file'} {name}")
+
+
 def check_output_file(path: Optional[str], option: str, inputs=(), overwrite: bool = False) -> Optional[str]:
     """A file the run will write at the end (``--json``): its folder must exist and be writable,
     it must not be, or lie in, what the job reads (``inputs``: ``(what, path)`` pairs, as
@@ -111,8 +122,7 @@ def check_output_file(path: Optional[str], option: str, inputs=(), overwrite: bo
     if os.path.isdir(target):
         raise InputError(f"{option}: {path!r} is a folder, not a file")
     for what, p in inputs:
-        where = os.path.abspath(p) if p and os.path.exists(p) else None
-        if where and (target == where or (os.path.isdir(where) and os.path.commonpath([target, where]) == where)):
+        if p and os.path.exists(p) and _inside(target, p):
             raise InputError(f"{option}: {path!r} lies in {what} {p!r}, which dcam does not write into; choose "
                              "another file")
     if os.path.lexists(target) and not overwrite:

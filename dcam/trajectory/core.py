@@ -188,12 +188,10 @@ class Trajectory:
     def check_names(self, folder: str) -> None:
         """Nothing in ``folder`` is in the way of the trajectory's files (a folder where a file
         goes, or the reverse): refused before the first file (FileExistsError half-way through)."""
-        for name, folder_wanted in (("trajectory.safetensors", False), ("trajectory", True),
-                                    ("trajectory_sheet.png", False), ("meta.json", False)):
-            p = os.path.join(folder, name)
-            if os.path.lexists(p) and os.path.isdir(p) != folder_wanted:
-                raise InputError(f"folder: {p!r} is {'a folder' if os.path.isdir(p) else 'a file'}, where the "
-                                 f"trajectory writes its {'frames folder' if folder_wanted else 'file'}")
+        from ..output import refuse_names_in_the_way
+
+        refuse_names_in_the_way(folder, "the trajectory", files=("trajectory.safetensors", "trajectory_sheet.png",
+                                                                 "meta.json"), folders=("trajectory",))
 
     def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
                     max_side: int = DISPLAY_MAX_SIDE) -> Dict[str, Any]:

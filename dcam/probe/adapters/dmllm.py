@@ -163,19 +163,24 @@ class DMLLMAdapter(ModelAdapter):
         return f"steps: {steps} requested, the sampler used {used} ({'; '.join(why)})"
 
 
-def changed_steps(responses: Sequence[Tensor], mask_id: int) -> int:
-    """Steps of a recorded sampler history (the response slots after every step) that
-    changed them (a step that commits nothing does not denoise), counted from the
-    all-mask start: a first step that committed nothing was counted as one."""
-    n, prev = 0, None
+def _changed(responses: Sequence[Tensor], mask_id: int) -> List[Tensor]:
+    """The response slots (1-D, long, CPU) after each step of a recorded sampler history that
+    changed them (a step that commits nothing does not denoise), compared from the all-mask
+    start: a first step that committed nothing was kept as a step of its own."""
+    after, prev = [], None
     for r in responses:
-        r = r.reshape(-1)
+        r = r.reshape(-1).long().cpu()
         if prev is None:
             prev = torch.full_like(r, int(mask_id))
         if not torch.equal(r, prev):
-            n += 1
+            after.append(r)
         prev = r
-    return max(n, 1)
+    return after
+
+
+def changed_steps(responses: Sequence[Tensor], mask_id: int) -> int:
+    """Steps of a recorded sampler history that changed the response (at least one)."""
+    return max(len(_changed(responses, mask_id)), 1)
 
 
 def recorded_states(responses: Sequence[Tensor], mask_id: int) -> Tuple[Tensor, Tensor]:
@@ -185,14 +190,7 @@ def recorded_states(responses: Sequence[Tensor], mask_id: int) -> Tuple[Tensor, 
     entering each step (all masks entering the first) and the step each
     slot's token was committed at. These samplers never revisit a committed
     slot; a history that does is a bug, not an input."""
-    after, prev = [], None
-    for r in responses:
-        r = r.reshape(-1).long().cpu()
-        if prev is None:  # from the all-mask start: a first step that committed nothing is no step
-            prev = torch.full_like(r, int(mask_id))
-        if not torch.equal(r, prev):
-            after.append(r)
-        prev = r
+    after = _changed(responses, mask_id)
     if not after:
         raise RuntimeError("the sampler recorded no step")
     start = torch.full_like(after[0], int(mask_id))
