@@ -15,7 +15,8 @@ Pipeline of :meth:`Explainer.explain_batch` (``explain`` is a batch of one):
    of several tokens being one item, or tokens, or phrases); pad/eos slots are
    never explained;
 3. probe the hooked block (:func:`dcam.probe.probe_batch`): examples with the
-   same sequence layout share one forward; one backward per chunk of
+   same sequence layout share one forward, and so do examples of other lengths
+   where the family is padded (:mod:`dcam.probe.padding`); one backward per chunk of
    cotangents serves every example of the batch; each chunk of gradients is
    reduced as soon as it exists (methods that can; Diffusion-CAM to its words'
    channel weights, the maps then made in one product), so the gradients
@@ -48,7 +49,7 @@ from .images import WHITE
 from .methods import MethodInputs, get_method
 from .ops.backends import BACKENDS
 from .ops.config import CamConfig
-from .probe import ModelAdapter, Targets, auto_adapter, check_probe_request, layout_key, probe_batch
+from .probe import ModelAdapter, Targets, auto_adapter, batch_key, check_probe_request, probe_batch
 from .probe.hooks import exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
@@ -192,10 +193,13 @@ class Explainer:
                       response_length: Optional[int] = None, background: Sequence[int] = WHITE,
                       view: Optional[str] = None, granularity: Optional[str] = None) -> List[Explanation]:
         """Explain several examples with batched forwards and backwards; returns
-        one Explanation per image, equal to :meth:`explain` on each. Examples of one
-        layout (the same sequence length, image positions and grid: same-sized images,
-        prompts and responses of one length) share each forward and backward; examples
-        of different layouts run as separate batches (no padding to a common length).
+        one Explanation per image, equal to :meth:`explain` on each. Examples share each
+        forward and backward: where the model's family is padded (the bundled model,
+        LLaVA / LLaVA-NeXT / LLaVA-OneVision, LLaDA-V, LaViDa on LLaDA, MMaDA,
+        Lumina-DiMOO: :mod:`dcam.probe.padding`), examples of any lengths (other prompts,
+        responses, image sizes) are padded on the right to the longest; for the other
+        families, only examples of one layout (same sequence length, image positions and
+        grid) share a forward, the others run as separate batches.
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""
@@ -219,9 +223,9 @@ class Explainer:
         results: Dict[int, Explanation] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, ex in enumerate(examples):
-            groups.setdefault(layout_key(ex.prep, self.adapter), []).append(i)
+            groups.setdefault(batch_key(ex.prep, self.adapter), []).append(i)
         for idx in groups.values():
-            for i, e in zip(idx, self._explain_layout([examples[i] for i in idx], idx, n, probe, target_score)):
+            for i, e in zip(idx, self._explain_together([examples[i] for i in idx], idx, n, probe, target_score)):
                 results[i] = e
         return [results[i] for i in range(n)]
 
@@ -264,13 +268,13 @@ class Explainer:
             return self.chunk_size
         above = len(self.adapter.blocks()) - 1 - self.layer
         # the batch's largest example: a one-word first response capped every other one's chunk at 1
-        return chunk_for_budget(self.model, examples[0].prep.input_ids.shape[1], above,
+        return chunk_for_budget(self.model, max(ex.prep.input_ids.shape[1] for ex in examples), above,
                                 max(len(ex.items) for ex in examples), self.memory_budget, rows=rows,
                                 scored_rows=max(ex.n_tokens for ex in examples) + 1)
 
-    def _explain_layout(self, examples: List[Example], index: List[int], n: int, probe: str,
+    def _explain_together(self, examples: List[Example], index: List[int], n: int, probe: str,
                         target_score: str) -> List[Explanation]:
-        """Examples sharing one sequence layout (``index``: their places in a batch of ``n``),
+        """Examples of one :func:`~dcam.probe.batch_key` (``index``: their places in a batch of ``n``),
         in as few probes as the memory budget lets one forward hold."""
         rows = len(examples) if probe != "remask" else 1
         try:
@@ -283,8 +287,8 @@ class Explainer:
             # each example fits alone (or says it does not): a batch too wide for the budget is halved,
             # not refused as if its sequence did not fit
             h = len(examples) // 2
-            return (self._explain_layout(examples[:h], index[:h], n, probe, target_score)
-                    + self._explain_layout(examples[h:], index[h:], n, probe, target_score))
+            return (self._explain_together(examples[:h], index[:h], n, probe, target_score)
+                    + self._explain_together(examples[h:], index[h:], n, probe, target_score))
         try:
             return self._explain_group(examples, probe, target_score, chunk)
         except BudgetError:
@@ -297,12 +301,12 @@ class Explainer:
         # refused inside the batched probe (a target score one example cannot take): which example
         # it is about shows alone
         for b, ex in enumerate(examples):
-            self._explain_layout([ex], [index[b]], n, probe, target_score)
+            self._explain_together([ex], [index[b]], n, probe, target_score)
         raise AssertionError("a batch refused what each of its examples took alone")
 
     def _explain_group(self, examples: List[Example], probe: str, target_score: str,
                        chunk: int) -> List[Explanation]:
-        """Examples sharing one sequence layout: one probe, maps reduced as gradients arrive."""
+        """Examples of one batch key: one probe, maps reduced as gradients arrive."""
         m = self.method
         partial: List[Dict[str, list]] = [{} for _ in examples]
 

@@ -12,10 +12,11 @@
   the response, which blocks can be hooked, how it generates.
 """
 from .adapters import ADAPTERS, ModelAdapter, Prepared, auto_adapter, register_adapter
-from .gradients import GradSink, ProbeResult, Targets, layout_key, probe, probe_batch
+from .gradients import GradSink, ProbeResult, Targets, batch_key, layout_key, probe, probe_batch
 from .modes import TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request, pick_distractor
 from .published import published_gradients
 
 __all__ = ["probe", "probe_batch", "published_gradients", "ProbeResult", "Targets", "GradSink", "layout_key",
+           "batch_key",
            "LastLayerError", "TARGET_SCORES", "build_probe_inputs", "check_probe_request", "pick_distractor",
            "ModelAdapter", "Prepared", "auto_adapter", "register_adapter", "ADAPTERS"]

@@ -39,6 +39,7 @@ from torch import Tensor
 from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
 from .hooks import Tap, frozen
+from .padding import PAD_MASK, pad_rows, pads
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
 from .published import published_gradients  # noqa: F401  (re-exported)
@@ -196,20 +197,24 @@ def _item_scores(tok: Tensor, groups: List[List[int]]) -> Tensor:
     return torch.stack([tok[g].sum() for g in groups])
 
 
-def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select: Tensor, on_chunk: Callable) -> None:
+def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk: Callable) -> None:
     """Gradients of the scores ``[B, K]`` (item k of example b) w.r.t. ``leaf
     [B, L, D]`` at positions ``select``, ``chunk_size`` cotangents at a time;
     cotangent k selects item k of every example. ``on_chunk(k0, k1, g)`` gets
-    ``g [k1-k0, B, N, D]``. Falls back to one backward per item when some op
-    of the model has no batching rule."""
+    ``g [k1-k0, B, N, D]``; with ``select`` a list of one ``[N_b]`` per row (a padded
+    batch: each example's image at its own positions), ``g`` is the list of each row's
+    ``[k1-k0, N_b, D]``. Falls back to one backward per item when some op of the model
+    has no batching rule."""
     B, K = scores.shape
     bad = ~torch.isfinite(scores.detach())
     if bool(bad.any()):  # the forward overflowed (float16): said before the backward spreads it (InputError)
         raise NonFiniteError("scores", int(bad.sum()))
+    per_row = isinstance(select, (list, tuple))
     if not scores.requires_grad:  # the scores do not depend on the hooked block at all
         for k0 in range(0, K, chunk_size):
             k1 = min(K, k0 + chunk_size)
-            on_chunk(k0, k1, leaf.new_zeros((k1 - k0, B, select.numel(), leaf.shape[-1])))
+            zeros = lambda *n: leaf.new_zeros((k1 - k0, *n, leaf.shape[-1]))  # noqa: E731
+            on_chunk(k0, k1, [zeros(s.numel()) for s in select] if per_row else zeros(B, select.numel()))
         return
     for k0 in range(0, K, chunk_size):
         k1 = min(K, k0 + chunk_size)
@@ -221,7 +226,7 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select: Tensor, 
             warnings.warn(f"batched-cotangent backward failed ({exc.__class__.__name__}: {str(exc)[:120]}); "
                           "falling back to one backward per token", RuntimeWarning)
             g = torch.stack([torch.autograd.grad(scores, leaf, grad_outputs=c, retain_graph=True)[0] for c in cot])
-        g = g[:, :, select].detach()
+        g = [g[:, b, s].detach() for b, s in enumerate(select)] if per_row else g[:, :, select].detach()
         on_chunk(k0, k1, g)
         del g
 
@@ -229,8 +234,11 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select: Tensor, 
 def logits_runner(adapter: ModelAdapter, layer: int, norm, ids: Tensor, inputs, want: Tensor, response_start: int):
     """The adapter's ``logits_at_rows`` when the probe reads nothing of the last block's other rows (the
     hooked block is below it, the final norm is not recorded) and ``check_rows_only`` allows it on
-    these inputs; else ``logits_at``. Call it before the tap is set: the check runs forwards of its own."""
-    if norm is None and layer < len(adapter.blocks()) - 1 and \
+    these inputs; else ``logits_at``. Call it before the tap is set: the check runs forwards of its own.
+    A padded batch runs the last block at the scored rows only where the adapter does so itself (the
+    generic one, :mod:`dcam.probe.rows`, was checked on unpadded inputs and passes no padding mask)."""
+    generic = type(adapter).logits_at_rows is ModelAdapter.logits_at_rows
+    if norm is None and layer < len(adapter.blocks()) - 1 and not (generic and PAD_MASK in inputs) and \
             adapter.check_rows_only(ids, inputs, want, response_start):
         return adapter.logits_at_rows
     return adapter.logits_at
@@ -267,23 +275,33 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
                 grad_sink: Optional[GradSink] = None) -> List[ProbeResult]:
     """:func:`probe` of several examples in one forward (``full``/``masked``
     probes; ``remask`` runs example by example). The examples must share the
-    sequence layout (length, image and response positions); group them by
-    :func:`layout_key` first."""
+    sequence layout (length, image and response positions), or, for a family
+    that pads (:mod:`dcam.probe.padding`), its :func:`batch_key`: group them by
+    it first. Padded rows give what each example gives alone."""
     # long: one forward, the per-example bookkeeping of scores, context weights and gradient chunks
     layer = _check_request(adapter, layer, probe, target_score, chunk_size, want_grads, allow_last_layer)
     if probe == "remask":
         return [_probe_remask(adapter, p, t, layer, target_score, chunk_size, want_grads, want_last_hidden,
                               allow_last_layer, b, grad_sink) for b, (p, t) in enumerate(zip(preps, targets))]
-    if len({layout_key(p, adapter) for p in preps}) != 1:
-        raise InputError("probe_batch: the examples do not share one sequence layout; group them by layout_key")
-    B, img = len(preps), preps[0].image_positions
+    padded = len({layout_key(p, adapter) for p in preps}) != 1
+    if padded and len({batch_key(p, adapter) for p in preps}) != 1:
+        raise InputError("probe_batch: the examples do not share one sequence layout and this model's family is "
+                         "not padded to one; group them by batch_key")
+    B = len(preps)
+    # each example's image span: one slice of the leaf for all when they share the layout
+    img = [p.image_positions for p in preps] if padded else preps[0].image_positions
     contrastive = target_score == "contrastive"
     distractors = [pick_distractor(p, t.positions, adapter) if contrastive else None for p, t in zip(preps, targets)]
     width = max(len(t.positions) + int(contrastive) for t in targets)
-    ids = torch.cat([build_probe_inputs(adapter, p, t.positions, probe) for p, t in zip(preps, targets)], 0)
+    rows = [build_probe_inputs(adapter, p, t.positions, probe) for p, t in zip(preps, targets)]
     want = torch.stack([_wanted(adapter, t, d, width) for t, d in zip(targets, distractors)])
     norm = adapter.final_norm() if want_last_hidden else None
-    inputs = adapter.stack_inputs(list(preps)) if B > 1 else adapter.batch_inputs(preps[0], 1)
+    if padded:
+        ids, inputs = pad_rows(adapter, rows, preps)
+    else:
+        ids = torch.cat(rows, 0)
+        inputs = adapter.stack_inputs(list(preps)) if B > 1 else adapter.batch_inputs(preps[0], 1)
+    span = (lambda b: img[b]) if padded else (lambda b: img)  # noqa: E731
     K = max(len(t.groups) for t in targets)
     grads = [[] for _ in range(B)]
     run = logits_runner(adapter, layer, norm, ids, inputs, want, preps[0].response_start)
@@ -312,19 +330,20 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
                             k_end = min(k1, len(t.groups))
                             if k_end <= k0:
                                 continue
-                            gb = g[:k_end - k0, b][None]  # [1, k, N, D]
+                            gb = (g[b] if padded else g[:, b])[:k_end - k0][None]  # [1, k, N, D]
                             if grad_sink is not None:
-                                grad_sink(b, torch.arange(k0, k_end), leaf.detach()[b:b + 1, img], gb)
+                                grad_sink(b, torch.arange(k0, k_end), leaf.detach()[b:b + 1, span(b)], gb)
                             else:
                                 grads[b].append(gb)
                     batched_grad(S, leaf, chunk_size, img, on_chunk)
-            acts = leaf.detach()[:, img]
-            hidden = tap.norm_output()[:, img] if norm is not None else None
+            acts = [leaf.detach()[b:b + 1, span(b)] for b in range(B)]
+            hidden = [tap.norm_output()[b:b + 1, span(b)] for b in range(B)] if norm is not None else None
         finally:
             tap.remove()
-    return [ProbeResult(acts=acts[b:b + 1], grads=torch.cat(grads[b], 1) if grads[b] else None,
+    return [ProbeResult(acts=acts[b], grads=torch.cat(grads[b], 1) if grads[b] else None,
                         scores=S[b, :len(t.groups)].detach().float(), context_weights=weights[b],
-                        last_hidden=None if hidden is None else hidden[b:b + 1], input_ids=ids[b:b + 1],
+                        last_hidden=None if hidden is None else hidden[b],
+                        input_ids=ids[b:b + 1, :rows[b].shape[1]],  # without its padding
                         layer=layer, probe=probe, distractor=distractors[b]) for b, t in enumerate(targets)]
 
 
@@ -334,6 +353,13 @@ def layout_key(prep: Prepared, adapter: Optional[ModelAdapter] = None) -> Tuple:
     key = (tuple(prep.input_ids.shape), int(prep.response_start), int(prep.response_length),
            tuple(prep.image_positions.tolist()), tuple(prep.grid))
     return key if adapter is None else key + (adapter.stack_key(prep),)
+
+
+def batch_key(prep: Prepared, adapter: ModelAdapter) -> Tuple:
+    """Examples with equal keys share one forward of :func:`probe_batch`: for a family that
+    pads (:func:`dcam.probe.padding.pads`), any whose model inputs ``stack_inputs`` can
+    batch, whatever their lengths; for the others, one sequence layout (:func:`layout_key`)."""
+    return ("padded", adapter.stack_key(prep)) if pads(adapter) else layout_key(prep, adapter)
 
 
 def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score: str, chunk_size: int,

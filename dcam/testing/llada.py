@@ -126,9 +126,10 @@ class LLaDAModel(nn.Module):
                 **kwargs) -> LLaDAOutput:
         x = self.transformer.wte(input_ids) if input_embeddings is None else input_embeddings
         if attention_mask is not None and bool((attention_mask == 0).any()):
-            keep = attention_mask.bool()
-            attention_bias = (keep[:, None, :, None] & keep[:, None, None, :]) if attention_bias is None else \
-                attention_bias
+            # as the published model: padded keys hidden from every query, on top of any attention bias
+            keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, x.shape[1], -1)
+            attention_bias = keys if attention_bias is None else attention_bias & keys if \
+                attention_bias.dtype == torch.bool else attention_bias.masked_fill(~keys, torch.finfo(x.dtype).min)
         caches, hidden = ([] if use_cache else None), [x]
         for i, block in enumerate(self.transformer.blocks):
             if self.activation_checkpointing_strategy is not None and torch.is_grad_enabled():
@@ -209,8 +210,10 @@ class BidirectionalDecoder(nn.Module):
         pe = self.rotary_emb(x, position_ids)
         mask = None
         if attention_mask is not None and attention_mask.dim() == 2 and bool((attention_mask == 0).any()):
+            # as the published model's mask: padded keys hidden from every query (a padded query row
+            # keeps the real keys, so no row of the softmax is empty)
             keep = attention_mask.bool()
-            mask = (keep[:, None, :, None] & keep[:, None, None, :])
+            mask = keep[:, None, None, :].expand(-1, 1, x.shape[1], -1)
         hidden = [x]
         for layer in self.layers:
             out = layer(x, attention_mask=mask, position_ids=position_ids, position_embeddings=pe)

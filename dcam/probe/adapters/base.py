@@ -199,6 +199,7 @@ class ModelAdapter:
         images its own way (overrides ``prepare``, ``locate_views`` or
         ``_views``) without declaring its own is not checked
         (:func:`dcam.explain.declared_image_views`).
+    pads_batches: examples of other lengths share a right-padded forward (:mod:`dcam.probe.padding`).
     """
 
     name = "base"
@@ -209,6 +210,7 @@ class ModelAdapter:
     has_prompt_logits = True
     default_steps = 64
     image_views: Optional[Tuple[str, ...]] = None
+    pads_batches = False
 
     def __init__(self, model: nn.Module, processor: Any = None, newline_column: bool = False,
                  newline_token_id: Optional[int] = None):

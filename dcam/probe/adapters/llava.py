@@ -211,6 +211,8 @@ class LlavaAdapter(HFVisionLanguageAdapter):
     name = "llava"
     family = "llava"
     processor_classes = ("LlavaProcessor",)
+    #: transformers' model takes the padding mask (and is causal: right padding never reaches a real row)
+    pads_batches = True
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -281,6 +283,8 @@ class LlavaNextAdapter(HFVisionLanguageAdapter):
     image_views = ("highres", "base")
     name = "llava-next"
     processor_classes = ("LlavaNext", "LlavaOnevision")
+    #: as LLaVA; examples with the same number of tiles stack (stack_key), whatever their grids
+    pads_batches = True
 
     @property
     def family(self) -> str:

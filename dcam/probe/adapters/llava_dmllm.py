@@ -32,10 +32,12 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from ...errors import InputError
+from ..padding import row_lengths, split_padding
 from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, stack_pixels
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
@@ -265,17 +267,40 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         s0, s1 = int(is_img[:, 1].min()), int(is_img[:, 1].max()) + 1
         return torch.cat([input_ids[:, :s0 + 1], input_ids[:, s1:]], 1)
 
-    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+    @property
+    def pads_batches(self) -> bool:
+        # the LLaDA backbones take a padding mask with embeddings; LaViDa-Dream's inference forward
+        # takes the mask and position ids its sampler builds, not a padded batch's
+        return self.backbone != "lavida_dream"
+
+    def _expanded(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         emb = self._embed(self._collapse(input_ids), model_inputs)
         if emb.shape[1] != input_ids.shape[1]:
             raise RuntimeError(f"the model expanded the image to {emb.shape[1]} positions, the prepared sequence "
                                f"has {input_ids.shape[1]}")
+        return emb
+
+    def _padded_embeddings(self, input_ids: Tensor, model_inputs: Dict[str, Any], keep: Tensor) -> Tensor:
+        """A padded batch's embeddings: each row's image expanded alone (its own span and
+        tiles), then padded on the right with zeros (masked keys: no real row reads them)."""
+        rows = []
+        for b, n in enumerate(row_lengths(keep)):
+            one = {"images": [model_inputs["images"][b]], "image_sizes": [model_inputs["image_sizes"][b]]}
+            rows.append(self._expanded(input_ids[b:b + 1, :n], one))
+        return torch.cat([F.pad(e, (0, 0, 0, input_ids.shape[1] - e.shape[1])) for e in rows], 0)
+
+    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
+        rest, keep = split_padding(model_inputs)
+        if keep is None:
+            emb, mask = self._expanded(input_ids, model_inputs), {}
+        else:
+            emb, mask = self._padded_embeddings(input_ids, rest, keep), {"attention_mask": keep.to(self.device)}
         if self.backbone == "lavida_llada":
-            return self.model.get_model()(None, input_embeddings=emb).logits
+            return self.model.get_model()(None, input_embeddings=emb, **mask).logits
         if self.backbone == "lavida_dream":
             return self.model.forward_dream(None, None, None, inputs_embeds=emb).logits
         # LLaDA-V's sampler: the top-level forward fails on embeddings alone (conversation_ids unset)
-        return self.model.lm_head(self.model.model(inputs_embeds=emb)[0])
+        return self.model.lm_head(self.model.model(inputs_embeds=emb, **mask)[0])
 
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or prep.response_length or self.response_length)

@@ -105,6 +105,8 @@ class ShapesAdapter(ModelAdapter):
     # ------------------------------------------------------------------ running
     #: generate_diffusion exposes its steps (``return_history``): trajectories are supported
     records_trajectory = True
+    #: the model takes a [B, L] keep mask (padded keys hidden), in forward and logits_at alike
+    pads_batches = True
 
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         """Greedy low-confidence-remasking generation. ``record``: also the

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from .base import Generation, ImageView, Prepared, load_image
+from ..padding import bias_from_keep, split_padding
 from .dmllm import DMLLMAdapter, olmo_transformer, recorded_states
 from .sampling import low_confidence_remasking, steps_used
 
@@ -125,9 +126,21 @@ class _VQAdapter(DMLLMAdapter):
 
         return self.text_ids(chat_prompt(self.tokenizer, prompt if prompt is not None else self.default_prompt))
 
+    #: right padding, hidden by LLaDA's attention bias (:meth:`forward_logits`)
+    pads_batches = True
+
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         dev = next(self.model.parameters()).device
-        return self.model(input_ids.to(dev)).logits
+        _, keep = split_padding(model_inputs)
+        if keep is not None:
+            # a padded batch: the LLaDA model under the family's class, with the bias its own batched
+            # samplers build (MMaDA's mmu_generate, DiMOO's forward); DiMOO's top-level forward pads a
+            # list itself and takes no mask, so the batch is handed to the model below it
+            return self.model.model(input_ids.to(dev), attention_bias=bias_from_keep(keep, dev)).logits
+        return self._plain_logits(input_ids.to(dev))
+
+    def _plain_logits(self, input_ids: Tensor) -> Tensor:
+        return self.model(input_ids).logits
 
 
 class MMaDAAdapter(_VQAdapter):
@@ -232,9 +245,8 @@ class DiMOOAdapter(_VQAdapter):
         states, decided_at = recorded_states([h[0, s:s + Lr] for h in history], self.mask_token_id)
         return Generation(x[0, s:s + Lr].tolist(), int(states.shape[0]), states, decided_at)
 
-    def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
-        dev = next(self.model.parameters()).device
-        return self.model(input_ids.to(dev), infer=True).logits
+    def _plain_logits(self, input_ids: Tensor) -> Tensor:
+        return self.model(input_ids, infer=True).logits
 
 
 __all__ = ["MMaDAAdapter", "DiMOOAdapter", "MMaDAProcessor", "DiMOOProcessor", "centre_square", "crop_sizes",

@@ -1,0 +1,136 @@
+"""Batches of examples of different lengths (other prompts, responses and image
+sizes): the families that pad share one right-padded forward, the others run
+one forward per layout; either way every example gets what it gets alone.
+
+The reference for the gradients is the slow published procedure (one full
+forward and backward per word, on the example's own unpadded sequence,
+:func:`dcam.probe.published_gradients`), not the batched probe itself."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dcam.errors import InputError
+from dcam.explain import Explainer
+from dcam.probe import Targets, auto_adapter, batch_key, layout_key, probe_batch, published_gradients
+from dcam.probe.padding import padding_id
+from dcam.testing import tiny_toy
+
+PADDED = ["toy", "lavida", "llada-v", "mmada", "lumina-dimoo", "llava", "llava-onevision"]
+NOT_PADDED = ["lavida-dream", "dream-vl", "qwen-vl"]
+#: three examples, no two of one layout: other image sizes, prompts and response lengths
+PROMPTS = [None, "name the objects in this image", "what"]
+RESPONSES = ["a red circle", "a blue square and a red circle", "red"]
+
+
+def _image(h, w, seed):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+IMAGES = [_image(40, 72, 0), _image(60, 30, 1), _image(40, 72, 2)]
+
+
+def _model(name, models):
+    return tiny_toy(seed=1) if name == "toy" else models(name)
+
+
+def _batch_sizes_of_the_hooked_block(exp, run):
+    """The batch size of every forward of the explainer's hooked block during ``run()``."""
+    seen = []
+    h = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda m, a, o: seen.append(int(a[0].shape[0])))
+    try:
+        out = run()
+    finally:
+        h.remove()
+    return out, seen
+
+
+@pytest.mark.parametrize("name", PADDED)
+def test_examples_of_other_lengths_share_one_padded_forward(name, models):
+    exp = Explainer(*_model(name, models))
+    assert exp.adapter.pads_batches
+    ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
+    preps = [exp.adapter.prepare(im, p, exp.adapter.encode_response(r)) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
+    assert len({layout_key(p, exp.adapter) for p in preps}) == 3  # no two share a layout ...
+    if name != "llava-onevision":  # (its two image sizes have other numbers of tiles: two forwards)
+        assert len({batch_key(p, exp.adapter) for p in preps}) == 1  # ... and one padded batch takes them all
+    batch, sizes = _batch_sizes_of_the_hooked_block(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
+    assert sizes == ([2, 1] if name == "llava-onevision" else [3])
+    for e, one in zip(batch, ones):
+        assert e.tokens == one.tokens and e.response == one.response and e.grid == one.grid
+        torch.testing.assert_close(e.scores, one.scores, atol=1e-5, rtol=1e-5)
+        # the maps are min-max normalised after the refinements: a rounding difference of the padded
+        # forward (reductions of another length, ~1e-6 relative) comes out up to ~6e-5 on the weakest maps
+        torch.testing.assert_close(e.maps, one.maps, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name,mode", [(n, m) for n in PADDED for m in ("full", "masked")
+                                       if m == "full" or not n.startswith("llava")])  # LLaVA: full only
+def test_padded_rows_have_the_published_gradients(name, mode, models):
+    a = auto_adapter(*_model(name, models))
+    preps = [a.prepare(im, p, a.encode_response(r)) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
+    if len({batch_key(p, a) for p in preps}) != 1:
+        preps = preps[::2]  # LLaVA-OneVision: the two of one number of tiles
+    tg = [Targets.of([p.response_start + i for i in range(min(2, p.response_length))],
+                     p.response_ids[:min(2, p.response_length)]) for p in preps]
+    results = probe_batch(a, preps, tg, 1, probe=mode, chunk_size=1)
+    for p, t, r in zip(preps, tg, results):
+        ref = published_gradients(a, p, t.positions, t.token_ids, 1, probe=mode)
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(r.per_target_grads(), ref, atol=1e-6, rtol=1e-4)
+        assert torch.equal(r.input_ids[:, :p.input_ids.shape[1]], r.input_ids)
+        assert r.input_ids.shape[1] == p.input_ids.shape[1]  # handed back without its padding
+        assert r.acts.shape[1] == p.image_positions.numel()
+
+
+def test_the_padding_token_is_never_read(monkeypatch):
+    """Another padding id (any text token) gives the same maps: the padded keys are hidden."""
+    model, proc = tiny_toy(seed=1)
+    exp = Explainer(model, proc)
+    a = exp.adapter
+    first = exp.explain_batch(IMAGES[:2], PROMPTS[:2], RESPONSES[:2])
+    pad = padding_id(a)
+    other = next(i for i in range(1, 10) if i not in (pad, a.image_token_id))
+    monkeypatch.setattr(type(a), "pad_token_ids", property(lambda self: {other}))
+    assert padding_id(a) == other
+    again = exp.explain_batch(IMAGES[:2], PROMPTS[:2], RESPONSES[:2])
+    for x, y in zip(first, again):
+        torch.testing.assert_close(x.maps, y.maps, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", NOT_PADDED)
+def test_families_that_do_not_pad_run_one_forward_per_layout(name, models):
+    model, proc = models(name)
+    exp = Explainer(model, proc)
+    assert not exp.adapter.pads_batches
+    ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
+    batch, sizes = _batch_sizes_of_the_hooked_block(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
+    assert sizes == [1, 1, 1]
+    for e, one in zip(batch, ones):
+        torch.testing.assert_close(e.maps, one.maps, atol=1e-6, rtol=0)
+    a = exp.adapter
+    preps = [a.prepare(im, p, a.encode_response(r)) for im, p, r in zip(IMAGES[:2], PROMPTS[:2], RESPONSES[:2])]
+    tg = [Targets.of([p.response_start], p.response_ids[:1]) for p in preps]
+    with pytest.raises(InputError, match="not padded to one; group them by batch_key"):
+        probe_batch(a, preps, tg, 1)
+
+
+def test_the_families_page_lists_which_families_pad(models):
+    """docs/FAMILIES.md's two lists are the adapters' own ``pads_batches``."""
+    import pathlib
+
+    from dcam.probe.adapters import FAMILIES
+    from dcam.testing.standins import STANDINS
+
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "FAMILIES.md").read_text()
+    listed = {}
+    for line in text.splitlines():
+        for kind in ("padded", "one forward per layout"):
+            if line.startswith(f"- {kind}: "):
+                listed[kind] = set(line.split(": ", 1)[1].split(", "))
+    assert {f.name for f in FAMILIES} == listed["padded"] | listed["one forward per layout"]
+    for name in STANDINS:
+        a = auto_adapter(*models(name))
+        assert a.pads_batches == (a.family in listed["padded"]), a.family
+    a = auto_adapter(*tiny_toy(seed=1))
+    assert a.pads_batches and a.family in listed["padded"]
