@@ -194,12 +194,11 @@ class Explainer:
                       view: Optional[str] = None, granularity: Optional[str] = None) -> List[Explanation]:
         """Explain several examples with batched forwards and backwards; returns
         one Explanation per image, equal to :meth:`explain` on each. Examples share each
-        forward and backward: where the model's family is padded (the bundled model,
-        LLaVA / LLaVA-NeXT / LLaVA-OneVision, LLaDA-V, LaViDa on LLaDA, MMaDA,
-        Lumina-DiMOO: :mod:`dcam.probe.padding`), examples of any lengths (other prompts,
-        responses, image sizes) are padded on the right to the longest; for the other
-        families, only examples of one layout (same sequence length, image positions and
-        grid) share a forward, the others run as separate batches.
+        forward and backward: examples of any lengths (other prompts, responses, image
+        sizes) are padded on the right to the longest, each family's way
+        (:mod:`dcam.probe.padding`; every family but DiffusionGemma, whose examples share a
+        forward only when their layouts are equal). Images whose pixel inputs cannot
+        stack (another number of anyres tiles) run as separate batches.
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""

@@ -39,7 +39,7 @@ from torch import Tensor
 from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
 from .hooks import Tap, frozen
-from .padding import PAD_MASK, pad_rows, pads
+from .padding import PAD_MASK, pad_rows, pads, without_per_token_inputs
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
 from .published import published_gradients  # noqa: F401  (re-exported)
@@ -359,7 +359,9 @@ def batch_key(prep: Prepared, adapter: ModelAdapter) -> Tuple:
     """Examples with equal keys share one forward of :func:`probe_batch`: for a family that
     pads (:func:`dcam.probe.padding.pads`), any whose model inputs ``stack_inputs`` can
     batch, whatever their lengths; for the others, one sequence layout (:func:`layout_key`)."""
-    return ("padded", adapter.stack_key(prep)) if pads(adapter) else layout_key(prep, adapter)
+    if not pads(adapter):
+        return layout_key(prep, adapter)
+    return ("padded", adapter.stack_key(without_per_token_inputs(prep)))  # per-token inputs are padded too
 
 
 def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score: str, chunk_size: int,

@@ -3,8 +3,7 @@
 Examples whose sequences differ (another prompt, another response length,
 another image size and so another number of image tokens) share a batched
 forward when their family can be padded: every row is padded on the right to
-the longest one, and the padded positions are hidden from the attention
-(keys only, as the published models' own padding masks do). Right padding
+the longest one, and no real token attends to a padded one. Right padding
 keeps every real token at its own position (rotary positions count from the
 start), and a padded key gets no attention weight, so every real row computes
 what it computes alone, up to rounding in reductions of another length.
@@ -12,16 +11,20 @@ what it computes alone, up to rounding in reductions of another length.
 How the mask reaches the model is the family's: the batch carries it as
 ``model_inputs["attention_mask"]`` (``[B, L]``, 1 keep, 0 pad) and each
 adapter's :meth:`~dcam.probe.adapters.base.ModelAdapter.forward_logits` hands
-it over in the form its model takes (the bundled model and transformers' VLMs:
-as it is; LLaDA-backbone models: an attention bias, as their own batched
-samplers build it; LLaDA-V / LaViDa: after expanding each row's image alone).
-Families whose published forward takes no padding mask for the probe's inputs
-(Dream backbones: position ids and masks built by the sampler; DiffusionGemma:
-an encoder and a decoder) are not padded: their examples share a forward only
-when their layouts are equal. :attr:`ModelAdapter.pads_batches` says which.
+it over in the form its model takes: as it is (the bundled model,
+transformers' VLMs, the LLaDA backbones of LLaDA-V and LaViDa, after each
+row's image is expanded alone), as LLaDA's attention bias (MMaDA, Lumina-DiMOO:
+what their own batched samplers build), or as a 4-D mask (the Dream models,
+whose attention passes a 4-D mask on as it is). Per-position inputs (Qwen-VL's
+``mm_token_type_ids``, Gemma 3's ``token_type_ids``) are padded with the
+sequence. DiffusionGemma is not padded (its encoder reads the prompt up to a
+response start the batch shares): its examples share a forward only when
+their layouts are equal. :attr:`ModelAdapter.pads_batches` says which, and
+docs/FAMILIES.md how each family takes the mask.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -47,6 +50,19 @@ def padding_id(adapter) -> int:
     return 0
 
 
+def per_token_inputs(prep) -> List[str]:
+    """The model inputs with one value per position of the sequence (``[1, L]``: Qwen-VL's
+    ``mm_token_type_ids``, Gemma 3's ``token_type_ids``): padded with the sequence (0: text)."""
+    shape = tuple(prep.input_ids.shape)
+    return [k for k, v in prep.model_inputs.items() if isinstance(v, Tensor) and tuple(v.shape) == shape]
+
+
+def without_per_token_inputs(prep):
+    """``prep`` without its per-token inputs (what a padded batch's examples must share the rest of)."""
+    drop = per_token_inputs(prep)
+    return replace(prep, model_inputs={k: v for k, v in prep.model_inputs.items() if k not in drop})
+
+
 def pad_rows(adapter, rows: Sequence[Tensor], preps) -> Tuple[Tensor, Dict[str, Any]]:
     """``rows`` (each ``[1, L_b]``, example ``b``'s probe inputs) padded on the right to the longest
     -> (ids ``[B, L]``, the batch's model inputs with the keep mask under :data:`PAD_MASK`)."""
@@ -56,7 +72,9 @@ def pad_rows(adapter, rows: Sequence[Tensor], preps) -> Tuple[Tensor, Dict[str, 
     keep = torch.zeros(len(rows), L, dtype=torch.long)
     for b, r in enumerate(rows):
         keep[b, :r.shape[1]] = 1
-    inputs = adapter.stack_inputs(list(preps))
+    padded = [replace(p, model_inputs={k: F.pad(v, (0, L - v.shape[1])) if k in per_token_inputs(p) else v
+                                       for k, v in p.model_inputs.items()}) for p in preps]
+    inputs = adapter.stack_inputs(padded)
     inputs[PAD_MASK] = keep
     return ids, inputs
 
@@ -73,6 +91,14 @@ def row_lengths(keep: Tensor) -> List[int]:
     return [int(n) for n in keep.sum(1).tolist()]
 
 
+def key_mask(keep: Tensor, device) -> Tensor:
+    """``[B, 1, L, L]`` boolean: every query sees the real keys only. For the Dream models, whose
+    attention hands a 4-D mask to ``scaled_dot_product_attention`` as it is (a 2-D one is widened
+    only on CUDA, and to query-and-key: a padded query row with no key to see)."""
+    k = keep.to(device=device, dtype=torch.bool)
+    return k[:, None, None, :].expand(k.shape[0], 1, k.shape[1], k.shape[1])
+
+
 def bias_from_keep(keep: Tensor, device) -> Tensor:
     """LLaDA's attention bias for a padded batch, as its own batched samplers build it:
     ``[B, 1, L, L]`` True where both the query and the key are real tokens."""
@@ -80,4 +106,5 @@ def bias_from_keep(keep: Tensor, device) -> Tensor:
     return (k[:, :, None] & k[:, None, :])[:, None]
 
 
-__all__ = ["PAD_MASK", "pads", "padding_id", "pad_rows", "split_padding", "row_lengths", "bias_from_keep"]
+__all__ = ["PAD_MASK", "pads", "padding_id", "per_token_inputs", "without_per_token_inputs", "pad_rows", "split_padding", "row_lengths", "key_mask",
+           "bias_from_keep"]

@@ -86,14 +86,18 @@ class DreamVLModel(PreTrainedModel):
                        video_grid_thw: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None):
         """M-RoPE positions ``[3, B, L]``: text tokens count up on all three
         axes; an image's tokens get (t, row, col) of the merged grid offset by
-        the text position before it; the text after resumes past the image."""
+        the text position before it; the text after resumes past the image.
+        As published: the images of ``image_grid_thw`` are taken in order across
+        the rows, and ``attention_mask`` (right padding here) leaves the padded
+        positions out (they get 1)."""
         merge = int(self.config.vision_config["spatial_merge_size"])
         B, L = input_ids.shape
-        pos = torch.zeros(3, B, L, dtype=torch.long, device=input_ids.device)
-        deltas = []
+        pos = torch.ones(3, B, L, dtype=torch.long, device=input_ids.device)
+        deltas, k = [], 0
         for b in range(B):
-            ids, k, nxt, i = input_ids[b], 0, 0, 0
-            while i < L:
+            ids, nxt, i = input_ids[b], 0, 0
+            end = L if attention_mask is None else int(attention_mask[b].sum())
+            while i < end:
                 if int(ids[i]) == self.config.image_token_id:
                     t, h, w = (int(v) for v in image_grid_thw[k])
                     h, w = h // merge, w // merge

@@ -208,7 +208,7 @@ class BidirectionalDecoder(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
         pe = self.rotary_emb(x, position_ids)
-        mask = None
+        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 4 else None  # as it is
         if attention_mask is not None and attention_mask.dim() == 2 and bool((attention_mask == 0).any()):
             # as the published model's mask: padded keys hidden from every query (a padded query row
             # keeps the real keys, so no row of the softmax is empty)

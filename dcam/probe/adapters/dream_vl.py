@@ -22,6 +22,7 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
+from ..padding import key_mask, split_padding
 from .base import PROBES, Generation, Prepared, _ids_set, config_get
 from .dmllm import DREAM_MASK_ID, changed_steps, chat_prompt, no_activation_checkpointing, recorded_states
 from .hf_vlm import QwenVLAdapter
@@ -69,8 +70,11 @@ class DreamVLAdapter(QwenVLAdapter):
         return prep
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
-        pos, _ = self.model.get_rope_index(input_ids, model_inputs.get("image_grid_thw"), None, None)
-        return self.model(input_ids=input_ids, position_ids=pos, **model_inputs).logits
+        rest, keep = split_padding(model_inputs)
+        # right padding: every real token keeps the M-RoPE position it has alone (pads come after)
+        pos, _ = self.model.get_rope_index(input_ids, rest.get("image_grid_thw"), None, keep)
+        mask = {} if keep is None else {"attention_mask": key_mask(keep, input_ids.device)}
+        return self.model(input_ids=input_ids, position_ids=pos, **rest, **mask).logits
 
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or self.response_length)

@@ -43,6 +43,10 @@ class HFVisionLanguageAdapter(ModelAdapter):
 
     name = "hf-vlm"
     is_diffusion = False
+    #: transformers' VLMs take the [B, L] padding mask and build their own attention mask and (M-RoPE)
+    #: positions from it; causal, so right padding never reaches a real row. Examples whose pixel
+    #: inputs cannot stack (another number of tiles) run apart (stack_key).
+    pads_batches = True
     probes = ("full",)
     has_prompt_logits = True
 
@@ -211,8 +215,6 @@ class LlavaAdapter(HFVisionLanguageAdapter):
     name = "llava"
     family = "llava"
     processor_classes = ("LlavaProcessor",)
-    #: transformers' model takes the padding mask (and is causal: right padding never reaches a real row)
-    pads_batches = True
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -283,8 +285,6 @@ class LlavaNextAdapter(HFVisionLanguageAdapter):
     image_views = ("highres", "base")
     name = "llava-next"
     processor_classes = ("LlavaNext", "LlavaOnevision")
-    #: as LLaVA; examples with the same number of tiles stack (stack_key), whatever their grids
-    pads_batches = True
 
     @property
     def family(self) -> str:

@@ -37,7 +37,7 @@ from PIL import Image
 from torch import Tensor
 
 from ...errors import InputError
-from ..padding import row_lengths, split_padding
+from ..padding import key_mask, row_lengths, split_padding
 from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, stack_pixels
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
@@ -267,11 +267,9 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         s0, s1 = int(is_img[:, 1].min()), int(is_img[:, 1].max()) + 1
         return torch.cat([input_ids[:, :s0 + 1], input_ids[:, s1:]], 1)
 
-    @property
-    def pads_batches(self) -> bool:
-        # the LLaDA backbones take a padding mask with embeddings; LaViDa-Dream's inference forward
-        # takes the mask and position ids its sampler builds, not a padded batch's
-        return self.backbone != "lavida_dream"
+    #: every backbone: LLaDA's take the [B, L] padding mask with embeddings; LaViDa-Dream's inference
+    #: forward drops any mask, so a padded batch goes to the Dream model below it with a 4-D one
+    pads_batches = True
 
     def _expanded(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         emb = self._embed(self._collapse(input_ids), model_inputs)
@@ -297,6 +295,9 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
             emb, mask = self._padded_embeddings(input_ids, rest, keep), {"attention_mask": keep.to(self.device)}
         if self.backbone == "lavida_llada":
             return self.model.get_model()(None, input_embeddings=emb, **mask).logits
+        if self.backbone == "lavida_dream" and keep is not None:  # forward_dream would drop the mask
+            return self.model.lm_head(self.model.model(inputs_embeds=emb,
+                                                       attention_mask=key_mask(keep, emb.device))[0])
         if self.backbone == "lavida_dream":
             return self.model.forward_dream(None, None, None, inputs_embeds=emb).logits
         # LLaDA-V's sampler: the top-level forward fails on embeddings alone (conversation_ids unset)
