@@ -197,8 +197,7 @@ class Explainer:
         forward and backward: examples of any lengths (other prompts, responses, image
         sizes) are padded on the right to the longest, each family's way
         (:mod:`dcam.probe.padding`; every family but DiffusionGemma, whose examples share a
-        forward only when their layouts are equal). Images whose pixel inputs cannot
-        stack (another number of anyres tiles) run as separate batches.
+        forward only when their layouts are equal).
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""

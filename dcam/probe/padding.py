@@ -17,7 +17,8 @@ row's image is expanded alone), as LLaDA's attention bias (MMaDA, Lumina-DiMOO:
 what their own batched samplers build), or as a 4-D mask (the Dream models,
 whose attention passes a 4-D mask on as it is). Per-position inputs (Qwen-VL's
 ``mm_token_type_ids``, Gemma 3's ``token_type_ids``) are padded with the
-sequence. DiffusionGemma is not padded (its encoder reads the prompt up to a
+sequence, and anyres pixel inputs with all-zero tiles, which the models leave
+out themselves (``tiled_inputs`` of the transformers adapters). DiffusionGemma is not padded (its encoder reads the prompt up to a
 response start the batch shares): its examples share a forward only when
 their layouts are equal. :attr:`ModelAdapter.pads_batches` says which, and
 docs/FAMILIES.md how each family takes the mask.

@@ -174,8 +174,9 @@ def test_batch_of_images_with_one_token_layout_but_different_tiles(models):
     """A 7 x 4 image (1 x 2 tiles) and a 67 x 31 one (1 x 3 tiles) both unpad to a 4 x 8
     grid, so their token layouts are equal, but their pixel_values are [1, 3, ...] and
     [1, 4, ...] (base view + tiles). explain_batch grouped them by layout alone and failed
-    in torch.cat ("Sizes of tensors must match"); each is now batched with its own kind,
-    and the maps equal one explain() per image."""
+    in torch.cat ("Sizes of tensors must match"). The smaller one is now padded with an
+    all-zero tile (the model keeps the tiles its image size implies): one forward, and the
+    maps equal one explain() per image."""
     import numpy as np
     from PIL import Image
 
@@ -188,9 +189,17 @@ def test_batch_of_images_with_one_token_layout_but_different_tiles(models):
     preps = [a.prepare(img, None, a.encode_response("red")) for img in imgs]
     assert layout_key(preps[0]) == layout_key(preps[1])  # the same sequence layout ...
     assert [tuple(p.model_inputs["pixel_values"].shape[:2]) for p in preps] == [(1, 3), (1, 4)]  # ... not tiles
-    assert layout_key(preps[0], a) != layout_key(preps[1], a)
+    stacked = a.stack_inputs(preps)["pixel_values"]
+    assert tuple(stacked.shape[:2]) == (2, 4) and not bool(stacked[0, 3].any())  # one zero tile
+    torch.testing.assert_close(stacked[0, :3], preps[0].model_inputs["pixel_values"][0], atol=0, rtol=0)
     exp = Explainer(model, proc)
-    batch = exp.explain_batch(imgs, responses=["red", "red"])
+    seen = []
+    h = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        batch = exp.explain_batch(imgs, responses=["red", "red"])
+    finally:
+        h.remove()
+    assert seen[-1] == 2  # one forward of both
     for img, e in zip(imgs, batch):
         one = exp.explain(img, response="red")
         assert e.grid == one.grid == (4, 8)

@@ -112,6 +112,7 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
     name = "idefics3"
     family = "idefics3"
     processor_classes = ("Idefics3", "SmolVLM")
+    tiled_inputs = ("pixel_values", "pixel_attention_mask")
 
     def _lm(self):
         return self.model.model.text_model

@@ -22,6 +22,7 @@ are extended over the response.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -189,6 +190,22 @@ class HFVisionLanguageAdapter(ModelAdapter):
         return Prepared(input_ids=ids, model_inputs=model_inputs, response_start=Lp, response_length=len(resp),
                         image_positions=pos, grid=grid, image=img, prompt=prompt, views=views)
 
+    #: per-row inputs whose second dimension counts an image's tiles, which the model trims itself
+    #: (LLaVA-NeXT / -OneVision keep the tiles ``image_sizes`` implies, Idefics3 drops all-zero
+    #: ones): a batch pads them with zero tiles, so images with other numbers of tiles stack
+    tiled_inputs: Tuple[str, ...] = ()
+
+    def stack_key(self, prep: Prepared) -> Tuple:
+        return tuple((k, shape[1:] if k in self.tiled_inputs else shape) for k, shape in super().stack_key(prep))
+
+    def stack_inputs(self, preps) -> Dict[str, Any]:
+        tiles = {k: max(p.model_inputs[k].shape[1] for p in preps) for k in self.tiled_inputs
+                 if k in preps[0].model_inputs}
+        if tiles:
+            preps = [replace(p, model_inputs={k: _zero_tiles(v, tiles[k]) if k in tiles else v
+                                              for k, v in p.model_inputs.items()}) for p in preps]
+        return super().stack_inputs(preps)
+
     # ------------------------------------------------------------------ running
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or steps or self.response_length)
@@ -285,6 +302,7 @@ class LlavaNextAdapter(HFVisionLanguageAdapter):
     image_views = ("highres", "base")
     name = "llava-next"
     processor_classes = ("LlavaNext", "LlavaOnevision")
+    tiled_inputs = ("pixel_values",)
 
     @property
     def family(self) -> str:
@@ -306,6 +324,11 @@ class LlavaNextAdapter(HFVisionLanguageAdapter):
         hw = tuple(int(v) for v in torch.as_tensor(sizes).reshape(-1, 2)[0].tolist())
         span = torch.nonzero(prompt_ids.reshape(-1) == self.image_token_id).reshape(-1)
         return anyres_views(span, self.layout(hw))
+
+
+def _zero_tiles(v: Tensor, n: int) -> Tensor:
+    """``v [1, t, ...]`` with ``n - t`` all-zero tiles after its own."""
+    return torch.cat([v, v.new_zeros((v.shape[0], n - v.shape[1], *v.shape[2:]))], 1) if v.shape[1] < n else v
 
 
 __all__ = ["HFVisionLanguageAdapter", "LlavaAdapter", "LlavaNextAdapter", "PER_TOKEN_INPUTS"]
