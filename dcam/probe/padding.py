@@ -41,14 +41,22 @@ def pads(adapter) -> bool:
 
 
 def padding_id(adapter) -> int:
-    """A token id for the padded positions: the tokenizer's pad (else end-of-text) id.
-    Its value never reaches a real row (the positions are masked), but it must be a
-    text token the embedding can look up, not an image placeholder."""
-    for ids in (adapter.pad_token_ids, adapter.eos_token_ids):
-        ids = sorted(int(i) for i in ids if i is not None and int(i) >= 0)
+    """A token id for the padded positions: the tokenizer's pad id, else an end-of-text
+    id, else another id the adapter never explains. Its value never reaches a real row
+    (the positions are masked), but it must be a text token the embedding looks up: never
+    an image placeholder (the model would count one more image token than it has
+    features) nor the mask token. (An adapter's ``pad_token_ids`` may hold the image
+    token, which is never explained either, so it is not taken from there blindly.)"""
+    not_text = {adapter.image_token_id, adapter.mask_token_id}
+    placeholders = getattr(adapter, "placeholder_ids", None)
+    if callable(placeholders):
+        not_text |= set(placeholders())
+    tok = getattr(adapter, "tokenizer", None)
+    for ids in ({getattr(tok, "pad_token_id", None)}, adapter.eos_token_ids, adapter.pad_token_ids):
+        ids = sorted(int(i) for i in ids if i is not None and int(i) >= 0 and int(i) not in not_text)
         if ids:
             return ids[0]
-    return 0
+    return next(i for i in range(len(not_text) + 1) if i not in not_text)
 
 
 def per_token_inputs(prep) -> List[str]:

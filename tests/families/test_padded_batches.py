@@ -138,3 +138,25 @@ def test_the_families_page_lists_which_families_pad(models):
         assert a.pads_batches == (a.family in listed["padded"]), a.family
     a = auto_adapter(*tiny_toy(seed=1))
     assert a.pads_batches and a.family in listed["padded"]
+
+
+@pytest.mark.parametrize("name", ["qwen-vl", "llava"])
+def test_the_padding_token_is_never_the_image_placeholder(name):
+    """A checkpoint without pad and bos tokens: the adapter's never-explained ids are the image
+    token alone, which padding must not take (the model counted one image token per padded
+    position more than it had features, and failed)."""
+    from dcam.testing.standins import STANDINS
+
+    model, proc = STANDINS[name](seed=0)
+    proc.tokenizer.pad_token = None
+    for c in (model.config, getattr(model.config, "text_config", None)):
+        if c is not None:
+            c.pad_token_id = c.bos_token_id = None
+    exp = Explainer(model, proc)
+    a = exp.adapter
+    assert a.image_token_id in a.pad_token_ids and padding_id(a) != a.image_token_id
+    assert padding_id(a) in a.eos_token_ids
+    images, prompts, responses = IMAGES[:2], ["what is in this image", "what"], ["a red circle", "red"]
+    for e, im, p, r in zip(exp.explain_batch(images, prompts, responses), images, prompts, responses):
+        torch.testing.assert_close(e.maps, exp.explain(im, prompt=p, response=r).maps, atol=2e-4, rtol=0)
+
