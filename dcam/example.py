@@ -184,9 +184,10 @@ class ExampleBuilder:
         ids = prep.response_ids
         slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
         if not slots:
+            why = _why_no_word(ids, a.skip_ids(), a.eos_token_ids)
             if response is not None:  # the user's: named as such (a generated one is the model's doing)
-                raise InputError(f"response: {response!r} has no word to explain (only eos/pad tokens)")
-            raise InputError("the response has no word to explain (only eos/pad tokens)")
+                raise InputError(f"response: {response!r} has no word to explain ({why})")
+            raise InputError(f"the response has no word to explain ({why})")
         kept = [ids[i] for i in slots]
         special = a.special_token_ids()
         # a special token stands alone; after a slot that is not explained (masked, padded) text resumes
@@ -228,6 +229,15 @@ def _check_ids_in_vocabulary(adapter, ids: List[int]) -> None:
         if i < 0 or (vocab is not None and i >= vocab):
             raise InputError(f"response: token id {i} is not in the model's vocabulary"
                              + (f" (ids 0..{vocab - 1})" if vocab is not None else " (ids are >= 0)"))
+
+
+def _why_no_word(ids, skip, eos) -> str:
+    """Why a response has no explainable slot: all eos/pad, or words only after its first
+    end-of-text token (the response ends there: "[eos] blue" read as "only eos/pad" misled)."""
+    end = next((i for i, t in enumerate(ids) if t in eos), None)
+    if end is not None and any(t not in skip for t in ids[end + 1:]):
+        return f"it ends at its first end-of-text token, at position {end}, before any word"
+    return "only eos/pad tokens"
 
 
 __all__ = ["Example", "ExampleBuilder"]

@@ -272,6 +272,14 @@ def test_an_empty_given_response_names_response(models, landscape):
     with pytest.raises(InputError) as info:
         exp.explain(landscape, response="")
     assert str(info.value) == "response: '' has no word to explain (only eos/pad tokens)"
+    # a response that starts with end-of-text ends there, though words follow it: said so (it read
+    # "only eos/pad tokens", with a word in plain sight)
+    eos = sorted(exp.adapter.eos_token_ids)[0]
+    blue = exp.adapter.encode_response("blue")
+    with pytest.raises(InputError) as info:
+        exp.explain(landscape, response=[eos] + blue + [eos])
+    assert str(info.value).endswith("has no word to explain (it ends at its first end-of-text token, at "
+                                    "position 0, before any word)")
 
 
 LLAMA3_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
