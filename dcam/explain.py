@@ -222,7 +222,11 @@ class Explainer:
         groups: Dict[tuple, List[int]] = {}
         for i, ex in enumerate(examples):
             groups.setdefault(batch_key(ex.prep, self.adapter), []).append(i)
-        for idx in groups.values():
+        # remask probes example by example (a row per item): its batches are never padded with items
+        parts = [p for idx in groups.values()
+                 for p in (similar_item_counts(idx, [len(examples[i].items) for i in idx])
+                           if probe != "remask" else [idx])]
+        for idx in parts:
             for i, e in zip(idx, self._explain_together([examples[i] for i in idx], idx, n, probe, target_score)):
                 results[i] = e
         return [results[i] for i in range(n)]
@@ -377,6 +381,32 @@ def _model_overflow(model, exc: NonFiniteError) -> InputError:
                       f"{str(dtype).replace('torch.', '')}){hint}")
 
 
+#: how many more item backwards than the batch's examples have (cotangents past an example's last
+#: item are zero rows, computed all the same) a batch may run before it is split: see similar_item_counts
+ITEM_SLACK = 0.25
+
+
+def similar_item_counts(index: List[int], counts: List[int], slack: float = ITEM_SLACK) -> List[List[int]]:
+    """``index`` (examples with ``counts`` items each) cut into batches whose backwards waste
+    at most ``slack`` of their work. Cotangent k selects item k of every example of a batch,
+    so its backwards cost (largest count) x (examples) rows, and an example with fewer items
+    than the largest rides along as zero rows: 8 examples of 7 and 11 words ran 88 rows for 64
+    words (the batch of 8 was ~1.35x slower than 8 single explanations on a CPU). In order of
+    count, an example joins the current batch while (largest count) x (examples) stays within
+    (1 + slack) x (their items); each batch keeps the order of ``index``."""
+    order = sorted(range(len(index)), key=lambda j: (counts[j], j))
+    parts, cur, total = [], [], 0
+    for j in order:  # counts ascend: the newcomer's count is the batch's largest
+        if cur and counts[j] * (len(cur) + 1) > (1 + slack) * (total + counts[j]):
+            parts.append(cur)
+            cur, total = [], 0
+        cur.append(j)
+        total += counts[j]
+    if cur:
+        parts.append(cur)
+    return [[index[j] for j in sorted(p)] for p in parts]
+
+
 def _built(build, i: int, n: int, image, prompt, response, targets):
     """Example i of n; in a batch of several, an input error says which example
     it is about ("image: ... holds NaN" alone left the caller guessing which of 32)."""
@@ -397,4 +427,4 @@ def _entries(name: str, seq) -> list:
     return list(seq)
 
 
-__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio"]
+__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio", "similar_item_counts"]
