@@ -107,7 +107,9 @@ class Explainer:
     config: the pooling and refinement config (``method="diffusion-cam"``;
         None: the adapter's :meth:`~dcam.probe.ModelAdapter.default_config`).
     method: ``"diffusion-cam"`` (default), ``"grad-cam"``, ``"llava-cam"``, ``"tam"``.
-    chunk_size: cotangents per batched backward (and rows per remask batch).
+    chunk_size: gradients per batched backward: cotangents x the batch's examples, so a batch
+        of B examples takes ``chunk_size // B`` cotangents (at least 1) at a time and holds
+        what one example holds (and rows per remask batch).
     memory_budget: bytes (or ``"8GB"``) the probe may use; chooses the chunk
         size from the model and sequence sizes (overrides ``chunk_size``).
     granularity: ``"words"`` (default: the pieces of a word are one item) or ``"tokens"``.
@@ -266,8 +268,10 @@ class Explainer:
     def _chunk_size(self, examples: List[Example], rows: int) -> int:
         if self.memory_budget is None or not self.method.needs_gradients:
             # (a method without gradients holds the model and one forward: the budget's check of the
-            # model when the explainer was made is all there is to it)
-            return self.chunk_size
+            # model when the explainer was made is all there is to it). A batch's backward computes
+            # cotangents x rows gradients: 16 cotangents of 8 examples held 8x one example's, and
+            # ran ~8% slower on a CPU than 2 cotangents at a time (bench/bench_batch.py)
+            return max(1, self.chunk_size // rows)
         above = len(self.adapter.blocks()) - 1 - self.layer
         # the batch's largest example: a one-word first response capped every other one's chunk at 1
         return chunk_for_budget(self.model, max(ex.prep.input_ids.shape[1] for ex in examples), above,

@@ -220,7 +220,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="block to hook, negative from the end (default: the model's default block)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="denoising steps for generation (default: the model's default)")
-    p.add_argument("--chunk-size", type=positive_int, default=16, help="targets per batched backward")
+    p.add_argument("--chunk-size", type=positive_int, default=16,
+                   help="gradients per batched backward (targets x the images of a batch)")
     p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
                    help="memory the probe may use, e.g. 8GB: chooses the backward chunk size (overrides "
                         "--chunk-size) (default: no budget, --chunk-size decides)")
