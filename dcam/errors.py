@@ -27,6 +27,15 @@ class NonFiniteError(InputError):
         self.name, self.count = name, int(count)
 
 
+def model_overflow(model, exc: NonFiniteError) -> InputError:
+    """A tensor's NaN/Inf values (``exc``) that, inside an explanation, are the model's own:
+    its states, gradients or scores came out NaN/Inf (a model run in float16 overflows)."""
+    dtype = str(next(iter(model.parameters())).dtype).replace("torch.", "")
+    hint = "; float16 overflows where this model's values grow: load it in bfloat16 or float32 (--dtype)" \
+        if dtype == "float16" else ""
+    return InputError(f"model: its {exc.name} came out NaN/Inf ({exc.count} value(s), run in {dtype}){hint}")
+
+
 def one_line(text: str) -> str:
     """``text`` on one line: the lines of a multi-line cause joined with "; "
     (just a space after a line that already ends in punctuation); nothing is cut."""

@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .errors import InputError, NonFiniteError, positive_int
+from .errors import InputError, NonFiniteError, model_overflow, positive_int
 from .example import Example, ExampleBuilder
 from .explanation import Explanation
 from .images import WHITE
@@ -332,7 +332,7 @@ class Explainer:
             return [self._explanation(ex, res, partial[b], probe, target_score)
                     for b, (ex, res) in enumerate(zip(examples, results))]
         except NonFiniteError as exc:  # inside an explanation, the tensor is the model's
-            raise _model_overflow(self.model, exc) from None
+            raise model_overflow(self.model, exc) from None
 
     def _inputs(self, ex: Example, res, view) -> MethodInputs:
         return MethodInputs(result=res, grid=tuple(view.grid), token_ids=torch.tensor(ex.item_ids),
@@ -372,17 +372,6 @@ class Explainer:
             if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
         )
-
-
-def _model_overflow(model, exc: NonFiniteError) -> InputError:
-    """An operator's or method's "grads contains N NaN/Inf value(s); pass check_finite=False"
-    is, inside an explanation, about the model: its states, gradients or scores came out
-    NaN/Inf (a model run in float16 overflows)."""
-    dtype = next(iter(model.parameters())).dtype
-    hint = "; float16 overflows where this model's values grow: load it in bfloat16 or float32 (--dtype)" \
-        if dtype == torch.float16 else ""
-    return InputError(f"model: its {exc.name} came out NaN/Inf ({exc.count} value(s), run in "
-                      f"{str(dtype).replace('torch.', '')}){hint}")
 
 
 #: how many more item backwards than the batch's examples have (cotangents past an example's last

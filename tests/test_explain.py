@@ -584,3 +584,28 @@ def test_a_model_that_overflows_in_float16_is_named_with_the_cure():
         with pytest.raises(InputError, match=rf"^model: its {what} came out NaN/Inf \(\d+ value\(s\), run in "
                                              r"float16\); float16 overflows .*: load it in bfloat16 or float32"):
             Explainer(model, proc, method=method).explain(image, response="a red circle")
+
+
+def test_a_model_that_overflows_while_it_generates_is_named_with_the_cure():
+    # the model's own generation decoded its NaN logits as end-of-text: "the response has no word
+    # to explain (only eos/pad tokens)", as if the model had nothing to say
+    import numpy as np
+
+    from dcam import Explainer
+    from dcam.errors import InputError
+    from dcam.models import load_model
+
+    model, proc = load_model(None)
+    model = model.half()
+    with torch.no_grad():
+        model.language_model.layers[0].mlp.down_proj.weight.mul_(3e4)  # fine in float32, past 65504 in float16
+    image = np.full((64, 64, 3), 128, np.uint8)
+    exp = Explainer(model, proc)
+    for trajectory in (False, True):
+        with pytest.raises(InputError, match=r"^model: its hidden states during generation came out NaN/Inf "
+                                             r"\(\d+ value\(s\), run in float16\); float16 overflows .*: load it "
+                                             r"in bfloat16 or float32 \(--dtype\)$"):
+            exp.explain(image, trajectory=trajectory)
+    assert not model.training and all(not m._forward_hooks for m in model.modules())  # the watch is gone
+    with pytest.raises(InputError, match=r"^model: its scores came out NaN/Inf"):  # a given response: the probe's
+        exp.explain(image, response="a red circle")

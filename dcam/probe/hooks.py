@@ -11,6 +11,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
+from ..errors import NonFiniteError
+
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -77,15 +79,34 @@ def frozen(model: nn.Module):
 
 
 @contextmanager
-def generating(model: nn.Module):
+def generating(model: nn.Module, watch: Optional[nn.Module] = None):
     """What a generation runs under: :func:`explaining`, eval mode (the response comes from the
     model as it is probed: in train mode its dropout made a new, garbled response each call),
     and the global RNG forked (a sampler that draws, as DiffusionGemma's does, leaves the
-    caller's later sampling as it was, and the same call gives the same response)."""
+    caller's later sampling as it was, and the same call gives the same response).
+
+    watch: a module (the last block) whose outputs must stay finite: a model that overflows
+    (float16) decodes NaN logits as some token, and its response read as nothing to explain
+    or as garbage. Raises :class:`~dcam.errors.NonFiniteError` after the generation if they
+    did not (an explainer says it is the model's doing: :func:`~dcam.errors.model_overflow`)."""
     dev = next(iter(model.parameters()), torch.empty(0)).device
-    with explaining(model), eval_mode(model), \
-            torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        yield model
+    seen, thread = [0], threading.get_ident()
+
+    def check(module, args, out):
+        x = out[0] if isinstance(out, (tuple, list)) else out
+        if threading.get_ident() == thread and isinstance(x, Tensor) and x.is_floating_point():
+            seen[0] += int((~torch.isfinite(x)).sum())
+
+    handle = watch.register_forward_hook(check) if watch is not None else None
+    try:
+        with explaining(model), eval_mode(model), \
+                torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            yield model
+    finally:
+        if handle is not None:
+            handle.remove()
+    if seen[0]:
+        raise NonFiniteError("hidden states during generation", seen[0])
 
 
 class Tap:

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from .. import ops
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError, model_overflow
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
 from ..probe.gradients import Targets, item_context_weights
@@ -347,8 +347,11 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
                          "pick a view")
     granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
-    with generating(a.model):
-        gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
+    try:
+        with generating(a.model, watch=a.blocks()[-1]):
+            gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
+    except NonFiniteError as exc:
+        raise model_overflow(a.model, exc) from None
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")
