@@ -39,9 +39,9 @@ from torch import Tensor
 from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
 from .hooks import Tap, frozen
-from .padding import PAD_MASK, pad_rows, pads, without_per_token_inputs
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
+from .padding import PAD_MASK, pad_rows, pads, without_per_token_inputs
 from .published import published_gradients  # noqa: F401  (re-exported)
 
 #: ``sink(example, items, acts, grads)``: ``items`` int64 ``[k]`` item indices;
