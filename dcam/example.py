@@ -12,7 +12,7 @@ import torch
 from .errors import InputError, NonFiniteError, model_overflow
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
-from .probe.hooks import generating
+from .probe.hooks import generating, generation_watch
 from .targets import Item, explainable_slots, items_asked, response_items, select_items
 from .words import PLACEHOLDER, refuse_ids, token_spans
 
@@ -115,7 +115,7 @@ class ExampleBuilder:
         a, steps = self.x.adapter, self.steps
         if response is None:
             try:
-                with generating(a.model, watch=a.blocks()[-1]):
+                with generating(a.model, watch=generation_watch(a)):
                     gen = a.generate(prep0, steps, self.response_length)
             except NonFiniteError as exc:
                 raise model_overflow(a.model, exc) from None

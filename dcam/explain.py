@@ -108,8 +108,9 @@ class Explainer:
         None: the adapter's :meth:`~dcam.probe.ModelAdapter.default_config`).
     method: ``"diffusion-cam"`` (default), ``"grad-cam"``, ``"llava-cam"``, ``"tam"``.
     chunk_size: gradients per batched backward: cotangents x the batch's examples, so a batch
-        of B examples takes ``chunk_size // B`` cotangents (at least 1) at a time and holds
-        what one example holds (and rows per remask batch).
+        of B examples takes ``chunk_size // B`` cotangents at a time and its gradients take
+        what one example's do (a batch has at most ``chunk_size`` examples); the graph above
+        the hook still grows with B (``memory_budget`` counts both). Rows per remask batch.
     memory_budget: bytes (or ``"8GB"``) the probe may use; chooses the chunk
         size from the model and sequence sizes (overrides ``chunk_size``).
     granularity: ``"words"`` (default: the pieces of a word are one item) or ``"tokens"``.
@@ -228,6 +229,11 @@ class Explainer:
         parts = [p for idx in groups.values()
                  for p in (similar_item_counts(idx, [len(examples[i].items) for i in idx])
                            if probe != "remask" else [idx])]
+        if self.memory_budget is None and self.method.needs_gradients and probe != "remask":
+            # chunk_size counts gradients per backward (cotangents x examples): at least one
+            # cotangent each, so a batch of more examples than that would hold more
+            cap = self.chunk_size
+            parts = [p[k:k + cap] for p in parts for k in range(0, len(p), cap)]
         for idx in parts:
             for i, e in zip(idx, self._explain_together([examples[i] for i in idx], idx, n, probe, target_score)):
                 results[i] = e

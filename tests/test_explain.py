@@ -609,3 +609,33 @@ def test_a_model_that_overflows_while_it_generates_is_named_with_the_cure():
     assert not model.training and all(not m._forward_hooks for m in model.modules())  # the watch is gone
     with pytest.raises(InputError, match=r"^model: its scores came out NaN/Inf"):  # a given response: the probe's
         exp.explain(image, response="a red circle")
+
+
+def test_an_overflow_in_the_lm_head_or_a_decoder_while_generating_is_named_too():
+    # logits past float16's range from finite hidden states (the last block alone was watched),
+    # and DiffusionGemma, whose sampler raised "probability tensor contains either inf, nan or
+    # element < 0" from its decoder (the blocks are the encoder's): a traceback, exit 1
+    import numpy as np
+
+    from dcam import Explainer
+    from dcam.errors import InputError
+    from dcam.models import load_model
+    from dcam.testing.standins import STANDINS
+
+    image = np.full((64, 64, 3), 128, np.uint8)
+    model, proc = load_model(None)
+    model = model.half()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3e4)
+    cases = [(model, proc, {})]
+    dg, dg_proc = STANDINS["diffusion-gemma"](seed=0)
+    dg = dg.half()
+    with torch.no_grad():
+        dg.model.decoder.layers[0].mlp.down_proj.weight.mul_(1e6)
+    cases.append((dg, dg_proc, {"response_length": 8, "steps": 4}))
+    for m, p, kw in cases:
+        with pytest.raises(InputError, match=r"^model: its hidden states during generation came out NaN/Inf "
+                                             r"\(\d+ value\(s\), run in float16\); float16 overflows"):
+            Explainer(m, p).explain(image, **kw)
+        assert not any(mod._forward_hooks for mod in (m.lm_head if hasattr(m, "lm_head") else m,))
+

@@ -396,3 +396,28 @@ def test_a_batch_of_other_word_counts_runs_as_batches_of_similar_counts(toy, sam
         one = exp.explain(img, response=r)
         assert e.tokens == one.tokens
         torch.testing.assert_close(e.maps, one.maps, atol=1e-5, rtol=0)
+
+
+def test_a_batch_has_at_most_chunk_size_examples_without_a_budget(toy, samples):
+    """chunk_size counts the gradients of one backward (cotangents x examples): 5 examples with
+    chunk_size=2 run as batches of 2, 2 and 1 (each one cotangent at a time), not as one batch
+    of 5 holding 5 gradients per backward."""
+    import dcam.probe.gradients as G
+
+    seen = []
+    orig = G.batched_grad
+
+    def spy(scores, leaf, chunk_size, select, on_chunk):
+        seen.append((scores.shape[0], chunk_size))
+        return orig(scores, leaf, chunk_size, select, on_chunk)
+
+    exp = Explainer(*toy, chunk_size=2)
+    images, responses = [s.image for s in samples] * 2, [s.caption for s in samples] * 2
+    G.batched_grad = spy
+    try:
+        batch = exp.explain_batch(images[:5], responses=responses[:5])
+    finally:
+        G.batched_grad = orig
+    assert all(rows * chunk <= 2 for rows, chunk in seen) and sum(rows for rows, _ in seen) == 5
+    for img, r, e in zip(images, responses, batch):
+        torch.testing.assert_close(e.maps, exp.explain(img, response=r).maps, atol=1e-5, rtol=0)

@@ -55,7 +55,8 @@ def add_parser(sub) -> None:
                    help="also map every word on every denoising step of the model's own generation "
                         "(trajectory.safetensors, trajectory/NN_word.gif, trajectory_sheet.png)")
     p.add_argument("--batch-size", type=common.positive_int, default=8,
-                   help="images explained together (one forward and backward) when several are given")
+                   help="images explained together when several are given (shared forwards and backwards: "
+                        "padded to one length, in batches of similar word counts and at most --chunk-size)")
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_method_options(p)

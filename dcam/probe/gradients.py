@@ -1,8 +1,9 @@
 """Gradient probing: activations and target-score gradients at one block.
 
-:func:`probe` (one example) and :func:`probe_batch` (several examples of the
-same layout in one forward) return, for the image-token span of the hooked
-block, the activations and the gradient of every explained item's target
+:func:`probe` (one example) and :func:`probe_batch` (several examples in one
+forward: of one layout, or padded to one, :mod:`dcam.probe.padding`) return,
+for the image-token span of the hooked block, the activations and the
+gradient of every explained item's target
 score (an item: a token, or a word/phrase of several tokens whose score is
 the sum of its tokens' scores, so one item is one gradient):
 

@@ -6,7 +6,7 @@ import functools
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -79,16 +79,18 @@ def frozen(model: nn.Module):
 
 
 @contextmanager
-def generating(model: nn.Module, watch: Optional[nn.Module] = None):
+def generating(model: nn.Module, watch: Sequence[nn.Module] = ()):
     """What a generation runs under: :func:`explaining`, eval mode (the response comes from the
     model as it is probed: in train mode its dropout made a new, garbled response each call),
     and the global RNG forked (a sampler that draws, as DiffusionGemma's does, leaves the
     caller's later sampling as it was, and the same call gives the same response).
 
-    watch: a module (the last block) whose outputs must stay finite: a model that overflows
-    (float16) decodes NaN logits as some token, and its response read as nothing to explain
-    or as garbage. Raises :class:`~dcam.errors.NonFiniteError` after the generation if they
-    did not (an explainer says it is the model's doing: :func:`~dcam.errors.model_overflow`)."""
+    watch: modules whose outputs must stay finite (:func:`generation_watch`: the last block
+    and the LM head): a model that overflows (float16) decodes NaN logits as some token, and
+    its response read as nothing to explain or as garbage, or its sampler fails on them.
+    Raises :class:`~dcam.errors.NonFiniteError` if they did not, after the generation or in
+    place of the sampler's own error (an explainer says it is the model's doing:
+    :func:`~dcam.errors.model_overflow`)."""
     dev = next(iter(model.parameters()), torch.empty(0)).device
     seen, thread = [0], threading.get_ident()
 
@@ -97,16 +99,30 @@ def generating(model: nn.Module, watch: Optional[nn.Module] = None):
         if threading.get_ident() == thread and isinstance(x, Tensor) and x.is_floating_point():
             seen[0] += int((~torch.isfinite(x)).sum())
 
-    handle = watch.register_forward_hook(check) if watch is not None else None
+    handles = [m.register_forward_hook(check) for m in watch]
     try:
         with explaining(model), eval_mode(model), \
                 torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             yield model
+    except Exception as exc:  # a sampler that fails on the NaN it drew from ("probability tensor contains nan")
+        if seen[0]:
+            raise NonFiniteError("hidden states during generation", seen[0]) from exc
+        raise
     finally:
-        if handle is not None:
-            handle.remove()
+        for h in handles:
+            h.remove()
     if seen[0]:
         raise NonFiniteError("hidden states during generation", seen[0])
+
+
+def generation_watch(adapter) -> List[nn.Module]:
+    """What :func:`generating` watches for an adapter's generation: its last block, the LM head
+    (logits past float16's range from finite hidden states) and any module the adapter names in
+    ``generation_modules()`` (DiffusionGemma: its decoder, which the encoder's blocks do not cover)."""
+    mods = [adapter.blocks()[-1]]
+    head = adapter.output_head()
+    extra = getattr(adapter, "generation_modules", None)
+    return mods + ([head] if head is not None else []) + (list(extra()) if callable(extra) else [])
 
 
 class Tap:

@@ -26,7 +26,7 @@ from ..errors import InputError, NonFiniteError, model_overflow
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
 from ..probe.gradients import Targets, item_context_weights
-from ..probe.hooks import explaining, generating
+from ..probe.hooks import explaining, generating, generation_watch
 from ..probe.modes import check_probe_request
 from ..targets import check_granularity
 from ..words import clean_token, find_item
@@ -348,7 +348,7 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
     granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
     try:
-        with generating(a.model, watch=a.blocks()[-1]):
+        with generating(a.model, watch=generation_watch(a)):
             gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
     except NonFiniteError as exc:
         raise model_overflow(a.model, exc) from None

@@ -88,6 +88,11 @@ class DiffusionGemmaAdapter(ModelAdapter):
     def blocks(self):
         return self._encoder_lm().layers
 
+    def generation_modules(self):
+        """The decoder's last layer: generation denoises the canvas there (the blocks are the
+        encoder's), so an overflow in it is watched too (dcam.probe.hooks.generation_watch)."""
+        return [self.model.model.decoder.layers[-1]]
+
     def default_layer(self) -> int:
         return relative_depth_layer(len(self.blocks()))
 
