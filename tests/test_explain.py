@@ -566,20 +566,27 @@ def test_words_are_looked_up_as_targets_are_matched(zoo, sample):
         e.index("red")  # a part of a phrase names no item
 
 
-def test_a_model_that_overflows_in_float16_is_named_with_the_cure():
-    # the refusal named the operators' tensor ("grads contains 98304 NaN/Inf value(s); pass
-    # check_finite=False", an argument no explainer takes), and tam's "image_hidden"
+def _bundled_model_that_overflows_in_float16():
+    """(model, processor, a grey image): the bundled model in float16 with one weight scaled so
+    its hidden states pass 65504 (fine in float32)."""
     import numpy as np
 
-    from dcam import Explainer
-    from dcam.errors import InputError
     from dcam.models import load_model
 
     model, proc = load_model(None)
     model = model.half()
     with torch.no_grad():
-        model.language_model.layers[0].mlp.down_proj.weight.mul_(3e4)  # fine in float32, past 65504 in float16
-    image = np.full((64, 64, 3), 128, np.uint8)
+        model.language_model.layers[0].mlp.down_proj.weight.mul_(3e4)
+    return model, proc, np.full((64, 64, 3), 128, np.uint8)
+
+
+def test_a_model_that_overflows_in_float16_is_named_with_the_cure():
+    # the refusal named the operators' tensor ("grads contains 98304 NaN/Inf value(s); pass
+    # check_finite=False", an argument no explainer takes), and tam's "image_hidden"
+    from dcam import Explainer
+    from dcam.errors import InputError
+
+    model, proc, image = _bundled_model_that_overflows_in_float16()
     for method, what in (("diffusion-cam", "scores"), ("grad-cam", "scores"), ("tam", "image_hidden")):
         with pytest.raises(InputError, match=rf"^model: its {what} came out NaN/Inf \(\d+ value\(s\), run in "
                                              r"float16\); float16 overflows .*: load it in bfloat16 or float32"):
@@ -589,17 +596,10 @@ def test_a_model_that_overflows_in_float16_is_named_with_the_cure():
 def test_a_model_that_overflows_while_it_generates_is_named_with_the_cure():
     # the model's own generation decoded its NaN logits as end-of-text: "the response has no word
     # to explain (only eos/pad tokens)", as if the model had nothing to say
-    import numpy as np
-
     from dcam import Explainer
     from dcam.errors import InputError
-    from dcam.models import load_model
 
-    model, proc = load_model(None)
-    model = model.half()
-    with torch.no_grad():
-        model.language_model.layers[0].mlp.down_proj.weight.mul_(3e4)  # fine in float32, past 65504 in float16
-    image = np.full((64, 64, 3), 128, np.uint8)
+    model, proc, image = _bundled_model_that_overflows_in_float16()
     exp = Explainer(model, proc)
     for trajectory in (False, True):
         with pytest.raises(InputError, match=r"^model: its hidden states during generation came out NaN/Inf "
