@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .errors import InputError, NonFiniteError, model_overflow
+from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
 from .probe.hooks import generating, generation_watch
@@ -114,11 +114,8 @@ class ExampleBuilder:
         """(response ids, steps for AKD, where the steps came from, notes)."""
         a, steps = self.x.adapter, self.steps
         if response is None:
-            try:
-                with generating(a.model, watch=generation_watch(a)):
-                    gen = a.generate(prep0, steps, self.response_length)
-            except NonFiniteError as exc:
-                raise model_overflow(a.model, exc) from None
+            with generating(a.model, watch=generation_watch(a)):
+                gen = a.generate(prep0, steps, self.response_length)
             notes = []
             note = a.steps_note(steps, len(gen.response_ids), int(gen.steps)) if steps is not None else None
             if note:  # fewer (or more) steps than asked, and why

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, model_overflow
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -88,9 +88,8 @@ def generating(model: nn.Module, watch: Sequence[nn.Module] = ()):
     watch: modules whose outputs must stay finite (:func:`generation_watch`: the last block
     and the LM head): a model that overflows (float16) decodes NaN logits as some token, and
     its response read as nothing to explain or as garbage, or its sampler fails on them.
-    Raises :class:`~dcam.errors.NonFiniteError` if they did not, after the generation or in
-    place of the sampler's own error (an explainer says it is the model's doing:
-    :func:`~dcam.errors.model_overflow`)."""
+    If they did not, raises :func:`~dcam.errors.model_overflow`'s InputError (a generation's
+    values are the model's own), after the generation or in place of the sampler's own error."""
     dev = next(iter(model.parameters()), torch.empty(0)).device
     seen, thread = [0], threading.get_ident()
 
@@ -106,13 +105,13 @@ def generating(model: nn.Module, watch: Sequence[nn.Module] = ()):
             yield model
     except Exception as exc:  # a sampler that fails on the NaN it drew from ("probability tensor contains nan")
         if seen[0]:
-            raise NonFiniteError("hidden states during generation", seen[0]) from exc
+            raise model_overflow(model, NonFiniteError("hidden states during generation", seen[0])) from exc
         raise
     finally:
         for h in handles:
             h.remove()
     if seen[0]:
-        raise NonFiniteError("hidden states during generation", seen[0])
+        raise model_overflow(model, NonFiniteError("hidden states during generation", seen[0]))
 
 
 def generation_watch(adapter) -> List[nn.Module]:

@@ -18,10 +18,11 @@ what their own batched samplers build), or as a 4-D mask (the Dream models,
 whose attention passes a 4-D mask on as it is). Per-position inputs (Qwen-VL's
 ``mm_token_type_ids``, Gemma 3's ``token_type_ids``) are padded with the
 sequence, and anyres pixel inputs with all-zero tiles, which the models leave
-out themselves (``tiled_inputs`` of the transformers adapters). DiffusionGemma is not padded (its encoder reads the prompt up to a
-response start the batch shares): its examples share a forward only when
-their layouts are equal. :attr:`ModelAdapter.pads_batches` says which, and
-docs/FAMILIES.md how each family takes the mask.
+out themselves (``tiled_inputs`` of the transformers adapters). DiffusionGemma
+is not padded (its encoder reads the prompt up to a response start the batch
+shares): its examples share a forward only when their layouts are equal.
+:attr:`ModelAdapter.pads_batches` says which, and docs/FAMILIES.md how each
+family takes the mask.
 """
 from __future__ import annotations
 
@@ -81,8 +82,11 @@ def pad_rows(adapter, rows: Sequence[Tensor], preps) -> Tuple[Tensor, Dict[str, 
     keep = torch.zeros(len(rows), L, dtype=torch.long)
     for b, r in enumerate(rows):
         keep[b, :r.shape[1]] = 1
-    padded = [replace(p, model_inputs={k: F.pad(v, (0, L - v.shape[1])) if k in per_token_inputs(p) else v
-                                       for k, v in p.model_inputs.items()}) for p in preps]
+    padded = []
+    for p in preps:
+        per_token = per_token_inputs(p)
+        padded.append(replace(p, model_inputs={k: F.pad(v, (0, L - v.shape[1])) if k in per_token else v
+                                               for k, v in p.model_inputs.items()}))
     inputs = adapter.stack_inputs(padded)
     inputs[PAD_MASK] = keep
     return ids, inputs
@@ -115,5 +119,5 @@ def bias_from_keep(keep: Tensor, device) -> Tensor:
     return (k[:, :, None] & k[:, None, :])[:, None]
 
 
-__all__ = ["PAD_MASK", "pads", "padding_id", "per_token_inputs", "without_per_token_inputs", "pad_rows", "split_padding", "row_lengths", "key_mask",
-           "bias_from_keep"]
+__all__ = ["PAD_MASK", "pads", "padding_id", "per_token_inputs", "without_per_token_inputs", "pad_rows",
+           "split_padding", "row_lengths", "key_mask", "bias_from_keep"]

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from .. import ops
-from ..errors import InputError, NonFiniteError, model_overflow
+from ..errors import InputError
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
 from ..probe.gradients import Targets, item_context_weights
@@ -347,11 +347,8 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
                          "pick a view")
     granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
-    try:
-        with generating(a.model, watch=generation_watch(a)):
-            gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
-    except NonFiniteError as exc:
-        raise model_overflow(a.model, exc) from None
+    with generating(a.model, watch=generation_watch(a)):
+        gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")

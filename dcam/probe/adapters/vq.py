@@ -29,8 +29,8 @@ from PIL import Image
 from torch import Tensor
 
 from ...errors import InputError
-from .base import Generation, ImageView, Prepared, load_image
 from ..padding import bias_from_keep, split_padding
+from .base import Generation, ImageView, Prepared, load_image
 from .dmllm import DMLLMAdapter, olmo_transformer, recorded_states
 from .sampling import low_confidence_remasking, steps_used
 
