@@ -199,8 +199,8 @@ class Explainer:
         one Explanation per image, equal to :meth:`explain` on each. Examples share each
         forward and backward: examples of any lengths (other prompts, responses, image
         sizes) are padded on the right to the longest, each family's way
-        (:mod:`dcam.probe.padding`; every family but DiffusionGemma, whose examples share a
-        forward only when their layouts are equal).
+        (:mod:`dcam.probe.padding`; DiffusionGemma's only while a prompt fits its encoder's
+        sliding window, docs/FAMILIES.md).
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""

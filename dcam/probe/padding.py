@@ -19,10 +19,10 @@ whose attention passes a 4-D mask on as it is). Per-position inputs (Qwen-VL's
 ``mm_token_type_ids``, Gemma 3's ``token_type_ids``) are padded with the
 sequence, and anyres pixel inputs with all-zero tiles, which the models leave
 out themselves (``tiled_inputs`` of the transformers adapters). DiffusionGemma
-is not padded (its encoder reads the prompt up to a response start the batch
-shares): its examples share a forward only when their layouts are equal.
-:attr:`ModelAdapter.pads_batches` says which, and docs/FAMILIES.md how each
-family takes the mask.
+splits each padded row at its own response start into an encoder prompt and a
+decoder canvas, each padded apart, within its encoder's sliding window.
+:attr:`ModelAdapter.pads_batches` says which families pad, and docs/FAMILIES.md
+how each takes the mask.
 """
 from __future__ import annotations
 

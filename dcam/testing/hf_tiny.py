@@ -217,11 +217,13 @@ def tiny_gemma4(seed: int = 0) -> Tuple:
     return T.Gemma4ForConditionalGeneration(cfg).eval(), proc
 
 
-def tiny_diffusion_gemma(seed: int = 0) -> Tuple:
+def tiny_diffusion_gemma(seed: int = 0, sliding_window: int = 64) -> Tuple:
+    """``sliding_window``: the encoder's sliding-window layers keep ``sliding_window - 1`` prompt keys for
+    the decoder; the default 64 is shorter than the stand-in's prompts (61-75 tokens with an image)."""
     import transformers as T
 
     tc, vc, ids, proc = _gemma4_parts()
-    tc.update(num_experts=2, top_k_experts=1, moe_intermediate_size=32)
+    tc.update(num_experts=2, top_k_experts=1, moe_intermediate_size=32, sliding_window=sliding_window)
     cfg = T.DiffusionGemmaConfig(text_config=tc, vision_config=vc, canvas_length=8, **ids)
     torch.manual_seed(seed)
     return T.DiffusionGemmaForBlockDiffusion(cfg).eval(), proc

@@ -15,11 +15,12 @@ from dcam.explain import Explainer
 from dcam.probe import Targets, auto_adapter, batch_key, layout_key, probe_batch, published_gradients
 from dcam.probe.padding import padding_id
 from dcam.testing import tiny_toy
+from dcam.testing.hf_tiny import tiny_diffusion_gemma
 
 PADDED = ["toy", "lavida", "lavida-dream", "llada-v", "mmada", "lumina-dimoo", "dream-vl", "llava", "llava-next",
-          "llava-onevision", "qwen-vl", "qwen2.5-vl", "qwen3-vl", "idefics3", "smolvlm", "gemma3", "gemma4"]
-NOT_PADDED = ["diffusion-gemma"]
-CAUSAL = ("llava", "qwen", "idefics3", "smolvlm", "gemma")
+          "llava-onevision", "qwen-vl", "qwen2.5-vl", "qwen3-vl", "idefics3", "smolvlm", "gemma3", "gemma4",
+          "diffusion-gemma"]
+CAUSAL = ("llava", "qwen", "idefics3", "smolvlm", "gemma", "diffusion-gemma")  # DiffusionGemma: "full" probe only
 #: the 40 x 72 and 60 x 30 images have other numbers of anyres tiles: padded with zero tiles too
 TILED = {"llava-next", "llava-onevision", "idefics3", "smolvlm"}
 #: three examples, no two of one layout: other image sizes, prompts and response lengths
@@ -34,7 +35,16 @@ def _image(h, w, seed):
 IMAGES = [_image(40, 72, 0), _image(60, 30, 1), _image(40, 72, 2)]
 
 
+_WIDE_WINDOW = {}
+
+
 def _model(name, models):
+    if name == "diffusion-gemma":
+        # prompts within the sliding window (the stand-in's default window, 64, is shorter than these
+        # examples' prompts: see test_diffusion_gemma_pads_only_prompts_within_its_sliding_window)
+        if not _WIDE_WINDOW:
+            _WIDE_WINDOW["model"] = tiny_diffusion_gemma(seed=0, sliding_window=128)
+        return _WIDE_WINDOW["model"]
     return tiny_toy(seed=1) if name == "toy" else models(name)
 
 
@@ -104,21 +114,31 @@ def test_the_padding_token_is_never_read(monkeypatch):
         torch.testing.assert_close(x.maps, y.maps, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", NOT_PADDED)
-def test_families_that_do_not_pad_run_one_forward_per_layout(name, models):
-    model, proc = models(name)
+def test_diffusion_gemma_pads_only_prompts_within_its_sliding_window(models, monkeypatch):
+    """The encoder's sliding-window layers hand the decoder their last ``window - 1`` prompt keys
+    (63 here). Prompts of 61 and 59 tokens pad together; one of 72 runs alone (padding it would
+    push real keys out of those layers' cache, and its rows would differ: checked below)."""
+    model, proc = models("diffusion-gemma")
     exp = Explainer(model, proc)
-    assert not exp.adapter.pads_batches
-    ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
-    batch, sizes = _batch_sizes_of_the_hooked_block(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
-    assert sizes == [1, 1, 1]
-    for e, one in zip(batch, ones):
-        torch.testing.assert_close(e.maps, one.maps, atol=1e-6, rtol=0)
     a = exp.adapter
-    preps = [a.prepare(im, p, a.encode_response(r)) for im, p, r in zip(IMAGES[:2], PROMPTS[:2], RESPONSES[:2])]
+    assert model.config.get_text_config().sliding_window == 64
+    images, prompts, responses = [IMAGES[1], IMAGES[1], IMAGES[0]], [None, "what", None], RESPONSES
+    preps = [a.prepare(im, p, a.encode_response(r)) for im, p, r in zip(images, prompts, responses)]
+    assert [p.response_start for p in preps] == [61, 59, 72]
+    assert batch_key(preps[0], a) == batch_key(preps[1], a) != batch_key(preps[2], a)
+    ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(images, prompts, responses)]
+    batch, sizes = _batch_sizes_of_the_hooked_block(exp, lambda: exp.explain_batch(images, prompts, responses))
+    assert sorted(sizes) == [1, 2]
+    for e, one in zip(batch, ones):
+        torch.testing.assert_close(e.maps, one.maps, atol=2e-4, rtol=0)
     tg = [Targets.of([p.response_start], p.response_ids[:1]) for p in preps]
-    with pytest.raises(InputError, match="not padded to one; group them by batch_key"):
-        probe_batch(a, preps, tg, 1)
+    with pytest.raises(InputError, match="group them by batch_key"):
+        probe_batch(a, [preps[0], preps[2]], [tg[0], tg[2]], 1)
+    # the rule is needed: padded past the window, the shorter prompt's gradients are not its own
+    monkeypatch.setattr(type(a), "_cached_prompt_length", lambda self: None)
+    forced = probe_batch(a, [preps[0], preps[2]], [tg[0], tg[2]], 1, chunk_size=1)[0]
+    ref = published_gradients(a, preps[0], tg[0].positions, tg[0].token_ids, 1)
+    assert (forced.per_target_grads() - ref).abs().max() > 1e-2 * ref.abs().max()
 
 
 def test_the_families_page_lists_which_families_pad(models):
@@ -133,7 +153,7 @@ def test_the_families_page_lists_which_families_pad(models):
     for line in text.splitlines():
         for kind in ("padded", "one forward per layout"):
             if line.startswith(f"- {kind}: "):
-                listed[kind] = set(line.split(": ", 1)[1].split(", "))
+                listed[kind] = set(line.split(": ", 1)[1].split(", ")) - {"none"}
     assert {f.name for f in FAMILIES} == listed["padded"] | listed["one forward per layout"]
     for name in STANDINS:
         a = auto_adapter(*models(name))

@@ -20,7 +20,15 @@ self-attention over ``cache + canvas``. So:
   (the published method, unmasked). There are no logits at prompt positions,
   so the contrastive distractor must be a non-target canvas slot;
 * generation: ``model.generate`` (entropy-bounded sampler); the number of
-  denoising steps actually used is recovered from ``tokens_per_forward``.
+  denoising steps actually used is recovered from ``tokens_per_forward``;
+* padded batches (:mod:`dcam.probe.padding`): each row's prompt goes to the
+  encoder padded on the right, its response to the decoder's canvas padded
+  on the right, the canvas placed after that row's own prompt
+  (``decoder_position_ids``) and every padded key hidden from the decoder
+  (``decoder_attention_mask``). The encoder's sliding-window layers cache
+  only their last ``sliding_window - 1`` keys for the decoder: a prompt
+  longer than that would lose real keys to its padding, so such examples
+  share a forward only with examples of their own layout.
 
 Inputs: ``[BOS] <boi> <image> x n <eoi> prompt`` with the processor's
 ``image_processor`` (a ``Gemma4ImageProcessor``/``Gemma4ImageProcessorPil``:
@@ -39,11 +47,15 @@ from torch import Tensor, nn
 
 from ...errors import InputError
 from ...words import refuse_ids
+from ..padding import padding_id, row_lengths, split_padding
 from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
 from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, gemma_placed_ids, grid_from_patch_positions, \
     placed_by_dcam
 
 DEFAULT_PROMPT = "Describe the image."
+#: the model-inputs key under which a stacked batch carries each row's response start (taken out
+#: before the model is called)
+RESPONSE_STARTS = "response_starts"
 
 
 class DiffusionGemmaAdapter(ModelAdapter):
@@ -52,6 +64,8 @@ class DiffusionGemmaAdapter(ModelAdapter):
     is_diffusion = True
     probes = ("full",)
     has_prompt_logits = False
+    #: prompts and canvases padded apart (see the module's docstring), within the sliding window
+    pads_batches = True
 
     def __init__(self, model: nn.Module, processor: Any, newline_column: bool = False,
                  newline_token_id: Optional[int] = None, response_length: Optional[int] = None,
@@ -137,6 +151,45 @@ class DiffusionGemmaAdapter(ModelAdapter):
                         response_start=Lp, response_length=len(resp), image_positions=self.locate(t[:, :Lp], grid),
                         grid=grid, image=img, prompt=prompt)
 
+    # ------------------------------------------------------------------ batches
+    def _cached_prompt_length(self) -> Optional[int]:
+        """How many prompt keys the encoder's sliding-window layers keep for the decoder (None:
+        no such layer, every key is kept)."""
+        tc = self.model.config.get_text_config()
+        window = getattr(tc, "sliding_window", None)
+        if window is None or "sliding_attention" not in (getattr(tc, "layer_types", None) or ()):
+            return None
+        return int(window) - 1
+
+    def stack_key(self, prep: Prepared) -> Tuple:
+        key = super().stack_key(prep)
+        kept = self._cached_prompt_length()
+        if kept is not None and prep.response_start > kept:  # padding would push real keys out of the window
+            key += (("layout", tuple(prep.input_ids.shape), int(prep.response_start)),)
+        return key
+
+    def stack_inputs(self, preps) -> Dict[str, Any]:
+        inputs = super().stack_inputs(preps)
+        # each row's own response start: a padded batch's rows split into prompt and canvas apart
+        inputs[RESPONSE_STARTS] = torch.tensor([int(p.response_start) for p in preps])
+        return inputs
+
+    def _split_rows(self, input_ids: Tensor, keep: Optional[Tensor], starts: Tensor):
+        """``input_ids`` (each row its prompt, then its response, then padding) -> the encoder's
+        prompts and the decoder's canvases, each padded on the right, with their keep masks."""
+        B = input_ids.shape[0]
+        lengths = row_lengths(keep) if keep is not None else [input_ids.shape[1]] * B
+        Lp, Lr = int(starts.max()), max(n - int(s) for n, s in zip(lengths, starts.tolist()))
+        pad = padding_id(self)
+        enc = input_ids.new_full((B, Lp), pad)
+        dec = input_ids.new_full((B, Lr), pad)
+        enc_keep = torch.zeros(B, Lp, dtype=torch.long, device=input_ids.device)
+        dec_keep = torch.zeros(B, Lr, dtype=torch.long, device=input_ids.device)
+        for b, (n, s) in enumerate(zip(lengths, starts.tolist())):
+            enc[b, :s], enc_keep[b, :s] = input_ids[b, :s], 1
+            dec[b, :n - s], dec_keep[b, :n - s] = input_ids[b, s:n], 1
+        return enc, enc_keep, dec, dec_keep
+
     # ------------------------------------------------------------------ running
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or self.response_length)
@@ -160,15 +213,29 @@ class DiffusionGemmaAdapter(ModelAdapter):
     def logits_at(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
                   response_start: int) -> Tensor:
         """The encoder reads ``input_ids[:, :response_start]`` (prompt and image),
-        the decoder the canvas after it."""
-        inputs = dict(model_inputs)
-        Lp = int(response_start)
+        the decoder the canvas after it. A batch from ``stack_inputs`` carries each
+        row's own response start, and a padded one its keep mask: each row is then
+        split at its own start (:meth:`_split_rows`)."""
+        inputs, keep = split_padding(model_inputs)
+        starts = inputs.pop(RESPONSE_STARTS, None)
+        B = input_ids.shape[0]
+        starts = torch.full((B,), int(response_start)) if starts is None else starts
         positions = positions.to(input_ids.device)
-        if bool((positions < Lp).any()):
+        canvas = (positions if positions.dim() == 2 else positions.expand(B, -1)) - starts[:, None].to(positions)
+        if bool((canvas < 0).any()):
             raise InputError("DiffusionGemma has no logits at prompt positions (only on the response canvas)")
+        if keep is None and bool((starts == starts[0]).all()):  # one layout: no padding anywhere
+            Lp = int(starts[0])
+            return self.logits_with_head_at(
+                lambda: self.model(input_ids=input_ids[:, :Lp], decoder_input_ids=input_ids[:, Lp:],
+                                   **inputs).logits, canvas if positions.dim() == 2 else positions - Lp,
+                input_ids.shape[1] - Lp)
+        enc, enc_keep, dec, dec_keep = self._split_rows(input_ids, keep, starts)
+        where = torch.arange(dec.shape[1], device=dec.device)[None] + starts[:, None].to(dec.device)
         return self.logits_with_head_at(
-            lambda: self.model(input_ids=input_ids[:, :Lp], decoder_input_ids=input_ids[:, Lp:], **inputs).logits,
-            positions - Lp, input_ids.shape[1] - Lp)
+            lambda: self.model(input_ids=enc, attention_mask=enc_keep, decoder_input_ids=dec,
+                               decoder_attention_mask=torch.cat([enc_keep, dec_keep], 1),
+                               decoder_position_ids=where, **inputs).logits, canvas, dec.shape[1])
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:  # pragma: no cover
         raise NotImplementedError("DiffusionGemma: use logits_at (the canvas is a separate input)")
