@@ -32,6 +32,9 @@ class Example:
     #: the text of the explained tokens (up to the first eos; special tokens and ids past the
     #: tokenizer shown, as each has a map): ``Explanation.response``
     response_text: str = ""
+    #: how many words (items at this granularity) the whole response has, explained or not: a
+    #: negative word number counts from its end
+    word_count: int = 0
 
     @property
     def response_ids(self) -> List[int]:
@@ -197,12 +200,13 @@ class ExampleBuilder:
                   ("gap" if k and i != slots[k - 1] + 1 else False) for k, i in enumerate(slots)]
         spans = token_spans(a.decode_tokens, kept, breaks)
         granularity, targets = items_asked(targets, self.granularity)
-        items = select_items(response_items(slots, strings, granularity, *spans), targets,
-                             text_of=_text_of(slots, *spans[:2]))
+        every = response_items(slots, strings, granularity, *spans)
+        items = select_items(every, targets, text_of=_text_of(slots, *spans[:2]))
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
                        granularity=granularity, views=views, view_slices=offsets, view_name=view_name,
-                       notes=notes + more + view_notes, response_text=a.decode_tokens(kept), _explainable=slots)
+                       notes=notes + more + view_notes, response_text=a.decode_tokens(kept), word_count=len(every),
+                       _explainable=slots)
 
 
 def _text_of(slots: List[int], text: str, spans):

@@ -87,6 +87,8 @@ class Trajectory:
     notes: List[str] = field(default_factory=list)
     cost: Dict[str, int] = field(default_factory=dict)
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the part of the image the maps cover
+    #: the words of the whole response, traced or not (a negative word number counts from its end)
+    word_count: int = 0
 
     @property
     def steps(self) -> int:
@@ -128,11 +130,14 @@ class Trajectory:
                 f"grid={tuple(self.grid)}, image={self.image.size[0]}x{self.image.size[1]})")
 
     def index(self, word) -> int:
-        """Index into ``tokens`` of a word number or a word (its first occurrence)."""
+        """Index into ``tokens`` of a word number (the word's number in the response, negative from
+        its end, as ``targets`` reads one) or a word (its first occurrence). (``Explanation.index``
+        reads an int as a place in its ``tokens`` instead: there the maps are the list.)"""
         if isinstance(word, (int, np.integer)) and not isinstance(word, bool):
-            if int(word) not in self.word_numbers:
+            n = int(word) + (self.word_count if int(word) < 0 else 0)
+            if n not in self.word_numbers:
                 raise InputError(f"word number {word} is not among the traced words {self.word_numbers}")
-            return self.word_numbers.index(int(word))
+            return self.word_numbers.index(n)
         k = find_item(self.tokens, str(word))
         if k is not None:
             return k
@@ -387,7 +392,7 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
         response=ex.response_text, response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids),
         state_tokens=[a.token_strings(row) for row in gen.states.tolist()], layer=explainer.layer,
         config=explainer.config, grid=tuple(prep.grid), repeat_ratio=rho, model_name=type(explainer.model).__name__,
-        notes=notes, cost=tg.cost, box=tuple(ex.views[0].box))
+        notes=notes, cost=tg.cost, box=tuple(ex.views[0].box), word_count=ex.word_count)
 
 
 __all__ = ["Trajectory", "explain_trajectory", "check_trajectory_request", "TRAJECTORY_METHOD"]

@@ -251,6 +251,20 @@ def test_trajectory_lookups_repr_and_equality(traj):
     assert traj.index(word.upper() + "!") == traj.index(word)  # as targets match: case and punctuation aside
 
 
+def test_negative_word_numbers_count_from_the_response_end(traj, tiny_explainer, image):
+    """As ``targets`` reads them: -1 is the response's last word, traced alone or with the others
+    (index(-1) was refused: only the numbers themselves were looked up)."""
+    n = len(traj.tokens)
+    assert traj.word_numbers == list(range(n))  # every word traced
+    assert traj.index(-1) == n - 1 and traj.index(-n) == 0
+    with pytest.raises(InputError, match="word number -%d is not among the traced words" % (n + 1)):
+        traj.index(-n - 1)
+    last = explain_trajectory(tiny_explainer, image, steps=6, targets=[n - 1])
+    assert last.word_numbers == [n - 1] and last.index(-1) == 0 and last.tokens == traj.tokens[-1:]
+    with pytest.raises(InputError, match="not among the traced words"):
+        last.index(-2)
+
+
 def test_saved_meta_places_the_maps_and_save_takes_max_side(traj, tmp_path):
     # a trajectory saved alone left out its box (a view that covers part of the image, or more: its maps
     # could not be placed), and save() had no max_side (the GIFs were always 1024 pixels long)
