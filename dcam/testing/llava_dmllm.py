@@ -429,16 +429,18 @@ def tiny_lavida(seed: int = 0, layers: int = 4, **config):
     """(model, processor) of a tiny LaViDa-LLaDA (``anyres``, tiles pooled 2x2, checkpointing on as published)."""
     torch.manual_seed(seed)
     config.setdefault("mm_pooler_ratio", 2)  # the published config's value (its pooling ignores it)
-    cfg = LlavaDMLLMConfig(backbone="lavida_llada", num_hidden_layers=layers, image_aspect_ratio="anyres", **config)
+    config.setdefault("image_aspect_ratio", "anyres")  # (a caller's anyres_max_N was a TypeError)
+    cfg = LlavaDMLLMConfig(backbone="lavida_llada", num_hidden_layers=layers, **config)
     return LlavaLladaForMaskedDiffusion(cfg).eval(), _processor(cfg, dream=False)
 
 
 def tiny_lavida_dream(seed: int = 0, layers: int = 4, **config):
     """(model, processor) of a tiny LaViDa-Dream (Dream's vocabulary, mask and shift)."""
     torch.manual_seed(seed)
-    config.setdefault("mm_pooler_ratio", 2)
-    cfg = LlavaDMLLMConfig(backbone="lavida_dream", num_hidden_layers=layers, image_aspect_ratio="anyres",
-                           vocab_size=152064, mask_token_id=DREAM_MASK_ID, **config)
+    for k, v in (("mm_pooler_ratio", 2), ("image_aspect_ratio", "anyres"), ("vocab_size", 152064),
+                 ("mask_token_id", DREAM_MASK_ID)):
+        config.setdefault(k, v)
+    cfg = LlavaDMLLMConfig(backbone="lavida_dream", num_hidden_layers=layers, **config)
     return LlavaDreamForMaskedDiffusion(cfg).eval(), _processor(cfg, dream=True)
 
 

@@ -159,3 +159,22 @@ def test_pad_aspect_pads_to_a_square_and_places_the_map_past_the_edges():
     cells = _cell_index(40, 72, (4, 4), e.box)
     want_cells = ((np.arange(40) + 16) * 4 // 72)[:, None] * 4 + (np.arange(72) * 4 // 72)[None, :]
     np.testing.assert_array_equal(cells, want_cells)
+
+
+@pytest.mark.parametrize("build", ["tiny_lavida", "tiny_lavida_dream"])
+def test_lavida_builders_take_anyres_max(build):
+    """The LaViDa stand-ins take the caller's ``image_aspect_ratio`` (it was a TypeError). A 40 x 120
+    image: 2 x 6 high-resolution tokens under plain anyres (base view 2 x 2); anyres_max_N shrinks a
+    grid of more than N x 4 tokens by s = sqrt(12 / 4N) when s > 1.1: N=1, s=1.73 -> (1, 3); N=2,
+    s=1.22 -> (int(2 / 1.22), int(6 / 1.22)) = (1, 4)."""
+    from dcam.probe import auto_adapter
+    from dcam.testing import llava_dmllm
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 120, 3), dtype=np.uint8))
+    for ratio, grid in ((None, (2, 6)), ("anyres_max_1", (1, 3)), ("anyres_max_2", (1, 4))):
+        model, proc = getattr(llava_dmllm, build)(**({} if ratio is None else {"image_aspect_ratio": ratio}))
+        assert model.config.image_aspect_ratio == (ratio or "anyres")
+        a = auto_adapter(model, proc)
+        prep = a.prepare(im, None, a.encode_response("a red circle"))
+        assert tuple(prep.grid) == grid
+        assert tuple(prep.views["base"].grid) == (2, 2) and tuple(prep.views["highres"].grid) == grid
