@@ -88,8 +88,11 @@ def _run(args) -> int:
                 f"{t['images_per_s']:.2f} images/s, {t['words_per_s']:.1f} words/s" if s["records"]
                 else f"this session explained none ({s['errors']} failed)" if s["errors"]
                 else "nothing was left to explain")
+        gone = c.get("index_records", c["done"]) - c["done"]
+        kept = (f"; {gone} record{'s' if gone != 1 else ''} of the folder {'are' if gone != 1 else 'is'} no longer "
+                "in the manifest (kept: dcam view and load_run show them)") if gone > 0 else ""
         print(f"{c['done']} of {c['records']} records explained into {args.out} ({c['words']} words); "
-              f"{c['errors']} failed (errors.jsonl); {this}")
+              f"{c['errors']} failed (errors.jsonl); {this}{kept}")
     return 0
 
 

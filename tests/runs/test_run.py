@@ -400,7 +400,11 @@ def test_a_manifest_cut_down_counts_only_its_own_records(run_manifest, tmp_path,
     both = {r.id: r for r in dcam.load_run(out)}
     assert json.load(open(os.path.join(out, "metrics.json")))["records"] == 2
     manifest.write_text(line("s1") + "\n")
+    capsys.readouterr()
     assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "nothing was left to explain; 1 record of the folder is no longer in the manifest (kept: dcam view and "
+        "load_run show them)")
     info = json.load(open(os.path.join(out, "run.json")))
     assert info["counts"] == {"records": 1, "done": 1, "errors": 0, "words": len(both["s1"].tokens),
                               "index_records": 2}
@@ -421,3 +425,30 @@ def test_the_run_benchmark_refuses_bad_counts_before_making_folders(tmp_path, ca
             bench_main(argv)
         assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith(said)
     assert not (tmp_path / "bm").exists()
+
+
+def test_a_record_whose_manifest_line_changed_is_refused_on_resume(run_manifest, tmp_path, capsys):
+    # a resume skips a record by its id: an edited line (another response) kept its old maps under the
+    # new line, with "nothing was left to explain"
+    folder = run_manifest["folder"]
+    lines = {rid: dict(run_manifest["good"][rid], image=os.path.join(folder, run_manifest["good"][rid]["image"]),
+                       mask=os.path.join(folder, run_manifest["good"][rid]["mask"])) for rid in ("s0", "s1")}
+    manifest, out = tmp_path / "m.jsonl", str(tmp_path / "run")
+    manifest.write_text(json.dumps(lines["s0"]) + "\n" + json.dumps(lines["s1"]) + "\n")
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    # the same lines spaced and ordered otherwise are the same records: a plain resume
+    manifest.write_text("\n" + json.dumps(lines["s0"], indent=None, separators=(" , ", " : ")) + "\n" +
+                        json.dumps(dict(reversed(list(lines["s1"].items())))) + "\n")
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    assert "nothing was left to explain" in capsys.readouterr().out
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    edited = dict(lines["s1"], meta={"note": "another"})
+    manifest.write_text(json.dumps(lines["s0"]) + "\n\n" + json.dumps(edited) + "\n")
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dcam run: error: MANIFEST: line 3 (id 's1') changed since it was explained into {out!r}, whose "
+                   "maps a resume would keep; give a changed record a new id, or pass --overwrite"]
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+    assert main(["run", str(manifest), "--out", out, "--overwrite", *RUN_ARGS]) == 0
+    assert [r.entry.get("meta") for r in dcam.load_run(out)] == [None, {"note": "another"}]
