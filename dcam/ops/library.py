@@ -50,7 +50,8 @@ from torch import Tensor
 
 from . import reference
 from .backends import cpp_backend, triton_backend
-from .validation import nonfinite_flag
+from ..errors import InputError
+from .validation import NOT_DIFFERENTIABLE, nonfinite_flag
 
 PoolOut = Tuple[Tensor, Tensor, Tensor]
 RefineOut = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -86,13 +87,29 @@ refine_reference = reference.refine_reference
 # with warm caches against ~4 us here; right after a chunk's pass has streamed 37 MB
 # through the caches, the op's path cost ~110 us a call over the bare extension, 25-40 us
 # now. The explainer's chunked path pays that once per chunk (bench/bench_op_overhead.py).
-# The maps are not differentiable: autograd falls through each op, so its outputs never
-# require grad, and a backward through them fails ("does not require grad") instead of
-# autograd's fallback for ops without a formula quietly giving no gradient. Under torch.func's
-# transforms (grad, vjp, jacrev, jacfwd) a fallthrough op is a constant and its derivative
-# zero: the public functions refuse such inputs (validation.check_tensor); the ops themselves,
-# called directly, cannot tell.
+# The maps are not differentiable: each op's autograd kernel (_not_differentiable) runs the op
+# below autograd, so its outputs never require grad, and a backward through them fails ("does not
+# require grad") instead of autograd's fallback for ops without a formula quietly giving no
+# gradient. Under torch.func's transforms (grad, vjp, jacrev, jacfwd) such an op would be a
+# constant with a zero derivative: the kernel refuses a grad-tracked input, in eager mode (the
+# public functions refuse first, naming the argument: validation.check_tensor) and while
+# torch.compile traces a transformed function (it gave zeros when autograd fell through). The
+# kernel costs ~6 us a call over a fallthrough (a tiny channel_weights through the op: 43.5 against
+# 37.0 us; the streamed pooling path x1.172 against x1.171 one call: bench/bench_op_overhead.py).
 _LIB = torch.library.Library("dcam", "DEF")
+
+
+def _not_differentiable(op) -> Callable:
+    """``op``'s autograd kernel: refuses a torch.func-differentiated input, else runs ``op`` below
+    autograd."""
+    def kernel(*args):
+        if torch._C._functorch.maybe_current_level() is not None and any(
+                isinstance(a, Tensor) and torch._C._functorch.is_gradtrackingtensor(a) for a in args):
+            raise InputError(f"{op.name()}: {NOT_DIFFERENTIABLE}")
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return kernel
+
 
 # Each op's schema and its reference kernel, the default body for every device without a
 # kernel of its own.
@@ -115,8 +132,8 @@ for _schema, _reference in _DEFINITIONS:
     _name = _schema.split("(")[0]
     _LIB.define(_schema)
     _LIB.impl(_name, _reference, "CompositeExplicitAutograd")
-    _LIB.impl(_name, torch.library.fallthrough_kernel, "Autograd")
     OPS[_name] = (getattr(torch.ops.dcam, _name).default, _reference)
+    _LIB.impl(_name, _not_differentiable(OPS[_name][0]), "Autograd")
 
 
 @torch.library.register_fake("dcam::pool_gradients", lib=_LIB)

@@ -68,12 +68,22 @@ def check_tensor(name: str, x, *, ranks: Sequence[int], float_only: bool = True)
     if float_only and x.dtype not in FLOAT_DTYPES:
         raise InputError(f"{name} must be a floating-point tensor (float32/float16/bfloat16, or float64 computed "
                          f"in float32), got {x.dtype}")
-    if not torch.compiler.is_compiling() and torch._C._functorch.is_gradtrackingtensor(x):
-        # autograd falls through the ops (see dcam.ops.library): torch.func's grad, vjp, jacrev and
-        # jacfwd would quietly see constants and give all-zero derivatives (dynamo traces no such check)
-        raise InputError(f"{name}: dcam's maps are not differentiable; torch.func.grad/vjp/jacrev/jacfwd through "
-                         "them would give zeros")
+    refuse_differentiation(name, x)
     return x
+
+
+def refuse_differentiation(name: str, x: Tensor) -> None:
+    """The maps are not differentiable (dcam.ops.library): under torch.func's grad, vjp, jacrev and
+    jacfwd an op would be a constant with an all-zero derivative. Refused here in eager mode, with
+    the argument's name; under torch.compile (dynamo cannot trace this check) each op's autograd
+    kernel refuses instead."""
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_gradtrackingtensor(x):
+        raise InputError(f"{name}: {NOT_DIFFERENTIABLE}")
+
+
+#: why a derivative through dcam is refused
+NOT_DIFFERENTIABLE = "dcam's maps are not differentiable; torch.func.grad/vjp/jacrev/jacfwd through them would " \
+    "give zeros"
 
 
 def check_bool(name: str, value) -> bool:
@@ -138,6 +148,7 @@ def per_image(name: str, value, B: int, device, *, lo: float, hi: Optional[float
             raise InputError(f"{name} must be a number or a [B] tensor, got {type(value).__name__}") from exc
     if value.is_complex() or value.dtype == torch.bool:
         raise InputError(f"{name} must be real-valued, got {value.dtype}")
+    refuse_differentiation(name, value)  # (repeat_ratio moves the maps: its derivative is not zero)
     if value.device.type == "meta" and torch.device(device).type != "meta":
         raise InputError(f"{name} is a meta tensor (a shape without values) but the maps are on {device}")
     if value.dim() == 0:

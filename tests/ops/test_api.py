@@ -821,3 +821,32 @@ def test_torch_func_derivatives_through_the_maps_are_refused(transform):
         with pytest.raises(InputError) as info:
             getattr(torch.func, transform)(f)(x)
         assert str(info.value).startswith(what.split()[1] + ": dcam's maps are not differentiable")
+
+
+def test_derivatives_are_refused_under_compile_for_per_image_values_and_on_the_ops_themselves(quiet):
+    # the check was skipped while torch.compile traced: a compiled torch.func.grad through dcam gave all-zero
+    # derivatives; a repeat_ratio (whose true derivative is not zero: SICD subtracts 0.05 * rho of a map) was
+    # never checked; torch.ops.dcam.* called directly were constants under every transform
+    g = torch.Generator().manual_seed(3)
+    acts, grads = torch.randn(1, 12, 5, generator=g), torch.randn(1, 2, 12, 5, generator=g)
+    f = lambda a: dcam.diffusion_cam(a, grads, (3, 4), check_finite=False).maps.sum()  # noqa: E731
+    for transform in (torch.func.grad, torch.func.jacrev):
+        with pytest.raises(Exception, match="dcam::pool_gradients: dcam's maps are not differentiable"):
+            torch.compile(transform(f), backend="aot_eager")(acts)
+    assert torch.compile(f, fullgraph=True, backend="aot_eager")(acts) == f(acts)  # no transform: one graph
+    raw = torch.rand(1, 3, 5, 5, generator=g)
+    rho = lambda r: dcam.refine(raw, repeat_ratio=r).maps.sum()  # noqa: E731
+    # the derivative that would have been given as 0, by central differences
+    assert abs(float(rho(torch.tensor([0.301])) - rho(torch.tensor([0.299])))) > 1e-4
+    with pytest.raises(InputError, match="^repeat_ratio: dcam's maps are not differentiable"):
+        torch.func.grad(rho)(torch.tensor([0.3]))
+    op = torch.ops.dcam.pool_gradients.default
+    direct = lambda a: op(a, grads, 3, 4, True, False)[0].sum()  # noqa: E731
+    for name, call in (("grad", lambda: torch.func.grad(direct)(acts)),
+                       ("jvp", lambda: torch.func.jvp(direct, (acts,), (acts,))),
+                       ("vjp", lambda: torch.func.vjp(direct, acts))):
+        with pytest.raises(InputError, match="^dcam::pool_gradients: dcam's maps are not differentiable"):
+            call()
+    # vmap is no derivative: it still runs, equal to a loop
+    batched = torch.func.vmap(lambda a: op(a[None], grads, 3, 4, True, False)[0][0])(acts.expand(2, 12, 5))
+    torch.testing.assert_close(batched, op(acts, grads, 3, 4, True, False)[0].expand(2, 2, 3, 4))
