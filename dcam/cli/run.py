@@ -50,7 +50,7 @@ def _explainer(args, dist):
 
 
 def _run(args) -> int:
-    from ..runs import RunOptions, open_source, run_dataset
+    from ..runs import RunOptions, run_dataset
     from ..runs.distributed import setup
     from ..runs.folder import check_folder, model_identity
     from ..runs.runner import check_run_prompt
@@ -64,7 +64,7 @@ def _run(args) -> int:
     dist = setup(args.device)
     try:
         quiet = args.quiet or dist.rank != 0
-        source = dist.agree(lambda: open_source(args.manifest, split=args.split or "test"))
+        source = dist.agree(lambda: _open_source(args))
         if args.split is not None and source.kind != "coco":  # (taken and ignored)
             raise InputError(f"--split: a {source.kind} source has no splits (only a COCO data folder has them); "
                              "leave --split out")
@@ -94,6 +94,15 @@ def _run(args) -> int:
         print(f"{c['done']} of {c['records']} records explained into {args.out} ({c['words']} words); "
               f"{c['errors']} failed (errors.jsonl); {this}{kept}")
     return 0
+
+
+def _open_source(args):
+    from ..runs.sources import open_source
+
+    try:
+        return open_source(args.manifest, split=args.split or "test")
+    except InputError as exc:  # a COCO split the folder lacks is --split's
+        raise common.argument_error(exc, {"split": "--split"}) from None
 
 
 def run(args) -> int:

@@ -28,6 +28,7 @@ Outputs in ``out_dir`` (:mod:`dcam.eval.report`): ``main_table.md/.json``,
 from __future__ import annotations
 
 import numbers
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from torch import Tensor
 from ..errors import InputError, one_line, positive_int
 from ..methods import get_method
 from ..ops.config import CamConfig
+from ..output import AtomicFolder, check_output_folder
+from ..probe.modes import PROBES, check_probe_request
 from ..render.overlay import FULL_BOX
 from .alignment import word_maps, word_slots
 from .datasets import EvalDataset, EvalRecord, open_dataset
@@ -164,10 +167,12 @@ def _made(factory: ExplainerFactory, method: str, cfg: Optional[CamConfig], laye
 
 
 def _open_records(dataset, split: str, n: Optional[int], image_size: int):
-    """(records iterator, the data set or list, its name)."""
+    """(records iterator, the data set or list, its name). Every record the loader gives: the caller
+    stops after ``n`` evaluated ones (a record whose explanation fails is replaced by the next one,
+    as one whose files are bad is)."""
     ds = open_dataset(dataset, split=split, size=n or 200, image_size=image_size) if isinstance(dataset, str) \
         else dataset
-    records: Iterable[EvalRecord] = ds.records(n) if isinstance(ds, EvalDataset) else list(ds)[:n]
+    records: Iterable[EvalRecord] = ds.records() if isinstance(ds, EvalDataset) else list(ds)
     return records, ds, (ds.name if isinstance(ds, EvalDataset) else "records")
 
 
@@ -184,6 +189,8 @@ class _Comparison:
         self.explainers = {m: first if m == methods[0] else _made(factory, m, self.cfg, layer) for m in methods}
         self.adapter, self.factory, self.methods, self.layer = first.adapter, factory, methods, layer
         self.probe = probe or first.default_probe  # explicit, so every method gets the same one
+        # refused before the first record (each record failed alone: "no record could be evaluated")
+        check_probe_request(first.adapter, None, self.probe, want_grads=False)
         for m, ex in self.explainers.items():
             allowed = getattr(getattr(ex, "method", None), "probes", None)
             if allowed is not None and self.probe not in allowed:
@@ -268,9 +275,12 @@ def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool
                          "diffusion-cam, its ablation and its sweep do); leave config out")
 
 
-def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed) -> Optional[int]:
+def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples) -> Optional[int]:
     """evaluate()'s counts checked (InputErrors naming them); returns ``n``."""
     n = positive_int("n", n)
+    # (-1 was taken, and meant 0)
+    if isinstance(n_examples, bool) or not isinstance(n_examples, numbers.Integral) or n_examples < 0:
+        raise InputError(f"n_examples must be an int >= 0, got {n_examples!r}")
     for name, value in (("sweep_n", sweep_n), ("faith_n", faith_n), ("batch_size", batch_size)):
         positive_int(name, value, allow_none=False)
     if positive_int("faith_steps", faith_steps, allow_none=False) < 2:
@@ -289,7 +299,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
              sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
              faith_steps: int = 10, faith_fill: Union[str, Sequence[float]] = "mean", batch_size: int = 16,
              n_examples: int = 4, seed: int = 0, image_size: int = 64, verbose: bool = False,
-             family: Optional[str] = None) -> dict:
+             family: Optional[str] = None, overwrite: bool = False) -> dict:
     """Evaluate CAM methods on a grounded data set; see the module docstring.
 
     model_or_factory, processor: a model and its processor, or an explainer
@@ -303,6 +313,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     layer / probe / target_score: shared by every method of the comparison (target_score None:
         "logit" for the gradient methods; a layer or score no method uses is refused).
     family: the adapter family to treat the model as (``dcam families``; None: detected).
+    out_dir: where the tables, charts and report go, written whole or not at all; a folder that
+        is not empty is refused unless ``overwrite`` (which replaces it whole).
     config: the Diffusion-CAM config (None: the model's default,
         :meth:`~dcam.probe.ModelAdapter.default_config`; it is resolved once
         and shared by every method, ablation row and sweep cell).
@@ -314,7 +326,12 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     if target_score not in (None, "logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
     given_score, target_score = target_score, target_score or "logit"
-    n = _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed)
+    n = _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples)
+    for pr in sweep_probes or ():  # (an unknown one was an error row of the sweep table)
+        if pr not in PROBES:
+            raise InputError(f"sweep_probes: {pr!r} is not a probe ({', '.join(PROBES)})")
+    if out_dir is not None:  # before the work, not after it (a file there failed once everything had run)
+        out_dir = check_output_folder(out_dir, overwrite, "out_dir")
     faith_fill = check_fill(faith_fill, "faith_fill")
     if not isinstance(dataset, (str, EvalDataset, list, tuple)):
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
@@ -329,12 +346,16 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         except InputError as exc:
             raise InputError(f"sweep_layers: {one_line(str(exc))}") from None
     for rec in records:
+        if n is not None and cmp.done >= n:
+            break
+        before = cmp.done
         cmp.add(rec, ds_name)
-        if cmp.done and cmp.done % 10 == 0:
+        if cmp.done != before and cmp.done % 10 == 0:
             _log(f"{cmp.done} records ({time.time() - t0:.0f}s)", verbose)
     skipped = list(getattr(ds, "skipped", [])) + cmp.skipped
     if cmp.done == 0:
-        raise InputError(f"no record of {ds_name} could be evaluated" + (f" (skipped: {skipped[:3]})" if skipped else ""))
+        raise InputError(f"dataset: no record of {ds_name} could be evaluated"
+                         + (f" (skipped: {skipped[:3]})" if skipped else ""))
     # the config of a comparison where nothing applies one (grad-cam, tam) is none, not the default's
     config_used = any(get_method(m).uses_config for m in methods) or bool(ablation or sweep or sweep_probes
                                                                             or sweep_layers)
@@ -356,8 +377,23 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
                                                      faith_fill, batch_size, np.random.default_rng(seed), verbose)
     report["seconds"] = time.time() - t0
     if out_dir:
-        report["files"] = write_outputs(report, out_dir, examples=cmp.examples, per_map=cmp.scorer.rows)
+        # whole or not at all, the folder replaced only with overwrite (a second run into it kept the
+        # first one's faithfulness tables beside its own report)
+        with AtomicFolder(out_dir, overwrite, "out_dir") as tmp:
+            files = write_outputs(report, tmp, examples=cmp.examples, per_map=cmp.scorer.rows)
+        report["files"] = _moved(files, tmp, out_dir)
     return json_ready(report)
+
+
+def _moved(paths, old: str, new: str):
+    """``paths`` (nested lists and dicts of file paths under ``old``) as they lie under ``new``."""
+    if isinstance(paths, dict):
+        return {k: _moved(v, old, new) for k, v in paths.items()}
+    if isinstance(paths, (list, tuple)):
+        return [_moved(v, old, new) for v in paths]
+    if isinstance(paths, str) and (paths == old or paths.startswith(old + os.sep)):
+        return new + paths[len(old):]
+    return paths
 
 
 def _ablate(scorer: _Scorer, rec: EvalRecord, src, raw: Tensor, cfgs: Dict[str, CamConfig],

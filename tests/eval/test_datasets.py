@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dcam.errors import InputError
 from dcam.eval import datasets as DS
 
 
@@ -328,3 +329,59 @@ def test_tam_entries_with_bad_labels_or_mask_paths_are_skipped_records(tmp_path)
     assert reasons["null-mask"] == "'mask' must be a path, got None"
     assert reasons["text-masks"] == "'masks' must be a list of paths, got 'masks/0.png'"
     assert reasons["float-mask"].endswith("float.tif holds a label that is not a whole number (1.7)")
+
+
+def test_malformed_coco_files_are_refused_naming_file_and_entry(tmp_path):
+    # each of these was a KeyError / ValueError / AttributeError traceback, some only once the model
+    # was loaded and the record came up
+    def broken(name, edit, captions=False):
+        root = str(tmp_path / name)
+        make_coco(root)
+        path = os.path.join(root, "annotations", ("captions" if captions else "instances") + "_val2017.json")
+        with open(path) as f:
+            data = json.load(f)
+        data = edit(data)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        with pytest.raises(InputError) as info:
+            DS.open_dataset(root, split="val2017")
+        return str(info.value).replace(path, "FILE")
+
+    def drop(key, k, field):
+        def edit(d):
+            del d[key][k][field]
+            return d
+        return edit
+
+    assert broken("a", drop("annotations", 0, "category_id")) == "dataset: FILE: annotations[0] has no 'category_id'"
+    assert broken("b", drop("annotations", 2, "image_id")) == "dataset: FILE: annotations[2] has no 'image_id'"
+    assert broken("c", drop("categories", 1, "name")) == "dataset: FILE: categories[1] has no 'name'"
+    assert broken("d", drop("images", 0, "id")) == "dataset: FILE: images[0] has no 'id'"
+    assert broken("e", lambda d: dict(d, annotations=[dict(d["annotations"][0], category_id="abc")])) == \
+        "dataset: FILE: annotations[0].category_id must be an integer id, got 'abc'"
+    assert broken("f", lambda d: [1, 2]).endswith("FILE has no 'images'; not a COCO instances file")
+    assert broken("g", lambda d: dict(d, images={"id": 1})) == "dataset: FILE: 'images' must be a list, got dict"
+    assert broken("h", drop("annotations", 0, "caption"), captions=True) == \
+        "dataset: FILE: annotations[0] has no 'caption'"
+
+
+def test_an_explicit_coco_split_the_folder_lacks_is_refused(tmp_path):
+    # --split train2017 on a folder of val2017 only evaluated val2017 without a word
+    root = str(tmp_path / "coco")
+    make_coco(root)
+    with pytest.raises(InputError, match=r"^split: no instances_train2017\*\.json in .* \(its COCO files: "
+                                            r"instances_val2017\.json\)$"):
+        DS.open_dataset(root, split="train2017")
+    assert DS.open_dataset(root, split="val2017").name == DS.open_dataset(root).name  # the default: val
+
+
+def test_masks_refuse_non_finite_polygons_and_fractional_run_lengths():
+    # a NaN vertex painted 17 pixels of no shape; RLE counts [1.2, 3.4] were truncated to [1, 3]
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        DS.polygons_to_mask([[1, 1, 3, 1, 3, float("nan")]], 4, 4)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        DS.polygons_to_mask([[1, 1, 3, 1, float("inf"), 3]], 4, 4)
+    for counts in ([1.2, 2.8], [None, 4], [True, 3], None):
+        with pytest.raises(ValueError, match="whole number|must be a list"):
+            DS.decode_rle({"size": [2, 2], "counts": counts})
+    assert DS.decode_rle({"size": [2, 2], "counts": [1.0, 3]}).tolist() == [[0, 1], [1, 1]]  # 1.0 is a whole 1

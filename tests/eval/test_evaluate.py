@@ -196,6 +196,10 @@ def test_sweep_counts_the_records_it_scored_and_says_which_it_skipped(tiny, tmp_
      "faith_fill must be 'mean' or an (r, g, b) colour of numbers in 0..255, got (1, 2)"),
     ({"faith_fill": "grey", "faithfulness": True}, "faith_fill must be 'mean' or an (r, g, b) colour, got 'grey'"),
     ({"seed": -1, "faithfulness": True}, "seed must be an int >= 0, got -1"),
+    # taken (-1 meaning 0), an error row of the sweep table, and every record failing alone
+    ({"n_examples": -1}, "n_examples must be an int >= 0, got -1"),
+    ({"sweep_probes": ["full", "foo"]}, "sweep_probes: 'foo' is not a probe (full, masked, remask)"),
+    ({"probe": "foo"}, "probe must be one of full, masked, remask, got 'foo'"),
 ])
 def test_evaluate_refuses_bad_arguments_by_name(tiny, kwargs, message):
     model, proc = tiny
@@ -382,3 +386,48 @@ def test_report_names_the_layer_the_gradient_methods_hooked(tiny):
         EV.evaluate(model, proc, "shapes", methods="tam", target_score="logit", n=1)
     with pytest.raises(InputError, match=r"^layer: none of the methods \(tam\) hooks a layer"):
         EV.evaluate(model, proc, "shapes", methods="tam", layer=1, n=1)
+
+
+def test_n_counts_records_evaluated_and_a_failed_one_is_replaced(tiny):
+    # a record whose explanation failed used up one of the n: n=1 with a bad first record said "no
+    # record could be evaluated" though good ones followed
+    from dataclasses import replace
+
+    from dcam.eval.datasets import load_shapes
+
+    model, proc = tiny
+    good = list(load_shapes(split="test", size=3, image_size=64).records())
+    bad = replace(good[0], record_id="bad", caption="a zebra")  # not in the toy model's vocabulary
+    with pytest.warns(UserWarning, match="skipped record bad"):
+        rep = EV.evaluate(model, proc, [bad] + good[1:], methods="diffusion-cam", n=1, n_examples=0)
+    assert rep["records"] == 1 and [s["record"] for s in rep["skipped"]] == ["bad"]
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="^dataset: no record of records could be"):
+        EV.evaluate(model, proc, [bad], methods="diffusion-cam", n=1, n_examples=0)
+
+
+def test_out_dir_is_checked_first_and_written_whole(tiny, tmp_path):
+    # a file given as out_dir failed once everything had run; a second run into the same folder left the
+    # first one's faithfulness tables beside its own report
+    model, proc = tiny
+    kw = dict(methods="diffusion-cam", n=1, n_examples=0)
+    (tmp_path / "file").write_text("mine")
+    explained = []
+    orig = Explainer.explain
+    try:
+        Explainer.explain = lambda self, *a, **k: explained.append(1) or orig(self, *a, **k)
+        with pytest.raises(InputError, match="^out_dir: .* exists and is not a folder"):
+            EV.evaluate(model, proc, out_dir=str(tmp_path / "file"), **kw)
+    finally:
+        Explainer.explain = orig
+    assert explained == [] and (tmp_path / "file").read_text() == "mine"
+    out = tmp_path / "ev"
+    first = EV.evaluate(model, proc, out_dir=str(out), faithfulness=True, faith_n=1, faith_steps=2, **kw)
+    assert "faithfulness_table.md" in os.listdir(out)
+    assert all(os.path.exists(p) for v in first["files"].values() for p in (v if isinstance(v, list) else [v])
+               if isinstance(p, str))
+    before = sorted(os.listdir(out))
+    with pytest.raises(InputError, match="^out_dir: .* is not empty; choose a new folder or pass overwrite=True"):
+        EV.evaluate(model, proc, out_dir=str(out), **kw)
+    assert sorted(os.listdir(out)) == before
+    EV.evaluate(model, proc, out_dir=str(out), overwrite=True, **kw)
+    assert "faithfulness_table.md" not in os.listdir(out) and "report.json" in os.listdir(out)

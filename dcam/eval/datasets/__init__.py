@@ -22,13 +22,26 @@ from .masks import decode_rle, polygons_to_mask, rle_string_to_counts
 from .shapes import ShapesEval, load_shapes
 from .tam import TamEval, load_tam
 
-def _coco_files(root: str, split: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+#: the split every caller defaults to: a COCO folder without ``instances_test*`` then gives its
+#: validation split (a split named otherwise must be there)
+DEFAULT_SPLIT = "test"
+
+
+def _coco_candidates(root: str):
     cands = []
     for d in (os.path.join(root, "annotations"), root):
         cands += sorted(glob.glob(os.path.join(d, "instances*.json")))
+    return cands
+
+
+def _coco_files(root: str, split: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    cands = _coco_candidates(root)
     if not cands:
         return None, None, None
     pick = [c for c in cands if os.path.basename(c).startswith(f"instances_{split}")]
+    if not pick and split != DEFAULT_SPLIT:  # (it evaluated the validation split without a word)
+        raise InputError(f"split: no instances_{split}*.json in {root!r} (its COCO files: "
+                         f"{', '.join(sorted({os.path.basename(c) for c in cands}))})")
     if not pick:
         pick = [c for c in cands if os.path.basename(c).startswith("instances_val")] or cands
     if len(pick) > 1 and len({os.path.basename(p) for p in pick}) > 1:
@@ -41,10 +54,11 @@ def _coco_files(root: str, split: str) -> Tuple[Optional[str], Optional[str], Op
     first = None
     try:
         with open(inst) as f:
-            imgs = json.load(f).get("images", [])
-        first = imgs[0].get("file_name") if imgs else None
+            data = json.load(f)
+        imgs = data.get("images") if isinstance(data, dict) else None
+        first = imgs[0].get("file_name") if isinstance(imgs, list) and imgs and isinstance(imgs[0], dict) else None
     except (OSError, ValueError):
-        pass
+        pass  # (the loader names what is wrong with the file)
     dirs = [os.path.join(root, "images", stem), os.path.join(root, stem), os.path.join(root, split),
             os.path.join(root, "images"), root]
     images_dir = next((d for d in dirs if first and os.path.exists(os.path.join(d, first))), None)
@@ -59,7 +73,7 @@ def detect_layout(path: str, split: str = "test") -> str:
         raise InputError(f"data set folder {path} does not exist")
     if os.path.exists(os.path.join(path, "anno.json")):
         return "tam"
-    if _coco_files(path, split)[1] is not None:
+    if _coco_candidates(path):
         return "coco"
     raise InputError(f"{path} is neither a TAM layout (anno.json) nor a COCO layout "
                      f"(instances*.json in the folder or its annotations/)")
@@ -71,12 +85,20 @@ def open_dataset(spec: str, split: str = "test", size: int = 200, image_size: in
         return load_shapes(split=split, size=size, image_size=image_size)
     try:
         kind = detect_layout(spec, split)
-        if kind == "tam":
-            return load_tam(spec)
-        images_dir, inst, cap = _coco_files(spec, split)
-        return load_coco(images_dir, inst, cap)
     except InputError as exc:  # the folder's files are what is wrong: name the argument that gave them
         raise InputError(f"dataset: {one_line(str(exc))}") from None
+    if kind == "tam":
+        return _named("dataset", lambda: load_tam(spec))
+    images_dir, inst, cap = _coco_files(spec, split)  # (a split the folder lacks: "split: ...")
+    return _named("dataset", lambda: load_coco(images_dir, inst, cap))
+
+
+def _named(argument: str, load):
+    """``load()``, its InputError named after ``argument``."""
+    try:
+        return load()
+    except InputError as exc:
+        raise InputError(f"{argument}: {one_line(str(exc))}") from None
 
 
 __all__ = ["EvalRecord", "EvalDataset", "RecordError", "COCO_SYNONYMS", "load_shapes", "load_coco", "load_tam",

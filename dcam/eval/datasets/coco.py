@@ -7,7 +7,12 @@ smaller ones stay visible where they overlap. Polygons are rasterised with PIL
 a pixel along edges. A record with an annotation that cannot be painted (a
 polygon with fewer than 3 points, an empty segmentation or an all-zero RLE, a
 bad RLE size, an unknown category) is skipped and reported with the reason,
-never scored without that object. The caption is the
+never scored without that object. Crowd annotations (``iscrowd: 1``, usually
+RLE) are painted as one instance each, like any other; images without any
+annotation are left out of the data set (``len``), not counted as skipped.
+A malformed file (an entry without its id, image id, category id or name, a
+caption entry without its text) is refused whole, naming the file and entry.
+The caption is the
 first caption (lowest annotation id) of the image in a captions JSON when
 given, else one built from the category names (``"a dog and a person in the
 picture"``). Caption words are matched to the categories present in the
@@ -61,6 +66,29 @@ COCO_SYNONYMS: Dict[str, Tuple[str, ...]] = {
     "skis": ("ski",),
 }
 
+def _entries(path: str, data: dict, key: str, required: Sequence[str]):
+    """``(k, entry)`` of ``data[key]``, a list of objects each holding ``required`` (InputError
+    naming the file and the entry otherwise)."""
+    items = data[key]
+    if not isinstance(items, list):
+        raise InputError(f"{path}: {key!r} must be a list, got {type(items).__name__}")
+    for k, e in enumerate(items):
+        if not isinstance(e, dict):
+            raise InputError(f"{path}: {key}[{k}] must be an object, got {type(e).__name__}")
+        missing = [r for r in required if r not in e]
+        if missing:
+            raise InputError(f"{path}: {key}[{k}] has no {missing[0]!r}")
+    return list(enumerate(items))
+
+
+def _int(path: str, key: str, k: int, entry: dict, field: str) -> int:
+    """``entry[field]`` as an int (COCO's ids), or InputError naming the file and the entry."""
+    v = entry[field]
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().lstrip("-").isdigit():
+        raise InputError(f"{path}: {key}[{k}].{field} must be an integer id, got {v!r}")
+    return int(v)
+
+
 class CocoEval(EvalDataset):
     kind = "coco"
 
@@ -74,13 +102,18 @@ class CocoEval(EvalDataset):
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read instances JSON {instances_json}: {exc}") from exc
         for key in ("images", "annotations", "categories"):
-            if key not in inst:
+            if not isinstance(inst, dict) or key not in inst:
                 raise InputError(f"{instances_json} has no {key!r}; not a COCO instances file")
-        self.categories = {int(c["id"]): str(c["name"]) for c in inst["categories"]}
-        self.images = {int(im["id"]): im for im in inst["images"]}
+        # the entries every record reads, checked here: one malformed entry was a KeyError traceback,
+        # some only once the model was loaded and the record came up
+        entries = _entries(instances_json, inst, "categories", ("id", "name"))
+        self.categories = {_int(instances_json, "categories", k, c, "id"): str(c["name"]) for k, c in entries}
+        self.images = {_int(instances_json, "images", k, im, "id"): im
+                       for k, im in _entries(instances_json, inst, "images", ("id",))}
         self.anns: Dict[int, List[dict]] = {}
-        for a in inst["annotations"]:
-            self.anns.setdefault(int(a["image_id"]), []).append(a)
+        for k, a in _entries(instances_json, inst, "annotations", ("image_id", "category_id")):
+            _int(instances_json, "annotations", k, a, "category_id")
+            self.anns.setdefault(_int(instances_json, "annotations", k, a, "image_id"), []).append(a)
         self.ids = sorted(i for i in self.images if i in self.anns)
         self.captions: Dict[int, str] = {}
         if captions_json:
@@ -89,9 +122,12 @@ class CocoEval(EvalDataset):
                     caps = json.load(f)
             except (OSError, ValueError) as exc:
                 raise InputError(f"cannot read captions JSON {captions_json}: {exc}") from exc
+            if not isinstance(caps, dict) or "annotations" not in caps:
+                raise InputError(f"{captions_json} has no 'annotations'; not a COCO captions file")
             best: Dict[int, Tuple[int, str]] = {}
-            for k, a in enumerate(caps.get("annotations", [])):
-                iid, aid = int(a["image_id"]), int(a.get("id", k))
+            for k, a in _entries(captions_json, caps, "annotations", ("image_id", "caption")):
+                iid = _int(captions_json, "annotations", k, a, "image_id")
+                aid = _int(captions_json, "annotations", k, a, "id") if "id" in a else k
                 if iid not in best or aid < best[iid][0]:
                     best[iid] = (aid, str(a["caption"]).strip())
             self.captions = {k: v[1] for k, v in best.items()}

@@ -40,6 +40,13 @@ def rle_string_to_counts(s) -> List[int]:
     return counts
 
 
+def _run_length(c) -> int:
+    """One RLE count: a whole number (a run of 1.2 pixels was truncated, moving every later pixel)."""
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not float(c).is_integer():
+        raise ValueError(f"RLE run length {c!r} is not a whole number")
+    return int(c)
+
+
 def decode_rle(rle: Dict[str, Any]) -> np.ndarray:
     """Binary mask ``uint8 [h, w]`` of a COCO RLE dict (``size`` ``[h, w]``,
     ``counts`` a list of ints or a compressed string). Runs alternate 0/1,
@@ -51,7 +58,9 @@ def decode_rle(rle: Dict[str, Any]) -> np.ndarray:
         raise ValueError(f"malformed RLE {str(rle)[:80]}") from exc
     if isinstance(counts, (str, bytes)):
         counts = rle_string_to_counts(counts)
-    counts = [int(c) for c in counts]
+    elif not isinstance(counts, (list, tuple)):
+        raise ValueError(f"RLE counts must be a list of ints or a compressed string, got {type(counts).__name__}")
+    counts = [_run_length(c) for c in counts]
     if any(c < 0 for c in counts):
         raise ValueError("negative run length in RLE")
     if sum(counts) != h * w:
@@ -70,7 +79,12 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
     img = Image.new("L", (int(width), int(height)), 0)
     draw = ImageDraw.Draw(img)
     for poly in polygons:
-        pts = [float(v) for v in poly]
+        try:
+            pts = [float(v) for v in poly]
+        except (TypeError, ValueError):
+            raise ValueError(f"polygon coordinates must be numbers, got {str(poly)[:60]}") from None
+        if not all(np.isfinite(pts)):  # PIL painted a NaN vertex somewhere
+            raise ValueError(f"polygon with a coordinate that is NaN or infinite ({str(poly)[:60]})")
         if len(pts) < 6 or len(pts) % 2:
             raise ValueError(f"polygon with {len(pts)} coordinates (needs >= 3 x,y points)")
         xy = list(zip(pts[0::2], pts[1::2]))
