@@ -275,8 +275,11 @@ def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool
                          "diffusion-cam, its ablation and its sweep do); leave config out")
 
 
-def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples) -> Optional[int]:
-    """evaluate()'s counts checked (InputErrors naming them); returns ``n``."""
+def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples, sweep_probes) -> Optional[int]:
+    """evaluate()'s counts (and sweep probes) checked (InputErrors naming them); returns ``n``."""
+    for pr in sweep_probes or ():  # (an unknown one was an error row of the sweep table)
+        if pr not in PROBES:
+            raise InputError(f"sweep_probes: {pr!r} is not a probe ({', '.join(PROBES)})")
     n = positive_int("n", n)
     # (-1 was taken, and meant 0)
     if isinstance(n_examples, bool) or not isinstance(n_examples, numbers.Integral) or n_examples < 0:
@@ -326,10 +329,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     if target_score not in (None, "logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
     given_score, target_score = target_score, target_score or "logit"
-    n = _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples)
-    for pr in sweep_probes or ():  # (an unknown one was an error row of the sweep table)
-        if pr not in PROBES:
-            raise InputError(f"sweep_probes: {pr!r} is not a probe ({', '.join(PROBES)})")
+    n = _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples, sweep_probes)
     if out_dir is not None:  # before the work, not after it (a file there failed once everything had run)
         out_dir = check_output_folder(out_dir, overwrite, "out_dir")
     faith_fill = check_fill(faith_fill, "faith_fill")
@@ -345,13 +345,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
             factory("diffusion-cam", cmp.cfg, lay)
         except InputError as exc:
             raise InputError(f"sweep_layers: {one_line(str(exc))}") from None
-    for rec in records:
-        if n is not None and cmp.done >= n:
-            break
-        before = cmp.done
-        cmp.add(rec, ds_name)
-        if cmp.done != before and cmp.done % 10 == 0:
-            _log(f"{cmp.done} records ({time.time() - t0:.0f}s)", verbose)
+    _compare(cmp, records, n, ds_name, t0, verbose)
     skipped = list(getattr(ds, "skipped", [])) + cmp.skipped
     if cmp.done == 0:
         raise InputError(f"dataset: no record of {ds_name} could be evaluated"
@@ -377,12 +371,29 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
                                                      faith_fill, batch_size, np.random.default_rng(seed), verbose)
     report["seconds"] = time.time() - t0
     if out_dir:
-        # whole or not at all, the folder replaced only with overwrite (a second run into it kept the
-        # first one's faithfulness tables beside its own report)
-        with AtomicFolder(out_dir, overwrite, "out_dir") as tmp:
-            files = write_outputs(report, tmp, examples=cmp.examples, per_map=cmp.scorer.rows)
-        report["files"] = _moved(files, tmp, out_dir)
+        report["files"] = _write(report, out_dir, overwrite, cmp)
     return json_ready(report)
+
+
+def _compare(cmp: _Comparison, records: Iterable[EvalRecord], n: Optional[int], ds_name: str, t0: float,
+             verbose: bool) -> None:
+    """Every method on ``records`` until ``n`` are evaluated (a record that fails is replaced by the next)."""
+    for rec in records:
+        if n is not None and cmp.done >= n:
+            break
+        before = cmp.done
+        cmp.add(rec, ds_name)
+        if cmp.done != before and cmp.done % 10 == 0:
+            _log(f"{cmp.done} records ({time.time() - t0:.0f}s)", verbose)
+
+
+def _write(report: dict, out_dir: str, overwrite: bool, cmp: _Comparison) -> dict:
+    """The report's files written into ``out_dir`` whole or not at all, the folder replaced only
+    with ``overwrite`` (a second run into it kept the first one's faithfulness tables beside its
+    own report) -> their paths."""
+    with AtomicFolder(out_dir, overwrite, "out_dir") as tmp:
+        files = write_outputs(report, tmp, examples=cmp.examples, per_map=cmp.scorer.rows)
+    return _moved(files, tmp, out_dir)
 
 
 def _moved(paths, old: str, new: str):
