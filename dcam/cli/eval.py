@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                        description=__doc__)
     p.add_argument("--dataset", default="shapes", help="'shapes' (bundled) or a COCO / TAM data folder")
     p.add_argument("--split", default=None,
-                   help="split (shapes: train/val/test; COCO: picks instances_<split>*; default: test)")
+                   help="split (shapes: train/val/test; COCO: picks instances_<split>*, which must be there; default: "
+                        "shapes' test, a COCO folder's test split if it has one, else its val split)")
     p.add_argument("--n", type=common.positive_int, default=200, help="records to evaluate")
     p.add_argument("--methods", default="all",
                    help=f"'all' or a comma list of {', '.join(common.METHOD_NAMES)}")
@@ -132,8 +133,7 @@ def _refuse_what_the_data_set_ignores(args) -> None:
             tam = False
         if tam:
             raise InputError("--split: a TAM data folder has no splits (only shapes and COCO do); leave --split out")
-    args.image_size = 64 if args.image_size is None else args.image_size
-    args.split = "test" if args.split is None else args.split
+    args.image_size = 64 if args.image_size is None else args.image_size  # (--split None: the data set's default)
 
 
 #: evaluate()'s arguments as dcam eval's options (:func:`common.argument_error`)

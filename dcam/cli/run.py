@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
                    help="also store every word's map on every denoising step of the model's own generation "
                         "(records without a response; dcam view shows a step slider)")
     p.add_argument("--split", default=None,
-                   help="split of a COCO data folder (picks instances_<split>*; default: test)")
+                   help="split of a COCO data folder (picks instances_<split>*, which must be there; default: its test "
+                        "split if it has one, else its val split)")
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_method_options(p)
@@ -100,7 +101,7 @@ def _open_source(args):
     from ..runs.sources import open_source
 
     try:
-        return open_source(args.manifest, split=args.split or "test")
+        return open_source(args.manifest, split=args.split)
     except InputError as exc:  # a COCO split the folder lacks is --split's
         raise common.argument_error(exc, {"split": "--split"}) from None
 

@@ -79,13 +79,15 @@ def token_probabilities(adapter, images: Sequence[Image.Image], response_ids: Se
     for s in range(0, len(images), batch_size):
         chunk = images[s:s + batch_size]
         preps = [adapter.prepare(im, prompt, list(response_ids)) for im in chunk]
-        ids0 = build_probe_inputs(adapter, preps[0], [], probe)
-        pos = adapter.logit_positions(torch.tensor([preps[0].response_start + i for i in idx], dtype=torch.long))
         tok = torch.tensor([preps[0].response_ids[i] for i in idx], dtype=torch.long)
         same = all(torch.equal(p.input_ids, preps[0].input_ids) for p in preps[1:])
         groups = [preps] if same else [[p] for p in preps]
         for g in groups:
-            ids = build_probe_inputs(adapter, g[0], [], probe).expand(len(g), ids0.shape[1])
+            # each group's own sequence and response positions (images of other sizes have other
+            # layouts: the first image's were expanded over them, and failed)
+            ids0 = build_probe_inputs(adapter, g[0], [], probe)
+            ids = ids0.expand(len(g), ids0.shape[1])
+            pos = adapter.logit_positions(torch.tensor([g[0].response_start + i for i in idx], dtype=torch.long))
             logits = adapter.logits_at_rows(ids, adapter.stack_inputs(g), pos, g[0].response_start)  # [B, P, V]
             lp = torch.log_softmax(logits.float(), dim=-1)
             out.append(lp.gather(2, tok.to(lp.device)[None, :, None].expand(len(g), -1, 1))[..., 0].exp().cpu())

@@ -166,7 +166,7 @@ def _made(factory: ExplainerFactory, method: str, cfg: Optional[CamConfig], laye
     return factory(method, cfg if m.uses_config else None, layer if m.needs_gradients else None)
 
 
-def _open_records(dataset, split: str, n: Optional[int], image_size: int):
+def _open_records(dataset, split: Optional[str], n: Optional[int], image_size: int):
     """(records iterator, the data set or list, its name). Every record the loader gives: the caller
     stops after ``n`` evaluated ones (a record whose explanation fails is replaced by the next one,
     as one whose files are bad is)."""
@@ -297,7 +297,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
              methods="all", n: Optional[int] = 200, ablation: bool = False, faithfulness: bool = False,
              out_dir: Optional[str] = None, *, explainer_factory: Optional[ExplainerFactory] = None,
              layer: Optional[int] = None, probe: Optional[str] = None, target_score: Optional[str] = None,
-             config: Optional[CamConfig] = None, split: str = "test", prompt: Optional[str] = None,
+             config: Optional[CamConfig] = None, split: Optional[str] = None, prompt: Optional[str] = None,
              sweep: bool = False, sweep_probes: Optional[Sequence[str]] = None,
              sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
              faith_steps: int = 10, faith_fill: Union[str, Sequence[float]] = "mean", batch_size: int = 16,

@@ -255,7 +255,14 @@ class ManifestSource(RunSource):
     def load(self, i: int) -> SourceRecord:
         from .records import read_image, read_mask
 
-        e = self.entry(i)
+        try:  # the line read now is the one checked (and digested for the index) when the manifest was opened
+            e = self.entry(i)
+            same = entry_digest(e) == self.digests[i]
+        except (ValueError, UnicodeDecodeError):  # an edit moved the lines: another line's middle
+            same = False
+        if not same:
+            raise InputError(f"MANIFEST: {self.where(i)} (id {self.ids[i]!r}) changed while the run read the "
+                             "manifest; rerun to explain it as it is now")
         image_path = self._path(e["image"])
         image, notes = read_image(image_path)
         rec = SourceRecord(id=self.ids[i], image=image, image_path=image_path, prompt=e.get("prompt"),
@@ -305,7 +312,7 @@ class DatasetSource(RunSource):
     """A COCO or TAM data folder (the ``dcam eval`` layouts): the caption is the
     response, the masks and word labels give the metrics."""
 
-    def __init__(self, path: str, split: str = "test"):
+    def __init__(self, path: str, split: Optional[str] = None):
         from ..eval.datasets import open_dataset
 
         self.path = os.path.abspath(path)
@@ -345,7 +352,7 @@ class DatasetSource(RunSource):
                             word_labels=list(r.word_labels), words=list(r.words), function=list(r.function))
 
 
-def open_source(spec: str, split: str = "test") -> RunSource:
+def open_source(spec: str, split: Optional[str] = None) -> RunSource:
     """A manifest file, a folder of images, or a COCO/TAM data folder (detected by its files)."""
     if not os.path.exists(spec):
         raise InputError(f"MANIFEST: no such file or folder {spec!r}")

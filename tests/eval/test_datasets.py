@@ -360,6 +360,9 @@ def test_malformed_coco_files_are_refused_naming_file_and_entry(tmp_path):
     assert broken("e", lambda d: dict(d, annotations=[dict(d["annotations"][0], category_id="abc")])) == \
         "dataset: FILE: annotations[0].category_id must be an integer id, got 'abc'"
     assert broken("f", lambda d: [1, 2]).endswith("FILE has no 'images'; not a COCO instances file")
+    for bad in ("--5", "\u00b2", 1.5):  # (int() of "--5" and "²" was a ValueError traceback)
+        assert broken(f"i{bad!r}", lambda d, b=bad: dict(d, images=[dict(d["images"][0], id=b)])) == \
+            f"dataset: FILE: images[0].id must be an integer id, got {bad!r}"
     assert broken("g", lambda d: dict(d, images={"id": 1})) == "dataset: FILE: 'images' must be a list, got dict"
     assert broken("h", drop("annotations", 0, "caption"), captions=True) == \
         "dataset: FILE: annotations[0] has no 'caption'"
@@ -369,9 +372,10 @@ def test_an_explicit_coco_split_the_folder_lacks_is_refused(tmp_path):
     # --split train2017 on a folder of val2017 only evaluated val2017 without a word
     root = str(tmp_path / "coco")
     make_coco(root)
-    with pytest.raises(InputError, match=r"^split: no instances_train2017\*\.json in .* \(its COCO files: "
-                                            r"instances_val2017\.json\)$"):
-        DS.open_dataset(root, split="train2017")
+    for split in ("train2017", "test"):  # "test" too: given, it is no default (it gave val2017)
+        with pytest.raises(InputError, match=rf"^split: no instances_{split}\*\.json in .* \(its COCO files: "
+                                             r"instances_val2017\.json\)$"):
+            DS.open_dataset(root, split=split)
     assert DS.open_dataset(root, split="val2017").name == DS.open_dataset(root).name  # the default: val
 
 

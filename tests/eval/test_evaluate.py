@@ -431,3 +431,19 @@ def test_out_dir_is_checked_first_and_written_whole(tiny, tmp_path):
     assert sorted(os.listdir(out)) == before
     EV.evaluate(model, proc, out_dir=str(out), overwrite=True, **kw)
     assert "faithfulness_table.md" not in os.listdir(out) and "report.json" in os.listdir(out)
+
+
+def test_token_probabilities_of_images_with_other_layouts():
+    # the first image's sequence and response positions were used for every image of a batch: images
+    # of other sizes (another number of image tokens) failed with an expand() RuntimeError
+    from dcam.probe import auto_adapter
+    from dcam.testing.hf_tiny import tiny_diffusion_gemma
+
+    a = auto_adapter(*tiny_diffusion_gemma(0, 128))
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 72), (60, 30))]
+    resp = a.encode_response("a red circle")
+    assert len({a.prepare(im, None, resp).input_ids.shape[1] for im in ims}) == 2
+    both = FA.token_probabilities(a, ims, resp, [0, 2], probe="full")
+    alone = torch.cat([FA.token_probabilities(a, [im], resp, [0, 2], probe="full") for im in ims])
+    assert both.shape == (2, 2) and torch.equal(both, alone)

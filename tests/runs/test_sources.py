@@ -299,3 +299,25 @@ def test_a_run_folder_from_before_the_source_was_fingerprinted_still_resumes(tmp
     (out / "run.json").write_text(json.dumps(dict(info, identity=old, fingerprint=fingerprint(old))))
     run_dataset(exp, ManifestSource(str(tmp_path / "m.jsonl")), str(out))
     assert json.loads((out / "run.json").read_text())["identity"]["source"]["kind"] == "manifest"
+
+
+def test_a_line_edited_while_the_run_reads_the_manifest_is_an_error_record(tmp_path):
+    # a record is loaded by re-reading its line at the offset found when the manifest was opened: an edit in
+    # between explained the new line under the old line's digest (a resume then refused the folder, or took
+    # stale maps once the edit was undone), and an edit that moved the lines read another line's middle
+    _png(tmp_path / "a.png")
+    lines = [{"id": "a", "image": "a.png", "response": "a red square"},
+             {"id": "b", "image": "a.png", "response": "a blue circle"}]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    src = ManifestSource(str(path))
+    assert src.load(0).response == "a red square"
+    path.write_text("".join(json.dumps(e) + "\n" for e in [dict(lines[0], response="a red circle"), lines[1]]))
+    with pytest.raises(InputError, match=r"^MANIFEST: line 1 \(id 'a'\) changed while the run read the manifest; "
+                                         "rerun to explain it as it is now$"):
+        src.load(0)  # same length: the new text
+    assert src.load(1).response == "a blue circle"  # untouched
+    path.write_text("".join(json.dumps(e) + "\n" for e in [dict(lines[0], response="a much longer red square"),
+                                                             lines[1]]))
+    with pytest.raises(InputError, match=r"^MANIFEST: line 2 \(id 'b'\) changed while the run read"):
+        src.load(1)  # its offset now lands inside line 1

@@ -22,8 +22,8 @@ from .masks import decode_rle, polygons_to_mask, rle_string_to_counts
 from .shapes import ShapesEval, load_shapes
 from .tam import TamEval, load_tam
 
-#: the split every caller defaults to: a COCO folder without ``instances_test*`` then gives its
-#: validation split (a split named otherwise must be there)
+#: the split when none is given: shapes' test split; a COCO folder's ``instances_test*``, else its
+#: validation split (a split that is given must be there)
 DEFAULT_SPLIT = "test"
 
 
@@ -34,12 +34,14 @@ def _coco_candidates(root: str):
     return cands
 
 
-def _coco_files(root: str, split: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+def _coco_files(root: str, split: Optional[str]) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    """(images folder, instances JSON, captions JSON or None) of ``split`` (None: the default)."""
     cands = _coco_candidates(root)
     if not cands:
         return None, None, None
+    given, split = split is not None, split or DEFAULT_SPLIT
     pick = [c for c in cands if os.path.basename(c).startswith(f"instances_{split}")]
-    if not pick and split != DEFAULT_SPLIT:  # (it evaluated the validation split without a word)
+    if not pick and given:  # (it evaluated the validation split without a word, for "test" too)
         raise InputError(f"split: no instances_{split}*.json in {root!r} (its COCO files: "
                          f"{', '.join(sorted({os.path.basename(c) for c in cands}))})")
     if not pick:
@@ -67,7 +69,7 @@ def _coco_files(root: str, split: str) -> Tuple[Optional[str], Optional[str], Op
     return images_dir, inst, cap
 
 
-def detect_layout(path: str, split: str = "test") -> str:
+def detect_layout(path: str, split: Optional[str] = None) -> str:
     """``"tam"`` or ``"coco"`` for a data folder; ValueError otherwise."""
     if not os.path.isdir(path):
         raise InputError(f"data set folder {path} does not exist")
@@ -79,10 +81,12 @@ def detect_layout(path: str, split: str = "test") -> str:
                      f"(instances*.json in the folder or its annotations/)")
 
 
-def open_dataset(spec: str, split: str = "test", size: int = 200, image_size: int = 64) -> EvalDataset:
-    """``"shapes"`` (``size`` scenes of the ``split``) or a folder (layout auto-detected)."""
+def open_dataset(spec: str, split: Optional[str] = None, size: int = 200, image_size: int = 64) -> EvalDataset:
+    """``"shapes"`` (``size`` scenes of the ``split``) or a folder (layout auto-detected). ``split``
+    None: shapes' test split, a COCO folder's test split if it has one, else its validation split; a
+    split that is given must be there."""
     if spec == "shapes":
-        return load_shapes(split=split, size=size, image_size=image_size)
+        return load_shapes(split=split or DEFAULT_SPLIT, size=size, image_size=image_size)
     try:
         kind = detect_layout(spec, split)
     except InputError as exc:  # the folder's files are what is wrong: name the argument that gave them

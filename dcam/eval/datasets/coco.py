@@ -84,9 +84,12 @@ def _entries(path: str, data: dict, key: str, required: Sequence[str]):
 def _int(path: str, key: str, k: int, entry: dict, field: str) -> int:
     """``entry[field]`` as an int (COCO's ids), or InputError naming the file and the entry."""
     v = entry[field]
-    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().lstrip("-").isdigit():
-        raise InputError(f"{path}: {key}[{k}].{field} must be an integer id, got {v!r}")
-    return int(v)
+    try:
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError
+        return int(v)  # (a str of another script's digits, "²", or "--5" is a ValueError too)
+    except ValueError:
+        raise InputError(f"{path}: {key}[{k}].{field} must be an integer id, got {v!r}") from None
 
 
 class CocoEval(EvalDataset):
