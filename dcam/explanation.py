@@ -69,16 +69,6 @@ def _check_max_side(max_side) -> int:
     return int(max_side)
 
 
-def _moved(paths, old: str, new: str):
-    """``paths`` (a path, or lists and dicts of them, as write_files returns them) with the
-    folder ``old`` replaced by ``new`` (a trajectory's entry is a dict of its own files)."""
-    if isinstance(paths, dict):
-        return {k: _moved(v, old, new) for k, v in paths.items()}
-    if isinstance(paths, list):
-        return [_moved(v, old, new) for v in paths]
-    return os.path.join(new, os.path.relpath(paths, old))
-
-
 @dataclass(eq=False, repr=False)  # tensor fields: == of two copies raised "Boolean value of Tensor ... ambiguous"
 class Explanation:
     """The maps of one response (see the module docstring).
@@ -207,12 +197,13 @@ class Explanation:
         Overlays are rendered at :func:`dcam.render.display_size` of the image
         (longest side at most ``max_side``), so a photo-sized image costs what
         a small one does. Returns the written paths (in ``out_dir``)."""
-        from .output import AtomicFolder
+        from .output import AtomicFolder, moved_paths
 
         max_side = _check_max_side(max_side)
-        with AtomicFolder(out_dir, overwrite=overwrite, option="out_dir") as tmp:
+        folder = AtomicFolder(out_dir, overwrite=overwrite, option="out_dir")
+        with folder as tmp:
             written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side)
-        return _moved(written, tmp, os.path.abspath(out_dir))
+        return moved_paths(written, tmp, folder.target)
 
     def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
                     max_side: int = DISPLAY_MAX_SIDE) -> dict:

@@ -58,8 +58,18 @@ def refuse_current_folder(target: str, option: str = "--out") -> None:
                          "whole would delete the folder you are working in; choose another folder")
 
 
+def folder_path(path, option: str) -> str:
+    """``path`` (a str, bytes or an os.PathLike) as a str path; anything else is an InputError naming
+    ``option`` (a bytes path met str prefixes in os.path.join: a TypeError)."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise InputError(f"{option}: expected a path, got {type(path).__name__}") from None
+
+
 def check_output_folder(path: str, overwrite: bool = False, option: str = "--out") -> str:
     """The absolute target folder, after checking it can be written (InputError naming ``option``)."""
+    path = folder_path(path, option)
     if not path:
         raise InputError(f"{option}: an empty path")
     # (overwrite="no" is truthy: it replaced the folder whole)
@@ -176,6 +186,19 @@ def remove_empty_folders(made: List[str]) -> None:
             break
 
 
+def moved_paths(paths, old: str, new: str):
+    """``paths`` (a path, or lists and dicts of them, as the writers return them) with the folder
+    ``old`` they were written into replaced by ``new``, where :class:`AtomicFolder` moved them;
+    anything else (a value that is no path under ``old``) as it is."""
+    if isinstance(paths, dict):
+        return {k: moved_paths(v, old, new) for k, v in paths.items()}
+    if isinstance(paths, (list, tuple)):
+        return [moved_paths(v, old, new) for v in paths]
+    if isinstance(paths, str) and (paths == old or paths.startswith(old + os.sep)):
+        return os.path.join(new, os.path.relpath(paths, old))
+    return paths
+
+
 class AtomicFolder:
     """``with AtomicFolder(target, overwrite) as tmp:`` write into ``tmp``; on
     success ``target`` holds exactly those files; on any exception (Ctrl-C
@@ -184,6 +207,7 @@ class AtomicFolder:
     ``option`` (the CLI's ``--out``, the API's ``out_dir``)."""
 
     def __init__(self, target: str, overwrite: bool = False, option: str = "out_dir"):
+        target = folder_path(target, option)
         if not target:  # abspath("") is the current folder, which overwrite=True replaced whole
             raise InputError(f"{option}: an empty path")
         self.target = os.path.abspath(target)

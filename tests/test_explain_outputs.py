@@ -110,6 +110,20 @@ def test_saving_over_an_image_file_keeps_the_image(toy, sample, tmp_path):
     assert photo.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["photo.png"]
 
 
+def test_save_takes_bytes_and_path_like_folders_and_refuses_other_types(toy, sample, tmp_path):
+    # a bytes path ended in os.path.join's TypeError ("Can't mix bytes and non-bytes")
+    import pathlib
+
+    e = Explainer(*toy).explain(sample.image, response="a red circle", targets=[0])
+    e.save(os.fsencode(str(tmp_path / "b")))
+    e.save(pathlib.Path(tmp_path / "p"))
+    assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "p"))
+    assert "maps.safetensors" in os.listdir(tmp_path / "b")
+    with pytest.raises(InputError, match="^out_dir: expected a path, got int$"):
+        e.save(5)
+    assert sorted(os.listdir(tmp_path)) == ["b", "p"]
+
+
 def test_save_refuses_the_current_folder_and_returns_a_traced_explanations_paths(toy, sample, tmp_path,
                                                                                  monkeypatch):
     # save("", overwrite=True) replaced the current folder whole (abspath("") is the cwd), and save()

@@ -161,7 +161,8 @@ def report(e, folder: str) -> None:
     print(f"explained {len(e)} word{'s' if len(e) != 1 else ''} with {e.method} (probe {e.probe}, layer {e.layer}, "
           f"{e.steps} steps): {' '.join(e.tokens)}")
     extra = ", trajectory.safetensors, trajectory/NN_<word>.gif, trajectory_sheet.png" if e.trajectory else ""
-    print(f"written to {folder}: contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json, index.html{extra}")
+    print(f"written to {folder}: image.png, contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json, "
+          f"index.html{extra}")
 
 
 def run(args) -> int:

@@ -28,7 +28,6 @@ Outputs in ``out_dir`` (:mod:`dcam.eval.report`): ``main_table.md/.json``,
 from __future__ import annotations
 
 import numbers
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from torch import Tensor
 from ..errors import InputError, one_line, positive_int
 from ..methods import get_method
 from ..ops.config import CamConfig
-from ..output import AtomicFolder, check_output_folder
+from ..output import AtomicFolder, check_output_folder, moved_paths
 from ..probe.modes import PROBES, check_probe_request
 from ..render.overlay import FULL_BOX
 from .alignment import word_maps, word_slots
@@ -393,18 +392,7 @@ def _write(report: dict, out_dir: str, overwrite: bool, cmp: _Comparison) -> dic
     own report) -> their paths."""
     with AtomicFolder(out_dir, overwrite, "out_dir") as tmp:
         files = write_outputs(report, tmp, examples=cmp.examples, per_map=cmp.scorer.rows)
-    return _moved(files, tmp, out_dir)
-
-
-def _moved(paths, old: str, new: str):
-    """``paths`` (nested lists and dicts of file paths under ``old``) as they lie under ``new``."""
-    if isinstance(paths, dict):
-        return {k: _moved(v, old, new) for k, v in paths.items()}
-    if isinstance(paths, (list, tuple)):
-        return [_moved(v, old, new) for v in paths]
-    if isinstance(paths, str) and (paths == old or paths.startswith(old + os.sep)):
-        return new + paths[len(old):]
-    return paths
+    return moved_paths(files, tmp, out_dir)
 
 
 def _ablate(scorer: _Scorer, rec: EvalRecord, src, raw: Tensor, cfgs: Dict[str, CamConfig],

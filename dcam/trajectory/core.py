@@ -250,21 +250,13 @@ class Trajectory:
         """:meth:`write_files` into the folder ``out_dir``, whole or not at all
         (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs ``overwrite``)."""
         from ..explanation import _check_max_side
-        from ..output import AtomicFolder, check_output_folder
+        from ..output import AtomicFolder, check_output_folder, moved_paths
 
         max_side = _check_max_side(max_side)  # refused before the folder is touched
         target = check_output_folder(out_dir, overwrite, option="out_dir")
         with AtomicFolder(target, overwrite=overwrite) as tmp:
             written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side)
-        return _relocate(written, tmp, target)
-
-
-def _relocate(paths, old: str, new: str):
-    if isinstance(paths, dict):
-        return {k: _relocate(v, old, new) for k, v in paths.items()}
-    if isinstance(paths, list):
-        return [_relocate(v, old, new) for v in paths]
-    return os.path.join(new, os.path.relpath(paths, old))
+        return moved_paths(written, tmp, target)
 
 
 def _num(v) -> Optional[float]:
