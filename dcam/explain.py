@@ -50,6 +50,7 @@ from .methods import MethodInputs, get_method
 from .ops.backends import BACKENDS
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, batch_key, check_probe_request, probe_batch
+from .probe.adapters.base import block_dtype
 from .probe.hooks import exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
@@ -377,6 +378,8 @@ class Explainer:
             view_maps={k: o.maps.float().cpu() for k, o in outs.items()}
             if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
+            model_dtype=str(block_dtype(self.adapter.blocks()[-1])).replace("torch.", ""),
+            device=str(next((p.device for p in self.model.parameters()), "cpu")),
         )
 
 

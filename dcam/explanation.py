@@ -87,7 +87,10 @@ class Explanation:
     raw_maps: the pooled, min-max normalised maps before refinement
     (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config gives
     that config's maps). extra: ``distractor`` (contrastive position) and
-    ``context_weights`` ``[T, T]``.
+    ``context_weights`` ``[T, T]``. model_dtype / device: the dtype of the model's
+    blocks (its last block's parameters) and the device of its parameters
+    (float16 and bfloat16 maps differ from float32 ones by their rounding:
+    meta.json says which made them).
     """
 
     tokens: List[str]
@@ -120,6 +123,8 @@ class Explanation:
     view_maps: Dict[str, Tensor] = field(default_factory=dict)
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     trajectory: Optional[Any] = None
+    model_dtype: str = ""
+    device: str = ""
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -174,7 +179,8 @@ class Explanation:
             layer=self.layer, target_score=target_score, grid=list(self.grid),
             image_size=list(self.image.size), repeat_ratio=self.repeat_ratio,
             scores=self.scores.tolist(), stats=self.stats_lists(), config=config,
-            model=self.model_name, notes=self.notes, box=list(self.box),
+            model=self.model_name, model_dtype=self.model_dtype, device=self.device, notes=self.notes,
+            box=list(self.box),
             views={view: list(vmaps.shape[1:]) for view, vmaps in self.view_maps.items()},
         )
 

@@ -235,3 +235,19 @@ def test_write_files_refuses_a_folder_in_the_way_before_writing(toy, sample, tmp
     with pytest.raises(InputError, match="^alpha must be a number in"):
         e.write_files(str(tmp_path), alpha=3)
     assert os.listdir(tmp_path) == [name]
+
+
+def test_meta_says_which_dtype_and_device_made_the_maps(toy, sample, tmp_path):
+    # float16 and bfloat16 maps differ from float32 ones (by up to 0.18 on the toy model), and nothing in the
+    # folder said which dtype had made them
+    import copy
+    import json
+
+    model, proc = toy
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    for m, dtype in ((model, "float32"), (half, "bfloat16")):
+        e = Explainer(m, proc).explain(sample.image, response="a red circle", targets=[0])
+        assert (e.model_dtype, e.device) == (dtype, "cpu")
+        e.save(str(tmp_path / dtype))
+        meta = json.load(open(tmp_path / dtype / "meta.json"))
+        assert (meta["model_dtype"], meta["device"]) == (dtype, "cpu")
