@@ -286,8 +286,8 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
                               allow_last_layer, b, grad_sink) for b, (p, t) in enumerate(zip(preps, targets))]
     padded = len({layout_key(p, adapter) for p in preps}) != 1
     if padded and len({batch_key(p, adapter) for p in preps}) != 1:
-        raise InputError("probe_batch: the examples do not share one sequence layout and this model's family is "
-                         "not padded to one; group them by batch_key")
+        raise InputError("probe_batch: the examples do not share one sequence layout and this model cannot pad "
+                         "them to one (its family does not pad, or not these examples); group them by batch_key")
     B = len(preps)
     # each example's image span: one slice of the leaf for all when they share the layout
     img = [p.image_positions for p in preps] if padded else preps[0].image_positions
