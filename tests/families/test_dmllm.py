@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from dcam.explain import Explainer
 from dcam.probe import auto_adapter
@@ -174,13 +175,29 @@ def test_mmada_span_is_the_vq_codes_in_raster_order(models, landscape):
     prep = a.prepare(landscape, "what do you see")
     ids = prep.input_ids[0]
     assert ids[0] == 126089 and ids[1] == 126084 and ids[2 + 64] == 126085  # <|mmu|> <|soi|> ... <|eoi|>
-    # a 64-pixel centre square, 8 pixels per code: 8 x 8 codes
-    side = min(landscape.size)
-    crop = landscape.resize((round(72 * 64 / side), 64), resample=3).crop((25, 0, 89, 64))
+    # a 64-pixel centre square, 8 pixels per code: 8 x 8 codes. As torchvision's Resize(64) and
+    # CenterCrop(64) in MMaDA's image_transform: 72 x 40 -> int(64 * 72 / 40) = int(115.2) = 115 wide,
+    # left int(round(51 / 2)) = round(25.5) = 26 (halves to even; floor division gave 25)
+    crop = landscape.resize((115, 64), resample=3).crop((26, 0, 90, 64))
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)[None] * 2 - 1
     codes = proc.vq_model.get_code(x)[0] + 126464
     assert prep.grid == (8, 8) and torch.equal(ids[prep.image_positions], codes)
-    assert prep.views["image"].box == pytest.approx((25 / 115, 0.0, 89 / 115, 1.0))
+    assert prep.views["image"].box == pytest.approx((26 / 115, 0.0, 90 / 115, 1.0))
+
+
+def test_mmada_square_rounds_as_torchvision_resize_and_center_crop():
+    """The longer side truncated, the offset rounded half to even (hand-worked):
+    640 x 480 -> int(512 * 640 / 480) = int(682.67) = 682 wide, left round(85.0) = 85;
+    333 x 500 -> int(768.77) = 768 high, top round(128.0) = 128;
+    515 x 512 -> 515 wide, left round(1.5) = 2; 513 x 512 -> left round(0.5) = 0."""
+    from dcam.probe.adapters.vq import centre_square
+
+    for (w, h), box in (((640, 480), (85 / 682, 0, 597 / 682, 1)), ((333, 500), (0, 128 / 768, 1, 640 / 768)),
+                        ((515, 512), (2 / 515, 0, 514 / 515, 1)), ((513, 512), (0, 0, 512 / 513, 1)),
+                        ((512, 512), (0, 0, 1, 1))):
+        img = Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8))
+        out, got = centre_square(img, 512)
+        assert out.size == (512, 512) and got == pytest.approx(box), (w, h)
 
 
 def test_dimoo_rows_end_with_newline_tokens(models, landscape):

@@ -155,7 +155,9 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
         s = int(math.isqrt(n))
         pos = image_span(prompt_ids, self.image_token_id)
         if pos.numel() != n or s * s != n:
-            raise InputError(f"image span has {pos.numel()} tokens; Gemma 3 places {n} per image")
+            # (pan-and-scan adds a span per crop: one image's map has no single grid then)
+            raise InputError(f"image span has {pos.numel()} tokens; Gemma 3 places {n} per image (a processor "
+                             "with do_pan_and_scan adds crops: turn it off)")
         return pos, (s, s), {}
 
 

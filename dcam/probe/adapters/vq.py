@@ -61,12 +61,16 @@ class DiMOOProcessor:
 
 
 def centre_square(img: Image.Image, size: int) -> Tuple[Image.Image, Tuple[float, float, float, float]]:
-    """Shorter side resized to ``size`` (bicubic), centre-cropped square; and
-    the crop as fractions of the image."""
+    """Shorter side resized to ``size`` (bicubic), centre-cropped square; and the crop as fractions of
+    the image. Rounded as MMaDA's own transform (torchvision's ``Resize(size)`` then ``CenterCrop``)
+    rounds: the longer side ``int(size * long / short)``, the crop's offset ``int(round(extra / 2))``
+    (Python's round: halves to even). Rounding the side and flooring the offset moved a 640 x 480
+    photo's pixels by one (683 wide, not 682), changing ~2% of its VQ codes."""
     w, h = img.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    left, top = (nw - size) // 2, (nh - size) // 2
+    short, long = min(w, h), max(w, h)
+    side = max(size, int(size * long / short))
+    nw, nh = (side, size) if w >= h else (size, side)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     out = img.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
     return out, (left / nw, top / nh, (left + size) / nw, (top + size) / nh)
 
