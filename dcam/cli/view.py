@@ -34,6 +34,6 @@ def run(args) -> int:
                                  progress=not args.quiet)
     except InputError as exc:  # the run reader's errors are about the folder given as DIR
         raise common.argument_error(exc, {"run": "DIR"}) from None
-    print(f"wrote {summary['page']}: {summary['records']} records on {summary['pages']} page(s)"
-          + (f", {summary['errors']} failed records" if summary["errors"] else ""))
+    print(f"wrote {summary['page']}: {summary['records']} explained records on {summary['pages']} page(s)"
+          + (f" and {summary['errors']} failed ones" if summary["errors"] else ""))
     return 0

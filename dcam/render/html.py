@@ -85,6 +85,7 @@ Viewer.prototype.build=function(){
  r.tabIndex=0;r.addEventListener('keydown',function(e){s.key(e);});
  if(!c.embedded)document.addEventListener('keydown',function(e){if(e.target===document.body)s.key(e);});};
 Viewer.prototype.key=function(e){var k=e.key,d=0;
+ if(e.target&&e.target.tagName==='INPUT')return;
  if(k==='j'||k==='ArrowDown')d=1;else if(k==='k'||k==='ArrowUp')d=-1;
  else if(k==='PageDown'||k==='n')d=this.cfg.per_page;else if(k==='PageUp'||k==='p')d=-this.cfg.per_page;
  else if(k==='ArrowRight'||k==='ArrowLeft'){var r=this.record();if(r&&r.items.length){

@@ -29,8 +29,10 @@ from .writer import _umask
 VIEW = "view"
 
 
-def _save_image(path: Optional[str], out_dir: str, n: int, max_side: int) -> Optional[str]:
-    """The record's image written for the page; its URL relative to the run folder (None if unreadable)."""
+def _save_image(path: Optional[str], out_dir: str, n: int, max_side: int, size=None) -> Optional[str]:
+    """The record's image written for the page; its URL relative to the run folder (None if unreadable,
+    or when it is no longer the ``size`` [W, H] that was explained: an image replaced after the run
+    was shown stretched under maps of another picture; now the maps lie on grey, as for a gone one)."""
     from ..images import load_image
 
     if not path:
@@ -38,6 +40,8 @@ def _save_image(path: Optional[str], out_dir: str, n: int, max_side: int) -> Opt
     try:
         im = load_image(path)
     except InputError:
+        return None
+    if size is not None and list(im.size) != [int(v) for v in size]:
         return None
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side))
@@ -139,7 +143,8 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
             maps, labels = _frames(r)
             rec = record_data(
                 r.id, e["response"], _items(e), maps,
-                _save_image(e.get("image"), tmp, pages.total, max_side), e.get("image_size") or [1, 1],
+                _save_image(e.get("image"), tmp, pages.total, max_side, e.get("image_size")),
+                e.get("image_size") or [1, 1],
                 e.get("grid") or list(r.maps.shape[-2:]), stats=e.get("stats"), metrics=e.get("metrics"),
                 notes=e.get("notes"), where=e.get("where", ""), step_labels=labels)
             if e.get("box"):  # the page lays the maps over the crop the model saw, as the overlays do
@@ -150,9 +155,11 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
         from .store import read_errors
 
         errors = read_errors(root, done)
+        shown_errors = 0
         for err in errors.values():
             if limit is None or pages.total < limit:
                 pages.add(error_data(err["id"], err["reason"], err.get("where", "")))
+                shown_errors += 1
         pages.flush()
         if bar is not None:
             bar.close()
@@ -165,7 +172,8 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
                         page_url=f"{VIEW}/page-%05d.js", metrics_html=_metrics_html(metrics))
     page = os.path.join(root, "index.html")
     write_bytes_atomic(page, page_html(cfg).encode("utf-8"))
-    return {"page": page, "records": pages.total, "pages": pages.pages, "errors": len(errors)}
+    # what the pages hold (with --limit, the failed records past it were counted as written)
+    return {"page": page, "records": pages.total - shown_errors, "pages": pages.pages, "errors": shown_errors}
 
 
 def _frames(r):

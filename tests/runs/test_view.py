@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import dcam
 from dcam.cli import main
@@ -187,6 +188,10 @@ def test_trajectory_gets_a_step_slider(browser, tmp_path, run_manifest):
     assert browser.js("document.querySelector('.steplab').textContent") == " step 1/3"
     browser.click(".words button[data-k='1']")
     assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[1, 1], size)).max() <= TOL
+    # a focused slider takes its arrow keys (the page took them for the word: the slider never moved)
+    browser.js("document.querySelector('input.step').focus()")
+    browser.key("ArrowLeft", "ArrowLeft", 37)
+    assert browser.js("document.querySelector('input.step').value") == "0" and _attr(browser, "data-drawn") == "1:0"
     assert browser.problems() == []
 
 
@@ -317,3 +322,26 @@ def test_a_very_long_word_wraps_inside_the_page(browser, tmp_path):
     widths = browser.js("[document.documentElement.scrollWidth, document.documentElement.clientWidth, "
                         "document.querySelector(\".words button[data-k='1']\").getBoundingClientRect().right]")
     assert widths[0] <= widths[1] and widths[2] <= widths[1]
+
+
+def test_an_image_replaced_after_the_run_is_not_shown_under_its_maps(reference_run, run_manifest, tmp_path, capsys):
+    # an image replaced by another picture after the run was squeezed into the recorded frame under the old
+    # maps; with --limit, the closing line counted failed records the pages did not hold
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    entries = [r.entry for r in dcam.load_run(out)]
+    moved = tmp_path / "other.png"
+    Image.new("RGB", (300, 40), (200, 0, 0)).save(moved)
+    index = os.path.join(out, "index.jsonl")
+    lines = [json.loads(line) for line in open(index)]
+    lines[0]["image"] = str(moved)  # the first record's image is now another picture
+    with open(index, "w") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in lines))
+    capsys.readouterr()
+    assert main(["view", out, "--limit", "3", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": 3 explained records on 1 page(s)")
+    imgs = sorted(os.listdir(os.path.join(out, "view", "img")))
+    assert len(imgs) == 2 and imgs[0] != "000000.png"  # the replaced one is drawn on grey
+    assert entries[0]["image_size"] != [300, 40]
+    assert main(["view", out, "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f": {len(entries)} explained records on 1 page(s) and 5 failed ones")
