@@ -126,10 +126,10 @@ class ExampleBuilder:
             return gen.response_ids, int(gen.steps), "generation", notes
         placeholder = {int(a.image_token_id)} if getattr(a, "image_token_id", None) is not None else set()
         if isinstance(response, str):
-            ids = a.encode_response(response)
+            ids = [int(i) for i in a.encode_response(response)]
         else:
             ids = _token_ids(response)
-            _check_ids_in_vocabulary(a, ids)
+        _check_ids_in_vocabulary(a, ids)  # (text an adapter encodes to ids past its vocabulary too)
         refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
         if isinstance(response, str):
             # an end, padding or mask token written in the text: the words after an end were dropped and the
@@ -183,7 +183,7 @@ class ExampleBuilder:
         img, notes = load_image_with_notes(image, self.background)
         prep0 = a.prepare(img, prompt, None, self.response_length) if response is None else None
         resp_ids, S, source, more = self._response(prep0, response)
-        prep = a.prepare(img, prompt, resp_ids, self.response_length)
+        prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))
         ids = prep.response_ids
         slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
         if not slots:
@@ -220,6 +220,30 @@ def _text_of(slots: List[int], text: str, spans):
             return ""
         return " ".join(text[min(a for a, _ in cover):max(b for _, b in cover)].split())
     return text_of
+
+
+def check_prepared(adapter, prep):
+    """An adapter's ``prepare()`` result checked where a mistake would give wrong maps without a word
+    (negative image positions wrapped round to the text, positions in the response were taken as
+    image tokens) or a deep IndexError; a bug of the adapter, not the user's input: RuntimeError."""
+    who = f"{type(adapter).__name__}.prepare()"
+    ids, pos = prep.input_ids, prep.image_positions
+    if not (isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[0] == 1 and not ids.is_floating_point()):
+        raise RuntimeError(f"{who}: input_ids must be an integer tensor [1, L], got "
+                           f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    L, start = int(ids.shape[1]), int(prep.response_start)
+    if not 0 <= start <= start + int(prep.response_length) <= L:
+        raise RuntimeError(f"{who}: response_start {start} and response_length {prep.response_length} do not fit "
+                           f"a sequence of {L}")
+    if not (isinstance(pos, torch.Tensor) and pos.dim() == 1 and pos.dtype in (torch.int32, torch.int64)):
+        raise RuntimeError(f"{who}: image_positions must be a 1-D integer tensor, got "
+                           f"{pos.dtype if isinstance(pos, torch.Tensor) else type(pos).__name__}")
+    if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= start):
+        raise RuntimeError(f"{who}: image_positions run from {int(pos.min())} to {int(pos.max())}; image tokens lie "
+                           f"in the prompt, positions 0..{start - 1}")
+    if torch.unique(pos).numel() != pos.numel():
+        raise RuntimeError(f"{who}: image_positions repeat a position")
+    return prep
 
 
 def _check_ids_in_vocabulary(adapter, ids: List[int]) -> None:

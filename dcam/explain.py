@@ -125,6 +125,10 @@ class Explainer:
                  view: Optional[str] = None, **adapter_kwargs):
         self.method = get_method(method)
         self.method_name = method
+        if adapter is not None and not isinstance(adapter, ModelAdapter):  # (a class, or a model, went on to fail)
+            raise InputError(f"adapter must be a ModelAdapter instance, got {type(adapter).__name__}")
+        if adapter is not None and model is not None and model is not adapter.model:
+            raise InputError("adapter: it wraps another model than the one given (pass either, or the same)")
         self.adapter = adapter if adapter is not None else auto_adapter(model, processor, **adapter_kwargs)
         self.adapter.check_image_tokens()
         self.model = self.adapter.model
@@ -155,7 +159,9 @@ class Explainer:
     def default_probe(self) -> str:
         """:data:`DEFAULT_DMLLM_PROBE` for diffusion models that support it (and
         methods that accept it), else ``"full"``."""
+        # (an adapter without a mask token cannot mask, whatever its probes list says)
         ok = self.adapter.is_diffusion and DEFAULT_DMLLM_PROBE in self.adapter.probes and \
+            self.adapter.mask_token_id is not None and \
             (self.method.probes is None or DEFAULT_DMLLM_PROBE in self.method.probes)
         return DEFAULT_DMLLM_PROBE if ok else "full"
 

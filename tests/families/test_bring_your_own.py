@@ -26,3 +26,50 @@ def test_the_documented_example_runs():
         assert type(dcam.Explainer(model).adapter).__name__ == "MyAdapter"
     finally:
         ADAPTERS[:] = before  # the example's registration must not leak into other tests
+
+
+def test_an_adapters_mistakes_are_named_not_turned_into_maps():
+    # negative image positions wrapped round to the prompt's text and the response and gave a normal-looking
+    # map; text an adapter encodes to ids past its vocabulary was a torch IndexError (CLI exit 1); an
+    # adapter without a mask token still defaulted to the masked probe; adapter=<the class> was a TypeError
+    from dataclasses import replace
+
+    import pytest
+    import torch
+
+    import dcam
+    from dcam.errors import InputError
+    from dcam.probe.adapters import ADAPTERS
+
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
+    before = list(ADAPTERS)
+    space = {}
+    try:
+        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
+    finally:
+        ADAPTERS[:] = before
+    My, model, image = space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+
+    def shifted(shift):
+        class Wrong(My):
+            def prepare(self, *a, **k):
+                p = super().prepare(*a, **k)
+                return replace(p, image_positions=p.image_positions + shift)
+        return Wrong(model)
+    for shift, why in ((-80, "run from -79 to -16; image tokens lie in the prompt, positions 0..66"),
+                       (3, "run from 4 to 67; image tokens lie in the prompt, positions 0..66")):
+        with pytest.raises(RuntimeError, match=r"^Wrong\.prepare\(\): image_positions " + re.escape(why)):
+            dcam.Explainer(adapter=shifted(shift)).explain(image, response="10 11")
+    with pytest.raises(InputError, match=r"^response: token id 99 is not in the model's vocabulary \(ids 0..63\)"):
+        dcam.Explainer(adapter=My(model)).explain(image, response="10 99")
+
+    class NoMask(My):
+        mask_token_id = None
+    assert dcam.Explainer(adapter=NoMask(model)).explain(image, response="10 11").probe == "full"
+    with pytest.raises(InputError, match="^adapter must be a ModelAdapter instance, got type"):
+        dcam.Explainer(adapter=My)
+    with pytest.raises(InputError, match="^adapter: it wraps another model"):
+        dcam.Explainer(space["MyDMLLM"]().eval(), adapter=My(model))
+    assert torch.equal(dcam.Explainer(model, adapter=My(model)).explain(image, response="10 11").maps,
+                       dcam.Explainer(adapter=My(model)).explain(image, response="10 11").maps)
