@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import Dict
 
@@ -275,6 +276,21 @@ def main(argv=None) -> int:
                  f"got {args.layer}")
     if any(t < 1 for t in args.words):
         ap.error(f"--words must be counts >= 1, got {args.words}")
+    # checked before minutes of measuring, not after (a folder as --json lost the results; -1 threads and
+    # an unavailable device were tracebacks, 0 threads was ignored)
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            ap.error(f"--json: cannot write the file {args.json!r}")
+    from dcam.errors import InputError
+    from dcam.models import check_device
+
+    try:
+        check_device(args.device)
+    except InputError as exc:
+        ap.error(f"--{exc}")
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args) if args.in_process or len(args.words) == 1 else isolated(args)

@@ -65,6 +65,8 @@ def check_device(device: Optional[str]):
         raise InputError(f"device: {device!r} does not exist ({torch.cuda.device_count()} CUDA device(s))")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise InputError(f"device: {device!r} is not available here")
+    if dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):  # (an AssertionError later)
+        raise InputError(f"device: {device!r} is not available here")
     if dev.type not in ("cpu", "cuda", "mps", "xpu"):
         raise InputError(f"device: {device!r} is not supported (use cpu, cuda, cuda:N or mps)")
     return dev

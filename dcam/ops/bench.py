@@ -198,8 +198,9 @@ def run(backends: Optional[List[str]] = None, quick: bool = False, device: str =
     if backends is None:
         backends = [b for b in available_backends()
                     if not (b == "triton" and device != "cuda")]  # interpreter timings mean nothing
-    if "torch" not in backends:
-        backends = ["torch"] + list(backends)
+    # the reference first, each backend once: "x reference" is read off the torch row, so rows
+    # before it had none (--backends cpp,torch), and a repeated name was timed twice
+    backends = ["torch"] + [b for b in dict.fromkeys(backends) if b != "torch"]
     all_cases = cases(device, quick)
     copy_bytes = max(c.bytes_read for c in all_cases)
     # bandwidth cases: the compiled backends are timed in pairs with a plain copy
@@ -216,6 +217,7 @@ def run(backends: Optional[List[str]] = None, quick: bool = False, device: str =
             else:
                 if case.bytes_read:
                     copy_bw = copy_bandwidth(copy_bytes, device, sync)
+                    copies.append(copy_bw)  # (the header's copy range left the reference's copies out)
                 t = time_call(case.make(b), sync=sync, min_time=0.3 if b == "torch" else 0.5,
                               max_reps=5 if b == "torch" else 50)
                 if copy_bw:

@@ -158,3 +158,33 @@ def test_gpu_check_rejects_a_test_timeout_that_is_not_positive(capsys):
         _load_gpu_check().main(["--smoke", "--test-timeout", "0"])
     assert exc.value.code == 2
     assert "--test-timeout must be > 0 seconds, got 0" in capsys.readouterr().err
+
+
+def test_bench_tools_refuse_bad_options_before_measuring(tmp_path, capsys):
+    # each of these measured for minutes first and then lost the results to a traceback (a file as --out or
+    # --json), or was a traceback at once (--threads -1, an unavailable device, --rounds 0)
+    (tmp_path / "afile").write_text("x")
+    small = ["--hidden", "128", "--blocks", "2", "--image-tokens", "48", "--words", "2"]
+    cases = [(_load_gpu_check().main, ["--smoke", "--out", str(tmp_path / "afile")],
+              f"--out: {str(tmp_path / 'afile')!r} exists and is not a folder"),
+             (_load_bench("bench_real_size").main, small + ["--json", str(tmp_path)],
+              f"--json: cannot write the file {str(tmp_path)!r}"),
+             (_load_bench("bench_real_size").main, small + ["--threads", "-1"], "--threads must be >= 1, got -1"),
+             (_load_bench("bench_real_size").main, small + ["--device", "xpu"], "--device: 'xpu' is not available"),
+             (_load_bench("bench_op_overhead").main, ["--rounds", "0"], "--rounds must be >= 1, got 0")]
+    for main, argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err, argv
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_bench_times_the_reference_first_and_each_backend_once(monkeypatch):
+    # --backends cpp,torch gave the cpp rows no "x reference" (read off a torch row not timed yet), and a
+    # repeated name was timed twice
+    case = bench.Case("toy", lambda b: (lambda: None), 4, 0)
+    monkeypatch.setattr(bench, "cases", lambda device, quick: [case])
+    times = iter([2.0, 0.5])
+    monkeypatch.setattr(bench, "time_call", lambda fn, **k: next(times))
+    rows = bench.run(["cpp", "torch", "cpp"], quick=True)["rows"]
+    assert [(r["backend"], r["ratio_to_reference"]) for r in rows] == [("torch", 1.0), ("cpp", 4.0)]
