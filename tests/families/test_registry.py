@@ -138,6 +138,13 @@ def test_a_family_forced_on_a_model_it_does_not_fit_is_refused_naming_family(mod
             auto_adapter(model, proc, family=forced)
         assert auto_adapter(model, proc, family=name).family == name
 
+    class Plain(nn.Module):  # no config at all: an AttributeError in lavida's, shapes' and diffusion-gemma's adapters
+        pass
+    for name in ("lavida", "llada-v", "lavida-dream", "shapes", "diffusion-gemma", "mmada"):
+        with pytest.raises(InputError, match=rf"^family: Plain \(config.model_type None\) lacks the transformer "
+                                             rf"blocks of the {name} family"):
+            auto_adapter(Plain(), None, family=name)
+
     class Custom(nn.Module):  # detected as no family: family= is how such a model is explained
         def __init__(self):
             super().__init__()

@@ -58,8 +58,8 @@ def _forced_adapter(fam: Family, model, processor, **kwargs) -> ModelAdapter:
     if detected is not None and detected.name != fam.name:
         raise InputError(f"family: {_found(model)} is a {detected.name} model, not {fam.name} "
                          f"(leave family out to detect it)")
-    adapter = fam.adapter_class()(model, processor, **kwargs)
-    try:
+    try:  # (a model without the family's config, e.g. a plain nn.Module, failed in the adapter's constructor)
+        adapter = fam.adapter_class()(model, processor, **kwargs)
         adapter.blocks()
     except AttributeError:
         raise InputError(f"family: {_found(model)} lacks the transformer blocks of the {fam.name} family "
