@@ -229,3 +229,17 @@ class HeadAtRows:
     def remove(self):
         self.handle.remove()
         self.out_handle.remove()
+
+
+def shape_of(x) -> str:
+    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+
+
+def whole_logits(adapter, logits, length: int) -> Tensor:
+    """The logits of a whole forward of ``adapter``, ``[B, length, V]``: anything else is the adapter's bug
+    (logits cut at the front read every score one position off without a word)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 3 or logits.shape[1] != length:
+        raise RuntimeError(f"{type(adapter).__name__}.forward_logits returned {shape_of(logits)}; expected "
+                           f"logits [B, {length}, V], one row per position of the sequence")
+    return logits
+

@@ -64,6 +64,20 @@ def test_an_adapters_mistakes_are_named_not_turned_into_maps():
     with pytest.raises(InputError, match=r"^response: token id 99 is not in the model's vocabulary \(ids 0..63\)"):
         dcam.Explainer(adapter=My(model)).explain(image, response="10 99")
 
+    class Cut(My):  # logits cut at the front: every score read one position off
+        def forward_logits(self, input_ids, model_inputs):
+            return super().forward_logits(input_ids, model_inputs)[:, 1:]
+
+    class CutNoHead(Cut):
+        def lm_head_weight(self):
+            raise NotImplementedError
+    with pytest.raises(RuntimeError, match=r"^Cut\.forward_logits: the LM head ran 1 times and the model returned a "
+                                           r"tensor of shape \(1, 1, 64\)"):
+        dcam.Explainer(adapter=Cut(model)).explain(image, response="10 11")
+    with pytest.raises(RuntimeError, match=r"^CutNoHead\.forward_logits returned a tensor of shape \(1, 68, 64\); "
+                                           r"expected logits \[B, 69, V\]"):
+        dcam.Explainer(adapter=CutNoHead(model)).explain(image, response="10 11")
+
     class NoMask(My):
         mask_token_id = None
     assert dcam.Explainer(adapter=NoMask(model)).explain(image, response="10 11").probe == "full"

@@ -33,7 +33,7 @@ from ...errors import InputError
 from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
 from ...words import decode_shown
-from ..hooks import HeadAtRows, gather_rows
+from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
 from ..rows import LastBlockAtRows, supports_rows
 
 #: Probe modes, see :mod:`dcam.probe.gradients`.
@@ -387,7 +387,7 @@ class ModelAdapter:
         head = self.output_head()
         self.scored_rows = None
         if head is None:
-            return gather_positions(run(), positions)
+            return gather_positions(whole_logits(self, run(), length), positions)
         # a plain nn.Linear with no hook of anyone's computes exactly h W^T + b: a subclass or a hook
         # may soft-cap or scale inside the call, where comparing the output with the logits cannot see it
         plain = type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks and \
@@ -398,11 +398,12 @@ class ModelAdapter:
         finally:
             hook.remove()
         if hook.calls == 0:
-            return gather_positions(logits, positions)
+            return gather_positions(whole_logits(self, logits, length), positions)
         P = positions.shape[-1]
-        if hook.calls != 1 or logits.shape[1] != P:
-            raise RuntimeError(f"the LM head ran {hook.calls} times and the model returned logits of shape "
-                               f"{tuple(logits.shape)}; expected one call and {P} positions")
+        if hook.calls != 1 or not isinstance(logits, Tensor) or logits.dim() != 3 or logits.shape[1] != P:
+            raise RuntimeError(f"{type(self).__name__}.forward_logits: the LM head ran {hook.calls} times and the "
+                               f"model returned {shape_of(logits)}; expected one call and logits [B, {P}, V] "
+                               "at the scored rows (the head's output as it is)")
         # the head's input at the scored rows and the head, when the model returns the head's output
         # as it is (no soft-capping or scaling after it): the probe differentiates the words' scores
         # through them (dcam.probe.gradients.head_scores)
