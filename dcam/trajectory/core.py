@@ -359,6 +359,9 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
     if tuple(gen.states.shape) != (S, prep.response_length) or gen.decided_at.shape[0] != prep.response_length:
         raise RuntimeError(f"the {a.name} adapter recorded states {tuple(gen.states.shape)} and decided_at "
                            f"{tuple(gen.decided_at.shape)} for {S} steps and {prep.response_length} slots")
+    if bool(((gen.decided_at < 0) | (gen.decided_at >= S)).any()):  # (an IndexError in the per-word numbers)
+        raise RuntimeError(f"the {a.name} adapter recorded decided_at {gen.decided_at.tolist()}: each slot's step "
+                           f"must lie in 0..{S - 1}")
     items = [list(it.slots) for it in ex.items]
     chunk = chunk or _rows_per_batch(explainer, prep, (S + 1) * len(items), sum(len(it) for it in items) + 1)
     states = torch.cat([gen.states.long(), torch.tensor([resp_ids], dtype=torch.long)], 0)  # + the finished response

@@ -1,6 +1,7 @@
 """The recorded states are the sampler's: an independent replay of greedy
 low-confidence remasking, step by step, gives the same states entering every
 step, the same response and the same step of every commit."""
+import pytest
 import torch
 
 from dcam.trajectory import explain_trajectory
@@ -80,3 +81,21 @@ def test_recording_does_not_change_what_is_generated(bundled, shapes_image):
     plain, recorded = a.generate(prep, 6), a.generate(prep, 6, record=True)
     assert plain.response_ids == recorded.response_ids and plain.steps == recorded.steps == 6
     assert plain.states is None and recorded.states.dtype == torch.long and recorded.decided_at.dtype == torch.long
+
+
+def test_an_adapters_decision_steps_outside_the_steps_are_named(tiny_explainer, image):
+    # decided_at past the last step (or negative) was an IndexError deep in the per-word numbers
+    a = tiny_explainer.adapter
+    generate = a.generate
+
+    def late(*args, **kw):
+        g = generate(*args, **kw)
+        g.decided_at = g.decided_at + 10
+        return g
+    a.generate = late
+    try:
+        with pytest.raises(RuntimeError, match=r"adapter recorded decided_at \[.*\]: each slot's step must lie in "
+                                               r"0\.\.3$"):
+            explain_trajectory(tiny_explainer, image, steps=4)
+    finally:
+        del a.generate
