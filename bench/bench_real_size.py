@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Dict
 
@@ -280,17 +279,15 @@ def main(argv=None) -> int:
     # an unavailable device were tracebacks, 0 threads was ignored)
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if os.path.isdir(args.json) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            ap.error(f"--json: cannot write the file {args.json!r}")
     from dcam.errors import InputError
     from dcam.models import check_device
+    from dcam.output import check_output_file
 
     try:
+        check_output_file(args.json, "--json", overwrite=True)  # (the bench replaces its own results)
         check_device(args.device)
     except InputError as exc:
-        ap.error(f"--{exc}")
+        ap.error(str(exc) if str(exc).startswith("--") else f"--{exc}")
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args) if args.in_process or len(args.words) == 1 else isolated(args)

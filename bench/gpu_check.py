@@ -110,14 +110,13 @@ def main(argv=None) -> int:
     if not args.test_timeout > 0:
         ap.error(f"--test-timeout must be > 0 seconds, got {args.test_timeout:g}")
     # the folder is checked before ~5 minutes of measuring, not after (a file there lost them all)
-    out = os.path.abspath(args.out or ".")
-    if os.path.exists(out) and not os.path.isdir(out):
-        ap.error(f"--out: {args.out!r} exists and is not a folder")
-    parent = out
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        ap.error(f"--out: cannot write into {parent!r}")
+    from dcam.errors import InputError
+    from dcam.runs.folder import check_folder
+
+    try:
+        check_folder(args.out)
+    except InputError as exc:
+        ap.error(str(exc))
     import torch
 
     if torch.cuda.is_available():
