@@ -19,7 +19,7 @@ import os
 import platform
 import shutil
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from ..errors import InputError
 from .store import LOCK, RUN_JSON, read_json, remove_debris, scan_index, write_json_atomic
@@ -158,11 +158,13 @@ def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, An
 
 
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any],
-            check_records: Optional[Callable[[str], None]] = None) -> FolderLock:
+            check_records=None) -> FolderLock:
     """Rank 0, before any rank writes: lock the folder, refuse a different
-    run (and, through ``check_records(root)``, records the source changed since),
-    empty it for ``overwrite``, delete a killed process's debris and write
-    ``run.json`` (status ``running``). Returns the held lock."""
+    run (and records the source changed since: ``check_records`` sees every
+    index line of the one scan of the index, then its ``check()`` raises;
+    :class:`dcam.runs.runner.UnchangedRecords`), empty it for ``overwrite``,
+    delete a killed process's debris and write ``run.json`` (status
+    ``running``). Returns the held lock."""
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:  # a parent that passes every check and still refuses folders (/proc)
@@ -186,9 +188,9 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
                 diff = _differences(old.get("identity", {}), identity) or ["fingerprint"]
                 raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
                                  f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")
-            if check_records is not None:
-                check_records(root)
-        _, shards, _ = scan_index(root)
+        _, shards, _ = scan_index(root, visit=check_records)
+        if check_records is not None:
+            check_records.check()
         remove_debris(root, shards)
         write_json_atomic(os.path.join(root, RUN_JSON), dict(
             old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),

@@ -31,7 +31,7 @@ from .progress import RunProgress
 from ..eval.alignment import item_slots
 from .records import ground_truth, record_metrics
 from .sources import RunSource
-from .store import INDEX_PARTS, iter_index, part_name, parts, scan_index
+from .store import INDEX_PARTS, part_name, parts, scan_index
 from .writer import RecordWriter, write_overlays
 
 
@@ -212,23 +212,30 @@ def _check_same_overlays(root: str, overlays: bool) -> None:
                      f"{'with' if before else 'without'} --overlays (dcam view shows every map), or pass --overwrite")
 
 
-def check_unchanged(root: str, source: RunSource) -> None:
-    """Refuse a resume over records whose manifest lines changed since they were explained: the
+class UnchangedRecords:
+    """Refuses a resume over records whose manifest lines changed since they were explained: the
     resume skips a record by its id, and kept its old maps under the new line without a word.
+    Called with every index line (``prepare``'s one scan of the index), then :meth:`check`.
     (Index lines written before digests were kept are not checked.)"""
-    where = {rid: i for i, rid in enumerate(source.ids)}
-    changed = []
-    for obj in iter_index(root):
-        i = where.get(obj["id"])
-        if i is not None and "source_digest" in obj and obj["source_digest"] != source.digest(i):
-            changed.append(i)
-    if changed:
-        changed.sort()
-        first = changed[0]
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise InputError(f"MANIFEST: {source.where(first)} (id {source.ids[first]!r}){more} changed since it was "
-                         f"explained into {root!r}, whose maps a resume would keep; give a changed record a new id, "
-                         "or pass --overwrite")
+
+    def __init__(self, root: str, source: RunSource):
+        self.root, self.source = root, source
+        self.where = {rid: i for i, rid in enumerate(source.ids)}
+        self.changed: List[int] = []
+
+    def __call__(self, obj: dict) -> None:
+        i = self.where.get(obj["id"])
+        if i is not None and "source_digest" in obj and obj["source_digest"] != self.source.digest(i):
+            self.changed.append(i)
+
+    def check(self) -> None:
+        if not self.changed:
+            return
+        first, src = min(self.changed), self.source
+        more = f" (and {len(self.changed) - 1} more)" if len(self.changed) > 1 else ""
+        raise InputError(f"MANIFEST: {src.where(first)} (id {src.ids[first]!r}){more} changed since it was "
+                         f"explained into {self.root!r}, whose maps a resume would keep; give a changed record a new "
+                         "id, or pass --overwrite")
 
 
 def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOptions] = None, dist: Optional[Dist] = None,
@@ -263,7 +270,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
             refuse_current_folder(root)
         else:
             _check_same_overlays(root, opts.overlays)
-        return prepare(root, identity, opts.overwrite, header, lambda r: check_unchanged(r, source))
+        return prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source))
     lock = dist.on_rank0(start)
     try:
         done, _, _ = scan_index(root)
@@ -284,4 +291,4 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
             lock.release()
 
 
-__all__ = ["RunOptions", "run_dataset", "share", "explain_records", "index_entry", "check_unchanged"]
+__all__ = ["RunOptions", "run_dataset", "share", "explain_records", "index_entry", "UnchangedRecords"]

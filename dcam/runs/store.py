@@ -35,7 +35,7 @@ import heapq
 import json
 import os
 import time
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from ..errors import InputError, one_line
 
@@ -157,12 +157,15 @@ def iter_index(root: str) -> Iterator[dict]:
             yield obj
 
 
-def scan_index(root: str) -> Tuple[Set[str], Set[str], int]:
-    """(ids done, shard files referenced, words) over the whole index."""
+def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tuple[Set[str], Set[str], int]:
+    """(ids done, shard files referenced, words) over the whole index; ``visit(line)`` sees every
+    index line on the way (a check that needs them reads the index once with this scan, not again)."""
     done: Set[str] = set()
     shards: Set[str] = set()
     words = 0
     for obj in iter_index(root):
+        if visit is not None:
+            visit(obj)
         rid = obj["id"]
         if rid in done:
             raise InputError(f"run: record {rid!r} is twice in the index of {root}")
