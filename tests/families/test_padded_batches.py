@@ -75,9 +75,13 @@ def test_examples_of_other_lengths_share_one_padded_forward(name, models):
     for e, one in zip(batch, ones):
         assert e.tokens == one.tokens and e.response == one.response and e.grid == one.grid
         torch.testing.assert_close(e.scores, one.scores, atol=1e-5, rtol=1e-5)
-        # the maps are min-max normalised after the refinements: a rounding difference of the padded
-        # forward (reductions of another length, ~1e-6 relative) comes out up to ~1.6e-4 on the weakest maps
-        torch.testing.assert_close(e.maps, one.maps, atol=2e-4, rtol=0)
+        # the maps are min-max normalised: a rounding difference of the padded forward (reductions of
+        # another length, ~5e-7 relative in the gradients) is divided by each map's range. The tiny random
+        # Dream-VL's pooled maps are nearly flat (range ~1/200 of their mean), so there it comes out at
+        # 8e-5 in the raw maps and 2.1e-4 after the refinements (measured on a Zen 4); elsewhere <= 3e-5
+        atol = 1e-3 if name == "dream-vl" else 2e-4
+        torch.testing.assert_close(e.raw_maps, one.raw_maps, atol=atol / 2, rtol=0)
+        torch.testing.assert_close(e.maps, one.maps, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("name,mode", [(n, m) for n in PADDED for m in ("full", "masked")
