@@ -50,11 +50,27 @@ def check_float32_range(name: str, x: Tensor) -> None:
 
 
 def refuse_meta_check(name: str, x: Tensor) -> None:
-    """A meta tensor has a shape and no values: a value check cannot run on it (it
-    raised torch's ``item()`` RuntimeError); the caller asks for no check instead."""
+    """A tensor without values to branch on cannot be checked for NaN/Inf (the check
+    failed with torch's raw errors); the caller asks for no check instead. A meta tensor
+    has a shape only, a fake tensor (``FakeTensorMode``, export's tracing) the same, and
+    inside ``torch.vmap`` a check would branch on the values of every batch at once."""
+    what = _valueless(x)
+    if what:
+        raise InputError(f"{name} is {what}: nothing to check for NaN/Inf; pass check_finite=False")
+
+
+def _valueless(x: Tensor) -> str:
     if x.device.type == "meta":
-        raise InputError(f"{name} is a meta tensor (a shape without values): nothing to check for NaN/Inf; "
-                         "pass check_finite=False")
+        return "a meta tensor (a shape without values)"
+    if torch.compiler.is_compiling():  # dynamo traces values symbolically: the check graph-breaks there
+        return ""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(x):
+        return "a fake tensor (a shape without values)"
+    if torch._C._functorch.is_batchedtensor(x):
+        return "batched by torch.vmap (the check would branch on the values of the whole batch)"
+    return ""
 
 
 def check_tensor(name: str, x, *, ranks: Sequence[int], float_only: bool = True) -> Tensor:

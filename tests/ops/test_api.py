@@ -218,6 +218,30 @@ def test_meta_tensors_give_shapes_through_the_ops_and_clear_errors_elsewhere():
         dcam.refine(torch.rand(2, 3, *grid), steps=torch.empty(2, device="meta"))
 
 
+
+def test_fake_and_vmapped_tensors_ask_for_no_value_check(quiet):
+    # a value check branches on the values: a fake tensor (FakeTensorMode, export's tracing) raised
+    # torch's DataDependentOutputException, torch.vmap a RuntimeError about data-dependent control flow
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    a, g, grid = _inputs()
+    raw = torch.rand(2, 3, *grid)
+    calls = {"acts": lambda a, g, r: dcam.pool_gradients(a, g, grid), "grads": lambda a, g, r: dcam.channel_weights(g),
+             "raw_maps": lambda a, g, r: dcam.refine(r, steps=24, image_size=64)}
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in (a, g, raw)]
+        for name, call in calls.items():
+            with raises_input_error(name, re.escape(f"{name} is a fake tensor (a shape without values): nothing "
+                                                    "to check for NaN/Inf; pass check_finite=False")):
+                call(*fake)
+        assert dcam.pool_gradients(*fake[:2], grid, check_finite=False).maps.shape == (2, 3, *grid)
+    for name, call in calls.items():
+        with raises_input_error(name, re.escape(f"{name} is batched by torch.vmap")):
+            torch.vmap(lambda a, g, r: call(a[None], g[None], r[None]))(a, g, raw)
+    # without the check vmap runs, equal to one call per example
+    per_example = torch.vmap(lambda a, g: dcam.pool_gradients(a[None], g[None], grid, check_finite=False).maps[0])
+    torch.testing.assert_close(per_example(a, g), dcam.pool_gradients(a, g, grid).maps, atol=0, rtol=0)
+
 def test_reference_backend_outputs_do_not_require_grad():
     # backend="torch" called the reference directly, under autograd: its maps required grad
     a, g, grid = _inputs()
