@@ -131,7 +131,7 @@ def channel_weights_reference(grads: Tensor, grad_relu: bool = True) -> Tensor:
 def normalised_raw_maps(raw: Tensor, B: int, T: int, h: int, w: int) -> Tuple[Tensor, Tensor]:
     """Raw pooled maps [B, T, N] -> (min-max normalised maps [B, T, h, w], degenerate [B, T]);
     a constant map comes out all 0 and is flagged."""
-    raw = raw.reshape(B * T, -1)
+    raw = raw.reshape(B * T, h * w)  # (sizes given: -1 cannot be inferred with no maps)
     lo = raw.min(dim=1, keepdim=True).values
     hi = raw.max(dim=1, keepdim=True).values
     degenerate = ~(hi > lo)[:, 0]
@@ -371,6 +371,10 @@ def refine_reference(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size:
     dacg_threshold f32 [B,T], cba_threshold f32 [B,T], sicd_alpha f32 [B,T])."""
     B, T, h, w = raw.shape
     M = B * T
+    if M == 0:  # no maps (a direct op call; the public functions refuse them): the outputs' shapes and dtypes
+        empty = lambda dt: raw.new_zeros((B, T), dtype=dt)  # noqa: E731
+        return (raw.new_zeros((B, T, h, w), dtype=torch.float32), empty(torch.int32), empty(torch.int32),
+                empty(torch.float32), empty(torch.float32), empty(torch.float32))
     r = raw.float().reshape(M, h, w)
     deg = degenerate.reshape(M)
     per_map = lambda x: x.float().reshape(B, 1).expand(B, T).reshape(M)  # noqa: E731

@@ -59,7 +59,8 @@ def _grad_mean(grads: Tensor, grad_relu: bool, check_grads: bool) -> Tuple[Tenso
         grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
         GRAD_RELU=grad_relu, CHECK=check_grads, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     # a device-side reduction of the per-program flags (no host sync)
-    nonfinite = bad.amax().bool() if check_grads else torch.zeros((), device=dev, dtype=torch.bool)
+    nonfinite = (bad.amax().bool() if check_grads and bad.numel()  # (no slices: nothing to flag)
+                 else torch.zeros((), device=dev, dtype=torch.bool))
     return weights, nonfinite
 
 

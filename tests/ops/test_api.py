@@ -874,3 +874,26 @@ def test_derivatives_are_refused_under_compile_for_per_image_values_and_on_the_o
     # vmap is no derivative: it still runs, equal to a loop
     batched = torch.func.vmap(lambda a: op(a[None], grads, 3, 4, True, False)[0][0])(acts.expand(2, 12, 5))
     torch.testing.assert_close(batched, op(acts, grads, 3, 4, True, False)[0].expand(2, 2, 3, 4))
+
+
+@pytest.mark.parametrize("B,T", [(2, 0), (0, 2)])
+def test_every_kernel_of_every_op_takes_no_maps(B, T):
+    # the public functions refuse empty tensors, but a direct op call reaches the kernels: with no
+    # (image, word) slice the reference (the default body on meta, MPS, XPU) raised "cannot reshape
+    # tensor of 0 elements" and Triton amax() of no flags, where the C++ kernel gave empty outputs
+    h, w, D = 4, 5, 16
+    acts, grads, weights = torch.randn(B, h * w, D), torch.randn(B, T, h * w, D), torch.randn(B, T, D)
+    refine_args = (torch.rand(B, T, h, w), torch.zeros(B, T, dtype=torch.bool), torch.full((B,), 64.),
+                   torch.full((B,), 512.), torch.zeros(B), None, None, 0, True, True, True, 1,
+                   [0.22, 0.35, 0.25, 90., 75., 80., 85., 0.3], [0.15, 0.15, 0.2, 0.015, 0.5])
+    want = {"pool_gradients": ((acts, grads, h, w, True, True), [(B, T, h, w), (B, T), ()]),
+            "channel_weights": ((grads, True, True), [(B, T, D), ()]),
+            "weighted_maps": ((acts, weights, h, w), [(B, T, h, w), (B, T)]),
+            "refine": (refine_args, [(B, T, h, w)] + [(B, T)] * 5)}
+    for name, (args, shapes) in want.items():
+        for backend in ["torch"] + [b for b in ("cpp", "triton") if b in dcam.available_backends()]:
+            out = library.implementation(name, backend)(*args)
+            assert [tuple(o.shape) for o in out] == shapes, (name, backend)
+            assert not any(bool(o.any()) for o in out), (name, backend)  # no NaN/Inf flagged, nothing degenerate
+        meta = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+        assert [tuple(o.shape) for o in getattr(torch.ops.dcam, name)(*meta)] == shapes  # the reference body
