@@ -158,6 +158,20 @@ int main(void) {
         cfg.akd_kernel = 3;  /* steps and image_size unread: not checked */
         printf("err unread_steps %d\n", dcam_refine(raw, NULL, bad, bad, bad, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                                     NULL, NULL, NULL, NULL, NULL));
+        {   /* NaN/Inf maps: the reference's maps would be NaN (these gave finite maps) */
+            float nan_raw[9], inf_ctx[9], one[1] = {1.0f};
+            for (int i = 0; i < 9; ++i) nan_raw[i] = inf_ctx[i] = raw[i];
+            nan_raw[4] = NAN;
+            inf_ctx[8] = INFINITY;
+            printf("err nan_raw %d\n", dcam_refine(nan_raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg,
+                                                   out, NULL, NULL, NULL, NULL, NULL));
+            cfg.sicd = DCAM_SICD_CONTEXT;
+            printf("err inf_context_map %d\n", dcam_refine(raw, NULL, steps, size, rho, inf_ctx, one, 1, 1, 3, 3,
+                                                           &cfg, out, NULL, NULL, NULL, NULL, NULL));
+            cfg.sicd = DCAM_SICD_OFF;  /* context maps unread: not checked */
+            printf("err unread_context_map %d\n", dcam_refine(raw, NULL, steps, size, rho, inf_ctx, NULL, 1, 1, 3,
+                                                              3, &cfg, out, NULL, NULL, NULL, NULL, NULL));
+        }
         cfg = keep;
     }
     printf("err dtype %d\n", dcam_pool_gradients(A, G, (dcam_dtype)7, 1, 1, 3, 2, 1, maps, pdeg));
@@ -433,7 +447,8 @@ def test_error_codes(program_output):
                     "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2",
                     "nan_sigma": "4", "zero_sigma": "4", "percentile": "4", "floor": "4",
                     "nan_context_weight": "6", "negative_context_weight": "6", "nan_rho": "6", "rho_past_1": "6",
-                    "nan_steps": "6", "negative_steps": "6", "zero_size": "6", "unread_steps": "0"}
+                    "nan_steps": "6", "negative_steps": "6", "zero_size": "6", "unread_steps": "0",
+                    "nan_raw": "6", "inf_context_map": "6", "unread_context_map": "0"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
     assert _lines(program_output, "untouched") == [["weights", "1", "-7"], ["checked", "1", "-7"]]
 

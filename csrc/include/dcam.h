@@ -95,9 +95,10 @@ typedef enum { DCAM_F32 = 0, DCAM_F16 = 1, DCAM_BF16 = 2 } dcam_dtype;
 #define DCAM_EINVAL_CONFIG 4 /* bad refine config (kernel size, sicd mode, a
                               * parameter outside its range or NaN)           */
 #define DCAM_ENOMEM 5        /* scratch allocation failed                      */
-#define DCAM_EINVAL_VALUE 6  /* dcam_refine: a steps, image_size, repeat_ratio
-                              * or context_weights value it reads outside its
-                              * range, or NaN (see dcam_refine)                */
+#define DCAM_EINVAL_VALUE 6  /* dcam_refine: a raw or context_maps value that is
+                              * NaN or +-Inf, or a steps, image_size,
+                              * repeat_ratio or context_weights value it reads
+                              * outside its range, or NaN (see dcam_refine)    */
 
 /* SICD modes (dcam_refine_config.sicd). */
 #define DCAM_SICD_OFF 0
@@ -205,7 +206,7 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
  * Sections 2-7 of the contract: refine B*T raw maps of h x w and report the
  * per-map statistics.
  *
- *   raw             [B, T, h, w] float32 raw maps (section 1 output, normally in [0, 1]).
+ *   raw             [B, T, h, w] float32 raw maps, finite (section 1 output, normally in [0, 1]).
  *   degenerate      [B, T] flags (nonzero = the raw map was constant): such a map comes out all 0
  *                   with strategy -1 and thresholds/alpha 0 (its kernel size is still reported).
  *                   May be NULL (no map degenerate).
@@ -231,7 +232,8 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
  *   Each statistics pointer may be NULL when that statistic is not wanted.
  *
  * A value these rules refuse (NaN included) gives DCAM_EINVAL_VALUE; only the values the
- * configuration reads are checked. Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
+ * configuration reads are checked, and the maps (raw; context_maps in context mode) must be
+ * finite (NaN/Inf gives DCAM_EINVAL_VALUE: the reference's maps would be NaN). Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
  */
 int dcam_refine(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
                 const float* repeat_ratio, const float* context_maps, const float* context_weights,
