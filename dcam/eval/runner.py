@@ -335,6 +335,10 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     if not isinstance(dataset, (str, EvalDataset, list, tuple)):
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")
+    if isinstance(dataset, (list, tuple)):  # (one that is not a record was an AttributeError mid-run)
+        bad = next((k for k, r in enumerate(dataset) if not isinstance(r, EvalRecord)), None)
+        if bad is not None:
+            raise InputError(f"dataset[{bad}] must be an EvalRecord, got {type(dataset[bad]).__name__}")
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
     _refuse_unused(methods, config, layer, bool(ablation or sweep or sweep_probes or sweep_layers), given_score)
     cmp = _Comparison(factory, methods, config, layer, probe, target_score, prompt, ablation,

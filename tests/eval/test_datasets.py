@@ -366,6 +366,15 @@ def test_malformed_coco_files_are_refused_naming_file_and_entry(tmp_path):
     assert broken("g", lambda d: dict(d, images={"id": 1})) == "dataset: FILE: 'images' must be a list, got dict"
     assert broken("h", drop("annotations", 0, "caption"), captions=True) == \
         "dataset: FILE: annotations[0] has no 'caption'"
+    # a null name or caption was read as the word "None" (a category silently never matched); a height
+    # of "abc" or null was a ValueError / TypeError traceback once the record came up
+    assert broken("j", lambda d: dict(d, categories=[dict(d["categories"][0], name=None)])) == \
+        "dataset: FILE: categories[0].name must be a non-empty string, got None"
+    assert broken("k", lambda d: dict(d, annotations=[dict(d["annotations"][0], caption=None)]), captions=True) == \
+        "dataset: FILE: annotations[0].caption must be a non-empty string, got None"
+    for side, bad in (("height", "abc"), ("width", None), ("height", 64.7)):
+        assert broken(f"l{side}{bad!r}", lambda d, s=side, b=bad: dict(d, images=[dict(d["images"][0], **{s: b})])) \
+            == f"dataset: FILE: images[0].{side} must be a whole number of pixels, got {bad!r}"
 
 
 def test_an_explicit_coco_split_the_folder_lacks_is_refused(tmp_path):

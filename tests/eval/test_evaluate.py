@@ -185,6 +185,7 @@ def test_sweep_counts_the_records_it_scored_and_says_which_it_skipped(tiny, tmp_
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"dataset": 5}, "dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, got int"),
+    ({"dataset": (1, 2)}, "dataset[0] must be an EvalRecord, got int"),  # was an AttributeError mid-run
     ({"n": 1.5}, "n must be an int >= 1, got 1.5"),  # was "size must be ...", an argument evaluate() lacks
     ({"batch_size": 0, "faithfulness": True}, "batch_size must be an int >= 1, got 0"),  # was range()'s ValueError
     ({"sweep_n": True}, "sweep_n must be an int >= 1, got True"),

@@ -81,15 +81,24 @@ def _entries(path: str, data: dict, key: str, required: Sequence[str]):
     return list(enumerate(items))
 
 
-def _int(path: str, key: str, k: int, entry: dict, field: str) -> int:
-    """``entry[field]`` as an int (COCO's ids), or InputError naming the file and the entry."""
+def _int(path: str, key: str, k: int, entry: dict, field: str, what: str = "an integer id") -> int:
+    """``entry[field]`` as an int (COCO's ids, an image's height and width), or InputError naming
+    the file and the entry."""
     v = entry[field]
     try:
         if isinstance(v, bool) or not isinstance(v, (int, str)):
             raise ValueError
         return int(v)  # (a str of another script's digits, "²", or "--5" is a ValueError too)
     except ValueError:
-        raise InputError(f"{path}: {key}[{k}].{field} must be an integer id, got {v!r}") from None
+        raise InputError(f"{path}: {key}[{k}].{field} must be {what}, got {v!r}") from None
+
+
+def _text(path: str, key: str, k: int, entry: dict, field: str) -> str:
+    """``entry[field]``, a string (a category's name, a caption): null was read as the word "None"."""
+    v = entry[field]
+    if not isinstance(v, str) or not v.strip():
+        raise InputError(f"{path}: {key}[{k}].{field} must be a non-empty string, got {v!r}")
+    return v
 
 
 class CocoEval(EvalDataset):
@@ -110,9 +119,14 @@ class CocoEval(EvalDataset):
         # the entries every record reads, checked here: one malformed entry was a KeyError traceback,
         # some only once the model was loaded and the record came up
         entries = _entries(instances_json, inst, "categories", ("id", "name"))
-        self.categories = {_int(instances_json, "categories", k, c, "id"): str(c["name"]) for k, c in entries}
-        self.images = {_int(instances_json, "images", k, im, "id"): im
-                       for k, im in _entries(instances_json, inst, "images", ("id",))}
+        self.categories = {_int(instances_json, "categories", k, c, "id"): _text(instances_json, "categories", k, c,
+                                                                                 "name") for k, c in entries}
+        self.images = {}
+        for k, im in _entries(instances_json, inst, "images", ("id",)):
+            for side in ("height", "width"):  # (a record compares them with its image's size)
+                if side in im:
+                    im[side] = _int(instances_json, "images", k, im, side, "a whole number of pixels")
+            self.images[_int(instances_json, "images", k, im, "id")] = im
         self.anns: Dict[int, List[dict]] = {}
         for k, a in _entries(instances_json, inst, "annotations", ("image_id", "category_id")):
             _int(instances_json, "annotations", k, a, "category_id")
@@ -132,7 +146,7 @@ class CocoEval(EvalDataset):
                 iid = _int(captions_json, "annotations", k, a, "image_id")
                 aid = _int(captions_json, "annotations", k, a, "id") if "id" in a else k
                 if iid not in best or aid < best[iid][0]:
-                    best[iid] = (aid, str(a["caption"]).strip())
+                    best[iid] = (aid, _text(captions_json, "annotations", k, a, "caption").strip())
             self.captions = {k: v[1] for k, v in best.items()}
         phrases: Dict[Tuple[str, ...], str] = {}
         names = set(self.categories.values())
