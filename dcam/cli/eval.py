@@ -138,7 +138,7 @@ def _refuse_what_the_data_set_ignores(args) -> None:
 
 #: evaluate()'s arguments as dcam eval's options (:func:`common.argument_error`)
 EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size",
-                "layer": "--layer", "target_score": "--target-score",
+                "layer": "--layer", "target_score": "--target-score", "probe": "--probe",
                 "sweep_layers": "--sweep-layers", "config": "--cam"}
 
 

@@ -54,12 +54,19 @@ def check_probe_request(adapter: ModelAdapter, layer: Optional[int], probe: Opti
         if probe not in PROBES:
             raise InputError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
         if probe not in adapter.probes:
-            raise InputError(f"probe={probe!r} is not supported by the {adapter.name} model "
+            raise InputError(f"probe={probe!r} is not supported by the {adapter.family or adapter.name} model "
                              f"(supported: {', '.join(adapter.probes)})")
+        if probe != "full" and adapter.mask_token_id is None:  # said before a generation, not after it
+            raise InputError(_no_mask_token(adapter, probe))
         if method_probes is not None and probe not in method_probes:
             raise InputError(f"probe={probe!r} is not supported by this method (supported: "
                              f"{', '.join(method_probes)})")
     return layer
+
+
+def _no_mask_token(adapter: ModelAdapter, probe: str) -> str:
+    return (f"probe={probe!r} needs a mask token and the {adapter.family or adapter.name} model has none "
+            "(supported probes without one: full)")
 
 
 def check_target_score(target_score: str) -> str:
@@ -77,8 +84,7 @@ def build_probe_inputs(adapter: ModelAdapter, prep: Prepared, positions: Sequenc
         return ids.clone()
     mask_id = adapter.mask_token_id
     if mask_id is None:
-        raise InputError(f"probe={probe!r} needs a mask token and {adapter.name} has none "
-                         f"(supported probes: {', '.join(adapter.probes)})")
+        raise InputError(_no_mask_token(adapter, probe))
     if probe == "masked":
         out = ids.clone()
         out[0, prep.response_start:prep.response_start + prep.response_length] = int(mask_id)
@@ -102,7 +108,8 @@ def pick_distractor(prep: Prepared, positions: Sequence[int], adapter: ModelAdap
             return p
     if not adapter.has_prompt_logits:
         raise InputError("target_score='contrastive' needs a response slot that is not a target on "
-                         f"{adapter.name} (it has no logits at prompt positions); leave one token out of targets")
+                         f"{adapter.family or adapter.name} (it has no logits at prompt positions); leave one token "
+                         "out of targets")
     ids = prep.input_ids[0]
     img = int(adapter.image_token_id)
     for p in range(s - 1, 0 if adapter.is_diffusion else 1, -1):  # the last prompt token that is not an image token

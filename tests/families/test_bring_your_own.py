@@ -87,3 +87,48 @@ def test_an_adapters_mistakes_are_named_not_turned_into_maps():
         dcam.Explainer(space["MyDMLLM"]().eval(), adapter=My(model))
     assert torch.equal(dcam.Explainer(model, adapter=My(model)).explain(image, response="10 11").maps,
                        dcam.Explainer(adapter=My(model)).explain(image, response="10 11").maps)
+
+
+def test_what_an_adapter_leaves_out_is_named_and_a_missing_mask_token_is_said_before_generating():
+    # a left-out blocks() was a NotImplementedError with no message, left-out word methods (no tokenizer) an
+    # AttributeError about 'tokenizer'; probe="masked" without a mask token was refused only after the
+    # model had generated its response, with "masked" in its list of supported probes
+    import pytest
+
+    import dcam
+    from dcam.errors import InputError
+    from dcam.probe.adapters import ADAPTERS, ModelAdapter
+
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
+    before = list(ADAPTERS)
+    space = {}
+    try:
+        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
+    finally:
+        ADAPTERS[:] = before
+    My, model, image = space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+
+    class NoBlocks(My):
+        blocks = ModelAdapter.blocks
+
+    class NoWords(My):
+        encode_response, token_strings, decode = (ModelAdapter.encode_response, ModelAdapter.token_strings,
+                                                  ModelAdapter.decode)
+    tail = r" which dcam needs of an adapter \(docs/FAMILIES\.md, 'Bring your own dMLLM'\)$"
+    with pytest.raises(NotImplementedError, match=r"^NoBlocks does not implement blocks\(\)" + tail):
+        dcam.Explainer(adapter=NoBlocks(model)).explain(image, response="10 11")
+    with pytest.raises(NotImplementedError, match=r"^NoWords does not implement encode_response\(\), token_strings\(\) "
+                                                  r"and decode\(\), or keep a Hugging Face tokenizer in "
+                                                  r"self\.tokenizer," + tail):
+        dcam.Explainer(adapter=NoWords(model)).explain(image, response="10 11")
+
+    class NoMask(My):
+        mask_token_id = None
+
+        def generate(self, *a, **k):
+            raise AssertionError("generated before the probe was refused")
+    for probe in ("masked", "remask"):
+        with pytest.raises(InputError, match=rf"^probe='{probe}' needs a mask token and the my-dmllm model has none "
+                                             r"\(supported probes without one: full\)$"):
+            dcam.Explainer(adapter=NoMask(model)).explain(image, probe=probe)

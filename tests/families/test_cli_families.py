@@ -80,3 +80,10 @@ def test_a_probe_the_model_cannot_run_names_the_option(folders, coco_dir, tmp_pa
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and not (tmp_path / "x").exists()
     assert err.startswith("dcam explain: error: --probe: 'masked' ")
+    # dcam eval named the API argument ("probe='masked' ..."), and a LLaVA-OneVision model was "the llava-next model"
+    rc = main(["eval", "--dataset", str(coco_dir), "--split", "val", "--model", folders["llava-onevision"], "--n", "1",
+               "--probe", "masked", "--out", str(tmp_path / "e"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and not (tmp_path / "e").exists()
+    assert err == ("dcam eval: error: --probe: 'masked' is not supported by the llava-onevision model "
+                   "(supported: full)")

@@ -35,6 +35,7 @@ from ...ops.config import CamConfig
 from ...words import decode_shown
 from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
 from ..rows import LastBlockAtRows, supports_rows
+from .positions import locate_image_positions
 
 #: Probe modes, see :mod:`dcam.probe.gradients`.
 PROBES = ("full", "masked", "remask")
@@ -61,36 +62,6 @@ def _ids_set(v) -> set:
     if isinstance(v, Tensor):
         return {int(x) for x in v.flatten().tolist()}
     return {int(v)}
-
-
-def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[int, int],
-                           newline_column: bool = False, newline_token_id: Optional[int] = None) -> Tensor:
-    """Positions (int64 ``[h*w]``, raster order) of the image tokens of one sequence.
-
-    The span is found from ``image_token_id`` alone. With ``newline_column``
-    (LaViDa / LLaVA-NeXT style grids that append an image-newline token after
-    every row), the span holds ``h * (w + 1)`` tokens, either all with the image
-    token id (the newline embedding is scattered into the last slot of each
-    row) or with ``newline_token_id`` on the newline slots; the span is viewed
-    as ``h x (w + 1)`` and its last column dropped before the reshape to
-    ``h x w``. Raises InputError when the count does not match the grid.
-    """
-    ids = input_ids.reshape(-1)
-    h, w = int(grid[0]), int(grid[1])
-    is_img = ids == int(image_token_id)
-    if newline_column and newline_token_id is not None:
-        is_img = is_img | (ids == int(newline_token_id))
-    pos = torch.nonzero(is_img, as_tuple=False).reshape(-1)
-    if pos.numel() == 0:
-        raise InputError(f"no image token (id {image_token_id}) in the input sequence")
-    if newline_column:
-        if pos.numel() != h * (w + 1):
-            raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid with a newline column "
-                             f"needs {h * (w + 1)}")
-        return pos.reshape(h, w + 1)[:, :w].reshape(-1).clone()
-    if pos.numel() != h * w:
-        raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid needs {h * w}")
-    return pos
 
 
 @dataclass
@@ -222,7 +193,7 @@ class ModelAdapter:
     # ------------------------------------------------------------------ ids
     @property
     def image_token_id(self) -> int:
-        raise NotImplementedError
+        raise _missing(self, "image_token_id")
 
     @property
     def mask_token_id(self) -> Optional[int]:
@@ -246,7 +217,7 @@ class ModelAdapter:
     # ------------------------------------------------------------------ structure
     def blocks(self) -> Sequence[nn.Module]:
         """The hookable transformer blocks, in order."""
-        raise NotImplementedError
+        raise _missing(self, "blocks()")
 
     def default_layer(self) -> int:
         """Index of the default block to probe (a non-negative index)."""
@@ -264,7 +235,7 @@ class ModelAdapter:
 
     def lm_head_weight(self) -> Tensor:
         """``[V, D]`` LM head rows."""
-        raise NotImplementedError
+        raise _missing(self, "lm_head_weight()")
 
     def resolve_layer(self, layer: Optional[int]) -> int:
         n = len(self.blocks())
@@ -280,19 +251,25 @@ class ModelAdapter:
     # ------------------------------------------------------------------ inputs
     def prepare(self, image, prompt: Optional[str] = None, response_ids: Optional[Sequence[int]] = None,
                 response_length: Optional[int] = None) -> Prepared:
-        raise NotImplementedError
+        raise _missing(self, "prepare()")
 
     # Token handling: defaults for adapters that keep a Hugging Face tokenizer
     # in `self.tokenizer`; adapters with their own processor override them.
     def encode_response(self, text: str) -> List[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self._tokenizer()(text, add_special_tokens=False)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> List[str]:
         ids = [int(i) for i in ids]  # an id past the tokenizer (a padded LM head's row) is named by its number
-        return [f"<id {i}>" if t is None else str(t) for i, t in zip(ids, self.tokenizer.convert_ids_to_tokens(ids))]
+        return [f"<id {i}>" if t is None else str(t) for i, t in zip(ids, self._tokenizer().convert_ids_to_tokens(ids))]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+        return self._tokenizer().decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def _tokenizer(self):
+        if getattr(self, "tokenizer", None) is None:  # (was an AttributeError naming no method)
+            raise _missing(self, "encode_response(), token_strings() and decode(), or keep a Hugging Face "
+                                 "tokenizer in self.tokenizer,")
+        return self.tokenizer
 
     def special_token_ids(self) -> set:
         """Ids of the tokenizer's special tokens (``<|eot_id|>``, ...): each is a word of its own,
@@ -311,7 +288,7 @@ class ModelAdapter:
         An adapter with its own :meth:`decode` (and no Hugging Face tokenizer) gets that."""
         if type(self).decode is not ModelAdapter.decode:
             return self.decode(ids)
-        return decode_shown(self.tokenizer, ids)
+        return decode_shown(self._tokenizer(), ids)
 
     def locate(self, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
         return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,
@@ -341,7 +318,7 @@ class ModelAdapter:
     def generate(self, prep: Prepared, steps: Optional[int] = None, response_length: Optional[int] = None,
                  record: bool = False) -> Generation:
         """Generate a response with the model's own sampler (see :class:`Generation`)."""
-        raise NotImplementedError
+        raise _missing(self, "generate()")
 
     def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
         """The note an explanation carries when a generation of ``length`` slots asked for
@@ -412,7 +389,7 @@ class ModelAdapter:
         return logits.float()
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
-        raise NotImplementedError
+        raise _missing(self, "forward_logits()")
 
     def logits_at_rows(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
                        response_start: int) -> Tensor:
@@ -467,6 +444,11 @@ class ModelAdapter:
             tid = None
         if tid is None:
             raise InputError(f"{type(self.model).__name__} has no image token id; it cannot be explained")
+
+
+def _missing(adapter: ModelAdapter, what: str) -> NotImplementedError:
+    return NotImplementedError(f"{type(adapter).__name__} does not implement {what} which dcam needs of an adapter "
+                               "(docs/FAMILIES.md, 'Bring your own dMLLM')")
 
 
 def block_dtype(block: nn.Module) -> torch.dtype:

@@ -1,0 +1,42 @@
+"""Where the image tokens of one sequence are (:func:`locate_image_positions`)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ...errors import InputError
+
+
+def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[int, int],
+                           newline_column: bool = False, newline_token_id: Optional[int] = None) -> Tensor:
+    """Positions (int64 ``[h*w]``, raster order) of the image tokens of one sequence.
+
+    The span is found from ``image_token_id`` alone. With ``newline_column``
+    (LaViDa / LLaVA-NeXT style grids that append an image-newline token after
+    every row), the span holds ``h * (w + 1)`` tokens, either all with the image
+    token id (the newline embedding is scattered into the last slot of each
+    row) or with ``newline_token_id`` on the newline slots; the span is viewed
+    as ``h x (w + 1)`` and its last column dropped before the reshape to
+    ``h x w``. Raises InputError when the count does not match the grid.
+    """
+    ids = input_ids.reshape(-1)
+    h, w = int(grid[0]), int(grid[1])
+    is_img = ids == int(image_token_id)
+    if newline_column and newline_token_id is not None:
+        is_img = is_img | (ids == int(newline_token_id))
+    pos = torch.nonzero(is_img, as_tuple=False).reshape(-1)
+    if pos.numel() == 0:
+        raise InputError(f"no image token (id {image_token_id}) in the input sequence")
+    if newline_column:
+        if pos.numel() != h * (w + 1):
+            raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid with a newline column "
+                             f"needs {h * (w + 1)}")
+        return pos.reshape(h, w + 1)[:, :w].reshape(-1).clone()
+    if pos.numel() != h * w:
+        raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid needs {h * w}")
+    return pos
+
+
+__all__ = ["locate_image_positions"]
