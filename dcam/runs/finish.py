@@ -90,12 +90,17 @@ def finish(root: str, source, session: Dict[str, Any], identity: Dict[str, Any],
     merge_index(root)
     ids = set(source.ids)
     done, words, totals = collect(root, ids)
-    n_errors = merge_errors(root, done, ids)
+    n_errors = merge_errors(root, done, source.ids)
     metrics = write_metrics(root, totals, identity["method"]) if totals.records else None
+    if metrics is None:  # no record with a mask left in the source: no metrics, not those of records taken out
+        for name in ("metrics.json", "metrics.md"):
+            if os.path.exists(os.path.join(root, name)):
+                os.unlink(os.path.join(root, name))
     secs = max(float(session["seconds"]), 1e-9)
     in_source = sum(1 for rid in source.ids if rid in done)
     old = read_run_json(root) or {}
     info = dict(old, **header)
+    info.pop("metrics", None)
     info.update(
         status="complete" if in_source + n_errors >= len(source) else "incomplete",
         model=identity["model"], model_class=identity["model_class"], method=identity["method"],

@@ -31,7 +31,7 @@ from .progress import RunProgress
 from ..eval.alignment import item_slots
 from .records import ground_truth, record_metrics
 from .sources import RunSource
-from .store import INDEX_PARTS, part_name, parts, scan_index
+from .store import ERROR_PARTS, INDEX_PARTS, part_name, parts, scan_index
 from .writer import RecordWriter, write_overlays
 
 
@@ -160,7 +160,8 @@ def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist,
     s = _Session()
     writer = RecordWriter(root, part_name(dist.rank), opts.shard_size, opts.shard_seconds)
     batches = share(source, done, opts.batch_size, dist.rank, dist.world)
-    bar = RunProgress(root, len(source), len(done), enabled=opts.progress and dist.rank == 0, old_parts=old_parts)
+    bar = RunProgress(root, len(source), sum(1 for rid in source.ids if rid in done),
+                      enabled=opts.progress and dist.rank == 0, old_parts=old_parts)
     try:
         for block in batches:
             recs = []
@@ -274,9 +275,10 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     lock = dist.on_rank0(start)
     try:
         done, _, _ = scan_index(root)
-        old_parts = parts(root, INDEX_PARTS)
+        old_parts = parts(root, INDEX_PARTS) + parts(root, ERROR_PARTS)
         dist.barrier()  # every rank has read the index before any rank writes to it
-        log(f"{len(done)} of {len(source)} records already done; {dist.world} process(es)")
+        done_here = sum(1 for rid in source.ids if rid in done)  # (records taken out of the manifest: not these)
+        log(f"{done_here} of {len(source)} records already done; {dist.world} process(es)")
         s = _work(explainer, source, root, opts, dist, done, old_parts)
         records, words, errors = dist.sum([s.records, s.words, s.errors])
         seconds, = dist.max([s.seconds])

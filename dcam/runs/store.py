@@ -35,7 +35,7 @@ import heapq
 import json
 import os
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import InputError, one_line
 
@@ -221,13 +221,14 @@ def read_errors(root: str, done: Optional[Set[str]] = None) -> Dict[str, dict]:
     return out
 
 
-def merge_errors(root: str, done: Set[str], ids: Optional[Set[str]] = None) -> int:
+def merge_errors(root: str, done: Set[str], ids: Optional[Sequence[str]] = None) -> int:
     """Rewrite ``errors.jsonl`` with the latest error of every record not done (of ``ids``, the
-    source's records, when given: one taken out of an edited manifest has not failed); returns
+    source's records in its order, when given: one taken out of an edited manifest has not failed;
+    the errors follow that order, as the index does, whatever the number of processes); returns
     their number."""
     errs = read_errors(root, done)
     if ids is not None:
-        errs = {k: v for k, v in errs.items() if k in ids}
+        errs = {k: errs[k] for k in ids if k in errs}
     write_bytes_atomic(os.path.join(root, ERRORS), b"".join(json_line(e) for e in errs.values()))
     for p in parts(root, ERROR_PARTS):
         os.unlink(p)

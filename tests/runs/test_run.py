@@ -412,6 +412,18 @@ def test_a_manifest_cut_down_counts_only_its_own_records(run_manifest, tmp_path,
     assert metrics["records"] == 1
     obj = both["s1"].entry["metrics"]["object"]
     assert metrics["summary"]["obj_iou"] == pytest.approx(sum(obj["obj_iou"]) / len(obj["obj_iou"]))
+    # no record with a mask left: the metrics of records taken out stayed in metrics.json, metrics.md and
+    # run.json; "4 of 2 records already done" counted every record of the folder
+    e = run_manifest["good"]["s2"]
+    manifest.write_text(json.dumps({"id": "s2", "image": os.path.join(folder, e["image"])}) + "\n")
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", out, *[a for a in RUN_ARGS if a != "--quiet"]]) == 0
+    assert "[dcam] 0 of 1 records already done" in capsys.readouterr().err
+    info = json.load(open(os.path.join(out, "run.json")))
+    assert info["counts"]["records"] == info["counts"]["done"] == 1 and info["counts"]["index_records"] == 3
+    assert "metrics" not in info and info["files"]["metrics"] is None
+    assert not os.path.exists(os.path.join(out, "metrics.json")) and not os.path.exists(os.path.join(out, "metrics.md"))
+    assert dcam.load_run(out).metrics is None
 
 
 def test_the_run_benchmark_refuses_bad_counts_before_making_folders(tmp_path, capsys):
@@ -452,3 +464,22 @@ def test_a_record_whose_manifest_line_changed_is_refused_on_resume(run_manifest,
     assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
     assert main(["run", str(manifest), "--out", out, "--overwrite", *RUN_ARGS]) == 0
     assert [r.entry.get("meta") for r in dcam.load_run(out)] == [None, {"note": "another"}]
+
+
+def test_the_progress_bar_counts_failed_records_and_not_earlier_sessions_parts(tmp_path):
+    # records that failed never moved the bar: a finished run's bar stopped at 27/34 with 7 failed
+    from dcam.runs.progress import RunProgress
+    from dcam.runs.store import ERROR_PARTS, INDEX_PARTS
+
+    root = tmp_path / "run"
+    for folder in (INDEX_PARTS, ERROR_PARTS):
+        (root / folder).mkdir(parents=True)
+    (root / INDEX_PARTS / "old.jsonl").write_text(json.dumps({"id": "a", "tokens": ["x"]}) + "\n")
+    (root / ERROR_PARTS / "old.jsonl").write_text(json.dumps({"id": "b"}) + "\n")
+    bar = RunProgress(str(root), total=6, initial=1)
+    (root / INDEX_PARTS / "new.jsonl").write_text("".join(json.dumps({"id": i, "tokens": ["x", "y"]}) + "\n"
+                                                          for i in "cd"))
+    (root / ERROR_PARTS / "new.jsonl").write_text(json.dumps({"id": "e"}) + "\n" + '{"id": "f"')  # one line cut short
+    bar.update()
+    assert (bar.bar.n, bar.records, bar.failed, bar.words) == (1 + 2 + 1, 2, 1, 4)
+    bar.close()
