@@ -232,6 +232,7 @@ class Trajectory:
                 raise InputError(f"folder: {paths['meta']!r} holds a JSON {type(meta).__name__}, not an "
                                  "explanation's meta.json object")
         self.check_names(folder)
+        self._check_same_explanation(folder, meta or {})
         paths["tensors"] = os.path.join(folder, "trajectory.safetensors")
         save_file(self.tensors(), paths["tensors"])
         paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)
@@ -244,6 +245,21 @@ class Trajectory:
         with open(paths["meta"], "w") as f:
             json.dump(meta, f, indent=2)
         return paths
+
+    def _check_same_explanation(self, folder: str, meta: Dict[str, Any]) -> None:
+        """The folder's meta.json is this trajectory's explanation's (another image's or response's
+        took this trajectory, with the old one's GIFs left beside the new), and holds no trajectory yet."""
+        mine = {"response_ids": [int(i) for i in self.response_ids], "image_size": list(self.image.size)}
+        for key, value in mine.items():
+            if key in meta and meta[key] != value:
+                raise InputError(f"folder: its meta.json is another explanation's (its {key} differ from this "
+                                 "trajectory's); write it next to its own explanation or into a new folder")
+        held = [n for n in ("trajectory.safetensors", "trajectory", "trajectory_sheet.png")
+                if os.path.lexists(os.path.join(folder, n))]
+        held += ["meta.json's trajectory"] if "trajectory" in meta else []
+        if held:
+            raise InputError(f"folder: {folder!r} holds a trajectory already ({', '.join(held)}); save into a new "
+                             "folder (Trajectory.save / Explanation.save with overwrite=True replace a whole one)")
 
     def save(self, out_dir: str, overwrite: bool = False, alpha: float = 0.5, colormap: str = "jet",
              max_side: int = DISPLAY_MAX_SIDE) -> dict:

@@ -95,43 +95,54 @@ def write_animations(traj, folder: str, alpha: float = 0.5, colormap: str = "jet
     return paths
 
 
-def sheet_geometry(S: int, T: int, max_side: int = SHEET_MAX_SIDE, tile: int = 96) -> dict:
-    """Layout of the step x word sheet: tile side, margins and the ``(W, H)`` size,
-    at most ``max_side`` a side up to about 2,000 steps or words (tiles shrink to
-    one pixel with one-pixel gaps; a floor of 8 made 400 words 4,860 wide)."""
-    pad, left, top = 4, 56, 22
-    fit = min(tile, (max_side - left - pad) // T - pad, (max_side - top - pad) // S - pad)
-    if fit < 8:
-        pad = 1
-        fit = max(1, min(tile, (max_side - left - pad) // T - pad, (max_side - top - pad) // S - pad))
-    return dict(tile=fit, pad=pad, left=left, top=top,
-                size=(left + T * (fit + pad) + pad, top + S * (fit + pad) + pad))
+LABEL_ROW = 14  # pixels a row needs for its 11-point step label
+
+
+def sheet_geometry(S: int, T: int, max_side: int = SHEET_MAX_SIDE, tile: int = 96, aspect: float = 1.0) -> dict:
+    """Layout of the step x word sheet for images of ``aspect`` (width / height): each cell
+    holds the image with its longer side ``tile`` (shrunk to keep the sheet at most
+    ``max_side`` a side up to about 2,000 steps or words: tiles go down to one pixel with
+    one-pixel gaps; a floor of 8 made 400 words 4,860 wide), columns as wide as the cell,
+    rows as high as the cell or a step label (a wide image's 96 x 8 strips sat in 96 x 96
+    rows, each label level with the row below its own)."""
+    left, top = 56, 22
+
+    def layout(t: int, pad: int) -> dict:
+        cw, ch = max(1, round(t * min(1.0, aspect))), max(1, round(t * min(1.0, 1 / aspect)))
+        row = max(ch, min(LABEL_ROW, t))
+        return dict(tile=t, cell=(cw, ch), row=row, pad=pad, left=left, top=top,
+                    size=(left + T * (cw + pad) + pad, top + S * (row + pad) + pad))
+    for pad in (4, 1):
+        for t in range(tile, 0 if pad == 1 else 7, -1):
+            g = layout(t, pad)
+            if max(g["size"]) <= max_side or (pad == 1 and t == 1):
+                return g
+    raise AssertionError("unreachable")
 
 
 def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET_MAX_SIDE) -> Image.Image:
     """Rows: steps; columns: words; each word's decision step framed in red."""
     S, T = traj.steps, len(traj.tokens)
-    g = sheet_geometry(S, T, max_side)
-    tile, pad, left, top = g["tile"], g["pad"], g["left"], g["top"]
     iw, ih = traj.image.size
-    scale = tile / max(iw, ih)  # the image fits a tile x tile cell, aspect kept
-    base = _base(traj).resize((max(1, round(iw * scale)), max(1, round(ih * scale))), Image.BOX)
+    g = sheet_geometry(S, T, max_side, aspect=iw / ih)
+    (cw, ch), row, pad, left, top = g["cell"], g["row"], g["pad"], g["left"], g["top"]
+    base = _base(traj).resize((cw, ch), Image.BOX)
     out = Image.new("RGB", g["size"], (255, 255, 255))
     draw = ImageDraw.Draw(out)
     f = font(11)
     for k, tok in enumerate(traj.tokens):
-        x = left + pad + k * (tile + pad)
-        draw.text((x + 2, 4), f"{traj.word_numbers[k]}:{clean_token(tok)}"[: max(3, tile // 6)], fill=(0, 0, 0),
+        x = left + pad + k * (cw + pad)
+        draw.text((x + 2, 4), f"{traj.word_numbers[k]}:{clean_token(tok)}"[: max(3, cw // 6)], fill=(0, 0, 0),
                   font=f)
     for s in range(S):
-        y = top + pad + s * (tile + pad)
-        draw.text((4, y + tile // 2 - 6), f"step {s}", fill=(0, 0, 0), font=f)
+        y = top + pad + s * (row + pad)
+        draw.text((4, y + row // 2 - 6), f"step {s}", fill=(0, 0, 0), font=f)  # level with its row's middle
+        ty = y + (row - ch) // 2
         for k in range(T):
-            x = left + pad + k * (tile + pad)
-            out.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (x, y))
+            x = left + pad + k * (cw + pad)
+            out.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (x, ty))
             if s == int(traj.decided_at[k]):
-                draw.rectangle([x - 2, y - 2, x + base.width + 1, y + base.height + 1], outline=DECIDED,
-                               width=max(2, BORDER - 1))
+                draw.rectangle([x - 2, ty - 2, x + cw + 1, ty + ch + 1], outline=DECIDED, width=max(2, BORDER - 1))
     return out
 
 

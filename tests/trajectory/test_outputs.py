@@ -59,6 +59,27 @@ def test_sheet_has_a_row_per_step_and_frames_decisions(traj, tmp_path):
             assert framed == (s == int(traj.decided_at[k])), (s, k)
 
 
+def test_a_wide_images_sheet_has_rows_of_its_height_with_labels_level(traj):
+    # a 500 x 40 image's 96 x 8 strips sat at the top of 96 x 96 rows (90% of the sheet white), and each
+    # "step s" label was drawn at the cell's middle, beside the next row's strip
+    import dataclasses
+
+    from dcam.trajectory.render import sheet
+
+    wide = dataclasses.replace(traj, image=Image.new("RGB", (500, 40), (10, 20, 30)))
+    S, T, pad, row, ch = 6, len(traj.tokens), 4, 14, round(96 * 40 / 500)  # rows: a label's 14 px; strips 96 x 8
+    px = np.asarray(sheet(wide)).astype(int)
+    assert px.shape == (22 + S * (row + pad) + pad, 56 + T * (96 + pad) + pad, 3)
+    white = (px == 255).all(axis=2)
+    for s in range(S):
+        y = 22 + pad + s * (row + pad)
+        strip = white[y:y + row, 56 + pad + 2:56 + pad + 94]
+        filled = np.nonzero(~strip.all(axis=1))[0]  # the rows of the first column's strip
+        assert filled.min() >= (row - ch) // 2 - 2 and filled.max() <= (row - ch) // 2 + ch + 1, (s, filled)
+        label = np.nonzero(~white[y - 2:y + row + 2, 4:52].all(axis=1))[0]  # "step s", inside its own row
+        assert len(label) and label.min() >= 0 and label.max() < row + 4, (s, label)
+
+
 def test_written_into_an_explanation_folder_the_meta_gains_the_trajectory(tiny_explainer, traj, image, tmp_path):
     e = tiny_explainer.explain(image, response=traj.response_ids, steps=traj.steps)
     e.write_files(str(tmp_path))
@@ -67,6 +88,27 @@ def test_written_into_an_explanation_folder_the_meta_gains_the_trajectory(tiny_e
     after = json.loads((tmp_path / "meta.json").read_text())
     assert {k: v for k, v in after.items() if k != "trajectory"} == before
     assert after["trajectory"]["commit_order"] == traj.commit_order
+
+
+def test_write_files_refuses_another_explanations_folder_and_a_second_trajectory(tiny_explainer, traj, image,
+                                                                                  tmp_path):
+    # another image's trajectory went into an explanation's folder: meta.json kept that explanation's response
+    # beside this trajectory, and the old trajectory's GIFs of other words stayed beside the new ones
+    other = tiny_explainer.explain(image, response=traj.response_ids[:-1], steps=traj.steps)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "own").mkdir()
+    other.write_files(str(tmp_path / "other"))
+    before = sorted(os.listdir(tmp_path / "other"))
+    with pytest.raises(InputError, match=r"^folder: its meta.json is another explanation's \(its response_ids differ "
+                                         r"from this trajectory's\)"):
+        traj.write_files(str(tmp_path / "other"))
+    assert sorted(os.listdir(tmp_path / "other")) == before
+    traj.write_files(str(tmp_path / "own"))
+    before = {n: os.path.getmtime(tmp_path / "own" / n) for n in os.listdir(tmp_path / "own")}
+    with pytest.raises(InputError, match=r"^folder: '.*own' holds a trajectory already \(trajectory.safetensors, "
+                                         r"trajectory, trajectory_sheet.png, meta.json's trajectory\)"):
+        traj.write_files(str(tmp_path / "own"))
+    assert {n: os.path.getmtime(tmp_path / "own" / n) for n in os.listdir(tmp_path / "own")} == before
 
 
 def test_save_refuses_a_filled_folder(traj, tmp_path):
