@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
                         "does not know them) (default: the model writes one)")
     p.add_argument("--tokens", default=None, metavar="WORDS",
                    help="words, phrases (\"red circle\": one map) or word numbers counted from 0 (negative from "
-                        "the end) to explain, separated by commas: --tokens \"red circle, 0\" (default: every word)")
+                        "the end) to explain, separated by commas: --tokens \"red circle, 0\" (default: every word; "
+                        "every token of split words: --granularity tokens)")
     p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
                    help="score whose gradient is pooled: the word's own logit, or the published contrastive sum "
                         "(default: logit; contrastive for llava-cam)")
@@ -158,8 +159,11 @@ def report(e, folder: str) -> None:
     print(f"response: {e.response}")
     for note in e.notes:
         print(f"note: {note}")
-    print(f"explained {len(e)} word{'s' if len(e) != 1 else ''} with {e.method} (probe {e.probe}, layer {e.layer}, "
-          f"{e.steps} steps): {' '.join(e.tokens)}")
+    n, phrases = len(e), sum(1 for t in e.tokens if " " in t.strip())  # (a phrase's words ran into the next item's)
+    what = (f"{n} word{'s' if n != 1 else ''}" if not phrases else
+            f"{n} target{'s' if n != 1 else ''} ({phrases} phrase{'s' if phrases != 1 else ''})")
+    print(f"explained {what} with {e.method} (probe {e.probe}, layer {e.layer}, {e.steps} steps): "
+          f"{(', ' if phrases else ' ').join(e.tokens)}")
     extra = ", trajectory.safetensors, trajectory/NN_<word>.gif, trajectory_sheet.png" if e.trajectory else ""
     print(f"written to {folder}: image.png, contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json, "
           f"index.html{extra}")

@@ -222,7 +222,8 @@ def test_tokens_separate_targets_by_commas_and_a_spaced_text_is_one_phrase(cli, 
     rc, stdout, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
                           "--tokens", "red circle, square", "--out", out, "--quiet")
     assert rc == 0, err
-    assert "explained 2 words with" in stdout and stdout.rstrip().splitlines()[-2].endswith(": red circle square")
+    assert "explained 2 targets (1 phrase) with" in stdout  # (was "2 words ...: red circle square")
+    assert stdout.rstrip().splitlines()[-2].endswith(": red circle, square")
     with open(out / "meta.json") as f:
         meta = json.load(f)
     assert meta["tokens"] == ["red circle", "square"] and meta["pieces"] == [[1, 2], [6]]
