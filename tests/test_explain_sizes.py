@@ -307,6 +307,27 @@ class TwoViewAdapter(ShapesAdapter):
         return dataclasses.replace(p, views=views)
 
 
+def test_memory_estimate_of_a_model_without_a_config_reads_its_layers():
+    # a user's own nn.Module has no config: the estimate took hidden 1024, MLP 4096 and 8 heads (~50x too large
+    # for this 24-wide model, whose "1MB" budget was refused); its sizes are read off its modules
+    from torch import nn
+
+    from dcam.probe.memory import head_cotangent_bytes, per_cotangent_bytes
+
+    class Mine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(40, 24)
+            self.pos = nn.Embedding(16, 24)  # a smaller table: not the vocabulary
+            self.layers = nn.ModuleList(nn.TransformerEncoderLayer(24, 2, 48, batch_first=True) for _ in range(3))
+            self.out = nn.Linear(24, 40)
+
+    L, above = 31, 2
+    per_block = L * (8 * 24 + 3 * 48) * 4 + 2 * L * L * 4  # D=24, I=48, 2 heads, float32; the formula by hand
+    assert per_cotangent_bytes(Mine(), L, above) == (above + 1) * per_block == 148056
+    assert head_cotangent_bytes(Mine(), 5) == 2 * 5 * 40 * 4  # V=40 from the token embedding
+
+
 def test_views(toy, samples):
     model, proc = toy
     s = samples[0]

@@ -83,6 +83,23 @@ def _text_config(model):
     return cfg
 
 
+def _layer_sizes(model) -> dict:
+    """Sizes read off the modules, for a model whose config does not give them (a user's own
+    nn.Module: a fixed hidden size of 1024 made a 24-wide model's estimate ~50x too large):
+    D and V of the token embedding (the largest nn.Embedding), I the widest linear layer
+    that is not the vocabulary, heads of nn.MultiheadAttention. 0 where none is found."""
+    from torch import nn
+
+    embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    emb = max(embeds, key=lambda m: m.num_embeddings, default=None)
+    V = emb.num_embeddings if emb is not None else 0
+    widths = [w for m in model.modules() if isinstance(m, nn.Linear) for w in (m.in_features, m.out_features)
+              if w != V]
+    heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    return {"D": emb.embedding_dim if emb is not None else 0, "V": V, "I": max(widths, default=0),
+            "heads": max(heads, default=0)}
+
+
 def model_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -93,9 +110,11 @@ def per_cotangent_bytes(model, seq_len: int, blocks_above: int, dtype: Optional[
     projections ~8 x L x D, MLP ~3 x L x I) plus the attention probabilities'
     gradient (heads x L x L, float32 where the attention is materialised)."""
     cfg = _text_config(model)
-    D = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or 1024)
-    I = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "mlp_hidden_size", 0) or 4 * D)
-    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or max(1, D // 128))
+    layers = _layer_sizes(model)
+    D = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or layers["D"] or 1024)
+    I = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "mlp_hidden_size", 0) or layers["I"] or 4 * D)
+    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or layers["heads"]
+                or max(1, D // 128))
     elem = torch.finfo(dtype or next(model.parameters()).dtype).bits // 8
     L = int(seq_len)
     per_block = L * (8 * D + 3 * I) * elem + heads * L * L * 4
@@ -111,7 +130,7 @@ def head_cotangent_bytes(model, scored_rows: int) -> int:
     """Bytes of the logits' gradient one cotangent carries through the LM head: two
     dense ``scored_rows x V`` tensors (the gather's gradient and the head's input to
     its matrix product) in the model's dtype."""
-    V = int(getattr(_text_config(model), "vocab_size", 0) or 0)
+    V = int(getattr(_text_config(model), "vocab_size", 0) or _layer_sizes(model)["V"])
     elem = torch.finfo(next(model.parameters()).dtype).bits // 8
     return 2 * int(scored_rows) * V * elem
 
