@@ -198,25 +198,40 @@ def _item_scores(tok: Tensor, groups: List[List[int]]) -> Tensor:
     return torch.stack([tok[g].sum() for g in groups])
 
 
-def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk: Callable) -> None:
+def require_dependence(scores: Tensor) -> Tensor:
+    """``scores``, when they depend on the hooked block's output (the probe's leaf). They do
+    whenever the block is on the model's path to its logits; scores without a graph come from
+    an adapter that detached its logits (``torch.no_grad``, ``.detach()``, logits of another
+    copy of the model), and were all-zero maps that looked like an explanation."""
+    if not scores.requires_grad:
+        raise RuntimeError("the words' scores do not depend on the hooked block's output: the adapter's logits "
+                           "were computed without a graph to it (under torch.no_grad, detached, or by another copy "
+                           "of the model); its forward_logits / logits_at must run the hooked blocks with autograd")
+    return scores
+
+
+def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk: Callable,
+                 may_ignore: bool = False) -> None:
     """Gradients of the scores ``[B, K]`` (item k of example b) w.r.t. ``leaf
     [B, L, D]`` at positions ``select``, ``chunk_size`` cotangents at a time;
     cotangent k selects item k of every example. ``on_chunk(k0, k1, g)`` gets
     ``g [k1-k0, B, N, D]``; with ``select`` a list of one ``[N_b]`` per row (a padded
     batch: each example's image at its own positions), ``g`` is the list of each row's
     ``[k1-k0, N_b, D]``. Falls back to one backward per item when some op of the model
-    has no batching rule."""
+    has no batching rule. ``may_ignore``: scores that do not depend on the leaf (the last
+    block, probed on purpose) give zeros instead of :func:`require_dependence`'s error."""
     B, K = scores.shape
     bad = ~torch.isfinite(scores.detach())
     if bool(bad.any()):  # the forward overflowed (float16): said before the backward spreads it (InputError)
         raise NonFiniteError("scores", int(bad.sum()))
     per_row = isinstance(select, (list, tuple))
-    if not scores.requires_grad:  # the scores do not depend on the hooked block at all
+    if may_ignore and not scores.requires_grad:  # the last block, asked for: nothing above reads the image rows
         for k0 in range(0, K, chunk_size):
             k1 = min(K, k0 + chunk_size)
             zeros = lambda *n: leaf.new_zeros((k1 - k0, *n, leaf.shape[-1]))  # noqa: E731
             on_chunk(k0, k1, [zeros(s.numel()) for s in select] if per_row else zeros(B, select.numel()))
         return
+    require_dependence(scores)
     for k0 in range(0, K, chunk_size):
         k1 = min(K, k0 + chunk_size)
         cot = torch.zeros(k1 - k0, B, K, dtype=scores.dtype, device=scores.device)
@@ -336,7 +351,7 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
                                 grad_sink(b, torch.arange(k0, k_end), leaf.detach()[b:b + 1, span(b)], gb)
                             else:
                                 grads[b].append(gb)
-                    batched_grad(S, leaf, chunk_size, img, on_chunk)
+                    batched_grad(S, leaf, chunk_size, img, on_chunk, may_ignore=allow_last_layer)
             acts = [leaf.detach()[b:b + 1, span(b)] for b in range(B)]
             hidden = [tap.norm_output()[b:b + 1, span(b)] for b in range(B)] if norm is not None else None
         finally:
@@ -396,7 +411,8 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
                         n = len(t.groups[r])
                         W_tok[t.groups[r]] = logits[j, :n].detach()[:, torch.tensor(t.token_ids)].float().cpu()
                     if want_grads:  # the rows are independent: one backward of their sum
-                        g = torch.autograd.grad(s.sum(), leaf)[0] if s.requires_grad else torch.zeros_like(leaf)
+                        g = (torch.zeros_like(leaf) if allow_last_layer and not s.requires_grad
+                             else torch.autograd.grad(require_dependence(s).sum(), leaf)[0])
                         g = g[:, img].detach()[:, None]  # [R, 1, N, D]
                         if grad_sink is not None:
                             grad_sink(example, torch.tensor(rows), leaf.detach()[:, img], g)

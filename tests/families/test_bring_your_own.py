@@ -132,3 +132,33 @@ def test_what_an_adapter_leaves_out_is_named_and_a_missing_mask_token_is_said_be
         with pytest.raises(InputError, match=rf"^probe='{probe}' needs a mask token and the my-dmllm model has none "
                                              r"\(supported probes without one: full\)$"):
             dcam.Explainer(adapter=NoMask(model)).explain(image, probe=probe)
+
+
+def test_an_adapter_whose_logits_ignore_the_hooked_block_is_an_error_not_zero_maps():
+    # logits detached from the hooked block have no graph to it: the probe handed back
+    # zero gradients, and the explanation was a set of all-zero maps with no word of why
+    import pytest
+    import torch
+
+    import dcam
+    from dcam.probe.adapters import ADAPTERS
+
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
+    before = list(ADAPTERS)
+    space = {}
+    try:
+        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
+    finally:
+        ADAPTERS[:] = before
+    My, model, image = space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+
+    class Detached(My):
+        def forward_logits(self, input_ids, model_inputs):
+            return super().forward_logits(input_ids, model_inputs).detach()
+    for probe in ("full", "remask"):
+        with pytest.raises(RuntimeError, match="^the words' scores do not depend on the hooked block's output"):
+            dcam.Explainer(adapter=Detached(model)).explain(image, response="10 11", probe=probe)
+    # (under torch.no_grad the hooked block switches autograd back on from its output: that runs)
+    with torch.no_grad():
+        assert dcam.Explainer(adapter=My(model)).explain(image, response="10 11").scores.shape == (2,)
