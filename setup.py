@@ -67,7 +67,9 @@ class build_py(_build_py):
 
 
 cmdclass["build_py"] = build_py
-packages = find_packages(include=["dcam", "dcam.*"])
+# the bundled model's weights folder is data inside dcam.zoo, listed as a package of its own so
+# setuptools installs it without its "Package would be ignored" warning
+packages = find_packages(include=["dcam", "dcam.*"]) + ["dcam.zoo.weights"]
 
 setup(
     name="dcam",

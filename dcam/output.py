@@ -16,9 +16,12 @@ minus the process umask, as a plain ``open()`` would give.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from typing import List, Optional
 
 from .errors import InputError, one_line
@@ -81,8 +84,8 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         how = "pass --overwrite" if option.startswith("--") else "pass overwrite=True"
         raise InputError(f"{option}: {path!r} is not empty; choose a new folder or {how} (which replaces it whole)")
-    if overwrite:
-        refuse_current_folder(target, option)
+    # even empty, the current folder is replaced by the new one (the shell is left in a deleted folder)
+    refuse_current_folder(target, option)
     parent = os.path.dirname(target)
     probe = parent
     while not os.path.exists(probe):  # the nearest existing ancestor must be a writable folder
@@ -287,12 +290,39 @@ class AtomicFolder:
                 os.replace(old, self.target)
             raise
         if old is not None:
-            # a symlinked target was moved aside as the link itself: rmtree refuses links (and its
-            # ignore_errors hid that, leaving a hidden .x.old-* link behind)
-            if os.path.islink(old):
-                os.unlink(old)
-            else:
-                shutil.rmtree(old, ignore_errors=True)
+            with _sigint_deferred() as interrupted:  # the new output is in place: the old one goes whole
+                # a symlinked target was moved aside as the link itself: rmtree refuses links (and its
+                # ignore_errors hid that, leaving a hidden .x.old-* link behind)
+                if os.path.islink(old):
+                    os.unlink(old)
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+            if interrupted:
+                raise InterruptedAfterWriting(self.target)
 
 
-__all__ = ["AtomicFolder", "check_existing_folder", "check_output_folder", "check_output_file", "write_text_atomic"]
+class InterruptedAfterWriting(KeyboardInterrupt):
+    """Ctrl-C while the replaced folder was deleted: the new output is whole and in place (a
+    plain KeyboardInterrupt there said "nothing was written" and left the old folder hidden)."""
+
+    def __init__(self, target: str):
+        super().__init__(target)
+        self.target = target
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Ctrl-C (SIGINT) held back until the block ends, when this is the main thread; yields a
+    list that holds True when one came."""
+    got: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: got.append(True))
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+__all__ = ["AtomicFolder", "InterruptedAfterWriting", "check_existing_folder", "check_output_folder", "check_output_file", "write_text_atomic"]

@@ -183,3 +183,47 @@ def test_check_output_file_and_atomic_text(tmp_path):
         os.umask(old)
     assert open(path).read() == "{}" and stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_the_current_folder_is_refused_even_empty(tmp_path, monkeypatch):
+    # --out . in an empty current folder was taken: the new folder was renamed over it, the shell was left
+    # in a deleted folder and the files seemed to vanish
+    empty = tmp_path / "here"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    for given in (".", str(empty)):
+        with pytest.raises(InputError, match=r"^--out: .*here' holds the current folder"):
+            check_output_folder(given)
+
+
+def test_ctrl_c_while_the_old_folder_is_deleted_finishes_it_and_says_the_output_is_whole(tmp_path, monkeypatch,
+                                                                                            capsys):
+    # the interrupt reached the deletion of the replaced folder after the new one was in place: the CLI said
+    # "nothing was written" and the old folder stayed hidden beside the new one (.out.old-*)
+    import signal
+    import shutil
+
+    import dcam.output as output
+
+    target = tmp_path / "out"
+    _write(str(target), {"old.txt": "keep", "sub/more.txt": "y"})
+    real_rmtree = shutil.rmtree
+
+    def interrupted_rmtree(path, *a, **k):
+        if ".out.old-" in str(path):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C half-way through the deletion
+        return real_rmtree(path, *a, **k)
+    monkeypatch.setattr(output.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(output.InterruptedAfterWriting) as info:
+        with AtomicFolder(str(target), overwrite=True) as tmp:
+            _write(tmp, {"new.txt": "z"})
+    assert info.value.target == str(target)
+    assert _tree(target) == {"new.txt": "z"} and _leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    from dcam.cli.common import run_command
+
+    def handler(args):
+        raise info.value
+    assert run_command("explain", handler, None) == 130
+    assert capsys.readouterr().err == f"dcam explain: interrupted; {target} was written whole (the folder it replaced " \
+                                      "is gone)\n"

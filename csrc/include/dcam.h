@@ -11,7 +11,7 @@
  *
  * Plain C (C99 or later, or C++): no Python, no torch. Every function works on
  * raw, C-contiguous (row-major) buffers owned by the caller and implements the
- * Diffusion-CAM math contract (SPEC.md) exactly as the pure-PyTorch
+ * Diffusion-CAM math contract (docs/ALGORITHM.md) exactly as the pure-PyTorch
  * reference `dcam/ops/reference.py` does (float32 results agree at atol 1e-5, the
  * integer statistics are equal).
  *
@@ -24,7 +24,7 @@
  * between calls (the size of its largest call up to 256 MiB; larger ones are
  * released at once), freed when that thread exits.
  *
- * Accuracy: the rounding model of the contract (SPEC.md, dcam/ops/reference.py):
+ * Accuracy: the rounding model of the contract (docs/ALGORITHM.md, dcam/ops/reference.py):
  * element-wise arithmetic is float32, every reduction over a map or a window
  * (sums, means, standard deviations, AKD's rank-weighted mean) is accumulated in
  * float64 and rounded to float32 once. The PyTorch reference and the Triton kernels
@@ -49,7 +49,7 @@ extern "C" {
 
 #define DCAM_VERSION_STRING "0.1.0"
 
-/* The numbers of the math contract (SPEC.md), the same values as the Python
+/* The numbers of the math contract (docs/ALGORITHM.md), the same values as the Python
  * module dcam/ops/constants.py (DCAM_<NAME> there is <NAME>; a test compares them).
  * The library rounds each to float32 where the contract computes in float32. */
 #define DCAM_EPS_NORM 1e-8 /* denominator guard of every min-max normalisation */
@@ -233,7 +233,8 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
  *
  * A value these rules refuse (NaN included) gives DCAM_EINVAL_VALUE; only the values the
  * configuration reads are checked, and the maps (raw; context_maps in context mode) must be
- * finite (NaN/Inf gives DCAM_EINVAL_VALUE: the reference's maps would be NaN). Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
+ * finite (NaN/Inf gives DCAM_EINVAL_VALUE: the reference's maps would be NaN).
+ * Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM.
  */
 int dcam_refine(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
                 const float* repeat_ratio, const float* context_maps, const float* context_weights,

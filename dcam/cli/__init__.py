@@ -31,13 +31,17 @@ def build_parser() -> common.Parser:
 
 def main(argv=None) -> int:
     """Parse ``argv`` and run the subcommand; returns the exit code (see :mod:`.common`)."""
-    parser = build_parser()
     try:
+        parser = build_parser()  # (imports numpy for the help texts: Ctrl-C there was a traceback)
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) or a usage error (2), already printed
         return int(exc.code or 0)
-    if not getattr(args, "run", None):
-        parser.print_help()
+    except KeyboardInterrupt:
+        print("dcam: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    if not getattr(args, "run", None):  # a usage error: one line on stderr (the whole help went to stdout)
+        print(f"dcam: error: a command is required ({', '.join(SUBCOMMANDS)}); dcam --help says what each does",
+              file=sys.stderr)
         return 2
     return common.run_command(args.command, args.run, args)
 

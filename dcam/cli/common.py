@@ -103,8 +103,10 @@ def run_command(command: str, handler: Callable, args) -> int:
     except InputError as exc:
         print(f"dcam {command}: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dcam {command}: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        done = getattr(exc, "target", None)  # (dcam.output.InterruptedAfterWriting: the output was in place)
+        print(f"dcam {command}: interrupted; " + (f"{done} was written whole (the folder it replaced is gone)"
+                                                  if done else "nothing was written"), file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `dcam families | head`: the reader closed the pipe; stop quietly (Python would print the error again

@@ -83,7 +83,11 @@ def expand_inputs(paths: List[str]) -> List[str]:
     out: List[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p)
+            try:
+                names = os.listdir(p)
+            except OSError as exc:  # (an unreadable folder was a PermissionError traceback)
+                raise InputError(f"IMAGE: cannot read the folder {p!r} ({exc.strerror or exc})") from None
+            found = sorted(os.path.join(p, f) for f in names
                            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(p, f)))
             if not found:
                 raise InputError(f"IMAGE: the folder {p!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")

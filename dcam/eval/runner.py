@@ -292,6 +292,16 @@ def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples
     return n
 
 
+def _check_dataset(dataset) -> None:
+    if not isinstance(dataset, (str, EvalDataset, list, tuple)):
+        raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
+                         f"got {type(dataset).__name__}")
+    if isinstance(dataset, (list, tuple)):  # (one that is not a record was an AttributeError mid-run)
+        bad = next((k for k, r in enumerate(dataset) if not isinstance(r, EvalRecord)), None)
+        if bad is not None:
+            raise InputError(f"dataset[{bad}] must be an EvalRecord, got {type(dataset[bad]).__name__}")
+
+
 def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalDataset, Sequence[EvalRecord]] = "shapes",
              methods="all", n: Optional[int] = 200, ablation: bool = False, faithfulness: bool = False,
              out_dir: Optional[str] = None, *, explainer_factory: Optional[ExplainerFactory] = None,
@@ -332,13 +342,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     if out_dir is not None:  # before the work, not after it (a file there failed once everything had run)
         out_dir = check_output_folder(out_dir, overwrite, "out_dir")
     faith_fill = check_fill(faith_fill, "faith_fill")
-    if not isinstance(dataset, (str, EvalDataset, list, tuple)):
-        raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
-                         f"got {type(dataset).__name__}")
-    if isinstance(dataset, (list, tuple)):  # (one that is not a record was an AttributeError mid-run)
-        bad = next((k for k, r in enumerate(dataset) if not isinstance(r, EvalRecord)), None)
-        if bad is not None:
-            raise InputError(f"dataset[{bad}] must be an EvalRecord, got {type(dataset[bad]).__name__}")
+    _check_dataset(dataset)
     records, ds, ds_name = _open_records(dataset, split, n, image_size)
     _refuse_unused(methods, config, layer, bool(ablation or sweep or sweep_probes or sweep_layers), given_score)
     cmp = _Comparison(factory, methods, config, layer, probe, target_score, prompt, ablation,

@@ -271,12 +271,20 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     # maps pooled from checked inputs are in [0, 1] unless float32 overflowed: that flag is made here
     # on the device and read with the gradients' at the end (no host sync between the stages)
     overflowed = V.nonfinite_flag(raw) if check_finite else None
-    out = _refine_checked(raw, degenerate, config, steps, image_size, repeat_ratio, None, context_weights,
-                          backend, check_values=check_finite)
-    if check_finite:
+
+    def raise_pooling_errors():
         _raise_if_grads_nonfinite(grads, bad)
         _raise_if_pooling_overflowed(overflowed)
         _raise_if_degenerate_by_overflow(acts, degenerate, _recomputed_weights(grads, config.grad_relu, backend))
+    # on the host the flags cost nothing to read, and read first they name the pooling's input before the
+    # C++ refinement refuses the NaN maps it made (dcam_refine: DCAM_EINVAL_VALUE)
+    host = raw.device.type == "cpu"
+    if check_finite and host:
+        raise_pooling_errors()
+    out = _refine_checked(raw, degenerate, config, steps, image_size, repeat_ratio, None, context_weights,
+                          backend, check_values=check_finite)
+    if check_finite and not host:
+        raise_pooling_errors()
     return out
 
 

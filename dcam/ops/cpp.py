@@ -44,7 +44,9 @@ def unavailable_reason() -> Optional[str]:
 
 def _require() -> None:
     if _C is None:
-        raise RuntimeError(f"dcam._C is not available ({_IMPORT_ERROR}); reinstall dcam with a C++17 compiler on the path to build it")
+        raise RuntimeError(f"dcam._C is not available ({_IMPORT_ERROR}); reinstall dcam with a C++17 compiler on the "
+                           "path to build it (pip install --no-cache-dir --force-reinstall --no-deps <dcam's folder "
+                           "or sdist>)")
 
 
 def _f32(t: Tensor):

@@ -181,8 +181,9 @@ def _cpu_kernel(op: str) -> Callable:
         return getattr(cpp_backend.module(), f"{op}_cpp")
     _warn_once("cpp", f"dcam: the C++ CPU backend is not available ({cpp_backend.unavailable_reason()}); "
                       "CPU tensors use the slower PyTorch reference. Reinstall dcam where a C++17 compiler with "
-                      "OpenMP is on the path (`pip install --force-reinstall --no-deps dcam`, or `pip install -e .` "
-                      "in a checkout) to build it.")
+                      "OpenMP is on the path (`pip install --no-cache-dir --force-reinstall --no-deps <the dcam "
+                      "folder or sdist you installed from>`: without --no-cache-dir pip reinstalls its cached build, "
+                      "which lacks the extension; `pip install -e .` in a checkout) to build it.")
     return OPS[op][1]
 
 

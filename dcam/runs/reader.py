@@ -130,6 +130,8 @@ class Run:
                                                                    ERROR_PARTS)]
         if not os.path.exists(self.root):
             raise InputError(f"run: no such folder {root!r}")
+        if os.path.isdir(self.root) and not os.access(self.root, os.R_OK | os.X_OK):  # (said "holds no dcam run")
+            raise InputError(f"run: cannot read the folder {root!r} (permission denied)")
         if not os.path.isdir(self.root) or not any(has):
             raise InputError(f"run: {root!r} holds no dcam run (no {INDEX}, {INDEX_PARTS}/ or {RUN_JSON})")
         self._shards = _Shards(self.root)

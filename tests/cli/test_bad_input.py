@@ -416,3 +416,27 @@ def test_backends_says_why_triton_is_unavailable():
     out = subprocess.run([sys.executable, "-m", "dcam", "backends"], capture_output=True, text=True, env=env).stdout
     assert "triton: unavailable: installed, but it needs a CUDA device (or TRITON_INTERPRET=1" in out
     assert "triton" not in out.splitlines()[0]
+
+
+def test_no_command_is_one_line_on_stderr(cli):
+    # the whole help went to stdout with exit 2
+    rc, stdout, err = cli()
+    assert rc == 2 and stdout == "" and len(err) == 1
+    assert err[0].startswith("dcam: error: a command is required (demo, explain, eval, ")
+
+
+def test_an_unreadable_folder_of_images_is_named(cli, tmp_path, monkeypatch):
+    # os.listdir's PermissionError was a traceback (exit 1); root reads every folder, so the refusal is
+    # made by the system call itself here
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    real = os.listdir
+
+    def listdir(p="."):
+        if os.fspath(p) == str(folder):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(p)
+    monkeypatch.setattr(os, "listdir", listdir)
+    rc, _, err = cli("explain", str(folder), "--out", str(tmp_path / "x"), "--quiet")
+    assert rc == 2 and err == [f"dcam explain: error: IMAGE: cannot read the folder {str(folder)!r} (Permission denied)"]
+    assert not (tmp_path / "x").exists()
