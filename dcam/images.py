@@ -167,6 +167,8 @@ def _open(path) -> Image.Image:
         raise InputError(f"image: {name!r} is a folder, not an image file")
     if not os.path.exists(name):
         raise InputError(f"image: no such file {name!r}")
+    if not os.path.isfile(name):  # a named pipe or a device: reading one waited for a writer forever
+        raise InputError(f"image: {name!r} is not a regular file (a pipe, socket or device)")
     try:
         im = Image.open(name)
         frames = int(getattr(im, "n_frames", 1) or 1)

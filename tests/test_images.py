@@ -2,6 +2,7 @@
 sees, each conversion stated in the notes; what cannot be read is an
 InputError naming the image. Expected pixels are computed here with numpy."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -133,6 +134,10 @@ def test_unreadable_inputs_are_input_errors(tmp_path):
         load_image(str(tmp_path / "missing.png"))
     with pytest.raises(InputError, match="is a folder, not an image file"):
         load_image(str(tmp_path))
+    os.mkfifo(tmp_path / "pipe.png")  # reading it waited forever for a writer
+    for special in (str(tmp_path / "pipe.png"), "/dev/zero"):
+        with pytest.raises(InputError, match=r"^image: .* is not a regular file \(a pipe, socket or device\)$"):
+            load_image(special)
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
     with pytest.raises(InputError, match=r"^image: cannot read .*junk\.png' \(UnidentifiedImageError: "):
