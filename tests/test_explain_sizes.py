@@ -428,9 +428,9 @@ def test_a_batch_has_at_most_chunk_size_examples_without_a_budget(toy, samples):
     seen = []
     orig = G.batched_grad
 
-    def spy(scores, leaf, chunk_size, select, on_chunk):
+    def spy(scores, leaf, chunk_size, select, on_chunk, **kw):
         seen.append((scores.shape[0], chunk_size))
-        return orig(scores, leaf, chunk_size, select, on_chunk)
+        return orig(scores, leaf, chunk_size, select, on_chunk, **kw)
 
     exp = Explainer(*toy, chunk_size=2)
     images, responses = [s.image for s in samples] * 2, [s.caption for s in samples] * 2
