@@ -273,7 +273,9 @@ def word_pieces(text: str, spans: Sequence[Tuple[int, int]], alone: Sequence[str
             elif alone[t].strip() or (not alone[t] and clean_token(tokens[t])):
                 own[t] = token_text(text, (a, b), alone[t], tokens[t])
             continue
-        if not mine:  # whitespace only
+        if not mine:  # whitespace only, unless it also holds the first bytes of the next character:
+            if "\ufffd" in alone[t]:  # byte-level BPE's " 🙂" as "ĠðŁ" "Ļ" "Ĥ" (the space, then a part)
+                pending.append(t)
             continue
         words = [s for s, w in mine if w] or [s for s, _ in mine]
         for s in words[1:]:

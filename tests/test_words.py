@@ -34,6 +34,10 @@ CASES = [
      [[0], [1, 2, 3], [4], [5]]),
     (BYTE_LEVEL, ["circle", "\u00f0\u0141", "\u013b\u0124", "\u0120Red"], ["circle", "🙂", "red"],
      [[0], [1, 2], [3]]),
+    # GPT-2's " 🙂" and " 日": the first token holds the space and the character's first bytes (it was
+    # left out of the word, its score out of the word's)
+    (BYTE_LEVEL, ["red", "\u0120\u00f0\u0141", "\u013b", "\u0124", "\u0120\u00e6", "\u0139\u00a5"],
+     ["red", "🙂", "日"], [[0], [1, 2, 3], [4, 5]]),
     # sentencepiece with byte fallback
     (BYTE_FALLBACK, ["\u2581red", "<0x0A>", "circle"], ["red", "circle"], [[0], [2]]),
     (BYTE_FALLBACK, ["\u2581caf", "<0xC3>", "<0xA9>", "\u2581rouge"], ["café", "rouge"], [[0, 1, 2], [3]]),
