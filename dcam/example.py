@@ -201,6 +201,9 @@ class ExampleBuilder:
         spans = token_spans(a.decode_tokens, kept, breaks)
         granularity, targets = items_asked(targets, self.granularity)
         every = response_items(slots, strings, granularity, *spans)
+        if not every:  # tokens of whitespace only ("  ", "\n\n"): the error named eos/pad tokens
+            where = f"response: {response!r}" if response is not None else "the response"
+            raise InputError(f"{where} has no word to explain (its tokens are whitespace only)")
         items = select_items(every, targets, text_of=_text_of(slots, *spans[:2]))
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,

@@ -22,7 +22,9 @@ naming ``targets``.
 
 Targets written as one text (``dcam explain --tokens``, a run manifest's
 ``"targets"`` string) are read by :func:`parse_target_text`: commas separate
-the targets, so ``"red circle"`` is one phrase and ``"red, circle"`` two words.
+the targets, so ``"red circle"`` is one phrase and ``"red, circle"`` two words;
+a target in double quotes is that text, commas and digits included
+(``"\"1,000\", 3"`` is the word 1,000 and word number 3).
 """
 from __future__ import annotations
 
@@ -96,6 +98,14 @@ def response_items(slots: List[int], token_strings: Sequence[str], granularity: 
     return [Item(word, n, [slots[k] for k in toks]) for n, (toks, word) in enumerate(groups)]
 
 
+def _listed(words: List[str], most: int = 40) -> str:
+    """The response's words for a message: the first ``most`` of a long one (a 2,000-token
+    response's message ran to 3,400 characters)."""
+    if len(words) <= most:
+        return " ".join(words)
+    return " ".join(words[:most]) + f" ... and {len(words) - most} more"
+
+
 def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
     """The items ``targets`` asks for, in response order (see the module docstring).
     ``text_of(slots)``: the response's text over those slots, a phrase's name (else its
@@ -124,13 +134,13 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
             k = int(it)
             if not -len(items) <= k < len(items):
                 raise InputError(f"targets: word number {k} is out of range for a response of {len(items)} "
-                                 f"words ({' '.join(words)})")
+                                 f"words ({_listed(words)})")
             chosen[(k % len(items),)] = items[k % len(items)]
         elif isinstance(it, str):
             runs = find_phrase(words, it)
             if not runs:
                 kind = "phrase" if len([w for w in it.split() if phrase_key(w)]) > 1 else "word"
-                raise InputError(f"targets: {kind} {it!r} is not in the response (words: {' '.join(words)})")
+                raise InputError(f"targets: {kind} {it!r} is not in the response (words: {_listed(words)})")
             for start, stop in runs:
                 span = items[start:stop]
                 slots = [slot for x in span for slot in x.slots]
@@ -147,22 +157,43 @@ def parse_target_text(text: str):
     ``"all"`` alone is every item. Otherwise commas separate the targets; each is
     a word, a phrase (words separated by spaces: ``"red circle"`` is one map),
     or word numbers (``"0"``, ``"-1"``; ``"0 -1"`` is two numbers, as there is
-    no phrase of numbers to mean). Empty pieces between commas are skipped.
-    A text with no target at all is a ValueError, for the caller to name its
-    own argument: an empty ``--tokens ""`` asks for nothing, not for all."""
-    parts = [" ".join(p.split()) for p in text.split(",")]
-    parts = [p for p in parts if p]
+    no phrase of numbers to mean). A target in double quotes is its text as
+    written: ``"1,000"`` the number word (commas and digits were read as the
+    word numbers 1 and 0), ``"3"`` the word 3. Empty pieces between commas are
+    skipped. A text with no target at all is a ValueError, for the caller to name
+    its own argument: an empty ``--tokens ""`` asks for nothing, not for all."""
+    parts = [(" ".join(p.split()), quoted) for p, quoted in _comma_pieces(text)]
+    parts = [(p, quoted) for p, quoted in parts if p]
     if not parts:
         raise ValueError(f"{text!r} names no word, phrase or word number (\"all\" explains every word)")
-    if parts == ["all"]:
+    if parts == [("all", False)]:
         return "all"
     out: list = []
-    for p in parts:
+    for p, quoted in parts:
         words = p.split(" ")
-        if all(re.fullmatch(r"-?[0-9]+", w) for w in words):
+        if not quoted and all(re.fullmatch(r"-?[0-9]+", w) for w in words):
             out.extend(int(w) for w in words)
         else:
             out.append(p)
+    return out
+
+
+def _comma_pieces(text: str) -> List[Tuple[str, bool]]:
+    """(piece, quoted) of ``text`` split at the commas outside double quotes."""
+    out: List[Tuple[str, bool]] = []
+    cur: List[str] = []
+    quoted = inside = False
+    for ch in text:
+        if ch == '"':
+            inside, quoted = not inside, True
+        elif ch == "," and not inside:
+            out.append(("".join(cur), quoted))
+            cur, quoted = [], False
+        else:
+            cur.append(ch)
+    if inside:
+        raise ValueError(f"{text!r} opens a double quote it does not close")
+    out.append(("".join(cur), quoted))
     return out
 
 

@@ -56,12 +56,16 @@ def test_targets_written_as_text():
     # --tokens and a manifest's "targets" string: commas separate targets, spaces join a phrase
     cases = {"all": "all", " all ": "all", "red circle": ["red circle"], "red, circle": ["red", "circle"],
              " red   circle ,2,": ["red circle", 2], "0 -1": [0, -1], "-3": [-3], "a-1, 4x": ["a-1", "4x"],
-             "--5": ["--5"], "all, red": ["all", "red"], "\u00b2": ["\u00b2"]}
+             "--5": ["--5"], "all, red": ["all", "red"], "\u00b2": ["\u00b2"],
+             # in double quotes a target is its text: "1,000" was the word numbers 1 and 0
+             '"1,000", 3': ["1,000", 3], '"3"': ["3"], '"all"': ["all"], ' "red,  circle" ': ["red, circle"]}
     for text, want in cases.items():
         assert parse_target_text(text) == want, text
     for text in ("", " ", ",", " , ,"):
         with pytest.raises(ValueError, match="names no word, phrase or word number"):
             parse_target_text(text)
+    with pytest.raises(ValueError, match="opens a double quote it does not close"):
+        parse_target_text('"1,000')
 
 
 def test_phrase_gradient_is_the_sum_of_its_tokens_gradients(toy, samples):

@@ -140,6 +140,11 @@ def test_explainer_words_with_a_byte_level_tokenizer():
     assert words_e.pieces == [[0, 1, 2], [3]] and torch.equal(words_e.maps, e.maps)
     one = proc.tokenizer.convert_tokens_to_ids(["circle", "s"])
     assert exp.explain(image, prompt="describe the image", response=one).tokens == ["circles"]
+    # whitespace only: it said "only eos/pad tokens" and did not name the argument
+    space = proc.tokenizer.convert_tokens_to_ids(["\u0120", "\u0120"])
+    with pytest.raises(InputError, match=r"^response: \[\d+, \d+\] has no word to explain \(its tokens are "
+                                         r"whitespace only\)$"):
+        exp.explain(image, prompt="describe the image", response=space)
 
 
 def test_targets_match_across_unicode_forms_and_case_folding():
