@@ -274,9 +274,13 @@ class Explainer:
     def _checked_request(self, probe: Optional[str], target_score: Optional[str]):
         """(probe, target score) with the defaults filled in, refused when the model or
         the method does not take them."""
-        probe = probe or self.default_probe
+        # (None is the default: "" or 0 became the default probe / score without a word)
+        probe = self.default_probe if probe is None else probe
         check_probe_request(self.adapter, self.layer, probe, self.method.needs_gradients, self.method.probes)
-        return probe, check_target_score(target_score or self.method.default_target_score)
+        if target_score is not None and not self.method.needs_gradients:  # (taken, and it changed the scores)
+            raise InputError(f"target_score: the {self.method_name} method differentiates no score; leave "
+                             "target_score out")
+        return probe, check_target_score(self.method.default_target_score if target_score is None else target_score)
 
     def _chunk_size(self, examples: List[Example], rows: int) -> int:
         if self.memory_budget is None or not self.method.needs_gradients:

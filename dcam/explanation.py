@@ -85,8 +85,9 @@ class Explanation:
     :class:`dcam.trajectory.Trajectory` when explained with ``trajectory=True``. maps: float32 ``[T, h, w]``. stats: per-map
     statistics (each a ``[T]`` tensor). scores: the target scores.
     raw_maps: the pooled, min-max normalised maps before refinement
-    (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config gives
-    that config's maps). extra: ``distractor`` (contrastive position) and
+    (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config that
+    keeps ``grad_relu`` gives that config's maps: ``grad_relu`` acts in the
+    pooling, before these maps). extra: ``distractor`` (contrastive position) and
     ``context_weights`` ``[T, T]``. model_dtype / device: the dtype of the model's
     blocks (its last block's parameters) and the device of its parameters
     (float16 and bfloat16 maps differ from float32 ones by their rounding:
@@ -170,13 +171,14 @@ class Explanation:
         method = METHODS.get(self.method)
         config = self.config.as_dict() if method is None or method.uses_config else None
         target_score = self.target_score if method is None or method.needs_gradients else None
+        layer = self.layer if method is None or method.needs_gradients else None  # (tam hooks no layer)
         return dict(
             tokens=self.tokens, token_ids=self.token_ids, word_numbers=self.word_numbers,
             response_indices=self.response_indices, pieces=self.pieces, granularity=self.granularity,
             view=self.view, response=self.response,
             response_ids=self.response_ids, response_tokens=self.response_tokens, prompt=self.prompt,
             steps=self.steps, steps_source=self.steps_source, method=self.method, probe=self.probe,
-            layer=self.layer, target_score=target_score, grid=list(self.grid),
+            layer=layer, target_score=target_score, grid=list(self.grid),
             image_size=list(self.image.size), repeat_ratio=self.repeat_ratio,
             scores=self.scores.tolist(), stats=self.stats_lists(), config=config,
             model=self.model_name, model_dtype=self.model_dtype, device=self.device, notes=self.notes,

@@ -639,3 +639,31 @@ def test_an_overflow_in_the_lm_head_or_a_decoder_while_generating_is_named_too()
             Explainer(m, p).explain(image, **kw)
         assert not any(mod._forward_hooks for mod in (m.lm_head if hasattr(m, "lm_head") else m,))
 
+
+
+def test_what_a_method_never_uses_is_refused_or_recorded_as_none(zoo, sample, tmp_path):
+    # tam took target_score="contrastive" (its scores became contrastive sums while meta.json said none) and
+    # recorded layer 0; "" or 0 as a probe or target score became the default without a word; a list as a
+    # method name or SICD mode was a TypeError
+    from dcam import CamConfig
+    from dcam.runs.folder import run_identity
+
+    tam = Explainer(*zoo, method="tam")
+    with pytest.raises(InputError, match="^target_score: the tam method differentiates no score; leave "
+                                         "target_score out$"):
+        tam.explain(sample.image, response=sample.caption, target_score="contrastive")
+    e = tam.explain(sample.image, response=sample.caption, probe="full")
+    meta = e.meta()
+    assert meta["layer"] is None and meta["target_score"] is None and meta["config"] is None
+    ident = run_identity(tam, {"name": "bundled"}, None, None, None)
+    assert ident["layer"] is None and ident["target_score"] is None and ident["config"] is None
+    exp = Explainer(*zoo)
+    for kw, match in ((dict(probe=""), "^probe must be one of full, masked, remask, got ''$"),
+                      (dict(probe=0), "^probe must be one of full, masked, remask, got 0$"),
+                      (dict(target_score=""), "target_score"), (dict(target_score=False), "target_score")):
+        with pytest.raises(InputError, match=match):
+            exp.explain(sample.image, response=sample.caption, **kw)
+    with pytest.raises(InputError, match=r"^method: unknown method \['tam'\]"):
+        Explainer(*zoo, method=["tam"])
+    with pytest.raises(InputError, match=r"^CamConfig\.sicd must be one of"):
+        CamConfig(sicd=["off"])

@@ -167,7 +167,8 @@ def report(e, folder: str) -> None:
     n, phrases = len(e), sum(1 for t in e.tokens if " " in t.strip())  # (a phrase's words ran into the next item's)
     what = (f"{n} word{'s' if n != 1 else ''}" if not phrases else
             f"{n} target{'s' if n != 1 else ''} ({phrases} phrase{'s' if phrases != 1 else ''})")
-    print(f"explained {what} with {e.method} (probe {e.probe}, layer {e.layer}, {e.steps} steps): "
+    layer = f", layer {e.layer}" if e.meta()["layer"] is not None else ""  # (tam hooks no layer: it said "layer 0")
+    print(f"explained {what} with {e.method} (probe {e.probe}{layer}, {e.steps} steps): "
           f"{(', ' if phrases else ' ').join(e.tokens)}")
     extra = ", trajectory.safetensors, trajectory/NN_<word>.gif, trajectory_sheet.png" if e.trajectory else ""
     print(f"written to {folder}: image.png, contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json, "

@@ -119,7 +119,7 @@ def register_method(cls: Type[CamMethod]) -> Type[CamMethod]:
 
 
 def get_method(name: str) -> CamMethod:
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:  # (a list was "unhashable type", a TypeError)
         raise InputError(f"method: unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]()
 
@@ -127,14 +127,20 @@ def get_method(name: str) -> CamMethod:
 # ------------------------------------------------------------------ helpers shared by the baselines
 
 def check_grid(grid, n: int) -> Tuple[int, int]:
-    h, w = int(grid[0]), int(grid[1])
-    if h * w != n:
-        raise InputError(f"grid {h}x{w} does not match {n} image tokens")
-    return h, w
+    """The operators' check (a pair of positive ints matching ``n``): (4.5, 4) was cut to 4,
+    "44" taken, (-4, -4) and (4,) raw errors."""
+    from ..ops.validation import check_grid as checked
+
+    return checked(grid, n)
 
 
 def batched_pool_inputs(acts: Tensor, grads: Tensor, grid):
-    """(acts [B,N,D], grads [B,T,N,D], h, w) from batched or single-image inputs."""
+    """(acts [B,N,D], grads [B,T,N,D], h, w) from batched or single-image inputs, checked as the
+    operators check theirs (a numpy array was an AttributeError, a size-0 one torch's RuntimeError)."""
+    from ..ops.validation import check_tensor
+
+    acts = check_tensor("acts", acts, ranks=(2, 3))
+    grads = check_tensor("grads", grads, ranks=(3, 4))
     if acts.dim() == 2:
         acts = acts[None]
     if grads.dim() == 3:

@@ -5,10 +5,13 @@ threshold: values below :data:`LLAVA_CAM_THRESHOLD` become 0. No denoising,
 gating, attenuation or renormalisation."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
-from ..ops.reference import pool_gradients_reference
+from ..errors import InputError
+from ..ops.api import pool_gradients
 from .base import CamMethod, MethodInputs, batched_pool_inputs, register_method
 
 #: LLaVA-CAM's fixed threshold on the normalised map
@@ -19,8 +22,14 @@ def llava_cam(acts: Tensor, grads: Tensor, grid, threshold: float = LLAVA_CAM_TH
     """LLaVA-CAM maps ``[B, T, h, w]``: section 1 pooling, then values below
     ``threshold`` set to 0. Feed it gradients of the contrastive score to
     reproduce the published method."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold must be a number in [0, 1] (the maps are min-max normalised), got "
+                         f"{threshold!r}")  # (NaN turned the threshold off, 5 zeroed every map)
     acts, grads, h, w = batched_pool_inputs(acts, grads, grid)
-    maps, degenerate = pool_gradients_reference(acts, grads, h, w, grad_relu=True)
+    # the reference pooling through the public op: its checks refuse a product past float32's range,
+    # which the bare reference turned into all-zero "degenerate" maps
+    pooled = pool_gradients(acts, grads, (h, w), grad_relu=True, backend="torch")
+    maps, degenerate = pooled.maps, pooled.degenerate
     maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
     return torch.where(degenerate[:, :, None, None], torch.zeros_like(maps), maps)
 

@@ -117,7 +117,7 @@ class CamConfig:
         for name in ("akd", "dacg", "cba", "grad_relu"):
             if not _is_bool(getattr(self, name)):
                 raise InputError(f"CamConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.sicd not in SICD_MODES:
+        if not isinstance(self.sicd, str) or self.sicd not in SICD_MODES:  # (a list: "unhashable type")
             raise InputError(f"CamConfig.sicd must be one of {sorted(SICD_MODES)}, got {self.sicd!r}")
         for name, (lo, hi) in FIELD_RANGES.items():
             v = getattr(self, name)

@@ -64,11 +64,14 @@ def run_identity(explainer, model: Dict[str, Any], probe: Optional[str], target_
                  steps: Optional[int]) -> Dict[str, Any]:
     """Everything that decides a record's maps."""
     dtype = next((str(p.dtype) for p in explainer.model.parameters()), None)
-    return {"model": model, "model_class": type(explainer.model).__name__, "dtype": dtype,
+    grads = explainer.method.needs_gradients  # what a method never uses is none (tam had layer 0, a "logit" score
+    return {"model": model, "model_class": type(explainer.model).__name__, "dtype": dtype,  # and a config)
             "method": explainer.method_name,
-            "layer": explainer.layer, "probe": probe or explainer.default_probe,
-            "target_score": target_score or explainer.method.default_target_score, "steps": steps,
-            "config": explainer.config.as_dict(), "granularity": getattr(explainer, "granularity", None),
+            "layer": explainer.layer if grads else None, "probe": probe or explainer.default_probe,
+            "target_score": (target_score or explainer.method.default_target_score) if grads else None,
+            "steps": steps,
+            "config": explainer.config.as_dict() if explainer.method.uses_config else None,
+            "granularity": getattr(explainer, "granularity", None),
             "view": getattr(explainer, "view", None), "family": getattr(explainer.adapter, "family", None)}
 
 

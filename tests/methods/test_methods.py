@@ -112,3 +112,32 @@ def test_tam_one_row_grid_and_errors():
         BL.tam(H_img, W, [1, 2], -torch.ones(2, 2), (1, 5))
     with pytest.raises(ValueError):
         BL.grad_cam(torch.randn(1, 4, 2), torch.randn(1, 1, 4, 3), (2, 2))
+
+
+def test_the_baseline_functions_check_their_inputs_as_the_operators_do():
+    # grid (4.5, 4) was cut to 4 and "44" taken, (-4, -4) and (4,) were raw errors, numpy arrays an
+    # AttributeError, T=0 torch's RuntimeError; llava_cam's threshold was never checked (NaN turned it off,
+    # 5 zeroed every map) and finite inputs whose product overflowed float32 gave all-zero maps
+    import numpy as np
+
+    from dcam.errors import InputError
+
+    acts, grads = torch.rand(1, 16, 8), torch.rand(1, 2, 16, 8)
+    for fn in (BL.grad_cam, BL.llava_cam):
+        for grid, match in (((4.5, 4), r"^grid must be a pair of ints \(h, w\), got \(4\.5, 4\)$"),
+                            ("44", r"^grid must be a pair of ints"), ((4,), r"^grid must be a pair of ints"),
+                            ((-4, -4), r"^grid must be positive, got \(-4, -4\)$"),
+                            ((4, 5), r"^grid 4x5 = 20 tokens does not match the image-token span of 16 tokens$")):
+            with pytest.raises(InputError, match=match):
+                fn(acts, grads, grid)
+        with pytest.raises(InputError, match=r"^acts must be a torch\.Tensor, got ndarray$"):
+            fn(acts.numpy(), grads, (4, 4))
+        with pytest.raises(InputError, match=r"^grads is empty \(shape \(1, 0, 16, 8\)\)$"):
+            fn(acts, grads[:, :0], (4, 4))
+    for bad in (float("nan"), -1, 5, "0.4", True):
+        with pytest.raises(InputError, match=r"^threshold must be a number in \[0, 1\]"):
+            BL.llava_cam(acts, grads, (4, 4), threshold=bad)
+    huge_a, huge_g = torch.rand(1, 16, 8) * 1e20 + 1e19, torch.rand(1, 2, 16, 8) * 1e20
+    with pytest.raises(InputError, match="^acts: finite, but pooled with grads it overflows float32"):
+        BL.llava_cam(huge_a, huge_g, (4, 4))
+    assert np.isfinite(BL.llava_cam(acts, grads, (4, 4)).numpy()).all()
