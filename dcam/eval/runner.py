@@ -215,8 +215,9 @@ class _Comparison:
 
     def add(self, rec: EvalRecord, ds_name: str) -> None:
         kw = dict(self._explain_kw(), response=rec.caption)
-        try:
-            exps = {m: self.explainers[m].explain(rec.image, self.prompt, **kw) for m in self.methods}
+        try:  # (a method that differentiates no score takes none)
+            exps = {m: self.explainers[m].explain(rec.image, self.prompt, **(
+                kw if get_method(m).needs_gradients else dict(kw, target_score=None))) for m in self.methods}
         except InputError as exc:
             self.skipped.append((rec.record_id, f"explain failed: {exc}"))
             warnings.warn(f"{ds_name}: skipped record {rec.record_id}: explain failed: {exc}")
