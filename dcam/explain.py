@@ -153,6 +153,13 @@ class Explainer:
         self.view = check_view(self.adapter, view)
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend != "auto" and not self.method.uses_config:  # (taken and ignored)
+            raise InputError(f"backend: the {self.method_name} method computes its maps in PyTorch itself (only "
+                             "diffusion-cam runs dcam's operators); leave backend out")
+        if backend != "auto":  # where the maps will be made: refused here, not after the whole probe has run
+            from .ops.backends import check_backend
+
+            check_backend(backend, next((p.device for p in self.model.parameters()), torch.device("cpu")))
         self.backend = backend
 
     @property
@@ -203,11 +210,13 @@ class Explainer:
                       response_length: Optional[int] = None, background: Sequence[int] = WHITE,
                       view: Optional[str] = None, granularity: Optional[str] = None) -> List[Explanation]:
         """Explain several examples with batched forwards and backwards; returns
-        one Explanation per image, equal to :meth:`explain` on each. Examples share each
-        forward and backward: examples of any lengths (other prompts, responses, image
-        sizes) are padded on the right to the longest, each family's way
-        (:mod:`dcam.probe.padding`; DiffusionGemma's only while a prompt fits its encoder's
-        sliding window, docs/FAMILIES.md).
+        one Explanation per image, equal to :meth:`explain` on each up to the rounding of a
+        padded forward (reductions of another length: ~1e-6 in the gradients, which the maps'
+        min-max normalisation and thresholds can grow to ~1e-4..3e-3 in float32; measured per
+        family in docs/FAMILIES.md). Examples share each forward and backward: examples of any
+        lengths (other prompts, responses, image sizes) are padded on the right to the longest,
+        each family's way (:mod:`dcam.probe.padding`; DiffusionGemma's only while a prompt fits
+        its encoder's sliding window, docs/FAMILIES.md).
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""

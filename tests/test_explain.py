@@ -667,3 +667,26 @@ def test_what_a_method_never_uses_is_refused_or_recorded_as_none(zoo, sample, tm
         Explainer(*zoo, method=["tam"])
     with pytest.raises(InputError, match=r"^CamConfig\.sicd must be one of"):
         CamConfig(sicd=["off"])
+
+
+def test_a_missing_or_wrong_processor_is_named_when_the_explainer_is_made(zoo):
+    # Explainer(model, None) / (model, "processor") / (model, model) were accepted and explain() failed with an
+    # AttributeError ('NoneType' object has no attribute 'encode_response')
+    model, _ = zoo
+    for proc, kind in ((None, "NoneType"), ("processor", "str"), (model, type(model).__name__)):
+        with pytest.raises(InputError, match=rf"^processor: the shapes model needs its ShapesProcessor "
+                                             rf"\(dcam\.zoo\.load_default\(\) returns both\), got {kind} \(no build\)$"):
+            Explainer(model, proc)
+
+
+def test_a_backend_is_checked_when_the_explainer_is_made(zoo, monkeypatch):
+    # backend="triton" on a CPU model without Triton's interpreter was refused only after the whole probe had
+    # run; with grad-cam, llava-cam or tam any backend was taken and ignored
+    model, proc = zoo
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises((InputError, RuntimeError), match="backend='triton'"):
+        Explainer(model, proc, backend="triton")
+    for method in ("grad-cam", "llava-cam", "tam"):
+        with pytest.raises(InputError, match=rf"^backend: the {method} method computes its maps in PyTorch itself"):
+            Explainer(model, proc, method=method, backend="torch")
+    assert Explainer(model, proc, backend="cpp" if "cpp" in __import__("dcam").available_backends() else "torch")

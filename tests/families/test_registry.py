@@ -155,3 +155,32 @@ def test_a_family_forced_on_a_model_it_does_not_fit_is_refused_naming_family(mod
     with pytest.raises(InputError, match=r"^family: Custom \(config.model_type 'custom-vlm'\) lacks the transformer "
                                          r"blocks of the llava family \(model.model.language_model.layers\)$"):
         auto_adapter(Custom(), proc, family="llava")
+
+
+def test_a_transformers_vlm_without_its_processor_is_named(models):
+    # processor=None was accepted and explain() failed with an AttributeError
+    import pytest
+
+    from dcam import Explainer
+    from dcam.errors import InputError
+
+    model, _ = models("llava")
+    with pytest.raises(InputError, match=r"^processor: this llava model needs its transformers processor \(with a "
+                                         r"tokenizer\), got NoneType$"):
+        Explainer(model, None)
+
+
+def test_an_autoregressive_response_past_the_models_positions_is_refused_before_generating(models):
+    # response_length=10**6 was handed to generate() and ran until killed
+    import numpy as np
+    import pytest
+
+    from dcam import Explainer
+    from dcam.errors import InputError
+
+    model, proc = models("llava")
+    most = int(model.config.get_text_config().max_position_embeddings)
+    image = np.full((30, 30, 3), 120, dtype=np.uint8)
+    with pytest.raises(InputError, match=rf"^response_length: 1000000 tokens after a prompt of \d+ pass this model's "
+                                         rf"{most} positions \(max_position_embeddings\); ask for at most \d+$"):
+        Explainer(model, proc).explain(image, response_length=10**6)

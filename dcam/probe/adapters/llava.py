@@ -68,6 +68,10 @@ class HFVisionLanguageAdapter(ModelAdapter):
         """Refuse a transformers processor of another family (a LlavaProcessor beside a Qwen2-VL model
         ended in "KeyError: 'image_grid_thw'"); a processor transformers does not know is the caller's."""
         name = type(self.processor).__name__
+        if self.processor is None or not hasattr(self.processor, "tokenizer"):  # (an AttributeError in explain())
+            kind = getattr(self.model.config, "model_type", type(self.model).__name__)
+            raise InputError(f"processor: this {kind} model needs its transformers processor (with a tokenizer), "
+                             f"got {name}")
         try:
             from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
         except ImportError:  # (where transformers moves it, nothing is checked)
@@ -210,6 +214,12 @@ class HFVisionLanguageAdapter(ModelAdapter):
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or steps or self.response_length)
         L = prep.response_start
+        # the model's positions bound the response (10**6 new tokens ran until killed)
+        most = config_get(self.model.config, "max_position_embeddings")
+        if most is not None and L + Lr > int(most):
+            raise InputError(f"{'response_length' if response_length else 'steps'}: {Lr} tokens after a prompt of {L} "
+                             f"pass this model's "
+                             f"{int(most)} positions (max_position_embeddings); ask for at most {int(most) - L}")
         inputs = {k: (v[:, :L] if k in PER_TOKEN_INPUTS else v) for k, v in prep.model_inputs.items()}
         # a placeholder id in the response would make the model's next forward count one image token too many
         banned = sorted(self.placeholder_ids())
