@@ -28,13 +28,14 @@ class ShapesAdapter(ModelAdapter):
     def __init__(self, model: nn.Module, processor: Any, newline_column: bool = False,
                  newline_token_id: Optional[int] = None):
         super().__init__(model, processor, newline_column, newline_token_id)
+        self.default_steps = int(getattr(model.config, "response_length", 12))  # (a model without one: refused first)
+        self.blocks()
         # checked here: None or another object was accepted, and explain() failed later with an AttributeError
         missing = [a for a in ("build", "encode_response", "decode", "tokenizer", "response_length")
                    if not hasattr(processor, a)]
         if missing:
             raise InputError(f"processor: the shapes model needs its ShapesProcessor (dcam.zoo.load_default() "
                              f"returns both), got {type(processor).__name__} (no {missing[0]})")
-        self.default_steps = int(getattr(model.config, "response_length", 12))
 
     @property
     def image_token_id(self) -> int:
