@@ -28,6 +28,21 @@ def test_the_documented_example_runs():
         ADAPTERS[:] = before  # the example's registration must not leak into other tests
 
 
+
+def _documented_adapter():
+    """(MyAdapter, a MyDMLLM, an image) of the documented example, its registration undone."""
+    from dcam.probe.adapters import ADAPTERS
+
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
+    before = list(ADAPTERS)
+    space = {}
+    try:
+        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
+    finally:
+        ADAPTERS[:] = before
+    return space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+
 def test_an_adapters_mistakes_are_named_not_turned_into_maps():
     # negative image positions wrapped round to the prompt's text and the response and gave a normal-looking
     # map; text an adapter encodes to ids past its vocabulary was a torch IndexError (CLI exit 1); an
@@ -39,17 +54,8 @@ def test_an_adapters_mistakes_are_named_not_turned_into_maps():
 
     import dcam
     from dcam.errors import InputError
-    from dcam.probe.adapters import ADAPTERS
 
-    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
-    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
-    before = list(ADAPTERS)
-    space = {}
-    try:
-        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
-    finally:
-        ADAPTERS[:] = before
-    My, model, image = space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+    My, model, image = _documented_adapter()
 
     def shifted(shift):
         class Wrong(My):
@@ -84,7 +90,7 @@ def test_an_adapters_mistakes_are_named_not_turned_into_maps():
     with pytest.raises(InputError, match="^adapter must be a ModelAdapter instance, got type"):
         dcam.Explainer(adapter=My)
     with pytest.raises(InputError, match="^adapter: it wraps another model"):
-        dcam.Explainer(space["MyDMLLM"]().eval(), adapter=My(model))
+        dcam.Explainer(type(model)().eval(), adapter=My(model))
     assert torch.equal(dcam.Explainer(model, adapter=My(model)).explain(image, response="10 11").maps,
                        dcam.Explainer(adapter=My(model)).explain(image, response="10 11").maps)
 
@@ -97,17 +103,9 @@ def test_what_an_adapter_leaves_out_is_named_and_a_missing_mask_token_is_said_be
 
     import dcam
     from dcam.errors import InputError
-    from dcam.probe.adapters import ADAPTERS, ModelAdapter
+    from dcam.probe.adapters import ModelAdapter
 
-    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
-    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
-    before = list(ADAPTERS)
-    space = {}
-    try:
-        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
-    finally:
-        ADAPTERS[:] = before
-    My, model, image = space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+    My, model, image = _documented_adapter()
 
     class NoBlocks(My):
         blocks = ModelAdapter.blocks
@@ -141,17 +139,8 @@ def test_an_adapter_whose_logits_ignore_the_hooked_block_is_an_error_not_zero_ma
     import torch
 
     import dcam
-    from dcam.probe.adapters import ADAPTERS
 
-    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
-    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
-    before = list(ADAPTERS)
-    space = {}
-    try:
-        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
-    finally:
-        ADAPTERS[:] = before
-    My, model, image = space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+    My, model, image = _documented_adapter()
 
     class Detached(My):
         def forward_logits(self, input_ids, model_inputs):
