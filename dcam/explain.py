@@ -127,6 +127,9 @@ class Explainer:
         self.method_name = method
         if adapter is not None and not isinstance(adapter, ModelAdapter):  # (a class, or a model, went on to fail)
             raise InputError(f"adapter must be a ModelAdapter instance, got {type(adapter).__name__}")
+        if adapter is not None and adapter_kwargs:  # (taken and ignored: the adapter is already made)
+            raise InputError(f"{sorted(adapter_kwargs)[0]}: an option of the adapter dcam makes; with adapter= "
+                             "given, pass it to that adapter instead")
         if adapter is not None and model is not None and model is not adapter.model:
             raise InputError("adapter: it wraps another model than the one given (pass either, or the same)")
         self.adapter = adapter if adapter is not None else auto_adapter(model, processor, **adapter_kwargs)

@@ -690,3 +690,15 @@ def test_a_backend_is_checked_when_the_explainer_is_made(zoo, monkeypatch):
         with pytest.raises(InputError, match=rf"^backend: the {method} method computes its maps in PyTorch itself"):
             Explainer(model, proc, method=method, backend="torch")
     assert Explainer(model, proc, backend="cpp" if "cpp" in __import__("dcam").available_backends() else "torch")
+
+
+def test_a_misspelt_option_is_named_as_the_callers(zoo):
+    # Explainer(model, proc, chunksize=4) was "TypeError: ShapesAdapter.__init__() got an unexpected keyword
+    # argument", naming an internal class; with adapter= given, adapter options were taken and ignored
+    model, proc = zoo
+    with pytest.raises(InputError, match=r"^chunksize: not an option of the explainer or of the shapes model's "
+                                         r"adapter \(the adapter's: newline_column, newline_token_id\)$"):
+        Explainer(model, proc, chunksize=4)
+    adapter = Explainer(model, proc).adapter
+    with pytest.raises(InputError, match=r"^newline_column: an option of the adapter dcam makes; with adapter= given"):
+        Explainer(adapter=adapter, newline_column=True)

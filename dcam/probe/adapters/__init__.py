@@ -59,12 +59,28 @@ def _forced_adapter(fam: Family, model, processor, **kwargs) -> ModelAdapter:
         raise InputError(f"family: {_found(model)} is a {detected.name} model, not {fam.name} "
                          f"(leave family out to detect it)")
     try:  # (a model without the family's config, e.g. a plain nn.Module, failed in the adapter's constructor)
-        adapter = fam.adapter_class()(model, processor, **kwargs)
+        adapter = _made(fam.adapter_class(), model, processor, kwargs)
         adapter.blocks()
     except AttributeError:
         raise InputError(f"family: {_found(model)} lacks the transformer blocks of the {fam.name} family "
                          f"({fam.blocks})") from None
     return adapter
+
+
+def _made(cls, model, processor, kwargs) -> ModelAdapter:
+    """``cls(model, processor, **kwargs)``, a keyword the adapter does not take named as the
+    caller's (a typo such as chunksize= was a TypeError naming the adapter's __init__)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        takes = [n for n, p in params.items() if n not in ("self", "model", "processor")
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(kwargs) - set(takes))
+        if unknown:
+            raise InputError(f"{unknown[0]}: not an option of the explainer or of the {cls.name} model's adapter "
+                             f"(the adapter's: {', '.join(takes) or 'none'})")
+    return cls(model, processor, **kwargs)
 
 
 def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) -> ModelAdapter:
@@ -80,10 +96,10 @@ def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) 
         return _forced_adapter(fam, model, processor, **kwargs)
     for pred, cls in ADAPTERS:
         if pred(model):
-            return cls(model, processor, **kwargs)
+            return _made(cls, model, processor, kwargs)
     fam = detect_family(model)
     if fam is not None:
-        return fam.adapter_class()(model, processor, **kwargs)
+        return _made(fam.adapter_class(), model, processor, kwargs)
     if config_get(getattr(model, "config", None), "image_token_id", "image_token_index") is None:
         raise InputError(f"{_found(model)} has no image token id (config.image_token_id) and matches no dMLLM "
                          "family; it is not a multimodal model this explainer can probe (see `dcam families`)")
