@@ -67,6 +67,8 @@ def check_device(device: Optional[str]):
         raise InputError(f"device: {device!r} is not available here")
     if dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):  # (an AssertionError later)
         raise InputError(f"device: {device!r} is not available here")
+    if dev.type == "cpu" and dev.index not in (None, 0):  # (cpu:5 was taken: the CPU has no numbered devices)
+        raise InputError(f"device: {device!r} does not exist (the CPU is one device: cpu)")
     if dev.type not in ("cpu", "cuda", "mps", "xpu"):
         raise InputError(f"device: {device!r} is not supported (use cpu, cuda, cuda:N or mps)")
     return dev

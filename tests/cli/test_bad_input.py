@@ -115,6 +115,8 @@ def test_device_not_here_explain_and_bench(cli, error_line, tiny_model_dir, shap
     assert "not available here" in line or "does not exist" in line
     line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--device", "bogus")
     assert line.startswith("dcam explain: error: --device: 'bogus' is not a device name (")
+    line = _fails(cli, error_line, tmp_path, shapes_png, "--model", tiny_model_dir, "--device", "cpu:5")  # (was taken)
+    assert line == "dcam explain: error: --device: 'cpu:5' does not exist (the CPU is one device: cpu)"
     line = _fails(cli, error_line, tmp_path, "--device", dev, "--quick", command="bench")
     assert line.startswith(f"dcam bench: error: --device: {dev!r} ")
     line = _fails(cli, error_line, tmp_path, "--device", "bogus", "--quick", command="bench")
