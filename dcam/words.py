@@ -305,14 +305,18 @@ def word_pieces(text: str, spans: Sequence[Tuple[int, int]], alone: Sequence[str
 def token_text(text: str, span: Tuple[int, int], alone: str, token: str) -> str:
     """One token's own text (lower case, stripped): what it completes of the decoded
     text; else, as it decodes alone: "�" for part of a character's bytes, "␣" for
-    whitespace; else (no text at all: a special token, an id past the vocabulary)
+    whitespace (what it completes of the text, how it decodes alone, or a token string of
+    space markers only: "▁" was its label under a sentencepiece decoder, "␣" under
+    byte-level BPE); else (no text at all: a special token, an id past the vocabulary)
     its token string."""
     own = text[span[0]:span[1]].strip().lower()
     if own:
         return own
     if "\ufffd" in alone:
         return "\ufffd"
-    if alone and not alone.strip():
+    if (alone and not alone.strip()) or span[1] > span[0]:  # whitespace (a Metaspace "▁" decodes to "" alone)
+        return "\u2423"
+    if token and not token.replace("\u2581", " ").replace("\u0120", " ").strip():  # a lone space marker
         return "\u2423"
     return alone.strip().lower() or clean_token(token) or token
 

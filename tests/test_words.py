@@ -183,6 +183,13 @@ def test_token_labels_come_from_the_decoded_text():
     ids = tok.convert_tokens_to_ids(pieces)
     items = response_items(list(range(6)), pieces, "tokens", *token_spans(tok.decode, ids))
     assert [i.text for i in items] == ["red", "\u2423", "caf", "\ufffd", "é", "\u2423"]
+    # a sentencepiece space token decodes to "" alone: it was labelled by its token string "▁"
+    for pieces, labels in ((["\u2581red", "\u2581", "\u2581circle"], ["red", "\u2423", "circle"]),
+                           (["\u2581", "\u2581red"], ["\u2423", "red"])):
+        tok = _tokenizer(METASPACE, pieces)
+        ids = tok.convert_tokens_to_ids(pieces)
+        items = response_items(list(range(len(ids))), pieces, "tokens", *token_spans(tok.decode, ids))
+        assert [i.text for i in items] == labels
 
 
 def test_explainer_parts_words_at_special_tokens_and_masked_slots():
