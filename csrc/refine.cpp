@@ -355,9 +355,6 @@ bool valid_params(const dcam_refine_config& c) {
     return in_range(b[4], 0.f, 1.f);
 }
 
-// The per-image values and context weights the Python layer checks, for C callers (a NaN
-// repeat ratio made every map NaN; a NaN or negative step count silently gave kernel 3):
-// only those the configuration reads. NaN fails every test.
 // The maps themselves, for C callers: a NaN raw value gave finite maps where the reference's
 // are NaN (the rank filter and the percentiles order NaN arbitrarily). One pass over the maps,
 // small beside the refinement's sorting.
@@ -368,6 +365,9 @@ bool all_finite(const float* x, int64_t n) {
     return ok;
 }
 
+// The per-image values and context weights the Python layer checks, for C callers (a NaN
+// repeat ratio made every map NaN; a NaN or negative step count silently gave kernel 3):
+// only those the configuration reads. NaN fails every test.
 bool valid_values(const float* steps, const float* image_size, const float* repeat_ratio,
                   const float* context_weights, int64_t B, int64_t T, const dcam_refine_config& c) {
     const float fmax = 3.4028234663852886e38f;
@@ -390,9 +390,9 @@ bool valid_values(const float* steps, const float* image_size, const float* repe
     return true;
 }
 
-int check_refine_args(const float* raw, const float* context_maps, const float* steps, const float* image_size, const float* repeat_ratio,
-                      const float* context_weights, int64_t B, int64_t T, int64_t h, int64_t w,
-                      const dcam_refine_config* cfg, const float* maps_out) {
+int check_refine_args(const float* raw, const float* context_maps, const float* steps, const float* image_size,
+                      const float* repeat_ratio, const float* context_weights, int64_t B, int64_t T, int64_t h,
+                      int64_t w, const dcam_refine_config* cfg, const float* maps_out) {
     if (!cfg) return DCAM_EINVAL_NULL;
     if (B < 0 || T < 0 || h < 1 || w < 1) return DCAM_EINVAL_SHAPE;
     // checked products: h * w (and B * T * h * w) wrapped past int64 for huge sides
@@ -422,7 +422,8 @@ extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const fl
                            int64_t B, int64_t T, int64_t h, int64_t w, const dcam_refine_config* cfg,
                            float* maps_out, int32_t* kernel_size, int32_t* dacg_strategy, float* dacg_threshold,
                            float* cba_threshold, float* sicd_alpha) {
-    const int rc = check_refine_args(raw, context_maps, steps, image_size, repeat_ratio, context_weights, B, T, h, w, cfg, maps_out);
+    const int rc = check_refine_args(raw, context_maps, steps, image_size, repeat_ratio, context_weights, B, T, h, w,
+                                     cfg, maps_out);
     if (rc != DCAM_OK || B == 0 || T == 0) return rc;
     float g9[9];
     dacg_blur_weights(cfg->dacg_params[7], g9);

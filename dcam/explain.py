@@ -156,12 +156,13 @@ class Explainer:
         self.view = check_view(self.adapter, view)
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if backend != "auto" and not self.method.uses_config:  # (taken and ignored)
-            raise InputError(f"backend: the {self.method_name} method computes its maps in PyTorch itself (only "
-                             "diffusion-cam runs dcam's operators); leave backend out")
-        if backend != "auto":  # where the maps will be made: refused here, not after the whole probe has run
+        if backend != "auto":
+            if not self.method.uses_config:  # (taken and ignored)
+                raise InputError(f"backend: the {self.method_name} method computes its maps in PyTorch itself "
+                                 "(only diffusion-cam runs dcam's operators); leave backend out")
             from .ops.backends import check_backend
 
+            # where the maps will be made: refused here, not after the whole probe has run
             check_backend(backend, next((p.device for p in self.model.parameters()), torch.device("cpu")))
         self.backend = backend
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..errors import InputError, NonFiniteError
 from ..ops.config import CamConfig
 from ..ops.reference import EPS_NORM
+from ..ops.validation import check_grid, check_tensor
 from ..probe.adapters.base import ModelAdapter
 from ..probe.gradients import ProbeResult
 
@@ -126,19 +127,10 @@ def get_method(name: str) -> CamMethod:
 
 # ------------------------------------------------------------------ helpers shared by the baselines
 
-def check_grid(grid, n: int) -> Tuple[int, int]:
-    """The operators' check (a pair of positive ints matching ``n``): (4.5, 4) was cut to 4,
-    "44" taken, (-4, -4) and (4,) raw errors."""
-    from ..ops.validation import check_grid as checked
-
-    return checked(grid, n)
-
-
 def batched_pool_inputs(acts: Tensor, grads: Tensor, grid):
     """(acts [B,N,D], grads [B,T,N,D], h, w) from batched or single-image inputs, checked as the
-    operators check theirs (a numpy array was an AttributeError, a size-0 one torch's RuntimeError)."""
-    from ..ops.validation import check_tensor
-
+    operators check theirs (a numpy array was an AttributeError, a size-0 one torch's RuntimeError;
+    a grid of (4.5, 4) was cut to 4, "44" taken, (-4, -4) and (4,) raw errors)."""
     acts = check_tensor("acts", acts, ranks=(2, 3))
     grads = check_tensor("grads", grads, ranks=(3, 4))
     if acts.dim() == 2:

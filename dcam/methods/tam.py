@@ -17,7 +17,8 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..ops.reference import EPS_NORM, rank_gaussian_filter
-from .base import CamMethod, MapResult, MethodInputs, check_grid, minmax_or_zero, refuse_nonfinite, register_method
+from ..ops.validation import check_grid
+from .base import CamMethod, MapResult, MethodInputs, minmax_or_zero, refuse_nonfinite, register_method
 
 #: TAM's rank Gaussian filter size
 TAM_KERNEL = 3

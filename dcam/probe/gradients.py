@@ -198,16 +198,18 @@ def _item_scores(tok: Tensor, groups: List[List[int]]) -> Tensor:
     return torch.stack([tok[g].sum() for g in groups])
 
 
-def require_dependence(scores: Tensor) -> Tensor:
-    """``scores``, when they depend on the hooked block's output (the probe's leaf). They do
+def depends_on_leaf(scores: Tensor, may_ignore: bool = False) -> bool:
+    """Whether ``scores`` depend on the hooked block's output (the probe's leaf). They do
     whenever the block is on the model's path to its logits; scores without a graph come from
     an adapter that detached its logits (``torch.no_grad``, ``.detach()``, logits of another
-    copy of the model), and were all-zero maps that looked like an explanation."""
-    if not scores.requires_grad:
+    copy of the model), and were all-zero maps that looked like an explanation: a RuntimeError,
+    unless ``may_ignore`` (the last block, probed on purpose: nothing above reads the image
+    rows, and its gradients are zeros)."""
+    if not scores.requires_grad and not may_ignore:
         raise RuntimeError("the words' scores do not depend on the hooked block's output: the adapter's logits "
                            "were computed without a graph to it (under torch.no_grad, detached, or by another copy "
                            "of the model); its forward_logits / logits_at must run the hooked blocks with autograd")
-    return scores
+    return scores.requires_grad
 
 
 def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk: Callable,
@@ -218,20 +220,18 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk
     ``g [k1-k0, B, N, D]``; with ``select`` a list of one ``[N_b]`` per row (a padded
     batch: each example's image at its own positions), ``g`` is the list of each row's
     ``[k1-k0, N_b, D]``. Falls back to one backward per item when some op of the model
-    has no batching rule. ``may_ignore``: scores that do not depend on the leaf (the last
-    block, probed on purpose) give zeros instead of :func:`require_dependence`'s error."""
+    has no batching rule. ``may_ignore``: see :func:`depends_on_leaf` (zeros then)."""
     B, K = scores.shape
     bad = ~torch.isfinite(scores.detach())
     if bool(bad.any()):  # the forward overflowed (float16): said before the backward spreads it (InputError)
         raise NonFiniteError("scores", int(bad.sum()))
     per_row = isinstance(select, (list, tuple))
-    if may_ignore and not scores.requires_grad:  # the last block, asked for: nothing above reads the image rows
+    if not depends_on_leaf(scores, may_ignore):
         for k0 in range(0, K, chunk_size):
             k1 = min(K, k0 + chunk_size)
             zeros = lambda *n: leaf.new_zeros((k1 - k0, *n, leaf.shape[-1]))  # noqa: E731
             on_chunk(k0, k1, [zeros(s.numel()) for s in select] if per_row else zeros(B, select.numel()))
         return
-    require_dependence(scores)
     for k0 in range(0, K, chunk_size):
         k1 = min(K, k0 + chunk_size)
         cot = torch.zeros(k1 - k0, B, K, dtype=scores.dtype, device=scores.device)
@@ -411,8 +411,8 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
                         n = len(t.groups[r])
                         W_tok[t.groups[r]] = logits[j, :n].detach()[:, torch.tensor(t.token_ids)].float().cpu()
                     if want_grads:  # the rows are independent: one backward of their sum
-                        g = (torch.zeros_like(leaf) if allow_last_layer and not s.requires_grad
-                             else torch.autograd.grad(require_dependence(s).sum(), leaf)[0])
+                        g = (torch.autograd.grad(s.sum(), leaf)[0] if depends_on_leaf(s, allow_last_layer)
+                             else torch.zeros_like(leaf))
                         g = g[:, img].detach()[:, None]  # [R, 1, N, D]
                         if grad_sink is not None:
                             grad_sink(example, torch.tensor(rows), leaf.detach()[:, img], g)

@@ -110,10 +110,15 @@ def per_cotangent_bytes(model, seq_len: int, blocks_above: int, dtype: Optional[
     projections ~8 x L x D, MLP ~3 x L x I) plus the attention probabilities'
     gradient (heads x L x L, float32 where the attention is materialised)."""
     cfg = _text_config(model)
-    layers = _layer_sizes(model)
-    D = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or layers["D"] or 1024)
-    I = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "mlp_hidden_size", 0) or layers["I"] or 4 * D)
-    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or layers["heads"]
+    found: dict = {}
+
+    def layers(key: str) -> int:  # read off the modules once, and only where the config is silent
+        if not found:
+            found.update(_layer_sizes(model))
+        return found[key]
+    D = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or layers("D") or 1024)
+    I = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "mlp_hidden_size", 0) or layers("I") or 4 * D)
+    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or layers("heads")
                 or max(1, D // 128))
     elem = torch.finfo(dtype or next(model.parameters()).dtype).bits // 8
     L = int(seq_len)

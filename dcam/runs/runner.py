@@ -156,12 +156,12 @@ class _Session:
         self.started = time.perf_counter()
 
 
-def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist, done, old_parts) -> _Session:
+def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist, done, done_here: int,
+          old_parts) -> _Session:
     s = _Session()
     writer = RecordWriter(root, part_name(dist.rank), opts.shard_size, opts.shard_seconds)
     batches = share(source, done, opts.batch_size, dist.rank, dist.world)
-    bar = RunProgress(root, len(source), sum(1 for rid in source.ids if rid in done),
-                      enabled=opts.progress and dist.rank == 0, old_parts=old_parts)
+    bar = RunProgress(root, len(source), done_here, enabled=opts.progress and dist.rank == 0, old_parts=old_parts)
     try:
         for block in batches:
             recs = []
@@ -279,7 +279,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         dist.barrier()  # every rank has read the index before any rank writes to it
         done_here = sum(1 for rid in source.ids if rid in done)  # (records taken out of the manifest: not these)
         log(f"{done_here} of {len(source)} records already done; {dist.world} process(es)")
-        s = _work(explainer, source, root, opts, dist, done, old_parts)
+        s = _work(explainer, source, root, opts, dist, done, done_here, old_parts)
         records, words, errors = dist.sum([s.records, s.words, s.errors])
         seconds, = dist.max([s.seconds])
         dist.barrier()

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .. import ops
 from ..probe.adapters.base import ModelAdapter, Prepared
-from ..probe.gradients import batched_grad, head_logit_scores, logits_runner, require_dependence
+from ..probe.gradients import batched_grad, head_logit_scores, logits_runner, depends_on_leaf
 from ..probe.hooks import Tap, frozen
 
 
@@ -212,7 +212,8 @@ def trajectory_gradients(adapter: ModelAdapter, prep: Prepared, states: Tensor, 
                 ids[r, start + lay.tok_slot[lay.cols[g]]] = mask_id
             with torch.enable_grad():
                 col, sc, read, leaf = run(ids, [[g] for _, g in chunk])
-                grad = torch.autograd.grad(require_dependence(sc).sum(), leaf)[0]
+                depends_on_leaf(sc)  # (a RuntimeError when they do not)
+                grad = torch.autograd.grad(sc.sum(), leaf)[0]
             at = img.to(leaf.device)
             pooled = ops.pool_gradients(leaf.detach()[:, at], grad[:, at][:, None], (h, w), grad_relu=grad_relu,
                                         backend=backend)

@@ -217,9 +217,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
         # the model's positions bound the response (10**6 new tokens ran until killed)
         most = config_get(self.model.config, "max_position_embeddings")
         if most is not None and L + Lr > int(most):
-            raise InputError(f"{'response_length' if response_length else 'steps'}: {Lr} tokens after a prompt of {L} "
-                             f"pass this model's "
-                             f"{int(most)} positions (max_position_embeddings); ask for at most {int(most) - L}")
+            name = "response_length" if response_length else "steps"
+            raise InputError(f"{name}: {Lr} tokens after a prompt of {L} pass this model's {int(most)} positions "
+                             f"(max_position_embeddings); ask for at most {int(most) - L}")
         inputs = {k: (v[:, :L] if k in PER_TOKEN_INPUTS else v) for k, v in prep.model_inputs.items()}
         # a placeholder id in the response would make the model's next forward count one image token too many
         banned = sorted(self.placeholder_ids())
