@@ -167,15 +167,28 @@ def token_spans(decode: Callable[[Sequence[int]], str], ids: Sequence[int],
         done = 0
         for t in range(i, j):
             prefix = run if t + 1 == j else decode(ids[i:t + 1])
-            k, limit = 0, min(len(prefix), len(run))
-            while k < limit and prefix[k] == run[k]:
-                k += 1
-            k = max(k, done)
+            k = max(_common_prefix(prefix, run), done)
             spans[t] = (base + done, base + k)
             done = k
         text += run
         i = j
     return text, spans, [decode([i]) for i in ids]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``, compared by the string
+    methods (a prefix decoded by most tokenizers agrees with the whole text but for its
+    last characters; a character loop here made long responses quadratic in Python)."""
+    if b.startswith(a):
+        return len(a)
+    lo, hi = 0, min(len(a), len(b))  # a[:lo] == b[:lo]; a[:hi+1] != b[:hi+1] past the shorter one
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _is_word_char(ch: str) -> bool:
@@ -290,14 +303,16 @@ def word_pieces(text: str, spans: Sequence[Tuple[int, int]], alone: Sequence[str
     groups: Dict[int, List[int]] = {}
     for t in sorted(assigned):
         groups.setdefault(root(assigned[t]), []).append(t)
+    words_of: Dict[int, List[int]] = {}  # group -> its words' first and last characters
+    for s, (lo, hi) in extent.items():
+        if seg[lo][1]:
+            words_of.setdefault(root(s), []).extend((lo, hi - 1))
     out = [([t], word) for t, word in own.items()]
     for r, toks in groups.items():
         # the item's text: its words whole, and of punctuation what its own tokens complete
         # ("[UNK]." is the word "unk" and the item "." of the dot's token, not "].")
         chars = [i for t in toks for i in range(*spans[t]) if seg[i] is not None and not seg[i][1]]
-        for s, (lo, hi) in extent.items():
-            if root(s) == r and seg[lo][1]:
-                chars += [lo, hi - 1]
+        chars += words_of.get(r, [])
         out.append((toks, text[min(chars):max(chars) + 1].lower()))
     return sorted(out, key=lambda g: g[0][0])
 

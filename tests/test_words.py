@@ -250,3 +250,14 @@ def test_a_phrase_is_named_by_the_response_text_it_covers():
     cjk = [Item("日本", 0, [0]), Item("の", 1, [1]), Item("猫", 2, [2])]
     got = select_items(cjk, ["日本の猫"], text_of("日本の猫", [(0, 2), (2, 3), (3, 4)]))
     assert got[0].text == "日本の猫"
+
+
+def test_common_prefix_agrees_with_a_character_walk():
+    import os
+    import random
+    from dcam.words import _common_prefix
+    rng = random.Random(3)
+    for _ in range(500):
+        a = "".join(rng.choice("ab\ufffd ") for _ in range(rng.randrange(0, 12)))
+        b = a[:rng.randrange(0, len(a) + 1)] + "".join(rng.choice("ab ") for _ in range(rng.randrange(0, 5)))
+        assert _common_prefix(a, b) == len(os.path.commonprefix([a, b]))
