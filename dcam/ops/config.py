@@ -7,6 +7,7 @@ objects.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping, Set as AbstractSet
@@ -192,6 +193,29 @@ class CamConfig:
                          *[float(q) for q in self.dacg_percentiles], float(self.dacg_sigma)],
             cba_params=[*[float(q) for q in self.cba_weights], float(self.cba_floor)],
         )
+
+
+def _checked_init(init):
+    """CamConfig's generated ``__init__``, with a keyword it has no field for (a typo:
+    ``CamConfig(akd_kernal=5)``) too many positional values, or a field given twice refused as input errors
+    naming them; the dataclass's TypeError named ``__init__`` instead."""
+    names = [f.name for f in fields(CamConfig)]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise InputError(f"CamConfig has no field(s) {unknown} (fields: {', '.join(names)})")
+        if len(args) > len(names):
+            raise InputError(f"CamConfig takes at most {len(names)} values ({', '.join(names)}), got {len(args)}")
+        twice = sorted(set(names[:len(args)]) & set(kwargs))
+        if twice:
+            raise InputError(f"CamConfig got {twice} both as positional values and as keywords")
+        init(self, *args, **kwargs)
+    return __init__
+
+
+CamConfig.__init__ = _checked_init(CamConfig.__init__)
 
 
 def _parse_field(name: str, text: str, current):

@@ -5,6 +5,7 @@ the registered ops (opcheck, torch.compile).
 
 Agreement of the backends with the reference is in test_scenarios.py and
 test_fuzz.py; hand-worked values in test_contract.py and test_reference.py."""
+import dataclasses
 import re
 import warnings
 
@@ -369,6 +370,18 @@ def test_config_mean_low_must_not_exceed_mean_high():
     with raises_input_error("dacg_mean_low", "must not exceed dacg_mean_high"):
         dcam.CamConfig(dacg_mean_low=0.4, dacg_mean_high=0.3)
     dcam.CamConfig(dacg_mean_low=0.3, dacg_mean_high=0.3)  # equal is allowed
+
+
+@pytest.mark.parametrize("args,kwargs,needle", [
+    ((), {"akd_kernal": 5}, "no field(s) ['akd_kernal']"),  # a typo was a TypeError naming __init__
+    (tuple(range(14)), {}, "at most 13 values"),
+    ((3,), {"akd_kernel": 5}, "['akd_kernel'] both as positional values and as keywords"),
+])
+def test_config_refuses_unknown_or_repeated_fields_as_input_errors(args, kwargs, needle):
+    with raises_input_error(needle):
+        dcam.CamConfig(*args, **kwargs)
+    with raises_input_error("no field(s) ['akd_kernal']"):
+        dataclasses.replace(dcam.CamConfig(), akd_kernal=5)
 
 
 @pytest.mark.parametrize("field,value", [("dacg_std", 0.0), ("dacg_std", 1.0), ("dacg_mean_high", 1.0),
