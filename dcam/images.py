@@ -25,6 +25,7 @@ NaN in a float image) is a :class:`dcam.InputError` naming the image.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -154,9 +155,33 @@ def from_array(arr: np.ndarray, background: Sequence[int] = WHITE, notes: List[s
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode), background, notes)
 
 
-def _open(path) -> Image.Image:
+class _large_image_noted(warnings.catch_warnings):
+    """Pillow's DecompressionBombWarning (an image over its ~89-megapixel warning size,
+    under its refusal size) turned into a note on the conversions, as the other
+    decisions about an image are: the warning went to stderr, also under ``--quiet``."""
+
+    def __init__(self, notes: List[str]):
+        super().__init__(record=True)
+        self.notes = notes
+
+    def __enter__(self):
+        self.caught = super().__enter__()
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        return self
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        for w in self.caught:
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                self.notes.append(f"large image: {one_line(w.message)}")
+            else:  # anything else is not ours to judge: shown as it would have been
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return False
+
+
+def _open(path, notes: List[str]) -> Image.Image:
     """Decode the first frame of the file at ``path`` (fully, so that a truncated
-    file fails here), EXIF orientation applied."""
+    file fails here), EXIF orientation applied; a large image's warning in ``notes``."""
     name = os.fspath(path)
     if isinstance(name, bytes):
         if len(name) > 4096 or b"\0" in name:  # file content, not a path: it was echoed whole as "no such file"
@@ -170,14 +195,8 @@ def _open(path) -> Image.Image:
     if not os.path.isfile(name):  # a named pipe or a device: reading one waited for a writer forever
         raise InputError(f"image: {name!r} is not a regular file (a pipe, socket or device)")
     try:
-        im = Image.open(name)
-        frames = int(getattr(im, "n_frames", 1) or 1)
-        im.seek(0)
-        # read before decoding: Pillow's TIFF decoder drops the orientation tag, and a PNG's raw
-        # mode (16 bits per channel) is gone once its tiles are decoded
-        sixteen = _sixteen_bit_rgb_png(im)
-        im, orientation = _upright(im)
-        im.load()
+        with _large_image_noted(notes):
+            im, frames, sixteen, orientation = _decode(name)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -188,6 +207,19 @@ def _open(path) -> Image.Image:
     im.info["dcam_orientation"] = orientation
     im.info["dcam_16bit_rgb"] = sixteen
     return im
+
+
+def _decode(name: str):
+    """(image, frames, is 16-bit RGB, EXIF orientation applied) of the file ``name``."""
+    im = Image.open(name)
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    im.seek(0)
+    # read before decoding: Pillow's TIFF decoder drops the orientation tag, and a PNG's raw
+    # mode (16 bits per channel) is gone once its tiles are decoded
+    sixteen = _sixteen_bit_rgb_png(im)
+    im, orientation = _upright(im)
+    im.load()
+    return im, frames, sixteen, orientation
 
 
 def _sixteen_bit_rgb_png(im: Image.Image) -> bool:
@@ -245,7 +277,7 @@ def load_image_with_notes(image, background: Sequence[int] = WHITE) -> Tuple[Ima
     if isinstance(image, np.ndarray):
         return from_array(image, background, notes), notes
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        im = _open(image)
+        im = _open(image, notes)
         frames = im.info.get("dcam_frames", 1)
         if frames > 1:
             notes.append(f"animated image: its first frame of {frames} is explained")

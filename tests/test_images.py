@@ -284,3 +284,17 @@ def test_a_pil_image_is_decoded_here_and_left_as_found(tmp_path):
     out, notes = load_image_with_notes(anim)
     assert _rgb(out)[0, 0].tolist() == [255, 0, 0] and notes == ["animated image: its first frame of 3 is explained"]
     assert anim.tell() == 2 and _rgb(out)[0, 0].tolist() == [255, 0, 0]
+
+
+def test_an_image_past_pillows_warning_size_is_a_note_not_a_warning(tmp_path, monkeypatch, recwarn):
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; lowered here so that
+    # a 40 x 40 image (1,600 pixels) is "large" and a 50 x 50 one (2,500) too large
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(tmp_path / "large.png")
+    Image.new("RGB", (50, 50)).save(tmp_path / "huge.png")
+    im, notes = load_image_with_notes(tmp_path / "large.png")
+    assert im.size == (40, 40) and im.getpixel((0, 0)) == (10, 20, 30)
+    assert len(notes) == 1 and notes[0].startswith("large image: Image size (1600 pixels) exceeds limit of 1000")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    with pytest.raises(InputError, match="image: .*huge.png' is too large to decode safely"):
+        load_image(tmp_path / "huge.png")
