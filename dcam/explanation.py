@@ -182,7 +182,7 @@ class Explanation:
             image_size=list(self.image.size), repeat_ratio=self.repeat_ratio,
             scores=self.scores.tolist(), stats=self.stats_lists(), config=config,
             model=self.model_name, model_dtype=self.model_dtype, device=self.device, notes=self.notes,
-            box=list(self.box),
+            box=list(self.box), distractor=self.extra.get("distractor"),
             views={view: list(vmaps.shape[1:]) for view, vmaps in self.view_maps.items()},
         )
 
@@ -200,7 +200,10 @@ class Explanation:
           ``token_ids``, ``word_numbers``, ``response_indices``, ``scores``,
           ``stats.<name>``, and with ``view="all"`` ``view_maps.<view>``
           [T,h',w'] (every view's maps, each on its own grid);
+          ``raw_maps`` and ``context_weights`` where the method made them;
         - ``meta.json``: everything else (:meth:`meta`).
+
+        :func:`dcam.load_explanation` reads the folder back.
 
         Overlays are rendered at :func:`dcam.render.display_size` of the image
         (longest side at most ``max_side``), so a photo-sized image costs what
@@ -256,6 +259,10 @@ class Explanation:
                    "scores": self.scores.float().contiguous()}
         for k, v in self.stats.items():
             tensors[f"stats.{k}"] = v.contiguous()
+        if self.raw_maps is not None:  # kept so that a loaded explanation refines them again
+            tensors["raw_maps"] = self.raw_maps.float().contiguous()
+        if isinstance(self.extra.get("context_weights"), Tensor):
+            tensors["context_weights"] = self.extra["context_weights"].float().contiguous()
         for view, vmaps in self.view_maps.items():  # view="all": each view's maps on its own grid
             tensors[f"view_maps.{view}"] = vmaps.float().clone()  # one is the maps' own storage
         paths["maps"] = os.path.join(folder, "maps.safetensors")

@@ -171,6 +171,7 @@ class Trajectory:
             committed_per_step=self.committed_per_step, states=self.state_tokens, words=self.word_table(),
             method=TRAJECTORY_METHOD, layer=self.layer, target_score="logit", config=self.config.as_dict(),
             repeat_ratio=self.repeat_ratio, cost=self.cost, notes=self.notes, box=list(self.box),
+            word_count=self.word_count,
             definition="maps[s, t]: Diffusion-CAM map of word t on the state entering step s (its slot masked "
                        "again once committed); final_maps: on the finished response, each word's slot masked")
 
