@@ -251,8 +251,10 @@ DCAM_INLINE float sicd_reference(float* m, int64_t N, float rho, MapScratch& S) 
     return debias(m, N, I, alpha, apply, S);
 }
 
+// ctx_degenerate: [T] flags of the context maps when they are the raw maps (else null): a degenerate raw
+// map is 0 everywhere (section 1), whatever values the caller's array holds, and adds nothing
 DCAM_INLINE float sicd_context(float* m, int64_t N, int64_t T, const float* wrow, const float* ctx /*[T, N]*/,
-                               MapScratch& S) {
+                               const uint8_t* ctx_degenerate, MapScratch& S) {
     double ws = 0.0;
     for (int64_t i = 0; i < T; ++i) ws += wrow[i];
     const float den = static_cast<float>(ws) + kEpsNorm;
@@ -260,7 +262,7 @@ DCAM_INLINE float sicd_context(float* m, int64_t N, int64_t T, const float* wrow
     std::fill(accI, accI + N, 0.0);
     for (int64_t i = 0; i < T; ++i) {
         const float wi = wrow[i] / den;
-        if (wi == 0.0f) continue;
+        if (wi == 0.0f || (ctx_degenerate && ctx_degenerate[i])) continue;
         const double wd = wi;
         const float* cm = ctx + i * N;
         for (int64_t n = 0; n < N; ++n) accI[n] += wd * static_cast<double>(cm[n]);
@@ -284,6 +286,7 @@ DCAM_INLINE float sicd_context(float* m, int64_t N, int64_t T, const float* wrow
 struct MapArgs {
     const float* raw;
     const float* ctx;   // [T, N] of this image (context mode)
+    const uint8_t* ctx_degenerate;  // [T] of this image where ctx is the raw maps, else null
     const float* wrow;  // [T] (context mode)
     bool degenerate;
     float steps, image_size, rho;
@@ -334,7 +337,7 @@ DCAM_HOT MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, co
     if (cfg.sicd == DCAM_SICD_REFERENCE)
         st.alpha = sicd_reference(out, N, a.rho, S);
     else if (cfg.sicd == DCAM_SICD_CONTEXT)
-        st.alpha = sicd_context(out, N, a.T, a.wrow, a.ctx, S);
+        st.alpha = sicd_context(out, N, a.T, a.wrow, a.ctx, a.ctx_degenerate, S);
     return st;
 }
 
@@ -441,6 +444,7 @@ extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const fl
             MapArgs a;
             a.raw = raw + m * N;
             a.ctx = ctx_all + b * T * N;
+            a.ctx_degenerate = (!context_maps && degenerate) ? degenerate + b * T : nullptr;
             a.wrow = context_weights ? context_weights + m * T : nullptr;
             a.degenerate = degenerate ? degenerate[m] != 0 : false;
             a.steps = steps ? steps[b] : 0.0f;

@@ -193,7 +193,7 @@ def _refine_kernel(
     dacg_std, dacg_mean_hi, dacg_mean_lo, dacg_q0, dacg_q1, dacg_q2, dacg_q3, dacg_w0, dacg_w1, dacg_w2,
     cba_w0, cba_w1, cba_w2, cba_w3, cba_floor,
     AKD_KERNEL: tl.constexpr, AKD: tl.constexpr, DACG: tl.constexpr, CBA: tl.constexpr,
-    SICD: tl.constexpr,
+    SICD: tl.constexpr, CTX_IS_RAW: tl.constexpr,
     EPS_NORM: tl.constexpr, ZETA_MIN: tl.constexpr, SICD_BASE: tl.constexpr, SICD_SPIKE: tl.constexpr,
     SICD_SPIKE_STDS: tl.constexpr, SICD_ALPHA_MAX: tl.constexpr, SICD_RANGE_GUARD: tl.constexpr,
     AKD_BASE: tl.constexpr, AKD_STEP_SCALE: tl.constexpr, AKD_STEP_CAP: tl.constexpr, AKD_STD_SCALE: tl.constexpr,
@@ -301,6 +301,8 @@ def _refine_kernel(
             for i in range(0, T):
                 wi = tl.load(wrow + i).to(tl.float32) / (wsum + EPS_NORM)
                 ri = tl.load(ctx_ptr + (b * T + i).to(tl.int64) * N + offs, mask=mask, other=0.0)
+                if CTX_IS_RAW:  # a degenerate raw map is 0 everywhere (section 1), whatever values it holds
+                    ri = tl.where(tl.load(deg_ptr + b * T + i) != 0, 0.0, ri)
                 acc += wi.to(tl.float64) * ri.to(tl.float32).to(tl.float64)
             interf = acc.to(tl.float32)
             ii = _sum64(interf * interf)

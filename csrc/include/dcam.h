@@ -217,7 +217,8 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
  *   repeat_ratio    [B] float32 repeat ratio of each response, in [0, 1] (SICD reference mode
  *                   only; may be NULL otherwise).
  *   context_maps    [B, T, h, w] float32 raw maps of the response's tokens for SICD context mode;
- *                   NULL means `raw` itself.
+ *                   NULL means `raw` itself, where a map flagged in `degenerate` counts as
+ *                   all zeros (as its normalised raw map is) whatever values it holds.
  *   context_weights [B, T, T] float32 non-negative finite weights W[b, t, i] whose rows sum to a
  *                   finite float32 (SICD context mode: required; otherwise ignored, may be NULL).
  *   B, T, h, w      sizes (B, T >= 0; h, w >= 1).

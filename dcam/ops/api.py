@@ -235,7 +235,7 @@ def refine(raw_maps: Union[Tensor, RawMaps], config: Optional[CamConfig] = None,
     input image in pixels; repeat_ratio: the response's repeat ratio in [0,1].
     Each a scalar or a per-image [B] tensor.
     context_weights: [B,T,T] non-negative, required by sicd="context";
-    context_maps default to the raw maps.
+    context_maps default to the raw maps (a degenerate one counting as all zeros).
     degenerate: bool [B,T]; default: maps that are constant.
     check_finite: check the values of the tensors (finite, in range); costs a
     host sync on the GPU.

@@ -392,7 +392,8 @@ def refine_reference(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size:
     if sicd == 1:
         x, alpha = causal_debias_reference(x, per_map(repeat_ratio))
     elif sicd == 2:
-        ctx = raw if context_maps is None else context_maps
+        # the raw maps as context: a degenerate one is 0 everywhere (section 1), whatever values it holds
+        ctx = torch.where(deg.view(B, T, 1, 1), 0.0, raw.float()) if context_maps is None else context_maps
         x, alpha = causal_debias_context(x.reshape(B, T, h, w), ctx, context_weights)
         x = x.reshape(M, h, w)
 

@@ -174,6 +174,7 @@ def refine_triton(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Te
         T, h, w,
         *[float(p) for p in dacg_params[:7]], g9[4], g9[1], g9[0], *[float(p) for p in cba_params],
         AKD_KERNEL=akd_kernel, AKD=bool(akd), DACG=bool(dacg), CBA=bool(cba), SICD=sicd,
+        CTX_IS_RAW=context_maps is None,
         **CONTRACT_CONSTANTS,
         BLOCK=block, BLOCK_I=block_i, BLOCK_P=block_p, BLOCK_IK=block_ik, BLOCK_K=block_k,
         BLOCK_T=block_t,

@@ -416,6 +416,28 @@ refine_case("sicd-context", lambda: inputs(blobs(2, 4, 8, 8, 22), context_weight
             CamConfig(sicd="context"), expect=lambda x, out: _assert((out.sicd_alpha[:, 0] == 0).all()))
 
 
+def _context_degenerate():
+    # token 1's raw map is constant (degenerate: 0 everywhere in section 1) but holds 0.05, and it is
+    # token 0's whole context: token 0 has no interference, so no change and alpha 0 (it took the 0.05)
+    raw = torch.full((1, 2, 8, 8), 0.05)
+    raw[0, 0] = normalised(blobs(1, 1, 8, 8, 25))[0, 0]
+    return inputs(raw, context_weights=torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
+
+
+def _expect_as_without_sicd(x, out):
+    from dcam.ops.reference import refine_reference
+
+    o = CamConfig(sicd="off").op_args()
+    off = refine_reference(x["raw"], x["degenerate"], x["steps"], x["image_size"], x["repeat_ratio"], None, None,
+                           *o.values())
+    _assert((out.sicd_alpha == 0).all() and x["degenerate"][0].tolist() == [False, True])
+    torch.testing.assert_close(out.maps[0, 0], off[0][0, 0], atol=1e-6, rtol=0)
+
+
+refine_case("sicd-context-degenerate-context", _context_degenerate, CamConfig(sicd="context"),
+            expect=_expect_as_without_sicd)
+
+
 def _context_low():
     x = inputs(blobs(2, 3, 8, 8, 18), context_weights=context_weights(2, 3, 18))
     x["context_maps"] = (1 - x["raw"]) ** 4  # interference mostly where the map is low: the step is kept
