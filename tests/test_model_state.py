@@ -111,3 +111,72 @@ def test_diffusion_gemma_never_writes_the_tokens_it_refuses_and_leaves_the_rng()
     except dcam.InputError as exc:  # a random stand-in may write only ends: nothing to explain, and that is said
         assert "no word to explain" in str(exc)
     assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+@pytest.fixture(scope="module")
+def llava():
+    from dcam.testing.standins import STANDINS
+
+    return STANDINS["llava"](seed=0)
+
+
+def _inf_scores(module, args, out):  # the last block overflows (as float16 may): the probe raises after its forward
+    x = out[0] if isinstance(out, tuple) else out
+    return (x * float("inf"),) + tuple(out[1:]) if isinstance(out, tuple) else x * float("inf")
+
+
+def test_no_graph_of_the_probe_is_held_after_explain_returns_or_raises(llava):
+    model, proc = llava
+    exp = dcam.Explainer(model, proc)
+    exp.explain(_image(), response="a red circle")
+    # the head's input at the scored rows (and through its graph the hooked block's output) was held
+    # by the adapter until the next call: in a server, one graph per Explainer
+    assert exp.adapter.scored_rows is None
+    handle = model.model.language_model.layers[-1].register_forward_hook(_inf_scores)
+    try:
+        with pytest.raises(dcam.InputError, match="NaN/Inf"):
+            exp.explain(_image(), response="a red circle")
+    finally:
+        handle.remove()
+    assert exp.adapter.scored_rows is None
+
+
+def test_a_forward_wrapper_the_user_adds_to_the_last_block_stays(llava):
+    model, proc = llava
+    exp = dcam.Explainer(model, proc)
+    first = exp.explain(_image(), response="a red circle")
+    assert exp.adapter._rows_only_ok is True  # the last block ran at the scored rows
+    block, calls = model.model.language_model.layers[-1], []
+    plain = block.forward
+
+    def wrapped(*args, **kwargs):  # as accelerate's add_hook_to_module or a profiler wraps it
+        calls.append(1)
+        return plain(*args, **kwargs)
+    block.forward = wrapped
+    try:
+        again = exp.explain(_image(), response="a red circle")
+        assert vars(block).get("forward") is wrapped  # it was deleted
+        assert calls  # the wrapped block ran whole, through the user's wrapper
+        torch.testing.assert_close(again.maps, first.maps, atol=1e-5, rtol=0)
+    finally:
+        del block.forward
+
+
+def test_an_error_of_the_model_during_the_last_block_check_reaches_the_caller(llava):
+    model, proc = llava
+    block, calls = model.model.language_model.layers[-1], [0]
+
+    def fails_once(module, args, out):  # the model's own error (out of memory, a hook's) at the check's forward
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("out of memory (simulated)")
+    exp = dcam.Explainer(model, proc)
+    handle = block.register_forward_hook(fails_once)
+    try:
+        with pytest.raises(RuntimeError, match="out of memory \\(simulated\\)"):  # it was a warning, and ...
+            exp.explain(_image(), response="a red circle")
+    finally:
+        handle.remove()
+    assert getattr(exp.adapter, "_rows_only_ok", None) is None  # ... the slower path was kept for good: checked again next call
+    exp.explain(_image(), response="a red circle")
+    assert exp.adapter._rows_only_ok is True

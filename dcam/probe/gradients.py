@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
-from .hooks import Tap, frozen
+from .hooks import Tap, probing
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
 from .padding import PAD_MASK, pad_rows, pads, without_per_token_inputs
@@ -321,7 +321,7 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
     K = max(len(t.groups) for t in targets)
     grads = [[] for _ in range(B)]
     run = logits_runner(adapter, layer, norm, ids, inputs, want, preps[0].response_start)
-    with frozen(adapter.model):
+    with probing(adapter):
         tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
         try:
             with torch.enable_grad():
@@ -392,7 +392,7 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
     width = max(len(g) for g in t.groups) + int(contrastive)
     acts, grads, scores, hidden = [], [], [], []
     W_tok = torch.zeros(len(t.positions), len(t.positions))
-    with frozen(adapter.model):
+    with probing(adapter):
         for r0 in range(0, G, chunk_size):
             rows = list(range(r0, min(G, r0 + chunk_size)))
             sub = [Targets([t.positions[k] for k in t.groups[r]], [t.token_ids[k] for k in t.groups[r]],

@@ -79,6 +79,20 @@ def frozen(model: nn.Module):
 
 
 @contextmanager
+def probing(adapter):
+    """:func:`frozen` on the adapter's model, and the head's input recorded at the scored rows
+    (``adapter.scored_rows``: it holds the graph above the hooked block) released on exit. A
+    long-running server's Explainer held that graph until its next call, and after an
+    interrupted backward the activations saved for it too."""
+    adapter.scored_rows = None
+    with frozen(adapter.model):
+        try:
+            yield adapter.model
+        finally:
+            adapter.scored_rows = None
+
+
+@contextmanager
 def generating(model: nn.Module, watch: Sequence[nn.Module] = ()):
     """What a generation runs under: :func:`explaining`, eval mode (the response comes from the
     model as it is probed: in train mode its dropout made a new, garbled response each call),

@@ -55,4 +55,5 @@ def published_gradients(adapter: ModelAdapter, prep: Prepared, positions: Sequen
         finally:
             for p, f in flags:
                 p.requires_grad_(f)
+            adapter.scored_rows = None  # (the head's input of the last forward: see dcam.probe.hooks.probing)
     return torch.stack(out)

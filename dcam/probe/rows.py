@@ -100,6 +100,7 @@ class LastBlockAtRows:
         self.thread = threading.get_ident()  # another thread's calls run the block as it is
         self.rows = torch.unique(positions.reshape(-1))  # sorted, no repeats: each row's gradient counted once
         self.original = block.forward
+        self.own = vars(block).get("forward")  # a forward set on the instance (a wrapper of the user's)
 
     def _forward(self, *args, **kwargs):
         hidden = args[0] if args else kwargs.get("hidden_states")
@@ -121,8 +122,24 @@ class LastBlockAtRows:
         return self
 
     def __exit__(self, *exc):
-        del self.block.forward  # the class's forward again
+        if self.own is not None:  # (deleting it dropped a wrapper the user put on the block after the check)
+            self.block.forward = self.own
+        else:
+            del self.block.forward  # the class's forward again
         return False
 
 
-__all__ = ["supports_rows", "layer_at_rows", "LastBlockAtRows"]
+def raised_at_rows(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while the block ran at rows (in :func:`layer_at_rows` or below
+    it): the optimisation does not fit the layer. An error raised elsewhere in the forward (a
+    user's hook, another block, an out-of-memory anywhere) is the model's own."""
+    codes = {layer_at_rows.__code__, LastBlockAtRows._forward.__code__}
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+__all__ = ["supports_rows", "layer_at_rows", "LastBlockAtRows", "raised_at_rows"]

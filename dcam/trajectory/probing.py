@@ -41,7 +41,7 @@ from torch import Tensor
 from .. import ops
 from ..probe.adapters.base import ModelAdapter, Prepared
 from ..probe.gradients import batched_grad, head_logit_scores, logits_runner, depends_on_leaf
-from ..probe.hooks import Tap, frozen
+from ..probe.hooks import Tap, probing
 
 
 @dataclass
@@ -183,7 +183,7 @@ def trajectory_gradients(adapter: ModelAdapter, prep: Prepared, states: Tensor, 
         raw[s, g], degenerate[s, g], scores[s, g] = raw_map.cpu(), bool(deg), float(score.detach())
         token_logits[s, lay.cols[g]] = read_rows[cols]
 
-    with frozen(adapter.model):
+    with probing(adapter):
         for sts in _state_groups(masked, chunk_size):  # state rows
             its = [torch.nonzero(masked[s]).reshape(-1).tolist() for s in sts]
             with torch.enable_grad():

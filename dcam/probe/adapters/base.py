@@ -34,7 +34,7 @@ from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
 from ...words import decode_shown
 from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
-from ..rows import LastBlockAtRows, supports_rows
+from ..rows import LastBlockAtRows, raised_at_rows, supports_rows
 from .positions import locate_image_positions
 
 #: Probe modes, see :mod:`dcam.probe.gradients`.
@@ -400,7 +400,8 @@ class ModelAdapter:
         rows: by default (:mod:`dcam.probe.rows`) where :meth:`check_rows_only`
         found that this model gives the same logits that way; an adapter may
         override this with its model's own (the bundled model's does)."""
-        if getattr(self, "_rows_only_ok", None) is not True:
+        if getattr(self, "_rows_only_ok", None) is not True or not supports_rows(self.blocks()[-1]):
+            # (checked again: a wrapper the user put on the block after the one-time check)
             return self.logits_at(input_ids, model_inputs, positions, response_start)
         with LastBlockAtRows(self.blocks()[-1], positions, input_ids.shape[1]):
             return self.logits_at(input_ids, model_inputs, positions, response_start)
@@ -428,6 +429,8 @@ class ModelAdapter:
                         ok = at_rows.ran == 1 and bool(((rows - full).abs().max() <= tol * scale).item())
                         why = "does not reproduce the full block's logits on this model"
                     except Exception as exc:  # an optimisation that does not fit this layer: say so, run it whole
+                        if isinstance(exc, torch.OutOfMemoryError) or not raised_at_rows(exc):
+                            raise  # the model's own error (a hook's, memory): it was swallowed, the path fixed
                         at_rows, why = None, f"failed on this model ({type(exc).__name__}: {exc})"
                 if (at_rows is None or at_rows.ran == 1) and not ok:
                     warnings.warn(f"{type(block).__name__} at the scored rows only {why}; the last block runs at "
