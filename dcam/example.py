@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -176,11 +176,19 @@ class ExampleBuilder:
             replace(prep, image_positions=span, grid=tuple(views[0].grid) if len(views) == 1 else (1, k))
         return probed, views, offsets, view_name, notes
 
-    def __call__(self, image, prompt: Optional[str], response, targets) -> Example:
+    def load(self, image, prompt) -> Tuple[Any, List[str]]:
+        """(RGB image, notes on its conversion), with ``prompt``'s type checked: what a batch
+        checks of every example before the first one's response is generated."""
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError(f"prompt: must be a string or None, got {type(prompt).__name__}")
+        return load_image_with_notes(image, self.background)
+
+    def __call__(self, image, prompt: Optional[str], response, targets, loaded=None) -> Example:
+        """The example of ``image`` (``loaded``: its :meth:`load` already made)."""
         if targets is None:
             raise InputError("targets must be 'all', word numbers or words, got None")
         a = self.x.adapter
-        img, notes = load_image_with_notes(image, self.background)
+        img, notes = loaded if loaded is not None else self.load(image, prompt)
         prep0 = a.prepare(img, prompt, None, self.response_length) if response is None else None
         resp_ids, S, source, more = self._response(prep0, response)
         prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))

@@ -54,7 +54,7 @@ from .probe.adapters.base import block_dtype
 from .probe.hooks import exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
-from .targets import check_granularity, repeat_ratio
+from .targets import check_granularity, items_asked, repeat_ratio, targets_asked
 
 #: Default probe mode for diffusion MLLMs: the mode whose Diffusion-CAM maps
 #: localised best on the grounding benchmark with the bundled weights and their
@@ -239,8 +239,16 @@ class Explainer:
                 raise InputError(f"{name} must have one entry per image ({n}), got {len(seq)}")
         build = ExampleBuilder(self, positive_int("steps", steps), positive_int("response_length", response_length),
                                background, granularity, view)
-        examples = [_built(build, i, n, img, p, r, t)
-                    for i, (img, p, r, t) in enumerate(zip(images, prompts, responses, tgts))]
+        # what needs no response is checked for every example before the first response is generated
+        # (a bad fourth image was found after three generations, minutes each on a real dMLLM)
+        if targets_per_image is None:
+            targets_asked(items_asked(targets, granularity)[1])  # shared: named as itself, not as example 0's
+        loaded = [_built(lambda img, p, t: (build.load(img, p), targets_asked(items_asked(t, granularity)[1])),
+                         i, n, img, p, t)[0] for i, (img, p, t) in enumerate(zip(images, prompts, tgts))]
+        examples = [_built(build, i, n, img, p, r, t, loaded=pre)
+                    for i, (img, p, r, t, pre) in enumerate(zip(images, prompts, responses, tgts, loaded))]
+        del loaded
+        self._check_budget_of_each(examples)
         results: Dict[int, Explanation] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, ex in enumerate(examples):
@@ -294,6 +302,26 @@ class Explainer:
             raise InputError(f"target_score: the {self.method_name} method differentiates no score; leave "
                              "target_score out")
         return probe, check_target_score(self.method.default_target_score if target_score is None else target_score)
+
+    def _check_budget_of_each(self, examples: List[Example]) -> None:
+        """Every example of a batch fits the memory budget alone, or the batch is refused before its
+        first probe, naming each that does not (the first part was probed whole, then thrown away)."""
+        if self.memory_budget is None or not self.method.needs_gradients or len(examples) == 1:
+            return
+        over, why = [], ""
+        for i, ex in enumerate(examples):
+            try:
+                self._chunk_size([ex], 1)
+            except BudgetError as exc:
+                over.append(i)
+                why = why or str(exc)
+        if len(over) == 1:
+            raise BudgetError(f"example {over[0]} of the batch (images[{over[0]}]): {why}")
+        if over:
+            more = f" and {len(over) - 8} more" if len(over) > 8 else ""
+            raise BudgetError(f"examples {', '.join(map(str, over[:8]))}{more} of the batch (images["
+                              f"{'], images['.join(map(str, over[:8]))}]) do not fit memory_budget alone; the "
+                              f"first: {why}")
 
     def _chunk_size(self, examples: List[Example], rows: int) -> int:
         if self.memory_budget is None or not self.method.needs_gradients:
@@ -432,11 +460,11 @@ def similar_item_counts(index: List[int], counts: List[int], slack: float = ITEM
     return [[index[j] for j in sorted(p)] for p in parts]
 
 
-def _built(build, i: int, n: int, image, prompt, response, targets):
-    """Example i of n; in a batch of several, an input error says which example
-    it is about ("image: ... holds NaN" alone left the caller guessing which of 32)."""
+def _built(build, i: int, n: int, *args, **kwargs):
+    """``build(*args, **kwargs)`` for example i of n; in a batch of several, an input error says which
+    example it is about ("image: ... holds NaN" alone left the caller guessing which of 32)."""
     try:
-        return build(image, prompt, response, targets)
+        return build(*args, **kwargs)
     except InputError as exc:
         if n == 1:
             raise

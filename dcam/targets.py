@@ -114,20 +114,9 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
     if not items:
         raise InputError("the response has no word to explain (only eos/pad tokens)")
     words = [it.text for it in items]
-    if isinstance(targets, str) and targets == "all":
+    wanted = targets_asked(targets)
+    if wanted == "all":
         return list(items)
-    if isinstance(targets, (str, numbers.Integral)):
-        wanted = [targets]
-    elif isinstance(targets, (bytes, bytearray, memoryview)):  # (read as word numbers: b"red" as 114, 101, 100)
-        raise InputError(f"targets must be 'all', word numbers or words, got {type(targets).__name__}; decode the "
-                         "bytes to text")
-    else:
-        try:
-            wanted = list(targets)
-        except TypeError:  # None, a float, ...: not truncated to a word number
-            raise InputError(f"targets must be 'all', word numbers or words, got {targets!r}") from None
-    if not wanted:
-        raise InputError("targets is empty")
     chosen = {}
     for it in wanted:
         if isinstance(it, numbers.Integral) and not isinstance(it, bool):
@@ -146,9 +135,30 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
                 slots = [slot for x in span for slot in x.slots]
                 name = (text_of(slots) if text_of is not None else "") or " ".join(x.text for x in span)
                 chosen[tuple(range(start, stop))] = span[0] if len(span) == 1 else Item(name, span[0].number, slots)
-        else:
-            raise InputError(f"targets must be 'all', word numbers or words, got {it!r}")
     return [chosen[k] for k in sorted(chosen)]
+
+
+def targets_asked(targets):
+    """``"all"`` or the list of word numbers and words ``targets`` names, checked as far as
+    no response is needed (a batch checks its shared targets once, before any generation)."""
+    if isinstance(targets, str) and targets == "all":
+        return "all"
+    if isinstance(targets, (str, numbers.Integral)):
+        wanted = [targets]
+    elif isinstance(targets, (bytes, bytearray, memoryview)):  # (read as word numbers: b"red" as 114, 101, 100)
+        raise InputError(f"targets must be 'all', word numbers or words, got {type(targets).__name__}; decode the "
+                         "bytes to text")
+    else:
+        try:
+            wanted = list(targets)
+        except TypeError:  # None, a float, ...: not truncated to a word number
+            raise InputError(f"targets must be 'all', word numbers or words, got {targets!r}") from None
+    if not wanted:
+        raise InputError("targets is empty")
+    for it in wanted:
+        if not (isinstance(it, str) or (isinstance(it, numbers.Integral) and not isinstance(it, bool))):
+            raise InputError(f"targets must be 'all', word numbers or words, got {it!r}")
+    return wanted
 
 
 def parse_target_text(text: str):
@@ -197,4 +207,5 @@ def _comma_pieces(text: str) -> List[Tuple[str, bool]]:
     return out
 
 
-__all__ = ["parse_target_text", "Item", "GRANULARITIES", "check_granularity", "repeat_ratio", "explainable_slots", "response_items", "select_items"]
+__all__ = ["parse_target_text", "Item", "GRANULARITIES", "check_granularity", "repeat_ratio", "explainable_slots", "response_items", "select_items",
+           "targets_asked"]

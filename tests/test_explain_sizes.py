@@ -170,6 +170,70 @@ def test_explain_batch_says_which_example_is_wrong(toy, samples):
     assert str(info.value) == "image: the float32 image holds NaN or infinite values"
 
 
+def test_a_batch_checks_every_example_before_the_first_generation(toy, samples):
+    # a bad fourth image (or prompt, or shared targets) was found after the first three responses were
+    # generated, minutes each on a real dMLLM, and the work thrown away
+    exp = Explainer(*toy)
+    generated = []
+    generate = exp.adapter.generate
+    exp.adapter.generate = lambda *a, **k: generated.append(1) or generate(*a, **k)
+    good = samples[0].image
+    bad = np.full((8, 8, 3), np.nan, dtype=np.float32)
+    try:
+        with pytest.raises(InputError, match=r"^example 3 of the batch \(images\[3\]\): image: "):
+            exp.explain_batch([good, good, good, bad])
+        with pytest.raises(InputError, match=r"^example 1 of the batch \(images\[1\]\): prompt: must be a string"):
+            exp.explain_batch([good, good], prompts=[None, 5])
+        with pytest.raises(InputError, match=r"^example 1 of the batch \(images\[1\]\): targets is empty$"):
+            exp.explain_batch([good, good], targets_per_image=["all", []])
+        # shared targets are the call's argument, not example 0's fault
+        for targets, message in ((None, "targets must be 'all', word numbers or words, got None"),
+                                 ([], "targets is empty"), ([1.5], "targets must be 'all', word numbers or words, "
+                                                                   "got 1.5")):
+            with pytest.raises(InputError) as info:
+                exp.explain_batch([good, good], targets=targets)
+            assert str(info.value) == message
+        assert generated == []
+    finally:
+        del exp.adapter.generate
+
+
+def test_a_batch_with_examples_past_the_budget_is_refused_before_any_probe(toy, samples):
+    # example 0 was probed whole (a forward and every backward), then example 1 refused and 0 thrown away;
+    # and of several examples too large only the first was named
+    from dcam.probe.memory import BudgetError
+
+    model, proc = toy
+    caption = samples[0].caption
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    budget = next(b for b in range(weights, weights + 50_000_000, 2000) if _fits(model, proc, b, samples[0], caption))
+    exp = Explainer(model, proc, memory_budget=budget)
+    calls = []
+    handle = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda *a: calls.append(1))
+    long_prompt = "describe the image " * 30
+    try:
+        with pytest.raises(BudgetError, match=r"^example 1 of the batch \(images\[1\]\): memory_budget: "):
+            exp.explain_batch([samples[0].image] * 2, prompts=[None, long_prompt], responses=[caption] * 2)
+        assert calls == []
+        with pytest.raises(BudgetError, match=r"^examples 1, 2 of the batch \(images\[1\], images\[2\]\) do not fit "
+                                              r"memory_budget alone; the first: memory_budget: "):
+            exp.explain_batch([samples[0].image] * 3, prompts=[None, long_prompt, long_prompt],
+                              responses=[caption] * 3)
+        assert calls == []
+    finally:
+        handle.remove()
+
+
+def _fits(model, proc, budget, sample, caption):
+    from dcam.probe.memory import BudgetError
+
+    try:
+        Explainer(model, proc, memory_budget=budget).explain(sample.image, response=caption, targets=[0])
+        return True
+    except BudgetError:
+        return False
+
+
 def test_one_backward_serves_every_example(toy, samples):
     """probe_batch's cotangent k is item k of every example: its gradients equal
     each example probed alone."""
@@ -272,7 +336,10 @@ def test_memory_budget_sizes_are_read_exactly_or_refused():
                "-3GB": "must be a size like 8GB", "8 parsecs": "must be a size like 8GB",
                # exponents past Decimal's own range ended in decimal.InvalidOperation tracebacks
                "1e99999999999999999999GB": "must be at most 2**63 bytes",
-               "1E-99999999999999999999GB": "must be a positive size"}
+               "1E-99999999999999999999GB": "must be a positive size",
+               # a lower-case b after an upper-case prefix is bits: "8Gb" was read as 8 GB, 8 x the memory
+               "8Gb": "must be a size in bytes; 'Gb' is bits (a lower-case b): write GB",
+               "512Mib": "must be a size in bytes; 'Mib' is bits (a lower-case b): write MiB"}
     for value, message in refused.items():
         with pytest.raises(InputError) as info:
             parse_size(value)

@@ -52,6 +52,9 @@ def parse_size(value: Union[int, float, str], name: str = "memory_budget") -> in
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
         if not m or m.group(2).lower() not in _UNITS:
             raise InputError(f"{name} must be a size like 8GB or 512MiB, got {value!r}")
+        if m.group(2)[-1:] == "b" and m.group(2) != m.group(2).lower():  # "8Gb", "512Mib": bits, 8 x fewer bytes
+            raise InputError(f"{name} must be a size in bytes; {m.group(2)!r} is bits (a lower-case b): write "
+                             f"{m.group(2)[:-1]}B, got {value!r}")
         unit = _UNITS[m.group(2).lower()]
         try:
             number = decimal.Decimal(m.group(1))
