@@ -202,7 +202,7 @@ def format_grounding(rep: dict) -> str:
     lines = [f"grounding rate ({how}) on {rep['n_images']} "
              f"{rep.get('split', 'test')}-split images, "
              f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
-             f"config: CamConfig() with {changes}",
+             f"config: CamConfig() with {changes}" if changes != "none" else "config: CamConfig() as it is",
              f"a perfect class detector (every object of the named colour/shape) scores "
              f"{rep.get('class_detector', float('nan')):.3f}",
              "probe     " + "".join((f"  layer {l}" if l is not None else " no layer") +

@@ -26,10 +26,12 @@ class MetricTotals:
         self.func = {"func_iou": array("d")}
         self.records = 0
         self.unaligned = 0
+        self.not_targeted = 0
 
     def add(self, m: Dict[str, Any]) -> None:
         self.records += 1
         self.unaligned += int(m.get("unaligned", 0))
+        self.not_targeted += int(m.get("not_targeted", 0))
         o = m.get("object", {})
         for k in OBJECT_KEYS:
             self.obj[k].extend(NAN if v is None else float(v) for v in o.get(k, ()))
@@ -77,10 +79,12 @@ def write_metrics(root: str, totals: MetricTotals, method: str) -> Dict[str, Any
 
     summary = totals.summary()
     report = {"method": method, "records": totals.records, "unaligned_words": totals.unaligned,
-              "summary": json_ready(summary)}
+              "not_targeted_words": totals.not_targeted, "summary": json_ready(summary)}
     write_json_atomic(os.path.join(root, "metrics.json"), report)
     text = (f"# Metrics of the run ({totals.records} records with masks)\n\n" + metrics_table(summary, method)
-            + f"\nWords not aligned to a response token: {totals.unaligned}.\n")
+            + f"\nWords not aligned to a response token: {totals.unaligned}.\n"
+            + (f"Words of the response its record's targets left out (no map, not scored): {totals.not_targeted}.\n"
+               if totals.not_targeted else ""))
     write_bytes_atomic(os.path.join(root, "metrics.md"), text.encode())
     return report
 

@@ -73,17 +73,25 @@ def _floats(t) -> List[Optional[float]]:
     return [None if not math.isfinite(v) else v for v in (float(x) for x in t.tolist())]
 
 
-def record_metrics(e, truth) -> dict:
-    """Per-map metrics of the record's object and function words (JSON-ready)."""
+def record_metrics(e, truth, targeted: bool = False) -> dict:
+    """Per-map metrics of the record's object and function words (JSON-ready).
+
+    targeted: the record named its targets (not "all"): a word of the response that
+    was not among them has no map and is counted as ``not_targeted``, not as
+    ``unaligned`` (a word no response token spells)."""
     import torch
 
     from ..eval.metrics import function_metrics, object_metrics
+    from ..words import align_words, split_words
 
     wmaps = word_maps(e, truth.words)
     obj = [i for i in truth.object_indices if i in wmaps]
     fun = [i for i in truth.function_indices if i in wmaps]
+    without = [i for i in truth.object_indices + truth.function_indices if i not in wmaps]
+    in_response = align_words(list(truth.words), split_words(e.response)) if targeted and without else []
+    not_targeted = sum(1 for i in without if in_response[i])
     out: dict = {"object": {"words": obj}, "function": {"words": fun},
-                 "unaligned": sum(1 for i in truth.object_indices + truth.function_indices if i not in wmaps)}
+                 "unaligned": len(without) - not_targeted, "not_targeted": not_targeted}
     if obj:
         r = object_metrics(torch.stack([wmaps[i] for i in obj]), [truth.word_mask(i) for i in obj])
         out["object"].update({k: _floats(r[k]) for k in ("obj_iou", "contrast", "concentration", "f3")})

@@ -176,7 +176,9 @@ def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist,
                 if e is not None:
                     try:
                         truth = ground_truth(rec, e)
-                        metrics = record_metrics(e, truth) if truth is not None else None
+                        metrics = (record_metrics(e, truth, targeted=not (isinstance(rec.targets, str)
+                                                                          and rec.targets == "all"))
+                                   if truth is not None else None)
                     except InputError as exc:
                         e, err = None, one_line(str(exc))
                 if e is None:

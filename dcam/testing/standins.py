@@ -16,6 +16,7 @@ import json
 import os
 from typing import Callable, Dict, Tuple
 
+from ..errors import InputError
 from . import dream_vl, hf_tiny, llava_dmllm, vq_dmllm
 
 #: builder name -> function(seed) returning (model, processor); keys are family names
@@ -51,7 +52,7 @@ def save_standin(name: str, folder: str, seed: int = 0) -> str:
     from safetensors.torch import save_file
 
     if name not in STANDINS:
-        raise ValueError(f"unknown stand-in {name!r} (known: {', '.join(STANDINS)})")
+        raise InputError(f"name: unknown stand-in {name!r} (known: {', '.join(STANDINS)})")
     model, processor = STANDINS[name](seed=seed)
     os.makedirs(folder, exist_ok=True)
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},  # tied weights: copies

@@ -177,3 +177,14 @@ def test_cam_settings_reach_the_maps(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["demo", "--model", model_dir, "--out", str(tmp_path / "d2"), "--cam", "akd=perhaps"]) == 2
     assert _err_line(capsys) == ["dcam demo: error: --cam: CamConfig.akd: cannot read 'perhaps' (not a boolean)"]
+
+
+def test_grounding_report_says_the_default_config_is_used_as_it_is():
+    # "config: CamConfig() with none" read as if no config had been applied
+    from dcam.eval.grounding import format_grounding
+
+    rep = dict(rates={"masked": {0: 0.5}}, method="diffusion-cam", n_images=2, n_words=4, chance=0.25,
+               config_changes={}, class_detector=0.9, default_layer=0)
+    assert format_grounding(rep).splitlines()[1] == "config: CamConfig() as it is"
+    rep["config_changes"] = {"akd": False}
+    assert format_grounding(rep).splitlines()[1] == "config: CamConfig() with akd=False"

@@ -87,3 +87,11 @@ def test_a_probe_the_model_cannot_run_names_the_option(folders, coco_dir, tmp_pa
     assert rc == 2 and "\n" not in err and not (tmp_path / "e").exists()
     assert err == ("dcam eval: error: --probe: 'masked' is not supported by the llava-onevision model "
                    "(supported: full)")
+
+
+def test_save_standin_refuses_an_unknown_name_as_an_input_error(tmp_path):
+    from dcam.errors import InputError
+
+    with pytest.raises(InputError, match=r"^name: unknown stand-in 'llama' \(known: "):  # (a ValueError)
+        save_standin("llama", str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()

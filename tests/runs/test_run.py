@@ -93,6 +93,7 @@ def test_metrics_match_an_independent_computation(reference_run, run_manifest):
     from dcam.eval.metrics import function_metrics, object_metrics
 
     vals = {"obj_iou": [], "contrast": [], "concentration": [], "f3": [], "func_iou": []}
+    left_out = 0
     for r in dcam.load_run(reference_run):
         m = run_manifest["good"][r.id]
         if "mask" not in m:
@@ -101,6 +102,12 @@ def test_metrics_match_an_independent_computation(reference_run, run_manifest):
         mask = np.asarray(Image.open(os.path.join(run_manifest["folder"], m["mask"]))).astype(np.int64)
         words, obj, fun = _truth(r.entry, m, mask)
         maps = {n: r.maps[k] for k, n in enumerate(r.entry["word_numbers"])}  # word-level tokens: item = word
+        # labelled words without a map: all of them words of the response its targets left out (s3's); they
+        # were counted as "not aligned to a response token"
+        without = len([i for i, _ in obj if i not in maps] + [i for i in fun if i not in maps])
+        assert (r.metrics["unaligned"], r.metrics["not_targeted"]) == (0, without)
+        assert (without > 0) == ("targets" in m)
+        left_out += without
         obj = [(i, l) for i, l in obj if i in maps]
         fun = [i for i in fun if i in maps]
         o = object_metrics(torch.stack([maps[i] for i, _ in obj]), [np.where(mask == l, mask, 0) for _, l in obj])
@@ -122,6 +129,9 @@ def test_metrics_match_an_independent_computation(reference_run, run_manifest):
     assert s["func_iou"] == pytest.approx(float(np.mean(vals["func_iou"])))
     assert s["n_obj"] == len(vals["obj_iou"]) and report["records"] == 7
     table = open(os.path.join(reference_run, "metrics.md")).read()
+    assert report["unaligned_words"] == 0 and report["not_targeted_words"] == left_out
+    assert "Words not aligned to a response token: 0.\n" in table
+    assert f"Words of the response its record's targets left out (no map, not scored): {left_out}.\n" in table
     assert f"| Diffusion-CAM | {100 * iou:.2f} | {con:.2f}x | {100 * conc:.2f} |" in table
 
 
