@@ -164,27 +164,72 @@ def token_spans(decode: Callable[[Sequence[int]], str], ids: Sequence[int],
             text += " "
         base = len(text)
         run = decode(ids[i:j])
-        done = 0
-        for t in range(i, j):
-            prefix = run if t + 1 == j else decode(ids[i:t + 1])
-            k = max(_common_prefix(prefix, run), done)
-            spans[t] = (base + done, base + k)
-            done = k
+        for t, (a, b) in enumerate(_run_spans(decode, ids[i:j], run), start=i):
+            spans[t] = (base + a, base + b)
         text += run
         i = j
     return text, spans, [decode([i]) for i in ids]
 
 
-def _common_prefix(a: str, b: str) -> int:
-    """Length of the longest common prefix of ``a`` and ``b``, compared by the string
-    methods (a prefix decoded by most tokenizers agrees with the whole text but for its
-    last characters; a character loop here made long responses quadratic in Python)."""
-    if b.startswith(a):
+#: tokens per piece when the spans of a long run are found piece by piece (:func:`_run_spans`)
+SPAN_PIECE = 64
+
+
+def _run_spans(decode: Callable[[Sequence[int]], str], ids: List[int], run: str) -> List[Tuple[int, int]]:
+    """The spans of :func:`token_spans` in one run ``ids`` decoding to ``run``.
+
+    By definition token t's end is where ``decode(ids[:t+1])`` stops agreeing with
+    ``run``: a decode of every prefix, quadratic in the run's length (a 2,048-word
+    response took seconds). A long run is cut into pieces instead, at tokens where the
+    decoder is seen to restart cleanly: the text of the ids before the cut is a prefix
+    of ``run``, and the ids after it decode, on their own, to what follows it there (a
+    decoder that drops a piece's leading space, or a cut inside a character's bytes,
+    fails this and the cut moves on). The pieces, decoded on their own, must spell
+    ``run`` exactly; then each token's end is found within its piece, as
+    ``decode(ids[cut:t+1])`` agrees with ``run`` past the cut. Where no cut holds, the
+    whole run is read prefix by prefix, as defined."""
+    n = len(ids)
+    cuts = _cuts(decode, ids, run) if n > 2 * SPAN_PIECE else [(0, 0), (n, len(run))]
+    out, done = [], 0
+    for (c0, off), (c1, _) in zip(cuts, cuts[1:]):
+        for t in range(c0, c1):
+            prefix = decode(ids[c0:t + 1]) if t + 1 < n else run[off:]
+            k = max(off + _common_prefix(prefix, run, off), done)
+            out.append((done, k))
+            done = k
+    return out
+
+
+def _cuts(decode, ids: List[int], run: str) -> List[Tuple[int, int]]:
+    """[(token, character offset in run)] of the pieces of :func:`_run_spans`, from (0, 0) to
+    (len(ids), len(run)); just those two where no cut holds or the pieces do not spell ``run``."""
+    n, cuts = len(ids), [(0, 0)]
+    for want in range(SPAN_PIECE, n - SPAN_PIECE // 2, SPAN_PIECE):
+        for c in range(want, min(want + 4, n)):  # a few tries near each cut: a failed one costs a decode of c ids
+            head = decode(ids[:c])
+            if not run.startswith(head) or len(head) <= cuts[-1][1]:
+                continue
+            if run.startswith(decode(ids[c:c + 8]).rstrip("\ufffd"), len(head)):
+                cuts.append((c, len(head)))
+                break
+    cuts.append((n, len(run)))
+    pieces = [decode(ids[a:b]) for (a, _), (b, _) in zip(cuts, cuts[1:])]
+    if "".join(pieces) != run or any(len(p) != e - s for p, (_, s), (_, e) in zip(pieces, cuts, cuts[1:])):
+        return [(0, 0), (n, len(run))]  # the decoder is not one that restarts cleanly here: as defined
+    return cuts
+
+
+def _common_prefix(a: str, b: str, start: int = 0) -> int:
+    """Length of the longest common prefix of ``a`` and ``b[start:]`` (``b`` is not copied),
+    compared by the string methods (a prefix decoded by most tokenizers agrees with the
+    whole text but for its last characters; a character loop here made long responses
+    quadratic in Python)."""
+    if b.startswith(a, start):
         return len(a)
-    lo, hi = 0, min(len(a), len(b))  # a[:lo] == b[:lo]; a[:hi+1] != b[:hi+1] past the shorter one
+    lo, hi = 0, min(len(a), len(b) - start)  # a[:lo] agrees; a[:hi+1] does not, past the shorter one
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if a[lo:mid] == b[lo:mid]:
+        if a[lo:mid] == b[start + lo:start + mid]:
             lo = mid
         else:
             hi = mid - 1

@@ -261,3 +261,64 @@ def test_common_prefix_agrees_with_a_character_walk():
         a = "".join(rng.choice("ab\ufffd ") for _ in range(rng.randrange(0, 12)))
         b = a[:rng.randrange(0, len(a) + 1)] + "".join(rng.choice("ab ") for _ in range(rng.randrange(0, 5)))
         assert _common_prefix(a, b) == len(os.path.commonprefix([a, b]))
+
+
+def _spans_by_definition(decode, ids):
+    """token_spans of one run, as defined: token t ends where decode(ids[:t+1]) stops agreeing
+    with the whole text, character by character (never before the previous token's end)."""
+    text, out, done = decode(ids), [], 0
+    for t in range(len(ids)):
+        prefix = decode(ids[:t + 1])
+        k = 0
+        while k < min(len(prefix), len(text)) and prefix[k] == text[k]:
+            k += 1
+        out.append((done, max(k, done)))
+        done = max(k, done)
+    return text, out
+
+
+@pytest.mark.parametrize("decoder,tokens", [
+    (BYTE_LEVEL, ["red", "\u0120circle", "\u0120", "4", "\u00c3", "\u00a9", "\u0120caf", "\u00e6\u0139", "\u00a5",
+                  "\u010a", ".", "\u0120\u00f0\u0141", "\u013b", "\u0124", "s"]),
+    (BYTE_FALLBACK, ["\u2581red", "<0x0A>", "circle", "\u2581caf", "<0xC3>", "<0xA9>", "\u2581", "'", "s", "."]),
+    (METASPACE, ["\u2581a", "\u2581tra", "ffic", "\u2581light", ",", "\u2581\u65e5", "\u672c", "\u2581dogs"]),
+    (WORDPIECE, ["the", "play", "##ing", "field", "##s", ".", ",", "red"]),
+])
+def test_long_runs_read_piece_by_piece_give_the_spans_as_defined(decoder, tokens, monkeypatch):
+    # a long run is cut into pieces (pieces of 3 tokens here, so that short sequences are cut many times);
+    # the spans must be those of a decode of every prefix, for every decoder style
+    import random
+
+    import dcam.words as words
+
+    monkeypatch.setattr(words, "SPAN_PIECE", 3)
+    tok = _tokenizer(decoder, tokens)
+    vocab = tok.convert_tokens_to_ids(tokens)
+    rng = random.Random(7)
+    cut = 0
+    for n in (1, 5, 7, 12, 40, 90):
+        for _ in range(6):
+            ids = [rng.choice(vocab) for _ in range(n)]
+            text, spans, _ = token_spans(tok.decode, ids)
+            assert (text, spans) == _spans_by_definition(tok.decode, ids), ids
+            cut += len(words._cuts(tok.decode, ids, text)) > 2 if n > 6 else 0
+    assert cut > 0  # the pieces were used, not only the fallback
+
+
+def test_pieces_follow_the_clean_up_of_spaces_before_punctuation(monkeypatch):
+    # transformers' clean_up_tokenization_spaces joins " ." " ," " 's" " n't" across tokens
+    import random
+
+    import dcam.words as words
+
+    monkeypatch.setattr(words, "SPAN_PIECE", 3)
+    tokens = ["do", "n't", "it", "'s", ".", ",", "red", "?", "'"]
+    tok = _tokenizer(WORDPIECE, tokens)
+    decode = lambda x: tok.decode(x, clean_up_tokenization_spaces=True)  # noqa: E731
+    vocab = tok.convert_tokens_to_ids(tokens)
+    rng = random.Random(11)
+    for n in (8, 30, 75):
+        for _ in range(8):
+            ids = [rng.choice(vocab) for _ in range(n)]
+            text, spans, _ = token_spans(decode, ids)
+            assert (text, spans) == _spans_by_definition(decode, ids), ids
