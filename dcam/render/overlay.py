@@ -34,15 +34,36 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+#: How far past [0, 1] a map's value may lie and still be drawn (as 0 or 1): float32 rounding of the
+#: backends' min-max normalisation, a unit in the last place or so, not a wrong map.
+MAP_TOLERANCE = 1e-6
+
+
+def check_map(m: np.ndarray, name: str = "cam") -> np.ndarray:
+    """``m`` if it is a non-empty map of finite values in [0, 1] (within :data:`MAP_TOLERANCE`), else an
+    InputError naming ``name`` (NaN was drawn as 0, Inf and 5.0 as 1, -1 as 0: the README promises values are
+    checked, never clamped silently)."""
+    if m.size == 0:
+        raise InputError(f"{name}: a map must hold at least one value, got shape {tuple(m.shape)}")
+    bad = ~np.isfinite(m)
+    if bad.any():
+        raise InputError(f"{name}: a map must be finite, got {int(bad.sum())} NaN/Inf value(s)")
+    lo, hi = float(m.min()), float(m.max())
+    if lo < -MAP_TOLERANCE or hi > 1.0 + MAP_TOLERANCE:
+        raise InputError(f"{name}: a map's values must be in [0, 1], got values in [{lo:g}, {hi:g}]")
+    return m
+
+
 def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
-    """``[h, w]`` map -> float32 ``[H, W]`` (size = (H, W)), bilinear, clipped to [0, 1]."""
-    m = torch.as_tensor(_to_numpy(cam), dtype=torch.float32)
-    if m.dim() != 2:
+    """``[h, w]`` map of values in [0, 1] -> float32 ``[H, W]`` (size = (H, W)), bilinear."""
+    m = _to_numpy(cam)
+    if m.ndim != 2:
         raise InputError(f"cam: a map must be 2-D [h, w], got shape {tuple(m.shape)}")
+    m = torch.from_numpy(np.ascontiguousarray(check_map(m)))
     H, W = int(size[0]), int(size[1])
     if tuple(m.shape) != (H, W):
         m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-    return m.clamp(0.0, 1.0).numpy()
+    return m.clamp(0.0, 1.0).numpy()  # (a bilinear mean of checked values: this only drops the rounding)
 
 
 def check_colormap(colormap):
@@ -61,7 +82,7 @@ def check_colormap(colormap):
 def colorize(cam: ArrayLike, colormap: str = "jet") -> np.ndarray:
     """``[H, W]`` values in [0, 1] -> uint8 ``[H, W, 3]`` RGB through a matplotlib colormap."""
     cmap = check_colormap(colormap)
-    m = np.clip(_to_numpy(cam), 0.0, 1.0)
+    m = np.clip(check_map(_to_numpy(cam)), 0.0, 1.0)  # (checked: the clip only drops the rounding)
     rgb = cmap(m)[..., :3]
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
@@ -85,10 +106,10 @@ def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colo
     if img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.0
     img = img.astype(np.float32)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise InputError(f"image must be [H, W, 3], got shape {img.shape}")
-    if img.min() < 0 or img.max() > 1:
-        raise InputError("image: a float image must be in [0, 1]")
+    if img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
+        raise InputError(f"image must be [H, W, 3] with H, W >= 1, got shape {img.shape}")
+    if not np.isfinite(img).all() or img.min() < 0 or img.max() > 1:  # (NaN passed both comparisons)
+        raise InputError("image: a float image must be in [0, 1], with no NaN or Inf")
     heat = colorize(upsample_map(cam, img.shape[:2]), colormap).astype(np.float32) / 255.0
     out = (1.0 - alpha) * img + alpha * heat
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
@@ -107,11 +128,28 @@ def box_pixels(box, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
     return x0, y0, max(x0 + 1, int(round(box[2] * W))), max(y0 + 1, int(round(box[3] * H)))
 
 
+def check_box(box) -> Tuple[float, float, float, float]:
+    """``box`` as 4 floats ``(x0, y0, x1, y1)``, else an InputError naming it: finite, x0 < x1,
+    y0 < y1, and overlapping the image. Not confined to [0, 1]: the map of an image padded to a
+    square (:func:`dcam.probe.adapters.llava_dmllm.padded_square_box`) runs past its edges.
+    (NaN was a ValueError, an inverted box an overlay with no heatmap at all.)"""
+    ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v) for v in box)
+    if ok:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        ok = x0 < x1 and y0 < y1 and x0 < 1.0 and x1 > 0.0 and y0 < 1.0 and y1 > 0.0
+    if not ok:
+        raise InputError(f"box must be 4 finite fractions (x0, y0, x1, y1) with x0 < x1 and y0 < y1 that "
+                         f"overlap the image [0, 1] x [0, 1], got {box!r}")
+    return x0, y0, x1, y1
+
+
 def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX) -> np.ndarray:
     """``[h, w]`` map -> float32 ``[H, W]`` over the whole image (size = (H, W)):
     upsampled into ``box`` (the part of the image the model saw, fractions
     ``(x0, y0, x1, y1)``), zero outside it."""
-    if tuple(box) == FULL_BOX:
+    box = check_box(box)
+    if box == FULL_BOX:
         return upsample_map(cam, size)
     x0, y0, x1, y1 = box_pixels(box, size)
     H, W = int(size[0]), int(size[1])
@@ -145,12 +183,19 @@ def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: st
             size: Optional[Tuple[int, int]] = None, box=FULL_BOX) -> Image.Image:
     """PIL overlay of ``cam`` on ``image``. size: ``(W, H)`` to render at
     (the image is resized bicubically first); default: the image's size.
-    box: the part of the image the map covers (fractions; default all of it)."""
-    img = image.convert("RGB")
+    box: the part of the image the map covers (fractions; default all of it).
+    ``image`` may also be an array or a path, read as :func:`dcam.load_image` reads them."""
+    if isinstance(image, Image.Image):
+        img = image.convert("RGB")
+    else:  # (an array was an AttributeError on .convert)
+        from ..images import load_image
+
+        img = load_image(image)
     size = check_render_size(size)
+    box = check_box(box)
     if size is not None and size != img.size:
         img = img.resize(size, Image.BICUBIC)
-    cam = map_on_image(cam, (img.height, img.width), box) if tuple(box) != FULL_BOX else cam
+    cam = map_on_image(cam, (img.height, img.width), box) if box != FULL_BOX else cam
     return Image.fromarray(show_cam_on_image(np.asarray(img), cam, alpha, colormap))
 
 
@@ -172,5 +217,6 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
-__all__ = ["check_alpha", "check_colormap", "map_on_image", "box_pixels", "FULL_BOX", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size", "DISPLAY_MIN_SIDE",
-           "DISPLAY_MAX_SIDE"]
+__all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "map_on_image", "box_pixels", "FULL_BOX",
+           "MAP_TOLERANCE", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size",
+           "DISPLAY_MIN_SIDE", "DISPLAY_MAX_SIDE"]

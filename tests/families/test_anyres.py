@@ -151,7 +151,7 @@ def test_pad_aspect_pads_to_a_square_and_places_the_map_past_the_edges():
     tall = a.prepare(img.transpose(Image.Transpose.TRANSPOSE), None, [5])  # 40 x 72: columns -0.4..1.4
     assert tall.view(None).box == pytest.approx((-0.4, 0.0, 1.4, 1.0))
     # on the image: the square's map, rows 16..56
-    cam = np.arange(16, dtype=np.float32).reshape(4, 4)
+    cam = np.arange(16, dtype=np.float32).reshape(4, 4) / 15  # (a map is in [0, 1]: 0..15 was clamped to mostly 1)
     np.testing.assert_array_equal(map_on_image(cam, (40, 72), e.box), upsample_map(cam, (72, 72))[16:56])
     # faithfulness perturbs the grid cell each pixel falls in: row r of the image is row r + 16 of the square
     from dcam.eval.faithfulness import _cell_index
