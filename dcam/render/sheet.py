@@ -7,7 +7,9 @@ every sheet opens with Pillow's default image-size limits.
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 import textwrap
 from typing import List, Optional, Sequence, Tuple
 
@@ -26,13 +28,34 @@ MAX_TITLE_LINES = 8
 #: Narrowest contact sheet, pixels: room for the title and the colour bar
 #: when the tiles are thin (a 2 x 200 image).
 SHEET_MIN_WIDTH = 320
+#: Widest a cell of thin tiles grows to hold its label, pixels (about 14 letters of a 24-pixel
+#: label); labels wider than their cell end in an ellipsis.
+LABEL_CELL_WIDTH = 192
 
 
+def _dejavu_path() -> str:
+    import matplotlib
+
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    if os.path.exists(path):
+        return path
+    from matplotlib.font_manager import FontProperties, findfont
+
+    return findfont(FontProperties(family="DejaVu Sans"), fallback_to_default=True)
+
+
+@functools.lru_cache(maxsize=None)
 def font(size: int):
+    """The font of labels and titles at ``size`` pixels: DejaVu Sans, which matplotlib (a dependency)
+    ships; Pillow's default font covers ASCII only ("café" was drawn "caf" and a box). DejaVu
+    draws Latin, Greek and Cyrillic; it has no CJK or emoji glyphs, which still come out as boxes."""
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # old Pillow: fixed-size bitmap font
-        return ImageFont.load_default()
+        return ImageFont.truetype(_dejavu_path(), size)
+    except (OSError, ImportError):  # no FreeType, or the file is gone: Pillow's own font
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # old Pillow: fixed-size bitmap font
+            return ImageFont.load_default()
 
 
 def sheet_layout(n: int, tile: Tuple[int, int], cols: Optional[int] = None, pad: int = 4,
@@ -70,6 +93,34 @@ def _text_width(text: str, f) -> int:
     return int(math.ceil(draw.textlength(text, font=f))) if hasattr(draw, "textlength") else 6 * len(text)
 
 
+def fit_text(text: str, f, width: float) -> str:
+    """``text``, or its longest start followed by "…" that is at most ``width`` pixels wide in
+    font ``f`` ("" if not even "…" fits)."""
+    if _text_width(text, f) <= width:
+        return text
+    lo, hi = 0, len(text)  # the longest prefix that fits with the ellipsis is text[:lo]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _text_width(text[:mid] + "…", f) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    cut = text[:lo].rstrip() + "…"
+    return cut if _text_width(cut, f) <= width else ""
+
+
+def check_labels(labels, n: int) -> Optional[List[str]]:
+    """``labels`` as a list of ``n`` strings (one per tile), or None; else an InputError naming it
+    (two tiles and one label was an IndexError, a string was taken letter by letter)."""
+    if labels is None:
+        return None
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(t, str) for t in labels):
+        raise InputError(f"labels must be a list of strings, one per tile, got {type(labels).__name__}")
+    if len(labels) != n:
+        raise InputError(f"labels: {len(labels)} label(s) for {n} tile(s); give one label per tile")
+    return list(labels)
+
+
 def colour_bar(width: int, height: int, colormap: str = "jet") -> Image.Image:
     """A horizontal colour bar: the colormap from 0 (left) to 1 (right), with ticks."""
     bar_h = max(6, height // 2)
@@ -91,12 +142,14 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
                   pad: int = 4, title: Optional[str] = None, colormap: Optional[str] = None,
                   max_side: int = SHEET_MAX_SIDE, background=(255, 255, 255)) -> Image.Image:
     """Tiles (resized to the first tile's size, shrunk to fit ``max_side``) on
-    a grid, each with its label underneath (a cell is widened to its label
-    when the tiles are thin); ``title`` wrapped on top and, with ``colormap``,
+    a grid, each with its label underneath (``labels``: one string per tile; a
+    cell of thin tiles is widened up to :data:`LABEL_CELL_WIDTH` for its label,
+    a label wider than its cell ends in "…"); ``title`` wrapped on top and, with ``colormap``,
     a colour bar at the bottom. At least :data:`SHEET_MIN_WIDTH` wide."""
     if not tiles:
         raise InputError("contact_sheet needs at least one tile")
     n = len(tiles)
+    labels = check_labels(labels, n)
     cols = int(cols) if cols else int(math.ceil(math.sqrt(n)))
     W0, H0 = tiles[0].size
     probe_w = min(max_side, max(SHEET_MIN_WIDTH, cols * (W0 + pad) + pad))
@@ -109,8 +162,10 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
                     label_height=_label_height(H0) if labels else 0)
     lh = _label_height(H) if labels else 0
     label_font = font(max(10, lh - 4)) if lh else None
-    label_w = max(_text_width(str(t), label_font) for t in labels) + 4 if lh else 0
-    cell_w = max(W, min(label_w, (max_side - pad) // cols - pad))
+    label_w = max(_text_width(t, label_font) for t in labels) + 4 if lh else 0
+    # thin tiles' cells widen for their labels, up to LABEL_CELL_WIDTH; a longer label is cut with an
+    # ellipsis (one 300-letter word widened every cell to ~1,000 pixels and still ran off the sheet)
+    cell_w = max(W, min(label_w, LABEL_CELL_WIDTH, (max_side - pad) // cols - pad))
     grid_w, grid_h = sheet_layout(n, (cell_w, H), cols, pad, lh)
     sheet_w = max(grid_w, min(SHEET_MIN_WIDTH, max_side))
     sheet = Image.new("RGB", (sheet_w, title_h + grid_h + bar_h), background)
@@ -125,11 +180,13 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
             t = t.resize((W, H), Image.BICUBIC)
         sheet.paste(t, (x + (cell_w - W) // 2, y))
         if labels is not None and lh:
-            draw.text((x + 2, y + H + 1), str(labels[k]), fill=(0, 0, 0), font=label_font)
+            draw.text((x + 2, y + H + 1), fit_text(labels[k], label_font, cell_w - 2), fill=(0, 0, 0),
+                      font=label_font)
     if colormap:
         bar = colour_bar(min(sheet_w - 2 * pad, 512), bar_h - 4, colormap)
         sheet.paste(bar, (pad, title_h + grid_h))
     return sheet
 
 
-__all__ = ["contact_sheet", "sheet_layout", "fit_tile", "colour_bar", "SHEET_MAX_SIDE"]
+__all__ = ["contact_sheet", "sheet_layout", "fit_tile", "fit_text", "check_labels", "colour_bar", "font",
+           "SHEET_MAX_SIDE", "SHEET_MIN_WIDTH", "LABEL_CELL_WIDTH"]
