@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import List, Tuple
 
@@ -18,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from ..explanation import word_file_names
 from ..render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size, overlay
-from ..render.sheet import SHEET_MAX_SIDE, font
+from ..render.sheet import SHEET_MAX_SIDE, fit_text, font
 from ..words import clean_token
 
 #: Colour of the decision-step marker.
@@ -57,18 +58,25 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     image's shortest side up to ``side`` by whole factors, the longest side at
     most ``max_side``)."""
     base = _base(traj, side, max_side)
-    W, H = base.size
+    iw, H = base.size
     S, d = traj.steps, int(traj.decided_at[k])
     word = f"{traj.word_numbers[k]}: {clean_token(traj.tokens[k])}"
     f = font(13)
+    captions = [f"step {s}/{S - 1}" + ("  decided" if s == d else "") for s in range(S)]
+    # a narrow image's frame is widened (the image centred on white) to its longest caption and to a
+    # pixel per step of the timeline: a 50-pixel-wide image cut "step 3/11" to "step 3/1", a 1 x 2000
+    # one made 1-pixel-wide GIFs
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    W = max(iw, int(math.ceil(max(probe.textlength(c, font=f) for c in captions))) + 8, S + 8)
+    x0 = (W - iw) // 2
     frames = []
     for s in range(S):
         fr = Image.new("RGB", (W, H + BAND), (255, 255, 255))
-        fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (0, 0))
+        fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (x0, 0))
         draw = ImageDraw.Draw(fr)
         if s == d:
-            draw.rectangle([0, 0, W - 1, H - 1], outline=DECIDED, width=BORDER)
-        text = f"step {s}/{S - 1}" + ("  decided" if s == d else "")
+            draw.rectangle([x0, 0, x0 + iw - 1, H - 1], outline=DECIDED, width=BORDER)
+        text = captions[s]
         if draw.textlength(f"{word}  {text}", font=f) <= W - 8:  # the word too, where it fits
             text = f"{word}  {text}"
         draw.text((4, H + 2), text, fill=DECIDED if s == d else (0, 0, 0), font=f)
@@ -132,8 +140,9 @@ def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET
     f = font(11)
     for k, tok in enumerate(traj.tokens):
         x = left + pad + k * (cw + pad)
-        draw.text((x + 2, 4), f"{traj.word_numbers[k]}:{clean_token(tok)}"[: max(3, cw // 6)], fill=(0, 0, 0),
-                  font=f)
+        # cut to its column by its drawn width (a cut to cw // 6 letters ran into the next column)
+        draw.text((x + 2, 4), fit_text(f"{traj.word_numbers[k]}:{clean_token(tok)}", f, cw + pad - 3),
+                  fill=(0, 0, 0), font=f)
     for s in range(S):
         y = top + pad + s * (row + pad)
         draw.text((4, y + row // 2 - 6), f"step {s}", fill=(0, 0, 0), font=f)  # level with its row's middle

@@ -1,0 +1,169 @@
+"""dcam.render's public functions on bad and unusual input: maps that are NaN, Inf, out of [0, 1] or
+empty, boxes, labels and arrays are refused (or read) with one-line InputErrors naming the argument;
+non-ASCII labels are drawn; one long label leaves the contact sheet's layout alone; narrow images'
+trajectory frames keep their captions whole."""
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from dcam import InputError
+from dcam.render import colorize, contact_sheet, overlay, show_cam_on_image, upsample_map
+from dcam.render.overlay import FULL_BOX, map_on_image
+from dcam.render.sheet import font
+
+BLACK_IMAGE = np.zeros((8, 8, 3), np.uint8)
+
+
+def _ink(text, f, size=(60, 40)):
+    """bool bitmap of ``text`` drawn white on black at (10, 10)."""
+    im = Image.new("L", size, 0)
+    ImageDraw.Draw(im).text((10, 10), text, fill=255, font=f)
+    return np.asarray(im) > 127
+
+
+# ------------------------------------------------------------------ fonts
+
+def test_accented_greek_and_cyrillic_letters_are_drawn_not_boxes():
+    # Pillow's default font covered ASCII only: every one of these was the missing-glyph box
+    f = font(14)
+    missing = _ink("\U0010FFFD", f)  # a noncharacter: no font has a glyph for it
+    for ch in ("é", "ü", "ñ", "ß", "Ω", "Ж"):
+        assert not np.array_equal(_ink(ch, f), missing), ch
+    # the accent of "é" is ink above the top of "e", over the same columns
+    e, e_acute = _ink("e", f), _ink("é", f)
+    e_top = np.nonzero(e.any(axis=1))[0].min()
+    cols = np.nonzero(e.any(axis=0))[0]
+    assert e_acute[:e_top, cols.min():cols.max() + 1].any()
+    # ... and in a word: "café" differs from "cafe" only above the e's x-height
+    word, plain = _ink("café", f, (120, 40)), _ink("cafe", f, (120, 40))
+    differ = np.nonzero((word != plain).any(axis=1))[0]
+    assert differ.size and differ.max() < e_top
+
+
+# ------------------------------------------------------------------ maps
+
+@pytest.mark.parametrize("cam,match", [
+    (np.full((4, 4), np.nan), r"^cam: a map must be finite, got 16 NaN/Inf value\(s\)$"),
+    (torch.full((4, 4), float("inf")), r"^cam: a map must be finite, got 16 NaN/Inf value\(s\)$"),
+    (np.full((4, 4), 5.0), r"^cam: a map's values must be in \[0, 1\], got values in \[5, 5\]$"),
+    (np.full((4, 4), -1.0), r"^cam: a map's values must be in \[0, 1\], got values in \[-1, -1\]$"),
+    (np.zeros((0, 4)), r"^cam: a map must hold at least one value, got shape \(0, 4\)$"),
+])
+def test_bad_maps_are_refused_by_every_public_function(cam, match):
+    # NaN was drawn as 0, Inf and 5 as 1, -1 as 0; an empty map was torch's RuntimeError
+    pil = Image.new("RGB", (8, 8))
+    for call in (lambda: show_cam_on_image(BLACK_IMAGE, cam), lambda: overlay(pil, cam),
+                 lambda: overlay(pil, cam, box=(0.25, 0.0, 0.75, 1.0)), lambda: upsample_map(cam, (8, 8)),
+                 lambda: colorize(cam)):
+        with pytest.raises(InputError, match=match):
+            call()
+
+
+def test_a_map_one_rounding_past_one_is_drawn_as_one():
+    # float32 normalisation may land a unit in the last place past 1: jet at 1 is (0.5, 0, 0) -> 128
+    over = np.full((2, 2), np.nextafter(np.float32(1.0), np.float32(2.0)), np.float32)
+    assert (colorize(over) == np.array([128, 0, 0], np.uint8)).all()
+    assert upsample_map(over, (3, 3)).max() == 1.0
+
+
+def test_a_nan_float_image_is_refused():
+    img = np.full((8, 8, 3), 0.5, np.float32)
+    img[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"^image: a float image must be in \[0, 1\], with no NaN or Inf$"):
+        show_cam_on_image(img, np.zeros((4, 4)))
+
+
+# ------------------------------------------------------------------ overlay's image and box
+
+def test_overlay_takes_an_array_as_dcam_reads_one():
+    # an array was an AttributeError ('numpy.ndarray' object has no attribute 'convert'); worked by hand:
+    # jet(0) = (0, 0, 0.5) -> heat (0, 0, 128), half of it over black -> (0, 0, 64)
+    out = np.asarray(overlay(BLACK_IMAGE, torch.zeros(4, 4)))
+    assert out.shape == (8, 8, 3) and (out == np.array([0, 0, 64], np.uint8)).all()
+    with pytest.raises(InputError, match="^image: unsupported type int"):
+        overlay(3, torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("box", [(float("nan"), 0, 1, 1), (0.5, 0.5, 0.2, 0.2), (0, 0, 1), (0, 0, True, 1),
+                                 (0, 0, float("inf"), 1), (1.0, 0.0, 2.0, 1.0), "0011", (0, 0, 0.5, 0.0)])
+def test_overlay_refuses_a_box_that_is_not_one(box):
+    # NaN was a ValueError; an inverted box drew no heatmap at all; one beside the image likewise
+    with pytest.raises(InputError, match=r"^box must be 4 finite fractions \(x0, y0, x1, y1\) with x0 < x1"):
+        overlay(Image.new("RGB", (8, 8)), torch.zeros(4, 4), box=box)
+
+
+def test_a_box_past_the_edges_of_a_padded_image_is_taken():
+    # a wide image padded to a square: the map's square runs a quarter past the top and the bottom
+    cam = torch.ones(2, 2)
+    got = map_on_image(cam, (4, 8), (0.0, -0.5, 1.0, 1.5))
+    np.testing.assert_array_equal(got, np.ones((4, 8), np.float32))
+    assert map_on_image(cam, (4, 8), [0, 0, 1, 1]).shape == (4, 8) and FULL_BOX == (0.0, 0.0, 1.0, 1.0)
+
+
+# ------------------------------------------------------------------ contact sheets
+
+@pytest.mark.parametrize("n,labels,match", [
+    (2, ["a"], r"^labels: 1 label\(s\) for 2 tile\(s\); give one label per tile$"),
+    (1, ["a", "b"], r"^labels: 2 label\(s\) for 1 tile\(s\); give one label per tile$"),
+    (2, "ab", r"^labels must be a list of strings, one per tile, got str$"),
+    (2, ["a", 3], r"^labels must be a list of strings, one per tile, got list$"),
+])
+def test_contact_sheet_wants_one_label_per_tile(n, labels, match):
+    # two tiles and one label was an IndexError; two labels for one tile and a string were drawn
+    with pytest.raises(InputError, match=match):
+        contact_sheet([Image.new("RGB", (8, 8))] * n, labels)
+
+
+def test_one_long_label_leaves_the_cells_alone_and_stays_in_its_cell():
+    # one 300-letter word widened every cell to ~1,000 pixels and still ran off the sheet
+    from dcam.render.sheet import fit_text
+
+    tiles = [Image.new("RGB", (256, 256), (90, 90, 200)) for _ in range(9)]
+    labels = [f"{i}: w" for i in range(8)] + ["8: " + "x" * 300]
+    sheet = np.asarray(contact_sheet(tiles, labels).convert("L"))
+    assert sheet.shape[1] == 3 * (256 + 4) + 4  # three 256-pixel cells, 4-pixel gaps (as with short labels)
+    # labels 25 pixels high (a tenth of the tile) under each tile, in a 21-pixel font
+    label_rows = np.concatenate([np.arange(r * (256 + 25 + 4) + 4 + 256, r * (256 + 25 + 4) + 4 + 256 + 25)
+                                 for r in range(3)])
+    gaps = [c for g in range(4) for c in range(g * 260, g * 260 + 4)]
+    assert (sheet[np.ix_(label_rows, gaps)] == 255).all()  # no label ink between cells or at the edges
+    last = sheet[label_rows[-25:], 2 * 260 + 4:3 * 260]
+    assert (last < 128).any()  # the long label is there, cut
+    f = font(21)
+    cut = fit_text(labels[-1], f, 254)
+    assert cut.endswith("…") and cut.startswith("8: xxx") and f.getlength(cut) <= 254 < f.getlength(labels[-1])
+
+
+# ------------------------------------------------------------------ trajectory frames
+
+def _trajectory(size, steps=12, decided=11):
+    return types.SimpleNamespace(image=Image.new("RGB", size, (200, 30, 30)), steps=steps, decided_at=[decided],
+                                 word_numbers=[0], tokens=["a"], maps=torch.zeros(steps, 1, 2, 2), box=FULL_BOX)
+
+
+@pytest.mark.parametrize("size", [(50, 1000), (1, 2000)])
+def test_narrow_images_frames_keep_their_captions_whole(size):
+    # a 50-pixel-wide image's frames cut "step 3/11" to "step 3/1"; a 1 x 2000 image's were 1 pixel wide
+    from dcam.trajectory.render import word_frames
+
+    traj = _trajectory(size)
+    frames = word_frames(traj, 0)
+    W, H = frames[0].size[0], frames[0].size[1] - 34
+    f = font(13)
+    for s, fr in enumerate(frames):
+        band = np.asarray(fr)[H:H + 20]
+        colour = (220, 20, 60) if s == 11 else (0, 0, 0)
+        caption = f"step {s}/11" + ("  decided" if s == 11 else "")
+        drawn = []
+        for text in (caption, f"0: a  {caption}"):  # (with the word where it fits)
+            ref = Image.new("RGB", (1000, 20), (255, 255, 255))
+            ImageDraw.Draw(ref).text((4, 2), text, fill=colour, font=f)
+            ref = np.asarray(ref)
+            drawn.append(not (ref[:, W:] != 255).any() and np.array_equal(band, ref[:, :W]))
+        assert any(drawn), (s, W)
+    # the image sits whole in the middle of its frame
+    img = np.asarray(frames[0])[:H]
+    assert (img[:, (W - (H * size[0] // size[1] or 1)) // 2] != 255).any()
