@@ -37,5 +37,5 @@ def run(args) -> int:
         if unknown:
             raise InputError(f"--backends: not available here: {', '.join(unknown)} "
                              f"(available: {', '.join(available_backends())})")
-    print(format_table(run_bench(backends, quick=args.quick, device=dev.type)))
+    print(format_table(run_bench(backends, quick=args.quick, device=str(dev))))
     return 0

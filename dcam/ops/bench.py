@@ -194,10 +194,12 @@ def time_against(fn: Callable[[], object], base: Callable[[], object], sync=None
 
 
 def run(backends: Optional[List[str]] = None, quick: bool = False, device: str = "cpu") -> Dict:
-    sync = torch.cuda.synchronize if device == "cuda" else None
+    # the device as given ("cuda:1": the inputs, the copy and the synchronisation all on that GPU)
+    on_gpu = torch.device(device).type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu else None
     if backends is None:
         backends = [b for b in available_backends()
-                    if not (b == "triton" and device != "cuda")]  # interpreter timings mean nothing
+                    if not (b == "triton" and not on_gpu)]  # interpreter timings mean nothing
     # the reference first, each backend once: "x reference" is read off the torch row, so rows
     # before it had none (--backends cpp,torch), and a repeated name was timed twice
     backends = ["torch"] + [b for b in dict.fromkeys(backends) if b != "torch"]

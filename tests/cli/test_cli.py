@@ -188,3 +188,15 @@ def test_grounding_report_says_the_default_config_is_used_as_it_is():
     assert format_grounding(rep).splitlines()[1] == "config: CamConfig() as it is"
     rep["config_changes"] = {"akd": False}
     assert format_grounding(rep).splitlines()[1] == "config: CamConfig() with akd=False"
+
+
+def test_bench_runs_on_the_device_as_given_with_its_index(monkeypatch):
+    # --device cuda:1 passed "cuda" on: the bench ran, and synchronised, on GPU 0
+    from dcam.cli import main
+    from dcam.ops import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda backends, quick, device: seen.append(device) or {})
+    monkeypatch.setattr(bench, "format_table", lambda result: "")
+    assert main(["bench", "--device", "cpu:0", "--quick"]) == 0
+    assert seen == ["cpu:0"]
