@@ -98,9 +98,12 @@ DCAM_INLINE void dacg(const float* x, int64_t h, int64_t w, const float* prm, co
     float mu, sd;
     mean_std(x, N, mu, sd);
     const int st = sd > prm[0] ? 0 : (mu > prm[1] ? 1 : (mu < prm[2] ? 2 : 3));
-    const float zeta = std::max(selector_percentile(sel, N - n_nz, n_nz, prm[3 + st]), kZetaMin);
+    float s_lo;
+    const float zeta = std::max(selector_percentile(sel, N - n_nz, n_nz, prm[3 + st], &s_lo), kZetaMin);
     ensure(S.blur_pad, (h + 2) * (w + 10));
-    gate(x, h, w, zeta, g9, y, S.blur_pad.data());
+    // f > zeta as in exact arithmetic: f > max(s_lo, zeta_min), the sorted value at the percentile's
+    // floor (zeta rounded up to the next value blurred a pixel the exact zeta keeps)
+    gate(x, h, w, std::max(s_lo, kZetaMin), g9, y, S.blur_pad.data());
     strategy = st;
     zeta_out = zeta;
 }

@@ -126,19 +126,22 @@ DCAM_HOT void selector_build(Selector& s, const float* x, int64_t n, SelectBuffe
     for (int64_t i = 0; i < n; ++i) s.vals[cur[bkt[i]]++] = x[i];
 }
 
-float selector_percentile(Selector& s, int64_t offset, int64_t cnt, float q) {
-    const double pos = static_cast<double>(q) / 100.0 * static_cast<double>(cnt - 1);
-    double fl = std::floor(pos);
+float selector_percentile(Selector& s, int64_t offset, int64_t cnt, float q, float* at_floor) {
+    // the position q (cnt - 1) / 100 floored exactly: q (cnt - 1) is exact in double (q / 100 first
+    // made 7.0 into 6.999...)
+    const double qn = static_cast<double>(q) * static_cast<double>(cnt - 1);
+    double fl = std::floor(qn / 100.0);
+    if (fl * 100.0 > qn) fl -= 1.0;
+    if ((fl + 1.0) * 100.0 <= qn) fl += 1.0;
     if (!(fl >= 0.0)) fl = 0.0;
     if (fl > static_cast<double>(cnt - 1)) fl = static_cast<double>(cnt - 1);
     const int64_t lo = static_cast<int64_t>(fl);
-    const float frac = static_cast<float>(pos - static_cast<double>(lo));
-    if (frac > 0.0f && lo + 1 <= cnt - 1) {
-        float hi;
-        const float v = selector_get(s, offset + lo, &hi);
-        return v + frac * (hi - v);
-    }
-    return selector_get(s, offset + lo, nullptr);
+    const float frac = static_cast<float>((qn - fl * 100.0) / 100.0);
+    float hi;
+    const bool between = frac > 0.0f && lo + 1 <= cnt - 1;
+    const float v = selector_get(s, offset + lo, between ? &hi : nullptr);
+    if (at_floor) *at_floor = v;
+    return between ? v + frac * (hi - v) : v;
 }
 
 }  // namespace dcam

@@ -38,7 +38,7 @@ struct Selector {
 void selector_build(Selector& s, const float* x, int64_t n, SelectBuffers& buf);
 
 // numpy 'linear' percentile q of the `cnt` values of rank offset .. offset+cnt-1
-// (cnt >= 1), position in float64 as the reference.
-float selector_percentile(Selector& s, int64_t offset, int64_t cnt, float q);
+// (cnt >= 1), its position floored exactly as the reference does; at_floor: the value at that floor.
+float selector_percentile(Selector& s, int64_t offset, int64_t cnt, float q, float* at_floor = nullptr);
 
 }  // namespace dcam

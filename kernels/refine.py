@@ -94,17 +94,23 @@ def _ranks(buf, x, offs, N, BLOCK: tl.constexpr, BLOCK_I: tl.constexpr):
 
 @triton.jit
 def _percentile(x, rank, valid, n, q):
-    """q-th percentile (numpy 'linear') of the n valid entries of x, given each
-    valid entry's rank among the valid ones; 0 when n == 0."""
+    """(q-th percentile (numpy 'linear') of the n valid entries of x, given each
+    valid entry's rank among the valid ones, and the value at its position's floor
+    s_lo, what an exact test v > percentile of these values comes down to); 0 when
+    n == 0. The position q (n - 1) / 100 is floored exactly (q (n - 1) is exact in
+    float64)."""
     nm1 = tl.maximum(n - 1, 0)
-    pos = q.to(tl.float64) / 100.0 * nm1.to(tl.float64)
-    lo = pos.to(tl.int32)  # pos >= 0: truncation is floor
-    frac = (pos - lo.to(tl.float64)).to(tl.float32)
+    qn = q.to(tl.float64) * nm1.to(tl.float64)
+    fl = (qn / 100.0).to(tl.int32).to(tl.float64)  # qn >= 0: truncation is floor, up to the division's rounding
+    fl = tl.where(fl * 100.0 > qn, fl - 1.0, fl)
+    fl = tl.where((fl + 1.0) * 100.0 <= qn, fl + 1.0, fl)
+    lo = fl.to(tl.int32)
+    frac = ((qn - fl * 100.0) / 100.0).to(tl.float32)
     hi = tl.minimum(lo + 1, nm1)
     s_lo = tl.sum(tl.where(valid & (rank == lo), x, 0.0), axis=0)
     s_hi = tl.sum(tl.where(valid & (rank == hi), x, 0.0), axis=0)
     p = s_lo + tl.where(frac > 0, frac * (s_hi - s_lo), 0.0)
-    return tl.where(n > 0, p, 0.0)
+    return tl.where(n > 0, p, 0.0), tl.where(n > 0, s_lo, 0.0)
 
 
 @triton.jit
@@ -247,10 +253,12 @@ def _refine_kernel(
         rank = _ranks(buf, x, offs, N, BLOCK, BLOCK_I)
         strat = tl.where(sd_f > dacg_std, 0, tl.where(mu_f > dacg_mean_hi, 1, tl.where(mu_f < dacg_mean_lo, 2, 3)))
         q = tl.where(strat == 0, dacg_q0, tl.where(strat == 1, dacg_q1, tl.where(strat == 2, dacg_q2, dacg_q3)))
-        z = tl.maximum(_percentile(x, rank - n_le, nz, n_nz, q), ZETA_MIN)
+        p, s_lo = _percentile(x, rank - n_le, nz, n_nz, q)
+        z = tl.maximum(p, ZETA_MIN)
         blurred = _blur3(buf, offs, mask, H, W, dacg_w0, dacg_w1, dacg_w2)
         has_nz = n_nz > 0
-        x = tl.where(has_nz & (x <= z), blurred, x)
+        # x > z as in exact arithmetic: x > max(s_lo, ZETA_MIN) (z rounded up to the next value)
+        x = tl.where(has_nz & (x <= tl.maximum(s_lo, ZETA_MIN)), blurred, x)
         zeta = tl.where(has_nz, z, 0.0)
         strategy = tl.where(has_nz, strat, -1)
         tl.debug_barrier()  # every read of buf is done before it is overwritten
@@ -265,8 +273,8 @@ def _refine_kernel(
         nz = mask & (x > 0)
         n_nz = tl.sum(nz.to(tl.int32), axis=0)
         n_le = tl.sum((mask & (x <= 0)).to(tl.int32), axis=0)
-        med_nz = _percentile(x, rank - n_le, nz, n_nz, tl.full((), 50.0, tl.float32))
-        p60 = _percentile(x, rank, mask, N, tl.full((), 60.0, tl.float32))
+        med_nz, _ = _percentile(x, rank - n_le, nz, n_nz, tl.full((), 50.0, tl.float32))
+        p60, _ = _percentile(x, rank, mask, N, tl.full((), 60.0, tl.float32))
         mean_nz = tl.sum(tl.where(nz, x.to(tl.float64), 0.0), axis=0).to(tl.float32) / \
             tl.maximum(n_nz, 1).to(tl.float32)
         mx = tl.max(tl.where(mask, x, float("-inf")), axis=0)

@@ -90,17 +90,30 @@ def percentile(values: Tensor, valid: Tensor, q: Tensor) -> Tensor:
 
     values [M, N], valid bool [M, N], q [M] (0..100). Rows with no valid
     entry return 0."""
+    return percentile_and_floor(values, valid, q)[0]
+
+
+def percentile_and_floor(values: Tensor, valid: Tensor, q: Tensor) -> Tuple[Tensor, Tensor]:
+    """(:func:`percentile`, the sorted valid value at its position's floor ``s_lo``).
+
+    The position ``q (n - 1) / 100`` is floored exactly (``q (n - 1)`` is exact in
+    float64; ``q / 100`` first made 7.0 into 6.999...). ``s_lo`` is what a test
+    ``v > percentile`` of the row's own values comes down to in exact arithmetic: the
+    percentile lies in ``[s_lo, s_hi)`` and no value lies strictly between the two,
+    while the float32 percentile may round up to ``s_hi`` itself."""
     big = torch.finfo(values.dtype).max
     s = torch.sort(torch.where(valid, values, torch.full_like(values, big)), dim=1).values
     n = valid.sum(dim=1)
-    pos = q.double() / 100.0 * (n - 1).clamp(min=0).double()
-    lo = pos.floor().long()
-    frac = (pos - lo.double()).float()
+    qn = q.double() * (n - 1).clamp(min=0).double()
+    lo = torch.floor(qn / 100.0)
+    lo = lo - (lo * 100.0 > qn).double() + ((lo + 1.0) * 100.0 <= qn).double()
+    frac = ((qn - lo * 100.0) / 100.0).float()
+    lo = lo.long()
     hi = torch.minimum(lo + 1, (n - 1).clamp(min=0))
     s_lo = s.gather(1, lo[:, None])[:, 0]
     s_hi = s.gather(1, hi[:, None])[:, 0]
     p = s_lo + torch.where(frac > 0, frac * (s_hi - s_lo), torch.zeros_like(frac))
-    return torch.where(n > 0, p, torch.zeros_like(p))
+    return torch.where(n > 0, p, torch.zeros_like(p)), torch.where(n > 0, s_lo, torch.zeros_like(s_lo))
 
 
 def minmax_normalise(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -269,9 +282,13 @@ def confidence_gate(maps: Tensor, dacg_params: List[float]) -> Tuple[Tensor, Ten
     has_nz = nz.any(dim=1)
     strategy = torch.where(sd > std_hi, 0, torch.where(mu > mean_hi, 1, torch.where(mu < mean_lo, 2, 3)))
     q = torch.tensor([p0, p1, p2, p3], device=maps.device, dtype=torch.float32)[strategy]
-    zeta = torch.clamp(percentile(flat, nz, q), min=ZETA_MIN)
+    p, s_lo = percentile_and_floor(flat, nz, q)
+    zeta = torch.clamp(p, min=ZETA_MIN)
+    # f > zeta decided as in exact arithmetic: f > max(s_lo, ZETA_MIN) (zeta rounded up to the next
+    # value blurred a pixel the exact zeta keeps)
+    gate = torch.clamp(s_lo, min=ZETA_MIN)
     blurred = gaussian_blur3(maps, sigma).reshape(M, -1)
-    gated = torch.where(flat > zeta[:, None], flat, blurred)
+    gated = torch.where(flat > gate[:, None], flat, blurred)
     out = torch.where(has_nz[:, None], gated, flat).reshape(maps.shape)
     zeta = torch.where(has_nz, zeta, torch.zeros_like(zeta))
     strategy = torch.where(has_nz, strategy, torch.full_like(strategy, -1))

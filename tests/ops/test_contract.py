@@ -605,3 +605,22 @@ def test_sicd_context_weight_normalisation_eps(any_backend):
     got = run(any_backend, raw, CamConfig(akd=False, dacg=False, cba=False, sicd="context"), context_weights=W)
     assert got["sicd_alpha"][0, 0].item() == pytest.approx(0.4, rel=1e-5)
     np.testing.assert_allclose(got["maps"][0, 0].reshape(-1).numpy(), [1.0, 0.4, 0.0], atol=1e-6)
+
+
+def test_dacg_gate_is_decided_as_in_exact_arithmetic(any_backend):
+    # 16 positive values, s13 and s14 adjacent float32 numbers, P90 at position 13.5: the exact zeta lies
+    # halfway between them and keeps s14. Rounded to float32 (ties to even: s14's mantissa is even) zeta
+    # was s14 itself, and every backend blurred the s14 pixel (the map then differed by 4e-3)
+    a = np.float32(0.6)
+    a = a if a.view(np.int32) & 1 else np.nextafter(a, np.float32(1))
+    b = np.nextafter(a, np.float32(1))
+    vals = np.linspace(0.05, 0.5, 16).astype(np.float32)
+    vals[13], vals[14], vals[15] = a, b, 1.0
+    f = vals.reshape(4, 4).copy()
+    f[0, 0], f[3, 3] = f[3, 3], f[0, 0]
+    raw = torch.from_numpy(f).reshape(1, 1, 4, 4)
+    cfg = CamConfig(akd=False, cba=False, sicd="off", dacg_percentiles=(90, 90, 90, 90))
+    got = run(any_backend, raw, cfg)
+    assert got["dacg_threshold"].item() == float(b)  # reported: the float32 rounding of the exact zeta
+    want = np_refine(raw.numpy(), cfg, [64], [512], [0.0])
+    check(got, want)
