@@ -26,6 +26,7 @@ to end on machines that have no GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -34,6 +35,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))  # script_support, as `python bench/gpu_check.py` has it
+
+from script_support import require_seconds  # noqa: E402
+
 TEST_TIMEOUT_S = 240
 
 
@@ -68,9 +73,12 @@ def run_tests(smoke: bool, timeout_s: float = TEST_TIMEOUT_S) -> dict:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    except BaseException as exc:  # a timeout, Ctrl-C, any error: the tests do not run on without this script
+        with contextlib.suppress(ProcessLookupError):  # (the group may have ended already)
+            os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
         # the report must still be written: the two benches below are measured either way
         done = sum(line.count(".") for line in out.splitlines() if line and set(line) <= set(".sxXEF [%]0123456789"))
         return {"returncode": None, "summary": f"timed out after {timeout_s:g} s ({done} tests had passed)",
@@ -89,7 +97,6 @@ def run_engine_bench(device: str, smoke: bool) -> dict:
 
 
 def run_real_size(device: str, smoke: bool) -> dict:
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     import bench_real_size as brs
 
     sizes = (["--hidden", "256", "--blocks", "2", "--image-tokens", "96", "--words", "2,4", "--chunk", "2"] if smoke
@@ -107,8 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-timeout", type=float, default=TEST_TIMEOUT_S, metavar="S",
                     help=f"seconds the test step may take (default {TEST_TIMEOUT_S})")
     args = ap.parse_args(argv)
-    if not args.test_timeout > 0:
-        ap.error(f"--test-timeout must be > 0 seconds, got {args.test_timeout:g}")
+    require_seconds(ap, args, "test_timeout")
     # the folder is checked before ~5 minutes of measuring, not after (a file there lost them all)
     from dcam.errors import InputError
     from dcam.runs.folder import check_folder

@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -153,11 +154,49 @@ def test_gpu_check_test_step_timing_out_leaves_no_test_process_behind(monkeypatc
     assert [p for p in os.listdir("/proc") if p.isdigit() and marked(p)] == []
 
 
-def test_gpu_check_rejects_a_test_timeout_that_is_not_positive(capsys):
+def _marked_processes(mark):
+    """The processes whose environment carries DCAM_TEST_MARK=mark (gone or not ours: left out)."""
+    def marked(pid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return f"DCAM_TEST_MARK={mark}".encode() in f.read()
+        except OSError:
+            return False
+    return [p for p in os.listdir("/proc") if p.isdigit() and marked(p)]
+
+
+def test_gpu_check_test_step_interrupted_leaves_no_test_process_behind(monkeypatch):
+    # only a timeout stopped the test step: an OverflowError (--test-timeout inf) or Ctrl-C in the
+    # wait left pytest running on its own (parent 1)
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("processes are found through /proc")
+    gpu_check = _load_gpu_check()
+    mark = f"gpu-check-{uuid.uuid4().hex}"
+    monkeypatch.setenv("DCAM_TEST_MARK", mark)
+    started = []
+
+    class InterruptedPopen(subprocess.Popen):
+        def communicate(self, input=None, timeout=None):
+            if timeout is not None:  # the wait for the tests: interrupted as Ctrl-C does, once pytest runs
+                deadline = time.monotonic() + 30
+                while not started and time.monotonic() < deadline:
+                    started.extend(_marked_processes(mark))
+                raise KeyboardInterrupt
+            return super().communicate(input, timeout)
+
+    monkeypatch.setattr(gpu_check.subprocess, "Popen", InterruptedPopen)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.run_tests(smoke=False, timeout_s=60)
+    assert started and _marked_processes(mark) == []  # it had started, and was stopped
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_gpu_check_rejects_a_test_timeout_that_is_not_a_finite_positive_time(capsys, value):
     with pytest.raises(SystemExit) as exc:
-        _load_gpu_check().main(["--smoke", "--test-timeout", "0"])
+        _load_gpu_check().main(["--smoke", "--test-timeout", value])
     assert exc.value.code == 2
-    assert "--test-timeout must be > 0 seconds, got 0" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --test-timeout must be a finite number of seconds > 0, got {value}")
 
 
 def test_bench_tools_refuse_bad_options_before_measuring(tmp_path, capsys):
