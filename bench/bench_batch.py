@@ -23,7 +23,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # script_support
 
+from script_support import env_threads  # noqa: E402
 from dcam import zoo  # noqa: E402
 from dcam.explain import Explainer  # noqa: E402
 from dcam.zoo.data import generate_sample  # noqa: E402
@@ -45,10 +47,12 @@ def _best(fn):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=8, help="images in the batch (at most 8)")
+    ap.add_argument("--n", type=int, default=len(PROMPTS), help=f"images in the batch (1 to {len(PROMPTS)})")
     args = ap.parse_args(argv)
-    n = max(1, min(8, args.n))
-    torch.set_num_threads(int(os.environ.get("DCAM_BENCH_THREADS", "1")))
+    n = args.n
+    if not 1 <= n <= len(PROMPTS):  # (one prompt each: 0 and 20 were taken as 1 and 8)
+        ap.error(f"--n must be 1 to {len(PROMPTS)} (one prompt of its own per image), got {n}")
+    torch.set_num_threads(env_threads(ap))
     model, proc = zoo.load_default() if os.path.exists(os.path.join(zoo.WEIGHTS_DIR, "model.safetensors")) \
         else zoo.build_random(0)
     samples = [generate_sample((0, 3, 100 + i), image_size=proc.image_size) for i in range(n)]

@@ -24,6 +24,7 @@ weights). Threads: 1 (the bench machine's 2 cores are shared; set
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -31,12 +32,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # script_support
 
+from script_support import env_threads, run_child  # noqa: E402
 from dcam import ops as engine, zoo  # noqa: E402
 from dcam.probe import probe, published_gradients  # noqa: E402
 from dcam.zoo.data import generate_sample  # noqa: E402
 from dcam.explain import Explainer, repeat_ratio  # noqa: E402
 
+PEAK_KINDS = ("dcam", "dcam-chunk4", "published")
 RESPONSE = "a red circle and a blue square and a green triangle and a yellow circle and"  # 16 tokens
 ROUNDS = 5
 TARGET_RATIO = 5.0
@@ -115,10 +119,8 @@ def peak_memory(kind: str) -> float:
     not see PyTorch's allocations, hence the OS figure; it includes allocator
     slack, and a fresh process is needed because freed memory stays mapped."""
     import json
-    import subprocess
 
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak-memory", kind], capture_output=True,
-                         text=True, check=True)
+    out = run_child([sys.executable, os.path.abspath(__file__), "--peak-memory", kind])
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
 
 
@@ -197,8 +199,17 @@ if pytest is not None:
         assert r["ratio"] >= TARGET_RATIO, report(r)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--peak-memory":
-        _peak_child(sys.argv[2])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--peak-memory", choices=PEAK_KINDS, help=argparse.SUPPRESS)  # a child process: one call's peak
+    args = ap.parse_args(argv)
+    env_threads(ap)  # (read again by setup)
+    if args.peak_memory:
+        _peak_child(args.peak_memory)
     else:
         print(report(measure()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

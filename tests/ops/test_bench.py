@@ -227,3 +227,39 @@ def test_bench_times_the_reference_first_and_each_backend_once(monkeypatch):
     monkeypatch.setattr(bench, "time_call", lambda fn, **k: next(times))
     rows = bench.run(["cpp", "torch", "cpp"], quick=True)["rows"]
     assert [(r["backend"], r["ratio_to_reference"]) for r in rows] == [("torch", 1.0), ("cpp", 4.0)]
+
+
+def _usage_error(main, argv, capsys):
+    """The last stderr line of main(argv), which must exit with status 2 (argparse's usage error)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    return err.strip().splitlines()[-1]
+
+
+def test_bench_explain_has_a_command_line(capsys):
+    # any argument, --help too, started the full measurement (minutes); only `--peak-memory KIND` was read
+    main = _load_bench("bench_explain").main
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("usage: ")
+    assert _usage_error(main, ["--bogus"], capsys).endswith("error: unrecognized arguments: --bogus")
+    assert "--peak-memory: invalid choice: 'dcam-chunk8'" in _usage_error(main, ["--peak-memory", "dcam-chunk8"],
+                                                                          capsys)
+
+
+@pytest.mark.parametrize("threads", ["0", "two"])
+def test_bench_explain_and_batch_refuse_a_bad_thread_count(monkeypatch, capsys, threads):
+    # DCAM_BENCH_THREADS=0 was torch's RuntimeError, a word a ValueError traceback
+    monkeypatch.setenv("DCAM_BENCH_THREADS", threads)
+    for name in ("bench_explain", "bench_batch"):
+        assert _usage_error(_load_bench(name).main, [], capsys).endswith(
+            f"error: DCAM_BENCH_THREADS must be a count >= 1, got '{threads}'")
+
+
+@pytest.mark.parametrize("n", [0, -1, 9, 20])
+def test_bench_batch_refuses_a_batch_it_has_no_prompts_for(capsys, n):
+    # 8 prompts, one per image: --n 0 ran 1 image and --n 20 ran 8, silently
+    assert _usage_error(_load_bench("bench_batch").main, ["--n", str(n)], capsys).endswith(
+        f"error: --n must be 1 to 8 (one prompt of its own per image), got {n}")
