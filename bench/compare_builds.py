@@ -39,6 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))  # script_support, as `python bench/compare_builds.py` has it
+
+from script_support import require_at_least, run_child  # noqa: E402
+
 # beside each revision's own setup.py flags (setup_flags): what Pybind11Extension(cxx_std=17)
 # adds for a shared library. The other defaults Python and pybind11 add (-fwrapv, -g, hidden
 # visibility) are left out: with them the pooling timed the same here (in one process beside a
@@ -95,7 +99,7 @@ def build(rev: str, workdir: str, index: int) -> str:
         objects = list(pool.map(compile_one, sources))
     lib = os.path.join(dest, "libdcam.so")
     # -Bsymbolic: each library calls its own functions, whichever was loaded first
-    subprocess.run(["g++", "-shared", "-fopenmp", "-Wl,-Bsymbolic", *objects, "-o", lib], check=True)
+    run_child(["g++", "-shared", "-fopenmp", "-Wl,-Bsymbolic", *objects, "-o", lib])
     return lib
 
 
@@ -195,6 +199,8 @@ def main(argv=None) -> None:
     ap.add_argument("--signed", action="store_true", help="signed channel weights too (grad_relu off)")
     ap.add_argument("--_worker", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # before minutes of building (--processes 0 printed an empty table, --rounds 0 a child's traceback, lost)
+    require_at_least(ap, args, ["rounds", "processes"])
     dtypes = ["bf16"] + (["fp32"] if args.fp32 else [])
     if args._worker is not None:  # a child process: libraries given, print its rows as lines of numbers
         for row in worker(args._worker, args.revs, args.rounds, dtypes, args.signed):
@@ -211,12 +217,15 @@ def main(argv=None) -> None:
         libs = []
         for i, rev in enumerate(args.revs):
             print(f"building {rev} ...", file=sys.stderr, flush=True)
-            libs.append(build(rev, workdir, i))
+            try:
+                libs.append(build(rev, workdir, i))
+            except RuntimeError as exc:  # a revision that does not build: the compiler's message, no traceback
+                raise SystemExit(f"compare_builds: {exc}") from None
         results: Dict[tuple, List[List[float]]] = {}
         for _ in range(args.processes):
             cmd = [sys.executable, os.path.abspath(__file__), *args.revs, "--rounds", str(args.rounds),
                    *(["--fp32"] if args.fp32 else []), *(["--signed"] if args.signed else []), "--_worker", *libs]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            out = run_child(cmd)
             sys.stderr.write(out.stderr)
             for line in out.stdout.splitlines():
                 if line.startswith("ROW "):

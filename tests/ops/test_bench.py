@@ -263,3 +263,37 @@ def test_bench_batch_refuses_a_batch_it_has_no_prompts_for(capsys, n):
     # 8 prompts, one per image: --n 0 ran 1 image and --n 20 ran 8, silently
     assert _usage_error(_load_bench("bench_batch").main, ["--n", str(n)], capsys).endswith(
         f"error: --n must be 1 to 8 (one prompt of its own per image), got {n}")
+
+
+@pytest.mark.parametrize("option", ["--rounds", "--processes"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_compare_builds_refuses_no_rounds_or_processes_before_building(monkeypatch, capsys, option, value):
+    # checked after minutes of building: --processes 0 printed an empty table, --rounds -1 ended in a traceback
+    mod = _load_bench("compare_builds")
+    monkeypatch.setattr(mod, "build", lambda *a: pytest.fail("built before the options were checked"))
+    assert _usage_error(mod.main, ["WORKTREE", "WORKTREE", option, value], capsys).endswith(
+        f"error: {option} must be >= 1, got {value}")
+
+
+def test_compare_builds_shows_the_message_of_a_timing_process_that_failed(monkeypatch, capsys):
+    # the timing process ran with check=True: a CalledProcessError traceback, its own stderr never shown
+    mod = _load_bench("compare_builds")
+    monkeypatch.setattr(mod, "build", lambda rev, workdir, index: f"/nonexistent/build-{index}/libdcam.so")
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["WORKTREE", "WORKTREE", "--rounds", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1  # the child's status (its uncaught OSError)
+    assert "OSError: /nonexistent/build-0/libdcam.so: cannot open shared object file" in err  # the child's message
+    assert "CalledProcessError" not in err and err.splitlines()[-1].startswith("child process failed with status 1: ")
+
+
+def test_compare_builds_reports_a_revision_that_does_not_compile_without_a_traceback(monkeypatch, tmp_path):
+    mod = _load_bench("compare_builds")
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "csrc" / "broken.cpp").write_text("int f() { return }\n")
+    monkeypatch.setattr(mod, "ROOT", str(tmp_path))
+    monkeypatch.setattr(mod, "setup_flags", lambda rev: ["-O0"])
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["WORKTREE", "WORKTREE"])
+    assert str(exc.value.code).startswith("compare_builds: WORKTREE: g++ failed on broken.cpp:\n")
+    assert "error" in str(exc.value.code)  # g++'s own message follows
