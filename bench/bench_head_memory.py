@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # script_support, as `python bench/bench_head_memory.py` has it
+
+from script_support import require_at_least, require_model_sizes, run_child  # noqa: E402
 
 
 def measure(T: int, chunk: int, hidden: int, image_tokens: int, through: str) -> dict:
@@ -60,17 +62,17 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--one", nargs=2, metavar=("T", "THROUGH"), help=argparse.SUPPRESS)  # a child process
     args = ap.parse_args(argv)
-    if args.image_tokens % 48 or args.hidden < 128 or args.hidden % 128 or args.chunk < 1:
-        ap.error("--image-tokens must be a multiple of 48, --hidden of 128, --chunk >= 1")
+    # (--words 0 and --image-tokens 0 passed, to end in a child's traceback)
+    require_at_least(ap, args, ["words", "chunk"])
+    require_model_sizes(ap, args)
     if args.one:
         print(json.dumps(measure(int(args.one[0]), args.chunk, args.hidden, args.image_tokens, args.one[1])))
         return 0
     rows = []
     for through in ("logits", "input"):
         for T in args.words:
-            out = subprocess.run([sys.executable, __file__, "--one", str(T), through, "--chunk", str(args.chunk),
-                                  "--hidden", str(args.hidden), "--image-tokens", str(args.image_tokens)],
-                                 capture_output=True, text=True, check=True)
+            out = run_child([sys.executable, __file__, "--one", str(T), through, "--chunk", str(args.chunk),
+                             "--hidden", str(args.hidden), "--image-tokens", str(args.image_tokens)])
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"hidden {args.hidden}, 2 blocks (block 0 hooked), vocabulary 126464, {args.image_tokens} image tokens, "
           f"chunk {args.chunk}, one thread\n")

@@ -25,11 +25,17 @@ pairs, that rate as a share of the copy's.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 
 import dcam
 from dcam.ops.bench import make_pool_inputs, time_beside_copy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # script_support, as `python bench/<this>.py` has it
+
+from script_support import require_seconds  # noqa: E402
 
 T, N, D, GRID = 64, 576, 4096, (24, 24)
 
@@ -38,6 +44,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps-time", type=float, default=1.0, help="seconds of repetitions per case (default 1.0)")
     args = ap.parse_args(argv)
+    require_seconds(ap, args, "reps_time")  # (inf was taken as 40 pairs, NaN and 0 or less as 5, silently)
     if "cpp" not in dcam.available_backends():
         raise SystemExit("the C++ backend is not built here (python setup.py build_ext --inplace)")
     print(f"torch threads: {torch.get_num_threads()}; T={T} N={N} D={D}\n")

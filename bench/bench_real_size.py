@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from typing import Dict
 
@@ -42,6 +44,10 @@ from transformers import LlamaConfig, LlamaModel
 from dcam.explain import Explainer
 from dcam.probe import ModelAdapter, Prepared, published_gradients
 from dcam.probe.hooks import Tap, frozen
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # script_support, as `python bench/<this>.py` has it
+
+from script_support import require_at_least, require_model_sizes, run_child  # noqa: E402
 
 VOCAB, MASK_ID, IMAGE_ID, BOS, EOS = 126464, 126336, 126400, 1, 2
 
@@ -221,8 +227,6 @@ def table(res: Dict) -> str:
 
 def isolated(args) -> Dict:
     """:func:`run` of every T in a fresh process; the rows gathered into one result."""
-    import subprocess
-    import sys
     import tempfile
 
     res = None
@@ -233,7 +237,7 @@ def isolated(args) -> Dict:
                    "--chunk", str(args.chunk), "--sample-words", str(args.sample_words), "--device", args.device,
                    "--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else []) + \
                   (["--layer", str(args.layer)] if args.layer is not None else [])
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            run_child(cmd)  # (its stdout: the table of its one T, printed here as one line)
             one = json.load(open(f.name))
         res = one if res is None else dict(res, rows=res["rows"] + one["rows"])
         print(json.dumps(one["rows"][-1]), flush=True)
@@ -262,23 +266,17 @@ def main(argv=None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     # a bench's own options: argparse's one-line errors (hidden 64 gave 0 heads, chunk 0 a traceback)
-    if args.hidden < 128 or args.hidden % 128:
-        ap.error(f"--hidden must be a multiple of 128 (heads of 128), got {args.hidden}")
-    for name in ("blocks", "image_tokens", "chunk", "sample_words"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_model_sizes(ap, args, image_rows=False)
+    require_at_least(ap, args, ["blocks", "image_tokens", "chunk", "sample_words"])
     # the last block's image-token gradients are identically zero: a hook needs a block above it
     if args.blocks < 2:
         ap.error(f"--blocks must be >= 2 (the hooked block needs one above it), got {args.blocks}")
     if args.layer is not None and not -args.blocks <= args.layer < args.blocks - 1 or args.layer == -1:
         ap.error(f"--layer must name a block below the last of the {args.blocks} blocks (0..{args.blocks - 2}), "
                  f"got {args.layer}")
-    if any(t < 1 for t in args.words):
-        ap.error(f"--words must be counts >= 1, got {args.words}")
     # checked before minutes of measuring, not after (a folder as --json lost the results; -1 threads and
     # an unavailable device were tracebacks, 0 threads was ignored)
-    if args.threads is not None and args.threads < 1:
-        ap.error(f"--threads must be >= 1, got {args.threads}")
+    require_at_least(ap, args, ["words", "threads"])
     from dcam.errors import InputError
     from dcam.models import check_device
     from dcam.output import check_output_file

@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # script_support, as `python bench/<this>.py` has it
+
+from script_support import require_at_least, require_model_sizes, run_child  # noqa: E402
 
 
 def run_mode(args) -> dict:
@@ -62,6 +65,10 @@ def main(argv=None) -> None:
     ap.add_argument("--mode", choices=["before", "after"], help=argparse.SUPPRESS)
     ap.add_argument("--maps", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # checked before the model is built, not in a child's traceback (--words 0, --threads 0, ...)
+    require_at_least(ap, args, ["words", "chunk", "threads"])
+    require_at_least(ap, args, ["blocks"], 2)  # (the hooked block, the one before the last, needs one above it)
+    require_model_sizes(ap, args)
     if args.mode:
         print(json.dumps(run_mode(args)), flush=True)
         return
@@ -71,7 +78,7 @@ def main(argv=None) -> None:
             path = os.path.join(tmp, f"{mode}.pt")
             cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--maps", path] + \
                 [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("mode", "maps")]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = run_child(cmd).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             maps[mode] = torch.load(path)
     diff = float((maps["after"] - maps["before"]).abs().max())

@@ -226,7 +226,6 @@ def main(argv=None) -> None:
             cmd = [sys.executable, os.path.abspath(__file__), *args.revs, "--rounds", str(args.rounds),
                    *(["--fp32"] if args.fp32 else []), *(["--signed"] if args.signed else []), "--_worker", *libs]
             out = run_child(cmd)
-            sys.stderr.write(out.stderr)
             for line in out.stdout.splitlines():
                 if line.startswith("ROW "):
                     _, dtype, relu, case, *ms = line.split()

@@ -20,6 +20,8 @@ config (the model's defaults).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
@@ -29,6 +31,10 @@ from dcam import zoo
 from dcam.eval.grounding import grounding_samples, object_word_success
 from dcam.eval.metrics import MetricAccumulator
 from dcam.explain import Explainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # script_support, as `python bench/<this>.py` has it
+
+from script_support import require_at_least  # noqa: E402
 
 
 def phrases_of(sample):
@@ -45,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    require_at_least(ap, args, ["n", "threads"])  # (--threads 0 was torch's RuntimeError, --n 0 an empty table)
     torch.set_num_threads(args.threads)
     model, processor = zoo.load_default()
     exp = Explainer(model, processor)

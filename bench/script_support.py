@@ -19,8 +19,20 @@ def require_at_least(ap: argparse.ArgumentParser, args: argparse.Namespace, name
     (attribute names; a list value: every item) below `minimum`; None (not given) passes."""
     for name in names:
         value = getattr(args, name)
-        if any(v is not None and v < minimum for v in (value if isinstance(value, list) else [value])):
+        if isinstance(value, list) and any(v < minimum for v in value):
+            ap.error(f"--{name.replace('_', '-')} must each be >= {minimum}, got {','.join(map(str, value))}")
+        if not isinstance(value, list) and value is not None and value < minimum:
             ap.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def require_model_sizes(ap: argparse.ArgumentParser, args: argparse.Namespace, image_rows: bool = True) -> None:
+    """``ap.error`` unless ``--hidden`` suits bench_real_size's model (a multiple of 128: heads of
+    128) and, with `image_rows`, ``--image-tokens`` fills rows of 48 (the grid those benches give
+    the image: 48 rows of image_tokens / 48)."""
+    if args.hidden < 128 or args.hidden % 128:
+        ap.error(f"--hidden must be a multiple of 128 (heads of 128), got {args.hidden}")
+    if image_rows and (args.image_tokens < 48 or args.image_tokens % 48):
+        ap.error(f"--image-tokens must be a multiple of 48 (rows of 48), got {args.image_tokens}")
 
 
 def require_seconds(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> None:
@@ -44,14 +56,14 @@ def env_threads(ap: argparse.ArgumentParser, variable: str = "DCAM_BENCH_THREADS
     return threads
 
 
-def run_child(cmd: List[str], **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd)`` with its output captured. When the child fails, its stderr is
-    written to this process's, with a line naming the child, and this process exits with
-    the child's status (1 for a signal): the child's own message, not a CalledProcessError
-    traceback of this process that hid it."""
-    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+def run_child(cmd: List[str]) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` with its stdout captured and its stderr going to this process's
+    as it comes (its warnings and messages neither held back nor swallowed). When the child
+    fails, a line naming it follows and this process exits with the child's status (1 for a
+    signal): the child's own message, not a CalledProcessError traceback of this process (with
+    check=True and the stderr captured, that traceback was all one saw)."""
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if done.returncode:
-        sys.stderr.write(done.stderr)
         print(f"child process failed with status {done.returncode}: {' '.join(cmd)}", file=sys.stderr)
         raise SystemExit(done.returncode if done.returncode > 0 else 1)
     return done

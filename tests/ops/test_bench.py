@@ -275,13 +275,13 @@ def test_compare_builds_refuses_no_rounds_or_processes_before_building(monkeypat
         f"error: {option} must be >= 1, got {value}")
 
 
-def test_compare_builds_shows_the_message_of_a_timing_process_that_failed(monkeypatch, capsys):
+def test_compare_builds_shows_the_message_of_a_timing_process_that_failed(monkeypatch, capfd):
     # the timing process ran with check=True: a CalledProcessError traceback, its own stderr never shown
     mod = _load_bench("compare_builds")
     monkeypatch.setattr(mod, "build", lambda rev, workdir, index: f"/nonexistent/build-{index}/libdcam.so")
     with pytest.raises(SystemExit) as exc:
         mod.main(["WORKTREE", "WORKTREE", "--rounds", "1"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert exc.value.code == 1  # the child's status (its uncaught OSError)
     assert "OSError: /nonexistent/build-0/libdcam.so: cannot open shared object file" in err  # the child's message
     assert "CalledProcessError" not in err and err.splitlines()[-1].startswith("child process failed with status 1: ")
@@ -297,3 +297,57 @@ def test_compare_builds_reports_a_revision_that_does_not_compile_without_a_trace
         mod.main(["WORKTREE", "WORKTREE"])
     assert str(exc.value.code).startswith("compare_builds: WORKTREE: g++ failed on broken.cpp:\n")
     assert "error" in str(exc.value.code)  # g++'s own message follows
+
+
+SMALL_MODEL = ["--hidden", "128", "--image-tokens", "48"]
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("bench_head_memory", SMALL_MODEL + ["--words", "2,0"], "--words must each be >= 1, got 2,0"),
+    ("bench_head_memory", ["--hidden", "128", "--image-tokens", "0"], "--image-tokens must be a multiple of 48 "
+                                                                      "(rows of 48), got 0"),
+    ("bench_head_memory", ["--hidden", "128", "--image-tokens", "50"], "--image-tokens must be a multiple of 48 "
+                                                                       "(rows of 48), got 50"),
+    ("bench_head_memory", SMALL_MODEL + ["--chunk", "0"], "--chunk must be >= 1, got 0"),
+    ("bench_head_memory", ["--hidden", "200"], "--hidden must be a multiple of 128 (heads of 128), got 200"),
+    ("bench_scored_rows", SMALL_MODEL + ["--words", "0"], "--words must be >= 1, got 0"),
+    ("bench_scored_rows", SMALL_MODEL + ["--threads", "0"], "--threads must be >= 1, got 0"),
+    ("bench_scored_rows", SMALL_MODEL + ["--chunk", "-1"], "--chunk must be >= 1, got -1"),
+    ("bench_scored_rows", SMALL_MODEL + ["--blocks", "1"], "--blocks must be >= 2, got 1"),
+    ("bench_scored_rows", ["--hidden", "128", "--image-tokens", "-48"], "--image-tokens must be a multiple of 48 "
+                                                                        "(rows of 48), got -48"),
+    ("bench_scored_rows", ["--hidden", "0"], "--hidden must be a multiple of 128 (heads of 128), got 0"),
+    ("bench_real_size", SMALL_MODEL + ["--words", "16,0"], "--words must each be >= 1, got 16,0"),
+    ("measure_word_rule", ["--n", "2", "--threads", "0"], "--threads must be >= 1, got 0"),
+    ("measure_word_rule", ["--n", "0"], "--n must be >= 1, got 0"),
+    ("bench_pool_parts", ["--reps-time", "inf"], "--reps-time must be a finite number of seconds > 0, got inf"),
+    ("bench_pool_parts", ["--reps-time", "0"], "--reps-time must be a finite number of seconds > 0, got 0"),
+])
+def test_bench_scripts_refuse_bad_options_before_measuring(capsys, name, argv, message):
+    # each of these built a model in a child process that ended in a traceback (hidden behind the parent's
+    # CalledProcessError), a torch RuntimeError (--threads 0), or an empty or meaningless table
+    assert _usage_error(_load_bench(name).main, argv, capsys).endswith("error: " + message)
+
+
+@pytest.fixture
+def failing_python(tmp_path, monkeypatch):
+    """sys.executable made a program that writes one line to stderr and exits with status 3."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'the child says why it failed' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    return str(fake)
+
+
+@pytest.mark.parametrize("name, argv", [("bench_head_memory", SMALL_MODEL + ["--words", "2"]),
+                                        ("bench_scored_rows", SMALL_MODEL + ["--blocks", "2", "--words", "2"]),
+                                        ("bench_real_size", SMALL_MODEL + ["--blocks", "2", "--words", "2,4"])])
+def test_bench_scripts_show_why_a_child_process_failed(failing_python, capfd, name, argv):
+    # the children ran with check=True and their stderr captured: a CalledProcessError traceback was all
+    # one saw
+    with pytest.raises(SystemExit) as exc:
+        _load_bench(name).main(argv)
+    err = capfd.readouterr().err
+    assert exc.value.code == 3 and "CalledProcessError" not in err
+    assert err.splitlines()[0] == "the child says why it failed"
+    assert err.splitlines()[1].startswith(f"child process failed with status 3: {failing_python} ")
