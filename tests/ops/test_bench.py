@@ -351,3 +351,31 @@ def test_bench_scripts_show_why_a_child_process_failed(failing_python, capfd, na
     assert exc.value.code == 3 and "CalledProcessError" not in err
     assert err.splitlines()[0] == "the child says why it failed"
     assert err.splitlines()[1].startswith(f"child process failed with status 3: {failing_python} ")
+
+
+def test_bench_engine_times_every_case_beside_the_copy_dcam_bench_uses(monkeypatch):
+    # it timed each case beside a copy of that case's own size (the bf16 cases: half of dcam bench's copy,
+    # which fits in a larger share of the caches), while its ratios were said to be dcam bench's
+    def noop(backend):
+        return lambda: None
+    toy = [bench.Case("pool bf16", noop, 4, 100), bench.Case("pool fp32", noop, 4, 200),
+           bench.Case("refine", noop, 8, 0)]
+    monkeypatch.setattr(bench, "cases", lambda device, quick=False: toy)
+    engine_bench = _load_bench("bench_engine")
+    beside = []
+
+    def time_beside_copy(fn, bytes_read, copy_bytes, *args):
+        beside.append((bytes_read, copy_bytes))
+        return 1.0, 1.0, 1.0
+    monkeypatch.setattr(engine_bench, "time_beside_copy", time_beside_copy)
+    monkeypatch.setattr(engine_bench, "time_call", lambda fn, **k: 1.0)
+
+    class Benchmark:
+        extra_info = {}
+
+        def pedantic(self, fn, **k):
+            self.stats = type("S", (), {"stats": type("M", (), {"median": 1.0})})
+
+    for name in ("pool bf16", "pool fp32", "refine"):
+        engine_bench.test_engine(Benchmark(), name, "cpp")
+    assert beside == [(100, 200), (200, 200)]  # dcam bench's copy: the largest gradients, 200 bytes
