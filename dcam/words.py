@@ -207,9 +207,7 @@ def _cuts(decode, ids: List[int], run: str) -> List[Tuple[int, int]]:
     for want in range(SPAN_PIECE, n - SPAN_PIECE // 2, SPAN_PIECE):
         for c in range(want, min(want + 4, n)):  # a few tries near each cut: a failed one costs a decode of c ids
             head = decode(ids[:c])
-            if not run.startswith(head) or len(head) <= cuts[-1][1]:
-                continue
-            if run.startswith(decode(ids[c:c + 8]).rstrip("\ufffd"), len(head)):
+            if run.startswith(head) and len(head) > cuts[-1][1] and _restarts_cleanly(decode, ids, c, head, run):
                 cuts.append((c, len(head)))
                 break
     cuts.append((n, len(run)))
@@ -217,6 +215,29 @@ def _cuts(decode, ids: List[int], run: str) -> List[Tuple[int, int]]:
     if "".join(pieces) != run or any(len(p) != e - s for p, (_, s), (_, e) in zip(pieces, cuts, cuts[1:])):
         return [(0, 0), (n, len(run))]  # the decoder is not one that restarts cleanly here: as defined
     return cuts
+
+
+#: tokens on each side of a cut whose decodes are checked to join as the text does
+CUT_WINDOW = 8
+
+
+def _restarts_cleanly(decode, ids: List[int], c: int, head: str, run: str) -> bool:
+    """Whether the decoder restarts cleanly at token ``c`` (``head``: the text of ``ids[:c]``,
+    a prefix of ``run``): with the ``CUT_WINDOW`` tokens before the cut as context, every
+    decode that runs past it is that context's text followed by the text of the tokens
+    after the cut alone, and those follow ``head`` in ``run``. A decoder's effects across a
+    cut are local (a leading space dropped from a piece, a clean-up of " 're" joining two
+    tokens, an invalid byte run read as one U+FFFD per byte): the window shows them."""
+    a = max(0, c - CUT_WINDOW)
+    before = decode(ids[a:c])
+    if not head.endswith(before):
+        return False
+    after = ""
+    for j in range(c + 1, min(len(ids), c + CUT_WINDOW) + 1):
+        after = decode(ids[c:j])
+        if decode(ids[a:j]) != before + after:
+            return False
+    return run.startswith(after.rstrip("\ufffd"), len(head))
 
 
 def _common_prefix(a: str, b: str, start: int = 0) -> int:

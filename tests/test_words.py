@@ -322,3 +322,32 @@ def test_pieces_follow_the_clean_up_of_spaces_before_punctuation(monkeypatch):
             ids = [rng.choice(vocab) for _ in range(n)]
             text, spans, _ = token_spans(decode, ids)
             assert (text, spans) == _spans_by_definition(decode, ids), ids
+
+
+@pytest.mark.parametrize("decoder,tokens,cleanup", [
+    # a LLaMA-style decoder (the first space stripped) with transformers' clean-up: " ' " and " 're" are
+    # joined across a cut, so the text after a cut is not the piece decoded alone
+    (decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)]),
+     ["\u2581a", "\u2581b", "\u2581'", "\u2581're", "'", "\u2581,", "\u2581n't", "."], True),
+    # byte fallback: an invalid byte run is one U+FFFD per byte, read differently when a cut splits it
+    (BYTE_FALLBACK, ["\u2581a", "\u2581b", "<0xFD>", "<0x4F>", "<0x9A>", "<0xC3>", "<0xA9>"], False),
+])
+def test_a_cut_is_taken_only_where_the_text_restarts_cleanly(decoder, tokens, cleanup, monkeypatch):
+    # pieces cut where a cross-cut effect hid itself gave token 64 of "a a ... ' 're a" the "'" of the
+    # next token, and a byte of an invalid run another token's character (found by a reviewer's fuzz)
+    import random
+
+    import dcam.words as words
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    monkeypatch.setattr(words, "SPAN_PIECE", 3)
+    tok = _tokenizer(decoder, tokens)
+    decode = (lambda x: PreTrainedTokenizerBase.clean_up_tokenization(None, tok.decode(x))) if cleanup \
+        else tok.decode
+    vocab = tok.convert_tokens_to_ids(tokens)
+    rng = random.Random(5)
+    for n in (10, 25, 60):
+        for _ in range(40):
+            ids = [rng.choice(vocab[:2]) if rng.random() < 0.6 else rng.choice(vocab) for _ in range(n)]
+            text, spans, _ = token_spans(decode, ids)
+            assert (text, spans) == _spans_by_definition(decode, ids), ids
