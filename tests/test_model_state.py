@@ -162,16 +162,20 @@ def test_a_forward_wrapper_the_user_adds_to_the_last_block_stays(llava):
         del block.forward
 
 
-def test_an_error_of_the_model_during_the_last_block_check_reaches_the_caller(llava):
+@pytest.mark.parametrize("where", ["block", "mlp"])
+def test_an_error_of_the_model_during_the_last_block_check_reaches_the_caller(llava, where):
+    # on the block: raised after the rows path returned; on its MLP: raised inside it (a reviewer's case,
+    # taken for "the optimisation does not fit": warned, and the slower path kept for good)
     model, proc = llava
     block, calls = model.model.language_model.layers[-1], [0]
+    hooked = block if where == "block" else block.mlp
 
     def fails_once(module, args, out):  # the model's own error (out of memory, a hook's) at the check's forward
         calls[0] += 1
         if calls[0] == 2:
             raise RuntimeError("out of memory (simulated)")
     exp = dcam.Explainer(model, proc)
-    handle = block.register_forward_hook(fails_once)
+    handle = hooked.register_forward_hook(fails_once)
     try:
         with pytest.raises(RuntimeError, match="out of memory \\(simulated\\)"):  # it was a warning, and ...
             exp.explain(_image(), response="a red circle")

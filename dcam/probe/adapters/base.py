@@ -429,14 +429,27 @@ class ModelAdapter:
                         ok = at_rows.ran == 1 and bool(((rows - full).abs().max() <= tol * scale).item())
                         why = "does not reproduce the full block's logits on this model"
                     except Exception as exc:  # an optimisation that does not fit this layer: say so, run it whole
-                        if isinstance(exc, torch.OutOfMemoryError) or not raised_at_rows(exc):
-                            raise  # the model's own error (a hook's, memory): it was swallowed, the path fixed
+                        if isinstance(exc, torch.OutOfMemoryError) or not raised_at_rows(exc) or \
+                                self._runs_at_rows(block, input_ids, model_inputs, positions, response_start):
+                            # the model's own error (memory, a hook's: one that does not come again when the
+                            # block runs at rows a second time): it was swallowed and the slower path kept
+                            raise
                         at_rows, why = None, f"failed on this model ({type(exc).__name__}: {exc})"
                 if (at_rows is None or at_rows.ran == 1) and not ok:
                     warnings.warn(f"{type(block).__name__} at the scored rows only {why}; the last block runs at "
                                   "every row", RuntimeWarning)
             self._rows_only_ok = ok
         return self._rows_only_ok
+
+    def _runs_at_rows(self, block, input_ids, model_inputs, positions, response_start) -> bool:
+        """Whether the forward with ``block`` at the scored rows runs, tried once more after it
+        raised (an error of the optimisation itself comes again)."""
+        try:
+            with LastBlockAtRows(block, positions, input_ids.shape[1]):
+                self.logits_at(input_ids, model_inputs, positions, response_start)
+        except Exception:  # noqa: BLE001 - the same failure again: the optimisation does not fit
+            return False
+        return True
 
     # ------------------------------------------------------------------ misc
     def check_image_tokens(self):
