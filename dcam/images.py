@@ -25,7 +25,6 @@ NaN in a float image) is a :class:`dcam.InputError` naming the image.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -155,28 +154,19 @@ def from_array(arr: np.ndarray, background: Sequence[int] = WHITE, notes: List[s
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode), background, notes)
 
 
-class _large_image_noted(warnings.catch_warnings):
-    """Pillow's DecompressionBombWarning (an image over its ~89-megapixel warning size,
-    under its refusal size) turned into a note on the conversions, as the other
-    decisions about an image are: the warning went to stderr, also under ``--quiet``."""
+#: Pillow's DecompressionBombWarning, by its message (the CLI, which states it as a note, silences it)
+LARGE_IMAGE_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels"
 
-    def __init__(self, notes: List[str]):
-        super().__init__(record=True)
-        self.notes = notes
 
-    def __enter__(self):
-        self.caught = super().__enter__()
-        warnings.simplefilter("always", Image.DecompressionBombWarning)
-        return self
-
-    def __exit__(self, *exc):
-        super().__exit__(*exc)
-        for w in self.caught:
-            if issubclass(w.category, Image.DecompressionBombWarning):
-                self.notes.append(f"large image: {one_line(w.message)}")
-            else:  # anything else is not ours to judge: shown as it would have been
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        return False
+def _large_image_note(im: Image.Image, notes: List[str]) -> None:
+    """An image past Pillow's warning size (about 89 megapixels; under its refusal size) stated
+    as a note on the conversions, as the other decisions about an image are. Pillow's own
+    warning is left as it is (catching it swapped the process's warning state, which two
+    threads loading images at once left broken); the CLI silences it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.width * im.height > limit:
+        notes.append(f"large image: {im.width}x{im.height} ({im.width * im.height} pixels) is past Pillow's "
+                     f"decompression-bomb warning size of {limit} pixels")
 
 
 def _open(path, notes: List[str]) -> Image.Image:
@@ -195,14 +185,14 @@ def _open(path, notes: List[str]) -> Image.Image:
     if not os.path.isfile(name):  # a named pipe or a device: reading one waited for a writer forever
         raise InputError(f"image: {name!r} is not a regular file (a pipe, socket or device)")
     try:
-        with _large_image_noted(notes):
-            im, frames, sixteen, orientation = _decode(name)
+        im, frames, sixteen, orientation = _decode(name)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
         raise InputError(f"image: {name!r} is too large to decode safely ({one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for a corrupt file
         raise InputError(f"image: cannot read {name!r} ({type(exc).__name__}: {one_line(exc)})") from None
+    _large_image_note(im, notes)
     im.info["dcam_frames"] = frames
     im.info["dcam_orientation"] = orientation
     im.info["dcam_16bit_rgb"] = sixteen

@@ -286,15 +286,44 @@ def test_a_pil_image_is_decoded_here_and_left_as_found(tmp_path):
     assert anim.tell() == 2 and _rgb(out)[0, 0].tolist() == [255, 0, 0]
 
 
-def test_an_image_past_pillows_warning_size_is_a_note_not_a_warning(tmp_path, monkeypatch, recwarn):
+def test_an_image_past_pillows_warning_size_is_a_note(tmp_path, monkeypatch):
     # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; lowered here so that
     # a 40 x 40 image (1,600 pixels) is "large" and a 50 x 50 one (2,500) too large
+    import threading
+    import warnings
+
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     Image.new("RGB", (40, 40), (10, 20, 30)).save(tmp_path / "large.png")
     Image.new("RGB", (50, 50)).save(tmp_path / "huge.png")
-    im, notes = load_image_with_notes(tmp_path / "large.png")
+    filters, show = list(warnings.filters), warnings.showwarning
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's own warning is the library user's to filter
+        im, notes = load_image_with_notes(tmp_path / "large.png")
     assert im.size == (40, 40) and im.getpixel((0, 0)) == (10, 20, 30)
-    assert len(notes) == 1 and notes[0].startswith("large image: Image size (1600 pixels) exceeds limit of 1000")
-    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert notes == ["large image: 40x40 (1600 pixels) is past Pillow's decompression-bomb warning size of 1000 "
+                     "pixels"]
     with pytest.raises(InputError, match="image: .*huge.png' is too large to decode safely"):
         load_image(tmp_path / "huge.png")
+    # loading in threads leaves the process's warning state as it was (capturing Pillow's warning swapped
+    # it, and two threads at once left every later warning swallowed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inner_filters, inner_show = list(warnings.filters), warnings.showwarning
+        threads = [threading.Thread(target=load_image_with_notes, args=(tmp_path / "large.png",)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert warnings.filters == inner_filters and warnings.showwarning is inner_show
+    assert warnings.filters == filters and warnings.showwarning is show
+
+
+def test_the_cli_states_a_large_image_as_a_note_and_keeps_stderr_quiet(tmp_path, monkeypatch, capsys):
+    from dcam.cli import main
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 12000)  # (the sheet's text is drawn through images too)
+    Image.new("RGB", (120, 120), (200, 30, 30)).save(tmp_path / "large.png")
+    assert main(["explain", str(tmp_path / "large.png"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--response", "a red circle"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # Pillow's warning reached stderr under --quiet
+    assert "note: large image: 120x120 (14400 pixels)" in out

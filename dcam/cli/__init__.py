@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from . import common
 
@@ -43,7 +44,13 @@ def main(argv=None) -> int:
         print(f"dcam: error: a command is required ({', '.join(SUBCOMMANDS)}); dcam --help says what each does",
               file=sys.stderr)
         return 2
-    return common.run_command(args.command, args.run, args)
+    from ..images import LARGE_IMAGE_WARNING
+
+    with warnings.catch_warnings():  # (the command's own thread: no other thread swaps the warning state)
+        # Pillow's warning of an image past ~89 megapixels: each command states it as a note on the image,
+        # and it reached stderr under --quiet too
+        warnings.filterwarnings("ignore", message=LARGE_IMAGE_WARNING)
+        return common.run_command(args.command, args.run, args)
 
 
 if __name__ == "__main__":
