@@ -299,4 +299,6 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
             raise InputError("context_weights must be non-negative")
         if not bool(torch.isfinite(context_weights.float().sum(-1)).all()):  # normalised by their row sums
             raise InputError("context_weights: a row sums past float32's range; scale them down")
-    return (raw if context_maps is None else context_maps), context_weights.float().contiguous()
+    # None stays None: every kernel then reads the raw maps with their degenerate flags (a degenerate one is
+    # all zeros there); handed the raw maps as explicit context, they took its values as they are
+    return context_maps, context_weights.float().contiguous()

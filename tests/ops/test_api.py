@@ -910,3 +910,22 @@ def test_every_kernel_of_every_op_takes_no_maps(B, T):
             assert not any(bool(o.any()) for o in out), (name, backend)  # no NaN/Inf flagged, nothing degenerate
         meta = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
         assert [tuple(o.shape) for o in getattr(torch.ops.dcam, name)(*meta)] == shapes  # the reference body
+
+
+@pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
+def test_refine_counts_a_degenerate_context_map_as_zeros(backend):
+    # token 1's raw map is constant (degenerate: all zeros in section 1) but holds 0.05, and it is token 0's
+    # whole context: no interference, so alpha 0 and token 0's map as without SICD. The public refine
+    # handed the raw maps to the kernels as explicit context maps, and their values were used (alpha 1)
+    g = torch.Generator().manual_seed(3)
+    raw = torch.full((1, 2, 6, 6), 0.05)
+    blob = torch.rand(6, 6, generator=g)
+    raw[0, 0] = (blob - blob.min()) / (blob.max() - blob.min())
+    cw = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    got = dcam.refine(raw, dcam.CamConfig(sicd="context"), context_weights=cw, backend=backend)
+    off = dcam.refine(raw, dcam.CamConfig(sicd="off"), backend=backend)
+    assert got.degenerate.tolist() == [[False, True]] and got.sicd_alpha.tolist() == [[0.0, 0.0]]
+    torch.testing.assert_close(got.maps, off.maps, atol=0, rtol=0)
+    # given as explicit context maps, the same values are used as they are
+    explicit = dcam.refine(raw, dcam.CamConfig(sicd="context"), context_maps=raw, context_weights=cw, backend=backend)
+    assert explicit.sicd_alpha[0, 0] > 0
