@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .ops.config import CamConfig
-from .output import check_existing_folder, refuse_names_in_the_way
+from .output import check_existing_folder, file_digest, refuse_names_in_the_way
 from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, display_size
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
@@ -268,8 +268,9 @@ class Explanation:
         paths["maps"] = os.path.join(folder, "maps.safetensors")
         save_file(tensors, paths["maps"])
         paths["meta"] = os.path.join(folder, "meta.json")
-        with open(paths["meta"], "w") as f:
-            json.dump({**self.meta(), "rendered_size": list(size)}, f, indent=2)
+        with open(paths["meta"], "w") as f:  # (the digest: dcam.load_explanation finds a maps file of another save)
+            json.dump({**self.meta(), "rendered_size": list(size), "maps_sha256": file_digest(paths["maps"])}, f,
+                      indent=2)
         if self.trajectory is not None:  # trajectory.safetensors, the GIFs, the sheet; adds to meta.json
             paths["trajectory"] = self.trajectory.write_files(folder, alpha=alpha, colormap=colormap,
                                                               max_side=max_side)

@@ -17,6 +17,7 @@ minus the process umask, as a plain ``open()`` would give.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -187,6 +188,16 @@ def remove_empty_folders(made: List[str]) -> None:
             os.rmdir(d)
         except OSError:
             break
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file: a saved explanation keeps its tensors' digest in meta.json, so that
+    reading it back finds a tensor file from another save put beside it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def moved_paths(paths, old: str, new: str):

@@ -14,8 +14,9 @@ the maps do not depend on it (they are on the model's grid and placed by
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
@@ -23,10 +24,12 @@ from PIL import Image
 from .errors import InputError, one_line
 from .explanation import Explanation
 from .ops.config import CamConfig
+from .output import file_digest
 
 #: meta.json keys every saved explanation has (a folder without one of them is not one)
 _REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "pieces", "response", "response_ids",
              "response_tokens", "steps", "method", "probe", "grid")
+_MISSING = object()
 
 
 def _read_json(path: str, folder: str) -> Dict[str, Any]:
@@ -65,23 +68,121 @@ def _image(folder: str) -> Image.Image:
         raise InputError(f"folder: cannot read {path!r} ({type(exc).__name__}: {one_line(exc)})") from None
 
 
-def _check_shapes(meta: Dict[str, Any], tensors: Dict[str, torch.Tensor], folder: str) -> None:
-    """maps.safetensors and meta.json are one explanation's (a file from another save was
-    copied in, or one was cut short)."""
-    n = len(meta["tokens"])
-    maps = tensors.get("maps")
-    if maps is None or maps.dim() != 3 or maps.shape[0] != n or list(maps.shape[1:]) != list(meta["grid"]):
-        got = "none" if maps is None else list(maps.shape)
-        raise InputError(f"folder: {folder!r}'s maps.safetensors does not hold its meta.json's maps "
-                         f"([{n}, {meta['grid'][0]}, {meta['grid'][1]}] for its {n} items; found {got})")
-    for key in ("token_ids", "word_numbers", "response_indices"):
-        if key in tensors and tensors[key].tolist() != [int(v) for v in meta[key]]:
-            raise InputError(f"folder: {folder!r}'s maps.safetensors and meta.json disagree on {key}; they are "
-                             "from two different saves")
+class _Fields:
+    """Typed reads of one meta.json object (``what``: where it is, for messages): a value of
+    the wrong kind is an InputError naming folder and the field (it was a bare TypeError or
+    ValueError, or a float step count silently truncated)."""
+
+    def __init__(self, obj: Dict[str, Any], folder: str, what: str = "meta.json"):
+        self.obj, self.where = obj, f"folder: {folder!r}'s {what}"
+
+    def _bad(self, key: str, want: str):
+        text = repr(self.obj.get(key))
+        return InputError(f"{self.where}: {key} must be {want}, got {text[:60] + ('...' if len(text) > 60 else '')}")
+
+    def value(self, key: str, default=_MISSING):
+        if key not in self.obj:
+            if default is _MISSING:
+                raise InputError(f"{self.where} lacks {key!r}")
+            return default
+        return self.obj[key]
+
+    def int(self, key: str, default=_MISSING, none: bool = False) -> Optional[int]:
+        v = self.value(key, default)
+        if v is None and none:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._bad(key, "a whole number" + (" or null" if none else ""))
+        return v
+
+    def number(self, key: str, default=_MISSING) -> float:
+        v = self.value(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self._bad(key, "a finite number")
+        return float(v)
+
+    def text(self, key: str, default=_MISSING, none: bool = False) -> Optional[str]:
+        v = self.value(key, default)
+        if (v is None and none) or isinstance(v, str):
+            return v
+        raise self._bad(key, "a text" + (" or null" if none else ""))
+
+    def texts(self, key: str, default=_MISSING) -> List[str]:
+        v = self.value(key, default)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self._bad(key, "a list of texts")
+        return list(v)
+
+    def ints(self, key: str) -> List[int]:
+        v = self.value(key)
+        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise self._bad(key, "a list of whole numbers")
+        return list(v)
+
+    def int_lists(self, key: str) -> List[List[int]]:
+        v = self.value(key)
+        if not isinstance(v, list) or not all(isinstance(p, list) and all(isinstance(x, int) and not isinstance(
+                x, bool) for x in p) for p in v):
+            raise self._bad(key, "a list of lists of whole numbers")
+        return [list(p) for p in v]
+
+    def grid(self) -> Tuple[int, int]:
+        v = self.value("grid")
+        if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                             and x > 0 for x in v):
+            raise self._bad("grid", "two positive whole numbers [h, w]")
+        return (v[0], v[1])
+
+    def box(self, key: str = "box", default=(0.0, 0.0, 1.0, 1.0)) -> Tuple[float, float, float, float]:
+        v = self.value(key, list(default))
+        if not isinstance(v, list) or len(v) != 4 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v) \
+                or not (v[0] < v[2] and v[1] < v[3]):
+            raise self._bad(key, "4 finite numbers [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+        return tuple(float(x) for x in v)
+
+    def choice(self, key: str, choices, default=_MISSING, none: bool = False):
+        v = self.value(key, default)
+        if (v is None and none) or (isinstance(v, str) and v in choices):
+            return v
+        raise self._bad(key, f"one of {', '.join(sorted(choices))}" + (" or null" if none else ""))
+
+    def config(self, key: str = "config") -> Optional[CamConfig]:
+        v = self.value(key, None)
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            raise self._bad(key, "an object of CamConfig fields")
+        try:
+            return CamConfig(**v)
+        except InputError as exc:
+            raise InputError(f"{self.where}: {key}: {one_line(exc)}") from None
+
+
+def _tensor(tensors: Dict[str, torch.Tensor], key: str, shape, where: str, unit: bool = False):
+    """``tensors[key]`` of ``shape`` (float32, finite; in [0, 1] where ``unit``), or None if absent."""
+    t = tensors.get(key)
+    if t is None:
+        return None
+    if t.dtype != torch.float32 or list(t.shape) != list(shape):
+        raise InputError(f"{where}: {key} must be float32 {list(shape)}, found {str(t.dtype).replace('torch.', '')} "
+                         f"{list(t.shape)}; it is not this explanation's")
+    if not bool(torch.isfinite(t).all()) or (unit and (float(t.min()) < 0 or float(t.max()) > 1 + 1e-6)):
+        raise InputError(f"{where}: {key} holds values outside {'[0, 1]' if unit else 'the finite numbers'}")
+    return t
+
+
+def _check_digest(path: str, want: Optional[str], where: str) -> None:
+    if want is not None and file_digest(path) != want:
+        raise InputError(f"{where}: {os.path.basename(path)} is not the file this meta.json was saved with (its "
+                         "digest differs); the two are from different saves")
 
 
 def load_explanation(folder) -> Explanation:
     """The :class:`~dcam.explanation.Explanation` saved in ``folder`` (see the module docstring)."""
+    from .methods.base import METHODS
+    from .targets import GRANULARITIES
+
     if not isinstance(folder, (str, os.PathLike)):
         raise InputError(f"folder: expected a path, got {type(folder).__name__}")
     folder = os.fspath(folder)
@@ -93,60 +194,103 @@ def load_explanation(folder) -> Explanation:
     if missing:
         raise InputError(f"folder: {folder!r}'s meta.json lacks {missing}; it is not a saved explanation"
                          + (" (it holds a trajectory alone: Trajectory.save)" if "trajectory" in meta else ""))
-    tensors = _read_tensors(os.path.join(folder, "maps.safetensors"), folder, "the maps")
-    _check_shapes(meta, tensors, folder)
-    config = meta.get("config")
+    m = _Fields(meta, folder)
+    tokens, grid = m.texts("tokens"), m.grid()
+    ids = {k: m.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
+    pieces = m.int_lists("pieces")
+    T = len(tokens)
+    if any(len(v) != T for v in (*ids.values(), pieces)):
+        raise InputError(f"{m.where}: tokens, token_ids, word_numbers, response_indices and pieces must have one "
+                         "entry per explained item")
+    path = os.path.join(folder, "maps.safetensors")
+    tensors = _read_tensors(path, folder, "the maps")
+    _check_digest(path, m.text("maps_sha256", None, none=True), f"folder: {folder!r}")
+    where = f"folder: {folder!r}'s maps.safetensors"
+    if "maps" not in tensors:
+        raise InputError(f"{where} holds no maps")
+    maps = _tensor(tensors, "maps", (T, *grid), where, unit=True)
+    for key, want in ids.items():
+        if key in tensors and tensors[key].tolist() != want:
+            raise InputError(f"{where} and meta.json disagree on {key}; they are from two different saves")
+    method = m.choice("method", METHODS)
+    config = m.config()
     e = Explanation(
-        tokens=list(meta["tokens"]), token_ids=[int(v) for v in meta["token_ids"]],
-        word_numbers=[int(v) for v in meta["word_numbers"]],
-        response_indices=[int(v) for v in meta["response_indices"]],
-        pieces=[[int(v) for v in p] for p in meta["pieces"]], maps=tensors["maps"],
-        stats={k[len("stats."):]: v for k, v in tensors.items() if k.startswith("stats.")},
-        image=_image(folder), response=meta["response"], response_ids=[int(v) for v in meta["response_ids"]],
-        response_tokens=list(meta["response_tokens"]), prompt=meta.get("prompt"), steps=int(meta["steps"]),
-        steps_source=meta.get("steps_source", ""), method=meta["method"], probe=meta["probe"],
-        layer=meta.get("layer"), target_score=meta.get("target_score"), grid=tuple(meta["grid"]),
-        repeat_ratio=float(meta.get("repeat_ratio", 0.0)), scores=tensors.get("scores", torch.zeros(0)),
+        tokens=tokens, **ids, pieces=pieces, maps=maps,
+        stats={k[len("stats."):]: _stat(tensors, k, T, where) for k in tensors if k.startswith("stats.")},
+        image=_image(folder), response=m.text("response"), response_ids=m.ints("response_ids"),
+        response_tokens=m.texts("response_tokens"), prompt=m.text("prompt", None, none=True),
+        steps=m.int("steps"), steps_source=m.text("steps_source", ""), method=method, probe=m.text("probe"),
+        layer=m.int("layer", None, none=True), target_score=m.text("target_score", None, none=True), grid=grid,
+        repeat_ratio=m.number("repeat_ratio", 0.0), scores=_tensor(tensors, "scores", (T,), where),
         # a method that uses no config saved none: the default stands in (meta() records none again)
-        config=CamConfig(**config) if config else CamConfig(), model_name=meta.get("model", ""),
-        raw_maps=tensors.get("raw_maps"), notes=list(meta.get("notes", [])),
-        granularity=meta.get("granularity", "words"), view=meta.get("view"),
-        view_maps={k[len("view_maps."):]: v for k, v in tensors.items() if k.startswith("view_maps.")},
-        box=tuple(float(v) for v in meta.get("box", (0.0, 0.0, 1.0, 1.0))),
-        model_dtype=meta.get("model_dtype", ""), device=meta.get("device", ""),
-        extra={"distractor": meta.get("distractor"), "context_weights": tensors.get("context_weights")},
+        config=config or CamConfig(), model_name=m.text("model", ""),
+        raw_maps=_tensor(tensors, "raw_maps", (T, *grid), where, unit=True), notes=m.texts("notes", []),
+        granularity=m.choice("granularity", GRANULARITIES, "words"), view=m.text("view", None, none=True),
+        view_maps={k[len("view_maps."):]: _view_maps(tensors, k, T, where) for k in tensors
+                   if k.startswith("view_maps.")},
+        box=m.box(), model_dtype=m.text("model_dtype", ""), device=m.text("device", ""),
+        extra={"distractor": m.int("distractor", None, none=True),
+               "context_weights": _tensor(tensors, "context_weights", (T, T), where)},
     )
+    if e.scores is None:
+        e.scores = torch.zeros(0)
     if "trajectory" in meta:
         e.trajectory = _load_trajectory(folder, meta, e.image)
     return e
+
+
+def _stat(tensors, key: str, T: int, where: str) -> torch.Tensor:
+    t = tensors[key]
+    if list(t.shape) != [T]:
+        raise InputError(f"{where}: {key} must hold one value per item ([{T}]), found {list(t.shape)}")
+    return t
+
+
+def _view_maps(tensors, key: str, T: int, where: str) -> torch.Tensor:
+    t = tensors[key]
+    if t.dim() != 3 or t.shape[0] != T:
+        raise InputError(f"{where}: {key} must be [{T}, h, w], found {list(t.shape)}")
+    return _tensor(tensors, key, tuple(t.shape), where, unit=True)
 
 
 def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     from .trajectory.core import Trajectory
     from .trajectory.numbers import per_word_numbers
 
-    tm = meta["trajectory"]
-    t = _read_tensors(os.path.join(folder, "trajectory.safetensors"), folder, "the trajectory's maps")
+    if not isinstance(meta["trajectory"], dict):
+        raise InputError(f"folder: {folder!r}'s meta.json: trajectory must be an object, got "
+                         f"{type(meta['trajectory']).__name__}")
+    tm, m = _Fields(meta["trajectory"], folder, "meta.json trajectory"), _Fields(meta, folder)
+    path = os.path.join(folder, "trajectory.safetensors")
+    t = _read_tensors(path, folder, "the trajectory's maps")
+    _check_digest(path, tm.text("tensors_sha256", None, none=True), f"folder: {folder!r}")
     needed = ("maps", "final_maps", "decided_at", "slot_decided_at", "states", "scores", "final_scores", "remasked")
     lacking = [k for k in needed if k not in t]
     if lacking:
         raise InputError(f"folder: {folder!r}'s trajectory.safetensors lacks {lacking}")
+    tokens, grid = tm.texts("tokens"), m.grid()
+    S, T = (t["maps"].shape[0], len(tokens)) if t["maps"].dim() == 4 else (0, -1)
+    where = f"folder: {folder!r}'s trajectory.safetensors"
+    maps = _tensor(t, "maps", (S, T, *grid), where, unit=True)
+    config = tm.config()
+    if config is None:
+        raise InputError(f"{tm.where} lacks 'config'")
     return Trajectory(
-        tokens=list(tm["tokens"]), token_ids=[int(v) for v in tm["token_ids"]],
-        word_numbers=[int(v) for v in tm["word_numbers"]], response_indices=[int(v) for v in tm["response_indices"]],
-        pieces=[[int(v) for v in p] for p in tm["pieces"]], maps=t["maps"], final_maps=t["final_maps"],
-        decided_at=t["decided_at"], slot_decided_at=t["slot_decided_at"], states=t["states"], scores=t["scores"],
+        tokens=tokens, token_ids=tm.ints("token_ids"), word_numbers=tm.ints("word_numbers"),
+        response_indices=tm.ints("response_indices"), pieces=tm.int_lists("pieces"), maps=maps,
+        final_maps=_tensor(t, "final_maps", (T, *grid), where, unit=True), decided_at=t["decided_at"],
+        slot_decided_at=t["slot_decided_at"], states=t["states"], scores=t["scores"],
         final_scores=t["final_scores"], remasked=t["remasked"].bool(),
         stats={k[len("stats."):]: v for k, v in t.items() if k.startswith("stats.")},
         # the per-word numbers are a function of the maps and decision steps: computed again, as made
-        numbers=per_word_numbers(t["maps"], t["decided_at"], t["final_maps"]),
-        image=image, prompt=meta.get("prompt"), response=meta["response"],
-        response_ids=[int(v) for v in meta["response_ids"]], response_tokens=list(meta.get("response_tokens", [])),
-        state_tokens=[list(s) for s in tm.get("states", [])], layer=int(tm["layer"]),
-        config=CamConfig(**tm["config"]), grid=tuple(meta["grid"]), repeat_ratio=float(tm.get("repeat_ratio", 0.0)),
-        model_name=meta.get("model", ""), notes=list(tm.get("notes", [])), cost=dict(tm.get("cost", {})),
-        box=tuple(float(v) for v in tm.get("box", meta.get("box", (0.0, 0.0, 1.0, 1.0)))),
-        word_count=int(tm.get("word_count", 0)),
+        numbers=per_word_numbers(maps, t["decided_at"], t["final_maps"]),
+        image=image, prompt=m.text("prompt", None, none=True), response=m.text("response"),
+        response_ids=m.ints("response_ids"), response_tokens=m.texts("response_tokens", []),
+        state_tokens=[list(s) for s in tm.value("states", [])], layer=tm.int("layer"), config=config, grid=grid,
+        repeat_ratio=tm.number("repeat_ratio", 0.0), model_name=m.text("model", ""), notes=tm.texts("notes", []),
+        cost=dict(tm.value("cost", {})), box=tm.box("box", m.box()),
+        # a folder saved before the count was kept: its negative word numbers count from the last traced word
+        word_count=tm.int("word_count", max(tm.ints("word_numbers"), default=-1) + 1),
     )
 
 

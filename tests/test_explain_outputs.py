@@ -357,7 +357,13 @@ def test_folders_that_are_not_a_saved_explanation_are_refused(toy, sample, tmp_p
     mixed = tmp_path / "mixed"
     shutil.copytree(tmp_path / "a", mixed)
     shutil.copy(tmp_path / "other" / "maps.safetensors", mixed / "maps.safetensors")
-    with pytest.raises(InputError, match="maps.safetensors does not hold its meta.json's maps"):
+    with pytest.raises(InputError, match="maps.safetensors is not the file this meta.json was saved with"):
+        load_explanation(mixed)
+    meta = json.load(open(mixed / "meta.json"))
+    del meta["maps_sha256"]  # (a folder saved without the digest: the shapes are checked)
+    (mixed / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"maps.safetensors: maps must be float32 \[12, 8, 8\], found float32 "
+                                         r"\[1, 8, 8\]; it is not this explanation's"):
         load_explanation(mixed)
     (mixed / "maps.safetensors").write_bytes(b"\0" * 10)
     with pytest.raises(InputError, match="^folder: cannot read .*maps.safetensors'"):
@@ -367,3 +373,41 @@ def test_folders_that_are_not_a_saved_explanation_are_refused(toy, sample, tmp_p
         load_explanation(mixed)
     Image.new("RGB", (2, 2)).save(tmp_path / "a" / "image.png")  # (image.png is only read)
     assert load_explanation(tmp_path / "a").image.size == (2, 2)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    # each was a bare TypeError / ValueError / KeyError, or taken as it was (3.7 steps read as 3)
+    ("tokens", 5, "tokens must be a list of texts, got 5"),
+    ("steps", 3.7, "steps must be a whole number, got 3.7"),
+    ("grid", "88", "grid must be two positive whole numbers [h, w], got '88'"),
+    ("token_ids", ["x"], "token_ids must be a list of whole numbers"),
+    ("config", {"akd_kernal": 3}, "config: CamConfig has no field(s) ['akd_kernal']"),
+    ("method", "bogus", "method must be one of "),
+    ("box", [0, 1], "box must be 4 finite numbers"),
+    ("pieces", None, "pieces must be a list of lists of whole numbers, got None"),
+    ("trajectory", None, "trajectory must be an object, got NoneType"),
+])
+def test_a_damaged_meta_json_is_refused_naming_the_field(toy, sample, tmp_path, key, value, message):
+    e = Explainer(*toy).explain(sample.image, steps=4)
+    e.save(tmp_path / "a")
+    meta = json.load(open(tmp_path / "a" / "meta.json"))
+    meta[key] = value
+    (tmp_path / "a" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError) as info:
+        load_explanation(tmp_path / "a")
+    assert str(info.value).startswith(f"folder: {str(tmp_path / 'a')!r}'s meta.json") and message in str(info.value)
+
+
+def test_maps_outside_zero_one_are_refused_naming_the_folder(toy, sample, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    e = Explainer(*toy).explain(sample.image, steps=4)
+    e.save(tmp_path / "a")
+    tensors = load_file(tmp_path / "a" / "maps.safetensors")
+    tensors["maps"][0, 0, 0] = float("nan")
+    save_file(tensors, tmp_path / "a" / "maps.safetensors")
+    meta = json.load(open(tmp_path / "a" / "meta.json"))
+    del meta["maps_sha256"]
+    (tmp_path / "a" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"maps.safetensors: maps holds values outside \[0, 1\]"):
+        load_explanation(tmp_path / "a")

@@ -25,6 +25,7 @@ from .. import ops
 from ..errors import InputError
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
+from ..output import file_digest
 from ..probe.gradients import Targets, item_context_weights
 from ..probe.hooks import explaining, generating, generation_watch
 from ..probe.modes import check_probe_request
@@ -242,7 +243,7 @@ class Trajectory:
             meta = dict(response=self.response, response_ids=self.response_ids, prompt=self.prompt,
                         model=self.model_name, grid=list(self.grid), image_size=list(self.image.size),
                         box=list(self.box))  # where the maps lie on the image, as an explanation's meta says
-        meta["trajectory"] = self.meta()
+        meta["trajectory"] = {**self.meta(), "tensors_sha256": file_digest(paths["tensors"])}
         with open(paths["meta"], "w") as f:
             json.dump(meta, f, indent=2)
         return paths
