@@ -243,8 +243,9 @@ class Explainer:
         # (a bad fourth image was found after three generations, minutes each on a real dMLLM)
         if targets_per_image is None:
             targets_asked(items_asked(targets, granularity)[1])  # shared: named as itself, not as example 0's
-        loaded = [_built(lambda img, p, t: (build.load(img, p), targets_asked(items_asked(t, granularity)[1])),
-                         i, n, img, p, t)[0] for i, (img, p, t) in enumerate(zip(images, prompts, tgts))]
+        loaded = [_built(lambda img, p, r, t: (build.load(img, p), build.check_response(r),
+                                               targets_asked(items_asked(t, granularity)[1])),
+                         i, n, img, p, r, t)[0] for i, (img, p, r, t) in enumerate(zip(images, prompts, responses, tgts))]
         examples = [_built(build, i, n, img, p, r, t, loaded=pre)
                     for i, (img, p, r, t, pre) in enumerate(zip(images, prompts, responses, tgts, loaded))]
         del loaded

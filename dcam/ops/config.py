@@ -202,7 +202,8 @@ def _checked_init(init):
     names = [f.name for f in fields(CamConfig)]
 
     @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
+    def __init__(*args, **kwargs):  # (self positional only: CamConfig(self=1) is an unknown field too)
+        self, args = args[0], args[1:]
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
             raise InputError(f"CamConfig has no field(s) {unknown} (fields: {', '.join(names)})")

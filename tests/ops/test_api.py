@@ -374,6 +374,7 @@ def test_config_mean_low_must_not_exceed_mean_high():
 
 @pytest.mark.parametrize("args,kwargs,needle", [
     ((), {"akd_kernal": 5}, "no field(s) ['akd_kernal']"),  # a typo was a TypeError naming __init__
+    ((), {"self": 1}, "no field(s) ['self']"),
     (tuple(range(14)), {}, "at most 13 values"),
     ((3,), {"akd_kernel": 5}, "['akd_kernel'] both as positional values and as keywords"),
 ])
