@@ -69,6 +69,38 @@ def test_a_map_one_rounding_past_one_is_drawn_as_one():
     assert upsample_map(over, (3, 3)).max() == 1.0
 
 
+@pytest.mark.parametrize("size", [(0, 5), (-3, 20), (2.7, 5), (5,), (True, 5), "55", 5])
+def test_a_map_size_that_is_not_two_positive_ints_is_refused(size):
+    # (0, 5) was torch's RuntimeError, (-3, 20) numpy's ValueError, (2.7, 5) was taken as (2, 5)
+    m = np.full((4, 4), 0.5, np.float32)
+    for call in (lambda: upsample_map(m, size), lambda: map_on_image(m, size),
+                 lambda: map_on_image(m, size, (0, 0, 0.5, 0.5))):
+        with pytest.raises(InputError, match=r"^size must be \(H, W\), two ints >= 1, got "):
+            call()
+    # numpy's ints are ints: a constant map upsampled stays that constant
+    np.testing.assert_allclose(upsample_map(m, (np.int64(3), np.int32(7))), np.full((3, 7), 0.5), atol=1e-7)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: upsample_map("abc", (5, 5)), r"^cam: a map must be an array of numbers, got str of dtype <U3$"),
+    (lambda: upsample_map(np.array([[None, 0.5]], dtype=object), (2, 2)),
+     r"^cam: a map must be an array of numbers, got ndarray of dtype object$"),  # (was "1 NaN/Inf value(s)")
+    (lambda: colorize(0.5), r"^cam: a map must be 2-D \[H, W\], got shape \(\)$"),  # (a TypeError)
+    (lambda: show_cam_on_image("abc", np.zeros((2, 2))), r"^image must be an array of numbers, got str"),
+])
+def test_maps_and_images_that_are_not_numbers_are_refused(call, match):
+    with pytest.raises(InputError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_tensor_image_is_drawn(dtype):
+    # numpy has no bfloat16: such an image was a TypeError. 0.5 is exact in both; alpha 0 leaves the
+    # image: 0.5 * 255 = 127.5 -> 128
+    out = show_cam_on_image(torch.full((3, 4, 3), 0.5, dtype=dtype), np.zeros((2, 2)), alpha=0.0)
+    assert out.dtype == np.uint8 and (out == 128).all()
+
+
 def test_a_nan_float_image_is_refused():
     img = np.full((8, 8, 3), 0.5, np.float32)
     img[0, 0, 0] = np.nan
@@ -85,6 +117,48 @@ def test_overlay_takes_an_array_as_dcam_reads_one():
     assert out.shape == (8, 8, 3) and (out == np.array([0, 0, 64], np.uint8)).all()
     with pytest.raises(InputError, match="^image: unsupported type int"):
         overlay(3, torch.zeros(4, 4))
+
+
+def test_overlay_draws_a_pil_image_as_the_same_array_or_file():
+    # a PIL image went through .convert("RGB"): a fully transparent red pixel showed red, 16-bit grey
+    # clipped to white, where the same array or file was composited on white / scaled by its range
+    # (0..60000 -> 0..255: 30000 -> 127.5 -> 128)
+    import tempfile
+
+    rgba = np.zeros((10, 20, 4), np.uint8)
+    rgba[..., 0] = 255  # red, alpha 0
+    grey16 = np.tile(np.array([0, 30000, 60000], np.uint16), (10, 1))
+    m = np.zeros((2, 2), np.float32)
+    cases = ((Image.fromarray(rgba, "RGBA"), rgba, np.full((10, 20, 3), 255)),
+             (Image.fromarray(grey16), grey16, np.tile(np.array([0, 128, 255])[None, :, None], (10, 1, 3))))
+    with tempfile.TemporaryDirectory() as tmp:
+        for pil, array, expected in cases:
+            path = f"{tmp}/im.png"
+            pil.save(path)
+            for im in (pil, array, path):
+                np.testing.assert_array_equal(np.asarray(overlay(im, m, alpha=0.0)), expected,
+                                              err_msg=f"{pil.mode} {type(im).__name__}")
+
+
+@pytest.mark.parametrize("box", [np.array([0, -0.4, 1, 1.4]), torch.tensor([0, -0.4, 1, 1.4]),
+                                 [np.float32(0), np.float32(-0.4), np.float32(1), np.float32(1.4)]])
+def test_a_box_of_four_numbers_in_an_array_or_tensor_is_taken(box):
+    # a numpy array (a box read from a file) was refused; the map of a 20 x 10 image padded to a square:
+    # the box's 0.4 past each edge is 4 rows of 10, its height 18 rows, a 2 x 2 map of rows 0 and 1
+    # upsampled bilinearly to 18 rows: the image's rows 0..9 are the box's rows 4..13
+    cam = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
+    got = map_on_image(cam, (10, 20), box)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(cam)[None, None], size=(18, 20),
+                                                  mode="bilinear", align_corners=False)[0, 0].numpy()[4:14]
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert ref[0, 0] < 0.5 < ref[-1, 0]
+    assert overlay(Image.new("RGB", (20, 10)), cam, box=box).size == (20, 10)
+
+
+@pytest.mark.parametrize("box", [np.zeros((2, 2)), np.array([0, 0, 1]), torch.tensor(0.5), np.array([0, 0, 1, 1]) > 0])
+def test_an_array_box_that_is_not_four_numbers_is_refused(box):
+    with pytest.raises(InputError, match=r"^box must be 4 finite fractions .*, got [^\n]*$"):
+        map_on_image(np.zeros((2, 2)), (4, 4), box)
 
 
 @pytest.mark.parametrize("box", [(float("nan"), 0, 1, 1), (0.5, 0.5, 0.2, 0.2), (0, 0, 1), (0, 0, True, 1),

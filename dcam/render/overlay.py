@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -28,10 +28,23 @@ DISPLAY_MIN_SIDE = 256
 DISPLAY_MAX_SIDE = 1024
 
 
-def _to_numpy(x: ArrayLike) -> np.ndarray:
+def _to_numpy(x: ArrayLike, name: str = "cam") -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().float().numpy()
-    return np.asarray(x, dtype=np.float32)
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":  # ("abc" was float()'s ValueError; None in an object array read as NaN)
+        raise InputError(f"{name}: a map must be an array of numbers, got {type(x).__name__} of dtype {a.dtype}")
+    return a.astype(np.float32)
+
+
+def check_map_size(size) -> Tuple[int, int]:
+    """``size`` as ``(H, W)`` ints >= 1, else an InputError naming it (0 was torch's RuntimeError, -3
+    numpy's ValueError, 2.7 taken as 2)."""
+    ok = isinstance(size, (tuple, list)) and len(size) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and v >= 1 for v in size)
+    if not ok:
+        raise InputError(f"size must be (H, W), two ints >= 1, got {size!r}")
+    return int(size[0]), int(size[1])
 
 
 #: How far past [0, 1] a map's value may lie and still be drawn (as 0 or 1): float32 rounding of the
@@ -60,7 +73,7 @@ def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
     if m.ndim != 2:
         raise InputError(f"cam: a map must be 2-D [h, w], got shape {tuple(m.shape)}")
     m = torch.from_numpy(np.ascontiguousarray(check_map(m)))
-    H, W = int(size[0]), int(size[1])
+    H, W = check_map_size(size)
     if tuple(m.shape) != (H, W):
         m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
     return m.clamp(0.0, 1.0).numpy()  # (a bilinear mean of checked values: this only drops the rounding)
@@ -82,7 +95,10 @@ def check_colormap(colormap):
 def colorize(cam: ArrayLike, colormap: str = "jet") -> np.ndarray:
     """``[H, W]`` values in [0, 1] -> uint8 ``[H, W, 3]`` RGB through a matplotlib colormap."""
     cmap = check_colormap(colormap)
-    m = np.clip(check_map(_to_numpy(cam)), 0.0, 1.0)  # (checked: the clip only drops the rounding)
+    m = _to_numpy(cam)
+    if m.ndim != 2:  # (a number was a TypeError inside the colormap)
+        raise InputError(f"cam: a map must be 2-D [H, W], got shape {tuple(m.shape)}")
+    m = np.clip(check_map(m), 0.0, 1.0)  # (checked: the clip only drops the rounding)
     rgb = cmap(m)[..., :3]
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
@@ -102,7 +118,12 @@ def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colo
     Returns uint8 ``[H, W, 3]``.
     """
     check_alpha(alpha)
+    if isinstance(image, torch.Tensor):  # (numpy has no bfloat16: such an image was a TypeError)
+        image = image.detach().cpu()
+        image = (image.float() if image.dtype in (torch.bfloat16, torch.float16) else image).numpy()
     img = np.asarray(image)
+    if img.dtype.kind not in "biuf":
+        raise InputError(f"image must be an array of numbers, got {type(image).__name__} of dtype {img.dtype}")
     if img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.0
     img = img.astype(np.float32)
@@ -129,18 +150,19 @@ def box_pixels(box, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
 
 
 def check_box(box) -> Tuple[float, float, float, float]:
-    """``box`` as 4 floats ``(x0, y0, x1, y1)``, else an InputError naming it: finite, x0 < x1,
+    """``box`` (4 numbers: a tuple, list, array or tensor) as 4 floats ``(x0, y0, x1, y1)``, else an InputError naming it: finite, x0 < x1,
     y0 < y1, and overlapping the image. Not confined to [0, 1]: the map of an image padded to a
     square (:func:`dcam.probe.adapters.llava_dmllm.padded_square_box`) runs past its edges.
     (NaN was a ValueError, an inverted box an overlay with no heatmap at all.)"""
-    ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(
-        isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v) for v in box)
+    values = box.tolist() if isinstance(box, (np.ndarray, torch.Tensor)) else box  # (as read from a file)
+    ok = isinstance(values, (tuple, list)) and len(values) == 4 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v) for v in values)
     if ok:
-        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, y0, x1, y1 = (float(v) for v in values)
         ok = x0 < x1 and y0 < y1 and x0 < 1.0 and x1 > 0.0 and y0 < 1.0 and y1 > 0.0
     if not ok:
         raise InputError(f"box must be 4 finite fractions (x0, y0, x1, y1) with x0 < x1 and y0 < y1 that "
-                         f"overlap the image [0, 1] x [0, 1], got {box!r}")
+                         f"overlap the image [0, 1] x [0, 1], got {one_line(repr(box))}")
     return x0, y0, x1, y1
 
 
@@ -149,10 +171,10 @@ def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX) -> np.ndar
     upsampled into ``box`` (the part of the image the model saw, fractions
     ``(x0, y0, x1, y1)``), zero outside it."""
     box = check_box(box)
+    H, W = check_map_size(size)
     if box == FULL_BOX:
         return upsample_map(cam, size)
     x0, y0, x1, y1 = box_pixels(box, size)
-    H, W = int(size[0]), int(size[1])
     out = np.zeros((H, W), dtype=np.float32)
     up = upsample_map(cam, (y1 - y0, x1 - x0))  # the whole box, then the part on the image
     iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
@@ -184,13 +206,13 @@ def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: st
     """PIL overlay of ``cam`` on ``image``. size: ``(W, H)`` to render at
     (the image is resized bicubically first); default: the image's size.
     box: the part of the image the map covers (fractions; default all of it).
-    ``image`` may also be an array or a path, read as :func:`dcam.load_image` reads them."""
-    if isinstance(image, Image.Image):
-        img = image.convert("RGB")
-    else:  # (an array was an AttributeError on .convert)
-        from ..images import load_image
+    ``image``: a PIL image, an array or a path, read as :func:`dcam.load_image` reads them."""
+    # a PIL image as dcam.load_image reads one too (for an RGB one, a copy: ~3 ms of a ~130 ms 1024 x 1024
+    # overlay): .convert("RGB") drew a transparent pixel's hidden colour and clipped 16-bit grey to white,
+    # where the same image as an array or a path was composited on white / scaled
+    from ..images import load_image
 
-        img = load_image(image)
+    img = load_image(image)
     size = check_render_size(size)
     box = check_box(box)
     if size is not None and size != img.size:
@@ -217,6 +239,6 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
-__all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "map_on_image", "box_pixels", "FULL_BOX",
+__all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "check_map_size", "map_on_image", "box_pixels", "FULL_BOX",
            "MAP_TOLERANCE", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size",
            "DISPLAY_MIN_SIDE", "DISPLAY_MAX_SIDE"]
