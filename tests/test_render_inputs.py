@@ -211,6 +211,95 @@ def test_one_long_label_leaves_the_cells_alone_and_stays_in_its_cell():
     assert cut.endswith("…") and cut.startswith("8: xxx") and f.getlength(cut) <= 254 < f.getlength(labels[-1])
 
 
+TITLES = ["THE MOST IMPORTANT WORDS ARE WRITTEN IN CAPITALS HERE, MOSTLY W AND M: WWW MMM",
+          "Ελληνικά και ρωσικά: Привет, как дела? Съешь же ещё этих мягких французских булок",
+          "一只红色的猫坐在一张蓝色的桌子上面看着窗外的小鸟在树上唱歌一只红色的猫坐在一张蓝色的桌子上面"]
+
+
+@pytest.mark.parametrize("title", TITLES)
+@pytest.mark.parametrize("n,side", [(2, 40), (5, 200)])
+def test_every_title_line_fits_the_sheet(title, n, side):
+    # titles were wrapped by letter count (a width // 8): capitals ran 20 pixels past a 320-pixel sheet's
+    # right edge, the CJK line 20 past it. The sheets are 320 and 3 x 204 + 4 = 616 wide as before, and
+    # the title's rows hold no ink in the 4-pixel margin at the right
+    sheet = np.asarray(contact_sheet([Image.new("RGB", (side, side), (0, 255, 0))] * n, title=title))
+    assert sheet.shape[1] == (320 if side == 40 else 616)
+    top = sheet[:30]  # the first title line (and a margin below it)
+    assert (top[:, :-4] != 255).any() and (top[:, -4:] == 255).all()
+
+
+def test_wrap_text_measures_lines_keeps_words_whole_and_breaks_long_ones():
+    from dcam.render.sheet import wrap_text
+
+    f = font(14)
+    width = 312
+    for title in TITLES:
+        lines = wrap_text(title, f, width, 8)
+        assert all(f.getlength(line) <= width for line in lines), lines
+        sep = "" if " " not in title else " "  # words kept whole: the lines are the words in order
+        assert sep.join(lines) == title
+        # each line is full: the next line's first word (or letter) would not have fitted on it
+        for a, b in zip(lines, lines[1:]):
+            assert f.getlength(a + sep + (b.split()[0] if sep else b[0])) > width
+    # more than max_lines: the last line kept ends in an ellipsis and still fits
+    lines = wrap_text("word " * 200, f, 130, 3)
+    assert f.getlength("word word word") <= 130 < f.getlength("word word word word")
+    assert lines[:2] == ["word word word", "word word word"]
+    assert lines[2].startswith("word word") and lines[2].endswith("…") and f.getlength(lines[2]) <= 130
+
+
+@pytest.mark.parametrize("breaking", ["\n", "\r\n", "\u2028"])
+def test_a_label_with_a_line_break_is_drawn_on_one_line(breaking):
+    # Pillow raised "can't measure length of multiline text"
+    tiles = [Image.new("RGB", (40, 40), (0, 255, 0))] * 3
+    got = contact_sheet(tiles, [f"a{breaking}b", "c", "d"])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(contact_sheet(tiles, ["a b", "c", "d"])))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(cols=-1), r"^cols must be an int >= 1, got -1$"),  # (Pillow's ValueError)
+    (dict(cols=0), r"^cols must be an int >= 1, got 0$"),
+    (dict(cols=2.5), r"^cols must be an int >= 1, got 2.5$"),
+    (dict(title=123), r"^title must be a string or None, got int$"),  # (textwrap's AttributeError)
+    (dict(cols=2000), r"^a contact sheet of 3 tiles in 2000 columns cannot fit 4096 pixels$"),
+])
+def test_contact_sheet_refuses_bad_cols_and_titles(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        contact_sheet([Image.new("RGB", (40, 40))] * 3, **kwargs)
+
+
+@pytest.mark.parametrize("tiles,match", [
+    ([Image.new("RGB", (0, 0))] * 3, r"^tiles: tile 0 is 0 x 0 pixels; every tile must be a PIL image"),
+    ([Image.new("RGB", (4, 4)), Image.new("RGB", (5, 0))], r"^tiles: tile 1 is 5 x 0 pixels;"),
+    ([Image.new("RGB", (4, 4)), np.zeros((4, 4, 3))], r"^tiles: tile 1 is ndarray;"),
+])
+def test_contact_sheet_refuses_empty_tiles(tiles, match):
+    # a 0 x 0 tile was a ZeroDivisionError
+    with pytest.raises(InputError, match=match):
+        contact_sheet(tiles)
+
+
+def test_many_columns_shrink_the_tiles_to_keep_max_side():
+    # fit_tile assumed ceil(sqrt(3)) = 2 columns: 100 columns of 40-pixel tiles made a 4,404-pixel sheet.
+    # By hand: (4096 - 4) / 100 - 4 = 36.92 pixels a tile -> 36; 100 x (36 + 4) + 4 = 4004
+    sheet = contact_sheet([Image.new("RGB", (40, 40), (0, 255, 0))] * 3, cols=100)
+    assert sheet.size == (4004, 44)
+    green = (np.asarray(sheet) == np.array([0, 255, 0])).all(-1)
+    assert green.sum() == 3 * 36 * 36 and green[4:40, 4:40].all() and green[4:40, 44:80].all()
+
+
+@pytest.mark.parametrize("side", [200, 280])
+@pytest.mark.parametrize("label", ["Ễ", "Ẫ", "É"])
+def test_a_labels_stacked_accents_stay_below_its_tile(side, label):
+    # drawn at the font's ascender line one pixel under the tile, Ễ and Ẫ rose 2 pixels above it and
+    # overwrote 6 to 9 pixels of the tile's bottom row
+    sheet = np.asarray(contact_sheet([Image.new("RGB", (side, side), (0, 255, 0))], [label]))
+    x0 = 4  # (the tile at the first cell, after a 4-pixel pad)
+    assert (sheet[4:4 + side, x0:x0 + side] == np.array([0, 255, 0])).all()
+    below = sheet[4 + side:, :]
+    assert (below[0] == 255).all() and (below < 128).any()  # a white row, then the label's ink
+
+
 # ------------------------------------------------------------------ trajectory frames
 
 def _trajectory(size, steps=12, decided=11):

@@ -10,13 +10,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-import textwrap
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import InputError
+from ..errors import InputError, positive_int
 from .overlay import colorize
 
 #: Longest side of a contact sheet, pixels.
@@ -68,18 +67,18 @@ def sheet_layout(n: int, tile: Tuple[int, int], cols: Optional[int] = None, pad:
 
 
 def fit_tile(n: int, tile: Tuple[int, int], max_side: int = SHEET_MAX_SIDE, pad: int = 4,
-             reserve: int = 0, label_height: int = 0) -> Tuple[int, int]:
+             reserve: int = 0, label_height: int = 0, cols: Optional[int] = None) -> Tuple[int, int]:
     """The largest tile size (aspect kept, at most ``tile``) whose grid of ``n``
-    tiles, each with ``label_height`` pixels of label under it, plus
-    ``reserve`` pixels of title and colour bar, fits ``max_side``."""
+    tiles in ``cols`` columns (default: as :func:`sheet_layout`), each with ``label_height``
+    pixels of label under it, plus ``reserve`` pixels of title and colour bar, fits ``max_side``."""
     W, H = tile
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = int(cols) if cols else int(math.ceil(math.sqrt(n)))  # (sqrt(n) always: cols=100 ran past max_side)
     rows = int(math.ceil(n / cols))
     room_w = (max_side - pad) / cols - pad
     room_h = (max_side - reserve - pad) / rows - pad - label_height
     scale = min(1.0, room_w / W, room_h / H)
-    if scale <= 0:
-        raise InputError(f"a contact sheet of {n} tiles cannot fit {max_side} pixels")
+    if room_w < 1 or room_h < 1:  # (not even a 1-pixel tile: the 1-pixel floor below would run past max_side)
+        raise InputError(f"a contact sheet of {n} tiles in {cols} columns cannot fit {max_side} pixels")
     return max(1, int(W * scale)), max(1, int(H * scale))
 
 
@@ -91,6 +90,53 @@ def _label_height(tile_height: int) -> int:
 def _text_width(text: str, f) -> int:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     return int(math.ceil(draw.textlength(text, font=f))) if hasattr(draw, "textlength") else 6 * len(text)
+
+
+def _ellipsized(text: str, f, width: float) -> str:
+    """The longest start of ``text`` followed by "…" at most ``width`` pixels wide in font ``f``."""
+    while text and _text_width(text + "…", f) > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _fitting_start(text: str, f, width: float) -> int:
+    """Letters of the longest start of ``text`` at most ``width`` pixels wide in font ``f``, at least 1."""
+    lo, hi = 1, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _text_width(text[:mid], f) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def wrap_text(text: str, f, width: float, max_lines: int) -> List[str]:
+    """``text`` in lines each at most ``width`` pixels wide in font ``f`` (measured: a wrap by letter
+    count ran lines of capitals off the sheet), broken at whitespace (line breaks included), a word
+    wider than a line broken where it reaches the edge; at most ``max_lines``, the last ending in
+    "…" when text is left over."""
+    lines: List[str] = []
+    line = ""
+    words = text.split()[::-1]
+    while words and len(lines) <= max_lines:
+        word = words.pop()
+        joined = f"{line} {word}" if line else word
+        if _text_width(joined, f) <= width:
+            line = joined
+        elif line:  # the word starts the next line
+            lines.append(line)
+            line = ""
+            words.append(word)
+        else:  # a word wider than a line (a URL, a language written without spaces): broken at the edge
+            k = _fitting_start(word, f, width)
+            lines.append(word[:k])
+            words.append(word[k:])
+    if line:
+        lines.append(line)
+    if len(lines) > max_lines:  # text left over: the last line kept ends in an ellipsis
+        lines = lines[:max_lines - 1] + [_ellipsized(lines[max_lines - 1], f, width)]
+    return lines
 
 
 def fit_text(text: str, f, width: float) -> str:
@@ -149,17 +195,26 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
     if not tiles:
         raise InputError("contact_sheet needs at least one tile")
     n = len(tiles)
+    for k, tile in enumerate(tiles):  # (a 0 x 0 tile was a ZeroDivisionError)
+        if not isinstance(tile, Image.Image) or min(tile.size) < 1:
+            what = f"{tile.width} x {tile.height} pixels" if isinstance(tile, Image.Image) else type(tile).__name__
+            raise InputError(f"tiles: tile {k} is {what}; every tile must be a PIL image of at least 1 x 1 pixel")
     labels = check_labels(labels, n)
-    cols = int(cols) if cols else int(math.ceil(math.sqrt(n)))
+    if labels is not None:  # each on one line (Pillow cannot measure a label with a line break in it)
+        labels = [" ".join(t.splitlines()) for t in labels]
+    if title is not None and not isinstance(title, str):  # (123 was textwrap's AttributeError)
+        raise InputError(f"title must be a string or None, got {type(title).__name__}")
+    cols = positive_int("cols", cols) or int(math.ceil(math.sqrt(n)))  # (-1 was Pillow's ValueError)
     W0, H0 = tiles[0].size
     probe_w = min(max_side, max(SHEET_MIN_WIDTH, cols * (W0 + pad) + pad))
-    title_lines: List[str] = textwrap.wrap(title, width=max(20, probe_w // 8)) if title else []
-    if len(title_lines) > MAX_TITLE_LINES:  # a long response left no room for the tiles: the title is cut
-        title_lines = title_lines[:MAX_TITLE_LINES - 1] + [title_lines[MAX_TITLE_LINES - 1][:-1] + "…"]
+    # a long response would leave no room for the tiles: the title is cut to MAX_TITLE_LINES
+    title_font = font(14)
+    title_lines = wrap_text(title, title_font, probe_w - 2 * pad, MAX_TITLE_LINES) if title else []
+    title_w = max((_text_width(t, title_font) for t in title_lines), default=0) + 2 * pad
     title_h = 18 * len(title_lines) + (6 if title_lines else 0)
     bar_h = 26 if colormap else 0
     W, H = fit_tile(n, (W0, H0), max_side, pad, reserve=title_h + bar_h,
-                    label_height=_label_height(H0) if labels else 0)
+                    label_height=_label_height(H0) if labels else 0, cols=cols)
     lh = _label_height(H) if labels else 0
     label_font = font(max(10, lh - 4)) if lh else None
     label_w = max(_text_width(t, label_font) for t in labels) + 4 if lh else 0
@@ -167,11 +222,12 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
     # ellipsis (one 300-letter word widened every cell to ~1,000 pixels and still ran off the sheet)
     cell_w = max(W, min(label_w, LABEL_CELL_WIDTH, (max_side - pad) // cols - pad))
     grid_w, grid_h = sheet_layout(n, (cell_w, H), cols, pad, lh)
-    sheet_w = max(grid_w, min(SHEET_MIN_WIDTH, max_side))
+    # (tiles shrunk to fit max_side keep the title the width it was wrapped to)
+    sheet_w = max(grid_w, min(max(SHEET_MIN_WIDTH, title_w), max_side))
     sheet = Image.new("RGB", (sheet_w, title_h + grid_h + bar_h), background)
     draw = ImageDraw.Draw(sheet)
     for i, line in enumerate(title_lines):
-        draw.text((pad, 3 + 18 * i), line, fill=(0, 0, 0), font=font(14))
+        draw.text((pad, 3 + 18 * i), line, fill=(0, 0, 0), font=title_font)
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         x, y = pad + c * (cell_w + pad), title_h + pad + r * (H + lh + pad)
@@ -180,13 +236,16 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
             t = t.resize((W, H), Image.BICUBIC)
         sheet.paste(t, (x + (cell_w - W) // 2, y))
         if labels is not None and lh:
-            draw.text((x + 2, y + H + 1), fit_text(labels[k], label_font, cell_w - 2), fill=(0, 0, 0),
-                      font=label_font)
+            text = fit_text(labels[k], label_font, cell_w - 2)
+            # its ink starts below the tile: stacked accents (Ễ, Ẫ) rise above the font's ascender, and
+            # drawn at the ascender's line they overwrote the tile's bottom row
+            ink_top = draw.textbbox((0, 0), text, font=label_font)[1] if text else 0
+            draw.text((x + 2, y + H + 1 + max(0, -ink_top)), text, fill=(0, 0, 0), font=label_font)
     if colormap:
         bar = colour_bar(min(sheet_w - 2 * pad, 512), bar_h - 4, colormap)
         sheet.paste(bar, (pad, title_h + grid_h))
     return sheet
 
 
-__all__ = ["contact_sheet", "sheet_layout", "fit_tile", "fit_text", "check_labels", "colour_bar", "font",
+__all__ = ["contact_sheet", "sheet_layout", "fit_tile", "fit_text", "wrap_text", "check_labels", "colour_bar", "font",
            "SHEET_MAX_SIDE", "SHEET_MIN_WIDTH", "LABEL_CELL_WIDTH"]
