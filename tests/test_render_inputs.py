@@ -330,3 +330,27 @@ def test_narrow_images_frames_keep_their_captions_whole(size):
     # the image sits whole in the middle of its frame
     img = np.asarray(frames[0])[:H]
     assert (img[:, (W - (H * size[0] // size[1] or 1)) // 2] != 255).any()
+
+
+@pytest.mark.parametrize("size,shown,ring", [((2000, 1), (1024, 1), 0), ((16, 2000), (8, 1024), 1),
+                                             ((64, 64), (256, 256), 4)])
+def test_the_decided_frames_border_is_a_thin_ring_of_the_image(size, shown, ring):
+    # the 4-pixel border covered a 1024 x 1 image whole and ran into the caption band under it. Shown
+    # sizes by hand (display_size): 2000 x 1 -> 1024 x 1; 16 x 2000 scaled by 1024 / 2000 -> 8 x 1024;
+    # 64 x 64 by 4 -> 256 x 256; the ring: min(4, shorter side // 8) pixels, none under 8 pixels
+    from dcam.trajectory.render import word_frames
+
+    frames = word_frames(_trajectory(size), 0)  # every step's map alike: the frames differ by the border
+    decided, other = np.asarray(frames[11]), np.asarray(frames[0])
+    W, H = decided.shape[1], decided.shape[0] - 34
+    assert H == shown[1]
+    x0 = (W - shown[0]) // 2
+    expected = np.zeros((H, W), bool)
+    expected[:, x0:x0 + shown[0]] = True
+    expected[ring:H - ring, x0 + ring:x0 + shown[0] - ring] = False
+    if ring == 0:
+        expected[:] = False
+    red = (decided[:H] == np.array([220, 20, 60])).all(-1)
+    np.testing.assert_array_equal(red, expected)
+    np.testing.assert_array_equal(decided[:H][~expected], other[:H][~expected])
+    assert not (decided[H:H + 2] == np.array([220, 20, 60])).all(-1).any()  # the caption band's top rows

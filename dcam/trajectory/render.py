@@ -2,8 +2,8 @@
 
 * :func:`word_frames`: one frame per step: the word's overlay, under it the
   word, the step number and a timeline of the ``S`` steps (current step
-  filled, decision step outlined); the decision-step frame has a red border
-  and reads "decided";
+  filled, decision step outlined); the decision-step frame reads "decided"
+  and has a red border (on an image at least 8 pixels a side);
 * :func:`write_animations`: ``NN_word.gif`` per word (a frame per step);
 * :func:`sheet`: rows = steps, columns = words, the decision step of each
   word framed in red (at most :data:`SHEET_MAX_SIDE` pixels a side);
@@ -28,7 +28,7 @@ DECIDED = (220, 20, 60)
 BAND = 34
 #: Milliseconds per frame of the animations.
 FRAME_MS = 600
-#: Border width of a decided frame / sheet cell, pixels.
+#: Border width of a decided frame (an image's shorter side / 8 at most) / sheet cell, pixels.
 BORDER = 4
 
 
@@ -69,13 +69,16 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     W = max(iw, int(math.ceil(max(probe.textlength(c, font=f) for c in captions))) + 8, S + 8)
     x0 = (W - iw) // 2
+    # the decided frame's border: at most an eighth of the image's shorter side a side, none under 8 pixels
+    # (the caption reads "decided" in red): 4 pixels covered a 1024 x 1 image whole and ran into the caption
+    border = min(BORDER, min(iw, H) // 8)
     frames = []
     for s in range(S):
         fr = Image.new("RGB", (W, H + BAND), (255, 255, 255))
         fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (x0, 0))
         draw = ImageDraw.Draw(fr)
-        if s == d:
-            draw.rectangle([x0, 0, x0 + iw - 1, H - 1], outline=DECIDED, width=BORDER)
+        if s == d and border:
+            draw.rectangle([x0, 0, x0 + iw - 1, H - 1], outline=DECIDED, width=border)
         text = captions[s]
         if draw.textlength(f"{word}  {text}", font=f) <= W - 8:  # the word too, where it fits
             text = f"{word}  {text}"
