@@ -28,12 +28,12 @@ DISPLAY_MIN_SIDE = 256
 DISPLAY_MAX_SIDE = 1024
 
 
-def _to_numpy(x: ArrayLike, name: str = "cam") -> np.ndarray:
+def _to_numpy(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().float().numpy()
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":  # ("abc" was float()'s ValueError; None in an object array read as NaN)
-        raise InputError(f"{name}: a map must be an array of numbers, got {type(x).__name__} of dtype {a.dtype}")
+        raise InputError(f"cam: a map must be an array of numbers, got {type(x).__name__} of dtype {a.dtype}")
     return a.astype(np.float32)
 
 
@@ -150,9 +150,10 @@ def box_pixels(box, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
 
 
 def check_box(box) -> Tuple[float, float, float, float]:
-    """``box`` (4 numbers: a tuple, list, array or tensor) as 4 floats ``(x0, y0, x1, y1)``, else an InputError naming it: finite, x0 < x1,
-    y0 < y1, and overlapping the image. Not confined to [0, 1]: the map of an image padded to a
-    square (:func:`dcam.probe.adapters.llava_dmllm.padded_square_box`) runs past its edges.
+    """``box`` (4 numbers: a tuple, list, array or tensor) as 4 floats ``(x0, y0, x1, y1)``, else an
+    InputError naming it: finite, x0 < x1, y0 < y1, and overlapping the image. Not confined to [0, 1]:
+    the map of an image padded to a square (:func:`dcam.probe.adapters.llava_dmllm.padded_square_box`)
+    runs past its edges.
     (NaN was a ValueError, an inverted box an overlay with no heatmap at all.)"""
     values = box.tolist() if isinstance(box, (np.ndarray, torch.Tensor)) else box  # (as read from a file)
     ok = isinstance(values, (tuple, list)) and len(values) == 4 and all(
@@ -239,6 +240,6 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
-__all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "check_map_size", "map_on_image", "box_pixels", "FULL_BOX",
-           "MAP_TOLERANCE", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size",
+__all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "check_map_size", "map_on_image", "box_pixels",
+           "FULL_BOX", "MAP_TOLERANCE", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size",
            "DISPLAY_MIN_SIDE", "DISPLAY_MAX_SIDE"]
