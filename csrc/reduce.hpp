@@ -23,8 +23,8 @@ DCAM_INLINE double sum_f64(const float* x, int64_t n) {
     return s;
 }
 
-// Population mean and std, float64 two-pass, each rounded once to float32.
-DCAM_INLINE void mean_std(const float* x, int64_t n, float& mean_f, float& std_f) {
+// Population mean and std, float64 two-pass, not rounded (DACG compares them with its thresholds so).
+DCAM_INLINE void mean_std64(const float* x, int64_t n, double& mean_d, double& std_d) {
     const double mu = sum_f64(x, n) / static_cast<double>(n);
     const v4d m4 = splat4d(mu);
     v4d a0 = splat4d(0.0), a1 = a0;
@@ -39,8 +39,16 @@ DCAM_INLINE void mean_std(const float* x, int64_t n, float& mean_f, float& std_f
         const double d = x[i] - mu;
         q += d * d;
     }
+    mean_d = mu;
+    std_d = std::sqrt(q / static_cast<double>(n));
+}
+
+// Population mean and std, float64 two-pass, each rounded once to float32.
+DCAM_INLINE void mean_std(const float* x, int64_t n, float& mean_f, float& std_f) {
+    double mu, sd;
+    mean_std64(x, n, mu, sd);
     mean_f = static_cast<float>(mu);
-    std_f = static_cast<float>(std::sqrt(q / static_cast<double>(n)));
+    std_f = static_cast<float>(sd);
 }
 
 // Smallest and largest of x[0..n), n >= 1.

@@ -95,9 +95,12 @@ DCAM_INLINE void dacg(const float* x, int64_t h, int64_t w, const float* prm, co
         zeta_out = 0.0f;
         return;
     }
-    float mu, sd;
-    mean_std(x, N, mu, sd);
-    const int st = sd > prm[0] ? 0 : (mu > prm[1] ? 1 : (mu < prm[2] ? 2 : 3));
+    // the strategy decided as in exact arithmetic: the float64 mean and std against the thresholds (rounded
+    // to float32 first, a mean of 0.3500000071 became 0.35 itself and was not "above 0.35")
+    double mu, sd;
+    mean_std64(x, N, mu, sd);
+    const int st = sd > static_cast<double>(prm[0]) ? 0 : (mu > static_cast<double>(prm[1]) ? 1 :
+                   (mu < static_cast<double>(prm[2]) ? 2 : 3));
     float s_lo;
     const float zeta = std::max(selector_percentile(sel, N - n_nz, n_nz, prm[3 + st], &s_lo), kZetaMin);
     ensure(S.blur_pad, (h + 2) * (w + 10));

@@ -61,14 +61,21 @@ def _reflect(i, n):
 
 
 @triton.jit
-def _mean_std(x, mask, N):
+def _mean_std64(x, mask, N):
     """Mean and population std of the masked entries of a [BLOCK] vector:
-    two-pass in float64, each rounded once to float32."""
+    two-pass in float64 (not rounded)."""
     nf = N.to(tl.float64)
     x64 = tl.where(mask, x.to(tl.float64), 0.0)
     mean = tl.sum(x64, axis=0) / nf
     d = tl.where(mask, x64 - mean, 0.0)
     std = tl.sqrt(tl.sum(d * d, axis=0) / nf)  # float64 sqrt is IEEE-rounded
+    return mean, std
+
+
+@triton.jit
+def _mean_std(x, mask, N):
+    """:func:`_mean_std64`, each rounded once to float32."""
+    mean, std = _mean_std64(x, mask, N)
     return mean.to(tl.float32), std.to(tl.float32)
 
 
@@ -246,12 +253,18 @@ def _refine_kernel(
     zeta = 0.0
     strategy = -1
     if DACG:
-        mu_f, sd_f = _mean_std(x, mask, N)
+        # the strategy decided as in exact arithmetic: the float64 mean and std against the thresholds
+        # (rounded to float32 first, a mean of 0.3500000071 was not "above 0.35")
+        mu_f, sd_f = _mean_std64(x, mask, N)
         nz = mask & (x > 0)
         n_nz = tl.sum(nz.to(tl.int32), axis=0)
         n_le = tl.sum((mask & (x <= 0)).to(tl.int32), axis=0)
         rank = _ranks(buf, x, offs, N, BLOCK, BLOCK_I)
-        strat = tl.where(sd_f > dacg_std, 0, tl.where(mu_f > dacg_mean_hi, 1, tl.where(mu_f < dacg_mean_lo, 2, 3)))
+        # (the thresholds as float32 values, also where the interpreter hands them over as Python floats)
+        std_hi = tl.full((), dacg_std, tl.float32).to(tl.float64)
+        mean_hi = tl.full((), dacg_mean_hi, tl.float32).to(tl.float64)
+        mean_lo = tl.full((), dacg_mean_lo, tl.float32).to(tl.float64)
+        strat = tl.where(sd_f > std_hi, 0, tl.where(mu_f > mean_hi, 1, tl.where(mu_f < mean_lo, 2, 3)))
         q = tl.where(strat == 0, dacg_q0, tl.where(strat == 1, dacg_q1, tl.where(strat == 2, dacg_q2, dacg_q3)))
         p, s_lo = _percentile(x, rank - n_le, nz, n_nz, q)
         z = tl.maximum(p, ZETA_MIN)

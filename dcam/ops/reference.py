@@ -77,11 +77,16 @@ def sum64(x: Tensor, dim) -> Tensor:
     return x.double().sum(dim=dim)
 
 
-def mean_std32(flat: Tensor) -> Tuple[Tensor, Tensor]:
-    """Population mean and std of each row of [M, N], two-pass in float64, each rounded once to float32."""
+def mean_std64(flat: Tensor) -> Tuple[Tensor, Tensor]:
+    """Population mean and std of each row of [M, N], two-pass in float64 (not rounded)."""
     x = flat.double()
     mu = x.mean(dim=1)
-    sd = ((x - mu[:, None]) ** 2).mean(dim=1).sqrt()
+    return mu, ((x - mu[:, None]) ** 2).mean(dim=1).sqrt()
+
+
+def mean_std32(flat: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`mean_std64`, each rounded once to float32."""
+    mu, sd = mean_std64(flat)
     return mu.float(), sd.float()
 
 
@@ -277,7 +282,10 @@ def confidence_gate(maps: Tensor, dacg_params: List[float]) -> Tuple[Tensor, Ten
     std_hi, mean_hi, mean_lo, p0, p1, p2, p3, sigma = dacg_params
     M = maps.shape[0]
     flat = maps.reshape(M, -1)
-    mu, sd = mean_std32(flat)
+    # the strategy decided as in exact arithmetic: the float64 mean and std against the thresholds as the
+    # kernels take them (float32); rounded to float32 first, a mean of 0.3500000071 was not "above 0.35"
+    mu, sd = mean_std64(flat)
+    std_hi, mean_hi, mean_lo = (float(torch.tensor(v, dtype=torch.float32)) for v in (std_hi, mean_hi, mean_lo))
     nz = flat > 0
     has_nz = nz.any(dim=1)
     strategy = torch.where(sd > std_hi, 0, torch.where(mu > mean_hi, 1, torch.where(mu < mean_lo, 2, 3)))

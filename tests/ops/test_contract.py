@@ -624,3 +624,19 @@ def test_dacg_gate_is_decided_as_in_exact_arithmetic(any_backend):
     assert got["dacg_threshold"].item() == float(b)  # reported: the percentile computed in float32 (here s14)
     want = np_refine(raw.numpy(), cfg, [64], [512], [0.0])
     check(got, want)
+
+
+def test_dacg_strategy_is_decided_as_in_exact_arithmetic(any_backend):
+    # [.4,.4,.4,.4,.2,.2,.6,.2] in float32: the exact mean (worked out with fractions) is 0.3500000071, above
+    # float32(0.35) = 0.3499999940, so high_mean (1, P75); rounded to float32 first, the mean was float32(0.35)
+    # itself, not above it, and every backend chose the default strategy (3)
+    from fractions import Fraction
+
+    vals = np.array([.4, .4, .4, .4, .2, .2, .6, .2], dtype=np.float32)
+    mean = sum(Fraction(float(v)) for v in vals) / len(vals)
+    assert mean > Fraction(float(np.float32(0.35))) and np.float32(float(mean)) == np.float32(0.35)
+    raw = torch.from_numpy(vals).reshape(1, 1, 1, 8)
+    cfg = CamConfig(akd=False, cba=False, sicd="off", dacg_percentiles=(90, 75, 80, 20))
+    got = run(any_backend, raw, cfg)
+    assert got["dacg_strategy"].item() == 1
+    assert got["dacg_threshold"].item() == pytest.approx(float(np_percentile(vals.astype(np.float64), 75)), rel=1e-6)
