@@ -354,3 +354,30 @@ def test_the_decided_frames_border_is_a_thin_ring_of_the_image(size, shown, ring
     np.testing.assert_array_equal(red, expected)
     np.testing.assert_array_equal(decided[:H][~expected], other[:H][~expected])
     assert not (decided[H:H + 2] == np.array([220, 20, 60])).all(-1).any()  # the caption band's top rows
+
+
+def test_tiles_get_the_room_their_own_label_needs():
+    # hand-worked: 20 tiles of 100 x 1000 in one column, max_side 1000, no title or bar: a tile of height H
+    # takes H + label(H) + 4 pixels, label(H) = 12 below 130 pixels, so 20 (H + 16) + 4 <= 1000: H = 33 (width
+    # 100 * 33.8 / 1000 -> 3). The full-size tile's 28-pixel label was reserved instead: 17-pixel tiles, and
+    # 40 tiles were refused though 8-pixel ones fit
+    from dcam.render.sheet import _fit_with_labels
+
+    assert _fit_with_labels(20, (100, 1000), 1000, 4, 0, 1, True) == (3, 33)
+    assert _fit_with_labels(40, (100, 1000), 1000, 4, 0, 1, True)[1] == 8  # 40 (8 + 16) + 4 = 964
+    sheet = contact_sheet([Image.new("RGB", (100, 1000))] * 40, [str(k) for k in range(40)], cols=1,
+                          max_side=1000, colormap=None)
+    assert max(sheet.size) <= 1000
+
+
+def test_wrap_text_and_fit_tile_check_their_arguments():
+    from dcam.render.sheet import fit_tile, font, wrap_text
+
+    f = font(14)
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(InputError, match="^max_lines"):
+            wrap_text("hello world", f, 100, bad)
+    assert wrap_text("hello world", f, 3, 2) == []  # narrower than "…": nothing fits (9-14 px lines came back)
+    for bad in (0, 2.5, True, -1):
+        with pytest.raises(InputError, match="^cols"):
+            fit_tile(3, (40, 40), cols=bad)

@@ -72,7 +72,8 @@ def fit_tile(n: int, tile: Tuple[int, int], max_side: int = SHEET_MAX_SIDE, pad:
     tiles in ``cols`` columns (default: as :func:`sheet_layout`), each with ``label_height``
     pixels of label under it, plus ``reserve`` pixels of title and colour bar, fits ``max_side``."""
     W, H = tile
-    cols = int(cols) if cols else int(math.ceil(math.sqrt(n)))  # (sqrt(n) always: cols=100 ran past max_side)
+    # (sqrt(n) always: cols=100 ran past max_side; 0 and 2.5 were taken as the default and 2)
+    cols = positive_int("cols", cols) or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     room_w = (max_side - pad) / cols - pad
     room_h = (max_side - reserve - pad) / rows - pad - label_height
@@ -80,6 +81,32 @@ def fit_tile(n: int, tile: Tuple[int, int], max_side: int = SHEET_MAX_SIDE, pad:
     if room_w < 1 or room_h < 1:  # (not even a 1-pixel tile: the 1-pixel floor below would run past max_side)
         raise InputError(f"a contact sheet of {n} tiles in {cols} columns cannot fit {max_side} pixels")
     return max(1, int(W * scale)), max(1, int(H * scale))
+
+
+def _fit_with_labels(n: int, tile: Tuple[int, int], max_side: int, pad: int, reserve: int, cols: int,
+                     labelled: bool) -> Tuple[int, int]:
+    """:func:`fit_tile` with room for the label of the tile it gives (a shrunk tile's label is shorter:
+    the room of the full-size tile's label refused sheets that fit, or halved their tiles)."""
+    room = _label_height(tile[1]) if labelled else 0
+    best = None
+    while True:
+        try:
+            W, H = fit_tile(n, tile, max_side, pad, reserve=reserve, label_height=room, cols=cols)
+        except InputError:
+            if best is not None or room == _label_height(1) or not labelled:
+                break
+            room = _label_height(1)  # the shortest label: the tile it allows may need no more
+            continue
+        drawn = _label_height(H) if labelled else 0
+        if drawn > room:  # its label would not fit the room left for it
+            break
+        best = (W, H)
+        if drawn == room:
+            break
+        room = drawn
+    if best is None:
+        raise InputError(f"a contact sheet of {n} tiles in {cols} columns cannot fit {max_side} pixels")
+    return best
 
 
 def _label_height(tile_height: int) -> int:
@@ -115,7 +142,12 @@ def wrap_text(text: str, f, width: float, max_lines: int) -> List[str]:
     """``text`` in lines each at most ``width`` pixels wide in font ``f`` (measured: a wrap by letter
     count ran lines of capitals off the sheet), broken at whitespace (line breaks included), a word
     wider than a line broken where it reaches the edge; at most ``max_lines``, the last ending in
-    "…" when text is left over."""
+    "…" when text is left over. A width narrower than "…" holds nothing: no line."""
+    max_lines = positive_int("max_lines", max_lines)  # (-1 was an IndexError, 0 gave a line)
+    if max_lines is None:
+        raise InputError("max_lines must be a positive int, got None")
+    if _text_width("…", f) > width:  # (a letter was kept all the same, and the line ran past width)
+        return []
     lines: List[str] = []
     line = ""
     words = text.split()[::-1]
@@ -213,8 +245,7 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
     title_w = max((_text_width(t, title_font) for t in title_lines), default=0) + 2 * pad
     title_h = 18 * len(title_lines) + (6 if title_lines else 0)
     bar_h = 26 if colormap else 0
-    W, H = fit_tile(n, (W0, H0), max_side, pad, reserve=title_h + bar_h,
-                    label_height=_label_height(H0) if labels else 0, cols=cols)
+    W, H = _fit_with_labels(n, (W0, H0), max_side, pad, title_h + bar_h, cols, bool(labels))
     lh = _label_height(H) if labels else 0
     label_font = font(max(10, lh - 4)) if lh else None
     label_w = max(_text_width(t, label_font) for t in labels) + 4 if lh else 0
