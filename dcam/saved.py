@@ -87,13 +87,27 @@ class _Fields:
             return default
         return self.obj[key]
 
-    def int(self, key: str, default=_MISSING, none: bool = False) -> Optional[int]:
+    def int(self, key: str, default=_MISSING, none: bool = False, lo: Optional[int] = None) -> Optional[int]:
         v = self.value(key, default)
         if v is None and none:
             return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self._bad(key, "a whole number" + (" or null" if none else ""))
+        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+            raise self._bad(key, "a whole number" + (f" >= {lo}" if lo is not None else "")
+                            + (" or null" if none else ""))
         return v
+
+    def text_lists(self, key: str) -> List[List[str]]:
+        v = self.value(key, [])
+        if not isinstance(v, list) or not all(isinstance(p, list) and all(isinstance(x, str) for x in p)
+                                              for p in v):
+            raise self._bad(key, "a list of lists of texts")
+        return [list(p) for p in v]
+
+    def counts(self, key: str) -> Dict[str, int]:
+        v = self.value(key, {})
+        if not isinstance(v, dict) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v.values()):
+            raise self._bad(key, "an object of whole numbers")
+        return dict(v)
 
     def number(self, key: str, default=_MISSING) -> float:
         v = self.value(key, default)
@@ -181,6 +195,7 @@ def _check_digest(path: str, want: Optional[str], where: str) -> None:
 def load_explanation(folder) -> Explanation:
     """The :class:`~dcam.explanation.Explanation` saved in ``folder`` (see the module docstring)."""
     from .methods.base import METHODS
+    from .probe.modes import PROBES, TARGET_SCORES
     from .targets import GRANULARITIES
 
     if not isinstance(folder, (str, os.PathLike)):
@@ -216,11 +231,12 @@ def load_explanation(folder) -> Explanation:
     config = m.config()
     e = Explanation(
         tokens=tokens, **ids, pieces=pieces, maps=maps,
-        stats={k[len("stats."):]: _stat(tensors, k, T, where) for k in tensors if k.startswith("stats.")},
+        stats={k[len("stats."):]: _stat(tensors, k, (T,), where) for k in tensors if k.startswith("stats.")},
         image=_image(folder), response=m.text("response"), response_ids=m.ints("response_ids"),
         response_tokens=m.texts("response_tokens"), prompt=m.text("prompt", None, none=True),
-        steps=m.int("steps"), steps_source=m.text("steps_source", ""), method=method, probe=m.text("probe"),
-        layer=m.int("layer", None, none=True), target_score=m.text("target_score", None, none=True), grid=grid,
+        steps=m.int("steps", lo=1), steps_source=m.text("steps_source", ""), method=method,
+        probe=m.choice("probe", PROBES), layer=m.int("layer", None, none=True, lo=0),
+        target_score=m.choice("target_score", TARGET_SCORES, None, none=True), grid=grid,
         repeat_ratio=m.number("repeat_ratio", 0.0), scores=_tensor(tensors, "scores", (T,), where),
         # a method that uses no config saved none: the default stands in (meta() records none again)
         config=config or CamConfig(), model_name=m.text("model", ""),
@@ -239,10 +255,24 @@ def load_explanation(folder) -> Explanation:
     return e
 
 
-def _stat(tensors, key: str, T: int, where: str) -> torch.Tensor:
+def _stat(tensors, key: str, shape, where: str) -> torch.Tensor:
+    """A statistic ``[..., T]`` (per map): int32, float32 or bool, finite (a NaN one loaded, and its save then
+    failed writing meta.json)."""
     t = tensors[key]
-    if list(t.shape) != [T]:
-        raise InputError(f"{where}: {key} must hold one value per item ([{T}]), found {list(t.shape)}")
+    if list(t.shape) != list(shape) or t.dtype not in (torch.int32, torch.float32, torch.bool) or \
+            not bool(torch.isfinite(t.float()).all()):
+        raise InputError(f"{where}: {key} must be finite int32, float32 or bool values {list(shape)}, found "
+                         f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}")
+    return t
+
+
+def _ints_tensor(tensors, key: str, shape, where: str, lo: int, hi: int) -> torch.Tensor:
+    """An int64 tensor of ``shape`` with values in ``[lo, hi)`` (steps, slots and token ids)."""
+    t = tensors[key]
+    if t.dtype != torch.int64 or list(t.shape) != list(shape) or (t.numel() and (int(t.min()) < lo
+                                                                               or int(t.max()) >= hi)):
+        raise InputError(f"{where}: {key} must be int64 {list(shape)} with values in [{lo}, {hi}), found "
+                         f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}")
     return t
 
 
@@ -268,29 +298,42 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     lacking = [k for k in needed if k not in t]
     if lacking:
         raise InputError(f"folder: {folder!r}'s trajectory.safetensors lacks {lacking}")
-    tokens, grid = tm.texts("tokens"), m.grid()
-    S, T = (t["maps"].shape[0], len(tokens)) if t["maps"].dim() == 4 else (0, -1)
+    tokens, grid, T = tm.texts("tokens"), m.grid(), len(tm.value("tokens"))
+    ids = {k: tm.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
+    pieces = tm.int_lists("pieces")
+    if any(len(v) != T for v in (*ids.values(), pieces)):
+        raise InputError(f"{tm.where}: tokens, token_ids, word_numbers, response_indices and pieces must have one "
+                         "entry per traced word")
     where = f"folder: {folder!r}'s trajectory.safetensors"
+    for key, want in ids.items():
+        if key in t and t[key].tolist() != want:
+            raise InputError(f"{where} and meta.json disagree on {key}; they are from two different saves")
+    S = t["maps"].shape[0] if t["maps"].dim() == 4 else 0
+    Lr = t["states"].shape[1] if t["states"].dim() == 2 else 0
     maps = _tensor(t, "maps", (S, T, *grid), where, unit=True)
+    final_maps = _tensor(t, "final_maps", (T, *grid), where, unit=True)
+    decided_at = _ints_tensor(t, "decided_at", (T,), where, 0, max(S, 1))
+    scores, final_scores = _tensor(t, "scores", (S, T), where), _tensor(t, "final_scores", (T,), where)
+    if t["remasked"].dtype != torch.uint8 or list(t["remasked"].shape) != [S, T]:
+        raise InputError(f"{where}: remasked must be uint8 [{S}, {T}], found {list(t['remasked'].shape)}")
     config = tm.config()
     if config is None:
         raise InputError(f"{tm.where} lacks 'config'")
     return Trajectory(
-        tokens=tokens, token_ids=tm.ints("token_ids"), word_numbers=tm.ints("word_numbers"),
-        response_indices=tm.ints("response_indices"), pieces=tm.int_lists("pieces"), maps=maps,
-        final_maps=_tensor(t, "final_maps", (T, *grid), where, unit=True), decided_at=t["decided_at"],
-        slot_decided_at=t["slot_decided_at"], states=t["states"], scores=t["scores"],
-        final_scores=t["final_scores"], remasked=t["remasked"].bool(),
-        stats={k[len("stats."):]: v for k, v in t.items() if k.startswith("stats.")},
+        tokens=tokens, **ids, pieces=pieces, maps=maps, final_maps=final_maps, decided_at=decided_at,
+        slot_decided_at=_ints_tensor(t, "slot_decided_at", (Lr,), where, -1, max(S, 1)),
+        states=_ints_tensor(t, "states", (S, Lr), where, 0, 2 ** 62), scores=scores, final_scores=final_scores,
+        remasked=t["remasked"].bool(),
+        stats={k[len("stats."):]: _stat(t, k, (S, T), where) for k in t if k.startswith("stats.")},
         # the per-word numbers are a function of the maps and decision steps: computed again, as made
-        numbers=per_word_numbers(maps, t["decided_at"], t["final_maps"]),
+        numbers=per_word_numbers(maps, decided_at, final_maps),
         image=image, prompt=m.text("prompt", None, none=True), response=m.text("response"),
         response_ids=m.ints("response_ids"), response_tokens=m.texts("response_tokens", []),
-        state_tokens=[list(s) for s in tm.value("states", [])], layer=tm.int("layer"), config=config, grid=grid,
+        state_tokens=tm.text_lists("states"), layer=tm.int("layer", lo=0), config=config, grid=grid,
         repeat_ratio=tm.number("repeat_ratio", 0.0), model_name=m.text("model", ""), notes=tm.texts("notes", []),
-        cost=dict(tm.value("cost", {})), box=tm.box("box", m.box()),
+        cost=tm.counts("cost"), box=tm.box("box", m.box()),
         # a folder saved before the count was kept: its negative word numbers count from the last traced word
-        word_count=tm.int("word_count", max(tm.ints("word_numbers"), default=-1) + 1),
+        word_count=tm.int("word_count", max(ids["word_numbers"], default=-1) + 1),
     )
 
 

@@ -378,7 +378,9 @@ def test_folders_that_are_not_a_saved_explanation_are_refused(toy, sample, tmp_p
 @pytest.mark.parametrize("key,value,message", [
     # each was a bare TypeError / ValueError / KeyError, or taken as it was (3.7 steps read as 3)
     ("tokens", 5, "tokens must be a list of texts, got 5"),
-    ("steps", 3.7, "steps must be a whole number, got 3.7"),
+    ("steps", 3.7, "steps must be a whole number >= 1, got 3.7"),
+    ("steps", 0, "steps must be a whole number >= 1, got 0"),
+    ("probe", "bogus", "probe must be one of full, masked, remask, got 'bogus'"),
     ("grid", "88", "grid must be two positive whole numbers [h, w], got '88'"),
     ("token_ids", ["x"], "token_ids must be a list of whole numbers"),
     ("config", {"akd_kernal": 3}, "config: CamConfig has no field(s) ['akd_kernal']"),
@@ -411,3 +413,33 @@ def test_maps_outside_zero_one_are_refused_naming_the_folder(toy, sample, tmp_pa
     (tmp_path / "a" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match=r"maps.safetensors: maps holds values outside \[0, 1\]"):
         load_explanation(tmp_path / "a")
+
+
+def test_a_damaged_trajectory_is_refused_naming_the_field(toy, sample, tmp_path):
+    # edited trajectory fields were bare TypeErrors or loaded as they were; a decision step past the steps
+    # was numpy's IndexError
+    from safetensors.torch import load_file, save_file
+
+    e = Explainer(*toy).explain(sample.image, steps=4, trajectory=True)
+    e.save(tmp_path / "t")
+    good = json.load(open(tmp_path / "t" / "meta.json"))
+    cases = [("states", 5, "trajectory: states must be a list of lists of texts, got 5"),
+             ("cost", [1, 2], "trajectory: cost must be an object of whole numbers, got [1, 2]"),
+             ("token_ids", [t + 1 for t in good["trajectory"]["token_ids"]],
+              "trajectory.safetensors and meta.json disagree on token_ids"),
+             ("pieces", [], "must have one entry per traced word")]
+    for key, value, message in cases:
+        meta = json.loads(json.dumps(good))
+        meta["trajectory"][key] = value
+        (tmp_path / "t" / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(InputError) as info:
+            load_explanation(tmp_path / "t")
+        assert str(info.value).startswith(f"folder: {str(tmp_path / 't')!r}") and message in str(info.value), key
+    tensors = load_file(tmp_path / "t" / "trajectory.safetensors")
+    tensors["decided_at"] = tensors["decided_at"] + 1000
+    save_file(tensors, tmp_path / "t" / "trajectory.safetensors")
+    meta = json.loads(json.dumps(good))
+    del meta["trajectory"]["tensors_sha256"]  # (a save without the digest: the tensors are checked)
+    (tmp_path / "t" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"trajectory.safetensors: decided_at must be int64 \[\d+\] with values in "):
+        load_explanation(tmp_path / "t")
