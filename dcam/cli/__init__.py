@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from ..images import LARGE_IMAGE_WARNING
 
     with warnings.catch_warnings():  # (the command's own thread: no other thread swaps the warning state)
-        # Pillow's warning of an image past ~89 megapixels: each command states it as a note on the image,
+        # Pillow's warning of an image past ~89 megapixels: explain, demo and run state it as a note on the image,
         # and it reached stderr under --quiet too
         warnings.filterwarnings("ignore", message=LARGE_IMAGE_WARNING)
         return common.run_command(args.command, args.run, args)
