@@ -243,12 +243,16 @@ class Explainer:
         # (a bad fourth image was found after three generations, minutes each on a real dMLLM)
         if targets_per_image is None:
             targets_asked(items_asked(targets, granularity)[1])  # shared: named as itself, not as example 0's
-        loaded = [_built(lambda img, p, r, t: (build.load(img, p), build.check_response(r),
-                                               targets_asked(items_asked(t, granularity)[1])),
-                         i, n, img, p, r, t)[0] for i, (img, p, r, t) in enumerate(zip(images, prompts, responses, tgts))]
-        examples = [_built(build, i, n, img, p, r, t, loaded=pre)
-                    for i, (img, p, r, t, pre) in enumerate(zip(images, prompts, responses, tgts, loaded))]
-        del loaded
+        def precheck(img, p, r, t):
+            return build.load(img, p), build.check_response(r), targets_asked(items_asked(t, granularity)[1])
+        loaded = [_built(precheck, i, n, img, p, r, t)[0]
+                  for i, (img, p, r, t) in enumerate(zip(images, prompts, responses, tgts))]
+        # examples with a given response first: they need no generation, so a response of eos tokens only or a
+        # target not in it is found before the others' responses are generated
+        order = sorted(range(n), key=lambda i: responses[i] is None)
+        built = {i: _built(build, i, n, images[i], prompts[i], responses[i], tgts[i], loaded=loaded[i]) for i in order}
+        examples = [built[i] for i in range(n)]
+        del loaded, built
         self._check_budget_of_each(examples)
         results: Dict[int, Explanation] = {}
         groups: Dict[tuple, List[int]] = {}

@@ -188,6 +188,10 @@ def test_a_batch_checks_every_example_before_the_first_generation(toy, samples):
             exp.explain_batch([good, good], targets_per_image=["all", []])
         with pytest.raises(InputError, match=r"^example 2 of the batch \(images\[2\]\): response"):
             exp.explain_batch([good, good, good], responses=[None, None, [10 ** 9]])  # (out of the vocabulary)
+        # what needs the prepared example (no generation either): a target not in a given response
+        with pytest.raises(InputError, match=r"^example 2 of the batch \(images\[2\]\): targets: word 'zebra'"):
+            exp.explain_batch([good, good, good], responses=[None, None, "a red circle"],
+                              targets_per_image=["all", "all", ["zebra"]])
         # shared targets are the call's argument, not example 0's fault
         for targets, message in ((None, "targets must be 'all', word numbers or words, got None"),
                                  ([], "targets is empty"), ([1.5], "targets must be 'all', word numbers or words, "
