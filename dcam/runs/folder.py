@@ -22,6 +22,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..errors import InputError
+from ..output import file_digest
 from .store import LOCK, RUN_JSON, read_json, remove_debris, scan_index, write_json_atomic
 
 #: Format tag of run.json.
@@ -32,16 +33,14 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
     size = os.path.getsize(path)
+    if size <= FULL_HASH_BYTES:
+        return file_digest(path)
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        if size <= FULL_HASH_BYTES:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(f.read(1 << 20))
-            f.seek(size - (1 << 20))
-            h.update(f.read(1 << 20))
+        h.update(f.read(1 << 20))
+        f.seek(size - (1 << 20))
+        h.update(f.read(1 << 20))
     return h.hexdigest()
 
 
