@@ -68,6 +68,11 @@ def _image(folder: str) -> Image.Image:
         raise InputError(f"folder: cannot read {path!r} ({type(exc).__name__}: {one_line(exc)})") from None
 
 
+def _whole(x) -> bool:
+    """A JSON whole number (``true`` is not one)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 class _Fields:
     """Typed reads of one meta.json object (``what``: where it is, for messages): a value of
     the wrong kind is an InputError naming folder and the field (it was a bare TypeError or
@@ -91,7 +96,7 @@ class _Fields:
         v = self.value(key, default)
         if v is None and none:
             return None
-        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+        if not _whole(v) or (lo is not None and v < lo):
             raise self._bad(key, "a whole number" + (f" >= {lo}" if lo is not None else "")
                             + (" or null" if none else ""))
         return v
@@ -105,7 +110,7 @@ class _Fields:
 
     def counts(self, key: str) -> Dict[str, int]:
         v = self.value(key, {})
-        if not isinstance(v, dict) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v.values()):
+        if not isinstance(v, dict) or not all(_whole(x) for x in v.values()):
             raise self._bad(key, "an object of whole numbers")
         return dict(v)
 
@@ -129,21 +134,19 @@ class _Fields:
 
     def ints(self, key: str) -> List[int]:
         v = self.value(key)
-        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        if not isinstance(v, list) or not all(_whole(x) for x in v):
             raise self._bad(key, "a list of whole numbers")
         return list(v)
 
     def int_lists(self, key: str) -> List[List[int]]:
         v = self.value(key)
-        if not isinstance(v, list) or not all(isinstance(p, list) and all(isinstance(x, int) and not isinstance(
-                x, bool) for x in p) for p in v):
+        if not isinstance(v, list) or not all(isinstance(p, list) and all(_whole(x) for x in p) for p in v):
             raise self._bad(key, "a list of lists of whole numbers")
         return [list(p) for p in v]
 
     def grid(self) -> Tuple[int, int]:
         v = self.value("grid")
-        if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
-                                                             and x > 0 for x in v):
+        if not isinstance(v, list) or len(v) != 2 or not all(_whole(x) and x > 0 for x in v):
             raise self._bad("grid", "two positive whole numbers [h, w]")
         return (v[0], v[1])
 
@@ -160,6 +163,17 @@ class _Fields:
         if (v is None and none) or (isinstance(v, str) and v in choices):
             return v
         raise self._bad(key, f"one of {', '.join(sorted(choices))}" + (" or null" if none else ""))
+
+    def items(self, what: str):
+        """(tokens, {token_ids, word_numbers, response_indices}, pieces) of the explained items
+        (``what``: what they are, for messages), one entry each."""
+        tokens = self.texts("tokens")
+        ids = {k: self.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
+        pieces = self.int_lists("pieces")
+        if any(len(v) != len(tokens) for v in (*ids.values(), pieces)):
+            raise InputError(f"{self.where}: tokens, token_ids, word_numbers, response_indices and pieces must have "
+                             f"one entry per {what}")
+        return tokens, ids, pieces
 
     def config(self, key: str = "config") -> Optional[CamConfig]:
         v = self.value(key, None)
@@ -186,6 +200,13 @@ def _tensor(tensors: Dict[str, torch.Tensor], key: str, shape, where: str, unit:
     return t
 
 
+def _check_same_ids(ids: Dict[str, List[int]], tensors: Dict[str, torch.Tensor], where: str) -> None:
+    """The items' ids as the tensor file ``where`` holds them too (else it is another save's)."""
+    for key, want in ids.items():
+        if key in tensors and tensors[key].tolist() != want:
+            raise InputError(f"{where} and meta.json disagree on {key}; they are from two different saves")
+
+
 def _check_digest(path: str, want: Optional[str], where: str) -> None:
     if want is not None and file_digest(path) != want:
         raise InputError(f"{where}: {os.path.basename(path)} is not the file this meta.json was saved with (its "
@@ -210,13 +231,8 @@ def load_explanation(folder) -> Explanation:
         raise InputError(f"folder: {folder!r}'s meta.json lacks {missing}; it is not a saved explanation"
                          + (" (it holds a trajectory alone: Trajectory.save)" if "trajectory" in meta else ""))
     m = _Fields(meta, folder)
-    tokens, grid = m.texts("tokens"), m.grid()
-    ids = {k: m.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
-    pieces = m.int_lists("pieces")
-    T = len(tokens)
-    if any(len(v) != T for v in (*ids.values(), pieces)):
-        raise InputError(f"{m.where}: tokens, token_ids, word_numbers, response_indices and pieces must have one "
-                         "entry per explained item")
+    tokens, ids, pieces = m.items("explained item")
+    T, grid = len(tokens), m.grid()
     path = os.path.join(folder, "maps.safetensors")
     tensors = _read_tensors(path, folder, "the maps")
     _check_digest(path, m.text("maps_sha256", None, none=True), f"folder: {folder!r}")
@@ -224,9 +240,7 @@ def load_explanation(folder) -> Explanation:
     if "maps" not in tensors:
         raise InputError(f"{where} holds no maps")
     maps = _tensor(tensors, "maps", (T, *grid), where, unit=True)
-    for key, want in ids.items():
-        if key in tensors and tensors[key].tolist() != want:
-            raise InputError(f"{where} and meta.json disagree on {key}; they are from two different saves")
+    _check_same_ids(ids, tensors, where)
     method = m.choice("method", METHODS)
     config = m.config()
     e = Explanation(
@@ -298,16 +312,10 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     lacking = [k for k in needed if k not in t]
     if lacking:
         raise InputError(f"folder: {folder!r}'s trajectory.safetensors lacks {lacking}")
-    tokens, grid, T = tm.texts("tokens"), m.grid(), len(tm.value("tokens"))
-    ids = {k: tm.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
-    pieces = tm.int_lists("pieces")
-    if any(len(v) != T for v in (*ids.values(), pieces)):
-        raise InputError(f"{tm.where}: tokens, token_ids, word_numbers, response_indices and pieces must have one "
-                         "entry per traced word")
+    tokens, ids, pieces = tm.items("traced word")
+    T, grid = len(tokens), m.grid()
     where = f"folder: {folder!r}'s trajectory.safetensors"
-    for key, want in ids.items():
-        if key in t and t[key].tolist() != want:
-            raise InputError(f"{where} and meta.json disagree on {key}; they are from two different saves")
+    _check_same_ids(ids, t, where)
     S = t["maps"].shape[0] if t["maps"].dim() == 4 else 0
     Lr = t["states"].shape[1] if t["states"].dim() == 2 else 0
     maps = _tensor(t, "maps", (S, T, *grid), where, unit=True)
