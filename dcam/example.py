@@ -183,11 +183,6 @@ class ExampleBuilder:
             raise InputError(f"prompt: must be a string or None, got {type(prompt).__name__}")
         return load_image_with_notes(image, self.background)
 
-    def check_response(self, response) -> None:
-        """A given response's type, ids and tokens checked (what needs no generation)."""
-        if response is not None:
-            self._response(None, response)
-
     def __call__(self, image, prompt: Optional[str], response, targets, loaded=None) -> Example:
         """The example of ``image`` (``loaded``: its :meth:`load` already made)."""
         if targets is None:

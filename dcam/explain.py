@@ -243,12 +243,11 @@ class Explainer:
         # (a bad fourth image was found after three generations, minutes each on a real dMLLM)
         if targets_per_image is None:
             targets_asked(items_asked(targets, granularity)[1])  # shared: named as itself, not as example 0's
-        def precheck(img, p, r, t):
-            return build.load(img, p), build.check_response(r), targets_asked(items_asked(t, granularity)[1])
-        loaded = [_built(precheck, i, n, img, p, r, t)[0]
-                  for i, (img, p, r, t) in enumerate(zip(images, prompts, responses, tgts))]
-        # examples with a given response first: they need no generation, so a response of eos tokens only or a
-        # target not in it is found before the others' responses are generated
+        def precheck(img, p, t):
+            return build.load(img, p), targets_asked(items_asked(t, granularity)[1])
+        loaded = [_built(precheck, i, n, img, p, t)[0] for i, (img, p, t) in enumerate(zip(images, prompts, tgts))]
+        # examples with a given response first: they need no generation, so a bad response (ids past the
+        # vocabulary, eos tokens only) or a target not in it is found before the others' are generated
         order = sorted(range(n), key=lambda i: responses[i] is None)
         built = {i: _built(build, i, n, images[i], prompts[i], responses[i], tgts[i], loaded=loaded[i]) for i in order}
         examples = [built[i] for i in range(n)]
@@ -348,12 +347,10 @@ class Explainer:
         rows = len(examples) if probe != "remask" else 1
         try:
             chunk = self._chunk_size(examples, rows)
-        except BudgetError as exc:
-            if len(examples) == 1 and n > 1:  # this example's sequence does not fit: which one it is
-                raise BudgetError(f"example {index[0]} of the batch (images[{index[0]}]): {exc}") from None
-            if len(examples) == 1:
+        except BudgetError:
+            if len(examples) == 1:  # (in a batch of several, each example was checked alone beforehand)
                 raise
-            # each example fits alone (or says it does not): a batch too wide for the budget is halved,
+            # each example fits alone (_check_budget_of_each): a batch too wide for the budget is halved,
             # not refused as if its sequence did not fit
             h = len(examples) // 2
             return (self._explain_together(examples[:h], index[:h], n, probe, target_score)
