@@ -119,23 +119,27 @@ def _text_width(text: str, f) -> int:
     return int(math.ceil(draw.textlength(text, font=f))) if hasattr(draw, "textlength") else 6 * len(text)
 
 
-def _ellipsized(text: str, f, width: float) -> str:
-    """The longest start of ``text`` followed by "…" at most ``width`` pixels wide in font ``f``."""
-    while text and _text_width(text + "…", f) > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
-
-
-def _fitting_start(text: str, f, width: float) -> int:
-    """Letters of the longest start of ``text`` at most ``width`` pixels wide in font ``f``, at least 1."""
-    lo, hi = 1, len(text)
+def _longest_start(text: str, f, width: float, suffix: str = "") -> int:
+    """Letters of the longest start of ``text`` that, followed by ``suffix``, is at most ``width``
+    pixels wide in font ``f`` (0 if none), found by bisection."""
+    lo, hi = 0, len(text)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _text_width(text[:mid], f) <= width:
+        if _text_width(text[:mid] + suffix, f) <= width:
             lo = mid
         else:
             hi = mid - 1
     return lo
+
+
+def _ellipsized(text: str, f, width: float) -> str:
+    """The longest start of ``text`` followed by "…" at most ``width`` pixels wide in font ``f``."""
+    return text[:_longest_start(text, f, width, "…")].rstrip() + "…"
+
+
+def _fitting_start(text: str, f, width: float) -> int:
+    """Letters of the longest start of ``text`` at most ``width`` pixels wide in font ``f``, at least 1."""
+    return max(1, _longest_start(text, f, width))
 
 
 def wrap_text(text: str, f, width: float, max_lines: int) -> List[str]:
@@ -176,14 +180,7 @@ def fit_text(text: str, f, width: float) -> str:
     font ``f`` ("" if not even "…" fits)."""
     if _text_width(text, f) <= width:
         return text
-    lo, hi = 0, len(text)  # the longest prefix that fits with the ellipsis is text[:lo]
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _text_width(text[:mid] + "…", f) <= width:
-            lo = mid
-        else:
-            hi = mid - 1
-    cut = text[:lo].rstrip() + "…"
+    cut = _ellipsized(text, f, width)
     return cut if _text_width(cut, f) <= width else ""
 
 
