@@ -182,9 +182,10 @@ def _run_spans(decode: Callable[[Sequence[int]], str], ids: List[int], run: str)
     ``run``: a decode of every prefix, quadratic in the run's length (a 2,048-word
     response took seconds). A long run is cut into pieces instead, at tokens where the
     decoder is seen to restart cleanly: the text of the ids before the cut is a prefix
-    of ``run``, and the ids after it decode, on their own, to what follows it there (a
-    decoder that drops a piece's leading space, or a cut inside a character's bytes,
-    fails this and the cut moves on). The pieces, decoded on their own, must spell
+    of ``run``, and decodes across the cut join as the text does
+    (:func:`_restarts_cleanly`: a decoder that drops a piece's leading space, a clean-up
+    across the cut, or a cut inside a character's bytes fails this and the cut moves
+    on). The pieces, decoded on their own, must spell
     ``run`` exactly; then each token's end is found within its piece, as
     ``decode(ids[cut:t+1])`` agrees with ``run`` past the cut. Where no cut holds, the
     whole run is read prefix by prefix, as defined."""
