@@ -10,15 +10,13 @@ import pytest
 import torch
 
 import dcam
-from dcam.ops.bench import cases, time_against, time_beside_copy, time_call
+from dcam.ops.bench import cases, copy_size, time_against, time_beside_copy, time_call
 
 QUICK = os.environ.get("DCAM_BENCH_QUICK", "0") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SYNC = torch.cuda.synchronize if DEVICE == "cuda" else None
 CASES = {c.name: c for c in cases(DEVICE, quick=QUICK)}
-# the copy every call is timed beside, as in dcam bench (dcam.ops.bench.run): one size for all cases, the
-# largest gradients' (the fp32 case), so that every case's ratio is to the same copy
-COPY_BYTES = max(c.bytes_read for c in CASES.values())
+COPY_BYTES = copy_size(list(CASES.values()))  # the copy every call is timed beside, as in dcam bench
 BACKENDS = [b for b in dcam.available_backends() if b != "torch" and not (b == "triton" and DEVICE != "cuda")]
 _ref_times = {}
 

@@ -166,6 +166,12 @@ def timed_pairs(fn: Callable[[], object], other: Callable[[], object], sync=None
     return pairs
 
 
+def copy_size(all_cases: List[Case]) -> int:
+    """Bytes of the copy every bandwidth case is timed beside: one size for all, the largest
+    gradients' (the fp32 case), so that every case's ratio is to the same copy."""
+    return max(c.bytes_read for c in all_cases)
+
+
 def time_beside_copy(fn: Callable[[], object], bytes_read: int, copy_bytes: int, device="cpu", sync=None, *,
                      min_time: float = 1.0, max_pairs: int = 40):
     """Times `fn` and a plain copy of `copy_bytes` alternately, pair after pair (copy, then
@@ -204,7 +210,7 @@ def run(backends: Optional[List[str]] = None, quick: bool = False, device: str =
     # before it had none (--backends cpp,torch), and a repeated name was timed twice
     backends = ["torch"] + [b for b in dict.fromkeys(backends) if b != "torch"]
     all_cases = cases(device, quick)
-    copy_bytes = max(c.bytes_read for c in all_cases)
+    copy_bytes = copy_size(all_cases)
     # bandwidth cases: the compiled backends are timed in pairs with a plain copy
     # (time_beside_copy); the slow reference beside one copy measured just before it
     copies = []
