@@ -114,10 +114,11 @@ class _Fields:
             raise self._bad(key, "an object of whole numbers")
         return dict(v)
 
-    def number(self, key: str, default=_MISSING) -> float:
+    def number(self, key: str, default=_MISSING, lo: Optional[float] = None, hi: Optional[float] = None) -> float:
         v = self.value(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self._bad(key, "a finite number")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise self._bad(key, "a finite number" + (f" in [{lo:g}, {hi:g}]" if lo is not None else ""))
         return float(v)
 
     def text(self, key: str, default=_MISSING, none: bool = False) -> Optional[str]:
@@ -164,15 +165,31 @@ class _Fields:
             return v
         raise self._bad(key, f"one of {', '.join(sorted(choices))}" + (" or null" if none else ""))
 
-    def items(self, what: str):
+    def response_ids(self) -> List[int]:
+        """The response's ids, one per token of ``response_tokens`` (the texts of those ids)."""
+        ids, tokens = self.ints("response_ids"), self.texts("response_tokens")
+        if len(ids) != len(tokens):
+            raise InputError(f"{self.where}: response_ids must have one id per token of response_tokens "
+                             f"({len(tokens)}), got {len(ids)}")
+        return ids
+
+    def items(self, what: str, response_ids: List[int]):
         """(tokens, {token_ids, word_numbers, response_indices}, pieces) of the explained items
-        (``what``: what they are, for messages), one entry each."""
+        (``what``: what they are, for messages), one entry each; each item's pieces are slots of the
+        response (``response_ids``), the first its ``response_indices`` entry."""
         tokens = self.texts("tokens")
         ids = {k: self.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
         pieces = self.int_lists("pieces")
         if any(len(v) != len(tokens) for v in (*ids.values(), pieces)):
             raise InputError(f"{self.where}: tokens, token_ids, word_numbers, response_indices and pieces must have "
                              f"one entry per {what}")
+        # (no order is asked of an item's slots: a phrase's are its words' slots word after word, and
+        # a word's need not be next to each other, a token with no text of its own between them)
+        L = len(response_ids)
+        for k, slots in enumerate(pieces):
+            if not slots or not all(0 <= s < L for s in slots) or slots[0] != ids["response_indices"][k]:
+                raise InputError(f"{self.where}: pieces[{k}] must be slots of the {L}-token response starting at "
+                                 f"response_indices[{k}] ({ids['response_indices'][k]}), got {slots}")
         return tokens, ids, pieces
 
     def config(self, key: str = "config") -> Optional[CamConfig]:
@@ -231,7 +248,8 @@ def load_explanation(folder) -> Explanation:
         raise InputError(f"folder: {folder!r}'s meta.json lacks {missing}; it is not a saved explanation"
                          + (" (it holds a trajectory alone: Trajectory.save)" if "trajectory" in meta else ""))
     m = _Fields(meta, folder)
-    tokens, ids, pieces = m.items("explained item")
+    response_ids = m.response_ids()
+    tokens, ids, pieces = m.items("explained item", response_ids)
     T, grid = len(tokens), m.grid()
     path = os.path.join(folder, "maps.safetensors")
     tensors = _read_tensors(path, folder, "the maps")
@@ -243,21 +261,21 @@ def load_explanation(folder) -> Explanation:
     _check_same_ids(ids, tensors, where)
     method = m.choice("method", METHODS)
     config = m.config()
+    view_maps = {k[len("view_maps."):]: _view_maps(tensors, k, T, where) for k in tensors if k.startswith("view_maps.")}
     e = Explanation(
         tokens=tokens, **ids, pieces=pieces, maps=maps,
         stats={k[len("stats."):]: _stat(tensors, k, (T,), where) for k in tensors if k.startswith("stats.")},
-        image=_image(folder), response=m.text("response"), response_ids=m.ints("response_ids"),
+        image=_image(folder), response=m.text("response"), response_ids=response_ids,
         response_tokens=m.texts("response_tokens"), prompt=m.text("prompt", None, none=True),
         steps=m.int("steps", lo=1), steps_source=m.text("steps_source", ""), method=method,
         probe=m.choice("probe", PROBES), layer=m.int("layer", None, none=True, lo=0),
         target_score=m.choice("target_score", TARGET_SCORES, None, none=True), grid=grid,
-        repeat_ratio=m.number("repeat_ratio", 0.0), scores=_tensor(tensors, "scores", (T,), where),
+        repeat_ratio=m.number("repeat_ratio", 0.0, lo=0, hi=1), scores=_tensor(tensors, "scores", (T,), where),
         # a method that uses no config saved none: the default stands in (meta() records none again)
         config=config or CamConfig(), model_name=m.text("model", ""),
         raw_maps=_tensor(tensors, "raw_maps", (T, *grid), where, unit=True), notes=m.texts("notes", []),
-        granularity=m.choice("granularity", GRANULARITIES, "words"), view=m.text("view", None, none=True),
-        view_maps={k[len("view_maps."):]: _view_maps(tensors, k, T, where) for k in tensors
-                   if k.startswith("view_maps.")},
+        granularity=m.choice("granularity", GRANULARITIES, "words"), view=_view(m, view_maps),
+        view_maps=view_maps,
         box=m.box(), model_dtype=m.text("model_dtype", ""), device=m.text("device", ""),
         extra={"distractor": m.int("distractor", None, none=True),
                "context_weights": _tensor(tensors, "context_weights", (T, T), where)},
@@ -290,6 +308,19 @@ def _ints_tensor(tensors, key: str, shape, where: str, lo: int, hi: int) -> torc
     return t
 
 
+def _view(m: _Fields, view_maps: Dict[str, torch.Tensor]) -> Optional[str]:
+    """meta.json's view: with every view's maps saved (``view="all"``), the name of one of them (none for a
+    view named "default"); else none or the name of the view explained, never ``"default"`` or ``"all"``
+    (:func:`dcam.explain.check_view`'s words for a request: the view explained is recorded in their place).
+    Which names a model's images have is its adapter's to say, and the save does not record the adapter."""
+    view = m.text("view", None, none=True)
+    if view_maps and (view or "default") not in view_maps:
+        raise m._bad("view", f"one of the saved views ({', '.join(sorted(view_maps))})")
+    if not view_maps and view in ("default", "all"):
+        raise m._bad("view", "null or the name of the view explained (not the request words 'default' or 'all')")
+    return view
+
+
 def _view_maps(tensors, key: str, T: int, where: str) -> torch.Tensor:
     t = tensors[key]
     if t.dim() != 3 or t.shape[0] != T:
@@ -312,7 +343,8 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     lacking = [k for k in needed if k not in t]
     if lacking:
         raise InputError(f"folder: {folder!r}'s trajectory.safetensors lacks {lacking}")
-    tokens, ids, pieces = tm.items("traced word")
+    response_ids = m.response_ids()
+    tokens, ids, pieces = tm.items("traced word", response_ids)
     T, grid = len(tokens), m.grid()
     where = f"folder: {folder!r}'s trajectory.safetensors"
     _check_same_ids(ids, t, where)
@@ -325,6 +357,7 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     if t["remasked"].dtype != torch.uint8 or list(t["remasked"].shape) != [S, T]:
         raise InputError(f"{where}: remasked must be uint8 [{S}, {T}], found {list(t['remasked'].shape)}")
     config = tm.config()
+    traced = max(0, max(ids["word_numbers"], default=-1) + 1)
     if config is None:
         raise InputError(f"{tm.where} lacks 'config'")
     return Trajectory(
@@ -336,12 +369,14 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
         # the per-word numbers are a function of the maps and decision steps: computed again, as made
         numbers=per_word_numbers(maps, decided_at, final_maps),
         image=image, prompt=m.text("prompt", None, none=True), response=m.text("response"),
-        response_ids=m.ints("response_ids"), response_tokens=m.texts("response_tokens", []),
+        response_ids=response_ids, response_tokens=m.texts("response_tokens"),
         state_tokens=tm.text_lists("states"), layer=tm.int("layer", lo=0), config=config, grid=grid,
-        repeat_ratio=tm.number("repeat_ratio", 0.0), model_name=m.text("model", ""), notes=tm.texts("notes", []),
+        repeat_ratio=tm.number("repeat_ratio", 0.0, lo=0, hi=1), model_name=m.text("model", ""),
+        notes=tm.texts("notes", []),
         cost=tm.counts("cost"), box=tm.box("box", m.box()),
-        # a folder saved before the count was kept: its negative word numbers count from the last traced word
-        word_count=tm.int("word_count", max(ids["word_numbers"], default=-1) + 1),
+        # a folder saved before the count was kept: its negative word numbers count from the last traced word.
+        # The count is of the whole response's words, numbered from 0: more than any traced word's number
+        word_count=tm.int("word_count", traced, lo=traced),
     )
 
 
