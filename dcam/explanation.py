@@ -268,9 +268,10 @@ class Explanation:
         paths["maps"] = os.path.join(folder, "maps.safetensors")
         save_file(tensors, paths["maps"])
         paths["meta"] = os.path.join(folder, "meta.json")
-        with open(paths["meta"], "w") as f:  # (the digest: dcam.load_explanation finds a maps file of another save)
-            json.dump({**self.meta(), "rendered_size": list(size), "maps_sha256": file_digest(paths["maps"])}, f,
-                      indent=2)
+        # (the digests: dcam.load_explanation finds a maps file or an image of another save)
+        with open(paths["meta"], "w") as f:
+            json.dump({**self.meta(), "rendered_size": list(size), "maps_sha256": file_digest(paths["maps"]),
+                       "image_sha256": file_digest(paths["image"])}, f, indent=2)
         if self.trajectory is not None:  # trajectory.safetensors, the GIFs, the sheet; adds to meta.json
             paths["trajectory"] = self.trajectory.write_files(folder, alpha=alpha, colormap=colormap,
                                                               max_side=max_side)

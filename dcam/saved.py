@@ -9,7 +9,8 @@ kept by a save: the full-size image. ``image.png`` holds it as rendered under
 the overlays (longest side at most the save's ``max_side``), so a loaded
 explanation's ``image`` is that one and ``meta()["image_size"]`` its size;
 the maps do not depend on it (they are on the model's grid and placed by
-``box``, which is kept).
+``box``, which is kept). meta.json keeps the digests of ``maps.safetensors``,
+``trajectory.safetensors`` and ``image.png``: a file of another save is refused.
 """
 from __future__ import annotations
 
@@ -57,8 +58,13 @@ def _read_tensors(path: str, folder: str, what: str) -> Dict[str, torch.Tensor]:
         raise InputError(f"folder: cannot read {path!r} ({type(exc).__name__}: {one_line(exc)})") from None
 
 
-def _image(folder: str) -> Image.Image:
+def _image(folder: str, digest: Optional[str]) -> Image.Image:
+    """image.png, which must be the file this meta.json was saved with when it names its digest
+    (the overlays and the box are placed on that image: another save's would show the maps on the
+    wrong picture); a folder saved before the digest was kept loads with any image.png."""
     path = os.path.join(folder, "image.png")
+    if os.path.isfile(path):
+        _check_digest(path, digest, f"folder: {folder!r}")
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -265,7 +271,8 @@ def load_explanation(folder) -> Explanation:
     e = Explanation(
         tokens=tokens, **ids, pieces=pieces, maps=maps,
         stats={k[len("stats."):]: _stat(tensors, k, (T,), where) for k in tensors if k.startswith("stats.")},
-        image=_image(folder), response=m.text("response"), response_ids=response_ids,
+        image=_image(folder, m.text("image_sha256", None, none=True)), response=m.text("response"),
+        response_ids=response_ids,
         response_tokens=m.texts("response_tokens"), prompt=m.text("prompt", None, none=True),
         steps=m.int("steps", lo=1), steps_source=m.text("steps_source", ""), method=method,
         probe=m.choice("probe", PROBES), layer=m.int("layer", None, none=True, lo=0),

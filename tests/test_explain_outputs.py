@@ -371,7 +371,14 @@ def test_folders_that_are_not_a_saved_explanation_are_refused(toy, sample, tmp_p
     os.remove(mixed / "maps.safetensors")
     with pytest.raises(InputError, match="has no maps.safetensors"):
         load_explanation(mixed)
-    Image.new("RGB", (2, 2)).save(tmp_path / "a" / "image.png")  # (image.png is only read)
+    # an image.png of another save (the maps would be shown on the wrong picture) is refused; one
+    # saved before the image's digest was kept loads with whatever image.png holds
+    Image.new("RGB", (2, 2)).save(tmp_path / "a" / "image.png")
+    with pytest.raises(InputError, match="image.png is not the file this meta.json was saved with"):
+        load_explanation(tmp_path / "a")
+    meta = json.load(open(tmp_path / "a" / "meta.json"))
+    del meta["image_sha256"]
+    (tmp_path / "a" / "meta.json").write_text(json.dumps(meta))
     assert load_explanation(tmp_path / "a").image.size == (2, 2)
 
 
