@@ -45,6 +45,7 @@ from ..probe.modes import PROBES, check_probe_request
 from ..render.overlay import FULL_BOX
 from .alignment import word_maps, word_slots
 from .datasets import EvalDataset, EvalRecord, open_dataset
+from .datasets.base import RecordError, check_record
 from .faithfulness import check_fill, faithfulness_report
 from .metrics import MetricAccumulator, summarize
 from .report import json_ready, log as _log, write_outputs
@@ -301,6 +302,13 @@ def _check_dataset(dataset) -> None:
         bad = next((k for k, r in enumerate(dataset) if not isinstance(r, EvalRecord)), None)
         if bad is not None:
             raise InputError(f"dataset[{bad}] must be an EvalRecord, got {type(dataset[bad]).__name__}")
+        # the loaders' checks, before any work (a mask of another size was stretched onto the image, a word
+        # label absent from the mask left that word out of the scores silently)
+        for k, rec in enumerate(dataset):
+            try:
+                check_record(rec)
+            except RecordError as exc:
+                raise InputError(f"dataset[{k}] (record {rec.record_id!r}): {one_line(str(exc))}") from None
 
 
 def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalDataset, Sequence[EvalRecord]] = "shapes",

@@ -11,7 +11,8 @@ any other word is not scored.
 A data set is a list of candidate entries turned into records one at a time
 (images and masks are read lazily, so a 5000-image COCO split costs no memory
 up front). A bad entry is skipped, appended to ``dataset.skipped`` as
-``(record id, reason)`` and reported with ``warnings.warn``.
+``(record id, reason)`` and reported with ``warnings.warn``; every record
+yielded has passed :func:`check_record`.
 """
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ class EvalDataset:
                 return
             try:
                 rec = self.load(i)
+                check_record(rec)
             except RecordError as exc:
                 self.skip(self.entry_id(i), str(exc))
                 continue
@@ -189,13 +191,61 @@ def open_image(path: str) -> Image.Image:
         raise RecordError(str(exc)) from None
 
 
+def check_whole_labels(arr: np.ndarray, what: str) -> None:
+    """RecordError unless the label mask ``arr`` holds whole numbers (1.7 was read as label 1)."""
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        bad = arr[arr != np.round(arr)].reshape(-1)[0]
+        raise RecordError(f"{what} holds a label that is not a whole number ({float(bad):g})")
+
+
+def check_mask_size(mask: np.ndarray, size: Tuple[int, int], what: str = "mask") -> None:
+    """RecordError unless ``mask`` is ``size`` = ``(H, W)`` of its image (a mask of another size
+    was stretched onto the image)."""
+    if mask.ndim != 2 or tuple(mask.shape) != tuple(size):
+        shape = "x".join(str(v) for v in mask.shape)
+        raise RecordError(f"{what} is {shape}, image {size[0]}x{size[1]}")
+
+
+def labels_not_in(labels: Sequence[int], present) -> List[int]:
+    """The labels of ``labels`` that are 0 (the background) or not among ``present``, the mask's
+    values: a word naming them would be scored against nothing."""
+    return [v for v in labels if v == 0 or v not in present]
+
+
+def check_record(rec: EvalRecord) -> None:
+    """RecordError unless ``rec`` can be scored: an image, a 2-D label mask of the image's size
+    holding whole numbers >= 0, one labels tuple and one function flag per word, and every word
+    label an int present in the mask. Every record a data set yields and every record given to
+    :func:`dcam.eval.evaluate` in a list passes here (the loaders' own checks, on the record)."""
+    if not isinstance(rec.image, Image.Image):
+        raise RecordError(f"image must be a PIL image, got {type(rec.image).__name__}")
+    mask = np.asarray(rec.mask)
+    if mask.dtype.kind not in "biuf":
+        raise RecordError(f"mask must hold integer labels, got dtype {mask.dtype}")
+    W, H = rec.image.size
+    check_mask_size(mask, (H, W))
+    check_whole_labels(mask, "mask")
+    if mask.size and mask.min() < 0:
+        raise RecordError("mask has negative labels")
+    if not all(isinstance(v, (list, tuple)) for v in (rec.words, rec.word_labels, rec.function)):
+        raise RecordError("words, word_labels and function must be lists (one entry per word)")
+    if not len(rec.words) == len(rec.word_labels) == len(rec.function):
+        raise RecordError(f"words, word_labels and function must have one entry per word, got "
+                          f"{len(rec.words)}, {len(rec.word_labels)} and {len(rec.function)}")
+    present = set(np.unique(mask).tolist())
+    for word, labs in zip(rec.words, rec.word_labels):
+        if not isinstance(labs, (tuple, list)) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labs):
+            raise RecordError(f"labels of {word!r} must be a tuple of ints, got {labs!r}")
+        missing = labels_not_in(labs, present)
+        if missing:
+            raise RecordError(f"label(s) {missing} of {word!r} not in the mask")
+
+
 def open_mask(path: str) -> np.ndarray:
     arr = _load_pil(path, "mask", np.asarray)
     if arr.ndim == 3:  # RGB(A) saved masks: use the first channel
         arr = arr[..., 0]
-    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):  # 1.7 was read as label 1
-        bad = arr[arr != np.round(arr)].reshape(-1)[0]
-        raise RecordError(f"mask {path} holds a label that is not a whole number ({float(bad):g})")
+    check_whole_labels(arr, f"mask {path}")
     return arr.astype(np.int64)
 
 

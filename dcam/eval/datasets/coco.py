@@ -31,7 +31,8 @@ import numpy as np
 
 from ...errors import InputError
 from ...words import split_words
-from .base import EvalDataset, EvalRecord, PhraseMatcher, RecordError, make_record, open_image, phrase
+from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, make_record, open_image,
+                   phrase)
 from .masks import decode_rle, polygons_to_mask
 
 #: Extra words (beyond name and plural) that name a COCO category.
@@ -193,8 +194,7 @@ class CocoEval(EvalDataset):
                     raise InputError(f"unsupported segmentation type {type(seg).__name__}")
             except ValueError as exc:
                 raise RecordError(f"annotation {a.get('id')}: {exc}") from exc
-            if m.shape != (H, W):
-                raise RecordError(f"annotation {a.get('id')}: mask is {m.shape[0]}x{m.shape[1]}, image {H}x{W}")
+            check_mask_size(m, (H, W), f"annotation {a.get('id')}: mask")
             cat = self.categories.get(int(a["category_id"]))
             if cat is None:
                 raise RecordError(f"annotation {a.get('id')}: unknown category {a['category_id']}")

@@ -21,7 +21,8 @@ import numpy as np
 
 from ...errors import InputError
 from ...words import split_words
-from .base import EvalDataset, EvalRecord, PhraseMatcher, RecordError, make_record, open_image, open_mask, phrase
+from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, labels_not_in, make_record,
+                   open_image, open_mask, phrase)
 
 class TamEval(EvalDataset):
     kind = "tam"
@@ -67,8 +68,7 @@ class TamEval(EvalDataset):
             if not isinstance(e["mask"], str) or not e["mask"]:  # (None became the path "None")
                 raise RecordError(f"'mask' must be a path, got {e['mask']!r}")
             mask = open_mask(self._path(e["mask"]))
-            if mask.shape != (H, W):
-                raise RecordError(f"mask is {mask.shape[0]}x{mask.shape[1]}, image {H}x{W}")
+            check_mask_size(mask, (H, W))
         elif "masks" in e:
             if not isinstance(e["masks"], list) or not all(isinstance(mp, str) and mp for mp in e["masks"]):
                 # (a text was read one character per mask)
@@ -76,8 +76,7 @@ class TamEval(EvalDataset):
             mask = np.zeros((H, W), dtype=np.int64)
             for j, mp in enumerate(e["masks"], start=1):
                 m = open_mask(self._path(mp))
-                if m.shape != (H, W):
-                    raise RecordError(f"mask {mp} is {m.shape[0]}x{m.shape[1]}, image {H}x{W}")
+                check_mask_size(m, (H, W), f"mask {mp}")
                 mask[m > 0] = j
         else:
             raise RecordError("entry has neither 'mask' nor 'masks'")
@@ -91,7 +90,7 @@ class TamEval(EvalDataset):
                 # ("dog" raised a ValueError that stopped the whole run, None a TypeError, 1.9 became 1)
                 raise RecordError(f"categories[{word!r}] must be a label (int >= 0) or a list of them, got {labs!r}")
             labs = tuple(int(v) for v in vals)
-            missing = [v for v in labs if v not in present or v == 0]
+            missing = labels_not_in(labs, present)
             if missing:
                 raise RecordError(f"label(s) {missing} of {word!r} not in the mask")
             phrases[phrase(str(word))] = labs
