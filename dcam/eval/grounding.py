@@ -14,19 +14,29 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[int], mask: np.ndarray) -> List[bool]:
     """For each object word ``words_idx[k]`` (a caption word index), whether its
     map ``maps[k]`` (bilinearly upsampled to the mask) puts more mass on the
-    named object than on every other object."""
+    named object than on every other object: its mass on the named object is
+    > 0 and > its mass on each other object. A map with no mass on the named
+    object grounds nothing, also when that object is the only one in the mask
+    (an all-zero map counted there: no other object to beat). A constant map
+    with mass counts where the named object holds strictly the most of it (the
+    largest object, or the only one): that is the chance baseline's uniform map."""
     from ..render.overlay import upsample_map
 
     labels = [int(l) for l in np.unique(mask) if l > 0]
     out = []
     for k, i in enumerate(words_idx):
+        named = int(word_labels[i])
+        if named not in labels:  # (a KeyError)
+            raise InputError(f"word_labels[{i}] is {named}, not a label of the mask (its labels: {labels})")
         hm = upsample_map(maps[k], mask.shape)
         mass = {l: float(hm[mask == l].sum()) for l in labels}
-        own = mass[int(word_labels[i])]
-        out.append(all(own > v for l, v in mass.items() if l != int(word_labels[i])))
+        own = mass[named]
+        out.append(own > 0 and all(own > v for l, v in mass.items() if l != named))
     return out
 
 

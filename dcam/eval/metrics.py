@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 __all__ = [
     "CONTRAST_SCALE",
@@ -118,6 +118,15 @@ def _as_mask(mask: ArrayLike) -> Tensor:
     return t
 
 
+def _size_pair(s, size, per_map: str = "") -> Tuple[int, int]:
+    """One ``(H, W)`` of ``size`` as two ints >= 1, else an InputError naming ``size``."""
+    ok = isinstance(s, (tuple, list)) and len(s) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in s)
+    if not ok:  # (0, 0) and (-1, 8) reached torch's RuntimeError, (8.0, 8.0) a TypeError, (2.5, 3) became (2, 3)
+        raise InputError(f"size must be (H, W) ints >= 1{per_map}, got {size!r}")
+    return int(s[0]), int(s[1])
+
+
 def resize_maps(maps: ArrayLike, size: Tuple[int, int]) -> Tensor:
     """Bilinear resize ``[M, h, w] -> [M, H, W]`` (half-pixel centres, no
     antialiasing), clamped to ``[0, 1]``. Same size: the maps themselves.
@@ -125,7 +134,7 @@ def resize_maps(maps: ArrayLike, size: Tuple[int, int]) -> Tensor:
     came out a few ulp below its value in places, which ``floor(hm * 255)`` split
     into two levels for Otsu (t = 50 on a map of 0.2, not 0)."""
     m = _as_maps(maps)
-    H, W = int(size[0]), int(size[1])
+    H, W = _size_pair(size, size)
     if tuple(m.shape[1:]) != (H, W):
         m = F.interpolate(m[:, None].double(), size=(H, W), mode="bilinear", align_corners=False,
                           antialias=False)[:, 0].float()
@@ -185,9 +194,16 @@ def f3_score(obj_iou, contrast, concentration):
     """``3 / (1/obj_iou + 1/min(contrast/20, 1) + 1/concentration)``; 0 if any
     term is 0. Works on floats and on tensors (element-wise; NaN stays NaN)."""
     if isinstance(obj_iou, Tensor) or isinstance(contrast, Tensor) or isinstance(concentration, Tensor):
-        a = torch.as_tensor(obj_iou, dtype=torch.float64)
-        b = torch.clamp(torch.as_tensor(contrast, dtype=torch.float64) / CONTRAST_SCALE, max=1.0)
-        c = torch.as_tensor(concentration, dtype=torch.float64)
+        try:
+            a, b, c = (torch.as_tensor(x, dtype=torch.float64) for x in (obj_iou, contrast, concentration))
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"f3_score takes numbers, got {type(obj_iou).__name__}, {type(contrast).__name__}, "
+                             f"{type(concentration).__name__}") from None
+        for name, x in (("obj_iou", a), ("contrast", b), ("concentration", c)):
+            if bool((x < 0).any()):  # (as the floats: (-0.5, 1, 1) gave 0.1579)
+                raise InputError(f"f3_score: obj_iou, contrast and concentration are >= 0, got {name} "
+                                 f"{float(x[x < 0].reshape(-1)[0])!r}")
+        b = torch.clamp(b / CONTRAST_SCALE, max=1.0)
         zero = (a == 0) | (b == 0) | (c == 0)
         one = torch.ones_like(a)
         safe = lambda x: torch.where(x == 0, one, x)  # noqa: E731
@@ -272,6 +288,9 @@ def object_metrics(maps: ArrayLike, masks: Union[ArrayLike, Sequence[ArrayLike]]
     one_map = np.ndim(maps) == 2
     m = _as_maps(maps)
     M = m.shape[0]
+    if isinstance(masks, (str, bytes, dict)) or not isinstance(masks, (Tensor, np.ndarray, Iterable)):  # (a TypeError)
+        raise InputError(f"masks must be an [M, H, W] array or a list of M [H, W] label masks, got "
+                         f"{type(masks).__name__}")
     if one_map and isinstance(masks, (Tensor, np.ndarray)) and np.ndim(masks) == 2:
         masks = [masks]  # one [h, w] map and its one [H, W] mask (the mask's rows were read as masks)
     if isinstance(masks, (Tensor, np.ndarray)) and np.ndim(masks) == 3:
@@ -313,11 +332,7 @@ def function_metrics(maps: ArrayLike, size: Union[Tuple[int, int], Sequence[Tupl
     M = m.shape[0]
 
     def pair(s) -> Tuple[int, int]:
-        ok = isinstance(s, (tuple, list)) and len(s) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in s)
-        if not ok:  # (0, 0) and (-1, 8) reached torch's RuntimeError, (8.0, 8.0) a TypeError
-            raise InputError(f"size must be (H, W) ints >= 1 (or one per map), got {size!r}")
-        return int(s[0]), int(s[1])
+        return _size_pair(s, size, " (or one per map)")
 
     if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, (int, float, np.number))
                                                                   for s in size):
@@ -344,8 +359,18 @@ def function_metrics(maps: ArrayLike, size: Union[Tuple[int, int], Sequence[Tupl
     return {"func_iou": func, "threshold": thr}
 
 
-def _finite_mean(v: Sequence[float]) -> Tuple[float, int]:
-    a = np.asarray(list(v), dtype=np.float64)
+def _numbers(values, name: str) -> np.ndarray:
+    """``values`` (real numbers, one per map) as float64, else an InputError naming ``name``."""
+    try:
+        if isinstance(values, (str, bytes)) or any(isinstance(x, (str, bytes, complex, np.complexfloating))
+                                                   for x in values):
+            raise TypeError
+        return np.asarray([float(x) for x in values], dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError):  # ("x" was a plain ValueError, "1.5" was read as 1.5)
+        raise InputError(f"{name} must hold real numbers (one per map), got {one_line(repr(values))[:80]}") from None
+
+
+def _finite_mean(a: np.ndarray) -> Tuple[float, int]:
     a = a[np.isfinite(a)]
     return (float(a.mean()) if a.size else float("nan")), int(a.size)
 
@@ -367,9 +392,13 @@ def summarize(obj: Optional[Dict[str, Sequence[float]]] = None,
             raise InputError(f"{name} must hold {', '.join(keys)} (as object_metrics / function_metrics return); "
                              f"missing {', '.join(missing)}")
     if obj is not None and len(obj.get("obj_iou", [])):
-        iou = np.asarray([float(x) for x in obj["obj_iou"]], dtype=np.float64)
+        per_map = {k: _numbers(obj[k], f"obj[{k!r}]") for k in ("obj_iou", "contrast", "concentration", "f3")}
+        if len({len(v) for v in per_map.values()}) > 1:  # (an IndexError)
+            raise InputError("obj must hold one value per map in each of obj_iou, contrast, concentration, f3; got "
+                             + ", ".join(f"{len(v)} {k}" for k, v in per_map.items()))
+        iou = per_map["obj_iou"]
         valid = np.isfinite(iou)
-        pick = lambda k: np.asarray([float(x) for x in obj[k]], dtype=np.float64)[valid]  # noqa: E731
+        pick = lambda k: per_map[k][valid]  # noqa: E731
         n = int(valid.sum())
         res["n_obj"] = n
         res["n_invalid"] = int((~valid).sum())
@@ -386,7 +415,7 @@ def summarize(obj: Optional[Dict[str, Sequence[float]]] = None,
         res.update(n_obj=0, n_invalid=0, obj_iou=float("nan"), contrast=float("nan"),
                    concentration=float("nan"), f3=float("nan"), f3_per_map=float("nan"))
     if func is not None and len(func.get("func_iou", [])):
-        res["func_iou"], res["n_func"] = _finite_mean(float(x) for x in func["func_iou"])
+        res["func_iou"], res["n_func"] = _finite_mean(_numbers(func["func_iou"], "func['func_iou']"))
     else:
         res["func_iou"], res["n_func"] = float("nan"), 0
     return res
