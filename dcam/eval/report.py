@@ -63,6 +63,13 @@ def _label(m: str) -> str:
     return METHOD_LABELS.get(m, m)
 
 
+def _left_out(rows: Dict[str, Dict[str, float]]) -> str:
+    """The line under a table that says how many object words each row left out of its means (``n_invalid``:
+    their ground truth covers no pixel); the table counts only the words it scored."""
+    return ("\nObject words left out (ground truth covers no pixel; `n_invalid`): "
+            + ", ".join(f"{_label(k)} {s.get('n_invalid', 0)}" for k, s in rows.items()) + ".\n")
+
+
 def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per_map: Sequence[dict] = ()) -> dict:
     """Write the tables (Markdown + JSON), charts, example sheets, per-map
     rows and the report into ``out_dir``; returns their paths (report.json lists them
@@ -83,21 +90,25 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
         files[name] = [p_md, p_js]
 
     rows = [[_label(m)] + _metric_cells(s) for m, s in report["main"].items()]
-    write("main_table", "## Comparison\n\n" + head + markdown_table(["Method"] + METRIC_HEADER, rows),
-          {"header": head.strip(), "rows": report["main"]})
+    write("main_table", "## Comparison\n\n" + head + markdown_table(["Method"] + METRIC_HEADER, rows)
+          + _left_out(report["main"]), {"header": head.strip(), "rows": report["main"]})
     if "ablation" in report:
         rows = [[k] + _metric_cells(s) for k, s in report["ablation"].items()]
         write("ablation_table", "## Ablation (Diffusion-CAM)\n\n" + head
               + "Every row refines the same raw maps; `baseline` has every module off, `+X` only X on, "
               + "`full` all on (SICD reference), the last row all on with SICD context.\n\n"
-              + markdown_table(["Variant"] + METRIC_HEADER, rows), {"header": head.strip(), "rows": report["ablation"]})
+              + markdown_table(["Variant"] + METRIC_HEADER, rows) + _left_out(report["ablation"]),
+              {"header": head.strip(), "rows": report["ablation"]})
     if "sweep" in report:
         rows = []
         for r in report["sweep"]:
             if "error" in r:
                 rows.append([str(r.get("probe")), str(r.get("layer"))] + ["n/a"] * 6 + [r["error"]])
             else:
-                note = f"{len(r['skipped'])} record(s) skipped (report.json)" if r.get("skipped") else ""
+                notes = [f"{len(r['skipped'])} record(s) skipped (report.json)"] if r.get("skipped") else []
+                if r.get("n_invalid"):
+                    notes.append(f"{r['n_invalid']} object word(s) left out (ground truth covers no pixel)")
+                note = "; ".join(notes)
                 rows.append([r["probe"], str(r["layer"])] + _metric_cells(r)[:6] + [note])
         write("sweep_table", "## Diffusion-CAM over probe modes and layers\n\n"
               + f"Data set: {report['dataset']}, first {report['sweep'][0].get('records', 0) if report['sweep'] else 0} "
