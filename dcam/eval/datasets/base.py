@@ -234,7 +234,8 @@ def check_record(rec: EvalRecord) -> None:
                           f"{len(rec.words)}, {len(rec.word_labels)} and {len(rec.function)}")
     present = set(np.unique(mask).tolist())
     for word, labs in zip(rec.words, rec.word_labels):
-        if not isinstance(labs, (tuple, list)) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labs):
+        if not isinstance(labs, (tuple, list)) or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labs):
             raise RecordError(f"labels of {word!r} must be a tuple of ints, got {labs!r}")
         missing = labels_not_in(labs, present)
         if missing:
