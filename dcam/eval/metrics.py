@@ -1,4 +1,4 @@
-"""Evaluation metrics of Diffusion-CAM (SPEC section 8), vectorised over maps.
+"""Evaluation metrics of Diffusion-CAM (docs/ALGORITHM.md section 8), vectorised over maps.
 
 Every function takes a batch of maps ``[M, h, w]`` (values in ``[0, 1]``, e.g.
 the output of any CAM method) and works on all of them at once with torch; no

@@ -5,7 +5,7 @@
 
 Maps are upsampled to the image bilinearly with half-pixel centres and no
 antialiasing (``torch.nn.functional.interpolate(..., "bilinear",
-align_corners=False)``), the resize the metrics use (SPEC section 8).
+align_corners=False)``), the resize the metrics use (docs/ALGORITHM.md section 8).
 """
 from __future__ import annotations
 
