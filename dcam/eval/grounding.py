@@ -73,7 +73,7 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
 
     variants: also score, from the same probe, maps that are not the
     method's (diagnostics, ``"variant_rates": {name: {probe: {layer: rate}}}``):
-    ``"raw"`` (the pooled map of SPEC section 1 before refinement),
+    ``"raw"`` (the pooled map of docs/ALGORITHM.md section 1 before refinement),
     ``"grad-norm"`` (``||G_t[n]||``, the per-token gradient norm) and
     ``"layercam"`` (``mean_d relu(relu(G_t[n, d]) * A[n, d])``, element-wise
     weighting instead of the per-channel mean over tokens).

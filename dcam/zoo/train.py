@@ -300,14 +300,14 @@ def linearise(model, processor, pool, steps, batch, lr, seed, eps=1e4, log_every
     RMSNorm(h) = g * h / sqrt(mean(h^2) + eps) is scale invariant in h when eps is tiny,
     and every block reads an image token only through it, so the gradient of any score
     w.r.t. a token's state is orthogonal to that state (tests/test_grounding.py). That
-    leaves gradient-weighted pooling (SPEC section 1) without per-token evidence. With eps
+    leaves gradient-weighted pooling (docs/ALGORITHM.md section 1) without per-token evidence. With eps
     far above mean(h^2) (states here have RMS ~4, eps 1e4) the norm is a fixed scaling,
     the gradient follows what the LM reads from a token, and relu(A) (non-negative
     embeddings) lines up with the positive part of it. Measured effect: README "Grounding"."""
     set_rms_norm_eps(model, eps)
     model.config.projector_relu = True
     model.config.default_probe_layer = 0
-    # signed channel weights (SPEC section 1 with grad_relu=False) ground better
+    # signed channel weights (docs/ALGORITHM.md section 1 with grad_relu=False) ground better
     # on this model than the positive part alone: README "Grounding"
     model.config.cam_config = {"grad_relu": False}
     return train_lm(model, processor, pool, steps, batch, lr, seed, log_every=log_every)

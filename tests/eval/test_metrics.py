@@ -1,5 +1,5 @@
 """dcam.metrics against independent per-map numpy implementations and hand
-examples (SPEC section 8)."""
+examples (docs/ALGORITHM.md section 8)."""
 import math
 
 import numpy as np
