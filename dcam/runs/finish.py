@@ -10,7 +10,7 @@ from array import array
 from typing import Any, Dict
 
 from .folder import read_run_json
-from .store import ERRORS, INDEX, RUN_JSON, iter_index, merge_errors, merge_index, write_bytes_atomic, \
+from .store import ERRORS, INDEX, RUN_JSON, SHARDS, iter_index, merge_errors, merge_index, write_bytes_atomic, \
     write_json_atomic
 
 OBJECT_KEYS = ("obj_iou", "contrast", "concentration", "f3")
@@ -91,7 +91,7 @@ def write_metrics(root: str, totals: MetricTotals, method: str) -> Dict[str, Any
 
 def finish(root: str, source, session: Dict[str, Any], identity: Dict[str, Any], header: Dict[str, Any]) -> dict:
     """Merge, reduce and write ``run.json`` (status ``complete`` when every record of the source is done or failed)."""
-    merge_index(root)
+    merge_index(root, source.ids, source.where)
     ids = set(source.ids)
     done, words, totals = collect(root, ids)
     n_errors = merge_errors(root, done, source.ids)
@@ -116,7 +116,8 @@ def finish(root: str, source, session: Dict[str, Any], identity: Dict[str, Any],
         throughput={"images_per_s": session["records"] / secs, "words_per_s": session["words"] / secs,
                     "processes": session["processes"], "records": session["records"],
                     "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        files={"index": INDEX, "errors": ERRORS, "shards": "shards/",
+        files={"index": INDEX if os.path.exists(os.path.join(root, INDEX)) else None, "errors": ERRORS,
+               "shards": SHARDS + "/" if os.path.isdir(os.path.join(root, SHARDS)) else None,
                "metrics": "metrics.json" if metrics else None},
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if metrics:

@@ -24,17 +24,20 @@ and a restarted process never appends to a file a killed one left.
 
 Merging (:func:`merge_index`, at the end of a run): ``index.jsonl`` is
 rewritten whole (temporary name, fsync, rename) with the lines of every part
-not yet in it, in source order, then the parts are deleted. Every line names its part,
+not yet in it, in the source's current order (each line's ``n`` and ``where`` renewed: lines
+inserted into a manifest move the records after them), then the parts are deleted; it is
+left as it is when no line would change. Every line names its part,
 so a part already merged (a kill between the rename and the deletion) is
 recognised and never counted twice.
 """
 from __future__ import annotations
 
 import glob
-import heapq
+import itertools
 import json
 import os
 import time
+from array import array
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import InputError, one_line
@@ -125,16 +128,24 @@ def read_lines(path: str) -> Iterator[Tuple[int, dict]]:
     """(line number, object) of every complete line; a last line without its
     newline (a write cut short by a kill) is not data. A complete line that is
     not JSON is InputError naming the file and line."""
+    for n, _, obj in _placed_lines(path):
+        yield n, obj
+
+
+def _placed_lines(path: str) -> Iterator[Tuple[int, int, dict]]:
+    """(line number, byte offset, object) of every line :func:`read_lines` reads."""
     with open(path, "rb") as f:
+        at = 0
         for n, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
                 return
-            if not raw.strip():
-                continue
-            try:
-                yield n, json.loads(raw)
-            except ValueError as exc:
-                raise InputError(f"run: {path} line {n} is corrupt ({one_line(exc)})") from None
+            if raw.strip():
+                try:
+                    obj = json.loads(raw)
+                except ValueError as exc:
+                    raise InputError(f"run: {path} line {n} is corrupt ({one_line(exc)})") from None
+                yield n, at, obj
+            at += len(raw)
 
 
 def parts(root: str, folder: str) -> List[str]:
@@ -175,34 +186,54 @@ def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tup
     return done, shards, words
 
 
-def _unmerged(root: str, merged: Set[str]) -> Iterator[dict]:
-    """Lines of the parts ``index.jsonl`` does not hold yet, in source order
-    (each part is in source order: a process explains its records in order)."""
-    streams = [(obj for _, obj in read_lines(p)) for p in parts(root, INDEX_PARTS)
-               if os.path.basename(p)[:-len(".jsonl")] not in merged]
-    return heapq.merge(*streams, key=lambda o: o.get("n", -1))
-
-
-def merge_index(root: str) -> None:
-    """Fold the index parts into ``index.jsonl`` (see the module docstring);
-    the lines end up in source order (``n``) when the source did not change
-    between sessions."""
+def merge_index(root: str, ids: Sequence[str], where: Callable[[int], str]) -> None:
+    """Fold the index parts into ``index.jsonl`` (see the module docstring), in the source's
+    current order: ``ids`` (the source's, in its order) and ``where(i)`` give every line its
+    record's current ``n`` and ``where`` (lines inserted into a manifest moved the records after
+    them, whose lines kept the numbers they were explained under); the lines of records no longer
+    in the source follow, in their earlier order, with ``n`` and ``where`` null. Rewritten only
+    when a line is added, moves or changes, so a resume of an unchanged source leaves it as it was.
+    Only the places of the lines are held in memory (a pass to find them, a pass to write them)."""
     pending = parts(root, INDEX_PARTS)
-    if not pending:
-        return
     main = os.path.join(root, INDEX)
-    merged: Set[str] = set()
-    if os.path.exists(main):
-        merged = {obj.get("part", "") for _, obj in read_lines(main)}
-    old = (obj for _, obj in read_lines(main)) if os.path.exists(main) else iter(())
-    tmp = f"{main}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as out:
-        for obj in heapq.merge(old, _unmerged(root, merged), key=lambda o: o.get("n", -1)):
-            out.write(json_line(obj))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, main)
-    fsync_dir(root)
+    merged = {obj.get("part", "") for _, obj in read_lines(main)} if pending and os.path.exists(main) else set()
+    unmerged = [p for p in pending if os.path.basename(p)[:-len(".jsonl")] not in merged]
+    files = ([main] if os.path.exists(main) else []) + unmerged
+    pos = {rid: i for i, rid in enumerate(ids)}
+    line_file, line_at = array("i", [-1]) * len(ids), array("q", [0]) * len(ids)
+    gone: Dict[str, Tuple[int, int]] = {}  # id -> (file, offset) of the lines of records no longer in the source
+    changed, last = bool(unmerged), -1
+    for k, path in enumerate(files):
+        for _, at, obj in _placed_lines(path):
+            i = pos.get(obj["id"])
+            if (line_file[i] >= 0) if i is not None else obj["id"] in gone:
+                raise InputError(f"run: record {obj['id']!r} is twice in the index of {root}")
+            if i is None:
+                gone[obj["id"]] = (k, at)
+                changed = changed or obj.get("n") is not None or obj.get("where") is not None
+                last = len(ids)  # (a record of the source after it is out of order)
+                continue
+            line_file[i], line_at[i] = k, at
+            changed = changed or i < last or obj.get("n") != i or obj.get("where") != where(i)
+            last = i
+    if changed:
+        tmp = f"{main}.tmp-{os.getpid()}"
+        handles = [open(p, "rb") for p in files]
+        try:
+            with open(tmp, "wb") as out:
+                places = ((i, line_file[i], line_at[i]) for i in range(len(ids)) if line_file[i] >= 0)
+                for i, k, at in itertools.chain(places, ((None, k, at) for k, at in gone.values())):
+                    handles[k].seek(at)
+                    obj = json.loads(handles[k].readline())
+                    obj["n"], obj["where"] = i, None if i is None else where(i)
+                    out.write(json_line(obj))
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            for h in handles:
+                h.close()
+        os.replace(tmp, main)
+        fsync_dir(root)
     for p in pending:
         os.unlink(p)
 
