@@ -222,13 +222,29 @@ def anyres_tiles(image, pinpoints, tile: int) -> list:
     return [image.resize((tile, tile))] + tiles
 
 
-def stack_pixels(images: list, image_processor) -> Tensor:
+def stack_pixels(images: list, image_processor, size: Optional[int] = None) -> Tensor:
     """``[n, 3, S, S]`` pixel values of the tiles with the vision tower's own preprocessing:
     its ``preprocess(images, return_tensors)``, which the released ``llava`` packages'
-    ``SigLipImageProcessor`` has (it cannot be called) as transformers' processors do."""
+    ``SigLipImageProcessor`` has (it cannot be called) as transformers' processors do.
+    ``size``: the tower's S. Any other shape is another family's image processor (LLaVA-NeXT's
+    gives ``[1, n, 3, S, S]``, Qwen2-VL's flat patches): an InputError naming ``processor``, not
+    the tower's "too many values to unpack"."""
+    name = type(image_processor).__name__
     run = getattr(image_processor, "preprocess", None) or image_processor
-    out = run(images, return_tensors="pt")["pixel_values"]
-    return torch.as_tensor(out)
+    if not callable(run):
+        raise InputError(f"processor: its image processor ({name}) has no preprocess() and cannot be called")
+    out = run(images, return_tensors="pt")
+    pix = out.get("pixel_values") if hasattr(out, "get") else None
+    if pix is None:
+        raise InputError(f"processor: its image processor ({name}) returned no pixel_values")
+    pix = torch.as_tensor(pix)
+    n = len(images)
+    if pix.dim() != 4 or tuple(pix.shape[:2]) != (n, 3) or pix.shape[2] != pix.shape[3] or \
+            (size and pix.shape[2] != size):
+        want = f"[{n}, 3, {size}, {size}]" if size else f"[{n}, 3, S, S]"
+        raise InputError(f"processor: its image processor ({name}) gave pixel values {list(pix.shape)} for {n} "
+                         f"tiles, not {want}: it is not this model's (pass the image processor of its checkpoint)")
+    return pix
 
 
 __all__ = ["AnyresLayout", "anyres_layout", "anyres_views", "anyres_tiles", "stack_pixels", "parse_pinpoints",

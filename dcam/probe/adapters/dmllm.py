@@ -98,7 +98,7 @@ class DMLLMAdapter(ModelAdapter):
         if tok is None:
             tok = self.processor if hasattr(self.processor, "convert_ids_to_tokens") else None
         if tok is None:
-            raise InputError(f"the {self.name} adapter needs a processor with a tokenizer, got "
+            raise InputError(f"processor: the {self.name} adapter needs a processor with a tokenizer, got "
                              f"{type(self.processor).__name__}")
         return tok
 

@@ -39,6 +39,16 @@ DEFAULT_PROMPT = "Describe the image."
 PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")
 
 
+def is_transformers_processor(processor) -> bool:
+    """Whether ``processor`` is one of transformers' own multimodal processor classes (False where
+    transformers moved its table: nothing is checked then)."""
+    try:
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    except ImportError:
+        return False
+    return type(processor).__name__ in set(PROCESSOR_MAPPING_NAMES.values())
+
+
 class HFVisionLanguageAdapter(ModelAdapter):
     """Base of the transformers-VLM adapters (see the module docstring)."""
 
@@ -68,15 +78,13 @@ class HFVisionLanguageAdapter(ModelAdapter):
         """Refuse a transformers processor of another family (a LlavaProcessor beside a Qwen2-VL model
         ended in "KeyError: 'image_grid_thw'"); a processor transformers does not know is the caller's."""
         name = type(self.processor).__name__
-        if self.processor is None or not hasattr(self.processor, "tokenizer"):  # (an AttributeError in explain())
+        # (no tokenizer: an AttributeError in explain(); not callable where encode() calls it: a TypeError there)
+        if self.processor is None or not hasattr(self.processor, "tokenizer") or \
+                (type(self).encode is HFVisionLanguageAdapter.encode and not callable(self.processor)):
             kind = getattr(self.model.config, "model_type", type(self.model).__name__)
             raise InputError(f"processor: this {kind} model needs its transformers processor (with a tokenizer), "
                              f"got {name}")
-        try:
-            from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-        except ImportError:  # (where transformers moves it, nothing is checked)
-            return
-        if self.processor_classes and name in set(PROCESSOR_MAPPING_NAMES.values()) \
+        if self.processor_classes and is_transformers_processor(self.processor) \
                 and not name.startswith(self.processor_classes):
             kind = getattr(self.model.config, "model_type", type(self.model).__name__)
             raise InputError(f"processor: a {name} does not go with this {kind} model; pass the processor of the "
@@ -341,4 +349,4 @@ def _zero_tiles(v: Tensor, n: int) -> Tensor:
     return torch.cat([v, v.new_zeros((v.shape[0], n - v.shape[1], *v.shape[2:]))], 1) if v.shape[1] < n else v
 
 
-__all__ = ["HFVisionLanguageAdapter", "LlavaAdapter", "LlavaNextAdapter", "PER_TOKEN_INPUTS"]
+__all__ = ["HFVisionLanguageAdapter", "LlavaAdapter", "LlavaNextAdapter", "PER_TOKEN_INPUTS", "is_transformers_processor"]

@@ -42,6 +42,7 @@ from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, sta
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
                     recorded_states)
+from .llava import is_transformers_processor
 from .sampling import steps_used
 
 IMAGE_TOKEN_INDEX = -200
@@ -107,6 +108,19 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
             self.logit_shift = 1  # Dream keeps the autoregressive shift
             self.default_mask_id = DREAM_MASK_ID
             self.default_eos_ids = (151643, 151645)
+        self.check_processor()
+
+    def check_processor(self) -> None:
+        """Refuse a processor of another family when the adapter is made: transformers' own
+        processors are never these models' (a LlavaNextProcessor's tiles ended in "too many values
+        to unpack" in the SigLIP tower), bar a SigLIP one; the tokenizer and image processor must
+        be there. (A foreign image processor is refused by the shape of its pixels, stack_pixels.)"""
+        name = type(self.processor).__name__
+        if is_transformers_processor(self.processor) and not name.startswith("Siglip"):
+            raise InputError(f"processor: a {name} does not go with this {self.model.config.model_type} model; "
+                             "pass the (tokenizer, image_processor) of the model's own checkpoint (its llava "
+                             "package's load_pretrained_model)")
+        _ = self.tokenizer, self.image_processor  # each raises the InputError naming what is missing
 
     @property
     def image_processor(self):
@@ -114,7 +128,8 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         if ip is None and isinstance(self.processor, (tuple, list)) and len(self.processor) > 1:
             ip = self.processor[1]
         if ip is None:
-            raise InputError(f"the {self.family} adapter needs (tokenizer, image_processor)")
+            raise InputError(f"processor: the {self.family} adapter needs (tokenizer, image_processor), got "
+                             f"{type(self.processor).__name__}")
         return ip
 
     @property
@@ -178,7 +193,7 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         else:
             images = [img.resize((tile, tile))]
         dtype = next(self.model.parameters()).dtype
-        return stack_pixels(images, self.image_processor).to(dtype)
+        return stack_pixels(images, self.image_processor, tile).to(dtype)
 
     def _views(self, span: Tensor, image_wh) -> Tuple[Tensor, Tuple[int, int], Dict[str, ImageView]]:
         layout, side = self.layout(image_wh)

@@ -110,6 +110,19 @@ def _pixels(img: Image.Image, lo: float) -> Tensor:
 class _VQAdapter(DMLLMAdapter):
     """Shared structure: OLMo-style LLaDA blocks, image ids in the sequence."""
 
+    #: the family's processor (dcam.probe.adapters) and the attributes of it the adapter reads
+    processor_class = ""
+    processor_needs: Tuple[str, ...] = ()
+
+    def __init__(self, model, processor: Any = None, **kwargs):
+        super().__init__(model, processor, **kwargs)
+        # another family's processor (a LlavaNextProcessor) was reported as the model having no image token
+        # id; refused here by what it lacks, so an AttributeError later on is dcam's own bug
+        lacks = [k for k in self.processor_needs if not hasattr(processor, k)]
+        if lacks:
+            raise InputError(f"processor: the {self.family} adapter needs a dcam.probe.adapters.{self.processor_class}"
+                             f"; a {type(processor).__name__} has no {', '.join(lacks)}")
+
     def blocks(self):
         return olmo_transformer(self.model).blocks
 
@@ -149,6 +162,8 @@ class _VQAdapter(DMLLMAdapter):
 
 class MMaDAAdapter(_VQAdapter):
     name = family = "mmada"
+    processor_class = "MMaDAProcessor"
+    processor_needs = ("tokenizer", "vq_model", "resolution", "image_token_offset", "soi_id", "eoi_id", "mmu_id")
     image_views = ("image",)
     blocks_per_response = 4  # inference_mmu.py: block_length = max_seq_length // 4
 
@@ -182,6 +197,9 @@ class MMaDAAdapter(_VQAdapter):
 
 class DiMOOAdapter(_VQAdapter):
     name = family = "lumina-dimoo"
+    processor_class = "DiMOOProcessor"
+    processor_needs = ("tokenizer", "vqvae", "max_patches", "patch_size", "newline_id", "image_token_offset", "boi_id",
+                       "eoi_id", "answer_start_id", "answer_end_id")
     image_views = ("image",)
     blocks_per_response = 4  # inference_mmu.py: gen_length 1024 in blocks of 256
     #: dcam runs Lumina-DiMOO's sampler itself (the published one is a script), so it records every step
