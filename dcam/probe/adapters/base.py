@@ -322,10 +322,12 @@ class ModelAdapter:
 
     def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
         """The note an explanation carries when a generation of ``length`` slots asked for
-        ``steps`` denoising steps used ``used`` (None when it used them)."""
+        ``steps`` denoising steps used ``used`` (None when it used them). A sampler runs the steps
+        asked for and counts those that changed its response (:class:`Generation`), so the others
+        committed no token."""
         if used == steps:
             return None
-        why = " (it commits at least one token per step)" if used < steps else ""
+        why = f" ({idle_steps(steps - used)})" if used < steps else ""
         return f"steps: {steps} requested, the sampler used {used}{why}"
 
     def logit_positions(self, positions: Tensor) -> Tensor:
@@ -460,6 +462,12 @@ class ModelAdapter:
             tid = None
         if tid is None:
             raise InputError(f"{type(self.model).__name__} has no image token id; it cannot be explained")
+
+
+def idle_steps(n: int) -> str:
+    """Why ``n`` of a sampler's steps are not in the count it used."""
+    return f"{n} step committed no token and is not counted" if n == 1 else \
+        f"{n} steps committed no token and are not counted"
 
 
 def _missing(adapter: ModelAdapter, what: str) -> NotImplementedError:

@@ -210,6 +210,13 @@ class DiffusionGemmaAdapter(ModelAdapter):
         used = int(round(n_valid / tpf)) if tpf > 0 else S
         return Generation(new, max(1, min(used, S * max(1, -(-Lr // int(self.model.config.canvas_length))))))
 
+    def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
+        # its sampler stops a canvas early (adaptive stopping): it does not run the rest
+        if used == steps:
+            return None
+        why = " (it stops denoising a canvas once it is stable and confident)" if used < steps else ""
+        return f"steps: {steps} requested, the sampler used {used}{why}"
+
     def logits_at(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
                   response_start: int) -> Tensor:
         """The encoder reads ``input_ids[:, :response_start]`` (prompt and image),

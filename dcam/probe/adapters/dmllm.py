@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import ModelAdapter, _ids_set, config_get, relative_depth_layer
+from .base import ModelAdapter, _ids_set, config_get, idle_steps, relative_depth_layer
 
 #: LLaDA's ids (tokenizer of GSAI-ML/LLaDA-8B-Instruct): mask, <|endoftext|>, <|eot_id|>.
 LLADA_MASK_ID, LLADA_EOS_IDS = 126336, (126081, 126348)
@@ -146,8 +146,8 @@ class DMLLMAdapter(ModelAdapter):
 
     def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
         """Why a generation of ``length`` slots asked for ``steps`` used ``used`` (None when it
-        used them): each of the sampler's blocks takes the same number of steps, and a step
-        commits at least one token."""
+        used them): each of the sampler's blocks takes the same number of steps, and of the ``S``
+        it ran, those that committed no token are not counted."""
         if used == steps:
             return None
         S, block = self.steps_and_blocks(steps, length)
@@ -159,7 +159,7 @@ class DMLLMAdapter(ModelAdapter):
             n = length // block
             why.append(f"{n} blocks of {block} slots take the same number of steps each, at least one: {S} in all")
         if used < S:
-            why.append("it commits at least one token per step")
+            why.append(idle_steps(S - used))
         return f"steps: {steps} requested, the sampler used {used} ({'; '.join(why)})"
 
 
