@@ -221,7 +221,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, default=None,
                    help="block to hook, negative from the end (default: the model's default block)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="denoising steps for generation (default: the model's default)")
+                   help="denoising steps for generation (default: the model's default); a causal "
+                        "(autoregressive) model's answer is not cut by them: there they only set the step count "
+                        "AKD's kernel reads (default: one per generated token)")
     p.add_argument("--chunk-size", type=positive_int, default=16,
                    help="gradients per batched backward (targets x the images of a batch)")
     p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",

@@ -5,8 +5,9 @@ processor expands the image placeholder of the prompt into the image tokens
 (``config.image_token_id``); the response is appended to the prompt; the model
 is causal, so the logit that scores the token at ``p`` is read at ``p - 1``;
 there is no mask token, so the only probe is ``"full"`` (the published
-method); ``generate`` is autoregressive, one token per step (the recorded
-number of "steps" is the number of generated tokens). Blocks:
+method); ``generate`` is autoregressive, one token per step: ``steps`` never
+change the answer (``response_length`` sets its length), they are the number
+AKD reads (default: the number of generated tokens, one per step). Blocks:
 ``model.model.language_model.layers``; default block at the paper's relative
 depth. Per-token processor outputs (``token_type_ids``, ``mm_token_type_ids``)
 are extended over the response.
@@ -220,13 +221,14 @@ class HFVisionLanguageAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ running
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
-        Lr = int(response_length or steps or self.response_length)
+        # steps never cut the answer (--steps 2 answered two tokens): a causal model takes one step per token,
+        # so they only count for AKD, which reads the steps given (default: one per generated token)
+        Lr = int(response_length or self.response_length)
         L = prep.response_start
         # the model's positions bound the response (10**6 new tokens ran until killed)
         most = config_get(self.model.config, "max_position_embeddings")
         if most is not None and L + Lr > int(most):
-            name = "response_length" if response_length else "steps"
-            raise InputError(f"{name}: {Lr} tokens after a prompt of {L} pass this model's {int(most)} positions "
+            raise InputError(f"response_length: {Lr} tokens after a prompt of {L} pass this model's {int(most)} positions "
                              f"(max_position_embeddings); ask for at most {int(most) - L}")
         inputs = {k: (v[:, :L] if k in PER_TOKEN_INPUTS else v) for k, v in prep.model_inputs.items()}
         # a placeholder id in the response would make the model's next forward count one image token too many
@@ -236,7 +238,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
                                       suppress_tokens=banned or None)
         seq = out.sequences if hasattr(out, "sequences") else out
         new = seq[0, L:].tolist()
-        return Generation(new, len(new))  # autoregressive: one token per step
+        return Generation(new, int(steps) if steps else len(new))
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         # no KV cache: a probe never decodes further, and with a cache the last block cannot run at rows only
