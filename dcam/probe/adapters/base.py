@@ -36,6 +36,7 @@ from ...words import decode_shown
 from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
 from ..rows import LastBlockAtRows, raised_at_rows, supports_rows
 from .positions import locate_image_positions
+from .sampling import idle_steps
 
 #: Probe modes, see :mod:`dcam.probe.gradients`.
 PROBES = ("full", "masked", "remask")
@@ -462,12 +463,6 @@ class ModelAdapter:
             tid = None
         if tid is None:
             raise InputError(f"{type(self.model).__name__} has no image token id; it cannot be explained")
-
-
-def idle_steps(n: int) -> str:
-    """Why ``n`` of a sampler's steps are not in the count it used."""
-    return f"{n} step committed no token and is not counted" if n == 1 else \
-        f"{n} steps committed no token and are not counted"
 
 
 def _missing(adapter: ModelAdapter, what: str) -> NotImplementedError:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .base import ModelAdapter, _ids_set, config_get, idle_steps, relative_depth_layer
+from .base import ModelAdapter, _ids_set, config_get, relative_depth_layer
+from .sampling import idle_steps
 
 #: LLaDA's ids (tokenizer of GSAI-ML/LLaDA-8B-Instruct): mask, <|endoftext|>, <|eot_id|>.
 LLADA_MASK_ID, LLADA_EOS_IDS = 126336, (126081, 126348)

@@ -66,6 +66,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
                  newline_token_id: Optional[int] = None, response_length: int = 16,
                  default_prompt: str = DEFAULT_PROMPT, grid: Optional[Tuple[int, int]] = None):
         super().__init__(model, processor, newline_column, newline_token_id)
+        self.blocks()  # the model first: one without the family's blocks is refused as that (auto_adapter)
         self.check_processor_family()
         self.response_length = int(response_length)
         self.default_steps = self.response_length

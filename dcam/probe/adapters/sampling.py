@@ -80,6 +80,12 @@ def steps_used(length: int, steps: int, block_length: Optional[int] = None) -> i
     return n_blocks * sum(1 for k in transfer_schedule(per, per_block) if k > 0)
 
 
+def idle_steps(n: int) -> str:
+    """Why ``n`` of a sampler's steps are not in the count it used (:func:`steps_used`)."""
+    return f"{n} step committed no token and is not counted" if n == 1 else \
+        f"{n} steps committed no token and are not counted"
+
+
 @torch.no_grad()
 def low_confidence_remasking(logits_fn: Callable[[Tensor], Tensor], x: Tensor, start: int, length: int,
                              steps: int, mask_id: int, block_length: Optional[int] = None,
@@ -143,5 +149,5 @@ def shift_right(logits: Tensor) -> Tensor:
     return torch.cat([logits[:, :1], logits[:, :-1]], 1)
 
 
-__all__ = ["transfer_schedule", "block_plan", "steps_used", "low_confidence_remasking", "dream_remasking",
-           "shift_right"]
+__all__ = ["transfer_schedule", "block_plan", "steps_used", "idle_steps", "low_confidence_remasking",
+           "dream_remasking", "shift_right"]

@@ -116,6 +116,7 @@ class _VQAdapter(DMLLMAdapter):
 
     def __init__(self, model, processor: Any = None, **kwargs):
         super().__init__(model, processor, **kwargs)
+        self.blocks()  # the model first: a model without the family's blocks is refused as that (auto_adapter)
         # another family's processor (a LlavaNextProcessor) was reported as the model having no image token
         # id; refused here by what it lacks, so an AttributeError later on is dcam's own bug
         lacks = [k for k in self.processor_needs if not hasattr(processor, k)]
