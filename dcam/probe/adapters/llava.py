@@ -229,8 +229,8 @@ class HFVisionLanguageAdapter(ModelAdapter):
         # the model's positions bound the response (10**6 new tokens ran until killed)
         most = config_get(self.model.config, "max_position_embeddings")
         if most is not None and L + Lr > int(most):
-            raise InputError(f"response_length: {Lr} tokens after a prompt of {L} pass this model's {int(most)} positions "
-                             f"(max_position_embeddings); ask for at most {int(most) - L}")
+            raise InputError(f"response_length: {Lr} tokens after a prompt of {L} pass this model's {int(most)} "
+                             f"positions (max_position_embeddings); ask for at most {int(most) - L}")
         inputs = {k: (v[:, :L] if k in PER_TOKEN_INPUTS else v) for k, v in prep.model_inputs.items()}
         # a placeholder id in the response would make the model's next forward count one image token too many
         banned = sorted(self.placeholder_ids())
@@ -352,4 +352,5 @@ def _zero_tiles(v: Tensor, n: int) -> Tensor:
     return torch.cat([v, v.new_zeros((v.shape[0], n - v.shape[1], *v.shape[2:]))], 1) if v.shape[1] < n else v
 
 
-__all__ = ["HFVisionLanguageAdapter", "LlavaAdapter", "LlavaNextAdapter", "PER_TOKEN_INPUTS", "is_transformers_processor"]
+__all__ = ["HFVisionLanguageAdapter", "LlavaAdapter", "LlavaNextAdapter", "PER_TOKEN_INPUTS",
+           "is_transformers_processor"]
