@@ -23,9 +23,10 @@
 // compute. The tokens of an image are grouped into weight tables of up to 64 tokens, and
 // as soon as the gradient pass has finished every token of a table, the product of that
 // table becomes work. Threads take stream items (one (image, token) slice of grads, or a
-// feature chunk of it when there are few slices) in order, and product tasks (a table and
-// a block of rows) when one is ready, but while stream items are left at most half of the
-// threads (at least one) compute products, so the gradients keep streaming. (On two cores
+// feature chunk of it when there are few slices) in order, fill items (a feature range of a
+// table whose tokens' weights are all known, copied into the table) and product tasks (a
+// table and a block of rows) when one is ready, but while stream items are left at most
+// half of the threads (at least one) compute products, so the gradients keep streaming. (On two cores
 // one core streams at only ~70% of what two do, so the overlap saves little there; the
 // product's own cost is what counts.) The pass over the gradients stays one pure streaming
 // reduction, and the NaN/Inf check rides on it (GradMode::kReluChecked).
@@ -108,7 +109,7 @@ constexpr size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 // 64 (signed, dcam_weighted_maps alone: 3.28 vs 3.62 ms for 64 vs 32).
 constexpr int64_t kTableTokens = 64, kTableTokensSigned = 32;
 constexpr int64_t kProductRows = 32;  // rows of A per product task
-constexpr int64_t kFillFeatures = 256;  // features per table-filling item (given weights)
+constexpr int64_t kFillFeatures = 256;  // features per table-filling item
 
 struct Problem {
     const void* acts;           // null: weights only (no product)
@@ -129,10 +130,11 @@ struct Problem {
 // 35 GB/s, halves 31, quarters 23, eighths 19: each row is read in shorter pieces).
 struct Plan {
     int64_t dchunk = 0, nchunks = 0;    // stream item = (slice b*T + t, feature chunk of dchunk)
+    int64_t fills = 0;                  // fill items per table (feature chunks of kFillFeatures)
     int64_t tokens = 0, tables = 0;     // tokens per weight table, tables per image
     int64_t table_size = 0;             // floats per table
     int64_t row_tasks = 0;              // product tasks per table (blocks of kProductRows rows)
-    int64_t stream_items = 0, product_tasks = 0;
+    int64_t stream_items = 0, fill_items = 0, product_tasks = 0;
     int64_t maps = 0;                   // maps to normalise (B*T when there is a product)
 };
 
@@ -151,14 +153,20 @@ Plan make_plan(const Problem& p, int nthreads) {
         pl.row_tasks = (p.N + kProductRows - 1) / kProductRows;
         pl.product_tasks = p.B * pl.tables * pl.row_tasks;
         pl.maps = BT;
+        // A fill item copies the weights of every token of one table, features [d0, d0 + 256),
+        // into the table once they are all known: a thread then owns every cache line it writes.
+        // (Filled per token as each slice was streamed, two threads took turns writing each line
+        // of a by-feature table, 16 tokens to a line: 4,096 lines moved between cores per token.)
+        pl.fills = (p.D + kFillFeatures - 1) / kFillFeatures;
+        pl.fill_items = p.B * pl.tables * pl.fills;
     }
-    if (!p.streams()) pl.dchunk = std::min(p.D, kFillFeatures);
-    pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
-    // A stream item is one feature chunk of one (image, token) slice of grads; without grads,
-    // one feature chunk of one table, whose tokens' given weights it copies in: a thread then
-    // owns every cache line it writes (per token, threads would share each line of a
-    // by-feature table, 16 tokens to a line).
-    pl.stream_items = (p.streams() ? BT : p.B * pl.tables) * pl.nchunks;
+    // A stream item is one feature chunk of one (image, token) slice of grads.
+    if (p.streams()) {
+        pl.nchunks = (p.D + pl.dchunk - 1) / pl.dchunk;
+        pl.stream_items = BT * pl.nchunks;
+    } else {
+        pl.dchunk = 0;  // (no stream: no column sums, no scratch for them)
+    }
     return pl;
 }
 
@@ -190,8 +198,10 @@ struct Run {
                                                      // written by the stream (scratch or weights_out)
     float* table_storage = nullptr;                  // [B*tables][table_size], 64-byte aligned
     double* raw = nullptr;                           // [B*T*N] float64 pooled sums
-    std::unique_ptr<WeightTable[]> table;            // [B*tables], filled by the stream items, read once ready
+    std::unique_ptr<WeightTable[]> table;            // [B*tables], filled by the fill items, read once ready
     std::unique_ptr<std::atomic<int64_t>[]> left;    // [B*tables]: stream items not finished
+    std::unique_ptr<std::atomic<bool>[]> streamed;   // [B*tables]: every weight of the table's tokens known
+    std::unique_ptr<std::atomic<int64_t>[]> fills_left;  // [B*tables]: fill items not finished
     std::unique_ptr<std::atomic<bool>[]> ready;      // [B*tables]: table built
     std::unique_ptr<std::atomic<int64_t>[]> rows_left;  // [B*tables]: product tasks not finished
     std::unique_ptr<std::atomic<bool>[]> summed;     // [B*tables]: every product task done
@@ -199,7 +209,7 @@ struct Run {
     float* maps_out;                                 // [B*T*N] (products only)
     uint8_t* degenerate_out;                         // [B*T] or null
     bool check_weights;                              // look for NaN/Inf among the weights
-    std::atomic<int64_t> next_stream{0}, next_product{0}, next_map{0};
+    std::atomic<int64_t> next_stream{0}, next_fill{0}, next_product{0}, next_map{0};
     std::atomic<int> product_workers{0}, finished{0};
     std::atomic<bool> nonfinite{false};
     int product_cap = 1;                             // product workers allowed while streaming
@@ -223,13 +233,17 @@ struct Run {
         raw = reinterpret_cast<double*>(block + wbytes + tbytes);
         table = uninitialised<WeightTable>(ntab);
         left.reset(new std::atomic<int64_t>[static_cast<size_t>(ntab)]);
+        streamed.reset(new std::atomic<bool>[static_cast<size_t>(ntab)]);
+        fills_left.reset(new std::atomic<int64_t>[static_cast<size_t>(ntab)]);
         ready.reset(new std::atomic<bool>[static_cast<size_t>(ntab)]);
         rows_left.reset(new std::atomic<int64_t>[static_cast<size_t>(ntab)]);
         summed.reset(new std::atomic<bool>[static_cast<size_t>(ntab)]);
         for (int64_t i = 0; i < ntab; ++i) {
             const int64_t t0 = (i % pl.tables) * pl.tokens;
             const int64_t cnt = std::min(pl.tokens, p.T - t0);
-            left[i].store((p.streams() ? cnt : 1) * pl.nchunks, std::memory_order_relaxed);
+            left[i].store(p.streams() ? cnt * pl.nchunks : 0, std::memory_order_relaxed);
+            streamed[i].store(!p.streams(), std::memory_order_relaxed);  // given weights are known from the start
+            fills_left[i].store(pl.fills, std::memory_order_relaxed);
             table[i] = make_weight_table(p.D, cnt, p.signed_w, weight_table_layout(cnt), p.dtype,
                                          table_storage + i * pl.table_size);
             ready[i].store(false, std::memory_order_relaxed);
@@ -244,25 +258,17 @@ int64_t table_of(const Run& run, int64_t bt) {
     return (bt / run.p.T) * run.pl.tables + (bt % run.p.T) / run.pl.tokens;
 }
 
-// Publishes table tix once its last item is done (acq_rel: every item's writes are seen by then).
-void item_done(Run& run, int64_t tix) {
-    if (run.left[tix].fetch_sub(1, std::memory_order_acq_rel) == 1) run.ready[tix].store(true, std::memory_order_release);
+// Counts one finished piece of table tix's stage (`left`: its count of pieces not finished)
+// and raises `done` after the last (acq_rel: every piece's writes are seen by then).
+void piece_done(std::atomic<int64_t>& left, std::atomic<bool>& done) {
+    if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) done.store(true, std::memory_order_release);
 }
 
-// Stream item `it`: w[bt, d0 .. d0+len) = float32(sum_n G+) / N, written into its table.
-// Without grads: the given weights of every token of one table, features [d0, d0+len).
+// Stream item `it`: w[bt, d0 .. d0+len) = float32(sum_n G+) / N.
 void stream_item(Run& run, Worker& wk, int64_t it) {
     const Problem& p = run.p;
     const Plan& pl = run.pl;
     const int64_t d0 = (it % pl.nchunks) * pl.dchunk, len = std::min(pl.dchunk, p.D - d0);
-    if (!p.streams()) {
-        const int64_t tix = it / pl.nchunks, b = tix / pl.tables, t0 = (tix % pl.tables) * pl.tokens;
-        const WeightTable& tbl = run.table[tix];
-        for (int64_t i = 0; i < tbl.cnt; ++i)
-            fill_weight_table(tbl, p.D, i, d0, len, p.weights_in + (b * p.T + t0 + i) * p.D + d0);
-        item_done(run, tix);
-        return;
-    }
     const int64_t bt = it / pl.nchunks;
     const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
     double* acc = wk.stream_acc.get();
@@ -279,10 +285,23 @@ void stream_item(Run& run, Worker& wk, int64_t it) {
         for (int64_t j = 0; j < len; ++j) bad |= !std::isfinite(w[j]);
         if (bad) run.nonfinite.store(true, std::memory_order_relaxed);
     }
-    if (!p.products()) return;
-    const int64_t tix = table_of(run, bt);
-    fill_weight_table(run.table[tix], p.D, bt % p.T % pl.tokens, d0, len, w);
-    item_done(run, tix);
+    if (p.products()) {
+        const int64_t tix = table_of(run, bt);
+        piece_done(run.left[tix], run.streamed[tix]);
+    }
+}
+
+// Fill item f: the weights of every token of one table (the gradient pass's, or the given
+// ones), features [d0, d0 + kFillFeatures), copied into the table.
+void fill_item(Run& run, int64_t f) {
+    const Problem& p = run.p;
+    const Plan& pl = run.pl;
+    const int64_t tix = f / pl.fills, b = tix / pl.tables, t0 = (tix % pl.tables) * pl.tokens;
+    const int64_t d0 = (f % pl.fills) * kFillFeatures, len = std::min(kFillFeatures, p.D - d0);
+    const float* w = p.streams() ? run.weights : p.weights_in;
+    const WeightTable& tbl = run.table[tix];
+    for (int64_t i = 0; i < tbl.cnt; ++i) fill_weight_table(tbl, p.D, i, d0, len, w + (b * p.T + t0 + i) * p.D + d0);
+    piece_done(run.fills_left[tix], run.ready[tix]);
 }
 
 // Claims the next of n pieces of work, taken in order from `next`, if its input is done
@@ -294,6 +313,13 @@ int64_t claim_in_order(std::atomic<int64_t>& next, int64_t n, Done&& done) {
         if (next.compare_exchange_weak(i, i + 1, std::memory_order_acq_rel)) return i;
     }
     return -1;
+}
+
+// The next fill item, once its table's weights are all known.
+int64_t claim_fill(Run& run) {
+    return claim_in_order(run.next_fill, run.pl.fill_items, [&](int64_t f) {
+        return run.streamed[f / run.pl.fills].load(std::memory_order_acquire);
+    });
 }
 
 // The next product task, once its table is built.
@@ -313,8 +339,7 @@ void product_task(Run& run, Worker& wk, int64_t g) {
     const int64_t esize = p.dtype == DCAM_F32 ? 4 : 2;
     product_rows(static_cast<const char*>(p.acts) + b * p.N * p.D * esize, p.dtype, p.D, n0, n1, run.table[tix],
                  run.raw + (b * p.T + t0) * p.N, p.N, wk.product);
-    if (run.rows_left[tix].fetch_sub(1, std::memory_order_acq_rel) == 1)
-        run.summed[tix].store(true, std::memory_order_release);
+    piece_done(run.rows_left[tix], run.summed[tix]);
 }
 
 // The next map (b * T + t) to normalise, once its table's sums are complete.
@@ -363,6 +388,11 @@ void work(Run& run, Worker& wk) {
                 run.product_workers.fetch_sub(1, std::memory_order_relaxed);
                 continue;
             }
+        }
+        const int64_t f = claim_fill(run);
+        if (f >= 0) {
+            fill_item(run, f);
+            continue;
         }
         if (streaming) {
             const int64_t it = run.next_stream.fetch_add(1, std::memory_order_relaxed);

@@ -122,8 +122,8 @@ int64_t weight_table_size(int64_t D, int64_t cnt, bool signed_w, TableLayout lay
 
 // The table of cnt tokens in `storage` (weight_table_size floats), for activations of
 // act_dtype. Its padding (by-feature tables of cnt < width tokens) is zeroed here; every
-// token's weights are then written by fill_weight_table, feature range by feature range,
-// as the gradient pass finishes them (so no thread builds a whole table while others wait).
+// token's weights are then written by fill_weight_table, feature range by feature range
+// (pool.cpp: each range of every token by one thread, once the table's weights are known).
 WeightTable make_weight_table(int64_t D, int64_t cnt, bool signed_w, TableLayout layout, dcam_dtype act_dtype,
                               float* storage);
 
