@@ -56,6 +56,9 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory", action="store_true",
                    help="also map every word on every denoising step of the model's own generation "
                         "(trajectory.safetensors, trajectory/NN_word.gif, trajectory_sheet.png)")
+    p.add_argument("--response-length", type=common.positive_int, default=None, metavar="N",
+                   help="tokens the model generates when --response is not given (a diffusion model's canvas, a "
+                        "causal model's longest answer; default: the model's own)")
     p.add_argument("--batch-size", type=common.positive_int, default=8,
                    help="images explained together when several are given (shared forwards and backwards: "
                         "padded to one length, in batches of similar word counts and at most --chunk-size)")
@@ -123,13 +126,14 @@ def subfolder_names(paths: List[str]) -> List[str]:
 #: explain()'s arguments as dcam explain's options (:func:`common.argument_error`)
 EXPLAIN_OPTIONS = {"targets": "--tokens", "steps": "--steps", "response": "--response", "probe": "--probe",
                    "prompt": "--prompt", "image": "IMAGE", "trajectory": "--trajectory", "view": "--view",
-                   "memory_budget": "--memory-budget", "target_score": "--target-score", "model": "--model"}
+                   "memory_budget": "--memory-budget", "target_score": "--target-score", "model": "--model",
+                   "response_length": "--response-length"}
 
 
 def _request(args, background) -> dict:
     """What one image's explanation is asked for, batched or not (the batch once left --prompt out)."""
     return dict(targets=args.targets, probe=args.probe, target_score=args.target_score, steps=args.steps,
-                background=background)
+                response_length=args.response_length, background=background)
 
 
 def _explain_one(exp, path: str, args, background):
@@ -180,6 +184,9 @@ def run(args) -> int:
 
     target = check_output_folder(args.out, args.overwrite)
     args.targets = parse_targets(args.tokens)  # refused here, before any image or model is read
+    if args.response_length is not None and args.response is not None:
+        raise InputError("--response-length: sets the length of a generated response; with --response given "
+                         "there is none to generate (leave one of the two out)")
     background = args.background
     inputs = expand_inputs(args.images)
     if len(inputs) == 1 and not os.path.exists(inputs[0]):

@@ -95,3 +95,22 @@ def test_save_standin_refuses_an_unknown_name_as_an_input_error(tmp_path):
     with pytest.raises(InputError, match=r"^name: unknown stand-in 'llama' \(known: "):  # (a ValueError)
         save_standin("llama", str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_dcam_explain_response_length_sets_the_generated_length(folders, coco_dir, tmp_path, capsys):
+    """--response-length N: a diffusion model denoises a canvas of N slots (LaViDa: every slot is a
+    response token, eos included), a causal one answers at most N tokens; with --response there is
+    nothing to generate: one line naming the option, exit 2, nothing written."""
+    img = str(coco_dir / "images" / "0.png")
+    for name, n in (("lavida", 6), ("llava-next", 3)):
+        out = tmp_path / name
+        assert main(["explain", img, "--model", folders[name], "--response-length", str(n), "--out", str(out),
+                     "--quiet"]) == 0
+        ids = json.loads((out / "meta.json").read_text())["response_ids"]
+        assert (len(ids) == n) if name == "lavida" else (1 <= len(ids) <= n)
+    capsys.readouterr()
+    out = tmp_path / "both"
+    assert main(["explain", img, "--model", folders["lavida"], "--response-length", "6", "--response", "a dog",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--response-length:" in err[0] and not out.exists()
