@@ -123,7 +123,7 @@ class ExampleBuilder:
             note = a.steps_note(steps, len(gen.response_ids), int(gen.steps)) if steps is not None else None
             if note:  # fewer (or more) steps than asked, and why
                 notes.append(note)
-            return gen.response_ids, int(gen.steps), "generation", notes
+            return gen.response_ids, int(gen.steps), "given" if gen.steps_given else "generation", notes
         placeholder = {int(a.image_token_id)} if getattr(a, "image_token_id", None) is not None else set()
         if isinstance(response, str):
             ids = [int(i) for i in a.encode_response(response)]

@@ -82,7 +82,12 @@ class Explanation:
     ``view="all"``, every view's maps. box: the part of the image the maps
     cover, as fractions ``(x0, y0, x1, y1)`` (a model that sees a crop:
     overlays and metrics place the maps there). trajectory: the
-    :class:`dcam.trajectory.Trajectory` when explained with ``trajectory=True``. maps: float32 ``[T, h, w]``. stats: per-map
+    :class:`dcam.trajectory.Trajectory` when explained with ``trajectory=True``.
+    steps / steps_source: the denoising steps AKD's kernel reads and where they
+    came from: ``"generation"`` (the sampler's count), ``"given"`` (``steps=``:
+    a given response's, or a causal model's, whose sampler takes one step per
+    token) or ``"default"`` (a given response's, the adapter's default).
+    maps: float32 ``[T, h, w]``. stats: per-map
     statistics (each a ``[T]`` tensor). scores: the target scores.
     raw_maps: the pooled, min-max normalised maps before refinement
     (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config that

@@ -139,8 +139,10 @@ def test_steps_do_not_cut_a_causal_models_answer(models):
     img = _image()
     free = exp.explain(img)
     assert len(free.response_ids) == 16 and free.steps == 16 and free.notes == []  # one step per token
+    assert free.steps_source == "generation"
     two = exp.explain(img, steps=2)
     assert two.response_ids == free.response_ids and two.steps == 2 and two.notes == []
+    assert two.steps_source == "given"  # the caller's, not the sampler's 16
     three = exp.explain(img, steps=2, response_length=3)
     assert three.response_ids == free.response_ids[:3] and three.steps == 2
     # AKD reads the steps: the maps are those of the given answer explained with steps=2

@@ -91,6 +91,7 @@ class Generation:
     steps: int
     states: Optional[Tensor] = None
     decided_at: Optional[Tensor] = None
+    steps_given: bool = False  # ``steps`` are the caller's, not the sampler's count (causal models)
 
 
 @dataclass

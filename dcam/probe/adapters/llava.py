@@ -239,7 +239,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
                                       suppress_tokens=banned or None)
         seq = out.sequences if hasattr(out, "sequences") else out
         new = seq[0, L:].tolist()
-        return Generation(new, int(steps) if steps else len(new))
+        return Generation(new, int(steps) if steps else len(new), steps_given=bool(steps))
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         # no KV cache: a probe never decodes further, and with a cache the last block cannot run at rows only
