@@ -16,6 +16,10 @@ import numpy as np
 
 from ..errors import InputError
 
+def _whole(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[int], mask: np.ndarray) -> List[bool]:
     """For each object word ``words_idx[k]`` (a caption word index), whether its
     map ``maps[k]`` (bilinearly upsampled to the mask) puts more mass on the
@@ -28,9 +32,16 @@ def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[in
     from ..render.overlay import upsample_map
 
     labels = [int(l) for l in np.unique(mask) if l > 0]
+    if len(maps) < len(words_idx):  # (an IndexError)
+        raise InputError(f"maps: one map per object word, got {len(maps)} maps for {len(words_idx)} words")
     out = []
     for k, i in enumerate(words_idx):
-        named = int(word_labels[i])
+        if not _whole(i) or not 0 <= i < len(word_labels):  # (an IndexError)
+            raise InputError(f"words_idx[{k}] must be a word number in [0, {len(word_labels)}), got {i!r}")
+        named = word_labels[i]
+        if not _whole(named):  # ('x' and None were raw errors, 1.7 was read as label 1)
+            raise InputError(f"word_labels[{i}] must be a whole number (a label of the mask), got {named!r}")
+        named = int(named)
         if named not in labels:  # (a KeyError)
             raise InputError(f"word_labels[{i}] is {named}, not a label of the mask (its labels: {labels})")
         hm = upsample_map(maps[k], mask.shape)

@@ -119,7 +119,12 @@ def _as_mask(mask: ArrayLike) -> Tensor:
 
 
 def _size_pair(s, size, per_map: str = "") -> Tuple[int, int]:
-    """One ``(H, W)`` of ``size`` as two ints >= 1, else an InputError naming ``size``."""
+    """One ``(H, W)`` of ``size`` as two ints >= 1, else an InputError naming ``size``
+    (a tuple, a list, a numpy array or a tensor of two whole numbers, as torch takes)."""
+    integral = (isinstance(s, Tensor) and not s.dtype.is_floating_point and not s.dtype.is_complex
+                and s.dtype != torch.bool) or (isinstance(s, np.ndarray) and s.dtype.kind in "iu")
+    if integral and s.ndim == 1:  # (a numpy array or tensor of two whole numbers: the old code took them)
+        s = s.tolist()
     ok = isinstance(s, (tuple, list)) and len(s) == 2 and all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in s)
     if not ok:  # (0, 0) and (-1, 8) reached torch's RuntimeError, (8.0, 8.0) a TypeError, (2.5, 3) became (2, 3)
@@ -199,6 +204,11 @@ def f3_score(obj_iou, contrast, concentration):
         except (TypeError, ValueError, RuntimeError):
             raise InputError(f"f3_score takes numbers, got {type(obj_iou).__name__}, {type(contrast).__name__}, "
                              f"{type(concentration).__name__}") from None
+        try:
+            a, b, c = torch.broadcast_tensors(a, b, c)
+        except RuntimeError:
+            raise InputError(f"f3_score: obj_iou, contrast and concentration must have one shape (or broadcast), "
+                             f"got {list(a.shape)}, {list(b.shape)} and {list(c.shape)}") from None
         for name, x in (("obj_iou", a), ("contrast", b), ("concentration", c)):
             if bool((x < 0).any()):  # (as the floats: (-0.5, 1, 1) gave 0.1579)
                 raise InputError(f"f3_score: obj_iou, contrast and concentration are >= 0, got {name} "
@@ -213,11 +223,11 @@ def f3_score(obj_iou, contrast, concentration):
         a, b, c = float(obj_iou), min(float(contrast) / CONTRAST_SCALE, 1.0), float(concentration)
     except (TypeError, ValueError):
         raise InputError(f"f3_score takes numbers, got {obj_iou!r}, {contrast!r}, {concentration!r}") from None
-    if any(math.isnan(x) for x in (a, b, c)):
-        return float("nan")
-    if min(a, b, c) < 0:  # (-0.5 gave 3.0)
+    if any(x < 0 for x in (a, b, c)):  # (-0.5 gave 3.0); before the NaN test, as the tensors' check
         raise InputError(f"f3_score: obj_iou, contrast and concentration are >= 0, got {obj_iou!r}, {contrast!r}, "
                          f"{concentration!r}")
+    if any(math.isnan(x) for x in (a, b, c)):
+        return float("nan")
     if a == 0 or b == 0 or c == 0:
         return 0.0
     return 3.0 / (1.0 / a + 1.0 / b + 1.0 / c)

@@ -202,9 +202,11 @@ def merge_index(root: str, ids: Sequence[str], where: Callable[[int], str]) -> N
     pos = {rid: i for i, rid in enumerate(ids)}
     line_file, line_at = array("i", [-1]) * len(ids), array("q", [0]) * len(ids)
     gone: Dict[str, Tuple[int, int]] = {}  # id -> (file, offset) of the lines of records no longer in the source
-    changed, last = bool(unmerged), -1
+    # a part's line is a change; a part with no complete line (a process killed in its first write) is none
+    changed, last, first_part = False, -1, len(files) - len(unmerged)
     for k, path in enumerate(files):
         for _, at, obj in _placed_lines(path):
+            changed = changed or k >= first_part
             i = pos.get(obj["id"])
             if (line_file[i] >= 0) if i is not None else obj["id"] in gone:
                 raise InputError(f"run: record {obj['id']!r} is twice in the index of {root}")

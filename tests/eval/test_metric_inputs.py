@@ -52,8 +52,9 @@ def test_records_given_in_a_list_pass_the_loaders_checks():
     # label 99 is not in the mask: np.isin made the word's ground truth empty, left out silently
     assert _refusal([good, good, _record("x", labels=((), (99,), (), (), (2,)))]) == \
         "dataset[2] (record 'x'): label(s) [99] of 'dog' not in the mask"
+    # label 0 is in the mask: it is the background (the message said "not in the mask")
     assert _refusal([_record("z", labels=((), (0,), (), (), (2,)))]) == \
-        "dataset[0] (record 'z'): label(s) [0] of 'dog' not in the mask"
+        "dataset[0] (record 'z'): label 0 of 'dog' is the background, not an object (objects are labels >= 1)"
     assert _refusal([_record("n", mask=-good.mask)]) == "dataset[0] (record 'n'): mask has negative labels"
     assert _refusal([_record("f", labels=((), (1.0,), (), (), (2,)))]) == \
         "dataset[0] (record 'f'): labels of 'dog' must be a tuple of ints, got (1.0,)"
@@ -214,3 +215,50 @@ def test_algorithm_md_has_the_metrics_section_the_code_cites():
         with open(os.path.join(ROOT, path)) as f:
             text = f.read()
         assert "docs/ALGORITHM.md section 8" in text and "SPEC section 8" not in text, path
+
+
+def test_records_in_the_forms_the_explainer_takes_pass():
+    """An image as a numpy array (the Explainer reads arrays), words and function flags as numpy
+    arrays: the old code scored them; the checks must too (a 4 high x 6 wide array, its mask 4x6)."""
+    rec = _record()
+    rec.image = np.zeros((4, 6, 3), np.uint8)
+    rec.function = np.array(rec.function)
+    rec.words = tuple(rec.words)
+    check_record(rec)
+    rec.image = np.zeros((6, 4, 3), np.uint8)  # 6 high x 4 wide: the 4x6 mask is another size
+    with pytest.raises(RecordError, match="^mask is 4x6, image 6x4$"):
+        check_record(rec)
+
+
+def test_resize_size_and_f3_paths_agree():
+    maps = torch.rand(1, 3, 3)
+    for size in (np.array([5, 7]), torch.tensor([5, 7]), [5, 7], (np.int64(5), 7)):
+        assert tuple(M.resize_maps(maps, size).shape) == (1, 5, 7)
+    for size in (np.array([5.0, 7.0]), torch.tensor([5.5, 7.0]), (2.5, 3)):
+        with pytest.raises(InputError, match="^size must be"):
+            M.resize_maps(maps, size)
+    # the negative term is refused on both paths, NaN or not (the float path returned nan first)
+    for args in ((float("nan"), -3.0, 0.5), (torch.tensor([float("nan")]), torch.tensor([-3.0]), 0.5)):
+        with pytest.raises(InputError, match="contrast"):
+            M.f3_score(*args)
+    with pytest.raises(InputError, match=r"^f3_score: .* got \[2\], \[3\] and \[\]$"):
+        M.f3_score(torch.tensor([0.5, 0.2]), torch.tensor([10.0, 30.0, 5.0]), 0.5)
+    # broadcast as before: 3 / (1/0.5 + 1/0.5 + 1/0.5) = 0.5 and 3 / (1/0.2 + 2 + 2) = 1/3
+    torch.testing.assert_close(M.f3_score(torch.tensor([0.5, 0.2]), torch.tensor(10.0), 0.5),
+                               torch.tensor([0.5, 1 / 3], dtype=torch.float64))
+
+
+def test_object_word_success_names_each_bad_argument():
+    mask = np.zeros((4, 6), np.int64)
+    mask[:2, :2] = 1
+    maps = torch.zeros(2, 4, 6)
+    maps[0, :2, :2] = 1  # all its mass on object 1
+    assert object_word_success(maps[:1], [0], [1], mask) == [True]
+    for idx, labels, msg in (([5], [1], r"^words_idx\[0\] must be a word number in \[0, 1\), got 5$"),
+                             ([0], ["x"], r"^word_labels\[0\] must be a whole number"),
+                             ([0], [None], r"^word_labels\[0\] must be a whole number"),
+                             ([0], [1.7], r"^word_labels\[0\] must be a whole number .* got 1.7$")):
+        with pytest.raises(InputError, match=msg):
+            object_word_success(maps, idx, labels, mask)
+    with pytest.raises(InputError, match="^maps: one map per object word, got 2 maps for 3 words$"):
+        object_word_success(maps, [0, 0, 0], [1], mask)

@@ -146,3 +146,24 @@ def test_files_names_only_what_the_folder_holds(run_manifest, reference_run, tmp
     assert info["files"] == {"index": "index.jsonl", "errors": "errors.jsonl", "shards": "shards/",
                              "metrics": "metrics.json"}
     assert all(os.path.exists(os.path.join(reference_run, f)) for f in info["files"].values())
+
+
+def test_a_part_with_no_complete_line_changes_nothing(tmp_path):
+    """A process killed in its first write leaves a part holding a cut-short line, no record: the
+    merge deletes it and leaves index.jsonl as it was (same bytes, same file), as RUNS.md says."""
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "index"))
+    ids, where = ["a", "b"], "line {}".format
+    with open(os.path.join(root, "index", "p1.jsonl"), "wb") as f:
+        for n, rid in enumerate(ids):
+            f.write(store.json_line({"id": rid, "n": n, "where": where(n), "shard": "s", "part": "p1"}))
+    store.merge_index(root, ids, where)
+    main_path = os.path.join(root, "index.jsonl")
+    before, inode = open(main_path, "rb").read(), os.stat(main_path).st_ino
+    cut = os.path.join(root, "index", "p2.jsonl")
+    with open(cut, "wb") as f:
+        f.write(b'{"id": "c", "n": 2, "wh')
+    store.merge_index(root, ids, where)
+    assert open(main_path, "rb").read() == before and os.stat(main_path).st_ino == inode
+    assert not os.path.exists(cut)
+    assert [json.loads(x)["id"] for x in before.splitlines()] == ["a", "b"]

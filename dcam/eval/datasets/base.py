@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ...errors import InputError
+from ...errors import InputError, one_line
 from ...images import load_image
 from ...words import FUNCTION_WORDS, split_words
 
@@ -206,10 +206,29 @@ def check_mask_size(mask: np.ndarray, size: Tuple[int, int], what: str = "mask")
         raise RecordError(f"{what} is {shape}, image {size[0]}x{size[1]}")
 
 
-def labels_not_in(labels: Sequence[int], present) -> List[int]:
-    """The labels of ``labels`` that are 0 (the background) or not among ``present``, the mask's
-    values: a word naming them would be scored against nothing."""
-    return [v for v in labels if v == 0 or v not in present]
+def check_word_labels(word, labels: Sequence[int], present) -> None:
+    """RecordError if a label of ``word`` is 0 (the background) or not among ``present``, the
+    mask's values: the word would be scored against nothing (or against the background)."""
+    if 0 in labels:
+        raise RecordError(f"label 0 of {word!r} is the background, not an object (objects are labels >= 1)")
+    missing = [v for v in labels if v not in present]
+    if missing:
+        raise RecordError(f"label(s) {missing} of {word!r} not in the mask")
+
+
+def _is_sequence(v) -> bool:
+    """A list, a tuple or a 1-D numpy array (one entry per word): not a text, not a scalar."""
+    return isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim == 1)
+
+
+def _image_size(image) -> Tuple[int, int]:
+    """(W, H) of a record's image: a PIL image, or anything the Explainer reads (a path, an array)."""
+    if isinstance(image, Image.Image):
+        return image.size
+    try:
+        return load_image(image).size
+    except InputError as exc:
+        raise RecordError(one_line(str(exc))) from None
 
 
 def check_record(rec: EvalRecord) -> None:
@@ -217,17 +236,15 @@ def check_record(rec: EvalRecord) -> None:
     holding whole numbers >= 0, one labels tuple and one function flag per word, and every word
     label an int present in the mask. Every record a data set yields and every record given to
     :func:`dcam.eval.evaluate` in a list passes here (the loaders' own checks, on the record)."""
-    if not isinstance(rec.image, Image.Image):
-        raise RecordError(f"image must be a PIL image, got {type(rec.image).__name__}")
+    W, H = _image_size(rec.image)
     mask = np.asarray(rec.mask)
     if mask.dtype.kind not in "biuf":
         raise RecordError(f"mask must hold integer labels, got dtype {mask.dtype}")
-    W, H = rec.image.size
     check_mask_size(mask, (H, W))
     check_whole_labels(mask, "mask")
     if mask.size and mask.min() < 0:
         raise RecordError("mask has negative labels")
-    if not all(isinstance(v, (list, tuple)) for v in (rec.words, rec.word_labels, rec.function)):
+    if not all(_is_sequence(v) for v in (rec.words, rec.word_labels, rec.function)):
         raise RecordError("words, word_labels and function must be lists (one entry per word)")
     if not len(rec.words) == len(rec.word_labels) == len(rec.function):
         raise RecordError(f"words, word_labels and function must have one entry per word, got "
@@ -237,9 +254,7 @@ def check_record(rec: EvalRecord) -> None:
         if not isinstance(labs, (tuple, list)) or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labs):
             raise RecordError(f"labels of {word!r} must be a tuple of ints, got {labs!r}")
-        missing = labels_not_in(labs, present)
-        if missing:
-            raise RecordError(f"label(s) {missing} of {word!r} not in the mask")
+        check_word_labels(word, labs, present)
 
 
 def open_mask(path: str) -> np.ndarray:

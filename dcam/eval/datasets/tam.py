@@ -21,7 +21,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...words import split_words
-from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, labels_not_in, make_record,
+from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, check_word_labels, make_record,
                    open_image, open_mask, phrase)
 
 class TamEval(EvalDataset):
@@ -90,9 +90,7 @@ class TamEval(EvalDataset):
                 # ("dog" raised a ValueError that stopped the whole run, None a TypeError, 1.9 became 1)
                 raise RecordError(f"categories[{word!r}] must be a label (int >= 0) or a list of them, got {labs!r}")
             labs = tuple(int(v) for v in vals)
-            missing = labels_not_in(labs, present)
-            if missing:
-                raise RecordError(f"label(s) {missing} of {word!r} not in the mask")
+            check_word_labels(word, labs, present)
             phrases[phrase(str(word))] = labs
         words = split_words(str(caption))
         hits = PhraseMatcher(phrases).match(words)
