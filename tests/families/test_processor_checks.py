@@ -88,7 +88,7 @@ def test_stack_pixels_takes_only_square_tiles_of_the_towers_size():
 def test_the_llava_package_families_messages_name_the_processor(models):
     model, proc = models("lavida")
     assert _refusal(lambda: Explainer(model, None)) == \
-        "processor: the llava-dmllm adapter needs a processor with a tokenizer, got NoneType"
+        "processor: the lavida adapter needs a processor with a tokenizer, got NoneType"
     tok = proc.tokenizer
     assert _refusal(lambda: Explainer(model, tok)) == \
         f"processor: the lavida adapter needs (tokenizer, image_processor), got {type(tok).__name__}"
@@ -189,3 +189,16 @@ def test_the_llada_samplers_note_counts_the_steps_that_committed_nothing(models)
     e = Explainer(*models("llada-v")).explain(_image(), steps=12, response_length=8)
     assert e.steps == 8
     assert e.notes == ["steps: 12 requested, the sampler used 8 (4 steps committed no token and are not counted)"]
+
+
+def test_diffusion_gemma_refuses_another_family_s_processor_up_front(models):
+    """DiffusionGemma's processor is transformers' Gemma4Processor: a LlavaProcessor ended in
+    "KeyError: 'image_position_ids'" inside explain(), None in a message without 'processor:'."""
+    model, proc = models("diffusion-gemma")
+    _, llava_proc = models("llava")
+    assert _refusal(lambda: Explainer(model, llava_proc)) == \
+        "processor: a LlavaProcessor does not go with this diffusion_gemma model; pass the processor of the " \
+        "model's own checkpoint"
+    assert _refusal(lambda: Explainer(model, None)) == \
+        "processor: DiffusionGemma needs its processor (with .image_processor and .tokenizer), got NoneType"
+    Explainer(model, proc)  # its own is taken (the stand-in's: a tokenizer and Gemma 4's image processor)

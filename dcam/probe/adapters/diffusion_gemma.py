@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
+from .llava import is_transformers_processor
 from ...words import refuse_ids
 from ..padding import padding_id, row_lengths, split_padding
 from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
@@ -56,6 +57,10 @@ DEFAULT_PROMPT = "Describe the image."
 #: the model-inputs key under which a stacked batch carries each row's response start (taken out
 #: before the model is called)
 RESPONSE_STARTS = "response_starts"
+
+
+#: transformers' processor class for DiffusionGemma checkpoints (its auto table maps diffusion_gemma there)
+PROCESSOR_CLASSES = ("Gemma4Processor",)
 
 
 class DiffusionGemmaAdapter(ModelAdapter):
@@ -71,6 +76,8 @@ class DiffusionGemmaAdapter(ModelAdapter):
                  newline_token_id: Optional[int] = None, response_length: Optional[int] = None,
                  default_prompt: str = DEFAULT_PROMPT):
         super().__init__(model, processor, newline_column, newline_token_id)
+        self.blocks()  # the model first: one without the family's blocks is refused as that (auto_adapter)
+        self._check_processor()
         self.response_length = int(response_length or getattr(model.config, "canvas_length", 256))
         gc = getattr(model, "generation_config", None)
         self.default_steps = int(getattr(gc, "max_denoising_steps", None) or 48)
@@ -79,6 +86,17 @@ class DiffusionGemmaAdapter(ModelAdapter):
     @property
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", None)
+
+    def _check_processor(self) -> None:
+        """Refuse, up front, a processor without what prepare() reads, or another family's transformers
+        processor (a LlavaProcessor ended in "KeyError: 'image_position_ids'" inside explain())."""
+        name = type(self.processor).__name__
+        if self.processor is None or not hasattr(self.processor, "image_processor") or self.tokenizer is None:
+            raise InputError(f"processor: DiffusionGemma needs its processor (with .image_processor and .tokenizer), "
+                             f"got {name}")
+        if is_transformers_processor(self.processor) and not name.startswith(PROCESSOR_CLASSES):
+            raise InputError(f"processor: a {name} does not go with this diffusion_gemma model; pass the processor "
+                             "of the model's own checkpoint")
 
     @property
     def image_token_id(self) -> int:
@@ -121,8 +139,6 @@ class DiffusionGemmaAdapter(ModelAdapter):
         return grid_from_patch_positions(pos, int(self.model.config.vision_config.pooling_kernel_size), n)
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
-        if self.processor is None or not hasattr(self.processor, "image_processor") or self.tokenizer is None:
-            raise InputError("DiffusionGemma needs a processor with .image_processor and .tokenizer")
         img = load_image(image)
         out = self.processor.image_processor(images=[img], return_tensors="pt")
         pix = out["pixel_values"][:1]

@@ -99,8 +99,8 @@ class DMLLMAdapter(ModelAdapter):
         if tok is None:
             tok = self.processor if hasattr(self.processor, "convert_ids_to_tokens") else None
         if tok is None:
-            raise InputError(f"processor: the {self.name} adapter needs a processor with a tokenizer, got "
-                             f"{type(self.processor).__name__}")
+            raise InputError(f"processor: the {self.family or self.name} adapter needs a processor with a tokenizer, "
+                             f"got {type(self.processor).__name__}")
         return tok
 
     @property
