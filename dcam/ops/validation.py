@@ -62,6 +62,8 @@ def refuse_meta_check(name: str, x: Tensor) -> None:
 def _valueless(x: Tensor) -> str:
     if x.device.type == "meta":
         return "a meta tensor (a shape without values)"
+    if torch.compiler.is_exporting():  # (export's fake tensors reached torch's raw data-dependent guard error)
+        return "traced by torch.export (a shape without values)"
     if torch.compiler.is_compiling():  # dynamo traces values symbolically: the check graph-breaks there
         return ""
     from torch._subclasses.fake_tensor import is_fake

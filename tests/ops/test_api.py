@@ -243,6 +243,26 @@ def test_fake_and_vmapped_tensors_ask_for_no_value_check(quiet):
     per_example = torch.vmap(lambda a, g: dcam.pool_gradients(a[None], g[None], grid, check_finite=False).maps[0])
     torch.testing.assert_close(per_example(a, g), dcam.pool_gradients(a, g, grid).maps, atol=0, rtol=0)
 
+def test_torch_export_with_the_value_check_names_check_finite(quiet):
+    # export traces with fake tensors: the default check reached torch's raw "Could not guard on
+    # data-dependent expression"; without the check the module exports and runs as eager
+    a, g, grid = _inputs()
+
+    class Pool(torch.nn.Module):
+        def __init__(self, check):
+            super().__init__()
+            self.check = check
+
+        def forward(self, a, g):
+            return dcam.pool_gradients(a, g, grid, check_finite=self.check).maps
+
+    with raises_input_error("acts", re.escape("acts is traced by torch.export (a shape without values): nothing "
+                                              "to check for NaN/Inf; pass check_finite=False")):
+        torch.export.export(Pool(True), (a, g))
+    exported = torch.export.export(Pool(False), (a, g))
+    torch.testing.assert_close(exported.module()(a, g), dcam.pool_gradients(a, g, grid).maps, atol=0, rtol=0)
+
+
 def test_reference_backend_outputs_do_not_require_grad():
     # backend="torch" called the reference directly, under autograd: its maps required grad
     a, g, grid = _inputs()
