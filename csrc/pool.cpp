@@ -349,20 +349,35 @@ int64_t claim_map(Run& run) {
     });
 }
 
-// Map m = raw / D, min-max normalised (float32 arithmetic as the reference).
+// Whether any of token m's n weights is NaN or infinite (unchecked input only).
+bool any_nonfinite(const float* w, int64_t n) {
+    int bad = 0;
+    for (int64_t j = 0; j < n; ++j) bad |= !std::isfinite(w[j]);  // (no exit inside: it vectorises)
+    return bad != 0;
+}
+
+// Map m = raw / D, min-max normalised (float32 arithmetic as the reference). A map with a
+// NaN is degenerate, as in the reference, whose min and max are NaN then; so is the map of
+// a token with a NaN or infinite weight: there every pixel's sum meets 0 * inf or NaN in the
+// reference (for every activation's sign), which the product here skips where the
+// activation is 0 or of the sign the weight's table half ignores.
 void normalise_map(Run& run, int64_t m) {
-    const int64_t N = run.p.N;
-    const float fD = static_cast<float>(run.p.D);
+    const Problem& p = run.p;
+    const int64_t N = p.N;
+    const float fD = static_cast<float>(p.D);
     const double* acc = run.raw + m * N;
     float* out = run.maps_out + m * N;
     float lo = static_cast<float>(acc[0]) / fD, hi = lo;
+    int nan = 0;
     for (int64_t n = 0; n < N; ++n) {
         const float v = static_cast<float>(acc[n]) / fD;
         out[n] = v;
         lo = std::min(lo, v);
         hi = std::max(hi, v);
+        nan |= v != v;
     }
-    const bool deg = !(hi > lo);
+    const float* w = (p.streams() ? run.weights : p.weights_in) + m * p.D;
+    const bool deg = nan || !(hi > lo) || any_nonfinite(w, p.D);
     if (deg) {
         std::fill(out, out + N, 0.f);
     } else {

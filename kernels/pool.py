@@ -113,26 +113,38 @@ def _pool_product_kernel(
 
 @triton.jit
 def _minmax_normalise_kernel(
-    raw_ptr, deg_ptr,
-    N,
+    raw_ptr, deg_ptr, w_ptr,
+    N, D,
     EPS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """In-place per-map min-max normalisation; constant maps become 0 and are
-    flagged degenerate."""
+    flagged degenerate. So are maps with a NaN (the reference's min and max
+    are NaN then) and maps of a token with a NaN or infinite weight (unchecked
+    input: every pixel's sum meets 0 * inf or NaN in the reference, which the
+    dots' relu'd operands drop)."""
     pid = tl.program_id(0)
     base = raw_ptr + pid.to(tl.int64) * N
     lo_v = tl.full((BLOCK,), float("inf"), tl.float32)
     hi_v = tl.full((BLOCK,), float("-inf"), tl.float32)
+    nan_v = tl.zeros((BLOCK,), tl.int32)
     for n0 in range(0, N, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         mask = offs < N
         x = tl.load(base + offs, mask=mask, other=0.0)
         lo_v = tl.minimum(lo_v, tl.where(mask, x, float("inf")))
         hi_v = tl.maximum(hi_v, tl.where(mask, x, float("-inf")))
+        nan_v = tl.maximum(nan_v, (x != x).to(tl.int32))
+    w_row = w_ptr + pid.to(tl.int64) * D
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        wv = tl.load(w_row + offs_d, mask=offs_d < D, other=0.0)
+        # (x - x is NaN exactly for NaN and +-inf: no libdevice isfinite in the interpreter)
+        nonfinite = tl.max(((wv - wv) != 0.0).to(tl.int32), axis=0)
+        nan_v = tl.maximum(nan_v, tl.full((BLOCK,), 0, tl.int32) + nonfinite)
     lo = tl.min(lo_v, axis=0)
     hi = tl.max(hi_v, axis=0)
-    ok = hi > lo
+    ok = (hi > lo) & (tl.max(nan_v, axis=0) == 0)
     denom = (hi - lo) + EPS
     # every program reads back only what its own threads stored: no barrier needed
     for n0 in range(0, N, BLOCK):

@@ -81,7 +81,8 @@ def _maps_from_weights(acts: Tensor, weights: Tensor, h: int, w: int, nonneg: bo
         NONNEG=nonneg, BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=4)
     block = min(4096, max(16, triton.next_power_of_2(N)))
     wrap_triton(pool_kernels._minmax_normalise_kernel)[(B * T,)](
-        maps, degenerate, N, EPS=C.EPS_NORM, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+        maps, degenerate, weights, N, D, EPS=C.EPS_NORM, BLOCK=block, BLOCK_D=min(1024, triton.next_power_of_2(D)),
+        num_warps=4 if block <= 1024 else 8)
     return maps, degenerate
 
 
