@@ -408,6 +408,8 @@ int check_refine_args(const float* raw, const float* context_maps, const float* 
     if (!array_fits(sizeof(float), {h, w}) || !array_fits(sizeof(float), {B, T, h, w}) ||
         !array_fits(sizeof(float), {B, T, T}))
         return DCAM_EINVAL_SHAPE;
+    // (before the empty batch's early return, as the pooling's size limits are)
+    if (h * w >= (int64_t(1) << 31) / 16) return DCAM_EINVAL_SHAPE;  // int32 ranks of padded cells
     if (cfg->akd_kernel < 0 || (cfg->akd_kernel > 0 && cfg->akd_kernel % 2 == 0)) return DCAM_EINVAL_CONFIG;
     if (cfg->sicd < DCAM_SICD_OFF || cfg->sicd > DCAM_SICD_CONTEXT) return DCAM_EINVAL_CONFIG;
     if (!valid_params(*cfg)) return DCAM_EINVAL_CONFIG;
@@ -416,7 +418,6 @@ int check_refine_args(const float* raw, const float* context_maps, const float* 
     if (cfg->akd_kernel == 0 && (!steps || !image_size)) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_REFERENCE && !repeat_ratio) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_CONTEXT && !context_weights) return DCAM_EINVAL_NULL;
-    if (h * w >= (int64_t(1) << 31) / 16) return DCAM_EINVAL_SHAPE;  // int32 ranks of padded cells
     if (!valid_values(steps, image_size, repeat_ratio, context_weights, B, T, *cfg)) return DCAM_EINVAL_VALUE;
     if (!all_finite(raw, B * T * h * w)) return DCAM_EINVAL_VALUE;
     if (cfg->sicd == DCAM_SICD_CONTEXT && context_maps && !all_finite(context_maps, B * T * h * w))

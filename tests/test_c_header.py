@@ -194,6 +194,9 @@ int main(void) {
     printf("err maps_overflow %d\n", dcam_weighted_maps(A, DCAM_F32, W, k16, k16, k16, k16, maps, pdeg));
     printf("err refine_overflow %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, big, big, &cfg,
                                                     out, NULL, NULL, NULL, NULL, NULL));
+    /* an empty batch of maps past the cell limit (h * w >= 2^27): refused as the pooling's limits are */
+    printf("err refine_cells_empty %d\n", dcam_refine(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1, 8192, 16384,
+                                                       &cfg, NULL, NULL, NULL, NULL, NULL, NULL));
     printf("errstr %s\n", dcam_error_string(DCAM_EINVAL_CONFIG));
     printf("version %s\n", dcam_version());
     return 0;
@@ -445,6 +448,7 @@ def test_error_codes(program_output):
     assert errs == {"null_cfg": "1", "even_kernel": "4", "no_weights": "1", "dtype": "3", "shape": "2",
                     "null_flag": "1", "null_weights": "1", "weights_dtype": "3", "pool_overflow": "2",
                     "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2",
+                    "refine_cells_empty": "2",
                     "nan_sigma": "4", "zero_sigma": "4", "percentile": "4", "floor": "4",
                     "nan_context_weight": "6", "negative_context_weight": "6", "nan_rho": "6", "rho_past_1": "6",
                     "nan_steps": "6", "negative_steps": "6", "zero_size": "6", "unread_steps": "0",
