@@ -1,6 +1,5 @@
 """Real sizes on a tiny model: words and phrases as one gradient each, gradients
 streamed chunk by chunk, batches of images, views of an image."""
-import dataclasses
 import json
 
 import numpy as np
@@ -13,10 +12,10 @@ from dcam.explain import Explainer
 from dcam.ops import reference as R
 from dcam.probe import Targets, probe, probe_batch
 from dcam.probe.adapters import ShapesAdapter
-from dcam.probe.adapters.base import ImageView
 from dcam.probe.memory import parse_size
 from dcam.targets import parse_target_text
 from dcam.testing import tiny_toy
+from dcam.testing.views import TwoViewAdapter
 from dcam.zoo.data import generate_sample
 
 
@@ -372,16 +371,6 @@ def test_memory_budget_counts_the_logits_gradient_of_every_scored_row():
 
 
 # ------------------------------------------------------------------ views
-
-class TwoViewAdapter(ShapesAdapter):
-    """The toy model with its 8x8 grid presented as two views (top and bottom halves)."""
-
-    def prepare(self, image, prompt=None, response_ids=None, response_length=None):
-        p = super().prepare(image, prompt, response_ids, response_length)
-        pos = p.image_positions
-        views = {"top": ImageView("top", pos[:32], (4, 8), (0, 0, 1, 0.5)),
-                 "bottom": ImageView("bottom", pos[32:], (4, 8), (0, 0.5, 1, 1))}
-        return dataclasses.replace(p, views=views)
 
 
 def test_memory_estimate_of_a_model_without_a_config_reads_its_layers():

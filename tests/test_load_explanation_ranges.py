@@ -2,7 +2,6 @@
 damaged copy of a real save (a response_ids list of another length than its tokens, a view the save has
 no maps of, pieces outside the response, a repeat ratio outside [0, 1], a word count below the traced
 words, a layer that is no block number) loaded without complaint before (all but the layer)."""
-import dataclasses
 import json
 import shutil
 
@@ -11,22 +10,11 @@ import torch
 
 from dcam.errors import InputError
 from dcam.explain import Explainer
-from dcam.probe.adapters.base import ImageView
-from dcam.probe.adapters.shapes import ShapesAdapter
 from dcam.saved import load_explanation
 from dcam.testing import tiny_toy
+from dcam.testing.views import TwoViewAdapter
 from dcam.zoo.data import generate_sample
 
-
-class TwoViewAdapter(ShapesAdapter):
-    """The toy model's 8x8 grid as two views, the top and bottom halves (a multi-view model)."""
-
-    def prepare(self, image, prompt=None, response_ids=None, response_length=None):
-        p = super().prepare(image, prompt, response_ids, response_length)
-        pos = p.image_positions
-        views = {"top": ImageView("top", pos[:32], (4, 8), (0, 0, 1, 0.5)),
-                 "bottom": ImageView("bottom", pos[32:], (4, 8), (0, 0.5, 1, 1))}
-        return dataclasses.replace(p, views=views)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ weights and no network (users can use them to test their own pipelines too).
   (:mod:`.dream_vl`); transformers' VLM classes with tiny configs
   (:mod:`.hf_tiny`); :func:`save_standin` / :func:`load_standin` write and
   read them as model folders the CLI loads (:mod:`.standins`).
+- :class:`.views.TwoViewAdapter`: the toy model as a two-view (multi-view) model.
 """
 from __future__ import annotations
 
