@@ -202,3 +202,17 @@ def test_diffusion_gemma_refuses_another_family_s_processor_up_front(models):
     assert _refusal(lambda: Explainer(model, None)) == \
         "processor: DiffusionGemma needs its processor (with .image_processor and .tokenizer), got NoneType"
     Explainer(model, proc)  # its own is taken (the stand-in's: a tokenizer and Gemma 4's image processor)
+
+
+def test_a_processor_that_places_no_image_token_of_the_model_is_named():
+    """The Dream-VL stand-in given the Qwen2-VL stand-in's processor (a Qwen processor, so not refused
+    by its class): the sequence it makes holds none of the model's image tokens. The message blamed
+    "the input sequence" without naming the argument to change."""
+    from dcam.testing.standins import STANDINS
+
+    model, _ = STANDINS["dream-vl"]()
+    _, qwen_proc = STANDINS["qwen-vl"]()
+    image_id = int(model.config.image_token_id)
+    message = _refusal(lambda: Explainer(model, qwen_proc).explain(_image(), response="a dog"))
+    assert message == (f"processor: the input sequence it made holds no image token of this model (id {image_id}); "
+                       "pass the processor of the model's own checkpoint")

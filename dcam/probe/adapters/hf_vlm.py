@@ -36,7 +36,9 @@ from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
 def image_span(prompt_ids: Tensor, image_token_id: int) -> Tensor:
     pos = torch.nonzero(prompt_ids.reshape(-1) == int(image_token_id)).reshape(-1)
     if pos.numel() == 0:
-        raise InputError(f"no image token (id {image_token_id}) in the input sequence")
+        # (the model's image token id is not where its processor put the image: another processor's tokens)
+        raise InputError(f"processor: the input sequence it made holds no image token of this model (id "
+                         f"{image_token_id}); pass the processor of the model's own checkpoint")
     return pos
 
 

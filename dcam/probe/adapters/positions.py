@@ -28,7 +28,9 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
         is_img = is_img | (ids == int(newline_token_id))
     pos = torch.nonzero(is_img, as_tuple=False).reshape(-1)
     if pos.numel() == 0:
-        raise InputError(f"no image token (id {image_token_id}) in the input sequence")
+        # (the model's image token id is not where its processor put the image: another processor's tokens)
+        raise InputError(f"processor: the input sequence it made holds no image token of this model (id "
+                         f"{image_token_id}); pass the processor of the model's own checkpoint")
     if newline_column:
         if pos.numel() != h * (w + 1):
             raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid with a newline column "
