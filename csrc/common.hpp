@@ -1,6 +1,7 @@
 // Internal helpers shared by the dcam C++ sources (not part of the public API).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -37,6 +38,14 @@ __attribute__((noinline)) F* may_throw(F* f) {
     return p;
 }
 }  // namespace dcam
+
+// Whether x[0 .. n) holds no NaN or infinity (no exit inside the loop: it vectorises).
+inline bool all_finite(const float* x, int64_t n) {
+    const float fmax = 3.4028234663852886e38f;
+    bool ok = true;
+    for (int64_t i = 0; i < n; ++i) ok &= std::fabs(x[i]) <= fmax;  // NaN fails the test
+    return ok;
+}
 
 // Whether an array of the product of `sizes` elements, `elem` bytes each, can be addressed:
 // the byte count fits a signed 64-bit offset (checked multiplications; a wrapped product

@@ -281,9 +281,7 @@ void stream_item(Run& run, Worker& wk, int64_t it) {
     if (run.check_weights) {
         // Every NaN/Inf of grads made a weight of its slice non-finite (see GradMode); a
         // finite gradient can only do that by overflowing a float32 partial sum (|g| > ~4e37).
-        bool bad = false;
-        for (int64_t j = 0; j < len; ++j) bad |= !std::isfinite(w[j]);
-        if (bad) run.nonfinite.store(true, std::memory_order_relaxed);
+        if (!all_finite(w, len)) run.nonfinite.store(true, std::memory_order_relaxed);
     }
     if (p.products()) {
         const int64_t tix = table_of(run, bt);
@@ -349,13 +347,6 @@ int64_t claim_map(Run& run) {
     });
 }
 
-// Whether any of token m's n weights is NaN or infinite (unchecked input only).
-bool any_nonfinite(const float* w, int64_t n) {
-    int bad = 0;
-    for (int64_t j = 0; j < n; ++j) bad |= !std::isfinite(w[j]);  // (no exit inside: it vectorises)
-    return bad != 0;
-}
-
 // Map m = raw / D, min-max normalised (float32 arithmetic as the reference). A map with a
 // NaN is degenerate, as in the reference, whose min and max are NaN then; so is the map of
 // a token with a NaN or infinite weight: there every pixel's sum meets 0 * inf or NaN in the
@@ -377,7 +368,7 @@ void normalise_map(Run& run, int64_t m) {
         nan |= v != v;
     }
     const float* w = (p.streams() ? run.weights : p.weights_in) + m * p.D;
-    const bool deg = nan || !(hi > lo) || any_nonfinite(w, p.D);
+    const bool deg = nan || !(hi > lo) || !all_finite(w, p.D);
     if (deg) {
         std::fill(out, out + N, 0.f);
     } else {

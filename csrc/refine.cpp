@@ -364,16 +364,6 @@ bool valid_params(const dcam_refine_config& c) {
     return in_range(b[4], 0.f, 1.f);
 }
 
-// The maps themselves, for C callers: a NaN raw value gave finite maps where the reference's
-// are NaN (the rank filter and the percentiles order NaN arbitrarily). One pass over the maps,
-// small beside the refinement's sorting.
-bool all_finite(const float* x, int64_t n) {
-    const float fmax = 3.4028234663852886e38f;
-    bool ok = true;
-    for (int64_t i = 0; i < n; ++i) ok &= std::fabs(x[i]) <= fmax;  // NaN fails the test
-    return ok;
-}
-
 // The per-image values and context weights the Python layer checks, for C callers (a NaN
 // repeat ratio made every map NaN; a NaN or negative step count silently gave kernel 3):
 // only those the configuration reads. NaN fails every test.
@@ -419,6 +409,8 @@ int check_refine_args(const float* raw, const float* context_maps, const float* 
     if (cfg->sicd == DCAM_SICD_REFERENCE && !repeat_ratio) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_CONTEXT && !context_weights) return DCAM_EINVAL_NULL;
     if (!valid_values(steps, image_size, repeat_ratio, context_weights, B, T, *cfg)) return DCAM_EINVAL_VALUE;
+    // the maps themselves, for C callers: a NaN raw value gave finite maps where the reference's are NaN
+    // (the rank filter and the percentiles order NaN arbitrarily); one pass, small beside the sorting
     if (!all_finite(raw, B * T * h * w)) return DCAM_EINVAL_VALUE;
     if (cfg->sicd == DCAM_SICD_CONTEXT && context_maps && !all_finite(context_maps, B * T * h * w))
         return DCAM_EINVAL_VALUE;

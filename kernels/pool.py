@@ -136,15 +136,15 @@ def _minmax_normalise_kernel(
         hi_v = tl.maximum(hi_v, tl.where(mask, x, float("-inf")))
         nan_v = tl.maximum(nan_v, (x != x).to(tl.int32))
     w_row = w_ptr + pid.to(tl.int64) * D
+    wbad_v = tl.zeros((BLOCK_D,), tl.int32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         wv = tl.load(w_row + offs_d, mask=offs_d < D, other=0.0)
         # (x - x is NaN exactly for NaN and +-inf: no libdevice isfinite in the interpreter)
-        nonfinite = tl.max(((wv - wv) != 0.0).to(tl.int32), axis=0)
-        nan_v = tl.maximum(nan_v, tl.full((BLOCK,), 0, tl.int32) + nonfinite)
+        wbad_v = tl.maximum(wbad_v, ((wv - wv) != 0.0).to(tl.int32))
     lo = tl.min(lo_v, axis=0)
     hi = tl.max(hi_v, axis=0)
-    ok = (hi > lo) & (tl.max(nan_v, axis=0) == 0)
+    ok = (hi > lo) & (tl.max(nan_v, axis=0) == 0) & (tl.max(wbad_v, axis=0) == 0)
     denom = (hi - lo) + EPS
     # every program reads back only what its own threads stored: no barrier needed
     for n0 in range(0, N, BLOCK):
