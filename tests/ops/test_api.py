@@ -243,6 +243,31 @@ def test_fake_and_vmapped_tensors_ask_for_no_value_check(quiet):
     per_example = torch.vmap(lambda a, g: dcam.pool_gradients(a[None], g[None], grid, check_finite=False).maps[0])
     torch.testing.assert_close(per_example(a, g), dcam.pool_gradients(a, g, grid).maps, atol=0, rtol=0)
 
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_unchecked_nonfinite_weights_make_their_map_degenerate(backend, quiet):
+    # Worked by hand. Every activation of feature 0 is 0, so in the plain formula each pixel of a word whose
+    # feature-0 weight is NaN or +-inf meets NaN or 0 * inf: its map is NaN, i.e. degenerate (all 0). The
+    # C++ product skips zero activations and the Triton dots relu their operands: both returned a
+    # normal-looking map for those words (the C API too). Word 0's weights are finite: raw = a1 / 2.
+    acts = torch.tensor([[[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]]])
+    nan, inf = float("nan"), float("inf")
+    weights = torch.tensor([[[1.0, 1.0], [nan, 1.0], [inf, 1.0], [-inf, 1.0]]])
+    out = dcam.weighted_maps(acts, weights, (2, 2), backend=backend, check_finite=False)
+    assert out.degenerate.tolist() == [[False, True, True, True]]
+    torch.testing.assert_close(out.maps[0, 0].reshape(-1), torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]), atol=1e-6, rtol=0)
+    assert torch.equal(out.maps[0, 1:], torch.zeros(3, 2, 2))
+    # the same through the gradients: a NaN gradient of word 1 makes its (signed) weight NaN
+    grads = torch.ones(1, 2, 4, 2)
+    grads[0, 1, 2, 0] = nan
+    out = dcam.pool_gradients(acts, grads, (2, 2), grad_relu=False, backend=backend, check_finite=False)
+    assert out.degenerate.tolist() == [[False, True]] and torch.equal(out.maps[0, 1], torch.zeros(2, 2))
+    # a NaN activation: every word's map holds a NaN in the plain formula (the relu keeps it), so all are
+    # degenerate; Triton's relu'd operands dropped it (a normal-looking map, found by a fuzz in the interpreter)
+    acts[0, 2, 1] = nan
+    out = dcam.weighted_maps(acts, weights[:, :1], (2, 2), backend=backend, check_finite=False)
+    assert out.degenerate.tolist() == [[True]] and torch.equal(out.maps, torch.zeros(1, 1, 2, 2))
+
+
 def test_torch_export_with_the_value_check_names_check_finite(quiet):
     # export traces with fake tensors: the default check reached torch's raw "Could not guard on
     # data-dependent expression"; without the check the module exports and runs as eager
