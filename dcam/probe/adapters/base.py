@@ -323,14 +323,16 @@ class ModelAdapter:
         raise _missing(self, "generate()")
 
     def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
-        """The note an explanation carries when a generation of ``length`` slots asked for
-        ``steps`` denoising steps used ``used`` (None when it used them). A sampler runs the steps
-        asked for and counts those that changed its response (:class:`Generation`), so the others
-        committed no token."""
+        """The note of a generation that asked for ``steps`` steps and used ``used`` (None: it used them)."""
         if used == steps:
             return None
-        why = f" ({idle_steps(steps - used)})" if used < steps else ""
-        return f"steps: {steps} requested, the sampler used {used}{why}"
+        why = self.fewer_steps_why(steps, length, used)
+        return f"steps: {steps} requested, the sampler used {used}" + (f" ({'; '.join(why)})" if why else "")
+
+    def fewer_steps_why(self, steps: int, length: int, used: int) -> List[str]:
+        """Why the sampler used ``used`` of ``steps``, a phrase per reason: it runs the steps asked for and
+        counts those that changed its response (:class:`Generation`); the others committed no token."""
+        return [idle_steps(steps - used)] if used < steps else []
 
     def logit_positions(self, positions: Tensor) -> Tensor:
         """Where the logits that predict the tokens at ``positions`` are read

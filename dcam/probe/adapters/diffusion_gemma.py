@@ -40,18 +40,18 @@ checkpoint expects one.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .llava import is_transformers_processor
 from ...words import refuse_ids
 from ..padding import padding_id, row_lengths, split_padding
 from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
 from .hf_vlm import GEMMA_LAYOUT, check_patch_positions, gemma_placed_ids, grid_from_patch_positions, \
     placed_by_dcam
+from .llava import refuse_foreign_processor
 
 DEFAULT_PROMPT = "Describe the image."
 #: the model-inputs key under which a stacked batch carries each row's response start (taken out
@@ -94,9 +94,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         if self.processor is None or not hasattr(self.processor, "image_processor") or self.tokenizer is None:
             raise InputError(f"processor: DiffusionGemma needs its processor (with .image_processor and .tokenizer), "
                              f"got {name}")
-        if is_transformers_processor(self.processor) and not name.startswith(PROCESSOR_CLASSES):
-            raise InputError(f"processor: a {name} does not go with this diffusion_gemma model; pass the processor "
-                             "of the model's own checkpoint")
+        refuse_foreign_processor(self.processor, PROCESSOR_CLASSES, "diffusion_gemma")
 
     @property
     def image_token_id(self) -> int:
@@ -226,12 +224,9 @@ class DiffusionGemmaAdapter(ModelAdapter):
         used = int(round(n_valid / tpf)) if tpf > 0 else S
         return Generation(new, max(1, min(used, S * max(1, -(-Lr // int(self.model.config.canvas_length))))))
 
-    def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
+    def fewer_steps_why(self, steps: int, length: int, used: int) -> List[str]:
         # its sampler stops a canvas early (adaptive stopping): it does not run the rest
-        if used == steps:
-            return None
-        why = " (it stops denoising a canvas once it is stable and confident)" if used < steps else ""
-        return f"steps: {steps} requested, the sampler used {used}{why}"
+        return ["it stops denoising a canvas once it is stable and confident"] if used < steps else []
 
     def logits_at(self, input_ids: Tensor, model_inputs: Dict[str, Any], positions: Tensor,
                   response_start: int) -> Tensor:

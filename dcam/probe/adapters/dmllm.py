@@ -145,12 +145,9 @@ class DMLLMAdapter(ModelAdapter):
         n_blocks = length // block
         return max(S - S % n_blocks, n_blocks), block
 
-    def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
-        """Why a generation of ``length`` slots asked for ``steps`` used ``used`` (None when it
-        used them): each of the sampler's blocks takes the same number of steps, and of the ``S``
-        it ran, those that committed no token are not counted."""
-        if used == steps:
-            return None
+    def fewer_steps_why(self, steps: int, length: int, used: int) -> List[str]:
+        """Each of the sampler's blocks takes the same number of steps, and of the ``S`` it ran,
+        those that committed no token are not counted."""
         S, block = self.steps_and_blocks(steps, length)
         why = []
         if self.block_length and block != self.block_length:
@@ -161,7 +158,7 @@ class DMLLMAdapter(ModelAdapter):
             why.append(f"{n} blocks of {block} slots take the same number of steps each, at least one: {S} in all")
         if used < S:
             why.append(idle_steps(S - used))
-        return f"steps: {steps} requested, the sampler used {used} ({'; '.join(why)})"
+        return why
 
 
 def _changed(responses: Sequence[Tensor], mask_id: int) -> List[Tensor]:

@@ -31,14 +31,13 @@ from ...errors import InputError
 from ...words import refuse_ids
 from .base import ImageView, Prepared, config_get
 from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
+from .positions import no_image_token
 
 
 def image_span(prompt_ids: Tensor, image_token_id: int) -> Tensor:
     pos = torch.nonzero(prompt_ids.reshape(-1) == int(image_token_id)).reshape(-1)
     if pos.numel() == 0:
-        # (the model's image token id is not where its processor put the image: another processor's tokens)
-        raise InputError(f"processor: the input sequence it made holds no image token of this model (id "
-                         f"{image_token_id}); pass the processor of the model's own checkpoint")
+        raise no_image_token(image_token_id)
     return pos
 
 

@@ -50,6 +50,16 @@ def is_transformers_processor(processor) -> bool:
     return type(processor).__name__ in set(PROCESSOR_MAPPING_NAMES.values())
 
 
+def refuse_foreign_processor(processor, classes: Tuple[str, ...], kind: str,
+                             own: str = "the processor of the model's own checkpoint") -> None:
+    """InputError naming ``processor`` when it is a transformers processor whose class name starts with
+    none of ``classes`` (another family's: its inputs failed deep in the model); one transformers does
+    not know is the caller's."""
+    name = type(processor).__name__
+    if is_transformers_processor(processor) and not name.startswith(classes):
+        raise InputError(f"processor: a {name} does not go with this {kind} model; pass {own}")
+
+
 class HFVisionLanguageAdapter(ModelAdapter):
     """Base of the transformers-VLM adapters (see the module docstring)."""
 
@@ -86,11 +96,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
             kind = getattr(self.model.config, "model_type", type(self.model).__name__)
             raise InputError(f"processor: this {kind} model needs its transformers processor (with a tokenizer), "
                              f"got {name}")
-        if self.processor_classes and is_transformers_processor(self.processor) \
-                and not name.startswith(self.processor_classes):
-            kind = getattr(self.model.config, "model_type", type(self.model).__name__)
-            raise InputError(f"processor: a {name} does not go with this {kind} model; pass the processor of the "
-                             "model's own checkpoint")
+        if self.processor_classes:
+            refuse_foreign_processor(self.processor, self.processor_classes,
+                                     getattr(self.model.config, "model_type", type(self.model).__name__))
 
     # ------------------------------------------------------------------ ids
     @property
@@ -353,4 +361,4 @@ def _zero_tiles(v: Tensor, n: int) -> Tensor:
 
 
 __all__ = ["HFVisionLanguageAdapter", "LlavaAdapter", "LlavaNextAdapter", "PER_TOKEN_INPUTS",
-           "is_transformers_processor"]
+           "is_transformers_processor", "refuse_foreign_processor"]

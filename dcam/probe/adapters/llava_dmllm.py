@@ -42,7 +42,7 @@ from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, sta
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
                     recorded_states)
-from .llava import is_transformers_processor
+from .llava import refuse_foreign_processor
 from .sampling import steps_used
 
 IMAGE_TOKEN_INDEX = -200
@@ -115,11 +115,9 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         processors are never these models' (a LlavaNextProcessor's tiles ended in "too many values
         to unpack" in the SigLIP tower), bar a SigLIP one; the tokenizer and image processor must
         be there. (A foreign image processor is refused by the shape of its pixels, stack_pixels.)"""
-        name = type(self.processor).__name__
-        if is_transformers_processor(self.processor) and not name.startswith("Siglip"):
-            raise InputError(f"processor: a {name} does not go with this {self.model.config.model_type} model; "
-                             "pass the (tokenizer, image_processor) of the model's own checkpoint (its llava "
-                             "package's load_pretrained_model)")
+        refuse_foreign_processor(self.processor, ("Siglip",), self.model.config.model_type,
+                                 own="the (tokenizer, image_processor) of the model's own checkpoint (its llava "
+                                     "package's load_pretrained_model)")
         _ = self.tokenizer, self.image_processor  # each raises the InputError naming what is missing
 
     @property

@@ -9,6 +9,13 @@ from torch import Tensor
 from ...errors import InputError
 
 
+def no_image_token(image_token_id: int) -> InputError:
+    """The error of an input sequence without the model's image token: the processor that made it
+    put another model's tokens where the image goes."""
+    return InputError(f"processor: the input sequence it made holds no image token of this model (id "
+                      f"{image_token_id}); pass the processor of the model's own checkpoint")
+
+
 def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[int, int],
                            newline_column: bool = False, newline_token_id: Optional[int] = None) -> Tensor:
     """Positions (int64 ``[h*w]``, raster order) of the image tokens of one sequence.
@@ -28,9 +35,7 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
         is_img = is_img | (ids == int(newline_token_id))
     pos = torch.nonzero(is_img, as_tuple=False).reshape(-1)
     if pos.numel() == 0:
-        # (the model's image token id is not where its processor put the image: another processor's tokens)
-        raise InputError(f"processor: the input sequence it made holds no image token of this model (id "
-                         f"{image_token_id}); pass the processor of the model's own checkpoint")
+        raise no_image_token(image_token_id)
     if newline_column:
         if pos.numel() != h * (w + 1):
             raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid with a newline column "
@@ -41,4 +46,4 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
     return pos
 
 
-__all__ = ["locate_image_positions"]
+__all__ = ["locate_image_positions", "no_image_token"]

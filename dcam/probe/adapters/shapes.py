@@ -140,11 +140,9 @@ class ShapesAdapter(ModelAdapter):
         decided_at = (after == mask).sum(0).long()  # a slot stays masked for exactly decided_at steps
         return Generation(out[0].tolist(), used, states=states, decided_at=decided_at)
 
-    def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
+    def fewer_steps_why(self, steps: int, length: int, used: int) -> List[str]:
         # the steps past the response length are not run (each step commits at least one token)
-        if used == steps:
-            return None
-        return f"steps: {steps} requested, the sampler used {used} (it commits at least one token per step)"
+        return ["it commits at least one token per step"]
 
     def _embeddings(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
         """Input embeddings and the remaining model inputs."""
