@@ -196,16 +196,20 @@ def merge_index(root: str, ids: Sequence[str], where: Callable[[int], str]) -> N
     Only the places of the lines are held in memory (a pass to find them, a pass to write them)."""
     pending = parts(root, INDEX_PARTS)
     main = os.path.join(root, INDEX)
-    merged = {obj.get("part", "") for _, obj in read_lines(main)} if pending and os.path.exists(main) else set()
-    unmerged = [p for p in pending if os.path.basename(p)[:-len(".jsonl")] not in merged]
-    files = ([main] if os.path.exists(main) else []) + unmerged
+    files = ([main] if os.path.exists(main) else []) + pending
+    first_part = len(files) - len(pending)
+    merged: Set[str] = set()  # the parts index.jsonl holds already (read first: a kill before their deletion)
     pos = {rid: i for i, rid in enumerate(ids)}
     line_file, line_at = array("i", [-1]) * len(ids), array("q", [0]) * len(ids)
     gone: Dict[str, Tuple[int, int]] = {}  # id -> (file, offset) of the lines of records no longer in the source
     # a part's line is a change; a part with no complete line (a process killed in its first write) is none
-    changed, last, first_part = False, -1, len(files) - len(unmerged)
+    changed, last = False, -1
     for k, path in enumerate(files):
+        if k >= first_part and os.path.basename(path)[:-len(".jsonl")] in merged:
+            continue
         for _, at, obj in _placed_lines(path):
+            if k < first_part:
+                merged.add(obj.get("part", ""))
             changed = changed or k >= first_part
             i = pos.get(obj["id"])
             if (line_file[i] >= 0) if i is not None else obj["id"] in gone:
