@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 
+
 def _whole(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
