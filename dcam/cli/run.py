@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory", action="store_true",
                    help="also store every word's map on every denoising step of the model's own generation "
                         "(records without a response; dcam view shows a step slider)")
+    p.add_argument("--response-length", type=common.positive_int, default=None, metavar="N",
+                   help="tokens the model generates for records without a response (a diffusion model's canvas, "
+                        "a causal model's longest answer; default: the model's own; part of the run's fingerprint)")
     p.add_argument("--split", default=None,
                    help="split of a COCO data folder (picks instances_<split>*, which must be there; default: its test "
                         "split if it has one, else its val split)")
@@ -41,6 +44,11 @@ def add_parser(sub) -> None:
     common.add_method_options(p)
     common.add_run_options(p)
     p.set_defaults(run=run, command="run")
+
+
+#: run_dataset's options as dcam run's (:func:`common.argument_error`)
+RUN_OPTIONS = {"probe": "--probe", "target_score": "--target-score", "steps": "--steps", "prompt": "--prompt",
+               "response_length": "--response-length", "memory_budget": "--memory-budget"}
 
 
 def _explainer(args, dist):
@@ -75,11 +83,15 @@ def _run(args) -> int:
         model = dist.agree(lambda: model_identity(args.model) if dist.rank == 0 else None)
         opts = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, probe=args.probe,
                           target_score=args.target_score, steps=args.steps, prompt=args.prompt,
+                          response_length=args.response_length,
                           overlays=args.overlays, overwrite=args.overwrite, memory_budget=args.memory_budget,
                           trajectory=args.trajectory, protect=(("the model", common.model_location(args)),),
                           progress=not args.quiet, extra={"chunk_size": args.chunk_size})
-        info = run_dataset(exp, source, args.out, opts, dist, model=model,
-                           log=lambda msg: common.log(msg, quiet))
+        try:
+            info = run_dataset(exp, source, args.out, opts, dist, model=model,
+                               log=lambda msg: common.log(msg, quiet))
+        except InputError as exc:  # the options run_dataset refuses, named as dcam run's
+            raise common.argument_error(exc, RUN_OPTIONS) from None
     finally:
         dist.close()
     if info is not None:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import InputError, one_line
+from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
 from ..output import refuse_current_folder, refuse_inputs_inside
 from .distributed import Dist
@@ -37,9 +37,10 @@ from .writer import RecordWriter, write_overlays
 
 @dataclass
 class RunOptions:
-    """How to run (see ``dcam run --help``). probe/target_score/steps: passed to
-    ``explain_batch`` (None: the explainer's defaults); prompt: for records
-    without one; memory_budget: bytes (recorded; applied by the explainer)."""
+    """How to run (see ``dcam run --help``). probe/target_score/steps/response_length: passed
+    to ``explain_batch`` (None: the explainer's defaults; response_length only matters to
+    records without a response); prompt: for records without one; memory_budget: bytes
+    (recorded; applied by the explainer)."""
 
     batch_size: int = 8
     shard_size: int = 256
@@ -47,6 +48,7 @@ class RunOptions:
     probe: Optional[str] = None
     target_score: Optional[str] = None
     steps: Optional[int] = None
+    response_length: Optional[int] = None
     prompt: Optional[str] = None
     overlays: bool = False
     overwrite: bool = False
@@ -110,6 +112,30 @@ def check_run_prompt(prompt, name: str = "prompt") -> None:
         raise InputError(f"{name}: must be a non-empty text or None, got {prompt!r}")
 
 
+def check_run_options(explainer, opts: RunOptions) -> None:
+    """Every option is refused before the folder is touched: a bad steps, probe or target score
+    sent every record to errors.jsonl under a fingerprint of the bad value, a batch size of 0
+    was range()'s ValueError, and a shard size of 0 wrote a shard per record unasked."""
+    import numbers
+
+    for name in ("batch_size", "shard_size"):
+        positive_int(name, getattr(opts, name), allow_none=False)
+    for name in ("steps", "response_length", "memory_budget"):
+        positive_int(name, getattr(opts, name))
+    s = opts.shard_seconds
+    if isinstance(s, bool) or not isinstance(s, numbers.Real) or not s > 0 or not math.isfinite(s):
+        raise InputError(f"shard_seconds must be a number of seconds > 0, got {s!r}")
+    for name in ("overlays", "overwrite", "trajectory", "progress"):
+        if not isinstance(getattr(opts, name), bool):
+            raise InputError(f"{name} must be True or False, got {getattr(opts, name)!r}")
+    check_run_prompt(opts.prompt)
+    explainer._checked_request(opts.probe, opts.target_score)
+    # a family with a fixed response layout (the bundled model) refuses other lengths for every record alike
+    fixed_layout = getattr(explainer.adapter, "check_response_length", None)
+    if opts.response_length is not None and fixed_layout is not None:
+        fixed_layout(opts.response_length)
+
+
 def _prompt(rec, opts: RunOptions):
     """The record's prompt, else the run's: an empty one is the record's (and refused as the
     API refuses it), not a missing one (``""`` quietly became the default prompt)."""
@@ -119,7 +145,8 @@ def _prompt(rec, opts: RunOptions):
 def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, Optional[str]]]:
     """(record, explanation or None, error or None) for each record: one
     ``explain_batch`` call, record by record if it refuses the batch."""
-    kw = dict(probe=opts.probe, target_score=opts.target_score, steps=opts.steps)
+    kw = dict(probe=opts.probe, target_score=opts.target_score, steps=opts.steps,
+              response_length=opts.response_length)
     if opts.trajectory:  # each record's own generation, traced step by step: one record at a time
         out = []
         for r in recs:
@@ -249,7 +276,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     of its files (part of the fingerprint); dist: this rank (default: one
     process). Returns the final ``run.json`` on rank 0, None elsewhere."""
     opts = opts or RunOptions()
-    check_run_prompt(opts.prompt)
+    check_run_options(explainer, opts)
     dist = dist or Dist()
     log = log or (lambda msg: None)
     root = os.path.abspath(out)
@@ -261,6 +288,8 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     # mixed its records into the first one's index: both decide what the folder holds
     if opts.prompt is not None:
         identity["prompt"] = opts.prompt
+    if opts.response_length is not None:  # the generated responses' length (a folder without it: the model's)
+        identity["response_length"] = opts.response_length
     described = source.describe()
     identity["source"] = {k: described[k] for k in ("kind", "path", "files") if k in described}
     header = {"source": described, "versions": versions(),
@@ -295,4 +324,5 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
             lock.release()
 
 
-__all__ = ["RunOptions", "run_dataset", "share", "explain_records", "index_entry", "UnchangedRecords"]
+__all__ = ["RunOptions", "check_run_options", "run_dataset", "share", "explain_records", "index_entry",
+           "UnchangedRecords"]

@@ -3,6 +3,7 @@ explainer called directly and metrics computed here; resuming, refusing a
 changed config, crash debris; `dcam.load_run` reads lazily."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -493,3 +494,61 @@ def test_the_progress_bar_counts_failed_records_and_not_earlier_sessions_parts(t
     bar.update()
     assert (bar.bar.n, bar.records, bar.failed, bar.words) == (1 + 2 + 1, 2, 1, 4)
     bar.close()
+
+
+def test_response_length_sets_the_generated_responses_and_the_fingerprint(tmp_path, capsys):
+    # dcam run had no --response-length: a run's generated answers were always the model's default length
+    from dcam.runs import RunOptions, run_dataset
+    from dcam.runs.sources import open_source
+    from dcam.testing.hf_tiny import tiny_llava
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / f"i{k}.png")
+    exp = dcam.Explainer(*tiny_llava())
+    out = tmp_path / "out"
+    run_dataset(exp, open_source(str(src)), str(out), RunOptions(response_length=3, progress=False, batch_size=2))
+    got = {r.id: r for r in dcam.load_run(str(out))}
+    assert sorted(got) == ["i0.png", "i1.png"]
+    for rid, r in got.items():
+        direct = exp.explain(str(src / rid), response_length=3)
+        assert 1 <= len(direct.response_ids) <= 3 and r.response == direct.response and r.tokens == direct.tokens
+    longer = exp.explain(str(src / "i0.png"), response_length=6)
+    assert len(longer.response_ids) > len(got["i0.png"].response.split())  # the option did shorten the answer
+    # the length decides the maps: a resume with another one is refused, naming it
+    with pytest.raises(InputError, match=r"differs in: response_length"):
+        run_dataset(exp, open_source(str(src)), str(out), RunOptions(response_length=4, progress=False))
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("steps", 0, "steps must be an int >= 1, got 0"),
+    ("response_length", "3", "response_length must be an int >= 1, got '3'"),
+    ("batch_size", 0, "batch_size must be an int >= 1, got 0"),
+    ("shard_size", 2.5, "shard_size must be an int >= 1, got 2.5"),
+    ("shard_seconds", float("nan"), "shard_seconds must be a number of seconds > 0, got nan"),
+    ("memory_budget", -5, "memory_budget must be an int >= 1, got -5"),
+    ("overlays", "yes", "overlays must be True or False, got 'yes'"),
+    ("target_score", "nope", "target_score"),
+])
+def test_bad_run_options_are_refused_before_the_folder_is_touched(run_manifest, tmp_path, explainer, option, value,
+                                                                   message):
+    # a bad steps, probe or score sent every record to errors.jsonl; a batch size of 0 was range()'s ValueError
+    from dcam.runs import RunOptions, run_dataset
+    from dcam.runs.sources import open_source
+
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="^" + re.escape(message)):
+        run_dataset(explainer, open_source(run_manifest["path"]), str(out), RunOptions(**{option: value}))
+    assert not out.exists()
+
+
+def test_a_response_length_the_model_cannot_write_stops_the_run_at_its_start(run_manifest, tmp_path, capsys):
+    # the bundled model lays out exactly 12 response slots: every record failed into errors.jsonl, exit 0
+    out = tmp_path / "out"
+    assert main(["run", run_manifest["path"], "--out", str(out), "--response-length", "3", *RUN_ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dcam run: error: --response-length: this model writes exactly 12 response slots (its processor's "
+                   "response_length; shorter responses end in eos), got 3"]
+    assert not out.exists()

@@ -79,7 +79,7 @@ class ShapesAdapter(ModelAdapter):
         return self.model.lm_head.weight
 
     # ------------------------------------------------------------------ inputs
-    def _check_response_length(self, response_length) -> None:
+    def check_response_length(self, response_length) -> None:
         """The processor lays out a fixed number of response slots; another length generated
         into the last slots of that layout (a 5-token response after 7 [MASK]s) and was then
         explained at the first ones, a context the model never saw (or, traced, a RuntimeError)."""
@@ -89,7 +89,7 @@ class ShapesAdapter(ModelAdapter):
                              f"response_length; shorter responses end in eos), got {response_length}")
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
-        self._check_response_length(response_length)
+        self.check_response_length(response_length)
         img = load_image(image)
         enc = self.processor.build(img, prompt, response_ids)
         ids = enc["input_ids"]
@@ -121,7 +121,7 @@ class ShapesAdapter(ModelAdapter):
         where still masked) and the step each slot was committed at
         (``decided_at [Lr]``); the sampler never revisits a committed slot, so
         that is the step of its final token."""
-        self._check_response_length(response_length)
+        self.check_response_length(response_length)
         Lr = int(response_length or prep.response_length)
         # steps beyond the response length commit nothing (the schedule is one token per step for
         # the first Lr steps): run only those, so --steps 100000 costs what --steps Lr does
