@@ -225,7 +225,8 @@ class Explainer:
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""
         probe, target_score = self._checked_request(probe, target_score)
-        granularity = granularity or self.granularity
+        # (None is the default: "", 0 or [] became the default granularity without a word)
+        granularity = self.granularity if granularity is None else check_granularity(granularity)
         view = check_view(self.adapter, view) if view is not None else self.view
         images = _entries("images", images)
         n = len(images)

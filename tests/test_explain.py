@@ -1,6 +1,7 @@
 """Explainer, gradient probe and Explanation outputs, on a tiny random zoo model."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -667,6 +668,21 @@ def test_what_a_method_never_uses_is_refused_or_recorded_as_none(zoo, sample, tm
         Explainer(*zoo, method=["tam"])
     with pytest.raises(InputError, match=r"^CamConfig\.sicd must be one of"):
         CamConfig(sicd=["off"])
+
+
+def test_a_falsy_granularity_is_refused_not_replaced_by_the_default(zoo, sample):
+    # explain(granularity="") / 0 / False / [] was `granularity or self.granularity`: the explainer's "words"
+    # without a word, while Explainer(granularity="") was refused
+    exp = Explainer(*zoo)
+    for bad in ("", 0, False, []):
+        said = rf"^granularity must be one of words, tokens, got {re.escape(repr(bad))}$"
+        with pytest.raises(InputError, match=said):
+            exp.explain(sample.image, response="a red circle", granularity=bad)
+        with pytest.raises(InputError, match=said):
+            exp.explain_batch([sample.image], responses=["a red circle"], granularity=bad)
+    # None is the explainer's own; "tokens" overrides it
+    assert exp.explain(sample.image, response="a red circle", granularity=None).granularity == "words"
+    assert exp.explain(sample.image, response="a red circle", granularity="tokens").granularity == "tokens"
 
 
 def test_a_missing_or_wrong_processor_is_named_when_the_explainer_is_made(zoo):
