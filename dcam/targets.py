@@ -158,6 +158,8 @@ def targets_asked(targets):
     for it in wanted:
         if not (isinstance(it, str) or (isinstance(it, numbers.Integral) and not isinstance(it, bool))):
             raise InputError(f"targets must be 'all', word numbers or words, got {it!r}")
+        if isinstance(it, str) and not it.strip():  # (it was "word '' is not in the response")
+            raise InputError(f"targets: {it!r} is an empty target; give a word, a phrase or a word number")
     return wanted
 
 
