@@ -16,7 +16,8 @@ are not pad/eos/mask ids. They are grouped into *items*, one map each:
 that granularity, whatever ``granularity`` says; the literal word "words" is
 ``["words"]``), an int or a list of ints (item numbers
 counted from 0, negative from the end), a word or phrase or a list of them
-(case-insensitive, punctuation ignored; every occurrence). Item numbers never
+(case-insensitive, punctuation ignored, its words breaking where the response's do: "anda"
+is not "and a"; every occurrence; an empty one is an InputError). Item numbers never
 count eos/pad slots. Unknown words and numbers out of range are InputErrors
 naming ``targets``.
 
@@ -110,10 +111,15 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
     """The items ``targets`` asks for, in response order (see the module docstring).
     ``text_of(slots)``: the response's text over those slots, a phrase's name (else its
     items' texts joined with spaces: "red circ le" of the pieces "circ" "le", "日本 の 猫"
-    of a phrase written without spaces)."""
+    of a phrase written without spaces) and where its words break (else every item is a
+    word apart: "circle" finds no "circ" "le")."""
     if not items:
         raise InputError("the response has no word to explain (only eos/pad tokens)")
     words = [it.text for it in items]
+
+    def run_text(start: int, stop: int) -> str:
+        return text_of([slot for x in items[start:stop] for slot in x.slots]) if text_of is not None else ""
+
     wanted = targets_asked(targets)
     if wanted == "all":
         return list(items)
@@ -126,7 +132,7 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
                                  f"words ({_listed(words)})")
             chosen[(k % len(items),)] = items[k % len(items)]
         elif isinstance(it, str):
-            runs = find_phrase(words, it)
+            runs = find_phrase(words, it, run_text)
             if not runs:
                 kind = "phrase" if len([w for w in it.split() if phrase_key(w)]) > 1 else "word"
                 raise InputError(f"targets: {kind} {it!r} is not in the response (words: {_listed(words)})")

@@ -425,12 +425,19 @@ def find_item(texts: Sequence[str], query: str) -> Optional[int]:
     return None
 
 
-def find_phrase(words: Sequence[str], phrase: str) -> List[Tuple[int, int]]:
+def find_phrase(words: Sequence[str], phrase: str,
+                run_text: Optional[Callable[[int, int], str]] = None) -> List[Tuple[int, int]]:
     """``(start, stop)`` of every run of ``words`` (item texts) whose letters and digits,
     joined, spell ``phrase``'s: the run starts and ends on a word, punctuation items
     inside it are kept ("blue-green" finds "blue - green" of a tokenizer that spaces
     punctuation, "red circle" finds "red, circle"), case and punctuation are ignored. A
-    phrase of punctuation alone finds the items spelled as it is ("," finds each ",")."""
+    phrase of punctuation alone finds the items spelled as it is ("," finds each ",").
+
+    The words must break where the phrase's do (:func:`_same_breaks`): "anda" is not the
+    "and a" of the response, nor "red circle" one word "redcircle". ``run_text(start,
+    stop)``: the response's text of ``words[start:stop]`` (pieces of one word under
+    ``granularity="tokens"``, words of an unspaced script, follow each other without a
+    space); where it is not given or spells other letters, the items are taken as words apart."""
     want = phrase_key(phrase)
     keys = [phrase_key(w) for w in words]
     if not want:  # punctuation alone (",", "!"): the items spelled so (they have maps of their own)
@@ -448,5 +455,35 @@ def find_phrase(words: Sequence[str], phrase: str) -> List[Tuple[int, int]]:
                 if not want.startswith(got):
                     break
         if got == want:
-            out.append((s, e + 1))
+            text = run_text(s, e + 1) if run_text is not None else ""
+            if phrase_key(text) != got:  # no text known (tokens that complete no character): words apart
+                text = " ".join(words[s:e + 1])
+            if _same_breaks(text, phrase):
+                out.append((s, e + 1))
     return out
+
+
+def _breaks(s: str) -> Tuple[str, List[str]]:
+    """(:func:`phrase_key` of ``s``, what stands between each two of its letters or digits): ``""``
+    nothing, ``" "`` whitespace only, ``"."`` punctuation (with or without whitespace) or a
+    character of an unspaced script on either side (its words are the tokenizer's: "日本の猫"
+    and "日本 の 猫" are alike)."""
+    key, between, gap = "", [], ""
+    for ch in unicodedata.normalize("NFC", s).casefold():
+        if not _is_word_char(ch):
+            gap += ch
+            continue
+        if key:
+            unspaced = _unspaced(key[-1]) or _unspaced(ch)
+            between.append("." if unspaced or (gap and not gap.isspace()) else " " if gap else "")
+        key, gap = key + ch, ""
+    return key, between
+
+
+def _same_breaks(text: str, phrase: str) -> bool:
+    """Whether ``text`` (of the response) and ``phrase`` (a target) spell the same letters and
+    digits, broken into words at the same places: where one has whitespace between two
+    letters, the other has a break too; punctuation on either side is ignored ("it's" is
+    "its" and "it s", "blue-green" is "blue green" and "bluegreen")."""
+    (key, gaps), (want, wanted) = _breaks(text), _breaks(phrase)
+    return key == want and all(a == b or "." in (a, b) for a, b in zip(gaps, wanted))

@@ -16,6 +16,51 @@ from dcam.testing.llava_dmllm import tiny_llada_v
 from dcam.testing.vocab import word_tokenizer
 from dcam.words import find_phrase
 
+WORDS = ["a", "red", "circle", "and", "a", "blue", "square"]
+
+
+def test_a_target_breaks_into_words_where_the_response_does():
+    # "anda" found "and" "a" and "redcircle" found "red" "circle": the letters were compared joined across the run
+    assert find_phrase(WORDS, "anda") == [] and find_phrase(WORDS, "redcircle") == []
+    assert find_phrase(WORDS, "and a") == [(3, 5)] and find_phrase(WORDS, "Red circle.") == [(1, 3)]
+    assert find_phrase(WORDS, "Red,") == [(1, 2)] and find_phrase(WORDS, "red, circle") == [(1, 3)]
+    assert find_phrase(["circles"], "circle s") == []  # nor is one word two
+    # punctuation on either side is no break to match: a comma between words, a word spelled with one
+    assert find_phrase(["red", ",", "circle"], "red circle") == [(0, 3)]
+    assert find_phrase(["1,000", "circles"], "1,000") == [(0, 1)] and find_phrase(["it's"], "it s") == [(0, 1)]
+
+
+def test_pieces_of_one_word_and_unspaced_words_join_as_the_response_text_does():
+    # the response's own text says where the items break: "circ" "le" of "a red circle" are one word, and
+    # "日本" "の" "猫" follow each other with no space
+    def text_of(text, spans):
+        return lambda slots: " ".join(text[min(spans[s][0] for s in slots):max(spans[s][1] for s in slots)].split())
+
+    items = [Item("a", 0, [0]), Item("red", 1, [1]), Item("circ", 2, [2]), Item("le", 3, [3])]
+    read = text_of("a red circle", [(0, 1), (1, 5), (5, 10), (10, 12)])
+    assert [(it.text, it.slots) for it in select_items(items, ["circle"], read)] == [("circle", [2, 3])]
+    assert [it.slots for it in select_items(items, ["red circle"], read)] == [[1, 2, 3]]
+    for split in ("circ le", "redcircle", "ared"):
+        with pytest.raises(InputError, match=f"^targets: (word|phrase) '{split}' is not in the response"):
+            select_items(items, [split], read)
+    cjk = [Item("日本", 0, [0]), Item("の", 1, [1]), Item("猫", 2, [2])]
+    for written in ("日本の猫", "日本 の 猫"):  # the breaks of an unspaced script are the tokenizer's, not the text's
+        got = select_items(cjk, [written], text_of("日本の猫", [(0, 2), (2, 3), (3, 4)]))
+        assert [it.slots for it in got] == [[0, 1, 2]]
+
+
+def test_a_target_run_together_is_refused_through_the_explainer():
+    exp = dcam.Explainer(*tiny_toy(0))
+    image = np.zeros((32, 32, 3), np.uint8)
+    response = "a red circle and a blue square"
+    for joined in ("anda", "redcircle"):
+        with pytest.raises(InputError, match=f"^targets: word '{joined}' is not in the response "
+                                             r"\(words: a red circle and a blue square\)$"):
+            exp.explain(image, response=response, targets=joined)
+    e = exp.explain(image, response=response, targets=["and a", "Red,"])
+    assert e.tokens == ["red", "and a"] and e.pieces == [[1], [3, 4]]
+
+
 @pytest.mark.parametrize("targets", ["", "   ", ["red", ""], ["\t"]])
 def test_an_empty_target_is_named_as_empty(targets):
     # it was "targets: word '' is not in the response", as if a word had been looked for

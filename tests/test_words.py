@@ -246,7 +246,10 @@ def test_a_phrase_is_named_by_the_response_text_it_covers():
     spans = [(0, 1), (1, 5), (5, 10), (10, 12)]  # " red", " circ", "le" of "a red circle"
     got = select_items(items, ["red circle"], text_of("a red circle", spans))
     assert [(it.text, it.slots) for it in got] == [("red circle", [1, 2, 3])]
-    assert select_items(items, ["red circle"])[0].text == "red circ le"  # without the text: the pieces joined
+    # without the text the items are words apart (nothing says "circ" "le" is one word), named by their texts joined
+    assert select_items(items, ["red circ le"])[0].text == "red circ le"
+    with pytest.raises(InputError, match="phrase 'red circle' is not in the response"):
+        select_items(items, ["red circle"])
     cjk = [Item("日本", 0, [0]), Item("の", 1, [1]), Item("猫", 2, [2])]
     got = select_items(cjk, ["日本の猫"], text_of("日本の猫", [(0, 2), (2, 3), (3, 4)]))
     assert got[0].text == "日本の猫"
