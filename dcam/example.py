@@ -222,14 +222,15 @@ class ExampleBuilder:
 
 def _text_of(slots: List[int], text: str, spans):
     """``text_of(slots)`` for :func:`select_items`: the decoded text the slots' tokens complete,
-    from the first one's start to the last one's end, its whitespace runs made single spaces."""
+    from the first one's start to the last one's end, its whitespace runs made single spaces, lower
+    case as its words' texts are (a phrase was "Red Circle" among the words "red" and "circle")."""
     where = {slot: k for k, slot in enumerate(slots)}
 
     def text_of(chosen: List[int]) -> str:
         cover = [spans[where[s]] for s in chosen if s in where and spans[where[s]][1] > spans[where[s]][0]]
         if not cover:
             return ""
-        return " ".join(text[min(a for a, _ in cover):max(b for _, b in cover)].split())
+        return " ".join(text[min(a for a, _ in cover):max(b for _, b in cover)].split()).lower()
     return text_of
 
 

@@ -61,6 +61,30 @@ def test_a_target_run_together_is_refused_through_the_explainer():
     assert e.tokens == ["red", "and a"] and e.pieces == [[1], [3, 4]]
 
 
+def _llada_with(pieces):
+    model, proc = tiny_llada_v(0, layers=2)
+    proc.tokenizer = word_tokenizer({"<|endoftext|>": LLADA_EOS_ID, "<|mdm_mask|>": LLADA_MASK_ID},
+                                    words=list(dict.fromkeys(pieces + ["describe", "the", "image"])),
+                                    named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"},
+                                    decoder=decoders.Metaspace())
+    return dcam.Explainer(model, proc), proc.tokenizer.convert_tokens_to_ids(pieces)
+
+
+def test_phrases_are_lower_case_and_break_where_the_words_do_on_a_subword_tokenizer():
+    # "A Red Circle." in sentencepiece pieces: a phrase was named "Red Circle" among the words "red" and "circle"
+    exp, ids = _llada_with(["\u2581A", "\u2581Red", "\u2581Circ", "le", "."])
+    image = np.full((28, 28, 3), 200, np.uint8)
+    e = exp.explain(image, prompt="describe the image", response=ids, targets=["red", "red circle", "circle"])
+    assert e.tokens == ["red", "red circle", "circle"] and e.pieces == [[1], [1, 2, 3], [2, 3]]
+    # each piece an item: the pieces of "circle" still make the word, and no space is read between them
+    t = exp.explain(image, prompt="describe the image", response=ids, granularity="tokens",
+                    targets=["RED Circle", "circle", "a"])
+    assert t.tokens == ["a", "red circle", "circle"] and t.pieces == [[0], [1, 2, 3], [2, 3]]
+    for split in ("circ le", "acircle", "ared"):
+        with pytest.raises(InputError, match=f"^targets: (word|phrase) '{split}' is not in the response"):
+            exp.explain(image, prompt="describe the image", response=ids, granularity="tokens", targets=split)
+
+
 @pytest.mark.parametrize("targets", ["", "   ", ["red", ""], ["\t"]])
 def test_an_empty_target_is_named_as_empty(targets):
     # it was "targets: word '' is not in the response", as if a word had been looked for
