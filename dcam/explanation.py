@@ -22,7 +22,7 @@ from torch import Tensor
 from .errors import InputError
 from .ops.config import CamConfig
 from .output import check_existing_folder, file_digest, refuse_names_in_the_way
-from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, display_size
+from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, check_map, display_size
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
 from .words import clean_token, find_item
@@ -239,6 +239,7 @@ class Explanation:
             "contact_sheet.png", "image.png", "maps.safetensors", "meta.json", "index.html"])
         if self.trajectory is not None:
             self.trajectory.check_names(folder)
+        self._check_maps()
 
         size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
         base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
@@ -284,6 +285,17 @@ class Explanation:
 
         paths["page"] = write_explanation_page(folder, self, colormap=colormap, alpha=alpha)
         return paths
+
+    def _check_maps(self) -> None:
+        """Every map the files hold, checked as :func:`dcam.render.overlay` checks one, before the first file
+        is written (a NaN in word 2's map left word 0's and 1's overlays written, in an error naming "cam")."""
+        named = [(f"maps[{k}] (word {n} {clean_token(tok)!r})", self.maps[k])
+                 for k, (n, tok) in enumerate(zip(self.word_numbers, self.tokens))]
+        named += [(f"raw_maps[{k}]", m) for k, m in enumerate(self.raw_maps if self.raw_maps is not None else [])]
+        named += [(f"view_maps[{view!r}][{k}]", m) for view, vmaps in self.view_maps.items()
+                  for k, m in enumerate(vmaps)]
+        for name, m in named:
+            check_map(m.detach().cpu().float().numpy(), name)
 
     def _repr_html_(self) -> str:
         """The explanation's page in a Jupyter cell (words as buttons, heatmaps drawn in the browser)."""

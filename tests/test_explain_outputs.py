@@ -450,3 +450,23 @@ def test_a_damaged_trajectory_is_refused_naming_the_field(toy, sample, tmp_path)
     (tmp_path / "t" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match=r"trajectory.safetensors: decided_at must be int64 \[\d+\] with values in "):
         load_explanation(tmp_path / "t")
+
+
+def test_write_files_checks_every_map_before_the_first_file(toy, sample, tmp_path):
+    # a NaN in the last word's map left the first words' overlays written, in an error naming "cam"
+    # (no argument of write_files) and not the word
+    e = Explainer(*toy).explain(sample.image, response="a red circle")
+    assert len(e) >= 2
+    k, n, word = len(e) - 1, e.word_numbers[-1], e.tokens[-1]
+    e.maps = e.maps.clone()
+    e.maps[k, 0, 0] = float("nan")
+    (tmp_path / "wf").mkdir()
+    want = rf"^maps\[{k}\] \(word {n} '{word}'\): a map must be finite, got 1 NaN/Inf value\(s\)$"
+    with pytest.raises(InputError, match=want):
+        e.write_files(str(tmp_path / "wf"))
+    assert os.listdir(tmp_path / "wf") == []
+    e.maps[k, 0, 0] = 5.0
+    with pytest.raises(InputError, match=rf"^maps\[{k}\] \(word {n} '{word}'\): a map's values must be in \[0, 1\], "
+                                         r"got values in \[0, 5\]$"):
+        e.save(str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["wf"]
