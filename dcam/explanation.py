@@ -168,6 +168,19 @@ class Explanation:
     def stats_lists(self) -> Dict[str, list]:
         return {k: v.tolist() for k, v in self.stats.items()}
 
+    @property
+    def hooked_layer(self) -> Optional[int]:
+        """The layer the method hooked; None for a method that hooks none (tam: its pictures said "layer 0",
+        and a loaded one, "layer None")."""
+        from .methods.base import METHODS
+
+        method = METHODS.get(self.method)
+        return self.layer if method is None or method.needs_gradients else None
+
+    def layer_words(self) -> str:
+        """``", layer N"`` for the titles, or nothing when the method hooks no layer."""
+        return "" if self.hooked_layer is None else f", layer {self.hooked_layer}"
+
     def meta(self) -> dict:
         from .methods.base import METHODS
 
@@ -176,7 +189,7 @@ class Explanation:
         method = METHODS.get(self.method)
         config = self.config.as_dict() if method is None or method.uses_config else None
         target_score = self.target_score if method is None or method.needs_gradients else None
-        layer = self.layer if method is None or method.needs_gradients else None  # (tam hooks no layer)
+        layer = self.hooked_layer
         return dict(
             tokens=self.tokens, token_ids=self.token_ids, word_numbers=self.word_numbers,
             response_indices=self.response_indices, pieces=self.pieces, granularity=self.granularity,
@@ -252,7 +265,7 @@ class Explanation:
             paths["overlays"].append(p)
             tiles.append(im)
             labels.append(f"{self.word_numbers[k]}: {clean_token(tok)}")
-        sheet = contact_sheet(tiles, labels, title=f"{self.response}  ({self.method}, layer {self.layer})",
+        sheet = contact_sheet(tiles, labels, title=f"{self.response}  ({self.method}{self.layer_words()})",
                               colormap=colormap)
         paths["contact_sheet"] = os.path.join(folder, "contact_sheet.png")
         sheet.save(paths["contact_sheet"])

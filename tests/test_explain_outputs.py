@@ -470,3 +470,26 @@ def test_write_files_checks_every_map_before_the_first_file(toy, sample, tmp_pat
                                          r"got values in \[0, 5\]$"):
         e.save(str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path)) == ["wf"]
+
+
+def _summary_of(page: str) -> str:
+    cfg = json.loads(page.split("DcamViewer.create(document.getElementById('dcv'), ", 1)[1].split(");</script>")[0])
+    return cfg["summary"]
+
+
+@pytest.mark.parametrize("method, layer_shown", [("tam", False), ("grad-cam", True)])
+def test_a_method_that_hooks_no_layer_shows_none_and_saves_again_the_same(toy, sample, tmp_path, method,
+                                                                            layer_shown):
+    # tam's contact sheet and page said "layer 0"; its loaded copy has layer None, whose save said "layer None"
+    e = Explainer(*toy, method=method).explain(sample.image, response="a red circle")
+    e.save(str(tmp_path / "a"))
+    back = load_explanation(str(tmp_path / "a"))
+    back.save(str(tmp_path / "b"))
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["layer"] == (e.layer if layer_shown else None)
+    for folder in ("a", "b"):
+        summary = _summary_of((tmp_path / folder / "index.html").read_text(encoding="utf-8"))
+        assert summary.startswith(f"{method}, layer {e.layer}, probe " if layer_shown else f"{method}, probe ")
+    # the sheet's title is the only thing that could tell them apart (the overlays are drawn on image.png,
+    # which is the image at the size the sheet uses)
+    assert (tmp_path / "a" / "contact_sheet.png").read_bytes() == (tmp_path / "b" / "contact_sheet.png").read_bytes()

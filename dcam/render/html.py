@@ -299,7 +299,7 @@ def write_explanation_page(folder: str, explanation, filename: str = "index.html
 
 
 def _summary(e) -> str:
-    return f"{e.method}, layer {e.layer}, probe {e.probe}, {e.steps} steps, model {e.model_name}"
+    return f"{e.method}{e.layer_words()}, probe {e.probe}, {e.steps} steps, model {e.model_name}"
 
 
 __all__ = ["write_explanation_page", "explanation_html", "page_html", "fragment_html", "viewer_config",
