@@ -314,6 +314,7 @@ class Explanation:
         """The explanation's page in a Jupyter cell (words as buttons, heatmaps drawn in the browser)."""
         from .render.html import explanation_html
 
+        self._check_maps()  # (the page drew a NaN as 0 and 5.0 as 1, which overlay() and save() refuse)
         return explanation_html(self)
 
 

@@ -493,3 +493,27 @@ def test_a_method_that_hooks_no_layer_shows_none_and_saves_again_the_same(toy, s
     # the sheet's title is the only thing that could tell them apart (the overlays are drawn on image.png,
     # which is the image at the size the sheet uses)
     assert (tmp_path / "a" / "contact_sheet.png").read_bytes() == (tmp_path / "b" / "contact_sheet.png").read_bytes()
+
+
+def test_the_notebook_page_refuses_the_maps_overlay_refuses(toy, sample):
+    # _repr_html_ drew a NaN as 0 and 5.0 as 1, where overlay() and save() refuse them
+    import base64
+
+    from dcam.render.html import encode_maps
+
+    e = Explainer(*toy).explain(sample.image, response="a red circle")
+    e.maps = e.maps.clone()
+    e.maps[1, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=rf"^maps\[1\] \(word {e.word_numbers[1]} '{e.tokens[1]}'\): a map must be "
+                                         r"finite"):
+        e._repr_html_()
+    e.maps[1, 0, 0] = 5.0
+    with pytest.raises(InputError, match=r"^maps\[1\] .*: a map's values must be in \[0, 1\], got values in \[0, 5\]$"):
+        e._repr_html_()
+    with pytest.raises(InputError, match=r"^maps: a map must be finite, got 1 NaN/Inf value\(s\)$"):
+        encode_maps(np.array([[0.5, np.nan]], np.float32))
+    with pytest.raises(InputError, match=r"^maps: a map's values must be in \[0, 1\]"):
+        encode_maps(np.array([[0.5, -0.01]], np.float32))
+    # within the tolerance overlay() allows: drawn as 0 and 1; 0.5 -> 127.5, rounded half to even -> 128
+    q = base64.b64decode(encode_maps(np.array([[0.5, 1 + 5e-7, -5e-7]], np.float32)))
+    assert list(q) == [128, 255, 0]

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..output import check_existing_folder, write_text_atomic
-from .overlay import FULL_BOX, check_alpha
+from .overlay import FULL_BOX, check_alpha, check_map
 
 _CSS = """
 .dcv{font:14px system-ui,sans-serif;color:#222;display:flex;flex-direction:column;gap:8px}
@@ -190,10 +190,12 @@ def colormap_lut(colormap: str = "jet") -> List[int]:
     return colorize(np.linspace(0.0, 1.0, 256)[None, :], colormap)[0].reshape(-1).tolist()
 
 
-def encode_maps(maps) -> str:
-    """Base64 of ``round(255 * clamp(maps, 0, 1))`` as uint8, row-major (``[T,h,w]`` or ``[S,T,h,w]``)."""
+def encode_maps(maps, name: str = "maps") -> str:
+    """Base64 of ``round(255 * clamp(maps, 0, 1))`` as uint8, row-major (``[T,h,w]`` or ``[S,T,h,w]``); the
+    maps checked as :func:`dcam.render.overlay` checks one (InputError naming ``name``: a NaN was drawn as 0,
+    5.0 as 1, where the overlays refuse them; the clamp only drops the rounding MAP_TOLERANCE allows)."""
     a = np.asarray(maps.detach().cpu().float().numpy() if hasattr(maps, "detach") else maps, dtype=np.float32)
-    q = np.rint(np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    q = np.rint(np.clip(check_map(a, name), 0.0, 1.0) * 255.0).astype(np.uint8)
     return base64.b64encode(np.ascontiguousarray(q).tobytes()).decode()
 
 
