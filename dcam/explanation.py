@@ -244,7 +244,7 @@ class Explanation:
         max_side = _check_max_side(max_side)  # (0 wrote 1x1 overlays)
         check_alpha(alpha)
         check_colormap(colormap)
-        check_existing_folder(folder, SAVE_MAKES_ONE)
+        folder = check_existing_folder(folder, SAVE_MAKES_ONE)  # (a str from here: bytes met str names)
         # every name is checked before the first file is written: a folder in the way of meta.json
         # was a bare IsADirectoryError, of index.html an error naming "filename", files already written
         names = word_file_names(self.word_numbers, self.tokens, "png")

@@ -103,10 +103,12 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     return target
 
 
-def check_existing_folder(folder: str, hint: str = "") -> str:
-    """``folder`` when it is an existing folder, else an InputError naming ``folder``: the
-    writers into a given folder check it before their first file (a missing one was
-    open()'s or safetensors' own error, naming no argument)."""
+def check_existing_folder(folder, hint: str = "") -> str:
+    """``folder`` (a str, bytes or an os.PathLike, as :func:`folder_path` takes) as a str path when it is an
+    existing folder, else an InputError naming ``folder``: the writers into a given folder check it before
+    their first file (a missing one was open()'s or safetensors' own error, naming no argument; None and
+    bytes were TypeErrors)."""
+    folder = folder_path(folder, "folder")
     if not os.path.isdir(folder):
         raise InputError(f"folder: {folder!r} is not an existing folder{hint}")
     return folder

@@ -25,7 +25,7 @@ from PIL import Image
 from .errors import InputError, one_line
 from .explanation import Explanation
 from .ops.config import CamConfig
-from .output import file_digest
+from .output import file_digest, folder_path
 
 #: meta.json keys every saved explanation has (a folder without one of them is not one)
 _REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "pieces", "response", "response_ids",
@@ -242,9 +242,7 @@ def load_explanation(folder) -> Explanation:
     from .probe.modes import PROBES, TARGET_SCORES
     from .targets import GRANULARITIES
 
-    if not isinstance(folder, (str, os.PathLike)):
-        raise InputError(f"folder: expected a path, got {type(folder).__name__}")
-    folder = os.fspath(folder)
+    folder = folder_path(folder, "folder")  # str, bytes or os.PathLike, as save() takes (bytes was refused)
     if not os.path.isdir(folder):
         raise InputError(f"folder: {folder!r} is not a folder" if os.path.exists(folder)
                          else f"folder: no such folder {folder!r}")

@@ -517,3 +517,25 @@ def test_the_notebook_page_refuses_the_maps_overlay_refuses(toy, sample):
     # within the tolerance overlay() allows: drawn as 0 and 1; 0.5 -> 127.5, rounded half to even -> 128
     q = base64.b64decode(encode_maps(np.array([[0.5, 1 + 5e-7, -5e-7]], np.float32)))
     assert list(q) == [128, 255, 0]
+
+
+def test_write_files_and_load_take_the_path_types_save_takes(toy, sample, tmp_path):
+    # write_files(None) and write_files(b"...") were raw TypeErrors; load_explanation refused the bytes
+    # path save() took
+    import pathlib
+
+    e = Explainer(*toy).explain(sample.image, response="a red circle")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "b").mkdir()
+    for bad, name in ((None, "NoneType"), (5, "int")):
+        with pytest.raises(InputError, match=rf"^folder: expected a path, got {name}$"):
+            e.write_files(bad)
+    paths = e.write_files(os.fsencode(str(tmp_path / "b")))
+    assert paths["meta"] == os.path.join(str(tmp_path / "b"), "meta.json")
+    e.write_files(str(tmp_path / "s"))
+    assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "s"))
+    for folder in (os.fsencode(str(tmp_path / "b")), pathlib.Path(tmp_path / "b"), str(tmp_path / "b")):
+        back = load_explanation(folder)
+        assert back.tokens == e.tokens and torch.equal(back.maps, e.maps.float())
+    with pytest.raises(InputError, match=r"^folder: expected a path, got int$"):
+        load_explanation(5)

@@ -288,7 +288,7 @@ def write_explanation_page(folder: str, explanation, filename: str = "index.html
     ``colormap`` at opacity ``alpha`` (the saved overlays'); returns its path."""
     cfg = viewer_config([explanation_record(explanation)], title=explanation.response,
                         summary=_summary(explanation), colormap=colormap, alpha=alpha)
-    check_existing_folder(folder)
+    folder = check_existing_folder(folder)
     # a file name inside folder: "sub/x.html" was open()'s FileNotFoundError, naming no argument
     if not isinstance(filename, str) or filename in ("", ".", "..") or os.path.basename(filename) != filename \
             or (os.altsep and os.altsep in filename):
