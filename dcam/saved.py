@@ -26,6 +26,7 @@ from .errors import InputError, one_line
 from .explanation import Explanation
 from .ops.config import CamConfig
 from .output import file_digest, folder_path
+from .render.overlay import MAP_TOLERANCE
 
 #: meta.json keys every saved explanation has (a folder without one of them is not one)
 _REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "pieces", "response", "response_ids",
@@ -211,14 +212,16 @@ class _Fields:
 
 
 def _tensor(tensors: Dict[str, torch.Tensor], key: str, shape, where: str, unit: bool = False):
-    """``tensors[key]`` of ``shape`` (float32, finite; in [0, 1] where ``unit``), or None if absent."""
+    """``tensors[key]`` of ``shape`` (float32, finite; in [0, 1] where ``unit``, within the
+    :data:`~dcam.render.overlay.MAP_TOLERANCE` that save() allows at both ends: -5e-7 was saved, then
+    refused here), or None if absent."""
     t = tensors.get(key)
     if t is None:
         return None
     if t.dtype != torch.float32 or list(t.shape) != list(shape):
         raise InputError(f"{where}: {key} must be float32 {list(shape)}, found {str(t.dtype).replace('torch.', '')} "
                          f"{list(t.shape)}; it is not this explanation's")
-    if not bool(torch.isfinite(t).all()) or (unit and (float(t.min()) < 0 or float(t.max()) > 1 + 1e-6)):
+    if not bool(torch.isfinite(t).all()) or (unit and (float(t.min()) < -MAP_TOLERANCE or float(t.max()) > 1 + MAP_TOLERANCE)):
         raise InputError(f"{where}: {key} holds values outside {'[0, 1]' if unit else 'the finite numbers'}")
     return t
 

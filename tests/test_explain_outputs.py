@@ -539,3 +539,33 @@ def test_write_files_and_load_take_the_path_types_save_takes(toy, sample, tmp_pa
         assert back.tokens == e.tokens and torch.equal(back.maps, e.maps.float())
     with pytest.raises(InputError, match=r"^folder: expected a path, got int$"):
         load_explanation(5)
+
+
+def test_load_takes_the_rounding_save_takes_at_both_ends(toy, sample, tmp_path):
+    # a value 5e-7 below 0 (inside MAP_TOLERANCE, 1e-6) was saved, then refused by load_explanation,
+    # which allowed 1 + 1e-6 at the top only
+    from safetensors.torch import load_file, save_file
+
+    from dcam.output import file_digest
+
+    e = Explainer(*toy).explain(sample.image, response="a red circle")
+    e.maps = e.maps.clone()
+    e.maps[0, 0, 0], e.maps[0, 0, 1] = -5e-7, 1 + 5e-7
+    e.save(str(tmp_path / "ok"))
+    back = load_explanation(str(tmp_path / "ok"))
+    assert float(back.maps[0, 0, 0]) == pytest.approx(-5e-7, abs=1e-12)
+    assert float(back.maps[0, 0, 1]) == pytest.approx(1 + 5e-7, abs=1e-7)
+    for value in (-2e-6, 1 + 2e-6):  # past the tolerance: save refuses, and so does load (a file edited by hand)
+        e.maps[0, 0, 0] = value
+        with pytest.raises(InputError, match=r"^maps\[0\] .*: a map's values must be in \[0, 1\]"):
+            e.save(str(tmp_path / "bad"))
+        folder = tmp_path / f"edited{value}"
+        shutil.copytree(tmp_path / "ok", folder)
+        tensors = load_file(str(folder / "maps.safetensors"))
+        tensors["maps"][0, 0, 0] = value
+        save_file(tensors, str(folder / "maps.safetensors"))
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["maps_sha256"] = file_digest(str(folder / "maps.safetensors"))
+        (folder / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(InputError, match=r"maps.safetensors: maps holds values outside \[0, 1\]$"):
+            load_explanation(str(folder))
