@@ -67,6 +67,9 @@ function el(t,a,kids){var e=document.createElement(t);for(var k in a||{}){if(k==
  return e;}
 function fmt(v){if(v===null||v===undefined)return'n/a';if(typeof v==='number')
  return Number.isInteger(v)?String(v):v.toPrecision(4);return String(v);}
+// a value's entry in the colour table, binned as matplotlib bins it for the saved overlays (dcam.render.colorize):
+// floor(v*256), 1 in the last bin (round(v*255) drew colours up to 5/255 off the PNGs')
+function lutIndex(v){return Math.min(Math.floor(Math.min(Math.max(v,0),1)*256),255);}
 function decode(b64){var s=atob(b64),a=new Uint8Array(s.length);for(var i=0;i<s.length;i++)a[i]=s.charCodeAt(i);
  return a;}
 function Viewer(root,cfg){
@@ -142,7 +145,7 @@ Viewer.prototype.render=function(){
  (r.notes||[]).forEach(function(t){m.appendChild(el('div',{cls:'sum',text:'note: '+t}));});
  this.maps=r.maps?decode(r.maps):null;this.select(Math.min(this.item,r.items.length-1));};
 Viewer.prototype.colourBar=function(){var c=el('canvas',{width:200,height:10,cls:'cbar'}),x=c.getContext('2d');
- var img=x.createImageData(200,10),L=this.cfg.lut;for(var i=0;i<200;i++){var q=Math.round(i/199*255);
+ var img=x.createImageData(200,10),L=this.cfg.lut;for(var i=0;i<200;i++){var q=lutIndex(i/199);
  for(var j=0;j<10;j++){var o=(j*200+i)*4;img.data[o]=L[3*q];img.data[o+1]=L[3*q+1];img.data[o+2]=L[3*q+2];
  img.data[o+3]=255;}}x.putImageData(img,0,0);
  return el('div',{cls:'bar'},[el('span',{text:'0'}),c,el('span',{text:'1'})]);};
@@ -174,7 +177,7 @@ Viewer.prototype.draw=function(){var r=this.record();if(!r||!this.canvas||!this.
  for(var yi=0;yi<H;yi++){var y=ys[yi-Y0];for(var xi=0;xi<W;xi++){var c=xs[xi-X0],v=0;
   if(y&&c){var r0=base+y[0]*w,r1=base+y[1]*w;
   v=((m[r0+c[0]]*(1-c[2])+m[r0+c[1]]*c[2])*(1-y[2])+(m[r1+c[0]]*(1-c[2])+m[r1+c[1]]*c[2])*y[2])/255;}
-  var q=Math.round(Math.min(Math.max(v,0),1)*255),o=(yi*W+xi)*4;
+  var q=lutIndex(v),o=(yi*W+xi)*4;
   d[o]=L[3*q];d[o+1]=L[3*q+1];d[o+2]=L[3*q+2];d[o+3]=a;}}
  x.putImageData(img,0,0);this.root.setAttribute('data-drawn',k+':'+this.step);};
 window.DcamViewer={create:function(root,cfg){return new Viewer(root,cfg);},

@@ -32,14 +32,14 @@ def _canvas(browser):
 
 def _expected_heat(map_hw, size_hw):
     """The heatmap colours worked out here: quantised to bytes as the page stores it, upsampled
-    bilinearly with half-pixel centres, coloured with matplotlib's jet."""
+    bilinearly with half-pixel centres, coloured with matplotlib's jet (its own binning of the values, as
+    the saved overlays'; the table looked up at round(v * 255) was the page's old rule, not the PNGs')."""
     import matplotlib
 
     q = np.rint(np.clip(map_hw.numpy(), 0, 1) * 255) / 255
     up = F.interpolate(torch.tensor(q, dtype=torch.float64)[None, None], size=size_hw, mode="bilinear",
                        align_corners=False)[0, 0].clamp(0, 1).numpy()
-    lut = np.rint(matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255)
-    return lut[np.rint(up * 255).astype(int)]
+    return np.rint(matplotlib.colormaps["jet"](up)[..., :3] * 255)
 
 
 def _attr(browser, name):
@@ -345,3 +345,35 @@ def test_an_image_replaced_after_the_run_is_not_shown_under_its_maps(reference_r
     assert entries[0]["image_size"] != [300, 40]
     assert main(["view", out, "--quiet"]) == 0
     assert capsys.readouterr().out.strip().endswith(f": {len(entries)} explained records on 1 page(s) and 5 failed ones")
+
+
+def test_the_page_bins_values_into_colours_as_the_saved_overlays_do(browser, tmp_path):
+    # the page looked a value up at round(v * 255), matplotlib (the PNG overlays) bins it at floor(v * 256),
+    # 1 in the last bin: colours up to 5/255 apart. A 1 x 2 map [0, 1] on a 256-pixel-wide canvas puts a
+    # value (2x + 1 - 128) / 256 under pixel x (64 <= x < 192): every one exactly on a bin's lower edge,
+    # dyadic, so the same in float32 and float64 (round(v * 255) was one bin low for x >= 128)
+    import matplotlib
+
+    from dcam.render.html import page_html, record_data, viewer_config
+
+    rec = record_data("edges", "a b", [{"text": "a", "number": 0}], torch.tensor([[[0.0, 1.0]]]), None,
+                      [256, 256], [1, 2])
+    (tmp_path / "edges.html").write_text(page_html(viewer_config([rec], alpha=1.0)))
+    browser.open("file://" + str(tmp_path / "edges.html"))
+    assert browser.problems() == []
+    px = _canvas(browser)
+    assert px.shape == (256, 256, 4) and (px[..., 3] == 255).all()
+    x = np.arange(256)
+    v = np.clip((2 * x + 1 - 128) / 256, 0, 1)
+    jet = matplotlib.colormaps["jet"]
+    bins = np.minimum(np.floor(v * 256), 255).astype(int)  # hand-worked: the bin matplotlib takes
+    assert bins[64] == 1 and bins[128] == 129 and bins[191] == 255 and bins[63] == 0
+    want = np.rint(jet(v)[:, :3] * 255).astype(int)
+    np.testing.assert_array_equal(want, np.rint(jet(bins)[:, :3] * 255).astype(int))
+    for row in (0, 100, 255):
+        np.testing.assert_array_equal(px[row, :, :3].astype(int), want)
+    # and what the saved overlays draw (dcam.render.overlay at alpha 1: the heat alone)
+    from dcam.render.overlay import overlay
+
+    png = np.asarray(overlay(Image.new("RGB", (256, 256)), torch.tensor([[0.0, 1.0]]), alpha=1.0))
+    np.testing.assert_array_equal(png[0].astype(int), want)
