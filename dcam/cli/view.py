@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..errors import InputError
 from . import common
+from .explain import MAX_SIDE_LIMIT
 
 
 def add_parser(sub) -> None:
@@ -18,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("folder", metavar="DIR", help="run folder (dcam run --out)")
     p.add_argument("--per-page", type=common.positive_int, default=50, help="records per page")
     p.add_argument("--limit", type=common.positive_int, default=None, help="show only the first N records")
-    p.add_argument("--max-side", type=common.positive_int, default=512,
+    # (the range of dcam explain --max-side: 1 and 100000 were taken)
+    p.add_argument("--max-side", type=common.int_in(16, MAX_SIDE_LIMIT), default=512,
                    help="longest side of the images written for the page, in pixels")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run, command="view")

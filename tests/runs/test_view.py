@@ -377,3 +377,16 @@ def test_the_page_bins_values_into_colours_as_the_saved_overlays_do(browser, tmp
 
     png = np.asarray(overlay(Image.new("RGB", (256, 256)), torch.tensor([[0.0, 1.0]]), alpha=1.0))
     np.testing.assert_array_equal(png[0].astype(int), want)
+
+
+@pytest.mark.parametrize("value, taken", [("1", False), ("15", False), ("16", True), ("8192", True),
+                                          ("8193", False), ("100000", False)])
+def test_view_max_side_takes_the_range_of_explain(tmp_path, capsys, value, taken):
+    # dcam view --max-side took 1 (1-pixel thumbnails) and 100000; dcam explain's range is [16, 8192]
+    rc = main(["view", str(tmp_path / "nowhere"), "--max-side", value, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    if taken:  # past the option, on to the folder
+        assert err == f"dcam view: error: DIR: no such folder {str(tmp_path / 'nowhere')!r}"
+    else:
+        assert err.endswith(f"argument --max-side: expected an int in [16, 8192], got '{value}'"), err
