@@ -431,6 +431,8 @@ class Explainer:
             # view="all" gives every view with tokens, also where only one has any (was {} then)
             view_maps={k: o.maps.float().cpu() for k, o in outs.items()}
             if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
+            view_boxes={v.name: tuple(v.box) for v in ex.views}
+            if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
             model_dtype=str(block_dtype(self.adapter.blocks()[-1])).replace("torch.", ""),
             device=str(next((p.device for p in self.model.parameters()), "cpu")),

@@ -81,7 +81,8 @@ class Explanation:
     use). view / view_maps: the explained view of a multi-view image and, with
     ``view="all"``, every view's maps. box: the part of the image the maps
     cover, as fractions ``(x0, y0, x1, y1)`` (a model that sees a crop:
-    overlays and metrics place the maps there). trajectory: the
+    overlays and metrics place the maps there); view_boxes: each view's box
+    with ``view="all"`` (``overlay(word, view=...)`` places that view's map). trajectory: the
     :class:`dcam.trajectory.Trajectory` when explained with ``trajectory=True``.
     steps / steps_source: the denoising steps AKD's kernel reads and where they
     came from: ``"generation"`` (the sampler's count), ``"given"`` (``steps=``:
@@ -128,6 +129,7 @@ class Explanation:
     view: Optional[str] = None
     view_maps: Dict[str, Tensor] = field(default_factory=dict)
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    view_boxes: Dict[str, Tuple[float, float, float, float]] = field(default_factory=dict)
     trajectory: Optional[Any] = None
     model_dtype: str = ""
     device: str = ""
@@ -156,14 +158,30 @@ class Explanation:
             raise InputError(f"word {i_or_word!r} is not among the explained tokens {self.tokens}")
         raise InputError(f"expected a token index or a word, got {type(i_or_word).__name__}")
 
-    def map(self, i_or_word: TokenRef) -> Tensor:
-        return self.maps[self.index(i_or_word)]
+    def _view_of(self, view: Optional[str], placed: bool = True) -> Tuple[Tensor, Tuple[float, float, float, float]]:
+        """(maps, box) of ``view`` (None: the explained view's); ``placed``: its box is needed."""
+        if view is None or (view == self.view and view not in self.view_maps):
+            return self.maps, self.box
+        if view not in self.view_maps:
+            have = ", ".join(sorted(self.view_maps)) or "none: explain with view='all' for every view's maps"
+            raise InputError(f"view: {view!r} is not among this explanation's views ({have})")
+        box = self.view_boxes.get(view, self.box if view == self.view else None)
+        if box is None and placed:  # (a save of a dcam that kept the explained view's box alone)
+            raise InputError(f"view: where the {view!r} view lies on the image was not saved with this explanation")
+        return self.view_maps[view], box
+
+    def map(self, i_or_word: TokenRef, view: Optional[str] = None) -> Tensor:
+        """One item's map (``view``: that view's, of an explanation with ``view="all"``)."""
+        return self._view_of(view, placed=False)[0][self.index(i_or_word)]
 
     def overlay(self, i_or_word: TokenRef, alpha: float = 0.5, colormap: str = "jet",
-                size: Optional[Tuple[int, int]] = None) -> Image.Image:
+                size: Optional[Tuple[int, int]] = None, view: Optional[str] = None) -> Image.Image:
         """The heatmap of one token upsampled to the image and blended onto it
-        (size ``(W, H)``: render at that size; default the image's size)."""
-        return overlay_image(self.image, self.map(i_or_word), alpha=alpha, colormap=colormap, size=size, box=self.box)
+        (size ``(W, H)``: render at that size; default the image's size; ``view``: that
+        view's map, placed where the view lies on the image, with ``view="all"``)."""
+        maps, box = self._view_of(view)
+        return overlay_image(self.image, maps[self.index(i_or_word)], alpha=alpha, colormap=colormap, size=size,
+                             box=box)
 
     def stats_lists(self) -> Dict[str, list]:
         return {k: v.tolist() for k, v in self.stats.items()}
@@ -202,6 +220,7 @@ class Explanation:
             model=self.model_name, model_dtype=self.model_dtype, device=self.device, notes=self.notes,
             box=list(self.box), distractor=self.extra.get("distractor"),
             views={view: list(vmaps.shape[1:]) for view, vmaps in self.view_maps.items()},
+            view_boxes={view: list(b) for view, b in self.view_boxes.items()},
         )
 
     def save(self, out_dir: str, alpha: float = 0.5, colormap: str = "jet", max_side: int = DISPLAY_MAX_SIDE,

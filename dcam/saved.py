@@ -221,7 +221,8 @@ def _tensor(tensors: Dict[str, torch.Tensor], key: str, shape, where: str, unit:
     if t.dtype != torch.float32 or list(t.shape) != list(shape):
         raise InputError(f"{where}: {key} must be float32 {list(shape)}, found {str(t.dtype).replace('torch.', '')} "
                          f"{list(t.shape)}; it is not this explanation's")
-    if not bool(torch.isfinite(t).all()) or (unit and (float(t.min()) < -MAP_TOLERANCE or float(t.max()) > 1 + MAP_TOLERANCE)):
+    outside = unit and (float(t.min()) < -MAP_TOLERANCE or float(t.max()) > 1 + MAP_TOLERANCE)
+    if not bool(torch.isfinite(t).all()) or outside:
         raise InputError(f"{where}: {key} holds values outside {'[0, 1]' if unit else 'the finite numbers'}")
     return t
 
@@ -283,7 +284,7 @@ def load_explanation(folder) -> Explanation:
         config=config or CamConfig(), model_name=m.text("model", ""),
         raw_maps=_tensor(tensors, "raw_maps", (T, *grid), where, unit=True), notes=m.texts("notes", []),
         granularity=m.choice("granularity", GRANULARITIES, "words"), view=_view(m, view_maps),
-        view_maps=view_maps,
+        view_maps=view_maps, view_boxes=_view_boxes(m, view_maps),
         box=m.box(), model_dtype=m.text("model_dtype", ""), device=m.text("device", ""),
         extra={"distractor": m.int("distractor", None, none=True),
                "context_weights": _tensor(tensors, "context_weights", (T, T), where)},
@@ -327,6 +328,16 @@ def _view(m: _Fields, view_maps: Dict[str, torch.Tensor]) -> Optional[str]:
     if not view_maps and view in ("default", "all"):
         raise m._bad("view", "null or the name of the view explained (not the request words 'default' or 'all')")
     return view
+
+
+def _view_boxes(m: "_Fields", view_maps: Dict[str, torch.Tensor]) -> Dict[str, Tuple[float, float, float, float]]:
+    """Each saved view's box (a save before view boxes were kept: none)."""
+    boxes = m.value("view_boxes", {})
+    if not isinstance(boxes, dict) or not set(boxes) <= set(view_maps):
+        raise m._bad("view_boxes", f"a box for some of the saved views ({', '.join(sorted(view_maps)) or 'none'})")
+    inner = _Fields(boxes, "", "meta.json view_boxes")
+    inner.where = f"{m.where} view_boxes"
+    return {view: inner.box(view) for view in boxes}
 
 
 def _view_maps(tensors, key: str, T: int, where: str) -> torch.Tensor:

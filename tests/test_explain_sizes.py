@@ -508,3 +508,47 @@ def test_a_batch_has_at_most_chunk_size_examples_without_a_budget(toy, samples):
     assert all(rows * chunk <= 2 for rows, chunk in seen) and sum(rows for rows, _ in seen) == 5
     for img, r, e in zip(images, responses, batch):
         torch.testing.assert_close(e.maps, exp.explain(img, response=r).maps, atol=1e-5, rtol=0)
+
+
+def test_each_view_of_view_all_is_placed_where_it_lies(toy, samples, tmp_path):
+    # with view="all" only the explained view's box was kept: the other views' maps could not be put on the image
+    import matplotlib
+    import torch.nn.functional as F
+
+    from dcam.runs.reader import load_run
+    from dcam.runs.runner import run_dataset
+    from dcam.runs.sources import ManifestSource
+    from dcam.saved import load_explanation
+
+    model, proc = toy
+    exp = Explainer(adapter=TwoViewAdapter(model, proc), view="all")
+    s = samples[0]
+    e = exp.explain(s.image, response=s.caption, probe="full")
+    assert e.view_boxes == {"top": (0, 0, 1, 0.5), "bottom": (0, 0.5, 1, 1)}  # dcam.testing.views' halves
+    W, H = s.image.size
+    img = np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255
+    # worked here: the bottom map bilinearly upsampled into the lower half, zero above, jet, blended at 0.5
+    heat = np.zeros((H, W), np.float32)
+    lower = F.interpolate(e.view_maps["bottom"][2][None, None], size=(H - H // 2, W), mode="bilinear",
+                          align_corners=False)[0, 0].clamp(0, 1).numpy()
+    heat[H // 2:] = lower
+    rgb = np.rint(matplotlib.colormaps["jet"](heat)[..., :3] * 255) / 255
+    want = np.clip(np.rint((0.5 * img + 0.5 * rgb) * 255), 0, 255).astype(np.uint8)
+    got = np.asarray(e.overlay(2, view="bottom"))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert torch.equal(e.map(2, view="bottom"), e.view_maps["bottom"][2])
+    assert torch.equal(e.map(2, view="top"), e.maps[2])
+    with pytest.raises(InputError, match=r"^view: 'left' is not among this explanation's views \(bottom, top\)$"):
+        e.overlay(2, view="left")
+    single = exp.explain(s.image, response=s.caption, probe="full", view="top")
+    with pytest.raises(InputError, match=r"^view: 'bottom' is not among this explanation's views \(none"):
+        single.map(0, view="bottom")
+    # kept by a save and by a run
+    e.save(str(tmp_path / "one"))
+    back = load_explanation(str(tmp_path / "one"))
+    assert back.view_boxes == e.view_boxes
+    s.image.save(tmp_path / "0.png")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": 0, "image": "0.png", "response": s.caption}) + "\n")
+    run_dataset(exp, ManifestSource(str(tmp_path / "m.jsonl")), str(tmp_path / "run"))
+    r, = list(load_run(str(tmp_path / "run")))
+    assert r.view_boxes == {"top": (0, 0, 1, 0.5), "bottom": (0, 0.5, 1, 1)}

@@ -146,3 +146,19 @@ def test_a_layer_that_is_no_block_number_is_refused(saved, tmp_path, where, valu
         (meta if where == "meta.json" else meta["trajectory"])["layer"] = value
 
     _refused(_damaged(saved, "traj", tmp_path, edit), where, "layer must be a whole number >= 0")
+
+
+@pytest.mark.parametrize("boxes,where,message", [
+    ({"left": [0, 0, 1, 1]}, "meta.json", "view_boxes must be a box for some of the saved views (bottom, top)"),
+    ({"top": [0, 0.5, 1, 0.5]}, "meta.json view_boxes", "top must be 4 finite numbers"),
+    ([1, 2], "meta.json", "view_boxes must be a box for some of the saved views"),
+])
+def test_view_boxes_of_views_not_saved_or_not_boxes_are_refused(saved, tmp_path, boxes, where, message):
+    _refused(_damaged(saved, "views", tmp_path, lambda meta: meta.__setitem__("view_boxes", boxes)), where, message)
+
+
+def test_a_save_from_before_view_boxes_loads_without_them(saved, tmp_path):
+    back = load_explanation(_damaged(saved, "views", tmp_path, lambda meta: meta.pop("view_boxes")))
+    assert back.view_boxes == {} and torch.equal(back.map(1, view="top"), back.view_maps["top"][1])
+    with pytest.raises(InputError, match=r"^view: where the 'bottom' view lies on the image was not saved"):
+        back.overlay(1, view="bottom")

@@ -111,6 +111,12 @@ class RunRecord:
         return self.entry.get("view")
 
     @property
+    def view_boxes(self) -> Dict[str, tuple]:
+        """Where each view's maps lie on the image (view name -> ``(x0, y0, x1, y1)``) when the run
+        explained ``view="all"``, else ``{}``."""
+        return {view: tuple(b) for view, b in (self.entry.get("view_boxes") or {}).items()}
+
+    @property
     def view_maps(self) -> Dict[str, "object"]:
         """Every view's maps (view name -> float32 ``[T, h, w]``) when the run explained
         ``view="all"``, else ``{}``; read from the shard on each use."""

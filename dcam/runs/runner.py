@@ -95,6 +95,8 @@ def index_entry(rec, e, metrics: Optional[dict]) -> dict:
     box = tuple(float(v) for v in getattr(e, "box", FULL_BOX))
     if box != FULL_BOX:  # a model that saw a crop: where on the image its maps lie
         entry["box"] = list(box)
+    if getattr(e, "view_boxes", None):  # view="all": where each view's maps lie
+        entry["view_boxes"] = {view: [float(v) for v in b] for view, b in e.view_boxes.items()}
     if metrics is not None:
         entry["metrics"] = metrics
     if rec.meta is not None:
