@@ -313,3 +313,23 @@ def test_gemma_adapters_refuse_the_tokens_they_place_themselves(name, models, la
         assert str(info.value) == (f"prompt: holds {tok!r} (id {tid}), which dcam places itself ([BOS] <boi> image "
                                    "<eoi> come before the prompt); give the text without it")
     a.prepare(landscape, "describe", a.encode_response("red"))
+
+
+@pytest.mark.parametrize("name", ["idefics3", "smolvlm"])
+def test_a_prompt_spelling_a_tile_marker_keeps_the_image_tiles(name, models, landscape):
+    """The tokenizer makes a prompt's "<row_1_col_1>" the tile marker's own token: it was
+    counted as a fifth tile of the 2 x 2, and the prompt failed blaming the image span.
+    Only the markers inside the image block are tiles. The block, hand-laid (a tile's marker
+    just before its 2 x 2 tokens): <fake> <row_1_col_1> 2..5 <fake> <row_1_col_2> 8..11
+    <fake> <row_2_col_1> 14..17 <fake> <row_2_col_2> 20..23 <fake> <global-img> 26..29 <fake>."""
+    model, proc = models(name)
+    a = auto_adapter(model, proc)
+    prep = a.prepare(landscape, "What is in <row_1_col_1> ?", a.encode_response("red"))
+    marker = a.tokenizer.convert_tokens_to_ids("<row_1_col_1>")
+    assert (prep.input_ids[0, 30:] == marker).sum() == 1  # the prompt's marker is in the sequence, after the image
+    assert prep.views["base"].positions.tolist() == [26, 27, 28, 29]
+    # stitched rows: tile (1,1) row 0 then tile (1,2) row 0, ...
+    assert prep.views["highres"].positions.tolist() == [2, 3, 8, 9, 4, 5, 10, 11, 14, 15, 20, 21, 16, 17, 22, 23]
+    assert prep.grid == (4, 4) and prep.image_positions.tolist() == prep.views["highres"].positions.tolist()
+    e = Explainer(model, proc).explain(landscape, prompt="What is in <row_1_col_1> ?", response="red")
+    assert e.maps.shape == (1, 4, 4) and e.view == "highres"

@@ -122,7 +122,10 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
         ids = prompt_ids.reshape(-1)
         pos = image_span(prompt_ids, self.image_token_id)
         tiles = []
-        for t in self.tokenizer.convert_ids_to_tokens(ids.tolist()):
+        # only the markers inside the image block (each just before its tile's tokens): a prompt's text may
+        # spell one too, which the tokenizer makes the same token (it was counted as a tile, blaming the image)
+        block = ids[max(int(pos[0]) - 1, 0):int(pos[-1]) + 1]
+        for t in self.tokenizer.convert_ids_to_tokens(block.tolist()):
             m = re.fullmatch(r"<row_(\d+)_col_(\d+)>", t or "")
             if m:
                 tiles.append((int(m.group(1)), int(m.group(2))))
