@@ -86,7 +86,7 @@ def declared_image_views(adapter: ModelAdapter) -> Optional[tuple]:
 def check_view(adapter: ModelAdapter, view: Optional[str]) -> Optional[str]:
     """``view`` if this adapter's images can have it: None, ``"default"``, ``"all"``
     or one of its :func:`declared_image_views` (any name where they are not known;
-    the image then decides)."""
+    the image then decides). ``"default"`` is returned as None: the model's default view."""
     if view is None:
         return None
     if not isinstance(view, str):
@@ -95,7 +95,9 @@ def check_view(adapter: ModelAdapter, view: Optional[str]) -> Optional[str]:
     if known is not None and view not in ("default", "all") + tuple(known):
         raise InputError(f"view: this model's images have no view {view!r} "
                          f"(views: {', '.join(('default',) + tuple(known) + ('all',))})")
-    return view
+    # None everywhere after this: "default" kept as a name refused an image whose default view has no
+    # tokens (None falls back to the others with a note) and made a run differ from one without --view
+    return None if view == "default" else view
 
 
 class Explainer:

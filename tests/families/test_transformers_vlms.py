@@ -132,6 +132,38 @@ def test_an_image_too_elongated_for_a_highres_grid_is_explained_on_its_base_view
                                "views with tokens: base")
 
 
+def test_view_default_is_no_view(models, tmp_path):
+    """dcam lists "default" among the views; it refused the 300 x 20 image whose highres grid
+    has no tokens ("view: the highres view ... has no tokens"), where no view falls back to the
+    base view with a note, and an Explainer(view="default") was another run than one without."""
+    from PIL import Image
+
+    model, proc = models("llava-next")
+    img = Image.new("RGB", (300, 20), (200, 40, 40))
+    exp = Explainer(model, proc)
+    assert Explainer(model, proc, view="default").view is None
+    none = exp.explain(img, response=RESPONSE)
+    base = exp.explain(img, response=RESPONSE, view="base")
+    for d in (exp.explain(img, response=RESPONSE, view="default"),
+              Explainer(model, proc, view="default").explain(img, response=RESPONSE),
+              exp.explain_batch([img], responses=[RESPONSE], view="default")[0]):
+        assert d.view == "base" and d.grid == (4, 4) and d.notes == none.notes and d.view_maps == {}
+        assert d.notes[-1] == ("the highres view of this 300x20 image has no tokens (its grid is 0x12): "
+                               "the maps are the base view's")
+        torch.testing.assert_close(d.maps, base.maps, atol=0, rtol=0)
+    # saved and loaded, the explanation names the view it explained, as without a view
+    from dcam.saved import load_explanation
+
+    d.save(str(tmp_path / "d"))
+    assert load_explanation(str(tmp_path / "d")).view == "base"
+    # "default" at a call is the model's default, not the explainer's view
+    wide = Image.new("RGB", (72, 40), (200, 40, 40))
+    d = Explainer(model, proc, view="base").explain(wide, response=RESPONSE, view="default")
+    h = exp.explain(wide, response=RESPONSE, view="highres")
+    assert d.view == "highres" and d.grid == h.grid == (6, 12)
+    torch.testing.assert_close(d.maps, h.maps, atol=0, rtol=0)
+
+
 def test_onevision_shrinks_large_maps():
     """anyres_max_1 on a 96 x 96 image: 3 x 3 tiles, a 12 x 12 map, ratio
     sqrt(144 / 16) = 3 > 1.1 -> shrunk to 12 // 3 = 4 per side."""
