@@ -357,13 +357,15 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
 
     # refused before the generation runs, not after it
     view = explainer.view if view is None else check_view(a, view)
-    if view == "all":
-        raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
-                         "pick a view")
     granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
     with generating(a.model, watch=generation_watch(a)):
-        gen = a.generate(a.prepare(img, prompt, None, response_length), steps, response_length, record=True)
+        blank = a.prepare(img, prompt, None, response_length)  # the response slots still masked
+        # an image of one view (a single-view model's) maps it for "all", as without a trajectory (was refused)
+        if view == "all" and len(blank.views) > 1:
+            raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
+                             f"pick one of {', '.join(blank.views)}")
+        gen = a.generate(blank, steps, response_length, record=True)
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")
