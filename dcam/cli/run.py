@@ -59,6 +59,7 @@ def _explainer(args, dist):
 
 
 def _run(args) -> int:
+    from ..explain import declared_image_views
     from ..runs import RunOptions, run_dataset
     from ..runs.distributed import setup
     from ..runs.folder import check_folder, model_identity
@@ -66,9 +67,6 @@ def _run(args) -> int:
 
     check_folder(args.out)
     check_run_prompt(args.prompt, "--prompt")
-    if args.trajectory and getattr(args, "view", None) == "all":  # (every record failed into errors.jsonl)
-        raise InputError("--view: a trajectory maps one image view at a time (view='all' is not supported); "
-                         "pick a view")
     common.apply_run_options(args)
     dist = setup(args.device)
     try:
@@ -79,6 +77,10 @@ def _run(args) -> int:
                              "leave --split out")
         common.log(f"{len(source)} records in {args.manifest}; loading the model", quiet)
         exp = dist.agree(lambda: _explainer(args, dist))
+        views = declared_image_views(exp.adapter) or ()  # (undeclared: each record's image tells)
+        if args.trajectory and exp.view == "all" and len(views) > 1:  # (every record failed into errors.jsonl)
+            raise InputError("--view: a trajectory maps one image view at a time (view='all' is not supported); "
+                             f"pick one of {', '.join(views)}")
         # the fingerprint is checked and written by rank 0 only
         model = dist.agree(lambda: model_identity(args.model) if dist.rank == 0 else None)
         opts = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, probe=args.probe,

@@ -353,18 +353,21 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
     chunk = None if chunk_size is None else positive_int("chunk_size", chunk_size, allow_none=False)
     if targets is None:
         raise InputError("targets must be 'all', word numbers or words, got None")
-    from ..explain import check_view  # (explain imports this module)
+    from ..explain import check_view, declared_image_views  # (explain imports this module)
 
     # refused before the generation runs, not after it
     view = explainer.view if view is None else check_view(a, view)
+    known = declared_image_views(a)
     granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
     with generating(a.model, watch=generation_watch(a)):
         blank = a.prepare(img, prompt, None, response_length)  # the response slots still masked
-        # an image of one view (a single-view model's) maps it for "all", as without a trajectory (was refused)
-        if view == "all" and len(blank.views) > 1:
+        # a model of one view maps it for "all", as without a trajectory (it was refused); the image tells
+        # where the adapter declares no views
+        views = tuple(blank.views) if known is None else known
+        if view == "all" and len(views) > 1:
             raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
-                             f"pick one of {', '.join(blank.views)}")
+                             f"pick one of {', '.join(views)}")
         gen = a.generate(blank, steps, response_length, record=True)
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "

@@ -183,12 +183,7 @@ def test_cli_refuses_a_view_the_model_lacks_before_any_record(tmp_path, capsys):
     assert rc == 2 and err == ["dcam run: error: --view: this model's images have no view 'base' "
                                "(views: default, all)"]
     assert not os.path.exists(tmp_path / "out")
-    # a trajectory of every view: every record failed into errors.jsonl, exit 0
-    rc = main(["run", p, "--out", str(tmp_path / "out"), "--view", "all", "--trajectory", "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == ["dcam run: error: --view: a trajectory maps one image view at a time "
-                               "(view='all' is not supported); pick a view"]
-    assert not os.path.exists(tmp_path / "out")
+    # (a trajectory of every view: tests/runs/test_run_views.py)
 
 
 def test_cli_memory_budget_is_a_size(tmp_path, capsys):
