@@ -290,6 +290,7 @@ class Explainer:
         self._checked_request(probe, target_score)
         if granularity is not None:
             check_granularity(granularity)
+        view = "default" if view is None else view  # (None below is the explainer's view again, not the model's)
         traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
                                   targets=targets, background=background, granularity=granularity, view=view)
         e = self.explain(image, prompt=prompt, response=traj.response_ids, targets=targets, probe=probe,

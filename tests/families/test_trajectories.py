@@ -102,6 +102,19 @@ def test_trajectory_follows_the_view_asked_for(models, landscape, monkeypatch):
         exp.explain(landscape, trajectory="no")
 
 
+
+def test_view_default_with_a_trajectory_is_the_models_default_not_the_explainers(models, landscape):
+    # explain(view="default", trajectory=True) on an Explainer(view="base") mapped the base view: "default"
+    # became None there, which then meant the explainer's view
+    model, proc = models("lavida-dream")
+    e = Explainer(model, proc, view="base").explain(landscape, trajectory=True, steps=2, response_length=4,
+                                                    view="default")
+    plain = Explainer(model, proc).explain(landscape, trajectory=True, steps=2, response_length=4)
+    assert e.view == plain.view == "highres" and e.response_ids == plain.response_ids
+    torch.testing.assert_close(e.maps, plain.maps, atol=0, rtol=0)
+    torch.testing.assert_close(e.trajectory.maps, plain.trajectory.maps, atol=0, rtol=0)
+
+
 def test_steps_the_block_sampler_changed_are_noted_with_the_reason(models, landscape):
     # block_length=2 over 8 slots: 4 blocks, each taking the same number of steps (at least one), so
     # steps=1 became 4 with no note and steps=6 became 4 "as a step commits at least one token"
