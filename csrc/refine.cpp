@@ -366,7 +366,8 @@ bool valid_params(const dcam_refine_config& c) {
 
 // The per-image values and context weights the Python layer checks, for C callers (a NaN
 // repeat ratio made every map NaN; a NaN or negative step count silently gave kernel 3):
-// only those the configuration reads. NaN fails every test.
+// only those the configuration reads; a non-zero diagonal weight let a word's own map into its
+// interference. NaN fails every test.
 bool valid_values(const float* steps, const float* image_size, const float* repeat_ratio,
                   const float* context_weights, int64_t B, int64_t T, const dcam_refine_config& c) {
     const float fmax = 3.4028234663852886e38f;
@@ -382,6 +383,7 @@ bool valid_values(const float* steps, const float* image_size, const float* repe
         for (int64_t i = 0; i < T; ++i) {
             const float v = context_weights[r * T + i];
             if (!in_range(v, 0.f, fmax)) return false;
+            if (i == r % T && v != 0.f) return false;  // W[t, t] = 0: a word is no context of itself
             sum += v;
         }
         if (!(sum <= fmax)) return false;

@@ -142,6 +142,14 @@ int main(void) {
                                                           out, NULL, NULL, NULL, NULL, NULL));
         printf("err negative_context_weight %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, neg, 1, 1, 3, 3,
                                                                &cfg, out, NULL, NULL, NULL, NULL, NULL));
+        {   /* two maps, W[1, 1] = 0.5: a word's own map in its interference (section 6 wants W[t, t] = 0) */
+            float own[4] = {0.0f, 1.0f, 1.0f, 0.5f}, others[4] = {0.0f, 1.0f, 1.0f, 0.0f};
+            printf("err diagonal_context_weight %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, own, 1, 2, 3,
+                                                                   3, &cfg, out, NULL, NULL, NULL, NULL, NULL));
+            printf("err zero_diagonal_context_weight %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, others, 1,
+                                                                        2, 3, 3, &cfg, out, NULL, NULL, NULL, NULL,
+                                                                        NULL));
+        }
         cfg.sicd = DCAM_SICD_REFERENCE;
         printf("err nan_rho %d\n", dcam_refine(raw, NULL, steps, size, bad, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                                NULL, NULL, NULL, NULL, NULL));
@@ -159,14 +167,14 @@ int main(void) {
         printf("err unread_steps %d\n", dcam_refine(raw, NULL, bad, bad, bad, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                                     NULL, NULL, NULL, NULL, NULL));
         {   /* NaN/Inf maps: the reference's maps would be NaN (these gave finite maps) */
-            float nan_raw[9], inf_ctx[9], one[1] = {1.0f};
+            float nan_raw[9], inf_ctx[9];
             for (int i = 0; i < 9; ++i) nan_raw[i] = inf_ctx[i] = raw[i];
             nan_raw[4] = NAN;
             inf_ctx[8] = INFINITY;
             printf("err nan_raw %d\n", dcam_refine(nan_raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg,
                                                    out, NULL, NULL, NULL, NULL, NULL));
             cfg.sicd = DCAM_SICD_CONTEXT;
-            printf("err inf_context_map %d\n", dcam_refine(raw, NULL, steps, size, rho, inf_ctx, one, 1, 1, 3, 3,
+            printf("err inf_context_map %d\n", dcam_refine(raw, NULL, steps, size, rho, inf_ctx, zero, 1, 1, 3, 3,
                                                            &cfg, out, NULL, NULL, NULL, NULL, NULL));
             cfg.sicd = DCAM_SICD_OFF;  /* context maps unread: not checked */
             printf("err unread_context_map %d\n", dcam_refine(raw, NULL, steps, size, rho, inf_ctx, NULL, 1, 1, 3,
@@ -450,7 +458,8 @@ def test_error_codes(program_output):
                     "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2",
                     "refine_cells_empty": "2",
                     "nan_sigma": "4", "zero_sigma": "4", "percentile": "4", "floor": "4",
-                    "nan_context_weight": "6", "negative_context_weight": "6", "nan_rho": "6", "rho_past_1": "6",
+                    "nan_context_weight": "6", "negative_context_weight": "6", "diagonal_context_weight": "6",
+                    "zero_diagonal_context_weight": "0", "nan_rho": "6", "rho_past_1": "6",
                     "nan_steps": "6", "negative_steps": "6", "zero_size": "6", "unread_steps": "0",
                     "nan_raw": "6", "inf_context_map": "6", "unread_context_map": "0"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])

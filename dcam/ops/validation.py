@@ -301,6 +301,10 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
             raise InputError("context_weights must be non-negative")
         if not bool(torch.isfinite(context_weights.float().sum(-1)).all()):  # normalised by their row sums
             raise InputError("context_weights: a row sums past float32's range; scale them down")
+        on_diagonal = int(torch.diagonal(context_weights, dim1=1, dim2=2).ne(0).sum())
+        if on_diagonal:  # SICD section 6: W[t, t] = 0, or a word's own raw map would count as its interference
+            raise InputError(f"context_weights must have a zero diagonal (a word is no context of itself), "
+                             f"got {on_diagonal} non-zero diagonal value(s)")
     # None stays None: every kernel then reads the raw maps with their degenerate flags (a degenerate one is
     # all zeros there); handed the raw maps as explicit context, they took its values as they are
     return context_maps, context_weights.float().contiguous()

@@ -786,7 +786,7 @@ def test_opcheck_every_op(device, quiet):
     args = (raw.maps, raw.degenerate, t(16.0, 64.0), t(512.0, 512.0), t(0.0, 0.1), None, None, o["akd_kernel"],
             True, True, True, 1, o["dacg_params"], o["cba_params"])
     torch.library.opcheck(torch.ops.dcam.refine.default, args)
-    ctx_args = args[:5] + (raw.maps, torch.rand(2, 3, 3).to(device)) + args[7:11] + (2,) + args[12:]
+    ctx_args = args[:5] + (raw.maps, (torch.rand(2, 3, 3) * (1 - torch.eye(3))).to(device)) + args[7:11] + (2,) + args[12:]
     torch.library.opcheck(torch.ops.dcam.refine.default, ctx_args)
     off_args = args[:7] + (5, False, False, False, 0) + args[12:]
     torch.library.opcheck(torch.ops.dcam.refine.default, off_args)
@@ -975,3 +975,11 @@ def test_refine_counts_a_degenerate_context_map_as_zeros(backend):
     # given as explicit context maps, the same values are used as they are
     explicit = dcam.refine(raw, dcam.CamConfig(sicd="context"), context_maps=raw, context_weights=cw, backend=backend)
     assert explicit.sicd_alpha[0, 0] > 0
+
+
+def test_dir_lists_the_public_names_only():
+    # dir(dcam) returned the module's globals: importlib, __builtins__, _LAZY_ATTRS, ...
+    names = dir(dcam)
+    assert not [n for n in names if n.startswith("_") or n == "importlib"], names
+    assert {"Explainer", "refine", "CamConfig", "load_explanation", "ops", "zoo"} <= set(names)
+    assert names == sorted(names)

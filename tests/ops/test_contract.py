@@ -598,6 +598,19 @@ def test_sicd_context_worked_example(any_backend):
     np.testing.assert_allclose(got["maps"].reshape(2, 3).numpy(), [[1.0, 0.4, 0.0], [0.0, 0.4, 1.0]], atol=1e-6)
 
 
+def test_sicd_context_diagonal_must_be_zero(any_backend):
+    # the worked example above with a weight on the diagonal: W[t, t] = 0 (a word is no context of
+    # itself). 5 on token 0's diagonal would give I = (5 r0 + 2 r1) / 7 and alpha = 1.5 / 1.75 = 0.857
+    # instead of 0.2; it is refused. A -0.0 diagonal is zero: the worked example's values come back.
+    raw = torch.tensor([[[[1.0, 0.5, 0.0]], [[0.0, 0.5, 1.0]]]])
+    cfg = CamConfig(akd=False, dacg=False, cba=False, sicd="context")
+    with pytest.raises(dcam.InputError, match=r"^context_weights must have a zero diagonal .*got 1 non-zero"):
+        run(any_backend, raw, cfg, context_weights=torch.tensor([[[5.0, 2.0], [1.0, 0.0]]]))
+    got = run(any_backend, raw, cfg, context_weights=torch.tensor([[[-0.0, 2.0], [1.0, -0.0]]]))
+    np.testing.assert_allclose(got["sicd_alpha"].reshape(-1).numpy(), [0.2, 0.2], rtol=1e-5)
+    np.testing.assert_allclose(got["maps"].reshape(2, 3).numpy(), [[1.0, 0.4, 0.0], [0.0, 0.4, 1.0]], atol=1e-6)
+
+
 def test_sicd_context_weight_normalisation_eps(any_backend):
     # weights of 1e-8: w = 1e-8 / (1e-8 + 1e-8) = 0.5, so I = r1 / 2 and alpha doubles to 0.4
     raw = torch.tensor([[[[1.0, 0.5, 0.0]], [[0.0, 0.5, 1.0]]]])
