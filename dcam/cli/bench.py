@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time the operators' backends (one table)", description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller cases (seconds instead of a minute)")
     p.add_argument("--backends", default=None, help="comma-separated subset of the available backends "
-                                                     "(default: every backend available here)")
+                                                     "(default: every backend available here); the torch "
+                                                     "reference is always timed too, as the baseline of the ratios")
     p.add_argument("--device", default=None, help="torch device of the inputs (default: cuda if available, else cpu)")
     p.set_defaults(run=run, command="bench")
 

@@ -232,8 +232,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", default="words", choices=("words", "tokens"),
                    help="explain whole words (the pieces of a word are one map) or every token")
     p.add_argument("--view", default=None,
-                   help="image view of a multi-view (anyres) model: base, highres or all (default: the model's, "
-                        "the stitched high-resolution grid where there is one)")
+                   help="image view; the model decides which exist: every model has default (its usual map: the "
+                        "stitched high-resolution grid where there is one) and all (every view), anyres families "
+                        "also base and highres, the VQ ones (mmada, lumina-dimoo) image (default: default)")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=cam_help())
 
 

@@ -87,3 +87,40 @@ def test_help_imports_no_torch():
     got = json.loads(r.stdout)
     assert got["heavy"] == []
     assert all(rc == 0 and n > 500 for rc, n in got["out"].values())
+
+
+def test_bench_backends_help_says_the_reference_is_always_timed(monkeypatch, capsys):
+    # "a subset of the available backends", yet --backends cpp timed torch too (the ratios' baseline)
+    from dcam.cli import main
+    from dcam.ops import bench
+    from dcam.ops.backends import available_backends
+
+    _, subs = _subparsers()
+    action = next(a for a in subs["bench"]._actions if "--backends" in a.option_strings)
+    assert "the torch reference is always timed too, as the baseline of the ratios" in _help_of(subs["bench"], action)
+    others = [b for b in available_backends() if b != "torch"]
+    if not others:
+        return
+    monkeypatch.setattr(bench, "cases", lambda device, quick: [bench.Case("toy", lambda b: (lambda: None), 4, 0)])
+    monkeypatch.setattr(bench, "time_call", lambda fn, **k: 1.0)
+    seen = []
+    monkeypatch.setattr(bench, "format_table", lambda result: seen.extend(r["backend"] for r in result["rows"]) or "")
+    assert main(["bench", "--device", "cpu", "--backends", others[0]]) == 0
+    assert seen == ["torch", others[0]]
+
+
+def test_view_help_names_every_view_and_says_the_model_decides():
+    # the help said "base, highres or all": the bundled model has only default and all, and default was in
+    # no help. The views a model can have: "default" and "all" everywhere, plus its adapter's image_views
+    from dcam.probe import adapters
+
+    declared = {v for cls in vars(adapters).values() if isinstance(cls, type)
+                for v in (getattr(cls, "image_views", None) or ())}
+    assert {"highres", "base"} <= declared
+    _, subs = _subparsers()
+    for name in ("explain", "demo", "run"):
+        action = next(a for a in subs[name]._actions if "--view" in a.option_strings)
+        text = _help_of(subs[name], action)
+        assert "the model decides which exist" in text, name
+        for view in sorted(declared | {"default", "all"}):
+            assert re.search(rf"\b{view}\b", text), (name, view)
