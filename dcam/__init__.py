@@ -44,8 +44,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'dcam' has no attribute {name!r}")
 
 
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_ATTRS) | set(_LAZY_MODULES))
+def __dir__():  # the public names only (the module's globals listed importlib and the dunders)
+    return sorted(n for n in set(__all__) | set(_LAZY_ATTRS) | set(_LAZY_MODULES) if not n.startswith("_"))
 
 
 __all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
