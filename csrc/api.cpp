@@ -15,7 +15,7 @@ extern "C" const char* dcam_error_string(int code) {
         case DCAM_ENOMEM: return "out of memory";
         case DCAM_EINVAL_VALUE:
             return "invalid value (steps and image_size must be finite and > 0, repeat_ratio in [0, 1], "
-                   "context_weights finite and >= 0 with finite row sums)";
+                   "context_weights finite and >= 0, 0 on the diagonal, with finite row sums)";
         default: return "unknown error code";
     }
 }

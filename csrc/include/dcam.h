@@ -219,7 +219,7 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
  *   context_maps    [B, T, h, w] float32 raw maps of the response's tokens for SICD context mode;
  *                   NULL means `raw` itself, where a map flagged in `degenerate` counts as
  *                   all zeros (as its normalised raw map is) whatever values it holds.
- *   context_weights [B, T, T] float32 non-negative finite weights W[b, t, i] whose rows sum to a
+ *   context_weights [B, T, T] float32 non-negative finite weights W[b, t, i], 0 where i == t, whose rows sum to a
  *                   finite float32 (SICD context mode: required; otherwise ignored, may be NULL).
  *   B, T, h, w      sizes (B, T >= 0; h, w >= 1).
  *   cfg             configuration (see dcam_refine_config); required.

@@ -220,7 +220,7 @@ class Trajectory:
         max_side = _check_max_side(max_side)
         check_alpha(alpha)
         check_colormap(colormap)
-        check_existing_folder(folder, SAVE_MAKES_ONE)
+        folder = check_existing_folder(folder, SAVE_MAKES_ONE)  # (a str from here, as Explanation.write_files)
         paths: Dict[str, Any] = {"meta": os.path.join(folder, "meta.json")}
         meta: Optional[Dict[str, Any]] = None
         if os.path.exists(paths["meta"]):

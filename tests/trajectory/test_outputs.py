@@ -334,3 +334,11 @@ def test_commit_ranks_order_the_items_when_a_phrase_shares_its_first_words_numbe
     assert sorted(ranks) == list(range(len(t.tokens)))  # a true order: every rank once
     order = sorted(range(len(t.tokens)), key=lambda k: (int(t.decided_at[k]), t.response_indices[k], k))
     assert [order.index(k) for k in range(len(t.tokens))] == ranks
+
+
+def test_write_files_takes_a_bytes_or_pathlike_folder_as_save_does(traj, tmp_path):
+    # a bytes folder passed the check, then met the str file names (TypeError: Can't mix strings and bytes)
+    for folder in (tmp_path / "p", os.fsencode(str(tmp_path / "b"))):
+        os.makedirs(folder)
+        paths = traj.write_files(folder)
+        assert paths["meta"] == os.path.join(os.fsdecode(folder), "meta.json") and os.path.isfile(paths["meta"])
