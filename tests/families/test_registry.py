@@ -110,8 +110,9 @@ def test_declared_image_views_are_the_views_images_get(name, models, landscape, 
         # ("default": the one view of a model without named ones, there to carry its crop box; always accepted)
         got |= set(a.prepare(img, None).views) - {"default"}
     assert got == VIEWS[name] and set(declared_image_views(a)) == VIEWS[name]
-    for view in ("default", "all", *VIEWS[name]):
+    for view in ("all", *VIEWS[name]):
         assert Explainer(adapter=a, view=view).view == view
+    assert Explainer(adapter=a, view="default").view is None  # the model's default view, as no view
     with pytest.raises(InputError, match=r"^view: this model's images have no view 'tiles' \(views: default, "):
         Explainer(adapter=a, view="tiles")
 
