@@ -2,6 +2,7 @@
 train/eval flag, the global RNG, other threads' forwards, and the response it
 generates (from the model as it is probed, eval mode)."""
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -184,3 +185,42 @@ def test_an_error_of_the_model_during_the_last_block_check_reaches_the_caller(ll
     assert getattr(exp.adapter, "_rows_only_ok", None) is None  # ... the slower path was kept for good: checked again next call
     exp.explain(_image(), response="a red circle")
     assert exp.adapter._rows_only_ok is True
+
+
+def _with_dropout(model, p):
+    """Every attention dropout of ``model`` set to ``p``; returns the previous values."""
+    mods = [m for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    before = [m.attention_dropout for m in mods]
+    for m in mods:
+        m.attention_dropout = p
+    return list(zip(mods, before))
+
+
+def test_the_last_block_check_runs_in_eval_mode_for_a_model_in_train_mode():
+    # the one-time check of the last block at the scored rows ran before the probe put the model in eval mode:
+    # with dropout it drew from the global RNG, warned "does not reproduce the full block's logits" and kept the
+    # slower path for good (the same model in eval mode passes it)
+    from dcam.testing.standins import STANDINS
+
+    model, proc = STANDINS["llava"](seed=0)
+    saved = _with_dropout(model, 0.3)
+    assert saved  # the stand-in has attention dropout to turn on
+    try:
+        ref = dcam.Explainer(model, proc)
+        want = ref.explain(_image(), response="a red circle")  # eval mode
+        assert ref.adapter._rows_only_ok is True
+        model.train()
+        exp = dcam.Explainer(model, proc)
+        torch.manual_seed(0)
+        rng = torch.random.get_rng_state().clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            got = exp.explain(_image(), response="a red circle")
+        assert torch.equal(torch.random.get_rng_state(), rng)
+        assert exp.adapter._rows_only_ok is True
+        torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=0)
+        assert all(m.training for m in model.modules())
+    finally:
+        model.eval()
+        for m, p in saved:
+            m.attention_dropout = p

@@ -250,7 +250,8 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk
 def logits_runner(adapter: ModelAdapter, layer: int, norm, ids: Tensor, inputs, want: Tensor, response_start: int):
     """The adapter's ``logits_at_rows`` when the probe reads nothing of the last block's other rows (the
     hooked block is below it, the final norm is not recorded) and ``check_rows_only`` allows it on
-    these inputs; else ``logits_at``. Call it before the tap is set: the check runs forwards of its own.
+    these inputs; else ``logits_at``. Call it inside :func:`probing` and before the tap is set: the check runs
+    forwards of its own (in the caller's train mode, dropout drew from the global RNG and failed the check).
     A padded batch runs the last block at the scored rows only where the adapter does so itself (the
     generic one, :mod:`dcam.probe.rows`, was checked on unpadded inputs and passes no padding mask)."""
     generic = type(adapter).logits_at_rows is ModelAdapter.logits_at_rows
@@ -320,8 +321,8 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
     span = (lambda b: img[b]) if padded else (lambda b: img)  # noqa: E731
     K = max(len(t.groups) for t in targets)
     grads = [[] for _ in range(B)]
-    run = logits_runner(adapter, layer, norm, ids, inputs, want, preps[0].response_start)
-    with probing(adapter):
+    with probing(adapter):  # (the last block's check in logits_runner too: it ran in the caller's train mode)
+        run = logits_runner(adapter, layer, norm, ids, inputs, want, preps[0].response_start)
         tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
         try:
             with torch.enable_grad():
