@@ -3,31 +3,75 @@ norm's output recorded, parameters frozen for the duration of a probe."""
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import NonFiniteError, model_overflow
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+# The lock of each module and parameter a probe changes (train flags, requires_grad, hooks), by id while it lives.
+# Per module, not per model: two models that share modules (m2.language_model = m1.language_model) each
+# took their own lock, and the second call saved the first one's frozen flags of the shared part and restored
+# those. Not one process-wide lock either: that made unrelated models (one per GPU) wait for each other.
+_LOCKS: Dict[int, "threading.RLock"] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def model_lock(model: nn.Module) -> "threading.RLock":
-    """The lock that keeps one explanation at a time on ``model``. Two at once shared its
-    hooks (each thread's hook saw the other's forward) and its frozen flags (the second
-    call saved the first one's frozen state and restored that: the user's model was left
-    in eval mode with no parameter requiring grad). Re-entrant: a probe inside an
-    explanation takes it again."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
+def _lock_of(obj) -> "threading.RLock":
+    """(Under ``_LOCKS_GUARD``.) ``obj``'s lock, dropped when ``obj`` dies (before its id can be reused)."""
+    lock = _LOCKS.get(id(obj))
+    if lock is None:
+        lock = _LOCKS[id(obj)] = threading.RLock()
+        weakref.finalize(obj, _LOCKS.pop, id(obj), None)  # (no guard taken there: it may run inside ours)
+    return lock
+
+
+class ModelLock:
+    """The locks of every module and parameter of a model, taken all at once in one global order (by id), so
+    that models sharing modules take turns without deadlocking each other while models sharing nothing run
+    at once. Re-entrant: a probe inside an explanation takes them again."""
+
+    def __init__(self, model: nn.Module):
+        objs = {id(o): o for o in itertools.chain(model.modules(), model.parameters())}
+        with _LOCKS_GUARD:
+            self.locks = [_lock_of(objs[k]) for k in sorted(objs)]
+
+    def acquire(self, blocking: bool = True) -> bool:
+        held = 0
+        try:
+            for lock in self.locks:
+                if not lock.acquire(blocking):
+                    break
+                held += 1
+        finally:
+            if held < len(self.locks):  # one was busy (or the wait was interrupted): none kept
+                for lock in reversed(self.locks[:held]):
+                    lock.release()
+        return held == len(self.locks)
+
+    def release(self):
+        for lock in reversed(self.locks):
+            lock.release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def model_lock(model: nn.Module) -> ModelLock:
+    """The lock that keeps one explanation at a time on ``model`` and on any model sharing modules or
+    parameters with it. Two at once shared its hooks (each thread's hook saw the other's forward) and its
+    frozen flags (the second call saved the first one's frozen state and restored that: the user's model was
+    left in eval mode with no parameter requiring grad)."""
+    return ModelLock(model)
 
 
 @contextmanager
