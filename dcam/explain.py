@@ -51,7 +51,7 @@ from .ops.backends import BACKENDS
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, batch_key, check_probe_request, probe_batch
 from .probe.adapters.base import block_dtype
-from .probe.hooks import exclusive
+from .probe.hooks import check_weights, exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
 from .targets import check_granularity, items_asked, repeat_ratio, targets_asked
@@ -137,6 +137,7 @@ class Explainer:
         self.adapter = adapter if adapter is not None else auto_adapter(model, processor, **adapter_kwargs)
         self.adapter.check_image_tokens()
         self.model = self.adapter.model
+        check_weights(self.model)  # (an inference-mode or meta model failed inside its first probe)
         self.processor = self.adapter.processor
         # what the method would never use is refused, not recorded in the explanation as if used
         if config is not None and not self.method.uses_config:

@@ -53,6 +53,8 @@ def check_device(device: Optional[str]):
     """``device`` as a torch.device that exists here, else InputError naming it."""
     import torch
 
+    from .probe.hooks import DEVICE_TYPES  # (the rule Explainer holds a model's weights to)
+
     if device is None:
         return torch.device("cpu")
     try:
@@ -69,7 +71,7 @@ def check_device(device: Optional[str]):
         raise InputError(f"device: {device!r} is not available here")
     if dev.type == "cpu" and dev.index not in (None, 0):  # (cpu:5 was taken: the CPU has no numbered devices)
         raise InputError(f"device: {device!r} does not exist (the CPU is one device: cpu)")
-    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+    if dev.type not in DEVICE_TYPES:
         raise InputError(f"device: {device!r} is not supported (use cpu, cuda, cuda:N or mps)")
     return dev
 

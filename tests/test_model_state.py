@@ -187,6 +187,73 @@ def test_an_error_of_the_model_during_the_last_block_check_reaches_the_caller(ll
     assert exp.adapter._rows_only_ok is True
 
 
+def test_a_model_made_under_inference_mode_is_refused_and_left_as_found():
+    # its weights are inference tensors: the probe froze them all, failed to set requires_grad back on the first
+    # (a raw RuntimeError) and left every parameter frozen
+    from dcam.testing import tiny_toy
+
+    with torch.inference_mode():
+        model, proc = tiny_toy(seed=0)
+    with pytest.raises(dcam.InputError, match=r"^model: its weights are inference tensors") as err:
+        dcam.Explainer(model, proc)
+    assert "\n" not in str(err.value)
+    assert all(p.requires_grad for p in model.parameters())  # as built
+
+
+def test_weights_made_inference_tensors_after_the_explainer_are_refused_before_a_flag_changes():
+    from dcam.testing import tiny_toy
+
+    model, proc = tiny_toy(seed=0)
+    exp = dcam.Explainer(model, proc)
+    model.train()
+    model.vision_tower.eval()
+    model.vision_tower.requires_grad_(False)
+    layer = model.language_model.layers[0].mlp.up_proj
+    with torch.inference_mode():  # (as a service reloading weights under inference mode would)
+        layer.weight = nn.Parameter(layer.weight.detach().clone())
+    assert layer.weight.is_inference()
+    flags = [(n, p.requires_grad) for n, p in model.named_parameters()]
+    modes = [(n, m.training) for n, m in model.named_modules()]
+    for response in (None, "a red square"):  # generated first, or probed at once
+        with pytest.raises(dcam.InputError, match=r"^model: its weights are inference tensors"):
+            exp.explain(_image(), response=response)
+        assert [(n, p.requires_grad) for n, p in model.named_parameters()] == flags
+        assert [(n, m.training) for n, m in model.named_modules()] == modes
+
+
+class _Stubborn(nn.Parameter):
+    """A parameter whose requires_grad cannot be set back to True (as an inference tensor's)."""
+
+    def requires_grad_(self, requires_grad=True):
+        if requires_grad:
+            raise RuntimeError("stubborn parameter")
+        return super().requires_grad_(False)
+
+
+def test_frozen_restores_every_flag_it_can_when_one_fails():
+    # the restore loop stopped at its first failure: every later parameter was left frozen
+    from dcam.probe.hooks import frozen
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    net[0].weight = _Stubborn(net[0].weight.detach().clone())
+    net[1].bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="stubborn parameter"):
+        with frozen(net):
+            assert not any(p.requires_grad for p in net.parameters())
+    # weight 0 could not be restored; the others are as they were: True, True, False
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True, False]
+
+
+def test_a_meta_model_is_refused_when_the_explainer_is_made():
+    # accepted, then a raw RuntimeError deep inside the vision tower at explain() (the CLI refused --device meta)
+    from dcam.testing import tiny_toy
+
+    model, proc = tiny_toy(seed=0)
+    model = model.to("meta")
+    with pytest.raises(dcam.InputError, match=r"^model: its weights are on the 'meta' device"):
+        dcam.Explainer(model, proc)
+
+
 def _with_dropout(model, p):
     """Every attention dropout of ``model`` set to ``p``; returns the previous values."""
     mods = [m for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)]

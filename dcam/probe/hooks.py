@@ -12,7 +12,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import NonFiniteError, model_overflow
+from ..errors import InputError, NonFiniteError, model_overflow
+
+#: The device types dcam runs a model on (:func:`dcam.models.check_device` holds names to the same rule):
+#: "meta" (weights without data) and the like failed deep inside a forward.
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 # The lock of each module and parameter a probe changes (train flags, requires_grad, hooks), by id while it lives.
 # Per module, not per model: two models that share modules (m2.language_model = m1.language_model) each
@@ -74,6 +78,18 @@ def model_lock(model: nn.Module) -> ModelLock:
     return ModelLock(model)
 
 
+def check_weights(model: nn.Module) -> None:
+    """InputError naming ``model`` where its parameters cannot be probed, before any flag of it is changed."""
+    params = list(model.parameters())
+    if any(p.is_inference() for p in params):  # (their requires_grad cannot be set back: all were left frozen)
+        raise InputError("model: its weights are inference tensors (made under torch.inference_mode()); build or "
+                         "load the model outside torch.inference_mode(), or replace them with clones made outside it")
+    bad = next((p.device for p in params if p.device.type not in DEVICE_TYPES), None)
+    if bad is not None:
+        raise InputError(f"model: its weights are on the {bad.type!r} device, where dcam cannot run it; move or "
+                         f"load them onto one of {', '.join(DEVICE_TYPES)}")
+
+
 @contextmanager
 def explaining(model: nn.Module):
     """What every explanation runs under: ``model``'s lock, and inference mode off even
@@ -81,6 +97,7 @@ def explaining(model: nn.Module):
     and every map came out zero without a word; the probes turn autograd on themselves,
     so ``torch.no_grad()`` around a call was already fine)."""
     with model_lock(model), torch.inference_mode(False):
+        check_weights(model)
         yield
 
 
@@ -113,13 +130,19 @@ def frozen(model: nn.Module):
     :func:`explaining`."""
     with explaining(model), eval_mode(model):
         flags = [(p, p.requires_grad) for p in model.parameters()]
-        for p, _ in flags:
-            p.requires_grad_(False)
         try:
+            for p, _ in flags:
+                p.requires_grad_(False)
             yield model
         finally:
-            for p, f in flags:
-                p.requires_grad_(f)
+            failed = None
+            for p, f in flags:  # every flag that can be restored is (the loop stopped at its first failure)
+                try:
+                    p.requires_grad_(f)
+                except RuntimeError as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
 
 
 @contextmanager
