@@ -80,14 +80,16 @@ def check_output_folder(path: str, overwrite: bool = False, option: str = "--out
     if not isinstance(overwrite, bool):
         raise InputError(f"overwrite must be True or False, got {overwrite!r}")
     target = os.path.abspath(path)
-    if os.path.exists(target) and not os.path.isdir(target):
+    # a symbolic link is written through: every check is of the folder it points to (the link is kept)
+    real = os.path.realpath(target)
+    if os.path.exists(real) and not os.path.isdir(real):
         raise InputError(f"{option}: {path!r} exists and is not a folder")
-    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+    if os.path.isdir(real) and os.listdir(real) and not overwrite:
         how = "pass --overwrite" if option.startswith("--") else "pass overwrite=True"
         raise InputError(f"{option}: {path!r} is not empty; choose a new folder or {how} (which replaces it whole)")
     # even empty, the current folder is replaced by the new one (the shell is left in a deleted folder)
     refuse_current_folder(target, option)
-    parent = os.path.dirname(target)
+    parent = os.path.dirname(real)
     probe = parent
     while not os.path.exists(probe):  # the nearest existing ancestor must be a writable folder
         probe = os.path.dirname(probe)
@@ -220,13 +222,17 @@ class AtomicFolder:
     success ``target`` holds exactly those files; on any exception (Ctrl-C
     included) nothing changes. A write that fails with an OSError (disk full,
     no permission, file too large) comes out as an InputError naming
-    ``option`` (the CLI's ``--out``, the API's ``out_dir``)."""
+    ``option`` (the CLI's ``--out``, the API's ``out_dir``). A ``target`` that
+    is a symbolic link is written through: the folder it points to is
+    replaced, the link kept (it was replaced by a real folder, the folder it
+    pointed to left as it was)."""
 
     def __init__(self, target: str, overwrite: bool = False, option: str = "out_dir"):
         target = folder_path(target, option)
         if not target:  # abspath("") is the current folder, which overwrite=True replaced whole
             raise InputError(f"{option}: an empty path")
-        self.target = os.path.abspath(target)
+        self.target = os.path.abspath(target)  # as given (messages name it)
+        self.real = os.path.realpath(self.target)  # where the files go: a link's folder
         self.overwrite = overwrite
         self.option = option
         self.tmp: Optional[str] = None
@@ -240,13 +246,13 @@ class AtomicFolder:
         # Explanation.save once moved an existing image aside for its folder), nor a non-empty
         # folder without overwrite
         check_output_folder(self.target, self.overwrite, self.option)
-        parent = os.path.dirname(self.target)
+        parent = os.path.dirname(self.real)
         # the folders made for the target's parent, outermost first: removed again when the write
         # fails (a refused save left a/b/ behind of a/b/out)
         self.made = missing_folders(parent)
         try:
             os.makedirs(parent, exist_ok=True)
-            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.partial-", dir=parent)
+            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.real)}.partial-", dir=parent)
             os.chmod(self.tmp, 0o777 & ~_umask())
         except OSError as exc:
             self._remove_made()
@@ -285,31 +291,26 @@ class AtomicFolder:
     def _swap_in(self) -> None:
         """Rename the temporary folder into place (the old target moved aside
         first and deleted last, put back if the rename is interrupted)."""
-        old = None
-        if os.path.exists(self.target):
-            if not os.path.isdir(self.target):
+        old, real = None, self.real
+        if os.path.exists(real):
+            if not os.path.isdir(real):
                 raise InputError(f"{self.option}: {self.target!r} was made a file by someone else while this run "
                                  "wrote; nothing was written")
-            if os.listdir(self.target) and not self.overwrite:
+            if os.listdir(real) and not self.overwrite:
                 raise InputError(f"{self.option}: {self.target!r} was filled by someone else while this run "
                                  "wrote; nothing was written")
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.old-", dir=os.path.dirname(self.target))
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(real)}.old-", dir=os.path.dirname(real))
             os.rmdir(old)
-            os.replace(self.target, old)
+            os.replace(real, old)
         try:
-            os.replace(self.tmp, self.target)
+            os.replace(self.tmp, real)
         except BaseException:
-            if old is not None and not os.path.exists(self.target):
-                os.replace(old, self.target)
+            if old is not None and not os.path.exists(real):
+                os.replace(old, real)
             raise
         if old is not None:
             with _sigint_deferred() as interrupted:  # the new output is in place: the old one goes whole
-                # a symlinked target was moved aside as the link itself: rmtree refuses links (and its
-                # ignore_errors hid that, leaving a hidden .x.old-* link behind)
-                if os.path.islink(old):
-                    os.unlink(old)
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)
             if interrupted:
                 raise InterruptedAfterWriting(self.target)
 

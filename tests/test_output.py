@@ -61,16 +61,40 @@ def test_a_failed_write_leaves_no_parent_folder_it_made(tmp_path, error):
     assert sorted(os.listdir(tmp_path)) == ["a"]
 
 
-def test_overwrite_of_a_symlinked_folder_leaves_nothing_hidden(tmp_path):
-    # the link was moved aside and rmtree(ignore_errors=True) could not remove a link: a hidden
-    # .link.old-* stayed; the folder it pointed to keeps its files
+def test_overwrite_of_a_symlinked_folder_writes_through_the_link(tmp_path):
+    # the link itself was moved aside and replaced by a real folder: the folder it pointed to kept
+    # its old files and the link was gone; now the link stays and its folder is replaced, nothing hidden left
     real = tmp_path / "real"
     _write(str(real), {"old.txt": "x"})
-    (tmp_path / "link").symlink_to(real)
+    (tmp_path / "link").symlink_to("real")
     with AtomicFolder(str(tmp_path / "link"), overwrite=True) as tmp:
+        assert os.path.dirname(tmp) == str(tmp_path)  # beside the folder pointed to: the rename is atomic
         _write(tmp, {"new.txt": "z"})
-    assert not os.path.islink(tmp_path / "link") and _tree(tmp_path / "link") == {"new.txt": "z"}
-    assert _leftovers(tmp_path) == [] and _tree(real) == {"old.txt": "x"}
+    assert os.readlink(tmp_path / "link") == "real" and _tree(real) == {"new.txt": "z"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_symlinked_folder_is_checked_and_written_where_it_points(tmp_path, monkeypatch):
+    # an empty folder behind a link: written into (the link was replaced by a real folder, the folder left empty)
+    (tmp_path / "d" / "real").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "d" / "real")
+    with AtomicFolder(str(tmp_path / "link")) as tmp:
+        assert os.path.dirname(tmp) == str(tmp_path / "d")
+        _write(tmp, {"a.txt": "1"})
+    assert os.path.islink(tmp_path / "link") and _tree(tmp_path / "d" / "real") == {"a.txt": "1"}
+    assert sorted(os.listdir(tmp_path)) == ["d", "link"] and sorted(os.listdir(tmp_path / "d")) == ["real"]
+    # a link to a folder not yet there: that folder is made (the link kept)
+    (tmp_path / "dangling").symlink_to(tmp_path / "d" / "new")
+    with AtomicFolder(str(tmp_path / "dangling")) as tmp:
+        _write(tmp, {"b.txt": "2"})
+    assert os.path.islink(tmp_path / "dangling") and _tree(tmp_path / "d" / "new") == {"b.txt": "2"}
+    # the guards see the folder pointed to: non-empty without overwrite, and the current folder
+    with pytest.raises(InputError, match=r"^--out: '.*link' is not empty"):
+        check_output_folder(str(tmp_path / "link"))
+    monkeypatch.chdir(tmp_path / "d" / "real")
+    with pytest.raises(InputError, match=r"^--out: '.*link' holds the current folder"):
+        check_output_folder(str(tmp_path / "link"), overwrite=True)
+    assert _tree(tmp_path / "d" / "real") == {"a.txt": "1"}
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
