@@ -10,6 +10,7 @@ skipped. On many processes: torchrun --nproc_per_node=N -m dcam run ...
 """
 from __future__ import annotations
 
+import re
 import sys
 
 from ..errors import InputError, one_line
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
 
 #: run_dataset's options as dcam run's (:func:`common.argument_error`)
 RUN_OPTIONS = {"probe": "--probe", "target_score": "--target-score", "steps": "--steps", "prompt": "--prompt",
-               "response_length": "--response-length", "memory_budget": "--memory-budget"}
+               "response_length": "--response-length", "memory_budget": "--memory-budget", "out": "--out"}
 
 
 def _explainer(args, dist):
@@ -93,7 +94,7 @@ def _run(args) -> int:
             info = run_dataset(exp, source, args.out, opts, dist, model=model,
                                log=lambda msg: common.log(msg, quiet))
         except InputError as exc:  # the options run_dataset refuses, named as dcam run's
-            raise common.argument_error(exc, RUN_OPTIONS) from None
+            raise _as_options(exc) from None
     finally:
         dist.close()
     if info is not None:
@@ -109,6 +110,16 @@ def _run(args) -> int:
         print(f"{c['done']} of {c['records']} records explained into {args.out} ({c['words']} words); "
               f"{c['errors']} failed (errors.jsonl); {this}{kept}")
     return 0
+
+
+def _as_options(exc: InputError) -> InputError:
+    """``exc`` re-prefixed with dcam run's option (:data:`RUN_OPTIONS`), also behind the ``rank N: `` of another
+    rank's error (``rank 1: out: writing ...`` named the API's argument)."""
+    text = one_line(str(exc))
+    rank = re.match(r"rank \d+: ", text)
+    if rank is None:
+        return common.argument_error(exc, RUN_OPTIONS)
+    return InputError(rank.group(0) + one_line(str(common.argument_error(InputError(text[rank.end():]), RUN_OPTIONS))))
 
 
 def _open_source(args):

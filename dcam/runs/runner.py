@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
@@ -33,6 +33,8 @@ from .records import ground_truth, record_metrics
 from .sources import RunSource
 from .store import ERROR_PARTS, INDEX_PARTS, part_name, parts, scan_index
 from .writer import RecordWriter, write_overlays
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -270,6 +272,16 @@ class UnchangedRecords:
                          "id, or pass --overwrite")
 
 
+def _writing(root: str, fn: Callable[[], T]) -> T:
+    """``fn()``, its OSError (disk full, file too large, no permission) as an InputError naming ``out`` (it was a
+    traceback, the run's folder named nowhere); what was committed stays, so a rerun resumes."""
+    try:
+        return fn()
+    except OSError as exc:
+        raise InputError(f"out: writing {root!r} failed ({type(exc).__name__}: {one_line(exc)}); what was written "
+                         "is kept, rerun the same command to resume") from None
+
+
 def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOptions] = None, dist: Optional[Dist] = None,
                 model: Optional[Dict[str, Any]] = None, log=None) -> Optional[dict]:
     """Explain ``source`` into the run folder ``out`` (see the package docstring).
@@ -304,7 +316,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
             refuse_current_folder(root)
         else:
             _check_same_overlays(root, opts.overlays)
-        return prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source))
+        return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source)))
     lock = dist.on_rank0(start)
     try:
         done, _, _ = scan_index(root)
@@ -312,7 +324,9 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         dist.barrier()  # every rank has read the index before any rank writes to it
         done_here = sum(1 for rid in source.ids if rid in done)  # (records taken out of the manifest: not these)
         log(f"{done_here} of {len(source)} records already done; {dist.world} process(es)")
-        s = _work(explainer, source, root, opts, dist, done, done_here, old_parts)
+        # a write that failed on one rank ends every rank (the others once their share is written)
+        s = dist.agree(lambda: _writing(root, lambda: _work(explainer, source, root, opts, dist, done, done_here,
+                                                            old_parts)))
         records, words, errors = dist.sum([s.records, s.words, s.errors])
         seconds, = dist.max([s.seconds])
         dist.barrier()
@@ -320,7 +334,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
             return None
         session = {"records": int(records), "words": int(words), "errors": int(errors), "seconds": seconds,
                    "processes": dist.world}
-        return finish(root, source, session, identity, header)
+        return _writing(root, lambda: finish(root, source, session, identity, header))
     finally:
         if lock is not None:
             lock.release()

@@ -65,18 +65,31 @@ def fsync_dir(path: str) -> None:
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """``path`` holds ``data`` whole or is untouched: temporary name, fsync, rename, fsync of the folder."""
+    """``path`` holds ``data`` whole or is untouched: temporary name, fsync, rename, fsync of the folder.
+    A failed write (disk full, file too large) removes the temporary file and raises its OSError."""
     tmp = f"{path}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)  # (it was left behind, a file as large as the disk allowed)
+        raise
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _unlink_quietly(path: str) -> None:
+    """Remove a temporary file of a write that failed; the write's own error is the one to report."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -235,10 +248,13 @@ def merge_index(root: str, ids: Sequence[str], where: Callable[[int], str]) -> N
                     out.write(json_line(obj))
                 out.flush()
                 os.fsync(out.fileno())
+            os.replace(tmp, main)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
         finally:
             for h in handles:
                 h.close()
-        os.replace(tmp, main)
         fsync_dir(root)
     for p in pending:
         os.unlink(p)

@@ -101,12 +101,16 @@ def write_overlays(root: str, e, rid: str) -> str:
     os.makedirs(parent, exist_ok=True)
     final = os.path.join(parent, record_folder_name(rid))
     tmp = tempfile.mkdtemp(prefix=".partial-", dir=parent)
-    for k, name in enumerate(word_file_names(e.word_numbers, e.tokens, "png")):
-        e.overlay(k).save(os.path.join(tmp, name))
-    os.chmod(tmp, 0o777 & ~_umask())
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        for k, name in enumerate(word_file_names(e.word_numbers, e.tokens, "png")):
+            e.overlay(k).save(os.path.join(tmp, name))
+        os.chmod(tmp, 0o777 & ~_umask())
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:  # a failed write (disk full) left its half-written folder until the next start
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return os.path.relpath(final, root)
 
 
