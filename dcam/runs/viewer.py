@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .reader import load_run
 from .store import write_bytes_atomic
 from .writer import _umask
@@ -164,16 +164,25 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
         if bar is not None:
             bar.close()
         _replace(os.path.join(root, VIEW), tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a file too large: it was a traceback
+            raise _write_failed(folder, exc) from None
         raise
     cfg = viewer_config([], title=f"dcam run: {os.path.basename(root)}", summary=_summary(info, len(done),
                         len(errors)), per_page=per_page, pages=max(1, pages.pages), total=pages.total,
                         page_url=f"{VIEW}/page-%05d.js", metrics_html=_metrics_html(metrics))
     page = os.path.join(root, "index.html")
-    write_bytes_atomic(page, page_html(cfg).encode("utf-8"))
+    try:
+        write_bytes_atomic(page, page_html(cfg).encode("utf-8"))
+    except OSError as exc:
+        raise _write_failed(folder, exc) from None
     # what the pages hold (with --limit, the failed records past it were counted as written)
     return {"page": page, "records": pages.total - shown_errors, "pages": pages.pages, "errors": shown_errors}
+
+
+def _write_failed(folder, exc: OSError) -> InputError:
+    return InputError(f"DIR: writing the page into {folder!r} failed ({type(exc).__name__}: {one_line(exc)})")
 
 
 def _frames(r):
