@@ -139,24 +139,26 @@ def _refuse_what_the_data_set_ignores(args) -> None:
 #: evaluate()'s arguments as dcam eval's options (:func:`common.argument_error`)
 EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--split", "image_size": "--image-size",
                 "layer": "--layer", "target_score": "--target-score", "probe": "--probe",
-                "sweep_layers": "--sweep-layers", "config": "--cam"}
+                "sweep_layers": "--sweep-layers", "config": "--cam", "out_dir": "--out"}
 
 
 def _evaluate(args, model, processor, config, fill, target):
     from ..eval import evaluate
-    from ..output import AtomicFolder
 
-    with warnings.catch_warnings(), AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
+    # evaluate() writes --out whole or not at all itself (a folder of the CLI's own around it was handed to it
+    # as out_dir: a failed write named out_dir and that hidden temporary folder, not --out)
+    with warnings.catch_warnings():
         if args.quiet:
             warnings.simplefilter("ignore")
         report = evaluate(model, processor, dataset=args.dataset, methods=args.methods, n=args.n,
-                          ablation=args.ablation, faithfulness=args.faithfulness, out_dir=tmp, layer=args.layer,
+                          ablation=args.ablation, faithfulness=args.faithfulness, out_dir=target,
+                          overwrite=args.overwrite, layer=args.layer,
                           probe=args.probe, target_score=args.target_score, split=args.split, sweep=args.sweep,
                           sweep_probes=args.sweep_probes, sweep_layers=args.sweep_layers, sweep_n=args.sweep_n,
                           faith_n=args.faith_n, faith_steps=args.faith_steps, faith_fill=fill,
                           batch_size=args.batch_size, n_examples=args.examples, seed=args.seed,
                           image_size=args.image_size, verbose=not args.quiet, config=config,
                           family=args.family)
-        with open(os.path.join(tmp, "main_table.md")) as f:
-            table = f.read()
+    with open(os.path.join(target, "main_table.md")) as f:
+        table = f.read()
     return report, table

@@ -125,6 +125,24 @@ def test_failed_write_leaves_nothing(cli, error_line, tiny_model_dir, shapes_png
     assert not _leftovers(tmp_path)
 
 
+def test_failed_write_of_eval_names_out(cli, error_line, tiny_model_dir, tmp_path, file_size_limit):
+    # the CLI handed evaluate() a temporary folder of its own as out_dir: the message named out_dir and
+    # that hidden folder ('.../.e.partial-xxxx'), not --out
+    target = tmp_path / "e"
+    file_size_limit(30_000)
+    rc, _, err = cli("eval", "--model", tiny_model_dir, "--n", "2", "--methods", "tam", "--examples", "1",
+                     "--out", target, "--quiet")
+    file_size_limit(resource.RLIM_INFINITY)
+    assert rc == 2 and error_line(err, "eval") == (f"dcam eval: error: --out: writing {str(target)!r} failed "
+                                                   "(OSError: [Errno 27] File too large); nothing was written")
+    assert not target.exists() and not _leftovers(tmp_path)
+    rc, out, err = cli("eval", "--model", tiny_model_dir, "--n", "2", "--methods", "tam", "--examples", "1",
+                       "--out", target, "--quiet")
+    assert rc == 0, err
+    assert open(target / "main_table.md").read() in out  # the table printed is the one written into --out
+    assert json.load(open(target / "report.json"))["records"] == 2
+
+
 def test_ctrl_c_while_writing_in_process(cli, tiny_model_dir, shapes_png, tmp_path, monkeypatch):
     # a real SIGINT delivered while the third PNG is being written
     saves = []
