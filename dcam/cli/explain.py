@@ -175,7 +175,7 @@ def report(e, folder: str) -> None:
     print(f"explained {what} with {e.method} (probe {e.probe}{layer}, {e.steps} steps): "
           f"{(', ' if phrases else ' ').join(e.tokens)}")
     extra = ", trajectory.safetensors, trajectory/NN_<word>.gif, trajectory_sheet.png" if e.trajectory else ""
-    print(f"written to {folder}: image.png, contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json, "
+    print(f"written to {folder!r}: image.png, contact_sheet.png, NN_<word>.png, maps.safetensors, meta.json, "
           f"index.html{extra}")
 
 
@@ -232,12 +232,12 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
                     os.makedirs(folder)
                     e.write_files(folder, max_side=args.max_side)
                     done[name] = len(e)
-        for path, why in failed:
-            print(f"dcam explain: error: {path}: {why}", file=sys.stderr)
+        for path, why in failed:  # (repr: a name holding a newline made two lines of one error)
+            print(f"dcam explain: error: {path!r}: {why}", file=sys.stderr)
         if not done:
             raise InputError(f"none of the {len(inputs)} images could be explained; nothing was written")
         with open(os.path.join(tmp, LISTING), "w") as f:
             json.dump(listing, f, indent=1)
-    print(f"explained {len(done)} of {len(inputs)} images ({sum(done.values())} words) into {args.out}"
+    print(f"explained {len(done)} of {len(inputs)} images ({sum(done.values())} words) into {args.out!r}"
           + (f"; {len(failed)} failed" if failed else ""))
     return 2 if failed else 0

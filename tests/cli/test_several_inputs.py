@@ -5,6 +5,7 @@ float, animated) explained with its conversion stated in meta.json."""
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -53,14 +54,14 @@ def test_several_inputs_one_bad(cli, tiny_model_dir, shapes_png, tmp_path):
     rc, stdout, err = cli("explain", folder, shapes_png, missing, "--model", tiny_model_dir, "--tokens", "0",
                           "--background", "#102030", "--out", out)
     assert rc == 2
-    assert stdout.strip().splitlines()[-1] == f"explained 8 of 10 images (8 words) into {out}; 2 failed"
+    assert stdout.strip().splitlines()[-1] == f"explained 8 of 10 images (8 words) into {str(out)!r}; 2 failed"
     text = "\n".join(err)
     assert "Traceback" not in text and text.count("explain: 100%") >= 1 and "10/10" in text
     errors = [line for line in err if line.startswith("dcam explain: error:")]
     cut = os.path.join(folder, "cut.png")
     assert len(errors) == 2
-    assert errors[0].startswith(f"dcam explain: error: {cut}: cannot read {cut!r} (")
-    assert errors[1] == f"dcam explain: error: {missing}: no such file {missing!r}"
+    assert errors[0].startswith(f"dcam explain: error: {cut!r}: cannot read {cut!r} (")
+    assert errors[1] == f"dcam explain: error: {missing!r}: no such file {missing!r}"
     assert sorted(os.listdir(out)) == ["a", "anim", "b", "clear", "f", "gray16", "images.json", "phone", "shapes"]
     with open(out / "images.json") as f:
         listing = json.load(f)
@@ -68,7 +69,7 @@ def test_several_inputs_one_bad(cli, tiny_model_dir, shapes_png, tmp_path):
     assert [d["image"] for d in listing] == [os.path.join(folder, n) for n in in_folder] + [shapes_png, missing]
     assert [d.get("folder") for d in listing] == [None if n == "cut.png" else os.path.splitext(n)[0]
                                                   for n in in_folder] + ["shapes", None]
-    assert [f"dcam explain: error: {d['image']}: {d['error']}" for d in listing if "error" in d] == errors
+    assert [f"dcam explain: error: {d['image']!r}: {d['error']}" for d in listing if "error" in d] == errors
     metas = {name: _whole(out / name) for name in os.listdir(out) if name != "images.json"}
     assert metas["clear"]["notes"] == ["transparency composited on rgb(16, 32, 48)"]
     clear = np.asarray(Image.open(out / "clear" / "image.png"))
@@ -168,3 +169,21 @@ def test_several_images_use_the_prompt_as_one_does(cli, tiny_model_dir, shapes_p
     for name in ("a", "b"):
         meta = _whole(tmp_path / "two" / name)
         assert meta["prompt"] == prompt and meta["response"] == one["response"]
+
+
+def test_a_failed_image_whose_name_holds_a_newline_is_one_line(cli, tiny_model_dir, shapes_png, tmp_path):
+    # the path was printed raw: "dcam explain: error: .../bad" and "line.png: cannot read ..." on two lines;
+    # likewise the closing line's --out
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(shapes_png, folder / "ok.png")
+    bad = str(folder / "bad\nline.png")
+    with open(bad, "w") as f:
+        f.write("x")
+    out = str(tmp_path / "out\nput")
+    rc, stdout, err = cli("explain", folder, "--model", tiny_model_dir, "--out", out, "--quiet")
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith(f"dcam explain: error: {bad!r}: cannot read {bad!r} (")
+    last = stdout.splitlines()[-1]
+    assert "\\nline.png" in err[0] and last.startswith("explained 1 of 2 images (")
+    assert last.endswith(f" words) into {out!r}; 1 failed") and sorted(os.listdir(out)) == ["images.json", "ok"]
