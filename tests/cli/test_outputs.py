@@ -92,6 +92,26 @@ def test_reused_out_is_refused_and_overwrite_replaces_it_whole(cli, error_line, 
     assert not _leftovers(tmp_path)
 
 
+def test_a_symlinked_out_is_written_through(cli, error_line, tiny_model_dir, shapes_png, tmp_path):
+    # the link was replaced by a real folder holding the output, the folder it pointed to left empty
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to("real")
+    base = ("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE, "--out", tmp_path / "link",
+            "--quiet")
+    rc, _, err = cli(*base)
+    assert rc == 0, err
+    assert os.readlink(tmp_path / "link") == "real" and "meta.json" in os.listdir(real)
+    rc, _, err = cli(*base, "--tokens", "blue")
+    assert rc == 2 and error_line(err).startswith(f"dcam explain: error: --out: {str(tmp_path / 'link')!r} is not "
+                                                  "empty")
+    rc, _, err = cli(*base, "--tokens", "blue", "--overwrite")
+    assert rc == 0, err
+    assert os.readlink(tmp_path / "link") == "real" and sorted(os.listdir(real)) == [
+        "05_blue.png", "contact_sheet.png", "image.png", "index.html", "maps.safetensors", "meta.json"]
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]
+
+
 @pytest.fixture
 def file_size_limit():
     """``limit(n)``: files this process writes fail past ``n`` bytes (a real
