@@ -36,7 +36,8 @@ def refine_args(T, h, w, cfg, dtype=torch.float32):
     o = cfg.op_args()
     raw = torch.rand(2, T, h, w).to(dtype)
     return (raw, torch.zeros(2, T, dtype=torch.bool), torch.ones(2), torch.ones(2), torch.ones(2), None,
-            torch.rand(2, T, T) * (1 - torch.eye(T)), o["akd_kernel"], o["akd"], o["dacg"], o["cba"], o["sicd"], o["dacg_params"],
+            torch.rand(2, T, T) * (1 - torch.eye(T)), o["akd_kernel"], o["akd"], o["dacg"], o["cba"], o["sicd"],
+            o["dacg_params"],
             o["cba_params"])
 
 # allocations, the kernels, and (pooling) the device-side flag: zeros when unchecked,

@@ -786,7 +786,8 @@ def test_opcheck_every_op(device, quiet):
     args = (raw.maps, raw.degenerate, t(16.0, 64.0), t(512.0, 512.0), t(0.0, 0.1), None, None, o["akd_kernel"],
             True, True, True, 1, o["dacg_params"], o["cba_params"])
     torch.library.opcheck(torch.ops.dcam.refine.default, args)
-    ctx_args = args[:5] + (raw.maps, (torch.rand(2, 3, 3) * (1 - torch.eye(3))).to(device)) + args[7:11] + (2,) + args[12:]
+    no_self = (torch.rand(2, 3, 3) * (1 - torch.eye(3))).to(device)  # SICD context weights: zero diagonal
+    ctx_args = args[:5] + (raw.maps, no_self) + args[7:11] + (2,) + args[12:]
     torch.library.opcheck(torch.ops.dcam.refine.default, ctx_args)
     off_args = args[:7] + (5, False, False, False, 0) + args[12:]
     torch.library.opcheck(torch.ops.dcam.refine.default, off_args)
