@@ -146,13 +146,26 @@ def channel_weights_reference(grads: Tensor, grad_relu: bool = True) -> Tensor:
     return g.mean(dim=2)
 
 
-def normalised_raw_maps(raw: Tensor, B: int, T: int, h: int, w: int) -> Tuple[Tensor, Tensor]:
+def identical_rows(acts: Tensor) -> Tensor:
+    """acts [B, N, D] -> bool [B]: every image token's state of image b equals the first one's, so each
+    of its raw maps is constant by section 1's formula, whatever the weights. A matrix product may round
+    identical rows apart by an ulp (BLAS and ``tl.dot`` tile rows by position), which min-max normalising
+    grows into a map of 0s and 0.4s where the contract has a degenerate one; the backends that pool with
+    such a product decide these maps from the states themselves (the C++ product sums every row alike)."""
+    return (acts == acts[:, :1]).all(dim=2).all(dim=1)
+
+
+def normalised_raw_maps(raw: Tensor, B: int, T: int, h: int, w: int,
+                        constant: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Raw pooled maps [B, T, N] -> (min-max normalised maps [B, T, h, w], degenerate [B, T]);
-    a constant map comes out all 0 and is flagged."""
+    a constant map comes out all 0 and is flagged (``constant`` [B]: images whose maps are
+    constant by construction, :func:`identical_rows`)."""
     raw = raw.reshape(B * T, h * w)  # (sizes given: -1 cannot be inferred with no maps)
     lo = raw.min(dim=1, keepdim=True).values
     hi = raw.max(dim=1, keepdim=True).values
     degenerate = ~(hi > lo)[:, 0]
+    if constant is not None:
+        degenerate = degenerate | constant.repeat_interleave(T)
     maps = torch.where(degenerate[:, None], torch.zeros_like(raw), (raw - lo) / (hi - lo + EPS_NORM))
     return maps.reshape(B, T, h, w), degenerate.reshape(B, T)
 
@@ -172,7 +185,7 @@ def weighted_maps_reference(acts: Tensor, weights: Tensor, h: int, w: int) -> Tu
     wt = weights.float()
     raw = torch.bmm(wt.clamp(min=0), a.clamp(min=0).transpose(1, 2))
     raw = raw + torch.bmm(wt.clamp(max=0), a.clamp(max=0).transpose(1, 2))
-    return normalised_raw_maps(raw / D, B, T, h, w)
+    return normalised_raw_maps(raw / D, B, T, h, w, identical_rows(acts))
 
 
 def pool_gradients_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True
@@ -190,7 +203,7 @@ def pool_gradients_reference(acts: Tensor, grads: Tensor, h: int, w: int, grad_r
         raw = torch.bmm(weights, a.clamp(min=0).transpose(1, 2)) / D  # [B, T, N]
     else:
         raw = (a[:, None, :, :] * weights[:, :, None, :]).clamp(min=0).mean(dim=3)
-    return normalised_raw_maps(raw, B, T, h, w)
+    return normalised_raw_maps(raw, B, T, h, w, identical_rows(acts))
 
 
 # --------------------------------------------------------------------------- section 2

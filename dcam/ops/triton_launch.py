@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..kernels import pool as pool_kernels
 from ..kernels import refine as refine_kernels
 from . import constants as C
-from .reference import gaussian_weights3_values
+from .reference import gaussian_weights3_values, identical_rows
 
 #: The contract's numbers, passed to the refine kernel as ``constexpr`` (compiled to literals).
 CONTRACT_CONSTANTS = {name: getattr(C, name) for name in (
@@ -83,7 +83,10 @@ def _maps_from_weights(acts: Tensor, weights: Tensor, h: int, w: int, nonneg: bo
     wrap_triton(pool_kernels._minmax_normalise_kernel)[(B * T,)](
         maps, degenerate, weights, N, D, EPS=C.EPS_NORM, BLOCK=block, BLOCK_D=min(1024, triton.next_power_of_2(D)),
         num_warps=4 if block <= 1024 else 8)
-    return maps, degenerate
+    # tl.dot may round identical rows apart: maps constant by construction are degenerate (no host sync)
+    constant = identical_rows(acts)
+    maps.masked_fill_(constant[:, None, None, None], 0.0)
+    return maps, degenerate | constant[:, None]
 
 
 def pool_gradients_triton(acts: Tensor, grads: Tensor, h: int, w: int, grad_relu: bool = True,

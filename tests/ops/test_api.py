@@ -984,3 +984,32 @@ def test_dir_lists_the_public_names_only():
     assert not [n for n in names if n.startswith("_") or n == "importlib"], names
     assert {"Explainer", "refine", "CamConfig", "load_explanation", "ops", "zoo"} <= set(names)
     assert names == sorted(names)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("grad_relu", [True, False])
+def test_identical_token_states_make_degenerate_maps(backend, grad_relu):
+    # Section 1 by hand: every image token of image 0 has the same state, so raw_n is the same number for
+    # every n whatever the weights: constant, degenerate, all 0. A matrix product rounded identical rows an
+    # ulp apart (torch's bmm, Triton's tl.dot by tile position) and normalising made that a map of 0s and
+    # ~0.43s (k = 2, 3 below on torch, k = 1, 2 on Triton). Image 1's tokens differ: its maps are untouched.
+    N, D = 25, 64
+    for k in range(1, 7):
+        row = torch.sin(torch.arange(D, dtype=torch.float32) * 0.37 * k)
+        same = row.expand(N, D)
+        other = torch.sin(torch.arange(N * D, dtype=torch.float32) * 0.23 * k).reshape(N, D)
+        acts = torch.stack([same, other])
+        grads = torch.cos(torch.arange(2 * 2 * N * D, dtype=torch.float32) * 0.11 * k).reshape(2, 2, N, D)
+        for dtype in (torch.float32, torch.bfloat16):
+            a, g = acts.to(dtype), grads.to(dtype)
+            pooled = dcam.pool_gradients(a, g, (5, 5), grad_relu=grad_relu, backend=backend)
+            weights = dcam.channel_weights(g, grad_relu=grad_relu, backend=backend)
+            given = dcam.weighted_maps(a, weights, (5, 5), backend=backend)
+            alone = dcam.pool_gradients(a[1:], g[1:], (5, 5), grad_relu=grad_relu, backend=backend)
+            first = dcam.pool_gradients(a[:1], g[:1, :1], (5, 5), grad_relu=grad_relu, backend=backend)
+            assert first.degenerate.tolist() == [[True]] and torch.equal(first.maps, torch.zeros(1, 1, 5, 5))
+            for out in (pooled, given):
+                assert out.degenerate[0].tolist() == [True, True], (k, dtype)
+                assert torch.equal(out.maps[0], torch.zeros(2, 5, 5)), (k, dtype)
+            assert not bool(pooled.degenerate[1].any())
+            torch.testing.assert_close(pooled.maps[1], alone.maps[0], atol=0, rtol=0)
