@@ -272,6 +272,8 @@ class Explanation:
         if self.trajectory is not None:
             self.trajectory.check_names(folder)
         self._check_maps()
+        if self.trajectory is not None:  # (its GIFs are written after this explanation's files)
+            self.trajectory.check_maps("trajectory.")
 
         size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
         base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)

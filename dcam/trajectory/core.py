@@ -200,6 +200,21 @@ class Trajectory:
         refuse_names_in_the_way(folder, "the trajectory", files=("trajectory.safetensors", "trajectory_sheet.png",
                                                                  "meta.json"), folders=("trajectory",))
 
+    def check_maps(self, prefix: str = "") -> None:
+        """Every map the files hold (``maps``, ``final_maps``), checked as :func:`dcam.render.overlay` checks
+        one, before the first file is written; ``prefix`` goes before the maps' names in the error (a NaN
+        in a step's map left trajectory.safetensors and the trajectory folder written, in an error naming
+        "cam")."""
+        from ..render.overlay import check_map
+
+        maps, final = self.maps.detach().cpu().float().numpy(), self.final_maps.detach().cpu().float().numpy()
+        words = [f"word {n} {clean_token(tok)!r}" for n, tok in zip(self.word_numbers, self.tokens)]
+        for s in range(maps.shape[0]):
+            for k, word in enumerate(words):
+                check_map(maps[s, k], f"{prefix}maps[{s}][{k}] (step {s}, {word})")
+        for k, word in enumerate(words):
+            check_map(final[k], f"{prefix}final_maps[{k}] ({word})")
+
     def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
                     max_side: int = DISPLAY_MAX_SIDE) -> Dict[str, Any]:
         """Write the trajectory into the existing ``folder`` (e.g. inside an
@@ -235,6 +250,7 @@ class Trajectory:
                                  "explanation's meta.json object")
         self.check_names(folder)
         self._check_same_explanation(folder, meta or {})
+        self.check_maps()
         paths["tensors"] = os.path.join(folder, "trajectory.safetensors")
         save_file(self.tensors(), paths["tensors"])
         paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)

@@ -138,6 +138,38 @@ def test_write_files_refuses_before_writing_anything(traj, tmp_path, kw, match):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("field, where, value, why", [
+    ("maps", (1, 2, 0, 0), float("nan"), r"a map must be finite, got 1 NaN/Inf value\(s\)"),
+    ("maps", (1, 2, 0, 0), 5.0, r"a map's values must be in \[0, 1\], got values in \[0, 5\]"),
+    ("final_maps", (2, 0, 0), -1.0, r"a map's values must be in \[0, 1\], got values in \[-1, 1\]")])
+def test_a_bad_map_is_named_and_nothing_is_written(tiny_explainer, traj, image, tmp_path, field, where, value, why):
+    # a NaN or 5.0 in a step's map left trajectory.safetensors and trajectory/ written (with an explanation:
+    # its 9 files), in an error naming "cam"
+    import re
+    from dataclasses import replace
+
+    bad = getattr(traj, field).clone()
+    bad[where] = value
+    if field == "final_maps":
+        bad[where[0]].view(-1)[1] = 1.0  # (the range in the message is the map's own: worked by hand)
+    t = replace(traj, **{field: bad})
+    k = where[-3]  # the word's index
+    word = re.escape(f"word {t.word_numbers[k]} {t.tokens[k].strip()!r}")
+    name = rf"maps\[{where[0]}\]\[{k}\] \(step {where[0]}, {word}\)" if field == "maps" else \
+        rf"final_maps\[{k}\] \({word}\)"
+    (tmp_path / "t").mkdir()
+    with pytest.raises(InputError, match=rf"^{name}: {why}$"):
+        t.write_files(str(tmp_path / "t"))
+    e = tiny_explainer.explain(image, response=traj.response_ids, steps=traj.steps)
+    e.trajectory = t
+    (tmp_path / "e").mkdir()
+    with pytest.raises(InputError, match=rf"^trajectory\.{name}: {why}$"):
+        e.write_files(str(tmp_path / "e"))
+    with pytest.raises(InputError, match=rf"^trajectory\.{name}: {why}$"):
+        e.save(str(tmp_path / "s"))
+    assert sorted(os.listdir(tmp_path)) == ["e", "t"] and os.listdir(tmp_path / "t") == os.listdir(tmp_path / "e") == []
+
+
 @pytest.mark.parametrize("name, make", [("trajectory", "file"), ("trajectory_sheet.png", "folder"),
                                         ("trajectory.safetensors", "folder")])
 def test_write_files_refuses_a_taken_name_before_writing(traj, tmp_path, name, make):
