@@ -369,18 +369,18 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
     chunk = None if chunk_size is None else positive_int("chunk_size", chunk_size, allow_none=False)
     if targets is None:
         raise InputError("targets must be 'all', word numbers or words, got None")
-    from ..explain import check_view, declared_image_views  # (explain imports this module)
+    from ..explain import check_view  # (explain imports this module)
 
     # refused before the generation runs, not after it
     view = explainer.view if view is None else check_view(a, view)
-    known = declared_image_views(a)
     granularity = explainer.granularity if granularity is None else check_granularity(granularity)
     img, notes = load_image_with_notes(image, background)
     with generating(a.model, watch=generation_watch(a)):
         blank = a.prepare(img, prompt, None, response_length)  # the response slots still masked
-        # a model of one view maps it for "all", as without a trajectory (it was refused); the image tells
-        # where the adapter declares no views
-        views = tuple(blank.views) if known is None else known
+        # "all" maps the image's one view with tokens, as without a trajectory (it was refused); the image
+        # decides, not the adapter's declared views: LaViDa without anyres ("pad") makes the base view alone,
+        # and its declared (highres, base) refused "all", then "highres" as a view the image has not
+        views = tuple(name for name, v in blank.views.items() if v.positions.numel())
         if view == "all" and len(views) > 1:
             raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
                              f"pick one of {', '.join(views)}")

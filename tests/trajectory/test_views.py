@@ -17,3 +17,32 @@ def test_all_views_of_a_single_view_model_is_its_one_view(tiny_explainer, traj, 
     assert e.view is None and plain.view is None and e.view_maps == plain.view_maps == {}
     torch.testing.assert_close(e.maps, plain.maps, atol=0, rtol=0)
     torch.testing.assert_close(e.trajectory.maps, traj.maps, atol=0, rtol=0)
+
+
+def test_all_views_follows_the_views_the_image_has_not_those_the_adapter_declares():
+    # LaViDa without anyres ("pad") gives each image its base view alone, though the adapter declares
+    # (highres, base): view="all" with a trajectory was refused "pick one of highres, base", and highres
+    # then as a view the image has not
+    import numpy as np
+    import pytest
+
+    from dcam import Explainer, InputError
+    from dcam.testing import tiny_lavida_dream
+
+    img = np.full((40, 90, 3), 200, np.uint8)
+    exp = Explainer(*tiny_lavida_dream(seed=0, image_aspect_ratio="pad"))
+    assert list(exp.adapter.prepare(img, None, None, 4).views) == ["base"]
+    every = exp.explain(img, trajectory=True, view="all", steps=2, response_length=4)
+    base = exp.explain(img, trajectory=True, view="base", steps=2, response_length=4)
+    plain = exp.explain(img, response=every.response_ids, steps=every.steps, response_length=4, view="all")
+    assert every.response_ids == base.response_ids and every.view == plain.view == "base"
+    assert list(every.view_maps) == list(plain.view_maps) == ["base"]
+    torch.testing.assert_close(every.trajectory.maps, base.trajectory.maps, atol=0, rtol=0)
+    torch.testing.assert_close(every.trajectory.final_maps, base.trajectory.final_maps, atol=0, rtol=0)
+    torch.testing.assert_close(every.maps, plain.maps, atol=0, rtol=0)
+    # anyres: this 90 x 40 image has both views, each with tokens: still one at a time, naming them
+    anyres = Explainer(*tiny_lavida_dream(seed=0))
+    assert all(v.positions.numel() for v in anyres.adapter.prepare(img, None, None, 4).views.values())
+    with pytest.raises(InputError, match=r"^view: a trajectory maps one image view at a time \(view='all' is not "
+                                         r"supported\); pick one of highres, base$"):
+        anyres.explain(img, trajectory=True, view="all", steps=2, response_length=4)
