@@ -49,7 +49,8 @@ def add_parser(sub) -> None:
 
 #: run_dataset's options as dcam run's (:func:`common.argument_error`)
 RUN_OPTIONS = {"probe": "--probe", "target_score": "--target-score", "steps": "--steps", "prompt": "--prompt",
-               "response_length": "--response-length", "memory_budget": "--memory-budget", "out": "--out"}
+               "response_length": "--response-length", "memory_budget": "--memory-budget", "out": "--out",
+               "view": "--view"}  # (a trajectory of view="all": check_run_options)
 
 
 def _explainer(args, dist):
@@ -60,7 +61,6 @@ def _explainer(args, dist):
 
 
 def _run(args) -> int:
-    from ..explain import declared_image_views
     from ..runs import RunOptions, run_dataset
     from ..runs.distributed import setup
     from ..runs.folder import check_folder, model_identity
@@ -78,10 +78,6 @@ def _run(args) -> int:
                              "leave --split out")
         common.log(f"{len(source)} records in {args.manifest}; loading the model", quiet)
         exp = dist.agree(lambda: _explainer(args, dist))
-        views = declared_image_views(exp.adapter) or ()  # (undeclared: each record's image tells)
-        if args.trajectory and exp.view == "all" and len(views) > 1:  # (every record failed into errors.jsonl)
-            raise InputError("--view: a trajectory maps one image view at a time (view='all' is not supported); "
-                             f"pick one of {', '.join(views)}")
         # the fingerprint is checked and written by rank 0 only
         model = dist.agree(lambda: model_identity(args.model) if dist.rank == 0 else None)
         opts = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, probe=args.probe,

@@ -134,6 +134,16 @@ def check_run_options(explainer, opts: RunOptions) -> None:
             raise InputError(f"{name} must be True or False, got {getattr(opts, name)!r}")
     check_run_prompt(opts.prompt)
     explainer._checked_request(opts.probe, opts.target_score)
+    # a trajectory of view="all": refused here for a model that declares several views, though a run's images
+    # may differ (LaViDa without anyres makes the base view alone: explain() traces those), since every image
+    # with several went to errors.jsonl; a model declaring one view, or none (each image tells), runs and a
+    # record whose image has several fails alone (dcam run refused up front, the API failed every record)
+    from ..explain import declared_image_views
+
+    views = declared_image_views(explainer.adapter) or ()
+    if opts.trajectory and explainer.view == "all" and len(views) > 1:
+        raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
+                         f"pick one of {', '.join(views)}")
     # a family with a fixed response layout (the bundled model) refuses other lengths for every record alike
     fixed_layout = getattr(explainer.adapter, "check_response_length", None)
     if opts.response_length is not None and fixed_layout is not None:

@@ -57,3 +57,31 @@ def test_trajectory_of_all_views_is_refused_for_a_model_of_several_before_any_re
     assert rc == 2 and err == ["dcam run: error: --view: a trajectory maps one image view at a time "
                                "(view='all' is not supported); pick one of highres, base"]
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_api_refuses_a_trajectory_of_all_views_as_dcam_run_does(tmp_path):
+    # run_dataset(Explainer(view="all"), ..., RunOptions(trajectory=True)) sent every record to errors.jsonl,
+    # where dcam run refused up front; the rule is the model's declared views, so a LaViDa without anyres
+    # (whose images have the base view alone) is refused too, told to pick a view
+    import pytest
+
+    from dcam import Explainer, InputError
+    from dcam.runs import RunOptions, run_dataset
+    from dcam.runs.sources import ManifestSource
+    from dcam.testing import tiny_lavida_dream
+
+    Image.new("RGB", (90, 40), (200, 40, 40)).save(tmp_path / "wide.png")
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps({"id": "w", "image": "wide.png"}) + "\n")
+    for kw in ({}, {"image_aspect_ratio": "pad"}):
+        exp = Explainer(*tiny_lavida_dream(seed=0, **kw), view="all")
+        with pytest.raises(InputError, match=r"^view: a trajectory maps one image view at a time \(view='all' is "
+                                             r"not supported\); pick one of highres, base$"):
+            run_dataset(exp, ManifestSource(str(p)), str(tmp_path / "out"),
+                        RunOptions(progress=False, trajectory=True, steps=2))
+        assert not os.path.exists(tmp_path / "out")
+    # a view picked runs the record
+    exp = Explainer(*tiny_lavida_dream(seed=0), view="base")
+    info = run_dataset(exp, ManifestSource(str(p)), str(tmp_path / "out"),
+                       RunOptions(progress=False, trajectory=True, steps=2, response_length=4))
+    assert info["counts"]["done"] == 1 and info["counts"]["errors"] == 0
