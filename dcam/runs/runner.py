@@ -116,16 +116,19 @@ def check_run_prompt(prompt, name: str = "prompt") -> None:
         raise InputError(f"{name}: must be a non-empty text or None, got {prompt!r}")
 
 
-def check_run_options(explainer, opts: RunOptions) -> None:
+def check_run_options(explainer, opts: RunOptions) -> RunOptions:
     """Every option is refused before the folder is touched: a bad steps, probe or target score
     sent every record to errors.jsonl under a fingerprint of the bad value, a batch size of 0
-    was range()'s ValueError, and a shard size of 0 wrote a shard per record unasked."""
+    was range()'s ValueError, and a shard size of 0 wrote a shard per record unasked. Returns
+    ``opts`` with its counts as plain ints (a numpy int passed the check, then failed run.json's
+    JSON write with a TypeError, leaving the folder locked)."""
+    import dataclasses
     import numbers
 
-    for name in ("batch_size", "shard_size"):
-        positive_int(name, getattr(opts, name), allow_none=False)
+    counts = {name: positive_int(name, getattr(opts, name), allow_none=False) for name in ("batch_size", "shard_size")}
     for name in ("steps", "response_length", "memory_budget"):
-        positive_int(name, getattr(opts, name))
+        counts[name] = positive_int(name, getattr(opts, name))
+    opts = dataclasses.replace(opts, **counts)
     s = opts.shard_seconds
     if isinstance(s, bool) or not isinstance(s, numbers.Real) or not s > 0 or not math.isfinite(s):
         raise InputError(f"shard_seconds must be a number of seconds > 0, got {s!r}")
@@ -148,6 +151,7 @@ def check_run_options(explainer, opts: RunOptions) -> None:
     fixed_layout = getattr(explainer.adapter, "check_response_length", None)
     if opts.response_length is not None and fixed_layout is not None:
         fixed_layout(opts.response_length)
+    return opts
 
 
 def _prompt(rec, opts: RunOptions):
@@ -299,8 +303,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     explainer: a :class:`dcam.Explainer`; model: :func:`.folder.model_identity`
     of its files (part of the fingerprint); dist: this rank (default: one
     process). Returns the final ``run.json`` on rank 0, None elsewhere."""
-    opts = opts or RunOptions()
-    check_run_options(explainer, opts)
+    opts = check_run_options(explainer, opts or RunOptions())
     dist = dist or Dist()
     log = log or (lambda msg: None)
     root = os.path.abspath(out)

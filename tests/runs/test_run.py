@@ -552,3 +552,27 @@ def test_a_response_length_the_model_cannot_write_stops_the_run_at_its_start(run
     assert err == ["dcam run: error: --response-length: this model writes exactly 12 response slots (its processor's "
                    "response_length; shorter responses end in eos), got 3"]
     assert not out.exists()
+
+
+def test_numpy_int_run_options_run_as_plain_ints(tmp_path, explainer):
+    # a numpy int passed the check unconverted, then run.json's JSON write failed with a TypeError
+    from dcam.runs.runner import RunOptions, check_run_options, run_dataset
+    from dcam.runs.sources import open_source
+
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "one.png")
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "image": "one.png", "response": "a red circle"}\n')
+    counts = dict(batch_size=2, shard_size=3, steps=4, response_length=12, memory_budget=10 ** 10)
+    given = RunOptions(progress=False, **{k: np.int64(v) for k, v in counts.items()})
+    checked = check_run_options(explainer, given)
+    assert {k: (type(getattr(checked, k)), getattr(checked, k)) for k in counts} == {
+        k: (int, v) for k, v in counts.items()}
+    infos = []
+    for name, opts in (("np", given), ("plain", RunOptions(progress=False, **counts))):
+        run_dataset(explainer, open_source(str(tmp_path / "m.jsonl")), str(tmp_path / name), opts)
+        infos.append(json.load(open(tmp_path / name / "run.json")))
+    assert infos[0]["status"] == "complete" and infos[0]["counts"]["done"] == 1
+    assert infos[0]["identity"]["steps"] == 4 and infos[0]["identity"]["response_length"] == 12
+    assert (infos[0]["options"]["batch_size"], infos[0]["options"]["memory_budget"]) == (2, 10 ** 10)
+    assert infos[0]["fingerprint"] == infos[1]["fingerprint"]
+    maps = [next(dcam.load_run(str(tmp_path / name)).records(["a"])).maps for name in ("np", "plain")]
+    assert torch.equal(*maps)
