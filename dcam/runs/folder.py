@@ -150,7 +150,11 @@ LATER_KEYS = ("source", "prompt")
 
 def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, Any]:
     """``identity`` as a folder of the stored identity's vintage fingerprinted it (a COCO
-    source's split files joined the fingerprint in session 14)."""
+    source's split files joined the fingerprint in session 14; an explainer made with
+    ``view="default"`` recorded that name until it became None, the model's default view, as
+    everywhere else: such a folder resumes under the same command)."""
+    if stored.get("view") == "default" and identity.get("view") is None:
+        identity = dict(identity, view="default")
     if "source" not in stored:
         return {k: v for k, v in identity.items() if k not in LATER_KEYS}
     src = identity.get("source")

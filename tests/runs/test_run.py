@@ -576,3 +576,32 @@ def test_numpy_int_run_options_run_as_plain_ints(tmp_path, explainer):
     assert infos[0]["fingerprint"] == infos[1]["fingerprint"]
     maps = [next(dcam.load_run(str(tmp_path / name)).records(["a"])).maps for name in ("np", "plain")]
     assert torch.equal(*maps)
+
+
+def test_a_folder_started_with_view_default_by_an_older_dcam_resumes(tmp_path, capsys):
+    # an older dcam fingerprinted --view default as "view": "default"; now the same command's view is None, and
+    # the folder was refused as another config (differs in: view)
+    import hashlib
+
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "one.png")
+    manifest, out = tmp_path / "m.jsonl", tmp_path / "out"
+    manifest.write_text('{"id": "a", "image": "one.png", "response": "a red circle"}\n')
+    args = ["run", str(manifest), "--out", str(out), "--view", "default", *RUN_ARGS]
+    assert main(args) == 0
+    info = json.load(open(out / "run.json"))
+    assert info["identity"]["view"] is None
+    info["identity"]["view"] = "default"  # what the older dcam wrote, fingerprint and all
+    info["fingerprint"] = hashlib.sha256(json.dumps(info["identity"], sort_keys=True, default=str).encode()).hexdigest()
+    (out / "run.json").write_text(json.dumps(info))
+    with open(manifest, "a") as f:
+        f.write('{"id": "b", "image": "one.png", "response": "a blue square"}\n')
+    assert main(args) == 0, capsys.readouterr().err
+    info = json.load(open(out / "run.json"))
+    assert info["counts"]["done"] == 2 and info["session"]["records"] == 1 and info["identity"]["view"] is None
+    # only "default" is taken for None: a folder of another view is still another config
+    info["identity"]["view"] = "base"
+    info["fingerprint"] = hashlib.sha256(json.dumps(info["identity"], sort_keys=True, default=str).encode()).hexdigest()
+    (out / "run.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "differs in: view" in capsys.readouterr().err
