@@ -411,16 +411,16 @@ def phrase_key(s: str) -> str:
 
 def find_item(texts: Sequence[str], query: str) -> Optional[int]:
     """Index of the first of ``texts`` (explained items) that ``query`` names: spelled
-    alike (:func:`clean_token`), else alike in letters and digits as targets are matched
-    (:func:`phrase_key`: "RED  circle" and "Red,Circle" name "red circle"); None if none."""
+    alike (:func:`clean_token`), else alike in letters and digits, broken into words where
+    the item is, as targets are matched (:func:`_same_breaks`: "RED  circle" and "Red,Circle"
+    name "red circle", "redcircle" does not); None if none."""
     want = clean_token(query)
     for k, t in enumerate(texts):
         if clean_token(t) == want:
             return k
-    key = phrase_key(query)
-    if key:
+    if phrase_key(query):
         for k, t in enumerate(texts):
-            if phrase_key(t) == key:
+            if _same_breaks(t, query):
                 return k
     return None
 

@@ -14,7 +14,7 @@ from dcam.testing import tiny_toy
 from dcam.testing.llada import LLADA_EOS_ID, LLADA_MASK_ID
 from dcam.testing.llava_dmllm import tiny_llada_v
 from dcam.testing.vocab import word_tokenizer
-from dcam.words import find_phrase
+from dcam.words import find_item, find_phrase
 
 WORDS = ["a", "red", "circle", "and", "a", "blue", "square"]
 
@@ -59,6 +59,24 @@ def test_a_target_run_together_is_refused_through_the_explainer():
             exp.explain(image, response=response, targets=joined)
     e = exp.explain(image, response=response, targets=["and a", "Red,"])
     assert e.tokens == ["red", "and a"] and e.pieces == [[1], [3, 4]]
+
+
+def test_an_item_is_looked_up_by_the_words_its_target_would_match():
+    # e.index("redcircle") found the item "red circle" and e.index("anda") the item "and a": letters joined across a break
+    items = ["red circle", "and a", "it's", "blue-green", "日本の猫"]
+    assert [find_item(items, q) for q in ("Red, Circle", "RED  circle", "and a", "its", "blue green", "bluegreen",
+                                          "日本 の 猫")] == [0, 0, 1, 2, 3, 3, 4]
+    assert [find_item(items, q) for q in ("redcircle", "anda", "red circ le", "it s s", "")] == [None] * 5
+    exp = dcam.Explainer(*tiny_toy(0))
+    e = exp.explain(np.zeros((32, 32, 3), np.uint8), response="a red circle and a blue square",
+                    targets=["red circle", "and a"])
+    assert e.index("Red, Circle") == 0 and e.index("and a") == 1
+    assert np.array_equal(np.asarray(e.map("red circle")), np.asarray(e.map(0)))
+    for joined in ("redcircle", "anda"):
+        with pytest.raises(InputError, match=f"^word '{joined}' is not among the explained tokens"):
+            e.index(joined)
+        with pytest.raises(InputError, match=f"^word '{joined}' is not among the explained tokens"):
+            e.map(joined)
 
 
 def _llada_with(pieces):
