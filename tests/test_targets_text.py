@@ -62,7 +62,7 @@ def test_a_target_run_together_is_refused_through_the_explainer():
 
 
 def test_an_item_is_looked_up_by_the_words_its_target_would_match():
-    # e.index("redcircle") found the item "red circle" and e.index("anda") the item "and a": letters joined across a break
+    # e.index("redcircle") found the item "red circle", e.index("anda") the item "and a": letters joined across a break
     items = ["red circle", "and a", "it's", "blue-green", "日本の猫"]
     assert [find_item(items, q) for q in ("Red, Circle", "RED  circle", "and a", "its", "blue green", "bluegreen",
                                           "日本 の 猫")] == [0, 0, 1, 2, 3, 3, 4]
