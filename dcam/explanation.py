@@ -159,7 +159,10 @@ class Explanation:
         raise InputError(f"expected a token index or a word, got {type(i_or_word).__name__}")
 
     def _view_of(self, view: Optional[str], placed: bool = True) -> Tuple[Tensor, Tuple[float, float, float, float]]:
-        """(maps, box) of ``view`` (None: the explained view's); ``placed``: its box is needed."""
+        """(maps, box) of ``view`` (None, or ``"default"`` as everywhere else, unless a saved view has that
+        name: the explained view's); ``placed``: its box is needed."""
+        if view == "default" and view not in self.view_maps:  # (it was refused: "not among this explanation's views")
+            view = None
         if view is None or (view == self.view and view not in self.view_maps):
             return self.maps, self.box
         if view not in self.view_maps:

@@ -411,6 +411,23 @@ def test_views(toy, samples):
         exp.explain(s.image, response=s.caption, view="left")
 
 
+def test_a_view_of_default_is_the_explained_view_as_everywhere_else(toy, samples):
+    # map/overlay refused view="default" ("not among this explanation's views (bottom, top)") while explain takes it
+    s = samples[0]
+    exp = Explainer(adapter=TwoViewAdapter(*toy))
+    e_all = exp.explain(s.image, response=s.caption, probe="full", view="all")
+    top = exp.explain(s.image, response=s.caption, probe="full", view="top")  # the adapter's first view
+    assert e_all.view == "top" and torch.equal(e_all.map(0, view="default"), e_all.view_maps["top"][0])
+    torch.testing.assert_close(e_all.map(0, view="default"), top.maps[0], atol=1e-6, rtol=0)
+    # placed on the top half of the image, as the explained view's own overlay is
+    assert np.array_equal(np.asarray(e_all.overlay(0, view="default")), np.asarray(e_all.overlay(0, view="top")))
+    assert not np.array_equal(np.asarray(e_all.overlay(0, view="default")),
+                              np.asarray(e_all.overlay(0, view="bottom")))
+    assert torch.equal(top.map(0, view="default"), top.maps[0])  # one view explained: its maps
+    with pytest.raises(InputError, match=r"^view: 'all' is not among this explanation's views \(bottom, top\)$"):
+        e_all.map(0, view="all")
+
+
 def test_every_view_is_written_with_view_all(toy, samples, tmp_path):
     # Explanation.save and dcam run wrote only the default view's maps: view="all" computed the
     # others and dropped them
