@@ -44,8 +44,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'dcam' has no attribute {name!r}")
 
 
-def __dir__():  # the public names only (the module's globals listed importlib and the dunders)
-    return sorted(n for n in set(__all__) | set(_LAZY_ATTRS) | set(_LAZY_MODULES) if not n.startswith("_"))
+def __dir__():  # the public names only (the module's globals listed importlib and the dunders): __all__'s,
+    # __version__ among them (it was dropped with the dunders), and the lazily imported ones
+    return sorted(set(__all__) | set(_LAZY_ATTRS) | set(_LAZY_MODULES))
 
 
 __all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
