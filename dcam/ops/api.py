@@ -88,19 +88,20 @@ def _raise_if_grads_nonfinite(grads: Tensor, flag: Tensor) -> None:
 
 _WEIGHTS_OVERFLOW = ("grads: finite, but summed over the image tokens they overflow float32 (the channel "
                      "weights came out infinite); scale grads down")
-_POOLING_OVERFLOW = ("acts: finite, but pooled with grads it overflows float32 (a product or sum past 3.4e38 "
-                     "made the maps NaN or infinite); scale acts or grads down")
+#: ({0}: grads, or weights for weighted_maps, which takes no gradients)
+_POOLING_OVERFLOW = ("acts: finite, but pooled with {0} it overflows float32 (a product or sum past 3.4e38 "
+                     "made the maps NaN or infinite); scale acts or {0} down")
 
 
-def _raise_if_pooling_overflowed(flag: Tensor) -> None:
+def _raise_if_pooling_overflowed(flag: Tensor, other: str = "grads") -> None:
     """After a checked pooling of finite inputs: NaN maps mean a float32 product or sum
     past 3.4e38 (|acts * weights| ~ 1e20 * 1e20). The backends then disagreed (NaN maps
     from the reference's refinement, zeros from the C++ one); now every one refuses."""
     if bool(flag):
-        raise InputError(_POOLING_OVERFLOW)
+        raise InputError(_POOLING_OVERFLOW.format(other))
 
 
-def _raise_if_degenerate_by_overflow(acts: Tensor, degenerate: Tensor, weights_of) -> None:
+def _raise_if_degenerate_by_overflow(acts: Tensor, degenerate: Tensor, weights_of, other: str = "grads") -> None:
     """After a checked pooling of finite inputs: a map whose every pixel overflowed float32
     is constant (+Inf), and one pooled with an infinite channel weight (float32 sums of
     gradients near 3.4e38 / N) is NaN; normalising turns either into an all-zero
@@ -115,7 +116,7 @@ def _raise_if_degenerate_by_overflow(acts: Tensor, degenerate: Tensor, weights_o
         a, w = acts[b].float(), weights[b_idx == b].float()  # [N, D], [k, D]
         raw = a.clamp(min=0) @ w.clamp(min=0).T + a.clamp(max=0) @ w.clamp(max=0).T  # [N, k], D times the maps
         if bool(V.nonfinite_flag(raw)):
-            raise InputError(_POOLING_OVERFLOW)
+            raise InputError(_POOLING_OVERFLOW.format(other))
 
 
 def _raise_if_weights_overflowed(weights: Tensor) -> None:
@@ -200,8 +201,8 @@ def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend:
     maps, degenerate = implementation("weighted_maps", check_backend(backend, device, hidden=acts.shape[2]))(
         acts, weights, h, w)
     if check_finite:
-        _raise_if_pooling_overflowed(V.nonfinite_flag(maps))
-        _raise_if_degenerate_by_overflow(acts, degenerate, lambda b, t: weights[b, t])
+        _raise_if_pooling_overflowed(V.nonfinite_flag(maps), "weights")
+        _raise_if_degenerate_by_overflow(acts, degenerate, lambda b, t: weights[b, t], "weights")
     return RawMaps(maps, degenerate)
 
 

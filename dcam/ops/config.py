@@ -133,9 +133,10 @@ class CamConfig:
             raise InputError(
                 f"CamConfig.dacg_percentiles must be 4 numbers in [0, 100], got {self.dacg_percentiles!r}")
         w = _as_tuple(self.cba_weights)
-        if w is None or len(w) != 4 or not all(_is_real(q) and q >= 0 for q in w):
-            raise InputError(f"CamConfig.cba_weights must be 4 finite numbers in [0, 3.4e38] (float32), got "
-                             f"{self.cba_weights!r}")
+        # the CBA threshold is their weighted sum of statistics in [0, 1]: four weights near 3.4e38 made it inf
+        if w is None or len(w) != 4 or not all(_is_real(q) and q >= 0 for q in w) or not sum(w) <= 3.4e38:
+            raise InputError(f"CamConfig.cba_weights must be 4 finite numbers >= 0 summing to at most 3.4e38 "
+                             f"(float32), got {self.cba_weights!r}")
         # normalise sequences to float tuples so configs hash and compare by value
         object.__setattr__(self, "dacg_percentiles", tuple(float(q) for q in p))
         object.__setattr__(self, "cba_weights", tuple(float(q) for q in w))

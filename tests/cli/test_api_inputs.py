@@ -88,7 +88,11 @@ def test_response_encoding_messages(explainer, image):
 
 def test_cam_config_ranges():
     cases = [(dict(cba_floor=7), "CamConfig.cba_floor must be a finite number in [0, 1], got 7"),
-             (dict(cba_weights=(0.15, -0.1, 0.2, 0.015)), "CamConfig.cba_weights must be 4 finite numbers in [0, 3.4e38] (float32)"),
+             (dict(cba_weights=(0.15, -0.1, 0.2, 0.015)),
+              "CamConfig.cba_weights must be 4 finite numbers >= 0 summing to at most 3.4e38 (float32)"),
+             # each float32, but the threshold (their weighted sum of statistics up to 1) was inf
+             (dict(cba_weights=(3.4e38,) * 4),
+              "CamConfig.cba_weights must be 4 finite numbers >= 0 summing to at most 3.4e38 (float32)"),
              (dict(dacg_mean_high=0.2, dacg_mean_low=0.5), "CamConfig.dacg_mean_low (0.5) must not exceed "
                                                             "dacg_mean_high (0.2)"),
              # the kernels take an int32: 2**31 + 1 was accepted, then every backend failed with a traceback
@@ -98,6 +102,13 @@ def test_cam_config_ranges():
         with pytest.raises(InputError) as info:
             CamConfig(**kwargs)
         assert _one_line(info).startswith(msg)
+    # at the bound the threshold stays finite on every backend (worked: at most 3e38 times statistics <= 1)
+    raw = torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    from dcam import available_backends
+
+    for backend in available_backends():
+        out = refine(raw, config=CamConfig(cba_weights=(1e38, 1e38, 1e38, 0.0)), backend=backend)
+        assert bool(torch.isfinite(out.cba_threshold).all()), backend
 
 
 def test_refine_refuses_raw_maps_outside_unit_range():

@@ -547,12 +547,14 @@ def test_nonfinite_refine_inputs_raise_on_every_backend(backend, quiet):
 def _refused_by_every_pooling(a, g, grid, backend, name, message):
     """pool_gradients, diffusion_cam and its two halves (channel_weights, then weighted_maps,
     or channel_weights itself when the gradients are refused) refuse (a, g) naming ``name``."""
+    # weighted_maps takes no gradients: its message names its weights (it said "scale acts or grads down")
+    given = re.escape(message.replace("pooled with grads", "pooled with weights"))
     message = re.escape(message)
     with raises_input_error(name, message):
         dcam.pool_gradients(a, g, grid, backend=backend)
     with raises_input_error(name, message):
         dcam.diffusion_cam(a, g, grid, backend=backend)
-    with raises_input_error(name, message):
+    with raises_input_error(name, given):
         dcam.weighted_maps(a, dcam.channel_weights(g, backend=backend), grid, backend=backend)
 
 
@@ -600,6 +602,8 @@ def test_pooling_that_overflows_float32_is_refused_on_every_backend(backend, qui
     a, g, grid = _inputs(B=1, T=2, h=3, w=3, D=5, seed=1)
     a, g = a * 1e20, g * 1e20
     _refused_by_every_pooling(a, g, grid, backend, "acts", "acts: finite, but pooled with grads it overflows float32")
+    with raises_input_error("acts", re.escape("made the maps NaN or infinite); scale acts or weights down")):
+        dcam.weighted_maps(a, dcam.channel_weights(g, backend=backend), grid, backend=backend)
     # the same tensors scaled into range pool without complaint
     assert bool(torch.isfinite(dcam.pool_gradients(a * 1e-20, g * 1e-20, grid, backend=backend).maps).all())
 
