@@ -52,6 +52,22 @@ def test_locate_newline_column():
         locate_image_positions(torch.tensor([4] * 6), 4, (2, 3), newline_column=True)
 
 
+def test_locate_newline_id_outside_the_image_block_is_text():
+    # the newline id 9 also in the prompt before the image and in the response after it: only the two
+    # slots after the rows are the grid's (positions worked by hand: rows at 3..5 and 7..9)
+    ids = torch.tensor([1, 9, 7, 4, 4, 4, 9, 4, 4, 4, 9, 3, 9, 5, 9])
+    assert locate_image_positions(ids, 4, (2, 3), newline_column=True, newline_token_id=9).tolist() == \
+        [3, 4, 5, 7, 8, 9]
+    # the all-image-id layout followed by a newline word: that word is text
+    ids = torch.tensor([1, 7] + [4] * 8 + [9, 3])
+    assert locate_image_positions(ids, 4, (2, 3), newline_column=True, newline_token_id=9).tolist() == \
+        [2, 3, 4, 6, 7, 8]
+    # a row short is still refused (7 tokens in the block)
+    with pytest.raises(ValueError, match="has 7 tokens"):
+        locate_image_positions(torch.tensor([1, 4, 4, 4, 9, 4, 4, 9, 3, 9]), 4, (2, 3), newline_column=True,
+                               newline_token_id=9)
+
+
 class NewlineProcessor(ShapesProcessor):
     """A LaViDa-style layout: h rows of (w image tokens + 1 newline slot)."""
 

@@ -24,15 +24,23 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
     (LaViDa / LLaVA-NeXT style grids that append an image-newline token after
     every row), the span holds ``h * (w + 1)`` tokens, either all with the image
     token id (the newline embedding is scattered into the last slot of each
-    row) or with ``newline_token_id`` on the newline slots; the span is viewed
+    row) or with ``newline_token_id`` on the newline slots (those of the image
+    block alone: between its first and last image token and right after the
+    last; that id elsewhere is text); the span is viewed
     as ``h x (w + 1)`` and its last column dropped before the reshape to
     ``h x w``. Raises InputError when the count does not match the grid.
     """
     ids = input_ids.reshape(-1)
     h, w = int(grid[0]), int(grid[1])
     is_img = ids == int(image_token_id)
-    if newline_column and newline_token_id is not None:
-        is_img = is_img | (ids == int(newline_token_id))
+    n_img = int(is_img.sum())
+    if newline_column and newline_token_id is not None and n_img and n_img != h * (w + 1):
+        # only the newline tokens of the image block (from its first image token to the slot right after
+        # its last): text before or after it may hold that id too (a response's own newline word)
+        first, last = torch.nonzero(is_img, as_tuple=False).reshape(-1)[[0, -1]].tolist()
+        in_block = torch.zeros_like(is_img)
+        in_block[first:last + 2] = True
+        is_img = is_img | ((ids == int(newline_token_id)) & in_block)
     pos = torch.nonzero(is_img, as_tuple=False).reshape(-1)
     if pos.numel() == 0:
         raise no_image_token(image_token_id)
