@@ -247,15 +247,27 @@ def check_prepared(adapter, prep):
     if not 0 <= start <= start + int(prep.response_length) <= L:
         raise RuntimeError(f"{who}: response_start {start} and response_length {prep.response_length} do not fit "
                            f"a sequence of {L}")
+    _check_positions(f"{who}: image_positions", pos, start)
+    for name, v in prep.views.items():  # a view's span replaces image_positions when it is explained
+        what = f"{who}: view {name!r} positions"
+        _check_positions(what, v.positions, start)
+        h, w = (int(n) for n in v.grid)
+        if v.positions.numel() != h * w:
+            raise RuntimeError(f"{what} are {v.positions.numel()} tokens; its grid {h}x{w} needs {h * w}")
+    return prep
+
+
+def _check_positions(what: str, pos, start: int) -> None:
+    """Image-token positions (``what`` names them and the adapter): a 1-D integer tensor of distinct
+    positions in the prompt, before ``start`` (the response's first position)."""
     if not (isinstance(pos, torch.Tensor) and pos.dim() == 1 and pos.dtype in (torch.int32, torch.int64)):
-        raise RuntimeError(f"{who}: image_positions must be a 1-D integer tensor, got "
+        raise RuntimeError(f"{what} must be a 1-D integer tensor, got "
                            f"{pos.dtype if isinstance(pos, torch.Tensor) else type(pos).__name__}")
     if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= start):
-        raise RuntimeError(f"{who}: image_positions run from {int(pos.min())} to {int(pos.max())}; image tokens lie "
+        raise RuntimeError(f"{what} run from {int(pos.min())} to {int(pos.max())}; image tokens lie "
                            f"in the prompt, positions 0..{start - 1}")
     if torch.unique(pos).numel() != pos.numel():
-        raise RuntimeError(f"{who}: image_positions repeat a position")
-    return prep
+        raise RuntimeError(f"{what} repeat a position")
 
 
 def _check_ids_in_vocabulary(adapter, ids: List[int]) -> None:

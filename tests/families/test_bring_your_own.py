@@ -151,3 +151,37 @@ def test_an_adapter_whose_logits_ignore_the_hooked_block_is_an_error_not_zero_ma
     # (under torch.no_grad the hooked block switches autograd back on from its output: that runs)
     with torch.no_grad():
         assert dcam.Explainer(adapter=My(model)).explain(image, response="10 11").scores.shape == (2,)
+
+
+def test_an_adapters_views_are_checked_as_its_image_positions_are():
+    # a view's positions were never checked (the explained view's span replaces image_positions): negative ones
+    # wrapped round to the text, ones in the response or repeated gave normal-looking maps, ones past the end a
+    # raw IndexError, a view whose grid its positions do not fill was called the user's bad input
+    import pytest
+    import torch
+
+    import dcam
+    from dcam.probe.adapters import ImageView
+
+    My, model, image = _documented_adapter()  # BOS at 0, image at 1..64, text 65, 66, response from 67
+
+    def with_view(positions, grid=(2, 3)):
+        class Viewed(My):
+            def prepare(self, *a, **k):
+                p = super().prepare(*a, **k)
+                p.views["top"] = ImageView("top", positions, grid)
+                return p
+        return Viewed(model)
+    for positions, grid, why in (
+            (torch.arange(-6, 0), (2, 3), "run from -6 to -1; image tokens lie in the prompt, positions 0..66"),
+            (torch.arange(67, 73), (2, 3), "run from 67 to 72; image tokens lie in the prompt, positions 0..66"),
+            (torch.arange(100, 106), (2, 3), "run from 100 to 105; image tokens lie in the prompt, positions 0..66"),
+            (torch.tensor([1, 1, 2, 3, 4, 5]), (2, 3), "repeat a position"),
+            (torch.arange(1, 7), (3, 3), "are 6 tokens; its grid 3x3 needs 9"),
+            (torch.arange(1, 7).float(), (2, 3), "must be a 1-D integer tensor, got torch.float32")):
+        for view in ("top", None):  # refused whether or not the view is the one explained
+            with pytest.raises(RuntimeError, match=r"^Viewed\.prepare\(\): view 'top' positions " + re.escape(why)):
+                dcam.Explainer(adapter=with_view(positions, grid)).explain(image, response="10 11", view=view)
+    # a right view is still explained: two words, each a map over its 2x3 grid
+    e = dcam.Explainer(adapter=with_view(torch.arange(1, 7))).explain(image, response="10 11", view="top")
+    assert e.maps.shape == (2, 2, 3)
