@@ -119,11 +119,12 @@ class ExampleBuilder:
         if response is None:
             with generating(a.model, watch=generation_watch(a)):
                 gen = a.generate(prep0, steps, self.response_length)
+            ids = _check_generated(a, gen.response_ids, self.response_length)
             notes = []
-            note = a.steps_note(steps, len(gen.response_ids), int(gen.steps)) if steps is not None else None
+            note = a.steps_note(steps, len(ids), int(gen.steps)) if steps is not None else None
             if note:  # fewer (or more) steps than asked, and why
                 notes.append(note)
-            return gen.response_ids, int(gen.steps), "given" if gen.steps_given else "generation", notes
+            return ids, int(gen.steps), "given" if gen.steps_given else "generation", notes
         placeholder = {int(a.image_token_id)} if getattr(a, "image_token_id", None) is not None else set()
         if isinstance(response, str):
             ids = [int(i) for i in a.encode_response(response)]
@@ -270,7 +271,7 @@ def _check_positions(what: str, pos, start: int) -> None:
         raise RuntimeError(f"{what} repeat a position")
 
 
-def _check_ids_in_vocabulary(adapter, ids: List[int]) -> None:
+def _check_ids_in_vocabulary(adapter, ids: List[int], error=InputError, where: str = "response: ") -> None:
     """Given token ids must be rows of the LM head (an unknown id ended in a tokenizer's
     AttributeError or OverflowError, or an embedding IndexError)."""
     try:
@@ -279,8 +280,27 @@ def _check_ids_in_vocabulary(adapter, ids: List[int]) -> None:
         vocab = None
     for i in ids:
         if i < 0 or (vocab is not None and i >= vocab):
-            raise InputError(f"response: token id {i} is not in the model's vocabulary"
-                             + (f" (ids 0..{vocab - 1})" if vocab is not None else " (ids are >= 0)"))
+            raise error(f"{where}token id {i} is not in the model's vocabulary"
+                        + (f" (ids 0..{vocab - 1})" if vocab is not None else " (ids are >= 0)"))
+
+
+def _check_generated(adapter, response_ids, response_length: Optional[int]) -> List[int]:
+    """The ids an adapter's ``generate()`` returned, checked as a given response is (a wrong one was a
+    raw IndexError, or its image token blamed on the user's input); its mistake, not the user's:
+    RuntimeError."""
+    who = f"{type(adapter).__name__}.generate()"
+    try:
+        ids = [operator.index(i) for i in response_ids]
+    except TypeError:
+        raise RuntimeError(f"{who}: response_ids must be whole numbers, got {list(response_ids)!r}") from None
+    if response_length is not None and len(ids) > response_length:
+        raise RuntimeError(f"{who}: returned {len(ids)} token ids for response_length={response_length}")
+    _check_ids_in_vocabulary(adapter, ids, RuntimeError, f"{who}: in the response it returned, ")
+    image = getattr(adapter, "image_token_id", None)
+    if image is not None and int(image) in ids:
+        raise RuntimeError(f"{who}: the response it returned holds {adapter.token_strings([int(image)])[0]!r} "
+                           f"(id {int(image)}), which {PLACEHOLDER}")
+    return ids
 
 
 def _why_no_word(ids, skip, eos) -> str:

@@ -185,3 +185,32 @@ def test_an_adapters_views_are_checked_as_its_image_positions_are():
     # a right view is still explained: two words, each a map over its 2x3 grid
     e = dcam.Explainer(adapter=with_view(torch.arange(1, 7))).explain(image, response="10 11", view="top")
     assert e.maps.shape == (2, 2, 3)
+
+
+def test_what_an_adapters_generate_returns_is_checked_as_a_given_response_is():
+    # generated ids past the vocabulary were a raw IndexError, a generated image token was called the user's bad
+    # input ("image span has 65 tokens"), and 20 ids for response_length=4 were explained as 20 words
+    import pytest
+
+    import dcam
+
+    My, model, image = _documented_adapter()  # vocabulary 64 (ids 0..63), image token 3 ("w3")
+
+    def generating(ids):
+        class Gen(My):
+            def generate(self, prep, steps=None, response_length=None, record=False):
+                from dcam.probe.adapters import Generation
+                return Generation(list(ids), 4)
+        return Gen(model)
+    for ids, length, why in (
+            ([10, 64, 12, 13], None, "in the response it returned, token id 64 is not in the model's vocabulary "
+                                     "(ids 0..63)"),
+            ([10, -1, 12, 13], None, "in the response it returned, token id -1 is not in the model's vocabulary"),
+            ([10, 3, 12, 13], None, "the response it returned holds 'w3' (id 3), which is the image placeholder"),
+            (list(range(10, 30)), 4, "returned 20 token ids for response_length=4"),
+            ([10, 11.0], None, "response_ids must be whole numbers")):
+        with pytest.raises(RuntimeError, match=r"^Gen\.generate\(\): " + re.escape(why)):
+            dcam.Explainer(adapter=generating(ids)).explain(image, response_length=length)
+    # fewer ids than asked (an early end) are the response: words w10 w11 w12
+    e = dcam.Explainer(adapter=generating([10, 11, 12, 2])).explain(image, response_length=8)
+    assert e.tokens == ["w10", "w11", "w12"] and e.response_ids == [10, 11, 12, 2]
