@@ -214,3 +214,28 @@ def test_what_an_adapters_generate_returns_is_checked_as_a_given_response_is():
     # fewer ids than asked (an early end) are the response: words w10 w11 w12
     e = dcam.Explainer(adapter=generating([10, 11, 12, 2])).explain(image, response_length=8)
     assert e.tokens == ["w10", "w11", "w12"] and e.response_ids == [10, 11, 12, 2]
+
+
+def test_an_adapters_default_layer_is_resolved_as_layer_is():
+    # default_layer()=-2 stayed -2 in exp.layer and e.layer (layer=-2 is 1 of the 3 blocks), and 1.0, True and
+    # "1" were turned into block 1 without a word; one out of range was called the user's layer
+    import pytest
+    import torch
+
+    import dcam
+
+    My, model, image = _documented_adapter()  # 3 blocks: -2 is block 1
+
+    def defaulting(layer):
+        class Default(My):
+            def default_layer(self):
+                return layer
+        return Default(model)
+    exp = dcam.Explainer(adapter=defaulting(-2))
+    e = exp.explain(image, response="10 11")
+    assert exp.layer == 1 and e.layer == 1
+    assert torch.equal(e.maps, dcam.Explainer(adapter=My(model), layer=1).explain(image, response="10 11").maps)
+    for layer, why in ((1.0, "must be an int, got 1.0"), (True, "must be an int, got True"),
+                       ("1", "must be an int, got '1'"), (-4, "-4 out of range for a model with 3 blocks")):
+        with pytest.raises(RuntimeError, match=r"^Default\.default_layer\(\): layer " + re.escape(why)):
+            dcam.Explainer(adapter=defaulting(layer))

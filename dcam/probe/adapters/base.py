@@ -240,14 +240,14 @@ class ModelAdapter:
         raise _missing(self, "lm_head_weight()")
 
     def resolve_layer(self, layer: Optional[int]) -> int:
-        n = len(self.blocks())
-        if layer is None:
-            return int(self.default_layer())
+        n, error, what = len(self.blocks()), InputError, "layer"
+        if layer is None:  # the adapter's default, checked as layer= is (-2 stayed -2; 1.0 and "1" became 1)
+            layer, error, what = self.default_layer(), RuntimeError, f"{type(self).__name__}.default_layer(): layer"
         if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):  # 1.5 is not truncated to 1
-            raise InputError(f"layer must be an int, got {layer!r}")
+            raise error(f"{what} must be an int, got {layer!r}")
         layer = int(layer)
         if not -n <= layer < n:
-            raise InputError(f"layer {layer} out of range for a model with {n} blocks")
+            raise error(f"{what} {layer} out of range for a model with {n} blocks")
         return layer % n
 
     # ------------------------------------------------------------------ inputs
