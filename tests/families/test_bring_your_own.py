@@ -239,3 +239,32 @@ def test_an_adapters_default_layer_is_resolved_as_layer_is():
                        ("1", "must be an int, got '1'"), (-4, "-4 out of range for a model with 3 blocks")):
         with pytest.raises(RuntimeError, match=r"^Default\.default_layer\(\): layer " + re.escape(why)):
             dcam.Explainer(adapter=defaulting(layer))
+
+
+def test_a_look_alike_of_llavas_blocks_without_a_config_is_named():
+    # a model of one's own with .lm_head and .model.language_model.layers is detected as llava: without a .config
+    # that was a raw AttributeError ('Mine' object has no attribute 'config'), and family="llava" said it
+    # "lacks the transformer blocks" it has
+    import pytest
+    from torch import nn
+
+    import dcam
+    from dcam.errors import InputError
+    from dcam.probe.adapters import detect_family
+
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        language_model = property(lambda self: self)
+
+    class Mine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.lm_head = Inner(), nn.Linear(4, 8)
+    assert detect_family(Mine()).name == "llava"
+    for kw in ({}, {"family": "llava"}):
+        with pytest.raises(InputError, match=r"^model: Mine has no config, which LlavaAdapter reads \(image token id, "
+                                             r"image size\); for a model of your own write an adapter \(docs/FAMILIES"
+                                             r"\.md, 'Bring your own dMLLM'\)$"):
+            dcam.Explainer(Mine(), **kw)

@@ -89,6 +89,10 @@ class HFVisionLanguageAdapter(ModelAdapter):
     def check_processor_family(self) -> None:
         """Refuse a transformers processor of another family (a LlavaProcessor beside a Qwen2-VL model
         ended in "KeyError: 'image_grid_thw'"); a processor transformers does not know is the caller's."""
+        if getattr(self.model, "config", None) is None:  # a look-alike of its blocks alone: an AttributeError
+            raise InputError(f"model: {type(self.model).__name__} has no config, which {type(self).__name__} reads "
+                             "(image token id, image size); for a model of your own write an adapter "
+                             "(docs/FAMILIES.md, 'Bring your own dMLLM')")
         name = type(self.processor).__name__
         # (no tokenizer: an AttributeError in explain(); not callable where encode() calls it: a TypeError there)
         if self.processor is None or not hasattr(self.processor, "tokenizer") or \
