@@ -119,7 +119,7 @@ class ExampleBuilder:
         if response is None:
             with generating(a.model, watch=generation_watch(a)):
                 gen = a.generate(prep0, steps, self.response_length)
-            ids = _check_generated(a, gen.response_ids, self.response_length)
+            ids = check_generated(a, gen.response_ids, self.response_length)
             notes = []
             note = a.steps_note(steps, len(ids), int(gen.steps)) if steps is not None else None
             if note:  # fewer (or more) steps than asked, and why
@@ -284,7 +284,7 @@ def _check_ids_in_vocabulary(adapter, ids: List[int], error=InputError, where: s
                         + (f" (ids 0..{vocab - 1})" if vocab is not None else " (ids are >= 0)"))
 
 
-def _check_generated(adapter, response_ids, response_length: Optional[int]) -> List[int]:
+def check_generated(adapter, response_ids, response_length: Optional[int]) -> List[int]:
     """The ids an adapter's ``generate()`` returned, checked as a given response is (a wrong one was a
     raw IndexError, or its image token blamed on the user's input); its mistake, not the user's:
     RuntimeError."""

@@ -359,7 +359,7 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
 def _traced(explainer, image, prompt, steps, response_length, targets, background, chunk_size, granularity,
             view) -> Trajectory:
     """:func:`explain_trajectory` under the model's lock."""
-    from ..example import ExampleBuilder
+    from ..example import ExampleBuilder, check_generated
     from ..errors import positive_int
     from ..targets import repeat_ratio
 
@@ -385,6 +385,7 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
             raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
                              f"pick one of {', '.join(views)}")
         gen = a.generate(blank, steps, response_length, record=True)
+    check_generated(a, gen.response_ids, response_length)  # (else a bad id was blamed on the user's response)
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")

@@ -46,3 +46,24 @@ def test_all_views_follows_the_views_the_image_has_not_those_the_adapter_declare
     with pytest.raises(InputError, match=r"^view: a trajectory maps one image view at a time \(view='all' is not "
                                          r"supported\); pick one of highres, base$"):
         anyres.explain(img, trajectory=True, view="all", steps=2, response_length=4)
+
+
+def test_the_ids_a_traced_generation_returns_are_checked_as_the_adapters(tiny_explainer, image, monkeypatch):
+    # a traced generate() returning an id past the vocabulary was blamed on the user ("response: token id ...")
+    import dataclasses
+
+    import pytest
+
+    from dcam.trajectory import explain_trajectory
+
+    a = tiny_explainer.adapter
+    real = a.generate
+
+    def past_the_vocabulary(prep, steps=None, response_length=None, record=False):
+        gen = real(prep, steps, response_length, record)
+        return dataclasses.replace(gen, response_ids=list(gen.response_ids[:-1]) + [10 ** 6])
+
+    monkeypatch.setattr(a, "generate", past_the_vocabulary)
+    with pytest.raises(RuntimeError, match=r"^\w+\.generate\(\): in the response it returned, token id 1000000 is "
+                                           r"not in the model's vocabulary"):
+        explain_trajectory(tiny_explainer, image, steps=6)
