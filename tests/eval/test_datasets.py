@@ -398,3 +398,22 @@ def test_masks_refuse_non_finite_polygons_and_fractional_run_lengths():
         with pytest.raises(ValueError, match="whole number|must be a list"):
             DS.decode_rle({"size": [2, 2], "counts": counts})
     assert DS.decode_rle({"size": [2, 2], "counts": [1.0, 3]}).tolist() == [[0, 1], [1, 1]]  # 1.0 is a whole 1
+
+
+def test_repeated_coco_image_or_category_ids_are_refused_naming_the_id(tmp_path):
+    # a repeated category id relabelled objects (the later name won: every person became "dog"); a
+    # repeated image id paired the later picture with the first one's annotations
+    for name, key, extra, msg in (
+            ("cat", "categories", {"id": 1, "name": "dog"}, "categories[3].id 1 repeats categories[0].id"),
+            ("img", "images", {"id": "2", "file_name": "e.png"}, "images[6].id 2 repeats images[1].id")):
+        root = str(tmp_path / name)
+        make_coco(root)
+        path = os.path.join(root, "annotations", "instances_val2017.json")
+        with open(path) as f:
+            data = json.load(f)
+        data[key].append(extra)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        with pytest.raises(InputError) as info:
+            DS.open_dataset(root)
+        assert str(info.value) == f"dataset: {path}: {msg} (ids must be unique)"

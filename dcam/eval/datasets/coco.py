@@ -94,6 +94,16 @@ def _int(path: str, key: str, k: int, entry: dict, field: str, what: str = "an i
         raise InputError(f"{path}: {key}[{k}].{field} must be {what}, got {v!r}") from None
 
 
+def _unique_id(path: str, key: str, k: int, entry: dict, seen: Dict[int, int]) -> int:
+    """``entry["id"]`` as an int, recorded in ``seen`` (id -> entry index); InputError naming the file,
+    the entry and the id if an earlier entry of ``key`` has it."""
+    v = _int(path, key, k, entry, "id")
+    if v in seen:
+        raise InputError(f"{path}: {key}[{k}].id {v} repeats {key}[{seen[v]}].id (ids must be unique)")
+    seen[v] = k
+    return v
+
+
 def _text(path: str, key: str, k: int, entry: dict, field: str) -> str:
     """``entry[field]``, a string (a category's name, a caption): null was read as the word "None"."""
     v = entry[field]
@@ -119,15 +129,18 @@ class CocoEval(EvalDataset):
                 raise InputError(f"{instances_json} has no {key!r}; not a COCO instances file")
         # the entries every record reads, checked here: one malformed entry was a KeyError traceback,
         # some only once the model was loaded and the record came up
-        entries = _entries(instances_json, inst, "categories", ("id", "name"))
-        self.categories = {_int(instances_json, "categories", k, c, "id"): _text(instances_json, "categories", k, c,
-                                                                                 "name") for k, c in entries}
+        self.categories: Dict[int, str] = {}
+        first: Dict[int, int] = {}  # id -> index of its entry (a repeated id relabelled objects: the last won)
+        for k, c in _entries(instances_json, inst, "categories", ("id", "name")):
+            cid = _unique_id(instances_json, "categories", k, c, first)
+            self.categories[cid] = _text(instances_json, "categories", k, c, "name")
         self.images = {}
+        first = {}  # (a repeated image id paired the last image with the first one's annotations)
         for k, im in _entries(instances_json, inst, "images", ("id",)):
             for side in ("height", "width"):  # (a record compares them with its image's size)
                 if side in im:
                     im[side] = _int(instances_json, "images", k, im, side, "a whole number of pixels")
-            self.images[_int(instances_json, "images", k, im, "id")] = im
+            self.images[_unique_id(instances_json, "images", k, im, first)] = im
         self.anns: Dict[int, List[dict]] = {}
         for k, a in _entries(instances_json, inst, "annotations", ("image_id", "category_id")):
             _int(instances_json, "annotations", k, a, "category_id")
