@@ -417,3 +417,19 @@ def test_repeated_coco_image_or_category_ids_are_refused_naming_the_id(tmp_path)
         with pytest.raises(InputError) as info:
             DS.open_dataset(root)
         assert str(info.value) == f"dataset: {path}: {msg} (ids must be unique)"
+
+
+def test_repeated_tam_entry_ids_are_refused_naming_the_id(tmp_path):
+    # records are named by id (skips, per_map.jsonl): two entries "r0" were accepted as two records "r0";
+    # an entry without an id is named by its index, so an explicit "2" collides with the third entry
+    root = str(tmp_path / "tam")
+    make_tam(root)
+    base = {"image": "images/0.png", "caption": "a dog", "mask": "masks/0.png", "categories": {"dog": 1}}
+    for anno, msg in (([dict(base, id="r0"), dict(base, id="x"), dict(base, id="r0")],
+                       "entry 2 has the id 'r0' of entry 0"),
+                      ([dict(base, id="2"), dict(base, id="x"), base], "entry 2 has the id '2' of entry 0")):
+        with open(os.path.join(root, "anno.json"), "w") as f:
+            json.dump(anno, f)
+        with pytest.raises(InputError) as info:
+            DS.open_dataset(root)
+        assert str(info.value) == f"dataset: {os.path.join(root, 'anno.json')}: {msg} (ids must be unique)"

@@ -1,7 +1,7 @@
 """TAM / GranDf layout: a folder with ``anno.json``, a list (or
 ``{"annotations": [...]}``) of entries::
 
-    {"id": "0001",                     # optional, default: the index
+    {"id": "0001",                     # optional, default: the index; unique
      "image": "images/0001.jpg",       # relative to the folder
      "caption": "a dog catches a frisbee",
      "mask": "masks/0001.png",         # a label image (pixel value = label), or
@@ -41,6 +41,12 @@ class TamEval(EvalDataset):
         if not isinstance(data, list):
             raise InputError(f"{path} must hold a list of entries (or {{'annotations': [...]}})")
         self.entries = data
+        first: Dict[str, int] = {}  # (records are named by id in the skips and per_map.jsonl: two were one)
+        for k in range(len(data)):
+            rid = self.entry_id(k)
+            if rid in first:
+                raise InputError(f"{path}: entry {k} has the id {rid!r} of entry {first[rid]} (ids must be unique)")
+            first[rid] = k
 
     def __len__(self) -> int:
         return len(self.entries)
