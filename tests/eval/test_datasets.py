@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dcam.errors import InputError
 from dcam.eval import datasets as DS
@@ -433,3 +433,103 @@ def test_repeated_tam_entry_ids_are_refused_naming_the_id(tmp_path):
         with pytest.raises(InputError) as info:
             DS.open_dataset(root)
         assert str(info.value) == f"dataset: {os.path.join(root, 'anno.json')}: {msg} (ids must be unique)"
+
+
+def _exif_jpeg(path, stored_hw, orientation):
+    """A JPEG of ``stored_hw`` pixels whose EXIF says ``orientation``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", stored_hw[::-1], (200, 30, 30)).save(path, exif=exif, quality=95)
+
+
+def _upright_by_pil(mask, orientation):
+    """``mask`` turned by PIL's own ImageOps.exif_transpose (the independent reference)."""
+    im = Image.fromarray(mask.astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.info["exif"] = exif.tobytes()
+    return np.asarray(ImageOps.exif_transpose(im)).astype(np.int64)
+
+
+def test_tam_masks_are_turned_with_an_exif_rotated_image(tmp_path):
+    # the image was shown upright (EXIF applied) but its mask read as stored: the object's ground
+    # truth sat where the object was not
+    root = str(tmp_path / "tam")
+    Hs, Ws = 6, 10  # stored; orientation 6 shows it 10x6
+    stored = np.zeros((Hs, Ws), np.uint8)
+    stored[1:3, 0:4] = 1  # off-centre blocks: any wrong turn or flip moves them
+    stored[4, 7:10] = 2
+    os.makedirs(os.path.join(root, "masks"))
+    Image.fromarray(stored).save(os.path.join(root, "masks", "stored.png"))
+    Image.fromarray(_upright_by_pil(stored, 6).astype(np.uint8)).save(os.path.join(root, "masks", "upright.png"))
+    Image.fromarray((stored == 1).astype(np.uint8)).save(os.path.join(root, "masks", "one.png"))
+    _exif_jpeg(os.path.join(root, "images", "rot.jpg"), (Hs, Ws), 6)
+    _exif_jpeg(os.path.join(root, "images", "square.jpg"), (Ws, Ws), 6)
+    _exif_jpeg(os.path.join(root, "images", "flip.jpg"), (Hs, Ws), 2)
+    cats = {"dog": 1, "cat": 2}
+    anno = [{"id": "stored", "image": "images/rot.jpg", "caption": "a dog", "mask": "masks/stored.png",
+             "categories": cats},
+            {"id": "upright", "image": "images/rot.jpg", "caption": "a dog", "mask": "masks/upright.png",
+             "categories": cats},
+            {"id": "list", "image": "images/rot.jpg", "caption": "a dog", "masks": ["masks/one.png"],
+             "categories": {"dog": 1}},
+            {"id": "square", "image": "images/square.jpg", "caption": "a dog", "mask": "masks/stored.png",
+             "categories": cats},
+            {"id": "flip", "image": "images/flip.jpg", "caption": "a dog", "mask": "masks/stored.png",
+             "categories": cats}]
+    with open(os.path.join(root, "anno.json"), "w") as f:
+        json.dump(anno, f)
+    ds = DS.load_tam(root)
+    with pytest.warns(UserWarning, match="skipped record"):
+        recs = {r.record_id: r for r in ds.records()}
+    expected = _upright_by_pil(stored, 6)
+    assert expected.shape == (Ws, Hs) and recs["stored"].image.size == (Hs, Ws)
+    assert np.array_equal(recs["stored"].mask, expected)
+    assert np.array_equal(recs["upright"].mask, expected)  # drawn upright: kept
+    assert np.array_equal(recs["list"].mask, (expected == 1).astype(np.int64))
+    reasons = dict(ds.skipped)
+    assert list(reasons) == ["square", "flip"]
+    assert reasons["square"] == ("image has EXIF orientation 6 and is 10x10 stored and upright: cannot tell whether "
+                                 "mask is drawn on the stored or the upright image")
+    assert reasons["flip"].startswith("image has EXIF orientation 2 and is 6x10 stored and upright")
+
+
+def test_coco_segmentations_are_turned_with_an_exif_rotated_image(tmp_path):
+    # polygons and RLE are drawn on the stored pixels (COCO's height x width); the image is explained
+    # upright, so its masks must turn with it (the record was refused for its size, or scored unturned)
+    root = str(tmp_path / "coco")
+    Hs, Ws = 6, 10
+    _exif_jpeg(os.path.join(root, "val2017", "rot.jpg"), (Hs, Ws), 8)
+    _exif_jpeg(os.path.join(root, "val2017", "square.jpg"), (Ws, Ws), 3)
+    dog = np.zeros((Hs, Ws), np.uint8)
+    dog[4:6, 6:10] = 1
+    person = np.zeros((Hs, Ws), np.uint8)
+    person[0:3, 0:2] = 1  # the polygon below, filled with its outline (x 0..1, y 0..2)
+    sq = np.zeros((Ws, Ws), np.uint8)
+    sq[0:2, 0:5] = 1
+    images = [{"id": 1, "file_name": "rot.jpg", "height": Hs, "width": Ws},
+              {"id": 2, "file_name": "square.jpg", "height": Ws, "width": Ws},
+              {"id": 3, "file_name": "rot.jpg", "height": Ws, "width": Hs}]  # drawn on the upright image
+    anns = [{"id": 10, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 1, 0, 1, 2, 0, 2]]},
+            {"id": 11, "image_id": 1, "category_id": 2, "segmentation": {"size": [Hs, Ws],
+                                                                         "counts": mask_to_counts(dog)}},
+            {"id": 12, "image_id": 2, "category_id": 2, "segmentation": {"size": [Ws, Ws],
+                                                                         "counts": mask_to_counts(sq)}},
+            {"id": 13, "image_id": 3, "category_id": 2, "segmentation": [[0, 0, 1, 0, 1, 2, 0, 2]]}]
+    os.makedirs(os.path.join(root, "annotations"))
+    with open(os.path.join(root, "annotations", "instances_val2017.json"), "w") as f:
+        json.dump({"images": images, "annotations": anns,
+                   "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}]}, f)
+    recs = list(DS.open_dataset(root).records())
+    assert [r.record_id for r in recs] == ["1", "2", "3"]
+    r = recs[0]
+    assert r.image.size == (Hs, Ws) and r.size == (Ws, Hs)
+    assert r.words[:5] == ["a", "dog", "and", "a", "person"]
+    dog_label, person_label = r.word_labels[1][0], r.word_labels[4][0]
+    assert np.array_equal(r.mask == person_label, _upright_by_pil(person, 8) == 1)
+    assert np.array_equal(r.mask == dog_label, _upright_by_pil(dog, 8) == 1)
+    assert np.array_equal(recs[1].mask > 0, _upright_by_pil(sq, 3) == 1)  # COCO's frame is the stored one
+    upright = np.zeros((Ws, Hs), bool)
+    upright[0:3, 0:2] = True
+    assert np.array_equal(recs[2].mask > 0, upright)  # its height x width say upright: kept as drawn

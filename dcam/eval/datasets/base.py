@@ -191,6 +191,44 @@ def open_image(path: str) -> Image.Image:
         raise RecordError(str(exc)) from None
 
 
+#: numpy equivalents of ImageOps.exif_transpose, per EXIF orientation (the turn that makes the stored image upright)
+_EXIF_TURNS = {2: lambda m: m[:, ::-1], 3: lambda m: m[::-1, ::-1], 4: lambda m: m[::-1], 5: lambda m: m.T,
+               6: lambda m: np.rot90(m, -1), 7: lambda m: np.rot90(m, 2).T, 8: lambda m: np.rot90(m, 1)}
+
+
+def exif_orientation(path: str) -> int:
+    """The EXIF orientation :func:`open_image` applied to the image file ``path`` (1: none; a value
+    outside 2..8 is not applied either). Read before decoding: Pillow's TIFF decoder drops the tag."""
+    with Image.open(path) as im:
+        orientation = im.getexif().get(0x0112, 1)
+    return int(orientation) if orientation in _EXIF_TURNS else 1
+
+
+def stored_size(orientation: int, size: Tuple[int, int]) -> Tuple[int, int]:
+    """``(H, W)`` of the stored pixels of an image shown upright as ``size`` = ``(H, W)``."""
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else tuple(size)
+
+
+def turn_upright(mask: np.ndarray, orientation: int) -> np.ndarray:
+    """``mask``, drawn on an image's stored pixels, turned as its EXIF ``orientation`` turns the image."""
+    return np.ascontiguousarray(_EXIF_TURNS[orientation](mask)) if orientation in _EXIF_TURNS else mask
+
+
+def orient_mask(mask: np.ndarray, orientation: int, size: Tuple[int, int], what: str = "mask") -> np.ndarray:
+    """``mask`` in the frame of its image as dcam explains it, upright (``size`` = ``(H, W)``), when
+    the image file has an EXIF ``orientation``: a mask of the stored size is turned like the image,
+    one of the upright size kept (a rotated image was scored against a mask that was not). When the
+    two sizes are equal (a flip, a half turn, a square image) the mask's frame cannot be told:
+    RecordError. A mask of neither size is left for :func:`check_mask_size` to refuse."""
+    if orientation == 1:
+        return mask
+    stored = stored_size(orientation, size)
+    if stored == tuple(size):
+        raise RecordError(f"image has EXIF orientation {orientation} and is {size[0]}x{size[1]} stored and "
+                          f"upright: cannot tell whether {what} is drawn on the stored or the upright image")
+    return turn_upright(mask, orientation) if tuple(mask.shape) == stored else mask
+
+
 def check_whole_labels(arr: np.ndarray, what: str) -> None:
     """RecordError unless the label mask ``arr`` holds whole numbers (1.7 was read as label 1)."""
     if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):

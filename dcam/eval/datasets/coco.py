@@ -10,6 +10,10 @@ bad RLE size, an unknown category) is skipped and reported with the reason,
 never scored without that object. Crowd annotations (``iscrowd: 1``, usually
 RLE) are painted as one instance each, like any other; images without any
 annotation are left out of the data set (``len``), not counted as skipped.
+Segmentations are drawn on the stored pixels (COCO's height and width): an
+image with an EXIF orientation is explained upright, so its masks are turned
+the same way (kept as drawn when the entry's height and width are those of
+the upright image only).
 A malformed file (an entry without its id, image id, category id or name, a
 caption entry without its text) is refused whole, naming the file and entry.
 The caption is the
@@ -31,8 +35,8 @@ import numpy as np
 
 from ...errors import InputError
 from ...words import split_words
-from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, make_record, open_image,
-                   phrase)
+from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, exif_orientation,
+                   make_record, open_image, phrase, stored_size, turn_upright)
 from .masks import decode_rle, polygons_to_mask
 
 #: Extra words (beyond name and plural) that name a COCO category.
@@ -192,9 +196,17 @@ class CocoEval(EvalDataset):
         path = os.path.join(self.images_dir, str(info.get("file_name", "")))
         image = open_image(path)
         W, H = image.size
-        if "height" in info and "width" in info and (int(info["height"]), int(info["width"])) != (H, W):
-            raise RecordError(f"image {path} is {H}x{W} but the annotation says "
-                              f"{int(info['height'])}x{int(info['width'])}")
+        # segmentations are drawn on the stored pixels (COCO's height x width), unless the entry's
+        # size is the upright image's only; the masks are turned like the image (they were not)
+        orientation = exif_orientation(path)
+        frame = stored_size(orientation, (H, W))
+        if "height" in info and "width" in info:
+            given = (int(info["height"]), int(info["width"]))
+            if given not in (frame, (H, W)):
+                stored = f" ({frame[0]}x{frame[1]} stored, EXIF orientation {orientation})" if frame != (H, W) else ""
+                raise RecordError(f"image {path} is {H}x{W}{stored} but the annotation says {given[0]}x{given[1]}")
+            if given != frame:
+                frame, orientation = given, 1
         inst_masks = []
         for a in self.anns[iid]:
             seg = a.get("segmentation")
@@ -202,12 +214,13 @@ class CocoEval(EvalDataset):
                 if isinstance(seg, dict):
                     m = decode_rle(seg)
                 elif isinstance(seg, list):
-                    m = polygons_to_mask(seg, H, W)
+                    m = polygons_to_mask(seg, *frame)
                 else:
                     raise InputError(f"unsupported segmentation type {type(seg).__name__}")
             except ValueError as exc:
                 raise RecordError(f"annotation {a.get('id')}: {exc}") from exc
-            check_mask_size(m, (H, W), f"annotation {a.get('id')}: mask")
+            check_mask_size(m, frame, f"annotation {a.get('id')}: mask")
+            m = turn_upright(m, orientation)
             cat = self.categories.get(int(a["category_id"]))
             if cat is None:
                 raise RecordError(f"annotation {a.get('id')}: unknown category {a['category_id']}")

@@ -10,6 +10,10 @@
 
 (``"category_map"`` is accepted for ``"categories"``, ``"file_name"`` for
 ``"image"``). Caption words match the keys as COCO words match names.
+An image with an EXIF orientation is explained upright: a mask of its stored
+size is turned with it, one of its upright size kept; when both sizes are the
+same (a flip, a half turn, a square image) the record is skipped, its mask's
+frame unknown.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import numpy as np
 
 from ...errors import InputError
 from ...words import split_words
-from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, check_word_labels, make_record,
-                   open_image, open_mask, phrase)
+from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, check_word_labels,
+                   exif_orientation, make_record, open_image, open_mask, orient_mask, phrase)
 
 class TamEval(EvalDataset):
     kind = "tam"
@@ -70,10 +74,11 @@ class TamEval(EvalDataset):
             raise RecordError("entry needs 'image', 'caption' and a 'categories' map")
         image = open_image(self._path(img_p))
         W, H = image.size
+        orientation = exif_orientation(self._path(img_p))  # (masks are turned with the image they label)
         if "mask" in e:
             if not isinstance(e["mask"], str) or not e["mask"]:  # (None became the path "None")
                 raise RecordError(f"'mask' must be a path, got {e['mask']!r}")
-            mask = open_mask(self._path(e["mask"]))
+            mask = orient_mask(open_mask(self._path(e["mask"])), orientation, (H, W))
             check_mask_size(mask, (H, W))
         elif "masks" in e:
             if not isinstance(e["masks"], list) or not all(isinstance(mp, str) and mp for mp in e["masks"]):
@@ -81,7 +86,7 @@ class TamEval(EvalDataset):
                 raise RecordError(f"'masks' must be a list of paths, got {e['masks']!r}")
             mask = np.zeros((H, W), dtype=np.int64)
             for j, mp in enumerate(e["masks"], start=1):
-                m = open_mask(self._path(mp))
+                m = orient_mask(open_mask(self._path(mp)), orientation, (H, W), f"mask {mp}")
                 check_mask_size(m, (H, W), f"mask {mp}")
                 mask[m > 0] = j
         else:
