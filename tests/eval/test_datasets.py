@@ -533,3 +533,37 @@ def test_coco_segmentations_are_turned_with_an_exif_rotated_image(tmp_path):
     upright = np.zeros((Ws, Hs), bool)
     upright[0:3, 0:2] = True
     assert np.array_equal(recs[2].mask > 0, upright)  # its height x width say upright: kept as drawn
+
+
+def test_coco_split_names_one_file_and_a_tam_folder_has_no_split(tmp_path):
+    # split "val" (and the default) beside val2014 and val2017 took val2014 without a word; split="val"
+    # on a TAM folder was taken and ignored (dcam eval refused --split there)
+    root = str(tmp_path / "coco")
+    make_coco(root)
+    ann = os.path.join(root, "annotations")
+    with open(os.path.join(ann, "instances_val2017.json")) as f:
+        data = json.load(f)
+    data["annotations"] = data["annotations"][:1]  # val2014: image 1 only
+    with open(os.path.join(ann, "instances_val2014.json"), "w") as f:
+        json.dump(data, f)
+    files = "(instances_val2014.json, instances_val2017.json); name one split: val2014, val2017"
+    with pytest.raises(InputError) as info:
+        DS.open_dataset(root, split="val")
+    assert str(info.value) == f"split: 'val' matches several COCO files in {root!r} {files}"
+    with pytest.raises(InputError) as info:
+        DS.open_dataset(root)
+    assert str(info.value) == f"split: none given and {root!r} has several COCO files it could mean {files}"
+    assert (DS.open_dataset(root, split="val2017").name, len(DS.open_dataset(root, split="val2017"))) == \
+        ("coco:instances_val2017.json", 5)
+    assert (DS.open_dataset(root, split="val2014").name, len(DS.open_dataset(root, split="val2014"))) == \
+        ("coco:instances_val2014.json", 1)
+    # an exact name wins over a longer file it begins
+    with open(os.path.join(ann, "instances_val2017_extra.json"), "w") as f:
+        json.dump(data, f)
+    assert DS.open_dataset(root, split="val2017").name == "coco:instances_val2017.json"
+    tam = str(tmp_path / "tam")
+    make_tam(tam)
+    with pytest.raises(InputError) as info:
+        DS.open_dataset(tam, split="val")
+    assert str(info.value) == "split: a TAM data folder has no splits (only shapes and COCO do); leave split out"
+    assert len(DS.open_dataset(tam)) == 7

@@ -23,7 +23,7 @@ from .shapes import ShapesEval, load_shapes
 from .tam import TamEval, load_tam
 
 #: the split when none is given: shapes' test split; a COCO folder's ``instances_test*``, else its
-#: validation split (a split that is given must be there)
+#: validation split, which must be one file (a split that is given must be there, and be one file)
 DEFAULT_SPLIT = "test"
 
 
@@ -34,20 +34,33 @@ def _coco_candidates(root: str):
     return cands
 
 
+def _split_files(cands, split: str):
+    """The ``instances_<split>*.json`` of ``cands``: only those named exactly ``instances_<split>.json``
+    if there are such (split "val2017" beside a val2017_extra file), else every one it begins."""
+    exact = [c for c in cands if os.path.basename(c) == f"instances_{split}.json"]
+    return exact or [c for c in cands if os.path.basename(c).startswith(f"instances_{split}")]
+
+
 def _coco_files(root: str, split: Optional[str]) -> Tuple[Optional[str], Optional[str], Optional[str]]:
     """(images folder, instances JSON, captions JSON or None) of ``split`` (None: the default)."""
     cands = _coco_candidates(root)
     if not cands:
         return None, None, None
     given, split = split is not None, split or DEFAULT_SPLIT
-    pick = [c for c in cands if os.path.basename(c).startswith(f"instances_{split}")]
+    names = sorted({os.path.basename(c) for c in cands})
+    pick = _split_files(cands, split)
     if not pick and given:  # (it evaluated the validation split without a word, for "test" too)
-        raise InputError(f"split: no instances_{split}*.json in {root!r} (its COCO files: "
-                         f"{', '.join(sorted({os.path.basename(c) for c in cands}))})")
+        raise InputError(f"split: no instances_{split}*.json in {root!r} (its COCO files: {', '.join(names)})")
     if not pick:
-        pick = [c for c in cands if os.path.basename(c).startswith("instances_val")] or cands
-    if len(pick) > 1 and len({os.path.basename(p) for p in pick}) > 1:
-        pick = sorted(pick)
+        pick = _split_files(cands, "val") or cands
+    # one split's file, in annotations/ or the folder (annotations/ first); several splits: the first in
+    # sorted order was taken without a word (split "val" and no split both gave val2014 over val2017)
+    splits = sorted({os.path.basename(c) for c in pick})
+    if len(splits) > 1:
+        why = f"{split!r} matches several COCO files in {root!r}" if given else \
+            f"none given and {root!r} has several COCO files it could mean"
+        named = [n[len("instances_"):].rsplit(".", 1)[0] for n in splits]
+        raise InputError(f"split: {why} ({', '.join(splits)}); name one split: {', '.join(named)}")
     inst = pick[0]
     tag = os.path.basename(inst)[len("instances"):]  # e.g. "_val2017.json"
     cap = os.path.join(os.path.dirname(inst), "captions" + tag)
@@ -84,7 +97,9 @@ def detect_layout(path: str, split: Optional[str] = None) -> str:
 def open_dataset(spec: str, split: Optional[str] = None, size: int = 200, image_size: int = 64) -> EvalDataset:
     """``"shapes"`` (``size`` scenes of the ``split``) or a folder (layout auto-detected). ``split``
     None: shapes' test split, a COCO folder's test split if it has one, else its validation split; a
-    split that is given must be there."""
+    split that is given must be there. A COCO split names one ``instances_<split>*.json`` (exactly
+    ``instances_<split>.json``, else the one file it begins): one that begins several is refused, as
+    is the default when it does (``val2014`` and ``val2017``). A TAM folder has no splits."""
     if spec == "shapes":
         return load_shapes(split=split or DEFAULT_SPLIT, size=size, image_size=image_size)
     try:
@@ -92,6 +107,8 @@ def open_dataset(spec: str, split: Optional[str] = None, size: int = 200, image_
     except InputError as exc:  # the folder's files are what is wrong: name the argument that gave them
         raise InputError(f"dataset: {one_line(str(exc))}") from None
     if kind == "tam":
+        if split is not None:  # (taken and ignored; dcam eval refused --split here)
+            raise InputError("split: a TAM data folder has no splits (only shapes and COCO do); leave split out")
         return _named("dataset", lambda: load_tam(spec))
     images_dir, inst, cap = _coco_files(spec, split)  # (a split the folder lacks: "split: ...")
     return _named("dataset", lambda: load_coco(images_dir, inst, cap))
