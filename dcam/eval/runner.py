@@ -113,15 +113,23 @@ def _auto_layers(adapter) -> List[int]:
     return sorted(p for p in picks if 0 <= p < n - 1)
 
 
+def _names(argument: str, value, what: str) -> list:
+    """``value``, a comma list in one string or a list of names, as a list (anything else was a
+    TypeError, or a string read one character per name): InputError naming ``argument``."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, bytes) or not isinstance(value, Iterable):
+        raise InputError(f"{argument} must be a comma list or a list of {what}, got {type(value).__name__}")
+    return list(value)
+
+
 def _resolve_methods(methods) -> List[str]:
     from ..methods import METHODS
 
     if methods is None or methods == "all":
         ms = list(ALL_METHODS)
-    elif isinstance(methods, str):
-        ms = [m.strip() for m in methods.split(",") if m.strip()]
     else:
-        ms = list(methods)
+        ms = _names("methods", methods, "method names")
     bad = [m for m in ms if m not in METHODS]
     if not ms:
         raise InputError(f"methods: none given; available: {', '.join(sorted(METHODS))}")
@@ -294,6 +302,21 @@ def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples
     return n
 
 
+def _check_sweep_and_prompt(sweep_probes, sweep_layers, prompt) -> Optional[List[str]]:
+    """``sweep_probes`` as a list (one string: a comma list, as for methods), ``sweep_layers`` and
+    ``prompt`` checked, before any record is read (``5`` was a TypeError, or every record failed alone
+    with an error naming the data set); returns the probes."""
+    if sweep_probes is not None:
+        sweep_probes = _names("sweep_probes", sweep_probes, "probe names")
+        if not sweep_probes:
+            raise InputError(f"sweep_probes: none given; probes: {', '.join(PROBES)}")
+    if sweep_layers is not None and (isinstance(sweep_layers, (str, bytes)) or not isinstance(sweep_layers, Iterable)):
+        raise InputError(f"sweep_layers must be a list of layer indices, got {type(sweep_layers).__name__}")
+    if prompt is not None and not isinstance(prompt, str):
+        raise InputError(f"prompt must be a string or None, got {type(prompt).__name__}")
+    return sweep_probes
+
+
 def _check_dataset(dataset) -> None:
     if not isinstance(dataset, (str, EvalDataset, list, tuple)):
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
@@ -329,7 +352,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         no CamConfig or hooks no layer).
     dataset: ``"shapes"``, a data folder (COCO or TAM layout), an
         :class:`~dcam.eval.datasets.EvalDataset` or a list of records.
-    methods: ``"all"``, a comma list or a list of method names.
+    methods: ``"all"``, a comma list or a list of method names (``sweep_probes`` likewise: probe names).
     n: number of valid records to evaluate (None: all).
     layer / probe / target_score: shared by every method of the comparison (target_score None:
         "logit" for the gradient methods; a layer or score no method uses is refused).
@@ -344,6 +367,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     t0 = time.time()
     factory = _factory(model_or_factory, processor, explainer_factory, family)
     methods = _resolve_methods(methods)
+    sweep_probes = _check_sweep_and_prompt(sweep_probes, sweep_layers, prompt)
     if target_score not in (None, "logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
     given_score, target_score = target_score, target_score or "logit"

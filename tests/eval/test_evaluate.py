@@ -448,3 +448,49 @@ def test_token_probabilities_of_images_with_other_layouts():
     both = FA.token_probabilities(a, ims, resp, [0, 2], probe="full")
     alone = torch.cat([FA.token_probabilities(a, [im], resp, [0, 2], probe="full") for im in ims])
     assert both.shape == (2, 2) and torch.equal(both, alone)
+
+
+class _WatchedShapes:
+    """A shapes data set that notes every record it is asked for."""
+
+    def __init__(self):
+        from dcam.eval.datasets import load_shapes
+
+        self.ds, self.loaded = load_shapes(split="test", size=2, image_size=64), []
+        orig = self.ds.load
+
+        def load(i):
+            self.loaded.append(i)
+            return orig(i)
+
+        self.ds.load = load
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    # a TypeError traceback, a TypeError, and every record tried and skipped ("dataset: no record ... could be
+    # evaluated")
+    ({"methods": 5}, "methods must be a comma list or a list of method names, got int"),
+    ({"methods": "diffusion-cam", "sweep_layers": 5}, "sweep_layers must be a list of layer indices, got int"),
+    ({"methods": "diffusion-cam", "sweep_layers": "0,1"}, "sweep_layers must be a list of layer indices, got str"),
+    ({"prompt": 5}, "prompt must be a string or None, got int"),
+    ({"sweep_probes": 5}, "sweep_probes must be a comma list or a list of probe names, got int"),
+    ({"sweep_probes": " , "}, "sweep_probes: none given; probes: full, masked, remask"),
+    ({"sweep_probes": "full,foo"}, "sweep_probes: 'foo' is not a probe (full, masked, remask)"),
+])
+def test_evaluate_refuses_bad_argument_types_before_reading_a_record(tiny, kwargs, message):
+    model, proc = tiny
+    watched = _WatchedShapes()
+    with pytest.raises(InputError) as info:
+        EV.evaluate(model, proc, **{"methods": "grad-cam", "n": 1, "dataset": watched.ds, **kwargs})
+    assert str(info.value) == message and watched.loaded == []
+
+
+def test_evaluate_takes_sweep_probes_as_a_comma_list_like_methods(tiny):
+    # "masked" was read one character at a time ("'m' is not a probe")
+    model, proc = tiny
+    rep = EV.evaluate(model, proc, dataset="shapes", methods="diffusion-cam", n=1, sweep_probes="masked",
+                      sweep_n=1, n_examples=0)
+    assert [(row["probe"], row["records"]) for row in rep["sweep"]] == [("masked", 1)]
+    rep = EV.evaluate(model, proc, dataset="shapes", methods="diffusion-cam", n=1, sweep_probes="full, masked",
+                      sweep_n=1, n_examples=0)
+    assert [row["probe"] for row in rep["sweep"]] == ["full", "masked"]
