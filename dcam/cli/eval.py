@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", default="shapes", help="'shapes' (bundled) or a COCO / TAM data folder")
     p.add_argument("--split", default=None,
                    help="split (shapes: train/val/test; COCO: picks instances_<split>*, which must be there; default: "
-                        "shapes' test, a COCO folder's test split if it has one, else its val split)")
+                        "shapes' test, a COCO folder's test split if it has one, else its val split; one that begins "
+                        "several files' names is refused)")
     p.add_argument("--n", type=common.positive_int, default=200, help="records to evaluate")
     p.add_argument("--methods", default="all",
                    help=f"'all' or a comma list of {', '.join(common.METHOD_NAMES)}")

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
                         "a causal model's longest answer; default: the model's own; part of the run's fingerprint)")
     p.add_argument("--split", default=None,
                    help="split of a COCO data folder (picks instances_<split>*, which must be there; default: its test "
-                        "split if it has one, else its val split)")
+                        "split if it has one, else its val split; one that begins several files' names is refused)")
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_method_options(p)

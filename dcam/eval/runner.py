@@ -109,7 +109,7 @@ def _auto_layers(adapter) -> List[int]:
     usable = list(range(n - 1))  # the last block is refused (zero image-token gradients)
     if len(usable) <= 4:
         return usable
-    picks = {usable[0], n // 4, n // 2, (3 * n) // 4, int(adapter.default_layer()), n - 2}
+    picks = {usable[0], n // 4, n // 2, (3 * n) // 4, adapter.resolve_layer(None), n - 2}
     return sorted(p for p in picks if 0 <= p < n - 1)
 
 

@@ -494,3 +494,16 @@ def test_evaluate_takes_sweep_probes_as_a_comma_list_like_methods(tiny):
     rep = EV.evaluate(model, proc, dataset="shapes", methods="diffusion-cam", n=1, sweep_probes="full, masked",
                       sweep_n=1, n_examples=0)
     assert [row["probe"] for row in rep["sweep"]] == ["full", "masked"]
+
+
+def test_the_layer_sweep_counts_a_negative_default_layer_from_the_end():
+    # worked by hand: 8 blocks, default -3 is block 5; the picks 0, 8//4, 8//2, 3*8//4, 5, 8-2 -> 0 2 4 5 6
+    # (int(default_layer()) kept -3, which the range filter then dropped)
+    from types import SimpleNamespace
+
+    from dcam.eval.runner import _auto_layers
+    from dcam.probe.adapters.base import ModelAdapter
+
+    stub = SimpleNamespace(blocks=lambda: [None] * 8, default_layer=lambda: -3)
+    stub.resolve_layer = lambda layer: ModelAdapter.resolve_layer(stub, layer)
+    assert _auto_layers(stub) == [0, 2, 4, 5, 6]
