@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--shard-size", type=common.positive_int, default=256,
                    help="records per safetensors shard (a shard is also written after 120 s)")
     p.add_argument("--overlays", action="store_true",
-                   help="also write DIR/overlays/<record>-<hash>/NN_word.png (a resume keeps the setting it started with)")
+                   help="also write DIR/overlays/<record>-<hash>/NN_word.png (a resume keeps the setting it "
+                        "started with)")
     p.add_argument("--trajectory", action="store_true",
                    help="also store every word's map on every denoising step of the model's own generation "
                         "(records without a response; dcam view shows a step slider)")
