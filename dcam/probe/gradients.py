@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
+from .adapters.checks import check_image_slots, check_mask_id, check_widths, diagnosed
 from .hooks import Tap, probing
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
@@ -297,6 +298,9 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
     it first. Padded rows give what each example gives alone."""
     # long: one forward, the per-example bookkeeping of scores, context weights and gradient chunks
     layer = _check_request(adapter, layer, probe, target_score, chunk_size, want_grads, allow_last_layer)
+    for p in preps:  # (positions shifted onto text gave maps of other tokens without a word)
+        check_image_slots(adapter, p)
+    check_mask_id(adapter)
     if probe == "remask":
         return [_probe_remask(adapter, p, t, layer, target_score, chunk_size, want_grads, want_last_hidden,
                               allow_last_layer, b, grad_sink) for b, (p, t) in enumerate(zip(preps, targets))]
@@ -322,13 +326,16 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
     K = max(len(t.groups) for t in targets)
     grads = [[] for _ in range(B)]
     with probing(adapter):  # (the last block's check in logits_runner too: it ran in the caller's train mode)
-        run = logits_runner(adapter, layer, norm, ids, inputs, want, preps[0].response_start)
+        run = diagnosed(adapter, preps[0], lambda: logits_runner(adapter, layer, norm, ids, inputs, want,
+                                                                  preps[0].response_start))
         tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
         try:
             with torch.enable_grad():
                 adapter.scored_rows = None  # set by this forward where the head's input is recorded
-                logits = _forward(run, ids, inputs, want, preps[0].response_start)
+                logits = diagnosed(adapter, preps[0], lambda: _forward(run, ids, inputs, want,
+                                                                       preps[0].response_start))
                 leaf = tap.output()
+                check_widths(adapter, logits.shape[-1], leaf.shape[-1])
                 item_scores, weights = [], []
                 for b, t in enumerate(targets):
                     tid = torch.tensor(t.token_ids)
@@ -400,12 +407,14 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
                            [list(range(len(t.groups[r])))]) for r in rows]
             want = torch.stack([_wanted(adapter, s, distractor, width) for s in sub])
             ids_r, inputs = ids[rows[0]:rows[-1] + 1], adapter.batch_inputs(prep, len(rows))
-            run = logits_runner(adapter, layer, norm, ids_r, inputs, want, prep.response_start)
+            run = diagnosed(adapter, prep, lambda: logits_runner(adapter, layer, norm, ids_r, inputs, want,
+                                                                 prep.response_start))
             tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
             try:
                 with torch.enable_grad():
-                    logits = _forward(run, ids_r, inputs, want, prep.response_start)
+                    logits = diagnosed(adapter, prep, lambda: _forward(run, ids_r, inputs, want, prep.response_start))
                     leaf = tap.output()
+                    check_widths(adapter, logits.shape[-1], leaf.shape[-1])
                     s = torch.stack([_token_scores(logits[j], torch.tensor(sb.token_ids), contrastive,
                                                    len(sb.positions)).sum() for j, sb in enumerate(sub)])
                     for j, r in enumerate(rows):  # logits at this item's tokens of every token's id

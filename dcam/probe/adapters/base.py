@@ -128,8 +128,6 @@ class Prepared:
                     return v
             return ImageView("default", self.image_positions, tuple(self.grid))
         if name not in self.views:
-            from ...errors import InputError
-
             raise InputError(f"view: this model's image has no view {name!r} "
                              f"(views: {', '.join(['default'] + sorted(self.views))})")
         return self.views[name]
@@ -173,6 +171,7 @@ class ModelAdapter:
         ``_views``) without declaring its own is not checked
         (:func:`dcam.explain.declared_image_views`).
     pads_batches: examples of other lengths share a right-padded forward (:mod:`dcam.probe.padding`).
+    image_slots_hold_image_token: image positions hold image_token_id, checked per probe (VQ families: False).
     """
 
     name = "base"
@@ -184,6 +183,7 @@ class ModelAdapter:
     default_steps = 64
     image_views: Optional[Tuple[str, ...]] = None
     pads_batches = False
+    image_slots_hold_image_token = True
 
     def __init__(self, model: nn.Module, processor: Any = None, newline_column: bool = False,
                  newline_token_id: Optional[int] = None):

@@ -113,6 +113,8 @@ class _VQAdapter(DMLLMAdapter):
     #: the family's processor (dcam.probe.adapters) and the attributes of it the adapter reads
     processor_class = ""
     processor_needs: Tuple[str, ...] = ()
+    #: the image slots hold the image's codebook ids, not one image token id (no check of them by id)
+    image_slots_hold_image_token = False
 
     def __init__(self, model, processor: Any = None, **kwargs):
         super().__init__(model, processor, **kwargs)

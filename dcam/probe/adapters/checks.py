@@ -1,0 +1,139 @@
+"""Checks of what an adapter returns, made where the quantities are first known, so that an
+adapter's mistake is named (a RuntimeError naming the adapter class and its method) instead of
+ending in a raw IndexError deep inside the model, or in quietly wrong maps.
+
+* :func:`check_mask_id` before a probe's first forward: the mask id is a row of the LM head;
+* :func:`check_widths` after it: the LM head's rows are the logits' width and its columns the
+  hooked block's hidden width (once per adapter);
+* :func:`diagnosed`: a forward that raised is run again with the response slots holding an end
+  token, once per adapter, to find the logits' width and name a mismatch behind the error;
+* :func:`check_image_slots`: every image position of an example holds the image token id.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+
+def _head_shape(adapter) -> Optional[tuple]:
+    """``(rows, columns)`` of ``adapter.lm_head_weight()``; None where the adapter has no accessor."""
+    try:
+        w = adapter.lm_head_weight()
+    except NotImplementedError:
+        return None
+    if not isinstance(w, Tensor) or w.dim() != 2:
+        raise RuntimeError(f"{type(adapter).__name__}.lm_head_weight(): must return the LM head's [V, D] weight, "
+                           f"got {tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__}")
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def _check_mask(adapter, vocab: int, what: str) -> None:
+    mask = adapter.mask_token_id
+    if mask is not None and not 0 <= int(mask) < vocab:
+        raise RuntimeError(f"{type(adapter).__name__}.mask_token_id: {int(mask)} is outside the vocabulary of "
+                           f"{vocab} ids ({what})")
+
+
+def check_mask_id(adapter) -> None:
+    """Before a forward: the mask id (which masked and remask probes write into the input) is a row
+    of the LM head (an embedding lookup past the vocabulary is a raw IndexError on a CPU, a device-side
+    assert that ends the process's CUDA context on a GPU)."""
+    if getattr(adapter, "_vocabulary_checked", False):
+        return
+    mask = adapter.mask_token_id
+    if mask is None:
+        return
+    try:
+        image = adapter.image_token_id
+    except (AttributeError, NotImplementedError):
+        image = None
+    if image is not None and int(mask) == int(image):  # a masked slot would be taken for an image token
+        raise RuntimeError(f"{type(adapter).__name__}.mask_token_id: {int(mask)} is the image token id")
+    shape = _head_shape(adapter)
+    if int(mask) < 0 or shape is not None:
+        _check_mask(adapter, shape[0] if shape is not None else 0,
+                    f"lm_head_weight() has {shape[0]} rows" if shape is not None else "ids are >= 0")
+
+
+def check_widths(adapter, vocab: int, hidden: int) -> None:
+    """After a forward, once per adapter: the logits' width ``vocab`` is the number of rows of
+    ``lm_head_weight()`` (the explainer checks response ids against it; TAM multiplies by it) and
+    the hooked block's hidden width ``hidden`` its number of columns; the mask id is in the vocabulary."""
+    if getattr(adapter, "_vocabulary_checked", False):
+        return
+    _check_vocab_rows(adapter, vocab)
+    shape = _head_shape(adapter)
+    if shape is not None and shape[1] != hidden:
+        raise RuntimeError(f"{type(adapter).__name__}.lm_head_weight(): {shape[1]} columns, but the hooked block's "
+                           f"hidden states are {hidden} wide (the LM head's weight has a column per hidden unit)")
+    adapter._vocabulary_checked = True
+
+
+def diagnosed(adapter, prep, call: Callable):
+    """``call()`` (a probe's forward). Where it raises before the adapter's vocabulary was checked,
+    the model runs once more on ``prep`` with its response slots holding an end token, an id of every
+    response, and a mismatch of the LM head or the mask id with the logits' width it finds is raised
+    (from the forward's error); else the forward's error is raised as it was."""
+    try:
+        return call()
+    except Exception as exc:
+        if getattr(adapter, "_vocabulary_checked", False):
+            raise
+        width = _logits_width(adapter, prep)
+        if width is None:
+            raise
+        try:
+            _check_vocab_rows(adapter, width)
+        except RuntimeError as found:
+            raise found from exc
+        raise
+
+
+def _logits_width(adapter, prep) -> Optional[int]:
+    """The width of the model's logits on ``prep`` with its response slots set to an end token
+    (None: the adapter names no end token, or this forward fails too)."""
+    ends = sorted(int(i) for i in adapter.eos_token_ids)
+    if not ends:
+        return None
+    ids = prep.input_ids.clone()
+    s = int(prep.response_start)
+    ids[:, s:s + int(prep.response_length)] = ends[0]
+    at = torch.tensor([max(s - 1, 0)])
+    try:
+        with torch.no_grad():
+            logits = adapter.logits_at(ids, adapter.batch_inputs(prep, 1), at, s)
+    except Exception:  # noqa: BLE001 - the diagnosis failed too: the first error is the one to show
+        return None
+    return int(logits.shape[-1]) if isinstance(logits, Tensor) and logits.dim() == 3 else None
+
+
+def _check_vocab_rows(adapter, vocab: int) -> None:
+    shape = _head_shape(adapter)
+    if shape is not None and shape[0] != vocab:
+        raise RuntimeError(f"{type(adapter).__name__}.lm_head_weight(): {shape[0]} rows, but the model's logits "
+                           f"are {vocab} wide (the LM head's weight has a row per vocabulary id)")
+    _check_mask(adapter, vocab, "the model's logits are that wide")
+
+
+def check_image_slots(adapter, prep) -> None:
+    """Every image position of ``prep`` holds the adapter's image token id (or, with a newline
+    column, its newline id): positions shifted onto text gave maps of the wrong tokens, quietly.
+    Adapters whose image slots hold other ids (codebook ids) set ``image_slots_hold_image_token = False``."""
+    if not getattr(adapter, "image_slots_hold_image_token", True):
+        return
+    pos = prep.image_positions
+    if pos.numel() == 0:
+        return
+    held = prep.input_ids[0, pos]
+    ok = held == int(adapter.image_token_id)
+    bad = torch.nonzero(~ok, as_tuple=False).reshape(-1)
+    if bad.numel():
+        k = int(bad[0])
+        raise RuntimeError(f"{type(adapter).__name__}.prepare(): image_positions[{k}] = {int(pos[k])} "
+                           f"holds id {int(held[k])}, not the image token id "
+                           f"{int(adapter.image_token_id)}")
+
+
+__all__ = ["check_mask_id", "check_widths", "diagnosed", "check_image_slots"]
