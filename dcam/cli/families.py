@@ -2,7 +2,8 @@
 its hooked blocks and default block, its probes, how its image lies in the
 token sequence, its mask id and sampler (the table of docs/FAMILIES.md).
 ``--load`` adds how a real checkpoint of each family is loaded; ``--markdown``
-prints the table as Markdown."""
+prints the table as Markdown. Adapters registered under a name
+(``register_adapter(..., name=...)``) follow the table, marked as registered."""
 from __future__ import annotations
 
 import shutil
@@ -46,4 +47,9 @@ def run(args) -> int:
             r["loading"] = f.load
         cols = cols + ("loading",)
     print(_text_table(rows, cols))
+    from ..probe.adapters import REGISTERED
+
+    for name, cls in REGISTERED.items():  # a user's adapters, registered with register_adapter(..., name=...)
+        print(f"{name}: registered adapter {cls.__module__}.{cls.__qualname__} (register_adapter; family={name!r} "
+              f"and --family {name} force it)")
     return 0

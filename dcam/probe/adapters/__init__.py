@@ -6,7 +6,8 @@ dMLLM), then the family table :data:`FAMILIES` (:mod:`.families`, also shown
 by ``dcam families``): the bundled toy, LaViDa (LLaDA and Dream backbones),
 LLaDA-V, MMaDA, Lumina-DiMOO, Dream-VL, DiffusionGemma and transformers' VLMs
 (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2/2.5/3-VL, Idefics3/SmolVLM, Gemma
-3/4). ``family="name"`` forces a row of the table. A model nothing matches
+3/4). ``family="name"`` forces a row of the table, or an adapter registered
+under that name (``register_adapter(..., name="name")``). A model nothing matches
 raises InputError saying what was found.
 
 Adapters take ``newline_column=True`` (and optionally ``newline_token_id``)
@@ -14,7 +15,7 @@ for grids that append an image-newline token to every row.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ...errors import InputError
 from .base import PROBES, Generation, ImageView, ModelAdapter, Prepared, config_get, load_image, \
@@ -31,11 +32,24 @@ from .vq import DiMOOAdapter, DiMOOProcessor, MMaDAAdapter, MMaDAProcessor
 #: (predicate(model), adapter class) registered by users, tried before the family table.
 ADAPTERS: List[Tuple[Callable, type]] = []
 
+#: name -> adapter class registered by users with ``name=``: ``family=name`` (``--family``) forces it.
+REGISTERED: Dict[str, type] = {}
 
-def register_adapter(predicate: Callable, cls: type, first: bool = True) -> None:
+
+def register_adapter(predicate: Callable, cls: type, first: bool = True, name: Optional[str] = None) -> None:
     """Make ``auto_adapter`` use ``cls`` for models where ``predicate(model)``
     is true (before the built-in families; ``first``: before the adapters
-    registered earlier)."""
+    registered earlier). ``name``: also the name ``family=`` and ``--family`` force ``cls`` by
+    (listed by ``dcam families``); not a bundled family's or another registered adapter's."""
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"name must be a non-empty string, got {name!r}")
+        if name in BY_NAME:
+            raise InputError(f"name: {name!r} is a bundled family's name; register the adapter under another")
+        if name in REGISTERED:
+            raise InputError(f"name: {name!r} is already the name of the registered adapter "
+                             f"{REGISTERED[name].__module__}.{REGISTERED[name].__qualname__}")
+        REGISTERED[name] = cls
     if first:
         ADAPTERS.insert(0, (predicate, cls))
     else:
@@ -90,9 +104,11 @@ def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) 
     if model is None:
         raise InputError("no model given")
     if family is not None:
+        if str(family) in REGISTERED:  # a user's adapter registered under this name: forced as a family is
+            return _made(REGISTERED[str(family)], model, processor, kwargs)
         fam = BY_NAME.get(str(family))
         if fam is None:
-            raise InputError(f"family: unknown family {family!r} (known: {', '.join(BY_NAME)})")
+            raise InputError(f"family: unknown family {family!r} (known: {', '.join([*BY_NAME, *REGISTERED])})")
         return _forced_adapter(fam, model, processor, **kwargs)
     for pred, cls in ADAPTERS:
         if pred(model):
@@ -108,7 +124,8 @@ def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) 
 
 
 __all__ = ["ModelAdapter", "Prepared", "ImageView", "Generation", "PROBES", "auto_adapter", "register_adapter",
-           "ADAPTERS", "FAMILIES", "Family", "BY_NAME", "detect_family", "family_rows", "markdown_table",
+           "ADAPTERS", "REGISTERED", "FAMILIES", "Family", "BY_NAME", "detect_family", "family_rows",
+           "markdown_table",
            "ShapesAdapter", "LlavaAdapter", "LlavaNextAdapter", "HFVisionLanguageAdapter", "QwenVLAdapter",
            "Idefics3Adapter", "Gemma3Adapter", "Gemma4Adapter", "DiffusionGemmaAdapter", "DreamVLAdapter",
            "LlavaDMLLMAdapter", "MMaDAAdapter", "DiMOOAdapter", "MMaDAProcessor", "DiMOOProcessor",
