@@ -99,6 +99,7 @@ def argument_error(exc: InputError, options: Dict[str, str]) -> InputError:
 def run_command(command: str, handler: Callable, args) -> int:
     """Run a subcommand handler under the error policy; returns the exit code."""
     try:
+        use_adapter_option(args)  # (before the model loads: a bad --adapter is said at once)
         return int(handler(args) or 0)
     except InputError as exc:
         print(f"dcam {command}: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
@@ -212,6 +213,63 @@ def add_model_options(p: argparse.ArgumentParser, hidden: bool = False) -> None:
 def add_family_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default=None, metavar="NAME", type=non_empty_name,
                    help="treat the model as this family (see `dcam families`); default: detected from its config")
+    p.add_argument("--adapter", default=None, metavar="MODULE:CLASS", type=non_empty_name,
+                   help="explain the model with your own dcam.probe.ModelAdapter subclass CLASS of MODULE (imported "
+                        "as `python -m` would, the current folder first; docs/FAMILIES.md); instead of --family")
+
+
+#: ``--adapter`` values -> their adapter classes, forced as families of these names (:func:`use_adapter_option`)
+ADAPTER_OPTIONS: Dict[str, type] = {}
+
+
+def use_adapter_option(args) -> None:
+    """``--adapter MODULE:CLASS``: the class imported and forced on the model as a family named
+    ``MODULE:CLASS`` is (``args.family`` set to it), so that every command with ``--family`` takes it."""
+    spec = getattr(args, "adapter", None)
+    if spec is None:
+        return
+    if getattr(args, "family", None) is not None:
+        raise InputError("--adapter: give --adapter or --family, not both (--adapter names the adapter itself)")
+    cls = adapter_class(spec)
+    from ..probe.adapters import REGISTERED
+
+    if REGISTERED.get(spec, cls) is not cls:
+        raise InputError(f"--adapter: {spec!r} is already the name of another registered adapter")
+    REGISTERED[spec] = ADAPTER_OPTIONS[spec] = cls
+    args.family = spec
+
+
+def adapter_class(spec: str) -> type:
+    """The ModelAdapter subclass ``MODULE:CLASS`` names; bad values are InputErrors naming --adapter.
+    An exception the module raises while it is imported is its own: it propagates, with its traceback."""
+    import importlib
+
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise InputError(f"--adapter: expected MODULE:CLASS (e.g. my_adapter:MyAdapter), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` puts it (the `dcam` script does not)
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise  # a module the user's module imports is missing: their module's error
+        raise InputError(f"--adapter: no module named {exc.name!r} (looked in the current folder and sys.path)") \
+            from None
+    if not hasattr(mod, name):
+        raise InputError(f"--adapter: module {module!r} has no attribute {name!r}")
+    from ..probe.adapters import ModelAdapter
+
+    cls = getattr(mod, name)
+    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
+        raise InputError(f"--adapter: {spec} is not a dcam.probe.ModelAdapter subclass (it is "
+                         f"{'the class ' + cls.__name__ if isinstance(cls, type) else 'a ' + type(cls).__name__})")
+    return cls
+
+
+def family_option(family: Optional[str]) -> str:
+    """The option that named ``family``: --adapter for a family made of its value, else --family."""
+    return "--adapter" if family in ADAPTER_OPTIONS else "--family"
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -335,7 +393,7 @@ def check_family(model, processor, family: Optional[str]) -> None:
     try:
         auto_adapter(model, processor, family=family)
     except InputError as exc:
-        raise option_error("--family", exc) from None
+        raise option_error(family_option(family), exc) from None
 
 
 def cam_config_for(model, processor, settings: Optional[Sequence[str]], family: Optional[str] = None):
@@ -347,7 +405,7 @@ def cam_config_for(model, processor, settings: Optional[Sequence[str]], family: 
     try:
         adapter = auto_adapter(model, processor, family=family)
     except InputError as exc:
-        raise option_error("--family" if family else "--model", exc) from None
+        raise option_error(family_option(family) if family else "--model", exc) from None
     try:
         return adapter.default_config().apply(settings)
     except InputError as exc:
@@ -369,7 +427,7 @@ def explainer_for(model, processor, args):
         text = str(exc)
         if text.startswith("memory_budget"):  # keeps its type: dcam run tells a BudgetError apart
             raise type(exc)(str(argument_error(exc, {"memory_budget": "--memory-budget"}))) from None
-        option = ("--family" if family and text.startswith("family") else
+        option = (family_option(family) if family and text.startswith("family") else
                   "--cam" if text.startswith("config:") else
                   "--layer" if "layer" in text and args.layer is not None else
                   "--method" if "method" in text else "--chunk-size" if "chunk_size" in text else

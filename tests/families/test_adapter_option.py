@@ -1,0 +1,93 @@
+"""--adapter MODULE:CLASS: the command line's route to a user's adapter. docs/FAMILIES.md's
+example is run as written by the real CLI in a subprocess; bad values exit 2 naming --adapter,
+an error of the user's module keeps its traceback."""
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+#: the `dcam` console script's way in: its own folder is sys.path[0], the current folder is not on it
+SCRIPT = "import sys\nfrom dcam.cli import main\nsys.exit(main())\n"
+
+
+def _dcam(args, cwd, tmp_path):
+    script = tmp_path / "bin" / "dcam_script.py"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_documented_example_runs(tmp_path):
+    from PIL import Image
+
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    module = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if b.startswith("# my_adapter.py")]
+    command = [b for b in re.findall(r"```bash\n(.*?)```", doc, re.S) if "--adapter my_adapter:ToyAdapter" in b]
+    assert len(module) == 1 and len(command) == 1
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "my_adapter.py").write_text(module[0])
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(work / "image.png")
+    args = shlex.split(command[0].strip())
+    assert args[0] == "dcam"
+    r = _dcam(args[1:] + ["--out", "out", "--quiet"], work, tmp_path)
+    assert r.returncode == 0, r.stderr
+    # the adapter's default block (1), not the bundled weights' (0): ToyAdapter explained it
+    assert json.loads((work / "out" / "meta.json").read_text())["layer"] == 1
+
+
+def test_an_error_of_the_users_module_shows_its_traceback(tmp_path):
+    (tmp_path / "needs_missing.py").write_text("import a_module_nobody_installed\n")
+    r = _dcam(["explain", "x.png", "--adapter", "needs_missing:A"], tmp_path, tmp_path)
+    assert r.returncode == 1 and "Traceback" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "ModuleNotFoundError: No module named 'a_module_nobody_installed'"
+
+
+@pytest.fixture
+def in_folder(tmp_path, monkeypatch):
+    """tmp_path as the current folder, sys.path and the registries restored after the test."""
+    from dcam.cli import common
+    from dcam.probe.adapters import REGISTERED
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    registered, options = dict(REGISTERED), dict(common.ADAPTER_OPTIONS)
+    yield tmp_path
+    REGISTERED.clear()
+    REGISTERED.update(registered)
+    common.ADAPTER_OPTIONS.clear()
+    common.ADAPTER_OPTIONS.update(options)
+
+
+def test_bad_values_exit_2_naming_adapter(in_folder, capsys):
+    from dcam.cli import main
+
+    (in_folder / "opt_mod_a.py").write_text("def not_a_class():\n    pass\n\nclass Plain:\n    pass\n")
+    (in_folder / "opt_mod_b.py").write_text("raise ValueError('a bug of mine')\n")
+    cases = {"no-colon": "expected MODULE:CLASS (e.g. my_adapter:MyAdapter), got 'no-colon'",
+             "opt_mod_zz:A": "no module named 'opt_mod_zz' (looked in the current folder and sys.path)",
+             "opt_pkg_zz.sub:A": "no module named 'opt_pkg_zz' (looked in the current folder and sys.path)",
+             "opt_mod_a:Missing": "module 'opt_mod_a' has no attribute 'Missing'",
+             "opt_mod_a:not_a_class": "opt_mod_a:not_a_class is not a dcam.probe.ModelAdapter subclass (it is a "
+                                      "function)",
+             "opt_mod_a:Plain": "opt_mod_a:Plain is not a dcam.probe.ModelAdapter subclass (it is the class Plain)"}
+    for value, why in cases.items():
+        assert main(["explain", "x.png", "--adapter", value]) == 2
+        err = capsys.readouterr().err
+        assert err == f"dcam explain: error: --adapter: {why}\n"
+    for command in ("explain", "run", "eval"):  # every command with --family
+        needed = {"explain": ["x.png"], "run": ["m.json", "--out", "o"], "eval": []}[command]
+        assert main([command, *needed, "--adapter", "opt_mod_a:Plain", "--family", "shapes"]) == 2
+        assert capsys.readouterr().err == f"dcam {command}: error: --adapter: give --adapter or --family, not " \
+                                          "both (--adapter names the adapter itself)\n"
+    with pytest.raises(ValueError, match="a bug of mine"):  # the user's own error: not turned into exit 2
+        main(["explain", "x.png", "--adapter", "opt_mod_b:A"])
