@@ -228,6 +228,25 @@ DCAM_INLINE void least_squares_sums(const float* m, const float* I, int64_t N, f
     mi_out = static_cast<float>(mi);
 }
 
+// sum(I*I) and sum(m*I) with float64 products, not rounded (context mode): float64 holds the square
+// of any float32, so a tiny I (weights of 1e-31) no longer underflows to ii == 0 and alpha == 0.
+DCAM_INLINE void least_squares_sums64(const float* m, const float* I, int64_t N, double& ii_out, double& mi_out) {
+    v4d ai = splat4d(0.0), am = ai;
+    int64_t i = 0;
+    for (; i + 4 <= N; i += 4) {
+        const v4d iv = to_f64(load4(I + i));
+        ai += iv * iv;
+        am += to_f64(load4(m + i)) * iv;
+    }
+    double ii = hsum(ai), mi = hsum(am);
+    for (; i < N; ++i) {
+        ii += static_cast<double>(I[i]) * static_cast<double>(I[i]);
+        mi += static_cast<double>(m[i]) * static_cast<double>(I[i]);
+    }
+    ii_out = ii;
+    mi_out = mi;
+}
+
 DCAM_INLINE float sicd_reference(float* m, int64_t N, float rho, MapScratch& S) {
     float mean_f, std_f;
     mean_std(m, N, mean_f, std_f);
@@ -275,14 +294,15 @@ DCAM_INLINE float sicd_context(float* m, int64_t N, int64_t T, const float* wrow
     }
     float* I = S.interference.data();
     for (int64_t n = 0; n < N; ++n) I[n] = static_cast<float>(accI[n]);
-    float iif, mi;
-    least_squares_sums(m, I, N, iif, mi);
-    const bool apply = iif != 0.0f;
+    double ii, mi;
+    least_squares_sums64(m, I, N, ii, mi);
+    const bool apply = ii != 0.0;
     float alpha = 0.0f;
-    if (apply) {
-        alpha = mi / iif;
-        alpha = alpha < 0.0f ? 0.0f : alpha;
-        alpha = 1.0f < alpha ? 1.0f : alpha;
+    if (apply) {  // the ratio in float64 too, rounded once (a float32 ii of 1e-46 was 0)
+        double a = mi / ii;
+        a = a < 0.0 ? 0.0 : a;
+        a = 1.0 < a ? 1.0 : a;
+        alpha = static_cast<float>(a);
     }
     return debias(m, N, I, alpha, apply, S);
 }

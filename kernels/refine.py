@@ -326,9 +326,13 @@ def _refine_kernel(
                     ri = tl.where(tl.load(deg_ptr + b * T + i) != 0, 0.0, ri)
                 acc += wi.to(tl.float64) * ri.to(tl.float32).to(tl.float64)
             interf = acc.to(tl.float32)
-            ii = _sum64(interf * interf)
+            # products, sums and ratio in float64, rounded once: a float32 I*I of a tiny I (weights of 1e-31)
+            # underflowed to 0, and alpha with it
+            i64 = interf.to(tl.float64)
+            ii = tl.sum(i64 * i64, axis=0)
             apply = ii != 0
-            a = tl.minimum(tl.maximum(_sum64(tl.where(mask, m * interf, 0.0)) / tl.where(apply, ii, 1.0), 0.0), 1.0)
+            mi = tl.sum(tl.where(mask, m.to(tl.float64) * i64, 0.0), axis=0)
+            a = tl.minimum(tl.maximum(mi / tl.where(apply, ii, 1.0), 0.0), 1.0).to(tl.float32)
         a = tl.where(apply, a, 0.0)
         sub = tl.maximum(m - a * interf, 0.0)
         rng_new = tl.max(tl.where(mask, sub, float("-inf")), axis=0) - tl.min(tl.where(mask, sub, float("inf")), axis=0)

@@ -389,9 +389,13 @@ def causal_debias_context(m: Tensor, context_maps: Tensor, context_weights: Tens
     wts = wts / (sum64(wts, 2).float()[..., None] + EPS_NORM)
     interference = torch.bmm(wts.double(), context_maps.double().reshape(B, T, -1)).float().reshape(B * T, -1)
     mf = m.reshape(B * T, -1)
-    ii = sum64(interference * interference, 1).float()
+    # products, sums and their ratio in float64, rounded once: tiny weights (1e-31) make I ~ 1e-23, whose
+    # float32 squares underflow to 0 (alpha was reported 0 where exact arithmetic gives 1); float64 holds
+    # the square of any float32, so sum(I*I) is 0 only for I = 0
+    i64 = interference.double()
+    ii = (i64 * i64).sum(1)
     apply = ii != 0
-    alpha = (sum64(mf * interference, 1).float() / torch.where(apply, ii, torch.ones_like(ii))).clamp(0.0, 1.0)
+    alpha = ((mf.double() * i64).sum(1) / torch.where(apply, ii, torch.ones_like(ii))).clamp(0.0, 1.0).float()
     alpha = torch.where(apply, alpha, torch.zeros_like(alpha))
     out, alpha = _debias(m.reshape(B * T, *m.shape[2:]), interference, alpha, apply)
     return out, alpha

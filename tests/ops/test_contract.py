@@ -11,6 +11,7 @@ at least one expected value below: a changed constant fails a test here. The
 cases that pin each constant say so in a comment.
 """
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -618,6 +619,47 @@ def test_sicd_context_weight_normalisation_eps(any_backend):
     got = run(any_backend, raw, CamConfig(akd=False, dacg=False, cba=False, sicd="context"), context_weights=W)
     assert got["sicd_alpha"][0, 0].item() == pytest.approx(0.4, rel=1e-5)
     np.testing.assert_allclose(got["maps"][0, 0].reshape(-1).numpy(), [1.0, 0.4, 0.0], atol=1e-6)
+
+
+def exact_context_alpha(raw_rows, weights_row, t):
+    """SICD context mode's alpha for word t in exact rational arithmetic (SPEC section 6), its map
+    min-max normalised (section 5; the other modules off) and the range guard passed."""
+    F = [[Fraction(float(v)) for v in row] for row in raw_rows]
+    eps = Fraction(1, 10 ** 8)
+
+    def normalised(r):
+        lo, hi = min(r), max(r)
+        return [(v - lo) / (hi - lo + eps) for v in r] if hi > lo else r
+    m = normalised(F[t])
+    W = [Fraction(float(v)) for v in weights_row]
+    w = [x / (sum(W) + eps) for x in W]
+    I = [sum(wi * r[n] for wi, r in zip(w, F)) for n in range(len(m))]
+    ii = sum(v * v for v in I)
+    if ii == 0:
+        return 0.0
+    return float(min(max(sum(a * b for a, b in zip(m, I)) / ii, Fraction(0)), Fraction(1)))
+
+
+@pytest.mark.parametrize("weight,raw0,want", [
+    # the worked example's maps with weights of 1e-33: I ~ 1e-25 * r1, alpha = 0.2 / w clamps to 1
+    (1e-33, [1.0, 0.5, 0.0, 0.0], 1.0),
+    # m = [1, 0, 0, 1e-25] against I = w * [0, 0, 1, 1], w ~ 1e-25: alpha = 1e-25 / (2 w) ~ 0.5
+    (1e-33, [1.0, 0.0, 0.0, 1e-25], 0.5),
+    (1e-31, [1.0, 0.5, 0.0, 0.0], 1.0),
+])
+def test_sicd_context_alpha_of_a_tiny_interference_is_exact(any_backend, weight, raw0, want):
+    # every float32 I*I (and m*I) underflowed to 0 below weights of ~1e-31: sum(I*I) read 0 and alpha
+    # was reported 0 with the map unchanged, where exact arithmetic gives the values below
+    r1 = [0.0, 0.5, 1.0, 1.0] if raw0[1] else [0.0, 0.0, 1.0, 1.0]
+    raw = torch.tensor([[[raw0], [r1]]], dtype=torch.float32)
+    W = torch.tensor([[[0.0, weight], [0.0, 0.0]]])
+    got = run(any_backend, raw, CamConfig(akd=False, dacg=False, cba=False, sicd="context"), context_weights=W)
+    exact = exact_context_alpha(raw.reshape(2, 4).tolist(), W[0, 0].tolist(), 0)
+    assert exact == pytest.approx(want, rel=1e-6)  # the hand-worked value
+    assert got["sicd_alpha"][0, 0].item() == pytest.approx(exact, rel=1e-5)
+    assert got["sicd_alpha"][0, 1].item() == 0  # token 1 has no context
+    # I is ~1e-25: the map minus alpha * I is the normalised map to float32 precision
+    np.testing.assert_allclose(got["maps"][0, 0].reshape(-1).numpy(), raw0, atol=1e-6)
 
 
 def test_dacg_gate_is_decided_as_in_exact_arithmetic(any_backend):
