@@ -284,21 +284,24 @@ def _refuse_unused(methods: List[str], config, layer, diffusion_cam_extras: bool
                          "diffusion-cam, its ablation and its sweep do); leave config out")
 
 
-def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples, sweep_probes) -> Optional[int]:
-    """evaluate()'s counts (and sweep probes) checked (InputErrors naming them); returns ``n``."""
+def _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples, sweep_probes, image_size,
+                  verbose) -> Optional[int]:
+    """evaluate()'s counts, image_size, verbose (and sweep probes) checked (InputErrors naming them); returns ``n``."""
     for pr in sweep_probes or ():  # (an unknown one was an error row of the sweep table)
         if pr not in PROBES:
             raise InputError(f"sweep_probes: {pr!r} is not a probe ({', '.join(PROBES)})")
     n = positive_int("n", n)
-    # (-1 was taken, and meant 0)
-    if isinstance(n_examples, bool) or not isinstance(n_examples, numbers.Integral) or n_examples < 0:
-        raise InputError(f"n_examples must be an int >= 0, got {n_examples!r}")
     for name, value in (("sweep_n", sweep_n), ("faith_n", faith_n), ("batch_size", batch_size)):
         positive_int(name, value, allow_none=False)
     if positive_int("faith_steps", faith_steps, allow_none=False) < 2:
         raise InputError(f"faith_steps must be >= 2, got {faith_steps}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy refused it at the end
-        raise InputError(f"seed must be an int >= 0, got {seed!r}")
+    # n_examples=-1 was taken (and meant 0), a negative seed refused by numpy at the end, image_size='64' taken;
+    # image_size's range is the shapes generator's (dcam.zoo.data.generate_sample)
+    for name, value, low in (("n_examples", n_examples, 0), ("seed", seed, 0), ("image_size", image_size, 32)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise InputError(f"{name} must be an int >= {low}, got {value!r}")
+    if not isinstance(verbose, bool):
+        raise InputError(f"verbose must be a bool, got {verbose!r}")
     return n
 
 
@@ -321,6 +324,8 @@ def _check_dataset(dataset) -> None:
     if not isinstance(dataset, (str, EvalDataset, list, tuple)):
         raise InputError(f"dataset must be 'shapes', a data folder, an EvalDataset or a list of EvalRecords, "
                          f"got {type(dataset).__name__}")
+    if isinstance(dataset, (list, tuple)) and not dataset:  # (was "no record of records could be evaluated")
+        raise InputError("dataset is an empty list: no record to evaluate")
     if isinstance(dataset, (list, tuple)):  # (one that is not a record was an AttributeError mid-run)
         bad = next((k for k, r in enumerate(dataset) if not isinstance(r, EvalRecord)), None)
         if bad is not None:
@@ -371,7 +376,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     if target_score not in (None, "logit", "contrastive"):
         raise InputError(f"target_score must be 'logit' or 'contrastive', got {target_score!r}")
     given_score, target_score = target_score, target_score or "logit"
-    n = _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples, sweep_probes)
+    n = _check_counts(n, sweep_n, faith_n, batch_size, faith_steps, seed, n_examples, sweep_probes, image_size, verbose)
     if out_dir is not None:  # before the work, not after it (a file there failed once everything had run)
         out_dir = check_output_folder(out_dir, overwrite, "out_dir")
     faith_fill = check_fill(faith_fill, "faith_fill")

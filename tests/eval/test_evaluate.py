@@ -476,6 +476,12 @@ class _WatchedShapes:
     ({"sweep_probes": 5}, "sweep_probes must be a comma list or a list of probe names, got int"),
     ({"sweep_probes": " , "}, "sweep_probes: none given; probes: full, masked, remask"),
     ({"sweep_probes": "full,foo"}, "sweep_probes: 'foo' is not a probe (full, masked, remask)"),
+    # taken: a string image size (unused by a given data set, int()-ed for shapes), a string for verbose
+    ({"image_size": "64"}, "image_size must be an int >= 32, got '64'"),
+    ({"image_size": 16}, "image_size must be an int >= 32, got 16"),
+    ({"image_size": True}, "image_size must be an int >= 32, got True"),
+    ({"verbose": "yes"}, "verbose must be a bool, got 'yes'"),
+    ({"verbose": 1}, "verbose must be a bool, got 1"),
 ])
 def test_evaluate_refuses_bad_argument_types_before_reading_a_record(tiny, kwargs, message):
     model, proc = tiny
@@ -483,6 +489,29 @@ def test_evaluate_refuses_bad_argument_types_before_reading_a_record(tiny, kwarg
     with pytest.raises(InputError) as info:
         EV.evaluate(model, proc, **{"methods": "grad-cam", "n": 1, "dataset": watched.ds, **kwargs})
     assert str(info.value) == message and watched.loaded == []
+
+
+@pytest.mark.parametrize("empty", [[], ()])
+def test_evaluate_refuses_an_empty_list_of_records_by_name(tiny, empty):
+    # was "dataset: no record of records could be evaluated", as if every record had failed
+    model, proc = tiny
+    with pytest.raises(InputError) as info:
+        EV.evaluate(model, proc, methods="grad-cam", n=1, dataset=empty)
+    assert str(info.value) == "dataset is an empty list: no record to evaluate"
+
+
+def test_evaluate_takes_the_smallest_shapes_image_size(tiny, monkeypatch):
+    # 32 is generate_sample's lower bound: taken, and the record evaluated is a 32 x 32 scene
+    model, proc = tiny
+    opened, real_open = [], EV.open_dataset
+
+    def open_dataset(*args, **kwargs):
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+    monkeypatch.setattr(EV, "open_dataset", open_dataset)
+    rep = EV.evaluate(model, proc, dataset="shapes", methods="grad-cam", n=1, n_examples=0, image_size=32)
+    assert rep["records"] == 1
+    assert opened[0].load(0).image.size == (32, 32)
 
 
 def test_evaluate_takes_sweep_probes_as_a_comma_list_like_methods(tiny):
