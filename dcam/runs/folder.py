@@ -130,7 +130,12 @@ def check_folder(path: str) -> str:
     root = os.path.abspath(path)
     if os.path.exists(root) and not os.path.isdir(root):
         raise InputError(f"--out: {path!r} exists and is not a folder")
-    probe = root
+    # a symbolic link is written through, as dcam explain/eval/demo do: the checks are of the folder it points
+    # to, which prepare() creates (with its missing parents) when the link dangles, as for a missing --out
+    real = os.path.realpath(root)
+    if os.path.lexists(real) and not os.path.exists(real):
+        raise InputError(f"--out: {path!r} is a symbolic link that never reaches a folder (a loop)")
+    probe = real
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
@@ -171,8 +176,8 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     :class:`dcam.runs.runner.UnchangedRecords`), empty it for ``overwrite``,
     delete a killed process's debris and write ``run.json`` (status
     ``running``). Returns the held lock."""
-    try:
-        os.makedirs(root, exist_ok=True)
+    try:  # (the link's folder: makedirs of a dangling link itself failed, "File exists")
+        os.makedirs(os.path.realpath(root), exist_ok=True)
     except OSError as exc:  # a parent that passes every check and still refuses folders (/proc)
         raise InputError(f"--out: cannot create {root!r} ({exc.strerror or exc})") from None
     new_lock = not os.path.lexists(os.path.join(root, LOCK))
