@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional, Tuple, Union
 
+import torch
 from torch import Tensor
 
 from ..errors import InputError
@@ -38,7 +39,7 @@ def check_backend(backend: str, device, hidden: Optional[int] = None, cells: Opt
     the C++ kernels will run, the sizes they take: past them an InputError naming the argument
     (the extension's "invalid size argument" was a ValueError naming none)."""
     backend = _check_backend(backend, device)
-    cpp_runs = backend == "cpp" or (backend == "auto" and device.type == "cpu" and cpp_backend.is_available())
+    cpp_runs = runs_cpp(backend, device)
     if cpp_runs and hidden is not None and hidden > CPP_MAX_HIDDEN:
         raise InputError(f"{hidden_of}: hidden size {hidden} is past the C++ backend's 2**24; backend='torch' "
                          "takes it")
@@ -46,6 +47,11 @@ def check_backend(backend: str, device, hidden: Optional[int] = None, cells: Opt
         raise InputError(f"raw_maps: {cells} cells per map is past the C++ backend's 2**27 - 1; "
                          "backend='torch' takes it")
     return backend
+
+
+def runs_cpp(backend: str, device) -> bool:
+    """Whether the C++ kernels run for ``backend`` (checked) on ``device``."""
+    return backend == "cpp" or (backend == "auto" and device.type == "cpu" and cpp_backend.is_available())
 from .library import implementation
 
 
@@ -210,6 +216,12 @@ def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, i
                     context_maps, context_weights, backend: str, check_values: bool) -> Refined:
     B = raw.shape[0]
     device = raw.device
+    backend = check_backend(backend, device, cells=raw.shape[2] * raw.shape[3])
+    if runs_cpp(backend, device) and not (V._valueless(raw) or torch.compiler.is_compiling()):
+        # the C++ kernels refuse a bad per-image value or context weight whatever check_finite says (its C
+        # API checks them, cheaply on the CPU): checked here as a checked call does, so they are the same
+        # InputError naming the argument (unchecked, a non-zero diagonal was the extension's ValueError)
+        check_values = True
     steps_t = V.per_image("steps", steps, B, device, lo=0.0, hi=None, lo_open=True, check_values=check_values)
     size_t = V.per_image("image_size", image_size, B, device, lo=0.0, hi=None, lo_open=True,
                          check_values=check_values)
@@ -218,7 +230,7 @@ def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, i
     context_maps, context_weights = V.check_context(config, raw, context_maps, context_weights, check_values)
     V.check_same_device(raw_maps=raw, degenerate=degenerate, context_maps=context_maps,
                         context_weights=context_weights)
-    run = implementation("refine", check_backend(backend, device, cells=raw.shape[2] * raw.shape[3]))
+    run = implementation("refine", backend)
     o = config.op_args()
     out = run(raw, degenerate, steps_t, size_t, rho_t, context_maps, context_weights, o["akd_kernel"], o["akd"],
               o["dacg"], o["cba"], o["sicd"], o["dacg_params"], o["cba_params"])
@@ -239,7 +251,9 @@ def refine(raw_maps: Union[Tensor, RawMaps], config: Optional[CamConfig] = None,
     context_maps default to the raw maps (a degenerate one counting as all zeros).
     degenerate: bool [B,T]; default: maps that are constant.
     check_finite: check the values of the tensors (finite, in range); costs a
-    host sync on the GPU.
+    host sync on the GPU. Where the C++ kernels run, steps, image_size,
+    repeat_ratio and the context tensors are checked either way (its C API
+    refuses bad ones; False skips the check of the maps only).
     """
     V.check_bool("check_finite", check_finite)
     if isinstance(raw_maps, RawMaps):

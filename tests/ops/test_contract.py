@@ -612,6 +612,26 @@ def test_sicd_context_diagonal_must_be_zero(any_backend):
     np.testing.assert_allclose(got["maps"].reshape(2, 3).numpy(), [[1.0, 0.4, 0.0], [0.0, 0.4, 1.0]], atol=1e-6)
 
 
+def test_unchecked_context_weights_are_refused_where_the_cpp_kernels_run(any_backend):
+    # check_finite=False skips the value checks, but the C++ kernels (backend "cpp", and "auto" on a CPU
+    # with the extension) refuse a non-zero diagonal or a negative weight themselves: they are then the
+    # InputError a checked call gives (unchecked, they were the extension's ValueError naming none). The
+    # other backends take them unchecked, as the independent numpy pipeline computes them.
+    backend, device = any_backend
+    raw = torch.tensor([[[[1.0, 0.5, 0.0]], [[0.0, 0.5, 1.0]]]])
+    cfg = CamConfig(akd=False, dacg=False, cba=False, sicd="context")
+    diagonal, negative = torch.tensor([[[5.0, 2.0], [1.0, 0.0]]]), torch.tensor([[[0.0, -2.0], [1.0, 0.0]]])
+    cpp_runs = backend == "cpp" or (backend == "auto" and device == "cpu" and dcam.ops.cpp.is_available())
+    if cpp_runs:
+        with pytest.raises(dcam.InputError, match=r"^context_weights must have a zero diagonal .*got 1 non-zero"):
+            run(any_backend, raw, cfg, context_weights=diagonal, check_finite=False)
+        with pytest.raises(dcam.InputError, match=r"^context_weights must be non-negative$"):
+            run(any_backend, raw, cfg, context_weights=negative, check_finite=False)
+    else:
+        got = run(any_backend, raw, cfg, context_weights=diagonal, check_finite=False)
+        check(got, np_refine(raw.numpy(), cfg, [64], [512], [0.0], context_weights=diagonal.numpy()))
+
+
 def test_sicd_context_weight_normalisation_eps(any_backend):
     # weights of 1e-8: w = 1e-8 / (1e-8 + 1e-8) = 0.5, so I = r1 / 2 and alpha doubles to 0.4
     raw = torch.tensor([[[[1.0, 0.5, 0.0]], [[0.0, 0.5, 1.0]]]])
