@@ -13,6 +13,7 @@ from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
 from .probe.hooks import generating, generation_watch
+from .profiling import stage
 from .targets import Item, explainable_slots, items_asked, response_items, select_items
 from .words import PLACEHOLDER, refuse_ids, token_spans
 
@@ -117,7 +118,7 @@ class ExampleBuilder:
         """(response ids, steps for AKD, where the steps came from, notes)."""
         a, steps = self.x.adapter, self.steps
         if response is None:
-            with generating(a.model, watch=generation_watch(a)):
+            with generating(a.model, watch=generation_watch(a)), stage("dcam.generate"):
                 gen = a.generate(prep0, steps, self.response_length)
             ids = check_generated(a, gen.response_ids, self.response_length)
             notes = []
@@ -182,7 +183,8 @@ class ExampleBuilder:
         checks of every example before the first one's response is generated."""
         if prompt is not None and not isinstance(prompt, str):
             raise InputError(f"prompt: must be a string or None, got {type(prompt).__name__}")
-        return load_image_with_notes(image, self.background)
+        with stage("dcam.prepare"):
+            return load_image_with_notes(image, self.background)
 
     def __call__(self, image, prompt: Optional[str], response, targets, loaded=None) -> Example:
         """The example of ``image`` (``loaded``: its :meth:`load` already made)."""
@@ -190,9 +192,11 @@ class ExampleBuilder:
             raise InputError("targets must be 'all', word numbers or words, got None")
         a = self.x.adapter
         img, notes = loaded if loaded is not None else self.load(image, prompt)
-        prep0 = a.prepare(img, prompt, None, self.response_length) if response is None else None
+        with stage("dcam.prepare"):
+            prep0 = a.prepare(img, prompt, None, self.response_length) if response is None else None
         resp_ids, S, source, more = self._response(prep0, response)
-        prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))
+        with stage("dcam.prepare"):
+            prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))
         ids = prep.response_ids
         slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
         if not slots:

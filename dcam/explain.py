@@ -54,6 +54,7 @@ from .probe.adapters.base import block_dtype
 from .probe.hooks import check_weights, exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
+from .profiling import stage
 from .targets import check_granularity, items_asked, repeat_ratio, targets_asked
 
 #: Default probe mode for diffusion MLLMs: the mode whose Diffusion-CAM maps
@@ -292,8 +293,9 @@ class Explainer:
         if granularity is not None:
             check_granularity(granularity)
         view = "default" if view is None else view  # (None below is the explainer's view again, not the model's)
-        traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
-                                  targets=targets, background=background, granularity=granularity, view=view)
+        with stage("dcam.trajectory"):
+            traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
+                                      targets=targets, background=background, granularity=granularity, view=view)
         e = self.explain(image, prompt=prompt, response=traj.response_ids, targets=targets, probe=probe,
                          target_score=target_score, steps=traj.steps, response_length=response_length,
                          background=background, granularity=granularity, view=view)
@@ -384,7 +386,8 @@ class Explainer:
         def sink(b: int, items, acts, grads):
             for view in examples[b].views:  # each view's slice of the span is its own map
                 sl = examples[b].view_slices[view.name]
-                reduced = m.reduce_gradients(acts[:, sl], grads[:, :, sl], self._inputs(examples[b], None, view))
+                with stage("dcam.reduce"):
+                    reduced = m.reduce_gradients(acts[:, sl], grads[:, :, sl], self._inputs(examples[b], None, view))
                 partial[b].setdefault(view.name, []).append((items, reduced))
 
         try:
@@ -417,7 +420,10 @@ class Explainer:
         return m.compute_maps(inputs)
 
     def _explanation(self, ex: Example, res, chunks: Dict[str, list], probe: str, target_score: str) -> Explanation:
-        outs = {v.name: self._view_result(ex, res, v, chunks.get(v.name)) for v in ex.views}
+        outs = {}
+        for v in ex.views:
+            with stage("dcam.maps"):
+                outs[v.name] = self._view_result(ex, res, v, chunks.get(v.name))
         main = outs[ex.views[0].name]
         a = self.adapter
         return Explanation(

@@ -22,6 +22,7 @@ from typing import Dict, List, Tuple
 from ..errors import InputError, one_line
 from ..targets import parse_target_text
 from . import common
+from .profile import add_profile_option
 
 #: Largest --max-side: an 8192 x 8192 overlay (67 M pixels) stays under
 #: Pillow's default decompression-bomb limit (89 M pixels).
@@ -62,6 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=common.positive_int, default=8,
                    help="images explained together when several are given (shared forwards and backwards: "
                         "padded to one length, in batches of similar word counts and at most --chunk-size)")
+    add_profile_option(p)
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_method_options(p)
@@ -180,7 +182,8 @@ def report(e, folder: str) -> None:
 
 
 def run(args) -> int:
-    from ..output import check_output_folder, refuse_inputs_inside
+    from ..output import check_output_file, check_output_folder, refuse_inputs_inside
+    from .profile import profiled
 
     target = check_output_folder(args.out, args.overwrite)
     args.targets = parse_targets(args.tokens)  # refused here, before any image or model is read
@@ -194,18 +197,24 @@ def run(args) -> int:
     # --overwrite replaces --out whole: never over an input image or the model's own files
     refuse_inputs_inside(target, [("the input image", p) for p in inputs] +
                          [("the model", common.model_location(args))])
+    if args.profile and os.path.commonpath([os.path.abspath(args.profile), target]) == target:
+        raise InputError(f"--profile: {args.profile!r} lies in --out {args.out!r}, which is written whole; "
+                         "choose a file outside it")
+    trace = check_output_file(args.profile, "--profile", [("the input image", p) for p in inputs] +
+                              [("the model", common.model_location(args))], args.overwrite)
     common.apply_run_options(args)
     common.log("loading the model", args.quiet)
     model, processor = common.load_model_for(args)
     exp = common.explainer_for(model, processor, args)
     t0 = time.perf_counter()
-    if len(inputs) == 1:
+    with profiled(trace, args.quiet):
+        if len(inputs) != 1:
+            return _run_many(exp, inputs, args, background, target)
         e = _explain_one(exp, inputs[0], args, background)
         common.log(f"explained in {time.perf_counter() - t0:.1f} s; writing {target}", args.quiet)
         common.save_explanation(e, target, args, args.max_side)
-        report(e, args.out)
-        return 0
-    return _run_many(exp, inputs, args, background, target)
+    report(e, args.out)
+    return 0
 
 
 def _run_many(exp, inputs: List[str], args, background, target: str) -> int:

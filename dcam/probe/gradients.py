@@ -40,6 +40,7 @@ from torch import Tensor
 from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
 from .adapters.checks import check_image_slots, check_mask_id, check_widths, diagnosed
+from ..profiling import stage
 from .hooks import Tap, probing
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
@@ -237,12 +238,15 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk
         k1 = min(K, k0 + chunk_size)
         cot = torch.zeros(k1 - k0, B, K, dtype=scores.dtype, device=scores.device)
         cot[torch.arange(k1 - k0), :, torch.arange(k0, k1)] = 1.0
-        try:
-            g = torch.autograd.grad(scores, leaf, grad_outputs=cot, is_grads_batched=True, retain_graph=k1 < K)[0]
-        except (RuntimeError, NotImplementedError) as exc:  # an op without a batching rule
-            warnings.warn(f"batched-cotangent backward failed ({exc.__class__.__name__}: {str(exc)[:120]}); "
-                          "falling back to one backward per token", RuntimeWarning)
-            g = torch.stack([torch.autograd.grad(scores, leaf, grad_outputs=c, retain_graph=True)[0] for c in cot])
+        with stage("dcam.backward"):
+            try:
+                g = torch.autograd.grad(scores, leaf, grad_outputs=cot, is_grads_batched=True,
+                                        retain_graph=k1 < K)[0]
+            except (RuntimeError, NotImplementedError) as exc:  # an op without a batching rule
+                warnings.warn(f"batched-cotangent backward failed ({exc.__class__.__name__}: {str(exc)[:120]}); "
+                              "falling back to one backward per token", RuntimeWarning)
+                g = torch.stack([torch.autograd.grad(scores, leaf, grad_outputs=c, retain_graph=True)[0]
+                                 for c in cot])
         g = [g[:, b, s].detach() for b, s in enumerate(select)] if per_row else g[:, :, select].detach()
         on_chunk(k0, k1, g)
         del g
@@ -256,9 +260,10 @@ def logits_runner(adapter: ModelAdapter, layer: int, norm, ids: Tensor, inputs, 
     A padded batch runs the last block at the scored rows only where the adapter does so itself (the
     generic one, :mod:`dcam.probe.rows`, was checked on unpadded inputs and passes no padding mask)."""
     generic = type(adapter).logits_at_rows is ModelAdapter.logits_at_rows
-    if norm is None and layer < len(adapter.blocks()) - 1 and not (generic and PAD_MASK in inputs) and \
-            adapter.check_rows_only(ids, inputs, want, response_start):
-        return adapter.logits_at_rows
+    if norm is None and layer < len(adapter.blocks()) - 1 and not (generic and PAD_MASK in inputs):
+        with stage("dcam.rows_check"):  # (two forwards of its own on a model's first probe; nothing after)
+            if adapter.check_rows_only(ids, inputs, want, response_start):
+                return adapter.logits_at_rows
     return adapter.logits_at
 
 
@@ -332,8 +337,9 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
         try:
             with torch.enable_grad():
                 adapter.scored_rows = None  # set by this forward where the head's input is recorded
-                logits = diagnosed(adapter, preps[0], lambda: _forward(run, ids, inputs, want,
-                                                                       preps[0].response_start))
+                with stage("dcam.forward"):
+                    logits = diagnosed(adapter, preps[0], lambda: _forward(run, ids, inputs, want,
+                                                                           preps[0].response_start))
                 leaf = tap.output()
                 check_widths(adapter, logits.shape[-1], leaf.shape[-1])
                 item_scores, weights = [], []
@@ -412,7 +418,9 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
             tap = Tap(adapter.blocks()[layer], norm, make_leaf=want_grads)
             try:
                 with torch.enable_grad():
-                    logits = diagnosed(adapter, prep, lambda: _forward(run, ids_r, inputs, want, prep.response_start))
+                    with stage("dcam.forward"):
+                        logits = diagnosed(adapter, prep, lambda: _forward(run, ids_r, inputs, want,
+                                                                           prep.response_start))
                     leaf = tap.output()
                     check_widths(adapter, logits.shape[-1], leaf.shape[-1])
                     s = torch.stack([_token_scores(logits[j], torch.tensor(sb.token_ids), contrastive,
@@ -421,8 +429,9 @@ def _probe_remask(adapter, prep: Prepared, t: Targets, layer: int, target_score:
                         n = len(t.groups[r])
                         W_tok[t.groups[r]] = logits[j, :n].detach()[:, torch.tensor(t.token_ids)].float().cpu()
                     if want_grads:  # the rows are independent: one backward of their sum
-                        g = (torch.autograd.grad(s.sum(), leaf)[0] if depends_on_leaf(s, allow_last_layer)
-                             else torch.zeros_like(leaf))
+                        with stage("dcam.backward"):
+                            g = (torch.autograd.grad(s.sum(), leaf)[0] if depends_on_leaf(s, allow_last_layer)
+                                 else torch.zeros_like(leaf))
                         g = g[:, img].detach()[:, None]  # [R, 1, N, D]
                         if grad_sink is not None:
                             grad_sink(example, torch.tensor(rows), leaf.detach()[:, img], g)
