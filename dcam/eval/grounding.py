@@ -52,17 +52,24 @@ def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[in
     return out
 
 
-def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, image_size: int = 64):
-    """The first ``n`` samples of ``split`` with at least ``min_objects`` objects."""
+def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, image_size: int = 64,
+                      progress: bool = False):
+    """The first ``n`` samples of ``split`` with at least ``min_objects`` objects.
+
+    progress: a bar on stderr (generating one takes a few milliseconds: --n 100000 was minutes with no sign)."""
+    from tqdm import tqdm
+
     from ..zoo.data import ShapesDataset
 
     ds = ShapesDataset(split, size=100 * n + 100, image_size=image_size, cache=False)
     out = []
-    for s in ds:
-        if len(s.objects) >= min_objects:
-            out.append(s)
-            if len(out) == n:
-                break
+    with tqdm(total=n, desc="generating images", unit="image", file=sys.stderr, disable=not progress) as bar:
+        for s in ds:
+            if len(s.objects) >= min_objects:
+                out.append(s)
+                bar.update(1)
+                if len(out) == n:
+                    break
     return out
 
 
@@ -107,7 +114,8 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
         from ..models import load_model
 
         model, processor = load_model(None)
-    samples = grounding_samples(n, split=split, image_size=int(getattr(model.config, "image_size", 64)))
+    samples = grounding_samples(n, split=split, image_size=int(getattr(model.config, "image_size", 64)),
+                                progress=progress)
     exp0 = Explainer(model, processor, method=method, config=config)
     if not m.needs_gradients:
         layers = [None]  # one setting: the method reads the final states
@@ -117,12 +125,12 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
         layers = [exp0.adapter.resolve_layer(l) for l in layers]
     if m.needs_gradients:
         target_score = target_score or m.default_target_score
-    out = dict(_baselines(samples), rates={}, rates_by_kind={}, split=split, method=method,
+    out = dict(_baselines(samples, progress), rates={}, rates_by_kind={}, split=split, method=method,
                target_score=target_score, default_layer=exp0.layer, config_changes=exp0.config.changes())
     variant_rates: Dict[str, Dict[str, Dict[int, float]]] = {}
     from tqdm import tqdm
 
-    with tqdm(total=len(probes) * len(layers) * len(samples), desc="grounding", file=sys.stderr,
+    with tqdm(total=len(probes) * len(layers) * len(samples), desc="grounding", unit="explanation", file=sys.stderr,
               disable=not progress) as bar:
         for probe in probes:
             for layer in layers:
@@ -149,11 +157,13 @@ def _object_words(sample) -> List[int]:
     return [i for i, l in enumerate(sample.word_labels) if l > 0]
 
 
-def _baselines(samples) -> dict:
+def _baselines(samples, progress: bool = False) -> dict:
     """Word counts and the rates of a uniform map (chance) and of a perfect class detector."""
+    from tqdm import tqdm
+
     chance_hits, class_hits, n_words = 0, 0, 0
     n_kind = {"colour": 0, "shape": 0}
-    for s in samples:
+    for s in tqdm(samples, desc="baselines", unit="image", file=sys.stderr, disable=not progress):
         idx = _object_words(s)
         n_words += len(idx)
         for i in idx:
