@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                    help="images with at least 2 objects; the time grows in proportion: each image is generated "
                         "(a few ms) and explained once per probe mode and layer (9 times for the bundled model), "
                         "about 0.05 s each on one CPU thread, so --n 100 takes about a minute and --n 10000 "
-                        "over an hour")
+                        "over an hour; the memory does not grow with --n (one image at a time)")
     p.add_argument("--probes", type=common.name_list(common.PROBE_NAMES), default=None,
                    help="comma-separated probe modes (default: every mode the method takes)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],

@@ -52,24 +52,33 @@ def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[in
     return out
 
 
+def iter_grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, image_size: int = 64):
+    """Yields the first ``n`` samples of ``split`` with at least ``min_objects`` objects, one at a time
+    (generated on demand: a caller that drops each one holds a single image whatever ``n``)."""
+    from ..zoo.data import ShapesDataset
+
+    ds = ShapesDataset(split, size=100 * n + 100, image_size=image_size, cache=False)
+    found = 0
+    for s in ds:
+        if len(s.objects) >= min_objects:
+            yield s
+            found += 1
+            if found == n:
+                return
+
+
 def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, image_size: int = 64,
                       progress: bool = False):
-    """The first ``n`` samples of ``split`` with at least ``min_objects`` objects.
+    """The first ``n`` samples of ``split`` with at least ``min_objects`` objects, as a list.
 
     progress: a bar on stderr (generating one takes a few milliseconds: --n 100000 was minutes with no sign)."""
     from tqdm import tqdm
 
-    from ..zoo.data import ShapesDataset
-
-    ds = ShapesDataset(split, size=100 * n + 100, image_size=image_size, cache=False)
     out = []
     with tqdm(total=n, desc="generating images", unit="image", file=sys.stderr, disable=not progress) as bar:
-        for s in ds:
-            if len(s.objects) >= min_objects:
-                out.append(s)
-                bar.update(1)
-                if len(out) == n:
-                    break
+        for s in iter_grounding_samples(n, split, min_objects, image_size):
+            out.append(s)
+            bar.update(1)
     return out
 
 
@@ -114,8 +123,6 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
         from ..models import load_model
 
         model, processor = load_model(None)
-    samples = grounding_samples(n, split=split, image_size=int(getattr(model.config, "image_size", 64)),
-                                progress=progress)
     exp0 = Explainer(model, processor, method=method, config=config)
     if not m.needs_gradients:
         layers = [None]  # one setting: the method reads the final states
@@ -125,23 +132,40 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
         layers = [exp0.adapter.resolve_layer(l) for l in layers]
     if m.needs_gradients:
         target_score = target_score or m.default_target_score
-    out = dict(_baselines(samples, progress), rates={}, rates_by_kind={}, split=split, method=method,
-               target_score=target_score, default_layer=exp0.layer, config_changes=exp0.config.changes())
-    variant_rates: Dict[str, Dict[str, Dict[int, float]]] = {}
+    # one Explainer per setting, as when each setting ran over every image in turn: each has its own
+    # adapter, whose one-time checks (rows-only last block) then see the same first image as before
+    settings = {(probe, layer): Explainer(model, processor, layer=layer, method=method, config=config)
+                for probe in probes for layer in layers}
+    counts = {"chance": 0, "class_detector": 0, "n_images": 0, "n_words": 0, "n_kind": {"colour": 0, "shape": 0}}
+    tallies = {key: {"hits": 0, "kinds": {"colour": 0, "shape": 0}, "variants": {}} for key in settings}
     from tqdm import tqdm
 
-    with tqdm(total=len(probes) * len(layers) * len(samples), desc="grounding", unit="explanation", file=sys.stderr,
+    # one image at a time through every setting, then dropped: memory does not grow with n
+    # (every image was held, with its masks, until the last setting: --n 100000 took ~4.5 GB)
+    image_size = int(getattr(model.config, "image_size", 64))
+    with tqdm(total=n * len(settings), desc="grounding", unit="explanation", file=sys.stderr,
               disable=not progress) as bar:
-        for probe in probes:
-            for layer in layers:
-                exp = Explainer(model, processor, layer=layer, method=method, config=config)
-                hits, kinds, v_hits = _score_setting(exp, samples, probe, target_score, variants, bar)
-                out["rates"].setdefault(probe, {})[layer] = hits / max(1, out["n_words"])
-                out["rates_by_kind"].setdefault(probe, {})[layer] = {
-                    k: v / max(1, out["n_kind"][k]) for k, v in kinds.items()}
-                for name, v in v_hits.items():
-                    variant_rates.setdefault(name, {}).setdefault(probe, {})[layer] = v / max(1, out["n_words"])
-    del out["n_kind"]
+        for s in iter_grounding_samples(n, split=split, image_size=image_size):
+            _add_baselines(s, counts)
+            for (probe, layer), exp in settings.items():
+                _score_image(exp, s, probe, target_score, variants, tallies[probe, layer])
+                bar.update(1)
+    return _report(counts, tallies, variants, split=split, method=method, target_score=target_score,
+                   default_layer=exp0.layer, config_changes=exp0.config.changes())
+
+
+def _report(counts: dict, tallies: dict, variants: bool, **about) -> dict:
+    """:func:`grounding_report`'s rates from the counts of the baselines and of each (probe, layer)."""
+    n_words = counts["n_words"]
+    out = dict(chance=counts["chance"] / max(1, n_words), class_detector=counts["class_detector"] / max(1, n_words),
+               n_images=counts["n_images"], n_words=n_words, rates={}, rates_by_kind={}, **about)
+    variant_rates: Dict[str, Dict[str, Dict[int, float]]] = {}
+    for (probe, layer), t in tallies.items():
+        out["rates"].setdefault(probe, {})[layer] = t["hits"] / max(1, n_words)
+        out["rates_by_kind"].setdefault(probe, {})[layer] = {
+            k: v / max(1, counts["n_kind"][k]) for k, v in t["kinds"].items()}
+        for name, v in t["variants"].items():
+            variant_rates.setdefault(name, {}).setdefault(probe, {})[layer] = v / max(1, n_words)
     if variants:
         out["variant_rates"] = variant_rates
     return out
@@ -157,40 +181,32 @@ def _object_words(sample) -> List[int]:
     return [i for i, l in enumerate(sample.word_labels) if l > 0]
 
 
-def _baselines(samples, progress: bool = False) -> dict:
-    """Word counts and the rates of a uniform map (chance) and of a perfect class detector."""
-    from tqdm import tqdm
-
-    chance_hits, class_hits, n_words = 0, 0, 0
-    n_kind = {"colour": 0, "shape": 0}
-    for s in tqdm(samples, desc="baselines", unit="image", file=sys.stderr, disable=not progress):
-        idx = _object_words(s)
-        n_words += len(idx)
-        for i in idx:
-            n_kind[_word_kind(s.words[i])] += 1
-        uniform = np.ones((len(idx), 2, 2), np.float32)
-        # a uniform map's mass is the object's area: ties (equal areas) count as failures
-        chance_hits += sum(object_word_success(uniform, idx, s.word_labels, s.mask))
-        class_hits += sum(object_word_success(class_detector_maps(s, idx), idx, s.word_labels, s.mask))
-    return {"chance": chance_hits / max(1, n_words), "class_detector": class_hits / max(1, n_words),
-            "n_images": len(samples), "n_words": n_words, "n_kind": n_kind}
+def _add_baselines(s, counts: dict) -> None:
+    """Adds one image and its object words to ``counts``, with the words a uniform map (chance) and a
+    perfect class detector ground."""
+    idx = _object_words(s)
+    counts["n_images"] += 1
+    counts["n_words"] += len(idx)
+    for i in idx:
+        counts["n_kind"][_word_kind(s.words[i])] += 1
+    uniform = np.ones((len(idx), 2, 2), np.float32)
+    # a uniform map's mass is the object's area: ties (equal areas) count as failures
+    counts["chance"] += sum(object_word_success(uniform, idx, s.word_labels, s.mask))
+    counts["class_detector"] += sum(object_word_success(class_detector_maps(s, idx), idx, s.word_labels, s.mask))
 
 
-def _score_setting(exp, samples, probe: str, target_score: str, variants: bool, bar):
-    """(grounded words, grounded words per kind, grounded words per diagnostic map) of one probe and layer."""
-    hits, kinds, v_hits = 0, {"colour": 0, "shape": 0}, {}
-    for s in samples:
-        idx = _object_words(s)
-        e = exp.explain(s.image, response=s.caption, targets=idx, probe=probe, target_score=target_score)
-        ok = object_word_success(e.maps, idx, s.word_labels, s.mask)
-        hits += sum(ok)
-        if variants:
-            for name, vm in _variant_maps(exp, e, s, idx, probe, target_score).items():
-                v_hits[name] = v_hits.get(name, 0) + sum(object_word_success(vm, idx, s.word_labels, s.mask))
-        for i, good in zip(idx, ok):
-            kinds[_word_kind(s.words[i])] += int(good)
-        bar.update(1)
-    return hits, kinds, v_hits
+def _score_image(exp, s, probe: str, target_score: str, variants: bool, tally: dict) -> None:
+    """Adds one image's grounded words (in all, per kind, per diagnostic map) of one probe and layer to ``tally``."""
+    idx = _object_words(s)
+    e = exp.explain(s.image, response=s.caption, targets=idx, probe=probe, target_score=target_score)
+    ok = object_word_success(e.maps, idx, s.word_labels, s.mask)
+    tally["hits"] += sum(ok)
+    if variants:
+        for name, vm in _variant_maps(exp, e, s, idx, probe, target_score).items():
+            tally["variants"][name] = tally["variants"].get(name, 0) + sum(
+                object_word_success(vm, idx, s.word_labels, s.mask))
+    for i, good in zip(idx, ok):
+        tally["kinds"][_word_kind(s.words[i])] += int(good)
 
 
 def class_detector_maps(sample, words_idx: Sequence[int]) -> np.ndarray:
