@@ -42,6 +42,8 @@ reference runs one extra ``aminmax`` pass.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import warnings
 from typing import Callable, Dict, Tuple
 
@@ -166,12 +168,19 @@ def _refine_fake(raw, *rest):
 # ------------------------------------------------------------------ per-device kernels
 
 _warned: Dict[str, bool] = {}
+# frames of these packages are not the caller's: the dispatcher calls the kernels below torch's
+# frames and dcam's own, so a fixed stacklevel named the kernel lambda of this file
+_NOT_CALLERS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
 
 
 def _warn_once(key: str, text: str) -> None:
     if not _warned.get(key):
         _warned[key] = True
-        warnings.warn(text, RuntimeWarning, stacklevel=3)
+        frame, level = sys._getframe(), 1  # level 1: this function
+        while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_NOT_CALLERS):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(text, RuntimeWarning, stacklevel=level)
 
 
 def _cpu_kernel(op: str) -> Callable:
