@@ -4,6 +4,7 @@ would clash with an unrelated PyPI package; see kernels/README.md), and
 compiles the C++ CPU backend `dcam._C`."""
 import glob
 import os
+import re
 import sys
 
 from setuptools import setup, find_packages
@@ -66,6 +67,17 @@ class build_py(_build_py):
             self.copy_file(src, os.path.join(target, os.path.basename(src)))
 
 
+def _long_description() -> str:
+    """README.md without its pictures: their links are relative to the repository, so on a
+    package index they would show as broken images; each becomes a line naming the file."""
+    path = os.path.join(HERE, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        text = f.read()
+    return re.sub(r"^!\[([^\]]*)\]\((?![a-z]+://)([^)\s]+)\)[ \t]*$", r"*(picture: \1, `\2` in the repository)*",
+                  text, flags=re.M)
+
 cmdclass["build_py"] = build_py
 # the bundled model's weights folder is data inside dcam.zoo, listed as a package of its own so
 # setuptools installs it without its "Package would be ignored" warning
@@ -75,7 +87,7 @@ setup(
     name="dcam",
     version=_version(),
     description="Diffusion-CAM: where in the image a diffusion multimodal LLM looked for each word",
-    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description=_long_description(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,

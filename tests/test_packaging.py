@@ -63,3 +63,22 @@ def test_missing_extension_warning_names_the_callers_line(monkeypatch):
         assert "C++ CPU backend is not available (ImportError: simulated)" in str(warning.message)
         # the caller: the lambda of this file that called dcam (its line is the tuple's)
         assert (warning.filename, warning.lineno) == (__file__, call.__code__.co_firstlineno)
+
+
+def test_long_description_is_the_readme_without_broken_pictures():
+    # README's pictures link into the repository (docs/img/...): on a package index they were broken images
+    res = subprocess.run([sys.executable, "setup.py", "--long-description"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read().rstrip("\n").splitlines()
+    described = res.stdout.rstrip("\n").splitlines()  # (print added a newline)
+    assert len(described) == len(readme)
+    pictures = [i for i, line in enumerate(readme) if line.startswith("![")]
+    assert pictures, "README has no picture: this test checks nothing"
+    for i, (theirs, ours) in enumerate(zip(readme, described)):
+        if i in pictures:  # "![alt](path)" -> a line that names the file, no image markup
+            alt, path = theirs[2:].split("](")
+            assert ours == f"*(picture: {alt}, `{path[:-1]}` in the repository)*"
+        else:
+            assert ours == theirs, i
