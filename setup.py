@@ -1,20 +1,23 @@
 """Build script: installs the `dcam` package, copies the Triton kernels of the
 top-level `kernels/` folder into `dcam.kernels` (a top-level `kernels` package
 would clash with an unrelated PyPI package; see kernels/README.md), and
-compiles the C++ CPU backend `dcam._C`."""
+compiles the C++ CPU backend `dcam._C`, and the plain C library of the same
+sources for C programs, `dcam/lib/libdcam.so`, with its header `dcam/include/dcam.h`
+(see dcam/c_api.py)."""
+import copy
 import glob
 import os
 import re
 import sys
 
-from setuptools import setup, find_packages
+from setuptools import Extension, setup, find_packages
 from setuptools.command.build_py import build_py as _build_py
 
 try:
-    from pybind11.setup_helpers import Pybind11Extension, build_ext
+    from pybind11.setup_helpers import Pybind11Extension, build_ext as _pybind11_build_ext
 except ImportError:  # pragma: no cover - pyproject's build requirements provide it
     Pybind11Extension = None
-    build_ext = None
+    _pybind11_build_ext = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -42,29 +45,75 @@ if Pybind11Extension is not None:
             "dcam._C",
             core_sources + binding_sources,
             include_dirs=[os.path.join("csrc", "include")],
-            extra_compile_args=compile_args,
-            extra_link_args=link_args,
+            extra_compile_args=list(compile_args),  # a copy: Pybind11Extension adds its flags to the list
+            extra_link_args=list(link_args),
             cxx_std=17,
             # no C++ compiler: dcam installs without its C++ backend (CPU tensors then run the
             # PyTorch reference, with one warning naming why) instead of not installing at all
             optional=True,
         )
     )
+    # the C API (csrc/include/dcam.h) as a plain shared library: the core sources without the
+    # Python bindings, the flags of dcam._C, the dcam_* functions exported (dcam._C hides them,
+    # and a C program cannot link a Python extension: -fvisibility=hidden is pybind11's, not added here);
+    # optional as dcam._C is. (setuptools' own Library makes a static archive on Linux.)
+    class CLibrary(Extension):
+        """A shared library of plain C functions, lib<name>.so (.dylib on macOS), not a Python module."""
+
+    ext_modules.append(
+        CLibrary(
+            "dcam.lib.libdcam",  # -> dcam/lib/libdcam.so, see dcam/c_api.py
+            core_sources,
+            include_dirs=[os.path.join("csrc", "include")],
+            extra_compile_args=compile_args + ["-std=c++17", "-g0"],
+            extra_link_args=link_args,
+            language="c++",
+            optional=True,
+        )
+    )
+
+    class build_ext(_pybind11_build_ext):
+        """pybind11's build_ext, building the plain library apart from dcam._C."""
+
+        def get_ext_filename(self, fullname):
+            if isinstance(self.ext_map.get(fullname), CLibrary):
+                return os.path.join(*fullname.split(".")) + (".dylib" if sys.platform == "darwin" else ".so")
+            return super().get_ext_filename(fullname)
+
+        def copy_extensions_to_source(self):
+            # an in-place build (editable install) copies libdcam.so to dcam/lib/, which is no
+            # package: a fresh checkout has no such folder
+            self.mkpath(os.path.join(HERE, "dcam", "lib"))
+            super().copy_extensions_to_source()
+
+        def build_extension(self, ext):
+            if not isinstance(ext, CLibrary):
+                return super().build_extension(ext)
+            # libdcam compiles the same csrc/*.cpp as dcam._C, with other flags: it gets an object
+            # folder of its own (under -j both extensions build at once, on shared objects a race)
+            own = copy.copy(self)
+            own.build_temp = os.path.join(self.build_temp, "libdcam")
+            return super(build_ext, own).build_extension(ext)
+
     cmdclass["build_ext"] = build_ext
 else:
-    sys.stderr.write("dcam setup: pybind11 is not installed, so the C++ CPU backend dcam._C is not built; "
+    sys.stderr.write("dcam setup: pybind11 is not installed, so neither the C++ CPU backend dcam._C nor the C "
+                     "library dcam/lib/libdcam.so is built; "
                      "CPU tensors will run the PyTorch reference (pip install pybind11, then reinstall)\n")
 
 class build_py(_build_py):
-    """Also copy kernels/*.py into dcam/kernels/ of the built package (an
-    editable install reads them in place, see dcam/kernels/__init__.py)."""
+    """Also copy kernels/*.py into dcam/kernels/ of the built package, and the C
+    header csrc/include/dcam.h into dcam/include/ (an editable install reads
+    both in place, see dcam/kernels/__init__.py and dcam/c_api.py)."""
 
     def run(self):
         super().run()
-        target = os.path.join(self.build_lib, "dcam", "kernels")
-        os.makedirs(target, exist_ok=True)
-        for src in sorted(glob.glob(os.path.join(HERE, "kernels", "*.py"))):
-            self.copy_file(src, os.path.join(target, os.path.basename(src)))
+        for folder, pattern, target in (("kernels", "*.py", ("dcam", "kernels")),
+                                        (os.path.join("csrc", "include"), "*.h", ("dcam", "include"))):
+            target = os.path.join(self.build_lib, *target)
+            os.makedirs(target, exist_ok=True)
+            for src in sorted(glob.glob(os.path.join(HERE, folder, pattern))):
+                self.copy_file(src, os.path.join(target, os.path.basename(src)))
 
 
 def _long_description() -> str:
@@ -77,6 +126,7 @@ def _long_description() -> str:
         text = f.read()
     return re.sub(r"^!\[([^\]]*)\]\((?![a-z]+://)([^)\s]+)\)[ \t]*$", r"*(picture: \1, `\2` in the repository)*",
                   text, flags=re.M)
+
 
 cmdclass["build_py"] = build_py
 # the bundled model's weights folder is data inside dcam.zoo, listed as a package of its own so

@@ -12,6 +12,7 @@ The pipeline, one folder per stage:
     dcam.eval       metrics, data sets, faithfulness, grounding, the evaluation runner
     dcam.zoo        the bundled toy dMLLM and its data
     dcam.cli        the `dcam` command
+    dcam.c_api      where the C header and library (libdcam.so) of the C++ backend are installed
 
 Every name below is imported on first use, so ``import dcam`` (and ``dcam
 --help``) stays fast; the heavy parts (torch, transformers, PIL) load when used.
@@ -31,7 +32,7 @@ _LAZY_ATTRS = {
 }
 _LAZY_MODULES = ("ops", "probe", "methods", "explain", "explanation", "render", "eval", "zoo", "cli", "models",
                  "words", "errors", "kernels", "runs", "trajectory", "testing", "targets", "images", "output",
-                 "saved")
+                 "saved", "c_api")
 
 
 def __getattr__(name):

@@ -2,10 +2,15 @@
 or torch: compile the C++ sources with g++, a small C99 program with gcc, link
 with g++ -fopenmp, run it on hand-made cases and check its printed output
 against values computed here independently (numpy, from the SPEC formulas).
+The same program is also built with nothing but the flags of
+``python -m dcam.c_api --cflags --libs`` against the header and the libdcam.so
+that setup.py built (``python setup.py build_ext --inplace``, ``pip install -e .``),
+and checked against the same values.
 Also: the header's DCAM_* contract constants are exactly those of
 dcam/ops/constants.py, with equal values."""
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -250,9 +255,61 @@ def c_library(tmp_path_factory):
     return tmp, _run_program(tmp / "prog")
 
 
+def _c_api_flags():
+    """The flags of `python -m dcam.c_api --cflags --libs` for this checkout's build (cwd: its dcam)."""
+    res = subprocess.run([sys.executable, "-m", "dcam.c_api", "--cflags", "--libs"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    if res.returncode == 1 and "was not built" in res.stderr:
+        pytest.skip(f"libdcam.so is not built here: {res.stderr.strip()}")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    return shlex.split(res.stdout)
+
+
 @pytest.fixture(scope="module")
-def program_output(c_library):
-    return c_library[1]
+def c_api_program(tmp_path_factory):
+    """Outputs of PROGRAM compiled and linked by gcc with only the flags dcam.c_api gives."""
+    tmp = tmp_path_factory.mktemp("dcam_c_api")
+    (tmp / "main.c").write_text(PROGRAM)
+    _run(["gcc", "-std=c99", str(tmp / "main.c")] + _c_api_flags() + ["-o", str(tmp / "prog")], tmp)
+    return _run_program(tmp / "prog")
+
+
+@pytest.fixture(scope="module", params=["sources", "c_api"])
+def program_output(request):
+    """PROGRAM's outputs, linked to a libdcam.so built here from the sources, and to setup.py's."""
+    if request.param == "sources":
+        return request.getfixturevalue("c_library")[1]
+    return request.getfixturevalue("c_api_program")
+
+
+def test_c_api_names_this_checkouts_header_and_library():
+    flags = _c_api_flags()
+    assert flags[0] == f"-I{INCLUDE}"  # an in-place build reads the checkout's header
+    lib = os.path.join(ROOT, "dcam", "lib")
+    assert flags[1:] == [f"-L{lib}", "-ldcam", f"-Wl,-rpath,{lib}"]
+    # the dcam_* functions are exported (dcam._C hides its own copies)
+    res = subprocess.run(["nm", "-D", "--defined-only", os.path.join(lib, "libdcam.so")], capture_output=True,
+                         text=True)
+    exported = {line.split()[-1] for line in res.stdout.splitlines() if " T dcam_" in line}
+    with open(os.path.join(INCLUDE, "dcam.h")) as f:
+        declared = set(re.findall(r"\b(dcam_\w+)\s*\(", f.read()))
+    assert declared and declared <= exported, sorted(declared - exported)
+
+
+def test_c_api_refuses_when_nothing_was_built(tmp_path, monkeypatch, capsys):
+    from dcam import c_api
+
+    monkeypatch.setattr(c_api, "_PACKAGE", str(tmp_path / "dcam"))  # no lib/, no include/, no csrc/ beside it
+    for helper in (c_api.library_dir, c_api.include_dir, c_api.libs, c_api.cflags):
+        with pytest.raises(RuntimeError, match=r"(library libdcam\.so was not built|header dcam\.h is not "
+                                               r"installed).*reinstall dcam"):
+            helper()
+    assert c_api.main(["--libs"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "libdcam.so was not built" in err
+    with pytest.raises(SystemExit) as exc:  # no option: a usage error
+        c_api.main([])
+    assert exc.value.code == 2 and "give --cflags, --libs or both" in capsys.readouterr().err
 
 
 OOM_PROGRAM = r"""

@@ -1,8 +1,17 @@
 /*
  * dcam.h - C API of the Diffusion-CAM CPU backend.
  *
- * Build the library from a checkout or the source distribution (the Python
- * extension dcam._C wraps the same code but exports only its Python entry):
+ * An installed dcam carries this header and the library libdcam.so (setup.py
+ * builds it beside the Python extension dcam._C, which wraps the same code but
+ * exports only its Python entry; a wheel holds dcam/include/dcam.h and
+ * dcam/lib/libdcam.so, a checkout built with `pip install -e .` or
+ * `python setup.py build_ext --inplace` dcam/lib/libdcam.so). Compile and link
+ * a C program against it with the flags dcam prints:
+ *     gcc prog.c $(python -m dcam.c_api --cflags --libs) -o prog
+ * (-I<header folder> -L<library folder> -ldcam -Wl,-rpath,<library folder>;
+ * `python -m dcam.c_api` refuses, saying why, where the library was not built).
+ *
+ * Or build the library yourself from a checkout or the source distribution:
  *     g++ -O3 -fopenmp -ffp-contract=off -std=c++17 -fPIC -shared
  *         -Icsrc/include csrc/[a-z]*.cpp -o libdcam.so
  * (one command) and link a C program with
