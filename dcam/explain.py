@@ -54,6 +54,7 @@ from .probe.adapters.base import block_dtype
 from .probe.hooks import check_weights, exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score
+from .probe.padding import check_padding
 from .profiling import stage
 from .targets import check_granularity, items_asked, repeat_ratio, targets_asked
 
@@ -259,6 +260,7 @@ class Explainer:
         del loaded, built
         self._check_budget_of_each(examples)
         results: Dict[int, Explanation] = {}
+        check_padding(self.adapter, [ex.prep for ex in examples] if probe != "remask" else [])  # (remask pads none)
         groups: Dict[tuple, List[int]] = {}
         for i, ex in enumerate(examples):
             groups.setdefault(batch_key(ex.prep, self.adapter), []).append(i)

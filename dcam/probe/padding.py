@@ -22,10 +22,13 @@ out themselves (``tiled_inputs`` of the transformers adapters). DiffusionGemma
 splits each padded row at its own response start into an encoder prompt and a
 decoder canvas, each padded apart, within its encoder's sliding window.
 :attr:`ModelAdapter.pads_batches` says which families pad, and docs/FAMILIES.md
-how each takes the mask.
+how each takes the mask. An adapter's word for it is checked once
+(:func:`check_padding`): one that sets the flag but drops the mask is warned
+about and no longer padded.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -33,12 +36,55 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .hooks import probing
+
 PAD_MASK = "attention_mask"
 
 
 def pads(adapter) -> bool:
-    """Whether this adapter's examples of different layouts may share a padded forward."""
-    return bool(getattr(adapter, "pads_batches", False))
+    """Whether this adapter's examples of different layouts may share a padded forward: it sets
+    ``pads_batches`` and :func:`check_padding` did not find its padded rows to differ."""
+    return bool(getattr(adapter, "pads_batches", False)) and getattr(adapter, "_padding_ok", None) is not False
+
+
+def check_padding(adapter, preps) -> None:
+    """Once per adapter, before the first padded forward of ``preps`` (a batch's examples): whether a
+    padded row's logits at its response rows equal the example's alone, as :meth:`~dcam.probe.adapters.
+    base.ModelAdapter.check_rows_only` checks its optimisation. An adapter whose ``forward_logits`` drops
+    the keep mask let real tokens attend to the padding (maps off by up to 0.16, without a word): warned
+    about (RuntimeWarning), and from then on :func:`pads` is False for it (one forward per layout, each
+    example's maps as alone). Costs one forward of two examples and one of one, once."""
+    if not pads(adapter) or getattr(adapter, "_padding_ok", None) is not None:
+        return
+    pair, seen = None, {}
+    for p in preps:  # the first two examples that one padded forward would hold at different lengths
+        first = seen.setdefault(adapter.stack_key(without_per_token_inputs(p)), p)
+        if first.input_ids.shape[1] != p.input_ids.shape[1]:
+            pair = [first, p]
+            break
+    if pair is None:  # nothing padded in this batch: checked at the first batch that pads
+        return
+    short = min(range(2), key=lambda b: int(pair[b].input_ids.shape[1]))
+    want = [adapter.logit_positions(torch.arange(p.response_start, p.response_start + p.response_length))
+            for p in pair]
+    width = max(int(w.numel()) for w in want)
+    want = torch.stack([torch.cat([w, w[:1].expand(width - w.numel())]) for w in want])  # (repeats never compared)
+    n = int(pair[short].response_length)
+    with probing(adapter), torch.no_grad():
+        ids, inputs = pad_rows(adapter, [p.input_ids for p in pair], pair)
+        padded = adapter.logits_at(ids, inputs, want, pair[0].response_start)[short, :n]
+        alone = adapter.logits_at(pair[short].input_ids, adapter.batch_inputs(pair[short], 1), want[short:short + 1],
+                                  pair[short].response_start)[0, :n]
+    block = adapter.blocks()[-1]
+    dtype = next((q.dtype for q in block.parameters() if q.is_floating_point()), torch.float32)
+    tol = 1e-4 if alone.dtype == torch.float32 and dtype == torch.float32 else 3e-2  # (check_rows_only's)
+    diff = float((padded.float() - alone.float()).abs().max())
+    adapter._padding_ok = diff <= tol * max(1.0, float(alone.abs().max()))
+    if not adapter._padding_ok:
+        warnings.warn(f"{type(adapter).__name__} sets pads_batches, but a padded row's logits differ from the "
+                      f"example's alone by up to {diff:.3g} (does its forward_logits() hand model_inputs"
+                      f"['{PAD_MASK}'] to the model?); examples of other layouts are explained apart, one "
+                      "forward per layout", RuntimeWarning, stacklevel=2)
 
 
 def padding_id(adapter) -> int:
@@ -119,5 +165,5 @@ def bias_from_keep(keep: Tensor, device) -> Tensor:
     return (k[:, :, None] & k[:, None, :])[:, None]
 
 
-__all__ = ["PAD_MASK", "pads", "padding_id", "per_token_inputs", "without_per_token_inputs", "pad_rows",
-           "split_padding", "row_lengths", "key_mask", "bias_from_keep"]
+__all__ = ["PAD_MASK", "pads", "check_padding", "padding_id", "per_token_inputs", "without_per_token_inputs",
+           "pad_rows", "split_padding", "row_lengths", "key_mask", "bias_from_keep"]
