@@ -143,6 +143,8 @@ def check_output_file(path: Optional[str], option: str, inputs=(), overwrite: bo
         if p and os.path.exists(p) and _inside(target, p):
             raise InputError(f"{option}: {path!r} lies in {what} {p!r}, which dcam does not write into; choose "
                              "another file")
+    if os.path.exists(target) and not os.path.isfile(target):  # (--overwrite replaced /dev/null with a file)
+        raise InputError(f"{option}: {path!r} is not a regular file (a device, a pipe or a socket); choose a file")
     if os.path.lexists(target) and not overwrite:
         raise InputError(f"{option}: {path!r} exists; choose a new file or pass --overwrite (which replaces it)")
     parent = os.path.dirname(target)

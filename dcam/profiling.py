@@ -9,6 +9,8 @@ model's and dcam's operators (``dcam::...``) inside:
 - ``dcam.generate``: the model writing the response (none when a response is given);
 - ``dcam.rows_check``: whether the model's last block may run at the scored rows only, decided
   by two forwards of the model's first probe (on later probes the range is empty);
+- ``dcam.padding_check``: whether a family that pads examples of other lengths into one
+  forward computes each as alone, decided by two forwards of an adapter's first padded batch;
 - ``dcam.forward``: the probe's forward, up to the scored rows (one per batch of examples,
   or per chunk of rows for the ``remask`` probe);
 - ``dcam.backward``: one per chunk of cotangents (``chunk_size`` words at a time);
@@ -16,7 +18,9 @@ model's and dcam's operators (``dcam::...``) inside:
   channel weights), one per chunk and view;
 - ``dcam.maps``: the maps made from them (the product with the activations, then the
   refinement), one per view of each example;
-- ``dcam.trajectory``: a trajectory's generation and its maps on every step.
+- ``dcam.trajectory``: a trajectory (``explain(..., trajectory=True)``): its generation, a
+  forward per batch of step rows, backwards, reductions and the maps of every step, each
+  in its own range inside this one.
 
 Without an active profiler a range costs a few microseconds, against milliseconds for
 any stage it marks.
@@ -26,8 +30,8 @@ from __future__ import annotations
 import torch
 
 #: the stage names, in pipeline order
-STAGES = ("dcam.prepare", "dcam.generate", "dcam.rows_check", "dcam.forward", "dcam.backward", "dcam.reduce", "dcam.maps",
-          "dcam.trajectory")
+STAGES = ("dcam.prepare", "dcam.generate", "dcam.rows_check", "dcam.padding_check", "dcam.forward",
+          "dcam.backward", "dcam.reduce", "dcam.maps", "dcam.trajectory")
 
 
 def stage(name: str):

@@ -83,3 +83,38 @@ def test_the_stage_names_are_the_documented_ones():
         dcam.profiling.stage("dcam.backwards")
     doc = dcam.profiling.__doc__
     assert all(f"``{s}``" in doc for s in STAGES)
+
+
+def test_a_trajectory_names_its_own_stages_inside_its_range(toy):
+    model, proc, image = toy
+    exp = dcam.Explainer(model, proc, chunk_size=4)
+    e, events, n = profiled_explain(lambda: exp.explain(image, trajectory=True))
+    traj = [ev for ev in events if ev.name == "dcam.trajectory"]
+    assert len(traj) == 1
+    within = collections.Counter(ev.name for ev in events if ev.name != "dcam.trajectory" and inside(ev, traj))
+    # its generation, its maps of every step (one refine), and forwards and reductions of its step rows
+    assert within["dcam.generate"] == 1 and within["dcam.maps"] == 1
+    assert within["dcam.forward"] >= 1 and within["dcam.reduce"] >= 1
+    # the finished response is explained once more after it: one generation in all (the trajectory's)
+    assert n["dcam.generate"] == 1 and n["dcam.maps"] == within["dcam.maps"] + 1
+
+
+class _Span:
+    def __init__(self, name, start, end):
+        self.name, self.time_range = name, type("R", (), {"start": start, "end": end})()
+
+
+def test_each_stage_is_reported_by_its_own_time():
+    from dcam.cli.profile import stage_seconds
+
+    # a trajectory 0..100 us holding a forward 10..30 and a backward 40..70 that holds a reduce 50..60;
+    # then a maps range 100..105 and another forward 110..111 (microseconds, as the profiler's events)
+    spans = [_Span("dcam.trajectory", 0, 100), _Span("dcam.forward", 10, 30), _Span("dcam.backward", 40, 70),
+             _Span("dcam.reduce", 50, 60), _Span("dcam.maps", 100, 105), _Span("dcam.forward", 110, 111),
+             _Span("aten::mm", 12, 20)]
+    got = stage_seconds(spans)
+    want = {"dcam.forward": 21e-6, "dcam.backward": 20e-6, "dcam.reduce": 10e-6, "dcam.maps": 5e-6,
+            "dcam.trajectory": 50e-6}
+    assert list(got) == [s for s in STAGES if s in want]  # pipeline order
+    assert got == pytest.approx(want, abs=1e-12)
+    assert sum(got.values()) == pytest.approx(106e-6)  # the time the stages cover, counted once

@@ -183,7 +183,7 @@ def report(e, folder: str) -> None:
 
 def run(args) -> int:
     from ..output import check_output_file, check_output_folder, refuse_inputs_inside
-    from .profile import profiled
+    from .profile import TraceWriter
 
     target = check_output_folder(args.out, args.overwrite)
     args.targets = parse_targets(args.tokens)  # refused here, before any image or model is read
@@ -197,7 +197,8 @@ def run(args) -> int:
     # --overwrite replaces --out whole: never over an input image or the model's own files
     refuse_inputs_inside(target, [("the input image", p) for p in inputs] +
                          [("the model", common.model_location(args))])
-    if args.profile and os.path.commonpath([os.path.abspath(args.profile), target]) == target:
+    real_out = os.path.realpath(target)  # (a link to a folder inside --out got past an abspath comparison)
+    if args.profile and os.path.commonpath([os.path.realpath(args.profile), real_out]) == real_out:
         raise InputError(f"--profile: {args.profile!r} lies in --out {args.out!r}, which is written whole; "
                          "choose a file outside it")
     trace = check_output_file(args.profile, "--profile", [("the input image", p) for p in inputs] +
@@ -207,17 +208,21 @@ def run(args) -> int:
     model, processor = common.load_model_for(args)
     exp = common.explainer_for(model, processor, args)
     t0 = time.perf_counter()
-    with profiled(trace, args.quiet):
+    # the trace is exported before --out is written and put in place after it: a failure or Ctrl-C
+    # in between leaves neither half (--out was written and then reported as not written)
+    with TraceWriter(trace, args.quiet) as profile:
         if len(inputs) != 1:
-            return _run_many(exp, inputs, args, background, target)
+            return _run_many(exp, inputs, args, background, target, profile)
         e = _explain_one(exp, inputs[0], args, background)
+        profile.stop()
         common.log(f"explained in {time.perf_counter() - t0:.1f} s; writing {target}", args.quiet)
         common.save_explanation(e, target, args, args.max_side)
+        profile.commit()
     report(e, args.out)
     return 0
 
 
-def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
+def _run_many(exp, inputs: List[str], args, background, target: str, profile) -> int:
     from tqdm import tqdm
 
     from ..output import AtomicFolder
@@ -247,6 +252,8 @@ def _run_many(exp, inputs: List[str], args, background, target: str) -> int:
             raise InputError(f"none of the {len(inputs)} images could be explained; nothing was written")
         with open(os.path.join(tmp, LISTING), "w") as f:
             json.dump(listing, f, indent=1)
+        profile.stop()  # (the per-image writes are in the trace: they are part of the loop)
+    profile.commit()
     print(f"explained {len(done)} of {len(inputs)} images ({sum(done.values())} words) into {args.out!r}"
           + (f"; {len(failed)} failed" if failed else ""))
     return 2 if failed else 0

@@ -1,5 +1,10 @@
 """``--profile FILE``: a torch.profiler trace of a command's explanations, with dcam's stages
-(:mod:`dcam.profiling`) named in it, and a line saying how long each stage took."""
+(:mod:`dcam.profiling`) named in it, and a line saying how long each stage took.
+
+The trace is exported to a temporary file when the explanations end (:meth:`TraceWriter.stop`)
+and renamed into place only once the command's own output is written (:meth:`TraceWriter.commit`):
+a failure or Ctrl-C before that leaves neither a trace nor a temporary file, and a failed export
+leaves --out as it was."""
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +20,9 @@ from . import common
 def add_profile_option(p) -> None:
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="write a torch.profiler trace of the explanations to FILE (Chrome trace JSON: open it in "
-                        "ui.perfetto.dev or chrome://tracing; the stages are named dcam.prepare, dcam.generate, "
-                        "dcam.forward, dcam.backward, dcam.reduce, dcam.maps) and print each stage's time "
-                        "(default: no profile)")
+                        "ui.perfetto.dev or chrome://tracing; each stage of dcam.profiling.STAGES is a named range: "
+                        "dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) and print each stage's own "
+                        "time (default: no profile)")
 
 
 @contextlib.contextmanager
@@ -35,52 +40,81 @@ def _without_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def stage_seconds(prof) -> Dict[str, float]:
-    """Seconds spent in each of dcam's stages of a finished profile (host time), in pipeline order."""
+def stage_seconds(events) -> Dict[str, float]:
+    """Seconds of each of dcam's stages among a finished profile's ``events``, in pipeline order:
+    each stage's own time, without the time of the stages inside it (a trajectory's probes hold
+    forwards and backwards), so that the figures add up to the time the stages cover."""
     from ..profiling import STAGES
 
-    took = {a.key: a.cpu_time_total / 1e6 for a in prof.key_averages() if a.key in STAGES}
-    return {s: took[s] for s in STAGES if s in took}
+    spans = sorted(((e.time_range.start, e.time_range.end, e.name) for e in events if e.name in STAGES),
+                   key=lambda s: (s[0], -s[1]))
+    own: Dict[str, float] = {}
+    open_spans: list = []  # the enclosing spans of the one at hand (the ranges of one thread nest)
+    for start, end, name in spans:
+        while open_spans and open_spans[-1][1] <= start:
+            open_spans.pop()
+        if open_spans:  # its time is not its parent's own
+            parent = open_spans[-1][2]
+            own[parent] = own.get(parent, 0.0) - (end - start)
+        own[name] = own.get(name, 0.0) + (end - start)
+        open_spans.append((start, end, name))
+    return {s: own[s] / 1e6 for s in STAGES if s in own}
 
 
-@contextlib.contextmanager
-def profiled(path: Optional[str], quiet: bool) -> Iterator[None]:
-    """Profile the block into ``path`` (a checked :func:`dcam.output.check_output_file` path; None:
-    no profile). The trace is written whole (a temporary file, then renamed) once the block ends
-    without an error; a failed command leaves no trace file."""
-    if path is None:
-        yield
-        return
-    import torch  # (not at import: `dcam --help` loads no torch)
+class TraceWriter:
+    """Profiles from :meth:`start` to :meth:`stop`, then puts the trace at ``path`` with
+    :meth:`commit` (``path`` None: does nothing). As a context manager: started on entry, and an
+    error or Ctrl-C inside drops whatever was recorded or exported."""
 
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    prof = torch.profiler.profile(activities=activities)
-    with _without_stderr():
-        prof.__enter__()
-    try:
-        yield
-    finally:
+    def __init__(self, path: Optional[str], quiet: bool):
+        self.path, self.quiet = path, quiet
+        self.prof = self.tmp = None
+
+    def __enter__(self) -> "TraceWriter":
+        if self.path is not None:
+            import torch  # (not at import: `dcam --help` loads no torch)
+
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=activities)
+            with _without_stderr():
+                self.prof.__enter__()
+        return self
+
+    def stop(self) -> None:
+        """End the recording and export it to a temporary file beside ``path``."""
+        if self.prof is None or self.tmp is not None:
+            return
         with _without_stderr():
-            prof.__exit__(None, None, None)
-    _write_trace(prof, path)
-    took = ", ".join(f"{k[len('dcam.'):]} {v:.2f} s" for k, v in stage_seconds(prof).items())
-    common.log(f"profile: {took or 'no dcam stage ran'}; trace written to {path}", quiet)
+            self.prof.__exit__(None, None, None)
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=".dcam-", suffix=".json", dir=os.path.dirname(self.path))
+            os.close(fd)
+            self.prof.export_chrome_trace(self.tmp)
+        except OSError as exc:
+            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc})") from None
+
+    def commit(self) -> None:
+        """Rename the exported trace into place and say each stage's time."""
+        if self.prof is None:
+            return
+        self.stop()
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc})") from None
+        self.tmp = None
+        took = ", ".join(f"{k[len('dcam.'):]} {v:.2f} s" for k, v in stage_seconds(self.prof.events()).items())
+        common.log(f"profile: {took or 'no dcam stage ran'}; trace written to {self.path}", self.quiet)
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if self.prof is not None and self.tmp is None and kind is not None:
+            with _without_stderr():  # (an error before stop(): the profiler is switched off all the same)
+                self.prof.__exit__(None, None, None)
+        if self.tmp is not None and os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+        self.tmp = None
 
 
-def _write_trace(prof, path: str) -> None:
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".dcam-", suffix=".json", dir=os.path.dirname(path))
-        os.close(fd)
-        prof.export_chrome_trace(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"--profile: cannot write {path!r} ({exc.strerror or exc})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-__all__ = ["add_profile_option", "profiled", "stage_seconds"]
+__all__ = ["TraceWriter", "add_profile_option", "stage_seconds"]

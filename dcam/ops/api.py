@@ -217,7 +217,9 @@ def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, i
     B = raw.shape[0]
     device = raw.device
     backend = check_backend(backend, device, cells=raw.shape[2] * raw.shape[3])
-    if runs_cpp(backend, device) and not (V._valueless(raw) or torch.compiler.is_compiling()):
+    valueless = any(isinstance(x, Tensor) and V._valueless(x)  # (vmapped steps: "pass check_finite=False")
+                    for x in (raw, steps, image_size, repeat_ratio, context_maps, context_weights))
+    if runs_cpp(backend, device) and not (valueless or torch.compiler.is_compiling()):
         # the C++ kernels refuse a bad per-image value or context weight whatever check_finite says (its C
         # API checks them, cheaply on the CPU): checked here as a checked call does, so they are the same
         # InputError naming the argument (unchecked, a non-zero diagonal was the extension's ValueError)

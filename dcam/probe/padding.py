@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..profiling import stage
 from .hooks import probing
 
 PAD_MASK = "attention_mask"
@@ -70,7 +71,7 @@ def check_padding(adapter, preps) -> None:
     width = max(int(w.numel()) for w in want)
     want = torch.stack([torch.cat([w, w[:1].expand(width - w.numel())]) for w in want])  # (repeats never compared)
     n = int(pair[short].response_length)
-    with probing(adapter), torch.no_grad():
+    with probing(adapter), torch.no_grad(), stage("dcam.padding_check"):
         ids, inputs = pad_rows(adapter, [p.input_ids for p in pair], pair)
         padded = adapter.logits_at(ids, inputs, want, pair[0].response_start)[short, :n]
         alone = adapter.logits_at(pair[short].input_ids, adapter.batch_inputs(pair[short], 1), want[short:short + 1],

@@ -29,6 +29,7 @@ from ..output import file_digest
 from ..probe.gradients import Targets, item_context_weights
 from ..probe.hooks import explaining, generating, generation_watch
 from ..probe.modes import check_probe_request
+from ..profiling import stage
 from ..targets import check_granularity
 from ..words import clean_token, find_item
 from ..render.overlay import DISPLAY_MAX_SIDE
@@ -384,7 +385,8 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
         if view == "all" and len(views) > 1:
             raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
                              f"pick one of {', '.join(views)}")
-        gen = a.generate(blank, steps, response_length, record=True)
+        with stage("dcam.generate"):
+            gen = a.generate(blank, steps, response_length, record=True)
     check_generated(a, gen.response_ids, response_length)  # (else a bad id was blamed on the user's response)
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
@@ -412,8 +414,9 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
     if explainer.config.sicd == "context":
         targets_ = Targets.of(ex.positions, ex.token_ids, ex.groups)
         cw = torch.stack([item_context_weights(tg.token_logits[s], targets_) for s in range(S + 1)])
-    out = ops.refine(tg.raw, config=explainer.config, steps=S, image_size=prep.image_height, repeat_ratio=rho,
-                     context_weights=cw, degenerate=tg.degenerate, backend=explainer.backend, check_finite=False)
+    with stage("dcam.maps"):
+        out = ops.refine(tg.raw, config=explainer.config, steps=S, image_size=prep.image_height, repeat_ratio=rho,
+                         context_weights=cw, degenerate=tg.degenerate, backend=explainer.backend, check_finite=False)
     maps = out.maps.float().cpu()
     slot_decided = gen.decided_at.long()
     decided_at = torch.tensor([int(slot_decided[it].max()) for it in items], dtype=torch.long)  # last piece

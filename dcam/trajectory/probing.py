@@ -42,6 +42,7 @@ from .. import ops
 from ..probe.adapters.base import ModelAdapter, Prepared
 from ..probe.gradients import batched_grad, head_logit_scores, logits_runner, depends_on_leaf
 from ..probe.hooks import Tap, probing
+from ..profiling import stage
 
 
 @dataclass
@@ -82,7 +83,8 @@ def _forward_rows(adapter: ModelAdapter, prep: Prepared, ids: Tensor, positions:
         prev = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
         try:
-            logits = run(ids, inputs, want, prep.response_start)
+            with stage("dcam.forward"):
+                logits = run(ids, inputs, want, prep.response_start)
         finally:
             torch.set_grad_enabled(prev)
         return logits, tap.output()
@@ -191,8 +193,9 @@ def trajectory_gradients(adapter: ModelAdapter, prep: Prepared, states: Tensor, 
                 acts = leaf.detach()[:, img.to(leaf.device)]
 
                 def pool_chunk(k0, k1, g):
-                    pooled = ops.pool_gradients(acts, g.transpose(0, 1), (h, w), grad_relu=grad_relu,
-                                                backend=backend)
+                    with stage("dcam.reduce"):
+                        pooled = ops.pool_gradients(acts, g.transpose(0, 1), (h, w), grad_relu=grad_relu,
+                                                    backend=backend)
                     for r, s in enumerate(sts):
                         for k in range(k0, min(k1, len(its[r]))):
                             p0 = sum(len(lay.cols[x]) for x in its[r][:k])
@@ -213,10 +216,12 @@ def trajectory_gradients(adapter: ModelAdapter, prep: Prepared, states: Tensor, 
             with torch.enable_grad():
                 col, sc, read, leaf = run(ids, [[g] for _, g in chunk])
                 depends_on_leaf(sc)  # (a RuntimeError when they do not)
-                grad = torch.autograd.grad(sc.sum(), leaf)[0]
+                with stage("dcam.backward"):
+                    grad = torch.autograd.grad(sc.sum(), leaf)[0]
             at = img.to(leaf.device)
-            pooled = ops.pool_gradients(leaf.detach()[:, at], grad[:, at][:, None], (h, w), grad_relu=grad_relu,
-                                        backend=backend)
+            with stage("dcam.reduce"):
+                pooled = ops.pool_gradients(leaf.detach()[:, at], grad[:, at][:, None], (h, w),
+                                            grad_relu=grad_relu, backend=backend)
             for r, (s, g) in enumerate(chunk):
                 keep(s, g, sc[r, 0], torch.arange(len(lay.cols[g])), read[r], pooled.maps[r, 0],
                      pooled.degenerate[r, 0])

@@ -45,3 +45,38 @@ def test_cli_profile_bad_paths_are_refused_before_anything_runs(cli, error_line,
         assert rc == 2 and line.startswith("dcam explain: error: --profile: ") and why in line, line
         assert not (tmp_path / "o").exists()
     assert (tmp_path / "old.json").read_text() == "{}"
+
+
+def test_cli_profile_refuses_what_is_not_a_regular_file(cli, error_line, tmp_path, tiny_model_dir, shapes_png):
+    # --overwrite is for --out: with it, a device or pipe given as --profile was replaced by a regular file
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE, "--overwrite",
+                     "--out", tmp_path / "o", "--profile", fifo)
+    assert rc == 2 and "--profile: " in error_line(err) and "is not a regular file" in error_line(err)
+    assert fifo.is_fifo() and not (tmp_path / "o").exists()
+
+
+def test_cli_profile_inside_out_through_a_link_is_refused(cli, error_line, tmp_path, tiny_model_dir, shapes_png):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "o")
+    rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE, "--overwrite",
+                     "--out", tmp_path / "o", "--profile", tmp_path / "link" / "t.json")
+    assert rc == 2 and "lies in --out" in error_line(err)
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_cli_a_failed_trace_export_leaves_out_unwritten(cli, error_line, tmp_path, tiny_model_dir, shapes_png,
+                                                        monkeypatch):
+    # the trace is exported before --out is written: a failed export (disk full) leaves no half behind
+    import torch
+
+    def full(self, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch.profiler.profile, "export_chrome_trace", full)
+    rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                     "--out", tmp_path / "o", "--profile", tmp_path / "t.json")
+    assert rc == 2 and "--profile: cannot write" in error_line(err) and "No space left" in error_line(err)
+    assert not (tmp_path / "o").exists() and sorted(p.name for p in tmp_path.iterdir()) == []

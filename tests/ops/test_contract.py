@@ -11,6 +11,7 @@ at least one expected value below: a changed constant fails a test here. The
 cases that pin each constant say so in a comment.
 """
 import math
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -630,6 +631,19 @@ def test_unchecked_context_weights_are_refused_where_the_cpp_kernels_run(any_bac
     else:
         got = run(any_backend, raw, cfg, context_weights=diagonal, check_finite=False)
         check(got, np_refine(raw.numpy(), cfg, [64], [512], [0.0], context_weights=diagonal.numpy()))
+
+
+def test_unchecked_vmap_over_steps_runs_where_the_cpp_kernels_run():
+    # the C++ kernels' forced value check skips what vmap batches (it has no values to read): it refused
+    # vmapped steps with "pass check_finite=False", which the call had passed; vmap runs them one by one
+    raw = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    steps = torch.tensor([10.0, 20.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "no batching rule for dcam::refine: looping" notice
+        got = torch.vmap(lambda s: dcam.refine(raw, steps=s.expand(2), image_size=64, backend="auto",
+                                               check_finite=False).maps)(steps)
+    want = torch.stack([dcam.refine(raw, steps=float(s), image_size=64, backend="torch").maps for s in steps])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_sicd_context_weight_normalisation_eps(any_backend):
