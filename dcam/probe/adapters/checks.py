@@ -6,7 +6,8 @@ ending in a raw IndexError deep inside the model, or in quietly wrong maps.
 * :func:`check_widths` after it: the LM head's rows are the logits' width and its columns the
   hooked block's hidden width (once per adapter);
 * :func:`diagnosed`: a forward that raised is run again with the response slots holding an end
-  token, once per adapter, to find the logits' width and name a mismatch behind the error;
+  token, at most once per adapter (not after an out-of-memory error), to find the logits' width and
+  name a mismatch behind the error;
 * :func:`check_image_slots`: every image position of an example holds the image token id.
 """
 from __future__ import annotations
@@ -71,16 +72,25 @@ def check_widths(adapter, vocab: int, hidden: int) -> None:
     adapter._vocabulary_checked = True
 
 
+#: errors after which the model is not run again to diagnose them: a second forward right after an
+#: out-of-memory error (a GPU's memory still held by the first) fails again or starves other processes
+NOT_DIAGNOSED = (torch.OutOfMemoryError, MemoryError)
+
+
 def diagnosed(adapter, prep, call: Callable):
     """``call()`` (a probe's forward). Where it raises before the adapter's vocabulary was checked,
     the model runs once more on ``prep`` with its response slots holding an end token, an id of every
     response, and a mismatch of the LM head or the mask id with the logits' width it finds is raised
-    (from the forward's error); else the forward's error is raised as it was."""
+    (from the forward's error); else the forward's error is raised as it was. The diagnosis runs at
+    most once per adapter (a model that keeps failing was run twice per call), and never after an
+    out-of-memory error (:data:`NOT_DIAGNOSED`; an interrupt is no Exception and is not caught)."""
     try:
         return call()
     except Exception as exc:
-        if getattr(adapter, "_vocabulary_checked", False):
+        if getattr(adapter, "_vocabulary_checked", False) or getattr(adapter, "_vocabulary_diagnosed", False) \
+                or isinstance(exc, NOT_DIAGNOSED):
             raise
+        adapter._vocabulary_diagnosed = True  # (before the forward: one that fails too is not tried again)
         width = _logits_width(adapter, prep)
         if width is None:
             raise
