@@ -248,6 +248,9 @@ def adapter_class(spec: str) -> type:
     module, sep, name = spec.partition(":")
     if not sep or not module or not name:
         raise InputError(f"--adapter: expected MODULE:CLASS (e.g. my_adapter:MyAdapter), got {spec!r}")
+    if module.startswith("."):  # (importlib wants the package it is relative to: a raw TypeError)
+        raise InputError(f"--adapter: {module!r} is a relative module name; give the module's full name "
+                         f"(e.g. my_adapter:MyAdapter for ./my_adapter.py), got {spec!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` puts it (the `dcam` script does not)
         sys.path.insert(0, os.getcwd())
     try:
@@ -265,6 +268,9 @@ def adapter_class(spec: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
         raise InputError(f"--adapter: {spec} is not a dcam.probe.ModelAdapter subclass (it is "
                          f"{'the class ' + cls.__name__ if isinstance(cls, type) else 'a ' + type(cls).__name__})")
+    if cls is ModelAdapter:  # the protocol itself: it knows no model (its missing members blamed --model)
+        raise InputError(f"--adapter: {spec} is the protocol every adapter implements, not an adapter; "
+                         "name your subclass of it")
     return cls
 
 
@@ -386,13 +392,16 @@ class loader_warnings_off:
 
 
 def check_family(model, processor, family: Optional[str]) -> None:
-    """Refuse a --family that is unknown or does not fit the model (errors name --family)."""
+    """Refuse a --family that is unknown or does not fit the model (errors name --family), or an
+    --adapter that cannot make or read the model (errors name --adapter)."""
     if family is None:
         return
     from ..probe import auto_adapter
 
     try:
-        auto_adapter(model, processor, family=family)
+        adapter = auto_adapter(model, processor, family=family)
+        if family in ADAPTER_OPTIONS:  # the user's adapter says where the image tokens are (said later, unnamed)
+            adapter.check_image_tokens()
     except InputError as exc:
         raise option_error(family_option(family), exc) from None
 
@@ -432,7 +441,9 @@ def explainer_for(model, processor, args):
                   "--cam" if text.startswith("config:") else
                   "--layer" if "layer" in text and args.layer is not None else
                   "--method" if "method" in text else "--chunk-size" if "chunk_size" in text else
-                  "--view" if text.startswith("view") else "--model")
+                  "--view" if text.startswith("view") else
+                  # an --adapter reads the model for dcam: what it cannot find there is the adapter's to say
+                  "--adapter" if family in ADAPTER_OPTIONS and not text.startswith("model:") else "--model")
         raise option_error(option, exc) from None
     if getattr(args, "target_score", None) is not None and not exp.method.needs_gradients:
         raise InputError(f"--target-score: the {args.method} method differentiates no score; leave "

@@ -79,7 +79,17 @@ def test_bad_values_exit_2_naming_adapter(in_folder, capsys):
              "opt_mod_a:Missing": "module 'opt_mod_a' has no attribute 'Missing'",
              "opt_mod_a:not_a_class": "opt_mod_a:not_a_class is not a dcam.probe.ModelAdapter subclass (it is a "
                                       "function)",
-             "opt_mod_a:Plain": "opt_mod_a:Plain is not a dcam.probe.ModelAdapter subclass (it is the class Plain)"}
+             "opt_mod_a:Plain": "opt_mod_a:Plain is not a dcam.probe.ModelAdapter subclass (it is the class Plain)",
+             # a relative module was importlib's raw TypeError (it wants a package to be relative to), exit 1
+             "..foo:X": "'..foo' is a relative module name; give the module's full name (e.g. my_adapter:MyAdapter "
+                        "for ./my_adapter.py), got '..foo:X'",
+             ".:X": "'.' is a relative module name; give the module's full name (e.g. my_adapter:MyAdapter "
+                    "for ./my_adapter.py), got '.:X'",
+             ".opt_mod_a:Plain": "'.opt_mod_a' is a relative module name; give the module's full name (e.g. "
+                                 "my_adapter:MyAdapter for ./my_adapter.py), got '.opt_mod_a:Plain'",
+             # the protocol itself: its missing image token id was blamed on --model
+             "dcam.probe.adapters:ModelAdapter": "dcam.probe.adapters:ModelAdapter is the protocol every adapter "
+                                                 "implements, not an adapter; name your subclass of it"}
     for value, why in cases.items():
         assert main(["explain", "x.png", "--adapter", value]) == 2
         err = capsys.readouterr().err
@@ -91,3 +101,27 @@ def test_bad_values_exit_2_naming_adapter(in_folder, capsys):
                                           "both (--adapter names the adapter itself)\n"
     with pytest.raises(ValueError, match="a bug of mine"):  # the user's own error: not turned into exit 2
         main(["explain", "x.png", "--adapter", "opt_mod_b:A"])
+
+
+def test_what_an_adapter_cannot_find_in_the_model_is_said_naming_adapter(in_folder, capsys):
+    # a subclass that implements nothing has no image token id: explain and run blamed --model, eval named nothing
+    from PIL import Image
+
+    from dcam.cli import main
+
+    (in_folder / "opt_mod_bare.py").write_text("from dcam.probe.adapters import ModelAdapter\n\n\n"
+                                               "class Bare(ModelAdapter):\n    pass\n")
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(in_folder / "image.png")
+    (in_folder / "imgs").mkdir()
+    Image.new("RGB", (32, 32), (30, 30, 220)).save(in_folder / "imgs" / "a.png")
+    why = "--adapter: ShapesDMLLM has no image token id; it cannot be explained"
+    for command, needed in {"explain": ["image.png", "--response", "red circle", "--out", "o_explain"],
+                            "run": ["imgs", "--out", "o_run"],
+                            "eval": ["--n", "2", "--methods", "diffusion-cam", "--out", "o_eval"]}.items():
+        for cam in ([], ["--cam", "sicd=context"]):  # (with --cam the adapter is made first for its config)
+            assert main([command, *needed, *cam, "--adapter", "opt_mod_bare:Bare", "--quiet"]) == 2
+            assert capsys.readouterr().err == f"dcam {command}: error: {why}\n"
+    written = sorted(p.name for p in in_folder.iterdir() if p.name != "__pycache__")
+    assert written == ["image.png", "imgs", "opt_mod_bare.py"]  # nothing written
+    # the bundled toy's own adapter without --adapter: the same model is explained (the error was the adapter's)
+    assert main(["explain", "image.png", "--response", "red circle", "--out", "o_explain", "--quiet"]) == 0
