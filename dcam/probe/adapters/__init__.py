@@ -35,25 +35,42 @@ ADAPTERS: List[Tuple[Callable, type]] = []
 #: name -> adapter class registered by users with ``name=``: ``family=name`` (``--family``) forces it.
 REGISTERED: Dict[str, type] = {}
 
+#: name -> the ADAPTERS entry registered under it (replaced when the same class is registered again)
+_NAMED_ENTRIES: Dict[str, Tuple[Callable, type]] = {}
+
 
 def register_adapter(predicate: Callable, cls: type, first: bool = True, name: Optional[str] = None) -> None:
     """Make ``auto_adapter`` use ``cls`` for models where ``predicate(model)``
     is true (before the built-in families; ``first``: before the adapters
     registered earlier). ``name``: also the name ``family=`` and ``--family`` force ``cls`` by
-    (listed by ``dcam families``); not a bundled family's or another registered adapter's."""
+    (listed by ``dcam families``); not a bundled family's or another registered adapter's. The same
+    class under the same name again (a notebook cell run twice) replaces its registration."""
+    # (a class or predicate of another kind was taken and failed at the first model as a raw TypeError)
+    if not callable(predicate):
+        raise InputError(f"predicate must be a callable predicate(model) -> bool, got {type(predicate).__name__}")
+    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)) or cls is ModelAdapter:
+        got = f"the class {cls.__name__}" if isinstance(cls, type) else f"an instance of {type(cls).__name__}"
+        raise InputError(f"cls must be a dcam.probe.ModelAdapter subclass (the class itself), got {got}")
     if name is not None:
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"name must be a non-empty string, got {name!r}")
+        if name != name.strip():  # (family=" toy " found nothing: the name kept its spaces)
+            raise InputError(f"name: {name!r} has whitespace around it; register it as {name.strip()!r}")
         if name in BY_NAME:
             raise InputError(f"name: {name!r} is a bundled family's name; register the adapter under another")
-        if name in REGISTERED:
+        if REGISTERED.get(name, cls) is not cls:
             raise InputError(f"name: {name!r} is already the name of the registered adapter "
                              f"{REGISTERED[name].__module__}.{REGISTERED[name].__qualname__}")
+        if name in _NAMED_ENTRIES:  # the same class again: its earlier entry goes, not kept as a duplicate
+            ADAPTERS[:] = [entry for entry in ADAPTERS if entry is not _NAMED_ENTRIES[name]]
         REGISTERED[name] = cls
+    entry = (predicate, cls)
+    if name is not None:
+        _NAMED_ENTRIES[name] = entry
     if first:
-        ADAPTERS.insert(0, (predicate, cls))
+        ADAPTERS.insert(0, entry)
     else:
-        ADAPTERS.append((predicate, cls))
+        ADAPTERS.append(entry)
 
 
 def _found(model) -> str:
