@@ -64,14 +64,26 @@ def run_identity(explainer, model: Dict[str, Any], probe: Optional[str], target_
     """Everything that decides a record's maps."""
     dtype = next((str(p.dtype) for p in explainer.model.parameters()), None)
     grads = explainer.method.needs_gradients  # what a method never uses is none (tam had layer 0, a "logit" score
-    return {"model": model, "model_class": type(explainer.model).__name__, "dtype": dtype,  # and a config)
-            "method": explainer.method_name,
-            "layer": explainer.layer if grads else None, "probe": probe or explainer.default_probe,
-            "target_score": (target_score or explainer.method.default_target_score) if grads else None,
-            "steps": steps,
-            "config": explainer.config.as_dict() if explainer.method.uses_config else None,
-            "granularity": getattr(explainer, "granularity", None),
-            "view": getattr(explainer, "view", None), "family": getattr(explainer.adapter, "family", None)}
+    identity = {"model": model, "model_class": type(explainer.model).__name__, "dtype": dtype,  # and a config)
+                "method": explainer.method_name,
+                "layer": explainer.layer if grads else None, "probe": probe or explainer.default_probe,
+                "target_score": (target_score or explainer.method.default_target_score) if grads else None,
+                "steps": steps,
+                "config": explainer.config.as_dict() if explainer.method.uses_config else None,
+                "granularity": getattr(explainer, "granularity", None),
+                "view": getattr(explainer, "view", None), "family": getattr(explainer.adapter, "family", None)}
+    adapter = _users_adapter(explainer.adapter)
+    if adapter is not None:  # (absent for dcam's own adapters: the folders written before it still resume)
+        identity["adapter"] = adapter
+    return identity
+
+
+def _users_adapter(adapter) -> Optional[str]:
+    """``MODULE:CLASS`` of a user's adapter class (``--adapter``, ``register_adapter``), None for one of
+    dcam's: a subclass of a bundled adapter has its family, and a resume with another one was taken as
+    the same run, mixing two adapters' maps in one folder."""
+    cls = type(adapter)
+    return None if cls.__module__.split(".")[0] == "dcam" else f"{cls.__module__}:{cls.__qualname__}"
 
 
 def fingerprint(identity: Dict[str, Any]) -> str:
