@@ -215,8 +215,8 @@ def add_family_option(p: argparse.ArgumentParser) -> None:
                    help="treat the model as this family (see `dcam families`); default: detected from its config")
     p.add_argument("--adapter", default=None, metavar="MODULE:CLASS", type=non_empty_name,
                    help="explain the model with your own dcam.probe.ModelAdapter subclass CLASS of MODULE (imported "
-                        "as `python -m` would, the current folder first; docs/FAMILIES.md); instead of --family (default: "
-                        "the family's adapter)")
+                        "as `python -m` would, the current folder first; docs/FAMILIES.md); instead of --family "
+                        "(default: the family's adapter)")
 
 
 #: ``--adapter`` values -> their adapter classes, forced as families of these names (:func:`use_adapter_option`)
