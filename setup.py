@@ -66,7 +66,10 @@ if Pybind11Extension is not None:
             core_sources,
             include_dirs=[os.path.join("csrc", "include")],
             extra_compile_args=compile_args + ["-std=c++17", "-g0"],
-            extra_link_args=link_args,
+            # exports the header's functions only (csrc/libdcam.map), under a SONAME of its own
+            extra_link_args=link_args + ([] if sys.platform == "darwin" else
+                                         ["-Wl,--version-script=" + os.path.join("csrc", "libdcam.map"),
+                                          "-Wl,-soname,libdcam.so"]),
             language="c++",
             optional=True,
         )
