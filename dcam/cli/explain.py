@@ -217,7 +217,7 @@ def run(args) -> int:
         profile.stop()
         common.log(f"explained in {time.perf_counter() - t0:.1f} s; writing {target}", args.quiet)
         common.save_explanation(e, target, args, args.max_side)
-        profile.commit()
+        profile.commit(args.out)
     report(e, args.out)
     return 0
 
@@ -253,7 +253,7 @@ def _run_many(exp, inputs: List[str], args, background, target: str, profile) ->
         with open(os.path.join(tmp, LISTING), "w") as f:
             json.dump(listing, f, indent=1)
         profile.stop()  # (the per-image writes are in the trace: they are part of the loop)
-    profile.commit()
+    profile.commit(args.out)
     print(f"explained {len(done)} of {len(inputs)} images ({sum(done.values())} words) into {args.out!r}"
           + (f"; {len(failed)} failed" if failed else ""))
     return 2 if failed else 0

@@ -68,7 +68,7 @@ class TraceWriter:
 
     def __init__(self, path: Optional[str], quiet: bool):
         self.path, self.quiet = path, quiet
-        self.prof = self.tmp = None
+        self.prof = self.tmp = self.took = None
 
     def __enter__(self) -> "TraceWriter":
         if self.path is not None:
@@ -94,18 +94,23 @@ class TraceWriter:
             self.prof.export_chrome_trace(self.tmp)
         except OSError as exc:
             raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc})") from None
+        # read now, before the output is written: parsing a long trace's events takes seconds, and a Ctrl-C
+        # in them after the rename said "nothing was written" with both files in place
+        self.took = stage_seconds(self.prof.events())
 
-    def commit(self) -> None:
-        """Rename the exported trace into place and say each stage's time."""
+    def commit(self, written: str) -> None:
+        """Rename the exported trace into place and say each stage's time (``written``: the
+        command's output, already in place, named by the error of a failed rename)."""
         if self.prof is None:
             return
         self.stop()
         try:
             os.replace(self.tmp, self.path)
         except OSError as exc:
-            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc})") from None
+            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc}); the explanations "
+                             f"were written to --out {written!r}, the trace was not") from None
         self.tmp = None
-        took = ", ".join(f"{k[len('dcam.'):]} {v:.2f} s" for k, v in stage_seconds(self.prof.events()).items())
+        took = ", ".join(f"{k[len('dcam.'):]} {v:.2f} s" for k, v in self.took.items())
         common.log(f"profile: {took or 'no dcam stage ran'}; trace written to {self.path}", self.quiet)
 
     def __exit__(self, kind, exc, tb) -> None:

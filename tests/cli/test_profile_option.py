@@ -80,3 +80,23 @@ def test_cli_a_failed_trace_export_leaves_out_unwritten(cli, error_line, tmp_pat
                      "--out", tmp_path / "o", "--profile", tmp_path / "t.json")
     assert rc == 2 and "--profile: cannot write" in error_line(err) and "No space left" in error_line(err)
     assert not (tmp_path / "o").exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_a_failed_trace_rename_says_out_was_written(cli, error_line, tmp_path, tiny_model_dir, shapes_png,
+                                                        monkeypatch):
+    # the last step, after --out is in place: its error says what was written (it said only "cannot write")
+    import os
+
+    trace, real = tmp_path / "t.json", os.replace
+
+    def replace(src, dst):
+        if os.fspath(dst) == str(trace):
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                     "--out", tmp_path / "o", "--profile", trace)
+    line = error_line(err)
+    assert rc == 2 and "--profile: cannot write" in line and "were written to --out" in line, line
+    assert (tmp_path / "o" / "meta.json").exists() and not trace.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no temporary trace left
