@@ -57,4 +57,21 @@ def positive_int(name: str, value, allow_none: bool = True):
     return int(value)
 
 
-__all__ = ["InputError", "NonFiniteError", "one_line", "positive_int"]
+def warn_at_caller(text: str, category: type = RuntimeWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside dcam and torch: the user's line
+    (a fixed stacklevel named a frame of dcam's own, or a kernel lambda the dispatcher called)."""
+    import os
+    import sys
+    import warnings
+
+    import torch
+
+    skip = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+            os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+    frame, level = sys._getframe(), 1  # level 1: this function
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(text, category, stacklevel=level)
+
+
+__all__ = ["InputError", "NonFiniteError", "one_line", "positive_int", "warn_at_caller"]

@@ -42,9 +42,6 @@ reference runs one extra ``aminmax`` pass.
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import warnings
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -52,7 +49,7 @@ from torch import Tensor
 
 from . import reference
 from .backends import cpp_backend, triton_backend
-from ..errors import InputError
+from ..errors import InputError, warn_at_caller
 from .validation import NOT_DIFFERENTIABLE, nonfinite_flag
 
 PoolOut = Tuple[Tensor, Tensor, Tensor]
@@ -168,19 +165,14 @@ def _refine_fake(raw, *rest):
 # ------------------------------------------------------------------ per-device kernels
 
 _warned: Dict[str, bool] = {}
-# frames of these packages are not the caller's: the dispatcher calls the kernels below torch's
-# frames and dcam's own, so a fixed stacklevel named the kernel lambda of this file
-_NOT_CALLERS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
-                os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
 
 
 def _warn_once(key: str, text: str) -> None:
     if not _warned.get(key):
         _warned[key] = True
-        frame, level = sys._getframe(), 1  # level 1: this function
-        while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_NOT_CALLERS):
-            frame, level = frame.f_back, level + 1
-        warnings.warn(text, RuntimeWarning, stacklevel=level)
+        # (the dispatcher calls the kernels below torch's frames and dcam's own: a fixed stacklevel
+        # named the kernel lambda of this file)
+        warn_at_caller(text, RuntimeWarning)
 
 
 def _cpu_kernel(op: str) -> Callable:

@@ -44,7 +44,7 @@ from ..profiling import stage
 from .hooks import Tap, probing
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
-from .padding import PAD_MASK, pad_rows, pads, without_per_token_inputs
+from .padding import PAD_MASK, check_padding, pad_rows, pads, without_per_token_inputs
 from .published import published_gradients  # noqa: F401  (re-exported)
 
 #: ``sink(example, items, acts, grads)``: ``items`` int64 ``[k]`` item indices;
@@ -310,6 +310,8 @@ def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Seque
         return [_probe_remask(adapter, p, t, layer, target_score, chunk_size, want_grads, want_last_hidden,
                               allow_last_layer, b, grad_sink) for b, (p, t) in enumerate(zip(preps, targets))]
     padded = len({layout_key(p, adapter) for p in preps}) != 1
+    if padded:  # (once per adapter; called here directly, a mask-dropping adapter's rows were taken as exact)
+        check_padding(adapter, preps)
     if padded and len({batch_key(p, adapter) for p in preps}) != 1:
         raise InputError("probe_batch: the examples do not share one sequence layout and this model cannot pad "
                          "them to one (its family does not pad, or not these examples); group them by batch_key")

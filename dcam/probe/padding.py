@@ -28,7 +28,6 @@ about and no longer padded.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import warn_at_caller
 from ..profiling import stage
 from .hooks import probing
 
@@ -82,10 +82,10 @@ def check_padding(adapter, preps) -> None:
     diff = float((padded.float() - alone.float()).abs().max())
     adapter._padding_ok = diff <= tol * max(1.0, float(alone.abs().max()))
     if not adapter._padding_ok:
-        warnings.warn(f"{type(adapter).__name__} sets pads_batches, but a padded row's logits differ from the "
-                      f"example's alone by up to {diff:.3g} (does its forward_logits() hand model_inputs"
-                      f"['{PAD_MASK}'] to the model?); examples of other layouts are explained apart, one "
-                      "forward per layout", RuntimeWarning, stacklevel=2)
+        warn_at_caller(f"{type(adapter).__name__} sets pads_batches, but a padded row's logits differ from the "
+                       f"example's alone by up to {diff:.3g} (does its forward_logits() hand model_inputs"
+                       f"['{PAD_MASK}'] to the model?); examples of other layouts are explained apart, one "
+                       "forward per layout", RuntimeWarning)
 
 
 def padding_id(adapter) -> int:

@@ -128,3 +128,29 @@ def test_dcam_run_takes_the_same_path():
     for (rec, e, err), im, p, r in zip(out, IMAGES, PROMPTS, RESPONSES):
         assert err is None
         torch.testing.assert_close(e.maps, exp.explain(im, prompt=p, response=r).maps, atol=2e-4, rtol=0)
+
+
+def test_the_warning_names_the_callers_line_and_probe_batch_checks_too():
+    # the warning named dcam/explain.py (a fixed stacklevel); dcam.probe.probe_batch called directly took a
+    # mask-dropping adapter's padded rows as exact (no check): it now warns and refuses the padded batch
+    import pytest
+
+    from dcam import InputError
+    from dcam.probe import Targets, probe_batch
+
+    exp = _explainer(DropsMask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exp.explain_batch(IMAGES, PROMPTS, RESPONSES)
+    assert [w.filename for w in _padding_warnings(caught)] == [__file__]
+    exp = _explainer(DropsMask)
+    from dcam.example import ExampleBuilder  # (the examples' inputs, built as explain_batch builds them)
+
+    build = ExampleBuilder(exp, None, None, (255, 255, 255), "words", None)
+    exs = [build(im, p, r, "all") for im, p, r in zip(IMAGES[:2], PROMPTS[:2], RESPONSES[:2])]
+    assert exs[0].prep.input_ids.shape[1] != exs[1].prep.input_ids.shape[1]
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(InputError, match="group them by batch_key"):
+        warnings.simplefilter("always")
+        probe_batch(exp.adapter, [ex.prep for ex in exs], [Targets.of(ex.positions, ex.token_ids, ex.groups)
+                                                         for ex in exs], exp.layer)
+    assert len(_padding_warnings(caught)) == 1
