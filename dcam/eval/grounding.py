@@ -55,8 +55,10 @@ def object_word_success(maps, words_idx: Sequence[int], word_labels: Sequence[in
 def iter_grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, image_size: int = 64):
     """Yields the first ``n`` samples of ``split`` with at least ``min_objects`` objects, one at a time
     (generated on demand: a caller that drops each one holds a single image whatever ``n``)."""
+    from ..errors import positive_int
     from ..zoo.data import ShapesDataset
 
+    n = positive_int("n", n, allow_none=False)  # (0 never stopped the loop, -1 gave an empty report)
     ds = ShapesDataset(split, size=100 * n + 100, image_size=image_size, cache=False)
     found = 0
     for s in ds:
@@ -106,10 +108,11 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
     ``"layercam"`` (``mean_d relu(relu(G_t[n, d]) * A[n, d])``, element-wise
     weighting instead of the per-channel mean over tokens).
     """
-    from ..errors import InputError
+    from ..errors import InputError, positive_int
     from ..explain import Explainer
     from ..methods import get_method
 
+    positive_int("n", n, allow_none=False)  # (before the model loads)
     m = get_method(method)
     if not m.needs_gradients:  # (TAM: "--layers: hooks no layer" though no layer was given)
         if layers is not None:

@@ -128,3 +128,16 @@ def test_ctrl_c_during_the_explanations_writes_nothing(tmp_path, capsys, monkeyp
     assert capsys.readouterr().err.strip().splitlines()[-1] == "dcam grounding: interrupted; nothing was written"
     assert not out.exists() and list(tmp_path.iterdir()) == []
     assert calls[0] == after + 1
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True])
+def test_a_bad_number_of_images_is_refused_by_name(n):
+    # the CLI refused --n 0; the API ran over 73 images for n=0, gave an empty report for -1 and named
+    # "size" for 2.5
+    from dcam import InputError
+    from dcam.eval.grounding import grounding_report, iter_grounding_samples
+
+    with pytest.raises(InputError, match=r"^n must be an int >= 1, got "):
+        grounding_report(n=n, probes=["full"], layers=[0], progress=False)
+    with pytest.raises(InputError, match=r"^n must be an int >= 1, got "):
+        next(iter_grounding_samples(n))
