@@ -8,24 +8,13 @@ import re
 from dcam.cli import build_parser, main
 from dcam.eval.grounding import grounding_report, grounding_samples
 from dcam.explain import Explainer
-from dcam.zoo.data import generate_sample, split_seed
 
 
-def _first_with_two_objects(n, split):
-    """The reference: walk the split's seeds one by one (independent of ShapesDataset)."""
-    out, i = [], 0
-    while len(out) < n:
-        s = generate_sample(split_seed(split, i), 64)
-        if len(s.objects) >= 2:
-            out.append(s)
-        i += 1
-    return out
-
-
-def test_grounding_samples_are_the_first_n_with_two_objects_and_the_bar_counts_them(capsys):
+def test_grounding_samples_are_the_first_n_with_two_objects_and_the_bar_counts_them(capsys,
+                                                                                   first_with_two_objects):
     got = grounding_samples(7, split="val", progress=True)
     err = capsys.readouterr().err
-    ref = _first_with_two_objects(7, "val")
+    ref = first_with_two_objects(7, "val")
     assert [s.seed for s in got] == [s.seed for s in ref]
     assert [s.caption for s in got] == [s.caption for s in ref]
     assert all((a.mask == b.mask).all() for a, b in zip(got, ref))

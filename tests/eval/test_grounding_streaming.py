@@ -13,21 +13,11 @@ import dcam.zoo.data as data
 from dcam.cli import main
 from dcam.eval.grounding import _variant_maps, class_detector_maps, grounding_report, object_word_success
 from dcam.explain import Explainer
-from dcam.zoo.data import COLOURS, generate_sample, split_seed
+from dcam.zoo.data import COLOURS
 
 N = 6
 PROBES = ("full", "remask")
 LAYERS = (0, 1)
-
-
-def _first_with_two_objects(n, split="test"):
-    out, i = [], 0
-    while len(out) < n:
-        s = generate_sample(split_seed(split, i), 64)
-        if len(s.objects) >= 2:
-            out.append(s)
-        i += 1
-    return out
 
 
 def _old_order_report(model, processor, samples, probes, layers, variants):
@@ -69,9 +59,10 @@ def _old_order_report(model, processor, samples, probes, layers, variants):
     return rep
 
 
-def test_one_pass_over_the_images_gives_the_old_order_s_report_bit_for_bit(bundled):
+def test_one_pass_over_the_images_gives_the_old_order_s_report_bit_for_bit(bundled,
+                                                                           first_with_two_objects):
     model, processor = bundled
-    samples = _first_with_two_objects(N)
+    samples = first_with_two_objects(N)
     want = _old_order_report(model, processor, samples, PROBES, LAYERS, variants=True)
     got = grounding_report(model, processor, n=N, probes=PROBES, layers=LAYERS, progress=False, variants=True)
     assert set(want["variant_rates"]) == {"raw", "grad-norm", "layercam"}

@@ -66,3 +66,51 @@ def coco_dir(tmp_path_factory):
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def documented_adapter():
+    """``documented_adapter()`` -> (MyAdapter, a MyDMLLM, an image) of docs/FAMILIES.md's
+    bring-your-own example, run from the page itself, its registration undone."""
+    import pathlib
+    import re
+
+    from dcam.probe.adapters import ADAPTERS
+
+    def make():
+        doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "FAMILIES.md").read_text()
+        block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
+        before = list(ADAPTERS)
+        space = {}
+        try:
+            exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
+        finally:
+            ADAPTERS[:] = before  # the example's registration must not leak into other tests
+        return space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
+    return make
+
+
+@pytest.fixture
+def registry():
+    """(ADAPTERS, REGISTERED): the registries, restored as they were after the test (registrations
+    must not leak)."""
+    from dcam.probe.adapters import ADAPTERS, REGISTERED
+
+    adapters, registered = list(ADAPTERS), dict(REGISTERED)
+    yield ADAPTERS, REGISTERED
+    ADAPTERS[:] = adapters
+    REGISTERED.clear()
+    REGISTERED.update(registered)
+
+
+@pytest.fixture
+def second_block_adapter():
+    """``second_block_adapter()`` -> a new subclass of the bundled toy's adapter that hooks block 1."""
+    def make():
+        from dcam.probe.adapters import ShapesAdapter
+
+        class SecondBlock(ShapesAdapter):
+            def default_layer(self):
+                return 1
+        return SecondBlock
+    return make

@@ -3,29 +3,10 @@
 nor quietly wrong maps. The numbers are the documented example model's (docs/FAMILIES.md):
 vocabulary 64, hidden width 32, prompt = BOS (id 1), 64 image tokens (id 3, positions 1..64),
 ids 5 and 6 (positions 65, 66); mask id 4."""
-import pathlib
-import re
 from dataclasses import replace
 
 import pytest
 import torch
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _documented_adapter():
-    """(MyAdapter, a MyDMLLM, an image) of the documented example, its registration undone."""
-    from dcam.probe.adapters import ADAPTERS
-
-    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
-    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter(ModelAdapter)" in b][0]
-    before = list(ADAPTERS)
-    space = {}
-    try:
-        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
-    finally:
-        ADAPTERS[:] = before
-    return space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
 
 
 def _explain(adapter, image, response, probe="full"):
@@ -34,9 +15,9 @@ def _explain(adapter, image, response, probe="full"):
     return dcam.Explainer(adapter=adapter).explain(image, response=response, probe=probe)
 
 
-def test_a_mask_id_outside_the_vocabulary_is_named_before_the_model_runs():
+def test_a_mask_id_outside_the_vocabulary_is_named_before_the_model_runs(documented_adapter):
     # was torch's "IndexError: index out of range in self" inside nn.Embedding
-    My, model, image = _documented_adapter()
+    My, model, image = documented_adapter()
 
     class MaskPast(My):
         mask_token_id = 77
@@ -63,8 +44,8 @@ def test_a_mask_id_outside_the_vocabulary_is_named_before_the_model_runs():
         _explain(MaskPastNoHead(model), image, [10, 11], "masked")
 
 
-def test_an_lm_head_weight_of_another_shape_than_the_logits_is_named():
-    My, model, image = _documented_adapter()
+def test_an_lm_head_weight_of_another_shape_than_the_logits_is_named(documented_adapter):
+    My, model, image = documented_adapter()
 
     class Wider(My):  # 70 rows, the model's head has 64
         def lm_head_weight(self):
@@ -93,9 +74,9 @@ def test_an_lm_head_weight_of_another_shape_than_the_logits_is_named():
     assert e.maps.shape == (2, 8, 8)
 
 
-def test_image_positions_on_tokens_that_are_not_image_tokens_are_named():
+def test_image_positions_on_tokens_that_are_not_image_tokens_are_named(documented_adapter):
     # a span shifted by one gave maps off by up to 0.95, with no word (the probe reads whatever sits there)
-    My, model, image = _documented_adapter()
+    My, model, image = documented_adapter()
 
     def moved(f, opt_out=False):
         class Moved(My):

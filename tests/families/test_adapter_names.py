@@ -5,34 +5,13 @@ import json
 import pytest
 
 
-@pytest.fixture
-def registry():
-    """The registries as they were, restored after the test (registrations must not leak)."""
-    from dcam.probe.adapters import ADAPTERS, REGISTERED
-
-    adapters, registered = list(ADAPTERS), dict(REGISTERED)
-    yield
-    ADAPTERS[:] = adapters
-    REGISTERED.clear()
-    REGISTERED.update(registered)
-
-
-def _second_block_adapter():
-    from dcam.probe.adapters import ShapesAdapter
-
-    class SecondBlock(ShapesAdapter):
-        def default_layer(self):
-            return 1
-    return SecondBlock
-
-
-def test_a_registered_name_is_forced_by_family(registry):
+def test_a_registered_name_is_forced_by_family(registry, second_block_adapter):
     import dcam
     from dcam.probe import auto_adapter, register_adapter
     from dcam.zoo import load_default
 
     model, processor = load_default()
-    SecondBlock = _second_block_adapter()
+    SecondBlock = second_block_adapter()
     register_adapter(lambda m: False, SecondBlock, name="second-block")  # its predicate never matches
     assert type(auto_adapter(model, processor)).__name__ == "ShapesAdapter"
     assert type(auto_adapter(model, processor, family="second-block")) is SecondBlock
@@ -41,31 +20,32 @@ def test_a_registered_name_is_forced_by_family(registry):
     assert dcam.Explainer(model, processor).layer == 0  # the bundled weights' own default
 
 
-def test_a_name_that_is_taken_is_refused(registry):
+def test_a_name_that_is_taken_is_refused(registry, second_block_adapter):
     from dcam.errors import InputError
     from dcam.probe import register_adapter
     from dcam.probe.adapters import ADAPTERS, REGISTERED
 
-    SecondBlock = _second_block_adapter()
+    SecondBlock = second_block_adapter()
     with pytest.raises(InputError, match=r"^name: 'shapes' is a bundled family's name"):
         register_adapter(lambda m: False, SecondBlock, name="shapes")
     register_adapter(lambda m: False, SecondBlock, name="mine")
     n = len(ADAPTERS)
     with pytest.raises(InputError, match=r"^name: 'mine' is already the name of the registered adapter "
                                          r".*SecondBlock$"):
-        register_adapter(lambda m: False, _second_block_adapter(), name="mine")
+        register_adapter(lambda m: False, second_block_adapter(), name="mine")
     with pytest.raises(InputError, match=r"^name must be a non-empty string, got ''$"):
         register_adapter(lambda m: False, SecondBlock, name="")
     assert len(ADAPTERS) == n and REGISTERED["mine"] is SecondBlock  # a refused one registers nothing
 
 
-def test_families_lists_it_and_family_option_forces_it(registry, tmp_path, capsys):
+def test_families_lists_it_and_family_option_forces_it(registry, tmp_path, capsys,
+                                                         second_block_adapter):
     from PIL import Image
 
     from dcam.cli import main
     from dcam.probe import register_adapter
 
-    SecondBlock = _second_block_adapter()
+    SecondBlock = second_block_adapter()
     register_adapter(lambda m: False, SecondBlock, name="second-block")
     assert main(["families"]) == 0
     out = capsys.readouterr().out

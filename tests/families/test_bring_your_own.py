@@ -28,22 +28,7 @@ def test_the_documented_example_runs():
         ADAPTERS[:] = before  # the example's registration must not leak into other tests
 
 
-
-def _documented_adapter():
-    """(MyAdapter, a MyDMLLM, an image) of the documented example, its registration undone."""
-    from dcam.probe.adapters import ADAPTERS
-
-    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
-    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
-    before = list(ADAPTERS)
-    space = {}
-    try:
-        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)
-    finally:
-        ADAPTERS[:] = before
-    return space["MyAdapter"], space["MyDMLLM"]().eval(), space["Image"].new("RGB", (64, 48))
-
-def test_an_adapters_mistakes_are_named_not_turned_into_maps():
+def test_an_adapters_mistakes_are_named_not_turned_into_maps(documented_adapter):
     # negative image positions wrapped round to the prompt's text and the response and gave a normal-looking
     # map; text an adapter encodes to ids past its vocabulary was a torch IndexError (CLI exit 1); an
     # adapter without a mask token still defaulted to the masked probe; adapter=<the class> was a TypeError
@@ -55,7 +40,7 @@ def test_an_adapters_mistakes_are_named_not_turned_into_maps():
     import dcam
     from dcam.errors import InputError
 
-    My, model, image = _documented_adapter()
+    My, model, image = documented_adapter()
 
     def shifted(shift):
         class Wrong(My):
@@ -95,7 +80,7 @@ def test_an_adapters_mistakes_are_named_not_turned_into_maps():
                        dcam.Explainer(adapter=My(model)).explain(image, response="10 11").maps)
 
 
-def test_what_an_adapter_leaves_out_is_named_and_a_missing_mask_token_is_said_before_generating():
+def test_what_an_adapter_leaves_out_is_named_and_a_missing_mask_token_is_said_before_generating(documented_adapter):
     # a left-out blocks() was a NotImplementedError with no message, left-out word methods (no tokenizer) an
     # AttributeError about 'tokenizer'; probe="masked" without a mask token was refused only after the
     # model had generated its response, with "masked" in its list of supported probes
@@ -105,7 +90,7 @@ def test_what_an_adapter_leaves_out_is_named_and_a_missing_mask_token_is_said_be
     from dcam.errors import InputError
     from dcam.probe.adapters import ModelAdapter
 
-    My, model, image = _documented_adapter()
+    My, model, image = documented_adapter()
 
     class NoBlocks(My):
         blocks = ModelAdapter.blocks
@@ -132,7 +117,7 @@ def test_what_an_adapter_leaves_out_is_named_and_a_missing_mask_token_is_said_be
             dcam.Explainer(adapter=NoMask(model)).explain(image, probe=probe)
 
 
-def test_an_adapter_whose_logits_ignore_the_hooked_block_is_an_error_not_zero_maps():
+def test_an_adapter_whose_logits_ignore_the_hooked_block_is_an_error_not_zero_maps(documented_adapter):
     # logits detached from the hooked block have no graph to it: the probe handed back
     # zero gradients, and the explanation was a set of all-zero maps with no word of why
     import pytest
@@ -140,7 +125,7 @@ def test_an_adapter_whose_logits_ignore_the_hooked_block_is_an_error_not_zero_ma
 
     import dcam
 
-    My, model, image = _documented_adapter()
+    My, model, image = documented_adapter()
 
     class Detached(My):
         def forward_logits(self, input_ids, model_inputs):
@@ -153,7 +138,7 @@ def test_an_adapter_whose_logits_ignore_the_hooked_block_is_an_error_not_zero_ma
         assert dcam.Explainer(adapter=My(model)).explain(image, response="10 11").scores.shape == (2,)
 
 
-def test_an_adapters_views_are_checked_as_its_image_positions_are():
+def test_an_adapters_views_are_checked_as_its_image_positions_are(documented_adapter):
     # a view's positions were never checked (the explained view's span replaces image_positions): negative ones
     # wrapped round to the text, ones in the response or repeated gave normal-looking maps, ones past the end a
     # raw IndexError, a view whose grid its positions do not fill was called the user's bad input
@@ -163,7 +148,7 @@ def test_an_adapters_views_are_checked_as_its_image_positions_are():
     import dcam
     from dcam.probe.adapters import ImageView
 
-    My, model, image = _documented_adapter()  # BOS at 0, image at 1..64, text 65, 66, response from 67
+    My, model, image = documented_adapter()  # BOS at 0, image at 1..64, text 65, 66, response from 67
 
     def with_view(positions, grid=(2, 3)):
         class Viewed(My):
@@ -187,14 +172,14 @@ def test_an_adapters_views_are_checked_as_its_image_positions_are():
     assert e.maps.shape == (2, 2, 3)
 
 
-def test_what_an_adapters_generate_returns_is_checked_as_a_given_response_is():
+def test_what_an_adapters_generate_returns_is_checked_as_a_given_response_is(documented_adapter):
     # generated ids past the vocabulary were a raw IndexError, a generated image token was called the user's bad
     # input ("image span has 65 tokens"), and 20 ids for response_length=4 were explained as 20 words
     import pytest
 
     import dcam
 
-    My, model, image = _documented_adapter()  # vocabulary 64 (ids 0..63), image token 3 ("w3")
+    My, model, image = documented_adapter()  # vocabulary 64 (ids 0..63), image token 3 ("w3")
 
     def generating(ids):
         class Gen(My):
@@ -216,7 +201,7 @@ def test_what_an_adapters_generate_returns_is_checked_as_a_given_response_is():
     assert e.tokens == ["w10", "w11", "w12"] and e.response_ids == [10, 11, 12, 2]
 
 
-def test_an_adapters_default_layer_is_resolved_as_layer_is():
+def test_an_adapters_default_layer_is_resolved_as_layer_is(documented_adapter):
     # default_layer()=-2 stayed -2 in exp.layer and e.layer (layer=-2 is 1 of the 3 blocks), and 1.0, True and
     # "1" were turned into block 1 without a word; one out of range was called the user's layer
     import pytest
@@ -224,7 +209,7 @@ def test_an_adapters_default_layer_is_resolved_as_layer_is():
 
     import dcam
 
-    My, model, image = _documented_adapter()  # 3 blocks: -2 is block 1
+    My, model, image = documented_adapter()  # 3 blocks: -2 is block 1
 
     def defaulting(layer):
         class Default(My):

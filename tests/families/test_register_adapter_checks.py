@@ -8,35 +8,15 @@ import pytest
 from dcam.errors import InputError
 
 
-@pytest.fixture
-def registry():
-    """The registries as they were, restored after the test (registrations must not leak)."""
-    from dcam.probe.adapters import ADAPTERS, REGISTERED
-
-    adapters, registered = list(ADAPTERS), dict(REGISTERED)
-    yield ADAPTERS, REGISTERED
-    ADAPTERS[:] = adapters
-    REGISTERED.clear()
-    REGISTERED.update(registered)
-
-
-def _second_block_adapter():
-    from dcam.probe.adapters import ShapesAdapter
-
-    class SecondBlock(ShapesAdapter):
-        def default_layer(self):
-            return 1
-    return SecondBlock
-
-
-def test_a_class_or_predicate_of_another_kind_is_refused_with_or_without_a_name(registry):
+def test_a_class_or_predicate_of_another_kind_is_refused_with_or_without_a_name(registry,
+                                                                                  second_block_adapter):
     from dcam.probe import register_adapter
     from dcam.probe.adapters import ModelAdapter
     from dcam.testing import tiny_toy
 
     adapters, registered = registry
     before, names = list(adapters), dict(registered)
-    SecondBlock = _second_block_adapter()
+    SecondBlock = second_block_adapter()
     instance = SecondBlock(*tiny_toy())
     subclass = r"^cls must be a dcam\.probe\.ModelAdapter subclass \(the class itself\), got "
     for name in (None, "plain"):
@@ -49,12 +29,12 @@ def test_a_class_or_predicate_of_another_kind_is_refused_with_or_without_a_name(
     assert adapters == before and registered == names  # a refused one registers nothing
 
 
-def test_a_name_with_whitespace_around_it_is_refused(registry):
+def test_a_name_with_whitespace_around_it_is_refused(registry, second_block_adapter):
     from dcam.probe import register_adapter
 
     adapters, registered = registry
     before = list(adapters)
-    SecondBlock = _second_block_adapter()
+    SecondBlock = second_block_adapter()
     for name in (" toy-b ", "toy-b\n", "\ttoy-b"):
         with pytest.raises(InputError, match=re.escape(f"name: {name!r} has whitespace around it; register it as "
                                                        "'toy-b'") + "$"):
@@ -64,14 +44,14 @@ def test_a_name_with_whitespace_around_it_is_refused(registry):
     assert adapters == before and "toy-b" not in registered and " toy-b " not in registered
 
 
-def test_the_same_class_under_the_same_name_again_replaces_its_registration(registry):
+def test_the_same_class_under_the_same_name_again_replaces_its_registration(registry, second_block_adapter):
     from dcam.probe import auto_adapter, register_adapter
     from dcam.testing import tiny_toy
 
     adapters, registered = registry
     n = len(adapters)
     model, processor = tiny_toy()
-    SecondBlock = _second_block_adapter()
+    SecondBlock = second_block_adapter()
     register_adapter(lambda m: False, SecondBlock, name="toy-a")
     assert type(auto_adapter(model, processor)).__name__ == "ShapesAdapter"  # its predicate matches nothing
     # the cell run again, its predicate edited: was refused as a taken name
@@ -81,5 +61,5 @@ def test_the_same_class_under_the_same_name_again_replaces_its_registration(regi
     assert type(auto_adapter(model, processor)) is SecondBlock  # the second predicate is the one asked
     with pytest.raises(InputError, match=r"^name: 'toy-a' is already the name of the registered adapter "
                                          r".*SecondBlock$"):  # another class under the name: refused as before
-        register_adapter(lambda m: False, _second_block_adapter(), name="toy-a")
+        register_adapter(lambda m: False, second_block_adapter(), name="toy-a")
     assert len(adapters) == n + 1 and registered["toy-a"] is SecondBlock
