@@ -12,6 +12,7 @@ import torch
 from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
+from .probe.adapters.checks import check_mask_id
 from .probe.hooks import generating, generation_watch
 from .profiling import stage
 from .targets import Item, explainable_slots, items_asked, response_items, select_items
@@ -118,6 +119,7 @@ class ExampleBuilder:
         """(response ids, steps for AKD, where the steps came from, notes)."""
         a, steps = self.x.adapter, self.steps
         if response is None:
+            check_mask_id(a)  # (the sampler writes it: a bad one failed first inside the adapter's generate())
             with generating(a.model, watch=generation_watch(a)), stage("dcam.generate"):
                 gen = a.generate(prep0, steps, self.response_length)
             ids = check_generated(a, gen.response_ids, self.response_length)

@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
 from ..output import file_digest
+from ..probe.adapters.checks import check_mask_id
 from ..probe.gradients import Targets, item_context_weights
 from ..probe.hooks import explaining, generating, generation_watch
 from ..probe.modes import check_probe_request
@@ -385,6 +386,7 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
         if view == "all" and len(views) > 1:
             raise InputError("view: a trajectory maps one image view at a time (view='all' is not supported); "
                              f"pick one of {', '.join(views)}")
+        check_mask_id(a)  # (as before a plain generation: a bad mask id failed inside the sampler)
         with stage("dcam.generate"):
             gen = a.generate(blank, steps, response_length, record=True)
     check_generated(a, gen.response_ids, response_length)  # (else a bad id was blamed on the user's response)

@@ -44,6 +44,40 @@ def test_a_mask_id_outside_the_vocabulary_is_named_before_the_model_runs(documen
         _explain(MaskPastNoHead(model), image, [10, 11], "masked")
 
 
+def test_a_bad_mask_id_is_named_before_the_adapter_generates(documented_adapter):
+    # the sampler writes the mask id into the canvas: a bad one failed first inside the user's generate()
+    # (an IndexError in the embedding), before the probe's check could name it
+    My, model, image = documented_adapter()
+    calls = []
+
+    class MaskPast(My):
+        mask_token_id = 77
+
+        def generate(self, *args, **kwargs):
+            calls.append(1)
+            return super().generate(*args, **kwargs)
+    import dcam
+
+    with pytest.raises(RuntimeError, match=r"^MaskPast\.mask_token_id: 77 is outside the vocabulary of 64 "):
+        dcam.Explainer(adapter=MaskPast(model)).explain(image)
+    # a trajectory's generation too (the bundled toy's sampler records one; its vocabulary is its head's rows)
+    from dcam.probe.adapters import ShapesAdapter
+    from dcam.testing import tiny_toy
+
+    class ToyMaskPast(ShapesAdapter):
+        @property
+        def mask_token_id(self):
+            return int(self.lm_head_weight().shape[0]) + 5
+
+        def generate(self, *args, **kwargs):
+            calls.append(1)
+            return super().generate(*args, **kwargs)
+    toy, proc = tiny_toy()
+    with pytest.raises(RuntimeError, match=r"^ToyMaskPast\.mask_token_id: \d+ is outside the vocabulary"):
+        dcam.Explainer(adapter=ToyMaskPast(toy, proc)).explain(image, trajectory=True)
+    assert calls == []
+
+
 def test_an_lm_head_weight_of_another_shape_than_the_logits_is_named(documented_adapter):
     My, model, image = documented_adapter()
 
