@@ -50,7 +50,7 @@ from .methods import MethodInputs, get_method
 from .ops.backends import BACKENDS
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, batch_key, check_probe_request, probe_batch
-from .probe.adapters.base import block_dtype
+from .probe.rows import block_dtype
 from .probe.hooks import check_weights, exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
 from .probe.modes import check_target_score

@@ -38,6 +38,7 @@ from torch import Tensor
 from ..errors import warn_at_caller
 from ..profiling import stage
 from .hooks import probing
+from .rows import same_logits
 
 PAD_MASK = "attention_mask"
 
@@ -76,11 +77,7 @@ def check_padding(adapter, preps) -> None:
         padded = adapter.logits_at(ids, inputs, want, pair[0].response_start)[short, :n]
         alone = adapter.logits_at(pair[short].input_ids, adapter.batch_inputs(pair[short], 1), want[short:short + 1],
                                   pair[short].response_start)[0, :n]
-    block = adapter.blocks()[-1]
-    dtype = next((q.dtype for q in block.parameters() if q.is_floating_point()), torch.float32)
-    tol = 1e-4 if alone.dtype == torch.float32 and dtype == torch.float32 else 3e-2  # (check_rows_only's)
-    diff = float((padded.float() - alone.float()).abs().max())
-    adapter._padding_ok = diff <= tol * max(1.0, float(alone.abs().max()))
+    adapter._padding_ok, diff = same_logits(alone, padded, adapter.blocks()[-1])
     if not adapter._padding_ok:
         warn_at_caller(f"{type(adapter).__name__} sets pads_batches, but a padded row's logits differ from the "
                        f"example's alone by up to {diff:.3g} (does its forward_logits() hand model_inputs"

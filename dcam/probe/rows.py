@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -142,4 +142,19 @@ def raised_at_rows(exc: BaseException) -> bool:
     return False
 
 
-__all__ = ["supports_rows", "layer_at_rows", "LastBlockAtRows", "raised_at_rows"]
+def block_dtype(block: nn.Module) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter (float32 if none)."""
+    return next((p.dtype for p in block.parameters() if p.is_floating_point()), torch.float32)
+
+
+def same_logits(reference: Tensor, other: Tensor, block: nn.Module) -> Tuple[bool, float]:
+    """(whether ``other`` equals ``reference`` within rounding, their largest difference): the test of
+    the optimisations that must not change a model's logits (the last block at the scored rows only,
+    examples padded into one forward). Within 1e-4 of the logits' scale (at least 1) when the logits
+    and ``block`` (the model's last block) are float32, 3e-2 otherwise."""
+    tol = 1e-4 if reference.dtype == torch.float32 and block_dtype(block) == torch.float32 else 3e-2
+    diff = float((other.float() - reference.float()).abs().max())
+    return diff <= tol * max(1.0, float(reference.abs().max())), diff
+
+
+__all__ = ["supports_rows", "layer_at_rows", "LastBlockAtRows", "raised_at_rows", "block_dtype", "same_logits"]

@@ -34,7 +34,7 @@ from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
 from ...words import decode_shown
 from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
-from ..rows import LastBlockAtRows, raised_at_rows, supports_rows
+from ..rows import LastBlockAtRows, raised_at_rows, same_logits, supports_rows
 from .positions import locate_image_positions
 from .sampling import idle_steps
 
@@ -430,9 +430,7 @@ class ModelAdapter:
                     try:
                         with LastBlockAtRows(block, positions, input_ids.shape[1]) as at_rows:
                             rows = self.logits_at(input_ids, model_inputs, positions, response_start)
-                        tol = 1e-4 if full.dtype == torch.float32 and block_dtype(block) == torch.float32 else 3e-2
-                        scale = max(1.0, float(full.abs().max()))
-                        ok = at_rows.ran == 1 and bool(((rows - full).abs().max() <= tol * scale).item())
+                        ok = at_rows.ran == 1 and same_logits(full, rows, block)[0]
                         why = "does not reproduce the full block's logits on this model"
                     except Exception as exc:  # an optimisation that does not fit this layer: say so, run it whole
                         if isinstance(exc, torch.OutOfMemoryError) or not raised_at_rows(exc) or \
@@ -471,11 +469,6 @@ class ModelAdapter:
 def _missing(adapter: ModelAdapter, what: str) -> NotImplementedError:
     return NotImplementedError(f"{type(adapter).__name__} does not implement {what} which dcam needs of an adapter "
                                "(docs/FAMILIES.md, 'Bring your own dMLLM')")
-
-
-def block_dtype(block: nn.Module) -> torch.dtype:
-    """The dtype of a module's first floating-point parameter (float32 if none)."""
-    return next((p.dtype for p in block.parameters() if p.is_floating_point()), torch.float32)
 
 
 def gather_positions(logits: Tensor, positions: Tensor) -> Tensor:
