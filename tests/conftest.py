@@ -83,3 +83,30 @@ def random_toy():
     from dcam.zoo import build_random
 
     return build_random(seed=0)
+
+
+@pytest.fixture
+def registry():
+    """(ADAPTERS, REGISTERED): dcam's adapter registries, restored after the test as they were, and
+    so is the CLI's table of --adapter values (registrations must not leak into other tests)."""
+    from dcam.cli import common
+    from dcam.probe.adapters import ADAPTERS, REGISTERED
+
+    adapters, registered, options = list(ADAPTERS), dict(REGISTERED), dict(common.ADAPTER_OPTIONS)
+    yield ADAPTERS, REGISTERED
+    ADAPTERS[:] = adapters
+    REGISTERED.clear()
+    REGISTERED.update(registered)
+    common.ADAPTER_OPTIONS.clear()
+    common.ADAPTER_OPTIONS.update(options)
+
+
+@pytest.fixture
+def in_folder(tmp_path, monkeypatch, registry):
+    """tmp_path as the current folder (where --adapter imports a module from), sys.path and the adapter
+    registries restored after the test."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return tmp_path

@@ -91,19 +91,6 @@ def documented_adapter():
 
 
 @pytest.fixture
-def registry():
-    """(ADAPTERS, REGISTERED): the registries, restored as they were after the test (registrations
-    must not leak)."""
-    from dcam.probe.adapters import ADAPTERS, REGISTERED
-
-    adapters, registered = list(ADAPTERS), dict(REGISTERED)
-    yield ADAPTERS, REGISTERED
-    ADAPTERS[:] = adapters
-    REGISTERED.clear()
-    REGISTERED.update(registered)
-
-
-@pytest.fixture
 def second_block_adapter():
     """``second_block_adapter()`` -> a new subclass of the bundled toy's adapter that hooks block 1."""
     def make():

@@ -52,22 +52,6 @@ def test_an_error_of_the_users_module_shows_its_traceback(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == "ModuleNotFoundError: No module named 'a_module_nobody_installed'"
 
 
-@pytest.fixture
-def in_folder(tmp_path, monkeypatch):
-    """tmp_path as the current folder, sys.path and the registries restored after the test."""
-    from dcam.cli import common
-    from dcam.probe.adapters import REGISTERED
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    registered, options = dict(REGISTERED), dict(common.ADAPTER_OPTIONS)
-    yield tmp_path
-    REGISTERED.clear()
-    REGISTERED.update(registered)
-    common.ADAPTER_OPTIONS.clear()
-    common.ADAPTER_OPTIONS.update(options)
-
-
 def test_bad_values_exit_2_naming_adapter(in_folder, capsys):
     from dcam.cli import main
 

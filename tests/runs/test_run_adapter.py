@@ -4,7 +4,6 @@ both of the shapes family, mixed their records in one folder); the same adapter 
 own adapters keeps the identity it had before (no adapter key), so folders written earlier still resume."""
 import hashlib
 import json
-import sys
 
 import pytest
 
@@ -16,25 +15,16 @@ ADAPTER = ("from dcam.probe.adapters import ShapesAdapter\n\n\nclass {name}(Shap
 
 
 @pytest.fixture
-def work(tmp_path, monkeypatch):
-    """tmp_path as the current folder with two adapter modules and a folder of one image; sys.path and the
-    registries restored after the test."""
-    from dcam.cli import common
-    from dcam.probe.adapters import REGISTERED
+def work(in_folder):
+    """The current folder with two adapter modules and a folder of one image; sys.path and the
+    registries restored after the test (tests/conftest.py in_folder)."""
     from dcam.zoo.data import generate_sample
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    registered, options = dict(REGISTERED), dict(common.ADAPTER_OPTIONS)
-    (tmp_path / "run_adapter_a.py").write_text(ADAPTER.format(name="FirstAdapter"))
-    (tmp_path / "run_adapter_b.py").write_text(ADAPTER.format(name="SecondAdapter"))
-    (tmp_path / "imgs").mkdir()
-    generate_sample((0, 2, 1), image_size=32, n_objects=2).image.save(tmp_path / "imgs" / "a.png")
-    yield tmp_path
-    REGISTERED.clear()
-    REGISTERED.update(registered)
-    common.ADAPTER_OPTIONS.clear()
-    common.ADAPTER_OPTIONS.update(options)
+    (in_folder / "run_adapter_a.py").write_text(ADAPTER.format(name="FirstAdapter"))
+    (in_folder / "run_adapter_b.py").write_text(ADAPTER.format(name="SecondAdapter"))
+    (in_folder / "imgs").mkdir()
+    generate_sample((0, 2, 1), image_size=32, n_objects=2).image.save(in_folder / "imgs" / "a.png")
+    return in_folder
 
 
 def _add_image(work, name):
