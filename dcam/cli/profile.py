@@ -62,9 +62,9 @@ def stage_seconds(events) -> Dict[str, float]:
 
 
 class TraceWriter:
-    """Profiles from :meth:`start` to :meth:`stop`, then puts the trace at ``path`` with
-    :meth:`commit` (``path`` None: does nothing). As a context manager: started on entry, and an
-    error or Ctrl-C inside drops whatever was recorded or exported."""
+    """A context manager: profiles from its entry to :meth:`stop`, then puts the trace at ``path``
+    with :meth:`commit` (``path`` None: does nothing); an error or Ctrl-C inside drops whatever was
+    recorded or exported."""
 
     def __init__(self, path: Optional[str], quiet: bool):
         self.path, self.quiet = path, quiet
