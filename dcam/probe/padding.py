@@ -148,12 +148,16 @@ def row_lengths(keep: Tensor) -> List[int]:
     return [int(n) for n in keep.sum(1).tolist()]
 
 
-def key_mask(keep: Tensor, device) -> Tensor:
-    """``[B, 1, L, L]`` boolean: every query sees the real keys only. For the Dream models, whose
-    attention hands a 4-D mask to ``scaled_dot_product_attention`` as it is (a 2-D one is widened
-    only on CUDA, and to query-and-key: a padded query row with no key to see)."""
+def key_mask(keep: Tensor, device, dtype: torch.dtype) -> Tensor:
+    """``[B, 1, L, L]`` additive mask in ``dtype``: 0 where the key is a real token, the dtype's
+    lowest value where it is padding, so every query sees the real keys only. For the Dream
+    models, whose attention hands a 4-D mask on as it is: their SDPA attention to
+    ``scaled_dot_product_attention`` (a 2-D one is widened only on CUDA, and to query-and-key:
+    a padded query row with no key to see), their eager attention adds it to the scores. A
+    boolean mask would be added as 1 and 0 there, hiding nothing, so it is additive for both."""
     k = keep.to(device=device, dtype=torch.bool)
-    return k[:, None, None, :].expand(k.shape[0], 1, k.shape[1], k.shape[1])
+    bias = torch.zeros(k.shape, device=device, dtype=dtype).masked_fill(~k, torch.finfo(dtype).min)
+    return bias[:, None, None, :].expand(k.shape[0], 1, k.shape[1], k.shape[1])
 
 
 def bias_from_keep(keep: Tensor, device) -> Tensor:

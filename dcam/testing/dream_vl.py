@@ -57,6 +57,7 @@ class DreamVLMultiModalProjector(nn.Module):
 class DreamVLModel(PreTrainedModel):
     config_class = DreamVLConfig
     base_model_prefix = "model"
+    _supports_sdpa = True  # as published: SDPA by default, eager when asked for
 
     def __init__(self, config: DreamVLConfig):
         super().__init__(config)
@@ -70,7 +71,8 @@ class DreamVLModel(PreTrainedModel):
                                intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
                                num_attention_heads=config.num_attention_heads,
                                num_key_value_heads=config.num_attention_heads,
-                               rope_scaling={"type": "mrope", "mrope_section": config.mrope_section})
+                               rope_scaling={"type": "mrope", "mrope_section": config.mrope_section},
+                               attn_implementation=config._attn_implementation)
         self.model = BidirectionalDecoder("qwen2_vl", tc)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -135,10 +137,17 @@ class DreamVLModel(PreTrainedModel):
     @torch.no_grad()
     def diffusion_generate(self, inputs=None, generation_config=None, max_new_tokens=128, steps=128,
                            alg="maskgit_plus", alg_temp=0.0, output_history=False, return_dict_in_generate=False,
-                           eps=1e-3, pixel_values=None, image_grid_thw=None, **kwargs):
+                           eps=1e-3, pixel_values=None, image_grid_thw=None, attention_mask=None, **kwargs):
         """Dream's sampler (greedy): ``steps`` steps on linearly spaced times,
         ``int(masked * (1 - s/t))`` slots committed per step (all at the last),
-        the most confident first; logits shifted by one."""
+        the most confident first; logits shifted by one. As published, it refuses
+        to run without ``attention_mask``, and on a CPU the mask reaches
+        ``scaled_dot_product_attention`` as it is, which takes no integer mask."""
+        if attention_mask is None:
+            raise ValueError("attention_mask should be provided. ")
+        if attention_mask.dtype != torch.bool and not attention_mask.is_floating_point():
+            raise RuntimeError(f"Expected attn_mask dtype to be bool or float or to match query dtype, but got "
+                               f"attn_mask.dtype: {attention_mask.dtype}")
         mask_id = self.config.mask_token_id
         x = torch.cat([inputs, torch.full((inputs.shape[0], max_new_tokens), mask_id, dtype=torch.long)], 1)
         pos, _ = self.get_rope_index(x, image_grid_thw)
@@ -150,9 +159,11 @@ class DreamVLModel(PreTrainedModel):
         return x
 
 
-def tiny_dream_vl(seed: int = 0, layers: int = 4, max_pixels: int = 64 * 64):
+def tiny_dream_vl(seed: int = 0, layers: int = 4, max_pixels: int = 64 * 64, attn_implementation: Optional[str] = None):
     """(model, processor): transformers' Qwen2-VL processor (4-pixel patches,
-    2x2 merge) over a stand-in tokenizer with Dream-VL's special ids."""
+    2x2 merge) over a stand-in tokenizer with Dream-VL's special ids.
+    ``attn_implementation="eager"``: the attention adds a 4-D mask to the scores,
+    as the published model's eager attention does."""
     from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
 
     from .vocab import word_tokenizer
@@ -163,7 +174,8 @@ def tiny_dream_vl(seed: int = 0, layers: int = 4, max_pixels: int = 64 * 64):
                 super().check_argument_for_proper_class(name, arg)
 
     torch.manual_seed(seed)
-    model = DreamVLModel(DreamVLConfig(num_hidden_layers=layers)).eval()
+    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    model = DreamVLModel(DreamVLConfig(num_hidden_layers=layers, **attn)).eval()
     sp = {"<|image_pad|>": 151655, "<|video_pad|>": 151656, "<|vision_start|>": 151652, "<|vision_end|>": 151653,
           "<|mask|>": 151666, "<|endoftext|>": 151643, "<|im_end|>": 151645}
     tok = word_tokenizer(sp, named={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",

@@ -193,7 +193,8 @@ class BidirectionalDecoder(nn.Module):
                                                                         Qwen2VLRotaryEmbedding as Rotary)
         else:  # pragma: no cover - programming error
             raise ValueError(kind)
-        config._attn_implementation = "sdpa"
+        if config._attn_implementation != "eager":  # eager kept when asked for: it adds a 4-D mask to the scores
+            config._attn_implementation = "sdpa"
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([Layer(config, i) for i in range(config.num_hidden_layers)])

@@ -157,8 +157,10 @@ def _dream_history_idle(model, adapter, img, steps, length) -> int:
     prep = adapter.prepare(img, None, None, length)
     L = prep.response_start
     with torch.no_grad():
-        out = model.diffusion_generate(prep.input_ids[:, :L], max_new_tokens=length, steps=steps, alg=adapter.alg,
-                                       output_history=True, return_dict_in_generate=True, **prep.model_inputs)
+        prompt = prep.input_ids[:, :L]
+        out = model.diffusion_generate(prompt, attention_mask=torch.ones_like(prompt, dtype=torch.bool),
+                                       max_new_tokens=length, steps=steps, alg=adapter.alg, output_history=True,
+                                       return_dict_in_generate=True, **prep.model_inputs)
     unmasked = [int((h.reshape(-1)[L:L + length] != adapter.mask_token_id).sum()) for h in out.history]
     assert len(unmasked) == steps
     return sum(1 for before, after in zip([0] + unmasked, unmasked) if after == before)

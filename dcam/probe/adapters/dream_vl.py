@@ -73,17 +73,22 @@ class DreamVLAdapter(QwenVLAdapter):
         rest, keep = split_padding(model_inputs)
         # right padding: every real token keeps the M-RoPE position it has alone (pads come after)
         pos, _ = self.model.get_rope_index(input_ids, rest.get("image_grid_thw"), None, keep)
-        mask = {} if keep is None else {"attention_mask": key_mask(keep, input_ids.device)}
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = {} if keep is None else {"attention_mask": key_mask(keep, input_ids.device, dtype)}
         return self.model(input_ids=input_ids, position_ids=pos, **rest, **mask).logits
 
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or self.response_length)
         S = int(steps or self.default_steps)
         L = prep.response_start
+        prompt = prep.input_ids[:, :L]
         with torch.no_grad():
-            out = self.model.diffusion_generate(prep.input_ids[:, :L], max_new_tokens=Lr, steps=S, alg=self.alg,
-                                                output_history=True, return_dict_in_generate=True,
-                                                **prep.model_inputs)
+            # the published sampler refuses to run without a mask ("attention_mask should be provided");
+            # boolean, because on a CPU its SDPA attention hands the 2-D mask to torch as it is, which
+            # takes no integer mask
+            out = self.model.diffusion_generate(prompt, attention_mask=torch.ones_like(prompt, dtype=torch.bool),
+                                                max_new_tokens=Lr, steps=S, alg=self.alg, output_history=True,
+                                                return_dict_in_generate=True, **prep.model_inputs)
         history = list(out.history or [])
         responses = [h.reshape(-1)[L:L + Lr] for h in history]
         if not record:

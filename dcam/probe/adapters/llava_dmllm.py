@@ -310,7 +310,7 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
             return self.model.get_model()(None, input_embeddings=emb, **mask).logits
         if self.backbone == "lavida_dream" and keep is not None:  # forward_dream would drop the mask
             return self.model.lm_head(self.model.model(inputs_embeds=emb,
-                                                       attention_mask=key_mask(keep, emb.device))[0])
+                                                       attention_mask=key_mask(keep, emb.device, emb.dtype))[0])
         if self.backbone == "lavida_dream":
             return self.model.forward_dream(None, None, None, inputs_embeds=emb).logits
         # LLaDA-V's sampler: the top-level forward fails on embeddings alone (conversation_ids unset)
