@@ -295,8 +295,17 @@ def _load_llava(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
     name = cfg["model_type"]
     builder = _need("llava.model.builder", f"a {name} checkpoint (LLaDA-V or LaViDa)", model_dir,
                     "the authors' llava package on the path (LLaDA-V: its train/ folder; LaViDa: pip install -e .)")
+    # The builders move the vision tower to CUDA in float16 whenever device_map is not "auto", which
+    # fails on a machine without CUDA ("Torch not compiled with CUDA enabled"); there "auto" leaves
+    # everything on the CPU, and transformers needs accelerate for it. (load_model moves the model to
+    # the device asked for afterwards.)
+    device_map = "cpu" if torch.cuda.is_available() else "auto"
+    if device_map == "auto":
+        _need("accelerate", f"a {name} checkpoint (LLaDA-V or LaViDa)", model_dir,
+              "accelerate on a machine without CUDA (pip install accelerate): the authors' builder moves the vision "
+              "tower to CUDA unless transformers places the model itself")
     # the builders take the dtype by name, and default to flash attention (LLaDA-V's demo passes sdpa)
-    kw = dict(device_map="cpu", torch_dtype=str(dtype or torch.bfloat16).replace("torch.", ""),
+    kw = dict(device_map=device_map, torch_dtype=str(dtype or torch.bfloat16).replace("torch.", ""),
               attn_implementation="sdpa")
     if "vision_kwargs" in inspect.signature(builder.load_pretrained_model).parameters:  # LaViDa's builder
         kw["vision_kwargs"] = dict(mm_vision_tower=cfg.get("mm_vision_tower", "google/siglip-so400m-patch14-384"),
