@@ -85,8 +85,10 @@ class DMLLMAdapter(ModelAdapter):
         super().__init__(model, processor, newline_column, newline_token_id)
         self.response_length = int(response_length)
         self.block_length = int(block_length) if block_length else None
-        # the Diffusion-CAM release decodes 64 tokens in 32 steps (step_ratio 0.5)
-        self.default_steps = int(steps) if steps else max(1, self.response_length // 2)
+        # the Diffusion-CAM release decodes 64 tokens in 32 steps (step_ratio 0.5); without ``steps``, a
+        # generation takes half the slots it generates (:meth:`steps_and_blocks`), as MMaDA's release does
+        self.given_steps = int(steps) if steps else None
+        self.default_steps = self.given_steps or max(1, self.response_length // 2)
         self.default_prompt = default_prompt
         no_activation_checkpointing(model)
 
@@ -136,8 +138,9 @@ class DMLLMAdapter(ModelAdapter):
     blocks_per_response: Optional[int] = None
 
     def steps_and_blocks(self, steps: Optional[int], length: int) -> Tuple[int, int]:
-        """(steps, block length) for a generation of ``length`` slots."""
-        S = int(steps or self.default_steps)
+        """(steps, block length) for a generation of ``length`` slots: without ``steps`` (here or the
+        adapter's), half of ``length`` (a per-call length ran the adapter's ``response_length // 2``)."""
+        S = int(steps or self.given_steps or max(1, length // 2))
         n = self.blocks_per_response
         block = self.block_length or (length // n if n and length % n == 0 else length)
         if length % block:

@@ -41,7 +41,8 @@ class DreamVLAdapter(QwenVLAdapter):
     def __init__(self, model, processor: Any = None, response_length: int = 64, steps=None, alg: str = "maskgit_plus",
                  **kwargs):
         super().__init__(model, processor, response_length=response_length, **kwargs)
-        self.default_steps = int(steps) if steps else max(1, self.response_length // 2)
+        self.given_steps = int(steps) if steps else None
+        self.default_steps = self.given_steps or max(1, self.response_length // 2)
         self.alg = alg
         no_activation_checkpointing(model)
 
@@ -79,7 +80,8 @@ class DreamVLAdapter(QwenVLAdapter):
 
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or self.response_length)
-        S = int(steps or self.default_steps)
+        # without steps, half of the slots generated (a per-call length ran the adapter's response_length // 2)
+        S = int(steps or self.given_steps or max(1, Lr // 2))
         L = prep.response_start
         prompt = prep.input_ids[:, :L]
         with torch.no_grad():
