@@ -10,8 +10,13 @@ Lumina-DiMOO (both an OLMo-style LLaDA, ``model.model.transformer.blocks``).
   (``encode(x).latents``, ``quantize(latents)[2][2]`` the code indices;
   ``2**(len(block_out_channels)-1)`` pixels per token) whose codes are offset by
   126356, a newline token 126084 after every row, between ``<boi>`` 126349 and
-  ``<eoi>`` 126350; ``forward(input_ids, infer=True).logits``; the sampler is a
-  script function in the published code (the adapter uses dcam's).
+  ``<eoi>`` 126350; ``forward(input_ids, infer=True).logits`` (without
+  ``infer=True`` the training path, which wants ``labels``); the sampler is a
+  script function in the published code (the adapter uses dcam's). Its LLaDA
+  blocks call SDPA with ``attn_mask=None``, so ``attention_bias`` and
+  ``attention_mask`` change nothing (a padded row is not what it is alone);
+  its ``LLaDAConfig`` defaults ``mask_token_id`` to 50256 when ``config.json``
+  lacks it, while its sampler and ``config.py`` use 126336.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..probe.adapters.sampling import low_confidence_remasking
-from .llada import LLADA_VOCAB, LLaDAConfig, LLaDAModelLM
+from .llada import LLADA_VOCAB, LLaDAConfig, LLaDAModel, LLaDAModelLM
 
 MMADA_SPECIALS = {"<|soi|>": 126084, "<|eoi|>": 126085, "<|mmu|>": 126089}
 DIMOO_SPECIALS = {"newline": 126084, "boi": 126349, "eoi": 126350, "answer_start": 126354, "answer_end": 126355,
@@ -98,12 +103,28 @@ class MMadaModelLM(LLaDAModelLM):
                                         mask_id, block_length)
 
 
+class DiMOOLLaDAModel(LLaDAModel):
+    """Lumina-DiMOO's LLaDA: the published ``LLaDABlock.attention`` casts the attention bias (into which
+    ``attention_mask`` is folded) and then calls SDPA with ``attn_mask=None``, so neither hides a key."""
+
+    def forward(self, input_ids=None, input_embeddings=None, attention_mask=None, attention_bias=None, **kwargs):
+        return super().forward(input_ids, input_embeddings=input_embeddings, **kwargs)
+
+
 class LLaDAForMultiModalGeneration(LLaDAModelLM):
     """Lumina-DiMOO's model class: ``forward(input_ids, labels=None, infer=False, ...)``."""
 
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config, DiMOOLLaDAModel(config))
+
     def forward(self, input_ids=None, labels=None, infer=False, use_cache=False, to_compute_mask=None, cat="",
                 **kwargs):
-        return super().forward(input_ids, **kwargs)
+        if not infer:
+            # the published forward's training path pads ``labels`` (one list per row) and returns a loss;
+            # without labels it fails there
+            raise TypeError("forward() without infer=True is Lumina-DiMOO's training path, which needs labels")
+        # the published forward hands the model its own all-ones bias (ignored, as any) and drops ``kwargs``
+        return super().forward(input_ids, use_cache=use_cache)
 
 
 def tiny_mmada(seed: int = 0, layers: int = 4, resolution: int = 64, downsample: int = 8, codebook_size: int = 64):
@@ -133,8 +154,10 @@ def tiny_dimoo(seed: int = 0, layers: int = 4, max_patches: int = 16, patch: int
 
     torch.manual_seed(seed)
     offset = DIMOO_SPECIALS["image_token_offset"]
+    # mask_token_id: the published LLaDAConfig's default, which a config.json without the field gets
     model = LLaDAForMultiModalGeneration(LLaDAConfig(d_model=32, n_layers=layers, mlp_hidden_size=64,
-                                                     vocab_size=max(LLADA_VOCAB, offset + codebook_size))).eval()
+                                                     vocab_size=max(LLADA_VOCAB, offset + codebook_size),
+                                                     mask_token_id=50256)).eval()
     specials = {"<|endoftext|>": LLADA_EOS_ID, "<|mdm_mask|>": LLADA_MASK_ID, "<system>": 500, "</system>": 501,
                 "<user>": 502, "</user>": 503}
     tok = word_tokenizer(specials, named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"})
@@ -142,5 +165,5 @@ def tiny_dimoo(seed: int = 0, layers: int = 4, max_patches: int = 16, patch: int
     return model, DiMOOProcessor(tok, vq, max_patches=max_patches, patch_size=patch)
 
 
-__all__ = ["TinyMagvit", "TinyVQModel", "MMadaConfig", "MMadaModelLM", "LLaDAForMultiModalGeneration", "tiny_mmada",
-           "tiny_dimoo", "MMADA_SPECIALS", "DIMOO_SPECIALS"]
+__all__ = ["TinyMagvit", "TinyVQModel", "MMadaConfig", "MMadaModelLM", "DiMOOLLaDAModel",
+           "LLaDAForMultiModalGeneration", "tiny_mmada", "tiny_dimoo", "MMADA_SPECIALS", "DIMOO_SPECIALS"]

@@ -31,7 +31,7 @@ from torch import Tensor
 from ...errors import InputError
 from ..padding import bias_from_keep, split_padding
 from .base import Generation, ImageView, Prepared, load_image
-from .dmllm import DMLLMAdapter, olmo_transformer, recorded_states
+from .dmllm import LLADA_MASK_ID, DMLLMAdapter, olmo_transformer, recorded_states
 from .sampling import low_confidence_remasking, steps_used
 
 
@@ -92,9 +92,16 @@ def crop_sizes(max_patches: int, patch: int, max_ratio: float = 4.0) -> List[Tup
 def aspect_crop(img: Image.Image, sizes: Sequence[Tuple[int, int]]):
     """The image scaled to cover the crop size of the closest aspect and
     centre-cropped to it (the published code crops at a random offset; dcam at
-    the centre); and the crop as fractions of the image."""
+    the centre); and the crop as fractions of the image. As the published
+    ``center_crop``, an image at least twice the crop on both sides is first
+    halved (``Image.BOX``, sides floored) until it is not, then resized bicubically
+    (straight to bicubic changed most pixels of a photo, and VQ codes with them)."""
     w, h = img.size
     cw, ch = max(sizes, key=lambda s: min(s[0] / w, s[1] / h) / max(s[0] / w, s[1] / h))
+    while img.size[0] >= 2 * cw and img.size[1] >= 2 * ch:
+        # a halving keeps the whole image (the box fractions below are those of the original)
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), Image.BOX)
+    w, h = img.size
     scale = max(cw / w, ch / h)
     nw, nh = round(w * scale), round(h * scale)
     left, top = (nw - cw) // 2, (nh - ch) // 2
@@ -103,8 +110,13 @@ def aspect_crop(img: Image.Image, sizes: Sequence[Tuple[int, int]]):
 
 
 def _pixels(img: Image.Image, lo: float) -> Tensor:
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    return x * 2 - 1 if lo < 0 else x
+    """``[1, 3, H, W]`` pixels in [``lo``, 1], laid out in memory as the family's published preprocessing lays
+    them out: the VQ encoders' CPU convolutions pick their kernel by the layout, and another kernel's rounding
+    flipped VQ codes. MMaDA (``lo`` -1): torchvision's ``ToTensor``, contiguous; Lumina-DiMOO (``lo`` 0):
+    diffusers' ``VaeImageProcessor``, a ``[1, H, W, 3]`` array transposed (channels last, batch stride H*W*3;
+    the permuted ``[H, W, 3]`` array has batch stride 3, which CPU kernels do not take as channels last)."""
+    x = torch.from_numpy(np.stack([np.asarray(img, dtype=np.float32) / 255.0])).permute(0, 3, 1, 2)
+    return (x * 2 - 1).contiguous() if lo < 0 else x
 
 
 class _VQAdapter(DMLLMAdapter):
@@ -146,16 +158,15 @@ class _VQAdapter(DMLLMAdapter):
 
         return self.text_ids(chat_prompt(self.tokenizer, prompt if prompt is not None else self.default_prompt))
 
-    #: right padding, hidden by LLaDA's attention bias (:meth:`forward_logits`)
+    #: right padding, hidden by LLaDA's attention bias (:meth:`forward_logits`): MMaDA's blocks read it
     pads_batches = True
 
     def forward_logits(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         dev = next(self.model.parameters()).device
         _, keep = split_padding(model_inputs)
         if keep is not None:
-            # a padded batch: the LLaDA model under the family's class, with the bias its own batched
-            # samplers build (MMaDA's mmu_generate, DiMOO's forward); DiMOO's top-level forward pads a
-            # list itself and takes no mask, so the batch is handed to the model below it
+            # a padded batch (MMaDA): the LLaDA model under the family's class, with the bias its own
+            # batched sampler (mmu_generate) builds
             return self.model.model(input_ids.to(dev), attention_bias=bias_from_keep(keep, dev)).logits
         return self._plain_logits(input_ids.to(dev))
 
@@ -205,11 +216,21 @@ class DiMOOAdapter(_VQAdapter):
                        "eoi_id", "answer_start_id", "answer_end_id")
     image_views = ("image",)
     blocks_per_response = 4  # inference_mmu.py: gen_length 1024 in blocks of 256
+    #: the published LLaDA blocks call SDPA with attn_mask=None: the attention bias (and the attention_mask
+    #: folded into it) hides nothing, so a padded row is not what it is alone; one forward per layout
+    pads_batches = False
     #: dcam runs Lumina-DiMOO's sampler itself (the published one is a script), so it records every step
     records_trajectory = True
     default_prompt_template = "<system>You are a multimodal model that can process both text and images. Answer " \
         "the following question based on the provided images. Analyze each image and combine relevant details to " \
         "answer.</system><user>{}</user>"
+
+    @property
+    def mask_token_id(self) -> int:
+        """126336, as the published sampler and ``config.py`` hard-code it: the published ``LLaDAConfig``
+        fills a ``config.json`` without ``mask_token_id`` with 50256 (GPT-2's end of text), which no
+        Lumina-DiMOO code reads, so the config's field is not taken."""
+        return LLADA_MASK_ID
 
     def _codes(self, crop: Image.Image) -> Tuple[List[int], int, int]:
         vq = self.processor.vqvae
