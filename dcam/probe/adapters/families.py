@@ -93,7 +93,7 @@ FAMILIES: List[Family] = [
     Family("mmada", "MMaDA (Gen-Verse/MMaDA-8B-*)", "model_type mmada or class MMadaModelLM",
            lambda m: _model_type(m) == "mmada" or type(m).__name__ == "MMadaModelLM", "vq:MMaDAAdapter",
            "model.model.transformer.blocks", RELATIVE, ALL_PROBES,
-           "MAGVIT-v2 codes, square (32x32 at 512 px), between <|soi|> <|eoi|>", LLADA_MASK,
+           "MAGVIT-v2 codes, square (32x32 at 512 px), between the soi and eoi tokens (126084, 126085)", LLADA_MASK,
            "model.mmu_generate(steps, block_length): semi-AR low-confidence (4 blocks, as released), no cache",
            "models.MMadaModelLM.from_pretrained(path, trust_remote_code=True) + models.MAGVITv2"
            ".from_pretrained('showlab/magvitv2'); processor dcam.probe.adapters.MMaDAProcessor"),
@@ -161,7 +161,7 @@ def detect_family(model) -> Optional[Family]:
 TRAJECTORIES = {
     "shapes": "yes", "lavida": "yes (verbose history)", "lavida-dream": "yes (output_history)",
     "lumina-dimoo": "yes (dcam's sampler)", "dream-vl": "yes (output_history)",
-    "llada-v": "no: its generate returns the answer only", "mmada": "no: mmu_generate returns the answer only",
+    "llada-v": "no: its generate returns the answer only", "mmada": "no: mmu_generate keeps no per-step history",
     "diffusion-gemma": "no: no mask token (uniform noise)",
 }
 
