@@ -240,8 +240,13 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk
         cot[torch.arange(k1 - k0), :, torch.arange(k0, k1)] = 1.0
         with stage("dcam.backward"):
             try:
+                # retain_graph even at the last chunk: a batched backward that fails part-way has freed the
+                # saved tensors of the nodes it ran, which the per-token fallback needs ("backward through
+                # the graph a second time"). Memory: the caller's `scores` holds the graph until this returns
+                # anyway; keeping its saved tensors through the last backward gives that backward the peak
+                # every earlier chunk's had (it no longer frees them as it goes)
                 g = torch.autograd.grad(scores, leaf, grad_outputs=cot, is_grads_batched=True,
-                                        retain_graph=k1 < K)[0]
+                                        retain_graph=True)[0]
             except (RuntimeError, NotImplementedError) as exc:  # an op without a batching rule
                 warnings.warn(f"batched-cotangent backward failed ({exc.__class__.__name__}: {str(exc)[:120]}); "
                               "falling back to one backward per token", RuntimeWarning)

@@ -1,0 +1,65 @@
+"""LaViDa as its published classes behave, found by running dcam against the authors' code
+(jacklishufan/LaViDa): LaViDa-Dream's decoder layers are ``@torch.compile``'d, LaViDa's LLaDA reads
+no padding mask, and its ``image_newline`` is a bfloat16 first parameter. The stand-ins reproduce
+each (dcam.testing.llava_dmllm); these tests hold dcam to them."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch._dynamo import eval_frame
+
+from dcam.explain import Explainer
+from dcam.probe import Targets, auto_adapter, probe, published_gradients
+from dcam.probe.gradients import batched_grad
+from dcam.testing.llava_dmllm import tiny_lavida, tiny_lavida_dream
+
+IMAGES = [Image.fromarray(np.random.default_rng(s).integers(0, 256, (h, w, 3), dtype=np.uint8))
+          for s, (h, w) in enumerate([(40, 72), (60, 30), (40, 72)])]
+PROMPTS = [None, "name the objects in this image", "what"]
+RESPONSES = ["a red circle", "a blue square and", "a green circle"]
+
+
+def _hooked_batch_sizes(exp, run):
+    seen = []
+    h = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda m, a, o: seen.append(int(a[0].shape[0])))
+    try:
+        out = run()
+    finally:
+        h.remove()
+    return out, seen
+
+
+# ---------------------------------------------------------------- the per-token fallback
+
+class _NoBatchingRule(torch.autograd.Function):
+    """Doubles its input; its backward reads a value (``.item()``), which has no batching rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        _ = g.abs().sum().item()
+        return 2 * g
+
+
+def test_the_fallback_runs_after_a_batched_backward_that_failed_part_way():
+    """The batched backward frees the saved tensors of the nodes it ran before it fails (tanh's
+    here); on the last chunk it no longer did so, and the fallback failed ("backward through the
+    graph a second time"). Gradients by hand: d/dx of tanh(2 sin x) . w[:, k] summed over n."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 3, dtype=torch.float64)
+    w = torch.randn(3, 2, dtype=torch.float64)
+    leaf = x.clone().requires_grad_(True)
+    scores = torch.tanh(_NoBatchingRule.apply(torch.sin(leaf))).sum(1) @ w  # [1, K=2]
+    got = {}
+    with pytest.warns(RuntimeWarning, match="one backward per token"):
+        batched_grad(scores, leaf, 4, torch.arange(4), lambda k0, k1, g: got.setdefault((k0, k1), g))
+    (k0, k1), g = next(iter(got.items()))
+    assert (k0, k1) == (0, 2)
+    dtanh = (1 - torch.tanh(2 * torch.sin(x)) ** 2) * 2 * torch.cos(x)  # [1, 4, 3]
+    for k in range(2):
+        torch.testing.assert_close(g[k], dtanh * w[:, k], atol=1e-12, rtol=1e-10)
