@@ -71,18 +71,31 @@ class VisionTower(nn.Module):
         self.num_patches_per_side = config.vision_size // config.patch_size
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.vision_tower(pixel_values=images).last_hidden_state
+        """As the releases' ``SigLipVisionTower.forward``: the pixels cast to the tower's dtype, the
+        features handed back in the pixels' dtype (LaViDa's float32 model fed bfloat16 pixels gave its
+        float32 projector bfloat16 features)."""
+        dtype = next(self.vision_tower.parameters()).dtype
+        return self.vision_tower(pixel_values=images.to(dtype)).last_hidden_state.to(images.dtype)
 
 
 class LlavaParts(nn.Module):
-    """The vision parts every stand-in carries: tower, 2-layer MLP projector, newline."""
+    """The vision parts every stand-in carries: tower, 2-layer MLP projector, newline (``newline``:
+    the model's own, registered here too; else a float32 one made here)."""
 
-    def __init__(self, config: LlavaDMLLMConfig):
+    def __init__(self, config: LlavaDMLLMConfig, newline: Optional[nn.Parameter] = None):
         super().__init__()
         self.vision_tower = VisionTower(config)
         d = config.hidden_size
         self.mm_projector = nn.Sequential(nn.Linear(config.vision_hidden, d), nn.GELU(), nn.Linear(d, d))
-        self.image_newline = nn.Parameter(torch.randn(d) * 0.5)
+        self.image_newline = newline if newline is not None else nn.Parameter(torch.randn(d) * 0.5)
+
+
+def lavida_newline(module: nn.Module, config: LlavaDMLLMConfig) -> nn.Parameter:
+    """LaViDa's ``image_newline``, as published: a parameter of ``model.model`` itself, so the model's
+    first parameter, and bfloat16 whatever the model's dtype (its model classes set ``dtype =
+    torch.bfloat16  # hack``, which ``LlavaMetaModel`` creates the newline with). Returns it."""
+    module.image_newline = nn.Parameter((torch.randn(config.hidden_size) * 0.5).to(torch.bfloat16))
+    return module.image_newline
 
 
 def _unpad(feat: Tensor, size_wh) -> Tensor:
@@ -124,7 +137,7 @@ class LlavaMixin:
     def _pack(self, feats: Tensor, size_wh) -> Tensor:
         """Base view + stitched, unpadded high-resolution grid with a newline per row."""
         cfg = self.config
-        newline = self.model.parts.image_newline
+        newline = self.model.parts.image_newline  # LaViDa's is bfloat16: torch.cat promotes it, as published
         if feats.shape[0] == 1:
             return torch.cat([feats[0], newline[None]], 0)
         base, tiles = feats[0], feats[1:]
@@ -150,7 +163,7 @@ class LlavaMixin:
         different lengths are right-padded (mask 0)."""
         if isinstance(images, Tensor) and images.dim() == 4:
             images = [images]
-        feats = [self.encode_images(im.to(self.dtype)) for im in images]
+        feats = [self.encode_images(im) for im in images]  # as published: the pixels as they come
         # LaViDa pools images unless NOT_ALWASY_DO_2DPOOL is set (read when its module loads;
         # here at each call); LLaDA-V pools only videos
         if self.config.backbone != "llada_v" and not os.environ.get("NOT_ALWASY_DO_2DPOOL"):
@@ -197,6 +210,7 @@ class LlavaDecoderModel(BidirectionalDecoder):
     """``model.model`` of LLaDA-V (LLaMA layers) and LaViDa-Dream (Qwen2 layers), plus the vision parts."""
 
     kind = "llama"
+    lavida = False  # LaViDa's newline: lavida_newline
 
     def __init__(self, config: LlavaDMLLMConfig):
         import transformers
@@ -206,7 +220,7 @@ class LlavaDecoderModel(BidirectionalDecoder):
             vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
             num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
             num_key_value_heads=config.num_attention_heads))
-        self.parts = LlavaParts(config)
+        self.parts = LlavaParts(config, newline=lavida_newline(self, config) if self.lavida else None)
 
 
 class LlavaLLaDAModel(LlavaDecoderModel):
@@ -264,7 +278,7 @@ class LlavaLladaModel(LLaDAModel):
         super().__init__(LLaDAConfig(d_model=config.hidden_size, n_layers=config.num_hidden_layers,
                                      n_heads=config.num_attention_heads, mlp_hidden_size=config.intermediate_size,
                                      vocab_size=config.vocab_size, mask_token_id=config.mask_token_id))
-        self.parts = LlavaParts(config)
+        self.parts = LlavaParts(config, newline=lavida_newline(self, config))
 
     def embed_tokens(self, x):
         return self.transformer.wte(x)
@@ -329,6 +343,7 @@ class LlavaLladaForMaskedDiffusion(_Base):
 
 class LlavaDreamModel(LlavaDecoderModel):
     kind = "qwen2"
+    lavida = True
 
 
 class LlavaDreamForMaskedDiffusion(_Base):

@@ -63,3 +63,31 @@ def test_the_fallback_runs_after_a_batched_backward_that_failed_part_way():
     dtanh = (1 - torch.tanh(2 * torch.sin(x)) ** 2) * 2 * torch.cos(x)  # [1, 4, 3]
     for k in range(2):
         torch.testing.assert_close(g[k], dtanh * w[:, k], atol=1e-12, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- bfloat16 newline
+
+@pytest.mark.parametrize("build", [tiny_lavida, tiny_lavida_dream])
+def test_a_float32_lavida_with_its_bfloat16_newline_is_explained(build):
+    """The published image_newline is bfloat16 and the model's first parameter: dcam cast the pixels to
+    it and the float32 projector failed. The reference: the same model with a float32 newline (its
+    bfloat16 values are exact in float32), whose first parameter is float32."""
+    model, proc = build(seed=2, layers=3)
+    name, first = next(model.named_parameters())
+    assert (name, first.dtype) == ("model.image_newline", torch.bfloat16)
+    assert model.model.parts.mm_projector[0].weight.dtype == torch.float32
+    a = auto_adapter(model, proc)
+    prep = a.prepare(IMAGES[1], None, a.encode_response(RESPONSES[0]))
+    assert prep.model_inputs["images"].dtype == torch.float32
+    with torch.no_grad():
+        emb = a._embed(a._collapse(prep.input_ids), prep.model_inputs)[0]
+    h, w = prep.grid
+    s0 = int(prep.views["base"].positions[-1]) + 1
+    newline_rows = torch.arange(s0 + w, s0 + h * (w + 1), w + 1)
+    assert emb.dtype == torch.float32 and torch.equal(emb[newline_rows], first.float().expand(h, -1))
+    got = Explainer(model, proc).explain(IMAGES[1], response=RESPONSES[0])
+    reference, _ = build(seed=2, layers=3)
+    reference.model.image_newline.data = reference.model.image_newline.data.float()
+    assert next(reference.parameters()).dtype == torch.float32
+    want = Explainer(reference, proc).explain(IMAGES[1], response=RESPONSES[0])
+    torch.testing.assert_close(got.raw_maps, want.raw_maps, atol=0, rtol=0)

@@ -190,8 +190,17 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
             images = [expand_to_square(img, mean)]
         else:
             images = [img.resize((tile, tile))]
-        dtype = next(self.model.parameters()).dtype
-        return stack_pixels(images, self.image_processor, tile).to(dtype)
+        return stack_pixels(images, self.image_processor, tile).to(self._vision_dtype())
+
+    def _vision_dtype(self) -> torch.dtype:
+        """The vision tower's dtype, which the pixels go to: not the model's first parameter's, which
+        in LaViDa is ``image_newline``, made bfloat16 whatever the model's dtype (its model classes set
+        ``dtype = torch.bfloat16  # hack``): a float32 model's pixels became bfloat16 and its
+        projector failed on them."""
+        for p in self.model.get_vision_tower().parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return next(self.model.parameters()).dtype
 
     def _views(self, span: Tensor, image_wh) -> Tuple[Tensor, Tuple[int, int], Dict[str, ImageView]]:
         layout, side = self.layout(image_wh)
