@@ -112,6 +112,9 @@ class LLaDAModel(nn.Module):
             self.transformer["ff_out"] = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.activation_checkpointing_strategy = None
 
+    #: False: LaViDa's copy, whose attention hands SDPA ``attn_mask=None`` (the folded mask is dropped)
+    reads_attention_bias = True
+
     def set_activation_checkpointing(self, strategy):
         """LLaDA's switch (LaViDa turns ``"whole_layer"`` on in ``__init__``)."""
         self.activation_checkpointing_strategy = strategy
@@ -130,6 +133,8 @@ class LLaDAModel(nn.Module):
             keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, x.shape[1], -1)
             attention_bias = keys if attention_bias is None else attention_bias & keys if \
                 attention_bias.dtype == torch.bool else attention_bias.masked_fill(~keys, torch.finfo(x.dtype).min)
+        if not self.reads_attention_bias:
+            attention_bias = None
         caches, hidden = ([] if use_cache else None), [x]
         for i, block in enumerate(self.transformer.blocks):
             if self.activation_checkpointing_strategy is not None and torch.is_grad_enabled():

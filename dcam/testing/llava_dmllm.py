@@ -274,6 +274,11 @@ class LlavaLLaDAModelLM(_Base):
 # ---------------------------------------------------------------- LaViDa (LLaDA backbone)
 
 class LlavaLladaModel(LLaDAModel):
+    """LaViDa's LLaDA: its attention calls SDPA with ``attn_mask=None``, so neither
+    ``attention_mask`` nor ``attention_bias`` reaches it (a padded row reads the padding)."""
+
+    reads_attention_bias = False
+
     def __init__(self, config: LlavaDMLLMConfig):
         super().__init__(LLaDAConfig(d_model=config.hidden_size, n_layers=config.num_hidden_layers,
                                      n_heads=config.num_attention_heads, mlp_hidden_size=config.intermediate_size,

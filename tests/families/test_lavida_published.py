@@ -65,6 +65,33 @@ def test_the_fallback_runs_after_a_batched_backward_that_failed_part_way():
         torch.testing.assert_close(g[k], dtanh * w[:, k], atol=1e-12, rtol=1e-10)
 
 
+# ---------------------------------------------------------------- LaViDa's LLaDA reads no mask
+
+def test_lavidas_llada_reads_no_padding_mask_and_its_batches_run_one_forward_per_layout():
+    model, proc = tiny_lavida(seed=1)
+    exp = Explainer(model, proc)
+    assert not exp.adapter.pads_batches
+    # as the authors' model: the mask changes nothing (a padded row would read the padding)
+    emb = torch.randn(2, 9, model.config.hidden_size)
+    keep = torch.ones(2, 9, dtype=torch.long)
+    keep[1, 6:] = 0
+    with torch.no_grad():
+        masked = model.get_model()(None, input_embeddings=emb, attention_mask=keep).logits
+        bare = model.get_model()(None, input_embeddings=emb).logits
+        alone = model.get_model()(None, input_embeddings=emb[1:, :6]).logits
+    assert torch.equal(masked, bare)
+    assert (masked[1, :6] - alone[0]).abs().max() > 1e-3  # the padded row is not the example alone
+    ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch, sizes = _hooked_batch_sizes(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
+    assert not [w for w in caught if "pads_batches" in str(w.message)]
+    assert sizes == [1, 1, 1]  # no padding check, no padded forward: one per layout
+    for e, one in zip(batch, ones):
+        assert e.tokens == one.tokens
+        torch.testing.assert_close(e.maps, one.maps, atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------- bfloat16 newline
 
 @pytest.mark.parametrize("build", [tiny_lavida, tiny_lavida_dream])

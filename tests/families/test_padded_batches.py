@@ -19,8 +19,9 @@ from dcam.probe.padding import padding_id
 from dcam.testing import tiny_toy
 from dcam.testing.hf_tiny import tiny_diffusion_gemma
 
-#: (lumina-dimoo runs one forward per layout: its attention hides no key; tests/families/test_vq_published.py)
-PADDED = ["toy", "lavida", "lavida-dream", "llada-v", "mmada", "dream-vl", "llava", "llava-next",
+#: (not lavida nor lumina-dimoo: their LLaDA blocks read no mask; tests/families/test_lavida_published.py,
+#: tests/families/test_vq_published.py)
+PADDED = ["toy", "lavida-dream", "llada-v", "mmada", "dream-vl", "llava", "llava-next",
           "llava-onevision", "qwen-vl", "qwen2.5-vl", "qwen3-vl", "idefics3", "smolvlm", "gemma3", "gemma4",
           "diffusion-gemma"]
 CAUSAL = ("llava", "qwen", "idefics3", "smolvlm", "gemma", "diffusion-gemma")  # DiffusionGemma: "full" probe only

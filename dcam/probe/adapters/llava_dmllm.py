@@ -104,6 +104,11 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         self.family = {"llada_v": "llada-v", "lavida_llada": "lavida", "lavida_dream": "lavida-dream"}[self.backbone]
         # LaViDa's samplers return their history (verbose / output_history); LLaDA-V's returns the answer only
         self.records_trajectory = self.backbone != "llada_v"
+        # LLaDA-V takes the [B, L] padding mask with embeddings; LaViDa-Dream's inference forward drops any
+        # mask, so a padded batch goes to the Dream model below it with a 4-D one. LaViDa's LLaDA reads no
+        # mask: its forward folds attention_mask into an attention_bias its attention never hands to SDPA
+        # (attn_mask=None), and a padded row read the padding (0.44 off): one forward per layout there
+        self.pads_batches = self.backbone != "lavida_llada"
         if self.backbone == "lavida_dream":
             self.logit_shift = 1  # Dream keeps the autoregressive shift
             self.default_mask_id = DREAM_MASK_ID
@@ -288,10 +293,6 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
             raise InputError("no image placeholder in the sequence")
         s0, s1 = int(is_img[:, 1].min()), int(is_img[:, 1].max()) + 1
         return torch.cat([input_ids[:, :s0 + 1], input_ids[:, s1:]], 1)
-
-    #: every backbone: LLaDA's take the [B, L] padding mask with embeddings; LaViDa-Dream's inference
-    #: forward drops any mask, so a padded batch goes to the Dream model below it with a 4-D one
-    pads_batches = True
 
     def _expanded(self, input_ids: Tensor, model_inputs: Dict[str, Any]) -> Tensor:
         emb = self._embed(self._collapse(input_ids), model_inputs)
