@@ -351,6 +351,19 @@ class LlavaDreamModel(LlavaDecoderModel):
     lavida = True
 
 
+def compile_dream_layers(model: "LlavaDreamForMaskedDiffusion") -> None:
+    """LaViDa-Dream's decoder layers as published (``@torch.compile def forward`` in its
+    ``modeling_dream.py``): their compiled backward takes neither batched cotangents nor a second
+    backward (its buffers are donated)."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+
+    class CompiledDreamDecoderLayer(Qwen2DecoderLayer):
+        forward = torch.compile(Qwen2DecoderLayer.forward)
+
+    for layer in model.model.layers:
+        layer.__class__ = CompiledDreamDecoderLayer
+
+
 class LlavaDreamForMaskedDiffusion(_Base):
     """LaViDa-Dream: ``model.model.layers`` (Qwen2 names), mask 151666, and
     Dream's shift: the logit at ``p`` predicts the token at ``p + 1``."""
@@ -454,14 +467,20 @@ def tiny_lavida(seed: int = 0, layers: int = 4, **config):
     return LlavaLladaForMaskedDiffusion(cfg).eval(), _processor(cfg, dream=False)
 
 
-def tiny_lavida_dream(seed: int = 0, layers: int = 4, **config):
-    """(model, processor) of a tiny LaViDa-Dream (Dream's vocabulary, mask and shift)."""
+def tiny_lavida_dream(seed: int = 0, layers: int = 4, compiled_layers: bool = False, **config):
+    """(model, processor) of a tiny LaViDa-Dream (Dream's vocabulary, mask and shift).
+    ``compiled_layers``: its decoder layers ``torch.compile``'d as published
+    (:func:`compile_dream_layers`); off by default, as compiling costs each first call
+    seconds (about 10 on two CPU cores) that the other tests need not pay."""
     torch.manual_seed(seed)
     for k, v in (("mm_pooler_ratio", 2), ("image_aspect_ratio", "anyres"), ("vocab_size", 152064),
                  ("mask_token_id", DREAM_MASK_ID)):
         config.setdefault(k, v)
     cfg = LlavaDMLLMConfig(backbone="lavida_dream", num_hidden_layers=layers, **config)
-    return LlavaDreamForMaskedDiffusion(cfg).eval(), _processor(cfg, dream=True)
+    model = LlavaDreamForMaskedDiffusion(cfg).eval()
+    if compiled_layers:
+        compile_dream_layers(model)
+    return model, _processor(cfg, dream=True)
 
 
 __all__ = ["tiny_llada_v", "tiny_lavida", "tiny_lavida_dream", "LlavaDMLLMConfig", "LlavaLLaDAModelLM", "LlavaLladaForMaskedDiffusion", "LlavaDreamForMaskedDiffusion",

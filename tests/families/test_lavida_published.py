@@ -31,6 +31,54 @@ def _hooked_batch_sizes(exp, run):
     return out, seen
 
 
+# ---------------------------------------------------------------- compiled Dream layers
+
+def test_compiled_dream_layers_are_explained_with_the_eager_models_gradients():
+    """Every probe of a LaViDa-Dream with compiled layers failed (the compiled backward takes no
+    batched cotangents, and the fallback found its graph freed). The reference: the same weights
+    uncompiled, one full forward and backward per word (published_gradients)."""
+    compiled, proc = tiny_lavida_dream(seed=0, layers=4, compiled_layers=True)
+    eager, _ = tiny_lavida_dream(seed=0, layers=4)
+    assert type(compiled.model.layers[0]).forward is not type(eager.model.layers[0]).forward  # compiled
+    a, ref_a = auto_adapter(compiled, proc), auto_adapter(eager, proc)
+    prep = a.prepare(IMAGES[0], None, a.encode_response(RESPONSES[0]))
+    pos = [prep.response_start + i for i in range(prep.response_length)]
+    ids = prep.response_ids[:len(pos)]
+    ref = published_gradients(ref_a, prep, pos, ids, 1, probe="masked")
+    assert ref.abs().max() > 0
+    stances = []  # the compiler's stance while the layers run: eager for the probe's forward only
+    hook = compiled.model.layers[2].register_forward_hook(lambda m, i, o: stances.append(eval_frame._stance.stance))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # the batched backward runs: no fallback
+            for mode in ("full", "masked"):
+                got = probe(a, prep, pos, ids, 1, probe=mode).per_target_grads()
+                want = ref if mode == "masked" else published_gradients(ref_a, prep, pos, ids, 1, probe=mode)
+                torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    finally:
+        hook.remove()
+    assert stances and set(stances) == {"force_eager"} and eval_frame._stance.stance == "default"
+
+
+def test_compiled_dream_layers_generate_compiled_as_the_eager_model_does():
+    """Generation (no graph) keeps the published compiled layers; it decodes what the same weights
+    decode uncompiled (8 slots in 8 steps: one idle step, 7 counted)."""
+    compiled, proc = tiny_lavida_dream(seed=0, layers=4, compiled_layers=True)
+    eager, _ = tiny_lavida_dream(seed=0, layers=4)
+    a, ref_a = auto_adapter(compiled, proc), auto_adapter(eager, proc)
+    prep = ref_a.prepare(IMAGES[0], None, response_length=8)
+    stances = []
+    hook = compiled.model.layers[2].register_forward_hook(lambda m, i, o: stances.append(eval_frame._stance.stance))
+    try:
+        got = a.generate(prep, steps=8, response_length=8, record=True)
+    finally:
+        hook.remove()
+    want = ref_a.generate(prep, steps=8, response_length=8, record=True)
+    assert stances and set(stances) == {"default"}
+    assert got.response_ids == want.response_ids and got.steps == want.steps == 7
+    assert torch.equal(got.states, want.states)
+
+
 # ---------------------------------------------------------------- the per-token fallback
 
 class _NoBatchingRule(torch.autograd.Function):
