@@ -31,6 +31,8 @@ from .llada import LLaDAConfig, LLaDAModel, BidirectionalDecoder
 
 IMAGE_TOKEN_INDEX = -200
 DREAM_MASK_ID = 151666
+#: the ids LLaDA-V's sampler (``generate_with_embeds``) sets to -inf at the masked slots
+LLADA_V_SUPPRESSED = [126081, 126080, 126346, 126347]
 
 
 class LlavaDMLLMConfig(PretrainedConfig):
@@ -266,8 +268,14 @@ class LlavaLLaDAModelLM(_Base):
         """LLaDA-V's ``generate``: the generated slots ``[1, gen_length]``."""
         prompt = self._prompt_embeds(inputs, images, image_sizes)
         x, embed = self._canvas(prompt, gen_length, mask_id)
-        low_confidence_remasking(lambda ids: self.lm_head(self.model(inputs_embeds=embed(ids))[0]), x,
-                                 prompt.shape[1], gen_length, steps, mask_id, block_length)
+
+        def logits(ids: Tensor) -> Tensor:  # the published sampler forbids these ids at the masked slots
+            out = self.lm_head(self.model(inputs_embeds=embed(ids))[0]).float()
+            out[..., LLADA_V_SUPPRESSED] = out[..., LLADA_V_SUPPRESSED].masked_fill((ids == mask_id)[..., None],
+                                                                                  -float("inf"))
+            return out
+
+        low_confidence_remasking(logits, x, prompt.shape[1], gen_length, steps, mask_id, block_length)
         return x[:, prompt.shape[1]:]
 
 
