@@ -11,7 +11,12 @@ back to the image's aspect, shrunk for ``anyres_max_N``, a learned
 ``NOT_ALWASY_DO_2DPOOL`` set); ``images`` is a list of ``[1 + tiles, 3, S, S]``
 tensors and ``image_sizes`` a list of ``(width, height)``; the mask id and the
 sampler signatures of each family; LaViDa turns activation checkpointing on
-for its blocks. The vision tower is transformers' SigLIP (tiny).
+for its blocks. The vision tower is transformers' SigLIP (tiny). As the
+authors' classes run (checked against them): LaViDa's LLaDA reads no padding
+mask; LaViDa's ``image_newline`` is bfloat16 and the model's first parameter;
+LaViDa-Dream's decoder layers are ``torch.compile``'d (``compiled_layers=True``
+of :func:`tiny_lavida_dream`); LLaDA-V's sampler never writes the ids
+``LLADA_V_SUPPRESSED`` at a masked slot.
 """
 from __future__ import annotations
 
