@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,20 @@ def padded_square_box(image_wh) -> Tuple[float, float, float, float]:
         x0 = -((h - w) // 2) / w
         return x0, 0.0, x0 + h / w, 1.0
     return 0.0, 0.0, 1.0, 1.0
+
+def release_prompt_ids(tokenizer, chunks: Sequence[str]) -> List[int]:
+    """The ids of the text around ``<image>`` (``chunks``: before, after) joined as the releases' own
+    ``tokenizer_image_token`` joins them (LaViDa's and LLaDA-V's ``mm_utils``; their training and
+    inference both prompt through it): each chunk through the tokenizer with its own special tokens;
+    when the first chunk opens with BOS, the chunk after the image loses its first token. That token
+    is the BOS a tokenizer adds to every call, or, with a tokenizer that adds none (the chat template
+    writes the BOS as text), the first real token after ``<image>``: the models were trained on the
+    prompt cut so, and dcam reads what they read."""
+    before, after = ([int(i) for i in tokenizer(c)["input_ids"]] for c in chunks)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    cut = 1 if before and bos is not None and before[0] == bos else 0
+    return before + [IMAGE_TOKEN_INDEX] + after[cut:]
+
 
 class LlavaDMLLMAdapter(DMLLMAdapter):
     """See the module docstring. ``family`` is set per backbone."""
@@ -231,7 +245,7 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         chunks = self.prompt_text(prompt).split(IMAGE_MARKER)
         if len(chunks) != 2:
             raise InputError(f"prompt: exactly one {IMAGE_MARKER} marker is supported, got {len(chunks) - 1}")
-        ids = self.text_ids(chunks[0]) + [IMAGE_TOKEN_INDEX] + self.text_ids(chunks[1])
+        ids = release_prompt_ids(self.tokenizer, chunks)
         if len(ids) == 1:  # the released models embed no image for a one-token prompt (inputs_embeds None)
             raise InputError(f"prompt: {prompt!r} holds nothing but the image marker; add text around it, or leave "
                              f"{IMAGE_MARKER} out to get the release's conversation template")
