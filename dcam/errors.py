@@ -30,7 +30,9 @@ class NonFiniteError(InputError):
 def model_overflow(model, exc: NonFiniteError) -> InputError:
     """A tensor's NaN/Inf values (``exc``) that, inside an explanation, are the model's own:
     its states, gradients or scores came out NaN/Inf (a model run in float16 overflows)."""
-    dtype = str(next(iter(model.parameters())).dtype).replace("torch.", "")
+    from .probe.memory import weights_dtype
+
+    dtype = str(weights_dtype(model)).replace("torch.", "")
     hint = "; float16 overflows where this model's values grow: load it in bfloat16 or float32 (--dtype)" \
         if dtype == "float16" else ""
     return InputError(f"model: its {exc.name} came out NaN/Inf ({exc.count} value(s), run in {dtype}){hint}")

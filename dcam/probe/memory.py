@@ -107,6 +107,18 @@ def model_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def weights_dtype(model) -> torch.dtype:
+    """The floating dtype that holds most of the model's parameter elements: the dtype its
+    activations and their gradients come in. Not the first parameter's: LaViDa's is an
+    ``image_newline`` made bfloat16 whatever the model's dtype, which halved a float32 model's
+    estimates."""
+    counts: dict = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
 def per_cotangent_bytes(model, seq_len: int, blocks_above: int, dtype: Optional[torch.dtype] = None) -> int:
     """Estimated bytes one cotangent of a vmapped backward holds: per block
     above the hook, the gradients of its activations (attention in/out and
@@ -123,7 +135,7 @@ def per_cotangent_bytes(model, seq_len: int, blocks_above: int, dtype: Optional[
     I = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "mlp_hidden_size", 0) or layers("I") or 4 * D)
     heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or layers("heads")
                 or max(1, D // 128))
-    elem = torch.finfo(dtype or next(model.parameters()).dtype).bits // 8
+    elem = torch.finfo(dtype or weights_dtype(model)).bits // 8
     L = int(seq_len)
     per_block = L * (8 * D + 3 * I) * elem + heads * L * L * 4
     return max(1, (blocks_above + 1) * per_block)
@@ -139,7 +151,7 @@ def head_cotangent_bytes(model, scored_rows: int) -> int:
     dense ``scored_rows x V`` tensors (the gather's gradient and the head's input to
     its matrix product) in the model's dtype."""
     V = int(getattr(_text_config(model), "vocab_size", 0) or _layer_sizes(model)["V"])
-    elem = torch.finfo(next(model.parameters()).dtype).bits // 8
+    elem = torch.finfo(weights_dtype(model)).bits // 8
     return 2 * int(scored_rows) * V * elem
 
 

@@ -166,3 +166,22 @@ def test_a_float32_lavida_with_its_bfloat16_newline_is_explained(build):
     assert next(reference.parameters()).dtype == torch.float32
     want = Explainer(reference, proc).explain(IMAGES[1], response=RESPONSES[0])
     torch.testing.assert_close(got.raw_maps, want.raw_maps, atol=0, rtol=0)
+
+
+def test_the_memory_estimate_of_a_float32_lavida_counts_four_bytes_a_value():
+    # LaViDa's first parameter is its bfloat16 image_newline whatever the model's dtype: the estimate read
+    # the element size off it and sized a float32 model's gradients at half their bytes
+    from dcam.probe.memory import head_cotangent_bytes, per_cotangent_bytes
+
+    model, _ = tiny_lavida(seed=0, layers=2)
+    model = model.float()
+    model.get_model().image_newline.data = model.get_model().image_newline.data.bfloat16()
+    assert next(model.parameters()).dtype == torch.bfloat16
+    block = model.model.transformer.blocks[0]  # the sizes read off the modules
+    (I, D), H = block.ff_proj.weight.shape, block.n_heads
+    V = model.model.transformer.wte.weight.shape[0]
+    L, above = 50, 1
+    # by hand: per block above the hook (and the hooked one) L x (8D + 3I) values of 4 bytes, plus the
+    # float32 attention probabilities' gradient H x L x L
+    assert per_cotangent_bytes(model, L, above) == (above + 1) * (L * (8 * D + 3 * I) * 4 + H * L * L * 4)
+    assert head_cotangent_bytes(model, 7) == 2 * 7 * V * 4
