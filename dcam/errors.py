@@ -30,7 +30,7 @@ class NonFiniteError(InputError):
 def model_overflow(model, exc: NonFiniteError) -> InputError:
     """A tensor's NaN/Inf values (``exc``) that, inside an explanation, are the model's own:
     its states, gradients or scores came out NaN/Inf (a model run in float16 overflows)."""
-    from .probe.memory import weights_dtype
+    from .probe.rows import weights_dtype
 
     dtype = str(weights_dtype(model)).replace("torch.", "")
     hint = "; float16 overflows where this model's values grow: load it in bfloat16 or float32 (--dtype)" \

@@ -25,6 +25,7 @@ from typing import Optional, Union
 import torch
 
 from ..errors import InputError
+from .rows import weights_dtype
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
           "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
@@ -105,18 +106,6 @@ def _layer_sizes(model) -> dict:
 
 def model_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def weights_dtype(model) -> torch.dtype:
-    """The floating dtype that holds most of the model's parameter elements: the dtype its
-    activations and their gradients come in. Not the first parameter's: LaViDa's is an
-    ``image_newline`` made bfloat16 whatever the model's dtype, which halved a float32 model's
-    estimates."""
-    counts: dict = {}
-    for p in model.parameters():
-        if p.is_floating_point():
-            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
-    return max(counts, key=counts.get) if counts else torch.float32
 
 
 def per_cotangent_bytes(model, seq_len: int, blocks_above: int, dtype: Optional[torch.dtype] = None) -> int:

@@ -147,6 +147,18 @@ def block_dtype(block: nn.Module) -> torch.dtype:
     return next((p.dtype for p in block.parameters() if p.is_floating_point()), torch.float32)
 
 
+def weights_dtype(model) -> torch.dtype:
+    """The floating dtype that holds most of the model's parameter elements: the dtype its
+    activations and their gradients come in. Not the first parameter's: LaViDa's is an
+    ``image_newline`` made bfloat16 whatever the model's dtype, which halved a float32 model's
+    estimates."""
+    counts: dict = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
 def same_logits(reference: Tensor, other: Tensor, block: nn.Module) -> Tuple[bool, float]:
     """(whether ``other`` equals ``reference`` within rounding, their largest difference): the test of
     the optimisations that must not change a model's logits (the last block at the scored rows only,
@@ -157,4 +169,5 @@ def same_logits(reference: Tensor, other: Tensor, block: nn.Module) -> Tuple[boo
     return diff <= tol * max(1.0, float(reference.abs().max())), diff
 
 
-__all__ = ["supports_rows", "layer_at_rows", "LastBlockAtRows", "raised_at_rows", "block_dtype", "same_logits"]
+__all__ = ["supports_rows", "layer_at_rows", "LastBlockAtRows", "raised_at_rows", "block_dtype", "weights_dtype",
+           "same_logits"]
