@@ -44,12 +44,15 @@ def llava_package(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     (pkg / "builder.py").write_text(BUILDER)
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
-    for name in ("llava", "llava.model", "llava.model.builder"):
+    names = ("llava", "llava.model", "llava.model.builder", "accelerate")
+    for name in names:
         monkeypatch.delitem(sys.modules, name, raising=False)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps({"model_type": "llava_llada"}))
-    return str(ckpt)
+    yield str(ckpt)
+    for name in names:  # imported during the test: gone with the folder, or later tests load this builder
+        sys.modules.pop(name, None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the rule concerns machines without CUDA")
