@@ -57,8 +57,9 @@ ExplainerFactory = Callable[[str, Optional[CamConfig], Optional[int]], Any]
 
 
 def ablation_configs(config: Optional[CamConfig] = None) -> Dict[str, CamConfig]:
-    """The ablation variants of ``config`` (the paper's rows plus SICD context):
-    every module off, one on, all on, all on with context SICD."""
+    """The ablation variants of ``config``: every module off, one on, all on, all on with context
+    SICD. (Not the release's modes, which keep SICD on in all but its baseline and zero raw values
+    below 0.4 in that: docs/ALGORITHM.md.)"""
     c = config or CamConfig()
     sicd_on = c.sicd if c.sicd != "off" else "reference"
     off = c.replace(akd=False, dacg=False, cba=False, sicd="off")
