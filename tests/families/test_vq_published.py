@@ -134,3 +134,27 @@ def test_dimoo_mask_id_is_the_published_one_whatever_the_config_says(models):
     assert prep.input_ids[0, prep.response_start:prep.response_start + 4].tolist() == [126336] * 4
     e = exp.explain(_image(40, 72, 0), response_length=4, steps=2, trajectory=True)
     assert (e.trajectory.states[0] == 126336).all()
+
+
+def test_dimoo_prompt_keeps_the_special_tokens_its_tokenizer_adds():
+    # the published inference_mmu.py tokenises the prompt with tokenizer(prompt) (special tokens on) and puts
+    # the image before its last token; dcam tokenised without special tokens, so a tokenizer that opens every
+    # call with BOS (LLaMA-style) gave the model a prompt without it
+    from tokenizers import processors
+
+    from dcam.probe.adapters.vq import DiMOOAdapter
+    from dcam.testing.vq_dmllm import tiny_dimoo
+
+    model, proc = tiny_dimoo(seed=0, layers=1)
+    proc.tokenizer.add_special_tokens({"bos_token": "<|startoftext|>"})
+    proc.tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A", special_tokens=[("<|startoftext|>", proc.tokenizer.bos_token_id)])
+    a = DiMOOAdapter(model, proc)
+    prep = a.prepare(_image(40, 72, 0), "describe the image")
+    ids = prep.input_ids[0, :prep.response_start].tolist()
+    # as the published script builds it: text[:-1] + <boi> codes-with-newlines <eoi> + text[-1:] + <answer start>
+    text = proc.tokenizer(a.default_prompt_template.format("describe the image"))["input_ids"]
+    assert text[0] == proc.tokenizer.bos_token_id
+    boi, eoi = ids.index(proc.boi_id), ids.index(proc.eoi_id)
+    assert ids == text[:-1] + ids[boi:eoi + 1] + text[-1:] + [proc.answer_start_id]
+    assert ids[0] == proc.tokenizer.bos_token_id and ids.count(proc.tokenizer.bos_token_id) == 1

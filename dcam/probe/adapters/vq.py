@@ -247,8 +247,10 @@ class DiMOOAdapter(_VQAdapter):
         codes, h, w = self._codes(crop)
         rows = [codes[r * w:(r + 1) * w] + [p.newline_id] for r in range(h)]
         image_ids = [p.boi_id] + [t for row in rows for t in row] + [p.eoi_id]
-        text = self.text_ids(self.default_prompt_template.format(prompt if prompt is not None else
-                                                                 self.default_prompt))
+        # tokenised with the tokenizer's own special tokens, as the published inference_mmu.py does
+        # (``tokenizer(prompt)``): a tokenizer that opens every call with BOS gives the prompt its BOS
+        text = [int(i) for i in self.tokenizer(self.default_prompt_template.format(
+            prompt if prompt is not None else self.default_prompt))["input_ids"]]
         prompt_ids = text[:-1] + image_ids + text[-1:] + [p.answer_start_id]
         resp = self.response_slots(response_ids, response_length)
         ids = torch.tensor([prompt_ids + resp + [p.answer_end_id]])
