@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, NonFiniteError, model_overflow
+from .compiled import uncompiled
 
 #: The device types dcam runs a model on (:func:`dcam.models.check_device` holds names to the same rule):
 #: "meta" (weights without data) and the like failed deep inside a forward.
@@ -152,7 +153,7 @@ def probing(adapter):
     long-running server's Explainer held that graph until its next call, and after an
     interrupted backward the activations saved for it too."""
     adapter.scored_rows = None
-    with frozen(adapter.model):
+    with frozen(adapter.model), uncompiled(adapter.model):  # (a compiled backward takes no batched cotangents)
         try:
             yield adapter.model
         finally:

@@ -333,15 +333,12 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         if self.backbone == "lavida_llada":
             return self.model.get_model()(None, input_embeddings=emb, **mask).logits
         if self.backbone == "lavida_dream":
-            # its decoder layers' forward is @torch.compile'd: the compiled backward takes no batched
-            # cotangents and, its buffers donated, no second backward either, so the probe runs them eagerly
-            # (an ordinary autograd graph). The stance is process-global (every thread's compiled code runs
-            # eagerly meanwhile), so it is held for this forward only; generate() stays compiled
-            with torch.compiler.set_stance("force_eager"):
-                if keep is not None:  # forward_dream would drop the mask
-                    return self.model.lm_head(self.model.model(
-                        inputs_embeds=emb, attention_mask=key_mask(keep, emb.device, emb.dtype))[0])
-                return self.model.forward_dream(None, None, None, inputs_embeds=emb).logits
+            # (its decoder layers are @torch.compile'd as published: the probe runs them eagerly,
+            # dcam.probe.compiled; generate() keeps them compiled)
+            if keep is not None:  # forward_dream would drop the mask
+                return self.model.lm_head(self.model.model(
+                    inputs_embeds=emb, attention_mask=key_mask(keep, emb.device, emb.dtype))[0])
+            return self.model.forward_dream(None, None, None, inputs_embeds=emb).logits
         # LLaDA-V's sampler: the top-level forward fails on embeddings alone (conversation_ids unset)
         return self.model.lm_head(self.model.model(inputs_embeds=emb, **mask)[0])
 
