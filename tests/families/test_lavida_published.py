@@ -13,7 +13,7 @@ from torch._dynamo import eval_frame
 from dcam.explain import Explainer
 from dcam.probe import Targets, auto_adapter, probe, published_gradients
 from dcam.probe.gradients import batched_grad
-from dcam.testing.llava_dmllm import tiny_lavida, tiny_lavida_dream
+from dcam.testing.llava_dmllm import tiny_lavida, tiny_lavida_dream, tiny_llada_v
 
 IMAGES = [Image.fromarray(np.random.default_rng(s).integers(0, 256, (h, w, 3), dtype=np.uint8))
           for s, (h, w) in enumerate([(40, 72), (60, 30), (40, 72)])]
@@ -185,3 +185,26 @@ def test_the_memory_estimate_of_a_float32_lavida_counts_four_bytes_a_value():
     # float32 attention probabilities' gradient H x L x L
     assert per_cotangent_bytes(model, L, above) == (above + 1) * (L * (8 * D + 3 * I) * 4 + H * L * L * 4)
     assert head_cotangent_bytes(model, 7) == 2 * 7 * V * 4
+
+
+@pytest.mark.parametrize("build", [tiny_lavida, tiny_llada_v])
+def test_a_float16_tower_beside_a_bfloat16_model_is_explained(build):
+    """On a GPU the published builders leave the vision tower in float16 beside a bfloat16 model
+    (``load_model`` without ``--dtype`` keeps both): the tower computes in float16 and hands its
+    features back in the pixels' dtype, which must be the projector's. Pixels in the tower's dtype
+    made the projector fail ("mat1 and mat2 must have the same dtype"). The reference: the same
+    explanation with the pixels the bfloat16 model gets when its tower is bfloat16 too."""
+    model, proc = build(seed=2, layers=3)
+    model = model.to(torch.bfloat16)
+    model.get_vision_tower().to(torch.float16)
+    a = auto_adapter(model, proc)
+    prep = a.prepare(IMAGES[1], None, a.encode_response(RESPONSES[0]))
+    assert prep.model_inputs["images"].dtype == torch.bfloat16  # the projector's (the model's)
+    got = Explainer(model, proc).explain(IMAGES[1], response=RESPONSES[0])
+    assert len(got) > 0 and bool(torch.isfinite(got.raw_maps).all())
+    ref_model, _ = build(seed=2, layers=3)
+    ref_model = ref_model.to(torch.bfloat16)
+    ref_model.get_vision_tower().to(torch.float16).to(torch.bfloat16)  # the same float16-rounded weights
+    want = Explainer(ref_model, proc).explain(IMAGES[1], response=RESPONSES[0])
+    # the tower computes in float16 on one side, bfloat16 on the other: close, not equal
+    assert float((got.raw_maps - want.raw_maps).abs().max()) < 0.1  # 0.02-0.06 measured

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from ..padding import key_mask, row_lengths, split_padding
+from ..rows import weights_dtype
 from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, stack_pixels
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
@@ -212,14 +213,13 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         return stack_pixels(images, self.image_processor, tile).to(self._vision_dtype())
 
     def _vision_dtype(self) -> torch.dtype:
-        """The vision tower's dtype, which the pixels go to: not the model's first parameter's, which
-        in LaViDa is ``image_newline``, made bfloat16 whatever the model's dtype (its model classes set
-        ``dtype = torch.bfloat16  # hack``): a float32 model's pixels became bfloat16 and its
-        projector failed on them."""
-        for p in self.model.get_vision_tower().parameters():
-            if p.is_floating_point():
-                return p.dtype
-        return next(self.model.parameters()).dtype
+        """The dtype the pixels go to: the one most of the model's weights have, which the projector
+        after the vision tower shares (the published towers compute in their own dtype and hand their
+        features back in the pixels'). Not the tower's: the builders leave it in float16 on a GPU
+        beside a bfloat16 model, whose projector then failed on float16 features. Nor the first
+        parameter's: LaViDa's is its ``image_newline``, made bfloat16 whatever the model's dtype
+        (``dtype = torch.bfloat16  # hack``), and a float32 model's projector failed on bfloat16."""
+        return weights_dtype(self.model)
 
     def _views(self, span: Tensor, image_wh) -> Tuple[Tensor, Tuple[int, int], Dict[str, ImageView]]:
         layout, side = self.layout(image_wh)
