@@ -7,13 +7,12 @@
 
 Pipeline of :meth:`Explainer.explain_batch` (``explain`` is a batch of one):
 
-1. read each image (:mod:`dcam.images`) and build the inputs with the model's
-   adapter (:mod:`dcam.probe.adapters`); when no response is given, generate
-   it with the model's own sampler and record the number of denoising steps
-   ``S`` it used (a given response records ``steps`` or the adapter's default);
-2. select the explained items (:mod:`dcam.targets`: words by default, a word
-   of several tokens being one item, or tokens, or phrases); pad/eos slots are
-   never explained;
+1. read each image (:mod:`dcam.images`) and build the inputs with the model's adapter
+   (:mod:`dcam.probe.adapters`); when no response is given, generate it with the model's own
+   sampler and record the number of denoising steps ``S`` it used (a given response records
+   ``steps`` or the adapter's default);
+2. select the explained items (:mod:`dcam.targets`: words by default, a word of several tokens
+   being one item, or tokens, or phrases); pad/eos slots are never explained;
 3. probe the hooked block (:func:`dcam.probe.probe_batch`): examples with the
    same sequence layout share one forward, and so do examples of other lengths
    where the family is padded (:mod:`dcam.probe.padding`); one backward per chunk of
@@ -199,12 +198,13 @@ class Explainer:
         steps: denoising steps for generation (None: the adapter's default);
             with a given response, the number recorded for AKD.
         view, granularity: override the explainer's.
-        trajectory: also map every word on every denoising state of the
-            model's own generation (:mod:`dcam.trajectory`; the response is
-            generated, so ``response`` must be None): ``e.trajectory``.
+        trajectory: also map every word on every denoising state of the model's own generation
+            (:mod:`dcam.trajectory`; the response is generated: ``response`` None): ``e.trajectory``.
         """
         if not isinstance(trajectory, bool):  # trajectory="no" is truthy: it ran a trajectory
             raise InputError(f"trajectory must be True or False, got {trajectory!r}")
+        if response is not None and response_length is not None:  # as the CLI refuses --response-length then
+            raise InputError("response_length: sets a generated response's length; a response is given (leave one out)")
         if trajectory:
             return self._explain_with_trajectory(image, prompt, response, targets, probe, target_score, steps,
                                                  response_length, background, granularity, view)
@@ -299,8 +299,8 @@ class Explainer:
             traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
                                       targets=targets, background=background, granularity=granularity, view=view)
         e = self.explain(image, prompt=prompt, response=traj.response_ids, targets=targets, probe=probe,
-                         target_score=target_score, steps=traj.steps, response_length=response_length,
-                         background=background, granularity=granularity, view=view)
+                         target_score=target_score, steps=traj.steps, background=background,
+                         granularity=granularity, view=view)
         e.steps_source, e.trajectory = "generation", traj
         e.notes = list(dict.fromkeys(traj.notes + e.notes))
         return e

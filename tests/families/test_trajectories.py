@@ -30,8 +30,7 @@ def test_trajectory_of_each_family(models, landscape, family):
         assert column == [True] * (d + 1) + [False] * (S - d - 1)
     assert traj.maps.shape[:2] == (S, len(traj.tokens)) and bool(torch.isfinite(traj.maps).all())
     # the first state is the masked probe of the finished response, computed by the explainer
-    first = exp.explain(landscape, response=traj.response_ids, steps=traj.steps, probe="masked",
-                        response_length=8)
+    first = exp.explain(landscape, response=traj.response_ids, steps=traj.steps, probe="masked")
     assert first.tokens == traj.tokens
     torch.testing.assert_close(traj.maps[0], first.maps, atol=1e-5, rtol=0)
 
@@ -89,7 +88,7 @@ def test_trajectory_follows_the_view_asked_for(models, landscape, monkeypatch):
     model, proc = models("lavida-dream")
     exp = Explainer(model, proc)
     e = exp.explain(landscape, trajectory=True, steps=2, response_length=4, view="base")
-    base = exp.explain(landscape, response=e.response_ids, steps=e.steps, response_length=4, view="base")
+    base = exp.explain(landscape, response=e.response_ids, steps=e.steps, view="base")
     assert e.view == "base" and e.maps.shape == base.maps.shape == (len(e.tokens), 2, 2)
     assert e.trajectory.maps.shape[2:] == (2, 2)
     torch.testing.assert_close(e.maps, base.maps, atol=0, rtol=0)

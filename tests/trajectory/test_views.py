@@ -34,7 +34,7 @@ def test_all_views_follows_the_views_the_image_has_not_those_the_adapter_declare
     assert list(exp.adapter.prepare(img, None, None, 4).views) == ["base"]
     every = exp.explain(img, trajectory=True, view="all", steps=2, response_length=4)
     base = exp.explain(img, trajectory=True, view="base", steps=2, response_length=4)
-    plain = exp.explain(img, response=every.response_ids, steps=every.steps, response_length=4, view="all")
+    plain = exp.explain(img, response=every.response_ids, steps=every.steps, view="all")
     assert every.response_ids == base.response_ids and every.view == plain.view == "base"
     assert list(every.view_maps) == list(plain.view_maps) == ["base"]
     torch.testing.assert_close(every.trajectory.maps, base.trajectory.maps, atol=0, rtol=0)

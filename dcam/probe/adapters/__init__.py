@@ -100,18 +100,35 @@ def _forced_adapter(fam: Family, model, processor, **kwargs) -> ModelAdapter:
 
 def _made(cls, model, processor, kwargs) -> ModelAdapter:
     """``cls(model, processor, **kwargs)``, a keyword the adapter does not take named as the
-    caller's (a typo such as chunksize= was a TypeError naming the adapter's __init__)."""
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        takes = [n for n, p in params.items() if n not in ("self", "model", "processor")
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        unknown = sorted(set(kwargs) - set(takes))
+    caller's (a typo such as chunksize= was a TypeError naming the adapter's __init__). An
+    ``__init__`` that passes ``**kwargs`` on is followed to the classes it passes them to (Dream-VL's
+    to the Qwen-VL adapter's: block_length= was a TypeError there)."""
+    takes = _options(cls)
+    if takes is not None:
+        unknown = sorted(set(kwargs) - takes)
         if unknown:
             raise InputError(f"{unknown[0]}: not an option of the explainer or of the {cls.name} model's adapter "
-                             f"(the adapter's: {', '.join(takes) or 'none'})")
+                             f"(the adapter's: {', '.join(sorted(takes)) or 'none'})")
     return cls(model, processor, **kwargs)
+
+
+def _options(cls) -> Optional[set]:
+    """The keywords ``cls(model, processor, ...)`` takes, up its classes while each ``__init__``
+    passes ``**kwargs`` on; None where one takes any keyword without passing it on (no list)."""
+    import inspect
+
+    names: set = set()
+    for klass in cls.__mro__:
+        if "__init__" not in klass.__dict__:
+            continue
+        params = inspect.signature(klass.__dict__["__init__"]).parameters
+        names |= {n for n, p in params.items() if n not in ("self", "model", "processor")
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names
+        if klass is object or klass is ModelAdapter:
+            return None
+    return None
 
 
 def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) -> ModelAdapter:

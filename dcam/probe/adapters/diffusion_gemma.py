@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...errors import InputError
+from ...errors import InputError, positive_int
 from ...words import refuse_ids
 from ..padding import padding_id, row_lengths, split_padding
 from .base import Generation, ModelAdapter, Prepared, _ids_set, config_get, load_image, relative_depth_layer
@@ -78,7 +78,8 @@ class DiffusionGemmaAdapter(ModelAdapter):
         super().__init__(model, processor, newline_column, newline_token_id)
         self.blocks()  # the model first: one without the family's blocks is refused as that (auto_adapter)
         self._check_processor()
-        self.response_length = int(response_length or getattr(model.config, "canvas_length", 256))
+        self.response_length = positive_int("response_length", response_length) or \
+            int(getattr(model.config, "canvas_length", 256))
         gc = getattr(model, "generation_config", None)
         self.default_steps = int(getattr(gc, "max_denoising_steps", None) or 48)
         self.default_prompt = default_prompt

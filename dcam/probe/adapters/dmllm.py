@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...errors import InputError
+from ...errors import InputError, positive_int
 from .base import ModelAdapter, _ids_set, config_get, relative_depth_layer
 from .sampling import idle_steps
 
@@ -83,11 +83,11 @@ class DMLLMAdapter(ModelAdapter):
                  block_length: Optional[int] = None, steps: Optional[int] = None,
                  default_prompt: str = DEFAULT_PROMPT):
         super().__init__(model, processor, newline_column, newline_token_id)
-        self.response_length = int(response_length)
-        self.block_length = int(block_length) if block_length else None
+        self.response_length = positive_int("response_length", response_length, allow_none=False)
+        self.block_length = positive_int("block_length", block_length)
         # the Diffusion-CAM release decodes 64 tokens in 32 steps (step_ratio 0.5); without ``steps``, a
         # generation takes half the slots it generates (:meth:`steps_and_blocks`), as MMaDA's release does
-        self.given_steps = int(steps) if steps else None
+        self.given_steps = positive_int("steps", steps)
         self.default_steps = self.given_steps or max(1, self.response_length // 2)
         self.default_prompt = default_prompt
         no_activation_checkpointing(model)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..padding import key_mask, split_padding
+from ...errors import positive_int
 from .base import PROBES, Generation, Prepared, _ids_set, config_get
 from .dmllm import DREAM_MASK_ID, changed_steps, chat_prompt, no_activation_checkpointing, recorded_states
 from .hf_vlm import QwenVLAdapter
@@ -41,7 +42,7 @@ class DreamVLAdapter(QwenVLAdapter):
     def __init__(self, model, processor: Any = None, response_length: int = 64, steps=None, alg: str = "maskgit_plus",
                  **kwargs):
         super().__init__(model, processor, response_length=response_length, **kwargs)
-        self.given_steps = int(steps) if steps else None
+        self.given_steps = positive_int("steps", steps)
         self.default_steps = self.given_steps or max(1, self.response_length // 2)
         self.alg = alg
         no_activation_checkpointing(model)

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...errors import InputError, one_line
+from ...errors import InputError, one_line, positive_int
 from ...words import PLACEHOLDER, refuse_ids
 from .anyres import anyres_layout, anyres_views, max_tiles_of
 from .base import Generation, ImageView, ModelAdapter, Prepared, _ids_set, config_get, load_image, \
@@ -78,7 +78,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         super().__init__(model, processor, newline_column, newline_token_id)
         self.blocks()  # the model first: one without the family's blocks is refused as that (auto_adapter)
         self.check_processor_family()
-        self.response_length = int(response_length)
+        self.response_length = positive_int("response_length", response_length, allow_none=False)
         self.default_steps = self.response_length
         self.default_prompt = default_prompt
         self._grid = tuple(grid) if grid is not None else None
