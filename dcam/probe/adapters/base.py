@@ -34,6 +34,7 @@ from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
 from ...words import decode_shown
 from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
+from ..padding import PAD_MASK
 from ..rows import LastBlockAtRows, raised_at_rows, same_logits, supports_rows
 from .positions import locate_image_positions
 from .sampling import idle_steps
@@ -406,7 +407,7 @@ class ModelAdapter:
         rows: by default (:mod:`dcam.probe.rows`) where :meth:`check_rows_only`
         found that this model gives the same logits that way; an adapter may
         override this with its model's own (the bundled model's does)."""
-        if getattr(self, "_rows_only_ok", None) is not True or not supports_rows(self.blocks()[-1]):
+        if getattr(self, _rows_verdict(model_inputs), None) is not True or not supports_rows(self.blocks()[-1]):
             # (checked again: a wrapper the user put on the block after the one-time check)
             return self.logits_at(input_ids, model_inputs, positions, response_start)
         with LastBlockAtRows(self.blocks()[-1], positions, input_ids.shape[1]):
@@ -421,7 +422,8 @@ class ModelAdapter:
         own :meth:`logits_at_rows` are taken at their word."""
         if type(self).logits_at_rows is not ModelAdapter.logits_at_rows:
             return True
-        if getattr(self, "_rows_only_ok", None) is None:
+        verdict = _rows_verdict(model_inputs)
+        if getattr(self, verdict, None) is None:
             ok = False
             block = self.blocks()[-1]
             if supports_rows(block):
@@ -442,8 +444,8 @@ class ModelAdapter:
                 if (at_rows is None or at_rows.ran == 1) and not ok:
                     warnings.warn(f"{type(block).__name__} at the scored rows only {why}; the last block runs at "
                                   "every row", RuntimeWarning)
-            self._rows_only_ok = ok
-        return self._rows_only_ok
+            setattr(self, verdict, ok)
+        return getattr(self, verdict)
 
     def _runs_at_rows(self, block, input_ids, model_inputs, positions, response_start) -> bool:
         """Whether the forward with ``block`` at the scored rows runs, tried once more after it
@@ -464,6 +466,11 @@ class ModelAdapter:
             tid = None
         if tid is None:
             raise InputError(f"{type(self.model).__name__} has no image token id; it cannot be explained")
+
+
+def _rows_verdict(model_inputs) -> str:
+    """Where ``check_rows_only`` keeps its verdict: apart for padded batches (their mask holds padding)."""
+    return "_rows_only_ok_padded" if PAD_MASK in model_inputs else "_rows_only_ok"
 
 
 def _missing(adapter: ModelAdapter, what: str) -> NotImplementedError:
