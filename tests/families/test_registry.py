@@ -183,5 +183,38 @@ def test_an_autoregressive_response_past_the_models_positions_is_refused_before_
     most = int(model.config.get_text_config().max_position_embeddings)
     image = np.full((30, 30, 3), 120, dtype=np.uint8)
     with pytest.raises(InputError, match=rf"^response_length: 1000000 tokens after a prompt of \d+ pass this model's "
-                                         rf"{most} positions \(max_position_embeddings\); ask for at most \d+$"):
+                                         rf"{most} positions \(max_position_embeddings\); at most \d+ fit$"):
         Explainer(model, proc).explain(image, response_length=10**6)
+
+
+def test_the_positions_bound_a_given_response_and_a_prompt_alone(models):
+    # a given response ran past max_position_embeddings silently, and a prompt that alone passed them was
+    # told to "ask for at most -179" tokens
+    import numpy as np
+    import pytest
+
+    from dcam import Explainer
+    from dcam.errors import InputError
+
+    model, proc = models("llava")
+    cfg = model.config.get_text_config()
+    exp = Explainer(model, proc)
+    image = np.full((30, 30, 3), 120, dtype=np.uint8)
+    Lp = exp.adapter.prepare(image).response_start  # prompt and image, counted here
+    words = exp.adapter.encode_response("a red circle")
+    saved = cfg.max_position_embeddings
+    try:
+        cfg.max_position_embeddings = Lp + len(words) - 1  # one position short of the given response
+        with pytest.raises(InputError, match=rf"^response: {len(words)} tokens after a prompt of {Lp} pass this "
+                                             rf"model's {Lp + len(words) - 1} positions \(max_position_embeddings\); "
+                                             rf"at most {len(words) - 1} fit$"):
+            exp.explain(image, response="a red circle")
+        cfg.max_position_embeddings = Lp  # the prompt alone fills them
+        for call in (lambda: exp.explain(image, response="a red circle"), lambda: exp.explain(image)):
+            with pytest.raises(InputError, match=rf"^image: with the prompt it takes {Lp} positions, and this "
+                                                 rf"model has {Lp} \(max_position_embeddings\): none left"):
+                call()
+        cfg.max_position_embeddings = Lp + len(words)  # exactly enough
+        assert exp.explain(image, response="a red circle").response_ids == list(words)
+    finally:
+        cfg.max_position_embeddings = saved

@@ -204,6 +204,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         ids = torch.as_tensor(enc.pop("input_ids"))[:1].long()
         enc.pop("attention_mask", None)
         Lp = ids.shape[1]
+        self.check_positions(Lp, len(resp), "response")
         if resp:
             ids = torch.cat([ids, torch.tensor([resp], dtype=torch.long)], 1)
         pos, grid, views = self.locate_views(ids[:, :Lp], enc, img)
@@ -232,17 +233,25 @@ class HFVisionLanguageAdapter(ModelAdapter):
                                               for k, v in p.model_inputs.items()}) for p in preps]
         return super().stack_inputs(preps)
 
+    def check_positions(self, Lp: int, Lr: int, name: str) -> None:
+        """The model's positions (``max_position_embeddings``) bound prompt, image and response, a given
+        response as a generated one (a given one ran past them silently; a prompt past them alone was told
+        to ask for a negative number of tokens)."""
+        most = config_get(self.model.config, "max_position_embeddings")
+        if most is not None and Lp >= int(most):
+            raise InputError(f"image: with the prompt it takes {Lp} positions, and this model has {int(most)} "
+                             f"(max_position_embeddings): none left for a response (a smaller image or prompt)")
+        if most is not None and Lp + Lr > int(most):
+            raise InputError(f"{name}: {Lr} tokens after a prompt of {Lp} pass this model's {int(most)} positions "
+                             f"(max_position_embeddings); at most {int(most) - Lp} fit")
+
     # ------------------------------------------------------------------ running
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         # steps never cut the answer (--steps 2 answered two tokens): a causal model takes one step per token,
         # so they only count for AKD, which reads the steps given (default: one per generated token)
         Lr = int(response_length or self.response_length)
         L = prep.response_start
-        # the model's positions bound the response (10**6 new tokens ran until killed)
-        most = config_get(self.model.config, "max_position_embeddings")
-        if most is not None and L + Lr > int(most):
-            raise InputError(f"response_length: {Lr} tokens after a prompt of {L} pass this model's {int(most)} "
-                             f"positions (max_position_embeddings); ask for at most {int(most) - L}")
+        self.check_positions(L, Lr, "response_length")  # (10**6 new tokens ran until killed)
         inputs = {k: (v[:, :L] if k in PER_TOKEN_INPUTS else v) for k, v in prep.model_inputs.items()}
         # a placeholder id in the response would make the model's next forward count one image token too many
         banned = sorted(self.placeholder_ids())
