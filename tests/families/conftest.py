@@ -63,6 +63,23 @@ def coco_dir(tmp_path_factory):
     return root
 
 
+def _hooked_batch_sizes(exp, run):
+    """(``run()``, the batch size of every forward of the explainer's hooked block during it)."""
+    seen = []
+    h = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda m, a, o: seen.append(int(a[0].shape[0])))
+    try:
+        return run(), seen
+    finally:
+        h.remove()
+
+
+@pytest.fixture
+def hooked_batch_sizes():
+    """``hooked_batch_sizes(exp, run)`` -> (``run()``, the batch size of every forward of the explainer's
+    hooked block during it): how many forwards a batch took, and of how many rows."""
+    return _hooked_batch_sizes
+
+
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)

@@ -21,16 +21,6 @@ PROMPTS = [None, "name the objects in this image", "what"]
 RESPONSES = ["a red circle", "a blue square and", "a green circle"]
 
 
-def _hooked_batch_sizes(exp, run):
-    seen = []
-    h = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda m, a, o: seen.append(int(a[0].shape[0])))
-    try:
-        out = run()
-    finally:
-        h.remove()
-    return out, seen
-
-
 # ---------------------------------------------------------------- compiled Dream layers
 
 def test_compiled_dream_layers_are_explained_with_the_eager_models_gradients():
@@ -115,7 +105,7 @@ def test_the_fallback_runs_after_a_batched_backward_that_failed_part_way():
 
 # ---------------------------------------------------------------- LaViDa's LLaDA reads no mask
 
-def test_lavidas_llada_reads_no_padding_mask_and_its_batches_run_one_forward_per_layout():
+def test_lavidas_llada_reads_no_padding_mask_and_its_batches_run_one_forward_per_layout(hooked_batch_sizes):
     model, proc = tiny_lavida(seed=1)
     exp = Explainer(model, proc)
     assert not exp.adapter.pads_batches
@@ -132,7 +122,7 @@ def test_lavidas_llada_reads_no_padding_mask_and_its_batches_run_one_forward_per
     ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batch, sizes = _hooked_batch_sizes(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
+        batch, sizes = hooked_batch_sizes(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
     assert not [w for w in caught if "pads_batches" in str(w.message)]
     assert sizes == [1, 1, 1]  # no padding check, no padded forward: one per layout
     for e, one in zip(batch, ones):

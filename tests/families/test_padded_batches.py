@@ -54,19 +54,8 @@ def _model(name, models):
     return tiny_toy(seed=1) if name == "toy" else models(name)
 
 
-def _batch_sizes_of_the_hooked_block(exp, run):
-    """The batch size of every forward of the explainer's hooked block during ``run()``."""
-    seen = []
-    h = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda m, a, o: seen.append(int(a[0].shape[0])))
-    try:
-        out = run()
-    finally:
-        h.remove()
-    return out, seen
-
-
 @pytest.mark.parametrize("name", PADDED)
-def test_examples_of_other_lengths_share_one_padded_forward(name, models):
+def test_examples_of_other_lengths_share_one_padded_forward(name, models, hooked_batch_sizes):
     exp = Explainer(*_model(name, models))
     assert exp.adapter.pads_batches
     ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
@@ -78,7 +67,7 @@ def test_examples_of_other_lengths_share_one_padded_forward(name, models):
         assert len(tiles) == 2, tiles
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batch, sizes = _batch_sizes_of_the_hooked_block(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
+        batch, sizes = hooked_batch_sizes(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
     assert not [w for w in caught if "pads_batches" in str(w.message)]  # its padded rows pass the check
     # the once-per-adapter padding check (the first two examples padded together, the shorter alone), then
     # one forward of all three; where the last block can run at the scored rows only (dcam.probe.rows), the
@@ -134,7 +123,7 @@ def test_the_padding_token_is_never_read(monkeypatch):
         torch.testing.assert_close(x.maps, y.maps, atol=1e-6, rtol=0)
 
 
-def test_diffusion_gemma_pads_only_prompts_within_its_sliding_window(models, monkeypatch):
+def test_diffusion_gemma_pads_only_prompts_within_its_sliding_window(models, monkeypatch, hooked_batch_sizes):
     """The encoder's sliding-window layers hand the decoder their last ``window - 1`` prompt keys
     (63 here). Prompts of 61 and 59 tokens pad together; one of 72 runs alone (padding it would
     push real keys out of those layers' cache, and its rows would differ: checked below)."""
@@ -147,7 +136,7 @@ def test_diffusion_gemma_pads_only_prompts_within_its_sliding_window(models, mon
     assert [p.response_start for p in preps] == [61, 59, 72]
     assert batch_key(preps[0], a) == batch_key(preps[1], a) != batch_key(preps[2], a)
     ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(images, prompts, responses)]
-    batch, sizes = _batch_sizes_of_the_hooked_block(exp, lambda: exp.explain_batch(images, prompts, responses))
+    batch, sizes = hooked_batch_sizes(exp, lambda: exp.explain_batch(images, prompts, responses))
     assert sorted(sizes) == [1, 1, 2, 2]  # the padding check's pair and its shorter example alone, then 2 and 1
     for e, one in zip(batch, ones):
         torch.testing.assert_close(e.maps, one.maps, atol=2e-4, rtol=0)

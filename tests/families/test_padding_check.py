@@ -36,31 +36,21 @@ def _explainer(adapter_class):
     return Explainer(adapter=adapter_class(model, proc))
 
 
-def _batch_sizes(exp, run):
-    """(``run()``, the batch size of every forward of the explainer's hooked block during it)."""
-    seen = []
-    h = exp.adapter.blocks()[exp.layer].register_forward_hook(lambda m, a, o: seen.append(int(a[0].shape[0])))
-    try:
-        return run(), seen
-    finally:
-        h.remove()
-
-
 def _padding_warnings(caught):
     return [w for w in caught if issubclass(w.category, RuntimeWarning) and "pads_batches" in str(w.message)]
 
 
-def _batch(exp):
+def _batch(exp, hooked_batch_sizes):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out, sizes = _batch_sizes(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
+        out, sizes = hooked_batch_sizes(exp, lambda: exp.explain_batch(IMAGES, PROMPTS, RESPONSES))
     return out, sizes, _padding_warnings(caught)
 
 
-def test_an_adapter_that_drops_the_mask_is_warned_about_once_and_explained_apart():
+def test_an_adapter_that_drops_the_mask_is_warned_about_once_and_explained_apart(hooked_batch_sizes):
     exp = _explainer(DropsMask)
     ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
-    batch, sizes, found = _batch(exp)
+    batch, sizes, found = _batch(exp, hooked_batch_sizes)
     assert len(found) == 1
     msg = str(found[0].message)
     assert "DropsMask" in msg and "forward_logits" in msg and "explained apart" in msg
@@ -72,39 +62,39 @@ def test_an_adapter_that_drops_the_mask_is_warned_about_once_and_explained_apart
         torch.testing.assert_close(e.raw_maps, one.raw_maps, atol=1e-4, rtol=0)
         torch.testing.assert_close(e.maps, one.maps, atol=2e-4, rtol=0)
     # checked once: a second batch runs no check and says nothing again
-    again, sizes, found = _batch(exp)
+    again, sizes, found = _batch(exp, hooked_batch_sizes)
     assert found == [] and sizes == [1, 1, 1]
     for e, one in zip(again, ones):
         torch.testing.assert_close(e.maps, one.maps, atol=2e-4, rtol=0)
 
 
-def test_the_check_is_needed_padded_rows_without_the_mask_are_not_the_examples():
+def test_the_check_is_needed_padded_rows_without_the_mask_are_not_the_examples(hooked_batch_sizes):
     # what the check guards against: the same adapter's rows, padded anyway, give other maps
     exp = _explainer(DropsMask)
     exp.adapter._padding_ok = True  # (as if the check had passed: one padded forward)
     ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
-    batch, sizes, _ = _batch(exp)
+    batch, sizes, _ = _batch(exp, hooked_batch_sizes)
     assert sizes == [3]
     assert max(float((e.maps - one.maps).abs().max()) for e, one in zip(batch, ones)) > 1e-2
 
 
-def test_an_adapter_that_pads_right_passes_and_keeps_one_shared_forward():
+def test_an_adapter_that_pads_right_passes_and_keeps_one_shared_forward(hooked_batch_sizes):
     exp = _explainer(ShapesAdapter)
     ones = [exp.explain(im, prompt=p, response=r) for im, p, r in zip(IMAGES, PROMPTS, RESPONSES)]
     assert getattr(exp.adapter, "_padding_ok", None) is None  # one example at a time pads nothing: no check
-    batch, sizes, found = _batch(exp)
+    batch, sizes, found = _batch(exp, hooked_batch_sizes)
     assert found == []
     assert sizes == [2, 1, 3]  # the check once, then all three in one padded forward
     for e, one in zip(batch, ones):
         torch.testing.assert_close(e.maps, one.maps, atol=2e-4, rtol=0)
-    _, sizes, found = _batch(exp)
+    _, sizes, found = _batch(exp, hooked_batch_sizes)
     assert found == [] and sizes == [3]  # no second check
 
 
-def test_a_batch_of_one_length_runs_no_check():
+def test_a_batch_of_one_length_runs_no_check(hooked_batch_sizes):
     exp = _explainer(DropsMask)
     same = [IMAGES[0], IMAGES[2]]  # one layout: nothing is padded, so nothing to check yet
-    _, sizes = _batch_sizes(exp, lambda: exp.explain_batch(same, responses=["a red circle", "a green circle"]))
+    _, sizes = hooked_batch_sizes(exp, lambda: exp.explain_batch(same, responses=["a red circle", "a green circle"]))
     assert sizes == [2] and getattr(exp.adapter, "_padding_ok", None) is None
 
 
