@@ -203,8 +203,6 @@ class Explainer:
         """
         if not isinstance(trajectory, bool):  # trajectory="no" is truthy: it ran a trajectory
             raise InputError(f"trajectory must be True or False, got {trajectory!r}")
-        if response is not None and response_length is not None:  # as the CLI refuses --response-length then
-            raise InputError("response_length: sets a generated response's length; a response is given (leave one out)")
         if trajectory:
             return self._explain_with_trajectory(image, prompt, response, targets, probe, target_score, steps,
                                                  response_length, background, granularity, view)
@@ -243,6 +241,8 @@ class Explainer:
         for name, seq in (("prompts", prompts), ("responses", responses), ("targets_per_image", tgts)):
             if len(seq) != n:
                 raise InputError(f"{name} must have one entry per image ({n}), got {len(seq)}")
+        if response_length is not None and all(r is not None for r in responses):  # as the CLI refuses it
+            raise InputError("response_length: sets a generated response's length; every response is given")
         build = ExampleBuilder(self, positive_int("steps", steps), positive_int("response_length", response_length),
                                background, granularity, view)
         # what needs no response is checked for every example before the first response is generated

@@ -181,6 +181,8 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
     targets = [r.targets for r in recs]
     if any(t != "all" for t in targets):
         kw["targets_per_image"] = targets
+    if all(r.response is not None for r in recs):  # nothing generated here (explain_batch refuses the length)
+        kw["response_length"] = None
     try:
         es = explainer.explain_batch([r.image for r in recs], [_prompt(r, opts) for r in recs],
                                      [r.response for r in recs], **kw)

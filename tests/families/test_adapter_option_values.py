@@ -43,8 +43,33 @@ def test_good_options_still_reach_the_adapter(models):
     assert (a.given_steps, a.response_length, a.block_length) == (3, 6, 2)
 
 
-def test_a_response_length_beside_a_given_response_is_refused(models):
+def test_a_response_length_beside_given_responses_is_refused(models):
     exp = Explainer(*models("lavida"))
-    with pytest.raises(InputError, match=r"^response_length: sets a generated response's length; a response is "
-                                         r"given \(leave one out\)$"):
+    message = r"^response_length: sets a generated response's length; every response is given$"
+    with pytest.raises(InputError, match=message):
         exp.explain(IMAGE, response="a red circle", response_length=2)
+    with pytest.raises(InputError, match=message):  # explain is a batch of one: the batch says the same
+        exp.explain_batch([IMAGE, IMAGE], responses=["a red circle", "a blue square"], response_length=2)
+    # a batch that generates one of its responses takes the length for that one
+    got = exp.explain_batch([IMAGE, IMAGE], responses=["a red circle", None], response_length=3, steps=3)
+    assert len(got[1].response_ids) <= 3 and got[0].response == "a red circle"
+
+
+def test_response_length_none_is_the_adapters_default(models):
+    for family, default in (("lavida", 64), ("dream-vl", 64), ("llava", 16)):
+        assert Explainer(*models(family), response_length=None).adapter.response_length == default
+
+
+def test_a_registered_adapter_that_keeps_its_own_options_in_kwargs_gets_them(registry):
+    from dcam.probe.adapters import register_adapter
+    from dcam.probe.adapters.shapes import ShapesAdapter
+    from dcam.testing import tiny_toy
+
+    class KeepsOptions(ShapesAdapter):  # a user's adapter: its own option arrives through **options
+        def __init__(self, model, processor=None, **options):
+            self.answer_len = options.pop("answer_len", None)
+            super().__init__(model, processor, **options)
+
+    model, proc = tiny_toy(seed=1)
+    register_adapter(lambda m: m is model, KeepsOptions, name="keeps-options")
+    assert Explainer(model, proc, answer_len=4).adapter.answer_len == 4

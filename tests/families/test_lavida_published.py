@@ -198,3 +198,21 @@ def test_a_float16_tower_beside_a_bfloat16_model_is_explained(build):
     want = Explainer(ref_model, proc).explain(IMAGES[1], response=RESPONSES[0])
     # the tower computes in float16 on one side, bfloat16 on the other: close, not equal
     assert float((got.raw_maps - want.raw_maps).abs().max()) < 0.1  # 0.02-0.06 measured
+
+
+@pytest.mark.parametrize("build", [tiny_lavida, tiny_llada_v])
+def test_pixels_take_the_projectors_dtype_when_most_weights_have_another(build):
+    # bfloat16 with the embedding and the LM head kept in float32 (a common mixed-precision load): most of
+    # the tiny model's weights are float32 then, and pixels in that dtype failed in the bfloat16 projector
+    model, proc = build(seed=2, layers=3)
+    model = model.to(torch.bfloat16)
+    for name, module in model.named_modules():  # the embedding and the LM head, by their published names
+        if name in ("model.transformer.wte", "model.transformer.ff_out", "model.embed_tokens", "lm_head"):
+            module.float()
+    a = auto_adapter(model, proc)
+    projector = next(m for n, m in model.named_modules() if n.endswith("mm_projector"))
+    assert next(projector.parameters()).dtype == torch.bfloat16
+    assert sum(p.numel() for p in model.parameters() if p.dtype == torch.float32) > \
+        sum(p.numel() for p in model.parameters() if p.dtype == torch.bfloat16)
+    prep = a.prepare(IMAGES[1], None, a.encode_response(RESPONSES[0]))
+    assert prep.model_inputs["images"].dtype == torch.bfloat16

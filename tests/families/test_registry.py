@@ -218,3 +218,29 @@ def test_the_positions_bound_a_given_response_and_a_prompt_alone(models):
         assert exp.explain(image, response="a red circle").response_ids == list(words)
     finally:
         cfg.max_position_embeddings = saved
+
+
+def test_m_rope_models_count_the_response_not_the_prompts_tokens(models):
+    # Qwen-VL gives an image's tokens grid positions (M-RoPE): a prompt of 69 tokens may use 16 positions,
+    # and counting its tokens refused sequences the model takes
+    import numpy as np
+    import pytest
+
+    from dcam import Explainer
+    from dcam.errors import InputError
+
+    model, proc = models("qwen-vl")
+    cfg = model.config.get_text_config()
+    exp = Explainer(model, proc)
+    image = np.full((30, 30, 3), 120, dtype=np.uint8)
+    Lp = exp.adapter.prepare(image).response_start
+    saved = cfg.max_position_embeddings
+    try:
+        cfg.max_position_embeddings = 4  # fewer than the prompt's tokens, more than the response's
+        assert Lp > 4
+        assert exp.explain(image, response="a red circle").response == "a red circle"
+        with pytest.raises(InputError, match=r"^response_length: 5 tokens pass this model's 4 positions "
+                                             r"\(max_position_embeddings\)$"):
+            exp.explain(image, response_length=5)
+    finally:
+        cfg.max_position_embeddings = saved

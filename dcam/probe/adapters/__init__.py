@@ -113,8 +113,9 @@ def _made(cls, model, processor, kwargs) -> ModelAdapter:
 
 
 def _options(cls) -> Optional[set]:
-    """The keywords ``cls(model, processor, ...)`` takes, up its classes while each ``__init__``
-    passes ``**kwargs`` on; None where one takes any keyword without passing it on (no list)."""
+    """The keywords ``cls(model, processor, ...)`` takes, up dcam's own classes while each ``__init__``
+    passes ``**kwargs`` on; None (no list) where a class of someone else's takes ``**kwargs``, which
+    it may keep for itself (a registered adapter's own options)."""
     import inspect
 
     names: set = set()
@@ -126,7 +127,7 @@ def _options(cls) -> Optional[set]:
                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return names
-        if klass is object or klass is ModelAdapter:
+        if klass is object or klass is ModelAdapter or not klass.__module__.startswith("dcam."):
             return None
     return None
 

@@ -83,7 +83,7 @@ class DMLLMAdapter(ModelAdapter):
                  block_length: Optional[int] = None, steps: Optional[int] = None,
                  default_prompt: str = DEFAULT_PROMPT):
         super().__init__(model, processor, newline_column, newline_token_id)
-        self.response_length = positive_int("response_length", response_length, allow_none=False)
+        self.response_length = positive_int("response_length", response_length) or 64  # (None: the default)
         self.block_length = positive_int("block_length", block_length)
         # the Diffusion-CAM release decodes 64 tokens in 32 steps (step_ratio 0.5); without ``steps``, a
         # generation takes half the slots it generates (:meth:`steps_and_blocks`), as MMaDA's release does

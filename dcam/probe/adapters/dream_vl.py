@@ -41,7 +41,8 @@ class DreamVLAdapter(QwenVLAdapter):
 
     def __init__(self, model, processor: Any = None, response_length: int = 64, steps=None, alg: str = "maskgit_plus",
                  **kwargs):
-        super().__init__(model, processor, response_length=response_length, **kwargs)
+        super().__init__(model, processor, response_length=64 if response_length is None else response_length,
+                         **kwargs)
         self.given_steps = positive_int("steps", steps)
         self.default_steps = self.given_steps or max(1, self.response_length // 2)
         self.alg = alg

@@ -76,6 +76,7 @@ class QwenVLAdapter(HFVisionLanguageAdapter):
     processor_classes = ("Qwen",)
 
     default_image_token = "<|image_pad|>"
+    sequential_positions = False  # M-RoPE (the positions check counts the response only)
 
     def image_marker(self) -> str:
         return f"<|vision_start|>{self.image_token_text()}<|vision_end|>"

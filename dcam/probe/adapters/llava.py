@@ -78,7 +78,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         super().__init__(model, processor, newline_column, newline_token_id)
         self.blocks()  # the model first: one without the family's blocks is refused as that (auto_adapter)
         self.check_processor_family()
-        self.response_length = positive_int("response_length", response_length, allow_none=False)
+        self.response_length = positive_int("response_length", response_length) or 16  # (None: the default)
         self.default_steps = self.response_length
         self.default_prompt = default_prompt
         self._grid = tuple(grid) if grid is not None else None
@@ -233,15 +233,22 @@ class HFVisionLanguageAdapter(ModelAdapter):
                                               for k, v in p.model_inputs.items()}) for p in preps]
         return super().stack_inputs(preps)
 
+    #: whether the i-th token sits at position i (M-RoPE models give an image's tokens grid positions: fewer)
+    sequential_positions = True
+
     def check_positions(self, Lp: int, Lr: int, name: str) -> None:
         """The model's positions (``max_position_embeddings``) bound prompt, image and response, a given
         response as a generated one (a given one ran past them silently; a prompt past them alone was told
         to ask for a negative number of tokens)."""
         most = config_get(self.model.config, "max_position_embeddings")
-        if most is not None and Lp >= int(most):
+        if most is not None and not self.sequential_positions and Lr > int(most):  # M-RoPE: the response's alone
+            raise InputError(f"{name}: {Lr} tokens pass this model's {int(most)} positions (max_position_embeddings)")
+        if most is None or not self.sequential_positions:
+            return
+        if Lp >= int(most):
             raise InputError(f"image: with the prompt it takes {Lp} positions, and this model has {int(most)} "
                              f"(max_position_embeddings): none left for a response (a smaller image or prompt)")
-        if most is not None and Lp + Lr > int(most):
+        if Lp + Lr > int(most):
             raise InputError(f"{name}: {Lr} tokens after a prompt of {Lp} pass this model's {int(most)} positions "
                              f"(max_position_embeddings); at most {int(most) - Lp} fit")
 

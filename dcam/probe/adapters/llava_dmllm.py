@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from ..padding import key_mask, row_lengths, split_padding
-from ..rows import weights_dtype
+from ..rows import block_dtype, weights_dtype
 from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, stack_pixels
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
@@ -213,12 +213,15 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         return stack_pixels(images, self.image_processor, tile).to(self._vision_dtype())
 
     def _vision_dtype(self) -> torch.dtype:
-        """The dtype the pixels go to: the one most of the model's weights have, which the projector
-        after the vision tower shares (the published towers compute in their own dtype and hand their
-        features back in the pixels'). Not the tower's: the builders leave it in float16 on a GPU
-        beside a bfloat16 model, whose projector then failed on float16 features. Nor the first
-        parameter's: LaViDa's is its ``image_newline``, made bfloat16 whatever the model's dtype
-        (``dtype = torch.bfloat16  # hack``), and a float32 model's projector failed on bfloat16."""
+        """The dtype the pixels go to: the projector's (``mm_projector``), which takes the vision tower's
+        features in the pixels' dtype (the published towers compute in their own dtype and hand their
+        features back in the pixels'). Not the tower's: the builders leave it in float16 on a GPU beside a
+        bfloat16 projector. Nor the first parameter's: LaViDa's is its ``image_newline``, bfloat16 whatever
+        the model's dtype (``dtype = torch.bfloat16  # hack``). Without a projector found by that name,
+        the dtype most of the weights have."""
+        for name, module in self.model.named_modules():
+            if name.rsplit(".", 1)[-1] == "mm_projector":
+                return block_dtype(module)
         return weights_dtype(self.model)
 
     def _views(self, span: Tensor, image_wh) -> Tuple[Tensor, Tuple[int, int], Dict[str, ImageView]]:
