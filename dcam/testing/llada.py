@@ -112,7 +112,8 @@ class LLaDAModel(nn.Module):
             self.transformer["ff_out"] = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.activation_checkpointing_strategy = None
 
-    #: False: LaViDa's copy, whose attention hands SDPA ``attn_mask=None`` (the folded mask is dropped)
+    #: False: LaViDa's and Lumina-DiMOO's copies, whose attention hands SDPA ``attn_mask=None`` (the
+    #: attention_mask folded into the bias is dropped with it)
     reads_attention_bias = True
 
     def set_activation_checkpointing(self, strategy):

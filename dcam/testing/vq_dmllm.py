@@ -107,8 +107,7 @@ class DiMOOLLaDAModel(LLaDAModel):
     """Lumina-DiMOO's LLaDA: the published ``LLaDABlock.attention`` casts the attention bias (into which
     ``attention_mask`` is folded) and then calls SDPA with ``attn_mask=None``, so neither hides a key."""
 
-    def forward(self, input_ids=None, input_embeddings=None, attention_mask=None, attention_bias=None, **kwargs):
-        return super().forward(input_ids, input_embeddings=input_embeddings, **kwargs)
+    reads_attention_bias = False
 
 
 class LLaDAForMultiModalGeneration(LLaDAModelLM):
