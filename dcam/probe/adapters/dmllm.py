@@ -67,6 +67,19 @@ def chat_prompt(tokenizer, text: str, system: Optional[str] = None) -> str:
     return text
 
 
+def generation_steps(steps: Optional[int], given_steps: Optional[int], length: int) -> int:
+    """Denoising steps for a generation of ``length`` slots: the call's, else the adapter's, else half of
+    ``length`` (the Diffusion-CAM release decodes 64 tokens in 32 steps; MMaDA's release runs L // 2).
+    Half of the call's own length: a per-call length had run the adapter's ``response_length // 2``."""
+    return int(steps or given_steps or max(1, length // 2))
+
+
+def tokenized(tokenizer, text: str) -> List[int]:
+    """``text``'s ids with the tokenizer's own special tokens (a BOS it opens every call with, say), as
+    the releases tokenise their prompts (``tokenizer(prompt)``)."""
+    return [int(i) for i in tokenizer(text)["input_ids"]]
+
+
 class DMLLMAdapter(ModelAdapter):
     """Base of the dMLLM adapters: a tokenizer in ``self.tokenizer``, the
     family's mask id and eos ids, the default layer at the paper's relative
@@ -85,10 +98,8 @@ class DMLLMAdapter(ModelAdapter):
         super().__init__(model, processor, newline_column, newline_token_id)
         self.response_length = positive_int("response_length", response_length) or 64  # (None: the default)
         self.block_length = positive_int("block_length", block_length)
-        # the Diffusion-CAM release decodes 64 tokens in 32 steps (step_ratio 0.5); without ``steps``, a
-        # generation takes half the slots it generates (:meth:`steps_and_blocks`), as MMaDA's release does
-        self.given_steps = positive_int("steps", steps)
-        self.default_steps = self.given_steps or max(1, self.response_length // 2)
+        self.given_steps = positive_int("steps", steps)  # (None: generation_steps)
+        self.default_steps = generation_steps(None, self.given_steps, self.response_length)
         self.default_prompt = default_prompt
         no_activation_checkpointing(model)
 
@@ -138,9 +149,8 @@ class DMLLMAdapter(ModelAdapter):
     blocks_per_response: Optional[int] = None
 
     def steps_and_blocks(self, steps: Optional[int], length: int) -> Tuple[int, int]:
-        """(steps, block length) for a generation of ``length`` slots: without ``steps`` (here or the
-        adapter's), half of ``length`` (a per-call length ran the adapter's ``response_length // 2``)."""
-        S = int(steps or self.given_steps or max(1, length // 2))
+        """(steps, block length) for a generation of ``length`` slots (:func:`generation_steps`)."""
+        S = generation_steps(steps, self.given_steps, length)
         n = self.blocks_per_response
         block = self.block_length or (length // n if n and length % n == 0 else length)
         if length % block:
@@ -204,4 +214,5 @@ def recorded_states(responses: Sequence[Tensor], mask_id: int) -> Tuple[Tensor, 
 
 
 __all__ = ["DMLLMAdapter", "olmo_transformer", "llama_stack", "no_activation_checkpointing", "chat_prompt",
-           "changed_steps", "recorded_states", "LLADA_MASK_ID", "LLADA_EOS_IDS", "DREAM_MASK_ID", "DEFAULT_PROMPT"]
+           "changed_steps", "recorded_states", "LLADA_MASK_ID", "LLADA_EOS_IDS", "DREAM_MASK_ID", "DEFAULT_PROMPT",
+           "generation_steps", "tokenized"]

@@ -22,10 +22,11 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
-from ..padding import key_mask, split_padding
 from ...errors import positive_int
+from ..padding import key_mask, split_padding
 from .base import PROBES, Generation, Prepared, _ids_set, config_get
-from .dmllm import DREAM_MASK_ID, changed_steps, chat_prompt, no_activation_checkpointing, recorded_states
+from .dmllm import (DREAM_MASK_ID, changed_steps, chat_prompt, generation_steps, no_activation_checkpointing,
+                    recorded_states)
 from .hf_vlm import QwenVLAdapter
 
 
@@ -43,8 +44,8 @@ class DreamVLAdapter(QwenVLAdapter):
                  **kwargs):
         super().__init__(model, processor, response_length=64 if response_length is None else response_length,
                          **kwargs)
-        self.given_steps = positive_int("steps", steps)
-        self.default_steps = self.given_steps or max(1, self.response_length // 2)
+        self.given_steps = positive_int("steps", steps)  # (None: generation_steps)
+        self.default_steps = generation_steps(None, self.given_steps, self.response_length)
         self.alg = alg
         no_activation_checkpointing(model)
 
@@ -82,8 +83,7 @@ class DreamVLAdapter(QwenVLAdapter):
 
     def generate(self, prep: Prepared, steps=None, response_length=None, record=False) -> Generation:
         Lr = int(response_length or self.response_length)
-        # without steps, half of the slots generated (a per-call length ran the adapter's response_length // 2)
-        S = int(steps or self.given_steps or max(1, Lr // 2))
+        S = generation_steps(steps, self.given_steps, Lr)
         L = prep.response_start
         prompt = prep.input_ids[:, :L]
         with torch.no_grad():

@@ -42,7 +42,7 @@ from ..rows import block_dtype, weights_dtype
 from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, stack_pixels
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
-                    recorded_states)
+                    recorded_states, tokenized)
 from .llava import refuse_foreign_processor
 from .sampling import steps_used
 
@@ -90,6 +90,7 @@ def padded_square_box(image_wh) -> Tuple[float, float, float, float]:
         return x0, 0.0, x0 + h / w, 1.0
     return 0.0, 0.0, 1.0, 1.0
 
+
 def release_prompt_ids(tokenizer, chunks: Sequence[str]) -> List[int]:
     """The ids of the text around ``<image>`` (``chunks``: before, after) joined as the releases' own
     ``tokenizer_image_token`` joins them (LaViDa's and LLaDA-V's ``mm_utils``; their training and
@@ -98,7 +99,7 @@ def release_prompt_ids(tokenizer, chunks: Sequence[str]) -> List[int]:
     is the BOS a tokenizer adds to every call, or, with a tokenizer that adds none (the chat template
     writes the BOS as text), the first real token after ``<image>``: the models were trained on the
     prompt cut so, and dcam reads what they read."""
-    before, after = ([int(i) for i in tokenizer(c)["input_ids"]] for c in chunks)
+    before, after = (tokenized(tokenizer, c) for c in chunks)
     bos = getattr(tokenizer, "bos_token_id", None)
     cut = 1 if before and bos is not None and before[0] == bos else 0
     return before + [IMAGE_TOKEN_INDEX] + after[cut:]

@@ -31,7 +31,7 @@ from torch import Tensor
 from ...errors import InputError
 from ..padding import bias_from_keep, split_padding
 from .base import Generation, ImageView, Prepared, load_image
-from .dmllm import LLADA_MASK_ID, DMLLMAdapter, olmo_transformer, recorded_states
+from .dmllm import LLADA_MASK_ID, DMLLMAdapter, olmo_transformer, recorded_states, tokenized
 from .sampling import low_confidence_remasking, steps_used
 
 
@@ -247,10 +247,9 @@ class DiMOOAdapter(_VQAdapter):
         codes, h, w = self._codes(crop)
         rows = [codes[r * w:(r + 1) * w] + [p.newline_id] for r in range(h)]
         image_ids = [p.boi_id] + [t for row in rows for t in row] + [p.eoi_id]
-        # tokenised with the tokenizer's own special tokens, as the published inference_mmu.py does
-        # (``tokenizer(prompt)``): a tokenizer that opens every call with BOS gives the prompt its BOS
-        text = [int(i) for i in self.tokenizer(self.default_prompt_template.format(
-            prompt if prompt is not None else self.default_prompt))["input_ids"]]
+        # with the tokenizer's own special tokens, as the published inference_mmu.py tokenises it
+        text = tokenized(self.tokenizer, self.default_prompt_template.format(
+            prompt if prompt is not None else self.default_prompt))
         prompt_ids = text[:-1] + image_ids + text[-1:] + [p.answer_start_id]
         resp = self.response_slots(response_ids, response_length)
         ids = torch.tensor([prompt_ids + resp + [p.answer_end_id]])
