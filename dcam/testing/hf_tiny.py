@@ -53,9 +53,9 @@ def _text_ids(sp, eos: str = "</s>", bos: str = "<s>") -> dict:
     return ids
 
 
-def _vision(model_type: str) -> dict:
+def _vision(model_type: str, image_size: int = 32) -> dict:
     return dict(model_type=model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, image_size=32, patch_size=8)
+                num_attention_heads=2, image_size=image_size, patch_size=8)
 
 
 def tiny_llava(seed: int = 0) -> Tuple:
@@ -89,18 +89,21 @@ def tiny_llava_next(seed: int = 0) -> Tuple:
     return T.LlavaNextForConditionalGeneration(cfg).eval(), proc
 
 
-def tiny_llava_onevision(seed: int = 0, aspect: str = "anyres_max_9") -> Tuple:
+def tiny_llava_onevision(seed: int = 0, aspect: str = "anyres_max_9", tile: int = 32) -> Tuple:
+    """``tile``: the tower's input side (8-pixel patches; 36 reads 32 of its pixels, as SigLIP's
+    384 with 14-pixel patches reads 378); the pinpoints scale with it."""
     import transformers as T
 
     tok, sp = _llava_tokenizer()
-    ip = T.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS)
+    pinpoints = [[h * tile // 32, w * tile // 32] for h, w in PINPOINTS]
+    ip = T.LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints)
     proc = _no_video(T.LlavaOnevisionProcessor)(image_processor=ip, tokenizer=tok, video_processor=None,
-                                                num_image_tokens=16, vision_feature_select_strategy="full",
+                                                num_image_tokens=(tile // 8) ** 2, vision_feature_select_strategy="full",
                                                 vision_aspect_ratio=aspect)
-    cfg = T.LlavaOnevisionConfig(vision_config=_vision("siglip_vision_model"),
+    cfg = T.LlavaOnevisionConfig(vision_config=_vision("siglip_vision_model", tile),
                                  text_config=dict(TEXT, model_type="qwen2", vocab_size=max(sp.values()) + 1, **_text_ids(sp)),
                                  image_token_id=sp["<image>"], video_token_id=sp["<video>"],
-                                 image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
+                                 image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
                                  vision_feature_select_strategy="full", vision_aspect_ratio=aspect)
     torch.manual_seed(seed)
     return T.LlavaOnevisionForConditionalGeneration(cfg).eval(), proc

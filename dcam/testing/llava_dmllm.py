@@ -74,8 +74,8 @@ class VisionTower(nn.Module):
         self.vision_tower = SiglipVisionModel(SiglipVisionConfig(
             hidden_size=config.vision_hidden, intermediate_size=2 * config.vision_hidden, num_hidden_layers=1,
             num_attention_heads=2, image_size=config.vision_size, patch_size=config.patch_size))
-        self.image_size = config.vision_size
-        self.num_patches_per_side = config.vision_size // config.patch_size
+        self.config = self.vision_tower.config  # (the releases' tower keeps its SigLipVisionConfig here)
+        self.image_size, self.num_patches_per_side = config.vision_size, config.vision_size // config.patch_size
 
     def forward(self, images: Tensor) -> Tensor:
         """As the releases' ``SigLipVisionTower.forward``: the pixels cast to the tower's dtype, the

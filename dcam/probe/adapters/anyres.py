@@ -101,17 +101,43 @@ def placed_in_canvas(image_hw: Tuple[int, int], canvas_hw: Tuple[int, int]) -> T
     return nh, nw, (ch - nh) // 2, (cw - nw) // 2
 
 
+def seen_fraction(tile: int, patch: int) -> float:
+    """The share of a ``tile``-pixel side that a vision tower's patch embedding reads: a
+    convolution of kernel and stride ``patch`` with no padding drops the last ``tile mod patch``
+    pixels. SigLIP at 384 px with 14-px patches reads 27 patches, 378 px: 0.984 of the tile
+    (CLIP at 336/14 reads all of it)."""
+    tile, patch = int(tile), int(patch)
+    return (tile // patch) * patch / tile if 0 < patch <= tile else 1.0
+
+
+def seen_part(box: Tuple[float, float, float, float], seen_x: float,
+              seen_y: Optional[float] = None) -> Tuple[float, float, float, float]:
+    """The part of ``box`` (where a tile lies on the image) that the tower reads: the
+    left ``seen_x`` of its width and the top ``seen_y`` (default: ``seen_x``) of its
+    height (see :func:`seen_fraction`)."""
+    x0, y0, x1, y1 = box
+    seen_y = seen_x if seen_y is None else seen_y
+    return x0, y0, x0 + (x1 - x0) * seen_x, y0 + (y1 - y0) * seen_y
+
+
 def highres_box(image_hw: Tuple[int, int], canvas_hw: Tuple[int, int], feature_hw: Tuple[int, int],
-                crop: Tuple[int, int]) -> Tuple[float, float, float, float]:
+                crop: Tuple[int, int], unseen: float = 0.0) -> Tuple[float, float, float, float]:
     """The part of the image the unpadded high-resolution map covers, as fractions
     ``(x0, y0, x1, y1)`` of it. The unpad crops whole feature rows, so the map's edges
     miss the image's edges by up to a row: past the image where padding rows are kept,
     short of it where image rows are cropped (a 40x72 image on a 6x12 map: 5.6% short
-    at the top and at the bottom)."""
+    at the top and at the bottom).
+
+    ``unseen``: pixels at the end of every tile side the tower does not read (6 for SigLIP's
+    384/14). The stitched map then spans the canvas less the last tile's unseen strip; the
+    strips between tiles lie inside the span, so a map drawn evenly over it places inner
+    cells up to about a quarter of a cell from the pixels they read (up to 0.4 of a cell
+    when the map was spread over the whole canvas)."""
     nh, nw, top, left = placed_in_canvas(image_hw, canvas_hw)
     (ch, cw), (fh, fw), (rows, cols) = canvas_hw, feature_hw, crop
-    y0, y1 = rows * ch / fh, (fh - rows) * ch / fh  # the kept rows in canvas pixels
-    x0, x1 = cols * cw / fw, (fw - cols) * cw / fw
+    sh, sw = ch - unseen, cw - unseen  # the span of the stitched map in canvas pixels
+    y0, y1 = rows * sh / fh, (fh - rows) * sh / fh  # the kept rows in canvas pixels
+    x0, x1 = cols * sw / fw, (fw - cols) * sw / fw
     return ((x0 - left) / nw, (y0 - top) / nh, (x1 - left) / nw, (y1 - top) / nh)
 
 
@@ -145,6 +171,7 @@ class AnyresLayout:
     newline: bool = True
     has_base: bool = True
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the grid's part of the image
+    base_box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the base view's part of it
 
     @property
     def base_tokens(self) -> int:
@@ -158,9 +185,10 @@ class AnyresLayout:
 
 def anyres_layout(image_hw: Tuple[int, int], pinpoints, tile: int, unit: int, wh_pinpoints: bool,
                   rounding: str, max_tiles: Optional[int] = None, newline: bool = True,
-                  has_base: bool = True) -> AnyresLayout:
+                  has_base: bool = True, patch: Optional[int] = None) -> AnyresLayout:
     """The layout of an image of ``image_hw`` pixels: ``tile`` pixels per tile
-    side, ``unit`` tokens per tile side (after any pooling)."""
+    side, ``unit`` tokens per tile side (after any pooling), ``patch`` the tower's
+    patch size (None: it reads whole tiles), which places the maps on the pixels read."""
     ih, iw = int(image_hw[0]), int(image_hw[1])
     cands = parse_pinpoints(pinpoints, tile)
     if wh_pinpoints:  # (width, height) pairs, image size (w, h)
@@ -170,9 +198,11 @@ def anyres_layout(image_hw: Tuple[int, int], pinpoints, tile: int, unit: int, wh
     rows, cols = bh // tile, bw // tile
     crop = unpad_crop(rows * unit, cols * unit, (ih, iw), rounding)
     h, w = rows * unit - 2 * crop[0], cols * unit - 2 * crop[1]
-    box = highres_box((ih, iw), (bh, bw), (rows * unit, cols * unit), crop)
+    seen = seen_fraction(tile, patch) if patch else 1.0
+    box = highres_box((ih, iw), (bh, bw), (rows * unit, cols * unit), crop, unseen=tile * (1.0 - seen))
     h, w = anyres_max_shape(h, w, max_tiles, unit)  # a resize of the whole map: the same part of the image
-    return AnyresLayout(unit=unit, tiles=(rows, cols), grid=(h, w), newline=newline, has_base=has_base, box=box)
+    return AnyresLayout(unit=unit, tiles=(rows, cols), grid=(h, w), newline=newline, has_base=has_base, box=box,
+                        base_box=seen_part((0.0, 0.0, 1.0, 1.0), seen))  # the base view: the whole image squashed
 
 
 def anyres_views(span: Tensor, layout: AnyresLayout, what: str = "image") -> Tuple[Tensor, Tuple[int, int], dict]:
@@ -194,7 +224,7 @@ def anyres_views(span: Tensor, layout: AnyresLayout, what: str = "image") -> Tup
     views = {"highres": ImageView("highres", grid_pos, (h, w), layout.box)}  # the default view first
     if layout.has_base:
         u = layout.unit
-        views["base"] = ImageView("base", span[:nb].clone(), (u, u))
+        views["base"] = ImageView("base", span[:nb].clone(), (u, u), layout.base_box)
     return grid_pos, (h, w), views
 
 
@@ -248,4 +278,5 @@ def stack_pixels(images: list, image_processor, size: Optional[int] = None) -> T
 
 
 __all__ = ["AnyresLayout", "anyres_layout", "anyres_views", "anyres_tiles", "stack_pixels", "parse_pinpoints",
-           "select_best_resolution", "unpadded_shape", "anyres_max_shape", "max_tiles_of", "resize_and_pad"]
+           "select_best_resolution", "unpadded_shape", "anyres_max_shape", "max_tiles_of", "resize_and_pad",
+           "seen_fraction", "seen_part"]

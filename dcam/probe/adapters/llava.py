@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ...errors import InputError, one_line, positive_int
 from ...words import PLACEHOLDER, refuse_ids
-from .anyres import anyres_layout, anyres_views, max_tiles_of
+from .anyres import anyres_layout, anyres_views, max_tiles_of, seen_fraction, seen_part
 from .base import Generation, ImageView, ModelAdapter, Prepared, _ids_set, config_get, load_image, \
     locate_image_positions, relative_depth_layer
 
@@ -282,15 +282,20 @@ class LlavaAdapter(HFVisionLanguageAdapter):
     family = "llava"
     processor_classes = ("LlavaProcessor",)
 
-    @property
-    def grid(self) -> Tuple[int, int]:
-        if self._grid is not None:
-            return self._grid
+    def _tile_and_patch(self) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """(height, width) of the tower's input and of its patches."""
         vc = self.model.config.vision_config
         s, p = vc.image_size, vc.patch_size
         s = s if isinstance(s, (list, tuple)) else (s, s)
         p = p if isinstance(p, (list, tuple)) else (p, p)
-        return (int(s[0]) // int(p[0]), int(s[1]) // int(p[1]))
+        return (int(s[0]), int(s[1])), (int(p[0]), int(p[1]))
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        if self._grid is not None:
+            return self._grid
+        (sh, sw), (ph, pw) = self._tile_and_patch()
+        return sh // ph, sw // pw
 
     def locate(self, input_ids: Tensor, grid):
         strategy = config_get(self.model.config, "vision_feature_select_strategy", default="default")
@@ -307,6 +312,9 @@ class LlavaAdapter(HFVisionLanguageAdapter):
         grid = self.grid
         pos = self.locate(prompt_ids, grid)
         box = center_crop_box(getattr(self.processor, "image_processor", None), img.size)
+        if self._grid is None:  # (a grid given by hand says nothing of the patches)
+            (sh, sw), (ph, pw) = self._tile_and_patch()
+            box = seen_part(box, seen_fraction(sw, pw), seen_fraction(sh, ph))  # the pixels the tower reads
         # the one view, named "default" (no view to report), knows where on the image the model looked
         return pos, grid, ({} if box == (0.0, 0.0, 1.0, 1.0) else {"default": ImageView("default", pos, grid, box)})
 
@@ -364,7 +372,7 @@ class LlavaNextAdapter(HFVisionLanguageAdapter):
         aspect = getattr(cfg, "vision_aspect_ratio", None) if cfg.model_type == "llava_onevision" else None
         newline = getattr(self.model.model, "image_newline", None) is not None
         return anyres_layout(image_hw, cfg.image_grid_pinpoints, tile, unit, wh_pinpoints=False, rounding="hf",
-                             max_tiles=max_tiles_of(aspect), newline=newline)
+                             max_tiles=max_tiles_of(aspect), newline=newline, patch=int(vc.patch_size))
 
     def locate_views(self, prompt_ids, enc, img):
         sizes = enc.get("image_sizes")
