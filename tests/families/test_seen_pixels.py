@@ -82,7 +82,7 @@ def test_inner_cells_sit_closer_to_the_pixels_they_read():
     # SigLIP geometry (384-px tiles, 27 patches of 14 px), a 768x768 image on 2x2 tiles: the
     # true centre of stitched column f is 384 * (f // 27) + 14 * (f % 27 + 0.5) canvas pixels;
     # a map drawn evenly over its box puts it at x0 + (f + 0.5) * (x1 - x0) / 54
-    lay = anyres_layout((768, 768), [[768, 768]], 384, 27, wh_pinpoints=False, rounding="hf", patch=14)
+    lay = anyres_layout((768, 768), [[768, 768]], 384, 27, wh_pinpoints=False, rounding="hf", seen=378 / 384)
     f = np.arange(54)
     true = (384 * (f // 27) + 14 * (f % 27 + 0.5)) / 768
     placed = lay.box[0] + (f + 0.5) * (lay.box[2] - lay.box[0]) / 54
@@ -91,3 +91,15 @@ def test_inner_cells_sit_closer_to_the_pixels_they_read():
     assert lay.box[2] == pytest.approx(762 / 768) and err == pytest.approx((26.5 * 762 / 54 - 371) / 14, abs=1e-9)
     whole = (f + 0.5) / 54  # spread over the whole canvas (the tower read as whole tiles)
     assert np.abs(whole - true).max() * 768 / 14 == pytest.approx(0.42, abs=0.01)
+
+
+@pytest.mark.parametrize("mode, read", [("bilinear", 35), ("average", 28)])
+def test_lavida_pooling_that_drops_the_odd_patch_shrinks_the_box(mode, read):
+    # 37-px tiles of 7-px patches: 5 patches, 35 px read. LaViDa pools every tile 2x2: bilinear
+    # spreads ceil(5/2) = 3 cells over all 5 patches (35 px); average pooling keeps 5 // 2 = 2
+    # cells of 2 patches, dropping the fifth (28 px)
+    from dcam.testing.llava_dmllm import tiny_lavida
+
+    model, proc = tiny_lavida(vision_size=37, patch_size=7, image_aspect_ratio="square", mm_spatial_pool_mode=mode)
+    views = _views(auto_adapter(model, proc), 37, 37)
+    assert views["base"].box == pytest.approx((0.0, 0.0, read / 37, read / 37), abs=1e-12)

@@ -185,10 +185,11 @@ class AnyresLayout:
 
 def anyres_layout(image_hw: Tuple[int, int], pinpoints, tile: int, unit: int, wh_pinpoints: bool,
                   rounding: str, max_tiles: Optional[int] = None, newline: bool = True,
-                  has_base: bool = True, patch: Optional[int] = None) -> AnyresLayout:
+                  has_base: bool = True, seen: float = 1.0) -> AnyresLayout:
     """The layout of an image of ``image_hw`` pixels: ``tile`` pixels per tile
-    side, ``unit`` tokens per tile side (after any pooling), ``patch`` the tower's
-    patch size (None: it reads whole tiles), which places the maps on the pixels read."""
+    side, ``unit`` tokens per tile side (after any pooling), ``seen`` the share of a
+    tile's side its tokens stand for (:func:`seen_fraction`), which places the maps
+    on the pixels read."""
     ih, iw = int(image_hw[0]), int(image_hw[1])
     cands = parse_pinpoints(pinpoints, tile)
     if wh_pinpoints:  # (width, height) pairs, image size (w, h)
@@ -198,7 +199,6 @@ def anyres_layout(image_hw: Tuple[int, int], pinpoints, tile: int, unit: int, wh
     rows, cols = bh // tile, bw // tile
     crop = unpad_crop(rows * unit, cols * unit, (ih, iw), rounding)
     h, w = rows * unit - 2 * crop[0], cols * unit - 2 * crop[1]
-    seen = seen_fraction(tile, patch) if patch else 1.0
     box = highres_box((ih, iw), (bh, bw), (rows * unit, cols * unit), crop, unseen=tile * (1.0 - seen))
     h, w = anyres_max_shape(h, w, max_tiles, unit)  # a resize of the whole map: the same part of the image
     return AnyresLayout(unit=unit, tiles=(rows, cols), grid=(h, w), newline=newline, has_base=has_base, box=box,

@@ -372,7 +372,8 @@ class LlavaNextAdapter(HFVisionLanguageAdapter):
         aspect = getattr(cfg, "vision_aspect_ratio", None) if cfg.model_type == "llava_onevision" else None
         newline = getattr(self.model.model, "image_newline", None) is not None
         return anyres_layout(image_hw, cfg.image_grid_pinpoints, tile, unit, wh_pinpoints=False, rounding="hf",
-                             max_tiles=max_tiles_of(aspect), newline=newline, patch=int(vc.patch_size))
+                             max_tiles=max_tiles_of(aspect), newline=newline,
+                             seen=seen_fraction(tile, int(vc.patch_size)))
 
     def locate_views(self, prompt_ids, enc, img):
         sizes = enc.get("image_sizes")

@@ -39,7 +39,7 @@ from torch import Tensor
 from ...errors import InputError
 from ..padding import key_mask, row_lengths, split_padding
 from ..rows import block_dtype, weights_dtype
-from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, seen_fraction, seen_part, stack_pixels
+from .anyres import anyres_layout, anyres_tiles, anyres_views, max_tiles_of, seen_part, stack_pixels
 from .base import Generation, ImageView, Prepared, config_get, load_image
 from .dmllm import (DMLLMAdapter, DREAM_MASK_ID, chat_prompt, changed_steps, llama_stack, olmo_transformer,
                     recorded_states, tokenized)
@@ -175,9 +175,19 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         tower = self.model.get_vision_tower()
         return int(tower.image_size), int(tower.num_patches_per_side)
 
-    def _patch_size(self) -> Optional[int]:
-        """The tower's patch size (None when its config names none: it is taken to read whole tiles)."""
-        return getattr(getattr(self.model.get_vision_tower(), "config", None), "patch_size", None)
+    def _seen(self) -> float:
+        """The share of a tile's side its tokens stand for: the patches the tower reads (SigLIP 384/14:
+        27, 378 px), less a last odd patch that LaViDa's average or max pooling drops (13 cells, 364 px;
+        its bilinear pooling spreads 14 cells over all 27). 1 when the tower's config names no patch size."""
+        patch = getattr(getattr(self.model.get_vision_tower(), "config", None), "patch_size", None)
+        if not patch:
+            return 1.0
+        tile, patches = self._tower()
+        stride = self.pool_stride()
+        mode = config_get(self.model.config, "mm_spatial_pool_mode", default="bilinear")
+        if stride and mode != "bilinear":
+            patches = patches // stride * stride
+        return patches * int(patch) / tile
 
     def pool_stride(self) -> Optional[int]:
         """LaViDa pools every tile's feature map with its ``get_2dPool`` at that function's
@@ -203,7 +213,7 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         return anyres_layout((image_wh[1], image_wh[0]), config_get(cfg, "image_grid_pinpoints"), tile, side,
                              wh_pinpoints=True, rounding="llava", max_tiles=max_tiles_of(aspect),
                              newline="unpad" in merge, has_base="nobase" not in merge,
-                             patch=self._patch_size()), side
+                             seen=self._seen()), side
 
     def _pixels(self, img) -> Tensor:
         cfg = self.model.config
@@ -239,8 +249,7 @@ class LlavaDMLLMAdapter(DMLLMAdapter):
         pos = span[:side * side].clone()
         aspect = config_get(self.model.config, "image_aspect_ratio", default="square") or "square"
         box = padded_square_box(image_wh) if aspect == "pad" else (0.0, 0.0, 1.0, 1.0)
-        patch = self._patch_size()
-        box = seen_part(box, seen_fraction(self._tower()[0], patch) if patch else 1.0)  # the pixels the tower reads
+        box = seen_part(box, self._seen())  # the pixels the tower reads
         return pos, (side, side), {"base": ImageView("base", pos, (side, side), box)}
 
     # ------------------------------------------------------------------ inputs
