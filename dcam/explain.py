@@ -15,7 +15,8 @@ Pipeline of :meth:`Explainer.explain_batch` (``explain`` is a batch of one):
    being one item, or tokens, or phrases); pad/eos slots are never explained;
 3. probe the hooked block (:func:`dcam.probe.probe_batch`): examples with the
    same sequence layout share one forward, and so do examples of other lengths
-   where the family is padded (:mod:`dcam.probe.padding`); one backward per chunk of
+   where the family is padded (:mod:`dcam.probe.padding`), in batches of similar
+   padded work (:mod:`dcam.batching`); one backward per chunk of
    cotangents serves every example of the batch; each chunk of gradients is
    reduced as soon as it exists (methods that can; Diffusion-CAM to its words'
    channel weights, the maps then made in one product), so the gradients
@@ -41,6 +42,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from .batching import similar_work
 from .errors import InputError, NonFiniteError, model_overflow, positive_int
 from .example import Example, ExampleBuilder
 from .explanation import Explanation
@@ -220,10 +222,13 @@ class Explainer:
         one Explanation per image, equal to :meth:`explain` on each up to the rounding of a
         padded forward (reductions of another length: ~1e-6 in the gradients, which the maps'
         min-max normalisation and thresholds can grow to ~1e-4..3e-3 in float32; measured per
-        family in docs/FAMILIES.md). Examples share each forward and backward: examples of any
-        lengths (other prompts, responses, image sizes) are padded on the right to the longest,
-        each family's way (:mod:`dcam.probe.padding`; DiffusionGemma's only while a prompt fits
-        its encoder's sliding window, docs/FAMILIES.md).
+        family in docs/FAMILIES.md). Examples share forwards and backwards in batches of similar
+        padded work (:func:`dcam.batching.similar_work`): in a batch, examples of other lengths
+        (other prompts, responses, image sizes) are padded on the right to its longest, each
+        family's way (:mod:`dcam.probe.padding`; DiffusionGemma's only while a prompt fits its
+        encoder's sliding window, docs/FAMILIES.md), and an example much shorter than another,
+        or of far fewer words, gets a batch of its own rather than pay the other's length or
+        backwards.
 
         prompts / responses: None, or one per image. targets: shared by every
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""
@@ -266,7 +271,8 @@ class Explainer:
             groups.setdefault(batch_key(ex.prep, self.adapter), []).append(i)
         # remask probes example by example (a row per item): its batches are never padded with items
         parts = [p for idx in groups.values()
-                 for p in (similar_item_counts(idx, [len(examples[i].items) for i in idx])
+                 for p in (similar_work(idx, [int(examples[i].prep.input_ids.shape[-1]) for i in idx],
+                                        [len(examples[i].items) for i in idx])
                            if probe != "remask" else [idx])]
         if self.memory_budget is None and self.method.needs_gradients and probe != "remask":
             # chunk_size counts gradients per backward (cotangents x examples): at least one
@@ -451,32 +457,6 @@ class Explainer:
         )
 
 
-#: how many more item backwards than the batch's examples have (cotangents past an example's last
-#: item are zero rows, computed all the same) a batch may run before it is split: see similar_item_counts
-ITEM_SLACK = 0.25
-
-
-def similar_item_counts(index: List[int], counts: List[int], slack: float = ITEM_SLACK) -> List[List[int]]:
-    """``index`` (examples with ``counts`` items each) cut into batches whose backwards waste
-    at most ``slack`` of their work. Cotangent k selects item k of every example of a batch,
-    so its backwards cost (largest count) x (examples) rows, and an example with fewer items
-    than the largest rides along as zero rows: 8 examples of 7 and 11 words ran 88 rows for 64
-    words (the batch of 8 was ~1.35x slower than 8 single explanations on a CPU). In order of
-    count, an example joins the current batch while (largest count) x (examples) stays within
-    (1 + slack) x (their items); each batch keeps the order of ``index``."""
-    order = sorted(range(len(index)), key=lambda j: (counts[j], j))
-    parts, cur, total = [], [], 0
-    for j in order:  # counts ascend: the newcomer's count is the batch's largest
-        if cur and counts[j] * (len(cur) + 1) > (1 + slack) * (total + counts[j]):
-            parts.append(cur)
-            cur, total = [], 0
-        cur.append(j)
-        total += counts[j]
-    if cur:
-        parts.append(cur)
-    return [[index[j] for j in sorted(p)] for p in parts]
-
-
 def _built(build, i: int, n: int, *args, **kwargs):
     """``build(*args, **kwargs)`` for example i of n; in a batch of several, an input error says which
     example it is about ("image: ... holds NaN" alone left the caller guessing which of 32)."""
@@ -497,4 +477,4 @@ def _entries(name: str, seq) -> list:
     return list(seq)
 
 
-__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio", "similar_item_counts"]
+__all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio"]

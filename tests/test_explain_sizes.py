@@ -465,20 +465,6 @@ def test_every_view_is_written_with_view_all(toy, samples, tmp_path):
             torch.testing.assert_close(r.view_maps[name], alone.view_maps[name], atol=1e-5, rtol=0)
 
 
-def test_similar_item_counts_cuts_where_the_zero_rows_would_cost_more_than_a_quarter():
-    from dcam.explain import similar_item_counts
-
-    # worked by hand: six 7s cost 42 rows for 42 items; a first 11 would make it 11 x 7 = 77 rows for
-    # 53 items (> 1.25 x 53 = 66.25): cut; two 11s cost 22 for 22
-    idx = [10, 11, 12, 13, 14, 15, 16, 17]
-    assert similar_item_counts(idx, [7, 7, 11, 7, 11, 7, 7, 7]) == [[10, 11, 13, 15, 16, 17], [12, 14]]
-    # 1 then 7: 14 rows for 8 items (> 10): cut; 7 and 7 together
-    assert similar_item_counts([0, 1, 2], [7, 1, 7]) == [[1], [0, 2]]
-    # 4 and 5: 10 rows for 9 items (<= 11.25): one batch; then 6: 18 for 15 (<= 18.75): still one
-    assert similar_item_counts([0, 1, 2], [6, 5, 4]) == [[0, 1, 2]]
-    assert similar_item_counts([3], [9]) == [[3]] and similar_item_counts([], []) == []
-
-
 def test_a_batch_of_other_word_counts_runs_as_batches_of_similar_counts(toy, samples):
     """A one-word response beside two longer ones: not one forward where the short one would
     ride along as zero rows through every backward, but [1-word] and [the two longer]; each
