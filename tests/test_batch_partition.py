@@ -102,3 +102,19 @@ def test_a_batch_of_very_different_prompt_lengths_is_split_and_equals_one_at_a_t
         assert e.tokens == one.tokens
         torch.testing.assert_close(e.maps, one.maps, atol=1e-5, rtol=0)
         torch.testing.assert_close(e.scores, one.scores, atol=1e-5, rtol=1e-5)
+
+
+def test_bench_batch_lengths_refuses_a_batch_of_one(capsys):
+    # --lengths gives every other image the long prompt: one image would have only a short one to compare
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_batch.py"
+    spec = importlib.util.spec_from_file_location("bench_batch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--lengths", "--n", "1"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: --n must be 2 to 8 with --lengths (a short and a long prompt at least), got 1")
