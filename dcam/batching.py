@@ -9,7 +9,11 @@ beside a long one, or a one-word response beside long ones, pays the other's cos
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import List
+
+from .errors import InputError
 
 #: how much work a batch may waste (padded positions in the forward, zero rows and padded
 #: positions in the backwards), as a fraction of its examples' own backward work, before it is
@@ -51,4 +55,11 @@ def similar_work(index: List[int], lengths: List[int], counts: List[int],
     return [[index[j] for j in sorted(p)] for p in parts]
 
 
-__all__ = ["WORK_SLACK", "similar_work"]
+def check_slack(name: str, value) -> float:
+    """``value`` as a float >= 0 (``math.inf`` allowed: one batch), else an InputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0:
+        raise InputError(f"{name} must be a number >= 0 (math.inf: one batch), got {value!r}")
+    return float(value)
+
+
+__all__ = ["WORK_SLACK", "check_slack", "similar_work"]

@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .batching import similar_work
+from .batching import WORK_SLACK, check_slack, similar_work
 from .errors import InputError, NonFiniteError, model_overflow, positive_int
 from .example import Example, ExampleBuilder
 from .explanation import Explanation
@@ -122,12 +122,16 @@ class Explainer:
     granularity: ``"words"`` (default: the pieces of a word are one item) or ``"tokens"``.
     view: the image view to explain (None: the model's default; see the module docstring).
     backend: the operators' backend (``"auto"``: chosen by device).
+    batch_slack: how much padded work a batch of :meth:`explain_batch` may waste, as a fraction
+        of its examples' own (:func:`dcam.batching.similar_work`; default 0.25, sized on a CPU,
+        where a batch is no faster than its examples apart); ``math.inf`` keeps every example
+        that can share a padded forward in one batch (on a GPU that one example leaves idle).
     """
 
     def __init__(self, model=None, processor=None, layer: Optional[int] = None, config: Optional[CamConfig] = None,
                  method: str = "diffusion-cam", adapter: Optional[ModelAdapter] = None, chunk_size: int = 16,
                  backend: str = "auto", memory_budget=None, granularity: str = "words",
-                 view: Optional[str] = None, **adapter_kwargs):
+                 view: Optional[str] = None, batch_slack: float = WORK_SLACK, **adapter_kwargs):
         self.method = get_method(method)
         self.method_name = method
         if adapter is not None and not isinstance(adapter, ModelAdapter):  # (a class, or a model, went on to fail)
@@ -154,6 +158,7 @@ class Explainer:
         if not isinstance(self.config, CamConfig):
             raise InputError(f"config must be a dcam.CamConfig, got {type(self.config).__name__}")
         self.chunk_size = positive_int("chunk_size", chunk_size, allow_none=False)
+        self.batch_slack = check_slack("batch_slack", batch_slack)
         self.memory_budget = None if memory_budget is None else parse_size(memory_budget)
         if self.memory_budget is not None:
             # known before any input: refused here, before a run or an output folder is started
@@ -272,7 +277,7 @@ class Explainer:
         # remask probes example by example (a row per item): its batches are never padded with items
         parts = [p for idx in groups.values()
                  for p in (similar_work(idx, [int(examples[i].prep.input_ids.shape[-1]) for i in idx],
-                                        [len(examples[i].items) for i in idx])
+                                        [len(examples[i].items) for i in idx], self.batch_slack)
                            if probe != "remask" else [idx])]
         if self.memory_budget is None and self.method.needs_gradients and probe != "remask":
             # chunk_size counts gradients per backward (cotangents x examples): at least one

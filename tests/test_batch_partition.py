@@ -1,12 +1,14 @@
 """Which examples share a batch (dcam.batching.similar_work): padded work, not item counts alone.
 A short example batched with a long one was padded to the long one's length in the forward and
 every backward (a 640x480 beside a 1920x1080 image: 1.55 s against 0.55 s apart, docs/RESULTS.md)."""
+import math
 import random
 
 import pytest
 import torch
 
-from dcam.batching import WORK_SLACK, similar_work
+from dcam.batching import WORK_SLACK, check_slack, similar_work
+from dcam.errors import InputError
 from dcam.explain import Explainer
 from dcam.testing import tiny_toy
 from dcam.zoo.data import generate_sample
@@ -118,3 +120,10 @@ def test_bench_batch_lengths_refuses_a_batch_of_one(capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "error: --n must be 2 to 8 with --lengths (a short and a long prompt at least), got 1")
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), True, "0.25", None])
+def test_batch_slack_is_a_number_at_least_zero(bad):
+    with pytest.raises(InputError, match=r"^batch_slack must be a number >= 0 \(math.inf: one batch\), got "):
+        check_slack("batch_slack", bad)
+    assert check_slack("batch_slack", 0) == 0.0 and check_slack("batch_slack", math.inf) == math.inf

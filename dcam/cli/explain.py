@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
                         "causal model's longest answer; default: the model's own)")
     p.add_argument("--batch-size", type=common.positive_int, default=8,
                    help="images explained together when several are given (shared forwards and backwards: "
-                        "padded to one length, in batches of similar word counts and at most --chunk-size)")
+                        "padded to one length, in batches of similar padded work and at most --chunk-size)")
     add_profile_option(p)
     common.add_model_options(p)
     common.add_family_option(p)
