@@ -41,6 +41,7 @@ from ..errors import InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
 from .adapters.checks import check_image_slots, check_mask_id, check_widths, diagnosed
 from ..profiling import stage
+from .compiled import eager_on_donated_buffers
 from .hooks import Tap, probing
 from .modes import (TARGET_SCORES, LastLayerError, build_probe_inputs, check_probe_request,  # noqa: F401
                     check_target_score, pick_distractor)
@@ -297,6 +298,7 @@ def _wanted(adapter: ModelAdapter, t: Targets, distractor: Optional[int], width:
     return adapter.logit_positions(torch.tensor(pos, dtype=torch.long))
 
 
+@eager_on_donated_buffers  # (compiled code the look before the probe did not find: once more, eagerly)
 def probe_batch(adapter: ModelAdapter, preps: Sequence[Prepared], targets: Sequence[Targets], layer: int,
                 probe: str = "full", target_score: str = "logit", chunk_size: int = 16, want_grads: bool = True,
                 want_last_hidden: bool = False, allow_last_layer: bool = False,
