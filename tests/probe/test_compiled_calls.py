@@ -136,7 +136,6 @@ def test_a_compiled_function_two_calls_down_fails_the_probe_once_then_runs_eager
     assert stances[-1] == "force_eager" and "default" in stances and _stance() == "default"
     _assert_same_maps(got, uncompiled_twin)
     assert has_compiled_parts(model)
-    stances.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         again, stances = _explain_recording_stances(model, proc)  # eager at once: no failed try first
