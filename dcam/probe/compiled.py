@@ -16,9 +16,9 @@ global of its code, or an attribute of the module). Compiled code further down (
 ``forward`` calls, which calls a compiled function) is not seen; for it the probe itself fails
 with torch's donated-buffers error, and :func:`eager_on_donated_buffers` (on
 :func:`dcam.probe.probe_batch`) runs it once more with the compiled code eager and remembers the
-model, whose later probes (a trajectory's too) go eager at once. Any other error is the probe's,
-unchanged. A trajectory's own probe (:mod:`dcam.trajectory`) is not tried again: a model whose
-compiled code only it met fails there with torch's error.
+model, whose later probes go eager at once; a trajectory's probe
+(:func:`dcam.trajectory.probing.trajectory_gradients`) likewise. Any other error is the probe's,
+unchanged.
 
 ``torch.compiler.set_stance`` is process-wide state, not per thread: a ``with set_stance(...)``
 per probe restored, on exit, the stance it found on entry, so two probes that overlapped in

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from .. import ops
 from ..probe.adapters.base import ModelAdapter, Prepared
+from ..probe.compiled import eager_on_donated_buffers
 from ..probe.gradients import batched_grad, head_logit_scores, logits_runner, depends_on_leaf
 from ..probe.hooks import Tap, probing
 from ..profiling import stage
@@ -143,6 +144,7 @@ class _Layout:
         return col_t, member
 
 
+@eager_on_donated_buffers  # (compiled code the look before the probe did not find: once more, eagerly)
 def trajectory_gradients(adapter: ModelAdapter, prep: Prepared, states: Tensor, items: Sequence[Sequence[int]],
                          layer: int, grad_relu: bool, chunk_size: int = 16, backend: str = "auto"
                          ) -> TrajectoryGradients:

@@ -179,3 +179,28 @@ def test_another_error_of_the_models_forward_propagates_unchanged_and_is_not_ret
         hook.remove()
     assert len(probe_forwards) == 1  # the second call: one forward, no second try
     assert not has_compiled_parts(model)
+
+
+def test_a_trajectory_meeting_compiled_code_first_retries_it_eagerly():
+    # the trajectory's own probe (dcam.trajectory.probing.trajectory_gradients) is retried as probe_batch
+    # is: a model whose compiled code two calls down it met first ended in torch's error
+    from dcam.testing import tiny_toy
+    from dcam.trajectory import explain_trajectory
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+    def toy(block_class):  # (seed 0: a response of words on this image, as tests/trajectory's fixture)
+        model, proc = tiny_toy(seed=0)
+        model.language_model.layers[1].__class__ = block_class
+        return model, proc
+
+    twin = explain_trajectory(Explainer(*toy(PlainBlock), layer=0), image, steps=4)
+    model, proc = toy(DeepCompiledCallBlock)
+    _through_helper(torch.randn(1, 5, 32, requires_grad=True)).sum().backward()  # (the warm-up: hidden 32)
+    assert not has_compiled_parts(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the first try's batched backward)
+        got = explain_trajectory(Explainer(model, proc, layer=0), image, steps=4)
+    assert has_compiled_parts(model) and _stance() == "default"
+    assert list(got.response_ids) == list(twin.response_ids)
+    torch.testing.assert_close(got.maps, twin.maps, atol=0, rtol=0)
