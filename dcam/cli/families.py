@@ -33,12 +33,14 @@ def _text_table(rows, columns) -> str:
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..probe.adapters.families import FAMILIES, family_rows, markdown_table
+    from ..probe.adapters import REGISTERED
+    from ..probe.adapters.families import FAMILIES, family_rows, markdown_table, registered_row
 
     if args.markdown:
         if args.load:  # it was ignored: the Markdown table is docs/FAMILIES.md's, without that column
             raise InputError("--load: the --markdown table has no loading column; use one or the other")
-        print(markdown_table())
+        # a user's adapters follow, as in the plain listing (they were left out of the Markdown table)
+        print(markdown_table(family_rows() + [registered_row(name, cls) for name, cls in REGISTERED.items()]))
         return 0
     rows = family_rows()
     cols = COLUMNS + ("blocks", "sampler", "trajectory")  # (the trajectory column was --markdown's only)
@@ -47,8 +49,6 @@ def run(args) -> int:
             r["loading"] = f.load
         cols = cols + ("loading",)
     print(_text_table(rows, cols))
-    from ..probe.adapters import REGISTERED
-
     for name, cls in REGISTERED.items():  # a user's adapters, registered with register_adapter(..., name=...)
         print(f"{name}: registered adapter {cls.__module__}.{cls.__qualname__} (register_adapter; family={name!r} "
               f"and --family {name} force it)")

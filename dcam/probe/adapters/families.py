@@ -173,13 +173,23 @@ def family_rows() -> List[Dict[str, str]]:
                  trajectory=TRAJECTORIES.get(f.name, "no: autoregressive")) for f in FAMILIES]
 
 
-def markdown_table() -> str:
-    """:func:`family_rows` as a Markdown table."""
-    rows = family_rows()
+def registered_row(name: str, cls: type) -> Dict[str, str]:
+    """A row of the table for a user's adapter registered under ``name`` (``register_adapter(..., name=...)``):
+    what only its class knows (its blocks, default layer, probes) is said to be its adapter's."""
+    own = "its adapter's"
+    return dict(family=name, models=f"registered adapter {cls.__module__}.{cls.__qualname__}",
+                detection=f"register_adapter's predicate; family={name!r} and --family {name} force it", blocks=own,
+                default_layer=own, probes=own, image_grid=own, mask_id=own, sampler=own, trajectory=own)
+
+
+def markdown_table(rows: Optional[List[Dict[str, str]]] = None) -> str:
+    """``rows`` (default: :func:`family_rows`, the table of docs/FAMILIES.md) as a Markdown table."""
+    rows = family_rows() if rows is None else rows
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r[c].replace("|", "/") for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
-__all__ = ["Family", "FAMILIES", "BY_NAME", "detect_family", "family_rows", "markdown_table"]
+__all__ = ["Family", "FAMILIES", "BY_NAME", "detect_family", "family_rows", "registered_row",
+           "markdown_table"]
