@@ -1,4 +1,7 @@
-"""Adapters registered under a name (``register_adapter(..., name=...)``) in ``dcam families --markdown``."""
+"""Adapters registered under a name (``register_adapter(..., name=...)``): listed by ``dcam families
+--markdown``; a bundled family's name in other case is refused."""
+import pytest
+
 from dcam.cli import main
 from dcam.probe import register_adapter
 from dcam.probe.adapters import FAMILIES, ShapesAdapter, markdown_table
@@ -24,3 +27,22 @@ def test_families_markdown_lists_a_registered_adapter_after_the_bundled_families
             own, own, own, own, own, own, own]
     assert lines[-1] == "| " + " | ".join(want) + " |"
     assert lines[-1].count("|") == lines[0].count("|")  # one cell under each column
+
+
+def test_a_name_that_is_a_bundled_familys_in_other_case_is_refused_and_a_new_name_registers(registry):
+    # "LLaDA-V" was taken beside the bundled "llada-v": family= matches exactly, so the two names forced
+    # two adapters that differ by the case of a letter
+    from dcam.errors import InputError
+    from dcam.probe.adapters import ADAPTERS, REGISTERED
+
+    n = len(ADAPTERS)
+    for name, bundled in (("LLaDA-V", "llada-v"), ("Shapes", "shapes"), ("QWEN-VL", "qwen-vl")):
+        with pytest.raises(InputError) as caught:
+            register_adapter(lambda m: False, SecondBlock, name=name)
+        assert str(caught.value) == (
+            f"name: '{name}' is the bundled family '{bundled}' in other case (family= and --family match names "
+            f"exactly: '{bundled}' would force the bundled adapter, '{name}' this one); register the adapter under "
+            "another")
+    assert len(ADAPTERS) == n and not set(REGISTERED) & {"LLaDA-V", "Shapes", "QWEN-VL"}  # nothing registered
+    register_adapter(lambda m: False, SecondBlock, name="LLaDA-V-mine")  # a new name, whatever its case
+    assert REGISTERED["LLaDA-V-mine"] is SecondBlock and len(ADAPTERS) == n + 1

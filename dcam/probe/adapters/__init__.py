@@ -43,7 +43,7 @@ def register_adapter(predicate: Callable, cls: type, first: bool = True, name: O
     """Make ``auto_adapter`` use ``cls`` for models where ``predicate(model)``
     is true (before the built-in families; ``first``: before the adapters
     registered earlier). ``name``: also the name ``family=`` and ``--family`` force ``cls`` by
-    (listed by ``dcam families``); not a bundled family's or another registered adapter's. The same
+    (listed by ``dcam families``); not a bundled family's (in any case) or another registered adapter's. The same
     class under the same name again (a notebook cell run twice) replaces its registration."""
     # (a class or predicate of another kind was taken and failed at the first model as a raw TypeError)
     if not callable(predicate):
@@ -58,6 +58,11 @@ def register_adapter(predicate: Callable, cls: type, first: bool = True, name: O
             raise InputError(f"name: {name!r} has whitespace around it; register it as {name.strip()!r}")
         if name in BY_NAME:
             raise InputError(f"name: {name!r} is a bundled family's name; register the adapter under another")
+        bundled = next((f for f in BY_NAME if f.casefold() == name.casefold()), None)
+        if bundled is not None:  # (it was taken: family= matches exactly, so a slip of case forced the other one)
+            raise InputError(f"name: {name!r} is the bundled family {bundled!r} in other case (family= and --family "
+                             f"match names exactly: {bundled!r} would force the bundled adapter, {name!r} this one); "
+                             "register the adapter under another")
         if REGISTERED.get(name, cls) is not cls:
             raise InputError(f"name: {name!r} is already the name of the registered adapter "
                              f"{REGISTERED[name].__module__}.{REGISTERED[name].__qualname__}")
