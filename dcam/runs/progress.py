@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Dict
 
-from .store import ERROR_PARTS, INDEX_PARTS, parts
+from .store import ERROR_PARTS, INDEX_PARTS, parts, read_failed
 
 
 class RunProgress:
@@ -44,6 +44,8 @@ class RunProgress:
                     data = f.read()
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # (named as a file dcam run cannot read, not as a failed write)
+                raise read_failed(exc, p)
             end = data.rfind(b"\n") + 1  # complete lines only
             for line in data[:end].splitlines():
                 if line.strip() and p in errors:

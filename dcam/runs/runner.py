@@ -290,10 +290,16 @@ class UnchangedRecords:
 
 def _writing(root: str, fn: Callable[[], T]) -> T:
     """``fn()``, its OSError (disk full, file too large, no permission) as an InputError naming ``out`` (it was a
-    traceback, the run's folder named nowhere); what was committed stays, so a rerun resumes."""
+    traceback, the run's folder named nowhere); what was committed stays, so a rerun resumes. A file of the
+    folder that could not be read (:func:`.store.read_failed`) is named as such (it was said to be a failed write)."""
     try:
         return fn()
     except OSError as exc:
+        unread = getattr(exc, "read_path", None)
+        if unread is not None:
+            raise InputError(f"out: cannot read {unread!r} ({type(exc).__name__}: {exc.strerror or one_line(exc)}); "
+                             "what was written is kept: make it readable and rerun the same command to resume, or "
+                             "pass --overwrite to start over") from None
         raise InputError(f"out: writing {root!r} failed ({type(exc).__name__}: {one_line(exc)}); what was written "
                          "is kept, rerun the same command to resume") from None
 

@@ -108,6 +108,13 @@ def read_json(path: str, prefix: str, hint: str = "") -> Optional[dict]:
         raise InputError(f"{prefix}: cannot read {path} ({one_line(str(exc))}){hint}") from None
 
 
+def read_failed(exc: OSError, path: str) -> OSError:
+    """``exc``, raised reading ``path``, marked as a read (its ``read_path``): ``dcam run`` reports it as
+    a file it cannot read (:func:`dcam.runs.runner._writing`; an unreadable index was a failed write)."""
+    exc.read_path = path
+    return exc
+
+
 def json_line(obj) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
@@ -147,18 +154,21 @@ def read_lines(path: str) -> Iterator[Tuple[int, dict]]:
 
 def _placed_lines(path: str) -> Iterator[Tuple[int, int, dict]]:
     """(line number, byte offset, object) of every line :func:`read_lines` reads."""
-    with open(path, "rb") as f:
-        at = 0
-        for n, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                return
-            if raw.strip():
-                try:
-                    obj = json.loads(raw)
-                except ValueError as exc:
-                    raise InputError(f"run: {path} line {n} is corrupt ({one_line(exc)})") from None
-                yield n, at, obj
-            at += len(raw)
+    try:
+        with open(path, "rb") as f:
+            at = 0
+            for n, raw in enumerate(f, start=1):
+                if not raw.endswith(b"\n"):
+                    return
+                if raw.strip():
+                    try:
+                        obj = json.loads(raw)
+                    except ValueError as exc:
+                        raise InputError(f"run: {path} line {n} is corrupt ({one_line(exc)})") from None
+                    yield n, at, obj
+                at += len(raw)
+    except OSError as exc:  # (the file's own, not the caller's: a generator's consumer raises nothing into it)
+        raise read_failed(exc, path)
 
 
 def parts(root: str, folder: str) -> List[str]:
@@ -237,8 +247,13 @@ def merge_index(root: str, ids: Sequence[str], where: Callable[[int], str]) -> N
             last = i
     if changed:
         tmp = f"{main}.tmp-{os.getpid()}"
-        handles = [open(p, "rb") for p in files]
+        handles = []
         try:
+            for p in files:  # (a part index.jsonl already holds is opened here, not read above)
+                try:
+                    handles.append(open(p, "rb"))
+                except OSError as exc:
+                    raise read_failed(exc, p)
             with open(tmp, "wb") as out:
                 places = ((i, line_file[i], line_at[i]) for i in range(len(ids)) if line_file[i] >= 0)
                 for i, k, at in itertools.chain(places, ((None, k, at) for k, at in gone.values())):
@@ -309,5 +324,5 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 
 
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
-           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_lines", "iter_index", "scan_index",
+           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "iter_index", "scan_index",
            "merge_index", "read_errors", "merge_errors", "remove_debris", "fsync_dir"]
