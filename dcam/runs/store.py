@@ -324,5 +324,5 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 
 
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
-           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "iter_index", "scan_index",
-           "merge_index", "read_errors", "merge_errors", "remove_debris", "fsync_dir"]
+           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "iter_index",
+           "scan_index", "merge_index", "read_errors", "merge_errors", "remove_debris", "fsync_dir"]
