@@ -195,6 +195,23 @@ class CamConfig:
             cba_params=[*[float(q) for q in self.cba_weights], float(self.cba_floor)],
         )
 
+    @classmethod
+    def from_op_args(cls, args: Mapping, grad_relu: bool = True) -> "CamConfig":
+        """The config whose `op_args()` are ``args`` (``grad_relu``, which the refine op does not
+        take, given apart): ``CamConfig.from_op_args(c.op_args(), c.grad_relu) == c``. The checked
+        ops of a compiled graph (:mod:`dcam.ops.api`) carry a config this way, in their schema."""
+        dacg, cba = list(args["dacg_params"]), list(args["cba_params"])
+        if len(dacg) != 8 or len(cba) != 5:
+            raise InputError(f"op args: dacg_params must hold 8 numbers and cba_params 5, got {len(dacg)} and "
+                             f"{len(cba)}")
+        modes = {code: name for name, code in SICD_MODES.items()}
+        if args["sicd"] not in modes:
+            raise InputError(f"op args: sicd must be one of {sorted(modes)}, got {args['sicd']!r}")
+        return cls(akd_kernel="adaptive" if args["akd_kernel"] == 0 else args["akd_kernel"], akd=args["akd"],
+                   dacg=args["dacg"], cba=args["cba"], sicd=modes[args["sicd"]], grad_relu=grad_relu,
+                   dacg_std=dacg[0], dacg_mean_high=dacg[1], dacg_mean_low=dacg[2], dacg_percentiles=dacg[3:7],
+                   dacg_sigma=dacg[7], cba_weights=cba[:4], cba_floor=cba[4])
+
 
 def _checked_init(init):
     """CamConfig's generated ``__init__``, with a keyword it has no field for (a typo:
