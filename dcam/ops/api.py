@@ -13,6 +13,25 @@ per-image tensors and calls one implementation:
     backend="cpp"     the C++ kernel; CPU tensors only
     backend="triton"  the Triton kernels; CUDA tensors, or CPU tensors under
                       TRITON_INTERPRET=1 (the interpreter, for testing)
+
+Traced by torch.compile (``fullgraph=True`` too) or torch.export with
+check_finite=True, a function checks what needs no values and calls one
+opaque op of its own instead, whose kernel (every device) is the eager
+function with the check on, so a NaN raises the eager error at run time:
+
+    dcam::pool_gradients_checked(acts, grads, h, w, grad_relu, backend) -> (maps, degenerate)
+    dcam::channel_weights_checked(grads, grad_relu, backend) -> weights
+    dcam::weighted_maps_checked(acts, weights, h, w, backend) -> (maps, degenerate)
+    dcam::refine_checked(raw, degenerate?, steps, image_size, repeat_ratio, context_maps?,
+                         context_weights?, <the config: CamConfig.op_args()>, backend)
+        -> (maps, kernel_size, dacg_strategy, dacg_threshold, cba_threshold, sicd_alpha)
+    dcam::diffusion_cam_checked(acts, grads, h, w, steps, image_size, repeat_ratio,
+                                context_weights?, grad_relu, <the config>, backend)
+        -> (refine_checked's six, degenerate)
+
+They are registered by this module (their kernels call it), so by
+``import dcam.ops.api``; ``import dcam.ops.library`` registers the four ops
+above only.
 """
 from __future__ import annotations
 
@@ -25,7 +44,7 @@ from torch import Tensor
 from ..errors import InputError
 from .config import CamConfig
 from . import validation as V
-from .backends import check_backend as _check_backend, cpp_backend
+from .backends import check_backend as _check_backend, cpp_backend, triton_backend
 
 #: sizes the C++ kernels index with 32-bit offsets (csrc: dcam_pool_* refuse D > 2**24, dcam_refine
 #: h * w >= 2**27); the PyTorch reference and Triton have no such limit
@@ -38,6 +57,8 @@ def check_backend(backend: str, device, hidden: Optional[int] = None, cells: Opt
     """``backend`` checked for ``device`` (:func:`dcam.ops.backends.check_backend`), and, where
     the C++ kernels will run, the sizes they take: past them an InputError naming the argument
     (the extension's "invalid size argument" was a ValueError naming none)."""
+    if backend in ("cpp", "triton") and _traced():
+        _backend_available(backend)  # (loaded outside the trace, as runs_cpp does)
     backend = _check_backend(backend, device)
     cpp_runs = runs_cpp(backend, device)
     if cpp_runs and hidden is not None and hidden > CPP_MAX_HIDDEN:
@@ -51,8 +72,22 @@ def check_backend(backend: str, device, hidden: Optional[int] = None, cells: Opt
 
 def runs_cpp(backend: str, device) -> bool:
     """Whether the C++ kernels run for ``backend`` (checked) on ``device``."""
-    return backend == "cpp" or (backend == "auto" and device.type == "cpu" and cpp_backend.is_available())
-from .library import implementation
+    return backend == "cpp" or (backend == "auto" and device.type == "cpu" and _backend_available("cpp"))
+
+
+@torch.compiler.assume_constant_result
+def _backend_available(name: str) -> bool:
+    """Whether backend ``name`` ("cpp" or "triton") is usable here. It is loaded on first use, under a
+    lock that torch.compile cannot trace (a compiled first call failed, "Unsupported context manager"):
+    marked constant, traced code calls this once and keeps the answer, the same for the whole process."""
+    return (cpp_backend if name == "cpp" else triton_backend).is_available()
+from .library import _not_differentiable, implementation
+
+
+def _traced() -> bool:
+    """Whether torch.compile or torch.export is tracing the call: a value check, which branches on the
+    values on the host, then runs inside one opaque checked op (`_CHECKED_OPS`) at run time."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 @dataclass(frozen=True)
@@ -142,6 +177,13 @@ def _recomputed_weights(grads: Tensor, grad_relu: bool, backend: str):
     return weights_of
 
 
+def _validate_pool_traced(acts, grads, grid, backend: str, cells: bool = False):
+    """The checks of `pool_gradients` that traced code runs (no values: those run in the checked op)."""
+    acts, grads, h, w, device = V.validate_pool(acts, grads, grid, False)
+    check_backend(backend, device, hidden=acts.shape[2], cells=h * w if cells else None)
+    return acts, grads, h, w, device
+
+
 def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu: bool = True,
                    backend: str = "auto", check_finite: bool = True) -> RawMaps:
     """Gradient-weighted pooling of image-token states into one map per token
@@ -157,6 +199,9 @@ def pool_gradients(acts: Tensor, grads: Tensor, grid: Tuple[int, int], grad_relu
     """
     V.check_bool("grad_relu", grad_relu)
     V.check_bool("check_finite", check_finite)
+    if check_finite and _traced():
+        _, _, h, w, _ = _validate_pool_traced(acts, grads, grid, backend)
+        return RawMaps(*torch.ops.dcam.pool_gradients_checked(acts, grads, h, w, grad_relu, backend))
     acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
     backend = check_backend(backend, device, hidden=acts.shape[2])
     maps, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, grad_relu, check_finite)
@@ -182,6 +227,10 @@ def channel_weights(grads: Tensor, grad_relu: bool = True, backend: str = "auto"
     """
     V.check_bool("grad_relu", grad_relu)
     V.check_bool("check_finite", check_finite)
+    if check_finite and _traced():
+        checked = V.validate_grads(grads, False)
+        check_backend(backend, checked.device, hidden=checked.shape[3], hidden_of="grads")
+        return torch.ops.dcam.channel_weights_checked(grads, grad_relu, backend)
     grads = V.validate_grads(grads, check_finite)
     run = implementation("channel_weights", check_backend(backend, grads.device, hidden=grads.shape[3],
                                                                  hidden_of="grads"))
@@ -203,6 +252,10 @@ def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend:
     refuse NaN/Inf in acts or weights. Returns RawMaps as `pool_gradients`
     does (maps [B,T,h,w], ready for `refine`)."""
     V.check_bool("check_finite", check_finite)
+    if check_finite and _traced():
+        checked, _, h, w, device = V.validate_weighted(acts, weights, grid, False)
+        check_backend(backend, device, hidden=checked.shape[2])
+        return RawMaps(*torch.ops.dcam.weighted_maps_checked(acts, weights, h, w, backend))
     acts, weights, h, w, device = V.validate_weighted(acts, weights, grid, check_finite)
     maps, degenerate = implementation("weighted_maps", check_backend(backend, device, hidden=acts.shape[2]))(
         acts, weights, h, w)
@@ -214,6 +267,18 @@ def weighted_maps(acts: Tensor, weights: Tensor, grid: Tuple[int, int], backend:
 
 def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, image_size, repeat_ratio,
                     context_maps, context_weights, backend: str, check_values: bool) -> Refined:
+    backend, steps_t, size_t, rho_t, context_maps, context_weights = _refine_inputs(
+        raw, degenerate, config, steps, image_size, repeat_ratio, context_maps, context_weights, backend, check_values)
+    run = implementation("refine", backend)
+    o = config.op_args()
+    out = run(raw, degenerate, steps_t, size_t, rho_t, context_maps, context_weights, o["akd_kernel"], o["akd"],
+              o["dacg"], o["cba"], o["sicd"], o["dacg_params"], o["cba_params"])
+    return Refined(*out, degenerate)
+
+
+def _refine_inputs(raw: Tensor, degenerate: Optional[Tensor], config: CamConfig, steps, image_size, repeat_ratio,
+                   context_maps, context_weights, backend: str, check_values: bool):
+    """The checked backend, per-image steps, image_size, repeat_ratio and context tensors of the refine op."""
     B = raw.shape[0]
     device = raw.device
     backend = check_backend(backend, device, cells=raw.shape[2] * raw.shape[3])
@@ -232,11 +297,18 @@ def _refine_checked(raw: Tensor, degenerate: Tensor, config: CamConfig, steps, i
     context_maps, context_weights = V.check_context(config, raw, context_maps, context_weights, check_values)
     V.check_same_device(raw_maps=raw, degenerate=degenerate, context_maps=context_maps,
                         context_weights=context_weights)
-    run = implementation("refine", backend)
-    o = config.op_args()
-    out = run(raw, degenerate, steps_t, size_t, rho_t, context_maps, context_weights, o["akd_kernel"], o["akd"],
-              o["dacg"], o["cba"], o["sicd"], o["dacg_params"], o["cba_params"])
-    return Refined(*out, degenerate)
+    return backend, steps_t, size_t, rho_t, context_maps, context_weights
+
+
+def _per_image_traced(raw: Tensor, degenerate: Optional[Tensor], config: CamConfig, steps, image_size,
+                      repeat_ratio, context_maps, context_weights, backend: str):
+    """The checks of `_refine_checked` that traced code runs (no values), and steps, image_size and
+    repeat_ratio as a checked op takes them: a tensor as given (the op's eager call checks its values
+    as eager code does), a number or a sequence as its per-image tensor (numbers are checked here)."""
+    _, steps_t, size_t, rho_t, _, _ = _refine_inputs(raw, degenerate, config, steps, image_size, repeat_ratio,
+                                                     context_maps, context_weights, backend, False)
+    return tuple(given if isinstance(given, Tensor) else made
+                 for given, made in ((steps, steps_t), (image_size, size_t), (repeat_ratio, rho_t)))
 
 
 def refine(raw_maps: Union[Tensor, RawMaps], config: Optional[CamConfig] = None, steps=64, image_size=512,
@@ -263,6 +335,14 @@ def refine(raw_maps: Union[Tensor, RawMaps], config: Optional[CamConfig] = None,
         raw_maps = raw_maps.maps
     raw = V.check_tensor("raw_maps", raw_maps, ranks=(4,))
     config = V.check_config(config)
+    if check_finite and _traced():
+        as_float = raw.float().contiguous()
+        flags = V.check_degenerate(degenerate, as_float)
+        per_image = _per_image_traced(as_float, flags, config, steps, image_size, repeat_ratio, context_maps,
+                                      context_weights, backend)
+        out = torch.ops.dcam.refine_checked(raw, degenerate, *per_image, context_maps, context_weights,
+                                            *_config_args(config), backend)
+        return Refined(*out, flags)
     if check_finite:
         V.check_raw_values(raw)
     raw = raw.float().contiguous()
@@ -281,6 +361,13 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
     (with check_finite=False, nothing synchronises at all)."""
     config = V.check_config(config)
     V.check_bool("check_finite", check_finite)
+    if check_finite and _traced():
+        checked, checked_grads, h, w, _ = _validate_pool_traced(acts, grads, grid, backend, cells=True)
+        like_raw = checked.new_empty((*checked_grads.shape[:2], h, w))  # (a shape for the checks; never read)
+        per_image = _per_image_traced(like_raw, None, config, steps, image_size, repeat_ratio, None,
+                                      context_weights, backend)
+        return Refined(*torch.ops.dcam.diffusion_cam_checked(acts, grads, h, w, *per_image, context_weights,
+                                                             config.grad_relu, *_config_args(config), backend))
     acts, grads, h, w, device = V.validate_pool(acts, grads, grid, check_finite)
     backend = check_backend(backend, device, hidden=acts.shape[2], cells=h * w)
     raw, degenerate, bad = implementation("pool_gradients", backend)(acts, grads, h, w, config.grad_relu,
@@ -308,6 +395,99 @@ def diffusion_cam(acts: Tensor, grads: Tensor, grid: Tuple[int, int], config: Op
 def all_finite(x: Tensor) -> bool:
     """Whether ``x`` holds no NaN/Inf (one ``aminmax`` pass, no bool copy of ``x``)."""
     return not bool(V.nonfinite_flag(x))
+
+
+# ------------------------------------------------------------------ the checked ops (compile, export)
+
+# (the module's docstring) A value check reads values on the host and raises from Python, which a graph
+# cannot hold ("Could not guard on data-dependent expression"); each op's fake kernel only allocates. Registered
+# here, not in library.py: their kernels call this module, which imports library.
+_CONFIG_SCHEMA = ("SymInt akd_kernel, bool akd, bool dacg, bool cba, SymInt sicd, float[] dacg_params, "
+                  "float[] cba_params")
+_CONFIG_NAMES = ("akd_kernel", "akd", "dacg", "cba", "sicd", "dacg_params", "cba_params")
+
+
+def _config_args(config: CamConfig) -> tuple:
+    """``config`` as the checked ops take it (:meth:`CamConfig.op_args`, read back by `_config_of`)."""
+    o = config.op_args()
+    return tuple(o[n] for n in _CONFIG_NAMES)
+
+
+def _config_of(args, grad_relu: bool = True) -> CamConfig:
+    return CamConfig.from_op_args(dict(zip(_CONFIG_NAMES, args)), grad_relu)
+
+
+def _pool_gradients_kernel(acts, grads, h, w, grad_relu, backend):
+    out = pool_gradients(acts, grads, (h, w), grad_relu, backend)
+    return out.maps, out.degenerate
+
+
+def _weighted_maps_kernel(acts, weights, h, w, backend):
+    out = weighted_maps(acts, weights, (h, w), backend)
+    return out.maps, out.degenerate
+
+
+def _refine_kernel(raw, degenerate, steps, image_size, repeat_ratio, context_maps, context_weights, *rest):
+    out = refine(raw, _config_of(rest[:-1]), steps, image_size, repeat_ratio, context_maps, context_weights,
+                 degenerate, rest[-1])
+    return tuple(getattr(out, f.name) for f in fields(out) if f.name != "degenerate")  # (the input's: aliased)
+
+
+def _diffusion_cam_kernel(acts, grads, h, w, steps, image_size, repeat_ratio, context_weights, grad_relu, *rest):
+    out = diffusion_cam(acts, grads, (h, w), _config_of(rest[:-1], grad_relu), steps, image_size, repeat_ratio,
+                        context_weights, rest[-1])
+    return tuple(getattr(out, f.name) for f in fields(out))
+
+
+def _maps_fake(x: Tensor, by: Tensor, by_rank: int, h, w):
+    """Fake maps [B,T,h,w] and flags [B,T] of a batch given by ``by`` ([B,T,...] of rank ``by_rank``, or
+    without B: a batch of one)."""
+    B, T = (by.shape[0], by.shape[1]) if by.dim() == by_rank else (1, by.shape[0])
+    return x.new_empty((B, T, h, w), dtype=torch.float32), x.new_empty((B, T), dtype=torch.bool)
+
+
+def _stats_fake(maps: Tensor) -> tuple:
+    B, T = maps.shape[:2]
+    return (maps.new_empty((B, T), dtype=torch.int32), maps.new_empty((B, T), dtype=torch.int32),
+            *(maps.new_empty((B, T), dtype=torch.float32) for _ in range(3)))
+
+
+def _channel_weights_fake(grads, grad_relu, backend):
+    B, T = (grads.shape[0], grads.shape[1]) if grads.dim() == 4 else (1, grads.shape[0])
+    return grads.new_empty((B, T, grads.shape[-1]), dtype=torch.float32)
+
+
+def _refine_fake(raw, *rest):
+    return (raw.new_empty(raw.shape, dtype=torch.float32), *_stats_fake(raw))
+
+
+def _diffusion_cam_fake(acts, grads, h, w, *rest):
+    maps, degenerate = _maps_fake(acts, grads, 4, h, w)
+    return (maps, *_stats_fake(maps), degenerate)
+
+
+_REFINED = "(" + ", ".join(["Tensor"] * 6) + ")"
+_CHECKED_OPS = (
+    ("pool_gradients_checked(Tensor acts, Tensor grads, SymInt h, SymInt w, bool grad_relu, str backend) "
+     "-> (Tensor, Tensor)", _pool_gradients_kernel, lambda a, g, h, w, *_: _maps_fake(a, g, 4, h, w)),
+    ("channel_weights_checked(Tensor grads, bool grad_relu, str backend) -> Tensor", channel_weights,
+     _channel_weights_fake),
+    ("weighted_maps_checked(Tensor acts, Tensor weights, SymInt h, SymInt w, str backend) -> (Tensor, Tensor)",
+     _weighted_maps_kernel, lambda a, wt, h, w, *_: _maps_fake(a, wt, 3, h, w)),
+    ("refine_checked(Tensor raw, Tensor? degenerate, Tensor steps, Tensor image_size, Tensor repeat_ratio, "
+     f"Tensor? context_maps, Tensor? context_weights, {_CONFIG_SCHEMA}, str backend) -> {_REFINED}",
+     _refine_kernel, _refine_fake),
+    ("diffusion_cam_checked(Tensor acts, Tensor grads, SymInt h, SymInt w, Tensor steps, Tensor image_size, "
+     f"Tensor repeat_ratio, Tensor? context_weights, bool grad_relu, {_CONFIG_SCHEMA}, str backend) -> "
+     f"{_REFINED[:-1]}, Tensor)", _diffusion_cam_kernel, _diffusion_cam_fake),
+)
+_CHECKED_LIB = torch.library.Library("dcam", "FRAGMENT")
+for _schema, _kernel, _fake in _CHECKED_OPS:
+    _name = _schema.split("(")[0]
+    _CHECKED_LIB.define(_schema)
+    _CHECKED_LIB.impl(_name, _kernel, "CompositeExplicitAutograd")  # every device: the eager function
+    _CHECKED_LIB.impl(_name, _not_differentiable(getattr(torch.ops.dcam, _name).default), "Autograd")
+    torch.library.register_fake(f"dcam::{_name}", _fake, lib=_CHECKED_LIB)
 
 
 __all__ = ["RawMaps", "Refined", "pool_gradients", "channel_weights", "weighted_maps", "refine", "diffusion_cam",

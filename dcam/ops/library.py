@@ -27,7 +27,10 @@ implementation directly (:func:`implementation`), for tests and comparisons.
 
 The ops are opaque to ``torch.compile`` (a custom op is one node of the
 graph): the C++ kernel cannot be traced anyway, and one opaque op per
-operator keeps a single registration for every device.
+operator keeps a single registration for every device. Traced with the value
+checks on, the public functions call ``dcam::<function>_checked`` ops instead
+(the eager function, checks and all, as one op): those are registered by
+:mod:`dcam.ops.api`, whose functions their kernels call.
 
 ``channel_weights`` and ``weighted_maps`` are ``pool_gradients`` in two
 halves, for gradients that arrive in chunks of tokens (the explainer): each

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import dcam
-from dcam.errors import InputError
+from dcam.errors import InputError, NonFiniteError
 from dcam.ops import api, cpp, library
 
 AVAILABLE = dcam.available_backends()
@@ -268,9 +268,11 @@ def test_unchecked_nonfinite_weights_make_their_map_degenerate(backend, quiet):
     assert out.degenerate.tolist() == [[True]] and torch.equal(out.maps, torch.zeros(1, 1, 2, 2))
 
 
-def test_torch_export_with_the_value_check_names_check_finite(quiet):
+def test_torch_export_with_the_value_check_runs_it_in_the_exported_program(quiet):
     # export traces with fake tensors: the default check reached torch's raw "Could not guard on
-    # data-dependent expression"; without the check the module exports and runs as eager
+    # data-dependent expression", then an InputError asked for check_finite=False; now the check runs
+    # inside the exported program (dcam::pool_gradients_checked), with the eager error on NaN input.
+    # Without the check the module exports and runs as eager too
     a, g, grid = _inputs()
 
     class Pool(torch.nn.Module):
@@ -281,11 +283,21 @@ def test_torch_export_with_the_value_check_names_check_finite(quiet):
         def forward(self, a, g):
             return dcam.pool_gradients(a, g, grid, check_finite=self.check).maps
 
-    with raises_input_error("acts", re.escape("acts is traced by torch.export (a shape without values): nothing "
-                                              "to check for NaN/Inf; pass check_finite=False")):
-        torch.export.export(Pool(True), (a, g))
+    eager = dcam.pool_gradients(a, g, grid).maps
+    checked = torch.export.export(Pool(True), (a, g))
+    assert "dcam.pool_gradients_checked" in checked.graph_module.code
+    torch.testing.assert_close(checked.module()(a, g), eager, atol=0, rtol=0)
+    bad = g.clone()
+    bad[1, 2, 0, 5] = float("inf")
+    with pytest.raises(InputError) as eager_error:
+        dcam.pool_gradients(a, bad, grid)
+    with pytest.raises(InputError) as exported_error:
+        checked.module()(a, bad)
+    assert type(exported_error.value) is type(eager_error.value) is NonFiniteError
+    assert str(exported_error.value) == str(eager_error.value) == ("grads contains 1 NaN/Inf value(s); pass "
+                                                                   "check_finite=False to skip this check")
     exported = torch.export.export(Pool(False), (a, g))
-    torch.testing.assert_close(exported.module()(a, g), dcam.pool_gradients(a, g, grid).maps, atol=0, rtol=0)
+    torch.testing.assert_close(exported.module()(a, g), eager, atol=0, rtol=0)
 
 
 def test_reference_backend_outputs_do_not_require_grad():
