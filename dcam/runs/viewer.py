@@ -182,6 +182,10 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
 
 
 def _write_failed(folder, exc: OSError) -> InputError:
+    unread = getattr(exc, "read_path", None)  # (:func:`.store.read_failed`: an index it could not read)
+    if unread is not None:  # (it was said to be a failed write of the page)
+        return InputError(f"DIR: cannot read {unread!r} ({type(exc).__name__}: {exc.strerror or one_line(exc)}); "
+                          "the page was not written")
     return InputError(f"DIR: writing the page into {folder!r} failed ({type(exc).__name__}: {one_line(exc)})")
 
 
