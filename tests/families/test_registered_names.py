@@ -1,5 +1,5 @@
 """Adapters registered under a name (``register_adapter(..., name=...)``): listed by ``dcam families
---markdown``; a bundled family's name in other case is refused."""
+--markdown``; a bundled family's or another registered adapter's name in other case is refused."""
 import pytest
 
 from dcam.cli import main
@@ -46,3 +46,34 @@ def test_a_name_that_is_a_bundled_familys_in_other_case_is_refused_and_a_new_nam
     assert len(ADAPTERS) == n and not set(REGISTERED) & {"LLaDA-V", "Shapes", "QWEN-VL"}  # nothing registered
     register_adapter(lambda m: False, SecondBlock, name="LLaDA-V-mine")  # a new name, whatever its case
     assert REGISTERED["LLaDA-V-mine"] is SecondBlock and len(ADAPTERS) == n + 1
+
+
+class OtherBlock(ShapesAdapter):
+    """Another user's adapter."""
+
+
+def test_a_name_that_is_a_registered_adapters_in_other_case_is_refused(registry):
+    # "Mine" and "mine" were both taken: family= matches exactly, so the case of a letter chose the adapter
+    from dcam.errors import InputError
+    from dcam.probe.adapters import ADAPTERS, REGISTERED
+
+    n = len(ADAPTERS)
+    register_adapter(lambda m: False, SecondBlock, name="Mine")
+    for cls in (OtherBlock, SecondBlock):  # another class, or the same one, under the name in other case
+        for name in ("mine", "MINE", "mInE"):
+            with pytest.raises(InputError) as caught:
+                register_adapter(lambda m: False, cls, name=name)
+            assert str(caught.value) == (
+                f"name: '{name}' is the registered adapter 'Mine' ({__name__}.SecondBlock) in other case (family= "
+                "and --family match names exactly, so the case of a letter would choose between them); register the "
+                "adapter as 'Mine' or under another name")
+    # nothing registered by the refused calls
+    assert [k for k in REGISTERED if k.casefold() == "mine"] == ["Mine"] and REGISTERED["Mine"] is SecondBlock
+    assert len(ADAPTERS) == n + 1
+    # the same class under the same exact name again replaces its registration (one entry, not two)
+    again = (lambda m: True)
+    register_adapter(again, SecondBlock, name="Mine")
+    assert len(ADAPTERS) == n + 1 and ADAPTERS[0] == (again, SecondBlock) and REGISTERED["Mine"] is SecondBlock
+    # an unrelated name still registers
+    register_adapter(lambda m: False, OtherBlock, name="mine-too")
+    assert REGISTERED["mine-too"] is OtherBlock and REGISTERED["Mine"] is SecondBlock and len(ADAPTERS) == n + 2

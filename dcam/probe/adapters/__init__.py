@@ -43,8 +43,8 @@ def register_adapter(predicate: Callable, cls: type, first: bool = True, name: O
     """Make ``auto_adapter`` use ``cls`` for models where ``predicate(model)``
     is true (before the built-in families; ``first``: before the adapters
     registered earlier). ``name``: also the name ``family=`` and ``--family`` force ``cls`` by
-    (listed by ``dcam families``); not a bundled family's (in any case) or another registered adapter's. The same
-    class under the same name again (a notebook cell run twice) replaces its registration."""
+    (listed by ``dcam families``); not a bundled family's or another registered adapter's (in any case). The
+    same class under the same exact name again (a notebook cell run twice) replaces its registration."""
     # (a class or predicate of another kind was taken and failed at the first model as a raw TypeError)
     if not callable(predicate):
         raise InputError(f"predicate must be a callable predicate(model) -> bool, got {type(predicate).__name__}")
@@ -66,6 +66,12 @@ def register_adapter(predicate: Callable, cls: type, first: bool = True, name: O
         if REGISTERED.get(name, cls) is not cls:
             raise InputError(f"name: {name!r} is already the name of the registered adapter "
                              f"{REGISTERED[name].__module__}.{REGISTERED[name].__qualname__}")
+        taken = next((r for r in REGISTERED if r != name and r.casefold() == name.casefold()), None)
+        if taken is not None:  # (both were taken, as a bundled family's name in other case was)
+            raise InputError(f"name: {name!r} is the registered adapter {taken!r} "
+                             f"({REGISTERED[taken].__module__}.{REGISTERED[taken].__qualname__}) in other case "
+                             "(family= and --family match names exactly, so the case of a letter would choose "
+                             f"between them); register the adapter as {taken!r} or under another name")
         if name in _NAMED_ENTRIES:  # the same class again: its earlier entry goes, not kept as a duplicate
             ADAPTERS[:] = [entry for entry in ADAPTERS if entry is not _NAMED_ENTRIES[name]]
         REGISTERED[name] = cls
