@@ -291,11 +291,17 @@ class UnchangedRecords:
 def _writing(root: str, fn: Callable[[], T]) -> T:
     """``fn()``, its OSError (disk full, file too large, no permission) as an InputError naming ``out`` (it was a
     traceback, the run's folder named nowhere); what was committed stays, so a rerun resumes. A file of the
-    folder that could not be read (:func:`.store.read_failed`) is named as such (it was said to be a failed write)."""
+    folder, or of the source, that could not be read (:func:`.store.read_failed`) is named as such (it was said
+    to be a failed write)."""
     try:
         return fn()
     except OSError as exc:
         unread = getattr(exc, "read_path", None)
+        if unread is not None and os.path.commonpath([root, os.path.abspath(unread)]) != root:
+            # (the source's file, read during the run: the manifest gone since it was opened)
+            raise InputError(f"MANIFEST: cannot read {unread!r} ({type(exc).__name__}: "
+                             f"{exc.strerror or one_line(exc)}) during the run; what was written into {root!r} is "
+                             "kept: make it readable and rerun the same command to resume") from None
         if unread is not None:
             raise InputError(f"out: cannot read {unread!r} ({type(exc).__name__}: {exc.strerror or one_line(exc)}); "
                              "what was written is kept: make it readable and rerun the same command to resume, or "

@@ -36,6 +36,7 @@ from ..errors import InputError, one_line
 from ..images import IMAGE_EXTENSIONS
 from ..targets import parse_target_text
 from ..words import split_words
+from .store import read_failed
 
 #: Keys a manifest line may hold.
 MANIFEST_KEYS = ("id", "image", "prompt", "response", "targets", "mask", "labels", "meta")
@@ -260,6 +261,8 @@ class ManifestSource(RunSource):
             same = entry_digest(e) == self.digests[i]
         except (ValueError, UnicodeDecodeError):  # an edit moved the lines: another line's middle
             same = False
+        except OSError as exc:  # the manifest gone or replaced since it was opened: ends the run (it was said to
+            raise read_failed(exc, self.path)  # be a failed write of the run's folder)
         if not same:
             raise InputError(f"MANIFEST: {self.where(i)} (id {self.ids[i]!r}) changed while the run read the "
                              "manifest; rerun to explain it as it is now")
