@@ -341,8 +341,8 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         if opts.overwrite:  # emptying the folder must not delete what the run reads, or where the user is
             refuse_inputs_inside(root, source.input_paths() + list(opts.protect))
             refuse_current_folder(root)
-        else:
-            _check_same_overlays(root, opts.overlays)
+        else:  # (its read of the index: an unreadable one was a traceback)
+            _writing(root, lambda: _check_same_overlays(root, opts.overlays))
         return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source)))
     lock = dist.on_rank0(start)
     try:

@@ -48,3 +48,19 @@ def test_an_index_without_read_permission_is_named_as_unreadable(run_manifest, r
     assert (rc, err) == (2, _message(index, "PermissionError: Permission denied"))
     rc, err = _resumed(run_manifest, out, capsys)  # readable again: the run resumes, with nothing left to do
     assert (rc, err) == (0, [])
+
+
+def test_an_unreadable_index_is_named_when_overlays_are_added_on_a_resume(run_manifest, reference_run, tmp_path,
+                                                                          capsys):
+    # --overlays added on a folder run without them reads the index (records done?) before the folder is prepared:
+    # a directory in place of the index was an IsADirectoryError traceback there
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    index = os.path.join(out, "index.jsonl")
+    os.unlink(index)
+    os.mkdir(index)
+    capsys.readouterr()
+    rc = main(["run", run_manifest["path"], "--out", out, *RUN_ARGS, "--overlays"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (rc, err) == (2, _message(index, "IsADirectoryError: Is a directory"))
+    assert os.path.isdir(index) and not os.path.exists(os.path.join(out, "overlays"))  # left as it was found
