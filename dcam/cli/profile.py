@@ -62,32 +62,54 @@ def stage_seconds(events) -> Dict[str, float]:
 
 
 class TraceWriter:
-    """A context manager: profiles from its entry to :meth:`stop`, then puts the trace at ``path``
-    with :meth:`commit` (``path`` None: does nothing); an error or Ctrl-C inside drops whatever was
-    recorded or exported."""
+    """A context manager: profiles from its entry (``deferred``: from :meth:`start`) to :meth:`stop`,
+    then puts the trace at ``path`` with :meth:`commit` (``path`` None: does nothing); an error or
+    Ctrl-C inside drops whatever was recorded or exported."""
 
-    def __init__(self, path: Optional[str], quiet: bool):
-        self.path, self.quiet = path, quiet
+    def __init__(self, path: Optional[str], quiet: bool, deferred: bool = False):
+        self.path, self.quiet, self.deferred = path, quiet, deferred
         self.prof = self.tmp = self.took = None
+        self.recording = False
 
     def __enter__(self) -> "TraceWriter":
-        if self.path is not None:
-            import torch  # (not at import: `dcam --help` loads no torch)
-
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available():
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.prof = torch.profiler.profile(activities=activities)
-            with _without_stderr():
-                self.prof.__enter__()
+        if not self.deferred:
+            self.start()
         return self
+
+    def start(self) -> None:
+        """Begin the recording (at the entry, or here when ``deferred``: ``dcam run`` records some batches
+        of its share, not the run's start); once only."""
+        if self.path is None or self.prof is not None:
+            return
+        import torch  # (not at import: `dcam --help` loads no torch)
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        # (shapes off, the profiler's default, said here: recording every operator's input shapes slows each
+        # call and swells the trace, and a stage's time is what is asked)
+        self.prof = torch.profiler.profile(activities=activities, record_shapes=False)
+        with _without_stderr():
+            self.prof.__enter__()
+        self.recording = True
+
+    @property
+    def started(self) -> bool:
+        return self.prof is not None
+
+    def end_recording(self) -> None:
+        """Switch the profiler off, keeping what it recorded for :meth:`stop` to export (``dcam run``: the
+        export waits for the end of the run, so no temporary file lies beside ``path`` meanwhile)."""
+        if self.recording:
+            self.recording = False
+            with _without_stderr():
+                self.prof.__exit__(None, None, None)
 
     def stop(self) -> None:
         """End the recording and export it to a temporary file beside ``path``."""
         if self.prof is None or self.tmp is not None:
             return
-        with _without_stderr():
-            self.prof.__exit__(None, None, None)
+        self.end_recording()
         try:
             fd, self.tmp = tempfile.mkstemp(prefix=".dcam-", suffix=".json", dir=os.path.dirname(self.path))
             os.close(fd)
@@ -98,9 +120,10 @@ class TraceWriter:
         # in them after the rename said "nothing was written" with both files in place
         self.took = stage_seconds(self.prof.events())
 
-    def commit(self, written: str) -> None:
+    def commit(self, written: str, scope: str = "") -> None:
         """Rename the exported trace into place and say each stage's time (``written``: the
-        command's output, already in place, named by the error of a failed rename)."""
+        command's output, already in place, named by the error of a failed rename; ``scope``:
+        what was recorded, said before the trace's name)."""
         if self.prof is None:
             return
         self.stop()
@@ -111,15 +134,42 @@ class TraceWriter:
                              f"were written to --out {written!r}, the trace was not") from None
         self.tmp = None
         took = ", ".join(f"{k[len('dcam.'):]} {v:.2f} s" for k, v in self.took.items())
-        common.log(f"profile: {took or 'no dcam stage ran'}; trace written to {self.path}", self.quiet)
+        common.log(f"profile: {took or 'no dcam stage ran'}; {scope + '; ' if scope else ''}trace written to "
+                   f"{self.path}", self.quiet)
 
     def __exit__(self, kind, exc, tb) -> None:
-        if self.prof is not None and self.tmp is None and kind is not None:
-            with _without_stderr():  # (an error before stop(): the profiler is switched off all the same)
-                self.prof.__exit__(None, None, None)
+        self.end_recording()  # (an error before stop(): the profiler is switched off all the same)
         if self.tmp is not None and os.path.exists(self.tmp):
             os.unlink(self.tmp)
         self.tmp = None
 
 
-__all__ = ["TraceWriter", "add_profile_option", "stage_seconds"]
+def rank_path(path: str, rank: int) -> str:
+    """The trace file of ``rank`` of a torchrun job (each rank profiles its own process): ``path`` for
+    rank 0, else ``.rank<rank>`` before its extension (trace.json, trace.rank1.json)."""
+    if rank == 0:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.rank{rank}{ext}"
+
+
+class BatchWindow:
+    """Which batches of a rank's share ``dcam run --profile`` records: ``count`` of them from the
+    second (the first is a warm-up: kernel compilation and the allocator's growth would dominate
+    a profile of it), the only one of a share of one. Called by the run as batch ``i`` of ``n``
+    begins, and with ``i == n`` when all have ended."""
+
+    def __init__(self, trace: TraceWriter, count: int):
+        self.trace, self.count, self.scope = trace, count, ""
+
+    def __call__(self, i: int, n: int) -> None:
+        first = 1 if n > 1 else 0
+        end = min(n, first + self.count)
+        if i == first and i < end:
+            self.trace.start()
+            self.scope = f"batch {first + 1} of {n}" if end == first + 1 else f"batches {first + 1}-{end} of {n}"
+        elif i == end:
+            self.trace.end_recording()
+
+
+__all__ = ["BatchWindow", "TraceWriter", "add_profile_option", "rank_path", "stage_seconds"]

@@ -7,9 +7,12 @@ index.jsonl, errors.jsonl, run.json (and metrics.json/.md with masks) into
 --out. Rerunning the same command resumes: records already in the index are
 skipped. On many processes: torchrun --nproc_per_node=N -m dcam run ...
 (gloo on CPU; --device cuda gives each rank the GPU of its LOCAL_RANK).
+--profile FILE: a torch.profiler trace of a few batches of each rank's share
+(--profile-batches), one file per rank.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -42,6 +45,21 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default=None,
                    help="split of a COCO data folder (picks instances_<split>*, which must be there; default: its test "
                         "split if it has one, else its val split; one that begins several files' names is refused)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="write a torch.profiler trace of --profile-batches batches of the run to FILE (Chrome trace "
+                        "JSON: open it in ui.perfetto.dev; each stage of dcam.profiling.STAGES is a named range: "
+                        "dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) and print each stage's own "
+                        "seconds in them; under torchrun each rank writes its own, FILE for rank 0 and FILE with "
+                        ".rankN before its extension for rank N (trace.json, trace.rank1.json). An existing FILE is "
+                        "replaced only with --overwrite, as in dcam explain, where --overwrite also covers the "
+                        "trace: one option replaces what exists, in every command, and a rerun never loses the "
+                        "last session's profile unasked (--overwrite also starts the run over: to profile a resumed "
+                        "run, name a new FILE) (default: no profile)")
+    p.add_argument("--profile-batches", type=common.positive_int, default=None, metavar="K",
+                   help="batches of each rank's share that --profile records, from its second: the first is a "
+                        "warm-up, whose first-call costs (kernel compilation, the allocator's growth) would "
+                        "dominate a profile of it; a rank with a single batch records that one, a resumed run the "
+                        "batches it runs (default: 2)")
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_method_options(p)
@@ -62,18 +80,44 @@ def _explainer(args, dist):
     return common.explainer_for(model, processor, args)
 
 
+def _trace_path(args, rank: int):
+    """This rank's --profile file (:func:`.profile.rank_path`), refused as dcam explain refuses one: in
+    --out (a run folder, emptied by --overwrite), existing without --overwrite, not a regular file.
+    Each rank checks its own (under torchrun on several machines, on the one that writes it)."""
+    from ..output import check_output_file
+    from .profile import rank_path
+
+    if args.profile is None:
+        return None
+    path = rank_path(args.profile, rank)
+    real_out = os.path.realpath(args.out)  # (a link to a folder inside --out: as dcam explain)
+    if path and os.path.commonpath([os.path.realpath(path), real_out]) == real_out:
+        raise InputError(f"--profile: {path!r} lies in --out {args.out!r}, the run folder; choose a file outside it")
+    target = check_output_file(path, "--profile", [("the manifest", args.manifest),
+                                                   ("the model", common.model_location(args))], overwrite=True)
+    if os.path.lexists(target) and not args.overwrite:  # (said here: --overwrite also empties --out)
+        raise InputError(f"--profile: {path!r} exists; choose a new file or pass --overwrite (which replaces it, "
+                         "and starts the run in --out over)")
+    return target
+
+
 def _run(args) -> int:
     from ..runs import RunOptions, run_dataset
     from ..runs.distributed import setup
     from ..runs.folder import check_folder, model_identity
     from ..runs.runner import check_run_prompt
+    from .profile import BatchWindow, TraceWriter
 
     check_folder(args.out)
     check_run_prompt(args.prompt, "--prompt")
+    if args.profile_batches is not None and args.profile is None:  # (taken and ignored)
+        raise InputError("--profile-batches: says how many batches --profile records; give --profile FILE too, "
+                         "or leave --profile-batches out")
     common.apply_run_options(args)
     dist = setup(args.device)
     try:
         quiet = args.quiet or dist.rank != 0
+        trace = dist.agree(lambda: _trace_path(args, dist.rank))  # before anything is read or written
         source = dist.agree(lambda: _open_source(args))
         if args.split is not None and source.kind != "coco":  # (taken and ignored)
             raise InputError(f"--split: a {source.kind} source has no splits (only a COCO data folder has them); "
@@ -88,11 +132,22 @@ def _run(args) -> int:
                           overlays=args.overlays, overwrite=args.overwrite, memory_budget=args.memory_budget,
                           trajectory=args.trajectory, protect=(("the model", common.model_location(args)),),
                           progress=not args.quiet, extra={"chunk_size": args.chunk_size})
-        try:
-            info = run_dataset(exp, source, args.out, opts, dist, model=model,
-                               log=lambda msg: common.log(msg, quiet))
-        except InputError as exc:  # the options run_dataset refuses, named as dcam run's
-            raise _as_options(exc) from None
+        # the batches' trace is exported once the run's own output is written, then renamed into place: a
+        # failure or Ctrl-C before that leaves neither the trace nor a temporary file
+        with TraceWriter(trace, args.quiet, deferred=True) as profile:
+            window = BatchWindow(profile, args.profile_batches or 2)
+            try:
+                info = run_dataset(exp, source, args.out, opts, dist, model=model,
+                                   log=lambda msg: common.log(msg, quiet), on_batch=window)
+            except InputError as exc:  # the options run_dataset refuses, named as dcam run's
+                raise _as_options(exc) from None
+            if trace is not None:
+                dist.barrier()  # rank 0 has written run.json: the run is complete on every rank
+                if profile.started:
+                    profile.commit(args.out, window.scope)
+                else:  # a resume with nothing left to do (or a rank whose share was done)
+                    common.log(f"profile: this process had no batch left to explain; no trace written to {trace}",
+                               args.quiet)
     finally:
         dist.close()
     if info is not None:
@@ -130,8 +185,6 @@ def _open_source(args):
 
 
 def run(args) -> int:
-    import os
-
     from ..runs.distributed import PeerFailed
 
     rank = os.environ.get("RANK", "0")

@@ -204,13 +204,15 @@ class _Session:
 
 
 def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist, done, done_here: int,
-          old_parts) -> _Session:
+          old_parts, on_batch: Optional[Callable[[int, int], None]] = None) -> _Session:
     s = _Session()
     writer = RecordWriter(root, part_name(dist.rank), opts.shard_size, opts.shard_seconds)
     batches = share(source, done, opts.batch_size, dist.rank, dist.world)
     bar = RunProgress(root, len(source), done_here, enabled=opts.progress and dist.rank == 0, old_parts=old_parts)
+    on_batch = on_batch or (lambda i, n: None)
     try:
-        for block in batches:
+        for k, block in enumerate(batches):
+            on_batch(k, len(batches))
             recs = []
             for i in block:
                 try:
@@ -242,6 +244,7 @@ def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist,
                 s.records += 1
                 s.words += len(e.tokens)
             bar.update(len(writer.buffer), sum(len(en["tokens"]) for en, _ in writer.buffer))
+        on_batch(len(batches), len(batches))
         writer.close()
     finally:
         writer.close()
@@ -311,12 +314,16 @@ def _writing(root: str, fn: Callable[[], T]) -> T:
 
 
 def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOptions] = None, dist: Optional[Dist] = None,
-                model: Optional[Dict[str, Any]] = None, log=None) -> Optional[dict]:
+                model: Optional[Dict[str, Any]] = None, log=None,
+                on_batch: Optional[Callable[[int, int], None]] = None) -> Optional[dict]:
     """Explain ``source`` into the run folder ``out`` (see the package docstring).
 
     explainer: a :class:`dcam.Explainer`; model: :func:`.folder.model_identity`
     of its files (part of the fingerprint); dist: this rank (default: one
-    process). Returns the final ``run.json`` on rank 0, None elsewhere."""
+    process); on_batch: called with ``(k, n)`` as this rank's batch ``k`` of
+    ``n`` (those left to do) begins, and with ``(n, n)`` after the last
+    (``dcam run --profile`` records some of them). Returns the final
+    ``run.json`` on rank 0, None elsewhere."""
     opts = check_run_options(explainer, opts or RunOptions())
     dist = dist or Dist()
     log = log or (lambda msg: None)
@@ -353,7 +360,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         log(f"{done_here} of {len(source)} records already done; {dist.world} process(es)")
         # a write that failed on one rank ends every rank (the others once their share is written)
         s = dist.agree(lambda: _writing(root, lambda: _work(explainer, source, root, opts, dist, done, done_here,
-                                                            old_parts)))
+                                                            old_parts, on_batch)))
         records, words, errors = dist.sum([s.records, s.words, s.errors])
         seconds, = dist.max([s.seconds])
         dist.barrier()
