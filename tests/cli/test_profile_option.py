@@ -100,3 +100,146 @@ def test_cli_a_failed_trace_rename_says_out_was_written(cli, error_line, tmp_pat
     assert rc == 2 and "--profile: cannot write" in line and "were written to --out" in line, line
     assert (tmp_path / "o" / "meta.json").exists() and not trace.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no temporary trace left
+
+
+# ------------------------------------------------------------------ dcam run --profile
+
+def _manifest(folder, image, n):
+    """n records of the same image and response (ids r0, r1, ...)."""
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{i}", "image": str(image), "response": RESPONSE}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def _count_forwards(monkeypatch):
+    """The forwards each batch of a run makes, counted apart from the trace: calls of the probe's forward
+    (the function the dcam.forward range wraps), split at each batch's explain_records call (not at
+    the calls it makes for the records of a refused batch). Returns the list of counts, filled by the run."""
+    import dcam.probe.gradients as gradients
+    import dcam.runs.runner as runner
+
+    counts, depth = [], [0]
+    forward, explain_records = gradients._forward, runner.explain_records
+
+    def counted_forward(*a, **k):
+        counts[-1] += 1
+        return forward(*a, **k)
+
+    def each_batch(*a, **k):
+        if depth[0] == 0:
+            counts.append(0)
+        depth[0] += 1
+        try:
+            return explain_records(*a, **k)
+        finally:
+            depth[0] -= 1
+    monkeypatch.setattr(gradients, "_forward", counted_forward)
+    monkeypatch.setattr(runner, "explain_records", each_batch)
+    return counts
+
+
+def _trace_names(path):
+    return collections.Counter(ev.get("name") for ev in json.load(open(path))["traceEvents"])
+
+
+def test_cli_run_profile_records_the_batches_from_the_second(cli, tmp_path, tiny_model_dir, shapes_png, monkeypatch):
+    # 7 records in batches of 3: [3, 3, 1], each batch's examples in forwards of at most --chunk-size 2: 2, 2, 1
+    manifest = _manifest(tmp_path, shapes_png, 7)
+    for k, window, scope in ((None, [1, 2], "batches 2-3 of 3"), (1, [1], "batch 2 of 3"),
+                             (5, [1, 2], "batches 2-3 of 3")):
+        forwards = _count_forwards(monkeypatch)
+        trace, out = tmp_path / f"t{k}.json", tmp_path / f"run{k}"
+        rc, stdout, err = cli("run", manifest, "--model", tiny_model_dir, "--out", out, "--batch-size", 3,
+                              "--chunk-size", 2, "--profile", trace, *(["--profile-batches", k] if k else []))
+        assert rc == 0 and "7 of 7 records explained" in stdout
+        assert forwards == [2, 2, 1]  # as worked out above
+        names = _trace_names(trace)
+        # the first batch (the warm-up) is not in it: 2 + 1 forwards, not 2 + 2
+        assert names["dcam.forward"] == sum(forwards[b] for b in window)
+        assert names["dcam.backward"] > 0 and names["dcam.maps"] > 0
+        said = [line for line in err if line.startswith("[dcam] profile: ")]
+        assert len(said) == 1 and said[0].endswith(f"; {scope}; trace written to {trace}"), said
+        ran = [s[len("dcam."):] for s in STAGES if names[s]]
+        assert [part.split()[0] for part in said[0][len("[dcam] profile: "):].split(";")[0].split(", ")] == ran
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file
+
+
+def test_cli_run_profile_of_a_resume_records_its_own_batches(cli, tmp_path, tiny_model_dir, shapes_png, monkeypatch):
+    manifest = _manifest(tmp_path, shapes_png, 7)
+    first = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(first[:3]))
+    out = tmp_path / "run"
+    assert cli("run", manifest, "--model", tiny_model_dir, "--out", out, "--batch-size", 3, "--quiet")[0] == 0
+    manifest.write_text("".join(first))  # 4 records more: the resume's batches are [r3 r4 r5] and [r6]
+    forwards = _count_forwards(monkeypatch)
+    rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", out, "--batch-size", 3, "--chunk-size", 2,
+                     "--profile", tmp_path / "t.json")
+    assert rc == 0 and forwards == [2, 1]
+    assert _trace_names(tmp_path / "t.json")["dcam.forward"] == 1  # its second batch: r6 alone
+    assert [line for line in err if line.startswith("[dcam] profile: ")][0].endswith(
+        f"; batch 2 of 2; trace written to {tmp_path / 't.json'}")
+    # nothing left: one line, no trace, not an error
+    rc, stdout, err = cli("run", manifest, "--model", tiny_model_dir, "--out", out, "--profile", tmp_path / "t2.json")
+    assert rc == 0 and "nothing was left to explain" in stdout
+    assert [line for line in err if line.startswith("[dcam] profile")] == [
+        f"[dcam] profile: this process had no batch left to explain; no trace written to {tmp_path / 't2.json'}"]
+    assert not (tmp_path / "t2.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_cli_run_profile_batches_must_be_a_positive_int_with_profile(cli, error_line, tmp_path, tiny_model_dir,
+                                                                     shapes_png):
+    manifest = _manifest(tmp_path, shapes_png, 1)
+    for value, why in (("0", "expected an int >= 1, got 0"), ("-1", "expected an int >= 1, got -1"),
+                       ("x", "expected an int >= 1, got 'x'")):
+        rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", tmp_path / "o", "--profile",
+                         tmp_path / "t.json", "--profile-batches", value)
+        line = error_line(err, "run")
+        assert rc == 2 and "--profile-batches" in line and why in line, line
+    rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", tmp_path / "o", "--profile-batches", "2")
+    line = error_line(err, "run")
+    assert rc == 2 and line.startswith("dcam run: error: --profile-batches: ") and "--profile FILE" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl"]
+
+
+def test_cli_run_profile_bad_paths_are_refused_before_anything_runs(cli, error_line, tmp_path, tiny_model_dir,
+                                                                    shapes_png):
+    manifest = _manifest(tmp_path, shapes_png, 1)
+    (tmp_path / "old.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "o")  # (dangling: --out is made by the run)
+    cases = [(tmp_path / "old.json", [], "exists; choose a new file or pass --overwrite"),
+             (tmp_path / "o" / "t.json", [], "lies in --out"),
+             (tmp_path / "o" / "t.json", ["--overwrite"], "lies in --out"),
+             (tmp_path / "link" / "t.json", [], "lies in --out"),
+             (tmp_path / "no" / "t.json", [], "does not exist"),
+             (manifest, ["--overwrite"], "lies in the manifest"),
+             (tmp_path, [], "is a folder, not a file")]
+    for path, more, why in cases:
+        rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", tmp_path / "o", "--profile", path,
+                         *more)
+        line = error_line(err, "run")
+        assert rc == 2 and line.startswith("dcam run: error: --profile: ") and why in line, line
+        assert not (tmp_path / "o").exists()  # no run folder either
+    assert (tmp_path / "old.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "manifest.jsonl", "old.json"]
+
+
+def test_cli_run_profile_overwrite_replaces_an_old_trace(cli, tmp_path, tiny_model_dir, shapes_png):
+    # --overwrite covers the trace, as in dcam explain (and starts the run over)
+    manifest = _manifest(tmp_path, shapes_png, 1)
+    (tmp_path / "t.json").write_text("{}")
+    rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", tmp_path / "o", "--overwrite",
+                     "--profile", tmp_path / "t.json")
+    assert rc == 0
+    assert _trace_names(tmp_path / "t.json")["dcam.forward"] == 1  # a single batch: that one is recorded
+    assert any(line.endswith(f"; batch 1 of 1; trace written to {tmp_path / 't.json'}") for line in err)
+
+
+def test_rank_path_puts_the_rank_before_the_extension():
+    from dcam.cli.profile import rank_path
+
+    assert rank_path("trace.json", 0) == "trace.json"
+    assert rank_path("trace.json", 1) == "trace.rank1.json"
+    assert rank_path("out/v1.2/trace.json", 12) == "out/v1.2/trace.rank12.json"
+    assert rank_path("trace", 3) == "trace.rank3"
