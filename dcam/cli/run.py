@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("manifest", metavar="MANIFEST", help="JSONL manifest, a folder of images, or a COCO/TAM folder")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (a rerun into it resumes)")
     p.add_argument("--overwrite", action="store_true",
-                   help="empty --out first (also when it holds a run of another model or config)")
+                   help="empty --out first (also when it holds a run of another model or config); also replaces "
+                        "an existing --profile FILE")
     p.add_argument("--prompt", default=None, help="prompt for records without one (default: the model's)")
     p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
                    help="score whose gradient is pooled (default: the method's)")
@@ -46,15 +47,16 @@ def add_parser(sub) -> None:
                    help="split of a COCO data folder (picks instances_<split>*, which must be there; default: its test "
                         "split if it has one, else its val split; one that begins several files' names is refused)")
     p.add_argument("--profile", default=None, metavar="FILE",
-                   help="write a torch.profiler trace of --profile-batches batches of the run to FILE (Chrome trace "
-                        "JSON: open it in ui.perfetto.dev; each stage of dcam.profiling.STAGES is a named range: "
-                        "dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) and print each stage's own "
-                        "seconds in them; under torchrun each rank writes its own, FILE for rank 0 and FILE with "
-                        ".rankN before its extension for rank N (trace.json, trace.rank1.json). An existing FILE is "
-                        "replaced only with --overwrite, as in dcam explain, where --overwrite also covers the "
-                        "trace: one option replaces what exists, in every command, and a rerun never loses the "
-                        "last session's profile unasked (--overwrite also starts the run over: to profile a resumed "
-                        "run, name a new FILE) (default: no profile)")
+                   help="write a torch.profiler trace of --profile-batches batches of this process's share to FILE "
+                        "(Chrome trace JSON: open it in ui.perfetto.dev; each stage of dcam.profiling.STAGES is a "
+                        "named range: dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) once the run is "
+                        "written, and print each stage's own seconds in them; a run that fails or is interrupted "
+                        "leaves none. Under torchrun each rank writes its own: FILE for rank 0, FILE with .rankN "
+                        "before its extension for rank N (trace.json, trace.rank1.json). An existing FILE is "
+                        "replaced only with --overwrite, as in dcam explain (one option replaces what exists, in "
+                        "every command, and a rerun does not lose the last session's profile unasked); here "
+                        "--overwrite also starts the run over, so name a new FILE to profile a resumed run "
+                        "(default: no profile)")
     p.add_argument("--profile-batches", type=common.positive_int, default=None, metavar="K",
                    help="batches of each rank's share that --profile records, from its second: the first is a "
                         "warm-up, whose first-call costs (kernel compilation, the allocator's growth) would "
