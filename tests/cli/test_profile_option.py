@@ -236,6 +236,22 @@ def test_cli_run_profile_overwrite_replaces_an_old_trace(cli, tmp_path, tiny_mod
     assert any(line.endswith(f"; batch 1 of 1; trace written to {tmp_path / 't.json'}") for line in err)
 
 
+def test_cli_run_that_fails_after_its_profiled_batches_leaves_no_trace(cli, error_line, tmp_path, tiny_model_dir,
+                                                                       shapes_png, monkeypatch):
+    # the batches were recorded, then run.json's write failed (disk full): the run is not done, no trace is there
+    import dcam.runs.runner as runner
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(runner, "finish", full)
+    manifest = _manifest(tmp_path, shapes_png, 3)
+    rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", tmp_path / "o", "--batch-size", 1,
+                     "--profile", tmp_path / "t.json")
+    assert rc == 2 and "No space left" in error_line(err, "run")
+    assert not [line for line in err if line.startswith("[dcam] profile")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl", "o"]  # no trace, no temporary file
+
+
 def test_rank_path_puts_the_rank_before_the_extension():
     from dcam.cli.profile import rank_path
 
