@@ -88,9 +88,11 @@ def main(argv=None):
                 dcam.explain.similar_work = similar_work
         return run
 
-    # the partition before lengths counted: the work rule with every length equal (tests/test_batch_partition.py)
-    item_rule = partitioned_by(lambda index, lengths, counts: similar_work(index, [1] * len(index), counts))
-    one_batch = partitioned_by(lambda index, lengths, counts: [index])
+    # the partition before lengths counted: the work rule with every length equal (tests/test_batch_partition.py);
+    # a rule takes explain_batch's arguments, Explainer.batch_slack last
+    item_rule = partitioned_by(
+        lambda index, lengths, counts, slack: similar_work(index, [1] * len(index), counts, slack))
+    one_batch = partitioned_by(lambda index, lengths, counts, slack: [index])
 
     def one_at_a_time():
         return [exp.explain(im, prompt=p, response=c) for im, p, c in zip(images, prompts, captions)]
