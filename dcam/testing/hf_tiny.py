@@ -139,9 +139,11 @@ def tiny_qwen_vl(kind: str = "qwen2_vl", seed: int = 0) -> Tuple:
     return M(cfg).eval(), proc
 
 
-def tiny_idefics3(kind: str = "idefics3", seed: int = 0) -> Tuple:
+def tiny_idefics3(kind: str = "idefics3", seed: int = 0, tile: int = 32) -> Tuple:
     """``kind``: ``idefics3`` or ``smolvlm`` (the model; both use the Idefics3
-    processor: SmolVLM's needs the num2words package)."""
+    processor: SmolVLM's needs the num2words package). ``tile``: the tower's input side
+    (8-pixel patches; 36 reads 32 of its pixels, as SmolVLM-2.2B's 384 with 14-pixel
+    patches reads 378)."""
     import transformers as T
 
     tiles = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
@@ -151,14 +153,14 @@ def tiny_idefics3(kind: str = "idefics3", seed: int = 0) -> Tuple:
                          extra_special={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
                                         "global_image_token": "<global-img>",
                                         "end_of_utterance_token": "<end_of_utterance>"})
-    ip = T.Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
+    ip = T.Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile},
                                      do_image_splitting=True)
     proc = T.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4)
     C, M = (T.Idefics3Config, T.Idefics3ForConditionalGeneration) if kind == "idefics3" else \
         (T.SmolVLMConfig, T.SmolVLMForConditionalGeneration)
     cfg = C(text_config=dict(TEXT, model_type="llama", vocab_size=max(sp.values()) + 1, **_text_ids(sp)),
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               image_size=32, patch_size=8), scale_factor=2, image_token_id=sp["<image>"])
+                               image_size=tile, patch_size=8), scale_factor=2, image_token_id=sp["<image>"])
     torch.manual_seed(seed)
     return M(cfg).eval(), proc
 

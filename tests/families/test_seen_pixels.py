@@ -103,3 +103,23 @@ def test_lavida_pooling_that_drops_the_odd_patch_shrinks_the_box(mode, read):
     model, proc = tiny_lavida(vision_size=37, patch_size=7, image_aspect_ratio="square", mm_spatial_pool_mode=mode)
     views = _views(auto_adapter(model, proc), 37, 37)
     assert views["base"].box == pytest.approx((0.0, 0.0, read / 37, read / 37), abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["idefics3", "smolvlm"])
+def test_idefics3_tiles_end_at_the_last_pixel_read(kind):
+    # Idefics3 / SmolVLM: the image's longest edge resized to 72, then stretched to whole 36-px tiles
+    # (a 72x72 image: 2x2 tiles); 8-px patches read 32 of each tile's 36 px. The global view is the image
+    # squashed to one tile: 32/36 of it; the stitched tiles end 4 px short of the 72-px canvas: 68/72
+    from dcam.testing.hf_tiny import tiny_idefics3
+
+    model, proc = tiny_idefics3(kind, tile=36)
+    views = _views(auto_adapter(model, proc), 72, 72)
+    assert views["base"].box == pytest.approx((0.0, 0.0, 32 / 36, 32 / 36), abs=1e-12)
+    assert views["highres"].grid == (4, 4)
+    assert views["highres"].box == pytest.approx((0.0, 0.0, 68 / 72, 68 / 72), abs=1e-12)
+    views = _views(auto_adapter(model, proc), 72, 36)  # 1 x 2 tiles: 68 of 72 px across, 32 of 36 down
+    assert views["highres"].grid == (2, 4)
+    assert views["highres"].box == pytest.approx((0.0, 0.0, 68 / 72, 32 / 36), abs=1e-12)
+    model, proc = tiny_idefics3(kind)  # 32-px tiles: read whole
+    views = _views(auto_adapter(model, proc), 64, 64)
+    assert views["base"].box == (0.0, 0.0, 1.0, 1.0) and views["highres"].box == (0.0, 0.0, 1.0, 1.0)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from ...words import refuse_ids
+from .anyres import seen_fraction, seen_part
 from .base import ImageView, Prepared, config_get
 from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
 from .positions import no_image_token
@@ -137,12 +138,18 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
         if per * n_views != pos.numel() or s * s != per or len(tiles) != rows * cols:
             raise InputError(f"image span has {pos.numel()} tokens; {rows}x{cols} tiles plus a global view of "
                              "square tiles cannot hold them")
-        base = ImageView("base", pos[rows * cols * per:].clone(), (s, s))
+        # the tower reads the first (side // patch) * patch pixels of a tile (SmolVLM-2.2B: 378 of 384); the
+        # global view is the image squashed to one tile, the tiles cut the image stretched to rows x cols of them
+        side = int(enc["pixel_values"].shape[-1])
+        seen = seen_fraction(side, int(self.model.config.vision_config.patch_size))
+        base = ImageView("base", pos[rows * cols * per:].clone(), (s, s), seen_part((0.0, 0.0, 1.0, 1.0), seen))
         if not tiles:
             return base.positions, (s, s), {"base": base}
         # tile (r, c) holds s*s tokens in raster order; stitch them into one (rows*s) x (cols*s) grid
         t = pos[:rows * cols * per].reshape(rows, cols, s, s).permute(0, 2, 1, 3).reshape(-1).clone()
-        hi = ImageView("highres", t, (rows * s, cols * s))
+        unseen = side * (1.0 - seen)  # pixels past the last tile's last patch
+        hi = ImageView("highres", t, (rows * s, cols * s),
+                       (0.0, 0.0, 1.0 - unseen / (cols * side), 1.0 - unseen / (rows * side)))
         return t, hi.grid, {"highres": hi, "base": base}  # the default view first
 
 
