@@ -138,6 +138,23 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def batch_slack(text: str) -> float:
+    """``--batch-slack``: a number >= 0, or ``inf`` (one padded batch: :func:`dcam.batching.check_slack`)."""
+    from ..batching import check_slack
+
+    try:
+        return check_slack("--batch-slack", float(text))
+    except (ValueError, InputError):  # ("x" is not a float; -1 and nan are refused by check_slack)
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or inf, got {text!r}") from None
+
+
+def add_batch_slack_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-slack", type=batch_slack, default=None, metavar="X",
+                   help="how much padded work a batch may waste, as a fraction of its examples' own (default: 0.25, "
+                        "sized on a CPU, where a batch is no faster than its examples apart; inf: every example that "
+                        "can share a padded forward in one batch, for a GPU that one example leaves idle)")
+
+
 def non_empty_name(text: str) -> str:
     """argparse type: a name, not an empty string (``--family ""`` was taken as 'detect')."""
     if not text.strip():
@@ -432,6 +449,8 @@ def explainer_for(model, processor, args):
         exp = Explainer(model, processor, layer=args.layer, method=args.method, config=config,
                          chunk_size=args.chunk_size, memory_budget=getattr(args, "memory_budget", None),
                          granularity=getattr(args, "granularity", "words"), view=getattr(args, "view", None),
+                         **({"batch_slack": args.batch_slack} if getattr(args, "batch_slack", None) is not None
+                            else {}),
                          **({"family": family} if family else {}))
     except InputError as exc:
         text = str(exc)

@@ -63,6 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=common.positive_int, default=8,
                    help="images explained together when several are given (shared forwards and backwards: "
                         "padded to one length, in batches of similar padded work and at most --chunk-size)")
+    common.add_batch_slack_option(p)
     add_profile_option(p)
     common.add_model_options(p)
     common.add_family_option(p)

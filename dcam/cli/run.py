@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
                    help="score whose gradient is pooled (default: the method's)")
     p.add_argument("--batch-size", type=common.positive_int, default=8, help="records per explain_batch call")
+    common.add_batch_slack_option(p)
     p.add_argument("--shard-size", type=common.positive_int, default=256,
                    help="records per safetensors shard (a shard is also written after 120 s)")
     p.add_argument("--overlays", action="store_true",
