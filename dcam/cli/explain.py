@@ -183,8 +183,8 @@ def report(e, folder: str) -> None:
 
 
 def run(args) -> int:
-    from ..output import check_output_file, check_output_folder, refuse_inputs_inside
-    from .profile import TraceWriter
+    from ..output import check_output_folder, refuse_inputs_inside
+    from .profile import TraceWriter, check_trace_path
 
     target = check_output_folder(args.out, args.overwrite)
     args.targets = parse_targets(args.tokens)  # refused here, before any image or model is read
@@ -198,12 +198,9 @@ def run(args) -> int:
     # --overwrite replaces --out whole: never over an input image or the model's own files
     refuse_inputs_inside(target, [("the input image", p) for p in inputs] +
                          [("the model", common.model_location(args))])
-    real_out = os.path.realpath(target)  # (a link to a folder inside --out got past an abspath comparison)
-    if args.profile and os.path.commonpath([os.path.realpath(args.profile), real_out]) == real_out:
-        raise InputError(f"--profile: {args.profile!r} lies in --out {args.out!r}, which is written whole; "
-                         "choose a file outside it")
-    trace = check_output_file(args.profile, "--profile", [("the input image", p) for p in inputs] +
-                              [("the model", common.model_location(args))], args.overwrite)
+    trace = check_trace_path(args.profile, args.out, "which is written whole",
+                             [("the input image", p) for p in inputs] + [("the model", common.model_location(args))],
+                             args.overwrite)
     common.apply_run_options(args)
     common.log("loading the model", args.quiet)
     model, processor = common.load_model_for(args)

@@ -144,6 +144,17 @@ class TraceWriter:
         self.tmp = None
 
 
+def check_trace_path(path: Optional[str], out: str, out_is: str, inputs, overwrite: bool) -> Optional[str]:
+    """``--profile``'s file as :func:`dcam.output.check_output_file` takes it (``inputs``: what the command
+    reads), and never inside ``out`` (``out_is``: why not), also through a link to a folder in it."""
+    from ..output import check_output_file
+
+    real_out = os.path.realpath(out)  # (a link to a folder inside --out got past an abspath comparison)
+    if path and os.path.commonpath([os.path.realpath(path), real_out]) == real_out:
+        raise InputError(f"--profile: {path!r} lies in --out {out!r}, {out_is}; choose a file outside it")
+    return check_output_file(path, "--profile", inputs, overwrite)
+
+
 def rank_path(path: str, rank: int) -> str:
     """The trace file of ``rank`` of a torchrun job (each rank profiles its own process): ``path`` for
     rank 0, else ``.rank<rank>`` before its extension (trace.json, trace.rank1.json)."""
@@ -172,4 +183,4 @@ class BatchWindow:
             self.trace.end_recording()
 
 
-__all__ = ["BatchWindow", "TraceWriter", "add_profile_option", "rank_path", "stage_seconds"]
+__all__ = ["BatchWindow", "TraceWriter", "add_profile_option", "check_trace_path", "rank_path", "stage_seconds"]

@@ -87,17 +87,13 @@ def _trace_path(args, rank: int):
     """This rank's --profile file (:func:`.profile.rank_path`), refused as dcam explain refuses one: in
     --out (a run folder, emptied by --overwrite), existing without --overwrite, not a regular file.
     Each rank checks its own (under torchrun on several machines, on the one that writes it)."""
-    from ..output import check_output_file
-    from .profile import rank_path
+    from .profile import check_trace_path, rank_path
 
     if args.profile is None:
         return None
     path = rank_path(args.profile, rank)
-    real_out = os.path.realpath(args.out)  # (a link to a folder inside --out: as dcam explain)
-    if path and os.path.commonpath([os.path.realpath(path), real_out]) == real_out:
-        raise InputError(f"--profile: {path!r} lies in --out {args.out!r}, the run folder; choose a file outside it")
-    target = check_output_file(path, "--profile", [("the manifest", args.manifest),
-                                                   ("the model", common.model_location(args))], overwrite=True)
+    target = check_trace_path(path, args.out, "the run folder", [("the manifest", args.manifest),
+                                                                 ("the model", common.model_location(args))], True)
     if os.path.lexists(target) and not args.overwrite:  # (said here: --overwrite also empties --out)
         raise InputError(f"--profile: {path!r} exists; choose a new file or pass --overwrite (which replaces it, "
                          "and starts the run in --out over)")
