@@ -149,10 +149,13 @@ def batch_slack(text: str) -> float:
 
 
 def add_batch_slack_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-slack", type=batch_slack, default=None, metavar="X",
-                   help="how much padded work a batch may waste, as a fraction of its examples' own (default: 0.25, "
-                        "sized on a CPU, where a batch is no faster than its examples apart; inf: every example that "
-                        "can share a padded forward in one batch, for a GPU that one example leaves idle)")
+    from ..batching import WORK_SLACK
+
+    p.add_argument("--batch-slack", type=batch_slack, default=WORK_SLACK, metavar="X",
+                   help="how much padded work a batch may waste, as a fraction of its examples' own; inf: every "
+                        "example that can share a padded forward in one batch, for a GPU that one example leaves "
+                        "idle; the default is sized on a CPU, where a batch is no faster than its examples apart "
+                        f"(default: {WORK_SLACK})")
 
 
 def non_empty_name(text: str) -> str:
@@ -441,6 +444,7 @@ def cam_config_for(model, processor, settings: Optional[Sequence[str]], family: 
 
 def explainer_for(model, processor, args):
     """The Explainer of the shared method options; errors name the option."""
+    from ..batching import WORK_SLACK
     from ..explain import Explainer
 
     family = getattr(args, "family", None)
@@ -449,8 +453,7 @@ def explainer_for(model, processor, args):
         exp = Explainer(model, processor, layer=args.layer, method=args.method, config=config,
                          chunk_size=args.chunk_size, memory_budget=getattr(args, "memory_budget", None),
                          granularity=getattr(args, "granularity", "words"), view=getattr(args, "view", None),
-                         **({"batch_slack": args.batch_slack} if getattr(args, "batch_slack", None) is not None
-                            else {}),
+                         batch_slack=getattr(args, "batch_slack", WORK_SLACK),  # (demo and eval have no option)
                          **({"family": family} if family else {}))
     except InputError as exc:
         text = str(exc)
