@@ -439,10 +439,14 @@ def _diffusion_cam_kernel(acts, grads, h, w, steps, image_size, repeat_ratio, co
     return tuple(getattr(out, f.name) for f in fields(out))
 
 
+def _batch_tokens(by: Tensor, by_rank: int) -> tuple:
+    """(B, T) of ``by``: [B,T,...] of rank ``by_rank``, or without B (a batch of one)."""
+    return (by.shape[0], by.shape[1]) if by.dim() == by_rank else (1, by.shape[0])
+
+
 def _maps_fake(x: Tensor, by: Tensor, by_rank: int, h, w):
-    """Fake maps [B,T,h,w] and flags [B,T] of a batch given by ``by`` ([B,T,...] of rank ``by_rank``, or
-    without B: a batch of one)."""
-    B, T = (by.shape[0], by.shape[1]) if by.dim() == by_rank else (1, by.shape[0])
+    """Fake maps [B,T,h,w] and flags [B,T] of a batch given by ``by`` (:func:`_batch_tokens`)."""
+    B, T = _batch_tokens(by, by_rank)
     return x.new_empty((B, T, h, w), dtype=torch.float32), x.new_empty((B, T), dtype=torch.bool)
 
 
@@ -453,8 +457,7 @@ def _stats_fake(maps: Tensor) -> tuple:
 
 
 def _channel_weights_fake(grads, grad_relu, backend):
-    B, T = (grads.shape[0], grads.shape[1]) if grads.dim() == 4 else (1, grads.shape[0])
-    return grads.new_empty((B, T, grads.shape[-1]), dtype=torch.float32)
+    return grads.new_empty((*_batch_tokens(grads, 4), grads.shape[-1]), dtype=torch.float32)
 
 
 def _refine_fake(raw, *rest):

@@ -75,18 +75,17 @@ def _names_of(forward):
     return found
 
 
-def _forward_calls_compiled(m: nn.Module, seen: set) -> bool:
+def _forward_calls_compiled(m: nn.Module, seen: set, compiled_module: type) -> bool:
     """Whether ``m``'s ``forward`` names a compiled function: a global of its code (looked up
-    once per function in one :func:`has_compiled_parts`) or an attribute of ``m``."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
+    once per function in one :func:`has_compiled_parts`) or an attribute of ``m``;
+    ``compiled_module``: torch's ``OptimizedModule`` (looked up once per model, not per module)."""
     fn = m.__dict__.get("forward") or getattr(type(m), "forward", None)
     if fn is None:
         return False
     chain, names = _names_of(fn)
     if fn not in seen:
         seen.add(fn)
-        if any(_compiled_function(v) or isinstance(v, OptimizedModule)
+        if any(_compiled_function(v) or isinstance(v, compiled_module)
                for env, code_names in chain for v in map(env.get, code_names) if v is not None):
             return True
     own = m.__dict__
@@ -110,7 +109,7 @@ def has_compiled_parts(model: nn.Module) -> bool:
         if hasattr(getattr(type(m), "forward", None), "_torchdynamo_orig_callable") or \
                 hasattr(m.__dict__.get("forward"), "_torchdynamo_orig_callable"):
             return True
-        if _forward_calls_compiled(m, seen):
+        if _forward_calls_compiled(m, seen, OptimizedModule):
             return True
     return False
 
