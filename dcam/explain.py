@@ -450,11 +450,13 @@ class Explainer:
             # a model without named views has its one "default" view: no view to report (as documented); a
             # multi-view image names the view explained, its default one included (reported None before)
             granularity=ex.granularity, view=ex.views[0].name if ex.views[0].name != "default" else None,
-            box=tuple(ex.views[0].box),
+            box=tuple(ex.views[0].box), cells=ex.views[0].cells,
             # view="all" gives every view with tokens, also where only one has any (was {} then)
             view_maps={k: o.maps.float().cpu() for k, o in outs.items()}
             if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
             view_boxes={v.name: tuple(v.box) for v in ex.views}
+            if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
+            view_cells={v.name: v.cells for v in ex.views if v.cells is not None}
             if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
             model_dtype=str(block_dtype(self.adapter.blocks()[-1])).replace("torch.", ""),

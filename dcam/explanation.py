@@ -23,6 +23,7 @@ from .errors import InputError
 from .ops.config import CamConfig
 from .output import check_existing_folder, file_digest, refuse_names_in_the_way
 from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, check_map, display_size
+from .render.cells import Cells
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
 from .words import clean_token, find_item
@@ -82,7 +83,9 @@ class Explanation:
     ``view="all"``, every view's maps. box: the part of the image the maps
     cover, as fractions ``(x0, y0, x1, y1)`` (a model that sees a crop:
     overlays and metrics place the maps there); view_boxes: each view's box
-    with ``view="all"`` (``overlay(word, view=...)`` places that view's map). trajectory: the
+    with ``view="all"`` (``overlay(word, view=...)`` places that view's map). cells / view_cells: where
+    the columns and rows of a map stitched from tiles lie in its box (:class:`dcam.render.cells.Cells`;
+    None, or no entry: evenly over it). trajectory: the
     :class:`dcam.trajectory.Trajectory` when explained with ``trajectory=True``.
     steps / steps_source: the denoising steps AKD's kernel reads and where they
     came from: ``"generation"`` (the sampler's count), ``"given"`` (``steps=``:
@@ -130,6 +133,8 @@ class Explanation:
     view_maps: Dict[str, Tensor] = field(default_factory=dict)
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     view_boxes: Dict[str, Tuple[float, float, float, float]] = field(default_factory=dict)
+    cells: Optional[Cells] = None
+    view_cells: Dict[str, Cells] = field(default_factory=dict)
     trajectory: Optional[Any] = None
     model_dtype: str = ""
     device: str = ""
@@ -158,20 +163,20 @@ class Explanation:
             raise InputError(f"word {i_or_word!r} is not among the explained tokens {self.tokens}")
         raise InputError(f"expected a token index or a word, got {type(i_or_word).__name__}")
 
-    def _view_of(self, view: Optional[str], placed: bool = True) -> Tuple[Tensor, Tuple[float, float, float, float]]:
-        """(maps, box) of ``view`` (None, or ``"default"`` as everywhere else, unless a saved view has that
+    def _view_of(self, view: Optional[str], placed: bool = True) -> Tuple[Tensor, tuple, Optional[Cells]]:
+        """(maps, box, cells) of ``view`` (None, or ``"default"`` as everywhere else, unless a saved view has that
         name: the explained view's); ``placed``: its box is needed."""
         if view == "default" and view not in self.view_maps:  # (it was refused: "not among this explanation's views")
             view = None
         if view is None or (view == self.view and view not in self.view_maps):
-            return self.maps, self.box
+            return self.maps, self.box, self.cells
         if view not in self.view_maps:
             have = ", ".join(sorted(self.view_maps)) or "none: explain with view='all' for every view's maps"
             raise InputError(f"view: {view!r} is not among this explanation's views ({have})")
         box = self.view_boxes.get(view, self.box if view == self.view else None)
         if box is None and placed:  # (a save of a dcam that kept the explained view's box alone)
             raise InputError(f"view: where the {view!r} view lies on the image was not saved with this explanation")
-        return self.view_maps[view], box
+        return self.view_maps[view], box, self.view_cells.get(view, self.cells if view == self.view else None)
 
     def map(self, i_or_word: TokenRef, view: Optional[str] = None) -> Tensor:
         """One item's map (``view``: that view's, of an explanation with ``view="all"``)."""
@@ -182,9 +187,9 @@ class Explanation:
         """The heatmap of one token upsampled to the image and blended onto it
         (size ``(W, H)``: render at that size; default the image's size; ``view``: that
         view's map, placed where the view lies on the image, with ``view="all"``)."""
-        maps, box = self._view_of(view)
+        maps, box, cells = self._view_of(view)
         return overlay_image(self.image, maps[self.index(i_or_word)], alpha=alpha, colormap=colormap, size=size,
-                             box=box)
+                             box=box, cells=cells)
 
     def stats_lists(self) -> Dict[str, list]:
         return {k: v.tolist() for k, v in self.stats.items()}
@@ -224,6 +229,8 @@ class Explanation:
             box=list(self.box), distractor=self.extra.get("distractor"),
             views={view: list(vmaps.shape[1:]) for view, vmaps in self.view_maps.items()},
             view_boxes={view: list(b) for view, b in self.view_boxes.items()},
+            cells=None if self.cells is None else self.cells.as_dict(),
+            view_cells={view: c.as_dict() for view, c in self.view_cells.items()},
         )
 
     def save(self, out_dir: str, alpha: float = 0.5, colormap: str = "jet", max_side: int = DISPLAY_MAX_SIDE,
@@ -283,7 +290,7 @@ class Explanation:
         paths: Dict[str, Any] = {"overlays": []}
         tiles, labels = [base], ["image"]
         for k, tok in enumerate(self.tokens):
-            im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap, box=self.box)
+            im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap, box=self.box, cells=self.cells)
             p = os.path.join(folder, names[k])
             im.save(p)
             paths["overlays"].append(p)

@@ -26,6 +26,7 @@ from .errors import InputError, one_line
 from .explanation import Explanation
 from .ops.config import CamConfig
 from .output import file_digest, folder_path
+from .render.cells import check_cells
 from .render.overlay import MAP_TOLERANCE
 
 #: meta.json keys every saved explanation has (a folder without one of them is not one)
@@ -166,6 +167,14 @@ class _Fields:
             raise self._bad(key, "4 finite numbers [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
         return tuple(float(x) for x in v)
 
+    def cells(self, key: str, grid, box):
+        """A stitched map's column and row centres inside its ``box`` (none saved: an even map, or a save
+        from before they were kept)."""
+        try:
+            return check_cells(self.value(key, None), grid, box, key)
+        except InputError:
+            raise self._bad(key, f"null or {{x: {grid[1]} centres, y: {grid[0]} centres}} inside the box") from None
+
     def choice(self, key: str, choices, default=_MISSING, none: bool = False):
         v = self.value(key, default)
         if (v is None and none) or (isinstance(v, str) and v in choices):
@@ -285,7 +294,8 @@ def load_explanation(folder) -> Explanation:
         raw_maps=_tensor(tensors, "raw_maps", (T, *grid), where, unit=True), notes=m.texts("notes", []),
         granularity=m.choice("granularity", GRANULARITIES, "words"), view=_view(m, view_maps),
         view_maps=view_maps, view_boxes=_view_boxes(m, view_maps),
-        box=m.box(), model_dtype=m.text("model_dtype", ""), device=m.text("device", ""),
+        view_cells=_view_cells(m, view_maps),
+        box=m.box(), cells=m.cells("cells", grid, m.box()), model_dtype=m.text("model_dtype", ""), device=m.text("device", ""),
         extra={"distractor": m.int("distractor", None, none=True),
                "context_weights": _tensor(tensors, "context_weights", (T, T), where)},
     )
@@ -340,6 +350,17 @@ def _view_boxes(m: "_Fields", view_maps: Dict[str, torch.Tensor]) -> Dict[str, T
     return {view: inner.box(view) for view in boxes}
 
 
+def _view_cells(m: "_Fields", view_maps: Dict[str, torch.Tensor]) -> dict:
+    """Each saved view's cell centres where it has them (a stitched map's)."""
+    cells, boxes = m.value("view_cells", {}), _view_boxes(m, view_maps)
+    if not isinstance(cells, dict) or not set(cells) <= set(boxes):
+        raise m._bad("view_cells", f"cell centres of some of the boxed views ({', '.join(sorted(boxes)) or 'none'})")
+    inner = _Fields(cells, "", "meta.json view_cells")
+    inner.where = f"{m.where} view_cells"
+    placed = {view: inner.cells(view, tuple(view_maps[view].shape[1:]), boxes[view]) for view in cells}
+    return {view: c for view, c in placed.items() if c is not None}
+
+
 def _view_maps(tensors, key: str, T: int, where: str) -> torch.Tensor:
     t = tensors[key]
     if t.dim() != 3 or t.shape[0] != T:
@@ -392,7 +413,7 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
         state_tokens=tm.text_lists("states"), layer=tm.int("layer", lo=0), config=config, grid=grid,
         repeat_ratio=tm.number("repeat_ratio", 0.0, lo=0, hi=1), model_name=m.text("model", ""),
         notes=tm.texts("notes", []),
-        cost=tm.counts("cost"), box=tm.box("box", m.box()),
+        cost=tm.counts("cost"), box=tm.box("box", m.box()), cells=tm.cells("cells", grid, tm.box("box", m.box())),
         # a folder saved before the count was kept: its negative word numbers count from the last traced word.
         # The count is of the whole response's words, numbered from 0: more than any traced word's number
         word_count=tm.int("word_count", traced, lo=traced),

@@ -7,7 +7,8 @@ tokenizer's decoding: a token string is the tokenizer's internal spelling,
 "çĮ«" for "猫" in byte-level BPE) and :func:`word_maps` gives every caption
 word the mean of the maps of the items that cover it. Maps
 of a model that saw a crop of the image (``explanation.box``) are placed on
-the whole image first, so a word's map is scored where the model looked.
+the whole image first (a stitched map's cells on the pixels they were read
+from, ``explanation.cells``), so a word's map is scored where the model looked.
 """
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ def item_slots(e) -> List[List[int]]:
 
 def on_image(e, maps: Tensor) -> Tensor:
     """``maps [T, h, w]`` as the explanation's image sees them: unchanged when they
-    cover the whole image, else placed in ``e.box`` of a map the image's size."""
-    box = tuple(getattr(e, "box", FULL_BOX))
-    if box == FULL_BOX:
+    cover the whole image evenly, else placed in ``e.box`` (each cell at ``e.cells``, a stitched
+    map's) of a map the image's size."""
+    box, cells = tuple(getattr(e, "box", FULL_BOX)), getattr(e, "cells", None)
+    if box == FULL_BOX and cells is None:
         return maps
     W, H = e.image.size
-    return torch.stack([torch.from_numpy(map_on_image(m, (H, W), box)) for m in maps])
+    return torch.stack([torch.from_numpy(map_on_image(m, (H, W), box, cells)) for m in maps])
 
 
 def word_items(e, words: Sequence[str]) -> List[List[int]]:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..probe.gradients import build_probe_inputs
+from ..render.cells import check_cells, pixel_cells
 from ..render.overlay import FULL_BOX, box_pixels
 from .report import log as _log
 
@@ -31,18 +32,21 @@ def patch_orders(maps: Tensor) -> Tensor:
     return torch.sort(-flat, dim=1, stable=True).indices
 
 
-def _cell_index(H: int, W: int, grid: Tuple[int, int], box=FULL_BOX) -> np.ndarray:
+def _cell_index(H: int, W: int, grid: Tuple[int, int], box=FULL_BOX, cells=None) -> np.ndarray:
     """The grid cell of every pixel of an ``H x W`` image whose part ``box`` (fractions
     ``(x0, y0, x1, y1)``) the model saw as the ``grid``; -1 outside it (pixels the model
-    never sees, left as they are)."""
+    never sees, left as they are). ``cells``: a stitched map's column and row centres
+    (:func:`dcam.render.cells.pixel_cells`: each pixel goes to the nearest); None: even cells."""
     h, w = grid
+    cells = check_cells(cells, grid, box)
     x0, y0, x1, y1 = box_pixels(box, (H, W))
-    ys = np.arange(H) - y0
-    xs = np.arange(W) - x0
-    cy = np.minimum((ys * h) // max(y1 - y0, 1), h - 1)
-    cx = np.minimum((xs * w) // max(x1 - x0, 1), w - 1)
-    inside = ((ys >= 0) & (ys < y1 - y0))[:, None] & ((xs >= 0) & (xs < x1 - x0))[None, :]
-    return np.where(inside, cy[:, None] * w + cx[None, :], -1)
+    cy = pixel_cells(y1 - y0, h, None if cells is None else cells.y, box[1], box[3])
+    cx = pixel_cells(x1 - x0, w, None if cells is None else cells.x, box[0], box[2])
+    out = np.full((H, W), -1, dtype=np.int64)
+    iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+    if iy1 > iy0 and ix1 > ix0:
+        out[iy0:iy1, ix0:ix1] = cy[iy0 - y0:iy1 - y0, None] * w + cx[None, ix0 - x0:ix1 - x0]
+    return out
 
 
 def curve_auc(values: np.ndarray) -> np.ndarray:
@@ -113,7 +117,7 @@ def check_fill(fill, name: str = "fill"):
 def perturbation_curves(adapter, image: Image.Image, response_ids: Sequence[int], orders: Tensor,
                         row_tokens: Sequence[Sequence[int]], grid: Tuple[int, int], prompt: Optional[str] = None,
                         steps: int = 10, fill: Union[str, Sequence[float]] = "mean", probe: Optional[str] = None,
-                        batch_size: int = 16, box=FULL_BOX) -> Tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 16, box=FULL_BOX, cells=None) -> Tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion curves ``[R, steps+1]`` for ``R`` cell orders.
 
     orders: int64 ``[R, h*w]`` (most important first); row_tokens[r]: the
@@ -121,13 +125,14 @@ def perturbation_curves(adapter, image: Image.Image, response_ids: Sequence[int]
     the first ``round(k/steps * h*w)`` cells are blanked (deletion) or the only
     ones kept (insertion). The intact and the blank image are shared by all
     rows; everything else is scored in batches. ``box``: the part of the image the model
-    sees as ``grid`` (a crop; the explanation's ``box``): the cells are laid over it and
-    the pixels outside it are never changed ("blank" blanks only the box)."""
+    sees as ``grid`` (a crop; the explanation's ``box``): the cells are laid over it (at
+    ``cells``, the explanation's, where a stitched map has them) and the pixels outside it
+    are never changed ("blank" blanks only the box)."""
     img = np.asarray(image.convert("RGB"), dtype=np.float32)
     H, W = img.shape[:2]
     fill = check_fill(fill)
     colour = img.reshape(-1, 3).mean(axis=0) if fill == "mean" else np.asarray(fill, dtype=np.float32)
-    cell = _cell_index(H, W, grid, box)
+    cell = _cell_index(H, W, grid, box, cells)
     blank = np.where((cell >= 0)[..., None], np.broadcast_to(colour, img.shape), img)
     N = grid[0] * grid[1]
     R = orders.shape[0]
@@ -176,7 +181,8 @@ def faithfulness_report(adapter, items: List[dict], methods: List[str], prompt, 
         allo = torch.cat(orders, dim=0)
         row_tokens = [tk for _ in names for tk in it["tokens"]]
         d, i = perturbation_curves(adapter, rec.image, it["response_ids"], allo, row_tokens, it["grid"], prompt,
-                                   steps, fill, probe, batch_size, box=it.get("box", FULL_BOX))
+                                   steps, fill, probe, batch_size, box=it.get("box", FULL_BOX),
+                                   cells=it.get("cells"))
         for k, m in enumerate(names):
             dels[m].append(d[k * W_:(k + 1) * W_])
             inss[m].append(i[k * W_:(k + 1) * W_])

@@ -249,12 +249,12 @@ class _Comparison:
             self.examples.append({"record": rec, "maps": wmaps})
         objs = [i for i in rec.object_indices if i in wmaps[self.methods[0]]]
         if len(self.faith_inputs) < self.limits["faith"] and objs:
-            # the cells are ranked on the token grid the model saw (its crop of the image, e0.box)
+            # the cells are ranked on the token grid the model saw (its crop of the image, e0.box, e0.cells)
             grid_maps = {m: word_maps(e, rec.words, placed=False) for m, e in exps.items()}
             self.faith_inputs.append({"record": rec, "words": objs, "tokens": [word_tokens[i] for i in objs],
                                       "maps": {m: torch.stack([grid_maps[m][i] for i in objs]) for m in self.methods},
                                       "response_ids": e0.response_ids, "grid": tuple(e0.grid),
-                                      "box": tuple(getattr(e0, "box", FULL_BOX))})
+                                      "box": tuple(getattr(e0, "box", FULL_BOX)), "cells": getattr(e0, "cells", None)})
         if len(self.sweep_records) < self.limits["sweep"]:
             self.sweep_records.append(rec)
         self.done += 1

@@ -19,7 +19,9 @@ Page data: a record is a dict (JSON)::
      "steps": S,                  # 1, or the number of steps of a map trajectory
      "step_labels": [...] | null, # one label per step; default "step s/S-1" (0-based, as the GIFs)
      "maps": base64 of uint8 [S, T, h, w] (round(255 * clamp(v, 0, 1)), row-major),
-     "stats": {name: [T]}, "metrics": {...} | null, "notes": [...], "error": null | reason}
+     "stats": {name: [T]}, "metrics": {...} | null, "notes": [...], "error": null | reason,
+     "box": [x0, y0, x1, y1],     # optional: the part of the image the maps cover (default all of it)
+     "cells": {"x": [w], "y": [h]}}  # optional: centres of the columns and rows (fractions of the image)
 
 A trajectory (``S > 1``) gets a step slider. The viewer's config:
 ``{"title", "summary", "lut": [768 ints], "total", "per_page", "pages",
@@ -174,10 +176,15 @@ Viewer.prototype.draw=function(){var r=this.record();if(!r||!this.canvas||!this.
  // the map covers r.box of the image (a model that sees a crop), zero outside: dcam.render.map_on_image
  var b=r.box||[0,0,1,1],X0=Math.round(b[0]*W),Y0=Math.round(b[1]*H);
  var X1=Math.max(X0+1,Math.round(b[2]*W)),Y1=Math.max(Y0+1,Math.round(b[3]*H));  // past the edges: a padded square
- var xs=new Array(X1-X0),ys=new Array(Y1-Y0);
- function axis(n,N,out){for(var i=0;i<N;i++){var s=Math.max((i+0.5)*n/N-0.5,0),i0=Math.min(Math.floor(s),n-1);
-  out[i]=[i0,Math.min(i0+1,n-1),s-i0];}}
- axis(w,X1-X0,xs);axis(h,Y1-Y0,ys);
+ var xs=new Array(X1-X0),ys=new Array(Y1-Y0),cl=r.cells;
+ // a stitched map's columns and rows lie at r.cells' centres (fractions of the image): a pixel's cell coordinate
+ // interpolates them, clamped at both ends (dcam.render.cells.axis_coordinates); without them, evenly over the box
+ function axis(n,N,out,c,lo,hi){var P=c?c.map(function(v){return (v-lo)/(hi-lo)*N;}):null,j=0;
+  for(var i=0;i<N;i++){var p=i+0.5,s;
+   if(!P)s=Math.max((i+0.5)*n/N-0.5,0);else if(p<=P[0])s=0;else if(p>=P[n-1])s=n-1;
+   else{while(P[j+1]<=p)j++;s=j+(p-P[j])/(P[j+1]-P[j]);}
+   var i0=Math.min(Math.floor(s),n-1);out[i]=[i0,Math.min(i0+1,n-1),s-i0];}}
+ axis(w,X1-X0,xs,cl&&cl.x,b[0],b[2]);axis(h,Y1-Y0,ys,cl&&cl.y,b[1],b[3]);
  for(var yi=0;yi<H;yi++){var y=ys[yi-Y0];for(var xi=0;xi<W;xi++){var c=xs[xi-X0],v=0;
   if(y&&c){var r0=base+y[0]*w,r1=base+y[1]*w;
   v=((m[r0+c[0]]*(1-c[2])+m[r0+c[1]]*c[2])*(1-y[2])+(m[r1+c[0]]*(1-c[2])+m[r1+c[1]]*c[2])*y[2])/255;}
@@ -245,6 +252,8 @@ def explanation_record(e, max_side: int = 512) -> dict:
     box = tuple(float(v) for v in getattr(e, "box", FULL_BOX))
     if box != FULL_BOX:  # the page places the maps where the PNGs do
         rec["box"] = list(box)
+    if getattr(e, "cells", None) is not None:  # and a stitched map's cells on the pixels they were read from
+        rec["cells"] = e.cells.as_dict()
     return rec
 
 

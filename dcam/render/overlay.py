@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError, one_line
+from .cells import check_cells, upsample_through
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -67,12 +68,16 @@ def check_map(m: np.ndarray, name: str = "cam") -> np.ndarray:
     return m
 
 
-def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
-    """``[h, w]`` map of values in [0, 1] -> float32 ``[H, W]`` (size = (H, W)), bilinear."""
+def _checked_map(cam: ArrayLike) -> np.ndarray:
     m = _to_numpy(cam)
     if m.ndim != 2:
         raise InputError(f"cam: a map must be 2-D [h, w], got shape {tuple(m.shape)}")
-    m = torch.from_numpy(np.ascontiguousarray(check_map(m)))
+    return np.ascontiguousarray(check_map(m))
+
+
+def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
+    """``[h, w]`` map of values in [0, 1] -> float32 ``[H, W]`` (size = (H, W)), bilinear."""
+    m = torch.from_numpy(_checked_map(cam))
     H, W = check_map_size(size)
     if tuple(m.shape) != (H, W):
         m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
@@ -167,17 +172,23 @@ def check_box(box) -> Tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX) -> np.ndarray:
+def map_on_image(cam: ArrayLike, size: Tuple[int, int], box=FULL_BOX, cells=None) -> np.ndarray:
     """``[h, w]`` map -> float32 ``[H, W]`` over the whole image (size = (H, W)):
     upsampled into ``box`` (the part of the image the model saw, fractions
-    ``(x0, y0, x1, y1)``), zero outside it."""
+    ``(x0, y0, x1, y1)``), zero outside it. ``cells``: where each column and row of the
+    map lies (:class:`dcam.render.cells.Cells`, a stitched map's); None: evenly over the box."""
     box = check_box(box)
     H, W = check_map_size(size)
-    if box == FULL_BOX:
+    if cells is not None:
+        m = _checked_map(cam)
+        cells = check_cells(cells, m.shape, box)
+    if box == FULL_BOX and cells is None:
         return upsample_map(cam, size)
     x0, y0, x1, y1 = box_pixels(box, size)
     out = np.zeros((H, W), dtype=np.float32)
-    up = upsample_map(cam, (y1 - y0, x1 - x0))  # the whole box, then the part on the image
+    # the whole box, then the part on the image
+    up = upsample_map(cam, (y1 - y0, x1 - x0)) if cells is None else \
+        np.clip(upsample_through(m, (y1 - y0, x1 - x0), box, cells), 0.0, 1.0)
     iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
     if iy1 > iy0 and ix1 > ix0:
         out[iy0:iy1, ix0:ix1] = up[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
@@ -203,10 +214,11 @@ def check_render_size(size) -> Optional[Tuple[int, int]]:
 
 
 def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet",
-            size: Optional[Tuple[int, int]] = None, box=FULL_BOX) -> Image.Image:
+            size: Optional[Tuple[int, int]] = None, box=FULL_BOX, cells=None) -> Image.Image:
     """PIL overlay of ``cam`` on ``image``. size: ``(W, H)`` to render at
     (the image is resized bicubically first); default: the image's size.
-    box: the part of the image the map covers (fractions; default all of it).
+    box: the part of the image the map covers (fractions; default all of it);
+    cells: where its columns and rows lie in it (:func:`map_on_image`; default evenly).
     ``image``: a PIL image, an array or a path, read as :func:`dcam.load_image` reads them."""
     # a PIL image as dcam.load_image reads one too (for an RGB one, a copy: ~3 ms of a ~130 ms 1024 x 1024
     # overlay): .convert("RGB") drew a transparent pixel's hidden colour and clipped 16-bit grey to white,
@@ -218,7 +230,7 @@ def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: st
     box = check_box(box)
     if size is not None and size != img.size:
         img = img.resize(size, Image.BICUBIC)
-    cam = map_on_image(cam, (img.height, img.width), box) if box != FULL_BOX else cam
+    cam = map_on_image(cam, (img.height, img.width), box, cells) if box != FULL_BOX or cells is not None else cam
     return Image.fromarray(show_cam_on_image(np.asarray(img), cam, alpha, colormap))
 
 

@@ -84,6 +84,15 @@ class RunRecord:
         return tuple(self.entry.get("box") or FULL_BOX)
 
     @property
+    def cells(self):
+        """Where the columns and rows of a stitched map lie in the box (:class:`dcam.render.cells.Cells`), else
+        None (evenly over it)."""
+        from ..render.cells import Cells
+
+        c = self.entry.get("cells")
+        return None if c is None else Cells(tuple(c["x"]), tuple(c["y"]))
+
+    @property
     def stats(self) -> Dict[str, "object"]:
         """Per-map statistics, each a ``[T]`` tensor."""
         import torch

@@ -99,6 +99,10 @@ def index_entry(rec, e, metrics: Optional[dict]) -> dict:
         entry["box"] = list(box)
     if getattr(e, "view_boxes", None):  # view="all": where each view's maps lie
         entry["view_boxes"] = {view: [float(v) for v in b] for view, b in e.view_boxes.items()}
+    if getattr(e, "cells", None) is not None:  # a stitched map: where its columns and rows lie in the box
+        entry["cells"] = e.cells.as_dict()
+    if getattr(e, "view_cells", None):
+        entry["view_cells"] = {view: c.as_dict() for view, c in e.view_cells.items()}
     if metrics is not None:
         entry["metrics"] = metrics
     if rec.meta is not None:

@@ -149,6 +149,8 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
                 notes=e.get("notes"), where=e.get("where", ""), step_labels=labels)
             if e.get("box"):  # the page lays the maps over the crop the model saw, as the overlays do
                 rec["box"] = e["box"]
+            if e.get("cells"):  # and a stitched map's cells on the pixels they were read from
+                rec["cells"] = e["cells"]
             pages.add(rec)
             if bar is not None:
                 bar.update()

@@ -33,6 +33,7 @@ from ..probe.modes import check_probe_request
 from ..profiling import stage
 from ..targets import check_granularity
 from ..words import clean_token, find_item
+from ..render.cells import Cells
 from ..render.overlay import DISPLAY_MAX_SIDE
 from .numbers import per_word_numbers
 from .probing import trajectory_gradients
@@ -90,6 +91,7 @@ class Trajectory:
     notes: List[str] = field(default_factory=list)
     cost: Dict[str, int] = field(default_factory=dict)
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the part of the image the maps cover
+    cells: Optional[Cells] = None  # where the maps' columns and rows lie in the box (None: evenly)
     #: the words of the whole response, traced or not (a negative word number counts from its end)
     word_count: int = 0
 
@@ -174,7 +176,7 @@ class Trajectory:
             committed_per_step=self.committed_per_step, states=self.state_tokens, words=self.word_table(),
             method=TRAJECTORY_METHOD, layer=self.layer, target_score="logit", config=self.config.as_dict(),
             repeat_ratio=self.repeat_ratio, cost=self.cost, notes=self.notes, box=list(self.box),
-            word_count=self.word_count,
+            cells=None if self.cells is None else self.cells.as_dict(), word_count=self.word_count,
             definition="maps[s, t]: Diffusion-CAM map of word t on the state entering step s (its slot masked "
                        "again once committed); final_maps: on the finished response, each word's slot masked")
 
@@ -260,7 +262,8 @@ class Trajectory:
         if meta is None:
             meta = dict(response=self.response, response_ids=self.response_ids, prompt=self.prompt,
                         model=self.model_name, grid=list(self.grid), image_size=list(self.image.size),
-                        box=list(self.box))  # where the maps lie on the image, as an explanation's meta says
+                        box=list(self.box),  # where the maps lie on the image, as an explanation's meta says
+                        cells=None if self.cells is None else self.cells.as_dict())
         meta["trajectory"] = {**self.meta(), "tensors_sha256": file_digest(paths["tensors"])}
         with open(paths["meta"], "w") as f:
             json.dump(meta, f, indent=2)
@@ -432,7 +435,7 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
         response=ex.response_text, response_ids=list(resp_ids), response_tokens=a.token_strings(resp_ids),
         state_tokens=[a.token_strings(row) for row in gen.states.tolist()], layer=explainer.layer,
         config=explainer.config, grid=tuple(prep.grid), repeat_ratio=rho, model_name=type(explainer.model).__name__,
-        notes=notes, cost=tg.cost, box=tuple(ex.views[0].box), word_count=ex.word_count)
+        notes=notes, cost=tg.cost, box=tuple(ex.views[0].box), cells=ex.views[0].cells, word_count=ex.word_count)
 
 
 __all__ = ["Trajectory", "explain_trajectory", "check_trajectory_request", "TRAJECTORY_METHOD"]

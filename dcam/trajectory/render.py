@@ -75,7 +75,8 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     frames = []
     for s in range(S):
         fr = Image.new("RGB", (W, H + BAND), (255, 255, 255))
-        fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (x0, 0))
+        fr.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box,
+                         cells=getattr(traj, "cells", None)), (x0, 0))
         draw = ImageDraw.Draw(fr)
         if s == d and border:
             draw.rectangle([x0, 0, x0 + iw - 1, H - 1], outline=DECIDED, width=border)
@@ -152,7 +153,8 @@ def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET
         ty = y + (row - ch) // 2
         for k in range(T):
             x = left + pad + k * (cw + pad)
-            out.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box), (x, ty))
+            out.paste(overlay(base, traj.maps[s, k], alpha=alpha, colormap=colormap, box=traj.box,
+                               cells=getattr(traj, "cells", None)), (x, ty))
             if s == int(traj.decided_at[k]):
                 draw.rectangle([x - 2, ty - 2, x + cw + 1, ty + ch + 1], outline=DECIDED, width=max(2, BORDER - 1))
     return out

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ...errors import InputError
+from ...render.cells import Cells
 from .base import ImageView
 
 
@@ -141,6 +142,27 @@ def highres_box(image_hw: Tuple[int, int], canvas_hw: Tuple[int, int], feature_h
     return ((x0 - left) / nw, (y0 - top) / nh, (x1 - left) / nw, (y1 - top) / nh)
 
 
+def stitched_cells(image_hw: Tuple[int, int], canvas_hw: Tuple[int, int], tiles: Tuple[int, int], unit: int,
+                   tile: int, seen: float, crop: Tuple[int, int]) -> Tuple[Tuple[float, float, float, float], Cells]:
+    """(box, cells) of an unpadded map stitched from ``tiles`` (rows, cols) whose ``unit`` cells a side stand
+    for the first ``seen`` of each ``tile``-pixel side (:func:`seen_fraction`): cell ``f`` of a side spans
+    ``tile * (f // unit) + (f % unit + [0, 1]) * tile * seen / unit`` canvas pixels, so the strips the tower
+    does not read lie between tiles' cells, not under them. ``box``: the first kept cell's start to the last
+    one's end; ``cells``: every kept column's and row's centre (fractions of the image, as the box)."""
+    nh, nw, top, left = placed_in_canvas(image_hw, canvas_hw)
+    step = tile * seen / unit  # canvas pixels per cell
+
+    def side(n_tiles: int, cut: int, offset: int, size: int):
+        kept = range(cut, n_tiles * unit - cut)
+
+        def at(f: int, part: float) -> float:
+            return (tile * (f // unit) + (f % unit + part) * step - offset) / size
+        return at(kept[0], 0.0), tuple(at(f, 0.5) for f in kept), at(kept[-1], 1.0)
+    x0, xs, x1 = side(tiles[1], crop[1], left, nw)
+    y0, ys, y1 = side(tiles[0], crop[0], top, nh)
+    return (x0, y0, x1, y1), Cells(xs, ys)
+
+
 def anyres_max_shape(height: int, width: int, max_tiles: Optional[int], unit: int) -> Tuple[int, int]:
     """``anyres_max_N``: a map larger than ``N`` tiles (by more than 10% per
     side) is shrunk (bilinear) by ``ratio = sqrt(h*w / (N*unit^2))``."""
@@ -171,6 +193,7 @@ class AnyresLayout:
     newline: bool = True
     has_base: bool = True
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the grid's part of the image
+    cells: Optional[Cells] = None  # where the grid's columns and rows lie in it (None: evenly)
     base_box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the base view's part of it
 
     @property
@@ -200,9 +223,13 @@ def anyres_layout(image_hw: Tuple[int, int], pinpoints, tile: int, unit: int, wh
     crop = unpad_crop(rows * unit, cols * unit, (ih, iw), rounding)
     h, w = rows * unit - 2 * crop[0], cols * unit - 2 * crop[1]
     box = highres_box((ih, iw), (bh, bw), (rows * unit, cols * unit), crop, unseen=tile * (1.0 - seen))
+    cells = None
+    if seen < 1.0 and rows * cols > 1 and anyres_max_shape(h, w, max_tiles, unit) == (h, w):
+        # an exact stitch (not resized): every cell on the pixels its tile's tokens were read from
+        box, cells = stitched_cells((ih, iw), (bh, bw), (rows, cols), unit, tile, seen, crop)
     h, w = anyres_max_shape(h, w, max_tiles, unit)  # a resize of the whole map: the same part of the image
     return AnyresLayout(unit=unit, tiles=(rows, cols), grid=(h, w), newline=newline, has_base=has_base, box=box,
-                        base_box=seen_part((0.0, 0.0, 1.0, 1.0), seen))  # the base view: the whole image squashed
+                        cells=cells, base_box=seen_part((0.0, 0.0, 1.0, 1.0), seen))  # base: the image squashed
 
 
 def anyres_views(span: Tensor, layout: AnyresLayout, what: str = "image") -> Tuple[Tensor, Tuple[int, int], dict]:
@@ -221,7 +248,7 @@ def anyres_views(span: Tensor, layout: AnyresLayout, what: str = "image") -> Tup
     nb = layout.base_tokens
     h, w = layout.grid
     grid_pos = span[nb:].reshape(h, w + int(layout.newline))[:, :w].reshape(-1).clone()
-    views = {"highres": ImageView("highres", grid_pos, (h, w), layout.box)}  # the default view first
+    views = {"highres": ImageView("highres", grid_pos, (h, w), layout.box, layout.cells)}  # the default view first
     if layout.has_base:
         u = layout.unit
         views["base"] = ImageView("base", span[:nb].clone(), (u, u), layout.base_box)
@@ -279,4 +306,4 @@ def stack_pixels(images: list, image_processor, size: Optional[int] = None) -> T
 
 __all__ = ["AnyresLayout", "anyres_layout", "anyres_views", "anyres_tiles", "stack_pixels", "parse_pinpoints",
            "select_best_resolution", "unpadded_shape", "anyres_max_shape", "max_tiles_of", "resize_and_pad",
-           "seen_fraction", "seen_part"]
+           "seen_fraction", "seen_part", "stitched_cells"]

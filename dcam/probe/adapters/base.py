@@ -68,16 +68,16 @@ def _ids_set(v) -> set:
 
 @dataclass
 class ImageView:
-    """One view of the image in the token sequence (a base view, a stitched
-    high-resolution grid, ...): the positions of its tokens in raster order
-    over its ``grid`` and, for placing its map on the image, ``box`` = the part
-    of the image it covers as fractions ``(x0, y0, x1, y1)`` (inside ``[0, 1]``
-    for a crop; past it where the model saw the image padded to a square)."""
+    """One view of the image in the token sequence (a base view, a stitched high-resolution grid, ...): its
+    tokens' positions in raster order over its ``grid``; for placing its map on the image, ``box`` = the part
+    of the image it covers, fractions ``(x0, y0, x1, y1)`` (past [0, 1] where the model saw it padded to a square),
+    and ``cells`` = where its columns and rows lie in it (a stitched map's :class:`dcam.render.cells.Cells`)."""
 
     name: str
     positions: Tensor
     grid: Tuple[int, int]
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    cells: Optional[Any] = None
 
 
 @dataclass

@@ -1,0 +1,122 @@
+"""Where each cell of a map lies on the image.
+
+A map of ``h x w`` cells is drawn over its box (fractions ``(x0, y0, x1, y1)`` of the image), evenly
+by default: column ``k`` centred at ``x0 + (k + 0.5) * (x1 - x0) / w``. A map stitched from tiles a
+vision tower reads only in part is not even: SigLIP at 384 px with 14-px patches reads 378 px of
+every tile, so between two tiles' cells lies a 6-px strip no cell stands for. :class:`Cells` then
+gives the centre of every column (``x``) and every row (``y``) as fractions of the image, and the
+map is interpolated through those centres: a pixel's fractional cell coordinate is the
+piecewise-linear interpolation of the centres (clamped at the first and last), then bilinear along
+each axis; zero outside the box, as for an even map. With evenly spaced centres this is
+``F.interpolate(..., "bilinear", align_corners=False)`` over the box, today's even drawing.
+
+The box is snapped to whole pixels first (:func:`dcam.render.overlay.box_pixels`) and the centres
+moved with it, so the cells of a map drawn at any size keep their place relative to the box edges.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError, one_line
+
+
+class Cells(NamedTuple):
+    """Centres of a map's columns (``x``, one per column) and rows (``y``, one per row), fractions of
+    the image, increasing."""
+
+    x: Tuple[float, ...]
+    y: Tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        """The JSON form (meta.json, the viewer's record data): ``{"x": [...], "y": [...]}``."""
+        return {"x": list(self.x), "y": list(self.y)}
+
+
+def _axis(values, count: int, lo: float, hi: float, name: str) -> Tuple[float, ...]:
+    values = values.tolist() if hasattr(values, "tolist") else values
+    ok = isinstance(values, (tuple, list)) and len(values) == count and all(
+        isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v) for v in values)
+    out = tuple(float(v) for v in values) if ok else ()
+    if not ok or any(b <= a for a, b in zip(out, out[1:])) or out[0] <= lo or out[-1] >= hi:
+        raise InputError(f"{name} must be {count} finite increasing centres inside the box ({lo:g}, {hi:g}), "
+                         f"got {one_line(repr(values))}")
+    return out
+
+
+def check_cells(cells, grid: Sequence[int], box, name: str = "cells") -> Optional[Cells]:
+    """``cells`` (None, a :class:`Cells`, a dict ``{"x", "y"}`` or a pair ``(x, y)``) as :class:`Cells` of a
+    ``grid = (h, w)`` map drawn over ``box``, or None; else an InputError naming ``name``."""
+    if cells is None:
+        return None
+    if isinstance(cells, dict):
+        if set(cells) != {"x", "y"}:
+            raise InputError(f"{name} must have the keys x and y, got {sorted(map(str, cells))}")
+        cells = (cells["x"], cells["y"])
+    if not isinstance(cells, (tuple, list)) or len(cells) != 2:
+        raise InputError(f"{name} must be the column and row centres (x, y), got {one_line(repr(cells))}")
+    h, w = int(grid[0]), int(grid[1])
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return Cells(_axis(cells[0], w, x0, x1, f"{name}.x"), _axis(cells[1], h, y0, y1, f"{name}.y"))
+
+
+def even_cells(box, grid: Sequence[int]) -> Cells:
+    """The centres of an evenly drawn ``grid = (h, w)`` map over ``box`` (what None stands for)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    h, w = int(grid[0]), int(grid[1])
+    return Cells(tuple(x0 + (k + 0.5) * (x1 - x0) / w for k in range(w)),
+                 tuple(y0 + (k + 0.5) * (y1 - y0) / h for k in range(h)))
+
+
+def _centres_in_pixels(n: int, count: int, centres, lo: float, hi: float) -> np.ndarray:
+    """The centres along one axis in pixels from the start of the box, which is ``n`` pixels long
+    (even: ``(k + 0.5) * n / count``)."""
+    if centres is None:
+        return (np.arange(count) + 0.5) * (n / count)
+    return (np.asarray(centres, dtype=np.float64) - lo) / (hi - lo) * n
+
+
+def axis_coordinates(n: int, count: int, centres=None, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """The fractional cell coordinate (float64 ``[n]``, in ``[0, count - 1]``) of the centre of every
+    pixel of a box ``n`` pixels long that ``count`` cells cover, centred at ``centres`` (fractions of
+    the image; the box runs from ``lo`` to ``hi``) or evenly (None)."""
+    at = _centres_in_pixels(n, count, centres, lo, hi)
+    return np.interp(np.arange(n) + 0.5, at, np.arange(count, dtype=np.float64))  # (clamped at both ends)
+
+
+def _bilinear_weights(u: np.ndarray, count: int) -> np.ndarray:
+    """``[n, count]``: each row blends the two cells around its coordinate."""
+    i0 = np.minimum(np.floor(u).astype(np.int64), count - 1)
+    i1 = np.minimum(i0 + 1, count - 1)
+    lam = u - i0
+    out = np.zeros((u.shape[0], count))
+    rows = np.arange(u.shape[0])
+    np.add.at(out, (rows, i0), 1.0 - lam)
+    np.add.at(out, (rows, i1), lam)
+    return out
+
+
+def upsample_through(m: np.ndarray, size: Tuple[int, int], box, cells: Cells) -> np.ndarray:
+    """``[h, w]`` map -> float32 ``[H, W]`` (size = (H, W), the box in pixels) interpolated bilinearly
+    through the cells' centres (``box``: the fractions the box spans, which ``cells`` are given in)."""
+    h, w = m.shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    wy = _bilinear_weights(axis_coordinates(int(size[0]), h, cells.y, y0, y1), h)
+    wx = _bilinear_weights(axis_coordinates(int(size[1]), w, cells.x, x0, x1), w)
+    return (wy @ m.astype(np.float64) @ wx.T).astype(np.float32)
+
+
+def pixel_cells(n: int, count: int, centres=None, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """The cell (int64 ``[n]``) of every pixel of a box ``n`` pixels long: evenly, the cell whose span
+    ``[k n / count, (k + 1) n / count)`` holds the pixel's first edge; with ``centres``, the cell
+    whose centre is nearest the pixel's centre (the spans then meet halfway between centres)."""
+    if centres is None:
+        return np.minimum((np.arange(n) * count) // max(n, 1), count - 1)
+    at = _centres_in_pixels(n, count, centres, lo, hi)
+    return np.searchsorted((at[:-1] + at[1:]) / 2.0, np.arange(n) + 0.5, side="right")
+
+
+__all__ = ["Cells", "check_cells", "even_cells", "axis_coordinates", "upsample_through", "pixel_cells"]
