@@ -225,3 +225,19 @@ def test_view_all_keeps_each_views_cells():
     assert views["base"].cells is None and views["highres"].cells is not None
     e = dcam.Explainer(model, proc).explain(img, response="a red circle", view="all")
     assert set(e.view_cells) == {"highres"} and e.view_cells["highres"] == views["highres"].cells
+
+
+@pytest.mark.parametrize("kind", ["idefics3", "smolvlm"])
+def test_idefics3_tiles_cells_sit_on_the_pixels_they_read(kind):
+    # the image stretched to 2 x 2 tiles of 36 px; 8-px patches read 32 px a tile, the pixel shuffle makes
+    # 2 cells of 16 px of them: centres 8, 24 in the first tile, 36 + 8, 36 + 24 in the second
+    from dcam.testing.hf_tiny import tiny_idefics3
+
+    model, proc = tiny_idefics3(kind, tile=36)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (72, 72, 3), dtype=np.uint8))
+    hi = auto_adapter(model, proc).prepare(img, "describe", response_ids=[5, 6]).views["highres"]
+    np.testing.assert_allclose(np.asarray(hi.cells.x) * 72, [8, 24, 44, 60], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(hi.cells.y) * 72, [8, 24, 44, 60], rtol=0, atol=1e-9)
+    model, proc = tiny_idefics3(kind)  # 32-px tiles: read whole, drawn evenly
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert auto_adapter(model, proc).prepare(img, "describe", response_ids=[5, 6]).views["highres"].cells is None

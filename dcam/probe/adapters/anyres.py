@@ -132,8 +132,9 @@ def highres_box(image_hw: Tuple[int, int], canvas_hw: Tuple[int, int], feature_h
     ``unseen``: pixels at the end of every tile side the tower does not read (6 for SigLIP's
     384/14). The stitched map then spans the canvas less the last tile's unseen strip; the
     strips between tiles lie inside the span, so a map drawn evenly over it places inner
-    cells up to about a quarter of a cell from the pixels they read (up to 0.4 of a cell
-    when the map was spread over the whole canvas)."""
+    cells up to about a third of a cell from the pixels they read (0.21 on 2 tiles a side,
+    0.35 on 6): an exact stitch is placed cell by cell instead (:func:`stitched_cells`), a
+    map ``anyres_max_N`` shrank keeps this box."""
     nh, nw, top, left = placed_in_canvas(image_hw, canvas_hw)
     (ch, cw), (fh, fw), (rows, cols) = canvas_hw, feature_hw, crop
     sh, sw = ch - unseen, cw - unseen  # the span of the stitched map in canvas pixels

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from ...words import refuse_ids
-from .anyres import seen_fraction, seen_part
+from .anyres import seen_fraction, seen_part, stitched_cells
 from .base import ImageView, Prepared, config_get
 from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
 from .positions import no_image_token
@@ -148,8 +148,12 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
         # tile (r, c) holds s*s tokens in raster order; stitch them into one (rows*s) x (cols*s) grid
         t = pos[:rows * cols * per].reshape(rows, cols, s, s).permute(0, 2, 1, 3).reshape(-1).clone()
         unseen = side * (1.0 - seen)  # pixels past the last tile's last patch
+        # the canvas is the image stretched to whole tiles; each tile's cells stand for the pixels it reads
+        canvas = (rows * side, cols * side)
+        cells = stitched_cells(canvas, canvas, (rows, cols), s, side, seen, (0, 0))[1] \
+            if seen < 1.0 and rows * cols > 1 else None
         hi = ImageView("highres", t, (rows * s, cols * s),
-                       (0.0, 0.0, 1.0 - unseen / (cols * side), 1.0 - unseen / (rows * side)))
+                       (0.0, 0.0, 1.0 - unseen / (cols * side), 1.0 - unseen / (rows * side)), cells)
         return t, hi.grid, {"highres": hi, "base": base}  # the default view first
 
 
