@@ -133,12 +133,12 @@ class Explanation:
     view_maps: Dict[str, Tensor] = field(default_factory=dict)
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     view_boxes: Dict[str, Tuple[float, float, float, float]] = field(default_factory=dict)
-    cells: Optional[Cells] = None
-    view_cells: Dict[str, Cells] = field(default_factory=dict)
     trajectory: Optional[Any] = None
     model_dtype: str = ""
     device: str = ""
     extra: Dict[str, Any] = field(default_factory=dict)
+    cells: Optional[Cells] = None
+    view_cells: Dict[str, Cells] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -91,9 +91,9 @@ class Trajectory:
     notes: List[str] = field(default_factory=list)
     cost: Dict[str, int] = field(default_factory=dict)
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the part of the image the maps cover
-    cells: Optional[Cells] = None  # where the maps' columns and rows lie in the box (None: evenly)
     #: the words of the whole response, traced or not (a negative word number counts from its end)
     word_count: int = 0
+    cells: Optional[Cells] = None  # where the maps' columns and rows lie in the box (None: evenly)
 
     @property
     def steps(self) -> int:

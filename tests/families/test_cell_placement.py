@@ -241,3 +241,18 @@ def test_idefics3_tiles_cells_sit_on_the_pixels_they_read(kind):
     model, proc = tiny_idefics3(kind)  # 32-px tiles: read whole, drawn evenly
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     assert auto_adapter(model, proc).prepare(img, "describe", response_ids=[5, 6]).views["highres"].cells is None
+
+
+def test_a_trajectory_keeps_its_maps_cells(tmp_path):
+    # LaViDa: 30-px tiles of 7-px patches read 28 px; its 2x2 bilinear pooling spreads 2 cells over them
+    # (14 px each): a 60 x 60 image on 2 x 2 tiles has cells centred at 7, 21 and 30 + 7, 30 + 21
+    from dcam.testing.llava_dmllm import tiny_lavida
+
+    model, proc = tiny_lavida(vision_size=30, patch_size=7, image_grid_pinpoints=[[30, 60], [60, 30], [60, 60]])
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8))
+    e = dcam.Explainer(model, proc).explain(img, trajectory=True, steps=2, response_length=4)
+    np.testing.assert_allclose(np.asarray(e.trajectory.cells.x) * 60, [7, 21, 37, 51], rtol=0, atol=1e-9)
+    assert e.trajectory.cells == e.cells
+    e.save(str(tmp_path / "x"))
+    back = dcam.load_explanation(str(tmp_path / "x"))
+    assert back.trajectory.cells == e.cells and back.cells == e.cells
