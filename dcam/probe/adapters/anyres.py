@@ -194,8 +194,8 @@ class AnyresLayout:
     newline: bool = True
     has_base: bool = True
     box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the grid's part of the image
-    cells: Optional[Cells] = None  # where the grid's columns and rows lie in it (None: evenly)
     base_box: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the base view's part of it
+    cells: Optional[Cells] = None  # where the grid's columns and rows lie in the box (None: evenly)
 
     @property
     def base_tokens(self) -> int:
