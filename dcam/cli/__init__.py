@@ -1,6 +1,6 @@
 """The ``dcam`` command: one module per subcommand, shared parts in :mod:`.common`.
 
-    dcam demo | explain | eval | grounding | bench | backends
+    dcam demo | explain | eval | grounding | bench | backends | run | view | families
 
 No CLI module is imported as a library: what they drive lives in the pipeline
 packages (``dcam.models``, ``dcam.explain``, ``dcam.eval``, ``dcam.ops.bench``).

@@ -318,8 +318,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="explain whole words (the pieces of a word are one map) or every token")
     p.add_argument("--view", default=None,
                    help="image view; the model decides which exist: every model has default (its usual map: the "
-                        "stitched high-resolution grid where there is one) and all (every view), anyres families "
-                        "also base and highres, the VQ ones (mmada, lumina-dimoo) image (default: default)")
+                        "stitched high-resolution grid where there is one) and all (every view), anyres and tiling "
+                        "families (LLaVA-NeXT/OneVision, LLaDA-V, LaViDa, Idefics3, SmolVLM) also base and highres, the VQ ones (mmada, lumina-dimoo) image (default: default)")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=cam_help())
 
 
