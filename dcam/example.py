@@ -12,7 +12,7 @@ import torch
 from .errors import InputError
 from .images import load_image_with_notes
 from .probe.adapters.base import ImageView, Prepared
-from .probe.adapters.checks import check_mask_id
+from .probe.adapters.checks import check_head_rows, check_mask_id
 from .probe.hooks import generating, generation_watch
 from .profiling import stage
 from .targets import Item, explainable_slots, items_asked, response_items, select_items
@@ -115,14 +115,14 @@ class ExampleBuilder:
         self.x, self.steps, self.response_length = explainer, steps, response_length
         self.background, self.granularity, self.view = background, granularity, view
 
-    def _response(self, prep0: Optional[Prepared], response):
+    def _response(self, img, prompt, prep0: Optional[Prepared], response):
         """(response ids, steps for AKD, where the steps came from, notes)."""
         a, steps = self.x.adapter, self.steps
         if response is None:
             check_mask_id(a)  # (the sampler writes it: a bad one failed first inside the adapter's generate())
             with generating(a.model, watch=generation_watch(a)), stage("dcam.generate"):
                 gen = a.generate(prep0, steps, self.response_length)
-            ids = check_generated(a, gen.response_ids, self.response_length)
+            ids = check_generated(a, gen.response_ids, self.response_length, prep0)
             notes = []
             note = a.steps_note(steps, len(ids), int(gen.steps)) if steps is not None else None
             if note:  # fewer (or more) steps than asked, and why
@@ -133,7 +133,10 @@ class ExampleBuilder:
             ids = [int(i) for i in a.encode_response(response)]
         else:
             ids = _token_ids(response)
-        _check_ids_in_vocabulary(a, ids)  # (text an adapter encodes to ids past its vocabulary too)
+        # (text an adapter encodes to ids past its vocabulary too); an example of end tokens for a
+        # forward that finds the logits' width, should an id lie past lm_head_weight()'s rows
+        _check_ids_in_vocabulary(a, ids, prep_of=lambda: a.prepare(img, prompt, _ends(a, len(ids)),
+                                                                   self.response_length))
         refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
         if isinstance(response, str):
             # an end, padding or mask token written in the text: the words after an end were dropped and the
@@ -196,7 +199,7 @@ class ExampleBuilder:
         img, notes = loaded if loaded is not None else self.load(image, prompt)
         with stage("dcam.prepare"):
             prep0 = a.prepare(img, prompt, None, self.response_length) if response is None else None
-        resp_ids, S, source, more = self._response(prep0, response)
+        resp_ids, S, source, more = self._response(img, prompt, prep0, response)
         with stage("dcam.prepare"):
             prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))
         ids = prep.response_ids
@@ -277,23 +280,38 @@ def _check_positions(what: str, pos, start: int) -> None:
         raise RuntimeError(f"{what} repeat a position")
 
 
-def _check_ids_in_vocabulary(adapter, ids: List[int], error=InputError, where: str = "response: ") -> None:
+def _check_ids_in_vocabulary(adapter, ids: List[int], error=InputError, where: str = "response: ",
+                             prep_of=None) -> None:
     """Given token ids must be rows of the LM head (an unknown id ended in a tokenizer's
-    AttributeError or OverflowError, or an embedding IndexError)."""
+    AttributeError or OverflowError, or an embedding IndexError). Before an id past
+    ``lm_head_weight()``'s rows is refused, ``prep_of()`` (an example the model can run) finds the
+    logits' width, once per adapter: a head of fewer rows than the logits is the adapter's mistake
+    (RuntimeError naming it), not a valid id's (the head's shape was checked at the first probe only,
+    after the response)."""
     try:
         vocab = int(adapter.lm_head_weight().shape[0])
     except NotImplementedError:  # an adapter of the user's without an LM head accessor: ids unchecked
         vocab = None
     for i in ids:
         if i < 0 or (vocab is not None and i >= vocab):
+            if i >= 0 and prep_of is not None:
+                check_head_rows(adapter, prep_of)
             raise error(f"{where}token id {i} is not in the model's vocabulary"
                         + (f" (ids 0..{vocab - 1})" if vocab is not None else " (ids are >= 0)"))
 
 
-def check_generated(adapter, response_ids, response_length: Optional[int]) -> List[int]:
+def _ends(adapter, n: int) -> List[int]:
+    """``n`` (at least one) copies of the adapter's smallest end token id: a response any model
+    can read (no end id: none, and the adapter's prepare() decides what an empty response is)."""
+    ends = sorted(int(i) for i in adapter.eos_token_ids)
+    return ends[:1] * max(n, 1)
+
+
+def check_generated(adapter, response_ids, response_length: Optional[int], prep=None) -> List[int]:
     """The ids an adapter's ``generate()`` returned, checked as a given response is (a wrong one was a
     raw IndexError, or its image token blamed on the user's input); its mistake, not the user's:
-    RuntimeError."""
+    RuntimeError (``prep``: the example it generated for, to tell a head of too few rows from an id
+    past the vocabulary)."""
     who = f"{type(adapter).__name__}.generate()"
     try:
         ids = [operator.index(i) for i in response_ids]
@@ -301,7 +319,8 @@ def check_generated(adapter, response_ids, response_length: Optional[int]) -> Li
         raise RuntimeError(f"{who}: response_ids must be whole numbers, got {list(response_ids)!r}") from None
     if response_length is not None and len(ids) > response_length:
         raise RuntimeError(f"{who}: returned {len(ids)} token ids for response_length={response_length}")
-    _check_ids_in_vocabulary(adapter, ids, RuntimeError, f"{who}: in the response it returned, ")
+    _check_ids_in_vocabulary(adapter, ids, RuntimeError, f"{who}: in the response it returned, ",
+                             prep_of=(lambda: prep) if prep is not None else None)
     image = getattr(adapter, "image_token_id", None)
     if image is not None and int(image) in ids:
         raise RuntimeError(f"{who}: the response it returned holds {adapter.token_strings([int(image)])[0]!r} "

@@ -8,6 +8,9 @@ ending in a raw IndexError deep inside the model, or in quietly wrong maps.
 * :func:`diagnosed`: a forward that raised is run again with the response slots holding an end
   token, at most once per adapter (not after an out-of-memory error), to find the logits' width and
   name a mismatch behind the error;
+* :func:`check_head_rows`: before an id past the LM head's rows is refused (a given response's, a
+  generated one's), a forward of end tokens finds the logits' width, so that a head of too few rows
+  is named as the adapter's mistake, not the id as the user's (at most once per adapter);
 * :func:`check_image_slots`: every image position of an example holds the image token id.
 """
 from __future__ import annotations
@@ -101,6 +104,26 @@ def diagnosed(adapter, prep, call: Callable):
         raise
 
 
+def check_head_rows(adapter, prep_of: Callable) -> None:
+    """Raises the RuntimeError of :func:`check_widths` where ``lm_head_weight()``'s rows are not the
+    width of the model's logits on ``prep_of()`` (an example it can run), unless the widths were
+    checked already at a probe (the forward runs at most once per adapter; its width is kept). Nothing is
+    raised where the adapter has no head accessor or end token, or preparing or running that example
+    fails: the caller's own error is the one to show then."""
+    if getattr(adapter, "_vocabulary_checked", False) or _head_shape(adapter) is None \
+            or not adapter.eos_token_ids:
+        return
+    if not hasattr(adapter, "_logits_width_found"):
+        # (None: that forward failed; it is not tried again either)
+        try:
+            prep = prep_of()
+        except Exception:  # noqa: BLE001 - the caller's error is the one to show
+            prep = None
+        adapter._logits_width_found = _logits_width(adapter, prep) if prep is not None else None
+    if adapter._logits_width_found is not None:
+        _check_vocab_rows(adapter, adapter._logits_width_found)
+
+
 def _logits_width(adapter, prep) -> Optional[int]:
     """The width of the model's logits on ``prep`` with its response slots set to an end token
     (None: the adapter names no end token, or this forward fails too)."""
@@ -146,4 +169,4 @@ def check_image_slots(adapter, prep) -> None:
                            f"{int(adapter.image_token_id)}")
 
 
-__all__ = ["check_mask_id", "check_widths", "diagnosed", "check_image_slots"]
+__all__ = ["check_mask_id", "check_widths", "diagnosed", "check_head_rows", "check_image_slots"]
