@@ -11,7 +11,8 @@ ending in a raw IndexError deep inside the model, or in quietly wrong maps.
 * :func:`check_head_rows`: before an id past the LM head's rows is refused (a given response's, a
   generated one's), a forward of end tokens finds the logits' width, so that a head of too few rows
   is named as the adapter's mistake, not the id as the user's (at most once per adapter);
-* :func:`check_image_slots`: every image position of an example holds the image token id.
+* :func:`check_image_slots`: every image position of an example holds the image token id (a
+  VQ family's: an id of its image codes).
 """
 from __future__ import annotations
 
@@ -151,22 +152,28 @@ def _check_vocab_rows(adapter, vocab: int) -> None:
 
 
 def check_image_slots(adapter, prep) -> None:
-    """Every image position of ``prep`` holds the adapter's image token id (or, with a newline
-    column, its newline id): positions shifted onto text gave maps of the wrong tokens, quietly.
-    Adapters whose image slots hold other ids (codebook ids) set ``image_slots_hold_image_token = False``."""
-    if not getattr(adapter, "image_slots_hold_image_token", True):
-        return
+    """Every image position of ``prep`` holds the adapter's image token id: positions shifted onto
+    text gave maps of the wrong tokens, quietly. Adapters whose image slots hold other ids (codebook
+    ids) set ``image_slots_hold_image_token = False``; those with an ``image_code_ids()`` (a range:
+    MMaDA's, Lumina-DiMOO's) have every image position checked to hold an id of it instead (the
+    text, newline and special ids lie below their codes), the others are not checked."""
     pos = prep.image_positions
     if pos.numel() == 0:
         return
     held = prep.input_ids[0, pos]
-    ok = held == int(adapter.image_token_id)
+    if getattr(adapter, "image_slots_hold_image_token", True):
+        ok, want = held == int(adapter.image_token_id), f"not the image token id {int(adapter.image_token_id)}"
+    else:
+        codes = adapter.image_code_ids() if hasattr(adapter, "image_code_ids") else None
+        if codes is None:
+            return
+        ok = (held >= codes.start) & (held < codes.stop)
+        want = f"not an image code id ({codes.start}..{codes.stop - 1})"
     bad = torch.nonzero(~ok, as_tuple=False).reshape(-1)
     if bad.numel():
         k = int(bad[0])
         raise RuntimeError(f"{type(adapter).__name__}.prepare(): image_positions[{k}] = {int(pos[k])} "
-                           f"holds id {int(held[k])}, not the image token id "
-                           f"{int(adapter.image_token_id)}")
+                           f"holds id {int(held[k])}, {want}")
 
 
 __all__ = ["check_mask_id", "check_widths", "diagnosed", "check_head_rows", "check_image_slots"]

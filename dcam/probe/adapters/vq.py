@@ -125,7 +125,8 @@ class _VQAdapter(DMLLMAdapter):
     #: the family's processor (dcam.probe.adapters) and the attributes of it the adapter reads
     processor_class = ""
     processor_needs: Tuple[str, ...] = ()
-    #: the image slots hold the image's codebook ids, not one image token id (no check of them by id)
+    #: the image slots hold the image's codebook ids, not one image token id: checked to lie in
+    #: :meth:`image_code_ids` instead
     image_slots_hold_image_token = False
 
     def __init__(self, model, processor: Any = None, **kwargs):
@@ -152,6 +153,13 @@ class _VQAdapter(DMLLMAdapter):
     def image_token_id(self) -> int:
         """The first code id (the image is many ids, located by ``prepare``)."""
         return int(self.processor.image_token_offset)
+
+    def image_code_ids(self) -> range:
+        """The ids an image slot may hold, checked at every probe (:func:`.checks.check_image_slots`):
+        the codes, offset past every text and special id (the newline, ``<|soi|>``/``<boi>``, the mask),
+        up to the end of the vocabulary, the LM head's rows (the codebook's size is not read: no
+        config field names it in both families)."""
+        return range(int(self.processor.image_token_offset), int(self.lm_head_weight().shape[0]))
 
     def chat_ids(self, prompt: Optional[str]) -> List[int]:
         from .dmllm import chat_prompt
