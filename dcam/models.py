@@ -254,7 +254,13 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
             model, processor = load_standin(model_dir)
         else:
             loader = _FAMILY_LOADERS.get(_family_of(cfg), _transformers)
-            model, processor = loader(model_dir, cfg, trust_remote_code, dt)
+            try:
+                model, processor = loader(model_dir, cfg, trust_remote_code, dt)
+            except ModuleNotFoundError as exc:
+                missing = missing_package(exc, model_dir)
+                if missing is None:
+                    raise
+                raise missing from None
     model = model.to(dev) if dt is None else model.to(dev, dt)
     return model.eval(), processor
 
@@ -282,8 +288,39 @@ def _need(module: str, what: str, model_dir: str, how: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise InputError(f"model: {model_dir!r} is {what}; loading it needs {how} (import {module!r} failed: "
-                         f"{one_line(exc)})") from None
+        # installed, but a package it imports is not ("pip install accelerate" did not help then)
+        missing = missing_package(exc, model_dir) if (getattr(exc, "name", None) or "").split(".")[0] \
+            not in ("", module.split(".")[0]) else None
+        raise (missing or InputError(f"model: {model_dir!r} is {what}; loading it needs {how} (import {module!r} "
+                                     f"failed: {one_line(exc)})")) from None
+
+
+def missing_package(exc: ImportError, model_dir: str) -> Optional[InputError]:
+    """The InputError of a package a model folder's loading imports that is not installed (accelerate,
+    installed with ``pip --no-deps``, imports psutil when transformers places a model: a raw
+    ModuleNotFoundError from deep inside); None where ``exc`` is not that (a module of dcam, or one
+    inside an installed package: a bug or a broken install, kept with its traceback). What is missing
+    is the environment's, not the folder's, but as :func:`_need`'s packages it is named on one line
+    with the command that installs it, not shown as dcam's bug."""
+    import importlib.util
+
+    top = (getattr(exc, "name", None) or "").split(".")[0]
+    if not top or top == __name__.split(".")[0]:
+        return None
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return None
+    except (ImportError, ValueError):  # (a parent that fails to import, a module without a spec)
+        pass
+    importer, tb = None, exc.__traceback__
+    while tb is not None:  # the last frame outside the import machinery did the import
+        if not tb.tb_frame.f_code.co_filename.startswith("<frozen importlib"):
+            importer = tb.tb_frame.f_globals.get("__name__")
+        tb = tb.tb_next
+    by = str(importer).split(".")[0] if importer else None
+    return InputError(f"model: loading {model_dir!r} needs the Python package {top!r}, which is not installed"
+                      + (f" ({by} imports it)" if by and by not in ("__main__", top) else "")
+                      + f": pip install {top}")
 
 
 def _load_llava(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
