@@ -286,7 +286,7 @@ class Explanation:
             self.trajectory.check_maps("trajectory.")
 
         size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
-        base = self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
+        base = self._rendered(size)
         paths: Dict[str, Any] = {"overlays": []}
         tiles, labels = [base], ["image"]
         for k, tok in enumerate(self.tokens):
@@ -329,6 +329,17 @@ class Explanation:
 
         paths["page"] = write_explanation_page(folder, self, colormap=colormap, alpha=alpha)
         return paths
+
+    def _rendered(self, size: Tuple[int, int]) -> Image.Image:
+        """The image rendered at ``size`` (W, H) for the files. A loaded explanation's ``image`` is its
+        image.png scaled back to the size explained (:mod:`dcam.saved`); rendered again at image.png's
+        size it would differ from image.png by two resamplings, so image.png itself is drawn on there
+        (kept as ``_saved_rendering``: (the image it was loaded with, image.png); not once ``image`` is
+        another)."""
+        saved = getattr(self, "_saved_rendering", None)
+        if saved is not None and saved[0] is self.image and saved[1].size == tuple(size):
+            return saved[1]
+        return self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
 
     def _check_maps(self) -> None:
         """Every map the files hold, checked as :func:`dcam.render.overlay` checks one, before the first file

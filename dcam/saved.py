@@ -6,10 +6,14 @@
 ``trajectory.safetensors``): maps, statistics, scores, raw maps and context
 weights bit for bit, words, settings and notes as they were. One thing is not
 kept by a save: the full-size image. ``image.png`` holds it as rendered under
-the overlays (longest side at most the save's ``max_side``), so a loaded
-explanation's ``image`` is that one and ``meta()["image_size"]`` its size;
-the maps do not depend on it (they are on the model's grid and placed by
-``box``, which is kept). meta.json keeps the digests of ``maps.safetensors``,
+the overlays (longest side at most the save's ``max_side``); a loaded
+explanation's ``image`` is that one scaled back to the size of the image
+explained (meta.json's ``image_size``), so that its overlays, page, pictures
+and a save of it again come out at the sizes the explanation's own did, every
+view's map placed as before (by ``box`` and ``view_boxes``, which are kept);
+a folder without ``image_size`` loads image.png as it is. The maps do not
+depend on the image (they are on the model's grid). meta.json keeps the
+digests of ``maps.safetensors``,
 ``trajectory.safetensors`` and ``image.png``: a file of another save is refused.
 """
 from __future__ import annotations
@@ -74,6 +78,26 @@ def _image(folder: str, digest: Optional[str]) -> Image.Image:
         raise InputError(f"folder: {folder!r} has no image.png (the image the maps are shown on)") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a damaged file
         raise InputError(f"folder: cannot read {path!r} ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def _at_explained_size(m: "_Fields", image: Image.Image) -> Image.Image:
+    """image.png (``image``) at the size of the image explained, meta.json's ``image_size`` ``[W, H]``,
+    resized as a save renders one (bicubic up, box down); as it is where no size was saved. A
+    size of another aspect than image.png's (more than the rounding of a save's resize apart)
+    is not the one it was rendered from."""
+    size = m.value("image_size", None)
+    if size is None:
+        return image
+    if not isinstance(size, list) or len(size) != 2 or not all(_whole(x) and x > 0 for x in size):
+        raise m._bad("image_size", "two positive whole numbers [W, H]")
+    (W, H), (w, h) = size, image.size
+    # a save rounds each side of the scaled size: W * h and H * w differ by at most (W + H) / 2 then
+    if abs(W * h - H * w) > W + H:
+        raise InputError(f"{m.where}: image_size {size} is not the size of an image that image.png ({w}x{h}) "
+                         "was rendered from (another aspect ratio)")
+    if (W, H) == (w, h):
+        return image
+    return image.resize((W, H), Image.BICUBIC if W > w else Image.BOX)
 
 
 def _whole(x) -> bool:
@@ -279,10 +303,11 @@ def load_explanation(folder) -> Explanation:
     method = m.choice("method", METHODS)
     config = m.config()
     view_maps = {k[len("view_maps."):]: _view_maps(tensors, k, T, where) for k in tensors if k.startswith("view_maps.")}
+    png = _image(folder, m.text("image_sha256", None, none=True))
     e = Explanation(
         tokens=tokens, **ids, pieces=pieces, maps=maps,
         stats={k[len("stats."):]: _stat(tensors, k, (T,), where) for k in tensors if k.startswith("stats.")},
-        image=_image(folder, m.text("image_sha256", None, none=True)), response=m.text("response"),
+        image=_at_explained_size(m, png), response=m.text("response"),
         response_ids=response_ids,
         response_tokens=m.texts("response_tokens"), prompt=m.text("prompt", None, none=True),
         steps=m.int("steps", lo=1), steps_source=m.text("steps_source", ""), method=method,
@@ -301,6 +326,7 @@ def load_explanation(folder) -> Explanation:
     )
     if e.scores is None:
         e.scores = torch.zeros(0)
+    e._saved_rendering = (e.image, png)  # a save at image.png's size draws on it again, not on a resampled copy
     if "trajectory" in meta:
         e.trajectory = _load_trajectory(folder, meta, e.image)
     return e

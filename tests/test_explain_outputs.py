@@ -259,7 +259,7 @@ def test_meta_says_which_dtype_and_device_made_the_maps(toy, sample, tmp_path):
 # ------------------------------------------------------------------ dcam.load_explanation
 # the loaded explanation is compared field by field with the one in memory that was saved (maps and
 # tensors bit for bit); the one thing a save does not keep, the full-size image, comes back as
-# image.png holds it
+# image.png holds it, scaled back to the image's size (tests/test_loaded_explanation_sizes.py)
 
 SAME = ("tokens", "token_ids", "word_numbers", "response_indices", "pieces", "response", "response_ids",
         "response_tokens", "prompt", "steps", "steps_source", "method", "probe", "layer", "target_score",
@@ -271,7 +271,7 @@ def _same_tensor(a, b):
     assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
-def _assert_loaded(e, back, rendered):
+def _assert_loaded(e, back, rendered, back_folder):
     unused = {k for k in ("layer", "target_score", "config") if e.meta()[k] is None}  # (tam's: saved as none)
     for name in SAME:
         if name not in unused:
@@ -287,10 +287,11 @@ def _assert_loaded(e, back, rendered):
         _same_tensor(e.stats[k], back.stats[k])
     _same_tensor(e.extra["context_weights"].float(), back.extra["context_weights"])
     assert back.extra["distractor"] == e.extra["distractor"]
-    assert back.image.size == tuple(rendered)  # the image as image.png holds it
-    meta, got = e.meta(), back.meta()
-    assert got.pop("image_size") == list(rendered) and meta.pop("image_size") == list(e.image.size)
-    assert got == meta
+    # the image as image.png holds it, at the size of the image explained
+    with Image.open(back_folder / "image.png") as im:
+        assert im.size == tuple(rendered) != e.image.size
+        assert np.array_equal(np.asarray(back.image), np.asarray(im.convert("RGB").resize(e.image.size, Image.BOX)))
+    assert back.meta() == e.meta()
 
 
 @pytest.mark.parametrize("method", ["diffusion-cam", "tam"])
@@ -300,7 +301,7 @@ def test_a_saved_explanation_loads_back_as_it_was(toy, sample, tmp_path, method)
     with open(tmp_path / "a" / "meta.json") as f:
         rendered = json.load(f)["rendered_size"]
     back = load_explanation(tmp_path / "a")
-    _assert_loaded(e, back, rendered)
+    _assert_loaded(e, back, rendered, tmp_path / "a")
     if method == "tam":  # a method without a config or layer saved none, and says none again
         assert back.meta()["config"] is None and back.meta()["layer"] is None
     # saved again, the files hold the same maps and the same meta.json
@@ -311,9 +312,9 @@ def test_a_saved_explanation_loads_back_as_it_was(toy, sample, tmp_path, method)
     assert sorted(first) == sorted(second)
     for k in first:
         _same_tensor(first[k], second[k])
-    with open(tmp_path / "b" / "meta.json") as f:
-        assert {k: v for k, v in json.load(f).items() if k != "image_size"} == \
-            {k: v for k, v in json.load(open(tmp_path / "a" / "meta.json")).items() if k != "image_size"}
+    with open(tmp_path / "b" / "meta.json") as f:  # (image.png is rendered again, from the scaled-back copy)
+        assert {k: v for k, v in json.load(f).items() if k != "image_sha256"} == \
+            {k: v for k, v in json.load(open(tmp_path / "a" / "meta.json")).items() if k != "image_sha256"}
 
 
 def test_a_trajectory_loads_back_with_its_explanation(toy, sample, tmp_path):
@@ -372,14 +373,16 @@ def test_folders_that_are_not_a_saved_explanation_are_refused(toy, sample, tmp_p
     with pytest.raises(InputError, match="has no maps.safetensors"):
         load_explanation(mixed)
     # an image.png of another save (the maps would be shown on the wrong picture) is refused; one
-    # saved before the image's digest was kept loads with whatever image.png holds
+    # saved before the image's digest was kept loads with whatever image.png holds (at the image's size)
     Image.new("RGB", (2, 2)).save(tmp_path / "a" / "image.png")
     with pytest.raises(InputError, match="image.png is not the file this meta.json was saved with"):
         load_explanation(tmp_path / "a")
     meta = json.load(open(tmp_path / "a" / "meta.json"))
     del meta["image_sha256"]
     (tmp_path / "a" / "meta.json").write_text(json.dumps(meta))
-    assert load_explanation(tmp_path / "a").image.size == (2, 2)
+    back = load_explanation(tmp_path / "a")
+    assert back.image.size == tuple(meta["image_size"])
+    assert back.image.getpixel((0, 0)) == (0, 0, 0)  # image.png's black
 
 
 @pytest.mark.parametrize("key,value,message", [
