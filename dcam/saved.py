@@ -329,6 +329,7 @@ def load_explanation(folder) -> Explanation:
     e._saved_rendering = (e.image, png)  # a save at image.png's size draws on it again, not on a resampled copy
     if "trajectory" in meta:
         e.trajectory = _load_trajectory(folder, meta, e.image)
+        e.trajectory._saved_rendering = e._saved_rendering  # (its frames and sheet: as the overlays)
     return e
 
 
