@@ -5,7 +5,8 @@ layout is detected: anno.json means the TAM/GranDf layout, an instances*.json
 (in the folder or its annotations/) the COCO layout; the captions must be in
 the model's vocabulary. Writes the comparison table (and with --ablation,
 --sweep, --faithfulness those tables), charts, example sheets and report.json
-into --out, and prints the comparison table."""
+into --out, and prints the comparison table. --profile FILE: a torch.profiler
+trace of a few records of the comparison (--profile-records)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ import warnings
 
 from ..errors import InputError
 from . import common
+from .profile import add_profile_option, add_window_option
 
 
 def _fill(text: str):
@@ -72,6 +74,10 @@ def add_parser(sub) -> None:
                    help="shapes image size in pixels (default: 64)")
     p.add_argument("--seed", type=common.non_negative_int, default=0, help="seed of the random faithfulness baseline")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
+    add_profile_option(p, "--profile-records records of the comparison (each explained by every method, with "
+                          "--ablation refined by every row too; not the sweep nor the faithfulness curves)")
+    add_window_option(p, "--profile-records", "records of the comparison",
+                      "each method's first explanation and one-time checks", "--n 1")
     common.add_model_options(p)
     common.add_family_option(p)
     common.add_run_options(p)
@@ -80,11 +86,15 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..output import check_output_folder, refuse_inputs_inside
+    from .profile import BatchWindow, TraceWriter, check_trace_path, window_size
 
     target = check_output_folder(args.out, args.overwrite)
     # --overwrite replaces --out whole: never over the data set or the model it reads
-    refuse_inputs_inside(target, [("the data set", None if args.dataset == "shapes" else args.dataset),
-                                  ("the model", common.model_location(args))])
+    inputs = [("the data set", None if args.dataset == "shapes" else args.dataset),
+              ("the model", common.model_location(args))]
+    refuse_inputs_inside(target, inputs)
+    trace = check_trace_path(args.profile, args.out, "which is written whole", inputs, args.overwrite)
+    records = window_size(args.profile_records, "--profile-records", "records", args.profile)
     # options of a table that was not asked for would be ignored without a word
     for option, value, table, wanted in (
             ("--faith-n", args.faith_n, "--faithfulness", args.faithfulness),
@@ -108,10 +118,15 @@ def run(args) -> int:
     model, processor = common.load_model_for(args)
     common.check_family(model, processor, args.family)
     config = common.cam_config_for(model, processor, args.cam, args.family)
-    try:
-        report, table = _evaluate(args, model, processor, config, fill, target)
-    except InputError as exc:
-        raise common.argument_error(exc, EVAL_OPTIONS) from None
+    # the records' trace is exported as its window closes, before --out is written, and put in place after it:
+    # a failure or Ctrl-C in between leaves no trace nor temporary file (.profile.BatchWindow)
+    with TraceWriter(trace, args.quiet, deferred=True) as profile:
+        window = BatchWindow(profile, records, ("record", "records"), export=True)
+        try:
+            report, table = _evaluate(args, model, processor, config, fill, target, window if trace else None)
+        except InputError as exc:
+            raise common.argument_error(exc, EVAL_OPTIONS) from None
+        profile.commit_window(window, f"the tables were written to --out {args.out!r}")
     print(table)
     if report.get("skipped"):
         print(f"{len(report['skipped'])} record(s) skipped; reasons in {os.path.join(args.out, 'report.json')}")
@@ -143,7 +158,7 @@ EVAL_OPTIONS = {"dataset": "--dataset", "methods": "--methods", "split": "--spli
                 "sweep_layers": "--sweep-layers", "config": "--cam", "out_dir": "--out"}
 
 
-def _evaluate(args, model, processor, config, fill, target):
+def _evaluate(args, model, processor, config, fill, target, on_record):
     from ..eval import evaluate
 
     # evaluate() writes --out whole or not at all itself (a folder of the CLI's own around it was handed to it
@@ -159,7 +174,7 @@ def _evaluate(args, model, processor, config, fill, target):
                           faith_n=args.faith_n, faith_steps=args.faith_steps, faith_fill=fill,
                           batch_size=args.batch_size, n_examples=args.examples, seed=args.seed,
                           image_size=args.image_size, verbose=not args.quiet, config=config,
-                          family=args.family)
+                          family=args.family, on_record=on_record)
     with open(os.path.join(target, "main_table.md")) as f:
         table = f.read()
     return report, table

@@ -17,12 +17,39 @@ from ..errors import InputError
 from . import common
 
 
-def add_profile_option(p) -> None:
+#: what --profile's help says of a trace's size and of a ".gz" name (measured on the bundled toy model:
+#: README's profiling paragraph)
+TRACE_SIZE_HELP = ("a FILE ending in .gz (trace.json.gz) is written gzip-compressed, about 15 times smaller, and "
+                   "opens as it is; uncompressed, a trace takes about 1.5 MB per explanation of the bundled toy "
+                   "model's 7-word caption, more for longer responses and larger models")
+
+
+def add_profile_option(p, recorded: str = "the explanations") -> None:
+    """``--profile FILE`` (``recorded``: what the trace holds, as the help says it)."""
     p.add_argument("--profile", default=None, metavar="FILE",
-                   help="write a torch.profiler trace of the explanations to FILE (Chrome trace JSON: open it in "
+                   help=f"write a torch.profiler trace of {recorded} to FILE (Chrome trace JSON: open it in "
                         "ui.perfetto.dev or chrome://tracing; each stage of dcam.profiling.STAGES is a named range: "
                         "dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) and print each stage's own "
-                        "time (default: no profile)")
+                        f"time; {TRACE_SIZE_HELP} (default: no profile)")
+
+
+def add_window_option(p, flag: str, units: str, warm_up: str, single: str) -> None:
+    """The option saying how many ``units`` (images, records) of a long command ``--profile`` records, from
+    the second (``warm_up``: what the first one does once; ``single``: the options that ask for one item);
+    :class:`BatchWindow` records them."""
+    p.add_argument(flag, type=common.positive_int, default=None, metavar="K",
+                   help=f"{units} that --profile records, from the second: the first is a warm-up ({warm_up}), "
+                        f"whose first-call costs would dominate a profile of it; with {single} that one is recorded. "
+                        "A trace of every one of the default's would run to hundreds of megabytes (default: 2)")
+
+
+def window_size(value: Optional[int], flag: str, units: str, profile: Optional[str]) -> int:
+    """The ``flag`` window's size (:func:`add_window_option`): refused without --profile (it was taken and
+    ignored), else the value given or 2."""
+    if value is not None and profile is None:
+        raise InputError(f"{flag}: says how many {units} --profile records; give --profile FILE too, or leave "
+                         f"{flag} out")
+    return value or 2
 
 
 @contextlib.contextmanager
@@ -105,37 +132,54 @@ class TraceWriter:
             with _without_stderr():
                 self.prof.__exit__(None, None, None)
 
-    def stop(self) -> None:
-        """End the recording and export it to a temporary file beside ``path``."""
+    def stop(self, done: str = "") -> None:
+        """End the recording and export it to a temporary file beside ``path``, whose name ends as
+        ``path``'s does in ".gz" when it does (torch compresses a trace by the name it writes to).
+        ``done``: what the command has written already, said by the error of a failed export."""
         if self.prof is None or self.tmp is not None:
             return
         self.end_recording()
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".dcam-", suffix=".json", dir=os.path.dirname(self.path))
+            suffix = ".json.gz" if self.path.endswith(".gz") else ".json"
+            fd, self.tmp = tempfile.mkstemp(prefix=".dcam-", suffix=suffix, dir=os.path.dirname(self.path))
             os.close(fd)
             self.prof.export_chrome_trace(self.tmp)
         except OSError as exc:
-            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc})") from None
+            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc})"
+                             f"{'; ' + done + ', the trace was not' if done else ''}") from None
         # read now, before the output is written: parsing a long trace's events takes seconds, and a Ctrl-C
         # in them after the rename said "nothing was written" with both files in place
         self.took = stage_seconds(self.prof.events())
 
-    def commit(self, written: str, scope: str = "") -> None:
+    def commit(self, written: str, scope: str = "", done: str = "") -> None:
         """Rename the exported trace into place and say each stage's time (``written``: the
-        command's output, already in place, named by the error of a failed rename; ``scope``:
-        what was recorded, said before the trace's name)."""
+        command's --out, already in place, named by the error of a failed export or rename, or
+        ``done``: what the command wrote, in words; ``scope``: what was recorded, said before the
+        trace's name)."""
         if self.prof is None:
             return
-        self.stop()
+        done = done or f"the explanations were written to --out {written!r}"
+        self.stop(done)
         try:
             os.replace(self.tmp, self.path)
         except OSError as exc:
-            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc}); the explanations "
-                             f"were written to --out {written!r}, the trace was not") from None
+            raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc}); {done}, the trace "
+                             "was not") from None
         self.tmp = None
         took = ", ".join(f"{k[len('dcam.'):]} {v:.2f} s" for k, v in self.took.items())
         common.log(f"profile: {took or 'no dcam stage ran'}; {scope + '; ' if scope else ''}trace written to "
                    f"{self.path}", self.quiet)
+
+    def commit_window(self, window: "BatchWindow", done: str) -> None:
+        """:meth:`commit` of a trace of ``window``'s items (``done``: what the command wrote, in words), or a
+        line saying there was none: a command of a single item past its first (a data set that ran short)."""
+        if self.path is None:
+            return
+        if self.started:
+            self.commit("", window.scope, done)
+        else:
+            common.log(f"profile: no {window.unit[0]} past the first (a warm-up) was run; no trace written to "
+                       f"{self.path}", self.quiet)
 
     def __exit__(self, kind, exc, tb) -> None:
         self.end_recording()  # (an error before stop(): the profiler is switched off all the same)
@@ -157,30 +201,54 @@ def check_trace_path(path: Optional[str], out: str, out_is: str, inputs, overwri
 
 def rank_path(path: str, rank: int) -> str:
     """The trace file of ``rank`` of a torchrun job (each rank profiles its own process): ``path`` for
-    rank 0, else ``.rank<rank>`` before its extension (trace.json, trace.rank1.json)."""
+    rank 0, else ``.rank<rank>`` before its extension (trace.json, trace.rank1.json), before both of a
+    compressed one's (trace.json.gz, trace.rank1.json.gz: not trace.json.rank1.gz)."""
     if rank == 0:
         return path
-    stem, ext = os.path.splitext(path)
-    return f"{stem}.rank{rank}{ext}"
+    gz = ".gz" if path.endswith(".gz") else ""
+    stem, ext = os.path.splitext(path[:len(path) - len(gz)])
+    return f"{stem}.rank{rank}{ext}{gz}"
 
 
 class BatchWindow:
-    """Which batches of a rank's share ``dcam run --profile`` records: ``count`` of them from the
-    second (the first is a warm-up: kernel compilation and the allocator's growth would dominate
-    a profile of it), the only one of a share of one. Called by the run as batch ``i`` of ``n``
-    begins, and with ``i == n`` when all have ended."""
+    """Which items of a long command ``--profile`` records: ``count`` of them from the second (the
+    first is a warm-up: kernel compilation, the allocator's growth and the one-time checks would
+    dominate a profile of it), the only one of a command of one. Called as item ``i`` of ``n``
+    begins (again for the same ``i`` when an item is replaced: its recording goes on), and with
+    ``i == n`` when all have ended (``n``: the items there were, when fewer than announced).
+    ``unit``: the items' name, singular and plural (``dcam run``: its batches). ``export``: export
+    the trace (:meth:`TraceWriter.stop`) as the window closes, not at the commit: ``dcam eval``'s
+    output is written by the library at its end, so a failed export (disk full) or a Ctrl-C in
+    one (seconds for a long trace) after it would find --out written, said "nothing was written",
+    or left it without the trace the command was asked for."""
 
-    def __init__(self, trace: TraceWriter, count: int):
-        self.trace, self.count, self.scope = trace, count, ""
+    def __init__(self, trace: TraceWriter, count: int, unit=("batch", "batches"), export: bool = False):
+        self.trace, self.count, self.unit, self.export = trace, count, unit, export
+        self.began = self.ended = self.total = None
 
     def __call__(self, i: int, n: int) -> None:
         first = 1 if n > 1 else 0
         end = min(n, first + self.count)
-        if i == first and i < end:
+        if i == first and i < end and self.began is None:
             self.trace.start()
-            self.scope = f"batch {first + 1} of {n}" if end == first + 1 else f"batches {first + 1}-{end} of {n}"
-        elif i == end:
-            self.trace.end_recording()
+            self.began, self.total = first, n
+        elif i == end and self.began is not None and self.ended is None:
+            self.ended, self.total = end, n
+            if self.export:
+                self.trace.stop()
+            else:
+                self.trace.end_recording()
+
+    @property
+    def scope(self) -> str:
+        """The items recorded, in words ("batches 2-3 of 7"); "" when none was."""
+        if self.began is None:
+            return ""
+        last = self.ended if self.ended is not None else self.began + 1
+        if last == self.began + 1:
+            return f"{self.unit[0]} {self.began + 1} of {self.total}"
+        return f"{self.unit[1]} {self.began + 1}-{last} of {self.total}"
 
 
-__all__ = ["BatchWindow", "TraceWriter", "add_profile_option", "check_trace_path", "rank_path", "stage_seconds"]
+__all__ = ["BatchWindow", "TRACE_SIZE_HELP", "TraceWriter", "add_profile_option", "add_window_option",
+           "check_trace_path", "rank_path", "stage_seconds", "window_size"]

@@ -18,6 +18,7 @@ import sys
 
 from ..errors import InputError, one_line
 from . import common
+from .profile import TRACE_SIZE_HELP
 
 
 def add_parser(sub) -> None:
@@ -53,11 +54,12 @@ def add_parser(sub) -> None:
                         "named range: dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) once the run is "
                         "written, and print each stage's own seconds in them; a run that fails or is interrupted "
                         "leaves none. Under torchrun each rank writes its own: FILE for rank 0, FILE with .rankN "
-                        "before its extension for rank N (trace.json, trace.rank1.json). An existing FILE is "
+                        "before its extension for rank N (trace.json, trace.rank1.json; trace.json.gz, trace.rank1.json.gz). An "
+                        "existing FILE is "
                         "replaced only with --overwrite, as in dcam explain (one option replaces what exists, in "
                         "every command, and a rerun does not lose the last session's profile unasked); here "
-                        "--overwrite also starts the run over, so name a new FILE to profile a resumed run "
-                        "(default: no profile)")
+                        "--overwrite also starts the run over, so name a new FILE to profile a resumed run; "
+                        f"{TRACE_SIZE_HELP} (default: no profile)")
     p.add_argument("--profile-batches", type=common.positive_int, default=None, metavar="K",
                    help="batches of each rank's share that --profile records, from its second: the first is a "
                         "warm-up, whose first-call costs (kernel compilation, the allocator's growth) would "

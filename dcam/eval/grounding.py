@@ -10,7 +10,7 @@ of object words whose map is grounded is reported, next to what a uniform map
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -87,7 +87,8 @@ def grounding_samples(n: int = 50, split: str = "test", min_objects: int = 2, im
 def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[Sequence[str]] = None,
                      layers: Optional[Sequence[int]] = None, method: str = "diffusion-cam",
                      target_score: Optional[str] = None, config=None, progress: bool = True,
-                     variants: bool = False, split: str = "test") -> dict:
+                     variants: bool = False, split: str = "test",
+                     on_image: Optional[Callable[[int, int], None]] = None) -> dict:
     """Grounding rate of the maps on grounded-shapes test images.
 
     On the first ``n`` images of ``split`` (test by default; validation: "val")
@@ -107,6 +108,9 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
     ``"grad-norm"`` (``||G_t[n]||``, the per-token gradient norm) and
     ``"layercam"`` (``mean_d relu(relu(G_t[n, d]) * A[n, d])``, element-wise
     weighting instead of the per-channel mean over tokens).
+
+    on_image: called with ``(k, n)`` as image ``k`` (from 0) of ``n`` begins its settings, and with
+    ``(n, n)`` once every image is done (``dcam grounding --profile`` records a window of the images).
     """
     from ..errors import InputError, positive_int
     from ..explain import Explainer
@@ -148,11 +152,15 @@ def grounding_report(model=None, processor=None, n: int = 50, probes: Optional[S
     image_size = int(getattr(model.config, "image_size", 64))
     with tqdm(total=n * len(settings), desc="grounding", unit="explanation", file=sys.stderr,
               disable=not progress) as bar:
-        for s in iter_grounding_samples(n, split=split, image_size=image_size):
+        for k, s in enumerate(iter_grounding_samples(n, split=split, image_size=image_size)):
+            if on_image is not None:
+                on_image(k, n)
             _add_baselines(s, counts)
             for (probe, layer), exp in settings.items():
                 _score_image(exp, s, probe, target_score, variants, tallies[probe, layer])
                 bar.update(1)
+    if on_image is not None:
+        on_image(counts["n_images"], counts["n_images"])
     return _report(counts, tallies, variants, split=split, method=method, target_score=target_score,
                    default_layer=exp0.layer, config_changes=exp0.config.changes())
 

@@ -63,15 +63,10 @@ def ablation_configs(config: Optional[CamConfig] = None) -> Dict[str, CamConfig]
     c = config or CamConfig()
     sicd_on = c.sicd if c.sicd != "off" else "reference"
     off = c.replace(akd=False, dacg=False, cba=False, sicd="off")
-    return {
-        "baseline": off,
-        "+AKD": off.replace(akd=True),
-        "+DACG": off.replace(dacg=True),
-        "+CBA": off.replace(cba=True),
-        "+SICD": off.replace(sicd="reference"),
-        "full": c.replace(akd=True, dacg=True, cba=True, sicd="reference" if sicd_on == "context" else sicd_on),
-        "full (SICD context)": c.replace(akd=True, dacg=True, cba=True, sicd="context"),
-    }
+    return {"baseline": off, "+AKD": off.replace(akd=True), "+DACG": off.replace(dacg=True),
+            "+CBA": off.replace(cba=True), "+SICD": off.replace(sicd="reference"),
+            "full": c.replace(akd=True, dacg=True, cba=True, sicd="reference" if sicd_on == "context" else sicd_on),
+            "full (SICD context)": c.replace(akd=True, dacg=True, cba=True, sicd="context")}
 
 
 class _Scorer:
@@ -349,7 +344,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
              sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
              faith_steps: int = 10, faith_fill: Union[str, Sequence[float]] = "mean", batch_size: int = 16,
              n_examples: int = 4, seed: int = 0, image_size: int = 64, verbose: bool = False,
-             family: Optional[str] = None, overwrite: bool = False) -> dict:
+             family: Optional[str] = None, overwrite: bool = False,
+             on_record: Optional[Callable[[int, Optional[int]], None]] = None) -> dict:
     """Evaluate CAM methods on a grounded data set; see the module docstring.
 
     model_or_factory, processor: a model and its processor, or an explainer
@@ -368,6 +364,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     config: the Diffusion-CAM config (None: the model's default,
         :meth:`~dcam.probe.ModelAdapter.default_config`; it is resolved once
         and shared by every method, ablation row and sweep cell).
+    on_record: called with ``(k, n)`` as the comparison's evaluated record ``k`` (from 0) begins (again when it
+        is replaced), then with ``(done, done)`` (``dcam eval --profile`` records a window of the records).
     Returns the report dict (also written to ``out_dir/report.json``).
     """
     t0 = time.time()
@@ -391,7 +389,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
             factory("diffusion-cam", cmp.cfg, lay)
         except InputError as exc:
             raise InputError(f"sweep_layers: {one_line(str(exc))}") from None
-    _compare(cmp, records, n, ds_name, t0, verbose)
+    _compare(cmp, records, n, ds_name, t0, verbose, on_record or (lambda k, n: None))
     skipped = list(getattr(ds, "skipped", [])) + cmp.skipped
     if cmp.done == 0:
         raise InputError(f"dataset: no record of {ds_name} could be evaluated"
@@ -422,15 +420,17 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
 
 
 def _compare(cmp: _Comparison, records: Iterable[EvalRecord], n: Optional[int], ds_name: str, t0: float,
-             verbose: bool) -> None:
+             verbose: bool, on_record: Callable[[int, Optional[int]], None]) -> None:
     """Every method on ``records`` until ``n`` are evaluated (a record that fails is replaced by the next)."""
     for rec in records:
         if n is not None and cmp.done >= n:
             break
+        on_record(cmp.done, n)
         before = cmp.done
         cmp.add(rec, ds_name)
         if cmp.done != before and cmp.done % 10 == 0:
             _log(f"{cmp.done} records ({time.time() - t0:.0f}s)", verbose)
+    on_record(cmp.done, cmp.done)
 
 
 def _write(report: dict, out_dir: str, overwrite: bool, cmp: _Comparison) -> dict:

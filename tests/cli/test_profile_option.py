@@ -259,3 +259,48 @@ def test_rank_path_puts_the_rank_before_the_extension():
     assert rank_path("trace.json", 1) == "trace.rank1.json"
     assert rank_path("out/v1.2/trace.json", 12) == "out/v1.2/trace.rank12.json"
     assert rank_path("trace", 3) == "trace.rank3"
+
+
+def test_rank_path_puts_the_rank_before_both_extensions_of_a_compressed_trace():
+    from dcam.cli.profile import rank_path
+
+    assert rank_path("trace.json.gz", 0) == "trace.json.gz"
+    assert rank_path("trace.json.gz", 1) == "trace.rank1.json.gz"  # (not trace.json.rank1.gz)
+    assert rank_path("out/v1.2/t.gz", 2) == "out/v1.2/t.rank2.gz"
+
+
+# ------------------------------------------------------------------ --profile FILE.gz
+
+def _gzip_trace_names(path):
+    """The events' names of a gzip-compressed Chrome trace (a plain JSON named .gz fails here: gzip's magic
+    bytes first)."""
+    import gzip
+
+    with open(path, "rb") as f:
+        assert f.read(2) == b"\x1f\x8b", "not gzip"
+    with gzip.open(path, "rt") as f:
+        return collections.Counter(ev.get("name") for ev in json.load(f)["traceEvents"])
+
+
+def test_cli_profile_gz_writes_a_compressed_trace(cli, tmp_path, tiny_model_dir, shapes_png):
+    trace, out = tmp_path / "t.json.gz", tmp_path / "o"
+    rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE, "--chunk-size", 2,
+                     "--out", out, "--profile", trace)
+    assert rc == 0
+    names = _gzip_trace_names(trace)
+    assert names["dcam.forward"] == 1 and names["dcam.backward"] == 4 and names["dcam.maps"] == 1  # as uncompressed
+    said = [line for line in err if line.startswith("[dcam] profile: ")]
+    assert len(said) == 1 and said[0].endswith(f"trace written to {trace}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "t.json.gz"]  # no temporary file
+
+
+def test_cli_run_profile_gz_writes_a_compressed_trace(cli, tmp_path, tiny_model_dir, shapes_png, monkeypatch):
+    manifest = _manifest(tmp_path, shapes_png, 3)
+    forwards = _count_forwards(monkeypatch)
+    trace = tmp_path / "t.json.gz"
+    rc, _, err = cli("run", manifest, "--model", tiny_model_dir, "--out", tmp_path / "run", "--batch-size", 1,
+                     "--profile", trace, "--profile-batches", 1)
+    assert rc == 0 and forwards == [1, 1, 1]
+    assert _gzip_trace_names(trace)["dcam.forward"] == 1  # batch 2 of 3
+    assert any(line.endswith(f"; batch 2 of 3; trace written to {trace}") for line in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl", "run", "t.json.gz"]
