@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
                    help="also score diagnostic maps from the same probe (raw pooled map, gradient norm, LayerCAM)")
     add_profile_option(p, "--profile-images images (each explained once per probe mode and layer)")
     add_window_option(p, "--profile-images", "images", "each setting's first explanation and one-time checks",
-                      "--n 1")
+                      "--n 1", "Each adds about 14 MB of uncompressed trace with the bundled toy model's 9 "
+                      "settings (all 50 of --n's default: 0.7 GB)")
     common.add_model_options(p)
     common.add_run_options(p)
     p.set_defaults(run=run, command="grounding")

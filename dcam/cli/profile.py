@@ -19,9 +19,10 @@ from . import common
 
 #: what --profile's help says of a trace's size and of a ".gz" name (measured on the bundled toy model:
 #: README's profiling paragraph)
-TRACE_SIZE_HELP = ("a FILE ending in .gz (trace.json.gz) is written gzip-compressed, about 15 times smaller, and "
-                   "opens as it is; uncompressed, a trace takes about 1.5 MB per explanation of the bundled toy "
-                   "model's 7-word caption, more for longer responses and larger models")
+TRACE_SIZE_HELP = ("a FILE ending in .gz (trace.json.gz) is written gzip-compressed, about 15 times smaller "
+                   "(ui.perfetto.dev opens it as it is); uncompressed, a trace holds 1.5-3 MB per explanation of a "
+                   "given response by the bundled toy model, about 7 MB when the model writes the response (its "
+                   "generation is traced too), more for larger models")
 
 
 def add_profile_option(p, recorded: str = "the explanations") -> None:
@@ -33,14 +34,14 @@ def add_profile_option(p, recorded: str = "the explanations") -> None:
                         f"time; {TRACE_SIZE_HELP} (default: no profile)")
 
 
-def add_window_option(p, flag: str, units: str, warm_up: str, single: str) -> None:
+def add_window_option(p, flag: str, units: str, warm_up: str, single: str, size: str) -> None:
     """The option saying how many ``units`` (images, records) of a long command ``--profile`` records, from
-    the second (``warm_up``: what the first one does once; ``single``: the options that ask for one item);
-    :class:`BatchWindow` records them."""
+    the second (``warm_up``: what the first one does once; ``single``: the options that ask for one item;
+    ``size``: what one adds to the trace); :class:`BatchWindow` records them."""
     p.add_argument(flag, type=common.positive_int, default=None, metavar="K",
                    help=f"{units} that --profile records, from the second: the first is a warm-up ({warm_up}), "
                         f"whose first-call costs would dominate a profile of it; with {single} that one is recorded. "
-                        "A trace of every one of the default's would run to hundreds of megabytes (default: 2)")
+                        f"{size} (default: 2)")
 
 
 def window_size(value: Optional[int], flag: str, units: str, profile: Optional[str]) -> int:
@@ -136,6 +137,8 @@ class TraceWriter:
         """End the recording and export it to a temporary file beside ``path``, whose name ends as
         ``path``'s does in ".gz" when it does (torch compresses a trace by the name it writes to).
         ``done``: what the command has written already, said by the error of a failed export."""
+        from ..output import _umask
+
         if self.prof is None or self.tmp is not None:
             return
         self.end_recording()
@@ -144,6 +147,9 @@ class TraceWriter:
             fd, self.tmp = tempfile.mkstemp(prefix=".dcam-", suffix=suffix, dir=os.path.dirname(self.path))
             os.close(fd)
             self.prof.export_chrome_trace(self.tmp)
+            # a file's usual mode: torch gzips into the file mkstemp made (0600: a trace.json.gz others could
+            # not read, where its trace.json was 0644), and writes a plain trace as a new one
+            os.chmod(self.tmp, 0o666 & ~_umask())
         except OSError as exc:
             raise InputError(f"--profile: cannot write {self.path!r} ({exc.strerror or exc})"
                              f"{'; ' + done + ', the trace was not' if done else ''}") from None

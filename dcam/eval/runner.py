@@ -344,8 +344,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
              sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
              faith_steps: int = 10, faith_fill: Union[str, Sequence[float]] = "mean", batch_size: int = 16,
              n_examples: int = 4, seed: int = 0, image_size: int = 64, verbose: bool = False,
-             family: Optional[str] = None, overwrite: bool = False,
-             on_record: Optional[Callable[[int, Optional[int]], None]] = None) -> dict:
+             family: Optional[str] = None, overwrite: bool = False, on_record: Optional[Callable] = None) -> dict:
     """Evaluate CAM methods on a grounded data set; see the module docstring.
 
     model_or_factory, processor: a model and its processor, or an explainer
@@ -364,8 +363,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     config: the Diffusion-CAM config (None: the model's default,
         :meth:`~dcam.probe.ModelAdapter.default_config`; it is resolved once
         and shared by every method, ablation row and sweep cell).
-    on_record: called with ``(k, n)`` as the comparison's evaluated record ``k`` (from 0) begins (again when it
-        is replaced), then with ``(done, done)`` (``dcam eval --profile`` records a window of the records).
+    on_record: ``f(k, n)`` as evaluated record ``k`` (from 0) of the comparison begins, then ``f(done, done)``.
     Returns the report dict (also written to ``out_dir/report.json``).
     """
     t0 = time.time()

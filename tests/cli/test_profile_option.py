@@ -2,6 +2,8 @@
 stage's seconds, nothing on stderr with --quiet, and bad paths refused before anything runs."""
 import collections
 import json
+import os
+import stat
 
 from dcam.profiling import STAGES
 
@@ -292,6 +294,10 @@ def test_cli_profile_gz_writes_a_compressed_trace(cli, tmp_path, tiny_model_dir,
     said = [line for line in err if line.startswith("[dcam] profile: ")]
     assert len(said) == 1 and said[0].endswith(f"trace written to {trace}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "t.json.gz"]  # no temporary file
+    # a file's usual mode, as an uncompressed trace has (not the 0600 of the temporary file it was gzipped into)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(trace).st_mode) == 0o666 & ~mask
 
 
 def test_cli_run_profile_gz_writes_a_compressed_trace(cli, tmp_path, tiny_model_dir, shapes_png, monkeypatch):
