@@ -251,6 +251,8 @@ class BatchWindow:
         if self.began is None:
             return ""
         last = self.ended if self.ended is not None else self.began + 1
+        if last <= self.began:  # (the data ran out while the window's first item was replaced)
+            return f"the {self.unit[0]} after the first, not completed"
         if last == self.began + 1:
             return f"{self.unit[0]} {self.began + 1} of {self.total}"
         return f"{self.unit[1]} {self.began + 1}-{last} of {self.total}"

@@ -229,3 +229,23 @@ def test_every_profile_option_says_a_gz_name_compresses_it():
         action = next(a for a in subs[name]._actions if "--profile" in a.option_strings)
         assert ".gz" in action.help and "gzip-compressed" in action.help and "MB per explanation" in action.help
         assert action.help.endswith("(default: no profile)")
+
+
+def test_the_window_says_which_items_it_recorded():
+    # the calls evaluate() and grounding_report() make: (k, n) as item k begins (again when it is replaced),
+    # then (done, done); worked out by hand from "count items from the second"
+    from dcam.cli.profile import BatchWindow, TraceWriter
+
+    def scope(calls, count=2):
+        window = BatchWindow(TraceWriter(None, quiet=True), count, ("record", "records"))
+        for i, n in calls:
+            window(i, n)
+        return window.scope
+
+    assert scope([(0, 5), (1, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]) == "records 2-3 of 5"  # 1 replaced
+    assert scope([(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)], count=1) == "record 2 of 5"
+    assert scope([(0, 1), (1, 1)]) == "record 1 of 1"  # a command of one records that one
+    assert scope([(0, 3), (1, 3), (2, 3), (3, 3)], count=9) == "records 2-3 of 3"
+    assert scope([(0, 200), (1, 200), (2, 200), (2, 2)]) == "record 2 of 2"  # the data ran out after 2
+    assert scope([(0, 200), (1, 200), (1, 1)]) == "the record after the first, not completed"
+    assert scope([(0, 200), (1, 1)]) == ""  # nothing past the warm-up
