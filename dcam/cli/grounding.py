@@ -49,7 +49,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..eval.grounding import format_grounding, grounding_report
     from ..output import check_output_file, write_text_atomic
     from .profile import BatchWindow, TraceWriter, window_size
 
@@ -59,6 +58,10 @@ def run(args) -> int:
     if trace is not None and json_path is not None and os.path.realpath(trace) == os.path.realpath(json_path):
         raise InputError(f"--profile: {args.profile!r} is the --json file too; choose another file for one of them")
     images = window_size(args.profile_images, "--profile-images", "images", args.profile)
+    # (imported after the checks: it loads the evaluation stack, seconds on a busy machine, and a refused
+    # --json answered only after them)
+    from ..eval.grounding import format_grounding, grounding_report
+
     common.apply_run_options(args)
     model, processor = common.load_model_for(args)
     config = common.cam_config_for(model, processor, args.cam)
