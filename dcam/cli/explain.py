@@ -171,7 +171,10 @@ def report(e, folder: str) -> None:
     print(f"response: {e.response}")
     for note in e.notes:
         print(f"note: {note}")
-    n, phrases = len(e), sum(1 for t in e.tokens if " " in t.strip())  # (a phrase's words ran into the next item's)
+    # a phrase: an item of several tokens whose text holds a space (a one-token item with one, the "<id N>" of
+    # an id the tokenizer cannot spell, counted as a phrase); it is listed with commas, its words ran into the next
+    n = len(e)
+    phrases = sum(1 for t, slots in zip(e.tokens, e.pieces) if len(slots) > 1 and " " in t.strip())
     what = (f"{n} word{'s' if n != 1 else ''}" if not phrases else
             f"{n} target{'s' if n != 1 else ''} ({phrases} phrase{'s' if phrases != 1 else ''})")
     layer = f", layer {e.layer}" if e.meta()["layer"] is not None else ""  # (tam hooks no layer: it said "layer 0")
