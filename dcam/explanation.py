@@ -171,7 +171,10 @@ class Explanation:
         if view is None or (view == self.view and view not in self.view_maps):
             return self.maps, self.box, self.cells
         if view not in self.view_maps:
-            have = ", ".join(sorted(self.view_maps)) or "none: explain with view='all' for every view's maps"
+            # (a model with one view: view="all" keeps no view maps, its one view's are .maps; the message told
+            # a caller who had passed view="all" to pass it)
+            have = ", ".join(sorted(self.view_maps)) or \
+                "none: it holds one view's maps, .maps; view='all' keeps each view's where the model has several"
             raise InputError(f"view: {view!r} is not among this explanation's views ({have})")
         box = self.view_boxes.get(view, self.box if view == self.view else None)
         if box is None and placed:  # (a save of a dcam that kept the explained view's box alone)

@@ -586,3 +586,15 @@ def test_load_takes_the_rounding_save_takes_at_both_ends(toy, sample, tmp_path):
         (folder / "meta.json").write_text(json.dumps(meta))
         with pytest.raises(InputError, match=r"maps.safetensors: maps holds values outside \[0, 1\]$"):
             load_explanation(str(folder))
+
+
+def test_a_view_of_a_one_view_explanation_is_refused_without_telling_to_pass_view_all(toy, sample):
+    # the bundled model has one view: view="all" keeps no view maps, and the refusal of a view told the caller,
+    # who had passed view="all", to pass it
+    e = Explainer(*toy, view="all").explain(sample.image, steps=4)
+    assert e.view_maps == {}
+    with pytest.raises(InputError) as info:
+        e.map(0, view="highres")
+    assert str(info.value) == ("view: 'highres' is not among this explanation's views (none: it holds one view's "
+                               "maps, .maps; view='all' keeps each view's where the model has several)")
+    assert "view='all' for every" not in str(info.value)
