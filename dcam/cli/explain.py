@@ -1,7 +1,7 @@
 """dcam explain IMAGE [IMAGE | DIR ...]: explain every word (or --tokens) the model writes about each image.
 
-One image: its files go straight into --out. Several images (or folders of
-images): each into its own subfolder of --out, one progress bar, a summary
+One image file: its files go straight into --out. Several images (or a folder,
+even of one image): each into its own subfolder of --out, one progress bar, a summary
 line; an image that fails is reported and skipped, and the command exits with
 code 2 at the end if any failed (after the others are done). --out is written
 whole or not at all: a failure or Ctrl-C leaves the old folder untouched.
@@ -212,7 +212,9 @@ def run(args) -> int:
     # the trace is exported before --out is written and put in place after it: a failure or Ctrl-C
     # in between leaves neither half (--out was written and then reported as not written)
     with TraceWriter(trace, args.quiet) as profile:
-        if len(inputs) != 1:
+        # a folder is "several images" however many it holds: a script's DIR gets one layout (one image in it
+        # was written flat into --out, two into subfolders)
+        if len(inputs) != 1 or any(os.path.isdir(p) for p in args.images):
             return _run_many(exp, inputs, args, background, target, profile)
         e = _explain_one(exp, inputs[0], args, background)
         profile.stop()

@@ -187,3 +187,18 @@ def test_a_failed_image_whose_name_holds_a_newline_is_one_line(cli, tiny_model_d
     last = stdout.splitlines()[-1]
     assert "\\nline.png" in err[0] and last.startswith("explained 1 of 2 images (")
     assert last.endswith(f" words) into {out!r}; 1 failed") and sorted(os.listdir(out)) == ["images.json", "ok"]
+
+
+def test_a_folder_of_one_image_gets_the_layout_of_several(cli, tiny_model_dir, shapes_png, tmp_path):
+    # the help: "Several images (or folders of images): each into its own subfolder"; a folder holding one image
+    # was written flat into --out, so a script's `dcam explain DIR` got one layout or the other by the count
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.open(shapes_png).save(folder / "s5.png")
+    rc, _, err = cli("explain", folder, "--model", tiny_model_dir, "--tokens", "0", "--out", tmp_path / "o",
+                     "--quiet")
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path / "o")) == ["images.json", "s5"]
+    _whole(tmp_path / "o" / "s5")
+    listing = json.load(open(tmp_path / "o" / "images.json"))
+    assert [os.path.basename(x["image"]) for x in listing] == ["s5.png"]
