@@ -70,8 +70,9 @@ def add_parser(sub) -> None:
                    help=f"'mean' (the image's mean colour) or R,G,B for blanked cells (default: {d['faith_fill']})")
     p.add_argument("--examples", type=common.non_negative_int, default=4, help="example sheets to write")
     p.add_argument("--batch-size", type=common.positive_int, default=16, help="perturbed images per forward")
-    p.add_argument("--image-size", type=common.positive_int, default=None,
-                   help="shapes image size in pixels (default: 64)")
+    # (the smallest side dcam.zoo.data.generate_sample draws a scene on; checked there too, for the Python API)
+    p.add_argument("--image-size", type=common.int_at_least(32), default=None,
+                   help="side of the generated shapes images in pixels, at least 32 (default: 64)")
     p.add_argument("--seed", type=common.non_negative_int, default=0, help="seed of the random faithfulness baseline")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=common.cam_help())
     add_profile_option(p, "--profile-records records of the comparison (each explained by every method, with "

@@ -183,7 +183,10 @@ def test_eval_errors_name_the_option(cli, error_line, tiny_model_dir, tmp_path):
     (tmp_path / "tam" / "anno.json").write_text("{}")
     model = ["--model", tiny_model_dir, "--n", "2"]
     cases = [(["--split", "nope"], "--split: must be one of ['test', 'train', 'val'], got 'nope'"),
-             (["--image-size", "7"], "--image-size: must be an int >= 32, got 7"),
+             # (one check, argparse's, with the bound the help states: 0 and 7 were refused by two checks
+             # naming two bounds)
+             (["--image-size", "7"], "argument --image-size: expected an int >= 32, got 7"),
+             (["--image-size", "0"], "argument --image-size: expected an int >= 32, got 0"),
              (["--methods", "nope,tam"], "--methods: unknown method(s) 'nope'; available: diffusion-cam, grad-cam, "
                                          "llava-cam, tam"),
              (["--methods", ","], "--methods: none given; available: diffusion-cam, grad-cam, llava-cam, tam"),
