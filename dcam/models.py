@@ -320,7 +320,14 @@ def missing_package(exc: ImportError, model_dir: str) -> Optional[InputError]:
     by = str(importer).split(".")[0] if importer else None
     return InputError(f"model: loading {model_dir!r} needs the Python package {top!r}, which is not installed"
                       + (f" ({by} imports it)" if by and by not in ("__main__", top) else "")
-                      + f": pip install {top}")
+                      + f": pip install {PIP_NAMES.get(top, top)}")
+
+
+#: modules whose package on PyPI has another name (``pip install cv2`` finds nothing), among those model code
+#: imports; any other module is installed under its own name
+PIP_NAMES = {"cv2": "opencv-python", "sklearn": "scikit-learn", "skimage": "scikit-image", "yaml": "pyyaml",
+             "PIL": "pillow", "open_clip": "open_clip_torch", "flash_attn": "flash-attn", "bs4": "beautifulsoup4",
+             "Crypto": "pycryptodome", "attr": "attrs", "dateutil": "python-dateutil"}
 
 
 def _load_llava(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):

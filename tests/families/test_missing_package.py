@@ -72,6 +72,19 @@ def test_a_package_accelerate_imports_while_loading_is_named_with_its_pip_comman
                                "installed (accelerate imports it): pip install psutil")
 
 
+@pytest.mark.parametrize("module, package", [("cv2", "opencv-python"), ("sklearn", "scikit-learn"),
+                                             ("yaml", "pyyaml"), ("open_clip", "open_clip_torch"),
+                                             ("dcam_no_such_module_x", "dcam_no_such_module_x")])
+def test_the_pip_command_names_the_package_that_provides_the_module(folder, monkeypatch, module, package):
+    # "pip install cv2" finds nothing on PyPI: OpenCV's module is installed by opencv-python (and so on)
+    monkeypatch.setitem(sys.modules, module, None)  # (not importable, whether or not it is installed here)
+    ckpt = folder(f"import {module}")
+    with pytest.raises(InputError) as info:
+        load_model(ckpt, device="cpu")
+    assert str(info.value).endswith(f"needs the Python package {module!r}, which is not installed (llava imports "
+                                    f"it): pip install {package}")
+
+
 def test_the_cli_says_it_in_one_line_with_exit_code_2(folder, tmp_path, capsys):
     from PIL import Image
 
