@@ -126,6 +126,15 @@ class RunRecord:
         return {view: tuple(b) for view, b in (self.entry.get("view_boxes") or {}).items()}
 
     @property
+    def view_cells(self) -> Dict[str, "object"]:
+        """Where the columns and rows of each view's stitched map lie in its box (view name ->
+        :class:`dcam.render.cells.Cells`) for the views that have them, when the run explained ``view="all"``;
+        a view without an entry is drawn evenly over its box."""
+        from ..render.cells import Cells
+
+        return {view: Cells(tuple(c["x"]), tuple(c["y"])) for view, c in (self.entry.get("view_cells") or {}).items()}
+
+    @property
     def view_maps(self) -> Dict[str, "object"]:
         """Every view's maps (view name -> float32 ``[T, h, w]``) when the run explained
         ``view="all"``, else ``{}``; read from the shard on each use."""

@@ -83,3 +83,26 @@ def test_explanation_and_run_records_carry_the_cells():
     even = dataclasses.replace(e, cells=None)
     assert "cells" not in explanation_record(even) and "cells" not in index_entry(rec, even, None)
     assert isinstance(e.cells, Cells)
+
+
+def test_load_run_gives_each_views_cells(tmp_path):
+    # a --view all run's index keeps view_cells beside view_boxes; load_run gave the boxes alone, so a reader
+    # placing the highres map by its box drew it evenly (up to 0.21 of a cell off on 2 tiles a side)
+    from safetensors.torch import save_file
+
+    folder = str(tmp_path / "run")
+    os.makedirs(os.path.join(folder, "shards"))
+    save_file({"r000000": torch.zeros(1, 8, 8), "r000000.view.highres": torch.zeros(1, 8, 8),
+               "r000000.view.base": torch.zeros(1, 4, 4)}, os.path.join(folder, "shards", "a.safetensors"))
+    entry = {"id": "r0", "n": 0, "where": "line 1", "image": "img.png", "image_size": [72, 72], "prompt": None,
+             "response": "circle", "tokens": ["circle"], "word_numbers": [0], "grid": [8, 8], "stats": {},
+             "steps": 1, "shard": "shards/a.safetensors", "key": "r000000", "part": "x", "maps_shape": [1, 8, 8],
+             "box": BOX, "cells": {"x": CENTRES, "y": CENTRES}, "view": "highres",
+             "view_shapes": {"highres": [1, 8, 8], "base": [1, 4, 4]},
+             "view_boxes": {"highres": BOX, "base": [0.0, 0.0, 1.0, 1.0]},
+             "view_cells": {"highres": {"x": CENTRES, "y": CENTRES}}}
+    with open(os.path.join(folder, "index.jsonl"), "w") as f:
+        f.write(json.dumps(entry) + "\n")
+    r = next(iter(dcam.load_run(folder)))
+    assert r.view_cells == {"highres": (tuple(CENTRES), tuple(CENTRES))}  # the base view: evenly, no entry
+    assert r.view_boxes == {"highres": tuple(BOX), "base": (0.0, 0.0, 1.0, 1.0)}
