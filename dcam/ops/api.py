@@ -46,10 +46,7 @@ from .config import CamConfig
 from . import validation as V
 from .backends import check_backend as _check_backend, cpp_backend, triton_backend
 
-#: sizes the C++ kernels index with 32-bit offsets (csrc: dcam_pool_* refuse D > 2**24, dcam_refine
-#: h * w >= 2**27); the PyTorch reference and Triton have no such limit
-CPP_MAX_HIDDEN = 2 ** 24
-CPP_MAX_CELLS = 2 ** 27 - 1
+from .validation import CPP_MAX_CELLS, CPP_MAX_HIDDEN  # (the sizes the C++ kernels take; the ops check them too)
 
 
 def check_backend(backend: str, device, hidden: Optional[int] = None, cells: Optional[int] = None,

@@ -53,7 +53,7 @@ from torch import Tensor
 from . import reference
 from .backends import cpp_backend, triton_backend
 from ..errors import InputError, warn_at_caller
-from .validation import NOT_DIFFERENTIABLE, nonfinite_flag
+from .validation import NOT_DIFFERENTIABLE, check_cpp_sizes, check_op_args, nonfinite_flag
 
 PoolOut = Tuple[Tensor, Tensor, Tensor]
 RefineOut = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -128,41 +128,78 @@ _DEFINITIONS: Tuple[Tuple[str, Callable], ...] = (
      refine_reference),
 )
 
+# The outputs' shapes, as zeros: the fake kernels (shape propagation for torch.compile and export, and
+# every meta tensor), and the real outputs of a call with nothing to compute (`_NOTHING_TO_COMPUTE`).
+def _pool_outputs(acts, grads, h, w, grad_relu, check_grads):
+    B, T = grads.shape[0], grads.shape[1]
+    return (acts.new_zeros((B, T, h, w), dtype=torch.float32), acts.new_zeros((B, T), dtype=torch.bool),
+            acts.new_zeros((), dtype=torch.bool))
+
+
+def _channel_weights_outputs(grads, grad_relu, check_grads):
+    B, T, _, D = grads.shape
+    return grads.new_zeros((B, T, D), dtype=torch.float32), grads.new_zeros((), dtype=torch.bool)
+
+
+def _weighted_maps_outputs(acts, weights, h, w):
+    B, T = weights.shape[0], weights.shape[1]
+    return acts.new_zeros((B, T, h, w), dtype=torch.float32), acts.new_zeros((B, T), dtype=torch.bool)
+
+
+def _refine_outputs(raw, *rest):
+    B, T = raw.shape[0], raw.shape[1]
+    stat = lambda dt: raw.new_zeros((B, T), dtype=dt)  # noqa: E731
+    return (raw.new_zeros(raw.shape, dtype=torch.float32), stat(torch.int32), stat(torch.int32),
+            stat(torch.float32), stat(torch.float32), stat(torch.float32))
+
+
+_OUTPUTS = {"pool_gradients": _pool_outputs, "channel_weights": _channel_weights_outputs,
+            "weighted_maps": _weighted_maps_outputs, "refine": _refine_outputs}
+
+#: whether a call (its arguments checked) has empty outputs only, besides a False flag: no image, no word,
+#: or channel weights of no channel. Its zeros are returned without a kernel, the same on every device (the
+#: C++ kernel refused D = 0 channel weights, "invalid size argument", where the others gave them).
+_NOTHING_TO_COMPUTE = {
+    "pool_gradients": lambda acts, grads, *_: grads.shape[0] * grads.shape[1] == 0,
+    "channel_weights": lambda grads, *_: grads.shape[0] * grads.shape[1] * grads.shape[3] == 0,
+    "weighted_maps": lambda acts, weights, *_: weights.shape[0] * weights.shape[1] == 0,
+    "refine": lambda raw, *_: raw.shape[0] * raw.shape[1] == 0,
+}
+
+
+def _checked(op: str, kernel: Callable) -> Callable:
+    """``kernel`` of op ``op`` after the op's argument checks (:func:`~dcam.ops.validation.check_op_args`:
+    a direct call of ``torch.ops.dcam.<op>`` skips the public functions' checks). ``kernel`` is called
+    after them."""
+    nothing, outputs = _NOTHING_TO_COMPUTE[op], _OUTPUTS[op]
+
+    def run(*args):
+        check_op_args(op, args)
+        if nothing(*args):
+            return outputs(*args)
+        return kernel(*args)
+    return run
+
+
+def _fake(op: str) -> Callable:
+    """The fake kernel of ``op``: the same checks at trace time, then outputs of the right shapes."""
+    outputs = _OUTPUTS[op]
+
+    def fake(*args):
+        check_op_args(op, args)
+        return outputs(*args)
+    return fake
+
+
 #: Each op by name: (the registered op, its reference kernel).
 OPS: Dict[str, Tuple[Callable, Callable]] = {}
 for _schema, _reference in _DEFINITIONS:
     _name = _schema.split("(")[0]
     _LIB.define(_schema)
-    _LIB.impl(_name, _reference, "CompositeExplicitAutograd")
+    _LIB.impl(_name, _checked(_name, _reference), "CompositeExplicitAutograd")
     OPS[_name] = (getattr(torch.ops.dcam, _name).default, _reference)
     _LIB.impl(_name, _not_differentiable(OPS[_name][0]), "Autograd")
-
-
-@torch.library.register_fake("dcam::pool_gradients", lib=_LIB)
-def _pool_fake(acts, grads, h, w, grad_relu, check_grads):
-    B, T = grads.shape[0], grads.shape[1]
-    return (acts.new_empty((B, T, h, w), dtype=torch.float32), acts.new_empty((B, T), dtype=torch.bool),
-            acts.new_empty((), dtype=torch.bool))
-
-
-@torch.library.register_fake("dcam::channel_weights", lib=_LIB)
-def _channel_weights_fake(grads, grad_relu, check_grads):
-    B, T, _, D = grads.shape
-    return grads.new_empty((B, T, D), dtype=torch.float32), grads.new_empty((), dtype=torch.bool)
-
-
-@torch.library.register_fake("dcam::weighted_maps", lib=_LIB)
-def _weighted_maps_fake(acts, weights, h, w):
-    B, T = weights.shape[0], weights.shape[1]
-    return acts.new_empty((B, T, h, w), dtype=torch.float32), acts.new_empty((B, T), dtype=torch.bool)
-
-
-@torch.library.register_fake("dcam::refine", lib=_LIB)
-def _refine_fake(raw, *rest):
-    B, T = raw.shape[0], raw.shape[1]
-    stat = lambda dt: raw.new_empty((B, T), dtype=dt)  # noqa: E731
-    return (raw.new_empty(raw.shape, dtype=torch.float32), stat(torch.int32), stat(torch.int32),
-            stat(torch.float32), stat(torch.float32), stat(torch.float32))
+    torch.library.register_fake(f"dcam::{_name}", _fake(_name), lib=_LIB)
 
 
 # ------------------------------------------------------------------ per-device kernels
@@ -178,10 +215,11 @@ def _warn_once(key: str, text: str) -> None:
         warn_at_caller(text, RuntimeWarning)
 
 
-def _cpu_kernel(op: str) -> Callable:
-    """The C++ function of ``op`` (:mod:`dcam.ops.cpp`), or the reference when
-    the extension is not built (warned once)."""
+def _cpu_kernel(op: str, args: tuple) -> Callable:
+    """The C++ function of ``op`` (:mod:`dcam.ops.cpp`) for ``args`` (refused past the sizes it takes),
+    or the reference when the extension is not built (warned once)."""
     if cpp_backend.is_available():
+        check_cpp_sizes(op, args)
         return getattr(cpp_backend.module(), f"{op}_cpp")
     _warn_once("cpp", f"dcam: the C++ CPU backend is not available ({cpp_backend.unavailable_reason()}); "
                       "CPU tensors use the slower PyTorch reference. Reinstall dcam where a C++17 compiler with "
@@ -201,9 +239,9 @@ def _cuda_kernel(op: str) -> Callable:
     return OPS[op][1]
 
 
-for _name in OPS:  # one kernel per device, each the backend's function of the same name
-    _LIB.impl(_name, lambda *args, _n=_name: _cpu_kernel(_n)(*args), "CPU")
-    _LIB.impl(_name, lambda *args, _n=_name: _cuda_kernel(_n)(*args), "CUDA")
+for _name in OPS:  # one kernel per device, each the backend's function of the same name, after the op's checks
+    _LIB.impl(_name, _checked(_name, lambda *args, _n=_name: _cpu_kernel(_n, args)(*args)), "CPU")
+    _LIB.impl(_name, _checked(_name, lambda *args, _n=_name: _cuda_kernel(_n)(*args)), "CUDA")
 
 
 # ------------------------------------------------------------------ explicit backends

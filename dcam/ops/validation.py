@@ -75,13 +75,16 @@ def _valueless(x: Tensor) -> str:
     return ""
 
 
-def check_tensor(name: str, x, *, ranks: Sequence[int], float_only: bool = True) -> Tensor:
+def check_tensor(name: str, x, *, ranks: Sequence[int], float_only: bool = True, layout: str = "",
+                 empty_ok: bool = False) -> Tensor:
+    """``x`` a tensor of one of ``ranks`` (``layout``: the one rank's dimensions, named in the error),
+    not empty unless ``empty_ok`` (a direct op call: empty outputs, :func:`check_op_args`)."""
     if not isinstance(x, Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() not in ranks:
-        want = " or ".join(str(r) for r in ranks)
-        raise InputError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
-    if x.numel() == 0:
+        want = layout or (" or ".join(str(r) for r in ranks) + " dimensions")
+        raise InputError(f"{name} must {'be' if layout else 'have'} {want}, got shape {tuple(x.shape)}")
+    if not empty_ok and x.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
     if float_only and x.dtype not in FLOAT_DTYPES:
         raise InputError(f"{name} must be a floating-point tensor (float32/float16/bfloat16, or float64 computed "
@@ -128,15 +131,16 @@ def check_same_device(**tensors) -> torch.device:
     return first
 
 
-def check_grid(grid, n: int) -> Tuple[int, int]:
+def check_grid(grid, n: int, name: str = "grid") -> Tuple[int, int]:
+    """(h, w) ints >= 1 with h * w == n (a traced op's SymInts too: the check then guards on them)."""
     if (not isinstance(grid, (tuple, list)) or len(grid) != 2
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in grid)):
-        raise InputError(f"grid must be a pair of ints (h, w), got {grid!r}")
-    h, w = int(grid[0]), int(grid[1])
+            or not all(isinstance(v, (numbers.Integral, torch.SymInt)) and not isinstance(v, bool) for v in grid)):
+        raise InputError(f"{name} must be a pair of ints (h, w), got {grid!r}")
+    h, w = (v if isinstance(v, torch.SymInt) else int(v) for v in grid)
     if h < 1 or w < 1:
-        raise InputError(f"grid must be positive, got {grid!r}")
+        raise InputError(f"{name} must be positive, got {tuple(grid)!r}")
     if h * w != n:
-        raise InputError(f"grid {h}x{w} = {h * w} tokens does not match the image-token span of {n} tokens")
+        raise InputError(f"{name} {h}x{w} = {h * w} tokens does not match the image-token span of {n} tokens")
     return h, w
 
 
@@ -190,6 +194,29 @@ def compute_dtype(x: Tensor) -> Tensor:
     return x.float() if x.dtype == torch.float64 else x
 
 
+def check_pool_shapes(acts: Tensor, grads: Tensor) -> torch.device:
+    """acts [B,N,D] and grads [B,T,N,D] agree (sizes, dtype, device): their device."""
+    B, N, D = acts.shape
+    if grads.shape[0] != B:
+        raise InputError(f"grads has batch size {grads.shape[0]} but acts has {B}")
+    if grads.shape[2] != N:
+        raise InputError(f"grads has {grads.shape[2]} image tokens (dim 2) but acts has {N}")
+    if grads.shape[3] != D:
+        raise InputError(f"grads has hidden size {grads.shape[3]} but acts has {D}")
+    if acts.dtype != grads.dtype:
+        raise InputError(f"acts and grads must share one dtype, got acts {acts.dtype} and grads {grads.dtype}")
+    return check_same_device(acts=acts, grads=grads)
+
+
+def check_weighted_shapes(acts: Tensor, weights: Tensor) -> torch.device:
+    """acts [B,N,D] and weights [B,T,D] agree (sizes, device): their device."""
+    if weights.shape[0] != acts.shape[0]:
+        raise InputError(f"weights has batch size {weights.shape[0]} but acts has {acts.shape[0]}")
+    if weights.shape[2] != acts.shape[2]:
+        raise InputError(f"weights has hidden size {weights.shape[2]} but acts has {acts.shape[2]}")
+    return check_same_device(acts=acts, weights=weights)
+
+
 def validate_pool(acts, grads, grid, check_values: bool):
     """(acts [B,N,D], grads [B,T,N,D], h, w, device), contiguous, batched."""
     acts = check_tensor("acts", acts, ranks=(2, 3))
@@ -200,17 +227,8 @@ def validate_pool(acts, grads, grid, check_values: bool):
         acts, grads = acts.unsqueeze(0), grads.unsqueeze(0)
     elif grads.dim() != 4:
         raise InputError(f"grads must be [B,T,N,D] when acts is [B,N,D], got shape {tuple(grads.shape)}")
-    B, N, D = acts.shape
-    if grads.shape[0] != B:
-        raise InputError(f"grads has batch size {grads.shape[0]} but acts has {B}")
-    if grads.shape[2] != N:
-        raise InputError(f"grads has {grads.shape[2]} image tokens (dim 2) but acts has {N}")
-    if grads.shape[3] != D:
-        raise InputError(f"grads has hidden size {grads.shape[3]} but acts has {D}")
-    if acts.dtype != grads.dtype:
-        raise InputError(f"acts and grads must share one dtype, got acts {acts.dtype} and grads {grads.dtype}")
-    device = check_same_device(acts=acts, grads=grads)
-    h, w = check_grid(grid, N)
+    device = check_pool_shapes(acts, grads)
+    h, w = check_grid(grid, acts.shape[1])
     if check_values:
         check_finite("acts", acts)  # the gradients are checked by the pooling kernel itself (check_grads)
         refuse_meta_check("grads", grads)
@@ -235,11 +253,7 @@ def validate_weighted(acts, weights, grid, check_values: bool):
     weights = check_tensor("weights", weights, ranks=(2, 3))
     acts = acts if acts.dim() == 3 else acts.unsqueeze(0)
     weights = weights if weights.dim() == 3 else weights.unsqueeze(0)
-    if weights.shape[0] != acts.shape[0]:
-        raise InputError(f"weights has batch size {weights.shape[0]} but acts has {acts.shape[0]}")
-    if weights.shape[2] != acts.shape[2]:
-        raise InputError(f"weights has hidden size {weights.shape[2]} but acts has {acts.shape[2]}")
-    device = check_same_device(acts=acts, weights=weights)
+    device = check_weighted_shapes(acts, weights)
     h, w = check_grid(grid, acts.shape[1])
     if check_values:
         check_finite("acts", acts)
@@ -270,7 +284,8 @@ def check_degenerate(degenerate, raw: Tensor) -> Tensor:
     return degenerate.contiguous()
 
 
-def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights, check_values: bool):
+def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights, check_values: bool,
+                  empty_ok: bool = False):
     """(context_maps, context_weights) for the refine op: both None unless sicd="context"."""
     B, T, h, w = raw.shape
     if config.sicd != "context":
@@ -279,7 +294,7 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
                              f"(config.sicd={config.sicd!r})")
         return None, None
     if context_maps is not None:
-        context_maps = check_tensor("context_maps", context_maps, ranks=(4,))
+        context_maps = check_tensor("context_maps", context_maps, ranks=(4,), empty_ok=empty_ok)
         if tuple(context_maps.shape) != (B, T, h, w):
             raise InputError(f"context_maps must have the shape of raw_maps {(B, T, h, w)}, "
                              f"got {tuple(context_maps.shape)}")
@@ -292,7 +307,7 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
         context_maps = context_maps.float().contiguous()
     if context_weights is None:
         raise InputError("config.sicd='context' needs context_weights [B,T,T]")
-    context_weights = check_tensor("context_weights", context_weights, ranks=(3,))
+    context_weights = check_tensor("context_weights", context_weights, ranks=(3,), empty_ok=empty_ok)
     if tuple(context_weights.shape) != (B, T, T):
         raise InputError(f"context_weights must have shape {(B, T, T)}, got {tuple(context_weights.shape)}")
     if check_values:
@@ -308,3 +323,117 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
     # None stays None: every kernel then reads the raw maps with their degenerate flags (a degenerate one is
     # all zeros there); handed the raw maps as explicit context, they took its values as they are
     return context_maps, context_weights.float().contiguous()
+
+
+# ------------------------------------------------------------------ the registered ops' own checks
+
+# A direct call of torch.ops.dcam.<op> (a user's compiled toolchain: README, "Dispatch") skips the public
+# functions above; every kernel of each op (reference, C++, Triton) and its fake kernel run these checks of
+# what needs no values (ranks, sizes, dtypes, devices, ints, the refine config), reusing the public ones with
+# the op's name in front. An empty dimension is accepted where the outputs are then empty (no image, no word,
+# channel weights of no channel: the op returns them without a kernel); a map or weight that would be a mean
+# over nothing (D = 0 channels, N = 0 tokens) is refused as `dcam.pool_gradients` refuses such tensors.
+
+#: the C++ kernels index with 32-bit offsets (csrc: dcam_pool_* refuse D > 2**24, dcam_refine
+#: h * w >= 2**27); the PyTorch reference and Triton have no such limit
+CPP_MAX_HIDDEN = 2 ** 24
+CPP_MAX_CELLS = 2 ** 27 - 1
+
+
+def _hidden_size(name: str, x: Tensor, maps: int) -> None:
+    if x.shape[-1] == 0 and maps:
+        raise InputError(f"{name} has hidden size 0: a map is a mean over the D channels (D >= 1)")
+
+
+def _pool_op(acts, grads, h, w, grad_relu, check_grads) -> None:
+    acts = check_tensor("acts", acts, ranks=(3,), layout="[B, N, D]", empty_ok=True)
+    grads = check_tensor("grads", grads, ranks=(4,), layout="[B, T, N, D]", empty_ok=True)
+    check_pool_shapes(acts, grads)
+    _hidden_size("acts", acts, grads.shape[0] * grads.shape[1])
+    check_grid((h, w), acts.shape[1], name="(h, w)")
+
+
+def _channel_weights_op(grads, grad_relu, check_grads) -> None:
+    grads = check_tensor("grads", grads, ranks=(4,), layout="[B, T, N, D]", empty_ok=True)
+    B, T, N, D = grads.shape
+    if N == 0 and B * T * D:
+        raise InputError(f"grads has no image tokens (shape {tuple(grads.shape)}): a channel weight is a mean "
+                         "over the N tokens (N >= 1)")
+
+
+def _weighted_maps_op(acts, weights, h, w) -> None:
+    acts = check_tensor("acts", acts, ranks=(3,), layout="[B, N, D]", empty_ok=True)
+    weights = check_tensor("weights", weights, ranks=(3,), layout="[B, T, D]", empty_ok=True)
+    check_weighted_shapes(acts, weights)
+    _hidden_size("acts", acts, weights.shape[0] * weights.shape[1])
+    check_grid((h, w), acts.shape[1], name="(h, w)")
+
+
+def _per_image_tensor(name: str, x, B: int) -> None:
+    check_tensor(name, x, ranks=(1,), layout=f"[B] = [{B}] (one per image)", empty_ok=True)
+    if x.shape[0] != B:
+        raise InputError(f"{name} must be [B] = [{B}] (one per image), got shape {tuple(x.shape)}")
+
+
+def _refine_op(raw, degenerate, steps, image_size, repeat_ratio, context_maps, context_weights,
+               akd_kernel, akd, dacg, cba, sicd, dacg_params, cba_params) -> None:
+    raw = check_tensor("raw", raw, ranks=(4,), layout="[B, T, h, w]", empty_ok=True)
+    B, T, h, w = raw.shape
+    if B * T and not h * w:
+        raise InputError(f"raw has no pixels (shape {tuple(raw.shape)}): a map needs h, w >= 1")
+    config = CamConfig.from_op_args(dict(akd_kernel=akd_kernel, akd=akd, dacg=dacg, cba=cba, sicd=sicd,
+                                         dacg_params=dacg_params, cba_params=cba_params))
+    check_degenerate(degenerate, raw)
+    for name, x in (("steps", steps), ("image_size", image_size), ("repeat_ratio", repeat_ratio)):
+        _per_image_tensor(name, x, B)
+    check_context(config, raw, context_maps, context_weights, False, empty_ok=True)
+    check_same_device(raw=raw, degenerate=degenerate, steps=steps, image_size=image_size,
+                      repeat_ratio=repeat_ratio, context_maps=context_maps, context_weights=context_weights)
+
+
+def _cpp_sizes(op: str, args: tuple) -> None:
+    """The sizes the C++ kernels take (its "invalid size argument" was a ValueError naming none)."""
+    if op == "refine":
+        cells = args[0].shape[2] * args[0].shape[3]
+        if cells > CPP_MAX_CELLS:
+            raise InputError(f"raw: {cells} cells per map is past the C++ backend's 2**27 - 1")
+    elif args[0].shape[-1] > CPP_MAX_HIDDEN:
+        name = "grads" if op == "channel_weights" else "acts"
+        raise InputError(f"{name}: hidden size {args[0].shape[-1]} is past the C++ backend's 2**24")
+
+
+_OP_CHECKS = {"pool_gradients": _pool_op, "channel_weights": _channel_weights_op,
+              "weighted_maps": _weighted_maps_op, "refine": _refine_op}
+
+#: the refine op's argument that carries each CamConfig field (CamConfig.op_args), for its messages
+_OP_ARGS_OF_FIELDS = (
+    ("CamConfig.akd_kernel must be 'adaptive'", "akd_kernel must be 0 (adaptive)"),
+    ("CamConfig.akd_kernel", "akd_kernel"), ("CamConfig.sicd", "sicd"),
+    ("CamConfig.dacg_std", "dacg_params[0] (dacg_std)"), ("CamConfig.dacg_mean_high", "dacg_params[1] (dacg_mean_high)"),
+    ("CamConfig.dacg_mean_low", "dacg_params[2] (dacg_mean_low)"),
+    ("CamConfig.dacg_percentiles", "dacg_params[3:7] (dacg_percentiles)"),
+    ("CamConfig.dacg_sigma", "dacg_params[7] (dacg_sigma)"), ("CamConfig.cba_weights", "cba_params[0:4] (cba_weights)"),
+    ("CamConfig.cba_floor", "cba_params[4] (cba_floor)"), ("op args: ", ""),
+    ("config.sicd='context'", "sicd=2 (context)"), ("(config.sicd='off')", "(sicd=0)"),
+    ("(config.sicd='reference')", "(sicd=1)"))
+
+
+def check_cpp_sizes(op: str, args: tuple) -> None:
+    """The sizes the C++ kernel of op ``op`` takes (called where it runs), as `check_op_args` says them."""
+    check_op_args(op, args, _cpp_sizes)
+
+
+def check_op_args(op: str, args: tuple, check=None) -> None:
+    """The checks of op ``op`` (a key of dcam.ops.library.OPS) on its arguments ``args``, as one
+    InputError line "dcam::<op>: <argument> ..." (``check(op, args)``: others instead)."""
+    try:
+        if check is None:
+            _OP_CHECKS[op](*args)
+        else:
+            check(op, args)
+    except InputError as exc:
+        text = str(exc)
+        if op == "refine":
+            for old, new in _OP_ARGS_OF_FIELDS:
+                text = text.replace(old, new)
+        raise InputError(f"dcam::{op}: {text}") from None
