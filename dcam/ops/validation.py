@@ -414,8 +414,8 @@ _OP_ARGS_OF_FIELDS = (
     ("CamConfig.dacg_percentiles", "dacg_params[3:7] (dacg_percentiles)"),
     ("CamConfig.dacg_sigma", "dacg_params[7] (dacg_sigma)"), ("CamConfig.cba_weights", "cba_params[0:4] (cba_weights)"),
     ("CamConfig.cba_floor", "cba_params[4] (cba_floor)"), ("op args: ", ""),
-    ("config.sicd='context'", "sicd=2 (context)"), ("(config.sicd='off')", "(sicd=0)"),
-    ("(config.sicd='reference')", "(sicd=1)"))
+    (" (config.sicd='off')", ", not sicd=0"), (" (config.sicd='reference')", ", not sicd=1"),
+    ("config.sicd='context'", "sicd=2 (context)"))
 
 
 def check_cpp_sizes(op: str, args: tuple) -> None:
