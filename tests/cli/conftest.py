@@ -124,3 +124,18 @@ def error_line():
         assert len(errors) == 1, text
         return errors[0]
     return check
+
+
+@pytest.fixture
+def failing_rename(monkeypatch):
+    """``failing_rename(path)``: every ``os.replace`` onto ``path`` fails with an I/O error (the trace's last
+    step, after the command's output is in place); other renames run."""
+    real = os.replace
+
+    def install(path):
+        def replace(src, dst):
+            if os.fspath(dst) == str(path):
+                raise OSError(5, "Input/output error")
+            return real(src, dst)
+        monkeypatch.setattr(os, "replace", replace)
+    return install

@@ -58,6 +58,19 @@ def _eval(cli, model, out, *more):
                "--out", out, *more)
 
 
+def _check_window(trace, forwards, window, err, scope, tmp_path):
+    """The trace holds the forwards of the window's items alone (the first item, the warm-up, is not in it, nor
+    any after the window), the stages it names, one line saying so, and no temporary file is left."""
+    assert len(forwards) == 3 and all(forwards)
+    names = _trace_names(trace)
+    assert names["dcam.forward"] == sum(forwards[i] for i in window)
+    assert names["dcam.backward"] > 0 and names["dcam.maps"] > 0
+    said = _said(err)
+    assert len(said) == 1 and said[0].endswith(f"; {scope}; trace written to {trace}"), said
+    assert _stages_said(said[0]) == [s[len("dcam."):] for s in STAGES if names[s]]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_eval_profile_records_the_records_from_the_second(cli, tmp_path, tiny_model_dir, monkeypatch):
     import dcam.eval.runner as runner
 
@@ -68,15 +81,7 @@ def test_eval_profile_records_the_records_from_the_second(cli, tmp_path, tiny_mo
         rc, stdout, err = _eval(cli, tiny_model_dir, out, "--profile", trace,
                                 *(["--profile-records", k] if k else []))
         assert rc == 0 and stdout.startswith("## Comparison") and (out / "main_table.md").exists()
-        assert len(forwards) == 3 and all(forwards)
-        names = _trace_names(trace)
-        # the first record (the warm-up) is not in it, nor any after the window
-        assert names["dcam.forward"] == sum(forwards[i] for i in window)
-        assert names["dcam.backward"] > 0 and names["dcam.maps"] > 0
-        said = _said(err)
-        assert len(said) == 1 and said[0].endswith(f"; {scope}; trace written to {trace}"), said
-        assert _stages_said(said[0]) == [s[len("dcam."):] for s in STAGES if names[s]]
-        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file
+        _check_window(trace, forwards, window, err, scope, tmp_path)
     with open(tmp_path / "t.json.gz", "rb") as f:
         assert f.read(2) == GZIP_MAGIC
     with open(tmp_path / "t.json", "rb") as f:
@@ -143,14 +148,9 @@ def test_eval_interrupted_after_the_window_leaves_no_trace(cli, tmp_path, tiny_m
 
 
 def test_eval_a_failed_trace_rename_says_the_tables_were_written(cli, error_line, tmp_path, tiny_model_dir,
-                                                                 monkeypatch):
-    trace, real = tmp_path / "t.json", os.replace
-
-    def replace(src, dst):
-        if os.fspath(dst) == str(trace):
-            raise OSError(5, "Input/output error")
-        return real(src, dst)
-    monkeypatch.setattr(os, "replace", replace)
+                                                                 failing_rename):
+    trace = tmp_path / "t.json"
+    failing_rename(trace)
     rc, _, err = _eval(cli, tiny_model_dir, tmp_path / "o", "--profile", trace)
     line = error_line(err, "eval")
     assert rc == 2 and line == (f"dcam eval: error: --profile: cannot write {str(trace)!r} (Input/output error); the "
@@ -174,14 +174,7 @@ def test_grounding_profile_records_the_images_from_the_second(cli, tmp_path, tin
         rc, stdout, err = _grounding(cli, tiny_model_dir, "--profile", trace, "--json", result,
                                      *(["--profile-images", k] if k else []))
         assert rc == 0 and "grounding rate" in stdout and json.loads(result.read_text())["n_images"] == 3
-        assert len(forwards) == 3 and all(forwards)
-        names = _trace_names(trace)
-        assert names["dcam.forward"] == sum(forwards[i] for i in window)
-        assert names["dcam.backward"] > 0 and names["dcam.maps"] > 0
-        said = _said(err)
-        assert len(said) == 1 and said[0].endswith(f"; {scope}; trace written to {trace}"), said
-        assert _stages_said(said[0]) == [s[len("dcam."):] for s in STAGES if names[s]]
-        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+        _check_window(trace, forwards, window, err, scope, tmp_path)
     with open(tmp_path / "t.json.gz", "rb") as f:
         assert f.read(2) == GZIP_MAGIC
 

@@ -85,17 +85,10 @@ def test_cli_a_failed_trace_export_leaves_out_unwritten(cli, error_line, tmp_pat
 
 
 def test_cli_a_failed_trace_rename_says_out_was_written(cli, error_line, tmp_path, tiny_model_dir, shapes_png,
-                                                        monkeypatch):
+                                                        failing_rename):
     # the last step, after --out is in place: its error says what was written (it said only "cannot write")
-    import os
-
-    trace, real = tmp_path / "t.json", os.replace
-
-    def replace(src, dst):
-        if os.fspath(dst) == str(trace):
-            raise OSError(5, "Input/output error")
-        return real(src, dst)
-    monkeypatch.setattr(os, "replace", replace)
+    trace = tmp_path / "t.json"
+    failing_rename(trace)
     rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
                      "--out", tmp_path / "o", "--profile", trace)
     line = error_line(err)
