@@ -12,7 +12,10 @@
   counts are read from those tokens; views ``"highres"`` (the tiles stitched,
   default) and ``"base"`` (the global image). Blocks:
   ``model.model.text_model.layers``.
-* :class:`Gemma3Adapter`: one square grid of ``mm_tokens_per_image`` tokens.
+* :class:`Gemma3Adapter`: one square grid of ``mm_tokens_per_image`` tokens;
+  with pan-and-scan (``do_pan_and_scan``) one more per crop, the views
+  ``"highres"`` (the crops stitched, default) and ``"base"`` (the whole image),
+  see :mod:`.pan_and_scan`.
 * :class:`Gemma4Adapter`: a variable grid read from the image processor's
   patch positions (as DiffusionGemma's encoder); the sequence ``[BOS] <boi>
   <image> x n <eoi> prompt`` is built here from ``processor.image_processor``
@@ -32,6 +35,7 @@ from ...words import refuse_ids
 from .anyres import seen_fraction, seen_part, stitched_cells
 from .base import ImageView, Prepared, config_get
 from .llava import PER_TOKEN_INPUTS, HFVisionLanguageAdapter
+from .pan_and_scan import pan_and_scan_views
 from .positions import no_image_token
 
 
@@ -158,7 +162,7 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
 
 
 class Gemma3Adapter(HFVisionLanguageAdapter):
-    image_views = ()
+    image_views = ("highres", "base")  # with pan-and-scan crops; without, the one grid (no named view)
     name = "gemma3"
     family = "gemma3"
     processor_classes = ("Gemma3",)
@@ -170,11 +174,34 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
         n = int(config_get(self.model.config, "mm_tokens_per_image"))
         s = int(math.isqrt(n))
         pos = image_span(prompt_ids, self.image_token_id)
-        if pos.numel() != n or s * s != n:
-            # (pan-and-scan adds a span per crop: one image's map has no single grid then)
-            raise InputError(f"image span has {pos.numel()} tokens; Gemma 3 places {n} per image (a processor "
-                             "with do_pan_and_scan adds crops: turn it off)")
-        return pos, (s, s), {}
+        pix = enc.get("pixel_values")
+        # pan-and-scan: pixel_values holds the whole image, then one entry per crop, each with its span of n tokens
+        crops = int(torch.as_tensor(pix).shape[0]) - 1 if pix is not None else 0
+        if pos.numel() != n * (1 + crops) or s * s != n:
+            raise InputError(f"image span has {pos.numel()} tokens; Gemma 3 places {n} per image and per "
+                             f"pan-and-scan crop (pixel_values: the image and {crops} crops), {n * (1 + crops)}")
+        if crops == 0:
+            return pos, (s, s), {}
+        return pan_and_scan_views(pos, img.size, crops, s)
+
+    # a batch's pixel_values: every example's image and crops one after another (the model fills its image
+    # tokens with their features in that order), so images with other numbers of crops stack
+    def stack_key(self, prep: Prepared) -> Tuple:
+        key = tuple(item for item in super().stack_key(prep) if item[0] != "pixel_values")
+        pix = prep.model_inputs.get("pixel_values")
+        return key + ((("pixel_values", tuple(pix.shape[1:])),) if pix is not None else ())
+
+    def stack_inputs(self, preps) -> Dict[str, Any]:
+        out = super().stack_inputs(preps)
+        if "pixel_values" in out:
+            out["pixel_values"] = torch.cat([p.model_inputs["pixel_values"] for p in preps], 0)
+        return out
+
+    def batch_inputs(self, prep: Prepared, batch: int) -> Dict[str, Any]:
+        pix = prep.model_inputs.get("pixel_values")
+        if batch > 1 and pix is not None and pix.shape[0] != 1:  # (a crop-less image: one row, expanded)
+            return self.stack_inputs([prep] * batch)
+        return super().batch_inputs(prep, batch)
 
 
 def placed_by_dcam(layout: str) -> str:

@@ -1,0 +1,86 @@
+"""Where Gemma 3's pan-and-scan crops lie on the image.
+
+With ``do_pan_and_scan`` Gemma 3's image processor (transformers 5.24,
+``Gemma3ImageProcessor.pan_and_scan_batched``) cuts an image whose long side
+is long enough into ``k`` crops along that side only: a landscape or square
+image into ``1 x k`` crops side by side, a portrait one into ``k x 1`` stacked.
+Every crop but the last is ``c = ceil(side / k)`` pixels along the cut side (the
+whole other side); crop ``i`` starts at ``i * c`` and the last one ends at the
+image's edge, so the crops tile the image, the last one narrower where ``k``
+does not divide the side. Each crop and the whole image are resized to the
+tower's square input; ``pixel_values`` holds the whole image first, then the
+crops in order, and the sequence holds one span of ``mm_tokens_per_image``
+tokens per entry, in the same order, with text between the spans.
+
+``k`` is read from the processor's outputs (``pixel_values`` rows less one),
+never recomputed from its settings; the orientation from the image's size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from torch import Tensor
+
+from ...errors import InputError
+from ...render.cells import Cells
+from .base import ImageView
+
+
+@dataclass(frozen=True)
+class PanAndScanCrops:
+    """``tiles``: (rows, cols) of crops; ``xs``, ``ys``: the crops' pixel edges along each axis
+    (``cols + 1`` and ``rows + 1`` values, from 0 to the image's width and height)."""
+
+    tiles: Tuple[int, int]
+    xs: Tuple[int, ...]
+    ys: Tuple[int, ...]
+
+    def boxes(self) -> list:
+        """Every crop's pixel box ``(left, top, right, bottom)`` in the processor's order (row-major)."""
+        return [(self.xs[c], self.ys[r], self.xs[c + 1], self.ys[r + 1])
+                for r in range(self.tiles[0]) for c in range(self.tiles[1])]
+
+
+def _edges(side: int, k: int) -> Tuple[int, ...]:
+    step = int(math.ceil(side / k))
+    return tuple(min(i * step, side) for i in range(k)) + (side,)
+
+
+def pan_and_scan_crops(image_wh: Tuple[int, int], crops: int) -> PanAndScanCrops:
+    """The ``crops`` crops of an image of ``image_wh`` = (width, height) pixels (see the module docstring)."""
+    w, h = int(image_wh[0]), int(image_wh[1])
+    rows, cols = (1, crops) if w >= h else (crops, 1)
+    found = PanAndScanCrops((rows, cols), _edges(w, cols), _edges(h, rows))
+    if any(b <= a for a, b in zip(found.xs, found.xs[1:])) or any(b <= a for a, b in zip(found.ys, found.ys[1:])):
+        raise InputError(f"image: {crops} pan-and-scan crops of a {w}x{h} image leave a crop without pixels; the "
+                         "processor's crops are not the ones dcam reads from its outputs")
+    return found
+
+
+def _centres(edges: Tuple[int, ...], unit: int, size: int) -> Tuple[float, ...]:
+    """The centres (fractions of ``size``) of ``unit`` cells spread evenly over each crop between ``edges``."""
+    return tuple((a + (j + 0.5) * (b - a) / unit) / size for a, b in zip(edges, edges[1:]) for j in range(unit))
+
+
+def pan_and_scan_views(span: Tensor, image_wh: Tuple[int, int], crops: int, unit: int) \
+        -> Tuple[Tensor, Tuple[int, int], dict]:
+    """``(positions, grid, views)`` of an image span holding the whole image's ``unit x unit`` tokens, then each
+    crop's (raster order each): ``"highres"`` (the default, the crops stitched in their places, ``rows * unit``
+    by ``cols * unit`` cells) and ``"base"`` (the whole image). The stitched map covers the whole image; where the
+    crops differ in size its cells are placed crop by crop (:class:`Cells`), so each lies on its crop's pixels."""
+    per = unit * unit
+    base = ImageView("base", span[:per].clone(), (unit, unit))
+    found = pan_and_scan_crops(image_wh, crops)
+    rows, cols = found.tiles
+    grid = span[per:].reshape(rows, cols, unit, unit).permute(0, 2, 1, 3).reshape(-1).clone()
+    w, h = int(image_wh[0]), int(image_wh[1])
+    cells: Optional[Cells] = None
+    if w % cols or h % rows:  # a narrower last crop: its cells are narrower too
+        cells = Cells(_centres(found.xs, unit, w), _centres(found.ys, unit, h))
+    hi = ImageView("highres", grid, (rows * unit, cols * unit), (0.0, 0.0, 1.0, 1.0), cells)
+    return grid, hi.grid, {"highres": hi, "base": base}  # the default view first
+
+
+__all__ = ["PanAndScanCrops", "pan_and_scan_crops", "pan_and_scan_views"]
