@@ -19,7 +19,7 @@ from PIL import Image
 
 from dcam.errors import InputError
 from dcam.explain import Explainer
-from dcam.probe import auto_adapter
+from dcam.probe import auto_adapter, batch_key
 from dcam.probe.adapters.pan_and_scan import pan_and_scan_crops
 from dcam.testing.hf_tiny import tiny_gemma3
 
@@ -189,6 +189,10 @@ def test_a_batch_of_other_crop_counts_is_each_image_alone(gemma):
     model, proc = gemma
     images = [_image(100, 40, 1), _image(40, 90, 2), _image(50, 50, 3), _image(70, 40, 4)]
     responses = ["a red circle", "the blue square", "a dog", "two cats"]
+    a = auto_adapter(model, proc)
+    preps = [a.prepare(im, PROMPT, a.encode_response(r)) for im, r in zip(images, responses)]
+    assert [int(q.model_inputs["pixel_values"].shape[0]) for q in preps] == [4, 3, 1, 3]
+    assert len({batch_key(q, a) for q in preps}) == 1  # other crop counts, one padded forward can take them
     for slack in (0.25, math.inf):  # the default split, and one padded batch of all four
         exp = Explainer(model, proc, batch_slack=slack)
         ones = [exp.explain(im, PROMPT, response=r) for im, r in zip(images, responses)]
