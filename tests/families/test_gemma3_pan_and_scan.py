@@ -212,8 +212,15 @@ def test_an_image_without_crops_is_explained_as_before(gemma):
     want = Explainer(plain_model, plain_proc).explain(img, PROMPT, response="a red circle")
     assert got.grid == want.grid == (S, S) and got.view == want.view and got.box == want.box
     assert torch.equal(got.maps, want.maps) and torch.equal(got.raw_maps, want.raw_maps)
-    with pytest.raises(InputError, match=r"^view: this model's image has no view 'base' \(views: default\)"):
-        Explainer(model, proc, view="base").explain(img, PROMPT, response="a red circle")
+    # its one view is the whole image, "base", as for a cropped one (it was refused: a batch holding one
+    # uncropped image failed whole with view="base")
+    base = Explainer(model, proc, view="base").explain(img, PROMPT, response="a red circle")
+    assert base.view == "base" and torch.equal(base.maps, got.maps)
+    wide = _image(100, 40)
+    batch = Explainer(model, proc, view="base").explain_batch([wide, img], [PROMPT] * 2, ["a red circle"] * 2)
+    one = Explainer(model, proc, view="base").explain(wide, PROMPT, response="a red circle")
+    torch.testing.assert_close(batch[0].maps, one.maps, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch[1].maps, got.maps, atol=1e-6, rtol=0)
 
 
 def test_view_all_and_a_view_it_has_not(gemma):

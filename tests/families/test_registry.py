@@ -91,9 +91,9 @@ VIEWS = {"lavida": {"highres", "base"}, "lavida-dream": {"highres", "base"}, "ll
          "mmada": {"image"}, "lumina-dimoo": {"image"}, "dream-vl": set(), "diffusion-gemma": set(),
          "llava": set(), "llava-next": {"highres", "base"}, "llava-onevision": {"highres", "base"},
          "qwen-vl": set(), "qwen2.5-vl": set(), "qwen3-vl": set(), "idefics3": {"highres", "base"},
-         "smolvlm": {"highres", "base"}, "gemma3": set(), "gemma4": set()}
-#: views a family declares beyond its stand-in's: Gemma 3's appear with pan-and-scan crops, which the stand-in's
-#: processor does not cut (tests/families/test_gemma3_pan_and_scan.py)
+         "smolvlm": {"highres", "base"}, "gemma3": {"base"}, "gemma4": set()}
+#: views a family declares beyond its stand-in's: Gemma 3's highres appears with pan-and-scan crops, which the
+#: stand-in's processor does not cut (its images have their one view, base: tests/families/test_gemma3_pan_and_scan.py)
 DECLARED = {**VIEWS, "gemma3": {"highres", "base"}}
 
 

@@ -30,7 +30,8 @@ VLMS = {
                  {"base": (2, 2), "highres": (4, 4)}),
     "smolvlm": ("idefics3", "Idefics3Adapter", lambda m: m.model.text_model.layers, (4, 4),
                 {"base": (2, 2), "highres": (4, 4)}),
-    "gemma3": ("gemma3", "Gemma3Adapter", lambda m: m.model.language_model.layers, (4, 4), {}),
+    # no pan-and-scan crops: the whole image's one grid, its "base" view
+    "gemma3": ("gemma3", "Gemma3Adapter", lambda m: m.model.language_model.layers, (4, 4), {"base": (4, 4)}),
     # at most 70 soft tokens of 8 x 8 pixels, aspect kept: 6 x 11 = 66
     "gemma4": ("gemma4", "Gemma4Adapter", lambda m: m.model.language_model.layers, (6, 11), {}),
 }

@@ -180,8 +180,9 @@ class Gemma3Adapter(HFVisionLanguageAdapter):
         if pos.numel() != n * (1 + crops) or s * s != n:
             raise InputError(f"image span has {pos.numel()} tokens; Gemma 3 places {n} per image and per "
                              f"pan-and-scan crop (pixel_values: the image and {crops} crops), {n * (1 + crops)}")
-        if crops == 0:
-            return pos, (s, s), {}
+        if crops == 0:  # the whole image alone: its one view is "base" (as Idefics3 names an image it does not split),
+            # so view="base" holds for every image, cropped or not (a batch with one uncropped image failed whole)
+            return pos, (s, s), {"base": ImageView("base", pos.clone(), (s, s))}
         return pan_and_scan_views(pos, img.size, crops, s)
 
     # a batch's pixel_values: every example's image and crops one after another (the model fills its image
