@@ -373,7 +373,11 @@ def _weighted_maps_op(acts, weights, h, w) -> None:
 
 
 def _per_image_tensor(name: str, x, B: int) -> None:
-    check_tensor(name, x, ranks=(1,), layout=f"[B] = [{B}] (one per image)", empty_ok=True)
+    # (integer steps and image sizes are numbers as good as floats: the kernels read them as such, and
+    # dcam.refine takes them; a bool or complex tensor is no count)
+    x = check_tensor(name, x, ranks=(1,), layout=f"[B] = [{B}] (one per image)", empty_ok=True, float_only=False)
+    if x.dtype == torch.bool or x.is_complex():
+        raise InputError(f"{name} must be a tensor of real numbers, got {x.dtype}")
     if x.shape[0] != B:
         raise InputError(f"{name} must be [B] = [{B}] (one per image), got shape {tuple(x.shape)}")
 

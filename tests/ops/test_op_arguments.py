@@ -67,7 +67,8 @@ BAD = [
     ("refine", _refine(degenerate=torch.zeros(2, 3)), "degenerate must be a bool tensor [B,T]"),
     ("refine", _refine(steps=torch.full((3,), 64.0)), "steps must be [B] = [2] (one per image), got shape (3,)"),
     ("refine", _refine(image_size=torch.tensor(512.0)), "image_size must be [B] = [2] (one per image), got shape ()"),
-    ("refine", _refine(repeat_ratio=torch.zeros(2, dtype=torch.int64)), "repeat_ratio must be a floating-point"),
+    ("refine", _refine(repeat_ratio=torch.zeros(2, dtype=torch.bool)),
+     "repeat_ratio must be a tensor of real numbers, got torch.bool"),
     ("refine", _refine(akd_kernel=4), "akd_kernel must be 0 (adaptive) or an odd int >= 1, got 4"),
     ("refine", _refine(akd_kernel=-3), "akd_kernel must be 0 (adaptive) or an odd int >= 1, got -3"),
     ("refine", _refine(sicd=7), "sicd must be one of [0, 1, 2], got 7"),
@@ -194,3 +195,20 @@ def test_the_cpu_kernel_refuses_a_hidden_size_past_the_cpp_limit():
     with pytest.raises(InputError, match=re.escape("dcam::channel_weights: grads: hidden size 16777217 is past the "
                                                    "C++ backend's 2**24")):
         torch.ops.dcam.channel_weights(grads, True, False)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_integer_steps_and_image_sizes_refine_as_their_floats(kernel):
+    # they were refused as "must be a floating-point tensor" by the op's new checks; the op took them before
+    # and dcam.refine takes them
+    overload = torch.ops.dcam.refine.default
+    keys = torch._C.DispatchKeySet(KERNELS[kernel])
+    raw = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    want = overload.redispatch(keys, *_refine(raw=raw, steps=torch.tensor([24.0, 64.0]),
+                                              image_size=torch.tensor([300.0, 512.0])))
+    got = overload.redispatch(keys, *_refine(raw=raw, steps=torch.tensor([24, 64]),
+                                             image_size=torch.tensor([300, 512], dtype=torch.int32)))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+    with pytest.raises(InputError, match=_message("refine", "steps must be a tensor of real numbers, got torch.bool")):
+        overload.redispatch(keys, *_refine(steps=torch.tensor([True, False])))
