@@ -23,6 +23,7 @@ from .errors import InputError
 from .ops.config import CamConfig
 from .output import check_existing_folder, file_digest, refuse_names_in_the_way
 from .render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, RENDER_MAX_SIDE, check_map, display_size
+from .render.overlay import rendered_at
 from .render.cells import Cells
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
@@ -334,15 +335,9 @@ class Explanation:
         return paths
 
     def _rendered(self, size: Tuple[int, int]) -> Image.Image:
-        """The image rendered at ``size`` (W, H) for the files. A loaded explanation's ``image`` is its
-        image.png scaled back to the size explained (:mod:`dcam.saved`); rendered again at image.png's
-        size it would differ from image.png by two resamplings, so image.png itself is drawn on there
-        (kept as ``_saved_rendering``: (the image it was loaded with, image.png); not once ``image`` is
-        another)."""
-        saved = getattr(self, "_saved_rendering", None)
-        if saved is not None and saved[0] is self.image and saved[1].size == tuple(size):
-            return saved[1]
-        return self.image.convert("RGB").resize(size, Image.BICUBIC if size[0] > self.image.width else Image.BOX)
+        """The image rendered at ``size`` (W, H) for the files; a loaded explanation's on its image.png
+        where that is the size (``_saved_rendering``, set by :mod:`dcam.saved`: :func:`rendered_at`)."""
+        return rendered_at(self.image, size, getattr(self, "_saved_rendering", None))
 
     def _check_maps(self) -> None:
         """Every map the files hold, checked as :func:`dcam.render.overlay` checks one, before the first file

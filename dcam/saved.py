@@ -31,7 +31,7 @@ from .explanation import Explanation
 from .ops.config import CamConfig
 from .output import file_digest, folder_path
 from .render.cells import check_cells
-from .render.overlay import MAP_TOLERANCE
+from .render.overlay import MAP_TOLERANCE, rendered_at
 
 #: meta.json keys every saved explanation has (a folder without one of them is not one)
 _REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "pieces", "response", "response_ids",
@@ -97,7 +97,7 @@ def _at_explained_size(m: "_Fields", image: Image.Image) -> Image.Image:
                          "was rendered from (another aspect ratio)")
     if (W, H) == (w, h):
         return image
-    return image.resize((W, H), Image.BICUBIC if W > w else Image.BOX)
+    return rendered_at(image, (W, H))
 
 
 def _whole(x) -> bool:

@@ -252,6 +252,18 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
+def rendered_at(image: Image.Image, size: Tuple[int, int], saved=None) -> Image.Image:
+    """``image`` as RGB at ``size`` (W, H) for the files a save writes: bicubic up, box down. ``saved``:
+    ``(the image a loaded explanation was given, its image.png)`` (:mod:`dcam.saved`). The loaded image is
+    image.png scaled back to the size explained; rendered again at image.png's size it would differ from
+    image.png by two resamplings, so image.png itself is returned there (not once the image is another)."""
+    if saved is not None and saved[0] is image and saved[1].size == tuple(size):
+        return saved[1]
+    img = image.convert("RGB")
+    return img.resize(size, Image.BICUBIC if size[0] > img.width else Image.BOX)
+
+
 __all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "check_map_size", "map_on_image", "box_pixels",
            "FULL_BOX", "MAP_TOLERANCE", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size",
+           "rendered_at",
            "DISPLAY_MIN_SIDE", "DISPLAY_MAX_SIDE"]

@@ -18,7 +18,7 @@ from typing import List, Tuple
 from PIL import Image, ImageDraw
 
 from ..explanation import word_file_names
-from ..render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size, overlay
+from ..render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size, overlay, rendered_at
 from ..render.sheet import SHEET_MAX_SIDE, fit_text, font
 from ..words import clean_token
 
@@ -36,14 +36,8 @@ def _base(traj, side: int = DISPLAY_MIN_SIDE, max_side: int = DISPLAY_MAX_SIDE) 
     # the overlays' rule (display_size): a wide image's longest side ends at max_side; the cap was
     # min-side x aspect, which scaled a 4000 x 100 image up to 8000 pixels wide
     size = display_size(traj.image.size, side, max_side)
-    # a loaded explanation's trajectory: its image is image.png scaled back to the size explained, and
-    # resampled again it would draw the frames of a re-save on pixels two resamplings off image.png
-    # (dcam.Explanation._rendered does the same for the overlays)
-    saved = getattr(traj, "_saved_rendering", None)
-    if saved is not None and saved[0] is traj.image and saved[1].size == tuple(size):
-        return saved[1]
-    img = traj.image.convert("RGB")
-    return img.resize(size, Image.BICUBIC if size[0] > img.width else Image.BOX)
+    # a loaded explanation's trajectory: drawn on its image.png where that is the size, as the overlays are
+    return rendered_at(traj.image, size, getattr(traj, "_saved_rendering", None))
 
 
 def _timeline(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], S: int, step: int, decided: int):
