@@ -439,6 +439,8 @@ class Explainer:
                 outs[v.name] = self._view_result(ex, res, v, chunks.get(v.name))
         main = outs[ex.views[0].name]
         a = self.adapter
+        # view="all" gives every view with tokens, also where only one has any (was {} then)
+        every_view = len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default")
         return Explanation(
             **ex.word_fields(), maps=main.maps.float().cpu(),
             stats={k: v.cpu() for k, v in main.stats.items()}, image=ex.prep.image, response=ex.response_text,
@@ -451,13 +453,9 @@ class Explainer:
             # multi-view image names the view explained, its default one included (reported None before)
             granularity=ex.granularity, view=ex.views[0].name if ex.views[0].name != "default" else None,
             box=tuple(ex.views[0].box), cells=ex.views[0].cells,
-            # view="all" gives every view with tokens, also where only one has any (was {} then)
-            view_maps={k: o.maps.float().cpu() for k, o in outs.items()}
-            if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
-            view_boxes={v.name: tuple(v.box) for v in ex.views}
-            if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
-            view_cells={v.name: v.cells for v in ex.views if v.cells is not None}
-            if len(outs) > 1 or (ex.view_name == "all" and ex.views[0].name != "default") else {},
+            view_maps={k: o.maps.float().cpu() for k, o in outs.items()} if every_view else {},
+            view_boxes={v.name: tuple(v.box) for v in ex.views} if every_view else {},
+            view_cells={v.name: v.cells for v in ex.views if v.cells is not None} if every_view else {},
             extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
             model_dtype=str(block_dtype(self.adapter.blocks()[-1])).replace("torch.", ""),
             device=str(next((p.device for p in self.model.parameters()), "cpu")),

@@ -35,6 +35,11 @@ class Cells(NamedTuple):
         """The JSON form (meta.json, the viewer's record data): ``{"x": [...], "y": [...]}``."""
         return {"x": list(self.x), "y": list(self.y)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cells":
+        """The :meth:`as_dict` form read back as it was written (a run's index)."""
+        return cls(tuple(d["x"]), tuple(d["y"]))
+
 
 def _axis(values, count: int, lo: float, hi: float, name: str) -> Tuple[float, ...]:
     values = values.tolist() if hasattr(values, "tolist") else values

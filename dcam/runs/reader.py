@@ -90,7 +90,7 @@ class RunRecord:
         from ..render.cells import Cells
 
         c = self.entry.get("cells")
-        return None if c is None else Cells(tuple(c["x"]), tuple(c["y"]))
+        return None if c is None else Cells.from_dict(c)
 
     @property
     def stats(self) -> Dict[str, "object"]:
@@ -132,7 +132,7 @@ class RunRecord:
         a view without an entry is drawn evenly over its box."""
         from ..render.cells import Cells
 
-        return {view: Cells(tuple(c["x"]), tuple(c["y"])) for view, c in (self.entry.get("view_cells") or {}).items()}
+        return {view: Cells.from_dict(c) for view, c in (self.entry.get("view_cells") or {}).items()}
 
     @property
     def view_maps(self) -> Dict[str, "object"]:
