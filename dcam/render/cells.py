@@ -92,26 +92,43 @@ def axis_coordinates(n: int, count: int, centres=None, lo: float = 0.0, hi: floa
     return np.interp(np.arange(n) + 0.5, at, np.arange(count, dtype=np.float64))  # (clamped at both ends)
 
 
-def _bilinear_weights(u: np.ndarray, count: int) -> np.ndarray:
-    """``[n, count]``: each row blends the two cells around its coordinate."""
+def _lerp_pairs(u: np.ndarray, count: int):
+    """The two cells around each coordinate and the weight of the second: ``(i0, i1, lam)``."""
     i0 = np.minimum(np.floor(u).astype(np.int64), count - 1)
-    i1 = np.minimum(i0 + 1, count - 1)
-    lam = u - i0
-    out = np.zeros((u.shape[0], count))
-    rows = np.arange(u.shape[0])
-    np.add.at(out, (rows, i0), 1.0 - lam)
-    np.add.at(out, (rows, i1), lam)
-    return out
+    return i0, np.minimum(i0 + 1, count - 1), u - i0
+
+
+#: output elements per block of the column pass (float64 temporaries of ~32 MB each), so an 8192 x 8192
+#: overlay needs its float32 result and a few blocks, not three full-size float64 arrays
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def upsample_through(m: np.ndarray, size: Tuple[int, int], box, cells: Cells) -> np.ndarray:
     """``[h, w]`` map -> float32 ``[H, W]`` (size = (H, W), the box in pixels) interpolated bilinearly
-    through the cells' centres (``box``: the fractions the box spans, which ``cells`` are given in)."""
+    through the cells' centres (``box``: the fractions the box spans, which ``cells`` are given in).
+
+    Separable, as the bilinear weights are: each output row blends two map rows, then each output column
+    two of those columns (in float64). The coordinates only grow along an axis, so the column gathers are
+    ``np.repeat`` runs. A dense ``[H, h] @ m @ [w, W]`` product gives the same sums but multiplies by all
+    the zero weights: 3.2x slower at 8192 px (``python bench/bench_render.py``)."""
     h, w = m.shape
+    H, W = int(size[0]), int(size[1])
     x0, y0, x1, y1 = (float(v) for v in box)
-    wy = _bilinear_weights(axis_coordinates(int(size[0]), h, cells.y, y0, y1), h)
-    wx = _bilinear_weights(axis_coordinates(int(size[1]), w, cells.x, x0, x1), w)
-    return (wy @ m.astype(np.float64) @ wx.T).astype(np.float32)
+    ry0, ry1, ly = _lerp_pairs(axis_coordinates(H, h, cells.y, y0, y1), h)
+    rx0, rx1, lx = _lerp_pairs(axis_coordinates(W, w, cells.x, x0, x1), w)
+    m64 = m.astype(np.float64)
+    rows = m64[ry0] * (1.0 - ly)[:, None] + m64[ry1] * ly[:, None]  # [H, w]
+    runs0, runs1 = np.bincount(rx0, minlength=w), np.bincount(rx1, minlength=w)
+    kx = 1.0 - lx
+    out = np.empty((H, W), dtype=np.float32)
+    step = max(1, _BLOCK_ELEMENTS // max(W, 1))
+    for r in range(0, H, step):
+        left, right = np.repeat(rows[r:r + step], runs0, axis=1), np.repeat(rows[r:r + step], runs1, axis=1)
+        left *= kx
+        right *= lx
+        left += right
+        out[r:r + step] = left
+    return out
 
 
 def pixel_cells(n: int, count: int, centres=None, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:

@@ -322,6 +322,8 @@ SMALL_MODEL = ["--hidden", "128", "--image-tokens", "48"]
     ("measure_word_rule", ["--n", "0"], "--n must be >= 1, got 0"),
     ("bench_pool_parts", ["--reps-time", "inf"], "--reps-time must be a finite number of seconds > 0, got inf"),
     ("bench_pool_parts", ["--reps-time", "0"], "--reps-time must be a finite number of seconds > 0, got 0"),
+    ("bench_render", ["--sizes", "1024", "1"], "--sizes must each be >= 2, got 1024,1"),
+    ("bench_render", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
 ])
 def test_bench_scripts_refuse_bad_options_before_measuring(capsys, name, argv, message):
     # each of these built a model in a child process that ended in a traceback (hidden behind the parent's
