@@ -230,16 +230,24 @@ def parse_dtype(dtype):
 
 
 def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, trust_remote_code: bool = False,
-               dtype=None) -> Tuple[Any, Any]:
+               dtype=None, pan_and_scan: Optional[bool] = None) -> Tuple[Any, Any]:
     """(model, processor), eval mode, on ``device`` (default CPU), in ``dtype``
     (default: as saved; ``"bfloat16"`` for a 7-8B dMLLM on one GPU).
 
     model_dir: None for the bundled toy dMLLM; a folder saved by the zoo
     (``model_type`` ``shapes_dmllm``); a dMLLM family's checkpoint; a
     transformers checkpoint folder; a stand-in folder (``dcam_standin`` in its
-    config.json)."""
+    config.json).
+
+    pan_and_scan: Gemma 3's crops of a wide or tall image; None: as the
+    checkpoint's preprocessor config says (transformers' processor call alone
+    ignores it), True / False: on / off (an InputError naming ``pan_and_scan``
+    for a processor without them; :func:`dcam.probe.adapters.pan_and_scan.set_pan_and_scan`)."""
+    from .probe.adapters.pan_and_scan import check_pan_and_scan_choice, set_pan_and_scan
+
     dev = check_device(device)
     dt = parse_dtype(dtype)
+    check_pan_and_scan_choice(pan_and_scan)
     if model_dir is None:
         model, processor = _zoo(None)
     else:
@@ -261,6 +269,8 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
                 if missing is None:
                     raise
                 raise missing from None
+    set_pan_and_scan(processor, pan_and_scan, getattr(getattr(model, "config", None), "model_type", None)
+                     or type(model).__name__)
     model = model.to(dev) if dt is None else model.to(dev, dt)
     return model.eval(), processor
 

@@ -75,7 +75,7 @@ def option_error(option: str, exc: BaseException) -> InputError:
     text = one_line(str(exc))
     for prefix in ("model: ", "family: ", "dtype: ", "device: ", "image: ", "targets: ", "steps ", "background: ",
                    "response: ", "prompt: ", "layer: ", "probe: ", "view: ", "trajectory: ", "dataset: ",
-                   "methods: ", "split ", "image_size ", "run: ", "config: "):
+                   "methods: ", "split ", "image_size ", "run: ", "config: ", "pan_and_scan: "):
         if text.startswith(prefix):
             text = text[len(prefix):]
             break
@@ -228,6 +228,13 @@ def add_model_options(p: argparse.ArgumentParser, hidden: bool = False) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help=argparse.SUPPRESS if hidden else
                    "run modeling code shipped with the checkpoint (Dream-VL and other remote-code models)")
+    crops = p.add_mutually_exclusive_group()  # (one option and its --no- form: the third state is neither)
+    for flag, on, what in (("--pan-and-scan", True, "also show the model crops of a wide or tall image, each with "
+                            "its own tokens (views highres and base)"), ("--no-pan-and-scan", False, "no crops")):
+        crops.add_argument(flag, dest="pan_and_scan", action="store_const", const=on, default=None,
+                           help=argparse.SUPPRESS if hidden else f"Gemma 3's pan-and-scan: {what}; refused for "
+                           "a model whose processor has none (default: as the checkpoint's preprocessor config "
+                           "says, its do_pan_and_scan)")
 
 
 def add_family_option(p: argparse.ArgumentParser) -> None:
@@ -319,7 +326,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--view", default=None,
                    help="image view; the model decides which exist: every model has default (its usual map: the "
                         "stitched high-resolution grid where there is one) and all (every view), anyres and tiling "
-                        "families (LLaVA-NeXT/OneVision, LLaDA-V, LaViDa, Idefics3, SmolVLM) also base and highres, the VQ ones (mmada, lumina-dimoo) image (default: default)")
+                        "families (LLaVA-NeXT/OneVision, LLaDA-V, LaViDa, Idefics3, SmolVLM, Gemma 3 with pan-and-scan) also base and highres, the VQ ones (mmada, lumina-dimoo) image (default: default)")
     p.add_argument("--cam", action="append", default=None, metavar="NAME=VALUE", help=cam_help())
 
 
@@ -383,13 +390,15 @@ def load_model_for(args):
         check_device(getattr(args, "device", None))
     except InputError as exc:
         raise option_error("--device", exc) from None
+    crops = getattr(args, "pan_and_scan", None)
     try:
         with loader_warnings_off():
             return load_model(args.model, device=getattr(args, "device", None),
                               trust_remote_code=getattr(args, "trust_remote_code", False),
-                              dtype=getattr(args, "dtype", None))
+                              dtype=getattr(args, "dtype", None), pan_and_scan=crops)
     except InputError as exc:
-        raise option_error("--model", exc) from None
+        raise option_error(("--pan-and-scan" if crops else "--no-pan-and-scan")
+                           if str(exc).startswith("pan_and_scan:") else "--model", exc) from None
 
 
 class loader_warnings_off:

@@ -237,8 +237,8 @@ def test_view_all_and_a_view_it_has_not(gemma):
 
 @pytest.mark.parametrize("view, grid", [("base", [4, 4]), ("highres", [4, 12]), ("all", [4, 12])])
 def test_the_cli_explains_each_view(gemma, tmp_path, monkeypatch, view, grid):
-    # the CLI loads checkpoints, whose processors transformers runs without pan-and-scan: the model is handed
-    # to it here, the rest is the CLI's own run
+    # the model and its cropping processor are handed to the CLI here (a checkpoint folder that chose crops:
+    # tests/cli/test_pan_and_scan_option.py), the rest is the CLI's own run
     import dcam.models
     from dcam.cli import main
 

@@ -14,12 +14,21 @@ tokens per entry, in the same order, with text between the spans.
 
 ``k`` is read from the processor's outputs (``pixel_values`` rows less one),
 never recomputed from its settings; the orientation from the image's size.
+
+Whether the processor crops at all: transformers 5.24's ``Gemma3Processor``
+call hands the image processor its class's ``images_kwargs``
+(``do_pan_and_scan`` False, ``pan_and_scan_min_crop_size`` 256,
+``pan_and_scan_max_num_crops`` 4, ``pan_and_scan_min_ratio_to_activate``
+1.2) over the settings the image processor was loaded with (the checkpoint's
+preprocessor config), so only a call keyword or the processor's own
+``images_kwargs`` turns crops on. :func:`set_pan_and_scan` makes the
+checkpoint's settings (or the caller's choice) the processor's.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from torch import Tensor
 
@@ -83,4 +92,46 @@ def pan_and_scan_views(span: Tensor, image_wh: Tuple[int, int], crops: int, unit
     return grid, hi.grid, {"highres": hi, "base": base}  # the default view first
 
 
-__all__ = ["PanAndScanCrops", "pan_and_scan_crops", "pan_and_scan_views"]
+#: the image processor's pan-and-scan settings, as a checkpoint's preprocessor config saves them (null: the
+#: processor's default)
+PAN_AND_SCAN_SETTINGS = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
+                         "pan_and_scan_min_ratio_to_activate")
+
+
+def has_pan_and_scan(processor) -> bool:
+    """Whether ``processor`` is a transformers processor whose image processor can crop (Gemma 3's)."""
+    ip = getattr(processor, "image_processor", None)
+    return ip is not None and hasattr(ip, "do_pan_and_scan") and \
+        isinstance(getattr(processor, "images_kwargs", None), dict)
+
+
+def check_pan_and_scan_choice(on) -> None:
+    """InputError naming ``pan_and_scan`` unless ``on`` is True, False or None."""
+    if on is not None and not isinstance(on, bool):
+        raise InputError(f"pan_and_scan: expected True, False or None (the checkpoint's choice), got {on!r}")
+
+
+def set_pan_and_scan(processor: Any, on: Optional[bool] = None, model_type: Optional[str] = None) -> Any:
+    """``processor``, its calls cropping as its checkpoint says (``on`` None: the image processor's saved
+    ``do_pan_and_scan`` and crop settings, where not null) or as ``on`` says (the saved crop settings
+    kept). The choice goes into the processor's own ``images_kwargs`` (its class's are left alone) and the
+    image processor's ``do_pan_and_scan``. ``on`` given for a processor that cannot crop is an InputError
+    naming ``model_type``; None leaves such a processor as it is."""
+    check_pan_and_scan_choice(on)
+    if not has_pan_and_scan(processor):
+        if on is None:
+            return processor
+        kind = f"{model_type} model" if model_type else "model"
+        raise InputError(f"pan_and_scan: this {kind}'s processor ({type(processor).__name__}) has no pan-and-scan "
+                         "(Gemma 3's crops); leave it out")
+    ip = processor.image_processor
+    chosen = {k: getattr(ip, k) for k in PAN_AND_SCAN_SETTINGS if getattr(ip, k, None) is not None}
+    if on is not None:
+        chosen["do_pan_and_scan"] = ip.do_pan_and_scan = on
+    if chosen:
+        processor.images_kwargs = {**processor.images_kwargs, **chosen}
+    return processor
+
+
+__all__ = ["PanAndScanCrops", "pan_and_scan_crops", "pan_and_scan_views", "PAN_AND_SCAN_SETTINGS",
+           "has_pan_and_scan", "check_pan_and_scan_choice", "set_pan_and_scan"]
