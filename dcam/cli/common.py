@@ -228,13 +228,14 @@ def add_model_options(p: argparse.ArgumentParser, hidden: bool = False) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help=argparse.SUPPRESS if hidden else
                    "run modeling code shipped with the checkpoint (Dream-VL and other remote-code models)")
+    if hidden:  # (dcam demo: the bundled model, which has no crops; argparse cannot hide a group's options)
+        return
     crops = p.add_mutually_exclusive_group()  # (one option and its --no- form: the third state is neither)
     for flag, on, what in (("--pan-and-scan", True, "also show the model crops of a wide or tall image, each with "
                             "its own tokens (views highres and base)"), ("--no-pan-and-scan", False, "no crops")):
         crops.add_argument(flag, dest="pan_and_scan", action="store_const", const=on, default=None,
-                           help=argparse.SUPPRESS if hidden else f"Gemma 3's pan-and-scan: {what}; refused for "
-                           "a model whose processor has none (default: as the checkpoint's preprocessor config "
-                           "says, its do_pan_and_scan)")
+                           help=f"Gemma 3's pan-and-scan: {what}; refused for a model whose processor has none "
+                                "(default: as the checkpoint's preprocessor config says, its do_pan_and_scan)")
 
 
 def add_family_option(p: argparse.ArgumentParser) -> None:
