@@ -75,7 +75,20 @@ def run_identity(explainer, model: Dict[str, Any], probe: Optional[str], target_
     adapter = _users_adapter(explainer.adapter)
     if adapter is not None:  # (absent for dcam's own adapters: the folders written before it still resume)
         identity["adapter"] = adapter
+    crops = _pan_and_scan(getattr(explainer, "processor", None))
+    if crops is not None:  # (absent for a processor without crops: its folders written before it still resume)
+        identity["pan_and_scan"] = crops
     return identity
+
+
+def _pan_and_scan(processor) -> Optional[Dict[str, Any]]:
+    """The pan-and-scan settings a processor that can crop (Gemma 3's) runs with, None for another: a resume
+    with --pan-and-scan of a run started without (or other crop settings) mixed two layouts in one folder."""
+    from ..probe.adapters.pan_and_scan import PAN_AND_SCAN_SETTINGS, has_pan_and_scan
+
+    if not has_pan_and_scan(processor):
+        return None
+    return {k: processor.images_kwargs.get(k) for k in PAN_AND_SCAN_SETTINGS}
 
 
 def _users_adapter(adapter) -> Optional[str]:
@@ -172,6 +185,8 @@ def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, An
     everywhere else: such a folder resumes under the same command)."""
     if stored.get("view") == "default" and identity.get("view") is None:
         identity = dict(identity, view="default")
+    if "pan_and_scan" not in stored:  # a folder written before the settings joined it (session 29)
+        identity = {k: v for k, v in identity.items() if k != "pan_and_scan"}
     if "source" not in stored:
         return {k: v for k, v in identity.items() if k not in LATER_KEYS}
     src = identity.get("source")

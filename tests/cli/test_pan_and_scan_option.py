@@ -241,3 +241,22 @@ def test_both_options_at_once_are_refused(cli, tmp_path, shapes_png):
     assert err[0].endswith("error: argument --no-pan-and-scan: not allowed with argument --pan-and-scan")
     assert not os.path.lexists(tmp_path / "out")
 
+
+
+def test_a_run_resumed_with_other_crops_is_refused(cli, tmp_path, chosen_dir):
+    # the crop settings decide every map: a resume with --no-pan-and-scan of a run that cropped was taken as the
+    # same run, mixing the two layouts in one folder
+    imgs, out = tmp_path / "imgs", tmp_path / "run"
+    imgs.mkdir()
+    _image(WIDE, 1).save(imgs / "a.png")
+    common = ["--model", chosen_dir, "--response-length", "2", "--threads", "1", "--quiet"]
+    assert cli("run", imgs, "--out", out, *common)[0] == 0
+    assert json.loads((out / "run.json").read_text())["identity"]["pan_and_scan"] == CHOSEN
+    _image(WIDE, 2).save(imgs / "b.png")
+    rc, _, err = cli("run", imgs, "--out", out, "--no-pan-and-scan", *common)
+    assert rc == 2 and err == [f"dcam run: error: --out: {str(out)!r} holds a run of another model/method/config "
+                               "(differs in: pan_and_scan.do_pan_and_scan); pass --overwrite to start over, or "
+                               "choose a new folder"]
+    assert cli("run", imgs, "--out", out, "--pan-and-scan", *common)[0] == 0  # what the checkpoint chose: the same
+    grids = [json.loads(line)["grid"] for line in (out / "index.jsonl").read_text().splitlines() if line]
+    assert grids == [[S, 12], [S, 12]]
