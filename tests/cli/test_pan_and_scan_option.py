@@ -260,3 +260,14 @@ def test_a_run_resumed_with_other_crops_is_refused(cli, tmp_path, chosen_dir):
     assert cli("run", imgs, "--out", out, "--pan-and-scan", *common)[0] == 0  # what the checkpoint chose: the same
     grids = [json.loads(line)["grid"] for line in (out / "index.jsonl").read_text().splitlines() if line]
     assert grids == [[S, 12], [S, 12]]
+    # a folder a dcam without the settings wrote (its identity and fingerprint lack them) still resumes
+    from dcam.runs.folder import fingerprint
+
+    run = json.loads((out / "run.json").read_text())
+    run["identity"].pop("pan_and_scan")
+    run["fingerprint"] = fingerprint(run["identity"])
+    (out / "run.json").write_text(json.dumps(run))
+    _image(WIDE, 3).save(imgs / "c.png")
+    assert cli("run", imgs, "--out", out, *common)[0] == 0
+    assert len((out / "index.jsonl").read_text().splitlines()) == 3
+    assert json.loads((out / "run.json").read_text())["identity"]["pan_and_scan"] == CHOSEN  # recorded from then on
