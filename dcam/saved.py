@@ -19,7 +19,6 @@ digests of ``maps.safetensors``,
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -28,15 +27,14 @@ from PIL import Image
 
 from .errors import InputError, one_line
 from .explanation import Explanation
+from .fields import Fields, whole
 from .ops.config import CamConfig
 from .output import file_digest, folder_path
-from .render.cells import check_cells
 from .render.overlay import MAP_TOLERANCE, rendered_at
 
 #: meta.json keys every saved explanation has (a folder without one of them is not one)
 _REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "pieces", "response", "response_ids",
              "response_tokens", "steps", "method", "probe", "grid")
-_MISSING = object()
 
 
 def _read_json(path: str, folder: str) -> Dict[str, Any]:
@@ -80,7 +78,7 @@ def _image(folder: str, digest: Optional[str]) -> Image.Image:
         raise InputError(f"folder: cannot read {path!r} ({type(exc).__name__}: {one_line(exc)})") from None
 
 
-def _at_explained_size(m: "_Fields", image: Image.Image) -> Image.Image:
+def _at_explained_size(m: Fields, image: Image.Image) -> Image.Image:
     """image.png (``image``) at the size of the image explained, meta.json's ``image_size`` ``[W, H]``,
     resized as a save renders one (bicubic up, box down); as it is where no size was saved. A
     size of another aspect than image.png's (more than the rounding of a save's resize apart)
@@ -88,8 +86,8 @@ def _at_explained_size(m: "_Fields", image: Image.Image) -> Image.Image:
     size = m.value("image_size", None)
     if size is None:
         return image
-    if not isinstance(size, list) or len(size) != 2 or not all(_whole(x) and x > 0 for x in size):
-        raise m._bad("image_size", "two positive whole numbers [W, H]")
+    if not isinstance(size, list) or len(size) != 2 or not all(whole(x) and x > 0 for x in size):
+        raise m.bad("image_size", "two positive whole numbers [W, H]")
     (W, H), (w, h) = size, image.size
     # a save rounds each side of the scaled size: W * h and H * w differ by at most (W + H) / 2 then
     if abs(W * h - H * w) > W + H:
@@ -98,150 +96,6 @@ def _at_explained_size(m: "_Fields", image: Image.Image) -> Image.Image:
     if (W, H) == (w, h):
         return image
     return rendered_at(image, (W, H))
-
-
-def _whole(x) -> bool:
-    """A JSON whole number (``true`` is not one)."""
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-class _Fields:
-    """Typed reads of one meta.json object (``what``: where it is, for messages): a value of
-    the wrong kind is an InputError naming folder and the field (it was a bare TypeError or
-    ValueError, or a float step count silently truncated)."""
-
-    def __init__(self, obj: Dict[str, Any], folder: str, what: str = "meta.json"):
-        self.obj, self.where = obj, f"folder: {folder!r}'s {what}"
-
-    def _bad(self, key: str, want: str):
-        text = repr(self.obj.get(key))
-        return InputError(f"{self.where}: {key} must be {want}, got {text[:60] + ('...' if len(text) > 60 else '')}")
-
-    def value(self, key: str, default=_MISSING):
-        if key not in self.obj:
-            if default is _MISSING:
-                raise InputError(f"{self.where} lacks {key!r}")
-            return default
-        return self.obj[key]
-
-    def int(self, key: str, default=_MISSING, none: bool = False, lo: Optional[int] = None) -> Optional[int]:
-        v = self.value(key, default)
-        if v is None and none:
-            return None
-        if not _whole(v) or (lo is not None and v < lo):
-            raise self._bad(key, "a whole number" + (f" >= {lo}" if lo is not None else "")
-                            + (" or null" if none else ""))
-        return v
-
-    def text_lists(self, key: str) -> List[List[str]]:
-        v = self.value(key, [])
-        if not isinstance(v, list) or not all(isinstance(p, list) and all(isinstance(x, str) for x in p)
-                                              for p in v):
-            raise self._bad(key, "a list of lists of texts")
-        return [list(p) for p in v]
-
-    def counts(self, key: str) -> Dict[str, int]:
-        v = self.value(key, {})
-        if not isinstance(v, dict) or not all(_whole(x) for x in v.values()):
-            raise self._bad(key, "an object of whole numbers")
-        return dict(v)
-
-    def number(self, key: str, default=_MISSING, lo: Optional[float] = None, hi: Optional[float] = None) -> float:
-        v = self.value(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise self._bad(key, "a finite number" + (f" in [{lo:g}, {hi:g}]" if lo is not None else ""))
-        return float(v)
-
-    def text(self, key: str, default=_MISSING, none: bool = False) -> Optional[str]:
-        v = self.value(key, default)
-        if (v is None and none) or isinstance(v, str):
-            return v
-        raise self._bad(key, "a text" + (" or null" if none else ""))
-
-    def texts(self, key: str, default=_MISSING) -> List[str]:
-        v = self.value(key, default)
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise self._bad(key, "a list of texts")
-        return list(v)
-
-    def ints(self, key: str) -> List[int]:
-        v = self.value(key)
-        if not isinstance(v, list) or not all(_whole(x) for x in v):
-            raise self._bad(key, "a list of whole numbers")
-        return list(v)
-
-    def int_lists(self, key: str) -> List[List[int]]:
-        v = self.value(key)
-        if not isinstance(v, list) or not all(isinstance(p, list) and all(_whole(x) for x in p) for p in v):
-            raise self._bad(key, "a list of lists of whole numbers")
-        return [list(p) for p in v]
-
-    def grid(self) -> Tuple[int, int]:
-        v = self.value("grid")
-        if not isinstance(v, list) or len(v) != 2 or not all(_whole(x) and x > 0 for x in v):
-            raise self._bad("grid", "two positive whole numbers [h, w]")
-        return (v[0], v[1])
-
-    def box(self, key: str = "box", default=(0.0, 0.0, 1.0, 1.0)) -> Tuple[float, float, float, float]:
-        v = self.value(key, list(default))
-        if not isinstance(v, list) or len(v) != 4 or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v) \
-                or not (v[0] < v[2] and v[1] < v[3]):
-            raise self._bad(key, "4 finite numbers [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
-        return tuple(float(x) for x in v)
-
-    def cells(self, key: str, grid, box):
-        """A stitched map's column and row centres inside its ``box`` (none saved: an even map, or a save
-        from before they were kept)."""
-        try:
-            return check_cells(self.value(key, None), grid, box, key)
-        except InputError:
-            raise self._bad(key, f"null or {{x: {grid[1]} centres, y: {grid[0]} centres}} inside the box") from None
-
-    def choice(self, key: str, choices, default=_MISSING, none: bool = False):
-        v = self.value(key, default)
-        if (v is None and none) or (isinstance(v, str) and v in choices):
-            return v
-        raise self._bad(key, f"one of {', '.join(sorted(choices))}" + (" or null" if none else ""))
-
-    def response_ids(self) -> List[int]:
-        """The response's ids, one per token of ``response_tokens`` (the texts of those ids)."""
-        ids, tokens = self.ints("response_ids"), self.texts("response_tokens")
-        if len(ids) != len(tokens):
-            raise InputError(f"{self.where}: response_ids must have one id per token of response_tokens "
-                             f"({len(tokens)}), got {len(ids)}")
-        return ids
-
-    def items(self, what: str, response_ids: List[int]):
-        """(tokens, {token_ids, word_numbers, response_indices}, pieces) of the explained items
-        (``what``: what they are, for messages), one entry each; each item's pieces are slots of the
-        response (``response_ids``), the first its ``response_indices`` entry."""
-        tokens = self.texts("tokens")
-        ids = {k: self.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
-        pieces = self.int_lists("pieces")
-        if any(len(v) != len(tokens) for v in (*ids.values(), pieces)):
-            raise InputError(f"{self.where}: tokens, token_ids, word_numbers, response_indices and pieces must have "
-                             f"one entry per {what}")
-        # (no order is asked of an item's slots: a phrase's are its words' slots word after word, and
-        # a word's need not be next to each other, a token with no text of its own between them)
-        L = len(response_ids)
-        for k, slots in enumerate(pieces):
-            if not slots or not all(0 <= s < L for s in slots) or slots[0] != ids["response_indices"][k]:
-                raise InputError(f"{self.where}: pieces[{k}] must be slots of the {L}-token response starting at "
-                                 f"response_indices[{k}] ({ids['response_indices'][k]}), got {slots}")
-        return tokens, ids, pieces
-
-    def config(self, key: str = "config") -> Optional[CamConfig]:
-        v = self.value(key, None)
-        if v is None:
-            return None
-        if not isinstance(v, dict):
-            raise self._bad(key, "an object of CamConfig fields")
-        try:
-            return CamConfig(**v)
-        except InputError as exc:
-            raise InputError(f"{self.where}: {key}: {one_line(exc)}") from None
 
 
 def _tensor(tensors: Dict[str, torch.Tensor], key: str, shape, where: str, unit: bool = False):
@@ -288,7 +142,7 @@ def load_explanation(folder) -> Explanation:
     if missing:
         raise InputError(f"folder: {folder!r}'s meta.json lacks {missing}; it is not a saved explanation"
                          + (" (it holds a trajectory alone: Trajectory.save)" if "trajectory" in meta else ""))
-    m = _Fields(meta, folder)
+    m = Fields(meta, f"folder: {folder!r}'s meta.json")
     response_ids = m.response_ids()
     tokens, ids, pieces = m.items("explained item", response_ids)
     T, grid = len(tokens), m.grid()
@@ -354,36 +208,34 @@ def _ints_tensor(tensors, key: str, shape, where: str, lo: int, hi: int) -> torc
     return t
 
 
-def _view(m: _Fields, view_maps: Dict[str, torch.Tensor]) -> Optional[str]:
+def _view(m: Fields, view_maps: Dict[str, torch.Tensor]) -> Optional[str]:
     """meta.json's view: with every view's maps saved (``view="all"``), the name of one of them (none for a
     view named "default"); else none or the name of the view explained, never ``"default"`` or ``"all"``
     (:func:`dcam.explain.check_view`'s words for a request: the view explained is recorded in their place).
     Which names a model's images have is its adapter's to say, and the save does not record the adapter."""
     view = m.text("view", None, none=True)
     if view_maps and (view or "default") not in view_maps:
-        raise m._bad("view", f"one of the saved views ({', '.join(sorted(view_maps))})")
+        raise m.bad("view", f"one of the saved views ({', '.join(sorted(view_maps))})")
     if not view_maps and view in ("default", "all"):
-        raise m._bad("view", "null or the name of the view explained (not the request words 'default' or 'all')")
+        raise m.bad("view", "null or the name of the view explained (not the request words 'default' or 'all')")
     return view
 
 
-def _view_boxes(m: "_Fields", view_maps: Dict[str, torch.Tensor]) -> Dict[str, Tuple[float, float, float, float]]:
+def _view_boxes(m: Fields, view_maps: Dict[str, torch.Tensor]) -> Dict[str, Tuple[float, float, float, float]]:
     """Each saved view's box (a save before view boxes were kept: none)."""
     boxes = m.value("view_boxes", {})
     if not isinstance(boxes, dict) or not set(boxes) <= set(view_maps):
-        raise m._bad("view_boxes", f"a box for some of the saved views ({', '.join(sorted(view_maps)) or 'none'})")
-    inner = _Fields(boxes, "", "meta.json view_boxes")
-    inner.where = f"{m.where} view_boxes"
+        raise m.bad("view_boxes", f"a box for some of the saved views ({', '.join(sorted(view_maps)) or 'none'})")
+    inner = Fields(boxes, f"{m.where} view_boxes")
     return {view: inner.box(view) for view in boxes}
 
 
-def _view_cells(m: "_Fields", view_maps: Dict[str, torch.Tensor]) -> dict:
+def _view_cells(m: Fields, view_maps: Dict[str, torch.Tensor]) -> dict:
     """Each saved view's cell centres where it has them (a stitched map's)."""
     cells, boxes = m.value("view_cells", {}), _view_boxes(m, view_maps)
     if not isinstance(cells, dict) or not set(cells) <= set(boxes):
-        raise m._bad("view_cells", f"cell centres of some of the boxed views ({', '.join(sorted(boxes)) or 'none'})")
-    inner = _Fields(cells, "", "meta.json view_cells")
-    inner.where = f"{m.where} view_cells"
+        raise m.bad("view_cells", f"cell centres of some of the boxed views ({', '.join(sorted(boxes)) or 'none'})")
+    inner = Fields(cells, f"{m.where} view_cells")
     placed = {view: inner.cells(view, tuple(view_maps[view].shape[1:]), boxes[view]) for view in cells}
     return {view: c for view, c in placed.items() if c is not None}
 
@@ -402,7 +254,8 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     if not isinstance(meta["trajectory"], dict):
         raise InputError(f"folder: {folder!r}'s meta.json: trajectory must be an object, got "
                          f"{type(meta['trajectory']).__name__}")
-    tm, m = _Fields(meta["trajectory"], folder, "meta.json trajectory"), _Fields(meta, folder)
+    meta_json = f"folder: {folder!r}'s meta.json"
+    tm, m = Fields(meta["trajectory"], f"{meta_json} trajectory"), Fields(meta, meta_json)
     path = os.path.join(folder, "trajectory.safetensors")
     t = _read_tensors(path, folder, "the trajectory's maps")
     _check_digest(path, tm.text("tensors_sha256", None, none=True), f"folder: {folder!r}")
