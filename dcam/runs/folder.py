@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import InputError
 from ..output import file_digest
-from .store import LOCK, RUN_JSON, read_json, remove_debris, scan_index, write_json_atomic
+from .store import LOCK, RUN_JSON, read_failed, read_json, remove_debris, scan_index, write_json_atomic
 
 #: Format tag of run.json.
 RUN_FORMAT = "dcam-run/1"
@@ -160,6 +160,9 @@ def check_folder(path: str) -> str:
     real = os.path.realpath(root)
     if os.path.lexists(real) and not os.path.exists(real):
         raise InputError(f"--out: {path!r} is a symbolic link that never reaches a folder (a loop)")
+    if os.path.isdir(real) and not os.access(real, os.R_OK | os.X_OK):  # (said "cannot write into" it)
+        raise InputError(f"--out: cannot read the folder {path!r} (permission denied); a run resumes from what its "
+                         "folder holds: make it readable, or choose another folder")
     probe = real
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
@@ -210,7 +213,10 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     new_lock = not os.path.lexists(os.path.join(root, LOCK))
     lock = FolderLock(root)
     try:
-        entries = [n for n in os.listdir(root) if n != LOCK]
+        try:
+            entries = [n for n in os.listdir(root) if n != LOCK]
+        except OSError as exc:  # (a folder that cannot be listed was reported as a failed write)
+            raise read_failed(exc, root)
         old = None
         if entries and overwrite:
             # run.json first: a kill while emptying leaves "not a run" (refused), never a run missing shards

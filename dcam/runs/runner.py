@@ -357,8 +357,9 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source)))
     lock = dist.on_rank0(start)
     try:
-        done, _, _ = scan_index(root)
-        old_parts = parts(root, INDEX_PARTS) + parts(root, ERROR_PARTS)
+        # (a parts folder that cannot be listed was a traceback here, and before, a failed write of a part)
+        done, old_parts = _writing(root, lambda: (scan_index(root)[0],
+                                                  parts(root, INDEX_PARTS) + parts(root, ERROR_PARTS)))
         dist.barrier()  # every rank has read the index before any rank writes to it
         done_here = sum(1 for rid in source.ids if rid in done)  # (records taken out of the manifest: not these)
         log(f"{done_here} of {len(source)} records already done; {dist.world} process(es)")

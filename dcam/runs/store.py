@@ -147,7 +147,8 @@ class LineWriter:
 def read_lines(path: str) -> Iterator[Tuple[int, dict]]:
     """(line number, object) of every complete line; a last line without its
     newline (a write cut short by a kill) is not data. A complete line that is
-    not JSON is InputError naming the file and line."""
+    not JSON, or not an object with a text ``id`` (every index and error line has
+    one), is InputError naming the file and line."""
     for n, _, obj in _placed_lines(path):
         yield n, obj
 
@@ -165,30 +166,73 @@ def _placed_lines(path: str) -> Iterator[Tuple[int, int, dict]]:
                         obj = json.loads(raw)
                     except ValueError as exc:
                         raise InputError(f"run: {path} line {n} is corrupt ({one_line(exc)})") from None
+                    _check_record_line(obj, path, n)
                     yield n, at, obj
                 at += len(raw)
     except OSError as exc:  # (the file's own, not the caller's: a generator's consumer raises nothing into it)
         raise read_failed(exc, path)
 
 
+def _check_record_line(obj, path: str, n: int) -> None:
+    """An index or error line is a JSON object with a text ``id`` (a list line was an AttributeError, a line
+    without an id a KeyError, wherever the line was read)."""
+    if not isinstance(obj, dict):
+        raise InputError(f"run: {path} line {n} is corrupt (a JSON {type(obj).__name__}, not a record's object)")
+    if not isinstance(obj.get("id"), str):
+        text = repr(obj.get("id"))
+        raise InputError(f"run: {path} line {n}: id must be a text, got "
+                         f"{text[:60] + ('...' if len(text) > 60 else '')}")
+
+
+def listed(folder: str, suffix: str = "") -> List[str]:
+    """The paths of the files in ``folder`` whose names end in ``suffix`` (hidden ones aside), sorted; none when it
+    does not exist. A folder that cannot be listed (a file in its place, no permission) is a read that failed
+    (:func:`read_failed`): glob said it held nothing, and a run went on without the lines it held."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise read_failed(exc, folder)
+    return sorted(os.path.join(folder, n) for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
 def parts(root: str, folder: str) -> List[str]:
-    return sorted(glob.glob(os.path.join(root, folder, "*.jsonl")))
+    return listed(os.path.join(root, folder), ".jsonl")
 
 
-def iter_index(root: str) -> Iterator[dict]:
-    """Every index line of the run, lazily: ``index.jsonl`` first, then the
+def index_lines(root: str) -> Iterator[Tuple[str, int, dict]]:
+    """(file, line number, object) of every index line of the run, lazily: ``index.jsonl`` first, then the
     parts it does not already hold."""
     merged: Set[str] = set()
     main = os.path.join(root, INDEX)
     if os.path.exists(main):
-        for _, obj in read_lines(main):
+        for n, obj in read_lines(main):
             merged.add(obj.get("part", ""))
-            yield obj
+            yield main, n, obj
     for p in parts(root, INDEX_PARTS):
         if os.path.basename(p)[:-len(".jsonl")] in merged:
             continue
-        for _, obj in read_lines(p):
-            yield obj
+        for n, obj in read_lines(p):
+            yield p, n, obj
+
+
+def iter_index(root: str) -> Iterator[dict]:
+    """Every index line of the run, lazily (:func:`index_lines`' objects)."""
+    return (obj for _, _, obj in index_lines(root))
+
+
+def index_shard(obj: dict, where: str) -> str:
+    """The line's ``shard``, a file in the folder's ``shards/``, checked with its ``key`` (``where``: the line, for
+    the message). A line without them was a KeyError; a shard named elsewhere was read from there, and the one
+    the line stood for deleted as debris on a resume."""
+    shard = obj.get("shard")
+    if not isinstance(shard, str) or os.path.dirname(os.path.normpath(shard)) != SHARDS \
+            or not isinstance(obj.get("key"), str):
+        text = repr((shard, obj.get("key")))
+        raise InputError(f"{where}: shard and key must be a file in {SHARDS}/ and the text of its tensor, got "
+                         f"{text[:80] + ('...' if len(text) > 80 else '')}")
+    return os.path.normpath(shard)
 
 
 def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tuple[Set[str], Set[str], int]:
@@ -197,14 +241,14 @@ def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tup
     done: Set[str] = set()
     shards: Set[str] = set()
     words = 0
-    for obj in iter_index(root):
+    for path, n, obj in index_lines(root):
         if visit is not None:
             visit(obj)
         rid = obj["id"]
         if rid in done:
             raise InputError(f"run: record {rid!r} is twice in the index of {root}")
         done.add(rid)
-        shards.add(obj["shard"])
+        shards.add(index_shard(obj, f"run: {path} line {n}, record {rid!r}"))
         words += len(obj.get("tokens", ()))
     return done, shards, words
 
@@ -307,7 +351,7 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
     """Delete temporary files and shards no index line points to (left by a
     killed process); returns what was deleted. Only call with no writer running."""
     gone = []
-    for p in glob.glob(os.path.join(root, SHARDS, "*")):
+    for p in listed(os.path.join(root, SHARDS)):
         rel = os.path.relpath(p, root)
         if ".tmp-" in os.path.basename(p) or rel not in shards_in_use:
             os.unlink(p)
@@ -324,5 +368,6 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 
 
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
-           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "iter_index",
-           "scan_index", "merge_index", "read_errors", "merge_errors", "remove_debris", "fsync_dir"]
+           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "listed",
+           "index_lines", "iter_index", "index_shard", "scan_index", "merge_index", "read_errors", "merge_errors",
+           "remove_debris", "fsync_dir"]

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError, one_line
+from ..render.overlay import FULL_BOX
 from .reader import load_run
 from .store import write_bytes_atomic
 from .writer import _umask
@@ -51,10 +52,10 @@ def _save_image(path: Optional[str], out_dir: str, n: int, max_side: int, size=N
     return f"{VIEW}/img/{name}"
 
 
-def _items(entry: dict):
+def _items(r):
     from ..words import clean_token
 
-    return [{"text": clean_token(t) or t, "number": int(n)} for t, n in zip(entry["tokens"], entry["word_numbers"])]
+    return [{"text": clean_token(t) or t, "number": n} for t, n in zip(r.tokens, r.word_numbers)]
 
 
 def _summary(info: dict, n: int, errors: int) -> str:
@@ -139,18 +140,18 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
             done.add(r.id)
             if limit is not None and pages.total >= limit:
                 continue
-            e = r.entry
+            # every field as the record checks it (the index line's own values were taken as they were: a damaged
+            # line was a traceback here, or a page that drew its maps wrong)
             maps, labels = _frames(r)
             rec = record_data(
-                r.id, e["response"], _items(e), maps,
-                _save_image(e.get("image"), tmp, pages.total, max_side, e.get("image_size")),
-                e.get("image_size") or [1, 1],
-                e.get("grid") or list(r.maps.shape[-2:]), stats=e.get("stats"), metrics=e.get("metrics"),
-                notes=e.get("notes"), where=e.get("where", ""), step_labels=labels)
-            if e.get("box"):  # the page lays the maps over the crop the model saw, as the overlays do
-                rec["box"] = e["box"]
-            if e.get("cells"):  # and a stitched map's cells on the pixels they were read from
-                rec["cells"] = e["cells"]
+                r.id, r.response, _items(r), maps,
+                _save_image(r.image, tmp, pages.total, max_side, r.image_size), r.image_size or [1, 1],
+                r.grid, stats=r.stats_lists(), metrics=r.metrics, notes=r.notes, where=r.where or "",
+                step_labels=labels)
+            if r.box != FULL_BOX:  # the page lays the maps over the crop the model saw, as the overlays do
+                rec["box"] = list(r.box)
+            if r.cells is not None:  # and a stitched map's cells on the pixels they were read from
+                rec["cells"] = r.cells.as_dict()
             pages.add(rec)
             if bar is not None:
                 bar.update()
@@ -170,6 +171,8 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a file too large: it was a traceback
             raise _write_failed(folder, exc) from None
+        if isinstance(exc, InputError):  # a file of the run it cannot read, a damaged index line: the old page stays
+            raise InputError(f"{one_line(exc)}; the page was not written") from None
         raise
     cfg = viewer_config([], title=f"dcam run: {os.path.basename(root)}", summary=_summary(info, len(done),
                         len(errors)), per_page=per_page, pages=max(1, pages.pages), total=pages.total,

@@ -97,7 +97,8 @@ def _part(root, name, ids):
     os.makedirs(os.path.join(root, "index"), exist_ok=True)
     with open(os.path.join(root, "index", name + ".jsonl"), "wb") as f:
         for rid in ids:
-            f.write(store.json_line({"id": rid, "n": 0, "where": "stale", "shard": "s", "part": name}))
+            f.write(store.json_line({"id": rid, "n": 0, "where": "stale", "shard": "shards/s.safetensors",
+                                     "key": "r0", "part": name}))
 
 
 def test_a_kill_inside_the_merge_leaves_the_index_whole_and_counts_nothing_twice(tmp_path, monkeypatch):
