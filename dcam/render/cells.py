@@ -32,13 +32,9 @@ class Cells(NamedTuple):
     y: Tuple[float, ...]
 
     def as_dict(self) -> dict:
-        """The JSON form (meta.json, the viewer's record data): ``{"x": [...], "y": [...]}``."""
+        """The JSON form (meta.json, the viewer's record data): ``{"x": [...], "y": [...]}``; read back with
+        :func:`check_cells` (a run's index, :class:`dcam.runs.reader.RunRecord`), which refuses damaged ones."""
         return {"x": list(self.x), "y": list(self.y)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Cells":
-        """The :meth:`as_dict` form read back as it was written (a run's index)."""
-        return cls(tuple(d["x"]), tuple(d["y"]))
 
 
 def _axis(values, count: int, lo: float, hi: float, name: str) -> Tuple[float, ...]:
