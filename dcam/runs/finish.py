@@ -4,17 +4,44 @@ every rank (and of earlier sessions) reduced into ``metrics.json`` and
 ``metrics.md``, and the final ``run.json``."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from array import array
 from typing import Any, Dict
 
+from ..errors import InputError
+from ..fields import Fields
 from .folder import read_run_json
-from .store import ERRORS, INDEX, RUN_JSON, SHARDS, iter_index, merge_errors, merge_index, write_bytes_atomic, \
+from .store import ERRORS, INDEX, RUN_JSON, SHARDS, index_lines, merge_errors, merge_index, write_bytes_atomic, \
     write_json_atomic
 
 OBJECT_KEYS = ("obj_iou", "contrast", "concentration", "f3")
 NAN = float("nan")
+
+
+def checked_metrics(m, where: str) -> Dict[str, Any]:
+    """An index line's ``metrics`` (:func:`.records.record_metrics`' object; ``where``: the line, for the message)
+    as far as :class:`MetricTotals` reads it: else an InputError naming the line and the field (a text value was
+    read as its number, a list of values a traceback at the run's end)."""
+    if not isinstance(m, dict):
+        text = repr(m)
+        raise InputError(f"{where}: metrics must be an object or null, got "
+                         f"{text[:60] + ('...' if len(text) > 60 else '')}")
+    f = Fields(m, f"{where}: metrics")
+    f.int("unaligned", 0, lo=0)
+    f.int("not_targeted", 0, lo=0)
+    for part, keys in (("object", OBJECT_KEYS), ("function", ("func_iou",))):
+        values = f.value(part, {})
+        if not isinstance(values, dict) or not all(
+                isinstance(values.get(k, []), list) and all(v is None or _finite(v) for v in values.get(k, []))
+                for k in keys):
+            raise f.bad(part, f"an object of lists of numbers or nulls ({', '.join(keys)})")
+    return m
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class MetricTotals:
@@ -51,13 +78,13 @@ def collect(root: str, source_ids=None):
     done = set()
     words = 0
     totals = MetricTotals()
-    for obj in iter_index(root):
+    for path, n, obj in index_lines(root):
         done.add(obj["id"])
         if source_ids is not None and obj["id"] not in source_ids:
             continue
         words += len(obj.get("tokens", ()))
-        if "metrics" in obj:
-            totals.add(obj["metrics"])
+        if obj.get("metrics") is not None:
+            totals.add(checked_metrics(obj["metrics"], f"run: {path} line {n}, record {obj['id']!r}"))
     return done, words, totals
 
 
@@ -128,4 +155,4 @@ def finish(root: str, source, session: Dict[str, Any], identity: Dict[str, Any],
     return info
 
 
-__all__ = ["finish", "collect", "MetricTotals", "metrics_table", "write_metrics"]
+__all__ = ["finish", "collect", "checked_metrics", "MetricTotals", "metrics_table", "write_metrics"]

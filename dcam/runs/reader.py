@@ -24,6 +24,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 from ..errors import InputError, one_line
 from ..fields import Fields, whole
 from ..render.overlay import FULL_BOX
+from .finish import checked_metrics
 from .store import ERROR_PARTS, ERRORS, INDEX, INDEX_PARTS, RUN_JSON, index_lines, index_shard, read_errors, \
     read_json
 
@@ -105,9 +106,7 @@ class RunRecord:
     def metrics(self) -> Optional[dict]:
         """The record's metrics (with a mask), else None."""
         v = self.entry.get("metrics")
-        if v is not None and not isinstance(v, dict):
-            raise self._fields.bad("metrics", "an object or null")
-        return v
+        return None if v is None else checked_metrics(v, self._at)
 
     @property
     def word_numbers(self) -> List[int]:

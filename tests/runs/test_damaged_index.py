@@ -103,6 +103,11 @@ DAMAGED = [
     ("notes: a text", {"notes": "note"}, "notes", "notes must be a list of texts, got 'note'"),
     ("view: a list", {"view": ["highres"]}, "view", "view must be a text or null, got ['highres']"),
     ("metrics: a list", {"metrics": [1]}, "metrics", "metrics must be an object or null, got [1]"),
+    ("metrics: a text value", {"metrics": {"object": {"words": [0], "obj_iou": ["0.5"]}}}, "metrics",
+     "metrics: object must be an object of lists of numbers or nulls (obj_iou, contrast, concentration, f3), got "
+     "{'words': [0], 'obj_iou': ['0.5']}"),
+    ("metrics: a count that is a text", {"metrics": {"unaligned": "2"}}, "metrics",
+     "metrics: unaligned must be a whole number >= 0, got '2'"),
     ("trajectory_shape: another record's", {"trajectory_shape": [2, 2, 8, 8]}, "trajectory",
      "trajectory_shape must be [S, 1, *grid] (S >= 1), got [2, 2, 8, 8]"),
     ("shard: outside the folder", {"shard": "../a.safetensors"}, "maps",
@@ -255,6 +260,28 @@ def test_load_run_of_a_parts_folder_that_cannot_be_listed_is_an_input_error(name
     with pytest.raises(InputError) as info:
         list(run) if name == "index" else run.errors
     assert str(info.value) == f"run: cannot read {os.path.join(folder, name)!r} (NotADirectoryError: Not a directory)"
+
+
+def test_dcam_run_resuming_over_damaged_metrics_exits_2_naming_them(run_manifest, reference_run, tmp_path, capsys):
+    # the run's metrics.json is reduced from every index line's metrics at its end: a text among the values was a
+    # ValueError traceback there (and a number in a text, "0.5", was counted as 0.5)
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    index = os.path.join(out, "index.jsonl")
+    with open(index) as f:
+        lines = [json.loads(x) for x in f]
+    k = next(i for i, x in enumerate(lines) if x.get("metrics"))
+    lines[k]["metrics"]["object"]["obj_iou"][0] = "x"
+    with open(index, "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in lines)
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = f.read()
+    rc, err = _resumed(run_manifest, out, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith(
+        f"dcam run: error: run: {index} line {k + 1}, record {lines[k]['id']!r}: metrics: object must be an object of "
+        "lists of numbers or nulls (obj_iou, contrast, concentration, f3), got {"), err
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert f.read() == metrics  # the metrics of the run as they were
 
 
 def _unreadable(path, mode):
