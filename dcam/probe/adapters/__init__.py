@@ -26,6 +26,7 @@ from .families import BY_NAME, FAMILIES, Family, detect_family, family_rows, mar
 from .hf_vlm import Gemma3Adapter, Gemma4Adapter, Idefics3Adapter, QwenVLAdapter
 from .llava import HFVisionLanguageAdapter, LlavaAdapter, LlavaNextAdapter
 from .llava_dmllm import LlavaDMLLMAdapter
+from .model_arg import found as _found, refuse_headless, refuse_non_model
 from .shapes import ShapesAdapter
 from .vq import DiMOOAdapter, DiMOOProcessor, MMaDAAdapter, MMaDAProcessor
 
@@ -84,11 +85,6 @@ def register_adapter(predicate: Callable, cls: type, first: bool = True, name: O
         ADAPTERS.append(entry)
 
 
-def _found(model) -> str:
-    cfg = getattr(model, "config", None)
-    return f"{type(model).__name__} (config.model_type {getattr(cfg, 'model_type', None)!r})"
-
-
 def _forced_adapter(fam: Family, model, processor, **kwargs) -> ModelAdapter:
     """``fam``'s adapter for a model the user says is of that family. A family forced on a
     model of another family, or on one without the family's transformer blocks, is the
@@ -100,6 +96,7 @@ def _forced_adapter(fam: Family, model, processor, **kwargs) -> ModelAdapter:
     if detected is not None and detected.name != fam.name:
         raise InputError(f"family: {_found(model)} is a {detected.name} model, not {fam.name} "
                          f"(leave family out to detect it)")
+    refuse_headless(model)  # (said as the model's, before the family's blocks are looked for in it)
     try:  # (a model without the family's config, e.g. a plain nn.Module, failed in the adapter's constructor)
         adapter = _made(fam.adapter_class(), model, processor, kwargs)
         adapter.blocks()
@@ -147,8 +144,7 @@ def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) 
     """The adapter for ``model`` (see the module docstring)."""
     if isinstance(model, ModelAdapter):
         return model
-    if model is None:
-        raise InputError("no model given")
+    refuse_non_model(model, processor)  # (a path or a processor reached the predicates and the family rules)
     if family is not None:
         if str(family) in REGISTERED:  # a user's adapter registered under this name: forced as a family is
             return _made(REGISTERED[str(family)], model, processor, kwargs)
@@ -161,11 +157,12 @@ def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) 
             return _made(cls, model, processor, kwargs)
     fam = detect_family(model)
     if fam is not None:
+        refuse_headless(model)  # a base model (what AutoModel loads) has the family's config but not its LM head
         return _made(fam.adapter_class(), model, processor, kwargs)
     if config_get(getattr(model, "config", None), "image_token_id", "image_token_index") is None:
-        raise InputError(f"{_found(model)} has no image token id (config.image_token_id) and matches no dMLLM "
-                         "family; it is not a multimodal model this explainer can probe (see `dcam families`)")
-    raise InputError(f"no adapter for {_found(model)}; pass family=... (see `dcam families`) or write a "
+        raise InputError(f"model: {_found(model)} has no image token id (config.image_token_id) and matches no "
+                         "dMLLM family; it is not a multimodal model this explainer can probe (see `dcam families`)")
+    raise InputError(f"model: no adapter for {_found(model)}; pass family=... (see `dcam families`) or write a "
                      "dcam.probe.ModelAdapter subclass and register it with dcam.probe.register_adapter")
 
 
