@@ -16,7 +16,7 @@ from .probe.adapters.checks import check_head_rows, check_mask_id
 from .probe.hooks import generating, generation_watch
 from .profiling import stage
 from .targets import Item, explainable_slots, items_asked, response_items, select_items
-from .words import PLACEHOLDER, refuse_ids, token_spans
+from .words import IMAGE_MARK, PLACEHOLDER, refuse_ids, token_spans
 
 
 @dataclass
@@ -138,6 +138,9 @@ class ExampleBuilder:
         _check_ids_in_vocabulary(a, ids, prep_of=lambda: a.prepare(img, prompt, _ends(a, len(ids)),
                                                                    self.response_length))
         refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
+        marks = getattr(a, "image_mark_ids", None)  # (transformers VLMs': an adapter of the user's need not say)
+        if marks is not None:  # a given response only: a generated one is what the model wrote
+            refuse_ids(a.token_strings, set(marks()) - placeholder, IMAGE_MARK, response=ids)
         if isinstance(response, str):
             # an end, padding or mask token written in the text: the words after an end were dropped and the
             # others left out, without a word (as ids, masked and padded slots are a response's gaps, on purpose;

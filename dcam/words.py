@@ -102,6 +102,9 @@ def align_words(words: Sequence[str], tokens: Sequence[str]) -> List[List[int]]:
 #: ``refuse_ids``'s reason for an image placeholder token
 PLACEHOLDER = "is the image placeholder the model fills with image features"
 
+#: ``refuse_ids``'s reason for a token written around an image's features (Gemma 3's <start_of_image>)
+IMAGE_MARK = "is part of the image placeholder: it marks where the image features go"
+
 
 def refuse_ids(token_strings: Callable[[Sequence[int]], List[str]], ids, why: str, **seqs) -> None:
     """Refuse a prompt or response (``seqs``: name -> ids) holding one of ``ids``, tokens the

@@ -106,6 +106,12 @@ class DiffusionGemmaAdapter(ModelAdapter):
         gc = getattr(self.model, "generation_config", None)
         return _ids_set(getattr(gc, "eos_token_id", None)) | _ids_set(config_get(self.model.config, "eos_token_id"))
 
+    def image_mark_ids(self) -> set:
+        """<boi> and <eoi>, written around the image (by dcam, :data:`.hf_vlm.GEMMA_LAYOUT`): a given response
+        holding one is refused as Gemma 4's is (a text one was told they end a response, as padding does)."""
+        c = self.model.config
+        return _ids_set(getattr(c, "boi_token_id", None)) | _ids_set(getattr(c, "eoi_token_id", None))
+
     @property
     def pad_token_ids(self) -> set:
         c = self.model.config

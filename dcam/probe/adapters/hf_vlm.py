@@ -124,6 +124,16 @@ class Idefics3Adapter(HFVisionLanguageAdapter):
     def _lm(self):
         return self.model.model.text_model
 
+    def image_mark_ids(self) -> set:
+        """The processor's tokens around an image's features: ``<fake_token_around_image>``, ``<global-img>``
+        and the ``<row_r_col_c>`` tile markers (no config field names them)."""
+        tok = self.tokenizer
+        names = [getattr(self.processor, "fake_image_token", None), getattr(self.processor, "global_image_tag", None)]
+        names += [t for t in getattr(tok, "get_added_vocab", dict)() if re.fullmatch(r"<row_\d+_col_\d+>", t)]
+        ids = {tok.convert_tokens_to_ids(n) for n in names if n}
+        known = {int(i) for i in ids if i is not None and i != getattr(tok, "unk_token_id", None)}
+        return (super().image_mark_ids() | known) - self.placeholder_ids()
+
     def locate_views(self, prompt_ids, enc, img):
         ids = prompt_ids.reshape(-1)
         pos = image_span(prompt_ids, self.image_token_id)

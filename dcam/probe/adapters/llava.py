@@ -187,6 +187,20 @@ class HFVisionLanguageAdapter(ModelAdapter):
         return (_ids_set(config_get(self.model.config, "image_token_id", "image_token_index")) |
                 _ids_set(config_get(self.model.config, "video_token_id", "video_token_index")))
 
+    #: config fields of the ids the processor writes around an image's features (Qwen's <|vision_start|> and
+    #: <|vision_end|>, Gemma 3's <start_of_image> and <end_of_image>, Gemma 4's, which dcam writes itself)
+    image_mark_fields = ("vision_start_token_id", "vision_end_token_id", "boi_token_id", "boi_token_index",
+                         "eoi_token_id", "eoi_token_index")
+
+    def image_mark_ids(self) -> set:
+        """Ids of the tokens that mark where an image's features go, beyond :meth:`placeholder_ids`: a given
+        response holding one is refused as one holding the placeholder is (Gemma 3 took its <start_of_image>
+        there as a word, with a map). A generated response is what the model wrote: never refused for them."""
+        marks = set()
+        for field in self.image_mark_fields:
+            marks |= _ids_set(config_get(self.model.config, field))
+        return marks - self.placeholder_ids()
+
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         img = load_image(image)
         text = self.prompt_text(prompt)

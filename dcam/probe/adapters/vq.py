@@ -161,6 +161,15 @@ class _VQAdapter(DMLLMAdapter):
         config field names it in both families)."""
         return range(int(self.processor.image_token_offset), int(self.lm_head_weight().shape[0]))
 
+    #: the processor's fields of the ids written around the image's codes
+    image_mark_fields: Tuple[str, ...] = ()
+
+    def image_mark_ids(self) -> set:
+        """The ids around the image's codes (MMaDA's <|soi|> <|eoi|>; Lumina-DiMOO's <boi> <eoi> and the
+        newline after every row): a given response holding one is refused (MMaDA took them as words)."""
+        return {int(getattr(self.processor, f)) for f in self.image_mark_fields
+                if getattr(self.processor, f, None) is not None}
+
     def chat_ids(self, prompt: Optional[str]) -> List[int]:
         from .dmllm import chat_prompt
 
@@ -188,6 +197,7 @@ class MMaDAAdapter(_VQAdapter):
     processor_needs = ("tokenizer", "vq_model", "resolution", "image_token_offset", "soi_id", "eoi_id", "mmu_id")
     image_views = ("image",)
     blocks_per_response = 4  # inference_mmu.py: block_length = max_seq_length // 4
+    image_mark_fields = ("soi_id", "eoi_id")
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         p = self.processor
@@ -224,6 +234,7 @@ class DiMOOAdapter(_VQAdapter):
                        "eoi_id", "answer_start_id", "answer_end_id")
     image_views = ("image",)
     blocks_per_response = 4  # inference_mmu.py: gen_length 1024 in blocks of 256
+    image_mark_fields = ("boi_id", "eoi_id", "newline_id")
     #: the published LLaDA blocks call SDPA with attn_mask=None: the attention bias (and the attention_mask
     #: folded into it) hides nothing, so a padded row is not what it is alone; one forward per layout
     pads_batches = False
