@@ -138,7 +138,7 @@ class ExampleBuilder:
         _check_ids_in_vocabulary(a, ids, prep_of=lambda: a.prepare(img, prompt, _ends(a, len(ids)),
                                                                    self.response_length))
         refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
-        marks = getattr(a, "image_mark_ids", None)  # (transformers VLMs': an adapter of the user's need not say)
+        marks = getattr(a, "image_mark_ids", None)  # (dcam's adapters say which; an adapter of the user's need not)
         if marks is not None:  # a given response only: a generated one is what the model wrote
             refuse_ids(a.token_strings, set(marks()) - placeholder, IMAGE_MARK, response=ids)
         if isinstance(response, str):

@@ -8,7 +8,9 @@ LLaDA-V, MMaDA, Lumina-DiMOO, Dream-VL, DiffusionGemma and transformers' VLMs
 (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2/2.5/3-VL, Idefics3/SmolVLM, Gemma
 3/4). ``family="name"`` forces a row of the table, or an adapter registered
 under that name (``register_adapter(..., name="name")``). A model nothing matches
-raises InputError saying what was found.
+raises InputError saying what was found; what is no model (None, a path, a
+``(model, processor)`` pair, a processor) and a transformers VLM's base model
+without its LM head are refused before, naming ``model`` (:mod:`.model_arg`).
 
 Adapters take ``newline_column=True`` (and optionally ``newline_token_id``)
 for grids that append an image-newline token to every row.
