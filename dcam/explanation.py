@@ -27,7 +27,8 @@ from .render.overlay import rendered_at
 from .render.cells import Cells
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
-from .words import clean_token, find_item
+from .phrases import find_item
+from .words import clean_token
 
 TokenRef = Union[int, str]
 

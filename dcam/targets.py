@@ -16,8 +16,9 @@ are not pad/eos/mask ids. They are grouped into *items*, one map each:
 that granularity, whatever ``granularity`` says; the literal word "words" is
 ``["words"]``), an int or a list of ints (item numbers
 counted from 0, negative from the end), a word or phrase or a list of them
-(case-insensitive, punctuation ignored, its words breaking where the response's do: "anda"
-is not "and a"; every occurrence; an empty one is an InputError). Item numbers never
+(case-insensitive, the punctuation attached to a word ignored, a word of symbols alone such
+as an emoji matched by its text, its words breaking where the response's do: "anda" is not
+"and a"; every occurrence; an empty one is an InputError). Item numbers never
 count eos/pad slots. Unknown words and numbers out of range are InputErrors
 naming ``targets``.
 
@@ -35,7 +36,8 @@ from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 from .errors import InputError
-from .words import find_phrase, phrase_key, token_text, word_pieces
+from .phrases import find_phrase
+from .words import token_text, word_pieces
 
 GRANULARITIES = ("words", "tokens")
 
@@ -134,7 +136,7 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
         elif isinstance(it, str):
             runs = find_phrase(words, it, run_text)
             if not runs:
-                kind = "phrase" if len([w for w in it.split() if phrase_key(w)]) > 1 else "word"
+                kind = "phrase" if len(it.split()) > 1 else "word"
                 raise InputError(f"targets: {kind} {it!r} is not in the response (words: {_listed(words)})")
             for start, stop in runs:
                 span = items[start:stop]

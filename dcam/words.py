@@ -7,7 +7,7 @@
 * :data:`FUNCTION_WORDS`: closed-class English words (ground truth "nothing" in the evaluation);
 * :func:`token_spans`, :func:`word_pieces`: a response's words read off the
   tokenizer's own decoding (the explained items, :mod:`dcam.targets`);
-* :func:`find_phrase`, :func:`phrase_key`: targets matched to those words.
+* :func:`phrase_key`: how words and targets are compared (matched in :mod:`dcam.phrases`).
 """
 from __future__ import annotations
 
@@ -262,8 +262,15 @@ def _common_prefix(a: str, b: str, start: int = 0) -> int:
 
 
 def _is_word_char(ch: str) -> bool:
-    """A letter or digit of any script (a combining accent counts with its letter)."""
-    return ch.isalnum() or unicodedata.category(ch).startswith("M")
+    """A letter or digit of any script (a combining accent counts with its letter); not a
+    variation selector, which only picks how the character before it is drawn (the U+FE0F
+    of the emoji "❤️" made it a "word" of that selector and the heart as punctuation)."""
+    return ch.isalnum() or (unicodedata.category(ch).startswith("M") and not is_variation_selector(ch))
+
+
+def is_variation_selector(ch: str) -> bool:
+    """U+FE00..FE0F or U+E0100..E01EF: text or emoji presentation of the character before."""
+    return "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef"
 
 
 _UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF), (0x3400, 0x4DBF),
@@ -410,83 +417,3 @@ def phrase_key(s: str) -> str:
     """Letters and digits of any script, in one Unicode form (NFC: "é" and "e" + U+0301
     alike) and case-folded ("STRASSE" is "straße"): how words and targets are compared."""
     return "".join(ch for ch in unicodedata.normalize("NFC", s).casefold() if _is_word_char(ch))
-
-
-def find_item(texts: Sequence[str], query: str) -> Optional[int]:
-    """Index of the first of ``texts`` (explained items) that ``query`` names: spelled
-    alike (:func:`clean_token`), else alike in letters and digits, broken into words where
-    the item is, as targets are matched (:func:`_same_breaks`: "RED  circle" and "Red,Circle"
-    name "red circle", "redcircle" does not); None if none."""
-    want = clean_token(query)
-    for k, t in enumerate(texts):
-        if clean_token(t) == want:
-            return k
-    if phrase_key(query):
-        for k, t in enumerate(texts):
-            if _same_breaks(t, query):
-                return k
-    return None
-
-
-def find_phrase(words: Sequence[str], phrase: str,
-                run_text: Optional[Callable[[int, int], str]] = None) -> List[Tuple[int, int]]:
-    """``(start, stop)`` of every run of ``words`` (item texts) whose letters and digits,
-    joined, spell ``phrase``'s: the run starts and ends on a word, punctuation items
-    inside it are kept ("blue-green" finds "blue - green" of a tokenizer that spaces
-    punctuation, "red circle" finds "red, circle"), case and punctuation are ignored. A
-    phrase of punctuation alone finds the items spelled as it is ("," finds each ",").
-
-    The words must break where the phrase's do (:func:`_same_breaks`): "anda" is not the
-    "and a" of the response, nor "red circle" one word "redcircle". ``run_text(start,
-    stop)``: the response's text of ``words[start:stop]`` (pieces of one word under
-    ``granularity="tokens"``, words of an unspaced script, follow each other without a
-    space); where it is not given or spells other letters, the items are taken as words apart."""
-    want = phrase_key(phrase)
-    keys = [phrase_key(w) for w in words]
-    if not want:  # punctuation alone (",", "!"): the items spelled so (they have maps of their own)
-        mark = clean_token(phrase)
-        return [(k, k + 1) for k, w in enumerate(words) if mark and clean_token(w) == mark]
-    out = []
-    for s in range(len(keys)):
-        if not keys[s] or not want.startswith(keys[s]):
-            continue
-        got, e = keys[s], s
-        while len(got) < len(want) and e + 1 < len(keys):
-            e += 1
-            if keys[e]:
-                got += keys[e]
-                if not want.startswith(got):
-                    break
-        if got == want:
-            text = run_text(s, e + 1) if run_text is not None else ""
-            if phrase_key(text) != got:  # no text known (tokens that complete no character): words apart
-                text = " ".join(words[s:e + 1])
-            if _same_breaks(text, phrase):
-                out.append((s, e + 1))
-    return out
-
-
-def _breaks(s: str) -> Tuple[str, List[str]]:
-    """(:func:`phrase_key` of ``s``, what stands between each two of its letters or digits): ``""``
-    nothing, ``" "`` whitespace only, ``"."`` punctuation (with or without whitespace) or a
-    character of an unspaced script on either side (its words are the tokenizer's: "日本の猫"
-    and "日本 の 猫" are alike)."""
-    key, between, gap = "", [], ""
-    for ch in unicodedata.normalize("NFC", s).casefold():
-        if not _is_word_char(ch):
-            gap += ch
-            continue
-        if key:
-            unspaced = _unspaced(key[-1]) or _unspaced(ch)
-            between.append("." if unspaced or (gap and not gap.isspace()) else " " if gap else "")
-        key, gap = key + ch, ""
-    return key, between
-
-
-def _same_breaks(text: str, phrase: str) -> bool:
-    """Whether ``text`` (of the response) and ``phrase`` (a target) spell the same letters and
-    digits, broken into words at the same places: where one has whitespace between two
-    letters, the other has a break too; punctuation on either side is ignored ("it's" is
-    "its" and "it s", "blue-green" is "blue green" and "bluegreen")."""
-    (key, gaps), (want, wanted) = _breaks(text), _breaks(phrase)
-    return key == want and all(a == b or "." in (a, b) for a, b in zip(gaps, wanted))

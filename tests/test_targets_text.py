@@ -14,7 +14,7 @@ from dcam.testing import tiny_toy
 from dcam.testing.llada import LLADA_EOS_ID, LLADA_MASK_ID
 from dcam.testing.llava_dmllm import tiny_llada_v
 from dcam.testing.vocab import word_tokenizer
-from dcam.words import find_item, find_phrase
+from dcam.phrases import find_item, find_phrase
 
 WORDS = ["a", "red", "circle", "and", "a", "blue", "square"]
 

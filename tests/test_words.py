@@ -11,7 +11,8 @@ from tokenizers import decoders
 from dcam.errors import InputError
 from dcam.targets import Item, select_items
 from dcam.testing.vocab import word_tokenizer
-from dcam.words import find_phrase, token_spans, word_pieces
+from dcam.phrases import find_phrase
+from dcam.words import token_spans, word_pieces
 
 BYTE_LEVEL = decoders.ByteLevel()  # GPT-2, Qwen2 (Dream), LLaMA-3
 BYTE_FALLBACK = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
@@ -89,7 +90,7 @@ def test_find_phrase_matches_letters_across_punctuation_and_scripts():
     words = ["a", "red", "circle", "and", "a", "red", "square"]
     assert find_phrase(words, "Red circle.") == [(1, 3)]
     assert find_phrase(words, "red") == [(1, 2), (5, 6)]
-    assert find_phrase(["red", "circle", "square"], "red & circle") == [(0, 2)]  # the phrase's own words only
+    assert find_phrase(["red", "&", "circle", "square"], "red & circle") == [(0, 3)]  # the phrase's own words only
     assert find_phrase(["a", "blue", "-", "green", "square"], "blue-green") == [(1, 4)]  # a spacing decoder
     assert find_phrase(["it", "'", "s", "red"], "it's") == [(0, 3)]
     assert find_phrase(["日本", "café"], "日本") == [(0, 1)] and find_phrase(["日本", "café"], "CAFÉ") == [(1, 2)]
@@ -108,9 +109,9 @@ def test_punctuation_with_a_map_of_its_own_is_found_by_its_text():
 
 
 def test_a_phrase_covers_exactly_its_words():
-    items = [Item(w, n, [n]) for n, w in enumerate(["red", "circle", "square"])]
+    items = [Item(w, n, [n]) for n, w in enumerate(["red", "&", "circle", "square"])]
     got = select_items(items, ["red & circle"])
-    assert [(i.text, i.slots) for i in got] == [("red circle", [0, 1])]
+    assert [(i.text, i.slots) for i in got] == [("red & circle", [0, 1, 2])]
     with pytest.raises(InputError, match="word 'круг' is not in the response"):
         select_items(items, "круг")
 

@@ -32,7 +32,8 @@ from ..probe.hooks import explaining, generating, generation_watch
 from ..probe.modes import check_probe_request
 from ..profiling import stage
 from ..targets import check_granularity
-from ..words import clean_token, find_item
+from ..phrases import find_item
+from ..words import clean_token
 from ..render.cells import Cells
 from ..render.overlay import DISPLAY_MAX_SIDE
 from .numbers import per_word_numbers

@@ -1,0 +1,147 @@
+"""Targets matched to a response's words: which items a word or phrase given as a target
+names (:func:`find_phrase`, for ``targets=``) and which explained item a word names
+(:func:`find_item`, for ``Explanation.map("red")`` and the like).
+
+Words compare by their letters and digits (:func:`dcam.words.phrase_key`), broken into
+words at the same places; a word of symbols alone (an emoji, "&", "€") by its text.
+"""
+from __future__ import annotations
+
+import unicodedata
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from .words import _is_word_char, _unspaced, clean_token, is_variation_selector, phrase_key
+
+
+def find_item(texts: Sequence[str], query: str) -> Optional[int]:
+    """Index of the first of ``texts`` (explained items) that ``query`` names: spelled
+    alike (:func:`clean_token`), else the words of ``query`` match the whole item as a
+    target would (:func:`find_phrase`: alike in letters and digits, broken into words where
+    the item is, "RED  circle" and "Red,Circle" name "red circle", "redcircle" does not; a
+    word of symbols alone, "🐶", by its text); None if none."""
+    want = clean_token(query)
+    for k, t in enumerate(texts):
+        if clean_token(t) == want:
+            return k
+    for k, t in enumerate(texts):
+        words = t.split()
+        if words and (0, len(words)) in find_phrase(words, query):
+            return k
+    return None
+
+
+def symbol_text(s: str) -> str:
+    """A word of symbols alone ("🐶", "&", "€", ","), as words and targets compare it: its
+    text (:func:`clean_token`), in one Unicode form (NFC), case-folded and without variation
+    selectors ("❤" and "❤️" are one heart, drawn as text or as an emoji)."""
+    text = unicodedata.normalize("NFC", clean_token(s)).casefold()
+    return "".join(ch for ch in text if not is_variation_selector(ch))
+
+
+def _phrase_units(phrase: str) -> List[Tuple[bool, str]]:
+    """(has letters, key) of each run of ``phrase``'s words: words with a letter or digit
+    run together as one key of letters and digits (:func:`phrase_key`; the punctuation
+    attached to them, "dog," "U.S.A.", is not matched), a word of symbols alone is a unit
+    of its own keyed by its text (:func:`symbol_text`)."""
+    units: List[Tuple[bool, str]] = []
+    for w in phrase.split():
+        key = phrase_key(w)
+        if not key:
+            units.append((False, symbol_text(w)))
+        elif units and units[-1][0]:
+            units[-1] = (True, units[-1][1] + key)
+        else:
+            units.append((True, key))
+    return units
+
+
+def _match_run(keys: Sequence[str], marks: Sequence[str], units: Sequence[Tuple[bool, str]],
+               s: int) -> Optional[int]:
+    """The stop of the run of items from ``s`` that spells ``units`` (:func:`_phrase_units`),
+    or None: letters are matched across the items' keys, a symbol unit by an item's text
+    (``marks``), and items without letters between the units (punctuation, symbols the
+    phrase does not name) are kept in the run; the run starts and ends on a unit's item."""
+    e = s
+    for u, (letters, want) in enumerate(units):
+        while e < len(keys) and not keys[e] and u > 0 and not (not letters and marks[e] == want):
+            e += 1  # an item without letters between two units (a spaced "," or "-"): kept
+        if e >= len(keys):
+            return None
+        if not letters:
+            if keys[e] or marks[e] != want:
+                return None
+            e += 1
+            continue
+        got = ""
+        while e < len(keys) and len(got) < len(want):
+            if keys[e]:
+                got += keys[e]
+                if not want.startswith(got):
+                    return None
+            elif not got:
+                return None
+            e += 1
+        if got != want:
+            return None
+    return e
+
+
+def find_phrase(words: Sequence[str], phrase: str,
+                run_text: Optional[Callable[[int, int], str]] = None) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of every run of ``words`` (item texts) made of all of ``phrase``'s
+    words: their letters and digits, joined, spell the phrase's, and each word of symbols
+    alone ("🐶", "&", "€", ",": a word dcam explains as one) is an item spelled as it is
+    (:func:`symbol_text`), in its place. The run starts and ends on a word, punctuation items
+    inside it are kept ("blue-green" finds "blue - green" of a tokenizer that spaces
+    punctuation, "red circle" finds "red, circle"), case and the punctuation attached to a
+    word ("dog," "U.S.A.") are ignored. So "a 🐶" finds the "a" before the emoji only, "🐶
+    dog" the emoji and "dog", "," each ",".
+
+    The words must break where the phrase's do (:func:`_same_breaks`): "anda" is not the
+    "and a" of the response, nor "red circle" one word "redcircle". ``run_text(start,
+    stop)``: the response's text of ``words[start:stop]`` (pieces of one word under
+    ``granularity="tokens"``, words of an unspaced script, follow each other without a
+    space); where it is not given or spells other letters, the items are taken as words apart."""
+    units = _phrase_units(phrase)
+    if not units:
+        return []
+    want = "".join(key for letters, key in units if letters)
+    keys = [phrase_key(w) for w in words]
+    marks = [symbol_text(w) if not k else "" for w, k in zip(words, keys)]
+    out = []
+    for s in range(len(keys)):
+        stop = _match_run(keys, marks, units, s)
+        if stop is None:
+            continue
+        text = run_text(s, stop) if run_text is not None else ""
+        if phrase_key(text) != want:  # no text known (tokens that complete no character): words apart
+            text = " ".join(words[s:stop])
+        if _same_breaks(text, phrase):
+            out.append((s, stop))
+    return out
+
+
+def _breaks(s: str) -> Tuple[str, List[str]]:
+    """(:func:`phrase_key` of ``s``, what stands between each two of its letters or digits): ``""``
+    nothing, ``" "`` whitespace only, ``"."`` punctuation (with or without whitespace) or a
+    character of an unspaced script on either side (its words are the tokenizer's: "日本の猫"
+    and "日本 の 猫" are alike)."""
+    key, between, gap = "", [], ""
+    for ch in unicodedata.normalize("NFC", s).casefold():
+        if not _is_word_char(ch):
+            gap += ch
+            continue
+        if key:
+            unspaced = _unspaced(key[-1]) or _unspaced(ch)
+            between.append("." if unspaced or (gap and not gap.isspace()) else " " if gap else "")
+        key, gap = key + ch, ""
+    return key, between
+
+
+def _same_breaks(text: str, phrase: str) -> bool:
+    """Whether ``text`` (of the response) and ``phrase`` (a target) spell the same letters and
+    digits, broken into words at the same places: where one has whitespace between two
+    letters, the other has a break too; punctuation on either side is ignored ("it's" is
+    "its" and "it s", "blue-green" is "blue green" and "bluegreen")."""
+    (key, gaps), (want, wanted) = _breaks(text), _breaks(phrase)
+    return key == want and all(a == b or "." in (a, b) for a, b in zip(gaps, wanted))
