@@ -445,9 +445,13 @@ class Explainer:
             **ex.word_fields(), maps=main.maps.float().cpu(),
             stats={k: v.cpu() for k, v in main.stats.items()}, image=ex.prep.image, response=ex.response_text,
             response_ids=list(ex.response_ids), response_tokens=a.token_strings(ex.response_ids), prompt=ex.prompt,
-            steps=int(ex.steps), steps_source=ex.steps_source, method=self.method_name, probe=probe, layer=self.layer,
-            target_score=target_score, grid=tuple(ex.views[0].grid), repeat_ratio=repeat_ratio(ex.explainable_ids),
-            scores=res.scores.cpu(), config=self.config, model_name=type(self.model).__name__,
+            # what the method never used is None, as meta.json and a load say (tam carried the default CamConfig,
+            # a "logit" score and a layer; grad-cam the CamConfig)
+            steps=int(ex.steps), steps_source=ex.steps_source, method=self.method_name, probe=probe,
+            layer=self.layer if self.method.needs_gradients else None,
+            target_score=target_score if self.method.needs_gradients else None, grid=tuple(ex.views[0].grid),
+            repeat_ratio=repeat_ratio(ex.explainable_ids), scores=res.scores.cpu(),
+            config=self.config if self.method.uses_config else None, model_name=type(self.model).__name__,
             raw_maps=None if main.raw_maps is None else main.raw_maps.float().cpu(), notes=ex.notes,
             # a model without named views has its one "default" view: no view to report (as documented); a
             # multi-view image names the view explained, its default one included (reported None before)

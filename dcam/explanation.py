@@ -95,6 +95,10 @@ class Explanation:
     token) or ``"default"`` (a given response's, the adapter's default).
     maps: float32 ``[T, h, w]``. stats: per-map
     statistics (each a ``[T]`` tensor). scores: the target scores.
+    layer / target_score / config: the hooked block, the differentiated score and
+    the refinement's :class:`~dcam.ops.config.CamConfig`; None where the method uses
+    none (``"tam"``: all three; ``"grad-cam"`` and ``"llava-cam"``: config), in
+    memory as in meta.json and after a load.
     raw_maps: the pooled, min-max normalised maps before refinement
     (``"diffusion-cam"`` only; ``dcam.refine`` of them with any config that
     keeps ``grad_relu`` gives that config's maps: ``grad_relu`` acts in the
@@ -121,12 +125,12 @@ class Explanation:
     steps_source: str
     method: str
     probe: str
-    layer: int
-    target_score: str
+    layer: Optional[int]
+    target_score: Optional[str]
     grid: Tuple[int, int]
     repeat_ratio: float
     scores: Tensor
-    config: CamConfig
+    config: Optional[CamConfig]
     model_name: str = ""
     raw_maps: Optional[Tensor] = None
     notes: List[str] = field(default_factory=list)

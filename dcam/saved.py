@@ -155,6 +155,7 @@ def load_explanation(folder) -> Explanation:
     maps = _tensor(tensors, "maps", (T, *grid), where, unit=True)
     _check_same_ids(ids, tensors, where)
     method = m.choice("method", METHODS)
+    used = METHODS[method]
     config = m.config()
     view_maps = {k[len("view_maps."):]: _view_maps(tensors, k, T, where) for k in tensors if k.startswith("view_maps.")}
     png = _image(folder, m.text("image_sha256", None, none=True))
@@ -165,11 +166,13 @@ def load_explanation(folder) -> Explanation:
         response_ids=response_ids,
         response_tokens=m.texts("response_tokens"), prompt=m.text("prompt", None, none=True),
         steps=m.int("steps", lo=1), steps_source=m.text("steps_source", ""), method=method,
-        probe=m.choice("probe", PROBES), layer=m.int("layer", None, none=True, lo=0),
-        target_score=m.choice("target_score", TARGET_SCORES, None, none=True), grid=grid,
+        # what the method never used is None, as the explanation that was saved held it
+        probe=m.choice("probe", PROBES), layer=m.int("layer", None, none=True, lo=0) if used.needs_gradients else None,
+        target_score=m.choice("target_score", TARGET_SCORES, None, none=True) if used.needs_gradients else None,
+        grid=grid,
         repeat_ratio=m.number("repeat_ratio", 0.0, lo=0, hi=1), scores=_tensor(tensors, "scores", (T,), where),
-        # a method that uses no config saved none: the default stands in (meta() records none again)
-        config=config or CamConfig(), model_name=m.text("model", ""),
+        # a method that uses no config has none (a default CamConfig stood in, which meta.json never held)
+        config=(config or CamConfig()) if used.uses_config else None, model_name=m.text("model", ""),
         raw_maps=_tensor(tensors, "raw_maps", (T, *grid), where, unit=True), notes=m.texts("notes", []),
         granularity=m.choice("granularity", GRANULARITIES, "words"), view=_view(m, view_maps),
         view_maps=view_maps, view_boxes=_view_boxes(m, view_maps),

@@ -272,10 +272,8 @@ def _same_tensor(a, b):
 
 
 def _assert_loaded(e, back, rendered, back_folder):
-    unused = {k for k in ("layer", "target_score", "config") if e.meta()[k] is None}  # (tam's: saved as none)
-    for name in SAME:
-        if name not in unused:
-            assert getattr(back, name) == getattr(e, name), name
+    for name in SAME:  # (tam's layer, target_score and config: None in memory as saved, not only in meta.json)
+        assert getattr(back, name) == getattr(e, name), name
     assert tuple(back.grid) == tuple(e.grid)
     for name in ("maps", "scores", "raw_maps"):
         if getattr(e, name) is None:
