@@ -123,10 +123,7 @@ class ExampleBuilder:
             with generating(a.model, watch=generation_watch(a)), stage("dcam.generate"):
                 gen = a.generate(prep0, steps, self.response_length)
             ids = check_generated(a, gen.response_ids, self.response_length, prep0)
-            notes = []
-            note = a.steps_note(steps, len(ids), int(gen.steps)) if steps is not None else None
-            if note:  # fewer (or more) steps than asked, and why
-                notes.append(note)
+            notes = a.generation_notes(steps, len(ids), int(gen.steps))  # other steps or blocks than asked, and why
             return ids, int(gen.steps), "given" if gen.steps_given else "generation", notes
         placeholder = {int(a.image_token_id)} if getattr(a, "image_token_id", None) is not None else set()
         if isinstance(response, str):

@@ -398,9 +398,7 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")
     S = int(gen.steps)
-    note = a.steps_note(steps, len(gen.response_ids), S) if steps is not None else None
-    if note:
-        notes.append(note)
+    notes.extend(a.generation_notes(steps, len(gen.response_ids), S))
     ex = ExampleBuilder(explainer, S, response_length, background, granularity, view)(img, prompt,
                                                                                     gen.response_ids, targets)
     prep, resp_ids = ex.prep, ex.response_ids

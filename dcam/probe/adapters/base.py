@@ -323,12 +323,12 @@ class ModelAdapter:
         """Generate a response with the model's own sampler (see :class:`Generation`)."""
         raise _missing(self, "generate()")
 
-    def steps_note(self, steps: int, length: int, used: int) -> Optional[str]:
-        """The note of a generation that asked for ``steps`` steps and used ``used`` (None: it used them)."""
-        if used == steps:
-            return None
+    def generation_notes(self, steps: Optional[int], length: int, used: int) -> List[str]:
+        """Notes of a generation of ``length`` slots in ``used`` steps, ``steps`` asked (None: none): other steps."""
+        if steps is None or used == steps:
+            return []
         why = self.fewer_steps_why(steps, length, used)
-        return f"steps: {steps} requested, the sampler used {used}" + (f" ({'; '.join(why)})" if why else "")
+        return [f"steps: {steps} requested, the sampler used {used}" + (f" ({'; '.join(why)})" if why else "")]
 
     def fewer_steps_why(self, steps: int, length: int, used: int) -> List[str]:
         """Why the sampler used ``used`` of ``steps``, a phrase per reason: it runs the steps asked for and

@@ -144,28 +144,49 @@ class DMLLMAdapter(ModelAdapter):
         return [int(self.mask_token_id)] * int(response_length or self.response_length)
 
     #: without a ``block_length``, the response is decoded in this many blocks as the family's
-    #: release does (MMaDA's ``inference_mmu.py``: ``max_seq_length // 4``; Lumina-DiMOO's: 1024
-    #: slots in blocks of 256); None: one block
+    #: release does (MMaDA's ``inference_mmu.py``: blocks of ``max_seq_length // 4``; Lumina-DiMOO's: 1024
+    #: slots in blocks of 256) where that many divide it; None: one block
     blocks_per_response: Optional[int] = None
+
+    def released_block(self, length: int) -> Optional[int]:
+        """The block length of a generation of ``length`` slots without a ``block_length``: ``length``
+        over :attr:`blocks_per_response` where they divide it; None (one block) otherwise."""
+        n = self.blocks_per_response
+        return length // n if n and length % n == 0 else None
+
+    def release_blocks(self, length: int) -> str:
+        """How the family's release parts ``length`` slots into blocks, for the note of a length it is not
+        parted in :attr:`blocks_per_response` blocks (:meth:`generation_notes`); "" to say nothing more."""
+        return ""
 
     def steps_and_blocks(self, steps: Optional[int], length: int) -> Tuple[int, int]:
         """(steps, block length) for a generation of ``length`` slots (:func:`generation_steps`)."""
         S = generation_steps(steps, self.given_steps, length)
-        n = self.blocks_per_response
-        block = self.block_length or (length // n if n and length % n == 0 else length)
+        block = self.block_length or self.released_block(length) or length
         if length % block:
             block = length
         n_blocks = length // block
         return max(S - S % n_blocks, n_blocks), block
+
+    def generation_notes(self, steps: Optional[int], length: int, used: int) -> List[str]:
+        """Also a note of blocks other than asked (a ``block_length`` that does not divide the length) or
+        than documented (:attr:`blocks_per_response`, a length they do not divide), whatever the steps."""
+        _, block = self.steps_and_blocks(steps, length)
+        parts = "one block" if block == length else f"{length // block} blocks"
+        ran = f"blocks: {parts} of {block} slot{'s' if block != 1 else ''}"
+        notes = []
+        if self.block_length and block != self.block_length:
+            notes.append(f"{ran}: the block length {self.block_length} does not divide the {length} response slots")
+        elif not self.block_length and self.blocks_per_response and block * self.blocks_per_response != length:
+            n = self.blocks_per_response
+            notes.append(f"{ran}: {n} blocks need a length that {n} divides{self.release_blocks(length)}")
+        return notes + super().generation_notes(steps, length, used)
 
     def fewer_steps_why(self, steps: int, length: int, used: int) -> List[str]:
         """Each of the sampler's blocks takes the same number of steps, and of the ``S`` it ran,
         those that committed no token are not counted."""
         S, block = self.steps_and_blocks(steps, length)
         why = []
-        if self.block_length and block != self.block_length:
-            why.append(f"the block length {self.block_length} does not divide the {length} response slots, so "
-                       "they are one block")
         if S != steps:
             n = length // block
             why.append(f"{n} blocks of {block} slots take the same number of steps each, at least one: {S} in all")

@@ -196,8 +196,22 @@ class MMaDAAdapter(_VQAdapter):
     processor_class = "MMaDAProcessor"
     processor_needs = ("tokenizer", "vq_model", "resolution", "image_token_offset", "soi_id", "eoi_id", "mmu_id")
     image_views = ("image",)
-    blocks_per_response = 4  # inference_mmu.py: block_length = max_seq_length // 4
+    blocks_per_response = 4
     image_mark_fields = ("soi_id", "eoi_id")
+
+    def released_block(self, length: int) -> Optional[int]:
+        # inference_mmu.py: block_length = max(1, max_seq_length // 4), which mmu_generate asserts divides the
+        # length (10 slots: 5 blocks of 2; 9: refused, and dcam decodes one block)
+        block = max(1, length // 4)
+        return block if length % block == 0 else None
+
+    def release_blocks(self, length: int) -> str:
+        block = max(1, length // 4)
+        if length % block == 0:
+            return (f", and MMaDA's release (inference_mmu.py) decodes {length} slots in blocks of {length} // 4"
+                    + (", at least 1" if length < 4 else ""))
+        return (f"; MMaDA's release (inference_mmu.py) decodes in blocks of {length} // 4 = {block}, which do not "
+                f"divide {length} (its mmu_generate refuses that length)")
 
     def prepare(self, image, prompt=None, response_ids=None, response_length=None) -> Prepared:
         p = self.processor
@@ -233,8 +247,13 @@ class DiMOOAdapter(_VQAdapter):
     processor_needs = ("tokenizer", "vqvae", "max_patches", "patch_size", "newline_id", "image_token_offset", "boi_id",
                        "eoi_id", "answer_start_id", "answer_end_id")
     image_views = ("image",)
-    blocks_per_response = 4  # inference_mmu.py: gen_length 1024 in blocks of 256
+    blocks_per_response = 4  # inference_mmu.py: gen_length 1024 in blocks of 256 (README: 128 in blocks of 32)
     image_mark_fields = ("boi_id", "eoi_id", "newline_id")
+
+    def release_blocks(self, length: int) -> str:
+        # its sampler (generate_text_understanding) takes a fixed block length and asserts it divides the length
+        return " (Lumina-DiMOO's release decodes 1024 slots in 4 blocks of 256)"
+
     #: the published LLaDA blocks call SDPA with attn_mask=None: the attention bias (and the attention_mask
     #: folded into it) hides nothing, so a padded row is not what it is alone; one forward per layout
     pads_batches = False
