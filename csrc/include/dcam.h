@@ -42,6 +42,11 @@
  * and Triton in one float32 matrix product); here the gradient pass sums groups of 8
  * rows and the product runs of at most 256 features in float32, and those partial
  * sums in float64, within a few 1e-7 of the exact sums, relative.
+ * The agreement is per function: dcam_refine on the same raw maps gives the
+ * reference's maps, but refinement takes threshold decisions (SICD keeping or
+ * undoing its step, DACG's gate, CBA's threshold), so pooled maps an ulp apart
+ * that sit exactly on one (whole-number, quantised inputs make exact ties likely)
+ * can refine to maps that differ by far more than 1e-5.
  *
  * Return codes: every function that can fail returns DCAM_OK (0) on success
  * and one of the positive DCAM_E* codes below on a bad argument, in which case
