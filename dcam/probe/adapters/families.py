@@ -94,13 +94,15 @@ FAMILIES: List[Family] = [
            lambda m: _model_type(m) == "mmada" or type(m).__name__ == "MMadaModelLM", "vq:MMaDAAdapter",
            "model.model.transformer.blocks", RELATIVE, ALL_PROBES,
            "MAGVIT-v2 codes, square (32x32 at 512 px), between the soi and eoi tokens (126084, 126085)", LLADA_MASK,
-           "model.mmu_generate(steps, block_length): semi-AR low-confidence (4 blocks, as released), no cache",
+           "model.mmu_generate(steps, block_length): semi-AR low-confidence in blocks of L // 4, as released (4 blocks "
+           "where 4 divides L, else a note says which ran), no cache",
            "models.MMadaModelLM.from_pretrained(path, trust_remote_code=True) + models.MAGVITv2"
            ".from_pretrained('showlab/magvitv2'); processor dcam.probe.adapters.MMaDAProcessor"),
     Family("lumina-dimoo", "Lumina-DiMOO (Alpha-VLLM/Lumina-DiMOO)", "class LLaDAForMultiModalGeneration",
            _class_is("LLaDAForMultiModalGeneration"), "vq:DiMOOAdapter", "model.model.transformer.blocks",
            RELATIVE, ALL_PROBES, "VQ codes (16 px each), a newline token after every row", LLADA_MASK,
-           "dcam's low-confidence remasking in 4 blocks (the published one is a script function)",
+           "dcam's low-confidence remasking in 4 blocks, one where 4 does not divide the length (a note says so; the "
+           "published one is a script function)",
            "model.LLaDAForMultiModalGeneration.from_pretrained(path) + diffusers.VQModel(subfolder='vqvae'); "
            "processor dcam.probe.adapters.DiMOOProcessor"),
     Family("dream-vl", "Dream-VL (Dream-org/Dream-VL-7B)", "model_type dream-vl", _type_is("dream-vl"),
