@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 from ..errors import InputError
 from ..output import file_digest
 from .store import LOCK, RUN_JSON, read_failed, read_json, remove_debris, scan_index, write_json_atomic
+from .unreadable import drop_index_lines
 
 #: Format tag of run.json.
 RUN_FORMAT = "dcam-run/1"
@@ -199,11 +200,14 @@ def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, An
 
 
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any],
-            check_records=None) -> FolderLock:
+            check_records=None, unreadable=None) -> FolderLock:
     """Rank 0, before any rank writes: lock the folder, refuse a different
     run (and records the source changed since: ``check_records`` sees every
     index line of the one scan of the index, then its ``check()`` raises;
     :class:`dcam.runs.runner.UnchangedRecords`), empty it for ``overwrite``,
+    take out the index lines whose maps cannot be read (``unreadable``, a
+    :class:`.unreadable.UnreadableMaps`, sees every line, then its records are
+    explained again),
     delete a killed process's debris and write ``run.json`` (status
     ``running``). Returns the held lock."""
     try:  # (the link's folder: makedirs of a dangling link itself failed, "File exists")
@@ -232,9 +236,13 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
                 diff = _differences(old.get("identity", {}), identity) or ["fingerprint"]
                 raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
                                  f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")
-        _, shards, _ = scan_index(root, visit=check_records)
+        visitors = [v for v in (check_records, unreadable) if v is not None]
+        _, shards, _ = scan_index(root, visit=lambda obj: [v(obj) for v in visitors])
         if check_records is not None:
             check_records.check()
+        if unreadable is not None and unreadable.redo:  # (before any rank reads the index: all see them not done)
+            drop_index_lines(root, set(unreadable.redo))
+            _, shards, _ = scan_index(root)
         remove_debris(root, shards)
         write_json_atomic(os.path.join(root, RUN_JSON), dict(
             old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),

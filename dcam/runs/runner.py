@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
@@ -32,6 +33,7 @@ from ..eval.alignment import item_slots
 from .records import ground_truth, record_metrics
 from .sources import RunSource
 from .store import ERROR_PARTS, INDEX_PARTS, part_name, parts, scan_index
+from .unreadable import UnreadableMaps, unreadable_notice
 from .writer import RecordWriter, write_overlays
 
 T = TypeVar("T")
@@ -354,9 +356,15 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
             refuse_current_folder(root)
         else:  # (its read of the index: an unreadable one was a traceback)
             _writing(root, lambda: _check_same_overlays(root, opts.overlays))
-        return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source)))
+        return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source),
+                                              unreadable))
+    in_source = set(source.ids)
+    unreadable = UnreadableMaps(root, in_source.__contains__)
     lock = dist.on_rank0(start)
     try:
+        notice = unreadable_notice(unreadable)
+        if notice is not None:  # (rank 0's: it alone scanned the shards; said even with --quiet: damage repaired)
+            print(f"dcam: {notice}", file=sys.stderr, flush=True)
         # (a parts folder that cannot be listed was a traceback here, and before, a failed write of a part)
         done, old_parts = _writing(root, lambda: (scan_index(root)[0],
                                                   parts(root, INDEX_PARTS) + parts(root, ERROR_PARTS)))

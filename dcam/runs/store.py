@@ -237,19 +237,19 @@ def index_shard(obj: dict, where: str) -> str:
 
 def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tuple[Set[str], Set[str], int]:
     """(ids done, shard files referenced, words) over the whole index; ``visit(line)`` sees every
-    index line on the way (a check that needs them reads the index once with this scan, not again)."""
+    index line on the way, once its id, shard and key are checked (a check that needs them reads the index once with this scan, not again)."""
     done: Set[str] = set()
     shards: Set[str] = set()
     words = 0
     for path, n, obj in index_lines(root):
-        if visit is not None:
-            visit(obj)
         rid = obj["id"]
         if rid in done:
             raise InputError(f"run: record {rid!r} is twice in the index of {root}")
         done.add(rid)
         shards.add(index_shard(obj, f"run: {path} line {n}, record {rid!r}"))
         words += len(obj.get("tokens", ()))
+        if visit is not None:  # (after the checks: a visitor reads the line's shard and key as they are)
+            visit(obj)
     return done, shards, words
 
 
