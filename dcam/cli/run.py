@@ -105,7 +105,7 @@ def _trace_path(args, rank: int):
 def _run(args) -> int:
     from ..runs import RunOptions, run_dataset
     from ..runs.distributed import setup
-    from ..runs.folder import check_folder, model_identity
+    from ..runs.folder import FolderLock, check_folder, model_identity
     from ..runs.runner import check_run_prompt
     from .profile import BatchWindow, TraceWriter
 
@@ -123,6 +123,8 @@ def _run(args) -> int:
         if args.split is not None and source.kind != "coco":  # (taken and ignored)
             raise InputError(f"--split: a {source.kind} source has no splits (only a COCO data folder has them); "
                              "leave --split out")
+        # a folder another run writes into is refused now, not after the model loaded (minutes for a large one)
+        dist.on_rank0(lambda: FolderLock.check_free(args.out))
         common.log(f"{len(source)} records in {args.manifest}; loading the model", quiet)
         exp = dist.agree(lambda: _explainer(args, dist))
         # the fingerprint is checked and written by rank 0 only
@@ -137,6 +139,7 @@ def _run(args) -> int:
         # failure or Ctrl-C before that leaves neither the trace nor a temporary file
         with TraceWriter(trace, args.quiet, deferred=True) as profile:
             window = BatchWindow(profile, args.profile_batches or 2)
+            args.writing = True  # (from here on the folder may be written: a Ctrl-C keeps what was)
             try:
                 info = run_dataset(exp, source, args.out, opts, dist, model=model,
                                    log=lambda msg: common.log(msg, quiet), on_batch=window)
@@ -189,13 +192,19 @@ def run(args) -> int:
     from ..runs.distributed import PeerFailed
 
     rank = os.environ.get("RANK", "0")
+    existed = os.path.lexists(args.out)
+    args.writing = False
     try:
         return _run(args)
     except PeerFailed:
         return 2  # rank 0 prints the error
     except KeyboardInterrupt:
-        print(f"dcam run: interrupted; what was written into {args.out} is kept, rerun the same command to resume",
-              file=sys.stderr)
+        # (said "what was written into DIR is kept" when the model was still loading, DIR not even created)
+        if args.writing and (existed or os.path.lexists(args.out)):
+            said = f"what was written into {args.out} is kept, rerun the same command to resume"
+        else:
+            said = "nothing was written" + (f" ({args.out} is as it was)" if existed else "")
+        print(f"dcam run: interrupted; {said}", file=sys.stderr)
         return 130
     except InputError as exc:
         if rank != "0":  # the same error is printed by rank 0

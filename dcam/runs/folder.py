@@ -127,6 +127,11 @@ def versions() -> Dict[str, str]:
     return out
 
 
+def _busy(root: str) -> InputError:
+    return InputError(f"--out: another dcam run is writing into {root!r} (its lock is held); wait for it "
+                      "or choose another folder")
+
+
 class FolderLock:
     """An exclusive ``flock`` on ``DIR/.lock`` held by rank 0 for the whole run
     (released by the kernel when the process dies, so a killed run never
@@ -140,8 +145,27 @@ class FolderLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self.fd)
-            raise InputError(f"--out: another dcam run is writing into {root!r} (its lock is held); wait for it "
-                             "or choose another folder") from None
+            raise _busy(root) from None
+
+    @staticmethod
+    def check_free(root: str) -> None:
+        """Refuse (the lock's own message) a folder whose lock another run holds now, creating nothing: ``dcam
+        run`` asks before it loads the model, which a second run into a busy folder loaded whole (minutes for a
+        large checkpoint) only to be refused. The lock itself is taken later (:func:`prepare`), and decides."""
+        import fcntl
+
+        try:  # (read-only: the lock of a folder that cannot be written is tried, as prepare() will say why)
+            fd = os.open(os.path.join(os.path.abspath(root), LOCK), os.O_RDONLY)
+        except OSError:  # no lock file: no run has ever written there (or it cannot be read: prepare() says so)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # (held; another refusal, a file system without flock on a read-only descriptor,
+            raise _busy(os.path.abspath(root)) from None  # is left to the lock itself)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # (closing the only descriptor of a lock taken here releases it)
 
     def release(self) -> None:
         if self.fd is not None:
