@@ -9,6 +9,8 @@ record, left/right for the previous/next word, PageDown/PageUp for pages.
 """
 from __future__ import annotations
 
+import sys
+
 from ..errors import InputError
 from . import common
 from .explain import MAX_SIDE_LIMIT
@@ -36,6 +38,8 @@ def run(args) -> int:
                                  progress=not args.quiet)
     except InputError as exc:  # the run reader's errors are about the folder given as DIR
         raise common.argument_error(exc, {"run": "DIR"}) from None
+    for note in summary.get("notes", ()):
+        print(f"dcam view: note: {note}", file=sys.stderr)
     print(f"wrote {summary['page']}: {summary['records']} explained records on {summary['pages']} page(s)"
           + (f" and {summary['errors']} failed ones" if summary["errors"] else ""))
     return 0

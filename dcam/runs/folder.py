@@ -23,7 +23,8 @@ from typing import Any, Dict, Optional
 
 from ..errors import InputError
 from ..output import file_digest
-from .store import LOCK, RUN_JSON, read_failed, read_json, remove_debris, scan_index, write_json_atomic
+from .store import LOCK, RUN_JSON, drop_damaged_errors, read_failed, read_json, remove_debris, scan_index, \
+    write_json_atomic
 from .unreadable import drop_index_lines
 
 #: Format tag of run.json.
@@ -224,14 +225,15 @@ def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, An
 
 
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any],
-            check_records=None, unreadable=None) -> FolderLock:
+            check_records=None, unreadable=None, notices=None) -> FolderLock:
     """Rank 0, before any rank writes: lock the folder, refuse a different
     run (and records the source changed since: ``check_records`` sees every
     index line of the one scan of the index, then its ``check()`` raises;
     :class:`dcam.runs.runner.UnchangedRecords`), empty it for ``overwrite``,
     take out the index lines whose maps cannot be read (``unreadable``, a
     :class:`.unreadable.UnreadableMaps`, sees every line, then its records are
-    explained again),
+    explained again), delete error files with a damaged line (what it says of
+    them is appended to ``notices``),
     delete a killed process's debris and write ``run.json`` (status
     ``running``). Returns the held lock."""
     try:  # (the link's folder: makedirs of a dangling link itself failed, "File exists")
@@ -260,6 +262,9 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
                 diff = _differences(old.get("identity", {}), identity) or ["fingerprint"]
                 raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
                                  f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")
+        damaged_errors = drop_damaged_errors(root)
+        if damaged_errors is not None and notices is not None:
+            notices.append(damaged_errors)
         visitors = [v for v in (check_records, unreadable) if v is not None]
         _, shards, _ = scan_index(root, visit=lambda obj: [v(obj) for v in visitors])
         if check_records is not None:

@@ -357,14 +357,15 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         else:  # (its read of the index: an unreadable one was a traceback)
             _writing(root, lambda: _check_same_overlays(root, opts.overlays))
         return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source),
-                                              unreadable))
+                                              unreadable, notices))
     in_source = set(source.ids)
-    unreadable = UnreadableMaps(root, in_source.__contains__)
+    unreadable, notices = UnreadableMaps(root, in_source.__contains__), []
     lock = dist.on_rank0(start)
     try:
-        notice = unreadable_notice(unreadable)
-        if notice is not None:  # (rank 0's: it alone scanned the shards; said even with --quiet: damage repaired)
-            print(f"dcam: {notice}", file=sys.stderr, flush=True)
+        # (rank 0's: it alone prepared the folder; said even with --quiet: damage found and repaired)
+        for notice in notices + [unreadable_notice(unreadable)]:
+            if notice is not None:
+                print(f"dcam: {notice}", file=sys.stderr, flush=True)
         # (a parts folder that cannot be listed was a traceback here, and before, a failed write of a part)
         done, old_parts = _writing(root, lambda: (scan_index(root)[0],
                                                   parts(root, INDEX_PARTS) + parts(root, ERROR_PARTS)))

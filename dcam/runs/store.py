@@ -333,6 +333,31 @@ def read_errors(root: str, done: Optional[Set[str]] = None) -> Dict[str, dict]:
     return out
 
 
+def drop_damaged_errors(root: str) -> Optional[str]:
+    """Delete the error files (``errors.jsonl``, its parts) that hold a complete line that is not a record's error,
+    before a resume; returns the line saying so, or None. A resume tries every record not done again, failed
+    or not, and rewrites ``errors.jsonl`` whole at its end from the errors of this session: the damaged file's
+    records are taken as not failed and tried again, where the damaged file stopped the resume at its end, its
+    records explained, with no way out but editing the file. Only call with no writer running."""
+    damaged = []
+    for path in [os.path.join(root, ERRORS)] + parts(root, ERROR_PARTS):
+        if not os.path.exists(path):
+            continue
+        try:
+            for _ in read_lines(path):
+                pass
+        except InputError as exc:
+            damaged.append((path, one_line(exc)))
+    for path, _ in damaged:
+        os.unlink(path)
+    if not damaged:
+        return None
+    more = f" (and {len(damaged) - 1} more error file{'s' if len(damaged) > 2 else ''})" if len(damaged) > 1 else ""
+    why = damaged[0][1][len("run: "):] if damaged[0][1].startswith("run: ") else damaged[0][1]
+    return (f"{why}{more}: deleted; the records it held are taken as not failed and tried again (as every record "
+            f"not done is), and {ERRORS} is written anew at the run's end")
+
+
 def merge_errors(root: str, done: Set[str], ids: Optional[Sequence[str]] = None) -> int:
     """Rewrite ``errors.jsonl`` with the latest error of every record not done (of ``ids``, the
     source's records in its order, when given: one taken out of an edited manifest has not failed;
@@ -369,5 +394,6 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
            "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "listed",
-           "index_lines", "iter_index", "index_shard", "scan_index", "merge_index", "read_errors", "merge_errors",
+           "index_lines", "iter_index", "index_shard", "scan_index", "merge_index", "read_errors", "drop_damaged_errors",
+           "merge_errors",
            "remove_debris", "fsync_dir"]

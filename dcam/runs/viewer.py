@@ -118,7 +118,10 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
 
     run = load_run(folder)
     root = run.root
-    info, metrics = run.info, run.metrics  # read (and refused if unreadable) before anything is written
+    info = run.info  # read (and refused if unreadable) before anything is written
+    metrics, notes = _run_metrics(run), []
+    if isinstance(metrics, str):
+        metrics, notes = None, [metrics]
     for left in glob.glob(os.path.join(root, f".{VIEW}.partial-*")) + glob.glob(os.path.join(root, f"{VIEW}.old-*")):
         shutil.rmtree(left, ignore_errors=True)  # what a killed `dcam view` left
     try:
@@ -183,7 +186,26 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
     except OSError as exc:
         raise _write_failed(folder, exc) from None
     # what the pages hold (with --limit, the failed records past it were counted as written)
-    return {"page": page, "records": pages.total - shown_errors, "pages": pages.pages, "errors": shown_errors}
+    return {"page": page, "records": pages.total - shown_errors, "pages": pages.pages, "errors": shown_errors,
+            "notes": notes}
+
+
+def _run_metrics(run):
+    """The run's metrics.json, None without one, or the line that says the page goes on without it: a damaged
+    one stopped the page, though it is only the summary above the records (each record's metrics are in its
+    index line) and a resume writes it anew."""
+    try:
+        metrics = run.metrics
+    except InputError as exc:
+        why = one_line(exc)
+    else:
+        summary = metrics.get("summary") if isinstance(metrics, dict) else None
+        if metrics is None or isinstance(summary, dict) and all(
+                v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in summary.values()):
+            return metrics
+        why = f"run: {os.path.join(run.root, 'metrics.json')} is not a run's metrics (no summary of numbers)"
+    return (f"{why[len('run: '):] if why.startswith('run: ') else why}; the page is written without the run's "
+            "metrics (each record's are shown; a resume of the run writes metrics.json anew)")
 
 
 def _write_failed(folder, exc: OSError) -> InputError:

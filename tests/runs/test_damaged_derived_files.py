@@ -1,0 +1,81 @@
+"""The files a run writes anew at every end (errors.jsonl, metrics.json), damaged from outside: a resume goes on
+past a damaged errors file (its records are tried again, as every record not done is, and errors.jsonl is
+rebuilt), saying so in one line; `dcam view` goes on without a damaged metrics.json, with a one-line note.
+A damaged errors.jsonl stopped the resume with no way out but editing it; a damaged metrics.json stopped the
+page."""
+import json
+import os
+import shutil
+
+import pytest
+
+import dcam
+from dcam.cli import main
+from dcam.errors import InputError
+
+RUN_ARGS = ["--threads", "1", "--batch-size", "2", "--shard-size", "2", "--quiet"]
+
+
+def _errors(path):
+    with open(path) as f:
+        return [(e["id"], e["where"], e["reason"]) for e in map(json.loads, f) if e]
+
+
+def test_a_resume_past_damaged_error_files_tries_their_records_again_and_rebuilds_errors_jsonl(
+        reference_run, run_manifest, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    with open(os.path.join(out, "errors.jsonl"), "a") as f:
+        f.write('{"id": "x", "whe\n')  # a whole line (newline-ended) that is not JSON, after the good ones
+    os.makedirs(os.path.join(out, "errors"), exist_ok=True)  # (the merged run keeps the empty folder)
+    with open(os.path.join(out, "errors", "0000000000000001-r00000-p1.jsonl"), "w") as f:
+        f.write('["not a record"]\n')
+    capsys.readouterr()
+    assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 0
+    captured = capsys.readouterr()
+    path = os.path.join(out, "errors.jsonl")
+    assert captured.err.splitlines() == [
+        f"dcam: {path} line 6 is corrupt (Invalid control character at: line 1 column 17 (char 16)) (and 1 more error "
+        "file): deleted; the records it held are taken as not failed and tried again (as every record not done "
+        "is), and errors.jsonl is written anew at the run's end"]
+    assert "this session explained none (5 failed)" in captured.out  # the five failed records, tried again
+    assert _errors(path) == _errors(os.path.join(reference_run, "errors.jsonl"))
+    assert not os.listdir(os.path.join(out, "errors"))
+    info = json.load(open(os.path.join(out, "run.json")))
+    assert info["status"] == "complete" and info["counts"]["errors"] == 5 and info["counts"]["done"] == 8
+    assert sorted(dcam.load_run(out).errors) == sorted(e[0] for e in _errors(path))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (b"{bad", "cannot read {path} (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    (b"[1, 2]\n", "{path} is not a run's metrics (no summary of numbers)"),
+    (b'{"summary": {"obj_iou": "high"}}\n', "{path} is not a run's metrics (no summary of numbers)")])
+def test_dcam_view_goes_on_without_a_damaged_metrics_json(reference_run, run_manifest, tmp_path, capsys, damage, why):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    path = os.path.join(out, "metrics.json")
+    open(path, "wb").write(damage)
+    capsys.readouterr()
+    assert main(["view", out, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"dcam view: note: {why.format(path=path)}; the page is written without the run's metrics (each record's "
+        "are shown; a resume of the run writes metrics.json anew)"]
+    assert captured.out.startswith(f"wrote {os.path.join(out, 'index.html')}: 8 explained records")
+    page = open(os.path.join(out, "index.html")).read()
+    assert "runmetrics" not in page.split("<style")[0] + page.split("</style>")[-1]  # no summary table drawn
+    if damage == b"{bad":  # the API names the file
+        with pytest.raises(InputError, match=f"^run: cannot read {path} "):
+            dcam.load_run(out).metrics
+    assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 0  # the resume writes it anew
+    assert open(path).read() == open(os.path.join(reference_run, "metrics.json")).read()
+
+
+def test_dcam_view_of_an_undamaged_run_draws_its_metrics_and_says_nothing_more(reference_run, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    capsys.readouterr()
+    assert main(["view", out, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    page = open(os.path.join(out, "index.html")).read()
+    assert "runmetrics" in page.split("<style")[0] + page.split("</style>")[-1]
