@@ -297,7 +297,11 @@ class FolderSource(RunSource):
         self.ids = sorted(f for f in names
                           if f.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(os.path.join(self.path, f)))
         if not self.ids:
-            raise InputError(f"MANIFEST: the folder {path!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
+            # (a folder `python -m dcam.runs.benchmark manifest DATA` wrote: its manifest beside images/ and masks/)
+            hint = (f" (it holds manifest.jsonl: pass {os.path.join(path, 'manifest.jsonl')})"
+                    if os.path.isfile(os.path.join(self.path, "manifest.jsonl")) else "")
+            raise InputError(f"MANIFEST: the folder {path!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})"
+                             + hint)
 
     def where(self, i: int) -> str:
         return f"file {self.ids[i]}"

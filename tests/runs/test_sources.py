@@ -316,3 +316,25 @@ def test_a_line_edited_while_the_run_reads_the_manifest_is_an_error_record(tmp_p
                                                              lines[1]]))
     with pytest.raises(InputError, match=r"^MANIFEST: line 2 \(id 'b'\) changed while the run read"):
         src.load(1)  # its offset now lands inside line 1
+
+
+def test_a_data_folder_holding_manifest_jsonl_is_refused_with_the_manifest_named(tmp_path, capsys):
+    """`python -m dcam.runs.benchmark manifest DATA` writes DATA/manifest.jsonl beside images/ and masks/: `dcam run
+    DATA` said only that the folder holds no image file."""
+    from dcam.runs.benchmark import main as benchmark
+
+    data = str(tmp_path / "data")
+    benchmark(["manifest", data, "--n", "2"])
+    capsys.readouterr()
+    assert main(["run", data, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    from dcam.images import IMAGE_EXTENSIONS
+
+    kinds = ", ".join(IMAGE_EXTENSIONS)
+    assert capsys.readouterr().err.splitlines() == [
+        f"dcam run: error: MANIFEST: the folder {data!r} holds no image file ({kinds}) (it holds manifest.jsonl: "
+        f"pass {os.path.join(data, 'manifest.jsonl')})"]
+    assert not os.path.exists(tmp_path / "run")
+    os.unlink(os.path.join(data, "manifest.jsonl"))  # a folder without one: no hint
+    with pytest.raises(InputError) as info:
+        open_source(data)
+    assert str(info.value) == f"MANIFEST: the folder {data!r} holds no image file ({kinds})"
