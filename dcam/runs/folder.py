@@ -23,8 +23,8 @@ from typing import Any, Dict, Optional
 
 from ..errors import InputError
 from ..output import file_digest
-from .store import LOCK, RUN_JSON, drop_damaged_errors, read_failed, read_json, remove_debris, scan_index, \
-    write_json_atomic
+from .store import LOCK, RUN_JSON, SHARDS, drop_damaged_errors, listed, read_failed, read_json, remove_debris, \
+    scan_index, write_json_atomic
 from .unreadable import drop_index_lines
 
 #: Format tag of run.json.
@@ -265,6 +265,7 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
         damaged_errors = drop_damaged_errors(root)
         if damaged_errors is not None and notices is not None:
             notices.append(damaged_errors)
+        listed(os.path.join(root, SHARDS))  # (a shards folder that cannot be listed is named before a shard in it)
         visitors = [v for v in (check_records, unreadable) if v is not None]
         _, shards, _ = scan_index(root, visit=lambda obj: [v(obj) for v in visitors])
         if check_records is not None:

@@ -18,9 +18,9 @@ import os
 from typing import Callable, Dict, FrozenSet, List, Optional, Set, Union
 
 from ..errors import one_line
-from .store import INDEX, INDEX_PARTS, _unlink_quietly, fsync_dir, index_shard, parts
+from .store import INDEX, INDEX_PARTS, _unlink_quietly, fsync_dir, index_shard, parts, read_failed
 
-MISSING, CUT, KEYS = "missing", "cut short or unreadable", "lacking the record's tensors"
+MISSING, CUT, KEYS = "missing", "cut short or damaged", "lacking the record's tensors"
 
 
 def line_keys(obj: dict) -> List[str]:
@@ -53,13 +53,16 @@ class UnreadableMaps:
     def _open(self, shard: str) -> Union[FrozenSet[str], str]:
         from safetensors import SafetensorError, safe_open
 
+        path = os.path.join(self.root, shard)
         try:
-            with safe_open(os.path.join(self.root, shard), framework="pt") as f:
+            with safe_open(path, framework="pt") as f:
                 return frozenset(f.keys())
         except FileNotFoundError:
             return MISSING
-        except (OSError, SafetensorError):  # (a header cut short, a file not covered by it, no permission)
+        except SafetensorError:  # (a header cut short or not JSON, a file its header does not cover)
             return CUT
+        except OSError as exc:  # no permission, an I/O error: made readable, its maps are there (the run is refused
+            raise read_failed(exc, path)  # naming it, as for an index part it cannot read; nothing is dropped)
 
     def __call__(self, obj: dict) -> None:
         shard = index_shard(obj, "run")  # (checked by the scan already: never raises here)

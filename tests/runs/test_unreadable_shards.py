@@ -80,7 +80,7 @@ def test_a_resume_explains_again_the_records_whose_shard_is_missing_cut_or_lacks
     captured = capsys.readouterr()
     notice = [line for line in captured.err.splitlines() if line.strip()]
     assert notice == [f"dcam: 6 records of the index of {out!r} cannot be read and are explained again (their shard "
-                      "missing: 2, cut short or unreadable: 2, lacking the record's tensors: 2); 3 shards missing or "
+                      "missing: 2, cut short or damaged: 2, lacking the record's tensors: 2); 3 shards missing or "
                       f"damaged, the first {sorted(set(_by_shard(reference_run)) - {kept})[0]}"]
     assert "6 records in" in captured.out  # this session explained the six again, not "nothing was left"
     _check_repaired(out, reference_run, run_manifest["order"], kept, kept_bytes)
@@ -127,3 +127,24 @@ def test_two_ranks_resume_the_same_records_again(reference_run, run_manifest, tm
     assert proc.stderr.count("cannot be read and are explained again") == 1  # rank 0's line, once
     assert "6 records in" in proc.stdout
     _check_repaired(out, reference_run, run_manifest["order"], kept, kept_bytes)
+
+
+def test_a_shard_that_cannot_be_opened_refuses_the_resume_naming_it_and_changes_nothing(reference_run, run_manifest,
+                                                                                        tmp_path, capsys):
+    """A shard that is there but cannot be read for a reason outside it (here a folder in its place; no permission,
+    an I/O error alike) is not damage to redo: made readable, its maps are there. The resume is refused naming it,
+    as for an index part it cannot read, and no line is dropped."""
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    shard = next(iter(_by_shard(out)))
+    path = os.path.join(out, shard)
+    os.unlink(path)
+    os.mkdir(path)
+    before = open(os.path.join(out, "index.jsonl")).read()
+    capsys.readouterr()
+    assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 2
+    assert capsys.readouterr().err.splitlines() == [  # (safetensors' words: mmap of a folder)
+        f"dcam run: error: --out: cannot read {path!r} (OSError: No such device (os error 19)); what was written is kept: "
+        "make it readable and rerun the same command to resume, or pass --overwrite to start over"]
+    assert open(os.path.join(out, "index.jsonl")).read() == before
+    assert os.path.isdir(path)
