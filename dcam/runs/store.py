@@ -237,7 +237,8 @@ def index_shard(obj: dict, where: str) -> str:
 
 def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tuple[Set[str], Set[str], int]:
     """(ids done, shard files referenced, words) over the whole index; ``visit(line)`` sees every
-    index line on the way, once its id, shard and key are checked (a check that needs them reads the index once with this scan, not again)."""
+    index line on the way, once its id, shard and key are checked (a check that needs them reads
+    the index once with this scan, not again)."""
     done: Set[str] = set()
     shards: Set[str] = set()
     words = 0
@@ -394,6 +395,5 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
            "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "listed",
-           "index_lines", "iter_index", "index_shard", "scan_index", "merge_index", "read_errors", "drop_damaged_errors",
-           "merge_errors",
-           "remove_debris", "fsync_dir"]
+           "index_lines", "iter_index", "index_shard", "scan_index", "merge_index", "read_errors",
+           "drop_damaged_errors", "merge_errors", "remove_debris", "fsync_dir"]

@@ -144,7 +144,7 @@ def test_a_shard_that_cannot_be_opened_refuses_the_resume_naming_it_and_changes_
     capsys.readouterr()
     assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 2
     assert capsys.readouterr().err.splitlines() == [  # (safetensors' words: mmap of a folder)
-        f"dcam run: error: --out: cannot read {path!r} (OSError: No such device (os error 19)); what was written is kept: "
-        "make it readable and rerun the same command to resume, or pass --overwrite to start over"]
+        f"dcam run: error: --out: cannot read {path!r} (OSError: No such device (os error 19)); what was written is "
+        "kept: make it readable and rerun the same command to resume, or pass --overwrite to start over"]
     assert open(os.path.join(out, "index.jsonl")).read() == before
     assert os.path.isdir(path)
