@@ -164,11 +164,18 @@ def _akd(src, dst, k, H, W, N, BLOCK_P: tl.constexpr, BLOCK_IK: tl.constexpr, BL
         dv = tl.where(m2, v64 - mu[:, None], 0.0)
         sd = tl.sqrt(tl.sum(dv * dv, axis=1) / kf)
         sigma = sd / tl.where(mu > 0, mu, 1.0)
-        inv = 1.0 / (2.0 * sigma * sigma)  # inf when sigma underflows: only the centre rank survives
+        # weights exp(-d^2 / (2 sigma^2)), d = rank - centre rank. At 2 sigma^2 <= 1e-280 (sigma
+        # underflowed, or a constant or masked-off window: 0) every d != 0 weight is exp(<= -2.5e279)
+        # = 0 and only the centre rank survives: set so, not through 1 / 0 = inf (and inf * 0 at d = 0),
+        # which numpy warns about under TRITON_INTERPRET; above it, inv < 1e280 keeps d^2 * inv finite
+        two_var = 2.0 * sigma * sigma
+        tiny = two_var <= 1e-280
+        inv = 1.0 / tl.where(tiny, 1.0, two_var)
         d = rank.to(tl.float64) - half
-        u = tl.where(d == 0, 1.0, tl.exp(-(d * d) * inv[:, None]))
+        u = tl.where(d == 0, 1.0, tl.where(tiny[:, None], 0.0, tl.exp(-(d * d) * inv[:, None])))
         u = tl.where(m2, u, 0.0)
-        val = tl.sum(u * v64, axis=1) / tl.sum(u, axis=1)
+        usum = tl.sum(u, axis=1)  # >= 1 (the centre rank) on a pixel of the map, 0 on a masked-off one
+        val = tl.sum(u * v64, axis=1) / tl.where(usum > 0, usum, 1.0)
         val = tl.where(sd > 0, val, mu)
         val = tl.where(mu > 0, val, 0.0)
         tl.store(dst + pp, val.to(tl.float32), mask=pmask)

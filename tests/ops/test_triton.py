@@ -129,3 +129,25 @@ def test_launchers_trace_and_build_for_sm90(sm90_build_check):
     if out.startswith("SKIP"):
         pytest.skip(out.strip())
     assert "traced 7" in out and "compiled 14" in out, out
+
+
+@pytest.mark.parametrize("over", [dict(), dict(akd_kernel=3, dacg=False), dict(sicd="context")],
+                         ids=["adaptive", "fixed-akd-only", "context"])
+def test_refine_runs_without_floating_point_warnings(over):
+    # under TRITON_INTERPRET=1 every AKD refine warned "divide by zero" (1 / (2 sigma^2) = inf, intended, on
+    # constant windows and masked-off lanes) and "invalid value" (inf * 0, 0 / 0): with warnings as errors
+    # (pytest's filterwarnings = error) the interpreter raised InterpreterError. A map with a constant block
+    # (sigma = 0) and odd sizes (masked-off lanes); the values are the reference's
+    import warnings
+
+    raw = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(4))
+    raw[0, 1, :3, :4] = 0.25
+    raw[1, 0] = 0.0
+    kw = dict(context_weights=(torch.ones(2, 3, 3) - torch.eye(3)).to(DEVICE)) if over.get("sicd") else {}
+    config = dcam.CamConfig(**over)
+    with warnings.catch_warnings(), np.errstate(divide="warn", over="warn", invalid="warn", under="ignore"):  # numpy's
+        warnings.simplefilter("error")
+        got = dcam.refine(raw.to(DEVICE), config=config, backend="triton", **kw)
+    want = dcam.refine(raw, config=config, backend="torch", **{k: v.cpu() for k, v in kw.items()})
+    torch.testing.assert_close(got.maps.cpu(), want.maps, atol=1e-5, rtol=0)
+    assert torch.equal(got.kernel_size.cpu(), want.kernel_size)
