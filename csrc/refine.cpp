@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "akd.hpp"
+#include "refine.hpp"
 #include "common.hpp"
 #include "dcam.h"
 #include "reduce.hpp"
@@ -413,7 +414,7 @@ bool valid_values(const float* steps, const float* image_size, const float* repe
 
 int check_refine_args(const float* raw, const float* context_maps, const float* steps, const float* image_size,
                       const float* repeat_ratio, const float* context_weights, int64_t B, int64_t T, int64_t h,
-                      int64_t w, const dcam_refine_config* cfg, const float* maps_out) {
+                      int64_t w, const dcam_refine_config* cfg, const float* maps_out, bool check_values) {
     if (!cfg) return DCAM_EINVAL_NULL;
     if (B < 0 || T < 0 || h < 1 || w < 1) return DCAM_EINVAL_SHAPE;
     // checked products: h * w (and B * T * h * w) wrapped past int64 for huge sides
@@ -430,7 +431,8 @@ int check_refine_args(const float* raw, const float* context_maps, const float* 
     if (cfg->akd_kernel == 0 && (!steps || !image_size)) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_REFERENCE && !repeat_ratio) return DCAM_EINVAL_NULL;
     if (cfg->sicd == DCAM_SICD_CONTEXT && !context_weights) return DCAM_EINVAL_NULL;
-    if (!valid_values(steps, image_size, repeat_ratio, context_weights, B, T, *cfg)) return DCAM_EINVAL_VALUE;
+    if (check_values && !valid_values(steps, image_size, repeat_ratio, context_weights, B, T, *cfg))
+        return DCAM_EINVAL_VALUE;
     // the maps themselves, for C callers: a NaN raw value gave finite maps where the reference's are NaN
     // (the rank filter and the percentiles order NaN arbitrarily); one pass, small beside the sorting
     if (!all_finite(raw, B * T * h * w)) return DCAM_EINVAL_VALUE;
@@ -441,13 +443,15 @@ int check_refine_args(const float* raw, const float* context_maps, const float* 
 
 }  // namespace
 
-extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
-                           const float* repeat_ratio, const float* context_maps, const float* context_weights,
-                           int64_t B, int64_t T, int64_t h, int64_t w, const dcam_refine_config* cfg,
-                           float* maps_out, int32_t* kernel_size, int32_t* dacg_strategy, float* dacg_threshold,
-                           float* cba_threshold, float* sicd_alpha) {
+namespace dcam {
+
+int refine_maps(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
+                const float* repeat_ratio, const float* context_maps, const float* context_weights, int64_t B,
+                int64_t T, int64_t h, int64_t w, const dcam_refine_config* cfg, float* maps_out,
+                int32_t* kernel_size, int32_t* dacg_strategy, float* dacg_threshold, float* cba_threshold,
+                float* sicd_alpha, bool check_values) {
     const int rc = check_refine_args(raw, context_maps, steps, image_size, repeat_ratio, context_weights, B, T, h, w,
-                                     cfg, maps_out);
+                                     cfg, maps_out, check_values);
     if (rc != DCAM_OK || B == 0 || T == 0) return rc;
     float g9[9];
     dacg_blur_weights(cfg->dacg_params[7], g9);
@@ -487,4 +491,16 @@ extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const fl
         }
     }
     return oom.load() ? DCAM_ENOMEM : DCAM_OK;
+}
+
+}  // namespace dcam
+
+extern "C" int dcam_refine(const float* raw, const uint8_t* degenerate, const float* steps, const float* image_size,
+                           const float* repeat_ratio, const float* context_maps, const float* context_weights,
+                           int64_t B, int64_t T, int64_t h, int64_t w, const dcam_refine_config* cfg,
+                           float* maps_out, int32_t* kernel_size, int32_t* dacg_strategy, float* dacg_threshold,
+                           float* cba_threshold, float* sicd_alpha) {
+    return dcam::refine_maps(raw, degenerate, steps, image_size, repeat_ratio, context_maps, context_weights, B, T, h,
+                             w, cfg, maps_out, kernel_size, dacg_strategy, dacg_threshold, cba_threshold, sicd_alpha,
+                             true);
 }

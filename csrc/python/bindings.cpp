@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../akd.hpp"  // internal: the AKD test hook (dcam::set_akd_path)
+#include "../refine.hpp"  // internal: dcam_refine without its per-image value checks
 #include "dcam.h"
 
 namespace py = pybind11;
@@ -172,8 +173,11 @@ py::tuple refine(const py::array& raw, const py::array& degenerate, const py::ar
     int rc;
     {
         py::gil_scoped_release nogil;
-        rc = dcam_refine(r, dg, st, is, rr, cm, cw, B, T, h, w, &cfg, mo, kp, sp, dp, cp, ap);
+        // the op's kernel: per-image values unchecked, as on every device (dcam.refine checks them)
+        rc = dcam::refine_maps(r, dg, st, is, rr, cm, cw, B, T, h, w, &cfg, mo, kp, sp, dp, cp, ap, false);
     }
+    // with the per-image values unchecked, only NaN/Inf maps give it (dcam/ops/cpp.py names the argument)
+    if (rc == DCAM_EINVAL_VALUE) throw std::invalid_argument("dcam_refine: NaN or Inf in the maps");
     check(rc, "dcam_refine");
     return py::make_tuple(maps, ks, strat, dthr, cthr, alpha);
 }

@@ -25,6 +25,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 try:
     from dcam import _C  # type: ignore[attr-defined]
     _IMPORT_ERROR: Optional[str] = None
@@ -124,10 +126,20 @@ def refine_cpp(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tenso
         raise ValueError("refine_cpp: sicd='context' needs context_weights")
     deg = degenerate.detach().to(device="cpu", dtype=torch.bool).reshape(B, T).contiguous().numpy()
     per_image = lambda x: _f32(x.reshape(B))  # noqa: E731
-    out = _C.refine(
-        _f32(raw), deg, per_image(steps), per_image(image_size), per_image(repeat_ratio),
-        None if context_maps is None else _f32(context_maps),
-        None if context_weights is None else _f32(context_weights),
-        int(akd_kernel), bool(akd), bool(dacg), bool(cba), int(sicd),
-        [float(v) for v in dacg_params], [float(v) for v in cba_params])
+    try:
+        out = _C.refine(
+            _f32(raw), deg, per_image(steps), per_image(image_size), per_image(repeat_ratio),
+            None if context_maps is None else _f32(context_maps),
+            None if context_weights is None else _f32(context_weights),
+            int(akd_kernel), bool(akd), bool(dacg), bool(cba), int(sicd),
+            [float(v) for v in dacg_params], [float(v) for v in cba_params])
+    except ValueError as exc:
+        # NaN/Inf maps (a direct op call: dcam.refine refused them before): the extension cannot give the
+        # reference's maps for them (its rank filter and percentiles order NaN otherwise), so it refuses
+        # them; which argument is looked up on this failing path only
+        if "NaN or Inf in the maps" not in str(exc):
+            raise
+        name = "raw" if not bool(torch.isfinite(raw).all()) else "context_maps"
+        raise InputError(f"dcam::refine: {name} holds NaN or Inf, which the C++ kernel refuses (dcam.refine "
+                         "checks values before any kernel)") from None
     return tuple(torch.from_numpy(a) for a in out)
