@@ -94,6 +94,10 @@ def _pool_product_kernel(
         mask_d = offs_d < D
         wt = tl.load(w_ptr + w_rows[:, None] + offs_d[None, :],
                      mask=mask_t[:, None] & mask_d[None, :], other=0.0)  # [BT, BD]
+        # a NaN/Inf weight (of a NaN/Inf gradient) makes its token's whole map 0 and degenerate in
+        # _minmax_normalise_kernel, which reads the weights: 0 here changes no output, and the
+        # interpreter's matmul no longer warns "invalid value" on its inf * 0
+        wt = tl.where((wt != wt) | (tl.abs(wt) == float("inf")), 0.0, wt)
         a = tl.load(a_base + offs_n[:, None].to(tl.int64) * s_an + offs_d[None, :] * s_ad,
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)  # [BN, BD]
         # IEEE fp32 dots (fp32 operands: the interpreter's bf16 dot is wrong, and
@@ -140,17 +144,21 @@ def _minmax_normalise_kernel(
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         wv = tl.load(w_row + offs_d, mask=offs_d < D, other=0.0)
-        # (x - x is NaN exactly for NaN and +-inf: no libdevice isfinite in the interpreter)
-        wbad_v = tl.maximum(wbad_v, ((wv - wv) != 0.0).to(tl.int32))
+        # NaN or +-inf, by comparisons (no libdevice isfinite in the interpreter; wv - wv, NaN for both,
+        # made numpy warn "invalid value" there)
+        wbad_v = tl.maximum(wbad_v, ((wv != wv) | (tl.abs(wv) == float("inf"))).to(tl.int32))
     lo = tl.min(lo_v, axis=0)
     hi = tl.max(hi_v, axis=0)
     ok = (hi > lo) & (tl.max(nan_v, axis=0) == 0) & (tl.max(wbad_v, axis=0) == 0)
-    denom = (hi - lo) + EPS
+    # a map that is not ok (constant, NaN, +-inf) comes out 0: its (x - lo) / denom, inf / inf or
+    # inf - inf, is not computed (numpy warned "invalid value" under TRITON_INTERPRET)
+    lo = tl.where(ok, lo, 0.0)
+    denom = tl.where(ok, (hi - lo) + EPS, 1.0)
     # every program reads back only what its own threads stored: no barrier needed
     for n0 in range(0, N, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         mask = offs < N
         x = tl.load(base + offs, mask=mask, other=0.0)
-        r = tl.where(ok, (x - lo) / denom, 0.0)
+        r = tl.where(ok, (tl.where(ok, x, 0.0) - lo) / denom, 0.0)
         tl.store(base + offs, r, mask=mask)
     tl.store(deg_ptr + pid, ok == 0)

@@ -320,7 +320,12 @@ def _refine_kernel(
             interf = tl.where(mask, SICD_BASE * rho + SICD_SPIKE * spike, 0.0)
             ii = _sum64(interf * interf)
             apply = tl.max(tl.where(mask, interf, float("-inf")), axis=0) != 0
-            a = tl.minimum(_sum64(tl.where(mask, m * interf, 0.0)) / tl.where(apply, ii, 1.0), SICD_ALPHA_MAX)
+            num = _sum64(tl.where(mask, m * interf, 0.0))
+            # as the reference: alpha = 0 unless num > 0 (an all-zero map; a negative or NaN repeat ratio,
+            # which a direct op call does not check); num / 0 = inf capped where I*I underflowed to ii = 0,
+            # set so without dividing by 0 (numpy warns under TRITON_INTERPRET)
+            a = tl.minimum(num / tl.where(ii > 0, ii, 1.0), SICD_ALPHA_MAX)
+            a = tl.where(num > 0, tl.where(ii > 0, a, SICD_ALPHA_MAX), 0.0)
         else:
             tt = tl.arange(0, BLOCK_T)
             wrow = cw_ptr + pid.to(tl.int64) * T
@@ -339,12 +344,18 @@ def _refine_kernel(
             ii = tl.sum(i64 * i64, axis=0)
             apply = ii != 0
             mi = tl.sum(tl.where(mask, m.to(tl.float64) * i64, 0.0), axis=0)
-            a = tl.minimum(tl.maximum(mi / tl.where(apply, ii, 1.0), 0.0), 1.0).to(tl.float32)
+            # (NaN propagates, as torch.clamp's: NaN weights give NaN maps as in the reference)
+            a = tl.minimum(tl.maximum(mi / tl.where(apply, ii, 1.0), 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
+                           propagate_nan=tl.PropagateNan.ALL).to(tl.float32)
         a = tl.where(apply, a, 0.0)
-        sub = tl.maximum(m - a * interf, 0.0)
+        sub = tl.maximum(m - a * interf, 0.0, propagate_nan=tl.PropagateNan.ALL)
         rng_new = tl.max(tl.where(mask, sub, float("-inf")), axis=0) - tl.min(tl.where(mask, sub, float("inf")), axis=0)
         rng_old = tl.max(tl.where(mask, m, float("-inf")), axis=0) - tl.min(tl.where(mask, m, float("inf")), axis=0)
-        keep = apply & (rng_new >= SICD_RANGE_GUARD * rng_old)
+        # a NaN in sub (a NaN/Inf repeat ratio or context weight, unchecked on a direct op call) makes the
+        # reference's range NaN, which is no shrink: its NaN maps are kept. tl.max/tl.min drop NaN on a GPU
+        # (the interpreter keeps it), so it is looked for apart
+        sub_nan = tl.max(tl.where(mask & (sub != sub), 1, 0), axis=0) > 0
+        keep = apply & (sub_nan | (rng_new >= SICD_RANGE_GUARD * rng_old))
         m = tl.where(keep, sub, m)
         alpha = tl.where(keep, a, 0.0)
 

@@ -107,8 +107,6 @@ class Impl:
     def _context(self):
         if self.backend == "cpp":
             return akd_path(self.akd)
-        if self.backend == "triton" or (self.backend == "auto" and self.device == "cuda"):
-            return np.errstate(all="ignore")  # the interpreter evaluates masked-off lanes too
         return contextlib.nullcontext()
 
     def refine(self, args):

@@ -193,8 +193,7 @@ def np_refine(raw, cfg: CamConfig, steps, height, rho, context_weights=None, deg
 def run(any_backend, raw, config=None, **kw):
     backend, device = any_backend
     kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    with np.errstate(all="ignore"):  # Triton's interpreter evaluates masked-off lanes too
-        got = dcam.refine(raw.to(device), config or CamConfig(), backend=backend, **kw)
+    got = dcam.refine(raw.to(device), config or CamConfig(), backend=backend, **kw)
     return {k: v.cpu() for k, v in vars(got).items()}
 
 

@@ -212,3 +212,56 @@ def test_integer_steps_and_image_sizes_refine_as_their_floats(kernel):
         torch.testing.assert_close(g, w, atol=0, rtol=0)
     with pytest.raises(InputError, match=_message("refine", "steps must be a tensor of real numbers, got torch.bool")):
         overload.redispatch(keys, *_refine(steps=torch.tensor([True, False])))
+
+
+#: per-image values and context weights outside the ranges dcam.refine takes (README: values are checked by
+#: the public functions only; a direct op call computes with them as the reference does)
+OUT_OF_RANGE = {
+    "steps=0": dict(steps=torch.tensor([0.0, 64.0])),
+    "image_size=-512": dict(image_size=torch.tensor([-512.0, 512.0])),
+    "repeat_ratio=2": dict(repeat_ratio=torch.tensor([2.0, 0.5])),
+    "context_weights_diagonal": dict(sicd=2, context_weights=torch.ones(2, 3, 3)),
+    # Triton differed here: a negative alpha (the reference's is 0 unless sum(m * I) > 0), finite maps where
+    # the reference's are NaN (its range test kept the map unchanged on a NaN range; a GPU drops NaN in max)
+    "repeat_ratio=-0.3": dict(repeat_ratio=torch.tensor([-0.3, 0.5])),
+    "repeat_ratio=nan": dict(repeat_ratio=torch.tensor([float("nan"), 0.5])),
+    "context_weights_nan": dict(sicd=2, context_weights=torch.where(NO_SELF == 1, float("nan"), NO_SELF)),
+}
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("case", list(OUT_OF_RANGE))
+def test_per_image_values_out_of_range_are_computed_with_on_every_kernel(kernel, case):
+    # the C++ kernel raised a bare ValueError naming neither op nor argument ("dcam_refine: invalid value
+    # (...)") where the reference and Triton kernels returned maps
+    from dcam.ops.reference import refine_reference
+
+    raw = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(3))
+    args = _refine(raw=raw, **OUT_OF_RANGE[case])
+    got = torch.ops.dcam.refine.default.redispatch(torch._C.DispatchKeySet(KERNELS[kernel]), *args)
+    want = refine_reference(*args)
+    for name, g, w in zip(("maps", "kernel_size", "dacg_strategy", "dacg_threshold", "cba_threshold", "sicd_alpha"),
+                          got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=0, equal_nan=True, msg=f"{case} {kernel}: {name}")
+    assert got[0][0].isnan().all() == case.endswith("nan")  # NaN in, NaN maps out: not a plausible map
+    if case == "steps=0":  # by hand: f_step = min(0 / 16, 2) = 0, k = floor(0) = 0 -> 1 (odd) -> 3 (K_MIN)
+        assert got[1][0].tolist() == [3, 3, 3]
+    # dcam.refine, which checks values, refuses them naming the argument
+    kw = {k: v for k, v in OUT_OF_RANGE[case].items() if k != "sicd"}
+    cfg = dcam.CamConfig(sicd="context" if case.startswith("context") else "reference")
+    with pytest.raises(InputError, match="^" + next(iter(kw))):
+        dcam.refine(raw, config=cfg, backend="torch", **kw)
+
+
+@pytest.mark.skipif("cpp" not in dcam.available_backends(), reason="the C++ extension is not built")
+def test_the_cpu_kernel_refuses_nonfinite_maps_naming_them():
+    # the one value the C++ kernel still reads as an error (it cannot give the reference's NaN maps): it was
+    # a ValueError listing the per-image value ranges, "dcam_refine: invalid value (steps and image_size ...)"
+    raw = torch.rand(2, 3, 4, 5)
+    raw[1, 2, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=_message("refine", "raw holds NaN or Inf, which the C++ kernel refuses")):
+        torch.ops.dcam.refine(*_refine(raw=raw))
+    ctx = torch.rand(2, 3, 4, 5)
+    ctx[0, 0, 3, 4] = float("inf")
+    with pytest.raises(InputError, match=_message("refine", "context_maps holds NaN or Inf, which the C++")):
+        torch.ops.dcam.refine(*_refine(sicd=2, context_maps=ctx, context_weights=NO_SELF))
