@@ -372,6 +372,8 @@ DCAM_HOT MapStats refine_one(const MapArgs& a, const dcam_refine_config& cfg, co
 // gated map NaN; percentiles past 100 read outside the sorted values). NaN fails every test.
 bool in_range(float v, float lo, float hi) { return v >= lo && v <= hi; }
 
+constexpr double kCbaWeightSumMax = 3.4e38;  // CamConfig's bound on sum(cba_weights)
+
 bool valid_params(const dcam_refine_config& c) {
     const float* d = c.dacg_params;
     const float* b = c.cba_params;
@@ -380,8 +382,14 @@ bool valid_params(const dcam_refine_config& c) {
     for (int i = 3; i < 7; ++i)
         if (!in_range(d[i], 0.f, 100.f)) return false;
     if (!in_range(d[7], 1e-18f, fmax)) return false;  // 2*sigma^2 stays a normal float32
-    for (int i = 0; i < 4; ++i)
+    // the CBA threshold is the weights' sum of statistics in [0, 1]: their sum must stay within float32's
+    // range as CamConfig requires (four weights of 3e38 gave cba_threshold = +inf), in float64 as Python sums
+    double weight_sum = 0.0;
+    for (int i = 0; i < 4; ++i) {
         if (!in_range(b[i], 0.f, fmax)) return false;
+        weight_sum += static_cast<double>(b[i]);
+    }
+    if (!(weight_sum <= kCbaWeightSumMax)) return false;
     return in_range(b[4], 0.f, 1.f);
 }
 

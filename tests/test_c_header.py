@@ -136,6 +136,21 @@ int main(void) {
     printf("err floor %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                           NULL, NULL, NULL, NULL, NULL));
     cfg.cba_params[4] = 0.5f;
+    {   /* CBA weights each within [0, FLT_MAX] but summing past 3.4e38, as CamConfig refuses them (this gave
+           DCAM_OK and cba_threshold = +inf); a sum of 3.2e38 is taken; a refused call writes nothing */
+        const dcam_refine_config keep = cfg;
+        float thr[1] = {-7.0f};
+        out[0] = -7.0f;
+        cfg.cba = 1;
+        for (int i = 0; i < 4; ++i) cfg.cba_params[i] = 3e38f;
+        printf("err cba_weight_sum %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg,
+                                                      out, NULL, NULL, NULL, thr, NULL));
+        printf("untouched cba %.1f %.1f\n", out[0], thr[0]);
+        for (int i = 0; i < 4; ++i) cfg.cba_params[i] = 0.8e38f;
+        printf("err cba_weight_sum_within %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3,
+                                                             &cfg, out, NULL, NULL, NULL, thr, NULL));
+        cfg = keep;
+    }
     cfg.sicd = DCAM_SICD_CONTEXT;
     printf("err no_weights %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, &cfg, out,
                                                NULL, NULL, NULL, NULL, NULL));
@@ -518,12 +533,14 @@ def test_error_codes(program_output):
                     "tokens_overflow": "2", "weights_overflow": "2", "maps_overflow": "2", "refine_overflow": "2",
                     "refine_cells_empty": "2",
                     "nan_sigma": "4", "zero_sigma": "4", "percentile": "4", "floor": "4",
+                    "cba_weight_sum": "4", "cba_weight_sum_within": "0",
                     "nan_context_weight": "6", "negative_context_weight": "6", "diagonal_context_weight": "6",
                     "zero_diagonal_context_weight": "0", "nan_rho": "6", "rho_past_1": "6",
                     "nan_steps": "6", "negative_steps": "6", "zero_size": "6", "unread_steps": "0",
                     "nan_raw": "6", "inf_context_map": "6", "unread_context_map": "0"}
     assert "akd_kernel" in " ".join(_lines(program_output, "errstr")[0])
-    assert _lines(program_output, "untouched") == [["weights", "1", "-7"], ["checked", "1", "-7"]]
+    assert _lines(program_output, "untouched") == [["cba", "-7.0", "-7.0"], ["weights", "1", "-7"],
+                                                   ["checked", "1", "-7"]]
 
 
 def test_version_is_the_package_version(program_output):

@@ -107,7 +107,8 @@ typedef enum { DCAM_F32 = 0, DCAM_F16 = 1, DCAM_BF16 = 2 } dcam_dtype;
                               * given would pass 2^63 bytes)                  */
 #define DCAM_EINVAL_DTYPE 3  /* unknown dcam_dtype                             */
 #define DCAM_EINVAL_CONFIG 4 /* bad refine config (kernel size, sicd mode, a
-                              * parameter outside its range or NaN)           */
+                              * parameter outside its range or NaN, CBA
+                              * weights summing past 3.4e38)                 */
 #define DCAM_ENOMEM 5        /* scratch allocation failed                      */
 #define DCAM_EINVAL_VALUE 6  /* dcam_refine: a raw or context_maps value that is
                               * NaN or +-Inf, or a steps, image_size,
@@ -132,8 +133,9 @@ typedef struct {
                               std and means in [0, 1] with mean_low <= mean_high, percentiles in
                               [0, 100], sigma in [1e-18, FLT_MAX]                                 */
     float cba_params[5];   /* weights of median(nz), P60(all), mean(nz), max; attenuation floor
-                              (defaults .15 .15 .2 .015 .5); weights in [0, FLT_MAX], floor in
-                              [0, 1]                                                               */
+                              (defaults .15 .15 .2 .015 .5); weights in [0, FLT_MAX] summing to at
+                              most 3.4e38 (the CBA threshold is their weighted sum of statistics in
+                              [0, 1]; CamConfig's rule), floor in [0, 1]                           */
 } dcam_refine_config;
 
 /* Version of the library, e.g. "0.1.0". Never NULL. */
