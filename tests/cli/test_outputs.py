@@ -14,19 +14,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from dcam.cli import build_parser
+from dcam.testing.support import file_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESPONSE = "a red circle and a blue square"
-
-
-def _snapshot(folder):
-    """{relative path: bytes} of every file under ``folder``."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[os.path.relpath(p, folder)] = open(p, "rb").read()
-    return out
 
 
 def _leftovers(parent):
@@ -53,7 +44,7 @@ def test_out_checked_before_the_model_loads(cli, error_line, truncated_model, sh
     assert rc == 2
     assert error_line(err) == (f"dcam explain: error: --out: {str(full)!r} is not empty; choose a new folder or "
                                "pass --overwrite (which replaces it whole)")
-    assert _snapshot(full) == {"keep.txt": b"earlier run"}
+    assert file_tree(full) == {"keep.txt": b"earlier run"}
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     rc, _, err = cli("explain", shapes_png, "--model", truncated_model, "--out", a_file)
@@ -79,11 +70,11 @@ def test_reused_out_is_refused_and_overwrite_replaces_it_whole(cli, error_line, 
     base = ("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE, "--out", out, "--quiet")
     rc, _, err = cli(*base)
     assert rc == 0, err
-    first = _snapshot(out)
+    first = file_tree(out)
     assert len([p for p in first if p[:2].isdigit()]) == 7
     rc, _, err = cli(*base, "--tokens", "blue")
     assert rc == 2 and "--out" in error_line(err) and "--overwrite" in error_line(err)
-    assert _snapshot(out) == first
+    assert file_tree(out) == first
     rc, _, err = cli(*base, "--tokens", "blue", "--overwrite")
     assert rc == 0, err
     assert sorted(os.listdir(out)) == ["05_blue.png", "contact_sheet.png", "image.png", "index.html",
@@ -141,7 +132,7 @@ def test_failed_write_leaves_nothing(cli, error_line, tiny_model_dir, shapes_png
         assert error_line(lines) == (f"dcam explain: error: --out: writing {str(target)!r} failed (OSError: "
                                      "[Errno 27] File too large); nothing was written")
     assert not (tmp_path / "new").exists()
-    assert _snapshot(old) == {"earlier.txt": b"earlier run"}
+    assert file_tree(old) == {"earlier.txt": b"earlier run"}
     assert not _leftovers(tmp_path)
 
 
@@ -215,7 +206,7 @@ def test_ctrl_c_while_writing_a_real_process(dcam_child, tiny_model_dir, shapes_
     lines = r.stderr.splitlines()
     assert [line for line in lines if line.startswith("dcam ")] == ["dcam explain: interrupted; nothing was written"]
     assert "Loading weights" in r.stderr and "[dcam] loading the model" in r.stderr
-    assert _snapshot(out) == {"earlier.txt": b"earlier run"} and not _leftovers(tmp_path)
+    assert file_tree(out) == {"earlier.txt": b"earlier run"} and not _leftovers(tmp_path)
     assert r.stdout == ""
 
 

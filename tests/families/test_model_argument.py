@@ -18,6 +18,7 @@ import torch
 
 from dcam.errors import InputError
 from dcam.explain import Explainer
+from dcam.testing.support import one_line_refusal
 
 #: stand-in name -> (transformers' base class, the class with the LM head that loads the checkpoint)
 BASE_AND_HEAD = {
@@ -44,15 +45,6 @@ NOT_MULTIMODAL = "has no image token id (config.image_token_id) and matches no d
 IMAGE_MARK = "is part of the image placeholder: it marks where the image features go"
 
 
-def _refusal(fn) -> str:
-    """The InputError's one line (another exception fails the test: pytest.raises lets it through)."""
-    with pytest.raises(InputError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize("name", sorted(BASE_AND_HEAD))
 def test_the_base_model_of_a_transformers_vlm_is_refused_naming_the_class_to_load(models, name):
     model, processor = models(name)
@@ -61,10 +53,10 @@ def test_the_base_model_of_a_transformers_vlm_is_refused_naming_the_class_to_loa
     article = "an" if base[0] in "AEIOU" else "a"
     line = (f"model: {article} {base} has no LM head to score the response with (the base model, what AutoModel "
             f"loads); load the checkpoint with {head} or AutoModelForImageTextToText")
-    assert _refusal(lambda: Explainer(model.model, processor)) == line
+    assert one_line_refusal(lambda: Explainer(model.model, processor)) == line
     # a family forced on it says the same (it was "lacks the transformer blocks of the ... family")
     family = {"qwen2.5-vl": "qwen-vl", "qwen3-vl": "qwen-vl", "smolvlm": "idefics3"}.get(name, name)
-    assert _refusal(lambda: Explainer(model.model, processor, family=family)) == line
+    assert one_line_refusal(lambda: Explainer(model.model, processor, family=family)) == line
 
 
 def test_what_is_not_a_model_is_refused_naming_model_with_a_hint(models):
@@ -95,8 +87,8 @@ def test_what_is_not_a_model_is_refused_naming_model_with_a_hint(models):
         ((text_only, processor), f"model: LlamaModel (config.model_type 'llama') {NOT_MULTIMODAL}"),
     ]
     for args, line in cases:
-        assert _refusal(lambda: Explainer(*args)) == line
-    assert _refusal(lambda: Explainer()) == "model: no model given; pass the loaded model and its processor"
+        assert one_line_refusal(lambda: Explainer(*args)) == line
+    assert one_line_refusal(lambda: Explainer()) == "model: no model given; pass the loaded model and its processor"
 
 
 def test_the_cli_names_the_option_once_for_a_model_argument_error(models):
@@ -133,9 +125,9 @@ def test_a_given_response_holding_an_image_mark_is_refused_as_the_placeholder_is
         mark_id = tok.convert_tokens_to_ids(mark)
         assert tok.convert_ids_to_tokens(mark_id) == mark  # one token of its own (the stand-in's vocabulary)
         line = f"response: holds {mark!r} (id {mark_id}), which {IMAGE_MARK}"
-        assert _refusal(lambda: exp.explain(landscape, response=f"a red {mark} circle", steps=2)) == line
+        assert one_line_refusal(lambda: exp.explain(landscape, response=f"a red {mark} circle", steps=2)) == line
         red = exp.adapter.encode_response("red")
-        assert _refusal(lambda: exp.explain(landscape, response=[*red, mark_id, *red], steps=2)) == line
+        assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, mark_id, *red], steps=2)) == line
     assert exp.explain(landscape, response="a red circle", steps=2).tokens == ["a", "red", "circle"]
 
 
@@ -145,7 +137,7 @@ def test_lumina_dimoo_refuses_its_image_marks_in_a_given_response(models, landsc
     red = exp.adapter.encode_response("red")
     for mark_id in (126349, 126350, 126084):
         name = exp.adapter.token_strings([mark_id])[0]
-        assert _refusal(lambda: exp.explain(landscape, response=[*red, mark_id], steps=2)) == \
+        assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, mark_id], steps=2)) == \
             f"response: holds {name!r} (id {mark_id}), which {IMAGE_MARK}"
 
 
@@ -159,5 +151,5 @@ def test_a_generated_response_keeps_the_image_marks_the_model_wrote(models):
     written = tok.convert_ids_to_tokens(e.response_ids)
     marks = [t for t in written if t.startswith("<row_") or t in ("<fake_token_around_image>", "<global-img>")]
     assert marks and marks[0] in e.tokens, written
-    assert _refusal(lambda: exp.explain(image, response=e.response_ids)) == \
+    assert one_line_refusal(lambda: exp.explain(image, response=e.response_ids)) == \
         f"response: holds {marks[0]!r} (id {tok.convert_tokens_to_ids(marks[0])}), which {IMAGE_MARK}"

@@ -12,6 +12,7 @@ from PIL import Image
 from dcam.errors import InputError
 from dcam.explain import Explainer
 from dcam.probe.adapters.anyres import stack_pixels
+from dcam.testing.support import one_line_refusal
 
 #: the tail of the llava-package families' refusal of a transformers processor
 LLAVA_PACKAGE_TAIL = ("does not go with this llava_llada model; pass the (tokenizer, image_processor) of the model's "
@@ -22,15 +23,6 @@ def _image(h=40, w=80):
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8))
 
 
-def _refusal(fn) -> str:
-    """The InputError's message (a raw exception fails the test: pytest.raises lets it through)."""
-    with pytest.raises(InputError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
 # ---------------------------------------------------------------- LaViDa / LLaDA-V (llava packages)
 
 @pytest.mark.parametrize("family", ["lavida", "llada-v"])
@@ -39,7 +31,7 @@ def _refusal(fn) -> str:
 def test_a_transformers_processor_is_refused_by_the_llava_package_families(models, family, other, cls):
     # they ended in "ValueError: too many values to unpack (expected 4)" in modeling_siglip.py
     model, _ = models(family)
-    message = _refusal(lambda: Explainer(model, models(other)[1]))
+    message = one_line_refusal(lambda: Explainer(model, models(other)[1]))
     assert message == f"processor: a {cls} {LLAVA_PACKAGE_TAIL}"
 
 
@@ -51,7 +43,7 @@ def test_an_image_processor_of_another_family_is_refused_by_its_pixels(models):
     model, proc = models("lavida")
     foreign = models("llava-next")[1].image_processor
     exp = Explainer(model, (proc.tokenizer, foreign))
-    message = _refusal(lambda: exp.explain(_image(), response="a red circle"))
+    message = one_line_refusal(lambda: exp.explain(_image(), response="a red circle"))
     assert message.startswith(f"processor: its image processor ({type(foreign).__name__}) gave pixel values [")
     assert message.endswith("for 3 tiles, not [3, 3, 28, 28]: it is not this model's (pass the image processor of "
                             "its checkpoint)")
@@ -74,25 +66,25 @@ def test_stack_pixels_takes_only_square_tiles_of_the_towers_size():
     want = "processor: its image processor (_FixedPixels) gave pixel values {} for 2 tiles, not [2, 3, 8, 8]: it " \
         "is not this model's (pass the image processor of its checkpoint)"
     for shape in [(2, 3, 16, 16), (2, 3, 8, 6), (1, 2, 3, 8, 8), (3, 3, 8, 8), (2, 1, 8, 8), (2, 192)]:
-        assert _refusal(lambda: stack_pixels(tiles, _FixedPixels(shape), 8)) == want.format(list(shape))
-    assert _refusal(lambda: stack_pixels(tiles, _FixedPixels((2, 3, 8, 6)))).endswith("not [2, 3, S, S]: it is "
+        assert one_line_refusal(lambda: stack_pixels(tiles, _FixedPixels(shape), 8)) == want.format(list(shape))
+    assert one_line_refusal(lambda: stack_pixels(tiles, _FixedPixels((2, 3, 8, 6)))).endswith("not [2, 3, S, S]: it is "
                                                                                       "not this model's (pass the "
                                                                                       "image processor of its "
                                                                                       "checkpoint)")
-    assert _refusal(lambda: stack_pixels(tiles, _FixedPixels(out={"image": 1}), 8)) == \
+    assert one_line_refusal(lambda: stack_pixels(tiles, _FixedPixels(out={"image": 1}), 8)) == \
         "processor: its image processor (_FixedPixels) returned no pixel_values"
-    assert _refusal(lambda: stack_pixels(tiles, SimpleNamespace(), 8)) == \
+    assert one_line_refusal(lambda: stack_pixels(tiles, SimpleNamespace(), 8)) == \
         "processor: its image processor (SimpleNamespace) has no preprocess() and cannot be called"
 
 
 def test_the_llava_package_families_messages_name_the_processor(models):
     model, proc = models("lavida")
-    assert _refusal(lambda: Explainer(model, None)) == \
+    assert one_line_refusal(lambda: Explainer(model, None)) == \
         "processor: the lavida adapter needs a processor with a tokenizer, got NoneType"
     tok = proc.tokenizer
-    assert _refusal(lambda: Explainer(model, tok)) == \
+    assert one_line_refusal(lambda: Explainer(model, tok)) == \
         f"processor: the lavida adapter needs (tokenizer, image_processor), got {type(tok).__name__}"
-    assert _refusal(lambda: Explainer(model, SimpleNamespace(tokenizer=tok))) == \
+    assert one_line_refusal(lambda: Explainer(model, SimpleNamespace(tokenizer=tok))) == \
         "processor: the lavida adapter needs (tokenizer, image_processor), got SimpleNamespace"
 
 
@@ -103,7 +95,7 @@ def test_a_processor_that_cannot_be_called_is_refused_by_a_transformers_vlm(mode
     # LaViDa's (tokenizer, image_processor) namespace raised "'types.SimpleNamespace' object is not callable"
     model, _ = models(family)
     foreign = models("lavida")[1]
-    assert _refusal(lambda: Explainer(model, foreign)) == \
+    assert one_line_refusal(lambda: Explainer(model, foreign)) == \
         f"processor: this {kind} model needs its transformers processor (with a tokenizer), got SimpleNamespace"
 
 
@@ -119,14 +111,14 @@ def test_gemma4_keeps_its_namespace_processor(models):
 def test_the_vq_families_name_what_a_foreign_processor_lacks(models):
     # "LLaDAForMultiModalGeneration has no image token id; it cannot be explained" blamed the model
     dimoo, _ = models("lumina-dimoo")
-    assert _refusal(lambda: Explainer(dimoo, models("llava-next")[1])) == \
+    assert one_line_refusal(lambda: Explainer(dimoo, models("llava-next")[1])) == \
         ("processor: the lumina-dimoo adapter needs a dcam.probe.adapters.DiMOOProcessor; a LlavaNextProcessor has "
          "no vqvae, max_patches, newline_id, image_token_offset, boi_id, eoi_id, answer_start_id, answer_end_id")
     mmada, _ = models("mmada")
-    assert _refusal(lambda: Explainer(mmada, models("lavida")[1])) == \
+    assert one_line_refusal(lambda: Explainer(mmada, models("lavida")[1])) == \
         ("processor: the mmada adapter needs a dcam.probe.adapters.MMaDAProcessor; a SimpleNamespace has no "
          "vq_model, resolution, image_token_offset, soi_id, eoi_id, mmu_id")
-    assert _refusal(lambda: Explainer(mmada, None)).startswith("processor: ")
+    assert one_line_refusal(lambda: Explainer(mmada, None)).startswith("processor: ")
 
 
 # ---------------------------------------------------------------- steps on a causal VLM
@@ -198,10 +190,10 @@ def test_diffusion_gemma_refuses_another_family_s_processor_up_front(models):
     "KeyError: 'image_position_ids'" inside explain(), None in a message without 'processor:'."""
     model, proc = models("diffusion-gemma")
     _, llava_proc = models("llava")
-    assert _refusal(lambda: Explainer(model, llava_proc)) == \
+    assert one_line_refusal(lambda: Explainer(model, llava_proc)) == \
         "processor: a LlavaProcessor does not go with this diffusion_gemma model; pass the processor of the " \
         "model's own checkpoint"
-    assert _refusal(lambda: Explainer(model, None)) == \
+    assert one_line_refusal(lambda: Explainer(model, None)) == \
         "processor: DiffusionGemma needs its processor (with .image_processor and .tokenizer), got NoneType"
     Explainer(model, proc)  # its own is taken (the stand-in's: a tokenizer and Gemma 4's image processor)
 
@@ -215,6 +207,6 @@ def test_a_processor_that_places_no_image_token_of_the_model_is_named():
     model, _ = STANDINS["dream-vl"]()
     _, qwen_proc = STANDINS["qwen-vl"]()
     image_id = int(model.config.image_token_id)
-    message = _refusal(lambda: Explainer(model, qwen_proc).explain(_image(), response="a dog"))
+    message = one_line_refusal(lambda: Explainer(model, qwen_proc).explain(_image(), response="a dog"))
     assert message == (f"processor: the input sequence it made holds no image token of this model (id {image_id}); "
                        "pass the processor of the model's own checkpoint")

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 import dcam
+from dcam.testing.support import single_process_env
 
 GOOD = ["s0", "s1", "s2", "s3", "gen4", "s5", "dict6", "s7"]
 RUN_ARGS = ["--threads", "1", "--batch-size", "2", "--shard-size", "2", "--quiet"]
@@ -22,13 +23,6 @@ RUN_ARGS = ["--threads", "1", "--batch-size", "2", "--shard-size", "2", "--quiet
 def _command(manifest, out):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     return [torchrun, "--standalone", "--nproc_per_node=2", "-m", "dcam", "run", manifest, "--out", out, *RUN_ARGS]
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
 
 
 def _lines(path):
@@ -54,7 +48,7 @@ def _check_shards(out):
 
 def test_two_ranks_give_the_one_process_results(run_manifest, reference_run, tmp_path):
     out = str(tmp_path / "run")
-    proc = subprocess.run(_command(run_manifest["path"], out), env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(_command(run_manifest["path"], out), env=single_process_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8 of 13 records explained" in proc.stdout and "on 2 process(es)" in proc.stdout
@@ -109,7 +103,7 @@ def _running(pid):
 def test_sigkill_mid_way_then_rerun_gives_every_record_exactly_once(run_manifest, reference_run, tmp_path):
     out = str(tmp_path / "run")
     cmd = _command(run_manifest["path"], out)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=single_process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     parts = os.path.join(out, "index")
     deadline = time.time() + 240
@@ -139,7 +133,7 @@ def test_sigkill_mid_way_then_rerun_gives_every_record_exactly_once(run_manifest
     partial = {r.id for r in dcam.load_run(out)}
     assert 0 < len(partial) < len(GOOD)
 
-    rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, env=single_process_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     ids = [r.id for r in dcam.load_run(out)]
     assert sorted(ids) == sorted(GOOD) and len(ids) == len(set(ids))
@@ -186,7 +180,7 @@ def _run_ranks(tmp_path, mode):
     script.write_text(RANK_SCRIPT)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path), mode],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+                          env=single_process_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
 

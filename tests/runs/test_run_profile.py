@@ -5,13 +5,7 @@ import json
 import os
 import subprocess
 import sys
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
+from dcam.testing.support import single_process_env
 
 
 def test_two_ranks_write_a_trace_each(run_manifest, tmp_path):
@@ -21,7 +15,7 @@ def test_two_ranks_write_a_trace_each(run_manifest, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "dcam", "run", run_manifest["path"],
                            "--out", str(out), "--threads", "1", "--batch-size", "2", "--shard-size", "2",
-                           "--profile", str(trace)], env=_env(), capture_output=True, text=True, timeout=300)
+                           "--profile", str(trace)], env=single_process_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8 of 13 records explained" in proc.stdout
     said = [line for line in proc.stderr.splitlines() if line.startswith("[dcam] profile: ")]
@@ -47,7 +41,7 @@ def test_a_rank_whose_trace_exists_stops_every_rank_before_anything_is_written(r
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "dcam", "run", run_manifest["path"],
                            "--out", str(tmp_path / "run"), "--threads", "1", "--quiet",
-                           "--profile", str(tmp_path / "trace.json")], env=_env(), capture_output=True, text=True,
+                           "--profile", str(tmp_path / "trace.json")], env=single_process_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dcam run: error:")]

@@ -10,25 +10,9 @@ import subprocess
 import sys
 
 from dcam.runs.folder import FolderLock
+from dcam.testing.support import file_tree, single_process_env
 
 RUN_ARGS = ["--threads", "1", "--batch-size", "2", "--shard-size", "2"]
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _tree(folder):
-    """Every file under ``folder`` with its bytes (what a refused or interrupted command must leave as it was)."""
-    out = {}
-    for d, _, names in os.walk(folder):
-        for n in names:
-            p = os.path.join(d, n)
-            out[os.path.relpath(p, folder)] = open(p, "rb").read()
-    return out
 
 
 def _busy_line(out):
@@ -39,35 +23,35 @@ def _busy_line(out):
 def test_a_folder_whose_lock_is_held_is_refused_before_the_model_loads(run_manifest, reference_run, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(reference_run, out)
-    before = _tree(out)
+    before = file_tree(out)
     lock = FolderLock(out)  # the lock a run holds while it writes (a real flock, from this process)
     try:
         proc = subprocess.run([sys.executable, "-m", "dcam", "run", run_manifest["path"], "--out", out, *RUN_ARGS],
-                              env=_env(), capture_output=True, text=True, timeout=300)
+                              env=single_process_env(), capture_output=True, text=True, timeout=300)
     finally:
         lock.release()
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [_busy_line(out)]  # no "[dcam] ... loading the model" before it
-    assert _tree(out) == before
+    assert file_tree(out) == before
 
 
 def test_under_torchrun_the_busy_folder_is_refused_once_before_any_rank_loads_the_model(run_manifest, reference_run,
                                                                                         tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(reference_run, out)
-    before = _tree(out)
+    before = file_tree(out)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     lock = FolderLock(out)
     try:
         proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "dcam", "run",
-                               run_manifest["path"], "--out", out, *RUN_ARGS], env=_env(), capture_output=True,
+                               run_manifest["path"], "--out", out, *RUN_ARGS], env=single_process_env(), capture_output=True,
                               text=True, timeout=300)
     finally:
         lock.release()
     assert proc.returncode != 0
     assert proc.stderr.count("(its lock is held)") == 1 and _busy_line(out) in proc.stderr.splitlines()
     assert "loading the model" not in proc.stderr
-    assert _tree(out) == before
+    assert file_tree(out) == before
 
 
 def _interrupt_the_model_load(manifest, out, tmp_path):
@@ -77,7 +61,7 @@ def _interrupt_the_model_load(manifest, out, tmp_path):
     model.mkdir()
     os.mkfifo(model / "config.json")
     proc = subprocess.Popen([sys.executable, "-m", "dcam", "run", manifest, "--out", out, "--model", str(model),
-                             *RUN_ARGS], env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                             *RUN_ARGS], env=single_process_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             # (a child of a background job inherits SIGINT ignored: Python then installs no handler)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -104,8 +88,8 @@ def test_ctrl_c_while_the_model_loads_says_nothing_was_written(run_manifest, tmp
 def test_ctrl_c_while_the_model_loads_leaves_an_earlier_run_as_it_was(run_manifest, reference_run, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(reference_run, out)
-    before = _tree(out)
+    before = file_tree(out)
     code, lines = _interrupt_the_model_load(run_manifest["path"], out, tmp_path)
     assert code == 130
     assert lines[1:] == [f"dcam run: interrupted; nothing was written ({out} is as it was)"]
-    assert _tree(out) == before
+    assert file_tree(out) == before

@@ -6,17 +6,7 @@ import shutil
 import pytest
 
 from dcam.cli import main
-
-
-def _tree(folder):
-    """{relative path: bytes} of every file under ``folder``."""
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            p = os.path.join(base, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = f.read()
-    return out
+from dcam.testing.support import file_tree
 
 
 @pytest.mark.parametrize("name", ["index.jsonl", "errors.jsonl", os.path.join("index", "0-r00000-p1.jsonl")])
@@ -25,7 +15,7 @@ def test_a_file_of_the_run_that_is_a_directory_is_named_as_unreadable(name, refe
     out = str(tmp_path / "run")
     shutil.copytree(reference_run, out)
     assert main(["view", out, "--quiet"]) == 0  # a page of the run as it was, which must be left as it is
-    page = _tree(out)
+    page = file_tree(out)
     path = os.path.join(out, name)
     if os.path.exists(path):
         os.unlink(path)
@@ -37,5 +27,5 @@ def test_a_file_of_the_run_that_is_a_directory_is_named_as_unreadable(name, refe
     assert (rc, err) == (2, [f"dcam view: error: DIR: cannot read {path!r} (IsADirectoryError: Is a directory); "
                              "the page was not written"])
     page.pop(name, None)
-    assert _tree(out) == page and os.path.isdir(path)  # the old page whole, nothing half-written, nothing left
+    assert file_tree(out) == page and os.path.isdir(path)  # the old page whole, nothing half-written, nothing left
     assert sorted(os.listdir(out)) == sorted(set(os.listdir(reference_run)) | {"view", "index.html"})

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import dcam
+from dcam.testing.support import single_process_env
 
 GOOD = ["s0", "s1", "s2", "s3", "gen4", "s5", "dict6", "s7"]
 RUN_ARGS = ["--threads", "1", "--batch-size", "2", "--shard-size", "2", "--quiet"]
@@ -25,15 +26,8 @@ def _limited(limit=LIMIT):
     return preexec
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
 def _dcam(args, limit=None):
-    return subprocess.run([sys.executable, "-m", "dcam", *args], env=_env(), capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dcam", *args], env=single_process_env(), capture_output=True, text=True,
                           timeout=300, preexec_fn=None if limit is None else _limited(limit))
 
 
@@ -49,7 +43,7 @@ def test_write_bytes_atomic_removes_its_temporary_file_when_the_write_fails(tmp_
     code = ("import errno, sys; from dcam.runs.store import write_bytes_atomic\n"
             "try:\n    write_bytes_atomic(sys.argv[1], b'y' * 100000)\n"
             "except OSError as exc:\n    print(exc.errno == errno.EFBIG)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=single_process_env(), capture_output=True, text=True,
                           timeout=120, preexec_fn=_limited(4096))
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True\n", "")
     assert sorted(os.listdir(tmp_path)) == ["x.bin"] and target.read_bytes() == b"old"
@@ -90,7 +84,7 @@ def test_two_ranks_one_of_whose_writes_fail_both_end(run_manifest, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "--no-python", "bash", str(script),
            "run", run_manifest["path"], "--out", out, *RUN_ARGS]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=single_process_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dcam run:")]
     assert errors == [f"dcam run: error: rank 1: --out: writing {out!r} failed {EFBIG}; what was written is kept, "
@@ -98,7 +92,7 @@ def test_two_ranks_one_of_whose_writes_fail_both_end(run_manifest, tmp_path):
     # (torchrun reports the failed ranks with a traceback of its own: none comes from dcam's code)
     assert not [line for line in proc.stderr.splitlines() if 'File "' in line and f"{os.sep}dcam{os.sep}" in line]
     assert _temporary_files(out) == []
-    proc = subprocess.run(cmd[:4] + [sys.executable, "-m", "dcam"] + cmd[6:], env=_env(), capture_output=True,
+    proc = subprocess.run(cmd[:4] + [sys.executable, "-m", "dcam"] + cmd[6:], env=single_process_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     index = [json.loads(line) for line in open(os.path.join(out, "index.jsonl"))]

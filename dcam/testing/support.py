@@ -1,0 +1,50 @@
+"""Small helpers the test suite shares (one copy each, where test files had their own).
+
+* :func:`file_tree`: every file under a folder with its bytes, what a refused or interrupted command must
+  leave as it was;
+* :func:`single_process_env`: the environment for a child ``dcam`` process that must run alone, without
+  torchrun's variables that the test runner itself may have;
+* :func:`one_line_refusal`: the message of the :class:`~dcam.errors.InputError` a call raises, checked to be
+  one line (any other exception fails the test, as ``pytest.raises`` lets it through).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict
+
+#: the variables torchrun sets for its processes (a child that sees them joins a process group)
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def file_tree(folder: str) -> Dict[str, bytes]:
+    """``{path relative to folder: bytes}`` of every file under ``folder``."""
+    out = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def single_process_env() -> Dict[str, str]:
+    """This process's environment without torchrun's variables, one OpenMP thread, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def one_line_refusal(fn: Callable[[], object]) -> str:
+    """The message of the InputError ``fn()`` raises, asserted to be one line."""
+    import pytest
+
+    from ..errors import InputError
+
+    with pytest.raises(InputError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+__all__ = ["file_tree", "single_process_env", "one_line_refusal", "TORCHRUN_VARIABLES"]
