@@ -95,7 +95,7 @@ def _lerp_pairs(u: np.ndarray, count: int):
 
 
 #: output elements per block of the column pass (float64 temporaries of ~32 MB each), so an 8192 x 8192
-#: overlay needs its float32 result and a few blocks, not three full-size float64 arrays
+#: overlay needs its float32 result and a few blocks, not a full-size float64 array beside it
 _BLOCK_ELEMENTS = 1 << 22
 
 
