@@ -262,14 +262,16 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
                 diff = _differences(old.get("identity", {}), identity) or ["fingerprint"]
                 raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
                                  f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")
-        damaged_errors = drop_damaged_errors(root)
-        if damaged_errors is not None and notices is not None:
-            notices.append(damaged_errors)
         listed(os.path.join(root, SHARDS))  # (a shards folder that cannot be listed is named before a shard in it)
         visitors = [v for v in (check_records, unreadable) if v is not None]
         _, shards, _ = scan_index(root, visit=lambda obj: [v(obj) for v in visitors])
         if check_records is not None:
             check_records.check()
+        # after every refusal above: a refused resume leaves the folder as it was (it deleted the damaged
+        # error files first, and said nothing, its notice printed only by a run that goes on)
+        damaged_errors = drop_damaged_errors(root)
+        if damaged_errors is not None and notices is not None:
+            notices.append(damaged_errors)
         if unreadable is not None and unreadable.redo:  # (before any rank reads the index: all see them not done)
             drop_index_lines(root, set(unreadable.redo))
             _, shards, _ = scan_index(root)

@@ -382,7 +382,10 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
         if ".tmp-" in os.path.basename(p) or rel not in shards_in_use:
             os.unlink(p)
             gone.append(rel)
-    for p in glob.glob(os.path.join(root, "*.tmp-*")) + glob.glob(os.path.join(root, "overlays", ".partial-*")):
+    # (index/ and errors/: a resume killed while it rewrote a part without the lines of unreadable records)
+    temporary = [os.path.join(root, folder, "*.tmp-*") for folder in ("", INDEX_PARTS, ERROR_PARTS)]
+    for p in [p for pattern in temporary for p in glob.glob(pattern)] + \
+            glob.glob(os.path.join(root, "overlays", ".partial-*")):
         if os.path.isdir(p):
             import shutil
 

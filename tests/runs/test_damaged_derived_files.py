@@ -12,6 +12,7 @@ import pytest
 import dcam
 from dcam.cli import main
 from dcam.errors import InputError
+from dcam.testing.support import file_tree
 
 RUN_ARGS = ["--threads", "1", "--batch-size", "2", "--shard-size", "2", "--quiet"]
 
@@ -79,3 +80,44 @@ def test_dcam_view_of_an_undamaged_run_draws_its_metrics_and_says_nothing_more(r
     assert capsys.readouterr().err == ""
     page = open(os.path.join(out, "index.html")).read()
     assert "runmetrics" in page.split("<style")[0] + page.split("</style>")[-1]
+
+
+def test_a_refused_resume_leaves_a_damaged_errors_jsonl_as_it_was(run_manifest, tmp_path, capsys):
+    # the resume deleted the damaged file before a later refusal (a manifest record changed since), and the
+    # notice that says so is printed only by a run that goes on: the refused command changed the folder unsaid
+    data = tmp_path / "data"
+    shutil.copytree(os.path.dirname(run_manifest["path"]), data)
+    manifest = data / os.path.basename(run_manifest["path"])
+    out = str(tmp_path / "run")
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 0
+    lines = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
+    changed = next(e for e in lines if e.get("response"))
+    words = changed["response"].split()  # (as many words: its labels still fit)
+    changed["response"] = " ".join(["one" if words[0] != "one" else "two"] + words[1:])
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    with open(os.path.join(out, "errors.jsonl"), "a") as f:
+        f.write('{"id": "x", "whe\n')
+    before = file_tree(out)
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", out, *RUN_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"(id {changed['id']!r}) changed since" in err and "deleted" not in err
+    assert file_tree(out) == before
+
+
+def test_a_resume_deletes_temporary_files_a_killed_index_rewrite_left(reference_run, run_manifest, tmp_path):
+    # drop_index_lines writes each index file's copy beside it (<file>.tmp-<pid>) and renames it into place;
+    # a kill in between left the copy in index/ or errors/ for good (only shards/ and the folder were cleaned)
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    leftovers = [os.path.join(out, "index", "0000000000000001-r00000-p1.jsonl.tmp-4242"),
+                 os.path.join(out, "errors", "0000000000000001-r00000-p1.jsonl.tmp-4242"),
+                 os.path.join(out, "index.jsonl.tmp-4242")]
+    for p in leftovers:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write('{"id": "half"}\n')
+    index = open(os.path.join(out, "index.jsonl"), "rb").read()
+    assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 0
+    assert [p for p in leftovers if os.path.exists(p)] == []
+    assert open(os.path.join(out, "index.jsonl"), "rb").read() == index
