@@ -95,7 +95,9 @@ def find_phrase(words: Sequence[str], phrase: str,
     inside it are kept ("blue-green" finds "blue - green" of a tokenizer that spaces
     punctuation, "red circle" finds "red, circle"), case and the punctuation attached to a
     word ("dog," "U.S.A.") are ignored. So "a 🐶" finds the "a" before the emoji only, "🐶
-    dog" the emoji and "dog", "," each ",".
+    dog" the emoji and "dog", "," each ",". A symbol the phrase spaces may also be written
+    inside the response's word: "blue - green" finds "blue-green", "$ 5" finds "$5" (not
+    "blue green", which lacks the "-").
 
     The words must break where the phrase's do (:func:`_same_breaks`): "anda" is not the
     "and a" of the response, nor "red circle" one word "redcircle". ``run_text(start,
@@ -108,17 +110,33 @@ def find_phrase(words: Sequence[str], phrase: str,
     want = "".join(key for letters, key in units if letters)
     keys = [phrase_key(w) for w in words]
     marks = [symbol_text(w) if not k else "" for w, k in zip(words, keys)]
+    symbols = [key for letters, key in units if not letters]
+    # a phrase that spaces a symbol the response writes inside a word ("blue - green" of "blue-green",
+    # "rock & roll", "$ 5"): its letters spell a run whose text holds its symbols, in order
+    attached = [(True, want)] if symbols and want else None
     out = []
     for s in range(len(keys)):
-        stop = _match_run(keys, marks, units, s)
-        if stop is None:
-            continue
-        text = run_text(s, stop) if run_text is not None else ""
-        if phrase_key(text) != want:  # no text known (tokens that complete no character): words apart
-            text = " ".join(words[s:stop])
-        if _same_breaks(text, phrase):
-            out.append((s, stop))
+        for spelled in (units, attached):
+            stop = None if spelled is None else _match_run(keys, marks, spelled, s)
+            if stop is None or (s, stop) in out:
+                continue
+            text = run_text(s, stop) if run_text is not None else ""
+            if phrase_key(text) != want:  # no text known (tokens that complete no character): words apart
+                text = " ".join(words[s:stop])
+            if _same_breaks(text, phrase) and (spelled is units or _holds_in_order(text, symbols)):
+                out.append((s, stop))
     return out
+
+
+def _holds_in_order(text: str, symbols: Sequence[str]) -> bool:
+    """Whether ``text`` holds each of ``symbols`` (:func:`symbol_text` forms) one after another."""
+    at, folded = 0, symbol_text(text)
+    for sym in symbols:
+        at = folded.find(sym, at)
+        if at < 0:
+            return False
+        at += len(sym)
+    return True
 
 
 def _breaks(s: str) -> Tuple[str, List[str]]:

@@ -93,3 +93,17 @@ def test_emoji_phrases_through_the_explainer_with_byte_level_pieces():
                                          "\\(words: a 🐱 cat and a 🐶 dog\\)$"):
         explain(["cat 🐶"])
     assert explain(["🐶"]).pieces == [[7, 8, 9]] and explain(["Dog."]).pieces == [[10]]
+
+
+@pytest.mark.parametrize("words, phrase, runs", [
+    (["blue-green", "sky"], "blue - green", [(0, 1)]),  # the symbol spaced in the phrase, inside the word
+    (["rock&roll"], "rock & roll", [(0, 1)]),
+    (["$5", "bill"], "$ 5", [(0, 1)]),
+    (["blue", "green"], "blue - green", []),  # no "-" in the response: not all of the phrase's words
+    (["a", "🐱", "cat", "and", "a", "🐶", "dog"], "cat 🐶", []),  # the emoji is elsewhere: no run holds both
+    (["blue", "-", "green"], "blue - green", [(0, 3)]),
+])
+def test_a_spaced_symbol_of_a_phrase_finds_the_symbol_written_inside_a_word(words, phrase, runs):
+    # session 29 made a phrase all its words, and "blue - green", "rock & roll", "$ 5" stopped finding
+    # "blue-green", "rock&roll", "$5" (found before by their letters alone)
+    assert find_phrase(words, phrase) == runs
