@@ -38,6 +38,13 @@ def model_overflow(model, exc: NonFiniteError) -> InputError:
     return InputError(f"model: its {exc.name} came out NaN/Inf ({exc.count} value(s), run in {dtype}){hint}")
 
 
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (with "..." where it was cut), as a message quotes what it
+    got: a damaged file's value can be a whole line."""
+    text = repr(value)
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 def one_line(text: str) -> str:
     """``text`` on one line: the lines of a multi-line cause joined with "; "
     (just a space after a line that already ends in punctuation); nothing is cut."""

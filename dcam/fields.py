@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import InputError, one_line
+from .errors import InputError, one_line, shown
 from .render.cells import check_cells
 
 #: ``default`` of a field that must be there
@@ -18,6 +18,11 @@ def whole(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def finite_number(x) -> bool:
+    """A finite JSON number (``true`` is not one)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class Fields:
     """Typed reads of one JSON object dcam wrote (``where``: the file and place it is read from, which
     begins every message): a value of the wrong kind is an InputError naming that place and the
@@ -27,8 +32,7 @@ class Fields:
         self.obj, self.where = obj, where
 
     def bad(self, key: str, want: str):
-        text = repr(self.obj.get(key))
-        return InputError(f"{self.where}: {key} must be {want}, got {text[:60] + ('...' if len(text) > 60 else '')}")
+        return InputError(f"{self.where}: {key} must be {want}, got {shown(self.obj.get(key))}")
 
     def value(self, key: str, default=MISSING):
         if key not in self.obj:
@@ -61,8 +65,7 @@ class Fields:
 
     def number(self, key: str, default=MISSING, lo: Optional[float] = None, hi: Optional[float] = None) -> float:
         v = self.value(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or (lo is not None and v < lo) or (hi is not None and v > hi):
+        if not finite_number(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
             raise self.bad(key, "a finite number" + (f" in [{lo:g}, {hi:g}]" if lo is not None else ""))
         return float(v)
 
@@ -98,8 +101,7 @@ class Fields:
 
     def box(self, key: str = "box", default=(0.0, 0.0, 1.0, 1.0)) -> Tuple[float, float, float, float]:
         v = self.value(key, list(default))
-        if not isinstance(v, list) or len(v) != 4 or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v) \
+        if not isinstance(v, list) or len(v) != 4 or not all(finite_number(x) for x in v) \
                 or not (v[0] < v[2] and v[1] < v[3]):
             raise self.bad(key, "4 finite numbers [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
         return tuple(float(x) for x in v)
@@ -159,4 +161,4 @@ class Fields:
             raise InputError(f"{self.where}: {key}: {one_line(exc)}") from None
 
 
-__all__ = ["Fields", "MISSING", "whole"]
+__all__ = ["Fields", "MISSING", "whole", "finite_number"]

@@ -4,14 +4,13 @@ every rank (and of earlier sessions) reduced into ``metrics.json`` and
 ``metrics.md``, and the final ``run.json``."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from array import array
 from typing import Any, Dict
 
-from ..errors import InputError
-from ..fields import Fields
+from ..errors import InputError, shown
+from ..fields import Fields, finite_number
 from .folder import read_run_json
 from .store import ERRORS, INDEX, RUN_JSON, SHARDS, index_lines, merge_errors, merge_index, write_bytes_atomic, \
     write_json_atomic
@@ -25,23 +24,17 @@ def checked_metrics(m, where: str) -> Dict[str, Any]:
     as far as :class:`MetricTotals` reads it: else an InputError naming the line and the field (a text value was
     read as its number, a list of values a traceback at the run's end)."""
     if not isinstance(m, dict):
-        text = repr(m)
-        raise InputError(f"{where}: metrics must be an object or null, got "
-                         f"{text[:60] + ('...' if len(text) > 60 else '')}")
+        raise InputError(f"{where}: metrics must be an object or null, got {shown(m)}")
     f = Fields(m, f"{where}: metrics")
     f.int("unaligned", 0, lo=0)
     f.int("not_targeted", 0, lo=0)
     for part, keys in (("object", OBJECT_KEYS), ("function", ("func_iou",))):
         values = f.value(part, {})
         if not isinstance(values, dict) or not all(
-                isinstance(values.get(k, []), list) and all(v is None or _finite(v) for v in values.get(k, []))
+                isinstance(values.get(k, []), list) and all(v is None or finite_number(v) for v in values.get(k, []))
                 for k in keys):
             raise f.bad(part, f"an object of lists of numbers or nulls ({', '.join(keys)})")
     return m
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class MetricTotals:

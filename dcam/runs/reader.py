@@ -16,13 +16,12 @@ parts are read after ``index.jsonl``.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import InputError, one_line
-from ..fields import Fields, whole
+from ..fields import Fields, finite_number, whole
 from ..render.overlay import FULL_BOX
 from .finish import checked_metrics
 from .store import ERROR_PARTS, ERRORS, INDEX, INDEX_PARTS, RUN_JSON, index_lines, index_shard, read_errors, \
@@ -146,7 +145,7 @@ class RunRecord:
         """Per-map statistics as the index holds them: one list of ``T`` numbers or bools (None: NaN) each."""
         stats, T = self._fields.value("stats", {}), len(self.tokens)
         if not isinstance(stats, dict) or not all(
-                isinstance(vals, list) and len(vals) == T and all(v is None or isinstance(v, bool) or _number(v)
+                isinstance(vals, list) and len(vals) == T and all(v is None or isinstance(v, bool) or finite_number(v)
                                                                   for v in vals)
                 for vals in stats.values()):
             raise self._fields.bad("stats", f"an object of lists of numbers, true/false or nulls, one per token ({T})")
@@ -228,11 +227,6 @@ class RunRecord:
 
     def __repr__(self) -> str:
         return f"RunRecord(id={self.id!r}, tokens={self.entry.get('tokens')!r})"
-
-
-def _number(v) -> bool:
-    """A finite JSON number (``true`` is not one)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class Run:

@@ -40,7 +40,7 @@ import time
 from array import array
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from ..errors import InputError, one_line
+from ..errors import InputError, one_line, shown
 
 INDEX = "index.jsonl"
 INDEX_PARTS = "index"
@@ -179,9 +179,7 @@ def _check_record_line(obj, path: str, n: int) -> None:
     if not isinstance(obj, dict):
         raise InputError(f"run: {path} line {n} is corrupt (a JSON {type(obj).__name__}, not a record's object)")
     if not isinstance(obj.get("id"), str):
-        text = repr(obj.get("id"))
-        raise InputError(f"run: {path} line {n}: id must be a text, got "
-                         f"{text[:60] + ('...' if len(text) > 60 else '')}")
+        raise InputError(f"run: {path} line {n}: id must be a text, got {shown(obj.get('id'))}")
 
 
 def listed(folder: str, suffix: str = "") -> List[str]:
@@ -229,9 +227,8 @@ def index_shard(obj: dict, where: str) -> str:
     shard = obj.get("shard")
     if not isinstance(shard, str) or os.path.dirname(os.path.normpath(shard)) != SHARDS \
             or not isinstance(obj.get("key"), str):
-        text = repr((shard, obj.get("key")))
         raise InputError(f"{where}: shard and key must be a file in {SHARDS}/ and the text of its tensor, got "
-                         f"{text[:80] + ('...' if len(text) > 80 else '')}")
+                         f"{shown((shard, obj.get('key')), 80)}")
     return os.path.normpath(shard)
 
 
