@@ -202,12 +202,12 @@ class MMaDAAdapter(_VQAdapter):
     def released_block(self, length: int) -> Optional[int]:
         # inference_mmu.py: block_length = max(1, max_seq_length // 4), which mmu_generate asserts divides the
         # length (10 slots: 5 blocks of 2; 9: refused, and dcam decodes one block)
-        block = max(1, length // 4)
+        block = max(1, length // self.blocks_per_response)
         return block if length % block == 0 else None
 
     def release_blocks(self, length: int) -> str:
-        block = max(1, length // 4)
-        if length % block == 0:
+        block = max(1, length // self.blocks_per_response)
+        if self.released_block(length) is not None:
             return (f", and MMaDA's release (inference_mmu.py) decodes {length} slots in blocks of {length} // 4"
                     + (", at least 1" if length < 4 else ""))
         return (f"; MMaDA's release (inference_mmu.py) decodes in blocks of {length} // 4 = {block}, which do not "
