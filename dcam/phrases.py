@@ -2,15 +2,17 @@
 names (:func:`find_phrase`, for ``targets=``) and which explained item a word names
 (:func:`find_item`, for ``Explanation.map("red")`` and the like).
 
-Words compare by their letters and digits (:func:`dcam.words.phrase_key`), broken into
-words at the same places; a word of symbols alone (an emoji, "&", "€") by its text.
+A phrase is consecutive words of the response. Words compare by their letters and digits
+(:func:`dcam.words.phrase_key`), broken into words at the same places, the punctuation
+written against them ignored; a word of symbols alone (an emoji, "&", "€", a spaced "-") by
+its text, and the phrase must write it: "a cat" is not "a 🐱 cat".
 """
 from __future__ import annotations
 
 import unicodedata
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .words import _is_word_char, _unspaced, clean_token, is_variation_selector, phrase_key
+from .words import _is_word_char, _unspaced, clean_token, folded, is_variation_selector, phrase_key
 
 
 def find_item(texts: Sequence[str], query: str) -> Optional[int]:
@@ -30,12 +32,20 @@ def find_item(texts: Sequence[str], query: str) -> Optional[int]:
     return None
 
 
+#: quotation marks compared as the straight ones a keyboard types ("’" of "don’t", "“" of a quote)
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+                         "\u02bc": "'", "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"',
+                         "\u2033": '"'})
+
+
 def symbol_text(s: str) -> str:
     """A word of symbols alone ("🐶", "&", "€", ","), as words and targets compare it: its
-    text (:func:`clean_token`), in one Unicode form (NFC), case-folded and without variation
-    selectors ("❤" and "❤️" are one heart, drawn as text or as an emoji)."""
-    text = unicodedata.normalize("NFC", clean_token(s)).casefold()
-    return "".join(ch for ch in text if not is_variation_selector(ch))
+    text (:func:`clean_token`), in one Unicode form (:func:`dcam.words.folded`: the
+    full-width "＆" is "&"), case-folded and without variation selectors ("❤" and "❤️" are one
+    heart, drawn as text or as an emoji); every dash is "-" (the en dash "–" a model writes is
+    the "-" a user types) and curly quotes are straight ones."""
+    text = folded(clean_token(s)).translate(_QUOTES)
+    return "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in text if not is_variation_selector(ch))
 
 
 def _phrase_units(phrase: str) -> List[Tuple[bool, str]]:
@@ -60,7 +70,8 @@ def _match_run(keys: Sequence[str], marks: Sequence[str], units: Sequence[Tuple[
     """The stop of the run of items from ``s`` that spells ``units`` (:func:`_phrase_units`),
     or None: letters are matched across the items' keys, a symbol unit by an item's text
     (``marks``), and items without letters between the units (punctuation, symbols the
-    phrase does not name) are kept in the run; the run starts and ends on a unit's item."""
+    phrase does not name) are kept in the run, for :func:`_names_spaced_symbols` to tell
+    those written against a word from spaced ones; the run starts and ends on a unit's item."""
     e = s
     for u, (letters, want) in enumerate(units):
         while e < len(keys) and not keys[e] and u > 0 and not (not letters and marks[e] == want):
@@ -88,22 +99,25 @@ def _match_run(keys: Sequence[str], marks: Sequence[str], units: Sequence[Tuple[
 
 def find_phrase(words: Sequence[str], phrase: str,
                 run_text: Optional[Callable[[int, int], str]] = None) -> List[Tuple[int, int]]:
-    """``(start, stop)`` of every run of ``words`` (item texts) made of all of ``phrase``'s
-    words: their letters and digits, joined, spell the phrase's, and each word of symbols
-    alone ("🐶", "&", "€", ",": a word dcam explains as one) is an item spelled as it is
-    (:func:`symbol_text`), in its place. The run starts and ends on a word, punctuation items
-    inside it are kept ("blue-green" finds "blue - green" of a tokenizer that spaces
-    punctuation, "red circle" finds "red, circle"), case and the punctuation attached to a
-    word ("dog," "U.S.A.") are ignored. So "a 🐶" finds the "a" before the emoji only, "🐶
-    dog" the emoji and "dog", "," each ",". A symbol the phrase spaces may also be written
-    inside the response's word: "blue - green" finds "blue-green", "$ 5" finds "$5" (not
-    "blue green", which lacks the "-").
+    """``(start, stop)`` of every run of ``words`` (item texts) that is the phrase: consecutive
+    words of the response, its letters and digits, joined, spelling the phrase's, and each word
+    of symbols alone ("🐶", "&", "€", ",": a word dcam explains as one) an item spelled as it is
+    (:func:`symbol_text`), in its place. Case and the punctuation written against a word
+    ("dog," "U.S.A." "(dog)") are ignored, so "red circle" finds "red, circle"; but a word of
+    the response made of symbols alone between spaces is a word the phrase must write, spaced
+    or inside a word (:func:`_names_spaced_symbols`): "a cat" does not find "a 🐱 cat" or "a - cat",
+    "blue-green" finds "blue - green" of a tokenizer that spaces punctuation. So "a 🐶" finds the
+    "a" before the emoji only, "🐶 dog" the emoji and "dog", "," each ",". A symbol the phrase
+    spaces may also be written inside the response's word: "blue - green" finds "blue-green",
+    "$ 5" finds "$5" (not "blue green", which lacks the "-"). Dashes are one "-", curly quotes
+    straight ones, full-width letters the usual ones (:func:`dcam.words.folded`).
 
     The words must break where the phrase's do (:func:`_same_breaks`): "anda" is not the
     "and a" of the response, nor "red circle" one word "redcircle". ``run_text(start,
     stop)``: the response's text of ``words[start:stop]`` (pieces of one word under
     ``granularity="tokens"``, words of an unspaced script, follow each other without a
-    space); where it is not given or spells other letters, the items are taken as words apart."""
+    space; a "," against a word or a spaced one); where it is not given or spells other
+    letters, the items are taken as words apart."""
     units = _phrase_units(phrase)
     if not units:
         return []
@@ -123,7 +137,8 @@ def find_phrase(words: Sequence[str], phrase: str,
             text = run_text(s, stop) if run_text is not None else ""
             if phrase_key(text) != want:  # no text known (tokens that complete no character): words apart
                 text = " ".join(words[s:stop])
-            if _same_breaks(text, phrase) and (spelled is units or _holds_in_order(text, symbols)):
+            if (_same_breaks(text, phrase) and _names_spaced_symbols(text, phrase)
+                    and (spelled is units or _holds_in_order(text, symbols))):
                 out.append((s, stop))
     return out
 
@@ -139,21 +154,45 @@ def _holds_in_order(text: str, symbols: Sequence[str]) -> bool:
     return True
 
 
+def _gaps(s: str) -> Tuple[str, List[str]]:
+    """(:func:`phrase_key` of ``s``, the text before its first letter or digit, between each two
+    of them and after the last): "a, 🐱 cat" is ("acat", ["", "", ", 🐱 ", "", "", ""])."""
+    key, gaps = "", [""]
+    for ch in folded(s):
+        if _is_word_char(ch):
+            key += ch
+            gaps.append("")
+        else:
+            gaps[-1] += ch
+    return key, gaps
+
+
 def _breaks(s: str) -> Tuple[str, List[str]]:
     """(:func:`phrase_key` of ``s``, what stands between each two of its letters or digits): ``""``
     nothing, ``" "`` whitespace only, ``"."`` punctuation (with or without whitespace) or a
     character of an unspaced script on either side (its words are the tokenizer's: "日本の猫"
     and "日本 の 猫" are alike)."""
-    key, between, gap = "", [], ""
-    for ch in unicodedata.normalize("NFC", s).casefold():
-        if not _is_word_char(ch):
-            gap += ch
-            continue
-        if key:
-            unspaced = _unspaced(key[-1]) or _unspaced(ch)
-            between.append("." if unspaced or (gap and not gap.isspace()) else " " if gap else "")
-        key, gap = key + ch, ""
-    return key, between
+    key, gaps = _gaps(s)
+    return key, ["." if _unspaced(a) or _unspaced(b) or (gap and not gap.isspace()) else " " if gap else ""
+                 for a, b, gap in zip(key, key[1:], gaps[1:-1])]
+
+
+def _names_spaced_symbols(text: str, phrase: str) -> bool:
+    """Whether every word of ``text`` (the response's) made of symbols alone, standing between
+    spaces ("🐱" of "a 🐱 cat", "-" of "a - cat"), is one the phrase writes at that place,
+    spaced or inside a word ("blue-green" names the "-" of "blue - green"): a phrase is
+    consecutive words of the response, and such a word is a word. Punctuation written
+    against a word ("cat," "(cat)" "a🐱") is part of that word and needs no naming."""
+    (key, gaps), (_, wanted) = _gaps(text), _gaps(phrase)
+    for k, (gap, want) in enumerate(zip(gaps, wanted)):
+        pieces = gap.split()
+        if pieces and k > 0 and not gap[0].isspace():
+            pieces = pieces[1:]  # written against the letter before
+        if pieces and k < len(key) and not gap[-1].isspace():
+            pieces = pieces[:-1]  # written against the letter after
+        if pieces and not _holds_in_order(want, [symbol_text(x) for x in pieces]):
+            return False
+    return True
 
 
 def _same_breaks(text: str, phrase: str) -> bool:

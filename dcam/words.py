@@ -413,7 +413,13 @@ def token_text(text: str, span: Tuple[int, int], alone: str, token: str) -> str:
     return alone.strip().lower() or clean_token(token) or token
 
 
+def folded(s: str) -> str:
+    """``s`` in one Unicode form and case-folded, as words and targets are compared: NFKC
+    ("é" and "e" + U+0301 alike, and the full-width "ｃａｔ" an East Asian keyboard types is
+    "cat"), case-folded ("STRASSE" is "straße")."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", s).casefold())
+
+
 def phrase_key(s: str) -> str:
-    """Letters and digits of any script, in one Unicode form (NFC: "é" and "e" + U+0301
-    alike) and case-folded ("STRASSE" is "straße"): how words and targets are compared."""
-    return "".join(ch for ch in unicodedata.normalize("NFC", s).casefold() if _is_word_char(ch))
+    """Letters and digits of any script, :func:`folded`: how words and targets are compared."""
+    return "".join(ch for ch in folded(s) if _is_word_char(ch))

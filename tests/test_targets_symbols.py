@@ -36,8 +36,10 @@ def test_a_phrase_matches_its_symbol_words_by_their_text():
     # punctuation attached to a word is still not matched: "dog," "U.S.A." "€5" (the "5" item)
     assert find_phrase(PETS, "🐶 dog,") == [(5, 7)] and find_phrase(["u.s.a.", "🐶"], "USA 🐶") == [(0, 2)]
     assert find_phrase(["cost", "€", "5"], "€5") == [(2, 3)]
-    # a spaced punctuation item of the response between the phrase's words is kept, as between letters
-    assert find_phrase(["a", ",", "🐶", "dog"], "a 🐶") == [(0, 3)]
+    # punctuation written against a word between the phrase's words is kept, as between letters; where no
+    # text says so, the items are words apart and a spaced "," is a word the phrase does not name
+    assert find_phrase(["a", ",", "🐶", "dog"], "a 🐶", lambda s, e: "a, 🐶") == [(0, 3)]
+    assert find_phrase(["a", ",", "🐶", "dog"], "a 🐶") == []
 
 
 def test_an_emoji_with_a_variation_selector_is_one_symbol_word():
