@@ -16,9 +16,10 @@ are not pad/eos/mask ids. They are grouped into *items*, one map each:
 that granularity, whatever ``granularity`` says; the literal word "words" is
 ``["words"]``), an int or a list of ints (item numbers
 counted from 0, negative from the end), a word or phrase or a list of them
-(case-insensitive, the punctuation attached to a word ignored, a word of symbols alone such
+(case-insensitive, the punctuation written against a word ignored, a word of symbols alone such
 as an emoji matched by its text, its words breaking where the response's do: "anda" is not
-"and a"; every occurrence; an empty one is an InputError). Item numbers never
+"and a"; a phrase is consecutive words of the response, so "a cat" is not "a 🐱 cat"
+(:func:`dcam.phrases.find_phrase`); every occurrence; an empty one is an InputError). Item numbers never
 count eos/pad slots. Unknown words and numbers out of range are InputErrors
 naming ``targets``.
 

@@ -57,7 +57,8 @@ def reading(text, words):
     ("she said “ hi", ["she", "said", "“", "hi"], 'said " hi', [(1, 4)]),
     ("a cat", ["a", "cat"], "ａ ｃａｔ", [(0, 2)]),
     ("ｃａｔ ＆ dog", ["ｃａｔ", "＆", "dog"], "cat & dog", [(0, 3)]),
-    # kept: an em dash the phrase writes as "-", a curly apostrophe inside a word, spaces around and between the phrase's words
+    # kept: an em dash the phrase writes as "-", a curly apostrophe inside a word, spaces around and
+    # between the phrase's words
     ("blue — green", ["blue", "—", "green"], "blue-green", [(0, 3)]),
     ("don’t stop", ["don’t", "stop"], "don't stop", [(0, 2)]),
     ("a red circle", ["a", "red", "circle"], "  red   circle ", [(1, 3)]),
