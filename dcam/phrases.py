@@ -32,19 +32,20 @@ def find_item(texts: Sequence[str], query: str) -> Optional[int]:
     return None
 
 
-#: quotation marks compared as the straight ones a keyboard types ("’" of "don’t", "“" of a quote)
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+#: quotation marks compared as the straight ones a keyboard types ("’" of "don’t", "“" of a quote),
+#: and the minus sign "−" as the "-" typed for it
+_AS_TYPED = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
                          "\u02bc": "'", "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"',
-                         "\u2033": '"'})
+                         "\u2033": '"', "\u2212": "-"})
 
 
 def symbol_text(s: str) -> str:
     """A word of symbols alone ("🐶", "&", "€", ","), as words and targets compare it: its
     text (:func:`clean_token`), in one Unicode form (:func:`dcam.words.folded`: the
     full-width "＆" is "&"), case-folded and without variation selectors ("❤" and "❤️" are one
-    heart, drawn as text or as an emoji); every dash is "-" (the en dash "–" a model writes is
-    the "-" a user types) and curly quotes are straight ones."""
-    text = folded(clean_token(s)).translate(_QUOTES)
+    heart, drawn as text or as an emoji); every dash and the minus sign are "-" (the en dash "–"
+    a model writes is the "-" a user types) and curly quotes are straight ones."""
+    text = folded(clean_token(s)).translate(_AS_TYPED)
     return "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in text if not is_variation_selector(ch))
 
 

@@ -52,8 +52,10 @@ def reading(text, words):
     ("$5 bill", ["$", "5", "bill"], "$ 5", [(0, 2)]),
     ("$5 bill", ["$5", "bill"], "$ 5", [(0, 1)]),
     ("a cat and a 🐶 and a cat", ["a", "cat", "and", "a", "🐶", "and", "a", "cat"], "A CAT.", [(0, 2), (6, 8)]),
-    # dashes are one "-", curly quotes straight ones, full-width letters the usual ones (none was found)
+    # dashes and the minus sign are one "-", curly quotes straight ones, full-width letters the usual ones
+    # (none was found)
     ("blue – green", ["blue", "–", "green"], "blue - green", [(0, 3)]),
+    ("x − 5", ["x", "−", "5"], "x - 5", [(0, 3)]),
     ("she said “ hi", ["she", "said", "“", "hi"], 'said " hi', [(1, 4)]),
     ("a cat", ["a", "cat"], "ａ ｃａｔ", [(0, 2)]),
     ("ｃａｔ ＆ dog", ["ｃａｔ", "＆", "dog"], "cat & dog", [(0, 3)]),
