@@ -243,18 +243,21 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
     checkpoint's preprocessor config says (transformers' processor call alone
     ignores it), True / False: on / off (an InputError naming ``pan_and_scan``
     for a processor without them; :func:`dcam.probe.adapters.pan_and_scan.set_pan_and_scan`)."""
-    from .probe.adapters.pan_and_scan import check_pan_and_scan_choice, set_pan_and_scan
+    from .probe.adapters.pan_and_scan import check_pan_and_scan_choice, refuse_pan_and_scan_early, set_pan_and_scan
+    from .zoo import ShapesDMLLMConfig, ShapesProcessor
 
     dev = check_device(device)
     dt = parse_dtype(dtype)
     check_pan_and_scan_choice(pan_and_scan)
+    # a choice of crops the processor cannot make is refused before the weights load where the folder's files
+    # tell the processor's class (a family's loader builds its own: set_pan_and_scan refuses it after loading)
     if model_dir is None:
+        refuse_pan_and_scan_early(ShapesProcessor, pan_and_scan, ShapesDMLLMConfig.model_type)
         model, processor = _zoo(None)
     else:
         cfg = read_config(model_dir)
-        from .zoo import ShapesDMLLMConfig
-
         if cfg.get("model_type") == ShapesDMLLMConfig.model_type:
+            refuse_pan_and_scan_early(ShapesProcessor, pan_and_scan, ShapesDMLLMConfig.model_type)
             model, processor = _zoo(model_dir)
         elif "dcam_standin" in cfg:
             from .testing.standins import load_standin
@@ -262,6 +265,11 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
             model, processor = load_standin(model_dir)
         else:
             loader = _FAMILY_LOADERS.get(_family_of(cfg), _transformers)
+            if loader is _transformers and pan_and_scan is not None:
+                from .probe.adapters.pan_and_scan import transformers_processor_class
+
+                refuse_pan_and_scan_early(transformers_processor_class(model_dir, cfg), pan_and_scan,
+                                          cfg.get("model_type"))
             try:
                 model, processor = loader(model_dir, cfg, trust_remote_code, dt)
             except ModuleNotFoundError as exc:

@@ -26,7 +26,9 @@ checkpoint's settings (or the caller's choice) the processor's.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -121,9 +123,7 @@ def set_pan_and_scan(processor: Any, on: Optional[bool] = None, model_type: Opti
     if not has_pan_and_scan(processor):
         if on is None:
             return processor
-        kind = f"{model_type} model" if model_type else "model"
-        raise InputError(f"pan_and_scan: this {kind}'s processor ({type(processor).__name__}) has no pan-and-scan "
-                         "(Gemma 3's crops); leave it out")
+        raise _no_pan_and_scan(type(processor).__name__, model_type)
     ip = processor.image_processor
     chosen = {k: getattr(ip, k) for k in PAN_AND_SCAN_SETTINGS if getattr(ip, k, None) is not None}
     if on is not None:
@@ -133,5 +133,60 @@ def set_pan_and_scan(processor: Any, on: Optional[bool] = None, model_type: Opti
     return processor
 
 
+def _no_pan_and_scan(processor_name: str, model_type: Optional[str]) -> InputError:
+    kind = f"{model_type} model" if model_type else "model"
+    return InputError(f"pan_and_scan: this {kind}'s processor ({processor_name}) has no pan-and-scan (Gemma 3's "
+                      "crops); leave it out")
+
+
+def refuse_pan_and_scan_early(processor_class: Optional[type], on: Optional[bool], model_type: Optional[str]) -> None:
+    """The InputError :func:`set_pan_and_scan` would raise, before any weights are read: ``on`` given and
+    ``processor_class`` (the class the model's processor will have; None: not known before loading) one
+    whose processors never crop. That is a class without a dict of ``images_kwargs``: transformers 5.24's
+    processors keep theirs on the class (Gemma3Processor's), none sets one on an instance, and without it
+    :func:`has_pan_and_scan` is False whatever the image processor. A class with such a dict is left to
+    :func:`set_pan_and_scan`, which sees the image processor it was loaded with."""
+    if on is not None and processor_class is not None and \
+            not isinstance(getattr(processor_class, "images_kwargs", None), dict):
+        raise _no_pan_and_scan(processor_class.__name__, model_type)
+
+
+def _json_object(path: str) -> dict:
+    """The JSON object in ``path``; {} where there is none or it does not parse (the loaders name that)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def transformers_processor_class(model_dir: str, config: dict) -> Optional[type]:
+    """The class ``transformers.AutoProcessor.from_pretrained(model_dir)`` will build, read from the folder's
+    files alone as transformers 5.24 picks it (``AutoProcessor.from_pretrained``): the ``processor_class`` of
+    processor_config.json, else of preprocessor_config.json (video_preprocessor_config.json where that is
+    absent), else of tokenizer_config.json, else of config.json, else the processor transformers maps the
+    ``model_type`` to. None where the files leave it open: code shipped with the folder (an ``auto_map``
+    naming an AutoProcessor), a name transformers does not know or cannot import here, no processor class
+    (AutoProcessor then falls back to a tokenizer or an image processor)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES, processor_class_from_name
+
+    files = ["processor_config.json", "preprocessor_config.json", "tokenizer_config.json"]
+    if not os.path.exists(os.path.join(model_dir, "preprocessor_config.json")):
+        files.insert(2, "video_preprocessor_config.json")
+    found = [_json_object(os.path.join(model_dir, name)) for name in files] + [config]
+    if any(isinstance(f.get("auto_map"), dict) and "AutoProcessor" in f["auto_map"] for f in found):
+        return None
+    names = [f["processor_class"] for f in found if isinstance(f.get("processor_class"), str)]
+    name = names[0] if names else PROCESSOR_MAPPING_NAMES.get(config.get("model_type"))
+    if not isinstance(name, str):
+        return None
+    try:
+        return processor_class_from_name(name)
+    except ImportError:  # (a class whose backend is not installed: its loading says so)
+        return None
+
+
 __all__ = ["PanAndScanCrops", "pan_and_scan_crops", "pan_and_scan_views", "PAN_AND_SCAN_SETTINGS",
-           "has_pan_and_scan", "check_pan_and_scan_choice", "set_pan_and_scan"]
+           "has_pan_and_scan", "check_pan_and_scan_choice", "set_pan_and_scan", "refuse_pan_and_scan_early",
+           "transformers_processor_class"]
