@@ -31,6 +31,13 @@ class OutOfMemory : public std::bad_alloc {
     std::string msg_;
 };
 
+// NaN/Inf in the maps refine_maps was given: raised as dcam._C.NonFiniteMapsError (a ValueError),
+// a type of its own so that dcam/ops/cpp.py can name the argument without reading the message.
+class NonFiniteMaps : public std::invalid_argument {
+   public:
+    using std::invalid_argument::invalid_argument;
+};
+
 void check(int code, const char* what) {
     if (code == DCAM_ENOMEM) throw OutOfMemory(std::string(what) + ": " + dcam_error_string(code));
     if (code != DCAM_OK) throw std::invalid_argument(std::string(what) + ": " + dcam_error_string(code));
@@ -177,7 +184,7 @@ py::tuple refine(const py::array& raw, const py::array& degenerate, const py::ar
         rc = dcam::refine_maps(r, dg, st, is, rr, cm, cw, B, T, h, w, &cfg, mo, kp, sp, dp, cp, ap, false);
     }
     // with the per-image values unchecked, only NaN/Inf maps give it (dcam/ops/cpp.py names the argument)
-    if (rc == DCAM_EINVAL_VALUE) throw std::invalid_argument("dcam_refine: NaN or Inf in the maps");
+    if (rc == DCAM_EINVAL_VALUE) throw NonFiniteMaps("dcam_refine: NaN or Inf in the maps");
     check(rc, "dcam_refine");
     return py::make_tuple(maps, ks, strat, dthr, cthr, alpha);
 }
@@ -192,6 +199,7 @@ void set_akd_path(int path) {
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "Diffusion-CAM C++ CPU backend (numpy in/out; see csrc/include/dcam.h)";
+    py::register_exception<NonFiniteMaps>(m, "NonFiniteMapsError", PyExc_ValueError);
     m.def("version", &dcam_version);
     m.def("_set_akd_path", &set_akd_path, py::arg("path"),
           "testing only: 0 automatic, 1 sorting networks, 2 rank bitsets, 3 per-window sort");

@@ -133,12 +133,11 @@ def refine_cpp(raw: Tensor, degenerate: Tensor, steps: Tensor, image_size: Tenso
             None if context_weights is None else _f32(context_weights),
             int(akd_kernel), bool(akd), bool(dacg), bool(cba), int(sicd),
             [float(v) for v in dacg_params], [float(v) for v in cba_params])
-    except ValueError as exc:
+    except _C.NonFiniteMapsError:
         # NaN/Inf maps (a direct op call: dcam.refine refused them before): the extension cannot give the
         # reference's maps for them (its rank filter and percentiles order NaN otherwise), so it refuses
-        # them; which argument is looked up on this failing path only
-        if "NaN or Inf in the maps" not in str(exc):
-            raise
+        # them with an error type of its own (any other ValueError of the extension is a bug here, the
+        # arguments checked before); which argument is looked up on this failing path only
         name = "raw" if not bool(torch.isfinite(raw).all()) else "context_maps"
         raise InputError(f"dcam::refine: {name} holds NaN or Inf, which the C++ kernel refuses (dcam.refine "
                          "checks values before any kernel)") from None

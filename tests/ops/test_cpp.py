@@ -55,6 +55,33 @@ def test_large_map_takes_the_sort_path_and_matches_the_reference():
 
 
 @NEEDS_CPP
+def test_nonfinite_maps_are_an_error_type_of_their_own():
+    # refine_cpp tells NaN/Inf maps (an InputError naming the argument) from the extension's other refusals
+    # by this type; it matched the message text before
+    raw = torch.rand(1, 2, 4, 5)
+    raw[0, 1, 2, 3] = float("inf")
+    args = _refine_args(raw)
+    arrays = (C._f32(raw), np.zeros((1, 2), np.bool_), *(np.full(1, v, np.float32) for v in (64.0, 512.0, 0.1)))
+    options = (None, None, *(args[7:12]), [float(v) for v in args[12]], [float(v) for v in args[13]])
+    with pytest.raises(C._C.NonFiniteMapsError) as err:
+        C._C.refine(*arrays, *options)
+    assert isinstance(err.value, ValueError) and str(err.value) == "dcam_refine: NaN or Inf in the maps"
+    with pytest.raises(dcam.InputError) as err:
+        C.refine_cpp(*args)
+    assert str(err.value) == ("dcam::refine: raw holds NaN or Inf, which the C++ kernel refuses (dcam.refine "
+                              "checks values before any kernel)")
+    # another refusal of the extension (here a parameter list one short, which the op's checks keep from it)
+    # is its plain ValueError, raised as it is: a bug of the caller, not bad input
+    with pytest.raises(ValueError, match="^dacg_params must have 8 values and cba_params 5$") as err:
+        C._C.refine(*arrays, *options[:-2], options[-2][:7], options[-1])
+    assert type(err.value) is ValueError
+    short = args[:12] + (args[12][:7], args[13])
+    with pytest.raises(ValueError, match="^dacg_params must have 8 values and cba_params 5$") as err:
+        C.refine_cpp(*(a.nan_to_num(posinf=0.5) if i == 0 else a for i, a in enumerate(short)))
+    assert type(err.value) is ValueError
+
+
+@NEEDS_CPP
 def test_refine_cpp_needs_context_weights_in_context_mode():
     with pytest.raises(ValueError, match="context_weights"):
         C.refine_cpp(*_refine_args(torch.rand(1, 2, 8, 8), sicd="context"))
