@@ -12,8 +12,8 @@ from typing import Any, Dict
 from ..errors import InputError, shown
 from ..fields import Fields, finite_number
 from .folder import read_run_json
-from .store import ERRORS, INDEX, RUN_JSON, SHARDS, index_lines, merge_errors, merge_index, write_bytes_atomic, \
-    write_json_atomic
+from .store import ERRORS, INDEX, RUN_JSON, SHARDS, index_lines, line_words, merge_errors, merge_index, \
+    write_bytes_atomic, write_json_atomic
 
 OBJECT_KEYS = ("obj_iou", "contrast", "concentration", "f3")
 NAN = float("nan")
@@ -28,12 +28,22 @@ def checked_metrics(m, where: str) -> Dict[str, Any]:
     f = Fields(m, f"{where}: metrics")
     f.int("unaligned", 0, lo=0)
     f.int("not_targeted", 0, lo=0)
+    words = f.texts("words") if "words" in m else None  # (the response's words the lists' "words" number)
     for part, keys in (("object", OBJECT_KEYS), ("function", ("func_iou",))):
         values = f.value(part, {})
         if not isinstance(values, dict) or not all(
                 isinstance(values.get(k, []), list) and all(v is None or finite_number(v) for v in values.get(k, []))
                 for k in keys):
             raise f.bad(part, f"an object of lists of numbers or nulls ({', '.join(keys)})")
+        # one value per scored word: a list of another length was reduced into metrics.json as it was, and a
+        # record's values shown against other words
+        scored = Fields(values, f"{where}: metrics: {part}")
+        numbers = scored.ints("words") if "words" in values else []
+        if words is not None and not all(0 <= i < len(words) for i in numbers):
+            raise scored.bad("words", f"numbers of the record's words (below {len(words)})")
+        for k in keys:
+            if k in values and len(values[k]) != len(numbers):
+                raise scored.bad(k, f"one number or null per word of {part}.words ({len(numbers)})")
     return m
 
 
@@ -75,9 +85,10 @@ def collect(root: str, source_ids=None):
         done.add(obj["id"])
         if source_ids is not None and obj["id"] not in source_ids:
             continue
-        words += len(obj.get("tokens", ()))
+        where = f"run: {path} line {n}, record {obj['id']!r}"
+        words += line_words(obj, where)
         if obj.get("metrics") is not None:
-            totals.add(checked_metrics(obj["metrics"], f"run: {path} line {n}, record {obj['id']!r}"))
+            totals.add(checked_metrics(obj["metrics"], where))
     return done, words, totals
 
 

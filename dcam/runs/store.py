@@ -41,6 +41,7 @@ from array import array
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import InputError, one_line, shown
+from ..fields import Fields
 
 INDEX = "index.jsonl"
 INDEX_PARTS = "index"
@@ -232,9 +233,16 @@ def index_shard(obj: dict, where: str) -> str:
     return os.path.normpath(shard)
 
 
+def line_words(obj: dict, where: str) -> int:
+    """The number of explained words of an index line (``where``: the line, for the message): its ``tokens``, a
+    list of texts, as ``load_run`` reads them, else an InputError naming the line and the field. ``len()`` of a
+    text counted its letters into ``run.json``'s words, of a number was a TypeError traceback."""
+    return len(Fields(obj, where).texts("tokens"))
+
+
 def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tuple[Set[str], Set[str], int]:
     """(ids done, shard files referenced, words) over the whole index; ``visit(line)`` sees every
-    index line on the way, once its id, shard and key are checked (a check that needs them reads
+    index line on the way, once its id, shard, key and tokens are checked (a check that needs them reads
     the index once with this scan, not again)."""
     done: Set[str] = set()
     shards: Set[str] = set()
@@ -244,8 +252,9 @@ def scan_index(root: str, visit: Optional[Callable[[dict], None]] = None) -> Tup
         if rid in done:
             raise InputError(f"run: record {rid!r} is twice in the index of {root}")
         done.add(rid)
-        shards.add(index_shard(obj, f"run: {path} line {n}, record {rid!r}"))
-        words += len(obj.get("tokens", ()))
+        where = f"run: {path} line {n}, record {rid!r}"
+        shards.add(index_shard(obj, where))
+        words += line_words(obj, where)
         if visit is not None:  # (after the checks: a visitor reads the line's shard and key as they are)
             visit(obj)
     return done, shards, words
@@ -317,15 +326,23 @@ def merge_index(root: str, ids: Sequence[str], where: Callable[[int], str]) -> N
         os.unlink(p)
 
 
-def read_errors(root: str, done: Optional[Set[str]] = None) -> Dict[str, dict]:
-    """The latest error of every record not done (``errors.jsonl``, then the parts in time order)."""
+def read_errors(root: str, done: Optional[Set[str]] = None,
+                damaged: Optional[List[InputError]] = None) -> Dict[str, dict]:
+    """The latest error of every record not done (``errors.jsonl``, then the parts in time order). A file with a
+    damaged line is an InputError naming it, or with ``damaged`` (a list) is read up to that line, the error
+    appended to the list, and the next file read (``dcam view``, whose page goes on without the rest)."""
     out: Dict[str, dict] = {}
     files = ([os.path.join(root, ERRORS)] if os.path.exists(os.path.join(root, ERRORS)) else []) + \
         parts(root, ERROR_PARTS)
     for p in files:
-        for _, obj in read_lines(p):
-            out.pop(obj["id"], None)  # re-insert: the latest attempt comes last
-            out[obj["id"]] = obj
+        try:
+            for _, obj in read_lines(p):
+                out.pop(obj["id"], None)  # re-insert: the latest attempt comes last
+                out[obj["id"]] = obj
+        except InputError as exc:
+            if damaged is None:
+                raise
+            damaged.append(exc)
     if done:
         out = {k: v for k, v in out.items() if k not in done}
     return out
@@ -395,5 +412,5 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
            "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "listed",
-           "index_lines", "iter_index", "index_shard", "scan_index", "merge_index", "read_errors",
+           "index_lines", "iter_index", "index_shard", "line_words", "scan_index", "merge_index", "read_errors",
            "drop_damaged_errors", "merge_errors", "remove_debris", "fsync_dir"]

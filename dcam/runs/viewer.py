@@ -17,7 +17,7 @@ import html
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -160,7 +160,10 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
                 bar.update()
         from .store import read_errors
 
-        errors = read_errors(root, done)
+        damaged: List[InputError] = []
+        errors = read_errors(root, done, damaged)
+        if damaged:
+            notes.append(_damaged_errors_note(damaged))
         shown_errors = 0
         for err in errors.values():
             if limit is None or pages.total < limit:
@@ -206,6 +209,17 @@ def _run_metrics(run):
         why = f"run: {os.path.join(run.root, 'metrics.json')} is not a run's metrics (no summary of numbers)"
     return (f"{why[len('run: '):] if why.startswith('run: ') else why}; the page is written without the run's "
             "metrics (each record's are shown; a resume of the run writes metrics.json anew)")
+
+
+def _damaged_errors_note(damaged: List[InputError]) -> str:
+    """The line that says the page goes on without the failed records past a damaged line of an error file: it
+    stopped the page, though a resume deletes such a file, tries its records again and writes errors.jsonl anew
+    (:func:`.store.drop_damaged_errors`)."""
+    why = one_line(damaged[0])
+    more = f" (and {len(damaged) - 1} more error file{'s' if len(damaged) > 2 else ''})" if len(damaged) > 1 else ""
+    return (f"{why[len('run: '):] if why.startswith('run: ') else why}{more}; the page is written without the failed "
+            "records of that line and the lines after it (a resume of the run tries them again and writes "
+            "errors.jsonl anew)")
 
 
 def _write_failed(folder, exc: OSError) -> InputError:

@@ -121,3 +121,39 @@ def test_a_resume_deletes_temporary_files_a_killed_index_rewrite_left(reference_
     assert main(["run", run_manifest["path"], "--out", out, *RUN_ARGS]) == 0
     assert [p for p in leftovers if os.path.exists(p)] == []
     assert open(os.path.join(out, "index.jsonl"), "rb").read() == index
+
+
+@pytest.mark.parametrize("where", ["end", "third line"])
+def test_dcam_view_goes_on_past_a_damaged_errors_jsonl(reference_run, run_manifest, tmp_path, capsys, where):
+    # it stopped the page (exit 2, "the page was not written"), though a resume deletes such a file and writes it anew
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    path = os.path.join(out, "errors.jsonl")
+    good = _errors(path)
+    lines = open(path).readlines()
+    assert len(lines) == 5  # the five failed records of the manifest
+    if where == "end":
+        lines.append('{"id": "x", "whe\n')
+        shown_errors, line = 5, 6
+    else:
+        lines[2] = '["not a record"]\n'
+        shown_errors, line = 2, 3
+    open(path, "w").writelines(lines)
+    capsys.readouterr()
+    assert main(["view", out, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    why = (f"{path} line 6 is corrupt (Invalid control character at: line 1 column 17 (char 16))" if where == "end"
+           else f"{path} line 3 is corrupt (a JSON list, not a record's object)")
+    assert captured.err.splitlines() == [
+        f"dcam view: note: {why}; the page is written without the failed records of that line and the lines after it "
+        "(a resume of the run tries them again and writes errors.jsonl anew)"]
+    assert captured.out == (f"wrote {os.path.join(out, 'index.html')}: 8 explained records on 1 page(s) and "
+                            f"{shown_errors} failed ones\n")
+    # the page's failed records: the lines before the damaged one, read back from the page data
+    page = open(os.path.join(out, "view", "page-00000.js")).read()
+    for rid, _, _ in good[:shown_errors]:
+        assert json.dumps(rid) in page
+    for rid, _, _ in good[shown_errors:]:
+        assert json.dumps(rid) not in page
+    with pytest.raises(InputError, match=f"^run: {path} line {line} is corrupt"):  # the API names the file
+        dcam.load_run(out).errors

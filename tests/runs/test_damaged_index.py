@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 import dcam
 from dcam.cli import main
 from dcam.errors import InputError
+from dcam.testing.support import file_tree
 
 # 36-px tiles of 8-px patches on a 72-px image (tests/runs/test_view_cells.py): the centres of 8 stitched cells
 CENTRES = [(36 * (f // 4) + 8 * (f % 4) + 4) / 72 for f in range(8)]
@@ -108,6 +109,16 @@ DAMAGED = [
      "{'words': [0], 'obj_iou': ['0.5']}"),
     ("metrics: a count that is a text", {"metrics": {"unaligned": "2"}}, "metrics",
      "metrics: unaligned must be a whole number >= 0, got '2'"),
+    ("metrics: a value list longer than its words",
+     {"metrics": {"object": {"words": [0], "obj_iou": [0.5, 0.25], "contrast": [2.0], "concentration": [0.5],
+                             "f3": [0.5]}, "words": ["circle"]}}, "metrics",
+     "metrics: object: obj_iou must be one number or null per word of object.words (1), got [0.5, 0.25]"),
+    ("metrics: a value list shorter than its words",
+     {"metrics": {"function": {"words": [0], "func_iou": []}, "words": ["circle"]}}, "metrics",
+     "metrics: function: func_iou must be one number or null per word of function.words (1), got []"),
+    ("metrics: a word number past the record's words",
+     {"metrics": {"object": {"words": [1], "obj_iou": [0.5]}, "words": ["circle"]}}, "metrics",
+     "metrics: object: words must be numbers of the record's words (below 1), got [1]"),
     ("trajectory_shape: another record's", {"trajectory_shape": [2, 2, 8, 8]}, "trajectory",
      "trajectory_shape must be [S, 1, *grid] (S >= 1), got [2, 2, 8, 8]"),
     ("shard: outside the folder", {"shard": "../a.safetensors"}, "maps",
@@ -373,3 +384,68 @@ def test_dcam_run_into_a_folder_without_read_permission_says_it_cannot_read_it(m
         os.chmod(out, 0o755)
     assert (rc, err) == (2, [f"dcam run: error: --out: cannot read the folder {out!r} (permission denied); a run "
                              "resumes from what its folder holds: make it readable, or choose another folder"])
+
+
+@pytest.mark.parametrize("tokens, shown", [("circle", "'circle'"), (7, "7"), ({"circle": 1}, "{'circle': 1}"),
+                                           (["circle", 3], "['circle', 3]")])
+def test_dcam_run_resuming_over_a_line_whose_tokens_are_damaged_exits_2_naming_them(
+        tokens, shown, run_manifest, reference_run, tmp_path, capsys):
+    # the resume counted len(tokens) into run.json's words: a text's letters (6 words for "circle"), a number's a
+    # TypeError traceback at the run's end; the line is refused as load_run refuses it, before anything is written
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    index = os.path.join(out, "index.jsonl")
+    with open(index) as f:
+        lines = [json.loads(x) for x in f]
+    lines[2]["tokens"] = tokens
+    with open(index, "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in lines)
+    before = file_tree(out)
+    rc, err = _resumed(run_manifest, out, capsys)
+    assert (rc, err) == (2, [f"dcam run: error: run: {index} line 3, record {lines[2]['id']!r}: tokens must be a "
+                             f"list of texts, got {shown}"])
+    assert file_tree(out) == before  # refused before the folder was written (run.json, its counts, as they were)
+    with pytest.raises(InputError) as info:  # load_run says the same of the record
+        next(r for r in dcam.load_run(out) if r.id == lines[2]["id"]).tokens
+    assert str(info.value) == err[0][len("dcam run: error: "):]
+
+
+def test_scan_index_counts_the_words_of_good_lines(tmp_path):
+    # the words of every line (its tokens), a line without tokens refused as load_run refuses it
+    from dcam.runs.store import scan_index
+
+    folder = str(tmp_path / "run")
+    _run(folder, json.dumps(_entry(id="a", tokens=["red", "circle"], key="k1")))
+    with open(os.path.join(folder, "index.jsonl"), "a") as f:
+        f.write(json.dumps(_entry(id="b", tokens=["x", "y", "z"], key="k2")) + "\n")
+    assert scan_index(folder) == ({"a", "b"}, {"shards/a.safetensors"}, 5)
+    with open(os.path.join(folder, "index.jsonl"), "a") as f:
+        f.write(json.dumps({k: v for k, v in _entry(id="c", key="k3").items() if k != "tokens"}) + "\n")
+    with pytest.raises(InputError) as info:
+        scan_index(folder)
+    assert str(info.value) == f"run: {os.path.join(folder, 'index.jsonl')} line 3, record 'c' lacks 'tokens'"
+
+
+def test_dcam_run_resuming_over_metrics_of_another_length_exits_2_naming_them(run_manifest, reference_run, tmp_path,
+                                                                              capsys):
+    # a value dropped from a record's list was reduced into metrics.json as it was (its other values taken for
+    # other words')
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    index = os.path.join(out, "index.jsonl")
+    with open(index) as f:
+        lines = [json.loads(x) for x in f]
+    k = next(i for i, x in enumerate(lines) if len((x.get("metrics") or {}).get("object", {}).get("words", [])) > 1)
+    values = lines[k]["metrics"]["object"]
+    n = len(values["words"])
+    values["contrast"] = values["contrast"][:-1]
+    with open(index, "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in lines)
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = f.read()
+    rc, err = _resumed(run_manifest, out, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith(
+        f"dcam run: error: run: {index} line {k + 1}, record {lines[k]['id']!r}: metrics: object: contrast must be "
+        f"one number or null per word of object.words ({n}), got ["), err
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert f.read() == metrics
