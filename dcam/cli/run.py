@@ -116,6 +116,7 @@ def _run(args) -> int:
                          "or leave --profile-batches out")
     common.apply_run_options(args)
     dist = setup(args.device)
+    lock = None
     try:
         quiet = args.quiet or dist.rank != 0
         trace = dist.agree(lambda: _trace_path(args, dist.rank))  # before anything is read or written
@@ -123,8 +124,10 @@ def _run(args) -> int:
         if args.split is not None and source.kind != "coco":  # (taken and ignored)
             raise InputError(f"--split: a {source.kind} source has no splits (only a COCO data folder has them); "
                              "leave --split out")
-        # a folder another run writes into is refused now, not after the model loaded (minutes for a large one)
-        dist.on_rank0(lambda: FolderLock.check_free(args.out))
+        # the folder's lock, taken now: a folder another run writes into is refused before the model loads
+        # (minutes for a large one), and of two runs started together the second is (a probe of the lock, the
+        # lock itself taken after the model loaded, let both load theirs); the other ranks wait for rank 0's word
+        lock = dist.on_rank0(lambda: FolderLock.take(args.out))
         common.log(f"{len(source)} records in {args.manifest}; loading the model", quiet)
         exp = dist.agree(lambda: _explainer(args, dist))
         # the fingerprint is checked and written by rank 0 only
@@ -142,7 +145,7 @@ def _run(args) -> int:
             args.writing = True  # (from here on the folder may be written: a Ctrl-C keeps what was)
             try:
                 info = run_dataset(exp, source, args.out, opts, dist, model=model,
-                                   log=lambda msg: common.log(msg, quiet), on_batch=window)
+                                   log=lambda msg: common.log(msg, quiet), on_batch=window, lock=lock)
             except InputError as exc:  # the options run_dataset refuses, named as dcam run's
                 raise _as_options(exc) from None
             if trace is not None:
@@ -153,6 +156,8 @@ def _run(args) -> int:
                     common.log(f"profile: this process had no batch left to explain; no trace written to {trace}",
                                args.quiet)
     finally:
+        if lock is not None:  # (a refusal, failure or Ctrl-C before the run prepared the folder: left as found)
+            lock.release(leave_as_found=not lock.prepared)
         dist.close()
     if info is not None:
         c, t, s = info["counts"], info["throughput"], info["session"]

@@ -19,9 +19,9 @@ import os
 import platform
 import shutil
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..output import file_digest
 from .store import LOCK, RUN_JSON, SHARDS, drop_damaged_errors, listed, read_failed, read_json, remove_debris, \
     scan_index, write_json_atomic
@@ -136,42 +136,89 @@ def _busy(root: str) -> InputError:
 class FolderLock:
     """An exclusive ``flock`` on ``DIR/.lock`` held by rank 0 for the whole run
     (released by the kernel when the process dies, so a killed run never
-    leaves a stale lock)."""
+    leaves a stale lock). ``dcam run`` takes it (:meth:`take`) before its model
+    loads and hands it to the run: a second run into the folder is refused
+    before loading its own model (minutes for a large checkpoint), and of two
+    runs started together one holds the folder from the start (a probe of the
+    lock let both load their models, the second refused only after)."""
 
     def __init__(self, root: str):
         import fcntl
 
-        self.fd = os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        path = os.path.join(root, LOCK)
+        while True:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self.fd)
+                raise _busy(root) from None
+            # a lock file deleted by the run that held it while this one opened it (a refused or interrupted start
+            # leaves the folder as it found it): its flock keeps out no run that opens the path now; take the new one
+            mine = os.fstat(self.fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                break
             os.close(self.fd)
-            raise _busy(root) from None
+        self.path = path
+        self.new = False  # the lock file was created by this lock (:meth:`take`)
+        self.made: List[str] = []  # the folders it created, deepest first
+        #: the folder holds the run (:func:`prepare` wrote its run.json): a release leaves what is there
+        self.prepared = False
 
-    @staticmethod
-    def check_free(root: str) -> None:
-        """Refuse (the lock's own message) a folder whose lock another run holds now, creating nothing: ``dcam
-        run`` asks before it loads the model, which a second run into a busy folder loaded whole (minutes for a
-        large checkpoint) only to be refused. The lock itself is taken later (:func:`prepare`), and decides."""
-        import fcntl
+    @classmethod
+    def take(cls, root: str) -> "FolderLock":
+        """The lock of the run folder ``root``, which is created (with its missing parents) when it does not exist;
+        held by another run: InputError. :meth:`release` with ``leave_as_found`` removes what this created."""
+        real = os.path.realpath(root)  # (a symbolic link's folder: makedirs of a dangling link failed)
+        made, probe = [], real
+        while not os.path.lexists(probe):
+            made.append(probe)
+            probe = os.path.dirname(probe)
+        try:
+            os.makedirs(real, exist_ok=True)
+        except OSError as exc:  # a parent that passes every check and still refuses folders (/proc)
+            raise InputError(f"--out: cannot create {root!r} ({exc.strerror or exc})") from None
+        new = not os.path.lexists(os.path.join(root, LOCK))
+        try:
+            lock = cls(root)
+        except BaseException as exc:
+            _remove_empty(made)
+            if isinstance(exc, OSError):  # (no permission for the lock file: it was said to be a failed write)
+                raise InputError(f"--out: cannot write into {root!r} ({type(exc).__name__}: "
+                                 f"{exc.strerror or one_line(exc)})") from None
+            raise
+        lock.new, lock.made = new, made
+        return lock
 
-        try:  # (read-only: the lock of a folder that cannot be written is tried, as prepare() will say why)
-            fd = os.open(os.path.join(os.path.abspath(root), LOCK), os.O_RDONLY)
-        except OSError:  # no lock file: no run has ever written there (or it cannot be read: prepare() says so)
+    def release(self, leave_as_found: bool = False) -> None:
+        """Let the lock go; ``leave_as_found``: first delete the lock file and the folders :meth:`take` created
+        (while the lock is held: no other run holds a lock on a file deleted under it)."""
+        if self.fd is None:
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # (held; another refusal, a file system without flock on a read-only descriptor,
-            raise _busy(os.path.abspath(root)) from None  # is left to the lock itself)
-        except OSError:
-            pass
+            if leave_as_found and not self.prepared:
+                if self.new:
+                    try:
+                        os.unlink(self.path)
+                    except FileNotFoundError:
+                        pass
+                _remove_empty(self.made)
         finally:
-            os.close(fd)  # (closing the only descriptor of a lock taken here releases it)
-
-    def release(self) -> None:
-        if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _remove_empty(folders: List[str]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty (another process may have written into one)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def check_folder(path: str) -> str:
@@ -225,8 +272,9 @@ def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, An
 
 
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any],
-            check_records=None, unreadable=None, notices=None) -> FolderLock:
-    """Rank 0, before any rank writes: lock the folder, refuse a different
+            check_records=None, unreadable=None, notices=None, lock: Optional[FolderLock] = None) -> FolderLock:
+    """Rank 0, before any rank writes: lock the folder (unless given ``lock``,
+    taken already by :meth:`FolderLock.take` and released by its taker), refuse a different
     run (and records the source changed since: ``check_records`` sees every
     index line of the one scan of the index, then its ``check()`` raises;
     :class:`dcam.runs.runner.UnchangedRecords`), empty it for ``overwrite``,
@@ -236,12 +284,9 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     them is appended to ``notices``),
     delete a killed process's debris and write ``run.json`` (status
     ``running``). Returns the held lock."""
-    try:  # (the link's folder: makedirs of a dangling link itself failed, "File exists")
-        os.makedirs(os.path.realpath(root), exist_ok=True)
-    except OSError as exc:  # a parent that passes every check and still refuses folders (/proc)
-        raise InputError(f"--out: cannot create {root!r} ({exc.strerror or exc})") from None
-    new_lock = not os.path.lexists(os.path.join(root, LOCK))
-    lock = FolderLock(root)
+    own = lock is None
+    if own:
+        lock = FolderLock.take(root)
     try:
         try:
             entries = [n for n in os.listdir(root) if n != LOCK]
@@ -279,10 +324,10 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
         write_json_atomic(os.path.join(root, RUN_JSON), dict(
             old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),
             identity=identity, started=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+        lock.prepared = True
     except BaseException as exc:
-        lock.release()
-        if new_lock and isinstance(exc, InputError):  # a refused folder is left as it was found
-            os.unlink(os.path.join(root, LOCK))
+        if own:  # a refused folder is left as it was found (a given lock: by its owner, who took it)
+            lock.release(leave_as_found=isinstance(exc, InputError))
         raise
     return lock
 

@@ -26,7 +26,7 @@ from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
 from ..output import refuse_current_folder, refuse_inputs_inside
 from .distributed import Dist
-from .folder import prepare, read_run_json, run_identity, versions
+from .folder import FolderLock, prepare, read_run_json, run_identity, versions
 from .finish import finish
 from .progress import RunProgress
 from ..eval.alignment import item_slots
@@ -321,14 +321,17 @@ def _writing(root: str, fn: Callable[[], T]) -> T:
 
 def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOptions] = None, dist: Optional[Dist] = None,
                 model: Optional[Dict[str, Any]] = None, log=None,
-                on_batch: Optional[Callable[[int, int], None]] = None) -> Optional[dict]:
+                on_batch: Optional[Callable[[int, int], None]] = None,
+                lock: Optional[FolderLock] = None) -> Optional[dict]:
     """Explain ``source`` into the run folder ``out`` (see the package docstring).
 
     explainer: a :class:`dcam.Explainer`; model: :func:`.folder.model_identity`
     of its files (part of the fingerprint); dist: this rank (default: one
     process); on_batch: called with ``(k, n)`` as this rank's batch ``k`` of
     ``n`` (those left to do) begins, and with ``(n, n)`` after the last
-    (``dcam run --profile`` records some of them). Returns the final
+    (``dcam run --profile`` records some of them); lock: rank 0's lock of ``out``
+    (:meth:`.folder.FolderLock.take`), taken by the caller before its model loaded (``dcam run``), who
+    releases it where the run does not; None: taken here. Returns the final
     ``run.json`` on rank 0, None elsewhere."""
     opts = check_run_options(explainer, opts or RunOptions())
     dist = dist or Dist()
@@ -357,10 +360,10 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         else:  # (its read of the index: an unreadable one was a traceback)
             _writing(root, lambda: _check_same_overlays(root, opts.overlays))
         return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source),
-                                              unreadable, notices))
+                                              unreadable, notices, lock))
     in_source = set(source.ids)
     unreadable, notices = UnreadableMaps(root, in_source.__contains__), []
-    lock = dist.on_rank0(start)
+    held = dist.on_rank0(start)  # (rank 0's, the given lock or one taken here; None elsewhere)
     try:
         # (rank 0's: it alone prepared the folder; said even with --quiet: damage found and repaired)
         for notice in notices + [unreadable_notice(unreadable)]:
@@ -384,8 +387,8 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
                    "processes": dist.world}
         return _writing(root, lambda: finish(root, source, session, identity, header))
     finally:
-        if lock is not None:
-            lock.release()
+        if held is not None:
+            held.release()
 
 
 __all__ = ["RunOptions", "check_run_options", "run_dataset", "share", "explain_records", "index_entry",

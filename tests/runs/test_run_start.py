@@ -54,9 +54,9 @@ def test_under_torchrun_the_busy_folder_is_refused_once_before_any_rank_loads_th
     assert file_tree(out) == before
 
 
-def _interrupt_the_model_load(manifest, out, tmp_path):
-    """``dcam run`` of a model whose config.json is a FIFO (its load waits on it), sent SIGINT once it said it is
-    loading the model; returns (exit code, stderr's lines)."""
+def _loading(manifest, out, tmp_path):
+    """A real ``dcam run`` of a model whose config.json is a FIFO (its load waits on it), once it said it is loading
+    the model; returns (the process, that line)."""
     model = tmp_path / "model"
     model.mkdir()
     os.mkfifo(model / "config.json")
@@ -64,9 +64,17 @@ def _interrupt_the_model_load(manifest, out, tmp_path):
                              *RUN_ARGS], env=single_process_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             # (a child of a background job inherits SIGINT ignored: Python then installs no handler)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = proc.stderr.readline()
+    if not first.endswith("; loading the model\n"):
+        proc.kill()
+        proc.wait()
+        raise AssertionError(first)
+    return proc, first
+
+
+def _interrupt(proc, first):
+    """SIGINT to a run of :func:`_loading`; returns (exit code, stderr's lines)."""
     try:
-        first = proc.stderr.readline()
-        assert first.endswith("; loading the model\n"), first
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()
         proc.wait(timeout=120)
@@ -75,6 +83,11 @@ def _interrupt_the_model_load(manifest, out, tmp_path):
             proc.kill()
             proc.wait()
     return proc.returncode, [first.rstrip("\n")] + rest.splitlines()
+
+
+def _interrupt_the_model_load(manifest, out, tmp_path):
+    """``dcam run`` sent SIGINT while its model loads (:func:`_loading`); returns (exit code, stderr's lines)."""
+    return _interrupt(*_loading(manifest, out, tmp_path))
 
 
 def test_ctrl_c_while_the_model_loads_says_nothing_was_written(run_manifest, tmp_path):
@@ -93,3 +106,65 @@ def test_ctrl_c_while_the_model_loads_leaves_an_earlier_run_as_it_was(run_manife
     assert code == 130
     assert lines[1:] == [f"dcam run: interrupted; nothing was written ({out} is as it was)"]
     assert file_tree(out) == before
+
+
+def _second_run(run_manifest, out):
+    return subprocess.run([sys.executable, "-m", "dcam", "run", run_manifest["path"], "--out", out, *RUN_ARGS],
+                          env=single_process_env(), capture_output=True, text=True, timeout=600)
+
+
+def _lock_is_free(out):
+    FolderLock(out).release()  # (raises the busy InputError while a run holds it)
+    return True
+
+
+def test_a_run_started_while_another_loads_its_model_is_refused_before_loading_its_own(run_manifest, reference_run,
+                                                                                       tmp_path):
+    # the first run only probed the lock before its model loaded and took it after: a second run started while the
+    # first loaded passed the probe too, and wrote into the folder (here its resume rewrote run.json) or was refused
+    # only once its own model had loaded
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    before = file_tree(out)
+    first = _loading(run_manifest["path"], out, tmp_path)
+    try:
+        second = _second_run(run_manifest, out)
+    finally:
+        code, lines = _interrupt(*first)
+    assert (second.returncode, second.stderr.splitlines()) == (2, [_busy_line(out)])
+    assert (code, lines[1:]) == (130, [f"dcam run: interrupted; nothing was written ({out} is as it was)"])
+    assert file_tree(out) == before and _lock_is_free(out)
+
+
+def test_a_run_into_a_new_folder_holds_it_while_its_model_loads_and_leaves_no_folder_when_interrupted(
+        run_manifest, tmp_path):
+    out = str(tmp_path / "new" / "run")  # (its parent created too, and removed)
+    first = _loading(run_manifest["path"], out, tmp_path)
+    try:
+        assert sorted(os.listdir(out)) == [".lock"]  # the folder is held
+        second = _second_run(run_manifest, out)
+    finally:
+        code, lines = _interrupt(*first)
+    assert (second.returncode, second.stderr.splitlines()) == (2, [_busy_line(out)])
+    assert (code, lines[1:]) == (130, ["dcam run: interrupted; nothing was written"])
+    assert not os.path.lexists(tmp_path / "new")
+
+
+def test_a_model_that_fails_to_load_releases_the_lock_and_leaves_the_folder_as_it_was(run_manifest, reference_run,
+                                                                                     tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{not json")
+    for out in (str(tmp_path / "run"), str(tmp_path / "new")):
+        if out.endswith("run"):
+            shutil.copytree(reference_run, out)
+        before = file_tree(out) if os.path.exists(out) else None
+        proc = subprocess.run([sys.executable, "-m", "dcam", "run", run_manifest["path"], "--out", out, "--model",
+                               str(model), *RUN_ARGS], env=single_process_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("dcam run: error: --model: "), \
+            proc.stderr
+        if before is None:
+            assert not os.path.lexists(out)
+        else:
+            assert file_tree(out) == before and _lock_is_free(out)
