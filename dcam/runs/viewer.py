@@ -158,12 +158,7 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
             pages.add(rec)
             if bar is not None:
                 bar.update()
-        from .store import read_errors
-
-        damaged: List[InputError] = []
-        errors = read_errors(root, done, damaged)
-        if damaged:
-            notes.append(_damaged_errors_note(damaged))
+        errors = _run_errors(root, done, notes)
         shown_errors = 0
         for err in errors.values():
             if limit is None or pages.total < limit:
@@ -211,15 +206,23 @@ def _run_metrics(run):
             "metrics (each record's are shown; a resume of the run writes metrics.json anew)")
 
 
-def _damaged_errors_note(damaged: List[InputError]) -> str:
-    """The line that says the page goes on without the failed records past a damaged line of an error file: it
-    stopped the page, though a resume deletes such a file, tries its records again and writes errors.jsonl anew
+def _run_errors(root: str, done, notes: List[str]) -> dict:
+    """The failed records of the run (:func:`.store.read_errors`); an error file with a damaged line is read up to
+    it, and the line that says the page goes on without the rest is appended to ``notes``: it stopped the page,
+    though a resume deletes such a file, tries its records again and writes errors.jsonl anew
     (:func:`.store.drop_damaged_errors`)."""
+    from .store import read_errors
+
+    damaged: List[InputError] = []
+    errors = read_errors(root, done, damaged)
+    if not damaged:
+        return errors
     why = one_line(damaged[0])
     more = f" (and {len(damaged) - 1} more error file{'s' if len(damaged) > 2 else ''})" if len(damaged) > 1 else ""
-    return (f"{why[len('run: '):] if why.startswith('run: ') else why}{more}; the page is written without the failed "
-            "records of that line and the lines after it (a resume of the run tries them again and writes "
-            "errors.jsonl anew)")
+    notes.append(f"{why[len('run: '):] if why.startswith('run: ') else why}{more}; the page is written without the "
+                 "failed records of that line and the lines after it (a resume of the run tries them again and writes "
+                 "errors.jsonl anew)")
+    return errors
 
 
 def _write_failed(folder, exc: OSError) -> InputError:

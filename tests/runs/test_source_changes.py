@@ -98,7 +98,7 @@ def _part(root, name, ids):
     with open(os.path.join(root, "index", name + ".jsonl"), "wb") as f:
         for rid in ids:
             f.write(store.json_line({"id": rid, "n": 0, "where": "stale", "shard": "shards/s.safetensors",
-                                     "key": "r0", "part": name}))
+                                     "key": "r0", "part": name, "tokens": []}))  # (a line's fields scan_index checks)
 
 
 def test_a_kill_inside_the_merge_leaves_the_index_whole_and_counts_nothing_twice(tmp_path, monkeypatch):
