@@ -11,6 +11,7 @@ import json
 import numbers
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,30 +34,53 @@ from .words import clean_token
 TokenRef = Union[int, str]
 
 
+def _name_part(c: str) -> str:
+    """One character of a word in a file name: itself where it is a letter, digit, mark (an accent
+    written apart), ``_`` or ``-``; ``u`` and its hex code point where it is a symbol (an emoji:
+    "u1f431" for a cat's face; a skin tone too); else a separator (a space, punctuation, a character
+    a file system refuses: ``/\\:*?"<>|``), written ``_``. Variation selectors and joiners, which
+    only choose how an emoji is drawn, are dropped."""
+    if c.isalnum() or c in "_-":  # (isalnum rather than \w: the same letters and digits, of any script)
+        return c
+    cat = unicodedata.category(c)
+    if "\ufe00" <= c <= "\ufe0f" or c == "\u200d":
+        return ""
+    if cat.startswith("M"):
+        return c
+    if cat == "So" or "\U0001f3fb" <= c <= "\U0001f3ff":
+        return f"_u{ord(c):x}_"
+    return "_"
+
+
 def safe_file_name(s: str, max_len: int = 64, max_bytes: int = 160) -> str:
-    """A token as a file-name part (letters and digits of any script, _ and - only; at
-    most ``max_len`` characters and ``max_bytes`` bytes in UTF-8, so a long word, a URL
-    say, with a word number before it and ``-k.png`` after, stays under the file
-    system's 255-byte limit: 64 letters of 4 bytes each did not)."""
-    s = re.sub(r"[^\w-]+", "_", clean_token(s)).strip("_")[:max_len]
+    """A token as a file-name part every system takes: the word NFC-composed (an accent written as its
+    own code point joins its letter, as macOS and most editors write it), its letters and digits of any
+    script and its marks kept, each symbol (an emoji) written as ``u`` and its hex code point (``"😀"``:
+    ``u1f600``), anything else (spaces, punctuation, ``/\\:*?"<>|``) one ``_`` (:func:`_name_part`); at
+    most ``max_len`` characters and ``max_bytes`` bytes in UTF-8, so a long word, a URL say, with a word
+    number before it and ``-k.png`` after, stays under the file system's 255-byte limit: 64 letters of 4
+    bytes each did not. ``tok`` when nothing is left."""
+    word = unicodedata.normalize("NFC", clean_token(s))
+    s = re.sub(r"_+", "_", "".join(_name_part(c) for c in word)).strip("_")[:max_len]
     while len(s.encode("utf-8")) > max_bytes:
         s = s[:-1]
     return s.rstrip("_") or "tok"
 
 
 def word_file_names(word_numbers: Sequence[int], tokens: Sequence[str], ext: str) -> List[str]:
-    """``NN_word.ext`` per explained item, distinct: two items can share a word number and
-    a name (a phrase and its first word, "red" and "red 日" as safe names): the later
-    ones get ``-2``, ``-3``, ... rather than overwrite the first one's file."""
+    """``NN_word.ext`` per explained item, distinct, also where a file system does not tell capitals
+    from small letters (Windows, macOS): two items can share a word number and a name (a phrase and
+    its first word, "red" and "red 日" as safe names): the later ones get ``-2``, ``-3``, ... rather
+    than overwrite the first one's file."""
     names: List[str] = []
     taken = set()
     for n, tok in zip(word_numbers, tokens):
         stem = f"{n:02d}_{safe_file_name(tok)}"
         name, k = f"{stem}.{ext}", 1
-        while name in taken:
+        while name.lower() in taken:
             k += 1
             name = f"{stem}-{k}.{ext}"
-        taken.add(name)
+        taken.add(name.lower())
         names.append(name)
     return names
 

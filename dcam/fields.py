@@ -128,13 +128,18 @@ class Fields:
                              f"({len(tokens)}), got {len(ids)}")
         return ids
 
-    def items(self, what: str, response_ids: List[int]):
+    def items(self, what: str, response_ids: List[int], one_token_items: bool = False):
         """(tokens, {token_ids, word_numbers, response_indices}, pieces) of the explained items
         (``what``: what they are, for messages), one entry each; each item's pieces are slots of the
-        response (``response_ids``), the first its ``response_indices`` entry."""
+        response (``response_ids``), the first its ``response_indices`` entry. ``one_token_items``: an
+        object without ``pieces`` is one written when every item was one token (a saved explanation
+        before dcam kept pieces): each item's pieces are its ``response_indices`` slot alone."""
         tokens = self.texts("tokens")
         ids = {k: self.ints(k) for k in ("token_ids", "word_numbers", "response_indices")}
-        pieces = self.int_lists("pieces")
+        if one_token_items and "pieces" not in self.obj:
+            pieces = [[slot] for slot in ids["response_indices"]]
+        else:
+            pieces = self.int_lists("pieces")
         if any(len(v) != len(tokens) for v in (*ids.values(), pieces)):
             raise InputError(f"{self.where}: tokens, token_ids, word_numbers, response_indices and pieces must have "
                              f"one entry per {what}")

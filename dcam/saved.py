@@ -8,7 +8,11 @@ weights bit for bit, words, settings and notes as they were. One thing is not
 kept by a save: the full-size image. ``image.png`` holds it as rendered under
 the overlays (longest side at most the save's ``max_side``); a loaded
 explanation's ``image`` is that one scaled back to the size of the image
-explained (meta.json's ``image_size``), so that its overlays, page, pictures
+explained (meta.json's ``image_size``): the image explained, pixel for pixel, where
+image.png is it at its own size or enlarged by a whole factor, each pixel a block (a save
+does one of the two to every image whose longest side is at most ``max_side``, 1024 by
+default); an image shrunk for image.png (longest side over ``max_side``) comes back
+blurred, each pixel the mean of the ones it covered, so that its overlays, page, pictures
 and a save of it again come out at the sizes the explanation's own did, every
 view's map placed as before (by ``box`` and ``view_boxes``, which are kept);
 a folder without ``image_size`` loads image.png as it is. The maps do not
@@ -32,8 +36,10 @@ from .ops.config import CamConfig
 from .output import file_digest, folder_path
 from .render.overlay import MAP_TOLERANCE, rendered_at
 
-#: meta.json keys every saved explanation has (a folder without one of them is not one)
-_REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "pieces", "response", "response_ids",
+#: meta.json keys every saved explanation has (a folder without one of them is not one). Not ``pieces``:
+#: a dcam before words and phrases (commit 572c085) explained one token per item and saved none; such a
+#: folder's items are tokens (``granularity="tokens"``), each item's one piece its ``response_indices`` slot
+_REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "response", "response_ids",
              "response_tokens", "steps", "method", "probe", "grid")
 
 
@@ -80,7 +86,8 @@ def _image(folder: str, digest: Optional[str]) -> Image.Image:
 
 def _at_explained_size(m: Fields, image: Image.Image) -> Image.Image:
     """image.png (``image``) at the size of the image explained, meta.json's ``image_size`` ``[W, H]``,
-    resized as a save renders one (bicubic up, box down); as it is where no size was saved. A
+    resized as a save renders one (:func:`rendered_at`: a whole factor's block of pixels read back by a box
+    shrink exactly); as it is where no size was saved. A
     size of another aspect than image.png's (more than the rounding of a save's resize apart)
     is not the one it was rendered from."""
     size = m.value("image_size", None)
@@ -144,7 +151,7 @@ def load_explanation(folder) -> Explanation:
                          + (" (it holds a trajectory alone: Trajectory.save)" if "trajectory" in meta else ""))
     m = Fields(meta, f"folder: {folder!r}'s meta.json")
     response_ids = m.response_ids()
-    tokens, ids, pieces = m.items("explained item", response_ids)
+    tokens, ids, pieces = m.items("explained item", response_ids, one_token_items=True)
     T, grid = len(tokens), m.grid()
     path = os.path.join(folder, "maps.safetensors")
     tensors = _read_tensors(path, folder, "the maps")
@@ -174,7 +181,9 @@ def load_explanation(folder) -> Explanation:
         # a method that uses no config has none (a default CamConfig stood in, which meta.json never held)
         config=(config or CamConfig()) if used.uses_config else None, model_name=m.text("model", ""),
         raw_maps=_tensor(tensors, "raw_maps", (T, *grid), where, unit=True), notes=m.texts("notes", []),
-        granularity=m.choice("granularity", GRANULARITIES, "words"), view=_view(m, view_maps),
+        # (a folder without pieces was saved when every item was one token: "tokens" in today's words)
+        granularity=m.choice("granularity", GRANULARITIES, "words" if "pieces" in meta else "tokens"),
+        view=_view(m, view_maps),
         view_maps=view_maps, view_boxes=_view_boxes(m, view_maps),
         view_cells=_view_cells(m, view_maps),
         box=m.box(), cells=m.cells("cells", grid, m.box()), model_dtype=m.text("model_dtype", ""), device=m.text("device", ""),

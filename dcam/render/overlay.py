@@ -216,7 +216,8 @@ def check_render_size(size) -> Optional[Tuple[int, int]]:
 def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet",
             size: Optional[Tuple[int, int]] = None, box=FULL_BOX, cells=None) -> Image.Image:
     """PIL overlay of ``cam`` on ``image``. size: ``(W, H)`` to render at
-    (the image is resized bicubically first); default: the image's size.
+    (the image is resized first: a whole-factor enlargement repeats each pixel, others are
+    bicubic, :func:`upscale_filter`); default: the image's size.
     box: the part of the image the map covers (fractions; default all of it);
     cells: where its columns and rows lie in it (:func:`map_on_image`; default evenly).
     ``image``: a PIL image, an array or a path, read as :func:`dcam.load_image` reads them."""
@@ -229,7 +230,7 @@ def overlay(image: Image.Image, cam: ArrayLike, alpha: float = 0.5, colormap: st
     size = check_render_size(size)
     box = check_box(box)
     if size is not None and size != img.size:
-        img = img.resize(size, Image.BICUBIC)
+        img = img.resize(size, upscale_filter(img.size, size, Image.BICUBIC))
     cam = map_on_image(cam, (img.height, img.width), box, cells) if box != FULL_BOX or cells is not None else cam
     return Image.fromarray(show_cam_on_image(np.asarray(img), cam, alpha, colormap))
 
@@ -238,7 +239,7 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
                  max_side: int = DISPLAY_MAX_SIDE) -> Tuple[int, int]:
     """``(W, H)`` to render an image of ``image_size`` (W, H) at: a small image
     is scaled up by a whole factor until its shortest side reaches
-    ``min_side`` (its pixels stay crisp), a large one down; in both cases the
+    ``min_side`` (each pixel drawn as a square block: :func:`rendered_at`), a large one down; in both cases the
     longest side ends at most ``max_side``, the aspect ratio is kept and each
     side is at least 1 pixel."""
     W, H = int(image_size[0]), int(image_size[1])
@@ -252,18 +253,29 @@ def display_size(image_size: Tuple[int, int], min_side: int = DISPLAY_MIN_SIDE,
     return max(1, int(round(W * scale))), max(1, int(round(H * scale)))
 
 
+def upscale_filter(image_size: Tuple[int, int], size: Tuple[int, int], otherwise):
+    """The Pillow filter to resize an image of ``image_size`` (W, H) to ``size`` (W, H) with: NEAREST where
+    ``size`` enlarges each side by a whole factor (each pixel becomes a block of equal pixels: crisp, and a box
+    shrink by that factor gives the image back exactly: a saved explanation's image.png), else ``otherwise``."""
+    (w, h), (W, H) = image_size, size
+    whole = W >= w and H >= h and W % w == 0 and H % h == 0 and (W, H) != (w, h)
+    return Image.NEAREST if whole else otherwise
+
+
 def rendered_at(image: Image.Image, size: Tuple[int, int], saved=None) -> Image.Image:
-    """``image`` as RGB at ``size`` (W, H) for the files a save writes: bicubic up, box down. ``saved``:
+    """``image`` as RGB at ``size`` (W, H) for the files a save writes: up by a whole factor, each pixel
+    repeated (:func:`upscale_filter`; :func:`display_size` gives a small image a whole factor); up by
+    another, bicubic; down, box (the mean of the pixels each covers). ``saved``:
     ``(the image a loaded explanation was given, its image.png)`` (:mod:`dcam.saved`). The loaded image is
     image.png scaled back to the size explained; rendered again at image.png's size it would differ from
     image.png by two resamplings, so image.png itself is returned there (not once the image is another)."""
     if saved is not None and saved[0] is image and saved[1].size == tuple(size):
         return saved[1]
     img = image.convert("RGB")
-    return img.resize(size, Image.BICUBIC if size[0] > img.width else Image.BOX)
+    return img.resize(size, upscale_filter(img.size, size, Image.BICUBIC if size[0] > img.width else Image.BOX))
 
 
 __all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "check_map_size", "map_on_image", "box_pixels",
            "FULL_BOX", "MAP_TOLERANCE", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size",
-           "rendered_at",
+           "rendered_at", "upscale_filter",
            "DISPLAY_MIN_SIDE", "DISPLAY_MAX_SIDE"]
