@@ -3,6 +3,7 @@
     e.tokens, e.token_ids, e.maps      # maps: float32 [T, h, w], one per explained token
     e.stats                            # per-map statistics, each [T]
     e.overlay("circle", alpha=0.5)     # PIL image: heatmap upsampled and blended onto the image
+    e.contact_sheet()                  # PIL image: the image and every overlay (contact_sheet.png)
     e.save("out/")                     # overlays, contact sheet, maps.safetensors, meta.json
 """
 from __future__ import annotations
@@ -318,19 +319,14 @@ class Explanation:
         if self.trajectory is not None:  # (its GIFs are written after this explanation's files)
             self.trajectory.check_maps("trajectory.")
 
-        size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
-        base = self._rendered(size)
+        size, tiles = self._tiles(alpha, colormap, max_side)
+        base = tiles[0]
         paths: Dict[str, Any] = {"overlays": []}
-        tiles, labels = [base], ["image"]
-        for k, tok in enumerate(self.tokens):
-            im = overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap, box=self.box, cells=self.cells)
+        for k, im in enumerate(tiles[1:]):
             p = os.path.join(folder, names[k])
             im.save(p)
             paths["overlays"].append(p)
-            tiles.append(im)
-            labels.append(f"{self.word_numbers[k]}: {clean_token(tok)}")
-        sheet = contact_sheet(tiles, labels, title=f"{self.response}  ({self.method}{self.layer_words()})",
-                              colormap=colormap)
+        sheet = self._sheet(tiles, colormap)
         paths["contact_sheet"] = os.path.join(folder, "contact_sheet.png")
         sheet.save(paths["contact_sheet"])
         paths["image"] = os.path.join(folder, "image.png")
@@ -362,6 +358,30 @@ class Explanation:
 
         paths["page"] = write_explanation_page(folder, self, colormap=colormap, alpha=alpha)
         return paths
+
+    def _tiles(self, alpha: float, colormap, max_side: int) -> Tuple[Tuple[int, int], List[Image.Image]]:
+        """(the size the files are rendered at, [the image there, then every item's overlay on it])."""
+        size = display_size(self.image.size, DISPLAY_MIN_SIDE, max_side)
+        base = self._rendered(size)
+        return size, [base] + [overlay_image(base, self.maps[k], alpha=alpha, colormap=colormap, box=self.box,
+                                             cells=self.cells) for k in range(len(self.tokens))]
+
+    def _sheet(self, tiles: List[Image.Image], colormap) -> Image.Image:
+        labels = ["image"] + [f"{n}: {clean_token(tok)}" for n, tok in zip(self.word_numbers, self.tokens)]
+        return contact_sheet(tiles, labels, title=f"{self.response}  ({self.method}{self.layer_words()})",
+                             colormap=colormap)
+
+    def contact_sheet(self, alpha: float = 0.5, colormap: str = "jet",
+                      max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
+        """The contact sheet :meth:`save` writes as ``contact_sheet.png`` (with the same arguments), as a PIL
+        image: the image and every item's overlay, labelled, the response as title, a colour bar."""
+        from .render.overlay import check_alpha, check_colormap
+
+        max_side = _check_max_side(max_side)
+        check_alpha(alpha)
+        check_colormap(colormap)
+        self._check_maps()
+        return self._sheet(self._tiles(alpha, colormap, max_side)[1], colormap)
 
     def _rendered(self, size: Tuple[int, int]) -> Image.Image:
         """The image rendered at ``size`` (W, H) for the files; a loaded explanation's on its image.png

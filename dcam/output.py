@@ -159,12 +159,17 @@ def write_text_atomic(path: str, text: str, option: Optional[str] = None) -> Non
     """Write a whole text file: temporary name in the same folder, then rename. ``option``:
     the CLI option of ``path``, named by the InputError a failed write raises (a folder
     that passes every check and still refuses files, as /proc does)."""
+    write_bytes_atomic(path, text.encode("utf-8"), option)  # not the locale's: pages hold the user's text
+
+
+def write_bytes_atomic(path: str, data: bytes, option: Optional[str] = None) -> None:
+    """Write a whole file of ``data`` as :func:`write_text_atomic` writes text."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".dcam-", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:  # not the locale's: pages hold the user's text
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:

@@ -7,6 +7,7 @@ step it decided each word (docs/ALGORITHM.md, "Denoising trajectories").
     traj.decision_maps   # float32 [T, h, w]: maps[decided_at[t], t]
     traj.final_maps      # float32 [T, h, w]: on the finished response, the word's slot masked again
     traj.commit_order, traj.numbers, traj.save("out/")
+    traj.sheet(), traj.strip("circle"), traj.gif("circle", "circle.gif")   # its pictures
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .. import ops
 from ..errors import InputError
 from ..images import WHITE, load_image_with_notes
 from ..ops.config import CamConfig
-from ..output import file_digest
+from ..output import file_digest, write_bytes_atomic
 from ..probe.adapters.checks import check_mask_id
 from ..probe.gradients import Targets, item_context_weights
 from ..probe.hooks import explaining, generating, generation_watch
@@ -219,6 +220,50 @@ class Trajectory:
                 check_map(maps[s, k], f"{prefix}maps[{s}][{k}] (step {s}, {word})")
         for k, word in enumerate(words):
             check_map(final[k], f"{prefix}final_maps[{k}] ({word})")
+
+    def _checked_picture_args(self, alpha, colormap) -> None:
+        from ..render.overlay import check_alpha, check_colormap
+
+        check_alpha(alpha)
+        check_colormap(colormap)
+        self.check_maps()
+
+    def sheet(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """The step x word sheet ``trajectory_sheet.png`` holds, as a PIL image (:func:`.render.sheet`)."""
+        from .render import sheet
+
+        self._checked_picture_args(alpha, colormap)
+        return sheet(self, alpha, colormap)
+
+    def frames(self, word, alpha: float = 0.5, colormap: str = "jet") -> List[Image.Image]:
+        """One word's frames (a word number or the word, as :meth:`index` reads it), a PIL image per step:
+        the frames of its GIF (:func:`.render.word_frames`)."""
+        from .render import word_frames
+
+        self._checked_picture_args(alpha, colormap)
+        return word_frames(self, self.index(word), alpha, colormap)
+
+    def strip(self, word, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """One word's frames side by side (:func:`.render.strip`), a PIL image."""
+        from .render import strip
+
+        self._checked_picture_args(alpha, colormap)
+        return strip(self, word, alpha, colormap)
+
+    def gif(self, word, path, alpha: float = 0.5, colormap: str = "jet", overwrite: bool = False) -> str:
+        """One word's looping GIF (as ``trajectory/NN_word.gif``) written whole at ``path`` (an existing file
+        replaced only with ``overwrite``); returns the path."""
+        import io
+
+        from ..output import check_output_file, folder_path
+        from .render import write_animation
+
+        path = check_output_file(folder_path(path, "path"), "path", overwrite=overwrite)
+        self._checked_picture_args(alpha, colormap)
+        buf = io.BytesIO()
+        write_animation(self, self.index(word), buf, alpha, colormap)
+        write_bytes_atomic(path, buf.getvalue(), "path")
+        return path
 
     def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
                     max_side: int = DISPLAY_MAX_SIDE) -> Dict[str, Any]:

@@ -4,9 +4,11 @@
   word, the step number and a timeline of the ``S`` steps (current step
   filled, decision step outlined); the decision-step frame reads "decided"
   and has a red border (on an image at least 8 pixels a side);
-* :func:`write_animations`: ``NN_word.gif`` per word (a frame per step);
+* :func:`write_animations`: ``NN_word.gif`` per word (a frame per step;
+  :func:`write_animation`: one word's);
 * :func:`sheet`: rows = steps, columns = words, the decision step of each
-  word framed in red (at most :data:`SHEET_MAX_SIDE` pixels a side);
+  word framed in red, a title and a colour bar (at most :data:`SHEET_MAX_SIDE`
+  pixels a side);
 * :func:`strip`: one word's frames side by side (the README picture).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from ..explanation import word_file_names
 from ..render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size, overlay, rendered_at
-from ..render.sheet import SHEET_MAX_SIDE, fit_text, font
+from ..render.sheet import SHEET_MAX_SIDE, colour_bar, fit_text, font
 from ..words import clean_token
 
 #: Colour of the decision-step marker.
@@ -89,25 +91,33 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     return frames
 
 
+def write_animation(traj, k: int, path, alpha: float = 0.5, colormap: str = "jet",
+                    max_side: int = DISPLAY_MAX_SIDE) -> str:
+    """The looping GIF of word ``k`` (index into ``traj.tokens``) at ``path``: :func:`word_frames`,
+    :data:`FRAME_MS` each, the decision step's twice as long."""
+    frames = word_frames(traj, k, alpha, colormap, max_side=max_side)
+    durations = [FRAME_MS * (2 if s == int(traj.decided_at[k]) else 1) for s in range(len(frames))]
+    # a fast octree palette per frame (Pillow's default median cut takes ~0.1 s a frame); each frame
+    # carries its own step number, so no two are equal and Pillow keeps every one
+    pal = [fr.quantize(colors=256, method=Image.Quantize.FASTOCTREE) for fr in frames]
+    pal[0].save(path, format="GIF", save_all=True, append_images=pal[1:], duration=durations, loop=0, disposal=1)
+    return path
+
+
 def write_animations(traj, folder: str, alpha: float = 0.5, colormap: str = "jet",
                      max_side: int = DISPLAY_MAX_SIDE) -> List[str]:
     """``folder/NN_word.gif`` for every word (NN: its word number), a frame per step, looping."""
     os.makedirs(folder, exist_ok=True)
-    paths = []
     names = word_file_names(traj.word_numbers, traj.tokens, "gif")
-    for k in range(len(traj.tokens)):
-        frames = word_frames(traj, k, alpha, colormap, max_side=max_side)
-        p = os.path.join(folder, names[k])
-        durations = [FRAME_MS * (2 if s == int(traj.decided_at[k]) else 1) for s in range(len(frames))]
-        # a fast octree palette per frame (Pillow's default median cut takes ~0.1 s a frame); each frame
-        # carries its own step number, so no two are equal and Pillow keeps every one
-        pal = [fr.quantize(colors=256, method=Image.Quantize.FASTOCTREE) for fr in frames]
-        pal[0].save(p, save_all=True, append_images=pal[1:], duration=durations, loop=0, disposal=1)
-        paths.append(p)
-    return paths
+    return [write_animation(traj, k, os.path.join(folder, names[k]), alpha, colormap, max_side)
+            for k in range(len(traj.tokens))]
 
 
 LABEL_ROW = 14  # pixels a row needs for its 11-point step label
+#: Height of the sheet's title line (the response, the method and layer), pixels
+TITLE_BAND = 22
+#: Height of the colour bar under the sheet (as the contact sheet's), pixels
+BAR_BAND = 26
 
 
 def sheet_geometry(S: int, T: int, max_side: int = SHEET_MAX_SIDE, tile: int = 96, aspect: float = 1.0) -> dict:
@@ -116,14 +126,17 @@ def sheet_geometry(S: int, T: int, max_side: int = SHEET_MAX_SIDE, tile: int = 9
     ``max_side`` a side up to about 2,000 steps or words: tiles go down to one pixel with
     one-pixel gaps; a floor of 8 made 400 words 4,860 wide), columns as wide as the cell,
     rows as high as the cell or a step label (a wide image's 96 x 8 strips sat in 96 x 96
-    rows, each label level with the row below its own)."""
-    left, top = 56, 22
+    rows, each label level with the row below its own). A title line of :data:`TITLE_BAND`
+    pixels is above the word labels (``top`` counts both), a colour bar of :data:`BAR_BAND`
+    pixels at the bottom (``bar``: its top)."""
+    left, top = 56, TITLE_BAND + 22
 
     def layout(t: int, pad: int) -> dict:
         cw, ch = max(1, round(t * min(1.0, aspect))), max(1, round(t * min(1.0, 1 / aspect)))
         row = max(ch, min(LABEL_ROW, t))
-        return dict(tile=t, cell=(cw, ch), row=row, pad=pad, left=left, top=top,
-                    size=(left + T * (cw + pad) + pad, top + S * (row + pad) + pad))
+        grid_bottom = top + S * (row + pad) + pad
+        return dict(tile=t, cell=(cw, ch), row=row, pad=pad, left=left, top=top, bar=grid_bottom,
+                    size=(left + T * (cw + pad) + pad, grid_bottom + BAR_BAND))
     for pad in (4, 1):
         for t in range(tile, 0 if pad == 1 else 7, -1):
             g = layout(t, pad)
@@ -132,8 +145,15 @@ def sheet_geometry(S: int, T: int, max_side: int = SHEET_MAX_SIDE, tile: int = 9
     raise AssertionError("unreachable")
 
 
+def sheet_title(traj) -> str:
+    """The title of the step x word sheet: the response, the method and the hooked layer."""
+    return f"{' '.join(traj.response.split())}  (diffusion-cam, layer {traj.layer}; rows: denoising steps)"
+
+
 def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET_MAX_SIDE) -> Image.Image:
-    """Rows: steps; columns: words; each word's decision step framed in red."""
+    """Rows: steps; columns: words; each word's decision step framed in red; the title
+    (:func:`sheet_title`, cut to the sheet's width) on top and a colour bar (the maps'
+    values 0 to 1, as the contact sheet's) at the bottom."""
     S, T = traj.steps, len(traj.tokens)
     iw, ih = traj.image.size
     g = sheet_geometry(S, T, max_side, aspect=iw / ih)
@@ -141,11 +161,14 @@ def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET
     base = _base(traj).resize((cw, ch), Image.BOX)
     out = Image.new("RGB", g["size"], (255, 255, 255))
     draw = ImageDraw.Draw(out)
+    draw.text((4, 3), fit_text(sheet_title(traj), font(14), g["size"][0] - 8), fill=(0, 0, 0), font=font(14))
+    if g["size"][0] > 28:  # (room for a bar of a few pixels between its 10-pixel margins)
+        out.paste(colour_bar(min(g["size"][0] - 8, 512), BAR_BAND - 4, colormap), (4, g["bar"]))
     f = font(11)
     for k, tok in enumerate(traj.tokens):
         x = left + pad + k * (cw + pad)
         # cut to its column by its drawn width (a cut to cw // 6 letters ran into the next column)
-        draw.text((x + 2, 4), fit_text(f"{traj.word_numbers[k]}:{clean_token(tok)}", f, cw + pad - 3),
+        draw.text((x + 2, top - 18), fit_text(f"{traj.word_numbers[k]}:{clean_token(tok)}", f, cw + pad - 3),
                   fill=(0, 0, 0), font=f)
     for s in range(S):
         y = top + pad + s * (row + pad)
@@ -176,4 +199,5 @@ def strip(traj, word, alpha: float = 0.5, colormap: str = "jet", gap: int = 4,
     return out
 
 
-__all__ = ["word_frames", "write_animations", "sheet", "sheet_geometry", "write_sheet", "strip"]
+__all__ = ["word_frames", "write_animation", "write_animations", "sheet", "sheet_geometry", "sheet_title",
+           "write_sheet", "strip"]

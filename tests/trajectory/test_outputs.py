@@ -45,16 +45,16 @@ def test_saved_files_open(traj, tmp_path):
 
 
 def test_sheet_has_a_row_per_step_and_frames_decisions(traj, tmp_path):
-    """Documented layout: 56 px of step labels, 22 px of word labels, 96 px
-    tiles with 4 px gaps (tiles shrink to keep the sheet within 4096 px)."""
+    """Documented layout: 56 px of step labels, a 22 px title and 22 px of word labels, 96 px
+    tiles with 4 px gaps (tiles shrink to keep the sheet within 4096 px), a 26 px colour bar."""
     p = traj.write_files(str(tmp_path))["sheet"]
-    S, T, tile, pad = 6, len(traj.tokens), 96, 4
+    S, T, tile, pad, top = 6, len(traj.tokens), 96, 4, 22 + 22
     with Image.open(p) as im:
-        assert im.size == (56 + T * (tile + pad) + pad, 22 + S * (tile + pad) + pad)
+        assert im.size == (56 + T * (tile + pad) + pad, top + S * (tile + pad) + pad + 26)
         px = np.asarray(im.convert("RGB")).astype(int)
     for s in range(S):
         for k in range(T):
-            x, y = 56 + pad + k * (tile + pad), 22 + pad + s * (tile + pad)
+            x, y = 56 + pad + k * (tile + pad), top + pad + s * (tile + pad)
             framed = np.abs(px[y - 2, x + tile // 2] - RED).max() < 40
             assert framed == (s == int(traj.decided_at[k])), (s, k)
 
@@ -68,11 +68,12 @@ def test_a_wide_images_sheet_has_rows_of_its_height_with_labels_level(traj):
 
     wide = dataclasses.replace(traj, image=Image.new("RGB", (500, 40), (10, 20, 30)))
     S, T, pad, row, ch = 6, len(traj.tokens), 4, 14, round(96 * 40 / 500)  # rows: a label's 14 px; strips 96 x 8
+    top = 22 + 22  # the title, then the word labels
     px = np.asarray(sheet(wide)).astype(int)
-    assert px.shape == (22 + S * (row + pad) + pad, 56 + T * (96 + pad) + pad, 3)
+    assert px.shape == (top + S * (row + pad) + pad + 26, 56 + T * (96 + pad) + pad, 3)  # + the colour bar
     white = (px == 255).all(axis=2)
     for s in range(S):
-        y = 22 + pad + s * (row + pad)
+        y = top + pad + s * (row + pad)
         strip = white[y:y + row, 56 + pad + 2:56 + pad + 94]
         filled = np.nonzero(~strip.all(axis=1))[0]  # the rows of the first column's strip
         assert filled.min() >= (row - ch) // 2 - 2 and filled.max() <= (row - ch) // 2 + ch + 1, (s, filled)
