@@ -16,7 +16,7 @@ from .probe.adapters.checks import check_head_rows, check_mask_id
 from .probe.hooks import generating, generation_watch
 from .profiling import stage
 from .targets import Item, explainable_slots, items_asked, response_items, select_items
-from .words import IMAGE_MARK, PLACEHOLDER, refuse_ids, token_spans
+from .words import CLOSING_TOKEN, IMAGE_MARK, PLACEHOLDER, SPECIAL_TOKEN, refuse_ids, token_spans
 
 
 @dataclass
@@ -136,8 +136,10 @@ class ExampleBuilder:
                                                                    self.response_length))
         refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
         marks = getattr(a, "image_mark_ids", None)  # (dcam's adapters say which; an adapter of the user's need not)
-        if marks is not None:  # a given response only: a generated one is what the model wrote
-            refuse_ids(a.token_strings, set(marks()) - placeholder, IMAGE_MARK, response=ids)
+        marks = set(marks()) - placeholder if marks is not None else set()
+        # a given response only: a generated one is what the model wrote (its special tokens are no words)
+        refuse_ids(a.token_strings, marks, IMAGE_MARK, response=ids)
+        refuse_special_tokens(a, ids, placeholder | marks)
         if isinstance(response, str):
             # an end, padding or mask token written in the text: the words after an end were dropped and the
             # others left out, without a word (as ids, masked and padded slots are a response's gaps, on purpose;
@@ -204,30 +206,84 @@ class ExampleBuilder:
             prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))
         ids = prep.response_ids
         slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
-        if not slots:
-            why = _why_no_word(ids, a.skip_ids(), a.eos_token_ids)
-            if response is not None:  # the user's: named as such (a generated one is the model's doing)
-                raise InputError(f"response: {response!r} has no word to explain ({why})")
-            raise InputError(f"the response has no word to explain ({why})")
-        kept = [ids[i] for i in slots]
-        special = a.special_token_ids()
+        where = f"response: {response!r}" if response is not None else "the response"
+        if not slots:  # (the user's response named as such: a generated one is the model's doing)
+            raise InputError(f"{where} has no word to explain ({_why_no_word(ids, a.skip_ids(), a.eos_token_ids)})")
+        granularity, targets = items_asked(targets, self.granularity)
+        # special tokens are no words: targets="words" leaves them out, as eos and pad slots (a note counts
+        # them); targets="tokens" explains every token
+        special, not_text = a.special_token_ids(), special_ids(a)
+        left_out = [i for i in slots if ids[i] in not_text] if granularity == "words" else []
+        explained = [i for i in slots if i not in set(left_out)]
+        if not explained:
+            raise InputError(f"{where} has no word to explain (its tokens are special tokens only; "
+                             "targets='tokens' explains them)")
+        kept = [ids[i] for i in explained]
         # a special token stands alone; after a slot that is not explained (masked, padded) text resumes
         strings = a.token_strings(kept)
         # an id the tokenizer does not know (named "<id N>") has no text either: a word of its own
         breaks = [True if ids[i] in special or strings[k] == f"<id {ids[i]}>" else
-                  ("gap" if k and i != slots[k - 1] + 1 else False) for k, i in enumerate(slots)]
+                  ("gap" if k and i != explained[k - 1] + 1 else False) for k, i in enumerate(explained)]
         spans = token_spans(a.decode_tokens, kept, breaks)
-        granularity, targets = items_asked(targets, self.granularity)
-        every = response_items(slots, strings, granularity, *spans)
+        every = response_items(explained, strings, granularity, *spans)
         if not every:  # tokens of whitespace only ("  ", "\n\n"): the error named eos/pad tokens
-            where = f"response: {response!r}" if response is not None else "the response"
             raise InputError(f"{where} has no word to explain (its tokens are whitespace only)")
-        items = select_items(every, targets, text_of=_text_of(slots, *spans[:2]))
+        items = select_items(every, targets, text_of=_text_of(explained, *spans[:2]))
+        more = more + _left_out_note(a, [ids[i] for i in left_out], closing_ids(a, not_text))
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
                        granularity=granularity, views=views, view_slices=offsets, view_name=view_name,
-                       notes=notes + more + view_notes, response_text=a.decode_tokens(kept), word_count=len(every),
+                       notes=notes + more + view_notes, response_text=a.decode_tokens([ids[i] for i in slots]),
+                       word_count=len(every),
                        _explainable=slots)
+
+
+def special_ids(adapter) -> set:
+    """The adapter's special token ids (:meth:`~dcam.probe.adapters.base.ModelAdapter.special_token_ids`) that
+    stand for no text: all but the unknown token, the tokenizer's spelling of text it has no token for."""
+    try:
+        unknown = getattr(adapter.tokenizer, "unk_token_id", None)
+    except (AttributeError, InputError):  # no Hugging Face tokenizer: no special token either
+        unknown = None
+    return set(adapter.special_token_ids()) - {unknown}
+
+
+def closing_ids(adapter, special: set) -> set:
+    """The ids among ``special`` of the tokens the adapter's ``closing_tokens`` name (Dream-VL's <|im_end|>)."""
+    names = set(getattr(adapter, "closing_tokens", ()))  # (an adapter of the user's need not subclass ModelAdapter)
+    ordered = sorted(special) if names else []
+    return {i for i, name in zip(ordered, adapter.token_strings(ordered)) if name in names}
+
+
+def refuse_special_tokens(adapter, ids: List[int], refused: set) -> None:
+    """One rule for every family: a given response is text the user says the model wrote, and a chat, role or
+    modality token in it (LLaVA's <video>, Dream-VL's <|im_end|>, Lumina-DiMOO's <user>) would change what the
+    model sees without a word, so a special token is refused (an InputError naming ``response``) but for the
+    pad, eos and mask slots the response format uses (:meth:`skip_ids`, checked apart), the unknown token
+    (:func:`special_ids`), ``refused`` (the image's, refused with their own reason) and, at the response's end
+    only (followed by ends or pads alone), the adapter's ``closing_tokens``."""
+    skip = adapter.skip_ids()
+    special = special_ids(adapter) - skip - set(refused)
+    closing = closing_ids(adapter, special)
+    refuse_ids(adapter.token_strings, special - closing, SPECIAL_TOKEN, response=ids)
+    end = len(ids)
+    while end and (ids[end - 1] in closing or ids[end - 1] in skip):
+        end -= 1
+    refuse_ids(adapter.token_strings, closing, CLOSING_TOKEN, response=ids[:end])
+
+
+def _left_out_note(adapter, ids: List[int], closing: set) -> List[str]:
+    """The note of the special tokens ``ids`` targets="words" left out (the closing ones, a response's end as an
+    eos is, unsaid)."""
+    shown = [i for i in ids if i not in closing]
+    if not shown:
+        return []
+    names = list(dict.fromkeys(adapter.token_strings(shown)))
+    listed = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    n = len(shown)
+    return [f"targets: {n} special token{'s' if n != 1 else ''} of the response ({listed}) "
+            f"{'are not words' if n != 1 else 'is not a word'}: left out (targets='tokens' explains "
+            f"{'them' if n != 1 else 'it'})"]
 
 
 def _text_of(slots: List[int], text: str, spans):
@@ -337,4 +393,4 @@ def _why_no_word(ids, skip, eos) -> str:
     return "only eos/pad tokens"
 
 
-__all__ = ["Example", "ExampleBuilder"]
+__all__ = ["Example", "ExampleBuilder", "refuse_special_tokens", "special_ids"]

@@ -105,6 +105,12 @@ PLACEHOLDER = "is the image placeholder the model fills with image features"
 #: ``refuse_ids``'s reason for a token written around an image's features (Gemma 3's <start_of_image>)
 IMAGE_MARK = "is part of the image placeholder: it marks where the image features go"
 
+#: ``refuse_ids``'s reason for another special token (a chat turn's or role's mark, another modality's placeholder)
+SPECIAL_TOKEN = "is a special token of the tokenizer (a chat, role or modality mark), not text; give the response without it"
+
+#: ``refuse_ids``'s reason for a special token that closes a response (an adapter's ``closing_tokens``) before its end
+CLOSING_TOKEN = "closes a response: only the response's end may hold it"
+
 
 def refuse_ids(token_strings: Callable[[Sequence[int]], List[str]], ids, why: str, **seqs) -> None:
     """Refuse a prompt or response (``seqs``: name -> ids) holding one of ``ids``, tokens the

@@ -59,10 +59,8 @@ def relative_depth_layer(n_blocks: int, fraction: float = PAPER_RELATIVE_DEPTH) 
 def _ids_set(v) -> set:
     if v is None:
         return set()
-    if isinstance(v, (list, tuple, set)):
-        return {int(x) for x in v if x is not None}
-    if isinstance(v, Tensor):
-        return {int(x) for x in v.flatten().tolist()}
+    if isinstance(v, (list, tuple, set, Tensor)):
+        return {int(x) for x in (v.flatten().tolist() if isinstance(v, Tensor) else v) if x is not None}
     return {int(v)}
 
 
@@ -144,9 +142,8 @@ class Prepared:
 
 
 class ModelAdapter:
-    """Base class of the adapters (see the module docstring).
-
-    Subclasses set the class attributes and implement the abstract methods.
+    """Base class of the adapters (see the module docstring): subclasses set the class attributes and
+    implement the abstract methods.
 
     is_diffusion: the model denoises a whole response in parallel, so the logit
         at a response position predicts that position's token. For a causal
@@ -173,6 +170,8 @@ class ModelAdapter:
         (:func:`dcam.explain.declared_image_views`).
     pads_batches: examples of other lengths share a right-padded forward (:mod:`dcam.probe.padding`).
     image_slots_hold_image_token: image positions hold image_token_id, checked per probe (VQ families: False).
+    closing_tokens: special tokens the chat format closes a response with beside its eos (Dream-VL's
+        <|im_end|>): a given response may hold them at its end only (:func:`dcam.example.refuse_special_tokens`).
     """
 
     name = "base"
@@ -185,6 +184,7 @@ class ModelAdapter:
     image_views: Optional[Tuple[str, ...]] = None
     pads_batches = False
     image_slots_hold_image_token = True
+    closing_tokens: Tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, processor: Any = None, newline_column: bool = False,
                  newline_token_id: Optional[int] = None):
@@ -275,8 +275,8 @@ class ModelAdapter:
         return self.tokenizer
 
     def special_token_ids(self) -> set:
-        """Ids of the tokenizer's special tokens (``<|eot_id|>``, ...): each is a word of its own,
-        never glued to the text around it. None without a Hugging Face tokenizer."""
+        """Ids of the tokenizer's special tokens (``<|eot_id|>``, ...): never glued to the text around them, and no
+        words but for the unknown token (:mod:`dcam.example`). None without a Hugging Face tokenizer."""
         try:
             tok = self.tokenizer
         except (AttributeError, InputError):

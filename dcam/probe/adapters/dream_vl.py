@@ -39,6 +39,8 @@ class DreamVLAdapter(QwenVLAdapter):
     is_diffusion = True
     logit_shift = 1
     probes = PROBES
+    #: its chat format (Qwen's) closes the assistant's turn with <|im_end|>, before the <|endoftext|> it pads with
+    closing_tokens = ("<|im_end|>",)
 
     def __init__(self, model, processor: Any = None, response_length: int = 64, steps=None, alg: str = "maskgit_plus",
                  **kwargs):

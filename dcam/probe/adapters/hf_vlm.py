@@ -117,6 +117,8 @@ class QwenVLAdapter(HFVisionLanguageAdapter):
 class Idefics3Adapter(HFVisionLanguageAdapter):
     image_views = ("highres", "base")
     name = "idefics3"
+    #: its chat format closes every turn, the assistant's too, with <end_of_utterance>
+    closing_tokens = ("<end_of_utterance>",)
     family = "idefics3"
     processor_classes = ("Idefics3", "SmolVLM")
     tiled_inputs = ("pixel_values", "pixel_attention_mask")
