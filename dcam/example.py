@@ -214,7 +214,7 @@ class ExampleBuilder:
         # them); targets="tokens" explains every token
         special, not_text = a.special_token_ids(), special_ids(a)
         left_out = [i for i in slots if ids[i] in not_text] if granularity == "words" else []
-        explained = [i for i in slots if i not in set(left_out)]
+        explained = [i for i in slots if ids[i] not in not_text] if left_out else slots
         if not explained:
             raise InputError(f"{where} has no word to explain (its tokens are special tokens only; "
                              "targets='tokens' explains them)")

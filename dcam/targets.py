@@ -4,11 +4,14 @@
 The explainable tokens of a response are its slots before the first eos that
 are not pad/eos/mask ids. They are grouped into *items*, one map each:
 
-* ``granularity="words"`` (the default): the tokens of one word are one item
+* ``granularity="words"`` (the default): the tokens of one word are one item; a
+  special token of the tokenizer (``<|im_end|>``, Idefics3's ``<row_2_col_4>``,
+  but for the unknown token) is no word: left out as eos/pad slots are, with a
+  note that counts them (:class:`dcam.example.ExampleBuilder`)
   (:func:`dcam.words.word_pieces`); its score is the sum of its tokens' scores,
   so one word is one gradient, one map. On a word-level vocabulary a word is
   one token.
-* ``granularity="tokens"``: every token its own item.
+* ``granularity="tokens"``: every token its own item, special tokens included.
 * phrases: a target string of several words (``"red circle"``) is one item
   made of all their tokens.
 
@@ -20,7 +23,7 @@ counted from 0, negative from the end), a word or phrase or a list of them
 as an emoji matched by its text, its words breaking where the response's do: "anda" is not
 "and a"; a phrase is consecutive words of the response, so "a cat" is not "a 🐱 cat"
 (:func:`dcam.phrases.find_phrase`); every occurrence; an empty one is an InputError). Item numbers never
-count eos/pad slots. Unknown words and numbers out of range are InputErrors
+count eos/pad slots, nor special tokens among words. Unknown words and numbers out of range are InputErrors
 naming ``targets``.
 
 Targets written as one text (``dcam explain --tokens``, a run manifest's

@@ -141,15 +141,15 @@ def test_lumina_dimoo_refuses_its_image_marks_in_a_given_response(models, landsc
             f"response: holds {name!r} (id {mark_id}), which {IMAGE_MARK}"
 
 
-def test_a_generated_response_keeps_the_image_marks_the_model_wrote(models):
-    # what the model wrote is explained as written (the random Idefics3 stand-in writes tile markers); given
-    # back as the response, the same ids are refused
+def test_a_generated_response_is_refused_its_image_marks_when_given_back(models):
+    # what the model wrote is explained (the random Idefics3 stand-in writes tile markers; special tokens are
+    # no words: test_special_tokens.py); given back as the response, the same ids are refused
     exp = Explainer(*models("idefics3"))
     image = np.zeros((32, 32, 3), np.uint8)
     e = exp.explain(image)
     tok = exp.adapter.tokenizer
     written = tok.convert_ids_to_tokens(e.response_ids)
     marks = [t for t in written if t.startswith("<row_") or t in ("<fake_token_around_image>", "<global-img>")]
-    assert marks and marks[0] in e.tokens, written
+    assert marks, written
     assert one_line_refusal(lambda: exp.explain(image, response=e.response_ids)) == \
         f"response: holds {marks[0]!r} (id {tok.convert_tokens_to_ids(marks[0])}), which {IMAGE_MARK}"
