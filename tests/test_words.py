@@ -208,11 +208,26 @@ def test_explainer_parts_words_at_special_tokens_and_masked_slots():
     red, blue = proc.tokenizer.convert_tokens_to_ids(["red", "blue"])
     exp = dcam.Explainer(model, proc)
     image = np.full((28, 28, 3), 200, dtype=np.uint8)
-    e = exp.explain(image, prompt="describe the image", response=[red, header, blue])
+    # a given response may not hold a special token (tests/families/test_special_tokens.py); the model may
+    # write one: a sampler that does, a user's adapter of the family
+    from dcam.probe.adapters.base import Generation
+
+    class Writer(type(exp.adapter)):
+        def generate(self, prep, steps=None, response_length=None, record=False):
+            return Generation([red, header, blue, LLADA_EOS_ID], 1)
+
+    written = dcam.Explainer(adapter=Writer(model, proc))
+    e = written.explain(image, prompt="describe the image", targets="tokens")
     assert e.tokens == ["red", "<|start_header_id|>", "blue"] and e.pieces == [[0], [1], [2]]
     # the response text shows every token with a map (it was decoded without special tokens)
     assert e.response == proc.tokenizer.decode([red, header, blue], skip_special_tokens=False)
     assert "<|start_header_id|>" in e.response
+    # as words, the special token is left out, with a note, and still parts the words around it
+    e = written.explain(image, prompt="describe the image")
+    assert e.tokens == ["red", "blue"] and e.pieces == [[0], [2]] and e.notes == [
+        "targets: 1 special token of the response ('<|start_header_id|>') is not a word: left out (targets='tokens' "
+        "explains it)"]
+    assert e.response == proc.tokenizer.decode([red, header, blue], skip_special_tokens=False)
     e = exp.explain(image, prompt="describe the image", response=[red, LLADA_MASK_ID, blue])
     assert e.tokens == ["red", "blue"] and e.pieces == [[0], [2]]
     # a row of the padded LM head past the tokenizer: a word named by its id, shown in the response; the
