@@ -10,6 +10,13 @@ piecewise-linear interpolation of the centres (clamped at the first and last), t
 each axis; zero outside the box, as for an even map. With evenly spaced centres this is
 ``F.interpolate(..., "bilinear", align_corners=False)`` over the box, today's even drawing.
 
+Along an axis with fewer pixels than cells (a 32 x 5 image under 16 rows, a 5000 x 40 one drawn
+448 x 4), bilinear reads only the two cells around each pixel's centre and skips the others: a word
+whose evidence lies on a skipped row drew nothing. There each pixel is instead the mean of the cells
+over its span (area resampling; a cell spans ``[k n / count, (k + 1) n / count)`` pixels evenly, or
+halfway to its neighbours' centres), so every cell reaches a pixel with its share of it
+(:func:`axis_weights`). An axis with at least a pixel per cell is bilinear, as before.
+
 The box is snapped to whole pixels first (:func:`dcam.render.overlay.box_pixels`) and the centres
 moved with it, so the cells of a map drawn at any size keep their place relative to the box edges.
 """
@@ -88,6 +95,42 @@ def axis_coordinates(n: int, count: int, centres=None, lo: float = 0.0, hi: floa
     return np.interp(np.arange(n) + 0.5, at, np.arange(count, dtype=np.float64))  # (clamped at both ends)
 
 
+def axis_weights(n: int, count: int, centres=None, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """float64 ``[n, count]``: each pixel's weights over the cells along one axis of a box ``n`` pixels
+    long (each row sums to 1). ``n >= count``: bilinear, the two cells around the pixel's centre
+    (:func:`axis_coordinates`); ``n < count``: the mean of the cells over the pixel's span ``[i, i + 1)``,
+    each cell spanning ``[k n / count, (k + 1) n / count)`` (evenly) or from halfway to the previous
+    centre to halfway to the next (``centres``), so no cell is skipped."""
+    out = np.zeros((n, count), dtype=np.float64)
+    if n >= count:
+        i0, i1, lam = _lerp_pairs(axis_coordinates(n, count, centres, lo, hi), count)
+        rows = np.arange(n)
+        np.add.at(out, (rows, i0), 1.0 - lam)
+        np.add.at(out, (rows, i1), lam)
+        return out
+    if centres is None:
+        inner = np.arange(1, count) * n / count
+    else:
+        at = _centres_in_pixels(n, count, centres, lo, hi)
+        inner = (at[:-1] + at[1:]) / 2.0
+    edges = np.concatenate([[0.0], inner, [float(n)]])
+    px = np.arange(n, dtype=np.float64)[:, None]
+    return np.clip(np.minimum(px + 1.0, edges[None, 1:]) - np.maximum(px, edges[None, :-1]), 0.0, None)
+
+
+def resample_area(m: np.ndarray, size: Tuple[int, int], box=(0.0, 0.0, 1.0, 1.0),
+                  cells: Optional[Cells] = None) -> np.ndarray:
+    """``[h, w]`` map -> float32 ``[H, W]`` (the box in pixels) through :func:`axis_weights` along each
+    axis: the area mean along an axis with fewer pixels than cells, bilinear along the other. One axis
+    is then shorter than the map's, so the dense product ``[H, h] @ m @ [w, W]`` stays small."""
+    h, w = m.shape
+    H, W = int(size[0]), int(size[1])
+    x0, y0, x1, y1 = (float(v) for v in box)
+    wy = axis_weights(H, h, None if cells is None else cells.y, y0, y1)
+    wx = axis_weights(W, w, None if cells is None else cells.x, x0, x1)
+    return (wy @ m.astype(np.float64) @ wx.T).astype(np.float32)
+
+
 def _lerp_pairs(u: np.ndarray, count: int):
     """The two cells around each coordinate and the weight of the second: ``(i0, i1, lam)``."""
     i0 = np.minimum(np.floor(u).astype(np.int64), count - 1)
@@ -106,9 +149,12 @@ def upsample_through(m: np.ndarray, size: Tuple[int, int], box, cells: Cells) ->
     Separable, as the bilinear weights are: each output row blends two map rows, then each output column
     two of those columns (in float64). The coordinates only grow along an axis, so the column gathers are
     ``np.repeat`` runs. A dense ``[H, h] @ m @ [w, W]`` product gives the same sums but multiplies by all
-    the zero weights: 3.2x slower at 8192 px (``python bench/bench_render.py``)."""
+    the zero weights: 3.2x slower at 8192 px (``python bench/bench_render.py``). Fewer pixels than cells
+    along an axis: :func:`resample_area` (the mean over each pixel's span there)."""
     h, w = m.shape
     H, W = int(size[0]), int(size[1])
+    if H < h or W < w:
+        return resample_area(m, (H, W), box, cells)
     x0, y0, x1, y1 = (float(v) for v in box)
     ry0, ry1, ly = _lerp_pairs(axis_coordinates(H, h, cells.y, y0, y1), h)
     rx0, rx1, lx = _lerp_pairs(axis_coordinates(W, w, cells.x, x0, x1), w)
@@ -137,4 +183,5 @@ def pixel_cells(n: int, count: int, centres=None, lo: float = 0.0, hi: float = 1
     return np.searchsorted((at[:-1] + at[1:]) / 2.0, np.arange(n) + 0.5, side="right")
 
 
-__all__ = ["Cells", "check_cells", "even_cells", "axis_coordinates", "upsample_through", "pixel_cells"]
+__all__ = ["Cells", "check_cells", "even_cells", "axis_coordinates", "axis_weights", "resample_area",
+           "upsample_through", "pixel_cells"]

@@ -1,6 +1,8 @@
 """Static HTML pages of explanations: no network, no CDN, the viewer's
 script and style inline. Heatmaps are rendered in the browser from the maps
-(bilinear upsampling with half-pixel centres, clamped to [0, 1], coloured
+(bilinear upsampling with half-pixel centres; along a side with fewer pixels
+than cells, each pixel the mean of the cells it covers, as
+:func:`dcam.render.cells.axis_weights`; clamped to [0, 1], coloured
 through the same 256-colour table as :func:`dcam.render.colorize` and blended
 with the image at the chosen opacity, as :func:`dcam.render.overlay` draws).
 The page's maps are quantised to steps of 1/255 (:func:`encode_maps`) where the
@@ -178,16 +180,22 @@ Viewer.prototype.draw=function(){var r=this.record();if(!r||!this.canvas||!this.
  var X1=Math.max(X0+1,Math.round(b[2]*W)),Y1=Math.max(Y0+1,Math.round(b[3]*H));  // past the edges: a padded square
  var xs=new Array(X1-X0),ys=new Array(Y1-Y0),cl=r.cells;
  // a stitched map's columns and rows lie at r.cells' centres (fractions of the image): a pixel's cell coordinate
- // interpolates them, clamped at both ends (dcam.render.cells.axis_coordinates); without them, evenly over the box
+ // interpolates them, clamped at both ends (dcam.render.cells.axis_coordinates); without them, evenly over the box.
+ // Each pixel gets [cell, weight, cell, weight...]: bilinear (two cells); where the axis has fewer pixels than
+ // cells, the mean of the cells over the pixel's span (dcam.render.cells.axis_weights: bilinear skipped cells)
  function axis(n,N,out,c,lo,hi){var P=c?c.map(function(v){return (v-lo)/(hi-lo)*N;}):null,j=0;
+  if(N<n){var E=[0];for(var k=1;k<n;k++)E.push(P?(P[k-1]+P[k])/2:k*N/n);E.push(N);
+   for(var i=0;i<N;i++){var t=[];for(var k=0;k<n;k++){var lo2=Math.max(i,E[k]),hi2=Math.min(i+1,E[k+1]);
+    if(hi2>lo2)t.push(k,hi2-lo2);}out[i]=t;}return;}
   for(var i=0;i<N;i++){var p=i+0.5,s;
    if(!P)s=Math.max((i+0.5)*n/N-0.5,0);else if(p<=P[0])s=0;else if(p>=P[n-1])s=n-1;
    else{while(P[j+1]<=p)j++;s=j+(p-P[j])/(P[j+1]-P[j]);}
-   var i0=Math.min(Math.floor(s),n-1);out[i]=[i0,Math.min(i0+1,n-1),s-i0];}}
+   var i0=Math.min(Math.floor(s),n-1),f=s-i0;out[i]=[i0,1-f,Math.min(i0+1,n-1),f];}}
  axis(w,X1-X0,xs,cl&&cl.x,b[0],b[2]);axis(h,Y1-Y0,ys,cl&&cl.y,b[1],b[3]);
+ // (two taps a side sum as ((m00*(1-fx)+m01*fx)*(1-fy)+(m10*(1-fx)+m11*fx)*fy)/255: the bilinear drawing's numbers)
  for(var yi=0;yi<H;yi++){var y=ys[yi-Y0];for(var xi=0;xi<W;xi++){var c=xs[xi-X0],v=0;
-  if(y&&c){var r0=base+y[0]*w,r1=base+y[1]*w;
-  v=((m[r0+c[0]]*(1-c[2])+m[r0+c[1]]*c[2])*(1-y[2])+(m[r1+c[0]]*(1-c[2])+m[r1+c[1]]*c[2])*y[2])/255;}
+  if(y&&c){for(var a2=0;a2<y.length;a2+=2){var row=base+y[a2]*w,u=0;
+   for(var b2=0;b2<c.length;b2+=2)u+=m[row+c[b2]]*c[b2+1];v+=u*y[a2+1];}v/=255;}
   var q=lutIndex(v),o=(yi*W+xi)*4;
   d[o]=L[3*q];d[o+1]=L[3*q+1];d[o+2]=L[3*q+2];d[o+3]=a;}}
  x.putImageData(img,0,0);this.root.setAttribute('data-drawn',k+':'+this.step);};
@@ -241,14 +249,32 @@ def error_data(rid: str, reason: str, where: str = "") -> dict:
     return {"id": str(rid), "where": where, "error": str(reason), "items": [], "response": "", "image": None}
 
 
+def trajectory_frames(maps, trajectory):
+    """(maps, step labels) of a page record: ``maps`` alone (``[T,h,w]``, no labels), or with a map
+    ``trajectory`` ``[S,T,h,w]`` its steps followed by ``maps`` (``[S+1,T,h,w]``, labelled "step s/S-1"
+    and "explanation"; the page shows the explanation first, as the statistics beside it are its own: the
+    trajectory's last step is the response as it stood then, not the explanation of the whole response).
+    Each step adds ``T h w`` bytes to the page (4/3 of that in base64)."""
+    if trajectory is None:
+        return maps, None
+    import torch
+
+    S = trajectory.shape[0]
+    frames = torch.cat([trajectory.detach().cpu().float(), maps.detach().cpu().float()[None]])
+    return frames, [f"step {s}/{S - 1}" for s in range(S)] + ["explanation"]
+
+
 def explanation_record(e, max_side: int = 512) -> dict:
-    """The page record of an :class:`dcam.Explanation` (image inline; maps ``[T,h,w]``, or ``[S,T,h,w]``
-    for an explanation-like object that carries a map trajectory as its maps)."""
+    """The page record of an :class:`dcam.Explanation` (image inline; maps ``[T,h,w]``, or, for one
+    explained with ``trajectory=True``, its trajectory's steps and then its maps, ``[S+1,T,h,w]``, under
+    a step slider as ``dcam view`` shows a run's: :func:`trajectory_frames`)."""
     from ..words import clean_token
 
     items = [{"text": clean_token(t) or t, "number": int(n)} for t, n in zip(e.tokens, e.word_numbers)]
-    rec = record_data("explanation", e.response, items, e.maps, image_data_url(e.image, max_side), e.image.size,
-                      e.maps.shape[-2:], stats=e.stats_lists(), notes=e.notes)
+    traj = getattr(e, "trajectory", None)
+    maps, labels = trajectory_frames(e.maps, None if traj is None else traj.maps)
+    rec = record_data("explanation", e.response, items, maps, image_data_url(e.image, max_side), e.image.size,
+                      e.maps.shape[-2:], stats=e.stats_lists(), notes=e.notes, step_labels=labels)
     box = tuple(float(v) for v in getattr(e, "box", FULL_BOX))
     if box != FULL_BOX:  # the page places the maps where the PNGs do
         rec["box"] = list(box)
@@ -323,5 +349,5 @@ def _summary(e) -> str:
 
 
 __all__ = ["write_explanation_page", "explanation_html", "page_html", "fragment_html", "viewer_config",
-           "script_json", "record_data", "error_data", "explanation_record", "encode_maps", "colormap_lut",
+           "script_json", "record_data", "error_data", "explanation_record", "trajectory_frames", "encode_maps", "colormap_lut",
            "image_data_url"]

@@ -6,6 +6,10 @@
 Maps are upsampled to the image bilinearly with half-pixel centres and no
 antialiasing (``torch.nn.functional.interpolate(..., "bilinear",
 align_corners=False)``), the resize the metrics use (docs/ALGORITHM.md section 8).
+Along a side with fewer pixels than the map has cells (a 32 x 5 image under a
+16 x 16 map) each pixel is the mean of the cells it covers instead
+(:func:`dcam.render.cells.resample_area`): bilinear there skips cells, and a
+word's evidence on a skipped row was not drawn at all.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError, one_line
-from .cells import check_cells, upsample_through
+from .cells import check_cells, resample_area, upsample_through
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -76,9 +80,12 @@ def _checked_map(cam: ArrayLike) -> np.ndarray:
 
 
 def upsample_map(cam: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
-    """``[h, w]`` map of values in [0, 1] -> float32 ``[H, W]`` (size = (H, W)), bilinear."""
+    """``[h, w]`` map of values in [0, 1] -> float32 ``[H, W]`` (size = (H, W)), bilinear; along a side
+    shorter than the map's, the mean of the cells over each pixel (every cell keeps its share)."""
     m = torch.from_numpy(_checked_map(cam))
     H, W = check_map_size(size)
+    if H < m.shape[0] or W < m.shape[1]:
+        return np.clip(resample_area(m.numpy(), (H, W)), 0.0, 1.0)  # (means of checked values: the rounding)
     if tuple(m.shape) != (H, W):
         m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
     return m.clamp(0.0, 1.0).numpy()  # (a bilinear mean of checked values: this only drops the rounding)

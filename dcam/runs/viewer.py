@@ -19,8 +19,6 @@ import shutil
 import tempfile
 from typing import List, Optional
 
-import torch
-
 from ..errors import InputError, one_line
 from ..render.overlay import FULL_BOX
 from .reader import load_run
@@ -114,7 +112,7 @@ class _PageWriter:
 def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None, max_side: int = 512,
                    progress: bool = False) -> dict:
     """Write the run's page (see the module docstring); returns what was written."""
-    from ..render.html import error_data, page_html, record_data, viewer_config
+    from ..render.html import error_data, page_html, record_data, trajectory_frames, viewer_config
 
     run = load_run(folder)
     root = run.root
@@ -145,7 +143,7 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
                 continue
             # every field as the record checks it (the index line's own values were taken as they were: a damaged
             # line was a traceback here, or a page that drew its maps wrong)
-            maps, labels = _frames(r)
+            maps, labels = trajectory_frames(r.maps, r.trajectory)
             rec = record_data(
                 r.id, r.response, _items(r), maps,
                 _save_image(r.image, tmp, pages.total, max_side, r.image_size), r.image_size or [1, 1],
@@ -231,18 +229,6 @@ def _write_failed(folder, exc: OSError) -> InputError:
         return InputError(f"DIR: cannot read {unread!r} ({type(exc).__name__}: {exc.strerror or one_line(exc)}); "
                           "the page was not written")
     return InputError(f"DIR: writing the page into {folder!r} failed ({type(exc).__name__}: {one_line(exc)})")
-
-
-def _frames(r):
-    """(maps, step labels) of a record's page: its explanation's maps, or, where the run stored
-    a map trajectory, the trajectory's steps followed by the explanation (shown first, as the
-    statistics and metrics beside it are the explanation's; the trajectory's last step is the
-    response as it stood then, not the explanation of the whole response)."""
-    traj = r.trajectory
-    if traj is None:
-        return r.maps, None
-    S = traj.shape[0]
-    return torch.cat([traj, r.maps[None].to(traj.dtype)]), [f"step {s}/{S - 1}" for s in range(S)] + ["explanation"]
 
 
 def _replace(target: str, new: str) -> None:
