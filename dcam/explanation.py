@@ -218,7 +218,8 @@ class Explanation:
 
     def overlay(self, i_or_word: TokenRef, alpha: float = 0.5, colormap: str = "jet",
                 size: Optional[Tuple[int, int]] = None, view: Optional[str] = None) -> Image.Image:
-        """The heatmap of one token upsampled to the image and blended onto it
+        """The heatmap of one token upsampled to the image and blended onto it (along a side with fewer
+        pixels than cells, each pixel the mean of the cells it covers: :func:`dcam.render.overlay.upsample_map`)
         (size ``(W, H)``: render at that size; default the image's size; ``view``: that
         view's map, placed where the view lies on the image, with ``view="all"``)."""
         maps, box, cells = self._view_of(view)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dcam.render.cells import axis_weights, even_cells
+from dcam.render.cells import even_cells
 from dcam.render.overlay import map_on_image, overlay, upsample_map
 
 
@@ -50,6 +50,8 @@ def test_a_5000_by_40_image_on_the_pages_448_by_4_canvas():
 
 @pytest.mark.parametrize("n", [1, 3, 5, 7, 15])
 def test_every_cell_reaches_a_pixel_with_its_share(n):
+    from dcam.render.cells import axis_weights
+
     w = axis_weights(n, 16)
     np.testing.assert_allclose(w.sum(axis=1), 1.0)  # each pixel a mean
     np.testing.assert_allclose(w.sum(axis=0), n / 16)  # each cell spread over n / 16 pixels' worth

@@ -69,3 +69,13 @@ def test_the_page_draws_a_stitched_map_on_fewer_pixels_as_the_overlays_do(browse
     q = (np.rint(m[0].numpy() * 255) / 255).astype(np.float32)  # as the page stores it
     want = _jet(map_on_image(q, (448, 7), tuple(box), cells))
     assert np.abs(px[..., :3].astype(int) - want).max() <= TOL
+    # worked by hand: column 2 alone (every row) on an image 3 x 400 (canvas 3 x 448, the box 3 pixels wide).
+    # The centres in pixels of the box are 72 c / 68 * 3: columns 1, 2, 3 at 12, 20, 28 / 72 of the image,
+    # so column 2 spans from (12 + 20) / 2 / 68 * 3 = 12 / 17 to (20 + 28) / 2 / 68 * 3 = 18 / 17 pixels:
+    # 5 / 17 of pixel 0 and 1 / 17 of pixel 1 (bilinear read columns 0-1, 3-4 and 6-7: none of it)
+    one = torch.zeros(1, 8, 8)
+    one[0, :, 2] = 1.0
+    px = _open(browser, tmp_path, one, [3, 400], box, cells)
+    assert px.shape[:2] == (448, 3)
+    want = _jet(np.array([5 / 17, 1 / 17, 0]))  # bins 75 and 15
+    assert np.abs(px[200, :, :3].astype(int) - want).max() <= TOL
