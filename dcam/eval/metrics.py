@@ -21,7 +21,9 @@ Per map, against a ground-truth label mask ``[H, W]`` (int, ``0`` background,
   ``1e-10``, so rounding never decides which of two exact ties wins;
   prediction ``p = u8 > t``;
 - ``obj_iou``: ``max_c |p & (mask==c)| / |p | (mask==c)|`` over the labels
-  ``c > 0`` present in the mask;
+  ``c > 0`` present in the mask (ground truth given as a stack of objects'
+  own masks, which may overlap: over those objects, each whole, and
+  ``mask>0`` below is their union);
 - ``contrast = mean(hm[mask>0]) / (mean(hm[mask==0]) + 1e-8)`` (a mean over an
   empty set counts as 0);
 - ``concentration = sum(hm[mask>0]) / (sum(hm) + 1e-8)``;
@@ -233,7 +235,10 @@ def f3_score(obj_iou, contrast, concentration):
     return 3.0 / (1.0 / a + 1.0 / b + 1.0 / c)
 
 
-def _object_metrics_same_size(maps: Tensor, masks: Tensor) -> Dict[str, Tensor]:
+def _object_metrics_same_size(maps: Tensor, masks: Tensor, objects: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    """``masks``: label masks ``[M, H, W]``; or, with ``objects`` (bool ``[M, K, H, W]``, each
+    object whole, objects may overlap), their union as ``0/1`` masks: Obj-IoU is then taken
+    over the K objects, not over the labels."""
     M = maps.shape[0]
     H, W = masks.shape[1:]
     hm = resize_maps(maps, (H, W)).reshape(M, -1)
@@ -259,6 +264,15 @@ def _object_metrics_same_size(maps: Tensor, masks: Tensor) -> Dict[str, Tensor]:
     iou = torch.where(present, inter / torch.where(union > 0, union, torch.ones_like(union)),
                       torch.full_like(inter, -1.0))
     obj_iou = iou.max(dim=1).values if L > 1 else torch.full((M,), -1.0, dtype=torch.float64)
+    if objects is not None:  # each object whole: a pixel two objects share counts in both
+        inst = objects.reshape(M, objects.shape[1], -1)
+        pred = (u8 > t[:, None])[:, None, :]
+        area_k = inst.sum(dim=2).double()
+        inter_k = (inst & pred).sum(dim=2).double()
+        union_k = n_pred + area_k - inter_k
+        iou_k = torch.where(area_k > 0, inter_k / torch.where(union_k > 0, union_k, torch.ones_like(union_k)),
+                            torch.full_like(area_k, -1.0))
+        obj_iou = iou_k.max(dim=1).values if inst.shape[1] else torch.full((M,), -1.0, dtype=torch.float64)
     n_fg = area.sum(dim=1)
     n_bg = cnt[:, 0, :].sum(dim=1)
     s_fg = sums[:, 1:, :].sum(dim=(1, 2))
@@ -292,7 +306,11 @@ def object_metrics(maps: ArrayLike, masks: Union[ArrayLike, Sequence[ArrayLike]]
     """Per-map object metrics.
 
     maps: ``[M, h, w]``; masks: a ``[M, H, W]`` int tensor/array, or a sequence
-    of ``M`` label masks of any sizes (grouped by size internally).
+    of ``M`` ground truths of any sizes (grouped by size internally), each a
+    ``[H, W]`` label mask or a ``[K, H, W]`` stack of K objects' own masks
+    (nonzero: the object). Objects of a stack may overlap: each is scored
+    whole (Obj-IoU is the best of the K), contrast and concentration use their
+    union; a label mask cannot hold two objects on one pixel.
     Returns float64 tensors ``[M]``: ``obj_iou``, ``contrast``,
     ``concentration``, ``f3`` and the int64 Otsu ``threshold``."""
     one_map = np.ndim(maps) == 2
@@ -308,23 +326,32 @@ def object_metrics(maps: ArrayLike, masks: Union[ArrayLike, Sequence[ArrayLike]]
         mk = _as_mask(masks)
         if mk.shape[0] != M:
             raise InputError(f"got {M} maps but {mk.shape[0]} masks")
-        groups = {tuple(mk.shape[1:]): list(range(M))}
+        groups: Dict[tuple, List[int]] = {(False,) + tuple(mk.shape[1:]): list(range(M))}
     else:
         mask_list = [_as_mask(x) for x in masks]
         if len(mask_list) != M:
             raise InputError(f"got {M} maps but {len(mask_list)} masks")
-        groups: Dict[Tuple[int, int], List[int]] = {}
+        groups = {}
         for i, x in enumerate(mask_list):
-            if x.dim() != 2:
-                raise InputError(f"mask {i} must be [H, W], got shape {tuple(x.shape)}")
-            groups.setdefault(tuple(x.shape), []).append(i)
+            if x.dim() not in (2, 3):
+                raise InputError(f"mask {i} must be [H, W] (labels) or [K, H, W] (K objects), got shape "
+                                 f"{tuple(x.shape)}")
+            groups.setdefault((x.dim() == 3,) + tuple(x.shape[-2:]), []).append(i)
     out = {k: torch.empty(M, dtype=torch.float64) for k in ("obj_iou", "contrast", "concentration", "f3")}
     out["threshold"] = torch.empty(M, dtype=torch.long)
-    for (H, W), idx in groups.items():
-        for sl in _chunks(len(idx), H * W):
+    for key, idx in groups.items():
+        H, W = key[-2:]
+        K = max((mask_list[i].shape[0] for i in idx), default=0) if key[0] is True else 1
+        for sl in _chunks(len(idx), max(K, 1) * H * W):
             if mask_list is None:  # one group: idx is range(M), slices are views
                 sel = sl
                 res = _object_metrics_same_size(m[sl], mk[sl])
+            elif key[0] is True:  # object stacks, padded to K with empty objects (they are no object)
+                sel = torch.tensor(idx[sl], dtype=torch.long)
+                objs = torch.zeros((len(sel), K, H, W), dtype=torch.bool)
+                for r, i in enumerate(idx[sl]):
+                    objs[r, :mask_list[i].shape[0]] = mask_list[i] != 0
+                res = _object_metrics_same_size(m[sel], objs.any(dim=1).long(), objs)
             else:
                 sel = torch.tensor(idx[sl], dtype=torch.long)
                 res = _object_metrics_same_size(m[sel], torch.stack([mask_list[i] for i in idx[sl]]))

@@ -186,7 +186,8 @@ def _example_sheet(ex: dict, path: str) -> str:
         ax = axes[r][0]
         ax.imshow(np.asarray(rec.image))
         if words:
-            gt = rec.word_mask(words[r]) > 0
+            truth = rec.word_truth(words[r])
+            gt = truth.any(axis=0) if truth.ndim == 3 else truth > 0  # (its objects' union)
             ax.contour(gt.astype(float), levels=[0.5], colors="white", linewidths=0.8)
             ax.set_ylabel(rec.words[words[r]], fontsize=10, parse_math=False)
         if r == 0:
@@ -196,7 +197,7 @@ def _example_sheet(ex: dict, path: str) -> str:
             if words:
                 mp = ex["maps"][m][words[r]]
                 ax.imshow(np.asarray(overlay(rec.image, mp, alpha=0.5)))
-                res = object_metrics(mp[None], rec.word_mask(words[r])[None])
+                res = object_metrics(mp[None], [rec.word_truth(words[r])])
                 ax.set_xlabel(f"IoU {100 * res['obj_iou'][0].item():.0f}  F3 {100 * res['f3'][0].item():.0f}",
                               fontsize=8)
             if r == 0:

@@ -81,7 +81,7 @@ class _Scorer:
         obj = [i for i in rec.object_indices if i in wmaps]
         fun = [i for i in rec.function_indices if i in wmaps]
         if obj:
-            r = acc.add_object(torch.stack([wmaps[i] for i in obj]), [rec.word_mask(i) for i in obj])
+            r = acc.add_object(torch.stack([wmaps[i] for i in obj]), [rec.word_truth(i) for i in obj])
             if keep_rows:
                 for k, i in enumerate(obj):
                     self.rows.append({"table": table, "variant": key, "record": rec.record_id, "word_index": i,

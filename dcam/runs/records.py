@@ -93,7 +93,7 @@ def record_metrics(e, truth, targeted: bool = False) -> dict:
     out: dict = {"object": {"words": obj}, "function": {"words": fun},
                  "unaligned": len(without) - not_targeted, "not_targeted": not_targeted}
     if obj:
-        r = object_metrics(torch.stack([wmaps[i] for i in obj]), [truth.word_mask(i) for i in obj])
+        r = object_metrics(torch.stack([wmaps[i] for i in obj]), [truth.word_truth(i) for i in obj])
         out["object"].update({k: _floats(r[k]) for k in ("obj_iou", "contrast", "concentration", "f3")})
     if fun:
         r = function_metrics(torch.stack([wmaps[i] for i in fun]), truth.size)

@@ -4,9 +4,12 @@ A record holds the image, the caption split into words, one label mask for
 the whole image (int ``H x W``, 0 background, one label per object instance)
 and, per word, the labels that word refers to: a word with labels is an
 *object word* (its ground truth is ``mask`` restricted to those labels,
-:meth:`EvalRecord.word_mask`), a word without labels that is in the function
+:meth:`EvalRecord.word_truth`), a word without labels that is in the function
 word list is a *function word* (ground truth "nothing", scored with Func-IoU),
-any other word is not scored.
+any other word is not scored. Where objects overlap (COCO instances, a TAM
+``"masks"`` list), a label mask cannot hold both on the shared pixels: the
+record then also keeps every object's own mask (``objects``), and each word
+is scored against its objects whole, whatever their order.
 
 A data set is a list of candidate entries turned into records one at a time
 (images and masks are read lazily, so a 5000-image COCO split costs no memory
@@ -42,6 +45,9 @@ class EvalRecord:
     mask: int64 ``H x W`` label mask of the image (0 background).
     word_labels: per word, the tuple of mask labels it refers to (empty: not an object word).
     function: per word, whether it is a function word.
+    objects: None when ``mask`` is the whole ground truth (no two objects overlap); else bool
+        ``[L, H, W]``, ``objects[c - 1]`` the whole mask of label ``c``, the ground truth the words
+        are scored against (``mask`` then shows each shared pixel as its smallest object's).
     """
 
     record_id: str
@@ -52,6 +58,7 @@ class EvalRecord:
     word_labels: List[Tuple[int, ...]]
     function: List[bool]
     meta: Dict[str, Any] = field(default_factory=dict)
+    objects: Optional[np.ndarray] = None
 
     @property
     def size(self) -> Tuple[int, int]:
@@ -67,12 +74,24 @@ class EvalRecord:
         return [i for i, (labs, f) in enumerate(zip(self.word_labels, self.function)) if f and not labs]
 
     def word_mask(self, i: int) -> Optional[np.ndarray]:
-        """Ground truth of word ``i``: the mask with only its labels kept
-        (other pixels 0), or ``None`` for a word without labels."""
+        """Word ``i``'s objects as a label mask (other pixels 0), or ``None`` for a word without
+        labels. With ``objects``, its own objects painted largest first: exact unless two of
+        them overlap (:meth:`word_truth` is what the scores use)."""
         labs = self.word_labels[i]
         if not labs:
             return None
-        return np.where(np.isin(self.mask, np.asarray(labs)), self.mask, 0)
+        if self.objects is None:
+            return np.where(np.isin(self.mask, np.asarray(labs)), self.mask, 0)
+        return paint_objects(self.objects, labs)
+
+    def word_truth(self, i: int) -> Optional[np.ndarray]:
+        """What word ``i`` is scored against (:func:`~dcam.eval.metrics.object_metrics`): its label
+        mask (:meth:`word_mask`), or, when the record keeps ``objects``, the bool stack
+        ``[K, H, W]`` of its K objects, each whole; ``None`` for a word without labels."""
+        labs = self.word_labels[i]
+        if not labs or self.objects is None:
+            return self.word_mask(i)
+        return self.objects[[c - 1 for c in labs]]
 
 
 class EvalDataset:
@@ -269,12 +288,25 @@ def _image_size(image) -> Tuple[int, int]:
         raise RecordError(one_line(str(exc))) from None
 
 
+def object_labels(objects, size: Tuple[int, int]) -> set:
+    """The labels ``c`` whose object ``objects[c - 1]`` covers a pixel; RecordError unless
+    ``objects`` is a bool ``[L, H, W]`` array of the image's ``size``."""
+    if not isinstance(objects, np.ndarray) or objects.dtype != bool or objects.ndim != 3:
+        raise RecordError(f"objects must be a bool [L, H, W] array (one mask per label), got "
+                          f"{type(objects).__name__} {getattr(objects, 'dtype', '')} {getattr(objects, 'shape', '')}")
+    if tuple(objects.shape[1:]) != tuple(size):
+        raise RecordError(f"objects' masks are {objects.shape[1]}x{objects.shape[2]}, image {size[0]}x{size[1]}")
+    return {0} | {c + 1 for c in np.flatnonzero(objects.reshape(len(objects), -1).any(axis=1)).tolist()}
+
+
 def check_record(rec: EvalRecord) -> None:
     """RecordError unless ``rec`` can be scored: an image, a 2-D label mask of the image's size
-    holding whole numbers >= 0, one labels tuple and one function flag per word, and every word
-    label an int present in the mask. Every record a data set yields and every record given to
+    holding whole numbers >= 0, a text caption, one labels tuple and one function flag per word,
+    and every word label an int present in the mask (in ``objects``, when the record has them). Every record a data set yields and every record given to
     :func:`dcam.eval.evaluate` in a list passes here (the loaders' own checks, on the record)."""
     W, H = _image_size(rec.image)
+    if not isinstance(rec.caption, str):  # (123 was explained as the response "123")
+        raise RecordError(f"caption must be a text, got {rec.caption!r}")
     mask = np.asarray(rec.mask)
     if mask.dtype.kind not in "biuf":
         raise RecordError(f"mask must hold integer labels, got dtype {mask.dtype}")
@@ -287,12 +319,31 @@ def check_record(rec: EvalRecord) -> None:
     if not len(rec.words) == len(rec.word_labels) == len(rec.function):
         raise RecordError(f"words, word_labels and function must have one entry per word, got "
                           f"{len(rec.words)}, {len(rec.word_labels)} and {len(rec.function)}")
-    present = set(np.unique(mask).tolist())
+    present = set(np.unique(mask).tolist()) if rec.objects is None else object_labels(rec.objects, (H, W))
     for word, labs in zip(rec.words, rec.word_labels):
         if not isinstance(labs, (tuple, list)) or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labs):
             raise RecordError(f"labels of {word!r} must be a tuple of ints, got {labs!r}")
         check_word_labels(word, labs, present)
+
+
+def paint_objects(objects: np.ndarray, labels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """int64 label mask of the objects ``objects[c - 1]`` (bool ``[L, H, W]``) of ``labels``
+    (None: all), painted largest first: a pixel objects share shows the smallest of them."""
+    labels = range(1, len(objects) + 1) if labels is None else labels
+    mask = np.zeros(objects.shape[1:], dtype=np.int64)
+    for c in sorted(labels, key=lambda c: -int(objects[c - 1].sum())):
+        mask[objects[c - 1]] = c
+    return mask
+
+
+def objects_and_mask(objects: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(label mask, objects or None)`` of a record whose objects are ``objects`` (bool
+    ``[L, H, W]``): objects that overlap are kept whole beside the mask; without overlap the
+    mask says it all (and costs one ``H x W`` array, not L)."""
+    mask = paint_objects(objects)
+    overlap = len(objects) > 1 and bool((objects.sum(axis=0, dtype=np.int64) > 1).any())
+    return mask, (objects if overlap else None)
 
 
 def open_mask(path: str) -> np.ndarray:
@@ -303,9 +354,9 @@ def open_mask(path: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def make_record(record_id, image, caption, words, mask, labels_per_word, meta=None) -> EvalRecord:
+def make_record(record_id, image, caption, words, mask, labels_per_word, meta=None, objects=None) -> EvalRecord:
     labels = [tuple(sorted(set(int(v) for v in labs))) if labs else () for labs in labels_per_word]
     func = [not labs and w in FUNCTION_WORDS for w, labs in zip(words, labels)]
-    return EvalRecord(str(record_id), image, caption, list(words), mask, labels, func, dict(meta or {}))
+    return EvalRecord(str(record_id), image, caption, list(words), mask, labels, func, dict(meta or {}), objects)
 
 

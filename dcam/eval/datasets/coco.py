@@ -1,8 +1,10 @@
 """COCO layout: an images folder and an instances JSON (``images``,
 ``annotations`` with ``segmentation`` as polygons or RLE, ``categories``).
 
-Each instance gets its own label; instances are painted largest first so that
-smaller ones stay visible where they overlap. Polygons are rasterised with PIL
+Each instance gets its own label (1 the largest, in decreasing size), and is
+scored against its own segmentation, whole, where instances overlap
+(:attr:`EvalRecord.objects`; the label mask shows a shared pixel as its
+smallest instance's). Polygons are rasterised with PIL
 ``ImageDraw.polygon`` (fill and outline), which can differ from pycocotools by
 a pixel along edges. A record with an annotation that cannot be painted (a
 polygon with fewer than 3 points, an empty segmentation or an all-zero RLE, a
@@ -36,7 +38,7 @@ import numpy as np
 from ...errors import InputError
 from ...words import split_words
 from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, exif_orientation,
-                   make_record, open_image, phrase, stored_size, turn_upright)
+                   make_record, objects_and_mask, open_image, phrase, stored_size, turn_upright)
 from .masks import decode_rle, polygons_to_mask
 
 #: Extra words (beyond name and plural) that name a COCO category.
@@ -229,16 +231,13 @@ class CocoEval(EvalDataset):
             inst_masks.append((int(m.sum()), cat, m))
         if not inst_masks:
             raise RecordError("no instance annotation")
-        # paint the largest first so small instances stay visible where they overlap
+        # labels by decreasing size; every instance whole (painted into one label mask, a large instance
+        # lost the pixels smaller ones shared with it, and one they covered wholly was left out of its word)
         inst_masks.sort(key=lambda t: -t[0])
-        mask = np.zeros((H, W), dtype=np.int64)
-        for label, (_, _, m) in enumerate(inst_masks, start=1):
-            mask[m > 0] = label
-        present = set(np.unique(mask).tolist())
+        mask, objects = objects_and_mask(np.stack([m > 0 for _, _, m in inst_masks]))
         cat_labels: Dict[str, List[int]] = {}
         for label, (_, cat, _) in enumerate(inst_masks, start=1):
-            if label in present:
-                cat_labels.setdefault(cat, []).append(label)
+            cat_labels.setdefault(cat, []).append(label)
         if iid in self.captions:
             caption = self.captions[iid]
         else:
@@ -251,7 +250,8 @@ class CocoEval(EvalDataset):
         hits = self.matcher.match(words)
         labels = [cat_labels.get(h, ()) if h is not None else () for h in hits]
         return make_record(iid, image, caption, words, mask, labels,
-                       meta={"file_name": info.get("file_name"), "categories": sorted(cat_labels)})
+                           meta={"file_name": info.get("file_name"), "categories": sorted(cat_labels)},
+                           objects=objects)
 
 
 def load_coco(images_dir: str, instances_json: str, captions_json: Optional[str] = None) -> CocoEval:

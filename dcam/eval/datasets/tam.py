@@ -8,6 +8,9 @@
      "masks": ["m/0001_1.png", ...],   # binary masks, the i-th is label i+1
      "categories": {"dog": 1, "frisbee": [2, 3]}}   # word or phrase -> label(s)
 
+A ``"masks"`` list may overlap: each object is scored against its own mask,
+whole (:attr:`EvalRecord.objects`), whatever the list's order.
+
 (``"category_map"`` is accepted for ``"categories"``, ``"file_name"`` for
 ``"image"``). Caption words match the keys as COCO words match names.
 An image with an EXIF orientation is explained upright: a mask of its stored
@@ -26,7 +29,8 @@ import numpy as np
 from ...errors import InputError
 from ...words import split_words
 from .base import (EvalDataset, EvalRecord, PhraseMatcher, RecordError, check_mask_size, check_word_labels,
-                   exif_orientation, make_record, open_image, open_mask, orient_mask, phrase)
+                   exif_orientation, make_record, object_labels, objects_and_mask, open_image, open_mask,
+                   orient_mask, phrase)
 
 class TamEval(EvalDataset):
     kind = "tam"
@@ -72,28 +76,35 @@ class TamEval(EvalDataset):
         cats = e.get("categories", e.get("category_map"))
         if img_p is None or caption is None or not isinstance(cats, dict):
             raise RecordError("entry needs 'image', 'caption' and a 'categories' map")
+        if not isinstance(caption, str):  # (123 was explained as the response "123")
+            raise RecordError(f"'caption' must be a text, got {caption!r}")
         image = open_image(self._path(img_p))
         W, H = image.size
         orientation = exif_orientation(self._path(img_p))  # (masks are turned with the image they label)
+        objects = None
         if "mask" in e:
             if not isinstance(e["mask"], str) or not e["mask"]:  # (None became the path "None")
                 raise RecordError(f"'mask' must be a path, got {e['mask']!r}")
             mask = orient_mask(open_mask(self._path(e["mask"])), orientation, (H, W))
             check_mask_size(mask, (H, W))
+            if mask.min() < 0:
+                raise RecordError("mask has negative labels")
+            present = set(np.unique(mask).tolist())
         elif "masks" in e:
             if not isinstance(e["masks"], list) or not all(isinstance(mp, str) and mp for mp in e["masks"]):
                 # (a text was read one character per mask)
                 raise RecordError(f"'masks' must be a list of paths, got {e['masks']!r}")
-            mask = np.zeros((H, W), dtype=np.int64)
-            for j, mp in enumerate(e["masks"], start=1):
+            objects = np.zeros((len(e["masks"]), H, W), dtype=bool)
+            for j, mp in enumerate(e["masks"]):
                 m = orient_mask(open_mask(self._path(mp)), orientation, (H, W), f"mask {mp}")
                 check_mask_size(m, (H, W), f"mask {mp}")
-                mask[m > 0] = j
+                objects[j] = m > 0
+            # each object whole: painted in list order, a later mask took the pixels it shared with an
+            # earlier one, whose object was scored against less than its mask (or skipped, wholly covered)
+            present = object_labels(objects, (H, W))
+            mask, objects = objects_and_mask(objects)
         else:
             raise RecordError("entry has neither 'mask' nor 'masks'")
-        if mask.min() < 0:
-            raise RecordError("mask has negative labels")
-        present = set(np.unique(mask).tolist())
         phrases: Dict[Tuple[str, ...], Tuple[int, ...]] = {}
         for word, labs in cats.items():
             vals = labs if isinstance(labs, (list, tuple)) else [labs]
@@ -103,10 +114,11 @@ class TamEval(EvalDataset):
             labs = tuple(int(v) for v in vals)
             check_word_labels(word, labs, present)
             phrases[phrase(str(word))] = labs
-        words = split_words(str(caption))
+        words = split_words(caption)
         hits = PhraseMatcher(phrases).match(words)
         labels = [h if h is not None else () for h in hits]
-        return make_record(self.entry_id(i), image, str(caption), words, mask, labels, meta={"image": img_p})
+        return make_record(self.entry_id(i), image, caption, words, mask, labels, meta={"image": img_p},
+                           objects=objects)
 
 
 def load_tam(root: str, anno: str = "anno.json") -> TamEval:
