@@ -38,12 +38,19 @@ just only while if because until upon within without toward towards via per
 """.split())
 
 
+def strip_punctuation(word: str) -> str:
+    """``word`` without the punctuation at its ends: every character that is not a letter, a
+    digit or ``_``, in any script ("(and)", "“and”", "square…" -> "and", "and", "square";
+    "—" -> "")."""
+    return _PUNCT.sub("", word)
+
+
 def split_words(caption: str) -> List[str]:
     """Lower-case words of a caption, punctuation stripped from their ends
-    (empty pieces dropped)."""
+    (:func:`strip_punctuation`; empty pieces dropped)."""
     out = []
     for tok in caption.lower().split():
-        tok = _PUNCT.sub("", tok)
+        tok = strip_punctuation(tok)
         if tok:
             out.append(tok)
     return out

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..ops.config import describe_changes
 
 
 def _whole(v) -> bool:
@@ -256,12 +257,11 @@ def _variant_maps(exp, e, s, idx, probe, target_score) -> dict:
 
 def format_grounding(rep: dict) -> str:
     layers = sorted({l for r in rep["rates"].values() for l in r}, key=lambda l: -1 if l is None else l)
-    changes = ", ".join(f"{k}={v}" for k, v in rep.get("config_changes", {}).items()) or "none"
     how = f"{rep['method']}, {rep['target_score']} score" if rep.get("target_score") else rep["method"]
     lines = [f"grounding rate ({how}) on {rep['n_images']} "
              f"{rep.get('split', 'test')}-split images, "
              f"{rep['n_words']} object words; uniform-map chance {rep['chance']:.3f}",
-             f"config: CamConfig() with {changes}" if changes != "none" else "config: CamConfig() as it is",
+             f"config: {describe_changes(rep.get('config_changes', {}))}",
              f"a perfect class detector (every object of the named colour/shape) scores "
              f"{rep.get('class_detector', float('nan')):.3f}",
              "probe     " + "".join((f"  layer {l}" if l is not None else " no layer") +

@@ -12,6 +12,8 @@ import numpy as np
 from torch import Tensor
 
 from .datasets import EvalRecord
+from ..errors import one_line
+from ..ops.config import config_changes, describe_changes
 from .metrics import object_metrics
 
 METHOD_LABELS = {"diffusion-cam": "Diffusion-CAM", "grad-cam": "Grad-CAM", "llava-cam": "LLaVA-CAM", "tam": "TAM"}
@@ -35,6 +37,15 @@ def json_ready(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def skipped_text(skipped: Sequence, shown: int = 3) -> str:
+    """``"4 records skipped: '1' (why), '2' (why), '3' (why) and 1 more"`` of ``(record id, reason)``
+    pairs: the count always (the first three alone hid how many of a large data set failed)."""
+    n = len(skipped)
+    named = ", ".join(f"{str(r)!r} ({one_line(str(why))})" for r, why in skipped[:shown])
+    more = f" and {n - shown} more" if n > shown else ""
+    return f"{n} record{'s' if n != 1 else ''} skipped: {named}{more}"
 
 
 def _fmt(v, scale=1.0, digits=2, suffix=""):
@@ -78,8 +89,12 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
     files: Dict[str, Any] = {}
     hooks = (f"layer {report['layer']}, probe `{report['probe']}`, target score `{report['target_score']}`"
              if report.get("layer") is not None else f"probe `{report['probe']}` (no method hooks a layer)")
+    # the config moves the numbers (the bundled model's default has grad_relu=False): said in every
+    # table, not only in report.json
+    config = (f" Diffusion-CAM config: {describe_changes(config_changes(report['config']))}."
+              if report.get("config") is not None else "")
     head = (f"Data set: {report['dataset']} ({report['records']} records, {len(report['skipped'])} skipped). "
-            f"Every method: {hooks}.\n\n")
+            f"Every method: {hooks}.{config}\n\n")
 
     def write(name, text, obj):
         p_md, p_js = os.path.join(out_dir, name + ".md"), os.path.join(out_dir, name + ".json")
@@ -91,14 +106,14 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
 
     rows = [[_label(m)] + _metric_cells(s) for m, s in report["main"].items()]
     write("main_table", "## Comparison\n\n" + head + markdown_table(["Method"] + METRIC_HEADER, rows)
-          + _left_out(report["main"]), {"header": head.strip(), "rows": report["main"]})
+          + _left_out(report["main"]), {"header": head.strip(), "config": report.get("config"), "rows": report["main"]})
     if "ablation" in report:
         rows = [[k] + _metric_cells(s) for k, s in report["ablation"].items()]
         write("ablation_table", "## Ablation (Diffusion-CAM)\n\n" + head
               + "Every row refines the same raw maps; `baseline` has every module off, `+X` only X on, "
               + "`full` all on (SICD reference), the last row all on with SICD context.\n\n"
               + markdown_table(["Variant"] + METRIC_HEADER, rows) + _left_out(report["ablation"]),
-              {"header": head.strip(), "rows": report["ablation"]})
+              {"header": head.strip(), "config": report.get("config"), "rows": report["ablation"]})
     if "sweep" in report:
         rows = []
         for r in report["sweep"]:
@@ -112,16 +127,18 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
                 rows.append([r["probe"], str(r["layer"])] + _metric_cells(r)[:6] + [note])
         write("sweep_table", "## Diffusion-CAM over probe modes and layers\n\n"
               + f"Data set: {report['dataset']}, first {report['sweep'][0].get('records', 0) if report['sweep'] else 0} "
-              + f"records, target score `{report['target_score']}`.\n\n"
-              + markdown_table(["Probe", "Layer"] + METRIC_HEADER[:6] + ["note"], rows), {"rows": report["sweep"]})
+              + f"records, target score `{report['target_score']}`.{config}\n\n"
+              + markdown_table(["Probe", "Layer"] + METRIC_HEADER[:6] + ["note"], rows),
+              {"config": report.get("config"), "rows": report["sweep"]})
     if "faithfulness" in report:
         fa = report["faithfulness"]
         rows = [[_label(m), _fmt(v["deletion_auc"], 1, 4), _fmt(v["insertion_auc"], 1, 4),
                  _fmt(v["insertion_minus_deletion"], 1, 4), str(v["words"])] for m, v in fa["methods"].items()]
-        fill = fa["fill"] if isinstance(fa["fill"], str) else f"rgb{tuple(fa['fill'])}"
+        fill = "each image's mean colour (fill `mean`)" if isinstance(fa["fill"], str) else \
+            f"the colour `rgb({', '.join(f'{v:g}' for v in fa['fill'])})`"  # (what was used, not what mean is)
         write("faithfulness_table", "## Causal faithfulness (deletion / insertion)\n\n"
-              + f"First {fa['records']} records; grid cells blanked with fill `{fill}` "
-              + f"(`mean`: the image's mean colour), {fa['steps']} steps; probability of the word's token, "
+              + f"First {fa['records']} records; grid cells blanked with {fill}, {fa['steps']} steps; probability "
+              + "of the word's token, "
               + f"probe `{fa['probe']}`. Deletion AUC lower is better, insertion AUC higher is better.\n\n"
               + markdown_table(["Method", "Deletion AUC ↓", "Insertion AUC ↑", "Ins − Del ↑", "words"], rows), fa)
     files["bars"] = _bar_chart(report["main"], os.path.join(out_dir, "bars.png"), "Comparison")

@@ -48,7 +48,7 @@ from .datasets import EvalDataset, EvalRecord, open_dataset
 from .datasets.base import RecordError, check_record
 from .faithfulness import check_fill, faithfulness_report
 from .metrics import MetricAccumulator, summarize
-from .report import json_ready, log as _log, write_outputs
+from .report import json_ready, log as _log, skipped_text, write_outputs
 
 ALL_METHODS = ("diffusion-cam", "grad-cam", "llava-cam", "tam")
 ABLATION_ROWS = ("baseline", "+AKD", "+DACG", "+CBA", "+SICD", "full", "full (SICD context)")
@@ -391,7 +391,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     skipped = list(getattr(ds, "skipped", [])) + cmp.skipped
     if cmp.done == 0:
         raise InputError(f"dataset: no record of {ds_name} could be evaluated"
-                         + (f" (skipped: {skipped[:3]})" if skipped else ""))
+                         + (f"; {skipped_text(skipped)}" if skipped else ""))
     # the config of a comparison where nothing applies one (grad-cam, tam) is none, not the default's
     config_used = any(get_method(m).uses_config for m in methods) or bool(ablation or sweep or sweep_probes
                                                                             or sweep_layers)

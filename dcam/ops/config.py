@@ -176,6 +176,10 @@ class CamConfig:
         base = CamConfig().as_dict()
         return {k: v for k, v in self.as_dict().items() if v != base[k]}
 
+    def describe(self) -> str:
+        """The config in one line, as its changes (:func:`describe_changes`)."""
+        return describe_changes(self.changes())
+
     def op_args(self) -> dict:
         """The refine op's scalar arguments.
 
@@ -211,6 +215,21 @@ class CamConfig:
                    dacg=args["dacg"], cba=args["cba"], sicd=modes[args["sicd"]], grad_relu=grad_relu,
                    dacg_std=dacg[0], dacg_mean_high=dacg[1], dacg_mean_low=dacg[2], dacg_percentiles=dacg[3:7],
                    dacg_sigma=dacg[7], cba_weights=cba[:4], cba_floor=cba[4])
+
+
+def describe_changes(changes: Mapping) -> str:
+    """``"CamConfig() with grad_relu=False, sicd=context"`` for the fields that differ from
+    ``CamConfig()`` (:meth:`CamConfig.changes`), ``"CamConfig() as it is"`` for none: how
+    ``dcam grounding`` and ``dcam eval``'s tables name the config they ran."""
+    return "CamConfig() with " + ", ".join(f"{k}={v}" for k, v in changes.items()) if changes \
+        else "CamConfig() as it is"
+
+
+def config_changes(config: Mapping) -> dict:
+    """The entries of ``config`` (a :meth:`CamConfig.as_dict`, as report.json holds it) that differ
+    from ``CamConfig()``'s."""
+    base = CamConfig().as_dict()
+    return {k: v for k, v in config.items() if k not in base or base[k] != v}
 
 
 def _checked_init(init):

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import InputError
+from ..words import strip_punctuation
 from .data import COLOURS, FILLER_WORDS, MAX_CAPTION_WORDS, SHAPES
 
 PAD, BOS, EOS, MASK, IMAGE, UNK = "[PAD]", "[BOS]", "[EOS]", "[MASK]", "<image>", "[UNK]"
@@ -30,25 +31,25 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, MASK, IMAGE, UNK)
 PROMPT_WORDS = ("describe", "the", "image", "what", "is", "in", "this", "name", "objects", "shapes")
 DEFAULT_PROMPT = "describe the image"
 PROCESSOR_CONFIG = "processor_config.json"
-#: Punctuation a user types at the end of a word ("square.", "red,") that the
-#: word-level tokenizer cannot see; stripped before the vocabulary lookup.
-TRAILING_PUNCTUATION = ".,;:!?"
-
-
 def normalise_words(text: str, vocab) -> tuple:
     """``(words, unknown)``: the whitespace words of ``text`` as the tokenizer
-    knows them. A word not in ``vocab`` is tried lower-cased and without
-    trailing punctuation (``"A"`` -> ``"a"``, ``"square."`` -> ``"square"``);
-    a word of punctuation only is dropped; what is still unknown is listed in
-    ``unknown`` (as the user typed it, each once)."""
+    knows them. A word not in ``vocab`` is tried lower-cased and without the
+    punctuation at its ends, in any script, as :func:`dcam.words.split_words`
+    (the evaluation's caption words) strips it (``"A"`` -> ``"a"``,
+    ``"square."`` -> ``"square"``, ``"(and)"``, ``"“and”"`` -> ``"and"``); a word
+    of punctuation only (``"—"``, ``"…"``) is dropped; what is still unknown is
+    listed in ``unknown`` (as the user typed it, each once)."""
     words, unknown = [], []
     for raw in text.split():
-        for cand in (raw, raw.lower(), raw.rstrip(TRAILING_PUNCTUATION), raw.lower().rstrip(TRAILING_PUNCTUATION)):
+        # (only ASCII ".,;:!?" at the end was stripped: a caption's "—" or "(and)" was refused as
+        # out of the vocabulary, its words in it; the evaluation's loaders had read them as words)
+        bare = strip_punctuation(raw)
+        for cand in (raw, raw.lower(), bare, bare.lower()):
             if cand in vocab:
                 words.append(cand)
                 break
         else:
-            if raw.rstrip(TRAILING_PUNCTUATION) == "":
+            if bare == "":
                 continue
             if raw not in unknown:
                 unknown.append(raw)
@@ -165,8 +166,8 @@ class ShapesProcessor:
         return list(ids)
 
     def prompt_ids(self, prompt: Optional[str]) -> List[int]:
-        """Token ids of the prompt words (no specials); case and trailing
-        punctuation normalised, unknown words an InputError naming them."""
+        """Token ids of the prompt words (no specials); case and the punctuation
+        at the words' ends normalised, unknown words an InputError naming them."""
         if prompt is None:
             prompt = self.default_prompt
         if not isinstance(prompt, str) or not prompt.strip():
@@ -176,8 +177,8 @@ class ShapesProcessor:
     def encode_response(self, response: Union[str, Sequence[int], torch.Tensor]) -> List[int]:
         """A response (text or ids) as exactly ``response_length`` ids (eos-filled).
 
-        Text: case and trailing punctuation are normalised where the
-        tokenizer cannot see them (``"A red square."`` -> ``a red square``);
+        Text: case and the punctuation at the words' ends are normalised where
+        the tokenizer cannot see them (``"A red square."`` -> ``a red square``);
         words outside the vocabulary, and a response longer than the model's
         ``response_length`` slots, are an InputError in the caller's terms."""
         if isinstance(response, str):
