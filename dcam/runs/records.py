@@ -44,7 +44,7 @@ def ground_truth(rec, e):
     label that is not in the mask, is InputError."""
     if rec.mask is None:
         return None
-    from ..eval.datasets.base import PhraseMatcher, make_record, phrase
+    from ..eval.datasets.base import PhraseMatcher, make_record, object_labels, phrase
 
     text = rec.response if isinstance(rec.response, str) else e.response
     words = list(rec.words) if rec.words is not None else split_words(text)
@@ -58,12 +58,13 @@ def ground_truth(rec, e):
             if k not in hits:
                 raise InputError(f"labels: word {k!r} is not in the response ({' '.join(words)})")
         labels = [rec.label_map[h] if h is not None else () for h in hits]
-    present = set(np.unique(rec.mask).tolist())
+    objects = rec.objects  # (overlapping objects, each whole: scored against their own mask)
+    present = set(np.unique(rec.mask).tolist()) if objects is None else object_labels(objects, rec.mask.shape)
     for w, labs in zip(words, labels):
         missing = [v for v in labs if v not in present]
         if missing:
             raise InputError(f"labels: label {missing[0]} of the word {w!r} is not in the mask")
-    truth = make_record(rec.id, e.image, text, words, rec.mask, labels)
+    truth = make_record(rec.id, e.image, text, words, rec.mask, labels, objects=objects)
     if rec.function is not None:
         truth.function = list(rec.function)
     return truth

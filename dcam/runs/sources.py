@@ -47,7 +47,8 @@ class SourceRecord:
     """One record, loaded: what the explainer and the metrics need.
 
     targets: ``"all"`` or a list of words / word numbers. mask: int64 label
-    image or None. word_labels: labels per word of ``response`` (list form);
+    image or None; objects: where a data folder's objects overlap, each one's whole
+    mask (:attr:`dcam.eval.datasets.EvalRecord.objects`), else None. word_labels: labels per word of ``response`` (list form);
     label_map: phrase -> labels (object form; matched against the response's
     words after explaining). where: the record's place in the source (for
     errors); n: its index in the source.
@@ -61,6 +62,7 @@ class SourceRecord:
     targets: Any
     where: str
     mask: Any = None
+    objects: Any = None
     word_labels: Optional[List[Tuple[int, ...]]] = None
     label_map: Optional[Dict[str, Tuple[int, ...]]] = None
     words: Optional[List[str]] = None
@@ -356,7 +358,8 @@ class DatasetSource(RunSource):
         r = self.ds.load(i)  # RecordError (an InputError) for a bad entry
         return SourceRecord(id=self.ids[i], image=r.image, image_path=self._image_path(r.meta), prompt=None,
                             response=r.caption, targets="all", where=self.where(i), mask=r.mask,
-                            word_labels=list(r.word_labels), words=list(r.words), function=list(r.function))
+                            objects=r.objects, word_labels=list(r.word_labels), words=list(r.words),
+                            function=list(r.function))
 
 
 def open_source(spec: str, split: Optional[str] = None) -> RunSource:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from dcam.eval import datasets as DS
+from dcam.eval.alignment import word_maps
 from dcam.eval.metrics import object_metrics
 from dcam.eval.runner import _Scorer
 
@@ -53,7 +54,7 @@ def scored(rec, maps):
     return {r["word"]: r for r in sc.rows if r["kind"] == "object"}
 
 
-def word_maps(rec, seed=0):
+def random_maps(rec, seed=0):
     rng = np.random.default_rng(seed)
     return {i: rng.random((H, W)).astype(np.float32) for i in range(len(rec.words))}
 
@@ -68,7 +69,7 @@ def assert_rows_match(rows, maps, rec, want_objects):
 
 def tam_folder(root, masks, categories, caption):
     os.makedirs(root, exist_ok=True)
-    Image.new("RGB", (W, H), (0, 0, 0)).save(os.path.join(root, "img.png"))
+    Image.new("RGB", masks[0].shape[::-1], (0, 0, 0)).save(os.path.join(root, "img.png"))
     names = []
     for j, m in enumerate(masks):
         names.append(f"m{j + 1}.png")
@@ -89,7 +90,7 @@ def test_tam_masks_that_overlap_score_each_object_against_its_own_mask(tmp_path)
     tam_folder(str(tmp_path), [circle, square], {"red circle": 1, "blue square": 2},
                "a red circle and a blue square")
     rec = next(DS.load_tam(str(tmp_path)).records())
-    maps = word_maps(rec)
+    maps = random_maps(rec)
     rows = scored(rec, maps)
     assert_rows_match(rows, maps, rec, {"circle": [circle], "red": [circle], "square": [square],
                                         "blue": [square]})
@@ -104,7 +105,7 @@ def test_a_tam_mask_wholly_covered_by_a_later_one_is_still_scored(tmp_path):
     ds = DS.load_tam(str(tmp_path))
     recs = list(ds.records())  # (was skipped: "label(s) [1] of 'red circle' not in the mask")
     assert ds.skipped == [] and len(recs) == 1
-    maps = word_maps(recs[0], seed=1)
+    maps = random_maps(recs[0], seed=1)
     assert_rows_match(scored(recs[0], maps), maps, recs[0], {"circle": [circle], "square": [square]})
 
 
@@ -112,7 +113,7 @@ def test_one_word_naming_two_overlapping_objects_takes_the_best_whole_one(tmp_pa
     a, b, cup = box(2, 10, 2, 10), box(6, 14, 6, 14), box(0, 3, 12, 16)
     tam_folder(str(tmp_path), [a, b, cup], {"square": [1, 2], "circle": 3}, "a square and a circle")
     rec = next(DS.load_tam(str(tmp_path)).records())
-    maps = word_maps(rec, seed=2)
+    maps = random_maps(rec, seed=2)
     maps[rec.words.index("square")] = np.where(a, 0.9, 0.1).astype(np.float32)  # it lights object 1, whole
     rows = scored(rec, maps)
     assert_rows_match(rows, maps, rec, {"square": [a, b], "circle": [cup]})
@@ -126,7 +127,7 @@ def test_tam_masks_that_do_not_overlap_keep_one_label_mask(tmp_path):
     rec = next(DS.load_tam(str(tmp_path)).records())
     assert rec.objects is None  # the label mask says it all
     np.testing.assert_array_equal(rec.mask, circle * 1 + square * 2)
-    maps = word_maps(rec, seed=3)
+    maps = random_maps(rec, seed=3)
     assert_rows_match(scored(rec, maps), maps, rec, {"circle": [circle], "square": [square]})
 
 
@@ -149,7 +150,7 @@ def test_coco_instances_that_overlap_score_each_instance_whole(tmp_path):
         json.dump(inst, f)
     rec = next(DS.open_dataset(root).records())
     np.testing.assert_array_equal(DS.decode_rle(rle(table)).astype(bool), table)  # (the fixture's own RLE)
-    maps = word_maps(rec, seed=4)
+    maps = random_maps(rec, seed=4)
     assert_rows_match(scored(rec, maps), maps, rec, {"table": [table], "cup": [cup]})
 
 
@@ -168,3 +169,29 @@ def test_object_metrics_takes_stacks_of_whole_objects():
     label = object_metrics(torch.from_numpy(maps[:1]), [a * 1 + c * 2])
     for name in ("obj_iou", "contrast", "concentration", "f3"):
         assert same[name][0].item() == pytest.approx(label[name][0].item(), rel=1e-12)
+
+
+def test_dcam_run_on_a_data_folder_scores_overlapping_objects_whole(tmp_path):
+    """`dcam run` reads COCO / TAM folders with the same loaders; its metrics took the painted mask."""
+    from dcam import Explainer
+    from dcam.runs.records import ground_truth, record_metrics
+    from dcam.runs.sources import open_source
+    from dcam.testing import tiny_toy
+
+    circle, square = np.zeros((8, 8), bool), np.zeros((8, 8), bool)  # the toy's 8x8 grid: maps need no resize
+    circle[1:4, 1:4] = True
+    square[2:7, 2:7] = True  # listed second, it shares 4 of the circle's 9 pixels
+    tam_folder(str(tmp_path), [circle, square], {"red circle": 1, "blue square": 2},
+               "a red circle and a blue square")
+    rec = open_source(str(tmp_path)).load(0)
+    model, proc = tiny_toy(0, layers=3, image_size=64)
+    e = Explainer(model, proc).explain(rec.image, response=rec.response)
+    truth = ground_truth(rec, e)
+    got = record_metrics(e, truth)
+    wmaps = {i: m.numpy() for i, m in word_maps(e, truth.words).items()}
+    objects = {"red": circle, "circle": circle, "blue": square, "square": square}
+    assert [truth.words[i] for i in got["object"]["words"]] == list(objects)
+    for k, i in enumerate(got["object"]["words"]):
+        want = hand_metrics(wmaps[i], [objects[truth.words[i]]])
+        for name, v in want.items():
+            assert got["object"][name][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (truth.words[i], name)
