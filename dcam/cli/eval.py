@@ -3,9 +3,11 @@
 Data: --dataset shapes (the bundled grounded-shapes set) or a folder, whose
 layout is detected: anno.json means the TAM/GranDf layout, an instances*.json
 (in the folder or its annotations/) the COCO layout; the captions must be in
-the model's vocabulary. Writes the comparison table (and with --ablation,
---sweep, --faithfulness those tables), charts, example sheets and report.json
-into --out, and prints the comparison table. --profile FILE: a torch.profiler
+the model's vocabulary. Objects that overlap (COCO instances, a TAM "masks"
+list) are each scored against their own whole mask. Writes the comparison
+table (and with --ablation, --sweep, --faithfulness those tables; each header
+names the Diffusion-CAM config as its changes from CamConfig()), charts,
+example sheets and report.json into --out, and prints the comparison table. --profile FILE: a torch.profiler
 trace of a few records of the comparison (--profile-records)."""
 from __future__ import annotations
 
