@@ -48,8 +48,8 @@ class SourceRecord:
 
     targets: ``"all"`` or a list of words / word numbers. mask: int64 label
     image or None; objects: where a data folder's objects overlap, each one's whole
-    mask (:attr:`dcam.eval.datasets.EvalRecord.objects`), else None. word_labels: labels per word of ``response`` (list form);
-    label_map: phrase -> labels (object form; matched against the response's
+    mask (:attr:`dcam.eval.datasets.EvalRecord.objects`), else None. word_labels:
+    labels per word of ``response`` (list form); label_map: phrase -> labels (object form; matched against the response's
     words after explaining). where: the record's place in the source (for
     errors); n: its index in the source.
     """

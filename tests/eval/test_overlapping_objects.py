@@ -195,3 +195,21 @@ def test_dcam_run_on_a_data_folder_scores_overlapping_objects_whole(tmp_path):
         want = hand_metrics(wmaps[i], [objects[truth.words[i]]])
         for name, v in want.items():
             assert got["object"][name][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (truth.words[i], name)
+
+
+def test_a_records_objects_are_checked_like_its_mask():
+    from dcam.eval.datasets.base import RecordError, check_record, make_record
+
+    circle, square = box(4, 8, 4, 8), box(6, 14, 6, 14)
+    words = ["a", "circle", "and", "a", "square"]
+    labels = [(), (1,), (), (), (2,)]
+    image = Image.new("RGB", (W, H))
+    ok = make_record("r", image, " ".join(words), words, circle * 1, labels, objects=np.stack([circle, square]))
+    check_record(ok)  # label 2 is not in the label mask given, but it is in objects, whole
+    for objects, message in [
+            (np.stack([circle, square])[:, :8], "objects' masks are 8x16, image 16x16"),
+            (np.stack([circle, square]).astype(np.uint8), "objects must be a bool [L, H, W] array"),
+            (np.stack([circle]), "label(s) [2] of 'square' not in the mask")]:
+        with pytest.raises(RecordError) as info:
+            check_record(make_record("r", image, " ".join(words), words, circle * 1, labels, objects=objects))
+        assert str(info.value).startswith(message)

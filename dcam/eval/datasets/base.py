@@ -302,8 +302,9 @@ def object_labels(objects, size: Tuple[int, int]) -> set:
 def check_record(rec: EvalRecord) -> None:
     """RecordError unless ``rec`` can be scored: an image, a 2-D label mask of the image's size
     holding whole numbers >= 0, a text caption, one labels tuple and one function flag per word,
-    and every word label an int present in the mask (in ``objects``, when the record has them). Every record a data set yields and every record given to
-    :func:`dcam.eval.evaluate` in a list passes here (the loaders' own checks, on the record)."""
+    and every word label an int present in the mask (in ``objects``, when the record has them).
+    Every record a data set yields and every record given to :func:`dcam.eval.evaluate` in a
+    list passes here (the loaders' own checks, on the record)."""
     W, H = _image_size(rec.image)
     if not isinstance(rec.caption, str):  # (123 was explained as the response "123")
         raise RecordError(f"caption must be a text, got {rec.caption!r}")
