@@ -6,16 +6,12 @@ keyboard types them.
 The response's items and the runs a phrase covers are worked out by hand from each text; the text of a
 run is cut from the response by a plain search for its items, in order (as the explainer's text_of gives
 it)."""
-import numpy as np
 import pytest
-from tokenizers import decoders
 
 import dcam
 from dcam.errors import InputError
 from dcam.phrases import find_item, find_phrase
-from dcam.testing.llada import LLADA_EOS_ID, LLADA_MASK_ID
-from dcam.testing.llava_dmllm import tiny_llada_v
-from dcam.testing.vocab import word_tokenizer
+from dcam.testing.support import byte_level_llada_v
 
 
 def reading(text, words):
@@ -82,17 +78,7 @@ PIECES = ["a", "\u0120\u00f0", "\u0141\u0132", "\u00b1", "\u0120cat", "\u0120and
 
 
 def test_phrases_through_the_explainer_and_the_command_line_reading():
-    model, proc = tiny_llada_v(0, layers=2)
-    proc.tokenizer = word_tokenizer({"<|endoftext|>": LLADA_EOS_ID, "<|mdm_mask|>": LLADA_MASK_ID},
-                                    words=PIECES + ["describe", "the", "image"],
-                                    named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"},
-                                    decoder=decoders.ByteLevel())
-    ids = proc.tokenizer.convert_tokens_to_ids(PIECES)
-    exp = dcam.Explainer(model, proc)
-    image = np.full((28, 28, 3), 200, dtype=np.uint8)
-
-    def explain(targets):
-        return exp.explain(image, prompt="describe the image", response=ids, targets=targets)
+    explain = byte_level_llada_v(PIECES)
 
     assert explain("all").tokens == ["a", "🐱", "cat", "and", "a", "-", "dog", ",", "a", "cat"]
     e = explain(["a cat"])  # the last "a cat" only: the first has the emoji between its words (it was found too)

@@ -3,16 +3,13 @@
 The phrase's letters were matched and its emoji dropped, so "a 🐶" found every "a", "cat 🐶" (not in the
 response) found "cat" and "🐶 dog" found "dog". Expected items and pieces are worked out by hand from the
 token strings below (byte-level BPE spelling: "Ġ" a space, "ðŁĲ¶" the four bytes of 🐶)."""
-import numpy as np
 import pytest
 from tokenizers import decoders
 
-import dcam
 from dcam.errors import InputError
 from dcam.phrases import find_item, find_phrase
 from dcam.targets import Item, select_items
-from dcam.testing.llada import LLADA_EOS_ID, LLADA_MASK_ID
-from dcam.testing.llava_dmllm import tiny_llada_v
+from dcam.testing.support import byte_level_llada_v
 from dcam.testing.vocab import word_tokenizer
 from dcam.words import token_spans, word_pieces
 
@@ -73,17 +70,7 @@ def test_a_phrase_with_an_emoji_is_refused_when_the_response_lacks_it():
 
 
 def test_emoji_phrases_through_the_explainer_with_byte_level_pieces():
-    model, proc = tiny_llada_v(0, layers=2)
-    proc.tokenizer = word_tokenizer({"<|endoftext|>": LLADA_EOS_ID, "<|mdm_mask|>": LLADA_MASK_ID},
-                                    words=PET_PIECES + ["describe", "the", "image"],
-                                    named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"},
-                                    decoder=decoders.ByteLevel())
-    ids = proc.tokenizer.convert_tokens_to_ids(PET_PIECES)
-    exp = dcam.Explainer(model, proc)
-    image = np.full((28, 28, 3), 200, dtype=np.uint8)
-
-    def explain(targets):
-        return exp.explain(image, prompt="describe the image", response=ids, targets=targets)
+    explain = byte_level_llada_v(PET_PIECES)
 
     every = explain("all")
     assert every.tokens == PETS and every.pieces == [[0], [1, 2, 3], [4], [5], [6], [7, 8, 9], [10]]

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Sequence
 
 #: the variables torchrun sets for its processes (a child that sees them joins a process group)
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
@@ -48,3 +48,26 @@ def one_line_refusal(fn: Callable[[], object]) -> str:
 
 
 __all__ = ["file_tree", "single_process_env", "one_line_refusal", "TORCHRUN_VARIABLES"]
+
+
+def byte_level_llada_v(pieces: Sequence[str]):
+    """``explain(targets)`` of a tiny LLaDA-V whose tokenizer holds ``pieces`` (GPT-2's byte-level
+    pieces, "Ġ" marking a space) and whose given response is those pieces, as an image-level call:
+    how a byte-level tokenizer cuts emoji and punctuation into pieces reaches the word and phrase rules."""
+    import numpy as np
+    from tokenizers import decoders
+
+    from ..explain import Explainer
+    from .llada import LLADA_EOS_ID, LLADA_MASK_ID
+    from .llava_dmllm import tiny_llada_v
+    from .vocab import word_tokenizer
+
+    model, proc = tiny_llada_v(0, layers=2)
+    proc.tokenizer = word_tokenizer({"<|endoftext|>": LLADA_EOS_ID, "<|mdm_mask|>": LLADA_MASK_ID},
+                                    words=list(pieces) + ["describe", "the", "image"],
+                                    named={"eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"},
+                                    decoder=decoders.ByteLevel())
+    ids = proc.tokenizer.convert_tokens_to_ids(list(pieces))
+    exp = Explainer(model, proc)
+    image = np.full((28, 28, 3), 200, dtype=np.uint8)
+    return lambda targets: exp.explain(image, prompt="describe the image", response=ids, targets=targets)

@@ -173,6 +173,13 @@ class Chromium:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
         return r["result"].get("value")
 
+    def canvas(self, selector: str = "canvas.ov") -> np.ndarray:
+        """The RGBA pixels of the first canvas matching ``selector``, as the page drew them ``[H, W, 4]``."""
+        data = self.js(f"(function(){{var c=document.querySelector({json.dumps(selector)});"
+                       "return [c.width,c.height,Array.from(c.getContext('2d').getImageData(0,0,c.width,c.height)"
+                       ".data)];})()")
+        return np.asarray(data[2], np.uint8).reshape(data[1], data[0], 4)
+
     def click(self, selector: str, kind: str = "click"):
         """A real mouse click (or ``"hover"``: a move onto it) at the centre of the element."""
         box = self.js(f"(function(){{var r=document.querySelector({json.dumps(selector)}).getBoundingClientRect();"

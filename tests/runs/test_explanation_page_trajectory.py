@@ -16,12 +16,6 @@ from dcam.render.overlay import map_on_image
 TOL = 6
 
 
-def _canvas(browser):
-    data = browser.js("(function(){var c=document.querySelector('canvas.ov');"
-                      "return [c.width,c.height,Array.from(c.getContext('2d').getImageData(0,0,c.width,c.height)"
-                      ".data)];})()")
-    return np.asarray(data[2], np.uint8).reshape(data[1], data[0], 4)
-
 
 def _heat(m, size_hw):
     q = (np.rint(np.clip(m.numpy(), 0, 1) * 255) / 255).astype(np.float32)  # as the page stores the maps
@@ -57,13 +51,13 @@ def test_an_explanations_page_carries_its_trajectory(browser, bundled, run_manif
         browser.click(".words button[data-k='1']")
         shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
         size = (shape[1], shape[0])
-        assert np.abs(_canvas(browser)[..., :3].astype(int) - _heat(e.maps[1], size)).max() <= TOL, name
+        assert np.abs(browser.canvas()[..., :3].astype(int) - _heat(e.maps[1], size)).max() <= TOL, name
         for s in (0, S // 2, S - 1):
             _step(browser, s)
             assert browser.js("document.querySelector('.dcv').getAttribute('data-drawn')") == f"1:{s}"
             assert browser.js("document.querySelector('.steplab').textContent") == f" step {s}/{S - 1}"
             want = _heat(e.trajectory.maps[s, 1], size)
-            assert np.abs(_canvas(browser)[..., :3].astype(int) - want).max() <= TOL, (name, s)
+            assert np.abs(browser.canvas()[..., :3].astype(int) - want).max() <= TOL, (name, s)
         # the steps' maps differ from one another and from the explanation's, so the slider is what drew them
         assert not torch.equal(e.trajectory.maps[0, 1], e.trajectory.maps[S - 1, 1])
         assert browser.problems() == [], name

@@ -22,13 +22,6 @@ from dcam.cli import main
 TOL = 6
 
 
-def _canvas(browser):
-    """The overlay canvas's RGBA pixels (as the page drew them)."""
-    data = browser.js("(function(){var c=document.querySelector('canvas.ov');"
-                      "return [c.width,c.height,Array.from(c.getContext('2d').getImageData(0,0,c.width,c.height)"
-                      ".data)];})()")
-    return np.asarray(data[2], np.uint8).reshape(data[1], data[0], 4)
-
 
 def _expected_heat(map_hw, size_hw):
     """The heatmap colours worked out here: quantised to bytes as the page stores it, upsampled
@@ -99,7 +92,7 @@ def test_run_page_in_chromium(browser, viewed_run):
         t for t in run[0].tokens)
     # word 0 is shown first; its colours are the map's
     shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
-    px0 = _canvas(browser)
+    px0 = browser.canvas()
     want = _expected_heat(run[0].maps[0], (shape[1], shape[0]))
     # off by a little at most: the canvas keeps premultiplied alpha (a rounding at opacity 0.5)
     assert np.abs(px0[..., :3].astype(int) - want).max() <= TOL
@@ -108,7 +101,7 @@ def test_run_page_in_chromium(browser, viewed_run):
     # click word 2: the overlay changes to that word's map
     browser.click(".words button[data-k='2']")
     assert _attr(browser, "data-word") == "2" and _attr(browser, "data-drawn") == "2:-1"
-    px2 = _canvas(browser)
+    px2 = browser.canvas()
     assert np.abs(px2[..., :3].astype(int) - _expected_heat(run[0].maps[2], (shape[1], shape[0]))).max() <= TOL
     assert not np.array_equal(px0, px2)
     assert np.abs(browser.screenshot().astype(int) - shot0.astype(int)).sum() > 0
@@ -128,7 +121,7 @@ def test_run_page_in_chromium(browser, viewed_run):
     assert _attr(browser, "data-record") == run[1].id
     assert _attr(browser, "data-drawn") == "0:-1"
     shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
-    px = _canvas(browser)[..., :3].astype(int)
+    px = browser.canvas()[..., :3].astype(int)
     assert np.abs(px - _expected_heat(run[1].maps[0], (shape[1], shape[0]))).max() <= TOL
     browser.key("PageDown", "PageDown", 34)
     assert _attr(browser, "data-record") == run[6].id
@@ -176,18 +169,18 @@ def test_trajectory_gets_a_step_slider(browser, tmp_path, run_manifest):
     assert browser.js("document.querySelector('.steplab').textContent") == " explanation"
     shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
     size = (shape[1], shape[0])
-    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(maps[0], size)).max() <= TOL
+    assert np.abs(browser.canvas()[..., :3].astype(int) - _expected_heat(maps[0], size)).max() <= TOL
     browser.js("(function(){var s=document.querySelector('input.step');s.value=3;"
                "s.dispatchEvent(new Event('input'));})()")
-    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[3, 0], size)).max() <= TOL
+    assert np.abs(browser.canvas()[..., :3].astype(int) - _expected_heat(traj[3, 0], size)).max() <= TOL
     browser.js("(function(){var s=document.querySelector('input.step');s.value=1;"
                "s.dispatchEvent(new Event('input'));})()")
     assert _attr(browser, "data-drawn") == "0:1"
-    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[1, 0], size)).max() <= TOL
+    assert np.abs(browser.canvas()[..., :3].astype(int) - _expected_heat(traj[1, 0], size)).max() <= TOL
     # numbered from 0, as the GIFs, the trajectory sheet and decided_at number them
     assert browser.js("document.querySelector('.steplab').textContent") == " step 1/3"
     browser.click(".words button[data-k='1']")
-    assert np.abs(_canvas(browser)[..., :3].astype(int) - _expected_heat(traj[1, 1], size)).max() <= TOL
+    assert np.abs(browser.canvas()[..., :3].astype(int) - _expected_heat(traj[1, 1], size)).max() <= TOL
     # a focused slider takes its arrow keys (the page took them for the word: the slider never moved)
     browser.js("document.querySelector('input.step').focus()")
     browser.key("ArrowLeft", "ArrowLeft", 37)
@@ -220,7 +213,7 @@ def test_run_page_lays_a_crop_models_maps_over_its_crop(browser, bundled, run_ma
     assert main(["view", folder, "--quiet"]) == 0
     browser.open("file://" + os.path.join(folder, "index.html"))
     assert browser.problems() == []
-    rgba = _canvas(browser).astype(int)
+    rgba = browser.canvas().astype(int)
     H, W = rgba.shape[:2]
     x0, x1 = round(0.25 * W), round(0.75 * W)
     inner = _expected_heat(r.maps[0], (H, x1 - x0))
@@ -242,7 +235,7 @@ def test_explanation_page_and_fragment(browser, bundled, run_manifest, tmp_path)
     assert browser.js("document.querySelector('.list')") is None  # one record: no list
     browser.click(".words button[data-k='5']")
     shape = browser.js("[document.querySelector('canvas.ov').width, document.querySelector('canvas.ov').height]")
-    got = _canvas(browser)[..., :3].astype(int)
+    got = browser.canvas()[..., :3].astype(int)
     assert np.abs(got - _expected_heat(e.maps[5], (shape[1], shape[0]))).max() <= TOL
     # two fragments on one page (a notebook with two outputs) work side by side
     frag = explanation_html(e)
@@ -268,7 +261,7 @@ def test_explanation_page_draws_the_saved_colormap_opacity_and_box(browser, bund
     browser.open("file://" + paths["page"])
     assert browser.problems() == []
     browser.click(".words button[data-k='2']")
-    rgba = _canvas(browser).astype(int)
+    rgba = browser.canvas().astype(int)
     H, W = rgba.shape[:2]
     x0, x1 = round(0.25 * W), round(0.75 * W)
     q = np.rint(np.clip(e.maps[2].numpy(), 0, 1) * 255) / 255
@@ -361,7 +354,7 @@ def test_the_page_bins_values_into_colours_as_the_saved_overlays_do(browser, tmp
     (tmp_path / "edges.html").write_text(page_html(viewer_config([rec], alpha=1.0)))
     browser.open("file://" + str(tmp_path / "edges.html"))
     assert browser.problems() == []
-    px = _canvas(browser)
+    px = browser.canvas()
     assert px.shape == (256, 256, 4) and (px[..., 3] == 255).all()
     x = np.arange(256)
     v = np.clip((2 * x + 1 - 128) / 256, 0, 1)

@@ -14,12 +14,6 @@ TOL = 6
 JET = matplotlib.colormaps["jet"]
 
 
-def _canvas(browser):
-    data = browser.js("(function(){var c=document.querySelector('canvas.ov');"
-                      "return [c.width,c.height,Array.from(c.getContext('2d').getImageData(0,0,c.width,c.height)"
-                      ".data)];})()")
-    return np.asarray(data[2], np.uint8).reshape(data[1], data[0], 4)
-
 
 def _open(browser, tmp_path, maps, size, box=None, cells=None):
     rec = record_data("thin", "a b", [{"text": "a", "number": 0}], maps, None, size, maps.shape[-2:])
@@ -28,7 +22,7 @@ def _open(browser, tmp_path, maps, size, box=None, cells=None):
     (tmp_path / "p.html").write_text(page_html(viewer_config([rec], alpha=1.0)))
     browser.open("file://" + str(tmp_path / "p.html"))
     assert browser.problems() == []
-    return _canvas(browser)
+    return browser.canvas()
 
 
 def _jet(v):
