@@ -4,6 +4,8 @@
 (:func:`detect_family`), ``family=`` (``Explainer(..., family="lavida")``),
 ``dcam families`` and ``docs/FAMILIES.md``. Detection reads the config's
 ``model_type`` and the module layout, in table order (the first match wins).
+A ``torch.compile(model)`` wrapper is looked through first (:func:`compiled_original`), so every
+rule sees the model that was compiled; the adapter still gets (and explains) the compiled one.
 """
 from __future__ import annotations
 
@@ -149,8 +151,19 @@ FAMILIES: List[Family] = [
 BY_NAME: Dict[str, Family] = {f.name: f for f in FAMILIES}
 
 
+def compiled_original(model):
+    """The module ``torch.compile(model)`` wrapped; ``model`` itself if it is no such wrapper. The
+    wrapper hands attributes through to the original (``.config``, ``.model``), but not its class: rules by class (the bundled toy's ``isinstance``, Lumina-DiMOO's
+    class name) refused the compiled model as unknown while rules by ``model_type`` accepted it."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return model._orig_mod if isinstance(model, OptimizedModule) else model
+
+
 def detect_family(model) -> Optional[Family]:
-    """The first family of :data:`FAMILIES` whose rule matches ``model`` (None if none)."""
+    """The first family of :data:`FAMILIES` whose rule matches ``model`` (None if none); a compiled
+    model is detected as the model it compiled (:func:`compiled_original`)."""
+    model = compiled_original(model)
     for fam in FAMILIES:
         try:
             if fam.detect(model):
@@ -194,5 +207,5 @@ def markdown_table(rows: Optional[List[Dict[str, str]]] = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Family", "FAMILIES", "BY_NAME", "detect_family", "family_rows", "registered_row",
-           "markdown_table"]
+__all__ = ["Family", "FAMILIES", "BY_NAME", "compiled_original", "detect_family", "family_rows",
+           "registered_row", "markdown_table"]
