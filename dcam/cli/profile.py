@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from typing import Dict, Iterator, Optional
 
 from ..errors import InputError
@@ -98,6 +99,7 @@ class TraceWriter:
         self.path, self.quiet, self.deferred = path, quiet, deferred
         self.prof = self.tmp = self.took = None
         self.recording = False
+        self.writing_seconds = 0.0  # stop()'s export and parse of the trace (seconds, a long trace's take several)
 
     def __enter__(self) -> "TraceWriter":
         if not self.deferred:
@@ -141,6 +143,7 @@ class TraceWriter:
 
         if self.prof is None or self.tmp is not None:
             return
+        began = time.perf_counter()
         self.end_recording()
         try:
             suffix = ".json.gz" if self.path.endswith(".gz") else ".json"
@@ -156,6 +159,7 @@ class TraceWriter:
         # read now, before the output is written: parsing a long trace's events takes seconds, and a Ctrl-C
         # in them after the rename said "nothing was written" with both files in place
         self.took = stage_seconds(self.prof.events())
+        self.writing_seconds = time.perf_counter() - began
 
     def commit(self, written: str, scope: str = "", done: str = "") -> None:
         """Rename the exported trace into place and say each stage's time (``written``: the
