@@ -85,6 +85,17 @@ def test_the_stage_names_are_the_documented_ones():
     assert all(f"``{s}``" in doc for s in STAGES)
 
 
+def test_the_readme_lists_every_stage_range():
+    # the README's list lacked dcam.rows_check, which traces and `dcam explain --profile`'s line show
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = readme[readme.index("\nProfiling: "):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    assert set(re.findall(r"`(dcam\.[a-z_]+)`", paragraph)) == set(STAGES)
+
+
 def test_a_trajectory_names_its_own_stages_inside_its_range(toy):
     model, proc, image = toy
     exp = dcam.Explainer(model, proc, chunk_size=4)
