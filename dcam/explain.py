@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from .batch_inputs import check_errors, entries as _entries, example_error, for_example
 from .batching import WORK_SLACK, check_slack, similar_work
 from .errors import InputError, NonFiniteError, model_overflow, positive_int
 from .example import Example, ExampleBuilder
@@ -222,7 +223,8 @@ class Explainer:
                       responses: Optional[Sequence] = None, targets="all",
                       targets_per_image: Optional[Sequence] = None, probe: Optional[str] = None, target_score: Optional[str] = None, steps: Optional[int] = None,
                       response_length: Optional[int] = None, background: Sequence[int] = WHITE,
-                      view: Optional[str] = None, granularity: Optional[str] = None) -> List[Explanation]:
+                      view: Optional[str] = None, granularity: Optional[str] = None,
+                      errors: str = "raise") -> List[Union[Explanation, InputError]]:
         """Explain several examples with batched forwards and backwards; returns
         one Explanation per image, equal to :meth:`explain` on each up to the rounding of a
         padded forward (reductions of another length: ~1e-6 in the gradients, which the maps'
@@ -236,7 +238,10 @@ class Explainer:
         backwards.
 
         prompts / responses: None, or one per image. targets: shared by every
-        image (``"all"``, words, numbers); targets_per_image: one entry per image instead."""
+        image (``"all"``, words, numbers); targets_per_image: one entry per image instead.
+        errors: ``"raise"`` (the first bad example raises, naming it) or ``"return"`` (a bad example's
+        InputError in its place, the others explained without it; :mod:`dcam.batch_inputs`)."""
+        failed = check_errors(errors)  # index -> the example's InputError, with errors="return"
         probe, target_score = self._checked_request(probe, target_score)
         # (None is the default: "", 0 or [] became the default granularity without a word)
         granularity = self.granularity if granularity is None else check_granularity(granularity)
@@ -261,18 +266,21 @@ class Explainer:
             targets_asked(items_asked(targets, granularity)[1])  # shared: named as itself, not as example 0's
         def precheck(img, p, t):
             return build.load(img, p), targets_asked(items_asked(t, granularity)[1])
-        loaded = [_built(precheck, i, n, img, p, t)[0] for i, (img, p, t) in enumerate(zip(images, prompts, tgts))]
+        loaded = {i: for_example(precheck, i, n, failed, img, p, t)
+                  for i, (img, p, t) in enumerate(zip(images, prompts, tgts))}
         # examples with a given response first: they need no generation, so a bad response (ids past the
-        # vocabulary, eos tokens only) or a target not in it is found before the others' are generated
-        order = sorted(range(n), key=lambda i: responses[i] is None)
-        built = {i: _built(build, i, n, images[i], prompts[i], responses[i], tgts[i], loaded=loaded[i]) for i in order}
-        examples = [built[i] for i in range(n)]
+        # vocabulary, eos tokens only) or a target not in it is found before the others' are generated; with
+        # errors="return" one that fails after its generation is left out, the others' generations kept
+        order = sorted((i for i in range(n) if loaded[i] is not None), key=lambda i: responses[i] is None)
+        built = {i: for_example(build, i, n, failed, images[i], prompts[i], responses[i], tgts[i],
+                                loaded=loaded[i][0]) for i in order}
+        examples = {i: ex for i, ex in sorted(built.items()) if ex is not None}  # the good ones, in order
         del loaded, built
-        self._check_budget_of_each(examples)
-        results: Dict[int, Explanation] = {}
-        check_padding(self.adapter, [ex.prep for ex in examples] if probe != "remask" else [])  # (remask pads none)
-        groups: Dict[tuple, List[int]] = {}
-        for i, ex in enumerate(examples):
+        self._check_budget_of_each(examples, n)
+        results: Dict[int, Union[Explanation, InputError]] = dict(failed or {})
+        check_padding(self.adapter, [ex.prep for ex in examples.values()] if probe != "remask" else [])
+        groups: Dict[tuple, List[int]] = {}  # (remask pads none: its probes are checked by nothing above)
+        for i, ex in examples.items():
             groups.setdefault(batch_key(ex.prep, self.adapter), []).append(i)
         # remask probes example by example (a row per item): its batches are never padded with items
         parts = [p for idx in groups.values()
@@ -285,8 +293,8 @@ class Explainer:
             cap = self.chunk_size
             parts = [p[k:k + cap] for p in parts for k in range(0, len(p), cap)]
         for idx in parts:
-            for i, e in zip(idx, self._explain_together([examples[i] for i in idx], idx, n, probe, target_score)):
-                results[i] = e
+            together = self._explain_together([examples[i] for i in idx], idx, n, probe, target_score, failed)
+            results.update(zip(idx, together))
         return [results[i] for i in range(n)]
 
     # ------------------------------------------------------------------ internals
@@ -327,13 +335,14 @@ class Explainer:
                              "target_score out")
         return probe, check_target_score(self.method.default_target_score if target_score is None else target_score)
 
-    def _check_budget_of_each(self, examples: List[Example]) -> None:
-        """Every example of a batch fits the memory budget alone, or the batch is refused before its
-        first probe, naming each that does not (the first part was probed whole, then thrown away)."""
-        if self.memory_budget is None or not self.method.needs_gradients or len(examples) == 1:
+    def _check_budget_of_each(self, examples: Dict[int, Example], n: int) -> None:
+        """Every example of a batch (``examples``: by index, of ``n``) fits the memory budget alone, or
+        the batch is refused before its first probe, naming each that does not (the first part was
+        probed whole, then thrown away); with errors="return" too: the budget is the caller's option."""
+        if self.memory_budget is None or not self.method.needs_gradients or n == 1:
             return
         over, why = [], ""
-        for i, ex in enumerate(examples):
+        for i, ex in examples.items():
             try:
                 self._chunk_size([ex], 1)
             except BudgetError as exc:
@@ -361,9 +370,10 @@ class Explainer:
                                 scored_rows=max(ex.n_tokens for ex in examples) + 1)
 
     def _explain_together(self, examples: List[Example], index: List[int], n: int, probe: str,
-                        target_score: str) -> List[Explanation]:
+                          target_score: str, failed: Optional[dict] = None) -> List[Union[Explanation, InputError]]:
         """Examples of one :func:`~dcam.probe.batch_key` (``index``: their places in a batch of ``n``),
-        in as few probes as the memory budget lets one forward hold."""
+        in as few probes as the memory budget lets one forward hold; with ``failed`` (errors="return")
+        an example refused alone is its InputError in the list (and kept in ``failed``)."""
         rows = len(examples) if probe != "remask" else 1
         try:
             chunk = self._chunk_size(examples, rows)
@@ -373,22 +383,22 @@ class Explainer:
             # each example fits alone (_check_budget_of_each): a batch too wide for the budget is halved,
             # not refused as if its sequence did not fit
             h = len(examples) // 2
-            return (self._explain_together(examples[:h], index[:h], n, probe, target_score)
-                    + self._explain_together(examples[h:], index[h:], n, probe, target_score))
+            return (self._explain_together(examples[:h], index[:h], n, probe, target_score, failed)
+                    + self._explain_together(examples[h:], index[h:], n, probe, target_score, failed))
         try:
             return self._explain_group(examples, probe, target_score, chunk)
         except BudgetError:
             raise
         except InputError as exc:
-            if n == 1:
-                raise
-            if len(examples) == 1:
-                raise InputError(f"example {index[0]} of the batch (images[{index[0]}]): {exc}") from None
+            if len(examples) == 1:  # (said as its example's; kept in failed with errors="return")
+                return [example_error(exc, index[0], n, failed)]
         # refused inside the batched probe (a target score one example cannot take): which example
         # it is about shows alone
-        for b, ex in enumerate(examples):
-            self._explain_together([ex], [index[b]], n, probe, target_score)
-        raise AssertionError("a batch refused what each of its examples took alone")
+        alone = [for_example(self._explain_together, index[b], 1, failed, [ex], [index[b]], n, probe, target_score)
+                 for b, ex in enumerate(examples)]
+        if failed is None or not any(index[b] in failed for b in range(len(examples))):
+            raise AssertionError("a batch refused what each of its examples took alone")
+        return [failed[index[b]] if e is None else e[0] for b, e in enumerate(alone)]
 
     def _explain_group(self, examples: List[Example], probe: str, target_score: str,
                        chunk: int) -> List[Explanation]:
@@ -464,26 +474,6 @@ class Explainer:
             model_dtype=str(block_dtype(self.adapter.blocks()[-1])).replace("torch.", ""),
             device=str(next((p.device for p in self.model.parameters()), "cpu")),
         )
-
-
-def _built(build, i: int, n: int, *args, **kwargs):
-    """``build(*args, **kwargs)`` for example i of n; in a batch of several, an input error says which
-    example it is about ("image: ... holds NaN" alone left the caller guessing which of 32)."""
-    try:
-        return build(*args, **kwargs)
-    except InputError as exc:
-        if n == 1:
-            raise
-        raise InputError(f"example {i} of the batch (images[{i}]): {exc}") from None
-
-
-def _entries(name: str, seq) -> list:
-    """One of explain_batch's per-image arguments as a list: a list or a tuple. A text
-    would be read one character per image, and a lone image or array as its rows."""
-    if not isinstance(seq, (list, tuple)):
-        raise InputError(f"{name} must be a list with one entry per image, got {type(seq).__name__}"
-                         + ("; explain() takes one image" if name == "images" else ""))
-    return list(seq)
 
 
 __all__ = ["Explainer", "DEFAULT_DMLLM_PROBE", "repeat_ratio"]

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Dict, List, Tuple
 
+from ..batch_inputs import example_text
 from ..errors import InputError, one_line
 from ..targets import parse_target_text
 from . import common
@@ -151,20 +152,26 @@ def _explain_some(exp, paths: List[str], args, background) -> List[Tuple[str, ob
     """(path, explanation or None, error or "") per image: one explain_batch
     (batched forwards), image by image when the batch refuses something."""
     if len(paths) > 1 and not args.trajectory:
-        try:
+        try:  # (a bad image's error in its place, said as explaining it alone says it; the others kept)
             es = exp.explain_batch(paths, prompts=[args.prompt] * len(paths), responses=[args.response] * len(paths),
-                                   **_request(args, background))
-            return [(p, e, "") for p, e in zip(paths, es)]
+                                   errors="return", **_request(args, background))
+            return [(p, None, _why(InputError(example_text(e, i)))) if isinstance(e, InputError) else (p, e, "")
+                    for i, (p, e) in enumerate(zip(paths, es))]
         except InputError:
-            pass  # find out which image it was, one at a time
+            pass  # refused as a batch (its shared --tokens, --memory-budget): find out which image, one at a time
     out = []
     for p in paths:
         try:
             out.append((p, _explain_one(exp, p, args, background), ""))
         except InputError as exc:
-            why = one_line(str(exc))
-            out.append((p, None, why[len("IMAGE: "):] if why.startswith("IMAGE: ") else why))
+            out.append((p, None, _why(exc)))
     return out
+
+
+def _why(exc: InputError) -> str:
+    """An image's error as the list of failed images says it: in the CLI's words, without "IMAGE: "."""
+    why = one_line(str(common.argument_error(exc, EXPLAIN_OPTIONS)))
+    return why[len("IMAGE: "):] if why.startswith("IMAGE: ") else why
 
 
 def report(e, folder: str) -> None:

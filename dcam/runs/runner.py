@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+from ..batch_inputs import example_text
 from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
 from ..output import refuse_current_folder, refuse_inputs_inside
@@ -189,11 +190,12 @@ def explain_records(explainer, recs, opts: RunOptions) -> List[Tuple[Any, Any, O
         kw["targets_per_image"] = targets
     if all(r.response is not None for r in recs):  # nothing generated here (explain_batch refuses the length)
         kw["response_length"] = None
-    try:
+    try:  # (a bad record's error in its place: the others keep their generations, nothing is redone)
         es = explainer.explain_batch([r.image for r in recs], [_prompt(r, opts) for r in recs],
-                                     [r.response for r in recs], **kw)
-        return [(r, e, None) for r, e in zip(recs, es)]
-    except InputError as exc:
+                                     [r.response for r in recs], errors="return", **kw)
+        return [(r, None, one_line(example_text(e, i))) if isinstance(e, InputError) else (r, e, None)
+                for i, (r, e) in enumerate(zip(recs, es))]
+    except InputError as exc:  # the batch's own refusal (its shared targets, --memory-budget)
         # (a record whose sequence does not fit --memory-budget is one record's failure: records differ in
         # prompt, response and image size; a budget short of the model itself stops the run at its start)
         if len(recs) == 1:
