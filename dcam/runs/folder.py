@@ -31,6 +31,9 @@ from .unreadable import drop_index_lines
 RUN_FORMAT = "dcam-run/1"
 #: Weight files up to this size are hashed whole; larger ones by size and their first and last MiB.
 FULL_HASH_BYTES = 64 << 20
+#: Times :meth:`FolderLock.take` creates its folder again when another start that gave it up removed it meanwhile
+#: (each removal needs another start to create the folder and give it up again inside one take: a few suffice).
+TAKE_ATTEMPTS = 5
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -174,25 +177,31 @@ class FolderLock:
         """The lock of the run folder ``root``, which is created (with its missing parents) when it does not exist;
         held by another run: InputError. :meth:`release` with ``leave_as_found`` removes what this created."""
         real = os.path.realpath(root)  # (a symbolic link's folder: makedirs of a dangling link failed)
-        made, probe = [], real
-        while not os.path.lexists(probe):
-            made.append(probe)
-            probe = os.path.dirname(probe)
-        try:
-            os.makedirs(real, exist_ok=True)
-        except OSError as exc:  # a parent that passes every check and still refuses folders (/proc)
-            raise InputError(f"--out: cannot create {root!r} ({exc.strerror or exc})") from None
-        new = not os.path.lexists(os.path.join(root, LOCK))
-        try:
-            lock = cls(root)
-        except BaseException as exc:
-            _remove_empty(made)
-            if isinstance(exc, OSError):  # (no permission for the lock file: it was said to be a failed write)
-                raise InputError(f"--out: cannot write into {root!r} ({type(exc).__name__}: "
-                                 f"{exc.strerror or one_line(exc)})") from None
-            raise
-        lock.new, lock.made = new, made
-        return lock
+        for attempt in range(TAKE_ATTEMPTS):
+            made, probe = [], real
+            while not os.path.lexists(probe):
+                made.append(probe)
+                probe = os.path.dirname(probe)
+            try:
+                os.makedirs(real, exist_ok=True)
+            except OSError as exc:  # a parent that passes every check and still refuses folders (/proc)
+                raise InputError(f"--out: cannot create {root!r} ({exc.strerror or exc})") from None
+            new = not os.path.lexists(os.path.join(root, LOCK))
+            try:
+                lock = cls(root)
+            except BaseException as exc:
+                _remove_empty(made)
+                if isinstance(exc, FileNotFoundError) and attempt + 1 < TAKE_ATTEMPTS:
+                    # the folder was removed between its makedirs and the lock file's open: another start that
+                    # had created it gave it up (release(leave_as_found)); it is free, so create it again
+                    continue
+                if isinstance(exc, OSError):  # (no permission for the lock file: it was said to be a failed write)
+                    raise InputError(f"--out: cannot write into {root!r} ({type(exc).__name__}: "
+                                     f"{exc.strerror or one_line(exc)})") from None
+                raise
+            lock.new, lock.made = new, made
+            return lock
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def release(self, leave_as_found: bool = False) -> None:
         """Let the lock go; ``leave_as_found``: first delete the lock file and the folders :meth:`take` created
