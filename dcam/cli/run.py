@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 
 from ..errors import InputError, one_line
 from . import common
@@ -109,7 +111,7 @@ def _run(args) -> int:
     from ..runs.runner import check_run_prompt
     from .profile import BatchWindow, TraceWriter
 
-    check_folder(args.out)
+    root = check_folder(args.out)  # (the folder run_dataset writes: '..' taken as text, not through a link)
     check_run_prompt(args.prompt, "--prompt")
     if args.profile_batches is not None and args.profile is None:  # (taken and ignored)
         raise InputError("--profile-batches: says how many batches --profile records; give --profile FILE too, "
@@ -117,6 +119,7 @@ def _run(args) -> int:
     common.apply_run_options(args)
     dist = setup(args.device)
     lock = None
+    stop = SigtermAsInterrupt()  # (SIGTERM: torchrun stopping the other ranks when one fails, a scheduler's cancel)
     try:
         quiet = args.quiet or dist.rank != 0
         trace = dist.agree(lambda: _trace_path(args, dist.rank))  # before anything is read or written
@@ -127,7 +130,10 @@ def _run(args) -> int:
         # the folder's lock, taken now: a folder another run writes into is refused before the model loads
         # (minutes for a large one), and of two runs started together the second is (a probe of the lock, the
         # lock itself taken after the model loaded, let both load theirs); the other ranks wait for rank 0's word
-        lock = dist.on_rank0(lambda: FolderLock.take(args.out))
+        # the lock of the folder the run writes (--out as typed, 'link/../out', was another folder for the kernel);
+        # until the run starts writing, SIGTERM leaves it as found, as Ctrl-C does
+        stop.install()
+        lock = dist.on_rank0(lambda: FolderLock.take(root))
         common.log(f"{len(source)} records in {args.manifest}; loading the model", quiet)
         exp = dist.agree(lambda: _explainer(args, dist))
         # the fingerprint is checked and written by rank 0 only
@@ -142,6 +148,7 @@ def _run(args) -> int:
         # failure or Ctrl-C before that leaves neither the trace nor a temporary file
         with TraceWriter(trace, args.quiet, deferred=True) as profile:
             window = BatchWindow(profile, args.profile_batches or 2)
+            stop.restore()  # (a run killed while it writes is resumed, as before)
             args.writing = True  # (from here on the folder may be written: a Ctrl-C keeps what was)
             try:
                 info = run_dataset(exp, source, args.out, opts, dist, model=model,
@@ -156,9 +163,11 @@ def _run(args) -> int:
                     common.log(f"profile: this process had no batch left to explain; no trace written to {trace}",
                                args.quiet)
     finally:
+        stop.hold()  # (a SIGTERM now is raised once the folder is left as found)
         if lock is not None:  # (a refusal, failure or Ctrl-C before the run prepared the folder: left as found)
             lock.release(leave_as_found=not lock.prepared)
         dist.close()
+        stop.restore()
     if info is not None:
         c, t, s = info["counts"], info["throughput"], info["session"]
         # a resume with nothing left keeps the last session's throughput in run.json; it is not this one's
@@ -172,6 +181,44 @@ def _run(args) -> int:
         print(f"{c['done']} of {c['records']} records explained into {args.out} ({c['words']} words); "
               f"{c['errors']} failed (errors.jsonl); {this}{kept}")
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before the run started writing (:class:`SigtermAsInterrupt`): handled as Ctrl-C is."""
+
+
+class SigtermAsInterrupt:
+    """SIGTERM raising :class:`Terminated` from :meth:`install` to :meth:`restore`, so that the ``finally`` of a
+    run stopped before it writes leaves its folder as found (killed by the signal, a new folder and its lock file
+    stayed behind). Only in the main thread, and only over the default action (an ignored SIGTERM stays ignored).
+    :meth:`hold`: a SIGTERM from then on waits for :meth:`restore`, which raises it (none in the middle of a release)."""
+
+    def __init__(self):
+        self.previous = None
+        self.held = self.came = False
+
+    def _handler(self, signum, frame):
+        if self.held:
+            self.came = True
+        else:
+            self.held = True  # (one Terminated: a second SIGTERM waits, it does not cut short the first's cleanup)
+            raise Terminated()
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def restore(self) -> None:
+        if self.previous is None:
+            return
+        signal.signal(signal.SIGTERM, self.previous)
+        self.previous = None
+        if self.came:
+            raise Terminated()
 
 
 def _as_options(exc: InputError) -> InputError:
@@ -197,18 +244,22 @@ def run(args) -> int:
     from ..runs.distributed import PeerFailed
 
     rank = os.environ.get("RANK", "0")
-    existed = os.path.lexists(args.out)
+    folder = os.path.abspath(args.out) if args.out else ""  # (as the run writes it: 'link/..' taken as text)
+    existed = bool(folder) and os.path.lexists(folder)
     args.writing = False
     try:
         return _run(args)
     except PeerFailed:
         return 2  # rank 0 prints the error
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # (said "what was written into DIR is kept" when the model was still loading, DIR not even created)
-        if args.writing and (existed or os.path.lexists(args.out)):
+        if args.writing and (existed or os.path.lexists(folder)):
             said = f"what was written into {args.out} is kept, rerun the same command to resume"
         else:
             said = "nothing was written" + (f" ({args.out} is as it was)" if existed else "")
+        if isinstance(exc, Terminated):  # (the status of a process the signal ended: 128 + 15)
+            print(f"dcam run: stopped (SIGTERM); {said}", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"dcam run: interrupted; {said}", file=sys.stderr)
         return 130
     except InputError as exc:

@@ -72,10 +72,10 @@ def _loading(manifest, out, tmp_path):
     return proc, first
 
 
-def _interrupt(proc, first):
-    """SIGINT to a run of :func:`_loading`; returns (exit code, stderr's lines)."""
+def _interrupt(proc, first, signum=signal.SIGINT):
+    """SIGINT (or ``signum``) to a run of :func:`_loading`; returns (exit code, stderr's lines)."""
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         rest = proc.stderr.read()
         proc.wait(timeout=120)
     finally:
@@ -168,3 +168,35 @@ def test_a_model_that_fails_to_load_releases_the_lock_and_leaves_the_folder_as_i
             assert not os.path.lexists(out)
         else:
             assert file_tree(out) == before and _lock_is_free(out)
+
+
+def test_sigterm_while_the_model_loads_leaves_no_new_folder(run_manifest, tmp_path):
+    # SIGTERM (torchrun stopping the other ranks when one fails, a scheduler's cancel) killed the run before its
+    # finally: the folder and its lock file, created before the model loads, stayed behind
+    out = str(tmp_path / "new" / "run")
+    first = _loading(run_manifest["path"], out, tmp_path)
+    assert sorted(os.listdir(out)) == [".lock"]
+    code, lines = _interrupt(*first, signum=signal.SIGTERM)
+    assert (code, lines[1:]) == (143, ["dcam run: stopped (SIGTERM); nothing was written"])
+    assert not os.path.lexists(tmp_path / "new")
+
+
+def test_a_run_through_link_dotdot_holds_the_folder_it_writes(run_manifest, reference_run, tmp_path):
+    # --out link/../out (./out a run to resume): the lock was taken on elsewhere/out (the kernel's link/..), a
+    # folder it created, while the run wrote ./out; a second run with --out ./out took ./out's lock freely
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    before = file_tree(out)
+    (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere" / "sub", tmp_path / "link")
+    first = _loading(run_manifest["path"], str(tmp_path / "link" / ".." / "run"), tmp_path)
+    try:
+        assert os.listdir(tmp_path / "elsewhere") == ["sub"]  # no elsewhere/run/.lock
+        second = _second_run(run_manifest, out)
+    finally:
+        code, lines = _interrupt(*first)
+    assert (second.returncode, second.stderr.splitlines()) == (2, [_busy_line(out)])
+    assert (code, lines[1:]) == (130, [f"dcam run: interrupted; nothing was written "
+                                       f"({tmp_path / 'link' / '..' / 'run'} is as it was)"])
+    assert file_tree(out) == before and _lock_is_free(out)
+    assert os.listdir(tmp_path / "elsewhere") == ["sub"]

@@ -46,3 +46,24 @@ def test_a_link_loop_is_refused_in_one_line(run_manifest, tmp_path, capsys, monk
     assert capsys.readouterr().err.strip().splitlines() == [
         "dcam run: error: --out: 'loop' is a symbolic link that never reaches a folder (a loop)"]
     assert sorted(os.listdir(tmp_path)) == ["loop", "one.jsonl"] and os.readlink("loop") == "loop"
+
+
+def test_out_with_dotdot_is_the_folder_abspath_names_as_at_the_run_and_its_lock(run_manifest, tmp_path, capsys,
+                                                                                 monkeypatch):
+    # the lock was taken on --out as typed, resolved by the kernel ('link/..' is the link target's parent), while
+    # the run writes os.path.abspath(--out) ('..' taken as text): 'missing/../out2' was refused ("cannot write
+    # into ... (FileNotFoundError)") and 'link/../out' locked (and created) elsewhere/out, then failed or wrote ./out
+    manifest = _one_record_manifest(run_manifest, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    os.makedirs(os.path.join("elsewhere", "sub"))
+    os.symlink(os.path.join("elsewhere", "sub"), "link")  # link/.. : 'elsewhere' for the kernel, '.' as text
+    for out, folder in (("missing/../out2", "out2"), ("link/../out", "out")):
+        capsys.readouterr()
+        assert main(["run", manifest, "--out", out, *RUN_ARGS]) == 0, capsys.readouterr().err
+        assert _index_ids(folder) == ["a"]
+        assert json.load(open(os.path.join(folder, "run.json")))["counts"]["done"] == 1
+    # a resume through the link: the run in ./out goes on (nothing left to explain), nothing made elsewhere
+    assert main(["run", manifest, "--out", "link/../out", *RUN_ARGS]) == 0, capsys.readouterr().err
+    assert _index_ids("out") == ["a"]
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "link", "one.jsonl", "out", "out2"]
+    assert os.listdir("elsewhere") == ["sub"] and os.listdir(os.path.join("elsewhere", "sub")) == []
