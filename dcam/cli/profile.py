@@ -203,8 +203,10 @@ def check_trace_path(path: Optional[str], out: str, out_is: str, inputs, overwri
     reads), and never inside ``out`` (``out_is``: why not), also through a link to a folder in it."""
     from ..output import check_output_file
 
-    real_out = os.path.realpath(out)  # (a link to a folder inside --out got past an abspath comparison)
-    if path and os.path.commonpath([os.path.realpath(path), real_out]) == real_out:
+    # the folders the files go to: '..' taken as text, as the outputs take it (the kernel's 'link/../out' is
+    # beside the link's target), then links followed (a link to a folder inside --out got past an abspath comparison)
+    real_out = os.path.realpath(os.path.abspath(out))
+    if path and os.path.commonpath([os.path.realpath(os.path.abspath(path)), real_out]) == real_out:
         raise InputError(f"--profile: {path!r} lies in --out {out!r}, {out_is}; choose a file outside it")
     return check_output_file(path, "--profile", inputs, overwrite)
 

@@ -347,3 +347,15 @@ def test_cli_run_profile_gz_writes_a_compressed_trace(cli, tmp_path, tiny_model_
     assert _gzip_trace_names(trace)["dcam.forward"] == 1  # batch 2 of 3
     assert any(line.endswith(f"; batch 2 of 3; trace written to {trace}") for line in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl", "run", "t.json.gz"]
+
+
+def test_cli_profile_inside_out_named_through_link_dotdot_is_refused(cli, error_line, tmp_path, tiny_model_dir,
+                                                                    shapes_png):
+    # --out 'link/../o' is the folder ./o (the outputs take '..' as text), not the one beside the link's target:
+    # a trace in ./o lies in it (it was compared with elsewhere/o and let through, then written inside --out)
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere" / "deep")
+    rc, _, err = cli("explain", shapes_png, "--model", tiny_model_dir, "--response", RESPONSE,
+                     "--out", f"{tmp_path}/link/../o", "--profile", tmp_path / "o" / "t.json")
+    assert rc == 2 and "lies in --out" in error_line(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link"]
