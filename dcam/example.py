@@ -107,6 +107,12 @@ def _token_ids(response) -> List[int]:
     return ids
 
 
+class GeneratedIds(list):
+    """Token ids the model generated, handed back to be explained again (a trajectory's finished response,
+    explain(trajectory=True)): checked as a generation is, its special tokens the model's own (left out of
+    the words with a note), never refused as a given response's would be (the user gave none)."""
+
+
 class ExampleBuilder:
     """Builds :class:`Example` s with one explainer's adapter and the call's options."""
 
@@ -125,6 +131,10 @@ class ExampleBuilder:
             ids = check_generated(a, gen.response_ids, self.response_length, prep0)
             notes = a.generation_notes(steps, len(ids), int(gen.steps))  # other steps or blocks than asked, and why
             return ids, int(gen.steps), "given" if gen.steps_given else "generation", notes
+        if isinstance(response, GeneratedIds):  # generated before (a trajectory): no given response's rules
+            ids = check_generated(a, response, self.response_length)
+            return ids, (steps if steps is not None else int(a.default_steps)), \
+                ("given" if steps is not None else "default"), []
         placeholder = {int(a.image_token_id)} if getattr(a, "image_token_id", None) is not None else set()
         if isinstance(response, str):
             ids = [int(i) for i in a.encode_response(response)]
@@ -206,7 +216,8 @@ class ExampleBuilder:
             prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))
         ids = prep.response_ids
         slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
-        where = f"response: {response!r}" if response is not None else "the response"
+        given = response is not None and not isinstance(response, GeneratedIds)
+        where = f"response: {response!r}" if given else "the response"
         if not slots:  # (the user's response named as such: a generated one is the model's doing)
             raise InputError(f"{where} has no word to explain ({_why_no_word(ids, a.skip_ids(), a.eos_token_ids)})")
         granularity, targets = items_asked(targets, self.granularity)
@@ -229,7 +240,13 @@ class ExampleBuilder:
         if not every:  # tokens of whitespace only ("  ", "\n\n"): the error named eos/pad tokens
             raise InputError(f"{where} has no word to explain (its tokens are whitespace only)")
         items = select_items(every, targets, text_of=_text_of(explained, *spans[:2]))
-        more = more + _left_out_note(a, [ids[i] for i in left_out], closing_ids(a, not_text))
+        # a closing token is the response's end, unsaid as an eos is, only where nothing but closing tokens
+        # follows it among the explained slots (Idefics3's sampler may write <end_of_utterance> mid-response)
+        closing, end = closing_ids(a, not_text), len(slots)
+        while end and ids[slots[end - 1]] in closing:
+            end -= 1
+        trailing = set(slots[end:])
+        more = more + _left_out_note(a, [ids[i] for i in left_out if i not in trailing])
         probed, views, offsets, view_name, view_notes = self._views(prep)
         return Example(prep=probed, prompt=prompt, items=items, steps=S, steps_source=source,
                        granularity=granularity, views=views, view_slices=offsets, view_name=view_name,
@@ -272,10 +289,9 @@ def refuse_special_tokens(adapter, ids: List[int], refused: set) -> None:
     refuse_ids(adapter.token_strings, closing, CLOSING_TOKEN, response=ids[:end])
 
 
-def _left_out_note(adapter, ids: List[int], closing: set) -> List[str]:
-    """The note of the special tokens ``ids`` targets="words" left out (the closing ones, a response's end as an
-    eos is, unsaid)."""
-    shown = [i for i in ids if i not in closing]
+def _left_out_note(adapter, shown: List[int]) -> List[str]:
+    """The note of the special tokens ``shown`` targets="words" left out (the closing ones at the response's
+    end, an end as an eos is, are not among them)."""
     if not shown:
         return []
     names = list(dict.fromkeys(adapter.token_strings(shown)))
@@ -393,4 +409,4 @@ def _why_no_word(ids, skip, eos) -> str:
     return "only eos/pad tokens"
 
 
-__all__ = ["Example", "ExampleBuilder", "refuse_special_tokens", "special_ids"]
+__all__ = ["Example", "ExampleBuilder", "GeneratedIds", "refuse_special_tokens", "special_ids"]

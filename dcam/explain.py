@@ -45,7 +45,7 @@ import torch
 from .batch_inputs import check_errors, entries as _entries, example_error, for_example
 from .batching import WORK_SLACK, check_slack, similar_work
 from .errors import InputError, NonFiniteError, model_overflow, positive_int
-from .example import Example, ExampleBuilder
+from .example import Example, ExampleBuilder, GeneratedIds
 from .explanation import Explanation
 from .images import WHITE
 from .methods import MethodInputs, get_method
@@ -317,8 +317,9 @@ class Explainer:
         with stage("dcam.trajectory"):
             traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
                                       targets=targets, background=background, granularity=granularity, view=view)
-        e = self.explain(image, prompt=prompt, response=traj.response_ids, targets=targets, probe=probe,
-                         target_score=target_score, steps=traj.steps, background=background,
+        # the model's ids, not the user's: a special token it wrote is left out with a note, not refused
+        e = self.explain(image, prompt=prompt, response=GeneratedIds(traj.response_ids), targets=targets,
+                         probe=probe, target_score=target_score, steps=traj.steps, background=background,
                          granularity=granularity, view=view)
         e.steps_source, e.trajectory = "generation", traj
         e.notes = list(dict.fromkeys(traj.notes + e.notes))

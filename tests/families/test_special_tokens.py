@@ -7,6 +7,9 @@
   tokens an adapter's ``closing_tokens`` name.
 * A GENERATED response's special tokens (the random Idefics3 stand-in writes ``<row_2_col_4>``) were explained
   as words. Now targets="words" leaves them out, as eos and pad slots, with a note; targets="tokens" keeps them.
+  A closing token is unsaid at the response's end only; one the model wrote mid-response is counted in the note.
+  explain(trajectory=True) re-explains the generated ids: they keep the generated rule (its <user> was refused
+  as a given response's).
 """
 import numpy as np
 import pytest
@@ -129,3 +132,45 @@ def test_a_response_of_special_tokens_only_has_no_word(models, landscape):
     assert one_line_refusal(lambda: exp.explain(landscape)) == \
         "the response has no word to explain (its tokens are special tokens only; targets='tokens' explains them)"
     assert exp.explain(landscape, targets="tokens").tokens == ["<row_1_col_1>", "<global-img>"]
+
+
+def test_a_closing_token_the_model_wrote_mid_response_is_counted_in_the_note(models, landscape):
+    model, processor = models("idefics3")
+    base = type(Explainer(model, processor).adapter)
+
+    class Midway(base):  # <end_of_utterance> closes nothing here: words follow it
+        def generate(self, prep, steps=None, response_length=None, record=False):
+            return Generation(self.tokenizer.convert_tokens_to_ids(
+                ["blue", "<end_of_utterance>", "square", "<row_1_col_2>", "cross", "<end_of_utterance>",
+                 "<end_of_utterance>", "</s>"]), 1)
+
+    e = Explainer(adapter=Midway(model, processor)).explain(landscape)
+    assert e.tokens == ["blue", "square", "cross"]
+    # the two closing tokens at the end are the response's end (unsaid); the one after "blue" is not
+    assert e.notes == ["targets: 2 special tokens of the response ('<end_of_utterance>', '<row_1_col_2>') are not "
+                       "words: left out (targets='tokens' explains them)"]
+
+
+def test_a_trajectory_leaves_out_a_special_token_its_model_wrote_as_a_plain_explain_does(models, landscape):
+    model, processor = models("lumina-dimoo")
+    base = type(Explainer(model, processor).adapter)
+    user = SPECIALS["lumina-dimoo"][2][1]
+
+    class WritesUser(base):  # the sampler writes Lumina-DiMOO's <user> in slot 1, states included
+        def generate(self, prep, steps=None, response_length=None, record=False):
+            gen = super().generate(prep, steps, response_length, record=record)
+            gen.response_ids = list(gen.response_ids)
+            gen.response_ids[1] = user
+            if record:
+                gen.states = gen.states.clone()
+                gen.states[:, 1] = user
+            return gen
+
+    exp = Explainer(adapter=WritesUser(model, processor))
+    plain = exp.explain(landscape, steps=2, response_length=6)
+    traced = exp.explain(landscape, steps=2, response_length=6, trajectory=True)
+    note = "targets: 1 special token of the response ('<user>') is not a word: left out (targets='tokens' explains it)"
+    assert note in plain.notes and plain.notes == traced.notes
+    assert note in traced.trajectory.notes
+    assert traced.trajectory.response_ids[1] == user and "<user>" not in plain.tokens
+    assert traced.tokens == plain.tokens == traced.trajectory.tokens
