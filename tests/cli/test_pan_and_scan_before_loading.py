@@ -111,3 +111,24 @@ def test_a_gemma3_folder_is_not_refused_early(tmp_path):
     _corrupt_weights(str(tmp_path))
     with pytest.raises(InputError, match=r"^model: cannot load the weights in "):
         load_model(str(tmp_path), pan_and_scan=True)
+
+
+def test_a_processor_whose_backend_is_missing_is_left_to_the_loading(tmp_path):
+    """mistral3's PixtralProcessor needs torchvision, not installed here: transformers gives a dummy class whose
+    attributes raise ImportError. The early check cannot tell, so the option changes nothing: the loader's one
+    line, as without it (it was an ImportError traceback from the early check)."""
+    from transformers.models.auto.processing_auto import processor_class_from_name
+
+    from dcam.models import load_model, read_config
+    from dcam.probe.adapters.pan_and_scan import transformers_processor_class
+
+    if not getattr(type(processor_class_from_name("PixtralProcessor")), "is_dummy", False):
+        pytest.skip("torchvision is installed: PixtralProcessor is the real class here")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral3", "image_token_index": 10}))
+    assert transformers_processor_class(str(tmp_path), read_config(str(tmp_path))) is None
+    lines = []
+    for on in (None, True, False):
+        with pytest.raises(InputError, match=r"^model: cannot load the weights in ") as err:
+            load_model(str(tmp_path), pan_and_scan=on)
+        lines.append(str(err.value))
+    assert lines[0] == lines[1] == lines[2]

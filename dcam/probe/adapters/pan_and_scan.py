@@ -167,8 +167,9 @@ def transformers_processor_class(model_dir: str, config: dict) -> Optional[type]
     processor_config.json, else of preprocessor_config.json (video_preprocessor_config.json where that is
     absent), else of tokenizer_config.json, else of config.json, else the processor transformers maps the
     ``model_type`` to. None where the files leave it open: code shipped with the folder (an ``auto_map``
-    naming an AutoProcessor), a name transformers does not know or cannot import here, no processor class
-    (AutoProcessor then falls back to a tokenizer or an image processor)."""
+    naming an AutoProcessor), a name transformers does not know or cannot import here (a class whose backend is
+    missing, e.g. Pixtral's without torchvision), no processor class (AutoProcessor then falls back to a
+    tokenizer or an image processor)."""
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES, processor_class_from_name
 
     files = ["processor_config.json", "preprocessor_config.json", "tokenizer_config.json"]
@@ -182,9 +183,15 @@ def transformers_processor_class(model_dir: str, config: dict) -> Optional[type]
     if not isinstance(name, str):
         return None
     try:
-        return processor_class_from_name(name)
-    except ImportError:  # (a class whose backend is not installed: its loading says so)
-        return None
+        found = processor_class_from_name(name)
+        # a class whose backend is not installed is transformers' dummy (metaclass DummyObject), whose
+        # attributes raise ImportError when read: cannot tell, so its loading says what is missing, one line
+        if found is not None and not getattr(type(found), "is_dummy", False):
+            getattr(found, "images_kwargs", None)
+            return found
+    except ImportError:
+        pass
+    return None
 
 
 __all__ = ["PanAndScanCrops", "pan_and_scan_crops", "pan_and_scan_views", "PAN_AND_SCAN_SETTINGS",
