@@ -20,6 +20,11 @@ namespace py = pybind11;
 
 namespace {
 
+// What dcam/ops/cpp.py expects of this module (its INTERFACE_VERSION): bump both when the Python side
+// comes to need something an older build lacks (version 1: NonFiniteMapsError). An editable install whose
+// extension was not rebuilt is then reported stale at import, not met as an AttributeError mid-call.
+constexpr int kInterfaceVersion = 1;
+
 // An allocation failure of the kernels: pybind11 raises MemoryError with what() (not a
 // ValueError: running out of memory is no argument's fault).
 class OutOfMemory : public std::bad_alloc {
@@ -199,6 +204,7 @@ void set_akd_path(int path) {
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "Diffusion-CAM C++ CPU backend (numpy in/out; see csrc/include/dcam.h)";
+    m.attr("INTERFACE_VERSION") = kInterfaceVersion;
     py::register_exception<NonFiniteMaps>(m, "NonFiniteMapsError", PyExc_ValueError);
     m.def("version", &dcam_version);
     m.def("_set_akd_path", &set_akd_path, py::arg("path"),

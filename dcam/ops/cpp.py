@@ -27,12 +27,24 @@ from torch import Tensor
 
 from ..errors import InputError
 
+#: What these wrappers need of ``dcam._C`` (csrc/python/bindings.cpp's kInterfaceVersion, bumped together):
+#: an extension of another version, an editable install's build left from older sources, is treated as
+#: not built (the reference runs, with one warning; backend='cpp' says why) rather than failing mid-call
+INTERFACE_VERSION = 1
+
 try:
     from dcam import _C  # type: ignore[attr-defined]
     _IMPORT_ERROR: Optional[str] = None
 except ImportError as exc:  # extension not built
     _C = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+if _C is not None and getattr(_C, "INTERFACE_VERSION", None) != INTERFACE_VERSION:
+    _built = getattr(_C, "INTERFACE_VERSION", None)
+    _IMPORT_ERROR = (f"stale build: {_C.__file__} has interface version "
+                     f"{'none (built before versions)' if _built is None else _built}, these sources need "
+                     f"{INTERFACE_VERSION}; rebuild: python setup.py build_ext --inplace")
+    _C = None
+    del _built
 
 
 def is_available() -> bool:
@@ -46,6 +58,8 @@ def unavailable_reason() -> Optional[str]:
 
 def _require() -> None:
     if _C is None:
+        if _IMPORT_ERROR.startswith("stale build"):  # (it says how to rebuild)
+            raise RuntimeError(f"dcam._C is not available ({_IMPORT_ERROR})")
         raise RuntimeError(f"dcam._C is not available ({_IMPORT_ERROR}); reinstall dcam with a C++17 compiler on the "
                            "path to build it (pip install --no-cache-dir --force-reinstall --no-deps <dcam's folder "
                            "or sdist>)")

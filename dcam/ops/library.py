@@ -221,11 +221,14 @@ def _cpu_kernel(op: str, args: tuple) -> Callable:
     if cpp_backend.is_available():
         check_cpp_sizes(op, args)
         return getattr(cpp_backend.module(), f"{op}_cpp")
-    _warn_once("cpp", f"dcam: the C++ CPU backend is not available ({cpp_backend.unavailable_reason()}); "
-                      "CPU tensors use the slower PyTorch reference. Reinstall dcam where a C++17 compiler with "
+    why = cpp_backend.unavailable_reason()
+    # (a stale build's reason says how to rebuild it: the compiler is there)
+    _warn_once("cpp", f"dcam: the C++ CPU backend is not available ({why}); CPU tensors use the slower PyTorch "
+                      "reference." + ("" if str(why).startswith("stale build") else
+                      " Reinstall dcam where a C++17 compiler with "
                       "OpenMP is on the path (`pip install --no-cache-dir --force-reinstall --no-deps <the dcam "
                       "folder or sdist you installed from>`: without --no-cache-dir pip reinstalls its cached build, "
-                      "which lacks the extension; `pip install -e .` in a checkout) to build it.")
+                      "which lacks the extension; `pip install -e .` in a checkout) to build it."))
     return OPS[op][1]
 
 

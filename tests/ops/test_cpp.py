@@ -315,3 +315,54 @@ def test_out_of_memory_in_refine_is_a_memory_error_and_the_process_goes_on():
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.splitlines()
     assert lines[0] == "MemoryError dcam_refine: out of memory" and float(lines[1]) == 0.0
+
+
+STALE = r"""
+import sys, warnings, torch
+import dcam._C as ext
+if sys.argv[1] == "none":
+    del ext.INTERFACE_VERSION      # as a dcam._C built before its interface had a version
+else:
+    ext.INTERFACE_VERSION = int(sys.argv[1])
+import dcam
+from dcam.ops import cpp
+print(cpp.is_available())
+print(cpp.unavailable_reason())
+raw = torch.rand(1, 2, 4, 5)
+try:
+    dcam.refine(raw, backend="cpp")
+except RuntimeError as exc:
+    print(exc)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    same = torch.equal(dcam.refine(raw).maps, dcam.refine(raw, backend="torch").maps)
+print(same, len(caught), caught[0].message if caught else None)
+raw[0, 1, 2, 3] = float("nan")
+try:
+    cpp.refine_cpp(raw, torch.zeros(1, 2, dtype=torch.bool), *[torch.ones(1)] * 3, None, None, 3, True, True,
+                   True, 0, [0.0] * 8, [0.0] * 5)
+except RuntimeError as exc:
+    print(exc)
+"""
+
+
+@NEEDS_CPP
+@pytest.mark.parametrize("built", ["none", "0"])
+def test_an_extension_of_another_interface_version_counts_as_not_built(built):
+    # a dcam._C left from older sources (an editable install not rebuilt) lacked NonFiniteMapsError: every
+    # ValueError of refine_cpp became AttributeError "module 'dcam._C' has no attribute 'NonFiniteMapsError'"
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", STALE, built], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    why = (f"stale build: {C._C.__file__} has interface version "
+           f"{'none (built before versions)' if built == 'none' else built}, these sources need "
+           f"{C.INTERFACE_VERSION}; rebuild: python setup.py build_ext --inplace")
+    assert C.INTERFACE_VERSION == C._C.INTERFACE_VERSION == 1  # (this process's extension: built from these sources)
+    assert res.stdout.splitlines() == [
+        "False", why, f"backend='cpp' is not available: {why}",
+        # the reference runs, said once
+        f"True 1 dcam: the C++ CPU backend is not available ({why}); CPU tensors use the slower PyTorch reference.",
+        f"dcam._C is not available ({why})"]  # (the NaN map reached the extension: AttributeError)
