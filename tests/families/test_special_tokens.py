@@ -174,3 +174,42 @@ def test_a_trajectory_leaves_out_a_special_token_its_model_wrote_as_a_plain_expl
     assert note in traced.trajectory.notes
     assert traced.trajectory.response_ids[1] == user and "<user>" not in plain.tokens
     assert traced.tokens == plain.tokens == traced.trajectory.tokens
+
+
+WRITES_USER = '''
+from dcam.probe.adapters.vq import DiMOOAdapter
+
+
+class WritesUser(DiMOOAdapter):
+    """Lumina-DiMOO's adapter whose sampler writes <user> in slot 1 (states included)."""
+
+    def generate(self, prep, steps=None, response_length=None, record=False):
+        gen = super().generate(prep, steps, response_length, record=record)
+        user = self.tokenizer.convert_tokens_to_ids("<user>")
+        gen.response_ids = list(gen.response_ids)
+        gen.response_ids[1] = user
+        if record:
+            gen.states = gen.states.clone()
+            gen.states[:, 1] = user
+        return gen
+'''
+
+
+def test_the_cli_trajectories_leave_out_a_special_token_the_model_wrote(in_folder, landscape):
+    import json
+
+    import dcam
+
+    (in_folder / "dimoo_writes_user.py").write_text(WRITES_USER)
+    folder = save_standin("lumina-dimoo", str(in_folder / "dimoo"))
+    landscape.save(in_folder / "image.png")
+    common = ["--model", folder, "--adapter", "dimoo_writes_user:WritesUser", "--trajectory", "--steps", "2",
+              "--response-length", "6", "--quiet"]
+    note = "targets: 1 special token of the response ('<user>') is not a word: left out (targets='tokens' explains it)"
+    assert main(["explain", "image.png", "--out", "explained", *common]) == 0
+    meta = json.loads((in_folder / "explained" / "meta.json").read_text())
+    assert note in meta["notes"] and "trajectory" in meta
+    (in_folder / "m.jsonl").write_text(json.dumps({"id": "a", "image": "image.png"}) + "\n")
+    assert main(["run", "m.jsonl", "--out", "run", *common]) == 0
+    (record,) = dcam.load_run("run")
+    assert note in record.notes and record.trajectory is not None
