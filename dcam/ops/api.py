@@ -285,13 +285,15 @@ def _refine_inputs(raw: Tensor, degenerate: Optional[Tensor], config: CamConfig,
         # the C++ kernels refuse a bad per-image value or context weight whatever check_finite says (its C
         # API checks them, cheaply on the CPU): checked here as a checked call does, so they are the same
         # InputError naming the argument (unchecked, a non-zero diagonal was the extension's ValueError)
-        check_values = True
-    steps_t = V.per_image("steps", steps, B, device, lo=0.0, hi=None, lo_open=True, check_values=check_values)
-    size_t = V.per_image("image_size", image_size, B, device, lo=0.0, hi=None, lo_open=True,
-                         check_values=check_values)
-    rho_t = V.per_image("repeat_ratio", repeat_ratio, B, device, lo=0.0, hi=1.0, lo_open=False,
-                        check_values=check_values)
-    context_maps, context_weights = V.check_context(config, raw, context_maps, context_weights, check_values)
+        forced, check_values = not check_values, True
+    else:
+        forced = False
+    checks = dict(B=B, device=device, check_values=check_values, forced=forced)
+    steps_t = V.per_image("steps", steps, lo=0.0, hi=None, lo_open=True, **checks)
+    size_t = V.per_image("image_size", image_size, lo=0.0, hi=None, lo_open=True, **checks)
+    rho_t = V.per_image("repeat_ratio", repeat_ratio, lo=0.0, hi=1.0, lo_open=False, **checks)
+    context_maps, context_weights = V.check_context(config, raw, context_maps, context_weights, check_values,
+                                                    forced=forced)
     V.check_same_device(raw_maps=raw, degenerate=degenerate, context_maps=context_maps,
                         context_weights=context_weights)
     return backend, steps_t, size_t, rho_t, context_maps, context_weights

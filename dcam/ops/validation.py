@@ -31,11 +31,15 @@ def nonfinite_flag(x: Tensor) -> Tensor:
     return ~(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-def check_finite(name: str, x: Tensor) -> None:
+def check_finite(name: str, x: Tensor, forced: bool = False) -> None:
+    """``forced``: checked although the caller passed check_finite=False (the C++ refine
+    kernels refuse NaN/Inf there), so the usual hint to pass it would be wrong."""
     refuse_meta_check(name, x)
     if bool(nonfinite_flag(x)):
         bad = (~torch.isfinite(x)).sum().item()
-        raise NonFiniteError(name, bad, "; pass check_finite=False to skip this check")
+        hint = (f"; the C++ kernel cannot take NaN/Inf in {name} whatever check_finite says" if forced
+                else "; pass check_finite=False to skip this check")
+        raise NonFiniteError(name, bad, hint)
     check_float32_range(name, x)
 
 
@@ -152,9 +156,9 @@ def _range_text(lo: float, hi: Optional[float], lo_open: bool) -> str:
 
 
 def per_image(name: str, value, B: int, device, *, lo: float, hi: Optional[float], lo_open: bool,
-              check_values: bool) -> Tensor:
+              check_values: bool, forced: bool = False) -> Tensor:
     """A scalar or a [B] tensor/sequence -> float32 [B] on ``device``, range-checked
-    (a tensor's values only when ``check_values``: that costs a host sync)."""
+    (a tensor's values only when ``check_values``: that costs a host sync; ``forced``: see check_finite)."""
     if isinstance(value, bool):
         raise InputError(f"{name} must be a number or a [B] tensor, got a bool")
     rng = _range_text(lo, hi, lo_open)
@@ -185,7 +189,7 @@ def per_image(name: str, value, B: int, device, *, lo: float, hi: Optional[float
         raise InputError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32), got {value.tolist()}")
     t = value.to(device=device, dtype=torch.float32).contiguous()
     if check_values:
-        check_finite(name, t)
+        check_finite(name, t, forced)
         below = (t <= lo) if lo_open else (t < lo)
         if bool(below.any()) or (hi is not None and bool((t > hi).any())):
             raise InputError(f"{name} must lie in {rng}, got {t.tolist()}")
@@ -288,7 +292,7 @@ def check_degenerate(degenerate, raw: Tensor) -> Tensor:
 
 
 def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights, check_values: bool,
-                  empty_ok: bool = False):
+                  empty_ok: bool = False, forced: bool = False):
     """(context_maps, context_weights) for the refine op: both None unless sicd="context"."""
     B, T, h, w = raw.shape
     if config.sicd != "context":
@@ -302,7 +306,7 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
             raise InputError(f"context_maps must have the shape of raw_maps {(B, T, h, w)}, "
                              f"got {tuple(context_maps.shape)}")
         if check_values:  # maps as raw_maps are (min-max normalised): 3e38 ones overflowed SICD into NaN maps
-            check_finite("context_maps", context_maps)
+            check_finite("context_maps", context_maps, forced)
             lo, hi = torch.aminmax(context_maps.detach())
             if float(lo) < 0.0 or float(hi) > 1.0:
                 raise InputError(f"context_maps must lie in [0, 1] as raw_maps do, got values in "
@@ -314,7 +318,7 @@ def check_context(config: CamConfig, raw: Tensor, context_maps, context_weights,
     if tuple(context_weights.shape) != (B, T, T):
         raise InputError(f"context_weights must have shape {(B, T, T)}, got {tuple(context_weights.shape)}")
     if check_values:
-        check_finite("context_weights", context_weights)
+        check_finite("context_weights", context_weights, forced)
         if bool((context_weights < 0).any()):
             raise InputError("context_weights must be non-negative")
         if not bool(torch.isfinite(context_weights.float().sum(-1)).all()):  # normalised by their row sums

@@ -389,6 +389,22 @@ def test_refine_accepts_the_unit_range_edges():
     assert dcam.refine(raw, backend="torch").maps.shape == (1, 2, 3, 3)
 
 
+@pytest.mark.skipif("cpp" not in AVAILABLE, reason="the C++ extension is not built")
+@pytest.mark.parametrize("name", ["steps", "repeat_ratio"])
+def test_refine_nonfinite_tensor_message_on_cpp_says_check_finite_cannot_skip_it(name):
+    # the C++ kernels check a per-image tensor whatever check_finite says: the old message told a caller who had
+    # passed check_finite=False to pass it; without the flag the usual advice stays (and is true)
+    raw = torch.rand(1, 2, 3, 3)
+    kw = {name: torch.tensor([float("nan")])}
+    with pytest.raises(NonFiniteError) as info:
+        dcam.refine(raw, backend="cpp", check_finite=False, **kw)
+    assert str(info.value) == (f"{name} contains 1 NaN/Inf value(s); the C++ kernel cannot take NaN/Inf in {name} "
+                               "whatever check_finite says")
+    with pytest.raises(NonFiniteError) as info:
+        dcam.refine(raw, backend="cpp", **kw)
+    assert str(info.value) == f"{name} contains 1 NaN/Inf value(s); pass check_finite=False to skip this check"
+
+
 @pytest.mark.parametrize("backend", AVAILABLE + ["auto"])
 def test_refine_output_in_unit_range_with_a_tiny_repeat_ratio(backend, quiet):
     # a non-degenerate map that AKD turns into zeros, and rho = 1e-30: I = 5e-32, I*I underflows
