@@ -26,7 +26,7 @@ _LAZY_ATTRS = {
     "RawMaps": "dcam.ops", "Refined": "dcam.ops", "available_backends": "dcam.ops",
     "diffusion_cam": "dcam.ops", "pool_gradients": "dcam.ops", "channel_weights": "dcam.ops",
     "weighted_maps": "dcam.ops", "refine": "dcam.ops", "InputError": "dcam.errors",
-    "Explainer": "dcam.explain", "Explanation": "dcam.explanation",
+    "BudgetError": "dcam.probe.memory", "Explainer": "dcam.explain", "Explanation": "dcam.explanation",
     "evaluate": "dcam.eval",
     "load_run": "dcam.runs", "load_explanation": "dcam.saved",
 }
@@ -52,4 +52,4 @@ def __dir__():  # the public names only (the module's globals listed importlib a
 
 __all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
            "diffusion_cam", "pool_gradients", "channel_weights", "weighted_maps", "refine", "InputError",
-           "Explainer", "Explanation", "evaluate", "load_run", "load_explanation", "__version__"]
+           "BudgetError", "Explainer", "Explanation", "evaluate", "load_run", "load_explanation", "__version__"]

@@ -32,7 +32,7 @@ def add_profile_option(p, recorded: str = "the explanations") -> None:
                    help=f"write a torch.profiler trace of {recorded} to FILE (Chrome trace JSON: open it in "
                         "ui.perfetto.dev or chrome://tracing; each stage of dcam.profiling.STAGES is a named range: "
                         "dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) and print each stage's own "
-                        f"time; {TRACE_SIZE_HELP} (default: no profile)")
+                        f"time on stderr, unless --quiet; {TRACE_SIZE_HELP} (default: no profile)")
 
 
 def add_window_option(p, flag: str, units: str, warm_up: str, single: str, size: str) -> None:

@@ -54,7 +54,7 @@ def add_parser(sub) -> None:
                    help="write a torch.profiler trace of --profile-batches batches of this process's share to FILE "
                         "(Chrome trace JSON: open it in ui.perfetto.dev; each stage of dcam.profiling.STAGES is a "
                         "named range: dcam.generate, dcam.forward, dcam.backward, dcam.maps, ...) once the run is "
-                        "written, and print each stage's own seconds in them; a run that fails or is interrupted "
+                        "written, and print each stage's own seconds in them on stderr, unless --quiet; a run that fails or is interrupted "
                         "leaves none. Under torchrun each rank writes its own: FILE for rank 0, FILE with .rankN "
                         "before its extension for rank N (trace.json, trace.rank1.json; trace.json.gz, trace.rank1.json.gz). An "
                         "existing FILE is "

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("view", help="write DIR/index.html, a static page to browse a run", description=__doc__)
     p.add_argument("folder", metavar="DIR", help="run folder (dcam run --out)")
     p.add_argument("--per-page", type=common.positive_int, default=50, help="records per page")
-    p.add_argument("--limit", type=common.positive_int, default=None, help="show only the first N records")
+    p.add_argument("--limit", type=common.positive_int, default=None, help="show only the first N records (default: every record)")
     # (the range of dcam explain --max-side: 1 and 100000 were taken)
     p.add_argument("--max-side", type=common.int_in(16, MAX_SIDE_LIMIT), default=512,
                    help="longest side of the images written for the page, in pixels")

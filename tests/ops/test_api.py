@@ -1019,6 +1019,13 @@ def test_dir_lists_the_public_names_only():
     assert names == sorted(names)
 
 
+def test_budget_error_is_public_as_the_readme_names_it():
+    # README names BudgetError (explain_batch's memory_budget); dcam.BudgetError did not exist
+    from dcam.probe.memory import BudgetError
+    assert dcam.BudgetError is BudgetError and issubclass(dcam.BudgetError, dcam.InputError)
+    assert "BudgetError" in dcam.__all__
+
+
 @pytest.mark.parametrize("backend", AVAILABLE)
 @pytest.mark.parametrize("grad_relu", [True, False])
 def test_identical_token_states_make_degenerate_maps(backend, grad_relu):
