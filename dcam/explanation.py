@@ -1,10 +1,11 @@
 """The result of an explanation: one map per explained word, and its pictures.
 
-    e.tokens, e.token_ids, e.maps      # maps: float32 [T, h, w], one per explained token
+    e.tokens, e.token_ids, e.maps      # maps: float32 [T, h, w], one per explained word
     e.stats                            # per-map statistics, each [T]
     e.overlay("circle", alpha=0.5)     # PIL image: heatmap upsampled and blended onto the image
     e.contact_sheet()                  # PIL image: the image and every overlay (contact_sheet.png)
-    e.save("out/")                     # overlays, contact sheet, maps.safetensors, meta.json
+    e.save("out/")                     # overlays, contact sheet, image.png, maps.safetensors, meta.json,
+                                       # index.html (and the trajectory's files, if it has one)
 """
 from __future__ import annotations
 
@@ -283,7 +284,12 @@ class Explanation:
           ``stats.<name>``, and with ``view="all"`` ``view_maps.<view>``
           [T,h',w'] (every view's maps, each on its own grid);
           ``raw_maps`` and ``context_weights`` where the method made them;
-        - ``meta.json``: everything else (:meth:`meta`).
+        - ``meta.json``: everything else (:meth:`meta`);
+        - ``index.html``: the explanation's page (words as buttons, heatmaps
+          drawn in the browser), as in Jupyter;
+        - with a trajectory, also ``trajectory.safetensors``,
+          ``trajectory/NN_word.gif`` and ``trajectory_sheet.png``
+          (:meth:`dcam.trajectory.Trajectory.write_files`).
 
         :func:`dcam.load_explanation` reads the folder back.
 
