@@ -324,9 +324,10 @@ def refine(raw_maps: Union[Tensor, RawMaps], config: Optional[CamConfig] = None,
     context_maps default to the raw maps (a degenerate one counting as all zeros).
     degenerate: bool [B,T]; default: maps that are constant.
     check_finite: check the values of the tensors (finite, in range); costs a
-    host sync on the GPU. Where the C++ kernels run, steps, image_size,
-    repeat_ratio and the context tensors are checked either way (its C API
-    refuses bad ones; False skips the check of the maps only).
+    host sync on the GPU. A scalar steps, image_size or repeat_ratio is
+    checked on every backend either way; False skips the check of tensors:
+    the maps, and per-image [B] and context tensors except where the C++
+    kernels run (its C API refuses bad ones, so they are checked there).
     """
     V.check_bool("check_finite", check_finite)
     if isinstance(raw_maps, RawMaps):
