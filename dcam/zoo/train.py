@@ -299,7 +299,7 @@ def linearise(model, processor, pool, steps, batch, lr, seed, eps=1e4, log_every
 
     RMSNorm(h) = g * h / sqrt(mean(h^2) + eps) is scale invariant in h when eps is tiny,
     and every block reads an image token only through it, so the gradient of any score
-    w.r.t. a token's state is orthogonal to that state (tests/test_grounding.py). That
+    w.r.t. a token's state is orthogonal to that state (tests/eval/test_grounding.py). That
     leaves gradient-weighted pooling (docs/ALGORITHM.md section 1) without per-token evidence. With eps
     far above mean(h^2) (states here have RMS ~4, eps 1e4) the norm is a fixed scaling,
     the gradient follows what the LM reads from a token, and relu(A) (non-negative
