@@ -153,19 +153,8 @@ def test_a_closing_token_the_model_wrote_mid_response_is_counted_in_the_note(mod
 
 def test_a_trajectory_leaves_out_a_special_token_its_model_wrote_as_a_plain_explain_does(models, landscape):
     model, processor = models("lumina-dimoo")
-    base = type(Explainer(model, processor).adapter)
     user = SPECIALS["lumina-dimoo"][2][1]
-
-    class WritesUser(base):  # the sampler writes Lumina-DiMOO's <user> in slot 1, states included
-        def generate(self, prep, steps=None, response_length=None, record=False):
-            gen = super().generate(prep, steps, response_length, record=record)
-            gen.response_ids = list(gen.response_ids)
-            gen.response_ids[1] = user
-            if record:
-                gen.states = gen.states.clone()
-                gen.states[:, 1] = user
-            return gen
-
+    WritesUser = _writes_user()
     exp = Explainer(adapter=WritesUser(model, processor))
     plain = exp.explain(landscape, steps=2, response_length=6)
     traced = exp.explain(landscape, steps=2, response_length=6, trajectory=True)
@@ -174,6 +163,13 @@ def test_a_trajectory_leaves_out_a_special_token_its_model_wrote_as_a_plain_expl
     assert note in traced.trajectory.notes
     assert traced.trajectory.response_ids[1] == user and "<user>" not in plain.tokens
     assert traced.tokens == plain.tokens == traced.trajectory.tokens
+
+
+def _writes_user():
+    """The adapter class of :data:`WRITES_USER` (the source the CLI test hands to --adapter)."""
+    space = {}
+    exec(WRITES_USER, space)
+    return space["WritesUser"]
 
 
 WRITES_USER = '''

@@ -273,18 +273,27 @@ def test_load_run_of_a_parts_folder_that_cannot_be_listed_is_an_input_error(name
     assert str(info.value) == f"run: cannot read {os.path.join(folder, name)!r} (NotADirectoryError: Not a directory)"
 
 
-def test_dcam_run_resuming_over_damaged_metrics_exits_2_naming_them(run_manifest, reference_run, tmp_path, capsys):
-    # the run's metrics.json is reduced from every index line's metrics at its end: a text among the values was a
-    # ValueError traceback there (and a number in a text, "0.5", was counted as 0.5)
+def _copied_run(reference_run, tmp_path):
+    """A copy of the reference run in tmp_path/run: (its folder, its index.jsonl, the index's lines, to damage)."""
     out = str(tmp_path / "run")
     shutil.copytree(reference_run, out)
     index = os.path.join(out, "index.jsonl")
     with open(index) as f:
-        lines = [json.loads(x) for x in f]
-    k = next(i for i, x in enumerate(lines) if x.get("metrics"))
-    lines[k]["metrics"]["object"]["obj_iou"][0] = "x"
+        return out, index, [json.loads(x) for x in f]
+
+
+def _write_index(index, lines):
     with open(index, "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in lines)
+
+
+def test_dcam_run_resuming_over_damaged_metrics_exits_2_naming_them(run_manifest, reference_run, tmp_path, capsys):
+    # the run's metrics.json is reduced from every index line's metrics at its end: a text among the values was a
+    # ValueError traceback there (and a number in a text, "0.5", was counted as 0.5)
+    out, index, lines = _copied_run(reference_run, tmp_path)
+    k = next(i for i, x in enumerate(lines) if x.get("metrics"))
+    lines[k]["metrics"]["object"]["obj_iou"][0] = "x"
+    _write_index(index, lines)
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = f.read()
     rc, err = _resumed(run_manifest, out, capsys)
@@ -354,14 +363,9 @@ def test_dcam_run_resuming_over_a_line_without_its_shard_exits_2_naming_it(run_m
                                                                            capsys):
     # a line whose shard was named outside shards/: the resume took it (and deleted the line's real shard as
     # debris when no other line named it); a line without a shard was a KeyError traceback
-    out = str(tmp_path / "run")
-    shutil.copytree(reference_run, out)
-    index = os.path.join(out, "index.jsonl")
-    with open(index) as f:
-        lines = [json.loads(x) for x in f]
+    out, index, lines = _copied_run(reference_run, tmp_path)
     lines[0]["shard"] = "../" + lines[0]["shard"]
-    with open(index, "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in lines)
+    _write_index(index, lines)
     before = sorted(os.listdir(os.path.join(out, "shards")))
     rc, err = _resumed(run_manifest, out, capsys)
     assert rc == 2 and len(err) == 1 and err[0].startswith(
@@ -392,14 +396,9 @@ def test_dcam_run_resuming_over_a_line_whose_tokens_are_damaged_exits_2_naming_t
         tokens, shown, run_manifest, reference_run, tmp_path, capsys):
     # the resume counted len(tokens) into run.json's words: a text's letters (6 words for "circle"), a number's a
     # TypeError traceback at the run's end; the line is refused as load_run refuses it, before anything is written
-    out = str(tmp_path / "run")
-    shutil.copytree(reference_run, out)
-    index = os.path.join(out, "index.jsonl")
-    with open(index) as f:
-        lines = [json.loads(x) for x in f]
+    out, index, lines = _copied_run(reference_run, tmp_path)
     lines[2]["tokens"] = tokens
-    with open(index, "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in lines)
+    _write_index(index, lines)
     before = file_tree(out)
     rc, err = _resumed(run_manifest, out, capsys)
     assert (rc, err) == (2, [f"dcam run: error: run: {index} line 3, record {lines[2]['id']!r}: tokens must be a "
@@ -430,17 +429,12 @@ def test_dcam_run_resuming_over_metrics_of_another_length_exits_2_naming_them(ru
                                                                               capsys):
     # a value dropped from a record's list was reduced into metrics.json as it was (its other values taken for
     # other words')
-    out = str(tmp_path / "run")
-    shutil.copytree(reference_run, out)
-    index = os.path.join(out, "index.jsonl")
-    with open(index) as f:
-        lines = [json.loads(x) for x in f]
+    out, index, lines = _copied_run(reference_run, tmp_path)
     k = next(i for i, x in enumerate(lines) if len((x.get("metrics") or {}).get("object", {}).get("words", [])) > 1)
     values = lines[k]["metrics"]["object"]
     n = len(values["words"])
     values["contrast"] = values["contrast"][:-1]
-    with open(index, "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in lines)
+    _write_index(index, lines)
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = f.read()
     rc, err = _resumed(run_manifest, out, capsys)
