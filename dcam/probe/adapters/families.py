@@ -9,6 +9,7 @@ rule sees the model that was compiled; the adapter still gets (and explains) the
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -155,9 +156,10 @@ def compiled_original(model):
     """The module ``torch.compile(model)`` wrapped; ``model`` itself if it is no such wrapper. The
     wrapper hands attributes through to the original (``.config``, ``.model``), but not its class: rules by class (the bundled toy's ``isinstance``, Lumina-DiMOO's
     class name) refused the compiled model as unknown while rules by ``model_type`` accepted it."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    return model._orig_mod if isinstance(model, OptimizedModule) else model
+    # a model can be the wrapper only where torch.compile ran, which imported its module: importing it here
+    # (2.7 s on this machine) would add that to every process that never compiles
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return model._orig_mod if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule) else model
 
 
 def detect_family(model) -> Optional[Family]:
