@@ -309,11 +309,10 @@ class Explanation:
         """The files of :meth:`save`, written straight into the existing ``folder``."""
         from safetensors.torch import save_file
 
-        from .render.overlay import check_alpha, check_colormap
+        from .render.overlay import check_picture_args
 
         max_side = _check_max_side(max_side)  # (0 wrote 1x1 overlays)
-        check_alpha(alpha)
-        check_colormap(colormap)
+        check_picture_args(alpha, colormap)
         folder = check_existing_folder(folder, SAVE_MAKES_ONE)  # (a str from here: bytes met str names)
         # every name is checked before the first file is written: a folder in the way of meta.json
         # was a bare IsADirectoryError, of index.html an error naming "filename", files already written
@@ -382,11 +381,10 @@ class Explanation:
                       max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
         """The contact sheet :meth:`save` writes as ``contact_sheet.png`` (with the same arguments), as a PIL
         image: the image and every item's overlay, labelled, the response as title, a colour bar."""
-        from .render.overlay import check_alpha, check_colormap
+        from .render.overlay import check_picture_args
 
         max_side = _check_max_side(max_side)
-        check_alpha(alpha)
-        check_colormap(colormap)
+        check_picture_args(alpha, colormap)
         self._check_maps()
         return self._sheet(self._tiles(alpha, colormap, max_side)[1], colormap)
 

@@ -122,6 +122,13 @@ def check_alpha(alpha) -> float:
     return float(alpha)
 
 
+def check_picture_args(alpha, colormap) -> None:
+    """The options every picture of a map takes, checked before anything is drawn: ``alpha``
+    (:func:`check_alpha`), then ``colormap`` (:func:`check_colormap`)."""
+    check_alpha(alpha)
+    check_colormap(colormap)
+
+
 def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Blend a heatmap onto an image.
 
@@ -282,7 +289,7 @@ def rendered_at(image: Image.Image, size: Tuple[int, int], saved=None) -> Image.
     return img.resize(size, upscale_filter(img.size, size, Image.BICUBIC if size[0] > img.width else Image.BOX))
 
 
-__all__ = ["check_alpha", "check_colormap", "check_box", "check_map", "check_map_size", "map_on_image", "box_pixels",
+__all__ = ["check_alpha", "check_colormap", "check_picture_args", "check_box", "check_map", "check_map_size", "map_on_image", "box_pixels",
            "FULL_BOX", "MAP_TOLERANCE", "upsample_map", "colorize", "show_cam_on_image", "overlay", "display_size",
            "rendered_at", "upscale_filter",
            "DISPLAY_MIN_SIDE", "DISPLAY_MAX_SIDE"]

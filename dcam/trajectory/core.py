@@ -222,10 +222,9 @@ class Trajectory:
             check_map(final[k], f"{prefix}final_maps[{k}] ({word})")
 
     def _checked_picture_args(self, alpha, colormap) -> None:
-        from ..render.overlay import check_alpha, check_colormap
+        from ..render.overlay import check_picture_args
 
-        check_alpha(alpha)
-        check_colormap(colormap)
+        check_picture_args(alpha, colormap)
         self.check_maps()
 
     def sheet(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
@@ -278,13 +277,12 @@ class Trajectory:
 
         from ..explanation import SAVE_MAKES_ONE, _check_max_side
         from ..output import check_existing_folder
-        from ..render.overlay import check_alpha, check_colormap
+        from ..render.overlay import check_picture_args
         from .render import write_animations, write_sheet
 
         # every argument and the meta.json it adds to are checked before the first file is written
         max_side = _check_max_side(max_side)
-        check_alpha(alpha)
-        check_colormap(colormap)
+        check_picture_args(alpha, colormap)
         folder = check_existing_folder(folder, SAVE_MAKES_ONE)  # (a str from here, as Explanation.write_files)
         paths: Dict[str, Any] = {"meta": os.path.join(folder, "meta.json")}
         meta: Optional[Dict[str, Any]] = None

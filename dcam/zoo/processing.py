@@ -31,6 +31,8 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, MASK, IMAGE, UNK)
 PROMPT_WORDS = ("describe", "the", "image", "what", "is", "in", "this", "name", "objects", "shapes")
 DEFAULT_PROMPT = "describe the image"
 PROCESSOR_CONFIG = "processor_config.json"
+
+
 def normalise_words(text: str, vocab) -> tuple:
     """``(words, unknown)``: the whitespace words of ``text`` as the tokenizer
     knows them. A word not in ``vocab`` is tried lower-cased and without the
