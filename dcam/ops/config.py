@@ -173,12 +173,7 @@ class CamConfig:
 
     def changes(self) -> dict:
         """The fields that differ from ``CamConfig()``'s, JSON-ready."""
-        base = CamConfig().as_dict()
-        return {k: v for k, v in self.as_dict().items() if v != base[k]}
-
-    def describe(self) -> str:
-        """The config in one line, as its changes (:func:`describe_changes`)."""
-        return describe_changes(self.changes())
+        return config_changes(self.as_dict())
 
     def op_args(self) -> dict:
         """The refine op's scalar arguments.
