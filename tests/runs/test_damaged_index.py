@@ -287,19 +287,33 @@ def _write_index(index, lines):
         f.writelines(json.dumps(x) + "\n" for x in lines)
 
 
-def test_dcam_run_resuming_over_damaged_metrics_exits_2_naming_them(run_manifest, reference_run, tmp_path, capsys):
+def _text_among_values(line):
+    line["metrics"]["object"]["obj_iou"][0] = "x"
+    return "object must be an object of lists of numbers or nulls (obj_iou, contrast, concentration, f3), got {"
+
+
+def _value_dropped(line):
+    values = line["metrics"]["object"]
+    values["contrast"] = values["contrast"][:-1]
+    return f"object: contrast must be one number or null per word of object.words ({len(values['words'])}), got ["
+
+
+@pytest.mark.parametrize("damage, scored_words", [(_text_among_values, 1), (_value_dropped, 2)])
+def test_dcam_run_resuming_over_damaged_metrics_exits_2_naming_them(damage, scored_words, run_manifest, reference_run,
+                                                                    tmp_path, capsys):
     # the run's metrics.json is reduced from every index line's metrics at its end: a text among the values was a
-    # ValueError traceback there (and a number in a text, "0.5", was counted as 0.5)
+    # ValueError traceback there (and a number in a text, "0.5", was counted as 0.5); a value dropped from a
+    # record's list was reduced as it was (its other values taken for other words')
     out, index, lines = _copied_run(reference_run, tmp_path)
-    k = next(i for i, x in enumerate(lines) if x.get("metrics"))
-    lines[k]["metrics"]["object"]["obj_iou"][0] = "x"
+    k = next(i for i, x in enumerate(lines)
+             if len((x.get("metrics") or {}).get("object", {}).get("words", [])) >= scored_words)
+    why = damage(lines[k])
     _write_index(index, lines)
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = f.read()
     rc, err = _resumed(run_manifest, out, capsys)
     assert rc == 2 and len(err) == 1 and err[0].startswith(
-        f"dcam run: error: run: {index} line {k + 1}, record {lines[k]['id']!r}: metrics: object must be an object of "
-        "lists of numbers or nulls (obj_iou, contrast, concentration, f3), got {"), err
+        f"dcam run: error: run: {index} line {k + 1}, record {lines[k]['id']!r}: metrics: {why}"), err
     with open(os.path.join(out, "metrics.json")) as f:
         assert f.read() == metrics  # the metrics of the run as they were
 
@@ -423,23 +437,3 @@ def test_scan_index_counts_the_words_of_good_lines(tmp_path):
     with pytest.raises(InputError) as info:
         scan_index(folder)
     assert str(info.value) == f"run: {os.path.join(folder, 'index.jsonl')} line 3, record 'c' lacks 'tokens'"
-
-
-def test_dcam_run_resuming_over_metrics_of_another_length_exits_2_naming_them(run_manifest, reference_run, tmp_path,
-                                                                              capsys):
-    # a value dropped from a record's list was reduced into metrics.json as it was (its other values taken for
-    # other words')
-    out, index, lines = _copied_run(reference_run, tmp_path)
-    k = next(i for i, x in enumerate(lines) if len((x.get("metrics") or {}).get("object", {}).get("words", [])) > 1)
-    values = lines[k]["metrics"]["object"]
-    n = len(values["words"])
-    values["contrast"] = values["contrast"][:-1]
-    _write_index(index, lines)
-    with open(os.path.join(out, "metrics.json")) as f:
-        metrics = f.read()
-    rc, err = _resumed(run_manifest, out, capsys)
-    assert rc == 2 and len(err) == 1 and err[0].startswith(
-        f"dcam run: error: run: {index} line {k + 1}, record {lines[k]['id']!r}: metrics: object: contrast must be "
-        f"one number or null per word of object.words ({n}), got ["), err
-    with open(os.path.join(out, "metrics.json")) as f:
-        assert f.read() == metrics
