@@ -18,6 +18,8 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import InputError, one_line
+from .adapter_option import ADAPTER_OPTIONS, adapter_class, family_option, loaded_by_adapter, \
+    use_adapter_option  # noqa: F401  (the commands' --adapter, kept here with the other options)
 
 #: The map methods (checked again by dcam.methods when the model is built;
 #: listed here so that building the parser imports no torch).
@@ -247,66 +249,6 @@ def add_family_option(p: argparse.ArgumentParser) -> None:
                         "(default: the family's adapter)")
 
 
-#: ``--adapter`` values -> their adapter classes, forced as families of these names (:func:`use_adapter_option`)
-ADAPTER_OPTIONS: Dict[str, type] = {}
-
-
-def use_adapter_option(args) -> None:
-    """``--adapter MODULE:CLASS``: the class imported and forced on the model as a family named
-    ``MODULE:CLASS`` is (``args.family`` set to it), so that every command with ``--family`` takes it."""
-    spec = getattr(args, "adapter", None)
-    if spec is None:
-        return
-    if getattr(args, "family", None) is not None:
-        raise InputError("--adapter: give --adapter or --family, not both (--adapter names the adapter itself)")
-    cls = adapter_class(spec)
-    from ..probe.adapters import REGISTERED
-
-    if REGISTERED.get(spec, cls) is not cls:
-        raise InputError(f"--adapter: {spec!r} is already the name of another registered adapter")
-    REGISTERED[spec] = ADAPTER_OPTIONS[spec] = cls
-    args.family = spec
-
-
-def adapter_class(spec: str) -> type:
-    """The ModelAdapter subclass ``MODULE:CLASS`` names; bad values are InputErrors naming --adapter.
-    An exception the module raises while it is imported is its own: it propagates, with its traceback."""
-    import importlib
-
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise InputError(f"--adapter: expected MODULE:CLASS (e.g. my_adapter:MyAdapter), got {spec!r}")
-    if module.startswith("."):  # (importlib wants the package it is relative to: a raw TypeError)
-        raise InputError(f"--adapter: {module!r} is a relative module name; give the module's full name "
-                         f"(e.g. my_adapter:MyAdapter for ./my_adapter.py), got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` puts it (the `dcam` script does not)
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-            raise  # a module the user's module imports is missing: their module's error
-        raise InputError(f"--adapter: no module named {exc.name!r} (looked in the current folder and sys.path)") \
-            from None
-    if not hasattr(mod, name):
-        raise InputError(f"--adapter: module {module!r} has no attribute {name!r}")
-    from ..probe.adapters import ModelAdapter
-
-    cls = getattr(mod, name)
-    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
-        raise InputError(f"--adapter: {spec} is not a dcam.probe.ModelAdapter subclass (it is "
-                         f"{'the class ' + cls.__name__ if isinstance(cls, type) else 'a ' + type(cls).__name__})")
-    if cls is ModelAdapter:  # the protocol itself: it knows no model (its missing members blamed --model)
-        raise InputError(f"--adapter: {spec} is the protocol every adapter implements, not an adapter; "
-                         "name your subclass of it")
-    return cls
-
-
-def family_option(family: Optional[str]) -> str:
-    """The option that named ``family``: --adapter for a family made of its value, else --family."""
-    return "--adapter" if family in ADAPTER_OPTIONS else "--family"
-
-
 def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="diffusion-cam", choices=METHOD_NAMES, help="map method")
     p.add_argument("--probe", default=None, choices=PROBE_NAMES,
@@ -392,7 +334,10 @@ def load_model_for(args):
     except InputError as exc:
         raise option_error("--device", exc) from None
     crops = getattr(args, "pan_and_scan", None)
+    own = loaded_by_adapter(args)  # an --adapter class that loads its own model (ModelAdapter.load_model)
     try:
+        if own is not None:
+            return own()
         with loader_warnings_off():
             return load_model(args.model, device=getattr(args, "device", None),
                               trust_remote_code=getattr(args, "trust_remote_code", False),

@@ -109,3 +109,42 @@ def test_what_an_adapter_cannot_find_in_the_model_is_said_naming_adapter(in_fold
     assert written == ["image.png", "imgs", "opt_mod_bare.py"]  # nothing written
     # the bundled toy's own adapter without --adapter: the same model is explained (the error was the adapter's)
     assert main(["explain", "image.png", "--response", "red circle", "--out", "o_explain", "--quiet"]) == 0
+
+
+def test_an_adapter_that_loads_its_own_model_reads_the_model_folder(tmp_path):
+    # a model of one's own classes had no way onto the command line: --model read only folders dcam knows
+    # (`--model: no config.json in 'lab_weights'`), and --adapter alone forced the adapter on the bundled toy
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    example = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
+    module = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if b.startswith("# lab_adapter.py")]
+    command = [b for b in re.findall(r"```bash\n(.*?)```", doc, re.S) if "lab_adapter:LabAdapter" in b]
+    assert len(module) == 1 and len(command) == 1
+    work = tmp_path / "work"
+    (work / "lab_weights").mkdir(parents=True)
+    (work / "my_dmllm.py").write_text(example[:example.index("image = Image.new")])
+    (work / "lab_adapter.py").write_text(module[0])
+    image = Image.new("RGB", (64, 48), (200, 40, 40))
+    image.save(work / "image.png")
+    space = {}
+    exec(compile(example[:example.index("image = Image.new")], "FAMILIES.md", "exec"), space)
+    torch.manual_seed(7)
+    model = space["MyDMLLM"]().eval()
+    torch.save(model.state_dict(), work / "lab_weights" / "weights.pt")
+    args = shlex.split(command[0].strip())
+    r = _dcam(args[1:] + ["--out", "out", "--quiet"], work, tmp_path)
+    assert r.returncode == 0, r.stderr
+    # the folder's weights were explained: the maps of that model explained from Python, by its own adapter
+    import dcam
+
+    e = dcam.Explainer(adapter=space["MyAdapter"](model)).explain(image, response="10 11 12 2")
+    assert torch.equal(load_file(str(work / "out" / "maps.safetensors"))["maps"], e.maps)
+    # without --model there is no folder to load from: one line naming --model, nothing written
+    r = _dcam([a for a in args[1:] if a not in ("--model", "lab_weights")] + ["--out", "out2", "--quiet"], work,
+              tmp_path)
+    assert r.returncode == 2 and not (work / "out2").exists()
+    assert r.stderr == "dcam explain: error: --model: lab_adapter:LabAdapter loads its model from a folder (its " \
+                       "load_model()); give --model DIR\n"

@@ -36,6 +36,7 @@ from ...words import decode_shown
 from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
 from ..padding import PAD_MASK
 from ..rows import LastBlockAtRows, raised_at_rows, same_logits, supports_rows
+from .config_values import _ids_set, config_get  # noqa: F401  (re-exported for adapters)
 from .positions import locate_image_positions
 from .sampling import idle_steps
 
@@ -54,14 +55,6 @@ def relative_depth_layer(n_blocks: int, fraction: float = PAPER_RELATIVE_DEPTH) 
     if n_blocks < 1:
         raise InputError("the model has no transformer block to hook")
     return max(0, min(n_blocks - 2, int(round(n_blocks * fraction))))
-
-
-def _ids_set(v) -> set:
-    if v is None:
-        return set()
-    if isinstance(v, (list, tuple, set, Tensor)):
-        return {int(x) for x in (v.flatten().tolist() if isinstance(v, Tensor) else v) if x is not None}
-    return {int(v)}
 
 
 @dataclass
@@ -192,6 +185,13 @@ class ModelAdapter:
         self.processor = processor
         self.newline_column = bool(newline_column)
         self.newline_token_id = newline_token_id
+
+    @classmethod
+    def load_model(cls, folder: str) -> Tuple[nn.Module, Any]:
+        """(model, processor) read from ``folder``: what ``--model DIR --adapter MODULE:CLASS`` loads on the
+        command line for a model of your own classes (the model moved to ``--device`` / ``--dtype`` and put in
+        eval mode by dcam). Not overridden: dcam loads the folder itself (:func:`dcam.models.load_model`)."""
+        raise _missing(cls, "load_model()")
 
     # ------------------------------------------------------------------ ids
     @property
@@ -473,8 +473,10 @@ def _rows_verdict(model_inputs) -> str:
     return "_rows_only_ok_padded" if PAD_MASK in model_inputs else "_rows_only_ok"
 
 
-def _missing(adapter: ModelAdapter, what: str) -> NotImplementedError:
-    return NotImplementedError(f"{type(adapter).__name__} does not implement {what} which dcam needs of an adapter "
+def _missing(adapter, what: str) -> NotImplementedError:
+    """The error of a member ``adapter`` (an adapter, or its class) lacks."""
+    name = adapter.__name__ if isinstance(adapter, type) else type(adapter).__name__
+    return NotImplementedError(f"{name} does not implement {what} which dcam needs of an adapter "
                                "(docs/FAMILIES.md, 'Bring your own dMLLM')")
 
 
@@ -486,15 +488,3 @@ def gather_positions(logits: Tensor, positions: Tensor) -> Tensor:
 def _per_row(v) -> bool:
     """A model input with one row per example (batched along dim 0)."""
     return isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == 1
-
-
-def config_get(config, *names, default=None):
-    """The first attribute of ``config`` (or of its text sub-config) among ``names`` that is set."""
-    for cfg in (config, getattr(config, "text_config", None)):
-        if cfg is None:
-            continue
-        for n in names:
-            v = getattr(cfg, n, None)
-            if v is not None:
-                return v
-    return default
