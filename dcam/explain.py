@@ -52,6 +52,7 @@ from .methods import MethodInputs, get_method
 from .ops.backends import BACKENDS
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, batch_key, check_probe_request, probe_batch
+from .probe.adapters.checks import check_members
 from .probe.rows import block_dtype
 from .probe.hooks import check_weights, exclusive
 from .probe.memory import BudgetError, check_budget_holds_model, chunk_for_budget, parse_size
@@ -144,6 +145,7 @@ class Explainer:
             raise InputError("adapter: it wraps another model than the one given (pass either, or the same)")
         self.adapter = adapter if adapter is not None else auto_adapter(model, processor, **adapter_kwargs)
         self.adapter.check_image_tokens()
+        check_members(self.adapter)  # (an int of eos ids, one block: a TypeError deep inside dcam)
         self.model = self.adapter.model
         check_weights(self.model)  # (an inference-mode or meta model failed inside its first probe)
         self.processor = self.adapter.processor

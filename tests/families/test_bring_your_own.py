@@ -253,3 +253,32 @@ def test_a_look_alike_of_llavas_blocks_without_a_config_is_named():
                                              r"image size\); for a model of your own write an adapter \(docs/FAMILIES"
                                              r"\.md, 'Bring your own dMLLM'\)$"):
             dcam.Explainer(Mine(), **kw)
+
+
+def test_an_adapters_ids_and_blocks_of_the_wrong_kind_are_named(documented_adapter):
+    # eos_token_ids=2 (an int, not a set) was "TypeError: 'int' object is not iterable" from dcam's skip_ids, and
+    # blocks() returning one block "TypeError: object of type 'TransformerEncoderLayer' has no len()"
+    import pytest
+    import torch
+
+    import dcam
+
+    My, model, image = documented_adapter()
+
+    def with_member(name, value):
+        return type("Wrong", (My,), {name: property(lambda self: value) if name != "blocks" else lambda self: value})
+    for name, value, why in (
+            ("eos_token_ids", 2, "eos_token_ids must be a set of token ids (ints), got 2"),
+            ("pad_token_ids", torch.tensor([0]), "pad_token_ids must be a set of token ids (ints), got tensor([0])"),
+            ("pad_token_ids", {0.0}, "pad_token_ids must be a set of token ids (ints), got {0.0}"),
+            ("blocks", model.blocks[0], "blocks() must return the hookable blocks in order (a list or "
+                                        "nn.ModuleList of modules), got TransformerEncoderLayer"),
+            ("blocks", [model.blocks[0], "x"], "blocks() must return the hookable blocks in order (a list or "
+                                               "nn.ModuleList of modules), got a list holding a str")):
+        with pytest.raises(RuntimeError, match=r"^Wrong\." + re.escape(why) + "$"):
+            dcam.Explainer(adapter=with_member(name, value)(model))
+    # the same ids as a list, a tuple or a frozenset are fine: the same maps as the example's set
+    e = dcam.Explainer(adapter=My(model)).explain(image, response="10 11 2")
+    for ids in ([2], (2,), frozenset({2})):
+        assert torch.equal(dcam.Explainer(adapter=with_member("eos_token_ids", ids)(model)).explain(
+            image, response="10 11 2").maps, e.maps)

@@ -2,6 +2,8 @@
 adapter's mistake is named (a RuntimeError naming the adapter class and its method) instead of
 ending in a raw IndexError deep inside the model, or in quietly wrong maps.
 
+* :func:`check_members` when an Explainer is made: ``blocks()`` is a sequence of modules and the eos and
+  pad ids are sets of ints (an int, or one module, failed deep inside dcam with a TypeError);
 * :func:`check_mask_id` before a probe's first forward: the mask id is a row of the LM head;
 * :func:`check_widths` after it: the LM head's rows are the logits' width and its columns the
   hooked block's hidden width (once per adapter);
@@ -16,10 +18,31 @@ ending in a raw IndexError deep inside the model, or in quietly wrong maps.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+
+def check_members(adapter) -> None:
+    """RuntimeError naming the member when ``blocks()`` is no sequence of modules (one block, a generator) or
+    ``eos_token_ids`` / ``pad_token_ids`` is no set of ints (one int, a tensor)."""
+    who = type(adapter).__name__
+    blocks = adapter.blocks()
+    if not isinstance(blocks, (list, tuple, nn.ModuleList, nn.Sequential)):
+        got = type(blocks).__name__
+    else:
+        got = next((f"a {type(blocks).__name__} holding a {type(b).__name__}" for b in blocks
+                    if not isinstance(b, nn.Module)), None)
+    if got is not None:
+        raise RuntimeError(f"{who}.blocks() must return the hookable blocks in order (a list or nn.ModuleList of "
+                           f"modules), got {got}")
+    for name in ("eos_token_ids", "pad_token_ids"):
+        ids = getattr(adapter, name)
+        if not isinstance(ids, (set, frozenset, list, tuple)) or \
+                any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in ids):
+            raise RuntimeError(f"{who}.{name} must be a set of token ids (ints), got {ids!r}")
 
 
 def _head_shape(adapter) -> Optional[tuple]:
