@@ -440,6 +440,10 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
     if gen.states is None or gen.decided_at is None:
         raise RuntimeError(f"the {a.name} adapter has records_trajectory but its generate(record=True) "
                            "returned no states")
+    if not (isinstance(gen.states, torch.Tensor) and isinstance(gen.decided_at, torch.Tensor)):
+        raise RuntimeError(f"the {a.name} adapter's generate(record=True) returned states "  # (an AttributeError)
+                           f"{type(gen.states).__name__} and decided_at {type(gen.decided_at).__name__}; "
+                           "both must be int64 tensors (docs/FAMILIES.md, 'Bring your own dMLLM')")
     S = int(gen.steps)
     notes.extend(a.generation_notes(steps, len(gen.response_ids), S))
     ex = ExampleBuilder(explainer, S, response_length, background, granularity, view)(

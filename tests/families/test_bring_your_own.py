@@ -24,6 +24,11 @@ def test_the_documented_example_runs():
         import dcam
 
         assert type(dcam.Explainer(model).adapter).__name__ == "MyAdapter"
+        # its special_token_ids() (no Hugging Face tokenizer): BOS in a given response is refused, not a word "w1"
+        import pytest
+
+        with pytest.raises(dcam.InputError, match=r"^response: holds 'w1' \(id 1\), which is a special token"):
+            space["exp"].explain(space["image"], response="10 1 11")
     finally:
         ADAPTERS[:] = before  # the example's registration must not leak into other tests
 
@@ -282,3 +287,48 @@ def test_an_adapters_ids_and_blocks_of_the_wrong_kind_are_named(documented_adapt
     for ids in ([2], (2,), frozenset({2})):
         assert torch.equal(dcam.Explainer(adapter=with_member("eos_token_ids", ids)(model)).explain(
             image, response="10 11 2").maps, e.maps)
+
+
+def test_the_documented_traced_adapter_records_its_trajectory(documented_adapter):
+    # the page said nothing of what a user's adapter needs for trajectory=True (records_trajectory and
+    # generate(record=True)'s states); states given as a list were "AttributeError: 'list' object has no
+    # attribute 'shape'" from inside dcam
+    import pytest
+    import torch
+
+    import dcam
+
+    My, model, image = documented_adapter()
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyTracedAdapter" in b]
+    assert len(block) == 1
+    space = dict(My.generate.__globals__)  # the example's names: MyAdapter, Generation, low_confidence_remasking
+    exec(compile(block[0], "FAMILIES.md", "exec"), space)
+    Traced = space["MyTracedAdapter"]
+    torch.manual_seed(0)
+    e = dcam.Explainer(adapter=Traced(model)).explain(image, trajectory=True, response_length=6, steps=3)
+    t = e.trajectory
+    # by hand: the slot each step commits, read off the canvas after every step of a sampler run apart
+    prep = Traced(model).prepare(image, response_length=6)
+    s, x = prep.response_start, prep.input_ids.clone()
+    after = []
+    for step in range(3):  # 2 slots a step, the most confident masked ones
+        with torch.no_grad():
+            logits = model(x, prep.model_inputs["pixel_values"])[0]
+        conf, pred = torch.softmax(logits.double(), -1).max(-1)
+        masked = (x[0] == 4) & (torch.arange(x.shape[1]) >= s)
+        pick = torch.topk(torch.where(masked, conf, torch.tensor(-1.0, dtype=torch.float64)), 2).indices
+        x[0, pick] = pred[pick]
+        after.append(x[0, s:].clone())
+    assert e.response_ids == after[-1].tolist() and t.states.shape == (3, 6)
+    assert t.slot_decided_at.tolist() == [min(k for k in range(3) if after[k][j] != 4) for j in range(6)]
+    assert t.maps.shape == (3, len(e.tokens), 8, 8)
+
+    class ListStates(Traced):
+        def generate(self, *a, **k):
+            g = super().generate(*a, **k)
+            g.states = g.states.tolist()
+            return g
+    with pytest.raises(RuntimeError, match=r"^the my-dmllm adapter's generate\(record=True\) returned states list "
+                                           r"and decided_at Tensor; both must be int64 tensors"):
+        dcam.Explainer(adapter=ListStates(model)).explain(image, trajectory=True, response_length=6, steps=3)
