@@ -157,6 +157,10 @@ class Explainer:
             raise InputError(f"layer: the {method} method hooks no layer (it reads the model's final states); "
                              "leave layer out")
         self.layer = check_probe_request(self.adapter, layer, want_grads=self.method.needs_gradients)
+        if self.method.needs_last_hidden and self.adapter.final_norm() is None:  # (a TypeError inside tam)
+            raise InputError(f"method: {method} reads the model's final hidden states, and "
+                             f"{type(self.adapter).__name__}.final_norm() names no module (the one whose output "
+                             "the LM head reads); implement it in the adapter or pick another method")
         self.config = config if config is not None else self.adapter.default_config()
         if not isinstance(self.config, CamConfig):
             raise InputError(f"config must be a dcam.CamConfig, got {type(self.config).__name__}")

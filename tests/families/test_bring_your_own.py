@@ -332,3 +332,26 @@ def test_the_documented_traced_adapter_records_its_trajectory(documented_adapter
     with pytest.raises(RuntimeError, match=r"^the my-dmllm adapter's generate\(record=True\) returned states list "
                                            r"and decided_at Tensor; both must be int64 tensors"):
         dcam.Explainer(adapter=ListStates(model)).explain(image, trajectory=True, response_length=6, steps=3)
+
+
+def test_tam_on_an_adapter_without_a_final_norm_is_refused_naming_it(documented_adapter):
+    # the protocol's final_norm() defaults to None: method="tam" then failed inside tam with
+    # "TypeError: 'NoneType' object is not subscriptable" (the CLI's exit 1, as a bug of dcam)
+    import pytest
+
+    import dcam
+
+    My, model, image = documented_adapter()
+    with pytest.raises(dcam.InputError, match=r"^method: tam reads the model's final hidden states, and "
+                                              r"MyAdapter\.final_norm\(\) names no module"):
+        dcam.Explainer(adapter=My(model), method="tam")
+
+    class Normed(My):  # the example's last block's output is what its head reads
+        def final_norm(self):
+            return self.model.blocks[-1]
+    import numpy as np
+    from PIL import Image
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    e = dcam.Explainer(adapter=Normed(model), method="tam").explain(noise, response="10 11")
+    assert e.maps.shape == (2, 8, 8) and float(e.maps.max()) == 1.0  # min-max normalised, not degenerate
