@@ -36,3 +36,31 @@ def test_the_compiled_toy_explains_as_the_eager_toy():
         assert got.response == want.response
         assert got.tokens == want.tokens
         assert torch.equal(got.maps, want.maps)
+
+
+def test_a_registered_adapters_predicate_sees_the_model_that_was_compiled():
+    """docs/FAMILIES.md's bring-your-own example, registered as written (``isinstance(m, MyDMLLM)``): its
+    predicate was called with torch.compile's wrapper, so a compiled MyDMLLM found no adapter."""
+    import pathlib
+    import re
+
+    from dcam.probe.adapters import ADAPTERS
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "FAMILIES.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class MyAdapter" in b][0]
+    before = list(ADAPTERS)
+    space = {}
+    try:
+        exec(compile(block[:block.index("image = Image.new")], "FAMILIES.md", "exec"), space)  # registers it
+        torch.manual_seed(0)
+        model = space["MyDMLLM"]().eval()
+        compiled = torch.compile(model)
+        image = space["Image"].new("RGB", (64, 48), (200, 40, 40))
+        exp = Explainer(compiled)  # no family=, no adapter=: the registered predicate picks it
+        assert type(exp.adapter) is space["MyAdapter"] and exp.adapter.model is compiled
+        got = exp.explain(image, response="10 11 12 2")
+        want = Explainer(model).explain(image, response="10 11 12 2")
+    finally:
+        ADAPTERS[:] = before  # the example's registration must not leak into other tests
+    assert got.tokens == want.tokens == ["w10", "w11", "w12"]
+    assert torch.equal(got.maps, want.maps)

@@ -24,7 +24,7 @@ from .base import PROBES, Generation, ImageView, ModelAdapter, Prepared, config_
     locate_image_positions, relative_depth_layer
 from .diffusion_gemma import DiffusionGemmaAdapter
 from .dream_vl import DreamVLAdapter
-from .families import BY_NAME, FAMILIES, Family, detect_family, family_rows, markdown_table
+from .families import BY_NAME, FAMILIES, Family, compiled_original, detect_family, family_rows, markdown_table
 from .hf_vlm import Gemma3Adapter, Gemma4Adapter, Idefics3Adapter, QwenVLAdapter
 from .llava import HFVisionLanguageAdapter, LlavaAdapter, LlavaNextAdapter
 from .llava_dmllm import LlavaDMLLMAdapter
@@ -45,7 +45,8 @@ _NAMED_ENTRIES: Dict[str, Tuple[Callable, type]] = {}
 def register_adapter(predicate: Callable, cls: type, first: bool = True, name: Optional[str] = None) -> None:
     """Make ``auto_adapter`` use ``cls`` for models where ``predicate(model)``
     is true (before the built-in families; ``first``: before the adapters
-    registered earlier). ``name``: also the name ``family=`` and ``--family`` force ``cls`` by
+    registered earlier). A ``torch.compile(model)`` is looked through as the family table looks
+    through it: ``predicate`` is called with the model that was compiled, and ``cls`` gets the compiled one. ``name``: also the name ``family=`` and ``--family`` force ``cls`` by
     (listed by ``dcam families``); not a bundled family's or another registered adapter's (in any case). The
     same class under the same exact name again (a notebook cell run twice) replaces its registration."""
     # (a class or predicate of another kind was taken and failed at the first model as a raw TypeError)
@@ -154,8 +155,11 @@ def auto_adapter(model, processor=None, family: Optional[str] = None, **kwargs) 
         if fam is None:
             raise InputError(f"family: unknown family {family!r} (known: {', '.join([*BY_NAME, *REGISTERED])})")
         return _forced_adapter(fam, model, processor, **kwargs)
+    # a predicate sees the model that was compiled, as the family rules do (isinstance(m, MyDMLLM) was False for
+    # torch.compile's wrapper); the adapter is still given, and explains, the compiled one
+    original = compiled_original(model)
     for pred, cls in ADAPTERS:
-        if pred(model):
+        if pred(original):
             return _made(cls, model, processor, kwargs)
     fam = detect_family(model)
     if fam is not None:
