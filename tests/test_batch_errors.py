@@ -89,3 +89,37 @@ def test_the_batchs_own_arguments_still_raise(toy, images):
         toy.explain_batch(images[:2], responses=["a red circle"], errors="return")
     with pytest.raises(InputError, match=r"^errors must be one of 'raise', 'return', got 'skip'$"):
         toy.explain_batch(images[:2], errors="skip")
+
+
+def test_an_example_refused_inside_the_batched_probe_is_returned_in_its_place():
+    """The one refusal only the batched probe meets (every example's load, response and targets pass first):
+    target_score="contrastive" needs a response slot that is not a target on a model without prompt logits
+    (DiffusionGemma), and example 1 targets every word. batch_slack=math.inf puts the three in one batch (by
+    default example 1, of more words, gets one of its own and fails alone). The batch is refused, then each
+    example is explained alone: example 1's error in its place, the others each exactly what explain() gives
+    (a batched forward rounds them otherwise, ~1e-6)."""
+    import math
+
+    from PIL import Image
+
+    from dcam.testing.standins import STANDINS
+
+    model, processor = STANDINS["diffusion-gemma"](seed=0)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 72, 3), dtype=np.uint8)) for _ in range(3)]
+    responses = ["a red circle and a blue square"] * 3
+    targets = [[0], "all", [5, 6]]
+    exp = dcam.Explainer(model, processor, batch_slack=math.inf)
+    got = exp.explain_batch(images, responses=responses, targets_per_image=targets, target_score="contrastive",
+                            errors="return")
+    with pytest.raises(InputError) as alone:
+        exp.explain(images[1], response=responses[1], target_score="contrastive")
+    assert isinstance(got[1], InputError)
+    assert str(got[1]) == f"example 1 of the batch (images[1]): {alone.value}"
+    assert str(alone.value).startswith("target_score='contrastive' needs a response slot that is not a target on "
+                                       "diffusion-gemma")
+    for i, words in ((0, ["a"]), (2, ["blue", "square"])):
+        want = exp.explain(images[i], response=responses[i], targets=targets[i], target_score="contrastive")
+        assert got[i].tokens == want.tokens == words
+        assert torch.equal(got[i].maps, want.maps), i
+        assert all(torch.equal(got[i].stats[k], want.stats[k]) for k in want.stats), i
