@@ -9,7 +9,10 @@ one folder, and the checks that make a rerun a resume, never a mix.
   refused unless ``overwrite`` (which empties it first).
 
 Performance settings (batch size, shard size, memory budget, device, number
-of processes) are not in the fingerprint: a resume may change them.
+of processes) are not in the fingerprint: a resume may change them. How the
+records' metrics are scored (:data:`SCORING`) is, for the sources where the rules
+differ; a folder scored by older rules is the same run, its records scored again on
+resume (:mod:`.rescore`), not mixed with newer ones.
 """
 from __future__ import annotations
 
@@ -35,6 +38,12 @@ FULL_HASH_BYTES = 64 << 20
 #: (each removal needs another start to create the folder and give it up again inside one take: a few suffice).
 TAKE_ATTEMPTS = 5
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+#: The rules a record's metrics are scored by: 1, an object word against the data folder's painted label mask (a
+#: later TAM mask or COCO instance took the pixels it shares with an earlier one); 2 (session 30), each object against
+#: its own whole mask. Recorded (identity "scoring") by the runs of the sources whose records can hold overlapping
+#: objects, :data:`SCORED_KINDS`: a manifest's label mask is scored alike by both (its identity is unchanged).
+SCORING = 2
+SCORED_KINDS = ("coco", "tam")
 
 
 def _file_digest(path: str) -> str:
@@ -267,7 +276,11 @@ def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, An
     """``identity`` as a folder of the stored identity's vintage fingerprinted it (a COCO
     source's split files joined the fingerprint in session 14; an explainer made with
     ``view="default"`` recorded that name until it became None, the model's default view, as
-    everywhere else: such a folder resumes under the same command)."""
+    everywhere else: such a folder resumes under the same command; a folder scored by older
+    rules, or before they were recorded (session 31), is the same run, scored again)."""
+    if "scoring" in identity and stored.get("scoring") != identity["scoring"]:
+        identity = ({k: v for k, v in identity.items() if k != "scoring"} if "scoring" not in stored
+                    else dict(identity, scoring=stored["scoring"]))
     if stored.get("view") == "default" and identity.get("view") is None:
         identity = dict(identity, view="default")
     if "pan_and_scan" not in stored:  # a folder written before the settings joined it (session 29)
@@ -280,8 +293,26 @@ def _as_stored(identity: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, An
     return identity
 
 
+def stale_scoring(root: str, stored: Dict[str, Any], identity: Dict[str, Any]) -> Optional[int]:
+    """The rules the folder's records were scored by (``stored``: its identity) when older than this run's
+    (``identity``), so that they must be scored again; None when they are this run's (or the source's records are
+    scored alike by every version). Scored by a newer dcam: refused (this one would score the rest otherwise)."""
+    if "scoring" not in identity:
+        return None
+    before = stored.get("scoring", 1)  # (a data folder's run from before the rules were recorded: the first)
+    if isinstance(before, bool) or not isinstance(before, int) or before < 1:
+        raise InputError(f"--out: {os.path.join(root, RUN_JSON)}: identity.scoring must be a whole number >= 1, got "
+                         f"{before!r}; pass --overwrite to start over")
+    if before > identity["scoring"]:
+        raise InputError(f"--out: the records of the run in {root!r} were scored by a newer dcam's rules (scoring "
+                         f"{before}; this one scores by {identity['scoring']}): resume it with that dcam, or pass "
+                         "--overwrite to start over")
+    return before if before < identity["scoring"] else None
+
+
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any],
-            check_records=None, unreadable=None, notices=None, lock: Optional[FolderLock] = None) -> FolderLock:
+            check_records=None, unreadable=None, notices=None, lock: Optional[FolderLock] = None,
+            rescore=None) -> FolderLock:
     """Rank 0, before any rank writes: lock the folder (unless given ``lock``,
     taken already by :meth:`FolderLock.take` and released by its taker), refuse a different
     run (and records the source changed since: ``check_records`` sees every
@@ -291,6 +322,8 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     :class:`.unreadable.UnreadableMaps`, sees every line, then its records are
     explained again), delete error files with a damaged line (what it says of
     them is appended to ``notices``),
+    score the records of a folder scored by older rules again (``rescore``, called with
+    their :data:`SCORING` version, returns the line to say: :func:`.rescore.rescore_index`),
     delete a killed process's debris and write ``run.json`` (status
     ``running``). Returns the held lock."""
     own = lock is None
@@ -301,7 +334,7 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
             entries = [n for n in os.listdir(root) if n != LOCK]
         except OSError as exc:  # (a folder that cannot be listed was reported as a failed write)
             raise read_failed(exc, root)
-        old = None
+        old = stale = None
         if entries and overwrite:
             # run.json first: a kill while emptying leaves "not a run" (refused), never a run missing shards
             for n in sorted(entries, key=lambda n: n != RUN_JSON):
@@ -312,8 +345,10 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
             if old is None:
                 raise InputError(f"--out: {root!r} is not empty and holds no dcam run (no {RUN_JSON}); choose a new "
                                  "folder or pass --overwrite (which empties it)")
+            stale = stale_scoring(root, old.get("identity", {}), identity)
             if old.get("fingerprint") != fingerprint(_as_stored(identity, old.get("identity", {}))):
-                diff = _differences(old.get("identity", {}), identity) or ["fingerprint"]
+                # (the scoring version is no difference: a folder scored by older rules resumes)
+                diff = [d for d in _differences(old.get("identity", {}), identity) if d != "scoring"] or ["fingerprint"]
                 raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
                                  f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")
         listed(os.path.join(root, SHARDS))  # (a shards folder that cannot be listed is named before a shard in it)
@@ -329,6 +364,13 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
         if unreadable is not None and unreadable.redo:  # (before any rank reads the index: all see them not done)
             drop_index_lines(root, set(unreadable.redo))
             _, shards, _ = scan_index(root)
+        if stale is not None:  # before run.json says the new rules: a kill meanwhile leaves it to score them again
+            if rescore is None:
+                raise AssertionError("a folder scored by older rules is resumed without rescore")
+            notice = rescore(stale)
+            if notice is not None and notices is not None:
+                notices.append(notice)
+            _, shards, _ = scan_index(root)  # (the lines of records to explain again are gone)
         remove_debris(root, shards)
         write_json_atomic(os.path.join(root, RUN_JSON), dict(
             old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),
@@ -342,4 +384,4 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
 
 
 __all__ = ["model_identity", "run_identity", "fingerprint", "versions", "prepare", "check_folder",
-           "read_run_json", "FolderLock", "RUN_FORMAT"]
+           "read_run_json", "stale_scoring", "FolderLock", "RUN_FORMAT", "SCORING", "SCORED_KINDS"]

@@ -27,11 +27,12 @@ from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
 from ..output import refuse_current_folder, refuse_inputs_inside
 from .distributed import Dist
-from .folder import FolderLock, prepare, read_run_json, run_identity, versions
+from .folder import SCORED_KINDS, SCORING, FolderLock, prepare, read_run_json, run_identity, versions
 from .finish import finish
 from .progress import RunProgress
 from ..eval.alignment import item_slots
 from .records import ground_truth, record_metrics
+from .rescore import rescore_index
 from .sources import RunSource
 from .store import ERROR_PARTS, INDEX_PARTS, part_name, parts, scan_index
 from .unreadable import UnreadableMaps, unreadable_notice
@@ -351,6 +352,8 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         identity["response_length"] = opts.response_length
     described = source.describe()
     identity["source"] = {k: described[k] for k in ("kind", "path", "files") if k in described}
+    if source.kind in SCORED_KINDS:  # (its records' metrics depend on the rules: a resume never mixes two)
+        identity["scoring"] = SCORING
     header = {"source": described, "versions": versions(),
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size, "overlays": bool(opts.overlays),
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
@@ -362,7 +365,8 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
         else:  # (its read of the index: an unreadable one was a traceback)
             _writing(root, lambda: _check_same_overlays(root, opts.overlays))
         return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source),
-                                              unreadable, notices, lock))
+                                              unreadable, notices, lock,
+                                              rescore=lambda before: rescore_index(root, source, before)))
     in_source = set(source.ids)
     unreadable, notices = UnreadableMaps(root, in_source.__contains__), []
     held = dist.on_rank0(start)  # (rank 0's, the given lock or one taken here; None elsewhere)

@@ -5,7 +5,9 @@
 * :func:`single_process_env`: the environment for a child ``dcam`` process that must run alone, without
   torchrun's variables that the test runner itself may have;
 * :func:`one_line_refusal`: the message of the :class:`~dcam.errors.InputError` a call raises, checked to be
-  one line (any other exception fails the test, as ``pytest.raises`` lets it through).
+  one line (any other exception fails the test, as ``pytest.raises`` lets it through);
+* :func:`hand_metrics`: a map's object metrics worked out with numpy and exact fractions, apart from
+  :mod:`dcam.eval.metrics` (what the metric tests of ``dcam eval`` and ``dcam run`` compare with).
 """
 from __future__ import annotations
 
@@ -47,7 +49,39 @@ def one_line_refusal(fn: Callable[[], object]) -> str:
     return message
 
 
-__all__ = ["file_tree", "single_process_env", "one_line_refusal", "TORCHRUN_VARIABLES"]
+def hand_otsu(u8):
+    """First t maximising the between-class variance (N*s0 - n0*S)^2 / (n0 * (N - n0)), in exact fractions."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    v = u8.ravel().astype(np.int64)
+    N, S = len(v), int(v.sum())
+    best, best_t = Fraction(-1), 0
+    for t in range(256):
+        n0, s0 = int((v <= t).sum()), int(v[v <= t].sum())
+        var = Fraction((N * s0 - n0 * S) ** 2, n0 * (N - n0)) if 0 < n0 < N else Fraction(0)
+        if var > best:
+            best, best_t = var, t
+    return best_t
+
+
+def hand_metrics(hm, objects) -> Dict[str, float]:
+    """Obj-IoU (best of the objects, each whole), contrast, concentration, F3 of a map the image's size
+    (``objects``: bool masks of that size)."""
+    import numpy as np
+
+    hm = hm.astype(np.float32).astype(np.float64)
+    pred = np.floor(hm * 255).astype(np.int64) > hand_otsu(np.floor(hm * 255).astype(np.int64))
+    iou = max((pred & o).sum() / (pred | o).sum() for o in objects)
+    fg = np.any(objects, axis=0)
+    contrast = hm[fg].mean() / (hm[~fg].mean() + 1e-8)
+    concentration = hm[fg].sum() / (hm.sum() + 1e-8)
+    f3 = 3 / (1 / iou + 1 / min(contrast / 20, 1) + 1 / concentration)
+    return {"obj_iou": iou, "contrast": contrast, "concentration": concentration, "f3": f3}
+
+
+__all__ = ["file_tree", "single_process_env", "one_line_refusal", "hand_otsu", "hand_metrics", "TORCHRUN_VARIABLES"]
 
 
 def byte_level_llada_v(pieces: Sequence[str]):

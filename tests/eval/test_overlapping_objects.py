@@ -4,10 +4,10 @@ A TAM ``"masks"`` list (one binary mask per object) was painted into one label m
 a later mask took the pixels it shared with an earlier one, whose word was scored against less than
 its own mask, or skipped as "label not in the mask" when wholly covered. COCO instances were painted
 largest first: a large instance lost the pixels smaller ones shared with it. The expected numbers
-below are computed here with numpy, from the mask files as written, independently of dcam.metrics."""
+below are computed with numpy (dcam.testing.support.hand_metrics), from the mask files as written,
+independently of dcam.metrics."""
 import json
 import os
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -18,33 +18,9 @@ from dcam.eval import datasets as DS
 from dcam.eval.alignment import word_maps
 from dcam.eval.metrics import object_metrics
 from dcam.eval.runner import _Scorer
+from dcam.testing.support import hand_metrics
 
 H = W = 16
-
-
-def hand_otsu(u8):
-    """First t maximising the between-class variance (N*s0 - n0*S)^2 / (n0 * (N - n0)), in exact fractions."""
-    v = u8.ravel().astype(np.int64)
-    N, S = len(v), int(v.sum())
-    best, best_t = Fraction(-1), 0
-    for t in range(256):
-        n0, s0 = int((v <= t).sum()), int(v[v <= t].sum())
-        var = Fraction((N * s0 - n0 * S) ** 2, n0 * (N - n0)) if 0 < n0 < N else Fraction(0)
-        if var > best:
-            best, best_t = var, t
-    return best_t
-
-
-def hand_metrics(hm, objects):
-    """Obj-IoU (best of the objects, each whole), contrast, concentration, F3 of a map the image's size."""
-    hm = hm.astype(np.float32).astype(np.float64)
-    pred = np.floor(hm * 255).astype(np.int64) > hand_otsu(np.floor(hm * 255).astype(np.int64))
-    iou = max((pred & o).sum() / (pred | o).sum() for o in objects)
-    fg = np.any(objects, axis=0)
-    contrast = hm[fg].mean() / (hm[~fg].mean() + 1e-8)
-    concentration = hm[fg].sum() / (hm.sum() + 1e-8)
-    f3 = 3 / (1 / iou + 1 / min(contrast / 20, 1) + 1 / concentration)
-    return {"obj_iou": iou, "contrast": contrast, "concentration": concentration, "f3": f3}
 
 
 def scored(rec, maps):
