@@ -38,9 +38,9 @@ FULL_HASH_BYTES = 64 << 20
 #: (each removal needs another start to create the folder and give it up again inside one take: a few suffice).
 TAKE_ATTEMPTS = 5
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-#: The rules a record's metrics are scored by: 1, an object word against the data folder's painted label mask (a
-#: later TAM mask or COCO instance took the pixels it shares with an earlier one); 2 (session 30), each object against
-#: its own whole mask. Recorded (identity "scoring") by the runs of the sources whose records can hold overlapping
+#: The rules a record's metrics are scored by: 1, an object word against the data folder's painted label mask (an
+#: object lost the pixels it shares with one painted over it); 2 (session 30), each object against its own whole
+#: mask. Recorded (identity "scoring") by the runs of the sources whose records can hold overlapping
 #: objects, :data:`SCORED_KINDS`: a manifest's label mask is scored alike by both (its identity is unchanged).
 SCORING = 2
 SCORED_KINDS = ("coco", "tam")
