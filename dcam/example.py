@@ -15,8 +15,8 @@ from .probe.adapters.base import ImageView, Prepared
 from .probe.adapters.checks import check_head_rows, check_mask_id
 from .probe.hooks import generating, generation_watch
 from .profiling import stage
-from .targets import Item, explainable_slots, items_asked, response_items, select_items
-from .words import CLOSING_TOKEN, IMAGE_MARK, PLACEHOLDER, SPECIAL_TOKEN, refuse_ids, token_spans
+from .targets import Item, explainable_slots, items_asked, response_items, select_items, targets_asked
+from .words import CLOSING_TOKEN, GIVE_IDS, IMAGE_MARK, PLACEHOLDER, SPECIAL_TOKEN, refuse_ids, token_spans
 
 
 @dataclass
@@ -107,19 +107,16 @@ def _token_ids(response) -> List[int]:
     return ids
 
 
-class GeneratedIds(list):
-    """Token ids the model generated, handed back to be explained again (a trajectory's finished response,
-    explain(trajectory=True)): checked as a generation is, its special tokens the model's own (left out of
-    the words with a note), never refused as a given response's would be (the user gave none)."""
-
-
 class ExampleBuilder:
     """Builds :class:`Example` s with one explainer's adapter and the call's options."""
 
     def __init__(self, explainer, steps: Optional[int], response_length: Optional[int], background,
-                 granularity: str, view: Optional[str]):
+                 granularity: str, view: Optional[str], generated: bool = False):
         self.x, self.steps, self.response_length = explainer, steps, response_length
         self.background, self.granularity, self.view = background, granularity, view
+        # the responses are ids the model generated before (a trajectory's, handed back by dcam itself, never
+        # by the public API: a caller's list is a given response, whatever its class): checked as a generation
+        self.generated = generated
 
     def _response(self, img, prompt, prep0: Optional[Prepared], response):
         """(response ids, steps for AKD, where the steps came from, notes)."""
@@ -131,7 +128,7 @@ class ExampleBuilder:
             ids = check_generated(a, gen.response_ids, self.response_length, prep0)
             notes = a.generation_notes(steps, len(ids), int(gen.steps))  # other steps or blocks than asked, and why
             return ids, int(gen.steps), "given" if gen.steps_given else "generation", notes
-        if isinstance(response, GeneratedIds):  # generated before (a trajectory): no given response's rules
+        if self.generated:  # generated before (a trajectory's): the adapter's mistake, not the user's
             ids = check_generated(a, response, self.response_length)
             return ids, (steps if steps is not None else int(a.default_steps)), \
                 ("given" if steps is not None else "default"), []
@@ -145,12 +142,14 @@ class ExampleBuilder:
         _check_ids_in_vocabulary(a, ids, prep_of=lambda: a.prepare(img, prompt, _ends(a, len(ids)),
                                                                    self.response_length))
         refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
-        marks = getattr(a, "image_mark_ids", None)  # (dcam's adapters say which; an adapter of the user's need not)
-        marks = set(marks()) - placeholder if marks is not None else set()
-        # a given response only: a generated one is what the model wrote (its special tokens are no words)
-        refuse_ids(a.token_strings, marks, IMAGE_MARK, response=ids)
-        refuse_special_tokens(a, ids, placeholder | marks)
         if isinstance(response, str):
+            # given ids are exact (typically the model's own, an explanation's response_ids given back): its
+            # special tokens and image marks are what it wrote, left out of the words with a note as a
+            # generation's are. Text is not: "<video>" written in it silently became a modality token
+            marks = getattr(a, "image_mark_ids", None)  # (dcam's adapters say which; one of the user's need not)
+            marks = set(marks()) - placeholder if marks is not None else set()
+            refuse_ids(a.token_strings, marks, IMAGE_MARK + GIVE_IDS, response=ids)
+            refuse_special_tokens(a, ids, placeholder | marks)
             # an end, padding or mask token written in the text: the words after an end were dropped and the
             # others left out, without a word (as ids, masked and padded slots are a response's gaps, on purpose;
             # the ends an adapter's encoding appends are fine)
@@ -216,7 +215,7 @@ class ExampleBuilder:
             prep = check_prepared(a, a.prepare(img, prompt, resp_ids, self.response_length))
         ids = prep.response_ids
         slots = explainable_slots(ids, a.skip_ids(), a.eos_token_ids)
-        given = response is not None and not isinstance(response, GeneratedIds)
+        given = response is not None and not self.generated
         where = f"response: {response!r}" if given else "the response"
         if not slots:  # (the user's response named as such: a generated one is the model's doing)
             raise InputError(f"{where} has no word to explain ({_why_no_word(ids, a.skip_ids(), a.eos_token_ids)})")
@@ -239,7 +238,11 @@ class ExampleBuilder:
         every = response_items(explained, strings, granularity, *spans)
         if not every:  # tokens of whitespace only ("  ", "\n\n"): the error named eos/pad tokens
             raise InputError(f"{where} has no word to explain (its tokens are whitespace only)")
-        items = select_items(every, targets, text_of=_text_of(explained, *spans[:2]))
+        try:
+            items = select_items(every, targets, text_of=_text_of(explained, *spans[:2]))
+        except InputError:  # "'<row_2_col_4>' is not in the response": it is, as a token that is no word
+            _refuse_special_target(a, targets, ids, slots, left_out)
+            raise
         # a closing token is the response's end, unsaid as an eos is, only where nothing but closing tokens
         # follows it among the explained slots (Idefics3's sampler may write <end_of_utterance> mid-response)
         closing, end = closing_ids(a, not_text), len(slots)
@@ -273,20 +276,37 @@ def closing_ids(adapter, special: set) -> set:
 
 
 def refuse_special_tokens(adapter, ids: List[int], refused: set) -> None:
-    """One rule for every family: a given response is text the user says the model wrote, and a chat, role or
-    modality token in it (LLaVA's <video>, Dream-VL's <|im_end|>, Lumina-DiMOO's <user>) would change what the
-    model sees without a word, so a special token is refused (an InputError naming ``response``) but for the
-    pad, eos and mask slots the response format uses (:meth:`skip_ids`, checked apart), the unknown token
-    (:func:`special_ids`), ``refused`` (the image's, refused with their own reason) and, at the response's end
-    only (followed by ends or pads alone), the adapter's ``closing_tokens``."""
+    """One rule for every family: a response given as TEXT is text the user says the model wrote, and a chat,
+    role or modality token in it (LLaVA's <video>, Dream-VL's <|im_end|>, Lumina-DiMOO's <user>) would change
+    what the model sees without a word, so a special token is refused (an InputError naming ``response``, that
+    says how to give the model's own response back: as token ids) but for the pad, eos and mask slots the
+    response format uses (:meth:`skip_ids`, checked apart), the unknown token (:func:`special_ids`), ``refused``
+    (the image's, refused with their own reason) and, at the response's end only (followed by ends or pads
+    alone), the adapter's ``closing_tokens``. ``ids``: the text's encoding; given ids are not refused them."""
     skip = adapter.skip_ids()
     special = special_ids(adapter) - skip - set(refused)
     closing = closing_ids(adapter, special)
-    refuse_ids(adapter.token_strings, special - closing, SPECIAL_TOKEN, response=ids)
+    refuse_ids(adapter.token_strings, special - closing, SPECIAL_TOKEN + GIVE_IDS, response=ids)
     end = len(ids)
     while end and (ids[end - 1] in closing or ids[end - 1] in skip):
         end -= 1
-    refuse_ids(adapter.token_strings, closing, CLOSING_TOKEN, response=ids[:end])
+    refuse_ids(adapter.token_strings, closing, CLOSING_TOKEN + GIVE_IDS, response=ids[:end])
+
+
+def _refuse_special_target(adapter, targets, ids: List[int], slots: List[int], left_out: List[int]) -> None:
+    """Refuse the first word of ``targets`` that names a special token ``left_out`` of the words (at
+    ``slots``, the explainable ones, of the response ``ids``), saying which token number reaches it."""
+    wanted = targets_asked(targets) if left_out else "all"
+    names = [n.lower() for n in adapter.token_strings([ids[i] for i in left_out])]
+    for asked in (wanted if wanted != "all" else ()):
+        if not isinstance(asked, str):
+            continue
+        numbers = [slots.index(i) for i, name in zip(left_out, names) if name == " ".join(asked.split()).lower()]
+        if numbers:
+            which = f"token {numbers[0]}" if len(numbers) == 1 else \
+                f"tokens {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+            raise InputError(f"targets: {asked!r} is a special token of the response, not a word: granularity "
+                             f"'tokens' explains it, as {which}") from None
 
 
 def _left_out_note(adapter, shown: List[int]) -> List[str]:
@@ -409,4 +429,4 @@ def _why_no_word(ids, skip, eos) -> str:
     return "only eos/pad tokens"
 
 
-__all__ = ["Example", "ExampleBuilder", "GeneratedIds", "refuse_special_tokens", "special_ids"]
+__all__ = ["Example", "ExampleBuilder", "refuse_special_tokens", "special_ids"]

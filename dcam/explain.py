@@ -45,7 +45,7 @@ import torch
 from .batch_inputs import check_errors, entries as _entries, example_error, for_example
 from .batching import WORK_SLACK, check_slack, similar_work
 from .errors import InputError, NonFiniteError, model_overflow, positive_int
-from .example import Example, ExampleBuilder, GeneratedIds
+from .example import Example, ExampleBuilder
 from .explanation import Explanation
 from .images import WHITE
 from .methods import MethodInputs, get_method
@@ -247,6 +247,14 @@ class Explainer:
         image (``"all"``, words, numbers); targets_per_image: one entry per image instead.
         errors: ``"raise"`` (the first bad example raises, naming it) or ``"return"`` (a bad example's
         InputError in its place, the others explained without it; :mod:`dcam.batch_inputs`)."""
+        return self._explain_batch(images, prompts, responses, targets, targets_per_image, probe, target_score,
+                                   steps, response_length, background, view, granularity, errors)
+
+    def _explain_batch(self, images, prompts, responses, targets, targets_per_image, probe, target_score, steps,
+                       response_length, background, view, granularity, errors,
+                       generated: bool = False) -> List[Union[Explanation, InputError]]:
+        """:meth:`explain_batch`; ``generated``: the responses are ids the model generated before (dcam's own
+        route for a trajectory's response; a caller's ids are a given response, whatever their class)."""
         failed = check_errors(errors)  # index -> the example's InputError, with errors="return"
         probe, target_score = self._checked_request(probe, target_score)
         # (None is the default: "", 0 or [] became the default granularity without a word)
@@ -265,7 +273,7 @@ class Explainer:
         if response_length is not None and all(r is not None for r in responses):  # as the CLI refuses it
             raise InputError("response_length: sets a generated response's length; every response is given")
         build = ExampleBuilder(self, positive_int("steps", steps), positive_int("response_length", response_length),
-                               background, granularity, view)
+                               background, granularity, view, generated=generated)
         # what needs no response is checked for every example before the first response is generated
         # (a bad fourth image was found after three generations, minutes each on a real dMLLM)
         if targets_per_image is None:
@@ -323,10 +331,9 @@ class Explainer:
         with stage("dcam.trajectory"):
             traj = explain_trajectory(self, image, prompt=prompt, steps=steps, response_length=response_length,
                                       targets=targets, background=background, granularity=granularity, view=view)
-        # the model's ids, not the user's: a special token it wrote is left out with a note, not refused
-        e = self.explain(image, prompt=prompt, response=GeneratedIds(traj.response_ids), targets=targets,
-                         probe=probe, target_score=target_score, steps=traj.steps, background=background,
-                         granularity=granularity, view=view)
+        # the model's ids, not the user's: checked as its generation (a bad one is the adapter's mistake)
+        (e,) = self._explain_batch([image], [prompt], [traj.response_ids], "all", [targets], probe, target_score,
+                                   traj.steps, None, background, view, granularity, "raise", generated=True)
         e.steps_source, e.trajectory = "generation", traj
         e.notes = list(dict.fromkeys(traj.notes + e.notes))
         return e

@@ -118,6 +118,10 @@ SPECIAL_TOKEN = "is a special token of the tokenizer (a chat, role or modality m
 #: ``refuse_ids``'s reason for a special token that closes a response (an adapter's ``closing_tokens``) before its end
 CLOSING_TOKEN = "closes a response: only the response's end may hold it"
 
+#: what a given TEXT's refusal of a token the model may write (a special token, an image mark) adds: the model's own
+#: response is given back as its ids, which are explained as a generation's (those tokens left out of the words)
+GIVE_IDS = "; a response the model wrote is given as its token ids (response_ids of its explanation or meta.json)"
+
 
 def refuse_ids(token_strings: Callable[[Sequence[int]], List[str]], ids, why: str, **seqs) -> None:
     """Refuse a prompt or response (``seqs``: name -> ids) holding one of ``ids``, tokens the

@@ -408,7 +408,7 @@ def explain_trajectory(explainer, image, prompt: Optional[str] = None, steps: Op
 def _traced(explainer, image, prompt, steps, response_length, targets, background, chunk_size, granularity,
             view) -> Trajectory:
     """:func:`explain_trajectory` under the model's lock."""
-    from ..example import ExampleBuilder, GeneratedIds, check_generated
+    from ..example import ExampleBuilder, check_generated
     from ..errors import positive_int
     from ..targets import repeat_ratio
 
@@ -446,8 +446,8 @@ def _traced(explainer, image, prompt, steps, response_length, targets, backgroun
                            "both must be int64 tensors (docs/FAMILIES.md, 'Bring your own dMLLM')")
     S = int(gen.steps)
     notes.extend(a.generation_notes(steps, len(gen.response_ids), S))
-    ex = ExampleBuilder(explainer, S, response_length, background, granularity, view)(
-        img, prompt, GeneratedIds(gen.response_ids), targets)  # the model's ids: its special tokens are no refusal
+    ex = ExampleBuilder(explainer, S, response_length, background, granularity, view, generated=True)(
+        img, prompt, gen.response_ids, targets)  # the model's ids: "the response", not the user's "response: [...]"
     prep, resp_ids = ex.prep, ex.response_ids
     if tuple(gen.states.shape) != (S, prep.response_length) or gen.decided_at.shape[0] != prep.response_length:
         raise RuntimeError(f"the {a.name} adapter recorded states {tuple(gen.states.shape)} and decided_at "

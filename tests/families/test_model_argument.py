@@ -12,7 +12,6 @@
 """
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -43,6 +42,8 @@ NOT_MULTIMODAL = "has no image token id (config.image_token_id) and matches no d
     "multimodal model this explainer can probe (see `dcam families`)"
 #: the reason a given response's image mark is refused for
 IMAGE_MARK = "is part of the image placeholder: it marks where the image features go"
+#: what a given text's refusal of a token the model may write adds
+GIVE_IDS = "; a response the model wrote is given as its token ids (response_ids of its explanation or meta.json)"
 
 
 @pytest.mark.parametrize("name", sorted(BASE_AND_HEAD))
@@ -103,7 +104,7 @@ def test_the_cli_names_the_option_once_for_a_model_argument_error(models):
         "load the checkpoint with LlavaForConditionalGeneration or AutoModelForImageTextToText")
 
 
-#: stand-in -> the tokens written around the image that a given response may not hold
+#: stand-in -> the tokens written around the image that a response given as text may not hold
 IMAGE_MARKS = {
     "gemma3": ["<start_of_image>", "<end_of_image>"],
     "qwen-vl": ["<|vision_start|>", "<|vision_end|>"],
@@ -117,39 +118,34 @@ IMAGE_MARKS = {
 
 
 @pytest.mark.parametrize("name", sorted(IMAGE_MARKS))
-def test_a_given_response_holding_an_image_mark_is_refused_as_the_placeholder_is(models, landscape, name):
+def test_a_given_text_holding_an_image_mark_is_refused_as_the_placeholder_is(models, landscape, name):
     model, processor = models(name)
     exp = Explainer(model, processor)
     tok = exp.adapter.tokenizer
     for mark in IMAGE_MARKS[name]:
         mark_id = tok.convert_tokens_to_ids(mark)
         assert tok.convert_ids_to_tokens(mark_id) == mark  # one token of its own (the stand-in's vocabulary)
-        line = f"response: holds {mark!r} (id {mark_id}), which {IMAGE_MARK}"
+        line = f"response: holds {mark!r} (id {mark_id}), which {IMAGE_MARK}{GIVE_IDS}"
         assert one_line_refusal(lambda: exp.explain(landscape, response=f"a red {mark} circle", steps=2)) == line
         red = exp.adapter.encode_response("red")
-        assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, mark_id, *red], steps=2)) == line
+        if name == "diffusion-gemma":  # its adapter writes <boi> <eoi> around the image itself: ids refused too
+            assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, mark_id, *red], steps=2)) == \
+                f"response: holds {mark!r} (id {mark_id}), which dcam places itself ([BOS] <boi> image <eoi> come " \
+                "before the prompt); give the text without it"
+            continue
+        # given as ids, the model's own (a generated response's, given back): left out of the words with a note
+        e = exp.explain(landscape, response=[*red, mark_id, *red], steps=2)
+        assert (e.tokens, e.notes) == (["red", "red"], [f"targets: 1 special token of the response ({mark!r}) is "
+                                                        "not a word: left out (targets='tokens' explains it)"])
     assert exp.explain(landscape, response="a red circle", steps=2).tokens == ["a", "red", "circle"]
 
 
-def test_lumina_dimoo_refuses_its_image_marks_in_a_given_response(models, landscape):
-    # its stand-in's tokenizer spells none of them: given as ids (boi 126349, eoi 126350, row newline 126084)
+def test_lumina_dimoo_takes_its_image_marks_given_as_ids_as_the_models_own(models, landscape):
+    # its stand-in's tokenizer spells none of them (text cannot hold them): given as ids (boi 126349, eoi 126350,
+    # row newline 126084), they are what the model wrote, as a generated response's: an id its tokenizer has no
+    # text for is a word of its own
     exp = Explainer(*models("lumina-dimoo"))
     red = exp.adapter.encode_response("red")
     for mark_id in (126349, 126350, 126084):
-        name = exp.adapter.token_strings([mark_id])[0]
-        assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, mark_id], steps=2)) == \
-            f"response: holds {name!r} (id {mark_id}), which {IMAGE_MARK}"
-
-
-def test_a_generated_response_is_refused_its_image_marks_when_given_back(models):
-    # what the model wrote is explained (the random Idefics3 stand-in writes tile markers; special tokens are
-    # no words: test_special_tokens.py); given back as the response, the same ids are refused
-    exp = Explainer(*models("idefics3"))
-    image = np.zeros((32, 32, 3), np.uint8)
-    e = exp.explain(image)
-    tok = exp.adapter.tokenizer
-    written = tok.convert_ids_to_tokens(e.response_ids)
-    marks = [t for t in written if t.startswith("<row_") or t in ("<fake_token_around_image>", "<global-img>")]
-    assert marks, written
-    assert one_line_refusal(lambda: exp.explain(image, response=e.response_ids)) == \
-        f"response: holds {marks[0]!r} (id {tok.convert_tokens_to_ids(marks[0])}), which {IMAGE_MARK}"
+        e = exp.explain(landscape, response=[*red, mark_id], steps=2)
+        assert (e.tokens, e.notes) == (["red", f"<id {mark_id}>"], [])

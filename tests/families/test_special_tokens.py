@@ -1,28 +1,41 @@
 """Special tokens in a response, one rule for every family (dcam.example).
 
-* A GIVEN response is text the user says the model wrote: a chat, role or modality token in it (LLaVA's
+* A response given as TEXT is text the user says the model wrote: a chat, role or modality token in it (LLaVA's
   ``<video>``, Dream-VL's ``<|im_end|>``, Lumina-DiMOO's ``<user>``) silently changed what the model saw and was
   explained as a word; only the image's own tokens were refused. Now every special token is refused, one line
-  naming ``response``, but for the pad/eos/mask slots, the unknown token and, at the response's end only, the
-  tokens an adapter's ``closing_tokens`` name.
+  naming ``response`` that says how to give the model's response back (as token ids), but for the pad/eos/mask
+  slots, the unknown token and, at the response's end only, the tokens an adapter's ``closing_tokens`` name.
 * A GENERATED response's special tokens (the random Idefics3 stand-in writes ``<row_2_col_4>``) were explained
   as words. Now targets="words" leaves them out, as eos and pad slots, with a note; targets="tokens" keeps them.
   A closing token is unsaid at the response's end only; one the model wrote mid-response is counted in the note.
   explain(trajectory=True) re-explains the generated ids: they keep the generated rule (its <user> was refused
   as a given response's).
+* Given token IDS are exact (typically the model's own: an explanation's ``response_ids``, kept in meta.json):
+  their special tokens and image marks are what the model wrote, left out of the words with a note as a
+  generation's are (re-explaining a saved explanation of the Idefics3 stand-in was refused); only the image
+  placeholder, which the model cannot read back, is refused.
+* The marker the trajectory handed its generated ids to explain() with (a ``list`` subclass) was honoured from
+  the public API: a caller's list of that class skipped the given response's checks. Now ids the public API
+  receives, whatever their class, get them; dcam's own route for generated ids is private.
+* ``targets=["<row_2_col_4>"]`` said the token "is not in the response"; now the line says it is a special token
+  of the response, not a word, and which token number reaches it (the API and ``--tokens``).
 """
 import numpy as np
 import pytest
 
+import dcam
+import dcam.example
 from dcam.cli import main
 from dcam.explain import Explainer
 from dcam.probe.adapters.base import Generation
 from dcam.testing.support import one_line_refusal
 from dcam.testing.standins import save_standin
 
-#: the reasons of the refusals, as the user reads them
-SPECIAL = "is a special token of the tokenizer (a chat, role or modality mark), not text; give the response without it"
-CLOSING = "closes a response: only the response's end may hold it"
+#: the reasons of the refusals of a given text, as the user reads them
+GIVE_IDS = "; a response the model wrote is given as its token ids (response_ids of its explanation or meta.json)"
+SPECIAL = "is a special token of the tokenizer (a chat, role or modality mark), not text; give the response " \
+          "without it" + GIVE_IDS
+CLOSING = "closes a response: only the response's end may hold it" + GIVE_IDS
 
 #: stand-in -> (special token, its id in the stand-in's tokenizer) that a given response may not hold; the
 #: stand-ins of LLaDA-V, LaViDa, Gemma 3 / 4, DiffusionGemma and dcam's toy have no special token beyond their
@@ -39,26 +52,43 @@ SPECIALS = {
     "lumina-dimoo": [("<system>", 500), ("</system>", 501), ("<user>", 502), ("</user>", 503)],
 }
 
+#: the stand-ins whose special token above is the video placeholder, which their adapter refuses as the image's
+VIDEO_PLACEHOLDER = {"llava-onevision", "qwen-vl", "qwen2.5-vl", "qwen3-vl", "dream-vl"}
+
 #: stand-in -> (its closing token, id, its eos id): a given response may end with it, nowhere else
 CLOSINGS = {"dream-vl": ("<|im_end|>", 151645, 151643), "idefics3": ("<end_of_utterance>", 58, 54),
             "smolvlm": ("<end_of_utterance>", 58, 54)}
 
 
+def left_out(name):
+    """The note of the special token ``name`` left out of the words."""
+    return f"targets: 1 special token of the response ({name!r}) is not a word: left out (targets='tokens' explains it)"
+
+
 @pytest.mark.parametrize("name", sorted(SPECIALS))
-def test_a_given_response_holding_a_special_token_is_refused_naming_it(models, landscape, name):
+def test_a_special_token_is_refused_in_given_text_and_left_out_of_given_ids(models, landscape, name):
     exp = Explainer(*models(name))
     red = exp.adapter.encode_response("red")
     for token, token_id in SPECIALS[name]:
         line = f"response: holds {token!r} (id {token_id}), which {SPECIAL}"
         assert one_line_refusal(lambda: exp.explain(landscape, response=f"a red {token} circle", steps=2)) == line
-        assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, token_id, *red], steps=2)) == line
+        if name in VIDEO_PLACEHOLDER:  # (the model would look for a video's features: refused as ids too)
+            assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, token_id, *red], steps=2)) == \
+                f"response: holds {token!r} (id {token_id}), which is the image placeholder the model fills with " \
+                "image features"
+            continue
+        # as ids, the model's own: no word, counted in the note; a token of its own
+        e = exp.explain(landscape, response=[*red, token_id, *red], steps=2)
+        assert (e.tokens, e.word_numbers, e.notes) == (["red", "red"], [0, 1], [left_out(token)])
+        e = exp.explain(landscape, response=[*red, token_id, *red], steps=2, targets="tokens")
+        assert (e.tokens, e.notes) == (["red", token, "red"], [])
     # "<" and "|" the tokenizer makes no special token of are text (this word-level one spells them <unk>)
     e = exp.explain(landscape, response="a red <videos> | circle", steps=2)
     assert e.tokens == ["a", "red", "<unk>", "<unk>", "circle"] and e.notes == []
 
 
 @pytest.mark.parametrize("name", sorted(CLOSINGS))
-def test_a_closing_token_may_end_a_given_response_only(models, landscape, name):
+def test_a_closing_token_may_end_given_text_only_and_is_left_out_of_ids_elsewhere(models, landscape, name):
     exp = Explainer(*models(name))
     token, token_id, eos = CLOSINGS[name]
     red, circle = exp.adapter.encode_response("red"), exp.adapter.encode_response("circle")
@@ -69,7 +99,9 @@ def test_a_closing_token_may_end_a_given_response_only(models, landscape, name):
                                       [])
     line = f"response: holds {token!r} (id {token_id}), which {CLOSING}"
     assert one_line_refusal(lambda: exp.explain(landscape, response=f"a red {token} circle", steps=2)) == line
-    assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, token_id, eos, *circle], steps=2)) == line
+    # as ids mid-response, one the model wrote: counted in the note, as a generation's
+    e = exp.explain(landscape, response=[*red, token_id, *circle, eos], steps=2)
+    assert (e.tokens, e.notes) == (["red", "circle"], [left_out(token)])
 
 
 def test_the_cli_refuses_a_special_token_in_response_naming_the_option(tmp_path, coco_dir, capsys):
@@ -209,3 +241,108 @@ def test_the_cli_trajectories_leave_out_a_special_token_the_model_wrote(in_folde
     assert main(["run", "m.jsonl", "--out", "run", *common]) == 0
     (record,) = dcam.load_run("run")
     assert note in record.notes and record.trajectory is not None
+
+#: what the random Idefics3 / SmolVLM stand-ins (seed 0) write about a black 32 x 32 image: tile markers among words
+WRITTEN_IDS = [68, 77, 75, 89, 17, 20, 66, 94, 9, 60, 23, 34, 48, 62, 20, 66]
+WRITTEN_TOKENS = ["<row_2_col_4>", "<row_4_col_1>", "<row_3_col_5>", "<row_6_col_1>", "blue", "square",
+                  "<row_2_col_2>", "<row_6_col_6>", "with", "<row_1_col_2>", "cross", "left", "do", "<row_1_col_4>",
+                  "square", "<row_2_col_2>"]
+WORDS = ["blue", "square", "with", "cross", "left", "do", "square"]
+NOTE = ("targets: 9 special tokens of the response ('<row_2_col_4>', '<row_4_col_1>', '<row_3_col_5>', "
+        "'<row_6_col_1>', '<row_2_col_2>' and 3 more) are not words: left out (targets='tokens' explains them)")
+#: the refusal of the same response given as its text
+AS_TEXT = ("response: holds '<row_2_col_4>' (id 68), which is part of the image placeholder: it marks where the "
+           "image features go; a response the model wrote is given as its token ids (response_ids of its "
+           "explanation or meta.json)")
+
+
+@pytest.mark.parametrize("name", ["idefics3", "smolvlm"])
+def test_a_saved_explanation_is_re_explained_from_its_response_ids(models, tmp_path, name):
+    exp = Explainer(*models(name))
+    image = np.zeros((32, 32, 3), np.uint8)
+    e = exp.explain(image)
+    assert (e.response_ids, e.tokens, e.notes) == (WRITTEN_IDS, WORDS, [NOTE])
+    e.save(str(tmp_path / "saved"))
+    saved = dcam.load_explanation(str(tmp_path / "saved"))
+    assert saved.response_ids == WRITTEN_IDS
+    # the same ids and steps: the same words, note and maps, bit for bit
+    again = exp.explain(image, response=saved.response_ids, steps=saved.steps)
+    assert (again.tokens, again.notes) == (WORDS, [NOTE])
+    assert np.array_equal(np.asarray(again.maps), np.asarray(e.maps))
+    # other targets of the same response: a word's two occurrences, then every token, the markers included
+    square = exp.explain(image, response=saved.response_ids, targets=["square"])
+    assert (square.tokens, square.word_numbers) == (["square", "square"], [1, 6])
+    tokens = exp.explain(image, response=saved.response_ids, targets="tokens")
+    assert (tokens.tokens, tokens.notes) == (WRITTEN_TOKENS, [])
+    # its text is refused, saying how to give it back
+    assert one_line_refusal(lambda: exp.explain(image, response=saved.response)) == AS_TEXT
+
+
+def test_a_diffusion_stand_ins_saved_explanation_is_re_explained_from_its_response_ids(models, landscape, tmp_path):
+    # Lumina-DiMOO's stand-in, its sampler writing <user> (id 502) in slot 1; given back to the plain adapter
+    model, processor = models("lumina-dimoo")
+    e = Explainer(adapter=_writes_user()(model, processor)).explain(landscape, steps=2, response_length=6)
+    assert e.response_ids == [15973, 502, 15973, 95937, 95937, 95937]
+    e.save(str(tmp_path / "saved"))
+    saved = dcam.load_explanation(str(tmp_path / "saved"))
+    exp = Explainer(model, processor)
+    again = exp.explain(landscape, response=saved.response_ids, steps=saved.steps)
+    words = ["<id 15973>", "<id 15973>", "<id 95937>", "<id 95937>", "<id 95937>"]  # ids its tokenizer has no text for
+    assert again.tokens == e.tokens == words
+    assert again.notes == ["targets: 1 special token of the response ('<user>') is not a word: left out "
+                           "(targets='tokens' explains it)"]
+    assert np.array_equal(np.asarray(again.maps), np.asarray(e.maps))
+    assert exp.explain(landscape, response=saved.response_ids, steps=2, targets="tokens").tokens == \
+        ["<id 15973>", "<user>", "<id 15973>", "<id 95937>", "<id 95937>", "<id 95937>"]
+
+
+class Marked(list):
+    """A list subclass of the caller's."""
+
+
+#: the class dcam.example once took as "generated before, no given response's checks", where it still exists
+OLD_MARKER = getattr(dcam.example, "GeneratedIds", Marked)
+
+
+@pytest.mark.parametrize("kind", [list, Marked, OLD_MARKER], ids=["list", "subclass", "old-marker"])
+def test_ids_of_any_list_class_given_publicly_get_the_given_ids_checks(models, landscape, kind):
+    exp = Explainer(*models("llava"))  # its stand-in: <image> is id 55, the vocabulary ids 0..56, eos </s> 54
+    red = exp.adapter.encode_response("red")
+    assert one_line_refusal(lambda: exp.explain(landscape, response=kind([*red, 55]), steps=2)) == \
+        "response: holds '<image>' (id 55), which is the image placeholder the model fills with image features"
+    assert one_line_refusal(lambda: exp.explain(landscape, response=kind([*red, 57]), steps=2)) == \
+        "response: token id 57 is not in the model's vocabulary (ids 0..56)"
+    assert one_line_refusal(lambda: exp.explain_batch([landscape], responses=[kind([54, *red])], steps=2)) == \
+        "response: [54, 15] has no word to explain (it ends at its first end-of-text token, at position 0, " \
+        "before any word)"
+
+
+def test_a_target_naming_a_special_token_the_model_wrote_points_to_its_token_number(models):
+    exp = Explainer(*models("idefics3"))
+    image = np.zeros((32, 32, 3), np.uint8)
+    assert one_line_refusal(lambda: exp.explain(image, targets=["<row_2_col_4>"])) == \
+        "targets: '<row_2_col_4>' is a special token of the response, not a word: granularity 'tokens' " \
+        "explains it, as token 0"
+    assert one_line_refusal(lambda: exp.explain(image, targets=["blue", "<ROW_2_COL_2>"])) == \
+        "targets: '<ROW_2_COL_2>' is a special token of the response, not a word: granularity 'tokens' " \
+        "explains it, as tokens 6 and 15"
+    # a word it did not write is said as before
+    assert one_line_refusal(lambda: exp.explain(image, targets=["zebra"])) == \
+        "targets: word 'zebra' is not in the response (words: blue square with cross left do square)"
+    # the numbers the line gives reach them
+    assert exp.explain(image, granularity="tokens", targets=[0, 6, 15]).tokens == \
+        ["<row_2_col_4>", "<row_2_col_2>", "<row_2_col_2>"]
+
+
+def test_the_cli_says_a_special_token_asked_by_tokens_is_no_word(tmp_path, capsys):
+    from PIL import Image
+
+    folder = save_standin("idefics3", str(tmp_path / "idefics3"))
+    Image.new("RGB", (32, 32)).save(tmp_path / "black.png")
+    out = tmp_path / "out"
+    rc = main(["explain", str(tmp_path / "black.png"), "--model", folder, "--tokens", "<row_2_col_4>",
+               "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists()
+    assert err == ["dcam explain: error: --tokens: '<row_2_col_4>' is a special token of the response, not a word: "
+                   "granularity 'tokens' explains it, as token 0"]
