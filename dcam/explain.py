@@ -204,7 +204,8 @@ class Explainer:
 
         image: a path, a PIL image or an array (:mod:`dcam.images`);
             transparency is composited on ``background``.
-        response: None (generate it), text, or a list of ids.
+        response: None (generate it), text, or a list of ids (exact: the model's own, an explanation's
+            ``response_ids``, its special tokens left out of the words as a generation's; text may hold none).
         targets: ``"all"``, ``"words"`` or ``"tokens"`` (every word or every token), word numbers,
             words or phrases (:mod:`dcam.targets`).
         probe: ``"full"``, ``"masked"`` or ``"remask"`` (None: :attr:`default_probe`).

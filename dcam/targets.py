@@ -24,7 +24,7 @@ as an emoji matched by its text, its words breaking where the response's do: "an
 "and a"; a phrase is consecutive words of the response, so "a cat" is not "a 🐱 cat"
 (:func:`dcam.phrases.find_phrase`); every occurrence; an empty one is an InputError). Item numbers never
 count eos/pad slots, nor special tokens among words. Unknown words and numbers out of range are InputErrors
-naming ``targets``.
+naming ``targets`` (a special token of the response asked as a word: its line gives the token's number).
 
 Targets written as one text (``dcam explain --tokens``, a run manifest's
 ``"targets"`` string) are read by :func:`parse_target_text`: commas separate

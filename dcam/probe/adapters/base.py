@@ -164,8 +164,7 @@ class ModelAdapter:
     pads_batches: examples of other lengths share a right-padded forward (:mod:`dcam.probe.padding`).
     image_slots_hold_image_token: image positions hold image_token_id, checked per probe (VQ families: False).
     closing_tokens: special tokens the chat format closes a response with beside its eos (Dream-VL's
-        <|im_end|>): a response given as text may hold them at its end only
-        (:func:`dcam.example.refuse_special_tokens`); anywhere else they are left out of the words with a note.
+        <|im_end|>): given text may hold them at its end only (:func:`dcam.example.refuse_special_tokens`).
     """
 
     name = "base"
