@@ -24,6 +24,11 @@ def add_parser(sub) -> None:
     # (the range of dcam explain --max-side: 1 and 100000 were taken)
     p.add_argument("--max-side", type=common.int_in(16, MAX_SIDE_LIMIT), default=512,
                    help="longest side of the images written for the page, in pixels")
+    # (None: dcam.render.html.PAGE_TRAJECTORY_BYTES, named here, not imported: the help imports nothing heavy)
+    p.add_argument("--trajectory-bytes", type=common.positive_int, default=None, metavar="N",
+                   help="bytes of maps a record's trajectory may add to the page; past them it shows evenly "
+                        "spaced steps, the first and last among them, and says so (the run keeps every step) "
+                        "(default: 1048576, 1 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run, command="view")
 
@@ -35,7 +40,7 @@ def run(args) -> int:
         common.silence_progress()
     try:
         summary = write_run_page(args.folder, per_page=args.per_page, limit=args.limit, max_side=args.max_side,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, trajectory_bytes=args.trajectory_bytes)
     except InputError as exc:  # the run reader's errors are about the folder given as DIR
         raise common.argument_error(exc, {"run": "DIR"}) from None
     for note in summary.get("notes", ()):

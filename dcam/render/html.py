@@ -25,7 +25,8 @@ Page data: a record is a dict (JSON)::
      "box": [x0, y0, x1, y1],     # optional: the part of the image the maps cover (default all of it)
      "cells": {"x": [w], "y": [h]}}  # optional: centres of the columns and rows (fractions of the image)
 
-A trajectory (``S > 1``) gets a step slider. The viewer's config:
+A trajectory (``S > 1``) gets a step slider (its steps within :data:`PAGE_TRAJECTORY_BYTES`, evenly kept:
+:func:`trajectory_frames`). The viewer's config:
 ``{"title", "summary", "lut": [768 ints], "total", "per_page", "pages",
 "records": [...] (inline, page 0) or "page_url": "view/page-%05d.js"}``; a
 page script calls ``DcamViewer.page(n, [records])``.
@@ -249,32 +250,64 @@ def error_data(rid: str, reason: str, where: str = "") -> dict:
     return {"id": str(rid), "where": where, "error": str(reason), "items": [], "response": "", "image": None}
 
 
-def trajectory_frames(maps, trajectory):
-    """(maps, step labels) of a page record: ``maps`` alone (``[T,h,w]``, no labels), or with a map
-    ``trajectory`` ``[S,T,h,w]`` its steps followed by ``maps`` (``[S+1,T,h,w]``, labelled "step s/S-1"
-    and "explanation"; the page shows the explanation first, as the statistics beside it are its own: the
-    trajectory's last step is the response as it stood then, not the explanation of the whole response).
-    Each step adds ``T h w`` bytes to the page (4/3 of that in base64)."""
+#: The most bytes of trajectory maps one page record carries (uint8, before base64's 4/3): past it the
+#: page keeps evenly spaced steps, the first and the last among them, and says so in a note. 1 MiB keeps a
+#: record (1.4 MB of base64, with its image and maps) under Jupyter's default output rate limit (1 MB/s over
+#: 3 s), where 64 steps x 50 words of 27 x 27 cells added 3.1 MB and the notebook showed nothing.
+PAGE_TRAJECTORY_BYTES = 1 << 20
+
+
+def check_trajectory_bytes(value, name: str = "trajectory_bytes") -> int:
+    """The page's trajectory budget: None is :data:`PAGE_TRAJECTORY_BYTES`, else an int >= 1 (InputError)."""
+    from ..errors import positive_int
+
+    return PAGE_TRAJECTORY_BYTES if value is None else positive_int(name, value)
+
+
+def page_steps(steps: int, step_bytes: int, budget: int = PAGE_TRAJECTORY_BYTES) -> List[int]:
+    """The steps of a ``steps``-step trajectory a page shows, ``step_bytes`` a step: every one when they fit
+    ``budget``, else the most that fit, evenly spaced from the first to the last (those two at least)."""
+    keep = min(steps, max(2, budget // max(1, step_bytes)))
+    if keep >= steps:
+        return list(range(steps))
+    # spaced (steps - 1) / (keep - 1) >= 1 apart, so the rounded steps are distinct
+    return [int(v) for v in np.rint(np.linspace(0, steps - 1, keep))]
+
+
+def trajectory_frames(maps, trajectory, budget: Optional[int] = None):
+    """(maps, step labels, notes) of a page record: ``maps`` alone (``[T,h,w]``, no labels, no notes), or
+    with a map ``trajectory`` ``[S,T,h,w]`` its steps followed by ``maps`` (``[K+1,T,h,w]``, labelled
+    "step s/S-1" and "explanation"; the page shows the explanation first, as the statistics beside it are
+    its own: the trajectory's last step is the response as it stood then, not the explanation of the whole
+    response). Each step adds ``T h w`` bytes to the page (4/3 of that in base64): the page keeps the
+    steps of :func:`page_steps` within ``budget`` bytes (None: :data:`PAGE_TRAJECTORY_BYTES`), labelled
+    with their own numbers, and a note says how many it shows."""
+    budget = check_trajectory_bytes(budget, "budget")
     if trajectory is None:
-        return maps, None
+        return maps, None, []
     import torch
 
-    S = trajectory.shape[0]
-    frames = torch.cat([trajectory.detach().cpu().float(), maps.detach().cpu().float()[None]])
-    return frames, [f"step {s}/{S - 1}" for s in range(S)] + ["explanation"]
+    S, step_bytes = trajectory.shape[0], int(np.prod(trajectory.shape[1:]))
+    kept = page_steps(S, step_bytes, budget)
+    frames = torch.cat([trajectory.detach().cpu().float()[kept], maps.detach().cpu().float()[None]])
+    notes = [] if len(kept) == S else [
+        f"the page shows {len(kept)} of the trajectory's {S} steps (evenly spaced, the first and last among them: "
+        f"{budget} bytes of maps at most); the saved trajectory keeps every step"]
+    return frames, [f"step {s}/{S - 1}" for s in kept] + ["explanation"], notes
 
 
-def explanation_record(e, max_side: int = 512) -> dict:
+def explanation_record(e, max_side: int = 512, trajectory_bytes: Optional[int] = None) -> dict:
     """The page record of an :class:`dcam.Explanation` (image inline; maps ``[T,h,w]``, or, for one
     explained with ``trajectory=True``, its trajectory's steps and then its maps, ``[S+1,T,h,w]``, under
-    a step slider as ``dcam view`` shows a run's: :func:`trajectory_frames`)."""
+    a step slider as ``dcam view`` shows a run's: :func:`trajectory_frames`, its steps within
+    ``trajectory_bytes``, None: :data:`PAGE_TRAJECTORY_BYTES`)."""
     from ..words import clean_token
 
     items = [{"text": clean_token(t) or t, "number": int(n)} for t, n in zip(e.tokens, e.word_numbers)]
     traj = getattr(e, "trajectory", None)
-    maps, labels = trajectory_frames(e.maps, None if traj is None else traj.maps)
+    maps, labels, notes = trajectory_frames(e.maps, None if traj is None else traj.maps, trajectory_bytes)
     rec = record_data("explanation", e.response, items, maps, image_data_url(e.image, max_side), e.image.size,
-                      e.maps.shape[-2:], stats=e.stats_lists(), notes=e.notes, step_labels=labels)
+                      e.maps.shape[-2:], stats=e.stats_lists(), notes=list(e.notes) + notes, step_labels=labels)
     box = tuple(float(v) for v in getattr(e, "box", FULL_BOX))
     if box != FULL_BOX:  # the page places the maps where the PNGs do
         rec["box"] = list(box)
@@ -327,10 +360,13 @@ def explanation_html(explanation) -> str:
 
 
 def write_explanation_page(folder: str, explanation, filename: str = "index.html", colormap="jet",
-                           alpha: float = 0.5) -> str:
+                           alpha: float = 0.5, trajectory_bytes: Optional[int] = None) -> str:
     """Write ``folder/filename``: the page of one explanation, everything inline, drawn with
-    ``colormap`` at opacity ``alpha`` (the saved overlays'); returns its path."""
-    cfg = viewer_config([explanation_record(explanation)], title=explanation.response,
+    ``colormap`` at opacity ``alpha`` (the saved overlays'); a trajectory's steps within
+    ``trajectory_bytes`` (None: :data:`PAGE_TRAJECTORY_BYTES`; :func:`trajectory_frames`); returns its path."""
+    trajectory_bytes = check_trajectory_bytes(trajectory_bytes)  # (refused before the page is built)
+    cfg = viewer_config([explanation_record(explanation, trajectory_bytes=trajectory_bytes)],
+                        title=explanation.response,
                         summary=_summary(explanation), colormap=colormap, alpha=alpha)
     folder = check_existing_folder(folder)
     # a file name inside folder: "sub/x.html" was open()'s FileNotFoundError, naming no argument
@@ -350,4 +386,4 @@ def _summary(e) -> str:
 
 __all__ = ["write_explanation_page", "explanation_html", "page_html", "fragment_html", "viewer_config",
            "script_json", "record_data", "error_data", "explanation_record", "trajectory_frames", "encode_maps", "colormap_lut",
-           "image_data_url"]
+           "image_data_url", "page_steps", "check_trajectory_bytes", "PAGE_TRAJECTORY_BYTES"]

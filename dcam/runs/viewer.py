@@ -110,9 +110,14 @@ class _PageWriter:
 
 
 def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None, max_side: int = 512,
-                   progress: bool = False) -> dict:
-    """Write the run's page (see the module docstring); returns what was written."""
-    from ..render.html import error_data, page_html, record_data, trajectory_frames, viewer_config
+                   progress: bool = False, trajectory_bytes: Optional[int] = None) -> dict:
+    """Write the run's page (see the module docstring); returns what was written. A record's
+    trajectory shows the steps that fit ``trajectory_bytes`` (None: the explanation page's
+    :data:`dcam.render.html.PAGE_TRAJECTORY_BYTES`; :func:`dcam.render.html.trajectory_frames`)."""
+    from ..render.html import (check_trajectory_bytes, error_data, page_html, record_data, trajectory_frames,
+                               viewer_config)
+
+    trajectory_bytes = check_trajectory_bytes(trajectory_bytes)  # (refused before the run is read)
 
     run = load_run(folder)
     root = run.root
@@ -143,11 +148,12 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
                 continue
             # every field as the record checks it (the index line's own values were taken as they were: a damaged
             # line was a traceback here, or a page that drew its maps wrong)
-            maps, labels = trajectory_frames(r.maps, r.trajectory)
+            maps, labels, kept = trajectory_frames(r.maps, r.trajectory, trajectory_bytes)
             rec = record_data(
                 r.id, r.response, _items(r), maps,
                 _save_image(r.image, tmp, pages.total, max_side, r.image_size), r.image_size or [1, 1],
-                r.grid, stats=r.stats_lists(), metrics=r.metrics, notes=r.notes, where=r.where or "",
+                r.grid, stats=r.stats_lists(), metrics=r.metrics, notes=list(r.notes or []) + kept,
+                where=r.where or "",
                 step_labels=labels)
             if r.box != FULL_BOX:  # the page lays the maps over the crop the model saw, as the overlays do
                 rec["box"] = list(r.box)

@@ -3,6 +3,7 @@ loads from file:// with no request leaving the machine and no console error;
 clicking / hovering a word changes the overlay, whose pixels are the map
 upsampled and coloured as computed here; keys move between records and
 pages; a run holding map trajectories gets a step slider."""
+import base64
 import json
 import os
 import shutil
@@ -186,6 +187,27 @@ def test_trajectory_gets_a_step_slider(browser, tmp_path, run_manifest):
     browser.key("ArrowLeft", "ArrowLeft", 37)
     assert browser.js("document.querySelector('input.step').value") == "0" and _attr(browser, "data-drawn") == "1:0"
     assert browser.problems() == []
+
+
+def test_a_run_pages_trajectories_keep_the_steps_that_fit(tmp_path, run_manifest, capsys):
+    # each record's trajectory went whole into its page script: 50 records of 3.1 MB each in one page
+    folder = str(tmp_path / "traj")
+    traj, maps = _trajectory_run(folder, os.path.join(run_manifest["folder"], "img", "s0.png"))
+    # 2 words x 8 x 8 = 128 bytes a step: 256 bytes keep 2 of the 4 steps, the first and the last
+    assert main(["view", folder, "--quiet", "--trajectory-bytes", "256"]) == 0
+    text = open(os.path.join(folder, "view", "page-00000.js"), encoding="utf-8").read()
+    rec = json.loads(text[text.index(", ") + 2:text.rindex(");")])[0]
+    assert rec["steps"] == 3 and rec["step_labels"] == ["step 0/3", "step 3/3", "explanation"]
+    want = np.rint(torch.cat([traj[[0, 3]], maps[None]]).numpy().reshape(-1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.frombuffer(base64.b64decode(rec["maps"]), np.uint8), want)
+    assert any("the page shows 2 of the trajectory's 4 steps" in n for n in rec["notes"])
+    assert main(["view", folder, "--quiet"]) == 0  # the default budget holds all 4
+    text = open(os.path.join(folder, "view", "page-00000.js"), encoding="utf-8").read()
+    assert json.loads(text[text.index(", ") + 2:text.rindex(");")])[0]["steps"] == 5
+    capsys.readouterr()
+    assert main(["view", folder, "--quiet", "--trajectory-bytes", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("dcam view: error: argument --trajectory-bytes: expected an int >= 1, "
+                                               "got 0")
 
 
 def test_run_page_lays_a_crop_models_maps_over_its_crop(browser, bundled, run_manifest, tmp_path):
