@@ -111,9 +111,8 @@ class _PageWriter:
 
 def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None, max_side: int = 512,
                    progress: bool = False, trajectory_bytes: Optional[int] = None) -> dict:
-    """Write the run's page (see the module docstring); returns what was written. A record's
-    trajectory shows the steps that fit ``trajectory_bytes`` (None: the explanation page's
-    :data:`dcam.render.html.PAGE_TRAJECTORY_BYTES`; :func:`dcam.render.html.trajectory_frames`)."""
+    """Write the run's page (see the module docstring); returns what was written. A record's trajectory shows
+    the steps within ``trajectory_bytes`` (None: :data:`dcam.render.html.PAGE_TRAJECTORY_BYTES`)."""
     from ..render.html import (check_trajectory_bytes, error_data, page_html, record_data, trajectory_frames,
                                viewer_config)
 
