@@ -331,7 +331,9 @@ class Trajectory:
     def save(self, out_dir: str, overwrite: bool = False, alpha: float = 0.5, colormap: str = "jet",
              max_side: int = DISPLAY_MAX_SIDE) -> dict:
         """:meth:`write_files` into the folder ``out_dir``, whole or not at all
-        (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs ``overwrite``)."""
+        (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs ``overwrite``). Its files are
+        for reading (no image.png, no loader): :func:`dcam.load_explanation` reads a trajectory back
+        from an explanation's save (``explain(..., trajectory=True)``, then ``e.save``)."""
         from ..explanation import _check_max_side
         from ..output import AtomicFolder, check_output_folder, moved_paths
 
