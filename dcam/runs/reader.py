@@ -243,7 +243,11 @@ class Run:
         if not os.path.isdir(self.root):  # (said "holds no dcam run")
             raise InputError(f"run: cannot read the folder {root!r}: a file is in its place")
         if not any(has):
-            raise InputError(f"run: {root!r} holds no dcam run (no {INDEX}, {INDEX_PARTS}/ or {RUN_JSON})")
+            # an explanation's save (dcam explain --out, e.save) is no run, but its page is already there
+            saved = all(os.path.isfile(os.path.join(self.root, n)) for n in ("meta.json", "maps.safetensors",
+                                                                               "index.html"))
+            raise InputError(f"run: {root!r} holds no dcam run (no {INDEX}, {INDEX_PARTS}/ or {RUN_JSON})"
+                             + ("; it holds a saved explanation, whose page is its index.html" if saved else ""))
         self._shards = _Shards(self.root)
 
     def _json(self, name: str):

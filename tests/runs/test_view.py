@@ -303,6 +303,20 @@ def test_a_folder_without_a_run_is_refused_naming_dir(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_explanations_folder_is_no_run_and_the_refusal_points_at_its_page(bundled, run_manifest, tmp_path,
+                                                                           capsys):
+    # dcam explain --trajectory --out DIR, then dcam view DIR: refused as an empty folder is, where the folder
+    # holds its own page with the step slider
+    folder = tmp_path / "e"
+    dcam.Explainer(*bundled).explain(os.path.join(run_manifest["folder"], "img", "s1.png")).save(str(folder))
+    before = sorted(os.listdir(folder))
+    assert main(["view", str(folder), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"dcam view: error: DIR: {str(folder)!r} holds no dcam run (no "
+                                               "index.jsonl, index/ or run.json); it holds a saved explanation, "
+                                               "whose page is its index.html")
+    assert sorted(os.listdir(folder)) == before
+
+
 def test_an_unreadable_run_json_is_refused_before_anything_is_written(reference_run, tmp_path, capsys):
     """A corrupt run.json was a JSONDecodeError traceback after view/img was written, and the
     folder kept a page folder without its index.html; a missing folder was 'holds no run'."""
