@@ -251,9 +251,10 @@ def error_data(rid: str, reason: str, where: str = "") -> dict:
 
 
 #: The most bytes of trajectory maps one page record carries (uint8, before base64's 4/3): past it the
-#: page keeps evenly spaced steps, the first and the last among them, and says so in a note. 1 MiB keeps a
-#: record (1.4 MB of base64, with its image and maps) under Jupyter's default output rate limit (1 MB/s over
-#: 3 s), where 64 steps x 50 words of 27 x 27 cells added 3.1 MB and the notebook showed nothing.
+#: page keeps evenly spaced steps, the first and the last among them, and says so in a note. 1 MiB (1.4 MB of
+#: base64) keeps a record near Jupyter's default output rate limit (1 MB/s over 3 s; the page is a cell's
+#: output, kept in the notebook), where 64 steps x 50 words of 27 x 27 cells added 3.1 MB, 128 x 256 of 48 x 48
+#: 100 MB.
 PAGE_TRAJECTORY_BYTES = 1 << 20
 
 
