@@ -22,11 +22,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..output import check_output_folder, refuse_inputs_inside
+    from ..render.fonts import check_font_option
     from ..zoo.data import generate_sample, split_seed
     from .explain import report
 
     target = check_output_folder(args.out, args.overwrite)
     refuse_inputs_inside(target, [("the model", common.model_location(args))])
+    check_font_option()  # (a DCAM_FONT that is not a font: said before the model runs, not after)
     common.apply_run_options(args)
     common.log("loading the bundled model", args.quiet)
     model, processor = common.load_model_for(args)

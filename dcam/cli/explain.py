@@ -194,10 +194,12 @@ def report(e, folder: str) -> None:
 
 def run(args) -> int:
     from ..output import check_output_folder, refuse_inputs_inside
+    from ..render.fonts import check_font_option
     from .profile import TraceWriter, check_trace_path
 
     target = check_output_folder(args.out, args.overwrite)
     args.targets = parse_targets(args.tokens)  # refused here, before any image or model is read
+    check_font_option()  # (a DCAM_FONT that is not a font: said before the model runs, not after)
     if args.response_length is not None and args.response is not None:
         raise InputError("--response-length: sets the length of a generated response; with --response given "
                          "there is none to generate (leave one of the two out)")

@@ -123,10 +123,14 @@ def check_alpha(alpha) -> float:
 
 
 def check_picture_args(alpha, colormap) -> None:
-    """The options every picture of a map takes, checked before anything is drawn: ``alpha``
-    (:func:`check_alpha`), then ``colormap`` (:func:`check_colormap`)."""
+    """The options every labelled picture of a map takes, checked before anything is drawn: ``alpha``
+    (:func:`check_alpha`), then ``colormap`` (:func:`check_colormap`), then the font file the
+    environment variable ``DCAM_FONT`` names, if any (:func:`dcam.render.fonts.check_font_option`)."""
+    from .fonts import check_font_option
+
     check_alpha(alpha)
     check_colormap(colormap)
+    check_font_option()
 
 
 def show_cam_on_image(image: ArrayLike, cam: ArrayLike, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:

@@ -7,15 +7,14 @@ every sheet opens with Pillow's default image-size limits.
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..errors import InputError, positive_int
+from .fonts import draw_text, font, text_bbox, text_length
 from .overlay import colorize
 
 #: Longest side of a contact sheet, pixels.
@@ -30,31 +29,6 @@ SHEET_MIN_WIDTH = 320
 #: Widest a cell of thin tiles grows to hold its label, pixels (about 14 letters of a 24-pixel
 #: label); labels wider than their cell end in an ellipsis.
 LABEL_CELL_WIDTH = 192
-
-
-def _dejavu_path() -> str:
-    import matplotlib
-
-    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
-    if os.path.exists(path):
-        return path
-    from matplotlib.font_manager import FontProperties, findfont
-
-    return findfont(FontProperties(family="DejaVu Sans"), fallback_to_default=True)
-
-
-@functools.lru_cache(maxsize=None)
-def font(size: int):
-    """The font of labels and titles at ``size`` pixels: DejaVu Sans, which matplotlib (a dependency)
-    ships; Pillow's default font covers ASCII only ("café" was drawn "caf" and a box). DejaVu
-    draws Latin, Greek and Cyrillic; it has no CJK or emoji glyphs, which still come out as boxes."""
-    try:
-        return ImageFont.truetype(_dejavu_path(), size)
-    except (OSError, ImportError):  # no FreeType, or the file is gone: Pillow's own font
-        try:
-            return ImageFont.load_default(size=size)
-        except TypeError:  # old Pillow: fixed-size bitmap font
-            return ImageFont.load_default()
 
 
 def sheet_layout(n: int, tile: Tuple[int, int], cols: Optional[int] = None, pad: int = 4,
@@ -115,8 +89,7 @@ def _label_height(tile_height: int) -> int:
 
 
 def _text_width(text: str, f) -> int:
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    return int(math.ceil(draw.textlength(text, font=f))) if hasattr(draw, "textlength") else 6 * len(text)
+    return int(math.ceil(text_length(text, f)))
 
 
 def _longest_start(text: str, f, width: float, suffix: str = "") -> int:
@@ -255,7 +228,7 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
     sheet = Image.new("RGB", (sheet_w, title_h + grid_h + bar_h), background)
     draw = ImageDraw.Draw(sheet)
     for i, line in enumerate(title_lines):
-        draw.text((pad, 3 + 18 * i), line, fill=(0, 0, 0), font=title_font)
+        draw_text(draw, (pad, 3 + 18 * i), line, title_font, (0, 0, 0))
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         x, y = pad + c * (cell_w + pad), title_h + pad + r * (H + lh + pad)
@@ -267,8 +240,8 @@ def contact_sheet(tiles: Sequence[Image.Image], labels: Optional[Sequence[str]] 
             text = fit_text(labels[k], label_font, cell_w - 2)
             # its ink starts below the tile: stacked accents (Ễ, Ẫ) rise above the font's ascender, and
             # drawn at the ascender's line they overwrote the tile's bottom row
-            ink_top = draw.textbbox((0, 0), text, font=label_font)[1] if text else 0
-            draw.text((x + 2, y + H + 1 + max(0, -ink_top)), text, fill=(0, 0, 0), font=label_font)
+            ink_top = text_bbox(text, label_font)[1] if text else 0
+            draw_text(draw, (x + 2, y + H + 1 + max(0, -ink_top)), text, label_font, (0, 0, 0))
     if colormap:
         bar = colour_bar(min(sheet_w - 2 * pad, 512), bar_h - 4, colormap)
         sheet.paste(bar, (pad, title_h + grid_h))

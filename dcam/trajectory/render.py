@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from ..explanation import word_file_names
 from ..render.overlay import DISPLAY_MAX_SIDE, DISPLAY_MIN_SIDE, display_size, overlay, rendered_at
+from ..render.fonts import draw_text, text_length
 from ..render.sheet import SHEET_MAX_SIDE, colour_bar, fit_text, font
 from ..words import clean_token
 
@@ -68,8 +69,7 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     # a narrow image's frame is widened (the image centred on white) to its longest caption and to a
     # pixel per step of the timeline: a 50-pixel-wide image cut "step 3/11" to "step 3/1", a 1 x 2000
     # one made 1-pixel-wide GIFs
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    W = max(iw, int(math.ceil(max(probe.textlength(c, font=f) for c in captions))) + 8, S + 8)
+    W = max(iw, int(math.ceil(max(text_length(c, f) for c in captions))) + 8, S + 8)
     x0 = (W - iw) // 2
     # the decided frame's border: at most an eighth of the image's shorter side a side, none under 8 pixels
     # (the caption reads "decided" in red): 4 pixels covered a 1024 x 1 image whole and ran into the caption
@@ -83,9 +83,9 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
         if s == d and border:
             draw.rectangle([x0, 0, x0 + iw - 1, H - 1], outline=DECIDED, width=border)
         text = captions[s]
-        if draw.textlength(f"{word}  {text}", font=f) <= W - 8:  # the word too, where it fits
+        if text_length(f"{word}  {text}", f) <= W - 8:  # the word too, where it fits
             text = f"{word}  {text}"
-        draw.text((4, H + 2), text, fill=DECIDED if s == d else (0, 0, 0), font=f)
+        draw_text(draw, (4, H + 2), text, f, DECIDED if s == d else (0, 0, 0))
         _timeline(draw, (4, H + 20, W - 4, H + BAND - 4), S, s, d)
         frames.append(fr)
     return frames
@@ -161,15 +161,15 @@ def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET
     base = _base(traj).resize((cw, ch), Image.BOX)
     out = Image.new("RGB", g["size"], (255, 255, 255))
     draw = ImageDraw.Draw(out)
-    draw.text((4, 3), fit_text(sheet_title(traj), font(14), g["size"][0] - 8), fill=(0, 0, 0), font=font(14))
+    draw_text(draw, (4, 3), fit_text(sheet_title(traj), font(14), g["size"][0] - 8), font(14), (0, 0, 0))
     if g["size"][0] > 28:  # (room for a bar of a few pixels between its 10-pixel margins)
         out.paste(colour_bar(min(g["size"][0] - 8, 512), BAR_BAND - 4, colormap), (4, g["bar"]))
     f = font(11)
     for k, tok in enumerate(traj.tokens):
         x = left + pad + k * (cw + pad)
         # cut to its column by its drawn width (a cut to cw // 6 letters ran into the next column)
-        draw.text((x + 2, top - 18), fit_text(f"{traj.word_numbers[k]}:{clean_token(tok)}", f, cw + pad - 3),
-                  fill=(0, 0, 0), font=f)
+        draw_text(draw, (x + 2, top - 18), fit_text(f"{traj.word_numbers[k]}:{clean_token(tok)}", f, cw + pad - 3),
+                  f, (0, 0, 0))
     for s in range(S):
         y = top + pad + s * (row + pad)
         draw.text((4, y + row // 2 - 6), f"step {s}", fill=(0, 0, 0), font=f)  # level with its row's middle
