@@ -9,8 +9,9 @@ label is drawn as a chain of fonts (:class:`FontChain`):
 1. the font file named by the environment variable ``DCAM_FONT``, where it is set;
 2. DejaVu Sans;
 3. the machine's installed fonts (matplotlib's font list and fontconfig's ``fc-list``, read once
-   per process, only when a label has a letter the first two lack): regular upright sans-serif
-   faces first.
+   per process, only when a label has a letter the first two lack): fontconfig's fallback order
+   for sans-serif first (``fc-match -s``: it follows the user's language), then regular upright
+   sans-serif faces.
 
 Each letter is drawn in the first font of the chain whose character map has it, the label in
 runs of one font on one baseline. A letter no installed font has is drawn as its code point in
@@ -113,13 +114,13 @@ def check_font_option() -> None:
 
 # ------------------------------------------------------------------ the installed fonts
 
-def _fc_list_files() -> List[FontFile]:
-    """fontconfig's font files and face indices (none where ``fc-list`` is absent or fails)."""
-    exe = shutil.which("fc-list")
+def _fontconfig_files(*command: str) -> List[FontFile]:
+    """The font files and face indices a fontconfig command lists (none where it is absent or fails)."""
+    exe = shutil.which(command[0])
     if exe is None:
         return []
     try:
-        out = subprocess.run([exe, "--format", "%{file}|%{index}\n"], capture_output=True, text=True,
+        out = subprocess.run([exe, "--format", "%{file}|%{index}\n", *command[1:]], capture_output=True, text=True,
                              timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -143,9 +144,11 @@ def _order(entry) -> tuple:
 
 @functools.lru_cache(maxsize=1)
 def installed_fonts() -> Tuple[FontFile, ...]:
-    """The machine's scalable fonts, best fallback first (:func:`_order`), read once per process:
-    matplotlib's list (its cache, built from fontconfig and the font folders) and ``fc-list``'s
-    (fonts installed since matplotlib's cache was built)."""
+    """The machine's scalable fonts, read once per process: matplotlib's list (its cache, built from
+    fontconfig and the font folders) and ``fc-list``'s (fonts installed since matplotlib's cache was
+    built). Best fallback first: fontconfig's own fallback order for sans-serif (``fc-match -s``, which
+    follows the user's language: Chinese faces before Japanese ones under a Chinese locale), then the
+    others upright, regular and sans-serif first (:func:`_order`)."""
     import matplotlib
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
@@ -154,7 +157,7 @@ def installed_fonts() -> Tuple[FontFile, ...]:
     entries: Dict[FontFile, object] = {}
     for e in font_manager.fontManager.ttflist:
         entries.setdefault((os.path.realpath(e.fname), int(getattr(e, "index", 0) or 0)), e)
-    for path, index in _fc_list_files():
+    for path, index in _fontconfig_files("fc-list"):
         file = (os.path.realpath(path), index)
         if file in entries or not path.lower().endswith(FONT_SUFFIXES):
             continue
@@ -170,7 +173,10 @@ def installed_fonts() -> Tuple[FontFile, ...]:
         tex = os.path.basename(file[0]).startswith("cm") and os.path.dirname(file[0]) == mpl_fonts
         return not tex and "last resort" not in entries[file].name.lower()
 
-    return tuple(sorted(filter(draws_letters, entries), key=lambda f: _order(entries[f])))
+    preferred = [(os.path.realpath(p), i) for p, i in _fontconfig_files("fc-match", "-s", "sans-serif")]
+    preferred = list(dict.fromkeys(f for f in preferred if f in entries and draws_letters(f)))
+    rest = sorted(set(filter(draws_letters, entries)) - set(preferred), key=lambda f: _order(entries[f]))
+    return tuple(preferred + rest)
 
 
 _first_installed: Dict[str, Optional[FontFile]] = {}  # letter -> the first installed font with its glyph
