@@ -146,7 +146,8 @@ def test_a_dcam_font_that_is_not_a_font_is_refused_in_one_line(tmp_path, monkeyp
     assert "\n" not in str(got.value)
 
 
-def test_a_bad_dcam_font_stops_explain_before_the_model_runs(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["explain", "demo", "eval"])
+def test_a_bad_dcam_font_stops_the_picture_commands_before_the_model_runs(tmp_path, monkeypatch, capsys, command):
     from dcam.cli import main
 
     bad = tmp_path / "font.ttf"
@@ -154,7 +155,8 @@ def test_a_bad_dcam_font_stops_explain_before_the_model_runs(tmp_path, monkeypat
     monkeypatch.setenv("DCAM_FONT", str(bad))
     out = tmp_path / "out"
     capsys.readouterr()
-    rc = main(["explain", str(tmp_path / "missing.png"), "--out", str(out)])
+    argv = {"explain": ["explain", str(tmp_path / "missing.png")], "demo": ["demo"], "eval": ["eval"]}[command]
+    rc = main(argv + ["--out", str(out)])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"dcam explain: error: DCAM_FONT: '{bad}' is not a font")
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"dcam {command}: error: DCAM_FONT: '{bad}' is not a font")
     assert not out.exists()

@@ -91,9 +91,11 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..output import check_output_folder, refuse_inputs_inside
+    from ..render.fonts import check_font_option
     from .profile import BatchWindow, TraceWriter, check_trace_path, window_size
 
     target = check_output_folder(args.out, args.overwrite)
+    check_font_option()  # (a DCAM_FONT that is not a font: said before the evaluation, not after it)
     # --overwrite replaces --out whole: never over the data set or the model it reads
     inputs = [("the data set", None if args.dataset == "shapes" else args.dataset),
               ("the model", common.model_location(args))]

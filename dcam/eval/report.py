@@ -163,6 +163,18 @@ def write_outputs(report: dict, out_dir: str, examples: Sequence[dict] = (), per
 
 def _bar_chart(rows: Dict[str, Dict[str, float]], path: str, title: str) -> str:
     import matplotlib
+
+    from ..render.fonts import figure_fonts, readable
+
+    # method names and the title in any script: the fonts dcam's pictures use (DejaVu Sans alone drew CJK as boxes)
+    labels = [readable(_label(n)) for n in rows]
+    title = readable(title)
+    with matplotlib.rc_context(figure_fonts(labels + [title])):
+        return _draw_bar_chart(rows, labels, path, title)
+
+
+def _draw_bar_chart(rows: Dict[str, Dict[str, float]], labels: List[str], path: str, title: str) -> str:
+    import matplotlib
     from matplotlib.figure import Figure  # (pyplot's backend is the caller's: matplotlib.use switched it)
 
     names = list(rows)
@@ -176,7 +188,7 @@ def _bar_chart(rows: Dict[str, Dict[str, float]], path: str, title: str) -> str:
         vals = [v * sc if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else 0.0 for v in vals]
         ax.bar(range(len(names)), vals, color=colours)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([_label(n) for n in names], rotation=40, ha="right", fontsize=8, parse_math=False)
+        ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=8, parse_math=False)
         ax.set_title(lab, fontsize=10)
         for x, v in enumerate(vals):
             ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
@@ -188,13 +200,25 @@ def _bar_chart(rows: Dict[str, Dict[str, float]], path: str, title: str) -> str:
 
 def _example_sheet(ex: dict, path: str) -> str:
     import matplotlib
-    from matplotlib.figure import Figure  # (pyplot's backend is the caller's: matplotlib.use switched it)
 
-    from ..render.overlay import overlay
+    from ..render.fonts import figure_fonts, readable
 
     rec: EvalRecord = ex["record"]
     methods = list(ex["maps"])
     words = [i for i in rec.object_indices if all(i in ex["maps"][m] for m in methods)][:6]
+    # words, captions and ids in any script: the fonts dcam's pictures use (DejaVu Sans alone drew CJK as boxes)
+    texts = {"title": readable(f"{rec.record_id}: {rec.caption}"), "methods": [readable(_label(m)) for m in methods],
+             "words": {i: readable(rec.words[i]) for i in words}}
+    with matplotlib.rc_context(figure_fonts([texts["title"], *texts["methods"], *texts["words"].values()])):
+        return _draw_example_sheet(ex, rec, methods, words, texts, path)
+
+
+def _draw_example_sheet(ex: dict, rec: EvalRecord, methods: List[str], words: List[int], texts: dict,
+                        path: str) -> str:
+    from matplotlib.figure import Figure  # (pyplot's backend is the caller's: matplotlib.use switched it)
+
+    from ..render.overlay import overlay
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     nr, nc = max(1, len(words)), 1 + len(methods)
     fig = Figure(figsize=(2.2 * nc, 2.3 * nr))
@@ -206,7 +230,7 @@ def _example_sheet(ex: dict, path: str) -> str:
             truth = rec.word_truth(words[r])
             gt = truth.any(axis=0) if truth.ndim == 3 else truth > 0  # (its objects' union)
             ax.contour(gt.astype(float), levels=[0.5], colors="white", linewidths=0.8)
-            ax.set_ylabel(rec.words[words[r]], fontsize=10, parse_math=False)
+            ax.set_ylabel(texts["words"][words[r]], fontsize=10, parse_math=False)
         if r == 0:
             ax.set_title("image + GT", fontsize=9)
         for c, m in enumerate(methods, start=1):
@@ -218,14 +242,14 @@ def _example_sheet(ex: dict, path: str) -> str:
                 ax.set_xlabel(f"IoU {100 * res['obj_iou'][0].item():.0f}  F3 {100 * res['f3'][0].item():.0f}",
                               fontsize=8)
             if r == 0:
-                ax.set_title(_label(m), fontsize=9, parse_math=False)
+                ax.set_title(texts["methods"][c - 1], fontsize=9, parse_math=False)
     for row in axes:
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
     # captions, words and ids are data, drawn as written: matplotlib reads "$...$" as maths
     # (a caption "worth $x_$" raised its parse error and lost the whole evaluation)
-    fig.suptitle(f"{rec.record_id}: {rec.caption}", fontsize=9, parse_math=False)
+    fig.suptitle(texts["title"], fontsize=9, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

@@ -257,15 +257,16 @@ class FontChain(ImageFont.FreeTypeFont):
     def _at_size(self, file: FontFile) -> ImageFont.FreeTypeFont:
         return self if file == self.files[0] else sized(file, self.size)
 
-    def runs(self, text: str) -> List[Tuple[str, ImageFont.FreeTypeFont]]:
-        """``text`` as (run, font) pairs, left to right: each letter in the first font of the chain with
-        its glyph; letters no font has as their code points (:func:`code_points`) in the first font,
-        warning once per process; spaces no font has as spaces, invisible letters no font has dropped."""
+    def file_runs(self, text: str) -> List[Tuple[str, FontFile]]:
+        """``text`` as (run, font file) pairs, left to right: each letter in the first font of the chain
+        with its glyph; letters no font has as their code points (:func:`code_points`) in the first
+        font, warning once per process; spaces no font has as spaces, invisible letters no font has
+        dropped."""
         # the common case: every letter in the first font, one run, nothing looked up (tested at C speed:
         # wrapping a title measures its lines letter by letter)
         if (text.isascii() and text.isprintable() and self._printable_ascii) or self._covers[0].issuperset(
                 map(ord, text)):
-            return [(text, self)] if text else []
+            return [(text, self.files[0])] if text else []
         _installed_font_for([c for c in text if ord(c) not in self._covered])
         letters: List[Tuple[str, Optional[FontFile]]] = []  # (letter, its font's file; None: no font has it)
         prev = None
@@ -280,15 +281,19 @@ class FontChain(ImageFont.FreeTypeFont):
         missing = "".join(c for c, file in letters if file is None)
         if missing:
             _warn_missing(missing)
-        out: List[Tuple[str, ImageFont.FreeTypeFont]] = []
+        out: List[Tuple[str, FontFile]] = []
         for file, group in itertools.groupby(letters, key=lambda p: p[1]):
             run = "".join(c for c, _ in group)
-            run, font = (code_points(run), self) if file is None else (run, self._at_size(file))
-            if out and out[-1][1] is font:  # (code points join the first font's letters around them)
-                out[-1] = (out[-1][0] + run, font)
+            run, file = (code_points(run), self.files[0]) if file is None else (run, file)
+            if out and out[-1][1] == file:  # (code points join the first font's letters around them)
+                out[-1] = (out[-1][0] + run, file)
             else:
-                out.append((run, font))
+                out.append((run, file))
         return out
+
+    def runs(self, text: str) -> List[Tuple[str, ImageFont.FreeTypeFont]]:
+        """:meth:`file_runs` with each file opened at this font's size (the first font: this one)."""
+        return [(run, self._at_size(file)) for run, file in self.file_runs(text)]
 
 
 def text_length(text: str, f) -> float:
@@ -335,6 +340,41 @@ def draw_text(draw, xy: Tuple[float, float], text: str, f, fill) -> None:
         draw.text((xy[0] + x, baseline), run, fill=fill, font=font, anchor="ls")
 
 
+# ------------------------------------------------------------------ matplotlib figures (dcam eval's pictures)
+
+@functools.lru_cache(maxsize=None)
+def _family(file: FontFile) -> str:
+    """matplotlib's family name of ``file``, the file added to matplotlib's font list where it is not in it."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    path = os.path.realpath(file[0])
+    if not any(os.path.realpath(e.fname) == path for e in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(file[0])
+    return font_manager.ttfFontProperty(FT2Font(file[0], face_index=file[1])).name
+
+
+def figure_fonts(texts) -> Dict[str, List[str]]:
+    """matplotlib settings (for ``matplotlib.rc_context``) that draw ``texts`` in the fonts the pictures'
+    labels use: ``font.family`` the list ``DCAM_FONT``'s family (where set), DejaVu Sans, then the
+    installed fonts of the letters those two lack; matplotlib draws each letter in the first family
+    of the list that has it."""
+    chain = font(12)
+    if not isinstance(chain, FontChain):
+        return {}
+    files = list(chain.files)
+    for text in texts:
+        files += [file for _, file in chain.file_runs(text)]
+    return {"font.family": list(dict.fromkeys(_family(f) for f in files))}
+
+
+def readable(text: str) -> str:
+    """``text`` as the pictures draw it: letters no font has as their code points (warning once),
+    invisible letters no font has dropped (for a text drawn by matplotlib, in :func:`figure_fonts`)."""
+    chain = font(12)
+    return "".join(run for run, _ in chain.runs(text)) if isinstance(chain, FontChain) else text
+
+
 @functools.lru_cache(maxsize=None)
 def _chain(size: int, user: Optional[FontFile]):
     try:
@@ -354,4 +394,4 @@ def font(size: int):
 
 
 __all__ = ["font", "FontChain", "MissingGlyphWarning", "text_length", "text_bbox", "draw_text", "check_font_option",
-           "installed_fonts", "code_points", "FONT_ENV"]
+           "installed_fonts", "code_points", "figure_fonts", "readable", "FONT_ENV"]
