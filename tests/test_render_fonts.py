@@ -85,6 +85,27 @@ def test_a_letter_dcam_fonts_file_lacks_is_drawn_in_dejavu_on_the_same_baseline(
         assert other.shape != got.shape or not np.array_equal(other, got)
 
 
+@pytest.mark.skipif(not os.path.exists(LIBERATION), reason="needs Liberation Sans (fonts-liberation)")
+@pytest.mark.parametrize("side", [200, 280])
+def test_a_label_wholly_in_a_fallback_font_sits_on_the_first_fonts_baseline_under_its_tile(monkeypatch, side):
+    # every letter in the second font: its ink box (which places the label under the tile) is that font's;
+    # the first font's was taken, the box of its missing-glyph box, and DejaVu's stacked accents rose 2 to 4
+    # pixels into the tile
+    monkeypatch.setenv("DCAM_FONT", LIBERATION)
+    label = "\u01d7\u1ea8"  # ǗẨ: DejaVu Sans has them, Liberation Sans has not
+    assert not {0x1D7, 0x1EA8} & _cmap(LIBERATION) and {0x1D7, 0x1EA8} <= _cmap(MPL_DEJAVU)
+    sheet = contact_sheet([Image.new("RGB", (side, side), (255, 255, 255))], [label])
+    size = min(28, side // 10) - 4  # the label font: a tenth of the tile, less 4 pixels
+    lib, dejavu = ImageFont.truetype(LIBERATION, size), ImageFont.truetype(MPL_DEJAVU, size)
+    ascent = lib.getmetrics()[0]
+    top = ascent + dejavu.getbbox(label, anchor="ls")[1]  # the ink's top under a baseline at the ascent
+    ref = Image.new("RGB", sheet.size, (255, 255, 255))
+    # drawn 1 pixel under the tile, lower by the ink's rise above the first font's ascender line, if any
+    baseline = 4 + side + 1 + max(0, -top) + ascent
+    ImageDraw.Draw(ref).text((4 + 2, baseline), label, fill=(0, 0, 0), font=dejavu, anchor="ls")
+    np.testing.assert_array_equal(np.asarray(sheet), np.asarray(ref))
+
+
 def test_a_word_of_letters_only_dejavu_has_is_drawn_as_before():
     # the common case keeps DejaVu Sans's own drawing of the whole label (one run, kerning and all)
     label = "0: Ελληνικά café"

@@ -317,7 +317,7 @@ def text_bbox(text: str, f) -> Tuple[float, float, float, float]:
     if not isinstance(f, FontChain):
         return f.getbbox(text)
     runs = _placed(text, f)
-    if len(runs) <= 1:
+    if not runs or (len(runs) == 1 and runs[0][2] is f):  # one run of the first font: Pillow's own box
         return f.getbbox(runs[0][1] if runs else "")
     ascent = f.getmetrics()[0]
     boxes = [(x + b[0], ascent + b[1], x + b[2], ascent + b[3])
