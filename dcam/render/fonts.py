@@ -17,6 +17,10 @@ Each letter is drawn in the first font of the chain whose character map has it, 
 runs of one font on one baseline. A letter no installed font has is drawn as its code point in
 brackets (中文 -> ``[U+4E2D U+6587]``), never as a box, and the first such letter of a process
 warns once (:class:`MissingGlyphWarning`) naming the letters and what to install.
+
+``dcam eval``'s matplotlib figures use the same fonts: :func:`figure_fonts` gives matplotlib the
+chain as a list of families (it falls back letter by letter along such a list) and :func:`readable`
+the texts with the letters no font has as code points.
 """
 from __future__ import annotations
 
@@ -241,6 +245,8 @@ class FontChain(ImageFont.FreeTypeFont):
         self._covers = [coverage(f) for f in self.files]
         self._covered = frozenset().union(*self._covers)
         self._printable_ascii = self._covers[0].issuperset(range(0x20, 0x7F))
+        # text -> (its runs, the letters no font has), for texts not wholly in the first font
+        self._split: Dict[str, Tuple[Tuple[Tuple[str, FontFile], ...], str]] = {}
 
     def _file_of(self, c: str, prev: Optional[FontFile]) -> Optional[FontFile]:
         """The font of letter ``c`` after a letter of font ``prev``; None where no font has it."""
@@ -267,6 +273,11 @@ class FontChain(ImageFont.FreeTypeFont):
         if (text.isascii() and text.isprintable() and self._printable_ascii) or self._covers[0].issuperset(
                 map(ord, text)):
             return [(text, self.files[0])] if text else []
+        if text in self._split:  # (fitting a label to its cell measures it again and again)
+            runs, missing = self._split[text]
+            if missing:
+                _warn_missing(missing)
+            return list(runs)
         _installed_font_for([c for c in text if ord(c) not in self._covered])
         letters: List[Tuple[str, Optional[FontFile]]] = []  # (letter, its font's file; None: no font has it)
         prev = None
@@ -289,6 +300,9 @@ class FontChain(ImageFont.FreeTypeFont):
                 out[-1] = (out[-1][0] + run, file)
             else:
                 out.append((run, file))
+        if len(self._split) >= 4096:  # (bounded: a long run of pictures meets ever new words)
+            self._split.clear()
+        self._split[text] = (tuple(out), missing)
         return out
 
     def runs(self, text: str) -> List[Tuple[str, ImageFont.FreeTypeFont]]:
@@ -305,10 +319,12 @@ def text_length(text: str, f) -> float:
 
 def _placed(text: str, f) -> List[Tuple[float, str, ImageFont.FreeTypeFont]]:
     """(x offset, run, font) of each run of ``text`` drawn on one baseline."""
+    runs = f.runs(text)
     x, placed = 0.0, []
-    for run, font in f.runs(text):
+    for k, (run, font) in enumerate(runs):
         placed.append((x, run, font))
-        x += font.getlength(run)
+        if k + 1 < len(runs):  # (a layout of its own: the last run's width is not needed)
+            x += font.getlength(run)
     return placed
 
 
