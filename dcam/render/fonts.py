@@ -273,8 +273,9 @@ class FontChain(ImageFont.FreeTypeFont):
         if (text.isascii() and text.isprintable() and self._printable_ascii) or self._covers[0].issuperset(
                 map(ord, text)):
             return [(text, self.files[0])] if text else []
-        if text in self._split:  # (fitting a label to its cell measures it again and again)
-            runs, missing = self._split[text]
+        hit = self._split.get(text)  # (fitting a label to its cell measures it again and again)
+        if hit is not None:
+            runs, missing = hit
             if missing:
                 _warn_missing(missing)
             return list(runs)
