@@ -13,8 +13,10 @@ path is timed in one process, round after round, every path once per round
   dispatcher (the explainer's path).
 
 For each layer: one ``pool_gradients`` call, and the explainer's streamed
-path (``channel_weights`` per chunk of 8 words, ``torch.cat``, one
-``weighted_maps``), with the median over the rounds of streamed / one call.
+path (each chunk of 8 words' channel weights into one table: ``WeightStream``,
+``dcam_channel_weights_into``; then one ``weighted_maps``), with the median
+over the rounds of streamed / one call; beside it the path before session 31
+(a ``channel_weights`` call per chunk, ``torch.cat`` / ``np.concatenate``).
 Last, the time of a tiny ``channel_weights`` call per layer (warm caches:
 the fixed cost of a call).
 """
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 import dcam
-from dcam.ops.bench import make_pool_inputs, streamed_pooling
+from dcam.ops.bench import make_pool_inputs, per_chunk_calls, streamed_pooling
 
 T, N, D, GRID, CHUNK = 64, 576, 4096, (24, 24), 8
 
@@ -42,11 +44,19 @@ def layers(acts, grads):
         w = np.concatenate([_C.channel_weights(g_np[:, c:c + CHUNK], True, False)[0] for c in range(0, T, CHUNK)], 1)
         return _C.weighted_maps(a_np, w)
 
-    out = {"extension": (lambda: _C.pool_gradients(a_np, g_np, True, False), ext_streamed)}
+    def ext_into():  # the extension as WeightStream calls it: every chunk into one table
+        w = np.empty((1, T, D), np.float32)
+        for c in range(0, T, CHUNK):
+            _C.channel_weights_into(w, c, grads[:, c:c + CHUNK].data_ptr(), 2, CHUNK, N, True, False)
+        return _C.weighted_maps(a_np, w)
+
+    one_ext = lambda: _C.pool_gradients(a_np, g_np, True, False)  # noqa: E731
+    out = {"extension": (one_ext, ext_streamed), "extension, into one table": (one_ext, ext_into)}
     for backend in ("cpp", "auto"):
-        out[f'backend="{backend}"'] = (
-            lambda b=backend: dcam.pool_gradients(acts, grads, GRID, backend=b, check_finite=False),
-            streamed_pooling(acts, grads, GRID, CHUNK, backend))
+        one = lambda b=backend: dcam.pool_gradients(acts, grads, GRID, backend=b, check_finite=False)  # noqa: E731
+        out[f'backend="{backend}"'] = (one, streamed_pooling(acts, grads, GRID, CHUNK, backend))
+        out[f'backend="{backend}", a channel_weights call per chunk'] = (
+            one, per_chunk_calls(acts, grads, GRID, CHUNK, backend))
     return out
 
 

@@ -4,8 +4,10 @@
 //   raw[b,t,n] = (1/D) sum_d max(A[b,n,d] * w[b,t,d], 0)   (product: pool_product.cpp)
 //   maps       = min-max normalised raw, 0 where degenerate.
 //
-// Three entry points share one driver: the whole section (dcam_pool_gradients), its first
-// line alone (dcam_channel_weights) and the rest from given weights (dcam_weighted_maps).
+// The entry points share one driver: the whole section (dcam_pool_gradients), its first
+// line alone (dcam_channel_weights, and dcam_channel_weights_into, which writes a chunk's
+// weights into the rows of a table of all tokens) and the rest from given weights
+// (dcam_weighted_maps).
 // The split serves a caller that gets the gradients in chunks of tokens (the explainer,
 // whose memory must not grow with the response): it reduces each chunk to its weights as
 // it arrives and runs one product for all tokens at the end, so the product gets the
@@ -120,6 +122,9 @@ struct Problem {
     int64_t B, T, N, D;
     bool signed_w;  // the channel weights may be negative (grad_relu off, or given weights that are)
     GradMode mode;
+    // weights only: the rows of the caller's [B, table_tokens, D] table the B*T weights go to, token
+    // first_token on (dcam_channel_weights_into); 0: a [B, T, D] table of these tokens alone
+    int64_t table_tokens = 0, first_token = 0;
     bool streams() const { return grads != nullptr; }
     bool products() const { return acts != nullptr; }
 };
@@ -276,7 +281,8 @@ void stream_item(Run& run, Worker& wk, int64_t it) {
     grad_column_sums(static_cast<const char*>(p.grads) + bt * p.N * p.D * esize, p.dtype, p.mode, p.D, p.N, d0,
                      len, acc, acc + pl.dchunk);
     const float n_rows = static_cast<float>(p.N);  // the mean divides the float32 sum by N, as torch does
-    float* w = run.weights + bt * p.D + d0;
+    const int64_t row = p.table_tokens ? (bt / p.T) * p.table_tokens + p.first_token + bt % p.T : bt;
+    float* w = run.weights + row * p.D + d0;
     for (int64_t j = 0; j < len; ++j) w[j] = static_cast<float>(acc[j]) / n_rows;
     if (run.check_weights) {
         // Every NaN/Inf of grads made a weight of its slice non-finite (see GradMode); a
@@ -529,6 +535,23 @@ extern "C" int dcam_channel_weights(const void* grads, dcam_dtype dtype, int64_t
     if (empty) return DCAM_OK;
     const Problem p{nullptr, grads, nullptr, weights_out, dtype, B, T, N, D, grad_relu == 0,
                     grad_mode(grad_relu, grads_nonfinite)};
+    return run_pooling(p, nullptr, nullptr, grads_nonfinite);
+}
+
+extern "C" int dcam_channel_weights_into(const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N,
+                                         int64_t D, int grad_relu, float* table, int64_t table_tokens,
+                                         int64_t first_token, int32_t* grads_nonfinite) {
+    if (const int rc = check_sizes(dtype, B, T, N, D)) return rc;
+    if (table_tokens < 0 || first_token < 0 || first_token > table_tokens || T > table_tokens - first_token ||
+        !array_fits(sizeof(float), {B, table_tokens, D}))
+        return DCAM_EINVAL_SHAPE;
+    const bool empty = B == 0 || T == 0;
+    if (!empty && (!grads || !table)) return DCAM_EINVAL_NULL;
+    if (grads_nonfinite) *grads_nonfinite = 0;
+    if (empty) return DCAM_OK;
+    Problem p{nullptr, grads, nullptr, table, dtype, B, T, N, D, grad_relu == 0, grad_mode(grad_relu, grads_nonfinite)};
+    p.table_tokens = table_tokens;
+    p.first_token = first_token;
     return run_pooling(p, nullptr, nullptr, grads_nonfinite);
 }
 

@@ -219,6 +219,28 @@ int dcam_weighted_maps(const void* acts, dcam_dtype dtype, const float* weights,
                        int64_t D, float* maps_out, uint8_t* degenerate_out);
 
 /*
+ * dcam_channel_weights for a caller that streams the gradients of T_all tokens in
+ * chunks: each chunk's weights go straight into the rows of one weight table of all
+ * tokens, which dcam_weighted_maps then takes whole (no table per chunk, no copy).
+ *
+ *   grads           [B, T, N, D] elements of `dtype`: the chunk, tokens first_token ..
+ *                   first_token + T - 1 of each image; B, T >= 0; N, D >= 1.
+ *   grad_relu       as in dcam_pool_gradients.
+ *   table           [B, table_tokens, D] float32: rows table[b, first_token + t] are written
+ *                   with the weights of dcam_channel_weights (bit for bit), no other row is
+ *                   touched.
+ *   table_tokens    T_all, the tokens of the table (>= 0).
+ *   first_token     the table row of the chunk's first token: 0 <= first_token and
+ *                   first_token + T <= table_tokens, else DCAM_EINVAL_SHAPE.
+ *   grads_nonfinite output or NULL: as in dcam_channel_weights, for this chunk alone.
+ *
+ * Returns DCAM_OK or DCAM_EINVAL_* / DCAM_ENOMEM; a refused call writes nothing.
+ */
+int dcam_channel_weights_into(const void* grads, dcam_dtype dtype, int64_t B, int64_t T, int64_t N, int64_t D,
+                              int grad_relu, float* table, int64_t table_tokens, int64_t first_token,
+                              int32_t* grads_nonfinite);
+
+/*
  * Sections 2-7 of the contract: refine B*T raw maps of h x w and report the
  * per-map statistics.
  *

@@ -21,9 +21,10 @@ namespace py = pybind11;
 namespace {
 
 // What dcam/ops/cpp.py expects of this module (its INTERFACE_VERSION): bump both when the Python side
-// comes to need something an older build lacks (version 1: NonFiniteMapsError). An editable install whose
+// comes to need something an older build lacks (version 1: NonFiniteMapsError;
+// version 2: channel_weights_into). An editable install whose
 // extension was not rebuilt is then reported stale at import, not met as an AttributeError mid-call.
-constexpr int kInterfaceVersion = 1;
+constexpr int kInterfaceVersion = 2;
 
 // An allocation failure of the kernels: pybind11 raises MemoryError with what() (not a
 // ValueError: running out of memory is no argument's fault).
@@ -114,6 +115,30 @@ py::tuple channel_weights(const py::array& grads, bool grad_relu, bool check_gra
     }
     check(rc, "dcam_channel_weights");
     return py::make_tuple(weights, nonfinite != 0);
+}
+
+// One chunk of a stream of gradients into the rows of the caller's weight table (dcam/ops/streaming.py):
+// the chunk is passed by address (a contiguous CPU tensor's data_ptr(), with its dtype's code and its
+// sizes), not as a numpy view: right after a chunk has streamed tens of MB through the caches, each
+// torch or numpy operation of the Python layer costs tens of microseconds, paid per chunk. The caller
+// keeps the tensor alive and checked its layout; the table (float32 [B, table_tokens, D]) is checked here.
+bool channel_weights_into(const py::array& table, int64_t first_token, uintptr_t grads, int dtype, int64_t tokens,
+                          int64_t N, bool grad_relu, bool check_grads) {
+    if (table.ndim() != 3) throw std::invalid_argument("table must be [B,T,D]");
+    const int64_t B = table.shape(0), table_tokens = table.shape(1), D = table.shape(2);
+    float* w = const_cast<float*>(f32(table, "table", {B, table_tokens, D}));
+    if (!table.writeable()) throw std::invalid_argument("table must be writeable");
+    const void* g = reinterpret_cast<const void*>(grads);
+    const dcam_dtype dt = static_cast<dcam_dtype>(dtype);
+    int rc;
+    int32_t nonfinite = 0;
+    {
+        py::gil_scoped_release nogil;
+        rc = dcam_channel_weights_into(g, dt, B, tokens, N, D, grad_relu ? 1 : 0, w, table_tokens, first_token,
+                                       check_grads ? &nonfinite : nullptr);
+    }
+    check(rc, "dcam_channel_weights_into");
+    return nonfinite != 0;
 }
 
 py::tuple weighted_maps(const py::array& acts, const py::array& weights) {
@@ -217,6 +242,11 @@ PYBIND11_MODULE(_C, m) {
     m.def("channel_weights", &channel_weights, py::arg("grads"), py::arg("grad_relu"), py::arg("check_grads") = false,
           "grads [B,T,N,D] (float32 / float16 / int16 holding bfloat16 bits) -> (weights float32 [B,T,D], "
           "grads_nonfinite bool as in pool_gradients)");
+    m.def("channel_weights_into", &channel_weights_into, py::arg("table"), py::arg("first_token"), py::arg("grads"),
+          py::arg("dtype"), py::arg("tokens"), py::arg("N"), py::arg("grad_relu"), py::arg("check_grads"),
+          "weights float32 [B,T_all,D] table, first token, address of contiguous grads [B,tokens,N,D] of dtype "
+          "code (0 float32, 1 float16, 2 bfloat16) -> grads_nonfinite bool (as in channel_weights); writes "
+          "table[:, first_token:first_token+tokens]");
     m.def("weighted_maps", &weighted_maps, py::arg("acts"), py::arg("weights"),
           "acts [B,N,D] (as in pool_gradients), weights float32 [B,T,D] -> (maps float32 [B,T,N], "
           "degenerate bool [B,T])");

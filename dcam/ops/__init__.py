@@ -3,12 +3,14 @@
     pool_gradients(acts, grads, grid)   -> RawMaps      (docs/ALGORITHM.md section 1)
     channel_weights(grads)              -> weights      (its two halves, for gradients
     weighted_maps(acts, weights, grid)  -> RawMaps       that arrive in chunks)
+    WeightStream(batch, tokens, hidden) .add(chunk) ... .weights  (channel_weights, chunk by chunk)
     refine(raw_maps, config, ...)       -> Refined      (sections 2-7)
     diffusion_cam(acts, grads, grid, config, ...)      (both, no host sync between them)
 
 Where each part lives:
 
 - :mod:`~dcam.ops.api`: these functions and their result types;
+- :mod:`~dcam.ops.streaming`: :class:`WeightStream`, the weights of chunks into one table;
 - :mod:`~dcam.ops.validation`: argument checks (:class:`dcam.InputError`);
 - :mod:`~dcam.ops.library`: the ``torch.library`` ops ``dcam::pool_gradients``,
   ``dcam::channel_weights``, ``dcam::weighted_maps`` and ``dcam::refine``
@@ -26,7 +28,7 @@ import importlib
 # Imported on first use: dcam.ops.constants and dcam.ops.config stay light
 # (no torch), which keeps `dcam --help` fast.
 _LAZY = {"RawMaps": "api", "Refined": "api", "all_finite": "api", "diffusion_cam": "api", "pool_gradients": "api",
-         "channel_weights": "api", "weighted_maps": "api", "refine": "api", "BACKENDS": "backends",
+         "channel_weights": "api", "weighted_maps": "api", "refine": "api", "WeightStream": "streaming", "BACKENDS": "backends",
          "available_backends": "backends", "CamConfig": "config", "DACG_STRATEGIES": "config", "SICD_MODES": "config"}
 
 

@@ -19,6 +19,7 @@ from .config import CamConfig
 from . import api as engine
 from . import reference
 from .backends import available_backends
+from .streaming import WeightStream
 
 
 @dataclass
@@ -70,7 +71,21 @@ def make_pool_inputs(T: int, N: int, D: int, dtype, device="cpu", seed: int = 0)
 
 def streamed_pooling(acts, grads, grid, chunk: int, backend: str) -> Callable[[], object]:
     """The explainer's streamed pooling as a zero-argument callable: each chunk of `chunk`
-    words' gradients reduced to channel weights, then one product for all words."""
+    words' gradients reduced to channel weights into one table (:class:`WeightStream`, as
+    dcam/methods/diffusion_cam.py does), then one product for all words."""
+    B, T, _, D = grads.shape
+
+    def run():
+        stream = WeightStream(B, T, D, backend=backend, device=grads.device, check_finite=False)
+        for c in range(0, T, chunk):
+            stream.add(grads[:, c:c + chunk])
+        return engine.weighted_maps(acts, stream.weights, grid, backend=backend, check_finite=False)
+    return run
+
+
+def per_chunk_calls(acts, grads, grid, chunk: int, backend: str) -> Callable[[], object]:
+    """The streamed pooling as it was before :class:`WeightStream` (session 31): one public
+    ``channel_weights`` call per chunk, the tables joined by ``torch.cat``."""
     def run():
         w = torch.cat([engine.channel_weights(grads[:, c:c + chunk], backend=backend, check_finite=False)
                        for c in range(0, grads.shape[1], chunk)], 1)

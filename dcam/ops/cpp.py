@@ -30,7 +30,7 @@ from ..errors import InputError
 #: What these wrappers need of ``dcam._C`` (csrc/python/bindings.cpp's kInterfaceVersion, bumped together):
 #: an extension of another version, an editable install's build left from older sources, is treated as
 #: not built (the reference runs, with one warning; backend='cpp' says why) rather than failing mid-call
-INTERFACE_VERSION = 1
+INTERFACE_VERSION = 2
 
 try:
     from dcam import _C  # type: ignore[attr-defined]
