@@ -419,14 +419,16 @@ class Explainer:
                        chunk: int) -> List[Explanation]:
         """Examples of one batch key: one probe, maps reduced as gradients arrive."""
         m = self.method
-        partial: List[Dict[str, list]] = [{} for _ in examples]
+        partial: List[dict] = [{} for _ in examples]  # example -> view name -> its ChunkReducer
 
         def sink(b: int, items, acts, grads):
-            for view in examples[b].views:  # each view's slice of the span is its own map
-                sl = examples[b].view_slices[view.name]
+            ex = examples[b]
+            for view in ex.views:  # each view's slice of the span is its own map
+                sl = ex.view_slices[view.name]
                 with stage("dcam.reduce"):
-                    reduced = m.reduce_gradients(acts[:, sl], grads[:, :, sl], self._inputs(examples[b], None, view))
-                partial[b].setdefault(view.name, []).append((items, reduced))
+                    if view.name not in partial[b]:
+                        partial[b][view.name] = m.reducer(self._inputs(ex, None, view), len(ex.items))
+                    partial[b][view.name].add(items, acts[:, sl], grads[:, :, sl])
 
         try:
             results = probe_batch(self.adapter, [ex.prep for ex in examples],
@@ -446,22 +448,17 @@ class Explainer:
                             repeat_ratio=repeat_ratio(ex.explainable_ids), adapter=self.adapter, backend=self.backend,
                             item_token_ids=[[ex.response_ids[s] for s in it.slots] for it in ex.items])
 
-    def _view_result(self, ex: Example, res, view, chunks):
-        m = self.method
+    def _view_result(self, ex: Example, res, view, reducer):
         inputs = self._inputs(ex, res.sliced(ex.view_slices[view.name]) if res is not None else None, view)
-        if chunks:  # streamed: what every chunk of items reduced to, in item order
-            order = torch.cat([c[0] for c in chunks])
-            inv = torch.empty_like(order)
-            inv[order] = torch.arange(order.numel())
-            parts = zip(*(c[1] for c in chunks))
-            return m.finish(tuple(torch.cat(p)[inv] for p in parts), inputs)
-        return m.compute_maps(inputs)
+        if reducer is not None:  # streamed: what every chunk of items reduced to
+            return reducer.finish(inputs)
+        return self.method.compute_maps(inputs)
 
-    def _explanation(self, ex: Example, res, chunks: Dict[str, list], probe: str, target_score: str) -> Explanation:
+    def _explanation(self, ex: Example, res, reducers: dict, probe: str, target_score: str) -> Explanation:
         outs = {}
         for v in ex.views:
             with stage("dcam.maps"):
-                outs[v.name] = self._view_result(ex, res, v, chunks.get(v.name))
+                outs[v.name] = self._view_result(ex, res, v, reducers.get(v.name))
         main = outs[ex.views[0].name]
         a = self.adapter
         # view="all" gives every view with tokens, also where only one has any (was {} then)

@@ -99,6 +99,13 @@ class CamMethod:
         maps, degenerate = reduced
         return MapResult(maps, {"degenerate": degenerate})
 
+    def reducer(self, inputs: MethodInputs, items: int) -> "ChunkReducer":
+        """What the explainer streams one view's gradients through: ``items`` items in
+        all, each chunk given to :meth:`ChunkReducer.add`, the result from
+        :meth:`ChunkReducer.finish`. By default each chunk's :meth:`reduce_gradients`
+        kept, concatenated in item order for :meth:`finish`."""
+        return ChunkReducer(self, inputs)
+
     def compute_maps(self, inputs: MethodInputs) -> MapResult:
         if not self.streams:
             raise NotImplementedError
@@ -108,6 +115,26 @@ class CamMethod:
     def zero_map_stats(maps: Tensor) -> Dict[str, Tensor]:
         """Statistics of a method without refinement: only which maps are all zero."""
         return {"degenerate": ~(maps.flatten(1).amax(1) > 0)}
+
+
+class ChunkReducer:
+    """A method's reductions of one view's chunks of items (:meth:`CamMethod.reducer`)."""
+
+    def __init__(self, method: CamMethod, inputs: MethodInputs):
+        self.method, self.inputs = method, inputs
+        self.chunks: List[Tuple[Tensor, Tuple[Tensor, ...]]] = []
+
+    def add(self, items: Tensor, acts: Tensor, grads: Tensor) -> None:
+        """One chunk: the items' indices, ``acts [r, N, D]``, ``grads [r, k', N, D]``."""
+        self.chunks.append((items, self.method.reduce_gradients(acts, grads, self.inputs)))
+
+    def finish(self, inputs: MethodInputs) -> MapResult:
+        """The result, from the inputs of the whole probe (its activations, context weights)."""
+        order = torch.cat([c[0] for c in self.chunks])
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(order.numel())
+        parts = zip(*(c[1] for c in self.chunks))
+        return self.method.finish(tuple(torch.cat(p)[inv] for p in parts), inputs)
 
 
 METHODS: Dict[str, Type[CamMethod]] = {}
