@@ -113,6 +113,51 @@ int main(void) {
     printf("halves nan %d %d\n", rc, nonfinite);
     G[3] = 4.0f;
 
+    /* ---- a streamed chunk's weights into the rows of one table of all tokens */
+    {
+        float G2[12], table[8], tb[12];
+        const int64_t huge = (int64_t)1 << 62;
+        for (int i = 0; i < 6; ++i) { G2[i] = G[i]; G2[6 + i] = -G[i]; } /* token 0: G, token 1: -G */
+        for (int i = 0; i < 8; ++i) table[i] = -7.0f;                   /* [1, 4, 2] */
+        nonfinite = -1;
+        rc = dcam_channel_weights_into(G2, DCAM_F32, 1, 2, 3, 2, 0, table, 4, 1, &nonfinite);
+        printf("into signed %d %d", rc, nonfinite);
+        for (int i = 0; i < 8; ++i) printf(" %.8f", table[i]);
+        printf("\n");
+        for (int i = 0; i < 12; ++i) tb[i] = -7.0f;                     /* [2, 3, 2]: two images */
+        rc = dcam_channel_weights_into(G2, DCAM_F32, 2, 1, 3, 2, 0, tb, 3, 2, NULL);
+        printf("into batch %d", rc);
+        for (int i = 0; i < 12; ++i) printf(" %.8f", tb[i]);
+        printf("\n");
+        for (int i = 0; i < 8; ++i) table[i] = -7.0f;
+        nonfinite = -7;
+        printf("into err past_end %d\n", dcam_channel_weights_into(G2, DCAM_F32, 1, 2, 3, 2, 1, table, 4, 3,
+                                                                    &nonfinite));
+        printf("into err negative_first %d\n", dcam_channel_weights_into(G2, DCAM_F32, 1, 2, 3, 2, 1, table, 4,
+                                                                          -1, &nonfinite));
+        printf("into err empty_past_table %d\n", dcam_channel_weights_into(G2, DCAM_F32, 1, 0, 3, 2, 1, table, 4,
+                                                                            5, &nonfinite));
+        printf("into err negative_table %d\n", dcam_channel_weights_into(G2, DCAM_F32, 1, 0, 3, 2, 1, table, -1,
+                                                                          0, &nonfinite));
+        printf("into err table_overflow %d\n", dcam_channel_weights_into(G2, DCAM_F32, 1, 1, 3, 2, 1, table, huge,
+                                                                          0, &nonfinite));
+        printf("into err null_table %d\n", dcam_channel_weights_into(G2, DCAM_F32, 1, 2, 3, 2, 1, NULL, 4, 0,
+                                                                      &nonfinite));
+        printf("into err null_grads %d\n", dcam_channel_weights_into(NULL, DCAM_F32, 1, 2, 3, 2, 1, table, 4, 0,
+                                                                      &nonfinite));
+        printf("into err dtype %d\n", dcam_channel_weights_into(G2, (dcam_dtype)9, 1, 2, 3, 2, 1, table, 4, 0,
+                                                                 &nonfinite));
+        printf("into err zero_rows %d\n", dcam_channel_weights_into(G2, DCAM_F32, 1, 2, 0, 2, 1, table, 4, 0,
+                                                                     &nonfinite));
+        printf("into untouched %d", nonfinite);
+        for (int i = 0; i < 8; ++i) printf(" %.1f", table[i]);
+        printf("\n");
+        printf("into empty %d\n", dcam_channel_weights_into(NULL, DCAM_F32, 1, 0, 3, 2, 1, NULL, 4, 4, NULL));
+        G2[7] = NAN; /* token 1 of the chunk, feature 1 */
+        rc = dcam_channel_weights_into(G2, DCAM_F32, 1, 2, 3, 2, 1, table, 4, 2, &nonfinite);
+        printf("into nan %d %d %.8f %.8f %d\n", rc, nonfinite, table[4], table[5], table[7] != table[7]);
+    }
+
     /* ---- documented errors */
     printf("err null_cfg %d\n", dcam_refine(raw, NULL, steps, size, rho, NULL, NULL, 1, 1, 3, 3, NULL, out,
                                              NULL, NULL, NULL, NULL, NULL));
@@ -524,6 +569,28 @@ def test_pooling_halves_by_hand(program_output):
     assert signed[:3] == ["0", "0", "1"]
     np.testing.assert_allclose([float(v) for v in signed[3:]], [1.0, 2 / 3, 0.0, 0.0, 0.0, 0.0], atol=1e-6)
     assert [r[1:] for r in rows if r[0] == "nan"] == [["0", "1"]]
+
+
+def test_channel_weights_into_a_table(program_output):
+    rows = {r[0]: r[1:] for r in _lines(program_output, "into") if r[0] != "err"}
+    errs = {r[1]: r[2] for r in _lines(program_output, "into") if r[0] == "err"}
+    # G = [[1, -2], [3, 4], [0, 0]] (N = 3, D = 2), signed: w = [4/3, 2/3]; -G: [-4/3, -2/3]
+    w, x = [4 / 3, 2 / 3], [-7.0, -7.0]
+    rc, flag, *vals = rows["signed"]  # tokens 0 and 1 of the chunk into rows 1 and 2 of a 4-token table
+    assert (rc, flag) == ("0", "0")
+    np.testing.assert_allclose([float(v) for v in vals], x + w + [-v for v in w] + x, atol=1e-7)
+    rc, *vals = rows["batch"]  # two images of one token into row 2 of each image's 3-token table
+    assert rc == "0"
+    np.testing.assert_allclose([float(v) for v in vals], x + x + w + x + x + [-v for v in w], atol=1e-7)
+    # a chunk past the table's end, a negative or out-of-table first token or table size, sizes past 2^63
+    # bytes: DCAM_EINVAL_SHAPE; NULL buffers DCAM_EINVAL_NULL; and nothing written, the flag included
+    assert errs == {"past_end": "2", "negative_first": "2", "empty_past_table": "2", "negative_table": "2",
+                    "table_overflow": "2", "null_table": "1", "null_grads": "1", "dtype": "3", "zero_rows": "2"}
+    assert rows["untouched"] == ["-7"] + ["-7.0"] * 8
+    assert rows["empty"] == ["0"]  # an empty chunk needs no buffer
+    rc, flag, *vals = rows["nan"]  # token 0 (G, grad_relu) into row 2: [4/3, 4/3]; token 1's NaN flagged
+    assert (rc, flag, vals[2]) == ("0", "1", "1")
+    np.testing.assert_allclose([float(v) for v in vals[:2]], [4 / 3, 4 / 3], atol=1e-7)
 
 
 def test_error_codes(program_output):
