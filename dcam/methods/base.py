@@ -68,9 +68,11 @@ class CamMethod:
     tensors, item first: their maps, or anything smaller from which
     :meth:`finish` makes them) and :meth:`finish` (all items' reductions, in
     item order -> the result); the explainer then streams the probe's
-    gradients through :meth:`reduce_gradients` chunk by chunk, so the
-    gradients of all items never exist at once. :meth:`compute_maps` (a whole
-    probe result at once) is the same computation in one chunk.
+    gradients chunk by chunk through the method's :meth:`reducer` (by
+    default :meth:`reduce_gradients` per chunk; Diffusion-CAM writes each
+    chunk's channel weights into one table), so the gradients of all items
+    never exist at once. :meth:`compute_maps` (a whole probe result at once)
+    is the same computation in one chunk.
     """
 
     name = "base"

@@ -360,7 +360,7 @@ def test_an_extension_of_another_interface_version_counts_as_not_built(built):
     why = (f"stale build: {C._C.__file__} has interface version "
            f"{'none (built before versions)' if built == 'none' else built}, these sources need "
            f"{C.INTERFACE_VERSION}; rebuild: python setup.py build_ext --inplace")
-    assert C.INTERFACE_VERSION == C._C.INTERFACE_VERSION == 1  # (this process's extension: built from these sources)
+    assert C.INTERFACE_VERSION == C._C.INTERFACE_VERSION == 2  # (this process's extension: built from these sources)
     assert res.stdout.splitlines() == [
         "False", why, f"backend='cpp' is not available: {why}",
         # the reference runs, said once
