@@ -35,6 +35,10 @@ cmdclass = {}
 if Pybind11Extension is not None:
     core_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     binding_sources = sorted(glob.glob(os.path.join("csrc", "python", "*.cpp")))
+    # the headers the sources include: build_ext rebuilds an extension only when a file of its
+    # sources or depends is newer than it, so without them a changed .hpp or dcam.h left the old
+    # dcam._C / libdcam.so in place (in an in-place build, and in a wheel built beside a build/ folder)
+    headers = sorted(glob.glob(os.path.join("csrc", "*.hpp")) + glob.glob(os.path.join("csrc", "include", "*.h")))
     compile_args = ["-O3", "-fopenmp", "-ffp-contract=off"]
     link_args = ["-fopenmp"]
     if sys.platform == "darwin":  # Apple clang: OpenMP needs libomp; build without it
@@ -45,6 +49,7 @@ if Pybind11Extension is not None:
             "dcam._C",
             core_sources + binding_sources,
             include_dirs=[os.path.join("csrc", "include")],
+            depends=headers,
             extra_compile_args=list(compile_args),  # a copy: Pybind11Extension adds its flags to the list
             extra_link_args=list(link_args),
             cxx_std=17,
@@ -65,6 +70,7 @@ if Pybind11Extension is not None:
             "dcam.lib.libdcam",  # -> dcam/lib/libdcam.so, see dcam/c_api.py
             core_sources,
             include_dirs=[os.path.join("csrc", "include")],
+            depends=headers + [os.path.join("csrc", "libdcam.map")],
             extra_compile_args=compile_args + ["-std=c++17", "-g0"],
             # exports the header's functions only (csrc/libdcam.map), under a SONAME of its own
             extra_link_args=link_args + ([] if sys.platform == "darwin" else
@@ -111,12 +117,30 @@ class build_py(_build_py):
 
     def run(self):
         super().run()
+        copied = []
         for folder, pattern, target in (("kernels", "*.py", ("dcam", "kernels")),
                                         (os.path.join("csrc", "include"), "*.h", ("dcam", "include"))):
             target = os.path.join(self.build_lib, *target)
             os.makedirs(target, exist_ok=True)
             for src in sorted(glob.glob(os.path.join(HERE, folder, pattern))):
-                self.copy_file(src, os.path.join(target, os.path.basename(src)))
+                copied.append(os.path.join(target, os.path.basename(src)))
+                self.copy_file(src, copied[-1])
+        if not getattr(self, "editable_mode", False):  # (an editable build copies nothing: its build_lib holds no package)
+            self._remove_stale(copied)
+
+    def _remove_stale(self, copied):
+        """Delete what an earlier build left in build/lib/dcam that this one did not write: a module
+        removed or moved since (pip builds a checkout in place, reusing its build/ folder, and the
+        wheel takes all of build/lib, so the old module was installed beside the new one). The
+        extensions are build_ext's, written after this step: it keeps them when up to date."""
+        keep = {os.path.abspath(p) for p in list(self.get_outputs(include_bytecode=True)) + copied}
+        extensions = (".so", ".dylib", ".pyd")
+        for folder, _, files in os.walk(os.path.join(self.build_lib, "dcam")):
+            for name in files:
+                path = os.path.abspath(os.path.join(folder, name))
+                if path not in keep and not name.endswith(extensions):
+                    self.announce(f"removing {path} (not in this build of dcam)", level=2)
+                    os.remove(path)
 
 
 def _long_description() -> str:

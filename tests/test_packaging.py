@@ -4,7 +4,9 @@
 had the .cpp files only (no headers, no dcam.h, no Triton kernels), and the
 build failed on `#include "akd.hpp"`."""
 import glob
+import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -82,3 +84,92 @@ def test_long_description_is_the_readme_without_broken_pictures():
             assert ours == f"*(picture: {alt}, `{path[:-1]}` in the repository)*"
         else:
             assert ours == theirs, i
+
+
+# setup.py's distribution, as setuptools reads it (setup() stopped after reading its arguments), in a
+# child process: running setup.py sets distutils state a test process should not keep
+_READ_SETUP = """
+import json, os, sys
+from distutils.core import run_setup
+dist = run_setup("setup.py", script_args=["--name"], stop_after="init")
+print(json.dumps({ext.name: {"sources": ext.sources, "depends": ext.depends, "include_dirs": ext.include_dirs}
+                  for ext in dist.ext_modules}))
+"""
+
+
+def _included_headers(source: str, include_dirs) -> set:
+    """The headers a C/C++ file includes with #include "...", and theirs, as paths relative to ROOT:
+    read from the files, as the compiler finds them (the including file's folder, then -I folders)."""
+    seen, todo = set(), [source]
+    while todo:
+        path = todo.pop()
+        with open(os.path.join(ROOT, path)) as f:
+            names = re.findall(r'^\s*#\s*include\s+"([^"]+)"', f.read(), flags=re.M)
+        for name in names:
+            found = [os.path.normpath(os.path.join(folder, name))
+                     for folder in [os.path.dirname(path)] + list(include_dirs)
+                     if os.path.isfile(os.path.join(ROOT, folder, name))]
+            assert found, (path, name)
+            if found[0] not in seen:
+                seen.add(found[0])
+                todo.append(found[0])
+    return seen
+
+
+def test_a_changed_header_rebuilds_the_extensions():
+    # build_ext rebuilds an extension only when one of its sources or depends is newer than the built
+    # file: setup.py listed no depends, so after a change to a .hpp or dcam.h only (the .cpp files
+    # untouched) `python setup.py build_ext --inplace` and a wheel built beside a build/ folder kept
+    # the old dcam._C and libdcam.so
+    res = subprocess.run([sys.executable, "-c", _READ_SETUP], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    extensions = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(extensions) == {"dcam._C", "dcam.lib.libdcam"}, extensions
+    for name, ext in extensions.items():
+        included = set()
+        for source in ext["sources"]:
+            included |= _included_headers(source, ext["include_dirs"])
+        assert {"csrc/common.hpp", "csrc/include/dcam.h", "csrc/akd.hpp"} <= included, (name, included)
+        depends = {os.path.normpath(p) for p in ext["depends"]}
+        assert included <= depends, (name, sorted(included - depends))
+
+
+_BUILD_PY = """
+import sys
+from distutils.core import run_setup
+out = sys.argv[1]
+dist = run_setup("setup.py", script_args=["--name"], stop_after="init")
+dist.get_command_obj("egg_info").egg_base = out  # its file list in the test's folder, not the checkout
+cmd = dist.get_command_obj("build_py")
+cmd.build_lib = out + "/lib"
+cmd.ensure_finalized()
+cmd.run()
+"""
+
+
+def test_build_leaves_no_module_of_an_earlier_build(tmp_path):
+    # pip builds a checkout in place, reusing its build/ folder, and the wheel takes all of build/lib:
+    # a module removed or moved since an earlier build was installed beside the new code
+    lib = tmp_path / "lib" / "dcam"
+    (lib / "cli").mkdir(parents=True)
+    (lib / "cli" / "removed_since.py").write_text("X = 1\n")  # an earlier build's, no longer in dcam/
+    (lib / "kernels").mkdir()
+    (lib / "kernels" / "removed_kernel.py").write_text("X = 1\n")
+    extension = lib / "_C.cpython-311-x86_64-linux-gnu.so"  # build_ext's: it decides whether to rebuild
+    extension.write_bytes(b"\0")
+    res = subprocess.run([sys.executable, "-c", _BUILD_PY, str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    built = {os.path.relpath(os.path.join(folder, f), tmp_path / "lib")
+             for folder, _, files in os.walk(tmp_path / "lib") for f in files}
+    assert not {"dcam/cli/removed_since.py", "dcam/kernels/removed_kernel.py"} & built
+    assert extension.exists()
+    # what this build writes is all there: every module of dcam/, the kernels, the header, the weights
+    modules = {os.path.relpath(os.path.join(folder, f), ROOT)
+               for folder, _, files in os.walk(os.path.join(ROOT, "dcam")) if "__pycache__" not in folder
+               for f in files if f.endswith(".py")}
+    kernels = {"dcam/kernels/" + os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "kernels", "*.py"))}
+    weights = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "dcam", "zoo", "weights", "*"))}
+    assert {"dcam/kernels/pool.py", "dcam/kernels/refine.py"} <= kernels and "dcam/zoo/weights/model.safetensors" in weights
+    assert modules | kernels | weights | {"dcam/include/dcam.h", os.path.relpath(extension, tmp_path / "lib")} == built
