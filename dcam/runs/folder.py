@@ -131,12 +131,17 @@ def versions() -> Dict[str, str]:
 
     from .. import __version__
 
+    from ..ops.backends import cpp_backend
+
     out = {"dcam": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "safetensors", "numpy"):
+    for pkg in ("torch", "transformers", "safetensors", "numpy", "triton"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
+    # which kernel ran a CPU run's operators: an install without the C++ extension runs the PyTorch
+    # reference, whose refined maps may differ where a map sits on a threshold (README, Backends)
+    out["dcam._C"] = "built" if cpp_backend.is_available() else f"not available: {cpp_backend.unavailable_reason()}"
     return out
 
 
