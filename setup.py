@@ -32,6 +32,12 @@ def _version() -> str:
 
 ext_modules = []
 cmdclass = {}
+# DCAM_REQUIRE_CPP=1: a build that cannot compile the C++ backend fails instead of making a package
+# without it (under pip that package was built silently, and its wheel has the name of a full one)
+REQUIRE_CPP = os.environ.get("DCAM_REQUIRE_CPP", "0") not in ("", "0")
+if Pybind11Extension is None and REQUIRE_CPP:
+    raise RuntimeError("dcam setup: DCAM_REQUIRE_CPP is set, but pybind11 is not installed, so the C++ backend "
+                       "cannot be built (pip install pybind11, or build with build isolation)")
 if Pybind11Extension is not None:
     core_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     binding_sources = sorted(glob.glob(os.path.join("csrc", "python", "*.cpp")))
@@ -54,8 +60,9 @@ if Pybind11Extension is not None:
             extra_link_args=list(link_args),
             cxx_std=17,
             # no C++ compiler: dcam installs without its C++ backend (CPU tensors then run the
-            # PyTorch reference, with one warning naming why) instead of not installing at all
-            optional=True,
+            # PyTorch reference, with one warning naming why) instead of not installing at all,
+            # unless DCAM_REQUIRE_CPP asks for it
+            optional=not REQUIRE_CPP,
         )
     )
     # the C API (csrc/include/dcam.h) as a plain shared library: the core sources without the
@@ -77,7 +84,7 @@ if Pybind11Extension is not None:
                                          ["-Wl,--version-script=" + os.path.join("csrc", "libdcam.map"),
                                           "-Wl,-soname,libdcam.so"]),
             language="c++",
-            optional=True,
+            optional=not REQUIRE_CPP,
         )
     )
 

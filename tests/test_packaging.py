@@ -173,3 +173,22 @@ def test_build_leaves_no_module_of_an_earlier_build(tmp_path):
     weights = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "dcam", "zoo", "weights", "*"))}
     assert {"dcam/kernels/pool.py", "dcam/kernels/refine.py"} <= kernels and "dcam/zoo/weights/model.safetensors" in weights
     assert modules | kernels | weights | {"dcam/include/dcam.h", os.path.relpath(extension, tmp_path / "lib")} == built
+
+
+def _build_ext_without_a_compiler(tmp_path, require):
+    env = dict(os.environ, CC="false", CXX="false", DCAM_REQUIRE_CPP=require)  # every compile fails
+    return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-temp", str(tmp_path / "temp"),
+                           "--build-lib", str(tmp_path / "lib")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_build_that_must_have_the_cpp_backend_fails_without_a_compiler(tmp_path):
+    # by default a machine without a C++ compiler still builds dcam, without dcam._C and libdcam.so (and
+    # under pip silently, the wheel named as a full one); DCAM_REQUIRE_CPP=1 makes that build fail
+    lenient = _build_ext_without_a_compiler(tmp_path, "0")
+    assert lenient.returncode == 0, lenient.stderr[-2000:]
+    strict = _build_ext_without_a_compiler(tmp_path, "1")
+    assert strict.returncode != 0
+    assert "'-c', 'csrc/" in strict.stderr and "exit status 1" in strict.stderr, strict.stderr[-2000:]  # the compile
+    built = [f for _, _, files in os.walk(tmp_path / "lib") for f in files]
+    assert not [f for f in built if f.endswith(".so")], built
