@@ -47,13 +47,30 @@ def strip_punctuation(word: str) -> str:
 
 def split_words(caption: str) -> List[str]:
     """Lower-case words of a caption, punctuation stripped from their ends
-    (:func:`strip_punctuation`; empty pieces dropped)."""
+    (:func:`strip_punctuation`; empty pieces dropped). Text of a script written
+    without spaces (Chinese, Japanese kana, Thai) has no tokenizer here to group its
+    characters: each character is a word ("一只红色的猫" is 一 只 红 色 的 猫, as the
+    explained words are the characters each token spans; a label or target names
+    several as a phrase), and full-width punctuation parts words (:func:`_segments`)."""
     out = []
     for tok in caption.lower().split():
+        if any(_unspaced(ch) or unicodedata.east_asian_width(ch) in ("F", "W") for ch in tok):
+            out.extend(_segment_words(tok))
+            continue
         tok = strip_punctuation(tok)
         if tok:
             out.append(tok)
     return out
+
+
+def _segment_words(text: str) -> List[str]:
+    """The words of :func:`_segments` in ``text``, each unspaced character one."""
+    seg = _segments(text)
+    out: Dict[int, str] = {}
+    for ch, c in zip(text, seg):
+        if c is not None and c[1]:
+            out[c[0]] = out.get(c[0], "") + ch
+    return list(out.values())
 
 
 
@@ -301,6 +318,26 @@ def _unspaced(ch: str) -> bool:
     return any(lo <= o <= hi for lo, hi in _UNSPACED)
 
 
+def _breaks_words(gap: str, before: str, after: str) -> bool:
+    """Whether ``gap``, characters without letters or digits between the letters ``before``
+    and ``after`` of one whitespace-separated run, parts two words rather than gluing them
+    into one ("blue-green", "it's", "3.5"): it does next to a character of an unspaced
+    script ("日本、東京", "猫”", "“猫") or when it holds full-width punctuation, which Chinese
+    and Japanese text writes between clauses without a space ("circle。", "red，blue")."""
+    return (_unspaced(before) or _unspaced(after)
+            or any(unicodedata.east_asian_width(ch) in ("F", "W") for ch in gap))
+
+
+def _breaking_marks(text: str, letters: Sequence[int]) -> set:
+    """Indices of ``text`` between two of ``letters`` (the letter and digit positions of one
+    whitespace-separated run) that are punctuation of their own (:func:`_breaks_words`)."""
+    out = set()
+    for i, j in zip(letters, letters[1:]):
+        if j > i + 1 and _breaks_words(text[i + 1:j], text[i], text[j]):
+            out.update(range(i + 1, j))
+    return out
+
+
 def _segments(text: str) -> List[Optional[Tuple[int, bool]]]:
     """Per character of ``text``: (segment number, is a word) or None for whitespace.
 
@@ -308,7 +345,8 @@ def _segments(text: str) -> List[Optional[Tuple[int, bool]]]:
     digit, so "blue-green", "it's", "3.5" are one word), with the punctuation before
     and after it as segments of their own ("circle." is the word and the dot); a run
     with no letter or digit is one punctuation segment. Characters of unspaced
-    scripts are a segment each (merged again by the tokens that span them)."""
+    scripts are a segment each (merged again by the tokens that span them), and so
+    is each character of punctuation that does not glue (:func:`_breaks_words`)."""
     seg: List[Optional[Tuple[int, bool]]] = [None] * len(text)
     n = 0
     for m in re.finditer(r"\S+", text):
@@ -320,6 +358,7 @@ def _segments(text: str) -> List[Optional[Tuple[int, bool]]]:
             n += 1
             continue
         first, last = letters[0], letters[-1] + 1
+        marks = _breaking_marks(text, letters)
         for lo, hi, word in ((a, first, False), (first, last, True), (last, b, False)):
             if lo == hi:
                 continue
@@ -329,8 +368,7 @@ def _segments(text: str) -> List[Optional[Tuple[int, bool]]]:
                 if word and unicodedata.category(ch).startswith("M") and i > lo:
                     seg[i] = seg[i - 1]  # a combining mark stays with its letter (Thai ดี, か + U+3099)
                     continue
-                # punctuation right after an unspaced character ("日本、東京") is punctuation, not glue
-                mark = word and not _is_word_char(ch) and i > lo and _unspaced(text[i - 1])
+                mark = word and i in marks
                 alone = word and (_unspaced(ch) or mark)
                 if fresh or alone:
                     n += 1
