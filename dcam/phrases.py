@@ -203,3 +203,16 @@ def _same_breaks(text: str, phrase: str) -> bool:
     "its" and "it s", "blue-green" is "blue green" and "bluegreen")."""
     (key, gaps), (want, wanted) = _breaks(text), _breaks(phrase)
     return key == want and all(a == b or "." in (a, b) for a, b in zip(gaps, wanted))
+
+
+def inside_a_token(words: Sequence[str], target: str) -> str:
+    """Why a target or word asked of an unspaced script ("红" of the word "红色") is no word: its characters are
+    part of a word the tokenizer made one token, whose map cannot be split; else ""."""
+    key = phrase_key(target)
+    if not key or not any(_unspaced(ch) for ch in key):
+        return ""
+    for w in words:
+        if key in phrase_key(w) and key != phrase_key(w):
+            return (f": it is part of the word {w!r} (in text without spaces a word is the characters one token "
+                    f"spans, and a map is never split below a token)")
+    return ""

@@ -27,7 +27,7 @@ count eos/pad slots, nor special tokens among words. Unknown words and numbers o
 naming ``targets`` (a special token of the response asked as a word: its line gives the token's number).
 
 Targets written as one text (``dcam explain --tokens``, a run manifest's
-``"targets"`` string) are read by :func:`parse_target_text`: commas separate
+``"targets"`` string) are read by :func:`parse_target_text`: commas ("，" and "、" too) separate
 the targets, so ``"red circle"`` is one phrase and ``"red, circle"`` two words;
 a target in double quotes is that text, commas and digits included
 (``"\"1,000\", 3"`` is the word 1,000 and word number 3).
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 from .errors import InputError
-from .phrases import find_phrase
-from .words import token_text, word_pieces
+from .phrases import find_phrase, inside_a_token
+from .words import folded, token_text, word_pieces
 
 GRANULARITIES = ("words", "tokens")
 
@@ -141,7 +141,8 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
             runs = find_phrase(words, it, run_text)
             if not runs:
                 kind = "phrase" if len(it.split()) > 1 else "word"
-                raise InputError(f"targets: {kind} {it!r} is not in the response (words: {_listed(words)})")
+                raise InputError(f"targets: {kind} {it!r} is not in the response{inside_a_token(words, it)} "
+                                 f"(words: {_listed(words)})")
             for start, stop in runs:
                 span = items[start:stop]
                 slots = [slot for x in span for slot in x.slots]
@@ -178,7 +179,8 @@ def targets_asked(targets):
 def parse_target_text(text: str):
     """``targets`` written as one text -> ``"all"`` or a list for :func:`select_items`.
 
-    ``"all"`` alone is every item. Otherwise commas separate the targets; each is
+    ``"all"`` alone is every item. Otherwise commas separate the targets (the full-width
+    "，" and the ideographic "、" too: :data:`TARGET_SEPARATORS`); each is
     a word, a phrase (words separated by spaces: ``"red circle"`` is one map),
     or word numbers (``"0"``, ``"-1"``; ``"0 -1"`` is two numbers, as there is
     no phrase of numbers to mean). A target in double quotes is its text as
@@ -195,22 +197,27 @@ def parse_target_text(text: str):
     out: list = []
     for p, quoted in parts:
         words = p.split(" ")
-        if not quoted and all(re.fullmatch(r"-?[0-9]+", w) for w in words):
-            out.extend(int(w) for w in words)
+        if not quoted and all(re.fullmatch(r"-?[0-9]+", folded(w)) for w in words):  # full-width "０" too
+            out.extend(int(folded(w)) for w in words)
         else:
             out.append(p)
     return out
 
 
+#: what separates targets written as one text: the comma, and the full-width comma and the
+#: ideographic (enumeration) comma a Chinese or Japanese keyboard types for it ("红色，圆圈", "红色、圆圈")
+TARGET_SEPARATORS = (",", "\uff0c", "\u3001")
+
+
 def _comma_pieces(text: str) -> List[Tuple[str, bool]]:
-    """(piece, quoted) of ``text`` split at the commas outside double quotes."""
+    """(piece, quoted) of ``text`` split at the commas (:data:`TARGET_SEPARATORS`) outside double quotes."""
     out: List[Tuple[str, bool]] = []
     cur: List[str] = []
     quoted = inside = False
     for ch in text:
         if ch == '"':
             inside, quoted = not inside, True
-        elif ch == "," and not inside:
+        elif ch in TARGET_SEPARATORS and not inside:
             out.append(("".join(cur), quoted))
             cur, quoted = [], False
         else:
