@@ -41,7 +41,7 @@ from typing import List, Sequence, Tuple
 
 from .errors import InputError
 from .phrases import find_phrase, inside_a_token
-from .words import folded, token_text, word_pieces
+from .words import token_text, word_pieces
 
 GRANULARITIES = ("words", "tokens")
 
@@ -197,12 +197,16 @@ def parse_target_text(text: str):
     out: list = []
     for p, quoted in parts:
         words = p.split(" ")
-        if not quoted and all(re.fullmatch(r"-?[0-9]+", folded(w)) for w in words):  # full-width "０" too
-            out.extend(int(folded(w)) for w in words)
+        as_numbers = [w.translate(_FULL_WIDTH_NUMBER) for w in words]  # a full-width "０" or "－１" too, not "²"
+        if not quoted and all(re.fullmatch(r"-?[0-9]+", w) for w in as_numbers):
+            out.extend(int(w) for w in as_numbers)
         else:
             out.append(p)
     return out
 
+
+#: the full-width digits and minus of an East Asian keyboard as the ASCII ones of a word number
+_FULL_WIDTH_NUMBER = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, "\uff0d": "-"})
 
 #: what separates targets written as one text: the comma, and the full-width comma and the
 #: ideographic (enumeration) comma a Chinese or Japanese keyboard types for it ("红色，圆圈", "红色、圆圈")

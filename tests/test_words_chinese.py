@@ -86,7 +86,7 @@ def test_targets_text_separates_at_full_width_and_ideographic_commas():
     assert parse_target_text("红色，圆圈") == ["红色", "圆圈"]
     assert parse_target_text("红色、圆圈, 2") == ["红色", "圆圈", 2]
     assert parse_target_text("红色圆圈") == ["红色圆圈"]
-    assert parse_target_text("０，－1") == [0, -1]
+    assert parse_target_text("０，－1") == [0, -1] and parse_target_text("²") == ["²"]
     assert parse_target_text('"1，000", 3') == ["1，000", 3]
 
 
