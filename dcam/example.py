@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -158,7 +158,7 @@ class ExampleBuilder:
             refuse_ids(a.token_strings, skip, "ends a response or marks an empty slot; give the text without it "
                        "(or token ids)", response=ids[:last])
         return ids, (steps if steps is not None else int(a.default_steps)), \
-            ("given" if steps is not None else "default"), []
+            ("given" if steps is not None else "default"), _unknown_note(a, ids) if isinstance(response, str) else []
 
     def _views(self, prep: Prepared):
         """(the prepared example over the explained views' tokens, the views, their
@@ -266,6 +266,21 @@ def special_ids(adapter) -> set:
     except (AttributeError, InputError):  # no Hugging Face tokenizer: no special token either
         unknown = None
     return set(adapter.special_token_ids()) - {unknown}
+
+
+def _unknown_note(adapter, ids: Sequence[int]) -> List[str]:
+    """A note when a given text holds what the tokenizer has no token for (Chinese given to a
+    tokenizer of English words): explained as the unknown token, which was said nowhere."""
+    try:
+        unknown = getattr(adapter.tokenizer, "unk_token_id", None)
+    except (AttributeError, InputError):
+        return []
+    count = sum(1 for i in ids if unknown is not None and int(i) == int(unknown))
+    if not count:
+        return []
+    name = adapter.token_strings([int(unknown)])[0]
+    return [f"response: the tokenizer has no token for {count} piece(s) of the given text, each explained as the "
+            f"unknown token {name!r}"]
 
 
 def closing_ids(adapter, special: set) -> set:

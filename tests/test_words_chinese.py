@@ -115,3 +115,19 @@ def test_a_character_inside_a_token_is_refused_with_the_word_that_holds_it():
     assert e.index("红色") == 1 and e.index("“猫”") == 16
     with pytest.raises(InputError, match=r"^word '色' is not among the explained tokens: it is part of the word '红色'"):
         e.map("色")
+
+
+def test_text_the_tokenizer_cannot_spell_is_said_in_a_note():
+    import numpy as np
+
+    from dcam.explain import Explainer
+    from dcam.testing.llava_dmllm import tiny_llada_v
+
+    # the stand-in's English word vocabulary: 猫 was explained as the word "<unk>" without a word said
+    exp = Explainer(*tiny_llada_v(0, layers=2))
+    image = np.full((28, 28, 3), 200, dtype=np.uint8)
+    e = exp.explain(image, prompt="describe the image", response="a red 猫 circle", steps=2)
+    assert e.tokens == ["a", "red", "<unk>", "circle"]
+    assert e.notes == ["response: the tokenizer has no token for 1 piece(s) of the given text, each explained as "
+                       "the unknown token '<unk>'"]
+    assert exp.explain(image, prompt="describe the image", response="a red circle", steps=2).notes == []

@@ -84,7 +84,9 @@ def test_a_special_token_is_refused_in_given_text_and_left_out_of_given_ids(mode
         assert (e.tokens, e.notes) == (["red", token, "red"], [])
     # "<" and "|" the tokenizer makes no special token of are text (this word-level one spells them <unk>)
     e = exp.explain(landscape, response="a red <videos> | circle", steps=2)
-    assert e.tokens == ["a", "red", "<unk>", "<unk>", "circle"] and e.notes == []
+    assert e.tokens == ["a", "red", "<unk>", "<unk>", "circle"] and e.notes == [
+        "response: the tokenizer has no token for 2 piece(s) of the given text, each explained as the unknown "
+        "token '<unk>'"]
 
 
 @pytest.mark.parametrize("name", sorted(CLOSINGS))
