@@ -54,7 +54,7 @@ def split_words(caption: str) -> List[str]:
     several as a phrase), and full-width punctuation parts words (:func:`_segments`)."""
     out = []
     for tok in caption.lower().split():
-        if any(_unspaced(ch) or unicodedata.east_asian_width(ch) in ("F", "W") for ch in tok):
+        if any(_unspaced(ch) or _full_width_mark(ch) for ch in tok):
             out.extend(_segment_words(tok))
             continue
         tok = strip_punctuation(tok)
@@ -324,8 +324,13 @@ def _breaks_words(gap: str, before: str, after: str) -> bool:
     into one ("blue-green", "it's", "3.5"): it does next to a character of an unspaced
     script ("日本、東京", "猫”", "“猫") or when it holds full-width punctuation, which Chinese
     and Japanese text writes between clauses without a space ("circle。", "red，blue")."""
-    return (_unspaced(before) or _unspaced(after)
-            or any(unicodedata.east_asian_width(ch) in ("F", "W") for ch in gap))
+    return _unspaced(before) or _unspaced(after) or any(_full_width_mark(ch) for ch in gap)
+
+
+def _full_width_mark(ch: str) -> bool:
+    """Full-width punctuation or symbol ("，" "！" "：" "＄") or wide punctuation ("。" "、" "「"), not an emoji."""
+    width = unicodedata.east_asian_width(ch)
+    return width == "F" or (width == "W" and unicodedata.category(ch).startswith("P"))
 
 
 def _breaking_marks(text: str, letters: Sequence[int]) -> set:

@@ -131,3 +131,8 @@ def test_text_the_tokenizer_cannot_spell_is_said_in_a_note():
     assert e.notes == ["response: the tokenizer has no token for 1 piece(s) of the given text, each explained as "
                        "the unknown token '<unk>'"]
     assert exp.explain(image, prompt="describe the image", response="a red circle", steps=2).notes == []
+
+
+def test_an_emoji_between_letters_is_not_full_width_punctuation():
+    # the wide-character test for full-width punctuation also took emoji (East Asian width W) as one
+    assert [w for _, w in _words(["a", "ðŁĲ±", "b"])] == ["a🐱b"]
