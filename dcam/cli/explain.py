@@ -42,9 +42,9 @@ def add_parser(sub) -> None:
                         "does not know them) (default: the model writes one)")
     p.add_argument("--tokens", default=None, metavar="WORDS",
                    help="words, phrases (\"red circle\": one map) or word numbers counted from 0 (negative from "
-                        "the end) to explain, separated by commas (also \"，\" and \"、\"): --tokens \"red circle, 0\"; in double quotes a word "
-                        "as written: --tokens '\"1,000\", \"3\"' (default: every word; every token of split words: "
-                        "--granularity tokens)")
+                        "the end) to explain, separated by commas (also \"，\" and \"、\"): --tokens \"red circle, 0\"; "
+                        "in double quotes a word as written: --tokens '\"1,000\", \"3\"' (default: every word; every "
+                        "token of split words: --granularity tokens)")
     p.add_argument("--target-score", default=None, choices=common.TARGET_SCORE_NAMES,
                    help="score whose gradient is pooled: the word's own logit, or the published contrastive sum "
                         "(default: logit; contrastive for llava-cam)")
