@@ -147,13 +147,16 @@ class ExampleBuilder:
             # special tokens and image marks are what it wrote, left out of the words with a note as a
             # generation's are. Text is not: "<video>" written in it silently became a modality token
             marks = getattr(a, "image_mark_ids", None)  # (dcam's adapters say which; one of the user's need not)
-            marks = set(marks()) - placeholder if marks is not None else set()
+            # the tokens an adapter writes itself and refuses in any response (DiffusionGemma's <boi>, which its
+            # sampler never writes): its prepare() says so, without offering ids it refuses too
+            placed = set(a.placed_ids()) if hasattr(a, "placed_ids") else set()
+            marks = set(marks()) - placeholder - placed if marks is not None else set()
             refuse_ids(a.token_strings, marks, IMAGE_MARK + GIVE_IDS, response=ids)
-            refuse_special_tokens(a, ids, placeholder | marks)
+            refuse_special_tokens(a, ids, placeholder | marks | placed)
             # an end, padding or mask token written in the text: the words after an end were dropped and the
             # others left out, without a word (as ids, masked and padded slots are a response's gaps, on purpose;
             # the ends an adapter's encoding appends are fine)
-            skip = a.skip_ids()
+            skip = a.skip_ids() - placed
             last = max((k for k, i in enumerate(ids) if i not in skip), default=-1)
             refuse_ids(a.token_strings, skip, "ends a response or marks an empty slot; give the text without it "
                        "(or token ids)", response=ids[:last])
@@ -316,12 +319,19 @@ def _refuse_special_target(adapter, targets, ids: List[int], slots: List[int], l
     for asked in (wanted if wanted != "all" else ()):
         if not isinstance(asked, str):
             continue
-        numbers = [slots.index(i) for i, name in zip(left_out, names) if name == " ".join(asked.split()).lower()]
-        if numbers:
-            which = f"token {numbers[0]}" if len(numbers) == 1 else \
-                f"tokens {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
-            raise InputError(f"targets: {asked!r} is a special token of the response, not a word: granularity "
-                             f"'tokens' explains it, as {which}") from None
+        text = " ".join(asked.split()).lower()
+        # the target itself, else the first special token a phrase holds ("a <row_2_col_4> cat" was only
+        # "not in the response")
+        held = text if text in names else next((n for n in sorted(set(names), key=text.find) if n in text), None)
+        if held is None:
+            continue
+        numbers = [slots.index(i) for i, name in zip(left_out, names) if name == held]
+        which = f"token {numbers[0]}" if len(numbers) == 1 else \
+            f"tokens {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+        what = f"{asked!r} is" if held == text else \
+            f"phrase {asked!r} holds {adapter.token_strings([ids[left_out[names.index(held)]]])[0]!r},"
+        raise InputError(f"targets: {what} a special token of the response, not a word: granularity "
+                         f"'tokens' explains it, as {which}") from None
 
 
 def _left_out_note(adapter, shown: List[int]) -> List[str]:

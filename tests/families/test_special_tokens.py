@@ -13,12 +13,17 @@
 * Given token IDS are exact (typically the model's own: an explanation's ``response_ids``, kept in meta.json):
   their special tokens and image marks are what the model wrote, left out of the words with a note as a
   generation's are (re-explaining a saved explanation of the Idefics3 stand-in was refused); only the image
-  placeholder, which the model cannot read back, is refused.
+  placeholder, which the model cannot read back, is refused. The video placeholder is not the image's: with no
+  video the model reads it as any token (LLaVA-OneVision's ``<video>``, Qwen-VL's and Dream-VL's
+  ``<|video_pad|>`` were refused as ids, the text's line offering ids all the same). DiffusionGemma's
+  ``<start_of_image>`` / ``<end_of_image>``, which dcam writes before the prompt and its sampler never writes, are
+  refused as text and as ids with one line that offers no ids (the text's offered them).
 * The marker the trajectory handed its generated ids to explain() with (a ``list`` subclass) was honoured from
   the public API: a caller's list of that class skipped the given response's checks. Now ids the public API
   receives, whatever their class, get them; dcam's own route for generated ids is private.
 * ``targets=["<row_2_col_4>"]`` said the token "is not in the response"; now the line says it is a special token
-  of the response, not a word, and which token number reaches it (the API and ``--tokens``).
+  of the response, not a word, and which token number reaches it (the API and ``--tokens``); a phrase holding
+  one ("square <row_2_col_2>") names it the same way (it said the phrase is not in the response).
 """
 import numpy as np
 import pytest
@@ -52,9 +57,6 @@ SPECIALS = {
     "lumina-dimoo": [("<system>", 500), ("</system>", 501), ("<user>", 502), ("</user>", 503)],
 }
 
-#: the stand-ins whose special token above is the video placeholder, which their adapter refuses as the image's
-VIDEO_PLACEHOLDER = {"llava-onevision", "qwen-vl", "qwen2.5-vl", "qwen3-vl", "dream-vl"}
-
 #: stand-in -> (its closing token, id, its eos id): a given response may end with it, nowhere else
 CLOSINGS = {"dream-vl": ("<|im_end|>", 151645, 151643), "idefics3": ("<end_of_utterance>", 58, 54),
             "smolvlm": ("<end_of_utterance>", 58, 54)}
@@ -72,12 +74,9 @@ def test_a_special_token_is_refused_in_given_text_and_left_out_of_given_ids(mode
     for token, token_id in SPECIALS[name]:
         line = f"response: holds {token!r} (id {token_id}), which {SPECIAL}"
         assert one_line_refusal(lambda: exp.explain(landscape, response=f"a red {token} circle", steps=2)) == line
-        if name in VIDEO_PLACEHOLDER:  # (the model would look for a video's features: refused as ids too)
-            assert one_line_refusal(lambda: exp.explain(landscape, response=[*red, token_id, *red], steps=2)) == \
-                f"response: holds {token!r} (id {token_id}), which is the image placeholder the model fills with " \
-                "image features"
-            continue
-        # as ids, the model's own: no word, counted in the note; a token of its own
+        # as ids, the model's own: no word, counted in the note; a token of its own. The video placeholder of
+        # LLaVA-OneVision, Qwen-VL and Dream-VL too: with no video the model reads it as any token (it was refused
+        # as "the image placeholder", the text's line offering ids all the same)
         e = exp.explain(landscape, response=[*red, token_id, *red], steps=2)
         assert (e.tokens, e.word_numbers, e.notes) == (["red", "red"], [0, 1], [left_out(token)])
         e = exp.explain(landscape, response=[*red, token_id, *red], steps=2, targets="tokens")
@@ -104,6 +103,18 @@ def test_a_closing_token_may_end_given_text_only_and_is_left_out_of_ids_elsewher
     # as ids mid-response, one the model wrote: counted in the note, as a generation's
     e = exp.explain(landscape, response=[*red, token_id, *circle, eos], steps=2)
     assert (e.tokens, e.notes) == (["red", "circle"], [left_out(token)])
+
+
+def test_diffusion_gemmas_image_marks_are_refused_alike_as_text_and_as_ids(models, landscape):
+    # dcam writes [BOS] <boi> image <eoi> before the prompt and its sampler never writes them: refused as ids, and
+    # the text's line no longer tells the user to give them as ids
+    exp = Explainer(*models("diffusion-gemma"))  # its stand-in: <start_of_image> 56, <end_of_image> 57
+    red = exp.adapter.encode_response("red")
+    for token, token_id in (("<start_of_image>", 56), ("<end_of_image>", 57)):
+        line = f"response: holds {token!r} (id {token_id}), which dcam places itself ([BOS] <boi> image <eoi> come " \
+               "before the prompt); give the text without it"
+        for response in (f"a red {token} circle", f"a red circle {token}", [*red, token_id, *red]):
+            assert one_line_refusal(lambda: exp.explain(landscape, response=response, steps=2)) == line
 
 
 def test_the_cli_refuses_a_special_token_in_response_naming_the_option(tmp_path, coco_dir, capsys):
@@ -348,3 +359,20 @@ def test_the_cli_says_a_special_token_asked_by_tokens_is_no_word(tmp_path, capsy
     assert rc == 2 and not out.exists()
     assert err == ["dcam explain: error: --tokens: '<row_2_col_4>' is a special token of the response, not a word: "
                    "granularity 'tokens' explains it, as token 0"]
+
+
+def test_a_phrase_holding_a_special_token_names_it(models):
+    # "square <row_2_col_2>" said the phrase is not in the response, though the response holds both
+    exp = Explainer(*models("idefics3"))
+    image = np.zeros((32, 32, 3), np.uint8)  # the response of WRITTEN_TOKENS
+    for phrase, token, which in (("square <row_2_col_2>", "<row_2_col_2>", "tokens 6 and 15"),
+                                 ("a <ROW_2_COL_4> cat", "<row_2_col_4>", "token 0"),
+                                 ("with <row_1_col_2> <row_2_col_2>", "<row_1_col_2>", "token 9")):
+        assert one_line_refusal(lambda: exp.explain(image, targets=["blue", phrase])) == \
+            f"targets: phrase {phrase!r} holds {token!r}, a special token of the response, not a word: granularity " \
+            f"'tokens' explains it, as {which}"
+    # a phrase of words alone is said as before
+    assert one_line_refusal(lambda: exp.explain(image, targets=["blue cat"])) == \
+        "targets: phrase 'blue cat' is not in the response (words: blue square with cross left do square)"
+    # the numbers the line gives reach the tokens
+    assert exp.explain(image, granularity="tokens", targets=[9]).tokens == ["<row_1_col_2>"]

@@ -112,6 +112,11 @@ class DiffusionGemmaAdapter(ModelAdapter):
         c = self.model.config
         return _ids_set(getattr(c, "boi_token_id", None)) | _ids_set(getattr(c, "eoi_token_id", None))
 
+    def placed_ids(self) -> set:
+        """[BOS] <boi> image <eoi>: dcam writes them before the prompt and its sampler never writes them, so a
+        response holding one, as text or as ids, is refused (prepare()), the text's line offering no ids."""
+        return gemma_placed_ids(self.model.config, self.image_token_id)
+
     @property
     def pad_token_ids(self) -> set:
         c = self.model.config
@@ -163,8 +168,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         # dcam writes "[BOS] <boi> image <eoi>" before the prompt: a prompt (or response) holding those tokens put
         # a second BOS and <boi> in the sequence, or one image token too many, without a word
         resp = [] if response_ids is None else [int(v) for v in response_ids]
-        refuse_ids(self.token_strings, gemma_placed_ids(c, self.image_token_id), placed_by_dcam(GEMMA_LAYOUT),
-                   prompt=p_ids, response=resp)
+        refuse_ids(self.token_strings, self.placed_ids(), placed_by_dcam(GEMMA_LAYOUT), prompt=p_ids, response=resp)
         ids = prefix + p_ids
         Lp = len(ids)
         t = torch.tensor([ids + resp], dtype=torch.long)
@@ -218,7 +222,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
         # the tokens dcam places around the image are never drawn into a response (prepare refuses them)
         from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
 
-        placed = sorted(gemma_placed_ids(self.model.config, self.image_token_id))
+        placed = sorted(self.placed_ids())
         suppress = LogitsProcessorList([SuppressTokensLogitsProcessor(placed, device=prep.input_ids.device)])
         with torch.no_grad():  # (its generate takes no suppress_tokens: a logits processor does it)
             out = self.model.generate(input_ids=prep.input_ids[:, :prep.response_start], **prep.model_inputs,

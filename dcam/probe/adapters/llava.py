@@ -183,9 +183,15 @@ class HFVisionLanguageAdapter(ModelAdapter):
             raise InputError(f"prompt: holds the video marker {video!r}; dcam explains one image, not videos")
 
     def placeholder_ids(self) -> set:
-        """Ids the processor expands into an image's (or a video's) features: never part of a response."""
-        return (_ids_set(config_get(self.model.config, "image_token_id", "image_token_index")) |
-                _ids_set(config_get(self.model.config, "video_token_id", "video_token_index")))
+        """Ids the processor expands into an image's (or a video's) features: never generated."""
+        return self.image_placeholder_ids() | _ids_set(config_get(self.model.config, "video_token_id",
+                                                                   "video_token_index"))
+
+    def image_placeholder_ids(self) -> set:
+        """Ids the model fills with an image's features: never part of a response, given as ids too (the model
+        would count one image token more than it has features for). The video placeholder is not among them:
+        with no video passed the model reads it as any token (its features are scattered only with a video's)."""
+        return _ids_set(config_get(self.model.config, "image_token_id", "image_token_index"))
 
     #: config fields of the ids the processor writes around an image's features (Qwen's <|vision_start|> and
     #: <|vision_end|>, Gemma 3's <start_of_image> and <end_of_image>, Gemma 4's, which dcam writes itself)
@@ -207,7 +213,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         self.check_one_image_marker(text)
         resp = [] if response_ids is None else [int(v) for v in response_ids]
         # the model would count one image token too many ("features and image tokens do not match")
-        refuse_ids(self.token_strings, self.placeholder_ids(), PLACEHOLDER, response=resp)
+        refuse_ids(self.token_strings, self.image_placeholder_ids(), PLACEHOLDER, response=resp)
         try:
             enc = self.encode(img, text)
         except InputError:
