@@ -3,7 +3,8 @@ its hooked blocks and default block, its probes, how its image lies in the
 token sequence, its mask id and sampler (the table of docs/FAMILIES.md).
 ``--load`` adds how a real checkpoint of each family is loaded; ``--markdown``
 prints the table as Markdown. Adapters registered under a name
-(``register_adapter(..., name=...)``) follow the table, marked as registered."""
+(``register_adapter(..., name=...)``) in this Python process follow the table,
+marked as registered (a ``dcam`` command takes one with ``--adapter MODULE:CLASS``)."""
 from __future__ import annotations
 
 import shutil
@@ -34,7 +35,7 @@ def _text_table(rows, columns) -> str:
 def run(args) -> int:
     from ..errors import InputError
     from ..probe.adapters import REGISTERED
-    from ..probe.adapters.families import FAMILIES, family_rows, markdown_table, registered_row
+    from ..probe.adapters.families import FAMILIES, adapter_option_for, family_rows, markdown_table, registered_row
 
     if args.markdown:
         if args.load:  # it was ignored: the Markdown table is docs/FAMILIES.md's, without that column
@@ -51,5 +52,5 @@ def run(args) -> int:
     print(_text_table(rows, cols))
     for name, cls in REGISTERED.items():  # a user's adapters, registered with register_adapter(..., name=...)
         print(f"{name}: registered adapter {cls.__module__}.{cls.__qualname__} (register_adapter; family={name!r} "
-              f"and --family {name} force it)")
+              f"forces it; {adapter_option_for(cls)})")
     return 0

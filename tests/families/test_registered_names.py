@@ -23,7 +23,8 @@ def test_families_markdown_lists_a_registered_adapter_after_the_bundled_families
     assert len(lines) == 2 + len(FAMILIES) + 1
     own = "its adapter's"
     want = ["second-block", f"registered adapter {__name__}.SecondBlock",
-            "register_adapter's predicate; family='second-block' and --family second-block force it",
+            "register_adapter's predicate; family='second-block' forces it; on the command line --adapter "
+            f"{__name__}:SecondBlock",
             own, own, own, own, own, own, own]
     assert lines[-1] == "| " + " | ".join(want) + " |"
     assert lines[-1].count("|") == lines[0].count("|")  # one cell under each column
@@ -77,3 +78,55 @@ def test_a_name_that_is_a_registered_adapters_in_other_case_is_refused(registry)
     # an unrelated name still registers
     register_adapter(lambda m: False, OtherBlock, name="mine-too")
     assert REGISTERED["mine-too"] is OtherBlock and REGISTERED["Mine"] is SecondBlock and len(ADAPTERS) == n + 2
+
+
+REGISTERS = """
+from dcam.probe import register_adapter
+from dcam.probe.adapters import ShapesAdapter
+
+
+class LabAdapter(ShapesAdapter):
+    def default_layer(self):
+        return 1
+
+
+register_adapter(lambda m: False, LabAdapter, name="lab")
+"""
+
+
+def test_dcam_families_says_how_a_command_reaches_a_registered_adapter(in_folder, capsys):
+    # the listing said "--family lab forces it"; a dcam command never imports the module that registers it, so
+    # there --family lab is an unknown family: the route a command has is --adapter MODULE:CLASS
+    import importlib
+    import json
+    import sys
+
+    from PIL import Image
+
+    from dcam.probe.adapters import REGISTERED
+
+    (in_folder / "lab_registers.py").write_text(REGISTERS)
+    sys.path.insert(0, str(in_folder))  # (restored by in_folder)
+    importlib.invalidate_caches()
+    importlib.import_module("lab_registers")  # what the user's Python process does
+    assert main(["families"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == "lab: registered adapter lab_registers.LabAdapter (register_adapter; family='lab' forces it; on " \
+                   "the command line --adapter lab_registers:LabAdapter)"
+    # a dcam command in a shell: a new process, where nothing registered it
+    del REGISTERED["lab"], sys.modules["lab_registers"]
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(in_folder / "red.png")
+    assert main(["explain", "red.png", "--family", "lab", "--response", "red", "--out", "a", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("dcam explain: error: --family: unknown family 'lab'")
+    offered = line.rsplit("--adapter ", 1)[1].rstrip(")")
+    assert main(["explain", "red.png", "--adapter", offered, "--response", "red", "--out", "b", "--quiet"]) == 0
+    assert json.loads((in_folder / "b" / "meta.json").read_text())["layer"] == 1  # LabAdapter's block
+
+
+def test_a_class_without_an_importable_name_is_said_as_module_and_class():
+    from dcam.probe.adapters.families import adapter_option_for
+
+    Nested = type("Nested", (SecondBlock,), {"__qualname__": "make.<locals>.Nested"})
+    Scripted = type("Scripted", (SecondBlock,), {"__module__": "__main__"})
+    for cls in (Nested, Scripted):
+        assert adapter_option_for(cls) == "on the command line --adapter MODULE:CLASS, the module that defines it"

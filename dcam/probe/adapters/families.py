@@ -196,8 +196,17 @@ def registered_row(name: str, cls: type) -> Dict[str, str]:
     what only its class knows (its blocks, default layer, probes) is said to be its adapter's."""
     own = "its adapter's"
     return dict(family=name, models=f"registered adapter {cls.__module__}.{cls.__qualname__}",
-                detection=f"register_adapter's predicate; family={name!r} and --family {name} force it", blocks=own,
-                default_layer=own, probes=own, image_grid=own, mask_id=own, sampler=own, trajectory=own)
+                detection=f"register_adapter's predicate; family={name!r} forces it; {adapter_option_for(cls)}",
+                blocks=own, default_layer=own, probes=own, image_grid=own, mask_id=own, sampler=own, trajectory=own)
+
+
+def adapter_option_for(cls: type) -> str:
+    """How a ``dcam`` command in a shell reaches a registered adapter: ``--adapter MODULE:CLASS`` (its
+    registration is made by the Python process that imports its module, which a ``dcam`` command never does
+    unless ``--adapter`` names it, so ``--family NAME`` there is an unknown family)."""
+    named = cls.__module__ != "__main__" and "." not in cls.__qualname__  # (a script's or a nested class: no name)
+    value = f"{cls.__module__}:{cls.__qualname__}" if named else "MODULE:CLASS, the module that defines it"
+    return f"on the command line --adapter {value}"
 
 
 def markdown_table(rows: Optional[List[Dict[str, str]]] = None) -> str:
@@ -210,4 +219,4 @@ def markdown_table(rows: Optional[List[Dict[str, str]]] = None) -> str:
 
 
 __all__ = ["Family", "FAMILIES", "BY_NAME", "compiled_original", "detect_family", "family_rows",
-           "registered_row", "markdown_table"]
+           "registered_row", "adapter_option_for", "markdown_table"]
