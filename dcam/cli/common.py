@@ -339,12 +339,30 @@ def load_model_for(args):
         if own is not None:
             return own()
         with loader_warnings_off():
-            return load_model(args.model, device=getattr(args, "device", None),
-                              trust_remote_code=getattr(args, "trust_remote_code", False),
-                              dtype=getattr(args, "dtype", None), pan_and_scan=crops)
+            loaded = load_model(args.model, device=getattr(args, "device", None),
+                                trust_remote_code=getattr(args, "trust_remote_code", False),
+                                dtype=getattr(args, "dtype", None), pan_and_scan=crops)
     except InputError as exc:
         raise option_error(("--pan-and-scan" if crops else "--no-pan-and-scan")
                            if str(exc).startswith("pan_and_scan:") else "--model", exc) from None
+    check_adapter_takes_toy(args, *loaded)
+    return loaded
+
+
+def check_adapter_takes_toy(args, model, processor) -> None:
+    """--adapter without --model: the bundled toy is what is explained; an adapter written for another model is
+    told to give --model (the line was the adapter's complaint about the toy: "ShapesDMLLM has no image token id")."""
+    family = getattr(args, "family", None)
+    if family not in ADAPTER_OPTIONS or getattr(args, "model", None) is not None:
+        return
+    from ..probe import auto_adapter
+
+    try:
+        auto_adapter(model, processor, family=family).check_image_tokens()
+    except InputError as exc:
+        why = str(option_error("", exc))[2:]
+        raise InputError(f"--adapter: {family} cannot explain the bundled toy dMLLM, which dcam loads without "
+                         f"--model ({why}); give --model DIR, the model it is for") from None
 
 
 class loader_warnings_off:

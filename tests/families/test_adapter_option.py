@@ -98,7 +98,10 @@ def test_what_an_adapter_cannot_find_in_the_model_is_said_naming_adapter(in_fold
     Image.new("RGB", (32, 32), (220, 30, 30)).save(in_folder / "image.png")
     (in_folder / "imgs").mkdir()
     Image.new("RGB", (32, 32), (30, 30, 220)).save(in_folder / "imgs" / "a.png")
-    why = "--adapter: ShapesDMLLM has no image token id; it cannot be explained"
+    # without --model the bundled toy is explained: the line says to give --model (it was the adapter's complaint
+    # about the toy alone: "--adapter: ShapesDMLLM has no image token id; it cannot be explained")
+    why = "--adapter: opt_mod_bare:Bare cannot explain the bundled toy dMLLM, which dcam loads without --model " \
+          "(ShapesDMLLM has no image token id; it cannot be explained); give --model DIR, the model it is for"
     for command, needed in {"explain": ["image.png", "--response", "red circle", "--out", "o_explain"],
                             "run": ["imgs", "--out", "o_run"],
                             "eval": ["--n", "2", "--methods", "diffusion-cam", "--out", "o_eval"]}.items():
@@ -107,6 +110,13 @@ def test_what_an_adapter_cannot_find_in_the_model_is_said_naming_adapter(in_fold
             assert capsys.readouterr().err == f"dcam {command}: error: {why}\n"
     written = sorted(p.name for p in in_folder.iterdir() if p.name != "__pycache__")
     assert written == ["image.png", "imgs", "opt_mod_bare.py"]  # nothing written
+    # the toy's folder named by --model: the model is the user's choice, the adapter's complaint is the line
+    from dcam.zoo import WEIGHTS_DIR
+
+    assert main(["explain", "image.png", "--response", "red circle", "--out", "o_explain", "--model", WEIGHTS_DIR,
+                 "--adapter", "opt_mod_bare:Bare", "--quiet"]) == 2
+    assert capsys.readouterr().err == "dcam explain: error: --adapter: ShapesDMLLM has no image token id; it cannot " \
+                                      "be explained\n"
     # the bundled toy's own adapter without --adapter: the same model is explained (the error was the adapter's)
     assert main(["explain", "image.png", "--response", "red circle", "--out", "o_explain", "--quiet"]) == 0
 
