@@ -17,6 +17,19 @@ class InputError(ValueError):
     caught ValueError keeps working."""
 
 
+class DcamWarning(Warning):
+    """A warning of dcam's own (not of a library it drives): the ``dcam`` command prints it as one line,
+    ``dcam: warning: ...``. Its subclasses are also UserWarning or RuntimeWarning, so filters of those hold."""
+
+
+class DcamUserWarning(DcamWarning, UserWarning):
+    """A dcam warning about the caller's input or data (a record skipped, letters no font draws)."""
+
+
+class DcamRuntimeWarning(DcamWarning, RuntimeWarning):
+    """A dcam warning about how the work runs (a slower path taken, an adapter's check that failed)."""
+
+
 class NonFiniteError(InputError):
     """NaN/Inf values where dcam needs finite ones: ``name`` and ``count`` say which tensor
     and how many, so a caller that knows where the tensor came from (the explainer: the
@@ -66,7 +79,7 @@ def positive_int(name: str, value, allow_none: bool = True):
     return int(value)
 
 
-def warn_at_caller(text: str, category: type = RuntimeWarning) -> None:
+def warn_at_caller(text: str, category: type = DcamRuntimeWarning) -> None:
     """``warnings.warn`` attributed to the first frame outside dcam and torch: the user's line
     (a fixed stacklevel named a frame of dcam's own, or a kernel lambda the dispatcher called)."""
     import os
@@ -83,4 +96,5 @@ def warn_at_caller(text: str, category: type = RuntimeWarning) -> None:
     warnings.warn(text, category, stacklevel=level)
 
 
-__all__ = ["InputError", "NonFiniteError", "one_line", "positive_int", "warn_at_caller"]
+__all__ = ["InputError", "NonFiniteError", "DcamWarning", "DcamUserWarning", "DcamRuntimeWarning", "one_line",
+           "positive_int", "warn_at_caller"]

@@ -50,7 +50,24 @@ def main(argv=None) -> int:
         # Pillow's warning of an image past ~89 megapixels: explain, demo and run state it as a note on the image,
         # and it reached stderr under --quiet too
         warnings.filterwarnings("ignore", message=LARGE_IMAGE_WARNING)
+        warnings.showwarning = dcam_warnings_as_lines(warnings.showwarning)
         return common.run_command(args.command, args.run, args)
+
+
+def dcam_warnings_as_lines(show):
+    """``warnings.showwarning`` for a command: a warning of dcam's own (:class:`dcam.errors.DcamWarning`) is one
+    line on stderr, ``dcam: warning: ...`` (Python's format put a file, a line number and a second line of source
+    under it, the `dcam` script's ``sys.exit(main())``); any other library's warning is shown by ``show``."""
+    from ..errors import DcamWarning, one_line
+
+    def shown(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, DcamWarning):
+            return show(message, category, filename, lineno, file, line)
+        try:
+            print(f"dcam: warning: {one_line(str(message))}", file=file if file is not None else sys.stderr)
+        except OSError:  # (stderr closed: as Python's own showwarning, the warning is lost)
+            pass
+    return shown
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, one_line, positive_int
+from ..errors import DcamUserWarning, InputError, one_line, positive_int
 from ..methods import get_method
 from ..ops.config import CamConfig
 from ..output import AtomicFolder, check_output_folder, moved_paths
@@ -225,7 +225,7 @@ class _Comparison:
                 kw if get_method(m).needs_gradients else dict(kw, target_score=None))) for m in self.methods}
         except InputError as exc:
             self.skipped.append((rec.record_id, f"explain failed: {exc}"))
-            warnings.warn(f"{ds_name}: skipped record {rec.record_id}: explain failed: {exc}")
+            warnings.warn(f"{ds_name}: skipped record {rec.record_id}: explain failed: {exc}", DcamUserWarning)
             return
         e0 = exps[self.methods[0]]
         # the hooked layer of the methods that hook one (tam, listed first, reported layer 0 for a

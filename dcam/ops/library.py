@@ -52,7 +52,7 @@ from torch import Tensor
 
 from . import reference
 from .backends import cpp_backend, triton_backend
-from ..errors import InputError, warn_at_caller
+from ..errors import DcamRuntimeWarning, InputError, warn_at_caller
 from .validation import NOT_DIFFERENTIABLE, check_cpp_sizes, check_op_args, nonfinite_flag
 
 PoolOut = Tuple[Tensor, Tensor, Tensor]
@@ -212,7 +212,7 @@ def _warn_once(key: str, text: str) -> None:
         _warned[key] = True
         # (the dispatcher calls the kernels below torch's frames and dcam's own: a fixed stacklevel
         # named the kernel lambda of this file)
-        warn_at_caller(text, RuntimeWarning)
+        warn_at_caller(text, DcamRuntimeWarning)
 
 
 def _cpu_kernel(op: str, args: tuple) -> Callable:

@@ -37,7 +37,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..errors import InputError, NonFiniteError
+from ..errors import DcamRuntimeWarning, InputError, NonFiniteError
 from .adapters.base import ModelAdapter, Prepared
 from .adapters.checks import check_image_slots, check_mask_id, check_widths, diagnosed
 from ..profiling import stage
@@ -250,7 +250,7 @@ def batched_grad(scores: Tensor, leaf: Tensor, chunk_size: int, select, on_chunk
                                         retain_graph=True)[0]
             except (RuntimeError, NotImplementedError) as exc:  # an op without a batching rule
                 warnings.warn(f"batched-cotangent backward failed ({exc.__class__.__name__}: {str(exc)[:120]}); "
-                              "falling back to one backward per token", RuntimeWarning)
+                              "falling back to one backward per token", DcamRuntimeWarning)
                 g = torch.stack([torch.autograd.grad(scores, leaf, grad_outputs=c, retain_graph=True)[0]
                                  for c in cot])
         g = [g[:, b, s].detach() for b, s in enumerate(select)] if per_row else g[:, :, select].detach()

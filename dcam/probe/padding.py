@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import warn_at_caller
+from ..errors import DcamRuntimeWarning, warn_at_caller
 from ..profiling import stage
 from .hooks import probing
 from .rows import same_logits
@@ -82,7 +82,7 @@ def check_padding(adapter, preps) -> None:
         warn_at_caller(f"{type(adapter).__name__} sets pads_batches, but a padded row's logits differ from the "
                        f"example's alone by up to {diff:.3g} (does its forward_logits() hand model_inputs"
                        f"['{PAD_MASK}'] to the model?); examples of other layouts are explained apart, one "
-                       "forward per layout", RuntimeWarning)
+                       "forward per layout", DcamRuntimeWarning)
 
 
 def padding_id(adapter) -> int:

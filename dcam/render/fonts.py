@@ -34,7 +34,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from PIL import ImageFont
 
-from ..errors import InputError, one_line, warn_at_caller
+from ..errors import DcamUserWarning, InputError, one_line, warn_at_caller
 
 #: Environment variable naming a font file (.ttf, .otf or .ttc) drawn before DejaVu Sans.
 FONT_ENV = "DCAM_FONT"
@@ -45,7 +45,7 @@ FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
 FontFile = Tuple[str, int]
 
 
-class MissingGlyphWarning(UserWarning):
+class MissingGlyphWarning(DcamUserWarning):
     """A picture's word has letters no installed font draws; they are drawn as code points."""
 
 

@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, TypeVar
 
-from ..errors import InputError, one_line
+from ..errors import DcamRuntimeWarning, InputError, one_line
 
 T = TypeVar("T")
 
@@ -114,10 +114,10 @@ class Dist:
                 # not an error of the run (its records are written), but the rank may still die
                 # at exit, and nothing else would say why
                 warnings.warn(
-                    f"dcam: after the run the process group is still held by the default arguments of "
+                    f"after the run the process group is still held by the default arguments of "
                     f"{', '.join(holders)}, defined after the group was joined; its threads outlive this "
                     f"run and can abort the process at exit. Import their modules before joining "
-                    f"(docs/RUNS.md)", RuntimeWarning, stacklevel=2)
+                    f"(docs/RUNS.md)", DcamRuntimeWarning, stacklevel=2)
 
 
 def default_argument_holders(obj) -> List[str]:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ...errors import InputError, one_line
+from ...errors import DcamUserWarning, InputError, one_line
 from ...images import load_image
 from ...words import FUNCTION_WORDS, split_words
 
@@ -119,7 +119,7 @@ class EvalDataset:
 
     def skip(self, record_id: str, reason: str) -> None:
         self.skipped.append((str(record_id), str(reason)))
-        warnings.warn(f"{self.name}: skipped record {record_id}: {reason}", stacklevel=3)
+        warnings.warn(f"{self.name}: skipped record {record_id}: {reason}", DcamUserWarning, stacklevel=3)
 
     def records(self, n: Optional[int] = None) -> Iterator[EvalRecord]:
         count = 0

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ...errors import InputError
+from ...errors import DcamRuntimeWarning, InputError
 from ...images import load_image  # noqa: F401  (re-exported for adapters)
 from ...ops.config import CamConfig
 from ...words import decode_shown
@@ -443,7 +443,7 @@ class ModelAdapter:
                         at_rows, why = None, f"failed on this model ({type(exc).__name__}: {exc})"
                 if (at_rows is None or at_rows.ran == 1) and not ok:
                     warnings.warn(f"{type(block).__name__} at the scored rows only {why}; the last block runs at "
-                                  "every row", RuntimeWarning)
+                                  "every row", DcamRuntimeWarning)
             setattr(self, verdict, ok)
         return getattr(self, verdict)
 
