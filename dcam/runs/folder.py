@@ -328,7 +328,8 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     explained again), delete error files with a damaged line (what it says of
     them is appended to ``notices``),
     score the records of a folder scored by older rules again (``rescore``, called with
-    their :data:`SCORING` version, returns the line to say: :func:`.rescore.rescore_index`),
+    their :data:`SCORING` version and the ids of ``unreadable``'s lines to leave out, returns the
+    line to say: :func:`.rescore.rescore_index`; it may refuse, the folder left as it was),
     delete a killed process's debris and write ``run.json`` (status
     ``running``). Returns the held lock."""
     own = lock is None
@@ -350,32 +351,38 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
             if old is None:
                 raise InputError(f"--out: {root!r} is not empty and holds no dcam run (no {RUN_JSON}); choose a new "
                                  "folder or pass --overwrite (which empties it)")
-            stale = stale_scoring(root, old.get("identity", {}), identity)
+            # another run is named first (what differs), whatever the rules its records were scored by: a
+            # newer dcam could not resume it either
             if old.get("fingerprint") != fingerprint(_as_stored(identity, old.get("identity", {}))):
                 # (the scoring version is no difference: a folder scored by older rules resumes)
                 diff = [d for d in _differences(old.get("identity", {}), identity) if d != "scoring"] or ["fingerprint"]
                 raise InputError(f"--out: {root!r} holds a run of another model/method/config (differs in: "
                                  f"{', '.join(diff[:6])}); pass --overwrite to start over, or choose a new folder")
+            stale = stale_scoring(root, old.get("identity", {}), identity)
         listed(os.path.join(root, SHARDS))  # (a shards folder that cannot be listed is named before a shard in it)
         visitors = [v for v in (check_records, unreadable) if v is not None]
         _, shards, _ = scan_index(root, visit=lambda obj: [v(obj) for v in visitors])
         if check_records is not None:
             check_records.check()
+        # the lines whose maps cannot be read are taken out before any rank reads the index (all see them not
+        # done); with a rescoring, in its rewrite, which may still refuse (a source file it cannot read): the
+        # folder is then left as it was
+        redo = set(unreadable.redo) if unreadable is not None else set()
+        if stale is not None:  # before run.json says the new rules: a kill meanwhile leaves it to score them again
+            if rescore is None:
+                raise AssertionError("a folder scored by older rules is resumed without rescore")
+            notice = rescore(stale, redo)
+            if notice is not None and notices is not None:
+                notices.append(notice)
+        elif redo:
+            drop_index_lines(root, redo)
+        if stale is not None or redo:
+            _, shards, _ = scan_index(root)  # (the lines of records to explain again are gone)
         # after every refusal above: a refused resume leaves the folder as it was (it deleted the damaged
         # error files first, and said nothing, its notice printed only by a run that goes on)
         damaged_errors = drop_damaged_errors(root)
         if damaged_errors is not None and notices is not None:
             notices.append(damaged_errors)
-        if unreadable is not None and unreadable.redo:  # (before any rank reads the index: all see them not done)
-            drop_index_lines(root, set(unreadable.redo))
-            _, shards, _ = scan_index(root)
-        if stale is not None:  # before run.json says the new rules: a kill meanwhile leaves it to score them again
-            if rescore is None:
-                raise AssertionError("a folder scored by older rules is resumed without rescore")
-            notice = rescore(stale)
-            if notice is not None and notices is not None:
-                notices.append(notice)
-            _, shards, _ = scan_index(root)  # (the lines of records to explain again are gone)
         remove_debris(root, shards)
         write_json_atomic(os.path.join(root, RUN_JSON), dict(
             old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),

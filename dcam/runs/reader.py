@@ -28,7 +28,7 @@ from .store import ERROR_PARTS, ERRORS, INDEX, INDEX_PARTS, RUN_JSON, index_line
     read_json
 
 
-class _Shards:
+class Shards:
     """A few open shards (least recently used closed first)."""
 
     def __init__(self, root: str, keep: int = 4):
@@ -79,7 +79,7 @@ class RunRecord:
         for k, v in state.items():
             setattr(self, k, v)
 
-    def __init__(self, entry: dict, shards: _Shards, at: str = "run: an index line"):
+    def __init__(self, entry: dict, shards: Shards, at: str = "run: an index line"):
         self.entry = entry
         self._shards = shards
         self._data = None
@@ -248,7 +248,7 @@ class Run:
                                                                                "index.html"))
             raise InputError(f"run: {root!r} holds no dcam run (no {INDEX}, {INDEX_PARTS}/ or {RUN_JSON})"
                              + ("; it holds a saved explanation, whose page is its index.html" if saved else ""))
-        self._shards = _Shards(self.root)
+        self._shards = Shards(self.root)
 
     def _json(self, name: str):
         """The folder's ``name`` (None when absent); an unreadable one is an InputError naming it."""

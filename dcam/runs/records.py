@@ -103,4 +103,12 @@ def record_metrics(e, truth, targeted: bool = False) -> dict:
     return out
 
 
-__all__ = ["read_image", "read_mask", "ground_truth", "record_metrics"]
+def score_record(rec, e) -> Optional[dict]:
+    """The metrics of the explanation ``e`` of the source's record ``rec`` (:func:`record_metrics` of its
+    :func:`ground_truth`; a record that names its targets is scored on them alone); None without a mask."""
+    truth = ground_truth(rec, e)
+    return None if truth is None else record_metrics(
+        e, truth, targeted=not (isinstance(rec.targets, str) and rec.targets == "all"))
+
+
+__all__ = ["read_image", "read_mask", "ground_truth", "record_metrics", "score_record"]

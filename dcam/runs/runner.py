@@ -31,7 +31,7 @@ from .folder import SCORED_KINDS, SCORING, FolderLock, prepare, read_run_json, r
 from .finish import finish
 from .progress import RunProgress
 from ..eval.alignment import item_slots
-from .records import ground_truth, record_metrics
+from .records import score_record
 from .rescore import rescore_index
 from .sources import RunSource
 from .store import ERROR_PARTS, INDEX_PARTS, part_name, parts, scan_index
@@ -233,10 +233,7 @@ def _work(explainer, source: RunSource, root: str, opts: RunOptions, dist: Dist,
             for rec, e, err in explain_records(explainer, recs, opts) if recs else []:
                 if e is not None:
                     try:
-                        truth = ground_truth(rec, e)
-                        metrics = (record_metrics(e, truth, targeted=not (isinstance(rec.targets, str)
-                                                                          and rec.targets == "all"))
-                                   if truth is not None else None)
+                        metrics = score_record(rec, e)
                     except InputError as exc:
                         e, err = None, one_line(str(exc))
                 if e is None:
@@ -366,7 +363,7 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
             _writing(root, lambda: _check_same_overlays(root, opts.overlays))
         return _writing(root, lambda: prepare(root, identity, opts.overwrite, header, UnchangedRecords(root, source),
                                               unreadable, notices, lock,
-                                              rescore=lambda before: rescore_index(root, source, before)))
+                                              rescore=lambda before, drop: rescore_index(root, source, before, drop)))
     in_source = set(source.ids)
     unreadable, notices = UnreadableMaps(root, in_source.__contains__), []
     held = dist.on_rank0(start)  # (rank 0's, the given lock or one taken here; None elsewhere)

@@ -93,6 +93,41 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def rewrite_index(root: str, new_line: Callable[[bytes, str, int], Optional[bytes]]) -> None:
+    """Rewrite every index file of ``root`` (``index.jsonl`` and the parts) with ``new_line(raw, path, n)`` for its
+    line ``n`` (None: the line is left out). The files are streamed (an index of a million records is not held in
+    memory) into temporary copies, and only once every copy is written is each renamed into place: ``new_line``
+    raising leaves every file as it was, and a kill between renames leaves each file old or new. A file none of
+    whose lines changed is not rewritten. A line cut short (a write a kill interrupted) is not data, as every
+    reader takes it: a rewritten file leaves it out."""
+    written = []  # (path, its temporary copy)
+    try:
+        for path in [os.path.join(root, INDEX)] + parts(root, INDEX_PARTS):
+            if not os.path.exists(path):
+                continue
+            tmp = f"{path}.tmp-{os.getpid()}"
+            changed = False
+            with open(path, "rb") as f, open(tmp, "wb") as out:
+                written.append((path, tmp))
+                for n, raw in enumerate(f, 1):
+                    if not raw.endswith(b"\n"):  # (left in place when nothing else changes, as it was)
+                        break
+                    new = new_line(raw, path, n) if raw.strip() else raw
+                    changed = changed or new != raw
+                    if new is not None:
+                        out.write(new)
+                out.flush()
+                os.fsync(out.fileno())
+            if not changed:
+                _unlink_quietly(written.pop()[1])
+        for path, tmp in written:
+            os.replace(tmp, path)
+            fsync_dir(os.path.dirname(path))
+    finally:  # (a renamed copy is gone already: nothing to remove)
+        for _, tmp in written:
+            _unlink_quietly(tmp)
+
+
 def write_json_atomic(path: str, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
@@ -413,4 +448,4 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
            "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "listed",
            "index_lines", "iter_index", "index_shard", "line_words", "scan_index", "merge_index", "read_errors",
-           "drop_damaged_errors", "merge_errors", "remove_debris", "fsync_dir"]
+           "drop_damaged_errors", "merge_errors", "remove_debris", "fsync_dir", "rewrite_index"]

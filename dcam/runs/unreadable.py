@@ -18,7 +18,7 @@ import os
 from typing import Callable, Dict, FrozenSet, List, Optional, Set, Union
 
 from ..errors import one_line
-from .store import INDEX, INDEX_PARTS, _unlink_quietly, fsync_dir, index_shard, parts, read_failed
+from .store import index_shard, read_failed, rewrite_index
 
 MISSING, CUT, KEYS = "missing", "cut short or damaged", "lacking the record's tensors"
 
@@ -98,33 +98,10 @@ class UnreadableMaps:
 
 def drop_index_lines(root: str, ids: Set[str]) -> None:
     """Rewrite every index file (``index.jsonl`` and the parts, also a part it already holds) without the lines
-    of ``ids``, each file a temporary copy renamed into place (a kill leaves each file old or new, and a line
-    dropped from one file and not yet from another is dropped by the next resume). The files are streamed:
-    an index of a million records is not held in memory."""
-    for path in [os.path.join(root, INDEX)] + parts(root, INDEX_PARTS):
-        if os.path.exists(path):
-            _rewrite_without(path, ids)
-
-
-def _rewrite_without(path: str, ids: Set[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    dropped = False
-    try:
-        with open(path, "rb") as f, open(tmp, "wb") as out:
-            for raw in f:
-                if not raw.endswith(b"\n"):  # (a write cut short: not data, as every reader takes it)
-                    break
-                if raw.strip() and json.loads(raw)["id"] in ids:  # (every line was read and checked by the scan)
-                    dropped = True
-                    continue
-                out.write(raw)
-            out.flush()
-            os.fsync(out.fileno())
-        if dropped:
-            os.replace(tmp, path)
-            fsync_dir(os.path.dirname(path))
-    finally:  # (after the rename there is nothing left to remove)
-        _unlink_quietly(tmp)
+    of ``ids`` (:func:`dcam.runs.store.rewrite_index`: a kill leaves each file old or new, and a line dropped
+    from one file and not yet from another is dropped by the next resume)."""
+    # (every line was read and checked by the scan before)
+    rewrite_index(root, lambda raw, path, n: None if json.loads(raw)["id"] in ids else raw)
 
 
 def unreadable_notice(check: Optional[UnreadableMaps]) -> Optional[str]:

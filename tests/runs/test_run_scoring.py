@@ -108,26 +108,69 @@ def test_a_resume_scores_the_older_records_again_and_the_summary_is_of_one_rule(
     for k, want in mean.items():
         assert summary[k] == pytest.approx(want, rel=1e-9), k
     assert run.info["identity"]["scoring"] == 2 and run.info["status"] == "complete"
-    assert (f"dcam: the records of '{out}' were scored by older rules (scoring 1, this dcam's 2: docs/RUNS.md); "
+    assert (f"dcam: scoring 1 record of '{out}' again by this dcam's rules (scoring 1 -> 2) from its stored maps\n"
+            f"dcam: the records of '{out}' were scored by older rules (scoring 1, this dcam's 2: docs/RUNS.md); "
             "1 record scored again from its stored maps\n") in err
     # the painted square really scored otherwise: the values replaced were not these
     painted = word_values(r0_maps, WORDS[0], PAINTED)
     assert painted[6]["obj_iou"] != pytest.approx(values["r0"][6]["obj_iou"], rel=1e-6)
 
 
-def test_a_record_whose_mask_is_gone_since_is_explained_again_into_errors(old_folder, capsys):
-    # scored again it cannot be: its line goes, and the record fails as a new run's would
+@pytest.mark.parametrize("away", ["m0_2.png", "img0.png"])
+def test_a_record_whose_files_cannot_be_read_now_refuses_the_resume_and_leaves_every_file_as_it_was(old_folder,
+                                                                                                    away):
+    # its maps cost model time: a mask or image away for a moment (a mount down) must not delete them, as the
+    # dropped line and then remove_debris did; once the file is back the resume scores it again
+    data, out, r0_maps = old_folder
+    moved = (data / away).read_bytes()
+    os.unlink(data / away)
+    before = file_tree(str(out))
+    with pytest.raises(InputError) as refused:
+        run_dataset(Explainer(*tiny_toy(0, layers=3, image_size=64)), open_source(str(data)), str(out),
+                    RunOptions(progress=False))
+    message = str(refused.value)
+    assert message.startswith(f"--out: the record 'r0' of the run in '{out}' cannot be scored again by this dcam's "
+                              "rules (") and "\n" not in message
+    assert away in message
+    assert message.endswith("; the folder is left as it was: make the record's files readable and resume again, "
+                            "or pass --overwrite to start over")
+    assert file_tree(str(out)) == before  # every file's bytes: index, shards, run.json (still scoring 1)
+    (data / away).write_bytes(moved)
+    run_dataset(Explainer(*tiny_toy(0, layers=3, image_size=64)), open_source(str(data)), str(out),
+                RunOptions(progress=False))
+    records = {r.id: r for r in load_run(str(out))}
+    assert sorted(records) == ["r0", "r1"] and records["r0"].maps.equal(r0_maps)
+    assert_scored(records["r0"].metrics, word_values(r0_maps, WORDS[0], OBJECT))
+
+
+def test_a_record_whose_stored_maps_cannot_be_read_is_explained_again(old_folder, capsys):
+    # the folder's own damage (a line naming maps of another shape than its shard holds) is what a resume redoes
     data, out, _ = old_folder
-    os.unlink(data / "m0_2.png")
+    line = json.loads((out / "index.jsonl").read_text())
+    line["tokens"] = line["tokens"] + ["extra"]  # (T + 1 maps expected; the shard holds T)
+    (out / "index.jsonl").write_text(json.dumps(line, separators=(",", ":")) + "\n")
     capsys.readouterr()
     run_dataset(Explainer(*tiny_toy(0, layers=3, image_size=64)), open_source(str(data)), str(out),
                 RunOptions(progress=False))
-    assert ("0 records scored again from their stored maps, 1 whose files or index line could not be read is "
+    assert ("0 records scored again from their stored maps, 1 whose index line or stored maps could not be read is "
             "explained again\n") in capsys.readouterr().err
-    run = load_run(str(out))
-    assert [r.id for r in run] == ["r1"] and list(run.errors) == ["r0"]
-    assert "m0_2.png" in run.errors["r0"]["reason"]
-    assert run.metrics["summary"]["n_obj"] == 4
+    records = {r.id: r for r in load_run(str(out))}
+    assert sorted(records) == ["r0", "r1"] and records["r0"].tokens == WORDS[0]
+
+
+def test_another_run_is_named_before_the_rules_its_records_were_scored_by(old_folder):
+    data, out, _ = old_folder
+    info = json.loads((out / "run.json").read_text())
+    info["identity"]["scoring"] = 3  # a newer dcam's: resuming it there would be refused too (another prompt)
+    info["fingerprint"] = hashlib.sha256(json.dumps(info["identity"], sort_keys=True, default=str).encode()).hexdigest()
+    (out / "run.json").write_text(json.dumps(info, indent=2))
+    before = file_tree(str(out))
+    with pytest.raises(InputError) as refused:
+        run_dataset(Explainer(*tiny_toy(0, layers=3, image_size=64)), open_source(str(data)), str(out),
+                    RunOptions(progress=False, prompt="another prompt"))
+    assert str(refused.value) == (f"--out: '{out}' holds a run of another model/method/config (differs in: prompt); "
+                                  "pass --overwrite to start over, or choose a new folder")
+    assert file_tree(str(out)) == before
 
 
 def test_a_folder_scored_by_a_newer_dcam_is_refused_and_left_as_it_was(old_folder):
