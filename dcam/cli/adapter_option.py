@@ -41,8 +41,11 @@ def adapter_class(spec: str) -> type:
     if module.startswith("."):  # (importlib wants the package it is relative to: a raw TypeError)
         raise InputError(f"--adapter: {module!r} is a relative module name; give the module's full name "
                          f"(e.g. my_adapter:MyAdapter for ./my_adapter.py), got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` puts it (the `dcam` script does not)
-        sys.path.insert(0, os.getcwd())
+    # the current folder is searched as `python -m` does (the `dcam` script does not), but last: put first, it
+    # stayed there for the whole process, and a file in it named like a module dcam imports later (a stray
+    # safetensors.py) ran instead of that module
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -87,6 +90,8 @@ def loaded_by_adapter(args) -> Optional[Callable]:
         if getattr(args, "model", None) is None:  # (the bundled toy was loaded, and the adapter failed on it)
             raise InputError(f"model: {args.family} loads its model from a folder (its load_model()); "
                              "give --model DIR")
+        if not os.path.isdir(args.model):  # (the adapter's own open() of a file in it was a traceback)
+            raise InputError(f"model: {args.model!r} is not a folder")
         crops = getattr(args, "pan_and_scan", None)
         if crops is not None:  # (taken and ignored)
             raise InputError(f"pan_and_scan: Gemma 3's crops; {args.family} loads a model of its own")

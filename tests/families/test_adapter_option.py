@@ -158,3 +158,31 @@ def test_an_adapter_that_loads_its_own_model_reads_the_model_folder(tmp_path):
     assert r.returncode == 2 and not (work / "out2").exists()
     assert r.stderr == "dcam explain: error: --model: lab_adapter:LabAdapter loads its model from a folder (its " \
                        "load_model()); give --model DIR\n"
+    # a --model that is not a folder: one line before the adapter's load_model() is called (its open() of a file
+    # in it was a traceback, exit 1)
+    (work / "a_file").write_text("x")
+    for given in ("no_such_folder", "a_file"):
+        at = args.index("--model") + 1
+        r = _dcam(args[1:at] + [given] + args[at + 1:] + ["--out", "out3", "--quiet"], work, tmp_path)
+        assert (r.returncode, r.stderr) == (2, f"dcam explain: error: --model: {given!r} is not a folder\n")
+        assert not (work / "out3").exists()
+
+
+def test_a_stray_module_in_the_current_folder_does_not_replace_one_dcam_imports(tmp_path):
+    # --adapter put the current folder first on sys.path for the whole process: a safetensors.py there ran when
+    # dcam wrote the maps (exit 3), where without --adapter it was never looked at
+    doc = (ROOT / "docs" / "FAMILIES.md").read_text()
+    module = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if b.startswith("# my_adapter.py")][0]
+    command = [b for b in re.findall(r"```bash\n(.*?)```", doc, re.S) if "--adapter my_adapter:ToyAdapter" in b][0]
+    from PIL import Image
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "my_adapter.py").write_text(module)
+    (work / "safetensors.py").write_text("raise SystemExit('the stray safetensors.py ran')\n")
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(work / "image.png")
+    r = _dcam(shlex.split(command.strip())[1:] + ["--out", "out", "--quiet"], work, tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    from safetensors.torch import load_file
+
+    assert load_file(str(work / "out" / "maps.safetensors"))["maps"].ndim == 3  # written by the real package
