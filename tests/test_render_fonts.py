@@ -143,6 +143,8 @@ def test_a_trajectory_frames_cjk_word_reads_as_code_points(fresh_warning):
     np.testing.assert_array_equal(np.asarray(frame)[256:256 + 18], np.asarray(ref)[256:256 + 18])
 
 
+@pytest.mark.skipif(any(map(_an_installed_font_has, (0x3000, 0x9, 0xE0100))),
+                    reason="an installed font (a CJK one) has U+3000: it is drawn in that font")
 def test_spaces_and_invisible_letters_no_font_has_are_not_boxes(fresh_warning):
     # an ideographic space (U+3000, in Chinese and Japanese text) and a tab were DejaVu's empty box; a
     # variation selector (U+E0100) draws nothing in any font
@@ -150,6 +152,49 @@ def test_spaces_and_invisible_letters_no_font_has_are_not_boxes(fresh_warning):
         warnings.simplefilter("error")  # (nothing here is a letter drawn as a code point)
         got = _ink(_label_only_sheet("a\u3000b\tc\U000E0100d"))
     np.testing.assert_array_equal(got, _ink(_runs_drawn([("a b cd", MPL_DEJAVU)])))
+
+
+def _a_font_without_latin(path):
+    """A font whose character map has U+3000 alone (a single-script font has no Latin letters either), its
+    missing-glyph box drawn, as real fonts draw it."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    fb = FontBuilder(1000, isTTF=True)
+    fb.setupGlyphOrder([".notdef", "uni3000"])
+    fb.setupCharacterMap({0x3000: "uni3000"})
+    box = TTGlyphPen(None)
+    box.moveTo((50, 0)), box.lineTo((50, 700)), box.lineTo((450, 700)), box.lineTo((450, 0)), box.closePath()
+    fb.setupGlyf({".notdef": box.glyph(), "uni3000": TTGlyphPen(None).glyph()})
+    fb.setupHorizontalMetrics({".notdef": (500, 0), "uni3000": (1000, 0)})
+    fb.setupHorizontalHeader(ascent=880, descent=-120)
+    fb.setupNameTable({"familyName": "No Latin", "styleName": "Regular"})
+    fb.setupOS2()
+    fb.setupPost()
+    fb.save(str(path))
+    return str(path)
+
+
+def test_code_points_are_drawn_in_a_font_that_has_their_letters(tmp_path, monkeypatch, fresh_warning):
+    # they were drawn in the chain's first font, DCAM_FONT's: one without Latin letters drew "[U+10FFFD]" as
+    # its boxes. U+10FFFD (the last private-use code point) is in no font
+    monkeypatch.setenv("DCAM_FONT", _a_font_without_latin(tmp_path / "NoLatin.ttf"))
+    with pytest.warns(Warning, match="U\\+10FFFD"):
+        got = _ink(_label_only_sheet("1: \U0010FFFD"))
+    np.testing.assert_array_equal(got, _ink(_runs_drawn([("1: [U+10FFFD]", MPL_DEJAVU)])))
+
+
+def test_a_letter_no_font_has_keeps_no_installed_fonts_character_map(fresh_warning):
+    # every installed font's whole map was read and kept for the process (some 5 MiB a CJK face): only the
+    # chain's own fonts are kept
+    from dcam.render import fonts
+
+    fonts.coverage.cache_clear()
+    fonts._first_installed.pop("\U0010FFFE", None)
+    with pytest.warns(Warning):
+        runs = fonts.font(15).file_runs("a\U0010FFFE")
+    assert runs == [("a[U+10FFFE]", (fonts.dejavu_path(), 0))]
+    assert fonts.coverage.cache_info().currsize <= 1 and fonts._first_installed["\U0010FFFE"] is None
 
 
 @pytest.mark.parametrize("content,why", [

@@ -15,7 +15,7 @@ label is drawn as a chain of fonts (:class:`FontChain`):
 
 Each letter is drawn in the first font of the chain whose character map has it, the label in
 runs of one font on one baseline. A letter no installed font has is drawn as its code point in
-brackets (中文 -> ``[U+4E2D U+6587]``), never as a box, and the first such letter of a process
+brackets (中文 -> ``[U+4E2D U+6587]``, in the first font of the chain that has these letters), never as a box, and the first such letter of a process
 warns once (:class:`MissingGlyphWarning`) naming the letters and what to install.
 
 ``dcam eval``'s matplotlib figures use the same fonts: :func:`figure_fonts` gives matplotlib the
@@ -64,9 +64,11 @@ def dejavu_path() -> str:
     return findfont(FontProperties(family="DejaVu Sans"), fallback_to_default=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=16)
 def coverage(file: FontFile) -> FrozenSet[int]:
-    """The code points ``file``'s character map gives a glyph (empty if FreeType cannot read it)."""
+    """The code points ``file``'s character map gives a glyph (empty if FreeType cannot read it). Kept for the
+    fonts of the chains and the few fallbacks letters are drawn in (a CJK face's set is about 5 MiB): a letter is
+    looked up in the installed fonts by :func:`_glyphs_in`, which keeps nothing."""
     from matplotlib.ft2font import FT2Font
 
     try:
@@ -117,6 +119,18 @@ def check_font_option() -> None:
 
 
 # ------------------------------------------------------------------ the installed fonts
+
+def _glyphs_in(file: FontFile, letters) -> set:
+    """Which of ``letters`` ``file``'s character map gives a glyph, the file opened for them alone (empty if
+    FreeType cannot read it)."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        face = FT2Font(file[0], face_index=file[1])
+    except (OSError, RuntimeError, ValueError):
+        return set()
+    return {c for c in letters if face.get_char_index(ord(c))}
+
 
 def _fontconfig_files(*command: str) -> List[FontFile]:
     """The font files and face indices a fontconfig command lists (none where it is absent or fails)."""
@@ -188,10 +202,12 @@ _first_installed: Dict[str, Optional[FontFile]] = {}  # letter -> the first inst
 
 def _installed_font_for(letters: Sequence[str]) -> None:
     """Find, for each of ``letters`` not looked up before, the first installed font that has its glyph
-    and that Pillow scales (one pass over the fonts for all of them)."""
+    and that Pillow scales (one pass over the fonts for all of them, in order, stopping once each is found;
+    each font is asked for these letters alone: a letter no font has read the whole character map of every
+    installed font, and kept them all, some 5 MiB a CJK face)."""
     todo = {c for c in letters if c not in _first_installed}
     for file in installed_fonts() if todo else ():
-        found = {c for c in todo if ord(c) in coverage(file)}
+        found = _glyphs_in(file, todo)
         if found and sized(file, 16) is not None:
             _first_installed.update(dict.fromkeys(found, file))
             todo -= found
@@ -217,6 +233,10 @@ def _is_cjk(c: str) -> bool:
 def code_points(letters: str) -> str:
     """How letters no font has are drawn: ``[U+4E2D U+6587]``."""
     return "[" + " ".join(f"U+{ord(c):04X}" for c in letters) + "]"
+
+
+#: The letters :func:`code_points` writes (DejaVu Sans has them all).
+CODE_POINT_LETTERS = frozenset(map(ord, "[]U+0123456789ABCDEF "))
 
 
 def _warn_missing(letters: str) -> None:
@@ -245,7 +265,10 @@ class FontChain(ImageFont.FreeTypeFont):
         self._covers = [coverage(f) for f in self.files]
         self._covered = frozenset().union(*self._covers)
         self._printable_ascii = self._covers[0].issuperset(range(0x20, 0x7F))
-        # text -> (its runs, the letters no font has), for texts not wholly in the first font
+        # the code points of letters no font has, and spaces no font has, are drawn in the first font with the
+        # letters of code points: DCAM_FONT's may have no Latin ones (a single-script font), and drew boxes
+        self._plain = next((f for f, cover in zip(self.files, self._covers) if cover >= CODE_POINT_LETTERS),
+                           self.files[-1])        # text -> (its runs, the letters no font has), for texts not wholly in the first font
         self._split: Dict[str, Tuple[Tuple[Tuple[str, FontFile], ...], str]] = {}
 
     def _file_of(self, c: str, prev: Optional[FontFile]) -> Optional[FontFile]:
@@ -267,7 +290,8 @@ class FontChain(ImageFont.FreeTypeFont):
         """``text`` as (run, font file) pairs, left to right: each letter in the first font of the chain
         with its glyph; letters no font has as their code points (:func:`code_points`) in the first
         font, warning once per process; spaces no font has as spaces, invisible letters no font has
-        dropped."""
+        dropped; code points and such spaces in the first font of the chain that has the letters of code
+        points."""
         # the common case: every letter in the first font, one run, nothing looked up (tested at C speed:
         # wrapping a title measures its lines letter by letter)
         if (text.isascii() and text.isprintable() and self._printable_ascii) or self._covers[0].issuperset(
@@ -285,7 +309,7 @@ class FontChain(ImageFont.FreeTypeFont):
         for c in text:
             file = self._file_of(c, prev)
             if file is None and c.isspace():
-                c, file = " ", self.files[0]
+                c, file = " ", self._plain
             if file is None and _invisible(c):
                 continue
             letters.append((c, file))
@@ -296,8 +320,8 @@ class FontChain(ImageFont.FreeTypeFont):
         out: List[Tuple[str, FontFile]] = []
         for file, group in itertools.groupby(letters, key=lambda p: p[1]):
             run = "".join(c for c, _ in group)
-            run, file = (code_points(run), self.files[0]) if file is None else (run, file)
-            if out and out[-1][1] == file:  # (code points join the first font's letters around them)
+            run, file = (code_points(run), self._plain) if file is None else (run, file)
+            if out and out[-1][1] == file:  # (code points join that font's letters around them)
                 out[-1] = (out[-1][0] + run, file)
             else:
                 out.append((run, file))
