@@ -226,6 +226,10 @@ class ExampleBuilder:
         # special tokens are no words: targets="words" leaves them out, as eos and pad slots (a note counts
         # them); targets="tokens" explains every token
         special, not_text = a.special_token_ids(), special_ids(a)
+        # an image mark given as an id (refused in text above) is the model's own too, and no word, whether or
+        # not its tokenizer calls it special (Lumina-DiMOO's <boi> became a word with a map of its own)
+        marks = getattr(a, "image_mark_ids", None)
+        not_text = not_text | set(marks()) if marks is not None else not_text
         left_out = [i for i in slots if ids[i] in not_text] if granularity == "words" else []
         explained = [i for i in slots if ids[i] not in not_text] if left_out else slots
         if not explained:

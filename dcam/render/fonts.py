@@ -15,8 +15,9 @@ label is drawn as a chain of fonts (:class:`FontChain`):
 
 Each letter is drawn in the first font of the chain whose character map has it, the label in
 runs of one font on one baseline. A letter no installed font has is drawn as its code point in
-brackets (中文 -> ``[U+4E2D U+6587]``, in the first font of the chain that has these letters), never as a box, and the first such letter of a process
-warns once (:class:`MissingGlyphWarning`) naming the letters and what to install.
+brackets (中文 -> ``[U+4E2D U+6587]``, in the first font of the chain that has these letters), never
+as a box, and the first such letter of a process warns once (:class:`MissingGlyphWarning`) naming
+the letters and what to install.
 
 ``dcam eval``'s matplotlib figures use the same fonts: :func:`figure_fonts` gives matplotlib the
 chain as a list of families (it falls back letter by letter along such a list) and :func:`readable`
@@ -268,7 +269,8 @@ class FontChain(ImageFont.FreeTypeFont):
         # the code points of letters no font has, and spaces no font has, are drawn in the first font with the
         # letters of code points: DCAM_FONT's may have no Latin ones (a single-script font), and drew boxes
         self._plain = next((f for f, cover in zip(self.files, self._covers) if cover >= CODE_POINT_LETTERS),
-                           self.files[-1])        # text -> (its runs, the letters no font has), for texts not wholly in the first font
+                           self.files[-1])
+        # text -> (its runs, the letters no font has), for texts not wholly in the first font
         self._split: Dict[str, Tuple[Tuple[Tuple[str, FontFile], ...], str]] = {}
 
     def _file_of(self, c: str, prev: Optional[FontFile]) -> Optional[FontFile]:

@@ -135,12 +135,14 @@ def test_a_given_text_holding_an_image_mark_is_refused_as_the_placeholder_is(mod
     assert exp.explain(landscape, response="a red circle", steps=2).tokens == ["a", "red", "circle"]
 
 
-def test_lumina_dimoo_takes_its_image_marks_given_as_ids_as_the_models_own(models, landscape):
-    # its stand-in's tokenizer spells none of them (text cannot hold them): given as ids (boi 126349, eoi 126350,
-    # row newline 126084), they are what the model wrote, as a generated response's: an id its tokenizer has no
-    # text for is a word of its own
+def test_lumina_dimoo_leaves_its_image_marks_given_as_ids_out_of_the_words(models, landscape):
+    # its stand-in's tokenizer spells none of them (text cannot hold them) nor calls them special: given as ids
+    # (boi 126349, eoi 126350, row newline 126084), the model's own, they were words with maps of their own
+    # (scored as words in a run); they are image marks (its adapter's image_mark_ids), left out as MMaDA's are
     exp = Explainer(*models("lumina-dimoo"))
     red = exp.adapter.encode_response("red")
+    assert exp.adapter.image_mark_ids() == {126349, 126350, 126084}
     for mark_id in (126349, 126350, 126084):
-        e = exp.explain(landscape, response=[*red, mark_id], steps=2)
-        assert (e.tokens, e.notes) == (["red", f"<id {mark_id}>"], [])
+        e = exp.explain(landscape, response=[*red, mark_id, *red], steps=2)
+        assert (e.tokens, e.notes) == (["red", "red"], [f"targets: 1 special token of the response ('<id {mark_id}>') "
+                                                        "is not a word: left out (targets='tokens' explains it)"])

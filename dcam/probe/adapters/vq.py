@@ -166,7 +166,8 @@ class _VQAdapter(DMLLMAdapter):
 
     def image_mark_ids(self) -> set:
         """The ids around the image's codes (MMaDA's <|soi|> <|eoi|>; Lumina-DiMOO's <boi> <eoi> and the
-        newline after every row): a given response holding one is refused (MMaDA took them as words)."""
+        newline after every row): a response given as text holding one is refused (MMaDA took them as words);
+        given as ids, the model's own, they are left out of the words with a note, as special tokens are."""
         return {int(getattr(self.processor, f)) for f in self.image_mark_fields
                 if getattr(self.processor, f, None) is not None}
 
