@@ -304,6 +304,7 @@ def explanation_record(e, max_side: int = 512, trajectory_bytes: Optional[int] =
     ``trajectory_bytes``, None: :data:`PAGE_TRAJECTORY_BYTES`)."""
     from ..words import clean_token
 
+    trajectory_bytes = check_trajectory_bytes(trajectory_bytes)  # (named as given: trajectory_frames says budget)
     items = [{"text": clean_token(t) or t, "number": int(n)} for t, n in zip(e.tokens, e.word_numbers)]
     traj = getattr(e, "trajectory", None)
     maps, labels, notes = trajectory_frames(e.maps, None if traj is None else traj.maps, trajectory_bytes)

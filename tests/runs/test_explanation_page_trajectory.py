@@ -115,6 +115,10 @@ def test_a_long_trajectorys_page_keeps_evenly_spaced_steps_within_its_budget(bun
     assert rec["steps"] == S + 1 and not any("the page shows" in n for n in rec["notes"])
     # a short trajectory (the bundled model's 12 steps) is whole, as before
     assert explanation_record(e)["steps"] == e.trajectory.steps + 1
+    # a bad budget names the argument given (it named trajectory_frames' own "budget")
+    for bad in (0, -3, 1.5, "1MB", True):
+        with pytest.raises(dcam.InputError, match=r"^trajectory_bytes must be an int >= 1"):
+            explanation_record(e, trajectory_bytes=bad)
 
 
 def test_a_budget_page_in_chromium_labels_its_kept_steps(browser, bundled, run_manifest, tmp_path):
