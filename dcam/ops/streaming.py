@@ -91,8 +91,12 @@ class WeightStream:
             except RuntimeError:  # no storage of its own (a functorch wrapper): the checked path says why
                 self._add_checked(grads)
                 return
-            bad = ext.channel_weights_into(self._table_np, first, address, code, k, shape[2], self.grad_relu,
-                                           self.check_finite)
+            args = (self._table_np, first, address, code, k, shape[2], self.grad_relu, self.check_finite)
+            if torch.autograd._profiler_enabled():  # a trace names the pass as the op would (one cheap check)
+                with torch.profiler.record_function("dcam::channel_weights"):
+                    bad = ext.channel_weights_into(*args)
+            else:
+                bad = ext.channel_weights_into(*args)
             if bad:  # (a checked pass only: the errors of channel_weights)
                 api._raise_if_grads_nonfinite(grads, True)
                 api._raise_if_weights_overflowed(self._table[:, first:first + k])
