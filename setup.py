@@ -191,7 +191,9 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis",
+                             # tests/test_packaging.py runs setup.py itself, outside pip's isolated build
+                             "setuptools>=64", "pybind11>=2.12"]},
     entry_points={"console_scripts": ["dcam=dcam.cli:main"]},
     zip_safe=False,
 )
