@@ -251,32 +251,28 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
     check_pan_and_scan_choice(pan_and_scan)
     # a choice of crops the processor cannot make is refused before the weights load where the folder's files
     # tell the processor's class (a family's loader builds its own: set_pan_and_scan refuses it after loading)
-    if model_dir is None:
+    cfg = None if model_dir is None else read_config(model_dir)
+    if cfg is None or cfg.get("model_type") == ShapesDMLLMConfig.model_type:  # the bundled toy, or a zoo folder
         refuse_pan_and_scan_early(ShapesProcessor, pan_and_scan, ShapesDMLLMConfig.model_type)
-        model, processor = _zoo(None)
+        model, processor = _zoo(model_dir)
+    elif "dcam_standin" in cfg:
+        from .testing.standins import load_standin
+
+        model, processor = load_standin(model_dir)
     else:
-        cfg = read_config(model_dir)
-        if cfg.get("model_type") == ShapesDMLLMConfig.model_type:
-            refuse_pan_and_scan_early(ShapesProcessor, pan_and_scan, ShapesDMLLMConfig.model_type)
-            model, processor = _zoo(model_dir)
-        elif "dcam_standin" in cfg:
-            from .testing.standins import load_standin
+        loader = _FAMILY_LOADERS.get(_family_of(cfg), _transformers)
+        if loader is _transformers and pan_and_scan is not None:
+            from .probe.adapters.pan_and_scan import transformers_processor_class
 
-            model, processor = load_standin(model_dir)
-        else:
-            loader = _FAMILY_LOADERS.get(_family_of(cfg), _transformers)
-            if loader is _transformers and pan_and_scan is not None:
-                from .probe.adapters.pan_and_scan import transformers_processor_class
-
-                refuse_pan_and_scan_early(transformers_processor_class(model_dir, cfg), pan_and_scan,
-                                          cfg.get("model_type"))
-            try:
-                model, processor = loader(model_dir, cfg, trust_remote_code, dt)
-            except ModuleNotFoundError as exc:
-                missing = missing_package(exc, model_dir)
-                if missing is None:
-                    raise
-                raise missing from None
+            refuse_pan_and_scan_early(transformers_processor_class(model_dir, cfg), pan_and_scan,
+                                      cfg.get("model_type"))
+        try:
+            model, processor = loader(model_dir, cfg, trust_remote_code, dt)
+        except ModuleNotFoundError as exc:
+            missing = missing_package(exc, model_dir)
+            if missing is None:
+                raise
+            raise missing from None
     set_pan_and_scan(processor, pan_and_scan, getattr(getattr(model, "config", None), "model_type", None)
                      or type(model).__name__)
     model = model.to(dev) if dt is None else model.to(dev, dt)
