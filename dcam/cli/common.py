@@ -74,14 +74,18 @@ def log(msg: str, quiet: bool = False) -> None:
 
 def option_error(option: str, exc: BaseException) -> InputError:
     """An InputError whose message starts with the CLI option that caused it."""
+    return InputError(f"{option}: {without_argument(exc)}")
+
+
+def without_argument(exc: BaseException) -> str:
+    """``exc``'s message, one line, without the API argument it starts with (``"model: "``, ...)."""
     text = one_line(str(exc))
     for prefix in ("model: ", "family: ", "dtype: ", "device: ", "image: ", "targets: ", "steps ", "background: ",
                    "response: ", "prompt: ", "layer: ", "probe: ", "view: ", "trajectory: ", "dataset: ",
                    "methods: ", "split ", "image_size ", "run: ", "config: ", "pan_and_scan: "):
         if text.startswith(prefix):
-            text = text[len(prefix):]
-            break
-    return InputError(f"{option}: {text}")
+            return text[len(prefix):]
+    return text
 
 
 def argument_error(exc: InputError, options: Dict[str, str]) -> InputError:
@@ -360,7 +364,7 @@ def check_adapter_takes_toy(args, model, processor) -> None:
     try:
         auto_adapter(model, processor, family=family).check_image_tokens()
     except InputError as exc:
-        why = str(option_error("", exc))[2:]
+        why = without_argument(exc)
         raise InputError(f"--adapter: {family} cannot explain the bundled toy dMLLM, which dcam loads without "
                          f"--model ({why}); give --model DIR, the model it is for") from None
 
