@@ -72,7 +72,8 @@ def hand_metrics(hm, objects) -> Dict[str, float]:
     import numpy as np
 
     hm = hm.astype(np.float32).astype(np.float64)
-    pred = np.floor(hm * 255).astype(np.int64) > hand_otsu(np.floor(hm * 255).astype(np.int64))
+    u8 = np.floor(hm * 255).astype(np.int64)
+    pred = u8 > hand_otsu(u8)
     iou = max((pred & o).sum() / (pred | o).sum() for o in objects)
     fg = np.any(objects, axis=0)
     contrast = hm[fg].mean() / (hm[~fg].mean() + 1e-8)
