@@ -7,7 +7,8 @@
 * :func:`one_line_refusal`: the message of the :class:`~dcam.errors.InputError` a call raises, checked to be
   one line (any other exception fails the test, as ``pytest.raises`` lets it through);
 * :func:`hand_metrics`: a map's object metrics worked out with numpy and exact fractions, apart from
-  :mod:`dcam.eval.metrics` (what the metric tests of ``dcam eval`` and ``dcam run`` compare with).
+  :mod:`dcam.eval.metrics` (what the metric tests of ``dcam eval`` and ``dcam run`` compare with);
+* :func:`byte_level_llada_v`: a tiny LLaDA-V with a byte-level tokenizer, for the word and phrase rules.
 """
 from __future__ import annotations
 
@@ -82,9 +83,6 @@ def hand_metrics(hm, objects) -> Dict[str, float]:
     return {"obj_iou": iou, "contrast": contrast, "concentration": concentration, "f3": f3}
 
 
-__all__ = ["file_tree", "single_process_env", "one_line_refusal", "hand_otsu", "hand_metrics", "TORCHRUN_VARIABLES"]
-
-
 def byte_level_llada_v(pieces: Sequence[str]):
     """``explain(targets)`` of a tiny LLaDA-V whose tokenizer holds ``pieces`` (GPT-2's byte-level
     pieces, "Ġ" marking a space) and whose given response is those pieces, as an image-level call:
@@ -106,3 +104,7 @@ def byte_level_llada_v(pieces: Sequence[str]):
     exp = Explainer(model, proc)
     image = np.full((28, 28, 3), 200, dtype=np.uint8)
     return lambda targets: exp.explain(image, prompt="describe the image", response=ids, targets=targets)
+
+
+__all__ = ["file_tree", "single_process_env", "one_line_refusal", "hand_otsu", "hand_metrics", "byte_level_llada_v",
+           "TORCHRUN_VARIABLES"]
