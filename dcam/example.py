@@ -265,24 +265,27 @@ class ExampleBuilder:
                        _explainable=slots)
 
 
+def _unknown_id(adapter) -> Optional[int]:
+    """The tokenizer's unknown token id, its spelling of text it has no token for (None: it has none)."""
+    try:
+        return getattr(adapter.tokenizer, "unk_token_id", None)
+    except (AttributeError, InputError):  # no Hugging Face tokenizer: no special token either
+        return None
+
+
 def special_ids(adapter) -> set:
     """The adapter's special token ids (:meth:`~dcam.probe.adapters.base.ModelAdapter.special_token_ids`) that
-    stand for no text: all but the unknown token, the tokenizer's spelling of text it has no token for."""
-    try:
-        unknown = getattr(adapter.tokenizer, "unk_token_id", None)
-    except (AttributeError, InputError):  # no Hugging Face tokenizer: no special token either
-        unknown = None
-    return set(adapter.special_token_ids()) - {unknown}
+    stand for no text: all but the unknown token (:func:`_unknown_id`)."""
+    return set(adapter.special_token_ids()) - {_unknown_id(adapter)}
 
 
 def _unknown_note(adapter, ids: Sequence[int]) -> List[str]:
     """A note when a given text holds what the tokenizer has no token for (Chinese given to a
     tokenizer of English words): explained as the unknown token, which was said nowhere."""
-    try:
-        unknown = getattr(adapter.tokenizer, "unk_token_id", None)
-    except (AttributeError, InputError):
+    unknown = _unknown_id(adapter)
+    if unknown is None:
         return []
-    count = sum(1 for i in ids if unknown is not None and int(i) == int(unknown))
+    count = sum(1 for i in ids if int(i) == int(unknown))
     if not count:
         return []
     name = adapter.token_strings([int(unknown)])[0]
