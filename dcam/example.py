@@ -143,14 +143,13 @@ class ExampleBuilder:
                                                                    self.response_length))
         refuse_ids(a.token_strings, placeholder, PLACEHOLDER, response=ids)
         if isinstance(response, str):
-            # given ids are exact (typically the model's own, an explanation's response_ids given back): its
-            # special tokens and image marks are what it wrote, left out of the words with a note as a
-            # generation's are. Text is not: "<video>" written in it silently became a modality token
-            marks = getattr(a, "image_mark_ids", None)  # (dcam's adapters say which; one of the user's need not)
             # the tokens an adapter writes itself and refuses in any response (DiffusionGemma's <boi>, which its
             # sampler never writes): its prepare() says so, without offering ids it refuses too
             placed = set(a.placed_ids()) if hasattr(a, "placed_ids") else set()
-            marks = set(marks()) - placeholder - placed if marks is not None else set()
+            # given ids are exact (typically the model's own, an explanation's response_ids given back): its
+            # special tokens and image marks are what it wrote, left out of the words with a note as a
+            # generation's are. Text is not: "<video>" written in it silently became a modality token
+            marks = image_marks(a) - placeholder - placed
             refuse_ids(a.token_strings, marks, IMAGE_MARK + GIVE_IDS, response=ids)
             refuse_special_tokens(a, ids, placeholder | marks | placed)
             # an end, padding or mask token written in the text: the words after an end were dropped and the
@@ -228,8 +227,7 @@ class ExampleBuilder:
         special, not_text = a.special_token_ids(), special_ids(a)
         # an image mark given as an id (refused in text above) is the model's own too, and no word, whether or
         # not its tokenizer calls it special (Lumina-DiMOO's <boi> became a word with a map of its own)
-        marks = getattr(a, "image_mark_ids", None)
-        not_text = not_text | set(marks()) if marks is not None else not_text
+        not_text = not_text | image_marks(a)
         left_out = [i for i in slots if ids[i] in not_text] if granularity == "words" else []
         explained = [i for i in slots if ids[i] not in not_text] if left_out else slots
         if not explained:
@@ -263,6 +261,13 @@ class ExampleBuilder:
                        notes=notes + more + view_notes, response_text=a.decode_tokens([ids[i] for i in slots]),
                        word_count=len(every),
                        _explainable=slots)
+
+
+def image_marks(adapter) -> set:
+    """The ids of the tokens the adapter writes around an image's features (its ``image_mark_ids``; dcam's
+    adapters say which, one of the user's need not: none)."""
+    marks = getattr(adapter, "image_mark_ids", None)
+    return set(marks()) if marks is not None else set()
 
 
 def _unknown_id(adapter) -> Optional[int]:
