@@ -181,7 +181,7 @@ def colour_bar(width: int, height: int, colormap: str = "jet") -> Image.Image:
         x = 10 + int(round(v * (width - 21)))
         draw.line([(x, bar_h), (x, bar_h + 2)], fill=(0, 0, 0))
         label = f"{v:g}"
-        tw = draw.textlength(label, font=f) if hasattr(draw, "textlength") else 6 * len(label)
+        tw = text_length(label, f)
         draw.text((min(max(0, x - tw / 2), width - tw), bar_h + 2), label, fill=(0, 0, 0), font=f)
     return img
 
