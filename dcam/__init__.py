@@ -7,7 +7,7 @@ The pipeline, one folder per stage:
                     refine, diffusion_cam (+ CamConfig)
     dcam.methods    one map method per file (diffusion-cam, grad-cam, llava-cam, tam)
     dcam.explain    Explainer: explain every word of a response -> dcam.explanation.Explanation
-    dcam.saved      load_explanation: a saved explanation's folder read back
+    dcam.saved      load_explanation, load_trajectory: a saved explanation's / trajectory's folder read back
     dcam.render     overlays, contact sheets
     dcam.eval       metrics, data sets, faithfulness, grounding, the evaluation runner
     dcam.zoo        the bundled toy dMLLM and its data
@@ -28,7 +28,7 @@ _LAZY_ATTRS = {
     "weighted_maps": "dcam.ops", "refine": "dcam.ops", "InputError": "dcam.errors",
     "BudgetError": "dcam.probe.memory", "Explainer": "dcam.explain", "Explanation": "dcam.explanation",
     "evaluate": "dcam.eval",
-    "load_run": "dcam.runs", "load_explanation": "dcam.saved",
+    "load_run": "dcam.runs", "load_explanation": "dcam.saved", "load_trajectory": "dcam.saved",
 }
 _LAZY_MODULES = ("ops", "probe", "methods", "explain", "explanation", "render", "eval", "zoo", "cli", "models",
                  "words", "errors", "kernels", "runs", "trajectory", "testing", "targets", "images", "output",
@@ -52,4 +52,5 @@ def __dir__():  # the public names only (the module's globals listed importlib a
 
 __all__ = ["CamConfig", "DACG_STRATEGIES", "SICD_MODES", "RawMaps", "Refined", "available_backends",
            "diffusion_cam", "pool_gradients", "channel_weights", "weighted_maps", "refine", "InputError",
-           "BudgetError", "Explainer", "Explanation", "evaluate", "load_run", "load_explanation", "__version__"]
+           "BudgetError", "Explainer", "Explanation", "evaluate", "load_run", "load_explanation", "load_trajectory",
+           "__version__"]

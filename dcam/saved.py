@@ -4,7 +4,9 @@
 :class:`~dcam.explanation.Explanation` of a saved folder from its
 ``maps.safetensors`` and ``meta.json`` (and its trajectory from
 ``trajectory.safetensors``): maps, statistics, scores, raw maps and context
-weights bit for bit, words, settings and notes as they were. One thing is not
+weights bit for bit, words, settings and notes as they were. :func:`load_trajectory`
+(``dcam.load_trajectory``) reads a :class:`~dcam.trajectory.Trajectory` back, from
+``Trajectory.save``'s folder (its own meta.json and image.png) or an explanation's. One thing is not
 kept by a save: the full-size image. ``image.png`` holds it as rendered under
 the overlays (longest side at most the save's ``max_side``); a loaded
 explanation's ``image`` is that one scaled back to the size of the image
@@ -43,17 +45,22 @@ _REQUIRED = ("tokens", "token_ids", "word_numbers", "response_indices", "respons
              "response_tokens", "steps", "method", "probe", "grid")
 
 
-def _read_json(path: str, folder: str) -> Dict[str, Any]:
+#: what a folder without a meta.json is not, as each loader says it
+_SAVED_EXPLANATION = "a saved explanation (Explanation.save, dcam explain --out)"
+_SAVED_TRAJECTORY = "a saved trajectory (Trajectory.save, or Explanation.save of one explained with trajectory=True)"
+
+
+def _read_json(path: str, folder: str, what: str = _SAVED_EXPLANATION,
+               whose: str = "an explanation's") -> Dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
     except FileNotFoundError:
-        raise InputError(f"folder: {folder!r} has no meta.json; it is not a saved explanation "
-                         "(Explanation.save, dcam explain --out)") from None
+        raise InputError(f"folder: {folder!r} has no meta.json; it is not {what}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"folder: cannot read {path!r} ({type(exc).__name__}: {one_line(exc)})") from None
     if not isinstance(meta, dict):
-        raise InputError(f"folder: {path!r} holds a JSON {type(meta).__name__}, not an explanation's meta.json")
+        raise InputError(f"folder: {path!r} holds a JSON {type(meta).__name__}, not {whose} meta.json")
     return meta
 
 
@@ -140,15 +147,13 @@ def load_explanation(folder) -> Explanation:
     from .probe.modes import PROBES, TARGET_SCORES
     from .targets import GRANULARITIES
 
-    folder = folder_path(folder, "folder")  # str, bytes or os.PathLike, as save() takes (bytes was refused)
-    if not os.path.isdir(folder):
-        raise InputError(f"folder: {folder!r} is not a folder" if os.path.exists(folder)
-                         else f"folder: no such folder {folder!r}")
+    folder = _existing_folder(folder)
     meta = _read_json(os.path.join(folder, "meta.json"), folder)
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise InputError(f"folder: {folder!r}'s meta.json lacks {missing}; it is not a saved explanation"
-                         + (" (it holds a trajectory alone: Trajectory.save)" if "trajectory" in meta else ""))
+                         + (" (it holds a trajectory alone: dcam.load_trajectory reads it)" if "trajectory" in meta
+                            else ""))
     m = Fields(meta, f"folder: {folder!r}'s meta.json")
     response_ids = m.response_ids()
     tokens, ids, pieces = m.items("explained item", response_ids, one_token_items=True)
@@ -197,6 +202,38 @@ def load_explanation(folder) -> Explanation:
         e.trajectory = _load_trajectory(folder, meta, e.image)
         e.trajectory._saved_rendering = e._saved_rendering  # (its frames and sheet: as the overlays)
     return e
+
+
+def load_trajectory(folder):
+    """The :class:`~dcam.trajectory.Trajectory` saved in ``folder``: by :meth:`Trajectory.save
+    <dcam.trajectory.Trajectory.save>` (its meta.json, image.png and trajectory.safetensors), or with its
+    explanation (``Explanation.save`` of one explained with ``trajectory=True``: that explanation's
+    ``trajectory``, as :func:`load_explanation` gives it). Maps, steps, states and scores bit for bit; the
+    image as :func:`load_explanation` gives an explanation's (the module docstring)."""
+    folder = _existing_folder(folder)
+    meta = _read_json(os.path.join(folder, "meta.json"), folder, _SAVED_TRAJECTORY, "a saved trajectory's")
+    if "trajectory" not in meta:
+        raise InputError(f"folder: {folder!r}'s meta.json holds no trajectory; it is not {_SAVED_TRAJECTORY}")
+    if all(k in meta for k in _REQUIRED):  # an explanation's folder: checked whole, as load_explanation does
+        return load_explanation(folder).trajectory
+    m = Fields(meta, f"folder: {folder!r}'s meta.json")
+    if "image_sha256" not in meta and not os.path.lexists(os.path.join(folder, "image.png")):
+        raise InputError(f"folder: {folder!r} is a trajectory saved alone by an earlier dcam, which kept no image.png "
+                         "or response_tokens; it cannot be loaded (its maps are in trajectory.safetensors)")
+    png = _image(folder, m.text("image_sha256", None, none=True))
+    image = _at_explained_size(m, png)
+    trajectory = _load_trajectory(folder, meta, image)
+    trajectory._saved_rendering = (image, png)  # its frames drawn on image.png, as a loaded explanation's
+    return trajectory
+
+
+def _existing_folder(folder) -> str:
+    """``folder`` (str, bytes or os.PathLike, as the savers take it) as a str naming an existing folder."""
+    folder = folder_path(folder, "folder")  # (bytes was refused)
+    if not os.path.isdir(folder):
+        raise InputError(f"folder: {folder!r} is not a folder" if os.path.exists(folder)
+                         else f"folder: no such folder {folder!r}")
+    return folder
 
 
 def _stat(tensors, key: str, shape, where: str) -> torch.Tensor:
@@ -288,6 +325,13 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     scores, final_scores = _tensor(t, "scores", (S, T), where), _tensor(t, "final_scores", (T,), where)
     if t["remasked"].dtype != torch.uint8 or list(t["remasked"].shape) != [S, T]:
         raise InputError(f"{where}: remasked must be uint8 [{S}, {T}], found {list(t['remasked'].shape)}")
+    # what meta.json says of the steps is the tensors' (another save's trajectory.safetensors, its digest not
+    # kept, loaded with this one's step texts and decision steps beside its own)
+    _check_same_ids({k: tm.ints(k) for k in ("decided_at", "slot_decided_at") if k in tm.obj}, t, where)
+    state_tokens = tm.text_lists("states")
+    if tm.int("steps", S) != S or len(state_tokens) != S or any(len(row) != Lr for row in state_tokens):
+        raise InputError(f"{tm.where}: steps and states must be the {S} steps of {Lr} slots trajectory.safetensors "
+                         "holds; the two are from different saves")
     config = tm.config()
     traced = max(0, max(ids["word_numbers"], default=-1) + 1)
     if config is None:
@@ -302,7 +346,7 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
         numbers=per_word_numbers(maps, decided_at, final_maps),
         image=image, prompt=m.text("prompt", None, none=True), response=m.text("response"),
         response_ids=response_ids, response_tokens=m.texts("response_tokens"),
-        state_tokens=tm.text_lists("states"), layer=tm.int("layer", lo=0), config=config, grid=grid,
+        state_tokens=state_tokens, layer=tm.int("layer", lo=0), config=config, grid=grid,
         repeat_ratio=tm.number("repeat_ratio", 0.0, lo=0, hi=1), model_name=m.text("model", ""),
         notes=tm.texts("notes", []),
         cost=tm.counts("cost"), box=tm.box("box", m.box()), cells=tm.cells("cells", grid, tm.box("box", m.box())),
@@ -312,4 +356,4 @@ def _load_trajectory(folder: str, meta: Dict[str, Any], image: Image.Image):
     )
 
 
-__all__ = ["load_explanation"]
+__all__ = ["load_explanation", "load_trajectory"]

@@ -6,7 +6,7 @@ step it decided each word (docs/ALGORITHM.md, "Denoising trajectories").
     traj.decided_at      # int64 [T]: the step each word's final token was committed at
     traj.decision_maps   # float32 [T, h, w]: maps[decided_at[t], t]
     traj.final_maps      # float32 [T, h, w]: on the finished response, the word's slot masked again
-    traj.commit_order, traj.numbers, traj.save("out/")
+    traj.commit_order, traj.numbers, traj.save("out/")    # dcam.load_trajectory("out/") reads it back
     traj.sheet(), traj.strip("circle"), traj.gif("circle", "circle.gif")   # its pictures
 """
 from __future__ import annotations
@@ -271,8 +271,9 @@ class Trajectory:
         ``trajectory.safetensors``, ``trajectory/NN_word.gif`` (one frame per
         step, the image at most ``max_side`` pixels long as the overlays),
         ``trajectory_sheet.png`` (rows: steps, columns: words, decision steps
-        framed), and a ``trajectory`` entry added to ``meta.json`` (created when
-        absent). Returns the written paths."""
+        framed), and a ``trajectory`` entry added to ``meta.json``; where no meta.json is there, one is
+        made, with ``image.png`` (the image as the frames show it), so that :func:`dcam.load_trajectory`
+        reads the folder back. Returns the written paths."""
         from safetensors.torch import save_file
 
         from ..explanation import SAVE_MAKES_ONE, _check_max_side
@@ -298,16 +299,26 @@ class Trajectory:
                                  "explanation's meta.json object")
         self.check_names(folder)
         self._check_same_explanation(folder, meta or {})
+        paths["image"] = os.path.join(folder, "image.png")
+        if meta is None and os.path.lexists(paths["image"]):  # (no explanation's: it would be replaced)
+            raise InputError(f"folder: {paths['image']!r} is there without a meta.json saying whose image it "
+                             "is; the trajectory writes its own image.png (save into a new folder)")
         self.check_maps()
         paths["tensors"] = os.path.join(folder, "trajectory.safetensors")
         save_file(self.tensors(), paths["tensors"])
         paths["animations"] = write_animations(self, os.path.join(folder, "trajectory"), alpha, colormap, max_side)
         paths["sheet"] = write_sheet(self, os.path.join(folder, "trajectory_sheet.png"), alpha, colormap)
-        if meta is None:
-            meta = dict(response=self.response, response_ids=self.response_ids, prompt=self.prompt,
-                        model=self.model_name, grid=list(self.grid), image_size=list(self.image.size),
+        if meta is None:  # the trajectory alone: what dcam.load_trajectory needs besides the trajectory entry
+            from .render import frame_image
+
+            frame_image(self, max_side=max_side).save(paths["image"])  # (the image the GIFs' frames are drawn on)
+            meta = dict(response=self.response, response_ids=self.response_ids, response_tokens=self.response_tokens,
+                        prompt=self.prompt, model=self.model_name, grid=list(self.grid),
+                        image_size=list(self.image.size), image_sha256=file_digest(paths["image"]),
                         box=list(self.box),  # where the maps lie on the image, as an explanation's meta says
                         cells=None if self.cells is None else self.cells.as_dict())
+        else:
+            del paths["image"]  # (the explanation's)
         meta["trajectory"] = {**self.meta(), "tensors_sha256": file_digest(paths["tensors"])}
         with open(paths["meta"], "w") as f:
             json.dump(meta, f, indent=2)
@@ -331,9 +342,8 @@ class Trajectory:
     def save(self, out_dir: str, overwrite: bool = False, alpha: float = 0.5, colormap: str = "jet",
              max_side: int = DISPLAY_MAX_SIDE) -> dict:
         """:meth:`write_files` into the folder ``out_dir``, whole or not at all
-        (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs ``overwrite``). Its files are
-        for reading (no image.png, no loader): :func:`dcam.load_explanation` reads a trajectory back
-        from an explanation's save (``explain(..., trajectory=True)``, then ``e.save``)."""
+        (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs ``overwrite``), with ``image.png``
+        and a ``meta.json`` of its own: :func:`dcam.load_trajectory` reads it back."""
         from ..explanation import _check_max_side
         from ..output import AtomicFolder, check_output_folder, moved_paths
 

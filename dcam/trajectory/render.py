@@ -35,7 +35,8 @@ FRAME_MS = 600
 BORDER = 4
 
 
-def _base(traj, side: int = DISPLAY_MIN_SIDE, max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
+def frame_image(traj, side: int = DISPLAY_MIN_SIDE, max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
+    """The image the frames are drawn on (a trajectory saved alone keeps it as ``image.png``)."""
     # the overlays' rule (display_size): a wide image's longest side ends at max_side; the cap was
     # min-side x aspect, which scaled a 4000 x 100 image up to 8000 pixels wide
     size = display_size(traj.image.size, side, max_side)
@@ -60,7 +61,7 @@ def word_frames(traj, k: int, alpha: float = 0.5, colormap: str = "jet",
     sized as the overlays are (:func:`dcam.render.overlay.display_size`: a small
     image's shortest side up to ``side`` by whole factors, the longest side at
     most ``max_side``)."""
-    base = _base(traj, side, max_side)
+    base = frame_image(traj, side, max_side)
     iw, H = base.size
     S, d = traj.steps, int(traj.decided_at[k])
     word = f"{traj.word_numbers[k]}: {clean_token(traj.tokens[k])}"
@@ -158,7 +159,7 @@ def sheet(traj, alpha: float = 0.5, colormap: str = "jet", max_side: int = SHEET
     iw, ih = traj.image.size
     g = sheet_geometry(S, T, max_side, aspect=iw / ih)
     (cw, ch), row, pad, left, top = g["cell"], g["row"], g["pad"], g["left"], g["top"]
-    base = _base(traj).resize((cw, ch), Image.BOX)
+    base = frame_image(traj).resize((cw, ch), Image.BOX)
     out = Image.new("RGB", g["size"], (255, 255, 255))
     draw = ImageDraw.Draw(out)
     draw_text(draw, (4, 3), fit_text(sheet_title(traj), font(14), g["size"][0] - 8), font(14), (0, 0, 0))
@@ -199,5 +200,5 @@ def strip(traj, word, alpha: float = 0.5, colormap: str = "jet", gap: int = 4,
     return out
 
 
-__all__ = ["word_frames", "write_animation", "write_animations", "sheet", "sheet_geometry", "sheet_title",
+__all__ = ["frame_image", "word_frames", "write_animation", "write_animations", "sheet", "sheet_geometry", "sheet_title",
            "write_sheet", "strip"]
