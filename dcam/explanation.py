@@ -271,7 +271,7 @@ class Explanation:
         )
 
     def save(self, out_dir: str, alpha: float = 0.5, colormap: str = "jet", max_side: int = DISPLAY_MAX_SIDE,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, trajectory_bytes: Optional[int] = None) -> dict:
         """Write the explanation into the folder ``out_dir``, whole or not at all
         (:class:`dcam.output.AtomicFolder`; a non-empty ``out_dir`` needs
         ``overwrite``, which replaces it whole):
@@ -287,7 +287,10 @@ class Explanation:
           ``raw_maps`` and ``context_weights`` where the method made them;
         - ``meta.json``: everything else (:meth:`meta`);
         - ``index.html``: the explanation's page (words as buttons, heatmaps
-          drawn in the browser), as in Jupyter;
+          drawn in the browser), as in Jupyter; a trajectory's steps on it within
+          ``trajectory_bytes`` bytes of maps (None: 1 MiB,
+          :data:`dcam.render.html.PAGE_TRAJECTORY_BYTES`; past them evenly spaced steps, said
+          in a note: :func:`dcam.render.html.trajectory_frames`);
         - with a trajectory, also ``trajectory.safetensors``,
           ``trajectory/NN_word.gif`` and ``trajectory_sheet.png``
           (:meth:`dcam.trajectory.Trajectory.write_files`).
@@ -299,20 +302,26 @@ class Explanation:
         a small one does. Returns the written paths (in ``out_dir``)."""
         from .output import AtomicFolder, moved_paths
 
+        from .render.html import check_trajectory_bytes
+
         max_side = _check_max_side(max_side)
+        trajectory_bytes = check_trajectory_bytes(trajectory_bytes)  # (refused before the folder is touched)
         folder = AtomicFolder(out_dir, overwrite=overwrite, option="out_dir")
         with folder as tmp:
-            written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side)
+            written = self.write_files(tmp, alpha=alpha, colormap=colormap, max_side=max_side,
+                                       trajectory_bytes=trajectory_bytes)
         return moved_paths(written, tmp, folder.target)
 
     def write_files(self, folder: str, alpha: float = 0.5, colormap: str = "jet",
-                    max_side: int = DISPLAY_MAX_SIDE) -> dict:
+                    max_side: int = DISPLAY_MAX_SIDE, trajectory_bytes: Optional[int] = None) -> dict:
         """The files of :meth:`save`, written straight into the existing ``folder``."""
         from safetensors.torch import save_file
 
+        from .render.html import check_trajectory_bytes, write_explanation_page
         from .render.overlay import check_picture_args
 
         max_side = _check_max_side(max_side)  # (0 wrote 1x1 overlays)
+        trajectory_bytes = check_trajectory_bytes(trajectory_bytes)  # (the page is written last)
         check_picture_args(alpha, colormap)
         folder = check_existing_folder(folder, SAVE_MAKES_ONE)  # (a str from here: bytes met str names)
         # every name is checked before the first file is written: a folder in the way of meta.json
@@ -361,9 +370,8 @@ class Explanation:
         if self.trajectory is not None:  # trajectory.safetensors, the GIFs, the sheet; adds to meta.json
             paths["trajectory"] = self.trajectory.write_files(folder, alpha=alpha, colormap=colormap,
                                                               max_side=max_side)
-        from .render.html import write_explanation_page
-
-        paths["page"] = write_explanation_page(folder, self, colormap=colormap, alpha=alpha)
+        paths["page"] = write_explanation_page(folder, self, colormap=colormap, alpha=alpha,
+                                               trajectory_bytes=trajectory_bytes)
         return paths
 
     def _tiles(self, alpha: float, colormap, max_side: int) -> Tuple[Tuple[int, int], List[Image.Image]]:

@@ -450,12 +450,14 @@ def explainer_for(model, processor, args):
     return exp
 
 
-def save_explanation(e, target: str, args, max_side: Optional[int] = None) -> None:
-    """Write an Explanation's files into --out, whole or not at all (errors name --out)."""
+def save_explanation(e, target: str, args, max_side: Optional[int] = None,
+                     trajectory_bytes: Optional[int] = None) -> None:
+    """Write an Explanation's files into --out, whole or not at all (errors name --out); the page's
+    trajectory within ``trajectory_bytes`` (None: the page's default)."""
     from ..output import AtomicFolder
 
     with AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
         if max_side is None:
-            e.write_files(tmp)
+            e.write_files(tmp, trajectory_bytes=trajectory_bytes)
         else:
-            e.write_files(tmp, max_side=max_side)
+            e.write_files(tmp, max_side=max_side, trajectory_bytes=trajectory_bytes)

@@ -58,6 +58,11 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory", action="store_true",
                    help="also map every word on every denoising step of the model's own generation "
                         "(trajectory.safetensors, trajectory/NN_word.gif, trajectory_sheet.png)")
+    # (None: dcam.render.html.PAGE_TRAJECTORY_BYTES, as dcam view --trajectory-bytes)
+    p.add_argument("--trajectory-bytes", type=common.positive_int, default=None, metavar="N",
+                   help="with --trajectory: bytes of maps the trajectory may add to index.html; past them it shows "
+                        "evenly spaced steps, the first and last among them, and says so (the saved files keep "
+                        "every step) (default: 1048576, 1 MiB)")
     p.add_argument("--response-length", type=common.positive_int, default=None, metavar="N",
                    help="tokens the model generates when --response is not given (a diffusion model's canvas, a "
                         "causal model's longest answer; default: the model's own)")
@@ -203,6 +208,9 @@ def run(args) -> int:
     if args.response_length is not None and args.response is not None:
         raise InputError("--response-length: sets the length of a generated response; with --response given "
                          "there is none to generate (leave one of the two out)")
+    if args.trajectory_bytes is not None and not args.trajectory:
+        raise InputError("--trajectory-bytes: sets how much of a trajectory index.html shows; without --trajectory "
+                         "there is none (add --trajectory or leave it out)")
     background = args.background
     inputs = expand_inputs(args.images)
     if len(inputs) == 1 and not os.path.exists(inputs[0]):
@@ -231,7 +239,7 @@ def run(args) -> int:
         # (the export said apart: it is no part of the explanation, and takes most of a short command's time)
         exported = f", the trace exported in {profile.writing_seconds:.1f} s" if profile.started else ""
         common.log(f"explained in {took:.1f} s{exported}; writing {target}", args.quiet)
-        common.save_explanation(e, target, args, args.max_side)
+        common.save_explanation(e, target, args, args.max_side, args.trajectory_bytes)
         profile.commit(args.out)
     report(e, args.out)
     return 0
@@ -259,7 +267,7 @@ def _run_many(exp, inputs: List[str], args, background, target: str, profile) ->
                     listing.append({"image": path, "folder": name, "words": len(e)})
                     folder = os.path.join(tmp, name)
                     os.makedirs(folder)
-                    e.write_files(folder, max_side=args.max_side)
+                    e.write_files(folder, max_side=args.max_side, trajectory_bytes=args.trajectory_bytes)
                     done[name] = len(e)
         for path, why in failed:  # (repr: a name holding a newline made two lines of one error)
             print(f"dcam explain: error: {path!r}: {why}", file=sys.stderr)
