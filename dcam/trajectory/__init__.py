@@ -4,7 +4,7 @@ trajectories").
 
 - :mod:`~dcam.trajectory.core`: :func:`explain_trajectory` -> :class:`Trajectory`
   (maps ``[S, T, h, w]``, ``decided_at``, states, commit order, per-word
-  numbers; ``save`` / ``write_files``);
+  numbers; ``save`` / ``write_files``; :func:`dcam.load_trajectory` reads a save back);
 - :mod:`~dcam.trajectory.probing`: the batched gradients of every word on every state;
 - :mod:`~dcam.trajectory.numbers`: map movement between steps, decision/final agreement;
 - :mod:`~dcam.trajectory.render`: per-word animations, the step x word sheet, frame strips;
