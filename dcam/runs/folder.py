@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import InputError, one_line
 from ..output import file_digest
-from .store import LOCK, RUN_JSON, SHARDS, drop_damaged_errors, listed, read_failed, read_json, remove_debris, \
-    scan_index, write_json_atomic
+from .store import ERROR_PARTS, INDEX_PARTS, LOCK, RUN_JSON, SHARDS, drop_damaged_errors, listed, read_failed, \
+    read_json, remove_debris, scan_index, write_json_atomic
 from .unreadable import drop_index_lines
 
 #: Format tag of run.json.
@@ -164,7 +164,7 @@ class FolderLock:
 
         path = os.path.join(root, LOCK)
         while True:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # (a link: ELOOP, refused)
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -315,6 +315,22 @@ def stale_scoring(root: str, stored: Dict[str, Any], identity: Dict[str, Any]) -
     return before if before < identity["scoring"] else None
 
 
+#: The folders of a run that a resume writes into and deletes from (:func:`.store.remove_debris`, the writers)
+RUN_FOLDERS = (SHARDS, INDEX_PARTS, ERROR_PARTS, "overlays")
+
+
+def refuse_linked_folders(root: str) -> None:
+    """A run folder to resume holds its own folders, no symbolic links in their place: a resume deletes every file
+    of ``shards/`` that no index line names, so a ``shards`` link to another folder (in a run folder someone else
+    handed over) deleted that folder's files and wrote shards there (InputError naming ``--out``)."""
+    for name in RUN_FOLDERS:
+        p = os.path.join(root, name)
+        if os.path.islink(p):
+            raise InputError(f"--out: {p!r} is a symbolic link (to {os.readlink(p)!r}); a resume writes and deletes "
+                             f"files in the run's own {name}/, which dcam never makes a link: resuming would change "
+                             "the folder it points to. Pass --overwrite to start over, or choose a new folder")
+
+
 def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[str, Any],
             check_records=None, unreadable=None, notices=None, lock: Optional[FolderLock] = None,
             rescore=None) -> FolderLock:
@@ -347,6 +363,7 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
                 p = os.path.join(root, n)
                 shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
         elif entries:
+            refuse_linked_folders(root)
             old = read_run_json(root)
             if old is None:
                 raise InputError(f"--out: {root!r} is not empty and holds no dcam run (no {RUN_JSON}); choose a new "
