@@ -103,6 +103,13 @@ def _at_explained_size(m: Fields, image: Image.Image) -> Image.Image:
     if not isinstance(size, list) or len(size) != 2 or not all(whole(x) and x > 0 for x in size):
         raise m.bad("image_size", "two positive whole numbers [W, H]")
     (W, H), (w, h) = size, image.size
+    # the image is made at this size: a meta.json of [60000, 60000] beside a 1x1 image.png took 10.8 GB (a
+    # MemoryError, or the machine's OOM killer). No image file dcam reads is past Pillow's refusal size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and W * H > 2 * limit:
+        raise InputError(f"{m.where}: image_size {size} ({W * H} pixels) is past Pillow's decompression-bomb "
+                         f"limit of {2 * limit} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS), the largest image dcam "
+                         "reads from a file; raise PIL.Image.MAX_IMAGE_PIXELS to load a folder you trust")
     # a save rounds each side of the scaled size: W * h and H * w differ by at most (W + H) / 2 then
     if abs(W * h - H * w) > W + H:
         raise InputError(f"{m.where}: image_size {size} is not the size of an image that image.png ({w}x{h}) "
