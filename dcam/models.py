@@ -396,9 +396,11 @@ def _load_mmada(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
     models = _need("models", "an MMaDA checkpoint", model_dir, "the MMaDA repository on the path (its models/)")
     vq_dir = _vq_folder(model_dir, "magvitv2", "MMaDA")
     try:
-        model = models.MMadaModelLM.from_pretrained(model_dir, trust_remote_code=True, torch_dtype=dtype)
+        # the user's trust_remote_code, not True: the folder's own code (a custom_generate/ of the model, a
+        # tokenizer's auto_map) runs only when they ask for it (--trust-remote-code)
+        model = models.MMadaModelLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, torch_dtype=dtype)
         vq = models.MAGVITv2.from_pretrained(vq_dir).eval()
-        tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left", trust_remote_code=trust_remote_code)
     except _load_errors() + _USER_FOLDER_ERRORS as exc:
         raise InputError(f"model: cannot load MMaDA from {model_dir!r} ({type(exc).__name__}: {one_line(exc)})") \
             from None
@@ -417,7 +419,9 @@ def _load_dimoo(model_dir: str, cfg: dict, trust_remote_code: bool, dtype):
     try:
         model = pkg.LLaDAForMultiModalGeneration.from_pretrained(model_dir, torch_dtype=dtype)
         vq = diffusers.VQModel.from_pretrained(vq_dir).eval()
-        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+        # (was trust_remote_code=True: a folder whose tokenizer_config.json names code in it ran that code
+        # without --trust-remote-code)
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except _load_errors() + _USER_FOLDER_ERRORS as exc:
         raise InputError(f"model: cannot load Lumina-DiMOO from {model_dir!r} ({type(exc).__name__}: "
                          f"{one_line(exc)})") from None
