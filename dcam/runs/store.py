@@ -36,6 +36,7 @@ import glob
 import itertools
 import json
 import os
+import tempfile
 import time
 from array import array
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -65,11 +66,29 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def new_temporary(path: str) -> Tuple[int, str]:
+    """(open descriptor, name) of a new file beside ``path`` for the next version of it, named
+    ``<name>.tmp-<pid>-<random>`` (:func:`remove_debris` deletes what a killed process left), mode ``0o666``
+    minus the umask. Created with O_EXCL under a name nobody can guess: ``<name>.tmp-<pid>`` was opened with
+    O_TRUNC, so a symbolic link put there beforehand (in a run folder someone else handed over, whose
+    ``dcam view`` wrote ``index.html.tmp-<pid>``) had the file it pointed to overwritten."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.tmp-{os.getpid()}-",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # (mkstemp makes 0600: others could not read a shared run's files)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    return fd, tmp
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """``path`` holds ``data`` whole or is untouched: temporary name, fsync, rename, fsync of the folder.
     A failed write (disk full, file too large) removes the temporary file and raises its OSError."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    fd, tmp = new_temporary(path)
     try:
         try:
             view = memoryview(data)
@@ -105,10 +124,10 @@ def rewrite_index(root: str, new_line: Callable[[bytes, str, int], Optional[byte
         for path in [os.path.join(root, INDEX)] + parts(root, INDEX_PARTS):
             if not os.path.exists(path):
                 continue
-            tmp = f"{path}.tmp-{os.getpid()}"
+            fd, tmp = new_temporary(path)
+            written.append((path, tmp))
             changed = False
-            with open(path, "rb") as f, open(tmp, "wb") as out:
-                written.append((path, tmp))
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as f:
                 for n, raw in enumerate(f, 1):
                     if not raw.endswith(b"\n"):  # (left in place when nothing else changes, as it was)
                         break
@@ -332,15 +351,17 @@ def merge_index(root: str, ids: Sequence[str], where: Callable[[int], str]) -> N
             changed = changed or i < last or obj.get("n") != i or obj.get("where") != where(i)
             last = i
     if changed:
-        tmp = f"{main}.tmp-{os.getpid()}"
+        fd, tmp = new_temporary(main)
         handles = []
         try:
+            out = os.fdopen(fd, "wb")  # (first: the descriptor is closed with it, whatever fails below)
             for p in files:  # (a part index.jsonl already holds is opened here, not read above)
                 try:
                     handles.append(open(p, "rb"))
                 except OSError as exc:
+                    out.close()
                     raise read_failed(exc, p)
-            with open(tmp, "wb") as out:
+            with out:
                 places = ((i, line_file[i], line_at[i]) for i in range(len(ids)) if line_file[i] >= 0)
                 for i, k, at in itertools.chain(places, ((None, k, at) for k, at in gone.values())):
                     handles[k].seek(at)
@@ -446,6 +467,6 @@ def remove_debris(root: str, shards_in_use: Set[str]) -> List[str]:
 
 
 __all__ = ["INDEX", "INDEX_PARTS", "ERRORS", "ERROR_PARTS", "SHARDS", "RUN_JSON", "LOCK", "part_name",
-           "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "listed",
+           "new_temporary", "write_bytes_atomic", "write_json_atomic", "LineWriter", "read_failed", "read_lines", "listed",
            "index_lines", "iter_index", "index_shard", "line_words", "scan_index", "merge_index", "read_errors",
            "drop_damaged_errors", "merge_errors", "remove_debris", "fsync_dir", "rewrite_index"]

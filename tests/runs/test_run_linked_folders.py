@@ -2,7 +2,9 @@
 ``index/``, ``errors/``, ``overlays/``, the lock file) a symbolic link to a folder outside the run. A resume
 deletes every file of ``shards/`` no index line names, as debris of a killed process: through a link it
 deleted the files of the folder the link pointed to (a user's thesis beside the run's shard) and wrote
-new shards there. Now such a folder is refused in one line, before anything is written or deleted."""
+new shards there. Now such a folder is refused in one line, before anything is written or deleted. And
+the files a run folder gets anew are written under a name nobody can guess, never through a link put at
+the name they had (``index.html.tmp-<pid>``)."""
 import json
 import os
 import shutil
@@ -66,3 +68,22 @@ def test_a_lock_file_that_is_a_link_is_refused_and_nothing_is_made_where_it_poin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dcam run: error: --out: cannot write into"), err
     assert not os.path.lexists(tmp_path / "made-elsewhere")  # (the old code created an empty file there)
+
+
+def test_dcam_view_never_writes_through_a_link_put_at_its_temporary_name(reference_run, tmp_path, capsys):
+    # the page was written to index.html.tmp-<pid> (opened with O_TRUNC, following a link), then renamed: a run
+    # folder holding links at those names for every pid had the file they pointed to overwritten with the page,
+    # and index.html became the link
+    run = str(tmp_path / "run")
+    shutil.copytree(reference_run, run)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    planted = os.path.join(run, f"index.html.tmp-{os.getpid()}")  # (this process runs the command)
+    os.symlink(str(victim), planted)
+    capsys.readouterr()
+    assert main(["view", run, "--quiet"]) == 0, capsys.readouterr().err
+    assert victim.read_text() == "precious\n"
+    page = os.path.join(run, "index.html")
+    assert not os.path.islink(page) and open(page).read().startswith("<!DOCTYPE html>")
+    assert os.readlink(planted) == str(victim)  # left as found (a resume deletes such debris, the link alone)
+    assert [n for n in os.listdir(run) if ".tmp-" in n] == [os.path.basename(planted)]
