@@ -119,9 +119,15 @@ def check_existing_folder(folder, hint: str = "") -> str:
 def refuse_names_in_the_way(folder: str, writer: str, files=(), folders=()) -> None:
     """Before ``writer`` writes ``files`` and ``folders`` into ``folder``: nothing there is in
     their way (a folder where a file goes, or a file where a folder goes), else an InputError
-    naming ``folder`` (it was IsADirectoryError or FileExistsError half-way through)."""
+    naming ``folder`` (it was IsADirectoryError or FileExistsError half-way through); nor a symbolic link, which
+    the writer would write through (a link put at ``00_red.png`` or ``meta.json`` in a folder others can write to,
+    /tmp say, had the file it pointed to overwritten)."""
     for name, folder_wanted in [(f, False) for f in files] + [(d, True) for d in folders]:
         p = os.path.join(folder, name)
+        if os.path.islink(p):
+            raise InputError(f"folder: {p!r} is a symbolic link (to {os.readlink(p)!r}), where {writer} writes its "
+                             f"{'folder' if folder_wanted else 'file'} {name}; dcam writes into the folder, never "
+                             "through a link (remove it, or save into a new folder)")
         if os.path.lexists(p) and os.path.isdir(p) != folder_wanted:
             raise InputError(f"folder: {p!r} is {'a folder' if os.path.isdir(p) else 'a file'}, where {writer} "
                              f"writes its {'folder' if folder_wanted else 'file'} {name}")

@@ -2,7 +2,8 @@
 made at, so a claim of [60000, 60000] beside a 1x1 image.png took 10.8 GB (a MemoryError, or the OOM killer
 ending the process). It is held to Pillow's refusal size, 2 x PIL.Image.MAX_IMAGE_PIXELS (no image file dcam
 reads is larger), which a user loading a folder they trust can raise. The limit is lowered here so that the
-sizes stay small (to 40000 pixels: image.png, 256x256, is under the refusal size of 80000)."""
+sizes stay small (to 40000 pixels: image.png, 256x256, is under the refusal size of 80000). And
+``write_files`` into a folder others can write to never writes through a link put at one of its names."""
 import json
 
 import numpy as np
@@ -53,3 +54,21 @@ def test_an_image_size_within_the_limit_loads_at_that_size(saved, tmp_path, monk
     assert dcam.load_explanation(_claiming(saved, tmp_path, [282, 282])).image.size == (282, 282)  # 79524 pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's own switch for no limit
     assert dcam.load_explanation(_claiming(saved, tmp_path / "b", [283, 283])).image.size == (283, 283)
+
+
+@pytest.mark.parametrize("name", ["meta.json", "00_red.png", "maps.safetensors"])
+def test_write_files_never_writes_through_a_link_in_the_folder(saved, tmp_path, name):
+    # write_files() writes straight into an existing folder: a link put at one of its names (in a folder others
+    # can write to) had the file it pointed to overwritten (the PNGs, the tensors and meta.json were opened for
+    # writing through it); now refused before the first file
+    e = dcam.load_explanation(saved)
+    folder, victim = tmp_path / "shared", tmp_path / "victim.json"
+    folder.mkdir()
+    victim.write_text("{}\n")
+    (folder / name).symlink_to(victim)
+    with pytest.raises(InputError) as info:
+        e.write_files(folder)
+    assert str(info.value) == (
+        f"folder: {str(folder / name)!r} is a symbolic link (to {str(victim)!r}), where the explanation writes its "
+        f"file {name}; dcam writes into the folder, never through a link (remove it, or save into a new folder)")
+    assert victim.read_text() == "{}\n" and sorted(p.name for p in folder.iterdir()) == [name]
