@@ -19,7 +19,8 @@ import shutil
 import tempfile
 from typing import List, Optional
 
-from ..errors import InputError, one_line
+from ..errors import InputError, one_line, shown
+from ..fields import finite_number
 from ..render.overlay import FULL_BOX
 from .reader import load_run
 from .store import write_bytes_atomic
@@ -56,12 +57,24 @@ def _items(r):
     return [{"text": clean_token(t) or t, "number": n} for t, n in zip(r.tokens, r.word_numbers)]
 
 
-def _summary(info: dict, n: int, errors: int) -> str:
+def _throughput(info: dict, root: str) -> Optional[dict]:
+    """run.json's throughput (None without one), its two rates numbers, else an InputError: a text there was
+    a ValueError traceback once the page's view/ was already replaced (index.html left as it was)."""
+    t = info.get("throughput")
+    if not t:
+        return None
+    if not isinstance(t, dict) or not all(finite_number(t.get(k)) for k in ("images_per_s", "words_per_s")):
+        raise InputError(f"run: {os.path.join(root, 'run.json')}: throughput must be an object whose images_per_s "
+                         f"and words_per_s are numbers, got {shown(t)}; the page was not written")
+    return t
+
+
+def _summary(info: dict, n: int, errors: int, root: str) -> str:
     parts = [f"{n} records", f"{errors} failed"]
     if info:
         parts.append(f"{info.get('method', '?')} on {info.get('model_class', '?')} "
                      f"(layer {info.get('layer')}, probe {info.get('probe')})")
-        t = info.get("throughput")
+        t = _throughput(info, root)
         if t:
             parts.append(f"{t['images_per_s']:.2f} images/s, {t['words_per_s']:.1f} words/s "
                          f"on {t.get('processes', 1)} process(es)")
@@ -121,6 +134,7 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
     run = load_run(folder)
     root = run.root
     info = run.info  # read (and refused if unreadable) before anything is written
+    _throughput(info, root)  # (its numbers too)
     metrics, notes = _run_metrics(run), []
     if isinstance(metrics, str):
         metrics, notes = None, [metrics]
@@ -179,7 +193,7 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
             raise InputError(f"{one_line(exc)}; the page was not written") from None
         raise
     cfg = viewer_config([], title=f"dcam run: {os.path.basename(root)}", summary=_summary(info, len(done),
-                        len(errors)), per_page=per_page, pages=max(1, pages.pages), total=pages.total,
+                        len(errors), root), per_page=per_page, pages=max(1, pages.pages), total=pages.total,
                         page_url=f"{VIEW}/page-%05d.js", metrics_html=_metrics_html(metrics))
     page = os.path.join(root, "index.html")
     try:

@@ -157,3 +157,24 @@ def test_dcam_view_goes_on_past_a_damaged_errors_jsonl(reference_run, run_manife
         assert json.dumps(rid) not in page
     with pytest.raises(InputError, match=f"^run: {path} line {line} is corrupt"):  # the API names the file
         dcam.load_run(out).errors
+
+
+@pytest.mark.parametrize("throughput", [{"images_per_s": "fast", "words_per_s": 1.0}, [1, 2], "quick"])
+def test_dcam_view_refuses_a_run_json_whose_throughput_is_not_numbers_and_writes_nothing(
+        reference_run, tmp_path, capsys, throughput):
+    # (a run.json from someone else) the summary's format was a ValueError or TypeError traceback, raised once the
+    # page's view/ had been replaced: the page's data new, its index.html old
+    out = str(tmp_path / "run")
+    shutil.copytree(reference_run, out)
+    assert main(["view", out, "--quiet"]) == 0
+    path = os.path.join(out, "run.json")
+    info = json.load(open(path))
+    info["throughput"] = throughput
+    json.dump(info, open(path, "w"))
+    before = file_tree(out)
+    capsys.readouterr()
+    assert main(["view", out, "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"dcam view: error: DIR: {path}: throughput must be an object whose images_per_s and words_per_s are "
+        f"numbers, got {throughput!r}; the page was not written"]
+    assert file_tree(out) == before
