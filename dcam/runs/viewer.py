@@ -69,6 +69,13 @@ def _throughput(info: dict, root: str) -> Optional[dict]:
     return t
 
 
+def _info(run) -> dict:
+    """The run's run.json ({} without one), an unreadable one refused, its throughput checked (:func:`_throughput`)."""
+    info = run.info
+    _throughput(info, run.root)
+    return info
+
+
 def _summary(info: dict, n: int, errors: int, root: str) -> str:
     parts = [f"{n} records", f"{errors} failed"]
     if info:
@@ -133,8 +140,7 @@ def write_run_page(folder: str, per_page: int = 50, limit: Optional[int] = None,
 
     run = load_run(folder)
     root = run.root
-    info = run.info  # read (and refused if unreadable) before anything is written
-    _throughput(info, root)  # (its numbers too)
+    info = _info(run)  # read (and refused if unreadable) before anything is written
     metrics, notes = _run_metrics(run), []
     if isinstance(metrics, str):
         metrics, notes = None, [metrics]
