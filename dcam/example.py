@@ -387,6 +387,9 @@ def check_prepared(adapter, prep):
         raise RuntimeError(f"{who}: response_start {start} and response_length {prep.response_length} do not fit "
                            f"a sequence of {L}")
     _check_positions(f"{who}: image_positions", pos, start)
+    h, w = (int(n) for n in prep.grid)
+    if pos.numel() != h * w:  # (was an InputError of the ops' arguments, "grid 8x8 = 64 tokens does not match")
+        raise RuntimeError(f"{who}: image_positions are {pos.numel()} tokens; its grid {h}x{w} needs {h * w}")
     for name, v in prep.views.items():  # a view's span replaces image_positions when it is explained
         what = f"{who}: view {name!r} positions"
         _check_positions(what, v.positions, start)

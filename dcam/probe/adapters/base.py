@@ -37,7 +37,7 @@ from ..hooks import HeadAtRows, gather_rows, shape_of, whole_logits
 from ..padding import PAD_MASK
 from ..rows import LastBlockAtRows, raised_at_rows, same_logits, supports_rows
 from .config_values import _ids_set, config_get  # noqa: F401  (re-exported for adapters)
-from .positions import locate_image_positions
+from .positions import locate_image_positions, located  # noqa: F401  (re-exported)
 from .sampling import idle_steps
 
 #: Probe modes, see :mod:`dcam.probe.gradients`.
@@ -294,8 +294,7 @@ class ModelAdapter:
         return decode_shown(self._tokenizer(), ids)
 
     def locate(self, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
-        return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,
-                                      self.newline_token_id)
+        return located(self, input_ids, grid)  # a span of another count than grid's: this adapter's bug
 
     def batch_inputs(self, prep: Prepared, batch: int) -> Dict[str, Any]:
         """``prep.model_inputs`` for ``batch`` rows of the same example (views, no copy)."""

@@ -34,6 +34,7 @@ from ...words import PLACEHOLDER, refuse_ids
 from .anyres import anyres_layout, anyres_views, max_tiles_of, seen_fraction, seen_part
 from .base import Generation, ImageView, ModelAdapter, Prepared, _ids_set, config_get, load_image, \
     locate_image_positions, relative_depth_layer
+from .positions import SpanCountError
 
 DEFAULT_PROMPT = "Describe the image."
 #: Processor outputs with one entry per token: extended over the response (value 0).
@@ -323,14 +324,21 @@ class LlavaAdapter(HFVisionLanguageAdapter):
             pos = torch.nonzero(input_ids.reshape(-1) == self.image_token_id).reshape(-1)
             h, w = grid
             if pos.numel() != h * w + 1:
-                raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid plus CLS needs {h * w + 1}")
+                raise SpanCountError(pos.numel(), h * w + 1, f"a {h}x{w} grid plus CLS")
             return pos[1:].clone()
         return locate_image_positions(input_ids, self.image_token_id, grid, self.newline_column,
                                       self.newline_token_id)
 
     def locate_views(self, prompt_ids, enc, img):
         grid = self.grid
-        pos = self.locate(prompt_ids, grid)
+        try:
+            pos = self.locate(prompt_ids, grid)
+        except SpanCountError as exc:  # the grid is the model config's or grid='s, the span the user's processor's
+            h, w = grid
+            raise InputError(f"grid: {h}x{w} (given) needs {exc.needed} image tokens, but the processor placed "
+                             f"{exc.found}" if self._grid is not None else f"processor: it placed {exc.found} image "
+                             f"tokens, and the model's {h}x{w} grid needs {exc.needed}; pass the processor of the "
+                             "model's own checkpoint") from None
         box = center_crop_box(getattr(self.processor, "image_processor", None), img.size)
         if self._grid is None:  # (a grid given by hand says nothing of the patches)
             (sh, sw), (ph, pw) = self._tile_and_patch()

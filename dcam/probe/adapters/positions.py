@@ -9,6 +9,32 @@ from torch import Tensor
 from ...errors import InputError
 
 
+class SpanCountError(InputError):
+    """An image span of ``found`` tokens where a grid needs ``needed`` (:func:`locate_image_positions`).
+    An InputError where the grid or the sequence is the caller's input (a processor of another checkpoint,
+    a ``grid=`` given by hand); :func:`located` turns it into the adapter's own mistake."""
+
+    def __init__(self, found: int, needed: int, layout: str):
+        super().__init__(f"image span has {found} tokens; {layout} needs {needed}")
+        self.found, self.needed, self.layout = int(found), int(needed), layout
+
+
+def located(adapter, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
+    """:meth:`ModelAdapter.locate`: :func:`locate_image_positions` with the adapter's own ids. Its grid
+    and the sequence its ``prepare()`` built are both the adapter's (a prompt or response that holds
+    the image token is refused before, or by the adapter), so a span of another count is a bug of the
+    adapter, not bad input: a RuntimeError naming it and both counts."""
+    try:
+        return locate_image_positions(input_ids, adapter.image_token_id, grid, adapter.newline_column,
+                                      adapter.newline_token_id)
+    except SpanCountError as exc:
+        newline = " with a newline column" if adapter.newline_column else ""
+        raise RuntimeError(f"{type(adapter).__name__}.locate(): the grid it was given, {int(grid[0])}x{int(grid[1])}"
+                           f"{newline}, needs {exc.needed} image tokens, but the sequence holds {exc.found} (image "
+                           f"token id {int(adapter.image_token_id)}): the adapter's grid and the sequence its prepare() "
+                           "built disagree") from None
+
+
 def no_image_token(image_token_id: int) -> InputError:
     """The error of an input sequence without the model's image token: the processor that made it
     put another model's tokens where the image goes."""
@@ -28,7 +54,7 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
     block alone: between its first and last image token and right after the
     last; that id elsewhere is text); the span is viewed
     as ``h x (w + 1)`` and its last column dropped before the reshape to
-    ``h x w``. Raises InputError when the count does not match the grid.
+    ``h x w``. Raises :class:`SpanCountError` (an InputError) when the count does not match the grid.
     """
     ids = input_ids.reshape(-1)
     h, w = int(grid[0]), int(grid[1])
@@ -46,12 +72,11 @@ def locate_image_positions(input_ids: Tensor, image_token_id: int, grid: Tuple[i
         raise no_image_token(image_token_id)
     if newline_column:
         if pos.numel() != h * (w + 1):
-            raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid with a newline column "
-                             f"needs {h * (w + 1)}")
+            raise SpanCountError(pos.numel(), h * (w + 1), f"a {h}x{w} grid with a newline column")
         return pos.reshape(h, w + 1)[:, :w].reshape(-1).clone()
     if pos.numel() != h * w:
-        raise InputError(f"image span has {pos.numel()} tokens; a {h}x{w} grid needs {h * w}")
+        raise SpanCountError(pos.numel(), h * w, f"a {h}x{w} grid")
     return pos
 
 
-__all__ = ["locate_image_positions", "no_image_token"]
+__all__ = ["SpanCountError", "locate_image_positions", "located", "no_image_token"]

@@ -36,6 +36,12 @@ class ShapesAdapter(ModelAdapter):
         if missing:
             raise InputError(f"processor: the shapes model needs its ShapesProcessor (dcam.zoo.load_default() "
                              f"returns both), got {type(processor).__name__} (no {missing[0]})")
+        model_grid = tuple(int(v) for v in model.config.grid)  # (not self.grid: a subclass's is its own)
+        laid_out = tuple(int(v) for v in getattr(processor, "grid", model_grid))
+        if laid_out != model_grid:  # (a span of another count was called the image's; it is the processor's)
+            raise InputError(f"processor: it lays an image out as {laid_out[0]}x{laid_out[1]} tokens and the model's "
+                             f"grid is {model_grid[0]}x{model_grid[1]}; pass the model's own processor "
+                             "(dcam.zoo.load_default() returns both)")
 
     @property
     def image_token_id(self) -> int:
