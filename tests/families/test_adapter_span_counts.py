@@ -29,9 +29,10 @@ def test_a_grid_that_miscounts_the_adapters_own_span_is_the_adapters_bug(documen
     assert _bug(lambda: dcam.Explainer(adapter=Miscounted(model)).explain(image, response="10 11")) == \
         "Miscounted.locate(): the grid it was given, 7x8, needs 56 image tokens, but the sequence holds 64 " \
         "(image token id 3): the adapter's grid and the sequence its prepare() built disagree"
-    # a newline column asked for where the sequence has none: 8 rows of 8 + 1 slots
-    assert _bug(lambda: dcam.Explainer(adapter=My(model, newline_column=True)).explain(image, response="10 11")) == \
-        "MyAdapter.locate(): the grid it was given, 8x8 with a newline column, needs 72 image tokens, but the " \
+    # with a newline column: 7 rows of 8 + 1 slots
+    assert _bug(lambda: dcam.Explainer(adapter=Miscounted(model, newline_column=True)).explain(image,
+                                                                                              response="10 11")) == \
+        "Miscounted.locate(): the grid it was given, 7x8 with a newline column, needs 63 image tokens, but the " \
         "sequence holds 64 (image token id 3): the adapter's grid and the sequence its prepare() built disagree"
 
     class Short(My):  # positions of its own, without locate(): 60 of the 64
@@ -51,6 +52,10 @@ def test_the_users_own_mistakes_stay_input_errors(documented_adapter):
     My, model, image = documented_adapter()
     with pytest.raises(InputError, match=r"^response: holds 'w3' \(id 3\), which is the image placeholder"):
         dcam.Explainer(adapter=My(model)).explain(image, response="10 3 11")
+    # newline_column, the caller's option, where the span fits the grid with the other setting: 8x8 = 64 held
+    with pytest.raises(InputError, match=r"^newline_column: True, but the image span has 64 tokens, a 8x8 grid "
+                                         r"without a newline slot; leave newline_column out$"):
+        dcam.Explainer(adapter=My(model, newline_column=True)).explain(image, response="10 11")
     # the toy model (64-pixel images of 4-pixel patches: 16x16) with a processor of another layout (32-pixel
     # images: 8x8 tokens): the processor is the argument to change
     from dcam.zoo import load_default

@@ -118,8 +118,11 @@ def test_lavida_newline_column_dropped_before_reshape():
     torch.testing.assert_close(r.acts[0], hs[2][0, expect])
     e = Explainer(model, proc, newline_column=True).explain(img, response="a red circle and a blue square")
     assert e.maps.shape == (7, 8, 8) and e.grid == (8, 8)
-    # without the option the span does not fit the grid
-    with pytest.raises(ValueError, match="72 tokens"):
+    # without the option the span does not fit the grid: the caller's option is named (8 rows of 8 + 1 = 72)
+    from dcam.errors import InputError
+
+    with pytest.raises(InputError, match=r"^newline_column: the image span has 72 tokens, 8 rows of 8 and a newline "
+                                         r"slot each; pass newline_column=True$"):
         auto_adapter(model, proc).prepare(img)
 
 

@@ -23,16 +23,24 @@ def located(adapter, input_ids: Tensor, grid: Tuple[int, int]) -> Tensor:
     """:meth:`ModelAdapter.locate`: :func:`locate_image_positions` with the adapter's own ids. Its grid
     and the sequence its ``prepare()`` built are both the adapter's (a prompt or response that holds
     the image token is refused before, or by the adapter), so a span of another count is a bug of the
-    adapter, not bad input: a RuntimeError naming it and both counts."""
+    adapter, not bad input: a RuntimeError naming it and both counts. But for a span that fits the grid
+    with the other ``newline_column``, an option the caller gives the adapter: an InputError naming it."""
     try:
         return locate_image_positions(input_ids, adapter.image_token_id, grid, adapter.newline_column,
                                       adapter.newline_token_id)
     except SpanCountError as exc:
+        h, w = int(grid[0]), int(grid[1])
+        if adapter.newline_column and exc.found == h * w:
+            raise InputError(f"newline_column: True, but the image span has {exc.found} tokens, a {h}x{w} grid "
+                             "without a newline slot; leave newline_column out") from None
+        if not adapter.newline_column and exc.found == h * (w + 1):
+            raise InputError(f"newline_column: the image span has {exc.found} tokens, {h} rows of {w} and a newline "
+                             "slot each; pass newline_column=True") from None
         newline = " with a newline column" if adapter.newline_column else ""
-        raise RuntimeError(f"{type(adapter).__name__}.locate(): the grid it was given, {int(grid[0])}x{int(grid[1])}"
-                           f"{newline}, needs {exc.needed} image tokens, but the sequence holds {exc.found} (image "
-                           f"token id {int(adapter.image_token_id)}): the adapter's grid and the sequence its prepare() "
-                           "built disagree") from None
+        raise RuntimeError(f"{type(adapter).__name__}.locate(): the grid it was given, {h}x{w}{newline}, needs "
+                           f"{exc.needed} image tokens, but the sequence holds {exc.found} (image token id "
+                           f"{int(adapter.image_token_id)}): the adapter's grid and the sequence its prepare() built "
+                           "disagree") from None
 
 
 def no_image_token(image_token_id: int) -> InputError:
