@@ -40,10 +40,11 @@ TAKE_ATTEMPTS = 5
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 #: The rules a record's metrics are scored by: 1, an object word against the data folder's painted label mask (an
 #: object lost the pixels it shares with one painted over it); 2 (session 30), each object against its own whole
-#: mask. Recorded (identity "scoring") by the runs of the sources whose records can hold overlapping
-#: objects, :data:`SCORED_KINDS`: a manifest's label mask is scored alike by both (its identity is unchanged).
-SCORING = 2
-SCORED_KINDS = ("coco", "tam")
+#: mask; 3 (session 32), a labelled word written without spaces ({"红猫": 1}, a category's name) is one word with
+#: one map, not a word per character. Recorded (identity "scoring") by the runs of the sources whose records can
+#: hold overlapping objects or name their labels, :data:`SCORED_KINDS` (a run from before it was recorded: 1).
+SCORING = 3
+SCORED_KINDS = ("coco", "tam", "manifest")
 
 
 def _file_digest(path: str) -> str:

@@ -53,7 +53,8 @@ def ground_truth(rec, e):
         if len(labels) != len(words):
             raise InputError(f"labels: {len(labels)} entries for the {len(words)} words of the response")
     else:
-        hits = PhraseMatcher({phrase(k): k for k in rec.label_map}).match(words)
+        # (a named word written without spaces, {"红猫": 1}, becomes one word of the metrics, not a word per character)
+        words, hits = PhraseMatcher({phrase(k): k for k in rec.label_map}).label(words)
         for k in rec.label_map:
             if k not in hits:
                 raise InputError(f"labels: word {k!r} is not in the response ({' '.join(words)})")

@@ -107,9 +107,9 @@ def test_a_resume_scores_the_older_records_again_and_the_summary_is_of_one_rule(
                                                       + 1 / mean["concentration"])
     for k, want in mean.items():
         assert summary[k] == pytest.approx(want, rel=1e-9), k
-    assert run.info["identity"]["scoring"] == 2 and run.info["status"] == "complete"
-    assert (f"dcam: scoring 1 record of '{out}' again by this dcam's rules (scoring 1 -> 2) from its stored maps\n"
-            f"dcam: the records of '{out}' were scored by older rules (scoring 1, this dcam's 2: docs/RUNS.md); "
+    assert run.info["identity"]["scoring"] == 3 and run.info["status"] == "complete"
+    assert (f"dcam: scoring 1 record of '{out}' again by this dcam's rules (scoring 1 -> 3) from its stored maps\n"
+            f"dcam: the records of '{out}' were scored by older rules (scoring 1, this dcam's 3: docs/RUNS.md); "
             "1 record scored again from its stored maps\n") in err
     # the painted square really scored otherwise: the values replaced were not these
     painted = word_values(r0_maps, WORDS[0], PAINTED)
@@ -161,7 +161,7 @@ def test_a_record_whose_stored_maps_cannot_be_read_is_explained_again(old_folder
 def test_another_run_is_named_before_the_rules_its_records_were_scored_by(old_folder):
     data, out, _ = old_folder
     info = json.loads((out / "run.json").read_text())
-    info["identity"]["scoring"] = 3  # a newer dcam's: resuming it there would be refused too (another prompt)
+    info["identity"]["scoring"] = 4  # a newer dcam's: resuming it there would be refused too (another prompt)
     info["fingerprint"] = hashlib.sha256(json.dumps(info["identity"], sort_keys=True, default=str).encode()).hexdigest()
     (out / "run.json").write_text(json.dumps(info, indent=2))
     before = file_tree(str(out))
@@ -176,7 +176,7 @@ def test_another_run_is_named_before_the_rules_its_records_were_scored_by(old_fo
 def test_a_folder_scored_by_a_newer_dcam_is_refused_and_left_as_it_was(old_folder):
     data, out, _ = old_folder
     info = json.loads((out / "run.json").read_text())
-    info["identity"]["scoring"] = 3
+    info["identity"]["scoring"] = 4
     info["fingerprint"] = hashlib.sha256(json.dumps(info["identity"], sort_keys=True, default=str).encode()).hexdigest()
     (out / "run.json").write_text(json.dumps(info, indent=2))
     before = file_tree(str(out))
@@ -184,6 +184,6 @@ def test_a_folder_scored_by_a_newer_dcam_is_refused_and_left_as_it_was(old_folde
         run_dataset(Explainer(*tiny_toy(0, layers=3, image_size=64)), open_source(str(data)), str(out),
                     RunOptions(progress=False))
     assert str(refused.value) == (f"--out: the records of the run in '{out}' were scored by a newer dcam's rules "
-                                  "(scoring 3; this one scores by 2): resume it with that dcam, or pass --overwrite "
+                                  "(scoring 4; this one scores by 3): resume it with that dcam, or pass --overwrite "
                                   "to start over")
     assert file_tree(str(out)) == before

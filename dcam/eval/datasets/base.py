@@ -155,38 +155,80 @@ def singulars(word: str) -> List[str]:
 
 
 class PhraseMatcher:
-    """Maps caption words to keys: phrases (tuples of words) -> key, longest
-    match first, the last word of a phrase may be a plural."""
+    """Maps caption words to keys: phrases (tuples of words, :func:`phrase`) -> key, longest
+    match first, the last word of a phrase may be a plural. A phrase's word written without
+    spaces ("红猫") matches the caption's characters, which :func:`split_words` makes a word each."""
 
     def __init__(self, phrases: Dict[Tuple[str, ...], Any]):
         self.phrases = phrases
-        self.max_len = max((len(p) for p in phrases), default=1)
+        # per phrase, the caption words (characters of an unspaced script) it spans, and how many each of its words
+        self._units: Dict[Tuple[str, ...], Tuple[Any, Tuple[int, ...]]] = {}
+        for p, key in phrases.items():
+            parts = [split_words(w) or [w] for w in p]
+            self._units[tuple(u for part in parts for u in part)] = (key, tuple(len(part) for part in parts))
+        self.max_len = max((len(u) for u in self._units), default=1)
 
-    def match(self, words: Sequence[str]) -> List[Optional[Any]]:
-        out: List[Optional[Any]] = [None] * len(words)
-        i = 0
+    def _hits(self, words: Sequence[str]) -> List[Tuple[int, Any, Tuple[int, ...]]]:
+        """(first word, key, the caption words each word of the phrase spans) of every match, in order."""
+        out, i = [], 0
         while i < len(words):
             hit = None
             for L in range(min(self.max_len, len(words) - i), 0, -1):
                 head = tuple(words[i:i + L - 1])
                 for last in singulars(words[i + L - 1]):
-                    key = head + (last,)
-                    if key in self.phrases:
-                        hit = (L, self.phrases[key])
+                    if head + (last,) in self._units:
+                        hit = (i, *self._units[head + (last,)])
                         break
                 if hit:
                     break
             if hit:
-                for j in range(i, i + hit[0]):
-                    out[j] = hit[1]
-                i += hit[0]
+                out.append(hit)
+                i += sum(hit[2])
             else:
                 i += 1
         return out
 
+    def match(self, words: Sequence[str]) -> List[Optional[Any]]:
+        """The key each of ``words`` names (None: none)."""
+        out: List[Optional[Any]] = [None] * len(words)
+        for i, key, sizes in self._hits(words):
+            out[i:i + sum(sizes)] = [key] * sum(sizes)
+        return out
+
+    def label(self, words: Sequence[str]) -> Tuple[List[str], List[Optional[Any]]]:
+        """(words, the key each names): ``words`` (a caption's, :func:`split_words`) with the characters of
+        each named word written without spaces joined into one word: "一只红猫" with "红猫" named is 一, 只,
+        红猫, so that the named word counts once in the metrics, with one map, as an English word does."""
+        joined: List[str] = []
+        keys: List[Optional[Any]] = []
+        i = 0
+        for at, key, sizes in self._hits(words):
+            joined += words[i:at]
+            keys += [None] * (at - i)
+            for n in sizes:
+                joined.append("".join(words[at:at + n]))
+                keys.append(key)
+                at += n
+            i = at
+        return joined + list(words[i:]), keys + [None] * (len(words) - i)
+
 
 def phrase(s: str) -> Tuple[str, ...]:
-    return tuple(split_words(s))
+    """The words of a label or category name ``s``: :func:`split_words`'s, but the characters of a
+    word written without spaces are one word ("红猫" is one word, as "cat" is; "红猫 蓝狗" and
+    "红猫，蓝狗" two): the name says where its words end, which a caption read without a tokenizer
+    (a character a word) does not."""
+    words: List[str] = []
+    for run in s.lower().split():
+        end = None
+        for unit in split_words(run):
+            at = run.find(unit, end or 0)
+            if at == end:  # touching the unit before: one word
+                words[-1] += unit
+            else:
+                words.append(unit)
+            end = at + len(unit)
+    return tuple(words)
 
 
 def _load_pil(path: str, kind: str, convert):

@@ -246,8 +246,7 @@ class CocoEval(EvalDataset):
                 if cat not in order:
                     order.append(cat)
             caption = self.built_caption(order)
-        words = split_words(caption)
-        hits = self.matcher.match(words)
+        words, hits = self.matcher.label(split_words(caption))  # (a category's Chinese word: one word)
         labels = [cat_labels.get(h, ()) if h is not None else () for h in hits]
         return make_record(iid, image, caption, words, mask, labels,
                            meta={"file_name": info.get("file_name"), "categories": sorted(cat_labels)},

@@ -114,8 +114,7 @@ class TamEval(EvalDataset):
             labs = tuple(int(v) for v in vals)
             check_word_labels(word, labs, present)
             phrases[phrase(str(word))] = labs
-        words = split_words(caption)
-        hits = PhraseMatcher(phrases).match(words)
+        words, hits = PhraseMatcher(phrases).label(split_words(caption))  # (a category's Chinese word: one word)
         labels = [h if h is not None else () for h in hits]
         return make_record(self.entry_id(i), image, caption, words, mask, labels, meta={"image": img_p},
                            objects=objects)
