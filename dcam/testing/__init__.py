@@ -12,6 +12,8 @@ weights and no network (users can use them to test their own pipelines too).
   (:mod:`.hf_tiny`); :func:`save_standin` / :func:`load_standin` write and
   read them as model folders the CLI loads (:mod:`.standins`).
 - :class:`.views.TwoViewAdapter`: the toy model as a two-view (multi-view) model.
+- :func:`.grid_order.check_grid_order`: whether an adapter's grid reads its image tokens in the image's
+  order (a grid given as (columns, rows) counts as many tokens), asked of the model (docs/FAMILIES.md).
 """
 from __future__ import annotations
 
