@@ -335,10 +335,11 @@ class LlavaAdapter(HFVisionLanguageAdapter):
             pos = self.locate(prompt_ids, grid)
         except SpanCountError as exc:  # the grid is the model config's or grid='s, the span the user's processor's
             h, w = grid
-            raise InputError(f"grid: {h}x{w} (given) needs {exc.needed} image tokens, but the processor placed "
-                             f"{exc.found}" if self._grid is not None else f"processor: it placed {exc.found} image "
-                             f"tokens, and the model's {h}x{w} grid needs {exc.needed}; pass the processor of the "
-                             "model's own checkpoint") from None
+            if self._grid is not None:
+                raise InputError(f"grid: {h}x{w} (given) needs {exc.needed} image tokens, but the processor placed "
+                                 f"{exc.found}") from None
+            raise InputError(f"processor: it placed {exc.found} image tokens, and the model's {h}x{w} grid needs "
+                             f"{exc.needed}; pass the processor of the model's own checkpoint") from None
         box = center_crop_box(getattr(self.processor, "image_processor", None), img.size)
         if self._grid is None:  # (a grid given by hand says nothing of the patches)
             (sh, sw), (ph, pw) = self._tile_and_patch()
