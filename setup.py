@@ -12,6 +12,7 @@ import sys
 
 from setuptools import Extension, setup, find_packages
 from setuptools.command.build_py import build_py as _build_py
+from setuptools.command.sdist import sdist as _sdist
 
 try:
     from pybind11.setup_helpers import Pybind11Extension, build_ext as _pybind11_build_ext
@@ -133,6 +134,9 @@ class build_py(_build_py):
                 copied.append(os.path.join(target, os.path.basename(src)))
                 self.copy_file(src, copied[-1])
         if not getattr(self, "editable_mode", False):  # (an editable build copies nothing: its build_lib holds no package)
+            revision = _write_revision(os.path.join(self.build_lib, "dcam"))
+            if revision is not None:
+                copied.append(revision)
             self._remove_stale(copied)
 
     def _remove_stale(self, copied):
@@ -150,6 +154,43 @@ class build_py(_build_py):
                     os.remove(path)
 
 
+def _provenance():
+    """dcam/provenance.py, loaded by path (it imports nothing but the standard library at its top; importing
+    the dcam package here would need torch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_dcam_provenance", os.path.join(HERE, "dcam", "provenance.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_revision(package_dir: str):
+    """Write the commit this build is made from into ``package_dir/_revision.txt`` (what run.json and meta.json
+    record as ``dcam_revision`` where the installed dcam is no git checkout): the checkout's commit, or, building
+    from an sdist, the one the sdist carries. Nothing (None) where neither is known: a build never fails on it."""
+    prov = _provenance()
+    revision = prov.checkout_revision(os.path.join(HERE, "dcam")) or prov.built_revision(os.path.join(HERE, "dcam"))
+    if revision is None:
+        return None
+    os.makedirs(package_dir, exist_ok=True)
+    path = os.path.join(package_dir, prov.REVISION_FILE)
+    if os.path.lexists(path):  # (an sdist's release tree hard-links the sources: never write through the link)
+        os.unlink(path)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(revision + "\n")
+    return path
+
+
+class sdist(_sdist):
+    """Also write the checkout's commit into the sdist's ``dcam/_revision.txt``, so a wheel built from the sdist
+    (``python -m build``: no git there) records it too."""
+
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        _write_revision(os.path.join(base_dir, "dcam"))
+
+
 def _long_description() -> str:
     """README.md without its pictures: their links are relative to the repository, so on a
     package index they would show as broken images; each becomes a line naming the file."""
@@ -163,6 +204,7 @@ def _long_description() -> str:
 
 
 cmdclass["build_py"] = build_py
+cmdclass["sdist"] = sdist
 # the bundled model's weights folder is data inside dcam.zoo, listed as a package of its own so
 # setuptools installs it without its "Package would be ignored" warning
 packages = find_packages(include=["dcam", "dcam.*"]) + ["dcam.zoo.weights"]

@@ -50,6 +50,7 @@ from .explanation import Explanation
 from .images import WHITE
 from .methods import MethodInputs, get_method
 from .ops.backends import BACKENDS
+from .provenance import explainer_record
 from .ops.config import CamConfig
 from .probe import ModelAdapter, Targets, auto_adapter, batch_key, check_probe_request, probe_batch
 from .probe.adapters.checks import check_members
@@ -482,7 +483,8 @@ class Explainer:
             view_maps={k: o.maps.float().cpu() for k, o in outs.items()} if every_view else {},
             view_boxes={v.name: tuple(v.box) for v in ex.views} if every_view else {},
             view_cells={v.name: v.cells for v in ex.views if v.cells is not None} if every_view else {},
-            extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu()},
+            extra={"distractor": res.distractor, "context_weights": res.context_weights.cpu(),
+                   "provenance": explainer_record(self)},
             model_dtype=str(block_dtype(self.adapter.blocks()[-1])).replace("torch.", ""),
             device=str(next((p.device for p in self.model.parameters()), "cpu")),
         )

@@ -268,6 +268,9 @@ class Explanation:
             view_boxes={view: list(b) for view, b in self.view_boxes.items()},
             cells=None if self.cells is None else self.cells.as_dict(),
             view_cells={view: c.as_dict() for view, c in self.view_cells.items()},
+            # the code, machine and settings that made the maps (dcam.provenance.explainer_record); a loaded
+            # explanation keeps the record it was saved with, so a save of it never claims this process's code
+            provenance=self.extra.get("provenance"),
         )
 
     def save(self, out_dir: str, alpha: float = 0.5, colormap: str = "jet", max_side: int = DISPLAY_MAX_SIDE,

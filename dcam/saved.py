@@ -200,7 +200,9 @@ def load_explanation(folder) -> Explanation:
         view_cells=_view_cells(m, view_maps),
         box=m.box(), cells=m.cells("cells", grid, m.box()), model_dtype=m.text("model_dtype", ""), device=m.text("device", ""),
         extra={"distractor": m.int("distractor", None, none=True),
-               "context_weights": _tensor(tensors, "context_weights", (T, T), where)},
+               "context_weights": _tensor(tensors, "context_weights", (T, T), where),
+               # (kept as saved, for a save of it: a folder written before dcam recorded it has none)
+               "provenance": _provenance(meta, folder)},
     )
     if e.scores is None:
         e.scores = torch.zeros(0)
@@ -262,6 +264,14 @@ def _ints_tensor(tensors, key: str, shape, where: str, lo: int, hi: int) -> torc
         raise InputError(f"{where}: {key} must be int64 {list(shape)} with values in [{lo}, {hi}), found "
                          f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}")
     return t
+
+
+def _provenance(meta: dict, folder: str) -> Optional[dict]:
+    """meta.json's ``provenance`` as saved (an object, or none in a folder saved before it was recorded)."""
+    record = meta.get("provenance")
+    if record is not None and not isinstance(record, dict):
+        raise InputError(f"folder: {folder!r}'s meta.json: provenance must be an object, got {type(record).__name__}")
+    return record
 
 
 def _view(m: Fields, view_maps: Dict[str, torch.Tensor]) -> Optional[str]:

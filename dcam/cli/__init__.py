@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()  # (imports numpy for the help texts: Ctrl-C there was a traceback)
         args = parser.parse_args(argv)
+        # what a saved result records as its command (dcam.provenance.command): the arguments as given
+        args.command_line = ["dcam", *(sys.argv[1:] if argv is None else argv)]
     except SystemExit as exc:  # --help, --version (0) or a usage error (2), already printed
         return int(exc.code or 0)
     except KeyboardInterrupt:

@@ -450,12 +450,32 @@ def explainer_for(model, processor, args):
     return exp
 
 
+def record_command(e, args) -> None:
+    """Add to an explanation's provenance (meta.json) what the command knows and the explainer does not: the
+    command line, and the digests of the model's files (as run.json records them; the folder's once per
+    command), so that the saved folder says what to run again, on which weights."""
+    import os
+
+    from ..provenance import command
+    from ..runs.folder import model_identity
+
+    record = e.extra.get("provenance")
+    if record is None:
+        return
+    record["command"] = command(getattr(args, "command_line", None))
+    if not hasattr(args, "model_files"):
+        folder = getattr(args, "model", None)
+        args.model_files = model_identity(folder) if folder is None or os.path.isdir(folder) else None
+    record["model"] = {**record.get("model", {}), "files": args.model_files}
+
+
 def save_explanation(e, target: str, args, max_side: Optional[int] = None,
                      trajectory_bytes: Optional[int] = None) -> None:
     """Write an Explanation's files into --out, whole or not at all (errors name --out); the page's
-    trajectory within ``trajectory_bytes`` (None: the page's default)."""
+    trajectory within ``trajectory_bytes`` (None: the page's default), its command recorded."""
     from ..output import AtomicFolder
 
+    record_command(e, args)
     with AtomicFolder(target, overwrite=args.overwrite, option="--out") as tmp:
         if max_side is None:
             e.write_files(tmp, trajectory_bytes=trajectory_bytes)

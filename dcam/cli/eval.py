@@ -181,7 +181,8 @@ def _evaluate(args, model, processor, config, fill, target, on_record):
                           faith_n=args.faith_n, faith_steps=args.faith_steps, faith_fill=fill,
                           batch_size=args.batch_size, n_examples=args.examples, seed=args.seed,
                           image_size=args.image_size, verbose=not args.quiet, config=config,
-                          family=args.family, on_record=on_record)
+                          family=args.family, on_record=on_record,
+                          command_line=getattr(args, "command_line", None))
     with open(os.path.join(target, "main_table.md")) as f:
         table = f.read()
     return report, table

@@ -267,6 +267,7 @@ def _run_many(exp, inputs: List[str], args, background, target: str, profile) ->
                     listing.append({"image": path, "folder": name, "words": len(e)})
                     folder = os.path.join(tmp, name)
                     os.makedirs(folder)
+                    common.record_command(e, args)
                     e.write_files(folder, max_side=args.max_side, trajectory_bytes=args.trajectory_bytes)
                     done[name] = len(e)
         for path, why in failed:  # (repr: a name holding a newline made two lines of one error)

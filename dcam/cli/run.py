@@ -105,6 +105,7 @@ def _trace_path(args, rank: int):
 
 
 def _run(args) -> int:
+    from ..provenance import command
     from ..runs import RunOptions, run_dataset
     from ..runs.distributed import setup
     from ..runs.folder import FolderLock, check_folder, model_identity
@@ -143,7 +144,8 @@ def _run(args) -> int:
                           response_length=args.response_length,
                           overlays=args.overlays, overwrite=args.overwrite, memory_budget=args.memory_budget,
                           trajectory=args.trajectory, protect=(("the model", common.model_location(args)),),
-                          progress=not args.quiet, extra={"chunk_size": args.chunk_size})
+                          progress=not args.quiet, extra={"chunk_size": args.chunk_size},
+                          command=command(getattr(args, "command_line", None)))
         # the batches' trace is exported once the run's own output is written, then renamed into place: a
         # failure or Ctrl-C before that leaves neither the trace nor a temporary file
         with TraceWriter(trace, args.quiet, deferred=True) as profile:

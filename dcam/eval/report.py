@@ -39,6 +39,22 @@ def json_ready(x):
     return x
 
 
+#: The arguments of :func:`dcam.eval.evaluate` beside the report's own fields that decide its figures: the counts,
+#: the seed of the faithfulness baseline's random order, the sizes (report.json's ``settings``).
+RERUN_SETTINGS = ("n", "split", "prompt", "family", "batch_size", "image_size", "seed", "n_examples", "faithfulness",
+                  "faith_n", "faith_steps", "faith_fill", "ablation", "sweep", "sweep_n", "sweep_probes",
+                  "sweep_layers")
+
+
+def rerun_record(arguments: Dict[str, Any], command_line) -> Dict[str, Any]:
+    """report.json's ``settings`` (:data:`RERUN_SETTINGS` of ``evaluate``'s ``arguments``) and ``provenance``
+    (:func:`dcam.provenance.provenance`: versions, machine, and the command when ``command_line`` is given):
+    with the report's method, layer, probe, score and config, what reruns it."""
+    from ..provenance import provenance
+
+    return {"settings": {k: arguments[k] for k in RERUN_SETTINGS}, "provenance": provenance(command_line)}
+
+
 def skipped_text(skipped: Sequence, shown: int = 3) -> str:
     """``"4 records skipped: '1' (why), '2' (why), '3' (why) and 1 more"`` of ``(record id, reason)``
     pairs: the count always (the first three alone hid how many of a large data set failed)."""

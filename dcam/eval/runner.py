@@ -48,7 +48,7 @@ from .datasets import EvalDataset, EvalRecord, open_dataset
 from .datasets.base import RecordError, check_record
 from .faithfulness import check_fill, faithfulness_report
 from .metrics import MetricAccumulator, summarize
-from .report import json_ready, log as _log, skipped_text, write_outputs
+from .report import json_ready, log as _log, rerun_record, skipped_text, write_outputs
 
 ALL_METHODS = ("diffusion-cam", "grad-cam", "llava-cam", "tam")
 ABLATION_ROWS = ("baseline", "+AKD", "+DACG", "+CBA", "+SICD", "full", "full (SICD context)")
@@ -344,7 +344,8 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
              sweep_layers: Optional[Sequence[int]] = None, sweep_n: int = 50, faith_n: int = 50,
              faith_steps: int = 10, faith_fill: Union[str, Sequence[float]] = "mean", batch_size: int = 16,
              n_examples: int = 4, seed: int = 0, image_size: int = 64, verbose: bool = False,
-             family: Optional[str] = None, overwrite: bool = False, on_record: Optional[Callable] = None) -> dict:
+             family: Optional[str] = None, overwrite: bool = False, on_record: Optional[Callable] = None,
+             command_line: Optional[Sequence[str]] = None) -> dict:
     """Evaluate CAM methods on a grounded data set; see the module docstring.
 
     model_or_factory, processor: a model and its processor, or an explainer
@@ -360,10 +361,10 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
     family: the adapter family to treat the model as (``dcam families``; None: detected).
     out_dir: where the tables, charts and report go, written whole or not at all; a folder that
         is not empty is refused unless ``overwrite`` (which replaces it whole).
-    config: the Diffusion-CAM config (None: the model's default,
-        :meth:`~dcam.probe.ModelAdapter.default_config`; it is resolved once
-        and shared by every method, ablation row and sweep cell).
+    config: the Diffusion-CAM config (None: the model's default, :meth:`~dcam.probe.ModelAdapter.default_config`;
+        it is resolved once and shared by every method, ablation row and sweep cell).
     on_record: ``f(k, n)`` as evaluated record ``k`` (from 0) of the comparison begins, then ``f(done, done)``.
+    command_line: the command that ran it (``dcam eval``'s arguments), recorded in the report's ``provenance``.
     Returns the report dict (also written to ``out_dir/report.json``).
     """
     t0 = time.time()
@@ -393,14 +394,12 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         raise InputError(f"dataset: no record of {ds_name} could be evaluated"
                          + (f"; {skipped_text(skipped)}" if skipped else ""))
     # the config of a comparison where nothing applies one (grad-cam, tam) is none, not the default's
-    config_used = any(get_method(m).uses_config for m in methods) or bool(ablation or sweep or sweep_probes
-                                                                            or sweep_layers)
+    config_used = any(get_method(m).uses_config for m in methods) or bool(ablation or sweep or sweep_probes or sweep_layers)
     report: Dict[str, Any] = {
         "dataset": ds_name, "records": cmp.done, "skipped": [{"record": r, "reason": why} for r, why in skipped],
         "methods": methods, "layer": cmp.used.get("layer"), "probe": cmp.used.get("probe"),
         "target_score": cmp.used.get("target_score", target_score), "config": cmp.cfg.as_dict() if config_used else None, "unaligned_words": cmp.unaligned,
-        "main": {m: cmp.scorer.summary(m) for m in methods},
-    }
+        "main": {m: cmp.scorer.summary(m) for m in methods}}
     if ablation:
         report["ablation"] = {k: cmp.scorer.summary(k) for k in ABLATION_ROWS}
     probes_l = sweep_probes if sweep_probes is not None or not sweep else list(cmp.adapter.probes)
@@ -412,6 +411,7 @@ def evaluate(model_or_factory=None, processor=None, dataset: Union[str, EvalData
         report["faithfulness"] = faithfulness_report(cmp.adapter, cmp.faith_inputs, methods, prompt, faith_steps,
                                                      faith_fill, batch_size, np.random.default_rng(seed), verbose)
     report["seconds"] = time.time() - t0
+    report.update(rerun_record(locals(), command_line))  # the settings, seed, code and command that rerun it
     if out_dir:
         report["files"] = _write(report, out_dir, overwrite, cmp)
     return json_ready(report)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from typing import Any, Dict, List, Optional
@@ -128,22 +127,20 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list:
 
 
 def versions() -> Dict[str, str]:
-    from importlib import metadata
+    """:func:`dcam.provenance.versions` (dcam's version and revision, the libraries', the C++ backend)."""
+    from ..provenance import versions as _versions
 
-    from .. import __version__
+    return _versions()
 
-    from ..ops.backends import cpp_backend
 
-    out = {"dcam": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "safetensors", "numpy", "triton"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    # which kernel ran a CPU run's operators: an install without the C++ extension runs the PyTorch
-    # reference, whose refined maps may differ where a map sits on a threshold (README, Backends)
-    out["dcam._C"] = "built" if cpp_backend.is_available() else f"not available: {cpp_backend.unavailable_reason()}"
-    return out
+def _history(old: Optional[Dict[str, Any]], header: Dict[str, Any], started: str) -> List[Dict[str, Any]]:
+    """run.json's ``history``: one entry per session that wrote into the folder (its start, dcam's version and
+    revision, the threads, the command), oldest first. A resume may run another dcam than the one that began the
+    run (the revision is not in the fingerprint: a fix that changes nothing keeps the folder); ``versions`` says
+    the last session's only, and the records explained before it were explained by the code the entries name."""
+    before = (old or {}).get("history")
+    entry = {"started": started, **{k: header[k] for k in ("versions", "machine", "command") if k in header}}
+    return (list(before) if isinstance(before, list) else []) + [entry]
 
 
 def _busy(root: str) -> InputError:
@@ -402,9 +399,10 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
         if damaged_errors is not None and notices is not None:
             notices.append(damaged_errors)
         remove_debris(root, shards)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json_atomic(os.path.join(root, RUN_JSON), dict(
             old or {}, **header, format=RUN_FORMAT, status="running", fingerprint=fingerprint(identity),
-            identity=identity, started=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+            identity=identity, started=started, history=_history(old, header, started)))
         lock.prepared = True
     except BaseException as exc:
         if own:  # a refused folder is left as it was found (a given lock: by its owner, who took it)

@@ -27,6 +27,7 @@ from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
 from ..output import refuse_current_folder, refuse_inputs_inside
 from .distributed import Dist
+from ..provenance import machine
 from .folder import SCORED_KINDS, SCORING, FolderLock, prepare, read_run_json, run_identity, versions
 from .finish import finish
 from .progress import RunProgress
@@ -62,6 +63,8 @@ class RunOptions:
     trajectory: bool = False
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: the command line and folder it ran in (``dcam.provenance.command``), recorded in run.json; None: not a command
+    command: Optional[Dict[str, Any]] = None
     #: further (what, path) pairs --overwrite must not delete (the CLI adds the model's folder)
     protect: Tuple[Tuple[str, str], ...] = ()
 
@@ -351,10 +354,12 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     identity["source"] = {k: described[k] for k in ("kind", "path", "files") if k in described}
     if source.kind in SCORED_KINDS:  # (its records' metrics depend on the rules: a resume never mixes two)
         identity["scoring"] = SCORING
-    header = {"source": described, "versions": versions(),
+    header = {"source": described, "versions": versions(), "machine": machine(),
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size, "overlays": bool(opts.overlays),
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
                           "backend": dist.backend, **opts.extra}}
+    if opts.command is not None:
+        header["command"] = opts.command
     def start():
         if opts.overwrite:  # emptying the folder must not delete what the run reads, or where the user is
             refuse_inputs_inside(root, source.input_paths() + list(opts.protect))
