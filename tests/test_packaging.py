@@ -172,7 +172,11 @@ def test_build_leaves_no_module_of_an_earlier_build(tmp_path):
     kernels = {"dcam/kernels/" + os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "kernels", "*.py"))}
     weights = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "dcam", "zoo", "weights", "*"))}
     assert {"dcam/kernels/pool.py", "dcam/kernels/refine.py"} <= kernels and "dcam/zoo/weights/model.safetensors" in weights
-    assert modules | kernels | weights | {"dcam/include/dcam.h", os.path.relpath(extension, tmp_path / "lib")} == built
+    # and the commit it is built from, where known (a git checkout, or an sdist made from one: README, Reproducibility)
+    from dcam.provenance import code_revision
+    revision = {"dcam/_revision.txt"} if code_revision() != "unknown" else set()
+    assert modules | kernels | weights | revision | {"dcam/include/dcam.h", os.path.relpath(extension, tmp_path / "lib")} \
+        == built
 
 
 def _build_ext_without_a_compiler(tmp_path, require):

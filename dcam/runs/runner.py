@@ -27,7 +27,7 @@ from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
 from ..output import refuse_current_folder, refuse_inputs_inside
 from .distributed import Dist
-from ..provenance import machine
+from ..provenance import explainer_record, machine
 from .folder import SCORED_KINDS, SCORING, FolderLock, prepare, read_run_json, run_identity, versions
 from .finish import finish
 from .progress import RunProgress
@@ -354,7 +354,9 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
     identity["source"] = {k: described[k] for k in ("kind", "path", "files") if k in described}
     if source.kind in SCORED_KINDS:  # (its records' metrics depend on the rules: a resume never mixes two)
         identity["scoring"] = SCORING
-    header = {"source": described, "versions": versions(), "machine": machine(),
+    # the operators' kernels that made the maps (options.backend is the process group's: gloo, nccl)
+    ops = explainer_record(explainer)
+    header = {"source": described, "versions": versions(), "machine": {**machine(), "kernels": ops["kernels"]},
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size, "overlays": bool(opts.overlays),
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
                           "backend": dist.backend, **opts.extra}}

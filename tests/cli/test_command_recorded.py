@@ -55,6 +55,7 @@ def test_run_json_records_each_sessions_code_and_command(cli, shapes_png, tmp_pa
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["versions"]["dcam_revision"] == code_revision()
     assert info["machine"]["torch_threads"] == 1
+    assert info["machine"]["kernels"] == "cpp"  # dcam._C is built in this checkout; options.backend is gloo's/nccl's
     assert info["command"] == {"argv": ["dcam", *argv], "cwd": str(tmp_path)}
     assert [h["command"]["argv"] for h in info["history"]] == [["dcam", *argv]]
     # a resume (here of a copy, as another dcam would resume it) adds its session; the first one stays
