@@ -29,7 +29,8 @@ A trajectory (``S > 1``) gets a step slider (its steps within :data:`PAGE_TRAJEC
 :func:`trajectory_frames`). The viewer's config:
 ``{"title", "summary", "lut": [768 ints], "total", "per_page", "pages",
 "records": [...] (inline, page 0) or "page_url": "view/page-%05d.js"}``; a
-page script calls ``DcamViewer.page(n, [records])``.
+page script calls ``DcamViewer.page(n, [records])``. The viewer holds the page shown and its neighbours
+only; the others are dropped and their scripts loaded again when shown (memory flat however many are viewed).
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ function lutIndex(v){return Math.min(Math.floor(Math.min(Math.max(v,0),1)*256),2
 function decode(b64){var s=atob(b64),a=new Uint8Array(s.length);for(var i=0;i<s.length;i++)a[i]=s.charCodeAt(i);
  return a;}
 function Viewer(root,cfg){
- this.root=root;this.cfg=cfg;this.pages={};this.page=-1;this.rec=0;this.item=0;this.hover=-1;this.step=0;
+ this.root=root;this.cfg=cfg;this.pages={};this.loading={};this.page=-1;this.rec=0;this.item=0;this.hover=-1;
+ this.step=0;
  this.alpha=cfg.alpha===undefined?0.5:cfg.alpha;this.build();
  if(cfg.records){this.pages[0]=cfg.records;}
  var h=/#r=(\d+)/.exec(location.hash||''),n=h&&!cfg.records?parseInt(h[1],10):0;
@@ -105,12 +107,24 @@ Viewer.prototype.key=function(e){var k=e.key,d=0;
  else return;
  e.preventDefault();this.show(Math.max(0,Math.min(this.cfg.total-1,this.rec+d)));};
 Viewer.prototype.record=function(){var p=this.pages[this.page];return p?p[this.rec%this.cfg.per_page]:null;};
+// Only the pages within KEEP of the one shown are held: a page of traced records is ~70 MB in the browser, and
+// keeping every page shown grew it without bound. One either side, so PageUp after PageDown and j/k across a
+// page's edge show records already held; a page further away is dropped (its records; its script element
+// leaves the document once run) and loaded again from its file when it is shown.
+var KEEP=1;
+Viewer.prototype.near=function(pg){return Math.abs(pg-Math.floor(this.rec/this.cfg.per_page))<=KEEP;};
 Viewer.prototype.show=function(n){var s=this,pg=Math.floor(n/this.cfg.per_page);this.rec=n;
+ if(this.cfg.page_url)for(var k in this.pages)if(!this.near(+k))delete this.pages[k];
  if(this.pages[pg]){this.page=pg;this.item=0;this.step=-1;this.render();return;}
- pending[pg]=function(recs){s.pages[pg]=recs;if(Math.floor(s.rec/s.cfg.per_page)===pg)s.show(s.rec);};
+ this.root.__dcv=this;Viewer.current=this;
+ if(this.loading[pg])return;  // its script is on the way (keys pressed faster than it loads): shown when it runs
+ pending[pg]=function(recs){if(s.near(pg))s.pages[pg]=recs;if(Math.floor(s.rec/s.cfg.per_page)===pg)s.show(s.rec);};
  var sc=document.createElement('script');sc.src=this.cfg.page_url.replace('%05d',('0000'+pg).slice(-5));
- sc.onerror=function(){s.main.textContent='cannot load '+sc.src;};document.head.appendChild(sc);
- this.root.__dcv=this;Viewer.current=this;};
+ this.loading[pg]=sc;
+ sc.onload=function(){delete s.loading[pg];sc.remove();};
+ sc.onerror=function(){delete s.loading[pg];delete pending[pg];sc.remove();
+  if(Math.floor(s.rec/s.cfg.per_page)===pg)s.main.textContent='cannot load '+sc.src;};
+ document.head.appendChild(sc);};
 Viewer.prototype.renderList=function(){
  var s=this,c=this.cfg,p=this.pages[this.page]||[];this.list.innerHTML='';this.pager.innerHTML='';
  var prev=el('button',{text:'\u2190',title:'previous page (PageUp)'}),next=el('button',{text:'\u2192',
