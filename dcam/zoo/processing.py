@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -39,23 +40,46 @@ def normalise_words(text: str, vocab) -> tuple:
     punctuation at its ends, in any script, as :func:`dcam.words.split_words`
     (the evaluation's caption words) strips it (``"A"`` -> ``"a"``,
     ``"square."`` -> ``"square"``, ``"(and)"``, ``"“and”"`` -> ``"and"``); a word
-    of punctuation only (``"—"``, ``"…"``) is dropped; what is still unknown is
-    listed in ``unknown`` (as the user typed it, each once)."""
+    of sentence punctuation only (``"—"``, ``"…"``, ``","``, a spaced ``"-"``) is
+    dropped (:func:`sentence_punctuation`), as it is at a word's ends; what is still
+    unknown, a symbol alone or at a word's ends (``"&"``, ``"&blue"``, ``"+"``,
+    ``"€"``, an emoji) too, is listed in
+    ``unknown`` (as the user typed it, each once)."""
     words, unknown = [], []
     for raw in text.split():
         # (only ASCII ".,;:!?" at the end was stripped: a caption's "—" or "(and)" was refused as
         # out of the vocabulary, its words in it; the evaluation's loaders had read them as words)
         bare = strip_punctuation(raw)
-        for cand in (raw, raw.lower(), bare, bare.lower()):
+        # (every mark without a letter or digit was dropped: "a red circle & a blue square" was
+        # explained as "a red circle a blue square", the "&" the user wrote silently gone)
+        ends = raw.replace(bare, "", 1) if bare else raw
+        bare_ones = (bare, bare.lower()) if not ends or sentence_punctuation(ends) else ()
+        for cand in (raw, raw.lower()) + bare_ones:
             if cand in vocab:
                 words.append(cand)
                 break
         else:
-            if bare == "":
+            if bare == "" and bare_ones:
                 continue
             if raw not in unknown:
                 unknown.append(raw)
     return words, unknown
+
+
+#: punctuation that reads as a word or a sign, not as a pause: "&" is "and", "%" "percent",
+#: "#" "number", "@" "at", "*" and "/" and "\\" stand for operators or alternatives
+_WORDLIKE_PUNCTUATION = frozenset("&%#@*/\\§¶†‡‰‱※⁂")
+
+
+def sentence_punctuation(word: str) -> bool:
+    """Whether ``word`` (a word of no letter or digit) is sentence punctuation, which the bundled
+    model never writes and the evaluation's caption words leave out: every character a
+    Unicode punctuation mark (dashes, brackets, quotes, ``.,;:!?…``, their full-width forms),
+    none of those that read as a word (``"&"``, ``"%"``, ``"#"``, ``"@"``, ``"*"``, ``"/"``).
+    A symbol (``"+"``, ``"="``, ``"€"``, an emoji: Unicode's S categories) is not."""
+    text = unicodedata.normalize("NFKC", word)
+    return bool(text) and all(unicodedata.category(ch).startswith("P") and ch not in _WORDLIKE_PUNCTUATION
+                              for ch in text)
 
 
 def build_vocab() -> Dict[str, int]:
