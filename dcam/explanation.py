@@ -30,7 +30,7 @@ from .render.overlay import rendered_at
 from .render.cells import Cells
 from .render.overlay import overlay as overlay_image
 from .render.sheet import contact_sheet
-from .phrases import find_item, inside_a_token
+from .phrases import closest_item, find_item, inside_a_token, written_hint
 from .words import clean_token
 
 TokenRef = Union[int, str]
@@ -193,7 +193,8 @@ class Explanation:
             if k is not None:
                 return k
             why = inside_a_token(self.tokens, i_or_word)
-            raise InputError(f"word {i_or_word!r} is not among the explained tokens{why} {self.tokens}")
+            near = written_hint(closest_item(self.tokens, i_or_word), i_or_word)
+            raise InputError(f"word {i_or_word!r} is not among the explained tokens{why}{near} {self.tokens}")
         raise InputError(f"expected a token index or a word, got {type(i_or_word).__name__}")
 
     def _view_of(self, view: Optional[str], placed: bool = True) -> Tuple[Tensor, tuple, Optional[Cells]]:

@@ -216,3 +216,76 @@ def inside_a_token(words: Sequence[str], target: str) -> str:
             return (f": it is part of the word {w!r} (in text without spaces a word is the characters one token "
                     f"spans, and a map is never split below a token)")
     return ""
+
+
+def _unaccented(s: str) -> str:
+    """``s`` (:func:`folded`) without its accents ("Café" -> "cafe"): only to name, in a refusal,
+    what a target that matches nothing may have meant; never to match."""
+    return "".join(ch for ch in unicodedata.normalize("NFKD", folded(s)) if not unicodedata.combining(ch))
+
+
+def _unaccented_key(s: str) -> str:
+    return phrase_key(_unaccented(s))
+
+
+def closest_run(words: Sequence[str], target: str,
+                run_text: Optional[Callable[[int, int], str]] = None) -> str:
+    """For a target :func:`find_phrase` does not find: the response's text of the first run of
+    ``words`` whose letters and digits, accents left out, are the target's, where its words
+    break, its accents or the symbols standing alone between its words differ ("café" for
+    "cafe", "red circle" for "redcircle" or "red , circle", "red , circle" for "red circle"),
+    holding the symbols other than punctuation the target names ("cat 🐶" is not "cat"); else "".
+    A hint for the user, who types it as the response writes it: matching stays exact."""
+    want = _unaccented_key(target)
+    if not want:
+        return ""
+    # a symbol the target names alone that is no punctuation ("🐶" of "cat 🐶", "&") is what it asks for
+    named = [symbol_text(w) for w in target.split() if not phrase_key(w)
+             and not all(unicodedata.category(ch).startswith("P") for ch in symbol_text(w))]
+    keys = [_unaccented_key(w) for w in words]
+    for s in range(len(keys)):
+        if not keys[s] or not want.startswith(keys[s]):
+            continue
+        got, e = "", s
+        while e < len(keys) and len(got) < len(want) and want.startswith(got + keys[e]):
+            got, e = got + keys[e], e + 1
+            while e < len(keys) and not keys[e] and len(got) < len(want):
+                e += 1  # a symbol alone between the words (a spaced ","): part of the run
+        if got == want:
+            text = run_text(s, e) if run_text is not None else ""
+            text = text if phrase_key(text) == phrase_key(" ".join(words[s:e])) and text else " ".join(words[s:e])
+            if _holds_in_order(text, named):
+                return text
+    return ""
+
+
+def what_differs(written: str, target: str) -> str:
+    """What keeps ``target`` from naming ``written`` (the response's text :func:`closest_run`
+    found): "accents", "where the words break", "the punctuation or symbols standing alone
+    between the words" (each that applies, joined with "and")."""
+    why = []
+    if phrase_key(written) != phrase_key(target):
+        why.append("accents")
+    if not _same_breaks(_unaccented(written), _unaccented(target)):
+        why.append("where the words break")
+    if sorted(symbol_text(w) for w in written.split() if not phrase_key(w)) != sorted(
+            symbol_text(w) for w in target.split() if not phrase_key(w)):
+        why.append("the punctuation or symbols standing alone between the words")
+    return " and ".join(why)
+
+
+def written_hint(near: str, target: str) -> str:
+    """The clause a refusal adds for a target that names nothing when :func:`closest_run` (or
+    :func:`closest_item`) found ``near``: "; the response writes 'café' (give it as written:
+    accents must be the response's)"; "" when ``near`` is ""."""
+    return f"; the response writes {near!r} (give it as written: {what_differs(near, target)} must be the response's)" \
+        if near else ""
+
+
+def closest_item(texts: Sequence[str], query: str) -> str:
+    """The first of ``texts`` (explained items) that ``query``, which :func:`find_item` does not
+    find, spells but for accents, breaks or spaced symbols (:func:`closest_run`), else ""."""
+    for t in texts:
+        if closest_run(t.split(), query) == " ".join(t.split()):
+            return t
+    return ""

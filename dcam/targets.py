@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 from .errors import InputError
-from .phrases import find_phrase, inside_a_token
+from .phrases import closest_run, find_phrase, inside_a_token, written_hint
 from .words import token_text, word_pieces
 
 GRANULARITIES = ("words", "tokens")
@@ -141,7 +141,8 @@ def select_items(items: List[Item], targets, text_of=None) -> List[Item]:
             runs = find_phrase(words, it, run_text)
             if not runs:
                 kind = "phrase" if len(it.split()) > 1 else "word"
-                raise InputError(f"targets: {kind} {it!r} is not in the response{inside_a_token(words, it)} "
+                near = written_hint(closest_run(words, it, run_text), it)
+                raise InputError(f"targets: {kind} {it!r} is not in the response{inside_a_token(words, it)}{near} "
                                  f"(words: {_listed(words)})")
             for start, stop in runs:
                 span = items[start:stop]

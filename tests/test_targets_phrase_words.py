@@ -86,8 +86,10 @@ def test_phrases_through_the_explainer_and_the_command_line_reading():
     e = explain(["dog a"])  # the "," written against "dog" is no word: kept inside the phrase
     assert e.tokens == ["dog, a"] and e.pieces == [[8, 9, 10]]
     assert explain(["a 🐱 cat", "a - dog"]).pieces == [[0, 1, 2, 3, 4], [6, 7, 8]]
-    with pytest.raises(InputError, match="^targets: phrase 'a dog' is not in the response "
+    with pytest.raises(InputError, match="^targets: phrase 'a dog' is not in the response; the response writes "
+                                         "'a - dog' \\(give it as written: the punctuation or symbols standing "
+                                         "alone between the words must be the response's\\) "
                                          "\\(words: a 🐱 cat and a - dog , a cat\\)$"):
-        explain(["a dog"])  # (it was "a - dog")
+        explain(["a dog"])  # (it was "a - dog"; the line named it only in the response's words)
     # dcam explain --tokens and a run manifest's "targets" string read the same phrases
     assert explain(dcam.targets.parse_target_text('a cat, "a - dog"')).pieces == [[6, 7, 8], [10, 11]]

@@ -56,9 +56,10 @@ def test_a_target_run_together_is_refused_through_the_explainer():
     exp = dcam.Explainer(*tiny_toy(0))
     image = np.zeros((32, 32, 3), np.uint8)
     response = "a red circle and a blue square"
-    for joined in ("anda", "redcircle"):
-        with pytest.raises(InputError, match=f"^targets: word '{joined}' is not in the response "
-                                             r"\(words: a red circle and a blue square\)$"):
+    for joined, spaced in (("anda", "and a"), ("redcircle", "red circle")):
+        with pytest.raises(InputError, match=f"^targets: word '{joined}' is not in the response; the response "
+                                             f"writes '{spaced}' \\(give it as written: where the words break must "
+                                             r"be the response's\) \(words: a red circle and a blue square\)$"):
             exp.explain(image, response=response, targets=joined)
     e = exp.explain(image, response=response, targets=["and a", "Red,"])
     assert e.tokens == ["red", "and a"] and e.pieces == [[1], [3, 4]]

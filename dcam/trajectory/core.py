@@ -33,7 +33,7 @@ from ..probe.hooks import explaining, generating, generation_watch
 from ..probe.modes import check_probe_request
 from ..profiling import stage
 from ..targets import check_granularity
-from ..phrases import find_item
+from ..phrases import closest_item, find_item, written_hint
 from ..words import clean_token
 from ..render.cells import Cells
 from ..render.overlay import DISPLAY_MAX_SIDE
@@ -148,7 +148,8 @@ class Trajectory:
         k = find_item(self.tokens, str(word))
         if k is not None:
             return k
-        raise InputError(f"word {word!r} is not among the traced words {[clean_token(t) for t in self.tokens]}")
+        near = written_hint(closest_item(self.tokens, str(word)), str(word))
+        raise InputError(f"word {word!r} is not among the traced words{near} {[clean_token(t) for t in self.tokens]}")
 
     def word_table(self) -> List[Dict[str, Any]]:
         """Per word: its number, text, decision step and the numbers of :attr:`numbers`, JSON-ready."""
