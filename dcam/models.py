@@ -249,8 +249,8 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
     dev = check_device(device)
     dt = parse_dtype(dtype)
     check_pan_and_scan_choice(pan_and_scan)
-    # a choice of crops the processor cannot make is refused before the weights load where the folder's files
-    # tell the processor's class (a family's loader builds its own: set_pan_and_scan refuses it after loading)
+    # a choice of crops the processor cannot make is refused before the weights load (and before a family's
+    # packages are looked for) where the folder's files or the family tell the processor's class
     cfg = None if model_dir is None else read_config(model_dir)
     if cfg is None or cfg.get("model_type") == ShapesDMLLMConfig.model_type:  # the bundled toy, or a zoo folder
         refuse_pan_and_scan_early(ShapesProcessor, pan_and_scan, ShapesDMLLMConfig.model_type)
@@ -261,11 +261,9 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
         model, processor = load_standin(model_dir)
     else:
         loader = _FAMILY_LOADERS.get(_family_of(cfg), _transformers)
-        if loader is _transformers and pan_and_scan is not None:
-            from .probe.adapters.pan_and_scan import transformers_processor_class
-
-            refuse_pan_and_scan_early(transformers_processor_class(model_dir, cfg), pan_and_scan,
-                                      cfg.get("model_type"))
+        if pan_and_scan is not None:
+            refuse_pan_and_scan_early(_processor_class(loader, model_dir, cfg), pan_and_scan,
+                                      cfg.get("model_type") or _family_of(cfg))
         try:
             model, processor = loader(model_dir, cfg, trust_remote_code, dt)
         except ModuleNotFoundError as exc:
@@ -277,6 +275,24 @@ def load_model(model_dir: Optional[str] = None, device: Optional[str] = None, tr
                      or type(model).__name__)
     model = model.to(dev) if dt is None else model.to(dev, dt)
     return model.eval(), processor
+
+
+def _processor_class(loader, model_dir: str, cfg: dict) -> Optional[type]:
+    """The class of the processor ``loader`` will build for the folder, known before it runs; None where
+    the folder's code decides (Dream-VL's shipped processor, a transformers folder's ``auto_map``). (A
+    family's was known only once its weights had loaded: LLaDA-V's 8B were read before --pan-and-scan was
+    refused.)"""
+    if loader is _load_llava:
+        from types import SimpleNamespace
+
+        return SimpleNamespace  # the authors' builder's tokenizer and image processor, as _load_llava holds them
+    if loader in (_load_mmada, _load_dimoo):
+        from .probe.adapters import DiMOOProcessor, MMaDAProcessor
+
+        return MMaDAProcessor if loader is _load_mmada else DiMOOProcessor
+    from .probe.adapters.pan_and_scan import transformers_processor_class
+
+    return transformers_processor_class(model_dir, cfg)
 
 
 # ---------------------------------------------------------------- dMLLM families

@@ -132,3 +132,31 @@ def test_a_processor_whose_backend_is_missing_is_left_to_the_loading(tmp_path):
             load_model(str(tmp_path), pan_and_scan=on)
         lines.append(str(err.value))
     assert lines[0] == lines[1] == lines[2]
+
+
+@pytest.mark.parametrize("config, line", [
+    ({"model_type": "llava_llada"}, "this llava_llada model's processor (SimpleNamespace)"),
+    ({"model_type": "mmada"}, "this mmada model's processor (MMaDAProcessor)"),
+    ({"architectures": ["LLaDAForMultiModalGeneration"]}, "this lumina-dimoo model's processor (DiMOOProcessor)"),
+])
+def test_a_family_folder_is_refused_before_its_loader_runs(cli, error_line, tmp_path, shapes_png, config, line):
+    """The families' loaders build processors that never crop (LLaDA-V / LaViDa: the llava package's tokenizer
+    and image processor; MMaDA, Lumina-DiMOO: dcam's): refused before the loader looks for its package (none
+    is installed here: without the option, that is the line) or reads the weights. It was refused only after
+    the weights had loaded."""
+    from dcam.models import load_model
+
+    folder = tmp_path / "family"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="^model: .* loading it needs "):
+        load_model(str(folder))
+    with pytest.raises(InputError) as err:
+        load_model(str(folder), pan_and_scan=True)
+    assert str(err.value) == f"pan_and_scan: {line} has no pan-and-scan (Gemma 3's crops); leave it out"
+    rc, stdout, err = cli("explain", shapes_png, "--model", folder, "--response", RESPONSE, "--out", tmp_path / "out",
+                          "--no-pan-and-scan", "--quiet")
+    assert rc == 2 and stdout == "" and len(err) == 1
+    assert error_line(err) == f"dcam explain: error: --no-pan-and-scan: {line} has no pan-and-scan (Gemma 3's " \
+                              "crops); leave it out"
+    assert not os.path.lexists(tmp_path / "out")
