@@ -260,7 +260,9 @@ def run(args) -> int:
         else:
             said = "nothing was written" + (f" ({args.out} is as it was)" if existed else "")
         if isinstance(exc, Terminated):  # (the status of a process the signal ended: 128 + 15)
-            print(f"dcam run: stopped (SIGTERM); {said}", file=sys.stderr)
+            # one line for the run, rank 0's: torchrun (or a scheduler's cancel) stops every rank, and each said it
+            if rank == "0":
+                print(f"dcam run: stopped (SIGTERM); {said}", file=sys.stderr)
             return 128 + signal.SIGTERM
         print(f"dcam run: interrupted; {said}", file=sys.stderr)
         return 130

@@ -248,3 +248,49 @@ def test_a_world_size_set_by_hand_without_torchrun_is_refused(monkeypatch):
         assert str(exc) == "RANK=5 in the environment is not below WORLD_SIZE=2 (launch with torchrun)"
     else:
         raise AssertionError("not refused")
+
+
+def test_sigterm_to_every_rank_says_so_once(run_manifest, tmp_path):
+    """torchrun stopping its ranks (one failed; or a scheduler's cancel of the job) sends each SIGTERM: the run says
+    it stopped once, on rank 0, as an input error is said once; every rank still exits 143, torchrun's report
+    says so. (Each rank printed the line: two here, eight on a machine of 8 GPUs.) The model's config.json is a
+    FIFO, so both ranks are inside the model load, their SIGTERM handlers installed, when the signal comes."""
+    model = tmp_path / "model"
+    model.mkdir()
+    os.mkfifo(model / "config.json")
+    out = str(tmp_path / "new" / "run")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", "-m", "dcam", "run", run_manifest["path"],
+                             "--out", out, "--model", str(model), "--threads", "1"], env=single_process_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert first.endswith("; loading the model\n"), first
+        ranks = [p for p in _process_tree(proc.pid) if p != proc.pid]
+        assert len(ranks) == 2, ranks
+        deadline = time.time() + 60  # both blocked opening the FIFO (where /proc shows it; else the line suffices)
+        while time.time() < deadline and not all(_waits_on_a_fifo(p) in (True, None) for p in ranks):
+            time.sleep(0.05)
+        for pid in ranks:
+            os.kill(pid, signal.SIGTERM)
+        rest = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            for pid in _process_tree(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.wait()
+    assert rest.count("dcam run: stopped (SIGTERM)") == 1
+    assert "dcam run: stopped (SIGTERM); nothing was written" in rest.splitlines()
+    assert rest.count("exitcode  : 143") == 2 and proc.returncode == 1  # both ranks, in torchrun's report
+    assert not os.path.lexists(tmp_path / "new")
+
+
+def _waits_on_a_fifo(pid):
+    """Whether ``pid`` sleeps opening a FIFO (/proc's wchan: ``wait_for_partner``); None where wchan tells nothing."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            where = f.read().strip()
+    except OSError:
+        return None
+    return None if where in ("", "0") else where == "wait_for_partner"
