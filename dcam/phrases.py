@@ -218,10 +218,16 @@ def inside_a_token(words: Sequence[str], target: str) -> str:
     return ""
 
 
+#: the Unicode blocks of combining diacritical marks: accents ("é" is "e" + U+0301), not the vowel signs of
+#: Devanagari or Thai, which make other words
+_ACCENTS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+
+
 def _unaccented(s: str) -> str:
-    """``s`` (:func:`folded`) without its accents ("Café" -> "cafe"): only to name, in a refusal,
-    what a target that matches nothing may have meant; never to match."""
-    return "".join(ch for ch in unicodedata.normalize("NFKD", folded(s)) if not unicodedata.combining(ch))
+    """``s`` (:func:`folded`) without its accents ("Café" -> "cafe", "Ångström" -> "angstrom"): only to
+    name, in a refusal, what a target that matches nothing may have meant; never to match."""
+    return unicodedata.normalize("NFC", "".join(ch for ch in unicodedata.normalize("NFD", folded(s))
+                                                if not any(a <= ord(ch) <= b for a, b in _ACCENTS)))
 
 
 def _unaccented_key(s: str) -> str:
@@ -278,8 +284,10 @@ def written_hint(near: str, target: str) -> str:
     """The clause a refusal adds for a target that names nothing when :func:`closest_run` (or
     :func:`closest_item`) found ``near``: "; the response writes 'café' (give it as written:
     accents must be the response's)"; "" when ``near`` is ""."""
-    return f"; the response writes {near!r} (give it as written: {what_differs(near, target)} must be the response's)" \
-        if near else ""
+    if not near:
+        return ""
+    why = what_differs(near, target)
+    return f"; the response writes {near!r} (give it as written" + (f": {why} must be the response's)" if why else ")")
 
 
 def closest_item(texts: Sequence[str], query: str) -> str:

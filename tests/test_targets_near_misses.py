@@ -44,7 +44,11 @@ def refusal(words, target):
     (["un", "café", "crème"], "cafecreme",
      "targets: word 'cafecreme' is not in the response; the response writes 'café crème' (give it as written: "
      "accents and where the words break must be the response's) (words: un café crème)"),
-    # nothing close: the line as before
+    (["the", "Ångström", "unit"], "angstrom",
+     "targets: word 'angstrom' is not in the response; the response writes 'Ångström' (give it as written: accents "
+     "must be the response's) (words: the Ångström unit)"),
+    # nothing close: the line as before (a vowel sign of Devanagari is no accent: "कताब" is another word)
+    (["किताब"], "कताब", "targets: word 'कताब' is not in the response (words: किताब)"),
     (["a", "red", "circle"], "circles", "targets: word 'circles' is not in the response (words: a red circle)"),
     (["a", "red", "circle"], "zebra", "targets: word 'zebra' is not in the response (words: a red circle)"),
 ])
