@@ -138,10 +138,15 @@ inline bool cpu_is_x86_64_v3() {
 }
 #endif
 
-// OpenMP threads available to a parallel region (1 in a build without OpenMP).
+// Whether this process is a child made by fork() (fork.cpp): there dcam's parallel regions
+// run on the calling thread alone (libgomp's thread pool does not survive a fork, and a
+// child that opens a region of 2+ threads after its parent had one waits forever).
+bool in_forked_child();
+
+// OpenMP threads available to a parallel region (1 in a build without OpenMP, or after fork()).
 inline int max_threads() {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return in_forked_child() ? 1 : omp_get_max_threads();
 #else
     return 1;
 #endif

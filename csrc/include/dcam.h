@@ -31,7 +31,13 @@
  * keep no global state and are safe to call concurrently from several threads
  * on distinct output buffers. Pooling keeps one scratch block per calling thread
  * between calls (the size of its largest call up to 256 MiB; larger ones are
- * released at once), freed when that thread exits.
+ * released at once), freed when that thread exits. Calls from inside the caller's own
+ * OpenMP parallel region run on the calling thread (OpenMP's default of one active level),
+ * unless the caller enables nested parallelism. In a child made by fork() the functions run
+ * on the calling thread only: GCC's OpenMP runtime does not survive a fork (a child that opens
+ * a parallel region of two or more threads after its parent had one hangs), so dcam's results
+ * in a child are the same, on one core; start processes with exec (posix_spawn, Python's
+ * "spawn"/"forkserver") to use every core there.
  *
  * Accuracy: the rounding model of the contract (docs/ALGORITHM.md, dcam/ops/reference.py):
  * element-wise arithmetic is float32, every reduction over a map or a window
