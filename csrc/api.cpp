@@ -14,8 +14,9 @@ extern "C" const char* dcam_error_string(int code) {
                    "cba_params in their ranges)";
         case DCAM_ENOMEM: return "out of memory";
         case DCAM_EINVAL_VALUE:
-            return "invalid value (steps and image_size must be finite and > 0, repeat_ratio in [0, 1], "
-                   "context_weights finite and >= 0, 0 on the diagonal, with finite row sums)";
+            return "invalid value (raw and context maps must be finite, steps and image_size finite and > 0, "
+                   "repeat_ratio in [0, 1], context_weights finite and >= 0, 0 on the diagonal, with finite "
+                   "row sums)";
         default: return "unknown error code";
     }
 }

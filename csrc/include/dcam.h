@@ -165,7 +165,7 @@ int dcam_refine_config_default(dcam_refine_config* cfg);
  *   N, D           image tokens and hidden size (>= 1).
  *   grad_relu      nonzero: keep only positive gradients before averaging (the default).
  *   maps_out       [B, T, N] float32 output (the N = h*w grid in raster order), values in [0, 1];
- *                  a constant raw map comes out all 0.
+ *                  a constant raw map comes out all 0. Must not overlap acts or grads.
  *   degenerate_out [B, T] output, 1 where the raw map was constant, else 0. May be NULL.
  *
  * One streaming pass over grads, float32 conversion on the fly, float32 partial
