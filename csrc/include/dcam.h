@@ -29,7 +29,9 @@
  * activations with that stream; refinement runs over maps). The number of
  * threads is OpenMP's (OMP_NUM_THREADS / omp_set_num_threads). The functions
  * keep no global state and are safe to call concurrently from several threads
- * on distinct output buffers. Pooling keeps one scratch block per calling thread
+ * on distinct output buffers, each call with a team of the calling thread's OpenMP thread
+ * count (several callers: set it per caller, omp_set_num_threads, so that the teams together
+ * fit the cores). Pooling keeps one scratch block per calling thread
  * between calls (the size of its largest call up to 256 MiB; larger ones are
  * released at once), freed when that thread exits. Calls from inside the caller's own
  * OpenMP parallel region run on the calling thread (OpenMP's default of one active level),
