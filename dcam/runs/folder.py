@@ -137,10 +137,19 @@ def _history(old: Optional[Dict[str, Any]], header: Dict[str, Any], started: str
     """run.json's ``history``: one entry per session that wrote into the folder (its start, dcam's version and
     revision, the threads, the command), oldest first. A resume may run another dcam than the one that began the
     run (the revision is not in the fingerprint: a fix that changes nothing keeps the folder); ``versions`` says
-    the last session's only, and the records explained before it were explained by the code the entries name."""
+    the last session's only, and the records explained before it were explained by the code the entries name.
+    A folder written before dcam kept a history begins it with what its run.json said of its last session (its
+    ``started`` and ``versions``): this session's header replaces those, and they were the only record of the
+    code that explained its records."""
+    kept = ("versions", "machine", "command")
     before = (old or {}).get("history")
-    entry = {"started": started, **{k: header[k] for k in ("versions", "machine", "command") if k in header}}
-    return (list(before) if isinstance(before, list) else []) + [entry]
+    if isinstance(before, list):
+        before = list(before)
+    elif old and ("started" in old or "versions" in old):
+        before = [{k: old[k] for k in ("started",) + kept if k in old}]
+    else:
+        before = []
+    return before + [{"started": started, **{k: header[k] for k in kept if k in header}}]
 
 
 def _busy(root: str) -> InputError:
@@ -161,6 +170,10 @@ class FolderLock:
         import fcntl
 
         path = os.path.join(root, LOCK)
+        if os.path.islink(path):  # (O_NOFOLLOW below refuses it too, as "Too many levels of symbolic links")
+            raise InputError(f"--out: {path!r} is a symbolic link (to {os.readlink(path)!r}); dcam locks a run folder "
+                             f"with a {LOCK} file of its own, never through a link (--overwrite cannot remove it: the "
+                             "lock is taken first): remove the link, or choose a new folder")
         while True:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # (a link: ELOOP, refused)
             try:

@@ -360,8 +360,8 @@ def run_dataset(explainer, source: RunSource, out: str, opts: Optional[RunOption
               "options": {"batch_size": opts.batch_size, "shard_size": opts.shard_size, "overlays": bool(opts.overlays),
                           "memory_budget": opts.memory_budget, "world_size": dist.world, "device": dist.device,
                           "backend": dist.backend, **opts.extra}}
-    if opts.command is not None:
-        header["command"] = opts.command
+    # (None from Python: a resume's run.json kept the command of the session before, said to be this one's)
+    header["command"] = opts.command
     def start():
         if opts.overwrite:  # emptying the folder must not delete what the run reads, or where the user is
             refuse_inputs_inside(root, source.input_paths() + list(opts.protect))

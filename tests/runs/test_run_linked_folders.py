@@ -64,10 +64,16 @@ def test_a_lock_file_that_is_a_link_is_refused_and_nothing_is_made_where_it_poin
     os.unlink(os.path.join(run, ".lock"))  # (a finished run leaves its lock file)
     os.symlink(str(tmp_path / "made-elsewhere"), os.path.join(run, ".lock"))
     capsys.readouterr()
-    assert main(["run", str(tmp_path / "one.jsonl"), "--out", run, *RUN_ARGS]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("dcam run: error: --out: cannot write into"), err
-    assert not os.path.lexists(tmp_path / "made-elsewhere")  # (the old code created an empty file there)
+    lock = os.path.join(run, ".lock")
+    for extra in ([], ["--overwrite"]):  # (the lock is taken before --overwrite removes anything: it cannot help)
+        assert main(["run", str(tmp_path / "one.jsonl"), "--out", run, *extra, *RUN_ARGS]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        # it said "cannot write into '...' (OSError: Too many levels of symbolic links)": not which file, nor what to do
+        assert err == [f"dcam run: error: --out: {lock!r} is a symbolic link (to {str(tmp_path / 'made-elsewhere')!r});"
+                       " dcam locks a run folder with a .lock file of its own, never through a link (--overwrite "
+                       "cannot remove it: the lock is taken first): remove the link, or choose a new folder"], err
+        assert not os.path.lexists(tmp_path / "made-elsewhere")  # (the old code created an empty file there)
+        assert os.path.islink(lock) and os.path.isfile(os.path.join(run, "run.json"))  # the folder as it was
 
 
 def test_dcam_view_never_writes_through_a_link_put_at_its_temporary_name(reference_run, tmp_path, capsys):
