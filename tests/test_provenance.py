@@ -132,3 +132,17 @@ def test_a_folder_saved_before_provenance_still_loads(bundled, tmp_path):
     (tmp_path / "a" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(dcam.InputError, match="provenance must be an object"):
         dcam.load_explanation(str(tmp_path / "a"))
+
+
+def test_an_explanation_saved_without_its_record_holds_no_path(bundled, tmp_path):
+    # README, Reproducibility: what to do before sharing a folder (the record holds the model's absolute folder)
+    import dcam
+    from dcam import zoo
+
+    e = _explained(bundled)
+    e.extra["provenance"] = None
+    e.save(str(tmp_path / "a"))
+    text = (tmp_path / "a" / "meta.json").read_text()
+    assert json.loads(text)["provenance"] is None
+    assert os.path.realpath(zoo.WEIGHTS_DIR) not in text and zoo.WEIGHTS_DIR not in text
+    assert dcam.load_explanation(str(tmp_path / "a")).meta()["provenance"] is None
