@@ -5,7 +5,8 @@ libraries' versions, the CPU threads, the command.
 The version string ``dcam.__version__`` is the same for every revision, so the
 revision is recorded beside it (:func:`code_revision`): the git commit of the
 checkout dcam runs from (``+dirty`` when its tracked files differ from that
-commit), else the commit a build wrote into the package (``dcam/_revision.txt``,
+commit, ``+unchecked`` when git could not say: an unreadable index, a status
+past :data:`GIT_TIMEOUT_S`), else the commit a build wrote into the package (``dcam/_revision.txt``,
 written by ``setup.py`` when it builds from a git checkout or from an sdist made
 from one), else ``"unknown"``. Finding it never fails: no git, no checkout, a
 git that hangs, all give the next answer.
@@ -36,9 +37,9 @@ def _git(folder: str, *args: str) -> Optional[str]:
 
 def checkout_revision(package_dir: str) -> Optional[str]:
     """The commit of the git checkout whose top folder holds ``package_dir`` (``+dirty`` when a tracked
-    file differs from it), None when dcam does not run from a checkout. The checkout must be dcam's own:
-    an installed dcam inside some other repository (a virtual environment kept in a project's folder)
-    is not that repository's commit."""
+    file differs from it, ``+unchecked`` when ``git status`` fails), None when dcam does not run from a
+    checkout. The checkout must be dcam's own: an installed dcam inside some other repository (a virtual
+    environment kept in a project's folder) is not that repository's commit."""
     root = os.path.dirname(os.path.realpath(package_dir))
     top = _git(root, "rev-parse", "--show-toplevel")
     if not top or os.path.realpath(top) != root:
@@ -47,6 +48,8 @@ def checkout_revision(package_dir: str) -> Optional[str]:
     if not commit:
         return None
     changed = _git(root, "status", "--porcelain", "--untracked-files=no")
+    if changed is None:  # (an unreadable index, a status past GIT_TIMEOUT_S: it was taken for "no change")
+        return commit + "+unchecked"
     return commit + ("+dirty" if changed else "")
 
 

@@ -50,6 +50,16 @@ def test_a_checkout_gives_its_commit_and_says_when_a_tracked_file_changed(checko
     assert provenance.checkout_revision(str(checkout / "dcam")) == commit + "+dirty"
 
 
+def test_a_checkout_whose_status_git_cannot_read_is_not_said_to_be_clean(checkout):
+    # an edited tracked file and an unreadable index: rev-parse still answers, git status fails (exit 128); it was
+    # taken for "no change", the plain commit recorded for code that differs from it
+    commit = git(checkout, "rev-parse", "HEAD")
+    (checkout / "dcam" / "__init__.py").write_text("x = 2\n")
+    (checkout / ".git" / "index").write_bytes(b"not an index")
+    assert subprocess.run(["git", "-C", str(checkout), "status", "--porcelain"], capture_output=True).returncode != 0
+    assert provenance.checkout_revision(str(checkout / "dcam")) == commit + "+unchecked"
+
+
 def test_a_package_installed_inside_another_repository_is_not_that_repository(checkout):
     # a virtual environment kept in a project's folder: its site-packages/dcam is not the project's commit
     site = checkout / "venv" / "lib" / "site-packages" / "dcam"
