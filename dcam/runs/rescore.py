@@ -28,6 +28,7 @@ from .folder import SCORING
 from .reader import RunRecord, Shards
 from .records import score_record
 from .store import INDEX, INDEX_PARTS, json_line, parts, rewrite_index
+from .unreadable import drop_index_lines
 
 
 class StoredExplanation:
@@ -87,13 +88,19 @@ class _Rescoring:
         return n
 
 
-def rescore_index(root: str, source, before: int, drop: AbstractSet[str] = frozenset()) -> str:
+def rescore_index(root: str, source, before: int, drop: AbstractSet[str] = frozenset()) -> Optional[str]:
     """Score every record of the run folder ``root`` that ``source`` still holds again, from its stored maps
     (``before``: the rules they were scored by), leaving out the lines of the records ``drop`` (their maps cannot
     be read: :class:`.unreadable.UnreadableMaps`); returns the line a resume says (see the module docstring).
-    Says on stderr first how many records it scores (each one reads its image and masks)."""
+    Says on stderr first how many records it scores (each one reads its image and masks). None where no record
+    has metrics to score again (a run without masks): it says nothing then (it said "0 records scored again",
+    the records "scored by older rules", of a run that scores none), and only takes out the lines of ``drop``."""
     rescoring = _Rescoring(root, source, drop)
     todo = rescoring.count()
+    if todo == 0:
+        if drop:
+            drop_index_lines(root, drop)
+        return None
     print(f"dcam: scoring {todo} record{'s' if todo != 1 else ''} of {root!r} again by this dcam's rules "
           f"(scoring {before} -> {SCORING}) from {'their' if todo != 1 else 'its'} stored maps", file=sys.stderr,
           flush=True)
