@@ -5,6 +5,7 @@ SIGKILL mid-way and rerun: every record exactly once, no corrupt shard."""
 import gc
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,7 +283,11 @@ def test_sigterm_to_every_rank_says_so_once(run_manifest, tmp_path):
             proc.wait()
     assert rest.count("dcam run: stopped (SIGTERM)") == 1
     assert "dcam run: stopped (SIGTERM); nothing was written" in rest.splitlines()
-    assert rest.count("exitcode  : 143") == 2 and proc.returncode == 1  # both ranks, in torchrun's report
+    # torchrun's report lists each rank that failed on its own; a rank that the agent stopped itself after the first
+    # failure (the two SIGTERMs a moment apart, a busy box) is not listed, so the report holds one or two exit codes:
+    # 143 each, never another
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", rest)
+    assert codes and set(codes) == {"143"} and proc.returncode == 1, (codes, proc.returncode)
     assert not os.path.lexists(tmp_path / "new")
 
 
