@@ -38,8 +38,11 @@
  * unless the caller enables nested parallelism. In a child made by fork() the functions run
  * on the calling thread only: GCC's OpenMP runtime does not survive a fork (a child that opens
  * a parallel region of two or more threads after its parent had one hangs), so dcam's results
- * in a child are the same, on one core; start processes with exec (posix_spawn, Python's
- * "spawn"/"forkserver") to use every core there.
+ * in a child are the same, on one core (a child of a child too). This is set at the fork for
+ * a process that had loaded the library: a child that loads it only after the fork, from a
+ * parent that had run OpenMP regions of its own, calls omp_set_num_threads(1) first. Python's
+ * "forkserver" children are forked from the server (one thread where it loaded dcam); start
+ * processes with exec (posix_spawn, Python's "spawn") to use every core there.
  *
  * Accuracy: the rounding model of the contract (docs/ALGORITHM.md, dcam/ops/reference.py):
  * element-wise arithmetic is float32, every reduction over a map or a window
