@@ -287,7 +287,19 @@ def written_hint(near: str, target: str) -> str:
     if not near:
         return ""
     why = what_differs(near, target)
-    return f"; the response writes {near!r} (give it as written" + (f": {why} must be the response's)" if why else ")")
+    # (the run holds every symbol standing alone between the target's words: "red" and "circle" with 2,000
+    # spaced "." between them made a line of 4,300 characters, where the response's words are listed up to 40)
+    words = near.split()
+    shown, cut = near, ""
+    if len(words) > 2 * HINT_WORDS_EACH_END:
+        shown = " ".join(words[:HINT_WORDS_EACH_END] + ["..."] + words[-HINT_WORDS_EACH_END:])
+        cut = f"{len(words)} words, the middle {len(words) - 2 * HINT_WORDS_EACH_END} left out here; "
+    return f"; the response writes {shown!r} ({cut}give it as written" + (
+        f": {why} must be the response's)" if why else ")")
+
+
+#: words of a near miss's run a refusal quotes from each end of a longer one (:func:`written_hint`)
+HINT_WORDS_EACH_END = 20
 
 
 def closest_item(texts: Sequence[str], query: str) -> str:

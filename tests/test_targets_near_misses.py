@@ -86,3 +86,21 @@ def test_near_misses_through_the_explainer():
             "word 'cafe' is not among the explained tokens; the response writes 'café' (give it as written: "
             "accents must be the response's) ['un', 'café', '-', 'noir']") + "$"):
         explain("all").index("cafe")
+
+
+def test_a_long_near_miss_is_quoted_by_its_ends():
+    """The run a near miss names holds every symbol standing alone between the target's words: "red", 2,000
+    spaced "." and "circle" (a degenerate response) were quoted whole, a line of 4,300 characters where the
+    response's own words are listed up to 40. Now its first and last 20 words, and how many were left out."""
+    words = ["a", "red"] + ["."] * 2000 + ["circle"]
+    run = "red " + ". " * 19 + "... " + ". " * 19 + "circle"  # 2,002 words: 20 + 20 quoted
+    assert refusal(words, "red circle") == (
+        f"targets: phrase 'red circle' is not in the response; the response writes '{run}' (2002 words, the middle "
+        "1962 left out here; give it as written: the punctuation or symbols standing alone between the words must be "
+        "the response's) (words: a red" + " ." * 38 + " ... and 1963 more)")
+    # a run of 40 words is quoted whole
+    words = ["a", "red"] + ["."] * 38 + ["circle"]
+    assert refusal(words, "red circle") == (
+        "targets: phrase 'red circle' is not in the response; the response writes 'red" + " ." * 38 + " circle' (give "
+        "it as written: the punctuation or symbols standing alone between the words must be the response's) (words: "
+        "a red" + " ." * 38 + " ... and 1 more)")
