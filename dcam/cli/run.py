@@ -242,10 +242,21 @@ def _open_source(args):
         raise common.argument_error(exc, {"split": "--split"}) from None
 
 
+def _rank_of_run() -> str:
+    """This process's rank as the run has it (:func:`..runs.distributed.setup`): torchrun's ``RANK`` where
+    ``WORLD_SIZE`` is above 1, else "0". (A ``RANK`` left in a one-process run's environment by another
+    launcher silenced its SIGTERM line, the only process taken for a rank other than 0.)"""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:  # (refused, naming WORLD_SIZE, when the run sets up)
+        world = 1
+    return os.environ.get("RANK", "0") if world > 1 else "0"
+
+
 def run(args) -> int:
     from ..runs.distributed import PeerFailed
 
-    rank = os.environ.get("RANK", "0")
+    rank = _rank_of_run()
     folder = os.path.abspath(args.out) if args.out else ""  # (as the run writes it: 'link/..' taken as text)
     existed = bool(folder) and os.path.lexists(folder)
     args.writing = False
