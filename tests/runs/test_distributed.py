@@ -299,32 +299,3 @@ def _waits_on_a_fifo(pid):
     except OSError:
         return None
     return None if where in ("", "0") else where == "wait_for_partner"
-
-
-def test_a_stray_rank_in_a_one_process_run_still_says_it_stopped(run_manifest, tmp_path):
-    """No WORLD_SIZE: the run is one process, its rank 0, whatever RANK another launcher left in the environment.
-    SIGTERM while the model loads (config.json a FIFO) gives the stopped line, as without RANK; the line's gate
-    read RANK raw, and that process said nothing before exiting 143."""
-    model = tmp_path / "model"
-    model.mkdir()
-    os.mkfifo(model / "config.json")
-    out = str(tmp_path / "new" / "run")
-    proc = subprocess.Popen([sys.executable, "-m", "dcam", "run", run_manifest["path"], "--out", out, "--model",
-                             str(model), "--threads", "1"], env=dict(single_process_env(), RANK="3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stderr.readline()
-        assert first.endswith("; loading the model\n"), first
-        deadline = time.time() + 60  # blocked opening the FIFO (where /proc shows it; else the line suffices)
-        while time.time() < deadline and _waits_on_a_fifo(proc.pid) not in (True, None):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.stderr.read()
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert rest.splitlines() == ["dcam run: stopped (SIGTERM); nothing was written"]
-    assert proc.returncode == 143
-    assert not os.path.lexists(tmp_path / "new")

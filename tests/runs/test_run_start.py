@@ -54,14 +54,14 @@ def test_under_torchrun_the_busy_folder_is_refused_once_before_any_rank_loads_th
     assert file_tree(out) == before
 
 
-def _loading(manifest, out, tmp_path):
+def _loading(manifest, out, tmp_path, env=None):
     """A real ``dcam run`` of a model whose config.json is a FIFO (its load waits on it), once it said it is loading
-    the model; returns (the process, that line)."""
+    the model; returns (the process, that line). ``env``: its environment (None: :func:`single_process_env`)."""
     model = tmp_path / "model"
     model.mkdir()
     os.mkfifo(model / "config.json")
     proc = subprocess.Popen([sys.executable, "-m", "dcam", "run", manifest, "--out", out, "--model", str(model),
-                             *RUN_ARGS], env=single_process_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                             *RUN_ARGS], env=env or single_process_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             # (a child of a background job inherits SIGINT ignored: Python then installs no handler)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stderr.readline()
@@ -176,6 +176,16 @@ def test_sigterm_while_the_model_loads_leaves_no_new_folder(run_manifest, tmp_pa
     out = str(tmp_path / "new" / "run")
     first = _loading(run_manifest["path"], out, tmp_path)
     assert sorted(os.listdir(out)) == [".lock"]
+    code, lines = _interrupt(*first, signum=signal.SIGTERM)
+    assert (code, lines[1:]) == (143, ["dcam run: stopped (SIGTERM); nothing was written"])
+    assert not os.path.lexists(tmp_path / "new")
+
+
+def test_a_stray_rank_in_a_one_process_run_still_says_it_stopped(run_manifest, tmp_path):
+    # no WORLD_SIZE: one process, the run's rank 0, whatever RANK another launcher left in the environment; the
+    # SIGTERM line's rank-0 gate read RANK raw, and the run's only process exited 143 saying nothing
+    out = str(tmp_path / "new" / "run")
+    first = _loading(run_manifest["path"], out, tmp_path, env=dict(single_process_env(), RANK="3"))
     code, lines = _interrupt(*first, signum=signal.SIGTERM)
     assert (code, lines[1:]) == (143, ["dcam run: stopped (SIGTERM); nothing was written"])
     assert not os.path.lexists(tmp_path / "new")
