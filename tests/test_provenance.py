@@ -87,8 +87,8 @@ def test_without_git_the_built_revision_or_unknown_and_never_an_error(checkout, 
 def test_versions_name_this_checkouts_commit():
     found = provenance.versions()
     assert found["dcam_revision"] == expected_revision(ROOT)
-    from dcam.runs.folder import versions  # what run.json records
-    assert versions()["dcam_revision"] == expected_revision(ROOT)
+    from dcam.runs import runner  # what run.json records: the same record
+    assert runner.versions is provenance.versions
 
 
 def test_a_build_writes_the_commit_into_the_package(tmp_path):

@@ -126,13 +126,6 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def versions() -> Dict[str, str]:
-    """:func:`dcam.provenance.versions` (dcam's version and revision, the libraries', the C++ backend)."""
-    from ..provenance import versions as _versions
-
-    return _versions()
-
-
 def _history(old: Optional[Dict[str, Any]], header: Dict[str, Any], started: str) -> List[Dict[str, Any]]:
     """run.json's ``history``: one entry per session that wrote into the folder (its start, dcam's version and
     revision, the threads, the command), oldest first. A resume may run another dcam than the one that began the
@@ -424,5 +417,5 @@ def prepare(root: str, identity: Dict[str, Any], overwrite: bool, header: Dict[s
     return lock
 
 
-__all__ = ["model_identity", "run_identity", "fingerprint", "versions", "prepare", "check_folder",
+__all__ = ["model_identity", "run_identity", "fingerprint", "prepare", "check_folder",
            "read_run_json", "stale_scoring", "FolderLock", "RUN_FORMAT", "SCORING", "SCORED_KINDS"]

@@ -27,8 +27,8 @@ from ..errors import InputError, one_line, positive_int
 from ..render.overlay import FULL_BOX
 from ..output import refuse_current_folder, refuse_inputs_inside
 from .distributed import Dist
-from ..provenance import explainer_record, machine
-from .folder import SCORED_KINDS, SCORING, FolderLock, prepare, read_run_json, run_identity, versions
+from ..provenance import explainer_record, machine, versions
+from .folder import SCORED_KINDS, SCORING, FolderLock, prepare, read_run_json, run_identity
 from .finish import finish
 from .progress import RunProgress
 from ..eval.alignment import item_slots

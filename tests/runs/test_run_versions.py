@@ -6,7 +6,7 @@ import importlib
 import triton
 
 from dcam.ops.backends import cpp_backend
-from dcam.runs.folder import versions
+from dcam.provenance import versions
 
 
 def test_versions_name_triton_and_the_cpp_extension(monkeypatch):
